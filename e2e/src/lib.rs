@@ -1,0 +1,257 @@
+//! Helpers for end-to-end tests: the reference Prometheus and promtool, the `orrery`
+//! binary, free loopback ports and child processes that are stopped by PID on drop.
+//!
+//! A test that cannot find a real part it needs panics with a message saying how to get
+//! it; it never passes by skipping.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root (where the README's commands run).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e crate lives in the workspace")
+        .to_path_buf()
+}
+
+fn reference_bin(name: &str, env: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var("ORRERY_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join(".cache"));
+    let p = cache.join("prometheus/usr/bin").join(name);
+    assert!(
+        p.is_file(),
+        "reference {name} 3.5.3 not found at {}: run scripts/install-prometheus.sh \
+         (the README's test command does this) or set {env}",
+        p.display()
+    );
+    p
+}
+
+/// Path of the reference Prometheus 3.5.3 server binary.
+pub fn prometheus_bin() -> PathBuf {
+    reference_bin("prometheus", "ORRERY_PROMETHEUS")
+}
+
+/// Path of the reference promtool 3.5.3 binary.
+pub fn promtool_bin() -> PathBuf {
+    reference_bin("promtool", "ORRERY_PROMTOOL")
+}
+
+/// Path of the `orrery` binary built from this workspace (the test command builds it first).
+pub fn orrery_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("ORRERY_BIN") {
+        return PathBuf::from(p);
+    }
+    // Test executables live in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable under target/<profile>/deps");
+    let p = profile_dir.join("orrery");
+    assert!(
+        p.is_file(),
+        "orrery binary not found at {}: run `cargo build --bin orrery` first (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+/// A child process that is killed (SIGKILL by PID) and reaped when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr sent to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("create process log");
+        let err = out.try_clone().expect("clone log handle");
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to start {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by PID (e.g. "TERM", "KILL").
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Kills with SIGKILL and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.signal("TERM");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The process's output so far (for assertion messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET against loopback, returning (status, body). Enough for
+/// readiness probes and JSON APIs without pulling an HTTP client into every test.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, &[], &[])
+}
+
+/// A minimal HTTP/1.1 request against loopback with `Connection: close`.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Polls `f` every 200ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A running reference Prometheus on 127.0.0.1 with its own data dir.
+pub struct Prometheus {
+    pub proc: Proc,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus with `config` (prometheus.yml text; `{{PORT}}` is replaced by
+    /// its own web port) plus `extra_args`, and waits until `/-/ready` answers 200.
+    pub fn start(config: &str, extra_args: &[&str]) -> Prometheus {
+        Self::start_bin(&prometheus_bin(), config, extra_args)
+    }
+
+    /// As [`Prometheus::start`] with a given server binary (e.g. Debian 12's 2.42).
+    pub fn start_bin(bin: &Path, config: &str, extra_args: &[&str]) -> Prometheus {
+        let dir = tempfile::tempdir().expect("temp dir for prometheus");
+        let port = free_port();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(&cfg, config.replace("{{PORT}}", &port.to_string()))
+            .expect("write prometheus.yml");
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(extra_args);
+        let proc = Proc::spawn("prometheus", cmd, dir.path().join("prometheus.log"));
+        let p = Prometheus { proc, port, dir };
+        let addr = p.addr();
+        let ready = wait_for(Duration::from_secs(60), || {
+            matches!(http_get(&addr, "/-/ready"), Ok((200, _))).then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "prometheus did not become ready on {addr}; log:\n{}",
+            p.proc.log_text()
+        );
+        p
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}

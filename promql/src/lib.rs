@@ -1,0 +1,1 @@
+//! PromQL engine over a storage trait, with Prometheus 3.5 semantics.

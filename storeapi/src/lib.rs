@@ -1,0 +1,1 @@
+//! Shared data model (labels, matchers, samples) and the wire protocols (remote write, Thanos StoreAPI).

@@ -1,0 +1,1 @@
+//! Storage engine: head, WAL, chunks, blocks, compaction, retention and the series index.
