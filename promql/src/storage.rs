@@ -1,0 +1,125 @@
+//! The storage trait the engine reads series through.
+
+use std::future::Future;
+use storeapi::{Labels, Matcher, Sample};
+
+/// What the engine knows about a selection, so a store can prune and push down.
+/// Times are milliseconds since the epoch, both ends inclusive.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SelectHints {
+    pub start: i64,
+    pub end: i64,
+    /// Evaluation step of the query (0 for an instant query).
+    pub step: i64,
+    /// The function the selection feeds, if any (e.g. "rate").
+    pub func: Option<String>,
+    /// Range of a range selector in milliseconds (0 for an instant selector).
+    pub range: i64,
+    /// Grouping of an enclosing aggregation: `by` (true) or `without` (false) these labels.
+    pub by: bool,
+    pub grouping: Vec<String>,
+}
+
+/// One series as the store returns it: labels and its float samples in time order,
+/// restricted to `[hints.start, hints.end]` (a store may return a little more).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageSeries {
+    pub labels: Labels,
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StorageError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A source of series. Results are sorted by labels and carry no duplicate label sets.
+pub trait Storage: Send + Sync {
+    fn select(
+        &self,
+        hints: SelectHints,
+        matchers: Vec<Matcher>,
+    ) -> impl Future<Output = Result<SelectResult, StorageError>> + Send;
+}
+
+/// The outcome of a select: the series and any warnings (partial responses).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SelectResult {
+    pub series: Vec<StorageSeries>,
+    pub warnings: Vec<String>,
+}
+
+/// An in-memory store for tests and benchmarks.
+#[derive(Debug, Clone, Default)]
+pub struct MemStorage {
+    series: Vec<StorageSeries>,
+}
+
+impl MemStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds samples to the series with `labels` (created if new), keeping time order.
+    pub fn add(&mut self, labels: Labels, samples: impl IntoIterator<Item = Sample>) {
+        let idx = match self.series.binary_search_by(|s| s.labels.cmp(&labels)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.series.insert(
+                    i,
+                    StorageSeries {
+                        labels,
+                        samples: Vec::new(),
+                    },
+                );
+                i
+            }
+        };
+        let s = &mut self.series[idx].samples;
+        s.extend(samples);
+        s.sort_by_key(|x| x.t);
+        s.dedup_by_key(|x| x.t);
+    }
+
+    /// Removes every series.
+    pub fn clear(&mut self) {
+        self.series.clear();
+    }
+}
+
+impl Storage for MemStorage {
+    async fn select(
+        &self,
+        hints: SelectHints,
+        matchers: Vec<Matcher>,
+    ) -> Result<SelectResult, StorageError> {
+        let series = self
+            .series
+            .iter()
+            .filter(|s| {
+                matchers
+                    .iter()
+                    .all(|m| m.matches(s.labels.get(&m.name).unwrap_or("")))
+            })
+            .filter_map(|s| {
+                let samples: Vec<Sample> = s
+                    .samples
+                    .iter()
+                    .filter(|x| x.t >= hints.start && x.t <= hints.end)
+                    .copied()
+                    .collect();
+                (!samples.is_empty()).then(|| StorageSeries {
+                    labels: s.labels.clone(),
+                    samples,
+                })
+            })
+            .collect();
+        Ok(SelectResult {
+            series,
+            warnings: Vec::new(),
+        })
+    }
+}
