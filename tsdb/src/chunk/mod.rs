@@ -32,3 +32,36 @@ pub struct Chunk {
     /// The raw chunk bytes; for XOR: 2-byte big-endian sample count + Gorilla bitstream.
     pub data: Bytes,
 }
+
+pub mod xor;
+
+pub use xor::{XorChunk, XorIterator};
+
+/// Why a chunk could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    #[error("corrupt chunk: {0}")]
+    Corrupt(&'static str),
+    #[error("chunk is full (65535 samples)")]
+    Full,
+    #[error("unsupported chunk encoding {0:?}")]
+    UnsupportedEncoding(Encoding),
+}
+
+impl Chunk {
+    /// Number of samples, from the chunk header (XOR: the first two bytes).
+    pub fn num_samples(&self) -> usize {
+        if self.data.len() < 2 {
+            return 0;
+        }
+        u16::from_be_bytes([self.data[0], self.data[1]]) as usize
+    }
+
+    /// Iterates the float samples of an XOR chunk.
+    pub fn iter(&self) -> Result<XorIterator<'_>, ChunkError> {
+        match self.encoding {
+            Encoding::Xor => XorIterator::new(&self.data),
+            e => Err(ChunkError::UnsupportedEncoding(e)),
+        }
+    }
+}
