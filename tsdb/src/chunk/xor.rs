@@ -68,7 +68,7 @@ impl XorChunk {
     pub fn from_bytes(data: &[u8]) -> Result<Self, ChunkError> {
         let mut it = XorIterator::new(data)?;
         let mut n = 0usize;
-        while let Some(r) = it.next() {
+        for r in it.by_ref() {
             r?;
             n += 1;
         }
