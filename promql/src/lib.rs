@@ -2,9 +2,20 @@
 //!
 //! The engine never knows where series come from: `tsdb` (through an adapter in the
 //! services) and the querier's StoreAPI fan-out implement [`Storage`].
+//!
+//! A query runs in two phases: [`engine`] walks the AST to find each selector's time
+//! range and selects its series (async), then `eval` evaluates the tree step by step
+//! (plain synchronous code).
 
+mod aggregate;
+mod binop;
+pub mod engine;
+mod eval;
+mod functions;
+mod histogram;
 pub mod storage;
 pub mod value;
 
+pub use engine::{Engine, EngineOptions, QueryError, QueryOptions};
 pub use storage::{MemStorage, SelectHints, SelectResult, Storage, StorageError, StorageSeries};
 pub use value::{QueryResult, Value};

@@ -6,7 +6,10 @@ use storeapi::{Labels, Sample};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Scalar(Sample),
-    String { t: i64, v: String },
+    String {
+        t: i64,
+        v: String,
+    },
     /// One sample per series at the evaluation time.
     Vector(Vec<(Labels, Sample)>),
     /// Samples per series over a range (range queries, range selectors).
@@ -18,4 +21,6 @@ pub enum Value {
 pub struct QueryResult {
     pub value: Value,
     pub warnings: Vec<String>,
+    /// Prometheus info-level annotations ("PromQL info: ...").
+    pub infos: Vec<String>,
 }

@@ -1,0 +1,353 @@
+//! Binary operators between two instant vectors: vector matching, set operators.
+
+use crate::engine::QueryError;
+use crate::eval::{
+    Collector, Ctx, Evaluator, Series, card_labels, drop_metric_name, elem_binop, is_comparison,
+};
+use promql_parser::parser::token::{self, TokenId};
+use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
+use std::collections::{HashMap, HashSet};
+use storeapi::{Label, Labels};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Card {
+    OneToOne,
+    ManyToOne,
+    OneToMany,
+    ManyToMany,
+}
+
+struct Matching {
+    card: Card,
+    on: bool,
+    labels: Vec<String>,
+    include: Vec<String>,
+}
+
+fn matching_of(b: &BinaryExpr) -> Matching {
+    let set_op = matches!(b.op.id(), token::T_LAND | token::T_LOR | token::T_LUNLESS);
+    let (card, on, labels, include) = match &b.modifier {
+        None => (
+            if set_op {
+                Card::ManyToMany
+            } else {
+                Card::OneToOne
+            },
+            false,
+            Vec::new(),
+            Vec::new(),
+        ),
+        Some(m) => {
+            let card = match &m.card {
+                VectorMatchCardinality::OneToOne => Card::OneToOne,
+                VectorMatchCardinality::ManyToOne(_) => Card::ManyToOne,
+                VectorMatchCardinality::OneToMany(_) => Card::OneToMany,
+                VectorMatchCardinality::ManyToMany => Card::ManyToMany,
+            };
+            let card = if set_op { Card::ManyToMany } else { card };
+            let (on, labels) = match &m.matching {
+                None => (false, Vec::new()),
+                Some(LabelModifier::Include(l)) => (true, l.labels.clone()),
+                Some(LabelModifier::Exclude(l)) => (false, l.labels.clone()),
+            };
+            (card, on, labels, card_labels(&m.card))
+        }
+    };
+    Matching {
+        card,
+        on,
+        labels,
+        include,
+    }
+}
+
+/// The matching signature of a label set.
+fn signature(l: &Labels, m: &Matching) -> Vec<u8> {
+    let mut b = Vec::with_capacity(64);
+    for lab in l.iter() {
+        let keep = if m.on {
+            m.labels.iter().any(|n| n == &lab.name)
+        } else {
+            lab.name != "__name__" && !m.labels.iter().any(|n| n == &lab.name)
+        };
+        if keep {
+            b.extend_from_slice(lab.name.as_bytes());
+            b.push(0xff);
+            b.extend_from_slice(lab.value.as_bytes());
+            b.push(0xff);
+        }
+    }
+    b
+}
+
+fn match_labels(l: &Labels, m: &Matching) -> Labels {
+    let v: Vec<Label> = l
+        .iter()
+        .filter(|lab| {
+            if m.on {
+                m.labels.iter().any(|n| n == &lab.name)
+            } else {
+                lab.name != "__name__" && !m.labels.iter().any(|n| n == &lab.name)
+            }
+        })
+        .cloned()
+        .collect();
+    Labels::from_sorted_unchecked(v)
+}
+
+fn result_labels(l: &Labels, r: &Labels, op: TokenId, m: &Matching) -> Labels {
+    let mut out: Labels = if changes_schema(op) {
+        drop_metric_name(l)
+    } else {
+        l.clone()
+    };
+    if m.card == Card::OneToOne {
+        if m.on {
+            out.retain(|lab| m.labels.iter().any(|n| n == &lab.name));
+        } else {
+            out.retain(|lab| !m.labels.iter().any(|n| n == &lab.name));
+        }
+    }
+    for n in &m.include {
+        match r.get(n) {
+            Some(v) if !v.is_empty() => out.set(n, v),
+            _ => out.remove(n),
+        }
+    }
+    out
+}
+
+fn changes_schema(op: TokenId) -> bool {
+    matches!(
+        op,
+        token::T_ADD
+            | token::T_SUB
+            | token::T_DIV
+            | token::T_MUL
+            | token::T_POW
+            | token::T_MOD
+            | token::T_ATAN2
+    )
+}
+
+/// Step-major cursor over series whose points sit on step timestamps.
+pub(crate) struct StepCursor {
+    pos: Vec<usize>,
+}
+
+impl StepCursor {
+    pub fn new(n: usize) -> Self {
+        StepCursor { pos: vec![0; n] }
+    }
+    /// The value of series `i` at `ts`, advancing its cursor.
+    #[inline]
+    pub fn at(&mut self, series: &[Series], i: usize, ts: i64) -> Option<f64> {
+        let s = &series[i].pts;
+        let p = &mut self.pos[i];
+        while *p < s.len() && s[*p].t < ts {
+            *p += 1;
+        }
+        if *p < s.len() && s[*p].t == ts {
+            let v = s[*p].v;
+            *p += 1;
+            Some(v)
+        } else {
+            None
+        }
+    }
+}
+
+pub(crate) fn vector_vector(
+    ev: &mut Evaluator,
+    b: &BinaryExpr,
+    op: TokenId,
+    lhs: Vec<Series>,
+    rhs: Vec<Series>,
+    return_bool: bool,
+    ctx: Ctx,
+) -> Result<Vec<Series>, QueryError> {
+    let m = matching_of(b);
+    let lsig: Vec<Vec<u8>> = lhs.iter().map(|s| signature(&s.labels, &m)).collect();
+    let rsig: Vec<Vec<u8>> = rhs.iter().map(|s| signature(&s.labels, &m)).collect();
+    let mut lc = StepCursor::new(lhs.len());
+    let mut rc = StepCursor::new(rhs.len());
+    let n = ctx.n();
+
+    match op {
+        token::T_LAND | token::T_LOR | token::T_LUNLESS => {
+            // Output series are the input series themselves (labels unchanged).
+            let mut lout: Vec<Vec<storeapi::Sample>> = vec![Vec::new(); lhs.len()];
+            let mut rout: Vec<Vec<storeapi::Sample>> = vec![Vec::new(); rhs.len()];
+            let mut lvals: Vec<Option<f64>> = vec![None; lhs.len()];
+            let mut rvals: Vec<Option<f64>> = vec![None; rhs.len()];
+            let mut sigs: HashSet<&[u8]> = HashSet::new();
+            for i in 0..n {
+                if i % 64 == 0 {
+                    ev.check_done()?;
+                }
+                let ts = ctx.ts(i);
+                for j in 0..lhs.len() {
+                    lvals[j] = lc.at(&lhs, j, ts);
+                }
+                for j in 0..rhs.len() {
+                    rvals[j] = rc.at(&rhs, j, ts);
+                }
+                sigs.clear();
+                match op {
+                    token::T_LAND | token::T_LUNLESS => {
+                        for j in 0..rhs.len() {
+                            if rvals[j].is_some() {
+                                sigs.insert(&rsig[j]);
+                            }
+                        }
+                        let want = op == token::T_LAND;
+                        for j in 0..lhs.len() {
+                            if let Some(v) = lvals[j] {
+                                if sigs.contains(lsig[j].as_slice()) == want {
+                                    lout[j].push(storeapi::Sample { t: ts, v });
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        for j in 0..lhs.len() {
+                            if let Some(v) = lvals[j] {
+                                sigs.insert(&lsig[j]);
+                                lout[j].push(storeapi::Sample { t: ts, v });
+                            }
+                        }
+                        for j in 0..rhs.len() {
+                            if let Some(v) = rvals[j] {
+                                if !sigs.contains(rsig[j].as_slice()) {
+                                    rout[j].push(storeapi::Sample { t: ts, v });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            for (s, pts) in lhs.into_iter().zip(lout) {
+                if !pts.is_empty() {
+                    out.push(Series {
+                        labels: s.labels,
+                        pts,
+                    });
+                }
+            }
+            for (s, pts) in rhs.into_iter().zip(rout) {
+                if !pts.is_empty() {
+                    out.push(Series {
+                        labels: s.labels,
+                        pts,
+                    });
+                }
+            }
+            // `or` may join series with equal labels from both sides at different steps.
+            return crate::eval::merge_same_labels(out);
+        }
+        _ => {}
+    }
+
+    if m.card == Card::ManyToMany {
+        return Err(QueryError::BadData(
+            "many-to-many only allowed for set operators".into(),
+        ));
+    }
+    // The "one" side is rhs, except for group_right where it is lhs.
+    let swap = m.card == Card::OneToMany;
+    let (one, many, one_sig, many_sig) = if swap {
+        (&lhs, &rhs, &lsig, &rsig)
+    } else {
+        (&rhs, &lhs, &rsig, &lsig)
+    };
+    let (mut one_c, mut many_c) = if swap { (lc, rc) } else { (rc, lc) };
+    let mut col = Collector::new();
+    // (many idx, one idx) -> output index.
+    let mut pair_out: HashMap<(usize, usize), usize> = HashMap::new();
+    let mut one_by_sig: HashMap<&[u8], (usize, f64)> = HashMap::new();
+    let mut one_vals: Vec<Option<f64>> = vec![None; one.len()];
+    let mut matched: HashMap<&[u8], HashSet<usize>> = HashMap::new();
+    let drop_bool = return_bool;
+    let one_side = if swap { "left" } else { "right" };
+    for i in 0..n {
+        if i % 64 == 0 {
+            ev.check_done()?;
+        }
+        let ts = ctx.ts(i);
+        for j in 0..one.len() {
+            one_vals[j] = one_c.at(one, j, ts);
+        }
+        let mut many_vals: Vec<(usize, f64)> = Vec::new();
+        for j in 0..many.len() {
+            if let Some(v) = many_c.at(many, j, ts) {
+                many_vals.push((j, v));
+            }
+        }
+        if many_vals.is_empty() {
+            continue;
+        }
+        one_by_sig.clear();
+        let mut any_one = false;
+        for j in 0..one.len() {
+            if let Some(v) = one_vals[j] {
+                any_one = true;
+                if let Some((dup, _)) = one_by_sig.get(one_sig[j].as_slice()) {
+                    let ml = match_labels(&one[j].labels, &m);
+                    return Err(QueryError::Execution(format!(
+                        "found duplicate series for the match group {} on the {} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
+                        ml, one_side, one[j].labels, one[*dup].labels
+                    )));
+                }
+                one_by_sig.insert(&one_sig[j], (j, v));
+            }
+        }
+        if !any_one {
+            continue;
+        }
+        matched.clear();
+        for (j, v) in many_vals {
+            let Some(&(k, ov)) = one_by_sig.get(many_sig[j].as_slice()) else {
+                continue;
+            };
+            let (l, r) = if swap { (ov, v) } else { (v, ov) };
+            let (mut val, keep) = elem_binop(op, l, r);
+            if return_bool {
+                val = if keep { 1.0 } else { 0.0 };
+            } else if !keep {
+                continue;
+            }
+            let oi = match pair_out.get(&(j, k)) {
+                Some(o) => *o,
+                None => {
+                    let mut lbl = result_labels(&many[j].labels, &one[k].labels, op, &m);
+                    if drop_bool {
+                        lbl = drop_metric_name(&lbl);
+                    }
+                    let o = col.index(lbl);
+                    pair_out.insert((j, k), o);
+                    o
+                }
+            };
+            let entry = matched.entry(many_sig[j].as_slice()).or_default();
+            if m.card == Card::OneToOne {
+                if !entry.is_empty() {
+                    return Err(QueryError::Execution(
+                        "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
+                    ));
+                }
+                entry.insert(oi);
+            } else if !entry.insert(oi) {
+                return Err(QueryError::Execution(
+                    "multiple matches for labels: grouping labels must ensure unique matches"
+                        .into(),
+                ));
+            }
+            col.push(oi, ts, val)?;
+        }
+    }
+    let _ = is_comparison(op);
+    let mut out = col.out;
+    out.retain(|s| !s.pts.is_empty());
+    Ok(out)
+}

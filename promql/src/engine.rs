@@ -1,0 +1,397 @@
+//! The query engine: parse, plan selections (phase 1, async), evaluate step by step (phase 2, sync).
+
+use crate::eval::{
+    Ctx, Evaluator, Val, at_ms, ms_of, offset_ms, selector_key, selector_matchers,
+    storeapi_series::Raw, subquery_ctx, too_many_samples, type_name,
+};
+use crate::storage::{SelectHints, Storage};
+use crate::value::{QueryResult, Value};
+use promql_parser::parser::value::ValueType;
+use promql_parser::parser::{Expr, VectorSelector};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use storeapi::{Labels, Sample};
+
+/// Engine limits and defaults (Prometheus's defaults).
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// How far back an instant selector looks for a sample (default 5m).
+    pub lookback_delta_ms: i64,
+    /// Maximum samples loaded in memory at once by one query (default 50M).
+    pub max_samples: usize,
+    /// Query timeout (default 2m).
+    pub timeout: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            lookback_delta_ms: 300_000,
+            max_samples: 50_000_000,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Errors a query can end with; `Display` is Prometheus's message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    BadData(String),
+    #[error("{0}")]
+    Execution(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Canceled(String),
+}
+
+impl QueryError {
+    /// The HTTP API's `errorType`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            QueryError::BadData(_) => "bad_data",
+            QueryError::Execution(_) => "execution",
+            QueryError::Timeout(_) => "timeout",
+            QueryError::Canceled(_) => "canceled",
+        }
+    }
+}
+
+/// Per-query options that override the engine's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct QueryOptions {
+    /// Overrides [`EngineOptions::lookback_delta_ms`] when set and > 0.
+    pub lookback_delta_ms: Option<i64>,
+    /// Cancellation flag checked between steps.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// A PromQL engine with Prometheus 3.5 semantics.
+#[derive(Debug, Clone, Default)]
+pub struct Engine {
+    opts: EngineOptions,
+}
+
+impl Engine {
+    pub fn new(opts: EngineOptions) -> Engine {
+        Engine { opts }
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    /// Evaluates `query` at one instant.
+    pub async fn instant_query<S: Storage>(
+        &self,
+        storage: &S,
+        query: &str,
+        time_ms: i64,
+    ) -> Result<QueryResult, QueryError> {
+        self.instant_query_with(storage, query, time_ms, &QueryOptions::default())
+            .await
+    }
+
+    /// Evaluates `query` over `[start_ms, end_ms]` every `step_ms`; the result is a matrix.
+    pub async fn range_query<S: Storage>(
+        &self,
+        storage: &S,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<QueryResult, QueryError> {
+        self.range_query_with(
+            storage,
+            query,
+            start_ms,
+            end_ms,
+            step_ms,
+            &QueryOptions::default(),
+        )
+        .await
+    }
+
+    /// [`Engine::instant_query`] with per-query options.
+    pub async fn instant_query_with<S: Storage>(
+        &self,
+        storage: &S,
+        query: &str,
+        time_ms: i64,
+        qopts: &QueryOptions,
+    ) -> Result<QueryResult, QueryError> {
+        let expr = parse(query)?;
+        let ctx = Ctx {
+            start: time_ms,
+            end: time_ms,
+            step: 1,
+        };
+        let mut ev = self.prepare(storage, &expr, ctx, qopts).await?;
+        let val = ev.eval(&expr, ctx)?;
+        let value = match val {
+            Val::Scalar(v) => Value::Scalar(Sample {
+                t: time_ms,
+                v: v.first().copied().unwrap_or(f64::NAN),
+            }),
+            Val::Str(s) => Value::String { t: time_ms, v: s },
+            Val::Vector(ss) => {
+                let mut out: Vec<(Labels, Sample)> = ss
+                    .into_iter()
+                    .filter_map(|s| s.pts.first().copied().map(|p| (s.labels, p)))
+                    .collect();
+                if !keeps_order(&expr) {
+                    out.sort_by(|a, b| a.0.cmp(&b.0));
+                }
+                Value::Vector(out)
+            }
+            Val::Matrix(ss) => {
+                let mut out: Vec<(Labels, Vec<Sample>)> =
+                    ss.into_iter().map(|s| (s.labels, s.pts)).collect();
+                out.sort_by(|a, b| a.0.cmp(&b.0));
+                Value::Matrix(out)
+            }
+        };
+        Ok(QueryResult {
+            value,
+            warnings: ev.warnings,
+            infos: ev.infos,
+        })
+    }
+
+    /// [`Engine::range_query`] with per-query options.
+    pub async fn range_query_with<S: Storage>(
+        &self,
+        storage: &S,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        qopts: &QueryOptions,
+    ) -> Result<QueryResult, QueryError> {
+        let expr = parse(query)?;
+        if step_ms <= 0 {
+            return Err(QueryError::BadData(
+                "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
+            ));
+        }
+        if end_ms < start_ms {
+            return Err(QueryError::BadData(
+                "end timestamp must not be before start time".into(),
+            ));
+        }
+        match expr.value_type() {
+            ValueType::Scalar | ValueType::Vector => {}
+            _ => {
+                return Err(QueryError::BadData(format!(
+                    "invalid expression type {:?} for range query, must be Scalar or instant Vector",
+                    type_name(&expr)
+                )));
+            }
+        }
+        let ctx = Ctx {
+            start: start_ms,
+            end: end_ms,
+            step: step_ms,
+        };
+        let mut ev = self.prepare(storage, &expr, ctx, qopts).await?;
+        let val = ev.eval(&expr, ctx)?;
+        let mut out: Vec<(Labels, Vec<Sample>)> = match val {
+            Val::Scalar(v) => vec![(
+                Labels::empty(),
+                v.iter()
+                    .enumerate()
+                    .map(|(i, v)| Sample { t: ctx.ts(i), v: *v })
+                    .collect(),
+            )],
+            Val::Vector(ss) | Val::Matrix(ss) => ss
+                .into_iter()
+                .filter(|s| !s.pts.is_empty())
+                .map(|s| (s.labels, s.pts))
+                .collect(),
+            Val::Str(_) => {
+                return Err(QueryError::BadData(
+                    "invalid expression type \"string\" for range query, must be Scalar or instant Vector".into(),
+                ))
+            }
+        };
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(QueryResult {
+            value: Value::Matrix(out),
+            warnings: ev.warnings,
+            infos: ev.infos,
+        })
+    }
+
+    /// Phase 1: find every selector's time range and select its series.
+    async fn prepare<S: Storage>(
+        &self,
+        storage: &S,
+        expr: &Expr,
+        ctx: Ctx,
+        qopts: &QueryOptions,
+    ) -> Result<Evaluator, QueryError> {
+        let lookback = qopts
+            .lookback_delta_ms
+            .filter(|l| *l > 0)
+            .unwrap_or(self.opts.lookback_delta_ms);
+        let deadline = Instant::now() + self.opts.timeout;
+        let mut plans = Vec::new();
+        plan(expr, ctx, ctx.start, ctx.end, lookback, None, &mut plans);
+        let mut ev = Evaluator {
+            qstart: ctx.start,
+            qend: ctx.end,
+            lookback,
+            max_samples: self.opts.max_samples,
+            cur_samples: 0,
+            deadline,
+            cancel: qopts.cancel.clone(),
+            data: HashMap::new(),
+            warnings: Vec::new(),
+            infos: Vec::new(),
+        };
+        let mut loaded = 0usize;
+        for p in plans {
+            ev.check_done()?;
+            let groups = selector_matchers(p.vs)?;
+            let mut all: Vec<Raw> = Vec::new();
+            for matchers in groups {
+                let hints = SelectHints {
+                    start: p.min + 1,
+                    end: p.max,
+                    step: if ctx.start == ctx.end { 0 } else { ctx.step },
+                    func: p.func.clone(),
+                    range: p.range,
+                    by: false,
+                    grouping: Vec::new(),
+                };
+                let res = storage
+                    .select(hints, matchers)
+                    .await
+                    .map_err(|e| QueryError::Execution(format!("expanding series: {e}")))?;
+                for w in res.warnings {
+                    ev.warn(w);
+                }
+                for s in res.series {
+                    let samples: Vec<Sample> = s
+                        .samples
+                        .into_iter()
+                        .filter(|x| x.t > p.min && x.t <= p.max)
+                        .collect();
+                    loaded += samples.len();
+                    if loaded > self.opts.max_samples {
+                        return Err(too_many_samples());
+                    }
+                    all.push(Raw {
+                        labels: s.labels,
+                        samples,
+                    });
+                }
+            }
+            all.sort_by(|a, b| a.labels.cmp(&b.labels));
+            all.dedup_by(|a, b| a.labels == b.labels);
+            let key = selector_key(p.vs);
+            match ev.data.get_mut(&key) {
+                Some(v) => v.extend(all),
+                None => {
+                    ev.data.insert(key, all);
+                }
+            }
+        }
+        Ok(ev)
+    }
+}
+
+fn parse(query: &str) -> Result<Expr, QueryError> {
+    promql_parser::parser::parse(query).map_err(QueryError::BadData)
+}
+
+/// Whether the result order of an instant query is set by the query itself.
+fn keeps_order(e: &Expr) -> bool {
+    match e {
+        Expr::Paren(p) => keeps_order(&p.expr),
+        Expr::Call(c) => matches!(
+            c.func.name,
+            "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc"
+        ),
+        Expr::Aggregate(a) => matches!(
+            a.op.id(),
+            promql_parser::parser::token::T_TOPK | promql_parser::parser::token::T_BOTTOMK
+        ),
+        _ => false,
+    }
+}
+
+struct Plan<'a> {
+    vs: &'a VectorSelector,
+    min: i64,
+    max: i64,
+    range: i64,
+    func: Option<String>,
+}
+
+/// Walks the AST computing the time range each selector reads (exclusive min, inclusive max).
+fn plan<'a>(
+    e: &'a Expr,
+    ctx: Ctx,
+    qstart: i64,
+    qend: i64,
+    lookback: i64,
+    func: Option<&str>,
+    out: &mut Vec<Plan<'a>>,
+) {
+    match e {
+        Expr::VectorSelector(vs) => {
+            let off = offset_ms(&vs.offset);
+            let (lo, hi) = match at_ms(&vs.at, qstart, qend) {
+                Some(at) => (at - off, at - off),
+                None => (ctx.start - off, ctx.end - off),
+            };
+            out.push(Plan {
+                vs,
+                min: lo - lookback,
+                max: hi,
+                range: 0,
+                func: func.map(str::to_string),
+            });
+        }
+        Expr::MatrixSelector(ms) => {
+            let vs = &ms.vs;
+            let off = offset_ms(&vs.offset);
+            let range = ms_of(&ms.range);
+            let (lo, hi) = match at_ms(&vs.at, qstart, qend) {
+                Some(at) => (at - off, at - off),
+                None => (ctx.start - off, ctx.end - off),
+            };
+            out.push(Plan {
+                vs,
+                min: lo - range,
+                max: hi,
+                range,
+                func: func.map(str::to_string),
+            });
+        }
+        Expr::Subquery(sq) => {
+            let inner = subquery_ctx(sq, ctx, qstart, qend);
+            plan(&sq.expr, inner, qstart, qend, lookback, None, out);
+        }
+        Expr::Paren(p) => plan(&p.expr, ctx, qstart, qend, lookback, func, out),
+        Expr::Unary(u) => plan(&u.expr, ctx, qstart, qend, lookback, None, out),
+        Expr::Binary(b) => {
+            plan(&b.lhs, ctx, qstart, qend, lookback, None, out);
+            plan(&b.rhs, ctx, qstart, qend, lookback, None, out);
+        }
+        Expr::Aggregate(a) => {
+            if let Some(p) = &a.param {
+                plan(p, ctx, qstart, qend, lookback, None, out);
+            }
+            plan(&a.expr, ctx, qstart, qend, lookback, None, out);
+        }
+        Expr::Call(c) => {
+            for a in &c.args.args {
+                plan(a, ctx, qstart, qend, lookback, Some(c.func.name), out);
+            }
+        }
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}

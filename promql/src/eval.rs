@@ -1,0 +1,778 @@
+//! Phase 2 of a query: step-wise evaluation of the AST over prefetched series.
+//!
+//! Every node is evaluated over all steps of its context at once (as Prometheus's
+//! `rangeEval` does): a vector-typed node yields series whose points sit on the step
+//! timestamps, a scalar node one value per step.
+
+use crate::engine::QueryError;
+use crate::functions;
+use promql_parser::label::MatchOp as PMatchOp;
+use promql_parser::parser::token::{self, TokenId};
+use promql_parser::parser::{
+    AggregateExpr, AtModifier, BinaryExpr, Expr, LabelModifier, Offset, SubqueryExpr,
+    VectorMatchCardinality, VectorSelector,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use storeapi::{Label, Labels, Sample};
+
+/// Default subquery step when none is given (Prometheus's default evaluation interval).
+pub(crate) const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+
+/// One series with points (step timestamps for evaluated vectors, raw for matrices).
+#[derive(Debug, Clone)]
+pub(crate) struct Series {
+    pub labels: Labels,
+    pub pts: Vec<Sample>,
+}
+
+/// The value of a node over all steps of its context.
+#[derive(Debug, Clone)]
+pub(crate) enum Val {
+    Scalar(Vec<f64>),
+    Str(String),
+    Vector(Vec<Series>),
+    /// Raw samples (only from a matrix selector or subquery evaluated at one instant).
+    Matrix(Vec<Series>),
+}
+
+/// The steps a node is evaluated at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ctx {
+    pub start: i64,
+    pub end: i64,
+    pub step: i64,
+}
+
+impl Ctx {
+    pub fn n(&self) -> usize {
+        ((self.end - self.start) / self.step + 1).max(0) as usize
+    }
+    pub fn ts(&self, i: usize) -> i64 {
+        self.start + self.step * i as i64
+    }
+}
+
+pub(crate) fn ms_of(d: &std::time::Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        None => 0,
+        Some(Offset::Pos(d)) => ms_of(d),
+        Some(Offset::Neg(d)) => -ms_of(d),
+    }
+}
+
+pub(crate) fn at_ms(a: &Option<AtModifier>, qstart: i64, qend: i64) -> Option<i64> {
+    match a {
+        None => None,
+        Some(AtModifier::Start) => Some(qstart),
+        Some(AtModifier::End) => Some(qend),
+        Some(AtModifier::At(t)) => Some(system_time_ms(t)),
+    }
+}
+
+fn system_time_ms(t: &SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+/// The inner context of a subquery evaluated for the outer context `ctx`.
+pub(crate) fn subquery_ctx(sq: &SubqueryExpr, ctx: Ctx, qstart: i64, qend: i64) -> Ctx {
+    let offset = offset_ms(&sq.offset);
+    let range = ms_of(&sq.range);
+    let step = sq
+        .step
+        .as_ref()
+        .map(ms_of)
+        .filter(|s| *s > 0)
+        .unwrap_or(DEFAULT_SUBQUERY_STEP_MS);
+    let (s, e) = match at_ms(&sq.at, qstart, qend) {
+        Some(at) => (at, at),
+        None => (ctx.start, ctx.end),
+    };
+    let lo = s - offset - range;
+    let mut start = step * (lo / step);
+    if start <= lo {
+        start += step;
+    }
+    Ctx {
+        start,
+        end: e - offset,
+        step,
+    }
+}
+
+/// Converts the parser's matchers of a selector into ours (the metric name included).
+/// Returns one matcher set per `or` alternative.
+pub(crate) fn selector_matchers(
+    vs: &VectorSelector,
+) -> Result<Vec<Vec<storeapi::Matcher>>, QueryError> {
+    let conv =
+        |ms: &[promql_parser::label::Matcher]| -> Result<Vec<storeapi::Matcher>, QueryError> {
+            let mut out = Vec::with_capacity(ms.len() + 1);
+            for m in ms {
+                let op = match m.op {
+                    PMatchOp::Equal => storeapi::MatchOp::Equal,
+                    PMatchOp::NotEqual => storeapi::MatchOp::NotEqual,
+                    PMatchOp::Re(_) => storeapi::MatchOp::RegexMatch,
+                    PMatchOp::NotRe(_) => storeapi::MatchOp::RegexNoMatch,
+                };
+                out.push(
+                    storeapi::Matcher::new(op, m.name.clone(), m.value.clone())
+                        .map_err(|e| QueryError::BadData(e.to_string()))?,
+                );
+            }
+            if let Some(name) = &vs.name {
+                if !out.iter().any(|m| m.name == "__name__") {
+                    out.push(storeapi::Matcher::equal("__name__", name.clone()));
+                }
+            }
+            Ok(out)
+        };
+    if vs.matchers.or_matchers.is_empty() {
+        Ok(vec![conv(&vs.matchers.matchers)?])
+    } else {
+        let mut all = Vec::new();
+        for group in &vs.matchers.or_matchers {
+            let mut g = group.clone();
+            g.extend(vs.matchers.matchers.iter().cloned());
+            all.push(conv(&g)?);
+        }
+        Ok(all)
+    }
+}
+
+pub(crate) fn selector_key(vs: &VectorSelector) -> usize {
+    vs as *const VectorSelector as usize
+}
+
+pub(crate) fn drop_metric_name(l: &Labels) -> Labels {
+    if l.iter().any(|x| is_metadata(&x.name)) {
+        let v: Vec<Label> = l
+            .iter()
+            .filter(|x| !is_metadata(&x.name))
+            .cloned()
+            .collect();
+        Labels::from_sorted_unchecked(v)
+    } else {
+        l.clone()
+    }
+}
+
+fn is_metadata(n: &str) -> bool {
+    n == "__name__" || n == "__type__" || n == "__unit__"
+}
+
+pub(crate) fn dup_labelset_err() -> QueryError {
+    QueryError::Execution("vector cannot contain metrics with the same labelset".into())
+}
+
+/// Collects per-step output samples into series keyed by label set, detecting two
+/// samples with the same labels at the same step.
+pub(crate) struct Collector {
+    map: HashMap<Labels, usize>,
+    pub out: Vec<Series>,
+}
+
+impl Collector {
+    pub fn new() -> Self {
+        Collector {
+            map: HashMap::new(),
+            out: Vec::new(),
+        }
+    }
+    /// The output index for a label set (created if new).
+    pub fn index(&mut self, labels: Labels) -> usize {
+        if let Some(i) = self.map.get(&labels) {
+            return *i;
+        }
+        let i = self.out.len();
+        self.map.insert(labels.clone(), i);
+        self.out.push(Series {
+            labels,
+            pts: Vec::new(),
+        });
+        i
+    }
+    pub fn push(&mut self, idx: usize, t: i64, v: f64) -> Result<(), QueryError> {
+        let s = &mut self.out[idx];
+        if let Some(last) = s.pts.last() {
+            if last.t == t {
+                return Err(dup_labelset_err());
+            }
+        }
+        s.pts.push(Sample { t, v });
+        Ok(())
+    }
+}
+
+/// Checks a matrix for two series with the same labels.
+pub(crate) fn check_unique(series: &[Series]) -> Result<(), QueryError> {
+    if series.len() < 2 {
+        return Ok(());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(series.len());
+    for s in series {
+        if !seen.insert(&s.labels) {
+            return Err(dup_labelset_err());
+        }
+    }
+    Ok(())
+}
+
+/// Merges series with equal labels whose points do not overlap (after a label change),
+/// failing when two of them have a point at the same step.
+pub(crate) fn merge_same_labels(series: Vec<Series>) -> Result<Vec<Series>, QueryError> {
+    let mut map: HashMap<Labels, usize> = HashMap::with_capacity(series.len());
+    let mut out: Vec<Series> = Vec::with_capacity(series.len());
+    let mut need_sort = Vec::new();
+    for s in series {
+        match map.get(&s.labels) {
+            Some(&i) => {
+                let o: &mut Series = &mut out[i];
+                o.pts.extend(s.pts);
+                need_sort.push(i);
+            }
+            None => {
+                map.insert(s.labels.clone(), out.len());
+                out.push(s);
+            }
+        }
+    }
+    for i in need_sort {
+        let o = &mut out[i];
+        o.pts.sort_by_key(|p| p.t);
+        if o.pts.windows(2).any(|w| w[0].t == w[1].t) {
+            return Err(dup_labelset_err());
+        }
+    }
+    Ok(out)
+}
+
+/// The evaluator's state for one query.
+pub(crate) struct Evaluator {
+    pub qstart: i64,
+    pub qend: i64,
+    pub lookback: i64,
+    pub max_samples: usize,
+    pub cur_samples: usize,
+    pub deadline: Instant,
+    pub cancel: Option<Arc<AtomicBool>>,
+    pub data: HashMap<usize, Vec<storeapi_series::Raw>>,
+    pub warnings: Vec<String>,
+    pub infos: Vec<String>,
+}
+
+pub(crate) mod storeapi_series {
+    use storeapi::{Labels, Sample};
+    /// A selected series: labels and raw samples (stale markers kept).
+    #[derive(Debug, Clone)]
+    pub struct Raw {
+        pub labels: Labels,
+        pub samples: Vec<Sample>,
+    }
+}
+
+pub(crate) fn too_many_samples() -> QueryError {
+    QueryError::Execution(
+        "query processing would load too many samples into memory in query execution".into(),
+    )
+}
+
+impl Evaluator {
+    pub fn check_done(&self) -> Result<(), QueryError> {
+        if let Some(c) = &self.cancel {
+            if c.load(Ordering::Relaxed) {
+                return Err(QueryError::Canceled(
+                    "query was canceled in expression evaluation".into(),
+                ));
+            }
+        }
+        if Instant::now() > self.deadline {
+            return Err(QueryError::Timeout(
+                "query timed out in expression evaluation".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn add_samples(&mut self, n: usize) -> Result<(), QueryError> {
+        self.cur_samples += n;
+        if self.cur_samples > self.max_samples {
+            return Err(too_many_samples());
+        }
+        Ok(())
+    }
+
+    pub fn warn(&mut self, w: String) {
+        if !self.warnings.contains(&w) {
+            self.warnings.push(w);
+        }
+    }
+    pub fn info(&mut self, w: String) {
+        if !self.infos.contains(&w) {
+            self.infos.push(w);
+        }
+    }
+
+    pub fn eval(&mut self, e: &Expr, ctx: Ctx) -> Result<Val, QueryError> {
+        self.check_done()?;
+        match e {
+            Expr::NumberLiteral(n) => Ok(Val::Scalar(vec![n.val; ctx.n()])),
+            Expr::StringLiteral(s) => Ok(Val::Str(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr, ctx),
+            Expr::Unary(u) => match self.eval(&u.expr, ctx)? {
+                Val::Scalar(mut v) => {
+                    v.iter_mut().for_each(|x| *x = -*x);
+                    Ok(Val::Scalar(v))
+                }
+                Val::Vector(mut ss) => {
+                    for s in &mut ss {
+                        s.labels = drop_metric_name(&s.labels);
+                        s.pts.iter_mut().for_each(|p| p.v = -p.v);
+                    }
+                    check_unique(&ss)?;
+                    Ok(Val::Vector(ss))
+                }
+                _ => Err(QueryError::BadData(
+                    "unary expression only allowed on expressions of type scalar or instant vector"
+                        .into(),
+                )),
+            },
+            Expr::VectorSelector(vs) => Ok(Val::Vector(self.eval_vector_selector(vs, ctx)?)),
+            Expr::MatrixSelector(ms) => {
+                let src = self.range_source(e, ctx)?;
+                let ts = ctx.start;
+                let rt = src.at.unwrap_or(ts) - src.offset;
+                let mut out = Vec::new();
+                for s in src.series {
+                    let (lo, hi) = window(&s.pts, rt - src.range, rt);
+                    if hi > lo {
+                        self.add_samples(hi - lo)?;
+                        out.push(Series {
+                            labels: s.labels,
+                            pts: s.pts[lo..hi].to_vec(),
+                        });
+                    }
+                }
+                let _ = ms;
+                Ok(Val::Matrix(out))
+            }
+            Expr::Subquery(sq) => {
+                let inner = subquery_ctx(sq, ctx, self.qstart, self.qend);
+                match self.eval(&sq.expr, inner)? {
+                    Val::Vector(ss) => Ok(Val::Matrix(ss)),
+                    _ => Err(QueryError::BadData(
+                        "subquery is only allowed on instant vector".into(),
+                    )),
+                }
+            }
+            Expr::Call(c) => functions::eval_call(self, c, ctx),
+            Expr::Aggregate(a) => self.eval_aggregate(a, ctx),
+            Expr::Binary(b) => self.eval_binary(b, ctx),
+            Expr::Extension(_) => Err(QueryError::BadData(
+                "extension expressions are not supported".into(),
+            )),
+        }
+    }
+
+    /// An instant vector selector: the latest sample within the lookback delta per step.
+    pub fn eval_vector_selector(
+        &mut self,
+        vs: &VectorSelector,
+        ctx: Ctx,
+    ) -> Result<Vec<Series>, QueryError> {
+        let offset = offset_ms(&vs.offset);
+        let at = at_ms(&vs.at, self.qstart, self.qend);
+        let raws = self
+            .data
+            .get(&selector_key(vs))
+            .cloned()
+            .unwrap_or_default();
+        let n = ctx.n();
+        let mut out = Vec::with_capacity(raws.len());
+        for r in raws {
+            let mut pts = Vec::new();
+            if let Some(at) = at {
+                let rt = at - offset;
+                if let Some(v) = lookup(&r.samples, rt, self.lookback) {
+                    pts = (0..n)
+                        .map(|i| Sample {
+                            t: ctx.ts(i),
+                            v: v.v,
+                        })
+                        .collect();
+                }
+            } else {
+                let mut cur = 0usize;
+                let s = &r.samples;
+                for i in 0..n {
+                    let ts = ctx.ts(i);
+                    let rt = ts - offset;
+                    while cur < s.len() && s[cur].t <= rt {
+                        cur += 1;
+                    }
+                    if cur == 0 {
+                        continue;
+                    }
+                    let p = s[cur - 1];
+                    if p.t <= rt - self.lookback || storeapi::is_stale_nan(p.v) {
+                        continue;
+                    }
+                    pts.push(Sample { t: ts, v: p.v });
+                }
+            }
+            if !pts.is_empty() {
+                self.add_samples(pts.len())?;
+                out.push(Series {
+                    labels: r.labels,
+                    pts,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Like [`Self::eval_vector_selector`] but each point carries the sample's timestamp
+    /// in seconds (for `timestamp()`).
+    pub fn eval_vector_selector_timestamps(
+        &mut self,
+        vs: &VectorSelector,
+        ctx: Ctx,
+    ) -> Result<Vec<Series>, QueryError> {
+        let offset = offset_ms(&vs.offset);
+        let at = at_ms(&vs.at, self.qstart, self.qend);
+        let raws = self
+            .data
+            .get(&selector_key(vs))
+            .cloned()
+            .unwrap_or_default();
+        let n = ctx.n();
+        let mut out = Vec::with_capacity(raws.len());
+        for r in raws {
+            let mut pts = Vec::new();
+            for i in 0..n {
+                let ts = ctx.ts(i);
+                let rt = at.unwrap_or(ts) - offset;
+                if let Some(p) = lookup(&r.samples, rt, self.lookback) {
+                    pts.push(Sample {
+                        t: ts,
+                        v: p.t as f64 / 1000.0,
+                    });
+                }
+            }
+            if !pts.is_empty() {
+                self.add_samples(pts.len())?;
+                out.push(Series {
+                    labels: drop_metric_name(&r.labels),
+                    pts,
+                });
+            }
+        }
+        check_unique(&out)?;
+        Ok(out)
+    }
+
+    /// The series and window parameters behind a range-vector argument.
+    pub fn range_source(&mut self, e: &Expr, ctx: Ctx) -> Result<RangeSource, QueryError> {
+        match e {
+            Expr::Paren(p) => self.range_source(&p.expr, ctx),
+            Expr::MatrixSelector(ms) => {
+                let vs = &ms.vs;
+                let raws = self
+                    .data
+                    .get(&selector_key(vs))
+                    .cloned()
+                    .unwrap_or_default();
+                let series = raws
+                    .into_iter()
+                    .map(|r| Series {
+                        labels: r.labels,
+                        pts: r
+                            .samples
+                            .into_iter()
+                            .filter(|s| !storeapi::is_stale_nan(s.v))
+                            .collect(),
+                    })
+                    .collect();
+                Ok(RangeSource {
+                    series,
+                    range: ms_of(&ms.range),
+                    offset: offset_ms(&vs.offset),
+                    at: at_ms(&vs.at, self.qstart, self.qend),
+                })
+            }
+            Expr::Subquery(sq) => {
+                let inner = subquery_ctx(sq, ctx, self.qstart, self.qend);
+                let series = match self.eval(&sq.expr, inner)? {
+                    Val::Vector(ss) => ss,
+                    _ => {
+                        return Err(QueryError::BadData(
+                            "subquery is only allowed on instant vector".into(),
+                        ));
+                    }
+                };
+                Ok(RangeSource {
+                    series,
+                    range: ms_of(&sq.range),
+                    offset: offset_ms(&sq.offset),
+                    at: at_ms(&sq.at, self.qstart, self.qend),
+                })
+            }
+            _ => Err(QueryError::BadData(format!(
+                "expected type range vector, got {}",
+                type_name(e)
+            ))),
+        }
+    }
+
+    /// Evaluates an expression expected to be a scalar, per step.
+    pub fn eval_scalar(&mut self, e: &Expr, ctx: Ctx) -> Result<Vec<f64>, QueryError> {
+        match self.eval(e, ctx)? {
+            Val::Scalar(v) => Ok(v),
+            _ => Err(QueryError::BadData(format!(
+                "expected type scalar, got {}",
+                type_name(e)
+            ))),
+        }
+    }
+
+    /// Evaluates an expression expected to be an instant vector.
+    pub fn eval_vector(&mut self, e: &Expr, ctx: Ctx) -> Result<Vec<Series>, QueryError> {
+        match self.eval(e, ctx)? {
+            Val::Vector(v) => Ok(v),
+            _ => Err(QueryError::BadData(format!(
+                "expected type instant vector, got {}",
+                type_name(e)
+            ))),
+        }
+    }
+
+    // ---------------------------------------------------------------- aggregation
+
+    fn eval_aggregate(&mut self, a: &AggregateExpr, ctx: Ctx) -> Result<Val, QueryError> {
+        let op = a.op.id();
+        let (without, mut grouping): (bool, Vec<String>) = match &a.modifier {
+            None => (false, Vec::new()),
+            Some(LabelModifier::Include(l)) => (false, l.labels.clone()),
+            Some(LabelModifier::Exclude(l)) => (true, l.labels.clone()),
+        };
+        grouping.sort();
+        grouping.dedup();
+        if op == token::T_COUNT_VALUES {
+            let label = match a.param.as_deref().map(unwrap_parens) {
+                Some(Expr::StringLiteral(s)) => s.val.clone(),
+                _ => {
+                    return Err(QueryError::BadData(
+                        "count_values requires a string parameter".into(),
+                    ));
+                }
+            };
+            if !storeapi::labels::is_valid_label_name(&label) {
+                return Err(QueryError::Execution(format!(
+                    "invalid label name {label:?}"
+                )));
+            }
+            let input = self.eval_vector(&a.expr, ctx)?;
+            return crate::aggregate::count_values(self, input, &label, without, &grouping, ctx)
+                .map(Val::Vector);
+        }
+        let param = match &a.param {
+            Some(p)
+                if matches!(
+                    op,
+                    token::T_TOPK
+                        | token::T_BOTTOMK
+                        | token::T_QUANTILE
+                        | token::T_LIMITK
+                        | token::T_LIMIT_RATIO
+                ) =>
+            {
+                Some(self.eval_scalar(p, ctx)?)
+            }
+            _ => None,
+        };
+        let input = self.eval_vector(&a.expr, ctx)?;
+        crate::aggregate::aggregate(self, op, input, param, without, &grouping, ctx)
+            .map(Val::Vector)
+    }
+
+    // ---------------------------------------------------------------- binary operators
+
+    fn eval_binary(&mut self, b: &BinaryExpr, ctx: Ctx) -> Result<Val, QueryError> {
+        let op = b.op.id();
+        let return_bool = b.return_bool();
+        let lhs = self.eval(&b.lhs, ctx)?;
+        let rhs = self.eval(&b.rhs, ctx)?;
+        match (lhs, rhs) {
+            (Val::Scalar(l), Val::Scalar(r)) => {
+                let v = l
+                    .iter()
+                    .zip(r.iter())
+                    .map(|(a, b)| scalar_binop(op, *a, *b))
+                    .collect();
+                Ok(Val::Scalar(v))
+            }
+            (Val::Vector(l), Val::Scalar(r)) => self
+                .vector_scalar(op, l, &r, false, return_bool, ctx)
+                .map(Val::Vector),
+            (Val::Scalar(l), Val::Vector(r)) => self
+                .vector_scalar(op, r, &l, true, return_bool, ctx)
+                .map(Val::Vector),
+            (Val::Vector(l), Val::Vector(r)) => {
+                crate::binop::vector_vector(self, b, op, l, r, return_bool, ctx).map(Val::Vector)
+            }
+            _ => Err(QueryError::BadData(
+                "binary expression must contain only scalar and instant vector types".into(),
+            )),
+        }
+    }
+
+    fn vector_scalar(
+        &mut self,
+        op: TokenId,
+        vec: Vec<Series>,
+        sc: &[f64],
+        swap: bool,
+        return_bool: bool,
+        ctx: Ctx,
+    ) -> Result<Vec<Series>, QueryError> {
+        let comparison = is_comparison(op);
+        let drop = !comparison || return_bool;
+        let mut out = Vec::with_capacity(vec.len());
+        for s in vec {
+            let mut pts = Vec::with_capacity(s.pts.len());
+            for p in &s.pts {
+                let i = ((p.t - ctx.start) / ctx.step) as usize;
+                let sv = sc.get(i).copied().unwrap_or(f64::NAN);
+                let (l, r) = if swap { (sv, p.v) } else { (p.v, sv) };
+                let (mut v, keep) = elem_binop(op, l, r);
+                if comparison && swap {
+                    v = r;
+                }
+                if return_bool {
+                    pts.push(Sample {
+                        t: p.t,
+                        v: if keep { 1.0 } else { 0.0 },
+                    });
+                } else if keep {
+                    pts.push(Sample { t: p.t, v });
+                }
+            }
+            if !pts.is_empty() {
+                let labels = if drop {
+                    drop_metric_name(&s.labels)
+                } else {
+                    s.labels
+                };
+                out.push(Series { labels, pts });
+            }
+        }
+        if drop {
+            out = merge_same_labels(out)?;
+        }
+        Ok(out)
+    }
+}
+
+/// A range-vector argument: per-series samples (stale markers removed) and the window.
+pub(crate) struct RangeSource {
+    pub series: Vec<Series>,
+    pub range: i64,
+    pub offset: i64,
+    pub at: Option<i64>,
+}
+
+/// Indices `[lo, hi)` of the samples with `mint < t <= maxt`.
+pub(crate) fn window(s: &[Sample], mint: i64, maxt: i64) -> (usize, usize) {
+    let lo = s.partition_point(|p| p.t <= mint);
+    let hi = s.partition_point(|p| p.t <= maxt);
+    (lo, hi.max(lo))
+}
+
+/// The latest non-stale sample at or before `rt` within the lookback delta.
+pub(crate) fn lookup(s: &[Sample], rt: i64, lookback: i64) -> Option<Sample> {
+    let i = s.partition_point(|p| p.t <= rt);
+    if i == 0 {
+        return None;
+    }
+    let p = s[i - 1];
+    if p.t <= rt - lookback || storeapi::is_stale_nan(p.v) {
+        return None;
+    }
+    Some(p)
+}
+
+pub(crate) fn unwrap_parens(e: &Expr) -> &Expr {
+    match e {
+        Expr::Paren(p) => unwrap_parens(&p.expr),
+        _ => e,
+    }
+}
+
+pub(crate) fn type_name(e: &Expr) -> &'static str {
+    use promql_parser::parser::value::ValueType;
+    match e.value_type() {
+        ValueType::Scalar => "scalar",
+        ValueType::String => "string",
+        ValueType::Vector => "instant vector",
+        ValueType::Matrix => "range vector",
+    }
+}
+
+pub(crate) fn is_comparison(op: TokenId) -> bool {
+    matches!(
+        op,
+        token::T_EQLC | token::T_NEQ | token::T_GTR | token::T_LSS | token::T_GTE | token::T_LTE
+    )
+}
+
+pub(crate) fn scalar_binop(op: TokenId, l: f64, r: f64) -> f64 {
+    let b = |x: bool| if x { 1.0 } else { 0.0 };
+    match op {
+        token::T_ADD => l + r,
+        token::T_SUB => l - r,
+        token::T_MUL => l * r,
+        token::T_DIV => l / r,
+        token::T_POW => l.powf(r),
+        token::T_MOD => l % r,
+        token::T_EQLC => b(l == r),
+        token::T_NEQ => b(l != r),
+        token::T_GTR => b(l > r),
+        token::T_LSS => b(l < r),
+        token::T_GTE => b(l >= r),
+        token::T_LTE => b(l <= r),
+        token::T_ATAN2 => l.atan2(r),
+        _ => f64::NAN,
+    }
+}
+
+/// A binary operation between two vector elements: (value, keep).
+pub(crate) fn elem_binop(op: TokenId, l: f64, r: f64) -> (f64, bool) {
+    match op {
+        token::T_EQLC => (l, l == r),
+        token::T_NEQ => (l, l != r),
+        token::T_GTR => (l, l > r),
+        token::T_LSS => (l, l < r),
+        token::T_GTE => (l, l >= r),
+        token::T_LTE => (l, l <= r),
+        _ => (scalar_binop(op, l, r), true),
+    }
+}
+
+/// Cardinality helpers for the binary-operator module.
+pub(crate) fn card_labels(c: &VectorMatchCardinality) -> Vec<String> {
+    match c {
+        VectorMatchCardinality::ManyToOne(l) | VectorMatchCardinality::OneToMany(l) => {
+            l.labels.clone()
+        }
+        _ => Vec::new(),
+    }
+}
