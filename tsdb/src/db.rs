@@ -1,0 +1,877 @@
+//! The database: head + WAL + blocks, with appenders, queriers, compaction and retention.
+//!
+//! Directory layout (Prometheus's): `<dir>/wal/` and one `<dir>/<ULID>/` per block.
+//!
+//! # Appending
+//! [`Db::appender`] gives a batch; [`Appender::commit`] validates every sample against its
+//! series (out-of-order, duplicate timestamp with another value, older than the
+//! appendable window — each counted; bit-identical duplicates are ignored), applies the
+//! accepted ones to the head, writes them to the WAL in one `write`, and (policy
+//! [`SyncPolicy::Always`]) fsyncs before returning. Commits are serialized by one lock
+//! (the label hashing happens before it, in the caller's thread); fsyncs are shared by
+//! concurrent committers. `commit` blocks on disk I/O: call it from
+//! `tokio::task::spawn_blocking` (or `block_in_place`) in async code.
+//!
+//! If `commit` returns `Err` (WAL write failed), accepted samples may be visible in memory
+//! but are not guaranteed durable; the batch can be retried safely (identical duplicates
+//! are ignored).
+//!
+//! # Compaction
+//! [`Db::compact`] cuts the head into block-duration-aligned blocks while the head spans
+//! more than 1.5 block durations (Prometheus's rule), keeping the newest ~half block
+//! appendable; then truncates the head, checkpoints the WAL and applies retention.
+//! [`Db::flush`] (for shutdown or tests) cuts everything up to the newest sample.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use storeapi::{Labels, Matcher, Sample};
+
+use crate::block::{self, Block, BlockError, BlockOptions, ThanosMeta};
+use crate::chunk::{Chunk, ChunkError, XorIterator};
+use crate::head::{Head, MemSeries, SampleResult, SeriesKey, labels_hash};
+use crate::metrics::{Metrics, RejectReason};
+use crate::postings::SeriesRef;
+use crate::wal::record::{self, SamplesGroup, Visitor};
+use crate::wal::{self, SyncPolicy, Wal, WalError};
+
+/// Database options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Block duration (and chunk range). Default 2h.
+    pub block_duration: Duration,
+    /// Blocks whose end is older than this before the newest data are deleted. Default 15d.
+    /// Zero disables retention.
+    pub retention: Duration,
+    /// WAL fsync policy. Default [`SyncPolicy::Always`].
+    pub wal_sync: SyncPolicy,
+    /// WAL segment size. Default 128 MiB.
+    pub wal_segment_size: u64,
+    /// External labels written into each block's `meta.json` `thanos` section; `None`
+    /// writes no `thanos` section.
+    pub external_labels: Option<BTreeMap<String, String>>,
+    /// `thanos.source` in `meta.json` (e.g. `receive`).
+    pub thanos_source: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            block_duration: Duration::from_secs(2 * 3600),
+            retention: Duration::from_secs(15 * 24 * 3600),
+            wal_sync: SyncPolicy::Always,
+            wal_segment_size: wal::DEFAULT_SEGMENT_SIZE,
+            external_labels: None,
+            thanos_source: "receive".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("block: {0}")]
+    Block(#[from] BlockError),
+    #[error("chunk: {0}")]
+    Chunk(#[from] ChunkError),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid options: {0}")]
+    Options(String),
+}
+
+/// The first refused sample of a commit (for error messages).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    /// Index of the series in the batch (order of `append` calls).
+    pub series_index: usize,
+    pub t: i64,
+}
+
+/// Result of a commit: counts per outcome.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppendOutcome {
+    pub appended: u64,
+    /// Same timestamp and identical value as the series' last sample: ignored, not an error.
+    pub duplicates_ignored: u64,
+    pub out_of_order: u64,
+    pub duplicate_timestamp: u64,
+    pub out_of_bounds: u64,
+    /// Samples sent by ref for a ref the head does not know (any more).
+    pub unknown_series: u64,
+    pub series_created: u64,
+    pub first_rejection: Option<Rejection>,
+    /// The head ref of each series of the batch (0 for unknown refs), in batch order.
+    pub series_refs: Vec<SeriesRef>,
+}
+
+impl AppendOutcome {
+    /// Samples refused (all kinds).
+    pub fn rejected(&self) -> u64 {
+        self.out_of_order + self.duplicate_timestamp + self.out_of_bounds + self.unknown_series
+    }
+
+    fn count(&mut self, reason: RejectReason, series_index: usize, t: i64) {
+        match reason {
+            RejectReason::OutOfOrder => self.out_of_order += 1,
+            RejectReason::DuplicateTimestamp => self.duplicate_timestamp += 1,
+            RejectReason::OutOfBounds => self.out_of_bounds += 1,
+        }
+        if self.first_rejection.is_none() {
+            self.first_rejection = Some(Rejection {
+                reason,
+                series_index,
+                t,
+            });
+        }
+    }
+}
+
+#[derive(Default)]
+struct CommitBufs {
+    frames: Vec<u8>,
+    samples: Vec<u8>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    opts: Options,
+    range: i64,
+    head: Head,
+    wal: Arc<Wal>,
+    commit: Mutex<CommitBufs>,
+    /// Loaded blocks, sorted by min time.
+    blocks: RwLock<Vec<Arc<Block>>>,
+    compact_lock: Mutex<()>,
+    metrics: Metrics,
+}
+
+/// A time-series database. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("dir", &self.inner.dir).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Applies WAL records to the head during replay.
+struct Replayer<'a> {
+    head: &'a Head,
+    refs: HashMap<u64, Arc<MemSeries>>,
+    scratch: Vec<u8>,
+    unknown_refs: u64,
+    mint: i64,
+    maxt: i64,
+    error: Option<String>,
+}
+
+impl Replayer<'_> {
+    fn add(&mut self, r: u64, t: i64, v: f64) {
+        let Some(s) = self.refs.get(&r) else {
+            self.unknown_refs += 1;
+            return;
+        };
+        let min_valid = self.head.min_valid_time();
+        let mut d = s.lock();
+        if self.head.append_locked(&mut d, t, v, min_valid) == SampleResult::Appended {
+            self.mint = self.mint.min(t);
+            self.maxt = self.maxt.max(t);
+        }
+    }
+}
+
+impl Visitor for Replayer<'_> {
+    fn series(&mut self, r: u64, labels: Labels) {
+        let s = self.head.replay_series(r, &labels, &mut self.scratch);
+        self.refs.insert(r, s);
+    }
+    fn sample(&mut self, r: u64, t: i64, v: f64) {
+        self.add(r, t, v);
+    }
+    fn chunk(&mut self, r: u64, _min_t: i64, _max_t: i64, data: &[u8]) {
+        let it = match XorIterator::new(data) {
+            Ok(it) => it,
+            Err(e) => {
+                self.error = Some(e.to_string());
+                return;
+            }
+        };
+        for s in it {
+            match s {
+                Ok((t, v)) => self.add(r, t, v),
+                Err(e) => {
+                    self.error = Some(e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Db {
+    /// Opens (or creates) the database in `dir`: loads blocks, replays the WAL (repairing
+    /// damage), registers metrics in `registry` when given.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        opts: Options,
+        registry: Option<&mut Registry>,
+    ) -> Result<Db, DbError> {
+        let dir = dir.as_ref().to_path_buf();
+        let range = i64::try_from(opts.block_duration.as_millis()).unwrap_or(i64::MAX);
+        if range < 1000 {
+            return Err(DbError::Options(format!(
+                "block duration {:?} is shorter than 1s",
+                opts.block_duration
+            )));
+        }
+        std::fs::create_dir_all(&dir).map_err(|source| DbError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let metrics = Metrics::default();
+        if let Some(r) = registry {
+            metrics.register(r);
+        }
+        block::remove_tmp_dirs(&dir)?;
+        let mut blocks = Vec::new();
+        for e in block::list_blocks(&dir)? {
+            match Block::open(&e.dir) {
+                Ok(b) => blocks.push(Arc::new(b)),
+                Err(err) => {
+                    tracing::error!(dir = %e.dir.display(), error = %err, "cannot open block; skipping it")
+                }
+            }
+        }
+        metrics.blocks_loaded.set(blocks.len() as i64);
+        let head = Head::new(range, metrics.clone());
+        if let Some(maxt) = blocks.iter().map(|b| b.meta().max_time).max() {
+            head.set_min_valid_time(maxt);
+        }
+
+        let wal_dir = dir.join("wal");
+        let mut rp = Replayer {
+            head: &head,
+            refs: HashMap::new(),
+            scratch: Vec::new(),
+            unknown_refs: 0,
+            mint: i64::MAX,
+            maxt: i64::MIN,
+            error: None,
+        };
+        let (report, last_seg) = wal::replay(&wal_dir, &metrics, &mut |payload| {
+            record::decode(payload, &mut rp).map_err(|e| e.to_string())?;
+            match rp.error.take() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        })?;
+        head.note_times(rp.mint, rp.maxt);
+        if rp.unknown_refs > 0 {
+            tracing::warn!(
+                samples = rp.unknown_refs,
+                "WAL samples for unknown series skipped"
+            );
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            records = report.records,
+            segments = report.segments,
+            checkpoint = ?report.checkpoint,
+            torn_tails = report.torn_tails,
+            corruptions_repaired = report.corruptions_repaired,
+            series = head.num_series(),
+            blocks = blocks.len(),
+            "tsdb opened"
+        );
+        let wal = Wal::create(
+            &wal_dir,
+            last_seg,
+            opts.wal_sync,
+            opts.wal_segment_size,
+            metrics.clone(),
+        )?;
+        metrics.head_series.set(head.num_series() as i64);
+        Ok(Db {
+            inner: Arc::new(Inner {
+                dir,
+                opts,
+                range,
+                head,
+                wal,
+                commit: Mutex::new(CommitBufs::default()),
+                blocks: RwLock::new(blocks),
+                compact_lock: Mutex::new(()),
+                metrics,
+            }),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.inner.opts
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn head(&self) -> &Head {
+        &self.inner.head
+    }
+
+    /// A new, empty append batch.
+    pub fn appender(&self) -> Appender<'_> {
+        Appender {
+            db: self,
+            keys: Vec::new(),
+            spans: Vec::new(),
+            samples: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Number of series in the head.
+    pub fn head_series(&self) -> usize {
+        self.inner.head.num_series()
+    }
+
+    fn blocks(&self) -> Vec<Arc<Block>> {
+        self.inner
+            .blocks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Metas of the loaded blocks, oldest first.
+    pub fn block_metas(&self) -> Vec<block::BlockMeta> {
+        self.blocks().iter().map(|b| b.meta().clone()).collect()
+    }
+
+    /// Oldest sample timestamp (blocks and head); `i64::MAX` when empty.
+    pub fn min_time(&self) -> i64 {
+        let b = self
+            .blocks()
+            .iter()
+            .map(|b| b.meta().min_time)
+            .min()
+            .unwrap_or(i64::MAX);
+        b.min(self.inner.head.min_time())
+    }
+
+    /// Newest sample timestamp (blocks and head); `i64::MIN` when empty.
+    pub fn max_time(&self) -> i64 {
+        let b = self
+            .blocks()
+            .iter()
+            .map(|b| b.meta().max_time - 1)
+            .max()
+            .unwrap_or(i64::MIN);
+        b.max(self.inner.head.max_time())
+    }
+
+    /// A querier over the closed interval `[mint, maxt]`.
+    pub fn querier(&self, mint: i64, maxt: i64) -> Querier {
+        let blocks: Vec<Arc<Block>> = self
+            .blocks()
+            .into_iter()
+            .filter(|b| b.overlaps(mint, maxt))
+            .collect();
+        // Head chunks older than the newest block end are already in blocks (visible
+        // between a block's publication and the head's truncation): skip them.
+        let blocks_end = self
+            .blocks()
+            .iter()
+            .map(|b| b.meta().max_time)
+            .max()
+            .unwrap_or(i64::MIN);
+        Querier {
+            db: self.clone(),
+            blocks,
+            head_mint: mint.max(blocks_end),
+            mint,
+            maxt,
+        }
+    }
+
+    /// Compacts the head into blocks while it spans more than 1.5 block durations, then
+    /// applies retention. Returns the metas of the blocks written.
+    pub fn compact(&self) -> Result<Vec<block::BlockMeta>, DbError> {
+        let _g = lock(&self.inner.compact_lock);
+        let mut written = Vec::new();
+        loop {
+            let head = &self.inner.head;
+            if head.is_empty() {
+                break;
+            }
+            let (mint, maxt) = (head.min_time(), head.max_time());
+            if maxt.saturating_sub(mint) <= self.inner.range / 2 * 3 {
+                break;
+            }
+            let start = mint.div_euclid(self.inner.range) * self.inner.range;
+            let end = start.saturating_add(self.inner.range);
+            written.extend(self.compact_range(start, end)?);
+        }
+        self.apply_retention()?;
+        Ok(written)
+    }
+
+    /// Cuts every sample in the head into blocks (used at shutdown and in tests); new
+    /// samples older than the newest one are refused afterwards.
+    pub fn flush(&self) -> Result<Vec<block::BlockMeta>, DbError> {
+        let _g = lock(&self.inner.compact_lock);
+        let mut written = Vec::new();
+        while !self.inner.head.is_empty() {
+            let mint = self.inner.head.min_time();
+            let maxt = self.inner.head.max_time();
+            let start = mint.div_euclid(self.inner.range) * self.inner.range;
+            // The last block ends just after the newest sample.
+            let end = (start.saturating_add(self.inner.range)).min(maxt.saturating_add(1));
+            written.extend(self.compact_range(start, end)?);
+        }
+        self.apply_retention()?;
+        Ok(written)
+    }
+
+    fn compact_range(&self, start: i64, end: i64) -> Result<Option<block::BlockMeta>, DbError> {
+        let inner = &self.inner;
+        {
+            let _c = lock(&inner.commit);
+            inner.head.set_min_valid_time(end);
+        }
+        let series = inner.head.select(&[], start, end - 1);
+        let res = if series.is_empty() {
+            None
+        } else {
+            let opts = BlockOptions {
+                thanos: inner
+                    .opts
+                    .external_labels
+                    .clone()
+                    .map(|l| ThanosMeta::new(l, inner.opts.thanos_source.clone())),
+                ..BlockOptions::default()
+            };
+            let written = block::BlockWriter::write(&inner.dir, start, end, series, &opts);
+            let meta = match written {
+                Ok(m) => m,
+                Err(e) => {
+                    inner.metrics.compactions_failed.inc();
+                    return Err(e.into());
+                }
+            };
+            let b = Block::open(&inner.dir.join(meta.ulid.to_string()))?;
+            {
+                let mut bl = inner.blocks.write().unwrap_or_else(|e| e.into_inner());
+                bl.push(Arc::new(b));
+                bl.sort_by_key(|b| b.meta().min_time);
+                inner.metrics.blocks_loaded.set(bl.len() as i64);
+            }
+            tracing::info!(ulid = %meta.ulid, mint = start, maxt = end,
+                series = meta.stats.num_series, samples = meta.stats.num_samples, "wrote block");
+            inner.metrics.compactions.inc();
+            Some(meta)
+        };
+        let last_seg = {
+            let _c = lock(&inner.commit);
+            let last = inner.wal.cut_segment()?;
+            inner.head.truncate(end);
+            last
+        };
+        self.checkpoint(last_seg)?;
+        Ok(res)
+    }
+
+    /// Writes the head's state as a WAL checkpoint covering segments ≤ `upto`.
+    fn checkpoint(&self, upto: u64) -> Result<(), DbError> {
+        let series = self.inner.head.all_series();
+        let mut i = 0usize;
+        let mut phase = 0u8;
+        self.inner.wal.checkpoint(upto, &mut |buf| {
+            const TARGET: usize = 1 << 20;
+            // Phase 0: series records; phase 1: chunk records.
+            while phase < 2 {
+                let at = wal::start_frame(buf);
+                buf.push(if phase == 0 {
+                    record::TYPE_SERIES
+                } else {
+                    record::TYPE_CHUNKS
+                });
+                while i < series.len() && buf.len() - at < TARGET {
+                    let s = &series[i];
+                    if phase == 0 {
+                        record::put_series(buf, s.sref, &s.labels);
+                    } else {
+                        let chunks = s.chunks(i64::MIN, i64::MAX);
+                        if !chunks.is_empty() {
+                            record::put_chunks(buf, s.sref, &chunks);
+                        }
+                    }
+                    i += 1;
+                }
+                if !wal::abandon_frame_if_empty(buf, at, 1) {
+                    wal::finish_frame(buf, at);
+                }
+                if i >= series.len() {
+                    i = 0;
+                    phase += 1;
+                }
+                if buf.len() >= TARGET {
+                    return phase < 2;
+                }
+            }
+            false
+        })?;
+        Ok(())
+    }
+
+    /// Deletes blocks whose end lies more than the retention before the newest data.
+    pub fn apply_retention(&self) -> Result<usize, DbError> {
+        let retention = i64::try_from(self.inner.opts.retention.as_millis()).unwrap_or(i64::MAX);
+        if retention <= 0 {
+            return Ok(0);
+        }
+        let reference = self.max_time();
+        if reference == i64::MIN {
+            return Ok(0);
+        }
+        let doomed: Vec<Arc<Block>> = {
+            let mut bl = self.inner.blocks.write().unwrap_or_else(|e| e.into_inner());
+            let (old, keep): (Vec<_>, Vec<_>) = bl
+                .drain(..)
+                .partition(|b| reference.saturating_sub(b.meta().max_time) >= retention);
+            *bl = keep;
+            self.inner.metrics.blocks_loaded.set(bl.len() as i64);
+            old
+        };
+        for b in &doomed {
+            block::delete_block(b.dir())?;
+            tracing::info!(ulid = %b.meta().ulid, max_time = b.meta().max_time, "deleted block past retention");
+            self.inner.metrics.blocks_deleted_by_retention.inc();
+        }
+        Ok(doomed.len())
+    }
+
+    /// Fsyncs the WAL and refuses further appends (shutdown). Everything acknowledged is
+    /// on disk after this returns.
+    pub fn close(&self) -> Result<(), DbError> {
+        let _c = lock(&self.inner.commit);
+        self.inner.wal.close()?;
+        Ok(())
+    }
+}
+
+/// A batch of samples for several series, applied by [`Appender::commit`].
+pub struct Appender<'a> {
+    db: &'a Db,
+    keys: Vec<SeriesKey<'a>>,
+    /// `[start, end)` into `samples` per key.
+    spans: Vec<(u32, u32)>,
+    samples: Vec<(i64, f64)>,
+    scratch: Vec<u8>,
+}
+
+impl<'a> Appender<'a> {
+    /// Adds samples (in time order) for the series `labels`. Labels are hashed here, in
+    /// the caller's thread; they are copied only if the series is new.
+    pub fn append(&mut self, labels: &'a Labels, samples: &[Sample]) {
+        let h = labels_hash(labels, &mut self.scratch);
+        self.push(
+            SeriesKey::Labels(h, labels),
+            samples.iter().map(|s| (s.t, s.v)),
+        );
+    }
+
+    /// Adds one sample for `labels`.
+    pub fn append_one(&mut self, labels: &'a Labels, t: i64, v: f64) {
+        let h = labels_hash(labels, &mut self.scratch);
+        self.push(SeriesKey::Labels(h, labels), std::iter::once((t, v)));
+    }
+
+    /// Adds samples for a series by head ref (from an earlier [`AppendOutcome`]). A ref
+    /// the head no longer knows counts its samples as `unknown_series`.
+    pub fn append_ref(&mut self, r: SeriesRef, samples: &[Sample]) {
+        self.push(SeriesKey::Ref(r), samples.iter().map(|s| (s.t, s.v)));
+    }
+
+    fn push(&mut self, key: SeriesKey<'a>, samples: impl Iterator<Item = (i64, f64)>) {
+        let start = self.samples.len() as u32;
+        self.samples.extend(samples);
+        self.keys.push(key);
+        self.spans.push((start, self.samples.len() as u32));
+    }
+
+    /// Samples in the batch.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Applies the batch; see the module documentation for the guarantees.
+    pub fn commit(self) -> Result<AppendOutcome, DbError> {
+        let inner = &self.db.inner;
+        let head = &inner.head;
+        let mut out = AppendOutcome::default();
+        if self.keys.is_empty() {
+            return Ok(out);
+        }
+        let mut resolved = Vec::with_capacity(self.keys.len());
+        let mut bmin = i64::MAX;
+        let mut bmax = i64::MIN;
+        let pos = {
+            let mut bufs = lock(&inner.commit);
+            let CommitBufs { frames, samples } = &mut *bufs;
+            head.resolve(&self.keys, &mut resolved);
+            out.series_created = head.create_missing(&self.keys, &mut resolved);
+            let min_valid = head.appendable_min();
+            frames.clear();
+            samples.clear();
+            let series_frame = wal::start_frame(frames);
+            frames.push(record::TYPE_SERIES);
+            samples.push(record::TYPE_SAMPLES);
+            let mut newly_logged: Vec<&Arc<MemSeries>> = Vec::new();
+            out.series_refs.reserve(self.keys.len());
+            for (i, (s, &(a, b))) in resolved.iter().zip(&self.spans).enumerate() {
+                let Some(s) = s else {
+                    out.unknown_series += (b - a) as u64;
+                    out.series_refs.push(0);
+                    continue;
+                };
+                out.series_refs.push(s.sref);
+                let mut d = s.lock();
+                if !d.logged {
+                    record::put_series(frames, s.sref, &s.labels);
+                    d.logged = true;
+                    newly_logged.push(s);
+                }
+                let group_at = samples.len();
+                let mut g = SamplesGroup::start(samples, s.sref);
+                for &(t, v) in &self.samples[a as usize..b as usize] {
+                    match head.append_locked(&mut d, t, v, min_valid) {
+                        SampleResult::Appended => {
+                            g.push(samples, t, v);
+                            bmin = bmin.min(t);
+                            bmax = bmax.max(t);
+                        }
+                        SampleResult::DuplicateIgnored => out.duplicates_ignored += 1,
+                        SampleResult::Rejected(r) => out.count(r, i, t),
+                    }
+                }
+                let n = g.finish(samples);
+                out.appended += n as u64;
+                if n == 0 {
+                    samples.truncate(group_at);
+                }
+            }
+            if !wal::abandon_frame_if_empty(frames, series_frame, 1) {
+                wal::finish_frame(frames, series_frame);
+            }
+            if samples.len() > 1 {
+                let at = wal::start_frame(frames);
+                frames.extend_from_slice(samples);
+                wal::finish_frame(frames, at);
+            }
+            let pos = if frames.is_empty() {
+                None
+            } else {
+                match inner.wal.write(frames) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        for s in newly_logged {
+                            s.lock().logged = false;
+                        }
+                        head.note_times(bmin, bmax);
+                        return Err(e.into());
+                    }
+                }
+            };
+            head.note_times(bmin, bmax);
+            pos
+        };
+        let m = &inner.metrics;
+        m.samples_appended.inc_by(out.appended);
+        m.rejected(RejectReason::OutOfOrder, out.out_of_order);
+        m.rejected(RejectReason::DuplicateTimestamp, out.duplicate_timestamp);
+        m.rejected(RejectReason::OutOfBounds, out.out_of_bounds);
+        if let Some(p) = pos {
+            inner.wal.commit_sync(p)?;
+        }
+        Ok(out)
+    }
+}
+
+/// One series of a select: labels and its chunks (oldest first), whole chunks that
+/// overlap the query range (samples outside it may be included: trim when iterating).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesChunks {
+    pub labels: Labels,
+    pub chunks: Vec<Chunk>,
+}
+
+impl SeriesChunks {
+    /// Decoded samples within `[mint, maxt]`, in time order.
+    pub fn samples(&self, mint: i64, maxt: i64) -> Result<Vec<Sample>, ChunkError> {
+        samples_in_range(&self.chunks, mint, maxt)
+    }
+}
+
+/// Decodes XOR chunks, keeping samples in `[mint, maxt]` (and dropping any sample not
+/// newer than the previous one, should chunks overlap).
+pub fn samples_in_range(chunks: &[Chunk], mint: i64, maxt: i64) -> Result<Vec<Sample>, ChunkError> {
+    let mut out = Vec::with_capacity(chunks.iter().map(Chunk::num_samples).sum());
+    let mut last = i64::MIN;
+    for c in chunks {
+        if c.max_time < mint || c.min_time > maxt {
+            continue;
+        }
+        for s in c.iter()? {
+            let (t, v) = s?;
+            if t > maxt {
+                break;
+            }
+            if t >= mint && (t > last || out.is_empty()) {
+                out.push(Sample { t, v });
+                last = t;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a consistent view of blocks and head over `[mint, maxt]`.
+pub struct Querier {
+    db: Db,
+    blocks: Vec<Arc<Block>>,
+    head_mint: i64,
+    mint: i64,
+    maxt: i64,
+}
+
+impl Querier {
+    pub fn mint(&self) -> i64 {
+        self.mint
+    }
+
+    pub fn maxt(&self) -> i64 {
+        self.maxt
+    }
+
+    /// Series matching all `matchers` with data in range, sorted by labels, with raw
+    /// chunks merged across blocks and head (oldest first).
+    pub fn select(&self, matchers: &[Matcher]) -> Result<Vec<SeriesChunks>, DbError> {
+        let mut parts: Vec<Vec<(Labels, Vec<Chunk>)>> = Vec::with_capacity(self.blocks.len() + 1);
+        for b in &self.blocks {
+            parts.push(b.select(matchers, self.mint, self.maxt)?);
+        }
+        if self.head_mint <= self.maxt {
+            parts.push(
+                self.db
+                    .inner
+                    .head
+                    .select(matchers, self.head_mint, self.maxt),
+            );
+        }
+        Ok(merge_sorted(parts))
+    }
+
+    /// Like [`Querier::select`] but with decoded samples trimmed to the range.
+    pub fn select_samples(
+        &self,
+        matchers: &[Matcher],
+    ) -> Result<Vec<(Labels, Vec<Sample>)>, DbError> {
+        let mut out = Vec::new();
+        for s in self.select(matchers)? {
+            let samples = s.samples(self.mint, self.maxt)?;
+            if !samples.is_empty() {
+                out.push((s.labels, samples));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sorted label names of series matching `matchers` (all series when empty).
+    pub fn label_names(&self, matchers: &[Matcher]) -> Result<Vec<String>, DbError> {
+        let mut set = std::collections::BTreeSet::new();
+        for b in &self.blocks {
+            set.extend(b.label_names(matchers)?);
+        }
+        if self.head_mint <= self.maxt {
+            set.extend(
+                self.db
+                    .inner
+                    .head
+                    .label_names(matchers, self.head_mint, self.maxt),
+            );
+        }
+        Ok(set.into_iter().collect())
+    }
+
+    /// Sorted values of label `name` among series matching `matchers`.
+    pub fn label_values(&self, name: &str, matchers: &[Matcher]) -> Result<Vec<String>, DbError> {
+        let mut set = std::collections::BTreeSet::new();
+        for b in &self.blocks {
+            set.extend(b.label_values(name, matchers)?);
+        }
+        if self.head_mint <= self.maxt {
+            set.extend(
+                self.db
+                    .inner
+                    .head
+                    .label_values(name, matchers, self.head_mint, self.maxt),
+            );
+        }
+        Ok(set.into_iter().collect())
+    }
+}
+
+/// Merges lists sorted by labels (given oldest source first) into one sorted list,
+/// concatenating the chunks of equal label sets in source order.
+fn merge_sorted(parts: Vec<Vec<(Labels, Vec<Chunk>)>>) -> Vec<SeriesChunks> {
+    let mut parts: Vec<_> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+    if parts.len() == 1 {
+        return parts
+            .pop()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(labels, chunks)| SeriesChunks { labels, chunks })
+            .collect();
+    }
+    let mut all: Vec<(Labels, usize, Vec<Chunk>)> = Vec::new();
+    for (src, p) in parts.into_iter().enumerate() {
+        all.extend(p.into_iter().map(|(l, c)| (l, src, c)));
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut out: Vec<SeriesChunks> = Vec::new();
+    for (labels, _, chunks) in all {
+        match out.last_mut() {
+            Some(last) if last.labels == labels => last.chunks.extend(chunks),
+            _ => out.push(SeriesChunks { labels, chunks }),
+        }
+    }
+    for s in &mut out {
+        s.chunks.sort_by_key(|c| c.min_time);
+    }
+    out
+}

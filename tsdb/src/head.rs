@@ -1,0 +1,632 @@
+//! The head: in-memory series, each with closed XOR chunks and one open chunk, plus the
+//! in-memory postings index.
+//!
+//! Chunks are cut at [`MAX_SAMPLES_PER_CHUNK`] samples or when a sample crosses a
+//! multiple of the chunk range (the block duration), so no chunk ever spans two blocks.
+//!
+//! Writers are serialized by the caller (the database's commit lock); readers take the
+//! index read lock and then each series' own mutex, briefly.
+
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use bytes::Bytes;
+use storeapi::{Labels, Matcher};
+
+use crate::chunk::{Chunk, Encoding, XorChunk};
+use crate::metrics::{Metrics, RejectReason};
+use crate::postings::{MemPostings, SeriesRef};
+
+/// Samples per chunk before a new one is cut (Prometheus's target).
+pub const MAX_SAMPLES_PER_CHUNK: u16 = 120;
+
+/// Hash of a label set (xxhash64 over `name 0xff value 0xff …`), used to find series.
+pub fn labels_hash(labels: &Labels, scratch: &mut Vec<u8>) -> u64 {
+    scratch.clear();
+    for l in labels.iter() {
+        scratch.extend_from_slice(l.name.as_bytes());
+        scratch.push(0xff);
+        scratch.extend_from_slice(l.value.as_bytes());
+        scratch.push(0xff);
+    }
+    xxhash_rust::xxh64::xxh64(scratch, 0)
+}
+
+/// A hasher for keys that are already hashes or small integers (mixes with a multiply).
+#[derive(Default)]
+pub struct U64Hasher(u64);
+
+impl Hasher for U64Hasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (i ^ (i >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type U64Map<V> = HashMap<u64, V, BuildHasherDefault<U64Hasher>>;
+
+/// How a batch names a series: by label hash + labels, or by ref.
+#[derive(Debug, Clone, Copy)]
+pub enum SeriesKey<'a> {
+    Labels(u64, &'a Labels),
+    Ref(SeriesRef),
+}
+
+/// One in-memory series.
+#[derive(Debug)]
+pub struct MemSeries {
+    pub labels: Labels,
+    pub sref: SeriesRef,
+    pub hash: u64,
+    data: Mutex<SeriesData>,
+}
+
+#[derive(Debug)]
+struct OpenChunk {
+    chunk: XorChunk,
+    min_t: i64,
+    /// Exclusive end: the next multiple of the chunk range.
+    end: i64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SeriesData {
+    closed: Vec<Chunk>,
+    open: Option<OpenChunk>,
+    has_last: bool,
+    last_t: i64,
+    last_v: u64,
+    /// Whether this series' record is in the WAL (written by the commit path).
+    pub(crate) logged: bool,
+}
+
+/// What happened to one sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleResult {
+    Appended,
+    /// Same timestamp and bit-identical value as the last sample: silently ignored.
+    DuplicateIgnored,
+    Rejected(RejectReason),
+}
+
+impl SeriesData {
+    fn is_empty(&self) -> bool {
+        self.closed.is_empty() && self.open.is_none()
+    }
+
+    pub(crate) fn append(
+        &mut self,
+        t: i64,
+        v: f64,
+        min_valid: i64,
+        chunk_range: i64,
+    ) -> SampleResult {
+        if t < min_valid {
+            return SampleResult::Rejected(RejectReason::OutOfBounds);
+        }
+        if self.has_last {
+            if t < self.last_t {
+                return SampleResult::Rejected(RejectReason::OutOfOrder);
+            }
+            if t == self.last_t {
+                return if v.to_bits() == self.last_v {
+                    SampleResult::DuplicateIgnored
+                } else {
+                    SampleResult::Rejected(RejectReason::DuplicateTimestamp)
+                };
+            }
+        }
+        let cut = match &self.open {
+            None => true,
+            Some(o) => o.chunk.num_samples() >= MAX_SAMPLES_PER_CHUNK || t >= o.end,
+        };
+        if cut {
+            self.close_open();
+            let end = t
+                .div_euclid(chunk_range)
+                .saturating_add(1)
+                .saturating_mul(chunk_range);
+            self.open = Some(OpenChunk {
+                chunk: XorChunk::new(),
+                min_t: t,
+                end,
+            });
+        }
+        if let Some(o) = self.open.as_mut()
+            && o.chunk.append(t, v).is_err()
+        {
+            // Unreachable: chunks are cut far below the 65535-sample limit.
+            return SampleResult::Rejected(RejectReason::OutOfBounds);
+        }
+        self.has_last = true;
+        self.last_t = t;
+        self.last_v = v.to_bits();
+        SampleResult::Appended
+    }
+
+    fn close_open(&mut self) {
+        if let Some(o) = self.open.take() {
+            let max_time = o.chunk.last_t();
+            let mut bytes = o.chunk.into_bytes();
+            bytes.shrink_to_fit();
+            self.closed.push(Chunk {
+                min_time: o.min_t,
+                max_time,
+                encoding: Encoding::Xor,
+                data: Bytes::from(bytes),
+            });
+        }
+    }
+
+    fn first_time(&self) -> Option<i64> {
+        self.closed
+            .first()
+            .map(|c| c.min_time)
+            .or(self.open.as_ref().map(|o| o.min_t))
+    }
+
+    /// Chunks overlapping `[mint, maxt]` (the open one copied).
+    fn chunks(&self, mint: i64, maxt: i64, out: &mut Vec<Chunk>) {
+        for c in &self.closed {
+            if c.max_time >= mint && c.min_time <= maxt {
+                out.push(c.clone());
+            }
+        }
+        if let Some(o) = &self.open
+            && o.chunk.num_samples() > 0
+        {
+            let max_time = o.chunk.last_t();
+            if max_time >= mint && o.min_t <= maxt {
+                out.push(Chunk {
+                    min_time: o.min_t,
+                    max_time,
+                    encoding: Encoding::Xor,
+                    data: Bytes::copy_from_slice(o.chunk.bytes()),
+                });
+            }
+        }
+    }
+
+    /// Drops chunks that end before `cut`; returns whether data remains.
+    fn truncate(&mut self, cut: i64) -> bool {
+        self.closed.retain(|c| c.max_time >= cut);
+        if let Some(o) = &self.open
+            && o.chunk.last_t() < cut
+        {
+            self.open = None;
+        }
+        !self.is_empty()
+    }
+}
+
+impl MemSeries {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SeriesData> {
+        self.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Chunks overlapping `[mint, maxt]`, oldest first.
+    pub fn chunks(&self, mint: i64, maxt: i64) -> Vec<Chunk> {
+        let mut out = Vec::new();
+        self.lock().chunks(mint, maxt, &mut out);
+        out
+    }
+}
+
+#[derive(Debug)]
+enum HashEntry {
+    One(SeriesRef),
+    Many(Vec<SeriesRef>),
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    series: U64Map<Arc<MemSeries>>,
+    by_hash: U64Map<HashEntry>,
+    postings: MemPostings,
+}
+
+impl Index {
+    fn find(&self, hash: u64, labels: &Labels) -> Option<&Arc<MemSeries>> {
+        let check = |r: &SeriesRef| self.series.get(r).filter(|s| s.labels == *labels);
+        match self.by_hash.get(&hash)? {
+            HashEntry::One(r) => check(r),
+            HashEntry::Many(v) => v.iter().find_map(check),
+        }
+    }
+
+    fn insert(&mut self, s: Arc<MemSeries>) {
+        let r = s.sref;
+        match self.by_hash.get_mut(&s.hash) {
+            None => {
+                self.by_hash.insert(s.hash, HashEntry::One(r));
+            }
+            Some(e) => match e {
+                HashEntry::One(o) => *e = HashEntry::Many(vec![*o, r]),
+                HashEntry::Many(v) => v.push(r),
+            },
+        }
+        self.postings.add(r, &s.labels);
+        self.series.insert(r, s);
+    }
+
+    fn remove_hash(&mut self, hash: u64, r: SeriesRef) {
+        if let Some(e) = self.by_hash.get_mut(&hash) {
+            match e {
+                HashEntry::One(o) if *o == r => {
+                    self.by_hash.remove(&hash);
+                }
+                HashEntry::Many(v) => {
+                    v.retain(|x| *x != r);
+                    if v.len() == 1 {
+                        *e = HashEntry::One(v[0]);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The head block.
+#[derive(Debug)]
+pub struct Head {
+    index: RwLock<Index>,
+    next_ref: AtomicU64,
+    min_time: AtomicI64,
+    max_time: AtomicI64,
+    min_valid_time: AtomicI64,
+    chunk_range: i64,
+    metrics: Metrics,
+}
+
+impl Head {
+    pub fn new(chunk_range: i64, metrics: Metrics) -> Head {
+        Head {
+            index: RwLock::new(Index::default()),
+            next_ref: AtomicU64::new(1),
+            min_time: AtomicI64::new(i64::MAX),
+            max_time: AtomicI64::new(i64::MIN),
+            min_valid_time: AtomicI64::new(i64::MIN),
+            chunk_range: chunk_range.max(1),
+            metrics,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn chunk_range(&self) -> i64 {
+        self.chunk_range
+    }
+
+    /// Smallest sample timestamp in the head (`i64::MAX` when empty).
+    pub fn min_time(&self) -> i64 {
+        self.min_time.load(Ordering::Acquire)
+    }
+
+    /// Largest sample timestamp in the head (`i64::MIN` when empty).
+    pub fn max_time(&self) -> i64 {
+        self.max_time.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.max_time() == i64::MIN
+    }
+
+    /// The oldest timestamp an appender accepts now: the newer of the head's lower bound
+    /// (set by compaction) and `max_time - chunk_range/2` (Prometheus's appendable window).
+    pub fn appendable_min(&self) -> i64 {
+        let mv = self.min_valid_time.load(Ordering::Acquire);
+        let mt = self.max_time();
+        if mt == i64::MIN {
+            mv
+        } else {
+            mv.max(mt.saturating_sub(self.chunk_range / 2))
+        }
+    }
+
+    /// The lower bound set by compaction (samples older than this are in blocks).
+    pub fn min_valid_time(&self) -> i64 {
+        self.min_valid_time.load(Ordering::Acquire)
+    }
+
+    pub fn set_min_valid_time(&self, t: i64) {
+        self.min_valid_time.fetch_max(t, Ordering::AcqRel);
+    }
+
+    pub(crate) fn note_times(&self, mint: i64, maxt: i64) {
+        if mint <= maxt {
+            self.min_time.fetch_min(mint, Ordering::AcqRel);
+            self.max_time.fetch_max(maxt, Ordering::AcqRel);
+        }
+    }
+
+    pub fn num_series(&self) -> usize {
+        self.read().series.len()
+    }
+
+    pub fn get(&self, r: SeriesRef) -> Option<Arc<MemSeries>> {
+        self.read().series.get(&r).cloned()
+    }
+
+    /// Resolves batch keys to series under one read lock (`None` for unknown ones).
+    pub(crate) fn resolve(&self, keys: &[SeriesKey<'_>], out: &mut Vec<Option<Arc<MemSeries>>>) {
+        let idx = self.read();
+        out.extend(keys.iter().map(|k| match k {
+            SeriesKey::Labels(h, l) => idx.find(*h, l).cloned(),
+            SeriesKey::Ref(r) => idx.series.get(r).cloned(),
+        }));
+    }
+
+    /// Finds or creates a series. Creation must be serialized with other writers.
+    fn get_or_create(
+        &self,
+        hash: u64,
+        labels: &Labels,
+        want_ref: Option<SeriesRef>,
+        idx: &mut Index,
+    ) -> (Arc<MemSeries>, bool) {
+        if let Some(s) = idx.find(hash, labels) {
+            return (s.clone(), false);
+        }
+        let r = match want_ref {
+            Some(r) if r != 0 && !idx.series.contains_key(&r) => {
+                self.next_ref.fetch_max(r + 1, Ordering::AcqRel);
+                r
+            }
+            _ => self.next_ref.fetch_add(1, Ordering::AcqRel),
+        };
+        let s = Arc::new(MemSeries {
+            labels: labels.clone(),
+            sref: r,
+            hash,
+            data: Mutex::new(SeriesData::default()),
+        });
+        idx.insert(s.clone());
+        self.metrics.head_series_created.inc();
+        self.metrics.head_series.inc();
+        (s, true)
+    }
+
+    /// Creates the series missing from `resolved` (label keys only); returns how many.
+    pub(crate) fn create_missing(
+        &self,
+        keys: &[SeriesKey<'_>],
+        resolved: &mut [Option<Arc<MemSeries>>],
+    ) -> u64 {
+        if resolved.iter().all(Option::is_some) {
+            return 0;
+        }
+        let mut idx = self.write();
+        let mut n = 0;
+        for (slot, k) in resolved.iter_mut().zip(keys) {
+            if slot.is_none()
+                && let SeriesKey::Labels(h, l) = k
+            {
+                let (s, created) = self.get_or_create(*h, l, None, &mut idx);
+                n += created as u64;
+                *slot = Some(s);
+            }
+        }
+        n
+    }
+
+    /// Replay: finds or creates the series of a WAL series record, keeping the WAL's ref
+    /// when it is free (so later records that use it stay valid).
+    pub(crate) fn replay_series(
+        &self,
+        wal_ref: SeriesRef,
+        labels: &Labels,
+        scratch: &mut Vec<u8>,
+    ) -> Arc<MemSeries> {
+        let h = labels_hash(labels, scratch);
+        let mut idx = self.write();
+        let (s, _) = self.get_or_create(h, labels, Some(wal_ref), &mut idx);
+        self.next_ref
+            .fetch_max(wal_ref.saturating_add(1), Ordering::AcqRel);
+        s.lock().logged = true;
+        s
+    }
+
+    /// Appends one sample to a series (writer path; the caller serializes writers).
+    #[inline]
+    pub(crate) fn append_locked(
+        &self,
+        data: &mut SeriesData,
+        t: i64,
+        v: f64,
+        min_valid: i64,
+    ) -> SampleResult {
+        data.append(t, v, min_valid, self.chunk_range)
+    }
+
+    /// Series matching `matchers`, sorted by labels, with their chunks overlapping
+    /// `[mint, maxt]`; series without such chunks are left out.
+    pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<(Labels, Vec<Chunk>)> {
+        if self.is_empty() || maxt < self.min_time() || mint > self.max_time() {
+            return Vec::new();
+        }
+        let series: Vec<Arc<MemSeries>> = {
+            let idx = self.read();
+            idx.postings
+                .select(matchers)
+                .iter()
+                .filter_map(|r| idx.series.get(r).cloned())
+                .collect()
+        };
+        let mut out: Vec<(Labels, Vec<Chunk>)> = series
+            .iter()
+            .filter_map(|s| {
+                let c = s.chunks(mint, maxt);
+                (!c.is_empty()).then(|| (s.labels.clone(), c))
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Series (sorted by labels) matching `matchers` that have samples in `[mint, maxt]`.
+    fn matching_series(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Arc<MemSeries>> {
+        if self.is_empty() || maxt < self.min_time() || mint > self.max_time() {
+            return Vec::new();
+        }
+        let idx = self.read();
+        idx.postings
+            .select(matchers)
+            .iter()
+            .filter_map(|r| idx.series.get(r).cloned())
+            .collect()
+    }
+
+    /// Sorted label names of series matching `matchers` with data in `[mint, maxt]`.
+    pub fn label_names(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<String> {
+        if self.is_empty() || maxt < self.min_time() || mint > self.max_time() {
+            return Vec::new();
+        }
+        if matchers.is_empty() {
+            return self.read().postings.label_names();
+        }
+        let mut names: Vec<String> = self
+            .matching_series(matchers, mint, maxt)
+            .iter()
+            .flat_map(|s| s.labels.iter().map(|l| l.name.clone()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Sorted values of `name` among series matching `matchers` with data in `[mint, maxt]`.
+    pub fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Vec<String> {
+        if self.is_empty() || maxt < self.min_time() || mint > self.max_time() {
+            return Vec::new();
+        }
+        if matchers.is_empty() {
+            return self.read().postings.label_values(name);
+        }
+        let mut values: Vec<String> = self
+            .matching_series(matchers, mint, maxt)
+            .iter()
+            .filter_map(|s| s.labels.get(name).map(str::to_string))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        values.sort();
+        values
+    }
+
+    /// All series, by ref (for checkpoints).
+    pub(crate) fn all_series(&self) -> Vec<Arc<MemSeries>> {
+        let idx = self.read();
+        let mut v: Vec<Arc<MemSeries>> = idx.series.values().cloned().collect();
+        v.sort_unstable_by_key(|s| s.sref);
+        v
+    }
+
+    /// Drops all data older than `cut` and series left without data; recomputes the
+    /// head's time range. Callers serialize this with writers.
+    pub(crate) fn truncate(&self, cut: i64) -> usize {
+        self.set_min_valid_time(cut);
+        let mut idx = self.write();
+        let mut removed = HashSet::new();
+        let mut mint = i64::MAX;
+        let mut maxt = i64::MIN;
+        for (r, s) in idx.series.iter() {
+            let mut d = s.lock();
+            if d.truncate(cut) {
+                if let Some(f) = d.first_time() {
+                    mint = mint.min(f);
+                }
+                maxt = maxt.max(d.last_t);
+            } else {
+                removed.insert(*r);
+            }
+        }
+        for r in &removed {
+            if let Some(s) = idx.series.remove(r) {
+                idx.remove_hash(s.hash, *r);
+            }
+        }
+        idx.postings.remove(&removed);
+        self.min_time.store(mint, Ordering::Release);
+        self.max_time.store(maxt, Ordering::Release);
+        let n = removed.len();
+        self.metrics.head_series_removed.inc_by(n as u64);
+        self.metrics.head_series.set(idx.series.len() as i64);
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::xor::decode_all;
+
+    #[test]
+    fn chunks_cut_at_120_and_block_boundaries() {
+        let mut d = SeriesData::default();
+        let range = 7_200_000;
+        // 300 samples at 15s starting 1h before a boundary: cut at 120, 240 and at 2h.
+        let start = range - 3_600_000;
+        for i in 0..300 {
+            assert_eq!(
+                d.append(start + i * 15_000, i as f64, i64::MIN, range),
+                SampleResult::Appended
+            );
+        }
+        let mut chunks = vec![];
+        d.chunks(i64::MIN, i64::MAX, &mut chunks);
+        let sizes: Vec<usize> = chunks.iter().map(|c| c.num_samples()).collect();
+        assert_eq!(sizes, vec![120, 120, 60]);
+        // Crossing t=range: 240 samples → 3600s/15 = 240 before the boundary.
+        assert_eq!(chunks[1].max_time, range - 15_000);
+        assert_eq!(chunks[2].min_time, range);
+        let all: Vec<(i64, f64)> = chunks
+            .iter()
+            .flat_map(|c| decode_all(&c.data).unwrap())
+            .collect();
+        assert_eq!(all.len(), 300);
+    }
+
+    #[test]
+    fn rejections() {
+        let mut d = SeriesData::default();
+        assert_eq!(d.append(100, 1.0, 50, 1000), SampleResult::Appended);
+        assert_eq!(
+            d.append(40, 1.0, 50, 1000),
+            SampleResult::Rejected(RejectReason::OutOfBounds)
+        );
+        assert_eq!(
+            d.append(90, 1.0, 50, 1000),
+            SampleResult::Rejected(RejectReason::OutOfOrder)
+        );
+        assert_eq!(d.append(100, 1.0, 50, 1000), SampleResult::DuplicateIgnored);
+        assert_eq!(
+            d.append(100, 2.0, 50, 1000),
+            SampleResult::Rejected(RejectReason::DuplicateTimestamp)
+        );
+        assert_eq!(d.append(101, 2.0, 50, 1000), SampleResult::Appended);
+    }
+}
