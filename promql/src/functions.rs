@@ -667,7 +667,7 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
             if ev.cur_samples + w.len() > ev.max_samples {
                 return Err(crate::eval::too_many_samples());
             }
-            let eff_ts = if at.is_some() { ctx.start } else { ts };
+            let eff_ts = ts;
             let v = match name {
                 "rate" => extrapolated_rate(w, rt - range, rt, range, true, true),
                 "increase" => extrapolated_rate(w, rt - range, rt, range, true, false),
