@@ -1,0 +1,141 @@
+//! `meta.json`: Prometheus's block meta (version 1) with Thanos's optional `thanos`
+//! section.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::Ulid;
+
+/// The block meta file, field for field as Prometheus's `BlockMeta` JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockMeta {
+    pub ulid: Ulid,
+    /// First timestamp in the block (inclusive, ms).
+    #[serde(rename = "minTime")]
+    pub min_time: i64,
+    /// End of the block's range (exclusive, ms): one past the newest sample, or the cut
+    /// boundary.
+    #[serde(rename = "maxTime")]
+    pub max_time: i64,
+    #[serde(default)]
+    pub stats: BlockStats,
+    pub compaction: BlockMetaCompaction,
+    /// Index format version of the meta file: always 1.
+    pub version: u32,
+    /// Thanos's extension; absent in plain Prometheus blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thanos: Option<ThanosMeta>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BlockStats {
+    #[serde(rename = "numSamples", default, skip_serializing_if = "is_zero")]
+    pub num_samples: u64,
+    #[serde(rename = "numSeries", default, skip_serializing_if = "is_zero")]
+    pub num_series: u64,
+    #[serde(rename = "numChunks", default, skip_serializing_if = "is_zero")]
+    pub num_chunks: u64,
+    #[serde(rename = "numTombstones", default, skip_serializing_if = "is_zero")]
+    pub num_tombstones: u64,
+    // Newer Prometheus versions split the sample count; kept when present.
+    #[serde(rename = "numFloatSamples", default, skip_serializing_if = "is_zero")]
+    pub num_float_samples: u64,
+    #[serde(
+        rename = "numHistogramSamples",
+        default,
+        skip_serializing_if = "is_zero"
+    )]
+    pub num_histogram_samples: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// A short description of a parent block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockDesc {
+    pub ulid: Ulid,
+    #[serde(rename = "minTime")]
+    pub min_time: i64,
+    #[serde(rename = "maxTime")]
+    pub max_time: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BlockMetaCompaction {
+    pub level: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<Ulid>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deletable: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<BlockDesc>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hints: Vec<String>,
+}
+
+/// Thanos's `thanos` section (`pkg/block/metadata/meta.go`). Fields we do not model
+/// (`files`, `index_stats`, `rewrites`, ...) are kept verbatim in `extra`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThanosMeta {
+    pub version: u32,
+    /// External labels of the block's producer.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub downsample: ThanosDownsample,
+    /// `receive`, `sidecar`, `compactor`, ...
+    #[serde(default)]
+    pub source: String,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ThanosDownsample {
+    /// Resolution in milliseconds; 0 is raw data.
+    pub resolution: i64,
+}
+
+impl ThanosMeta {
+    /// A raw-resolution section with the given external labels and source.
+    pub fn new(labels: BTreeMap<String, String>, source: impl Into<String>) -> Self {
+        ThanosMeta {
+            version: 1,
+            labels,
+            downsample: ThanosDownsample { resolution: 0 },
+            source: source.into(),
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prometheus_and_thanos_meta() {
+        let j = r#"{
+            "ulid": "01JABCDEFGHJKMNPQRSTVWXYZ0",
+            "minTime": 1700000000000, "maxTime": 1700007200000,
+            "stats": {"numSamples": 10, "numSeries": 2, "numChunks": 2},
+            "compaction": {"level": 1, "sources": ["01JABCDEFGHJKMNPQRSTVWXYZ0"]},
+            "version": 1,
+            "thanos": {"version": 1, "labels": {"a": "b"}, "downsample": {"resolution": 0},
+                       "source": "receive", "segment_files": ["000001"]}
+        }"#;
+        let m: BlockMeta = serde_json::from_str(j).unwrap();
+        assert_eq!(m.stats.num_samples, 10);
+        let t = m.thanos.as_ref().unwrap();
+        assert_eq!(t.labels["a"], "b");
+        assert_eq!(t.source, "receive");
+        assert!(t.extra.contains_key("segment_files"));
+        let back: BlockMeta = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+    }
+}

@@ -1,0 +1,277 @@
+//! Writes a complete block directory atomically: everything goes into
+//! `<parent>/<ulid>.tmp-for-creation/`, each file and the directory are fsynced, the
+//! directory is renamed to `<parent>/<ulid>` and the parent is fsynced.
+//!
+//! Memory: chunk data is streamed straight into the segment files; per series only its
+//! labels and chunk metas go to a scratch file, so the writer holds just the distinct
+//! label strings and the postings lists (4 bytes per label of each series).
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use storeapi::{Label, Labels};
+
+use super::chunks::{ChunkWriter, DEFAULT_SEGMENT_SIZE};
+use super::encoding::{Decoder, put_uvarint, put_uvarint_str, put_varint};
+use super::index::{ChunkMeta, IndexWriter};
+use super::meta::{BlockDesc, BlockMeta, BlockMetaCompaction, BlockStats, ThanosMeta};
+use super::{BlockError, Ulid, tombstones};
+use crate::chunk::Chunk;
+
+/// Suffix of a block directory still being written.
+pub const TMP_FOR_CREATION: &str = ".tmp-for-creation";
+/// Suffix of a block directory being deleted.
+pub const TMP_FOR_DELETION: &str = ".tmp-for-deletion";
+
+/// Options for a new block.
+#[derive(Debug, Clone)]
+pub struct BlockOptions {
+    /// Use this ULID instead of a fresh one.
+    pub ulid: Option<Ulid>,
+    /// Thanos's `meta.json` extension (external labels, source, resolution 0).
+    pub thanos: Option<ThanosMeta>,
+    /// Compaction level: 1 for a block cut from the head.
+    pub compaction_level: u32,
+    /// Source blocks; empty means "this block itself" (a head block).
+    pub sources: Vec<Ulid>,
+    /// Parent blocks of a compacted block.
+    pub parents: Vec<BlockDesc>,
+    /// Maximum chunk segment size (Prometheus: 512 MiB).
+    pub segment_size: u64,
+}
+
+impl Default for BlockOptions {
+    fn default() -> Self {
+        BlockOptions {
+            ulid: None,
+            thanos: None,
+            compaction_level: 1,
+            sources: Vec::new(),
+            parents: Vec::new(),
+            segment_size: DEFAULT_SEGMENT_SIZE,
+        }
+    }
+}
+
+/// Writes blocks. See [`BlockWriter::write`].
+pub struct BlockWriter;
+
+impl BlockWriter {
+    /// Writes one block under `parent` covering `[mint, maxt)` from `series`, which must
+    /// come sorted by label set (strictly increasing), each with its chunks in time
+    /// order, every chunk inside `[mint, maxt)`. Series without chunks are skipped.
+    /// Returns the meta written; the block directory is `parent/<meta.ulid>`.
+    pub fn write<I>(
+        parent: &Path,
+        mint: i64,
+        maxt: i64,
+        series: I,
+        opts: &BlockOptions,
+    ) -> Result<BlockMeta, BlockError>
+    where
+        I: IntoIterator<Item = (Labels, Vec<Chunk>)>,
+    {
+        if maxt <= mint {
+            return Err(BlockError::Invalid(format!(
+                "block range [{mint}, {maxt}) is empty"
+            )));
+        }
+        let ulid = opts.ulid.unwrap_or_default();
+        std::fs::create_dir_all(parent).map_err(|e| BlockError::io(parent, e))?;
+        let tmp = parent.join(format!("{ulid}{TMP_FOR_CREATION}"));
+        let dst = parent.join(ulid.to_string());
+        if dst.exists() {
+            return Err(BlockError::Invalid(format!(
+                "block {} already exists",
+                dst.display()
+            )));
+        }
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| BlockError::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| BlockError::io(&tmp, e))?;
+        match write_into(&tmp, ulid, mint, maxt, series, opts) {
+            Ok(meta) => {
+                std::fs::rename(&tmp, &dst).map_err(|e| BlockError::io(&dst, e))?;
+                sync_dir(parent)?;
+                Ok(meta)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn write_into<I>(
+    dir: &Path,
+    ulid: Ulid,
+    mint: i64,
+    maxt: i64,
+    series: I,
+    opts: &BlockOptions,
+) -> Result<BlockMeta, BlockError>
+where
+    I: IntoIterator<Item = (Labels, Vec<Chunk>)>,
+{
+    let chunks_dir = dir.join("chunks");
+    let mut cw = ChunkWriter::new(&chunks_dir, opts.segment_size)?;
+
+    // Pass 1: chunks to segments, series (labels + chunk metas) to a scratch file,
+    // distinct strings to the symbol set.
+    let scratch_path = dir.join("index.series.tmp");
+    let scratch = File::create(&scratch_path).map_err(|e| BlockError::io(&scratch_path, e))?;
+    let mut scratch = BufWriter::with_capacity(1 << 20, scratch);
+    let mut symbols: BTreeSet<String> = BTreeSet::new();
+    let mut stats = BlockStats::default();
+    let mut last: Option<Labels> = None;
+    let mut buf = Vec::with_capacity(256);
+    for (labels, chunks) in series {
+        if chunks.is_empty() {
+            continue;
+        }
+        if labels.is_empty() {
+            return Err(BlockError::Invalid("series with an empty label set".into()));
+        }
+        if let Some(l) = &last
+            && labels <= *l
+        {
+            return Err(BlockError::Invalid(format!(
+                "series not sorted: {labels} after {l}"
+            )));
+        }
+        buf.clear();
+        put_uvarint(&mut buf, labels.len() as u64);
+        for l in &labels {
+            for s in [&l.name, &l.value] {
+                if !symbols.contains(s.as_str()) {
+                    symbols.insert(s.clone());
+                }
+                put_uvarint_str(&mut buf, s);
+            }
+        }
+        put_uvarint(&mut buf, chunks.len() as u64);
+        let mut prev_max = i64::MIN;
+        for c in &chunks {
+            if c.min_time < mint || c.max_time >= maxt || c.max_time < c.min_time {
+                return Err(BlockError::Invalid(format!(
+                    "chunk [{}, {}] of {labels} outside block range [{mint}, {maxt})",
+                    c.min_time, c.max_time
+                )));
+            }
+            if c.min_time <= prev_max {
+                return Err(BlockError::Invalid(format!(
+                    "chunks of {labels} overlap or are out of order"
+                )));
+            }
+            prev_max = c.max_time;
+            let r = cw.write(c.encoding, &c.data)?;
+            put_uvarint(&mut buf, r);
+            put_varint(&mut buf, c.min_time);
+            put_varint(&mut buf, c.max_time);
+            stats.num_chunks += 1;
+            let n = c.num_samples() as u64;
+            stats.num_samples += n;
+        }
+        stats.num_series += 1;
+        scratch
+            .write_all(&buf)
+            .map_err(|e| BlockError::io(&scratch_path, e))?;
+        last = Some(labels);
+    }
+    cw.finish()?;
+    scratch
+        .flush()
+        .map_err(|e| BlockError::io(&scratch_path, e))?;
+    drop(scratch);
+
+    // Pass 2: the index.
+    let mut iw = IndexWriter::new(&dir.join("index"), symbols.into_iter().collect())?;
+    {
+        let data = super::map_file(&scratch_path)?;
+        let mut d = Decoder::new(&data, "series scratch file");
+        let mut metas = Vec::new();
+        while d.remaining() > 0 {
+            let n = d.uvarint()? as usize;
+            let mut ls = Vec::with_capacity(n);
+            for _ in 0..n {
+                let name = d.uvarint_str()?;
+                let value = d.uvarint_str()?;
+                ls.push(Label::new(name, value));
+            }
+            let k = d.uvarint()? as usize;
+            metas.clear();
+            for _ in 0..k {
+                let chunk_ref = d.uvarint()?;
+                let min_time = d.varint()?;
+                let max_time = d.varint()?;
+                metas.push(ChunkMeta {
+                    chunk_ref,
+                    min_time,
+                    max_time,
+                });
+            }
+            iw.add_series(&Labels::from_sorted_unchecked(ls), &metas)?;
+        }
+    }
+    iw.finish()?;
+    std::fs::remove_file(&scratch_path).map_err(|e| BlockError::io(&scratch_path, e))?;
+
+    let tomb_path = dir.join("tombstones");
+    write_file_synced(&tomb_path, &tombstones::encode(&Default::default()))?;
+
+    let meta = BlockMeta {
+        ulid,
+        min_time: mint,
+        max_time: maxt,
+        stats,
+        compaction: BlockMetaCompaction {
+            level: opts.compaction_level.max(1),
+            sources: if opts.sources.is_empty() {
+                vec![ulid]
+            } else {
+                opts.sources.clone()
+            },
+            parents: opts.parents.clone(),
+            ..Default::default()
+        },
+        version: 1,
+        thanos: opts.thanos.clone(),
+    };
+    write_meta(dir, &meta)?;
+    sync_dir(&chunks_dir)?;
+    sync_dir(dir)?;
+    Ok(meta)
+}
+
+/// Writes `dir/meta.json` (indented like Prometheus) atomically and durably.
+pub fn write_meta(dir: &Path, meta: &BlockMeta) -> Result<(), BlockError> {
+    let json = serde_json::to_vec_pretty(meta)
+        .map_err(|e| BlockError::Invalid(format!("encode meta.json: {e}")))?;
+    let tmp = dir.join("meta.json.tmp");
+    write_file_synced(&tmp, &json)?;
+    let dst = dir.join("meta.json");
+    std::fs::rename(&tmp, &dst).map_err(|e| BlockError::io(&dst, e))?;
+    Ok(())
+}
+
+fn write_file_synced(path: &Path, data: &[u8]) -> Result<(), BlockError> {
+    let mut f = File::create(path).map_err(|e| BlockError::io(path, e))?;
+    f.write_all(data).map_err(|e| BlockError::io(path, e))?;
+    f.sync_all().map_err(|e| BlockError::io(path, e))
+}
+
+/// fsyncs a directory so renames and new entries in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), BlockError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| BlockError::io(dir, e))
+}
+
+/// The directory a block with this ULID has under `parent`.
+pub fn block_dir(parent: &Path, ulid: Ulid) -> PathBuf {
+    parent.join(ulid.to_string())
+}
