@@ -291,12 +291,7 @@ impl Engine {
             all.sort_by(|a, b| a.labels.cmp(&b.labels));
             all.dedup_by(|a, b| a.labels == b.labels);
             let key = selector_key(p.vs);
-            match ev.data.get_mut(&key) {
-                Some(v) => v.extend(all),
-                None => {
-                    ev.data.insert(key, all);
-                }
-            }
+            ev.data.insert(key, std::sync::Arc::new(all));
         }
         Ok(ev)
     }
@@ -393,5 +388,214 @@ fn plan<'a>(
             }
         }
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+    use storeapi::STALE_NAN_BITS;
+
+    fn lbl(pairs: &[(&str, &str)]) -> Labels {
+        Labels::from_pairs(pairs.iter().map(|(a, b)| (a.to_string(), b.to_string()))).unwrap()
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn instant(st: &MemStorage, q: &str, t: i64) -> Result<Vec<(Labels, f64)>, QueryError> {
+        let e = Engine::new(EngineOptions::default());
+        match run(e.instant_query(st, q, t))?.value {
+            Value::Vector(v) => Ok(v.into_iter().map(|(l, s)| (l, s.v)).collect()),
+            Value::Scalar(s) => Ok(vec![(Labels::empty(), s.v)]),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn counter() -> MemStorage {
+        let mut st = MemStorage::new();
+        st.add(
+            lbl(&[("__name__", "c_total"), ("job", "a")]),
+            (0..=10).map(|i| Sample {
+                t: i * 60_000,
+                v: (i * 10) as f64,
+            }),
+        );
+        st
+    }
+
+    #[test]
+    fn rate_extrapolates_over_left_open_window() {
+        let st = counter();
+        // Window (0s, 300s]: samples at 60..300 (the one at 0 is outside), increase 40
+        // over 240s, extrapolated to the full 300s: 50 per 300s.
+        let v = instant(&st, "rate(c_total[5m])", 300_000).unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].0, lbl(&[("job", "a")]));
+        assert!((v[0].1 - 50.0 / 300.0).abs() < 1e-12, "{}", v[0].1);
+        let v = instant(&st, "increase(c_total[5m])", 300_000).unwrap();
+        assert!((v[0].1 - 50.0).abs() < 1e-9);
+        // Extrapolation toward the start stops at the counter's zero point.
+        let v = instant(&st, "increase(c_total[10m])", 600_000).unwrap();
+        assert!((v[0].1 - 100.0).abs() < 1e-9, "{}", v[0].1);
+    }
+
+    #[test]
+    fn counter_reset_is_corrected() {
+        let mut st = MemStorage::new();
+        let vals = [0.0, 10.0, 20.0, 5.0, 15.0];
+        st.add(
+            lbl(&[("__name__", "r_total")]),
+            vals.iter().enumerate().map(|(i, v)| Sample {
+                t: i as i64 * 60_000,
+                v: *v,
+            }),
+        );
+        let v = instant(&st, "resets(r_total[5m])", 240_000).unwrap();
+        assert_eq!(v[0].1, 1.0);
+        // Raw increase over (−60s, 240s]: 20 + 15 = 35 over 240s, not extrapolated to the
+        // start past the zero point.
+        let v = instant(&st, "increase(r_total[5m])", 240_000).unwrap();
+        assert!((v[0].1 - 35.0).abs() < 1e-9, "{}", v[0].1);
+    }
+
+    #[test]
+    fn lookback_is_left_open_and_stale_markers_end_series() {
+        let mut st = MemStorage::new();
+        st.add(lbl(&[("__name__", "g")]), [Sample { t: 0, v: 1.0 }]);
+        assert_eq!(instant(&st, "g", 299_999).unwrap().len(), 1);
+        assert_eq!(instant(&st, "g", 300_000).unwrap().len(), 0);
+        st.add(
+            lbl(&[("__name__", "g")]),
+            [Sample {
+                t: 60_000,
+                v: f64::from_bits(STALE_NAN_BITS),
+            }],
+        );
+        assert_eq!(instant(&st, "g", 30_000).unwrap().len(), 1);
+        assert_eq!(instant(&st, "g", 90_000).unwrap().len(), 0);
+        // Stale markers are not samples of a range.
+        let v = instant(&st, "count_over_time(g[5m])", 90_000).unwrap();
+        assert_eq!(v[0].1, 1.0);
+    }
+
+    #[test]
+    fn matching_errors_use_prometheus_messages() {
+        let mut st = MemStorage::new();
+        for (n, i) in [("a", "1"), ("a", "2"), ("b", "1")] {
+            st.add(
+                lbl(&[("__name__", n), ("instance", i), ("job", "j")]),
+                [Sample { t: 0, v: 1.0 }],
+            );
+        }
+        let err = instant(&st, "b + on(job) a", 0).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "found duplicate series for the match group {job=\"j\"} on the right hand-side of the operation"
+            ),
+            "{err}"
+        );
+        assert_eq!(err.error_type(), "execution");
+        let err = instant(&st, "a + on(job) group_right b", 0).unwrap_err();
+        assert!(err.to_string().contains("on the left hand-side"), "{err}");
+        let err = instant(&st, "a + ignoring(instance) b", 0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)"
+        );
+        let v = instant(&st, "a * on(job) group_left b", 0).unwrap();
+        assert_eq!(v.len(), 2);
+        let err = instant(&st, "{job=\"j\"} + 1", 0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "vector cannot contain metrics with the same labelset"
+        );
+    }
+
+    #[test]
+    fn comparison_keeps_name_and_bool_drops_it() {
+        let st = counter();
+        let v = instant(&st, "c_total > 5", 60_000).unwrap();
+        assert_eq!(v[0].0.metric_name(), Some("c_total"));
+        let v = instant(&st, "c_total > bool 50", 60_000).unwrap();
+        assert_eq!(v[0].0, lbl(&[("job", "a")]));
+        assert_eq!(v[0].1, 0.0);
+        let v = instant(&st, "c_total * 2", 60_000).unwrap();
+        assert_eq!(v[0].0, lbl(&[("job", "a")]));
+        assert_eq!(v[0].1, 20.0);
+    }
+
+    #[test]
+    fn range_query_and_subquery_alignment() {
+        let st = counter();
+        let e = Engine::new(EngineOptions::default());
+        let r = run(e.range_query(&st, "c_total", 0, 120_000, 30_000)).unwrap();
+        match r.value {
+            Value::Matrix(m) => {
+                assert_eq!(m.len(), 1);
+                let vs: Vec<f64> = m[0].1.iter().map(|s| s.v).collect();
+                assert_eq!(vs, vec![0.0, 0.0, 10.0, 10.0, 20.0]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Subquery steps are aligned to multiples of the step: (90s, 300s] at 60s step is
+        // 120, 180, 240, 300.
+        let v = instant(&st, "count_over_time(c_total[210s:60s])", 300_000).unwrap();
+        assert_eq!(v[0].1, 4.0);
+        let r = run(e.range_query(&st, "c_total[5m]", 0, 60_000, 30_000)).unwrap_err();
+        assert_eq!(r.error_type(), "bad_data");
+    }
+
+    #[test]
+    fn too_many_samples_and_annotations() {
+        let st = counter();
+        let e = Engine::new(EngineOptions {
+            max_samples: 3,
+            ..Default::default()
+        });
+        let err = run(e.range_query(&st, "c_total", 0, 600_000, 60_000)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "query processing would load too many samples into memory in query execution"
+        );
+        let mut st = MemStorage::new();
+        st.add(
+            lbl(&[("__name__", "gauge")]),
+            [Sample { t: 0, v: 1.0 }, Sample { t: 60_000, v: 2.0 }],
+        );
+        let e = Engine::new(EngineOptions::default());
+        let r = run(e.instant_query(&st, "rate(gauge[5m])", 60_000)).unwrap();
+        assert_eq!(
+            r.infos,
+            vec!["PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \"gauge\"".to_string()]
+        );
+    }
+
+    #[test]
+    fn histogram_quantile_classic_buckets() {
+        let mut st = MemStorage::new();
+        for (le, v) in [("0.1", 10.0), ("0.5", 20.0), ("1", 30.0), ("+Inf", 40.0)] {
+            st.add(
+                lbl(&[("__name__", "h_bucket"), ("le", le)]),
+                [Sample { t: 0, v }],
+            );
+        }
+        let v = instant(&st, "histogram_quantile(0.5, h_bucket)", 0).unwrap();
+        assert_eq!(v[0].0, Labels::empty());
+        assert!((v[0].1 - 0.5).abs() < 1e-12, "{}", v[0].1);
+        let v = instant(&st, "histogram_quantile(0.99, h_bucket)", 0).unwrap();
+        assert_eq!(v[0].1, 1.0);
+    }
+
+    #[test]
+    fn parse_errors_are_bad_data() {
+        let st = MemStorage::new();
+        let err = instant(&st, "sum(", 0).unwrap_err();
+        assert_eq!(err.error_type(), "bad_data");
     }
 }

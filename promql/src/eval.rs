@@ -265,7 +265,7 @@ pub(crate) struct Evaluator {
     pub cur_samples: usize,
     pub deadline: Instant,
     pub cancel: Option<Arc<AtomicBool>>,
-    pub data: HashMap<usize, Vec<storeapi_series::Raw>>,
+    pub data: HashMap<usize, Arc<Vec<storeapi_series::Raw>>>,
     pub warnings: Vec<String>,
     pub infos: Vec<String>,
 }
@@ -322,8 +322,23 @@ impl Evaluator {
         }
     }
 
+    /// Evaluates a node. The samples its children held are released once it is done,
+    /// so the count tracks what is alive, as Prometheus's `currentSamples` does.
     pub fn eval(&mut self, e: &Expr, ctx: Ctx) -> Result<Val, QueryError> {
         self.check_done()?;
+        let before = self.cur_samples;
+        let v = self.eval_node(e, ctx)?;
+        let size = match &v {
+            Val::Vector(ss) | Val::Matrix(ss) => ss.iter().map(|s| s.pts.len()).sum(),
+            Val::Scalar(v) => v.len(),
+            Val::Str(_) => 0,
+        };
+        self.cur_samples = before;
+        self.add_samples(size)?;
+        Ok(v)
+    }
+
+    fn eval_node(&mut self, e: &Expr, ctx: Ctx) -> Result<Val, QueryError> {
         match e {
             Expr::NumberLiteral(n) => Ok(Val::Scalar(vec![n.val; ctx.n()])),
             Expr::StringLiteral(s) => Ok(Val::Str(s.val.clone())),
@@ -398,7 +413,7 @@ impl Evaluator {
             .unwrap_or_default();
         let n = ctx.n();
         let mut out = Vec::with_capacity(raws.len());
-        for r in raws {
+        for r in raws.iter() {
             let mut pts = Vec::new();
             if let Some(at) = at {
                 let rt = at - offset;
@@ -432,7 +447,7 @@ impl Evaluator {
             if !pts.is_empty() {
                 self.add_samples(pts.len())?;
                 out.push(Series {
-                    labels: r.labels,
+                    labels: r.labels.clone(),
                     pts,
                 });
             }
@@ -456,7 +471,7 @@ impl Evaluator {
             .unwrap_or_default();
         let n = ctx.n();
         let mut out = Vec::with_capacity(raws.len());
-        for r in raws {
+        for r in raws.iter() {
             let mut pts = Vec::new();
             for i in 0..n {
                 let ts = ctx.ts(i);
@@ -492,14 +507,18 @@ impl Evaluator {
                     .cloned()
                     .unwrap_or_default();
                 let series = raws
-                    .into_iter()
+                    .iter()
                     .map(|r| Series {
-                        labels: r.labels,
-                        pts: r
-                            .samples
-                            .into_iter()
-                            .filter(|s| !storeapi::is_stale_nan(s.v))
-                            .collect(),
+                        labels: r.labels.clone(),
+                        pts: if r.samples.iter().any(|s| storeapi::is_stale_nan(s.v)) {
+                            r.samples
+                                .iter()
+                                .filter(|s| !storeapi::is_stale_nan(s.v))
+                                .copied()
+                                .collect()
+                        } else {
+                            r.samples.clone()
+                        },
                     })
                     .collect();
                 Ok(RangeSource {
