@@ -3,6 +3,8 @@
 
 pub mod labels;
 pub mod matcher;
+#[cfg(feature = "wire")]
+pub mod wire;
 
 pub use labels::{Label, LabelError, Labels, METRIC_NAME};
 pub use matcher::{MatchOp, Matcher, MatcherError};

@@ -58,13 +58,15 @@ impl Matcher {
         let name = name.into();
         let value = value.into();
         let re = match op {
-            MatchOp::RegexMatch | MatchOp::RegexNoMatch => Some(
-                Regex::new(&format!("^(?s:{value})$")).map_err(|e| MatcherError::BadRegex {
-                    name: name.clone(),
-                    value: value.clone(),
-                    reason: e.to_string(),
-                })?,
-            ),
+            MatchOp::RegexMatch | MatchOp::RegexNoMatch => {
+                Some(Regex::new(&format!("^(?s:{value})$")).map_err(|e| {
+                    MatcherError::BadRegex {
+                        name: name.clone(),
+                        value: value.clone(),
+                        reason: e.to_string(),
+                    }
+                })?)
+            }
             _ => None,
         };
         Ok(Matcher {
@@ -122,9 +124,21 @@ mod tests {
 
     #[test]
     fn empty_matching() {
-        assert!(Matcher::new(MatchOp::RegexMatch, "a", ".*").unwrap().matches_empty());
-        assert!(Matcher::new(MatchOp::NotEqual, "a", "x").unwrap().matches_empty());
-        assert!(!Matcher::new(MatchOp::RegexNoMatch, "a", "").unwrap().matches_empty());
+        assert!(
+            Matcher::new(MatchOp::RegexMatch, "a", ".*")
+                .unwrap()
+                .matches_empty()
+        );
+        assert!(
+            Matcher::new(MatchOp::NotEqual, "a", "x")
+                .unwrap()
+                .matches_empty()
+        );
+        assert!(
+            !Matcher::new(MatchOp::RegexNoMatch, "a", "")
+                .unwrap()
+                .matches_empty()
+        );
         assert!(Matcher::new(MatchOp::RegexMatch, "a", "(").is_err());
     }
 }
