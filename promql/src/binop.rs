@@ -1,9 +1,7 @@
 //! Binary operators between two instant vectors: vector matching, set operators.
 
 use crate::engine::QueryError;
-use crate::eval::{
-    Collector, Ctx, Evaluator, Series, card_labels, drop_metric_name, elem_binop, is_comparison,
-};
+use crate::eval::{Collector, Ctx, Evaluator, Series, card_labels, drop_metric_name, elem_binop};
 use promql_parser::parser::token::{self, TokenId};
 use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
 use std::collections::{HashMap, HashSet};
@@ -266,54 +264,72 @@ pub(crate) fn vector_vector(
         (&rhs, &lhs, &rsig, &lsig)
     };
     let (mut one_c, mut many_c) = if swap { (lc, rc) } else { (rc, lc) };
-    let mut col = Collector::new();
-    // (many idx, one idx) -> output index.
+    // Signatures as small integers, computed once.
+    let mut sig_ids: HashMap<&[u8], usize> = HashMap::new();
+    let one_ids: Vec<usize> = one_sig
+        .iter()
+        .map(|s| {
+            let next = sig_ids.len();
+            *sig_ids.entry(s.as_slice()).or_insert(next)
+        })
+        .collect();
+    let many_ids: Vec<Option<usize>> = many_sig
+        .iter()
+        .map(|s| sig_ids.get(s.as_slice()).copied())
+        .collect();
+    let nsig = sig_ids.len();
+    let mut col = Collector::new().with_capacity(n);
+    // Output index per (many, one) pair: a one-entry cache per many-side series, then a map.
+    let mut pair_cache: Vec<Option<(usize, usize)>> = vec![None; many.len()];
     let mut pair_out: HashMap<(usize, usize), usize> = HashMap::new();
-    let mut one_by_sig: HashMap<&[u8], (usize, f64)> = HashMap::new();
-    let mut one_vals: Vec<Option<f64>> = vec![None; one.len()];
-    let mut matched: HashMap<&[u8], HashSet<usize>> = HashMap::new();
-    let drop_bool = return_bool;
+    // Per signature: the one-side series present at this step (stamped by step).
+    let mut one_at: Vec<(usize, usize, f64)> = vec![(usize::MAX, 0, 0.0); nsig];
+    // Per signature: step at which a one-to-one match happened.
+    let mut sig_matched: Vec<usize> = vec![usize::MAX; nsig];
+    // Per output series: (step, signature) of its last sample.
+    let mut out_stamp: Vec<(usize, usize)> = Vec::new();
     let one_side = if swap { "left" } else { "right" };
     for i in 0..n {
         if i % 64 == 0 {
             ev.check_done()?;
         }
         let ts = ctx.ts(i);
-        for j in 0..one.len() {
-            one_vals[j] = one_c.at(one, j, ts);
-        }
-        let mut many_vals: Vec<(usize, f64)> = Vec::new();
-        for j in 0..many.len() {
-            if let Some(v) = many_c.at(many, j, ts) {
-                many_vals.push((j, v));
-            }
-        }
-        if many_vals.is_empty() {
-            continue;
-        }
-        one_by_sig.clear();
         let mut any_one = false;
         for j in 0..one.len() {
-            if let Some(v) = one_vals[j] {
-                any_one = true;
-                if let Some((dup, _)) = one_by_sig.get(one_sig[j].as_slice()) {
-                    let ml = match_labels(&one[j].labels, &m);
-                    return Err(QueryError::Execution(format!(
-                        "found duplicate series for the match group {} on the {} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
-                        ml, one_side, one[j].labels, one[*dup].labels
-                    )));
-                }
-                one_by_sig.insert(&one_sig[j], (j, v));
-            }
-        }
-        if !any_one {
-            continue;
-        }
-        matched.clear();
-        for (j, v) in many_vals {
-            let Some(&(k, ov)) = one_by_sig.get(many_sig[j].as_slice()) else {
+            let Some(v) = one_c.at(one, j, ts) else {
                 continue;
             };
+            any_one = true;
+            let sid = one_ids[j];
+            let slot = &mut one_at[sid];
+            if slot.0 == i {
+                let dup = slot.1;
+                let ml = match_labels(&one[j].labels, &m);
+                return Err(QueryError::Execution(format!(
+                    "found duplicate series for the match group {} on the {} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
+                    ml, one_side, one[j].labels, one[dup].labels
+                )));
+            }
+            *slot = (i, j, v);
+        }
+        if !any_one {
+            // Still advance the many side's cursors.
+            for j in 0..many.len() {
+                let _ = many_c.at(many, j, ts);
+            }
+            continue;
+        }
+        for j in 0..many.len() {
+            let Some(v) = many_c.at(many, j, ts) else {
+                continue;
+            };
+            let Some(sid) = many_ids[j] else {
+                continue;
+            };
+            let (stamp, k, ov) = one_at[sid];
+            if stamp != i {
+                continue;
+            }
             let (l, r) = if swap { (ov, v) } else { (v, ov) };
             let (mut val, keep) = elem_binop(op, l, r);
             if return_bool {
@@ -321,36 +337,49 @@ pub(crate) fn vector_vector(
             } else if !keep {
                 continue;
             }
-            let oi = match pair_out.get(&(j, k)) {
-                Some(o) => *o,
-                None => {
-                    let mut lbl = result_labels(&many[j].labels, &one[k].labels, op, &m);
-                    if drop_bool {
-                        lbl = drop_metric_name(&lbl);
-                    }
-                    let o = col.index(lbl);
-                    pair_out.insert((j, k), o);
+            let oi = match pair_cache[j] {
+                Some((ck, o)) if ck == k => o,
+                _ => {
+                    let o = match pair_out.get(&(j, k)) {
+                        Some(o) => *o,
+                        None => {
+                            let mut lbl = result_labels(&many[j].labels, &one[k].labels, op, &m);
+                            if return_bool {
+                                lbl = drop_metric_name(&lbl);
+                            }
+                            let o = col.index(lbl);
+                            pair_out.insert((j, k), o);
+                            o
+                        }
+                    };
+                    pair_cache[j] = Some((k, o));
                     o
                 }
             };
-            let entry = matched.entry(many_sig[j].as_slice()).or_default();
             if m.card == Card::OneToOne {
-                if !entry.is_empty() {
+                if sig_matched[sid] == i {
                     return Err(QueryError::Execution(
                         "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
                     ));
                 }
-                entry.insert(oi);
-            } else if !entry.insert(oi) {
-                return Err(QueryError::Execution(
-                    "multiple matches for labels: grouping labels must ensure unique matches"
-                        .into(),
-                ));
+                sig_matched[sid] = i;
             }
+            if out_stamp.len() <= oi {
+                out_stamp.resize(oi + 1, (usize::MAX, 0));
+            }
+            if out_stamp[oi].0 == i {
+                if m.card != Card::OneToOne && out_stamp[oi].1 == sid {
+                    return Err(QueryError::Execution(
+                        "multiple matches for labels: grouping labels must ensure unique matches"
+                            .into(),
+                    ));
+                }
+                return Err(crate::eval::dup_labelset_err());
+            }
+            out_stamp[oi] = (i, sid);
             col.push(oi, ts, val)?;
         }
     }
-    let _ = is_comparison(op);
     let mut out = col.out;
     out.retain(|s| !s.pts.is_empty());
     Ok(out)

@@ -179,6 +179,7 @@ pub(crate) fn dup_labelset_err() -> QueryError {
 pub(crate) struct Collector {
     map: HashMap<Labels, usize>,
     pub out: Vec<Series>,
+    cap: usize,
 }
 
 impl Collector {
@@ -186,6 +187,7 @@ impl Collector {
         Collector {
             map: HashMap::new(),
             out: Vec::new(),
+            cap: 0,
         }
     }
     /// The output index for a label set (created if new).
@@ -197,9 +199,14 @@ impl Collector {
         self.map.insert(labels.clone(), i);
         self.out.push(Series {
             labels,
-            pts: Vec::new(),
+            pts: Vec::with_capacity(self.cap),
         });
         i
+    }
+    /// Expected points per output series (the number of steps, capped).
+    pub fn with_capacity(mut self, steps: usize) -> Self {
+        self.cap = steps.min(4096);
+        self
     }
     pub fn push(&mut self, idx: usize, t: i64, v: f64) -> Result<(), QueryError> {
         let s = &mut self.out[idx];

@@ -599,6 +599,65 @@ fn date_fn(name: &str) -> fn(i64) -> f64 {
 
 // ------------------------------------------------------------------ range functions
 
+const RF_RATE: u8 = 0;
+const RF_INCREASE: u8 = 1;
+const RF_DELTA: u8 = 2;
+const RF_IRATE: u8 = 3;
+const RF_IDELTA: u8 = 4;
+const RF_DERIV: u8 = 5;
+const RF_PREDICT_LINEAR: u8 = 6;
+const RF_CHANGES: u8 = 7;
+const RF_RESETS: u8 = 8;
+const RF_AVG_OVER_TIME: u8 = 9;
+const RF_SUM_OVER_TIME: u8 = 10;
+const RF_MIN_OVER_TIME: u8 = 11;
+const RF_MAX_OVER_TIME: u8 = 12;
+const RF_TS_OF_MIN_OVER_TIME: u8 = 13;
+const RF_TS_OF_MAX_OVER_TIME: u8 = 14;
+const RF_COUNT_OVER_TIME: u8 = 15;
+const RF_LAST_OVER_TIME: u8 = 16;
+const RF_TS_OF_LAST_OVER_TIME: u8 = 17;
+const RF_PRESENT_OVER_TIME: u8 = 18;
+const RF_ABSENT_OVER_TIME: u8 = 19;
+const RF_QUANTILE_OVER_TIME: u8 = 20;
+const RF_MAD_OVER_TIME: u8 = 21;
+const RF_STDDEV_OVER_TIME: u8 = 22;
+const RF_STDVAR_OVER_TIME: u8 = 23;
+const RF_DOUBLE_EXPONENTIAL_SMOOTHING: u8 = 24;
+const RF_HOLT_WINTERS: u8 = 25;
+
+fn range_fn_code(name: &str) -> u8 {
+    match name {
+        "rate" => RF_RATE,
+        "increase" => RF_INCREASE,
+        "delta" => RF_DELTA,
+        "irate" => RF_IRATE,
+        "idelta" => RF_IDELTA,
+        "deriv" => RF_DERIV,
+        "predict_linear" => RF_PREDICT_LINEAR,
+        "changes" => RF_CHANGES,
+        "resets" => RF_RESETS,
+        "avg_over_time" => RF_AVG_OVER_TIME,
+        "sum_over_time" => RF_SUM_OVER_TIME,
+        "min_over_time" => RF_MIN_OVER_TIME,
+        "max_over_time" => RF_MAX_OVER_TIME,
+        "ts_of_min_over_time" => RF_TS_OF_MIN_OVER_TIME,
+        "ts_of_max_over_time" => RF_TS_OF_MAX_OVER_TIME,
+        "count_over_time" => RF_COUNT_OVER_TIME,
+        "last_over_time" => RF_LAST_OVER_TIME,
+        "ts_of_last_over_time" => RF_TS_OF_LAST_OVER_TIME,
+        "present_over_time" => RF_PRESENT_OVER_TIME,
+        "absent_over_time" => RF_ABSENT_OVER_TIME,
+        "quantile_over_time" => RF_QUANTILE_OVER_TIME,
+        "mad_over_time" => RF_MAD_OVER_TIME,
+        "stddev_over_time" => RF_STDDEV_OVER_TIME,
+        "stdvar_over_time" => RF_STDVAR_OVER_TIME,
+        "double_exponential_smoothing" => RF_DOUBLE_EXPONENTIAL_SMOOTHING,
+        "holt_winters" => RF_HOLT_WINTERS,
+        _ => u8::MAX,
+    }
+}
+
 fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, QueryError> {
     let name = c.func.name;
     let n = ctx.n();
@@ -630,6 +689,7 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
         }
     }
     let drop_name = name != "last_over_time";
+    let code = range_fn_code(name);
     let range = src.range;
     let offset = src.offset;
     let at = src.at;
@@ -668,20 +728,20 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
                 return Err(crate::eval::too_many_samples());
             }
             let eff_ts = ts;
-            let v = match name {
-                "rate" => extrapolated_rate(w, rt - range, rt, range, true, true),
-                "increase" => extrapolated_rate(w, rt - range, rt, range, true, false),
-                "delta" => extrapolated_rate(w, rt - range, rt, range, false, false),
-                "irate" => instant_value(w, true),
-                "idelta" => instant_value(w, false),
-                "deriv" => {
+            let v = match code {
+                RF_RATE => extrapolated_rate(w, rt - range, rt, range, true, true),
+                RF_INCREASE => extrapolated_rate(w, rt - range, rt, range, true, false),
+                RF_DELTA => extrapolated_rate(w, rt - range, rt, range, false, false),
+                RF_IRATE => instant_value(w, true),
+                RF_IDELTA => instant_value(w, false),
+                RF_DERIV => {
                     if w.len() < 2 {
                         None
                     } else {
                         Some(linear_regression(w, w[0].t).0)
                     }
                 }
-                "predict_linear" => {
+                RF_PREDICT_LINEAR => {
                     if w.len() < 2 {
                         None
                     } else {
@@ -689,7 +749,7 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
                         Some(slope * params[0][i] + icpt)
                     }
                 }
-                "changes" => {
+                RF_CHANGES => {
                     let mut c = 0;
                     for x in w.windows(2) {
                         if x[1].v != x[0].v && !(x[1].v.is_nan() && x[0].v.is_nan()) {
@@ -698,7 +758,7 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
                     }
                     Some(c as f64)
                 }
-                "resets" => {
+                RF_RESETS => {
                     let mut c = 0;
                     for x in w.windows(2) {
                         if x[1].v < x[0].v {
@@ -707,20 +767,20 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
                     }
                     Some(c as f64)
                 }
-                "avg_over_time" => Some(avg_over_time(w)),
-                "sum_over_time" => {
+                RF_AVG_OVER_TIME => Some(avg_over_time(w)),
+                RF_SUM_OVER_TIME => {
                     let (mut sum, mut c) = (0.0, 0.0);
                     for p in w {
                         (sum, c) = kahan_inc(p.v, sum, c);
                     }
                     Some(if sum.is_infinite() { sum } else { sum + c })
                 }
-                "min_over_time"
-                | "max_over_time"
-                | "ts_of_min_over_time"
-                | "ts_of_max_over_time" => {
-                    let is_max = name.contains("max");
-                    let ts_of = name.starts_with("ts_of");
+                RF_MIN_OVER_TIME
+                | RF_MAX_OVER_TIME
+                | RF_TS_OF_MIN_OVER_TIME
+                | RF_TS_OF_MAX_OVER_TIME => {
+                    let is_max = code == RF_MAX_OVER_TIME || code == RF_TS_OF_MAX_OVER_TIME;
+                    let ts_of = code == RF_TS_OF_MIN_OVER_TIME || code == RF_TS_OF_MAX_OVER_TIME;
                     let mut best = w[0].v;
                     let mut best_t = w[0].t;
                     for p in w {
@@ -742,16 +802,16 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
                     }
                     Some(if ts_of { best_t as f64 / 1000.0 } else { best })
                 }
-                "count_over_time" => Some(w.len() as f64),
-                "last_over_time" => Some(w[w.len() - 1].v),
-                "ts_of_last_over_time" => Some(w[w.len() - 1].t as f64 / 1000.0),
-                "present_over_time" | "absent_over_time" => Some(1.0),
-                "quantile_over_time" => {
+                RF_COUNT_OVER_TIME => Some(w.len() as f64),
+                RF_LAST_OVER_TIME => Some(w[w.len() - 1].v),
+                RF_TS_OF_LAST_OVER_TIME => Some(w[w.len() - 1].t as f64 / 1000.0),
+                RF_PRESENT_OVER_TIME | RF_ABSENT_OVER_TIME => Some(1.0),
+                RF_QUANTILE_OVER_TIME => {
                     scratch.clear();
                     scratch.extend(w.iter().map(|p| p.v));
                     Some(quantile(params[0][i], &mut scratch))
                 }
-                "mad_over_time" => {
+                RF_MAD_OVER_TIME => {
                     scratch.clear();
                     scratch.extend(w.iter().map(|p| p.v));
                     let med = quantile(0.5, &mut scratch);
@@ -759,7 +819,7 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
                     scratch.extend(w.iter().map(|p| (p.v - med).abs()));
                     Some(quantile(0.5, &mut scratch))
                 }
-                "stddev_over_time" | "stdvar_over_time" => {
+                RF_STDDEV_OVER_TIME | RF_STDVAR_OVER_TIME => {
                     let (mut count, mut mean, mut cmean, mut aux, mut caux) =
                         (0.0, 0.0, 0.0, 0.0, 0.0);
                     for p in w {
@@ -769,13 +829,13 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
                         (aux, caux) = kahan_inc(delta * (p.v - (mean + cmean)), aux, caux);
                     }
                     let var = (aux + caux) / count;
-                    Some(if name == "stddev_over_time" {
+                    Some(if code == RF_STDDEV_OVER_TIME {
                         var.sqrt()
                     } else {
                         var
                     })
                 }
-                "double_exponential_smoothing" | "holt_winters" => {
+                RF_DOUBLE_EXPONENTIAL_SMOOTHING | RF_HOLT_WINTERS => {
                     let sf = params[0][i];
                     let tf = params[1][i];
                     if sf <= 0.0 || sf >= 1.0 {
