@@ -66,7 +66,7 @@ fn signature(l: &Labels, m: &Matching) -> Vec<u8> {
         let keep = if m.on {
             m.labels.iter().any(|n| n == &lab.name)
         } else {
-            !is_meta(&lab.name) && !m.labels.iter().any(|n| n == &lab.name)
+            lab.name != "__name__" && !m.labels.iter().any(|n| n == &lab.name)
         };
         if keep {
             b.extend_from_slice(lab.name.as_bytes());
@@ -76,10 +76,6 @@ fn signature(l: &Labels, m: &Matching) -> Vec<u8> {
         }
     }
     b
-}
-
-fn is_meta(n: &str) -> bool {
-    n == "__name__" || n == "__type__" || n == "__unit__"
 }
 
 fn match_labels(l: &Labels, m: &Matching) -> Labels {

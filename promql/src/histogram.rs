@@ -109,8 +109,10 @@ fn parse_le(s: &str) -> Option<f64> {
     if t.is_empty() || t.contains(|c: char| c.is_whitespace()) {
         return None;
     }
-    let cleaned: String = t.chars().filter(|c| *c != '_').collect();
-    cleaned.parse::<f64>().ok()
+    if t.contains('_') {
+        return None;
+    }
+    t.parse::<f64>().ok()
 }
 
 pub(crate) fn histogram_quantile(
