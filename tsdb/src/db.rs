@@ -32,7 +32,7 @@ use storeapi::{Labels, Matcher, Sample};
 
 use crate::block::{self, Block, BlockError, BlockOptions, ThanosMeta};
 use crate::chunk::{Chunk, ChunkError, XorIterator};
-use crate::head::{Head, MemSeries, SampleResult, SeriesKey, labels_hash};
+use crate::head::{Head, MemSeries, SampleResult, SeriesKey, key_hash, labels_key};
 use crate::metrics::{Metrics, RejectReason};
 use crate::postings::SeriesRef;
 use crate::wal::record::{self, SamplesGroup, Visitor};
@@ -108,6 +108,8 @@ pub struct AppendOutcome {
     pub out_of_bounds: u64,
     /// Samples sent by ref for a ref the head does not know (any more).
     pub unknown_series: u64,
+    /// Samples of series with an empty label set (refused).
+    pub invalid_labels: u64,
     pub series_created: u64,
     pub first_rejection: Option<Rejection>,
     /// The head ref of each series of the batch (0 for unknown refs), in batch order.
@@ -117,7 +119,11 @@ pub struct AppendOutcome {
 impl AppendOutcome {
     /// Samples refused (all kinds).
     pub fn rejected(&self) -> u64 {
-        self.out_of_order + self.duplicate_timestamp + self.out_of_bounds + self.unknown_series
+        self.out_of_order
+            + self.duplicate_timestamp
+            + self.out_of_bounds
+            + self.unknown_series
+            + self.invalid_labels
     }
 
     fn count(&mut self, reason: RejectReason, series_index: usize, t: i64) {
@@ -346,7 +352,7 @@ impl Db {
             keys: Vec::new(),
             spans: Vec::new(),
             samples: Vec::new(),
-            scratch: Vec::new(),
+            keybuf: Vec::new(),
         }
     }
 
@@ -428,8 +434,10 @@ impl Db {
             if maxt.saturating_sub(mint) <= self.inner.range / 2 * 3 {
                 break;
             }
-            let start = mint.div_euclid(self.inner.range) * self.inner.range;
-            let end = start.saturating_add(self.inner.range);
+            let aligned = mint.div_euclid(self.inner.range) * self.inner.range;
+            let end = aligned.saturating_add(self.inner.range);
+            // After a flush the previous block may end inside this range: start there.
+            let start = aligned.max(head.min_valid_time());
             written.extend(self.compact_range(start, end)?);
         }
         self.apply_retention()?;
@@ -444,9 +452,10 @@ impl Db {
         while !self.inner.head.is_empty() {
             let mint = self.inner.head.min_time();
             let maxt = self.inner.head.max_time();
-            let start = mint.div_euclid(self.inner.range) * self.inner.range;
+            let aligned = mint.div_euclid(self.inner.range) * self.inner.range;
+            let start = aligned.max(self.inner.head.min_valid_time());
             // The last block ends just after the newest sample.
-            let end = (start.saturating_add(self.inner.range)).min(maxt.saturating_add(1));
+            let end = (aligned.saturating_add(self.inner.range)).min(maxt.saturating_add(1));
             written.extend(self.compact_range(start, end)?);
         }
         self.apply_retention()?;
@@ -458,6 +467,10 @@ impl Db {
         {
             let _c = lock(&inner.commit);
             inner.head.set_min_valid_time(end);
+            if end.rem_euclid(inner.range) != 0 {
+                // Open chunks could otherwise take samples past `end` (flush).
+                inner.head.close_open_chunks();
+            }
         }
         let series = inner.head.select(&[], start, end - 1);
         let res = if series.is_empty() {
@@ -587,24 +600,27 @@ pub struct Appender<'a> {
     /// `[start, end)` into `samples` per key.
     spans: Vec<(u32, u32)>,
     samples: Vec<(i64, f64)>,
-    scratch: Vec<u8>,
+    /// Series keys of the batch, back to back.
+    keybuf: Vec<u8>,
 }
 
 impl<'a> Appender<'a> {
     /// Adds samples (in time order) for the series `labels`. Labels are hashed here, in
     /// the caller's thread; they are copied only if the series is new.
     pub fn append(&mut self, labels: &'a Labels, samples: &[Sample]) {
-        let h = labels_hash(labels, &mut self.scratch);
+        let k = labels_key(labels, &mut self.keybuf);
+        let h = key_hash(&self.keybuf[k.0 as usize..]);
         self.push(
-            SeriesKey::Labels(h, labels),
+            SeriesKey::Labels(h, labels, k),
             samples.iter().map(|s| (s.t, s.v)),
         );
     }
 
     /// Adds one sample for `labels`.
     pub fn append_one(&mut self, labels: &'a Labels, t: i64, v: f64) {
-        let h = labels_hash(labels, &mut self.scratch);
-        self.push(SeriesKey::Labels(h, labels), std::iter::once((t, v)));
+        let k = labels_key(labels, &mut self.keybuf);
+        let h = key_hash(&self.keybuf[k.0 as usize..]);
+        self.push(SeriesKey::Labels(h, labels, k), std::iter::once((t, v)));
     }
 
     /// Adds samples for a series by head ref (from an earlier [`AppendOutcome`]). A ref
@@ -643,8 +659,8 @@ impl<'a> Appender<'a> {
         let pos = {
             let mut bufs = lock(&inner.commit);
             let CommitBufs { frames, samples } = &mut *bufs;
-            head.resolve(&self.keys, &mut resolved);
-            out.series_created = head.create_missing(&self.keys, &mut resolved);
+            head.resolve(&self.keys, &self.keybuf, &mut resolved);
+            out.series_created = head.create_missing(&self.keys, &self.keybuf, &mut resolved);
             let min_valid = head.appendable_min();
             frames.clear();
             samples.clear();
@@ -655,7 +671,10 @@ impl<'a> Appender<'a> {
             out.series_refs.reserve(self.keys.len());
             for (i, (s, &(a, b))) in resolved.iter().zip(&self.spans).enumerate() {
                 let Some(s) = s else {
-                    out.unknown_series += (b - a) as u64;
+                    match self.keys[i] {
+                        SeriesKey::Labels(..) => out.invalid_labels += (b - a) as u64,
+                        SeriesKey::Ref(_) => out.unknown_series += (b - a) as u64,
+                    }
                     out.series_refs.push(0);
                     continue;
                 };

@@ -23,16 +23,30 @@ use crate::postings::{MemPostings, SeriesRef};
 /// Samples per chunk before a new one is cut (Prometheus's target).
 pub const MAX_SAMPLES_PER_CHUNK: u16 = 120;
 
-/// Hash of a label set (xxhash64 over `name 0xff value 0xff …`), used to find series.
+/// Appends the series key of `labels` (`name 0xff value 0xff …`) to `buf`; returns its
+/// range in `buf`. Series are found by the xxhash64 of this key and compared by it.
+pub fn labels_key(labels: &Labels, buf: &mut Vec<u8>) -> (u32, u32) {
+    let start = buf.len();
+    for l in labels.iter() {
+        buf.extend_from_slice(l.name.as_bytes());
+        buf.push(0xff);
+        buf.extend_from_slice(l.value.as_bytes());
+        buf.push(0xff);
+    }
+    (start as u32, buf.len() as u32)
+}
+
+/// Hash of a series key.
+#[inline]
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh64::xxh64(key, 0)
+}
+
+/// Hash of a label set (the hash of its series key).
 pub fn labels_hash(labels: &Labels, scratch: &mut Vec<u8>) -> u64 {
     scratch.clear();
-    for l in labels.iter() {
-        scratch.extend_from_slice(l.name.as_bytes());
-        scratch.push(0xff);
-        scratch.extend_from_slice(l.value.as_bytes());
-        scratch.push(0xff);
-    }
-    xxhash_rust::xxh64::xxh64(scratch, 0)
+    labels_key(labels, scratch);
+    key_hash(scratch)
 }
 
 /// A hasher for keys that are already hashes or small integers (mixes with a multiply).
@@ -58,7 +72,8 @@ type U64Map<V> = HashMap<u64, V, BuildHasherDefault<U64Hasher>>;
 /// How a batch names a series: by label hash + labels, or by ref.
 #[derive(Debug, Clone, Copy)]
 pub enum SeriesKey<'a> {
-    Labels(u64, &'a Labels),
+    /// Hash, labels, and the range of the series key in the batch's key buffer.
+    Labels(u64, &'a Labels, (u32, u32)),
     Ref(SeriesRef),
 }
 
@@ -68,6 +83,7 @@ pub struct MemSeries {
     pub labels: Labels,
     pub sref: SeriesRef,
     pub hash: u64,
+    key: Box<[u8]>,
     data: Mutex<SeriesData>,
 }
 
@@ -224,8 +240,8 @@ impl MemSeries {
 
 #[derive(Debug)]
 enum HashEntry {
-    One(SeriesRef),
-    Many(Vec<SeriesRef>),
+    One(Arc<MemSeries>),
+    Many(Vec<Arc<MemSeries>>),
 }
 
 #[derive(Debug, Default)]
@@ -236,11 +252,11 @@ struct Index {
 }
 
 impl Index {
-    fn find(&self, hash: u64, labels: &Labels) -> Option<&Arc<MemSeries>> {
-        let check = |r: &SeriesRef| self.series.get(r).filter(|s| s.labels == *labels);
+    #[inline]
+    fn find(&self, hash: u64, key: &[u8]) -> Option<&Arc<MemSeries>> {
         match self.by_hash.get(&hash)? {
-            HashEntry::One(r) => check(r),
-            HashEntry::Many(v) => v.iter().find_map(check),
+            HashEntry::One(s) => (*s.key == *key).then_some(s),
+            HashEntry::Many(v) => v.iter().find(|s| *s.key == *key),
         }
     }
 
@@ -248,11 +264,11 @@ impl Index {
         let r = s.sref;
         match self.by_hash.get_mut(&s.hash) {
             None => {
-                self.by_hash.insert(s.hash, HashEntry::One(r));
+                self.by_hash.insert(s.hash, HashEntry::One(s.clone()));
             }
             Some(e) => match e {
-                HashEntry::One(o) => *e = HashEntry::Many(vec![*o, r]),
-                HashEntry::Many(v) => v.push(r),
+                HashEntry::One(o) => *e = HashEntry::Many(vec![o.clone(), s.clone()]),
+                HashEntry::Many(v) => v.push(s.clone()),
             },
         }
         self.postings.add(r, &s.labels);
@@ -262,13 +278,13 @@ impl Index {
     fn remove_hash(&mut self, hash: u64, r: SeriesRef) {
         if let Some(e) = self.by_hash.get_mut(&hash) {
             match e {
-                HashEntry::One(o) if *o == r => {
+                HashEntry::One(o) if o.sref == r => {
                     self.by_hash.remove(&hash);
                 }
                 HashEntry::Many(v) => {
-                    v.retain(|x| *x != r);
+                    v.retain(|x| x.sref != r);
                     if v.len() == 1 {
-                        *e = HashEntry::One(v[0]);
+                        *e = HashEntry::One(v[0].clone());
                     }
                 }
                 _ => {}
@@ -365,10 +381,17 @@ impl Head {
     }
 
     /// Resolves batch keys to series under one read lock (`None` for unknown ones).
-    pub(crate) fn resolve(&self, keys: &[SeriesKey<'_>], out: &mut Vec<Option<Arc<MemSeries>>>) {
+    pub(crate) fn resolve(
+        &self,
+        keys: &[SeriesKey<'_>],
+        keybuf: &[u8],
+        out: &mut Vec<Option<Arc<MemSeries>>>,
+    ) {
         let idx = self.read();
         out.extend(keys.iter().map(|k| match k {
-            SeriesKey::Labels(h, l) => idx.find(*h, l).cloned(),
+            SeriesKey::Labels(h, _, (a, b)) => {
+                idx.find(*h, &keybuf[*a as usize..*b as usize]).cloned()
+            }
             SeriesKey::Ref(r) => idx.series.get(r).cloned(),
         }));
     }
@@ -378,10 +401,11 @@ impl Head {
         &self,
         hash: u64,
         labels: &Labels,
+        key: &[u8],
         want_ref: Option<SeriesRef>,
         idx: &mut Index,
     ) -> (Arc<MemSeries>, bool) {
-        if let Some(s) = idx.find(hash, labels) {
+        if let Some(s) = idx.find(hash, key) {
             return (s.clone(), false);
         }
         let r = match want_ref {
@@ -395,6 +419,7 @@ impl Head {
             labels: labels.clone(),
             sref: r,
             hash,
+            key: key.into(),
             data: Mutex::new(SeriesData::default()),
         });
         idx.insert(s.clone());
@@ -407,6 +432,7 @@ impl Head {
     pub(crate) fn create_missing(
         &self,
         keys: &[SeriesKey<'_>],
+        keybuf: &[u8],
         resolved: &mut [Option<Arc<MemSeries>>],
     ) -> u64 {
         if resolved.iter().all(Option::is_some) {
@@ -416,9 +442,11 @@ impl Head {
         let mut n = 0;
         for (slot, k) in resolved.iter_mut().zip(keys) {
             if slot.is_none()
-                && let SeriesKey::Labels(h, l) = k
+                && let SeriesKey::Labels(h, l, (a, b)) = k
+                && !l.is_empty()
             {
-                let (s, created) = self.get_or_create(*h, l, None, &mut idx);
+                let key = &keybuf[*a as usize..*b as usize];
+                let (s, created) = self.get_or_create(*h, l, key, None, &mut idx);
                 n += created as u64;
                 *slot = Some(s);
             }
@@ -436,7 +464,7 @@ impl Head {
     ) -> Arc<MemSeries> {
         let h = labels_hash(labels, scratch);
         let mut idx = self.write();
-        let (s, _) = self.get_or_create(h, labels, Some(wal_ref), &mut idx);
+        let (s, _) = self.get_or_create(h, labels, scratch, Some(wal_ref), &mut idx);
         self.next_ref
             .fetch_max(wal_ref.saturating_add(1), Ordering::AcqRel);
         s.lock().logged = true;
@@ -535,6 +563,15 @@ impl Head {
             .collect();
         values.sort();
         values
+    }
+
+    /// Closes every open chunk, so samples appended from now on start new chunks (used
+    /// before cutting a block at a boundary that is not a multiple of the chunk range).
+    pub(crate) fn close_open_chunks(&self) {
+        let idx = self.read();
+        for s in idx.series.values() {
+            s.lock().close_open();
+        }
     }
 
     /// All series, by ref (for checkpoints).

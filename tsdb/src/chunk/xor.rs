@@ -211,18 +211,25 @@ impl XorChunk {
     /// Writes the low `n` bits of `v` (n ≤ 64), most significant first.
     #[inline]
     fn write_bits(&mut self, v: u64, mut n: u32) {
-        while n > 0 {
-            if self.free == 0 {
-                self.buf.push(0);
-                self.free = 8;
-            }
+        if n == 0 {
+            return;
+        }
+        let v = if n == 64 { v } else { v & ((1u64 << n) - 1) };
+        if self.free > 0 {
             let take = self.free.min(n);
-            let shift = n - take;
-            let bits = ((v >> shift) & ((1u64 << take) - 1)) as u8;
+            let bits = ((v >> (n - take)) as u8) & (((1u16 << take) - 1) as u8);
             let idx = self.buf.len() - 1;
             self.buf[idx] |= bits << (self.free - take);
             self.free -= take;
             n -= take;
+        }
+        while n >= 8 {
+            n -= 8;
+            self.buf.push((v >> n) as u8);
+        }
+        if n > 0 {
+            self.buf.push(((v << (8 - n)) & 0xff) as u8);
+            self.free = 8 - n;
         }
     }
 }

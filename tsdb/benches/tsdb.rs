@@ -1,0 +1,311 @@
+//! `cargo bench -p tsdb`: head append (with the WAL write, and with fsync per commit),
+//! XOR chunk encode/decode, select+iterate, block write; prints bytes per sample on disk
+//! for a realistic mix (counters, gauges, histogram buckets at 15s) after cutting a block.
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use storeapi::{Labels, MatchOp, Matcher};
+use tsdb::chunk::xor::decode_all;
+use tsdb::{Db, Options, SyncPolicy, XorChunk};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Realistic series: per "target", counters, gauges and histogram buckets.
+fn series(n: usize) -> Vec<(Labels, Kind)> {
+    let mut out = Vec::with_capacity(n);
+    let mut i = 0usize;
+    while out.len() < n {
+        let inst = format!("10.0.{}.{}:9100", i / 250, i % 250);
+        for m in 0..10 {
+            out.push((
+                Labels::from_pairs([
+                    ("__name__", format!("node_counter_{m}_total")),
+                    ("instance", inst.clone()),
+                    ("job", "node".into()),
+                ])
+                .unwrap(),
+                Kind::Counter,
+            ));
+        }
+        for m in 0..10 {
+            out.push((
+                Labels::from_pairs([
+                    ("__name__", format!("node_gauge_{m}")),
+                    ("instance", inst.clone()),
+                    ("job", "node".into()),
+                ])
+                .unwrap(),
+                Kind::Gauge,
+            ));
+        }
+        for le in [
+            "0.005", "0.01", "0.05", "0.1", "0.5", "1", "5", "10", "+Inf",
+        ] {
+            out.push((
+                Labels::from_pairs([
+                    (
+                        "__name__",
+                        "http_request_duration_seconds_bucket".to_string(),
+                    ),
+                    ("instance", inst.clone()),
+                    ("job", "node".into()),
+                    ("le", le.into()),
+                ])
+                .unwrap(),
+                Kind::Bucket,
+            ));
+        }
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Bucket,
+}
+
+/// How busy a series is, fixed per series (a hash of its index): a quarter of the series
+/// never change (idle targets, unused buckets), a quarter change on ~10% of scrapes, half
+/// change on every scrape.
+fn activity(i: usize) -> u64 {
+    (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 62 // 0..=3
+}
+
+/// Next value of series `i` of `kind` given the previous one.
+fn next_value(kind: Kind, i: usize, prev: f64, rng: &mut Rng) -> f64 {
+    let changes = match activity(i) {
+        0 => false,
+        1 => rng.below(10) == 0,
+        _ => true,
+    };
+    if !changes {
+        return prev;
+    }
+    match kind {
+        // Counters grow by whole numbers (requests, bytes).
+        Kind::Counter => prev + 1.0 + rng.below(1000) as f64,
+        // Gauges move by values with two decimals.
+        Kind::Gauge => (prev + (rng.below(20001) as f64 - 10000.0) / 100.0).max(0.0),
+        Kind::Bucket => prev + rng.below(20) as f64,
+    }
+}
+
+/// Scrape timestamps every 15s (Prometheus aligns scrape timestamps within 2ms).
+fn scrape_t(step: i64, _rng: &mut Rng) -> i64 {
+    step * 15_000
+}
+
+fn bench_append(c: &mut Criterion) {
+    const N: usize = 100_000;
+    const BATCH: usize = 2_000;
+    let ss = series(N);
+    let mut g = c.benchmark_group("head_append");
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(10);
+    for (name, policy) in [
+        ("100k_series_wal_write", SyncPolicy::Never),
+        ("100k_series_wal_fsync_per_2000", SyncPolicy::Always),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(
+            dir.path(),
+            Options {
+                wal_sync: policy,
+                ..Options::default()
+            },
+            None,
+        )
+        .unwrap();
+        let mut step = 0i64;
+        let mut vals = vec![0f64; N];
+        let mut rng = Rng(7);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                step += 1;
+                let t = step * 15_000;
+                for (ci, chunk) in ss.chunks(BATCH).enumerate() {
+                    let mut app = db.appender();
+                    for (j, (l, k)) in chunk.iter().enumerate() {
+                        let i = ci * BATCH + j;
+                        vals[i] = next_value(*k, i, vals[i], &mut rng);
+                        app.append_one(l, t, vals[i]);
+                    }
+                    black_box(app.commit().unwrap());
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_chunk(c: &mut Criterion) {
+    let mut rng = Rng(3);
+    let mut v = 0.0;
+    let samples: Vec<(i64, f64)> = (0..120)
+        .map(|i| {
+            v = next_value(Kind::Gauge, 3, v, &mut rng);
+            (scrape_t(i, &mut rng), v)
+        })
+        .collect();
+    let mut g = c.benchmark_group("xor_chunk");
+    g.throughput(Throughput::Elements(120));
+    g.bench_function("encode_120", |b| {
+        b.iter(|| {
+            let mut c = XorChunk::new();
+            for &(t, v) in &samples {
+                c.append(t, v).unwrap();
+            }
+            black_box(c.into_bytes())
+        })
+    });
+    let mut ch = XorChunk::new();
+    for &(t, v) in &samples {
+        ch.append(t, v).unwrap();
+    }
+    let bytes = ch.into_bytes();
+    g.bench_function("decode_120", |b| {
+        b.iter(|| black_box(decode_all(&bytes).unwrap()))
+    });
+    g.finish();
+}
+
+/// A database holding `n` realistic series over `hours` at 15s.
+fn filled_db(dir: &std::path::Path, n: usize, hours: i64) -> (Db, u64) {
+    let db = Db::open(
+        dir,
+        Options {
+            wal_sync: SyncPolicy::Never,
+            ..Options::default()
+        },
+        None,
+    )
+    .unwrap();
+    let ss = series(n);
+    let mut vals = vec![0f64; n];
+    let mut rng = Rng(11);
+    let steps = hours * 240;
+    let mut total = 0;
+    for step in 0..steps {
+        let mut app = db.appender();
+        for (i, (l, k)) in ss.iter().enumerate() {
+            vals[i] = next_value(*k, i, vals[i], &mut rng);
+            app.append_one(l, scrape_t(step, &mut rng), vals[i]);
+        }
+        total += app.commit().unwrap().appended;
+    }
+    (db, total)
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        n += if m.is_dir() {
+            dir_size(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    n
+}
+
+fn bench_disk_and_select(c: &mut Criterion) {
+    // Bytes per sample on disk: 10k series, 2h at 15s, cut into one block.
+    let dir = tempfile::tempdir().unwrap();
+    let (db, total) = filled_db(dir.path(), 10_000, 2);
+    let metas = db.flush().unwrap();
+    let mut block_bytes = 0;
+    let mut chunk_bytes = 0;
+    let mut samples = 0;
+    for m in &metas {
+        let bd = dir.path().join(m.ulid.to_string());
+        block_bytes += dir_size(&bd);
+        chunk_bytes += dir_size(&bd.join("chunks"));
+        samples += m.stats.num_samples;
+    }
+    assert_eq!(samples, total);
+    println!(
+        "bytes/sample on disk (10k series: counters, gauges, histogram buckets; 2h at 15s; {samples} samples): \
+         block total {:.3}, chunks only {:.3}",
+        block_bytes as f64 / samples as f64,
+        chunk_bytes as f64 / samples as f64
+    );
+
+    // Select + iterate: 10k series × 3h, all in blocks (flushed) or all in the head.
+    let dir = tempfile::tempdir().unwrap();
+    let (db, total) = filled_db(dir.path(), 10_000, 3);
+    db.flush().ok();
+    let (db2, _) = {
+        let d2 = tempfile::tempdir().unwrap();
+        let r = filled_db(d2.path(), 10_000, 3);
+        std::mem::forget(d2);
+        r
+    };
+    let mut g = c.benchmark_group("select_iterate");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(total));
+    let m = [Matcher::new(MatchOp::Equal, "job", "node").unwrap()];
+    g.bench_function("10k_series_3h_blocks", |b| {
+        b.iter(|| {
+            let q = db.querier(i64::MIN, i64::MAX);
+            let n: usize = q
+                .select_samples(&m)
+                .unwrap()
+                .iter()
+                .map(|s| s.1.len())
+                .sum();
+            assert_eq!(n as u64, total);
+        })
+    });
+    g.bench_function("10k_series_3h_head", |b| {
+        b.iter(|| {
+            let q = db2.querier(i64::MIN, i64::MAX);
+            let n: usize = q
+                .select_samples(&m)
+                .unwrap()
+                .iter()
+                .map(|s| s.1.len())
+                .sum();
+            black_box(n)
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("block_write");
+    g.sample_size(10);
+    g.bench_function("flush_1k_series_2h", |b| {
+        b.iter_batched(
+            || {
+                let d = tempfile::tempdir().unwrap();
+                let (db, _) = filled_db(d.path(), 1_000, 2);
+                (d, db)
+            },
+            |(d, db)| {
+                black_box(db.flush().unwrap());
+                d
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_chunk, bench_append, bench_disk_and_select);
+criterion_main!(benches);
