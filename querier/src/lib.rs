@@ -1,10 +1,144 @@
 //! Global query view: StoreAPI fan-out, dedup, PromQL, Prometheus HTTP API and web UI.
+//!
+//! `orrery query` is [`run`]; an embedding process (e.g. `orrery standalone`) calls
+//! [`run_with`] with its own shutdown signal.
 
-/// Command-line flags of this component.
-#[derive(Debug, Clone, clap::Args)]
-pub struct QueryArgs {}
+pub mod api;
+pub mod args;
+pub mod dedup;
+pub mod endpoints;
+pub mod metrics;
+pub mod proxy;
+pub mod ui;
 
-/// Runs the component until it is asked to stop.
-pub async fn run(_args: QueryArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+
+pub use args::QueryArgs;
+pub use endpoints::EndpointSet;
+pub use proxy::{FanoutOptions, ProxyStorage};
+
+/// Runs the querier until SIGTERM or Ctrl-C.
+pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
+    run_with(args, shutdown_signal()).await
 }
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Builds the shared state from the flags (no I/O).
+pub fn build_state(args: &QueryArgs) -> Arc<api::AppState> {
+    let endpoints = Arc::new(EndpointSet::new(
+        args.endpoints.clone(),
+        args.endpoint_sd_config_file.clone(),
+        args.info_interval,
+    ));
+    let engine = promql::Engine::new(promql::EngineOptions {
+        lookback_delta_ms: args.lookback_delta.as_millis() as i64,
+        max_samples: args.max_samples,
+        timeout: args.timeout,
+    });
+    Arc::new(api::AppState {
+        endpoints,
+        engine,
+        replica_labels: args.replica_labels.clone(),
+        partial_response: args.partial_response,
+        timeout: args.timeout,
+        store_timeout: args.store_response_timeout,
+        tenant_header: args.tenant_header.to_ascii_lowercase(),
+        gate: tokio::sync::Semaphore::new(args.max_concurrent.max(1)),
+        metrics: metrics::Metrics::new(),
+        ready: AtomicBool::new(false),
+    })
+}
+
+/// Runs the querier until `shutdown` resolves, then drains in-flight requests and returns.
+/// Binds `args.http_address` (an empty `grpc_address` disables the gRPC listener).
+pub async fn run_with(
+    args: QueryArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = build_state(&args);
+    let listener = tokio::net::TcpListener::bind(&args.http_address)
+        .await
+        .with_context(|| format!("binding HTTP address {}", args.http_address))?;
+    tracing::info!(
+        address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        endpoints = ?args.endpoints,
+        replica_labels = ?args.replica_labels,
+        "querier HTTP API and UI listening"
+    );
+    serve(state, listener, args, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind port 0 themselves).
+pub async fn serve(
+    state: Arc<api::AppState>,
+    listener: tokio::net::TcpListener,
+    args: QueryArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // First discovery round before reporting ready, so the first queries see the stores.
+    state.endpoints.refresh().await;
+    let discovery = tokio::spawn(
+        state
+            .endpoints
+            .clone()
+            .run(args.info_interval, stop_rx.clone()),
+    );
+    let grpc = if args.grpc_address.is_empty() {
+        None
+    } else {
+        Some(tokio::spawn(grpc::serve(
+            state.clone(),
+            args.grpc_address.clone(),
+            stop_rx.clone(),
+        )))
+    };
+    state.ready.store(true, Ordering::Relaxed);
+    let app = api::router(state.clone());
+    let st = state.clone();
+    let stop = async move {
+        shutdown.await;
+        tracing::info!("querier shutting down");
+        st.ready.store(false, Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+        .context("HTTP server")?;
+    discovery.abort();
+    if let Some(g) = grpc {
+        match g.await {
+            Ok(r) => r?,
+            Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+        }
+    }
+    Ok(())
+}
+
+pub mod grpc;

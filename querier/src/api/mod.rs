@@ -1,0 +1,658 @@
+//! The Prometheus HTTP API v1 (GET and POST form), Thanos's `/api/v1/stores`, health,
+//! metrics and the web UI.
+
+pub mod format;
+pub mod params;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use promql::{Engine, QueryError, QueryOptions};
+use storeapi::Matcher;
+
+use crate::endpoints::EndpointSet;
+use crate::metrics::Metrics;
+use crate::proxy::{FanoutOptions, ProxyStorage};
+use format::{MAX_TIME_MS, MIN_TIME_MS};
+use params::Params;
+
+/// Prometheus's limit on points per series in a range query.
+pub const MAX_POINTS_PER_SERIES: i64 = 11_000;
+
+/// Everything a handler needs.
+#[derive(Debug)]
+pub struct AppState {
+    pub endpoints: Arc<EndpointSet>,
+    pub engine: Engine,
+    pub replica_labels: Vec<String>,
+    pub partial_response: bool,
+    pub timeout: Duration,
+    pub store_timeout: Duration,
+    pub tenant_header: String,
+    pub gate: tokio::sync::Semaphore,
+    pub metrics: Metrics,
+    pub ready: AtomicBool,
+}
+
+/// An API error: Prometheus's `errorType` and message.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub error_type: &'static str,
+    pub message: String,
+    pub warnings: Vec<String>,
+}
+
+impl ApiError {
+    pub fn bad_data(message: impl Into<String>) -> Self {
+        ApiError {
+            error_type: "bad_data",
+            message: message.into(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn param(name: &str, err: impl std::fmt::Display) -> Self {
+        Self::bad_data(format!("invalid parameter \"{name}\": {err}"))
+    }
+
+    /// HTTP status code Prometheus uses for this error type.
+    pub fn status(&self) -> StatusCode {
+        match self.error_type {
+            "bad_data" => StatusCode::BAD_REQUEST,
+            "execution" => StatusCode::UNPROCESSABLE_ENTITY,
+            "canceled" => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            "timeout" | "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            "not_found" => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn from_query(e: QueryError, warnings: Vec<String>) -> Self {
+        let error_type = e.error_type();
+        let mut message = e.to_string();
+        if error_type == "bad_data" && !message.starts_with("invalid parameter") {
+            message = format!("invalid parameter \"query\": {message}");
+        }
+        ApiError {
+            error_type,
+            message,
+            warnings,
+        }
+    }
+}
+
+fn json_response(code: StatusCode, body: String) -> Response {
+    let mut r = (code, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+type ApiResult = Result<(String, Vec<String>, Vec<String>), ApiError>;
+
+fn finish(res: ApiResult) -> Response {
+    match res {
+        Ok((data, warnings, infos)) => {
+            json_response(StatusCode::OK, format::success(&data, &warnings, &infos))
+        }
+        Err(e) => json_response(
+            e.status(),
+            format::error(e.error_type, &e.message, &e.warnings),
+        ),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl AppState {
+    /// Fan-out options for one request: `dedup`, `replicaLabels[]`, `partial_response`
+    /// parameters and the tenant header.
+    fn fanout(&self, p: &Params, headers: &HeaderMap) -> Result<FanoutOptions, ApiError> {
+        let dedup = match p.get("dedup") {
+            Some(v) if !v.is_empty() => params::parse_bool(v).ok_or_else(|| {
+                ApiError::param("dedup", format!("cannot parse {v:?} as a boolean"))
+            })?,
+            _ => true,
+        };
+        let partial_response = match p.get("partial_response") {
+            Some(v) if !v.is_empty() => params::parse_bool(v).ok_or_else(|| {
+                ApiError::param(
+                    "partial_response",
+                    format!("cannot parse {v:?} as a boolean"),
+                )
+            })?,
+            _ => self.partial_response,
+        };
+        let override_labels: Vec<String> = p
+            .get_all("replicaLabels[]")
+            .into_iter()
+            .flat_map(|v| v.split(',').map(str::to_string).collect::<Vec<_>>())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let replica_labels = if override_labels.is_empty() {
+            self.replica_labels.clone()
+        } else {
+            override_labels
+        };
+        let tenant = headers
+            .get(self.tenant_header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let timeout = if self.store_timeout.is_zero() {
+            self.timeout
+        } else {
+            self.store_timeout
+        };
+        Ok(FanoutOptions {
+            replica_labels,
+            dedup,
+            partial_response,
+            tenant,
+            timeout,
+        })
+    }
+
+    fn storage(&self, p: &Params, headers: &HeaderMap) -> Result<ProxyStorage, ApiError> {
+        Ok(ProxyStorage::new(
+            self.endpoints.clone(),
+            self.fanout(p, headers)?,
+        ))
+    }
+
+    fn query_timeout(&self, p: &Params) -> Result<Duration, ApiError> {
+        match p.get("timeout") {
+            Some(v) if !v.is_empty() => {
+                let ms = format::parse_duration(v).map_err(|e| ApiError::param("timeout", e))?;
+                let d = Duration::from_millis(ms.max(0) as u64);
+                Ok(d.min(self.timeout))
+            }
+            _ => Ok(self.timeout),
+        }
+    }
+
+    fn query_options(&self, p: &Params) -> Result<QueryOptions, ApiError> {
+        let mut o = QueryOptions::default();
+        if let Some(v) = p.get("lookback_delta")
+            && !v.is_empty()
+        {
+            let ms = format::parse_duration(v).map_err(|e| ApiError::param("lookback_delta", e))?;
+            o.lookback_delta_ms = Some(ms);
+        }
+        Ok(o)
+    }
+
+    async fn with_gate<T>(
+        &self,
+        timeout: Duration,
+        fut: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let _permit = self.gate.acquire().await.map_err(|_| ApiError {
+            error_type: "unavailable",
+            message: "querier is shutting down".into(),
+            warnings: Vec::new(),
+        })?;
+        self.metrics.concurrent_queries.inc();
+        let r = tokio::time::timeout(timeout, fut).await;
+        self.metrics.concurrent_queries.dec();
+        match r {
+            Ok(r) => r,
+            Err(_) => Err(ApiError {
+                error_type: "timeout",
+                message: "query timed out in expression evaluation".into(),
+                warnings: Vec::new(),
+            }),
+        }
+    }
+}
+
+fn parse_time_param(p: &Params, name: &str, default: i64) -> Result<i64, ApiError> {
+    match p.get(name) {
+        Some(v) if !v.is_empty() => format::parse_time(v).map_err(|e| ApiError::param(name, e)),
+        _ => Ok(default),
+    }
+}
+
+/// Parses a series selector (`match[]`) into matchers.
+pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, String> {
+    use promql_parser::label::MatchOp as P;
+    use promql_parser::parser::Expr;
+    let expr = promql_parser::parser::parse(s)?;
+    let Expr::VectorSelector(vs) = expr else {
+        return Err(format!(
+            "1:1: parse error: expected a series selector, got {s:?}"
+        ));
+    };
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err("1:1: parse error: `or` in series selectors is not supported".into());
+    }
+    let mut out = Vec::new();
+    if let Some(name) = &vs.name {
+        out.push(Matcher::equal(storeapi::METRIC_NAME, name.clone()));
+    }
+    for m in &vs.matchers.matchers {
+        let op = match m.op {
+            P::Equal => storeapi::MatchOp::Equal,
+            P::NotEqual => storeapi::MatchOp::NotEqual,
+            P::Re(_) => storeapi::MatchOp::RegexMatch,
+            P::NotRe(_) => storeapi::MatchOp::RegexNoMatch,
+        };
+        out.push(Matcher::new(op, m.name.clone(), m.value.clone()).map_err(|e| e.to_string())?);
+    }
+    if out.iter().all(|m| m.matches_empty()) {
+        return Err("match[] must contain at least one non-empty matcher".into());
+    }
+    Ok(out)
+}
+
+fn matcher_sets(p: &Params) -> Result<Vec<Vec<Matcher>>, ApiError> {
+    p.get_all("match[]")
+        .into_iter()
+        .map(|s| parse_selector(s).map_err(|e| ApiError::param("match[]", e)))
+        .collect()
+}
+
+fn limit_param(p: &Params) -> Result<usize, ApiError> {
+    match p.get("limit") {
+        Some(v) if !v.is_empty() => v
+            .parse::<i64>()
+            .map(|n| if n <= 0 { 0 } else { n as usize })
+            .map_err(|_| ApiError::bad_data("limit must be a number")),
+        _ => Ok(0),
+    }
+}
+
+fn apply_limit<T>(v: &mut Vec<T>, limit: usize, warnings: &mut Vec<String>) {
+    if limit > 0 && v.len() > limit {
+        v.truncate(limit);
+        warnings.push("results truncated due to limit".into());
+    }
+}
+
+async fn query(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
+    let q = p.get("query").unwrap_or("").to_string();
+    let t = parse_time_param(p, "time", now_ms())?;
+    let timeout = st.query_timeout(p)?;
+    let opts = st.query_options(p)?;
+    let storage = st.storage(p, h)?;
+    st.with_gate(timeout, async {
+        let r = st
+            .engine
+            .instant_query_with(&storage, &q, t, &opts)
+            .await
+            .map_err(|e| ApiError::from_query(e, Vec::new()))?;
+        let mut data = String::new();
+        format::write_query_data(&mut data, &r.value);
+        Ok((data, r.warnings, r.infos))
+    })
+    .await
+}
+
+async fn query_range(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
+    let start = match p.get("start") {
+        Some(v) => format::parse_time(v).map_err(|e| ApiError::param("start", e))?,
+        None => {
+            return Err(ApiError::param(
+                "start",
+                "cannot parse \"\" to a valid timestamp",
+            ));
+        }
+    };
+    let end = match p.get("end") {
+        Some(v) => format::parse_time(v).map_err(|e| ApiError::param("end", e))?,
+        None => {
+            return Err(ApiError::param(
+                "end",
+                "cannot parse \"\" to a valid timestamp",
+            ));
+        }
+    };
+    if end < start {
+        return Err(ApiError::param(
+            "end",
+            "end timestamp must not be before start time",
+        ));
+    }
+    let step = match p.get("step") {
+        Some(v) => format::parse_duration(v).map_err(|e| ApiError::param("step", e))?,
+        None => {
+            return Err(ApiError::param(
+                "step",
+                "cannot parse \"\" to a valid duration",
+            ));
+        }
+    };
+    if step <= 0 {
+        return Err(ApiError::param(
+            "step",
+            "zero or negative query resolution step widths are not accepted. Try a positive integer",
+        ));
+    }
+    if (end - start) / step > MAX_POINTS_PER_SERIES {
+        return Err(ApiError::bad_data(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+        ));
+    }
+    let q = p.get("query").unwrap_or("").to_string();
+    let timeout = st.query_timeout(p)?;
+    let opts = st.query_options(p)?;
+    let storage = st.storage(p, h)?;
+    st.with_gate(timeout, async {
+        let r = st
+            .engine
+            .range_query_with(&storage, &q, start, end, step, &opts)
+            .await
+            .map_err(|e| ApiError::from_query(e, Vec::new()))?;
+        let mut data = String::new();
+        format::write_query_data(&mut data, &r.value);
+        Ok((data, r.warnings, r.infos))
+    })
+    .await
+}
+
+fn fanout_err(e: crate::proxy::FanoutError) -> ApiError {
+    ApiError {
+        error_type: "internal",
+        message: e.to_string(),
+        warnings: Vec::new(),
+    }
+}
+
+async fn series(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
+    let sets = matcher_sets(p)?;
+    if sets.is_empty() {
+        return Err(ApiError::bad_data("no match[] parameter provided"));
+    }
+    let start = parse_time_param(p, "start", MIN_TIME_MS)?;
+    let end = parse_time_param(p, "end", MAX_TIME_MS)?;
+    let limit = limit_param(p)?;
+    let storage = st.storage(p, h)?;
+    let timeout = st.query_timeout(p)?;
+    st.with_gate(timeout, async {
+        let (mut labels, mut warnings) = storage
+            .series(&sets, start, end)
+            .await
+            .map_err(fanout_err)?;
+        apply_limit(&mut labels, limit, &mut warnings);
+        let mut data = String::from("[");
+        for (i, l) in labels.iter().enumerate() {
+            if i > 0 {
+                data.push(',');
+            }
+            format::write_labels(&mut data, l);
+        }
+        data.push(']');
+        Ok((data, warnings, Vec::new()))
+    })
+    .await
+}
+
+async fn labels(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
+    let sets = matcher_sets(p)?;
+    let start = parse_time_param(p, "start", MIN_TIME_MS)?;
+    let end = parse_time_param(p, "end", MAX_TIME_MS)?;
+    let limit = limit_param(p)?;
+    let storage = st.storage(p, h)?;
+    let timeout = st.query_timeout(p)?;
+    st.with_gate(timeout, async {
+        let sets = if sets.is_empty() {
+            vec![Vec::new()]
+        } else {
+            sets
+        };
+        let mut all = std::collections::BTreeSet::new();
+        let mut warnings = Vec::new();
+        for ms in &sets {
+            let (names, w) = storage
+                .label_names(ms, start, end)
+                .await
+                .map_err(fanout_err)?;
+            all.extend(names);
+            warnings.extend(w);
+        }
+        let mut names: Vec<String> = all.into_iter().collect();
+        apply_limit(&mut names, limit, &mut warnings);
+        Ok((format::string_list(&names), warnings, Vec::new()))
+    })
+    .await
+}
+
+async fn label_values(st: &AppState, name: &str, p: &Params, h: &HeaderMap) -> ApiResult {
+    // Prometheus accepts UTF-8 names encoded as `U__...`; plain names are the common case.
+    if name.is_empty() || !storeapi::labels::is_valid_label_name(name) {
+        return Err(ApiError::bad_data(format!(
+            "invalid label name: \"{name}\""
+        )));
+    }
+    let sets = matcher_sets(p)?;
+    let start = parse_time_param(p, "start", MIN_TIME_MS)?;
+    let end = parse_time_param(p, "end", MAX_TIME_MS)?;
+    let limit = limit_param(p)?;
+    let storage = st.storage(p, h)?;
+    let timeout = st.query_timeout(p)?;
+    st.with_gate(timeout, async {
+        let sets = if sets.is_empty() {
+            vec![Vec::new()]
+        } else {
+            sets
+        };
+        let mut all = std::collections::BTreeSet::new();
+        let mut warnings = Vec::new();
+        for ms in &sets {
+            let (values, w) = storage
+                .label_values(name, ms, start, end)
+                .await
+                .map_err(fanout_err)?;
+            all.extend(values);
+            warnings.extend(w);
+        }
+        let mut values: Vec<String> = all.into_iter().collect();
+        apply_limit(&mut values, limit, &mut warnings);
+        Ok((format::string_list(&values), warnings, Vec::new()))
+    })
+    .await
+}
+
+/// `/api/v1/stores`: endpoints grouped by component type (Thanos's shape).
+pub fn stores_json(endpoints: &EndpointSet) -> String {
+    let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for e in endpoints.all() {
+        let st = e.status();
+        let mut o = String::from("{\"name\":");
+        format::write_json_str(&mut o, &e.addr);
+        o.push_str(",\"lastCheck\":");
+        format::write_json_str(&mut o, &format::rfc3339(st.last_check_ms));
+        o.push_str(",\"lastError\":");
+        match &st.last_error {
+            Some(err) => format::write_json_str(&mut o, err),
+            None => o.push_str("null"),
+        }
+        o.push_str(",\"labelSets\":[");
+        for (i, ls) in st.label_sets.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            format::write_labels(&mut o, ls);
+        }
+        o.push_str("],\"minTime\":");
+        o.push_str(&st.min_time.to_string());
+        o.push_str(",\"maxTime\":");
+        o.push_str(&st.max_time.to_string());
+        o.push('}');
+        let kind = if st.component_type.is_empty() {
+            "unknown".to_string()
+        } else {
+            st.component_type.clone()
+        };
+        groups.entry(kind).or_default().push(o);
+    }
+    let mut data = String::from("{");
+    for (i, (k, v)) in groups.iter().enumerate() {
+        if i > 0 {
+            data.push(',');
+        }
+        format::write_json_str(&mut data, k);
+        data.push_str(":[");
+        data.push_str(&v.join(","));
+        data.push(']');
+    }
+    data.push('}');
+    data
+}
+
+const BUILDINFO: &str = concat!(
+    "{\"version\":\"",
+    env!("CARGO_PKG_VERSION"),
+    "\",\"revision\":\"\",\"branch\":\"\",\"buildUser\":\"\",\"buildDate\":\"\",\"goVersion\":\"\"}"
+);
+
+/// Runs an API handler: collects parameters (query string + form body), times it, counts it.
+async fn api(
+    st: Arc<AppState>,
+    handler: &'static str,
+    method: Method,
+    headers: HeaderMap,
+    raw: Option<String>,
+    body: Bytes,
+    label: Option<String>,
+) -> Response {
+    let started = Instant::now();
+    let mut p = Params::from_query(raw.as_deref().unwrap_or(""));
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if method == Method::POST && is_form {
+        p.prepend_form(&body);
+    }
+    let res = match handler {
+        "query" => query(&st, &p, &headers).await,
+        "query_range" => query_range(&st, &p, &headers).await,
+        "series" => series(&st, &p, &headers).await,
+        "labels" => labels(&st, &p, &headers).await,
+        "label_values" => label_values(&st, label.as_deref().unwrap_or(""), &p, &headers).await,
+        "metadata" => Ok(("{}".into(), Vec::new(), Vec::new())),
+        "query_exemplars" => Ok(("[]".into(), Vec::new(), Vec::new())),
+        "buildinfo" => Ok((BUILDINFO.into(), Vec::new(), Vec::new())),
+        "stores" => Ok((stores_json(&st.endpoints), Vec::new(), Vec::new())),
+        _ => Err(ApiError {
+            error_type: "not_found",
+            message: "not found".into(),
+            warnings: Vec::new(),
+        }),
+    };
+    let resp = finish(res);
+    st.metrics.observe(
+        handler,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+macro_rules! api_route {
+    ($name:literal) => {
+        |State(st): State<Arc<AppState>>,
+         method: Method,
+         headers: HeaderMap,
+         RawQuery(raw): RawQuery,
+         body: Bytes| async move { api(st, $name, method, headers, raw, body, None).await }
+    };
+}
+
+async fn label_values_route(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    api(st, "label_values", method, headers, raw, body, Some(name)).await
+}
+
+async fn metrics_route(State(st): State<Arc<AppState>>) -> Response {
+    let mut healthy = 0;
+    let mut unhealthy = 0;
+    for e in st.endpoints.all() {
+        if e.status().healthy {
+            healthy += 1;
+        } else {
+            unhealthy += 1;
+        }
+    }
+    use crate::metrics::StateLabel;
+    st.metrics
+        .endpoints
+        .get_or_create(&StateLabel {
+            state: "healthy".into(),
+        })
+        .set(healthy);
+    st.metrics
+        .endpoints
+        .get_or_create(&StateLabel {
+            state: "unhealthy".into(),
+        })
+        .set(unhealthy);
+    let mut r = st.metrics.encode().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+async fn ready_route(State(st): State<Arc<AppState>>) -> Response {
+    if st.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "OK\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(st: Arc<AppState>) -> Router {
+    let api_routes = Router::new()
+        .route("/query", get(api_route!("query")).post(api_route!("query")))
+        .route(
+            "/query_range",
+            get(api_route!("query_range")).post(api_route!("query_range")),
+        )
+        .route(
+            "/series",
+            get(api_route!("series")).post(api_route!("series")),
+        )
+        .route(
+            "/labels",
+            get(api_route!("labels")).post(api_route!("labels")),
+        )
+        .route("/label/{name}/values", get(label_values_route))
+        .route("/metadata", get(api_route!("metadata")))
+        .route(
+            "/query_exemplars",
+            get(api_route!("query_exemplars")).post(api_route!("query_exemplars")),
+        )
+        .route("/status/buildinfo", get(api_route!("buildinfo")))
+        .route("/stores", get(api_route!("stores")));
+    Router::new()
+        .nest("/api/v1", api_routes)
+        .route("/metrics", get(metrics_route))
+        .route("/-/healthy", get(|| async { "OK\n" }))
+        .route("/-/ready", get(ready_route))
+        .route("/", get(|| async { Redirect::to("/graph") }))
+        .merge(crate::ui::routes())
+        .with_state(st)
+}

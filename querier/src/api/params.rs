@@ -1,0 +1,72 @@
+//! Request parameters from the query string and a form body, repeated keys kept in order.
+
+/// Decoded `key=value` pairs; form body values come before query-string values (as Go's
+/// `Request.ParseForm` orders them).
+#[derive(Debug, Clone, Default)]
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub fn from_query(q: &str) -> Params {
+        Params(
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    pub fn prepend_form(&mut self, body: &[u8]) {
+        let mut v: Vec<(String, String)> = form_urlencoded::parse(body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        v.append(&mut self.0);
+        self.0 = v;
+    }
+
+    /// The first value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `key`, in order.
+    pub fn get_all(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// Go's `strconv.ParseBool`.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_form_merge() {
+        let mut p = Params::from_query("query=up&match%5B%5D=a&match[]=b");
+        p.prepend_form(b"query=rate(x%5B5m%5D)&time=1");
+        assert_eq!(p.get("query"), Some("rate(x[5m])"));
+        assert_eq!(p.get("time"), Some("1"));
+        assert_eq!(p.get_all("match[]"), vec!["a", "b"]);
+        assert_eq!(p.get("nope"), None);
+    }
+
+    #[test]
+    fn bools() {
+        assert_eq!(parse_bool("false"), Some(false));
+        assert_eq!(parse_bool("1"), Some(true));
+        assert_eq!(parse_bool("yes"), None);
+    }
+}

@@ -1,0 +1,354 @@
+//! Replica deduplication: Thanos's penalty algorithm, a chain merge for non-deduplicated
+//! identical series, and the grouping of replicas after the merge of store streams.
+//!
+//! Replicas of one series are folded pairwise. At each step both replicas seek to
+//! `last_t + 1 + penalty`; the sample with the smaller timestamp wins (ties go to the first
+//! replica); the replica not chosen gets a penalty of twice the distance between the chosen
+//! sample and the previous one (5s before any sample is known). The result sticks to one
+//! replica and only switches to fill gaps longer than about two scrape intervals.
+
+use storeapi::Sample;
+
+/// Penalty applied to the replica not chosen for the very first sample (milliseconds).
+pub const INITIAL_PENALTY_MS: i64 = 5000;
+
+/// Functions whose input series are counters: switching replicas must not look like a reset.
+pub fn is_counter_func(func: Option<&str>) -> bool {
+    matches!(func, Some("rate" | "increase" | "irate" | "resets"))
+}
+
+/// One replica being walked by the penalty merge: a cursor and, for counters, the value
+/// added to every sample so that a lagging replica does not produce a fake reset.
+struct Cursor<'a> {
+    samples: &'a [Sample],
+    pos: usize,
+    adjust: f64,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(samples: &'a [Sample]) -> Self {
+        Cursor {
+            samples,
+            pos: 0,
+            adjust: 0.0,
+        }
+    }
+
+    /// Advances to the first sample at or after `t` (never moves backwards).
+    fn seek(&mut self, t: i64) -> Option<Sample> {
+        while self.pos < self.samples.len() && self.samples[self.pos].t < t {
+            self.pos += 1;
+        }
+        self.at()
+    }
+
+    fn at(&self) -> Option<Sample> {
+        self.samples.get(self.pos).map(|s| Sample {
+            t: s.t,
+            v: s.v + self.adjust,
+        })
+    }
+
+    /// Called when the merge switches to this replica after `last_v` came from the other.
+    fn adjust_to(&mut self, last_v: f64) {
+        if let Some(cur) = self.at()
+            && last_v > cur.v
+        {
+            self.adjust += last_v - cur.v;
+        }
+    }
+}
+
+/// Merges two replicas of one series with the penalty algorithm.
+pub fn penalty_merge(a: &[Sample], b: &[Sample], counter: bool) -> Vec<Sample> {
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let mut ca = Cursor::new(a);
+    let mut cb = Cursor::new(b);
+    let mut last_t = i64::MIN;
+    let (mut pen_a, mut pen_b) = (0i64, 0i64);
+    let mut use_a = true;
+    let mut started = false;
+    loop {
+        let last_v = out.last().map(|s: &Sample| s.v);
+        let prev_use_a = use_a;
+        let sa = ca.seek(last_t.saturating_add(1).saturating_add(pen_a));
+        let sb = cb.seek(last_t.saturating_add(1).saturating_add(pen_b));
+        let chosen = match (sa, sb) {
+            (None, None) => break,
+            (Some(sa), None) => {
+                use_a = true;
+                pen_a = 0;
+                sa
+            }
+            (None, Some(sb)) => {
+                use_a = false;
+                pen_b = 0;
+                sb
+            }
+            (Some(sa), Some(sb)) => {
+                use_a = sa.t <= sb.t;
+                let (chosen_t, chosen) = if use_a { (sa.t, sa) } else { (sb.t, sb) };
+                let pen = if last_t == i64::MIN {
+                    INITIAL_PENALTY_MS
+                } else {
+                    2 * (chosen_t - last_t)
+                };
+                if use_a {
+                    pen_b = pen;
+                    pen_a = 0;
+                } else {
+                    pen_a = pen;
+                    pen_b = 0;
+                }
+                chosen
+            }
+        };
+        let mut chosen = chosen;
+        if counter && started && use_a != prev_use_a {
+            if let Some(lv) = last_v {
+                if use_a {
+                    ca.adjust_to(lv);
+                    if let Some(s) = ca.at() {
+                        chosen = s;
+                    }
+                } else {
+                    cb.adjust_to(lv);
+                    if let Some(s) = cb.at() {
+                        chosen = s;
+                    }
+                }
+            }
+        }
+        started = true;
+        last_t = chosen.t;
+        out.push(chosen);
+    }
+    out
+}
+
+/// Folds any number of replicas pairwise with [`penalty_merge`].
+pub fn penalty_dedup(replicas: Vec<Vec<Sample>>, counter: bool) -> Vec<Sample> {
+    let mut it = replicas.into_iter();
+    let Some(mut acc) = it.next() else {
+        return Vec::new();
+    };
+    for r in it {
+        acc = penalty_merge(&acc, &r, counter);
+    }
+    acc
+}
+
+/// Union of several sample runs of the same series; on equal timestamps the first run wins.
+pub fn chain_merge(replicas: Vec<Vec<Sample>>) -> Vec<Sample> {
+    let mut it = replicas.into_iter();
+    let Some(mut acc) = it.next() else {
+        return Vec::new();
+    };
+    for r in it {
+        let mut out = Vec::with_capacity(acc.len() + r.len());
+        let (mut i, mut j) = (0, 0);
+        while i < acc.len() || j < r.len() {
+            match (acc.get(i), r.get(j)) {
+                (Some(x), Some(y)) if x.t == y.t => {
+                    out.push(*x);
+                    i += 1;
+                    j += 1;
+                }
+                (Some(x), Some(y)) if x.t < y.t => {
+                    out.push(*x);
+                    i += 1;
+                }
+                (Some(_), Some(y)) => {
+                    out.push(*y);
+                    j += 1;
+                }
+                (Some(x), None) => {
+                    out.push(*x);
+                    i += 1;
+                }
+                (None, Some(y)) => {
+                    out.push(*y);
+                    j += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        acc = out;
+    }
+    acc
+}
+
+/// A time range covered by one chunk of a series part.
+pub trait TimeRanged {
+    fn min_time(&self) -> i64;
+    fn max_time(&self) -> i64;
+}
+
+/// Splits the chunks of one series (sorted by min time) into runs that do not overlap:
+/// chunks overlapping an earlier run are replicas of the same series (Thanos's overlap split).
+pub fn overlap_split<C: TimeRanged>(chunks: Vec<C>) -> Vec<Vec<C>> {
+    let mut runs: Vec<Vec<C>> = Vec::new();
+    'next: for c in chunks {
+        for run in runs.iter_mut() {
+            let fits = run.last().is_none_or(|l| l.max_time() < c.min_time());
+            if fits {
+                run.push(c);
+                continue 'next;
+            }
+        }
+        runs.push(vec![c]);
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(pairs: &[(i64, f64)]) -> Vec<Sample> {
+        pairs.iter().map(|&(t, v)| Sample { t, v }).collect()
+    }
+
+    fn ts(v: &[Sample]) -> Vec<i64> {
+        v.iter().map(|s| s.t).collect()
+    }
+
+    #[test]
+    fn identical_replicas_collapse() {
+        let a = s(&[(1000, 1.0), (2000, 2.0), (3000, 3.0)]);
+        let out = penalty_merge(&a, &a, false);
+        assert_eq!(out, a);
+    }
+
+    #[test]
+    fn offset_replicas_stick_to_one() {
+        // Replica B is scraped 500ms later than A: the result must keep A's cadence.
+        let a: Vec<Sample> = (0..10)
+            .map(|i| Sample {
+                t: i * 10_000,
+                v: i as f64,
+            })
+            .collect();
+        let b: Vec<Sample> = (0..10)
+            .map(|i| Sample {
+                t: i * 10_000 + 500,
+                v: i as f64,
+            })
+            .collect();
+        assert_eq!(penalty_merge(&a, &b, false), a);
+        // Whatever the order, the replica with the earliest sample is kept.
+        assert_eq!(penalty_merge(&b, &a, false), a);
+    }
+
+    #[test]
+    fn gap_in_one_replica_is_filled_by_other() {
+        // A misses 30s..50s; B scrapes 2s later than A.
+        let a: Vec<Sample> = (0..10)
+            .filter(|i| !(3..6).contains(i))
+            .map(|i| Sample {
+                t: i * 10_000,
+                v: i as f64,
+            })
+            .collect();
+        let b: Vec<Sample> = (0..10)
+            .map(|i| Sample {
+                t: i * 10_000 + 2000,
+                v: i as f64,
+            })
+            .collect();
+        let out = penalty_merge(&a, &b, false);
+        // A until its gap; B's 32s sample is inside A's penalty window (20s+1+20s), so the
+        // merge switches at 42s and then keeps B's cadence (A is now penalised).
+        assert_eq!(
+            ts(&out),
+            vec![
+                0, 10_000, 20_000, 42_000, 52_000, 62_000, 72_000, 82_000, 92_000
+            ]
+        );
+        for w in out.windows(2) {
+            assert!(w[1].t - w[0].t >= 10_000, "{out:?}");
+            assert!(w[1].t - w[0].t <= 22_000, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn one_replica_empty() {
+        let a = s(&[(1, 1.0), (2, 2.0)]);
+        assert_eq!(penalty_merge(&a, &[], false), a);
+        assert_eq!(penalty_merge(&[], &a, false), a);
+        assert!(penalty_merge(&[], &[], false).is_empty());
+    }
+
+    #[test]
+    fn initial_penalty_applies() {
+        // A is chosen first, so B is penalised by 5s: its samples before 5001ms are skipped.
+        let a = s(&[(0, 0.0)]);
+        let b = s(&[(1000, 1.0), (4000, 4.0), (6000, 6.0)]);
+        let out = penalty_merge(&a, &b, false);
+        assert_eq!(ts(&out), vec![0, 6000]);
+    }
+
+    #[test]
+    fn counter_switch_does_not_fake_a_reset() {
+        // A counts up to 50 then stops; B lags behind (lower values) and continues.
+        let a = s(&[(0, 10.0), (10_000, 20.0), (20_000, 50.0)]);
+        let b = s(&[
+            (1000, 5.0),
+            (11_000, 15.0),
+            (21_000, 30.0),
+            (31_000, 40.0),
+            (41_000, 45.0),
+            (51_000, 50.0),
+        ]);
+        let out = penalty_merge(&a, &b, true);
+        assert_eq!(ts(&out), vec![0, 10_000, 20_000, 41_000, 51_000]);
+        // At the switch B's 45 is raised by 5 (50-45) and the adjustment is kept.
+        assert_eq!(out[3].v, 50.0);
+        assert_eq!(out[4].v, 55.0);
+        for w in out.windows(2) {
+            assert!(w[1].v >= w[0].v, "fake reset in {out:?}");
+        }
+        // Without counter adjustment the raw values come through.
+        let raw = penalty_merge(&a, &b, false);
+        assert_eq!(raw[3].v, 45.0);
+    }
+
+    #[test]
+    fn three_replicas_fold() {
+        let a = s(&[(0, 0.0), (10_000, 1.0)]);
+        let b = s(&[(0, 0.0), (10_000, 1.0), (20_000, 2.0)]);
+        let c = s(&[(30_000, 3.0)]);
+        let out = penalty_dedup(vec![a, b, c], false);
+        assert_eq!(ts(&out), vec![0, 10_000, 20_000, 30_000]);
+    }
+
+    #[test]
+    fn chain_merge_unions() {
+        let a = s(&[(1, 1.0), (3, 3.0)]);
+        let b = s(&[(2, 2.0), (3, 9.0), (4, 4.0)]);
+        let out = chain_merge(vec![a, b]);
+        assert_eq!(out, s(&[(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]));
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct R(i64, i64);
+    impl TimeRanged for R {
+        fn min_time(&self) -> i64 {
+            self.0
+        }
+        fn max_time(&self) -> i64 {
+            self.1
+        }
+    }
+
+    #[test]
+    fn overlap_split_separates_replicas() {
+        let runs = overlap_split(vec![R(0, 10), R(5, 15), R(11, 20), R(16, 30)]);
+        assert_eq!(
+            runs,
+            vec![vec![R(0, 10), R(11, 20)], vec![R(5, 15), R(16, 30)]]
+        );
+        let runs = overlap_split(vec![R(0, 10), R(11, 20)]);
+        assert_eq!(runs.len(), 1);
+    }
+}

@@ -1,0 +1,454 @@
+//! Endpoint discovery: static addresses, `dns+` names, the Thanos SD file, and a periodic
+//! `thanos.info.Info/Info` call per endpoint (external labels, time range, health).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use storeapi::wire::info::{InfoRequest, info_client::InfoClient};
+use storeapi::{Labels, Matcher};
+use tonic::transport::Channel;
+
+/// How often `dns+` names are resolved again.
+pub const DNS_REFRESH: Duration = Duration::from_secs(30);
+
+/// What the last Info call said about an endpoint (and whether it answered).
+#[derive(Debug, Clone, Default)]
+pub struct EndpointStatus {
+    pub component_type: String,
+    pub label_sets: Vec<Labels>,
+    pub min_time: i64,
+    pub max_time: i64,
+    /// Time of the last Info call, milliseconds since the epoch (0 = never).
+    pub last_check_ms: i64,
+    pub last_error: Option<String>,
+    /// The last Info call succeeded.
+    pub healthy: bool,
+    /// The endpoint exposes the StoreAPI.
+    pub has_store: bool,
+    pub supports_without_replica_labels: bool,
+}
+
+/// One StoreAPI endpoint: its address, a lazily connected channel and its status.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: String,
+    pub channel: Channel,
+    pub status: RwLock<EndpointStatus>,
+}
+
+impl Endpoint {
+    fn new(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Endpoint {
+            addr: addr.to_string(),
+            channel,
+            status: RwLock::new(EndpointStatus::default()),
+        })
+    }
+
+    pub fn status(&self) -> EndpointStatus {
+        match self.status.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set_status(&self, s: EndpointStatus) {
+        match self.status.write() {
+            Ok(mut g) => *g = s,
+            Err(p) => *p.into_inner() = s,
+        }
+    }
+}
+
+/// The `--endpoint.sd-config-file` format (Thanos's): only `address` is used.
+#[derive(Debug, Default, serde::Deserialize)]
+struct SdConfig {
+    #[serde(default)]
+    endpoints: Vec<SdEndpoint>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SdEndpoint {
+    address: String,
+}
+
+/// Parses the SD file's YAML into its endpoint addresses.
+pub fn parse_sd_config(text: &str) -> Result<Vec<String>, String> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let cfg: SdConfig = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    Ok(cfg.endpoints.into_iter().map(|e| e.address).collect())
+}
+
+/// Whether a store with these external label sets may hold series matching `matchers`:
+/// some label set must not contradict any matcher (a matcher counts only if the set has
+/// that label). No label sets: always a match.
+pub fn label_sets_match(label_sets: &[Labels], matchers: &[Matcher]) -> bool {
+    if label_sets.is_empty() {
+        return true;
+    }
+    label_sets.iter().any(|ls| {
+        matchers.iter().all(|m| match ls.get(&m.name) {
+            Some(v) => m.matches(v),
+            None => true,
+        })
+    })
+}
+
+/// Whether a store covering `[min_time, max_time]` overlaps the query range.
+pub fn time_overlaps(st: &EndpointStatus, start: i64, end: i64) -> bool {
+    st.min_time <= end && start <= st.max_time
+}
+
+/// Every endpoint the querier knows and how to find more.
+#[derive(Debug)]
+pub struct EndpointSet {
+    specs: Vec<String>,
+    sd_file: Option<PathBuf>,
+    info_timeout: Duration,
+    endpoints: RwLock<BTreeMap<String, Arc<Endpoint>>>,
+    state: tokio::sync::Mutex<DiscoveryState>,
+}
+
+#[derive(Debug, Default)]
+struct DiscoveryState {
+    dns: HashMap<String, (Instant, Vec<String>)>,
+    sd_mtime: Option<SystemTime>,
+    sd_addrs: Vec<String>,
+}
+
+impl EndpointSet {
+    pub fn new(specs: Vec<String>, sd_file: Option<PathBuf>, info_timeout: Duration) -> Self {
+        EndpointSet {
+            specs,
+            sd_file,
+            info_timeout,
+            endpoints: RwLock::new(BTreeMap::new()),
+            state: tokio::sync::Mutex::new(DiscoveryState::default()),
+        }
+    }
+
+    /// All endpoints currently known, by address.
+    pub fn all(&self) -> Vec<Arc<Endpoint>> {
+        match self.endpoints.read() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(p) => p.into_inner().values().cloned().collect(),
+        }
+    }
+
+    /// Healthy StoreAPI endpoints that may hold data for this selection.
+    pub fn select(&self, start: i64, end: i64, matchers: &[Matcher]) -> Vec<Arc<Endpoint>> {
+        self.all()
+            .into_iter()
+            .filter(|e| {
+                let st = e.status();
+                st.healthy
+                    && st.has_store
+                    && time_overlaps(&st, start, end)
+                    && label_sets_match(&st.label_sets, matchers)
+            })
+            .collect()
+    }
+
+    /// Whether at least one healthy StoreAPI endpoint is known.
+    pub fn any_healthy(&self) -> bool {
+        self.all().iter().any(|e| {
+            let st = e.status();
+            st.healthy && st.has_store
+        })
+    }
+
+    /// Resolves every address source into the current set of addresses.
+    async fn resolve(&self) -> Vec<String> {
+        let mut state = self.state.lock().await;
+        let mut specs = self.specs.clone();
+        if let Some(path) = &self.sd_file {
+            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            if mtime != state.sd_mtime || mtime.is_none() {
+                match tokio::fs::read_to_string(path).await {
+                    Ok(text) => match parse_sd_config(&text) {
+                        Ok(addrs) => {
+                            if addrs != state.sd_addrs {
+                                tracing::info!(file = %path.display(), endpoints = ?addrs, "endpoint SD file loaded");
+                            }
+                            state.sd_addrs = addrs;
+                            state.sd_mtime = mtime;
+                        }
+                        Err(e) => {
+                            tracing::warn!(file = %path.display(), error = %e, "invalid endpoint SD file; keeping the previous endpoints")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot read endpoint SD file")
+                    }
+                }
+            }
+            specs.extend(state.sd_addrs.iter().cloned());
+        }
+        let mut out = BTreeSet::new();
+        for spec in specs {
+            if let Some(name) = spec.strip_prefix("dns+") {
+                let fresh = state
+                    .dns
+                    .get(name)
+                    .is_some_and(|(at, _)| at.elapsed() < DNS_REFRESH);
+                if !fresh {
+                    match tokio::net::lookup_host(name).await {
+                        Ok(addrs) => {
+                            let mut v: Vec<String> = addrs.map(|a| a.to_string()).collect();
+                            v.sort();
+                            v.dedup();
+                            state.dns.insert(name.to_string(), (Instant::now(), v));
+                        }
+                        Err(e) => {
+                            // Keep the previous answer; try again next round.
+                            tracing::warn!(name, error = %e, "DNS lookup of endpoint failed");
+                        }
+                    }
+                }
+                if let Some((_, v)) = state.dns.get(name) {
+                    out.extend(v.iter().cloned());
+                }
+            } else if !spec.is_empty() {
+                out.insert(spec);
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// One discovery round: update the address set, then call Info on every endpoint.
+    pub async fn refresh(&self) {
+        let addrs = self.resolve().await;
+        {
+            let mut map = match self.endpoints.write() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            map.retain(|a, _| addrs.contains(a));
+            for a in &addrs {
+                if !map.contains_key(a) {
+                    match Endpoint::new(a) {
+                        Ok(e) => {
+                            tracing::info!(addr = %a, "endpoint added");
+                            map.insert(a.clone(), Arc::new(e));
+                        }
+                        Err(e) => tracing::warn!(addr = %a, error = %e, "invalid endpoint address"),
+                    }
+                }
+            }
+        }
+        let eps = self.all();
+        let calls = eps.into_iter().map(|e| {
+            let timeout = self.info_timeout;
+            async move {
+                let st = info(&e, timeout).await;
+                e.set_status(st);
+            }
+        });
+        join_all(calls).await;
+    }
+
+    /// Runs discovery every `interval` until `shutdown` fires.
+    pub async fn run(
+        self: Arc<Self>,
+        interval: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.refresh().await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Runs futures concurrently and waits for all (small helper instead of a futures dep).
+pub async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Calls Info on one endpoint, keeping the previous labels and time range on failure.
+async fn info(e: &Endpoint, timeout: Duration) -> EndpointStatus {
+    let mut st = e.status();
+    st.last_check_ms = now_ms();
+    let mut client = InfoClient::new(e.channel.clone()).max_decoding_message_size(usize::MAX);
+    let mut req = tonic::Request::new(InfoRequest {});
+    req.set_timeout(timeout);
+    let res = tokio::time::timeout(timeout, client.info(req)).await;
+    match res {
+        Ok(Ok(resp)) => {
+            let r = resp.into_inner();
+            st.component_type = r.component_type.clone();
+            st.label_sets = r
+                .label_sets
+                .into_iter()
+                .filter_map(|ls| storeapi::wire::labels_from_wire(ls.labels).ok())
+                .collect();
+            match r.store {
+                Some(s) => {
+                    st.has_store = true;
+                    st.min_time = s.min_time;
+                    st.max_time = s.max_time;
+                    st.supports_without_replica_labels = s.supports_without_replica_labels;
+                }
+                None => st.has_store = false,
+            }
+            if !st.healthy {
+                tracing::info!(addr = %e.addr, component = %st.component_type, "endpoint healthy");
+            }
+            st.healthy = true;
+            st.last_error = None;
+        }
+        Ok(Err(status)) => {
+            let msg = format!(
+                "rpc error: code = {:?} desc = {}",
+                status.code(),
+                status.message()
+            );
+            if st.healthy || st.last_check_ms == 0 {
+                tracing::warn!(addr = %e.addr, error = %msg, "endpoint Info failed");
+            }
+            st.healthy = false;
+            st.last_error = Some(msg);
+        }
+        Err(_) => {
+            st.healthy = false;
+            st.last_error = Some(format!("Info call timed out after {timeout:?}"));
+        }
+    }
+    st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storeapi::MatchOp;
+
+    #[test]
+    fn sd_config_parses_thanos_format() {
+        let text = r#"
+default_client_config:
+  compression: none
+endpoints:
+  - address: "127.0.0.1:10901"
+    strict: false
+  - address: dns+receive-headless.ns.svc:10901
+"#;
+        assert_eq!(
+            parse_sd_config(text).unwrap(),
+            vec!["127.0.0.1:10901", "dns+receive-headless.ns.svc:10901"]
+        );
+        assert!(parse_sd_config("").unwrap().is_empty());
+        assert!(parse_sd_config("endpoints: 3").is_err());
+    }
+
+    #[test]
+    fn external_labels_prune() {
+        let sets = vec![Labels::from_pairs([("cluster", "a"), ("replica", "0")]).unwrap()];
+        let m = |op, n: &str, v: &str| Matcher::new(op, n, v).unwrap();
+        assert!(label_sets_match(
+            &sets,
+            &[m(MatchOp::Equal, "cluster", "a")]
+        ));
+        assert!(!label_sets_match(
+            &sets,
+            &[m(MatchOp::Equal, "cluster", "b")]
+        ));
+        assert!(label_sets_match(&sets, &[m(MatchOp::Equal, "job", "x")]));
+        assert!(!label_sets_match(
+            &sets,
+            &[m(MatchOp::RegexMatch, "cluster", "b|c")]
+        ));
+        let two = vec![
+            sets[0].clone(),
+            Labels::from_pairs([("cluster", "b")]).unwrap(),
+        ];
+        assert!(label_sets_match(&two, &[m(MatchOp::Equal, "cluster", "b")]));
+        assert!(label_sets_match(&[], &[m(MatchOp::Equal, "cluster", "z")]));
+    }
+
+    #[test]
+    fn time_pruning() {
+        let st = EndpointStatus {
+            min_time: 100,
+            max_time: 200,
+            ..Default::default()
+        };
+        assert!(time_overlaps(&st, 150, 300));
+        assert!(time_overlaps(&st, 0, 100));
+        assert!(!time_overlaps(&st, 201, 300));
+        assert!(!time_overlaps(&st, 0, 99));
+    }
+
+    #[tokio::test]
+    async fn sd_file_reload_changes_endpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sd.yaml");
+        std::fs::write(&path, "endpoints:\n  - address: 127.0.0.1:1\n").unwrap();
+        let set = EndpointSet::new(
+            vec!["127.0.0.1:2".into()],
+            Some(path.clone()),
+            Duration::from_millis(200),
+        );
+        set.refresh().await;
+        let addrs: Vec<String> = set.all().iter().map(|e| e.addr.clone()).collect();
+        assert_eq!(addrs, vec!["127.0.0.1:1", "127.0.0.1:2"]);
+        // Nobody listens there: unhealthy, with an error.
+        assert!(set.all().iter().all(|e| !e.status().healthy));
+        assert!(set.all()[0].status().last_error.is_some());
+        // Rewrite with a different mtime.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&path, "endpoints:\n  - address: 127.0.0.1:3\n").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() + Duration::from_secs(5))
+            .unwrap();
+        set.refresh().await;
+        let addrs: Vec<String> = set.all().iter().map(|e| e.addr.clone()).collect();
+        assert_eq!(addrs, vec!["127.0.0.1:2", "127.0.0.1:3"]);
+    }
+
+    #[tokio::test]
+    async fn dns_endpoints_resolve() {
+        let set = EndpointSet::new(
+            vec!["dns+localhost:10999".into()],
+            None,
+            Duration::from_millis(200),
+        );
+        set.refresh().await;
+        let addrs: Vec<String> = set.all().iter().map(|e| e.addr.clone()).collect();
+        assert!(
+            addrs
+                .iter()
+                .any(|a| a == "127.0.0.1:10999" || a == "[::1]:10999"),
+            "{addrs:?}"
+        );
+    }
+}

@@ -1,0 +1,622 @@
+//! The StoreAPI fan-out: `Series`, `LabelNames` and `LabelValues` sent to every matching
+//! endpoint in parallel, streams merged by labels, XOR chunks decoded, replicas deduplicated.
+//! [`ProxyStorage`] is the [`promql::Storage`] the engine reads through.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use promql::{SelectHints, SelectResult, Storage, StorageError, StorageSeries};
+use storeapi::wire::thanos::{
+    self, AggrChunk, LabelNamesRequest, LabelValuesRequest, PartialResponseStrategy, SeriesRequest,
+    series_response, store_client::StoreClient,
+};
+use storeapi::{Labels, Matcher, Sample};
+
+use crate::dedup::{self, TimeRanged};
+use crate::endpoints::{Endpoint, EndpointSet};
+
+/// Series per response frame the querier asks batching stores for (Thanos's default).
+pub const RESPONSE_BATCH_SIZE: i64 = 64;
+
+/// Per-request settings of the fan-out.
+#[derive(Debug, Clone)]
+pub struct FanoutOptions {
+    /// Replica labels to strip and deduplicate on; empty or `dedup == false`: no dedup.
+    pub replica_labels: Vec<String>,
+    pub dedup: bool,
+    pub partial_response: bool,
+    /// Tenant forwarded as `thanos-tenant` metadata.
+    pub tenant: Option<String>,
+    /// Per-endpoint call timeout.
+    pub timeout: Duration,
+}
+
+impl FanoutOptions {
+    fn dedup_labels(&self) -> &[String] {
+        if self.dedup {
+            &self.replica_labels
+        } else {
+            &[]
+        }
+    }
+
+    fn strategy(&self) -> i32 {
+        if self.partial_response {
+            PartialResponseStrategy::Warn as i32
+        } else {
+            PartialResponseStrategy::Abort as i32
+        }
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(self.timeout);
+        if let Some(t) = &self.tenant
+            && let Ok(v) = t.parse()
+        {
+            req.metadata_mut().insert("thanos-tenant", v);
+        }
+        req
+    }
+}
+
+/// Why a fan-out failed (partial response off, or an invalid store answer).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FanoutError {
+    #[error("{0}")]
+    Store(String),
+}
+
+impl From<FanoutError> for StorageError {
+    fn from(e: FanoutError) -> Self {
+        StorageError::Unavailable(e.to_string())
+    }
+}
+
+/// One series as one store sent it (consecutive frames with equal labels joined).
+#[derive(Debug)]
+pub struct StoreSeries {
+    pub labels: Labels,
+    pub chunks: Vec<AggrChunk>,
+}
+
+impl TimeRanged for AggrChunk {
+    fn min_time(&self) -> i64 {
+        self.min_time
+    }
+    fn max_time(&self) -> i64 {
+        self.max_time
+    }
+}
+
+/// The answer of one store.
+#[derive(Debug, Default)]
+struct StoreAnswer {
+    series: Vec<StoreSeries>,
+    warnings: Vec<String>,
+}
+
+fn store_error(e: &Endpoint, what: &str, status: &tonic::Status) -> String {
+    let component = e.status().component_type;
+    let component = if component.is_empty() {
+        "store".to_string()
+    } else {
+        component
+    };
+    format!(
+        "{component} {}: {what}: rpc error: code = {:?} desc = {}",
+        e.addr,
+        status.code(),
+        status.message()
+    )
+}
+
+fn push_series(
+    out: &mut Vec<StoreSeries>,
+    s: thanos::Series,
+    strip: &[String],
+) -> Result<(), String> {
+    let mut labels = storeapi::wire::labels_from_wire(s.labels).map_err(|e| e.to_string())?;
+    for r in strip {
+        labels.remove(r);
+    }
+    if let Some(last) = out.last_mut()
+        && last.labels == labels
+    {
+        last.chunks.extend(s.chunks);
+        return Ok(());
+    }
+    out.push(StoreSeries {
+        labels,
+        chunks: s.chunks,
+    });
+    Ok(())
+}
+
+async fn series_from(
+    e: Arc<Endpoint>,
+    req: SeriesRequest,
+    opts: FanoutOptions,
+) -> Result<StoreAnswer, String> {
+    let mut client = StoreClient::new(e.channel.clone()).max_decoding_message_size(usize::MAX);
+    let strip = opts.dedup_labels().to_vec();
+    let timeout = opts.timeout;
+    let work = async {
+        let mut stream = client
+            .series(opts.request(req))
+            .await
+            .map_err(|s| store_error(&e, "receive series", &s))?
+            .into_inner();
+        let mut ans = StoreAnswer::default();
+        loop {
+            let frame = stream
+                .message()
+                .await
+                .map_err(|s| store_error(&e, "receive series", &s))?;
+            let Some(frame) = frame else { break };
+            match frame.result {
+                Some(series_response::Result::Series(s)) => {
+                    push_series(&mut ans.series, s, &strip)?;
+                }
+                Some(series_response::Result::Batch(b)) => {
+                    for s in b.series {
+                        push_series(&mut ans.series, s, &strip)?;
+                    }
+                }
+                Some(series_response::Result::Warning(w)) => ans.warnings.push(w),
+                Some(series_response::Result::Hints(_)) | None => {}
+            }
+        }
+        Ok(ans)
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "{} {}: receive series: timed out after {timeout:?}",
+            e.status().component_type,
+            e.addr
+        )),
+    }
+}
+
+/// Decodes the float samples of a run of non-overlapping chunks, trimmed to `[mint, maxt]`.
+pub fn decode_chunks(chunks: &[AggrChunk], mint: i64, maxt: i64) -> Result<Vec<Sample>, String> {
+    let mut out: Vec<Sample> = Vec::new();
+    for c in chunks {
+        if c.max_time < mint || c.min_time > maxt {
+            continue;
+        }
+        let Some(raw) = &c.raw else { continue };
+        if raw.r#type != thanos::chunk::Encoding::Xor as i32 {
+            // Native histograms are not evaluated by this engine.
+            continue;
+        }
+        let samples = tsdb::chunk::xor::decode_all(&raw.data).map_err(|e| e.to_string())?;
+        for (t, v) in samples {
+            if t < mint || t > maxt {
+                continue;
+            }
+            if out.last().is_some_and(|l| l.t >= t) {
+                continue;
+            }
+            out.push(Sample { t, v });
+        }
+    }
+    Ok(out)
+}
+
+/// Merges the answers of all stores: groups equal label sets (replicas, once replica labels
+/// are stripped), splits overlapping chunk runs, decodes and deduplicates.
+pub fn merge_series(
+    mut parts: Vec<StoreSeries>,
+    mint: i64,
+    maxt: i64,
+    dedup_on: bool,
+    counter: bool,
+) -> Result<Vec<StorageSeries>, String> {
+    // Stable: equal label sets keep the order of the stores (a k-way merge of sorted streams).
+    parts.sort_by(|a, b| a.labels.cmp(&b.labels));
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < parts.len() {
+        let mut j = i + 1;
+        while j < parts.len() && parts[j].labels == parts[i].labels {
+            j += 1;
+        }
+        let labels = parts[i].labels.clone();
+        let mut replicas = Vec::new();
+        for p in parts[i..j].iter_mut() {
+            let mut chunks = std::mem::take(&mut p.chunks);
+            chunks.sort_by_key(|c| (c.min_time, c.max_time));
+            for run in dedup::overlap_split(chunks) {
+                let samples = decode_chunks(&run, mint, maxt)?;
+                if !samples.is_empty() {
+                    replicas.push(samples);
+                }
+            }
+        }
+        let samples = if replicas.len() <= 1 {
+            replicas.pop().unwrap_or_default()
+        } else if dedup_on {
+            dedup::penalty_dedup(replicas, counter)
+        } else {
+            dedup::chain_merge(replicas)
+        };
+        if !samples.is_empty() {
+            out.push(StorageSeries { labels, samples });
+        }
+        i = j;
+    }
+    Ok(out)
+}
+
+/// The fan-out over an [`EndpointSet`] with per-request options.
+#[derive(Debug, Clone)]
+pub struct ProxyStorage {
+    pub endpoints: Arc<EndpointSet>,
+    pub opts: FanoutOptions,
+}
+
+impl ProxyStorage {
+    pub fn new(endpoints: Arc<EndpointSet>, opts: FanoutOptions) -> Self {
+        ProxyStorage { endpoints, opts }
+    }
+
+    fn no_endpoints_check(&self) -> Result<(), FanoutError> {
+        if !self.opts.partial_response && !self.endpoints.any_healthy() {
+            return Err(FanoutError::Store(
+                "no StoreAPI endpoints are healthy and partial response is disabled".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn series_request(
+        &self,
+        hints: &SelectHints,
+        matchers: &[Matcher],
+        skip_chunks: bool,
+    ) -> SeriesRequest {
+        SeriesRequest {
+            min_time: hints.start,
+            max_time: hints.end,
+            matchers: matchers
+                .iter()
+                .map(storeapi::wire::matcher_to_wire)
+                .collect(),
+            partial_response_disabled: !self.opts.partial_response,
+            partial_response_strategy: self.opts.strategy(),
+            skip_chunks,
+            step: hints.step,
+            range: hints.range,
+            query_hints: Some(thanos::QueryHints {
+                step_millis: hints.step,
+                func: hints
+                    .func
+                    .as_ref()
+                    .map(|f| thanos::Func { name: f.clone() }),
+                grouping: (!hints.grouping.is_empty() || hints.by).then(|| thanos::Grouping {
+                    by: hints.by,
+                    labels: hints.grouping.clone(),
+                }),
+                range: (hints.range > 0).then_some(thanos::Range {
+                    millis: hints.range,
+                }),
+                ..Default::default()
+            }),
+            without_replica_labels: self.opts.dedup_labels().to_vec(),
+            response_batch_size: RESPONSE_BATCH_SIZE,
+            ..Default::default()
+        }
+    }
+
+    /// Sends one `Series` request to every matching endpoint; returns all store series and
+    /// the warnings (or an error when partial response is off).
+    async fn fan_series(
+        &self,
+        hints: &SelectHints,
+        matchers: &[Matcher],
+        skip_chunks: bool,
+    ) -> Result<(Vec<StoreSeries>, Vec<String>), FanoutError> {
+        self.no_endpoints_check()?;
+        let eps = self.endpoints.select(hints.start, hints.end, matchers);
+        let req = self.series_request(hints, matchers, skip_chunks);
+        let calls = eps.into_iter().map(|e| {
+            let req = req.clone();
+            let opts = self.opts.clone();
+            series_from(e, req, opts)
+        });
+        let answers = crate::endpoints::join_all(calls).await;
+        let mut series = Vec::new();
+        let mut warnings = Vec::new();
+        for a in answers {
+            match a {
+                Ok(a) => {
+                    series.extend(a.series);
+                    warnings.extend(a.warnings);
+                }
+                Err(e) => warnings.push(e),
+            }
+        }
+        if !self.opts.partial_response && !warnings.is_empty() {
+            return Err(FanoutError::Store(warnings.join("; ")));
+        }
+        Ok((series, warnings))
+    }
+
+    /// `/api/v1/series`: label sets of the series matching any of `matcher_sets`.
+    pub async fn series(
+        &self,
+        matcher_sets: &[Vec<Matcher>],
+        start: i64,
+        end: i64,
+    ) -> Result<(Vec<Labels>, Vec<String>), FanoutError> {
+        let hints = SelectHints {
+            start,
+            end,
+            ..Default::default()
+        };
+        let mut all = BTreeSet::new();
+        let mut warnings = Vec::new();
+        for ms in matcher_sets {
+            let (series, w) = self.fan_series(&hints, ms, true).await?;
+            all.extend(series.into_iter().map(|s| s.labels));
+            warnings.extend(w);
+        }
+        Ok((all.into_iter().collect(), warnings))
+    }
+
+    /// `/api/v1/labels`.
+    pub async fn label_names(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<(Vec<String>, Vec<String>), FanoutError> {
+        self.no_endpoints_check()?;
+        let eps = self.endpoints.select(start, end, matchers);
+        let req = LabelNamesRequest {
+            partial_response_disabled: !self.opts.partial_response,
+            partial_response_strategy: self.opts.strategy(),
+            start,
+            end,
+            matchers: matchers
+                .iter()
+                .map(storeapi::wire::matcher_to_wire)
+                .collect(),
+            without_replica_labels: self.opts.dedup_labels().to_vec(),
+            ..Default::default()
+        };
+        let calls = eps.into_iter().map(|e| {
+            let req = self.opts.request(req.clone());
+            let timeout = self.opts.timeout;
+            async move {
+                let mut c =
+                    StoreClient::new(e.channel.clone()).max_decoding_message_size(usize::MAX);
+                match tokio::time::timeout(timeout, c.label_names(req)).await {
+                    Ok(Ok(r)) => Ok(r.into_inner()),
+                    Ok(Err(s)) => Err(store_error(&e, "label names", &s)),
+                    Err(_) => Err(format!("{}: label names: timed out", e.addr)),
+                }
+            }
+        });
+        let mut names = BTreeSet::new();
+        let mut warnings = Vec::new();
+        for r in crate::endpoints::join_all(calls).await {
+            match r {
+                Ok(r) => {
+                    names.extend(r.names);
+                    warnings.extend(r.warnings);
+                }
+                Err(e) => warnings.push(e),
+            }
+        }
+        for l in self.opts.dedup_labels() {
+            names.remove(l);
+        }
+        if !self.opts.partial_response && !warnings.is_empty() {
+            return Err(FanoutError::Store(warnings.join("; ")));
+        }
+        Ok((names.into_iter().collect(), warnings))
+    }
+
+    /// `/api/v1/label/<name>/values`.
+    pub async fn label_values(
+        &self,
+        label: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<(Vec<String>, Vec<String>), FanoutError> {
+        self.no_endpoints_check()?;
+        if self.opts.dedup_labels().iter().any(|l| l == label) {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let eps = self.endpoints.select(start, end, matchers);
+        let req = LabelValuesRequest {
+            label: label.to_string(),
+            partial_response_disabled: !self.opts.partial_response,
+            partial_response_strategy: self.opts.strategy(),
+            start,
+            end,
+            matchers: matchers
+                .iter()
+                .map(storeapi::wire::matcher_to_wire)
+                .collect(),
+            without_replica_labels: self.opts.dedup_labels().to_vec(),
+            ..Default::default()
+        };
+        let calls = eps.into_iter().map(|e| {
+            let req = self.opts.request(req.clone());
+            let timeout = self.opts.timeout;
+            async move {
+                let mut c =
+                    StoreClient::new(e.channel.clone()).max_decoding_message_size(usize::MAX);
+                match tokio::time::timeout(timeout, c.label_values(req)).await {
+                    Ok(Ok(r)) => Ok(r.into_inner()),
+                    Ok(Err(s)) => Err(store_error(&e, "label values", &s)),
+                    Err(_) => Err(format!("{}: label values: timed out", e.addr)),
+                }
+            }
+        });
+        let mut values = BTreeSet::new();
+        let mut warnings = Vec::new();
+        for r in crate::endpoints::join_all(calls).await {
+            match r {
+                Ok(r) => {
+                    values.extend(r.values);
+                    warnings.extend(r.warnings);
+                }
+                Err(e) => warnings.push(e),
+            }
+        }
+        if !self.opts.partial_response && !warnings.is_empty() {
+            return Err(FanoutError::Store(warnings.join("; ")));
+        }
+        Ok((values.into_iter().collect(), warnings))
+    }
+}
+
+impl Storage for ProxyStorage {
+    async fn select(
+        &self,
+        hints: SelectHints,
+        matchers: Vec<Matcher>,
+    ) -> Result<SelectResult, StorageError> {
+        let (parts, warnings) = self.fan_series(&hints, &matchers, false).await?;
+        let dedup_on = !self.opts.dedup_labels().is_empty();
+        let counter = dedup::is_counter_func(hints.func.as_deref());
+        let series = merge_series(parts, hints.start, hints.end, dedup_on, counter)
+            .map_err(StorageError::Internal)?;
+        Ok(SelectResult { series, warnings })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tsdb::chunk::XorChunk;
+
+    fn chunk(samples: &[(i64, f64)]) -> AggrChunk {
+        let mut c = XorChunk::new();
+        for &(t, v) in samples {
+            c.append(t, v).unwrap();
+        }
+        AggrChunk {
+            min_time: samples[0].0,
+            max_time: samples[samples.len() - 1].0,
+            raw: Some(thanos::Chunk {
+                r#type: thanos::chunk::Encoding::Xor as i32,
+                data: Bytes::from(c.into_bytes()),
+                hash: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn ls(pairs: &[(&str, &str)]) -> Labels {
+        Labels::from_pairs(pairs.iter().copied()).unwrap()
+    }
+
+    #[test]
+    fn decode_trims_to_range() {
+        let c = chunk(&[(1000, 1.0), (2000, 2.0), (3000, 3.0)]);
+        let s = decode_chunks(&[c], 1500, 3000).unwrap();
+        assert_eq!(
+            s,
+            vec![Sample { t: 2000, v: 2.0 }, Sample { t: 3000, v: 3.0 }]
+        );
+    }
+
+    #[test]
+    fn frames_of_one_series_are_joined_and_replica_labels_stripped() {
+        let mut out = Vec::new();
+        let strip = vec!["replica".to_string()];
+        for (r, c) in [("0", chunk(&[(1, 1.0)])), ("0", chunk(&[(2, 2.0)]))] {
+            push_series(
+                &mut out,
+                thanos::Series {
+                    labels: storeapi::wire::labels_to_wire(&ls(&[("a", "b"), ("replica", r)])),
+                    chunks: vec![c],
+                },
+                &strip,
+            )
+            .unwrap();
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].labels, ls(&[("a", "b")]));
+        assert_eq!(out[0].chunks.len(), 2);
+    }
+
+    #[test]
+    fn replicas_from_two_stores_are_deduplicated() {
+        let a: Vec<(i64, f64)> = (0..6).map(|i| (i * 10_000, i as f64)).collect();
+        let b: Vec<(i64, f64)> = (0..6).map(|i| (i * 10_000 + 300, i as f64)).collect();
+        let parts = vec![
+            StoreSeries {
+                labels: ls(&[("__name__", "up"), ("job", "x")]),
+                chunks: vec![chunk(&a)],
+            },
+            StoreSeries {
+                labels: ls(&[("__name__", "up"), ("job", "w")]),
+                chunks: vec![chunk(&[(5, 1.0)])],
+            },
+            StoreSeries {
+                labels: ls(&[("__name__", "up"), ("job", "x")]),
+                chunks: vec![chunk(&b)],
+            },
+        ];
+        let out = merge_series(parts, 0, 100_000, true, false).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].labels, ls(&[("__name__", "up"), ("job", "w")]));
+        assert_eq!(out[1].samples.len(), 6);
+        assert!(out[1].samples.iter().all(|s| s.t % 10_000 == 0));
+    }
+
+    #[test]
+    fn dedup_off_chain_merges_identical_series() {
+        let parts = vec![
+            StoreSeries {
+                labels: ls(&[("a", "1")]),
+                chunks: vec![chunk(&[(1, 1.0), (3, 3.0)])],
+            },
+            StoreSeries {
+                labels: ls(&[("a", "1")]),
+                chunks: vec![chunk(&[(2, 2.0), (3, 3.0)])],
+            },
+        ];
+        let out = merge_series(parts, 0, 10, false, false).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].samples.iter().map(|s| s.t).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn overlapping_chunks_in_one_store_become_replicas() {
+        let parts = vec![StoreSeries {
+            labels: ls(&[("a", "1")]),
+            chunks: vec![
+                chunk(&[(0, 0.0), (10_000, 1.0), (20_000, 2.0)]),
+                chunk(&[(0, 0.0), (10_000, 1.0), (20_000, 2.0), (30_000, 3.0)]),
+            ],
+        }];
+        let out = merge_series(parts, 0, 100_000, true, false).unwrap();
+        assert_eq!(
+            out[0].samples.iter().map(|s| s.t).collect::<Vec<_>>(),
+            vec![0, 10_000, 20_000, 30_000]
+        );
+    }
+
+    #[test]
+    fn empty_series_are_dropped() {
+        let parts = vec![StoreSeries {
+            labels: ls(&[("a", "1")]),
+            chunks: vec![chunk(&[(0, 0.0)])],
+        }];
+        assert!(merge_series(parts, 10, 20, true, false).unwrap().is_empty());
+    }
+}
