@@ -1,0 +1,566 @@
+//! Replication: fan a write out to the receivers that hold its series, decide write quorum,
+//! and serve the peer side (`thanos.WriteableStore/RemoteWrite`).
+//!
+//! Entry points:
+//! - [`Distributor::write`] — a client write (HTTP remote write), tenant already resolved.
+//!   Router modes place each series' `RF` replicas on the tenant's ring, send one batch per
+//!   (peer, replica) — this receiver's own share goes to the [`LocalWriter`] — and wait until
+//!   every series is decided (see [`quorum`]). Ingestor-only mode writes locally.
+//! - [`Distributor::remote_write`] — a forwarded write from a peer (gRPC). A request with
+//!   `replica > 0` was already placed by a router and is written locally only.
+//! - [`server::writeable_store_service`] — the tonic service to add to the gRPC server; it also
+//!   accepts Thanos's `snappy` (framed) gRPC compression.
+//!
+//! [`WriteError::http_status`] / [`WriteError::grpc_status`] give the answer to the client.
+
+pub mod metrics;
+pub mod peers;
+pub mod plan;
+pub mod quorum;
+pub mod server;
+pub mod snappy;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use storeapi::wire::prompb::TimeSeries;
+use storeapi::wire::thanos::WriteRequest;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use crate::hashring::watch::{HashringHandle, HashringMetrics, HashringWatcher, LoadError};
+use crate::hashring::{HashringArgs, HashringError, Mode};
+
+pub use metrics::ReplicationMetrics;
+pub use peers::PeerPool;
+pub use quorum::{FailureKind, Outcome, Quorum, write_quorum};
+
+/// A boxed future, for the object-safe [`LocalWriter`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a replica write failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a local write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalWriteResult {
+    /// Every series accepted.
+    Ok,
+    /// The whole batch failed for one reason (e.g. TSDB not ready).
+    Failed(Failure),
+    /// Some series failed (index into the batch, why); all others were accepted. As in
+    /// Prometheus, the valid samples of a series are appended even when another sample of
+    /// it conflicts; report such a series as failed with `Conflict`.
+    Partial(Vec<(usize, Failure)>),
+}
+
+/// This receiver's storage, implemented by the TSDB layer.
+pub trait LocalWriter: Send + Sync + 'static {
+    /// Appends `series` to `tenant`'s TSDB (creating it if needed).
+    fn write<'a>(
+        &'a self,
+        tenant: &'a str,
+        series: &'a [TimeSeries],
+    ) -> BoxFuture<'a, LocalWriteResult>;
+}
+
+/// The answer to a write request.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum WriteError {
+    /// Some series missed write quorum (or failed locally); `cause` decides the status.
+    #[error("{failed} of {total} series failed ({cause}): {message}")]
+    Failed {
+        cause: FailureKind,
+        failed: usize,
+        total: usize,
+        message: String,
+    },
+    /// A hashring is configured but not loaded (yet).
+    #[error("hashring not loaded: service unavailable")]
+    HashringNotReady,
+    #[error(transparent)]
+    Hashring(#[from] HashringError),
+    #[error("request replica {replica} is outside 1..={replication_factor}")]
+    BadReplica {
+        replica: i64,
+        replication_factor: u64,
+    },
+    #[error("this receiver stores nothing locally (router only)")]
+    NoLocalStorage,
+}
+
+impl WriteError {
+    /// HTTP status for the remote-write client.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            WriteError::Failed { cause, .. } => quorum::http_status(*cause),
+            WriteError::HashringNotReady => 503,
+            WriteError::Hashring(_) | WriteError::NoLocalStorage => 500,
+            WriteError::BadReplica { .. } => 400,
+        }
+    }
+
+    /// gRPC status for a forwarding peer (Thanos's codes).
+    pub fn grpc_status(&self) -> tonic::Status {
+        let msg = self.to_string();
+        match self {
+            WriteError::Failed { cause, .. } => match cause {
+                FailureKind::Conflict => tonic::Status::already_exists(msg),
+                FailureKind::NotReady | FailureKind::Unavailable => tonic::Status::unavailable(msg),
+                FailureKind::Other => tonic::Status::internal(msg),
+            },
+            WriteError::HashringNotReady => tonic::Status::unavailable(msg),
+            WriteError::BadReplica { .. } => tonic::Status::invalid_argument(msg),
+            WriteError::Hashring(_) | WriteError::NoLocalStorage => tonic::Status::internal(msg),
+        }
+    }
+}
+
+/// Settings of a [`Distributor`].
+#[derive(Debug, Clone)]
+pub struct DistributorConfig {
+    pub mode: Mode,
+    /// This receiver's address in the hashring (router+ingestor).
+    pub local_endpoint: Option<String>,
+    pub replication_factor: u64,
+    /// Deadline for one fan-out; replicas that have not answered count as unavailable.
+    pub forward_timeout: Duration,
+    pub forward_max_backoff: Duration,
+    /// Tenant for forwarded requests that carry none.
+    pub default_tenant: String,
+}
+
+impl DistributorConfig {
+    pub fn from_args(args: &HashringArgs) -> Self {
+        DistributorConfig {
+            mode: args.mode(),
+            local_endpoint: args.local_endpoint.clone(),
+            replication_factor: args.replication_factor,
+            forward_timeout: args.forward_timeout,
+            forward_max_backoff: args.forward_max_backoff,
+            default_tenant: "default-tenant".to_string(),
+        }
+    }
+}
+
+/// Routes, replicates and writes.
+pub struct Distributor {
+    cfg: DistributorConfig,
+    hashring: Option<HashringHandle>,
+    local: Option<Arc<dyn LocalWriter>>,
+    peers: Arc<PeerPool>,
+    metrics: ReplicationMetrics,
+}
+
+impl std::fmt::Debug for Distributor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Distributor")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors setting up distribution from flags.
+#[derive(Debug, Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(
+        "--receive.local-endpoint needs a hashring (--receive.hashrings-file or --receive.hashrings)"
+    )]
+    LocalEndpointWithoutHashring,
+    #[error("this mode stores data locally but no local writer was given")]
+    MissingLocalWriter,
+}
+
+/// A [`Distributor`] built from flags, with the file watcher to spawn (if any).
+pub struct Setup {
+    pub distributor: Arc<Distributor>,
+    /// Spawn `watcher.run(shutdown)` to reload the hashring file on change.
+    pub watcher: Option<HashringWatcher>,
+}
+
+impl Distributor {
+    pub fn new(
+        cfg: DistributorConfig,
+        hashring: Option<HashringHandle>,
+        local: Option<Arc<dyn LocalWriter>>,
+        metrics: ReplicationMetrics,
+    ) -> Self {
+        let peers = Arc::new(PeerPool::new(cfg.forward_timeout, cfg.forward_max_backoff));
+        Distributor {
+            cfg,
+            hashring,
+            local,
+            peers,
+            metrics,
+        }
+    }
+
+    /// Builds everything from the command line. `local` is required unless router-only.
+    /// Metrics are registered in `registry`. A hashring file that fails to load at start is
+    /// an error; later bad versions are logged and the previous ring kept.
+    pub fn from_args(
+        args: &HashringArgs,
+        local: Option<Arc<dyn LocalWriter>>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Result<Setup, SetupError> {
+        let cfg = DistributorConfig::from_args(args);
+        if cfg.mode.stores_locally() && local.is_none() {
+            return Err(SetupError::MissingLocalWriter);
+        }
+        let ring_metrics = HashringMetrics::default();
+        ring_metrics.register(registry);
+        let metrics = ReplicationMetrics::default();
+        metrics.register(registry);
+        let (handle, watcher) = if let Some(path) = &args.hashrings_file {
+            let (w, h, first) = HashringWatcher::new(
+                path,
+                args.hashrings_file_refresh_interval,
+                args.hashrings_algorithm,
+                args.replication_factor,
+                ring_metrics,
+            );
+            first?;
+            (Some(h), Some(w))
+        } else if let Some(inline) = &args.hashrings {
+            let loaded = crate::hashring::watch::build(
+                inline.as_bytes(),
+                std::path::Path::new("--receive.hashrings"),
+                args.hashrings_algorithm,
+                args.replication_factor,
+            )?;
+            (Some(HashringHandle::fixed(loaded)), None)
+        } else {
+            (None, None)
+        };
+        let distributor = Arc::new(Distributor::new(cfg, handle, local, metrics));
+        Ok(Setup {
+            distributor,
+            watcher,
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.cfg.mode
+    }
+
+    /// Ready to take writes: the hashring (if any) is loaded.
+    pub fn is_ready(&self) -> bool {
+        match &self.hashring {
+            Some(h) => h.current().is_some(),
+            None => true,
+        }
+    }
+
+    pub fn peers(&self) -> &PeerPool {
+        &self.peers
+    }
+
+    /// A client write (remote-write HTTP). `tenant` is resolved by the caller.
+    pub async fn write(&self, tenant: &str, series: Vec<TimeSeries>) -> Result<(), WriteError> {
+        if series.is_empty() {
+            return Ok(());
+        }
+        match self.cfg.mode {
+            Mode::IngestorOnly => self.write_local(tenant, series).await,
+            Mode::RouterOnly | Mode::RouterIngestor => {
+                let replicas: Vec<u64> = (0..self.cfg.replication_factor).collect();
+                let quorum = Quorum::for_replication_factor(self.cfg.replication_factor);
+                self.fanout(tenant, series, &replicas, quorum, true).await
+            }
+        }
+    }
+
+    /// A forwarded write (`thanos.WriteableStore/RemoteWrite`).
+    pub async fn remote_write(&self, req: WriteRequest) -> Result<(), WriteError> {
+        let tenant = if req.tenant.is_empty() {
+            self.cfg.default_tenant.clone()
+        } else {
+            req.tenant
+        };
+        match self.cfg.mode {
+            // Acyclic topologies: the replica number is meaningless here (Thanos resets it).
+            Mode::IngestorOnly => self.write_local(&tenant, req.timeseries).await,
+            Mode::RouterOnly => self.write(&tenant, req.timeseries).await,
+            Mode::RouterIngestor => {
+                let rf = self.cfg.replication_factor;
+                if req.replica < 0 || req.replica as u64 > rf {
+                    return Err(WriteError::BadReplica {
+                        replica: req.replica,
+                        replication_factor: rf,
+                    });
+                }
+                if req.replica == 0 {
+                    self.write(&tenant, req.timeseries).await
+                } else {
+                    self.write_local(&tenant, req.timeseries).await
+                }
+            }
+        }
+    }
+
+    /// Writes to the local TSDB only.
+    pub async fn write_local(
+        &self,
+        tenant: &str,
+        series: Vec<TimeSeries>,
+    ) -> Result<(), WriteError> {
+        if series.is_empty() {
+            return Ok(());
+        }
+        let local = self.local.as_ref().ok_or(WriteError::NoLocalStorage)?;
+        let total = series.len();
+        match local.write(tenant, &series).await {
+            LocalWriteResult::Ok => Ok(()),
+            LocalWriteResult::Failed(f) => Err(WriteError::Failed {
+                cause: f.kind,
+                failed: total,
+                total,
+                message: f.message,
+            }),
+            LocalWriteResult::Partial(fails) if fails.is_empty() => Ok(()),
+            LocalWriteResult::Partial(fails) => {
+                let mut failed_ids = BTreeSet::new();
+                let mut messages = Messages::default();
+                for (i, f) in &fails {
+                    failed_ids.insert(*i);
+                    messages.add(&f.message);
+                }
+                let cause =
+                    quorum::request_cause(fails.iter().map(|(_, f)| Outcome::Failed(f.kind)))
+                        .unwrap_or(FailureKind::Other);
+                Err(WriteError::Failed {
+                    cause,
+                    failed: failed_ids.len(),
+                    total,
+                    message: messages.join(),
+                })
+            }
+        }
+    }
+
+    async fn fanout(
+        &self,
+        tenant: &str,
+        series: Vec<TimeSeries>,
+        replicas: &[u64],
+        quorum: Quorum,
+        count_replication: bool,
+    ) -> Result<(), WriteError> {
+        let loaded = self
+            .hashring
+            .as_ref()
+            .and_then(|h| h.current())
+            .ok_or(WriteError::HashringNotReady)?;
+        let plan = plan::plan(&loaded.hashring, tenant, &series, replicas)?;
+        drop(loaded);
+        let deadline = tokio::time::Instant::now() + self.cfg.forward_timeout;
+        let total = series.len();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
+
+        for (dest, ids) in plan {
+            let batch: Vec<TimeSeries> = ids.iter().map(|&i| series[i].clone()).collect();
+            let tx = tx.clone();
+            let tenant = tenant.to_string();
+            let is_local = self.cfg.local_endpoint.as_deref() == Some(dest.address.as_str());
+            if is_local {
+                let local = self.local.clone();
+                let metrics = self.metrics.clone();
+                tokio::spawn(async move {
+                    let resp = match local {
+                        Some(l) => local_response(ids, l.write(&tenant, &batch).await),
+                        None => Response::all(
+                            ids,
+                            Err(Failure::new(FailureKind::Other, "no local storage")),
+                        ),
+                    };
+                    metrics.forwarded("local", resp.batch_result());
+                    let _ = tx.send(resp);
+                });
+            } else {
+                let peers = Arc::clone(&self.peers);
+                let metrics = self.metrics.clone();
+                tokio::spawn(async move {
+                    let req = WriteRequest {
+                        timeseries: batch,
+                        tenant,
+                        // 1-based on the wire; 0 means "not replicated yet".
+                        replica: dest.replica as i64 + 1,
+                    };
+                    let result = peers.remote_write(&dest.address, req).await;
+                    if let Err(f) = &result {
+                        tracing::debug!(peer = %dest.address, error = %f.message, "forward failed");
+                    }
+                    let resp = Response::all(ids, result);
+                    metrics.forwarded(&dest.address, resp.batch_result());
+                    let _ = tx.send(resp);
+                });
+            }
+        }
+        drop(tx);
+
+        let mut tallies = vec![quorum::Tally::default(); total];
+        let mut outcomes = vec![Outcome::Pending; total];
+        let mut undecided = total;
+        let mut messages = Messages::default();
+        while undecided > 0 {
+            let resp = match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(r)) => r,
+                // Every batch answered (a batch task died), or the deadline passed: missing
+                // answers count as unavailable.
+                Ok(None) | Err(_) => {
+                    messages.add(&format!(
+                        "not every replica answered within the forward timeout of {:?}",
+                        self.cfg.forward_timeout
+                    ));
+                    for (t, o) in tallies.iter().zip(outcomes.iter_mut()) {
+                        if *o == Outcome::Pending {
+                            *o = quorum.decide_final(t);
+                        }
+                    }
+                    break;
+                }
+            };
+            for m in &resp.messages {
+                messages.add(m);
+            }
+            for (id, r) in resp.per_series {
+                let Some(t) = tallies.get_mut(id) else {
+                    continue;
+                };
+                t.record(r);
+                if outcomes[id] == Outcome::Pending {
+                    outcomes[id] = quorum.decide(t);
+                    if outcomes[id] != Outcome::Pending {
+                        undecided -= 1;
+                    }
+                }
+            }
+        }
+
+        let mut failed = 0;
+        for o in &outcomes {
+            if let Outcome::Failed(k) = o {
+                failed += 1;
+                self.metrics
+                    .quorum_failures
+                    .get_or_create(&metrics::CauseLabels {
+                        cause: k.as_str().to_string(),
+                    })
+                    .inc();
+            }
+        }
+        let cause = quorum::request_cause(outcomes.iter().copied());
+        if count_replication {
+            let result = if cause.is_none() { "success" } else { "error" };
+            self.metrics
+                .replications
+                .get_or_create(&metrics::ResultLabels {
+                    result: result.to_string(),
+                })
+                .inc();
+        }
+        match cause {
+            None => Ok(()),
+            Some(cause) => Err(WriteError::Failed {
+                cause,
+                failed,
+                total,
+                message: messages.join(),
+            }),
+        }
+    }
+}
+
+/// Answers of one batch.
+struct Response {
+    per_series: Vec<(usize, Result<(), FailureKind>)>,
+    messages: Vec<String>,
+}
+
+impl Response {
+    fn all(ids: Vec<usize>, result: Result<(), Failure>) -> Self {
+        let (r, messages) = match result {
+            Ok(()) => (Ok(()), Vec::new()),
+            Err(f) => (Err(f.kind), vec![f.message]),
+        };
+        Response {
+            per_series: ids.into_iter().map(|i| (i, r)).collect(),
+            messages,
+        }
+    }
+
+    /// The batch as one result (worst failure) for metrics.
+    fn batch_result(&self) -> Result<(), FailureKind> {
+        let kinds = self
+            .per_series
+            .iter()
+            .filter_map(|(_, r)| r.err().map(Outcome::Failed));
+        match quorum::request_cause(kinds) {
+            None => Ok(()),
+            Some(k) => Err(k),
+        }
+    }
+}
+
+fn local_response(ids: Vec<usize>, result: LocalWriteResult) -> Response {
+    match result {
+        LocalWriteResult::Ok => Response::all(ids, Ok(())),
+        LocalWriteResult::Failed(f) => Response::all(ids, Err(f)),
+        LocalWriteResult::Partial(fails) => {
+            let mut per_series: Vec<(usize, Result<(), FailureKind>)> =
+                ids.iter().map(|&i| (i, Ok(()))).collect();
+            let mut messages = Vec::new();
+            for (pos, f) in fails {
+                if let Some(slot) = per_series.get_mut(pos) {
+                    slot.1 = Err(f.kind);
+                }
+                if messages.len() < 8 && !messages.contains(&f.message) {
+                    messages.push(f.message);
+                }
+            }
+            Response {
+                per_series,
+                messages,
+            }
+        }
+    }
+}
+
+/// A small deduplicated set of error reasons for the client.
+#[derive(Default)]
+struct Messages(BTreeSet<String>);
+
+impl Messages {
+    const MAX: usize = 10;
+
+    fn add(&mut self, m: &str) {
+        if self.0.len() < Self::MAX {
+            self.0.insert(m.to_string());
+        }
+    }
+
+    fn join(&self) -> String {
+        self.0.iter().cloned().collect::<Vec<_>>().join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests;
