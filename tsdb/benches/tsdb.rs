@@ -1,9 +1,80 @@
 //! `cargo bench -p tsdb`: head append (with the WAL write, and with fsync per commit),
 //! XOR chunk encode/decode, select+iterate, block write; prints bytes per sample on disk
 //! for a realistic mix (counters, gauges, histogram buckets at 15s) after cutting a block.
+//!
+//! Timings are the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`, user + system,
+//! so the WAL `write` syscalls count), i.e. per-core figures that do not depend on how
+//! busy the machine is; only the fsync benchmark is measured in wall time.
+
+/// CPU time of the calling thread, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass; the clock id is valid.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Criterion measurement: thread CPU time.
+struct ThreadCpu;
+
+impl Measurement for ThreadCpu {
+    type Intermediate = u64;
+    type Value = u64;
+    fn start(&self) -> u64 {
+        thread_cpu_ns()
+    }
+    fn end(&self, i: u64) -> u64 {
+        thread_cpu_ns().saturating_sub(i)
+    }
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+    fn zero(&self) -> u64 {
+        0
+    }
+    fn to_f64(&self, v: &u64) -> f64 {
+        *v as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &CpuFormatter
+    }
+}
+
+struct CpuFormatter;
+
+impl ValueFormatter for CpuFormatter {
+    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
+        let (f, unit) = if typical < 1e3 {
+            (1.0, "ns(cpu)")
+        } else if typical < 1e6 {
+            (1e-3, "us(cpu)")
+        } else if typical < 1e9 {
+            (1e-6, "ms(cpu)")
+        } else {
+            (1e-9, "s(cpu)")
+        };
+        values.iter_mut().for_each(|v| *v *= f);
+        unit
+    }
+    fn scale_throughputs(&self, _typical: f64, t: &Throughput, values: &mut [f64]) -> &'static str {
+        let n = match t {
+            Throughput::Elements(n) => *n as f64,
+            Throughput::Bytes(n) | Throughput::BytesDecimal(n) => *n as f64,
+        };
+        values.iter_mut().for_each(|v| *v = n * 1e9 / *v / 1e6);
+        "M/cpu-s"
+    }
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
 
 use std::hint::black_box;
 
+use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use storeapi::{Labels, MatchOp, Matcher};
 use tsdb::chunk::xor::decode_all;
@@ -111,50 +182,111 @@ fn scrape_t(step: i64, _rng: &mut Rng) -> i64 {
     step * 15_000
 }
 
-fn bench_append(c: &mut Criterion) {
+fn append_bench<M: Measurement>(c: &mut Criterion<M>, name: &str, policy: SyncPolicy) {
     const N: usize = 100_000;
     const BATCH: usize = 2_000;
     let ss = series(N);
     let mut g = c.benchmark_group("head_append");
     g.throughput(Throughput::Elements(N as u64));
     g.sample_size(10);
-    for (name, policy) in [
-        ("100k_series_wal_write", SyncPolicy::Never),
-        ("100k_series_wal_fsync_per_2000", SyncPolicy::Always),
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(
-            dir.path(),
-            Options {
-                wal_sync: policy,
-                ..Options::default()
-            },
-            None,
-        )
-        .unwrap();
-        let mut step = 0i64;
-        let mut vals = vec![0f64; N];
-        let mut rng = Rng(7);
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                step += 1;
-                let t = step * 15_000;
-                for (ci, chunk) in ss.chunks(BATCH).enumerate() {
-                    let mut app = db.appender();
-                    for (j, (l, k)) in chunk.iter().enumerate() {
-                        let i = ci * BATCH + j;
-                        vals[i] = next_value(*k, i, vals[i], &mut rng);
-                        app.append_one(l, t, vals[i]);
-                    }
-                    black_box(app.commit().unwrap());
-                }
-            })
-        });
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            wal_sync: policy,
+            ..Options::default()
+        },
+        None,
+    )
+    .unwrap();
+    let mut step = 0i64;
+    let mut vals = vec![0f64; N];
+    let mut rng = Rng(7);
+    // Create the series first: the benchmark measures appends to existing series.
+    let mut app = db.appender();
+    for (l, _) in &ss {
+        app.append_one(l, 0, 0.0);
     }
+    app.commit().unwrap();
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            step += 1;
+            let t = step * 15_000;
+            for (ci, chunk) in ss.chunks(BATCH).enumerate() {
+                let mut app = db.appender();
+                for (j, (l, k)) in chunk.iter().enumerate() {
+                    let i = ci * BATCH + j;
+                    vals[i] = next_value(*k, i, vals[i], &mut rng);
+                    app.append_one(l, t, vals[i]);
+                }
+                black_box(app.commit().unwrap());
+            }
+        })
+    });
     g.finish();
 }
 
-fn bench_chunk(c: &mut Criterion) {
+/// 100k series, one sample each per iteration, in commits of 2000 samples (a remote-write
+/// request), WAL written (page cache, no fsync).
+fn bench_append(c: &mut Criterion<ThreadCpu>) {
+    append_bench(c, "100k_series_batch2000_wal_write", SyncPolicy::Never);
+}
+
+/// Like `bench_append` but by series ref (refs from the first commit's outcome), the
+/// path for callers that cache refs: no label hashing or key comparison.
+fn bench_append_by_ref(c: &mut Criterion<ThreadCpu>) {
+    const N: usize = 100_000;
+    const BATCH: usize = 2_000;
+    let ss = series(N);
+    let mut g = c.benchmark_group("head_append");
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(10);
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            wal_sync: SyncPolicy::Never,
+            ..Options::default()
+        },
+        None,
+    )
+    .unwrap();
+    let mut app = db.appender();
+    for (l, _) in &ss {
+        app.append_one(l, 0, 0.0);
+    }
+    let refs = app.commit().unwrap().series_refs;
+    let mut step = 0i64;
+    let mut vals = vec![0f64; N];
+    let mut rng = Rng(7);
+    g.bench_function("100k_series_batch2000_wal_write_by_ref", |b| {
+        b.iter(|| {
+            step += 1;
+            let t = step * 15_000;
+            for (ci, chunk) in ss.chunks(BATCH).enumerate() {
+                let mut app = db.appender();
+                for (j, (_, k)) in chunk.iter().enumerate() {
+                    let i = ci * BATCH + j;
+                    vals[i] = next_value(*k, i, vals[i], &mut rng);
+                    app.append_ref(refs[i], &[storeapi::Sample { t, v: vals[i] }]);
+                }
+                black_box(app.commit().unwrap());
+            }
+        })
+    });
+    g.finish();
+}
+
+/// The same with an fsync per commit (wall time).
+fn bench_append_fsync(c: &mut Criterion) {
+    append_bench(
+        c,
+        "100k_series_batch2000_wal_fsync_wall",
+        SyncPolicy::Always,
+    );
+}
+
+fn bench_chunk(c: &mut Criterion<ThreadCpu>) {
     let mut rng = Rng(3);
     let mut v = 0.0;
     let samples: Vec<(i64, f64)> = (0..120)
@@ -226,7 +358,7 @@ fn dir_size(p: &std::path::Path) -> u64 {
     n
 }
 
-fn bench_disk_and_select(c: &mut Criterion) {
+fn bench_disk_and_select(c: &mut Criterion<ThreadCpu>) {
     // Bytes per sample on disk: 10k series, 2h at 15s, cut into one block.
     let dir = tempfile::tempdir().unwrap();
     let (db, total) = filled_db(dir.path(), 10_000, 2);
@@ -307,5 +439,10 @@ fn bench_disk_and_select(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_chunk, bench_append, bench_disk_and_select);
-criterion_main!(benches);
+criterion_group! {
+    name = cpu;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = bench_chunk, bench_append, bench_append_by_ref, bench_disk_and_select
+}
+criterion_group!(wall, bench_append_fsync);
+criterion_main!(cpu, wall);

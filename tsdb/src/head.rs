@@ -77,33 +77,37 @@ pub enum SeriesKey<'a> {
     Ref(SeriesRef),
 }
 
-/// One in-memory series.
+/// One in-memory series. Field order is fixed so that what an append touches (ref,
+/// lock, last sample, open chunk state) shares the first cache lines.
 #[derive(Debug)]
+#[repr(C)]
 pub struct MemSeries {
-    pub labels: Labels,
     pub sref: SeriesRef,
-    pub hash: u64,
     key: Box<[u8]>,
+    pub hash: u64,
     data: Mutex<SeriesData>,
+    pub labels: Labels,
 }
 
 #[derive(Debug)]
+#[repr(C)]
 struct OpenChunk {
-    chunk: XorChunk,
-    min_t: i64,
     /// Exclusive end: the next multiple of the chunk range.
     end: i64,
+    chunk: XorChunk,
+    min_t: i64,
 }
 
 #[derive(Debug, Default)]
+#[repr(C)]
 pub(crate) struct SeriesData {
-    closed: Vec<Chunk>,
-    open: Option<OpenChunk>,
+    /// Whether this series' record is in the WAL (written by the commit path).
+    pub(crate) logged: bool,
     has_last: bool,
     last_t: i64,
     last_v: u64,
-    /// Whether this series' record is in the WAL (written by the commit path).
-    pub(crate) logged: bool,
+    open: Option<OpenChunk>,
+    closed: Vec<Chunk>,
 }
 
 /// What happened to one sample.
