@@ -1,10 +1,242 @@
 //! Remote-write receiver: durable multi-tenant TSDB served over the Thanos StoreAPI.
+//!
+//! - [`args`]: the command line (Thanos Receive's flag names and defaults).
+//! - [`http`]: `POST /api/v1/receive`, `/metrics`, `/-/healthy`, `/-/ready`.
+//! - [`write`]: decode → validate → limits → append, and the status-code mapping.
+//! - [`multitsdb`]: one `tsdb::Db` per tenant under `<tsdb.path>/<tenant>/`.
+//! - [`store`]: `thanos.Store` and `thanos.info.Info` over the tenants.
+//! - [`limits`]: Thanos's limits YAML.
+//! - [`hashring`], [`replicate`]: distribution over several receivers (issue 6).
 
-/// Command-line flags of this component.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ReceiveArgs {}
+pub mod args;
+pub mod hashring;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod multitsdb;
+pub mod replicate;
+pub mod store;
+pub mod write;
 
-/// Runs the component until it is asked to stop.
-pub async fn run(_args: ReceiveArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+pub use args::{ReceiveArgs, parse_label_flag};
+
+use crate::http::{OpsState, WriteState};
+use crate::limits::LimitsConfig;
+use crate::metrics::ReceiveMetrics;
+use crate::multitsdb::{MultiTsdb, MultiTsdbConfig};
+use crate::store::StoreState;
+use crate::write::Bounds;
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM received, shutting down"),
+        r = tokio::signal::ctrl_c() => {
+            if r.is_ok() { tracing::info!("SIGINT received, shutting down") }
+        }
+    }
+}
+
+/// Runs the component until it is asked to stop (SIGTERM/SIGINT): stops accepting,
+/// finishes in-flight requests, fsyncs the WALs and returns.
+pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
+    let external_labels = args.external_labels().context("invalid --label flags")?;
+    if external_labels.get(&args.tenant_label_name).is_some() {
+        anyhow::bail!(
+            "--label {} clashes with --receive.tenant-label-name",
+            args.tenant_label_name
+        );
+    }
+    multitsdb::validate_tenant(&args.default_tenant)
+        .context("invalid --receive.default-tenant-id")?;
+    let limits = match &args.limits_config_file {
+        Some(p) => LimitsConfig::load(p)?,
+        None => LimitsConfig::default(),
+    };
+    let max_concurrency = limits
+        .write
+        .global
+        .max_concurrency
+        .filter(|&c| c > 0)
+        .map(|c| c as usize)
+        .unwrap_or(args.max_concurrent_requests)
+        .max(1);
+
+    let registry = Arc::new(Mutex::new(Registry::default()));
+    let metrics = ReceiveMetrics::new();
+    {
+        let mut r = registry.lock().unwrap_or_else(|e| e.into_inner());
+        metrics.register(&mut r);
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+
+    // Bind everything first, so a port clash fails fast.
+    let rw_listener = tokio::net::TcpListener::bind(args.remote_write_address)
+        .await
+        .with_context(|| {
+            format!(
+                "binding --remote-write.address {}",
+                args.remote_write_address
+            )
+        })?;
+    let http_listener = tokio::net::TcpListener::bind(args.http_address)
+        .await
+        .with_context(|| format!("binding --http-address {}", args.http_address))?;
+    let grpc_listener = tokio::net::TcpListener::bind(args.grpc_address)
+        .await
+        .with_context(|| format!("binding --grpc-address {}", args.grpc_address))?;
+    tracing::info!(
+        remote_write = %args.remote_write_address,
+        grpc = %args.grpc_address,
+        http = %args.http_address,
+        tsdb = %args.tsdb_path.display(),
+        "starting receiver"
+    );
+
+    let cfg = MultiTsdbConfig {
+        dir: args.tsdb_path.clone(),
+        external_labels,
+        tenant_label_name: args.tenant_label_name.clone(),
+        block_duration: args.min_block_duration,
+        retention: args.retention,
+        wal_sync: if args.wal_fsync {
+            tsdb::SyncPolicy::Always
+        } else {
+            tsdb::SyncPolicy::Interval(Duration::from_secs(1))
+        },
+        max_tenants: args.max_tenants,
+    };
+    // The ops server answers /-/healthy (and /-/ready = 503) during WAL replay; the other
+    // servers start once the TSDBs are open.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let reg2 = registry.clone();
+    let mt = tokio::task::spawn_blocking(move || MultiTsdb::open(cfg, reg2))
+        .await
+        .context("opening TSDBs")??;
+    let mt = Arc::new(mt);
+    let ops = Arc::new(OpsState {
+        registry: registry.clone(),
+        ready: ready.clone(),
+        mt: mt.clone(),
+        metrics: metrics.clone(),
+    });
+    let ops_server = tokio::spawn(
+        axum::serve(http_listener, http::ops_router(ops))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+
+    let write_state = Arc::new(WriteState {
+        mt: mt.clone(),
+        metrics: metrics.clone(),
+        limits,
+        bounds: Bounds {
+            max_labels_per_series: args.max_labels_per_series,
+            max_label_name_len: args.max_label_name_len,
+            max_label_value_len: args.max_label_value_len,
+        },
+        tenant_header: args.tenant_header.clone(),
+        default_tenant: args.default_tenant.clone(),
+        max_body_bytes: args.max_body_bytes,
+        max_decompressed_bytes: args.max_decompressed_bytes,
+        concurrency: tokio::sync::Semaphore::new(max_concurrency),
+        ready: ready.clone(),
+    });
+    let rw_server = tokio::spawn(
+        axum::serve(rw_listener, http::remote_write_router(write_state))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+
+    let store_state = StoreState {
+        mt: mt.clone(),
+        ready: ready.clone(),
+    };
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<storeapi::wire::thanos::store_server::StoreServer<StoreState>>()
+        .await;
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(
+            storeapi::wire::thanos::store_server::StoreServer::new(store_state.clone())
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(storeapi::wire::info::info_server::InfoServer::new(
+            store_state,
+        ))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            stopped(stop_rx.clone()),
+        );
+    let grpc_server = tokio::spawn(grpc);
+
+    ready.store(true, Ordering::Release);
+    tracing::info!(tenants = mt.len(), "receiver ready");
+
+    // Compaction and retention in the background.
+    let mt_maint = mt.clone();
+    let interval = args.maintenance_interval.max(Duration::from_millis(100));
+    let mut maint_stop = stop_rx.clone();
+    let maintenance = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = maint_stop.wait_for(|s| *s) => return,
+            }
+            let m = mt_maint.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || m.maintain()).await {
+                tracing::error!(error = %e, "maintenance task failed");
+            }
+        }
+    });
+
+    shutdown_signal().await;
+    ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    for (name, h) in [("remote-write", rw_server), ("http", ops_server)] {
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(server = name, error = %e, "server error"),
+            Err(e) => tracing::error!(server = name, error = %e, "server task failed"),
+        }
+    }
+    match grpc_server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "gRPC server error"),
+        Err(e) => tracing::error!(error = %e, "gRPC server task failed"),
+    }
+    let _ = maintenance.await;
+    let m = mt.clone();
+    tokio::task::spawn_blocking(move || m.close())
+        .await
+        .context("closing TSDBs")?;
+    tracing::info!("receiver stopped");
+    Ok(())
 }

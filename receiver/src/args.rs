@@ -1,0 +1,279 @@
+//! Command-line flags (Thanos Receive's names and defaults).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use storeapi::{Label, Labels};
+
+use crate::hashring::HashringArgs;
+
+/// Flags of `orrery receive`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReceiveArgs {
+    /// Data directory: one TSDB per tenant under `<tsdb.path>/<tenant>/`.
+    #[arg(long = "tsdb.path", default_value = "./data")]
+    pub tsdb_path: PathBuf,
+
+    /// Remote-write HTTP listen address (`POST /api/v1/receive`).
+    #[arg(long = "remote-write.address", default_value = "0.0.0.0:19291")]
+    pub remote_write_address: SocketAddr,
+
+    /// gRPC listen address (StoreAPI, Info, health).
+    #[arg(long = "grpc-address", default_value = "0.0.0.0:10901")]
+    pub grpc_address: SocketAddr,
+
+    /// HTTP listen address for `/metrics`, `/-/healthy`, `/-/ready`.
+    #[arg(long = "http-address", default_value = "0.0.0.0:10902")]
+    pub http_address: SocketAddr,
+
+    /// External label `name="value"` added to every tenant's TSDB (repeatable).
+    #[arg(long = "label", value_name = "key=\"value\"", value_parser = parse_label_flag)]
+    pub labels: Vec<Label>,
+
+    /// How long samples are kept (e.g. 15d, 6h, 30m; 0 = forever).
+    #[arg(long = "tsdb.retention", default_value = "15d", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// HTTP header carrying the tenant.
+    #[arg(long = "receive.tenant-header", default_value = "THANOS-TENANT")]
+    pub tenant_header: String,
+
+    /// Tenant used when a request names none.
+    #[arg(long = "receive.default-tenant-id", default_value = "default-tenant")]
+    pub default_tenant: String,
+
+    /// External label that carries the tenant name.
+    #[arg(long = "receive.tenant-label-name", default_value = "tenant_id")]
+    pub tenant_label_name: String,
+
+    /// Thanos limits YAML (per-tenant and default request limits, head series limits).
+    #[arg(long = "receive.limits-config-file", value_name = "PATH")]
+    pub limits_config_file: Option<PathBuf>,
+
+    /// Head block span before it is cut into a block (hidden, as in Thanos).
+    #[arg(long = "tsdb.min-block-duration", default_value = "2h", value_parser = parse_duration, hide = true)]
+    pub min_block_duration: Duration,
+
+    /// Largest block span after compaction (hidden, as in Thanos).
+    #[arg(long = "tsdb.max-block-duration", default_value = "2h", value_parser = parse_duration, hide = true)]
+    pub max_block_duration: Duration,
+
+    /// Largest accepted remote-write body (compressed) in bytes; also bounds the
+    /// decompressed size (×8, at most 512 MiB) unless a limits file sets less.
+    #[arg(long = "receive.max-body-bytes", default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Largest decompressed remote-write body in bytes.
+    #[arg(long = "receive.max-decompressed-bytes", default_value_t = 256 << 20)]
+    pub max_decompressed_bytes: usize,
+
+    /// Most labels per series.
+    #[arg(long = "receive.max-labels-per-series", default_value_t = 128)]
+    pub max_labels_per_series: usize,
+
+    /// Longest label name in bytes.
+    #[arg(long = "receive.max-label-name-length", default_value_t = 1024)]
+    pub max_label_name_len: usize,
+
+    /// Longest label value in bytes.
+    #[arg(long = "receive.max-label-value-length", default_value_t = 4096)]
+    pub max_label_value_len: usize,
+
+    /// Most remote-write requests processed at once; more wait (up to the client's timeout).
+    #[arg(long = "receive.max-concurrent-requests", default_value_t = 64)]
+    pub max_concurrent_requests: usize,
+
+    /// Most tenants (TSDBs) this receiver creates.
+    #[arg(long = "receive.max-tenants", default_value_t = 1000)]
+    pub max_tenants: usize,
+
+    /// WAL fsync on every acknowledged write (true) or batched by the TSDB's interval.
+    #[arg(long = "tsdb.wal-fsync", default_value_t = true, action = clap::ArgAction::Set)]
+    pub wal_fsync: bool,
+
+    /// How often compaction and retention run.
+    #[arg(long = "tsdb.maintenance-interval", default_value = "1m", value_parser = parse_duration, hide = true)]
+    pub maintenance_interval: Duration,
+
+    #[command(flatten)]
+    pub hashring: HashringArgs,
+}
+
+/// Why a `--label` flag was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelFlagError {
+    #[error("unrecognized label {0:?}: expected name=\"value\" (e.g. receive_replica=\"0\")")]
+    Syntax(String),
+    #[error("invalid label name {0:?} in --label")]
+    Name(String),
+    #[error("label value of {0:?} is not a valid double-quoted string: {1}")]
+    Value(String, String),
+}
+
+/// Parses `name="value"` exactly as Thanos does: split at the first `=`, the name is a
+/// valid label name, the value a Go double-quoted string (`strconv.Unquote`).
+pub fn parse_label_flag(s: &str) -> Result<Label, LabelFlagError> {
+    let Some((name, quoted)) = s.split_once('=') else {
+        return Err(LabelFlagError::Syntax(s.to_string()));
+    };
+    if !storeapi::labels::is_valid_label_name(name) {
+        return Err(LabelFlagError::Name(name.to_string()));
+    }
+    let value = unquote(quoted).map_err(|e| LabelFlagError::Value(name.to_string(), e))?;
+    Ok(Label::new(name, value))
+}
+
+/// A Go-style `strconv.Unquote` for double-quoted strings (the common escapes).
+fn unquote(s: &str) -> Result<String, String> {
+    let inner = s
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .filter(|_| s.len() >= 2)
+        .ok_or_else(|| format!("{s:?} is not enclosed in double quotes"))?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Err("unescaped '\"' inside the value".into()),
+            '\n' => return Err("newline inside the value".into()),
+            '\\' => {
+                let e = chars.next().ok_or("trailing backslash")?;
+                match e {
+                    'n' => out.push('\n'),
+                    't' => out.push('\t'),
+                    'r' => out.push('\r'),
+                    'a' => out.push('\x07'),
+                    'b' => out.push('\x08'),
+                    'f' => out.push('\x0c'),
+                    'v' => out.push('\x0b'),
+                    '\\' => out.push('\\'),
+                    '"' => out.push('"'),
+                    'x' | 'u' | 'U' => {
+                        let n = match e {
+                            'x' => 2,
+                            'u' => 4,
+                            _ => 8,
+                        };
+                        let hex: String = chars.by_ref().take(n).collect();
+                        let v = u32::from_str_radix(&hex, 16)
+                            .ok()
+                            .filter(|_| hex.len() == n)
+                            .ok_or_else(|| format!("bad \\{e} escape"))?;
+                        out.push(char::from_u32(v).ok_or_else(|| format!("bad \\{e} escape"))?);
+                    }
+                    other => return Err(format!("unknown escape \\{other}")),
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a Prometheus duration: one or more `<n><unit>` with units y w d h m s ms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total: u128 = 0;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!(
+                "invalid duration {s:?}: expected e.g. 15d, 2h, 30s"
+            ));
+        }
+        let n: u128 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let ms: u128 = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "y" => 31_536_000_000,
+            _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?}")),
+        };
+        total = total
+            .checked_add(n.checked_mul(ms).ok_or("duration overflows")?)
+            .ok_or("duration overflows")?;
+    }
+    u64::try_from(total)
+        .map(Duration::from_millis)
+        .map_err(|_| "duration overflows".into())
+}
+
+impl ReceiveArgs {
+    /// The `--label`s as a sorted label set; duplicate names are an error.
+    pub fn external_labels(&self) -> Result<Labels, storeapi::LabelError> {
+        Labels::from_unsorted(self.labels.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_flag_as_thanos() {
+        assert_eq!(
+            parse_label_flag("receive_replica=\"0\"").unwrap(),
+            Label::new("receive_replica", "0")
+        );
+        assert_eq!(
+            parse_label_flag("a=\"x=\\\"y\\\"\"").unwrap(),
+            Label::new("a", "x=\"y\"")
+        );
+        assert_eq!(
+            parse_label_flag("cluster=\"wayne-enterprises\"")
+                .unwrap()
+                .value,
+            "wayne-enterprises"
+        );
+        assert!(matches!(
+            parse_label_flag("novalue"),
+            Err(LabelFlagError::Syntax(_))
+        ));
+        assert!(matches!(
+            parse_label_flag("a=b"),
+            Err(LabelFlagError::Value(..))
+        ));
+        assert!(matches!(
+            parse_label_flag("a=\"b"),
+            Err(LabelFlagError::Value(..))
+        ));
+        assert!(matches!(
+            parse_label_flag("1a=\"b\""),
+            Err(LabelFlagError::Name(_))
+        ));
+        assert!(matches!(
+            parse_label_flag("a=\"b\"c\""),
+            Err(LabelFlagError::Value(..))
+        ));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("15d").unwrap(),
+            Duration::from_secs(15 * 86400)
+        );
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

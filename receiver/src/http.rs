@@ -1,0 +1,222 @@
+//! HTTP: the remote-write endpoint (`POST /api/v1/receive`) and the operational endpoints
+//! (`/metrics`, `/-/healthy`, `/-/ready`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
+
+use crate::limits::LimitsConfig;
+use crate::metrics::{CodeLabels, ReceiveMetrics};
+use crate::multitsdb::{MultiTsdb, validate_tenant};
+use crate::write::{Bounds, WriteError, write};
+
+/// Everything the remote-write handler needs.
+pub struct WriteState {
+    pub mt: Arc<MultiTsdb>,
+    pub metrics: ReceiveMetrics,
+    pub limits: LimitsConfig,
+    pub bounds: Bounds,
+    pub tenant_header: String,
+    pub default_tenant: String,
+    pub max_body_bytes: usize,
+    pub max_decompressed_bytes: usize,
+    pub concurrency: Semaphore,
+    pub ready: Arc<AtomicBool>,
+}
+
+fn text(code: StatusCode, body: String) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// The remote-write router.
+pub fn remote_write_router(state: Arc<WriteState>) -> Router {
+    Router::new()
+        .route("/api/v1/receive", post(receive))
+        // The body is read by hand under our own limits.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn receive(State(st): State<Arc<WriteState>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    st.metrics.in_flight.inc();
+    let result = handle(&st, &headers, body).await;
+    st.metrics.in_flight.dec();
+    st.metrics
+        .request_duration
+        .observe(started.elapsed().as_secs_f64());
+    let (code, resp) = match result {
+        Ok(()) => (200, StatusCode::OK.into_response()),
+        Err(e) => {
+            let code = e.status();
+            let sc = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if code >= 500 {
+                tracing::warn!(code, error = %e, "remote write failed");
+            } else {
+                tracing::debug!(code, error = %e, "remote write refused");
+            }
+            (code, text(sc, format!("{e}\n")))
+        }
+    };
+    st.metrics
+        .requests
+        .get_or_create(&CodeLabels {
+            code: code.to_string(),
+        })
+        .inc();
+    resp
+}
+
+async fn handle(st: &Arc<WriteState>, headers: &HeaderMap, body: Body) -> Result<(), WriteError> {
+    if !st.ready.load(Ordering::Acquire) {
+        return Err(WriteError::NotReady(
+            "receiver is not ready (WAL replay in progress)".into(),
+        ));
+    }
+    let tenant = match headers.get(st.tenant_header.as_str()) {
+        Some(v) => v
+            .to_str()
+            .map_err(|_| {
+                WriteError::BadRequest(format!(
+                    "tenant header {} is not valid text",
+                    st.tenant_header
+                ))
+            })?
+            .to_string(),
+        None => st.default_tenant.clone(),
+    };
+    let tenant = if tenant.is_empty() {
+        st.default_tenant.clone()
+    } else {
+        tenant
+    };
+    validate_tenant(&tenant).map_err(|e| WriteError::BadRequest(e.to_string()))?;
+    let limits = st.limits.for_tenant(&tenant);
+    let (body_limit, which) = match limits.size_bytes {
+        Some(l) if (l as usize) < st.max_body_bytes => (l as usize, "size_bytes_limit"),
+        _ => (st.max_body_bytes, "--receive.max-body-bytes"),
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > body_limit as u64
+    {
+        return Err(WriteError::TooLarge(format!(
+            "request body of {len} bytes is over the {which} of {body_limit} bytes"
+        )));
+    }
+    let _permit = st
+        .concurrency
+        .acquire()
+        .await
+        .map_err(|_| WriteError::NotReady("receiver is shutting down".into()))?;
+    let compressed: Bytes = axum::body::to_bytes(body, body_limit).await.map_err(|e| {
+        WriteError::TooLarge(format!(
+            "reading request body failed (the {which} is {body_limit} bytes): {e}"
+        ))
+    })?;
+    let (dlimit, dwhich) = match limits.size_bytes {
+        Some(l) if (l as usize) < st.max_decompressed_bytes => (l as usize, "size_bytes_limit"),
+        _ => (
+            st.max_decompressed_bytes,
+            "--receive.max-decompressed-bytes",
+        ),
+    };
+    let st2 = st.clone();
+    tokio::task::spawn_blocking(move || {
+        let raw = match snap::raw::decompress_len(&compressed) {
+            Err(e) => {
+                return Err(WriteError::BadRequest(format!(
+                    "snappy decode error (expected the snappy block format): {e}"
+                )));
+            }
+            Ok(n) if n > dlimit => {
+                return Err(WriteError::TooLarge(format!(
+                    "decompressed body would be {n} bytes, over the {dwhich} of {dlimit} bytes"
+                )));
+            }
+            Ok(_) => snap::raw::Decoder::new()
+                .decompress_vec(&compressed)
+                .map_err(|e| {
+                    WriteError::BadRequest(format!(
+                        "snappy decode error (expected the snappy block format): {e}"
+                    ))
+                })?,
+        };
+        write(&st2.mt, &st2.metrics, &tenant, &raw, &limits, &st2.bounds).map(|_| ())
+    })
+    .await
+    .map_err(|e| WriteError::Internal(format!("write task failed: {e}")))?
+}
+
+/// State of the operational HTTP server.
+pub struct OpsState {
+    pub registry: Arc<Mutex<Registry>>,
+    pub ready: Arc<AtomicBool>,
+    pub mt: Arc<MultiTsdb>,
+    pub metrics: ReceiveMetrics,
+}
+
+pub fn ops_router(state: Arc<OpsState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/-/healthy", get(|| async { "OK\n" }))
+        .route("/-/ready", get(ready))
+        .with_state(state)
+}
+
+async fn ready(State(st): State<Arc<OpsState>>) -> Response {
+    if st.ready.load(Ordering::Acquire) {
+        text(StatusCode::OK, "OK\n".into())
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: WAL replay in progress\n".into(),
+        )
+    }
+}
+
+async fn metrics(State(st): State<Arc<OpsState>>) -> Response {
+    for (tenant, n) in st.mt.head_series() {
+        st.metrics
+            .head_series
+            .get_or_create(&crate::metrics::TenantLabels { tenant })
+            .set(n as i64);
+    }
+    st.metrics.tenants.set(st.mt.len() as i64);
+    let mut out = String::new();
+    let r = {
+        let reg = st.registry.lock().unwrap_or_else(|e| e.into_inner());
+        prometheus_client::encoding::text::encode(&mut out, &reg)
+    };
+    match r {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            out,
+        )
+            .into_response(),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics failed: {e}\n"),
+        ),
+    }
+}

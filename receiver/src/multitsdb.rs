@@ -1,0 +1,337 @@
+//! One TSDB per tenant under `<tsdb.path>/<tenant>/`, opened on start (WAL replay) or on
+//! a tenant's first write. Each tenant's external labels are the `--label`s plus
+//! `<tenant-label-name>=<tenant>`; they live in block `meta.json`, never in series.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use storeapi::{Label, Labels};
+use tsdb::{Db, DbError, Options, SyncPolicy};
+
+/// Why a tenant name was refused (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    #[error("tenant name is empty")]
+    Empty,
+    #[error("tenant name {0:?} is longer than 255 bytes")]
+    TooLong(String),
+    #[error(
+        "invalid tenant {0:?}: must be a single path element (no '/', '\\', '.', '..' or control characters)"
+    )]
+    NotAPathElement(String),
+}
+
+/// Validates a tenant name as Thanos does (`tenant == path.Base(tenant)`), and also
+/// refuses `.`, `..`, backslashes and control characters.
+pub fn validate_tenant(t: &str) -> Result<(), TenantError> {
+    if t.is_empty() {
+        return Err(TenantError::Empty);
+    }
+    if t.len() > 255 {
+        return Err(TenantError::TooLong(t.chars().take(64).collect()));
+    }
+    if t == "."
+        || t == ".."
+        || t.contains('/')
+        || t.contains('\\')
+        || t.chars().any(char::is_control)
+    {
+        return Err(TenantError::NotAPathElement(t.to_string()));
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MultiTsdbError {
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
+    #[error("tenant {tenant:?}: {source}")]
+    Db {
+        tenant: String,
+        #[source]
+        source: DbError,
+    },
+    #[error("too many tenants: the limit is {0}")]
+    TooManyTenants(usize),
+    #[error("reading data directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Settings shared by every tenant's TSDB.
+#[derive(Debug, Clone)]
+pub struct MultiTsdbConfig {
+    pub dir: PathBuf,
+    pub external_labels: Labels,
+    pub tenant_label_name: String,
+    pub block_duration: Duration,
+    pub retention: Duration,
+    pub wal_sync: SyncPolicy,
+    pub max_tenants: usize,
+}
+
+/// One tenant's TSDB with its external labels.
+#[derive(Debug)]
+pub struct Tenant {
+    pub name: String,
+    pub db: Db,
+    /// `--label`s ∪ `{tenant_label_name=name}`, sorted.
+    pub external_labels: Labels,
+}
+
+/// All tenants.
+pub struct MultiTsdb {
+    cfg: MultiTsdbConfig,
+    tenants: RwLock<BTreeMap<String, Arc<Tenant>>>,
+    registry: Arc<Mutex<Registry>>,
+    /// Serializes tenant creation (opening a TSDB does I/O).
+    create: Mutex<()>,
+}
+
+impl MultiTsdb {
+    /// Creates the data directory and opens every existing tenant (replaying WALs).
+    pub fn open(
+        cfg: MultiTsdbConfig,
+        registry: Arc<Mutex<Registry>>,
+    ) -> Result<MultiTsdb, MultiTsdbError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| MultiTsdbError::Io {
+            path: cfg.dir.clone(),
+            source,
+        })?;
+        let m = MultiTsdb {
+            cfg,
+            tenants: RwLock::new(BTreeMap::new()),
+            registry,
+            create: Mutex::new(()),
+        };
+        let rd = std::fs::read_dir(&m.cfg.dir).map_err(|source| MultiTsdbError::Io {
+            path: m.cfg.dir.clone(),
+            source,
+        })?;
+        let mut names = Vec::new();
+        for e in rd {
+            let e = e.map_err(|source| MultiTsdbError::Io {
+                path: m.cfg.dir.clone(),
+                source,
+            })?;
+            if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                tracing::warn!(dir = ?e.path(), "skipping data directory with a non-UTF-8 name");
+                continue;
+            };
+            if validate_tenant(&name).is_err() {
+                tracing::warn!(dir = ?e.path(), "skipping data directory that is not a valid tenant name");
+                continue;
+            }
+            names.push(name);
+        }
+        names.sort();
+        for name in names {
+            let started = std::time::Instant::now();
+            let t = m.open_tenant(&name)?;
+            tracing::info!(
+                tenant = %name,
+                head_series = t.db.head_series(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "opened tenant TSDB (WAL replayed)"
+            );
+        }
+        Ok(m)
+    }
+
+    pub fn config(&self) -> &MultiTsdbConfig {
+        &self.cfg
+    }
+
+    fn tenant_external_labels(&self, tenant: &str) -> Labels {
+        let mut l = self.cfg.external_labels.clone();
+        l.set(&self.cfg.tenant_label_name, tenant);
+        l
+    }
+
+    fn open_tenant(&self, tenant: &str) -> Result<Arc<Tenant>, MultiTsdbError> {
+        validate_tenant(tenant)?;
+        let external_labels = self.tenant_external_labels(tenant);
+        let ext: BTreeMap<String, String> = external_labels
+            .iter()
+            .map(|l| (l.name.clone(), l.value.clone()))
+            .collect();
+        let opts = Options {
+            block_duration: self.cfg.block_duration,
+            retention: self.cfg.retention,
+            wal_sync: self.cfg.wal_sync,
+            external_labels: Some(ext),
+            thanos_source: "receive".into(),
+            ..Options::default()
+        };
+        let dir = self.cfg.dir.join(tenant);
+        let db = {
+            let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            let sub = reg.sub_registry_with_label((
+                std::borrow::Cow::Borrowed("tenant"),
+                std::borrow::Cow::Owned(tenant.to_string()),
+            ));
+            Db::open(&dir, opts, Some(sub)).map_err(|source| MultiTsdbError::Db {
+                tenant: tenant.to_string(),
+                source,
+            })?
+        };
+        let t = Arc::new(Tenant {
+            name: tenant.to_string(),
+            db,
+            external_labels,
+        });
+        self.tenants
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// The tenant's TSDB, if it exists.
+    pub fn get(&self, tenant: &str) -> Option<Arc<Tenant>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .cloned()
+    }
+
+    /// The tenant's TSDB, created on first use (blocking I/O).
+    pub fn get_or_create(&self, tenant: &str) -> Result<Arc<Tenant>, MultiTsdbError> {
+        if let Some(t) = self.get(tenant) {
+            return Ok(t);
+        }
+        validate_tenant(tenant)?;
+        let _g = self.create.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = self.get(tenant) {
+            return Ok(t);
+        }
+        if self.len() >= self.cfg.max_tenants {
+            return Err(MultiTsdbError::TooManyTenants(self.cfg.max_tenants));
+        }
+        tracing::info!(tenant, "creating tenant TSDB");
+        self.open_tenant(tenant)
+    }
+
+    /// All tenants, sorted by name.
+    pub fn tenants(&self) -> Vec<Arc<Tenant>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tenants.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Head series per tenant.
+    pub fn head_series(&self) -> HashMap<String, usize> {
+        self.tenants()
+            .iter()
+            .map(|t| (t.name.clone(), t.db.head_series()))
+            .collect()
+    }
+
+    /// Compaction and retention for every tenant (blocking I/O). Errors are logged.
+    pub fn maintain(&self) {
+        for t in self.tenants() {
+            match t.db.compact() {
+                Ok(blocks) => {
+                    for b in blocks {
+                        tracing::info!(tenant = %t.name, ulid = %b.ulid, min_time = b.min_time, max_time = b.max_time, "cut block");
+                    }
+                }
+                Err(e) => tracing::error!(tenant = %t.name, error = %e, "compaction failed"),
+            }
+        }
+    }
+
+    /// Fsyncs and closes every tenant's WAL (shutdown).
+    pub fn close(&self) {
+        for t in self.tenants() {
+            if let Err(e) = t.db.close() {
+                tracing::error!(tenant = %t.name, error = %e, "closing TSDB failed");
+            }
+        }
+    }
+
+    /// The directory of a tenant.
+    pub fn tenant_dir(&self, tenant: &str) -> PathBuf {
+        self.cfg.dir.join(tenant)
+    }
+}
+
+/// Builds the external labels of the receiver from `--label`s.
+pub fn external_labels(labels: &[Label]) -> Result<Labels, storeapi::LabelError> {
+    Labels::from_unsorted(labels.to_vec())
+}
+
+#[allow(dead_code)]
+fn _assert_path(_: &Path) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_validation() {
+        assert!(validate_tenant("default-tenant").is_ok());
+        assert!(validate_tenant("team_a.prod").is_ok());
+        for bad in ["", ".", "..", "a/b", "../x", "a\\b", "a\nb", "/"] {
+            assert!(validate_tenant(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_tenant(&"x".repeat(300)).is_err());
+    }
+
+    #[test]
+    fn tenants_created_and_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = MultiTsdbConfig {
+            dir: dir.path().to_path_buf(),
+            external_labels: Labels::from_pairs([("replica", "0")]).unwrap(),
+            tenant_label_name: "tenant_id".into(),
+            block_duration: Duration::from_secs(7200),
+            retention: Duration::from_secs(86400),
+            wal_sync: SyncPolicy::Always,
+            max_tenants: 2,
+        };
+        let reg = Arc::new(Mutex::new(Registry::default()));
+        {
+            let m = MultiTsdb::open(cfg.clone(), reg.clone()).unwrap();
+            let t = m.get_or_create("acme").unwrap();
+            assert_eq!(t.external_labels.get("tenant_id"), Some("acme"));
+            assert_eq!(t.external_labels.get("replica"), Some("0"));
+            let l = Labels::from_pairs([("__name__", "up")]).unwrap();
+            let mut a = t.db.appender();
+            a.append_one(&l, 1000, 1.0);
+            a.commit().unwrap();
+            m.get_or_create("b").unwrap();
+            assert!(matches!(
+                m.get_or_create("c"),
+                Err(MultiTsdbError::TooManyTenants(2))
+            ));
+            assert!(m.get_or_create("../x").is_err());
+            m.close();
+        }
+        let reg = Arc::new(Mutex::new(Registry::default()));
+        let m = MultiTsdb::open(cfg, reg).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.get("acme").unwrap().db.head_series(), 1);
+    }
+}

@@ -1,0 +1,382 @@
+//! The Thanos StoreAPI (`thanos.Store`) and discovery (`thanos.info.Info`) over the
+//! tenants' TSDBs.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use storeapi::wire::info::{InfoRequest, InfoResponse, StoreInfo, TsdbInfo};
+use storeapi::wire::thanos::{
+    self, AggrChunk, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest,
+    LabelValuesResponse, SeriesBatch, SeriesRequest, SeriesResponse, ZLabelSet,
+    series_response::Result as Frame,
+};
+use storeapi::wire::{labels_to_wire, matchers_from_wire};
+use storeapi::{Labels, Matcher};
+use tonic::{Request, Response, Status};
+
+use crate::multitsdb::{MultiTsdb, Tenant};
+
+/// Byte budget of one `SeriesResponse` frame (Thanos's `RemoteReadFrameLimit`).
+pub const FRAME_LIMIT: usize = 1 << 20;
+/// gRPC metadata key selecting a tenant.
+pub const TENANT_METADATA: &str = "thanos-tenant";
+
+/// Shared by the StoreAPI and Info services.
+#[derive(Clone)]
+pub struct StoreState {
+    pub mt: Arc<MultiTsdb>,
+    pub ready: Arc<AtomicBool>,
+}
+
+impl StoreState {
+    fn check_ready(&self) -> Result<(), Status> {
+        if self.ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Status::unavailable(
+                "receiver is not ready (WAL replay in progress)",
+            ))
+        }
+    }
+
+    /// The tenants a request may see: the one named by `thanos-tenant`, else all.
+    fn tenants<T>(&self, req: &Request<T>) -> Vec<Arc<Tenant>> {
+        match req
+            .metadata()
+            .get(TENANT_METADATA)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(t) if !t.is_empty() => self.mt.get(t).into_iter().collect(),
+            _ => self.mt.tenants(),
+        }
+    }
+
+    /// Names of the external labels (the same for every tenant).
+    fn external_names(&self) -> HashSet<String> {
+        let cfg = self.mt.config();
+        let mut s: HashSet<String> = cfg.external_labels.iter().map(|l| l.name.clone()).collect();
+        s.insert(cfg.tenant_label_name.clone());
+        s
+    }
+}
+
+/// Splits matchers into (external-label matchers, TSDB matchers).
+fn split_matchers(ms: Vec<Matcher>, ext: &HashSet<String>) -> (Vec<Matcher>, Vec<Matcher>) {
+    ms.into_iter().partition(|m| ext.contains(&m.name))
+}
+
+fn ext_match(ext_matchers: &[Matcher], ext: &Labels) -> bool {
+    ext_matchers
+        .iter()
+        .all(|m| m.matches(ext.get(&m.name).unwrap_or("")))
+}
+
+fn bad_matchers(e: storeapi::wire::ConvertError) -> Status {
+    Status::invalid_argument(format!("invalid matchers: {e}"))
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// One selected series: full labels (external added, replica labels removed) and chunks.
+type Selected = (Labels, Vec<tsdb::Chunk>);
+
+/// Runs a `Series` request against `tenants` (blocking).
+pub fn select_series(
+    tenants: &[Arc<Tenant>],
+    ext_names: &HashSet<String>,
+    req: &SeriesRequest,
+) -> Result<Vec<Selected>, Status> {
+    let matchers = matchers_from_wire(&req.matchers).map_err(bad_matchers)?;
+    let (ext_m, local) = split_matchers(matchers, ext_names);
+    if local.is_empty() {
+        return Err(Status::invalid_argument(
+            "no matchers specified (excluding external labels)",
+        ));
+    }
+    let without: HashSet<&str> = req
+        .without_replica_labels
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let mut out: Vec<Selected> = Vec::new();
+    for t in tenants {
+        if !ext_match(&ext_m, &t.external_labels) {
+            continue;
+        }
+        let q = t.db.querier(req.min_time, req.max_time);
+        for s in q.select(&local).map_err(internal)? {
+            let mut l = s.labels;
+            l.extend_external(&t.external_labels);
+            if !without.is_empty() {
+                l.retain(|x| !without.contains(x.name.as_str()));
+            }
+            out.push((l, s.chunks));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    if req.limit > 0 && out.len() as u64 > req.limit as u64 {
+        out.truncate(req.limit as usize);
+    }
+    Ok(out)
+}
+
+fn wire_chunk(c: &tsdb::Chunk) -> AggrChunk {
+    AggrChunk {
+        min_time: c.min_time,
+        max_time: c.max_time,
+        raw: Some(thanos::Chunk {
+            r#type: i32::from(c.encoding as u8) - 1,
+            hash: xxhash_rust::xxh64::xxh64(&c.data, 0),
+            data: c.data.clone(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn labels_size(l: &Labels) -> usize {
+    l.iter().map(|x| x.name.len() + x.value.len() + 8).sum()
+}
+
+/// Turns selected series into frames: series split at [`FRAME_LIMIT`], and packed into
+/// `batch` frames of up to `batch_size` series when `batch_size > 1`.
+pub fn frames(selected: Vec<Selected>, skip_chunks: bool, batch_size: i64) -> Vec<SeriesResponse> {
+    let mut series_frames: Vec<(thanos::Series, usize)> = Vec::new();
+    for (labels, chunks) in selected {
+        let wl = labels_to_wire(&labels);
+        let lsize = labels_size(&labels);
+        if skip_chunks || chunks.is_empty() {
+            series_frames.push((
+                thanos::Series {
+                    labels: wl,
+                    chunks: Vec::new(),
+                },
+                lsize,
+            ));
+            continue;
+        }
+        let mut cur: Vec<AggrChunk> = Vec::new();
+        let mut size = lsize;
+        for c in &chunks {
+            let csize = c.data.len() + 32;
+            if !cur.is_empty() && size + csize > FRAME_LIMIT {
+                series_frames.push((
+                    thanos::Series {
+                        labels: wl.clone(),
+                        chunks: std::mem::take(&mut cur),
+                    },
+                    size,
+                ));
+                size = lsize;
+            }
+            size += csize;
+            cur.push(wire_chunk(c));
+        }
+        series_frames.push((
+            thanos::Series {
+                labels: wl,
+                chunks: cur,
+            },
+            size,
+        ));
+    }
+    if batch_size <= 1 {
+        return series_frames
+            .into_iter()
+            .map(|(s, _)| SeriesResponse {
+                result: Some(Frame::Series(s)),
+            })
+            .collect();
+    }
+    let mut out = Vec::new();
+    let mut batch: Vec<thanos::Series> = Vec::new();
+    let mut bsize = 0usize;
+    for (s, size) in series_frames {
+        if !batch.is_empty() && (batch.len() as i64 >= batch_size || bsize + size > FRAME_LIMIT) {
+            out.push(SeriesResponse {
+                result: Some(Frame::Batch(SeriesBatch {
+                    series: std::mem::take(&mut batch),
+                })),
+            });
+            bsize = 0;
+        }
+        bsize += size;
+        batch.push(s);
+    }
+    if !batch.is_empty() {
+        out.push(SeriesResponse {
+            result: Some(Frame::Batch(SeriesBatch { series: batch })),
+        });
+    }
+    out
+}
+
+type SeriesStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<SeriesResponse, Status>> + Send + 'static>,
+>;
+
+#[tonic::async_trait]
+impl thanos::store_server::Store for StoreState {
+    type SeriesStream = SeriesStream;
+
+    async fn series(
+        &self,
+        request: Request<SeriesRequest>,
+    ) -> Result<Response<Self::SeriesStream>, Status> {
+        self.check_ready()?;
+        let tenants = self.tenants(&request);
+        let ext = self.external_names();
+        let req = request.into_inner();
+        let out = tokio::task::spawn_blocking(move || {
+            let sel = select_series(&tenants, &ext, &req)?;
+            Ok::<_, Status>(frames(sel, req.skip_chunks, req.response_batch_size))
+        })
+        .await
+        .map_err(internal)??;
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            out.into_iter().map(Ok),
+        ))))
+    }
+
+    async fn label_names(
+        &self,
+        request: Request<LabelNamesRequest>,
+    ) -> Result<Response<LabelNamesResponse>, Status> {
+        self.check_ready()?;
+        let tenants = self.tenants(&request);
+        let ext = self.external_names();
+        let req = request.into_inner();
+        let names = tokio::task::spawn_blocking(move || {
+            let matchers = matchers_from_wire(&req.matchers).map_err(bad_matchers)?;
+            let (ext_m, local) = split_matchers(matchers, &ext);
+            let without: HashSet<&str> = req
+                .without_replica_labels
+                .iter()
+                .map(String::as_str)
+                .collect();
+            let mut set = BTreeSet::new();
+            for t in &tenants {
+                if !ext_match(&ext_m, &t.external_labels) {
+                    continue;
+                }
+                let q = t.db.querier(req.start, req.end);
+                let names = q.label_names(&local).map_err(internal)?;
+                if names.is_empty() {
+                    continue;
+                }
+                set.extend(names);
+                set.extend(t.external_labels.iter().map(|l| l.name.clone()));
+            }
+            let mut v: Vec<String> = set
+                .into_iter()
+                .filter(|n| !without.contains(n.as_str()))
+                .collect();
+            if req.limit > 0 && v.len() as u64 > req.limit as u64 {
+                v.truncate(req.limit as usize);
+            }
+            Ok::<_, Status>(v)
+        })
+        .await
+        .map_err(internal)??;
+        Ok(Response::new(LabelNamesResponse {
+            names,
+            warnings: Vec::new(),
+            hints: None,
+        }))
+    }
+
+    async fn label_values(
+        &self,
+        request: Request<LabelValuesRequest>,
+    ) -> Result<Response<LabelValuesResponse>, Status> {
+        self.check_ready()?;
+        let tenants = self.tenants(&request);
+        let ext = self.external_names();
+        let req = request.into_inner();
+        if req.label.is_empty() {
+            return Err(Status::invalid_argument(
+                "label name parameter cannot be empty",
+            ));
+        }
+        let values = tokio::task::spawn_blocking(move || {
+            let matchers = matchers_from_wire(&req.matchers).map_err(bad_matchers)?;
+            let (ext_m, local) = split_matchers(matchers, &ext);
+            if req.without_replica_labels.iter().any(|l| *l == req.label) {
+                return Ok(Vec::new());
+            }
+            let mut set = BTreeSet::new();
+            for t in &tenants {
+                if !ext_match(&ext_m, &t.external_labels) {
+                    continue;
+                }
+                let q = t.db.querier(req.start, req.end);
+                if let Some(v) = t.external_labels.get(&req.label) {
+                    // The external value, if the tenant has any matching series.
+                    if !q.label_names(&local).map_err(internal)?.is_empty() {
+                        set.insert(v.to_string());
+                    }
+                    continue;
+                }
+                set.extend(q.label_values(&req.label, &local).map_err(internal)?);
+            }
+            let mut v: Vec<String> = set.into_iter().collect();
+            if req.limit > 0 && v.len() as u64 > req.limit as u64 {
+                v.truncate(req.limit as usize);
+            }
+            Ok::<_, Status>(v)
+        })
+        .await
+        .map_err(internal)??;
+        Ok(Response::new(LabelValuesResponse {
+            values,
+            warnings: Vec::new(),
+            hints: None,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl storeapi::wire::info::info_server::Info for StoreState {
+    async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        self.check_ready()?;
+        let mut label_sets = Vec::new();
+        let mut tsdb_infos = Vec::new();
+        let mut min_time = i64::MAX;
+        let tenants = self.mt.tenants();
+        for t in &tenants {
+            let ls = ZLabelSet {
+                labels: labels_to_wire(&t.external_labels),
+            };
+            let tmin = t.db.min_time();
+            min_time = min_time.min(tmin);
+            tsdb_infos.push(TsdbInfo {
+                labels: Some(ls.clone()),
+                min_time: tmin,
+                max_time: i64::MAX,
+            });
+            label_sets.push(ls);
+        }
+        if tenants.is_empty() {
+            // No tenant yet: advertise the receiver's own labels, so a querier can list it.
+            label_sets.push(ZLabelSet {
+                labels: labels_to_wire(&self.mt.config().external_labels),
+            });
+        }
+        Ok(Response::new(InfoResponse {
+            label_sets,
+            component_type: "receive".into(),
+            store: Some(StoreInfo {
+                min_time,
+                max_time: i64::MAX,
+                supports_sharding: false,
+                supports_without_replica_labels: true,
+                tsdb_infos,
+                supports_projections: false,
+            }),
+            exemplars: None,
+            ..Default::default()
+        }))
+    }
+}

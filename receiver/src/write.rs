@@ -1,0 +1,369 @@
+//! The remote-write path after the HTTP layer: decode (borrowing labels from the body),
+//! validate, apply request limits, append to the tenant's TSDB, and map the outcome to
+//! Thanos's status codes. Synchronous (decoding is CPU work, commit does disk I/O): call
+//! it from `spawn_blocking`.
+
+use storeapi::wire::remote_write::{DecodeError, LabelRef, SeriesView, WriteRequestReader};
+use storeapi::{Label, Labels, Sample};
+
+use crate::limits::Effective;
+use crate::metrics::{Reason, ReceiveMetrics};
+use crate::multitsdb::{MultiTsdb, MultiTsdbError};
+
+/// Structural bounds on what a client may send.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub max_labels_per_series: usize,
+    pub max_label_name_len: usize,
+    pub max_label_value_len: usize,
+}
+
+/// A refused or partly refused write; `status()` is the HTTP code, `Display` the body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    TooManyHeadSeries(String),
+    #[error("{0}")]
+    NotReady(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl WriteError {
+    pub fn status(&self) -> u16 {
+        match self {
+            WriteError::BadRequest(_) => 400,
+            WriteError::Conflict(_) => 409,
+            WriteError::TooLarge(_) => 413,
+            WriteError::TooManyHeadSeries(_) => 429,
+            WriteError::NotReady(_) => 503,
+            WriteError::Internal(_) => 500,
+        }
+    }
+}
+
+/// What a successful (or partly successful) write did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteSummary {
+    pub series: u64,
+    pub samples: u64,
+    pub appended: u64,
+}
+
+/// Checks a borrowed label set: count, lengths, names, non-empty values, sorted, unique.
+pub fn check_labels(labels: &[LabelRef<'_>], b: &Bounds) -> Result<(), String> {
+    if labels.is_empty() {
+        return Err("series has no labels".into());
+    }
+    if labels.len() > b.max_labels_per_series {
+        return Err(format!(
+            "series has {} labels, over the limit of {}",
+            labels.len(),
+            b.max_labels_per_series
+        ));
+    }
+    for (i, l) in labels.iter().enumerate() {
+        if l.name.len() > b.max_label_name_len {
+            return Err(format!(
+                "label name of {} bytes is over the limit of {}",
+                l.name.len(),
+                b.max_label_name_len
+            ));
+        }
+        if l.value.len() > b.max_label_value_len {
+            return Err(format!(
+                "value of label {:?} has {} bytes, over the limit of {}",
+                l.name,
+                l.value.len(),
+                b.max_label_value_len
+            ));
+        }
+        if !storeapi::labels::is_valid_label_name(l.name) {
+            return Err(format!("invalid label name {:?}", l.name));
+        }
+        if l.value.is_empty() {
+            return Err(format!("empty value for label {:?}", l.name));
+        }
+        if i > 0 {
+            let prev = labels[i - 1].name;
+            if prev == l.name {
+                return Err(format!("duplicate label name {:?}", l.name));
+            }
+            if prev > l.name {
+                return Err(format!(
+                    "labels are not sorted: {:?} after {:?}",
+                    l.name, prev
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show(labels: &[LabelRef<'_>]) -> String {
+    let mut s = String::from("{");
+    for (i, l) in labels.iter().take(12).enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let v: String = l.value.chars().take(64).collect();
+        s.push_str(&format!(
+            "{}={:?}",
+            l.name.chars().take(64).collect::<String>(),
+            v
+        ));
+    }
+    if labels.len() > 12 {
+        s.push_str(", …");
+    }
+    s.push('}');
+    s
+}
+
+fn decode_err(e: DecodeError) -> WriteError {
+    WriteError::BadRequest(format!("invalid protobuf remote-write request: {e}"))
+}
+
+/// Decodes and appends one uncompressed `prometheus.WriteRequest` for `tenant`.
+pub fn write(
+    mt: &MultiTsdb,
+    metrics: &ReceiveMetrics,
+    tenant: &str,
+    raw: &[u8],
+    limits: &Effective,
+    bounds: &Bounds,
+) -> Result<WriteSummary, WriteError> {
+    // Pass 1: decode and validate, borrowing from `raw`.
+    let mut reader = WriteRequestReader::new(raw);
+    let mut view = SeriesView::default();
+    let mut labels: Vec<Labels> = Vec::new();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut series_total = 0u64;
+    let mut invalid_series = 0u64;
+    let mut invalid_samples = 0u64;
+    let mut first_invalid: Option<String> = None;
+    let mut histograms = 0u64;
+    let mut histogram_series = 0u64;
+    while reader.next_series(&mut view).map_err(decode_err)? {
+        series_total += 1;
+        if let Some(max) = limits.series
+            && series_total > max
+        {
+            metrics.reject_series(tenant, Reason::request_limit, series_total);
+            return Err(WriteError::TooLarge(format!(
+                "request has more than {max} series: over the series_limit of tenant {tenant:?}"
+            )));
+        }
+        if view.histograms > 0 {
+            histograms += view.histograms as u64;
+            histogram_series += 1;
+        }
+        if view.samples.is_empty() {
+            continue;
+        }
+        if let Err(why) = check_labels(&view.labels, bounds) {
+            invalid_series += 1;
+            invalid_samples += view.samples.len() as u64;
+            if first_invalid.is_none() {
+                first_invalid = Some(format!("{why} in series {}", show(&view.labels)));
+            }
+            continue;
+        }
+        let start = samples.len();
+        samples.extend_from_slice(&view.samples);
+        if let Some(max) = limits.samples
+            && samples.len() as u64 + invalid_samples > max
+        {
+            metrics.reject_samples(tenant, Reason::request_limit, samples.len() as u64);
+            return Err(WriteError::TooLarge(format!(
+                "request has more than {max} samples: over the samples_limit of tenant {tenant:?}"
+            )));
+        }
+        spans.push((start, samples.len()));
+        labels.push(Labels::from_sorted_unchecked(
+            view.labels
+                .iter()
+                .map(|l| Label::new(l.name, l.value))
+                .collect(),
+        ));
+    }
+    let received = samples.len() as u64 + invalid_samples;
+    metrics
+        .samples_received
+        .get_or_create(&crate::metrics::TenantLabels {
+            tenant: tenant.to_string(),
+        })
+        .inc_by(received);
+    metrics
+        .series_received
+        .get_or_create(&crate::metrics::TenantLabels {
+            tenant: tenant.to_string(),
+        })
+        .inc_by(series_total);
+    metrics.reject_series(tenant, Reason::invalid_labels, invalid_series);
+    metrics.reject_samples(tenant, Reason::invalid_labels, invalid_samples);
+    if histograms > 0 {
+        metrics
+            .histograms_rejected
+            .get_or_create(&crate::metrics::TenantLabels {
+                tenant: tenant.to_string(),
+            })
+            .inc_by(histograms);
+        metrics.reject_samples(tenant, Reason::native_histogram, histograms);
+    }
+
+    let mut summary = WriteSummary {
+        series: series_total,
+        samples: received,
+        appended: 0,
+    };
+    let mut problems: Vec<String> = Vec::new();
+    let mut conflict = false;
+    if let Some(f) = first_invalid {
+        conflict = true;
+        problems.push(format!(
+            "{invalid_series} series ({invalid_samples} samples) with an invalid label set refused; first: {f}"
+        ));
+    }
+
+    if !labels.is_empty() {
+        let t = mt.get_or_create(tenant).map_err(|e| match e {
+            MultiTsdbError::Tenant(e) => WriteError::BadRequest(e.to_string()),
+            MultiTsdbError::TooManyTenants(_) => WriteError::TooManyHeadSeries(e.to_string()),
+            e => WriteError::Internal(e.to_string()),
+        })?;
+        if let Some(max) = limits.head_series {
+            let head = t.db.head_series() as u64;
+            if head >= max {
+                metrics.reject_samples(tenant, Reason::head_series_limit, samples.len() as u64);
+                return Err(WriteError::TooManyHeadSeries(format!(
+                    "tenant {tenant:?} has {head} head series, at or over its head_series_limit of {max}; retry later"
+                )));
+            }
+        }
+        let mut app = t.db.appender();
+        for (l, &(s, e)) in labels.iter().zip(&spans) {
+            app.append(l, &samples[s..e]);
+        }
+        let out = app.commit().map_err(|e| {
+            metrics.reject_samples(tenant, Reason::tsdb_error, samples.len() as u64);
+            WriteError::Internal(format!(
+                "writing to the TSDB of tenant {tenant:?} failed: {e}"
+            ))
+        })?;
+        summary.appended = out.appended;
+        metrics
+            .head_series
+            .get_or_create(&crate::metrics::TenantLabels {
+                tenant: tenant.to_string(),
+            })
+            .set(t.db.head_series() as i64);
+        metrics.reject_samples(tenant, Reason::out_of_order, out.out_of_order);
+        metrics.reject_samples(tenant, Reason::duplicate_timestamp, out.duplicate_timestamp);
+        metrics.reject_samples(tenant, Reason::out_of_bounds, out.out_of_bounds);
+        metrics.reject_samples(
+            tenant,
+            Reason::invalid_labels,
+            out.invalid_labels + out.unknown_series,
+        );
+        if out.rejected() > 0 {
+            conflict = true;
+            let first = out
+                .first_rejection
+                .as_ref()
+                .map(|r| {
+                    let what = match r.reason {
+                        tsdb::RejectReason::OutOfOrder => "out of order sample",
+                        tsdb::RejectReason::DuplicateTimestamp => {
+                            "duplicate sample for timestamp (different value)"
+                        }
+                        tsdb::RejectReason::OutOfBounds => {
+                            "out of bounds sample (older than the head's appendable window)"
+                        }
+                    };
+                    let l = labels
+                        .get(r.series_index)
+                        .map(|l| l.to_string())
+                        .unwrap_or_default();
+                    format!("; first: {what} at t={} in series {l}", r.t)
+                })
+                .unwrap_or_default();
+            problems.push(format!(
+                "{} samples refused (out_of_order={}, duplicate_timestamp={}, out_of_bounds={}, invalid={}){first}; {} other samples written",
+                out.rejected(),
+                out.out_of_order,
+                out.duplicate_timestamp,
+                out.out_of_bounds,
+                out.invalid_labels + out.unknown_series,
+                out.appended
+            ));
+        }
+    }
+    if histograms > 0 {
+        problems.insert(
+            0,
+            format!(
+                "native histograms are not supported: {histograms} histogram samples in {histogram_series} series refused (float samples of the request were written)"
+            ),
+        );
+        return Err(WriteError::BadRequest(problems.join("; ")));
+    }
+    if conflict {
+        return Err(WriteError::Conflict(problems.join("; ")));
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_checks() {
+        let b = Bounds {
+            max_labels_per_series: 3,
+            max_label_name_len: 8,
+            max_label_value_len: 8,
+        };
+        let l = |n, v| LabelRef { name: n, value: v };
+        assert!(check_labels(&[l("__name__", "up"), l("job", "x")], &b).is_ok());
+        assert!(check_labels(&[], &b).is_err());
+        assert!(
+            check_labels(&[l("job", "x"), l("a", "y")], &b)
+                .unwrap_err()
+                .contains("not sorted")
+        );
+        assert!(
+            check_labels(&[l("a", "x"), l("a", "y")], &b)
+                .unwrap_err()
+                .contains("duplicate")
+        );
+        assert!(
+            check_labels(&[l("a", "")], &b)
+                .unwrap_err()
+                .contains("empty")
+        );
+        assert!(
+            check_labels(&[l("1a", "x")], &b)
+                .unwrap_err()
+                .contains("invalid label name")
+        );
+        assert!(
+            check_labels(&[l("a", "123456789")], &b)
+                .unwrap_err()
+                .contains("limit")
+        );
+        assert!(
+            check_labels(&[l("a", "1"), l("b", "1"), l("c", "1"), l("d", "1")], &b)
+                .unwrap_err()
+                .contains("4 labels")
+        );
+    }
+}
