@@ -1,0 +1,222 @@
+//! Controllers: `reconcile(obj, ctx) -> Result<Action>` plus `error_policy`, for
+//! ReceiveCluster and GlobalView.
+
+pub mod global_view;
+pub mod receive;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::metrics::Metrics;
+use crate::probe::Probe;
+use crate::receive::MANAGER;
+
+/// Shared state of the controllers.
+pub struct Context {
+    pub client: Client,
+    /// Image for receivers and queriers whose spec names none.
+    pub default_image: String,
+    pub metrics: Arc<Metrics>,
+    pub probe: Arc<dyn Probe>,
+    /// Consecutive failures per object key, for the error policy's backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        default_image: String,
+        metrics: Arc<Metrics>,
+        probe: Arc<dyn Probe>,
+    ) -> Self {
+        Context {
+            client,
+            default_image,
+            metrics,
+            probe,
+            failures: Default::default(),
+        }
+    }
+
+    /// Records a failure of `key`, returning how many happened in a row before it.
+    pub fn record_failure(&self, key: &str) -> u32 {
+        match self.failures.lock() {
+            Ok(mut m) => {
+                let n = m.entry(key.to_string()).or_insert(0);
+                let before = *n;
+                *n = n.saturating_add(1);
+                before
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Forgets the failures of `key` after a success.
+    pub fn record_success(&self, key: &str) {
+        if let Ok(mut m) = self.failures.lock() {
+            m.remove(key);
+        }
+    }
+}
+
+/// Errors of a reconciliation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("editing remote_write of {target}: {source}")]
+    Edit {
+        target: String,
+        source: crate::remote_write::EditError,
+    },
+    #[error("{0} still conflicts after {1} attempts")]
+    Conflict(String, u32),
+    #[error("invalid object: {0}")]
+    Invalid(String),
+    #[error("serialization: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("kubeconfig from secret {secret}: {reason}")]
+    Kubeconfig { secret: String, reason: String },
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+/// Server-side apply parameters with Orrery's field manager.
+pub fn apply_params() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+/// Server-side applies `obj` (it must carry its name).
+pub async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K, Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let name = obj
+        .meta()
+        .name
+        .clone()
+        .ok_or_else(|| Error::Invalid("desired object without a name".into()))?;
+    Ok(api
+        .patch(&name, &apply_params(), &Patch::Apply(obj))
+        .await?)
+}
+
+/// Attempts of a read-modify-write before giving up on conflicts.
+pub const MAX_CONFLICT_RETRIES: u32 = 5;
+
+/// Read-modify-write of an object we do not own: GET, `edit` (returns whether it
+/// changed anything), then PUT with the read `resourceVersion`; on 409 Conflict start
+/// over. Returns whether a write happened.
+pub async fn edit_with_retry<K, F>(api: &Api<K>, name: &str, mut edit: F) -> Result<bool, Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+    F: FnMut(&mut K) -> Result<bool, Error>,
+{
+    for attempt in 1..=MAX_CONFLICT_RETRIES {
+        let mut obj = api.get(name).await?;
+        if !edit(&mut obj)? {
+            return Ok(false);
+        }
+        let pp = PostParams {
+            field_manager: Some(MANAGER.to_string()),
+            ..Default::default()
+        };
+        match api.replace(name, &pp, &obj).await {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(s)) if s.is_conflict() => {
+                tracing::debug!(name, attempt, "conflict writing object; re-reading");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Conflict(name.to_string(), MAX_CONFLICT_RETRIES))
+}
+
+/// Requeue delay after a failure: grows with consecutive failures of one object
+/// (kube-runtime's scheduler dedups; we keep it simple and bounded).
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 5u64.saturating_mul(1u64 << failures.min(6));
+    Duration::from_secs(secs.min(300))
+}
+
+/// Shared error policy: log, count, requeue with backoff.
+pub fn error_policy_action(kind: &str, name: &str, err: &Error, failures: u32) -> Action {
+    tracing::warn!(kind, name, error = %err, "reconcile failed");
+    Action::requeue(backoff(failures))
+}
+
+/// Builds a condition, keeping `lastTransitionTime` from `previous` when the status
+/// did not change.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Current time as a Kubernetes `Time`.
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn condition_keeps_transition_time() {
+        let t0 = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let t1 = now();
+        let c0 = condition(&[], "Ready", false, "Waiting", "x".into(), Some(1), &t0);
+        assert_eq!(c0.last_transition_time, t0);
+        let same = condition(
+            &[c0.clone()],
+            "Ready",
+            false,
+            "Waiting",
+            "y".into(),
+            Some(2),
+            &t1,
+        );
+        assert_eq!(same.last_transition_time, t0);
+        assert_eq!(same.observed_generation, Some(2));
+        let flipped = condition(&[c0], "Ready", true, "Ready", "z".into(), Some(2), &t1);
+        assert_eq!(flipped.last_transition_time, t1);
+        assert_eq!(flipped.status, "True");
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(0), Duration::from_secs(5));
+        assert_eq!(backoff(1), Duration::from_secs(10));
+        assert_eq!(backoff(3), Duration::from_secs(40));
+        assert_eq!(backoff(30), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,319 @@
+//! The custom resources `ReceiveCluster` and `GlobalView` (group `orrery.dev`,
+//! version `v1alpha1`), derived from these Rust types.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// API group of Orrery's resources.
+pub const GROUP: &str = "orrery.dev";
+
+/// A set of `orrery receive` pods (router + ingestor) forming one hashring.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "orrery.dev",
+    version = "v1alpha1",
+    kind = "ReceiveCluster",
+    namespaced,
+    status = "ReceiveClusterStatus",
+    shortname = "rcv",
+    category = "orrery",
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"RF","type":"integer","jsonPath":".spec.replicationFactor"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Remote-Write","type":"string","priority":1,"jsonPath":".status.remoteWriteURL"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.replicas >= self.replicationFactor").message("replicas must be >= replicationFactor"))]
+pub struct ReceiveClusterSpec {
+    /// Number of receiver pods.
+    #[schemars(range(min = 1))]
+    pub replicas: i32,
+    /// How many receivers store each series (1, 3, 5 …); replicas must be at least this.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1))]
+    pub replication_factor: i32,
+    /// Container image holding the `orrery` binary; the operator's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// How long blocks are kept (`--tsdb.retention`), e.g. `15d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d|w|y)$"))]
+    pub retention: Option<String>,
+    /// Persistent volume per pod; an emptyDir when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+    /// Compute resources of the receiver container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Labels added to every block this cluster writes (`--label`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub external_labels: BTreeMap<String, String>,
+    /// How series are spread over the hashring.
+    #[serde(default)]
+    pub hashring_algorithm: HashringAlgorithm,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// When true the operator leaves the children alone.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_one() -> i32 {
+    1
+}
+
+/// Volume claim for each receiver pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested size, e.g. `10Gi`.
+    pub size: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+/// Hashring algorithm passed to `--receive.hashrings-algorithm`.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum HashringAlgorithm {
+    #[default]
+    Ketama,
+    Hashmod,
+}
+
+impl HashringAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HashringAlgorithm::Ketama => "ketama",
+            HashringAlgorithm::Hashmod => "hashmod",
+        }
+    }
+}
+
+/// Observed state of a ReceiveCluster.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiveClusterStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Endpoints currently in the hashring (Ready pods only).
+    #[serde(default)]
+    pub hashring_endpoints: Vec<String>,
+    /// In-cluster URL Prometheus servers remote-write to.
+    #[serde(
+        default,
+        rename = "remoteWriteURL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub remote_write_url: Option<String>,
+    /// `Ready`, `Progressing`, `Degraded`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A querier over selected ReceiveClusters, plus the Prometheus servers that write to them.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "orrery.dev",
+    version = "v1alpha1",
+    kind = "GlobalView",
+    namespaced,
+    status = "GlobalViewStatus",
+    shortname = "gv",
+    category = "orrery",
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Clusters","type":"string","jsonPath":".spec.clusters[*].name"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalViewSpec {
+    /// Which ReceiveClusters (same namespace) the querier reads from.
+    #[serde(default)]
+    pub receive_clusters: ReceiveClusterSelector,
+    /// Extra static StoreAPI endpoints (`host:port`, `dns+host:port`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// Labels that tell replicas apart, dropped when merging (`--query.replica-label`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replica_labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Querier pods.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1))]
+    pub replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Prometheus servers to wire to the receivers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<ClusterSpec>,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// ReceiveClusters by name and/or label selector.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiveClusterSelector {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// One Prometheus server to register.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.prometheusRef) != has(self.configMapRef)").message("set exactly one of prometheusRef or configMapRef"))]
+pub struct ClusterSpec {
+    /// Cluster name; also the `cluster` label of its series.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 40))]
+    pub name: String,
+    /// A Prometheus Operator `monitoring.coreos.com/v1` Prometheus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_ref: Option<PrometheusRef>,
+    /// A plain Prometheus whose prometheus.yml lives in a ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ConfigMapRef>,
+    /// Kubeconfig for a Prometheus in another Kubernetes cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+    /// Receiver URL as reachable from that Prometheus; the first selected
+    /// ReceiveCluster's `status.remoteWriteURL` when unset.
+    #[serde(
+        default,
+        rename = "remoteWriteURL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub remote_write_url: Option<String>,
+    /// Sent as the `THANOS-TENANT` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusRef {
+    pub name: String,
+    /// Defaults to the GlobalView's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Key holding prometheus.yml.
+    #[serde(default = "default_config_key")]
+    pub key: String,
+    /// Where to POST `/-/reload` after the edit, e.g. `http://prometheus.monitoring.svc:9090/-/reload`.
+    #[serde(default, rename = "reloadURL", skip_serializing_if = "Option::is_none")]
+    pub reload_url: Option<String>,
+}
+
+fn default_config_key() -> String {
+    "prometheus.yml".to_string()
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    #[serde(default = "default_kubeconfig_key")]
+    pub key: String,
+}
+
+fn default_kubeconfig_key() -> String {
+    "kubeconfig".to_string()
+}
+
+/// Observed state of a GlobalView.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalViewStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// StoreAPI endpoints the querier was given.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub clusters: Vec<ClusterStatus>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// Per-cluster state in a GlobalView's status.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    pub name: String,
+    /// Our remote_write entry is present in that Prometheus's configuration.
+    #[serde(default)]
+    pub remote_write_configured: bool,
+    /// Age of the newest sample of this cluster seen through the querier, e.g. `12s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sample_age: Option<String>,
+    /// `RemoteWriteConfigured`, `DataFlowing`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The target our entry was written to (so it can be removed when the cluster
+    /// leaves the spec or its target changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_ref: Option<PrometheusRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ConfigMapRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+}
+
+/// All CRDs of the operator, in a stable order.
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    vec![ReceiveCluster::crd(), GlobalView::crd()]
+}
+
+/// File name under `crds/` for a CRD (`orrery.dev_receiveclusters.yaml`).
+pub fn crd_file_name(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> String {
+    format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural)
+}
+
+/// One CRD as YAML.
+pub fn crd_yaml(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string(crd)
+}
+
+/// Every CRD as one multi-document YAML stream (what `orrery operator crds` prints).
+pub fn all_crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    let mut out = String::new();
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&crd_yaml(&crd)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,283 @@
+//! Plain-HTTP calls the operator makes to workloads: asking a querier for the age of
+//! a cluster's newest sample, and asking a Prometheus to reload its configuration.
+//! Behind a trait so controller tests can answer them without a network.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A boxed future (object-safe async trait methods without extra crates).
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Errors of a probe call.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("unsupported URL {0:?} (only http://host:port/path)")]
+    Url(String),
+    #[error("{url}: {source}")]
+    Io { url: String, source: std::io::Error },
+    #[error("{url}: timed out after {secs}s")]
+    Timeout { url: String, secs: u64 },
+    #[error("{url}: HTTP {status}: {body}")]
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{url}: unexpected answer: {detail}")]
+    Answer { url: String, detail: String },
+}
+
+/// What the GlobalView controller asks of workloads over HTTP.
+pub trait Probe: Send + Sync {
+    /// Seconds since the newest sample of `cluster`, from a querier at `base_url`
+    /// (`Ok(None)` when the querier has no such series).
+    fn last_sample_age<'a>(
+        &'a self,
+        base_url: &'a str,
+        cluster: &'a str,
+    ) -> BoxFut<'a, Result<Option<f64>, ProbeError>>;
+    /// POSTs a Prometheus `/-/reload` URL.
+    fn reload<'a>(&'a self, url: &'a str) -> BoxFut<'a, Result<(), ProbeError>>;
+}
+
+/// The real implementation: HTTP/1.1 over TCP.
+#[derive(Debug, Clone)]
+pub struct HttpProbe {
+    pub timeout: Duration,
+}
+
+impl Default for HttpProbe {
+    fn default() -> Self {
+        HttpProbe {
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Probe for HttpProbe {
+    fn last_sample_age<'a>(
+        &'a self,
+        base_url: &'a str,
+        cluster: &'a str,
+    ) -> BoxFut<'a, Result<Option<f64>, ProbeError>> {
+        Box::pin(async move {
+            let q = crate::query::last_sample_age_query(cluster);
+            let url = format!(
+                "{}/api/v1/query?query={}",
+                base_url.trim_end_matches('/'),
+                percent_encode(&q)
+            );
+            let (status, body) = request(&url, "GET", self.timeout).await?;
+            if status != 200 {
+                return Err(ProbeError::Status { url, status, body });
+            }
+            parse_scalar_result(&body).map_err(|detail| ProbeError::Answer { url, detail })
+        })
+    }
+
+    fn reload<'a>(&'a self, url: &'a str) -> BoxFut<'a, Result<(), ProbeError>> {
+        Box::pin(async move {
+            let (status, body) = request(url, "POST", self.timeout).await?;
+            if status / 100 != 2 {
+                return Err(ProbeError::Status {
+                    url: url.to_string(),
+                    status,
+                    body,
+                });
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Extracts the single value of a Prometheus instant-query answer
+/// (`resultType` vector or scalar); `None` for an empty vector.
+pub fn parse_scalar_result(body: &str) -> Result<Option<f64>, String> {
+    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    if v.get("status").and_then(|s| s.as_str()) != Some("success") {
+        return Err(format!("status is not success: {body}"));
+    }
+    let data = v.get("data").ok_or("no data")?;
+    let pair = match data.get("resultType").and_then(|t| t.as_str()) {
+        Some("vector") => match data.get("result").and_then(|r| r.as_array()) {
+            Some(r) if r.is_empty() => return Ok(None),
+            Some(r) => r[0].get("value").cloned(),
+            None => None,
+        },
+        Some("scalar") => data.get("result").cloned(),
+        other => return Err(format!("unexpected resultType {other:?}")),
+    };
+    let s = pair
+        .as_ref()
+        .and_then(|p| p.get(1))
+        .and_then(|x| x.as_str())
+        .ok_or("no [time, value] pair")?;
+    s.parse::<f64>()
+        .map(Some)
+        .map_err(|e| format!("bad value {s:?}: {e}"))
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Splits `http://host:port/path?q` into (`host:port`, `/path?q`).
+pub fn split_url(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return None;
+    }
+    let authority = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    Some((authority, path.to_string()))
+}
+
+/// Maximum response body read.
+const MAX_BODY: usize = 1 << 20;
+
+async fn request(url: &str, method: &str, timeout: Duration) -> Result<(u16, String), ProbeError> {
+    let (authority, path) = split_url(url).ok_or_else(|| ProbeError::Url(url.to_string()))?;
+    let io = |source| ProbeError::Io {
+        url: url.to_string(),
+        source,
+    };
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(&authority)
+            .await
+            .map_err(io)?;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: 0\r\nUser-Agent: orrery-operator\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.map_err(io)?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = s.read(&mut chunk).await.map_err(io)?;
+            if n == 0 || buf.len() > MAX_BODY {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, ProbeError>(buf)
+    };
+    let buf = tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| ProbeError::Timeout {
+            url: url.to_string(),
+            secs: timeout.as_secs(),
+        })??;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| ProbeError::Answer {
+            url: url.to_string(),
+            detail: "no HTTP status line".to_string(),
+        })?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_answers() {
+        assert_eq!(
+            parse_scalar_result(
+                r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1700000000.1,"4.5"]}]}}"#
+            ),
+            Ok(Some(4.5))
+        );
+        assert_eq!(
+            parse_scalar_result(
+                r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#
+            ),
+            Ok(None)
+        );
+        assert_eq!(
+            parse_scalar_result(
+                r#"{"status":"success","data":{"resultType":"scalar","result":[1,"2"]}}"#
+            ),
+            Ok(Some(2.0))
+        );
+        assert!(parse_scalar_result(r#"{"status":"error"}"#).is_err());
+        assert!(parse_scalar_result("nope").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            split_url("http://a.b.svc:9090/-/reload"),
+            Some(("a.b.svc:9090".into(), "/-/reload".into()))
+        );
+        assert_eq!(
+            split_url("http://host"),
+            Some(("host:80".into(), "/".into()))
+        );
+        assert_eq!(split_url("https://x/"), None);
+        assert_eq!(percent_encode("a b{\"}"), "a%20b%7B%22%7D");
+    }
+
+    #[tokio::test]
+    async fn real_http_round_trip() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"status\":\"success\",\"data\":{\"resultType\":\"vector\",\"result\":[{\"metric\":{},\"value\":[1,\"7\"]}]}}").await.unwrap();
+            req
+        });
+        let age = HttpProbe::default()
+            .last_sample_age(&format!("http://{addr}"), "batcave")
+            .await
+            .unwrap();
+        assert_eq!(age, Some(7.0));
+        let req = server.await.unwrap();
+        assert!(req.starts_with("GET /api/v1/query?query=time%28%29%20-%20max%28timestamp%28up%7Bcluster%3D%22batcave%22%7D%29%29 HTTP/1.1"), "{req}");
+    }
+}

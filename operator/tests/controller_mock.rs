@@ -1,0 +1,556 @@
+//! Controller tests against a mocked Kubernetes API (tower-test): each test plays an
+//! API server that checks every request the reconciler makes, in order, and answers it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::{Client, Resource};
+use operator::controller::{Context, global_view, receive};
+use operator::crd::{
+    ClusterSpec, GlobalView, GlobalViewSpec, HashringAlgorithm, PrometheusRef, ReceiveCluster,
+    ReceiveClusterSelector, ReceiveClusterSpec, ReceiveClusterStatus,
+};
+use operator::metrics::Metrics;
+use operator::probe::{BoxFut, Probe, ProbeError};
+use serde_json::{Value, json};
+use tower_test::mock::{Handle, SendResponse};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+/// One request seen by the fake API server.
+struct Seen {
+    method: Method,
+    path: String,
+    query: String,
+    body: Value,
+    send: SendResponse<Response<Body>>,
+}
+
+async fn next(handle: &mut ApiHandle) -> Seen {
+    let (req, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
+        .await
+        .expect("the reconciler stopped making requests")
+        .expect("request");
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    Seen {
+        method,
+        path,
+        query,
+        body,
+        send,
+    }
+}
+
+/// Expects a request with `method` on `path`, returning it.
+async fn expect(handle: &mut ApiHandle, method: Method, path: &str) -> Seen {
+    let s = next(handle).await;
+    assert_eq!(
+        (&s.method, s.path.as_str()),
+        (&method, path),
+        "unexpected request (query {:?}, body {})",
+        s.query,
+        s.body
+    );
+    s
+}
+
+fn respond(send: SendResponse<Response<Body>>, code: u16, body: &Value) {
+    send.send_response(
+        Response::builder()
+            .status(StatusCode::from_u16(code).unwrap())
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap(),
+    );
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+/// Asserts a server-side apply by Orrery's field manager, and echoes the applied
+/// object back (plus `extra` merged at the top level).
+async fn expect_apply(handle: &mut ApiHandle, path: &str, extra: Value) -> Value {
+    let s = expect(handle, Method::PATCH, path).await;
+    assert!(
+        s.query.contains("fieldManager=orrery-operator") && s.query.contains("force=true"),
+        "not an SSA with our field manager: {}",
+        s.query
+    );
+    let mut obj = s.body.clone();
+    if let (Some(o), Value::Object(e)) = (obj.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    respond(s.send, 200, &obj);
+    s.body
+}
+
+struct FakeProbe {
+    age: Option<f64>,
+}
+
+impl Probe for FakeProbe {
+    fn last_sample_age<'a>(
+        &'a self,
+        base_url: &'a str,
+        _cluster: &'a str,
+    ) -> BoxFut<'a, Result<Option<f64>, ProbeError>> {
+        assert_eq!(base_url, "http://global-query.orrery.svc:10902");
+        let age = self.age;
+        Box::pin(async move { Ok(age) })
+    }
+    fn reload<'a>(&'a self, _url: &'a str) -> BoxFut<'a, Result<(), ProbeError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn context(age: Option<f64>) -> (Arc<Context>, ApiHandle, Arc<Metrics>) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Context::new(
+        client,
+        "orrery:test".into(),
+        metrics.clone(),
+        Arc::new(FakeProbe { age }),
+    );
+    (Arc::new(ctx), handle, metrics)
+}
+
+fn receive_cluster() -> ReceiveCluster {
+    let mut rc = ReceiveCluster::new(
+        "main",
+        ReceiveClusterSpec {
+            replicas: 3,
+            replication_factor: 1,
+            image: None,
+            retention: None,
+            storage: None,
+            resources: None,
+            external_labels: BTreeMap::new(),
+            hashring_algorithm: HashringAlgorithm::Ketama,
+            node_selector: None,
+            tolerations: None,
+            affinity: None,
+            paused: false,
+        },
+    );
+    rc.metadata.namespace = Some("orrery".into());
+    rc.metadata.uid = Some("rc-uid".into());
+    rc.metadata.generation = Some(2);
+    rc.metadata.resource_version = Some("10".into());
+    rc
+}
+
+fn pod(name: &str, ready: bool) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "orrery"},
+        "status": {"conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}
+    })
+}
+
+#[tokio::test]
+async fn receive_cluster_create_applies_children_then_status() {
+    let (ctx, mut api, metrics) = context(None);
+    let rc = Arc::new(receive_cluster());
+    let reconciler = tokio::spawn(receive::reconcile(rc.clone(), ctx));
+
+    let s = expect(&mut api, Method::GET, "/api/v1/namespaces/orrery/pods").await;
+    assert!(
+        s.query
+            .contains("labelSelector=app.kubernetes.io%2Fcomponent%3Dreceive"),
+        "{}",
+        s.query
+    );
+    respond(
+        s.send,
+        200,
+        &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+            pod("main-receive-0", true), pod("main-receive-1", false), pod("main-receive-2", true)
+        ]}),
+    );
+    let s = expect(
+        &mut api,
+        Method::GET,
+        "/api/v1/namespaces/orrery/configmaps/main-hashring",
+    )
+    .await;
+    respond(
+        s.send,
+        404,
+        &status(404, "NotFound", "configmaps \"main-hashring\" not found"),
+    );
+
+    let cm = expect_apply(
+        &mut api,
+        "/api/v1/namespaces/orrery/configmaps/main-hashring",
+        json!({}),
+    )
+    .await;
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], "rc-uid");
+    let ring: Value = serde_json::from_str(cm["data"]["hashrings.json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        ring,
+        json!([{"hashring": "default", "algorithm": "ketama", "endpoints": [
+            "main-receive-0.main-receive-headless.orrery.svc:10901",
+            "main-receive-2.main-receive-headless.orrery.svc:10901"
+        ]}])
+    );
+    let headless = expect_apply(
+        &mut api,
+        "/api/v1/namespaces/orrery/services/main-receive-headless",
+        json!({}),
+    )
+    .await;
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    let rw = expect_apply(
+        &mut api,
+        "/api/v1/namespaces/orrery/services/main-receive",
+        json!({}),
+    )
+    .await;
+    assert_eq!(rw["spec"]["ports"][0]["port"], 19291);
+    let sts = expect_apply(
+        &mut api,
+        "/apis/apps/v1/namespaces/orrery/statefulsets/main-receive",
+        json!({"status": {"replicas": 3, "readyReplicas": 2}}),
+    )
+    .await;
+    assert_eq!(sts["kind"], "StatefulSet");
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "orrery:test"
+    );
+    let pdb = expect_apply(
+        &mut api,
+        "/apis/policy/v1/namespaces/orrery/poddisruptionbudgets/main-receive",
+        json!({}),
+    )
+    .await;
+    assert_eq!(pdb["spec"]["maxUnavailable"], 0);
+
+    let st = expect(
+        &mut api,
+        Method::PATCH,
+        "/apis/orrery.dev/v1alpha1/namespaces/orrery/receiveclusters/main/status",
+    )
+    .await;
+    assert!(
+        st.query.contains("fieldManager=orrery-operator"),
+        "{}",
+        st.query
+    );
+    let body = st.body.clone();
+    respond(st.send, 200, &serde_json::to_value(&*rc).unwrap());
+    assert_eq!(body["kind"], "ReceiveCluster");
+    let status: ReceiveClusterStatus = serde_json::from_value(body["status"].clone()).unwrap();
+    assert_eq!(status.ready_replicas, 2);
+    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(status.hashring_endpoints.len(), 2);
+    assert_eq!(
+        status.remote_write_url.as_deref(),
+        Some("http://main-receive.orrery.svc:19291/api/v1/receive")
+    );
+    let cond = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| (c.status.clone(), c.observed_generation))
+    };
+    assert_eq!(cond("Ready"), Some(("False".into(), Some(2))));
+    assert_eq!(cond("Progressing"), Some(("True".into(), Some(2))));
+    assert_eq!(cond("Degraded"), Some(("False".into(), Some(2))));
+
+    let action = reconciler.await.unwrap().unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+    assert!(
+        metrics
+            .render()
+            .contains("orrery_operator_reconcile_total{controller=\"receivecluster\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn receive_cluster_keeps_previous_ring_when_too_few_ready() {
+    let (ctx, mut api, _) = context(None);
+    let mut rc = receive_cluster();
+    rc.spec.replication_factor = 3;
+    let reconciler = tokio::spawn(receive::reconcile(Arc::new(rc), ctx));
+    let s = expect(&mut api, Method::GET, "/api/v1/namespaces/orrery/pods").await;
+    respond(
+        s.send,
+        200,
+        &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod("main-receive-0", true)]}),
+    );
+    let previous = json!([{"hashring": "default", "algorithm": "ketama", "endpoints": ["a:10901", "b:10901", "c:10901"]}]);
+    let s = expect(
+        &mut api,
+        Method::GET,
+        "/api/v1/namespaces/orrery/configmaps/main-hashring",
+    )
+    .await;
+    respond(
+        s.send,
+        200,
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "main-hashring", "namespace": "orrery"},
+                "data": {"hashrings.json": previous.to_string()}}),
+    );
+    let cm = expect_apply(
+        &mut api,
+        "/api/v1/namespaces/orrery/configmaps/main-hashring",
+        json!({}),
+    )
+    .await;
+    let ring: Value = serde_json::from_str(cm["data"]["hashrings.json"].as_str().unwrap()).unwrap();
+    assert_eq!(ring, previous);
+    for path in [
+        "/api/v1/namespaces/orrery/services/main-receive-headless",
+        "/api/v1/namespaces/orrery/services/main-receive",
+        "/apis/apps/v1/namespaces/orrery/statefulsets/main-receive",
+    ] {
+        expect_apply(&mut api, path, json!({})).await;
+    }
+    let pdb = expect_apply(
+        &mut api,
+        "/apis/policy/v1/namespaces/orrery/poddisruptionbudgets/main-receive",
+        json!({}),
+    )
+    .await;
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    let st = expect(
+        &mut api,
+        Method::PATCH,
+        "/apis/orrery.dev/v1alpha1/namespaces/orrery/receiveclusters/main/status",
+    )
+    .await;
+    assert_eq!(st.body["status"]["readyReplicas"], 0);
+    let degraded = st.body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    respond(
+        st.send,
+        200,
+        &json!({"apiVersion": "orrery.dev/v1alpha1", "kind": "ReceiveCluster", "metadata": {"name": "main"}, "spec": {"replicas": 3}}),
+    );
+    assert_eq!(degraded["status"], "True");
+    reconciler.await.unwrap().unwrap();
+}
+
+fn global_view(deleting: bool) -> GlobalView {
+    let mut gv = GlobalView::new(
+        "global",
+        GlobalViewSpec {
+            receive_clusters: ReceiveClusterSelector {
+                names: vec!["main".into()],
+                selector: None,
+            },
+            endpoints: vec![],
+            replica_labels: vec![],
+            image: None,
+            replicas: 1,
+            resources: None,
+            clusters: vec![ClusterSpec {
+                name: "batcave".into(),
+                prometheus_ref: Some(PrometheusRef {
+                    name: "batcave".into(),
+                    namespace: Some("monitoring".into()),
+                }),
+                config_map_ref: None,
+                kubeconfig_secret_ref: None,
+                remote_write_url: None,
+                tenant: Some("wayne".into()),
+            }],
+            paused: false,
+        },
+    );
+    let m = gv.meta_mut();
+    m.namespace = Some("orrery".into());
+    m.uid = Some("gv-uid".into());
+    m.generation = Some(1);
+    m.resource_version = Some("5".into());
+    m.finalizers = Some(vec![global_view::FINALIZER.into()]);
+    if deleting {
+        m.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+    }
+    gv
+}
+
+fn prometheus(rv: &str, entries: Value) -> Value {
+    json!({
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus",
+        "metadata": {"name": "batcave", "namespace": "monitoring", "resourceVersion": rv},
+        "spec": {"replicas": 1, "remoteWrite": entries}
+    })
+}
+
+#[tokio::test]
+async fn global_view_conflict_on_prometheus_is_retried() {
+    let (ctx, mut api, _) = context(Some(3.2));
+    let reconciler = tokio::spawn(global_view::reconcile(Arc::new(global_view(false)), ctx));
+
+    let s = expect(
+        &mut api,
+        Method::GET,
+        "/apis/orrery.dev/v1alpha1/namespaces/orrery/receiveclusters",
+    )
+    .await;
+    let mut rc = receive_cluster();
+    rc.status = Some(ReceiveClusterStatus {
+        remote_write_url: Some("http://main-receive.orrery.svc:19291/api/v1/receive".into()),
+        ..Default::default()
+    });
+    respond(
+        s.send,
+        200,
+        &json!({"apiVersion": "orrery.dev/v1alpha1", "kind": "ReceiveClusterList", "metadata": {}, "items": [rc]}),
+    );
+    let dep = expect_apply(
+        &mut api,
+        "/apis/apps/v1/namespaces/orrery/deployments/global-query",
+        json!({"status": {"readyReplicas": 1}}),
+    )
+    .await;
+    let args = dep["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert!(
+        args.as_array().unwrap().contains(&json!(
+            "--endpoint=dns+main-receive-headless.orrery.svc:10901"
+        )),
+        "{args}"
+    );
+    expect_apply(
+        &mut api,
+        "/api/v1/namespaces/orrery/services/global-query",
+        json!({}),
+    )
+    .await;
+
+    let prom_path = "/apis/monitoring.coreos.com/v1/namespaces/monitoring/prometheuses/batcave";
+    let user = json!({"name": "user", "url": "http://user/api/v1/write"});
+    let s = expect(&mut api, Method::GET, prom_path).await;
+    respond(s.send, 200, &prometheus("1", json!([user])));
+    let s = expect(&mut api, Method::PUT, prom_path).await;
+    assert_eq!(s.body["metadata"]["resourceVersion"], "1");
+    assert_eq!(s.body["spec"]["remoteWrite"].as_array().unwrap().len(), 2);
+    respond(
+        s.send,
+        409,
+        &status(
+            409,
+            "Conflict",
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ),
+    );
+    // Someone else added an entry in between: the retry must keep it.
+    let other = json!({"name": "other", "url": "http://other/write"});
+    let s = expect(&mut api, Method::GET, prom_path).await;
+    respond(s.send, 200, &prometheus("2", json!([user, other])));
+    let s = expect(&mut api, Method::PUT, prom_path).await;
+    assert_eq!(s.body["metadata"]["resourceVersion"], "2");
+    let list = s.body["spec"]["remoteWrite"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0], user);
+    assert_eq!(list[1], other);
+    assert_eq!(list[2]["name"], "orrery-global-batcave");
+    assert_eq!(
+        list[2]["url"],
+        "http://main-receive.orrery.svc:19291/api/v1/receive"
+    );
+    assert_eq!(list[2]["headers"]["THANOS-TENANT"], "wayne");
+    assert_eq!(s.body["spec"]["replicas"], 1);
+    let echoed = s.body.clone();
+    respond(s.send, 200, &echoed);
+
+    let st = expect(
+        &mut api,
+        Method::PATCH,
+        "/apis/orrery.dev/v1alpha1/namespaces/orrery/globalviews/global/status",
+    )
+    .await;
+    let body = st.body.clone();
+    respond(
+        st.send,
+        200,
+        &serde_json::to_value(global_view(false)).unwrap(),
+    );
+    let c = &body["status"]["clusters"][0];
+    assert_eq!(c["name"], "batcave");
+    assert_eq!(c["remoteWriteConfigured"], true);
+    assert_eq!(c["lastSampleAge"], "3s");
+    assert_eq!(c["prometheusRef"]["namespace"], "monitoring");
+    let flowing = c["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["type"] == "DataFlowing")
+        .unwrap();
+    assert_eq!(flowing["status"], "True");
+    assert_eq!(body["status"]["readyReplicas"], 1);
+    assert_eq!(
+        body["status"]["endpoints"],
+        json!(["dns+main-receive-headless.orrery.svc:10901"])
+    );
+    let ready = body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "True");
+    let action = reconciler.await.unwrap().unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+}
+
+#[tokio::test]
+async fn global_view_deletion_removes_only_our_entry_then_finalizer() {
+    let (ctx, mut api, _) = context(None);
+    let reconciler = tokio::spawn(global_view::reconcile(Arc::new(global_view(true)), ctx));
+    let prom_path = "/apis/monitoring.coreos.com/v1/namespaces/monitoring/prometheuses/batcave";
+    let user = json!({"name": "user", "url": "http://user/api/v1/write"});
+    let ours = json!({"name": "orrery-global-batcave", "url": "http://main-receive.orrery.svc:19291/api/v1/receive"});
+    let s = expect(&mut api, Method::GET, prom_path).await;
+    respond(s.send, 200, &prometheus("7", json!([user, ours])));
+    let s = expect(&mut api, Method::PUT, prom_path).await;
+    assert_eq!(s.body["spec"]["remoteWrite"], json!([user]));
+    assert_eq!(s.body["metadata"]["resourceVersion"], "7");
+    let echoed = s.body.clone();
+    respond(s.send, 200, &echoed);
+    // Then the finalizer is dropped with a JSON patch.
+    let s = expect(
+        &mut api,
+        Method::PATCH,
+        "/apis/orrery.dev/v1alpha1/namespaces/orrery/globalviews/global",
+    )
+    .await;
+    let ops = s.body.to_string();
+    assert!(
+        ops.contains("\"remove\"") && ops.contains("/metadata/finalizers"),
+        "{ops}"
+    );
+    let mut gv = serde_json::to_value(global_view(false)).unwrap();
+    gv["metadata"]["finalizers"] = json!([]);
+    respond(s.send, 200, &gv);
+    let action = reconciler.await.unwrap().unwrap();
+    assert_eq!(action, Action::await_change());
+}

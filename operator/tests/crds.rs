@@ -1,0 +1,151 @@
+//! The CRDs: checked-in YAML (crds/ and the Helm chart's crds/) equals the generated
+//! YAML; every schema is structural; the CEL rules are present.
+//!
+//! Regenerate the files with `ORRERY_UPDATE_CRDS=1 cargo test -p operator --test crds`.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use operator::crd::{all_crds_yaml, crd_file_name, crd_yaml, crds};
+use operator::schema_check::{cel_rules, preserve_unknown_paths, structural_problems};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+const DIRS: [&str; 2] = ["crds", "charts/orrery/crds"];
+
+#[test]
+fn checked_in_crds_match_generated() {
+    let update = std::env::var("ORRERY_UPDATE_CRDS").is_ok_and(|v| v == "1");
+    for crd in crds() {
+        let file = crd_file_name(&crd);
+        let want = crd_yaml(&crd).unwrap();
+        for dir in DIRS {
+            let path = root().join(dir).join(&file);
+            if update {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &want).unwrap();
+            }
+            let got = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; generate it with ORRERY_UPDATE_CRDS=1 cargo test -p operator --test crds",
+                    path.display()
+                )
+            });
+            assert!(
+                got == want,
+                "{} drifted from the Rust types; regenerate with ORRERY_UPDATE_CRDS=1 cargo test -p operator --test crds",
+                path.display()
+            );
+        }
+    }
+    let names: Vec<String> = crds().iter().map(crd_file_name).collect();
+    assert_eq!(
+        names,
+        [
+            "orrery.dev_receiveclusters.yaml",
+            "orrery.dev_globalviews.yaml"
+        ]
+    );
+}
+
+#[test]
+fn yaml_parses_back_to_the_same_crd() {
+    for crd in crds() {
+        let text = crd_yaml(&crd).unwrap();
+        let back: CustomResourceDefinition = serde_saphyr::from_str(&text).unwrap();
+        assert_eq!(back, crd);
+    }
+    let all = all_crds_yaml().unwrap();
+    assert_eq!(
+        all.matches("kind: CustomResourceDefinition").count(),
+        2,
+        "{all}"
+    );
+}
+
+fn schema(crd: &CustomResourceDefinition) -> serde_json::Value {
+    assert_eq!(crd.spec.versions.len(), 1);
+    let v = &crd.spec.versions[0];
+    serde_json::to_value(
+        v.schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("schema"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn every_schema_is_structural() {
+    for crd in crds() {
+        let s = schema(&crd);
+        let problems = structural_problems(&s);
+        assert!(
+            problems.is_empty(),
+            "{}: {problems:#?}",
+            crd.spec.names.kind
+        );
+        // Nothing in our own types needs unknown fields preserved.
+        assert_eq!(
+            preserve_unknown_paths(&s),
+            Vec::<String>::new(),
+            "{}",
+            crd.spec.names.kind
+        );
+    }
+}
+
+#[test]
+fn shape_scope_status_columns_and_cel_rules() {
+    let [rc, gv]: [CustomResourceDefinition; 2] = crds().try_into().unwrap();
+    for crd in [&rc, &gv] {
+        assert_eq!(crd.spec.group, "orrery.dev");
+        assert_eq!(crd.spec.scope, "Namespaced");
+        let v = &crd.spec.versions[0];
+        assert_eq!(v.name, "v1alpha1");
+        assert!(v.served && v.storage);
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
+        let cols: Vec<&str> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert!(cols.contains(&"Ready") && cols.contains(&"Age"), "{cols:?}");
+    }
+    let rc_rules = cel_rules(&schema(&rc));
+    assert!(
+        rc_rules.contains(&(
+            ".spec".to_string(),
+            "self.replicas >= self.replicationFactor".to_string()
+        )),
+        "{rc_rules:?}"
+    );
+    let gv_rules = cel_rules(&schema(&gv));
+    assert!(
+        gv_rules.contains(&(
+            ".spec.clusters[]".to_string(),
+            "has(self.prometheusRef) != has(self.configMapRef)".to_string()
+        )),
+        "{gv_rules:?}"
+    );
+    let s = schema(&rc);
+    assert_eq!(
+        s.pointer("/properties/spec/properties/hashringAlgorithm/enum"),
+        Some(&serde_json::json!(["ketama", "hashmod"]))
+    );
+    assert_eq!(
+        s.pointer("/properties/spec/required"),
+        Some(&serde_json::json!(["replicas"]))
+    );
+}
