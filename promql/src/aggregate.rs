@@ -81,8 +81,10 @@ pub(crate) fn aggregate(
         );
     }
 
-    if op == token::T_QUANTILE {
-        if let Some(p) = &param {
+    if op == token::T_QUANTILE
+        && let Some(p) = &param
+    {
+        {
             if p.iter().any(|q| q.is_nan()) {
                 ev.warn("PromQL warning: quantile value should be between 0 and 1, got NaN".into());
             }
@@ -277,19 +279,17 @@ fn aggregate_k(
                 vals.push((si, v));
             }
         }
+        if vals.is_empty() {
+            continue;
+        }
         let k: i64 = match op {
             token::T_TOPK | token::T_BOTTOMK | token::T_LIMITK => {
-                if !(p.is_finite() || p.is_nan())
-                    || p >= 9.223372036854776e18
-                    || p < -9.223372036854776e18
-                {
+                // Go's convertibleToInt64: NaN and out-of-range values overflow.
+                if p.is_nan() || !(-9.223372036854776e18..9.223372036854776e18).contains(&p) {
                     return Err(QueryError::Execution(format!(
                         "Scalar value {} overflows int64",
                         crate::functions::fmt_g(p)
                     )));
-                }
-                if p.is_nan() {
-                    return Err(QueryError::Execution("Parameter value is NaN".to_string()));
                 }
                 (p as i64).min(input.len() as i64)
             }
@@ -297,9 +297,6 @@ fn aggregate_k(
         };
         if op == token::T_LIMIT_RATIO && p.is_nan() {
             return Err(QueryError::Execution("Ratio value NaN is NaN".into()));
-        }
-        if vals.is_empty() {
-            continue;
         }
         if matches!(op, token::T_TOPK | token::T_BOTTOMK | token::T_LIMITK) && k < 1 {
             continue;

@@ -184,11 +184,11 @@ pub(crate) fn vector_vector(
                     ev.check_done()?;
                 }
                 let ts = ctx.ts(i);
-                for j in 0..lhs.len() {
-                    lvals[j] = lc.at(&lhs, j, ts);
+                for (j, lv) in lvals.iter_mut().enumerate() {
+                    *lv = lc.at(&lhs, j, ts);
                 }
-                for j in 0..rhs.len() {
-                    rvals[j] = rc.at(&rhs, j, ts);
+                for (j, rv) in rvals.iter_mut().enumerate() {
+                    *rv = rc.at(&rhs, j, ts);
                 }
                 sigs.clear();
                 match op {
@@ -200,10 +200,10 @@ pub(crate) fn vector_vector(
                         }
                         let want = op == token::T_LAND;
                         for j in 0..lhs.len() {
-                            if let Some(v) = lvals[j] {
-                                if sigs.contains(lsig[j].as_slice()) == want {
-                                    lout[j].push(storeapi::Sample { t: ts, v });
-                                }
+                            if let Some(v) = lvals[j]
+                                && sigs.contains(lsig[j].as_slice()) == want
+                            {
+                                lout[j].push(storeapi::Sample { t: ts, v });
                             }
                         }
                     }
@@ -215,10 +215,10 @@ pub(crate) fn vector_vector(
                             }
                         }
                         for j in 0..rhs.len() {
-                            if let Some(v) = rvals[j] {
-                                if !sigs.contains(rsig[j].as_slice()) {
-                                    rout[j].push(storeapi::Sample { t: ts, v });
-                                }
+                            if let Some(v) = rvals[j]
+                                && !sigs.contains(rsig[j].as_slice())
+                            {
+                                rout[j].push(storeapi::Sample { t: ts, v });
                             }
                         }
                     }

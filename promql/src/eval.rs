@@ -129,10 +129,10 @@ pub(crate) fn selector_matchers(
                         .map_err(|e| QueryError::BadData(e.to_string()))?,
                 );
             }
-            if let Some(name) = &vs.name {
-                if !out.iter().any(|m| m.name == "__name__") {
-                    out.push(storeapi::Matcher::equal("__name__", name.clone()));
-                }
+            if let Some(name) = &vs.name
+                && !out.iter().any(|m| m.name == "__name__")
+            {
+                out.push(storeapi::Matcher::equal("__name__", name.clone()));
             }
             Ok(out)
         };
@@ -210,10 +210,10 @@ impl Collector {
     }
     pub fn push(&mut self, idx: usize, t: i64, v: f64) -> Result<(), QueryError> {
         let s = &mut self.out[idx];
-        if let Some(last) = s.pts.last() {
-            if last.t == t {
-                return Err(dup_labelset_err());
-            }
+        if let Some(last) = s.pts.last()
+            && last.t == t
+        {
+            return Err(dup_labelset_err());
         }
         s.pts.push(Sample { t, v });
         Ok(())
@@ -295,12 +295,12 @@ pub(crate) fn too_many_samples() -> QueryError {
 
 impl Evaluator {
     pub fn check_done(&self) -> Result<(), QueryError> {
-        if let Some(c) = &self.cancel {
-            if c.load(Ordering::Relaxed) {
-                return Err(QueryError::Canceled(
-                    "query was canceled in expression evaluation".into(),
-                ));
-            }
+        if let Some(c) = &self.cancel
+            && c.load(Ordering::Relaxed)
+        {
+            return Err(QueryError::Canceled(
+                "query was canceled in expression evaluation".into(),
+            ));
         }
         if Instant::now() > self.deadline {
             return Err(QueryError::Timeout(

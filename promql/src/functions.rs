@@ -701,6 +701,7 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
         let pts = &s.pts;
         let mut res: Vec<Sample> = Vec::new();
         let (mut lo, mut hi) = (0usize, 0usize);
+        #[allow(clippy::needless_range_loop)]
         for i in 0..n {
             let ts = ctx.ts(i);
             let rt = at.unwrap_or(ts) - offset;
@@ -857,17 +858,16 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
             }
         }
         if !res.is_empty() {
-            if (name == "rate" || name == "increase") && any_non_counter.is_none() {
-                if let Some(mn) = s.labels.metric_name() {
-                    if !mn.is_empty()
-                        && !mn.ends_with("_total")
-                        && !mn.ends_with("_sum")
-                        && !mn.ends_with("_count")
-                        && !mn.ends_with("_bucket")
-                    {
-                        any_non_counter = Some(mn.to_string());
-                    }
-                }
+            if (name == "rate" || name == "increase")
+                && any_non_counter.is_none()
+                && let Some(mn) = s.labels.metric_name()
+                && !mn.is_empty()
+                && !mn.ends_with("_total")
+                && !mn.ends_with("_sum")
+                && !mn.ends_with("_count")
+                && !mn.ends_with("_bucket")
+            {
+                any_non_counter = Some(mn.to_string());
             }
             ev.add_samples(res.len())?;
             let labels = if drop_name {
@@ -1001,7 +1001,7 @@ fn instant_value(w: &[Sample], is_rate: bool) -> Option<f64> {
         return None;
     }
     let mut v = b.v;
-    if !is_rate || !(b.v < a.v) {
+    if !is_rate || b.v >= a.v || b.v.is_nan() || a.v.is_nan() {
         v = b.v - a.v;
     }
     if is_rate {

@@ -25,7 +25,7 @@ fn almost_equal(a: f64, b: f64, eps: f64) -> bool {
 }
 
 /// Prometheus's `BucketQuantile`: (value, forced monotonicity).
-pub(crate) fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> (f64, bool) {
+pub(crate) fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> (f64, bool) {
     if q.is_nan() {
         return (f64::NAN, false);
     }
@@ -100,8 +100,8 @@ fn parse_le(s: &str) -> Option<f64> {
         "nan" => return Some(f64::NAN),
         _ => {}
     }
-    if s.starts_with('-') {
-        let l = s[1..].to_ascii_lowercase();
+    if let Some(rest) = s.strip_prefix('-') {
+        let l = rest.to_ascii_lowercase();
         if l == "inf" || l == "infinity" {
             return Some(f64::NEG_INFINITY);
         }
