@@ -316,10 +316,14 @@ mod tests {
     #[test]
     fn three_replicas_fold() {
         let a = s(&[(0, 0.0), (10_000, 1.0)]);
-        let b = s(&[(0, 0.0), (10_000, 1.0), (20_000, 2.0)]);
-        let c = s(&[(30_000, 3.0)]);
-        let out = penalty_dedup(vec![a, b, c], false);
-        assert_eq!(ts(&out), vec![0, 10_000, 20_000, 30_000]);
+        let b = s(&[(0, 0.0), (10_000, 1.0), (20_000, 2.0), (50_000, 5.0)]);
+        let c = s(&[(30_000, 3.0), (200_000, 20.0)]);
+        let out = penalty_dedup(vec![a.clone(), b.clone(), c.clone()], false);
+        assert_eq!(out, penalty_merge(&penalty_merge(&a, &b, false), &c, false));
+        // b's 20s sample is within the 2x penalty after a's last sample; 50s is not.
+        assert_eq!(ts(&out), vec![0, 10_000, 50_000, 200_000]);
+        let same = penalty_dedup(vec![a.clone(), a.clone(), a.clone()], false);
+        assert_eq!(same, a);
     }
 
     #[test]

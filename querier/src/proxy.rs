@@ -207,7 +207,8 @@ pub fn decode_chunks(chunks: &[AggrChunk], mint: i64, maxt: i64) -> Result<Vec<S
 }
 
 /// Merges the answers of all stores: groups equal label sets (replicas, once replica labels
-/// are stripped), splits overlapping chunk runs, decodes and deduplicates.
+/// are stripped), unions overlapping chunk runs of one store, decodes, and deduplicates
+/// the replicas from different stores (penalty) or unions them (dedup off).
 pub fn merge_series(
     mut parts: Vec<StoreSeries>,
     mint: i64,
@@ -229,11 +230,18 @@ pub fn merge_series(
         for p in parts[i..j].iter_mut() {
             let mut chunks = std::mem::take(&mut p.chunks);
             chunks.sort_by_key(|c| (c.min_time, c.max_time));
+            // Overlapping chunks of one store (e.g. head and block, out-of-order data) are
+            // the same source: union them; replicas are what different stores sent.
+            let mut runs = Vec::new();
             for run in dedup::overlap_split(chunks) {
                 let samples = decode_chunks(&run, mint, maxt)?;
                 if !samples.is_empty() {
-                    replicas.push(samples);
+                    runs.push(samples);
                 }
+            }
+            let samples = dedup::chain_merge(runs);
+            if !samples.is_empty() {
+                replicas.push(samples);
             }
         }
         let samples = if replicas.len() <= 1 {
