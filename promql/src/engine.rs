@@ -121,41 +121,33 @@ impl Engine {
         time_ms: i64,
         qopts: &QueryOptions,
     ) -> Result<QueryResult, QueryError> {
-        let expr = parse(query)?;
+        self.prepare_instant_query(storage, query, time_ms, qopts)
+            .await?
+            .exec()
+    }
+
+    /// Parses an instant query and selects its series (phase 1). Run the returned
+    /// [`PreparedQuery::exec`] (plain CPU work) where blocking is fine, e.g. in
+    /// `tokio::task::spawn_blocking`.
+    pub async fn prepare_instant_query<S: Storage>(
+        &self,
+        storage: &S,
+        query: &str,
+        time_ms: i64,
+        qopts: &QueryOptions,
+    ) -> Result<PreparedQuery, QueryError> {
+        let expr = Box::new(parse(query)?);
         let ctx = Ctx {
             start: time_ms,
             end: time_ms,
             step: 1,
         };
-        let mut ev = self.prepare(storage, &expr, ctx, qopts).await?;
-        let val = ev.eval(&expr, ctx)?;
-        let value = match val {
-            Val::Scalar(v) => Value::Scalar(Sample {
-                t: time_ms,
-                v: v.first().copied().unwrap_or(f64::NAN),
-            }),
-            Val::Str(s) => Value::String { t: time_ms, v: s },
-            Val::Vector(ss) => {
-                let mut out: Vec<(Labels, Sample)> = ss
-                    .into_iter()
-                    .filter_map(|s| s.pts.first().copied().map(|p| (s.labels, p)))
-                    .collect();
-                if !keeps_order(&expr) {
-                    out.sort_by(|a, b| a.0.cmp(&b.0));
-                }
-                Value::Vector(out)
-            }
-            Val::Matrix(ss) => {
-                let mut out: Vec<(Labels, Vec<Sample>)> =
-                    ss.into_iter().map(|s| (s.labels, s.pts)).collect();
-                out.sort_by(|a, b| a.0.cmp(&b.0));
-                Value::Matrix(out)
-            }
-        };
-        Ok(QueryResult {
-            value,
-            warnings: ev.warnings,
-            infos: ev.infos,
+        let ev = self.prepare(storage, &expr, ctx, qopts).await?;
+        Ok(PreparedQuery {
+            expr,
+            ev,
+            ctx,
+            range: false,
         })
     }
 
@@ -169,7 +161,23 @@ impl Engine {
         step_ms: i64,
         qopts: &QueryOptions,
     ) -> Result<QueryResult, QueryError> {
-        let expr = parse(query)?;
+        self.prepare_range_query(storage, query, start_ms, end_ms, step_ms, qopts)
+            .await?
+            .exec()
+    }
+
+    /// Parses a range query and selects its series (phase 1); see
+    /// [`Engine::prepare_instant_query`].
+    pub async fn prepare_range_query<S: Storage>(
+        &self,
+        storage: &S,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        qopts: &QueryOptions,
+    ) -> Result<PreparedQuery, QueryError> {
+        let expr = Box::new(parse(query)?);
         if step_ms <= 0 {
             return Err(QueryError::BadData(
                 "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
@@ -194,32 +202,12 @@ impl Engine {
             end: end_ms,
             step: step_ms,
         };
-        let mut ev = self.prepare(storage, &expr, ctx, qopts).await?;
-        let val = ev.eval(&expr, ctx)?;
-        let mut out: Vec<(Labels, Vec<Sample>)> = match val {
-            Val::Scalar(v) => vec![(
-                Labels::empty(),
-                v.iter()
-                    .enumerate()
-                    .map(|(i, v)| Sample { t: ctx.ts(i), v: *v })
-                    .collect(),
-            )],
-            Val::Vector(ss) | Val::Matrix(ss) => ss
-                .into_iter()
-                .filter(|s| !s.pts.is_empty())
-                .map(|s| (s.labels, s.pts))
-                .collect(),
-            Val::Str(_) => {
-                return Err(QueryError::BadData(
-                    "invalid expression type \"string\" for range query, must be Scalar or instant Vector".into(),
-                ))
-            }
-        };
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(QueryResult {
-            value: Value::Matrix(out),
-            warnings: ev.warnings,
-            infos: ev.infos,
+        let ev = self.prepare(storage, &expr, ctx, qopts).await?;
+        Ok(PreparedQuery {
+            expr,
+            ev,
+            ctx,
+            range: true,
         })
     }
 
@@ -294,6 +282,103 @@ impl Engine {
             ev.data.insert(key, std::sync::Arc::new(all));
         }
         Ok(ev)
+    }
+}
+
+/// A query whose series are selected; [`PreparedQuery::exec`] evaluates it.
+pub struct PreparedQuery {
+    // Boxed so selector addresses (the keys of the selected data) stay put.
+    expr: Box<Expr>,
+    ev: Evaluator,
+    ctx: Ctx,
+    range: bool,
+}
+
+impl std::fmt::Debug for PreparedQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedQuery")
+            .field("expr", &self.expr.to_string())
+            .field("range", &self.range)
+            .finish()
+    }
+}
+
+impl PreparedQuery {
+    /// Phase 2: evaluates the query step by step (synchronous, CPU bound).
+    pub fn exec(self) -> Result<QueryResult, QueryError> {
+        if self.range {
+            self.exec_range()
+        } else {
+            self.exec_instant()
+        }
+    }
+
+    fn exec_instant(self) -> Result<QueryResult, QueryError> {
+        let PreparedQuery {
+            expr, mut ev, ctx, ..
+        } = self;
+        let time_ms = ctx.start;
+        let val = ev.eval(&expr, ctx)?;
+        let value = match val {
+            Val::Scalar(v) => Value::Scalar(Sample {
+                t: time_ms,
+                v: v.first().copied().unwrap_or(f64::NAN),
+            }),
+            Val::Str(s) => Value::String { t: time_ms, v: s },
+            Val::Vector(ss) => {
+                let mut out: Vec<(Labels, Sample)> = ss
+                    .into_iter()
+                    .filter_map(|s| s.pts.first().copied().map(|p| (s.labels, p)))
+                    .collect();
+                if !keeps_order(&expr) {
+                    out.sort_by(|a, b| a.0.cmp(&b.0));
+                }
+                Value::Vector(out)
+            }
+            Val::Matrix(ss) => {
+                let mut out: Vec<(Labels, Vec<Sample>)> =
+                    ss.into_iter().map(|s| (s.labels, s.pts)).collect();
+                out.sort_by(|a, b| a.0.cmp(&b.0));
+                Value::Matrix(out)
+            }
+        };
+        Ok(QueryResult {
+            value,
+            warnings: ev.warnings,
+            infos: ev.infos,
+        })
+    }
+
+    fn exec_range(self) -> Result<QueryResult, QueryError> {
+        let PreparedQuery {
+            expr, mut ev, ctx, ..
+        } = self;
+        let val = ev.eval(&expr, ctx)?;
+        let mut out: Vec<(Labels, Vec<Sample>)> = match val {
+            Val::Scalar(v) => vec![(
+                Labels::empty(),
+                v.iter()
+                    .enumerate()
+                    .map(|(i, v)| Sample { t: ctx.ts(i), v: *v })
+                    .collect(),
+            )],
+            Val::Vector(ss) | Val::Matrix(ss) => ss
+                .into_iter()
+                .filter(|s| !s.pts.is_empty())
+                .map(|s| (s.labels, s.pts))
+                .collect(),
+            Val::Str(_) => {
+                return Err(QueryError::BadData(
+                    "invalid expression type \"string\" for range query, must be Scalar or instant Vector".into(),
+                ))
+            }
+        };
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(QueryResult {
+            value: Value::Matrix(out),
+            warnings: ev.warnings,
+            infos: ev.infos,
+        })
     }
 }
 
@@ -590,6 +675,47 @@ mod tests {
         assert!((v[0].1 - 0.5).abs() < 1e-12, "{}", v[0].1);
         let v = instant(&st, "histogram_quantile(0.99, h_bucket)", 0).unwrap();
         assert_eq!(v[0].1, 1.0);
+    }
+
+    #[test]
+    fn prepared_query_runs_on_another_thread() {
+        let st = counter();
+        let e = Engine::new(EngineOptions::default());
+        let p = run(e.prepare_range_query(
+            &st,
+            "sum(rate(c_total[5m]))",
+            300_000,
+            600_000,
+            60_000,
+            &QueryOptions::default(),
+        ))
+        .unwrap();
+        let r = std::thread::spawn(move || p.exec())
+            .join()
+            .unwrap()
+            .unwrap();
+        match r.value {
+            Value::Matrix(m) => assert_eq!(m[0].1.len(), 6),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cancellation_is_checked() {
+        let st = counter();
+        let e = Engine::new(EngineOptions::default());
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let err = run(e.instant_query_with(
+            &st,
+            "c_total",
+            0,
+            &QueryOptions {
+                lookback_delta_ms: None,
+                cancel: Some(cancel),
+            },
+        ))
+        .unwrap_err();
+        assert_eq!(err.error_type(), "canceled");
     }
 
     #[test]

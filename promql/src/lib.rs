@@ -16,6 +16,6 @@ mod histogram;
 pub mod storage;
 pub mod value;
 
-pub use engine::{Engine, EngineOptions, QueryError, QueryOptions};
+pub use engine::{Engine, EngineOptions, PreparedQuery, QueryError, QueryOptions};
 pub use storage::{MemStorage, SelectHints, SelectResult, Storage, StorageError, StorageSeries};
 pub use value::{QueryResult, Value};
