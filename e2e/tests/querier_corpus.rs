@@ -66,7 +66,7 @@ fn corpus() -> Vec<String> {
 #[test]
 fn corpus_equals_prometheus() {
     let recv = Receiver::start("receiver", &[("receive_replica", "0")]);
-    let q = Querier::start(&[&recv.grpc], &[]);
+    let q = Querier::start(&[recv.grpc.as_str()], &[]);
     let prom = prometheus(&[], &[recv.remote_write_url()]);
     let paddr = prom.addr();
     let t0 = now_secs();

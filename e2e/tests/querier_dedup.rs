@@ -13,7 +13,7 @@ fn ha_receivers_deduplicate_and_survive_a_kill() {
     let mut r0 = Receiver::start("receiver-0", &[("receive_replica", "0")]);
     let r1 = Receiver::start("receiver-1", &[("receive_replica", "1")]);
     let q = Querier::start(
-        &[&r0.grpc, &r1.grpc],
+        &[r0.grpc.as_str(), r1.grpc.as_str()],
         &["--query.replica-label=receive_replica"],
     );
     let prom = prometheus(

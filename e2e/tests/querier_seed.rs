@@ -15,7 +15,7 @@ fn seed_tutorial_up_for_both_clusters() {
             ("receive_cluster", "wayne-enterprises"),
         ],
     );
-    let q = Querier::start(&[&recv.grpc], &[]);
+    let q = Querier::start(&[recv.grpc.as_str()], &[]);
     let started = Instant::now();
     let _batcave = prometheus(&[("cluster", "batcave")], &[recv.remote_write_url()]);
     let _batcomputer = prometheus(&[("cluster", "batcomputer")], &[recv.remote_write_url()]);

@@ -43,7 +43,7 @@ fn chromium_cmd(bin: &str, profile: &std::path::Path) -> Command {
 fn ui_runs_up_and_draws_table_and_graph() {
     let bin = chromium();
     let recv = Receiver::start("receiver", &[("receive_replica", "0")]);
-    let q = Querier::start(&[&recv.grpc], &[]);
+    let q = Querier::start(&[recv.grpc.as_str()], &[]);
     let _prom = prometheus(&[("cluster", "batcave")], &[recv.remote_write_url()]);
     let ok = e2e::wait_for(Duration::from_secs(40), || {
         let (_, v) = instant(&q.http, "up", now_secs());
