@@ -282,6 +282,52 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any series and samples records decode to exactly what was encoded.
+        #[test]
+        fn records_round_trip(
+            series in proptest::collection::vec(
+                (proptest::prelude::any::<u64>(),
+                 proptest::collection::btree_map("[a-z_][a-z0-9_]{0,8}", "\\PC{1,12}", 1..6)),
+                0..20),
+            groups in proptest::collection::vec(
+                (proptest::prelude::any::<u64>(),
+                 proptest::collection::vec((proptest::prelude::any::<i64>(), proptest::prelude::any::<u64>()), 0..30)),
+                0..20),
+        ) {
+            let mut buf = vec![TYPE_SERIES];
+            let mut want_series = vec![];
+            for (r, m) in &series {
+                let l = Labels::from_pairs(m.iter().map(|(k, v)| (k.clone(), v.clone()))).unwrap();
+                put_series(&mut buf, *r, &l);
+                want_series.push((*r, l));
+            }
+            let mut c = Collect::default();
+            decode(&buf, &mut c).unwrap();
+            proptest::prop_assert_eq!(c.series, want_series);
+
+            let mut buf = vec![TYPE_SAMPLES];
+            let mut want = vec![];
+            for (r, samples) in &groups {
+                let mut g = SamplesGroup::start(&mut buf, *r);
+                for &(t, v) in samples {
+                    g.push(&mut buf, t, f64::from_bits(v));
+                    want.push((*r, t, v));
+                }
+                g.finish(&mut buf);
+            }
+            let mut c = Collect::default();
+            decode(&buf, &mut c).unwrap();
+            proptest::prop_assert_eq!(c.samples, want);
+        }
+
+        /// Truncated or bit-flipped records never panic.
+        #[test]
+        fn damaged_records_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = decode(&data, &mut Collect::default());
+        }
+    }
+
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         for p in [
