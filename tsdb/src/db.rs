@@ -894,3 +894,10 @@ fn merge_sorted(parts: Vec<Vec<(Labels, Vec<Chunk>)>>) -> Vec<SeriesChunks> {
     }
     out
 }
+
+// `Db` is shared across threads and tokio tasks.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Db>();
+    assert_send_sync::<Querier>();
+};
