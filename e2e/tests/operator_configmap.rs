@@ -1,0 +1,219 @@
+//! The operator's plain-Prometheus path (a prometheus.yml in a ConfigMap) against the
+//! real reference Prometheus 3.5.3: our remote_write entry is upserted into the file
+//! with the operator's own edit logic, Prometheus is reloaded with the operator's
+//! `/-/reload` call, samples (labelled `cluster="batcave"`) arrive at the remote-write
+//! endpoint while the user's own remote_write entry keeps working; after removal and
+//! another reload our writes stop and the user's go on.
+//!
+//! The remote-write endpoint here is a small in-test HTTP server that records what it
+//! receives (snappy-decoded), because `orrery receive` is being written in parallel;
+//! Prometheus's own `prometheus_remote_storage_samples_total` confirms the flow.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use e2e::{Prometheus, http_get, wait_for};
+use operator::probe::{HttpProbe, Probe};
+use operator::remote_write::{RemoteWriteEntry, remove_from_file, upsert_file};
+
+/// What a sink has received.
+#[derive(Default)]
+struct Seen {
+    requests: usize,
+    bodies: Vec<Vec<u8>>,
+}
+
+/// A minimal remote-write endpoint: accepts POSTs, snappy-decodes the body, answers 204.
+struct Sink {
+    port: u16,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let s2 = seen.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let seen = s2.clone();
+                std::thread::spawn(move || serve(conn, seen));
+            }
+        });
+        Sink { port, seen }
+    }
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v1/receive", self.port)
+    }
+    fn requests(&self) -> usize {
+        self.seen.lock().unwrap().requests
+    }
+    fn any_body_contains(&self, needles: &[&[u8]]) -> bool {
+        self.seen
+            .lock()
+            .unwrap()
+            .bodies
+            .iter()
+            .any(|b| needles.iter().all(|n| b.windows(n.len()).any(|w| w == *n)))
+    }
+}
+
+fn serve(conn: TcpStream, seen: Arc<Mutex<Seen>>) {
+    let mut r = BufReader::new(conn.try_clone().unwrap());
+    let mut w = conn;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let decoded = snap::raw::Decoder::new()
+            .decompress_vec(&body)
+            .unwrap_or_default();
+        {
+            let mut s = seen.lock().unwrap();
+            s.requests += 1;
+            if s.bodies.len() < 200 {
+                s.bodies.push(decoded);
+            }
+        }
+        if w.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// `prometheus_remote_storage_samples_total` of the queue named `name`, from /metrics.
+fn samples_sent(prom: &Prometheus, name: &str) -> Option<f64> {
+    let (_, text) = http_get(&prom.addr(), "/metrics").ok()?;
+    let needle = format!("remote_name=\"{name}\"");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("prometheus_remote_storage_samples_total{") && l.contains(&needle)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .next()
+}
+
+fn loaded_config(prom: &Prometheus) -> String {
+    let (status, body) = http_get(&prom.addr(), "/api/v1/status/config").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["data"]["yaml"].as_str().unwrap().to_string()
+}
+
+fn reload(prom: &Prometheus) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("http://{}/-/reload", prom.addr());
+    rt.block_on(HttpProbe::default().reload(&url))
+        .unwrap_or_else(|e| panic!("reload failed: {e}; log:\n{}", prom.proc.log_text()));
+}
+
+#[test]
+fn configmap_path_patches_reloads_and_removes_against_real_prometheus() {
+    let ours = Sink::start();
+    let user = Sink::start();
+    let config = format!(
+        "# user's own prometheus.yml\n\
+         global:\n  scrape_interval: 1s\n  external_labels:\n    region: gotham\n\
+         scrape_configs:\n  - job_name: self\n    static_configs:\n      - targets: ['127.0.0.1:{{{{PORT}}}}']\n\
+         remote_write:\n  - name: user-sink\n    url: {}\n    queue_config:\n      batch_send_deadline: 1s\n",
+        user.url()
+    );
+    let prom = Prometheus::start(&config, &["--web.enable-lifecycle"]);
+    let file = prom.dir.path().join("prometheus.yml");
+
+    // The user's sink works before we touch anything; ours gets nothing.
+    assert!(
+        wait_for(Duration::from_secs(60), || (user.requests() > 0)
+            .then_some(()))
+        .is_some(),
+        "user sink got no writes; log:\n{}",
+        prom.proc.log_text()
+    );
+    assert_eq!(ours.requests(), 0);
+
+    // Upsert our entry with the operator's file logic, then reload.
+    let entry = RemoteWriteEntry::new("global", "batcave", &ours.url(), Some("wayne"));
+    assert!(upsert_file(&file, &entry).unwrap());
+    assert!(
+        !upsert_file(&file, &entry).unwrap(),
+        "second upsert must be a no-op"
+    );
+    reload(&prom);
+    let cfg = loaded_config(&prom);
+    assert!(cfg.contains("name: orrery-global-batcave"), "{cfg}");
+    assert!(cfg.contains("name: user-sink"), "{cfg}");
+
+    // Samples arrive at our endpoint, carrying cluster="batcave" and the user's labels.
+    let arrived = wait_for(Duration::from_secs(60), || {
+        ours.any_body_contains(&[b"cluster", b"batcave", b"region", b"gotham", b"up"])
+            .then_some(())
+    });
+    assert!(
+        arrived.is_some(),
+        "no samples with cluster=batcave at our endpoint ({} requests); log:\n{}",
+        ours.requests(),
+        prom.proc.log_text()
+    );
+    let sent = wait_for(Duration::from_secs(30), || {
+        samples_sent(&prom, "orrery-global-batcave").filter(|n| *n > 0.0)
+    });
+    assert!(
+        sent.is_some(),
+        "prometheus_remote_storage_samples_total for our queue did not grow"
+    );
+    let user_before = user.requests();
+
+    // Remove our entry, reload: our writes stop, the user's go on.
+    let name = entry.name.clone();
+    assert!(remove_from_file(&file, &name).unwrap());
+    reload(&prom);
+    let cfg = loaded_config(&prom);
+    assert!(!cfg.contains("orrery-global-batcave"), "{cfg}");
+    assert!(cfg.contains("name: user-sink"), "{cfg}");
+    // Let in-flight sends drain, then watch for silence.
+    std::thread::sleep(Duration::from_secs(3));
+    let ours_after = ours.requests();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        ours.requests(),
+        ours_after,
+        "writes to our endpoint continued after removal"
+    );
+    assert!(
+        samples_sent(&prom, "orrery-global-batcave").is_none(),
+        "our remote-write queue still exists after removal"
+    );
+    assert!(
+        user.requests() > user_before,
+        "the user's remote_write stopped"
+    );
+}
