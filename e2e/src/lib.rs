@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod promqlcmp;
+
 /// The workspace root (where the README's commands run).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -227,7 +229,27 @@ impl Prometheus {
 
     /// As [`Prometheus::start`] with a given server binary (e.g. Debian 12's 2.42).
     pub fn start_bin(bin: &Path, config: &str, extra_args: &[&str]) -> Prometheus {
+        Self::start_bin_prepared(bin, config, extra_args, |_| {})
+    }
+
+    /// As [`Prometheus::start`], but first calls `prepare` with the (not yet existing)
+    /// data dir path, e.g. to backfill blocks with promtool before the server opens it.
+    pub fn start_prepared(
+        config: &str,
+        extra_args: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> Prometheus {
+        Self::start_bin_prepared(&prometheus_bin(), config, extra_args, prepare)
+    }
+
+    fn start_bin_prepared(
+        bin: &Path,
+        config: &str,
+        extra_args: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> Prometheus {
         let dir = tempfile::tempdir().expect("temp dir for prometheus");
+        prepare(&dir.path().join("data"));
         let port = free_port();
         let cfg = dir.path().join("prometheus.yml");
         std::fs::write(&cfg, config.replace("{{PORT}}", &port.to_string()))
