@@ -238,12 +238,17 @@ impl Engine {
             warnings: Vec::new(),
             infos: Vec::new(),
         };
-        let mut loaded = 0usize;
-        for p in plans {
-            ev.check_done()?;
-            let groups = selector_matchers(p.vs)?;
-            let mut all: Vec<Raw> = Vec::new();
-            for matchers in groups {
+        // Every selection (one per selector and `or` alternative) runs concurrently.
+        let mut requests: Vec<(usize, Vec<storeapi::Matcher>)> = Vec::new();
+        for (pi, p) in plans.iter().enumerate() {
+            for matchers in selector_matchers(p.vs)? {
+                requests.push((pi, matchers));
+            }
+        }
+        let futures: Vec<_> = requests
+            .into_iter()
+            .map(|(pi, matchers)| {
+                let p = &plans[pi];
                 let hints = SelectHints {
                     start: p.min + 1,
                     end: p.max,
@@ -253,35 +258,89 @@ impl Engine {
                     by: false,
                     grouping: Vec::new(),
                 };
-                let res = storage
-                    .select(hints, matchers)
-                    .await
-                    .map_err(|e| QueryError::Execution(format!("expanding series: {e}")))?;
-                for w in res.warnings {
-                    ev.warn(w);
-                }
-                for s in res.series {
-                    let samples: Vec<Sample> = s
-                        .samples
-                        .into_iter()
-                        .filter(|x| x.t > p.min && x.t <= p.max)
-                        .collect();
-                    loaded += samples.len();
-                    if loaded > self.opts.max_samples {
-                        return Err(too_many_samples());
-                    }
-                    all.push(Raw {
-                        labels: s.labels,
-                        samples,
-                    });
-                }
+                (pi, storage.select(hints, matchers))
+            })
+            .collect();
+        let (owners, futs): (Vec<usize>, Vec<_>) = futures.into_iter().unzip();
+        let results = JoinAll::new(futs).await;
+        ev.check_done()?;
+        let mut per_plan: Vec<Vec<Raw>> = (0..plans.len()).map(|_| Vec::new()).collect();
+        let mut loaded = 0usize;
+        for (pi, res) in owners.into_iter().zip(results) {
+            let res = res.map_err(|e| QueryError::Execution(format!("expanding series: {e}")))?;
+            let p = &plans[pi];
+            for w in res.warnings {
+                ev.warn(w);
             }
+            for s in res.series {
+                let samples: Vec<Sample> = s
+                    .samples
+                    .into_iter()
+                    .filter(|x| x.t > p.min && x.t <= p.max)
+                    .collect();
+                loaded += samples.len();
+                if loaded > self.opts.max_samples {
+                    return Err(too_many_samples());
+                }
+                per_plan[pi].push(Raw {
+                    labels: s.labels,
+                    samples,
+                });
+            }
+        }
+        for (p, mut all) in plans.iter().zip(per_plan) {
             all.sort_by(|a, b| a.labels.cmp(&b.labels));
             all.dedup_by(|a, b| a.labels == b.labels);
-            let key = selector_key(p.vs);
-            ev.data.insert(key, std::sync::Arc::new(all));
+            ev.data.insert(selector_key(p.vs), std::sync::Arc::new(all));
         }
         Ok(ev)
+    }
+}
+
+/// Polls several futures of one type concurrently and yields their outputs in order.
+struct JoinAll<F: std::future::Future> {
+    futs: Vec<Option<std::pin::Pin<Box<F>>>>,
+    out: Vec<Option<F::Output>>,
+}
+
+// The futures are pinned in their own boxes and the outputs are never pinned.
+impl<F: std::future::Future> Unpin for JoinAll<F> {}
+
+impl<F: std::future::Future> JoinAll<F> {
+    fn new(futs: Vec<F>) -> Self {
+        let n = futs.len();
+        JoinAll {
+            futs: futs.into_iter().map(|f| Some(Box::pin(f))).collect(),
+            out: (0..n).map(|_| None).collect(),
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for JoinAll<F> {
+    type Output = Vec<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut pending = false;
+        for (slot, out) in this.futs.iter_mut().zip(this.out.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *out = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(this.out.iter_mut().filter_map(Option::take).collect())
+        }
     }
 }
 
