@@ -13,6 +13,7 @@
 //!
 //! [`WriteError::http_status`] / [`WriteError::grpc_status`] give the answer to the client.
 
+pub mod local;
 pub mod metrics;
 pub mod peers;
 pub mod plan;
@@ -103,6 +104,8 @@ pub enum WriteError {
     },
     #[error("this receiver stores nothing locally (router only)")]
     NoLocalStorage,
+    #[error("invalid protobuf remote-write request: {0}")]
+    BadRequest(String),
 }
 
 impl WriteError {
@@ -112,7 +115,7 @@ impl WriteError {
             WriteError::Failed { cause, .. } => quorum::http_status(*cause),
             WriteError::HashringNotReady => 503,
             WriteError::Hashring(_) | WriteError::NoLocalStorage => 500,
-            WriteError::BadReplica { .. } => 400,
+            WriteError::BadReplica { .. } | WriteError::BadRequest(_) => 400,
         }
     }
 
@@ -126,7 +129,9 @@ impl WriteError {
                 FailureKind::Other => tonic::Status::internal(msg),
             },
             WriteError::HashringNotReady => tonic::Status::unavailable(msg),
-            WriteError::BadReplica { .. } => tonic::Status::invalid_argument(msg),
+            WriteError::BadReplica { .. } | WriteError::BadRequest(_) => {
+                tonic::Status::invalid_argument(msg)
+            }
             WriteError::Hashring(_) | WriteError::NoLocalStorage => tonic::Status::internal(msg),
         }
     }
@@ -286,6 +291,14 @@ impl Distributor {
                 self.fanout(tenant, series, &replicas, quorum, true).await
             }
         }
+    }
+
+    /// [`Distributor::write`] for an uncompressed `prometheus.WriteRequest` body.
+    pub async fn write_raw(&self, tenant: &str, raw: &[u8]) -> Result<(), WriteError> {
+        use prost::Message;
+        let req = storeapi::wire::prometheus::WriteRequest::decode(raw)
+            .map_err(|e| WriteError::BadRequest(e.to_string()))?;
+        self.write(tenant, req.timeseries).await
     }
 
     /// A forwarded write (`thanos.WriteableStore/RemoteWrite`).

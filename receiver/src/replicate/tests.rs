@@ -392,6 +392,8 @@ async fn not_ready_local_storage_is_retryable() {
         .unwrap_err();
     assert_eq!(err.http_status(), 503, "{err}");
     *nodes[2].store.not_ready.lock().unwrap() = false;
+    // A peer answering Unavailable is backed off (100ms at first), as in Thanos.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     nodes[0]
         .dist
         .write("t", vec![ts("x", 1, 1.0)])
@@ -692,4 +694,25 @@ async fn metrics_count_forwards_and_quorum_failures() {
     for n in &mut nodes {
         n.stop().await;
     }
+}
+
+#[tokio::test]
+async fn write_raw_decodes_remote_write_bodies() {
+    let store = Arc::new(MemWriter::default());
+    let local: Arc<dyn LocalWriter> = store.clone();
+    let d = Distributor::new(
+        config(Mode::IngestorOnly, None, 1),
+        None,
+        Some(local),
+        ReplicationMetrics::default(),
+    );
+    let body = storeapi::wire::prometheus::WriteRequest {
+        timeseries: vec![ts("raw", 1, 1.0)],
+        metadata: Vec::new(),
+    }
+    .encode_to_vec();
+    d.write_raw("t", &body).await.unwrap();
+    assert!(store.has("t", "raw"));
+    let err = d.write_raw("t", b"\xff\xff\xff").await.unwrap_err();
+    assert_eq!(err.http_status(), 400, "{err}");
 }
