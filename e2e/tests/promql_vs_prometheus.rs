@@ -99,9 +99,9 @@ fn corpus() -> Vec<String> {
     }
     // Math, clamping, trigonometry.
     for f in [
-        "abs", "ceil", "floor", "round", "sqrt", "exp", "ln", "log2", "log10", "sgn", "sin",
-        "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh",
-        "atanh", "deg", "rad",
+        "abs", "ceil", "floor", "round", "sqrt", "exp", "ln", "log2", "log10", "sgn", "sin", "cos",
+        "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "deg",
+        "rad",
     ] {
         add(&format!("{f}(temperature_celsius)"));
     }
@@ -184,10 +184,14 @@ fn corpus() -> Vec<String> {
         add(s);
     }
     // Aggregations.
-    for agg in ["sum", "avg", "min", "max", "count", "group", "stddev", "stdvar"] {
+    for agg in [
+        "sum", "avg", "min", "max", "count", "group", "stddev", "stdvar",
+    ] {
         add(&format!("{agg}(rate(http_requests_total[5m]))"));
         add(&format!("{agg} by (job) (rate(http_requests_total[5m]))"));
-        add(&format!("{agg} without (instance, method) (temperature_celsius)"));
+        add(&format!(
+            "{agg} without (instance, method) (temperature_celsius)"
+        ));
     }
     for s in [
         "sum by (job, code) (increase(http_requests_total[10m]))",
@@ -285,13 +289,23 @@ fn corpus() -> Vec<String> {
 
 /// Queries whose instant result order is defined (sorting functions, topk/bottomk).
 fn is_ordered(q: &str) -> bool {
-    ["sort(", "sort_desc(", "sort_by_label(", "sort_by_label_desc("]
-        .iter()
-        .any(|p| q.starts_with(p))
+    [
+        "sort(",
+        "sort_desc(",
+        "sort_by_label(",
+        "sort_by_label_desc(",
+    ]
+    .iter()
+    .any(|p| q.starts_with(p))
 }
 
 #[test]
 fn promql_vs_prometheus() {
+    run();
+}
+
+/// The comparison itself (a plain function so a release-mode binary can call it too).
+pub fn run() {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
@@ -301,7 +315,10 @@ fn promql_vs_prometheus() {
     let t0 = (now_ms - 5 * hour) / hour * hour;
     let series = realistic_dataset(t0, 3);
     let n_samples: usize = series.iter().map(|s| s.samples.len()).sum();
-    println!("dataset: {} series, {n_samples} samples from {t0}", series.len());
+    println!(
+        "dataset: {} series, {n_samples} samples from {t0}",
+        series.len()
+    );
     assert!(series.len() >= 200, "dataset too small: {}", series.len());
 
     let prom = start_prometheus_with(&series);
@@ -332,7 +349,11 @@ fn promql_vs_prometheus() {
     );
 
     let queries = corpus();
-    assert!(queries.len() >= 200, "corpus has only {} queries", queries.len());
+    assert!(
+        queries.len() >= 200,
+        "corpus has only {} queries",
+        queries.len()
+    );
     let known: BTreeSet<&str> = KNOWN_DIFFS.iter().map(|(q, _)| *q).collect();
     let mut mismatched_queries: BTreeSet<String> = BTreeSet::new();
     let mut report = Vec::new();
