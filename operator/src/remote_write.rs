@@ -417,7 +417,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(yaml::parse(&back).unwrap(), yaml::parse(text).unwrap());
-        assert!(back.find("remote_write").is_none(), "{back}");
+        assert!(!back.contains("remote_write"), "{back}");
         assert_eq!(
             remove_from_prometheus_yml(&back, &entry().name).unwrap(),
             None

@@ -149,3 +149,34 @@ fn shape_scope_status_columns_and_cel_rules() {
         Some(&serde_json::json!(["replicas"]))
     );
 }
+
+#[test]
+fn kind_e2e_manifests_fit_the_types() {
+    let text = std::fs::read_to_string(root().join("e2e/kind/manifests/orrery.yaml")).unwrap();
+    let mut kinds = Vec::new();
+    for doc in text.split("\n---\n") {
+        let v: serde_json::Value = serde_saphyr::from_str(doc).unwrap();
+        let kind = v["kind"].as_str().unwrap().to_string();
+        match kind.as_str() {
+            "ReceiveCluster" => {
+                let rc: operator::crd::ReceiveCluster = serde_json::from_value(v).unwrap();
+                // The CEL rule the apiserver enforces.
+                assert!(rc.spec.replicas >= rc.spec.replication_factor);
+            }
+            "GlobalView" => {
+                let gv: operator::crd::GlobalView = serde_json::from_value(v).unwrap();
+                let names: Vec<&str> = gv.spec.clusters.iter().map(|c| c.name.as_str()).collect();
+                assert_eq!(names, ["batcave", "batcomputer"]);
+                assert!(
+                    gv.spec
+                        .clusters
+                        .iter()
+                        .all(|c| c.prometheus_ref.is_some() != c.config_map_ref.is_some())
+                );
+            }
+            _ => {}
+        }
+        kinds.push(kind);
+    }
+    assert_eq!(kinds, ["Namespace", "ReceiveCluster", "GlobalView"]);
+}

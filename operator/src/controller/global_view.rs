@@ -255,12 +255,11 @@ async fn sync_cluster(
     // A plain Prometheus only sees the edited file after the kubelet syncs the mounted
     // ConfigMap; ask it to reload until data flows.
     let mut reload_note = String::new();
-    if let (Ok(_), Some(cm)) = (&configured, &c.config_map_ref) {
-        if let Some(url) = cm.reload_url.as_deref().filter(|_| !flowing) {
-            if let Err(e) = ctx.probe.reload(url).await {
-                reload_note = format!("; reload failed: {e}");
-            }
-        }
+    if let (Ok(_), Some(cm)) = (&configured, &c.config_map_ref)
+        && let Some(url) = cm.reload_url.as_deref().filter(|_| !flowing)
+        && let Err(e) = ctx.probe.reload(url).await
+    {
+        reload_note = format!("; reload failed: {e}");
     }
     st.conditions = vec![
         condition(

@@ -197,7 +197,7 @@ mod tests {
         let c0 = condition(&[], "Ready", false, "Waiting", "x".into(), Some(1), &t0);
         assert_eq!(c0.last_transition_time, t0);
         let same = condition(
-            &[c0.clone()],
+            std::slice::from_ref(&c0),
             "Ready",
             false,
             "Waiting",
