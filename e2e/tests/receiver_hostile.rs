@@ -94,8 +94,8 @@ fn receiver_hostile_inputs_get_the_right_4xx() {
             "protobuf",
         ),
         (
-            "snappy bomb (declares 4 GiB)",
-            vec![0x80, 0x80, 0x80, 0x80, 0x10, 0x00, 0x01, 0x02],
+            "snappy bomb (declares 1 GiB)",
+            vec![0x80, 0x80, 0x80, 0x80, 0x04, 0x00, 0x01, 0x02],
             vec![],
             413,
             "decompressed",
@@ -232,19 +232,20 @@ fn receiver_hostile_inputs_get_the_right_4xx() {
     // Conflicts: out-of-order and duplicate-with-other-value samples → 409; the valid
     // sample of the same request is still written.
     let l = labels(&[("__name__", "conflict")]);
+    const T2: i64 = 1_700_000_100_000;
     let s = |t: i64, v: f64| Sample { t, v };
-    assert_eq!(recv.write(&[(l.clone(), vec![s(2_000_000, 1.0)])]).0, 200);
+    assert_eq!(recv.write(&[(l.clone(), vec![s(T2, 1.0)])]).0, 200);
     let (code, text) = recv.write(&[
-        (l.clone(), vec![s(1_000_000, 1.0)]),
-        (labels(&[("__name__", "fresh")]), vec![s(2_000_000, 5.0)]),
+        (l.clone(), vec![s(T2 - 50_000, 1.0)]),
+        (labels(&[("__name__", "fresh")]), vec![s(T2, 5.0)]),
     ]);
     assert_eq!(code, 409, "{text}");
     assert!(text.contains("out of order"), "{text}");
-    let (code, text) = recv.write(&[(l.clone(), vec![s(2_000_000, 2.0)])]);
+    let (code, text) = recv.write(&[(l.clone(), vec![s(T2, 2.0)])]);
     assert_eq!(code, 409, "{text}");
     assert!(text.contains("duplicate"), "{text}");
     // Identical duplicate: accepted.
-    assert_eq!(recv.write(&[(l, vec![s(2_000_000, 1.0)])]).0, 200);
+    assert_eq!(recv.write(&[(l, vec![s(T2, 1.0)])]).0, 200);
     let fresh = series(&recv.grpc, vec![eq("__name__", "fresh")], 0, i64::MAX).unwrap();
     assert_eq!(fresh.len(), 1, "valid series of a 409 request is written");
 
