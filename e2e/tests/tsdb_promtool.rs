@@ -201,6 +201,9 @@ fn promtool_reads_our_block() {
     assert_eq!(cols[5], meta.stats.num_chunks.to_string(), "{row}");
     assert_eq!(cols[6], "400", "{row}");
 
+    // `promtool tsdb dump` opens the directory as a Prometheus data dir, which always
+    // has a `wal/` (empty here: all data is in the block).
+    std::fs::create_dir(dir.path().join("wal")).unwrap();
     // `promtool tsdb dump` prints every sample we wrote, and nothing else.
     let dump = run(Command::new(&promtool)
         .args(["tsdb", "dump"])
