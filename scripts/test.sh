@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test. Installs what the tests need when missing (the reference
-# Prometheus 3.5.3 + promtool into .cache/), builds the orrery binary the
-# end-to-end tests start, then runs the whole workspace's tests.
+# Prometheus 3.5.3 + promtool into .cache/, Debian's chromium for the UI test),
+# builds the orrery binary the end-to-end tests start, then runs the whole
+# workspace's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-prometheus.sh
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "test.sh: installing Debian's chromium for the UI test" >&2
+  apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >&2
+fi
 cargo build --locked --bin orrery
 cargo test --locked --workspace --all-targets "$@"
