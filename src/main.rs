@@ -1,5 +1,7 @@
 //! The one `orrery` binary: wires subcommands to the service crates.
 
+mod standalone;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -17,6 +19,8 @@ enum Command {
     Query(querier::QueryArgs),
     /// Reconcile ReceiveCluster and GlobalView resources on Kubernetes.
     Operator(operator::OperatorArgs),
+    /// Receiver + querier in one process with defaults: the quickest way to a global view.
+    Standalone(standalone::StandaloneArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +37,7 @@ fn main() -> anyhow::Result<()> {
             Command::Receive(args) => receiver::run(args).await,
             Command::Query(args) => querier::run(args).await,
             Command::Operator(args) => operator::run(args).await,
+            Command::Standalone(args) => standalone::run(args).await,
         }
     })
 }

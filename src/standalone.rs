@@ -1,0 +1,128 @@
+//! `orrery standalone`: a receiver and a querier in one process, wired to each other
+//! over loopback gRPC, with defaults that need no flags.
+
+use clap::{Args, Parser};
+
+/// Flags of `orrery standalone`; everything has a default.
+#[derive(Debug, Clone, Args)]
+pub struct StandaloneArgs {
+    /// Where the receiver keeps its TSDBs.
+    #[arg(long = "tsdb.path", default_value = "./data")]
+    pub tsdb_path: String,
+    /// Prometheus remote write (`POST /api/v1/receive`).
+    #[arg(long = "remote-write.address", default_value = "0.0.0.0:19291")]
+    pub remote_write_address: String,
+    /// Web UI and Prometheus HTTP API of the querier.
+    #[arg(long = "http-address", default_value = "0.0.0.0:10902")]
+    pub http_address: String,
+    /// The receiver's StoreAPI (the querier's one endpoint).
+    #[arg(long = "grpc-address", default_value = "127.0.0.1:10901")]
+    pub grpc_address: String,
+    /// The receiver's own /metrics, /-/healthy, /-/ready.
+    #[arg(long = "receive.http-address", default_value = "127.0.0.1:10909")]
+    pub receive_http_address: String,
+    /// External labels of the receiver, `name="value"` (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// How long samples are kept.
+    #[arg(long = "tsdb.retention", default_value = "15d")]
+    pub retention: String,
+}
+
+#[derive(Parser)]
+struct ReceiveCli {
+    #[command(flatten)]
+    args: receiver::ReceiveArgs,
+}
+
+#[derive(Parser)]
+struct QueryCli {
+    #[command(flatten)]
+    args: querier::QueryArgs,
+}
+
+/// Builds both components' flags the way their own subcommands parse them, so the
+/// standalone defaults can never drift from what `receive`/`query` accept.
+fn component_args(
+    a: &StandaloneArgs,
+) -> anyhow::Result<(receiver::ReceiveArgs, querier::QueryArgs)> {
+    let mut r = vec![
+        "receive".to_string(),
+        format!("--tsdb.path={}", a.tsdb_path),
+        format!("--remote-write.address={}", a.remote_write_address),
+        format!("--grpc-address={}", a.grpc_address),
+        format!("--http-address={}", a.receive_http_address),
+        format!("--tsdb.retention={}", a.retention),
+    ];
+    r.extend(a.labels.iter().map(|l| format!("--label={l}")));
+    let receive = ReceiveCli::try_parse_from(r)?.args;
+    let query = QueryCli::try_parse_from([
+        "query".to_string(),
+        format!("--http-address={}", a.http_address),
+        "--grpc-address=".to_string(),
+        format!("--endpoint={}", a.grpc_address),
+    ])?
+    .args;
+    Ok((receive, query))
+}
+
+/// The snippet to paste into prometheus.yml.
+fn remote_write_snippet(remote_write_address: &str) -> String {
+    let port = remote_write_address
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .unwrap_or("19291");
+    format!("remote_write:\n  - url: http://<this-host>:{port}/api/v1/receive\n")
+}
+
+/// Runs receiver and querier until SIGTERM/SIGINT (each stops gracefully on it).
+pub async fn run(a: StandaloneArgs) -> anyhow::Result<()> {
+    let (receive, query) = component_args(&a)?;
+    println!(
+        "orrery standalone: UI and Prometheus API on http://{}/ ; add this to prometheus.yml:\n\n{}",
+        a.http_address,
+        remote_write_snippet(&a.remote_write_address)
+    );
+    let (r, q) = tokio::join!(receiver::run(receive), querier::run(query));
+    r.and(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_into_component_flags() {
+        let a = StandaloneArgs {
+            tsdb_path: "./data".into(),
+            remote_write_address: "0.0.0.0:19291".into(),
+            http_address: "0.0.0.0:10902".into(),
+            grpc_address: "127.0.0.1:10901".into(),
+            receive_http_address: "127.0.0.1:10909".into(),
+            labels: vec![r#"receive_replica="0""#.into()],
+            retention: "15d".into(),
+        };
+        let (r, q) = component_args(&a).unwrap();
+        assert_eq!(r.grpc_address.to_string(), "127.0.0.1:10901");
+        assert_eq!(r.http_address.to_string(), "127.0.0.1:10909");
+        assert_eq!(r.labels.len(), 1);
+        assert_eq!(q.endpoints, vec!["127.0.0.1:10901".to_string()]);
+        assert_eq!(q.http_address, "0.0.0.0:10902");
+        assert!(q.grpc_address.is_empty());
+        assert!(remote_write_snippet(&a.remote_write_address).contains(":19291/api/v1/receive"));
+    }
+
+    #[test]
+    fn bad_label_is_an_error() {
+        let a = StandaloneArgs {
+            tsdb_path: "./data".into(),
+            remote_write_address: "0.0.0.0:19291".into(),
+            http_address: "0.0.0.0:10902".into(),
+            grpc_address: "127.0.0.1:10901".into(),
+            receive_http_address: "127.0.0.1:10909".into(),
+            labels: vec!["no-quotes".into()],
+            retention: "15d".into(),
+        };
+        assert!(component_args(&a).is_err());
+    }
+}
