@@ -5,7 +5,11 @@ mod standalone;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "orrery", version, about = "A global view over many Prometheus servers")]
+#[command(
+    name = "orrery",
+    version,
+    about = "A global view over many Prometheus servers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,7 +35,9 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Receive(args) => receiver::run(args).await,

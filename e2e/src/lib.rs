@@ -178,7 +178,10 @@ pub fn http_request(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_string()
@@ -256,7 +259,10 @@ impl Prometheus {
             .expect("write prometheus.yml");
         let mut cmd = Command::new(bin);
         cmd.arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .args(extra_args);
         let proc = Proc::spawn("prometheus", cmd, dir.path().join("prometheus.log"));

@@ -79,7 +79,11 @@ fn corpus_equals_prometheus() {
     let mut failures = Vec::new();
     for query in &corpus {
         for (kind, ours, theirs) in [
-            ("instant", instant(&q.http, query, end), instant(&paddr, query, end)),
+            (
+                "instant",
+                instant(&q.http, query, end),
+                instant(&paddr, query, end),
+            ),
             (
                 "range",
                 range(&q.http, query, start, end, 1.0),

@@ -71,7 +71,11 @@ fn ha_receivers_deduplicate_and_survive_a_kill() {
         let (code, v) = instant(&q.http, "up", now_secs());
         assert_eq!(code, 200, "query failed after killing a receiver: {v}");
         assert_eq!(v["status"], "success", "{v}");
-        assert_eq!(v["data"]["result"].as_array().map(|a| a.len()), Some(1), "{v}");
+        assert_eq!(
+            v["data"]["result"].as_array().map(|a| a.len()),
+            Some(1),
+            "{v}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     // A range across the kill: a point at every step, equal to Prometheus's.
@@ -86,7 +90,9 @@ fn ha_receivers_deduplicate_and_survive_a_kill() {
         .unwrap_or(0);
     assert_eq!(pts as f64, end - start + 1.0, "gap in {ours}");
     if let Some(d) = diff(&ours["data"], &theirs["data"]) {
-        panic!("after the kill the querier differs from Prometheus: {d}\nours: {ours}\ntheirs: {theirs}");
+        panic!(
+            "after the kill the querier differs from Prometheus: {d}\nours: {ours}\ntheirs: {theirs}"
+        );
     }
     drop(r1);
 }

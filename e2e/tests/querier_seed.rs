@@ -61,20 +61,31 @@ fn seed_tutorial_up_for_both_clusters() {
     let r = &receivers[0];
     assert_eq!(r["name"], recv.grpc.as_str());
     assert!(r["lastError"].is_null(), "{r}");
-    assert!(r["lastCheck"].as_str().is_some_and(|s| s.contains('T')), "{r}");
+    assert!(
+        r["lastCheck"].as_str().is_some_and(|s| s.contains('T')),
+        "{r}"
+    );
     assert!(r["minTime"].is_i64() && r["maxTime"].is_i64(), "{r}");
     let sets = r["labelSets"].as_array().expect("labelSets");
     assert!(
-        sets.iter().any(|ls| ls["receive_cluster"] == "wayne-enterprises"
-            && ls["receive_replica"] == "0"),
+        sets.iter()
+            .any(|ls| ls["receive_cluster"] == "wayne-enterprises" && ls["receive_replica"] == "0"),
         "{r}"
     );
 
     // Labels and series APIs see both clusters too.
     let (_, vals) = get_json(&q.http, "/api/v1/label/cluster/values");
-    assert_eq!(vals["data"], serde_json::json!(["batcave", "batcomputer"]), "{vals}");
+    assert_eq!(
+        vals["data"],
+        serde_json::json!(["batcave", "batcomputer"]),
+        "{vals}"
+    );
     let (_, series) = get_json(&q.http, &format!("/api/v1/series?match[]={}", enc("up")));
-    assert_eq!(series["data"].as_array().map(|a| a.len()), Some(2), "{series}");
+    assert_eq!(
+        series["data"].as_array().map(|a| a.len()),
+        Some(2),
+        "{series}"
+    );
     let (code, bad) = instant(&q.http, "sum(", now_secs());
     assert_eq!(code, 400);
     assert_eq!(bad["errorType"], "bad_data");
@@ -82,5 +93,8 @@ fn seed_tutorial_up_for_both_clusters() {
     // Graceful shutdown on SIGTERM.
     let mut q = q;
     let st = q.proc.terminate(Duration::from_secs(10));
-    assert!(st.is_some_and(|s| s.success()), "querier did not exit cleanly: {st:?}");
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "querier did not exit cleanly: {st:?}"
+    );
 }

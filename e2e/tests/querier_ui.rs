@@ -17,7 +17,9 @@ fn chromium() -> String {
             return c.to_string();
         }
     }
-    panic!("headless Chromium not found: install it with `apt-get install -y chromium` (scripts/test.sh does)");
+    panic!(
+        "headless Chromium not found: install it with `apt-get install -y chromium` (scripts/test.sh does)"
+    );
 }
 
 fn chromium_cmd(bin: &str, profile: &std::path::Path) -> Command {
@@ -49,7 +51,11 @@ fn ui_runs_up_and_draws_table_and_graph() {
         let (_, v) = instant(&q.http, "up", now_secs());
         (v["data"]["result"].as_array().map(|a| a.len()) == Some(1)).then_some(())
     });
-    assert!(ok.is_some(), "no `up` through the querier; querier log:\n{}", q.proc.log_text());
+    assert!(
+        ok.is_some(),
+        "no `up` through the querier; querier log:\n{}",
+        q.proc.log_text()
+    );
     // A few more seconds so the range graph has several points.
     std::thread::sleep(Duration::from_secs(5));
 
@@ -70,7 +76,10 @@ fn ui_runs_up_and_draws_table_and_graph() {
         out.display(),
         String::from_utf8_lossy(&dom.stderr)
     );
-    assert!(html.contains("up{"), "the row does not show the series: {html}");
+    assert!(
+        html.contains("up{"),
+        "the row does not show the series: {html}"
+    );
     assert!(html.contains("cluster=\"batcave\""), "{html}");
     assert!(
         html.contains("data-drawn=\"1\"") && html.contains("<canvas"),

@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 /// Labels the receivers and Prometheus add that Prometheus's own answers do not carry.
-pub const EXTERNAL_LABELS: &[&str] = &["cluster", "receive_cluster", "receive_replica", "tenant_id"];
+pub const EXTERNAL_LABELS: &[&str] =
+    &["cluster", "receive_cluster", "receive_replica", "tenant_id"];
 
 /// A directory for a test's output (logs, screenshots) that survives the test.
 pub fn out_dir(test: &str) -> PathBuf {
@@ -231,7 +232,10 @@ pub fn normalise(data: &Value) -> (String, Vec<(String, Vec<(f64, f64)>)>) {
         }
         "scalar" => out.push((
             String::new(),
-            vec![(data["result"][0].as_f64().unwrap_or(0.0), num(&data["result"][1]))],
+            vec![(
+                data["result"][0].as_f64().unwrap_or(0.0),
+                num(&data["result"][1]),
+            )],
         )),
         _ => out.push((String::new(), vec![])),
     }
