@@ -17,7 +17,7 @@ mod script;
 use compare::{check_annotations, compare_matrix, compare_vector, pattern_matches, to_labels};
 use promql::{Engine, EngineOptions, MemStorage, Value};
 use promql_parser::parser::{self as pp, Expr};
-use script::{Command, EvalKind, Expected, FailExpect, Item, Load};
+use script::{Command, EvalKind, Expected, Item, Load};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::panic::AssertUnwindSafe;

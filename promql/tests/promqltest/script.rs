@@ -82,12 +82,6 @@ pub struct AnnotationExpect {
     pub patterns: Vec<FailExpect>,
 }
 
-impl AnnotationExpect {
-    pub fn is_checked(&self) -> bool {
-        self.some || self.none || !self.patterns.is_empty()
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub enum EvalKind {
     Instant { at: i64 },
