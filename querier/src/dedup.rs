@@ -104,18 +104,20 @@ pub fn penalty_merge(a: &[Sample], b: &[Sample], counter: bool) -> Vec<Sample> {
             }
         };
         let mut chosen = chosen;
-        if counter && started && use_a != prev_use_a {
-            if let Some(lv) = last_v {
-                if use_a {
-                    ca.adjust_to(lv);
-                    if let Some(s) = ca.at() {
-                        chosen = s;
-                    }
-                } else {
-                    cb.adjust_to(lv);
-                    if let Some(s) = cb.at() {
-                        chosen = s;
-                    }
+        if counter
+            && started
+            && use_a != prev_use_a
+            && let Some(lv) = last_v
+        {
+            if use_a {
+                ca.adjust_to(lv);
+                if let Some(s) = ca.at() {
+                    chosen = s;
+                }
+            } else {
+                cb.adjust_to(lv);
+                if let Some(s) = cb.at() {
+                    chosen = s;
                 }
             }
         }

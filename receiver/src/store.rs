@@ -303,7 +303,7 @@ impl thanos::store_server::Store for StoreState {
         let values = tokio::task::spawn_blocking(move || {
             let matchers = matchers_from_wire(&req.matchers).map_err(bad_matchers)?;
             let (ext_m, local) = split_matchers(matchers, &ext);
-            if req.without_replica_labels.iter().any(|l| *l == req.label) {
+            if req.without_replica_labels.contains(&req.label) {
                 return Ok(Vec::new());
             }
             let mut set = BTreeSet::new();

@@ -170,8 +170,8 @@ impl Ketama {
             z
         };
         let owners: Vec<usize> = sections.iter().map(|s| s.endpoint).collect();
-        for i in 0..sections.len() {
-            sections[i].replicas = section_replicas(&owners, i, rf, &endpoints, &zones);
+        for (i, section) in sections.iter_mut().enumerate() {
+            section.replicas = section_replicas(&owners, i, rf, &endpoints, &zones);
         }
         Ok(Ketama {
             endpoints,
@@ -306,6 +306,7 @@ mod tests {
     #[test]
     fn ketama_matches_thanos_test_vectors() {
         let nginx = [("pod", "nginx")];
+        #[allow(clippy::type_complexity)]
         let cases: &[(&[&str], &[(&str, &str)], u64, &str)] = &[
             (&["node-1", "node-2", "node-3"], &nginx, 0, "node-2"),
             (&["node-1", "node-2", "node-3"], &nginx, 1, "node-1"),

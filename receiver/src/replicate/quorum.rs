@@ -225,6 +225,7 @@ mod tests {
     fn series_outcomes() {
         use Outcome::*;
         let ok = Ok(());
+        #[allow(clippy::type_complexity)]
         let cases: &[(u64, &[Result<(), FailureKind>], Outcome)] = &[
             // RF 1
             (1, &[], Pending),

@@ -20,6 +20,7 @@ use crate::hashring::{Algorithm, HashringArgs};
 /// the same timestamp and value is accepted silently.
 #[derive(Default)]
 struct MemWriter {
+    #[allow(clippy::type_complexity)]
     series: Mutex<HashMap<(String, String), Vec<(i64, f64)>>>,
     not_ready: Mutex<bool>,
 }
@@ -615,7 +616,7 @@ async fn accepts_thanos_snappy_grpc_compression() {
         async move {
             let mut req = http::Request::builder()
                 .method("POST")
-                .uri(format!("http://x/thanos.WriteableStore/RemoteWrite"))
+                .uri("http://x/thanos.WriteableStore/RemoteWrite".to_string())
                 .header("content-type", "application/grpc")
                 .header("te", "trailers");
             if let Some(e) = encoding {
