@@ -15,6 +15,8 @@ struct Cli {
     command: Command,
 }
 
+/// Parsed once at startup, so the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Accept Prometheus remote write and serve it over the Thanos StoreAPI.

@@ -70,7 +70,7 @@ fn value(rng: &mut Rng, kind: usize, k: usize, prev: f64) -> f64 {
             8 => f64::NEG_INFINITY,
             9 => f64::NAN,
             10 => f64::from_bits(storeapi::STALE_NAN_BITS),
-            _ => (rng.next() as f64) * 1e-300 * if k % 2 == 0 { 1.0 } else { -1e290 },
+            _ => (rng.next() as f64) * 1e-300 * if k.is_multiple_of(2) { 1.0 } else { -1e290 },
         },
         _ => 0.1 * k as f64,
     }

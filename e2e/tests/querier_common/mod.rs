@@ -209,6 +209,7 @@ fn close(a: f64, b: f64) -> bool {
 }
 
 /// Normalises a query `data` object: `(resultType, sorted [(metric key, [(t, v)])])`.
+#[allow(clippy::type_complexity)]
 pub fn normalise(data: &Value) -> (String, Vec<(String, Vec<(f64, f64)>)>) {
     let rt = data["resultType"].as_str().unwrap_or("").to_string();
     let mut out = Vec::new();

@@ -120,6 +120,7 @@ pub fn series_raw(grpc: &str, req: SeriesRequest) -> Result<Vec<thanos::Series>,
 }
 
 /// `Series` decoded: labels and float samples in `[mint, maxt]`; checks chunk hashes.
+#[allow(clippy::type_complexity)]
 pub fn series(
     grpc: &str,
     matchers: Vec<LabelMatcher>,
