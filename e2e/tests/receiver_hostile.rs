@@ -71,6 +71,7 @@ fn receiver_hostile_inputs_get_the_right_4xx() {
     );
     let good_snappy = snappy_compress(&good);
 
+    #[allow(clippy::type_complexity)]
     let mut cases: Vec<(&str, Vec<u8>, Vec<(&str, &str)>, u16, &str)> = vec![
         (
             "garbage snappy",
@@ -178,6 +179,7 @@ fn receiver_hostile_inputs_get_the_right_4xx() {
         413,
         "series_limit",
     ));
+    #[allow(clippy::useless_vec)]
     let four = vec![(
         labels(&[("__name__", "s")]),
         (0..4)
