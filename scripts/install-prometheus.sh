@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Fetches the reference Prometheus 3.5.3 and promtool (Debian sid packages) into a
-# git-ignored cache folder, without touching the system's apt state.
+# Fetches, into a git-ignored cache folder and without touching the system's apt state:
+#   - the reference Prometheus 3.5.3 and promtool (Debian sid packages) into
+#     $cache/prometheus/usr/bin/;
+#   - Debian 12 (bookworm)'s own prometheus 2.42, an older remote-write client, into
+#     $cache/prometheus-bookworm/usr/bin/.
+# Each part is skipped when its binary of the wanted version is already there.
 # Prints nothing but progress on stderr; exits non-zero with a clear message on failure.
 set -euo pipefail
 
@@ -8,14 +12,30 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${ORRERY_CACHE:-$root/.cache}
 dest=$cache/prometheus
 want=${ORRERY_PROMETHEUS_VERSION:-3.5.3}
+dest_bookworm=$cache/prometheus-bookworm
+want_bookworm=${ORRERY_PROMETHEUS_BOOKWORM_VERSION:-2.42}
 
+# have_version DIR VERSION BINARY...: every BINARY is in DIR/usr/bin and prometheus says VERSION.
 have_version() {
-  [ -x "$dest/usr/bin/prometheus" ] && [ -x "$dest/usr/bin/promtool" ] &&
-    "$dest/usr/bin/prometheus" --version 2>&1 | head -1 | grep -q "version $want"
+  local dir=$1 version=$2
+  shift 2
+  for b in "$@"; do
+    [ -x "$dir/usr/bin/$b" ] || return 1
+  done
+  "$dir/usr/bin/prometheus" --version 2>&1 | head -1 | grep -q "version $version"
 }
 
-if have_version; then
+need_sid=1
+need_bookworm=1
+if have_version "$dest" "$want" prometheus promtool; then
   echo "prometheus $want already in $dest" >&2
+  need_sid=0
+fi
+if have_version "$dest_bookworm" "$want_bookworm" prometheus; then
+  echo "prometheus $want_bookworm (bookworm) already in $dest_bookworm" >&2
+  need_bookworm=0
+fi
+if [ "$need_sid" = 0 ] && [ "$need_bookworm" = 0 ]; then
   exit 0
 fi
 
@@ -39,28 +59,52 @@ if [ -z "$mirror" ]; then
   done
 fi
 if [ -z "$mirror" ]; then
-  echo "install-prometheus: no Debian mirror found in /etc/apt/sources.list.d/ to fetch prometheus $want from" >&2
+  echo "install-prometheus: no Debian mirror found in /etc/apt/sources.list.d/ to fetch prometheus from" >&2
   exit 1
 fi
 keyring=${keyring:-/usr/share/keyrings/debian-archive-keyring.gpg}
 
-work=$cache/apt
-mkdir -p "$work/lists/partial" "$work/archives/partial" "$dest"
-list=$work/sid.list
-echo "deb [signed-by=$keyring] $mirror sid main" > "$list"
-aptopts=(-o "Dir::Etc::SourceList=$list" -o "Dir::Etc::SourceParts=-" -o "Dir::State::Lists=$work/lists"
-         -o "Dir::Cache=$work" -o "Dir::Cache::archives=$work/archives" -o "APT::Get::List-Cleanup=0")
-echo "install-prometheus: apt-get update (private sid list from $mirror)" >&2
-apt-get "${aptopts[@]}" -q update >&2
-cd "$work/archives"
-rm -f prometheus_*.deb promtool_*.deb
-echo "install-prometheus: downloading prometheus and promtool" >&2
-apt-get "${aptopts[@]}" -q download prometheus promtool >&2
-for deb in prometheus_*.deb promtool_*.deb; do
-  dpkg-deb -x "$deb" "$dest"
-done
-if ! have_version; then
-  echo "install-prometheus: got $("$dest/usr/bin/prometheus" --version 2>&1 | head -1), wanted $want" >&2
-  exit 1
+# fetch SUITE WORKDIR DEST PACKAGE...: a private apt state (its own sources list and
+# lists dir under WORKDIR) for SUITE on the mirror, `apt-get download` of the packages
+# and `dpkg-deb -x` of each into DEST.
+fetch() {
+  local suite=$1 work=$2 into=$3
+  shift 3
+  mkdir -p "$work/lists/partial" "$work/archives/partial" "$into"
+  local list=$work/$suite.list
+  echo "deb [signed-by=$keyring] $mirror $suite main" > "$list"
+  local aptopts=(-o "Dir::Etc::SourceList=$list" -o "Dir::Etc::SourceParts=-"
+                 -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work"
+                 -o "Dir::Cache::archives=$work/archives" -o "APT::Get::List-Cleanup=0")
+  echo "install-prometheus: apt-get update (private $suite list from $mirror)" >&2
+  apt-get "${aptopts[@]}" -q update >&2
+  (
+    cd "$work/archives"
+    for p in "$@"; do rm -f "${p}"_*.deb; done
+    echo "install-prometheus: downloading $* ($suite)" >&2
+    apt-get "${aptopts[@]}" -q download "$@" >&2
+    for p in "$@"; do
+      for deb in "${p}"_*.deb; do
+        dpkg-deb -x "$deb" "$into"
+      done
+    done
+  )
+}
+
+if [ "$need_sid" = 1 ]; then
+  fetch sid "$cache/apt" "$dest" prometheus promtool
+  if ! have_version "$dest" "$want" prometheus promtool; then
+    echo "install-prometheus: got $("$dest/usr/bin/prometheus" --version 2>&1 | head -1), wanted $want" >&2
+    exit 1
+  fi
+  echo "install-prometheus: prometheus $want and promtool in $dest/usr/bin" >&2
 fi
-echo "install-prometheus: prometheus $want and promtool in $dest/usr/bin" >&2
+
+if [ "$need_bookworm" = 1 ]; then
+  fetch bookworm "$cache/apt-bookworm" "$dest_bookworm" prometheus
+  if ! have_version "$dest_bookworm" "$want_bookworm" prometheus; then
+    echo "install-prometheus: got $("$dest_bookworm/usr/bin/prometheus" --version 2>&1 | head -1) from bookworm, wanted $want_bookworm" >&2
+    exit 1
+  fi
+  echo "install-prometheus: prometheus $want_bookworm (bookworm) in $dest_bookworm/usr/bin" >&2
+fi
