@@ -67,6 +67,24 @@ pub fn orrery_bin() -> PathBuf {
     p
 }
 
+/// Path of the release `orrery` binary (`cargo build --release --bin orrery`), for
+/// benchmarks; `ORRERY_BIN` overrides it.
+pub fn orrery_release_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("ORRERY_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"));
+    let p = target.join("release").join("orrery");
+    assert!(
+        p.is_file(),
+        "release orrery binary not found at {}: run `cargo build --release --bin orrery` first",
+        p.display()
+    );
+    p
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -3,8 +3,8 @@
 //! Thanos's status codes. Synchronous (decoding is CPU work, commit does disk I/O): call
 //! it from `spawn_blocking`.
 
+use storeapi::Sample;
 use storeapi::wire::remote_write::{DecodeError, LabelRef, SeriesView, WriteRequestReader};
-use storeapi::{Label, Labels, Sample};
 
 use crate::limits::Effective;
 use crate::metrics::{Reason, ReceiveMetrics};
@@ -142,7 +142,9 @@ pub fn write(
     // Pass 1: decode and validate, borrowing from `raw`.
     let mut reader = WriteRequestReader::new(raw);
     let mut view = SeriesView::default();
-    let mut labels: Vec<Labels> = Vec::new();
+    // Valid series: their labels (borrowed from `raw`, back to back) and samples.
+    let mut label_refs: Vec<LabelRef<'_>> = Vec::new();
+    let mut label_spans: Vec<(usize, usize)> = Vec::new();
     let mut spans: Vec<(usize, usize)> = Vec::new();
     let mut samples: Vec<Sample> = Vec::new();
     let mut series_total = 0u64;
@@ -187,12 +189,9 @@ pub fn write(
             )));
         }
         spans.push((start, samples.len()));
-        labels.push(Labels::from_sorted_unchecked(
-            view.labels
-                .iter()
-                .map(|l| Label::new(l.name, l.value))
-                .collect(),
-        ));
+        let at = label_refs.len();
+        label_refs.extend_from_slice(&view.labels);
+        label_spans.push((at, label_refs.len()));
     }
     let received = samples.len() as u64 + invalid_samples;
     metrics
@@ -233,7 +232,7 @@ pub fn write(
         ));
     }
 
-    if !labels.is_empty() {
+    if !spans.is_empty() {
         let t = mt.get_or_create(tenant).map_err(|e| match e {
             MultiTsdbError::Tenant(e) => WriteError::BadRequest(e.to_string()),
             MultiTsdbError::TooManyTenants(_) => WriteError::TooManyHeadSeries(e.to_string()),
@@ -248,9 +247,14 @@ pub fn write(
                 )));
             }
         }
+        // By borrowed label pairs: a series the head knows costs a hash and a lookup,
+        // no allocation; only new series get owned labels (inside the TSDB).
         let mut app = t.db.appender();
-        for (l, &(s, e)) in labels.iter().zip(&spans) {
-            app.append(l, &samples[s..e]);
+        for (&(a, b), &(s, e)) in label_spans.iter().zip(&spans) {
+            app.append_pairs(
+                label_refs[a..b].iter().map(|l| (l.name, l.value)),
+                &samples[s..e],
+            );
         }
         let out = app.commit().map_err(|e| {
             metrics.reject_samples(tenant, Reason::tsdb_error, samples.len() as u64);
@@ -288,9 +292,9 @@ pub fn write(
                             "out of bounds sample (older than the head's appendable window)"
                         }
                     };
-                    let l = labels
+                    let l = label_spans
                         .get(r.series_index)
-                        .map(|l| l.to_string())
+                        .map(|&(a, b)| show(&label_refs[a..b]))
                         .unwrap_or_default();
                     format!("; first: {what} at t={} in series {l}", r.t)
                 })

@@ -8,8 +8,10 @@
 //! appendable window — each counted; bit-identical duplicates are ignored), applies the
 //! accepted ones to the head, writes them to the WAL in one `write`, and (policy
 //! [`SyncPolicy::Always`]) fsyncs before returning. Commits are serialized by one lock
-//! (the label hashing happens before it, in the caller's thread); fsyncs are shared by
-//! concurrent committers. `commit` blocks on disk I/O: call it from
+//! (label hashing and the index lookup of known series happen before it, in the
+//! caller's thread); fsyncs are shared by concurrent committers (group commit).
+//! [`Appender::append_pairs`] takes borrowed label pairs: a known series costs no
+//! allocation. `commit` blocks on disk I/O: call it from
 //! `tokio::task::spawn_blocking` (or `block_in_place`) in async code.
 //!
 //! If `commit` returns `Err` (WAL write failed), accepted samples may be visible in memory
@@ -472,8 +474,8 @@ impl Db {
                 inner.head.close_open_chunks();
             }
         }
-        let series = inner.head.select(&[], start, end - 1);
-        let res = if series.is_empty() {
+        let mut series = inner.head.iter_sorted(start, end - 1).peekable();
+        let res = if series.peek().is_none() {
             None
         } else {
             let opts = BlockOptions {
@@ -532,7 +534,7 @@ impl Db {
                 while i < series.len() && buf.len() - at < TARGET {
                     let s = &series[i];
                     if phase == 0 {
-                        record::put_series(buf, s.sref, &s.labels);
+                        record::put_series(buf, s.sref, &s.labels());
                     } else {
                         let chunks = s.chunks(i64::MIN, i64::MAX);
                         if !chunks.is_empty() {
@@ -616,6 +618,30 @@ impl<'a> Appender<'a> {
         );
     }
 
+    /// Adds samples (in time order) for the series named by borrowed label pairs, which
+    /// must be sorted by name, with unique names and non-empty values (as in a valid
+    /// [`Labels`]). Nothing is allocated per series unless the series is new: the pairs
+    /// are hashed here, in the caller's thread, and looked up in the head's index.
+    pub fn append_pairs<'l>(
+        &mut self,
+        labels: impl IntoIterator<Item = (&'l str, &'l str)>,
+        samples: &[Sample],
+    ) {
+        let start = self.keybuf.len();
+        for (n, v) in labels {
+            self.keybuf.extend_from_slice(n.as_bytes());
+            self.keybuf.push(0xff);
+            self.keybuf.extend_from_slice(v.as_bytes());
+            self.keybuf.push(0xff);
+        }
+        let end = self.keybuf.len();
+        let h = key_hash(&self.keybuf[start..end]);
+        self.push(
+            SeriesKey::Key(h, (start as u32, end as u32)),
+            samples.iter().map(|s| (s.t, s.v)),
+        );
+    }
+
     /// Adds one sample for `labels`.
     pub fn append_one(&mut self, labels: &'a Labels, t: i64, v: f64) {
         let k = labels_key(labels, &mut self.keybuf);
@@ -656,10 +682,17 @@ impl<'a> Appender<'a> {
         let mut resolved = Vec::with_capacity(self.keys.len());
         let mut bmin = i64::MAX;
         let mut bmax = i64::MIN;
+        // Look series up before taking the commit lock, so concurrent committers do not
+        // queue behind each other's index lookups; redo it if series were removed since.
+        let epoch = head.epoch();
+        head.resolve(&self.keys, &self.keybuf, &mut resolved);
         let pos = {
             let mut bufs = lock(&inner.commit);
             let CommitBufs { frames, samples } = &mut *bufs;
-            head.resolve(&self.keys, &self.keybuf, &mut resolved);
+            if head.epoch() != epoch {
+                resolved.clear();
+                head.resolve(&self.keys, &self.keybuf, &mut resolved);
+            }
             out.series_created = head.create_missing(&self.keys, &self.keybuf, &mut resolved);
             let min_valid = head.appendable_min();
             frames.clear();
@@ -672,7 +705,9 @@ impl<'a> Appender<'a> {
             for (i, (s, &(a, b))) in resolved.iter().zip(&self.spans).enumerate() {
                 let Some(s) = s else {
                     match self.keys[i] {
-                        SeriesKey::Labels(..) => out.invalid_labels += (b - a) as u64,
+                        SeriesKey::Labels(..) | SeriesKey::Key(..) => {
+                            out.invalid_labels += (b - a) as u64
+                        }
                         SeriesKey::Ref(_) => out.unknown_series += (b - a) as u64,
                     }
                     out.series_refs.push(0);
@@ -681,7 +716,7 @@ impl<'a> Appender<'a> {
                 out.series_refs.push(s.sref);
                 let mut d = s.lock();
                 if !d.logged {
-                    record::put_series(frames, s.sref, &s.labels);
+                    record::put_series(frames, s.sref, &s.labels());
                     d.logged = true;
                     newly_logged.push(s);
                 }

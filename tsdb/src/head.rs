@@ -69,11 +69,38 @@ impl Hasher for U64Hasher {
 
 type U64Map<V> = HashMap<u64, V, BuildHasherDefault<U64Hasher>>;
 
-/// How a batch names a series: by label hash + labels, or by ref.
+/// Parses a series key (see [`labels_key`]) back into labels; `None` when it is empty or
+/// malformed. `0xff` never occurs in UTF-8, so the split is unambiguous.
+pub fn labels_from_key(key: &[u8]) -> Option<Labels> {
+    if key.is_empty() || key.last() != Some(&0xff) {
+        return None;
+    }
+    let mut parts = key[..key.len() - 1].split(|&b| b == 0xff);
+    let mut out = Vec::new();
+    while let Some(n) = parts.next() {
+        let v = parts.next()?;
+        out.push(storeapi::Label::new(
+            std::str::from_utf8(n).ok()?,
+            std::str::from_utf8(v).ok()?,
+        ));
+    }
+    Some(Labels::from_sorted_unchecked(out))
+}
+
+/// Orders series keys as their label sets are ordered (name, then value, label by
+/// label; a prefix first). Plain byte order differs when a name is a prefix of another.
+pub fn cmp_keys(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.split(|&x| x == 0xff).cmp(b.split(|&x| x == 0xff))
+}
+
+/// How a batch names a series: by label hash + labels, by hash + series key alone
+/// (labels are parsed from the key only when the series is new), or by ref.
 #[derive(Debug, Clone, Copy)]
 pub enum SeriesKey<'a> {
     /// Hash, labels, and the range of the series key in the batch's key buffer.
     Labels(u64, &'a Labels, (u32, u32)),
+    /// Hash and the range of the series key in the batch's key buffer.
+    Key(u64, (u32, u32)),
     Ref(SeriesRef),
 }
 
@@ -83,10 +110,12 @@ pub enum SeriesKey<'a> {
 #[repr(C)]
 pub struct MemSeries {
     pub sref: SeriesRef,
+    /// The series key (see [`labels_key`]): the only copy of the labels, which
+    /// [`MemSeries::labels`] parses back (names and values are also interned in the
+    /// postings). Keeping no owned `Labels` per series saves ~2 allocations per label.
     key: Box<[u8]>,
     pub hash: u64,
     data: Mutex<SeriesData>,
-    pub labels: Labels,
 }
 
 #[derive(Debug)]
@@ -230,6 +259,11 @@ impl SeriesData {
 }
 
 impl MemSeries {
+    /// The series' labels (parsed from its key).
+    pub fn labels(&self) -> Labels {
+        labels_from_key(&self.key).unwrap_or_default()
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, SeriesData> {
         self.data.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -264,7 +298,7 @@ impl Index {
         }
     }
 
-    fn insert(&mut self, s: Arc<MemSeries>) {
+    fn insert(&mut self, s: Arc<MemSeries>, labels: &Labels) {
         let r = s.sref;
         match self.by_hash.get_mut(&s.hash) {
             None => {
@@ -275,7 +309,7 @@ impl Index {
                 HashEntry::Many(v) => v.push(s.clone()),
             },
         }
-        self.postings.add(r, &s.labels);
+        self.postings.add(r, labels);
         self.series.insert(r, s);
     }
 
@@ -305,6 +339,9 @@ pub struct Head {
     min_time: AtomicI64,
     max_time: AtomicI64,
     min_valid_time: AtomicI64,
+    /// Bumped (under the index write lock) whenever series are removed, so that a batch
+    /// resolved before taking the commit lock knows to resolve again.
+    epoch: AtomicU64,
     chunk_range: i64,
     metrics: Metrics,
 }
@@ -317,6 +354,7 @@ impl Head {
             min_time: AtomicI64::new(i64::MAX),
             max_time: AtomicI64::new(i64::MIN),
             min_valid_time: AtomicI64::new(i64::MIN),
+            epoch: AtomicU64::new(0),
             chunk_range: chunk_range.max(1),
             metrics,
         }
@@ -384,7 +422,14 @@ impl Head {
         self.read().series.get(&r).cloned()
     }
 
+    /// Changes whenever series are removed from the head (see [`Head::resolve`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
     /// Resolves batch keys to series under one read lock (`None` for unknown ones).
+    /// Without the commit lock held, a resolved series may be removed by a concurrent
+    /// truncation: compare [`Head::epoch`] before and after taking the commit lock.
     pub(crate) fn resolve(
         &self,
         keys: &[SeriesKey<'_>],
@@ -393,7 +438,7 @@ impl Head {
     ) {
         let idx = self.read();
         out.extend(keys.iter().map(|k| match k {
-            SeriesKey::Labels(h, _, (a, b)) => {
+            SeriesKey::Labels(h, _, (a, b)) | SeriesKey::Key(h, (a, b)) => {
                 idx.find(*h, &keybuf[*a as usize..*b as usize]).cloned()
             }
             SeriesKey::Ref(r) => idx.series.get(r).cloned(),
@@ -420,13 +465,12 @@ impl Head {
             _ => self.next_ref.fetch_add(1, Ordering::AcqRel),
         };
         let s = Arc::new(MemSeries {
-            labels: labels.clone(),
             sref: r,
             hash,
             key: key.into(),
             data: Mutex::new(SeriesData::default()),
         });
-        idx.insert(s.clone());
+        idx.insert(s.clone(), labels);
         self.metrics.head_series_created.inc();
         self.metrics.head_series.inc();
         (s, true)
@@ -445,14 +489,27 @@ impl Head {
         let mut idx = self.write();
         let mut n = 0;
         for (slot, k) in resolved.iter_mut().zip(keys) {
-            if slot.is_none()
-                && let SeriesKey::Labels(h, l, (a, b)) = k
-                && !l.is_empty()
-            {
-                let key = &keybuf[*a as usize..*b as usize];
-                let (s, created) = self.get_or_create(*h, l, key, None, &mut idx);
-                n += created as u64;
-                *slot = Some(s);
+            if slot.is_some() {
+                continue;
+            }
+            match k {
+                SeriesKey::Labels(h, l, (a, b)) if !l.is_empty() => {
+                    let key = &keybuf[*a as usize..*b as usize];
+                    let (s, created) = self.get_or_create(*h, l, key, None, &mut idx);
+                    n += created as u64;
+                    *slot = Some(s);
+                }
+                SeriesKey::Key(h, (a, b)) => {
+                    let key = &keybuf[*a as usize..*b as usize];
+                    if let Some(s) = idx.find(*h, key) {
+                        *slot = Some(s.clone());
+                    } else if let Some(l) = labels_from_key(key) {
+                        let (s, created) = self.get_or_create(*h, &l, key, None, &mut idx);
+                        n += created as u64;
+                        *slot = Some(s);
+                    }
+                }
+                _ => {}
             }
         }
         n
@@ -505,11 +562,28 @@ impl Head {
             .iter()
             .filter_map(|s| {
                 let c = s.chunks(mint, maxt);
-                (!c.is_empty()).then(|| (s.labels.clone(), c))
+                (!c.is_empty()).then(|| (s.labels(), c))
             })
             .collect();
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Every series with chunks overlapping `[mint, maxt]`, sorted by labels, with those
+    /// chunks; produced lazily, one series at a time (block writing streams it, so
+    /// compaction never holds every series' labels and chunks at once).
+    pub fn iter_sorted(&self, mint: i64, maxt: i64) -> impl Iterator<Item = (Labels, Vec<Chunk>)> {
+        let mut series: Vec<Arc<MemSeries>> =
+            if self.is_empty() || maxt < self.min_time() || mint > self.max_time() {
+                Vec::new()
+            } else {
+                self.read().series.values().cloned().collect()
+            };
+        series.sort_unstable_by(|a, b| cmp_keys(&a.key, &b.key));
+        series.into_iter().filter_map(move |s| {
+            let c = s.chunks(mint, maxt);
+            (!c.is_empty()).then(|| (s.labels(), c))
+        })
     }
 
     /// Series (sorted by labels) matching `matchers` that have samples in `[mint, maxt]`.
@@ -536,7 +610,7 @@ impl Head {
         let mut names: Vec<String> = self
             .matching_series(matchers, mint, maxt)
             .iter()
-            .flat_map(|s| s.labels.iter().map(|l| l.name.clone()))
+            .flat_map(|s| s.labels().into_vec().into_iter().map(|l| l.name))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -561,7 +635,7 @@ impl Head {
         let mut values: Vec<String> = self
             .matching_series(matchers, mint, maxt)
             .iter()
-            .filter_map(|s| s.labels.get(name).map(str::to_string))
+            .filter_map(|s| s.labels().get(name).map(str::to_string))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -591,6 +665,7 @@ impl Head {
     pub(crate) fn truncate(&self, cut: i64) -> usize {
         self.set_min_valid_time(cut);
         let mut idx = self.write();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         let mut removed = HashSet::new();
         let mut mint = i64::MAX;
         let mut maxt = i64::MIN;
@@ -669,5 +744,78 @@ mod tests {
             SampleResult::Rejected(RejectReason::DuplicateTimestamp)
         );
         assert_eq!(d.append(101, 2.0, 50, 1000), SampleResult::Appended);
+    }
+
+    #[test]
+    fn series_key_parses_back_into_labels() {
+        let l = Labels::from_pairs([("__name__", "up"), ("job", "a b"), ("zz", "ü\u{0}y")]);
+        let l = l.unwrap();
+        let mut buf = Vec::new();
+        labels_key(&l, &mut buf);
+        assert_eq!(labels_from_key(&buf), Some(l));
+        assert_eq!(labels_from_key(b""), None);
+        assert_eq!(labels_from_key(b"a\xffb"), None);
+        assert_eq!(labels_from_key(b"a\xff"), None);
+        assert_eq!(labels_from_key(b"a\xffb\xffc\xff"), None);
+        assert_eq!(labels_from_key(&[0xc3, 0xff, b'x', 0xff]), None);
+    }
+
+    #[test]
+    fn truncation_changes_the_epoch() {
+        let h = Head::new(1000, Metrics::default());
+        let e = h.epoch();
+        h.truncate(0);
+        assert_ne!(h.epoch(), e);
+    }
+
+    #[test]
+    fn key_order_is_label_set_order() {
+        let sets = [
+            vec![("a", "1")],
+            vec![("a", "1"), ("b", "2")],
+            vec![("a", "10")],
+            vec![("a", "1"), ("ab", "0")],
+            vec![("ab", "0")],
+            vec![("a", "2")],
+            vec![("__name__", "x"), ("a", "1")],
+        ];
+        let mut buf = Vec::new();
+        let ls: Vec<(Labels, Vec<u8>)> = sets
+            .iter()
+            .map(|p| {
+                let l = Labels::from_pairs(p.iter().copied()).unwrap();
+                buf.clear();
+                labels_key(&l, &mut buf);
+                (l, buf.clone())
+            })
+            .collect();
+        for (la, ka) in &ls {
+            for (lb, kb) in &ls {
+                assert_eq!(cmp_keys(ka, kb), la.cmp(lb), "{la} vs {lb}");
+            }
+        }
+    }
+
+    #[test]
+    fn iter_sorted_streams_series_in_label_order() {
+        let h = Head::new(1000, Metrics::default());
+        let mut buf = Vec::new();
+        for name in ["b", "a", "ab", "a_"] {
+            let l = Labels::from_pairs([("n", name), ("x", "1")]).unwrap();
+            let s = h.replay_series(0, &l, &mut buf);
+            let mut d = s.lock();
+            assert_eq!(
+                h.append_locked(&mut d, 10, 1.0, i64::MIN),
+                SampleResult::Appended
+            );
+            drop(d);
+            h.note_times(10, 10);
+        }
+        let names: Vec<String> = h
+            .iter_sorted(0, 100)
+            .map(|(l, _)| l.get("n").unwrap().to_string())
+            .collect();
+        assert_eq!(names, vec!["a", "a_", "ab", "b"]);
+        assert_eq!(h.iter_sorted(200, 300).count(), 0);
     }
 }

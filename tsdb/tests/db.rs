@@ -548,3 +548,107 @@ fn flush_mid_chunk_then_append_and_flush_again() {
     assert_eq!(all(&db)[&l], want);
     assert_eq!(db.block_metas().len(), 3);
 }
+
+#[test]
+fn append_by_borrowed_pairs_matches_append_by_labels() {
+    let d = tempfile::tempdir().unwrap();
+    let db = Db::open(d.path(), opts(), None).unwrap();
+    let pairs = [("__name__", "up"), ("instance", "a:9100"), ("job", "node")];
+    let l = ls(&pairs);
+    let s = |t: i64| [Sample { t, v: t as f64 }];
+
+    let mut app = db.appender();
+    app.append_pairs(pairs.iter().copied(), &s(1000));
+    app.append_pairs(std::iter::empty(), &s(1000));
+    let out = app.commit().unwrap();
+    assert_eq!(out.series_created, 1);
+    assert_eq!(out.appended, 1);
+    assert_eq!(out.invalid_labels, 1);
+    let r = out.series_refs[0];
+    assert_ne!(r, 0);
+    assert_eq!(out.series_refs[1], 0);
+
+    // The same series by owned labels and again by pairs: no new series, same ref.
+    let mut app = db.appender();
+    app.append(&l, &s(2000));
+    app.append_pairs(pairs.iter().copied(), &s(3000));
+    let out = app.commit().unwrap();
+    assert_eq!(out.series_created, 0);
+    assert_eq!(out.series_refs, vec![r, r]);
+    assert_eq!(out.appended, 2);
+
+    // Rejections are counted as for labels.
+    let mut app = db.appender();
+    app.append_pairs(pairs.iter().copied(), &s(500));
+    let out = app.commit().unwrap();
+    assert_eq!(out.out_of_order, 1);
+
+    let got = all(&db);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[&l].iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![1000, 2000, 3000]
+    );
+
+    // WAL replay gives the series its labels back.
+    db.close().unwrap();
+    drop(db);
+    let db = Db::open(d.path(), opts(), None).unwrap();
+    assert_eq!(all(&db)[&l].len(), 3);
+}
+
+#[test]
+fn pairs_of_a_series_removed_by_truncation_recreate_it_while_compacting() {
+    // Series show up every 2h of sample time (so truncation removes them in between)
+    // while another thread compacts all the time: every sample a commit reports as
+    // appended must be in the database afterwards, whatever the interleaving.
+    let d = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        d.path(),
+        Options {
+            block_duration: Duration::from_secs(3600),
+            ..opts()
+        },
+        None,
+    )
+    .unwrap();
+    let step = 10 * 60 * 1000;
+    let rounds = 120i64;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut appended = 0u64;
+    let mut sent = 0u64;
+    std::thread::scope(|sc| {
+        let compactor = sc.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                db.compact().unwrap();
+            }
+        });
+        for r in 0..rounds {
+            let names: Vec<String> = (0..48)
+                .filter(|i| (r + i) % 12 == 0 || *i == 0)
+                .map(|i| format!("s{i}"))
+                .collect();
+            sent += names.len() as u64;
+            let mut app = db.appender();
+            for n in &names {
+                app.append_pairs(
+                    [("__name__", n.as_str()), ("job", "x")],
+                    &[Sample {
+                        t: r * step,
+                        v: r as f64,
+                    }],
+                );
+            }
+            let out = app.commit().unwrap();
+            assert_eq!(out.rejected(), 0, "round {r}: {out:?}");
+            appended += out.appended;
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        compactor.join().unwrap();
+    });
+    db.flush().unwrap();
+    assert!(db.block_metas().len() > 5);
+    let total: usize = all(&db).values().map(Vec::len).sum();
+    assert_eq!(total as u64, appended);
+    assert_eq!(appended, sent);
+}

@@ -1,0 +1,1059 @@
+//! Remote-write ingest benchmark: the same load into `orrery receive` (release binary) and
+//! into the reference Prometheus 3.5.3 (`--web.enable-remote-write-receiver`), one after
+//! the other in the same run, on 127.0.0.1.
+//!
+//! ```sh
+//! cargo build --release --bin orrery
+//! cargo run --release -p e2e --bin ingest_bench [-- --series 100000 --per-request 2000 --conns 4 --seconds 30]
+//! ```
+//!
+//! Other flags: `--step-secs 15` (sample interval), `--block-mins 30` (block duration
+//! given to both servers), `--servers orrery,prometheus` (or `orrery-nofsync` for orrery
+//! with `--tsdb.wal-fsync=false`), `--no-blocks` (skip the bytes-per-sample phase).
+//!
+//! Per server it prints samples/s accepted (2xx only; non-2xx counted apart), peak RSS
+//! (VmHWM), server CPU seconds per million samples (utime+stime from /proc), and bytes
+//! per sample of the first block cut from the head (index + chunks). After the timed
+//! phase the load goes on (untimed) until the head spans 1.5 block durations, so both
+//! servers cut a block of the same shape: `block-mins / step-secs` samples per series.
+//!
+//! The load generator is cheap: every request body is a snappy template built once; per
+//! request only the 15 bytes of each series' sample (value, timestamp) are patched in
+//! place. The templates use a fixed-width sample encoding, and the snappy stream of each
+//! template never copies from sample bytes, so patching keeps it valid. Each connection
+//! owns a fixed set of series (as Prometheus's remote-write shards do), so samples of a
+//! series arrive in order; connections stay within two rounds of each other.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use e2e::{Proc, Prometheus, free_port, http_get, orrery_release_bin, wait_for};
+
+// ---------------------------------------------------------------------------------------
+// Options
+
+#[derive(Debug, Clone)]
+struct Opts {
+    series: usize,
+    per_request: usize,
+    conns: usize,
+    seconds: u64,
+    step_secs: i64,
+    block_mins: i64,
+    servers: Vec<String>,
+    blocks: bool,
+}
+
+fn parse_opts() -> Opts {
+    let mut o = Opts {
+        series: 100_000,
+        per_request: 2000,
+        conns: 4,
+        seconds: 30,
+        step_secs: 15,
+        block_mins: 30,
+        servers: vec!["orrery".into(), "prometheus".into()],
+        blocks: true,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    let num = |v: Option<&String>, name: &str| -> u64 {
+        v.and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{name} needs a positive integer"))
+    };
+    while i < args.len() {
+        let a = args[i].as_str();
+        match a {
+            "--series" => o.series = num(args.get(i + 1), a) as usize,
+            "--per-request" => o.per_request = num(args.get(i + 1), a) as usize,
+            "--conns" => o.conns = num(args.get(i + 1), a) as usize,
+            "--seconds" => o.seconds = num(args.get(i + 1), a),
+            "--step-secs" => o.step_secs = num(args.get(i + 1), a) as i64,
+            "--block-mins" => o.block_mins = num(args.get(i + 1), a) as i64,
+            "--servers" => {
+                o.servers = args
+                    .get(i + 1)
+                    .map(|s| s.split(',').map(str::to_string).collect())
+                    .unwrap_or_default()
+            }
+            "--no-blocks" => {
+                o.blocks = false;
+                i += 1;
+                continue;
+            }
+            _ => panic!("unknown argument {a:?} (see the file header for the flags)"),
+        }
+        i += 2;
+    }
+    assert!(o.series > 0 && o.per_request > 0 && o.conns > 0 && o.step_secs > 0);
+    o.per_request = o.per_request.min(o.series);
+    o
+}
+
+// ---------------------------------------------------------------------------------------
+// Snappy templates
+
+/// A snappy block-format writer whose copies only ever reference "label" bytes; bytes
+/// added with [`SnappyTemplate::literal`] are emitted as literals and never matched, so
+/// they can be overwritten in the compressed output later.
+struct SnappyTemplate {
+    out: Vec<u8>,
+    /// The uncompressed stream so far.
+    raw: Vec<u8>,
+    /// Whether a raw byte may be the source of a copy.
+    matchable: Vec<bool>,
+    table: HashMap<u32, usize>,
+}
+
+impl SnappyTemplate {
+    fn new() -> Self {
+        SnappyTemplate {
+            out: Vec::new(),
+            raw: Vec::new(),
+            matchable: Vec::new(),
+            table: HashMap::new(),
+        }
+    }
+
+    fn emit_literal(&mut self, from: usize, to: usize) -> usize {
+        let mut at = from;
+        let mut data_pos = 0;
+        while at < to {
+            let n = (to - at).min(65536);
+            let l = n - 1;
+            if l < 60 {
+                self.out.push((l as u8) << 2);
+            } else if l < 256 {
+                self.out.push(60 << 2);
+                self.out.push(l as u8);
+            } else {
+                self.out.push(61 << 2);
+                self.out.extend_from_slice(&(l as u16).to_le_bytes());
+            }
+            if at == from {
+                data_pos = self.out.len();
+            }
+            self.out.extend_from_slice(&self.raw[at..at + n]);
+            at += n;
+        }
+        data_pos
+    }
+
+    fn key(&self, i: usize) -> u32 {
+        u32::from_le_bytes([
+            self.raw[i],
+            self.raw[i + 1],
+            self.raw[i + 2],
+            self.raw[i + 3],
+        ])
+    }
+
+    /// Adds compressible bytes.
+    fn label(&mut self, bytes: &[u8]) {
+        let start = self.raw.len();
+        self.raw.extend_from_slice(bytes);
+        self.matchable.resize(self.raw.len(), true);
+        let end = self.raw.len();
+        let mut lit = start;
+        let mut i = start;
+        while i + 4 <= end {
+            let k = self.key(i);
+            let cand = self.table.insert(k, i);
+            let Some(c) = cand.filter(|&c| i - c <= 65535 && self.key(c) == k) else {
+                i += 1;
+                continue;
+            };
+            let mut len = 4;
+            while len < 64
+                && i + len < end
+                && self.matchable[c + len]
+                && self.raw[c + len] == self.raw[i + len]
+            {
+                len += 1;
+            }
+            if lit < i {
+                self.emit_literal(lit, i);
+            }
+            self.out.push((((len - 1) as u8) << 2) | 2);
+            self.out.extend_from_slice(&((i - c) as u16).to_le_bytes());
+            for j in i + 1..(i + len).min(end.saturating_sub(3)) {
+                let k = self.key(j);
+                self.table.insert(k, j);
+            }
+            i += len;
+            lit = i;
+        }
+        if lit < end {
+            self.emit_literal(lit, end);
+        }
+    }
+
+    /// Adds bytes that will be patched; returns their offset in the compressed output.
+    fn literal(&mut self, bytes: &[u8]) -> usize {
+        let start = self.raw.len();
+        self.raw.extend_from_slice(bytes);
+        self.matchable.resize(self.raw.len(), false);
+        self.emit_literal(start, self.raw.len())
+    }
+
+    /// The compressed stream (length preamble + elements) and the offset shift that the
+    /// preamble adds to every offset returned by [`SnappyTemplate::literal`].
+    fn finish(self) -> (Vec<u8>, usize) {
+        let mut body = Vec::with_capacity(self.out.len() + 10);
+        put_varint(&mut body, self.raw.len() as u64);
+        let shift = body.len();
+        body.extend_from_slice(&self.out);
+        (body, shift)
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_field(out: &mut Vec<u8>, field: u32, data: &[u8]) {
+    put_varint(out, u64::from(field << 3 | 2));
+    put_varint(out, data.len() as u64);
+    out.extend_from_slice(data);
+}
+
+/// Sample field: tag, len 16, value tag, 8 value bytes, timestamp tag, 6-byte varint.
+const SAMPLE_FIELD: [u8; 18] = [
+    0x12, 16, 0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0,
+];
+/// Offset of the value bytes in [`SAMPLE_FIELD`]; the timestamp follows 9 bytes later.
+const VALUE_AT: usize = 3;
+
+/// Writes `t` as a 6-byte varint (valid for 2^35 ≤ t < 2^42 ms: 1971..2109).
+fn put_ts6(out: &mut [u8], t: i64) {
+    let mut v = t as u64;
+    for (i, b) in out.iter_mut().enumerate().take(6) {
+        *b = (v as u8 & 0x7f) | if i < 5 { 0x80 } else { 0 };
+        v >>= 7;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Load
+
+/// The label pairs of series `i` (sorted by name; 9 labels).
+fn series_labels(i: usize) -> Vec<(&'static str, String)> {
+    let target = i / 500;
+    let m = i % 500;
+    let kind = (m / 10) % 4;
+    let name = match kind {
+        0 => format!("app_requests_{}_total", m / 10),
+        1 => format!("app_errors_{}_total", m / 10),
+        2 => format!("app_latency_{}_seconds", m / 10),
+        _ => format!("app_build_{}_info", m / 10),
+    };
+    vec![
+        ("__name__", name),
+        ("cluster", format!("eu-{}", target % 4)),
+        ("env", "production".into()),
+        ("handler", format!("/api/v1/endpoint{}", m % 10)),
+        (
+            "instance",
+            format!(
+                "10.{}.{}.{}:9100",
+                (target >> 16) & 255,
+                (target >> 8) & 255,
+                target & 255
+            ),
+        ),
+        ("job", format!("service-{}", target % 20)),
+        ("namespace", format!("team-{}", target % 12)),
+        ("pod", format!("service-{}-7c9f{:05x}", target % 20, target)),
+        ("region", "europe-west4".into()),
+    ]
+}
+
+fn kind_of(i: usize) -> usize {
+    ((i % 500) / 10) % 4
+}
+
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Next value of series `i` at round `r` (counters, slow counters, random gauges, constants).
+fn next_value(i: usize, r: u64, prev: f64) -> f64 {
+    let h = mix((i as u64) << 32 ^ r);
+    match kind_of(i) {
+        0 => prev + (h % 1000) as f64,
+        1 => prev + if h.is_multiple_of(10) { 1.0 } else { 0.0 },
+        2 => ((h >> 11) as f64 / (1u64 << 53) as f64) * 2.5 + 1e-6,
+        _ => 1.0,
+    }
+}
+
+/// One request's template: the body plus where each series' sample bytes are.
+struct Batch {
+    body: Vec<u8>,
+    series: Vec<usize>,
+    /// Offset of each series' value bytes in `body`.
+    at: Vec<usize>,
+    values: Vec<f64>,
+}
+
+impl Batch {
+    fn build(series: std::ops::Range<usize>) -> Batch {
+        let mut z = SnappyTemplate::new();
+        let mut at = Vec::with_capacity(series.len());
+        let mut ts = Vec::new();
+        for i in series.clone() {
+            ts.clear();
+            for (n, v) in series_labels(i) {
+                let mut l = Vec::with_capacity(n.len() + v.len() + 4);
+                put_field(&mut l, 1, n.as_bytes());
+                put_field(&mut l, 2, v.as_bytes());
+                put_field(&mut ts, 1, &l);
+            }
+            let mut head = Vec::with_capacity(ts.len() + 8);
+            put_varint(&mut head, 1 << 3 | 2);
+            put_varint(&mut head, (ts.len() + SAMPLE_FIELD.len()) as u64);
+            head.extend_from_slice(&ts);
+            z.label(&head);
+            at.push(z.literal(&SAMPLE_FIELD) + VALUE_AT);
+        }
+        let (body, shift) = z.finish();
+        for a in &mut at {
+            *a += shift;
+        }
+        Batch {
+            body,
+            values: series.clone().map(|i| 1.0 + (i % 1000) as f64).collect(),
+            series: series.collect(),
+            at,
+        }
+    }
+
+    /// Writes round `r`'s samples (timestamp `t`) into the body.
+    fn patch(&mut self, r: u64, t: i64) {
+        for k in 0..self.series.len() {
+            let v = next_value(self.series[k], r, self.values[k]);
+            self.values[k] = v;
+            let a = self.at[k];
+            self.body[a..a + 8].copy_from_slice(&v.to_bits().to_le_bytes());
+            put_ts6(&mut self.body[a + 9..a + 15], t);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/1.1 keep-alive client
+
+struct Conn {
+    addr: String,
+    path: String,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn new(addr: &str, path: &str) -> Conn {
+        Conn {
+            addr: addr.into(),
+            path: path.into(),
+            stream: None,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// POSTs a remote-write body; returns (status, body text for non-2xx).
+    fn post(&mut self, body: &[u8]) -> std::io::Result<(u16, String)> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect(&self.addr)?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(120)))?;
+            self.stream = Some(s);
+            self.buf.clear();
+        }
+        let r = self.exchange(body);
+        if r.is_err() {
+            self.stream = None;
+        }
+        r
+    }
+
+    fn exchange(&mut self, body: &[u8]) -> std::io::Result<(u16, String)> {
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+        let Some(s) = self.stream.as_mut() else {
+            return Err(bad("not connected"));
+        };
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\n\
+             Content-Encoding: snappy\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\n\
+             Content-Length: {}\r\n\r\n",
+            self.path,
+            self.addr,
+            body.len()
+        );
+        s.write_all(head.as_bytes())?;
+        s.write_all(body)?;
+        // Response head.
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let n = read_some(s, &mut chunk)?;
+            if n == 0 {
+                return Err(bad("connection closed"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let text = String::from_utf8_lossy(&self.buf[..head_end]).to_ascii_lowercase();
+        let status: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| bad("bad status line"))?;
+        let header = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        let close = header("connection:").is_some_and(|v| v == "close");
+        let mut body_out = Vec::new();
+        self.buf.drain(..head_end);
+        if status == 204 || status == 304 || status < 200 {
+        } else if let Some(len) = header("content-length:").and_then(|v| v.parse::<usize>().ok()) {
+            while self.buf.len() < len {
+                let n = read_some(s, &mut chunk)?;
+                if n == 0 {
+                    return Err(bad("connection closed in body"));
+                }
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+            body_out.extend(self.buf.drain(..len));
+        } else if header("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let line_end = loop {
+                    if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break p;
+                    }
+                    let n = read_some(s, &mut chunk)?;
+                    if n == 0 {
+                        return Err(bad("connection closed in chunk"));
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                };
+                let size = usize::from_str_radix(
+                    String::from_utf8_lossy(&self.buf[..line_end])
+                        .split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim(),
+                    16,
+                )
+                .map_err(|_| bad("bad chunk size"))?;
+                let need = line_end + 2 + size + 2;
+                while self.buf.len() < need {
+                    let n = read_some(s, &mut chunk)?;
+                    if n == 0 {
+                        return Err(bad("connection closed in chunk"));
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                body_out.extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+                self.buf.drain(..need);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            s.read_to_end(&mut body_out)?;
+            self.stream = None;
+        }
+        if close {
+            self.stream = None;
+        }
+        let text = if (200..300).contains(&status) {
+            String::new()
+        } else {
+            String::from_utf8_lossy(&body_out).into_owned()
+        };
+        Ok((status, text))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// /proc
+
+fn clk_tck() -> f64 {
+    static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// `read` that retries when interrupted by a signal.
+fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// utime + stime of a process in seconds.
+fn cpu_secs(pid: &str) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / clk_tck()
+}
+
+/// A `/proc/PID/status` field in kB.
+fn status_kb(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Blocks on disk
+
+struct BlockSize {
+    blocks: usize,
+    samples: u64,
+    bytes: u64,
+    chunk_bytes: u64,
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Blocks (dirs with a meta.json) up to two levels under `data`.
+fn blocks_under(data: &Path) -> BlockSize {
+    let mut out = BlockSize {
+        blocks: 0,
+        samples: 0,
+        bytes: 0,
+        chunk_bytes: 0,
+    };
+    let mut dirs = vec![data.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(data) {
+        dirs.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.len() != 26 || name.contains('.') {
+                continue;
+            }
+            let Ok(meta) = std::fs::read_to_string(p.join("meta.json")) else {
+                continue;
+            };
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(&meta) else {
+                continue;
+            };
+            let samples = json["stats"]["numSamples"].as_u64().unwrap_or(0);
+            let index = std::fs::metadata(p.join("index"))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            let chunks = dir_size(&p.join("chunks"));
+            out.blocks += 1;
+            out.samples += samples;
+            out.bytes += index + chunks;
+            out.chunk_bytes += chunks;
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Driving one server
+
+struct Result1 {
+    server: String,
+    secs: f64,
+    accepted: u64,
+    non2xx: u64,
+    errors: u64,
+    first_error: String,
+    cpu: f64,
+    hwm_kb: u64,
+    /// VmHWM when the first block appeared (both servers then hold the same data).
+    hwm_at_block_kb: Option<u64>,
+    /// Rounds sent when the first block appeared.
+    rounds_at_block: u64,
+    client_cpu: f64,
+    block: Option<BlockSize>,
+}
+
+struct Shared {
+    accepted: AtomicU64,
+    non2xx: AtomicU64,
+    errors: AtomicU64,
+    rounds: Vec<AtomicU64>,
+    /// Connections stop before starting this round.
+    stop_round: AtomicU64,
+    first_error: std::sync::Mutex<String>,
+    failed: AtomicBool,
+}
+
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+fn drive(
+    o: &Opts,
+    name: &str,
+    addr: &str,
+    path: &str,
+    pid: u32,
+    data: &Path,
+    batches: &mut [Vec<Batch>],
+    t0: i64,
+) -> Result1 {
+    let step = o.step_secs * 1000;
+    let block_ms = o.block_mins * 60_000;
+    let needed_rounds = (block_ms * 3 / 2 / step + 4) as u64;
+    let shared = Arc::new(Shared {
+        accepted: AtomicU64::new(0),
+        non2xx: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        rounds: (0..o.conns).map(|_| AtomicU64::new(0)).collect(),
+        stop_round: AtomicU64::new(u64::MAX),
+        first_error: std::sync::Mutex::new(String::new()),
+        failed: AtomicBool::new(false),
+    });
+    let pid = pid.to_string();
+    let cpu0 = cpu_secs(&pid);
+    let client0 = cpu_secs("self");
+    let start = Instant::now();
+    // (VmHWM, rounds sent) when the first block shows up on disk.
+    let mut at_block: Option<(u64, u64)> = None;
+    let look = |at: &mut Option<(u64, u64)>| {
+        if blocks_under(data).blocks > 0 {
+            let hwm = status_kb(&pid, "VmHWM:");
+            let r = shared
+                .rounds
+                .iter()
+                .map(|r| r.load(Ordering::Acquire))
+                .filter(|&r| r != u64::MAX)
+                .max()
+                .unwrap_or(needed_rounds);
+            *at = Some((hwm, r));
+        }
+    };
+    let (accepted, non2xx, errors, secs, cpu1, client1, hwm) = std::thread::scope(|sc| {
+        for (c, my) in batches.iter_mut().enumerate() {
+            let shared = shared.clone();
+            let mut conn = Conn::new(addr, path);
+            sc.spawn(move || {
+                let mut round = 0u64;
+                loop {
+                    // Lockstep: at most two rounds ahead of the slowest connection.
+                    loop {
+                        let slowest = shared
+                            .rounds
+                            .iter()
+                            .map(|r| r.load(Ordering::Acquire))
+                            .min()
+                            .unwrap_or(0);
+                        if round <= slowest + 2 {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    if round >= shared.stop_round.load(Ordering::Acquire)
+                        || shared.failed.load(Ordering::Acquire)
+                    {
+                        break;
+                    }
+                    let t = t0 + round as i64 * step;
+                    for b in my.iter_mut() {
+                        b.patch(round, t);
+                        match conn.post(&b.body) {
+                            Ok((s, _)) if (200..300).contains(&s) => {
+                                shared
+                                    .accepted
+                                    .fetch_add(b.series.len() as u64, Ordering::Relaxed);
+                            }
+                            Ok((s, text)) => {
+                                shared.non2xx.fetch_add(1, Ordering::Relaxed);
+                                let mut f =
+                                    shared.first_error.lock().unwrap_or_else(|e| e.into_inner());
+                                if f.is_empty() {
+                                    *f = format!("HTTP {s}: {}", text.trim());
+                                }
+                            }
+                            Err(e) => {
+                                let n = shared.errors.fetch_add(1, Ordering::Relaxed);
+                                let mut f =
+                                    shared.first_error.lock().unwrap_or_else(|e| e.into_inner());
+                                if f.is_empty() {
+                                    *f = format!("I/O: {e}");
+                                }
+                                if n > 100 {
+                                    shared.failed.store(true, Ordering::Release);
+                                }
+                            }
+                        }
+                    }
+                    round += 1;
+                    shared.rounds[c].store(round, Ordering::Release);
+                }
+                // Done: let the others pass the lockstep check.
+                shared.rounds[c].store(u64::MAX, Ordering::Release);
+            });
+        }
+        let deadline = start + Duration::from_secs(o.seconds);
+        let mut last_look = Instant::now();
+        while Instant::now() < deadline && !shared.failed.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(20));
+            if o.blocks && at_block.is_none() && last_look.elapsed() > Duration::from_millis(200) {
+                last_look = Instant::now();
+                look(&mut at_block);
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let accepted = shared.accepted.load(Ordering::Acquire);
+        let non2xx = shared.non2xx.load(Ordering::Acquire);
+        let errors = shared.errors.load(Ordering::Acquire);
+        let cpu1 = cpu_secs(&pid);
+        let client1 = cpu_secs("self");
+        let hwm = status_kb(&pid, "VmHWM:");
+        let max_round = shared
+            .rounds
+            .iter()
+            .map(|r| r.load(Ordering::Acquire))
+            .filter(|&r| r != u64::MAX)
+            .max()
+            .unwrap_or(0);
+        let stop = if o.blocks {
+            needed_rounds.max(max_round + 1)
+        } else {
+            0
+        };
+        println!(
+            "  {name}: timed phase done after {secs:.1}s at round {max_round}; {}",
+            if o.blocks && stop > max_round + 1 {
+                format!("sending (untimed) up to round {stop} so the head spans 1.5 blocks")
+            } else {
+                "finishing the current round".to_string()
+            }
+        );
+        shared.stop_round.store(stop, Ordering::Release);
+        if o.blocks {
+            let give_up = Instant::now() + Duration::from_secs(600);
+            while at_block.is_none() && Instant::now() < give_up {
+                std::thread::sleep(Duration::from_millis(200));
+                look(&mut at_block);
+            }
+        }
+        (accepted, non2xx, errors, secs, cpu1, client1, hwm)
+    });
+    let mut block = None;
+    if o.blocks {
+        if at_block.is_some() {
+            // Let a block that is being written finish (its meta.json is written last,
+            // after a rename, in both servers; one more look for a second block).
+            std::thread::sleep(Duration::from_secs(2));
+            block = Some(blocks_under(data));
+        } else {
+            println!("  {name}: no block was cut within 600s");
+        }
+    }
+    let first_error = shared
+        .first_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Result1 {
+        server: name.to_string(),
+        secs,
+        accepted,
+        non2xx,
+        errors,
+        first_error,
+        cpu: cpu1 - cpu0,
+        hwm_kb: hwm,
+        hwm_at_block_kb: at_block.map(|(h, _)| h),
+        rounds_at_block: at_block.map(|(_, r)| r).unwrap_or(0),
+        client_cpu: client1 - client0,
+        block,
+    }
+}
+
+fn start_orrery(dir: &Path, block_mins: i64, fsync: bool) -> (Proc, String, PathBuf) {
+    let rw = free_port();
+    let grpc = free_port();
+    let http = free_port();
+    let data = dir.join("data");
+    let mut cmd = Command::new(orrery_release_bin());
+    cmd.arg("receive")
+        .arg(format!("--tsdb.path={}", data.display()))
+        .arg(format!("--remote-write.address=127.0.0.1:{rw}"))
+        .arg(format!("--grpc-address=127.0.0.1:{grpc}"))
+        .arg(format!("--http-address=127.0.0.1:{http}"))
+        .arg(format!("--tsdb.min-block-duration={block_mins}m"))
+        .arg(format!("--tsdb.max-block-duration={block_mins}m"))
+        .arg("--tsdb.maintenance-interval=2s")
+        .arg(format!("--tsdb.wal-fsync={fsync}"))
+        .env("RUST_LOG", "warn");
+    let p = Proc::spawn("orrery", cmd, dir.join("orrery.log"));
+    let haddr = format!("127.0.0.1:{http}");
+    let ready = wait_for(Duration::from_secs(60), || {
+        matches!(http_get(&haddr, "/-/ready"), Ok((200, _))).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "orrery receive did not become ready; log:\n{}",
+        p.log_text()
+    );
+    (p, format!("127.0.0.1:{rw}"), data)
+}
+
+fn build_load(o: &Opts) -> Vec<Vec<Batch>> {
+    let started = Instant::now();
+    let mut per_conn: Vec<Vec<Batch>> = (0..o.conns).map(|_| Vec::new()).collect();
+    let mut k = 0;
+    let mut s = 0;
+    while s < o.series {
+        let e = (s + o.per_request).min(o.series);
+        per_conn[k % o.conns].push(Batch::build(s..e));
+        k += 1;
+        s = e;
+    }
+    // Check one template decodes to what it should, after a patch.
+    let mut probe = Batch::build(0..o.per_request.min(o.series));
+    probe.patch(0, 1_700_000_000_000);
+    let raw = storeapi::wire::remote_write::snappy_decompress(&probe.body, 1 << 30)
+        .expect("template is valid snappy");
+    let mut r = storeapi::wire::remote_write::WriteRequestReader::new(&raw);
+    let mut v = storeapi::wire::remote_write::SeriesView::default();
+    let mut n = 0;
+    while r.next_series(&mut v).expect("template decodes") {
+        assert_eq!(v.labels.len(), 9);
+        assert_eq!(v.samples.len(), 1);
+        assert_eq!(v.samples[0].t, 1_700_000_000_000);
+        assert_eq!(v.samples[0].v.to_bits(), probe.values[n].to_bits());
+        n += 1;
+    }
+    assert_eq!(n, probe.series.len());
+    let bytes: usize = per_conn.iter().flatten().map(|b| b.body.len()).sum();
+    println!(
+        "load: {} series × 9 labels, {} requests per round ({} samples each), {} connections; \
+         templates {:.1} MiB compressed ({:.1} KiB per request, snappy ratio {:.1}); built in {:.1}s",
+        o.series,
+        k,
+        o.per_request,
+        o.conns,
+        bytes as f64 / (1 << 20) as f64,
+        probe.body.len() as f64 / 1024.0,
+        raw.len() as f64 / probe.body.len() as f64,
+        started.elapsed().as_secs_f64()
+    );
+    if k < o.conns {
+        println!(
+            "note: only {k} requests per round, so only {k} of {} connections are busy",
+            o.conns
+        );
+    }
+    per_conn
+}
+
+fn report(r: &Result1) {
+    let rate = r.accepted as f64 / r.secs;
+    println!(
+        "{}: {:.0} samples/s accepted ({} samples in {:.1}s; {} non-2xx, {} I/O errors), \
+         CPU {:.2} s per million samples ({:.1} s total, {:.2} cores), peak RSS {:.0} MiB \
+         over the timed phase, client CPU {:.2} s per million samples",
+        r.server,
+        rate,
+        r.accepted,
+        r.secs,
+        r.non2xx,
+        r.errors,
+        r.cpu / (r.accepted.max(1) as f64 / 1e6),
+        r.cpu,
+        r.cpu / r.secs,
+        r.hwm_kb as f64 / 1024.0,
+        r.client_cpu / (r.accepted.max(1) as f64 / 1e6),
+    );
+    if !r.first_error.is_empty() {
+        println!("  first error: {}", r.first_error);
+    }
+    if let Some(h) = r.hwm_at_block_kb {
+        println!(
+            "  peak RSS {:.0} MiB until the first block was cut (at about round {}, the same data for every server)",
+            h as f64 / 1024.0,
+            r.rounds_at_block
+        );
+    }
+    if let Some(b) = &r.block {
+        println!(
+            "  {} block(s): {} samples, {:.3} bytes/sample (index + chunks; chunks alone {:.3})",
+            b.blocks,
+            b.samples,
+            b.bytes as f64 / b.samples.max(1) as f64,
+            b.chunk_bytes as f64 / b.samples.max(1) as f64
+        );
+    }
+}
+
+fn main() {
+    let o = parse_opts();
+    println!("ingest_bench {o:?}");
+    let mut batches = build_load(&o);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let block_ms = o.block_mins * 60_000;
+    // Aligned to the block duration, a day back: the first block is a full one.
+    let t0 = (now_ms - 86_400_000) / block_ms * block_ms;
+    let mut results = Vec::new();
+    for server in o.servers.clone() {
+        // Fresh values per server: both get the exact same samples.
+        for b in batches.iter_mut().flatten() {
+            b.values = b.series.iter().map(|&i| 1.0 + (i % 1000) as f64).collect();
+        }
+        let r = match server.as_str() {
+            "orrery" | "orrery-nofsync" => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let (mut p, addr, data) =
+                    start_orrery(dir.path(), o.block_mins, server == "orrery");
+                println!("{server}: pid {} on {addr}", p.pid());
+                let r = drive(
+                    &o,
+                    &server,
+                    &addr,
+                    "/api/v1/receive",
+                    p.pid(),
+                    &data,
+                    &mut batches,
+                    t0,
+                );
+                p.terminate(Duration::from_secs(30));
+                r
+            }
+            "prometheus" => {
+                let mins = format!("{}m", o.block_mins);
+                let min_arg = format!("--storage.tsdb.min-block-duration={mins}");
+                let max_arg = format!("--storage.tsdb.max-block-duration={mins}");
+                let mut p = Prometheus::start(
+                    "global:\n  scrape_interval: 15s\n",
+                    &[
+                        "--web.enable-remote-write-receiver",
+                        "--log.level=warn",
+                        &min_arg,
+                        &max_arg,
+                    ],
+                );
+                println!("prometheus: pid {} on {}", p.proc.pid(), p.addr());
+                let data = p.dir.path().join("data");
+                let r = drive(
+                    &o,
+                    &server,
+                    &p.addr(),
+                    "/api/v1/write",
+                    p.proc.pid(),
+                    &data,
+                    &mut batches,
+                    t0,
+                );
+                p.proc.terminate(Duration::from_secs(30));
+                r
+            }
+            other => panic!("unknown server {other:?}"),
+        };
+        report(&r);
+        results.push(r);
+    }
+    let find = |n: &str| results.iter().find(|r| r.server == n);
+    if let Some(p) = find("prometheus") {
+        for o in results.iter().filter(|r| r.server != "prometheus") {
+            let rate = |r: &Result1| r.accepted as f64 / r.secs;
+            let cpm = |r: &Result1| r.cpu / (r.accepted.max(1) as f64 / 1e6);
+            let bps = |r: &Result1| {
+                r.block
+                    .as_ref()
+                    .map(|b| b.bytes as f64 / b.samples.max(1) as f64)
+            };
+            println!(
+                "ratios {}/prometheus: samples/s {:.2}× (goal ≥ 2), CPU per sample {:.2}× (goal ≤ 0.25), \
+                 peak RSS {:.2}× over the timed phase, {} until the first block (goal ≤ 0.5){}",
+                o.server,
+                rate(o) / rate(p),
+                cpm(o) / cpm(p),
+                o.hwm_kb as f64 / p.hwm_kb.max(1) as f64,
+                match (o.hwm_at_block_kb, p.hwm_at_block_kb) {
+                    (Some(a), Some(b)) => format!("{:.2}×", a as f64 / b.max(1) as f64),
+                    _ => "n/a".into(),
+                },
+                match (bps(o), bps(p)) {
+                    (Some(a), Some(b)) => format!(", bytes/sample {:.2}×", a / b),
+                    _ => String::new(),
+                }
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_roundtrip_after_patches() {
+        let mut b = Batch::build(0..300);
+        for r in 0..3 {
+            let t = 1_700_000_000_000 + r as i64 * 15_000;
+            b.patch(r, t);
+            let raw = storeapi::wire::remote_write::snappy_decompress(&b.body, 1 << 30).unwrap();
+            let mut rd = storeapi::wire::remote_write::WriteRequestReader::new(&raw);
+            let mut v = storeapi::wire::remote_write::SeriesView::default();
+            let mut n = 0;
+            while rd.next_series(&mut v).unwrap() {
+                let want = series_labels(n);
+                assert_eq!(v.labels.len(), want.len());
+                for (l, (wn, wv)) in v.labels.iter().zip(&want) {
+                    assert_eq!((l.name, l.value), (*wn, wv.as_str()));
+                }
+                assert_eq!(v.samples[0].t, t);
+                assert_eq!(v.samples[0].v.to_bits(), b.values[n].to_bits());
+                n += 1;
+            }
+            assert_eq!(n, 300);
+        }
+        // Compresses well (labels repeat across series).
+        assert!(b.body.len() * 3 < 300 * 200, "body {} bytes", b.body.len());
+    }
+}
