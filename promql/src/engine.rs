@@ -378,6 +378,7 @@ impl PreparedQuery {
         } = self;
         let time_ms = ctx.start;
         let val = ev.eval(&expr, ctx)?;
+        drop_later(std::mem::take(&mut ev.data));
         let value = match val {
             Val::Scalar(v) => Value::Scalar(Sample {
                 t: time_ms,
@@ -413,6 +414,7 @@ impl PreparedQuery {
             expr, mut ev, ctx, ..
         } = self;
         let val = ev.eval(&expr, ctx)?;
+        drop_later(std::mem::take(&mut ev.data));
         let mut out: Vec<(Labels, Vec<Sample>)> = match val {
             Val::Scalar(v) => vec![(
                 Labels::empty(),
@@ -438,6 +440,27 @@ impl PreparedQuery {
             warnings: ev.warnings,
             infos: ev.infos,
         })
+    }
+}
+
+/// Frees `v` on a background thread: the selected series of a big query take a while to
+/// free, and the answer need not wait for that.
+fn drop_later<T: Send + 'static>(v: T) {
+    type Garbage = Box<dyn Send>;
+    static TX: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Garbage>>> =
+        std::sync::OnceLock::new();
+    let tx = TX.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Garbage>();
+        std::thread::Builder::new()
+            .name("promql-free".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .ok()
+            .map(|_| tx)
+    });
+    match tx {
+        // A failed send hands the value back inside the error, which frees it here.
+        Some(tx) => drop(tx.send(Box::new(v))),
+        None => drop(v),
     }
 }
 

@@ -127,6 +127,12 @@ pub async fn serve(
         st.ready.store(false, Ordering::Relaxed);
         let _ = stop_tx.send(true);
     };
+    // Small answers must not wait for delayed ACKs (Nagle): answers are written in parts.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await

@@ -90,11 +90,87 @@ impl TimeRanged for AggrChunk {
     }
 }
 
+/// One series as one store sent it, its chunks decoded and trimmed to the query range
+/// (overlapping chunks of that store unioned). Samples are empty for `skip_chunks` calls.
+#[derive(Debug)]
+pub struct DecodedSeries {
+    pub labels: Labels,
+    pub samples: Vec<Sample>,
+}
+
 /// The answer of one store.
 #[derive(Debug, Default)]
 struct StoreAnswer {
-    series: Vec<StoreSeries>,
+    series: Vec<DecodedSeries>,
     warnings: Vec<String>,
+}
+
+/// Builds a store's answer while its frames arrive: consecutive frames with equal labels
+/// are joined, and each series is decoded as soon as the next one starts, so decoding
+/// overlaps with the store still encoding and sending.
+struct Collector {
+    strip: Vec<String>,
+    /// `None`: labels only (`skip_chunks`); else the query range `[mint, maxt]`.
+    range: Option<(i64, i64)>,
+    cur: Option<StoreSeries>,
+    out: Vec<DecodedSeries>,
+}
+
+impl Collector {
+    fn new(strip: Vec<String>, range: Option<(i64, i64)>) -> Self {
+        Collector {
+            strip,
+            range,
+            cur: None,
+            out: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, s: thanos::Series) -> Result<(), String> {
+        let mut labels = storeapi::wire::labels_from_wire(s.labels).map_err(|e| e.to_string())?;
+        for r in &self.strip {
+            labels.remove(r);
+        }
+        if let Some(cur) = &mut self.cur
+            && cur.labels == labels
+        {
+            cur.chunks.extend(s.chunks);
+            return Ok(());
+        }
+        self.flush()?;
+        self.cur = Some(StoreSeries {
+            labels,
+            chunks: s.chunks,
+        });
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        let Some(cur) = self.cur.take() else {
+            return Ok(());
+        };
+        match self.range {
+            None => self.out.push(DecodedSeries {
+                labels: cur.labels,
+                samples: Vec::new(),
+            }),
+            Some((mint, maxt)) => {
+                let samples = decode_store_series(cur.chunks, mint, maxt)?;
+                if !samples.is_empty() {
+                    self.out.push(DecodedSeries {
+                        labels: cur.labels,
+                        samples,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<DecodedSeries>, String> {
+        self.flush()?;
+        Ok(self.out)
+    }
 }
 
 fn store_error(e: &Endpoint, what: &str, status: &tonic::Status) -> String {
@@ -112,6 +188,7 @@ fn store_error(e: &Endpoint, what: &str, status: &tonic::Status) -> String {
     )
 }
 
+#[cfg(test)]
 fn push_series(
     out: &mut Vec<StoreSeries>,
     s: thanos::Series,
@@ -140,7 +217,8 @@ async fn series_from(
     opts: FanoutOptions,
 ) -> Result<StoreAnswer, String> {
     let mut client = StoreClient::new(e.channel.clone()).max_decoding_message_size(usize::MAX);
-    let strip = opts.dedup_labels().to_vec();
+    let range = (!req.skip_chunks).then_some((req.min_time, req.max_time));
+    let mut col = Collector::new(opts.dedup_labels().to_vec(), range);
     let timeout = opts.timeout;
     let work = async {
         let mut stream = client
@@ -156,18 +234,17 @@ async fn series_from(
                 .map_err(|s| store_error(&e, "receive series", &s))?;
             let Some(frame) = frame else { break };
             match frame.result {
-                Some(series_response::Result::Series(s)) => {
-                    push_series(&mut ans.series, s, &strip)?;
-                }
+                Some(series_response::Result::Series(s)) => col.push(s)?,
                 Some(series_response::Result::Batch(b)) => {
                     for s in b.series {
-                        push_series(&mut ans.series, s, &strip)?;
+                        col.push(s)?;
                     }
                 }
                 Some(series_response::Result::Warning(w)) => ans.warnings.push(w),
                 Some(series_response::Result::Hints(_)) | None => {}
             }
         }
+        ans.series = col.finish()?;
         Ok(ans)
     };
     match tokio::time::timeout(timeout, work).await {
@@ -206,42 +283,82 @@ pub fn decode_chunks(chunks: &[AggrChunk], mint: i64, maxt: i64) -> Result<Vec<S
     Ok(out)
 }
 
+/// Decodes one store's chunks of one series: overlapping chunks (e.g. head and block,
+/// out-of-order data) are the same source and are unioned.
+fn decode_store_series(
+    mut chunks: Vec<AggrChunk>,
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<Sample>, String> {
+    if !chunks.windows(2).all(|w| w[0].max_time < w[1].min_time) {
+        chunks.sort_by_key(|c| (c.min_time, c.max_time));
+    }
+    if chunks.windows(2).all(|w| w[0].max_time < w[1].min_time) {
+        // The usual case: one run of consecutive chunks.
+        return decode_chunks(&chunks, mint, maxt);
+    }
+    let mut runs = Vec::new();
+    for run in dedup::overlap_split(chunks) {
+        let samples = decode_chunks(&run, mint, maxt)?;
+        if !samples.is_empty() {
+            runs.push(samples);
+        }
+    }
+    Ok(dedup::chain_merge(runs))
+}
+
 /// Merges the answers of all stores: groups equal label sets (replicas, once replica labels
 /// are stripped), unions overlapping chunk runs of one store, decodes, and deduplicates
 /// the replicas from different stores (penalty) or unions them (dedup off).
 pub fn merge_series(
-    mut parts: Vec<StoreSeries>,
+    parts: Vec<StoreSeries>,
     mint: i64,
     maxt: i64,
     dedup_on: bool,
     counter: bool,
 ) -> Result<Vec<StorageSeries>, String> {
+    let mut decoded = Vec::with_capacity(parts.len());
+    for p in parts {
+        decoded.push(DecodedSeries {
+            labels: p.labels,
+            samples: decode_store_series(p.chunks, mint, maxt)?,
+        });
+    }
+    Ok(merge_decoded(decoded, dedup_on, counter))
+}
+
+/// Merges decoded store series: equal label sets from different stores (or repeated by
+/// one store) are replicas, deduplicated (penalty) or unioned (dedup off).
+pub fn merge_decoded(
+    mut parts: Vec<DecodedSeries>,
+    dedup_on: bool,
+    counter: bool,
+) -> Vec<StorageSeries> {
     // Stable: equal label sets keep the order of the stores (a k-way merge of sorted streams).
-    parts.sort_by(|a, b| a.labels.cmp(&b.labels));
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < parts.len() {
-        let mut j = i + 1;
-        while j < parts.len() && parts[j].labels == parts[i].labels {
-            j += 1;
-        }
-        let labels = parts[i].labels.clone();
+    if !parts.windows(2).all(|w| w[0].labels < w[1].labels) {
+        parts.sort_by(|a, b| a.labels.cmp(&b.labels));
+    } else {
+        // Sorted and unique: nothing to merge.
+        return parts
+            .into_iter()
+            .filter(|p| !p.samples.is_empty())
+            .map(|p| StorageSeries {
+                labels: p.labels,
+                samples: p.samples,
+            })
+            .collect();
+    }
+    let mut out = Vec::with_capacity(parts.len());
+    let mut it = parts.into_iter().peekable();
+    while let Some(first) = it.next() {
+        let labels = first.labels;
         let mut replicas = Vec::new();
-        for p in parts[i..j].iter_mut() {
-            let mut chunks = std::mem::take(&mut p.chunks);
-            chunks.sort_by_key(|c| (c.min_time, c.max_time));
-            // Overlapping chunks of one store (e.g. head and block, out-of-order data) are
-            // the same source: union them; replicas are what different stores sent.
-            let mut runs = Vec::new();
-            for run in dedup::overlap_split(chunks) {
-                let samples = decode_chunks(&run, mint, maxt)?;
-                if !samples.is_empty() {
-                    runs.push(samples);
-                }
-            }
-            let samples = dedup::chain_merge(runs);
-            if !samples.is_empty() {
-                replicas.push(samples);
+        if !first.samples.is_empty() {
+            replicas.push(first.samples);
+        }
+        while let Some(next) = it.next_if(|p| p.labels == labels) {
+            if !next.samples.is_empty() {
+                replicas.push(next.samples);
             }
         }
         let samples = if replicas.len() <= 1 {
@@ -254,9 +371,8 @@ pub fn merge_series(
         if !samples.is_empty() {
             out.push(StorageSeries { labels, samples });
         }
-        i = j;
     }
-    Ok(out)
+    out
 }
 
 /// The fan-out over an [`EndpointSet`] with per-request options.
@@ -326,7 +442,7 @@ impl ProxyStorage {
         hints: &SelectHints,
         matchers: &[Matcher],
         skip_chunks: bool,
-    ) -> Result<(Vec<StoreSeries>, Vec<String>), FanoutError> {
+    ) -> Result<(Vec<DecodedSeries>, Vec<String>), FanoutError> {
         self.no_endpoints_check()?;
         let eps = self.endpoints.select(hints.start, hints.end, matchers);
         let req = self.series_request(hints, matchers, skip_chunks);
@@ -495,8 +611,7 @@ impl Storage for ProxyStorage {
         let (parts, warnings) = self.fan_series(&hints, &matchers, false).await?;
         let dedup_on = !self.opts.dedup_labels().is_empty();
         let counter = dedup::is_counter_func(hints.func.as_deref());
-        let series = merge_series(parts, hints.start, hints.end, dedup_on, counter)
-            .map_err(StorageError::Internal)?;
+        let series = merge_decoded(parts, dedup_on, counter);
         Ok(SelectResult { series, warnings })
     }
 }

@@ -140,78 +140,149 @@ fn labels_size(l: &Labels) -> usize {
     l.iter().map(|x| x.name.len() + x.value.len() + 8).sum()
 }
 
-/// Turns selected series into frames: series split at [`FRAME_LIMIT`], and packed into
-/// `batch` frames of up to `batch_size` series when `batch_size > 1`.
-pub fn frames(selected: Vec<Selected>, skip_chunks: bool, batch_size: i64) -> Vec<SeriesResponse> {
-    let mut series_frames: Vec<(thanos::Series, usize)> = Vec::new();
-    for (labels, chunks) in selected {
-        let wl = labels_to_wire(&labels);
+/// Packs series into `SeriesResponse` frames: a series is split at [`FRAME_LIMIT`], and
+/// series are packed into `batch` frames of up to `batch_size` series when
+/// `batch_size > 1`. Frames are handed out as soon as they are complete.
+pub struct Framer {
+    skip_chunks: bool,
+    batch_size: i64,
+    batch: Vec<thanos::Series>,
+    bsize: usize,
+}
+
+impl Framer {
+    pub fn new(skip_chunks: bool, batch_size: i64) -> Self {
+        Framer {
+            skip_chunks,
+            batch_size,
+            batch: Vec::new(),
+            bsize: 0,
+        }
+    }
+
+    /// Adds one series; calls `emit` with every frame completed by it.
+    pub fn push(
+        &mut self,
+        labels: &Labels,
+        chunks: &[tsdb::Chunk],
+        emit: &mut impl FnMut(SeriesResponse),
+    ) {
+        self.push_owned(labels_to_wire(labels), labels_size(labels), chunks, emit);
+    }
+
+    /// As [`Framer::push`], taking the labels (no copy of their strings).
+    pub fn push_labels(
+        &mut self,
+        labels: Labels,
+        chunks: &[tsdb::Chunk],
+        emit: &mut impl FnMut(SeriesResponse),
+    ) {
         let lsize = labels_size(&labels);
-        if skip_chunks || chunks.is_empty() {
-            series_frames.push((
+        let wl = labels
+            .into_vec()
+            .into_iter()
+            .map(|l| thanos::Label {
+                name: l.name,
+                value: l.value,
+            })
+            .collect();
+        self.push_owned(wl, lsize, chunks, emit);
+    }
+
+    fn push_owned(
+        &mut self,
+        wl: Vec<thanos::Label>,
+        lsize: usize,
+        chunks: &[tsdb::Chunk],
+        emit: &mut impl FnMut(SeriesResponse),
+    ) {
+        if self.skip_chunks || chunks.is_empty() {
+            self.add(
                 thanos::Series {
                     labels: wl,
                     chunks: Vec::new(),
                 },
                 lsize,
-            ));
-            continue;
+                emit,
+            );
+            return;
         }
-        let mut cur: Vec<AggrChunk> = Vec::new();
+        let mut cur: Vec<AggrChunk> = Vec::with_capacity(chunks.len());
         let mut size = lsize;
-        for c in &chunks {
+        for c in chunks {
             let csize = c.data.len() + 32;
             if !cur.is_empty() && size + csize > FRAME_LIMIT {
-                series_frames.push((
+                self.add(
                     thanos::Series {
                         labels: wl.clone(),
                         chunks: std::mem::take(&mut cur),
                     },
                     size,
-                ));
+                    emit,
+                );
                 size = lsize;
             }
             size += csize;
             cur.push(wire_chunk(c));
         }
-        series_frames.push((
+        self.add(
             thanos::Series {
                 labels: wl,
                 chunks: cur,
             },
             size,
-        ));
+            emit,
+        );
     }
-    if batch_size <= 1 {
-        return series_frames
-            .into_iter()
-            .map(|(s, _)| SeriesResponse {
+
+    fn add(&mut self, s: thanos::Series, size: usize, emit: &mut impl FnMut(SeriesResponse)) {
+        if self.batch_size <= 1 {
+            emit(SeriesResponse {
                 result: Some(Frame::Series(s)),
-            })
-            .collect();
-    }
-    let mut out = Vec::new();
-    let mut batch: Vec<thanos::Series> = Vec::new();
-    let mut bsize = 0usize;
-    for (s, size) in series_frames {
-        if !batch.is_empty() && (batch.len() as i64 >= batch_size || bsize + size > FRAME_LIMIT) {
-            out.push(SeriesResponse {
-                result: Some(Frame::Batch(SeriesBatch {
-                    series: std::mem::take(&mut batch),
-                })),
             });
-            bsize = 0;
+            return;
         }
-        bsize += size;
-        batch.push(s);
+        if !self.batch.is_empty()
+            && (self.batch.len() as i64 >= self.batch_size || self.bsize + size > FRAME_LIMIT)
+        {
+            self.flush(emit);
+        }
+        self.bsize += size;
+        self.batch.push(s);
     }
-    if !batch.is_empty() {
-        out.push(SeriesResponse {
-            result: Some(Frame::Batch(SeriesBatch { series: batch })),
+
+    fn flush(&mut self, emit: &mut impl FnMut(SeriesResponse)) {
+        if self.batch.is_empty() {
+            return;
+        }
+        self.bsize = 0;
+        emit(SeriesResponse {
+            result: Some(Frame::Batch(SeriesBatch {
+                series: std::mem::take(&mut self.batch),
+            })),
         });
     }
+
+    /// Emits the last, partly filled batch.
+    pub fn finish(mut self, emit: &mut impl FnMut(SeriesResponse)) {
+        self.flush(emit);
+    }
+}
+
+/// Turns selected series into frames (see [`Framer`]).
+pub fn frames(selected: Vec<Selected>, skip_chunks: bool, batch_size: i64) -> Vec<SeriesResponse> {
+    let mut out = Vec::new();
+    let mut f = Framer::new(skip_chunks, batch_size);
+    let mut emit = |r| out.push(r);
+    for (labels, chunks) in &selected {
+        f.push(labels, chunks, &mut emit);
+    }
+    f.finish(&mut emit);
     out
 }
+
+/// Frames buffered between the encoding thread and the gRPC stream.
+const FRAME_QUEUE: usize = 8;
 
 type SeriesStream = std::pin::Pin<
     Box<dyn tokio_stream::Stream<Item = Result<SeriesResponse, Status>> + Send + 'static>,
@@ -229,15 +300,38 @@ impl thanos::store_server::Store for StoreState {
         let tenants = self.tenants(&request);
         let ext = self.external_names();
         let req = request.into_inner();
-        let out = tokio::task::spawn_blocking(move || {
-            let sel = select_series(&tenants, &ext, &req)?;
-            Ok::<_, Status>(frames(sel, req.skip_chunks, req.response_batch_size))
-        })
-        .await
-        .map_err(internal)??;
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            out.into_iter().map(Ok),
-        ))))
+        let (skip_chunks, batch_size) = (req.skip_chunks, req.response_batch_size);
+        let sel = tokio::task::spawn_blocking(move || select_series(&tenants, &ext, &req))
+            .await
+            .map_err(internal)??;
+        // Frames are built on a blocking thread and streamed while later ones are still
+        // being built, so the client decodes while we encode.
+        let (tx, rx) = tokio::sync::mpsc::channel(FRAME_QUEUE);
+        tokio::task::spawn_blocking(move || {
+            let open = std::cell::Cell::new(true);
+            let mut emit = |r: SeriesResponse| {
+                if open.get() && tx.blocking_send(Ok(r)).is_err() {
+                    // The client went away.
+                    open.set(false);
+                }
+            };
+            let mut f = Framer::new(skip_chunks, batch_size);
+            let mut done = Vec::with_capacity(sel.len());
+            for (labels, chunks) in sel {
+                f.push_labels(labels, &chunks, &mut emit);
+                // Freed after the stream has ended, not while the client waits.
+                done.push(chunks);
+                if !open.get() {
+                    return;
+                }
+            }
+            f.finish(&mut emit);
+            drop(tx);
+            drop(done);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn label_names(

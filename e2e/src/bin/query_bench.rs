@@ -1,0 +1,641 @@
+//! Query latency through the whole Orrery read path (`orrery query` → StoreAPI →
+//! `orrery receive`) against the reference Prometheus 3.5.3 holding the same data, in the
+//! same run, both timed through their HTTP APIs (`/api/v1/query`, `/api/v1/query_range`).
+//!
+//! ```sh
+//! cargo build --release --bin orrery --bin query_bench
+//! target/release/query_bench [--series 100000] [--reps 5] [--minutes 60] [--step 60] [--only SUBSTR]
+//! ```
+//!
+//! The data: `--series` series in blocks of 100 per scrape target (`job`, `instance`):
+//! 60 `http_requests_total{handler,method,code}` counters, a classic histogram
+//! `http_request_duration_seconds` (3 handlers × 10 buckets + `_sum` + `_count`), `up`,
+//! `node_info{team,region}`, `process_resident_memory_bytes`, `process_cpu_seconds_total`,
+//! `--minutes` of 15s samples ending now. The same snappy remote-write bodies are sent to
+//! the receiver and to Prometheus (`--web.enable-remote-write-receiver`); both keep it in
+//! their heads. Each query runs once to compare the answers (the receiver's `tenant_id`
+//! external label removed), then `--reps` times alternating between the servers; the table
+//! shows the median and min wall time per server and the ratio of the medians.
+
+use e2e::promqlcmp::{Answer, compare_answers, parse_api_answer, secs, urlencode};
+use e2e::{Proc, Prometheus, free_port, http_request, wait_for};
+use promql::Value;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use storeapi::wire::remote_write::encode_write_request_snappy;
+use storeapi::{Label, Labels, Sample};
+
+const SERIES_PER_TARGET: usize = 100;
+const JOBS: usize = 10;
+const INTERVAL_MS: i64 = 15_000;
+/// Minutes of samples per remote-write request slice (all series advance together).
+const SLICE_MINUTES: i64 = 10;
+/// Series per remote-write request.
+const SERIES_PER_REQUEST: usize = 2_000;
+
+const HANDLERS: [&str; 5] = [
+    "/api/v1/query",
+    "/api/v1/query_range",
+    "/api/v1/series",
+    "/api/v1/labels",
+    "/-/healthy",
+];
+const METHODS: [&str; 3] = ["GET", "POST", "PUT"];
+const CODES: [&str; 4] = ["200", "404", "500", "503"];
+const LE: [&str; 10] = [
+    "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "+Inf",
+];
+const LE_F: [f64; 10] = [
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    f64::INFINITY,
+];
+const TEAMS: [&str; 7] = [
+    "red", "orange", "yellow", "green", "blue", "indigo", "violet",
+];
+const REGIONS: [&str; 3] = ["eu-west", "us-east", "ap-south"];
+
+/// The queries, each run as an instant query at the end of the data and as a range
+/// query over the last hour.
+const QUERIES: &[&str] = &[
+    r#"http_requests_total{job="job-1",code="500"}"#,
+    r#"rate(http_requests_total{job="job-1",code="500"}[5m])"#,
+    "sum by (job, code) (rate(http_requests_total[5m]))",
+    "topk(5, rate(http_requests_total[5m]))",
+    "histogram_quantile(0.99, sum by (le, job) (rate(http_request_duration_seconds_bucket[5m])))",
+    r#"sum by (team) (rate(http_requests_total{code=~"5.."}[5m]) * on(instance) group_left(team) node_info)"#,
+    "count(http_requests_total)",
+    "count by (job) (up == 1)",
+    r#"sum by (handler) (rate(http_requests_total{handler=~"/api/v1/(query|query_range|series)",method!="PUT",instance=~"10\\.0\\.0\\.1.*"}[5m]))"#,
+];
+
+/// A small deterministic PRNG (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn f(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    Labels::from_unsorted(pairs.iter().map(|(n, v)| Label::new(*n, *v)).collect())
+        .expect("generated label sets are valid")
+}
+
+/// How a series' next value is made from the previous one.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Counter growing by about `rate` per second.
+    Counter(f64),
+    /// Cumulative histogram bucket: a share of histogram `hist`'s requests per step.
+    Bucket {
+        share: f64,
+        hist: u64,
+    },
+    Const(f64),
+    Gauge,
+}
+
+struct GenSeries {
+    labels: Labels,
+    kind: Kind,
+    value: f64,
+    phase_ms: i64,
+}
+
+fn dataset(n: usize) -> Vec<GenSeries> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let targets = n.div_ceil(SERIES_PER_TARGET);
+    let mut out = Vec::with_capacity(targets * SERIES_PER_TARGET);
+    for t in 0..targets {
+        let job = format!("job-{}", t % JOBS);
+        let inst = format!("10.0.{}.{}:9100", t / 250, t % 250);
+        let phase_ms = (rng.next() % 15_000) as i64;
+        let base = [("job", job.as_str()), ("instance", inst.as_str())];
+        let mut push = |extra: &[(&str, &str)], kind: Kind, value: f64| {
+            let mut p = base.to_vec();
+            p.extend_from_slice(extra);
+            out.push(GenSeries {
+                labels: labels(&p),
+                kind,
+                value,
+                phase_ms,
+            });
+        };
+        for h in HANDLERS {
+            for m in METHODS {
+                for c in CODES {
+                    let r = match c {
+                        "200" => 20.0,
+                        "404" => 1.0,
+                        _ => 0.2,
+                    } * (0.5 + rng.f());
+                    push(
+                        &[
+                            ("__name__", "http_requests_total"),
+                            ("handler", h),
+                            ("method", m),
+                            ("code", c),
+                        ],
+                        Kind::Counter(r),
+                        (rng.next() % 10_000) as f64,
+                    );
+                }
+            }
+        }
+        for (hi, h) in HANDLERS[..3].iter().enumerate() {
+            let hist = (t * 3 + hi) as u64;
+            let speed = 0.02 + rng.f() * 0.3;
+            for (k, le) in LE.iter().enumerate() {
+                // Share of requests at most `le` seconds (exponential latencies).
+                let share = if LE_F[k].is_infinite() {
+                    1.0
+                } else {
+                    1.0 - (-LE_F[k] / speed).exp()
+                };
+                push(
+                    &[
+                        ("__name__", "http_request_duration_seconds_bucket"),
+                        ("handler", h),
+                        ("le", le),
+                    ],
+                    Kind::Bucket { share, hist },
+                    0.0,
+                );
+            }
+            push(
+                &[
+                    ("__name__", "http_request_duration_seconds_sum"),
+                    ("handler", h),
+                ],
+                Kind::Counter(10.0 * speed),
+                0.0,
+            );
+            push(
+                &[
+                    ("__name__", "http_request_duration_seconds_count"),
+                    ("handler", h),
+                ],
+                Kind::Counter(10.0),
+                0.0,
+            );
+        }
+        push(&[("__name__", "up")], Kind::Const(1.0), 0.0);
+        push(
+            &[
+                ("__name__", "node_info"),
+                ("team", TEAMS[t % TEAMS.len()]),
+                ("region", REGIONS[t % REGIONS.len()]),
+            ],
+            Kind::Const(1.0),
+            0.0,
+        );
+        push(
+            &[("__name__", "process_resident_memory_bytes")],
+            Kind::Gauge,
+            1e8 * (1.0 + rng.f()),
+        );
+        push(
+            &[("__name__", "process_cpu_seconds_total")],
+            Kind::Counter(0.05 + rng.f() * 0.5),
+            rng.f() * 1000.0,
+        );
+    }
+    out.truncate(n);
+    out
+}
+
+/// Builds the remote-write bodies: slices of [`SLICE_MINUTES`] in time order, each split
+/// into requests of [`SERIES_PER_REQUEST`] series.
+fn bodies(series: &mut [GenSeries], start: i64, steps: usize) -> (Vec<Vec<u8>>, usize) {
+    let mut rng = Rng(0x5eed_cafe);
+    let per_slice = (SLICE_MINUTES * 60_000 / INTERVAL_MS) as usize;
+    let mut out = Vec::new();
+    let mut total = 0;
+    // The requests a histogram observed in step `k`: the same for all its buckets.
+    let draw = |hist: u64, k: usize| {
+        let mut r = Rng((hist << 20 | k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        r.next();
+        (150.0 * (0.5 + r.f())).round()
+    };
+    let mut step0 = 0;
+    while step0 < steps {
+        let step1 = (step0 + per_slice).min(steps);
+        for group in series.chunks_mut(SERIES_PER_REQUEST) {
+            let mut batch: Vec<(Labels, Vec<Sample>)> = Vec::with_capacity(group.len());
+            for s in group.iter_mut() {
+                let mut samples = Vec::with_capacity(step1 - step0);
+                for k in step0..step1 {
+                    let t = start + k as i64 * INTERVAL_MS + s.phase_ms;
+                    s.value = match s.kind {
+                        Kind::Counter(r) => s.value + (r * 15.0 * (0.5 + rng.f())).round(),
+                        Kind::Bucket { share, hist } => s.value + (draw(hist, k) * share).round(),
+                        Kind::Const(v) => v,
+                        Kind::Gauge => (s.value + (rng.f() - 0.5) * 1e6).round(),
+                    };
+                    samples.push(Sample { t, v: s.value });
+                }
+                total += samples.len();
+                batch.push((s.labels.clone(), samples));
+            }
+            out.push(encode_write_request_snappy(
+                batch.iter().map(|(l, s)| (l, s.as_slice())),
+            ));
+        }
+        step0 = step1;
+    }
+    (out, total)
+}
+
+/// Posts every body to `url_path` on `addr` from two threads, in order.
+fn load(addr: &str, url_path: &str, bodies: &[Vec<u8>]) -> Result<(), String> {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                sc.spawn(|| -> Result<(), String> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(b) = bodies.get(i) else {
+                            return Ok(());
+                        };
+                        let (code, body) = http_request(
+                            addr,
+                            "POST",
+                            url_path,
+                            &[
+                                ("Content-Type", "application/x-protobuf"),
+                                ("Content-Encoding", "snappy"),
+                                ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+                            ],
+                            b,
+                        )
+                        .map_err(|e| format!("POST {addr}{url_path}: {e}"))?;
+                        if code / 100 != 2 {
+                            return Err(format!("POST {addr}{url_path}: {code} {body}"));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| "loader thread panicked".to_string())??;
+        }
+        Ok(())
+    })
+}
+
+/// GET with a long timeout; returns (status, body).
+fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(600)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok((code, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// One timed request: wall time until the whole body is read; panics unless 200.
+fn timed(addr: &str, path: &str) -> Duration {
+    let t = Instant::now();
+    let r = get(addr, path);
+    let d = t.elapsed();
+    match r {
+        Ok((200, _)) => d,
+        Ok((code, body)) => panic!("GET {addr}{path}: {code}: {}", truncate(&body)),
+        Err(e) => panic!("GET {addr}{path}: {e}"),
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(500);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn answer(addr: &str, path: &str, strip: &[&str]) -> Answer {
+    let a = match get(addr, path) {
+        Ok((_, body)) => parse_api_answer(&body).unwrap_or_else(|e| Answer::Error {
+            kind: "client".into(),
+            msg: e,
+        }),
+        Err(e) => Answer::Error {
+            kind: "client".into(),
+            msg: e,
+        },
+    };
+    let fix = |l: &mut Labels| {
+        for n in strip {
+            l.remove(n);
+        }
+    };
+    match a {
+        Answer::Value(Value::Vector(mut v)) => {
+            v.iter_mut().for_each(|(l, _)| fix(l));
+            Answer::Value(Value::Vector(v))
+        }
+        Answer::Value(Value::Matrix(mut m)) => {
+            m.iter_mut().for_each(|(l, _)| fix(l));
+            Answer::Value(Value::Matrix(m))
+        }
+        other => other,
+    }
+}
+
+fn series_count(a: &Answer) -> String {
+    match a {
+        Answer::Value(Value::Vector(v)) => v.len().to_string(),
+        Answer::Value(Value::Matrix(m)) => m.len().to_string(),
+        Answer::Value(_) => "1".into(),
+        Answer::Error { msg, .. } => format!("error: {msg}"),
+    }
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+struct Args {
+    series: usize,
+    reps: usize,
+    minutes: i64,
+    step_s: i64,
+    only: Option<String>,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        series: 100_000,
+        reps: 5,
+        minutes: 60,
+        step_s: 60,
+        only: None,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let val = argv.get(i + 1).cloned().unwrap_or_default();
+        let num = || -> i64 {
+            val.parse()
+                .unwrap_or_else(|_| panic!("{} wants a number, got {val:?}", argv[i]))
+        };
+        match argv[i].as_str() {
+            "--series" => a.series = num().max(1) as usize,
+            "--reps" => a.reps = num().max(1) as usize,
+            "--minutes" => a.minutes = num().max(10),
+            "--step" => a.step_s = num().max(1),
+            "--only" => a.only = Some(val.clone()),
+            other => panic!(
+                "unknown argument {other:?}; usage: query_bench [--series N] [--reps N] \
+                 [--minutes N] [--step SECONDS] [--only SUBSTRING]"
+            ),
+        }
+        i += 2;
+    }
+    a
+}
+
+fn orrery_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("ORRERY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current executable");
+    let p = exe
+        .parent()
+        .map(|d| d.join("orrery"))
+        .unwrap_or_else(|| PathBuf::from("orrery"));
+    assert!(
+        p.is_file(),
+        "orrery binary not found at {}: run `cargo build --release --bin orrery` (or set ORRERY_BIN)",
+        p.display()
+    );
+    p
+}
+
+fn main() {
+    let args = parse_args();
+    let orrery = orrery_binary();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let steps = (args.minutes * 60_000 / INTERVAL_MS) as usize;
+    let start = (now_ms - args.minutes * 60_000) / INTERVAL_MS * INTERVAL_MS;
+    let t = Instant::now();
+    let mut series = dataset(args.series);
+    let (bodies, samples) = bodies(&mut series, start, steps);
+    let bytes: usize = bodies.iter().map(Vec::len).sum();
+    println!(
+        "data: {} series, {samples} samples over {} min, {} remote-write requests ({:.1} MB snappy), generated in {:.1}s",
+        series.len(),
+        args.minutes,
+        bodies.len(),
+        bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    let targets = args.series.div_ceil(SERIES_PER_TARGET);
+    drop(series);
+
+    // Receiver and querier.
+    let rdir = tempfile::tempdir().expect("receiver dir");
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let rw = format!("127.0.0.1:{}", free_port());
+    let rhttp = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(&orrery);
+    cmd.arg("receive")
+        .arg(format!(
+            "--tsdb.path={}",
+            rdir.path().join("data").display()
+        ))
+        .arg(format!("--remote-write.address={rw}"))
+        .arg(format!("--grpc-address={grpc}"))
+        .arg(format!("--http-address={rhttp}"))
+        .arg("--tsdb.wal-fsync=false");
+    let receiver = Proc::spawn("receiver", cmd, rdir.path().join("receiver.log"));
+    let up = wait_for(Duration::from_secs(60), || {
+        std::net::TcpStream::connect(&rw).ok().map(|_| ())
+    });
+    assert!(
+        up.is_some(),
+        "receiver did not listen; log:\n{}",
+        receiver.log_text()
+    );
+
+    let prom = Prometheus::start(
+        "global:\n  scrape_interval: 1h\n",
+        &[
+            "--web.enable-remote-write-receiver",
+            "--storage.tsdb.retention.time=100y",
+            "--query.max-samples=50000000",
+        ],
+    );
+    let paddr = prom.addr();
+
+    let t = Instant::now();
+    load(&paddr, "/api/v1/write", &bodies).unwrap_or_else(|e| panic!("loading Prometheus: {e}"));
+    let prom_load = t.elapsed();
+    let t = Instant::now();
+    load(&rw, "/api/v1/receive", &bodies)
+        .unwrap_or_else(|e| panic!("loading the receiver: {e}; log:\n{}", receiver.log_text()));
+    let orr_load = t.elapsed();
+    drop(bodies);
+    println!(
+        "load (remote write, 2 client threads): prometheus {:.1}s ({:.0}k samples/s), orrery receive {:.1}s ({:.0}k samples/s)",
+        prom_load.as_secs_f64(),
+        samples as f64 / prom_load.as_secs_f64() / 1e3,
+        orr_load.as_secs_f64(),
+        samples as f64 / orr_load.as_secs_f64() / 1e3,
+    );
+
+    let qdir = tempfile::tempdir().expect("querier dir");
+    let qaddr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(&orrery);
+    cmd.arg("query")
+        .arg(format!("--http-address={qaddr}"))
+        .arg(format!("--grpc-address=127.0.0.1:{}", free_port()))
+        .arg(format!("--endpoint={grpc}"));
+    let querier = Proc::spawn("querier", cmd, qdir.path().join("querier.log"));
+
+    // Both see every target.
+    let end = start + (steps as i64 - 1) * INTERVAL_MS + INTERVAL_MS;
+    let probe = format!(
+        "/api/v1/query?query={}&time={}",
+        urlencode("count(up)"),
+        secs(end)
+    );
+    for (name, addr) in [("prometheus", &paddr), ("orrery", &qaddr)] {
+        let ok = wait_for(Duration::from_secs(60), || match get(addr, &probe) {
+            Ok((200, body)) if body.contains(&format!("\"{targets}\"")) => Some(()),
+            _ => None,
+        });
+        assert!(
+            ok.is_some(),
+            "{name} does not see the {targets} targets; querier log:\n{}\nreceiver log:\n{}",
+            querier.log_text(),
+            receiver.log_text()
+        );
+    }
+
+    let range_start = end - 3_600_000.min(args.minutes * 60_000);
+    let step = args.step_s * 1000;
+    println!(
+        "\ninstant queries at the end of the data; range queries over the last {} min at a {}s step; {} reps, alternating",
+        (end - range_start) / 60_000,
+        args.step_s,
+        args.reps
+    );
+    println!(
+        "{:<7} {:<100} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8}  agree",
+        "kind", "query", "orr med", "orr min", "prom med", "prom min", "ratio", "series"
+    );
+    let mut ratios = Vec::new();
+    for q in QUERIES {
+        if args.only.as_ref().is_some_and(|o| !q.contains(o.as_str())) {
+            continue;
+        }
+        for kind in ["instant", "range"] {
+            let path = if kind == "instant" {
+                format!("/api/v1/query?query={}&time={}", urlencode(q), secs(end))
+            } else {
+                format!(
+                    "/api/v1/query_range?query={}&start={}&end={}&step={}",
+                    urlencode(q),
+                    secs(range_start),
+                    secs(end),
+                    secs(step)
+                )
+            };
+            // Warm-up run on each, comparing the answers.
+            let theirs = answer(&paddr, &path, &[]);
+            let ours = answer(&qaddr, &path, &["tenant_id"]);
+            let agree = match compare_answers(&ours, &theirs, false) {
+                Ok(()) => "yes".to_string(),
+                Err(e) => format!("NO: {}", truncate(&e)),
+            };
+            let (mut o, mut p) = (Vec::new(), Vec::new());
+            for _ in 0..args.reps {
+                o.push(timed(&qaddr, &path));
+                p.push(timed(&paddr, &path));
+            }
+            let (om, pm) = (median(&mut o), median(&mut p));
+            let ratio = om.as_secs_f64() / pm.as_secs_f64();
+            ratios.push(ratio);
+            println!(
+                "{:<7} {:<100} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6.2}x {:>8}  {agree}",
+                kind,
+                q,
+                ms(om),
+                ms(o[0]),
+                ms(pm),
+                ms(p[0]),
+                ratio,
+                series_count(&theirs)
+            );
+        }
+    }
+    if !ratios.is_empty() {
+        let geo = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp();
+        println!(
+            "\nratio = orrery median / prometheus median (below 1: orrery is faster); geometric mean {geo:.2}x"
+        );
+    }
+    drop(querier);
+    drop(receiver);
+    drop(prom);
+}
