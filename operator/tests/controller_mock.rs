@@ -12,7 +12,7 @@ use kube::{Client, Resource};
 use operator::controller::{Context, global_view, receive};
 use operator::crd::{
     ClusterSpec, GlobalView, GlobalViewSpec, HashringAlgorithm, PrometheusRef, ReceiveCluster,
-    ReceiveClusterSelector, ReceiveClusterSpec, ReceiveClusterStatus,
+    ReceiveClusterSelector, ReceiveClusterSpec, ReceiveClusterStatus, StorageSpec,
 };
 use operator::metrics::Metrics;
 use operator::probe::{BoxFut, Probe, ProbeError};
@@ -354,6 +354,261 @@ async fn receive_cluster_keeps_previous_ring_when_too_few_ready() {
     );
     assert_eq!(degraded["status"], "True");
     reconciler.await.unwrap().unwrap();
+}
+
+/// Plays the API server up to the StatefulSet apply of a ReceiveCluster reconcile (pods,
+/// hashring ConfigMap, Services), returning the StatefulSet SSA request unanswered.
+async fn receive_until_statefulset(api: &mut ApiHandle) -> Seen {
+    let s = expect(api, Method::GET, "/api/v1/namespaces/orrery/pods").await;
+    respond(
+        s.send,
+        200,
+        &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+            pod("main-receive-0", true), pod("main-receive-1", true), pod("main-receive-2", true)
+        ]}),
+    );
+    let s = expect(
+        api,
+        Method::GET,
+        "/api/v1/namespaces/orrery/configmaps/main-hashring",
+    )
+    .await;
+    respond(s.send, 404, &status(404, "NotFound", "not found"));
+    for path in [
+        "/api/v1/namespaces/orrery/configmaps/main-hashring",
+        "/api/v1/namespaces/orrery/services/main-receive-headless",
+        "/api/v1/namespaces/orrery/services/main-receive",
+    ] {
+        expect_apply(api, path, json!({})).await;
+    }
+    expect(
+        api,
+        Method::PATCH,
+        "/apis/apps/v1/namespaces/orrery/statefulsets/main-receive",
+    )
+    .await
+}
+
+const STS_PATH: &str = "/apis/apps/v1/namespaces/orrery/statefulsets/main-receive";
+const IMMUTABLE: &str = "StatefulSet.apps \"main-receive\" is invalid: spec: Forbidden: updates to \
+     statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', \
+     'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden";
+
+/// Refuses the StatefulSet SSA as the API server does for an immutable field and expects
+/// the orphaning delete, answering it with the terminating object; returns the desired
+/// StatefulSet the controller sent.
+async fn refuse_immutable_then_expect_orphan_delete(api: &mut ApiHandle) -> Value {
+    let first = receive_until_statefulset(api).await;
+    assert!(
+        first.query.contains("fieldManager=orrery-operator") && first.query.contains("force=true"),
+        "not an SSA with our field manager: {}",
+        first.query
+    );
+    let desired = first.body.clone();
+    respond(first.send, 422, &status(422, "Invalid", IMMUTABLE));
+    let del = expect(api, Method::DELETE, STS_PATH).await;
+    assert_eq!(
+        del.body["propagationPolicy"], "Orphan",
+        "not an orphaning delete: query {:?}, body {}",
+        del.query, del.body
+    );
+    let mut terminating = desired.clone();
+    terminating["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    terminating["metadata"]["finalizers"] = json!(["orphan"]);
+    respond(del.send, 200, &terminating);
+    desired
+}
+
+fn receive_cluster_with_storage(size: &str) -> ReceiveCluster {
+    let mut rc = receive_cluster();
+    rc.spec.storage = Some(StorageSpec {
+        size: size.into(),
+        storage_class_name: None,
+    });
+    rc
+}
+
+// Paused time: the poll interval between the two GETs costs nothing.
+#[tokio::test(start_paused = true)]
+async fn receive_cluster_recreates_statefulset_when_an_immutable_field_changes() {
+    let (ctx, mut api, _) = context(None);
+    // A new volume size changes volumeClaimTemplates, which Kubernetes refuses to update.
+    let rc = Arc::new(receive_cluster_with_storage("20Gi"));
+    let reconciler = tokio::spawn(receive::reconcile(rc.clone(), ctx));
+
+    // The SSA of the changed StatefulSet is refused; it is deleted with
+    // propagationPolicy Orphan, so pods and PVCs survive.
+    let desired = refuse_immutable_then_expect_orphan_delete(&mut api).await;
+    assert_eq!(
+        desired["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "20Gi",
+        "{desired}"
+    );
+    let mut terminating = desired.clone();
+    terminating["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    terminating["metadata"]["finalizers"] = json!(["orphan"]);
+
+    // Still there once (the garbage collector orphans the pods first), then gone.
+    let g = expect(&mut api, Method::GET, STS_PATH).await;
+    respond(g.send, 200, &terminating);
+    let g = expect(&mut api, Method::GET, STS_PATH).await;
+    respond(g.send, 404, &status(404, "NotFound", "not found"));
+
+    // Applied again, unchanged, by our field manager.
+    let again = expect_apply(
+        &mut api,
+        STS_PATH,
+        json!({"status": {"replicas": 3, "readyReplicas": 3}}),
+    )
+    .await;
+    assert_eq!(
+        again, desired,
+        "the re-created StatefulSet is the desired one"
+    );
+
+    // A Normal event on the ReceiveCluster says what happened.
+    let ev = expect(
+        &mut api,
+        Method::POST,
+        "/apis/events.k8s.io/v1/namespaces/orrery/events",
+    )
+    .await;
+    let body = ev.body.clone();
+    respond(ev.send, 201, &body);
+    assert_eq!(body["type"], "Normal", "{body}");
+    assert_eq!(body["reason"], "StatefulSetRecreated", "{body}");
+    assert_eq!(body["regarding"]["kind"], "ReceiveCluster", "{body}");
+    assert_eq!(body["regarding"]["name"], "main", "{body}");
+    assert_eq!(body["reportingController"], "orrery-operator", "{body}");
+    assert!(
+        body["note"].as_str().unwrap_or("").contains("main-receive"),
+        "{body}"
+    );
+
+    expect_apply(
+        &mut api,
+        "/apis/policy/v1/namespaces/orrery/poddisruptionbudgets/main-receive",
+        json!({}),
+    )
+    .await;
+    let st = expect(
+        &mut api,
+        Method::PATCH,
+        "/apis/orrery.dev/v1alpha1/namespaces/orrery/receiveclusters/main/status",
+    )
+    .await;
+    assert_eq!(st.body["status"]["readyReplicas"], 3);
+    respond(st.send, 200, &serde_json::to_value(&*rc).unwrap());
+    let action = reconciler.await.unwrap().unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn receive_cluster_other_invalid_statefulset_is_an_error_not_a_delete() {
+    let (ctx, mut api, _) = context(None);
+    let reconciler = tokio::spawn(receive::reconcile(Arc::new(receive_cluster()), ctx));
+    let first = receive_until_statefulset(&mut api).await;
+    respond(
+        first.send,
+        422,
+        &status(
+            422,
+            "Invalid",
+            "StatefulSet.apps \"main-receive\" is invalid: spec.replicas: Invalid value: -1",
+        ),
+    );
+    let err = reconciler
+        .await
+        .unwrap()
+        .expect_err("an invalid StatefulSet must fail the reconcile");
+    assert!(err.to_string().contains("spec.replicas"), "{err}");
+    // No further request (no delete) was made.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), api.next_request())
+            .await
+            .map(|r| r.is_none())
+            .unwrap_or(true),
+        "unexpected request after the refused apply"
+    );
+}
+
+#[tokio::test]
+async fn receive_cluster_recreate_tolerates_a_statefulset_already_gone() {
+    let (ctx, mut api, _) = context(None);
+    let rc = Arc::new(receive_cluster_with_storage("20Gi"));
+    let reconciler = tokio::spawn(receive::reconcile(rc.clone(), ctx));
+    let first = receive_until_statefulset(&mut api).await;
+    let desired = first.body.clone();
+    respond(first.send, 422, &status(422, "Invalid", IMMUTABLE));
+    // Someone else deleted it meanwhile: the delete's 404 is not an error.
+    let del = expect(&mut api, Method::DELETE, STS_PATH).await;
+    assert_eq!(del.body["propagationPolicy"], "Orphan", "{}", del.body);
+    respond(del.send, 404, &status(404, "NotFound", "not found"));
+    let g = expect(&mut api, Method::GET, STS_PATH).await;
+    respond(g.send, 404, &status(404, "NotFound", "not found"));
+    let again = expect_apply(
+        &mut api,
+        STS_PATH,
+        json!({"status": {"replicas": 3, "readyReplicas": 1}}),
+    )
+    .await;
+    assert_eq!(again, desired);
+    let ev = expect(
+        &mut api,
+        Method::POST,
+        "/apis/events.k8s.io/v1/namespaces/orrery/events",
+    )
+    .await;
+    let body = ev.body.clone();
+    respond(ev.send, 201, &body);
+    assert_eq!(body["reason"], "StatefulSetRecreated", "{body}");
+    expect_apply(
+        &mut api,
+        "/apis/policy/v1/namespaces/orrery/poddisruptionbudgets/main-receive",
+        json!({}),
+    )
+    .await;
+    let st = expect(
+        &mut api,
+        Method::PATCH,
+        "/apis/orrery.dev/v1alpha1/namespaces/orrery/receiveclusters/main/status",
+    )
+    .await;
+    assert_eq!(st.body["status"]["readyReplicas"], 1);
+    respond(st.send, 200, &serde_json::to_value(&*rc).unwrap());
+    let action = reconciler.await.unwrap().unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+}
+
+/// The old StatefulSet never goes away (e.g. a stuck orphan finalizer): after the bounded
+/// wait the reconcile fails with a clear error, without applying over the terminating
+/// object; the error policy retries later. Paused time: the waits cost nothing.
+#[tokio::test(start_paused = true)]
+async fn receive_cluster_recreate_gives_up_when_the_old_statefulset_stays() {
+    let (ctx, mut api, _) = context(None);
+    let reconciler = tokio::spawn(receive::reconcile(
+        Arc::new(receive_cluster_with_storage("20Gi")),
+        ctx,
+    ));
+    let desired = refuse_immutable_then_expect_orphan_delete(&mut api).await;
+    let mut terminating = desired.clone();
+    terminating["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    for _ in 0..operator::controller::RECREATE_WAIT_POLLS {
+        let g = expect(&mut api, Method::GET, STS_PATH).await;
+        respond(g.send, 200, &terminating);
+    }
+    let err = reconciler
+        .await
+        .unwrap()
+        .expect_err("a StatefulSet that never goes away must fail the reconcile");
+    assert!(
+        matches!(&err, operator::controller::Error::Recreate(n) if n == "main-receive"),
+        "{err}"
+    );
+    assert!(
+        api.next_request().await.is_none(),
+        "no request (no apply over the terminating StatefulSet) after giving up"
+    );
 }
 
 fn global_view(deleting: bool) -> GlobalView {

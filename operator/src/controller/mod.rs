@@ -8,9 +8,11 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -28,6 +30,8 @@ pub struct Context {
     pub probe: Arc<dyn Probe>,
     /// Consecutive failures per object key, for the error policy's backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Publishes Kubernetes Events (events.k8s.io/v1) on important transitions.
+    pub recorder: Recorder,
 }
 
 impl Context {
@@ -37,12 +41,40 @@ impl Context {
         metrics: Arc<Metrics>,
         probe: Arc<dyn Probe>,
     ) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.to_string(),
+            instance: std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()),
+        };
         Context {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             default_image,
             metrics,
             probe,
             failures: Default::default(),
+        }
+    }
+
+    /// Publishes an Event about `obj`; a failure is logged, never fatal to a reconcile.
+    pub async fn publish_event<K>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
+        let ev = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: action.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(reason, error = %e, "could not publish event");
         }
     }
 
@@ -87,6 +119,8 @@ pub enum Error {
     Kubeconfig { secret: String, reason: String },
     #[error("finalizer: {0}")]
     Finalizer(String),
+    #[error("StatefulSet {0} still exists after an orphaning delete; will retry")]
+    Recreate(String),
 }
 
 /// Server-side apply parameters with Orrery's field manager.
@@ -107,6 +141,68 @@ where
     Ok(api
         .patch(&name, &apply_params(), &Patch::Apply(obj))
         .await?)
+}
+
+/// Whether an API error is the refusal to change an immutable StatefulSet field
+/// (`volumeClaimTemplates`, `selector`, `serviceName`, `podManagementPolicy`, ...):
+/// 422 Invalid with "spec: Forbidden: updates to statefulset spec for fields other than ...".
+pub fn is_immutable_field_change(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(s) => {
+            s.code == 422
+                && s.message.contains("Forbidden")
+                && s.message.contains("updates to statefulset spec")
+        }
+        _ => false,
+    }
+}
+
+/// Polls for the old StatefulSet to be gone after an orphaning delete: this many times…
+pub const RECREATE_WAIT_POLLS: u32 = 60;
+/// …this far apart.
+pub const RECREATE_WAIT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Server-side applies a StatefulSet. When the API server refuses because an immutable
+/// field changed, deletes the StatefulSet with `propagationPolicy: Orphan` (its pods and
+/// PVCs stay; the new StatefulSet adopts the pods through the same selector labels),
+/// waits for it to be gone and applies again. Returns the applied object and whether it
+/// was re-created.
+pub async fn apply_statefulset(
+    api: &Api<StatefulSet>,
+    sts: &StatefulSet,
+) -> Result<(StatefulSet, bool), Error> {
+    let name = sts
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| Error::Invalid("desired StatefulSet without a name".into()))?;
+    let err = match api.patch(&name, &apply_params(), &Patch::Apply(sts)).await {
+        Ok(applied) => return Ok((applied, false)),
+        Err(e) if is_immutable_field_change(&e) => e,
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(name, error = %err, "immutable StatefulSet field changed; re-creating it, orphaning pods and PVCs");
+    let dp = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Orphan),
+        ..Default::default()
+    };
+    match api.delete(&name, &dp).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut gone = false;
+    for _ in 0..RECREATE_WAIT_POLLS {
+        if api.get_opt(&name).await?.is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(RECREATE_WAIT_INTERVAL).await;
+    }
+    if !gone {
+        return Err(Error::Recreate(name));
+    }
+    Ok((apply(api, sts).await?, true))
 }
 
 /// Attempts of a read-modify-write before giving up on conflicts.
@@ -210,6 +306,41 @@ mod tests {
         let flipped = condition(&[c0], "Ready", true, "Ready", "z".into(), Some(2), &t1);
         assert_eq!(flipped.last_transition_time, t1);
         assert_eq!(flipped.status, "True");
+    }
+
+    #[test]
+    fn immutable_field_change_is_only_the_statefulset_spec_refusal() {
+        let api = |code: u16, reason: &str, message: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure(message, reason)
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let immutable = "StatefulSet.apps \"main-receive\" is invalid: spec: Forbidden: updates to \
+             statefulset spec for fields other than 'replicas', 'ordinals', 'template', \
+             'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' \
+             are forbidden";
+        assert!(is_immutable_field_change(&api(422, "Invalid", immutable)));
+        // Other validation errors, other codes and non-API errors are real failures.
+        assert!(!is_immutable_field_change(&api(
+            422,
+            "Invalid",
+            "StatefulSet.apps \"main-receive\" is invalid: spec.replicas: Invalid value: -1"
+        )));
+        assert!(!is_immutable_field_change(&api(
+            403,
+            "Forbidden",
+            immutable
+        )));
+        assert!(!is_immutable_field_change(&api(
+            409,
+            "Conflict",
+            "the object has been modified"
+        )));
+        assert!(!is_immutable_field_change(
+            &kube::Error::LinesCodecMaxLineLengthExceeded
+        ));
     }
 
     #[test]

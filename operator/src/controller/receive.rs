@@ -10,10 +10,11 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{ListParams, Patch};
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::{Context, Error, apply, apply_params, condition, now};
+use super::{Context, Error, apply, apply_params, apply_statefulset, condition, now};
 use crate::crd::{ReceiveCluster, ReceiveClusterStatus};
 use crate::receive::{
     HASHRING_KEY, all_endpoints, hashring_configmap, hashring_configmap_name, headless_service,
@@ -93,7 +94,20 @@ async fn reconcile_inner(rc: &ReceiveCluster, ctx: &Context) -> Result<Action, E
     apply(&cms, &hashring_configmap(rc, &ring)).await?;
     apply(&svcs, &headless_service(rc)).await?;
     apply(&svcs, &remote_write_service(rc)).await?;
-    let sts = apply(&stss, &statefulset(rc, &ctx.default_image)).await?;
+    let (sts, recreated) = apply_statefulset(&stss, &statefulset(rc, &ctx.default_image)).await?;
+    if recreated {
+        ctx.publish_event(
+            rc,
+            EventType::Normal,
+            "StatefulSetRecreated",
+            "Recreate",
+            format!(
+                "StatefulSet {} re-created for a change of an immutable field; pods and PVCs were kept",
+                sts.name_any()
+            ),
+        )
+        .await;
+    }
     apply(&pdbs, &pod_disruption_budget(rc)).await?;
 
     let ready_replicas = sts
