@@ -47,6 +47,25 @@ pub fn promtool_bin() -> PathBuf {
     reference_bin("promtool", "ORRERY_PROMTOOL")
 }
 
+/// Path of Debian 12 (bookworm)'s own Prometheus 2.42 server, an older remote-write
+/// client (`scripts/install-prometheus.sh` puts it in `.cache/prometheus-bookworm/`).
+pub fn prometheus_242_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("ORRERY_PROMETHEUS_242") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var("ORRERY_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join(".cache"));
+    let p = cache.join("prometheus-bookworm/usr/bin/prometheus");
+    assert!(
+        p.is_file(),
+        "Debian 12's prometheus 2.42 not found at {}: run scripts/install-prometheus.sh \
+         (the README's test command does this) or set ORRERY_PROMETHEUS_242",
+        p.display()
+    );
+    p
+}
+
 /// Path of the `orrery` binary built from this workspace (the test command builds it first).
 pub fn orrery_bin() -> PathBuf {
     if let Ok(p) = std::env::var("ORRERY_BIN") {

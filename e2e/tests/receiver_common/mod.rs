@@ -236,6 +236,30 @@ pub fn xxh64(input: &[u8], seed: u64) -> u64 {
     h
 }
 
+/// An instant query against a Prometheus's HTTP API (`time` in seconds, or now).
+pub fn prom_query(addr: &str, q: &str, time: Option<f64>) -> serde_json::Value {
+    let enc: String = q
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let path = match time {
+        Some(t) => format!("/api/v1/query?query={enc}&time={t}"),
+        None => format!("/api/v1/query?query={enc}"),
+    };
+    let (code, body) = http_get(addr, &path).expect("query prometheus");
+    assert_eq!(code, 200, "prometheus query {q}: {body}");
+    serde_json::from_str(&body).expect("json")
+}
+
+/// The single value of a scalar-like instant query (`sum(...)`), None when empty.
+pub fn prom_value(addr: &str, q: &str) -> Option<f64> {
+    let v = prom_query(addr, q, None);
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {
     Labels::from_pairs(pairs.iter().copied()).expect("valid labels")
 }
