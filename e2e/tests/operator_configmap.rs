@@ -5,9 +5,11 @@
 //! endpoint while the user's own remote_write entry keeps working; after removal and
 //! another reload our writes stop and the user's go on.
 //!
-//! The remote-write endpoint here is a small in-test HTTP server that records what it
-//! receives (snappy-decoded), because `orrery receive` is being written in parallel;
-//! Prometheus's own `prometheus_remote_storage_samples_total` confirms the flow.
+//! The remote-write endpoints here are small in-test HTTP servers that record what they
+//! receive (snappy-decoded), so the user's own remote_write can be watched beside ours;
+//! Prometheus's own `prometheus_remote_storage_samples_total` confirms the flow. The same
+//! path end to end through a real `orrery receive` and `orrery query` is
+//! `operator_receive_query.rs`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
