@@ -1,6 +1,6 @@
 //! Ingest throughput through a router-only receiver in front of three ingestors over loopback
 //! gRPC, RF 1 vs RF 3. Ingestors store nothing (a counting local writer) so the figure is the
-//! cost of placement, batching, protobuf and gRPC forwarding.
+//! cost of splitting the remote-write body, placement, batching and gRPC forwarding.
 //!
 //! `cargo bench -p receiver --bench replicate`
 
@@ -26,7 +26,7 @@ impl LocalWriter for Counting {
     fn write<'a>(
         &'a self,
         _tenant: &'a str,
-        series: &'a [TimeSeries],
+        series: &'a [bytes::Bytes],
     ) -> BoxFuture<'a, LocalWriteResult> {
         self.0.fetch_add(series.len() as u64, Ordering::Relaxed);
         Box::pin(async { LocalWriteResult::Ok })
@@ -125,13 +125,12 @@ fn bench(c: &mut Criterion) {
             None,
             ReplicationMetrics::default(),
         );
-        let mut t = 0;
+        let body = prost::Message::encode_to_vec(&storeapi::wire::prometheus::WriteRequest {
+            timeseries: batch(SERIES, 1),
+            metadata: Vec::new(),
+        });
         group.bench_function(format!("rf{rf}_{SERIES}_series_per_request"), |b| {
-            b.iter(|| {
-                t += 1;
-                rt.block_on(router.write("bench", batch(SERIES, t)))
-                    .unwrap();
-            })
+            b.iter(|| rt.block_on(router.write_raw("bench", &body)).unwrap())
         });
     }
     group.finish();

@@ -17,13 +17,14 @@ use tokio::sync::Semaphore;
 use crate::limits::LimitsConfig;
 use crate::metrics::{CodeLabels, ReceiveMetrics};
 use crate::multitsdb::{MultiTsdb, validate_tenant};
+use crate::replicate::{self, Distributor, split_body};
 use crate::write::{Bounds, WriteError, write};
 
 /// Everything the remote-write handler needs.
 pub struct WriteState {
     pub mt: Arc<MultiTsdb>,
     pub metrics: ReceiveMetrics,
-    pub limits: LimitsConfig,
+    pub limits: Arc<LimitsConfig>,
     pub bounds: Bounds,
     pub tenant_header: String,
     pub default_tenant: String,
@@ -31,6 +32,8 @@ pub struct WriteState {
     pub max_decompressed_bytes: usize,
     pub concurrency: Semaphore,
     pub ready: Arc<AtomicBool>,
+    /// Routes and replicates over the hashring; `None` for an ingestor (writes locally).
+    pub distributor: Option<Arc<Distributor>>,
 }
 
 fn text(code: StatusCode, body: String) -> Response {
@@ -87,6 +90,11 @@ async fn handle(st: &Arc<WriteState>, headers: &HeaderMap, body: Body) -> Result
             "receiver is not ready (WAL replay in progress)".into(),
         ));
     }
+    if let Some(d) = &st.distributor
+        && !d.is_ready()
+    {
+        return Err(WriteError::NotReady("hashring not loaded yet".into()));
+    }
     let tenant = match headers.get(st.tenant_header.as_str()) {
         Some(v) => v
             .to_str()
@@ -138,7 +146,8 @@ async fn handle(st: &Arc<WriteState>, headers: &HeaderMap, body: Body) -> Result
         ),
     };
     let st2 = st.clone();
-    tokio::task::spawn_blocking(move || {
+    let routed = st.distributor.is_some();
+    let decoded = tokio::task::spawn_blocking(move || {
         let raw = match snap::raw::decompress_len(&compressed) {
             Err(e) => {
                 return Err(WriteError::BadRequest(format!(
@@ -158,10 +167,69 @@ async fn handle(st: &Arc<WriteState>, headers: &HeaderMap, body: Body) -> Result
                     ))
                 })?,
         };
-        write(&st2.mt, &st2.metrics, &tenant, &raw, &limits, &st2.bounds).map(|_| ())
+        if routed {
+            split_limited(&tenant, Bytes::from(raw), &limits).map(|s| Some((tenant, s)))
+        } else {
+            write(&st2.mt, &st2.metrics, &tenant, &raw, &limits, &st2.bounds).map(|_| None)
+        }
     })
     .await
-    .map_err(|e| WriteError::Internal(format!("write task failed: {e}")))?
+    .map_err(|e| WriteError::Internal(format!("write task failed: {e}")))??;
+    match (decoded, &st.distributor) {
+        (Some((tenant, series)), Some(d)) => d
+            .write_series(&tenant, series)
+            .await
+            .map_err(from_replication),
+        _ => Ok(()),
+    }
+}
+
+/// Splits a body for routing, applying the tenant's request limits (series, samples) as
+/// Thanos's router does before forwarding.
+fn split_limited(
+    tenant: &str,
+    body: Bytes,
+    limits: &crate::limits::Effective,
+) -> Result<Vec<replicate::RawSeries>, WriteError> {
+    let (mut series, mut samples) = (0u64, 0u64);
+    split_body(tenant, &body, |view| {
+        series += 1;
+        samples += view.samples.len() as u64;
+        if let Some(max) = limits.series
+            && series > max
+        {
+            return Err(WriteError::TooLarge(format!(
+                "request has more than {max} series: over the series_limit of tenant {tenant:?}"
+            )));
+        }
+        if let Some(max) = limits.samples
+            && samples > max
+        {
+            return Err(WriteError::TooLarge(format!(
+                "request has more than {max} samples: over the samples_limit of tenant {tenant:?}"
+            )));
+        }
+        Ok(())
+    })
+}
+
+impl From<storeapi::wire::remote_write::DecodeError> for WriteError {
+    fn from(e: storeapi::wire::remote_write::DecodeError) -> Self {
+        WriteError::BadRequest(format!("invalid protobuf remote-write request: {e}"))
+    }
+}
+
+/// The distributor's outcome as the remote-write answer (same status, same reason).
+fn from_replication(e: replicate::WriteError) -> WriteError {
+    let msg = e.to_string();
+    match e.http_status() {
+        400 => WriteError::BadRequest(msg),
+        409 => WriteError::Conflict(msg),
+        413 => WriteError::TooLarge(msg),
+        429 => WriteError::TooManyHeadSeries(msg),
+        503 => WriteError::NotReady(msg),
+        _ => WriteError::Internal(msg),
+    }
 }
 
 /// State of the operational HTTP server.
@@ -170,6 +238,7 @@ pub struct OpsState {
     pub ready: Arc<AtomicBool>,
     pub mt: Arc<MultiTsdb>,
     pub metrics: ReceiveMetrics,
+    pub distributor: Option<Arc<Distributor>>,
 }
 
 pub fn ops_router(state: Arc<OpsState>) -> Router {
@@ -181,7 +250,13 @@ pub fn ops_router(state: Arc<OpsState>) -> Router {
 }
 
 async fn ready(State(st): State<Arc<OpsState>>) -> Response {
-    if st.ready.load(Ordering::Acquire) {
+    let ring_ready = st.distributor.as_ref().is_none_or(|d| d.is_ready());
+    if st.ready.load(Ordering::Acquire) && !ring_ready {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: hashring not loaded\n".into(),
+        )
+    } else if st.ready.load(Ordering::Acquire) {
         text(StatusCode::OK, "OK\n".into())
     } else {
         text(

@@ -28,10 +28,13 @@ use tokio::sync::watch;
 
 pub use args::{ReceiveArgs, parse_label_flag};
 
+use crate::hashring::Mode;
 use crate::http::{OpsState, WriteState};
 use crate::limits::LimitsConfig;
 use crate::metrics::ReceiveMetrics;
 use crate::multitsdb::{MultiTsdb, MultiTsdbConfig};
+use crate::replicate::local::TsdbLocalWriter;
+use crate::replicate::{Distributor, LocalWriter};
 use crate::store::StoreState;
 use crate::write::Bounds;
 
@@ -137,11 +140,44 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         .await
         .context("opening TSDBs")??;
     let mt = Arc::new(mt);
+    let limits = Arc::new(limits);
+    let bounds = Bounds {
+        max_labels_per_series: args.max_labels_per_series,
+        max_label_name_len: args.max_label_name_len,
+        max_label_value_len: args.max_label_value_len,
+    };
+    // Distribution: routes client writes over the hashring (router modes) and serves
+    // forwarded writes from peers and routers (every mode).
+    let mode = args.hashring.mode();
+    let local: Option<Arc<dyn LocalWriter>> = mode.stores_locally().then(|| {
+        Arc::new(TsdbLocalWriter {
+            mt: mt.clone(),
+            metrics: metrics.clone(),
+            bounds,
+            limits: limits.clone(),
+        }) as Arc<dyn LocalWriter>
+    });
+    let setup = {
+        let mut r = registry.lock().unwrap_or_else(|e| e.into_inner());
+        Distributor::from_args(&args.hashring, args.default_tenant.clone(), local, &mut r)
+            .context("setting up the hashring")?
+    };
+    let distributor = setup.distributor;
+    tracing::info!(
+        mode = mode.as_str(),
+        replication_factor = args.hashring.replication_factor,
+        local_endpoint = args.hashring.local_endpoint.as_deref().unwrap_or(""),
+        "distribution"
+    );
+    if let Some(w) = setup.watcher {
+        tokio::spawn(w.run(stopped(stop_rx.clone())));
+    }
     let ops = Arc::new(OpsState {
         registry: registry.clone(),
         ready: ready.clone(),
         mt: mt.clone(),
         metrics: metrics.clone(),
+        distributor: Some(distributor.clone()),
     });
     let ops_server = tokio::spawn(
         axum::serve(http_listener, http::ops_router(ops))
@@ -152,18 +188,15 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
     let write_state = Arc::new(WriteState {
         mt: mt.clone(),
         metrics: metrics.clone(),
-        limits,
-        bounds: Bounds {
-            max_labels_per_series: args.max_labels_per_series,
-            max_label_name_len: args.max_label_name_len,
-            max_label_value_len: args.max_label_value_len,
-        },
+        limits: limits.clone(),
+        bounds,
         tenant_header: args.tenant_header.clone(),
         default_tenant: args.default_tenant.clone(),
         max_body_bytes: args.max_body_bytes,
         max_decompressed_bytes: args.max_decompressed_bytes,
         concurrency: tokio::sync::Semaphore::new(max_concurrency),
         ready: ready.clone(),
+        distributor: (mode != Mode::IngestorOnly).then(|| distributor.clone()),
     });
     let rw_server = tokio::spawn(
         axum::serve(rw_listener, http::remote_write_router(write_state))
@@ -189,8 +222,10 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         .add_service(storeapi::wire::info::info_server::InfoServer::new(
             store_state,
         ))
+        .add_service(replicate::server::writeable_store_service(distributor))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            // Small StoreAPI answers would otherwise wait on Nagle + delayed ACK (~40 ms).
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         );
     let grpc_server = tokio::spawn(grpc);

@@ -1,18 +1,18 @@
 //! [`LocalWriter`] over this receiver's own write path ([`crate::write::write`]), so the
 //! distributor can store its share of a request in the tenant TSDBs.
 //!
-//! The batch is re-encoded as a `prometheus.WriteRequest` and appended with the same
-//! validation as a direct remote write. Request limits are not applied again: in Thanos they
-//! belong on the router that received the client's request.
+//! The batch's raw series are framed as a `prometheus.WriteRequest` (a copy, no re-encoding)
+//! and appended with the same validation as a direct remote write. Request limits are not
+//! applied again: in Thanos they belong on the router that received the client's request;
+//! the tenant's `head_series_limit` is, as it guards this receiver's own memory.
 
 use std::sync::Arc;
 
-use prost::Message;
-use storeapi::wire::prometheus::WriteRequest as PromWriteRequest;
-use storeapi::wire::prompb::TimeSeries;
+use bytes::Bytes;
+use storeapi::wire::remote_write::encode_raw_series;
 
 use super::{BoxFuture, Failure, FailureKind, LocalWriteResult, LocalWriter};
-use crate::limits::Effective;
+use crate::limits::{Effective, LimitsConfig};
 use crate::metrics::ReceiveMetrics;
 use crate::multitsdb::MultiTsdb;
 use crate::write::{Bounds, WriteError, write};
@@ -22,6 +22,7 @@ pub struct TsdbLocalWriter {
     pub mt: Arc<MultiTsdb>,
     pub metrics: ReceiveMetrics,
     pub bounds: Bounds,
+    pub limits: Arc<LimitsConfig>,
 }
 
 /// How a local write error counts towards quorum.
@@ -39,20 +40,20 @@ impl LocalWriter for TsdbLocalWriter {
     fn write<'a>(
         &'a self,
         tenant: &'a str,
-        series: &'a [TimeSeries],
+        series: &'a [Bytes],
     ) -> BoxFuture<'a, LocalWriteResult> {
         Box::pin(async move {
-            let raw = PromWriteRequest {
-                timeseries: series.to_vec(),
-                metadata: Vec::new(),
-            }
-            .encode_to_vec();
+            let raw = encode_raw_series(series);
             let mt = Arc::clone(&self.mt);
             let metrics = self.metrics.clone();
             let bounds = self.bounds;
+            let limits = Effective {
+                head_series: self.limits.for_tenant(tenant).head_series,
+                ..Effective::default()
+            };
             let tenant = tenant.to_string();
             let joined = tokio::task::spawn_blocking(move || {
-                write(&mt, &metrics, &tenant, &raw, &Effective::default(), &bounds)
+                write(&mt, &metrics, &tenant, &raw, &limits, &bounds)
             })
             .await;
             match joined {

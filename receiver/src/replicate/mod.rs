@@ -13,6 +13,7 @@
 //!
 //! [`WriteError::http_status`] / [`WriteError::grpc_status`] give the answer to the client.
 
+pub mod codec;
 pub mod local;
 pub mod metrics;
 pub mod peers;
@@ -27,7 +28,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use prost::Message;
 use storeapi::wire::prompb::TimeSeries;
+use storeapi::wire::remote_write::{
+    DecodeError, SeriesView, WriteRequestReader, encode_forwarded, split_forwarded,
+};
 use storeapi::wire::thanos::WriteRequest;
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -73,12 +79,71 @@ pub enum LocalWriteResult {
 
 /// This receiver's storage, implemented by the TSDB layer.
 pub trait LocalWriter: Send + Sync + 'static {
-    /// Appends `series` to `tenant`'s TSDB (creating it if needed).
-    fn write<'a>(
-        &'a self,
-        tenant: &'a str,
-        series: &'a [TimeSeries],
-    ) -> BoxFuture<'a, LocalWriteResult>;
+    /// Appends `series` (encoded `TimeSeries` messages) to `tenant`'s TSDB (creating it if
+    /// needed).
+    fn write<'a>(&'a self, tenant: &'a str, series: &'a [Bytes])
+    -> BoxFuture<'a, LocalWriteResult>;
+}
+
+/// One series of a write as its encoded `TimeSeries` message (usually a zero-copy slice
+/// of the request body) and its placement hash for the write's tenant.
+#[derive(Debug, Clone)]
+pub struct RawSeries {
+    pub bytes: Bytes,
+    pub hash: u64,
+}
+
+impl RawSeries {
+    /// From a decoded view of `bytes` (the caller already walked the labels).
+    pub fn from_view(tenant: &str, view: &SeriesView<'_>, bytes: Bytes) -> Self {
+        let hash =
+            crate::hashring::series_hash(tenant, view.labels.iter().map(|l| (l.name, l.value)));
+        RawSeries { bytes, hash }
+    }
+
+    /// Decodes the labels of `bytes` to place it.
+    pub fn decode(tenant: &str, bytes: Bytes) -> Result<Self, DecodeError> {
+        let mut view = SeriesView::default();
+        view.decode(&bytes)?;
+        let hash =
+            crate::hashring::series_hash(tenant, view.labels.iter().map(|l| (l.name, l.value)));
+        drop(view);
+        Ok(RawSeries { bytes, hash })
+    }
+
+    pub fn from_prost(tenant: &str, ts: &TimeSeries) -> Self {
+        let hash = crate::hashring::series_hash(
+            tenant,
+            ts.labels
+                .iter()
+                .map(|l| (l.name.as_str(), l.value.as_str())),
+        );
+        RawSeries {
+            bytes: Bytes::from(ts.encode_to_vec()),
+            hash,
+        }
+    }
+}
+
+/// Splits an uncompressed `prometheus.WriteRequest` into [`RawSeries`] (zero-copy), calling
+/// `check` on every decoded series first (limits, counting); its error aborts the split.
+pub fn split_body<E: From<DecodeError>>(
+    tenant: &str,
+    body: &Bytes,
+    mut check: impl FnMut(&SeriesView<'_>) -> Result<(), E>,
+) -> Result<Vec<RawSeries>, E> {
+    let mut reader = WriteRequestReader::new(body);
+    let mut view = SeriesView::default();
+    let mut out = Vec::new();
+    while reader.next_series(&mut view)? {
+        check(&view)?;
+        out.push(RawSeries::from_view(
+            tenant,
+            &view,
+            body.slice_ref(view.raw),
+        ));
+    }
+    Ok(out)
 }
 
 /// The answer to a write request.
@@ -152,14 +217,14 @@ pub struct DistributorConfig {
 }
 
 impl DistributorConfig {
-    pub fn from_args(args: &HashringArgs) -> Self {
+    pub fn from_args(args: &HashringArgs, default_tenant: String) -> Self {
         DistributorConfig {
             mode: args.mode(),
             local_endpoint: args.local_endpoint.clone(),
             replication_factor: args.replication_factor,
             forward_timeout: args.forward_timeout,
             forward_max_backoff: args.forward_max_backoff,
-            default_tenant: "default-tenant".to_string(),
+            default_tenant,
         }
     }
 }
@@ -223,10 +288,11 @@ impl Distributor {
     /// an error; later bad versions are logged and the previous ring kept.
     pub fn from_args(
         args: &HashringArgs,
+        default_tenant: String,
         local: Option<Arc<dyn LocalWriter>>,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<Setup, SetupError> {
-        let cfg = DistributorConfig::from_args(args);
+        let cfg = DistributorConfig::from_args(args, default_tenant);
         if cfg.mode.stores_locally() && local.is_none() {
             return Err(SetupError::MissingLocalWriter);
         }
@@ -278,13 +344,29 @@ impl Distributor {
         &self.peers
     }
 
-    /// A client write (remote-write HTTP). `tenant` is resolved by the caller.
+    /// A client write of prost series (tests and tools); see [`Distributor::write_series`].
     pub async fn write(&self, tenant: &str, series: Vec<TimeSeries>) -> Result<(), WriteError> {
+        let raw = series
+            .iter()
+            .map(|ts| RawSeries::from_prost(tenant, ts))
+            .collect();
+        self.write_series(tenant, raw).await
+    }
+
+    /// A client write (remote-write HTTP). `tenant` is resolved by the caller.
+    pub async fn write_series(
+        &self,
+        tenant: &str,
+        series: Vec<RawSeries>,
+    ) -> Result<(), WriteError> {
         if series.is_empty() {
             return Ok(());
         }
         match self.cfg.mode {
-            Mode::IngestorOnly => self.write_local(tenant, series).await,
+            Mode::IngestorOnly => {
+                self.write_local(tenant, series.into_iter().map(|s| s.bytes).collect())
+                    .await
+            }
             Mode::RouterOnly | Mode::RouterIngestor => {
                 let replicas: Vec<u64> = (0..self.cfg.replication_factor).collect();
                 let quorum = Quorum::for_replication_factor(self.cfg.replication_factor);
@@ -293,48 +375,63 @@ impl Distributor {
         }
     }
 
-    /// [`Distributor::write`] for an uncompressed `prometheus.WriteRequest` body.
+    /// [`Distributor::write_series`] for an uncompressed `prometheus.WriteRequest` body.
     pub async fn write_raw(&self, tenant: &str, raw: &[u8]) -> Result<(), WriteError> {
-        use prost::Message;
-        let req = storeapi::wire::prometheus::WriteRequest::decode(raw)
+        let body = Bytes::copy_from_slice(raw);
+        let series = split_body(tenant, &body, |_| Ok::<(), DecodeError>(()))
             .map_err(|e| WriteError::BadRequest(e.to_string()))?;
-        self.write(tenant, req.timeseries).await
+        self.write_series(tenant, series).await
     }
 
-    /// A forwarded write (`thanos.WriteableStore/RemoteWrite`).
+    /// A forwarded write of prost series (tests and tools); see
+    /// [`Distributor::remote_write_bytes`].
     pub async fn remote_write(&self, req: WriteRequest) -> Result<(), WriteError> {
-        let tenant = if req.tenant.is_empty() {
+        self.remote_write_bytes(Bytes::from(req.encode_to_vec()))
+            .await
+    }
+
+    /// A forwarded write (`thanos.WriteableStore/RemoteWrite`): an encoded
+    /// `thanos.WriteRequest`.
+    pub async fn remote_write_bytes(&self, body: Bytes) -> Result<(), WriteError> {
+        let parts = split_forwarded(&body).map_err(|e| WriteError::BadRequest(e.to_string()))?;
+        let tenant = if parts.tenant.is_empty() {
             self.cfg.default_tenant.clone()
         } else {
-            req.tenant
+            parts.tenant.to_string()
+        };
+        let replica = parts.replica;
+        let series: Vec<Bytes> = parts.series.iter().map(|s| body.slice_ref(s)).collect();
+        drop(parts);
+        let routed = |series: Vec<Bytes>| -> Result<Vec<RawSeries>, WriteError> {
+            series
+                .into_iter()
+                .map(|b| RawSeries::decode(&tenant, b))
+                .collect::<Result<_, _>>()
+                .map_err(|e| WriteError::BadRequest(e.to_string()))
         };
         match self.cfg.mode {
             // Acyclic topologies: the replica number is meaningless here (Thanos resets it).
-            Mode::IngestorOnly => self.write_local(&tenant, req.timeseries).await,
-            Mode::RouterOnly => self.write(&tenant, req.timeseries).await,
+            Mode::IngestorOnly => self.write_local(&tenant, series).await,
+            Mode::RouterOnly => self.write_series(&tenant, routed(series)?).await,
             Mode::RouterIngestor => {
                 let rf = self.cfg.replication_factor;
-                if req.replica < 0 || req.replica as u64 > rf {
+                if replica < 0 || replica as u64 > rf {
                     return Err(WriteError::BadReplica {
-                        replica: req.replica,
+                        replica,
                         replication_factor: rf,
                     });
                 }
-                if req.replica == 0 {
-                    self.write(&tenant, req.timeseries).await
+                if replica == 0 {
+                    self.write_series(&tenant, routed(series)?).await
                 } else {
-                    self.write_local(&tenant, req.timeseries).await
+                    self.write_local(&tenant, series).await
                 }
             }
         }
     }
 
     /// Writes to the local TSDB only.
-    pub async fn write_local(
-        &self,
-        tenant: &str,
-        series: Vec<TimeSeries>,
-    ) -> Result<(), WriteError> {
+    pub async fn write_local(&self, tenant: &str, series: Vec<Bytes>) -> Result<(), WriteError> {
         if series.is_empty() {
             return Ok(());
         }
@@ -372,7 +469,7 @@ impl Distributor {
     async fn fanout(
         &self,
         tenant: &str,
-        series: Vec<TimeSeries>,
+        series: Vec<RawSeries>,
         replicas: &[u64],
         quorum: Quorum,
         count_replication: bool,
@@ -389,7 +486,7 @@ impl Distributor {
         let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
 
         for (dest, ids) in plan {
-            let batch: Vec<TimeSeries> = ids.iter().map(|&i| series[i].clone()).collect();
+            let batch: Vec<Bytes> = ids.iter().map(|&i| series[i].bytes.clone()).collect();
             let tx = tx.clone();
             let tenant = tenant.to_string();
             let is_local = self.cfg.local_endpoint.as_deref() == Some(dest.address.as_str());
@@ -411,12 +508,10 @@ impl Distributor {
                 let peers = Arc::clone(&self.peers);
                 let metrics = self.metrics.clone();
                 tokio::spawn(async move {
-                    let req = WriteRequest {
-                        timeseries: batch,
-                        tenant,
-                        // 1-based on the wire; 0 means "not replicated yet".
-                        replica: dest.replica as i64 + 1,
-                    };
+                    // 1-based on the wire; 0 means "not replicated yet".
+                    let req =
+                        Bytes::from(encode_forwarded(&batch, &tenant, dest.replica as i64 + 1));
+                    drop(batch);
                     let result = peers.remote_write(&dest.address, req).await;
                     if let Err(f) = &result {
                         tracing::debug!(peer = %dest.address, error = %f.message, "forward failed");

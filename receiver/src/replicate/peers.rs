@@ -8,12 +8,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use storeapi::wire::thanos::WriteRequest;
-use storeapi::wire::thanos::writeable_store_client::WriteableStoreClient;
+use bytes::Bytes;
+use tonic::client::Grpc;
 use tonic::transport::Channel;
 
 use super::Failure;
+use super::codec::BytesCodec;
 use super::quorum::FailureKind;
+
+const REMOTE_WRITE_PATH: &str = "/thanos.WriteableStore/RemoteWrite";
 
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -48,7 +51,7 @@ pub fn classify(status: &tonic::Status) -> FailureKind {
 /// Connections and backoff state for every peer.
 #[derive(Debug)]
 pub struct PeerPool {
-    clients: Mutex<HashMap<String, WriteableStoreClient<Channel>>>,
+    clients: Mutex<HashMap<String, Grpc<Channel>>>,
     backoff: Mutex<HashMap<String, Backoff>>,
     max_backoff: Duration,
     request_timeout: Duration,
@@ -64,7 +67,7 @@ impl PeerPool {
         }
     }
 
-    fn client(&self, address: &str) -> Result<WriteableStoreClient<Channel>, Failure> {
+    fn client(&self, address: &str) -> Result<Grpc<Channel>, Failure> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = clients.get(address) {
             return Ok(c.clone());
@@ -84,7 +87,7 @@ impl PeerPool {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(false)
             .connect_lazy();
-        let client = WriteableStoreClient::new(channel)
+        let client = Grpc::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         clients.insert(address.to_string(), client.clone());
@@ -133,8 +136,9 @@ impl PeerPool {
             .retain(|a, _| keep.contains(a));
     }
 
-    /// Sends one batch to a peer.
-    pub async fn remote_write(&self, address: &str, req: WriteRequest) -> Result<(), Failure> {
+    /// Sends one batch to a peer: an encoded `thanos.WriteRequest`
+    /// ([`storeapi::wire::remote_write::encode_forwarded`]).
+    pub async fn remote_write(&self, address: &str, req: Bytes) -> Result<(), Failure> {
         if !self.is_up(address) {
             return Err(Failure {
                 kind: FailureKind::Unavailable,
@@ -146,7 +150,19 @@ impl PeerPool {
         let mut client = self.client(address)?;
         let mut request = tonic::Request::new(req);
         request.set_timeout(self.request_timeout);
-        let result = tokio::time::timeout(self.request_timeout, client.remote_write(request)).await;
+        let call = async {
+            client.ready().await.map_err(|e| {
+                tonic::Status::unavailable(format!("connecting to endpoint {address}: {e}"))
+            })?;
+            client
+                .unary(
+                    request,
+                    http::uri::PathAndQuery::from_static(REMOTE_WRITE_PATH),
+                    BytesCodec,
+                )
+                .await
+        };
+        let result = tokio::time::timeout(self.request_timeout, call).await;
         match result {
             Ok(Ok(_)) => {
                 self.mark_available(address);
@@ -219,17 +235,11 @@ mod tests {
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
         let pool = PeerPool::new(Duration::from_secs(2), Duration::from_secs(5));
-        let err = pool
-            .remote_write(&addr, WriteRequest::default())
-            .await
-            .unwrap_err();
+        let err = pool.remote_write(&addr, Bytes::new()).await.unwrap_err();
         assert_eq!(err.kind, FailureKind::Unavailable, "{}", err.message);
         assert!(!pool.is_up(&addr));
         assert_eq!(pool.backing_off(), 1);
-        let err = pool
-            .remote_write(&addr, WriteRequest::default())
-            .await
-            .unwrap_err();
+        let err = pool.remote_write(&addr, Bytes::new()).await.unwrap_err();
         assert!(err.message.contains("backing off"), "{}", err.message);
     }
 }

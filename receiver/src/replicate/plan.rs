@@ -2,8 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use storeapi::wire::prompb::TimeSeries;
-
+use super::RawSeries;
 use crate::hashring::{HashringError, MultiHashring};
 
 /// Where one batch goes: an endpoint and the replica number (0-based) it holds the batch as.
@@ -21,22 +20,16 @@ pub type Plan = BTreeMap<Destination, Vec<usize>>;
 pub fn plan(
     ring: &MultiHashring,
     tenant: &str,
-    series: &[TimeSeries],
+    series: &[RawSeries],
     replicas: &[u64],
 ) -> Result<Plan, HashringError> {
     let mut out: Plan = BTreeMap::new();
     let entry = ring.ring_for(tenant)?;
-    for (i, ts) in series.iter().enumerate() {
-        let hash = crate::hashring::series_hash(
-            tenant,
-            ts.labels
-                .iter()
-                .map(|l| (l.name.as_str(), l.value.as_str())),
-        );
+    for (i, s) in series.iter().enumerate() {
         for &n in replicas {
             let ep = entry
                 .ring
-                .get_n(hash, n)
+                .get_n(s.hash, n)
                 .map_err(|source| HashringError::Ring {
                     ring: entry.name.clone(),
                     source,
@@ -56,6 +49,7 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::hashring::{Algorithm, parse_config};
+    use storeapi::wire::prompb::TimeSeries;
     use storeapi::wire::thanos::Label;
 
     pub(crate) fn series(name: &str, v: &str) -> TimeSeries {
@@ -79,7 +73,8 @@ mod tests {
         let cfg = parse_config(br#"[{"endpoints":["a:1","b:1","c:1","d:1"]}]"#, 3).unwrap();
         let ring = MultiHashring::new(Algorithm::Ketama, 3, &cfg).unwrap();
         let ss: Vec<TimeSeries> = (0..200).map(|i| series("m", &i.to_string())).collect();
-        let p = plan(&ring, "t", &ss, &[0, 1, 2]).unwrap();
+        let raw: Vec<RawSeries> = ss.iter().map(|s| RawSeries::from_prost("t", s)).collect();
+        let p = plan(&ring, "t", &raw, &[0, 1, 2]).unwrap();
         let mut per_series: Vec<Vec<&Destination>> = vec![Vec::new(); ss.len()];
         for (d, ids) in &p {
             assert!(
@@ -120,7 +115,15 @@ mod tests {
     fn unknown_tenant_fails_the_plan() {
         let cfg = parse_config(br#"[{"tenants":["x"],"endpoints":["a:1"]}]"#, 1).unwrap();
         let ring = MultiHashring::new(Algorithm::Ketama, 1, &cfg).unwrap();
-        assert!(plan(&ring, "y", &[series("m", "1")], &[0]).is_err());
+        assert!(
+            plan(
+                &ring,
+                "y",
+                &[RawSeries::from_prost("y", &series("m", "1"))],
+                &[0]
+            )
+            .is_err()
+        );
         // No series: still needs a ring (Thanos too), but an empty plan is fine for a known tenant.
         assert!(plan(&ring, "x", &[], &[0]).unwrap().is_empty());
     }

@@ -58,7 +58,7 @@ impl LocalWriter for MemWriter {
     fn write<'a>(
         &'a self,
         tenant: &'a str,
-        series: &'a [TimeSeries],
+        series: &'a [Bytes],
     ) -> BoxFuture<'a, LocalWriteResult> {
         Box::pin(async move {
             if *self.not_ready.lock().unwrap() {
@@ -69,8 +69,12 @@ impl LocalWriter for MemWriter {
             }
             let mut db = self.series.lock().unwrap();
             let mut fails = Vec::new();
-            for (i, ts) in series.iter().enumerate() {
-                let samples = db.entry((tenant.to_string(), key(ts))).or_default();
+            for (i, raw) in series.iter().enumerate() {
+                let Ok(ts) = TimeSeries::decode(&raw[..]) else {
+                    fails.push((i, Failure::new(FailureKind::Other, "undecodable series")));
+                    continue;
+                };
+                let samples = db.entry((tenant.to_string(), key(&ts))).or_default();
                 let mut conflict = None;
                 for s in &ts.samples {
                     match samples.last() {
@@ -548,14 +552,14 @@ async fn ingestor_only_writes_locally_and_router_without_ring_is_unready() {
     };
     let mut reg = prometheus_client::registry::Registry::default();
     assert!(matches!(
-        Distributor::from_args(&args, None, &mut reg),
+        Distributor::from_args(&args, "default-tenant".into(), None, &mut reg),
         Err(SetupError::Load(_))
     ));
     let args = HashringArgs {
         hashrings: Some(r#"[{"endpoints":["127.0.0.1:1"]}]"#.into()),
         ..Default::default()
     };
-    let setup = Distributor::from_args(&args, None, &mut reg).unwrap();
+    let setup = Distributor::from_args(&args, "default-tenant".into(), None, &mut reg).unwrap();
     assert_eq!(setup.distributor.mode(), Mode::RouterOnly);
     assert!(setup.distributor.is_ready());
     let args = HashringArgs {
@@ -563,7 +567,7 @@ async fn ingestor_only_writes_locally_and_router_without_ring_is_unready() {
         ..Default::default()
     };
     assert!(matches!(
-        Distributor::from_args(&args, None, &mut reg),
+        Distributor::from_args(&args, "default-tenant".into(), None, &mut reg),
         Err(SetupError::MissingLocalWriter)
     ));
 }
