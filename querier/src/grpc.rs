@@ -269,7 +269,7 @@ pub async fn serve(
         )
         .add_service(InfoServer::new(svc))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
                 let _ = stop.wait_for(|v| *v).await;
             },
