@@ -9,7 +9,10 @@
 //!
 //! Other flags: `--step-secs 15` (sample interval), `--block-mins 30` (block duration
 //! given to both servers), `--servers orrery,prometheus` (or `orrery-nofsync` for orrery
-//! with `--tsdb.wal-fsync=false`), `--no-blocks` (skip the bytes-per-sample phase).
+//! with `--tsdb.wal-fsync=false`; `ring-rf1`/`ring-rf3` for three router+ingestors on one
+//! hashring with replication factor 1 or 3, load sent to the first, CPU and peak RSS summed
+//! over the three; its bytes/sample are the first node's share), `--no-blocks` (skip the
+//! bytes-per-sample phase).
 //!
 //! Per server it prints samples/s accepted (2xx only; non-2xx counted apart), peak RSS
 //! (VmHWM), server CPU seconds per million samples (utime+stime from /proc), and bytes
@@ -635,7 +638,7 @@ fn drive(
     name: &str,
     addr: &str,
     path: &str,
-    pid: u32,
+    pids: &[u32],
     data: &Path,
     batches: &mut [Vec<Batch>],
     t0: i64,
@@ -652,15 +655,18 @@ fn drive(
         first_error: std::sync::Mutex::new(String::new()),
         failed: AtomicBool::new(false),
     });
-    let pid = pid.to_string();
-    let cpu0 = cpu_secs(&pid);
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    // A ring is measured as a whole: CPU and peak RSS summed over its processes.
+    let cpu_all = || pids.iter().map(|p| cpu_secs(p)).sum::<f64>();
+    let hwm_all = || pids.iter().map(|p| status_kb(p, "VmHWM:")).sum::<u64>();
+    let cpu0 = cpu_all();
     let client0 = cpu_secs("self");
     let start = Instant::now();
     // (VmHWM, rounds sent) when the first block shows up on disk.
     let mut at_block: Option<(u64, u64)> = None;
     let look = |at: &mut Option<(u64, u64)>| {
         if blocks_under(data).blocks > 0 {
-            let hwm = status_kb(&pid, "VmHWM:");
+            let hwm = hwm_all();
             let r = shared
                 .rounds
                 .iter()
@@ -746,9 +752,9 @@ fn drive(
         let accepted = shared.accepted.load(Ordering::Acquire);
         let non2xx = shared.non2xx.load(Ordering::Acquire);
         let errors = shared.errors.load(Ordering::Acquire);
-        let cpu1 = cpu_secs(&pid);
+        let cpu1 = cpu_all();
         let client1 = cpu_secs("self");
-        let hwm = status_kb(&pid, "VmHWM:");
+        let hwm = hwm_all();
         let max_round = shared
             .rounds
             .iter()
@@ -812,9 +818,72 @@ fn drive(
 }
 
 fn start_orrery(dir: &Path, block_mins: i64, fsync: bool) -> (Proc, String, PathBuf) {
-    let rw = free_port();
-    let grpc = free_port();
-    let http = free_port();
+    let mut ports = distinct_ports(3).into_iter();
+    let mut next = || ports.next().unwrap_or_else(free_port);
+    start_orrery_node(dir, block_mins, fsync, [next(), next(), next()], &[])
+}
+
+/// Free ports that are also distinct from each other (a port released by one probe can be
+/// handed out again by the next before anything binds it).
+fn distinct_ports(n: usize) -> Vec<u16> {
+    let mut out: Vec<u16> = Vec::new();
+    while out.len() < n {
+        let p = free_port();
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Three router+ingestors on loopback sharing one hashring file with replication factor
+/// `rf`; the load goes to the first. Returns the processes, its address and its data dir.
+fn start_ring(dir: &Path, block_mins: i64, rf: u64) -> (Vec<Proc>, String, PathBuf) {
+    let ports = distinct_ports(9);
+    let grpc: Vec<u16> = ports[..3].to_vec();
+    let ring = dir.join("hashring.json");
+    let eps: Vec<String> = grpc.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    std::fs::write(
+        &ring,
+        format!(
+            r#"[{{"hashring":"default","endpoints":[{}]}}]"#,
+            eps.join(",")
+        ),
+    )
+    .expect("write hashring file");
+    let mut procs = Vec::new();
+    let mut entry = None;
+    for (i, port) in grpc.iter().enumerate() {
+        let extra = [
+            format!("--receive.hashrings-file={}", ring.display()),
+            format!("--receive.replication-factor={rf}"),
+            format!("--receive.local-endpoint=127.0.0.1:{port}"),
+            format!("--label=receive_replica=\"{i}\""),
+        ];
+        let own = [*port, ports[3 + 2 * i], ports[4 + 2 * i]];
+        let (p, addr, data) = start_orrery_node(
+            &dir.join(format!("node-{i}")),
+            block_mins,
+            true,
+            own,
+            &extra,
+        );
+        if i == 0 {
+            entry = Some((addr, data));
+        }
+        procs.push(p);
+    }
+    let (addr, data) = entry.expect("three nodes");
+    (procs, addr, data)
+}
+
+fn start_orrery_node(
+    dir: &Path,
+    block_mins: i64,
+    fsync: bool,
+    [grpc, rw, http]: [u16; 3],
+    extra: &[String],
+) -> (Proc, String, PathBuf) {
     let data = dir.join("data");
     let mut cmd = Command::new(orrery_release_bin());
     cmd.arg("receive")
@@ -826,7 +895,9 @@ fn start_orrery(dir: &Path, block_mins: i64, fsync: bool) -> (Proc, String, Path
         .arg(format!("--tsdb.max-block-duration={block_mins}m"))
         .arg("--tsdb.maintenance-interval=2s")
         .arg(format!("--tsdb.wal-fsync={fsync}"))
+        .args(extra)
         .env("RUST_LOG", "warn");
+    std::fs::create_dir_all(dir).expect("node dir");
     let p = Proc::spawn("orrery", cmd, dir.join("orrery.log"));
     let haddr = format!("127.0.0.1:{http}");
     let ready = wait_for(Duration::from_secs(60), || {
@@ -956,12 +1027,36 @@ fn main() {
                     &server,
                     &addr,
                     "/api/v1/receive",
-                    p.pid(),
+                    &[p.pid()],
                     &data,
                     &mut batches,
                     t0,
                 );
                 p.terminate(Duration::from_secs(30));
+                r
+            }
+            "ring-rf1" | "ring-rf3" => {
+                let rf = if server == "ring-rf1" { 1 } else { 3 };
+                let dir = tempfile::tempdir().expect("temp dir");
+                let (mut procs, addr, data) = start_ring(dir.path(), o.block_mins, rf);
+                println!(
+                    "{server}: 3 router+ingestors (pids {:?}), load to {addr}",
+                    procs.iter().map(|p| p.pid()).collect::<Vec<_>>()
+                );
+                let pids: Vec<u32> = procs.iter().map(|p| p.pid()).collect();
+                let r = drive(
+                    &o,
+                    &server,
+                    &addr,
+                    "/api/v1/receive",
+                    &pids,
+                    &data,
+                    &mut batches,
+                    t0,
+                );
+                for p in procs.iter_mut() {
+                    p.terminate(Duration::from_secs(30));
+                }
                 r
             }
             "prometheus" => {
@@ -984,7 +1079,7 @@ fn main() {
                     &server,
                     &p.addr(),
                     "/api/v1/write",
-                    p.proc.pid(),
+                    &[p.proc.pid()],
                     &data,
                     &mut batches,
                     t0,
@@ -999,7 +1094,11 @@ fn main() {
     }
     let find = |n: &str| results.iter().find(|r| r.server == n);
     if let Some(p) = find("prometheus") {
-        for o in results.iter().filter(|r| r.server != "prometheus") {
+        // The goals are for one receiver; a ring's lines are for comparison only.
+        for o in results
+            .iter()
+            .filter(|r| r.server != "prometheus" && !r.server.starts_with("ring-"))
+        {
             let rate = |r: &Result1| r.accepted as f64 / r.secs;
             let cpm = |r: &Result1| r.cpu / (r.accepted.max(1) as f64 / 1e6);
             let bps = |r: &Result1| {
@@ -1022,6 +1121,15 @@ fn main() {
                     (Some(a), Some(b)) => format!(", bytes/sample {:.2}×", a / b),
                     _ => String::new(),
                 }
+            );
+        }
+        for o in results.iter().filter(|r| r.server.starts_with("ring-")) {
+            println!(
+                "ratios {}/prometheus: samples/s {:.2}×, CPU per accepted sample {:.2}×, peak RSS (sum of 3) {:.2}×",
+                o.server,
+                (o.accepted as f64 / o.secs) / (p.accepted as f64 / p.secs),
+                (o.cpu / o.accepted.max(1) as f64) / (p.cpu / p.accepted.max(1) as f64),
+                o.hwm_kb as f64 / p.hwm_kb.max(1) as f64,
             );
         }
     }
