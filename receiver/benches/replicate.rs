@@ -88,7 +88,8 @@ fn bench(c: &mut Criterion) {
                 Some(local),
                 ReplicationMetrics::default(),
             ));
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_service(writeable_store_service(d))
