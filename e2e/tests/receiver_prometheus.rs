@@ -6,36 +6,11 @@ mod receiver_common;
 
 use std::time::Duration;
 
-use e2e::{Prometheus, http_get, wait_for};
-use receiver_common::{Receiver, eq, series};
-
-fn prom_query(addr: &str, q: &str, time: Option<f64>) -> serde_json::Value {
-    let enc: String = q
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let path = match time {
-        Some(t) => format!("/api/v1/query?query={enc}&time={t}"),
-        None => format!("/api/v1/query?query={enc}"),
-    };
-    let (code, body) = http_get(addr, &path).expect("query prometheus");
-    assert_eq!(code, 200, "prometheus query {q}: {body}");
-    serde_json::from_str(&body).expect("json")
-}
+use e2e::{Prometheus, wait_for};
+use receiver_common::{Receiver, eq, prom_query, prom_value, series};
 
 fn failed_samples(addr: &str) -> f64 {
-    let v = prom_query(
-        addr,
-        "sum(prometheus_remote_storage_samples_failed_total)",
-        None,
-    );
-    v["data"]["result"][0]["value"][1]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.0)
+    prom_value(addr, "sum(prometheus_remote_storage_samples_failed_total)").unwrap_or(0.0)
 }
 
 #[test]
