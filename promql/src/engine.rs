@@ -235,6 +235,7 @@ impl Engine {
             deadline,
             cancel: qopts.cancel.clone(),
             data: HashMap::new(),
+            spent: Vec::new(),
             warnings: Vec::new(),
             infos: Vec::new(),
         };
@@ -289,8 +290,11 @@ impl Engine {
             }
         }
         for (p, mut all) in plans.iter().zip(per_plan) {
-            all.sort_by(|a, b| a.labels.cmp(&b.labels));
-            all.dedup_by(|a, b| a.labels == b.labels);
+            // Stores answer sorted and unique: then one pass of comparisons suffices.
+            if !all.windows(2).all(|w| w[0].labels < w[1].labels) {
+                all.sort_by(|a, b| a.labels.cmp(&b.labels));
+                all.dedup_by(|a, b| a.labels == b.labels);
+            }
             ev.data.insert(selector_key(p.vs), std::sync::Arc::new(all));
         }
         Ok(ev)
@@ -378,7 +382,7 @@ impl PreparedQuery {
         } = self;
         let time_ms = ctx.start;
         let val = ev.eval(&expr, ctx)?;
-        drop_later(std::mem::take(&mut ev.data));
+        drop_later((std::mem::take(&mut ev.data), std::mem::take(&mut ev.spent)));
         let value = match val {
             Val::Scalar(v) => Value::Scalar(Sample {
                 t: time_ms,
@@ -414,7 +418,7 @@ impl PreparedQuery {
             expr, mut ev, ctx, ..
         } = self;
         let val = ev.eval(&expr, ctx)?;
-        drop_later(std::mem::take(&mut ev.data));
+        drop_later((std::mem::take(&mut ev.data), std::mem::take(&mut ev.spent)));
         let mut out: Vec<(Labels, Vec<Sample>)> = match val {
             Val::Scalar(v) => vec![(
                 Labels::empty(),

@@ -273,6 +273,9 @@ pub(crate) struct Evaluator {
     pub deadline: Instant,
     pub cancel: Option<Arc<AtomicBool>>,
     pub data: HashMap<usize, Arc<Vec<storeapi_series::Raw>>>,
+    /// Series whose labels were moved out by their (single) evaluation, kept to be freed
+    /// after the query.
+    pub spent: Vec<Arc<Vec<storeapi_series::Raw>>>,
     pub warnings: Vec<String>,
     pub infos: Vec<String>,
 }
@@ -413,14 +416,16 @@ impl Evaluator {
     ) -> Result<Vec<Series>, QueryError> {
         let offset = offset_ms(&vs.offset);
         let at = at_ms(&vs.at, self.qstart, self.qend);
-        let raws = self
-            .data
-            .get(&selector_key(vs))
-            .cloned()
-            .unwrap_or_default();
+        // Each selector node is evaluated once per query (evaluation is vectorised over
+        // the steps), so its series' labels are moved out instead of cloned when no one
+        // else holds them; the emptied series go back to be freed after the query.
+        let key = selector_key(vs);
+        let mut raws = self.data.remove(&key).unwrap_or_default();
+        let owned = Arc::get_mut(&mut raws).is_some();
         let n = ctx.n();
         let mut out = Vec::with_capacity(raws.len());
-        for r in raws.iter() {
+        for i in 0..raws.len() {
+            let r = &raws[i];
             let mut pts = Vec::new();
             if let Some(at) = at {
                 let rt = at - offset;
@@ -453,11 +458,17 @@ impl Evaluator {
             }
             if !pts.is_empty() {
                 self.add_samples(pts.len())?;
-                out.push(Series {
-                    labels: r.labels.clone(),
-                    pts,
-                });
+                let labels = match Arc::get_mut(&mut raws) {
+                    Some(rs) if owned => std::mem::take(&mut rs[i].labels),
+                    _ => raws[i].labels.clone(),
+                };
+                out.push(Series { labels, pts });
             }
+        }
+        if !owned {
+            self.data.insert(key, raws);
+        } else {
+            self.spent.push(raws);
         }
         Ok(out)
     }

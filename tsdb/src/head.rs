@@ -87,10 +87,57 @@ pub fn labels_from_key(key: &[u8]) -> Option<Labels> {
     Some(Labels::from_sorted_unchecked(out))
 }
 
+/// Selections of at least this many series are gathered on two threads.
+const PARALLEL_SELECT_MIN: usize = 8192;
+
+/// `series` with chunks overlapping `[mint, maxt]`, sorted by series key (ordered as the
+/// labels are, compared without parsing), with parsed labels and those chunks.
+fn select_sorted(
+    series: &[Arc<MemSeries>],
+    mint: i64,
+    maxt: i64,
+) -> Vec<(Arc<MemSeries>, Labels, Vec<Chunk>)> {
+    let mut sel: Vec<(&Arc<MemSeries>, Vec<Chunk>)> = series
+        .iter()
+        .filter_map(|s| {
+            let c = s.chunks(mint, maxt);
+            (!c.is_empty()).then_some((s, c))
+        })
+        .collect();
+    sel.sort_unstable_by(|a, b| cmp_keys(&a.0.key, &b.0.key));
+    sel.into_iter()
+        .map(|(s, c)| (s.clone(), s.labels(), c))
+        .collect()
+}
+
 /// Orders series keys as their label sets are ordered (name, then value, label by
 /// label; a prefix first). Plain byte order differs when a name is a prefix of another.
+///
+/// Equal prefixes put both keys at the same offset of the same segment, so the first
+/// differing byte decides: the key whose segment ends there (`0xff`) is smaller, else
+/// byte order (byte order with `0xff` ranked lowest).
 pub fn cmp_keys(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
-    a.split(|&x| x == 0xff).cmp(b.split(|&x| x == 0xff))
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = u64::from_ne_bytes(a[i..i + 8].try_into().unwrap_or([0; 8]));
+        let y = u64::from_ne_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        if x != y {
+            break;
+        }
+        i += 8;
+    }
+    while i < n && a[i] == b[i] {
+        i += 1;
+    }
+    if i == n {
+        return a.len().cmp(&b.len());
+    }
+    match (a[i], b[i]) {
+        (0xff, _) => std::cmp::Ordering::Less,
+        (_, 0xff) => std::cmp::Ordering::Greater,
+        (x, y) => x.cmp(&y),
+    }
 }
 
 /// How a batch names a series: by label hash + labels, by hash + series key alone
@@ -558,14 +605,42 @@ impl Head {
                 .filter_map(|r| idx.series.get(r).cloned())
                 .collect()
         };
-        let mut out: Vec<(Labels, Vec<Chunk>)> = series
-            .iter()
-            .filter_map(|s| {
-                let c = s.chunks(mint, maxt);
-                (!c.is_empty()).then(|| (s.labels(), c))
+        // Large selections are split in two halves, each gathered, sorted and parsed on
+        // its own thread, then merged (the caller usually waits on nothing else).
+        let parts = if series.len() >= PARALLEL_SELECT_MIN
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+        {
+            let mid = series.len() / 2;
+            let (a, b) = series.split_at(mid);
+            std::thread::scope(|sc| {
+                let hb = sc.spawn(|| select_sorted(b, mint, maxt));
+                let ra = select_sorted(a, mint, maxt);
+                hb.join().map(|rb| (ra, rb))
             })
-            .collect();
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            .ok()
+        } else {
+            None
+        };
+        let Some((a, b)) = parts else {
+            return select_sorted(&series, mint, maxt)
+                .into_iter()
+                .map(|(_, l, c)| (l, c))
+                .collect();
+        };
+        let mut out = Vec::with_capacity(a.len() + b.len());
+        let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if cmp_keys(&x.0.key, &y.0.key).is_le() => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, _) => b.next(),
+            };
+            match next {
+                Some((_, l, c)) => out.push((l, c)),
+                None => break,
+            }
+        }
         out
     }
 
@@ -796,6 +871,24 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Key order equals label-set order, also for long shared prefixes and
+        /// non-ASCII names and values (the 8-byte compare path).
+        #[test]
+        fn key_order_matches_labels_prop(
+            a in proptest::collection::btree_map("[ab_]{1,12}", "[xyé\\x00]{1,14}", 1..5),
+            b in proptest::collection::btree_map("[ab_]{1,12}", "[xyé\\x00]{1,14}", 1..5),
+        ) {
+            let la = Labels::from_pairs(a.iter().map(|(k, v)| (k.clone(), v.clone()))).unwrap();
+            let lb = Labels::from_pairs(b.iter().map(|(k, v)| (k.clone(), v.clone()))).unwrap();
+            let (mut ka, mut kb) = (Vec::new(), Vec::new());
+            labels_key(&la, &mut ka);
+            labels_key(&lb, &mut kb);
+            proptest::prop_assert_eq!(cmp_keys(&ka, &kb), la.cmp(&lb));
+            proptest::prop_assert_eq!(cmp_keys(&ka, &ka), std::cmp::Ordering::Equal);
+        }
+    }
+
     #[test]
     fn iter_sorted_streams_series_in_label_order() {
         let h = Head::new(1000, Metrics::default());
@@ -817,5 +910,36 @@ mod tests {
             .collect();
         assert_eq!(names, vec!["a", "a_", "ab", "b"]);
         assert_eq!(h.iter_sorted(200, 300).count(), 0);
+    }
+
+    #[test]
+    fn large_select_is_sorted_and_complete() {
+        let h = Head::new(1000, Metrics::default());
+        let mut buf = Vec::new();
+        let n = PARALLEL_SELECT_MIN + 1001;
+        // Created in an order unrelated to label order; every 7th has no sample in range.
+        for i in 0..n {
+            let k = (i * 7919) % n;
+            let l = Labels::from_pairs([
+                ("__name__", "m".to_string()),
+                ("i", format!("{k}")),
+                ("j", format!("{}", k % 13)),
+            ])
+            .unwrap();
+            let s = h.replay_series(0, &l, &mut buf);
+            let mut d = s.lock();
+            let t = if k.is_multiple_of(7) { 500 } else { 10 };
+            assert_eq!(
+                h.append_locked(&mut d, t, 1.0, i64::MIN),
+                SampleResult::Appended
+            );
+            drop(d);
+            h.note_times(t, t);
+        }
+        let m = [Matcher::new(storeapi::MatchOp::Equal, "__name__", "m").unwrap()];
+        let got = h.select(&m, 0, 100);
+        assert_eq!(got.len(), (0..n).filter(|k| !k.is_multiple_of(7)).count());
+        assert!(got.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(got.iter().all(|(_, c)| c.len() == 1));
     }
 }
