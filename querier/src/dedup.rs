@@ -128,8 +128,16 @@ pub fn penalty_merge(a: &[Sample], b: &[Sample], counter: bool) -> Vec<Sample> {
     out
 }
 
-/// Folds any number of replicas pairwise with [`penalty_merge`].
-pub fn penalty_dedup(replicas: Vec<Vec<Sample>>, counter: bool) -> Vec<Sample> {
+/// Folds any number of replicas pairwise with [`penalty_merge`], the replica with the most
+/// samples first.
+///
+/// The merge sticks to its first input and, when that input has a gap, its penalty makes
+/// it skip up to two samples of the other at the switch. Stores answer in no particular
+/// order, so starting from the most complete replica keeps a complete replica's samples
+/// whole (a receiver that was down for a while no longer thins the answer) and makes the
+/// result independent of which store answered first.
+pub fn penalty_dedup(mut replicas: Vec<Vec<Sample>>, counter: bool) -> Vec<Sample> {
+    replicas.sort_by_key(|r| std::cmp::Reverse(r.len()));
     let mut it = replicas.into_iter();
     let Some(mut acc) = it.next() else {
         return Vec::new();
@@ -320,12 +328,51 @@ mod tests {
         let a = s(&[(0, 0.0), (10_000, 1.0)]);
         let b = s(&[(0, 0.0), (10_000, 1.0), (20_000, 2.0), (50_000, 5.0)]);
         let c = s(&[(30_000, 3.0), (200_000, 20.0)]);
+        // Merged in the order a, b, c, b's 20s sample falls within the 2x penalty after
+        // a's last sample and is lost; the fold starts from b (most samples) instead.
+        let in_given_order = penalty_merge(&penalty_merge(&a, &b, false), &c, false);
+        assert_eq!(ts(&in_given_order), vec![0, 10_000, 50_000, 200_000]);
         let out = penalty_dedup(vec![a.clone(), b.clone(), c.clone()], false);
-        assert_eq!(out, penalty_merge(&penalty_merge(&a, &b, false), &c, false));
-        // b's 20s sample is within the 2x penalty after a's last sample; 50s is not.
-        assert_eq!(ts(&out), vec![0, 10_000, 50_000, 200_000]);
+        assert_eq!(out, penalty_merge(&penalty_merge(&b, &a, false), &c, false));
+        assert_eq!(ts(&out), vec![0, 10_000, 20_000, 50_000, 200_000]);
+        // Whatever order the stores answered in.
+        assert_eq!(
+            penalty_dedup(vec![c.clone(), a.clone(), b.clone()], false),
+            out
+        );
         let same = penalty_dedup(vec![a.clone(), a.clone(), a.clone()], false);
         assert_eq!(same, a);
+    }
+
+    #[test]
+    fn complete_replica_is_not_thinned_by_a_gappy_one_answering_first() {
+        // 1s scrapes; `gappy` misses 10s..=19s (its receiver was down), `full` has all.
+        let full: Vec<Sample> = (0..30)
+            .map(|i| Sample {
+                t: i * 1000,
+                v: i as f64,
+            })
+            .collect();
+        let gappy: Vec<Sample> = full
+            .iter()
+            .copied()
+            .filter(|s| !(10_000..20_000).contains(&s.t))
+            .collect();
+        assert_ne!(
+            penalty_merge(&gappy, &full, false),
+            full,
+            "the plain merge loses samples at the switch"
+        );
+        for counter in [false, true] {
+            assert_eq!(
+                penalty_dedup(vec![gappy.clone(), full.clone()], counter),
+                full
+            );
+            assert_eq!(
+                penalty_dedup(vec![gappy.clone(), gappy.clone(), full.clone()], counter),
+                full
+            );
+        }
     }
 
     #[test]
