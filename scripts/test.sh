@@ -12,4 +12,4 @@ if ! command -v chromium >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >&2
 fi
 cargo build --locked --bin orrery
-cargo test --locked --workspace --all-targets "$@"
+cargo test --locked --workspace --all-targets --no-fail-fast "$@"
