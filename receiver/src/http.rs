@@ -251,19 +251,17 @@ pub fn ops_router(state: Arc<OpsState>) -> Router {
 
 async fn ready(State(st): State<Arc<OpsState>>) -> Response {
     let ring_ready = st.distributor.as_ref().is_none_or(|d| d.is_ready());
-    if st.ready.load(Ordering::Acquire) && !ring_ready {
-        text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: hashring not loaded\n".into(),
-        )
-    } else if st.ready.load(Ordering::Acquire) {
-        text(StatusCode::OK, "OK\n".into())
+    let reason = if !st.ready.load(Ordering::Acquire) {
+        "WAL replay in progress"
+    } else if !ring_ready {
+        "hashring not loaded"
     } else {
-        text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: WAL replay in progress\n".into(),
-        )
-    }
+        return text(StatusCode::OK, "OK\n".into());
+    };
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: {reason}\n"),
+    )
 }
 
 async fn metrics(State(st): State<Arc<OpsState>>) -> Response {
