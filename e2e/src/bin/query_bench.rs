@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo build --release --bin orrery --bin query_bench
-//! target/release/query_bench [--series 100000] [--reps 5] [--minutes 60] [--step 60] [--only SUBSTR]
+//! target/release/query_bench [--series 100000] [--reps 5] [--minutes 60] [--step 60] [--only SUBSTR] [--kind instant|range]
 //! ```
 //!
 //! The data: `--series` series in blocks of 100 per scrape target (`job`, `instance`):
@@ -417,6 +417,8 @@ struct Args {
     minutes: i64,
     step_s: i64,
     only: Option<String>,
+    /// `instant` or `range`: run only that kind.
+    kind: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -426,6 +428,7 @@ fn parse_args() -> Args {
         minutes: 60,
         step_s: 60,
         only: None,
+        kind: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -441,9 +444,10 @@ fn parse_args() -> Args {
             "--minutes" => a.minutes = num().max(10),
             "--step" => a.step_s = num().max(1),
             "--only" => a.only = Some(val.clone()),
+            "--kind" if val == "instant" || val == "range" => a.kind = Some(val.clone()),
             other => panic!(
                 "unknown argument {other:?}; usage: query_bench [--series N] [--reps N] \
-                 [--minutes N] [--step SECONDS] [--only SUBSTRING]"
+                 [--minutes N] [--step SECONDS] [--only SUBSTRING] [--kind instant|range]"
             ),
         }
         i += 2;
@@ -590,6 +594,9 @@ fn main() {
             continue;
         }
         for kind in ["instant", "range"] {
+            if args.kind.as_deref().is_some_and(|k| k != kind) {
+                continue;
+            }
             let path = if kind == "instant" {
                 format!("/api/v1/query?query={}&time={}", urlencode(q), secs(end))
             } else {
