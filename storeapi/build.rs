@@ -29,6 +29,8 @@ mod wire {
             .build_server(true)
             .build_client(true)
             .bytes(".thanos.Chunk.data")
+            // The model's label type, with its own codec (wire/label_codec.rs).
+            .extern_path(".thanos.Label", "crate::Label")
             .compile_protos(&protos, &["proto"]);
         if let Err(e) = result {
             panic!("protobuf code generation failed: {e}");

@@ -54,11 +54,11 @@ fn batch(n: usize, t: i64) -> Vec<TimeSeries> {
                 },
                 Label {
                     name: "instance".into(),
-                    value: format!("host-{}", i % 50),
+                    value: format!("host-{}", i % 50).into(),
                 },
                 Label {
                     name: "series".into(),
-                    value: i.to_string(),
+                    value: i.to_string().into(),
                 },
             ],
             samples: vec![Sample {

@@ -162,7 +162,7 @@ impl MultiTsdb {
         let external_labels = self.tenant_external_labels(tenant);
         let ext: BTreeMap<String, String> = external_labels
             .iter()
-            .map(|l| (l.name.clone(), l.value.clone()))
+            .map(|l| (l.name.to_string(), l.value.to_string()))
             .collect();
         let opts = Options {
             block_duration: self.cfg.block_duration,

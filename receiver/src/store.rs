@@ -55,7 +55,11 @@ impl StoreState {
     /// Names of the external labels (the same for every tenant).
     fn external_names(&self) -> HashSet<String> {
         let cfg = self.mt.config();
-        let mut s: HashSet<String> = cfg.external_labels.iter().map(|l| l.name.clone()).collect();
+        let mut s: HashSet<String> = cfg
+            .external_labels
+            .iter()
+            .map(|l| l.name.to_string())
+            .collect();
         s.insert(cfg.tenant_label_name.clone());
         s
     }
@@ -361,7 +365,7 @@ impl thanos::store_server::Store for StoreState {
                     continue;
                 }
                 set.extend(names);
-                set.extend(t.external_labels.iter().map(|l| l.name.clone()));
+                set.extend(t.external_labels.iter().map(|l| l.name.to_string()));
             }
             let mut v: Vec<String> = set
                 .into_iter()

@@ -6,6 +6,7 @@ pub mod matcher;
 #[cfg(feature = "wire")]
 pub mod wire;
 
+pub use compact_str::CompactString;
 pub use labels::{Label, LabelError, Labels, METRIC_NAME};
 pub use matcher::{MatchOp, Matcher, MatcherError};
 

@@ -685,7 +685,12 @@ impl Head {
         let mut names: Vec<String> = self
             .matching_series(matchers, mint, maxt)
             .iter()
-            .flat_map(|s| s.labels().into_vec().into_iter().map(|l| l.name))
+            .flat_map(|s| {
+                s.labels()
+                    .into_vec()
+                    .into_iter()
+                    .map(|l| String::from(l.name))
+            })
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();

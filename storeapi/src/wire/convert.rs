@@ -1,7 +1,7 @@
 //! Conversions between the data model ([`Labels`], [`Matcher`]) and wire types.
 
 use super::thanos;
-use crate::{Label, LabelError, Labels, MatchOp, Matcher, MatcherError};
+use crate::{LabelError, Labels, MatchOp, Matcher, MatcherError};
 
 /// Why a wire value could not become a model value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,23 +16,12 @@ pub enum ConvertError {
 
 /// Model labels → wire labels (already sorted).
 pub fn labels_to_wire(labels: &Labels) -> Vec<thanos::Label> {
-    labels
-        .iter()
-        .map(|l| thanos::Label {
-            name: l.name.clone(),
-            value: l.value.clone(),
-        })
-        .collect()
+    labels.as_slice().to_vec()
 }
 
 /// Wire labels (any order) → model labels; refuses duplicate names.
 pub fn labels_from_wire(labels: Vec<thanos::Label>) -> Result<Labels, ConvertError> {
-    Ok(Labels::from_unsorted(
-        labels
-            .into_iter()
-            .map(|l| Label::new(l.name, l.value))
-            .collect(),
-    )?)
+    Ok(Labels::from_unsorted(labels)?)
 }
 
 /// Wire matcher → model matcher (compiles regexes; a bad regex is an error).

@@ -12,6 +12,9 @@
 pub mod thanos {
     include!(concat!(env!("OUT_DIR"), "/thanos.rs"));
 
+    /// `thanos.Label` is the model's [`crate::Label`] (see `label_codec`).
+    pub use crate::Label;
+
     /// Package `thanos.info`: the discovery service.
     pub mod info {
         include!(concat!(env!("OUT_DIR"), "/thanos.info.rs"));
@@ -39,6 +42,7 @@ pub use prometheus_copy as prompb;
 pub use thanos::info;
 
 mod convert;
+mod label_codec;
 pub mod remote_write;
 
 pub use convert::{

@@ -526,7 +526,10 @@ mod tests {
                 .into_iter()
                 .map(|ts| {
                     (
-                        ts.labels.into_iter().map(|l| (l.name, l.value)).collect(),
+                        ts.labels
+                            .into_iter()
+                            .map(|l| (l.name.into(), l.value.into()))
+                            .collect(),
                         ts.samples
                             .into_iter()
                             .map(|s| Sample {
@@ -647,7 +650,7 @@ mod tests {
             let raw = snappy_decompress(&body, usize::MAX).unwrap();
             let got = decode_all(&raw).unwrap();
             let want: Vec<_> = series.iter().map(|(l, s)| (
-                l.iter().map(|l| (l.name.clone(), l.value.clone())).collect::<Vec<_>>(),
+                l.iter().map(|l| (l.name.to_string(), l.value.to_string())).collect::<Vec<_>>(),
                 s.clone(),
                 0usize,
             )).collect();

@@ -118,7 +118,7 @@ impl Block {
                 }
             }
         }
-        Ok(names.into_iter().collect())
+        Ok(names.into_iter().map(String::from).collect())
     }
 
     /// Values of label `name` over series matching `matchers` (all when empty), sorted.

@@ -148,7 +148,7 @@ where
         for l in &labels {
             for s in [&l.name, &l.value] {
                 if !symbols.contains(s.as_str()) {
-                    symbols.insert(s.clone());
+                    symbols.insert(s.to_string());
                 }
                 put_uvarint_str(&mut buf, s);
             }

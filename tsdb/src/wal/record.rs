@@ -152,11 +152,13 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    fn string(&mut self) -> Result<String, RecordError> {
+    fn string(&mut self) -> Result<storeapi::CompactString, RecordError> {
         let n = self.uvarint()?;
         let n = usize::try_from(n).map_err(|_| RecordError::Truncated)?;
         let s = self.bytes(n)?;
-        String::from_utf8(s.to_vec()).map_err(|_| RecordError::Invalid("label not UTF-8".into()))
+        std::str::from_utf8(s)
+            .map(storeapi::CompactString::new)
+            .map_err(|_| RecordError::Invalid("label not UTF-8".into()))
     }
 
     fn done(&self) -> bool {
