@@ -266,19 +266,20 @@ impl Engine {
         let results = JoinAll::new(futs).await;
         ev.check_done()?;
         let mut per_plan: Vec<Vec<Raw>> = (0..plans.len()).map(|_| Vec::new()).collect();
+        // Per plan: how many selections fed it, and whether all of them came sorted.
+        let mut fed: Vec<(usize, bool)> = vec![(0, true); plans.len()];
         let mut loaded = 0usize;
         for (pi, res) in owners.into_iter().zip(results) {
             let res = res.map_err(|e| QueryError::Execution(format!("expanding series: {e}")))?;
             let p = &plans[pi];
+            fed[pi].0 += 1;
+            fed[pi].1 &= res.sorted;
             for w in res.warnings {
                 ev.warn(w);
             }
             for s in res.series {
-                let samples: Vec<Sample> = s
-                    .samples
-                    .into_iter()
-                    .filter(|x| x.t > p.min && x.t <= p.max)
-                    .collect();
+                let mut samples = s.samples;
+                samples.retain(|x| x.t > p.min && x.t <= p.max);
                 loaded += samples.len();
                 if loaded > self.opts.max_samples {
                     return Err(too_many_samples());
@@ -289,9 +290,10 @@ impl Engine {
                 });
             }
         }
-        for (p, mut all) in plans.iter().zip(per_plan) {
-            // Stores answer sorted and unique: then one pass of comparisons suffices.
-            if !all.windows(2).all(|w| w[0].labels < w[1].labels) {
+        for ((p, mut all), (n, sorted)) in plans.iter().zip(per_plan).zip(fed) {
+            // Stores answer sorted and unique: then one pass of comparisons suffices, or
+            // none when the storage vouches for the order of the plan's only selection.
+            if !(n == 1 && sorted) && !all.windows(2).all(|w| w[0].labels < w[1].labels) {
                 all.sort_by(|a, b| a.labels.cmp(&b.labels));
                 all.dedup_by(|a, b| a.labels == b.labels);
             }

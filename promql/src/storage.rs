@@ -50,6 +50,9 @@ pub trait Storage: Send + Sync {
 pub struct SelectResult {
     pub series: Vec<StorageSeries>,
     pub warnings: Vec<String>,
+    /// The storage guarantees `series` strictly ordered by labels (so unique); the engine
+    /// then skips its own check.
+    pub sorted: bool,
 }
 
 /// An in-memory store for tests and benchmarks.
@@ -120,6 +123,7 @@ impl Storage for MemStorage {
         Ok(SelectResult {
             series,
             warnings: Vec::new(),
+            sorted: false,
         })
     }
 }

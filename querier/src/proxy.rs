@@ -103,6 +103,8 @@ pub struct DecodedSeries {
 struct StoreAnswer {
     series: Vec<DecodedSeries>,
     warnings: Vec<String>,
+    /// Whether the series arrived strictly ordered by labels.
+    sorted: bool,
 }
 
 /// Builds a store's answer while its frames arrive: consecutive frames with equal labels
@@ -114,6 +116,9 @@ struct Collector {
     range: Option<(i64, i64)>,
     cur: Option<StoreSeries>,
     out: Vec<DecodedSeries>,
+    /// Whether every series so far came after the previous one (checked while joining
+    /// frames, so a sorted answer needs no second pass).
+    sorted: bool,
 }
 
 impl Collector {
@@ -123,6 +128,7 @@ impl Collector {
             range,
             cur: None,
             out: Vec::new(),
+            sorted: true,
         }
     }
 
@@ -131,11 +137,15 @@ impl Collector {
         for r in &self.strip {
             labels.remove(r);
         }
-        if let Some(cur) = &mut self.cur
-            && cur.labels == labels
-        {
-            cur.chunks.extend(s.chunks);
-            return Ok(());
+        if let Some(cur) = &mut self.cur {
+            match cur.labels.cmp(&labels) {
+                std::cmp::Ordering::Equal => {
+                    cur.chunks.extend(s.chunks);
+                    return Ok(());
+                }
+                std::cmp::Ordering::Greater => self.sorted = false,
+                std::cmp::Ordering::Less => {}
+            }
         }
         self.flush()?;
         self.cur = Some(StoreSeries {
@@ -167,9 +177,10 @@ impl Collector {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<Vec<DecodedSeries>, String> {
+    /// The decoded series and whether they arrived sorted.
+    fn finish(mut self) -> Result<(Vec<DecodedSeries>, bool), String> {
         self.flush()?;
-        Ok(self.out)
+        Ok((self.out, self.sorted))
     }
 }
 
@@ -244,7 +255,7 @@ async fn series_from(
                 Some(series_response::Result::Hints(_)) | None => {}
             }
         }
-        ans.series = col.finish()?;
+        (ans.series, ans.sorted) = col.finish()?;
         Ok(ans)
     };
     match tokio::time::timeout(timeout, work).await {
@@ -269,12 +280,17 @@ pub fn decode_chunks(chunks: &[AggrChunk], mint: i64, maxt: i64) -> Result<Vec<S
             // Native histograms are not evaluated by this engine.
             continue;
         }
-        let samples = tsdb::chunk::xor::decode_all(&raw.data).map_err(|e| e.to_string())?;
-        for (t, v) in samples {
-            if t < mint || t > maxt {
-                continue;
+        let it = tsdb::chunk::XorIterator::new(&raw.data).map_err(|e| e.to_string())?;
+        if out.capacity() == 0 {
+            out.reserve(it.num_samples() as usize);
+        }
+        for s in it {
+            let (t, v) = s.map_err(|e| e.to_string())?;
+            if t > maxt {
+                // Samples are in time order: the rest of this chunk is past the range.
+                break;
             }
-            if out.last().is_some_and(|l| l.t >= t) {
+            if t < mint || out.last().is_some_and(|l| l.t >= t) {
                 continue;
             }
             out.push(Sample { t, v });
@@ -324,18 +340,20 @@ pub fn merge_series(
             samples: decode_store_series(p.chunks, mint, maxt)?,
         });
     }
-    Ok(merge_decoded(decoded, dedup_on, counter))
+    Ok(merge_decoded(decoded, dedup_on, counter, false))
 }
 
 /// Merges decoded store series: equal label sets from different stores (or repeated by
-/// one store) are replicas, deduplicated (penalty) or unioned (dedup off).
+/// one store) are replicas, deduplicated (penalty) or unioned (dedup off). `sorted`: the
+/// caller knows `parts` are strictly ordered by labels (one store that answered so).
 pub fn merge_decoded(
     mut parts: Vec<DecodedSeries>,
     dedup_on: bool,
     counter: bool,
+    sorted: bool,
 ) -> Vec<StorageSeries> {
     // Stable: equal label sets keep the order of the stores (a k-way merge of sorted streams).
-    if !parts.windows(2).all(|w| w[0].labels < w[1].labels) {
+    if !sorted && !parts.windows(2).all(|w| w[0].labels < w[1].labels) {
         parts.sort_by(|a, b| a.labels.cmp(&b.labels));
     } else {
         // Sorted and unique: nothing to merge.
@@ -442,7 +460,7 @@ impl ProxyStorage {
         hints: &SelectHints,
         matchers: &[Matcher],
         skip_chunks: bool,
-    ) -> Result<(Vec<DecodedSeries>, Vec<String>), FanoutError> {
+    ) -> Result<(Vec<DecodedSeries>, Vec<String>, bool), FanoutError> {
         self.no_endpoints_check()?;
         let eps = self.endpoints.select(hints.start, hints.end, matchers);
         let req = self.series_request(hints, matchers, skip_chunks);
@@ -454,9 +472,14 @@ impl ProxyStorage {
         let answers = crate::endpoints::join_all(calls).await;
         let mut series = Vec::new();
         let mut warnings = Vec::new();
+        // Sorted as a whole only when at most one store has series and it answered sorted.
+        let mut sorted = true;
         for a in answers {
             match a {
                 Ok(a) => {
+                    if !a.series.is_empty() {
+                        sorted &= series.is_empty() && a.sorted;
+                    }
                     series.extend(a.series);
                     warnings.extend(a.warnings);
                 }
@@ -466,7 +489,7 @@ impl ProxyStorage {
         if !self.opts.partial_response && !warnings.is_empty() {
             return Err(FanoutError::Store(warnings.join("; ")));
         }
-        Ok((series, warnings))
+        Ok((series, warnings, sorted))
     }
 
     /// `/api/v1/series`: label sets of the series matching any of `matcher_sets`.
@@ -484,7 +507,7 @@ impl ProxyStorage {
         let mut all = BTreeSet::new();
         let mut warnings = Vec::new();
         for ms in matcher_sets {
-            let (series, w) = self.fan_series(&hints, ms, true).await?;
+            let (series, w, _) = self.fan_series(&hints, ms, true).await?;
             all.extend(series.into_iter().map(|s| s.labels));
             warnings.extend(w);
         }
@@ -608,11 +631,15 @@ impl Storage for ProxyStorage {
         hints: SelectHints,
         matchers: Vec<Matcher>,
     ) -> Result<SelectResult, StorageError> {
-        let (parts, warnings) = self.fan_series(&hints, &matchers, false).await?;
+        let (parts, warnings, sorted) = self.fan_series(&hints, &matchers, false).await?;
         let dedup_on = !self.opts.dedup_labels().is_empty();
         let counter = dedup::is_counter_func(hints.func.as_deref());
-        let series = merge_decoded(parts, dedup_on, counter);
-        Ok(SelectResult { series, warnings })
+        let series = merge_decoded(parts, dedup_on, counter, sorted);
+        Ok(SelectResult {
+            series,
+            warnings,
+            sorted: true,
+        })
     }
 }
 

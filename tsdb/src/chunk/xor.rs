@@ -298,53 +298,51 @@ impl<'a> XorIterator<'a> {
         self.total
     }
 
+    /// The next 64 bits from the read position, zeros past the end of the data (callers
+    /// consume them with [`XorIterator::advance`], which checks the end).
+    #[inline]
+    fn peek64(&self) -> u64 {
+        let byte = self.bit_pos >> 3;
+        let off = (self.bit_pos & 7) as u32;
+        let (w, ninth) = match self.data.get(byte..byte + 9) {
+            Some(b) => (
+                u64::from_be_bytes(b[..8].try_into().unwrap_or([0; 8])),
+                b[8],
+            ),
+            None => {
+                let mut b = [0u8; 9];
+                let rest = self.data.get(byte..).unwrap_or(&[]);
+                let n = rest.len().min(9);
+                b[..n].copy_from_slice(&rest[..n]);
+                (u64::from_be_bytes(b[..8].try_into().unwrap_or([0; 8])), b[8])
+            }
+        };
+        if off == 0 {
+            w
+        } else {
+            (w << off) | (ninth as u64 >> (8 - off))
+        }
+    }
+
+    #[inline]
+    fn advance(&mut self, n: u32) -> Result<(), ChunkError> {
+        let end = self.bit_pos + n as usize;
+        if end > self.data.len() * 8 {
+            return Err(ChunkError::Corrupt("unexpected end of chunk data"));
+        }
+        self.bit_pos = end;
+        Ok(())
+    }
+
     #[inline]
     fn read_bits(&mut self, n: u32) -> Result<u64, ChunkError> {
         debug_assert!(n <= 64);
         if n == 0 {
             return Ok(0);
         }
-        let end = self.bit_pos + n as usize;
-        if end > self.data.len() * 8 {
-            return Err(ChunkError::Corrupt("unexpected end of chunk data"));
-        }
-        let byte = self.bit_pos / 8;
-        let off = (self.bit_pos % 8) as u32;
-        let out = if off + n <= 64 && byte + 8 <= self.data.len() {
-            // Fast path: one unaligned big-endian load.
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&self.data[byte..byte + 8]);
-            let word = u64::from_be_bytes(w);
-            (word << off) >> (64 - n)
-        } else {
-            let mut out = 0u64;
-            let mut pos = self.bit_pos;
-            let mut left = n;
-            while left > 0 {
-                let b = self.data[pos / 8];
-                let boff = (pos % 8) as u32;
-                let avail = 8 - boff;
-                let take = avail.min(left);
-                let bits = (b >> (avail - take)) & (((1u16 << take) - 1) as u8);
-                out = if take == 64 { 0 } else { out << take } | bits as u64;
-                pos += take as usize;
-                left -= take;
-            }
-            out
-        };
-        self.bit_pos = end;
-        Ok(out)
-    }
-
-    #[inline]
-    fn read_bit(&mut self) -> Result<bool, ChunkError> {
-        let byte = self.bit_pos / 8;
-        let Some(&b) = self.data.get(byte) else {
-            return Err(ChunkError::Corrupt("unexpected end of chunk data"));
-        };
-        let bit = (b >> (7 - (self.bit_pos % 8))) & 1;
-        self.bit_pos += 1;
-        Ok(bit == 1)
+        let w = self.peek64();
+        self.advance(n)?;
+        Ok(w >> (64 - n))
     }
 
     fn read_uvarint(&mut self) -> Result<u64, ChunkError> {
@@ -364,24 +362,31 @@ impl<'a> XorIterator<'a> {
         Err(ChunkError::Corrupt("varint overflows 64 bits"))
     }
 
+    #[inline]
     fn read_value(&mut self) -> Result<(), ChunkError> {
-        if !self.read_bit()? {
-            return Ok(());
+        let w = self.peek64();
+        if w >> 63 == 0 {
+            // Same value.
+            return self.advance(1);
         }
-        let (lead, sig) = if !self.read_bit()? {
+        let (lead, sig) = if (w >> 62) & 1 == 0 {
+            // The previous leading/trailing window.
             let sig = 64u32
                 .checked_sub(self.leading as u32 + self.trailing as u32)
                 .ok_or(ChunkError::Corrupt("invalid XOR window"))?;
+            self.advance(2)?;
             (self.leading as u32, sig)
         } else {
-            let lead = self.read_bits(5)? as u32;
-            let mut sig = self.read_bits(6)? as u32;
+            // A new window: 5 bits of leading zeros, 6 bits of significant bits.
+            let lead = ((w >> 57) & 0x1f) as u32;
+            let mut sig = ((w >> 51) & 0x3f) as u32;
             if sig == 0 {
                 sig = 64;
             }
             if lead + sig > 64 {
                 return Err(ChunkError::Corrupt("invalid XOR window"));
             }
+            self.advance(13)?;
             self.leading = lead as u8;
             self.trailing = (64 - lead - sig) as u8;
             (lead, sig)
@@ -405,19 +410,14 @@ impl<'a> XorIterator<'a> {
                 self.read_value()?;
             }
             _ => {
-                let mut prefix = 0u8;
-                for _ in 0..4 {
-                    prefix <<= 1;
-                    if !self.read_bit()? {
-                        break;
-                    }
-                    prefix |= 1;
-                }
-                let sz = match prefix {
-                    0b0 => 0,
-                    0b10 => 14,
-                    0b110 => 17,
-                    0b1110 => 20,
+                // The delta-of-delta size: '0', '10', '110', '1110' or '1111'.
+                let ones = self.peek64().leading_ones().min(4);
+                self.advance(if ones < 4 { ones + 1 } else { 4 })?;
+                let sz = match ones {
+                    0 => 0,
+                    1 => 14,
+                    2 => 17,
+                    3 => 20,
                     _ => 64,
                 };
                 let dod = if sz == 0 {
