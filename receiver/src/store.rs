@@ -87,7 +87,93 @@ fn internal(e: impl std::fmt::Display) -> Status {
 /// One selected series: full labels (external added, replica labels removed) and chunks.
 type Selected = (Labels, Vec<tsdb::Chunk>);
 
-/// Runs a `Series` request against `tenants` (blocking).
+/// A `Series` answer before framing: materialized and sorted, or one tenant's head
+/// selection read series by series while frames are sent.
+pub enum Selection {
+    Eager(Vec<Selected>),
+    Lazy {
+        sel: tsdb::head::LazySelect,
+        external: Labels,
+        without: HashSet<String>,
+        /// 0: no limit.
+        limit: usize,
+    },
+}
+
+impl Selection {
+    /// Every series in order, external labels added and replica labels removed.
+    pub fn for_each(self, mut f: impl FnMut(Labels, Vec<tsdb::Chunk>) -> bool) {
+        match self {
+            Selection::Eager(v) => {
+                for (l, c) in v {
+                    if !f(l, c) {
+                        return;
+                    }
+                }
+            }
+            Selection::Lazy {
+                sel,
+                external,
+                without,
+                limit,
+            } => {
+                for (n, (mut l, c)) in sel.into_iter().enumerate() {
+                    if limit > 0 && n >= limit {
+                        return;
+                    }
+                    l.extend_external(&external);
+                    if !without.is_empty() {
+                        l.retain(|x| !without.contains(x.name.as_str()));
+                    }
+                    if !f(l, c) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs a `Series` request (blocking). When one tenant answers from its head alone and
+/// adding its external labels provably keeps the head's label order, the selection is
+/// left lazy, so the first frames leave before later series are read.
+pub fn select(
+    tenants: &[Arc<Tenant>],
+    ext_names: &HashSet<String>,
+    req: &SeriesRequest,
+) -> Result<Selection, Status> {
+    let matchers = matchers_from_wire(&req.matchers).map_err(bad_matchers)?;
+    let (ext_m, local) = split_matchers(matchers, ext_names);
+    let matching: Vec<&Arc<Tenant>> = tenants
+        .iter()
+        .filter(|t| ext_match(&ext_m, &t.external_labels))
+        .collect();
+    if let [t] = matching.as_slice()
+        && !local.is_empty()
+        // Removing an external label is not adding it; removing a series label could
+        // reorder series.
+        && req
+            .without_replica_labels
+            .iter()
+            .all(|w| t.external_labels.get(w).is_some())
+    {
+        let q = t.db.querier(req.min_time, req.max_time);
+        if let Some(sel) = q.select_lazy(&local)
+            && sel.prefix_free()
+            && !t.external_labels.iter().any(|l| q.head_has_label(&l.name))
+        {
+            return Ok(Selection::Lazy {
+                sel,
+                external: t.external_labels.clone(),
+                without: req.without_replica_labels.iter().cloned().collect(),
+                limit: usize::try_from(req.limit.max(0)).unwrap_or(usize::MAX),
+            });
+        }
+    }
+    select_series(tenants, ext_names, req).map(Selection::Eager)
+}
+
+/// Runs a `Series` request against `tenants` (blocking), materialized and sorted.
 pub fn select_series(
     tenants: &[Arc<Tenant>],
     ext_names: &HashSet<String>,
@@ -305,7 +391,7 @@ impl thanos::store_server::Store for StoreState {
         let ext = self.external_names();
         let req = request.into_inner();
         let (skip_chunks, batch_size) = (req.skip_chunks, req.response_batch_size);
-        let sel = tokio::task::spawn_blocking(move || select_series(&tenants, &ext, &req))
+        let sel = tokio::task::spawn_blocking(move || select(&tenants, &ext, &req))
             .await
             .map_err(internal)??;
         // Frames are built on a blocking thread and streamed while later ones are still
@@ -320,14 +406,15 @@ impl thanos::store_server::Store for StoreState {
                 }
             };
             let mut f = Framer::new(skip_chunks, batch_size);
-            let mut done = Vec::with_capacity(sel.len());
-            for (labels, chunks) in sel {
+            let mut done = Vec::new();
+            sel.for_each(|labels, chunks| {
                 f.push_labels(labels, &chunks, &mut emit);
                 // Freed after the stream has ended, not while the client waits.
                 done.push(chunks);
-                if !open.get() {
-                    return;
-                }
+                open.get()
+            });
+            if !open.get() {
+                return;
             }
             f.finish(&mut emit);
             drop(tx);

@@ -850,6 +850,29 @@ impl Querier {
         Ok(merge_sorted(parts))
     }
 
+    /// The selection read lazily, when only the head holds data in range (no block
+    /// overlaps it); `None` otherwise (use [`Querier::select`]).
+    pub fn select_lazy(&self, matchers: &[Matcher]) -> Option<crate::head::LazySelect> {
+        if !self.blocks.is_empty() {
+            return None;
+        }
+        let head = &self.db.inner.head;
+        if self.head_mint > self.maxt {
+            return Some(crate::head::LazySelect::default());
+        }
+        Some(head.select_lazy(matchers, self.head_mint, self.maxt))
+    }
+
+    /// Whether any head series has a label named `name` (any value).
+    pub fn head_has_label(&self, name: &str) -> bool {
+        !self
+            .db
+            .inner
+            .head
+            .label_values(name, &[], i64::MIN, i64::MAX)
+            .is_empty()
+    }
+
     /// Like [`Querier::select`] but with decoded samples trimmed to the range.
     pub fn select_samples(
         &self,

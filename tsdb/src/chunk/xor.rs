@@ -314,7 +314,10 @@ impl<'a> XorIterator<'a> {
                 let rest = self.data.get(byte..).unwrap_or(&[]);
                 let n = rest.len().min(9);
                 b[..n].copy_from_slice(&rest[..n]);
-                (u64::from_be_bytes(b[..8].try_into().unwrap_or([0; 8])), b[8])
+                (
+                    u64::from_be_bytes(b[..8].try_into().unwrap_or([0; 8])),
+                    b[8],
+                )
             }
         };
         if off == 0 {
