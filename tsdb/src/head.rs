@@ -134,12 +134,20 @@ fn sort_by_key_bytes(series: &mut Vec<Arc<MemSeries>>) {
         }
         u64::from_be_bytes(w)
     };
-    let mut ranked: Vec<(u64, Arc<MemSeries>)> = std::mem::take(series)
-        .into_iter()
-        .map(|s| (rank(&s.key), s))
+    // (rank, key, index): ties compare keys through one pointer, not two.
+    let mut ranked: Vec<(u64, &[u8], u32)> = series
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (rank(&s.key), &s.key[..], i as u32))
         .collect();
-    ranked.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| cmp_keys(&a.1.key, &b.1.key)));
-    *series = ranked.into_iter().map(|(_, s)| s).collect();
+    ranked.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| cmp_keys(a.1, b.1)));
+    let order: Vec<u32> = ranked.into_iter().map(|(_, _, i)| i).collect();
+    let mut slots: Vec<Option<Arc<MemSeries>>> =
+        std::mem::take(series).into_iter().map(Some).collect();
+    *series = order
+        .into_iter()
+        .filter_map(|i| slots.get_mut(i as usize).and_then(Option::take))
+        .collect();
 }
 
 /// Orders series keys as their label sets are ordered (name, then value, label by
