@@ -38,11 +38,19 @@ pub struct Endpoint {
     pub status: RwLock<EndpointStatus>,
 }
 
+/// HTTP/2 receive windows of a store connection (bytes a store may send unacknowledged).
+const STREAM_WINDOW: u32 = 8 << 20;
+const CONNECTION_WINDOW: u32 = 32 << 20;
+
 impl Endpoint {
     fn new(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
+            // HTTP/2's default 64 KiB receive window would make a store answering
+            // thousands of series wait for a window update every few frames.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .connect_lazy();
         Ok(Endpoint {
             addr: addr.to_string(),
