@@ -16,9 +16,9 @@ fn group_labels(l: &Labels, without: bool, grouping: &[String]) -> Labels {
                 lab.name != "__name__"
                     && lab.name != "__type__"
                     && lab.name != "__unit__"
-                    && !grouping.iter().any(|g| g == &lab.name)
+                    && !grouping.iter().any(|g| g == lab.name)
             } else {
-                grouping.iter().any(|g| g == &lab.name)
+                grouping.iter().any(|g| g == lab.name)
             }
         })
         .cloned()

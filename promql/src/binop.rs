@@ -64,9 +64,9 @@ fn signature(l: &Labels, m: &Matching) -> Vec<u8> {
     let mut b = Vec::with_capacity(64);
     for lab in l.iter() {
         let keep = if m.on {
-            m.labels.iter().any(|n| n == &lab.name)
+            m.labels.iter().any(|n| n == lab.name)
         } else {
-            lab.name != "__name__" && !m.labels.iter().any(|n| n == &lab.name)
+            lab.name != "__name__" && !m.labels.iter().any(|n| n == lab.name)
         };
         if keep {
             b.extend_from_slice(lab.name.as_bytes());
@@ -83,9 +83,9 @@ fn match_labels(l: &Labels, m: &Matching) -> Labels {
         .iter()
         .filter(|lab| {
             if m.on {
-                m.labels.iter().any(|n| n == &lab.name)
+                m.labels.iter().any(|n| n == lab.name)
             } else {
-                lab.name != "__name__" && !m.labels.iter().any(|n| n == &lab.name)
+                lab.name != "__name__" && !m.labels.iter().any(|n| n == lab.name)
             }
         })
         .cloned()
@@ -101,9 +101,9 @@ fn result_labels(l: &Labels, r: &Labels, op: TokenId, m: &Matching) -> Labels {
     };
     if m.card == Card::OneToOne {
         if m.on {
-            out.retain(|lab| m.labels.iter().any(|n| n == &lab.name));
+            out.retain(|lab| m.labels.iter().any(|n| n == lab.name));
         } else {
-            out.retain(|lab| !m.labels.iter().any(|n| n == &lab.name));
+            out.retain(|lab| !m.labels.iter().any(|n| n == lab.name));
         }
     }
     for n in &m.include {

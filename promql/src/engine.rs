@@ -293,7 +293,8 @@ impl Engine {
         for ((p, mut all), (n, sorted)) in plans.iter().zip(per_plan).zip(fed) {
             // Stores answer sorted and unique: then one pass of comparisons suffices, or
             // none when the storage vouches for the order of the plan's only selection.
-            if !(n == 1 && sorted) && !all.windows(2).all(|w| w[0].labels < w[1].labels) {
+            let trusted = n == 1 && sorted;
+            if !trusted && !all.windows(2).all(|w| w[0].labels < w[1].labels) {
                 all.sort_by(|a, b| a.labels.cmp(&b.labels));
                 all.dedup_by(|a, b| a.labels == b.labels);
             }
