@@ -865,12 +865,7 @@ impl Querier {
 
     /// Whether any head series has a label named `name` (any value).
     pub fn head_has_label(&self, name: &str) -> bool {
-        !self
-            .db
-            .inner
-            .head
-            .label_values(name, &[], i64::MIN, i64::MAX)
-            .is_empty()
+        self.db.inner.head.has_label(name)
     }
 
     /// Like [`Querier::select`] but with decoded samples trimmed to the range.

@@ -135,18 +135,18 @@ fn sort_by_key_bytes(series: &mut Vec<Arc<MemSeries>>) {
         u64::from_be_bytes(w)
     };
     // (rank, key, index): ties compare keys through one pointer, not two.
-    let mut ranked: Vec<(u64, &[u8], u32)> = series
+    let mut ranked: Vec<(u64, &[u8], usize)> = series
         .iter()
         .enumerate()
-        .map(|(i, s)| (rank(&s.key), &s.key[..], i as u32))
+        .map(|(i, s)| (rank(&s.key), &s.key[..], i))
         .collect();
     ranked.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| cmp_keys(a.1, b.1)));
-    let order: Vec<u32> = ranked.into_iter().map(|(_, _, i)| i).collect();
+    let order: Vec<usize> = ranked.into_iter().map(|(_, _, i)| i).collect();
     let mut slots: Vec<Option<Arc<MemSeries>>> =
         std::mem::take(series).into_iter().map(Some).collect();
     *series = order
         .into_iter()
-        .filter_map(|i| slots.get_mut(i as usize).and_then(Option::take))
+        .filter_map(|i| slots.get_mut(i).and_then(Option::take))
         .collect();
 }
 
@@ -726,6 +726,11 @@ impl Head {
             }
         }
         out
+    }
+
+    /// Whether any head series has a label named `name`.
+    pub fn has_label(&self, name: &str) -> bool {
+        self.read().postings.has_label(name)
     }
 
     /// Series matching `matchers`, sorted by labels but not yet read: see [`LazySelect`].

@@ -129,6 +129,11 @@ impl MemPostings {
     }
 
     /// Sorted values of `name` present in the index.
+    /// Whether any indexed series has a label named `name`.
+    pub fn has_label(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
     pub fn label_values(&self, name: &str) -> Vec<String> {
         let mut v: Vec<String> = self
             .by_name
