@@ -80,7 +80,17 @@ fn ha_receivers_deduplicate_and_survive_a_kill() {
     }
     // A range across the kill: a point at every step, equal to Prometheus's.
     let end = (now_secs() - 3.0).floor();
-    let start = (t_start + 3.0).max(kill_at - 15.0).floor();
+    // The window starts at Prometheus's own first `up` point (its first scrape can come
+    // seconds after start on a loaded machine), at most 15 s before the kill.
+    let (_, since_start) = range(&paddr, "up", t_start.floor(), end, 1.0);
+    let first = since_start["data"]["result"][0]["values"][0][0]
+        .as_f64()
+        .unwrap_or_else(|| panic!("Prometheus has no `up` since the start: {since_start}"));
+    let start = first.max(kill_at - 15.0).ceil();
+    assert!(
+        start < kill_at - 2.0,
+        "Prometheus's first `up` ({first}) is too late to span the kill at {kill_at}"
+    );
     let (code, ours) = range(&q.http, "up", start, end, 1.0);
     assert_eq!(code, 200, "{ours}");
     let (_, theirs) = range(&paddr, "up", start, end, 1.0);
@@ -88,7 +98,11 @@ fn ha_receivers_deduplicate_and_survive_a_kill() {
         .as_array()
         .map(|a| a.len())
         .unwrap_or(0);
-    assert_eq!(pts as f64, end - start + 1.0, "gap in {ours}");
+    assert_eq!(
+        pts as f64,
+        end - start + 1.0,
+        "gap in {ours}\nPrometheus: {theirs}"
+    );
     if let Some(d) = diff(&ours["data"], &theirs["data"]) {
         panic!(
             "after the kill the querier differs from Prometheus: {d}\nours: {ours}\ntheirs: {theirs}"
