@@ -314,6 +314,17 @@ fn bench_chunk(c: &mut Criterion<ThreadCpu>) {
     g.bench_function("decode_120", |b| {
         b.iter(|| black_box(decode_all(&bytes).unwrap()))
     });
+    // A request counter: whole increments, so few significant bits change per sample.
+    let mut ch = XorChunk::new();
+    let mut v = 0.0;
+    for i in 0..120 {
+        v = next_value(Kind::Counter, 3, v, &mut rng);
+        ch.append(scrape_t(i, &mut rng), v).unwrap();
+    }
+    let counter = ch.into_bytes();
+    g.bench_function("decode_120_counter", |b| {
+        b.iter(|| black_box(decode_all(&counter).unwrap()))
+    });
     g.finish();
 }
 

@@ -365,20 +365,21 @@ impl<'a> XorIterator<'a> {
         Err(ChunkError::Corrupt("varint overflows 64 bits"))
     }
 
+    /// Reads one value. `w` holds the next bits from the read position, `avail` of them
+    /// valid (at least 13): a value that fits in them needs no further load.
     #[inline]
-    fn read_value(&mut self) -> Result<(), ChunkError> {
-        let w = self.peek64();
+    fn read_value(&mut self, w: u64, avail: u32) -> Result<(), ChunkError> {
         if w >> 63 == 0 {
             // Same value.
             return self.advance(1);
         }
-        let (lead, sig) = if (w >> 62) & 1 == 0 {
+        let (ctl, lead, sig) = if (w >> 62) & 1 == 0 {
             // The previous leading/trailing window.
             let sig = 64u32
                 .checked_sub(self.leading as u32 + self.trailing as u32)
                 .ok_or(ChunkError::Corrupt("invalid XOR window"))?;
             self.advance(2)?;
-            (self.leading as u32, sig)
+            (2, self.leading as u32, sig)
         } else {
             // A new window: 5 bits of leading zeros, 6 bits of significant bits.
             let lead = ((w >> 57) & 0x1f) as u32;
@@ -392,9 +393,16 @@ impl<'a> XorIterator<'a> {
             self.advance(13)?;
             self.leading = lead as u8;
             self.trailing = (64 - lead - sig) as u8;
-            (lead, sig)
+            (13, lead, sig)
         };
-        let bits = self.read_bits(sig)?;
+        let bits = if sig == 0 {
+            0
+        } else if ctl + sig <= avail {
+            self.advance(sig)?;
+            (w << ctl) >> (64 - sig)
+        } else {
+            self.read_bits(sig)?
+        };
         let shift = 64 - lead - sig;
         self.v ^= if shift >= 64 { 0 } else { bits << shift };
         Ok(())
@@ -410,12 +418,15 @@ impl<'a> XorIterator<'a> {
             1 => {
                 self.t_delta = self.read_uvarint()?;
                 self.t = self.t.wrapping_add(self.t_delta as i64);
-                self.read_value()?;
+                self.read_value(self.peek64(), 64)?;
             }
             _ => {
+                // One load serves the delta-of-delta and, usually, the value.
+                let w = self.peek64();
                 // The delta-of-delta size: '0', '10', '110', '1110' or '1111'.
-                let ones = self.peek64().leading_ones().min(4);
-                self.advance(if ones < 4 { ones + 1 } else { 4 })?;
+                let ones = w.leading_ones().min(4);
+                let prefix = if ones < 4 { ones + 1 } else { 4 };
+                self.advance(prefix)?;
                 let sz = match ones {
                     0 => 0,
                     1 => 14,
@@ -428,7 +439,8 @@ impl<'a> XorIterator<'a> {
                 } else if sz == 64 {
                     self.read_bits(64)? as i64
                 } else {
-                    let mut bits = self.read_bits(sz)?;
+                    self.advance(sz)?;
+                    let mut bits = (w << prefix) >> (64 - sz);
                     if bits > (1 << (sz - 1)) {
                         bits = bits.wrapping_sub(1 << sz);
                     }
@@ -436,7 +448,13 @@ impl<'a> XorIterator<'a> {
                 };
                 self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
                 self.t = self.t.wrapping_add(self.t_delta as i64);
-                self.read_value()?;
+                if sz == 64 {
+                    self.read_value(self.peek64(), 64)?;
+                } else {
+                    // At most 24 bits used: at least 40 left.
+                    let used = prefix + sz;
+                    self.read_value(w << used, 64 - used)?;
+                }
             }
         }
         self.read += 1;
@@ -695,7 +713,163 @@ mod tests {
         })
     }
 
+    /// A reference decoder reading one bit at a time, straight from the format: the
+    /// samples, then `None` if the data ended or was invalid before the header's count.
+    fn reference_decode(data: &[u8]) -> (Vec<(i64, u64)>, Option<()>) {
+        let mut pos = 16usize;
+        let bit = |pos: &mut usize| -> Option<u64> {
+            let b = data.get(*pos / 8)?;
+            let x = (b >> (7 - *pos % 8)) & 1;
+            *pos += 1;
+            Some(x as u64)
+        };
+        let bits = |pos: &mut usize, n: u32| -> Option<u64> {
+            let mut x = 0u64;
+            for _ in 0..n {
+                x = (x << 1) | bit(pos)?;
+            }
+            Some(x)
+        };
+        let uvarint = |pos: &mut usize| -> Option<u64> {
+            let mut x = 0u64;
+            for i in 0..10 {
+                let b = bits(pos, 8)?;
+                if b < 0x80 {
+                    if i == 9 && b > 1 {
+                        return None;
+                    }
+                    return Some(x | (b << (7 * i)));
+                }
+                x |= (b & 0x7f) << (7 * i);
+            }
+            None
+        };
+        let mut out = Vec::new();
+        if data.len() < 2 {
+            return (out, None);
+        }
+        let total = u16::from_be_bytes([data[0], data[1]]) as usize;
+        let (mut t, mut v, mut delta, mut lead, mut trail) = (0i64, 0u64, 0i64, 0xffu32, 0u32);
+        let mut value = |pos: &mut usize, v: &mut u64| -> Option<()> {
+            if bit(pos)? == 0 {
+                return Some(());
+            }
+            if bit(pos)? == 1 {
+                let l = bits(pos, 5)? as u32;
+                let mut sig = bits(pos, 6)? as u32;
+                if sig == 0 {
+                    sig = 64;
+                }
+                if l + sig > 64 {
+                    return None;
+                }
+                lead = l;
+                trail = 64 - l - sig;
+            } else if lead + trail > 64 {
+                return None;
+            }
+            let sig = 64 - lead - trail;
+            let x = bits(pos, sig)?;
+            if trail < 64 {
+                *v ^= x << trail;
+            }
+            Some(())
+        };
+        for i in 0..total {
+            let ok = (|| -> Option<()> {
+                match i {
+                    0 => {
+                        let ux = uvarint(&mut pos)?;
+                        t = ((ux >> 1) as i64) ^ -((ux & 1) as i64);
+                        v = bits(&mut pos, 64)?;
+                    }
+                    1 => {
+                        delta = uvarint(&mut pos)? as i64;
+                        t = t.wrapping_add(delta);
+                        value(&mut pos, &mut v)?;
+                    }
+                    _ => {
+                        let mut ones = 0;
+                        while ones < 4 && bit(&mut pos)? == 1 {
+                            ones += 1;
+                        }
+                        let dod = match ones {
+                            0 => 0,
+                            4 => bits(&mut pos, 64)? as i64,
+                            _ => {
+                                let sz = [0, 14, 17, 20][ones];
+                                let b = bits(&mut pos, sz)?;
+                                if b > (1 << (sz - 1)) {
+                                    b as i64 - (1i64 << sz)
+                                } else {
+                                    b as i64
+                                }
+                            }
+                        };
+                        delta = delta.wrapping_add(dod);
+                        t = t.wrapping_add(delta);
+                        value(&mut pos, &mut v)?;
+                    }
+                }
+                Some(())
+            })();
+            if ok.is_none() {
+                return (out, None);
+            }
+            out.push((t, v));
+        }
+        (out, Some(()))
+    }
+
+    /// Our decoder in the reference's shape.
+    fn our_decode(data: &[u8]) -> (Vec<(i64, u64)>, Option<()>) {
+        let Ok(it) = XorIterator::new(data) else {
+            return (Vec::new(), None);
+        };
+        let mut out = Vec::new();
+        for s in it {
+            match s {
+                Ok((t, v)) => out.push((t, v.to_bits())),
+                Err(_) => return (out, None),
+            }
+        }
+        (out, Some(()))
+    }
+
+    #[test]
+    fn equals_reference_decoder_on_garbage() {
+        let mut seed = 0x0bad_cafe_1234_5678u64;
+        for len in 0..600 {
+            let mut buf = vec![0u8; len];
+            for b in buf.iter_mut() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+            // A plausible count, so decoding goes past the header.
+            if len >= 2 {
+                buf[0] = 0;
+                buf[1] = (seed % 200) as u8;
+            }
+            assert_eq!(our_decode(&buf), reference_decode(&buf), "{buf:?}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn equals_reference_decoder(samples in sample_strategy(), cut in any::<usize>(), flip in any::<usize>()) {
+            let b = encode(&samples);
+            prop_assert_eq!(our_decode(&b), reference_decode(&b));
+            let mut b = b;
+            if !b.is_empty() {
+                let i = flip % b.len();
+                b[i] ^= 1 << (flip % 8);
+                let c = cut % (b.len() + 1);
+                prop_assert_eq!(our_decode(&b[..c]), reference_decode(&b[..c]));
+            }
+        }
+
         #[test]
         fn round_trip(samples in sample_strategy()) {
             let b = encode(&samples);
