@@ -235,6 +235,77 @@ impl IntoIterator for LazySelect {
     }
 }
 
+impl LazySelect {
+    /// Calls `f` with each series' key (see [`labels_key`]) and its chunks overlapping the
+    /// range, read in place under the series' lock, in label order; series without chunks
+    /// in range are skipped. Stops when `f` returns false. Nothing is parsed or copied, so
+    /// a caller can encode straight from the head; `f` must be quick (appends to this
+    /// series wait for it).
+    pub fn for_each_in_place(self, mut f: impl FnMut(&[u8], &SeriesChunks<'_>) -> bool) {
+        let (mint, maxt) = (self.mint, self.maxt);
+        for s in &self.series {
+            let chunks = SeriesChunks {
+                data: s.lock(),
+                mint,
+                maxt,
+            };
+            if chunks.iter().next().is_none() {
+                continue;
+            }
+            if !f(&s.key, &chunks) {
+                return;
+            }
+        }
+    }
+}
+
+/// A chunk read in place.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkView<'a> {
+    pub min_time: i64,
+    pub max_time: i64,
+    pub encoding: Encoding,
+    pub data: &'a [u8],
+}
+
+/// One series' chunks overlapping a range, borrowed under the series' lock.
+pub struct SeriesChunks<'a> {
+    data: MutexGuard<'a, SeriesData>,
+    mint: i64,
+    maxt: i64,
+}
+
+impl SeriesChunks<'_> {
+    /// The chunks overlapping the range, oldest first (the open one last).
+    pub fn iter(&self) -> impl Iterator<Item = ChunkView<'_>> + Clone {
+        let (mint, maxt) = (self.mint, self.maxt);
+        let closed = self
+            .data
+            .closed
+            .iter()
+            .filter(move |c| c.max_time >= mint && c.min_time <= maxt)
+            .map(|c| ChunkView {
+                min_time: c.min_time,
+                max_time: c.max_time,
+                encoding: c.encoding,
+                data: &c.data,
+            });
+        let open = self.data.open.as_ref().and_then(|o| {
+            if o.chunk.num_samples() == 0 {
+                return None;
+            }
+            let max_time = o.chunk.last_t();
+            (max_time >= mint && o.min_t <= maxt).then(|| ChunkView {
+                min_time: o.min_t,
+                max_time,
+                encoding: Encoding::Xor,
+                data: o.chunk.bytes(),
+            })
+        });
+        closed.chain(open)
+    }
+}
+
 /// One in-memory series. Field order is fixed so that what an append touches (ref,
 /// lock, last sample, open chunk state) shares the first cache lines.
 #[derive(Debug)]
