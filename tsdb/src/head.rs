@@ -236,25 +236,39 @@ impl IntoIterator for LazySelect {
 }
 
 impl LazySelect {
-    /// Calls `f` with each series' key (see [`labels_key`]) and its chunks overlapping the
-    /// range, read in place under the series' lock, in label order; series without chunks
-    /// in range are skipped. Stops when `f` returns false. Nothing is parsed or copied, so
-    /// a caller can encode straight from the head; `f` must be quick (appends to this
-    /// series wait for it).
-    pub fn for_each_in_place(self, mut f: impl FnMut(&[u8], &SeriesChunks<'_>) -> bool) {
+    /// The series in label order, to be read in place (see [`SeriesInPlace`]). Unlike
+    /// [`LazySelect::into_iter`] nothing is parsed or copied, so a caller can encode
+    /// straight from the head.
+    pub fn iter_in_place(&self) -> impl Iterator<Item = SeriesInPlace<'_>> {
         let (mint, maxt) = (self.mint, self.maxt);
-        for s in &self.series {
-            let chunks = SeriesChunks {
-                data: s.lock(),
-                mint,
-                maxt,
-            };
-            if chunks.iter().next().is_none() {
-                continue;
-            }
-            if !f(&s.key, &chunks) {
-                return;
-            }
+        self.series.iter().map(move |s| SeriesInPlace {
+            series: s,
+            mint,
+            maxt,
+        })
+    }
+}
+
+/// One selected series, read in place.
+pub struct SeriesInPlace<'a> {
+    series: &'a MemSeries,
+    mint: i64,
+    maxt: i64,
+}
+
+impl SeriesInPlace<'_> {
+    /// The series key (see [`labels_key`]).
+    pub fn key(&self) -> &[u8] {
+        &self.series.key
+    }
+
+    /// Locks the series and borrows its chunks overlapping the range. Appends to this
+    /// series wait while the guard lives: keep it short, never across a blocking send.
+    pub fn chunks(&self) -> SeriesChunks<'_> {
+        SeriesChunks {
+            data: self.series.lock(),
+            mint: self.mint,
+            maxt: self.maxt,
         }
     }
 }
