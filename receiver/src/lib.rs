@@ -9,6 +9,7 @@
 //! - [`hashring`], [`replicate`]: distribution over several receivers (issue 6).
 
 pub mod args;
+pub mod frames;
 pub mod hashring;
 pub mod http;
 pub mod limits;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod multitsdb;
 pub mod replicate;
 pub mod store;
+pub mod store_service;
 pub mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -214,11 +216,7 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         .await;
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(
-            storeapi::wire::thanos::store_server::StoreServer::new(store_state.clone())
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(usize::MAX),
-        )
+        .add_service(store_service::StoreService::new(store_state.clone()))
         .add_service(storeapi::wire::info::info_server::InfoServer::new(
             store_state,
         ))

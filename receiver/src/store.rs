@@ -5,20 +5,20 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use bytes::Bytes;
+use prost::Message;
 use storeapi::wire::info::{InfoRequest, InfoResponse, StoreInfo, TsdbInfo};
 use storeapi::wire::thanos::{
-    self, AggrChunk, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest,
-    LabelValuesResponse, SeriesBatch, SeriesRequest, SeriesResponse, ZLabelSet,
-    series_response::Result as Frame,
+    self, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse,
+    SeriesRequest, SeriesResponse, ZLabelSet,
 };
 use storeapi::wire::{labels_to_wire, matchers_from_wire};
 use storeapi::{Labels, Matcher};
 use tonic::{Request, Response, Status};
 
+use crate::frames::{FrameWriter, WireChunk, put_key_labels, put_label};
 use crate::multitsdb::{MultiTsdb, Tenant};
 
-/// Byte budget of one `SeriesResponse` frame (Thanos's `RemoteReadFrameLimit`).
-pub const FRAME_LIMIT: usize = 1 << 20;
 /// gRPC metadata key selecting a tenant.
 pub const TENANT_METADATA: &str = "thanos-tenant";
 
@@ -94,19 +94,31 @@ pub enum Selection {
     Lazy {
         sel: tsdb::head::LazySelect,
         external: Labels,
-        without: HashSet<String>,
+        without: Vec<String>,
         /// 0: no limit.
         limit: usize,
     },
 }
 
 impl Selection {
-    /// Every series in order, external labels added and replica labels removed.
-    pub fn for_each(self, mut f: impl FnMut(Labels, Vec<tsdb::Chunk>) -> bool) {
+    /// Writes every series in order, external labels added and replica labels removed,
+    /// as frames handed to `emit`; stops early when `emit` says the client is gone.
+    pub fn write(self, mut w: FrameWriter, emit: &mut impl FnMut(Bytes) -> bool) {
+        let open = std::cell::Cell::new(true);
+        let mut send = |b: Bytes| {
+            if open.get() && !emit(b) {
+                open.set(false);
+            }
+        };
         match self {
             Selection::Eager(v) => {
-                for (l, c) in v {
-                    if !f(l, c) {
+                for (l, c) in &v {
+                    let buf = w.labels();
+                    for x in l.iter() {
+                        put_label(buf, x.name.as_bytes(), x.value.as_bytes());
+                    }
+                    w.push(c.iter().map(WireChunk::from), &mut send);
+                    if !open.get() {
                         return;
                     }
                 }
@@ -117,20 +129,34 @@ impl Selection {
                 without,
                 limit,
             } => {
-                for (n, (mut l, c)) in sel.into_iter().enumerate() {
+                // Frames completed while a series is locked are sent after it is
+                // unlocked: a slow client must never hold up appends.
+                let mut done = Vec::new();
+                let mut n = 0;
+                for s in sel.iter_in_place() {
                     if limit > 0 && n >= limit {
-                        return;
+                        break;
                     }
-                    l.extend_external(&external);
-                    if !without.is_empty() {
-                        l.retain(|x| !without.contains(x.name.as_str()));
+                    {
+                        let chunks = s.chunks();
+                        let mut it = chunks.iter().peekable();
+                        if it.peek().is_none() {
+                            continue;
+                        }
+                        put_key_labels(w.labels(), s.key(), &external, &without);
+                        w.push(it.map(WireChunk::from), &mut |b| done.push(b));
                     }
-                    if !f(l, c) {
+                    n += 1;
+                    for b in done.drain(..) {
+                        send(b);
+                    }
+                    if !open.get() {
                         return;
                     }
                 }
             }
         }
+        w.finish(&mut send);
     }
 }
 
@@ -165,7 +191,7 @@ pub fn select(
             return Ok(Selection::Lazy {
                 sel,
                 external: t.external_labels.clone(),
-                without: req.without_replica_labels.iter().cloned().collect(),
+                without: req.without_replica_labels.clone(),
                 limit: usize::try_from(req.limit.max(0)).unwrap_or(usize::MAX),
             });
         }
@@ -213,164 +239,6 @@ pub fn select_series(
     Ok(out)
 }
 
-fn wire_chunk(c: &tsdb::Chunk) -> AggrChunk {
-    AggrChunk {
-        min_time: c.min_time,
-        max_time: c.max_time,
-        raw: Some(thanos::Chunk {
-            r#type: i32::from(c.encoding as u8) - 1,
-            hash: xxhash_rust::xxh64::xxh64(&c.data, 0),
-            data: c.data.clone(),
-        }),
-        ..Default::default()
-    }
-}
-
-fn labels_size(l: &Labels) -> usize {
-    l.iter().map(|x| x.name.len() + x.value.len() + 8).sum()
-}
-
-/// Packs series into `SeriesResponse` frames: a series is split at [`FRAME_LIMIT`], and
-/// series are packed into `batch` frames of up to `batch_size` series when
-/// `batch_size > 1`. Frames are handed out as soon as they are complete.
-pub struct Framer {
-    skip_chunks: bool,
-    batch_size: i64,
-    batch: Vec<thanos::Series>,
-    bsize: usize,
-}
-
-impl Framer {
-    pub fn new(skip_chunks: bool, batch_size: i64) -> Self {
-        Framer {
-            skip_chunks,
-            batch_size,
-            batch: Vec::new(),
-            bsize: 0,
-        }
-    }
-
-    /// Adds one series; calls `emit` with every frame completed by it.
-    pub fn push(
-        &mut self,
-        labels: &Labels,
-        chunks: &[tsdb::Chunk],
-        emit: &mut impl FnMut(SeriesResponse),
-    ) {
-        self.push_owned(labels_to_wire(labels), labels_size(labels), chunks, emit);
-    }
-
-    /// As [`Framer::push`], taking the labels (no copy of their strings).
-    pub fn push_labels(
-        &mut self,
-        labels: Labels,
-        chunks: &[tsdb::Chunk],
-        emit: &mut impl FnMut(SeriesResponse),
-    ) {
-        let lsize = labels_size(&labels);
-        let wl = labels
-            .into_vec()
-            .into_iter()
-            .map(|l| thanos::Label {
-                name: l.name,
-                value: l.value,
-            })
-            .collect();
-        self.push_owned(wl, lsize, chunks, emit);
-    }
-
-    fn push_owned(
-        &mut self,
-        wl: Vec<thanos::Label>,
-        lsize: usize,
-        chunks: &[tsdb::Chunk],
-        emit: &mut impl FnMut(SeriesResponse),
-    ) {
-        if self.skip_chunks || chunks.is_empty() {
-            self.add(
-                thanos::Series {
-                    labels: wl,
-                    chunks: Vec::new(),
-                },
-                lsize,
-                emit,
-            );
-            return;
-        }
-        let mut cur: Vec<AggrChunk> = Vec::with_capacity(chunks.len());
-        let mut size = lsize;
-        for c in chunks {
-            let csize = c.data.len() + 32;
-            if !cur.is_empty() && size + csize > FRAME_LIMIT {
-                self.add(
-                    thanos::Series {
-                        labels: wl.clone(),
-                        chunks: std::mem::take(&mut cur),
-                    },
-                    size,
-                    emit,
-                );
-                size = lsize;
-            }
-            size += csize;
-            cur.push(wire_chunk(c));
-        }
-        self.add(
-            thanos::Series {
-                labels: wl,
-                chunks: cur,
-            },
-            size,
-            emit,
-        );
-    }
-
-    fn add(&mut self, s: thanos::Series, size: usize, emit: &mut impl FnMut(SeriesResponse)) {
-        if self.batch_size <= 1 {
-            emit(SeriesResponse {
-                result: Some(Frame::Series(s)),
-            });
-            return;
-        }
-        if !self.batch.is_empty()
-            && (self.batch.len() as i64 >= self.batch_size || self.bsize + size > FRAME_LIMIT)
-        {
-            self.flush(emit);
-        }
-        self.bsize += size;
-        self.batch.push(s);
-    }
-
-    fn flush(&mut self, emit: &mut impl FnMut(SeriesResponse)) {
-        if self.batch.is_empty() {
-            return;
-        }
-        self.bsize = 0;
-        emit(SeriesResponse {
-            result: Some(Frame::Batch(SeriesBatch {
-                series: std::mem::take(&mut self.batch),
-            })),
-        });
-    }
-
-    /// Emits the last, partly filled batch.
-    pub fn finish(mut self, emit: &mut impl FnMut(SeriesResponse)) {
-        self.flush(emit);
-    }
-}
-
-/// Turns selected series into frames (see [`Framer`]).
-pub fn frames(selected: Vec<Selected>, skip_chunks: bool, batch_size: i64) -> Vec<SeriesResponse> {
-    let mut out = Vec::new();
-    let mut f = Framer::new(skip_chunks, batch_size);
-    let mut emit = |r| out.push(r);
-    for (labels, chunks) in &selected {
-        f.push(labels, chunks, &mut emit);
-    }
-    f.finish(&mut emit);
-    out
-}
-
 /// Frames buffered between the encoding thread and the gRPC stream.
 const FRAME_QUEUE: usize = 8;
 
@@ -378,14 +246,17 @@ type SeriesStream = std::pin::Pin<
     Box<dyn tokio_stream::Stream<Item = Result<SeriesResponse, Status>> + Send + 'static>,
 >;
 
-#[tonic::async_trait]
-impl thanos::store_server::Store for StoreState {
-    type SeriesStream = SeriesStream;
+/// A `Series` answer as encoded `SeriesResponse` frames.
+pub type FrameStream = tokio_stream::wrappers::ReceiverStream<Result<Bytes, Status>>;
 
-    async fn series(
+impl StoreState {
+    /// Runs a `Series` call. Frames are written on a blocking thread straight from the
+    /// head (see [`crate::frames`]) and streamed while later ones are still being
+    /// written, so the client decodes while we encode.
+    pub async fn series_frames(
         &self,
         request: Request<SeriesRequest>,
-    ) -> Result<Response<Self::SeriesStream>, Status> {
+    ) -> Result<FrameStream, Status> {
         self.check_ready()?;
         let tenants = self.tenants(&request);
         let ext = self.external_names();
@@ -394,35 +265,32 @@ impl thanos::store_server::Store for StoreState {
         let sel = tokio::task::spawn_blocking(move || select(&tenants, &ext, &req))
             .await
             .map_err(internal)??;
-        // Frames are built on a blocking thread and streamed while later ones are still
-        // being built, so the client decodes while we encode.
         let (tx, rx) = tokio::sync::mpsc::channel(FRAME_QUEUE);
         tokio::task::spawn_blocking(move || {
-            let open = std::cell::Cell::new(true);
-            let mut emit = |r: SeriesResponse| {
-                if open.get() && tx.blocking_send(Ok(r)).is_err() {
-                    // The client went away.
-                    open.set(false);
-                }
-            };
-            let mut f = Framer::new(skip_chunks, batch_size);
-            let mut done = Vec::new();
-            sel.for_each(|labels, chunks| {
-                f.push_labels(labels, &chunks, &mut emit);
-                // Freed after the stream has ended, not while the client waits.
-                done.push(chunks);
-                open.get()
+            // A failed send: the client went away.
+            sel.write(FrameWriter::new(skip_chunks, batch_size), &mut |b| {
+                tx.blocking_send(Ok(b)).is_ok()
             });
-            if !open.get() {
-                return;
-            }
-            f.finish(&mut emit);
-            drop(tx);
-            drop(done);
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+}
+
+#[tonic::async_trait]
+impl thanos::store_server::Store for StoreState {
+    type SeriesStream = SeriesStream;
+
+    /// The same frames as [`StoreState::series_frames`] decoded into structs (the gRPC
+    /// server sends the bytes through [`crate::store_service`] instead).
+    async fn series(
+        &self,
+        request: Request<SeriesRequest>,
+    ) -> Result<Response<Self::SeriesStream>, Status> {
+        use tokio_stream::StreamExt;
+        let frames = self.series_frames(request).await?;
+        Ok(Response::new(Box::pin(frames.map(|r| {
+            r.and_then(|b| SeriesResponse::decode(b).map_err(internal))
+        }))))
     }
 
     async fn label_names(
