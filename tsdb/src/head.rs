@@ -134,13 +134,21 @@ fn sort_by_key_bytes(series: &mut Vec<Arc<MemSeries>>) {
         }
         u64::from_be_bytes(w)
     };
-    // (rank, key, index): ties compare keys through one pointer, not two.
+    // (rank, key after the common prefix, index): ties compare keys through one pointer,
+    // not two, from where they can differ. Equal ranks of two keys with 8 more bytes each
+    // mean equal bytes there too (only a key's end ranks like 0xff), so those are skipped.
     let mut ranked: Vec<(u64, &[u8], usize)> = series
         .iter()
         .enumerate()
-        .map(|(i, s)| (rank(&s.key), &s.key[..], i))
+        .map(|(i, s)| (rank(&s.key), s.key.get(common..).unwrap_or(&[]), i))
         .collect();
-    ranked.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| cmp_keys(a.1, b.1)));
+    ranked.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| match (a.1.get(8..), b.1.get(8..)) {
+                (Some(x), Some(y)) => cmp_keys(x, y),
+                _ => cmp_keys(a.1, b.1),
+            })
+    });
     let order: Vec<usize> = ranked.into_iter().map(|(_, _, i)| i).collect();
     let mut slots: Vec<Option<Arc<MemSeries>>> =
         std::mem::take(series).into_iter().map(Some).collect();
@@ -1078,6 +1086,39 @@ mod tests {
             labels_key(&lb, &mut kb);
             proptest::prop_assert_eq!(cmp_keys(&ka, &kb), la.cmp(&lb));
             proptest::prop_assert_eq!(cmp_keys(&ka, &ka), std::cmp::Ordering::Equal);
+        }
+    }
+
+    proptest::proptest! {
+        /// Label sets sharing long prefixes, names that are prefixes of others, values
+        /// ending inside the ranked 8 bytes: the ranked sort orders them as labels do.
+        #[test]
+        fn ranked_sort_orders_as_labels(sets in proptest::collection::vec(
+            proptest::collection::btree_map(
+                proptest::sample::select(vec!["a", "ab", "a_", "b", "code", "code_class"]),
+                "[a-c\\-/]{0,12}",
+                1..4,
+            ),
+            1..60,
+        )) {
+            let h = Head::new(1000, Metrics::default());
+            let mut buf = Vec::new();
+            let mut series = Vec::new();
+            let mut want = Vec::new();
+            for set in sets {
+                let mut pairs = vec![("__name__".to_string(), "metric_with_a_long_name".to_string())];
+                pairs.extend(set.into_iter().map(|(k, v)| (k.to_string(), v)));
+                let l = Labels::from_pairs(pairs).unwrap();
+                if want.contains(&l) {
+                    continue;
+                }
+                series.push(h.replay_series(0, &l, &mut buf));
+                want.push(l);
+            }
+            want.sort();
+            sort_by_key_bytes(&mut series);
+            let got: Vec<Labels> = series.iter().map(|s| s.labels()).collect();
+            proptest::prop_assert_eq!(got, want);
         }
     }
 
