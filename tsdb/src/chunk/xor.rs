@@ -672,17 +672,23 @@ mod tests {
         }
     }
 
+    /// `len` pseudo-random bytes from an xorshift state.
+    fn random_bytes(seed: &mut u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                *seed as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn garbage_never_panics() {
         let mut seed = 0x1234_5678_9abc_def0u64;
         for len in 0..200 {
-            let mut buf = vec![0u8; len];
-            for b in buf.iter_mut() {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                *b = seed as u8;
-            }
+            let buf = random_bytes(&mut seed, len);
             let _ = decode_all(&buf);
             let _ = XorChunk::from_bytes(&buf);
         }
@@ -840,13 +846,7 @@ mod tests {
     fn equals_reference_decoder_on_garbage() {
         let mut seed = 0x0bad_cafe_1234_5678u64;
         for len in 0..600 {
-            let mut buf = vec![0u8; len];
-            for b in buf.iter_mut() {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                *b = seed as u8;
-            }
+            let mut buf = random_bytes(&mut seed, len);
             // A plausible count, so decoding goes past the header.
             if len >= 2 {
                 buf[0] = 0;
