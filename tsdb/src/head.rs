@@ -199,9 +199,9 @@ pub enum SeriesKey<'a> {
     Ref(SeriesRef),
 }
 
-/// A head selection sorted by labels, read series by series (labels parsed and chunks
-/// copied only when iterated), so a caller can stream the first series while later ones
-/// are still unread.
+/// A head selection sorted by labels, read series by series in place (see
+/// [`LazySelect::iter_in_place`]), so a caller can stream the first series while later
+/// ones are still unread.
 #[derive(Debug, Default)]
 pub struct LazySelect {
     series: Vec<Arc<MemSeries>>,
@@ -229,24 +229,9 @@ impl LazySelect {
     }
 }
 
-impl IntoIterator for LazySelect {
-    type Item = (Labels, Vec<Chunk>);
-    type IntoIter = Box<dyn Iterator<Item = (Labels, Vec<Chunk>)> + Send>;
-
-    /// Series with chunks overlapping the range, in label order.
-    fn into_iter(self) -> Self::IntoIter {
-        let (mint, maxt) = (self.mint, self.maxt);
-        Box::new(self.series.into_iter().filter_map(move |s| {
-            let c = s.chunks(mint, maxt);
-            (!c.is_empty()).then(|| (s.labels(), c))
-        }))
-    }
-}
-
 impl LazySelect {
-    /// The series in label order, to be read in place (see [`SeriesInPlace`]). Unlike
-    /// [`LazySelect::into_iter`] nothing is parsed or copied, so a caller can encode
-    /// straight from the head.
+    /// The series in label order, to be read in place (see [`SeriesInPlace`]): nothing
+    /// is parsed or copied, so a caller can encode straight from the head.
     pub fn iter_in_place(&self) -> impl Iterator<Item = SeriesInPlace<'_>> {
         let (mint, maxt) = (self.mint, self.maxt);
         self.series.iter().map(move |s| SeriesInPlace {
