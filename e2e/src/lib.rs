@@ -104,8 +104,31 @@ pub fn orrery_release_bin() -> PathBuf {
     p
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, below the kernel's ephemeral range when
+/// there is room: a test that kills a server and starts it again on the same port must not
+/// find the port taken by some client's outgoing connection in between.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    const LOW: u32 = 10_000;
+    if ephemeral_low > LOW + 1000 {
+        let span = ephemeral_low - LOW;
+        // Test binaries run one after another; the pid spreads them over the range anyway.
+        let start = std::process::id().wrapping_mul(7919) % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = LOW + (start + n.wrapping_mul(13)) % span;
+            if let Ok(port) = u16::try_from(port)
+                && TcpListener::bind(("127.0.0.1", port)).is_ok()
+            {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
