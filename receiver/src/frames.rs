@@ -115,6 +115,22 @@ fn put_aggr_chunk(buf: &mut Vec<u8>, c: &WireChunk<'_>, hash: u64) {
     }
 }
 
+/// Appends one `thanos.Series` entry (field 1 of `SeriesResponse` and of `SeriesBatch`)
+/// of encoded size `size`: the label entries, then the chunks with their hashes.
+fn put_series<'a>(
+    buf: &mut Vec<u8>,
+    size: usize,
+    labels: &[u8],
+    chunks: &mut dyn Iterator<Item = (WireChunk<'a>, u64)>,
+) {
+    put_len_field(buf, 1, size);
+    buf.extend_from_slice(labels);
+    for (c, hash) in chunks {
+        put_len_field(buf, 2, aggr_chunk_len(&c, hash));
+        put_aggr_chunk(buf, &c, hash);
+    }
+}
+
 /// Appends one `labels` entry (a `thanos.Label`) of a `thanos.Series` to `buf`.
 pub fn put_label(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     let mut n = 0;
@@ -249,8 +265,7 @@ impl FrameWriter {
     ) {
         if self.batch_size <= 1 {
             let mut frame = Vec::with_capacity(len_field_size(size));
-            put_len_field(&mut frame, 1, size);
-            self.write_series_body(&mut frame, chunks);
+            put_series(&mut frame, size, &self.labels, chunks);
             emit(Bytes::from(frame));
             return;
         }
@@ -264,23 +279,8 @@ impl FrameWriter {
             // Room for the frame's own tag and length, written at flush.
             self.batch.resize(HEADER_ROOM, 0);
         }
-        let mut batch = std::mem::take(&mut self.batch);
-        put_len_field(&mut batch, 1, size);
-        self.write_series_body(&mut batch, chunks);
-        self.batch = batch;
+        put_series(&mut self.batch, size, &self.labels, chunks);
         self.batch_len += 1;
-    }
-
-    fn write_series_body<'a>(
-        &self,
-        buf: &mut Vec<u8>,
-        chunks: &mut dyn Iterator<Item = (WireChunk<'a>, u64)>,
-    ) {
-        buf.extend_from_slice(&self.labels);
-        for (c, hash) in chunks {
-            put_len_field(buf, 2, aggr_chunk_len(&c, hash));
-            put_aggr_chunk(buf, &c, hash);
-        }
     }
 
     fn flush(&mut self, emit: &mut impl FnMut(Bytes)) {
