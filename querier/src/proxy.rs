@@ -3,6 +3,7 @@
 //! [`ProxyStorage`] is the [`promql::Storage`] the engine reads through.
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -280,21 +281,24 @@ pub fn decode_chunks(chunks: &[AggrChunk], mint: i64, maxt: i64) -> Result<Vec<S
             // Native histograms are not evaluated by this engine.
             continue;
         }
-        let it = tsdb::chunk::XorIterator::new(&raw.data).map_err(|e| e.to_string())?;
         if out.capacity() == 0 {
-            out.reserve(it.num_samples() as usize);
+            let count = raw
+                .data
+                .get(..2)
+                .map_or(0, |h| u16::from_be_bytes([h[0], h[1]]));
+            out.reserve((count as usize).min(raw.data.len() * 4));
         }
-        for s in it {
-            let (t, v) = s.map_err(|e| e.to_string())?;
+        tsdb::chunk::xor::for_each_sample(&raw.data, |t, v| {
             if t > maxt {
                 // Samples are in time order: the rest of this chunk is past the range.
-                break;
+                return ControlFlow::Break(());
             }
-            if t < mint || out.last().is_some_and(|l| l.t >= t) {
-                continue;
+            if t >= mint && out.last().is_none_or(|l| l.t < t) {
+                out.push(Sample { t, v });
             }
-            out.push(Sample { t, v });
-        }
+            ControlFlow::Continue(())
+        })
+        .map_err(|e| e.to_string())?;
     }
     Ok(out)
 }

@@ -25,6 +25,7 @@
 //! [`Db::flush`] (for shutdown or tests) cuts everything up to the newest sample.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -800,16 +801,19 @@ pub fn samples_in_range(chunks: &[Chunk], mint: i64, maxt: i64) -> Result<Vec<Sa
         if c.max_time < mint || c.min_time > maxt {
             continue;
         }
-        for s in c.iter()? {
-            let (t, v) = s?;
+        if c.encoding != crate::chunk::Encoding::Xor {
+            return Err(ChunkError::UnsupportedEncoding(c.encoding));
+        }
+        crate::chunk::xor::for_each_sample(&c.data, |t, v| {
             if t > maxt {
-                break;
+                return ControlFlow::Break(());
             }
             if t >= mint && (t > last || out.is_empty()) {
                 out.push(Sample { t, v });
                 last = t;
             }
-        }
+            ControlFlow::Continue(())
+        })?;
     }
     Ok(out)
 }

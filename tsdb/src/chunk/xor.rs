@@ -18,6 +18,7 @@
 //! included) round-trips bit-exactly.
 
 use super::ChunkError;
+use std::ops::ControlFlow;
 
 /// Bytes of the sample-count header.
 pub const HEADER_SIZE: usize = 2;
@@ -491,12 +492,215 @@ impl Iterator for XorIterator<'_> {
 
 /// Decodes every sample of an XOR chunk.
 pub fn decode_all(data: &[u8]) -> Result<Vec<(i64, f64)>, ChunkError> {
-    let it = XorIterator::new(data)?;
-    let mut out = Vec::with_capacity(it.num_samples() as usize);
-    for s in it {
-        out.push(s?);
-    }
+    // Each sample takes at least two bits: a garbage count cannot make a large allocation.
+    let count = data
+        .get(..HEADER_SIZE)
+        .map_or(0, |h| u16::from_be_bytes([h[0], h[1]]));
+    let mut out = Vec::with_capacity((count as usize).min(data.len() * 4));
+    for_each_sample(data, |t, v| {
+        out.push((t, v));
+        ControlFlow::Continue(())
+    })?;
     Ok(out)
+}
+
+/// Reads `data`'s bitstream at arbitrary bit positions. Reads past the end see zero bits
+/// and never panic; [`for_each_sample`] compares the position with the end once per
+/// sample instead of at every read.
+#[derive(Clone, Copy)]
+struct Bits<'a> {
+    data: &'a [u8],
+}
+
+impl Bits<'_> {
+    /// The bits from `pos` on, left-aligned; at least the first 57 are valid.
+    #[inline(always)]
+    fn peek(self, pos: usize) -> u64 {
+        let byte = pos >> 3;
+        let w = match self.data.get(byte..byte + 8) {
+            Some(b) => u64::from_be_bytes(b.try_into().unwrap_or([0; 8])),
+            None => self.tail(byte),
+        };
+        w << (pos & 7)
+    }
+
+    #[cold]
+    fn tail(self, byte: usize) -> u64 {
+        let mut b = [0u8; 8];
+        let rest = self.data.get(byte..).unwrap_or(&[]);
+        let n = rest.len().min(8);
+        b[..n].copy_from_slice(&rest[..n]);
+        u64::from_be_bytes(b)
+    }
+
+    /// The `n` bits (1..=64) at `pos`, right-aligned.
+    #[inline(always)]
+    fn read(self, pos: usize, n: u32) -> u64 {
+        if n <= 57 {
+            self.peek(pos) >> (64 - n)
+        } else {
+            let w = (self.peek(pos) & !0xffff_ffff) | (self.peek(pos + 32) >> 32);
+            w >> (64 - n)
+        }
+    }
+
+    /// An unsigned varint at `*pos` (advanced past it); `None` if it overflows 64 bits.
+    fn uvarint(self, pos: &mut usize) -> Option<u64> {
+        let mut x = 0u64;
+        for i in 0..10 {
+            let b = self.read(*pos, 8) as u8;
+            *pos += 8;
+            if b < 0x80 {
+                if i == 9 && b > 1 {
+                    return None;
+                }
+                return Some(x | ((b as u64) << (7 * i)));
+            }
+            x |= ((b & 0x7f) as u64) << (7 * i);
+        }
+        None
+    }
+}
+
+/// The leading/trailing-zero window of XOR-encoded values: `sig` meaningful bits
+/// followed by `trail` zeros. `sig == 0` means no window yet (reusing it is corrupt).
+#[derive(Clone, Copy)]
+struct Window {
+    sig: u32,
+    trail: u32,
+}
+
+/// Reads one XOR-encoded value at `*pos` into `v`. `w` holds the bits from `*pos` on,
+/// `avail` of them valid, so most values need no further load.
+#[inline(always)]
+fn xor_value(
+    bits: Bits,
+    pos: &mut usize,
+    w: u64,
+    avail: u32,
+    win: &mut Window,
+    v: &mut u64,
+) -> Result<(), ChunkError> {
+    if w >> 63 == 0 {
+        *pos += 1;
+        return Ok(());
+    }
+    let ctl = if (w >> 62) & 1 == 0 {
+        if win.sig == 0 {
+            return Err(ChunkError::Corrupt("invalid XOR window"));
+        }
+        2
+    } else {
+        let lead = ((w >> 57) & 0x1f) as u32;
+        let mut sig = ((w >> 51) & 0x3f) as u32;
+        if sig == 0 {
+            sig = 64;
+        }
+        if lead + sig > 64 {
+            return Err(ChunkError::Corrupt("invalid XOR window"));
+        }
+        *win = Window {
+            sig,
+            trail: 64 - lead - sig,
+        };
+        13
+    };
+    let sig = win.sig;
+    let x = if ctl + sig <= avail {
+        (w << ctl) >> (64 - sig)
+    } else {
+        bits.read(*pos + ctl as usize, sig)
+    };
+    *pos += (ctl + sig) as usize;
+    *v ^= x << win.trail;
+    Ok(())
+}
+
+/// Decodes the samples of an XOR chunk in one tight loop, handing each to `f` until it
+/// breaks: the fast path for readers of a whole chunk (the query path decodes millions
+/// of samples per query). Samples before corrupt or truncated data are delivered first,
+/// then the error, exactly as [`XorIterator`] does.
+pub fn for_each_sample(
+    data: &[u8],
+    mut f: impl FnMut(i64, f64) -> ControlFlow<()>,
+) -> Result<(), ChunkError> {
+    const TRUNCATED: ChunkError = ChunkError::Corrupt("unexpected end of chunk data");
+    const OVERFLOW: ChunkError = ChunkError::Corrupt("varint overflows 64 bits");
+    if data.len() < HEADER_SIZE {
+        return Err(ChunkError::Corrupt("chunk shorter than its header"));
+    }
+    let total = u16::from_be_bytes([data[0], data[1]]);
+    if total == 0 {
+        return Ok(());
+    }
+    let bits = Bits { data };
+    let end = data.len() * 8;
+    let mut pos = HEADER_SIZE * 8;
+    let ux = bits.uvarint(&mut pos).ok_or(OVERFLOW)?;
+    let mut t = ((ux >> 1) as i64) ^ -((ux & 1) as i64);
+    let mut v = bits.read(pos, 64);
+    pos += 64;
+    if pos > end {
+        return Err(TRUNCATED);
+    }
+    if f(t, f64::from_bits(v)).is_break() || total == 1 {
+        return Ok(());
+    }
+    let mut win = Window { sig: 0, trail: 0 };
+    let mut delta = bits.uvarint(&mut pos).ok_or(OVERFLOW)?;
+    if pos > end {
+        return Err(TRUNCATED);
+    }
+    t = t.wrapping_add(delta as i64);
+    let w = bits.peek(pos);
+    xor_value(bits, &mut pos, w, 57, &mut win, &mut v)?;
+    if pos > end {
+        return Err(TRUNCATED);
+    }
+    if f(t, f64::from_bits(v)).is_break() {
+        return Ok(());
+    }
+    for _ in 2..total {
+        let w = bits.peek(pos);
+        let avail = 64 - (pos & 7) as u32;
+        // The delta-of-delta: '0', '10' + 14 bits, '110' + 17, '1110' + 20, '1111' + 64.
+        let (dod, used) = if w >> 63 == 0 {
+            (0, 1)
+        } else {
+            let (prefix, sz) = match w.leading_ones() {
+                1 => (2, 14),
+                2 => (3, 17),
+                3 => (4, 20),
+                _ => (4, 64),
+            };
+            let dod = if sz == 64 {
+                bits.read(pos + 4, 64) as i64
+            } else {
+                let mut b = (w << prefix) >> (64 - sz);
+                if b > (1 << (sz - 1)) {
+                    b = b.wrapping_sub(1 << sz);
+                }
+                b as i64
+            };
+            (dod, prefix + sz)
+        };
+        delta = (delta as i64).wrapping_add(dod) as u64;
+        t = t.wrapping_add(delta as i64);
+        pos += used as usize;
+        if used < avail {
+            xor_value(bits, &mut pos, w << used, avail - used, &mut win, &mut v)?;
+        } else {
+            let w = bits.peek(pos);
+            xor_value(bits, &mut pos, w, 57, &mut win, &mut v)?;
+        }
+        if pos > end {
+            return Err(TRUNCATED);
+        }
+        if f(t, f64::from_bits(v)).is_break() {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -842,6 +1046,33 @@ mod tests {
         (out, Some(()))
     }
 
+    /// The loop decoder in the reference's shape.
+    fn loop_decode(data: &[u8]) -> (Vec<(i64, u64)>, Option<()>) {
+        let mut out = Vec::new();
+        let r = for_each_sample(data, |t, v| {
+            out.push((t, v.to_bits()));
+            ControlFlow::Continue(())
+        });
+        (out, r.ok())
+    }
+
+    #[test]
+    fn loop_decoder_stops_when_told() {
+        let samples: Vec<(i64, f64)> = (0..100).map(|i| (i * 15_000, i as f64)).collect();
+        let b = encode(&samples);
+        let mut seen = Vec::new();
+        for_each_sample(&b, |t, _| {
+            seen.push(t);
+            if t >= 30_000 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        assert_eq!(seen, vec![0, 15_000, 30_000]);
+    }
+
     #[test]
     fn equals_reference_decoder_on_garbage() {
         let mut seed = 0x0bad_cafe_1234_5678u64;
@@ -853,6 +1084,7 @@ mod tests {
                 buf[1] = (seed % 200) as u8;
             }
             assert_eq!(our_decode(&buf), reference_decode(&buf), "{buf:?}");
+            assert_eq!(loop_decode(&buf), reference_decode(&buf), "{buf:?}");
         }
     }
 
@@ -861,12 +1093,14 @@ mod tests {
         fn equals_reference_decoder(samples in sample_strategy(), cut in any::<usize>(), flip in any::<usize>()) {
             let b = encode(&samples);
             prop_assert_eq!(our_decode(&b), reference_decode(&b));
+            prop_assert_eq!(loop_decode(&b), reference_decode(&b));
             let mut b = b;
             if !b.is_empty() {
                 let i = flip % b.len();
                 b[i] ^= 1 << (flip % 8);
                 let c = cut % (b.len() + 1);
                 prop_assert_eq!(our_decode(&b[..c]), reference_decode(&b[..c]));
+                prop_assert_eq!(loop_decode(&b[..c]), reference_decode(&b[..c]));
             }
         }
 
