@@ -14,8 +14,8 @@ use tonic::{Request, Response, Status};
 use tower::Service;
 
 use crate::replicate::BoxFuture;
-use crate::replicate::codec::BytesCodec;
 use crate::store::{FrameStream, StoreState};
+use storeapi::wire::BytesCodec;
 
 const SERIES_PATH: &str = "/thanos.Store/Series";
 

@@ -13,7 +13,6 @@
 //!
 //! [`WriteError::http_status`] / [`WriteError::grpc_status`] give the answer to the client.
 
-pub mod codec;
 pub mod local;
 pub mod metrics;
 pub mod peers;

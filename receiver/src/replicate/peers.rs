@@ -13,8 +13,8 @@ use tonic::client::Grpc;
 use tonic::transport::Channel;
 
 use super::Failure;
-use super::codec::BytesCodec;
 use super::quorum::FailureKind;
+use storeapi::wire::BytesCodec;
 
 const REMOTE_WRITE_PATH: &str = "/thanos.WriteableStore/RemoteWrite";
 

@@ -11,10 +11,10 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tower::Service;
 
-use super::codec::BytesCodec;
 use super::peers::MAX_MESSAGE_SIZE;
 use super::snappy::SnappyDecompress;
 use super::{BoxFuture, Distributor};
+use storeapi::wire::BytesCodec;
 
 /// Largest decompressed forwarded request accepted.
 pub const MAX_FORWARDED_REQUEST: usize = 512 << 20;

@@ -41,10 +41,14 @@ pub use prometheus_copy as prompb;
 /// Short alias: the info service package.
 pub use thanos::info;
 
+mod bytes_codec;
 mod convert;
 mod label_codec;
+mod proto_reader;
 pub mod remote_write;
+pub mod series_frame;
 
+pub use bytes_codec::BytesCodec;
 pub use convert::{
     ConvertError, labels_from_wire, labels_to_wire, matcher_from_wire, matcher_to_wire,
     matchers_from_wire,

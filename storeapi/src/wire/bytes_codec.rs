@@ -1,9 +1,7 @@
-//! A gRPC codec that passes message bytes through untouched.
-//!
-//! Forwarded writes carry series exactly as the client sent them: the router slices
-//! `TimeSeries` messages out of the remote-write body and concatenates them into a
-//! `thanos.WriteRequest`, and the peer splits them again, so no side builds owned prost
-//! structs per series and label.
+//! A gRPC codec that passes message bytes through untouched, for hot messages that are
+//! encoded or decoded by hand: forwarded remote writes (the router slices `TimeSeries`
+//! out of the client's body and the peer splits them again), the receiver's `Series`
+//! frames and the querier's reading of them. Decoded bytes share tonic's buffer.
 
 use bytes::{Buf, BufMut, Bytes};
 use tonic::Status;

@@ -1,0 +1,134 @@
+//! A bounds-checked protobuf reader over a borrowed buffer, shared by the hand-written
+//! decoders of hot messages (remote-write bodies, StoreAPI `Series` frames): malformed
+//! input is an error, never a panic.
+
+/// Why a protobuf message (a remote-write body, a StoreAPI frame) could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("truncated protobuf: {0}")]
+    Truncated(&'static str),
+    #[error("invalid varint")]
+    BadVarint,
+    #[error("invalid protobuf field tag {0}")]
+    BadTag(u64),
+    #[error("unsupported protobuf wire type {wire_type} (field {field})")]
+    BadWireType { field: u32, wire_type: u8 },
+    #[error("label {0} is not valid UTF-8")]
+    Utf8(&'static str),
+    #[error("snappy: {0}")]
+    Snappy(String),
+    #[error("decompressed body would be {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+}
+
+pub(crate) const WT_VARINT: u8 = 0;
+pub(crate) const WT_I64: u8 = 1;
+pub(crate) const WT_LEN: u8 = 2;
+pub(crate) const WT_I32: u8 = 5;
+
+pub(crate) struct Cursor<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    #[inline]
+    pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(DecodeError::Truncated("varint"));
+            };
+            self.pos += 1;
+            if i == 9 && b > 1 {
+                return Err(DecodeError::BadVarint);
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::BadVarint)
+    }
+
+    /// Reads a tag: (field number, wire type).
+    #[inline]
+    pub(crate) fn tag(&mut self) -> Result<(u32, u8), DecodeError> {
+        let t = self.varint()?;
+        if t > u64::from(u32::MAX) {
+            return Err(DecodeError::BadTag(t));
+        }
+        let field = (t >> 3) as u32;
+        if field == 0 {
+            return Err(DecodeError::BadTag(t));
+        }
+        Ok((field, (t & 7) as u8))
+    }
+
+    #[inline]
+    pub(crate) fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        let len = self.varint()?;
+        let remaining = self.buf.len() - self.pos;
+        if len > remaining as u64 {
+            return Err(DecodeError::Truncated(what));
+        }
+        let len = len as usize;
+        let s = &self.buf[self.pos..self.pos + len];
+        self.pos += len;
+        Ok(s)
+    }
+
+    #[inline]
+    pub(crate) fn fixed64(&mut self) -> Result<u64, DecodeError> {
+        let end = self.pos + 8;
+        let Some(b) = self.buf.get(self.pos..end) else {
+            return Err(DecodeError::Truncated("fixed64"));
+        };
+        self.pos = end;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    pub(crate) fn skip(&mut self, field: u32, wire_type: u8) -> Result<(), DecodeError> {
+        match wire_type {
+            WT_VARINT => {
+                self.varint()?;
+            }
+            WT_I64 => {
+                self.fixed64()?;
+            }
+            WT_LEN => {
+                self.bytes("length-delimited field")?;
+            }
+            WT_I32 => {
+                let end = self.pos + 4;
+                if end > self.buf.len() {
+                    return Err(DecodeError::Truncated("fixed32"));
+                }
+                self.pos = end;
+            }
+            _ => return Err(DecodeError::BadWireType { field, wire_type }),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn expect(&self, field: u32, got: u8, want: u8) -> Result<(), DecodeError> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(DecodeError::BadWireType {
+                field,
+                wire_type: got,
+            })
+        }
+    }
+}
