@@ -293,7 +293,8 @@ mod tests {
             .collect();
         let chunks = encode_chunks(&samples).unwrap();
         assert_eq!(chunks.len(), 3);
-        let back = crate::proxy::decode_chunks(&chunks, i64::MIN, i64::MAX).unwrap();
+        let raw: Vec<crate::proxy::RawChunk> = chunks.into_iter().map(Into::into).collect();
+        let back = crate::proxy::decode_chunks(&raw, i64::MIN, i64::MAX).unwrap();
         assert_eq!(back, samples);
     }
 }

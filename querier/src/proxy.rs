@@ -7,12 +7,16 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use promql::{SelectHints, SelectResult, Storage, StorageError, StorageSeries};
+use prost::Message;
+use storeapi::wire::BytesCodec;
+use storeapi::wire::series_frame::{self, Frame, SeriesRef};
 use storeapi::wire::thanos::{
     self, AggrChunk, LabelNamesRequest, LabelValuesRequest, PartialResponseStrategy, SeriesRequest,
-    series_response, store_client::StoreClient,
+    store_client::StoreClient,
 };
-use storeapi::{Labels, Matcher, Sample};
+use storeapi::{Label, Labels, Matcher, Sample};
 
 use crate::dedup::{self, TimeRanged};
 use crate::endpoints::{Endpoint, EndpointSet};
@@ -79,10 +83,29 @@ impl From<FanoutError> for StorageError {
 #[derive(Debug)]
 pub struct StoreSeries {
     pub labels: Labels,
-    pub chunks: Vec<AggrChunk>,
+    pub chunks: Vec<RawChunk>,
 }
 
-impl TimeRanged for AggrChunk {
+/// A chunk as a store sent it; `data` shares the buffer of the frame it came in.
+#[derive(Debug, Clone)]
+pub struct RawChunk {
+    pub min_time: i64,
+    pub max_time: i64,
+    /// `thanos.Chunk.Encoding` and bytes; `None` when the store sent only aggregates.
+    pub raw: Option<(i32, Bytes)>,
+}
+
+impl From<AggrChunk> for RawChunk {
+    fn from(c: AggrChunk) -> Self {
+        RawChunk {
+            min_time: c.min_time,
+            max_time: c.max_time,
+            raw: c.raw.map(|r| (r.r#type, r.data)),
+        }
+    }
+}
+
+impl TimeRanged for RawChunk {
     fn min_time(&self) -> i64 {
         self.min_time
     }
@@ -133,26 +156,48 @@ impl Collector {
         }
     }
 
-    fn push(&mut self, s: thanos::Series) -> Result<(), String> {
-        let mut labels = storeapi::wire::labels_from_wire(s.labels).map_err(|e| e.to_string())?;
-        for r in &self.strip {
-            labels.remove(r);
+    /// Adds one series read from `frame`. Its labels are filtered and sorted in place.
+    fn push(&mut self, frame: &Bytes, s: &mut SeriesRef<'_>) -> Result<(), String> {
+        // As `Labels::from_unsorted`: empty values mean absent; replica labels are stripped.
+        let strip = &self.strip;
+        s.labels
+            .retain(|l| !l.value.is_empty() && !strip.iter().any(|r| r == l.name));
+        if !s.labels.is_sorted_by(|a, b| a.name < b.name) {
+            s.labels
+                .sort_unstable_by(|a, b| (a.name, a.value).cmp(&(b.name, b.value)));
+            if let Some(w) = s.labels.windows(2).find(|w| w[0].name == w[1].name) {
+                return Err(format!("duplicate label name {:?} in a series", w[0].name));
+            }
         }
+        let chunks = s.chunks.iter().map(|c| RawChunk {
+            min_time: c.min_time,
+            max_time: c.max_time,
+            raw: c.raw.map(|r| (r.encoding, frame.slice_ref(r.data))),
+        });
         if let Some(cur) = &mut self.cur {
-            match cur.labels.cmp(&labels) {
+            let order = cur
+                .labels
+                .iter()
+                .map(|l| (l.name.as_str(), l.value.as_str()))
+                .cmp(s.labels.iter().map(|l| (l.name, l.value)));
+            match order {
                 std::cmp::Ordering::Equal => {
-                    cur.chunks.extend(s.chunks);
+                    cur.chunks.extend(chunks);
                     return Ok(());
                 }
                 std::cmp::Ordering::Greater => self.sorted = false,
                 std::cmp::Ordering::Less => {}
             }
         }
+        let labels = Labels::from_sorted_unchecked(
+            s.labels
+                .iter()
+                .map(|l| Label::new(l.name, l.value))
+                .collect(),
+        );
+        let chunks = chunks.collect();
         self.flush()?;
-        self.cur = Some(StoreSeries {
-            labels,
-            chunks: s.chunks,
-        });
+        self.cur = Some(StoreSeries { labels, chunks });
         Ok(())
     }
 
@@ -185,42 +230,26 @@ impl Collector {
     }
 }
 
-fn store_error(e: &Endpoint, what: &str, status: &tonic::Status) -> String {
+const SERIES_PATH: &str = "/thanos.Store/Series";
+
+/// How errors name an endpoint's kind (Thanos's component type).
+fn component(e: &Endpoint) -> String {
     let component = e.status().component_type;
-    let component = if component.is_empty() {
+    if component.is_empty() {
         "store".to_string()
     } else {
         component
-    };
+    }
+}
+
+fn store_error(e: &Endpoint, what: &str, status: &tonic::Status) -> String {
     format!(
-        "{component} {}: {what}: rpc error: code = {:?} desc = {}",
+        "{} {}: {what}: rpc error: code = {:?} desc = {}",
+        component(e),
         e.addr,
         status.code(),
         status.message()
     )
-}
-
-#[cfg(test)]
-fn push_series(
-    out: &mut Vec<StoreSeries>,
-    s: thanos::Series,
-    strip: &[String],
-) -> Result<(), String> {
-    let mut labels = storeapi::wire::labels_from_wire(s.labels).map_err(|e| e.to_string())?;
-    for r in strip {
-        labels.remove(r);
-    }
-    if let Some(last) = out.last_mut()
-        && last.labels == labels
-    {
-        last.chunks.extend(s.chunks);
-        return Ok(());
-    }
-    out.push(StoreSeries {
-        labels,
-        chunks: s.chunks,
-    });
-    Ok(())
 }
 
 async fn series_from(
@@ -228,13 +257,21 @@ async fn series_from(
     req: SeriesRequest,
     opts: FanoutOptions,
 ) -> Result<StoreAnswer, String> {
-    let mut client = StoreClient::new(e.channel.clone()).max_decoding_message_size(usize::MAX);
     let range = (!req.skip_chunks).then_some((req.min_time, req.max_time));
     let mut col = Collector::new(opts.dedup_labels().to_vec(), range);
     let timeout = opts.timeout;
     let work = async {
-        let mut stream = client
-            .series(opts.request(req))
+        // Frames arrive as bytes and are read in place (see `series_frame`), so no
+        // prost struct is built per series, label or chunk.
+        let mut grpc =
+            tonic::client::Grpc::new(e.channel.clone()).max_decoding_message_size(usize::MAX);
+        grpc.ready()
+            .await
+            .map_err(|err| format!("{} {}: receive series: {err}", component(&e), e.addr))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(SERIES_PATH);
+        let body = Bytes::from(req.encode_to_vec());
+        let mut stream = grpc
+            .server_streaming(opts.request(body), path, BytesCodec)
             .await
             .map_err(|s| store_error(&e, "receive series", &s))?
             .into_inner();
@@ -245,15 +282,22 @@ async fn series_from(
                 .await
                 .map_err(|s| store_error(&e, "receive series", &s))?;
             let Some(frame) = frame else { break };
-            match frame.result {
-                Some(series_response::Result::Series(s)) => col.push(s)?,
-                Some(series_response::Result::Batch(b)) => {
-                    for s in b.series {
-                        col.push(s)?;
+            let invalid = |err: storeapi::wire::remote_write::DecodeError| {
+                format!(
+                    "{} {}: receive series: invalid response: {err}",
+                    component(&e),
+                    e.addr
+                )
+            };
+            match series_frame::read_frame(&frame).map_err(invalid)? {
+                Frame::Series(mut r) => {
+                    let mut view = SeriesRef::default();
+                    while r.next_series(&mut view).map_err(invalid)? {
+                        col.push(&frame, &mut view)?;
                     }
                 }
-                Some(series_response::Result::Warning(w)) => ans.warnings.push(w),
-                Some(series_response::Result::Hints(_)) | None => {}
+                Frame::Warning(w) => ans.warnings.push(w.to_string()),
+                Frame::Other => {}
             }
         }
         (ans.series, ans.sorted) = col.finish()?;
@@ -270,25 +314,31 @@ async fn series_from(
 }
 
 /// Decodes the float samples of a run of non-overlapping chunks, trimmed to `[mint, maxt]`.
-pub fn decode_chunks(chunks: &[AggrChunk], mint: i64, maxt: i64) -> Result<Vec<Sample>, String> {
+pub fn decode_chunks(chunks: &[RawChunk], mint: i64, maxt: i64) -> Result<Vec<Sample>, String> {
     let mut out: Vec<Sample> = Vec::new();
     for c in chunks {
         if c.max_time < mint || c.min_time > maxt {
             continue;
         }
-        let Some(raw) = &c.raw else { continue };
-        if raw.r#type != thanos::chunk::Encoding::Xor as i32 {
+        let Some((encoding, data)) = &c.raw else {
+            continue;
+        };
+        if *encoding != thanos::chunk::Encoding::Xor as i32 {
             // Native histograms are not evaluated by this engine.
             continue;
         }
         if out.capacity() == 0 {
-            let count = raw
-                .data
+            // Room for the chunk's share of samples inside the range (an instant query
+            // keeps a few of a chunk's 120).
+            let count = data
                 .get(..2)
                 .map_or(0, |h| u16::from_be_bytes([h[0], h[1]]));
-            out.reserve((count as usize).min(raw.data.len() * 4));
+            let span = (c.max_time as i128 - c.min_time as i128).max(0) + 1;
+            let inside =
+                (maxt.min(c.max_time) as i128 - mint.max(c.min_time) as i128 + 1).clamp(0, span);
+            out.reserve((count as i128 * inside / span) as usize + 1);
         }
-        tsdb::chunk::xor::for_each_sample(&raw.data, |t, v| {
+        tsdb::chunk::xor::for_each_sample(data, |t, v| {
             if t > maxt {
                 // Samples are in time order: the rest of this chunk is past the range.
                 return ControlFlow::Break(());
@@ -306,7 +356,7 @@ pub fn decode_chunks(chunks: &[AggrChunk], mint: i64, maxt: i64) -> Result<Vec<S
 /// Decodes one store's chunks of one series: overlapping chunks (e.g. head and block,
 /// out-of-order data) are the same source and are unioned.
 fn decode_store_series(
-    mut chunks: Vec<AggrChunk>,
+    mut chunks: Vec<RawChunk>,
     mint: i64,
     maxt: i64,
 ) -> Result<Vec<Sample>, String> {
@@ -670,6 +720,10 @@ mod tests {
         }
     }
 
+    fn raw(samples: &[(i64, f64)]) -> RawChunk {
+        chunk(samples).into()
+    }
+
     fn ls(pairs: &[(&str, &str)]) -> Labels {
         Labels::from_pairs(pairs.iter().copied()).unwrap()
     }
@@ -677,31 +731,99 @@ mod tests {
     #[test]
     fn decode_trims_to_range() {
         let c = chunk(&[(1000, 1.0), (2000, 2.0), (3000, 3.0)]);
-        let s = decode_chunks(&[c], 1500, 3000).unwrap();
+        let s = decode_chunks(&[c.into()], 1500, 3000).unwrap();
         assert_eq!(
             s,
             vec![Sample { t: 2000, v: 2.0 }, Sample { t: 3000, v: 3.0 }]
         );
     }
 
+    /// A `SeriesResponse` frame holding `series` as a batch.
+    fn frame(series: Vec<thanos::Series>) -> Bytes {
+        Bytes::from(
+            thanos::SeriesResponse {
+                result: Some(thanos::series_response::Result::Batch(
+                    thanos::SeriesBatch { series },
+                )),
+            }
+            .encode_to_vec(),
+        )
+    }
+
+    fn collect(col: &mut Collector, frame: &Bytes) -> Result<(), String> {
+        let Frame::Series(mut r) = series_frame::read_frame(frame).unwrap() else {
+            panic!("a series frame");
+        };
+        let mut view = SeriesRef::default();
+        while r.next_series(&mut view).unwrap() {
+            col.push(frame, &mut view)?;
+        }
+        Ok(())
+    }
+
+    fn wire(pairs: &[(&str, &str)]) -> Vec<storeapi::Label> {
+        pairs
+            .iter()
+            .map(|&(n, v)| storeapi::Label::new(n, v))
+            .collect()
+    }
+
     #[test]
     fn frames_of_one_series_are_joined_and_replica_labels_stripped() {
-        let mut out = Vec::new();
-        let strip = vec!["replica".to_string()];
-        for (r, c) in [("0", chunk(&[(1, 1.0)])), ("0", chunk(&[(2, 2.0)]))] {
-            push_series(
-                &mut out,
-                thanos::Series {
-                    labels: storeapi::wire::labels_to_wire(&ls(&[("a", "b"), ("replica", r)])),
-                    chunks: vec![c],
-                },
-                &strip,
-            )
-            .unwrap();
-        }
-        assert_eq!(out.len(), 1);
+        let mut col = Collector::new(vec!["replica".to_string()], Some((0, 100)));
+        // One series split over two frames (replica label and an empty label on the
+        // wire, labels unsorted in the second), then the next series.
+        let a = frame(vec![thanos::Series {
+            labels: wire(&[("a", "b"), ("empty", ""), ("replica", "0")]),
+            chunks: vec![chunk(&[(1, 1.0)])],
+        }]);
+        let b = frame(vec![
+            thanos::Series {
+                labels: wire(&[("replica", "0"), ("a", "b")]),
+                chunks: vec![chunk(&[(2, 2.0)])],
+            },
+            thanos::Series {
+                labels: wire(&[("a", "c")]),
+                chunks: vec![chunk(&[(3, 3.0)])],
+            },
+        ]);
+        collect(&mut col, &a).unwrap();
+        collect(&mut col, &b).unwrap();
+        let (out, sorted) = col.finish().unwrap();
+        assert!(sorted);
+        assert_eq!(out.len(), 2);
         assert_eq!(out[0].labels, ls(&[("a", "b")]));
-        assert_eq!(out[0].chunks.len(), 2);
+        assert_eq!(
+            out[0].samples,
+            vec![Sample { t: 1, v: 1.0 }, Sample { t: 2, v: 2.0 }]
+        );
+        assert_eq!(out[1].labels, ls(&[("a", "c")]));
+    }
+
+    #[test]
+    fn out_of_order_series_and_duplicate_names_are_noticed() {
+        let mut col = Collector::new(Vec::new(), Some((0, 100)));
+        let f = frame(vec![
+            thanos::Series {
+                labels: wire(&[("a", "2")]),
+                chunks: vec![chunk(&[(1, 1.0)])],
+            },
+            thanos::Series {
+                labels: wire(&[("a", "1")]),
+                chunks: vec![chunk(&[(1, 1.0)])],
+            },
+        ]);
+        collect(&mut col, &f).unwrap();
+        let (out, sorted) = col.finish().unwrap();
+        assert!(!sorted);
+        assert_eq!(out.len(), 2);
+        let mut col = Collector::new(Vec::new(), Some((0, 100)));
+        let dup = frame(vec![thanos::Series {
+            labels: wire(&[("b", "1"), ("a", "1"), ("b", "2")]),
+            chunks: Vec::new(),
+        }]);
+        let err = collect(&mut col, &dup).unwrap_err();
+        assert!(err.contains("duplicate label name"), "{err}");
     }
 
     #[test]
@@ -711,15 +833,15 @@ mod tests {
         let parts = vec![
             StoreSeries {
                 labels: ls(&[("__name__", "up"), ("job", "x")]),
-                chunks: vec![chunk(&a)],
+                chunks: vec![raw(&a)],
             },
             StoreSeries {
                 labels: ls(&[("__name__", "up"), ("job", "w")]),
-                chunks: vec![chunk(&[(5, 1.0)])],
+                chunks: vec![raw(&[(5, 1.0)])],
             },
             StoreSeries {
                 labels: ls(&[("__name__", "up"), ("job", "x")]),
-                chunks: vec![chunk(&b)],
+                chunks: vec![raw(&b)],
             },
         ];
         let out = merge_series(parts, 0, 100_000, true, false).unwrap();
@@ -734,11 +856,11 @@ mod tests {
         let parts = vec![
             StoreSeries {
                 labels: ls(&[("a", "1")]),
-                chunks: vec![chunk(&[(1, 1.0), (3, 3.0)])],
+                chunks: vec![raw(&[(1, 1.0), (3, 3.0)])],
             },
             StoreSeries {
                 labels: ls(&[("a", "1")]),
-                chunks: vec![chunk(&[(2, 2.0), (3, 3.0)])],
+                chunks: vec![raw(&[(2, 2.0), (3, 3.0)])],
             },
         ];
         let out = merge_series(parts, 0, 10, false, false).unwrap();
@@ -754,8 +876,8 @@ mod tests {
         let parts = vec![StoreSeries {
             labels: ls(&[("a", "1")]),
             chunks: vec![
-                chunk(&[(0, 0.0), (10_000, 1.0), (20_000, 2.0)]),
-                chunk(&[(0, 0.0), (10_000, 1.0), (20_000, 2.0), (30_000, 3.0)]),
+                raw(&[(0, 0.0), (10_000, 1.0), (20_000, 2.0)]),
+                raw(&[(0, 0.0), (10_000, 1.0), (20_000, 2.0), (30_000, 3.0)]),
             ],
         }];
         let out = merge_series(parts, 0, 100_000, true, false).unwrap();
@@ -769,7 +891,7 @@ mod tests {
     fn empty_series_are_dropped() {
         let parts = vec![StoreSeries {
             labels: ls(&[("a", "1")]),
-            chunks: vec![chunk(&[(0, 0.0)])],
+            chunks: vec![raw(&[(0, 0.0)])],
         }];
         assert!(merge_series(parts, 10, 20, true, false).unwrap().is_empty());
     }
