@@ -43,45 +43,42 @@ fn frame() -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// Reads every series of `raw`, summing what `per_series` makes of each.
+fn walk(raw: &[u8], mut per_series: impl FnMut(&SeriesRef<'_>) -> usize) -> usize {
+    let Ok(Frame::Series(mut r)) = read_frame(raw) else {
+        panic!("a series frame")
+    };
+    let mut v = SeriesRef::default();
+    let mut n = 0;
+    while r.next_series(&mut v).unwrap() {
+        n += per_series(&v);
+    }
+    n
+}
+
 fn bench(c: &mut Criterion) {
     let raw = frame();
     let mut g = c.benchmark_group("series_frame_decode");
     g.throughput(Throughput::Elements(64));
     g.bench_function("in_place_to_labels", |b| {
         b.iter(|| {
-            let Ok(Frame::Series(mut r)) = read_frame(&raw) else {
-                panic!("a series frame")
-            };
-            let mut v = SeriesRef::default();
-            let mut n = 0usize;
-            while r.next_series(&mut v).unwrap() {
+            walk(&raw, |v| {
                 let labels = Labels::from_sorted_unchecked(
                     v.labels
                         .iter()
                         .map(|l| Label::new(l.name, l.value))
                         .collect(),
                 );
-                n += labels.len()
+                labels.len()
                     + v.chunks
                         .iter()
                         .map(|c| c.raw.map_or(0, |r| r.data.len()))
-                        .sum::<usize>();
-            }
-            n
+                        .sum::<usize>()
+            })
         })
     });
     g.bench_function("in_place_walk", |b| {
-        b.iter(|| {
-            let Ok(Frame::Series(mut r)) = read_frame(&raw) else {
-                panic!("a series frame")
-            };
-            let mut v = SeriesRef::default();
-            let mut n = 0usize;
-            while r.next_series(&mut v).unwrap() {
-                n += v.labels.len() + v.chunks.len();
-            }
-            n
-        })
+        b.iter(|| walk(&raw, |v| v.labels.len() + v.chunks.len()))
     });
     g.bench_function("prost_owned", |b| {
         b.iter(

@@ -73,7 +73,7 @@ impl XorChunk {
             r?;
             n += 1;
         }
-        let used_bits = it.bit_pos;
+        let used_bits = it.st.pos;
         let used_bytes = used_bits.div_ceil(8);
         if used_bytes > data.len() {
             return Err(ChunkError::Corrupt("chunk ends inside a sample"));
@@ -88,14 +88,20 @@ impl XorChunk {
             *last &= !((1u8 << free) - 1);
         }
         debug_assert_eq!(n, it.total as usize);
+        let win = it.st.win;
         Ok(XorChunk {
             buf,
             free,
-            t: it.t,
-            v: it.v,
-            t_delta: it.t_delta,
-            leading: it.leading,
-            trailing: it.trailing,
+            t: it.st.t,
+            v: it.st.v,
+            t_delta: it.st.delta,
+            // As the encoder keeps them: no window yet is a leading count of 0xff.
+            leading: if win.sig == 0 {
+                0xff
+            } else {
+                (64 - win.sig - win.trail) as u8
+            },
+            trailing: win.trail as u8,
         })
     }
 
@@ -256,40 +262,24 @@ fn put_varint(buf: &mut [u8; 10], x: i64) -> usize {
     put_uvarint(buf, ux)
 }
 
-/// Decodes the samples of an XOR chunk. Corrupt or truncated input yields one error and
-/// then ends; it never panics.
+/// Decodes the samples of an XOR chunk one at a time. Corrupt or truncated input yields
+/// one error and then ends; it never panics. [`for_each_sample`] is faster for readers
+/// of a whole chunk.
 #[derive(Debug, Clone)]
 pub struct XorIterator<'a> {
-    data: &'a [u8],
-    /// Absolute bit position in `data`.
-    bit_pos: usize,
+    bits: Bits<'a>,
     total: u16,
-    read: u16,
-    t: i64,
-    v: u64,
-    t_delta: u64,
-    leading: u8,
-    trailing: u8,
+    st: DecodeState,
     failed: bool,
 }
 
 impl<'a> XorIterator<'a> {
     /// Starts decoding `data` (header included). Fails if the header is missing.
     pub fn new(data: &'a [u8]) -> Result<Self, ChunkError> {
-        if data.len() < HEADER_SIZE {
-            return Err(ChunkError::Corrupt("chunk shorter than its header"));
-        }
         Ok(XorIterator {
-            data,
-            bit_pos: HEADER_SIZE * 8,
-            total: u16::from_be_bytes([data[0], data[1]]),
-            read: 0,
-            t: 0,
-            v: 0,
-            t_delta: 0,
-            // As the encoder: no window yet (a reuse before one is set is corrupt).
-            leading: 0xff,
-            trailing: 0,
+            bits: Bits { data },
+            total: sample_count(data)?,
+            st: DecodeState::new(),
             failed: false,
         })
     }
@@ -298,169 +288,6 @@ impl<'a> XorIterator<'a> {
     pub fn num_samples(&self) -> u16 {
         self.total
     }
-
-    /// The next 64 bits from the read position, zeros past the end of the data (callers
-    /// consume them with [`XorIterator::advance`], which checks the end).
-    #[inline]
-    fn peek64(&self) -> u64 {
-        let byte = self.bit_pos >> 3;
-        let off = (self.bit_pos & 7) as u32;
-        let (w, ninth) = match self.data.get(byte..byte + 9) {
-            Some(b) => (
-                u64::from_be_bytes(b[..8].try_into().unwrap_or([0; 8])),
-                b[8],
-            ),
-            None => {
-                let mut b = [0u8; 9];
-                let rest = self.data.get(byte..).unwrap_or(&[]);
-                let n = rest.len().min(9);
-                b[..n].copy_from_slice(&rest[..n]);
-                (
-                    u64::from_be_bytes(b[..8].try_into().unwrap_or([0; 8])),
-                    b[8],
-                )
-            }
-        };
-        if off == 0 {
-            w
-        } else {
-            (w << off) | (ninth as u64 >> (8 - off))
-        }
-    }
-
-    #[inline]
-    fn advance(&mut self, n: u32) -> Result<(), ChunkError> {
-        let end = self.bit_pos + n as usize;
-        if end > self.data.len() * 8 {
-            return Err(ChunkError::Corrupt("unexpected end of chunk data"));
-        }
-        self.bit_pos = end;
-        Ok(())
-    }
-
-    #[inline]
-    fn read_bits(&mut self, n: u32) -> Result<u64, ChunkError> {
-        debug_assert!(n <= 64);
-        if n == 0 {
-            return Ok(0);
-        }
-        let w = self.peek64();
-        self.advance(n)?;
-        Ok(w >> (64 - n))
-    }
-
-    fn read_uvarint(&mut self) -> Result<u64, ChunkError> {
-        let mut x = 0u64;
-        let mut s = 0u32;
-        for i in 0..10 {
-            let b = self.read_bits(8)? as u8;
-            if b < 0x80 {
-                if i == 9 && b > 1 {
-                    return Err(ChunkError::Corrupt("varint overflows 64 bits"));
-                }
-                return Ok(x | ((b as u64) << s));
-            }
-            x |= ((b & 0x7f) as u64) << s;
-            s += 7;
-        }
-        Err(ChunkError::Corrupt("varint overflows 64 bits"))
-    }
-
-    /// Reads one value. `w` holds the next bits from the read position, `avail` of them
-    /// valid (at least 13): a value that fits in them needs no further load.
-    #[inline]
-    fn read_value(&mut self, w: u64, avail: u32) -> Result<(), ChunkError> {
-        if w >> 63 == 0 {
-            // Same value.
-            return self.advance(1);
-        }
-        let (ctl, lead, sig) = if (w >> 62) & 1 == 0 {
-            // The previous leading/trailing window.
-            let sig = 64u32
-                .checked_sub(self.leading as u32 + self.trailing as u32)
-                .ok_or(ChunkError::Corrupt("invalid XOR window"))?;
-            self.advance(2)?;
-            (2, self.leading as u32, sig)
-        } else {
-            // A new window: 5 bits of leading zeros, 6 bits of significant bits.
-            let lead = ((w >> 57) & 0x1f) as u32;
-            let mut sig = ((w >> 51) & 0x3f) as u32;
-            if sig == 0 {
-                sig = 64;
-            }
-            if lead + sig > 64 {
-                return Err(ChunkError::Corrupt("invalid XOR window"));
-            }
-            self.advance(13)?;
-            self.leading = lead as u8;
-            self.trailing = (64 - lead - sig) as u8;
-            (13, lead, sig)
-        };
-        let bits = if sig == 0 {
-            0
-        } else if ctl + sig <= avail {
-            self.advance(sig)?;
-            (w << ctl) >> (64 - sig)
-        } else {
-            self.read_bits(sig)?
-        };
-        let shift = 64 - lead - sig;
-        self.v ^= if shift >= 64 { 0 } else { bits << shift };
-        Ok(())
-    }
-
-    fn step(&mut self) -> Result<(i64, f64), ChunkError> {
-        match self.read {
-            0 => {
-                let ux = self.read_uvarint()?;
-                self.t = ((ux >> 1) as i64) ^ -((ux & 1) as i64);
-                self.v = self.read_bits(64)?;
-            }
-            1 => {
-                self.t_delta = self.read_uvarint()?;
-                self.t = self.t.wrapping_add(self.t_delta as i64);
-                self.read_value(self.peek64(), 64)?;
-            }
-            _ => {
-                // One load serves the delta-of-delta and, usually, the value.
-                let w = self.peek64();
-                // The delta-of-delta size: '0', '10', '110', '1110' or '1111'.
-                let ones = w.leading_ones().min(4);
-                let prefix = if ones < 4 { ones + 1 } else { 4 };
-                self.advance(prefix)?;
-                let sz = match ones {
-                    0 => 0,
-                    1 => 14,
-                    2 => 17,
-                    3 => 20,
-                    _ => 64,
-                };
-                let dod = if sz == 0 {
-                    0
-                } else if sz == 64 {
-                    self.read_bits(64)? as i64
-                } else {
-                    self.advance(sz)?;
-                    let mut bits = (w << prefix) >> (64 - sz);
-                    if bits > (1 << (sz - 1)) {
-                        bits = bits.wrapping_sub(1 << sz);
-                    }
-                    bits as i64
-                };
-                self.t_delta = (self.t_delta as i64).wrapping_add(dod) as u64;
-                self.t = self.t.wrapping_add(self.t_delta as i64);
-                if sz == 64 {
-                    self.read_value(self.peek64(), 64)?;
-                } else {
-                    // At most 24 bits used: at least 40 left.
-                    let used = prefix + sz;
-                    self.read_value(w << used, 64 - used)?;
-                }
-            }
-        }
-        self.read += 1;
-        Ok((self.t, f64::from_bits(self.v)))
-    }
 }
 
 impl Iterator for XorIterator<'_> {
@@ -468,10 +295,10 @@ impl Iterator for XorIterator<'_> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed || self.read >= self.total {
+        if self.failed || self.st.read >= self.total {
             return None;
         }
-        match self.step() {
+        match self.st.step(self.bits) {
             Ok(s) => Some(Ok(s)),
             Err(e) => {
                 self.failed = true;
@@ -484,7 +311,7 @@ impl Iterator for XorIterator<'_> {
         let left = if self.failed {
             0
         } else {
-            (self.total - self.read) as usize
+            (self.total - self.st.read) as usize
         };
         (0, Some(left))
     }
@@ -507,7 +334,7 @@ pub fn decode_all(data: &[u8]) -> Result<Vec<(i64, f64)>, ChunkError> {
 /// Reads `data`'s bitstream at arbitrary bit positions. Reads past the end see zero bits
 /// and never panic; [`for_each_sample`] compares the position with the end once per
 /// sample instead of at every read.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct Bits<'a> {
     data: &'a [u8],
 }
@@ -564,7 +391,7 @@ impl Bits<'_> {
 
 /// The leading/trailing-zero window of XOR-encoded values: `sig` meaningful bits
 /// followed by `trail` zeros. `sig == 0` means no window yet (reusing it is corrupt).
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct Window {
     sig: u32,
     trail: u32,
@@ -616,54 +443,66 @@ fn xor_value(
     Ok(())
 }
 
-/// Decodes the samples of an XOR chunk in one tight loop, handing each to `f` until it
-/// breaks: the fast path for readers of a whole chunk (the query path decodes millions
-/// of samples per query). Samples before corrupt or truncated data are delivered first,
-/// then the error, exactly as [`XorIterator`] does.
-pub fn for_each_sample(
-    data: &[u8],
-    mut f: impl FnMut(i64, f64) -> ControlFlow<()>,
-) -> Result<(), ChunkError> {
-    const TRUNCATED: ChunkError = ChunkError::Corrupt("unexpected end of chunk data");
-    const OVERFLOW: ChunkError = ChunkError::Corrupt("varint overflows 64 bits");
-    if data.len() < HEADER_SIZE {
-        return Err(ChunkError::Corrupt("chunk shorter than its header"));
+fn sample_count(data: &[u8]) -> Result<u16, ChunkError> {
+    match data {
+        [a, b, ..] => Ok(u16::from_be_bytes([*a, *b])),
+        _ => Err(ChunkError::Corrupt("chunk shorter than its header")),
     }
-    let total = u16::from_be_bytes([data[0], data[1]]);
-    if total == 0 {
-        return Ok(());
+}
+
+/// Where a decoder stands: the bit position and the previous sample's state.
+#[derive(Debug, Clone)]
+struct DecodeState {
+    pos: usize,
+    /// Samples decoded so far.
+    read: u16,
+    t: i64,
+    v: u64,
+    delta: u64,
+    win: Window,
+}
+
+impl DecodeState {
+    fn new() -> Self {
+        DecodeState {
+            pos: HEADER_SIZE * 8,
+            read: 0,
+            t: 0,
+            v: 0,
+            delta: 0,
+            win: Window { sig: 0, trail: 0 },
+        }
     }
-    let bits = Bits { data };
-    let end = data.len() * 8;
-    let mut pos = HEADER_SIZE * 8;
-    let ux = bits.uvarint(&mut pos).ok_or(OVERFLOW)?;
-    let mut t = ((ux >> 1) as i64) ^ -((ux & 1) as i64);
-    let mut v = bits.read(pos, 64);
-    pos += 64;
-    if pos > end {
-        return Err(TRUNCATED);
+
+    /// Decodes the next sample (the caller keeps `read` below the header's count).
+    #[inline(always)]
+    fn step(&mut self, bits: Bits) -> Result<(i64, f64), ChunkError> {
+        const OVERFLOW: ChunkError = ChunkError::Corrupt("varint overflows 64 bits");
+        match self.read {
+            0 => {
+                let ux = bits.uvarint(&mut self.pos).ok_or(OVERFLOW)?;
+                self.t = ((ux >> 1) as i64) ^ -((ux & 1) as i64);
+                self.v = bits.read(self.pos, 64);
+                self.pos += 64;
+            }
+            1 => {
+                self.delta = bits.uvarint(&mut self.pos).ok_or(OVERFLOW)?;
+                self.t = self.t.wrapping_add(self.delta as i64);
+                let w = bits.peek(self.pos);
+                xor_value(bits, &mut self.pos, w, 57, &mut self.win, &mut self.v)?;
+            }
+            _ => return self.step_dod(bits),
+        }
+        self.finish(bits)
     }
-    if f(t, f64::from_bits(v)).is_break() || total == 1 {
-        return Ok(());
-    }
-    let mut win = Window { sig: 0, trail: 0 };
-    let mut delta = bits.uvarint(&mut pos).ok_or(OVERFLOW)?;
-    if pos > end {
-        return Err(TRUNCATED);
-    }
-    t = t.wrapping_add(delta as i64);
-    let w = bits.peek(pos);
-    xor_value(bits, &mut pos, w, 57, &mut win, &mut v)?;
-    if pos > end {
-        return Err(TRUNCATED);
-    }
-    if f(t, f64::from_bits(v)).is_break() {
-        return Ok(());
-    }
-    for _ in 2..total {
-        let w = bits.peek(pos);
-        let avail = 64 - (pos & 7) as u32;
-        // The delta-of-delta: '0', '10' + 14 bits, '110' + 17, '1110' + 20, '1111' + 64.
+
+    /// Decodes a sample after the second: delta-of-delta and XOR value.
+    #[inline(always)]
+    fn step_dod(&mut self, bits: Bits) -> Result<(i64, f64), ChunkError> {
+        // One load serves the delta-of-delta and, usually, the value.
+        let w = bits.peek(self.pos);
+        let avail = 64 - (self.pos & 7) as u32;
+        // '0', '10' + 14 bits, '110' + 17, '1110' + 20, '1111' + 64.
         let (dod, used) = if w >> 63 == 0 {
             (0, 1)
         } else {
@@ -674,7 +513,7 @@ pub fn for_each_sample(
                 _ => (4, 64),
             };
             let dod = if sz == 64 {
-                bits.read(pos + 4, 64) as i64
+                bits.read(self.pos + 4, 64) as i64
             } else {
                 let mut b = (w << prefix) >> (64 - sz);
                 if b > (1 << (sz - 1)) {
@@ -684,20 +523,48 @@ pub fn for_each_sample(
             };
             (dod, prefix + sz)
         };
-        delta = (delta as i64).wrapping_add(dod) as u64;
-        t = t.wrapping_add(delta as i64);
-        pos += used as usize;
-        if used < avail {
-            xor_value(bits, &mut pos, w << used, avail - used, &mut win, &mut v)?;
+        self.delta = (self.delta as i64).wrapping_add(dod) as u64;
+        self.t = self.t.wrapping_add(self.delta as i64);
+        self.pos += used as usize;
+        let (w, avail) = if used < avail {
+            (w << used, avail - used)
         } else {
-            let w = bits.peek(pos);
-            xor_value(bits, &mut pos, w, 57, &mut win, &mut v)?;
+            (bits.peek(self.pos), 57)
+        };
+        xor_value(bits, &mut self.pos, w, avail, &mut self.win, &mut self.v)?;
+        self.finish(bits)
+    }
+
+    #[inline(always)]
+    fn finish(&mut self, bits: Bits) -> Result<(i64, f64), ChunkError> {
+        // Reads past the end saw zeros: the sample is not real.
+        if self.pos > bits.data.len() * 8 {
+            return Err(ChunkError::Corrupt("unexpected end of chunk data"));
         }
-        if pos > end {
-            return Err(TRUNCATED);
-        }
-        if f(t, f64::from_bits(v)).is_break() {
-            return Ok(());
+        self.read += 1;
+        Ok((self.t, f64::from_bits(self.v)))
+    }
+}
+
+/// Decodes the samples of an XOR chunk in one tight loop, handing each to `f` until it
+/// breaks: the fast path for readers of a whole chunk (the query path decodes millions
+/// of samples per query; the decoder state stays in registers). Samples before corrupt
+/// or truncated data are delivered first, then the error, exactly as [`XorIterator`].
+pub fn for_each_sample(
+    data: &[u8],
+    mut f: impl FnMut(i64, f64) -> ControlFlow<()>,
+) -> Result<(), ChunkError> {
+    let total = sample_count(data)?;
+    let bits = Bits { data };
+    let mut st = DecodeState::new();
+    for i in 0..total {
+        let (t, v) = if i < 2 {
+            st.step(bits)?
+        } else {
+            st.step_dod(bits)?
+        };
+        if f(t, v).is_break() {
+            break;
         }
     }
     Ok(())
