@@ -40,29 +40,11 @@ if [ "$need_sid" = 0 ] && [ "$need_bookworm" = 0 ]; then
 fi
 
 # Reuse the mirror URI of the machine's own Debian sources; never hard-code a host.
-mirror=""
-for f in /etc/apt/sources.list.d/*.sources; do
-  [ -f "$f" ] || continue
-  uri=$(awk '/^URIs:/ {print $2; exit}' "$f")
-  if [ -n "$uri" ] && grep -q -E '^Suites:.*\b(bookworm|trixie|sid|stable|testing|unstable)\b' "$f" &&
-     ! echo "$uri" | grep -q security; then
-    mirror=$uri
-    keyring=$(awk '/^Signed-By:/ {print $2; exit}' "$f")
-    break
-  fi
-done
-if [ -z "$mirror" ]; then
-  for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list; do
-    [ -f "$f" ] || continue
-    uri=$(awk '$1=="deb" && $0 !~ /security/ {for (i=2;i<=NF;i++) if ($i ~ /^https?:/) {print $i; exit}}' "$f")
-    if [ -n "$uri" ]; then mirror=$uri; break; fi
-  done
-fi
-if [ -z "$mirror" ]; then
-  echo "install-prometheus: no Debian mirror found in /etc/apt/sources.list.d/ to fetch prometheus from" >&2
+. "$root/scripts/lib/apt-private.sh"
+if ! find_mirror; then
+  echo "install-prometheus: cannot fetch prometheus without a Debian mirror" >&2
   exit 1
 fi
-keyring=${keyring:-/usr/share/keyrings/debian-archive-keyring.gpg}
 
 # fetch SUITE WORKDIR DEST PACKAGE...: a private apt state (its own sources list and
 # lists dir under WORKDIR) for SUITE on the mirror, `apt-get download` of the packages
@@ -70,12 +52,8 @@ keyring=${keyring:-/usr/share/keyrings/debian-archive-keyring.gpg}
 fetch() {
   local suite=$1 work=$2 into=$3
   shift 3
-  mkdir -p "$work/lists/partial" "$work/archives/partial" "$into"
-  local list=$work/$suite.list
-  echo "deb [signed-by=$keyring] $mirror $suite main" > "$list"
-  local aptopts=(-o "Dir::Etc::SourceList=$list" -o "Dir::Etc::SourceParts=-"
-                 -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work"
-                 -o "Dir::Cache::archives=$work/archives" -o "APT::Get::List-Cleanup=0")
+  mkdir -p "$into"
+  apt_private "$work" "deb [signed-by=$keyring] $mirror $suite main"
   echo "install-prometheus: apt-get update (private $suite list from $mirror)" >&2
   apt-get "${aptopts[@]}" -q update >&2
   (

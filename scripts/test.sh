@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Runs every test. Installs what the tests need when missing (the reference
-# Prometheus 3.5.3 + promtool into .cache/, Debian's chromium for the UI test),
+# Prometheus 3.5.3 + promtool into .cache/, Prometheus 3.5.3's PromQL test scripts into
+# .cache/promql-testdata/, Debian's chromium for the UI test),
 # builds the orrery binary the end-to-end tests start, then runs the whole
 # workspace's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-prometheus.sh
+if ! bash scripts/install-promql-testdata.sh; then
+  # The conformance runner then falls back to ../shared/promql-testdata when it exists
+  # (and says so), or fails naming the command to run.
+  echo "test.sh: could not fetch Prometheus's PromQL test scripts into .cache/promql-testdata" >&2
+fi
 if ! command -v chromium >/dev/null 2>&1; then
   echo "test.sh: installing Debian's chromium for the UI test" >&2
   apt-get update -q >&2

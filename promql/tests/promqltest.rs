@@ -1,5 +1,6 @@
-//! Runs Prometheus's own PromQL test scripts (v3.5.3, `shared/promql-testdata/*.test`)
-//! and the project's own scripts (`promql/testdata/*.test`) against our engine.
+//! Runs Prometheus's own PromQL test scripts (v3.5.3, `promql/promqltest/testdata/*.test`,
+//! fetched into `.cache/promql-testdata/` by `scripts/install-promql-testdata.sh`) and the
+//! project's own scripts (`promql/testdata/*.test`) against our engine.
 //!
 //! Prints `promqltest: N passed, M failed, K skipped`. The test fails when an eval fails
 //! that is not listed in [`KNOWN_GAPS`], and when a listed eval no longer fails (so the
@@ -53,10 +54,73 @@ const KNOWN_GAPS: &[(&str, usize, &str)] = &[
     ),
 ];
 
-/// The upstream scripts: `<workspace>/../shared/promql-testdata` (CI copies `shared/`
-/// beside the clone).
+/// Where the upstream scripts were found, and what the runner says of that copy.
+struct Upstream {
+    dir: PathBuf,
+    what: &'static str,
+}
+
+/// The upstream scripts, first found of: `$ORRERY_PROMQL_TESTDATA`; the cache that
+/// `scripts/install-promql-testdata.sh` fills from Debian's source of Prometheus 3.5.3
+/// (`$ORRERY_CACHE/promql-testdata`, default `<workspace>/.cache/promql-testdata`, used only
+/// when its `SOURCE` stamp is there, i.e. the extraction finished); the
+/// `../shared/promql-testdata` folder beside the workspace, a fallback for machines where
+/// the download is impossible. `Err` tells the user the one command to run.
+fn upstream_testdata() -> Result<Upstream, String> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workspace = manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| manifest.join(".."));
+    if let Some(dir) = std::env::var_os("ORRERY_PROMQL_TESTDATA") {
+        return Ok(Upstream {
+            dir: PathBuf::from(dir),
+            what: "from $ORRERY_PROMQL_TESTDATA",
+        });
+    }
+    let cache = std::env::var_os("ORRERY_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join(".cache"));
+    let cached = cache.join("promql-testdata");
+    if cached.join("SOURCE").is_file() {
+        return Ok(Upstream {
+            dir: cached,
+            what: "fetched from Debian's prometheus 3.5.3 source by scripts/install-promql-testdata.sh",
+        });
+    }
+    let shared = match workspace.parent() {
+        Some(up) => up.join("shared/promql-testdata"),
+        None => workspace.join("../shared/promql-testdata"),
+    };
+    if shared.is_dir() {
+        return Ok(Upstream {
+            dir: shared,
+            what: "FALLBACK: the shared/ folder beside the workspace; the download into the cache did not happen",
+        });
+    }
+    Err(format!(
+        "Prometheus's PromQL test scripts are missing: not in {} nor in {}. \
+         Run `bash scripts/install-promql-testdata.sh` (scripts/test.sh runs it) to fetch them.",
+        cached.display(),
+        shared.display()
+    ))
+}
+
 fn testdata_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/promql-testdata")
+    match upstream_testdata() {
+        Ok(u) => {
+            // Straight to stderr: the harness captures `eprintln!` of passing tests, and
+            // which copy ran must show in every run.
+            let _ = writeln!(
+                std::io::stderr(),
+                "promqltest: upstream scripts in {} ({})",
+                u.dir.display(),
+                u.what
+            );
+            u.dir
+        }
+        Err(e) => panic!("{e}"),
+    }
 }
 
 fn own_testdata_dir() -> PathBuf {
@@ -499,8 +563,8 @@ fn promqltest() {
     let upstream = testdata_dir();
     assert!(
         upstream.is_dir(),
-        "the upstream PromQL test scripts are missing: expected them at {} \
-         (the `shared/promql-testdata` folder beside the workspace; CI copies `shared/` there)",
+        "the upstream PromQL test scripts are missing: {} is not a folder; \
+         run `bash scripts/install-promql-testdata.sh`",
         upstream.display()
     );
     let mut files = test_files(&upstream);

@@ -1,6 +1,7 @@
 //! Parser for Prometheus's PromQL test script format (`*.test`).
 //!
-//! The format is described in `shared/promql-testdata/README.md`. This parser does not
+//! The format is described in `shared/promql-testdata/README.md` (the project's notes on
+//! Prometheus's `promql/promqltest` runner). This parser does not
 //! use the PromQL parser: an expression the engine cannot parse fails only its own eval.
 
 use std::fmt;
