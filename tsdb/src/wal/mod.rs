@@ -1060,9 +1060,9 @@ mod tests {
         /// Random writes interleaved with ENOSPC, EIO and short writes at random offsets
         /// (also while creating segments), a full disk, and truncations that fail; then
         /// everything recovers and the WAL is replayed. Every acknowledged record is
-        /// replayed, in order, exactly once; nothing else appears but records whose
-        /// write failed (their data is in the head, see `Writer::pending`), each at most
-        /// once and before the next acknowledged record.
+        /// replayed, in order, exactly once; every record whose write failed is replayed
+        /// too (its data is in the head, see `Writer::pending`), in order, possibly twice
+        /// when a failed write could not be cut back; nothing else appears.
         #[test]
         fn acknowledged_records_survive_any_write_failures(
             ops in prop::collection::vec(op(), 1..60),
