@@ -56,6 +56,12 @@ pub enum MultiTsdbError {
     },
     #[error("too many tenants: the limit is {0}")]
     TooManyTenants(usize),
+    /// `--tsdb.path` itself is a Prometheus/Thanos TSDB directory (with `wal/` segments
+    /// or `chunks_head/` directly in it), not a directory of tenant TSDBs.
+    #[error(
+        "{path} is a single TSDB directory (it has {found} directly in it), but --tsdb.path holds one TSDB per tenant in <tsdb.path>/<tenant>/ (Thanos Receive's layout); nothing was changed. Point --tsdb.path at its parent, or move it to <dir>/<tenant>/"
+    )]
+    NotTenantLayout { path: PathBuf, found: &'static str },
     #[error("reading data directory {path}: {source}")]
     Io {
         path: PathBuf,
@@ -100,6 +106,7 @@ impl MultiTsdb {
         cfg: MultiTsdbConfig,
         registry: Arc<Mutex<Registry>>,
     ) -> Result<MultiTsdb, MultiTsdbError> {
+        check_not_single_tsdb(&cfg.dir)?;
         std::fs::create_dir_all(&cfg.dir).map_err(|source| MultiTsdbError::Io {
             path: cfg.dir.clone(),
             source,
@@ -134,6 +141,16 @@ impl MultiTsdb {
             names.push(name);
         }
         names.sort();
+        // Every tenant's WAL is checked before any is opened: a foreign one (a Prometheus
+        // or Thanos TSDB moved here) stops the start with nothing changed anywhere.
+        for name in &names {
+            tsdb::wal::ident::check_db_dir(&m.cfg.dir.join(name)).map_err(|e| {
+                MultiTsdbError::Db {
+                    tenant: name.clone(),
+                    source: e.into(),
+                }
+            })?;
+        }
         for name in names {
             let started = std::time::Instant::now();
             let t = m.open_tenant(&name)?;
@@ -283,6 +300,31 @@ pub fn external_labels(labels: &[Label]) -> Result<Labels, storeapi::LabelError>
 }
 
 #[allow(dead_code)]
+/// Refuses a `--tsdb.path` that is itself one Prometheus/Thanos TSDB: its `wal/`,
+/// `chunks_head/` and block directories would otherwise be opened as tenants (and get
+/// WAL directories of their own).
+fn check_not_single_tsdb(dir: &Path) -> Result<(), MultiTsdbError> {
+    let is_segment = |e: &std::fs::DirEntry| {
+        e.file_name()
+            .to_str()
+            .is_some_and(|n| n.len() == 8 && n.bytes().all(|b| b.is_ascii_digit()))
+            && e.file_type().is_ok_and(|t| t.is_file())
+    };
+    let err = |found| MultiTsdbError::NotTenantLayout {
+        path: dir.to_path_buf(),
+        found,
+    };
+    if let Ok(rd) = std::fs::read_dir(dir.join("wal"))
+        && rd.flatten().any(|e| is_segment(&e))
+    {
+        return Err(err("wal/ segment files"));
+    }
+    if dir.join("chunks_head").is_dir() {
+        return Err(err("chunks_head/"));
+    }
+    Ok(())
+}
+
 fn _assert_path(_: &Path) {}
 
 #[cfg(test)]
@@ -333,5 +375,59 @@ mod tests {
         let m = MultiTsdb::open(cfg, reg).unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m.get("acme").unwrap().db.head_series(), 1);
+    }
+
+    /// A tenant directory whose WAL Orrery did not write stops the start before any
+    /// tenant is opened, with every file as it was; `--tsdb.path` pointed straight at a
+    /// Prometheus data directory is refused as a layout mistake.
+    #[test]
+    fn foreign_wal_and_single_tsdb_layout_are_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = MultiTsdbConfig {
+            dir: dir.path().to_path_buf(),
+            external_labels: Labels::default(),
+            tenant_label_name: "tenant_id".into(),
+            block_duration: Duration::from_secs(7200),
+            retention: Duration::from_secs(86400),
+            wal_sync: SyncPolicy::Always,
+            max_tenants: 10,
+        };
+        std::fs::create_dir_all(dir.path().join("a")).unwrap();
+        let wal = dir.path().join("z/wal");
+        std::fs::create_dir_all(&wal).unwrap();
+        std::fs::write(wal.join("00000000"), b"not an orrery wal at all").unwrap();
+        let reg = Arc::new(Mutex::new(Registry::default()));
+        let e = MultiTsdb::open(cfg.clone(), reg.clone())
+            .err()
+            .expect("refused");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("tenant \"z\"") && msg.contains("not an Orrery write-ahead log"),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::read(wal.join("00000000")).unwrap(),
+            b"not an orrery wal at all"
+        );
+        assert_eq!(std::fs::read_dir(&wal).unwrap().count(), 1);
+        assert!(
+            !dir.path().join("a/wal").exists(),
+            "tenant a was not opened either"
+        );
+
+        let single = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(single.path().join("wal")).unwrap();
+        std::fs::write(single.path().join("wal/00000000"), b"x").unwrap();
+        let e = MultiTsdb::open(
+            MultiTsdbConfig {
+                dir: single.path().to_path_buf(),
+                ..cfg
+            },
+            reg,
+        )
+        .err()
+        .expect("refused");
+        assert!(matches!(e, MultiTsdbError::NotTenantLayout { .. }), "{e}");
+        assert!(!single.path().join("wal/wal").exists());
     }
 }

@@ -243,6 +243,9 @@ impl Db {
         registry: Option<&mut Registry>,
     ) -> Result<Db, DbError> {
         let dir = dir.as_ref().to_path_buf();
+        // Before anything below touches the directory: a Prometheus/Thanos TSDB or a WAL
+        // Orrery cannot identify is refused, never "repaired".
+        wal::ident::check_db_dir(&dir)?;
         let range = i64::try_from(opts.block_duration.as_millis()).unwrap_or(i64::MAX);
         if range < 1000 {
             return Err(DbError::Options(format!(
@@ -690,6 +693,9 @@ impl<'a> Appender<'a> {
         let pos = {
             let mut bufs = lock(&inner.commit);
             let CommitBufs { frames, samples } = &mut *bufs;
+            // Records of an earlier failed commit are in the head already: they reach the
+            // log before this commit changes anything (a retry of them is all duplicates).
+            let flushed = inner.wal.flush_pending()?;
             if head.epoch() != epoch {
                 resolved.clear();
                 head.resolve(&self.keys, &self.keybuf, &mut resolved);
@@ -749,7 +755,7 @@ impl<'a> Appender<'a> {
                 wal::finish_frame(frames, at);
             }
             let pos = if frames.is_empty() {
-                None
+                flushed
             } else {
                 match inner.wal.write(frames) {
                     Ok(p) => Some(p),
@@ -958,3 +964,7 @@ const _: fn() = || {
     assert_send_sync::<Db>();
     assert_send_sync::<Querier>();
 };
+
+#[cfg(test)]
+#[path = "db_wal_fault_tests.rs"]
+mod wal_fault_tests;

@@ -34,6 +34,11 @@ pub struct Metrics {
     pub wal_corruptions_repaired: Counter,
     pub wal_torn_tails: Counter,
     pub wal_bytes_written: Counter,
+    /// Failed WAL writes (ENOSPC, EIO, short writes); each was cut back or moved past.
+    pub wal_write_errors: Counter,
+    /// 1 while the last WAL write failed and no later one succeeded (disk full): commits
+    /// are refused until a write succeeds again.
+    pub wal_write_failing: Gauge,
     pub wal_checkpoints: Counter,
     pub blocks_loaded: Gauge,
     pub compactions: Counter,
@@ -53,6 +58,8 @@ impl Default for Metrics {
             wal_corruptions_repaired: Counter::default(),
             wal_torn_tails: Counter::default(),
             wal_bytes_written: Counter::default(),
+            wal_write_errors: Counter::default(),
+            wal_write_failing: Gauge::default(),
             wal_checkpoints: Counter::default(),
             blocks_loaded: Gauge::default(),
             compactions: Counter::default(),
@@ -98,7 +105,7 @@ impl Metrics {
         );
         r.register(
             "wal_corruptions_repaired",
-            "WAL corruptions found and repaired by truncating to the last good record",
+            "Damaged WAL regions found on replay (valid records after them are replayed; a damaged tail of the last segment is cut off)",
             self.wal_corruptions_repaired.clone(),
         );
         r.register(
@@ -110,6 +117,16 @@ impl Metrics {
             "wal_bytes_written",
             "Bytes written to the WAL",
             self.wal_bytes_written.clone(),
+        );
+        r.register(
+            "wal_write_errors",
+            "Failed WAL writes (the torn tail is cut back before the next write)",
+            self.wal_write_errors.clone(),
+        );
+        r.register(
+            "wal_write_failing",
+            "1 while WAL writes fail (e.g. disk full) and commits are refused",
+            self.wal_write_failing.clone(),
         );
         r.register(
             "wal_checkpoints",

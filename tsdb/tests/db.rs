@@ -338,9 +338,11 @@ fn wal_cut_at_random_offsets_yields_exactly_the_acknowledged_prefix() {
         }
         assert_eq!(all(&db), want, "cut at {cut} of {total}");
         let torn = db.metrics().wal_torn_tails.get();
+        // A cut inside the segment's magic frame leaves a segment that holds nothing.
+        let magic = tsdb::wal::ident::MAGIC_LEN as u64;
         assert_eq!(
             torn,
-            u64::from(!ends.contains(&cut) && cut != 0),
+            u64::from(!ends.contains(&cut) && cut > magic),
             "cut at {cut}"
         );
         assert_eq!(db.metrics().wal_corruptions_repaired.get(), 0);
@@ -352,8 +354,10 @@ fn wal_cut_at_random_offsets_yields_exactly_the_acknowledged_prefix() {
     }
 }
 
+/// A damaged record in the middle of the WAL is reported and skipped; every record after
+/// it is replayed (nothing acknowledged later is dropped), on every open.
 #[test]
-fn mid_wal_corruption_is_repaired_and_counted() {
+fn mid_wal_corruption_is_skipped_and_counted() {
     let d = tempfile::tempdir().unwrap();
     let l = ls(&[("__name__", "x")]);
     {
@@ -371,18 +375,19 @@ fn mid_wal_corruption_is_repaired_and_counted() {
     std::fs::write(&p, &data).unwrap();
     let db = Db::open(d.path(), opts(), None).unwrap();
     assert_eq!(db.metrics().wal_corruptions_repaired.get(), 1);
-    let got = &all(&db)[&l];
-    assert!(got.len() < 100 && got.len() > 30, "{}", got.len());
-    for (k, &(t, v)) in got.iter().enumerate() {
-        assert_eq!((t, v), (k as i64 * 1000, (k as f64).to_bits()));
-    }
-    // Appends continue, and the next open is clean.
+    let got = all(&db)[&l].clone();
+    assert_eq!(got.len(), 99, "exactly the damaged record is skipped");
+    let lost: Vec<i64> = (0..100)
+        .filter(|k| !got.contains(&(k * 1000, (*k as f64).to_bits())))
+        .collect();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    // Appends continue, and the next open replays the same plus the new sample.
     let mut app = db.appender();
     app.append_one(&l, 1_000_000, 1.0);
     assert_eq!(app.commit().unwrap().appended, 1);
     drop(db);
     let db = Db::open(d.path(), opts(), None).unwrap();
-    assert_eq!(db.metrics().wal_corruptions_repaired.get(), 0);
+    assert_eq!(db.metrics().wal_corruptions_repaired.get(), 1);
     assert_eq!(all(&db)[&l].len(), got.len() + 1);
 }
 
@@ -481,7 +486,8 @@ fn sigkill_loses_no_acknowledged_batch() {
         let mut acked = None;
         let mut seen = Vec::new();
         let target = 200 + round * 150;
-        for line in BufReader::new(out).lines() {
+        let mut lines = BufReader::new(out).lines();
+        for line in lines.by_ref() {
             let line = line.unwrap();
             if seen.len() < 5 {
                 seen.push(line.clone());
@@ -497,6 +503,14 @@ fn sigkill_loses_no_acknowledged_batch() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let acked = acked.unwrap_or_else(|| panic!("round {round}: child output {seen:?}"));
+        // The child may have acknowledged more batches before the kill landed (their
+        // lines are still in the pipe): the upper bound counts those.
+        let printed = lines
+            .map_while(Result::ok)
+            .filter_map(|l| l.strip_prefix("ack ").and_then(|n| n.parse::<i64>().ok()))
+            .max()
+            .unwrap_or(acked)
+            .max(acked);
         let db = Db::open(d.path(), opts(), None).unwrap();
         let got = all(&db);
         for i in 0..10i64 {
@@ -505,8 +519,8 @@ fn sigkill_loses_no_acknowledged_batch() {
             // Every acknowledged batch is there, in order, with its exact value; at most one
             // unacknowledged (in-flight) batch more; nothing invented.
             assert!(
-                s.len() as i64 > acked && s.len() as i64 <= acked + 2,
-                "round {round}: {} samples, acked {acked}",
+                s.len() as i64 > acked && s.len() as i64 <= printed + 2,
+                "round {round}: {} samples, acked {acked} (last printed {printed})",
                 s.len()
             );
             for (k, &(t, v)) in s.iter().enumerate() {
