@@ -4,6 +4,7 @@ use crate::eval::{
     Ctx, Evaluator, Val, at_ms, ms_of, offset_ms, selector_key, selector_matchers,
     storeapi_series::Raw, subquery_ctx, too_many_samples, type_name,
 };
+use crate::limits::{ParsedExpr, QueryLimits, grow, parse_checked};
 use crate::storage::{SelectHints, Storage};
 use crate::value::{QueryResult, Value};
 use promql_parser::parser::value::ValueType;
@@ -21,6 +22,8 @@ pub struct EngineOptions {
     pub max_samples: usize,
     /// Query timeout (default 2m).
     pub timeout: Duration,
+    /// Maximum length and nesting depth of a query's text.
+    pub limits: QueryLimits,
 }
 
 impl Default for EngineOptions {
@@ -29,6 +32,7 @@ impl Default for EngineOptions {
             lookback_delta_ms: 300_000,
             max_samples: 50_000_000,
             timeout: Duration::from_secs(120),
+            limits: QueryLimits::default(),
         }
     }
 }
@@ -136,7 +140,7 @@ impl Engine {
         time_ms: i64,
         qopts: &QueryOptions,
     ) -> Result<PreparedQuery, QueryError> {
-        let expr = Box::new(parse(query)?);
+        let expr = parse_checked(query, &self.opts.limits)?;
         let ctx = Ctx {
             start: time_ms,
             end: time_ms,
@@ -177,7 +181,7 @@ impl Engine {
         step_ms: i64,
         qopts: &QueryOptions,
     ) -> Result<PreparedQuery, QueryError> {
-        let expr = Box::new(parse(query)?);
+        let expr = parse_checked(query, &self.opts.limits)?;
         if step_ms <= 0 {
             return Err(QueryError::BadData(
                 "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
@@ -188,7 +192,7 @@ impl Engine {
                 "end timestamp must not be before start time".into(),
             ));
         }
-        match expr.value_type() {
+        match crate::eval::value_type(&expr) {
             ValueType::Scalar | ValueType::Vector => {}
             _ => {
                 return Err(QueryError::BadData(format!(
@@ -353,8 +357,9 @@ impl<F: std::future::Future> std::future::Future for JoinAll<F> {
 
 /// A query whose series are selected; [`PreparedQuery::exec`] evaluates it.
 pub struct PreparedQuery {
-    // Boxed so selector addresses (the keys of the selected data) stay put.
-    expr: Box<Expr>,
+    // Boxed inside so selector addresses (the keys of the selected data) stay put; freed
+    // on a stack sized for its depth.
+    expr: ParsedExpr,
     ev: Evaluator,
     ctx: Ctx,
     range: bool,
@@ -363,7 +368,7 @@ pub struct PreparedQuery {
 impl std::fmt::Debug for PreparedQuery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedQuery")
-            .field("expr", &self.expr.to_string())
+            .field("expr", &self.expr)
             .field("range", &self.range)
             .finish()
     }
@@ -471,14 +476,9 @@ fn drop_later<T: Send + 'static>(v: T) {
     }
 }
 
-fn parse(query: &str) -> Result<Expr, QueryError> {
-    promql_parser::parser::parse(query).map_err(QueryError::BadData)
-}
-
 /// Whether the result order of an instant query is set by the query itself.
 fn keeps_order(e: &Expr) -> bool {
-    match e {
-        Expr::Paren(p) => keeps_order(&p.expr),
+    match crate::eval::unwrap_parens(e) {
         Expr::Call(c) => matches!(
             c.func.name,
             "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc"
@@ -501,6 +501,18 @@ struct Plan<'a> {
 
 /// Walks the AST computing the time range each selector reads (exclusive min, inclusive max).
 fn plan<'a>(
+    e: &'a Expr,
+    ctx: Ctx,
+    qstart: i64,
+    qend: i64,
+    lookback: i64,
+    func: Option<&str>,
+    out: &mut Vec<Plan<'a>>,
+) {
+    grow(|| plan_node(e, ctx, qstart, qend, lookback, func, out))
+}
+
+fn plan_node<'a>(
     e: &'a Expr,
     ctx: Ctx,
     qstart: i64,

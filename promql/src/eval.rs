@@ -8,6 +8,7 @@ use crate::engine::QueryError;
 use crate::functions;
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::token::{self, TokenId};
+use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{
     AggregateExpr, AtModifier, BinaryExpr, Expr, LabelModifier, Offset, SubqueryExpr,
     VectorMatchCardinality, VectorSelector,
@@ -335,6 +336,11 @@ impl Evaluator {
     /// Evaluates a node. The samples its children held are released once it is done,
     /// so the count tracks what is alive, as Prometheus's `currentSamples` does.
     pub fn eval(&mut self, e: &Expr, ctx: Ctx) -> Result<Val, QueryError> {
+        // Every recursion of the evaluation passes here: the stack grows on demand.
+        crate::limits::grow(|| self.eval_at(e, ctx))
+    }
+
+    fn eval_at(&mut self, e: &Expr, ctx: Ctx) -> Result<Val, QueryError> {
         self.check_done()?;
         let before = self.cur_samples;
         let v = self.eval_node(e, ctx)?;
@@ -747,16 +753,63 @@ pub(crate) fn lookup(s: &[Sample], rt: i64, lookback: i64) -> Option<Sample> {
     Some(p)
 }
 
-pub(crate) fn unwrap_parens(e: &Expr) -> &Expr {
+/// `e` without its enclosing parentheses (a loop: they may be nested deeply).
+pub(crate) fn unwrap_parens(mut e: &Expr) -> &Expr {
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    e
+}
+
+/// `Expr::value_type` without its recursion (the parser's walks the whole chain of
+/// unary, parenthesised and binary nodes on the caller's stack).
+pub(crate) fn value_type(e: &Expr) -> ValueType {
+    let mut top = e;
+    loop {
+        match top {
+            Expr::Paren(p) => top = &p.expr,
+            Expr::Unary(u) => top = &u.expr,
+            _ => break,
+        }
+    }
+    if !matches!(top, Expr::Binary(_)) {
+        return own_value_type(top);
+    }
+    // A binary node is a scalar when every operand under it is; else a vector.
+    let mut todo = vec![top];
+    while let Some(n) = todo.pop() {
+        match n {
+            Expr::Binary(b) => {
+                todo.push(&b.lhs);
+                todo.push(&b.rhs);
+            }
+            Expr::Paren(p) => todo.push(&p.expr),
+            Expr::Unary(u) => todo.push(&u.expr),
+            other => {
+                if own_value_type(other) != ValueType::Scalar {
+                    return ValueType::Vector;
+                }
+            }
+        }
+    }
+    ValueType::Scalar
+}
+
+/// The type of a node that is not a unary, parenthesised or binary one.
+fn own_value_type(e: &Expr) -> ValueType {
     match e {
-        Expr::Paren(p) => unwrap_parens(&p.expr),
-        _ => e,
+        Expr::Aggregate(_) => ValueType::Vector,
+        Expr::Subquery(_) | Expr::MatrixSelector(_) => ValueType::Matrix,
+        Expr::NumberLiteral(_) => ValueType::Scalar,
+        Expr::StringLiteral(_) => ValueType::String,
+        Expr::VectorSelector(_) => ValueType::Vector,
+        Expr::Call(c) => c.func.return_type,
+        other => other.value_type(),
     }
 }
 
 pub(crate) fn type_name(e: &Expr) -> &'static str {
-    use promql_parser::parser::value::ValueType;
-    match e.value_type() {
+    match value_type(e) {
         ValueType::Scalar => "scalar",
         ValueType::String => "string",
         ValueType::Vector => "instant vector",

@@ -13,9 +13,12 @@ pub mod engine;
 mod eval;
 mod functions;
 mod histogram;
+pub mod limits;
 pub mod storage;
+pub mod untrusted;
 pub mod value;
 
 pub use engine::{Engine, EngineOptions, PreparedQuery, QueryError, QueryOptions};
+pub use limits::{LimitError, ParsedExpr, QueryLimits, check_query_text, parse_checked};
 pub use storage::{MemStorage, SelectHints, SelectResult, Storage, StorageError, StorageSeries};
 pub use value::{QueryResult, Value};

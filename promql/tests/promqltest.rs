@@ -278,6 +278,7 @@ impl Runner {
             lookback_delta_ms: 300_000,
             max_samples: 10_000,
             timeout: Duration::from_secs(100),
+            limits: promql::QueryLimits::default(),
         });
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

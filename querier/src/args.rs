@@ -44,9 +44,19 @@ pub struct QueryArgs {
     #[arg(long = "query.timeout", default_value = "2m", value_parser = parse_cli_duration)]
     pub timeout: Duration,
 
-    /// Maximum number of queries evaluated at once.
+    /// Maximum number of queries evaluated at once; more wait in a queue, for at most
+    /// their timeout (then 503, as Prometheus's query queue answers).
     #[arg(long = "query.max-concurrent", default_value_t = 20)]
     pub max_concurrent: usize,
+
+    /// Maximum length in bytes of a query or `match[]` selector (longer: 400).
+    #[arg(long = "query.max-length", default_value_t = promql::limits::DEFAULT_MAX_QUERY_LENGTH)]
+    pub max_query_length: usize,
+
+    /// Maximum nesting depth of a query or `match[]` selector, bounded from its text before
+    /// parsing (deeper: 400). Each level costs stack in parsing and evaluation.
+    #[arg(long = "query.max-nesting-depth", default_value_t = promql::limits::DEFAULT_MAX_NESTING_DEPTH)]
+    pub max_nesting_depth: usize,
 
     /// How far back an instant selector looks for samples.
     #[arg(long = "query.lookback-delta", default_value = "5m", value_parser = parse_cli_duration)]
@@ -81,6 +91,8 @@ impl QueryArgs {
             partial_response: true,
             timeout: Duration::from_secs(120),
             max_concurrent: 20,
+            max_query_length: promql::limits::DEFAULT_MAX_QUERY_LENGTH,
+            max_nesting_depth: promql::limits::DEFAULT_MAX_NESTING_DEPTH,
             lookback_delta: Duration::from_secs(300),
             max_samples: 50_000_000,
             tenant_header: "THANOS-TENANT".into(),
@@ -111,6 +123,13 @@ mod tests {
         assert_eq!(a.max_concurrent, 20);
         assert_eq!(a.lookback_delta, Duration::from_secs(300));
         assert_eq!(a.tenant_header, "THANOS-TENANT");
+        assert_eq!(a.max_query_length, 1 << 20);
+        assert_eq!(a.max_nesting_depth, 10_000);
+        let b = QueryArgs::with_endpoints("a:1", Vec::new());
+        assert_eq!(
+            (b.max_query_length, b.max_nesting_depth, b.max_concurrent),
+            (a.max_query_length, a.max_nesting_depth, a.max_concurrent)
+        );
     }
 
     #[test]

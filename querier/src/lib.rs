@@ -59,6 +59,10 @@ pub fn build_state(args: &QueryArgs) -> Arc<api::AppState> {
         lookback_delta_ms: args.lookback_delta.as_millis() as i64,
         max_samples: args.max_samples,
         timeout: args.timeout,
+        limits: promql::QueryLimits {
+            max_length: args.max_query_length,
+            max_depth: args.max_nesting_depth,
+        },
     });
     Arc::new(api::AppState {
         endpoints,
@@ -68,7 +72,7 @@ pub fn build_state(args: &QueryArgs) -> Arc<api::AppState> {
         timeout: args.timeout,
         store_timeout: args.store_response_timeout,
         tenant_header: args.tenant_header.to_ascii_lowercase(),
-        gate: tokio::sync::Semaphore::new(args.max_concurrent.max(1)),
+        gate: Arc::new(tokio::sync::Semaphore::new(args.max_concurrent.max(1))),
         metrics: metrics::Metrics::new(),
         ready: AtomicBool::new(false),
     })

@@ -36,7 +36,9 @@ pub struct AppState {
     pub timeout: Duration,
     pub store_timeout: Duration,
     pub tenant_header: String,
-    pub gate: tokio::sync::Semaphore,
+    /// `--query.max-concurrent`: a permit per running request, held until its evaluation
+    /// has really stopped.
+    pub gate: Arc<tokio::sync::Semaphore>,
     pub metrics: Metrics,
     pub ready: AtomicBool,
 }
@@ -195,27 +197,80 @@ impl AppState {
         Ok(o)
     }
 
-    async fn with_gate<T>(
-        &self,
-        timeout: Duration,
-        fut: impl std::future::Future<Output = Result<T, ApiError>>,
-    ) -> Result<T, ApiError> {
-        let _permit = self.gate.acquire().await.map_err(|_| ApiError {
-            error_type: "unavailable",
-            message: "querier is shutting down".into(),
-            warnings: Vec::new(),
-        })?;
+    /// Runs `f` with a `--query.max-concurrent` permit, all within `timeout`: a request
+    /// waits in the queue for at most its timeout (then 503 "query timed out in query
+    /// queue", as Prometheus's engine answers), and the rest of the timeout bounds the
+    /// work. `f` gets the permit so it can hand it to the thread that evaluates.
+    async fn with_gate<T, F, Fut>(&self, timeout: Duration, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(tokio::sync::OwnedSemaphorePermit) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let permit =
+            match tokio::time::timeout_at(deadline, self.gate.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => {
+                    return Err(ApiError {
+                        error_type: "unavailable",
+                        message: "querier is shutting down".into(),
+                        warnings: Vec::new(),
+                    });
+                }
+                Err(_) => return Err(timeout_error("query queue")),
+            };
         self.metrics.concurrent_queries.inc();
-        let r = tokio::time::timeout(timeout, fut).await;
+        let r = tokio::time::timeout_at(deadline, f(permit)).await;
         self.metrics.concurrent_queries.dec();
         match r {
             Ok(r) => r,
-            Err(_) => Err(ApiError {
-                error_type: "timeout",
-                message: "query timed out in expression evaluation".into(),
-                warnings: Vec::new(),
-            }),
+            Err(_) => Err(timeout_error("expression evaluation")),
         }
+    }
+}
+
+/// Prometheus's `ErrQueryTimeout` message (503, `errorType` "timeout").
+fn timeout_error(stage: &str) -> ApiError {
+    ApiError {
+        error_type: "timeout",
+        message: format!("query timed out in {stage}"),
+        warnings: Vec::new(),
+    }
+}
+
+/// Sets the query's cancel flag when dropped: a request that timed out (its future is
+/// dropped) stops its evaluation at the next node instead of leaving it running.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Evaluates a prepared query and renders its data on a blocking thread (evaluation is
+/// CPU bound and must not stall the runtime's workers), holding `permit` until the
+/// evaluation has ended even if the request gave up on it.
+async fn exec_blocking(
+    prepared: promql::PreparedQuery,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(String, Vec<String>, Vec<String>), ApiError> {
+    let job = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let r = prepared
+            .exec()
+            .map_err(|e| ApiError::from_query(e, Vec::new()))?;
+        let mut data = String::new();
+        format::write_query_data(&mut data, &r.value);
+        Ok((data, r.warnings, r.infos))
+    });
+    match job.await {
+        Ok(r) => r,
+        Err(e) => Err(ApiError {
+            error_type: "internal",
+            message: format!("query evaluation failed: {e}"),
+            warnings: Vec::new(),
+        }),
     }
 }
 
@@ -226,14 +281,18 @@ fn parse_time_param(p: &Params, name: &str, default: i64) -> Result<i64, ApiErro
     }
 }
 
-/// Parses a series selector (`match[]`) into matchers.
-pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, String> {
+/// Most `match[]` selectors one request may carry (each is a fan-out of its own).
+pub const MAX_MATCH_SETS: usize = 1_000;
+
+/// Parses a series selector (`match[]`) into matchers, within the query text limits.
+pub fn parse_selector(s: &str, limits: &promql::QueryLimits) -> Result<Vec<Matcher>, String> {
     use promql_parser::label::MatchOp as P;
     use promql_parser::parser::Expr;
-    let expr = promql_parser::parser::parse(s)?;
-    let Expr::VectorSelector(vs) = expr else {
+    let expr = promql::parse_checked(s, limits).map_err(|e| e.to_string())?;
+    let Expr::VectorSelector(vs) = &*expr else {
         return Err(format!(
-            "1:1: parse error: expected a series selector, got {s:?}"
+            "1:1: parse error: expected a series selector, got {:?}",
+            truncate(s, 200)
         ));
     };
     if !vs.matchers.or_matchers.is_empty() {
@@ -258,10 +317,29 @@ pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, String> {
     Ok(out)
 }
 
-fn matcher_sets(p: &Params) -> Result<Vec<Vec<Matcher>>, ApiError> {
-    p.get_all("match[]")
-        .into_iter()
-        .map(|s| parse_selector(s).map_err(|e| ApiError::param("match[]", e)))
+/// At most `max` bytes of `s` (on a character boundary), for error messages.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn matcher_sets(st: &AppState, p: &Params) -> Result<Vec<Vec<Matcher>>, ApiError> {
+    let all = p.get_all("match[]");
+    if all.len() > MAX_MATCH_SETS {
+        return Err(ApiError::param(
+            "match[]",
+            format!(
+                "{} selectors exceed the limit of {MAX_MATCH_SETS} per request",
+                all.len()
+            ),
+        ));
+    }
+    let limits = st.engine.options().limits;
+    all.into_iter()
+        .map(|s| parse_selector(s, &limits).map_err(|e| ApiError::param("match[]", e)))
         .collect()
 }
 
@@ -286,17 +364,18 @@ async fn query(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
     let q = p.get("query").unwrap_or("").to_string();
     let t = parse_time_param(p, "time", now_ms())?;
     let timeout = st.query_timeout(p)?;
-    let opts = st.query_options(p)?;
+    let mut opts = st.query_options(p)?;
     let storage = st.storage(p, h)?;
-    st.with_gate(timeout, async {
-        let r = st
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel = CancelOnDrop(cancel.clone());
+    opts.cancel = Some(cancel);
+    st.with_gate(timeout, |permit| async move {
+        let prepared = st
             .engine
-            .instant_query_with(&storage, &q, t, &opts)
+            .prepare_instant_query(&storage, &q, t, &opts)
             .await
             .map_err(|e| ApiError::from_query(e, Vec::new()))?;
-        let mut data = String::new();
-        format::write_query_data(&mut data, &r.value);
-        Ok((data, r.warnings, r.infos))
+        exec_blocking(prepared, permit).await
     })
     .await
 }
@@ -348,19 +427,31 @@ async fn query_range(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
     }
     let q = p.get("query").unwrap_or("").to_string();
     let timeout = st.query_timeout(p)?;
-    let opts = st.query_options(p)?;
+    let mut opts = st.query_options(p)?;
     let storage = st.storage(p, h)?;
-    st.with_gate(timeout, async {
-        let r = st
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel = CancelOnDrop(cancel.clone());
+    opts.cancel = Some(cancel);
+    st.with_gate(timeout, |permit| async move {
+        let prepared = st
             .engine
-            .range_query_with(&storage, &q, start, end, step, &opts)
+            .prepare_range_query(&storage, &q, start, end, step, &opts)
             .await
             .map_err(|e| ApiError::from_query(e, Vec::new()))?;
-        let mut data = String::new();
-        format::write_query_data(&mut data, &r.value);
-        Ok((data, r.warnings, r.infos))
+        exec_blocking(prepared, permit).await
     })
     .await
+}
+
+/// `/api/v1/query_exemplars`: no store keeps exemplars yet, but the query is checked and
+/// parsed as Prometheus does (a bad one is a 400).
+fn query_exemplars(st: &AppState, p: &Params) -> ApiResult {
+    parse_time_param(p, "start", MIN_TIME_MS)?;
+    parse_time_param(p, "end", MAX_TIME_MS)?;
+    let q = p.get("query").unwrap_or("");
+    promql::parse_checked(q, &st.engine.options().limits)
+        .map_err(|e| ApiError::bad_data(e.to_string()))?;
+    Ok(("[]".into(), Vec::new(), Vec::new()))
 }
 
 fn fanout_err(e: crate::proxy::FanoutError) -> ApiError {
@@ -372,7 +463,7 @@ fn fanout_err(e: crate::proxy::FanoutError) -> ApiError {
 }
 
 async fn series(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
-    let sets = matcher_sets(p)?;
+    let sets = matcher_sets(st, p)?;
     if sets.is_empty() {
         return Err(ApiError::bad_data("no match[] parameter provided"));
     }
@@ -381,7 +472,8 @@ async fn series(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
     let limit = limit_param(p)?;
     let storage = st.storage(p, h)?;
     let timeout = st.query_timeout(p)?;
-    st.with_gate(timeout, async {
+    st.with_gate(timeout, |permit| async move {
+        let _permit = permit;
         let (mut labels, mut warnings) = storage
             .series(&sets, start, end)
             .await
@@ -401,13 +493,14 @@ async fn series(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
 }
 
 async fn labels(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
-    let sets = matcher_sets(p)?;
+    let sets = matcher_sets(st, p)?;
     let start = parse_time_param(p, "start", MIN_TIME_MS)?;
     let end = parse_time_param(p, "end", MAX_TIME_MS)?;
     let limit = limit_param(p)?;
     let storage = st.storage(p, h)?;
     let timeout = st.query_timeout(p)?;
-    st.with_gate(timeout, async {
+    st.with_gate(timeout, |permit| async move {
+        let _permit = permit;
         let sets = if sets.is_empty() {
             vec![Vec::new()]
         } else {
@@ -437,13 +530,14 @@ async fn label_values(st: &AppState, name: &str, p: &Params, h: &HeaderMap) -> A
             "invalid label name: \"{name}\""
         )));
     }
-    let sets = matcher_sets(p)?;
+    let sets = matcher_sets(st, p)?;
     let start = parse_time_param(p, "start", MIN_TIME_MS)?;
     let end = parse_time_param(p, "end", MAX_TIME_MS)?;
     let limit = limit_param(p)?;
     let storage = st.storage(p, h)?;
     let timeout = st.query_timeout(p)?;
-    st.with_gate(timeout, async {
+    st.with_gate(timeout, |permit| async move {
+        let _permit = permit;
         let sets = if sets.is_empty() {
             vec![Vec::new()]
         } else {
@@ -545,7 +639,7 @@ async fn api(
         "labels" => labels(&st, &p, &headers).await,
         "label_values" => label_values(&st, label.as_deref().unwrap_or(""), &p, &headers).await,
         "metadata" => Ok(("{}".into(), Vec::new(), Vec::new())),
-        "query_exemplars" => Ok(("[]".into(), Vec::new(), Vec::new())),
+        "query_exemplars" => query_exemplars(&st, &p),
         "buildinfo" => Ok((BUILDINFO.into(), Vec::new(), Vec::new())),
         "stores" => Ok((stores_json(&st.endpoints), Vec::new(), Vec::new())),
         _ => Err(ApiError {
