@@ -69,22 +69,22 @@ fn first_request_spanning_20m_on_a_2m_block_head_is_accepted_whole() {
     // the head before it (max − 1m), not advanced sample by sample.
     let mut app = db.appender();
     app.append(&a, &every(NOW + 15_000, NOW + 20 * M, 15_000));
-    app.append(&ls("b"), &every(NOW - 50_000, NOW + 20 * M, 15_000));
+    app.append_pairs([("__name__", "b")], &every(NOW - 50_000, NOW + 20 * M, 15_000));
     let out = app.commit().unwrap();
     assert_eq!(out.rejected(), 0, "{out:?}");
     // Twenty minutes later the window is NOW+19m: one minute back is fine, two are out
     // of bounds.
     now.store(NOW + 20 * M, Ordering::SeqCst);
     let mut app = db.appender();
-    app.append(
-        &ls("c"),
+    app.append_pairs(
+        [("__name__", "c")],
         &[Sample {
             t: NOW + 19 * M,
             v: 1.0,
         }],
     );
-    app.append(
-        &ls("d"),
+    app.append_pairs(
+        [("__name__", "d")],
         &[Sample {
             t: NOW + 18 * M,
             v: 1.0,
@@ -102,8 +102,8 @@ fn on_an_empty_head_the_window_starts_at_the_first_sample_as_in_prometheus() {
     let (c, _) = clock(NOW);
     let db = Db::open(d.path(), opts(Duration::from_secs(120), None, c), None).unwrap();
     let mut app = db.appender();
-    app.append(&ls("new"), &[Sample { t: NOW, v: 1.0 }]);
-    app.append(&ls("old"), &every(NOW - 3 * M, NOW, 30_000));
+    app.append_pairs([("__name__", "new")], &[Sample { t: NOW, v: 1.0 }]);
+    app.append_pairs([("__name__", "old")], &every(NOW - 3 * M, NOW, 30_000));
     let out = app.commit().unwrap();
     // Window NOW−1m: NOW−3m … NOW−1m30s refused, NOW−1m … NOW accepted.
     assert_eq!(out.out_of_bounds, 4, "{out:?}");
@@ -122,30 +122,30 @@ fn samples_too_far_in_future_are_refused_and_the_rest_written() {
     )
     .unwrap();
     let mut app = db.appender();
-    app.append(&ls("cur"), &[Sample { t: NOW, v: 1.0 }]);
-    app.append(
-        &ls("year"),
+    app.append_pairs([("__name__", "cur")], &[Sample { t: NOW, v: 1.0 }]);
+    app.append_pairs(
+        [("__name__", "year")],
         &[Sample {
             t: NOW + YEAR,
             v: 1.0,
         }],
     );
-    app.append(
-        &ls("max"),
+    app.append_pairs(
+        [("__name__", "max")],
         &[Sample {
             t: i64::MAX,
             v: 1.0,
         }],
     );
-    app.append(
-        &ls("inside"),
+    app.append_pairs(
+        [("__name__", "inside")],
         &[Sample {
             t: NOW + 10 * M,
             v: 1.0,
         }],
     );
-    app.append(
-        &ls("outside"),
+    app.append_pairs(
+        [("__name__", "outside")],
         &[Sample {
             t: NOW + 10 * M + 1,
             v: 1.0,
@@ -162,15 +162,15 @@ fn samples_too_far_in_future_are_refused_and_the_rest_written() {
 
     // Valid current writes keep working, also older ones within the window.
     let mut app = db.appender();
-    app.append(
-        &ls("cur"),
+    app.append_pairs(
+        [("__name__", "cur")],
         &[Sample {
             t: NOW + 15_000,
             v: 2.0,
         }],
     );
-    app.append(
-        &ls("other"),
+    app.append_pairs(
+        [("__name__", "other")],
         &[Sample {
             t: NOW - 50 * M,
             v: 2.0,
@@ -192,19 +192,19 @@ fn a_head_already_in_the_future_does_not_lock_the_database() {
         let o = opts(Duration::from_secs(7200), None, c);
         let db = Db::open(d.path(), o.clone(), None).unwrap();
         let mut app = db.appender();
-        app.append(&ls("poison"), &[Sample { t: future, v: 1.0 }]);
+        app.append_pairs([("__name__", "poison")], &[Sample { t: future, v: 1.0 }]);
         let out = app.commit().unwrap();
         assert_eq!(out.appended, 1);
 
         // Current samples of other series: accepted (Prometheus's window would be
         // `future − 1h` and refuse them all).
         let mut app = db.appender();
-        app.append(&ls("cur"), &every(NOW - 30 * M, NOW, 15_000));
+        app.append_pairs([("__name__", "cur")], &every(NOW - 30 * M, NOW, 15_000));
         let out = app.commit().unwrap();
         assert_eq!(out.rejected(), 0, "future={future}: {out:?}");
         // The poisoned series itself refuses older samples as out of order.
         let mut app = db.appender();
-        app.append(&ls("poison"), &[Sample { t: NOW, v: 2.0 }]);
+        app.append_pairs([("__name__", "poison")], &[Sample { t: NOW, v: 2.0 }]);
         assert_eq!(app.commit().unwrap().out_of_order, 1);
 
         // Compaction is not due (current data spans 30m) and cuts nothing.
@@ -216,7 +216,7 @@ fn a_head_already_in_the_future_does_not_lock_the_database() {
             let t = NOW + step * 15 * M;
             now.store(t, Ordering::SeqCst);
             let mut app = db.appender();
-            app.append(&ls("cur"), &every(t - 15 * M + 15_000, t, 15_000));
+            app.append_pairs([("__name__", "cur")], &every(t - 15 * M + 15_000, t, 15_000));
             let out = app.commit().unwrap();
             assert_eq!(out.rejected(), 0, "step {step}: {out:?}");
             let started = std::time::Instant::now();
@@ -240,15 +240,15 @@ fn a_head_already_in_the_future_does_not_lock_the_database() {
         let db = Db::open(d.path(), o.clone(), None).unwrap();
         assert_eq!(stored(&db, "poison"), vec![future]);
         let mut app = db.appender();
-        app.append(
-            &ls("cur"),
+        app.append_pairs(
+            [("__name__", "cur")],
             &[Sample {
                 t: NOW + 4 * H + 15_000,
                 v: 1.0,
             }],
         );
-        app.append(
-            &ls("new"),
+        app.append_pairs(
+            [("__name__", "new")],
             &[Sample {
                 t: NOW + 4 * H - 20 * M,
                 v: 1.0,
