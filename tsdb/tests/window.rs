@@ -69,7 +69,10 @@ fn first_request_spanning_20m_on_a_2m_block_head_is_accepted_whole() {
     // the head before it (max − 1m), not advanced sample by sample.
     let mut app = db.appender();
     app.append(&a, &every(NOW + 15_000, NOW + 20 * M, 15_000));
-    app.append_pairs([("__name__", "b")], &every(NOW - 50_000, NOW + 20 * M, 15_000));
+    app.append_pairs(
+        [("__name__", "b")],
+        &every(NOW - 50_000, NOW + 20 * M, 15_000),
+    );
     let out = app.commit().unwrap();
     assert_eq!(out.rejected(), 0, "{out:?}");
     // Twenty minutes later the window is NOW+19m: one minute back is fine, two are out
@@ -216,7 +219,10 @@ fn a_head_already_in_the_future_does_not_lock_the_database() {
             let t = NOW + step * 15 * M;
             now.store(t, Ordering::SeqCst);
             let mut app = db.appender();
-            app.append_pairs([("__name__", "cur")], &every(t - 15 * M + 15_000, t, 15_000));
+            app.append_pairs(
+                [("__name__", "cur")],
+                &every(t - 15 * M + 15_000, t, 15_000),
+            );
             let out = app.commit().unwrap();
             assert_eq!(out.rejected(), 0, "step {step}: {out:?}");
             let started = std::time::Instant::now();
