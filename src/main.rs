@@ -1,5 +1,6 @@
 //! The one `orrery` binary: wires subcommands to the service crates.
 
+mod logging;
 mod standalone;
 
 use clap::{Parser, Subcommand};
@@ -11,6 +12,13 @@ use clap::{Parser, Subcommand};
     about = "A global view over many Prometheus servers"
 )]
 struct Cli {
+    /// Log filter: debug, info, warn or error [default: RUST_LOG when set, else info].
+    #[arg(long = "log.level", global = true, value_enum)]
+    log_level: Option<logging::LogLevel>,
+    /// Log line format: logfmt or json (one object per line). Written to stderr; colour
+    /// only when stderr is a terminal.
+    #[arg(long = "log.format", global = true, value_enum, default_value_t = logging::LogFormat::Logfmt)]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,12 +39,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    logging::init(cli.log_level, cli.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -48,4 +51,27 @@ fn main() -> anyhow::Result<()> {
             Command::Standalone(args) => standalone::run(args).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_flags_are_accepted_on_every_subcommand() {
+        for sub in ["receive", "query", "operator", "standalone"] {
+            for args in [
+                vec!["orrery", sub, "--log.level=debug", "--log.format=json"],
+                vec!["orrery", "--log.format=logfmt", "--log.level=warn", sub],
+            ] {
+                let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+                assert!(cli.log_level.is_some(), "{args:?}");
+            }
+            let cli = Cli::try_parse_from(["orrery", sub]).unwrap();
+            assert_eq!(cli.log_level, None);
+            assert_eq!(cli.log_format, logging::LogFormat::Logfmt);
+            assert!(Cli::try_parse_from(["orrery", sub, "--log.format=text"]).is_err());
+            assert!(Cli::try_parse_from(["orrery", sub, "--log.level=verbose"]).is_err());
+        }
+    }
 }

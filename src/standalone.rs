@@ -27,6 +27,9 @@ pub struct StandaloneArgs {
     /// How long samples are kept.
     #[arg(long = "tsdb.retention", default_value = "15d")]
     pub retention: String,
+    /// Samples more than this ahead of the clock are refused (0 = off); as `receive`.
+    #[arg(long = "tsdb.too-far-in-future.time-window", default_value = "10m")]
+    pub too_far_in_future: String,
 }
 
 #[derive(Parser)]
@@ -53,6 +56,10 @@ fn component_args(
         format!("--grpc-address={}", a.grpc_address),
         format!("--http-address={}", a.receive_http_address),
         format!("--tsdb.retention={}", a.retention),
+        format!(
+            "--tsdb.too-far-in-future.time-window={}",
+            a.too_far_in_future
+        ),
     ];
     r.extend(a.labels.iter().map(|l| format!("--label={l}")));
     let receive = ReceiveCli::try_parse_from(r)?.args;
@@ -101,11 +108,13 @@ mod tests {
             receive_http_address: "127.0.0.1:10909".into(),
             labels: vec![r#"receive_replica="0""#.into()],
             retention: "15d".into(),
+            too_far_in_future: "10m".into(),
         };
         let (r, q) = component_args(&a).unwrap();
         assert_eq!(r.grpc_address.to_string(), "127.0.0.1:10901");
         assert_eq!(r.http_address.to_string(), "127.0.0.1:10909");
         assert_eq!(r.labels.len(), 1);
+        assert_eq!(r.too_far_in_future, std::time::Duration::from_secs(600));
         assert_eq!(q.endpoints, vec!["127.0.0.1:10901".to_string()]);
         assert_eq!(q.http_address, "0.0.0.0:10902");
         assert!(q.grpc_address.is_empty());
@@ -122,6 +131,7 @@ mod tests {
             receive_http_address: "127.0.0.1:10909".into(),
             labels: vec!["no-quotes".into()],
             retention: "15d".into(),
+            too_far_in_future: "10m".into(),
         };
         assert!(component_args(&a).is_err());
     }

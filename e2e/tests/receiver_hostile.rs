@@ -251,6 +251,63 @@ fn receiver_hostile_inputs_get_the_right_4xx() {
     let fresh = series(&recv.grpc, vec![eq("__name__", "fresh")], 0, i64::MAX).unwrap();
     assert_eq!(fresh.len(), 1, "valid series of a 409 request is written");
 
+    // Samples in the future: a year ahead, at int64 max and just outside the default
+    // 10m margin are refused with 409 naming the sample, its timestamp and the limit; the
+    // rest of the request is written, and current writes keep succeeding afterwards.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let one_at = |n: &str, t: i64| (labels(&[("__name__", n)]), vec![s(t, 1.0)]);
+    const MIN: i64 = 60_000;
+    for (what, t) in [
+        ("a year ahead", now() + 365 * 24 * 60 * MIN),
+        ("int64 max", i64::MAX),
+        ("just outside the margin", now() + 11 * MIN),
+    ] {
+        let (code, text) = recv.write(&[one_at("future", t), one_at("beside_future", now())]);
+        assert_eq!(code, 409, "{what}: {text}");
+        assert!(text.contains("too far in the future"), "{what}: {text}");
+        assert!(text.contains(&format!("at t={t} ")), "{what}: {text}");
+        assert!(
+            text.contains("in series {__name__=\"future\"}"),
+            "{what}: names the series: {text}"
+        );
+        assert!(
+            text.contains("--tsdb.too-far-in-future.time-window"),
+            "{what}: {text}"
+        );
+        let (code, text) = recv.write(&[one_at("current", now())]);
+        assert_eq!(code, 200, "current write after {what}: {text}");
+        let (code, text) = recv.write(&[one_at("older_current", now() - 30 * MIN)]);
+        assert_eq!(code, 200, "30m old write after {what}: {text}");
+    }
+    // Just inside the margin: accepted, and current data still is.
+    let (code, text) = recv.write(&[one_at("inside", now() + 9 * MIN)]);
+    assert_eq!(code, 200, "{text}");
+    let (code, text) = recv.write(&[one_at("current", now()), one_at("late", now() - 40 * MIN)]);
+    assert_eq!(code, 200, "current write after a sample 9m ahead: {text}");
+    assert!(
+        series(&recv.grpc, vec![eq("__name__", "future")], 0, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    let beside = series(
+        &recv.grpc,
+        vec![eq("__name__", "beside_future")],
+        0,
+        i64::MAX,
+    )
+    .unwrap();
+    assert_eq!(
+        beside.len(),
+        1,
+        "the valid sample beside a future one is written"
+    );
+    assert!(recv.metrics().contains("reason=\"too_far_in_future\"} 3"));
+
     // Head series limit → 429 for tenant tiny-head once it holds one series.
     let h = |n: &str| one(labels(&[("__name__", n)]));
     let body = |s: &[(Labels, Vec<Sample>)]| {

@@ -92,6 +92,13 @@ pub struct ReceiveArgs {
     #[arg(long = "tsdb.wal-fsync", default_value_t = true, action = clap::ArgAction::Set)]
     pub wal_fsync: bool,
 
+    /// Samples more than this ahead of the receiver's clock are refused (409, reason
+    /// `too_far_in_future`; the rest of the request is written). 0 turns the check off
+    /// (Thanos's default). On by default: one sample from a client with a broken clock
+    /// would otherwise move the head's appendable window into the future.
+    #[arg(long = "tsdb.too-far-in-future.time-window", default_value = "10m", value_parser = parse_duration)]
+    pub too_far_in_future: Duration,
+
     /// How often compaction and retention run.
     #[arg(long = "tsdb.maintenance-interval", default_value = "1m", value_parser = parse_duration, hide = true)]
     pub maintenance_interval: Duration,

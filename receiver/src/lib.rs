@@ -129,6 +129,7 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
             tsdb::SyncPolicy::Interval(Duration::from_secs(1))
         },
         max_tenants: args.max_tenants,
+        too_far_in_future: (!args.too_far_in_future.is_zero()).then_some(args.too_far_in_future),
     };
     // The ops server answers /-/healthy (and /-/ready = 503) during WAL replay; the other
     // servers start once the TSDBs are open.

@@ -24,6 +24,7 @@ pub enum Reason {
     out_of_order,
     duplicate_timestamp,
     out_of_bounds,
+    too_far_in_future,
     invalid_labels,
     native_histogram,
     request_limit,

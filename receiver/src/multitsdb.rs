@@ -80,6 +80,8 @@ pub struct MultiTsdbConfig {
     pub retention: Duration,
     pub wal_sync: SyncPolicy,
     pub max_tenants: usize,
+    /// Samples more than this ahead of the receiver's clock are refused (`None`: off).
+    pub too_far_in_future: Option<Duration>,
 }
 
 /// One tenant's TSDB with its external labels.
@@ -187,6 +189,7 @@ impl MultiTsdb {
             wal_sync: self.cfg.wal_sync,
             external_labels: Some(ext),
             thanos_source: "receive".into(),
+            too_far_in_future: self.cfg.too_far_in_future,
             ..Options::default()
         };
         let dir = self.cfg.dir.join(tenant);
@@ -352,6 +355,7 @@ mod tests {
             retention: Duration::from_secs(86400),
             wal_sync: SyncPolicy::Always,
             max_tenants: 2,
+            too_far_in_future: None,
         };
         let reg = Arc::new(Mutex::new(Registry::default()));
         {

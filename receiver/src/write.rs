@@ -272,6 +272,7 @@ pub fn write(
         metrics.reject_samples(tenant, Reason::out_of_order, out.out_of_order);
         metrics.reject_samples(tenant, Reason::duplicate_timestamp, out.duplicate_timestamp);
         metrics.reject_samples(tenant, Reason::out_of_bounds, out.out_of_bounds);
+        metrics.reject_samples(tenant, Reason::too_far_in_future, out.too_far_in_future);
         metrics.reject_samples(
             tenant,
             Reason::invalid_labels,
@@ -284,13 +285,18 @@ pub fn write(
                 .as_ref()
                 .map(|r| {
                     let what = match r.reason {
-                        tsdb::RejectReason::OutOfOrder => "out of order sample",
+                        tsdb::RejectReason::OutOfOrder => "out of order sample".to_string(),
                         tsdb::RejectReason::DuplicateTimestamp => {
-                            "duplicate sample for timestamp (different value)"
+                            "duplicate sample for timestamp (different value)".to_string()
                         }
                         tsdb::RejectReason::OutOfBounds => {
                             "out of bounds sample (older than the head's appendable window)"
+                                .to_string()
                         }
+                        tsdb::RejectReason::TooFarInFuture => format!(
+                            "sample too far in the future (newer than t={}, the receiver's clock plus --tsdb.too-far-in-future.time-window)",
+                            out.max_valid_time
+                        ),
                     };
                     let l = label_spans
                         .get(r.series_index)
@@ -300,11 +306,12 @@ pub fn write(
                 })
                 .unwrap_or_default();
             problems.push(format!(
-                "{} samples refused (out_of_order={}, duplicate_timestamp={}, out_of_bounds={}, invalid={}){first}; {} other samples written",
+                "{} samples refused (out_of_order={}, duplicate_timestamp={}, out_of_bounds={}, too_far_in_future={}, invalid={}){first}; {} other samples written",
                 out.rejected(),
                 out.out_of_order,
                 out.duplicate_timestamp,
                 out.out_of_bounds,
+                out.too_far_in_future,
                 out.invalid_labels + out.unknown_series,
                 out.appended
             ));
@@ -328,6 +335,101 @@ pub fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use storeapi::Labels;
+    use storeapi::wire::remote_write::encode_write_request;
+
+    use crate::multitsdb::MultiTsdbConfig;
+
+    fn now_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    }
+
+    /// A sample a year ahead, at int64 max, or just outside the margin is refused with a
+    /// 409 naming it, its timestamp and the limit; the rest of the request is written;
+    /// current writes keep succeeding (the tenant is not locked out).
+    #[test]
+    fn future_samples_are_refused_and_do_not_lock_the_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let mt = MultiTsdb::open(
+            MultiTsdbConfig {
+                dir: dir.path().to_path_buf(),
+                external_labels: Labels::default(),
+                tenant_label_name: "tenant_id".into(),
+                block_duration: Duration::from_secs(7200),
+                retention: Duration::from_secs(86400),
+                wal_sync: tsdb::SyncPolicy::Never,
+                max_tenants: 10,
+                too_far_in_future: Some(Duration::from_secs(600)),
+            },
+            Arc::new(Mutex::new(prometheus_client::registry::Registry::default())),
+        )
+        .unwrap();
+        let metrics = ReceiveMetrics::new();
+        let bounds = Bounds {
+            max_labels_per_series: 16,
+            max_label_name_len: 64,
+            max_label_value_len: 64,
+        };
+        let req = |series: &[(&str, i64)]| {
+            let owned: Vec<(Labels, Vec<Sample>)> = series
+                .iter()
+                .map(|&(n, t)| {
+                    (
+                        Labels::from_pairs([("__name__", n)]).unwrap(),
+                        vec![Sample { t, v: 1.0 }],
+                    )
+                })
+                .collect();
+            encode_write_request(owned.iter().map(|(l, s)| (l, s.as_slice())))
+        };
+        let w = |series: &[(&str, i64)]| {
+            write(
+                &mt,
+                &metrics,
+                "t",
+                &req(series),
+                &Effective::default(),
+                &bounds,
+            )
+        };
+        const MIN: i64 = 60_000;
+        let now = now_ms();
+        for t in [now + 365 * 24 * 60 * MIN, i64::MAX, now + 11 * MIN] {
+            let e = w(&[("cur", now_ms()), ("future", t)]).unwrap_err();
+            assert_eq!(e.status(), 409, "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains("too_far_in_future=1"), "{msg}");
+            assert!(
+                msg.contains("sample too far in the future (newer than t=")
+                    && msg.contains(&format!("at t={t} in series {{__name__=\"future\"}}")),
+                "{msg}"
+            );
+            assert!(msg.contains("1 other samples written"), "{msg}");
+            // Current and 30-minute-old samples still go in.
+            w(&[("cur", now_ms() + 1)]).unwrap();
+            let old = format!("old{t}");
+            w(&[(old.as_str(), now - 30 * MIN)]).unwrap();
+        }
+        w(&[("inside", now_ms() + 9 * MIN)]).unwrap();
+        w(&[("cur", now_ms() + 2), ("late", now_ms() - 50 * MIN)]).unwrap();
+        let db = &mt.get("t").unwrap().db;
+        assert!(db.max_time() < now + 10 * MIN);
+        let got = metrics
+            .samples_rejected
+            .get_or_create(&crate::metrics::TenantReason {
+                tenant: "t".into(),
+                reason: Reason::too_far_in_future,
+            })
+            .get();
+        assert_eq!(got, 3);
+    }
 
     #[test]
     fn label_checks() {

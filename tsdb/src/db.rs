@@ -18,6 +18,29 @@
 //! but are not guaranteed durable; the batch can be retried safely (identical duplicates
 //! are ignored).
 //!
+//! # The appendable window (Prometheus's)
+//! One window per commit, fixed before the first sample is appended: samples older than
+//! `max(min_valid_time, head max time − chunk_range/2)` are out of bounds. On an empty
+//! head the window starts at the first sample of the batch (Prometheus's `initAppender`
+//! initialises the head's time range from it), so a first request spanning more than
+//! half a chunk range is accepted whole only if its first sample is its oldest — exactly
+//! as Prometheus answers the same request.
+//!
+//! # Samples in the future
+//! [`Options::too_far_in_future`] refuses samples more than that ahead of
+//! [`Options::clock`] (counted as [`RejectReason::TooFarInFuture`]; the rest of the
+//! batch is written). Data already in the future (written before the limit existed, with
+//! the limit off, or after the clock jumped back) must not lock the database: wherever
+//! the head's newest timestamp is a reference — the appendable window, when head
+//! compaction is due, the retention reference — it is capped at the clock's `now`. (For
+//! data at or before `now` this is Prometheus's rule unchanged; samples accepted just
+//! inside the limit cannot move the window past `now − chunk_range/2` either, which
+//! matters for short block durations.) So current samples stay appendable, compaction cuts only
+//! current data (future chunks stay in the head, no empty blocks are walked through up to
+//! the future instant) and retention never deletes blocks because of a future sample. A
+//! series whose own newest sample is in the future still refuses older samples as out of
+//! order (an in-order head cannot take them); every other series is unaffected.
+//!
 //! # Compaction
 //! [`Db::compact`] cuts the head into block-duration-aligned blocks while the head spans
 //! more than 1.5 block durations (Prometheus's rule), keeping the newest ~half block
@@ -58,6 +81,49 @@ pub struct Options {
     pub external_labels: Option<BTreeMap<String, String>>,
     /// `thanos.source` in `meta.json` (e.g. `receive`).
     pub thanos_source: String,
+    /// Samples more than this ahead of [`Options::clock`] are refused; `None` accepts any
+    /// timestamp (Prometheus's TSDB). Default `None`. Either way the head's newest
+    /// timestamp is capped at the clock where it is a reference (see the module docs).
+    pub too_far_in_future: Option<Duration>,
+    /// The wall clock. Default: the system clock.
+    pub clock: Clock,
+}
+
+/// Milliseconds since the Unix epoch, from the system clock or (tests) a function.
+#[derive(Clone, Default)]
+pub struct Clock(Option<Arc<dyn Fn() -> i64 + Send + Sync>>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Clock {
+        Clock(None)
+    }
+
+    /// A clock that reads `f` (tests pin or move "now" with it).
+    pub fn from_fn(f: impl Fn() -> i64 + Send + Sync + 'static) -> Clock {
+        Clock(Some(Arc::new(f)))
+    }
+
+    /// Now, in milliseconds since the epoch.
+    pub fn now_ms(&self) -> i64 {
+        match &self.0 {
+            Some(f) => f(),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0),
+        }
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Clock(fn)"
+        } else {
+            "Clock(system)"
+        })
+    }
 }
 
 impl Default for Options {
@@ -69,6 +135,8 @@ impl Default for Options {
             wal_segment_size: wal::DEFAULT_SEGMENT_SIZE,
             external_labels: None,
             thanos_source: "receive".into(),
+            too_far_in_future: None,
+            clock: Clock::system(),
         }
     }
 }
@@ -109,6 +177,10 @@ pub struct AppendOutcome {
     pub out_of_order: u64,
     pub duplicate_timestamp: u64,
     pub out_of_bounds: u64,
+    /// Newer than `now + too_far_in_future` (see [`Options::too_far_in_future`]).
+    pub too_far_in_future: u64,
+    /// The newest timestamp accepted by this commit (`i64::MAX` without a limit).
+    pub max_valid_time: i64,
     /// Samples sent by ref for a ref the head does not know (any more).
     pub unknown_series: u64,
     /// Samples of series with an empty label set (refused).
@@ -125,6 +197,7 @@ impl AppendOutcome {
         self.out_of_order
             + self.duplicate_timestamp
             + self.out_of_bounds
+            + self.too_far_in_future
             + self.unknown_series
             + self.invalid_labels
     }
@@ -134,6 +207,7 @@ impl AppendOutcome {
             RejectReason::OutOfOrder => self.out_of_order += 1,
             RejectReason::DuplicateTimestamp => self.duplicate_timestamp += 1,
             RejectReason::OutOfBounds => self.out_of_bounds += 1,
+            RejectReason::TooFarInFuture => self.too_far_in_future += 1,
         }
         if self.first_rejection.is_none() {
             self.first_rejection = Some(Rejection {
@@ -231,6 +305,19 @@ impl Visitor for Replayer<'_> {
                 }
             }
         }
+    }
+}
+
+impl Inner {
+    /// `(newest timestamp a commit accepts, now)`: the head's newest timestamp is capped
+    /// at `now` where it is a reference. See "Samples in the future" in the module docs.
+    fn future_bounds(&self) -> (i64, i64) {
+        let now = self.opts.clock.now_ms();
+        let limit = match self.opts.too_far_in_future {
+            Some(d) => now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            None => i64::MAX,
+        };
+        (limit, now)
     }
 }
 
@@ -436,7 +523,9 @@ impl Db {
             if head.is_empty() {
                 break;
             }
-            let (mint, maxt) = (head.min_time(), head.max_time());
+            // Samples in the future do not make current data due (see the module docs).
+            let (_, cap) = self.inner.future_bounds();
+            let (mint, maxt) = (head.min_time(), head.max_time().min(cap));
             if maxt.saturating_sub(mint) <= self.inner.range / 2 * 3 {
                 break;
             }
@@ -569,7 +658,9 @@ impl Db {
         if retention <= 0 {
             return Ok(0);
         }
-        let reference = self.max_time();
+        // A sample in the future must not age every block out (see the module docs).
+        let (_, cap) = self.inner.future_bounds();
+        let reference = self.max_time().min(cap);
         if reference == i64::MIN {
             return Ok(0);
         }
@@ -701,7 +792,11 @@ impl<'a> Appender<'a> {
                 head.resolve(&self.keys, &self.keybuf, &mut resolved);
             }
             out.series_created = head.create_missing(&self.keys, &self.keybuf, &mut resolved);
-            let min_valid = head.appendable_min();
+            // One window for the whole batch, fixed before appending (Prometheus's
+            // appender); on an empty head it starts at the batch's first sample.
+            let (max_valid, cap) = inner.future_bounds();
+            out.max_valid_time = max_valid;
+            let mut min_valid = head.appendable_min(cap);
             frames.clear();
             samples.clear();
             let series_frame = wal::start_frame(frames);
@@ -730,7 +825,12 @@ impl<'a> Appender<'a> {
                 let group_at = samples.len();
                 let mut g = SamplesGroup::start(samples, s.sref);
                 for &(t, v) in &self.samples[a as usize..b as usize] {
-                    match head.append_locked(&mut d, t, v, min_valid) {
+                    if t > max_valid {
+                        out.count(RejectReason::TooFarInFuture, i, t);
+                        continue;
+                    }
+                    let mv = *min_valid.get_or_insert_with(|| head.window_from(t.min(cap)));
+                    match head.append_locked(&mut d, t, v, mv) {
                         SampleResult::Appended => {
                             g.push(samples, t, v);
                             bmin = bmin.min(t);
@@ -776,6 +876,7 @@ impl<'a> Appender<'a> {
         m.rejected(RejectReason::OutOfOrder, out.out_of_order);
         m.rejected(RejectReason::DuplicateTimestamp, out.duplicate_timestamp);
         m.rejected(RejectReason::OutOfBounds, out.out_of_bounds);
+        m.rejected(RejectReason::TooFarInFuture, out.too_far_in_future);
         if let Some(p) = pos {
             inner.wal.commit_sync(p)?;
         }

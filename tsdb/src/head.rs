@@ -596,15 +596,20 @@ impl Head {
     }
 
     /// The oldest timestamp an appender accepts now: the newer of the head's lower bound
-    /// (set by compaction) and `max_time - chunk_range/2` (Prometheus's appendable window).
-    pub fn appendable_min(&self) -> i64 {
-        let mv = self.min_valid_time.load(Ordering::Acquire);
+    /// (set by compaction) and `min(max_time, cap) - chunk_range/2` (Prometheus's
+    /// appendable window; `cap` keeps a future sample from moving it past the present).
+    /// `None` on an empty head: the window then starts at the batch's first sample
+    /// ([`Head::window_from`]), as Prometheus's `initAppender` does.
+    pub fn appendable_min(&self, cap: i64) -> Option<i64> {
         let mt = self.max_time();
-        if mt == i64::MIN {
-            mv
-        } else {
-            mv.max(mt.saturating_sub(self.chunk_range / 2))
-        }
+        (mt != i64::MIN).then(|| self.window_from(mt.min(cap)))
+    }
+
+    /// The appendable window's start for a head whose newest timestamp is `reference`.
+    pub fn window_from(&self, reference: i64) -> i64 {
+        self.min_valid_time
+            .load(Ordering::Acquire)
+            .max(reference.saturating_sub(self.chunk_range / 2))
     }
 
     /// The lower bound set by compaction (samples older than this are in blocks).

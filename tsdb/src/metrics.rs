@@ -16,6 +16,8 @@ pub enum RejectReason {
     OutOfOrder,
     DuplicateTimestamp,
     OutOfBounds,
+    /// Newer than the clock plus the too-far-in-future limit.
+    TooFarInFuture,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
