@@ -395,6 +395,7 @@ mod tests {
             retention: Duration::from_secs(86400),
             wal_sync: SyncPolicy::Always,
             max_tenants: 10,
+            too_far_in_future: None,
         };
         std::fs::create_dir_all(dir.path().join("a")).unwrap();
         let wal = dir.path().join("z/wal");

@@ -401,8 +401,15 @@ mod tests {
         };
         const MIN: i64 = 60_000;
         let now = now_ms();
+        // `cur` gets strictly increasing timestamps (two writes can fall in the same
+        // millisecond, and an equal or older one would be refused as out of order).
+        let mut cur = now;
+        let mut next_cur = || {
+            cur = cur.max(now_ms()) + 1;
+            cur
+        };
         for t in [now + 365 * 24 * 60 * MIN, i64::MAX, now + 11 * MIN] {
-            let e = w(&[("cur", now_ms()), ("future", t)]).unwrap_err();
+            let e = w(&[("cur", next_cur()), ("future", t)]).unwrap_err();
             assert_eq!(e.status(), 409, "{e}");
             let msg = e.to_string();
             assert!(msg.contains("too_far_in_future=1"), "{msg}");
@@ -413,12 +420,12 @@ mod tests {
             );
             assert!(msg.contains("1 other samples written"), "{msg}");
             // Current and 30-minute-old samples still go in.
-            w(&[("cur", now_ms() + 1)]).unwrap();
+            w(&[("cur", next_cur())]).unwrap();
             let old = format!("old{t}");
             w(&[(old.as_str(), now - 30 * MIN)]).unwrap();
         }
         w(&[("inside", now_ms() + 9 * MIN)]).unwrap();
-        w(&[("cur", now_ms() + 2), ("late", now_ms() - 50 * MIN)]).unwrap();
+        w(&[("cur", next_cur()), ("late", now_ms() - 50 * MIN)]).unwrap();
         let db = &mt.get("t").unwrap().db;
         assert!(db.max_time() < now + 10 * MIN);
         let got = metrics

@@ -1033,7 +1033,7 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Write(u32, usize),
+        Write(usize),
         Fault(Option<file::faults::Fault>),
         DiskFull(bool),
         FailTruncate(bool),
@@ -1043,7 +1043,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         use file::faults::Fault;
         prop_oneof![
-            6 => (any::<u32>(), 5usize..300).prop_map(|(i, l)| Op::Write(i, l)),
+            6 => (5usize..300).prop_map(Op::Write),
             2 => (0usize..400, 0u8..3).prop_map(|(n, k)| Op::Fault(Some(match k {
                 0 => Fault::Enospc(n),
                 1 => Fault::Eio(n),
@@ -1074,7 +1074,7 @@ mod tests {
             let mut attempted: Vec<Vec<u8>> = vec![];
             for o in ops {
                 match o {
-                    Op::Write(_, len) => {
+                    Op::Write(len) => {
                         // Unique contents: attempt number.
                         let p = rec(attempted.len() as u32, len);
                         attempted.push(p.clone());
