@@ -219,7 +219,9 @@ fn check_orrery(r: &Receiver, c: &Client, when: &str) {
 fn receiver_disk_full_then_restart_keeps_every_acknowledged_sample() {
     let work = tempfile::tempdir().unwrap();
     let mnt = work.path().join("mnt");
-    let fs = Tmpfs::mount(&mnt, "8m");
+    // Room for the WAL that the rounds write after each filler is removed (a few MB a
+    // round at full speed): the restarts test recovery, not a start on a full disk.
+    let fs = Tmpfs::mount(&mnt, "32m");
     let data = mnt.join("data");
     let base = now_ms() - 20 * 60 * 1000;
     let log = |n: u32| work.path().join(format!("receive{n}.log"));
@@ -304,7 +306,9 @@ fn receiver_disk_full_then_restart_keeps_every_acknowledged_sample() {
 fn prometheus_disk_full_then_restart_for_the_record() {
     let work = tempfile::tempdir().unwrap();
     let mnt = work.path().join("mnt");
-    let fs = Tmpfs::mount(&mnt, "8m");
+    // Room for the WAL that the rounds write after each filler is removed (a few MB a
+    // round at full speed): the restarts test recovery, not a start on a full disk.
+    let fs = Tmpfs::mount(&mnt, "32m");
     let data = mnt.join("prom");
     let cfg = "global:\n  scrape_interval: 1h\n";
     let args = ["--web.enable-remote-write-receiver"];
