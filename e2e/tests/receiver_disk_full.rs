@@ -2,7 +2,9 @@
 //! remote-write load; a filler file takes the rest of the space, writes get 5xx (and are
 //! retried, as Prometheus does); the filler is deleted, writes succeed again; the receiver
 //! is restarted (SIGTERM, then after more full/free rounds SIGKILL) and every batch that
-//! got a 200 is read back over the StoreAPI sample by sample.
+//! got a 200 is read back over the StoreAPI sample by sample. A last round restarts it on
+//! a disk that is still full: it must start, say why in `/-/ready` (503), serve reads,
+//! refuse writes with the reason, and recover by itself once space is back.
 //!
 //! The same scenario runs against the reference Prometheus 3.5.3 (its remote-write
 //! receiver on the same kind of tmpfs) and its loss is printed, for the record only.
@@ -23,6 +25,8 @@ use storeapi::Sample;
 use storeapi::wire::remote_write::encode_write_request_snappy;
 
 const SERIES: usize = 20;
+/// Maintenance (which retries a failing WAL) every second, so recovery is quick to see.
+const MAINT: &[&str] = &["--tsdb.maintenance-interval=1s"];
 const METRIC: &str = "disk_full_test";
 
 /// A tmpfs mounted for the test, unmounted when dropped.
@@ -290,9 +294,66 @@ fn receiver_disk_full_then_restart_keeps_every_acknowledged_sample() {
     std::fs::remove_file(&filler).unwrap();
     c.run(Duration::from_millis(1500));
     recv.proc.kill();
-    let recv = Receiver::start(&data, &log(3), &[]);
+    let mut recv = Receiver::start(&data, &log(3), MAINT);
     c.addr = recv.rw.clone();
     check_orrery(&recv, &c, "after disk full + SIGKILL restart");
+
+    // Round 3: full again; /-/ready says why; SIGKILL and a restart on the still-full
+    // disk: the receiver starts, serves every acknowledged sample, refuses writes with a
+    // reason, and recovers without client traffic once space is back.
+    c.run(Duration::from_millis(500));
+    let filler = fill(&mnt);
+    c.run_until_failures(20, Duration::from_secs(20));
+    let (code, body) = recv.ready();
+    assert!(
+        code == 503 && body.contains("WAL writes are failing") && body.contains("No space left"),
+        "/-/ready while the disk is full: {code} {body}"
+    );
+    recv.proc.kill();
+    let recv = Receiver::spawn(&data, &log(4), MAINT);
+    c.addr = recv.rw.clone();
+    let (code, body) = recv.ready();
+    println!(
+        "orrery restarted on a full disk: /-/ready {code} {}",
+        body.trim()
+    );
+    assert!(
+        code == 503 && body.contains("No space left"),
+        "/-/ready after a start on a full disk: {code} {body}; log:\n{}",
+        recv.proc.log_text()
+    );
+    check_orrery(&recv, &c, "after a SIGKILL restart on a full disk");
+    let (code, body) = c.post(c.next);
+    assert!(
+        code >= 500 && body.contains("No space left"),
+        "a write on a full disk after the restart: {code} {body}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let recovered = e2e::wait_for(Duration::from_secs(20), || {
+        (recv.ready().0 == 200).then_some(())
+    });
+    assert!(
+        recovered.is_some(),
+        "/-/ready did not recover after space came back (no writes sent): {:?}; log:\n{}",
+        recv.ready(),
+        recv.proc.log_text()
+    );
+    let (ok, _) = c.run(Duration::from_millis(1000));
+    assert!(ok > 20, "writes did not resume after space came back: {ok}");
+    let mut recv = recv;
+    let st = recv.proc.terminate(Duration::from_secs(20));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "clean shutdown: {}",
+        recv.proc.log_text()
+    );
+    let recv = Receiver::start(&data, &log(5), MAINT);
+    c.addr = recv.rw.clone();
+    check_orrery(
+        &recv,
+        &c,
+        "after recovering from a start on a full disk + SIGTERM restart",
+    );
     let (code, body) = recv.write(&batch(base, c.next + 1));
     assert_eq!(code, 200, "{body}");
     println!("orrery scenario took {:?}", started.elapsed());

@@ -251,10 +251,19 @@ pub fn ops_router(state: Arc<OpsState>) -> Router {
 
 async fn ready(State(st): State<Arc<OpsState>>) -> Response {
     let ring_ready = st.distributor.as_ref().is_none_or(|d| d.is_ready());
+    let failing = st.mt.wal_failures();
     let reason = if !st.ready.load(Ordering::Acquire) {
-        "WAL replay in progress"
+        "WAL replay in progress".to_string()
     } else if !ring_ready {
-        "hashring not loaded"
+        "hashring not loaded".to_string()
+    } else if !failing.is_empty() {
+        // Writes would fail (5xx) until space is back: a load balancer should send them
+        // elsewhere. Maintenance retries the log, so this clears without client traffic.
+        let list: Vec<String> = failing
+            .iter()
+            .map(|(tenant, why)| format!("tenant {tenant:?}: {why}"))
+            .collect();
+        format!("WAL writes are failing ({})", list.join("; "))
     } else {
         return text(StatusCode::OK, "OK\n".into());
     };

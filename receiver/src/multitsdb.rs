@@ -271,6 +271,9 @@ impl MultiTsdb {
     /// Compaction and retention for every tenant (blocking I/O). Errors are logged.
     pub fn maintain(&self) {
         for t in self.tenants() {
+            if let Err(e) = t.db.retry_wal() {
+                tracing::warn!(tenant = %t.name, error = %e, "WAL writes still failing");
+            }
             match t.db.compact() {
                 Ok(blocks) => {
                     for b in blocks {
@@ -280,6 +283,14 @@ impl MultiTsdb {
                 Err(e) => tracing::error!(tenant = %t.name, error = %e, "compaction failed"),
             }
         }
+    }
+
+    /// Tenants whose WAL writes are failing, with the last error.
+    pub fn wal_failures(&self) -> Vec<(String, String)> {
+        self.tenants()
+            .iter()
+            .filter_map(|t| t.db.wal_failure().map(|why| (t.name.clone(), why)))
+            .collect()
     }
 
     /// Fsyncs and closes every tenant's WAL (shutdown).

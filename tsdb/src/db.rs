@@ -515,8 +515,19 @@ impl Db {
 
     /// Compacts the head into blocks while it spans more than 1.5 block durations, then
     /// applies retention. Returns the metas of the blocks written.
+    ///
+    /// Retention runs even when compaction fails: on a full disk the block write fails,
+    /// and deleting blocks past retention is what frees space.
     pub fn compact(&self) -> Result<Vec<block::BlockMeta>, DbError> {
         let _g = lock(&self.inner.compact_lock);
+        let compacted = self.compact_head();
+        let retained = self.apply_retention();
+        let written = compacted?;
+        retained?;
+        Ok(written)
+    }
+
+    fn compact_head(&self) -> Result<Vec<block::BlockMeta>, DbError> {
         let mut written = Vec::new();
         loop {
             let head = &self.inner.head;
@@ -535,8 +546,20 @@ impl Db {
             let start = aligned.max(head.min_valid_time());
             written.extend(self.compact_range(start, end)?);
         }
-        self.apply_retention()?;
         Ok(written)
+    }
+
+    /// Why WAL writes are failing (the last error), `None` while they succeed.
+    pub fn wal_failure(&self) -> Option<String> {
+        self.inner.wal.failure()
+    }
+
+    /// While WAL writes are failing, tries the log again (see [`Wal::retry_failed`]);
+    /// maintenance calls it so a database recovers without waiting for a client write.
+    pub fn retry_wal(&self) -> Result<(), DbError> {
+        let _c = lock(&self.inner.commit);
+        self.inner.wal.retry_failed()?;
+        Ok(())
     }
 
     /// Cuts every sample in the head into blocks (used at shutdown and in tests); new

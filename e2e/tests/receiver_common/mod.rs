@@ -23,6 +23,21 @@ impl Receiver {
     /// Starts `orrery receive` on free ports with `data` as --tsdb.path and waits for
     /// /-/ready.
     pub fn start(data: &Path, log: &Path, extra: &[&str]) -> Receiver {
+        let r = Receiver::spawn(data, log, extra);
+        let ok = wait_for(Duration::from_secs(60), || {
+            matches!(http_get(&r.http, "/-/ready"), Ok((200, _))).then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "orrery receive did not become ready; log:\n{}",
+            r.proc.log_text()
+        );
+        r
+    }
+
+    /// Starts `orrery receive` like [`Receiver::start`] but waits only until it serves
+    /// the StoreAPI and `/-/healthy` (it may be unready, e.g. on a full disk).
+    pub fn spawn(data: &Path, log: &Path, extra: &[&str]) -> Receiver {
         let (rw, grpc, http) = (free_port(), free_port(), free_port());
         let mut cmd = Command::new(orrery_bin());
         cmd.arg("receive")
@@ -41,14 +56,20 @@ impl Receiver {
             data: data.to_path_buf(),
         };
         let ok = wait_for(Duration::from_secs(60), || {
-            matches!(http_get(&r.http, "/-/ready"), Ok((200, _))).then_some(())
+            let healthy = matches!(http_get(&r.http, "/-/healthy"), Ok((200, _)));
+            (healthy && std::net::TcpStream::connect(&r.grpc).is_ok()).then_some(())
         });
         assert!(
             ok.is_some(),
-            "orrery receive did not become ready; log:\n{}",
+            "orrery receive did not start (no /-/healthy or gRPC listener); log:\n{}",
             r.proc.log_text()
         );
         r
+    }
+
+    /// `(status, body)` of `/-/ready`.
+    pub fn ready(&self) -> (u16, String) {
+        http_get(&self.http, "/-/ready").unwrap_or((0, String::new()))
     }
 
     /// POSTs a raw body to /api/v1/receive.

@@ -428,7 +428,9 @@ fn replay_file(
 }
 
 struct Writer {
-    file: Arc<SegFile>,
+    /// `None` while segment `seg` could not be created (the disk was full when the WAL
+    /// was opened): the next write tries again.
+    file: Option<Arc<SegFile>>,
     seg: u64,
     /// Bytes of complete frames (magic included) in the current segment: where the next
     /// write goes.
@@ -454,6 +456,8 @@ pub struct Wal {
     segment_size: u64,
     metrics: Metrics,
     closed: AtomicBool,
+    /// Why the last write failed, while writes are failing (for `/-/ready`).
+    failure: Mutex<Option<String>>,
     #[cfg(test)]
     faults: Option<file::faults::SharedPlan>,
 }
@@ -495,6 +499,22 @@ fn create_segment(
         .map_err(io_err(&p))?;
     sync_dir(dir)?;
     Ok(f)
+}
+
+impl WalError {
+    /// The file system is out of space (or quota): a condition that ends when space is
+    /// freed, unlike a broken disk.
+    pub fn is_out_of_space(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        match self {
+            WalError::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT))
+                    || source.kind() == io::ErrorKind::StorageFull
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Wal {
@@ -546,16 +566,28 @@ impl Wal {
     ) -> Result<Arc<Wal>, WalError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let seg = last_segment.map_or(0, |n| n + 1);
-        let file = create_segment(
+        // On a full disk the database still opens (its data stays readable and writes get
+        // a clear error); any other failure to start a segment stops the open.
+        let (file, failure) = match create_segment(
             dir,
             seg,
             #[cfg(test)]
             faults.as_ref(),
-        )?;
+        ) {
+            Ok(f) => (Some(Arc::new(f)), None),
+            Err(e) if e.is_out_of_space() => {
+                tracing::error!(error = %e,
+                    "cannot start a WAL segment: the disk is full. Data stays readable; writes fail until there is space");
+                metrics.wal_write_errors.inc();
+                metrics.wal_write_failing.set(1);
+                (None, Some(e.to_string()))
+            }
+            Err(e) => return Err(e),
+        };
         let wal = Wal {
             dir: dir.to_path_buf(),
             writer: Mutex::new(Writer {
-                file: Arc::new(file),
+                file,
                 seg,
                 seg_len: ident::MAGIC_LEN as u64,
                 pos: 0,
@@ -568,6 +600,7 @@ impl Wal {
             segment_size: segment_size.max(1024),
             metrics,
             closed: AtomicBool::new(false),
+            failure: Mutex::new(failure),
             #[cfg(test)]
             faults,
         };
@@ -654,52 +687,127 @@ impl Wal {
     }
 
     fn write_locked(&self, w: &mut Writer, frames: &[u8]) -> Result<u64, WalError> {
-        if w.torn {
-            self.rotate(w)?;
-        } else if w.seg_len > ident::MAGIC_LEN as u64
-            && w.seg_len + frames.len() as u64 > self.segment_size
-        {
-            self.rotate(w)?;
-        }
+        let file = self
+            .writable_file(w, frames.len())
+            .inspect_err(|e| self.failed(e))?;
         let p = self.dir.join(segment_name(w.seg));
-        if let Err(e) = w.file.write_all_at(frames, w.seg_len) {
-            self.metrics.wal_write_errors.inc();
-            self.metrics.wal_write_failing.set(1);
+        if let Err(e) = file.write_all_at(frames, w.seg_len) {
             // Part of the buffer may have landed: cut the segment back to its last
             // complete frame so the next write continues a clean log.
-            if let Err(te) = w.file.set_len(w.seg_len) {
+            if let Err(te) = file.set_len(w.seg_len) {
                 tracing::error!(file = %p.display(), error = %te,
                     "cannot cut a failed WAL write back; continuing in a new segment");
                 w.torn = true;
             }
-            return Err(io_err(&p)(e));
+            let e = io_err(&p)(e);
+            self.failed(&e);
+            return Err(e);
         }
-        self.metrics.wal_write_failing.set(0);
+        self.succeeded();
         w.seg_len += frames.len() as u64;
         w.pos += frames.len() as u64;
         self.metrics.wal_bytes_written.inc_by(frames.len() as u64);
         Ok(w.pos)
     }
 
+    /// The segment file `len` more bytes go to: starts the segment that could not be
+    /// created at open, or the next one when the current one is torn or full.
+    fn writable_file(&self, w: &mut Writer, len: usize) -> Result<Arc<SegFile>, WalError> {
+        match &w.file {
+            None => {
+                let f = Arc::new(self.create_segment(w.seg)?);
+                tracing::info!(segment = w.seg, "WAL segment started");
+                w.file = Some(f);
+                w.seg_len = ident::MAGIC_LEN as u64;
+            }
+            Some(_) if w.torn => self.rotate(w)?,
+            Some(_)
+                if w.seg_len > ident::MAGIC_LEN as u64
+                    && w.seg_len + len as u64 > self.segment_size =>
+            {
+                self.rotate(w)?
+            }
+            Some(_) => {}
+        }
+        w.file.clone().ok_or(WalError::Closed)
+    }
+
+    /// Records a failed write: metrics, and the reason `/-/ready` reports.
+    fn failed(&self, e: &WalError) {
+        self.metrics.wal_write_errors.inc();
+        self.metrics.wal_write_failing.set(1);
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+    }
+
+    fn succeeded(&self) {
+        self.metrics.wal_write_failing.set(0);
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(why) = f.take() {
+            tracing::info!(after = %why, "WAL writes succeed again");
+        }
+    }
+
+    /// Why writes are failing (the last error), or `None` when the last write succeeded.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// While writes are failing: tries again to write what a failed write left pending,
+    /// or to start the segment that could not be created, so that a log nobody writes to
+    /// (a receiver taken out of its Service while unready) recovers once there is space.
+    pub fn retry_failed(&self) -> Result<(), WalError> {
+        if self.failure().is_none() || self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut w = self.lock_writer();
+        if !w.pending.is_empty() {
+            let buf = std::mem::take(&mut w.pending);
+            return match self.write_locked(&mut w, &buf) {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    w.pending = buf;
+                    Err(e)
+                }
+            };
+        }
+        match self.writable_file(&mut w, 0) {
+            Ok(_) => {
+                self.succeeded();
+                Ok(())
+            }
+            Err(e) => {
+                self.failed(&e);
+                Err(e)
+            }
+        }
+    }
+
     /// Syncs the finished segment and starts the next one. A segment left torn by a
     /// failed write is closed as it is (its sync may fail too; what it holds was synced
-    /// or not by the policy before the failure).
+    /// or not by the policy before the failure). Without a current segment (none could
+    /// be created) the number is still advanced: `cut_segment` promised that later
+    /// records go to a higher segment.
     fn rotate(&self, w: &mut Writer) -> Result<(), WalError> {
         let start = Instant::now();
         let p = self.dir.join(segment_name(w.seg));
-        match w.file.sync_data() {
-            Ok(()) => {}
-            Err(e) if w.torn => {
-                tracing::error!(file = %p.display(), error = %e, "fsync of a torn WAL segment failed")
+        if let Some(file) = &w.file {
+            match file.sync_data() {
+                Ok(()) => {}
+                Err(e) if w.torn => {
+                    tracing::error!(file = %p.display(), error = %e, "fsync of a torn WAL segment failed")
+                }
+                Err(e) => return Err(io_err(&p)(e)),
             }
-            Err(e) => return Err(io_err(&p)(e)),
+            self.metrics
+                .wal_fsync_duration
+                .observe(start.elapsed().as_secs_f64());
         }
-        self.metrics
-            .wal_fsync_duration
-            .observe(start.elapsed().as_secs_f64());
         self.synced.fetch_max(w.pos, Ordering::AcqRel);
         let next = w.seg + 1;
-        w.file = Arc::new(self.create_segment(next)?);
+        w.file = Some(Arc::new(self.create_segment(next)?));
         w.seg = next;
         w.seg_len = ident::MAGIC_LEN as u64;
         w.torn = false;
@@ -726,6 +834,11 @@ impl Wal {
         let (file, target, seg) = {
             let w = self.lock_writer();
             (w.file.clone(), w.pos, w.seg)
+        };
+        let Some(file) = file else {
+            // No segment since open: nothing was written that could need a sync.
+            self.synced.fetch_max(target, Ordering::AcqRel);
+            return Ok(());
         };
         let start = Instant::now();
         file.sync_data()
@@ -1021,6 +1134,66 @@ mod tests {
     }
 
     /// A legacy Orrery segment (no magic) still replays; a new writer continues after it.
+    /// Opened on a full disk: the log starts without a segment, says why, refuses
+    /// writes, and once there is room a retry (no write needed) starts the segment.
+    #[test]
+    fn opened_on_a_full_disk_recovers_when_space_returns() {
+        let d = tempfile::tempdir().unwrap();
+        let first = Wal::create(
+            d.path(),
+            None,
+            SyncPolicy::Never,
+            1 << 20,
+            Metrics::default(),
+        )
+        .unwrap();
+        first.write(&frames(&[rec(1, 40)])).unwrap();
+        first.close().unwrap();
+        drop(first);
+        let (_, last) = replay(d.path(), &Metrics::default(), &mut |_| Ok(())).unwrap();
+
+        let plan = file::faults::SharedPlan::default();
+        plan.lock().unwrap().full = true;
+        let m = Metrics::default();
+        let wal =
+            Wal::create_with_faults(d.path(), last, 1 << 20, m.clone(), plan.clone()).unwrap();
+        let why = wal.failure().expect("failing after an open on a full disk");
+        assert!(why.contains("No space left on device"), "{why}");
+        assert_eq!(m.wal_write_failing.get(), 1);
+        assert!(wal.write(&frames(&[rec(2, 40)])).is_err());
+        assert!(wal.retry_failed().is_err(), "still full");
+        wal.sync().unwrap();
+
+        plan.lock().unwrap().full = false;
+        wal.retry_failed().unwrap();
+        assert_eq!((wal.failure(), m.wal_write_failing.get()), (None, 0));
+        wal.write(&frames(&[rec(3, 40)])).unwrap();
+        wal.close().unwrap();
+        drop(wal);
+        let (got, rep) = read_all(d.path());
+        // Record 2's write failed; its frames were pending and went out with the retry.
+        assert_eq!(got, vec![rec(1, 40), rec(2, 40), rec(3, 40)]);
+        assert_eq!(rep.torn_tails + rep.corruptions_repaired, 0);
+    }
+
+    /// Any other failure to start the log stops the open: a broken or misconfigured
+    /// directory must not pass for a full disk.
+    #[test]
+    fn wal_create_failure_other_than_space_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join(segment_name(0))).unwrap();
+        // Segment 0 is a directory: creating it fails with something other than ENOSPC.
+        let e = Wal::create(
+            d.path(),
+            None,
+            SyncPolicy::Never,
+            1 << 20,
+            Metrics::default(),
+        )
+        .unwrap_err();
+        assert!(!e.is_out_of_space(), "{e}");
+    }
+
     #[test]
     fn segments_without_magic_still_replay() {
         let d = tempfile::tempdir().unwrap();
@@ -1038,6 +1211,8 @@ mod tests {
         DiskFull(bool),
         FailTruncate(bool),
         Cut,
+        /// Maintenance's retry of a failing log.
+        Retry,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1052,6 +1227,7 @@ mod tests {
             1 => any::<bool>().prop_map(Op::DiskFull),
             1 => any::<bool>().prop_map(Op::FailTruncate),
             1 => Just(Op::Cut),
+            1 => Just(Op::Retry),
         ]
     }
 
@@ -1062,14 +1238,18 @@ mod tests {
         /// everything recovers and the WAL is replayed. Every acknowledged record is
         /// replayed, in order, exactly once; every record whose write failed is replayed
         /// too (its data is in the head, see `Writer::pending`), in order, possibly twice
-        /// when a failed write could not be cut back; nothing else appears.
+        /// when a failed write could not be cut back; nothing else appears. Half of the
+        /// cases open the log on a full disk (no segment can be started).
         #[test]
         fn acknowledged_records_survive_any_write_failures(
+            start_full in any::<bool>(),
             ops in prop::collection::vec(op(), 1..60),
         ) {
             let d = tempfile::tempdir().unwrap();
             let plan = file::faults::SharedPlan::default();
+            plan.lock().unwrap().full = start_full;
             let wal = Wal::create_with_faults(d.path(), None, 2048, Metrics::default(), plan.clone()).unwrap();
+            prop_assert_eq!(wal.failure().is_some(), start_full);
             let mut acked: Vec<Vec<u8>> = vec![];
             let mut attempted: Vec<Vec<u8>> = vec![];
             for o in ops {
@@ -1087,6 +1267,7 @@ mod tests {
                     Op::DiskFull(b) => plan.lock().unwrap().full = b,
                     Op::FailTruncate(b) => plan.lock().unwrap().fail_truncate = b,
                     Op::Cut => { let _ = wal.cut_segment(); }
+                    Op::Retry => { let _ = wal.retry_failed(); }
                 }
             }
             {
@@ -1101,6 +1282,7 @@ mod tests {
             attempted.push(fin.clone());
             wal.write(&frames(std::slice::from_ref(&fin))).unwrap();
             acked.push(fin);
+            prop_assert_eq!(wal.failure(), None);
             wal.close().unwrap();
             drop(wal);
             let (got, rep) = read_all(d.path());
