@@ -140,7 +140,26 @@ impl Engine {
         time_ms: i64,
         qopts: &QueryOptions,
     ) -> Result<PreparedQuery, QueryError> {
-        let expr = parse_checked(query, &self.opts.limits)?;
+        let expr = self.parse(query)?;
+        self.prepare_instant_parsed(storage, expr, time_ms, qopts)
+            .await
+    }
+
+    /// Parses `query` within the engine's text limits. Parsing is CPU work that grows
+    /// with the text (faster than linearly for some shapes): a server parses client
+    /// queries where blocking is fine and then calls the `prepare_*_parsed` methods.
+    pub fn parse(&self, query: &str) -> Result<ParsedExpr, QueryError> {
+        parse_checked(query, &self.opts.limits)
+    }
+
+    /// [`Engine::prepare_instant_query`] for an expression from [`Engine::parse`].
+    pub async fn prepare_instant_parsed<S: Storage>(
+        &self,
+        storage: &S,
+        expr: ParsedExpr,
+        time_ms: i64,
+        qopts: &QueryOptions,
+    ) -> Result<PreparedQuery, QueryError> {
         let ctx = Ctx {
             start: time_ms,
             end: time_ms,
@@ -181,7 +200,21 @@ impl Engine {
         step_ms: i64,
         qopts: &QueryOptions,
     ) -> Result<PreparedQuery, QueryError> {
-        let expr = parse_checked(query, &self.opts.limits)?;
+        let expr = self.parse(query)?;
+        self.prepare_range_parsed(storage, expr, start_ms, end_ms, step_ms, qopts)
+            .await
+    }
+
+    /// [`Engine::prepare_range_query`] for an expression from [`Engine::parse`].
+    pub async fn prepare_range_parsed<S: Storage>(
+        &self,
+        storage: &S,
+        expr: ParsedExpr,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        qopts: &QueryOptions,
+    ) -> Result<PreparedQuery, QueryError> {
         if step_ms <= 0 {
             return Err(QueryError::BadData(
                 "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),

@@ -274,6 +274,31 @@ async fn exec_blocking(
     }
 }
 
+/// Parses a client's query on a blocking thread: parsing a long or deep expression is
+/// seconds of CPU for some shapes and must not stall the runtime's workers. The thread
+/// holds the `--query.max-concurrent` permit until it is done (even if the request timed
+/// out meanwhile), so parsing is bounded by the same limit as evaluation.
+async fn parse_blocking(
+    engine: &Engine,
+    q: String,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(promql::ParsedExpr, tokio::sync::OwnedSemaphorePermit), ApiError> {
+    let engine = engine.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let r = engine.parse(&q);
+        (r, permit)
+    });
+    match job.await {
+        Ok((Ok(expr), permit)) => Ok((expr, permit)),
+        Ok((Err(e), _)) => Err(ApiError::from_query(e, Vec::new())),
+        Err(e) => Err(ApiError {
+            error_type: "internal",
+            message: format!("query parsing failed: {e}"),
+            warnings: Vec::new(),
+        }),
+    }
+}
+
 fn parse_time_param(p: &Params, name: &str, default: i64) -> Result<i64, ApiError> {
     match p.get(name) {
         Some(v) if !v.is_empty() => format::parse_time(v).map_err(|e| ApiError::param(name, e)),
@@ -370,9 +395,10 @@ async fn query(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
     let _cancel = CancelOnDrop(cancel.clone());
     opts.cancel = Some(cancel);
     st.with_gate(timeout, |permit| async move {
+        let (expr, permit) = parse_blocking(&st.engine, q, permit).await?;
         let prepared = st
             .engine
-            .prepare_instant_query(&storage, &q, t, &opts)
+            .prepare_instant_parsed(&storage, expr, t, &opts)
             .await
             .map_err(|e| ApiError::from_query(e, Vec::new()))?;
         exec_blocking(prepared, permit).await
@@ -433,9 +459,10 @@ async fn query_range(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
     let _cancel = CancelOnDrop(cancel.clone());
     opts.cancel = Some(cancel);
     st.with_gate(timeout, |permit| async move {
+        let (expr, permit) = parse_blocking(&st.engine, q, permit).await?;
         let prepared = st
             .engine
-            .prepare_range_query(&storage, &q, start, end, step, &opts)
+            .prepare_range_parsed(&storage, expr, start, end, step, &opts)
             .await
             .map_err(|e| ApiError::from_query(e, Vec::new()))?;
         exec_blocking(prepared, permit).await
