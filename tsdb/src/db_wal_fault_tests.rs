@@ -117,3 +117,58 @@ fn commits_while_full_leave_the_head_alone() {
         "batch 0 (failed, then written first) and 1-4"
     );
 }
+
+/// On a full disk compaction fails (here: starting the WAL segment after the block), and
+/// retention must still run: deleting expired blocks is what frees space.
+#[test]
+fn retention_runs_when_compaction_fails() {
+    const H: i64 = 3_600_000;
+    let d = tempfile::tempdir().unwrap();
+    let plan = SharedPlan::default();
+    let opts = Options {
+        retention: Duration::from_secs(5 * 3600),
+        ..Options::default()
+    };
+    let mut db = Db::open(d.path(), opts, None).unwrap();
+    let labels = l(0);
+    // An old block: [0, 2h).
+    let mut app = db.appender();
+    app.append_one(&labels, 0, 1.0);
+    app.append_one(&labels, H, 2.0);
+    app.commit().unwrap();
+    db.flush().unwrap();
+    assert_eq!(db.block_metas().len(), 1);
+    {
+        let inner = Arc::get_mut(&mut db.inner).expect("sole owner");
+        let seg = inner.wal.current_segment();
+        inner.wal = Wal::create_with_faults(
+            &d.path().join("wal"),
+            Some(seg),
+            1 << 20,
+            inner.metrics.clone(),
+            plan.clone(),
+        )
+        .unwrap();
+    }
+    // Ten hours later the head spans more than 1.5 block durations: compaction is due,
+    // and the old block is past retention.
+    let mut app = db.appender();
+    for k in 0..5 {
+        app.append_one(&labels, 10 * H + k * H, k as f64);
+    }
+    app.commit().unwrap();
+    plan.lock().unwrap().full = true;
+    let r = db.compact();
+    assert!(r.is_err(), "compaction cannot start a WAL segment on a full disk");
+    assert!(
+        db.block_metas().iter().all(|m| m.max_time > 2 * H),
+        "the expired block was not deleted: {:?}",
+        db.block_metas()
+            .iter()
+            .map(|m| (m.min_time, m.max_time))
+            .collect::<Vec<_>>()
+    );
+    plan.lock().unwrap().full = false;
+    db.compact().unwrap();
+    db.close().unwrap();
+}
