@@ -134,22 +134,11 @@ pub fn nesting_bound(query: &str) -> usize {
         let c = b[i];
         match c {
             b'"' | b'\'' | b'`' => {
-                // A string literal: skip to its closing quote (backslash escapes except in
-                // backtick strings). An unterminated one is the parser's error to report.
-                i += 1;
-                while i < b.len() && b[i] != c {
-                    if b[i] == b'\\' && c != b'`' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                i += 1;
+                i = string_end(b, i);
                 continue;
             }
             b'#' => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
+                i = comment_end(b, i);
                 continue;
             }
             b'(' | b'{' | b'[' => {
@@ -166,30 +155,9 @@ pub fn nesting_bound(query: &str) -> usize {
                     close(&mut stack);
                 }
             }
-            _ if c.is_ascii_alphanumeric() || c == b'_' || c == b':' || c == b'.' || c >= 0x80 => {
+            _ if is_word_byte(c) => {
                 let start = i;
-                let number = c.is_ascii_digit() || c == b'.';
-                let hex = number
-                    && b.get(i..i + 2)
-                        .is_some_and(|p| p.eq_ignore_ascii_case(b"0x"));
-                while i < b.len()
-                    && (b[i].is_ascii_alphanumeric()
-                        || b[i] == b'_'
-                        || b[i] == b':'
-                        || b[i] == b'.'
-                        || b[i] >= 0x80)
-                {
-                    i += 1;
-                    // `1e-5`: the sign belongs to the number, not a binary operator.
-                    if number
-                        && !hex
-                        && (b[i - 1] == b'e' || b[i - 1] == b'E')
-                        && i < b.len()
-                        && (b[i] == b'+' || b[i] == b'-')
-                    {
-                        i += 1;
-                    }
-                }
+                i = word_end(b, i);
                 let word = &query[start..i];
                 if let Some(top) = stack.last_mut()
                     && !top.braces
@@ -229,6 +197,182 @@ pub fn nesting_bound(query: &str) -> usize {
         close(&mut stack);
     }
     stack.last().map_or(1, Group::depth)
+}
+
+fn is_word_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b':' || c == b'.' || c >= 0x80
+}
+
+/// End of the string literal starting at `b[i]` (a quote): after its closing quote
+/// (backslash escapes except in backtick strings). An unterminated one runs to the end;
+/// it is the parser's error to report.
+fn string_end(b: &[u8], mut i: usize) -> usize {
+    let q = b[i];
+    i += 1;
+    while i < b.len() && b[i] != q {
+        if b[i] == b'\\' && q != b'`' {
+            i += 1;
+        }
+        i += 1;
+    }
+    i + 1
+}
+
+/// End of the `#` comment starting at `b[i]`: its newline.
+fn comment_end(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i] != b'\n' {
+        i += 1;
+    }
+    i
+}
+
+/// End of the word (identifier, keyword or number) starting at `b[i]`. In `1e-5` the
+/// sign belongs to the number, not a binary operator.
+fn word_end(b: &[u8], mut i: usize) -> usize {
+    let number = b[i].is_ascii_digit() || b[i] == b'.';
+    let hex = number
+        && b.get(i..i + 2)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"0x"));
+    while i < b.len() && is_word_byte(b[i]) {
+        i += 1;
+        if number
+            && !hex
+            && (b[i - 1] == b'e' || b[i - 1] == b'E')
+            && i < b.len()
+            && (b[i] == b'+' || b[i] == b'-')
+        {
+            i += 1;
+        }
+    }
+    i
+}
+
+/// Longest duration in seconds (Prometheus keeps durations as int64 nanoseconds).
+const MAX_DURATION_SECS: f64 = i64::MAX as f64 / 1e9;
+
+/// Refuses a plain number used as a duration (`foo offset 1e20`, `foo[1e300]`,
+/// `foo[5m:1e20]`, `foo offset Inf`) that no duration can hold, with Prometheus's
+/// message: the parser would panic converting it.
+pub fn check_duration_numbers(query: &str) -> Result<(), QueryError> {
+    #[derive(PartialEq)]
+    enum Open {
+        Paren,
+        Brace,
+        Square,
+    }
+    /// Where a duration may come next.
+    enum Expect {
+        Nothing,
+        /// After `[` or the `:` of a subquery.
+        Range,
+        /// After `offset`, with the position of a sign already seen.
+        Offset(Option<usize>),
+    }
+    let b = query.as_bytes();
+    let mut open: Vec<Open> = Vec::new();
+    let mut expect = Expect::Nothing;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        if c == b'#' {
+            i = comment_end(b, i);
+            continue;
+        }
+        if matches!(c, b'"' | b'\'' | b'`') {
+            i = string_end(b, i);
+            expect = Expect::Nothing;
+            continue;
+        }
+        if is_word_byte(c) {
+            let start = i;
+            i = word_end(b, i);
+            let word = &query[start..i];
+            let out_of_range = |at: usize, v: Option<f64>| match v {
+                Some(v) if !(v.is_finite() && v.abs() <= MAX_DURATION_SECS) => {
+                    let (line, col) = line_col(query, at);
+                    Err(QueryError::BadData(format!(
+                        "{line}:{col}: parse error: duration out of range"
+                    )))
+                }
+                _ => Ok(()),
+            };
+            let numeric = |w: &str| w.starts_with(|c: char| c.is_ascii_digit() || c == '.');
+            if open.last() == Some(&Open::Square) {
+                // `5m:1e20` lexes as one word here: range, then the subquery's step.
+                let mut at = start;
+                for (k, piece) in word.split(':').enumerate() {
+                    if (k > 0 || matches!(expect, Expect::Range)) && numeric(piece) {
+                        out_of_range(at, number_value(piece))?;
+                    }
+                    at += piece.len() + 1;
+                }
+            } else if let Expect::Offset(sign) = expect {
+                out_of_range(sign.unwrap_or(start), number_value(word))?;
+            }
+            expect = if word.eq_ignore_ascii_case("offset") && open.last() != Some(&Open::Brace) {
+                Expect::Offset(None)
+            } else if word.ends_with(':') && open.last() == Some(&Open::Square) {
+                Expect::Range
+            } else {
+                Expect::Nothing
+            };
+            continue;
+        }
+        expect = match (c, expect) {
+            (b'-' | b'+', Expect::Offset(None)) => Expect::Offset(Some(i)),
+            (b'[', _) => {
+                open.push(Open::Square);
+                Expect::Range
+            }
+            (b':', _) if open.last() == Some(&Open::Square) => Expect::Range,
+            (b'(', _) => {
+                open.push(Open::Paren);
+                Expect::Nothing
+            }
+            (b'{', _) => {
+                open.push(Open::Brace);
+                Expect::Nothing
+            }
+            (b')' | b'}' | b']', _) => {
+                open.pop();
+                Expect::Nothing
+            }
+            _ => Expect::Nothing,
+        };
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The value of a PromQL number literal (decimal, hex, `Inf`, `NaN`), `None` for any
+/// other word.
+fn number_value(word: &str) -> Option<f64> {
+    if let Some(h) = word.strip_prefix("0x").or_else(|| word.strip_prefix("0X")) {
+        return Some(u128::from_str_radix(h, 16).map_or(f64::INFINITY, |v| v as f64));
+    }
+    if word.eq_ignore_ascii_case("inf") || word.eq_ignore_ascii_case("nan") {
+        // Neither converts to a duration.
+        return Some(f64::NAN);
+    }
+    if !word.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        return None;
+    }
+    word.parse::<f64>().ok()
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_col(query: &str, at: usize) -> (usize, usize) {
+    let before = &query[..at.min(query.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |p| p + 1);
+    (
+        line,
+        query[line_start..at.min(query.len())].chars().count() + 1,
+    )
 }
 
 /// Closes the innermost group, folding its depth into its parent.
@@ -311,19 +455,80 @@ impl Drop for ParsedExpr {
 /// Checks `query` against `limits`, then parses it on a stack sized for its depth bound.
 pub fn parse_checked(query: &str, limits: &QueryLimits) -> Result<ParsedExpr, QueryError> {
     let depth = check_query_text(query, limits)?;
+    check_duration_numbers(query)?;
     with_stack_for(depth, || {
-        promql_parser::parser::parse(query)
-            .map(|e| ParsedExpr {
-                expr: Some(Box::new(e)),
-                depth,
-            })
-            .map_err(QueryError::BadData)
+        // The parser is a dependency: should it still panic on some input the checks
+        // above do not foresee, the query is refused instead of failing the request's
+        // thread (the fuzz target looks for such inputs).
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            promql_parser::parser::parse(query)
+        }));
+        match parsed {
+            Ok(r) => r
+                .map(|e| ParsedExpr {
+                    expr: Some(Box::new(e)),
+                    depth,
+                })
+                .map_err(QueryError::BadData),
+            Err(_) => Err(QueryError::BadData(
+                "1:1: parse error: the query could not be parsed".into(),
+            )),
+        }
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Prometheus 3.5.3's answers, position included (asked over its HTTP API).
+    #[test]
+    fn durations_out_of_range_are_refused_as_prometheus_does() {
+        for (q, pos) in [
+            (
+                "rV1al offset 777777777777777777777777777777777777777777777777-0",
+                "1:14",
+            ),
+            ("foo offset 77777777777777777777", "1:12"),
+            ("foo offset 1e300", "1:12"),
+            ("foo[1e300]", "1:5"),
+            ("foo[5m:1e300]", "1:8"),
+            ("foo offset 9223372037", "1:12"),
+            ("foo offset Inf", "1:12"),
+            ("foo offset 0x7fffffffffffffff", "1:12"),
+            ("foo offset -1e300", "1:12"),
+            ("foo[ 1e20 ]", "1:6"),
+            ("foo[5m: 1e20]", "1:9"),
+            ("foo\n  offset 1e20", "2:10"),
+        ] {
+            let e = parse_checked(q, &QueryLimits::default()).unwrap_err();
+            assert_eq!(
+                e,
+                QueryError::BadData(format!("{pos}: parse error: duration out of range")),
+                "{q}"
+            );
+        }
+        for q in [
+            "foo offset 9223372036",
+            "foo[1e-300]",
+            "foo offset 5m",
+            "foo offset -5m",
+            "foo[5m:1m] offset 1h",
+            "foo{offset=\"1e300\"}",
+            "foo{a=\"[1e300]\"}",
+            "sum by (offset) (foo)",
+            "foo @ 1e20",
+        ] {
+            assert!(check_duration_numbers(q).is_ok(), "{q}");
+        }
+    }
+
+    /// Found by the `parse_eval` fuzz target: the parser panicked converting the number.
+    #[test]
+    fn fuzz_found_duration_panic_is_a_parse_error() {
+        let q = "rV1al offset 777777777777777777777777777777777777777777777777-0";
+        assert!(crate::untrusted::evaluate_untrusted(q, QueryLimits::default()).is_err());
+    }
 
     fn nested(open: &str, leaf: &str, close: &str, n: usize) -> String {
         format!("{}{leaf}{}", open.repeat(n), close.repeat(n))
