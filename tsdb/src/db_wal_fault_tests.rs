@@ -159,7 +159,10 @@ fn retention_runs_when_compaction_fails() {
     app.commit().unwrap();
     plan.lock().unwrap().full = true;
     let r = db.compact();
-    assert!(r.is_err(), "compaction cannot start a WAL segment on a full disk");
+    assert!(
+        r.is_err(),
+        "compaction cannot start a WAL segment on a full disk"
+    );
     assert!(
         db.block_metas().iter().all(|m| m.max_time > 2 * H),
         "the expired block was not deleted: {:?}",
