@@ -35,7 +35,8 @@ pub mod wal;
 
 pub use chunk::{Chunk, ChunkError, Encoding, XorChunk, XorIterator};
 pub use db::{
-    AppendOutcome, Appender, Clock, Db, DbError, Options, Querier, Rejection, SeriesChunks,
+    AppendOutcome, Appender, Clock, Db, DbError, Options, Querier, Rejection, RetentionHold,
+    SeriesChunks,
     samples_in_range,
 };
 pub use metrics::{Metrics, RejectReason};
