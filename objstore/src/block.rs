@@ -84,7 +84,10 @@ pub fn upload_meta(
     upload_time: chrono::DateTime<chrono::Utc>,
 ) -> BlockMeta {
     let mut m = meta.clone();
-    let mut t = m.thanos.take().unwrap_or_else(|| ThanosMeta::new(BTreeMap::new(), source));
+    let mut t = m
+        .thanos
+        .take()
+        .unwrap_or_else(|| ThanosMeta::new(BTreeMap::new(), source));
     t.version = 1;
     t.labels = labels.clone();
     t.source = source.to_string();
@@ -102,8 +105,10 @@ pub fn upload_meta(
         "files".into(),
         serde_json::to_value(&all).unwrap_or(serde_json::Value::Null),
     );
-    t.extra
-        .insert("segment_files".into(), serde_json::Value::from(segment_files));
+    t.extra.insert(
+        "segment_files".into(),
+        serde_json::Value::from(segment_files),
+    );
     t.extra.insert(
         "upload_time".into(),
         serde_json::Value::from(upload_time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
@@ -179,7 +184,9 @@ pub async fn upload_block(
         dir: dir.to_path_buf(),
         reason: format!("encoding meta.json: {e}"),
     })?;
-    bucket.put(&format!("{ulid}/meta.json"), Bytes::from(json)).await?;
+    bucket
+        .put(&format!("{ulid}/meta.json"), Bytes::from(json))
+        .await?;
     Ok(out)
 }
 
@@ -217,8 +224,14 @@ pub async fn download_block(
     };
     files.retain(|f| f.rel_path != "meta.json");
     for f in &files {
-        if f.rel_path.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-            return Err(invalid(format!("unsafe file name {:?} in meta.json", f.rel_path)));
+        if f.rel_path
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        {
+            return Err(invalid(format!(
+                "unsafe file name {:?} in meta.json",
+                f.rel_path
+            )));
         }
     }
     let tmp = parent.join(format!("{ulid}{}", tsdb::block::TMP_FOR_CREATION));
@@ -229,13 +242,17 @@ pub async fn download_block(
     if tmp.exists() {
         tokio::fs::remove_dir_all(&tmp).await.map_err(local)?;
     }
-    tokio::fs::create_dir_all(tmp.join("chunks")).await.map_err(local)?;
+    tokio::fs::create_dir_all(tmp.join("chunks"))
+        .await
+        .map_err(local)?;
     for f in &files {
         let path = tmp.join(&f.rel_path);
         if let Some(p) = path.parent() {
             tokio::fs::create_dir_all(p).await.map_err(local)?;
         }
-        let n = bucket.download_file(&format!("{ulid}/{}", f.rel_path), &path).await?;
+        let n = bucket
+            .download_file(&format!("{ulid}/{}", f.rel_path), &path)
+            .await?;
         if let Some(want) = f.size_bytes
             && want != n
         {
@@ -303,11 +320,14 @@ pub(crate) mod tests {
             .unwrap()
             .with_timezone(&chrono::Utc);
         let m = upload_meta(&meta, &labels, "receive", &files, t);
-        let json: serde_json::Value =
-            serde_json::from_slice(&encode_meta(&m).unwrap()).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&encode_meta(&m).unwrap()).unwrap();
         let th = &json["thanos"];
         assert_eq!(th["labels"]["tenant_id"], "t");
-        assert_eq!(th["labels"].as_object().unwrap().len(), 2, "local labels replaced");
+        assert_eq!(
+            th["labels"].as_object().unwrap().len(),
+            2,
+            "local labels replaced"
+        );
         assert_eq!(th["source"], "receive");
         assert_eq!(th["downsample"]["resolution"], 0);
         assert_eq!(th["segment_files"], serde_json::json!(["000001"]));
@@ -323,7 +343,11 @@ pub(crate) mod tests {
         assert_eq!(json["ulid"], meta.ulid.to_string());
         assert_eq!(json["compaction"]["level"], 1);
         // Tab-indented like Thanos.
-        assert!(String::from_utf8(encode_meta(&m).unwrap()).unwrap().contains("\n\t\"ulid\""));
+        assert!(
+            String::from_utf8(encode_meta(&m).unwrap())
+                .unwrap()
+                .contains("\n\t\"ulid\"")
+        );
     }
 
     #[tokio::test]
@@ -335,7 +359,9 @@ pub(crate) mod tests {
         let before = std::fs::read(bdir_path.join("meta.json")).unwrap();
         let bucket = Bucket::new(&BucketConfig::filesystem(bdir.path()), None).unwrap();
         let labels = BTreeMap::from([("tenant_id".to_string(), "a".to_string())]);
-        let up = upload_block(&bucket, &bdir_path, &labels, "receive").await.unwrap();
+        let up = upload_block(&bucket, &bdir_path, &labels, "receive")
+            .await
+            .unwrap();
         assert_eq!(std::fs::read(bdir_path.join("meta.json")).unwrap(), before);
         let root = bdir.path().join(meta.ulid.to_string());
         for f in ["chunks/000001", "index", "meta.json"] {
@@ -346,10 +372,16 @@ pub(crate) mod tests {
             std::fs::read(root.join("index")).unwrap(),
             std::fs::read(bdir_path.join("index")).unwrap()
         );
-        assert!(upload_block(&bucket, &bdir_path, &BTreeMap::new(), "receive").await.is_err());
+        assert!(
+            upload_block(&bucket, &bdir_path, &BTreeMap::new(), "receive")
+                .await
+                .is_err()
+        );
 
         let back = tempfile::tempdir().unwrap();
-        let got = download_block(&bucket, meta.ulid, back.path()).await.unwrap();
+        let got = download_block(&bucket, meta.ulid, back.path())
+            .await
+            .unwrap();
         assert_eq!(got, up);
         let b = tsdb::block::Block::open(&back.path().join(meta.ulid.to_string())).unwrap();
         assert_eq!(b.meta().stats.num_samples, 30);

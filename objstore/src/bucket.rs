@@ -44,7 +44,7 @@ pub enum BucketError {
         op: &'static str,
         key: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("bucket {bucket}: local file {path}: {source}")]
     Local {
@@ -178,7 +178,12 @@ impl Bucket {
                 }
                 Provider::S3(c) => {
                     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-                    let mut b = AmazonS3Builder::from_env().with_bucket_name(&c.bucket);
+                    // Client options first: `with_client_options` replaces them all,
+                    // including the `allow_http` that `with_allow_http` sets.
+                    let mut b = AmazonS3Builder::from_env()
+                        .with_client_options(client_options(kind, &c.http_config)?)
+                        .with_retry(retry(c.max_retries))
+                        .with_bucket_name(&c.bucket);
                     let aws = c.endpoint.ends_with(".amazonaws.com") && !c.insecure;
                     if !aws {
                         let scheme = if c.insecure { "http" } else { "https" };
@@ -191,7 +196,11 @@ impl Bucket {
                     } else if b.get_config_value(&AmazonS3ConfigKey::Region).is_some() {
                         None
                     } else {
-                        Some(region_from_endpoint(&c.endpoint).unwrap_or("us-east-1").to_string())
+                        Some(
+                            region_from_endpoint(&c.endpoint)
+                                .unwrap_or("us-east-1")
+                                .to_string(),
+                        )
                     };
                     if let Some(r) = region {
                         b = b.with_region(r);
@@ -212,9 +221,6 @@ impl Bucket {
                     if c.sse_config.kind == "SSE-KMS" {
                         b = b.with_sse_kms_encryption(&c.sse_config.kms_key_id);
                     }
-                    b = b
-                        .with_client_options(client_options(kind, &c.http_config)?)
-                        .with_retry(retry(c.max_retries));
                     let part = if c.part_size == 0 {
                         DEFAULT_PART_SIZE
                     } else {
@@ -241,7 +247,12 @@ impl Bucket {
                     } else {
                         c.chunk_size_bytes
                     };
-                    (Arc::new(b.build().map_err(setup)?), c.bucket.clone(), part, true)
+                    (
+                        Arc::new(b.build().map_err(setup)?),
+                        c.bucket.clone(),
+                        part,
+                        true,
+                    )
                 }
                 Provider::Azure(c) => {
                     use object_store::azure::MicrosoftAzureBuilder;
@@ -260,7 +271,8 @@ impl Bucket {
                         b = b.with_client_id(&c.user_assigned_id);
                     }
                     if !c.endpoint.is_empty() && c.endpoint != "blob.core.windows.net" {
-                        b = b.with_endpoint(format!("https://{}.{}", c.storage_account, c.endpoint));
+                        b = b
+                            .with_endpoint(format!("https://{}.{}", c.storage_account, c.endpoint));
                     }
                     b = b
                         .with_client_options(client_options(kind, &c.http_config)?)
@@ -344,7 +356,7 @@ impl Bucket {
                 bucket: self.name.clone(),
                 op,
                 key: key.to_string(),
-                source,
+                source: Box::new(source),
             },
         }
     }
@@ -361,7 +373,11 @@ impl Bucket {
     pub async fn get(&self, key: &str) -> Result<Bytes, BucketError> {
         self.observe("get", async {
             let p = self.path(key)?;
-            let r = self.store.get(&p).await.map_err(|e| self.op_err("get", key, e))?;
+            let r = self
+                .store
+                .get(&p)
+                .await
+                .map_err(|e| self.op_err("get", key, e))?;
             let b = r.bytes().await.map_err(|e| self.op_err("get", key, e))?;
             self.fetched("get", b.len());
             Ok(b)
@@ -391,7 +407,10 @@ impl Bucket {
                 .get_opts(&p, opts)
                 .await
                 .map_err(|e| self.op_err("get_range", key, e))?;
-            let b = r.bytes().await.map_err(|e| self.op_err("get_range", key, e))?;
+            let b = r
+                .bytes()
+                .await
+                .map_err(|e| self.op_err("get_range", key, e))?;
             self.fetched("get_range", b.len());
             Ok(b)
         })
@@ -468,7 +487,9 @@ impl Bucket {
                 .map_err(|e| self.local_err(path, e))?
                 .len();
             if !self.multipart || len <= self.part_size {
-                let data = tokio::fs::read(path).await.map_err(|e| self.local_err(path, e))?;
+                let data = tokio::fs::read(path)
+                    .await
+                    .map_err(|e| self.local_err(path, e))?;
                 let n = data.len() as u64;
                 self.store
                     .put(&p, Bytes::from(data).into())
@@ -508,7 +529,9 @@ impl Bucket {
                 w.write(&buf[..read]);
                 n += read as u64;
             }
-            w.finish().await.map_err(|e| self.op_err("upload", key, e))?;
+            w.finish()
+                .await
+                .map_err(|e| self.op_err("upload", key, e))?;
             self.uploaded();
             Ok(n)
         })
@@ -519,7 +542,11 @@ impl Bucket {
     pub async fn download_file(&self, key: &str, dst: &Path) -> Result<u64, BucketError> {
         self.observe("get", async {
             let p = self.path(key)?;
-            let r = self.store.get(&p).await.map_err(|e| self.op_err("get", key, e))?;
+            let r = self
+                .store
+                .get(&p)
+                .await
+                .map_err(|e| self.op_err("get", key, e))?;
             let mut f = tokio::fs::File::create(dst)
                 .await
                 .map_err(|e| self.local_err(dst, e))?;
@@ -527,7 +554,9 @@ impl Bucket {
             let mut n = 0u64;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| self.op_err("get", key, e))?;
-                f.write_all(&chunk).await.map_err(|e| self.local_err(dst, e))?;
+                f.write_all(&chunk)
+                    .await
+                    .map_err(|e| self.local_err(dst, e))?;
                 n += chunk.len() as u64;
             }
             f.sync_all().await.map_err(|e| self.local_err(dst, e))?;
@@ -631,7 +660,9 @@ fn retry(max_retries: usize) -> RetryConfig {
 /// connecting.
 fn client_options(kind: &'static str, h: &HttpConfig) -> Result<ClientOptions, BucketError> {
     let mut o = ClientOptions::new()
-        .with_timeout(HttpConfig::duration(&h.response_header_timeout).unwrap_or(Duration::from_secs(120)))
+        .with_timeout(
+            HttpConfig::duration(&h.response_header_timeout).unwrap_or(Duration::from_secs(120)),
+        )
         .with_connect_timeout(
             HttpConfig::duration(&h.tls_handshake_timeout).unwrap_or(Duration::from_secs(10)),
         )
@@ -647,14 +678,19 @@ fn client_options(kind: &'static str, h: &HttpConfig) -> Result<ClientOptions, B
     if !h.tls_config.ca_file.is_empty() {
         let pem = std::fs::read(&h.tls_config.ca_file).map_err(|e| BucketError::Setup {
             kind,
-            reason: format!("reading http_config.tls_config.ca_file {}: {e}", h.tls_config.ca_file),
+            reason: format!(
+                "reading http_config.tls_config.ca_file {}: {e}",
+                h.tls_config.ca_file
+            ),
         })?;
-        let certs = object_store::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            BucketError::Setup {
+        let certs =
+            object_store::Certificate::from_pem_bundle(&pem).map_err(|e| BucketError::Setup {
                 kind,
-                reason: format!("http_config.tls_config.ca_file {}: {e}", h.tls_config.ca_file),
-            }
-        })?;
+                reason: format!(
+                    "http_config.tls_config.ca_file {}: {e}",
+                    h.tls_config.ca_file
+                ),
+            })?;
         for c in certs {
             o = o.with_root_certificate(c);
         }
@@ -676,7 +712,9 @@ mod tests {
     async fn filesystem_bucket_is_a_plain_directory_tree() {
         let dir = tempfile::tempdir().unwrap();
         let b = fs_bucket(dir.path(), DEFAULT_PART_SIZE);
-        b.put("01ABC/meta.json", Bytes::from_static(b"{}")).await.unwrap();
+        b.put("01ABC/meta.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
         b.put("01ABC/chunks/000001", Bytes::from_static(b"0123456789"))
             .await
             .unwrap();
@@ -688,7 +726,9 @@ mod tests {
         assert!(!b.exists("01ABC/index").await.unwrap());
         assert_eq!(b.attributes("01ABC/chunks/000001").await.unwrap().size, 10);
         assert_eq!(
-            b.get_range("01ABC/chunks/000001", 3, Some(4)).await.unwrap(),
+            b.get_range("01ABC/chunks/000001", 3, Some(4))
+                .await
+                .unwrap(),
             Bytes::from_static(b"3456")
         );
         assert_eq!(
@@ -720,7 +760,10 @@ mod tests {
         assert_eq!(b.upload_file("x/big", &f).await.unwrap(), data.len() as u64);
         assert_eq!(std::fs::read(dir.path().join("x/big")).unwrap(), data);
         let back = src.path().join("back");
-        assert_eq!(b.download_file("x/big", &back).await.unwrap(), data.len() as u64);
+        assert_eq!(
+            b.download_file("x/big", &back).await.unwrap(),
+            data.len() as u64
+        );
         assert_eq!(std::fs::read(&back).unwrap(), data);
         let e = b
             .upload_file("x/missing", &src.path().join("missing"))
@@ -748,14 +791,23 @@ mod tests {
             "{text}"
         );
         // A missing object is an expected answer, not a failure.
-        assert!(!text.contains("thanos_objstore_bucket_operation_failures_total{"), "{text}");
+        assert!(
+            !text.contains("thanos_objstore_bucket_operation_failures_total{"),
+            "{text}"
+        );
         assert!(text.contains("thanos_objstore_bucket_operation_duration_seconds_bucket"));
     }
 
     #[test]
     fn aws_regions_from_endpoints() {
-        assert_eq!(region_from_endpoint("s3.eu-west-1.amazonaws.com"), Some("eu-west-1"));
-        assert_eq!(region_from_endpoint("s3-us-west-2.amazonaws.com"), Some("us-west-2"));
+        assert_eq!(
+            region_from_endpoint("s3.eu-west-1.amazonaws.com"),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            region_from_endpoint("s3-us-west-2.amazonaws.com"),
+            Some("us-west-2")
+        );
         assert_eq!(region_from_endpoint("s3.amazonaws.com"), None);
         assert_eq!(region_from_endpoint("127.0.0.1:9000"), None);
     }

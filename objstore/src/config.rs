@@ -50,7 +50,9 @@ pub enum ConfigError {
         key: &'static str,
         hint: &'static str,
     },
-    #[error("objstore config ({kind}): `config.{key}`: invalid duration {value:?} (e.g. 90s, 1m30s)")]
+    #[error(
+        "objstore config ({kind}): `config.{key}`: invalid duration {value:?} (e.g. 90s, 1m30s)"
+    )]
     Duration {
         kind: &'static str,
         key: &'static str,
@@ -424,7 +426,10 @@ fn check_http(kind: &'static str, h: &HttpConfig) -> Result<(), ConfigError> {
             "http_config.response_header_timeout",
             &h.response_header_timeout,
         ),
-        ("http_config.tls_handshake_timeout", &h.tls_handshake_timeout),
+        (
+            "http_config.tls_handshake_timeout",
+            &h.tls_handshake_timeout,
+        ),
         (
             "http_config.expect_continue_timeout",
             &h.expect_continue_timeout,
@@ -557,7 +562,8 @@ prefix: /tenant-a/
             "type: S3\nconfig:\n  bucket: b\n  endpoint: e\n  http_config:\n    idle_conn_timeout: soon\n",
         );
         assert!(msg.contains("http_config.idle_conn_timeout"), "{msg}");
-        let msg = e("type: S3\nconfig:\n  bucket: b\n  endpoint: e\n  http_config:\n    idle: 1s\n");
+        let msg =
+            e("type: S3\nconfig:\n  bucket: b\n  endpoint: e\n  http_config:\n    idle: 1s\n");
         assert!(msg.contains("idle"), "{msg}");
         let msg = e("type: SWIFT\nconfig: {}\n");
         assert!(msg.contains("SWIFT"), "{msg}");
@@ -575,7 +581,8 @@ prefix: /tenant-a/
 
     #[test]
     fn filesystem_gcs_azure_and_flags() {
-        let c = BucketConfig::parse("type: FILESYSTEM\nconfig:\n  directory: /data/bucket\n").unwrap();
+        let c =
+            BucketConfig::parse("type: FILESYSTEM\nconfig:\n  directory: /data/bucket\n").unwrap();
         assert_eq!(c, BucketConfig::filesystem(Path::new("/data/bucket")));
         let c = BucketConfig::parse("type: gcs\nconfig:\n  bucket: b\n").unwrap();
         assert_eq!(c.provider.kind(), "GCS");

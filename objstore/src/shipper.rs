@@ -170,7 +170,10 @@ impl Shipper {
 
     /// Blocks known to be in the bucket.
     pub fn uploaded(&self) -> BTreeSet<Ulid> {
-        self.uploaded.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.uploaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// For the TSDB's retention: holds every shippable block not known to be uploaded.
@@ -335,8 +338,7 @@ fn read_state(dir: &Path) -> Result<Option<BTreeSet<Ulid>>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", p.display())),
     };
-    let s: StateFile =
-        serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", p.display()))?;
+    let s: StateFile = serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", p.display()))?;
     if s.version != 1 {
         return Err(format!("{}: unexpected version {}", p.display(), s.version));
     }
@@ -391,8 +393,7 @@ mod tests {
         assert_eq!(r.uploaded, vec![older.ulid, newer.ulid]);
         assert!(!hold.holds(&older) && !hold.holds(&newer));
         let state: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(tsdb.path().join(STATE_FILE)).unwrap())
-                .unwrap();
+            serde_json::from_slice(&std::fs::read(tsdb.path().join(STATE_FILE)).unwrap()).unwrap();
         assert_eq!(state["version"], 1);
         assert_eq!(state["uploaded"].as_array().unwrap().len(), 2);
         // A second pass does nothing.
@@ -429,7 +430,13 @@ mod tests {
         assert_eq!(s.metrics().unshipped_blocks.get(), 2);
         assert!(s.metrics().oldest_unshipped_age.get() > 0.0);
         assert!(s.retention_hold().holds(&first) && s.retention_hold().holds(&second));
-        assert!(!bdir.path().join(first.ulid.to_string()).join("meta.json").exists());
+        assert!(
+            !bdir
+                .path()
+                .join(first.ulid.to_string())
+                .join("meta.json")
+                .exists()
+        );
         std::fs::write(&idx, saved).unwrap();
         let r = s.sync().await.unwrap();
         assert_eq!(r.uploaded, vec![first.ulid, second.ulid]);

@@ -107,7 +107,11 @@ pub struct ReceiveArgs {
     /// `config: {...}`, `prefix`), in a file. With a bucket every tenant's blocks are
     /// uploaded in Thanos's layout (`<ULID>/chunks/…`, `index`, then `meta.json`), oldest
     /// first, and a block is never deleted by --tsdb.retention before it is uploaded.
-    #[arg(long = "objstore.config-file", value_name = "PATH", conflicts_with = "objstore_config")]
+    #[arg(
+        long = "objstore.config-file",
+        value_name = "PATH",
+        conflicts_with = "objstore_config"
+    )]
     pub objstore_config_file: Option<PathBuf>,
 
     /// The objstore YAML itself, instead of --objstore.config-file.

@@ -438,8 +438,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bdir = tempfile::tempdir().unwrap();
         let bucket =
-            objstore::Bucket::new(&objstore::BucketConfig::filesystem(bdir.path()), None)
-                .unwrap();
+            objstore::Bucket::new(&objstore::BucketConfig::filesystem(bdir.path()), None).unwrap();
         let cfg = MultiTsdbConfig {
             dir: dir.path().to_path_buf(),
             external_labels: Labels::from_pairs([("replica", "0")]).unwrap(),
@@ -473,8 +472,18 @@ mod tests {
         // Uploaded now: the next maintenance's retention may delete them locally.
         m.maintain();
         let left = tsdb::block::list_blocks(&dir.path().join("acme")).unwrap();
-        assert!(left.len() < local.len(), "{} of {}", left.len(), local.len());
-        assert!(dir.path().join("acme").join(objstore::shipper::STATE_FILE).is_file());
+        assert!(
+            left.len() < local.len(),
+            "{} of {}",
+            left.len(),
+            local.len()
+        );
+        assert!(
+            dir.path()
+                .join("acme")
+                .join(objstore::shipper::STATE_FILE)
+                .is_file()
+        );
     }
 
     /// A tenant directory whose WAL Orrery did not write stops the start before any

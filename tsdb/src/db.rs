@@ -97,7 +97,9 @@ pub struct Options {
 /// elsewhere (the receiver's shipper) plugs its "not uploaded yet" test in here, so a
 /// block is never lost because the bucket was down longer than the retention.
 #[derive(Clone, Default)]
-pub struct RetentionHold(Option<Arc<dyn Fn(&block::BlockMeta) -> bool + Send + Sync>>);
+pub struct RetentionHold(Option<Arc<HoldFn>>);
+
+type HoldFn = dyn Fn(&block::BlockMeta) -> bool + Send + Sync;
 
 impl RetentionHold {
     /// No block is held.

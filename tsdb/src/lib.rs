@@ -36,8 +36,7 @@ pub mod wal;
 pub use chunk::{Chunk, ChunkError, Encoding, XorChunk, XorIterator};
 pub use db::{
     AppendOutcome, Appender, Clock, Db, DbError, Options, Querier, Rejection, RetentionHold,
-    SeriesChunks,
-    samples_in_range,
+    SeriesChunks, samples_in_range,
 };
 pub use metrics::{Metrics, RejectReason};
 pub use postings::SeriesRef;

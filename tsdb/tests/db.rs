@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use storeapi::{Labels, MatchOp, Matcher, STALE_NAN_BITS, Sample};
