@@ -645,3 +645,45 @@ fn filesystem_bucket_is_thanos_layout_on_disk() {
         }
     }
 }
+
+/// SIGTERM with a bucket: the head is cut into blocks and shipped before the process
+/// exits, so samples that never reached a block are in the bucket too.
+#[test]
+fn sigterm_cuts_the_head_and_ships_it_before_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = MotoServer::start(dir.path());
+    moto.create_bucket(BUCKET);
+    let gate = S3Gate::start(&moto.addr());
+    let data = dir.path().join("data");
+    let mut recv = start_receiver(
+        &data,
+        &dir.path().join("receive.log"),
+        &s3_config(&gate),
+        "0",
+    );
+    // 90 s of data: not enough for maintenance to cut a block (1.5 block durations).
+    write_steps(&recv, 0, 6);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(complete(&moto).is_empty(), "no block before the SIGTERM");
+    let st = recv
+        .proc
+        .terminate(Duration::from_secs(60))
+        .expect("exits on SIGTERM");
+    assert!(st.success(), "{st:?}; log:\n{}", recv.proc.log_text());
+    let done = complete(&moto);
+    assert!(
+        !done.is_empty(),
+        "head not shipped at shutdown; log:\n{}",
+        recv.proc.log_text()
+    );
+    let samples: u64 = done
+        .iter()
+        .map(|u| {
+            json(&moto.get(BUCKET, &format!("{u}/meta.json")))["stats"]["numSamples"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(samples, 18, "3 series × 6 samples in the bucket");
+    assert_meta_last(&gate);
+}

@@ -123,6 +123,11 @@ pub struct ReceiveArgs {
     #[arg(long = "shipper.interval", default_value = "30s", value_parser = parse_duration, hide = true)]
     pub shipper_interval: Duration,
 
+    /// At SIGTERM, with a bucket, the head is cut into blocks and shipped before exit
+    /// (as Thanos Receive does); this bounds how long that upload may take.
+    #[arg(long = "shipper.shutdown-timeout", default_value = "1m", value_parser = parse_duration)]
+    pub shipper_shutdown_timeout: Duration,
+
     #[command(flatten)]
     pub hashring: HashringArgs,
 }

@@ -320,6 +320,21 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
     let _ = maintenance.await;
     if let Some(s) = shipper {
         let _ = s.await;
+        // Thanos Receive at shutdown: cut the head into blocks and ship them, within
+        // --shipper.shutdown-timeout (/-/ready is already false). Whatever does not make
+        // it stays on disk (WAL and blocks) and ships at the next start.
+        let m = mt.clone();
+        match tokio::task::spawn_blocking(move || m.flush_all()).await {
+            Ok(cut) => tracing::info!(blocks = cut, "head cut into blocks for the final upload"),
+            Err(e) => tracing::error!(error = %e, "cutting the head at shutdown failed"),
+        }
+        let timeout = args.shipper_shutdown_timeout;
+        if tokio::time::timeout(timeout, mt.ship()).await.is_err() {
+            tracing::warn!(
+                timeout_s = timeout.as_secs(),
+                "final upload did not finish within --shipper.shutdown-timeout; the rest ships at the next start"
+            );
+        }
     }
     let m = mt.clone();
     tokio::task::spawn_blocking(move || m.close())

@@ -314,6 +314,26 @@ impl MultiTsdb {
         cut
     }
 
+    /// Cuts every tenant's whole head into blocks (shutdown with a bucket: what is not
+    /// in a block would otherwise stay on this disk only). Errors are logged.
+    pub fn flush_all(&self) -> usize {
+        let mut cut = 0;
+        for t in self.tenants() {
+            match t.db.flush() {
+                Ok(blocks) => {
+                    for b in blocks {
+                        cut += 1;
+                        tracing::info!(tenant = %t.name, ulid = %b.ulid, min_time = b.min_time, max_time = b.max_time, "cut block from the head at shutdown");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(tenant = %t.name, error = %e, "cutting the head at shutdown failed")
+                }
+            }
+        }
+        cut
+    }
+
     /// One shipping pass per tenant (async network I/O; local reads on blocking
     /// threads): never on the ingest path, and a failing bucket only delays uploads.
     /// Failures are logged by the shipper and retried on the next pass.
