@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test. Installs what the tests need when missing (the reference
 # Prometheus 3.5.3 + promtool into .cache/, Prometheus 3.5.3's PromQL test scripts into
-# .cache/promql-testdata/, Debian's chromium for the UI test),
+# .cache/promql-testdata/, moto's S3 server into .cache/moto/ for the object-storage
+# tests, Debian's chromium for the UI test),
 # builds the orrery binary the end-to-end tests start, then runs the whole
 # workspace's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-prometheus.sh
+bash scripts/install-s3-server.sh
 if ! bash scripts/install-promql-testdata.sh; then
   # The conformance runner then falls back to ../shared/promql-testdata when it exists
   # (and says so), or fails naming the command to run.

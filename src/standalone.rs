@@ -30,6 +30,25 @@ pub struct StandaloneArgs {
     /// Samples more than this ahead of the clock are refused (0 = off); as `receive`.
     #[arg(long = "tsdb.too-far-in-future.time-window", default_value = "10m")]
     pub too_far_in_future: String,
+    /// Bucket for the blocks (Thanos objstore YAML) in a file. Default: a FILESYSTEM
+    /// bucket in `<tsdb.path>-bucket/` (beside the data dir, whose subdirectories are
+    /// tenants), so history outlives --tsdb.retention out of the box.
+    #[arg(
+        long = "objstore.config-file",
+        value_name = "PATH",
+        conflicts_with = "objstore_config"
+    )]
+    pub objstore_config_file: Option<String>,
+    /// The objstore YAML itself, instead of --objstore.config-file.
+    #[arg(long = "objstore.config", value_name = "YAML")]
+    pub objstore_config: Option<String>,
+}
+
+/// The default bucket: a FILESYSTEM bucket beside the data dir. Not inside it: every
+/// directory in `--tsdb.path` is a tenant.
+fn default_bucket_dir(tsdb_path: &str) -> String {
+    let p = tsdb_path.trim_end_matches('/');
+    format!("{}-bucket", if p.is_empty() { "." } else { p })
 }
 
 #[derive(Parser)]
@@ -62,6 +81,15 @@ fn component_args(
         ),
     ];
     r.extend(a.labels.iter().map(|l| format!("--label={l}")));
+    match (&a.objstore_config_file, &a.objstore_config) {
+        (Some(f), _) => r.push(format!("--objstore.config-file={f}")),
+        (None, Some(c)) => r.push(format!("--objstore.config={c}")),
+        (None, None) => r.push(format!(
+            "--objstore.config=type: FILESYSTEM\nconfig:\n  directory: {}\n",
+            // A JSON string is a YAML double-quoted scalar: any path stays one value.
+            serde_json::Value::from(default_bucket_dir(&a.tsdb_path))
+        )),
+    }
     let receive = ReceiveCli::try_parse_from(r)?.args;
     let query = QueryCli::try_parse_from([
         "query".to_string(),
@@ -109,6 +137,8 @@ mod tests {
             labels: vec![r#"receive_replica="0""#.into()],
             retention: "15d".into(),
             too_far_in_future: "10m".into(),
+            objstore_config_file: None,
+            objstore_config: None,
         };
         let (r, q) = component_args(&a).unwrap();
         assert_eq!(r.grpc_address.to_string(), "127.0.0.1:10901");
@@ -119,6 +149,23 @@ mod tests {
         assert_eq!(q.http_address, "0.0.0.0:10902");
         assert!(q.grpc_address.is_empty());
         assert!(remote_write_snippet(&a.remote_write_address).contains(":19291/api/v1/receive"));
+        // The default bucket: FILESYSTEM beside the data dir.
+        let cfg = objstore::BucketConfig::from_flags(None, r.objstore_config.as_deref())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            cfg,
+            objstore::BucketConfig::filesystem(std::path::Path::new("./data-bucket"))
+        );
+        let (r, _) = component_args(&StandaloneArgs {
+            objstore_config: Some("type: S3\nconfig: {bucket: b, endpoint: e}".into()),
+            ..a.clone()
+        })
+        .unwrap();
+        let cfg = objstore::BucketConfig::from_flags(None, r.objstore_config.as_deref())
+            .unwrap()
+            .unwrap();
+        assert_eq!(cfg.provider.kind(), "S3");
     }
 
     #[test]
@@ -132,6 +179,8 @@ mod tests {
             labels: vec!["no-quotes".into()],
             retention: "15d".into(),
             too_far_in_future: "10m".into(),
+            objstore_config_file: None,
+            objstore_config: None,
         };
         assert!(component_args(&a).is_err());
     }

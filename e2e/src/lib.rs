@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod promqlcmp;
+pub mod s3;
 
 /// The workspace root (where the README's commands run).
 pub fn workspace_root() -> PathBuf {

@@ -103,6 +103,31 @@ pub struct ReceiveArgs {
     #[arg(long = "tsdb.maintenance-interval", default_value = "1m", value_parser = parse_duration, hide = true)]
     pub maintenance_interval: Duration,
 
+    /// Object storage for the blocks (Thanos's objstore YAML: `type: S3|GCS|AZURE|FILESYSTEM`,
+    /// `config: {...}`, `prefix`), in a file. With a bucket every tenant's blocks are
+    /// uploaded in Thanos's layout (`<ULID>/chunks/…`, `index`, then `meta.json`), oldest
+    /// first, and a block is never deleted by --tsdb.retention before it is uploaded.
+    #[arg(
+        long = "objstore.config-file",
+        value_name = "PATH",
+        conflicts_with = "objstore_config"
+    )]
+    pub objstore_config_file: Option<PathBuf>,
+
+    /// The objstore YAML itself, instead of --objstore.config-file.
+    #[arg(long = "objstore.config", value_name = "YAML")]
+    pub objstore_config: Option<String>,
+
+    /// How often each tenant's new blocks are uploaded; a pass also starts right after
+    /// blocks are cut. A failed upload is retried on the next pass.
+    #[arg(long = "shipper.interval", default_value = "30s", value_parser = parse_duration, hide = true)]
+    pub shipper_interval: Duration,
+
+    /// At SIGTERM, with a bucket, the head is cut into blocks and shipped before exit
+    /// (as Thanos Receive does); this bounds how long that upload may take.
+    #[arg(long = "shipper.shutdown-timeout", default_value = "1m", value_parser = parse_duration)]
+    pub shipper_shutdown_timeout: Duration,
+
     #[command(flatten)]
     pub hashring: HashringArgs,
 }

@@ -7,6 +7,8 @@
 //! - [`store`]: `thanos.Store` and `thanos.info.Info` over the tenants.
 //! - [`limits`]: Thanos's limits YAML.
 //! - [`hashring`], [`replicate`]: distribution over several receivers (issue 6).
+//! - Shipping: with `--objstore.config[-file]` each tenant's blocks go to the bucket
+//!   through `objstore::Shipper` (see [`multitsdb::MultiTsdb::ship`]).
 
 pub mod args;
 pub mod frames;
@@ -117,6 +119,26 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         "starting receiver"
     );
 
+    let bucket = match objstore::BucketConfig::from_flags(
+        args.objstore_config_file.as_deref(),
+        args.objstore_config.as_deref(),
+    )
+    .context("invalid --objstore.config / --objstore.config-file")?
+    {
+        Some(cfg) => {
+            let mut r = registry.lock().unwrap_or_else(|e| e.into_inner());
+            let b = objstore::Bucket::new(&cfg, Some(&mut r))
+                .context("setting up the bucket from --objstore.config")?;
+            tracing::info!(kind = cfg.provider.kind(), bucket = b.name(), prefix = %cfg.prefix,
+                "blocks will be uploaded to object storage");
+            Some(b)
+        }
+        None => {
+            tracing::info!("no --objstore.config: blocks stay on local disk only");
+            None
+        }
+    };
+    let shipping = bucket.is_some();
     let cfg = MultiTsdbConfig {
         dir: args.tsdb_path.clone(),
         external_labels,
@@ -130,6 +152,7 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         },
         max_tenants: args.max_tenants,
         too_far_in_future: (!args.too_far_in_future.is_zero()).then_some(args.too_far_in_future),
+        bucket,
     };
     // The ops server answers /-/healthy (and /-/ready = 503) during WAL replay; the other
     // servers start once the TSDBs are open.
@@ -236,6 +259,8 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
     let mt_maint = mt.clone();
     let interval = args.maintenance_interval.max(Duration::from_millis(100));
     let mut maint_stop = stop_rx.clone();
+    let ship_now = Arc::new(tokio::sync::Notify::new());
+    let ship_now_maint = ship_now.clone();
     let maintenance = tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -245,10 +270,36 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
                 _ = maint_stop.wait_for(|s| *s) => return,
             }
             let m = mt_maint.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || m.maintain()).await {
-                tracing::error!(error = %e, "maintenance task failed");
+            match tokio::task::spawn_blocking(move || m.maintain()).await {
+                Ok(cut) if cut > 0 => ship_now_maint.notify_one(),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "maintenance task failed"),
             }
         }
+    });
+    // Shipping in its own task: a slow or unreachable bucket never delays compaction,
+    // retention or ingestion. A pass runs at start, every --shipper.interval and right
+    // after blocks are cut; an in-flight pass is abandoned at shutdown (its block has no
+    // meta.json in the bucket yet, so the next start uploads it again, whole).
+    let shipper = shipping.then(|| {
+        let mt_ship = mt.clone();
+        let every = args.shipper_interval.max(Duration::from_millis(100));
+        let mut ship_stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = ship_now.notified() => {}
+                    _ = ship_stop.wait_for(|s| *s) => return,
+                }
+                tokio::select! {
+                    _ = mt_ship.ship() => {}
+                    _ = ship_stop.wait_for(|s| *s) => return,
+                }
+            }
+        })
     });
 
     shutdown_signal().await;
@@ -267,6 +318,24 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         Err(e) => tracing::error!(error = %e, "gRPC server task failed"),
     }
     let _ = maintenance.await;
+    if let Some(s) = shipper {
+        let _ = s.await;
+        // Thanos Receive at shutdown: cut the head into blocks and ship them, within
+        // --shipper.shutdown-timeout (/-/ready is already false). Whatever does not make
+        // it stays on disk (WAL and blocks) and ships at the next start.
+        let m = mt.clone();
+        match tokio::task::spawn_blocking(move || m.flush_all()).await {
+            Ok(cut) => tracing::info!(blocks = cut, "head cut into blocks for the final upload"),
+            Err(e) => tracing::error!(error = %e, "cutting the head at shutdown failed"),
+        }
+        let timeout = args.shipper_shutdown_timeout;
+        if tokio::time::timeout(timeout, mt.ship()).await.is_err() {
+            tracing::warn!(
+                timeout_s = timeout.as_secs(),
+                "final upload did not finish within --shipper.shutdown-timeout; the rest ships at the next start"
+            );
+        }
+    }
     let m = mt.clone();
     tokio::task::spawn_blocking(move || m.close())
         .await

@@ -82,7 +82,13 @@ pub struct MultiTsdbConfig {
     pub max_tenants: usize,
     /// Samples more than this ahead of the receiver's clock are refused (`None`: off).
     pub too_far_in_future: Option<Duration>,
+    /// Where blocks are shipped (`None`: nowhere; they live on local disk only).
+    pub bucket: Option<objstore::Bucket>,
 }
+
+/// How long one tenant's shipping pass may take before it is abandoned (Thanos: 10m);
+/// the next pass starts over.
+pub const SHIP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// One tenant's TSDB with its external labels.
 #[derive(Debug)]
@@ -91,6 +97,8 @@ pub struct Tenant {
     pub db: Db,
     /// `--label`s ∪ `{tenant_label_name=name}`, sorted.
     pub external_labels: Labels,
+    /// Uploads this tenant's blocks (with a bucket configured).
+    pub shipper: Option<Arc<objstore::Shipper>>,
 }
 
 /// All tenants.
@@ -183,31 +191,51 @@ impl MultiTsdb {
             .iter()
             .map(|l| (l.name.to_string(), l.value.to_string()))
             .collect();
-        let opts = Options {
-            block_duration: self.cfg.block_duration,
-            retention: self.cfg.retention,
-            wal_sync: self.cfg.wal_sync,
-            external_labels: Some(ext),
-            thanos_source: "receive".into(),
-            too_far_in_future: self.cfg.too_far_in_future,
-            ..Options::default()
-        };
         let dir = self.cfg.dir.join(tenant);
-        let db = {
+        let (db, shipper) = {
             let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-            let sub = reg.sub_registry_with_label((
-                std::borrow::Cow::Borrowed("tenant"),
-                std::borrow::Cow::Owned(tenant.to_string()),
-            ));
-            Db::open(&dir, opts, Some(sub)).map_err(|source| MultiTsdbError::Db {
+            let tenant_label = || {
+                (
+                    std::borrow::Cow::Borrowed("tenant"),
+                    std::borrow::Cow::Owned(tenant.to_string()),
+                )
+            };
+            // The shipper first: its "not uploaded yet" set holds blocks back from the
+            // retention the TSDB may apply while opening.
+            let shipper = self.cfg.bucket.as_ref().map(|b| {
+                Arc::new(objstore::Shipper::new(
+                    b.clone(),
+                    &dir,
+                    ext.clone(),
+                    "receive",
+                    Some(reg.sub_registry_with_label(tenant_label())),
+                ))
+            });
+            let opts = Options {
+                block_duration: self.cfg.block_duration,
+                retention: self.cfg.retention,
+                wal_sync: self.cfg.wal_sync,
+                external_labels: Some(ext),
+                thanos_source: "receive".into(),
+                too_far_in_future: self.cfg.too_far_in_future,
+                retention_hold: shipper
+                    .as_ref()
+                    .map(|s| s.retention_hold())
+                    .unwrap_or_default(),
+                ..Options::default()
+            };
+            let sub = reg.sub_registry_with_label(tenant_label());
+            let db = Db::open(&dir, opts, Some(sub)).map_err(|source| MultiTsdbError::Db {
                 tenant: tenant.to_string(),
                 source,
-            })?
+            })?;
+            (db, shipper)
         };
         let t = Arc::new(Tenant {
             name: tenant.to_string(),
             db,
             external_labels,
+            shipper,
         });
         self.tenants
             .write()
@@ -269,7 +297,9 @@ impl MultiTsdb {
     }
 
     /// Compaction and retention for every tenant (blocking I/O). Errors are logged.
-    pub fn maintain(&self) {
+    /// Returns how many blocks were cut (a reason to ship now).
+    pub fn maintain(&self) -> usize {
+        let mut cut = 0;
         for t in self.tenants() {
             if let Err(e) = t.db.retry_wal() {
                 tracing::warn!(tenant = %t.name, error = %e, "WAL writes still failing");
@@ -277,10 +307,49 @@ impl MultiTsdb {
             match t.db.compact() {
                 Ok(blocks) => {
                     for b in blocks {
+                        cut += 1;
                         tracing::info!(tenant = %t.name, ulid = %b.ulid, min_time = b.min_time, max_time = b.max_time, "cut block");
                     }
                 }
                 Err(e) => tracing::error!(tenant = %t.name, error = %e, "compaction failed"),
+            }
+        }
+        cut
+    }
+
+    /// Cuts every tenant's whole head into blocks (shutdown with a bucket: what is not
+    /// in a block would otherwise stay on this disk only). Errors are logged.
+    pub fn flush_all(&self) -> usize {
+        let mut cut = 0;
+        for t in self.tenants() {
+            match t.db.flush() {
+                Ok(blocks) => {
+                    for b in blocks {
+                        cut += 1;
+                        tracing::info!(tenant = %t.name, ulid = %b.ulid, min_time = b.min_time, max_time = b.max_time, "cut block from the head at shutdown");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(tenant = %t.name, error = %e, "cutting the head at shutdown failed")
+                }
+            }
+        }
+        cut
+    }
+
+    /// One shipping pass per tenant (async network I/O; local reads on blocking
+    /// threads): never on the ingest path, and a failing bucket only delays uploads.
+    /// Failures are logged by the shipper and retried on the next pass.
+    pub async fn ship(&self) {
+        for t in self.tenants() {
+            let Some(s) = &t.shipper else { continue };
+            match tokio::time::timeout(SHIP_TIMEOUT, s.sync()).await {
+                Ok(Ok(r)) if !r.uploaded.is_empty() || r.found_in_bucket > 0 => {
+                    tracing::debug!(tenant = %t.name, uploaded = r.uploaded.len(), found_in_bucket = r.found_in_bucket, "shipping pass done")
+                }
+                Ok(_) => {}
+                Err(_) => tracing::warn!(tenant = %t.name, timeout_s = SHIP_TIMEOUT.as_secs(),
+                    "shipping pass timed out; the next pass starts over"),
             }
         }
     }
@@ -367,6 +436,7 @@ mod tests {
             wal_sync: SyncPolicy::Always,
             max_tenants: 2,
             too_far_in_future: None,
+            bucket: None,
         };
         let reg = Arc::new(Mutex::new(Registry::default()));
         {
@@ -392,6 +462,61 @@ mod tests {
         assert_eq!(m.get("acme").unwrap().db.head_series(), 1);
     }
 
+    /// With a bucket, cut blocks are held from retention until the shipper has
+    /// uploaded them (with the tenant's external labels), then retention may delete them.
+    #[tokio::test]
+    async fn blocks_are_held_until_shipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let bdir = tempfile::tempdir().unwrap();
+        let bucket =
+            objstore::Bucket::new(&objstore::BucketConfig::filesystem(bdir.path()), None).unwrap();
+        let cfg = MultiTsdbConfig {
+            dir: dir.path().to_path_buf(),
+            external_labels: Labels::from_pairs([("replica", "0")]).unwrap(),
+            tenant_label_name: "tenant_id".into(),
+            block_duration: Duration::from_secs(3600),
+            retention: Duration::from_millis(1),
+            wal_sync: SyncPolicy::Never,
+            max_tenants: 10,
+            too_far_in_future: None,
+            bucket: Some(bucket),
+        };
+        let m = MultiTsdb::open(cfg, Arc::new(Mutex::new(Registry::default()))).unwrap();
+        let t = m.get_or_create("acme").unwrap();
+        let l = Labels::from_pairs([("__name__", "up")]).unwrap();
+        let mut a = t.db.appender();
+        for i in 0..(4 * 60) {
+            a.append_one(&l, i * 60_000, i as f64);
+        }
+        a.commit().unwrap();
+        assert!(m.maintain() >= 2);
+        let local = tsdb::block::list_blocks(&dir.path().join("acme")).unwrap();
+        assert!(local.len() >= 2, "held blocks stay: {}", local.len());
+        m.ship().await;
+        for b in &local {
+            let meta = bdir.path().join(b.meta.ulid.to_string()).join("meta.json");
+            let j: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+            assert_eq!(j["thanos"]["labels"]["tenant_id"], "acme");
+            assert_eq!(j["thanos"]["labels"]["replica"], "0");
+        }
+        // Uploaded now: the next maintenance's retention may delete them locally.
+        m.maintain();
+        let left = tsdb::block::list_blocks(&dir.path().join("acme")).unwrap();
+        assert!(
+            left.len() < local.len(),
+            "{} of {}",
+            left.len(),
+            local.len()
+        );
+        assert!(
+            dir.path()
+                .join("acme")
+                .join(objstore::shipper::STATE_FILE)
+                .is_file()
+        );
+    }
+
     /// A tenant directory whose WAL Orrery did not write stops the start before any
     /// tenant is opened, with every file as it was; `--tsdb.path` pointed straight at a
     /// Prometheus data directory is refused as a layout mistake.
@@ -407,6 +532,7 @@ mod tests {
             wal_sync: SyncPolicy::Always,
             max_tenants: 10,
             too_far_in_future: None,
+            bucket: None,
         };
         std::fs::create_dir_all(dir.path().join("a")).unwrap();
         let wal = dir.path().join("z/wal");

@@ -367,6 +367,7 @@ mod tests {
                 wal_sync: tsdb::SyncPolicy::Never,
                 max_tenants: 10,
                 too_far_in_future: Some(Duration::from_secs(600)),
+                bucket: None,
             },
             Arc::new(Mutex::new(prometheus_client::registry::Registry::default())),
         )

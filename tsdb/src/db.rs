@@ -87,6 +87,45 @@ pub struct Options {
     pub too_far_in_future: Option<Duration>,
     /// The wall clock. Default: the system clock.
     pub clock: Clock,
+    /// Blocks retention must keep even when they are past the retention time (a shipper
+    /// holds the blocks it has not uploaded yet). Default: none held.
+    pub retention_hold: RetentionHold,
+}
+
+/// Decides, for a block past the retention time, whether it must stay on disk anyway.
+/// The storage engine knows nothing of object storage; a caller that ships blocks
+/// elsewhere (the receiver's shipper) plugs its "not uploaded yet" test in here, so a
+/// block is never lost because the bucket was down longer than the retention.
+#[derive(Clone, Default)]
+pub struct RetentionHold(Option<Arc<HoldFn>>);
+
+type HoldFn = dyn Fn(&block::BlockMeta) -> bool + Send + Sync;
+
+impl RetentionHold {
+    /// No block is held.
+    pub fn none() -> RetentionHold {
+        RetentionHold(None)
+    }
+
+    /// Blocks for which `f` returns true are kept.
+    pub fn from_fn(f: impl Fn(&block::BlockMeta) -> bool + Send + Sync + 'static) -> RetentionHold {
+        RetentionHold(Some(Arc::new(f)))
+    }
+
+    /// Whether `meta`'s block must be kept.
+    pub fn holds(&self, meta: &block::BlockMeta) -> bool {
+        self.0.as_ref().is_some_and(|f| f(meta))
+    }
+}
+
+impl std::fmt::Debug for RetentionHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "RetentionHold(fn)"
+        } else {
+            "RetentionHold(none)"
+        })
+    }
 }
 
 /// Milliseconds since the Unix epoch, from the system clock or (tests) a function.
@@ -137,6 +176,7 @@ impl Default for Options {
             thanos_source: "receive".into(),
             too_far_in_future: None,
             clock: Clock::system(),
+            retention_hold: RetentionHold::none(),
         }
     }
 }
@@ -689,9 +729,15 @@ impl Db {
         }
         let doomed: Vec<Arc<Block>> = {
             let mut bl = self.inner.blocks.write().unwrap_or_else(|e| e.into_inner());
-            let (old, keep): (Vec<_>, Vec<_>) = bl
-                .drain(..)
-                .partition(|b| reference.saturating_sub(b.meta().max_time) >= retention);
+            let hold = &self.inner.opts.retention_hold;
+            let (old, keep): (Vec<_>, Vec<_>) = bl.drain(..).partition(|b| {
+                let expired = reference.saturating_sub(b.meta().max_time) >= retention;
+                if expired && hold.holds(b.meta()) {
+                    tracing::debug!(ulid = %b.meta().ulid, "block past retention kept: held (not uploaded yet)");
+                    return false;
+                }
+                expired
+            });
             *bl = keep;
             self.inner.metrics.blocks_loaded.set(bl.len() as i64);
             old

@@ -35,8 +35,8 @@ pub mod wal;
 
 pub use chunk::{Chunk, ChunkError, Encoding, XorChunk, XorIterator};
 pub use db::{
-    AppendOutcome, Appender, Clock, Db, DbError, Options, Querier, Rejection, SeriesChunks,
-    samples_in_range,
+    AppendOutcome, Appender, Clock, Db, DbError, Options, Querier, Rejection, RetentionHold,
+    SeriesChunks, samples_in_range,
 };
 pub use metrics::{Metrics, RejectReason};
 pub use postings::SeriesRef;

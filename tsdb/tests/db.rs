@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use storeapi::{Labels, MatchOp, Matcher, STALE_NAN_BITS, Sample};
@@ -253,9 +255,18 @@ fn compaction_writes_blocks_and_queries_merge_head_and_blocks() {
     drop(db);
     let mut o2 = o.clone();
     o2.retention = Duration::from_millis(4 * H as u64);
+    // A hold (a shipper's "not uploaded yet") keeps the expired block on disk.
+    let held = Arc::new(AtomicBool::new(true));
+    let h = held.clone();
+    o2.retention_hold = tsdb::RetentionHold::from_fn(move |_| h.load(Ordering::SeqCst));
     let db = Db::open(d.path(), o2, None).unwrap();
     let oldest = db.block_metas()[0].ulid.to_string();
+    let n = db.block_metas().len();
     assert!(d.path().join(&oldest).exists());
+    assert_eq!(db.apply_retention().unwrap(), 0);
+    assert!(d.path().join(&oldest).exists());
+    assert_eq!(db.block_metas().len(), n);
+    held.store(false, Ordering::SeqCst);
     assert_eq!(db.apply_retention().unwrap(), 1);
     assert_eq!(db.min_time(), 2 * H);
     assert!(!d.path().join(&oldest).exists());

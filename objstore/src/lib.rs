@@ -1,0 +1,21 @@
+//! Object storage for Orrery, compatible with Thanos's buckets.
+//!
+//! - [`config`]: Thanos's `--objstore.config` YAML (S3, GCS, AZURE, FILESYSTEM; `prefix`).
+//! - [`bucket`]: [`Bucket`], the operations every component needs, on the `object_store`
+//!   crate, with Thanos's `thanos_objstore_bucket_*` metrics.
+//! - [`block`]: uploading a TSDB block in Thanos's layout (`meta.json` last) and
+//!   downloading one.
+//! - [`shipper`]: uploading a TSDB directory's new blocks, oldest first, with
+//!   `thanos.shipper.json` as a cache and a retention hold for blocks not shipped yet.
+//!
+//! The bucket layout is Thanos's: one `<ULID>/` directory per block at the top level
+//! (under `prefix` if set), tenants told apart by the external labels in `meta.json`.
+
+pub mod block;
+pub mod bucket;
+pub mod config;
+pub mod shipper;
+
+pub use bucket::{Bucket, BucketError, BucketMetrics, ObjectAttributes};
+pub use config::{BucketConfig, ConfigError, Provider};
+pub use shipper::{Shipper, ShipperError, SyncReport};
