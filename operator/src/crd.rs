@@ -191,9 +191,12 @@ pub struct ClusterSpec {
     /// A plain Prometheus whose prometheus.yml lives in a ConfigMap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_ref: Option<ConfigMapRef>,
-    /// Kubeconfig for a Prometheus in another Kubernetes cluster.
+    /// Credentials for a Prometheus in another Kubernetes cluster: a Secret in the
+    /// GlobalView's namespace with the keys `server` (https URL), `token` and optionally
+    /// `ca.crt` (PEM). Deliberately not a kubeconfig: a kubeconfig can name exec plugins
+    /// and local files (`tokenFile`), which would run inside, or read from, the operator pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+    pub remote_cluster_secret_ref: Option<RemoteClusterSecretRef>,
     /// Receiver URL as reachable from that Prometheus; the first selected
     /// ReceiveCluster's `status.remoteWriteURL` when unset.
     #[serde(
@@ -234,16 +237,11 @@ fn default_config_key() -> String {
     "prometheus.yml".to_string()
 }
 
+/// A remote-cluster Secret (keys `server`, `token`, `ca.crt`) in the GlobalView's namespace.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct SecretKeyRef {
+pub struct RemoteClusterSecretRef {
     pub name: String,
-    #[serde(default = "default_kubeconfig_key")]
-    pub key: String,
-}
-
-fn default_kubeconfig_key() -> String {
-    "kubeconfig".to_string()
 }
 
 /// Observed state of a GlobalView.
@@ -271,9 +269,10 @@ pub struct ClusterStatus {
     /// Our remote_write entry is present in that Prometheus's configuration.
     #[serde(default)]
     pub remote_write_configured: bool,
-    /// Age of the newest sample of this cluster seen through the querier, e.g. `12s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_sample_age: Option<String>,
+    /// The cluster left the spec (or its target changed) and removing our entry from
+    /// the old target failed; retried on every reconcile and on deletion.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_removal: bool,
     /// `RemoteWriteConfigured`, `DataFlowing`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
@@ -284,7 +283,7 @@ pub struct ClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_ref: Option<ConfigMapRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+    pub remote_cluster_secret_ref: Option<RemoteClusterSecretRef>,
 }
 
 /// All CRDs of the operator, in a stable order.

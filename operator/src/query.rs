@@ -291,7 +291,7 @@ pub(crate) mod tests {
                         namespace: Some("monitoring".into()),
                     }),
                     config_map_ref: None,
-                    kubeconfig_secret_ref: None,
+                    remote_cluster_secret_ref: None,
                     remote_write_url: None,
                     tenant: None,
                 }],
