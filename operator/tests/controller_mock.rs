@@ -250,7 +250,8 @@ async fn receive_cluster_create_applies_children_then_status() {
         json!({}),
     )
     .await;
-    assert_eq!(pdb["spec"]["maxUnavailable"], 0);
+    // RF=1: one receiver may be evicted; 0 would block every node drain (D8).
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
 
     let st = expect(
         &mut api,
@@ -1217,4 +1218,17 @@ async fn global_view_failed_stale_removal_keeps_the_cluster_in_status() {
     assert_eq!(clusters[0]["pendingRemoval"], true);
     assert_eq!(clusters[0]["configMapRef"]["name"], "prometheus");
     reconciler.await.unwrap().unwrap();
+}
+
+/// D19: a ReceiveCluster being deleted is left to the garbage collector: no requests.
+#[tokio::test]
+async fn receive_cluster_being_deleted_makes_no_requests() {
+    let (ctx, mut api, _) = context(None);
+    let mut rc = receive_cluster();
+    rc.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    ));
+    let action = receive::reconcile(Arc::new(rc), ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert!(api.next_request().await.is_none());
 }
