@@ -106,7 +106,7 @@ flowing() {
     | sort == ["batcave", "batcomputer"]' >/dev/null
 }
 retry "$TIMEOUT" flowing
-kubectl -n orrery get globalview global -o jsonpath='{range .status.clusters[*]}{.name}: lastSampleAge={.lastSampleAge}{"\n"}{end}'
+kubectl -n orrery get globalview global -o jsonpath='{range .status.clusters[*].conditions[?(@.type=="DataFlowing")]}{.message}{"\n"}{end}'
 retry "$TIMEOUT" kubectl -n orrery wait globalview/global --for=condition=Ready --timeout=5s
 
 log "operator metrics"

@@ -26,7 +26,10 @@ pub const GROUP: &str = "orrery.dev";
     printcolumn = r#"{"name":"RF","type":"integer","jsonPath":".spec.replicationFactor"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Remote-Write","type":"string","priority":1,"jsonPath":".status.remoteWriteURL"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // `<name>-receive-headless` must be a DNS-1035 label (<= 63) and the StatefulSet name
+    // `<name>-receive` at most 52 (its pods' controller-revision-hash label adds 11).
+    validation = Rule::new("self.metadata.name.size() <= 44 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("name must start with a letter, hold only a-z, 0-9 and '-', and be at most 44 characters (children are named <name>-receive-headless)")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.replicas >= self.replicationFactor").message("replicas must be >= replicationFactor"))]
@@ -53,6 +56,8 @@ pub struct ReceiveClusterSpec {
     pub resources: Option<ResourceRequirements>,
     /// Labels added to every block this cluster writes (`--label`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[a-zA-Z_][a-zA-Z0-9_]*$') && k != 'receive_replica')").message("externalLabels keys must be Prometheus label names ([a-zA-Z_][a-zA-Z0-9_]*) other than receive_replica"))]
+    #[x_kube(validation = Rule::new("self.all(k, !self[k].contains('\\n'))").message("externalLabels values must not contain a newline"))]
     pub external_labels: BTreeMap<String, String>,
     /// How series are spread over the hashring.
     #[serde(default)]
@@ -139,7 +144,9 @@ pub struct ReceiveClusterStatus {
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Clusters","type":"string","jsonPath":".spec.clusters[*].name"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // The querier Service `<name>-query` is a DNS-1035 label.
+    validation = Rule::new("self.metadata.name.size() <= 50 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("name must start with a letter, hold only a-z, 0-9 and '-', and be at most 50 characters")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GlobalViewSpec {
@@ -160,8 +167,10 @@ pub struct GlobalViewSpec {
     pub replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Prometheus servers to wire to the receivers.
+    /// Prometheus servers to wire to the receivers; names are unique (each one is the
+    /// `cluster` label and part of the remote_write entry's name).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub clusters: Vec<ClusterSpec>,
     #[serde(default)]
     pub paused: bool,
@@ -181,6 +190,7 @@ pub struct ReceiveClusterSelector {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.prometheusRef) != has(self.configMapRef)").message("set exactly one of prometheusRef or configMapRef"))]
+#[x_kube(validation = Rule::new("!has(self.remoteClusterSecretRef) || has(self.remoteWriteURL)").message("a cluster in another Kubernetes cluster needs remoteWriteURL (the in-cluster receiver Service name does not resolve there)"))]
 pub struct ClusterSpec {
     /// Cluster name; also the `cluster` label of its series.
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 40))]
@@ -191,9 +201,12 @@ pub struct ClusterSpec {
     /// A plain Prometheus whose prometheus.yml lives in a ConfigMap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_ref: Option<ConfigMapRef>,
-    /// Kubeconfig for a Prometheus in another Kubernetes cluster.
+    /// Credentials for a Prometheus in another Kubernetes cluster: a Secret in the
+    /// GlobalView's namespace with the keys `server` (https URL), `token` and optionally
+    /// `ca.crt` (PEM). Deliberately not a kubeconfig: a kubeconfig can name exec plugins
+    /// and local files (`tokenFile`), which would run inside, or read from, the operator pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+    pub remote_cluster_secret_ref: Option<RemoteClusterSecretRef>,
     /// Receiver URL as reachable from that Prometheus; the first selected
     /// ReceiveCluster's `status.remoteWriteURL` when unset.
     #[serde(
@@ -226,7 +239,11 @@ pub struct ConfigMapRef {
     #[serde(default = "default_config_key")]
     pub key: String,
     /// Where to POST `/-/reload` after the edit, e.g. `http://prometheus.monitoring.svc:9090/-/reload`.
+    /// Only `http://host[:port]/-/reload`: the operator POSTs it from its own pod.
     #[serde(default, rename = "reloadURL", skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^http://[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?/-/reload$"
+    ))]
     pub reload_url: Option<String>,
 }
 
@@ -234,16 +251,11 @@ fn default_config_key() -> String {
     "prometheus.yml".to_string()
 }
 
+/// A remote-cluster Secret (keys `server`, `token`, `ca.crt`) in the GlobalView's namespace.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct SecretKeyRef {
+pub struct RemoteClusterSecretRef {
     pub name: String,
-    #[serde(default = "default_kubeconfig_key")]
-    pub key: String,
-}
-
-fn default_kubeconfig_key() -> String {
-    "kubeconfig".to_string()
 }
 
 /// Observed state of a GlobalView.
@@ -271,9 +283,10 @@ pub struct ClusterStatus {
     /// Our remote_write entry is present in that Prometheus's configuration.
     #[serde(default)]
     pub remote_write_configured: bool,
-    /// Age of the newest sample of this cluster seen through the querier, e.g. `12s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_sample_age: Option<String>,
+    /// The cluster left the spec (or its target changed) and removing our entry from
+    /// the old target failed; retried on every reconcile and on deletion.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_removal: bool,
     /// `RemoteWriteConfigured`, `DataFlowing`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
@@ -284,7 +297,7 @@ pub struct ClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_ref: Option<ConfigMapRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+    pub remote_cluster_secret_ref: Option<RemoteClusterSecretRef>,
 }
 
 /// All CRDs of the operator, in a stable order.

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod probe;
 pub mod query;
 pub mod receive;
+pub mod remote_cluster;
 pub mod remote_write;
 pub mod schema_check;
 pub mod yaml;

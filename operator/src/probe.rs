@@ -11,6 +11,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A boxed future (object-safe async trait methods without extra crates).
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// At most this much of an error answer's body is kept: it ends up in a condition
+/// message, and a large error page must not push the status past etcd's limits.
+pub const MAX_ERROR_BODY: usize = 256;
+
+/// The first [`MAX_ERROR_BODY`] bytes of `body` (on a char boundary), marked when cut.
+pub fn truncate_body(body: &str) -> String {
+    if body.len() <= MAX_ERROR_BODY {
+        return body.to_string();
+    }
+    let mut end = MAX_ERROR_BODY;
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &body[..end], body.len())
+}
+
 /// Errors of a probe call.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -72,7 +88,11 @@ impl Probe for HttpProbe {
             );
             let (status, body) = request(&url, "GET", self.timeout).await?;
             if status != 200 {
-                return Err(ProbeError::Status { url, status, body });
+                return Err(ProbeError::Status {
+                    url,
+                    status,
+                    body: truncate_body(&body),
+                });
             }
             parse_scalar_result(&body).map_err(|detail| ProbeError::Answer { url, detail })
         })
@@ -85,7 +105,7 @@ impl Probe for HttpProbe {
                 return Err(ProbeError::Status {
                     url: url.to_string(),
                     status,
-                    body,
+                    body: truncate_body(&body),
                 });
             }
             Ok(())
@@ -279,5 +299,22 @@ mod tests {
         assert_eq!(age, Some(7.0));
         let req = server.await.unwrap();
         assert!(req.starts_with("GET /api/v1/query?query=time%28%29%20-%20max%28timestamp%28up%7Bcluster%3D%22batcave%22%7D%29%29 HTTP/1.1"), "{req}");
+    }
+
+    /// D20: a huge error page does not end up whole in a condition message.
+    #[test]
+    fn error_bodies_are_truncated() {
+        let page = "é".repeat(300_000);
+        let e = ProbeError::Status {
+            url: "http://p/-/reload".into(),
+            status: 500,
+            body: truncate_body(&page),
+        };
+        assert!(
+            e.to_string().len() < MAX_ERROR_BODY + 100,
+            "{}",
+            e.to_string().len()
+        );
+        assert_eq!(truncate_body("short"), "short");
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SecurityContext, Service, ServicePort, ServiceSpec,
+    Container, ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
+    ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -16,7 +16,7 @@ use kube::{Resource, ResourceExt};
 use crate::crd::{GlobalView, ReceiveCluster};
 use crate::receive::{
     GRPC_PORT, HTTP_PORT, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGER,
-    REPLICA_LABEL, RUN_AS, remote_write_url, store_endpoint,
+    REPLICA_LABEL, remote_write_url, store_endpoint,
 };
 
 pub fn querier_name(gv: &str) -> String {
@@ -191,20 +191,12 @@ pub fn querier_deployment(
                         readiness_probe: Some(probe("/-/ready")),
                         liveness_probe: Some(probe("/-/healthy")),
                         resources: gv.spec.resources.clone(),
-                        security_context: Some(SecurityContext {
-                            allow_privilege_escalation: Some(false),
-                            read_only_root_filesystem: Some(true),
-                            run_as_non_root: Some(true),
-                            ..Default::default()
-                        }),
+                        security_context: Some(
+                            crate::receive::restricted_container_security_context(),
+                        ),
                         ..Default::default()
                     }],
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS),
-                        run_as_group: Some(RUN_AS),
-                        ..Default::default()
-                    }),
+                    security_context: Some(crate::receive::restricted_pod_security_context(false)),
                     ..Default::default()
                 }),
             },
@@ -291,7 +283,7 @@ pub(crate) mod tests {
                         namespace: Some("monitoring".into()),
                     }),
                     config_map_ref: None,
-                    kubeconfig_secret_ref: None,
+                    remote_cluster_secret_ref: None,
                     remote_write_url: None,
                     tenant: None,
                 }],
@@ -434,5 +426,19 @@ pub(crate) mod tests {
             last_sample_age_query("bat\"cave"),
             "time() - max(timestamp(up{cluster=\"bat\\\"cave\"}))"
         );
+    }
+
+    /// D6: querier pods pass Pod Security "restricted" too.
+    #[test]
+    fn querier_pods_are_pod_security_restricted() {
+        let dep = querier_deployment(&gv(), &[], "img");
+        let pod = dep.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.security_context.unwrap().seccomp_profile.unwrap().type_,
+            "RuntimeDefault"
+        );
+        let csc = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(csc.capabilities.unwrap().drop.unwrap(), vec!["ALL"]);
+        assert_eq!(csc.seccomp_profile.unwrap().type_, "RuntimeDefault");
     }
 }

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -154,6 +154,45 @@ fn service_port(name: &str, p: i32) -> ServicePort {
     }
 }
 
+/// Container security context meeting Pod Security "restricted" (non-root, no privilege
+/// escalation, all capabilities dropped, RuntimeDefault seccomp); without it a namespace
+/// enforcing "restricted" refuses the pods and the workload just shows 0 ready.
+pub fn restricted_container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..Default::default()
+    }
+}
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_string(),
+        ..Default::default()
+    }
+}
+
+/// Pod security context ("restricted"), uid/gid [`RUN_AS`]. With `volume_group`, volumes
+/// are group-owned by it, and re-chowned only when the root's owner is wrong
+/// (`OnRootMismatch`: the default, `Always`, walks the whole TSDB on every start).
+pub fn restricted_pod_security_context(volume_group: bool) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        fs_group: volume_group.then_some(RUN_AS),
+        fs_group_change_policy: volume_group.then(|| "OnRootMismatch".to_string()),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..Default::default()
+    }
+}
+
 /// Quotes a label value for `--label k="v"`.
 pub fn label_flag(k: &str, v: &str) -> String {
     format!(
@@ -190,7 +229,8 @@ pub fn receiver_args(rc: &ReceiveCluster) -> Vec<String> {
         label_flag(REPLICA_LABEL, "$(POD_NAME)"),
     ];
     for (k, v) in &s.external_labels {
-        args.push(label_flag(k, v));
+        // The kubelet expands `$(VAR)` in args; `$$` is its escape for a literal `$`.
+        args.push(label_flag(k, &v.replace('$', "$$")));
     }
     args
 }
@@ -266,12 +306,7 @@ pub fn statefulset(rc: &ReceiveCluster, default_image: &str) -> StatefulSet {
                 ..Default::default()
             },
         ]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            ..Default::default()
-        }),
+        security_context: Some(restricted_container_security_context()),
         ..Default::default()
     };
     StatefulSet {
@@ -297,13 +332,7 @@ pub fn statefulset(rc: &ReceiveCluster, default_image: &str) -> StatefulSet {
                     affinity: s.affinity.clone(),
                     // Time to flush the head block on shutdown.
                     termination_grace_period_seconds: Some(120),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS),
-                        run_as_group: Some(RUN_AS),
-                        fs_group: Some(RUN_AS),
-                        ..Default::default()
-                    }),
+                    security_context: Some(restricted_pod_security_context(true)),
                     ..Default::default()
                 }),
             },
@@ -353,12 +382,15 @@ pub fn remote_write_service(rc: &ReceiveCluster) -> Service {
 }
 
 /// PodDisruptionBudget allowing ⌊RF/2⌋ receivers down at once, so a write quorum survives.
+/// With RF=1 there is no quorum to protect and ⌊1/2⌋ = 0 would block every voluntary
+/// eviction (`kubectl drain`, managed node upgrades), so it allows one: RF=1 has no
+/// availability guarantee.
 pub fn pod_disruption_budget(rc: &ReceiveCluster) -> PodDisruptionBudget {
     let name = rc.name_any();
     PodDisruptionBudget {
         metadata: meta(rc, statefulset_name(&name)),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(rc.spec.replication_factor / 2)),
+            max_unavailable: Some(IntOrString::Int((rc.spec.replication_factor / 2).max(1))),
             selector: Some(LabelSelector {
                 match_labels: Some(selector_labels(&name)),
                 ..Default::default()
@@ -656,7 +688,8 @@ pub(crate) mod tests {
 
     #[test]
     fn pdb_allows_floor_half_rf() {
-        for (rf, want) in [(1, 0), (2, 1), (3, 1), (5, 2)] {
+        // RF=1: one may go (D8); 0 would block every node drain.
+        for (rf, want) in [(1, 1), (2, 1), (3, 1), (5, 2)] {
             let p = pod_disruption_budget(&rc(5, rf));
             let spec = p.spec.unwrap();
             assert_eq!(
@@ -729,5 +762,43 @@ pub(crate) mod tests {
         // Too few for RF with a previous ring: keep it.
         let prev = vec![all[1].clone(), all[2].clone()];
         assert_eq!(next_hashring(Some(&prev), &ready[..1], &all, 2), prev);
+    }
+
+    /// D6: Pod Security "restricted" needs drop ALL and RuntimeDefault seccomp.
+    #[test]
+    fn receiver_pods_are_pod_security_restricted() {
+        let sts = statefulset(&rc(3, 1), "img");
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let psc = pod.security_context.unwrap();
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        // D21: no full re-chown of the TSDB volume on every start.
+        assert_eq!(
+            psc.fs_group_change_policy.as_deref(),
+            Some("OnRootMismatch")
+        );
+        let csc = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(csc.capabilities.unwrap().drop.unwrap(), vec!["ALL"]);
+        assert_eq!(csc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        assert_eq!(csc.allow_privilege_escalation, Some(false));
+        assert_eq!(csc.run_as_non_root, Some(true));
+    }
+
+    /// D12: a `$(X)` in an external label value reaches the receiver literally.
+    #[test]
+    fn external_label_dollar_is_escaped_for_the_kubelet() {
+        let mut r = rc(3, 1);
+        r.spec
+            .external_labels
+            .insert("team".into(), "a$(X)b".into());
+        let args = receiver_args(&r);
+        assert!(
+            args.contains(&"--label=team=\"a$$(X)b\"".to_string()),
+            "{args:?}"
+        );
+        // Our own replica label is still expanded by the kubelet.
+        assert!(
+            args.contains(&"--label=receive_replica=\"$(POD_NAME)\"".to_string()),
+            "{args:?}"
+        );
     }
 }

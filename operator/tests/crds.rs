@@ -180,3 +180,62 @@ fn kind_e2e_manifests_fit_the_types() {
     }
     assert_eq!(kinds, ["Namespace", "ReceiveCluster", "GlobalView"]);
 }
+
+/// D12, D15, D17, D20: inputs the pods or the API server would refuse are refused by
+/// the CRD (the rules are evaluated by the API server; here we check they are there).
+#[test]
+fn crds_refuse_inputs_the_pods_would_refuse() {
+    let [rc, gv]: [CustomResourceDefinition; 2] = crds().try_into().unwrap();
+    let rc_rules = cel_rules(&schema(&rc));
+    let has = |rules: &[(String, String)], path: &str, needle: &str| {
+        rules.iter().any(|(p, r)| p == path && r.contains(needle))
+    };
+    // D12: object names that fit every child name; label names; no newline in values.
+    assert!(
+        has(&rc_rules, "", "self.metadata.name.size() <= 44"),
+        "{rc_rules:?}"
+    );
+    assert!(
+        has(&rc_rules, ".spec.externalLabels", "k != 'receive_replica'"),
+        "{rc_rules:?}"
+    );
+    assert!(
+        has(
+            &rc_rules,
+            ".spec.externalLabels",
+            "!self[k].contains('\\n')"
+        ),
+        "{rc_rules:?}"
+    );
+    let gv_rules = cel_rules(&schema(&gv));
+    assert!(
+        has(&gv_rules, "", "self.metadata.name.size() <= 50"),
+        "{gv_rules:?}"
+    );
+    // D17: a remote cluster needs an explicit remoteWriteURL.
+    assert!(
+        has(&gv_rules, ".spec.clusters[]", "has(self.remoteWriteURL)"),
+        "{gv_rules:?}"
+    );
+    let s = schema(&gv);
+    // D15: cluster names are unique (list-map keyed by name).
+    assert_eq!(
+        s.pointer("/properties/spec/properties/clusters/x-kubernetes-list-type"),
+        Some(&serde_json::json!("map"))
+    );
+    assert_eq!(
+        s.pointer("/properties/spec/properties/clusters/x-kubernetes-list-map-keys"),
+        Some(&serde_json::json!(["name"]))
+    );
+    // D20: reloadURL can only be a Prometheus reload endpoint.
+    let pattern = s
+        .pointer("/properties/spec/properties/clusters/items/properties/configMapRef/properties/reloadURL/pattern")
+        .and_then(|p| p.as_str())
+        .expect("reloadURL pattern");
+    assert!(pattern.ends_with("/-/reload$"), "{pattern}");
+    // D1: no kubeconfig field any more.
+    assert!(
+        s.pointer("/properties/spec/properties/clusters/items/properties/kubeconfigSecretRef")
+            .is_none()
+    );
+}

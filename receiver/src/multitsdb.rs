@@ -22,7 +22,14 @@ pub enum TenantError {
         "invalid tenant {0:?}: must be a single path element (no '/', '\\', '.', '..' or control characters)"
     )]
     NotAPathElement(String),
+    #[error("invalid tenant {0:?}: reserved name")]
+    Reserved(String),
 }
+
+/// The directory mkfs creates at the root of ext4/xfs volumes. A receiver whose
+/// `--tsdb.path` is the root of a block volume (a PVC) would otherwise open it as a
+/// tenant (thanos-io/thanos#8798); it is never a tenant, read or written.
+pub const LOST_AND_FOUND: &str = "lost+found";
 
 /// Validates a tenant name as Thanos does (`tenant == path.Base(tenant)`), and also
 /// refuses `.`, `..`, backslashes and control characters.
@@ -40,6 +47,9 @@ pub fn validate_tenant(t: &str) -> Result<(), TenantError> {
         || t.chars().any(char::is_control)
     {
         return Err(TenantError::NotAPathElement(t.to_string()));
+    }
+    if t == LOST_AND_FOUND {
+        return Err(TenantError::Reserved(t.to_string()));
     }
     Ok(())
 }
@@ -144,6 +154,9 @@ impl MultiTsdb {
                 tracing::warn!(dir = ?e.path(), "skipping data directory with a non-UTF-8 name");
                 continue;
             };
+            if name == LOST_AND_FOUND {
+                continue;
+            }
             if validate_tenant(&name).is_err() {
                 tracing::warn!(dir = ?e.path(), "skipping data directory that is not a valid tenant name");
                 continue;
@@ -460,6 +473,37 @@ mod tests {
         let m = MultiTsdb::open(cfg, reg).unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m.get("acme").unwrap().db.head_series(), 1);
+    }
+
+    /// D7 of the operator review: `lost+found` at the root of a formatted volume is not
+    /// opened as a tenant, and no client can create a tenant of that name.
+    #[test]
+    fn lost_and_found_is_not_a_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(LOST_AND_FOUND)).unwrap();
+        let cfg = MultiTsdbConfig {
+            dir: dir.path().to_path_buf(),
+            external_labels: Labels::from_pairs([("replica", "0")]).unwrap(),
+            tenant_label_name: "tenant_id".into(),
+            block_duration: Duration::from_secs(7200),
+            retention: Duration::from_secs(86400),
+            wal_sync: SyncPolicy::Always,
+            max_tenants: 2,
+            too_far_in_future: None,
+            bucket: None,
+        };
+        let reg = Arc::new(Mutex::new(Registry::default()));
+        let m = MultiTsdb::open(cfg, reg).unwrap();
+        assert_eq!(m.len(), 0);
+        assert!(m.get(LOST_AND_FOUND).is_none());
+        assert!(m.get_or_create(LOST_AND_FOUND).is_err());
+        assert!(
+            std::fs::read_dir(dir.path().join(LOST_AND_FOUND))
+                .unwrap()
+                .next()
+                .is_none(),
+            "nothing written into lost+found"
+        );
     }
 
     /// With a bucket, cut blocks are held from retention until the shipper has

@@ -3,6 +3,7 @@
 //! cluster's Prometheus (a Prometheus Operator CR or a prometheus.yml ConfigMap),
 //! measures whether data flows, and removes the entries again on deletion.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch};
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -18,12 +20,13 @@ use serde_json::json;
 use super::{Context, Error, apply, apply_params, condition, edit_with_retry, now};
 use crate::crd::{
     ClusterSpec, ClusterStatus, ConfigMapRef, GlobalView, GlobalViewStatus, PrometheusRef,
-    ReceiveCluster, SecretKeyRef,
+    ReceiveCluster, RemoteClusterSecretRef,
 };
 use crate::query::{
     cluster_remote_write_url, querier_deployment, querier_endpoints, querier_service, querier_url,
     select_receive_clusters,
 };
+use crate::remote_cluster::RemoteCluster;
 use crate::remote_write::{
     RemoteWriteEntry, entry_name, remove_from_prometheus_cr, remove_from_prometheus_yml,
     upsert_prometheus_cr, upsert_prometheus_yml,
@@ -32,6 +35,18 @@ use crate::remote_write::{
 pub const CONTROLLER: &str = "globalview";
 /// Finalizer that removes our remote_write entries before a GlobalView goes away.
 pub const FINALIZER: &str = "orrery.dev/remote-write-cleanup";
+/// Annotation on a Prometheus CR or ConfigMap in another namespace that lets GlobalViews
+/// of the listed namespaces (comma-separated, or `*`) edit it. Without it the operator
+/// only edits targets in the GlobalView's own namespace: it acts with its own, wide
+/// rights, so it must not let a tenant reach what the tenant could not edit itself.
+pub const ALLOW_FROM_ANNOTATION: &str = "orrery.dev/allow-globalviews-from";
+/// Annotation on a GlobalView that drops the finalizer without touching any target
+/// (the escape when a target can never be cleaned).
+pub const SKIP_CLEANUP_ANNOTATION: &str = "orrery.dev/skip-cleanup";
+/// Deletion attempts after which cleanup gives up on targets that keep failing with
+/// errors that might clear (timeouts, 5xx, conflicts); with the error policy's
+/// backoff this is about two and a half minutes.
+pub const MAX_CLEANUP_ATTEMPTS: u32 = 5;
 /// A cluster whose newest sample is older than this is not flowing.
 pub const MAX_SAMPLE_AGE_SECS: f64 = 300.0;
 
@@ -86,7 +101,7 @@ pub fn error_policy(gv: Arc<GlobalView>, err: &Error, ctx: Arc<Context>) -> Acti
 pub struct Target {
     pub prometheus_ref: Option<PrometheusRef>,
     pub config_map_ref: Option<ConfigMapRef>,
-    pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+    pub remote_cluster_secret_ref: Option<RemoteClusterSecretRef>,
 }
 
 impl Target {
@@ -94,15 +109,30 @@ impl Target {
         Target {
             prometheus_ref: c.prometheus_ref.clone(),
             config_map_ref: c.config_map_ref.clone(),
-            kubeconfig_secret_ref: c.kubeconfig_secret_ref.clone(),
+            remote_cluster_secret_ref: c.remote_cluster_secret_ref.clone(),
         }
     }
     pub fn of_status(c: &ClusterStatus) -> Self {
         Target {
             prometheus_ref: c.prometheus_ref.clone(),
             config_map_ref: c.config_map_ref.clone(),
-            kubeconfig_secret_ref: c.kubeconfig_secret_ref.clone(),
+            remote_cluster_secret_ref: c.remote_cluster_secret_ref.clone(),
         }
+    }
+    /// The namespace of a target in this cluster (`None` for a remote cluster, whose
+    /// access is governed by the token in the remote-cluster Secret, not by our rights).
+    fn local_namespace<'a>(&'a self, default_ns: &'a str) -> Option<&'a str> {
+        if self.remote_cluster_secret_ref.is_some() {
+            return None;
+        }
+        match (&self.prometheus_ref, &self.config_map_ref) {
+            (Some(p), _) => Some(p.namespace.as_deref().unwrap_or(default_ns)),
+            (None, Some(c)) => Some(c.namespace.as_deref().unwrap_or(default_ns)),
+            (None, None) => None,
+        }
+    }
+    fn reload_url(&self) -> Option<&str> {
+        self.config_map_ref.as_ref()?.reload_url.as_deref()
     }
     fn describe(&self, default_ns: &str) -> String {
         match (&self.prometheus_ref, &self.config_map_ref) {
@@ -146,21 +176,40 @@ async fn apply_view(gv: &GlobalView, ctx: &Context) -> Result<Action, Error> {
     apply(&svcs, &querier_service(gv)).await?;
 
     let previous = gv.status.clone().unwrap_or_default();
-    // Entries of clusters that left the spec, or moved to another target.
+    // Entries of clusters that left the spec, or moved to another target. One whose
+    // removal fails stays in status as `pendingRemoval` (retried on every reconcile and
+    // by cleanup); dropping it would orphan the entry for good.
+    let mut pending = Vec::new();
     for old in &previous.clusters {
         let current = gv.spec.clusters.iter().find(|c| c.name == old.name);
         let old_target = Target::of_status(old);
-        if current.map(Target::of_spec).as_ref() != Some(&old_target)
-            && (old_target.prometheus_ref.is_some() || old_target.config_map_ref.is_some())
+        if current.map(Target::of_spec).as_ref() == Some(&old_target)
+            || (old_target.prometheus_ref.is_none() && old_target.config_map_ref.is_none())
         {
-            let entry = entry_name(&name, &old.name);
-            match remove_entry(ctx, &ns, &old_target, &entry).await {
-                Ok(_) => {
-                    tracing::info!(%ns, gv = %name, cluster = %old.name, "removed stale remote_write entry")
-                }
-                Err(e) => {
-                    tracing::warn!(%ns, gv = %name, cluster = %old.name, error = %e, "removing stale remote_write entry failed")
-                }
+            continue;
+        }
+        let entry = entry_name(&name, &old.name);
+        match remove_and_reload(ctx, &ns, &old_target, &entry).await {
+            Ok(_) => {
+                tracing::info!(%ns, gv = %name, cluster = %old.name, "removed stale remote_write entry")
+            }
+            Err(e) => {
+                tracing::warn!(%ns, gv = %name, cluster = %old.name, error = %e, "removing stale remote_write entry failed; will retry");
+                let mut st = old.clone();
+                st.pending_removal = true;
+                st.conditions = vec![condition(
+                    &old.conditions,
+                    "RemoteWriteConfigured",
+                    true,
+                    "PendingRemoval",
+                    format!(
+                        "removing {entry} from {} failed: {e}",
+                        old_target.describe(&ns)
+                    ),
+                    gv.metadata.generation,
+                    &now(),
+                )];
+                pending.push(st);
             }
         }
     }
@@ -178,30 +227,36 @@ async fn apply_view(gv: &GlobalView, ctx: &Context) -> Result<Action, Error> {
         .as_ref()
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
+    let conditions = view_conditions(
+        &previous.conditions,
+        gv.metadata.generation,
+        gv.spec.replicas,
+        ready_replicas,
+        &clusters,
+        &now,
+    );
+    clusters.extend(pending);
     let status = GlobalViewStatus {
         observed_generation: gv.metadata.generation,
         ready_replicas,
         endpoints,
-        conditions: view_conditions(
-            &previous.conditions,
-            gv.metadata.generation,
-            gv.spec.replicas,
-            ready_replicas,
-            &clusters,
-            &now,
-        ),
+        conditions,
         clusters,
     };
-    gvs.patch_status(
-        &name,
-        &apply_params(),
-        &Patch::Apply(json!({
-            "apiVersion": "orrery.dev/v1alpha1",
-            "kind": "GlobalView",
-            "status": status,
-        })),
-    )
-    .await?;
+    // Every status change is a watch event that starts another reconcile; an identical
+    // status is not written at all (and holds no clock-derived value that would differ).
+    if gv.status.as_ref() != Some(&status) {
+        gvs.patch_status(
+            &name,
+            &apply_params(),
+            &Patch::Apply(json!({
+                "apiVersion": "orrery.dev/v1alpha1",
+                "kind": "GlobalView",
+                "status": status,
+            })),
+        )
+        .await?;
+    }
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
@@ -223,23 +278,21 @@ async fn sync_cluster(
         name: c.name.clone(),
         prometheus_ref: c.prometheus_ref.clone(),
         config_map_ref: c.config_map_ref.clone(),
-        kubeconfig_secret_ref: c.kubeconfig_secret_ref.clone(),
+        remote_cluster_secret_ref: c.remote_cluster_secret_ref.clone(),
         ..Default::default()
     };
     let configured = match cluster_remote_write_url(c.remote_write_url.as_deref(), selected) {
-        None => Err("no remoteWriteURL and no ReceiveCluster selected".to_string()),
+        None => Err(Error::Invalid(
+            "no remoteWriteURL and no ReceiveCluster selected".to_string(),
+        )),
         Some(url) => {
             let entry = RemoteWriteEntry::new(&gv.name_any(), &c.name, &url, c.tenant.as_deref());
-            match upsert_entry(ctx, ns, &target, &entry).await {
-                Ok(changed) => {
-                    if changed {
-                        ctx.metrics.remote_write_patches.inc();
-                        tracing::info!(%ns, gv = %gv.name_any(), cluster = %c.name, target = %target.describe(ns), "remote_write entry written");
-                    }
-                    Ok(changed)
-                }
-                Err(e) => Err(e.to_string()),
+            let res = upsert_entry(ctx, ns, &target, &entry).await;
+            if let Ok(true) = res {
+                ctx.metrics.remote_write_patches.inc();
+                tracing::info!(%ns, gv = %gv.name_any(), cluster = %c.name, target = %target.describe(ns), "remote_write entry written");
             }
+            res
         }
     };
     st.remote_write_configured = configured.is_ok();
@@ -250,7 +303,6 @@ async fn sync_cluster(
             None
         }
     };
-    st.last_sample_age = age.map(format_age);
     let flowing = age.is_some_and(|a| a <= MAX_SAMPLE_AGE_SECS);
     // A plain Prometheus only sees the edited file after the kubelet syncs the mounted
     // ConfigMap; ask it to reload until data flows.
@@ -261,15 +313,17 @@ async fn sync_cluster(
     {
         reload_note = format!("; reload failed: {e}");
     }
+    // No age, timestamp or other clock-derived value goes into status: each status
+    // change triggers a reconcile, so a value that changes by itself would make the
+    // controller reconcile (and probe every Prometheus) back to back.
     st.conditions = vec![
         condition(
             &prev_conditions,
             "RemoteWriteConfigured",
             configured.is_ok(),
-            if configured.is_ok() {
-                "EntryPresent"
-            } else {
-                "EditFailed"
+            match &configured {
+                Ok(_) => "EntryPresent",
+                Err(e) => e.reason(),
             },
             match &configured {
                 Ok(_) => format!(
@@ -277,7 +331,7 @@ async fn sync_cluster(
                     entry_name(&gv.name_any(), &c.name),
                     target.describe(ns)
                 ),
-                Err(e) => e.clone(),
+                Err(e) => e.to_string(),
             },
             generation,
             now,
@@ -292,7 +346,12 @@ async fn sync_cluster(
                 "NoRecentSamples"
             },
             match age {
-                Some(a) => format!("newest sample is {} old", format_age(a)),
+                Some(_) if flowing => format!(
+                    "the querier has samples of this cluster from the last {MAX_SAMPLE_AGE_SECS}s"
+                ),
+                Some(_) => format!(
+                    "the newest sample of this cluster is older than {MAX_SAMPLE_AGE_SECS}s"
+                ),
                 None => "no samples of this cluster seen by the querier".to_string(),
             },
             generation,
@@ -386,9 +445,32 @@ pub fn view_conditions(
     ]
 }
 
+/// Removes our entries before the GlobalView goes away. Best effort, with an end: a
+/// target that can never be cleaned (missing Secret or object, 403, unparsable file,
+/// a refused target) is given up at once; one that fails otherwise is retried for
+/// [`MAX_CLEANUP_ATTEMPTS`] reconciles; the `orrery.dev/skip-cleanup: "true"`
+/// annotation skips cleanup entirely. Every entry left behind is named in a Warning
+/// Event, so nothing is lost silently, and the finalizer (and the namespace's deletion)
+/// never wedges.
 async fn cleanup(gv: &GlobalView, ctx: &Context) -> Result<Action, Error> {
     let ns = gv.namespace().unwrap_or_default();
     let name = gv.name_any();
+    if gv
+        .annotations()
+        .get(SKIP_CLEANUP_ANNOTATION)
+        .is_some_and(|v| v == "true")
+    {
+        tracing::warn!(%ns, gv = %name, "cleanup skipped by annotation");
+        ctx.publish_event(
+            gv,
+            EventType::Warning,
+            "CleanupSkipped",
+            "RemoveRemoteWrite",
+            format!("{SKIP_CLEANUP_ANNOTATION}=true: remote_write entries were left in place"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
     let mut targets: Vec<(String, Target)> = gv
         .spec
         .clusters
@@ -401,37 +483,116 @@ async fn cleanup(gv: &GlobalView, ctx: &Context) -> Result<Action, Error> {
             targets.push(t);
         }
     }
+    let mut abandoned = Vec::new();
+    let mut failed = Vec::new();
     for (cluster, target) in targets {
         if target.prometheus_ref.is_none() && target.config_map_ref.is_none() {
             continue;
         }
-        let removed = remove_entry(ctx, &ns, &target, &entry_name(&name, &cluster)).await?;
-        if removed {
-            ctx.metrics.remote_write_patches.inc();
-            tracing::info!(%ns, gv = %name, %cluster, "remote_write entry removed");
+        let entry = entry_name(&name, &cluster);
+        match remove_and_reload(ctx, &ns, &target, &entry).await {
+            Ok(true) => {
+                ctx.metrics.remote_write_patches.inc();
+                tracing::info!(%ns, gv = %name, %cluster, "remote_write entry removed");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let line = format!("{entry} in {}: {e}", target.describe(&ns));
+                if e.is_permanent() {
+                    abandoned.push(line);
+                } else {
+                    failed.push(line);
+                }
+            }
         }
+    }
+    let attempts = ctx.failures_of(&key(gv)).saturating_add(1);
+    if !failed.is_empty() && attempts < MAX_CLEANUP_ATTEMPTS {
+        let msg = failed.join("; ");
+        ctx.publish_event(
+            gv,
+            EventType::Warning,
+            "CleanupRetrying",
+            "RemoveRemoteWrite",
+            format!("attempt {attempts}/{MAX_CLEANUP_ATTEMPTS}: {msg}"),
+        )
+        .await;
+        return Err(Error::Cleanup(msg));
+    }
+    abandoned.extend(failed);
+    if !abandoned.is_empty() {
+        tracing::warn!(%ns, gv = %name, left = ?abandoned, "cleanup gave up; remote_write entries left behind");
+        ctx.publish_event(
+            gv,
+            EventType::Warning,
+            "CleanupAbandoned",
+            "RemoveRemoteWrite",
+            format!("left behind, remove by hand: {}", abandoned.join("; ")),
+        )
+        .await;
     }
     Ok(Action::await_change())
 }
 
-/// The client for a cluster's target: ours, or one built from a kubeconfig Secret.
+/// Whether a target object in another namespace lets GlobalViews of `source_ns` edit it.
+pub fn allows_globalviews_from(
+    annotations: Option<&BTreeMap<String, String>>,
+    source_ns: &str,
+) -> bool {
+    annotations
+        .and_then(|a| a.get(ALLOW_FROM_ANNOTATION))
+        .is_some_and(|v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|n| n == "*" || n == source_ns)
+        })
+}
+
+/// Refuses to edit `meta`'s object when it sits in another namespace than the
+/// GlobalView and has not opted in (checked on the object just read, before any write).
+fn check_allowed(meta: &kube::api::ObjectMeta, target: &Target, ns: &str) -> Result<(), Error> {
+    let Some(target_ns) = target.local_namespace(ns) else {
+        return Ok(());
+    };
+    if target_ns == ns || allows_globalviews_from(meta.annotations.as_ref(), ns) {
+        return Ok(());
+    }
+    Err(Error::TargetNotAllowed {
+        target: target.describe(ns),
+        target_ns: target_ns.to_string(),
+        source_ns: ns.to_string(),
+        annotation: ALLOW_FROM_ANNOTATION,
+    })
+}
+
+/// The client for a cluster's target: ours, or one built from a remote-cluster Secret
+/// in the GlobalView's namespace (see [`crate::remote_cluster`]).
 async fn target_client(ctx: &Context, ns: &str, target: &Target) -> Result<Client, Error> {
-    let Some(r) = &target.kubeconfig_secret_ref else {
+    let Some(r) = &target.remote_cluster_secret_ref else {
         return Ok(ctx.client.clone());
     };
     let secret_name = format!("{ns}/{}", r.name);
-    let fail = |reason: String| Error::Kubeconfig {
+    let fail = |reason: String| Error::RemoteCluster {
         secret: secret_name.clone(),
         reason,
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let s = secrets.get(&r.name).await?;
-    let bytes = s
-        .data
-        .and_then(|d| d.get(&r.key).cloned())
-        .ok_or_else(|| fail(format!("no key {:?}", r.key)))?;
-    let text = String::from_utf8(bytes.0).map_err(|e| fail(e.to_string()))?;
-    let kc = kube::config::Kubeconfig::from_yaml(&text).map_err(|e| fail(e.to_string()))?;
+    let s = match secrets.get(&r.name).await {
+        Ok(s) => s,
+        Err(kube::Error::Api(st)) if st.is_not_found() => {
+            return Err(fail("not found".into()));
+        }
+        Err(kube::Error::Api(st)) if st.code == 403 => {
+            return Err(fail(format!(
+                "the operator may not read it (403; see the chart's rbac.remoteClusterSecretNamespaces): {}",
+                st.message
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let data = s.data.unwrap_or_default();
+    let remote = RemoteCluster::from_secret_data(&data).map_err(|e| fail(e.to_string()))?;
+    let kc = remote.kubeconfig().map_err(|e| fail(e.to_string()))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
         .map_err(|e| fail(e.to_string()))?;
@@ -454,6 +615,7 @@ pub async fn upsert_entry(
             &prometheus_resource(),
         );
         return edit_with_retry(&api, &p.name, |obj| {
+            check_allowed(&obj.metadata, target, ns)?;
             upsert_prometheus_cr(&mut obj.data, entry).map_err(|source| Error::Edit {
                 target: what.clone(),
                 source,
@@ -464,6 +626,7 @@ pub async fn upsert_entry(
     if let Some(c) = &target.config_map_ref {
         let api: Api<ConfigMap> = Api::namespaced(client, c.namespace.as_deref().unwrap_or(ns));
         return edit_with_retry(&api, &c.name, |cm| {
+            check_allowed(&cm.metadata, target, ns)?;
             let data = cm.data.get_or_insert_with(Default::default);
             let text = data.get(&c.key).cloned().unwrap_or_default();
             match upsert_prometheus_yml(&text, entry).map_err(|source| Error::Edit {
@@ -484,6 +647,26 @@ pub async fn upsert_entry(
     ))
 }
 
+/// Removes our entry and, when that changed a prometheus.yml ConfigMap with a
+/// `reloadURL`, asks Prometheus to reload: without it a Prometheus keeps writing to
+/// the receivers until its next restart. A failed reload is logged, not fatal (the
+/// entry is gone from the file either way).
+pub async fn remove_and_reload(
+    ctx: &Context,
+    ns: &str,
+    target: &Target,
+    name: &str,
+) -> Result<bool, Error> {
+    let removed = remove_entry(ctx, ns, target, name).await?;
+    if removed
+        && let Some(url) = target.reload_url()
+        && let Err(e) = ctx.probe.reload(url).await
+    {
+        tracing::warn!(%ns, entry = name, error = %e, "reload after removing a remote_write entry failed");
+    }
+    Ok(removed)
+}
+
 /// Removes our entry from a target; a missing target counts as removed.
 pub async fn remove_entry(
     ctx: &Context,
@@ -500,6 +683,7 @@ pub async fn remove_entry(
             &prometheus_resource(),
         );
         edit_with_retry(&api, &p.name, |obj| {
+            check_allowed(&obj.metadata, target, ns)?;
             remove_from_prometheus_cr(&mut obj.data, name).map_err(|source| Error::Edit {
                 target: what.clone(),
                 source,
@@ -509,6 +693,7 @@ pub async fn remove_entry(
     } else if let Some(c) = &target.config_map_ref {
         let api: Api<ConfigMap> = Api::namespaced(client, c.namespace.as_deref().unwrap_or(ns));
         edit_with_retry(&api, &c.name, |cm| {
+            check_allowed(&cm.metadata, target, ns)?;
             let Some(data) = cm.data.as_mut() else {
                 return Ok(false);
             };

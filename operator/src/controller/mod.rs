@@ -91,6 +91,14 @@ impl Context {
         }
     }
 
+    /// How many failures of `key` happened in a row.
+    pub fn failures_of(&self, key: &str) -> u32 {
+        self.failures
+            .lock()
+            .map(|m| m.get(key).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
     /// Forgets the failures of `key` after a success.
     pub fn record_success(&self, key: &str) {
         if let Ok(mut m) = self.failures.lock() {
@@ -115,12 +123,56 @@ pub enum Error {
     Invalid(String),
     #[error("serialization: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("kubeconfig from secret {secret}: {reason}")]
-    Kubeconfig { secret: String, reason: String },
+    #[error("remote-cluster secret {secret}: {reason}")]
+    RemoteCluster { secret: String, reason: String },
+    #[error(
+        "{target} is in namespace {target_ns}, not {source_ns}, and does not opt in: annotate it {annotation}={source_ns} (or \"*\")"
+    )]
+    TargetNotAllowed {
+        target: String,
+        target_ns: String,
+        source_ns: String,
+        annotation: &'static str,
+    },
+    #[error("cleanup incomplete: {0}")]
+    Cleanup(String),
     #[error("finalizer: {0}")]
     Finalizer(String),
     #[error("StatefulSet {0} still exists after an orphaning delete; will retry")]
     Recreate(String),
+}
+
+impl Error {
+    /// A condition `reason` (CamelCase) for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "Forbidden",
+            Error::Kube(kube::Error::Api(s)) if s.is_not_found() => "NotFound",
+            Error::Kube(_) => "ApiError",
+            Error::Edit { .. } => "EditFailed",
+            Error::Conflict(..) => "Conflict",
+            Error::Invalid(_) | Error::Json(_) => "Invalid",
+            Error::RemoteCluster { .. } => "RemoteClusterSecretInvalid",
+            Error::TargetNotAllowed { .. } => "TargetNotAllowed",
+            Error::Finalizer(_) | Error::Cleanup(_) => "CleanupFailed",
+            Error::Recreate(_) => "RecreatePending",
+        }
+    }
+
+    /// Whether retrying cannot help without someone changing something: a missing
+    /// object or Secret, a refusal (403), an unparsable file, a refused target. Cleanup
+    /// gives up on these at once instead of holding the finalizer.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => s.code == 403 || s.code == 401 || s.is_not_found(),
+            Error::Edit { .. }
+            | Error::Invalid(_)
+            | Error::Json(_)
+            | Error::RemoteCluster { .. }
+            | Error::TargetNotAllowed { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// Server-side apply parameters with Orrery's field manager.

@@ -55,6 +55,11 @@ async fn reconcile_inner(rc: &ReceiveCluster, ctx: &Context) -> Result<Action, E
         .namespace()
         .ok_or_else(|| Error::Invalid("ReceiveCluster without a namespace".into()))?;
     let name = rc.name_any();
+    // Being deleted: the garbage collector removes the children; re-applying them
+    // (foreground deletion keeps the object around meanwhile) would only fight it.
+    if rc.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
     if rc.spec.paused {
         tracing::info!(%ns, %name, "paused; leaving children alone");
         return Ok(Action::requeue(Duration::from_secs(300)));
