@@ -203,7 +203,7 @@ impl AppState {
     /// work. `f` gets the permit so it can hand it to the thread that evaluates.
     async fn with_gate<T, F, Fut>(&self, timeout: Duration, f: F) -> Result<T, ApiError>
     where
-        F: FnOnce(tokio::sync::OwnedSemaphorePermit) -> Fut,
+        F: FnOnce(QuerySlot) -> Fut,
         Fut: std::future::Future<Output = Result<T, ApiError>>,
     {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -219,13 +219,40 @@ impl AppState {
                 }
                 Err(_) => return Err(timeout_error("query queue")),
             };
-        self.metrics.concurrent_queries.inc();
-        let r = tokio::time::timeout_at(deadline, f(permit)).await;
-        self.metrics.concurrent_queries.dec();
+        let slot = QuerySlot::new(permit, self.metrics.concurrent_queries.clone());
+        let r = tokio::time::timeout_at(deadline, f(slot)).await;
         match r {
             Ok(r) => r,
             Err(_) => Err(timeout_error("expression evaluation")),
         }
+    }
+}
+
+/// A `--query.max-concurrent` permit, counted in `orrery_query_concurrent_queries` for
+/// exactly as long as it is held (by the request, or by the thread still parsing or
+/// evaluating after the request gave up), so the gauge never shows more than the limit.
+pub(crate) struct QuerySlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl QuerySlot {
+    fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        gauge: prometheus_client::metrics::gauge::Gauge,
+    ) -> QuerySlot {
+        gauge.inc();
+        QuerySlot {
+            _permit: permit,
+            gauge,
+        }
+    }
+}
+
+impl Drop for QuerySlot {
+    fn drop(&mut self) {
+        // Before the permit (a field) is released: a new holder cannot be counted first.
+        self.gauge.dec();
     }
 }
 
@@ -253,7 +280,7 @@ impl Drop for CancelOnDrop {
 /// evaluation has ended even if the request gave up on it.
 async fn exec_blocking(
     prepared: promql::PreparedQuery,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: QuerySlot,
 ) -> Result<(String, Vec<String>, Vec<String>), ApiError> {
     let job = tokio::task::spawn_blocking(move || {
         let _permit = permit;
@@ -281,8 +308,8 @@ async fn exec_blocking(
 async fn parse_blocking(
     engine: &Engine,
     q: String,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) -> Result<(promql::ParsedExpr, tokio::sync::OwnedSemaphorePermit), ApiError> {
+    permit: QuerySlot,
+) -> Result<(promql::ParsedExpr, QuerySlot), ApiError> {
     let engine = engine.clone();
     let job = tokio::task::spawn_blocking(move || {
         let r = engine.parse(&q);
