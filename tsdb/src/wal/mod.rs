@@ -237,6 +237,10 @@ pub struct ReplayReport {
     pub legacy_files: usize,
 }
 
+/// Replay's callback: gets each record payload and the format of its file; `Err` marks
+/// the record as damaged (skipped and reported).
+pub type RecordFn<'a> = dyn FnMut(Format, &[u8]) -> Result<(), String> + 'a;
+
 /// The format of a file a record came from: record payloads differ between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -273,7 +277,7 @@ fn truncate_file(path: &Path, len: u64) -> Result<(), WalError> {
 pub fn replay(
     dir: &Path,
     metrics: &Metrics,
-    f: &mut dyn FnMut(Format, &[u8]) -> Result<(), String>,
+    f: &mut RecordFn<'_>,
 ) -> Result<(ReplayReport, Option<u64>), WalError> {
     ident::check_wal_dir(dir)?;
     fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -311,7 +315,7 @@ fn replay_file(
     is_last: bool,
     report: &mut ReplayReport,
     metrics: &Metrics,
-    f: &mut dyn FnMut(Format, &[u8]) -> Result<(), String>,
+    f: &mut RecordFn<'_>,
 ) -> Result<(), WalError> {
     let data = fs::read(p).map_err(io_err(p))?;
     let head = &data[..data.len().min(page::PAGE)];

@@ -132,9 +132,9 @@ fn resync(data: &[u8], from: usize, budget: &mut usize) -> Option<usize> {
             // page (the writer only splits a record when the page is full); what follows
             // a full fragment in its page is padding or another record's start.
             let shaped = match t & TYPE_MASK {
-                FIRST => end % PAGE == 0,
+                FIRST => end.is_multiple_of(PAGE),
                 _ => {
-                    end % PAGE == 0
+                    end.is_multiple_of(PAGE)
                         || end >= data.len()
                         || data[end] == 0
                         || (matches!(data[end] & TYPE_MASK, FULL | FIRST)
