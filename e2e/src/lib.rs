@@ -344,3 +344,21 @@ impl Prometheus {
         format!("127.0.0.1:{}", self.port)
     }
 }
+
+/// Parses `promtool tsdb dump` output, `{a="b", c="d"} <value %g> <timestamp>` per line:
+/// series (as printed) → `(timestamp ms, value)` in the order printed.
+pub fn parse_promtool_dump(out: &str) -> std::collections::BTreeMap<String, Vec<(i64, f64)>> {
+    let mut m: std::collections::BTreeMap<String, Vec<(i64, f64)>> = Default::default();
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        let (rest, ts) = line.rsplit_once(' ').expect("dump line has a timestamp");
+        let (labels, v) = rest.rsplit_once(' ').expect("dump line has a value");
+        let t: i64 = ts
+            .parse()
+            .unwrap_or_else(|e| panic!("timestamp in {line:?}: {e}"));
+        let v: f64 = v
+            .parse()
+            .unwrap_or_else(|e| panic!("value in {line:?}: {e}"));
+        m.entry(labels.to_string()).or_default().push((t, v));
+    }
+    m
+}

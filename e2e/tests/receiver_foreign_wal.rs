@@ -1,9 +1,14 @@
-//! Migration by swapping the image: the reference Prometheus 3.5.3 receives remote write
-//! and is SIGKILLed with its head only in its WAL; `orrery receive` is started on that
-//! data directory as a tenant directory (`<tsdb.path>/<tenant>/`, Thanos Receive's
-//! layout), and also with `--tsdb.path` pointed straight at it. Orrery must refuse to
-//! start with a message that says what it found and what to do, and leave every byte of
-//! the directory as it was: Prometheus then still serves every sample from it.
+//! Migration both ways by swapping the image (issue #18):
+//! - the reference Prometheus 3.5.3 receives remote write and is SIGKILLed with its head
+//!   only in its WAL (and `chunks_head/`); `orrery receive` is started on that data
+//!   directory as a tenant directory (`<tsdb.path>/<tenant>/`, Thanos Receive's layout)
+//!   and serves every sample, compared sample by sample over the StoreAPI;
+//! - Orrery then ingests more and is SIGKILLed mid-stream; `promtool tsdb dump` and
+//!   Prometheus 3.5.3 started on the tenant directory return every acknowledged sample,
+//!   Prometheus's and Orrery's.
+//!
+//! `--tsdb.path` pointed straight at a Prometheus data directory is still refused as a
+//! layout mistake, with every byte left as it was.
 
 mod receiver_common;
 
@@ -12,13 +17,16 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use e2e::{Proc, Prometheus, free_port, http_request, orrery_bin};
-use receiver_common::{labels, prom_value, xxh64};
+use e2e::{Proc, Prometheus, free_port, http_request, orrery_bin, promtool_bin};
+use receiver_common::{Receiver, eq, labels, prom_value, series, xxh64};
 use storeapi::Sample;
 use storeapi::wire::remote_write::encode_write_request_snappy;
 
 const SERIES: usize = 50;
 const BATCHES: i64 = 60;
+/// Batches Orrery ingests after the migration, before it is SIGKILLed.
+const ORRERY_BATCHES: i64 = 40;
+const STEP: i64 = 10_000;
 
 /// Every file and directory under `root`: relative path → (size, xxh64 of contents).
 fn snapshot(root: &Path) -> BTreeMap<String, (u64, u64)> {
@@ -59,7 +67,7 @@ fn receive_must_refuse(tsdb_path: &Path, log: &Path) -> String {
         }
         assert!(
             Instant::now() < deadline,
-            "orrery receive kept running on a foreign WAL; log:\n{}",
+            "orrery receive kept running on a data directory it must refuse; log:\n{}",
             p.log_text()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -69,8 +77,65 @@ fn receive_must_refuse(tsdb_path: &Path, log: &Path) -> String {
     text
 }
 
+fn batch(b: i64, base: i64) -> Vec<(storeapi::Labels, Vec<Sample>)> {
+    (0..SERIES)
+        .map(|i| {
+            (
+                labels(&[
+                    ("__name__", "migration_test"),
+                    ("series", &format!("s{i:02}")),
+                ]),
+                vec![Sample {
+                    t: base + b * STEP,
+                    v: (b * 100 + i as i64) as f64 + 0.25,
+                }],
+            )
+        })
+        .collect()
+}
+
+/// Expected samples per series key (as `promtool tsdb dump` prints labels) for batches
+/// `0..n`.
+fn expected(n: i64, base: i64) -> BTreeMap<String, Vec<(i64, f64)>> {
+    let mut m: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
+    for b in 0..n {
+        for (l, s) in batch(b, base) {
+            let key = format!(
+                "{{__name__=\"migration_test\", series=\"{}\"}}",
+                l.get("series").unwrap_or_default()
+            );
+            m.entry(key)
+                .or_default()
+                .extend(s.iter().map(|x| (x.t, x.v)));
+        }
+    }
+    m
+}
+
+/// Every `migration_test` sample Orrery serves over the StoreAPI, keyed like `expected`.
+fn served(grpc: &str) -> BTreeMap<String, Vec<(i64, f64)>> {
+    let got = series(
+        grpc,
+        vec![eq("__name__", "migration_test")],
+        i64::MIN,
+        i64::MAX,
+    )
+    .expect("Series");
+    got.into_iter()
+        .map(|(l, s)| {
+            (
+                format!(
+                    "{{__name__=\"migration_test\", series=\"{}\"}}",
+                    l.get("series").unwrap_or_default()
+                ),
+                s,
+            )
+        })
+        .collect()
+}
+
 #[test]
-fn receiver_refuses_prometheus_wal_and_leaves_it_byte_identical() {
+fn receiver_serves_prometheus_wal_and_prometheus_reads_orrery_wal() {
     let prom = Prometheus::start(
         "global:\n  scrape_interval: 1h\n",
         &["--web.enable-remote-write-receiver"],
@@ -79,22 +144,9 @@ fn receiver_refuses_prometheus_wal_and_leaves_it_byte_identical() {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let base = now - BATCHES * 10_000;
+    let base = now - (BATCHES + ORRERY_BATCHES) * STEP;
     for b in 0..BATCHES {
-        let series: Vec<(storeapi::Labels, Vec<Sample>)> = (0..SERIES)
-            .map(|i| {
-                (
-                    labels(&[
-                        ("__name__", "migration_test"),
-                        ("series", &format!("s{i:02}")),
-                    ]),
-                    vec![Sample {
-                        t: base + b * 10_000,
-                        v: (b * 100 + i as i64) as f64,
-                    }],
-                )
-            })
-            .collect();
+        let series = batch(b, base);
         let body = encode_write_request_snappy(series.iter().map(|(l, s)| (l, s.as_slice())));
         let (code, resp) = http_request(
             &prom.addr(),
@@ -143,33 +195,10 @@ fn receiver_refuses_prometheus_wal_and_leaves_it_byte_identical() {
     std::fs::create_dir_all(&tsdb_path).unwrap();
     let tenant = tsdb_path.join("default-tenant");
     std::fs::rename(&data, &tenant).unwrap();
-    let before = snapshot(&tsdb_path);
-    println!(
-        "prometheus data dir as tenant: {} files, wal/00000000 = {seg_len} bytes",
-        before.len()
-    );
 
-    let log = receive_must_refuse(&tsdb_path, &work.path().join("receive1.log"));
-    println!("orrery receive (tenant layout) said:\n{log}");
-    for want in [
-        "not an Orrery write-ahead log",
-        "Prometheus WAL record",
-        "default-tenant/wal/00000000",
-        "changed nothing",
-        "a later one will",
-        "snapshot",
-    ] {
-        assert!(log.contains(want), "log lacks {want:?}:\n{log}");
-    }
-    assert!(
-        !log.contains("truncating") && !log.contains("cutting off"),
-        "{log}"
-    );
-    assert_eq!(snapshot(&tsdb_path), before, "the tenant directory changed");
-
-    // `--tsdb.path` pointed straight at the Prometheus data directory.
+    // `--tsdb.path` pointed straight at the Prometheus data directory: a layout mistake.
     let before_single = snapshot(&tenant);
-    let log = receive_must_refuse(&tenant, &work.path().join("receive2.log"));
+    let log = receive_must_refuse(&tenant, &work.path().join("receive-single.log"));
     println!("orrery receive (--tsdb.path = prometheus dir) said:\n{log}");
     assert!(log.contains("single TSDB directory"), "{log}");
     assert_eq!(
@@ -178,13 +207,68 @@ fn receiver_refuses_prometheus_wal_and_leaves_it_byte_identical() {
         "the data directory changed"
     );
 
-    // The reference Prometheus still finds every sample in it.
+    // Orrery on the tenant layout serves every sample Prometheus acknowledged.
+    let r = Receiver::start(&tsdb_path, &work.path().join("receive.log"), &[]);
+    let want = expected(BATCHES, base);
+    let got = served(&r.grpc);
+    assert_eq!(got.len(), SERIES, "log:\n{}", r.proc.log_text());
+    for (k, w) in &want {
+        let g = got.get(k).unwrap_or_else(|| panic!("{k} not served"));
+        assert_eq!(g.len(), w.len(), "{k}");
+        for (a, b) in g.iter().zip(w) {
+            assert_eq!(a.0, b.0, "{k}");
+            assert_eq!(a.1.to_bits(), b.1.to_bits(), "{k} at {}", a.0);
+        }
+    }
+    let log = r.proc.log_text();
+    assert!(
+        !log.contains("truncating") && !log.contains("cutting off"),
+        "{log}"
+    );
+
+    // Orrery ingests on, each batch acknowledged, and is SIGKILLed.
+    for b in BATCHES..BATCHES + ORRERY_BATCHES {
+        let (code, resp) = r.write(&batch(b, base));
+        assert!(
+            code == 200 || code == 204,
+            "orrery remote write: {code} {resp}"
+        );
+    }
+    let Receiver { mut proc, .. } = r;
+    proc.kill();
+    let want = expected(BATCHES + ORRERY_BATCHES, base);
+
+    // promtool reads the tenant directory: Prometheus's WAL and Orrery's segments.
+    let out = Command::new(promtool_bin())
+        .args(["tsdb", "dump"])
+        .arg(&tenant)
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool tsdb dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dumped = e2e::parse_promtool_dump(&String::from_utf8_lossy(&out.stdout));
+    let dumped: BTreeMap<String, Vec<(i64, f64)>> = dumped
+        .into_iter()
+        .filter(|(k, _)| k.contains("migration_test"))
+        .collect();
+    assert_eq!(dumped, want, "promtool tsdb dump of the tenant directory");
+
+    // Prometheus started on the tenant directory finds every acknowledged sample.
     let prom2 = Prometheus::start_prepared("global:\n  scrape_interval: 1h\n", &[], |d| {
         std::fs::rename(&tenant, d).unwrap()
     });
+    let all = (SERIES as i64 * (BATCHES + ORRERY_BATCHES)) as f64;
+    let q = "sum(count_over_time(migration_test[2h]))";
     assert_eq!(
         prom_value(&prom2.addr(), q),
-        Some(written),
-        "prometheus lost samples after orrery looked at its directory"
+        Some(all),
+        "prometheus on orrery's WAL; log:\n{}",
+        prom2.proc.log_text()
     );
+    let total: f64 = want.values().flatten().map(|s| s.1).sum();
+    let q = "sum(sum_over_time(migration_test[2h]))";
+    assert_eq!(prom_value(&prom2.addr(), q), Some(total));
 }

@@ -98,23 +98,6 @@ fn encode_chunks(samples: &[(i64, f64)]) -> Vec<Chunk> {
         .collect()
 }
 
-/// Parses `promtool tsdb dump` output: `{a="b", c="d"} <value %g> <timestamp>` per line.
-fn parse_dump(out: &str) -> BTreeMap<String, Samples> {
-    let mut m: BTreeMap<String, Samples> = BTreeMap::new();
-    for line in out.lines().filter(|l| !l.trim().is_empty()) {
-        let (rest, ts) = line.rsplit_once(' ').expect("dump line has a timestamp");
-        let (labels, v) = rest.rsplit_once(' ').expect("dump line has a value");
-        let t: i64 = ts
-            .parse()
-            .unwrap_or_else(|e| panic!("timestamp in {line:?}: {e}"));
-        let v: f64 = v
-            .parse()
-            .unwrap_or_else(|e| panic!("value in {line:?}: {e}"));
-        m.entry(labels.to_string()).or_default().push((t, v));
-    }
-    m
-}
-
 #[test]
 fn promtool_reads_our_block() {
     let promtool = e2e::promtool_bin();
@@ -209,7 +192,7 @@ fn promtool_reads_our_block() {
         .arg(format!("--min-time={mint}"))
         .arg(format!("--max-time={maxt}"))
         .arg(dir.path()));
-    let got = parse_dump(&dump);
+    let got = e2e::parse_promtool_dump(&dump);
     assert_eq!(got.len(), series.len(), "series count in dump");
     let mut compared = 0;
     for (labels, want) in &series {
@@ -239,7 +222,7 @@ fn promtool_reads_our_block() {
         .arg(format!("--max-time={}", mint + HOUR + 60_000))
         .arg("--match=build_info{zone=~\"eu|ap\"}")
         .arg(dir.path()));
-    let got = parse_dump(&dump);
+    let got = e2e::parse_promtool_dump(&dump);
     let want: Vec<_> = series
         .iter()
         .filter(|(l, s)| {

@@ -164,8 +164,9 @@ impl MultiTsdb {
             names.push(name);
         }
         names.sort();
-        // Every tenant's WAL is checked before any is opened: a foreign one (a Prometheus
-        // or Thanos TSDB moved here) stops the start with nothing changed anywhere.
+        // Every tenant's WAL is checked before any is opened: one Orrery cannot read (not
+        // Prometheus's format, nor Orrery's first) stops the start with nothing changed
+        // anywhere. A Prometheus or Thanos Receive tenant directory is read as it is.
         for name in &names {
             tsdb::wal::ident::check_db_dir(&m.cfg.dir.join(name)).map_err(|e| {
                 MultiTsdbError::Db {
@@ -561,7 +562,7 @@ mod tests {
         );
     }
 
-    /// A tenant directory whose WAL Orrery did not write stops the start before any
+    /// A tenant directory whose WAL Orrery cannot read stops the start before any
     /// tenant is opened, with every file as it was; `--tsdb.path` pointed straight at a
     /// Prometheus data directory is refused as a layout mistake.
     #[test]
@@ -588,7 +589,8 @@ mod tests {
             .expect("refused");
         let msg = e.to_string();
         assert!(
-            msg.contains("tenant \"z\"") && msg.contains("not an Orrery write-ahead log"),
+            msg.contains("tenant \"z\"")
+                && msg.contains("not a write-ahead log segment Orrery can read"),
             "{msg}"
         );
         assert_eq!(

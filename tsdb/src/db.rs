@@ -61,7 +61,7 @@ use crate::chunk::{Chunk, ChunkError, XorIterator};
 use crate::head::{Head, MemSeries, SampleResult, SeriesKey, key_hash, labels_key};
 use crate::metrics::{Metrics, RejectReason};
 use crate::postings::SeriesRef;
-use crate::wal::record::{self, SamplesGroup, Visitor};
+use crate::wal::record::{self, SamplesRecord, Skipped, Visitor};
 use crate::wal::{self, SyncPolicy, Wal, WalError};
 
 /// Database options.
@@ -303,6 +303,9 @@ struct Replayer<'a> {
     mint: i64,
     maxt: i64,
     error: Option<String>,
+    /// Records of kinds the head does not keep, by kind.
+    histograms: u64,
+    tombstones: u64,
 }
 
 impl Replayer<'_> {
@@ -327,6 +330,13 @@ impl Visitor for Replayer<'_> {
     }
     fn sample(&mut self, r: u64, t: i64, v: f64) {
         self.add(r, t, v);
+    }
+    fn skipped(&mut self, what: Skipped) {
+        match what {
+            Skipped::Histograms => self.histograms += 1,
+            Skipped::Tombstones => self.tombstones += 1,
+            Skipped::Other => {}
+        }
     }
     fn chunk(&mut self, r: u64, _min_t: i64, _max_t: i64, data: &[u8]) {
         let it = match XorIterator::new(data) {
@@ -413,9 +423,15 @@ impl Db {
             mint: i64::MAX,
             maxt: i64::MIN,
             error: None,
+            histograms: 0,
+            tombstones: 0,
         };
-        let (report, last_seg) = wal::replay(&wal_dir, &metrics, &mut |payload| {
-            record::decode(payload, &mut rp).map_err(|e| e.to_string())?;
+        let (report, last_seg) = wal::replay(&wal_dir, &metrics, &mut |format, payload| {
+            match format {
+                wal::Format::Prometheus => record::decode(payload, &mut rp),
+                wal::Format::OrreryV1 => record::legacy::decode(payload, &mut rp),
+            }
+            .map_err(|e| e.to_string())?;
             match rp.error.take() {
                 Some(e) => Err(e),
                 None => Ok(()),
@@ -426,6 +442,19 @@ impl Db {
             tracing::warn!(
                 samples = rp.unknown_refs,
                 "WAL samples for unknown series skipped"
+            );
+        }
+        if rp.histograms > 0 {
+            metrics.wal_histogram_records_skipped.inc_by(rp.histograms);
+            tracing::warn!(
+                records = rp.histograms,
+                "WAL native histogram records skipped: Orrery's head stores float samples only"
+            );
+        }
+        if rp.tombstones > 0 {
+            tracing::warn!(
+                records = rp.tombstones,
+                "WAL tombstone records ignored: Orrery does not delete series; the samples stay queryable"
             );
         }
         tracing::info!(
@@ -447,7 +476,7 @@ impl Db {
             metrics.clone(),
         )?;
         metrics.head_series.set(head.num_series() as i64);
-        Ok(Db {
+        let db = Db {
             inner: Arc::new(Inner {
                 dir,
                 opts,
@@ -459,7 +488,24 @@ impl Db {
                 compact_lock: Mutex::new(()),
                 metrics,
             }),
-        })
+        };
+        if report.legacy_files > 0
+            && let Some(upto) = last_seg
+        {
+            // Orrery's first WAL format: the head now holds everything it had; a
+            // checkpoint in Prometheus's format replaces those files. If it fails (a full
+            // disk) they stay and are migrated at the next open.
+            match db.checkpoint(upto) {
+                Ok(()) => tracing::info!(
+                    files = report.legacy_files,
+                    upto,
+                    "migrated the WAL from Orrery's first format to Prometheus's"
+                ),
+                Err(e) => tracing::error!(error = %e, files = report.legacy_files,
+                    "cannot migrate the WAL from Orrery's first format yet; it is replayed again at the next open"),
+            }
+        }
+        Ok(db)
     }
 
     pub fn dir(&self) -> &Path {
@@ -672,32 +718,70 @@ impl Db {
         Ok(res)
     }
 
-    /// Writes the head's state as a WAL checkpoint covering segments ≤ `upto`.
+    /// Writes the head's state as a WAL checkpoint covering segments ≤ `upto`: what
+    /// Prometheus's checkpoint holds, series records then samples records (every sample
+    /// in the head), so Prometheus and `promtool` read it.
+    ///
+    /// Once it is written, a Prometheus head's `chunks_head/` (left by the Prometheus or
+    /// Thanos Receive this directory came from) is removed: its samples are in the head
+    /// and now in this checkpoint, and the segments it belonged with are gone, so a
+    /// Prometheus started here later must not map those stale chunks onto the series
+    /// refs of this WAL.
     fn checkpoint(&self, upto: u64) -> Result<(), DbError> {
+        const TARGET: usize = 1 << 20;
         let series = self.inner.head.all_series();
         let mut i = 0usize;
         let mut phase = 0u8;
+        // Samples phase: the series being dumped and how far.
+        let mut pending: Vec<(i64, f64)> = Vec::new();
+        let mut pending_at = 0usize;
+        let mut error: Option<String> = None;
         self.inner.wal.checkpoint(upto, &mut |buf| {
-            const TARGET: usize = 1 << 20;
-            // Phase 0: series records; phase 1: chunk records.
             while phase < 2 {
                 let at = wal::start_frame(buf);
                 buf.push(if phase == 0 {
                     record::TYPE_SERIES
                 } else {
-                    record::TYPE_CHUNKS
+                    record::TYPE_SAMPLES
                 });
+                let mut rec = SamplesRecord::default();
                 while i < series.len() && buf.len() - at < TARGET {
                     let s = &series[i];
                     if phase == 0 {
                         record::put_series(buf, s.sref, &s.labels());
-                    } else {
-                        let chunks = s.chunks(i64::MIN, i64::MAX);
-                        if !chunks.is_empty() {
-                            record::put_chunks(buf, s.sref, &chunks);
+                        i += 1;
+                        continue;
+                    }
+                    if pending_at == 0 && pending.is_empty() {
+                        for c in s.chunks(i64::MIN, i64::MAX) {
+                            match XorIterator::new(&c.data) {
+                                Ok(it) => {
+                                    for x in it {
+                                        match x {
+                                            Ok(p) => pending.push(p),
+                                            Err(e) => {
+                                                error.get_or_insert(e.to_string());
+                                                break;
+                                            }
+                                        }
+                                    }
+                                }
+                                Err(e) => {
+                                    error.get_or_insert(e.to_string());
+                                }
+                            }
                         }
                     }
-                    i += 1;
+                    while pending_at < pending.len() && buf.len() - at < TARGET {
+                        let (t, v) = pending[pending_at];
+                        rec.push(buf, s.sref, t, v);
+                        pending_at += 1;
+                    }
+                    if pending_at >= pending.len() {
+                        pending.clear();
+                        pending_at = 0;
+                        i += 1;
+                    }
                 }
                 if !wal::abandon_frame_if_empty(buf, at, 1) {
                     wal::finish_frame(buf, at);
@@ -712,7 +796,26 @@ impl Db {
             }
             false
         })?;
+        if let Some(e) = error {
+            // A head chunk that does not decode is a bug; its readable samples are in the
+            // checkpoint.
+            tracing::error!(error = %e, "a head chunk did not decode while writing the WAL checkpoint");
+        }
+        self.remove_prometheus_head_chunks();
         Ok(())
+    }
+
+    /// See [`Db::checkpoint`].
+    fn remove_prometheus_head_chunks(&self) {
+        let ch = self.inner.dir.join("chunks_head");
+        if ch.is_dir() {
+            match std::fs::remove_dir_all(&ch) {
+                Ok(()) => tracing::info!(dir = %ch.display(),
+                    "removed Prometheus head chunks: their samples are in the WAL checkpoint"),
+                Err(e) => tracing::warn!(dir = %ch.display(), error = %e,
+                    "cannot remove Prometheus head chunks"),
+            }
+        }
     }
 
     /// Deletes blocks whose end lies more than the retention before the newest data.
@@ -871,6 +974,7 @@ impl<'a> Appender<'a> {
             let series_frame = wal::start_frame(frames);
             frames.push(record::TYPE_SERIES);
             samples.push(record::TYPE_SAMPLES);
+            let mut rec = SamplesRecord::default();
             let mut newly_logged: Vec<&Arc<MemSeries>> = Vec::new();
             out.series_refs.reserve(self.keys.len());
             for (i, (s, &(a, b))) in resolved.iter().zip(&self.spans).enumerate() {
@@ -891,8 +995,7 @@ impl<'a> Appender<'a> {
                     d.logged = true;
                     newly_logged.push(s);
                 }
-                let group_at = samples.len();
-                let mut g = SamplesGroup::start(samples, s.sref);
+                let mut n = 0u64;
                 for &(t, v) in &self.samples[a as usize..b as usize] {
                     if t > max_valid {
                         out.count(RejectReason::TooFarInFuture, i, t);
@@ -901,7 +1004,8 @@ impl<'a> Appender<'a> {
                     let mv = *min_valid.get_or_insert_with(|| head.window_from(t.min(cap)));
                     match head.append_locked(&mut d, t, v, mv) {
                         SampleResult::Appended => {
-                            g.push(samples, t, v);
+                            rec.push(samples, s.sref, t, v);
+                            n += 1;
                             bmin = bmin.min(t);
                             bmax = bmax.max(t);
                         }
@@ -909,16 +1013,12 @@ impl<'a> Appender<'a> {
                         SampleResult::Rejected(r) => out.count(r, i, t),
                     }
                 }
-                let n = g.finish(samples);
-                out.appended += n as u64;
-                if n == 0 {
-                    samples.truncate(group_at);
-                }
+                out.appended += n;
             }
             if !wal::abandon_frame_if_empty(frames, series_frame, 1) {
                 wal::finish_frame(frames, series_frame);
             }
-            if samples.len() > 1 {
+            if !rec.is_empty() {
                 let at = wal::start_frame(frames);
                 frames.extend_from_slice(samples);
                 wal::finish_frame(frames, at);
@@ -1138,3 +1238,7 @@ const _: fn() = || {
 #[cfg(test)]
 #[path = "db_wal_fault_tests.rs"]
 mod wal_fault_tests;
+
+#[cfg(test)]
+#[path = "db_wal_format_tests.rs"]
+mod wal_format_tests;

@@ -26,6 +26,20 @@ impl SegFile {
         }
     }
 
+    /// Reserves disk space for the first `len` bytes without changing the file's size
+    /// (`fallocate` with `FALLOC_FL_KEEP_SIZE`), so a full disk shows when a segment is
+    /// started rather than at the first commit. Prometheus segments have no header that
+    /// could be written instead, and the file must keep its real length (readers treat
+    /// its end as the end of the log). Where the file system cannot reserve, nothing is
+    /// checked.
+    pub(crate) fn reserve(&self, len: u64) -> io::Result<()> {
+        match self {
+            SegFile::Real(f) => reserve(f, len),
+            #[cfg(test)]
+            SegFile::Faulty(f) => f.reserve(len),
+        }
+    }
+
     pub(crate) fn set_len(&self, len: u64) -> io::Result<()> {
         match self {
             SegFile::Real(f) => f.set_len(len),
@@ -40,6 +54,21 @@ impl SegFile {
             #[cfg(test)]
             SegFile::Faulty(f) => f.file.sync_data(),
         }
+    }
+}
+
+fn reserve(f: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).unwrap_or(libc::off_t::MAX);
+    // SAFETY: `fallocate` on a file descriptor owned by `f`, which outlives the call.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => Ok(()),
+        _ => Err(e),
     }
 }
 
@@ -64,7 +93,8 @@ pub(crate) mod faults {
     /// Shared between a test and every segment file of one WAL.
     #[derive(Debug, Default)]
     pub struct Plan {
-        /// Consumed one per write call (segment magic included); `None` = succeed.
+        /// Consumed one per write call (a new segment's space reservation included);
+        /// `None` = succeed.
         pub next: VecDeque<Option<Fault>>,
         /// While set, every write fails with ENOSPC after writing nothing (a full disk).
         pub full: bool,
@@ -104,6 +134,24 @@ pub(crate) mod faults {
             let n = n.min(buf.len().saturating_sub(1));
             self.file.write_all_at(&buf[..n], off)?;
             Err(kind)
+        }
+
+        /// Fails as a write of `len` bytes would (one fault consumed), writing nothing.
+        pub fn reserve(&self, len: u64) -> io::Result<()> {
+            let fault = {
+                let mut p = lock(&self.plan);
+                p.writes += 1;
+                if p.full {
+                    Some(Fault::Enospc(0))
+                } else {
+                    p.next.pop_front().flatten()
+                }
+            };
+            match fault {
+                None => super::reserve(&self.file, len),
+                Some(Fault::Enospc(_)) | Some(Fault::Short(_)) => Err(libc_enospc()),
+                Some(Fault::Eio(_)) => Err(io::Error::from_raw_os_error(5)),
+            }
         }
 
         pub fn set_len(&self, len: u64) -> io::Result<()> {

@@ -1,32 +1,33 @@
-//! Telling Orrery's WAL segments apart from anybody else's before replay may repair them.
+//! Telling WAL files apart before replay may repair them.
 //!
-//! Orrery's WAL uses Prometheus's file names (`wal/00000010`, `wal/checkpoint.N/`) but its
-//! own record framing, so a Prometheus or Thanos Receive data directory looks like a
-//! badly damaged Orrery WAL: replay's repair would truncate it to nothing. Repair is
-//! therefore only allowed on segments that are positively Orrery's:
+//! Orrery writes Prometheus's WAL format ([`super::page`]). Its first format ("v1",
+//! [`super::legacy`]) used the same file names with its own framing; such files are
+//! replayed once and migrated. Repair (cutting off a damaged tail) is only allowed on
+//! files positively identified as one of the two, so that nothing Orrery cannot read is
+//! ever truncated:
 //!
-//! - segments written since this check exist start with a magic frame, [`segment_magic`]
-//!   (a normal frame whose payload is [`MAGIC_PAYLOAD`]); a file that is a prefix of it
-//!   was cut short while being created and holds nothing;
-//! - older Orrery segments have no magic: their first frame must have a valid length and
-//!   CRC32C and a known record type;
-//! - an empty or all-zero file holds nothing that repair could destroy.
+//! - a Prometheus segment starts with a full or first record fragment (type byte: full
+//!   /first/middle/last in bits 0-2, snappy bit 3, zstd bit 4; big-endian u16 length;
+//!   big-endian CRC32C of the fragment) whose checksum matches, or, if its first record
+//!   is damaged, whose header is plausible (type, flags, a length that fits the page);
+//! - a v1 segment starts with the magic frame [`segment_magic`] (or a prefix of it: cut
+//!   short while being created), or, written before the magic existed, with a v1 frame of
+//!   a valid length and CRC32C and a known record type;
+//! - an empty or all-zero file holds nothing (zeros are padding in Prometheus's layout).
 //!
-//! Anything else is refused. For a clear message, Prometheus's format is recognised
-//! positively too: 32 KiB pages of records with a 7-byte header (type byte: full/first
-//! /middle/last in bits 0-2, snappy bit 3, zstd bit 4; big-endian u16 length; big-endian
-//! CRC32C of the fragment), so a segment that starts with a full or first fragment whose
-//! checksum matches is Prometheus's. A Prometheus head also keeps chunks in
-//! `chunks_head/`, which Orrery never writes.
+//! Anything else is refused, untouched.
 
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::{FRAME_HEADER, MAX_RECORD_SIZE, PROMETHEUS_REMEDY, UNKNOWN_REMEDY, WalError};
-use crate::wal::record::{TYPE_CHUNKS, TYPE_SAMPLES, TYPE_SERIES};
+use super::{MAX_RECORD_SIZE, UNKNOWN_REMEDY, WalError};
+use crate::wal::record::legacy::{TYPE_CHUNKS, TYPE_SAMPLES, TYPE_SERIES};
 
-/// Payload of the first frame of every segment and checkpoint file Orrery writes. Its
+/// Header of a v1 frame: `u32 LE length | u32 LE CRC32C`.
+const FRAME_HEADER: usize = 8;
+
+/// Payload of the first frame of every v1 segment and checkpoint file. Its
 /// frame starts with the length byte 14, which is not a Prometheus record type (types
 /// use the low 3 bits, 0-4, and 14 & 7 = 6), so no Prometheus segment starts like it.
 pub const MAGIC_PAYLOAD: &[u8; 14] = b"\x7forrery-wal-v1";
@@ -51,7 +52,7 @@ const PROM_HEADER: usize = 7;
 /// What a segment file is, judged from its first bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SegmentKind {
-    /// Starts with the magic frame, or is a prefix of it.
+    /// Orrery's first format: starts with the magic frame, or is a prefix of it.
     Orrery,
     /// No magic, but the first frame is a valid Orrery frame (written before the magic).
     OrreryLegacy,
@@ -78,6 +79,23 @@ pub fn classify(head: &[u8]) -> SegmentKind {
     if let Some(why) = prometheus_first_record(head) {
         return SegmentKind::Prometheus(why);
     }
+    let legacy = legacy_first_frame(head);
+    if legacy {
+        return SegmentKind::OrreryLegacy;
+    }
+    if super::page::plausible_start(head) {
+        return SegmentKind::Prometheus(
+            "its first record fragment is damaged but its header is Prometheus's".into(),
+        );
+    }
+    SegmentKind::Unknown(format!(
+        "the first bytes ({}) are neither a Prometheus WAL record nor an Orrery v1 frame",
+        hex_prefix(head, 8)
+    ))
+}
+
+/// True when `head` starts with a valid v1 frame of a known record type.
+fn legacy_first_frame(head: &[u8]) -> bool {
     if head.len() >= FRAME_HEADER {
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
@@ -87,14 +105,11 @@ pub fn classify(head: &[u8]) -> SegmentKind {
             if crc32c::crc32c(payload) == crc
                 && matches!(payload[0], TYPE_SERIES | TYPE_SAMPLES | TYPE_CHUNKS)
             {
-                return SegmentKind::OrreryLegacy;
+                return true;
             }
         }
     }
-    SegmentKind::Unknown(format!(
-        "the first bytes ({}) are not an Orrery WAL frame with a valid checksum",
-        hex_prefix(head, 8)
-    ))
+    false
 }
 
 /// `Some(description)` when `head` starts with a Prometheus full or first record
@@ -152,7 +167,8 @@ fn is_segment_name(name: &str) -> bool {
 }
 
 /// Checks that every segment under `wal_dir` (and its checkpoint directories, finished or
-/// not) is Orrery's. Reads only; changes nothing. A missing directory is fine.
+/// not) is in a format Orrery reads (Prometheus's, or Orrery's first). Reads only;
+/// changes nothing. A missing directory is fine.
 pub fn check_wal_dir(wal_dir: &Path) -> Result<(), WalError> {
     let rd = match fs::read_dir(wal_dir) {
         Ok(rd) => rd,
@@ -181,8 +197,10 @@ pub fn check_wal_dir(wal_dir: &Path) -> Result<(), WalError> {
     for p in files {
         let head = read_head(&p)?;
         let (what, remedy) = match classify(&head) {
-            SegmentKind::Orrery | SegmentKind::OrreryLegacy | SegmentKind::Empty => continue,
-            SegmentKind::Prometheus(why) => (why, PROMETHEUS_REMEDY),
+            SegmentKind::Orrery
+            | SegmentKind::OrreryLegacy
+            | SegmentKind::Empty
+            | SegmentKind::Prometheus(_) => continue,
             SegmentKind::Unknown(why) => (why, UNKNOWN_REMEDY),
         };
         return Err(WalError::Foreign {
@@ -194,21 +212,14 @@ pub fn check_wal_dir(wal_dir: &Path) -> Result<(), WalError> {
     Ok(())
 }
 
-/// Checks a TSDB directory before anything in it is touched: its `wal/` must be Orrery's
-/// and it must not hold a Prometheus head (`chunks_head/` with data in it).
+/// Checks a TSDB directory before anything in it is touched: its `wal/` must be in a
+/// format Orrery reads.
+///
+/// A Prometheus head's `chunks_head/` is not read: Prometheus keeps every sample of its
+/// head in the WAL as well (its WAL truncation checkpoints the samples at or after the
+/// head's new minimum time, and head chunks are only dropped below that time), so
+/// replaying the WAL restores the whole head. See [`crate::db`] for when it is removed.
 pub fn check_db_dir(db_dir: &Path) -> Result<(), WalError> {
-    let ch = db_dir.join("chunks_head");
-    if let Ok(rd) = fs::read_dir(&ch) {
-        for e in rd.flatten() {
-            if e.metadata().is_ok_and(|m| m.is_file() && m.len() > 0) {
-                return Err(WalError::Foreign {
-                    path: ch,
-                    what: "it holds Prometheus head chunks (chunks_head/), which Orrery does not write".into(),
-                    remedy: PROMETHEUS_REMEDY,
-                });
-            }
-        }
-    }
     check_wal_dir(&db_dir.join("wal"))
 }
 
@@ -318,10 +329,11 @@ pub(crate) mod tests {
 
     #[test]
     fn legacy_orrery_and_garbage() {
+        let payload = [TYPE_SAMPLES, 1, 2, 3];
         let mut buf = Vec::new();
-        let at = crate::wal::start_frame(&mut buf);
-        buf.extend_from_slice(&[TYPE_SAMPLES, 1, 2, 3]);
-        crate::wal::finish_frame(&mut buf, at);
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        buf.extend_from_slice(&payload);
         assert_eq!(classify(&buf), SegmentKind::OrreryLegacy);
         assert_eq!(classify(&[]), SegmentKind::Empty);
         assert_eq!(classify(&[0; 100]), SegmentKind::Empty);
@@ -333,8 +345,17 @@ pub(crate) mod tests {
         ));
     }
 
+    /// A Prometheus segment whose first record is damaged is still Prometheus's (replay
+    /// repairs it); it is not mistaken for an unknown file.
     #[test]
-    fn check_db_dir_refuses_prometheus_layouts() {
+    fn damaged_prometheus_start_is_still_prometheus() {
+        let mut seg = prometheus_segment(&prometheus_records(10));
+        seg[20] ^= 0xff;
+        assert!(matches!(classify(&seg), SegmentKind::Prometheus(_)));
+    }
+
+    #[test]
+    fn check_db_dir_accepts_prometheus_and_v1_and_refuses_unknown() {
         let d = tempfile::tempdir().unwrap();
         assert!(check_db_dir(d.path()).is_ok(), "missing wal is fine");
         let wal = d.path().join("wal");
@@ -346,9 +367,6 @@ pub(crate) mod tests {
             prometheus_segment(&prometheus_records(10)),
         )
         .unwrap();
-        let e = check_db_dir(d.path()).unwrap_err().to_string();
-        assert!(e.contains("00000001") && e.contains("Prometheus"), "{e}");
-        fs::remove_file(wal.join("00000001")).unwrap();
         let cp = wal.join("checkpoint.00000000");
         fs::create_dir_all(&cp).unwrap();
         fs::write(
@@ -356,12 +374,13 @@ pub(crate) mod tests {
             prometheus_segment(&prometheus_records(5)),
         )
         .unwrap();
-        assert!(check_db_dir(d.path()).is_err(), "checkpoint checked too");
-        fs::remove_dir_all(&cp).unwrap();
         let ch = d.path().join("chunks_head");
         fs::create_dir_all(&ch).unwrap();
         fs::write(ch.join("000001"), [0x01, 0x30, 0xbc, 0x91]).unwrap();
+        assert!(check_db_dir(d.path()).is_ok());
+        fs::write(cp.join("00000001"), b"hello world, not a wal").unwrap();
         let e = check_db_dir(d.path()).unwrap_err().to_string();
-        assert!(e.contains("chunks_head"), "{e}");
+        assert!(e.contains("checkpoint.00000000/00000001"), "{e}");
+        assert!(e.contains("changed nothing"), "{e}");
     }
 }

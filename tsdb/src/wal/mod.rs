@@ -1,17 +1,16 @@
-//! Write-ahead log: segmented files of checksummed records, replay with repair, and
-//! checkpoints.
+//! Write-ahead log in Prometheus's format: segmented files of checksummed records,
+//! replay with repair, and checkpoints. Prometheus, Thanos Receive and `promtool` read
+//! Orrery's WAL, and Orrery replays theirs.
 //!
 //! # Layout
 //! `wal/00000000`, `wal/00000001`, … segment files (a new one is started when the current
 //! one would exceed the segment size, 128 MiB by default, and on every open), and at most
 //! one `wal/checkpoint.NNNNNNNN/00000000` holding the head's state as of the end of
-//! segment `NNNNNNNN` (older segments are then deleted).
-//!
-//! Each record is framed as `u32 LE payload length | u32 LE CRC32C(payload) | payload`;
-//! payloads are described in [`record`]. Every segment and checkpoint file starts with a
-//! magic frame ([`ident::segment_magic`]) so that replay can tell Orrery's files from a
-//! Prometheus WAL, which uses the same file names (segments written before the magic
-//! existed are recognised by a valid first frame).
+//! segment `NNNNNNNN` (older segments are then deleted). Segments and checkpoint files
+//! use Prometheus's page layout ([`page`]: 32 KiB pages, records split into fragments
+//! with a CRC32-Castagnoli each) and record encodings ([`record`]). Orrery's first
+//! format ([`legacy`], [`ident`]) is still read, once: the database then writes a
+//! checkpoint in the new format, which replaces those files.
 //!
 //! # Durability guarantee
 //! A commit writes its records with one `write` call before it returns, then:
@@ -28,29 +27,34 @@
 //! Segments are always fsynced before the writer moves to the next one.
 //!
 //! # Write failures
-//! A failed write (ENOSPC, EIO, a short write) is cut back to the last complete frame
-//! before anything else is written (the writer writes at explicit offsets, so a partial
-//! write moves nothing); if the cut fails, the segment is closed and writing continues in
-//! a new one. The failed frames are kept and written first by the next write: their
-//! samples are in the head already, and a client's retry of them finds duplicates there,
-//! so the retry must not be acknowledged before they are in the log.
+//! A failed write (ENOSPC, EIO, a short write) is cut back to the end of the last
+//! complete record before anything else is written (the writer writes at explicit
+//! offsets, so a partial write moves nothing); if the cut fails, the segment is closed
+//! and writing continues in a new one. The failed records are kept and written first by
+//! the next write (laid out again for where they then land): their samples are in the
+//! head already, and a client's retry of them finds duplicates there, so the retry must
+//! not be acknowledged before they are in the log. Space for a new segment's first page is
+//! reserved when it is created, so a full disk shows when the log is opened.
 //!
 //! # Replay and repair
-//! Before anything is read or changed, every segment is checked to be Orrery's
-//! ([`ident`]); a Prometheus WAL or an unidentifiable file stops the open with
-//! [`WalError::Foreign`] and is left untouched. Replay then reads the checkpoint and every
-//! later segment, in order. A record that is cut short at the end of the last segment (a
-//! torn write) is cut off and counted (`tsdb_wal_torn_tails`). Damage followed by valid
-//! records — a bad checksum, an impossible length, a record that does not decode — is
-//! logged, counted (`tsdb_wal_corruptions_repaired`) and skipped, and the valid records
-//! after it (found by their length, type and checksum) and in later segments are
-//! replayed: nothing that may have been acknowledged is dropped. Damage at the end of
-//! the last segment is cut off; elsewhere damaged bytes are left on disk. Replay never
-//! fails because of the contents of Orrery's own files, so a damaged WAL cannot cause a
-//! crash loop.
+//! Before anything is read or changed, every segment is checked to be in a format Orrery
+//! reads ([`ident`]); an unidentifiable file stops the open with [`WalError::Foreign`]
+//! and is left untouched. Replay then reads the checkpoint and every later segment, in
+//! order. A record that is cut short at the end of the last segment (a torn write) is cut
+//! off and counted (`tsdb_wal_torn_tails`), as Prometheus's repair does. Damage followed
+//! by valid records — a bad checksum, an impossible length, fragments out of sequence, a
+//! record that does not decode — is logged, counted (`tsdb_wal_corruptions_repaired`) and
+//! skipped, and the valid records after it (found by their fragment header and checksum)
+//! and in later segments are replayed. Here Orrery keeps more than Prometheus, which
+//! drops everything after a corruption: nothing that may have been acknowledged is
+//! dropped. Damage at the end of the last segment is cut off; elsewhere damaged bytes are
+//! left on disk. Replay never fails because of the contents of a file it identified, so a
+//! damaged WAL cannot cause a crash loop.
 
 pub(crate) mod file;
 pub mod ident;
+mod legacy;
+pub mod page;
 pub mod record;
 
 use std::fs::{self, File, OpenOptions};
@@ -69,7 +73,8 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 128 * 1024 * 1024;
 /// Largest record payload accepted when reading (anything larger is corruption).
 pub const MAX_RECORD_SIZE: u32 = 512 * 1024 * 1024;
 
-const FRAME_HEADER: usize = 8;
+/// Header of a caller's record frame: `u32 LE payload length` (see [`start_frame`]).
+const FRAME_HEADER: usize = 4;
 
 /// When the WAL calls `fdatasync`. See the module documentation for the guarantees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,11 +97,11 @@ pub enum WalError {
     },
     #[error("WAL writer is closed")]
     Closed,
-    /// The directory holds a log Orrery did not write (or cannot identify). Repairing it
-    /// would mean truncating somebody else's data, so opening stops before anything is
-    /// changed on disk.
+    /// The directory holds a file Orrery cannot identify as a WAL segment it reads.
+    /// Repairing it would mean truncating data Orrery cannot read, so opening stops
+    /// before anything is changed on disk.
     #[error(
-        "{path} is not an Orrery write-ahead log: {what}. Orrery changed nothing in it and will not start on it. {remedy}"
+        "{path} is not a write-ahead log segment Orrery can read: {what}. Orrery changed nothing in it and will not start on it. {remedy}"
     )]
     Foreign {
         path: PathBuf,
@@ -105,16 +110,8 @@ pub enum WalError {
     },
 }
 
-/// What to do about a Prometheus (or Thanos Receive) TSDB directory.
-const PROMETHEUS_REMEDY: &str = "It is the WAL of a Prometheus or Thanos Receive TSDB; this Orrery version cannot \
-read that format yet (a later one will). To migrate without losing the samples that are not yet in a block, \
-let the program that wrote it turn its head into a block first (Prometheus: start it on this directory with \
---web.enable-admin-api, POST /api/v1/admin/tsdb/snapshot, stop it, copy the block directories from \
-snapshots/<name>/ into this directory), then move this directory's wal/ and chunks_head/ out of the data \
-directory. Moving them aside without that drops those samples.";
-
-/// What to do about a file that is neither Orrery's nor Prometheus's.
-const UNKNOWN_REMEDY: &str = "Its first bytes are neither an Orrery nor a Prometheus WAL record, so it is not \
+/// What to do about a file that is neither Prometheus's nor Orrery's first format.
+const UNKNOWN_REMEDY: &str = "Its first bytes are neither a Prometheus WAL record nor an Orrery v1 frame, so it is not \
 repaired (that would truncate data Orrery cannot read). Inspect it and move it out of the wal directory to \
 start; its contents are then not replayed.";
 
@@ -125,8 +122,10 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
     }
 }
 
-/// Starts a frame in `buf`: reserves the header. Write the payload after it, then call
-/// [`finish_frame`] with the returned offset.
+/// Starts a record in `buf`, a batch for [`Wal::write`]: reserves the length. Write the
+/// payload after it, then call [`finish_frame`] with the returned offset. The writer lays
+/// the records out in Prometheus's pages ([`page`]) when it knows where they land; a
+/// batch that failed to reach the disk is kept in this form and laid out again.
 #[inline]
 pub fn start_frame(buf: &mut Vec<u8>) -> usize {
     let at = buf.len();
@@ -134,14 +133,23 @@ pub fn start_frame(buf: &mut Vec<u8>) -> usize {
     at
 }
 
-/// Fills in the header of the frame started at `at` (payload = the rest of `buf`).
+/// Fills in the length of the record started at `at` (payload = the rest of `buf`).
 #[inline]
 pub fn finish_frame(buf: &mut [u8], at: usize) {
-    let payload = &buf[at + FRAME_HEADER..];
-    let len = payload.len() as u32;
-    let crc = crc32c::crc32c(payload);
-    buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
-    buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    let len = (buf.len() - at - FRAME_HEADER) as u32;
+    buf[at..at + FRAME_HEADER].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Lays out a batch of records made with [`start_frame`] in Prometheus's pages, the
+/// first byte landing at segment offset `base`.
+fn lay_out(out: &mut Vec<u8>, base: u64, batch: &[u8]) {
+    let mut i = 0usize;
+    while i + FRAME_HEADER <= batch.len() {
+        let n = u32::from_le_bytes([batch[i], batch[i + 1], batch[i + 2], batch[i + 3]]) as usize;
+        let end = (i + FRAME_HEADER).saturating_add(n).min(batch.len());
+        page::put_record(out, base, &batch[i + FRAME_HEADER..end]);
+        i = end;
+    }
 }
 
 /// Removes a frame started at `at` whose payload turned out empty.
@@ -224,111 +232,32 @@ pub struct ReplayReport {
     pub bytes_truncated: u64,
     /// Bytes of damaged regions skipped (left on disk).
     pub bytes_skipped: u64,
+    /// Files in Orrery's first WAL format (replayed; the caller migrates them by
+    /// writing a checkpoint, see [`legacy`]).
+    pub legacy_files: usize,
 }
 
-/// The frame at the start of `rest`: `Ok((payload, frame length))`, or why it is not
-/// one and whether it looks like an interrupted final write (only meaningful when
-/// nothing valid follows).
-fn frame_at(rest: &[u8]) -> Result<(&[u8], usize), (String, bool)> {
-    if rest.len() < FRAME_HEADER {
-        return Err(("partial record header".into(), true));
-    }
-    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-    if len == 0 || len > MAX_RECORD_SIZE {
-        // A zero-filled tail (the file system extended the file but the data never
-        // landed) is a torn write too.
-        let zeros = rest.iter().all(|&b| b == 0);
-        return Err((format!("impossible record length {len}"), zeros));
-    }
-    let end = FRAME_HEADER + len as usize;
-    if rest.len() < end {
-        return Err(("record extends past the end of the segment".into(), true));
-    }
-    let payload = &rest[FRAME_HEADER..end];
-    if crc32c::crc32c(payload) != crc {
-        return Err(("checksum mismatch".into(), rest.len() == end));
-    }
-    Ok((payload, end))
-}
+/// Replay's callback: gets each record payload and the format of its file; `Err` marks
+/// the record as damaged (skipped and reported).
+pub type RecordFn<'a> = dyn FnMut(Format, &[u8]) -> Result<(), String> + 'a;
 
-/// The offset of the next valid record frame at or after `from`, if any. Used after
-/// damage: a torn write left by an earlier failure may be followed by good records,
-/// which must not be dropped. A candidate needs a plausible length, a known record type
-/// and a matching CRC32C (a chance match is ~2^-32 per candidate); the checksummed
-/// bytes are budgeted so that a large garbage region cannot make replay quadratic.
-fn resync(data: &[u8], from: usize, budget: &mut usize) -> Option<usize> {
-    use record::{TYPE_CHUNKS, TYPE_SAMPLES, TYPE_SERIES};
-    let mut o = from;
-    while o + FRAME_HEADER < data.len() {
-        let len = u32::from_le_bytes([data[o], data[o + 1], data[o + 2], data[o + 3]]) as usize;
-        let end = o + FRAME_HEADER + len;
-        if len > 0
-            && len <= MAX_RECORD_SIZE as usize
-            && end <= data.len()
-            && matches!(
-                data[o + FRAME_HEADER],
-                TYPE_SERIES | TYPE_SAMPLES | TYPE_CHUNKS
-            )
-        {
-            if *budget < len {
-                return None;
-            }
-            *budget -= len;
-            let crc = u32::from_le_bytes([data[o + 4], data[o + 5], data[o + 6], data[o + 7]]);
-            if crc32c::crc32c(&data[o + FRAME_HEADER..end]) == crc {
-                return Some(o);
-            }
-        }
-        o += 1;
-    }
-    None
+/// The format of a file a record came from: record payloads differ between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus's segment layout and record encodings ([`page`], [`record`]).
+    Prometheus,
+    /// Orrery's first format ([`legacy`], [`record::legacy`]).
+    OrreryV1,
 }
 
 /// What one file held.
 #[derive(Default)]
-struct Scan {
+pub(crate) struct Scan {
     /// Damaged regions `[start, end)` followed by valid records, and why.
-    skipped: Vec<(usize, usize, String)>,
+    pub(crate) skipped: Vec<(usize, usize, String)>,
     /// Damage at the end of the file with nothing valid after it: offset, whether it
     /// looks like an interrupted write, why.
-    tail: Option<(usize, bool, String)>,
-}
-
-/// Calls `f` for each valid record payload in `data`, skipping the segment magic and
-/// damaged regions (see [`resync`]). A record `f` refuses is reported as damaged and
-/// skipped.
-fn scan(data: &[u8], f: &mut dyn FnMut(&[u8]) -> Result<(), String>, records: &mut u64) -> Scan {
-    let mut out = Scan::default();
-    let mut budget = data.len().saturating_mul(4).saturating_add(1 << 20);
-    let mut off = 0usize;
-    while off < data.len() {
-        match frame_at(&data[off..]) {
-            Ok((payload, len)) => {
-                if payload != ident::MAGIC_PAYLOAD {
-                    match f(payload) {
-                        Ok(()) => *records += 1,
-                        Err(why) => {
-                            out.skipped
-                                .push((off, off + len, format!("undecodable record: {why}")))
-                        }
-                    }
-                }
-                off += len;
-            }
-            Err((why, torn)) => match resync(data, off + 1, &mut budget) {
-                Some(next) => {
-                    out.skipped.push((off, next, why));
-                    off = next;
-                }
-                None => {
-                    out.tail = Some((off, torn, why));
-                    break;
-                }
-            },
-        }
-    }
-    out
+    pub(crate) tail: Option<(usize, bool, String)>,
 }
 
 fn truncate_file(path: &Path, len: u64) -> Result<(), WalError> {
@@ -348,7 +277,7 @@ fn truncate_file(path: &Path, len: u64) -> Result<(), WalError> {
 pub fn replay(
     dir: &Path,
     metrics: &Metrics,
-    f: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    f: &mut RecordFn<'_>,
 ) -> Result<(ReplayReport, Option<u64>), WalError> {
     ident::check_wal_dir(dir)?;
     fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -386,13 +315,31 @@ fn replay_file(
     is_last: bool,
     report: &mut ReplayReport,
     metrics: &Metrics,
-    f: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    f: &mut RecordFn<'_>,
 ) -> Result<(), WalError> {
     let data = fs::read(p).map_err(io_err(p))?;
-    if data.len() < ident::MAGIC_LEN && ident::segment_magic().starts_with(&data) {
-        return Ok(()); // created, never written
-    }
-    let scan = scan(&data, f, &mut report.records);
+    let head = &data[..data.len().min(page::PAGE)];
+    let scan = match ident::classify(head) {
+        ident::SegmentKind::Empty | ident::SegmentKind::Prometheus(_) => page::scan(
+            &data,
+            &mut |r| f(Format::Prometheus, r),
+            &mut report.records,
+        ),
+        ident::SegmentKind::Orrery | ident::SegmentKind::OrreryLegacy => {
+            report.legacy_files += 1;
+            if data.len() < ident::MAGIC_LEN && ident::segment_magic().starts_with(&data) {
+                return Ok(()); // created, never written
+            }
+            legacy::scan(&data, &mut |r| f(Format::OrreryV1, r), &mut report.records)
+        }
+        ident::SegmentKind::Unknown(what) => {
+            return Err(WalError::Foreign {
+                path: p.to_path_buf(),
+                what,
+                remedy: UNKNOWN_REMEDY,
+            });
+        }
+    };
     for (from, to, why) in &scan.skipped {
         tracing::error!(file = %p.display(), offset = from, bytes = to - from, %why,
             "WAL damage: skipped a damaged region; the valid records after it were replayed");
@@ -432,7 +379,7 @@ struct Writer {
     /// was opened): the next write tries again.
     file: Option<Arc<SegFile>>,
     seg: u64,
-    /// Bytes of complete frames (magic included) in the current segment: where the next
+    /// Bytes of complete records (and padding) in the current segment: where the next
     /// write goes.
     seg_len: u64,
     /// Logical bytes written since open (across segments).
@@ -440,10 +387,13 @@ struct Writer {
     /// A failed write left bytes past `seg_len` that could not be cut off: the segment
     /// takes no more records, the next write starts a new one.
     torn: bool,
-    /// Frames that failed to reach the log. Their samples are already in the head (a
-    /// client's retry of them is a no-op duplicate there), so they are written before
-    /// anything else and before any later commit is acknowledged.
+    /// Records (as [`start_frame`] makes them) that failed to reach the log. Their
+    /// samples are already in the head (a client's retry of them is a no-op duplicate
+    /// there), so they are written before anything else and before any later commit is
+    /// acknowledged.
     pending: Vec<u8>,
+    /// The page layout of the batch being written (reused).
+    scratch: Vec<u8>,
 }
 
 /// The WAL writer.
@@ -472,7 +422,8 @@ impl std::fmt::Debug for Wal {
 }
 
 /// Creates segment `n` in `dir` (replacing a leftover of a failed earlier attempt) and
-/// writes the magic frame that marks it as Orrery's.
+/// reserves space for its first page (see [`SegFile::reserve`]): an empty file can
+/// often still be created on a full disk, and the log must say so when it is opened.
 fn create_segment(
     dir: &Path,
     n: u64,
@@ -495,8 +446,7 @@ fn create_segment(
     };
     #[cfg(not(test))]
     let f = SegFile::Real(f);
-    f.write_all_at(&ident::segment_magic(), 0)
-        .map_err(io_err(&p))?;
+    f.reserve(page::PAGE as u64).map_err(io_err(&p))?;
     sync_dir(dir)?;
     Ok(f)
 }
@@ -589,10 +539,11 @@ impl Wal {
             writer: Mutex::new(Writer {
                 file,
                 seg,
-                seg_len: ident::MAGIC_LEN as u64,
+                seg_len: 0,
                 pos: 0,
                 torn: false,
                 pending: Vec::new(),
+                scratch: Vec::new(),
             }),
             sync_lock: Mutex::new(()),
             synced: AtomicU64::new(0),
@@ -687,9 +638,31 @@ impl Wal {
     }
 
     fn write_locked(&self, w: &mut Writer, frames: &[u8]) -> Result<u64, WalError> {
+        let mut buf = std::mem::take(&mut w.scratch);
+        let r = self.write_laid_out(w, frames, &mut buf);
+        buf.clear();
+        w.scratch = buf;
+        r
+    }
+
+    fn write_laid_out(
+        &self,
+        w: &mut Writer,
+        frames: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> Result<u64, WalError> {
+        buf.clear();
+        lay_out(buf, w.seg_len, frames);
+        let seg = (w.file.is_some(), w.seg);
         let file = self
-            .writable_file(w, frames.len())
+            .writable_file(w, buf.len())
             .inspect_err(|e| self.failed(e))?;
+        if (w.file.is_some(), w.seg) != seg {
+            // A new segment: the records land at another page offset.
+            buf.clear();
+            lay_out(buf, w.seg_len, frames);
+        }
+        let frames = &buf[..];
         let p = self.dir.join(segment_name(w.seg));
         if let Err(e) = file.write_all_at(frames, w.seg_len) {
             // Part of the buffer may have landed: cut the segment back to its last
@@ -718,13 +691,10 @@ impl Wal {
                 let f = Arc::new(self.create_segment(w.seg)?);
                 tracing::info!(segment = w.seg, "WAL segment started");
                 w.file = Some(f);
-                w.seg_len = ident::MAGIC_LEN as u64;
+                w.seg_len = 0;
             }
             Some(_) if w.torn => self.rotate(w)?,
-            Some(_)
-                if w.seg_len > ident::MAGIC_LEN as u64
-                    && w.seg_len + len as u64 > self.segment_size =>
-            {
+            Some(_) if w.seg_len > 0 && w.seg_len + len as u64 > self.segment_size => {
                 self.rotate(w)?
             }
             Some(_) => {}
@@ -809,7 +779,7 @@ impl Wal {
         let next = w.seg + 1;
         w.file = Some(Arc::new(self.create_segment(next)?));
         w.seg = next;
-        w.seg_len = ident::MAGIC_LEN as u64;
+        w.seg_len = 0;
         w.torn = false;
         Ok(())
     }
@@ -924,13 +894,16 @@ impl Wal {
         fs::create_dir_all(tmp).map_err(io_err(tmp))?;
         let fp = tmp.join(segment_name(0));
         let mut file = File::create(&fp).map_err(io_err(&fp))?;
-        file.write_all(&ident::segment_magic())
-            .map_err(io_err(&fp))?;
         let mut buf = Vec::with_capacity(1 << 20);
+        let mut laid = Vec::with_capacity(1 << 20);
+        let mut written = 0u64;
         loop {
             buf.clear();
             let more = fill(&mut buf);
-            file.write_all(&buf).map_err(io_err(&fp))?;
+            laid.clear();
+            lay_out(&mut laid, written, &buf);
+            file.write_all(&laid).map_err(io_err(&fp))?;
+            written += laid.len() as u64;
             if !more {
                 break;
             }
@@ -980,9 +953,20 @@ mod tests {
         buf
     }
 
+    /// Records in Orrery's first format (`u32 LE length | u32 LE CRC32C | payload`).
+    fn legacy_frames(payloads: &[Vec<u8>]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for p in payloads {
+            buf.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&crc32c::crc32c(p).to_le_bytes());
+            buf.extend_from_slice(p);
+        }
+        buf
+    }
+
     fn read_all(dir: &Path) -> (Vec<Vec<u8>>, ReplayReport) {
         let mut got = Vec::new();
-        let (rep, _) = replay(dir, &Metrics::default(), &mut |p| {
+        let (rep, _) = replay(dir, &Metrics::default(), &mut |_, p| {
             got.push(p.to_vec());
             Ok(())
         })
@@ -1043,14 +1027,15 @@ mod tests {
         wal.cut_segment().unwrap();
         wal.write(&frames(&[rec(99, 30)])).unwrap();
         wal.close().unwrap();
-        // Flip a byte inside the 4th record of segment 0.
+        // Flip a byte inside the 4th record of segment 0 (each is a 7-byte fragment
+        // header and 10 bytes).
         let p = d.path().join(segment_name(0));
         let mut data = fs::read(&p).unwrap();
-        data[ident::MAGIC_LEN + 3 * 18 + 10] ^= 0xff;
+        data[3 * 17 + 10] ^= 0xff;
         fs::write(&p, &data).unwrap();
         let m = Metrics::default();
         let mut got = vec![];
-        let (rep, last) = replay(d.path(), &m, &mut |p| {
+        let (rep, last) = replay(d.path(), &m, &mut |_, p| {
             got.push(p.to_vec());
             Ok(())
         })
@@ -1060,7 +1045,7 @@ mod tests {
         want.push(rec(99, 30));
         assert_eq!(got, want);
         assert_eq!(rep.corruptions_repaired, 1);
-        assert_eq!(rep.bytes_skipped, 18);
+        assert_eq!(rep.bytes_skipped, 17);
         assert_eq!(m.wal_corruptions_repaired.get(), 1);
         assert_eq!(last, Some(1));
         // The damaged bytes stay (nothing after them is lost); a second open reports the
@@ -1079,10 +1064,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let before: Vec<Vec<u8>> = (0..5).map(|i| rec(i, 40)).collect();
         let after: Vec<Vec<u8>> = (10..20).map(|i| rec(i, 40)).collect();
-        let torn = frames(&[rec(7, 400)]);
-        let mut data = frames(&before);
+        let torn = legacy_frames(&[rec(7, 400)]);
+        let mut data = legacy_frames(&before);
         data.extend_from_slice(&torn[..150]);
-        data.extend_from_slice(&frames(&after));
+        data.extend_from_slice(&legacy_frames(&after));
         fs::write(d.path().join(segment_name(0)), &data).unwrap();
         let (got, rep) = read_all(d.path());
         let mut want = before.clone();
@@ -1094,43 +1079,78 @@ mod tests {
     }
 
     /// A Prometheus WAL (snappy-compressed series and samples records in 32 KiB pages,
-    /// built from the format description) and its checkpoint are refused before anything
-    /// is changed: every byte stays.
+    /// built from the format description) with a checkpoint and a last segment torn
+    /// mid-page (SIGKILL) is replayed: the checkpoint, then every record of the segments
+    /// after it; the torn record is cut off (Prometheus's repair of the last segment), a
+    /// leftover temporary checkpoint is removed, nothing else changes.
     #[test]
-    fn prometheus_wal_is_refused_and_left_byte_identical() {
+    fn prometheus_wal_is_replayed_and_its_torn_tail_repaired() {
         let d = tempfile::tempdir().unwrap();
-        let seg = ident::tests::prometheus_segment(&ident::tests::prometheus_records(2000));
+        let recs = ident::tests::prometheus_records(2000);
+        let seg = ident::tests::prometheus_segment(&recs);
         assert!(seg.len() > 64 * 1024);
-        // SIGKILLed mid-page: the last page is partial.
-        let seg = &seg[..seg.len() - 100];
-        fs::write(d.path().join("00000003"), seg).unwrap();
+        fs::write(d.path().join("00000003"), &seg).unwrap();
         fs::write(d.path().join("00000004"), &seg[..5000]).unwrap();
         let cp = d.path().join("checkpoint.00000002");
         fs::create_dir_all(&cp).unwrap();
-        let cps = ident::tests::prometheus_segment(&ident::tests::prometheus_records(10)[..1]);
+        let cps = ident::tests::prometheus_segment(&recs[..1]);
         fs::write(cp.join("00000000"), &cps).unwrap();
         fs::create_dir_all(d.path().join("checkpoint.00000003.tmp")).unwrap();
+        // What the torn segment holds whole: the records that end within 5000 bytes.
+        let mut whole = 0;
+        let mut n = 0u64;
+        let sc = page::scan(&seg[..5000], &mut |_| Ok(()), &mut n);
+        let (cut_at, torn, _) = sc.tail.clone().unwrap();
+        assert!(torn);
+        whole += n as usize;
         let m = Metrics::default();
-        let mut n = 0;
-        let err = replay(d.path(), &m, &mut |_| {
-            n += 1;
+        let mut got = vec![];
+        let (rep, last) = replay(d.path(), &m, &mut |f, p| {
+            assert_eq!(f, Format::Prometheus);
+            got.push(p.to_vec());
             Ok(())
         })
-        .unwrap_err();
-        let msg = err.to_string();
-        assert!(matches!(err, WalError::Foreign { .. }), "{msg}");
-        assert!(
-            msg.contains("Prometheus") && msg.contains("snappy"),
-            "{msg}"
-        );
-        assert!(msg.contains("changed nothing"), "{msg}");
-        assert_eq!(n, 0);
+        .unwrap();
+        let mut want: Vec<Vec<u8>> = vec![recs[0].0.clone()];
+        want.extend(recs.iter().map(|r| r.0.clone()));
+        want.extend(recs.iter().take(whole).map(|r| r.0.clone()));
+        assert_eq!(got.len(), want.len());
+        assert!(got == want);
+        assert_eq!((rep.torn_tails, rep.corruptions_repaired), (1, 0));
+        assert_eq!((rep.checkpoint, last), (Some(2), Some(4)));
+        assert_eq!(rep.legacy_files, 0);
         assert_eq!(fs::read(d.path().join("00000003")).unwrap(), seg);
-        assert_eq!(fs::read(d.path().join("00000004")).unwrap(), &seg[..5000]);
+        assert_eq!(fs::read(d.path().join("00000004")).unwrap(), &seg[..cut_at]);
         assert_eq!(fs::read(cp.join("00000000")).unwrap(), cps);
-        assert!(d.path().join("checkpoint.00000003.tmp").is_dir());
-        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 4);
-        assert_eq!(m.wal_corruptions_repaired.get() + m.wal_torn_tails.get(), 0);
+        assert!(!d.path().join("checkpoint.00000003.tmp").exists());
+    }
+
+    /// A Prometheus segment corrupted in the middle: the damaged record is skipped and
+    /// every later record (and segment) is replayed.
+    #[test]
+    fn prometheus_segment_with_corrupt_middle_keeps_later_records() {
+        let d = tempfile::tempdir().unwrap();
+        let recs = ident::tests::prometheus_records(2000);
+        let mut seg = ident::tests::prometheus_segment(&recs);
+        let n_pages = seg.len() / page::PAGE;
+        assert!(n_pages >= 2);
+        seg[page::PAGE + 500] ^= 0x55;
+        fs::write(d.path().join("00000000"), &seg).unwrap();
+        fs::write(
+            d.path().join("00000001"),
+            ident::tests::prometheus_segment(&recs[..3]),
+        )
+        .unwrap();
+        let (got, rep) = read_all(d.path());
+        assert_eq!(rep.corruptions_repaired, 1);
+        assert_eq!(rep.torn_tails, 0);
+        // One record lost (the one holding the flipped byte), all others kept, in order.
+        assert!(recs.len() > 10);
+        assert_eq!(got.len(), recs.len() - 1 + 3);
+        let mut it = recs.iter();
+        for g in &got[..recs.len() - 1] {
+            assert!(it.any(|r| &r.0 == g));
+        }
     }
 
     /// A legacy Orrery segment (no magic) still replays; a new writer continues after it.
@@ -1150,7 +1170,7 @@ mod tests {
         first.write(&frames(&[rec(1, 40)])).unwrap();
         first.close().unwrap();
         drop(first);
-        let (_, last) = replay(d.path(), &Metrics::default(), &mut |_| Ok(())).unwrap();
+        let (_, last) = replay(d.path(), &Metrics::default(), &mut |_, _| Ok(())).unwrap();
 
         let plan = file::faults::SharedPlan::default();
         plan.lock().unwrap().full = true;
@@ -1198,7 +1218,7 @@ mod tests {
     fn segments_without_magic_still_replay() {
         let d = tempfile::tempdir().unwrap();
         let payloads: Vec<Vec<u8>> = (0..4).map(|i| rec(i, 20)).collect();
-        fs::write(d.path().join(segment_name(0)), frames(&payloads)).unwrap();
+        fs::write(d.path().join(segment_name(0)), legacy_frames(&payloads)).unwrap();
         let (got, rep) = read_all(d.path());
         assert_eq!(got, payloads);
         assert_eq!(rep.corruptions_repaired + rep.torn_tails, 0);
@@ -1311,7 +1331,7 @@ mod tests {
 
         /// Records written then read back equal; any truncation of the last segment yields
         /// exactly the complete records before the cut, and counts a torn tail iff the cut
-        /// fell inside a record (a cut inside the magic frame leaves an empty segment).
+        /// fell inside a record.
         #[test]
         fn truncated_tail_yields_exact_prefix(
             payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..200), 1..40),
@@ -1321,7 +1341,7 @@ mod tests {
             let wal = Wal::create(d.path(), None, SyncPolicy::Never, 1 << 30, Metrics::default()).unwrap();
             let mut ends = vec![];
             for p in &payloads {
-                ends.push(ident::MAGIC_LEN as u64 + wal.write(&frames(std::slice::from_ref(p))).unwrap());
+                ends.push(wal.write(&frames(std::slice::from_ref(p))).unwrap());
             }
             wal.close().unwrap();
             let total = *ends.last().unwrap();
@@ -1332,7 +1352,7 @@ mod tests {
             let (got, rep) = read_all(d.path());
             let complete = ends.iter().filter(|&&e| e <= cut).count();
             prop_assert_eq!(&got[..], &payloads[..complete]);
-            let inside = !ends.contains(&cut) && cut > ident::MAGIC_LEN as u64;
+            let inside = !ends.contains(&cut) && cut > 0;
             prop_assert_eq!(rep.torn_tails, inside as u64);
             prop_assert_eq!(rep.corruptions_repaired, 0);
         }
