@@ -526,6 +526,9 @@ async fn receive_cluster_other_invalid_statefulset_is_an_error_not_a_delete() {
             "StatefulSet.apps \"main-receive\" is invalid: spec.replicas: Invalid value: -1",
         ),
     );
+    // D11: the failure is shown on the object (status and a Warning Event).
+    let msg = expect_reconcile_error_reported(&mut api).await;
+    assert!(msg.contains("spec.replicas"), "{msg}");
     let err = reconciler
         .await
         .unwrap()
@@ -606,6 +609,7 @@ async fn receive_cluster_recreate_gives_up_when_the_old_statefulset_stays() {
         let g = expect(&mut api, Method::GET, STS_PATH).await;
         respond(g.send, 200, &terminating);
     }
+    expect_reconcile_error_reported(&mut api).await;
     let err = reconciler
         .await
         .unwrap()
@@ -618,6 +622,76 @@ async fn receive_cluster_recreate_gives_up_when_the_old_statefulset_stays() {
         api.next_request().await.is_none(),
         "no request (no apply over the terminating StatefulSet) after giving up"
     );
+}
+
+const RC_STATUS: &str = "/apis/orrery.dev/v1alpha1/namespaces/orrery/receiveclusters/main/status";
+
+/// D11: after a failed reconcile, expects the status write (`Ready=False`, reason
+/// `ReconcileError`) and the Warning Event; returns the condition's message.
+async fn expect_reconcile_error_reported(api: &mut ApiHandle) -> String {
+    let st = expect(api, Method::PATCH, RC_STATUS).await;
+    let ready = st.body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "ReconcileError");
+    respond(
+        st.send,
+        200,
+        &serde_json::to_value(receive_cluster()).unwrap(),
+    );
+    let note = expect_event(api, "ReconcileError").await;
+    assert_eq!(note, ready["message"].as_str().unwrap());
+    note
+}
+
+/// D11: an API refusal before the status write (here the Service apply, 422) reaches
+/// the ReceiveCluster's status and Events.
+#[tokio::test]
+async fn receive_cluster_failure_is_reported_on_the_object() {
+    let (ctx, mut api, _) = context(None);
+    let reconciler = tokio::spawn(receive::reconcile(Arc::new(receive_cluster()), ctx));
+    let s = expect(&mut api, Method::GET, "/api/v1/namespaces/orrery/pods").await;
+    respond(
+        s.send,
+        200,
+        &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+    );
+    let s = expect(
+        &mut api,
+        Method::GET,
+        "/api/v1/namespaces/orrery/configmaps/main-hashring",
+    )
+    .await;
+    respond(s.send, 404, &status(404, "NotFound", "not found"));
+    expect_apply(
+        &mut api,
+        "/api/v1/namespaces/orrery/configmaps/main-hashring",
+        json!({}),
+    )
+    .await;
+    let s = expect(
+        &mut api,
+        Method::PATCH,
+        "/api/v1/namespaces/orrery/services/main-receive-headless",
+    )
+    .await;
+    respond(
+        s.send,
+        422,
+        &status(
+            422,
+            "Invalid",
+            "Service \"main-receive-headless\" is invalid: metadata.name: must be no more than 63 characters",
+        ),
+    );
+    let msg = expect_reconcile_error_reported(&mut api).await;
+    assert!(msg.contains("no more than 63 characters"), "{msg}");
+    reconciler.await.unwrap().expect_err("the reconcile failed");
 }
 
 fn global_view(deleting: bool) -> GlobalView {
@@ -1231,4 +1305,53 @@ async fn receive_cluster_being_deleted_makes_no_requests() {
     let action = receive::reconcile(Arc::new(rc), ctx).await.unwrap();
     assert_eq!(action, Action::await_change());
     assert!(api.next_request().await.is_none());
+}
+
+/// D11: a GlobalView whose querier Service apply is refused shows it in status and Events.
+#[tokio::test]
+async fn global_view_failure_is_reported_on_the_object() {
+    let (ctx, mut api, _) = context(None);
+    let reconciler = tokio::spawn(global_view::reconcile(Arc::new(global_view(false)), ctx));
+    let s = expect(
+        &mut api,
+        Method::GET,
+        "/apis/orrery.dev/v1alpha1/namespaces/orrery/receiveclusters",
+    )
+    .await;
+    respond(
+        s.send,
+        200,
+        &json!({"apiVersion": "orrery.dev/v1alpha1", "kind": "ReceiveClusterList", "metadata": {}, "items": []}),
+    );
+    expect_apply(
+        &mut api,
+        "/apis/apps/v1/namespaces/orrery/deployments/global-query",
+        json!({}),
+    )
+    .await;
+    let s = expect(
+        &mut api,
+        Method::PATCH,
+        "/api/v1/namespaces/orrery/services/global-query",
+    )
+    .await;
+    respond(s.send, 422, &status(422, "Invalid", "denied by a webhook"));
+    let st = expect(&mut api, Method::PATCH, GV_STATUS).await;
+    let ready = st.body["status"]["conditions"][0].clone();
+    assert_eq!(ready["type"], "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "ReconcileError");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("denied by a webhook")
+    );
+    respond(
+        st.send,
+        200,
+        &serde_json::to_value(global_view(false)).unwrap(),
+    );
+    expect_event(&mut api, "ReconcileError").await;
+    reconciler.await.unwrap().expect_err("the reconcile failed");
 }

@@ -30,10 +30,51 @@ pub async fn reconcile(rc: Arc<ReceiveCluster>, ctx: Arc<Context>) -> Result<Act
     let res = reconcile_inner(&rc, &ctx).await;
     ctx.metrics
         .observe(CONTROLLER, start.elapsed(), res.is_err());
-    if res.is_ok() {
-        ctx.record_success(&key(&rc));
+    match &res {
+        Ok(_) => ctx.record_success(&key(&rc)),
+        Err(e) => report_failure(&rc, &ctx, e).await,
     }
     res
+}
+
+/// Shows a failed reconcile on the object itself (`Ready=False`, reason
+/// `ReconcileError`, plus a Warning Event), not only in the operator's log. Best effort:
+/// a failure here is logged. An unchanged status is not written again.
+async fn report_failure(rc: &ReceiveCluster, ctx: &Context, err: &Error) {
+    let (Some(ns), name) = (rc.namespace(), rc.name_any()) else {
+        return;
+    };
+    let mut status = rc.status.clone().unwrap_or_default();
+    let ready = condition(
+        &status.conditions,
+        "Ready",
+        false,
+        "ReconcileError",
+        err.to_string(),
+        rc.metadata.generation,
+        &now(),
+    );
+    status.conditions.retain(|c| c.type_ != "Ready");
+    status.conditions.insert(0, ready);
+    if rc.status.as_ref() != Some(&status) {
+        let api: Api<ReceiveCluster> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = Patch::Apply(json!({
+            "apiVersion": "orrery.dev/v1alpha1",
+            "kind": "ReceiveCluster",
+            "status": status,
+        }));
+        if let Err(e) = api.patch_status(&name, &apply_params(), &patch).await {
+            tracing::warn!(%ns, %name, error = %e, "could not write the error into status");
+        }
+    }
+    ctx.publish_event(
+        rc,
+        EventType::Warning,
+        "ReconcileError",
+        "Reconcile",
+        err.to_string(),
+    )
+    .await;
 }
 
 fn key(rc: &ReceiveCluster) -> String {
