@@ -84,14 +84,20 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         }
     });
 
-    let elector = (!args.no_leader_election).then(|| leader::LeaderElector {
-        api: Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
-        name: args.lease_name.clone(),
-        identity: args
-            .identity
-            .clone()
-            .unwrap_or_else(|| format!("orrery-operator-{}", std::process::id())),
-        duration: Duration::from_secs(15),
+    let elector = (!args.no_leader_election).then(|| {
+        let identity = args.identity.clone().unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            leader::default_identity(std::env::var("HOSTNAME").ok(), std::process::id(), nanos)
+        });
+        leader::LeaderElector::new(
+            Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+            args.lease_name.clone(),
+            identity,
+            Duration::from_secs(15),
+        )
     });
     if let Some(e) = &elector {
         tracing::info!(lease = %e.name, identity = %e.identity, "waiting for leadership");
