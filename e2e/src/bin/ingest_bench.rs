@@ -9,7 +9,8 @@
 //!
 //! Other flags: `--step-secs 15` (sample interval), `--block-mins 30` (block duration
 //! given to both servers), `--servers orrery,prometheus` (or `orrery-nofsync` for orrery
-//! with `--tsdb.wal-fsync=false`; `ring-rf1`/`ring-rf3` for three router+ingestors on one
+//! with `--tsdb.wal-fsync=false`, `orrery-nowalz` for orrery with
+//! `--tsdb.wal-compression=false`; `ring-rf1`/`ring-rf3` for three router+ingestors on one
 //! hashring with replication factor 1 or 3, load sent to the first, CPU and peak RSS summed
 //! over the three; its bytes/sample are the first node's share), `--no-blocks` (skip the
 //! bytes-per-sample phase).
@@ -619,6 +620,9 @@ struct Result1 {
     rounds_at_block: u64,
     client_cpu: f64,
     block: Option<BlockSize>,
+    /// Bytes in the WAL directories at the end of the timed phase, when no block had been
+    /// cut yet (a cut truncates the WAL, and the figure would mean nothing).
+    wal_bytes: Option<u64>,
 }
 
 struct Shared {
@@ -677,7 +681,7 @@ fn drive(
             *at = Some((hwm, r));
         }
     };
-    let (accepted, non2xx, errors, secs, cpu1, client1, hwm) = std::thread::scope(|sc| {
+    let (accepted, non2xx, errors, secs, cpu1, client1, hwm, wal_bytes) = std::thread::scope(|sc| {
         for (c, my) in batches.iter_mut().enumerate() {
             let shared = shared.clone();
             let mut conn = Conn::new(addr, path);
@@ -755,6 +759,7 @@ fn drive(
         let cpu1 = cpu_all();
         let client1 = cpu_secs("self");
         let hwm = hwm_all();
+        let wal = (blocks_under(data).blocks == 0).then(|| wal_bytes_under(data));
         let max_round = shared
             .rounds
             .iter()
@@ -783,7 +788,7 @@ fn drive(
                 look(&mut at_block);
             }
         }
-        (accepted, non2xx, errors, secs, cpu1, client1, hwm)
+        (accepted, non2xx, errors, secs, cpu1, client1, hwm, wal)
     });
     let mut block = None;
     if o.blocks {
@@ -814,13 +819,46 @@ fn drive(
         rounds_at_block: at_block.map(|(_, r)| r).unwrap_or(0),
         client_cpu: client1 - client0,
         block,
+        wal_bytes,
     }
 }
 
-fn start_orrery(dir: &Path, block_mins: i64, fsync: bool) -> (Proc, String, PathBuf) {
+/// Bytes of every file under a directory named `wal` below `data` (Prometheus's
+/// `data/wal`, Orrery's `<tenant>/wal`), checkpoints included.
+fn wal_bytes_under(data: &Path) -> u64 {
+    fn sum(p: &Path, in_wal: bool) -> u64 {
+        let Ok(rd) = std::fs::read_dir(p) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in rd.flatten() {
+            let path = e.path();
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                n += sum(&path, in_wal || e.file_name() == "wal");
+            } else if in_wal {
+                n += m.len();
+            }
+        }
+        n
+    }
+    sum(data, false)
+}
+
+fn start_orrery(
+    dir: &Path,
+    block_mins: i64,
+    fsync: bool,
+    no_wal_compression: bool,
+) -> (Proc, String, PathBuf) {
     let mut ports = distinct_ports(3).into_iter();
     let mut next = || ports.next().unwrap_or_else(free_port);
-    start_orrery_node(dir, block_mins, fsync, [next(), next(), next()], &[])
+    let extra: Vec<String> = if no_wal_compression {
+        vec!["--tsdb.wal-compression=false".into()]
+    } else {
+        vec![]
+    };
+    start_orrery_node(dir, block_mins, fsync, [next(), next(), next()], &extra)
 }
 
 /// Free ports that are also distinct from each other (a port released by one probe can be
@@ -988,6 +1026,13 @@ fn report(r: &Result1) {
             r.rounds_at_block
         );
     }
+    match r.wal_bytes {
+        Some(w) => println!(
+            "  WAL: {w} bytes after the timed phase, {:.2} bytes per accepted sample",
+            w as f64 / r.accepted.max(1) as f64
+        ),
+        None => println!("  WAL: not measured (a block was cut during the timed phase; raise --block-mins)"),
+    }
     if let Some(b) = &r.block {
         println!(
             "  {} block(s): {} samples, {:.3} bytes/sample (index + chunks; chunks alone {:.3})",
@@ -1017,10 +1062,14 @@ fn main() {
             b.values = b.series.iter().map(|&i| 1.0 + (i % 1000) as f64).collect();
         }
         let r = match server.as_str() {
-            "orrery" | "orrery-nofsync" => {
+            "orrery" | "orrery-nofsync" | "orrery-nowalz" => {
                 let dir = tempfile::tempdir().expect("temp dir");
-                let (mut p, addr, data) =
-                    start_orrery(dir.path(), o.block_mins, server == "orrery");
+                let (mut p, addr, data) = start_orrery(
+                    dir.path(),
+                    o.block_mins,
+                    server != "orrery-nofsync",
+                    server == "orrery-nowalz",
+                );
                 println!("{server}: pid {} on {addr}", p.pid());
                 let r = drive(
                     &o,
