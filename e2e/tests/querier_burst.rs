@@ -8,7 +8,7 @@
 mod querier_common;
 
 use e2e::{http_get, http_request};
-use querier_common::{Querier, Receiver, enc};
+use querier_common::{Querier, Receiver, post_form};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -86,28 +86,6 @@ fn load(r: &Receiver, end: i64) {
     }
 }
 
-fn post(addr: &str, path: &str, form: &[(&str, String)]) -> (u16, Value, Duration) {
-    let body = form
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let t = Instant::now();
-    let (code, text) = http_request(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        body.as_bytes(),
-    )
-    .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        t.elapsed(),
-    )
-}
-
 /// `(VmRSS, VmHWM)` of a process, in KiB.
 fn rss_kib(pid: u32) -> (i64, i64) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -141,7 +119,7 @@ fn burst_of_heavy_queries_stays_bounded() {
     // Every heavy query answers alone first: the data is there and the burst's
     // successes are real answers.
     for h in &HEAVY[..HEAVY.len() - 1] {
-        let (code, v, took) = post(
+        let (code, v, took) = post_form(
             &q.http,
             "/api/v1/query_range",
             &[
@@ -189,7 +167,7 @@ fn burst_of_heavy_queries_stays_bounded() {
             let (s, e) = (start_s.clone(), end_s.clone());
             std::thread::spawn(move || {
                 let h = HEAVY[i % HEAVY.len()];
-                let r = post(
+                let r = post_form(
                     &http,
                     "/api/v1/query_range",
                     &[
@@ -204,7 +182,7 @@ fn burst_of_heavy_queries_stays_bounded() {
         })
         .collect();
     std::thread::sleep(Duration::from_secs(1));
-    let (cheap_code, cheap, cheap_took) = post(
+    let (cheap_code, cheap, cheap_took) = post_form(
         &q.http,
         "/api/v1/query",
         &[("query", "count(burst_requests_total)".into())],

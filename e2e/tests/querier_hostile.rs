@@ -10,11 +10,11 @@
 
 mod querier_common;
 
-use e2e::{Proc, free_port, http_get, http_request, orrery_bin, wait_for};
-use querier_common::{Querier, diff, enc, instant, now_secs, prometheus};
+use e2e::{Proc, free_port, http_get, orrery_bin, wait_for};
+use querier_common::{Querier, diff, enc, instant, now_secs, post_form, prometheus};
 use serde_json::Value;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `--query.timeout` of both orrery frontends.
 const TIMEOUT_S: u64 = 20;
@@ -60,26 +60,6 @@ fn standalone() -> Standalone {
         remote_write: format!("http://{rw}/api/v1/receive"),
         _dir: dir,
     }
-}
-
-/// POSTs a form (large queries do not fit in a URL); `(status, JSON or Null, elapsed)`.
-fn post(addr: &str, path: &str, form: &[(&str, &str)]) -> (u16, Value, Duration) {
-    let body = form
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let started = Instant::now();
-    let (code, text) = http_request(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        body.as_bytes(),
-    )
-    .unwrap_or_else(|e| panic!("POST {addr}{path}: {e}"));
-    let v = serde_json::from_str(&text).unwrap_or(Value::Null);
-    (code, v, started.elapsed())
 }
 
 /// The process is running and answers a normal query.
@@ -169,9 +149,9 @@ fn run_case(
     form: &[(&str, &str)],
     report: &mut Vec<String>,
 ) {
-    let theirs = prom.map(|p| post(p, path, form));
+    let theirs = prom.map(|p| post_form(p, path, form));
     for t in targets.iter_mut() {
-        let (code, v, took) = post(&t.addr, path, form);
+        let (code, v, took) = post_form(&t.addr, path, form);
         let error = v["error"].as_str().unwrap_or("");
         report.push(format!(
             "{:<10} {case:<40} {code} in {:>6.0} ms {}",
@@ -290,9 +270,9 @@ fn hostile_queries_are_answered_or_refused_and_never_crash() {
     let at = nested("(", "vector(1)", ")", MAX_DEPTH - 2);
     let past = nested("(", "vector(1)", ")", MAX_DEPTH - 1);
     for tg in targets.iter_mut() {
-        let (code, v, _) = post(&tg.addr, "/api/v1/query", &[("query", &at), ("time", &t)]);
+        let (code, v, _) = post_form(&tg.addr, "/api/v1/query", &[("query", &at), ("time", &t)]);
         assert_eq!(code, 200, "{}: at the depth limit: {v}", tg.name);
-        let (code, v, _) = post(&tg.addr, "/api/v1/query", &[("query", &past), ("time", &t)]);
+        let (code, v, _) = post_form(&tg.addr, "/api/v1/query", &[("query", &past), ("time", &t)]);
         assert_eq!(code, 400, "{}: past the depth limit: {v}", tg.name);
         assert_eq!(
             v["error"].as_str(),
@@ -358,7 +338,7 @@ fn hostile_queries_are_answered_or_refused_and_never_crash() {
         );
     }
     for tg in targets.iter_mut() {
-        let (code, v, _) = post(&tg.addr, "/api/v1/query", &[("query", &too_long)]);
+        let (code, v, _) = post_form(&tg.addr, "/api/v1/query", &[("query", &too_long)]);
         assert_eq!(code, 400, "{}: {v}", tg.name);
         assert!(
             v["error"].as_str().is_some_and(

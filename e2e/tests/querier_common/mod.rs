@@ -139,6 +139,32 @@ pub fn enc(s: &str) -> String {
     out
 }
 
+/// POSTs a form (large queries do not fit in a URL): `(status, the body as JSON — or
+/// as a JSON string when it is not JSON —, elapsed)`.
+#[allow(dead_code)] // not every test binary that includes this module posts forms
+pub fn post_form<V: AsRef<str>>(
+    addr: &str,
+    path: &str,
+    form: &[(&str, V)],
+) -> (u16, Value, std::time::Duration) {
+    let body = form
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v.as_ref())))
+        .collect::<Vec<_>>()
+        .join("&");
+    let started = std::time::Instant::now();
+    let (code, text) = e2e::http_request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    )
+    .unwrap_or_else(|e| panic!("POST {addr}{path}: {e}"));
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (code, v, started.elapsed())
+}
+
 /// GET `path` on `addr`, parsed as JSON; panics with the body when not JSON.
 pub fn get_json(addr: &str, path: &str) -> (u16, Value) {
     let (code, body) = http_get(addr, path).unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"));
