@@ -9,7 +9,6 @@ mod querier_common;
 
 use e2e::{http_get, http_request};
 use querier_common::{Querier, Receiver, post_form};
-use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -185,7 +184,7 @@ fn burst_of_heavy_queries_stays_bounded() {
     let (cheap_code, cheap, cheap_took) = post_form(
         &q.http,
         "/api/v1/query",
-        &[("query", "count(burst_requests_total)".into())],
+        &[("query", "count(burst_requests_total)")],
     );
     for t in threads {
         t.join().unwrap();

@@ -12,7 +12,6 @@ mod querier_common;
 
 use e2e::{Proc, free_port, http_get, orrery_bin, wait_for};
 use querier_common::{Querier, diff, enc, instant, now_secs, post_form, prometheus};
-use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
 
