@@ -134,12 +134,15 @@ fn served(grpc: &str) -> BTreeMap<String, Vec<(i64, f64)>> {
         .collect()
 }
 
-#[test]
-fn receiver_serves_prometheus_wal_and_prometheus_reads_orrery_wal() {
-    let prom = Prometheus::start(
-        "global:\n  scrape_interval: 1h\n",
-        &["--web.enable-remote-write-receiver"],
-    );
+/// Prometheus 3.5.3 (started with `flags` too) takes `BATCHES` batches of remote write
+/// and is SIGKILLed with its head only in its WAL. Returns its temp dir (kept alive), the
+/// data directory and the batches' base timestamp.
+fn prometheus_killed_with_its_head_in_the_wal(
+    flags: &[&str],
+) -> (tempfile::TempDir, std::path::PathBuf, i64) {
+    let mut args = vec!["--web.enable-remote-write-receiver"];
+    args.extend_from_slice(flags);
+    let prom = Prometheus::start("global:\n  scrape_interval: 1h\n", &args);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -189,6 +192,54 @@ fn receiver_serves_prometheus_wal_and_prometheus_reads_orrery_wal() {
         .count();
     assert_eq!(blocks, 0, "the head must be in the WAL only");
 
+    (pdir, data, base)
+}
+
+/// Orrery on the tenant layout serves every sample Prometheus acknowledged, compared
+/// sample by sample; it repaired nothing.
+fn assert_serves_every_prometheus_sample(r: &Receiver, base: i64) {
+    let want = expected(BATCHES, base);
+    let got = served(&r.grpc);
+    assert_eq!(got.len(), SERIES, "log:\n{}", r.proc.log_text());
+    for (k, w) in &want {
+        let g = got.get(k).unwrap_or_else(|| panic!("{k} not served"));
+        assert_eq!(g.len(), w.len(), "{k}");
+        for (a, b) in g.iter().zip(w) {
+            assert_eq!(a.0, b.0, "{k}");
+            assert_eq!(a.1.to_bits(), b.1.to_bits(), "{k} at {}", a.0);
+        }
+    }
+    let log = r.proc.log_text();
+    assert!(
+        !log.contains("truncating") && !log.contains("cutting off") && !log.contains("WAL damage"),
+        "{log}"
+    );
+}
+
+/// Prometheus started with `--storage.tsdb.wal-compression-type=zstd` writes zstd
+/// records; Orrery replays them.
+#[test]
+fn receiver_serves_a_zstd_compressed_prometheus_wal() {
+    let (_pdir, data, base) =
+        prometheus_killed_with_its_head_in_the_wal(&["--storage.tsdb.wal-compression-type=zstd"]);
+    let seg = std::fs::read(data.join("wal/00000000")).expect("prometheus WAL segment");
+    assert_eq!(
+        seg[0] & 0x18,
+        0x10,
+        "Prometheus's first record is zstd-flagged"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let tsdb_path = work.path().join("receive");
+    std::fs::create_dir_all(&tsdb_path).unwrap();
+    std::fs::rename(&data, tsdb_path.join("default-tenant")).unwrap();
+    let r = Receiver::start(&tsdb_path, &work.path().join("receive.log"), &[]);
+    assert_serves_every_prometheus_sample(&r, base);
+}
+
+#[test]
+fn receiver_serves_prometheus_wal_and_prometheus_reads_orrery_wal() {
+    let (pdir, data, base) = prometheus_killed_with_its_head_in_the_wal(&[]);
+
     // Thanos Receive's layout: the Prometheus data dir is tenant `default-tenant`.
     let work = tempfile::tempdir().unwrap();
     let tsdb_path = work.path().join("receive");
@@ -209,22 +260,7 @@ fn receiver_serves_prometheus_wal_and_prometheus_reads_orrery_wal() {
 
     // Orrery on the tenant layout serves every sample Prometheus acknowledged.
     let r = Receiver::start(&tsdb_path, &work.path().join("receive.log"), &[]);
-    let want = expected(BATCHES, base);
-    let got = served(&r.grpc);
-    assert_eq!(got.len(), SERIES, "log:\n{}", r.proc.log_text());
-    for (k, w) in &want {
-        let g = got.get(k).unwrap_or_else(|| panic!("{k} not served"));
-        assert_eq!(g.len(), w.len(), "{k}");
-        for (a, b) in g.iter().zip(w) {
-            assert_eq!(a.0, b.0, "{k}");
-            assert_eq!(a.1.to_bits(), b.1.to_bits(), "{k} at {}", a.0);
-        }
-    }
-    let log = r.proc.log_text();
-    assert!(
-        !log.contains("truncating") && !log.contains("cutting off"),
-        "{log}"
-    );
+    assert_serves_every_prometheus_sample(&r, base);
 
     // Orrery ingests on, each batch acknowledged, and is SIGKILLed.
     for b in BATCHES..BATCHES + ORRERY_BATCHES {

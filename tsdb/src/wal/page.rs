@@ -13,8 +13,8 @@
 //!
 //! Orrery writes records snappy-compressed when that makes them smaller (as Prometheus
 //! does with `--storage.tsdb.wal-compression`, its default) or uncompressed when
-//! compression is off, and reads uncompressed and snappy records. Zstd records are
-//! reported as undecodable and skipped (Prometheus uses snappy unless told otherwise).
+//! compression is off, and reads uncompressed, snappy and zstd records (Prometheus writes
+//! zstd when started with `--storage.tsdb.wal-compression-type=zstd`).
 
 use super::Scan;
 
@@ -159,12 +159,29 @@ fn resync(data: &[u8], from: usize, budget: &mut usize) -> Option<usize> {
     None
 }
 
+/// A zstd frame (Prometheus's `--storage.tsdb.wal-compression-type=zstd`), decoded with a
+/// bound on the output so a corrupt or hostile frame cannot claim unbounded memory.
+fn decompress_zstd(rec: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    use std::io::Read;
+    out.clear();
+    let dec = ruzstd::decoding::StreamingDecoder::new(rec).map_err(|e| format!("zstd: {e}"))?;
+    dec.take(MAX_DECOMPRESSED as u64 + 1)
+        .read_to_end(out)
+        .map_err(|e| format!("zstd: {e}"))?;
+    if out.len() > MAX_DECOMPRESSED {
+        return Err(format!(
+            "zstd record decompresses to over {MAX_DECOMPRESSED} bytes"
+        ));
+    }
+    Ok(())
+}
+
 /// Largest decompressed record accepted (anything larger is corruption).
 const MAX_DECOMPRESSED: usize = super::MAX_RECORD_SIZE as usize;
 
 fn decompress(t: u8, rec: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     if t & ZSTD != 0 {
-        return Err("zstd-compressed record (Orrery reads uncompressed and snappy WAL records; restart the writer with snappy compression)".into());
+        return decompress_zstd(rec, out);
     }
     let n = snap::raw::decompress_len(rec).map_err(|e| format!("snappy: {e}"))?;
     if n > MAX_DECOMPRESSED {
@@ -371,6 +388,51 @@ mod tests {
         let (got, s) = records(&seg);
         assert_eq!(got, recs.into_iter().map(|r| r.0).collect::<Vec<_>>());
         assert!(s.skipped.is_empty() && s.tail.is_none());
+    }
+
+    /// Records as Prometheus writes them with zstd: each a zstd frame, every fragment's
+    /// type byte carrying bit 4. A frame whose bytes were damaged (checksums re-made, as
+    /// if written that way) is an error for that record only.
+    #[test]
+    fn zstd_records_are_read() {
+        let recs: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| {
+                let mut r = vec![2u8];
+                r.extend((0..60_000u32).map(|k| (k / 97) as u8 ^ i));
+                r
+            })
+            .collect();
+        let mut seg = Vec::new();
+        for (i, r) in recs.iter().enumerate() {
+            let mut z = ruzstd::encoding::compress_to_vec(
+                &r[..],
+                ruzstd::encoding::CompressionLevel::Fastest,
+            );
+            assert!(z.len() < r.len() / 4);
+            if i == 2 {
+                let n = z.len();
+                z[n / 2] ^= 0xff;
+                z.truncate(n - 3);
+            }
+            let at = seg.len();
+            put_record(&mut seg, 0, &z, false);
+            // Set the zstd bit on every fragment of this record (re-checksummed).
+            let mut o = at;
+            while o < seg.len() {
+                if seg[o] == 0 {
+                    o += PAGE - o % PAGE;
+                    continue;
+                }
+                seg[o] |= ZSTD;
+                o += HEADER + u16::from_be_bytes([seg[o + 1], seg[o + 2]]) as usize;
+            }
+        }
+        let (got, s) = records(&seg);
+        let mut want = recs.clone();
+        want.remove(2);
+        assert_eq!(got, want);
+        assert_eq!(s.skipped.len(), 1, "{:?}", s.skipped);
+        assert!(s.tail.is_none());
     }
 
     #[test]
