@@ -8,7 +8,9 @@
 //!   Prometheus's and Orrery's.
 //!
 //! `--tsdb.path` pointed straight at a Prometheus data directory is still refused as a
-//! layout mistake, with every byte left as it was.
+//! layout mistake, with every byte left as it was. A zstd-compressed Prometheus WAL is
+//! replayed too, and a real Prometheus WAL with a torn last record is repaired as
+//! Prometheus 3.5.3 repairs it (same samples kept).
 
 mod receiver_common;
 
@@ -198,7 +200,17 @@ fn prometheus_killed_with_its_head_in_the_wal(
 /// Orrery on the tenant layout serves every sample Prometheus acknowledged, compared
 /// sample by sample; it repaired nothing.
 fn assert_serves_every_prometheus_sample(r: &Receiver, base: i64) {
-    let want = expected(BATCHES, base);
+    assert_serves_batches(r, BATCHES, base);
+    let log = r.proc.log_text();
+    assert!(
+        !log.contains("truncating") && !log.contains("cutting off") && !log.contains("WAL damage"),
+        "{log}"
+    );
+}
+
+/// Orrery serves exactly the first `batches` batches, sample by sample.
+fn assert_serves_batches(r: &Receiver, batches: i64, base: i64) {
+    let want = expected(batches, base);
     let got = served(&r.grpc);
     assert_eq!(got.len(), SERIES, "log:\n{}", r.proc.log_text());
     for (k, w) in &want {
@@ -209,10 +221,50 @@ fn assert_serves_every_prometheus_sample(r: &Receiver, base: i64) {
             assert_eq!(a.1.to_bits(), b.1.to_bits(), "{k} at {}", a.0);
         }
     }
+}
+
+/// The last record of a real Prometheus WAL torn (the segment cut 5 bytes short, as a
+/// crash mid-write leaves it): Orrery cuts the torn record off and serves every sample
+/// before it, and Prometheus 3.5.3 started on a copy of the same bytes answers the same
+/// count: both repair a torn tail the same way.
+#[test]
+fn torn_tail_of_a_prometheus_wal_is_repaired_as_prometheus_repairs_it() {
+    let (_pdir, data, base) = prometheus_killed_with_its_head_in_the_wal(&[]);
+    let seg = data.join("wal/00000000");
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let copy_data = copy.path().join("data");
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(&data)
+        .arg(&copy_data)
+        .output()
+        .expect("cp");
+    assert!(out.status.success());
+
+    let work = tempfile::tempdir().unwrap();
+    let tsdb_path = work.path().join("receive");
+    std::fs::create_dir_all(&tsdb_path).unwrap();
+    std::fs::rename(&data, tsdb_path.join("default-tenant")).unwrap();
+    let r = Receiver::start(&tsdb_path, &work.path().join("receive.log"), &[]);
+    assert_serves_batches(&r, BATCHES - 1, base);
     let log = r.proc.log_text();
-    assert!(
-        !log.contains("truncating") && !log.contains("cutting off") && !log.contains("WAL damage"),
-        "{log}"
+    assert!(log.contains("torn WAL tail"), "{log}");
+
+    let prom = Prometheus::start_prepared("global:\n  scrape_interval: 1h\n", &[], |d| {
+        std::fs::rename(&copy_data, d).unwrap()
+    });
+    let q = "sum(count_over_time(migration_test[2h]))";
+    assert_eq!(
+        prom_value(&prom.addr(), q),
+        Some((SERIES as i64 * (BATCHES - 1)) as f64),
+        "Prometheus 3.5.3 on the same torn WAL"
     );
 }
 
