@@ -183,7 +183,10 @@ impl LeaderElector {
     /// Waits until this replica holds the lease or `shutdown` completes, whichever
     /// comes first; `true` when leading. A waiting replica must not sit out SIGTERM
     /// until the pod's grace period kills it: that slows every rollout.
-    pub async fn acquire_or_shutdown(&self, shutdown: impl std::future::Future<Output = ()>) -> bool {
+    pub async fn acquire_or_shutdown(
+        &self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> bool {
         tokio::select! {
             _ = self.acquire() => true,
             _ = shutdown => false,
@@ -427,7 +430,8 @@ mod tests {
                 n += 1;
                 // The other holder keeps renewing: never expires for us.
                 let mut l = held_by("a");
-                l["spec"]["renewTime"] = serde_json::json!(format!("2026-01-01T00:00:{n:02}.000000Z"));
+                l["spec"]["renewTime"] =
+                    serde_json::json!(format!("2026-01-01T00:00:{n:02}.000000Z"));
                 send.send_response(json_response(200, &l));
             }
             n
@@ -463,7 +467,10 @@ mod tests {
             assert_eq!(req.method(), Method::PUT);
             let body = req.into_body().collect_bytes().await.unwrap();
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            assert!(v["spec"].get("holderIdentity").is_none_or(|h| h.is_null()), "{v}");
+            assert!(
+                v["spec"].get("holderIdentity").is_none_or(|h| h.is_null()),
+                "{v}"
+            );
             assert_eq!(v["spec"]["leaseDurationSeconds"], 1);
             assert_eq!(v["metadata"]["resourceVersion"], "7");
             send.send_response(json_response(200, &v));

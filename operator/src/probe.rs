@@ -449,7 +449,15 @@ mod tests {
             reloads: Default::default(),
         };
         let start = tokio::time::Instant::now();
-        let (seen, n) = reload_until_loaded(&p, "http://p/-/reload", &names, false, 18, RELOAD_FOLLOW_INTERVAL).await;
+        let (seen, n) = reload_until_loaded(
+            &p,
+            "http://p/-/reload",
+            &names,
+            false,
+            18,
+            RELOAD_FOLLOW_INTERVAL,
+        )
+        .await;
         assert!(seen);
         assert_eq!(n, 5);
         assert_eq!(*p.reloads.lock().unwrap(), 5);
@@ -458,7 +466,15 @@ mod tests {
             stale: u32::MAX,
             reloads: Default::default(),
         };
-        let (seen, n) = reload_until_loaded(&never, "http://p/-/reload", &names, false, 3, RELOAD_FOLLOW_INTERVAL).await;
+        let (seen, n) = reload_until_loaded(
+            &never,
+            "http://p/-/reload",
+            &names,
+            false,
+            3,
+            RELOAD_FOLLOW_INTERVAL,
+        )
+        .await;
         assert!(!seen);
         assert_eq!((n, *never.reloads.lock().unwrap()), (3, 3));
         // Present on the first look: one reload.
@@ -467,15 +483,27 @@ mod tests {
             reloads: Default::default(),
         };
         assert_eq!(
-            reload_until_loaded(&now, "http://p/-/reload", &names, true, 3, RELOAD_FOLLOW_INTERVAL).await,
+            reload_until_loaded(
+                &now,
+                "http://p/-/reload",
+                &names,
+                true,
+                3,
+                RELOAD_FOLLOW_INTERVAL
+            )
+            .await,
             (true, 1)
         );
     }
 
     #[test]
     fn config_answers() {
-        assert_eq!(config_url("http://p.ns.svc:9090/-/reload"), "http://p.ns.svc:9090/api/v1/status/config");
-        let body = r#"{"status":"success","data":{"yaml":"remote_write:\n- name: a\n  url: http://x\n"}}"#;
+        assert_eq!(
+            config_url("http://p.ns.svc:9090/-/reload"),
+            "http://p.ns.svc:9090/api/v1/status/config"
+        );
+        let body =
+            r#"{"status":"success","data":{"yaml":"remote_write:\n- name: a\n  url: http://x\n"}}"#;
         let y = parse_config_answer(body).unwrap();
         assert_eq!(config_names_any(&y, &["a".into()]), Ok(true));
         assert_eq!(config_names_any(&y, &["b".into()]), Ok(false));

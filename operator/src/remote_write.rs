@@ -245,7 +245,9 @@ pub fn upsert_prometheus_cr(obj: &mut Value, entry: &RemoteWriteEntry) -> Result
     })?;
     let id = entry.id();
     let desired = entry.to_prometheus_cr();
-    let ours: Vec<usize> = (0..list.len()).filter(|&i| id.matches_cr(&list[i])).collect();
+    let ours: Vec<usize> = (0..list.len())
+        .filter(|&i| id.matches_cr(&list[i]))
+        .collect();
     match ours.as_slice() {
         [] => {
             list.push(desired);
@@ -366,9 +368,8 @@ fn apply_edits(text: &str, mut edits: Vec<(Range<usize>, String)>) -> String {
 /// Accepts an edited text only when it parses to exactly the intended configuration:
 /// the last line of defence against a shape the scanner misjudged.
 fn verified(new: String, expected: &Yaml) -> Result<String, EditError> {
-    let got = yaml::parse(&new).map_err(|e| {
-        EditError::Unsupported(format!("the edited file would not parse ({e})"))
-    })?;
+    let got = yaml::parse(&new)
+        .map_err(|e| EditError::Unsupported(format!("the edited file would not parse ({e})")))?;
     let empty = |y: &Yaml| matches!(y, Yaml::Null) || matches!(y, Yaml::Map(m) if m.is_empty());
     if got == *expected || (empty(&got) && empty(expected)) {
         Ok(new)
@@ -480,7 +481,11 @@ pub fn upsert_prometheus_yml(
         }
     }
     let new = apply_edits(text, edits);
-    verified(new, &with_remote_write(&doc, Some(Yaml::Seq(expected_list)))).map(Some)
+    verified(
+        new,
+        &with_remote_write(&doc, Some(Yaml::Seq(expected_list))),
+    )
+    .map(Some)
 }
 
 /// Removes our `remote_write` entry (current or legacy name) from the text, leaving
@@ -852,8 +857,14 @@ mod tests {
         let removed = remove_from_prometheus_yml(&updated, &e2.id())
             .unwrap()
             .expect("remove");
-        assert_eq!(removed, original, "removal did not restore the original bytes");
-        assert_eq!(remove_from_prometheus_yml(&removed, &e2.id()).unwrap(), None);
+        assert_eq!(
+            removed, original,
+            "removal did not restore the original bytes"
+        );
+        assert_eq!(
+            remove_from_prometheus_yml(&removed, &e2.id()).unwrap(),
+            None
+        );
     }
 
     /// The review's D10 case: comments, an anchor with an alias, spellings that a
@@ -896,10 +907,15 @@ remote_write:   # sinks\n  - name: user-sink\n    url: http://sink:9201/write\n 
 
     #[test]
     fn yml_edit_into_real_world_file_appends_after_the_users_entries() {
-        let out = upsert_prometheus_yml(REAL_WORLD, &entry()).unwrap().unwrap();
+        let out = upsert_prometheus_yml(REAL_WORLD, &entry())
+            .unwrap()
+            .unwrap();
         let marker = "queue_config: {max_shards: 2}\n  - {url: 'http://flow:1/w'}\n  - name: \"orrery-orrery.global.batcave\"\n";
         assert!(out.contains(marker), "{out}");
-        assert!(out.contains("  # - url: http://disabled/w\n\n# alerting"), "{out}");
+        assert!(
+            out.contains("  # - url: http://disabled/w\n\n# alerting"),
+            "{out}"
+        );
         let doc = yaml::parse(&out).unwrap();
         let Some(Yaml::Seq(list)) = doc.get("remote_write") else {
             panic!()
@@ -966,7 +982,11 @@ remote_write:   # sinks\n  - name: user-sink\n    url: http://sink:9201/write\n 
             .iter()
             .map(|e| e.get("name").and_then(Yaml::as_str).unwrap())
             .collect();
-        assert_eq!(names, ["user", "orrery-orrery.global.batcave", "last"], "{out}");
+        assert_eq!(
+            names,
+            ["user", "orrery-orrery.global.batcave", "last"],
+            "{out}"
+        );
         assert!(out.starts_with("global: {}\nremote_write:\n- name: user\n  url: http://u/w\n"));
         assert!(out.ends_with("- name: last\n  url: http://l/w\n"));
         let gone = remove_from_prometheus_yml(legacy, &entry().id())
@@ -977,7 +997,10 @@ remote_write:   # sinks\n  - name: user-sink\n    url: http://sink:9201/write\n 
         // also GlobalView `global-batcave`'s… no: GlobalView `global`, cluster
         // `batcave`, or GlobalView `global-bat`, cluster `cave`) is not ours.
         let other = RemoteWriteEntry::new("orrery", "global-bat", "cave", "http://x/w", None);
-        assert_eq!(remove_from_prometheus_yml(legacy, &other.id()).unwrap(), None);
+        assert_eq!(
+            remove_from_prometheus_yml(legacy, &other.id()).unwrap(),
+            None
+        );
         // Same for the Prometheus CR.
         let mut obj = json!({"spec": {"remoteWrite": [
             {"name": "orrery-global-batcave", "url": "http://old",

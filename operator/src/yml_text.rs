@@ -230,11 +230,7 @@ pub fn locate(text: &str, lines: &[Line]) -> Result<Layout, Unsupported> {
         )));
     }
     let created_by_us = value == CREATED_MARKER;
-    let block_end = keys
-        .iter()
-        .copied()
-        .find(|&k| k > r)
-        .unwrap_or(lines.len());
+    let block_end = keys.iter().copied().find(|&k| k > r).unwrap_or(lines.len());
     let mut indent = None;
     let mut items: Vec<Item> = Vec::new();
     for (i, l) in lines.iter().enumerate().take(block_end).skip(r + 1) {
@@ -303,7 +299,10 @@ mod tests {
         let texts: Vec<_> = items.iter().map(|i| &t[i.bytes.clone()]).collect();
         assert_eq!(
             texts,
-            ["  - name: a\n    url: x", "  - url: y\n    headers:\n      k: v"]
+            [
+                "  - name: a\n    url: x",
+                "  - url: y\n    headers:\n      k: v"
+            ]
         );
     }
 

@@ -485,7 +485,8 @@ async fn receive_cluster_recreates_statefulset_when_an_immutable_field_changes()
 
     // D13: the existing claims are resized (the new template reaches new ones only).
     for i in 0..3 {
-        let path = format!("/api/v1/namespaces/orrery/persistentvolumeclaims/data-main-receive-{i}");
+        let path =
+            format!("/api/v1/namespaces/orrery/persistentvolumeclaims/data-main-receive-{i}");
         let g = expect(&mut api, Method::GET, &path).await;
         if i == 2 {
             respond(g.send, 404, &status(404, "NotFound", "not found"));
@@ -493,7 +494,10 @@ async fn receive_cluster_recreates_statefulset_when_an_immutable_field_changes()
         }
         respond(g.send, 200, &pvc(&format!("data-main-receive-{i}"), "10Gi"));
         let p = expect(&mut api, Method::PATCH, &path).await;
-        assert_eq!(p.body, json!({"spec": {"resources": {"requests": {"storage": "20Gi"}}}}));
+        assert_eq!(
+            p.body,
+            json!({"spec": {"resources": {"requests": {"storage": "20Gi"}}}})
+        );
         respond(p.send, 200, &pvc(&format!("data-main-receive-{i}"), "20Gi"));
     }
 
@@ -595,7 +599,8 @@ async fn receive_cluster_recreate_tolerates_a_statefulset_already_gone() {
     .await;
     assert_eq!(again, desired);
     for i in 0..3 {
-        let path = format!("/api/v1/namespaces/orrery/persistentvolumeclaims/data-main-receive-{i}");
+        let path =
+            format!("/api/v1/namespaces/orrery/persistentvolumeclaims/data-main-receive-{i}");
         let g = expect(&mut api, Method::GET, &path).await;
         respond(g.send, 404, &status(404, "NotFound", "not found"));
     }
@@ -643,11 +648,26 @@ async fn resize_claims_skips_settled_and_reports_refused_claims() {
         operator::controller::receive::resize_claims(&pvcs, "main-receive", 2, "20Gi").await
     });
     let base = "/api/v1/namespaces/orrery/persistentvolumeclaims";
-    let g = expect(&mut api, Method::GET, &format!("{base}/data-main-receive-0")).await;
+    let g = expect(
+        &mut api,
+        Method::GET,
+        &format!("{base}/data-main-receive-0"),
+    )
+    .await;
     respond(g.send, 200, &pvc("data-main-receive-0", "20Gi"));
-    let g = expect(&mut api, Method::GET, &format!("{base}/data-main-receive-1")).await;
+    let g = expect(
+        &mut api,
+        Method::GET,
+        &format!("{base}/data-main-receive-1"),
+    )
+    .await;
     respond(g.send, 200, &pvc("data-main-receive-1", "10Gi"));
-    let p = expect(&mut api, Method::PATCH, &format!("{base}/data-main-receive-1")).await;
+    let p = expect(
+        &mut api,
+        Method::PATCH,
+        &format!("{base}/data-main-receive-1"),
+    )
+    .await;
     respond(
         p.send,
         403,
@@ -660,7 +680,10 @@ async fn resize_claims_skips_settled_and_reports_refused_claims() {
     let r = task.await.unwrap();
     assert!(r.resized.is_empty(), "{r:?}");
     assert_eq!(r.failed.len(), 1, "{r:?}");
-    assert!(r.failed[0].starts_with("data-main-receive-1: only dynamically"), "{r:?}");
+    assert!(
+        r.failed[0].starts_with("data-main-receive-1: only dynamically"),
+        "{r:?}"
+    );
 }
 
 /// The old StatefulSet never goes away (e.g. a stuck orphan finalizer): after the bounded
@@ -1482,13 +1505,19 @@ async fn global_view_migrates_a_legacy_named_entry_in_place() {
         &config_map("orrery", &format!("{head}{legacy}{tail}")),
     );
     let s = expect(&mut api, Method::PUT, path).await;
-    let new = s.body["data"]["prometheus.yml"].as_str().unwrap().to_string();
+    let new = s.body["data"]["prometheus.yml"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let echoed = s.body.clone();
     respond(s.send, 200, &echoed);
     assert!(new.starts_with(head), "{new}");
     assert!(new.ends_with(&format!("\n{tail}")), "{new}");
     assert!(!new.contains("orrery-global-batcave"), "{new}");
-    assert!(new.contains("- name: \"orrery-orrery.global.batcave\""), "{new}");
+    assert!(
+        new.contains("- name: \"orrery-orrery.global.batcave\""),
+        "{new}"
+    );
     assert!(
         new.contains("url: \"http://main-receive.orrery.svc:19291/api/v1/receive\""),
         "{new}"

@@ -22,12 +22,12 @@ use crate::crd::{
     ClusterSpec, ClusterStatus, ConfigMapRef, GlobalView, GlobalViewStatus, PrometheusRef,
     ReceiveCluster, RemoteClusterSecretRef,
 };
+use crate::probe::{
+    RELOAD_FOLLOW_ATTEMPTS, RELOAD_FOLLOW_INTERVAL, config_names_any, reload_until_loaded,
+};
 use crate::query::{
     cluster_remote_write_url, querier_deployment, querier_endpoints, querier_service, querier_url,
     select_receive_clusters,
-};
-use crate::probe::{
-    RELOAD_FOLLOW_ATTEMPTS, RELOAD_FOLLOW_INTERVAL, config_names_any, reload_until_loaded,
 };
 use crate::remote_cluster::RemoteCluster;
 use crate::remote_write::{

@@ -203,7 +203,11 @@ async fn reconcile_inner(rc: &ReceiveCluster, ctx: &Context) -> Result<Action, E
             let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
             let r = resize_claims(&pvcs, &sts.name_any(), rc.spec.replicas, &st.size).await;
             if !r.resized.is_empty() {
-                note.push_str(&format!("; resized to {}: {}", st.size, r.resized.join(", ")));
+                note.push_str(&format!(
+                    "; resized to {}: {}",
+                    st.size,
+                    r.resized.join(", ")
+                ));
             }
             if !r.failed.is_empty() {
                 event_type = EventType::Warning;
