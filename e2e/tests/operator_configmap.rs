@@ -3,7 +3,11 @@
 //! with the operator's own edit logic, Prometheus is reloaded with the operator's
 //! `/-/reload` call, samples (labelled `cluster="batcave"`) arrive at the remote-write
 //! endpoint while the user's own remote_write entry keeps working; after removal and
-//! another reload our writes stop and the user's go on.
+//! another reload our writes stop and the user's go on. The file is checked byte for
+//! byte: the upsert leaves every byte outside our entry as it was (comments, quoting,
+//! `1.10` stays `1.10` for Prometheus), and the removal restores the original file
+//! exactly. Reloads go through the operator's `reload_until_loaded`, which confirms
+//! the change on Prometheus's `/api/v1/status/config` (D9).
 //!
 //! The remote-write endpoints here are small in-test HTTP servers that record what they
 //! receive (snappy-decoded), so the user's own remote_write can be watched beside ours;
@@ -17,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use e2e::{Prometheus, http_get, wait_for};
-use operator::probe::{HttpProbe, Probe};
+use operator::probe::{HttpProbe, reload_until_loaded};
 use operator::remote_write::{RemoteWriteEntry, remove_from_file, upsert_file};
 
 /// What a sink has received.
@@ -128,14 +132,43 @@ fn loaded_config(prom: &Prometheus) -> String {
     v["data"]["yaml"].as_str().unwrap().to_string()
 }
 
-fn reload(prom: &Prometheus) {
+/// Reloads with the operator's follow-up logic until the loaded configuration shows
+/// (`want_present`) or no longer shows our entry; it must on the first reload here,
+/// because the file is written directly (no kubelet sync delay).
+fn reload(prom: &Prometheus, name: &str, want_present: bool) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let url = format!("http://{}/-/reload", prom.addr());
-    rt.block_on(HttpProbe::default().reload(&url))
-        .unwrap_or_else(|e| panic!("reload failed: {e}; log:\n{}", prom.proc.log_text()));
+    let (seen, reloads) = rt.block_on(reload_until_loaded(
+        &HttpProbe::default(),
+        &url,
+        &[name.to_string()],
+        want_present,
+        3,
+        Duration::from_secs(1),
+    ));
+    assert!(
+        seen && reloads == 1,
+        "reload not confirmed (seen {seen}, {reloads} reloads); log:\n{}",
+        prom.proc.log_text()
+    );
+}
+
+/// Lengths of the common prefix and (non-overlapping) common suffix of two texts.
+fn common(a: &str, b: &str) -> (usize, usize) {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let p = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let max = a.len().min(b.len()) - p;
+    let s = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take(max)
+        .take_while(|(x, y)| x == y)
+        .count();
+    (p, s)
 }
 
 #[test]
@@ -143,8 +176,8 @@ fn configmap_path_patches_reloads_and_removes_against_real_prometheus() {
     let ours = Sink::start();
     let user = Sink::start();
     let config = format!(
-        "# user's own prometheus.yml\n\
-         global:\n  scrape_interval: 1s\n  external_labels:\n    region: gotham\n\
+        "# user's own prometheus.yml -- comments, quoting and spelling must survive\n\
+         global:\n  scrape_interval: 1s   # fast, for the test\n  external_labels:\n    region: 'gotham'\n    release: 1.10\n\
          scrape_configs:\n  - job_name: self\n    static_configs:\n      - targets: ['127.0.0.1:{{{{PORT}}}}']\n\
          remote_write:\n  - name: user-sink\n    url: {}\n    queue_config:\n      batch_send_deadline: 1s\n",
         user.url()
@@ -163,16 +196,28 @@ fn configmap_path_patches_reloads_and_removes_against_real_prometheus() {
     assert_eq!(ours.requests(), 0);
 
     // Upsert our entry with the operator's file logic, then reload.
-    let entry = RemoteWriteEntry::new("global", "batcave", &ours.url(), Some("wayne"));
+    let original = std::fs::read_to_string(&file).unwrap();
+    let entry = RemoteWriteEntry::new("orrery", "global", "batcave", &ours.url(), Some("wayne"));
     assert!(upsert_file(&file, &entry).unwrap());
     assert!(
         !upsert_file(&file, &entry).unwrap(),
         "second upsert must be a no-op"
     );
-    reload(&prom);
+    // D10: every byte outside our entry is unchanged.
+    let edited = std::fs::read_to_string(&file).unwrap();
+    let (p, s) = common(&original, &edited);
+    assert_eq!(
+        p + s,
+        original.len(),
+        "bytes outside our entry changed:\n{original}\n---\n{edited}"
+    );
+    assert!(edited[p..edited.len() - s].contains(&entry.name));
+    reload(&prom, &entry.name, true);
     let cfg = loaded_config(&prom);
-    assert!(cfg.contains("name: orrery-global-batcave"), "{cfg}");
+    assert!(cfg.contains(&format!("name: {}", entry.name)), "{cfg}");
     assert!(cfg.contains("name: user-sink"), "{cfg}");
+    // Prometheus still reads the label value as the user spelled it.
+    assert!(cfg.contains("release: \"1.10\""), "{cfg}");
 
     // Samples arrive at our endpoint, carrying cluster="batcave" and the user's labels.
     let arrived = wait_for(Duration::from_secs(60), || {
@@ -186,7 +231,7 @@ fn configmap_path_patches_reloads_and_removes_against_real_prometheus() {
         prom.proc.log_text()
     );
     let sent = wait_for(Duration::from_secs(30), || {
-        samples_sent(&prom, "orrery-global-batcave").filter(|n| *n > 0.0)
+        samples_sent(&prom, &entry.name).filter(|n| *n > 0.0)
     });
     assert!(
         sent.is_some(),
@@ -195,11 +240,12 @@ fn configmap_path_patches_reloads_and_removes_against_real_prometheus() {
     let user_before = user.requests();
 
     // Remove our entry, reload: our writes stop, the user's go on.
-    let name = entry.name.clone();
-    assert!(remove_from_file(&file, &name).unwrap());
-    reload(&prom);
+    assert!(remove_from_file(&file, &entry.id()).unwrap());
+    // D10: the removal gives back the user's file byte for byte.
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
+    reload(&prom, &entry.name, false);
     let cfg = loaded_config(&prom);
-    assert!(!cfg.contains("orrery-global-batcave"), "{cfg}");
+    assert!(!cfg.contains(&entry.name), "{cfg}");
     assert!(cfg.contains("name: user-sink"), "{cfg}");
     // Let in-flight sends drain, then watch for silence.
     std::thread::sleep(Duration::from_secs(3));
@@ -211,7 +257,7 @@ fn configmap_path_patches_reloads_and_removes_against_real_prometheus() {
         "writes to our endpoint continued after removal"
     );
     assert!(
-        samples_sent(&prom, "orrery-global-batcave").is_none(),
+        samples_sent(&prom, &entry.name).is_none(),
         "our remote-write queue still exists after removal"
     );
     assert!(

@@ -128,7 +128,7 @@ fn configmap_path_end_to_end_through_orrery_receive_and_query() {
 
     // The operator's upsert (idempotent) and reload.
     let url = format!("http://{}/api/v1/receive", recv.rw);
-    let entry = RemoteWriteEntry::new("global", "batcave", &url, None);
+    let entry = RemoteWriteEntry::new("orrery", "global", "batcave", &url, None);
     assert!(upsert_file(&file, &entry).expect("upsert our remote_write entry"));
     assert!(
         !upsert_file(&file, &entry).expect("second upsert"),
@@ -136,7 +136,7 @@ fn configmap_path_end_to_end_through_orrery_receive_and_query() {
     );
     reload(&prom);
     let cfg = loaded_config(&prom);
-    assert!(cfg.contains("name: orrery-global-batcave"), "{cfg}");
+    assert!(cfg.contains(&format!("name: {}", entry.name)), "{cfg}");
     assert!(cfg.contains(&url), "{cfg}");
 
     // Samples arrive at orrery receive: its counter grows and the StoreAPI serves `up`
@@ -206,14 +206,14 @@ fn configmap_path_end_to_end_through_orrery_receive_and_query() {
     );
 
     // The operator's removal and reload: our writes stop.
-    assert!(remove_from_file(&file, &entry.name).expect("remove our entry"));
+    assert!(remove_from_file(&file, &entry.id()).expect("remove our entry"));
     assert!(
-        !remove_from_file(&file, &entry.name).expect("second removal"),
+        !remove_from_file(&file, &entry.id()).expect("second removal"),
         "second removal must be a no-op"
     );
     reload(&prom);
     let cfg = loaded_config(&prom);
-    assert!(!cfg.contains("orrery-global-batcave"), "{cfg}");
+    assert!(!cfg.contains(&entry.name), "{cfg}");
     assert!(!cfg.contains("remote_write"), "{cfg}");
     // Let in-flight sends drain, then watch for silence while Prometheus keeps scraping.
     std::thread::sleep(Duration::from_secs(3));

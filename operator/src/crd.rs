@@ -33,6 +33,7 @@ pub const GROUP: &str = "orrery.dev";
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.replicas >= self.replicationFactor").message("replicas must be >= replicationFactor"))]
+#[x_kube(validation = Rule::new("has(oldSelf.storage) == has(self.storage)").message("storage cannot be added to or removed from an existing ReceiveCluster: the receivers would restart on empty volumes and the old data would no longer be read; create a new ReceiveCluster instead"))]
 pub struct ReceiveClusterSpec {
     /// Number of receiver pods.
     #[schemars(range(min = 1))]
@@ -51,7 +52,11 @@ pub struct ReceiveClusterSpec {
     /// Persistent volume per pod; an emptyDir when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
-    /// Compute resources of the receiver container.
+    /// `sizeLimit` of the emptyDir used when `storage` is unset (default `10Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_dir_size_limit: Option<String>,
+    /// Compute resources of the receiver container (default: requests of 100m CPU
+    /// and 256Mi memory, no limits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Labels added to every block this cluster writes (`--label`).
@@ -77,9 +82,12 @@ fn default_one() -> i32 {
     1
 }
 
-/// Volume claim for each receiver pod.
+/// Volume claim for each receiver pod. A larger `size` is applied to the existing
+/// claims too (their StorageClass must allow volume expansion); the StorageClass
+/// cannot change (existing volumes would not move).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.storageClassName) ? self.storageClassName : '') == (has(oldSelf.storageClassName) ? oldSelf.storageClassName : '')").message("storageClassName cannot change: existing volumes would not move to the new class"))]
 pub struct StorageSpec {
     /// Requested size, e.g. `10Gi`.
     pub size: String,

@@ -180,6 +180,45 @@ impl LeaderElector {
         }
     }
 
+    /// Waits until this replica holds the lease or `shutdown` completes, whichever
+    /// comes first; `true` when leading. A waiting replica must not sit out SIGTERM
+    /// until the pod's grace period kills it: that slows every rollout.
+    pub async fn acquire_or_shutdown(
+        &self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> bool {
+        tokio::select! {
+            _ = self.acquire() => true,
+            _ = shutdown => false,
+        }
+    }
+
+    /// Gives the lease up on shutdown (holder cleared, duration 1 s) so another replica
+    /// takes over at once instead of after the lease duration. Only our own record is
+    /// touched; a conflict or a record held by someone else is left alone.
+    pub async fn release(&self) -> Result<bool, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(false);
+        };
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        lease.spec = Some(spec);
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.is_conflict() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Renews the lease every third of its duration; returns when leadership is lost:
     /// another holder, or no successful renewal within `renew_deadline` of the last one
     /// (each attempt is cut off at that deadline too), which is before the lease
@@ -354,5 +393,96 @@ mod tests {
         assert!(took < d);
         drop(e);
         server.abort();
+    }
+
+    fn json_response(status: u16, body: &serde_json::Value) -> http::Response<kube::client::Body> {
+        http::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(kube::client::Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap()
+    }
+
+    fn held_by(holder: &str) -> serde_json::Value {
+        serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "orrery-operator", "namespace": "orrery-system", "resourceVersion": "7"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                     "renewTime": "2026-01-01T00:00:00.000000Z"}})
+    }
+
+    /// D22: a replica waiting for the lease returns on shutdown instead of waiting for
+    /// the grace period to kill it.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_replica_returns_on_shutdown() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(svc, "orrery-system");
+        let e = LeaderElector::new(
+            Api::namespaced(client, "orrery-system"),
+            "orrery-operator".into(),
+            "b".into(),
+            Duration::from_secs(15),
+        );
+        let server = tokio::spawn(async move {
+            let mut n = 0;
+            while let Some((_, send)) = handle.next_request().await {
+                n += 1;
+                // The other holder keeps renewing: never expires for us.
+                let mut l = held_by("a");
+                l["spec"]["renewTime"] =
+                    serde_json::json!(format!("2026-01-01T00:00:{n:02}.000000Z"));
+                send.send_response(json_response(200, &l));
+            }
+            n
+        });
+        let start = tokio::time::Instant::now();
+        let leading = e
+            .acquire_or_shutdown(tokio::time::sleep(Duration::from_secs(32)))
+            .await;
+        assert!(!leading);
+        assert_eq!(start.elapsed(), Duration::from_secs(32));
+        drop(e);
+        assert!(server.await.unwrap() >= 3);
+    }
+
+    /// D22: the leader clears its holder on shutdown; someone else's lease is untouched.
+    #[tokio::test]
+    async fn release_clears_only_our_own_lease() {
+        use http::{Method, Request, Response};
+        use kube::client::Body;
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(svc, "orrery-system");
+        let e = LeaderElector::new(
+            Api::namespaced(client, "orrery-system"),
+            "orrery-operator".into(),
+            "a".into(),
+            Duration::from_secs(15),
+        );
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.method(), Method::GET);
+            send.send_response(json_response(200, &held_by("a")));
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.method(), Method::PUT);
+            let body = req.into_body().collect_bytes().await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert!(
+                v["spec"].get("holderIdentity").is_none_or(|h| h.is_null()),
+                "{v}"
+            );
+            assert_eq!(v["spec"]["leaseDurationSeconds"], 1);
+            assert_eq!(v["metadata"]["resourceVersion"], "7");
+            send.send_response(json_response(200, &v));
+            // Second call: the lease is someone else's now; no PUT follows.
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.method(), Method::GET);
+            send.send_response(json_response(200, &held_by("c")));
+            assert!(handle.next_request().await.is_none());
+        });
+        assert!(e.release().await.unwrap());
+        assert!(!e.release().await.unwrap());
+        drop(e);
+        server.await.unwrap();
     }
 }

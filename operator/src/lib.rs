@@ -18,6 +18,7 @@ pub mod remote_cluster;
 pub mod remote_write;
 pub mod schema_check;
 pub mod yaml;
+pub mod yml_text;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,7 +102,10 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     });
     if let Some(e) = &elector {
         tracing::info!(lease = %e.name, identity = %e.identity, "waiting for leadership");
-        e.acquire().await;
+        if !e.acquire_or_shutdown(shutdown_signal()).await {
+            tracing::info!("shutdown while waiting for leadership");
+            return Ok(());
+        }
         tracing::info!("leading");
         metrics.leader.set(1);
     }
@@ -116,7 +120,14 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     match &elector {
         Some(e) => {
             tokio::select! {
-                _ = controllers => {}
+                _ = controllers => {
+                    // Shutdown: hand the lease over now, not after it expires.
+                    match e.release().await {
+                        Ok(true) => tracing::info!(lease = %e.name, "released the lease"),
+                        Ok(false) => {}
+                        Err(err) => tracing::warn!(lease = %e.name, error = %err, "could not release the lease"),
+                    }
+                }
                 _ = e.hold() => {
                     metrics.leader.set(0);
                     anyhow::bail!("lost the leader lease; exiting so another replica takes over");
@@ -126,6 +137,35 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         None => controllers.await,
     }
     Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C (what `shutdown_on_signal` of the controllers waits
+/// for), for the phase before the controllers run.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }
 
 fn managed() -> watcher::Config {

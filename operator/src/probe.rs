@@ -57,6 +57,72 @@ pub trait Probe: Send + Sync {
     ) -> BoxFut<'a, Result<Option<f64>, ProbeError>>;
     /// POSTs a Prometheus `/-/reload` URL.
     fn reload<'a>(&'a self, url: &'a str) -> BoxFut<'a, Result<(), ProbeError>>;
+    /// The configuration a Prometheus has loaded (`data.yaml` of
+    /// `/api/v1/status/config`), addressed by its `/-/reload` URL.
+    fn loaded_config<'a>(&'a self, reload_url: &'a str) -> BoxFut<'a, Result<String, ProbeError>>;
+}
+
+/// The `/api/v1/status/config` URL of the Prometheus whose reload URL is `reload_url`.
+pub fn config_url(reload_url: &str) -> String {
+    let base = reload_url
+        .strip_suffix("/-/reload")
+        .unwrap_or(reload_url)
+        .trim_end_matches('/');
+    format!("{base}/api/v1/status/config")
+}
+
+/// Reloads after this long again when the loaded configuration does not show the edit.
+pub const RELOAD_FOLLOW_INTERVAL: Duration = Duration::from_secs(10);
+/// Gives up after this many reloads: 18 × 10 s = 3 min, past the kubelet's sync period
+/// plus its ConfigMap cache delay (about 60–90 s with defaults).
+pub const RELOAD_FOLLOW_ATTEMPTS: u32 = 18;
+
+/// Whether the remote_write list of a loaded Prometheus configuration names any of
+/// `names`.
+pub fn config_names_any(yaml_text: &str, names: &[String]) -> Result<bool, String> {
+    let doc = crate::yaml::parse(yaml_text).map_err(|e| e.to_string())?;
+    Ok(match doc.get("remote_write") {
+        Some(crate::yaml::Yaml::Seq(list)) => list.iter().any(|e| {
+            e.get("name")
+                .and_then(crate::yaml::Yaml::as_str)
+                .is_some_and(|n| names.iter().any(|x| x == n))
+        }),
+        _ => false,
+    })
+}
+
+/// Reloads a Prometheus until the configuration it has loaded shows our edit (our entry
+/// present, or none of `names` present after a removal), at most `attempts` times
+/// `interval` apart. A mounted ConfigMap reaches the pod only after the kubelet's sync
+/// (a minute or more), so a single reload right after the edit usually reloads the old
+/// file. Returns whether the change was seen, and how many reloads it took. A
+/// Prometheus whose status API does not answer is reloaded `attempts` times.
+pub async fn reload_until_loaded(
+    probe: &dyn Probe,
+    reload_url: &str,
+    names: &[String],
+    want_present: bool,
+    attempts: u32,
+    interval: Duration,
+) -> (bool, u32) {
+    for n in 1..=attempts {
+        if n > 1 {
+            tokio::time::sleep(interval).await;
+        }
+        if let Err(e) = probe.reload(reload_url).await {
+            tracing::debug!(url = reload_url, error = %e, "reload failed");
+            continue;
+        }
+        match probe.loaded_config(reload_url).await {
+            Ok(text) => match config_names_any(&text, names) {
+                Ok(present) if present == want_present => return (true, n),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(url = reload_url, error = %e, "loaded config unreadable"),
+            },
+            Err(e) => tracing::debug!(url = reload_url, error = %e, "loaded config not available"),
+        }
+    }
+    (false, attempts)
 }
 
 /// The real implementation: HTTP/1.1 over TCP.
@@ -111,6 +177,30 @@ impl Probe for HttpProbe {
             Ok(())
         })
     }
+
+    fn loaded_config<'a>(&'a self, reload_url: &'a str) -> BoxFut<'a, Result<String, ProbeError>> {
+        Box::pin(async move {
+            let url = config_url(reload_url);
+            let (status, body) = request(&url, "GET", self.timeout).await?;
+            if status != 200 {
+                return Err(ProbeError::Status {
+                    url,
+                    status,
+                    body: truncate_body(&body),
+                });
+            }
+            parse_config_answer(&body).map_err(|detail| ProbeError::Answer { url, detail })
+        })
+    }
+}
+
+/// `data.yaml` of a Prometheus `/api/v1/status/config` answer.
+pub fn parse_config_answer(body: &str) -> Result<String, String> {
+    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    v.pointer("/data/yaml")
+        .and_then(|y| y.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| "no data.yaml in the answer".to_string())
 }
 
 /// Extracts the single value of a Prometheus instant-query answer
@@ -316,5 +406,108 @@ mod tests {
             e.to_string().len()
         );
         assert_eq!(truncate_body("short"), "short");
+    }
+
+    /// A Prometheus that reloads the file the kubelet has synced so far: the first
+    /// `stale` reloads still load the old configuration.
+    struct SlowSync {
+        stale: u32,
+        reloads: std::sync::Mutex<u32>,
+    }
+
+    impl Probe for SlowSync {
+        fn last_sample_age<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+        ) -> BoxFut<'a, Result<Option<f64>, ProbeError>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn reload<'a>(&'a self, _: &'a str) -> BoxFut<'a, Result<(), ProbeError>> {
+            *self.reloads.lock().unwrap() += 1;
+            Box::pin(async { Ok(()) })
+        }
+        fn loaded_config<'a>(&'a self, _: &'a str) -> BoxFut<'a, Result<String, ProbeError>> {
+            let n = *self.reloads.lock().unwrap();
+            let text = if n <= self.stale {
+                "global: {}\nremote_write:\n- name: orrery-ns.gv.c\n  url: http://r/w\n"
+            } else {
+                "global: {}\n"
+            };
+            Box::pin(async move { Ok(text.to_string()) })
+        }
+    }
+
+    /// D9: reloads repeat across the kubelet's sync delay until the loaded
+    /// configuration shows the removal, and stop there; a change that never shows
+    /// stops at the bound.
+    #[tokio::test(start_paused = true)]
+    async fn reloads_until_the_mounted_file_shows_the_change() {
+        let names = ["orrery-ns.gv.c".to_string()];
+        let p = SlowSync {
+            stale: 4,
+            reloads: Default::default(),
+        };
+        let start = tokio::time::Instant::now();
+        let (seen, n) = reload_until_loaded(
+            &p,
+            "http://p/-/reload",
+            &names,
+            false,
+            18,
+            RELOAD_FOLLOW_INTERVAL,
+        )
+        .await;
+        assert!(seen);
+        assert_eq!(n, 5);
+        assert_eq!(*p.reloads.lock().unwrap(), 5);
+        assert_eq!(start.elapsed(), RELOAD_FOLLOW_INTERVAL * 4);
+        let never = SlowSync {
+            stale: u32::MAX,
+            reloads: Default::default(),
+        };
+        let (seen, n) = reload_until_loaded(
+            &never,
+            "http://p/-/reload",
+            &names,
+            false,
+            3,
+            RELOAD_FOLLOW_INTERVAL,
+        )
+        .await;
+        assert!(!seen);
+        assert_eq!((n, *never.reloads.lock().unwrap()), (3, 3));
+        // Present on the first look: one reload.
+        let now = SlowSync {
+            stale: u32::MAX,
+            reloads: Default::default(),
+        };
+        assert_eq!(
+            reload_until_loaded(
+                &now,
+                "http://p/-/reload",
+                &names,
+                true,
+                3,
+                RELOAD_FOLLOW_INTERVAL
+            )
+            .await,
+            (true, 1)
+        );
+    }
+
+    #[test]
+    fn config_answers() {
+        assert_eq!(
+            config_url("http://p.ns.svc:9090/-/reload"),
+            "http://p.ns.svc:9090/api/v1/status/config"
+        );
+        let body =
+            r#"{"status":"success","data":{"yaml":"remote_write:\n- name: a\n  url: http://x\n"}}"#;
+        let y = parse_config_answer(body).unwrap();
+        assert_eq!(config_names_any(&y, &["a".into()]), Ok(true));
+        assert_eq!(config_names_any(&y, &["b".into()]), Ok(false));
+        assert_eq!(config_names_any("global: {}\n", &["a".into()]), Ok(false));
+        assert!(parse_config_answer("{}").is_err());
     }
 }

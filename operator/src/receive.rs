@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -235,6 +236,51 @@ pub fn receiver_args(rc: &ReceiveCluster) -> Vec<String> {
     args
 }
 
+/// `sizeLimit` of the emptyDir used without `spec.storage` (unless
+/// `spec.emptyDirSizeLimit` says otherwise): a receiver past it is evicted alone,
+/// instead of filling the node's disk until the kubelet evicts everything there.
+pub const DEFAULT_EMPTY_DIR_SIZE_LIMIT: &str = "10Gi";
+
+/// Requests for a receiver whose spec names no resources, so it is Burstable rather
+/// than BestEffort (the first evicted under node pressure). No limits: a receiver
+/// replaying its WAL may need much more for a while.
+pub fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("100m".to_string())),
+            ("memory".to_string(), Quantity("256Mi".to_string())),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// Spreads a cluster's receivers over nodes (and zones) when the spec gives no
+/// affinity: with every replica of a series on one node, losing that node loses the
+/// write quorum. Preferred, not required, so small clusters still schedule.
+pub fn default_affinity(name: &str) -> Affinity {
+    let term = |key: &str, weight: i32| WeightedPodAffinityTerm {
+        weight,
+        pod_affinity_term: PodAffinityTerm {
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(name)),
+                ..Default::default()
+            }),
+            topology_key: key.to_string(),
+            ..Default::default()
+        },
+    };
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                term("kubernetes.io/hostname", 100),
+                term("topology.kubernetes.io/zone", 50),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The receiver StatefulSet.
 pub fn statefulset(rc: &ReceiveCluster, default_image: &str) -> StatefulSet {
     let name = rc.name_any();
@@ -271,7 +317,14 @@ pub fn statefulset(rc: &ReceiveCluster, default_image: &str) -> StatefulSet {
         None => {
             volumes.push(Volume {
                 name: "data".to_string(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    size_limit: Some(Quantity(
+                        s.empty_dir_size_limit
+                            .clone()
+                            .unwrap_or_else(|| DEFAULT_EMPTY_DIR_SIZE_LIMIT.to_string()),
+                    )),
+                    ..Default::default()
+                }),
                 ..Default::default()
             });
             None
@@ -292,7 +345,7 @@ pub fn statefulset(rc: &ReceiveCluster, default_image: &str) -> StatefulSet {
         ]),
         readiness_probe: Some(http_probe("/-/ready", 5, 3)),
         liveness_probe: Some(http_probe("/-/healthy", 10, 6)),
-        resources: s.resources.clone(),
+        resources: Some(s.resources.clone().unwrap_or_else(default_resources)),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "data".to_string(),
@@ -329,7 +382,11 @@ pub fn statefulset(rc: &ReceiveCluster, default_image: &str) -> StatefulSet {
                     volumes: Some(volumes),
                     node_selector: s.node_selector.clone(),
                     tolerations: s.tolerations.clone(),
-                    affinity: s.affinity.clone(),
+                    affinity: Some(
+                        s.affinity
+                            .clone()
+                            .unwrap_or_else(|| default_affinity(&name)),
+                    ),
                     // Time to flush the head block on shutdown.
                     termination_grace_period_seconds: Some(120),
                     security_context: Some(restricted_pod_security_context(true)),
@@ -509,6 +566,7 @@ pub(crate) mod tests {
                     size: "10Gi".into(),
                     storage_class_name: Some("fast".into()),
                 }),
+                empty_dir_size_limit: None,
                 resources: None,
                 external_labels: BTreeMap::from([("region".into(), "eu".into())]),
                 hashring_algorithm: HashringAlgorithm::Ketama,
@@ -799,6 +857,64 @@ pub(crate) mod tests {
         assert!(
             args.contains(&"--label=receive_replica=\"$(POD_NAME)\"".to_string()),
             "{args:?}"
+        );
+    }
+
+    /// D23: without user settings the pods get requests (Burstable), a preferred
+    /// spread over nodes and zones, and a bounded emptyDir; user settings win.
+    #[test]
+    fn statefulset_defaults_spread_request_and_bound_the_empty_dir() {
+        let mut r = rc(3, 3);
+        r.spec.storage = None;
+        let sts = statefulset(&r, "img");
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let res = pod.containers[0].resources.clone().unwrap();
+        assert_eq!(res.requests.unwrap()["memory"], Quantity("256Mi".into()));
+        assert!(res.limits.is_none());
+        let anti = pod.affinity.unwrap().pod_anti_affinity.unwrap();
+        let terms = anti
+            .preferred_during_scheduling_ignored_during_execution
+            .unwrap();
+        assert_eq!(
+            terms[0].pod_affinity_term.topology_key,
+            "kubernetes.io/hostname"
+        );
+        assert_eq!(
+            terms[0]
+                .pod_affinity_term
+                .label_selector
+                .as_ref()
+                .unwrap()
+                .match_labels,
+            Some(selector_labels("main"))
+        );
+        assert_eq!(
+            terms[1].pod_affinity_term.topology_key,
+            "topology.kubernetes.io/zone"
+        );
+        let data = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "data")
+            .unwrap();
+        assert_eq!(
+            data.empty_dir.unwrap().size_limit,
+            Some(Quantity(DEFAULT_EMPTY_DIR_SIZE_LIMIT.into()))
+        );
+        r.spec.empty_dir_size_limit = Some("1Gi".into());
+        r.spec.affinity = Some(Affinity::default());
+        let pod = statefulset(&r, "img").spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.affinity, Some(Affinity::default()));
+        let data = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "data")
+            .unwrap();
+        assert_eq!(
+            data.empty_dir.unwrap().size_limit,
+            Some(Quantity("1Gi".into()))
         );
     }
 }

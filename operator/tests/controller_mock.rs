@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use kube::{Client, Resource};
+use kube::{Api, Client, Resource};
 use operator::controller::{Context, global_view, receive};
 use operator::crd::{
     ClusterSpec, ClusterStatus, ConfigMapRef, GlobalView, GlobalViewSpec, GlobalViewStatus,
@@ -103,6 +103,8 @@ struct FakeProbe {
     age: Option<f64>,
     /// URLs `reload()` was called with.
     reloads: std::sync::Mutex<Vec<String>>,
+    /// What `loaded_config()` answers (the configuration Prometheus runs).
+    loaded: std::sync::Mutex<String>,
 }
 
 impl Probe for FakeProbe {
@@ -119,6 +121,10 @@ impl Probe for FakeProbe {
         self.reloads.lock().unwrap().push(url.to_string());
         Box::pin(async { Ok(()) })
     }
+    fn loaded_config<'a>(&'a self, _url: &'a str) -> BoxFut<'a, Result<String, ProbeError>> {
+        let text = self.loaded.lock().unwrap().clone();
+        Box::pin(async move { Ok(text) })
+    }
 }
 
 fn context(age: Option<f64>) -> (Arc<Context>, ApiHandle, Arc<Metrics>) {
@@ -133,6 +139,7 @@ fn context_with_probe(age: Option<f64>) -> (Arc<Context>, ApiHandle, Arc<Metrics
     let probe = Arc::new(FakeProbe {
         age,
         reloads: Default::default(),
+        loaded: Default::default(),
     });
     let ctx = Context::new(client, "orrery:test".into(), metrics.clone(), probe.clone());
     (Arc::new(ctx), handle, metrics, probe)
@@ -147,6 +154,7 @@ fn receive_cluster() -> ReceiveCluster {
             image: None,
             retention: None,
             storage: None,
+            empty_dir_size_limit: None,
             resources: None,
             external_labels: BTreeMap::new(),
             hashring_algorithm: HashringAlgorithm::Ketama,
@@ -475,6 +483,24 @@ async fn receive_cluster_recreates_statefulset_when_an_immutable_field_changes()
         "the re-created StatefulSet is the desired one"
     );
 
+    // D13: the existing claims are resized (the new template reaches new ones only).
+    for i in 0..3 {
+        let path =
+            format!("/api/v1/namespaces/orrery/persistentvolumeclaims/data-main-receive-{i}");
+        let g = expect(&mut api, Method::GET, &path).await;
+        if i == 2 {
+            respond(g.send, 404, &status(404, "NotFound", "not found"));
+            continue;
+        }
+        respond(g.send, 200, &pvc(&format!("data-main-receive-{i}"), "10Gi"));
+        let p = expect(&mut api, Method::PATCH, &path).await;
+        assert_eq!(
+            p.body,
+            json!({"spec": {"resources": {"requests": {"storage": "20Gi"}}}})
+        );
+        respond(p.send, 200, &pvc(&format!("data-main-receive-{i}"), "20Gi"));
+    }
+
     // A Normal event on the ReceiveCluster says what happened.
     let ev = expect(
         &mut api,
@@ -491,6 +517,13 @@ async fn receive_cluster_recreates_statefulset_when_an_immutable_field_changes()
     assert_eq!(body["reportingController"], "orrery-operator", "{body}");
     assert!(
         body["note"].as_str().unwrap_or("").contains("main-receive"),
+        "{body}"
+    );
+    assert!(
+        body["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("resized to 20Gi: data-main-receive-0, data-main-receive-1"),
         "{body}"
     );
 
@@ -565,6 +598,12 @@ async fn receive_cluster_recreate_tolerates_a_statefulset_already_gone() {
     )
     .await;
     assert_eq!(again, desired);
+    for i in 0..3 {
+        let path =
+            format!("/api/v1/namespaces/orrery/persistentvolumeclaims/data-main-receive-{i}");
+        let g = expect(&mut api, Method::GET, &path).await;
+        respond(g.send, 404, &status(404, "NotFound", "not found"));
+    }
     let ev = expect(
         &mut api,
         Method::POST,
@@ -590,6 +629,61 @@ async fn receive_cluster_recreate_tolerates_a_statefulset_already_gone() {
     respond(st.send, 200, &serde_json::to_value(&*rc).unwrap());
     let action = reconciler.await.unwrap().unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+}
+
+fn pvc(name: &str, size: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": "orrery"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}})
+}
+
+/// D13: claims already at the size are left alone; a refused resize (a StorageClass
+/// without allowVolumeExpansion) is reported by name, not hidden.
+#[tokio::test]
+async fn resize_claims_skips_settled_and_reports_refused_claims() {
+    let (ctx, mut api, _) = context(None);
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), "orrery");
+    let task = tokio::spawn(async move {
+        operator::controller::receive::resize_claims(&pvcs, "main-receive", 2, "20Gi").await
+    });
+    let base = "/api/v1/namespaces/orrery/persistentvolumeclaims";
+    let g = expect(
+        &mut api,
+        Method::GET,
+        &format!("{base}/data-main-receive-0"),
+    )
+    .await;
+    respond(g.send, 200, &pvc("data-main-receive-0", "20Gi"));
+    let g = expect(
+        &mut api,
+        Method::GET,
+        &format!("{base}/data-main-receive-1"),
+    )
+    .await;
+    respond(g.send, 200, &pvc("data-main-receive-1", "10Gi"));
+    let p = expect(
+        &mut api,
+        Method::PATCH,
+        &format!("{base}/data-main-receive-1"),
+    )
+    .await;
+    respond(
+        p.send,
+        403,
+        &status(
+            403,
+            "Forbidden",
+            "only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize",
+        ),
+    );
+    let r = task.await.unwrap();
+    assert!(r.resized.is_empty(), "{r:?}");
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert!(
+        r.failed[0].starts_with("data-main-receive-1: only dynamically"),
+        "{r:?}"
+    );
 }
 
 /// The old StatefulSet never goes away (e.g. a stuck orphan finalizer): after the bounded
@@ -812,7 +906,7 @@ async fn global_view_conflict_on_prometheus_is_retried() {
     assert_eq!(list.len(), 3);
     assert_eq!(list[0], user);
     assert_eq!(list[1], other);
-    assert_eq!(list[2]["name"], "orrery-global-batcave");
+    assert_eq!(list[2]["name"], "orrery-orrery.global.batcave");
     assert_eq!(
         list[2]["url"],
         "http://main-receive.orrery.svc:19291/api/v1/receive"
@@ -1104,7 +1198,7 @@ async fn global_view_deletion_with_missing_secret_does_not_wedge() {
         &status(404, "NotFound", "secrets \"batcave-cluster\" not found"),
     );
     let note = expect_event(&mut api, "CleanupAbandoned").await;
-    assert!(note.contains("orrery-global-batcave"), "{note}");
+    assert!(note.contains("orrery-orrery.global.batcave"), "{note}");
     expect_finalizer_removed(&mut api).await;
     assert_eq!(reconciler.await.unwrap().unwrap(), Action::await_change());
 }
@@ -1206,7 +1300,7 @@ async fn global_view_deletion_reloads_prometheus_after_removal() {
 #[tokio::test]
 async fn global_view_status_is_not_rewritten_when_only_the_sample_age_moved() {
     let prom_path = "/apis/monitoring.coreos.com/v1/namespaces/monitoring/prometheuses/batcave";
-    let ours = json!({"name": "orrery-global-batcave",
+    let ours = json!({"name": "orrery-orrery.global.batcave",
         "url": "http://main-receive.orrery.svc:19291/api/v1/receive",
         "headers": {"THANOS-TENANT": "wayne"},
         "writeRelabelConfigs": [{"action": "replace", "targetLabel": "cluster", "replacement": "batcave"}]});
@@ -1354,4 +1448,93 @@ async fn global_view_failure_is_reported_on_the_object() {
     );
     expect_event(&mut api, "ReconcileError").await;
     reconciler.await.unwrap().expect_err("the reconcile failed");
+}
+
+/// D10: a prometheus.yml whose remote_write the operator cannot edit safely (an
+/// explicit null here) is left untouched (no PUT); the cluster reports
+/// RemoteWriteConfigured=False with reason ConfigNotEditable and a Warning Event says why.
+#[tokio::test]
+async fn global_view_refuses_a_prometheus_yml_it_cannot_edit_safely() {
+    let (ctx, mut api, _, probe) = context_with_probe(None);
+    let reconciler = tokio::spawn(global_view::reconcile(
+        Arc::new(global_view_config_map(false, None)),
+        ctx,
+    ));
+    global_view_prefix(&mut api).await;
+    let path = "/api/v1/namespaces/orrery/configmaps/prometheus";
+    let s = expect(&mut api, Method::GET, path).await;
+    respond(
+        s.send,
+        200,
+        &config_map("orrery", "global: {}\nremote_write: ~ # none\n"),
+    );
+    let note = expect_event(&mut api, "ConfigNotEditable").await;
+    assert!(note.contains("cannot be edited safely"), "{note}");
+    let st = expect(&mut api, Method::PATCH, GV_STATUS).await;
+    let c = cluster_condition(&st.body, "RemoteWriteConfigured").clone();
+    respond(
+        st.send,
+        200,
+        &serde_json::to_value(global_view(false)).unwrap(),
+    );
+    assert_eq!(c["status"], "False", "{c}");
+    assert_eq!(c["reason"], "ConfigNotEditable", "{c}");
+    reconciler.await.unwrap().unwrap();
+    assert!(probe.reloads.lock().unwrap().is_empty());
+}
+
+/// The entry name carries the namespace; an entry written under the old name
+/// (`orrery-<globalview>-<cluster>`) is replaced in place, in one PUT, and the
+/// ConfigMap's other bytes are kept. Prometheus is reloaded after the change.
+#[tokio::test]
+async fn global_view_migrates_a_legacy_named_entry_in_place() {
+    let (ctx, mut api, _, probe) = context_with_probe(None);
+    let reconciler = tokio::spawn(global_view::reconcile(
+        Arc::new(global_view_config_map(false, None)),
+        ctx,
+    ));
+    global_view_prefix(&mut api).await;
+    let path = "/api/v1/namespaces/orrery/configmaps/prometheus";
+    let head = "# team config\nglobal:\n  scrape_interval: 15s\nremote_write:\n- name: user\n  url: http://u/w\n";
+    let legacy = "- name: orrery-global-batcave\n  url: http://old:19291/api/v1/receive\n  write_relabel_configs:\n  - target_label: cluster\n    replacement: batcave\n    action: replace\n";
+    let tail = "# end\n";
+    let s = expect(&mut api, Method::GET, path).await;
+    respond(
+        s.send,
+        200,
+        &config_map("orrery", &format!("{head}{legacy}{tail}")),
+    );
+    let s = expect(&mut api, Method::PUT, path).await;
+    let new = s.body["data"]["prometheus.yml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let echoed = s.body.clone();
+    respond(s.send, 200, &echoed);
+    assert!(new.starts_with(head), "{new}");
+    assert!(new.ends_with(&format!("\n{tail}")), "{new}");
+    assert!(!new.contains("orrery-global-batcave"), "{new}");
+    assert!(
+        new.contains("- name: \"orrery-orrery.global.batcave\""),
+        "{new}"
+    );
+    assert!(
+        new.contains("url: \"http://main-receive.orrery.svc:19291/api/v1/receive\""),
+        "{new}"
+    );
+    let st = expect(&mut api, Method::PATCH, GV_STATUS).await;
+    assert_eq!(
+        cluster_condition(&st.body, "RemoteWriteConfigured")["status"],
+        "True"
+    );
+    respond(
+        st.send,
+        200,
+        &serde_json::to_value(global_view(false)).unwrap(),
+    );
+    reconciler.await.unwrap().unwrap();
+    assert_eq!(
+        *probe.reloads.lock().unwrap(),
+        vec!["http://prometheus.orrery.svc:9090/-/reload".to_string()]
+    );
 }

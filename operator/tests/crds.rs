@@ -239,3 +239,28 @@ fn crds_refuse_inputs_the_pods_would_refuse() {
             .is_none()
     );
 }
+
+/// D13: storage cannot be added or removed, nor its class changed, on an existing
+/// ReceiveCluster (transition rules: the API server evaluates them on updates only, with
+/// `oldSelf`; evaluating them needs an API server, here we check they are in place on the
+/// right fields).
+#[test]
+fn crds_refuse_storage_changes_that_would_empty_the_volumes() {
+    let [rc, _gv]: [CustomResourceDefinition; 2] = crds().try_into().unwrap();
+    let rules = cel_rules(&schema(&rc));
+    let has = |path: &str, needle: &str| rules.iter().any(|(p, r)| p == path && r.contains(needle));
+    assert!(
+        has(".spec", "has(oldSelf.storage) == has(self.storage)"),
+        "{rules:?}"
+    );
+    assert!(
+        has(".spec.storage", "oldSelf.storageClassName"),
+        "{rules:?}"
+    );
+    // The new optional field is in the schema.
+    assert!(
+        schema(&rc)
+            .pointer("/properties/spec/properties/emptyDirSizeLimit")
+            .is_some()
+    );
+}

@@ -22,13 +22,16 @@ use crate::crd::{
     ClusterSpec, ClusterStatus, ConfigMapRef, GlobalView, GlobalViewStatus, PrometheusRef,
     ReceiveCluster, RemoteClusterSecretRef,
 };
+use crate::probe::{
+    RELOAD_FOLLOW_ATTEMPTS, RELOAD_FOLLOW_INTERVAL, config_names_any, reload_until_loaded,
+};
 use crate::query::{
     cluster_remote_write_url, querier_deployment, querier_endpoints, querier_service, querier_url,
     select_receive_clusters,
 };
 use crate::remote_cluster::RemoteCluster;
 use crate::remote_write::{
-    RemoteWriteEntry, entry_name, remove_from_prometheus_cr, remove_from_prometheus_yml,
+    EntryId, RemoteWriteEntry, remove_from_prometheus_cr, remove_from_prometheus_yml,
     upsert_prometheus_cr, upsert_prometheus_yml,
 };
 
@@ -234,7 +237,7 @@ async fn apply_view(gv: &GlobalView, ctx: &Context) -> Result<Action, Error> {
         {
             continue;
         }
-        let entry = entry_name(&name, &old.name);
+        let entry = EntryId::new(&ns, &name, &old.name);
         match remove_and_reload(ctx, &ns, &old_target, &entry).await {
             Ok(_) => {
                 tracing::info!(%ns, gv = %name, cluster = %old.name, "removed stale remote_write entry")
@@ -249,7 +252,8 @@ async fn apply_view(gv: &GlobalView, ctx: &Context) -> Result<Action, Error> {
                     true,
                     "PendingRemoval",
                     format!(
-                        "removing {entry} from {} failed: {e}",
+                        "removing {} from {} failed: {e}",
+                        entry.name,
                         old_target.describe(&ns)
                     ),
                     gv.metadata.generation,
@@ -332,7 +336,8 @@ async fn sync_cluster(
             "no remoteWriteURL and no ReceiveCluster selected".to_string(),
         )),
         Some(url) => {
-            let entry = RemoteWriteEntry::new(&gv.name_any(), &c.name, &url, c.tenant.as_deref());
+            let entry =
+                RemoteWriteEntry::new(ns, &gv.name_any(), &c.name, &url, c.tenant.as_deref());
             let res = upsert_entry(ctx, ns, &target, &entry).await;
             if let Ok(true) = res {
                 ctx.metrics.remote_write_patches.inc();
@@ -342,6 +347,18 @@ async fn sync_cluster(
         }
     };
     st.remote_write_configured = configured.is_ok();
+    // A prometheus.yml the operator refuses to edit (or cannot parse) is the user's to
+    // fix: say so on the GlobalView as an Event too, not only in the condition.
+    if let Err(e @ Error::Edit { .. }) = &configured {
+        ctx.publish_event(
+            gv,
+            EventType::Warning,
+            e.reason(),
+            "AddRemoteWrite",
+            e.to_string(),
+        )
+        .await;
+    }
     let age = match ctx.probe.last_sample_age(querier, &c.name).await {
         Ok(a) => a,
         Err(e) => {
@@ -352,12 +369,21 @@ async fn sync_cluster(
     let flowing = age.is_some_and(|a| a <= MAX_SAMPLE_AGE_SECS);
     // A plain Prometheus only sees the edited file after the kubelet syncs the mounted
     // ConfigMap; ask it to reload until data flows.
+    // Right after a change, reload and keep reloading (in the background, bounded)
+    // until the loaded configuration shows the entry.
     let mut reload_note = String::new();
-    if let (Ok(_), Some(cm)) = (&configured, &c.config_map_ref)
-        && let Some(url) = cm.reload_url.as_deref().filter(|_| !flowing)
-        && let Err(e) = ctx.probe.reload(url).await
+    if let (Ok(changed), Some(cm)) = (&configured, &c.config_map_ref)
+        && let Some(url) = cm.reload_url.as_deref().filter(|_| *changed || !flowing)
     {
-        reload_note = format!("; reload failed: {e}");
+        let names = vec![EntryId::new(ns, &gv.name_any(), &c.name).name];
+        let res = if *changed {
+            follow_reload(ctx, url, names, true).await
+        } else {
+            ctx.probe.reload(url).await
+        };
+        if let Err(e) = res {
+            reload_note = format!("; reload failed: {e}");
+        }
     }
     // No age, timestamp or other clock-derived value goes into status: each status
     // change triggers a reconcile, so a value that changes by itself would make the
@@ -374,7 +400,7 @@ async fn sync_cluster(
             match &configured {
                 Ok(_) => format!(
                     "entry {} in {}{reload_note}",
-                    entry_name(&gv.name_any(), &c.name),
+                    EntryId::new(ns, &gv.name_any(), &c.name).name,
                     target.describe(ns)
                 ),
                 Err(e) => e.to_string(),
@@ -535,7 +561,7 @@ async fn cleanup(gv: &GlobalView, ctx: &Context) -> Result<Action, Error> {
         if target.prometheus_ref.is_none() && target.config_map_ref.is_none() {
             continue;
         }
-        let entry = entry_name(&name, &cluster);
+        let entry = EntryId::new(&ns, &name, &cluster);
         match remove_and_reload(ctx, &ns, &target, &entry).await {
             Ok(true) => {
                 ctx.metrics.remote_write_patches.inc();
@@ -543,7 +569,7 @@ async fn cleanup(gv: &GlobalView, ctx: &Context) -> Result<Action, Error> {
             }
             Ok(false) => {}
             Err(e) => {
-                let line = format!("{entry} in {}: {e}", target.describe(&ns));
+                let line = format!("{} in {}: {e}", entry.name, target.describe(&ns));
                 if e.is_permanent() {
                     abandoned.push(line);
                 } else {
@@ -701,16 +727,66 @@ pub async fn remove_and_reload(
     ctx: &Context,
     ns: &str,
     target: &Target,
-    name: &str,
+    name: &EntryId,
 ) -> Result<bool, Error> {
     let removed = remove_entry(ctx, ns, target, name).await?;
     if removed
         && let Some(url) = target.reload_url()
-        && let Err(e) = ctx.probe.reload(url).await
+        && let Err(e) = follow_reload(
+            ctx,
+            url,
+            vec![name.name.clone(), name.legacy_name.clone()],
+            false,
+        )
+        .await
     {
-        tracing::warn!(%ns, entry = name, error = %e, "reload after removing a remote_write entry failed");
+        tracing::warn!(%ns, entry = %name.name, error = %e, "reload after removing a remote_write entry failed");
     }
     Ok(removed)
+}
+
+/// Reloads a Prometheus after we edited its ConfigMap and checks the configuration it
+/// loaded. The kubelet syncs a mounted ConfigMap only after a minute or more, so when
+/// the edit is not visible yet a background task keeps reloading (every
+/// [`RELOAD_FOLLOW_INTERVAL`], at most [`RELOAD_FOLLOW_ATTEMPTS`] reloads in all) until
+/// it is: without that, a removed entry would keep receiving writes until Prometheus
+/// restarts. The task lives in this process only; a restarted operator re-reloads on
+/// its next reconcile of a GlobalView that still exists. Returns the first reload's
+/// outcome.
+async fn follow_reload(
+    ctx: &Context,
+    url: &str,
+    names: Vec<String>,
+    want_present: bool,
+) -> Result<(), crate::probe::ProbeError> {
+    let first = ctx.probe.reload(url).await;
+    let seen = first.is_ok()
+        && matches!(
+            ctx.probe.loaded_config(url).await.map(|t| config_names_any(&t, &names)),
+            Ok(Ok(present)) if present == want_present
+        );
+    if !seen {
+        let probe = ctx.probe.clone();
+        let url = url.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(RELOAD_FOLLOW_INTERVAL).await;
+            let (seen, n) = reload_until_loaded(
+                &*probe,
+                &url,
+                &names,
+                want_present,
+                RELOAD_FOLLOW_ATTEMPTS - 1,
+                RELOAD_FOLLOW_INTERVAL,
+            )
+            .await;
+            if seen {
+                tracing::info!(%url, reloads = n + 1, "Prometheus loaded the edited configuration");
+            } else {
+                tracing::warn!(%url, reloads = n + 1, "Prometheus still runs the old configuration after repeated reloads (is the ConfigMap mounted, is --web.enable-lifecycle set?)");
+            }
+        });
+    }
+    first
 }
 
 /// Removes our entry from a target; a missing target counts as removed.
@@ -718,7 +794,7 @@ pub async fn remove_entry(
     ctx: &Context,
     ns: &str,
     target: &Target,
-    name: &str,
+    name: &EntryId,
 ) -> Result<bool, Error> {
     let client = target_client(ctx, ns, target).await?;
     let what = target.describe(ns);

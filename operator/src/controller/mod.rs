@@ -149,6 +149,10 @@ impl Error {
             Error::Kube(kube::Error::Api(s)) if s.code == 403 => "Forbidden",
             Error::Kube(kube::Error::Api(s)) if s.is_not_found() => "NotFound",
             Error::Kube(_) => "ApiError",
+            Error::Edit {
+                source: crate::remote_write::EditError::Unsupported(_),
+                ..
+            } => "ConfigNotEditable",
             Error::Edit { .. } => "EditFailed",
             Error::Conflict(..) => "Conflict",
             Error::Invalid(_) | Error::Json(_) => "Invalid",

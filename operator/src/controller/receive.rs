@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{ListParams, Patch};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -23,6 +23,56 @@ use crate::receive::{
 };
 
 pub const CONTROLLER: &str = "receivecluster";
+
+/// What [`resize_claims`] did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Resized {
+    pub resized: Vec<String>,
+    /// `name: reason` of each claim whose resize the API server refused (a shrink,
+    /// a StorageClass without `allowVolumeExpansion`, …).
+    pub failed: Vec<String>,
+}
+
+/// Sets `spec.resources.requests.storage` of the existing `data-<sts>-<ordinal>`
+/// claims to `size`. Kubernetes never applies a changed `volumeClaimTemplates` to
+/// existing claims, so without this a size change only reaches new replicas. Missing
+/// claims and claims already at `size` are skipped.
+pub async fn resize_claims(
+    api: &Api<PersistentVolumeClaim>,
+    sts: &str,
+    replicas: i32,
+    size: &str,
+) -> Resized {
+    let mut out = Resized::default();
+    for i in 0..replicas.max(0) {
+        let name = format!("data-{sts}-{i}");
+        let pvc = match api.get_opt(&name).await {
+            Ok(Some(p)) => p,
+            Ok(None) => continue,
+            Err(e) => {
+                out.failed.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let current = pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.as_str());
+        if current == Some(size) {
+            continue;
+        }
+        let patch = Patch::Merge(json!({"spec": {"resources": {"requests": {"storage": size}}}}));
+        match api.patch(&name, &PatchParams::default(), &patch).await {
+            Ok(_) => out.resized.push(name),
+            Err(kube::Error::Api(s)) => out.failed.push(format!("{name}: {}", s.message)),
+            Err(e) => out.failed.push(format!("{name}: {e}")),
+        }
+    }
+    out
+}
 
 /// Reconciles one ReceiveCluster.
 pub async fn reconcile(rc: Arc<ReceiveCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -142,17 +192,33 @@ async fn reconcile_inner(rc: &ReceiveCluster, ctx: &Context) -> Result<Action, E
     apply(&svcs, &remote_write_service(rc)).await?;
     let (sts, recreated) = apply_statefulset(&stss, &statefulset(rc, &ctx.default_image)).await?;
     if recreated {
-        ctx.publish_event(
-            rc,
-            EventType::Normal,
-            "StatefulSetRecreated",
-            "Recreate",
-            format!(
-                "StatefulSet {} re-created for a change of an immutable field; pods and PVCs were kept",
-                sts.name_any()
-            ),
-        )
-        .await;
+        // A new template reaches only claims created from now on: resize the existing
+        // ones ourselves and say which could not be resized.
+        let mut note = format!(
+            "StatefulSet {} re-created for a change of an immutable field; pods and PVCs were kept",
+            sts.name_any()
+        );
+        let mut event_type = EventType::Normal;
+        if let Some(st) = &rc.spec.storage {
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+            let r = resize_claims(&pvcs, &sts.name_any(), rc.spec.replicas, &st.size).await;
+            if !r.resized.is_empty() {
+                note.push_str(&format!(
+                    "; resized to {}: {}",
+                    st.size,
+                    r.resized.join(", ")
+                ));
+            }
+            if !r.failed.is_empty() {
+                event_type = EventType::Warning;
+                note.push_str(&format!(
+                    "; NOT resized (they keep their old size): {}",
+                    r.failed.join("; ")
+                ));
+            }
+        }
+        ctx.publish_event(rc, event_type, "StatefulSetRecreated", "Recreate", note)
+            .await;
     }
     apply(&pdbs, &pod_disruption_budget(rc)).await?;
 
