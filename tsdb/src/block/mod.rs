@@ -33,7 +33,7 @@ pub use index::ChunkMeta;
 pub use meta::{
     BlockDesc, BlockMeta, BlockMetaCompaction, BlockStats, ThanosDownsample, ThanosMeta,
 };
-pub use reader::Block;
+pub use reader::{Block, label_names, label_values, postings_for_matchers};
 pub use retention::{BlockEntry, apply_retention, delete_block, list_blocks, remove_tmp_dirs};
 pub use ulid::{Ulid, UlidError};
 pub use writer::{
