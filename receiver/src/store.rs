@@ -16,8 +16,8 @@ use storeapi::wire::{labels_to_wire, matchers_from_wire};
 use storeapi::{Labels, Matcher};
 use tonic::{Request, Response, Status};
 
-use storeapi::wire::frames::{FrameWriter, WireChunk, put_key_labels, put_label};
 use crate::multitsdb::{MultiTsdb, Tenant};
+use storeapi::wire::frames::{FrameWriter, WireChunk, put_key_labels, put_label};
 
 /// gRPC metadata key selecting a tenant.
 pub const TENANT_METADATA: &str = "thanos-tenant";
@@ -119,7 +119,12 @@ impl Selection {
                     }
                     w.push(
                         c.iter().map(|c| {
-                            WireChunk::from_prometheus(c.min_time, c.max_time, c.encoding as u8, &c.data)
+                            WireChunk::from_prometheus(
+                                c.min_time,
+                                c.max_time,
+                                c.encoding as u8,
+                                &c.data,
+                            )
                         }),
                         &mut send,
                     );
@@ -151,7 +156,12 @@ impl Selection {
                         put_key_labels(w.labels(), s.key(), &external, &without);
                         w.push(
                             it.map(|c| {
-                                WireChunk::from_prometheus(c.min_time, c.max_time, c.encoding as u8, c.data)
+                                WireChunk::from_prometheus(
+                                    c.min_time,
+                                    c.max_time,
+                                    c.encoding as u8,
+                                    c.data,
+                                )
                             }),
                             &mut |b| done.push(b),
                         );

@@ -145,12 +145,7 @@ pub fn put_label(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Writes the label entries of a head series key (`name 0xff value 0xff …`) with the
 /// external labels merged in by name and the `without` names left out.
-pub fn put_key_labels(
-    buf: &mut Vec<u8>,
-    key: &[u8],
-    external: &crate::Labels,
-    without: &[String],
-) {
+pub fn put_key_labels(buf: &mut Vec<u8>, key: &[u8], external: &crate::Labels, without: &[String]) {
     let keep = |name: &[u8]| !without.iter().any(|w| w.as_bytes() == name);
     let mut ext = external.iter().peekable();
     let mut parts = key.split(|&b| b == 0xff);
@@ -303,8 +298,8 @@ const HEADER_ROOM: usize = 11;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
     use crate::wire::thanos::{self, AggrChunk, SeriesResponse, series_response::Result as Frame};
+    use prost::Message;
 
     fn label(n: &str, v: &str) -> crate::Label {
         crate::Label::new(n, v)
