@@ -31,6 +31,8 @@ enum Command {
     Receive(receiver::ReceiveArgs),
     /// Fan queries out over StoreAPI endpoints and serve the Prometheus HTTP API and UI.
     Query(querier::QueryArgs),
+    /// Serve an object-storage bucket's blocks over the StoreAPI (Thanos's store gateway).
+    Store(store::StoreArgs),
     /// Reconcile ReceiveCluster and GlobalView resources on Kubernetes.
     Operator(operator::OperatorArgs),
     /// Receiver + querier in one process with defaults: the quickest way to a global view.
@@ -47,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Receive(args) => receiver::run(args).await,
             Command::Query(args) => querier::run(args).await,
+            Command::Store(args) => store::run(args).await,
             Command::Operator(args) => operator::run(args).await,
             Command::Standalone(args) => standalone::run(args).await,
         }

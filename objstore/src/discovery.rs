@@ -16,9 +16,7 @@ use futures_util::{StreamExt, stream};
 use tsdb::block::{BlockMeta, Ulid};
 
 use crate::bucket::{Bucket, BucketError};
-use crate::markers::{
-    self, DeletionMark, Marker, MarkerError, NoCompactMark, NoDownsampleMark,
-};
+use crate::markers::{self, DeletionMark, Marker, MarkerError, NoCompactMark, NoDownsampleMark};
 
 /// Listings and meta reads in flight at once.
 const DEFAULT_CONCURRENCY: usize = 32;
@@ -205,7 +203,10 @@ impl MetaFetcher {
     /// The block's meta: from the cache when present there, else from the bucket (then
     /// cached). The inner `Err` is a meta that does not parse or is for another block.
     async fn meta(&self, id: Ulid) -> Result<Result<BlockMeta, String>, BucketError> {
-        let cached = self.cache_dir.as_ref().map(|d| d.join(id.to_string()).join("meta.json"));
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(id.to_string()).join("meta.json"));
         if let Some(path) = &cached
             && let Ok(b) = tokio::fs::read(path).await
             && let Ok(m) = parse_meta(id, &b)
@@ -312,10 +313,15 @@ mod tests {
     }
 
     async fn put_meta(b: &Bucket, m: &BlockMeta) {
-        b.put(&format!("{}/index", m.ulid), "i".into()).await.unwrap();
-        b.put(&format!("{}/meta.json", m.ulid), encode_meta(m).unwrap().into())
+        b.put(&format!("{}/index", m.ulid), "i".into())
             .await
             .unwrap();
+        b.put(
+            &format!("{}/meta.json", m.ulid),
+            encode_meta(m).unwrap().into(),
+        )
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
@@ -330,10 +336,16 @@ mod tests {
             Ulid::with_time(4_000),
         );
         put_meta(&b, &meta(a, &[a], &[("tenant", "x")], 0)).await;
-        b.put(&format!("{p}/chunks/000001"), "c".into()).await.unwrap();
-        b.put(&format!("{c}/meta.json"), "{not json".into()).await.unwrap();
+        b.put(&format!("{p}/chunks/000001"), "c".into())
+            .await
+            .unwrap();
+        b.put(&format!("{c}/meta.json"), "{not json".into())
+            .await
+            .unwrap();
         put_meta(&b, &meta(d, &[d], &[("tenant", "x")], 0)).await;
-        markers::write_marker(&b, &DeletionMark::new(d, "", 50)).await.unwrap();
+        markers::write_marker(&b, &DeletionMark::new(d, "", 50))
+            .await
+            .unwrap();
         b.put(&format!("{d}/{}", markers::NO_COMPACT_MARK), "bad".into())
             .await
             .unwrap();
@@ -346,8 +358,14 @@ mod tests {
         assert_eq!(got.corrupt.len(), 1);
         assert_eq!(got.corrupt[0].0, c);
         assert!(got.blocks[&a].deletion_mark.is_none());
-        assert_eq!(got.blocks[&d].deletion_mark.as_ref().unwrap().deletion_time, 50);
-        assert!(got.blocks[&d].no_compact_mark.is_none(), "bad marker ignored");
+        assert_eq!(
+            got.blocks[&d].deletion_mark.as_ref().unwrap().deletion_time,
+            50
+        );
+        assert!(
+            got.blocks[&d].no_compact_mark.is_none(),
+            "bad marker ignored"
+        );
         assert!(got.blocks[&d].deletion_older_than(100, 50));
         assert!(!got.blocks[&d].deletion_older_than(99, 50));
         assert!(cache.path().join(a.to_string()).join("meta.json").is_file());

@@ -216,7 +216,8 @@ mod tests {
 
     #[test]
     fn decoding_refuses_other_versions_ids_and_garbage() {
-        let good = br#"{"id":"01JQ2B7ZK3N5V8W9X0Y1Z2A3B4","version":1,"details":"x","deletion_time":5}"#;
+        let good =
+            br#"{"id":"01JQ2B7ZK3N5V8W9X0Y1Z2A3B4","version":1,"details":"x","deletion_time":5}"#;
         let m: DeletionMark = decode_marker(id(), good).unwrap();
         assert_eq!(m.deletion_time, 5);
         assert_eq!(m.details, "x");
@@ -228,7 +229,10 @@ mod tests {
         let other = Ulid::with_time(1);
         assert!(decode_marker::<DeletionMark>(other, good).is_err());
         assert!(decode_marker::<DeletionMark>(id(), b"{\"id\":").is_err());
-        assert!(decode_marker::<NoCompactMark>(id(), good).is_err(), "missing reason");
+        assert!(
+            decode_marker::<NoCompactMark>(id(), good).is_err(),
+            "missing reason"
+        );
     }
 
     #[tokio::test]
@@ -238,9 +242,21 @@ mod tests {
         assert_eq!(read_marker::<DeletionMark>(&b, id()).await.unwrap(), None);
         let first = DeletionMark::new(id(), "compacted", 100);
         assert!(write_marker(&b, &first).await.unwrap());
-        assert!(!write_marker(&b, &DeletionMark::new(id(), "again", 200)).await.unwrap());
-        assert_eq!(read_marker::<DeletionMark>(&b, id()).await.unwrap(), Some(first));
-        assert!(dir.path().join(id().to_string()).join(DELETION_MARK).is_file());
+        assert!(
+            !write_marker(&b, &DeletionMark::new(id(), "again", 200))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            read_marker::<DeletionMark>(&b, id()).await.unwrap(),
+            Some(first)
+        );
+        assert!(
+            dir.path()
+                .join(id().to_string())
+                .join(DELETION_MARK)
+                .is_file()
+        );
         b.put(&marker_key::<NoCompactMark>(id()), "garbage".into())
             .await
             .unwrap();

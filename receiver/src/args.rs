@@ -210,45 +210,7 @@ fn unquote(s: &str) -> Result<String, String> {
 
 /// Parses a Prometheus duration: one or more `<n><unit>` with units y w d h m s ms.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total: u128 = 0;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(format!(
-                "invalid duration {s:?}: expected e.g. 15d, 2h, 30s"
-            ));
-        }
-        let n: u128 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let ms: u128 = match unit {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "w" => 604_800_000,
-            "y" => 31_536_000_000,
-            _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?}")),
-        };
-        total = total
-            .checked_add(n.checked_mul(ms).ok_or("duration overflows")?)
-            .ok_or("duration overflows")?;
-    }
-    u64::try_from(total)
-        .map(Duration::from_millis)
-        .map_err(|_| "duration overflows".into())
+    objstore::config::parse_model_duration(s)
 }
 
 impl ReceiveArgs {

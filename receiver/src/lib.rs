@@ -11,7 +11,6 @@
 //!   through `objstore::Shipper` (see [`multitsdb::MultiTsdb::ship`]).
 
 pub mod args;
-pub mod frames;
 pub mod hashring;
 pub mod http;
 pub mod limits;
@@ -19,7 +18,6 @@ pub mod metrics;
 pub mod multitsdb;
 pub mod replicate;
 pub mod store;
-pub mod store_service;
 pub mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -241,7 +239,9 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         .await;
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(store_service::StoreService::new(store_state.clone()))
+        .add_service(storeapi::wire::store_service::StoreService::new(
+            store_state.clone(),
+        ))
         .add_service(storeapi::wire::info::info_server::InfoServer::new(
             store_state,
         ))

@@ -16,8 +16,8 @@ use storeapi::wire::{labels_to_wire, matchers_from_wire};
 use storeapi::{Labels, Matcher};
 use tonic::{Request, Response, Status};
 
-use crate::frames::{FrameWriter, WireChunk, put_key_labels, put_label};
 use crate::multitsdb::{MultiTsdb, Tenant};
+use storeapi::wire::frames::{FrameWriter, WireChunk, put_key_labels, put_label};
 
 /// gRPC metadata key selecting a tenant.
 pub const TENANT_METADATA: &str = "thanos-tenant";
@@ -117,7 +117,17 @@ impl Selection {
                     for x in l.iter() {
                         put_label(buf, x.name.as_bytes(), x.value.as_bytes());
                     }
-                    w.push(c.iter().map(WireChunk::from), &mut send);
+                    w.push(
+                        c.iter().map(|c| {
+                            WireChunk::from_prometheus(
+                                c.min_time,
+                                c.max_time,
+                                c.encoding as u8,
+                                &c.data,
+                            )
+                        }),
+                        &mut send,
+                    );
                     if !open.get() {
                         return;
                     }
@@ -144,7 +154,17 @@ impl Selection {
                             continue;
                         }
                         put_key_labels(w.labels(), s.key(), &external, &without);
-                        w.push(it.map(WireChunk::from), &mut |b| done.push(b));
+                        w.push(
+                            it.map(|c| {
+                                WireChunk::from_prometheus(
+                                    c.min_time,
+                                    c.max_time,
+                                    c.encoding as u8,
+                                    c.data,
+                                )
+                            }),
+                            &mut |b| done.push(b),
+                        );
                     }
                     n += 1;
                     for b in done.drain(..) {
@@ -246,17 +266,13 @@ type SeriesStream = std::pin::Pin<
     Box<dyn tokio_stream::Stream<Item = Result<SeriesResponse, Status>> + Send + 'static>,
 >;
 
-/// A `Series` answer as encoded `SeriesResponse` frames.
-pub type FrameStream = tokio_stream::wrappers::ReceiverStream<Result<Bytes, Status>>;
+pub use storeapi::wire::store_service::FrameStream;
 
-impl StoreState {
+impl storeapi::wire::store_service::FrameSeries for StoreState {
     /// Runs a `Series` call. Frames are written on a blocking thread straight from the
-    /// head (see [`crate::frames`]) and streamed while later ones are still being
+    /// head (see [`storeapi::wire::frames`]) and streamed while later ones are still being
     /// written, so the client decodes while we encode.
-    pub async fn series_frames(
-        &self,
-        request: Request<SeriesRequest>,
-    ) -> Result<FrameStream, Status> {
+    async fn series_frames(&self, request: Request<SeriesRequest>) -> Result<FrameStream, Status> {
         self.check_ready()?;
         let tenants = self.tenants(&request);
         let ext = self.external_names();
@@ -286,6 +302,7 @@ impl thanos::store_server::Store for StoreState {
         &self,
         request: Request<SeriesRequest>,
     ) -> Result<Response<Self::SeriesStream>, Status> {
+        use storeapi::wire::store_service::FrameSeries;
         use tokio_stream::StreamExt;
         let frames = self.series_frames(request).await?;
         Ok(Response::new(Box::pin(frames.map(|r| {

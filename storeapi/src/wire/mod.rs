@@ -43,10 +43,12 @@ pub use thanos::info;
 
 mod bytes_codec;
 mod convert;
+pub mod frames;
 mod label_codec;
 mod proto_reader;
 pub mod remote_write;
 pub mod series_frame;
+pub mod store_service;
 
 pub use bytes_codec::BytesCodec;
 pub use convert::{

@@ -206,43 +206,61 @@ impl ChunkReader {
                 "chunk reference {r:#x}: offset outside segment"
             )));
         }
-        let head = &s[off..s.len().min(off + MAX_LEN_FIELD)];
-        let (len, n) = uvarint(head).ok_or_else(|| {
+        let len = record_len(&s[off..]).ok_or_else(|| {
             BlockError::Corrupt(format!("chunk reference {r:#x}: bad length field"))
         })?;
-        let enc_start = off + n;
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|l| enc_start.checked_add(1 + l + 4))
-            .filter(|&e| e <= s.len())
-            .ok_or_else(|| {
-                BlockError::Corrupt(format!(
-                    "chunk reference {r:#x}: chunk runs past segment end"
-                ))
-            })?;
-        let data_end = end - 4;
-        let want = u32::from_be_bytes([
-            s[data_end],
-            s[data_end + 1],
-            s[data_end + 2],
-            s[data_end + 3],
-        ]);
-        if crc32c(&s[enc_start..data_end]) != want {
-            return Err(BlockError::Checksum("chunk"));
+        if off.checked_add(len).is_none_or(|e| e > s.len()) {
+            return Err(BlockError::Corrupt(format!(
+                "chunk reference {r:#x}: chunk runs past segment end"
+            )));
         }
-        let encoding = Encoding::from_byte(s[enc_start]).ok_or_else(|| {
-            BlockError::Corrupt(format!(
-                "chunk reference {r:#x}: unknown encoding {}",
-                s[enc_start]
-            ))
-        })?;
-        Ok(Chunk {
-            min_time,
-            max_time,
-            encoding,
-            data: s.slice(enc_start + 1..data_end),
-        })
+        parse_record(&s.slice(off..off + len), r, min_time, max_time)
     }
+}
+
+/// Total bytes of the chunk record starting at `head[0]` (length field, encoding byte,
+/// data and CRC), read from its length field; `None` when `head` is too short to hold
+/// the field or the field is malformed. Lets a reader holding only part of a segment
+/// (a ranged GET) tell how much more it needs.
+pub fn record_len(head: &[u8]) -> Option<usize> {
+    let (len, n) = uvarint(&head[..head.len().min(MAX_LEN_FIELD)])?;
+    usize::try_from(len).ok()?.checked_add(n + 1 + 4)
+}
+
+/// Decodes one whole chunk record (exactly [`record_len`] bytes), checking its CRC.
+/// The data shares `rec`'s buffer. `r` only names the chunk in errors.
+pub fn parse_record(
+    rec: &Bytes,
+    r: u64,
+    min_time: i64,
+    max_time: i64,
+) -> Result<Chunk, BlockError> {
+    let bad = |what: &str| BlockError::Corrupt(format!("chunk reference {r:#x}: {what}"));
+    let (len, n) =
+        uvarint(&rec[..rec.len().min(MAX_LEN_FIELD)]).ok_or_else(|| bad("bad length field"))?;
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|l| n.checked_add(1 + l + 4))
+        .filter(|&e| e == rec.len())
+        .ok_or_else(|| bad("record length does not match its length field"))?;
+    let data_end = end - 4;
+    let want = u32::from_be_bytes([
+        rec[data_end],
+        rec[data_end + 1],
+        rec[data_end + 2],
+        rec[data_end + 3],
+    ]);
+    if crc32c(&rec[n..data_end]) != want {
+        return Err(BlockError::Checksum("chunk"));
+    }
+    let encoding =
+        Encoding::from_byte(rec[n]).ok_or_else(|| bad(&format!("unknown encoding {}", rec[n])))?;
+    Ok(Chunk {
+        min_time,
+        max_time,
+        encoding,
+        data: rec.slice(n + 1..data_end),
+    })
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub use index::ChunkMeta;
 pub use meta::{
     BlockDesc, BlockMeta, BlockMetaCompaction, BlockStats, ThanosDownsample, ThanosMeta,
 };
-pub use reader::Block;
+pub use reader::{Block, label_names, label_values, postings_for_matchers};
 pub use retention::{BlockEntry, apply_retention, delete_block, list_blocks, remove_tmp_dirs};
 pub use ulid::{Ulid, UlidError};
 pub use writer::{
@@ -73,7 +73,7 @@ impl BlockError {
 }
 
 /// Maps a whole file read-only. Zero-length files give an empty buffer.
-pub(crate) fn map_file(path: &Path) -> Result<Bytes, BlockError> {
+pub fn map_file(path: &Path) -> Result<Bytes, BlockError> {
     let f = std::fs::File::open(path).map_err(|e| BlockError::io(path, e))?;
     let len = f.metadata().map_err(|e| BlockError::io(path, e))?.len();
     if len == 0 {

@@ -107,18 +107,7 @@ impl Block {
 
     /// Label names of series matching `matchers` (all names when empty), sorted.
     pub fn label_names(&self, matchers: &[Matcher]) -> Result<Vec<String>, BlockError> {
-        if matchers.is_empty() {
-            return Ok(self.index.label_names());
-        }
-        let mut names = std::collections::BTreeSet::new();
-        for id in self.postings_for_matchers(matchers)? {
-            for l in &self.index.series_labels(id)? {
-                if !names.contains(&l.name) {
-                    names.insert(l.name.clone());
-                }
-            }
-        }
-        Ok(names.into_iter().map(String::from).collect())
+        label_names(&self.index, matchers)
     }
 
     /// Values of label `name` over series matching `matchers` (all when empty), sorted.
@@ -127,92 +116,129 @@ impl Block {
         name: &str,
         matchers: &[Matcher],
     ) -> Result<Vec<String>, BlockError> {
-        if matchers.is_empty() {
-            return Ok(self.index.label_values(name));
-        }
-        let mut values = std::collections::BTreeSet::new();
-        for id in self.postings_for_matchers(matchers)? {
-            if let Some(v) = self.index.series_labels(id)?.get(name)
-                && !values.contains(v)
-            {
-                values.insert(v.to_string());
-            }
-        }
-        Ok(values.into_iter().collect())
+        label_values(&self.index, name, matchers)
     }
 
     /// Sorted series IDs matching all `matchers` (Prometheus semantics: a matcher that
     /// matches "" also selects series without the label). No matchers: all series.
     pub fn postings_for_matchers(&self, matchers: &[Matcher]) -> Result<Vec<u32>, BlockError> {
-        let mut positive: Option<Vec<u32>> = None;
-        let mut negative: Vec<u32> = Vec::new();
-        // Positive matchers first: they narrow the set fastest.
-        let mut ms: Vec<&Matcher> = matchers.iter().collect();
-        ms.sort_by_key(|m| m.matches_empty());
-        for m in ms {
-            if m.matches_empty() {
-                // Keep series lacking the label or with a matching value: drop those
-                // whose value does not match.
-                match m.op {
-                    MatchOp::NotEqual => {
-                        if let Some(off) = self.index.postings_offset(&m.name, &m.value) {
-                            negative.extend(self.index.postings(off)?);
-                        }
-                    }
-                    _ => {
-                        let mut offs = Vec::new();
-                        self.index.for_each_value(&m.name, |v, off| {
-                            if !m.matches(v) {
-                                offs.push(off);
-                            }
-                        });
-                        for off in offs {
-                            negative.extend(self.index.postings(off)?);
-                        }
-                    }
-                }
-            } else {
-                let mut ids = Vec::new();
-                match m.op {
-                    MatchOp::Equal => {
-                        if let Some(off) = self.index.postings_offset(&m.name, &m.value) {
-                            ids = self.index.postings(off)?;
-                        }
-                    }
-                    _ => {
-                        let mut offs = Vec::new();
-                        self.index.for_each_value(&m.name, |v, off| {
-                            if m.matches(v) {
-                                offs.push(off);
-                            }
-                        });
-                        for off in offs {
-                            ids.extend(self.index.postings(off)?);
-                        }
-                        ids.sort_unstable();
-                        ids.dedup();
-                    }
-                }
-                positive = Some(match positive {
-                    None => ids,
-                    Some(p) => intersect(&p, &ids),
-                });
-                if positive.as_ref().is_some_and(|p| p.is_empty()) {
-                    return Ok(Vec::new());
-                }
+        postings_for_matchers(&self.index, matchers)
+    }
+}
+
+/// Label names of series matching `matchers` in `index` (all names when empty), sorted.
+pub fn label_names(index: &IndexReader, matchers: &[Matcher]) -> Result<Vec<String>, BlockError> {
+    if matchers.is_empty() {
+        return Ok(index.label_names());
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for id in postings_for_matchers(index, matchers)? {
+        for l in &index.series_labels(id)? {
+            if !names.contains(&l.name) {
+                names.insert(l.name.clone());
             }
         }
-        let base = match positive {
-            Some(p) => p,
-            None => self.index.all_postings()?,
-        };
-        if negative.is_empty() {
-            return Ok(base);
-        }
-        negative.sort_unstable();
-        negative.dedup();
-        Ok(subtract(&base, &negative))
     }
+    Ok(names.into_iter().map(String::from).collect())
+}
+
+/// Values of label `name` over series matching `matchers` in `index` (all when empty),
+/// sorted.
+pub fn label_values(
+    index: &IndexReader,
+    name: &str,
+    matchers: &[Matcher],
+) -> Result<Vec<String>, BlockError> {
+    if matchers.is_empty() {
+        return Ok(index.label_values(name));
+    }
+    let mut values = std::collections::BTreeSet::new();
+    for id in postings_for_matchers(index, matchers)? {
+        if let Some(v) = index.series_labels(id)?.get(name)
+            && !values.contains(v)
+        {
+            values.insert(v.to_string());
+        }
+    }
+    Ok(values.into_iter().collect())
+}
+
+/// Sorted series IDs of `index` matching all `matchers` (Prometheus semantics: a
+/// matcher that matches "" also selects series without the label). No matchers: all
+/// series. Shared by [`Block`] and readers that hold only a block's index (the store
+/// gateway).
+pub fn postings_for_matchers(
+    index: &IndexReader,
+    matchers: &[Matcher],
+) -> Result<Vec<u32>, BlockError> {
+    let mut positive: Option<Vec<u32>> = None;
+    let mut negative: Vec<u32> = Vec::new();
+    // Positive matchers first: they narrow the set fastest.
+    let mut ms: Vec<&Matcher> = matchers.iter().collect();
+    ms.sort_by_key(|m| m.matches_empty());
+    for m in ms {
+        if m.matches_empty() {
+            // Keep series lacking the label or with a matching value: drop those
+            // whose value does not match.
+            match m.op {
+                MatchOp::NotEqual => {
+                    if let Some(off) = index.postings_offset(&m.name, &m.value) {
+                        negative.extend(index.postings(off)?);
+                    }
+                }
+                _ => {
+                    let mut offs = Vec::new();
+                    index.for_each_value(&m.name, |v, off| {
+                        if !m.matches(v) {
+                            offs.push(off);
+                        }
+                    });
+                    for off in offs {
+                        negative.extend(index.postings(off)?);
+                    }
+                }
+            }
+        } else {
+            let mut ids = Vec::new();
+            match m.op {
+                MatchOp::Equal => {
+                    if let Some(off) = index.postings_offset(&m.name, &m.value) {
+                        ids = index.postings(off)?;
+                    }
+                }
+                _ => {
+                    let mut offs = Vec::new();
+                    index.for_each_value(&m.name, |v, off| {
+                        if m.matches(v) {
+                            offs.push(off);
+                        }
+                    });
+                    for off in offs {
+                        ids.extend(index.postings(off)?);
+                    }
+                    ids.sort_unstable();
+                    ids.dedup();
+                }
+            }
+            positive = Some(match positive {
+                None => ids,
+                Some(p) => intersect(&p, &ids),
+            });
+            if positive.as_ref().is_some_and(|p| p.is_empty()) {
+                return Ok(Vec::new());
+            }
+        }
+    }
+    let base = match positive {
+        Some(p) => p,
+        None => index.all_postings()?,
+    };
+    if negative.is_empty() {
+        return Ok(base);
+    }
+    negative.sort_unstable();
+    negative.dedup();
+    Ok(subtract(&base, &negative))
 }
 
 fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {

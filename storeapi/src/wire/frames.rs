@@ -1,4 +1,5 @@
-//! `thanos.SeriesResponse` frames written as protobuf bytes straight from the head.
+//! `thanos.SeriesResponse` frames written as protobuf bytes straight from stored data
+//! (a receiver's head, a store gateway's fetched chunks).
 //!
 //! Building prost structs per series (a label vector, chunk structs, copies of the open
 //! chunk) and encoding them again cost more than the rest of a `Series` call. The writer
@@ -19,24 +20,15 @@ pub struct WireChunk<'a> {
     pub data: &'a [u8],
 }
 
-impl<'a> From<tsdb::head::ChunkView<'a>> for WireChunk<'a> {
-    fn from(c: tsdb::head::ChunkView<'a>) -> Self {
+impl<'a> WireChunk<'a> {
+    /// A chunk stored with Prometheus's chunk encoding byte (`chunkenc`: XOR = 1,
+    /// histogram = 2, float histogram = 3): the StoreAPI numbers them from 0.
+    pub fn from_prometheus(min_time: i64, max_time: i64, encoding: u8, data: &'a [u8]) -> Self {
         WireChunk {
-            min_time: c.min_time,
-            max_time: c.max_time,
-            encoding: i32::from(c.encoding as u8) - 1,
-            data: c.data,
-        }
-    }
-}
-
-impl<'a> From<&'a tsdb::Chunk> for WireChunk<'a> {
-    fn from(c: &'a tsdb::Chunk) -> Self {
-        WireChunk {
-            min_time: c.min_time,
-            max_time: c.max_time,
-            encoding: i32::from(c.encoding as u8) - 1,
-            data: &c.data,
+            min_time,
+            max_time,
+            encoding: i32::from(encoding) - 1,
+            data,
         }
     }
 }
@@ -153,12 +145,7 @@ pub fn put_label(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Writes the label entries of a head series key (`name 0xff value 0xff …`) with the
 /// external labels merged in by name and the `without` names left out.
-pub fn put_key_labels(
-    buf: &mut Vec<u8>,
-    key: &[u8],
-    external: &storeapi::Labels,
-    without: &[String],
-) {
+pub fn put_key_labels(buf: &mut Vec<u8>, key: &[u8], external: &crate::Labels, without: &[String]) {
     let keep = |name: &[u8]| !without.iter().any(|w| w.as_bytes() == name);
     let mut ext = external.iter().peekable();
     let mut parts = key.split(|&b| b == 0xff);
@@ -311,13 +298,11 @@ const HEADER_ROOM: usize = 11;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::thanos::{self, AggrChunk, SeriesResponse, series_response::Result as Frame};
     use prost::Message;
-    use storeapi::wire::thanos::{
-        self, AggrChunk, SeriesResponse, series_response::Result as Frame,
-    };
 
-    fn label(n: &str, v: &str) -> storeapi::Label {
-        storeapi::Label::new(n, v)
+    fn label(n: &str, v: &str) -> crate::Label {
+        crate::Label::new(n, v)
     }
 
     fn decode(frames: &[Bytes]) -> Vec<Frame> {
@@ -464,11 +449,17 @@ mod tests {
     #[test]
     fn key_labels_merge_external_and_drop_without() {
         let mut series =
-            storeapi::Labels::from_pairs([("__name__", "up"), ("instance", "a:1"), ("zone", "z")])
+            crate::Labels::from_pairs([("__name__", "up"), ("instance", "a:1"), ("zone", "z")])
                 .unwrap();
+        // The head's key layout: `name 0xff value 0xff` per label.
         let mut key = Vec::new();
-        tsdb::head::labels_key(&series, &mut key);
-        let external = storeapi::Labels::from_pairs([
+        for l in series.iter() {
+            key.extend_from_slice(l.name.as_bytes());
+            key.push(0xff);
+            key.extend_from_slice(l.value.as_bytes());
+            key.push(0xff);
+        }
+        let external = crate::Labels::from_pairs([
             ("cluster", "c1"),
             ("receive_replica", "0"),
             ("zzz", "last"),

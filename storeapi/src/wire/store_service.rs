@@ -1,36 +1,51 @@
-//! The `thanos.Store` gRPC service: `Series` answered with frames already encoded by
-//! [`crate::frames`] (sent as bytes, never built as prost structs), every other method
-//! by the generated server.
+//! The `thanos.Store` gRPC service with `Series` answered by frames already encoded by
+//! [`super::frames`] (sent as bytes, never built as prost structs); every other method
+//! goes to the generated server. Shared by every component serving the StoreAPI.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use prost::Message;
-use storeapi::wire::thanos::{SeriesRequest, store_server::StoreServer};
 use tonic::body::Body;
 use tonic::server::{NamedService, ServerStreamingService};
 use tonic::{Request, Response, Status};
 use tower::Service;
 
-use crate::replicate::BoxFuture;
-use crate::store::{FrameStream, StoreState};
-use storeapi::wire::BytesCodec;
+use super::BytesCodec;
+use super::thanos::SeriesRequest;
+use super::thanos::store_server::{Store, StoreServer};
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 const SERIES_PATH: &str = "/thanos.Store/Series";
 
 /// Largest `SeriesRequest` accepted.
 pub const MAX_REQUEST: usize = 64 << 20;
 
-/// `thanos.Store` with the encoded-frame `Series`.
-#[derive(Clone)]
-pub struct StoreService {
-    state: StoreState,
-    inner: StoreServer<StoreState>,
+/// A `Series` answer as encoded `SeriesResponse` frames.
+pub type FrameStream = tokio_stream::wrappers::ReceiverStream<Result<Bytes, Status>>;
+
+/// A StoreAPI implementation that can answer `Series` with encoded frames.
+pub trait FrameSeries: Store + Clone {
+    /// Runs a `Series` call, frames streamed as they are written.
+    fn series_frames(
+        &self,
+        request: Request<SeriesRequest>,
+    ) -> impl Future<Output = Result<FrameStream, Status>> + Send;
 }
 
-impl StoreService {
-    pub fn new(state: StoreState) -> Self {
+/// `thanos.Store` with the encoded-frame `Series`.
+#[derive(Clone)]
+pub struct StoreService<S: FrameSeries> {
+    state: S,
+    inner: StoreServer<S>,
+}
+
+impl<S: FrameSeries> StoreService<S> {
+    pub fn new(state: S) -> Self {
         let inner = StoreServer::new(state.clone())
             .max_decoding_message_size(MAX_REQUEST)
             .max_encoding_message_size(usize::MAX);
@@ -38,13 +53,13 @@ impl StoreService {
     }
 }
 
-impl NamedService for StoreService {
+impl<S: FrameSeries> NamedService for StoreService<S> {
     const NAME: &'static str = "thanos.Store";
 }
 
-struct Series(StoreState);
+struct Series<S>(S);
 
-impl ServerStreamingService<Bytes> for Series {
+impl<S: FrameSeries> ServerStreamingService<Bytes> for Series<S> {
     type Response = Bytes;
     type ResponseStream = FrameStream;
     type Future = BoxFuture<'static, Result<Response<FrameStream>, Status>>;
@@ -63,7 +78,7 @@ impl ServerStreamingService<Bytes> for Series {
     }
 }
 
-impl Service<http::Request<Body>> for StoreService {
+impl<S: FrameSeries> Service<http::Request<Body>> for StoreService<S> {
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;

@@ -1,0 +1,380 @@
+//! `orrery store`: Thanos's store gateway. Serves the blocks of an object-storage bucket
+//! over the StoreAPI so queriers reach back past the receivers' local retention.
+//!
+//! - [`args`]: the command line (Thanos Store's flag names and defaults).
+//! - Discovery: `objstore::MetaFetcher` every `--sync-block-duration`; partial and
+//!   corrupt blocks are skipped, blocks marked for deletion are hidden once the mark is
+//!   older than `--ignore-deletion-marks-delay`, compacted sources are hidden while
+//!   their result exists, `--min-time/--max-time` and `--selector.relabel-config`
+//!   select the blocks served.
+//! - [`block`]: per block, the index is fetched once into `--data-dir` on first use and
+//!   mapped; chunks are read with merged ranged GETs through a byte-bounded cache.
+//! - [`service`]: `thanos.Store` (Series as pre-encoded frames), `thanos.info.Info`.
+//! - HTTP: `/metrics`, `/-/healthy`, `/-/ready` (ready after the first sync).
+//!
+//! Downsampled blocks (resolution > 0) are discovered but not served yet: their
+//! aggregate chunks need the AggrChunk codec.
+
+pub mod args;
+pub mod block;
+pub mod metrics;
+pub mod relabel;
+pub mod service;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use objstore::{BucketError, MetaFetcher};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+pub use args::StoreArgs;
+
+use crate::block::{ChunkCache, StoreBlock};
+use crate::metrics::{StateLabel, StoreMetrics};
+use crate::relabel::Selector;
+use crate::service::{Gateway, Limits};
+
+/// What a sync needs besides the gateway.
+pub struct Syncer {
+    pub fetcher: MetaFetcher,
+    pub selector: Selector,
+    pub min_time: args::TimeFlag,
+    pub max_time: args::TimeFlag,
+    pub ignore_deletion_marks_delay: Duration,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Syncer {
+    /// One discovery pass: replaces the served block set, keeping already-open blocks
+    /// (their indexes stay mapped) and removing local copies of blocks that left.
+    pub async fn sync(&self, gw: &Gateway) -> Result<(), BucketError> {
+        gw.metrics.syncs.inc();
+        let d = match self.fetcher.fetch().await {
+            Ok(d) => d,
+            Err(e) => {
+                gw.metrics.sync_failures.inc();
+                return Err(e);
+            }
+        };
+        let now = now_ms();
+        let (wmin, wmax) = (self.min_time.at(now), self.max_time.at(now));
+        *gw.window.write().unwrap_or_else(|e| e.into_inner()) = (wmin, wmax);
+        let hidden = d.compacted_sources();
+        let delay = i64::try_from(self.ignore_deletion_marks_delay.as_secs()).unwrap_or(i64::MAX);
+        let mut states: HashMap<&'static str, i64> = HashMap::new();
+        *states.entry("no-meta-json").or_default() += d.partial.len() as i64;
+        *states.entry("corrupted-meta-json").or_default() += d.corrupt.len() as i64;
+        for (id, why) in &d.corrupt {
+            tracing::warn!(block = %id, reason = %why, "corrupt meta.json; block ignored");
+        }
+        let old = gw.blocks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut next = BTreeMap::new();
+        for (id, e) in d.blocks {
+            let state = if e.deletion_older_than(now / 1000, delay) {
+                "marked-for-deletion"
+            } else if hidden.contains(&id) {
+                "duplicate"
+            } else if !(e.meta.min_time <= wmax && wmin < e.meta.max_time) {
+                "time-excluded"
+            } else if !{
+                let mut l = e.labels();
+                l.insert("__block_id".into(), id.to_string());
+                self.selector.keeps(&l)
+            } {
+                "label-excluded"
+            } else if e.resolution() != 0 {
+                "downsampled-not-served"
+            } else {
+                "loaded"
+            };
+            *states.entry(state).or_default() += 1;
+            if state != "loaded" {
+                continue;
+            }
+            let b = match old.get(&id) {
+                Some(b) => b.clone(),
+                None => Arc::new(StoreBlock::new(e.meta, &gw.data_dir, gw.bucket.clone())),
+            };
+            next.insert(id, b);
+        }
+        for (id, b) in &old {
+            if !next.contains_key(id) {
+                tracing::info!(block = %id, "block no longer served");
+                b.remove_local();
+            }
+        }
+        for s in [
+            "loaded",
+            "no-meta-json",
+            "corrupted-meta-json",
+            "marked-for-deletion",
+            "duplicate",
+            "time-excluded",
+            "label-excluded",
+            "downsampled-not-served",
+        ] {
+            gw.metrics
+                .meta_synced
+                .get_or_create(&StateLabel { state: s.into() })
+                .set(states.get(s).copied().unwrap_or(0));
+        }
+        gw.metrics.blocks_loaded.set(next.len() as i64);
+        tracing::debug!(blocks = next.len(), "bucket synced");
+        *gw.blocks.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
+    }
+}
+
+/// Removes leftovers of an interrupted index download.
+fn clean_tmp(data_dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let tmp = e.path().join("index.tmp");
+        if tmp.exists() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+struct Ops {
+    registry: Arc<Mutex<Registry>>,
+    ready: Arc<AtomicBool>,
+}
+
+fn ops_router(ops: Arc<Ops>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(o): State<Arc<Ops>>| async move {
+                let mut s = String::new();
+                let r = o.registry.lock().unwrap_or_else(|e| e.into_inner());
+                match prometheus_client::encoding::text::encode(&mut s, &r) {
+                    Ok(()) => (
+                        StatusCode::OK,
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        s,
+                    )
+                        .into_response(),
+                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                }
+            }),
+        )
+        .route("/-/healthy", get(|| async { "OK\n" }))
+        .route(
+            "/-/ready",
+            get(|State(o): State<Arc<Ops>>| async move {
+                if o.ready.load(Ordering::Acquire) {
+                    (StatusCode::OK, "OK\n")
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "initial bucket sync in progress\n",
+                    )
+                }
+            }),
+        )
+        .with_state(ops)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+    }
+}
+
+/// The pieces `run` and an embedding process (standalone) share.
+pub struct Parts {
+    pub gateway: Gateway,
+    pub syncer: Syncer,
+    pub sync_every: Duration,
+}
+
+/// Builds the gateway from its flags (no network yet); registers metrics in `registry`.
+pub fn build(args: &StoreArgs, registry: &mut Registry) -> anyhow::Result<Parts> {
+    let cfg = objstore::BucketConfig::from_flags(
+        args.objstore_config_file.as_deref(),
+        args.objstore_config.as_deref(),
+    )
+    .context("invalid --objstore.config / --objstore.config-file")?
+    .context("orrery store needs --objstore.config or --objstore.config-file")?;
+    let bucket = objstore::Bucket::new(&cfg, Some(registry))
+        .context("setting up the bucket from --objstore.config")?;
+    let relabel = match (
+        &args.selector_relabel_config,
+        &args.selector_relabel_config_file,
+    ) {
+        (Some(t), _) => t.clone(),
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading --selector.relabel-config-file {}", p.display()))?,
+        (None, None) => String::new(),
+    };
+    let selector = Selector::parse(&relabel).context("invalid --selector.relabel-config")?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
+    clean_tmp(&args.data_dir);
+    let metrics = StoreMetrics::default();
+    metrics.register(registry);
+    let gateway = Gateway {
+        blocks: Arc::new(RwLock::new(BTreeMap::new())),
+        ready: Arc::new(AtomicBool::new(false)),
+        cache: Arc::new(ChunkCache::new(args.chunk_cache_size)),
+        metrics,
+        limits: Limits {
+            series: args.series_limit,
+            samples: args.series_sample_limit,
+            bytes: args.downloaded_bytes_limit,
+        },
+        data_dir: args.data_dir.clone(),
+        bucket: bucket.clone(),
+        window: Arc::new(RwLock::new((i64::MIN, i64::MAX))),
+    };
+    let syncer = Syncer {
+        fetcher: MetaFetcher::new(bucket, Some(args.data_dir.join("meta-syncer"))),
+        selector,
+        min_time: args.min_time,
+        max_time: args.max_time,
+        ignore_deletion_marks_delay: args.ignore_deletion_marks_delay,
+    };
+    Ok(Parts {
+        gateway,
+        syncer,
+        sync_every: args.sync_block_duration.max(Duration::from_secs(1)),
+    })
+}
+
+/// Syncs at once (retrying every 5 s until the first sync succeeds, then marking the
+/// gateway ready), then every `every` until `stop`.
+pub async fn sync_loop(
+    gw: Gateway,
+    syncer: Syncer,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut first = true;
+    loop {
+        match syncer.sync(&gw).await {
+            Ok(()) => {
+                if first {
+                    first = false;
+                    gw.ready.store(true, Ordering::Release);
+                    tracing::info!(
+                        blocks = gw.blocks.read().unwrap_or_else(|e| e.into_inner()).len(),
+                        "initial bucket sync done; store gateway ready"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "bucket sync failed"),
+        }
+        let wait = if first {
+            every.min(Duration::from_secs(5))
+        } else {
+            every
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM/SIGINT.
+pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    let registry = Arc::new(Mutex::new(Registry::default()));
+    let parts = {
+        let mut r = registry.lock().unwrap_or_else(|e| e.into_inner());
+        build(&args, &mut r)?
+    };
+    let http_listener = tokio::net::TcpListener::bind(args.http_address)
+        .await
+        .with_context(|| format!("binding --http-address {}", args.http_address))?;
+    let grpc_listener = tokio::net::TcpListener::bind(args.grpc_address)
+        .await
+        .with_context(|| format!("binding --grpc-address {}", args.grpc_address))?;
+    tracing::info!(grpc = %args.grpc_address, http = %args.http_address,
+        data_dir = %args.data_dir.display(), "starting store gateway");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let gw = parts.gateway.clone();
+    let ops = Arc::new(Ops {
+        registry: registry.clone(),
+        ready: gw.ready.clone(),
+    });
+    let http = tokio::spawn(
+        axum::serve(http_listener, ops_router(ops))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<storeapi::wire::thanos::store_server::StoreServer<Gateway>>()
+        .await;
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(storeapi::wire::store_service::StoreService::new(gw.clone()))
+            .add_service(storeapi::wire::info::info_server::InfoServer::new(
+                gw.clone(),
+            ))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                stopped(stop_rx.clone()),
+            ),
+    );
+    let sync = tokio::spawn(sync_loop(
+        gw,
+        parts.syncer,
+        parts.sync_every,
+        stop_rx.clone(),
+    ));
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = sync.await;
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "http server error"),
+        Err(e) => tracing::error!(error = %e, "http server task failed"),
+    }
+    match grpc.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "gRPC server error"),
+        Err(e) => tracing::error!(error = %e, "gRPC server task failed"),
+    }
+    tracing::info!("store gateway stopped");
+    Ok(())
+}

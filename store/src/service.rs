@@ -1,0 +1,508 @@
+//! The StoreAPI (`thanos.Store`) and discovery (`thanos.info.Info`) over the synced
+//! bucket blocks, with the receiver's semantics: each block's `thanos.labels` are its
+//! external labels (added to every series, matched by external-label matchers),
+//! `without_replica_labels` removes them, series come sorted and each once (chunks of
+//! the same series from several blocks merged, identical chunks dropped).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use objstore::Bucket;
+use prost::Message;
+use storeapi::wire::frames::{FrameWriter, WireChunk, put_label};
+use storeapi::wire::info::{InfoRequest, InfoResponse, StoreInfo, TsdbInfo};
+use storeapi::wire::store_service::{FrameSeries, FrameStream};
+use storeapi::wire::thanos::{
+    self, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse,
+    PartialResponseStrategy, SeriesRequest, SeriesResponse, ZLabelSet, series_response,
+};
+use storeapi::wire::{labels_to_wire, matchers_from_wire};
+use storeapi::{Labels, Matcher};
+use tonic::{Request, Response, Status};
+use tsdb::Chunk;
+use tsdb::block::Ulid;
+
+use crate::block::{ChunkCache, ReadError, StoreBlock};
+use crate::metrics::StoreMetrics;
+
+/// Blocks read at once by one request.
+const BLOCK_CONCURRENCY: usize = 4;
+/// Frames buffered between the encoder and the gRPC stream.
+const FRAME_QUEUE: usize = 8;
+
+/// Per-request limits (0: none).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub series: u64,
+    pub samples: u64,
+    pub bytes: u64,
+}
+
+/// Shared by the StoreAPI and Info services and the sync loop.
+#[derive(Clone)]
+pub struct Gateway {
+    pub blocks: Arc<RwLock<BTreeMap<Ulid, Arc<StoreBlock>>>>,
+    pub ready: Arc<AtomicBool>,
+    pub cache: Arc<ChunkCache>,
+    pub metrics: StoreMetrics,
+    pub limits: Limits,
+    pub data_dir: PathBuf,
+    pub bucket: Bucket,
+    /// `--min-time`/`--max-time` resolved at the last sync.
+    pub window: Arc<RwLock<(i64, i64)>>,
+}
+
+/// One series' selection in one block: labels (external added, replica removed) and
+/// chunk refs with times.
+type BlockSeries = (Labels, Vec<(u64, i64, i64)>);
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn bad_matchers(e: storeapi::wire::ConvertError) -> Status {
+    Status::invalid_argument(format!("invalid matchers: {e}"))
+}
+
+/// Splits matchers into (on the block's external labels, on its series) and says
+/// whether the external ones match.
+fn split_for_block(ms: &[Matcher], ext: &Labels) -> (bool, Vec<Matcher>) {
+    let mut local = Vec::new();
+    let mut ok = true;
+    for m in ms {
+        match ext.get(&m.name) {
+            Some(v) => ok &= m.matches(v),
+            None => local.push(m.clone()),
+        }
+    }
+    (ok, local)
+}
+
+/// Samples in a chunk: every Prometheus chunk encoding starts with a 2-byte count.
+fn chunk_samples(c: &Chunk) -> u64 {
+    match c.data.get(..2) {
+        Some(b) => u64::from(u16::from_be_bytes([b[0], b[1]])),
+        None => 0,
+    }
+}
+
+fn warn_frame(msg: String) -> Bytes {
+    Bytes::from(
+        SeriesResponse {
+            result: Some(series_response::Result::Warning(msg)),
+        }
+        .encode_to_vec(),
+    )
+}
+
+impl Gateway {
+    fn check_ready(&self) -> Result<(), Status> {
+        if self.ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Status::unavailable(
+                "store gateway is not ready (initial bucket sync in progress)",
+            ))
+        }
+    }
+
+    /// Blocks overlapping `[mint, maxt]` and the served window.
+    fn blocks_for(&self, mint: i64, maxt: i64) -> Vec<Arc<StoreBlock>> {
+        let (wmin, wmax) = *self.window.read().unwrap_or_else(|e| e.into_inner());
+        let (mint, maxt) = (mint.max(wmin), maxt.min(wmax));
+        if mint > maxt {
+            return Vec::new();
+        }
+        self.blocks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|b| b.overlaps(mint, maxt))
+            .cloned()
+            .collect()
+    }
+
+    /// The series of one block matching `local` with chunks in `[mint, maxt]`.
+    async fn block_series(
+        &self,
+        b: &StoreBlock,
+        local: Vec<Matcher>,
+        mint: i64,
+        maxt: i64,
+        without: &BTreeSet<String>,
+        skip_chunks: bool,
+    ) -> Result<Vec<BlockSeries>, ReadError> {
+        let index = b.index(&self.metrics).await?;
+        let ext = b.ext.clone();
+        let without = without.clone();
+        let id = b.id();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let ids = tsdb::block::postings_for_matchers(&index, &local)
+                .map_err(|source| ReadError::Block { id, source })?;
+            for sid in ids {
+                let (mut labels, metas) = index
+                    .series(sid)
+                    .map_err(|source| ReadError::Block { id, source })?;
+                let refs: Vec<(u64, i64, i64)> = metas
+                    .iter()
+                    .filter(|m| m.max_time >= mint && m.min_time <= maxt)
+                    .map(|m| (m.chunk_ref, m.min_time, m.max_time))
+                    .collect();
+                if refs.is_empty() {
+                    continue;
+                }
+                labels.extend_external(&ext);
+                if !without.is_empty() {
+                    labels.retain(|l| !without.contains(l.name.as_str()));
+                }
+                out.push((labels, if skip_chunks { Vec::new() } else { refs }));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ReadError::Block {
+            id,
+            source: tsdb::block::BlockError::Corrupt(format!("select task failed: {e}")),
+        })?
+    }
+
+    /// Runs a `Series` request: the selected series, merged and sorted, and the
+    /// warnings for blocks that could not be read (partial response).
+    async fn select(
+        &self,
+        req: &SeriesRequest,
+    ) -> Result<(Vec<(Labels, Vec<Chunk>)>, Vec<String>), Status> {
+        let matchers = matchers_from_wire(&req.matchers).map_err(bad_matchers)?;
+        let abort = req.partial_response_disabled
+            || req.partial_response_strategy == PartialResponseStrategy::Abort as i32;
+        let (wmin, wmax) = *self.window.read().unwrap_or_else(|e| e.into_inner());
+        let (mint, maxt) = (req.min_time.max(wmin), req.max_time.min(wmax));
+        let without: BTreeSet<String> = req.without_replica_labels.iter().cloned().collect();
+        let blocks = self.blocks_for(req.min_time, req.max_time);
+        let work: Vec<(Arc<StoreBlock>, Vec<Matcher>)> = blocks
+            .into_iter()
+            .filter_map(|b| {
+                let (ok, local) = split_for_block(&matchers, &b.ext);
+                (ok && b
+                    .meta
+                    .thanos
+                    .as_ref()
+                    .is_none_or(|t| t.downsample.resolution == 0))
+                .then_some((b, local))
+            })
+            .collect();
+        if work.iter().any(|(_, l)| l.is_empty()) {
+            return Err(Status::invalid_argument(
+                "no matchers specified (excluding external labels)",
+            ));
+        }
+        let fetched = std::sync::atomic::AtomicU64::new(0);
+        let results: Vec<Result<Vec<(Labels, Vec<Chunk>)>, ReadError>> = stream::iter(work)
+            .map(|(b, local)| {
+                let without = &without;
+                let fetched = &fetched;
+                async move {
+                    let series = self
+                        .block_series(&b, local, mint, maxt, without, req.skip_chunks)
+                        .await?;
+                    if self.limits.series > 0 && series.len() as u64 > self.limits.series {
+                        return Ok(series.into_iter().map(|(l, _)| (l, Vec::new())).collect());
+                    }
+                    let refs: Vec<(u64, i64, i64)> =
+                        series.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+                    let (chunks, n) = b.chunks(&refs, &self.cache, &self.metrics).await?;
+                    fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    let mut it = chunks.into_iter();
+                    Ok(series
+                        .into_iter()
+                        .map(|(l, r)| (l, it.by_ref().take(r.len()).collect()))
+                        .collect())
+                }
+            })
+            .buffer_unordered(BLOCK_CONCURRENCY)
+            .collect()
+            .await;
+        let fetched = fetched.into_inner();
+        self.metrics.bytes_per_query.observe(fetched as f64);
+        let mut merged: BTreeMap<Labels, Vec<Chunk>> = BTreeMap::new();
+        let mut warnings = Vec::new();
+        for r in results {
+            match r {
+                Ok(series) => {
+                    for (l, c) in series {
+                        merged.entry(l).or_default().extend(c);
+                    }
+                }
+                Err(e) if abort => return Err(Status::unavailable(e.to_string())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "block unreadable; answering without it");
+                    warnings.push(e.to_string());
+                }
+            }
+        }
+        let limit_err = |what: String| {
+            self.metrics.series_limited.inc();
+            Err(Status::resource_exhausted(what))
+        };
+        if self.limits.series > 0 && merged.len() as u64 > self.limits.series {
+            return limit_err(format!(
+                "exceeded series limit: the query selects more than {} series (--store.limits.request-series)",
+                self.limits.series
+            ));
+        }
+        if self.limits.bytes > 0 && fetched > self.limits.bytes {
+            return limit_err(format!(
+                "exceeded bytes limit: the query fetched {fetched} bytes from the bucket, more than {} (--store.grpc.downloaded-bytes-limit)",
+                self.limits.bytes
+            ));
+        }
+        let mut samples = 0u64;
+        let mut out = Vec::with_capacity(merged.len());
+        for (l, mut chunks) in merged {
+            chunks.sort_by(|a, b| (a.min_time, a.max_time).cmp(&(b.min_time, b.max_time)));
+            // The same block content under two ULIDs (e.g. a replica shipped twice)
+            // gives identical chunks: send each once.
+            chunks.dedup();
+            samples += chunks.iter().map(chunk_samples).sum::<u64>();
+            if self.limits.samples > 0 && samples > self.limits.samples {
+                return limit_err(format!(
+                    "exceeded samples limit: the query selects more than {} samples (--store.grpc.series-sample-limit)",
+                    self.limits.samples
+                ));
+            }
+            out.push((l, chunks));
+        }
+        if req.limit > 0 && out.len() as u64 > req.limit as u64 {
+            out.truncate(req.limit as usize);
+        }
+        Ok((out, warnings))
+    }
+}
+
+impl FrameSeries for Gateway {
+    async fn series_frames(&self, request: Request<SeriesRequest>) -> Result<FrameStream, Status> {
+        self.check_ready()?;
+        let req = request.into_inner();
+        let (series, warnings) = self.select(&req).await?;
+        let (skip_chunks, batch) = (req.skip_chunks, req.response_batch_size);
+        let (tx, rx) = tokio::sync::mpsc::channel(FRAME_QUEUE);
+        tokio::task::spawn_blocking(move || {
+            let mut open = true;
+            let mut send = |b: Bytes| {
+                if open && tx.blocking_send(Ok(b)).is_err() {
+                    open = false;
+                }
+            };
+            for w in warnings {
+                send(warn_frame(w));
+            }
+            let mut w = FrameWriter::new(skip_chunks, batch);
+            for (l, chunks) in &series {
+                let buf = w.labels();
+                for x in l.iter() {
+                    put_label(buf, x.name.as_bytes(), x.value.as_bytes());
+                }
+                w.push(
+                    chunks.iter().map(|c| {
+                        WireChunk::from_prometheus(
+                            c.min_time,
+                            c.max_time,
+                            c.encoding as u8,
+                            &c.data,
+                        )
+                    }),
+                    &mut send,
+                );
+            }
+            w.finish(&mut send);
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+}
+
+type SeriesStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<SeriesResponse, Status>> + Send + 'static>,
+>;
+
+#[tonic::async_trait]
+impl thanos::store_server::Store for Gateway {
+    type SeriesStream = SeriesStream;
+
+    async fn series(
+        &self,
+        request: Request<SeriesRequest>,
+    ) -> Result<Response<Self::SeriesStream>, Status> {
+        let frames = self.series_frames(request).await?;
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            frames,
+            |r| r.and_then(|b| SeriesResponse::decode(b).map_err(internal)),
+        ))))
+    }
+
+    async fn label_names(
+        &self,
+        request: Request<LabelNamesRequest>,
+    ) -> Result<Response<LabelNamesResponse>, Status> {
+        self.check_ready()?;
+        let req = request.into_inner();
+        let matchers = matchers_from_wire(&req.matchers).map_err(bad_matchers)?;
+        let without: BTreeSet<String> = req.without_replica_labels.iter().cloned().collect();
+        let mut set = BTreeSet::new();
+        let mut warnings = Vec::new();
+        for b in self.blocks_for(req.start, req.end) {
+            let (ok, local) = split_for_block(&matchers, &b.ext);
+            if !ok {
+                continue;
+            }
+            let names = match b.index(&self.metrics).await {
+                Ok(index) => {
+                    tokio::task::spawn_blocking(move || tsdb::block::label_names(&index, &local))
+                        .await
+                        .map_err(internal)?
+                        .map_err(|e| format!("block {}: {e}", b.id()))
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match names {
+                Ok(names) if names.is_empty() => {}
+                Ok(names) => {
+                    set.extend(names);
+                    set.extend(b.ext.iter().map(|l| l.name.to_string()));
+                }
+                Err(e) if req.partial_response_disabled => return Err(Status::unavailable(e)),
+                Err(e) => warnings.push(e),
+            }
+        }
+        let mut names: Vec<String> = set.into_iter().filter(|n| !without.contains(n)).collect();
+        if req.limit > 0 && names.len() as u64 > req.limit as u64 {
+            names.truncate(req.limit as usize);
+        }
+        Ok(Response::new(LabelNamesResponse {
+            names,
+            warnings,
+            hints: None,
+        }))
+    }
+
+    async fn label_values(
+        &self,
+        request: Request<LabelValuesRequest>,
+    ) -> Result<Response<LabelValuesResponse>, Status> {
+        self.check_ready()?;
+        let req = request.into_inner();
+        if req.label.is_empty() {
+            return Err(Status::invalid_argument(
+                "label name parameter cannot be empty",
+            ));
+        }
+        let matchers = matchers_from_wire(&req.matchers).map_err(bad_matchers)?;
+        let mut set = BTreeSet::new();
+        let mut warnings = Vec::new();
+        if !req.without_replica_labels.contains(&req.label) {
+            for b in self.blocks_for(req.start, req.end) {
+                let (ok, local) = split_for_block(&matchers, &b.ext);
+                if !ok {
+                    continue;
+                }
+                let label = req.label.clone();
+                let ext_value = b.ext.get(&label).map(str::to_string);
+                let values = match b.index(&self.metrics).await {
+                    Ok(index) => tokio::task::spawn_blocking(move || match ext_value {
+                        // The external value, if the block has any matching series.
+                        Some(v) => tsdb::block::label_names(&index, &local)
+                            .map(|n| if n.is_empty() { Vec::new() } else { vec![v] }),
+                        None => tsdb::block::label_values(&index, &label, &local),
+                    })
+                    .await
+                    .map_err(internal)?
+                    .map_err(|e| format!("block {}: {e}", b.id())),
+                    Err(e) => Err(e.to_string()),
+                };
+                match values {
+                    Ok(v) => set.extend(v),
+                    Err(e) if req.partial_response_disabled => return Err(Status::unavailable(e)),
+                    Err(e) => warnings.push(e),
+                }
+            }
+        }
+        let mut values: Vec<String> = set.into_iter().collect();
+        if req.limit > 0 && values.len() as u64 > req.limit as u64 {
+            values.truncate(req.limit as usize);
+        }
+        Ok(Response::new(LabelValuesResponse {
+            values,
+            warnings,
+            hints: None,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl storeapi::wire::info::info_server::Info for Gateway {
+    async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        self.check_ready()?;
+        let (wmin, wmax) = *self.window.read().unwrap_or_else(|e| e.into_inner());
+        // Per external label set: the time ranges of its blocks.
+        let mut sets: BTreeMap<Labels, Vec<(i64, i64)>> = BTreeMap::new();
+        for b in self
+            .blocks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            sets.entry(b.ext.clone())
+                .or_default()
+                .push((b.meta.min_time, b.meta.max_time - 1));
+        }
+        let (mut min_time, mut max_time) = (i64::MAX, i64::MIN);
+        let mut label_sets = Vec::new();
+        let mut tsdb_infos = Vec::new();
+        for (ls, mut ranges) in sets {
+            ranges.sort_unstable();
+            let z = ZLabelSet {
+                labels: labels_to_wire(&ls),
+            };
+            // Adjacent or overlapping ranges merged, as Thanos does.
+            let mut merged: Vec<(i64, i64)> = Vec::new();
+            for (a, b) in ranges {
+                match merged.last_mut() {
+                    Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+                    _ => merged.push((a, b)),
+                }
+            }
+            for (a, b) in merged {
+                let (a, b) = (a.max(wmin), b.min(wmax));
+                if a > b {
+                    continue;
+                }
+                min_time = min_time.min(a);
+                max_time = max_time.max(b);
+                tsdb_infos.push(TsdbInfo {
+                    labels: Some(z.clone()),
+                    min_time: a,
+                    max_time: b,
+                });
+            }
+            label_sets.push(z);
+        }
+        Ok(Response::new(InfoResponse {
+            label_sets,
+            component_type: "store".into(),
+            store: Some(StoreInfo {
+                min_time,
+                max_time,
+                supports_sharding: false,
+                supports_without_replica_labels: true,
+                tsdb_infos,
+                supports_projections: false,
+            }),
+            exemplars: None,
+            ..Default::default()
+        }))
+    }
+}
