@@ -14,7 +14,12 @@
 pub mod block;
 pub mod bucket;
 pub mod config;
+pub mod discovery;
+pub mod inspect;
+pub mod markers;
 pub mod shipper;
+pub mod upload;
+pub mod verify;
 
 pub use bucket::{Bucket, BucketError, BucketMetrics, ObjectAttributes};
 pub use config::{BucketConfig, ConfigError, Provider};

@@ -73,7 +73,7 @@ impl BlockError {
 }
 
 /// Maps a whole file read-only. Zero-length files give an empty buffer.
-pub(crate) fn map_file(path: &Path) -> Result<Bytes, BlockError> {
+pub fn map_file(path: &Path) -> Result<Bytes, BlockError> {
     let f = std::fs::File::open(path).map_err(|e| BlockError::io(path, e))?;
     let len = f.metadata().map_err(|e| BlockError::io(path, e))?.len();
     if len == 0 {
