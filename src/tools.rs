@@ -49,8 +49,27 @@ enum BucketCommand {
     /// references, overlaps. Every problem is printed; the exit code is non-zero when
     /// there is any.
     Verify(VerifyArgs),
+    /// Mark blocks for deletion, no-compact or no-downsample (a marker already present
+    /// is kept, as Thanos does).
+    Mark(MarkArgs),
     /// Upload the blocks of a Prometheus data directory to the bucket.
     UploadBlocks(UploadArgs),
+}
+
+#[derive(Args)]
+struct MarkArgs {
+    /// The blocks to mark (repeatable).
+    #[arg(long = "id", value_name = "ULID", required = true)]
+    ids: Vec<String>,
+    /// The marker to put.
+    #[arg(long = "marker", value_parser = [objstore::markers::DELETION_MARK, objstore::markers::NO_COMPACT_MARK, objstore::markers::NO_DOWNSAMPLE_MARK])]
+    marker: String,
+    /// Human-readable details put into the marker (required unless --remove).
+    #[arg(long = "details", default_value = "")]
+    details: String,
+    /// Remove the marker instead.
+    #[arg(long = "remove")]
+    remove: bool,
 }
 
 #[derive(Args)]
@@ -130,12 +149,62 @@ async fn bucket(args: BucketArgs) -> anyhow::Result<()> {
     .context("invalid --objstore.config / --objstore.config-file")?
     .context("no bucket: give --objstore.config-file FILE or --objstore.config YAML")?;
     let bucket = Bucket::new(&cfg, None).context("setting up the bucket")?;
+    // Fail at once, naming the endpoint, instead of after minutes of retries.
+    bucket
+        .check(std::time::Duration::from_secs(10))
+        .await
+        .context("the bucket is not usable")?;
     match args.command {
         BucketCommand::Ls(a) => ls(&bucket, a).await,
         BucketCommand::Inspect(a) => inspect(&bucket, a).await,
         BucketCommand::Verify(a) => verify(&bucket, a).await,
+        BucketCommand::Mark(a) => mark(&bucket, a).await,
         BucketCommand::UploadBlocks(a) => upload(&bucket, a).await,
     }
+}
+
+async fn mark(bucket: &Bucket, a: MarkArgs) -> anyhow::Result<()> {
+    use objstore::markers::{self, DeletionMark, NoCompactMark, NoDownsampleMark};
+    let ids = a
+        .ids
+        .iter()
+        .map(|s| s.parse().with_context(|| format!("--id {s:?} is not a ULID")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !a.remove && a.details.is_empty() {
+        bail!("required flag --details not provided");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for id in ids {
+        let key = format!("{id}/{}", a.marker);
+        if a.remove {
+            bucket.delete(&key).await.with_context(|| format!("removing {key}"))?;
+            tracing::info!(block = %id, marker = %a.marker, "marker removed");
+            continue;
+        }
+        // Thanos's reason for marks put by hand.
+        let written = match a.marker.as_str() {
+            markers::DELETION_MARK => {
+                markers::write_marker(bucket, &DeletionMark::new(id, a.details.clone(), now)).await
+            }
+            markers::NO_COMPACT_MARK => {
+                markers::write_marker(bucket, &NoCompactMark::new(id, "manual", a.details.clone(), now))
+                    .await
+            }
+            _ => {
+                markers::write_marker(bucket, &NoDownsampleMark::new(id, "manual", a.details.clone(), now))
+                    .await
+            }
+        }
+        .with_context(|| format!("writing {key}"))?;
+        if written {
+            tracing::info!(block = %id, marker = %a.marker, "block marked");
+        } else {
+            tracing::warn!(block = %id, marker = %a.marker, "marker already present: kept as it is");
+        }
+    }
+    Ok(())
 }
 
 async fn ls(bucket: &Bucket, a: LsArgs) -> anyhow::Result<()> {

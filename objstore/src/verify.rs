@@ -8,8 +8,8 @@
 //! chunks lie inside the block's time range and in time order; series are sorted and
 //! unique; the meta's series/chunk counts match the index. Across blocks: no two
 //! blocks of one `resolution@external labels` group overlap in time (blocks marked for
-//! deletion are left out: they are on their way out, usually replaced by a compacted
-//! block that covers them).
+//! deletion and compacted sources — blocks whose sources another block of the group
+//! covers — are left out: readers already hide them and the compactor deletes them).
 //!
 //! The index is downloaded into a scratch directory (it is read in full to check every
 //! series entry); chunk segments are not downloaded, their sizes are enough to check
@@ -134,10 +134,11 @@ pub async fn verify_bucket(
             });
         }
     }
+    let hidden = d.compacted_sources();
     let live = d
         .blocks
         .values()
-        .filter(|e| e.deletion_mark.is_none())
+        .filter(|e| e.deletion_mark.is_none() && !hidden.contains(&e.meta.ulid))
         .map(|e| &e.meta);
     for (group, a, b) in overlaps(live) {
         if wanted(&a) || wanted(&b) {
@@ -209,18 +210,14 @@ async fn verify_block(bucket: &Bucket, scratch: &Path, meta: &BlockMeta) -> Vec<
             segments.insert(n - 1, *size);
         }
     }
-    let Some(&index_size) = present.get("index") else {
+    if !present.contains_key("index") {
+        // Reported above when `thanos.files` lists it.
         if files.is_none() {
             problems.push("index is missing".into());
         }
         return problems;
-    };
-    if let Some(f) = files.iter().flatten().find(|f| f.rel_path == "index")
-        && f.size_bytes.is_some_and(|s| s != index_size)
-    {
-        // Already reported; a truncated index cannot be read meaningfully either, but
-        // reading it names what is broken, so go on.
     }
+    // A wrong-sized index was reported above; reading it still names what is broken.
     let local = scratch.join(format!("{ulid}-index"));
     if let Err(e) = bucket.download_file(&format!("{ulid}/index"), &local).await {
         problems.push(format!("downloading the index failed: {e}"));
