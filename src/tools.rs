@@ -168,7 +168,10 @@ async fn mark(bucket: &Bucket, a: MarkArgs) -> anyhow::Result<()> {
     let ids = a
         .ids
         .iter()
-        .map(|s| s.parse().with_context(|| format!("--id {s:?} is not a ULID")))
+        .map(|s| {
+            s.parse()
+                .with_context(|| format!("--id {s:?} is not a ULID"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if !a.remove && a.details.is_empty() {
         bail!("required flag --details not provided");
@@ -179,7 +182,10 @@ async fn mark(bucket: &Bucket, a: MarkArgs) -> anyhow::Result<()> {
     for id in ids {
         let key = format!("{id}/{}", a.marker);
         if a.remove {
-            bucket.delete(&key).await.with_context(|| format!("removing {key}"))?;
+            bucket
+                .delete(&key)
+                .await
+                .with_context(|| format!("removing {key}"))?;
             tracing::info!(block = %id, marker = %a.marker, "marker removed");
             continue;
         }
@@ -189,12 +195,18 @@ async fn mark(bucket: &Bucket, a: MarkArgs) -> anyhow::Result<()> {
                 markers::write_marker(bucket, &DeletionMark::new(id, a.details.clone(), now)).await
             }
             markers::NO_COMPACT_MARK => {
-                markers::write_marker(bucket, &NoCompactMark::new(id, "manual", a.details.clone(), now))
-                    .await
+                markers::write_marker(
+                    bucket,
+                    &NoCompactMark::new(id, "manual", a.details.clone(), now),
+                )
+                .await
             }
             _ => {
-                markers::write_marker(bucket, &NoDownsampleMark::new(id, "manual", a.details.clone(), now))
-                    .await
+                markers::write_marker(
+                    bucket,
+                    &NoDownsampleMark::new(id, "manual", a.details.clone(), now),
+                )
+                .await
             }
         }
         .with_context(|| format!("writing {key}"))?;
@@ -238,8 +250,9 @@ async fn inspect(bucket: &Bucket, a: InspectArgs) -> anyhow::Result<()> {
         .fetch()
         .await
         .context("listing the bucket")?;
-    let rows = objstore::inspect::inspect_rows(d.blocks.values().map(|e| &e.meta), &selector, &a.sort_by)
-        .map_err(anyhow::Error::msg)?;
+    let rows =
+        objstore::inspect::inspect_rows(d.blocks.values().map(|e| &e.meta), &selector, &a.sort_by)
+            .map_err(anyhow::Error::msg)?;
     let text = match a.output {
         TableFormat::Table => objstore::inspect::table(&rows),
         TableFormat::Csv => objstore::inspect::delimited(&rows, ','),
@@ -253,7 +266,10 @@ async fn verify(bucket: &Bucket, a: VerifyArgs) -> anyhow::Result<()> {
     let ids = a
         .ids
         .iter()
-        .map(|s| s.parse().with_context(|| format!("--id {s:?} is not a ULID")))
+        .map(|s| {
+            s.parse()
+                .with_context(|| format!("--id {s:?} is not a ULID"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let scratch = tempdir_for("verify")?;
     let r = objstore::verify::verify_bucket(bucket, &scratch, &ids).await;
@@ -278,7 +294,9 @@ async fn verify(bucket: &Bucket, a: VerifyArgs) -> anyhow::Result<()> {
 async fn upload(bucket: &Bucket, a: UploadArgs) -> anyhow::Result<()> {
     let labels = label_map(&a.labels)?;
     if labels.is_empty() {
-        bail!("no external labels: give at least one --label 'key=\"value\"' that tells these blocks apart from every other producer's");
+        bail!(
+            "no external labels: give at least one --label 'key=\"value\"' that tells these blocks apart from every other producer's"
+        );
     }
     if !a.path.is_dir() {
         bail!("--path {}: not a directory", a.path.display());
@@ -295,7 +313,10 @@ async fn upload(bucket: &Bucket, a: UploadArgs) -> anyhow::Result<()> {
         "upload-blocks done"
     );
     if !r.refused.is_empty() {
-        bail!("{} block(s) refused (overlapping blocks already in the bucket)", r.refused.len());
+        bail!(
+            "{} block(s) refused (overlapping blocks already in the bucket)",
+            r.refused.len()
+        );
     }
     Ok(())
 }

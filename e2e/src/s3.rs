@@ -108,15 +108,27 @@ impl MotoServer {
 
     /// Writes an object (a single PUT), for tests that damage a bucket.
     pub fn put(&self, bucket: &str, key: &str, body: &[u8]) {
-        let (code, text) = http_request(&self.addr(), "PUT", &format!("/{bucket}/{key}"), &[AUTH], body)
-            .unwrap_or_else(|e| panic!("PUT {key}: {e}"));
+        let (code, text) = http_request(
+            &self.addr(),
+            "PUT",
+            &format!("/{bucket}/{key}"),
+            &[AUTH],
+            body,
+        )
+        .unwrap_or_else(|e| panic!("PUT {key}: {e}"));
         assert_eq!(code, 200, "PUT {key}: {text}");
     }
 
     /// Deletes an object.
     pub fn delete(&self, bucket: &str, key: &str) {
-        let (code, text) = http_request(&self.addr(), "DELETE", &format!("/{bucket}/{key}"), &[AUTH], &[])
-            .unwrap_or_else(|e| panic!("DELETE {key}: {e}"));
+        let (code, text) = http_request(
+            &self.addr(),
+            "DELETE",
+            &format!("/{bucket}/{key}"),
+            &[AUTH],
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("DELETE {key}: {e}"));
         assert!(code == 204 || code == 200, "DELETE {key}: {code} {text}");
     }
 

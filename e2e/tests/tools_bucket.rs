@@ -53,7 +53,12 @@ impl Store {
                         if e.path().is_dir() {
                             stack.push(e.path());
                         } else {
-                            let rel = e.path().strip_prefix(d).unwrap().to_string_lossy().to_string();
+                            let rel = e
+                                .path()
+                                .strip_prefix(d)
+                                .unwrap()
+                                .to_string_lossy()
+                                .to_string();
                             out.insert(rel, e.metadata().unwrap().len());
                         }
                     }
@@ -122,8 +127,14 @@ fn now_ms() -> i64 {
 
 /// OpenMetrics text for `series` gauges at 15 s steps over `[start, end)` and the
 /// samples it holds: (series id, t) → v.
-fn openmetrics(prefix: &str, series: usize, start: i64, end: i64) -> (String, BTreeMap<(String, i64), f64>) {
-    let mut text = String::from("# HELP tools_test A gauge for the tools test.\n# TYPE tools_test gauge\n");
+fn openmetrics(
+    prefix: &str,
+    series: usize,
+    start: i64,
+    end: i64,
+) -> (String, BTreeMap<(String, i64), f64>) {
+    let mut text =
+        String::from("# HELP tools_test A gauge for the tools test.\n# TYPE tools_test gauge\n");
     let mut want = BTreeMap::new();
     for s in 0..series {
         let id = format!("{prefix}{s}");
@@ -150,7 +161,11 @@ fn promtool_blocks(dir: &Path, name: &str, text: &str) -> PathBuf {
         .arg(&out)
         .output()
         .expect("run promtool");
-    assert!(o.status.success(), "promtool: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "promtool: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     out
 }
 
@@ -161,7 +176,10 @@ fn local_metas(dir: &Path) -> BTreeMap<String, serde_json::Value> {
         .filter_map(|e| {
             let e = e.unwrap();
             let m = std::fs::read(e.path().join("meta.json")).ok()?;
-            Some((e.file_name().to_string_lossy().to_string(), serde_json::from_slice(&m).unwrap()))
+            Some((
+                e.file_name().to_string_lossy().to_string(),
+                serde_json::from_slice(&m).unwrap(),
+            ))
         })
         .collect()
 }
@@ -182,12 +200,18 @@ fn dump_bucket(store: &Store, dir: &Path) -> BTreeMap<(String, i64), f64> {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, store.get(&key)).unwrap();
     }
+    // promtool opens the directory as a Prometheus data dir, which always has a WAL.
+    std::fs::create_dir_all(view.join("wal")).unwrap();
     let out = Command::new(promtool_bin())
         .args(["tsdb", "dump"])
         .arg(&view)
         .output()
         .unwrap();
-    assert!(out.status.success(), "promtool tsdb dump: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool tsdb dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut got = BTreeMap::new();
     for (series, samples) in e2e::parse_promtool_dump(&String::from_utf8_lossy(&out.stdout)) {
         let id = series
@@ -197,7 +221,10 @@ fn dump_bucket(store: &Store, dir: &Path) -> BTreeMap<(String, i64), f64> {
             .unwrap_or_else(|| panic!("no id in {series}"))
             .to_string();
         for (t, v) in samples {
-            assert!(got.insert((id.clone(), t), v).is_none(), "sample {id}@{t} twice");
+            assert!(
+                got.insert((id.clone(), t), v).is_none(),
+                "sample {id}@{t} twice"
+            );
         }
     }
     std::fs::remove_dir_all(&view).unwrap();
@@ -215,7 +242,10 @@ fn scenario(store: &Store, dir: &Path) {
     let labels = ["--label=cluster=\"eu-1\"", "--label=replica=\"a b\""];
 
     // Refused without labels; nothing uploaded.
-    let out = tools(store, &["upload-blocks", "--path", blocks.to_str().unwrap()]);
+    let out = tools(
+        store,
+        &["upload-blocks", "--path", blocks.to_str().unwrap()],
+    );
     assert!(!out.status.success());
     assert!(store.list().is_empty());
 
@@ -225,13 +255,19 @@ fn scenario(store: &Store, dir: &Path) {
     let objects = store.list();
     for ulid in local.keys() {
         for f in ["meta.json", "index", "chunks/000001"] {
-            assert!(objects.contains_key(&format!("{ulid}/{f}")), "{ulid}/{f} in {objects:?}");
+            assert!(
+                objects.contains_key(&format!("{ulid}/{f}")),
+                "{ulid}/{f} in {objects:?}"
+            );
         }
     }
 
     // ls: ULIDs; -o json: every block with its labels, times and samples.
     let ids = ok(&tools(store, &["ls"]), "ls");
-    assert_eq!(ids.lines().collect::<Vec<_>>(), local.keys().collect::<Vec<_>>());
+    assert_eq!(
+        ids.lines().collect::<Vec<_>>(),
+        local.keys().collect::<Vec<_>>()
+    );
     let listed = json_stream(&ok(&tools(store, &["ls", "-o", "json"]), "ls -o json"));
     assert_eq!(listed.len(), local.len());
     let mut samples = 0;
@@ -240,7 +276,10 @@ fn scenario(store: &Store, dir: &Path) {
         assert_eq!(m["minTime"], l["minTime"]);
         assert_eq!(m["maxTime"], l["maxTime"]);
         assert_eq!(m["stats"]["numSamples"], l["stats"]["numSamples"]);
-        assert_eq!(m["thanos"]["labels"], serde_json::json!({"cluster": "eu-1", "replica": "a b"}));
+        assert_eq!(
+            m["thanos"]["labels"],
+            serde_json::json!({"cluster": "eu-1", "replica": "a b"})
+        );
         assert_eq!(m["thanos"]["source"], "bucket.upload");
         assert_eq!(m["thanos"]["downsample"]["resolution"], 0);
         samples += m["stats"]["numSamples"].as_u64().unwrap();
@@ -249,10 +288,16 @@ fn scenario(store: &Store, dir: &Path) {
     let wide = ok(&tools(store, &["ls", "-o", "wide"]), "ls -o wide");
     assert_eq!(wide.lines().count(), local.len());
     assert!(wide.contains("cluster=eu-1,replica=a b"), "{wide}");
-    let table = ok(&tools(store, &["inspect", "-l", "cluster=\"eu-1\""]), "inspect");
+    let table = ok(
+        &tools(store, &["inspect", "-l", "cluster=\"eu-1\""]),
+        "inspect",
+    );
     assert!(table.contains("#SAMPLES"), "{table}");
     assert_eq!(table.lines().count(), 2 + local.len(), "{table}");
-    let none = ok(&tools(store, &["inspect", "-l", "cluster=\"us\""]), "inspect");
+    let none = ok(
+        &tools(store, &["inspect", "-l", "cluster=\"us\""]),
+        "inspect",
+    );
     assert_eq!(none.lines().count(), 2, "{none}");
 
     // promtool reads the bucket's blocks back: exactly the input samples.
@@ -262,9 +307,15 @@ fn scenario(store: &Store, dir: &Path) {
     ok(&tools(store, &["verify"]), "verify");
 
     // A second upload uploads nothing: every meta.json (with its upload_time) unchanged.
-    let metas_before: Vec<Vec<u8>> = local.keys().map(|u| store.get(&format!("{u}/meta.json"))).collect();
+    let metas_before: Vec<Vec<u8>> = local
+        .keys()
+        .map(|u| store.get(&format!("{u}/meta.json")))
+        .collect();
     ok(&tools(store, &args), "second upload-blocks");
-    let metas_after: Vec<Vec<u8>> = local.keys().map(|u| store.get(&format!("{u}/meta.json"))).collect();
+    let metas_after: Vec<Vec<u8>> = local
+        .keys()
+        .map(|u| store.get(&format!("{u}/meta.json")))
+        .collect();
     assert_eq!(metas_before, metas_after);
     assert_eq!(store.list(), objects);
 
@@ -281,7 +332,15 @@ fn scenario(store: &Store, dir: &Path) {
     assert!(err.contains("overlaps"), "{err}");
     assert_eq!(store.list(), objects);
     ok(
-        &tools(store, &["upload-blocks", "--path", other.to_str().unwrap(), "--label=cluster=\"eu-2\""]),
+        &tools(
+            store,
+            &[
+                "upload-blocks",
+                "--path",
+                other.to_str().unwrap(),
+                "--label=cluster=\"eu-2\"",
+            ],
+        ),
         "upload-blocks other labels",
     );
     ok(&tools(store, &["verify"]), "verify with a second group");
@@ -290,7 +349,18 @@ fn scenario(store: &Store, dir: &Path) {
     let target = local.keys().next().unwrap().clone();
     let before = now_ms() / 1000;
     ok(
-        &tools(store, &["mark", "--id", &target, "--marker", "deletion-mark.json", "--details", "tools test"]),
+        &tools(
+            store,
+            &[
+                "mark",
+                "--id",
+                &target,
+                "--marker",
+                "deletion-mark.json",
+                "--details",
+                "tools test",
+            ],
+        ),
         "mark",
     );
     let mark = store.get(&format!("{target}/deletion-mark.json"));
@@ -299,31 +369,80 @@ fn scenario(store: &Store, dir: &Path) {
     assert!(t >= before && t <= now_ms() / 1000 + 1, "{t}");
     assert_eq!(
         String::from_utf8(mark.clone()).unwrap(),
-        format!("{{\"id\":\"{target}\",\"version\":1,\"details\":\"tools test\",\"deletion_time\":{t}}}")
+        format!(
+            "{{\"id\":\"{target}\",\"version\":1,\"details\":\"tools test\",\"deletion_time\":{t}}}"
+        )
     );
     ok(
-        &tools(store, &["mark", "--id", &target, "--marker", "deletion-mark.json", "--details", "again"]),
+        &tools(
+            store,
+            &[
+                "mark",
+                "--id",
+                &target,
+                "--marker",
+                "deletion-mark.json",
+                "--details",
+                "again",
+            ],
+        ),
         "second mark",
     );
     assert_eq!(store.get(&format!("{target}/deletion-mark.json")), mark);
     ok(
-        &tools(store, &["mark", "--id", &other_ulids[0], "--marker", "no-compact-mark.json", "--details", "keep"]),
+        &tools(
+            store,
+            &[
+                "mark",
+                "--id",
+                &other_ulids[0],
+                "--marker",
+                "no-compact-mark.json",
+                "--details",
+                "keep",
+            ],
+        ),
         "mark no-compact",
     );
     let nc: serde_json::Value =
-        serde_json::from_slice(&store.get(&format!("{}/no-compact-mark.json", other_ulids[0]))).unwrap();
+        serde_json::from_slice(&store.get(&format!("{}/no-compact-mark.json", other_ulids[0])))
+            .unwrap();
     assert_eq!(nc["reason"], "manual");
     assert_eq!(nc["details"], "keep");
     assert_eq!(nc["version"], 1);
-    assert!(!tools(store, &["mark", "--id", &target, "--marker", "deletion-mark.json"]).status.success());
+    assert!(
+        !tools(
+            store,
+            &["mark", "--id", &target, "--marker", "deletion-mark.json"]
+        )
+        .status
+        .success()
+    );
     // ls --exclude-delete leaves the marked block out.
-    let kept = ok(&tools(store, &["ls", "--exclude-delete"]), "ls --exclude-delete");
+    let kept = ok(
+        &tools(store, &["ls", "--exclude-delete"]),
+        "ls --exclude-delete",
+    );
     assert!(!kept.contains(&target));
     ok(
-        &tools(store, &["mark", "--id", &target, "--marker", "deletion-mark.json", "--remove"]),
+        &tools(
+            store,
+            &[
+                "mark",
+                "--id",
+                &target,
+                "--marker",
+                "deletion-mark.json",
+                "--remove",
+            ],
+        ),
         "mark --remove",
     );
-    assert!(!store.list().contains_key(&format!("{target}/deletion-mark.json")));
+    assert!(
+        !store
+            .list()
+            .contains_key(&format!("{target}/deletion-mark.json"))
+    );
 
     // Damage: a chunk file gone, an index truncated, an overlapping copy with the same
     // labels under a new ULID. verify names each and fails.
@@ -333,34 +452,55 @@ fn scenario(store: &Store, dir: &Path) {
     let index = store.get(&format!("{b}/index"));
     store.put(&format!("{b}/index"), &index[..index.len() / 2]);
     let copy = "01KBYY0000000000000000TEST";
-    for (key, _) in store.list().iter().filter(|(k, _)| k.starts_with(&format!("{c}/"))) {
+    for (key, _) in store
+        .list()
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{c}/")))
+    {
         let rel = &key[c.len() + 1..];
         let mut body = store.get(key);
         if rel == "meta.json" {
-            body = String::from_utf8(body).unwrap().replace(c.as_str(), copy).into_bytes();
+            body = String::from_utf8(body)
+                .unwrap()
+                .replace(c.as_str(), copy)
+                .into_bytes();
         }
         store.put(&format!("{copy}/{rel}"), &body);
     }
     let out = tools(store, &["verify"]);
     let report = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(!out.status.success(), "verify passed a damaged bucket:\n{report}");
     assert!(
-        report.contains(&format!("block {a}: chunks/000001 is listed in meta.json but missing")),
+        !out.status.success(),
+        "verify passed a damaged bucket:\n{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "block {a}: chunks/000001 is listed in meta.json but missing"
+        )),
         "{report}"
     );
-    assert!(report.contains(&format!("block {b}: index is {} bytes", index.len() / 2)), "{report}");
-    assert!(report.contains(&format!("block {b}: index unreadable")), "{report}");
     assert!(
-        report
-            .lines()
-            .any(|l| l.starts_with("overlapping blocks") && l.contains(c.as_str()) && l.contains(copy)),
+        report.contains(&format!("block {b}: index is {} bytes", index.len() / 2)),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("block {b}: index unreadable")),
+        "{report}"
+    );
+    assert!(
+        report.lines().any(|l| l.starts_with("overlapping blocks")
+            && l.contains(c.as_str())
+            && l.contains(copy)),
         "{report}"
     );
     assert!(!report.contains(&format!("block {c}:")), "{report}");
     // Only one block asked for.
     let out = tools(store, &["verify", "--id", c]);
     let only = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(!only.contains(&format!("block {a}")) && !only.contains(&format!("block {b}")), "{only}");
+    assert!(
+        !only.contains(&format!("block {a}")) && !only.contains(&format!("block {b}")),
+        "{only}"
+    );
 }
 
 #[test]
@@ -387,13 +527,20 @@ fn unreachable_bucket_fails_fast_naming_the_endpoint() {
     let cfg = format!(
         "type: S3\nconfig:\n  bucket: nowhere\n  endpoint: {endpoint}\n  insecure: true\n  access_key: a\n  secret_key: b\n"
     );
-    for args in [&["ls"][..], &["verify"], &["upload-blocks", "--path", "/nonexistent", "--label=a=\"b\""]] {
+    for args in [
+        &["ls"][..],
+        &["verify"],
+        &["upload-blocks", "--path", "/nonexistent", "--label=a=\"b\""],
+    ] {
         let t0 = Instant::now();
         let out = tools_with(&cfg, args);
         let took = t0.elapsed();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(err.contains(&endpoint) && err.contains("nowhere"), "{args:?}: {err}");
+        assert!(
+            err.contains(&endpoint) && err.contains("nowhere"),
+            "{args:?}: {err}"
+        );
         assert!(took < Duration::from_secs(20), "{args:?} took {took:?}");
     }
 }

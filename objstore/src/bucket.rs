@@ -262,7 +262,10 @@ fn describe(cfg: &BucketConfig) -> String {
 /// The `object_store` client for `cfg` with its name, part size and whether multipart
 /// uploads are on. `probe`: no retries and short timeouts (the startup check).
 #[allow(clippy::type_complexity)]
-fn build(cfg: &BucketConfig, probe: bool) -> Result<(Arc<dyn ObjectStore>, String, u64, bool), BucketError> {
+fn build(
+    cfg: &BucketConfig,
+    probe: bool,
+) -> Result<(Arc<dyn ObjectStore>, String, u64, bool), BucketError> {
     let retry = |n: usize| {
         if probe {
             RetryConfig {
@@ -826,7 +829,12 @@ mod tests {
     async fn check_names_an_unreachable_endpoint_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Registry::default();
-        assert!(fs_bucket(dir.path(), DEFAULT_PART_SIZE).check(Duration::from_secs(5)).await.is_ok());
+        assert!(
+            fs_bucket(dir.path(), DEFAULT_PART_SIZE)
+                .check(Duration::from_secs(5))
+                .await
+                .is_ok()
+        );
         // A port that was just free: connection refused, no retries.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -839,7 +847,11 @@ mod tests {
         .unwrap();
         let b = Bucket::new(&cfg, Some(&mut r)).unwrap();
         let t0 = Instant::now();
-        let e = b.check(Duration::from_secs(10)).await.unwrap_err().to_string();
+        let e = b
+            .check(Duration::from_secs(10))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
         assert!(
             e.contains(&format!("S3 bucket \"nowhere\" at http://127.0.0.1:{port}")),

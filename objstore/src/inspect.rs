@@ -187,7 +187,11 @@ pub fn inspect_rows<'a>(
         let range = m.max_time - m.min_time;
         let down = until_downsampling(m);
         let res = resolution(m);
-        let source = m.thanos.as_ref().map_or("", |t| t.source.as_str()).to_string();
+        let source = m
+            .thanos
+            .as_ref()
+            .map_or("", |t| t.source.as_str())
+            .to_string();
         let text = vec![
             m.ulid.to_string(),
             rfc3339(m.min_time),
@@ -246,7 +250,10 @@ pub fn table(rows: &[Vec<String>]) -> String {
     };
     let sep: String = format!(
         "|{}|\n",
-        w.iter().map(|n| "-".repeat(n + 2)).collect::<Vec<_>>().join("|")
+        w.iter()
+            .map(|n| "-".repeat(n + 2))
+            .collect::<Vec<_>>()
+            .join("|")
     );
     let mut out = line(&mut COLUMNS.iter().copied());
     out.push_str(&sep);
@@ -285,7 +292,10 @@ mod tests {
 
     fn meta(mint: i64, maxt: i64, labels: &[(&str, &str)], res: i64) -> BlockMeta {
         let mut t = ThanosMeta::new(
-            labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             "receive",
         );
         t.downsample.resolution = res;
@@ -333,7 +343,10 @@ mod tests {
         let all = [&a, &b, &c];
         let rows = inspect_rows(all, &BTreeMap::new(), &["FROM".into(), "UNTIL".into()]).unwrap();
         let ids: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
-        assert_eq!(ids, [b.ulid.to_string(), c.ulid.to_string(), a.ulid.to_string()]);
+        assert_eq!(
+            ids,
+            [b.ulid.to_string(), c.ulid.to_string(), a.ulid.to_string()]
+        );
         assert_eq!(rows[2][3], "2h0m0s");
         assert_eq!(rows[2][4], "38h0m0s");
         assert_eq!(rows[0][4], "238h0m0s");
@@ -346,7 +359,11 @@ mod tests {
         let rows = inspect_rows(all, &sel, &["LABELS".into()]).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0][0], b.ulid.to_string());
-        assert!(inspect_rows(all, &sel, &["NOPE".into()]).unwrap_err().contains("NOPE"));
+        assert!(
+            inspect_rows(all, &sel, &["NOPE".into()])
+                .unwrap_err()
+                .contains("NOPE")
+        );
         let t = table(&rows);
         assert!(t.starts_with("| ULID "), "{t}");
         assert_eq!(t.lines().count(), 4);

@@ -80,10 +80,11 @@ pub async fn upload_blocks(
     // group them; uploads join their group as they land.
     let mut groups: BTreeMap<String, Vec<(i64, i64, Ulid)>> = BTreeMap::new();
     for e in found.blocks.values().filter(|e| e.deletion_mark.is_none()) {
-        groups
-            .entry(group_key(&e.meta))
-            .or_default()
-            .push((e.meta.min_time, e.meta.max_time, e.meta.ulid));
+        groups.entry(group_key(&e.meta)).or_default().push((
+            e.meta.min_time,
+            e.meta.max_time,
+            e.meta.ulid,
+        ));
     }
     let mut report = UploadReport::default();
     for b in local {
@@ -139,9 +140,10 @@ mod tests {
         ));
         let r = upload_blocks(&bucket, data.path(), &x).await.unwrap();
         assert_eq!(r.uploaded, vec![a.ulid, b.ulid]);
-        let meta: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(bdir.path().join(format!("{}/meta.json", a.ulid))).unwrap())
-                .unwrap();
+        let meta: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(bdir.path().join(format!("{}/meta.json", a.ulid))).unwrap(),
+        )
+        .unwrap();
         assert_eq!(meta["thanos"]["labels"]["cluster"], "x");
         assert_eq!(meta["thanos"]["source"], "bucket.upload");
 
@@ -155,7 +157,11 @@ mod tests {
         let r = upload_blocks(&bucket, other.path(), &x).await.unwrap();
         assert!(r.uploaded.is_empty());
         assert_eq!(r.refused.len(), 1);
-        assert!(r.refused[0].1.contains(&a.ulid.to_string()), "{:?}", r.refused);
+        assert!(
+            r.refused[0].1.contains(&a.ulid.to_string()),
+            "{:?}",
+            r.refused
+        );
         assert!(!bdir.path().join(c.ulid.to_string()).exists());
         let y = BTreeMap::from([("cluster".to_string(), "y".to_string())]);
         let r = upload_blocks(&bucket, other.path(), &y).await.unwrap();

@@ -115,7 +115,10 @@ pub async fn verify_bucket(
         }
     }
     for id in ids {
-        if !d.blocks.contains_key(id) && !d.partial.contains(id) && !d.corrupt.iter().any(|(c, _)| c == id) {
+        if !d.blocks.contains_key(id)
+            && !d.partial.contains(id)
+            && !d.corrupt.iter().any(|(c, _)| c == id)
+        {
             report.problems.push(Problem {
                 block: Some(*id),
                 what: "not in the bucket".into(),
@@ -178,22 +181,25 @@ async fn verify_block(bucket: &Bucket, scratch: &Path, meta: &BlockMeta) -> Vec<
         .filter_map(|(k, a)| k.strip_prefix(&prefix).map(|r| (r.to_string(), a.size)))
         .collect();
 
-    let files: Option<Vec<FileEntry>> = match meta.thanos.as_ref().and_then(|t| t.extra.get("files")) {
-        None => None,
-        Some(v) => match serde_json::from_value(v.clone()) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                problems.push(format!("thanos.files does not parse: {e}"));
-                None
-            }
-        },
-    };
+    let files: Option<Vec<FileEntry>> =
+        match meta.thanos.as_ref().and_then(|t| t.extra.get("files")) {
+            None => None,
+            Some(v) => match serde_json::from_value(v.clone()) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    problems.push(format!("thanos.files does not parse: {e}"));
+                    None
+                }
+            },
+        };
     for f in files.iter().flatten() {
         if f.rel_path == "meta.json" {
             continue;
         }
         match (present.get(&f.rel_path), f.size_bytes) {
-            (None, _) => problems.push(format!("{} is listed in meta.json but missing", f.rel_path)),
+            (None, _) => {
+                problems.push(format!("{} is listed in meta.json but missing", f.rel_path))
+            }
             (Some(&got), Some(want)) if got != want => problems.push(format!(
                 "{} is {got} bytes, meta.json says {want}",
                 f.rel_path
@@ -204,7 +210,9 @@ async fn verify_block(bucket: &Bucket, scratch: &Path, meta: &BlockMeta) -> Vec<
     // Chunk segments as the index addresses them: by number, from the objects present.
     let mut segments: BTreeMap<usize, u64> = BTreeMap::new();
     for (rel, size) in &present {
-        if let Some(n) = rel.strip_prefix("chunks/").and_then(|s| s.parse::<usize>().ok())
+        if let Some(n) = rel
+            .strip_prefix("chunks/")
+            .and_then(|s| s.parse::<usize>().ok())
             && n >= 1
         {
             segments.insert(n - 1, *size);
@@ -269,7 +277,11 @@ impl Capped {
 /// Checks an index against its block: readable, every series entry decodes, series
 /// sorted and unique, chunks inside the block range, in order, and inside a segment
 /// (`segments`: 0-based segment index → size in bytes). Pure; tested directly.
-pub fn check_index(index: bytes::Bytes, meta: &BlockMeta, segments: &BTreeMap<usize, u64>) -> Vec<String> {
+pub fn check_index(
+    index: bytes::Bytes,
+    meta: &BlockMeta,
+    segments: &BTreeMap<usize, u64>,
+) -> Vec<String> {
     let r = match IndexReader::new(index) {
         Ok(r) => r,
         Err(e) => return vec![format!("index unreadable: {e}")],
@@ -285,7 +297,9 @@ pub fn check_index(index: bytes::Bytes, meta: &BlockMeta, segments: &BTreeMap<us
         let (labels, metas) = match r.series(id) {
             Ok(s) => s,
             Err(e) => {
-                p.push("unreadable series entry", || format!("index: series entry {id}: {e}"));
+                p.push("unreadable series entry", || {
+                    format!("index: series entry {id}: {e}")
+                });
                 continue;
             }
         };
@@ -302,7 +316,10 @@ pub fn check_index(index: bytes::Bytes, meta: &BlockMeta, segments: &BTreeMap<us
         for c in &metas {
             if c.min_time > c.max_time {
                 p.push("chunk with minTime after maxTime", || {
-                    format!("index: series {labels}: chunk [{}, {}] is reversed", c.min_time, c.max_time)
+                    format!(
+                        "index: series {labels}: chunk [{}, {}] is reversed",
+                        c.min_time, c.max_time
+                    )
                 });
             }
             if c.min_time < meta.min_time || c.max_time >= meta.max_time {
@@ -315,7 +332,10 @@ pub fn check_index(index: bytes::Bytes, meta: &BlockMeta, segments: &BTreeMap<us
             }
             if last_max.is_some_and(|m| c.min_time <= m) {
                 p.push("chunks overlapping or out of order", || {
-                    format!("index: series {labels}: chunk starting at {} overlaps the previous one", c.min_time)
+                    format!(
+                        "index: series {labels}: chunk starting at {} overlaps the previous one",
+                        c.min_time
+                    )
                 });
             }
             last_max = Some(c.max_time);
@@ -345,12 +365,18 @@ pub fn check_index(index: bytes::Bytes, meta: &BlockMeta, segments: &BTreeMap<us
     }
     if meta.stats.num_series != 0 && meta.stats.num_series != series {
         p.push("series count differs", || {
-            format!("meta.json says {} series, the index has {series}", meta.stats.num_series)
+            format!(
+                "meta.json says {} series, the index has {series}",
+                meta.stats.num_series
+            )
         });
     }
     if meta.stats.num_chunks != 0 && meta.stats.num_chunks != chunks {
         p.push("chunk count differs", || {
-            format!("meta.json says {} chunks, the index has {chunks}", meta.stats.num_chunks)
+            format!(
+                "meta.json says {} chunks, the index has {chunks}",
+                meta.stats.num_chunks
+            )
         });
     }
     p.finish()
@@ -377,14 +403,24 @@ mod tests {
         let b = write_block(local.path(), 10_000);
         let c = write_block(local.path(), 5_000); // overlaps a and b
         for m in [&a, &b] {
-            upload_block(&bucket, &local.path().join(m.ulid.to_string()), &labels("x"), "test")
-                .await
-                .unwrap();
-        }
-        // Same range, other labels: another group, no overlap.
-        upload_block(&bucket, &local.path().join(c.ulid.to_string()), &labels("y"), "test")
+            upload_block(
+                &bucket,
+                &local.path().join(m.ulid.to_string()),
+                &labels("x"),
+                "test",
+            )
             .await
             .unwrap();
+        }
+        // Same range, other labels: another group, no overlap.
+        upload_block(
+            &bucket,
+            &local.path().join(c.ulid.to_string()),
+            &labels("y"),
+            "test",
+        )
+        .await
+        .unwrap();
         let r = verify_bucket(&bucket, scratch.path(), &[]).await.unwrap();
         assert_eq!(r.blocks_checked, 3);
         assert!(r.problems.is_empty(), "{:?}", r.problems);
@@ -396,9 +432,14 @@ mod tests {
         let f = std::fs::OpenOptions::new().write(true).open(&bi).unwrap();
         f.set_len(len / 2).unwrap();
         drop(f);
-        upload_block(&bucket, &local.path().join(c.ulid.to_string()), &labels("x"), "test")
-            .await
-            .unwrap();
+        upload_block(
+            &bucket,
+            &local.path().join(c.ulid.to_string()),
+            &labels("x"),
+            "test",
+        )
+        .await
+        .unwrap();
         let r = verify_bucket(&bucket, scratch.path(), &[]).await.unwrap();
         let text: Vec<String> = r.problems.iter().map(|p| p.to_string()).collect();
         let has = |needle: &str, block: Option<Ulid>| {
@@ -406,7 +447,13 @@ mod tests {
                 .iter()
                 .any(|p| p.block == block && p.what.contains(needle))
         };
-        assert!(has("chunks/000001 is listed in meta.json but missing", Some(a.ulid)), "{text:#?}");
+        assert!(
+            has(
+                "chunks/000001 is listed in meta.json but missing",
+                Some(a.ulid)
+            ),
+            "{text:#?}"
+        );
         assert!(has("which is missing", Some(a.ulid)), "{text:#?}");
         assert!(has("index is", Some(b.ulid)), "{text:#?}");
         assert!(has("index unreadable", Some(b.ulid)), "{text:#?}");
@@ -418,10 +465,19 @@ mod tests {
             "{text:#?}"
         );
         // Only the asked-for block.
-        let r = verify_bucket(&bucket, scratch.path(), &[c.ulid]).await.unwrap();
+        let r = verify_bucket(&bucket, scratch.path(), &[c.ulid])
+            .await
+            .unwrap();
         assert_eq!(r.blocks_checked, 1);
-        assert!(r.problems.iter().all(|p| p.block.is_none()), "{:?}", r.problems);
-        assert!(std::fs::read_dir(scratch.path()).unwrap().next().is_none(), "scratch cleaned");
+        assert!(
+            r.problems.iter().all(|p| p.block.is_none()),
+            "{:?}",
+            r.problems
+        );
+        assert!(
+            std::fs::read_dir(scratch.path()).unwrap().next().is_none(),
+            "scratch cleaned"
+        );
     }
 
     #[test]
