@@ -2,6 +2,7 @@
 
 mod logging;
 mod standalone;
+mod tools;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,8 @@ enum Command {
     Operator(operator::OperatorArgs),
     /// Receiver + querier in one process with defaults: the quickest way to a global view.
     Standalone(standalone::StandaloneArgs),
+    /// Utilities: `tools bucket ls|inspect|verify|mark|upload-blocks` (Thanos's names).
+    Tools(tools::ToolsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +55,7 @@ fn main() -> anyhow::Result<()> {
             Command::Store(args) => store::run(args).await,
             Command::Operator(args) => operator::run(args).await,
             Command::Standalone(args) => standalone::run(args).await,
+            Command::Tools(args) => tools::run(args).await,
         }
     })
 }

@@ -106,6 +106,32 @@ impl MotoServer {
         out
     }
 
+    /// Writes an object (a single PUT), for tests that damage a bucket.
+    pub fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+        let (code, text) = http_request(
+            &self.addr(),
+            "PUT",
+            &format!("/{bucket}/{key}"),
+            &[AUTH],
+            body,
+        )
+        .unwrap_or_else(|e| panic!("PUT {key}: {e}"));
+        assert_eq!(code, 200, "PUT {key}: {text}");
+    }
+
+    /// Deletes an object.
+    pub fn delete(&self, bucket: &str, key: &str) {
+        let (code, text) = http_request(
+            &self.addr(),
+            "DELETE",
+            &format!("/{bucket}/{key}"),
+            &[AUTH],
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("DELETE {key}: {e}"));
+        assert!(code == 204 || code == 200, "DELETE {key}: {code} {text}");
+    }
+
     /// An object's bytes.
     pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
         let mut s = TcpStream::connect(self.addr()).expect("connect moto");

@@ -57,6 +57,10 @@ pub enum BucketError {
     Key { key: String, reason: String },
     #[error("setting up the {kind} bucket: {reason}")]
     Setup { kind: &'static str, reason: String },
+    /// The startup check failed: the bucket is unreachable, missing, or refuses the
+    /// credentials. `desc` names the provider, bucket and endpoint.
+    #[error("{desc}: {reason}")]
+    Unreachable { desc: String, reason: String },
 }
 
 impl BucketError {
@@ -99,6 +103,7 @@ pub struct BucketMetrics {
     duration: HistogramFamily,
     fetched_bytes: Family<OpLabels, Counter>,
     last_upload: Family<BucketLabel, Gauge>,
+    reachable: Family<BucketLabel, Gauge>,
 }
 
 impl Default for BucketMetrics {
@@ -109,6 +114,7 @@ impl Default for BucketMetrics {
             duration: Family::new_with_constructor(duration_histogram),
             fetched_bytes: Family::default(),
             last_upload: Family::default(),
+            reachable: Family::default(),
         }
     }
 }
@@ -141,6 +147,11 @@ impl BucketMetrics {
             "Second timestamp of the last successful upload to the bucket",
             self.last_upload.clone(),
         );
+        r.register(
+            "orrery_objstore_bucket_reachable",
+            "1 when the last startup check of the bucket succeeded (reachable, credentials accepted), 0 when it failed",
+            self.reachable.clone(),
+        );
     }
 }
 
@@ -148,6 +159,10 @@ impl BucketMetrics {
 #[derive(Debug, Clone)]
 pub struct Bucket {
     store: Arc<dyn ObjectStore>,
+    /// The same store without retries and with short timeouts, for [`Bucket::check`].
+    probe: Arc<dyn ObjectStore>,
+    /// Provider, bucket and endpoint, for error messages.
+    desc: String,
     name: String,
     metrics: BucketMetrics,
     part_size: u64,
@@ -158,6 +173,121 @@ impl Bucket {
     /// Builds the bucket client for `cfg`. Registers the bucket metrics in `registry`
     /// when given. Makes no request (an unreachable endpoint shows on first use).
     pub fn new(cfg: &BucketConfig, registry: Option<&mut Registry>) -> Result<Bucket, BucketError> {
+        let (store, name, part_size, multipart) = build(cfg, false)?;
+        let (probe, ..) = build(cfg, true)?;
+        let prefixed = |s: Arc<dyn ObjectStore>| -> Arc<dyn ObjectStore> {
+            if cfg.prefix.is_empty() {
+                s
+            } else {
+                Arc::new(PrefixStore::new(s, cfg.prefix.as_str()))
+            }
+        };
+        let metrics = BucketMetrics::default();
+        if let Some(r) = registry {
+            metrics.register(r);
+        }
+        Ok(Bucket {
+            store: prefixed(store),
+            probe: prefixed(probe),
+            desc: describe(cfg),
+            name,
+            metrics,
+            part_size: part_size.max(1),
+            multipart,
+        })
+    }
+
+    /// Provider, bucket and endpoint (`S3 bucket "b" at http://host:9000`), for messages.
+    pub fn describe(&self) -> &str {
+        &self.desc
+    }
+
+    /// One cheap request (a one-level listing of the top), without retries and within
+    /// `timeout`: fails when the endpoint is unreachable, the bucket does not exist or
+    /// the credentials are refused, with an error naming the endpoint and bucket. Sets
+    /// `orrery_objstore_bucket_reachable`.
+    pub async fn check(&self, timeout: Duration) -> Result<(), BucketError> {
+        let r = match tokio::time::timeout(timeout, self.probe.list_with_delimiter(None)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(BucketError::Unreachable {
+                desc: self.desc.clone(),
+                reason: error_chain(&e),
+            }),
+            Err(_) => Err(BucketError::Unreachable {
+                desc: self.desc.clone(),
+                reason: format!("no answer within {timeout:?}"),
+            }),
+        };
+        self.metrics
+            .reachable
+            .get_or_create(&BucketLabel {
+                bucket: self.name.clone(),
+            })
+            .set(i64::from(r.is_ok()));
+        r
+    }
+}
+
+/// An error with its sources (`object_store` puts the useful part — "connection
+/// refused", "403 Forbidden" — in the chain).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn describe(cfg: &BucketConfig) -> String {
+    match &cfg.provider {
+        Provider::S3(c) => {
+            let scheme = if c.insecure { "http" } else { "https" };
+            format!("S3 bucket {:?} at {scheme}://{}", c.bucket, c.endpoint)
+        }
+        Provider::Gcs(c) => format!("GCS bucket {:?}", c.bucket),
+        Provider::Azure(c) => format!(
+            "AZURE container {:?} of storage account {:?}",
+            c.container, c.storage_account
+        ),
+        Provider::Filesystem(c) => format!("FILESYSTEM bucket at {}", c.directory),
+    }
+}
+
+/// The `object_store` client for `cfg` with its name, part size and whether multipart
+/// uploads are on. `probe`: no retries and short timeouts (the startup check).
+#[allow(clippy::type_complexity)]
+fn build(
+    cfg: &BucketConfig,
+    probe: bool,
+) -> Result<(Arc<dyn ObjectStore>, String, u64, bool), BucketError> {
+    let retry = |n: usize| {
+        if probe {
+            RetryConfig {
+                max_retries: 0,
+                retry_timeout: Duration::from_secs(5),
+                ..RetryConfig::default()
+            }
+        } else {
+            retry(n)
+        }
+    };
+    let client_options = |kind: &'static str, h: &HttpConfig| {
+        client_options(kind, h).map(|o| {
+            if probe {
+                o.with_timeout(Duration::from_secs(10))
+                    .with_connect_timeout(Duration::from_secs(5))
+            } else {
+                o
+            }
+        })
+    };
+    {
         let kind = cfg.provider.kind();
         let setup = |e: object_store::Error| BucketError::Setup {
             kind,
@@ -285,24 +415,11 @@ impl Bucket {
                     )
                 }
             };
-        let store: Arc<dyn ObjectStore> = if cfg.prefix.is_empty() {
-            store
-        } else {
-            Arc::new(PrefixStore::new(store, cfg.prefix.as_str()))
-        };
-        let metrics = BucketMetrics::default();
-        if let Some(r) = registry {
-            metrics.register(r);
-        }
-        Ok(Bucket {
-            store,
-            name,
-            metrics,
-            part_size: part_size.max(1),
-            multipart,
-        })
+        Ok((store, name, part_size, multipart))
     }
+}
 
+impl Bucket {
     /// The bucket's name (the `bucket` label of its metrics).
     pub fn name(&self) -> &str {
         &self.name
@@ -706,6 +823,46 @@ mod tests {
         let mut b = Bucket::new(&BucketConfig::filesystem(dir), None).unwrap();
         b.part_size = part;
         b
+    }
+
+    #[tokio::test]
+    async fn check_names_an_unreachable_endpoint_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::default();
+        assert!(
+            fs_bucket(dir.path(), DEFAULT_PART_SIZE)
+                .check(Duration::from_secs(5))
+                .await
+                .is_ok()
+        );
+        // A port that was just free: connection refused, no retries.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = BucketConfig::parse(&format!(
+            "type: S3\nconfig:\n  bucket: nowhere\n  endpoint: 127.0.0.1:{port}\n  insecure: true\n  access_key: a\n  secret_key: b\n"
+        ))
+        .unwrap();
+        let b = Bucket::new(&cfg, Some(&mut r)).unwrap();
+        let t0 = Instant::now();
+        let e = b
+            .check(Duration::from_secs(10))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+        assert!(
+            e.contains(&format!("S3 bucket \"nowhere\" at http://127.0.0.1:{port}")),
+            "{e}"
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        assert!(
+            text.contains("orrery_objstore_bucket_reachable{bucket=\"nowhere\"} 0"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

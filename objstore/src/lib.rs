@@ -9,6 +9,8 @@
 //!   `no-downsample-mark.json`.
 //! - [`discovery`]: a bucket's complete blocks with their markers, partial uploads and
 //!   unreadable metas; the hiding of compacted sources.
+//! - [`upload`], [`verify`], [`inspect`]: `orrery tools bucket upload-blocks`, `verify`,
+//!   `ls`/`inspect` (bringing a Prometheus data dir in, checking a bucket, listing it).
 //! - [`shipper`]: uploading a TSDB directory's new blocks, oldest first, with
 //!   `thanos.shipper.json` as a cache and a retention hold for blocks not shipped yet.
 //!
@@ -19,8 +21,11 @@ pub mod block;
 pub mod bucket;
 pub mod config;
 pub mod discovery;
+pub mod inspect;
 pub mod markers;
 pub mod shipper;
+pub mod upload;
+pub mod verify;
 
 pub use bucket::{Bucket, BucketError, BucketMetrics, ObjectAttributes};
 pub use config::{BucketConfig, ConfigError, Provider};

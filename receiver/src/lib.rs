@@ -129,6 +129,17 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
                 .context("setting up the bucket from --objstore.config")?;
             tracing::info!(kind = cfg.provider.kind(), bucket = b.name(), prefix = %cfg.prefix,
                 "blocks will be uploaded to object storage");
+            // Checked in the background: a bucket that is down never blocks ingestion
+            // (the shipper retries); the error names it and the gauge
+            // orrery_objstore_bucket_reachable shows it.
+            let probe = b.clone();
+            tokio::spawn(async move {
+                match probe.check(std::time::Duration::from_secs(10)).await {
+                    Ok(()) => tracing::info!(bucket = probe.describe(), "object storage reachable"),
+                    Err(e) => tracing::error!(error = %e,
+                        "object storage is not usable at startup: blocks stay on local disk (never deleted before they are shipped) and uploads are retried; ingestion goes on"),
+                }
+            });
             Some(b)
         }
         None => {

@@ -12,8 +12,16 @@
 //! with `--tsdb.wal-fsync=false`, `orrery-nowalz` for orrery with
 //! `--tsdb.wal-compression=false`; `ring-rf1`/`ring-rf3` for three router+ingestors on one
 //! hashring with replication factor 1 or 3, load sent to the first, CPU and peak RSS summed
-//! over the three; its bytes/sample are the first node's share), `--no-blocks` (skip the
-//! bytes-per-sample phase).
+//! over the three; its bytes/sample are the first node's share; `orrery-s3` for orrery
+//! shipping its blocks to a local `moto_server` S3 bucket, see below), `--no-blocks` (skip
+//! the bytes-per-sample phase).
+//!
+//! Shipping cost: `--servers orrery,orrery-s3 --block-mins 2` runs the same load into
+//! orrery without and with a bucket (a real `moto_server` from the cache, started per
+//! run); with short blocks several blocks ship during the timed phase. For `orrery-s3`
+//! it also prints the upload throughput from the receiver's own metrics: bytes in the
+//! bucket over the summed duration of the upload operations (MB/s), and blocks shipped
+//! per minute of upload time.
 //!
 //! Per server it prints samples/s accepted (2xx only; non-2xx counted apart), peak RSS
 //! (VmHWM), server CPU seconds per million samples (utime+stime from /proc), and bytes
@@ -1062,6 +1070,59 @@ fn main() {
             b.values = b.series.iter().map(|&i| 1.0 + (i % 1000) as f64).collect();
         }
         let r = match server.as_str() {
+            "orrery-s3" => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let moto = e2e::s3::MotoServer::start(dir.path());
+                moto.create_bucket("bench");
+                let cfg = format!(
+                    "--objstore.config=type: S3\nconfig:\n  bucket: bench\n  endpoint: {}\n  insecure: true\n  access_key: a\n  secret_key: b\n",
+                    moto.addr()
+                );
+                let ports = distinct_ports(3);
+                let (mut p, addr, data) = start_orrery_node(
+                    &dir.path().join("node"),
+                    o.block_mins,
+                    true,
+                    [ports[0], ports[1], ports[2]],
+                    &[cfg],
+                );
+                println!("{server}: pid {} on {addr}, bucket on {}", p.pid(), moto.addr());
+                let r = drive(
+                    &o,
+                    &server,
+                    &addr,
+                    "/api/v1/receive",
+                    &[p.pid()],
+                    &data,
+                    &mut batches,
+                    t0,
+                );
+                let metrics = http_get(&format!("127.0.0.1:{}", ports[2]), "/metrics")
+                    .map(|(_, b)| b)
+                    .unwrap_or_default();
+                let sum = |name: &str, filter: &str| -> f64 {
+                    metrics
+                        .lines()
+                        .filter(|l| l.starts_with(name) && l.contains(filter))
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                        .sum()
+                };
+                let blocks = sum("thanos_shipper_uploads_total", "");
+                let upload_secs = sum(
+                    "thanos_objstore_bucket_operation_duration_seconds_sum",
+                    "operation=\"upload\"",
+                );
+                let bytes: u64 = moto.list("bench").iter().map(|(_, n)| n).sum();
+                println!(
+                    "  shipped {blocks} block(s), {:.1} MB in the bucket; upload operations took {upload_secs:.2} s: \
+                     {:.1} MB/s, {:.0} blocks/min of upload time",
+                    bytes as f64 / 1e6,
+                    bytes as f64 / 1e6 / upload_secs.max(1e-9),
+                    blocks / (upload_secs.max(1e-9) / 60.0)
+                );
+                p.terminate(Duration::from_secs(30));
+                r
+            }
             "orrery" | "orrery-nofsync" | "orrery-nowalz" => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let (mut p, addr, data) = start_orrery(
