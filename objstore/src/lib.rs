@@ -5,6 +5,10 @@
 //!   crate, with Thanos's `thanos_objstore_bucket_*` metrics.
 //! - [`block`]: uploading a TSDB block in Thanos's layout (`meta.json` last) and
 //!   downloading one.
+//! - [`markers`]: Thanos's `deletion-mark.json`, `no-compact-mark.json`,
+//!   `no-downsample-mark.json`.
+//! - [`discovery`]: a bucket's complete blocks with their markers, partial uploads and
+//!   unreadable metas; the hiding of compacted sources.
 //! - [`shipper`]: uploading a TSDB directory's new blocks, oldest first, with
 //!   `thanos.shipper.json` as a cache and a retention hold for blocks not shipped yet.
 //!
@@ -14,8 +18,12 @@
 pub mod block;
 pub mod bucket;
 pub mod config;
+pub mod discovery;
+pub mod markers;
 pub mod shipper;
 
 pub use bucket::{Bucket, BucketError, BucketMetrics, ObjectAttributes};
 pub use config::{BucketConfig, ConfigError, Provider};
+pub use discovery::{BlockEntry, Discovery, MetaFetcher};
+pub use markers::{DeletionMark, Marker, MarkerError, NoCompactMark, NoDownsampleMark};
 pub use shipper::{Shipper, ShipperError, SyncReport};

@@ -150,6 +150,7 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         } else {
             tsdb::SyncPolicy::Interval(Duration::from_secs(1))
         },
+        wal_compression: args.wal_compression,
         max_tenants: args.max_tenants,
         too_far_in_future: (!args.too_far_in_future.is_zero()).then_some(args.too_far_in_future),
         bucket,

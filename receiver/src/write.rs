@@ -365,6 +365,7 @@ mod tests {
                 block_duration: Duration::from_secs(7200),
                 retention: Duration::from_secs(86400),
                 wal_sync: tsdb::SyncPolicy::Never,
+                wal_compression: true,
                 max_tenants: 10,
                 too_far_in_future: Some(Duration::from_secs(600)),
                 bucket: None,

@@ -76,6 +76,8 @@ pub struct Options {
     pub wal_sync: SyncPolicy,
     /// WAL segment size. Default 128 MiB.
     pub wal_segment_size: u64,
+    /// Snappy-compress WAL records (Prometheus's and Thanos's default). Default on.
+    pub wal_compression: bool,
     /// External labels written into each block's `meta.json` `thanos` section; `None`
     /// writes no `thanos` section.
     pub external_labels: Option<BTreeMap<String, String>>,
@@ -172,6 +174,7 @@ impl Default for Options {
             retention: Duration::from_secs(15 * 24 * 3600),
             wal_sync: SyncPolicy::Always,
             wal_segment_size: wal::DEFAULT_SEGMENT_SIZE,
+            wal_compression: true,
             external_labels: None,
             thanos_source: "receive".into(),
             too_far_in_future: None,
@@ -475,6 +478,7 @@ impl Db {
             opts.wal_segment_size,
             metrics.clone(),
         )?;
+        wal.set_compression(opts.wal_compression);
         metrics.head_series.set(head.num_series() as i64);
         let db = Db {
             inner: Arc::new(Inner {

@@ -189,31 +189,37 @@ fn orrery_v1_wal_is_migrated() {
 /// about 12 bytes a sample here (3-byte ref delta, 1-byte time delta, 8-byte value).
 #[test]
 fn wal_bytes_per_sample() {
-    let d = tempfile::tempdir().unwrap();
-    let db = Db::open(d.path(), Options::default(), None).unwrap();
-    let labels: Vec<Labels> = (0..100_000).map(l).collect();
-    let t0 = 1_764_000_000_000i64;
-    let mut n = 0u64;
-    for round in 0..2i64 {
-        for c in 0..50usize {
-            let mut app = db.appender();
-            for k in 0..2000usize {
-                let i = (c * 2000 + k * 37) % labels.len();
-                app.append_one(&labels[i], t0 + round * 15_000, (i as f64) * 1.5);
+    for (compression, limit) in [(true, 9.0), (false, 13.0)] {
+        let d = tempfile::tempdir().unwrap();
+        let opts = Options {
+            wal_compression: compression,
+            ..Options::default()
+        };
+        let db = Db::open(d.path(), opts, None).unwrap();
+        let labels: Vec<Labels> = (0..100_000).map(l).collect();
+        let t0 = 1_764_000_000_000i64;
+        let mut n = 0u64;
+        for round in 0..2i64 {
+            for c in 0..50usize {
+                let mut app = db.appender();
+                for k in 0..2000usize {
+                    let i = (c * 2000 + k * 37) % labels.len();
+                    app.append_one(&labels[i], t0 + round * 15_000, (i as f64) * 1.5);
+                }
+                n += app.commit().unwrap().appended;
             }
-            n += app.commit().unwrap().appended;
         }
+        let before = db.metrics().wal_bytes_written.get();
+        let mut app = db.appender();
+        for k in 0..2000usize {
+            app.append_one(&labels[(k * 53) % labels.len()], t0 + 30_000, k as f64);
+        }
+        n += app.commit().unwrap().appended;
+        let per = (db.metrics().wal_bytes_written.get() - before) as f64 / 2000.0;
+        println!(
+            "WAL bytes per sample (compression {compression}, a commit of 2000 known series): {per:.2}; total incl. series records: {:.2}",
+            db.metrics().wal_bytes_written.get() as f64 / n as f64
+        );
+        assert!(per < limit, "compression {compression}: {per}");
     }
-    let before = db.metrics().wal_bytes_written.get();
-    let mut app = db.appender();
-    for k in 0..2000usize {
-        app.append_one(&labels[(k * 53) % labels.len()], t0 + 30_000, k as f64);
-    }
-    n += app.commit().unwrap().appended;
-    let per = (db.metrics().wal_bytes_written.get() - before) as f64 / 2000.0;
-    println!(
-        "WAL bytes per sample (a commit of 2000 known series): {per:.2}; total incl. series records: {:.2}",
-        db.metrics().wal_bytes_written.get() as f64 / n as f64
-    );
-    assert!(per < 13.0, "{per}");
 }

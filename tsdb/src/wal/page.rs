@@ -11,8 +11,9 @@
 //! padded, and so may be the rest of a page at the end of a segment. A segment may end
 //! anywhere (Prometheus's reader treats a short last page as padded).
 //!
-//! Orrery writes records uncompressed (the samples path is CPU bound; see the README's
-//! performance section) and reads uncompressed and snappy records. Zstd records are
+//! Orrery writes records snappy-compressed when that makes them smaller (as Prometheus
+//! does with `--storage.tsdb.wal-compression`, its default) or uncompressed when
+//! compression is off, and reads uncompressed and snappy records. Zstd records are
 //! reported as undecodable and skipped (Prometheus uses snappy unless told otherwise).
 
 use super::Scan;
@@ -33,9 +34,11 @@ const LAST: u8 = 4;
 
 /// Appends `payload` as a record to `out`, whose first byte lands at segment offset
 /// `base`: splits it into fragments that fit the pages and pads a page that has no room
-/// for another header. Records are written uncompressed.
+/// for another header. `snappy`: the payload is snappy-compressed (every fragment's type
+/// byte says so, as Prometheus writes it).
 #[inline]
-pub fn put_record(out: &mut Vec<u8>, base: u64, payload: &[u8]) {
+pub fn put_record(out: &mut Vec<u8>, base: u64, payload: &[u8], snappy: bool) {
+    let flag = if snappy { SNAPPY } else { 0 };
     let mut rest = payload;
     let mut first = true;
     loop {
@@ -54,7 +57,7 @@ pub fn put_record(out: &mut Vec<u8>, base: u64, payload: &[u8]) {
             (false, true) => LAST,
         };
         let (part, tail) = rest.split_at(n);
-        out.push(typ);
+        out.push(typ | flag);
         out.extend_from_slice(&(n as u16).to_be_bytes());
         out.extend_from_slice(&crc32c::crc32c(part).to_be_bytes());
         out.extend_from_slice(part);
@@ -350,7 +353,7 @@ mod tests {
             .collect();
         let mut mine = Vec::new();
         for r in &recs {
-            put_record(&mut mine, 0, r);
+            put_record(&mut mine, 0, r, false);
         }
         let theirs = crate::wal::ident::tests::prometheus_segment(
             &recs.iter().map(|r| (r.clone(), false)).collect::<Vec<_>>(),
@@ -375,7 +378,7 @@ mod tests {
         let recs: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i + 1; 40_000]).collect();
         let mut seg = Vec::new();
         for r in &recs {
-            put_record(&mut seg, 0, r);
+            put_record(&mut seg, 0, r, false);
         }
         // Flip a byte in the second page: inside record 0's last fragment.
         seg[PAGE + 100] ^= 0xff;
@@ -403,7 +406,7 @@ mod tests {
             for r in &recs {
                 let before = buf.len();
                 let mut tmp = Vec::new();
-                put_record(&mut tmp, before as u64, r);
+                put_record(&mut tmp, before as u64, r, false);
                 prop_assert_eq!(tmp.len(), framed_len(before as u64, r.len()));
                 buf.extend_from_slice(&tmp);
                 ends.push(buf.len());
