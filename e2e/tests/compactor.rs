@@ -124,8 +124,10 @@ impl Fixture {
             .arg(format!("--data-dir={}", self.dir.path().join("compact-data").display()))
             .arg("--consistency-delay=0s")
             .arg(format!("--deduplication.replica-label={REPLICA}"))
-            .arg(format!("--http-address=127.0.0.1:{}", free_port()))
             .args(extra);
+        if !extra.iter().any(|a| a.starts_with("--http-address")) {
+            cmd.arg(format!("--http-address=127.0.0.1:{}", free_port()));
+        }
         Proc::spawn("orrery compact", cmd, self.dir.path().join(log))
     }
 
