@@ -36,6 +36,8 @@ enum Command {
     Store(store::StoreArgs),
     /// Reconcile ReceiveCluster and GlobalView resources on Kubernetes.
     Operator(operator::OperatorArgs),
+    /// Compact, deduplicate and apply retention to a bucket of blocks (Thanos's compactor).
+    Compact(compact::CompactArgs),
     /// Receiver + querier in one process with defaults: the quickest way to a global view.
     Standalone(standalone::StandaloneArgs),
     /// Utilities: `tools bucket ls|inspect|verify|mark|upload-blocks` (Thanos's names).
@@ -54,6 +56,7 @@ fn main() -> anyhow::Result<()> {
             Command::Query(args) => querier::run(args).await,
             Command::Store(args) => store::run(args).await,
             Command::Operator(args) => operator::run(args).await,
+            Command::Compact(args) => compact::run(args).await,
             Command::Standalone(args) => standalone::run(args).await,
             Command::Tools(args) => tools::run(args).await,
         }
@@ -66,7 +69,7 @@ mod tests {
 
     #[test]
     fn log_flags_are_accepted_on_every_subcommand() {
-        for sub in ["receive", "query", "operator", "standalone"] {
+        for sub in ["receive", "query", "operator", "compact", "standalone"] {
             for args in [
                 vec!["orrery", sub, "--log.level=debug", "--log.format=json"],
                 vec!["orrery", "--log.format=logfmt", "--log.level=warn", sub],

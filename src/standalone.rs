@@ -42,6 +42,12 @@ pub struct StandaloneArgs {
     /// The objstore YAML itself, instead of --objstore.config-file.
     #[arg(long = "objstore.config", value_name = "YAML")]
     pub objstore_config: Option<String>,
+    /// The embedded compactor's /metrics, /-/healthy, /-/ready.
+    #[arg(long = "compact.http-address", default_value = "127.0.0.1:10912")]
+    pub compact_http_address: String,
+    /// Do not run the compactor over the bucket.
+    #[arg(long = "compact.disable")]
+    pub compact_disable: bool,
 }
 
 /// The default bucket: a FILESYSTEM bucket beside the data dir. Not inside it: every
@@ -55,6 +61,35 @@ fn default_bucket_dir(tsdb_path: &str) -> String {
 struct ReceiveCli {
     #[command(flatten)]
     args: receiver::ReceiveArgs,
+}
+
+#[derive(Parser)]
+struct CompactCli {
+    #[command(flatten)]
+    args: compact::CompactArgs,
+}
+
+/// The compactor over the same bucket: a pass every 5 minutes (Thanos's
+/// `--wait-interval`), scratch space beside the data dir, replicas deduplicated by
+/// `receive_replica`, its /metrics on `--compact.http-address`.
+fn compact_args(a: &StandaloneArgs) -> anyhow::Result<compact::CompactArgs> {
+    let mut c = vec![
+        "compact".to_string(),
+        "--wait".to_string(),
+        format!("--data-dir={}-compact", a.tsdb_path.trim_end_matches('/')),
+        format!("--http-address={}", a.compact_http_address),
+        "--deduplication.replica-label=receive_replica".to_string(),
+        "--downsampling.disable".to_string(),
+    ];
+    match (&a.objstore_config_file, &a.objstore_config) {
+        (Some(f), _) => c.push(format!("--objstore.config-file={f}")),
+        (None, Some(y)) => c.push(format!("--objstore.config={y}")),
+        (None, None) => c.push(format!(
+            "--objstore.config=type: FILESYSTEM\nconfig:\n  directory: {}\n",
+            serde_json::Value::from(default_bucket_dir(&a.tsdb_path))
+        )),
+    }
+    Ok(CompactCli::try_parse_from(c)?.args)
 }
 
 #[derive(Parser)]
@@ -118,8 +153,17 @@ pub async fn run(a: StandaloneArgs) -> anyhow::Result<()> {
         a.http_address,
         remote_write_snippet(&a.remote_write_address)
     );
-    let (r, q) = tokio::join!(receiver::run(receive), querier::run(query));
-    r.and(q)
+    if a.compact_disable {
+        let (r, q) = tokio::join!(receiver::run(receive), querier::run(query));
+        return r.and(q);
+    }
+    let compact = compact_args(&a)?;
+    let (r, q, c) = tokio::join!(
+        receiver::run(receive),
+        querier::run(query),
+        compact::run(compact)
+    );
+    r.and(q).and(c)
 }
 
 #[cfg(test)]
@@ -139,7 +183,14 @@ mod tests {
             too_far_in_future: "10m".into(),
             objstore_config_file: None,
             objstore_config: None,
+            compact_http_address: "127.0.0.1:10912".into(),
+            compact_disable: false,
         };
+        let c = compact_args(&a).unwrap();
+        assert!(c.wait);
+        assert_eq!(c.replica_labels, ["receive_replica"]);
+        assert_eq!(c.http_address.to_string(), "127.0.0.1:10912");
+        assert!(c.objstore_config.as_deref().is_some_and(|y| y.contains("data-bucket")));
         let (r, q) = component_args(&a).unwrap();
         assert_eq!(r.grpc_address.to_string(), "127.0.0.1:10901");
         assert_eq!(r.http_address.to_string(), "127.0.0.1:10909");
@@ -181,6 +232,8 @@ mod tests {
             too_far_in_future: "10m".into(),
             objstore_config_file: None,
             objstore_config: None,
+            compact_http_address: "127.0.0.1:10912".into(),
+            compact_disable: false,
         };
         assert!(component_args(&a).is_err());
     }

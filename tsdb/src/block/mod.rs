@@ -16,6 +16,7 @@
 //! [`BlockError`], never a panic.
 
 pub mod chunks;
+pub mod compact;
 pub mod encoding;
 pub mod index;
 pub mod meta;
@@ -33,7 +34,8 @@ pub use index::ChunkMeta;
 pub use meta::{
     BlockDesc, BlockMeta, BlockMetaCompaction, BlockStats, ThanosDownsample, ThanosMeta,
 };
-pub use reader::{Block, label_names, label_values, postings_for_matchers};
+pub use compact::{MergeError, MergeReport, merge_blocks, verify_block};
+pub use reader::{Block, SeriesIter, label_names, label_values, postings_for_matchers};
 pub use retention::{BlockEntry, apply_retention, delete_block, list_blocks, remove_tmp_dirs};
 pub use ulid::{Ulid, UlidError};
 pub use writer::{

@@ -309,3 +309,49 @@ fn apply_tombstones(chunks: Vec<Chunk>, ivs: &[(i64, i64)]) -> Result<Vec<Chunk>
     }
     Ok(out)
 }
+
+impl Block {
+    /// Every series of the block, sorted by labels, read lazily one at a time (only the
+    /// sorted series IDs are held): what a merge of several blocks streams through.
+    /// Tombstoned samples are removed as in [`Block::select`].
+    pub fn series_iter(&self) -> Result<SeriesIter<'_>, BlockError> {
+        Ok(SeriesIter {
+            block: self,
+            ids: self.index.all_postings()?,
+            pos: 0,
+        })
+    }
+}
+
+/// Lazy iterator over a block's series; see [`Block::series_iter`].
+pub struct SeriesIter<'a> {
+    block: &'a Block,
+    ids: Vec<u32>,
+    pos: usize,
+}
+
+impl Iterator for SeriesIter<'_> {
+    type Item = Result<(Labels, Vec<Chunk>), BlockError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let id = *self.ids.get(self.pos)?;
+            self.pos += 1;
+            let r = (|| {
+                let (labels, metas) = self.block.index.series(id)?;
+                let mut chunks = Vec::with_capacity(metas.len());
+                for m in metas {
+                    chunks.push(self.block.chunks.chunk(m.chunk_ref, m.min_time, m.max_time)?);
+                }
+                if let Some(ivs) = self.block.tombstones.get(&id) {
+                    chunks = apply_tombstones(chunks, ivs)?;
+                }
+                Ok((labels, chunks))
+            })();
+            match r {
+                Ok((_, c)) if c.is_empty() => continue,
+                other => return Some(other),
+            }
+        }
+    }
+}

@@ -33,6 +33,7 @@ pub struct Chunk {
     pub data: Bytes,
 }
 
+pub mod aggr;
 pub mod xor;
 
 pub use xor::{XorChunk, XorIterator};

@@ -1,0 +1,324 @@
+//! `orrery compact`: Thanos's compactor for a bucket of TSDB blocks.
+//!
+//! - [`planner`]: groups, Thanos's leveled plan (2h → 8h → 2d → 14d), retention — pure.
+//! - [`compactor`]: one pass over the bucket (compaction with vertical merging and
+//!   replica deduplication, garbage collection, retention, the blocks cleaner, aborted
+//!   partial uploads), crash-safe by ordering.
+//! - [`metrics`]: `thanos_compact_*`.
+//!
+//! The merging itself is the tsdb crate's ([`tsdb::block::merge_blocks`]).
+
+pub mod compactor;
+pub mod metrics;
+pub mod planner;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use clap::{ArgAction, Args};
+use prometheus_client::registry::Registry;
+
+pub use compactor::{CompactConfig, Compactor, PassReport};
+pub use metrics::CompactMetrics;
+
+/// Flags of `orrery compact`, named as Thanos's `thanos compact`.
+#[derive(Args, Debug, Clone)]
+pub struct CompactArgs {
+    /// Object storage YAML file (Thanos's format: `type: S3|GCS|AZURE|FILESYSTEM`).
+    #[arg(long = "objstore.config-file", value_name = "FILE", conflicts_with = "objstore_config")]
+    pub objstore_config_file: Option<PathBuf>,
+    /// The objstore YAML itself, instead of --objstore.config-file.
+    #[arg(long = "objstore.config", value_name = "YAML")]
+    pub objstore_config: Option<String>,
+    /// Scratch space for downloaded and merged blocks, and the meta cache.
+    #[arg(long = "data-dir", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Keep running, one pass every --wait-interval; without it one pass, then exit.
+    #[arg(long = "wait", short = 'w', num_args = 0..=1, default_missing_value = "true",
+          default_value = "false", action = ArgAction::Set)]
+    pub wait: bool,
+    /// Pause between passes with --wait.
+    #[arg(long = "wait-interval", default_value = "5m", value_parser = parse_duration)]
+    pub wait_interval: Duration,
+    /// Minimum age of a non-compactor block before it is compacted (eventual
+    /// consistency of listings).
+    #[arg(long = "consistency-delay", default_value = "30m", value_parser = parse_duration)]
+    pub consistency_delay: Duration,
+    /// How long a block marked for deletion stays before the cleaner deletes it (readers
+    /// hide it earlier). 0 deletes at once.
+    #[arg(long = "delete-delay", default_value = "48h", value_parser = parse_duration)]
+    pub delete_delay: Duration,
+    /// Retention of raw blocks (0d: forever).
+    #[arg(long = "retention.resolution-raw", default_value = "0d", value_parser = parse_duration)]
+    pub retention_raw: Duration,
+    /// Retention of 5m downsampled blocks (0d: forever).
+    #[arg(long = "retention.resolution-5m", default_value = "0d", value_parser = parse_duration)]
+    pub retention_5m: Duration,
+    /// Retention of 1h downsampled blocks (0d: forever).
+    #[arg(long = "retention.resolution-1h", default_value = "0d", value_parser = parse_duration)]
+    pub retention_1h: Duration,
+    /// Do not downsample. (Downsampling is not implemented yet in Orrery; the flag is
+    /// accepted so Thanos command lines keep working.)
+    #[arg(long = "downsampling.disable", num_args = 0..=1, default_missing_value = "true",
+          default_value = "false", action = ArgAction::Set)]
+    pub downsampling_disable: bool,
+    /// External label naming replicas (repeatable or comma-separated): removed from
+    /// block labels so replicas compact together, their identical samples kept once.
+    #[arg(long = "deduplication.replica-label", value_delimiter = ',')]
+    pub replica_labels: Vec<String>,
+    /// Deduplication of overlapping samples: "" (1:1, identical samples kept once) or
+    /// "penalty" (not supported yet).
+    #[arg(long = "deduplication.func", default_value = "")]
+    pub dedup_func: String,
+    /// Groups compacted in parallel.
+    #[arg(long = "compact.concurrency", default_value_t = 1)]
+    pub concurrency: usize,
+    /// Listen address for /metrics, /-/healthy and /-/ready.
+    #[arg(long = "http-address", default_value = "0.0.0.0:10902")]
+    pub http_address: SocketAddr,
+}
+
+/// Thanos's (Prometheus model) durations: `30m`, `48h`, `0d`, `2w`, `1h30m`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?} (want e.g. 30s, 5m, 48h, 14d, 1w)");
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total: u128 = 0;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u128 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
+        let ms: u128 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            "y" => 365 * 86_400_000,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(n.checked_mul(ms).ok_or_else(bad)?).ok_or_else(bad)?;
+    }
+    u64::try_from(total).map(Duration::from_millis).map_err(|_| bad())
+}
+
+impl CompactArgs {
+    /// Checks the flags as Thanos does at startup.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match self.dedup_func.as_str() {
+            "" => {}
+            "penalty" => bail!(
+                "--deduplication.func=penalty is not supported by Orrery yet; use the default \"\" (1:1 deduplication of identical samples, right for receive replication)"
+            ),
+            other => bail!("--deduplication.func={other:?}: want \"\" or \"penalty\""),
+        }
+        if !self.downsampling_disable {
+            if !self.retention_raw.is_zero() && self.retention_raw < Duration::from_secs(40 * 3600) {
+                bail!("--retention.resolution-raw must be at least 40h (or 0d) when downsampling is enabled");
+            }
+            if !self.retention_5m.is_zero() && self.retention_5m < Duration::from_secs(10 * 86400) {
+                bail!("--retention.resolution-5m must be at least 10d (or 0d) when downsampling is enabled");
+            }
+        }
+        if self.concurrency == 0 {
+            bail!("--compact.concurrency must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn config(&self) -> CompactConfig {
+        CompactConfig {
+            data_dir: self.data_dir.clone(),
+            consistency_delay: self.consistency_delay,
+            delete_delay: self.delete_delay,
+            retention: [self.retention_raw, self.retention_5m, self.retention_1h],
+            replica_labels: self.replica_labels.clone(),
+            concurrency: self.concurrency,
+        }
+    }
+}
+
+struct Ops {
+    registry: Arc<Mutex<Registry>>,
+    ready: Arc<AtomicBool>,
+}
+
+fn ops_router(st: Arc<Ops>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/-/healthy", get(|| async { "OK\n" }))
+        .route("/-/ready", get(ready_handler))
+        .with_state(st)
+}
+
+async fn ready_handler(State(st): State<Arc<Ops>>) -> Response {
+    if st.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "OK\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting\n").into_response()
+    }
+}
+
+async fn metrics_handler(State(st): State<Arc<Ops>>) -> Response {
+    let mut out = String::new();
+    let r = {
+        let reg = st.registry.lock().unwrap_or_else(|e| e.into_inner());
+        prometheus_client::encoding::text::encode(&mut out, &reg)
+    };
+    match r {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            out,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n")).into_response(),
+    }
+}
+
+/// Runs the compactor: one pass (or, with `--wait`, a pass every `--wait-interval`
+/// until SIGINT/SIGTERM), serving /metrics, /-/healthy and /-/ready meanwhile.
+pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let cfg = objstore::BucketConfig::from_flags(
+        args.objstore_config_file.as_deref(),
+        args.objstore_config.as_deref(),
+    )?
+    .context("orrery compact needs --objstore.config or --objstore.config-file")?;
+    let mut registry = Registry::default();
+    let bucket = objstore::Bucket::new(&cfg, Some(&mut registry))?;
+    let metrics = CompactMetrics::default();
+    metrics.register(&mut registry);
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
+    let ops = Arc::new(Ops {
+        registry: Arc::new(Mutex::new(registry)),
+        ready: Arc::new(AtomicBool::new(false)),
+    });
+    let listener = tokio::net::TcpListener::bind(args.http_address)
+        .await
+        .with_context(|| format!("binding --http-address {}", args.http_address))?;
+    tracing::info!(address = %args.http_address, "listening for /metrics and probes");
+    let router = ops_router(Arc::clone(&ops));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    if !args.downsampling_disable {
+        tracing::warn!("downsampling is not implemented yet: raw blocks are compacted only");
+    }
+    let compactor = Arc::new(Compactor::new(bucket, args.config(), metrics));
+    ops.ready.store(true, Ordering::Release);
+    run_loop(&compactor, args.wait, args.wait_interval).await
+}
+
+/// Passes until done (`wait` false: one pass, its error returned) or a signal arrives.
+pub async fn run_loop(compactor: &Arc<Compactor>, wait: bool, interval: Duration) -> anyhow::Result<()> {
+    loop {
+        let started = std::time::Instant::now();
+        match compactor.run_once().await {
+            Ok(r) => tracing::info!(took = ?started.elapsed(), compactions = r.compactions,
+                marked_no_compact = r.marked_no_compact, garbage_collected = r.garbage_collected,
+                retention_marked = r.retention_marked, deleted = r.deleted,
+                partial_deleted = r.partial_deleted, failed_groups = r.failed_groups,
+                "compaction pass done"),
+            Err(e) if wait => tracing::error!(error = %e, "compaction pass failed; retrying after --wait-interval"),
+            Err(e) => return Err(e.into()),
+        }
+        if !wait {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: CompactArgs,
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("0d").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2w").unwrap(), Duration::from_secs(14 * 86400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        for bad in ["", "5", "m", "5x", "-1h", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn thanos_flags_parse_with_defaults() {
+        let c = Cli::try_parse_from(["x", "--objstore.config=type: FILESYSTEM"]).unwrap().a;
+        assert!(!c.wait);
+        assert_eq!(c.consistency_delay, Duration::from_secs(1800));
+        assert_eq!(c.delete_delay, Duration::from_secs(48 * 3600));
+        assert_eq!(c.http_address.port(), 10902);
+        let c = Cli::try_parse_from([
+            "x", "--wait", "--deduplication.replica-label=receive_replica",
+            "--deduplication.replica-label", "replica,prometheus_replica",
+            "--downsampling.disable", "--retention.resolution-raw=30d",
+        ])
+        .unwrap()
+        .a;
+        assert!(c.wait && c.downsampling_disable);
+        assert_eq!(c.replica_labels, ["receive_replica", "replica", "prometheus_replica"]);
+        c.validate().unwrap();
+        let c = Cli::try_parse_from(["x", "--wait=false"]).unwrap().a;
+        assert!(!c.wait);
+        let c = Cli::try_parse_from(["x", "--deduplication.func=penalty"]).unwrap().a;
+        assert!(c.validate().unwrap_err().to_string().contains("penalty"));
+        let c = Cli::try_parse_from(["x", "--retention.resolution-raw=1d"]).unwrap().a;
+        assert!(c.validate().is_err());
+    }
+}
