@@ -290,7 +290,7 @@ fn receiver_serves_a_zstd_compressed_prometheus_wal() {
 
 #[test]
 fn receiver_serves_prometheus_wal_and_prometheus_reads_orrery_wal() {
-    let (pdir, data, base) = prometheus_killed_with_its_head_in_the_wal(&[]);
+    let (_pdir, data, base) = prometheus_killed_with_its_head_in_the_wal(&[]);
 
     // Thanos Receive's layout: the Prometheus data dir is tenant `default-tenant`.
     let work = tempfile::tempdir().unwrap();
