@@ -190,7 +190,11 @@ mod tests {
         assert!(c.wait);
         assert_eq!(c.replica_labels, ["receive_replica"]);
         assert_eq!(c.http_address.to_string(), "127.0.0.1:10912");
-        assert!(c.objstore_config.as_deref().is_some_and(|y| y.contains("data-bucket")));
+        assert!(
+            c.objstore_config
+                .as_deref()
+                .is_some_and(|y| y.contains("data-bucket"))
+        );
         let (r, q) = component_args(&a).unwrap();
         assert_eq!(r.grpc_address.to_string(), "127.0.0.1:10901");
         assert_eq!(r.http_address.to_string(), "127.0.0.1:10909");

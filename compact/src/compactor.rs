@@ -150,18 +150,17 @@ impl Compactor {
         self.metrics.todo_compactions.set(todo as i64);
         self.metrics.todo_compaction_blocks.set(todo_blocks as i64);
 
-        let results: Vec<(GroupKey, Result<(usize, usize), CompactError>)> =
-            stream::iter(groups)
-                .map(|(key, (metas, excluded))| {
-                    let this = Arc::clone(self);
-                    async move {
-                        let r = this.compact_group(&key, metas, excluded).await;
-                        (key, r)
-                    }
-                })
-                .buffer_unordered(self.cfg.concurrency.max(1))
-                .collect()
-                .await;
+        let results: Vec<(GroupKey, Result<(usize, usize), CompactError>)> = stream::iter(groups)
+            .map(|(key, (metas, excluded))| {
+                let this = Arc::clone(self);
+                async move {
+                    let r = this.compact_group(&key, metas, excluded).await;
+                    (key, r)
+                }
+            })
+            .buffer_unordered(self.cfg.concurrency.max(1))
+            .collect()
+            .await;
         for (key, r) in results {
             match r {
                 Ok((n, marked)) => {
@@ -203,9 +202,7 @@ impl Compactor {
             if b.deletion_mark.is_some() || hidden.contains(id) || !self.consistent(b, now) {
                 continue;
             }
-            let g = out
-                .entry(GroupKey::of(&b.meta, &[]))
-                .or_default();
+            let g = out.entry(GroupKey::of(&b.meta, &[])).or_default();
             if b.no_compact_mark.is_some() {
                 g.1.insert(*id);
             }
@@ -219,7 +216,12 @@ impl Compactor {
     /// slowly listed upload is not compacted half-seen.
     fn consistent(&self, b: &BlockEntry, now_ms: i64) -> bool {
         let t = b.meta.thanos.as_ref();
-        if t.is_some_and(|t| matches!(t.source.as_str(), "compactor" | "compactor.repair" | "bucket.repair")) {
+        if t.is_some_and(|t| {
+            matches!(
+                t.source.as_str(),
+                "compactor" | "compactor.repair" | "bucket.repair"
+            )
+        }) {
             return true;
         }
         let uploaded = t
@@ -273,13 +275,19 @@ impl Compactor {
                 .iter()
                 .filter_map(|id| metas.iter().find(|m| m.ulid == *id).cloned())
                 .collect();
-            let vertical = inputs
-                .iter()
-                .enumerate()
-                .any(|(i, a)| inputs[i + 1..].iter().any(|b| a.min_time < b.max_time && b.min_time < a.max_time));
+            let vertical = inputs.iter().enumerate().any(|(i, a)| {
+                inputs[i + 1..]
+                    .iter()
+                    .any(|b| a.min_time < b.max_time && b.min_time < a.max_time)
+            });
             if vertical && key.resolution > 0 {
                 for m in &inputs[1..] {
-                    self.mark_no_compact(m.ulid, REASON_DOWNSAMPLE_OVERLAP, "overlapping downsampled blocks are not vertically compacted").await?;
+                    self.mark_no_compact(
+                        m.ulid,
+                        REASON_DOWNSAMPLE_OVERLAP,
+                        "overlapping downsampled blocks are not vertically compacted",
+                    )
+                    .await?;
                     excluded.insert(m.ulid);
                     marked += 1;
                 }
@@ -290,14 +298,24 @@ impl Compactor {
                     done += 1;
                     self.metrics.group_compactions.get_or_create(&glabels).inc();
                     if vertical {
-                        self.metrics.group_vertical_compactions.get_or_create(&glabels).inc();
+                        self.metrics
+                            .group_vertical_compactions
+                            .get_or_create(&glabels)
+                            .inc();
                     }
                     let set: BTreeSet<Ulid> = plan.iter().copied().collect();
                     metas.retain(|m| !set.contains(&m.ulid));
                     metas.push(out);
                 }
                 Err(CompactError::Merge {
-                    source: MergeError::Conflict { series, t, a, b, blocks },
+                    source:
+                        MergeError::Conflict {
+                            series,
+                            t,
+                            a,
+                            b,
+                            blocks,
+                        },
                     ..
                 }) => {
                     // Keep the older block compacting; leave out the newer (usually the
@@ -309,7 +327,8 @@ impl Compactor {
                     );
                     tracing::warn!(group = %key.key(), block = %victim, %details,
                         "marking block no-compact: merging it would have to drop one of two different samples");
-                    self.mark_no_compact(victim, REASON_CONFLICT, &details).await?;
+                    self.mark_no_compact(victim, REASON_CONFLICT, &details)
+                        .await?;
                     excluded.insert(victim);
                     marked += 1;
                 }
@@ -319,7 +338,12 @@ impl Compactor {
         Ok((done, marked))
     }
 
-    async fn mark_no_compact(&self, id: Ulid, reason: &str, details: &str) -> Result<(), CompactError> {
+    async fn mark_no_compact(
+        &self,
+        id: Ulid,
+        reason: &str,
+        details: &str,
+    ) -> Result<(), CompactError> {
         let m = NoCompactMark::new(id, reason, details, now_unix_s());
         if markers::write_marker(&self.bucket, &m).await? {
             self.metrics.marked(NO_COMPACT_MARK, reason);
@@ -328,19 +352,29 @@ impl Compactor {
     }
 
     /// Downloads, merges, verifies, uploads (meta.json last), then marks the sources.
-    async fn compact_plan(&self, key: &GroupKey, inputs: &[BlockMeta]) -> Result<BlockMeta, CompactError> {
+    async fn compact_plan(
+        &self,
+        key: &GroupKey,
+        inputs: &[BlockMeta],
+    ) -> Result<BlockMeta, CompactError> {
         let work = self.cfg.data_dir.join("compact").join(key.key());
         let local = |path: &Path| {
             let path = path.to_path_buf();
             move |source| CompactError::Local { path, source }
         };
         if work.exists() {
-            tokio::fs::remove_dir_all(&work).await.map_err(local(&work))?;
+            tokio::fs::remove_dir_all(&work)
+                .await
+                .map_err(local(&work))?;
         }
         let in_dir = work.join("in");
         let out_dir = work.join("out");
-        tokio::fs::create_dir_all(&in_dir).await.map_err(local(&in_dir))?;
-        tokio::fs::create_dir_all(&out_dir).await.map_err(local(&out_dir))?;
+        tokio::fs::create_dir_all(&in_dir)
+            .await
+            .map_err(local(&in_dir))?;
+        tokio::fs::create_dir_all(&out_dir)
+            .await
+            .map_err(local(&out_dir))?;
         for m in inputs {
             objstore::block::download_block(&self.bucket, m.ulid, &in_dir).await?;
         }
@@ -385,12 +419,18 @@ impl Compactor {
             samples = meta.stats.num_samples, duplicates_dropped = dup,
             "compacted block uploaded");
         for id in &ids {
-            let m = DeletionMark::new(*id, format!("source of compacted block {}", meta.ulid), now_unix_s());
+            let m = DeletionMark::new(
+                *id,
+                format!("source of compacted block {}", meta.ulid),
+                now_unix_s(),
+            );
             if markers::write_marker(&self.bucket, &m).await? {
                 self.metrics.marked(DELETION_MARK, "compaction");
             }
         }
-        tokio::fs::remove_dir_all(&work).await.map_err(local(&work))?;
+        tokio::fs::remove_dir_all(&work)
+            .await
+            .map_err(local(&work))?;
         Ok(uploaded)
     }
 
@@ -470,8 +510,12 @@ impl Compactor {
                 }
             };
             let due = match &mark {
-                Some(m) => now.timestamp() - m.deletion_time >= self.cfg.delete_delay.as_secs() as i64,
-                None => (now - newest).to_std().is_ok_and(|age| age > PARTIAL_UPLOAD_THRESHOLD),
+                Some(m) => {
+                    now.timestamp() - m.deletion_time >= self.cfg.delete_delay.as_secs() as i64
+                }
+                None => (now - newest)
+                    .to_std()
+                    .is_ok_and(|age| age > PARTIAL_UPLOAD_THRESHOLD),
             };
             if !due {
                 continue;

@@ -34,7 +34,11 @@ pub use metrics::CompactMetrics;
 #[derive(Args, Debug, Clone)]
 pub struct CompactArgs {
     /// Object storage YAML file (Thanos's format: `type: S3|GCS|AZURE|FILESYSTEM`).
-    #[arg(long = "objstore.config-file", value_name = "FILE", conflicts_with = "objstore_config")]
+    #[arg(
+        long = "objstore.config-file",
+        value_name = "FILE",
+        conflicts_with = "objstore_config"
+    )]
     pub objstore_config_file: Option<PathBuf>,
     /// The objstore YAML itself, instead of --objstore.config-file.
     #[arg(long = "objstore.config", value_name = "YAML")]
@@ -117,9 +121,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
-        total = total.checked_add(n.checked_mul(ms).ok_or_else(bad)?).ok_or_else(bad)?;
+        total = total
+            .checked_add(n.checked_mul(ms).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
     }
-    u64::try_from(total).map(Duration::from_millis).map_err(|_| bad())
+    u64::try_from(total)
+        .map(Duration::from_millis)
+        .map_err(|_| bad())
 }
 
 impl CompactArgs {
@@ -133,11 +141,16 @@ impl CompactArgs {
             other => bail!("--deduplication.func={other:?}: want \"\" or \"penalty\""),
         }
         if !self.downsampling_disable {
-            if !self.retention_raw.is_zero() && self.retention_raw < Duration::from_secs(40 * 3600) {
-                bail!("--retention.resolution-raw must be at least 40h (or 0d) when downsampling is enabled");
+            if !self.retention_raw.is_zero() && self.retention_raw < Duration::from_secs(40 * 3600)
+            {
+                bail!(
+                    "--retention.resolution-raw must be at least 40h (or 0d) when downsampling is enabled"
+                );
             }
             if !self.retention_5m.is_zero() && self.retention_5m < Duration::from_secs(10 * 86400) {
-                bail!("--retention.resolution-5m must be at least 10d (or 0d) when downsampling is enabled");
+                bail!(
+                    "--retention.resolution-5m must be at least 10d (or 0d) when downsampling is enabled"
+                );
             }
         }
         if self.concurrency == 0 {
@@ -188,11 +201,18 @@ async fn metrics_handler(State(st): State<Arc<Ops>>) -> Response {
     match r {
         Ok(()) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             out,
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -234,7 +254,11 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
 }
 
 /// Passes until done (`wait` false: one pass, its error returned) or a signal arrives.
-pub async fn run_loop(compactor: &Arc<Compactor>, wait: bool, interval: Duration) -> anyhow::Result<()> {
+pub async fn run_loop(
+    compactor: &Arc<Compactor>,
+    wait: bool,
+    interval: Duration,
+) -> anyhow::Result<()> {
     loop {
         let started = std::time::Instant::now();
         match compactor.run_once().await {
@@ -243,7 +267,9 @@ pub async fn run_loop(compactor: &Arc<Compactor>, wait: bool, interval: Duration
                 retention_marked = r.retention_marked, deleted = r.deleted,
                 partial_deleted = r.partial_deleted, failed_groups = r.failed_groups,
                 "compaction pass done"),
-            Err(e) if wait => tracing::error!(error = %e, "compaction pass failed; retrying after --wait-interval"),
+            Err(e) if wait => {
+                tracing::error!(error = %e, "compaction pass failed; retrying after --wait-interval")
+            }
             Err(e) => return Err(e.into()),
         }
         if !wait {
@@ -290,7 +316,10 @@ mod tests {
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
         assert_eq!(parse_duration("0d").unwrap(), Duration::ZERO);
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("2w").unwrap(), Duration::from_secs(14 * 86400));
+        assert_eq!(
+            parse_duration("2w").unwrap(),
+            Duration::from_secs(14 * 86400)
+        );
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         for bad in ["", "5", "m", "5x", "-1h", "1.5h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
@@ -299,26 +328,39 @@ mod tests {
 
     #[test]
     fn thanos_flags_parse_with_defaults() {
-        let c = Cli::try_parse_from(["x", "--objstore.config=type: FILESYSTEM"]).unwrap().a;
+        let c = Cli::try_parse_from(["x", "--objstore.config=type: FILESYSTEM"])
+            .unwrap()
+            .a;
         assert!(!c.wait);
         assert_eq!(c.consistency_delay, Duration::from_secs(1800));
         assert_eq!(c.delete_delay, Duration::from_secs(48 * 3600));
         assert_eq!(c.http_address.port(), 10902);
         let c = Cli::try_parse_from([
-            "x", "--wait", "--deduplication.replica-label=receive_replica",
-            "--deduplication.replica-label", "replica,prometheus_replica",
-            "--downsampling.disable", "--retention.resolution-raw=30d",
+            "x",
+            "--wait",
+            "--deduplication.replica-label=receive_replica",
+            "--deduplication.replica-label",
+            "replica,prometheus_replica",
+            "--downsampling.disable",
+            "--retention.resolution-raw=30d",
         ])
         .unwrap()
         .a;
         assert!(c.wait && c.downsampling_disable);
-        assert_eq!(c.replica_labels, ["receive_replica", "replica", "prometheus_replica"]);
+        assert_eq!(
+            c.replica_labels,
+            ["receive_replica", "replica", "prometheus_replica"]
+        );
         c.validate().unwrap();
         let c = Cli::try_parse_from(["x", "--wait=false"]).unwrap().a;
         assert!(!c.wait);
-        let c = Cli::try_parse_from(["x", "--deduplication.func=penalty"]).unwrap().a;
+        let c = Cli::try_parse_from(["x", "--deduplication.func=penalty"])
+            .unwrap()
+            .a;
         assert!(c.validate().unwrap_err().to_string().contains("penalty"));
-        let c = Cli::try_parse_from(["x", "--retention.resolution-raw=1d"]).unwrap().a;
+        let c = Cli::try_parse_from(["x", "--retention.resolution-raw=1d"])
+            .unwrap()
+            .a;
         assert!(c.validate().is_err());
     }
 }

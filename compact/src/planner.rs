@@ -226,7 +226,12 @@ mod tests {
     fn partial_range_before_the_newest_block_is_compacted() {
         // 0-2, 2-4 then a gap, then 10-12 and 12-14 (newest): [0,8) holds 0-4 only, but
         // it ends before the second-newest block's start, so it is compacted.
-        let bs = vec![meta(0, 2 * H), meta(2 * H, 4 * H), meta(10 * H, 12 * H), meta(12 * H, 14 * H)];
+        let bs = vec![
+            meta(0, 2 * H),
+            meta(2 * H, 4 * H),
+            meta(10 * H, 12 * H),
+            meta(12 * H, 14 * H),
+        ];
         assert_eq!(plan(&bs, &BTreeSet::new()), vec![bs[0].ulid, bs[1].ulid]);
     }
 

@@ -947,4 +947,3 @@ pub fn is_ordered(q: &str) -> bool {
     .iter()
     .any(|p| q.starts_with(p))
 }
-

@@ -68,18 +68,29 @@ impl Fixture {
         let mut sorted: Vec<(Labels, Vec<Chunk>)> = series
             .iter()
             .filter_map(|(k, s)| {
-                let s: Vec<_> = s.iter().copied().filter(|(t, _)| (mint..maxt).contains(t)).collect();
+                let s: Vec<_> = s
+                    .iter()
+                    .copied()
+                    .filter(|(t, _)| (mint..maxt).contains(t))
+                    .collect();
                 (!s.is_empty()).then(|| (parse_labels(k), xor_chunks(&s)))
             })
             .collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
         let meta = BlockWriter::write(&local, mint, maxt, sorted, &BlockOptions::default())
             .expect("write block");
-        let labels: BTreeMap<String, String> =
-            ext.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let labels: BTreeMap<String, String> = ext
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let dir = local.join(meta.ulid.to_string());
         self.rt
-            .block_on(objstore::block::upload_block(&self.bucket, &dir, &labels, "receive"))
+            .block_on(objstore::block::upload_block(
+                &self.bucket,
+                &dir,
+                &labels,
+                "receive",
+            ))
             .expect("upload block");
         std::fs::remove_dir_all(&dir).expect("remove local block");
         meta.ulid
@@ -121,7 +132,10 @@ impl Fixture {
         let mut cmd = Command::new(orrery_bin());
         cmd.arg("compact")
             .arg(format!("--objstore.config={}", self.yaml()))
-            .arg(format!("--data-dir={}", self.dir.path().join("compact-data").display()))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("compact-data").display()
+            ))
             .arg("--consistency-delay=0s")
             .arg(format!("--deduplication.replica-label={REPLICA}"))
             .args(extra);
@@ -149,7 +163,10 @@ fn wait_exit(p: &mut Proc, timeout: Duration) -> std::process::ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("orrery compact did not finish in {timeout:?}:\n{}", p.log_text());
+    panic!(
+        "orrery compact did not finish in {timeout:?}:\n{}",
+        p.log_text()
+    );
 }
 
 fn objstore_yaml(moto: &MotoServer) -> String {
@@ -231,7 +248,10 @@ fn dataset(n: usize, hours: i64) -> Data {
 }
 
 fn same(a: &[(i64, f64)], b: &[(i64, f64)]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && x.1.to_bits() == y.1.to_bits())
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.0 == y.0 && x.1.to_bits() == y.1.to_bits())
 }
 
 /// Uploads `hours` of 2h blocks for both replicas.
@@ -270,9 +290,11 @@ fn assert_reader_view(f: &Fixture, want: &Data) {
         let replica = t.labels.get(REPLICA).cloned();
         for (s, samples) in f.read_block(*id) {
             for (ts, v) in samples {
-                seen.entry((s.clone(), ts))
-                    .or_default()
-                    .push((v.to_bits(), compacted, replica.clone()));
+                seen.entry((s.clone(), ts)).or_default().push((
+                    v.to_bits(),
+                    compacted,
+                    replica.clone(),
+                ));
             }
         }
     }
@@ -282,19 +304,35 @@ fn assert_reader_view(f: &Fixture, want: &Data) {
             let e = seen
                 .remove(&(s.clone(), *t))
                 .unwrap_or_else(|| panic!("sample {s}@{t} missing from the bucket"));
-            assert!(e.iter().all(|x| x.0 == v.to_bits()), "{s}@{t}: wrong value {e:?}");
+            assert!(
+                e.iter().all(|x| x.0 == v.to_bits()),
+                "{s}@{t}: wrong value {e:?}"
+            );
             let compacted = e.iter().filter(|x| x.1).count();
             if compacted > 0 {
-                assert_eq!(e.len(), 1, "{s}@{t} counted {} times (compacted block + others)", e.len());
+                assert_eq!(
+                    e.len(),
+                    1,
+                    "{s}@{t} counted {} times (compacted block + others)",
+                    e.len()
+                );
             } else {
                 // Raw replica blocks: at most one per replica (the querier deduplicates).
                 let replicas: BTreeSet<_> = e.iter().map(|x| x.2.clone()).collect();
-                assert_eq!(replicas.len(), e.len(), "{s}@{t} twice in one replica: {e:?}");
+                assert_eq!(
+                    replicas.len(),
+                    e.len(),
+                    "{s}@{t} twice in one replica: {e:?}"
+                );
             }
             n += 1;
         }
     }
-    assert!(seen.is_empty(), "samples nobody wrote: {:?}", seen.keys().take(5).collect::<Vec<_>>());
+    assert!(
+        seen.is_empty(),
+        "samples nobody wrote: {:?}",
+        seen.keys().take(5).collect::<Vec<_>>()
+    );
     assert!(n > 0);
 }
 
@@ -315,7 +353,11 @@ fn two_replicas_compact_into_8h_and_2d_blocks_each_sample_once() {
     f.compact_once(&["--delete-delay=1h"], "compact-1.log");
 
     let d = f.discover();
-    let live: Vec<_> = d.blocks.values().filter(|b| b.deletion_mark.is_none()).collect();
+    let live: Vec<_> = d
+        .blocks
+        .values()
+        .filter(|b| b.deletion_mark.is_none())
+        .collect();
     let mut ranges: Vec<(i64, i64)> = live
         .iter()
         .map(|b| ((b.meta.min_time - t0()) / H, (b.meta.max_time - t0()) / H))
@@ -326,7 +368,15 @@ fn two_replicas_compact_into_8h_and_2d_blocks_each_sample_once() {
     // 2h blocks.
     assert_eq!(
         ranges,
-        vec![(0, 48), (48, 56), (56, 64), (64, 66), (66, 68), (68, 70), (70, 72)],
+        vec![
+            (0, 48),
+            (48, 56),
+            (56, 64),
+            (64, 66),
+            (66, 68),
+            (68, 70),
+            (70, 72)
+        ],
         "live blocks"
     );
     for b in &live {
@@ -340,12 +390,22 @@ fn two_replicas_compact_into_8h_and_2d_blocks_each_sample_once() {
         assert_eq!(t.downsample.resolution, 0);
         assert!(b.no_compact_mark.is_none());
     }
-    let big = live.iter().find(|b| b.meta.max_time - b.meta.min_time == 48 * H).expect("2d block");
+    let big = live
+        .iter()
+        .find(|b| b.meta.max_time - b.meta.min_time == 48 * H)
+        .expect("2d block");
     assert_eq!(big.meta.compaction.level, 4, "2h (dedup) → 8h → 2d");
-    assert_eq!(big.meta.compaction.sources.len(), 48, "24 windows × 2 replicas");
+    assert_eq!(
+        big.meta.compaction.sources.len(),
+        48,
+        "24 windows × 2 replicas"
+    );
     // Every input block is marked for deletion, none deleted yet (delete-delay 1h).
     for id in &inputs {
-        let b = d.blocks.get(id).unwrap_or_else(|| panic!("input {id} deleted too early"));
+        let b = d
+            .blocks
+            .get(id)
+            .unwrap_or_else(|| panic!("input {id} deleted too early"));
         assert!(b.deletion_mark.is_some(), "input {id} not marked");
     }
 
@@ -361,31 +421,60 @@ fn two_replicas_compact_into_8h_and_2d_blocks_each_sample_once() {
     }
     assert_eq!(got.len(), data.len());
     for (s, want) in &data {
-        assert!(same(&got[s], want), "series {s}: {} samples, want {}", got[s].len(), want.len());
+        assert!(
+            same(&got[s], want),
+            "series {s}: {} samples, want {}",
+            got[s].len(),
+            want.len()
+        );
     }
     assert_reader_view(&f, &data);
 
     // promtool reads the 2d block and dumps exactly the input's first two days.
     let pdir = f.dir.path().join("promtool");
     std::fs::create_dir_all(pdir.join("wal")).expect("mkdir");
-    f.rt
-        .block_on(objstore::block::download_block(&f.bucket, big.meta.ulid, &pdir))
-        .expect("download");
+    f.rt.block_on(objstore::block::download_block(
+        &f.bucket,
+        big.meta.ulid,
+        &pdir,
+    ))
+    .expect("download");
     let out = Command::new(promtool_bin())
-        .args(["tsdb", "dump", "--min-time", &t0().to_string(), "--max-time", &(t0() + 48 * H).to_string()])
+        .args([
+            "tsdb",
+            "dump",
+            "--min-time",
+            &t0().to_string(),
+            "--max-time",
+            &(t0() + 48 * H).to_string(),
+        ])
         .arg(&pdir)
         .output()
         .expect("run promtool");
-    assert!(out.status.success(), "promtool: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dump = e2e::parse_promtool_dump(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(dump.len(), data.len());
     for (s, all) in &data {
-        let want: Vec<_> = all.iter().copied().filter(|(t, _)| *t < t0() + 48 * H).collect();
-        let have = dump.get(s).unwrap_or_else(|| panic!("{s} missing from promtool dump"));
+        let want: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|(t, _)| *t < t0() + 48 * H)
+            .collect();
+        let have = dump
+            .get(s)
+            .unwrap_or_else(|| panic!("{s} missing from promtool dump"));
         assert_eq!(have.len(), want.len(), "{s}");
         for (h, w) in have.iter().zip(&want) {
             assert_eq!(h.0, w.0);
-            assert!(h.1.to_bits() == w.1.to_bits() || (h.1.is_nan() && w.1.is_nan()), "{s}@{}", w.0);
+            assert!(
+                h.1.to_bits() == w.1.to_bits() || (h.1.is_nan() && w.1.is_nan()),
+                "{s}@{}",
+                w.0
+            );
         }
     }
 
@@ -393,7 +482,12 @@ fn two_replicas_compact_into_8h_and_2d_blocks_each_sample_once() {
     // cleaner deletes every marked block (meta.json first, deletion mark last).
     let port = free_port();
     let mut p = f.compact(
-        &["--wait", "--wait-interval=1h", "--delete-delay=0s", &format!("--http-address=127.0.0.1:{port}")],
+        &[
+            "--wait",
+            "--wait-interval=1h",
+            "--delete-delay=0s",
+            &format!("--http-address=127.0.0.1:{port}"),
+        ],
         "compact-2.log",
     );
     let addr = format!("127.0.0.1:{port}");
@@ -407,14 +501,29 @@ fn two_replicas_compact_into_8h_and_2d_blocks_each_sample_once() {
     assert_eq!(http_get(&addr, "/-/ready").map(|r| r.0).ok(), Some(200));
     assert_eq!(http_get(&addr, "/-/healthy").map(|r| r.0).ok(), Some(200));
     assert_eq!(metric(&m, "thanos_compact_halted"), Some(0.0), "{m}");
-    assert_eq!(metric(&m, "thanos_compact_todo_compactions"), Some(0.0), "{m}");
-    assert!(metric(&m, "thanos_compact_blocks_cleaned_total").unwrap_or(0.0) >= 72.0, "{m}");
+    assert_eq!(
+        metric(&m, "thanos_compact_todo_compactions"),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(
+        metric(&m, "thanos_compact_blocks_cleaned_total").unwrap_or(0.0) >= 72.0,
+        "{m}"
+    );
     assert!(m.contains("thanos_objstore_bucket_operations_total"), "{m}");
-    assert!(p.terminate(Duration::from_secs(10)).is_some_and(|s| s.success()), "clean shutdown");
+    assert!(
+        p.terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
+        "clean shutdown"
+    );
 
     let d = f.discover();
     assert_eq!(d.blocks.len(), 7, "only the live blocks remain");
-    assert!(d.partial.is_empty(), "deleted blocks leave no objects: {:?}", d.partial);
+    assert!(
+        d.partial.is_empty(),
+        "deleted blocks leave no objects: {:?}",
+        d.partial
+    );
     for id in &inputs {
         assert!(!d.blocks.contains_key(id));
     }
@@ -431,11 +540,21 @@ fn contradicting_backfill_is_marked_no_compact_and_the_rest_compacts() {
     for (s, v) in &data {
         bad.insert(s.clone(), v.iter().map(|(t, x)| (*t, x + 1.0)).collect());
     }
-    let backfill = f.upload(t0() + 2 * H, t0() + 4 * H, &bad, &[("tenant_id", "default-tenant")]);
+    let backfill = f.upload(
+        t0() + 2 * H,
+        t0() + 4 * H,
+        &bad,
+        &[("tenant_id", "default-tenant")],
+    );
 
     let port = free_port();
     let mut p = f.compact(
-        &["--wait", "--wait-interval=1h", "--delete-delay=1h", &format!("--http-address=127.0.0.1:{port}")],
+        &[
+            "--wait",
+            "--wait-interval=1h",
+            "--delete-delay=1h",
+            &format!("--http-address=127.0.0.1:{port}"),
+        ],
         "compact.log",
     );
     let addr = format!("127.0.0.1:{port}");
@@ -456,13 +575,24 @@ fn contradicting_backfill_is_marked_no_compact_and_the_rest_compacts() {
     );
     assert_eq!(metric(&m, "thanos_compact_halted"), Some(0.0));
     p.terminate(Duration::from_secs(10));
-    assert!(p.log_text().contains("marking block no-compact"), "{}", p.log_text());
+    assert!(
+        p.log_text().contains("marking block no-compact"),
+        "{}",
+        p.log_text()
+    );
 
     let d = f.discover();
     let b = &d.blocks[&backfill];
-    let mark = b.no_compact_mark.as_ref().expect("backfill marked no-compact");
+    let mark = b
+        .no_compact_mark
+        .as_ref()
+        .expect("backfill marked no-compact");
     assert_eq!(mark.reason, "vertical-compaction-conflicting-samples");
-    assert!(mark.details.contains("different values"), "{}", mark.details);
+    assert!(
+        mark.details.contains("different values"),
+        "{}",
+        mark.details
+    );
     assert!(b.deletion_mark.is_none());
     // The replicas still compacted: 8h blocks [0,8) and [8,16) exist.
     let live: BTreeSet<(i64, i64)> = d
@@ -471,7 +601,10 @@ fn contradicting_backfill_is_marked_no_compact_and_the_rest_compacts() {
         .filter(|b| b.deletion_mark.is_none() && b.meta.ulid != backfill)
         .map(|b| ((b.meta.min_time - t0()) / H, (b.meta.max_time - t0()) / H))
         .collect();
-    assert!(live.contains(&(0, 8)) && live.contains(&(8, 16)), "{live:?}");
+    assert!(
+        live.contains(&(0, 8)) && live.contains(&(8, 16)),
+        "{live:?}"
+    );
 }
 
 #[test]
@@ -497,7 +630,10 @@ fn sigkill_at_random_points_never_loses_or_doubles_a_sample() {
         p.kill();
         assert_reader_view(&f, &data);
     }
-    assert!(killed_mid_run >= 3, "the compactor finished before most kills; raise the data size");
+    assert!(
+        killed_mid_run >= 3,
+        "the compactor finished before most kills; raise the data size"
+    );
     // A final run converges: everything compacted as planned, nothing marked left.
     f.compact_once(&["--delete-delay=0s"], "final.log");
     f.compact_once(&["--delete-delay=0s"], "final-2.log");
@@ -508,7 +644,10 @@ fn sigkill_at_random_points_never_loses_or_doubles_a_sample() {
         .map(|b| ((b.meta.min_time - t0()) / H, (b.meta.max_time - t0()) / H))
         .collect();
     ranges.sort();
-    assert_eq!(ranges, vec![(0, 8), (8, 16), (16, 18), (18, 20), (20, 22), (22, 24)]);
+    assert_eq!(
+        ranges,
+        vec![(0, 8), (8, 16), (16, 18), (18, 20), (20, 22), (22, 24)]
+    );
     assert!(d.blocks.values().all(|b| b.deletion_mark.is_none()));
     assert_reader_view(&f, &data);
 }

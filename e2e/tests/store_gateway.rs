@@ -57,7 +57,9 @@ impl Store {
     }
 
     fn metrics(&self) -> String {
-        http_get(&self.http, "/metrics").map(|r| r.1).unwrap_or_default()
+        http_get(&self.http, "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default()
     }
 }
 
@@ -85,7 +87,11 @@ impl Query {
         let ok = wait_for(Duration::from_secs(30), || {
             matches!(http_get(&q.http, "/-/ready"), Ok((200, _))).then_some(())
         });
-        assert!(ok.is_some(), "querier not ready; log:\n{}", q.proc.log_text());
+        assert!(
+            ok.is_some(),
+            "querier not ready; log:\n{}",
+            q.proc.log_text()
+        );
         q
     }
 }
@@ -198,10 +204,18 @@ fn run_case(name: &str, objstore: impl FnOnce(&Path) -> String) {
     let prom = start_prometheus_with(&series);
     ship_through_receiver(&objstore, dir.path(), &series, t0);
 
-    let store = Store::start(&objstore, &dir.path().join("store"), &dir.path().join("store.log"), &[]);
+    let store = Store::start(
+        &objstore,
+        &dir.path().join("store"),
+        &dir.path().join("store.log"),
+        &[],
+    );
     let m = store.metrics();
     let loaded = metric(&m, "thanos_blocks_meta_synced{state=\"loaded\"}");
-    assert!(loaded >= 20.0, "{name}: only {loaded} blocks loaded from 2 h of 5 m blocks:\n{m}");
+    assert!(
+        loaded >= 20.0,
+        "{name}: only {loaded} blocks loaded from 2 h of 5 m blocks:\n{m}"
+    );
     let q = Query::start(&[store.grpc.as_str()], &dir.path().join("query.log"));
     // The querier learns the store's range through Info: wait until it answers.
     let seen = wait_for(Duration::from_secs(30), || {
@@ -210,7 +224,11 @@ fn run_case(name: &str, objstore: impl FnOnce(&Path) -> String) {
             _ => None,
         }
     });
-    assert!(seen.is_some(), "{name}: the querier never saw the store's data; log:\n{}", q.proc.log_text());
+    assert!(
+        seen.is_some(),
+        "{name}: the querier never saw the store's data; log:\n{}",
+        q.proc.log_text()
+    );
 
     let (n, report) = compare_corpus(&q.http, &prom.addr(), t0);
     for r in &report {
@@ -228,7 +246,12 @@ fn run_case(name: &str, objstore: impl FnOnce(&Path) -> String) {
         report.is_empty(),
         "{name}: {} of {n} answers through orrery store differ from Prometheus 3.5.3:\n{}\nstore log:\n{}",
         report.len(),
-        report.iter().take(10).cloned().collect::<Vec<_>>().join("\n"),
+        report
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n"),
         store.proc.log_text()
     );
     assert!(metric(&m, "orrery_store_index_downloads_total") >= 1.0);

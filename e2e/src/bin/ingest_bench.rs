@@ -689,115 +689,123 @@ fn drive(
             *at = Some((hwm, r));
         }
     };
-    let (accepted, non2xx, errors, secs, cpu1, client1, hwm, wal_bytes) = std::thread::scope(|sc| {
-        for (c, my) in batches.iter_mut().enumerate() {
-            let shared = shared.clone();
-            let mut conn = Conn::new(addr, path);
-            sc.spawn(move || {
-                let mut round = 0u64;
-                loop {
-                    // Lockstep: at most two rounds ahead of the slowest connection.
+    let (accepted, non2xx, errors, secs, cpu1, client1, hwm, wal_bytes) =
+        std::thread::scope(|sc| {
+            for (c, my) in batches.iter_mut().enumerate() {
+                let shared = shared.clone();
+                let mut conn = Conn::new(addr, path);
+                sc.spawn(move || {
+                    let mut round = 0u64;
                     loop {
-                        let slowest = shared
-                            .rounds
-                            .iter()
-                            .map(|r| r.load(Ordering::Acquire))
-                            .min()
-                            .unwrap_or(0);
-                        if round <= slowest + 2 {
+                        // Lockstep: at most two rounds ahead of the slowest connection.
+                        loop {
+                            let slowest = shared
+                                .rounds
+                                .iter()
+                                .map(|r| r.load(Ordering::Acquire))
+                                .min()
+                                .unwrap_or(0);
+                            if round <= slowest + 2 {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                        if round >= shared.stop_round.load(Ordering::Acquire)
+                            || shared.failed.load(Ordering::Acquire)
+                        {
                             break;
                         }
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                    if round >= shared.stop_round.load(Ordering::Acquire)
-                        || shared.failed.load(Ordering::Acquire)
-                    {
-                        break;
-                    }
-                    let t = t0 + round as i64 * step;
-                    for b in my.iter_mut() {
-                        b.patch(round, t);
-                        match conn.post(&b.body) {
-                            Ok((s, _)) if (200..300).contains(&s) => {
-                                shared
-                                    .accepted
-                                    .fetch_add(b.series.len() as u64, Ordering::Relaxed);
-                            }
-                            Ok((s, text)) => {
-                                shared.non2xx.fetch_add(1, Ordering::Relaxed);
-                                let mut f =
-                                    shared.first_error.lock().unwrap_or_else(|e| e.into_inner());
-                                if f.is_empty() {
-                                    *f = format!("HTTP {s}: {}", text.trim());
+                        let t = t0 + round as i64 * step;
+                        for b in my.iter_mut() {
+                            b.patch(round, t);
+                            match conn.post(&b.body) {
+                                Ok((s, _)) if (200..300).contains(&s) => {
+                                    shared
+                                        .accepted
+                                        .fetch_add(b.series.len() as u64, Ordering::Relaxed);
                                 }
-                            }
-                            Err(e) => {
-                                let n = shared.errors.fetch_add(1, Ordering::Relaxed);
-                                let mut f =
-                                    shared.first_error.lock().unwrap_or_else(|e| e.into_inner());
-                                if f.is_empty() {
-                                    *f = format!("I/O: {e}");
+                                Ok((s, text)) => {
+                                    shared.non2xx.fetch_add(1, Ordering::Relaxed);
+                                    let mut f = shared
+                                        .first_error
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner());
+                                    if f.is_empty() {
+                                        *f = format!("HTTP {s}: {}", text.trim());
+                                    }
                                 }
-                                if n > 100 {
-                                    shared.failed.store(true, Ordering::Release);
+                                Err(e) => {
+                                    let n = shared.errors.fetch_add(1, Ordering::Relaxed);
+                                    let mut f = shared
+                                        .first_error
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner());
+                                    if f.is_empty() {
+                                        *f = format!("I/O: {e}");
+                                    }
+                                    if n > 100 {
+                                        shared.failed.store(true, Ordering::Release);
+                                    }
                                 }
                             }
                         }
+                        round += 1;
+                        shared.rounds[c].store(round, Ordering::Release);
                     }
-                    round += 1;
-                    shared.rounds[c].store(round, Ordering::Release);
+                    // Done: let the others pass the lockstep check.
+                    shared.rounds[c].store(u64::MAX, Ordering::Release);
+                });
+            }
+            let deadline = start + Duration::from_secs(o.seconds);
+            let mut last_look = Instant::now();
+            while Instant::now() < deadline && !shared.failed.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(20));
+                if o.blocks
+                    && at_block.is_none()
+                    && last_look.elapsed() > Duration::from_millis(200)
+                {
+                    last_look = Instant::now();
+                    look(&mut at_block);
                 }
-                // Done: let the others pass the lockstep check.
-                shared.rounds[c].store(u64::MAX, Ordering::Release);
-            });
-        }
-        let deadline = start + Duration::from_secs(o.seconds);
-        let mut last_look = Instant::now();
-        while Instant::now() < deadline && !shared.failed.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(20));
-            if o.blocks && at_block.is_none() && last_look.elapsed() > Duration::from_millis(200) {
-                last_look = Instant::now();
-                look(&mut at_block);
             }
-        }
-        let secs = start.elapsed().as_secs_f64();
-        let accepted = shared.accepted.load(Ordering::Acquire);
-        let non2xx = shared.non2xx.load(Ordering::Acquire);
-        let errors = shared.errors.load(Ordering::Acquire);
-        let cpu1 = cpu_all();
-        let client1 = cpu_secs("self");
-        let hwm = hwm_all();
-        let wal = (blocks_under(data).blocks == 0).then(|| wal_bytes_under(data));
-        let max_round = shared
-            .rounds
-            .iter()
-            .map(|r| r.load(Ordering::Acquire))
-            .filter(|&r| r != u64::MAX)
-            .max()
-            .unwrap_or(0);
-        let stop = if o.blocks {
-            needed_rounds.max(max_round + 1)
-        } else {
-            0
-        };
-        println!(
-            "  {name}: timed phase done after {secs:.1}s at round {max_round}; {}",
-            if o.blocks && stop > max_round + 1 {
-                format!("sending (untimed) up to round {stop} so the head spans 1.5 blocks")
+            let secs = start.elapsed().as_secs_f64();
+            let accepted = shared.accepted.load(Ordering::Acquire);
+            let non2xx = shared.non2xx.load(Ordering::Acquire);
+            let errors = shared.errors.load(Ordering::Acquire);
+            let cpu1 = cpu_all();
+            let client1 = cpu_secs("self");
+            let hwm = hwm_all();
+            let wal = (blocks_under(data).blocks == 0).then(|| wal_bytes_under(data));
+            let max_round = shared
+                .rounds
+                .iter()
+                .map(|r| r.load(Ordering::Acquire))
+                .filter(|&r| r != u64::MAX)
+                .max()
+                .unwrap_or(0);
+            let stop = if o.blocks {
+                needed_rounds.max(max_round + 1)
             } else {
-                "finishing the current round".to_string()
+                0
+            };
+            println!(
+                "  {name}: timed phase done after {secs:.1}s at round {max_round}; {}",
+                if o.blocks && stop > max_round + 1 {
+                    format!("sending (untimed) up to round {stop} so the head spans 1.5 blocks")
+                } else {
+                    "finishing the current round".to_string()
+                }
+            );
+            shared.stop_round.store(stop, Ordering::Release);
+            if o.blocks {
+                let give_up = Instant::now() + Duration::from_secs(600);
+                while at_block.is_none() && Instant::now() < give_up {
+                    std::thread::sleep(Duration::from_millis(200));
+                    look(&mut at_block);
+                }
             }
-        );
-        shared.stop_round.store(stop, Ordering::Release);
-        if o.blocks {
-            let give_up = Instant::now() + Duration::from_secs(600);
-            while at_block.is_none() && Instant::now() < give_up {
-                std::thread::sleep(Duration::from_millis(200));
-                look(&mut at_block);
-            }
-        }
-        (accepted, non2xx, errors, secs, cpu1, client1, hwm, wal)
-    });
+            (accepted, non2xx, errors, secs, cpu1, client1, hwm, wal)
+        });
     let mut block = None;
     if o.blocks {
         if at_block.is_some() {
@@ -1039,7 +1047,9 @@ fn report(r: &Result1) {
             "  WAL: {w} bytes after the timed phase, {:.2} bytes per accepted sample",
             w as f64 / r.accepted.max(1) as f64
         ),
-        None => println!("  WAL: not measured (a block was cut during the timed phase; raise --block-mins)"),
+        None => println!(
+            "  WAL: not measured (a block was cut during the timed phase; raise --block-mins)"
+        ),
     }
     if let Some(b) = &r.block {
         println!(
@@ -1086,7 +1096,11 @@ fn main() {
                     [ports[0], ports[1], ports[2]],
                     &[cfg],
                 );
-                println!("{server}: pid {} on {addr}, bucket on {}", p.pid(), moto.addr());
+                println!(
+                    "{server}: pid {} on {addr}, bucket on {}",
+                    p.pid(),
+                    moto.addr()
+                );
                 let r = drive(
                     &o,
                     &server,

@@ -178,9 +178,7 @@ impl MergeIter<'_> {
             }
         }
         parts.sort_by_key(|(_, c)| (c.min_time, c.max_time));
-        let overlapping = parts
-            .windows(2)
-            .any(|w| w[1].1.min_time <= w[0].1.max_time);
+        let overlapping = parts.windows(2).any(|w| w[1].1.min_time <= w[0].1.max_time);
         if !overlapping {
             return Ok(Some((labels, parts.into_iter().map(|(_, c)| c).collect())));
         }
@@ -373,13 +371,21 @@ mod tests {
     }
 
     fn samples(from: i64, to: i64, step: i64, f: impl Fn(i64) -> f64) -> Vec<(i64, f64)> {
-        (from..to).step_by(step as usize).map(|t| (t, f(t))).collect()
+        (from..to)
+            .step_by(step as usize)
+            .map(|t| (t, f(t)))
+            .collect()
     }
 
     #[test]
     fn horizontal_merge_concatenates_and_keeps_meta_lineage() {
         let d = tempfile::tempdir().unwrap();
-        let a = write(d.path(), 0, 1000, vec![(labels("up", "a"), samples(0, 1000, 10, |t| t as f64))]);
+        let a = write(
+            d.path(),
+            0,
+            1000,
+            vec![(labels("up", "a"), samples(0, 1000, 10, |t| t as f64))],
+        );
         let b = write(
             d.path(),
             1000,
@@ -417,7 +423,11 @@ mod tests {
         // Two replicas with the same samples, one with a gap, plus an out-of-order
         // block holding a few extra samples.
         let full = samples(0, 5000, 15, |t| (t / 7) as f64);
-        let gap: Vec<_> = full.iter().copied().filter(|s| !(1000..2000).contains(&s.0)).collect();
+        let gap: Vec<_> = full
+            .iter()
+            .copied()
+            .filter(|s| !(1000..2000).contains(&s.0))
+            .collect();
         let a = write(d.path(), 0, 5000, vec![(labels("x", "j"), full.clone())]);
         let b = write(d.path(), 0, 5000, vec![(labels("x", "j"), gap)]);
         let extra = vec![(1, 42.0), (2, 43.0)];
@@ -439,7 +449,12 @@ mod tests {
     #[test]
     fn conflicting_values_are_an_error_and_leave_nothing() {
         let d = tempfile::tempdir().unwrap();
-        let a = write(d.path(), 0, 100, vec![(labels("x", "j"), vec![(1, 1.0), (2, 2.0)])]);
+        let a = write(
+            d.path(),
+            0,
+            100,
+            vec![(labels("x", "j"), vec![(1, 1.0), (2, 2.0)])],
+        );
         let b = write(d.path(), 0, 100, vec![(labels("x", "j"), vec![(2, 3.0)])]);
         let out = tempfile::tempdir().unwrap();
         match merge_blocks(out.path(), &[&a, &b], &BlockOptions::default()) {

@@ -30,11 +30,11 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+pub use compact::{MergeError, MergeReport, merge_blocks, verify_block};
 pub use index::ChunkMeta;
 pub use meta::{
     BlockDesc, BlockMeta, BlockMetaCompaction, BlockStats, ThanosDownsample, ThanosMeta,
 };
-pub use compact::{MergeError, MergeReport, merge_blocks, verify_block};
 pub use reader::{Block, SeriesIter, label_names, label_values, postings_for_matchers};
 pub use retention::{BlockEntry, apply_retention, delete_block, list_blocks, remove_tmp_dirs};
 pub use ulid::{Ulid, UlidError};

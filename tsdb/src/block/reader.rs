@@ -341,7 +341,11 @@ impl Iterator for SeriesIter<'_> {
                 let (labels, metas) = self.block.index.series(id)?;
                 let mut chunks = Vec::with_capacity(metas.len());
                 for m in metas {
-                    chunks.push(self.block.chunks.chunk(m.chunk_ref, m.min_time, m.max_time)?);
+                    chunks.push(
+                        self.block
+                            .chunks
+                            .chunk(m.chunk_ref, m.min_time, m.max_time)?,
+                    );
                 }
                 if let Some(ivs) = self.block.tombstones.get(&id) {
                     chunks = apply_tombstones(chunks, ivs)?;

@@ -173,7 +173,11 @@ pub fn downsample_raw(data: &[(i64, f64)], resolution: i64) -> Result<Vec<AggrCh
         while j < rest.len() && rest[j].0 <= cur_w {
             j += 1;
         }
-        let batch: Vec<(i64, f64)> = rest[..j].iter().copied().filter(|s| !s.1.is_nan()).collect();
+        let batch: Vec<(i64, f64)> = rest[..j]
+            .iter()
+            .copied()
+            .filter(|s| !s.1.is_nan())
+            .collect();
         rest = &rest[j..];
         if batch.is_empty() {
             continue;
@@ -190,16 +194,17 @@ fn downsample_float_batch(batch: &[(i64, f64)], resolution: i64) -> Result<AggrC
     let last_t = batch[batch.len() - 1].0;
     let mut a = FloatAggregator::default();
     let mut next_t: i64 = -1;
-    let mut add = |t: i64, a: &FloatAggregator, apps: &mut [XorChunk; 5]| -> Result<(), ChunkError> {
-        mint = mint.min(t);
-        maxt = maxt.max(t);
-        apps[AggrType::Sum as usize].append(t, a.sum)?;
-        apps[AggrType::Min as usize].append(t, a.min)?;
-        apps[AggrType::Max as usize].append(t, a.max)?;
-        apps[AggrType::Count as usize].append(t, a.count as f64)?;
-        apps[AggrType::Counter as usize].append(t, a.counter)?;
-        Ok(())
-    };
+    let mut add =
+        |t: i64, a: &FloatAggregator, apps: &mut [XorChunk; 5]| -> Result<(), ChunkError> {
+            mint = mint.min(t);
+            maxt = maxt.max(t);
+            apps[AggrType::Sum as usize].append(t, a.sum)?;
+            apps[AggrType::Min as usize].append(t, a.min)?;
+            apps[AggrType::Max as usize].append(t, a.max)?;
+            apps[AggrType::Count as usize].append(t, a.count as f64)?;
+            apps[AggrType::Counter as usize].append(t, a.counter)?;
+            Ok(())
+        };
     for &(t, v) in batch {
         if t > next_t {
             if next_t != -1 {
@@ -258,9 +263,15 @@ mod tests {
         // Absent aggregates are a single zero length byte, present ones len|enc|bytes.
         let enc = encode_aggr_chunk([Some(&[9, 9]), None, None, None, Some(&[7])]);
         assert_eq!(enc, vec![2, 1, 9, 9, 0, 0, 0, 1, 1, 7]);
-        assert_eq!(aggr_get(&enc, AggrType::Count).unwrap(), Some((1, &[9u8, 9][..])));
+        assert_eq!(
+            aggr_get(&enc, AggrType::Count).unwrap(),
+            Some((1, &[9u8, 9][..]))
+        );
         assert_eq!(aggr_get(&enc, AggrType::Sum).unwrap(), None);
-        assert_eq!(aggr_get(&enc, AggrType::Counter).unwrap(), Some((1, &[7u8][..])));
+        assert_eq!(
+            aggr_get(&enc, AggrType::Counter).unwrap(),
+            Some((1, &[7u8][..]))
+        );
         // Truncated: Thanos's "invalid size".
         assert!(aggr_get(&enc[..9], AggrType::Counter).is_err());
         assert!(aggr_get(&[], AggrType::Count).is_err());
@@ -311,13 +322,23 @@ mod tests {
             let min = aggr_samples(&ch.data, AggrType::Min).unwrap().unwrap();
             let max = aggr_samples(&ch.data, AggrType::Max).unwrap().unwrap();
             let ctr = aggr_samples(&ch.data, AggrType::Counter).unwrap().unwrap();
-            assert_eq!(ctr.len(), count.len() + 2, "counter has first + repeated last raw");
+            assert_eq!(
+                ctr.len(),
+                count.len() + 2,
+                "counter has first + repeated last raw"
+            );
             assert_eq!(ctr[ctr.len() - 1].0, ctr[ctr.len() - 2].0);
             counter_raw_first.push(ctr[0]);
-            assert_eq!((ch.min_time, ch.max_time), (count[0].0, count[count.len() - 1].0));
+            assert_eq!(
+                (ch.min_time, ch.max_time),
+                (count[0].0, count[count.len() - 1].0)
+            );
             for i in 0..count.len() {
                 let t = count[i].0;
-                assert!(t % RES_5M == RES_5M - 1 || i == count.len() - 1, "window end {t}");
+                assert!(
+                    t % RES_5M == RES_5M - 1 || i == count.len() - 1,
+                    "window end {t}"
+                );
                 got.push(((t / RES_5M), count[i].1, sum[i].1, min[i].1, max[i].1));
             }
         }
@@ -326,7 +347,10 @@ mod tests {
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g.0, w.0);
             assert_eq!(g.1, w.1, "count at window {}", w.0);
-            assert!((g.2 - w.2).abs() <= 1e-9 * w.2.abs().max(1.0), "sum {g:?} {w:?}");
+            assert!(
+                (g.2 - w.2).abs() <= 1e-9 * w.2.abs().max(1.0),
+                "sum {g:?} {w:?}"
+            );
             assert_eq!((g.3, g.4), (w.3, w.4), "min/max at window {}", w.0);
         }
         // The first chunk's counter starts with the first non-NaN raw sample.
