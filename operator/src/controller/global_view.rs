@@ -17,7 +17,7 @@ use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use super::{Context, Error, apply, apply_params, condition, edit_with_retry, now};
+use super::{Context, Error, apply, apply_params, condition, edit_with_retry, now, report_failure};
 use crate::crd::{
     ClusterSpec, ClusterStatus, ConfigMapRef, GlobalView, GlobalViewStatus, PrometheusRef,
     ReceiveCluster, RemoteClusterSecretRef,
@@ -93,51 +93,11 @@ pub async fn reconcile(gv: Arc<GlobalView>, ctx: Arc<Context>) -> Result<Action,
         Ok(_) => ctx.record_success(&k),
         // Cleanup reports its own failures (Events naming each entry).
         Err(e) if gv_for_report.metadata.deletion_timestamp.is_none() => {
-            report_failure(&gv_for_report, &ctx, e).await
+            report_failure(&*gv_for_report, &ctx, e).await
         }
         Err(_) => {}
     }
     res
-}
-
-/// Shows a failed reconcile on the GlobalView (`Ready=False`, reason `ReconcileError`,
-/// and a Warning Event) instead of only in the operator's log. Best effort; an
-/// unchanged status is not written again.
-async fn report_failure(gv: &GlobalView, ctx: &Context, err: &Error) {
-    let (Some(ns), name) = (gv.namespace(), gv.name_any()) else {
-        return;
-    };
-    let mut status = gv.status.clone().unwrap_or_default();
-    let ready = condition(
-        &status.conditions,
-        "Ready",
-        false,
-        "ReconcileError",
-        err.to_string(),
-        gv.metadata.generation,
-        &now(),
-    );
-    status.conditions.retain(|c| c.type_ != "Ready");
-    status.conditions.insert(0, ready);
-    if gv.status.as_ref() != Some(&status) {
-        let api: Api<GlobalView> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = Patch::Apply(json!({
-            "apiVersion": "orrery.dev/v1alpha1",
-            "kind": "GlobalView",
-            "status": status,
-        }));
-        if let Err(e) = api.patch_status(&name, &apply_params(), &patch).await {
-            tracing::warn!(%ns, %name, error = %e, "could not write the error into status");
-        }
-    }
-    ctx.publish_event(
-        gv,
-        EventType::Warning,
-        "ReconcileError",
-        "Reconcile",
-        err.to_string(),
-    )
-    .await;
 }
 
 pub fn error_policy(gv: Arc<GlobalView>, err: &Error, ctx: Arc<Context>) -> Action {

@@ -13,13 +13,86 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::metrics::Metrics;
 use crate::probe::Probe;
 use crate::receive::MANAGER;
+
+/// A resource of ours whose status carries `conditions` (ReceiveCluster, GlobalView).
+pub trait StatusConditions:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+{
+    type Status: Clone + Default + PartialEq + Serialize;
+    fn status(&self) -> Option<&Self::Status>;
+    fn conditions_mut(status: &mut Self::Status) -> &mut Vec<Condition>;
+}
+
+impl StatusConditions for crate::crd::ReceiveCluster {
+    type Status = crate::crd::ReceiveClusterStatus;
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+    fn conditions_mut(status: &mut Self::Status) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
+}
+
+impl StatusConditions for crate::crd::GlobalView {
+    type Status = crate::crd::GlobalViewStatus;
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+    fn conditions_mut(status: &mut Self::Status) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
+}
+
+/// Shows a failed reconcile on the object itself (`Ready=False`, reason
+/// `ReconcileError`, plus a Warning Event), not only in the operator's log. Best effort:
+/// a failure here is logged. An unchanged status is not written again.
+pub async fn report_failure<K: StatusConditions>(obj: &K, ctx: &Context, err: &Error) {
+    let (Some(ns), name) = (obj.namespace(), obj.name_any()) else {
+        return;
+    };
+    let mut status = obj.status().cloned().unwrap_or_default();
+    let conditions = K::conditions_mut(&mut status);
+    let ready = condition(
+        conditions,
+        "Ready",
+        false,
+        "ReconcileError",
+        err.to_string(),
+        obj.meta().generation,
+        &now(),
+    );
+    conditions.retain(|c| c.type_ != "Ready");
+    conditions.insert(0, ready);
+    if obj.status() != Some(&status) {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = Patch::Apply(serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        }));
+        if let Err(e) = api.patch_status(&name, &apply_params(), &patch).await {
+            tracing::warn!(%ns, %name, error = %e, "could not write the error into status");
+        }
+    }
+    ctx.publish_event(
+        obj,
+        EventType::Warning,
+        "ReconcileError",
+        "Reconcile",
+        err.to_string(),
+    )
+    .await;
+}
 
 /// Shared state of the controllers.
 pub struct Context {

@@ -14,7 +14,9 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::{Context, Error, apply, apply_params, apply_statefulset, condition, now};
+use super::{
+    Context, Error, apply, apply_params, apply_statefulset, condition, now, report_failure,
+};
 use crate::crd::{ReceiveCluster, ReceiveClusterStatus};
 use crate::receive::{
     HASHRING_KEY, all_endpoints, hashring_configmap, hashring_configmap_name, headless_service,
@@ -82,49 +84,9 @@ pub async fn reconcile(rc: Arc<ReceiveCluster>, ctx: Arc<Context>) -> Result<Act
         .observe(CONTROLLER, start.elapsed(), res.is_err());
     match &res {
         Ok(_) => ctx.record_success(&key(&rc)),
-        Err(e) => report_failure(&rc, &ctx, e).await,
+        Err(e) => report_failure(&*rc, &ctx, e).await,
     }
     res
-}
-
-/// Shows a failed reconcile on the object itself (`Ready=False`, reason
-/// `ReconcileError`, plus a Warning Event), not only in the operator's log. Best effort:
-/// a failure here is logged. An unchanged status is not written again.
-async fn report_failure(rc: &ReceiveCluster, ctx: &Context, err: &Error) {
-    let (Some(ns), name) = (rc.namespace(), rc.name_any()) else {
-        return;
-    };
-    let mut status = rc.status.clone().unwrap_or_default();
-    let ready = condition(
-        &status.conditions,
-        "Ready",
-        false,
-        "ReconcileError",
-        err.to_string(),
-        rc.metadata.generation,
-        &now(),
-    );
-    status.conditions.retain(|c| c.type_ != "Ready");
-    status.conditions.insert(0, ready);
-    if rc.status.as_ref() != Some(&status) {
-        let api: Api<ReceiveCluster> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = Patch::Apply(json!({
-            "apiVersion": "orrery.dev/v1alpha1",
-            "kind": "ReceiveCluster",
-            "status": status,
-        }));
-        if let Err(e) = api.patch_status(&name, &apply_params(), &patch).await {
-            tracing::warn!(%ns, %name, error = %e, "could not write the error into status");
-        }
-    }
-    ctx.publish_event(
-        rc,
-        EventType::Warning,
-        "ReconcileError",
-        "Reconcile",
-        err.to_string(),
-    )
-    .await;
 }
 
 fn key(rc: &ReceiveCluster) -> String {
