@@ -10,6 +10,9 @@ pub enum Encoding {
     Xor = 1,
     Histogram = 2,
     FloatHistogram = 3,
+    /// Thanos's downsampled aggregate chunk (`downsample.ChunkEncAggr`): five optional
+    /// sub-chunks (count, sum, min, max, counter), see [`aggr`].
+    Aggr = 0xff,
 }
 
 impl Encoding {
@@ -18,6 +21,7 @@ impl Encoding {
             1 => Some(Encoding::Xor),
             2 => Some(Encoding::Histogram),
             3 => Some(Encoding::FloatHistogram),
+            0xff => Some(Encoding::Aggr),
             _ => None,
         }
     }
