@@ -19,5 +19,9 @@ if ! command -v chromium >/dev/null 2>&1; then
   apt-get update -q >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >&2
 fi
-cargo build --locked --bin orrery
+# One build for the binary and every test target: `--workspace --all-targets` resolves
+# dependency features exactly as the `cargo test` below does, so nothing is compiled
+# twice (`cargo build --bin orrery` alone unified features differently and rebuilt
+# tokio/hyper/tonic/... and every crate of ours: +5.5 min on 2 cores).
+cargo build --locked --workspace --all-targets
 cargo test --locked --workspace --all-targets --no-fail-fast "$@"

@@ -81,7 +81,7 @@ pub fn orrery_bin() -> PathBuf {
     let p = profile_dir.join("orrery");
     assert!(
         p.is_file(),
-        "orrery binary not found at {}: run `cargo build --bin orrery` first (the README's test command does)",
+        "orrery binary not found at {}: run `cargo build --workspace --all-targets` (or `cargo build --bin orrery`) first (the README's test command does)",
         p.display()
     );
     p
