@@ -586,6 +586,7 @@ impl Bucket {
     }
 
     fn uploaded(&self) {
+        crate::crashpoint::bucket_write_done();
         self.metrics
             .last_upload
             .get_or_create(&BucketLabel {
@@ -745,7 +746,10 @@ impl Bucket {
         self.observe("delete", async {
             let p = self.path(key)?;
             match self.store.delete(&p).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    crate::crashpoint::bucket_write_done();
+                    Ok(())
+                }
                 Err(e) => Err(self.op_err("delete", key, e)),
             }
         })

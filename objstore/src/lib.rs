@@ -20,6 +20,7 @@
 pub mod block;
 pub mod bucket;
 pub mod config;
+pub mod crashpoint;
 pub mod discovery;
 pub mod inspect;
 pub mod markers;
