@@ -490,6 +490,10 @@ impl Compactor {
             .collect();
         let (mut sources_5m, mut sources_1h) = (BTreeSet::new(), BTreeSet::new());
         for b in &usable {
+            // As Thanos: the series exist (at 0) for every resolution in the bucket.
+            let l = ResolutionLabels::of(b.resolution());
+            let _ = self.metrics.downsamples.get_or_create(&l);
+            let _ = self.metrics.downsample_failures.get_or_create(&l);
             match b.resolution() {
                 RES_5M => sources_5m.extend(b.sources()),
                 RES_1H => sources_1h.extend(b.sources()),
