@@ -257,7 +257,8 @@ fn finish_chunk(x: XorChunk, min_time: i64) -> Chunk {
 
 /// Re-reads a block completely and checks it is self-consistent: every series sorted
 /// and non-empty, chunks in order, non-overlapping, inside the block's range, each
-/// chunk decodable with as many samples as its header says (XOR), and the totals equal
+/// chunk decodable with as many samples as its header says (XOR), downsampled (Aggr)
+/// chunks with consistent aggregates, and the totals equal
 /// `meta.json`'s stats. What the compactor runs on a block before uploading it.
 pub fn verify_block(dir: &Path) -> Result<BlockStats, BlockError> {
     let b = Block::open(dir)?;
