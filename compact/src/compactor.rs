@@ -1,7 +1,8 @@
 //! One compactor pass over a bucket, as Thanos's `compactMainFn`: discover, garbage
 //! collect sources already covered by a compacted block, compact every group until its
-//! plan is empty, downsample (raw ≥ 40h → 5m, 5m ≥ 10d → 1h), apply retention, delete blocks whose deletion mark is older than
-//! `--delete-delay`, and remove aborted partial uploads.
+//! plan is empty, downsample (raw ≥ 40h → 5m, 5m ≥ 10d → 1h), apply retention, delete
+//! blocks whose deletion mark is older than `--delete-delay`, and remove aborted partial
+//! uploads.
 //!
 //! Crash safety (the order is what makes a SIGKILL at any point harmless):
 //! 1. inputs are downloaded to `<data-dir>/compact/<group>/` (scratch, wiped first);
