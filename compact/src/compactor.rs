@@ -1,7 +1,8 @@
 //! One compactor pass over a bucket, as Thanos's `compactMainFn`: discover, garbage
 //! collect sources already covered by a compacted block, compact every group until its
-//! plan is empty, apply retention, delete blocks whose deletion mark is older than
-//! `--delete-delay`, and remove aborted partial uploads.
+//! plan is empty, downsample (raw ≥ 40h → 5m, 5m ≥ 10d → 1h), apply retention, delete
+//! blocks whose deletion mark is older than `--delete-delay`, and remove aborted partial
+//! uploads.
 //!
 //! Crash safety (the order is what makes a SIGKILL at any point harmless):
 //! 1. inputs are downloaded to `<data-dir>/compact/<group>/` (scratch, wiped first);
@@ -29,7 +30,9 @@ use objstore::discovery::{BlockEntry, Discovery, MetaFetcher};
 use objstore::markers::{self, DELETION_MARK, DeletionMark, NO_COMPACT_MARK, NoCompactMark};
 use tsdb::block::{Block, BlockMeta, BlockOptions, MergeError, ThanosMeta, Ulid};
 
-use crate::metrics::{CompactMetrics, GroupLabels};
+use tsdb::chunk::aggr::{RES_1H, RES_5M};
+
+use crate::metrics::{CompactMetrics, GroupLabels, ResolutionLabels};
 use crate::planner::{self, GroupKey};
 
 /// `no-compact-mark.json` reason for a block whose samples contradict another block's
@@ -37,6 +40,11 @@ use crate::planner::{self, GroupKey};
 pub const REASON_CONFLICT: &str = "vertical-compaction-conflicting-samples";
 /// Thanos's reason for overlapping downsampled blocks (never vertically compacted).
 pub const REASON_DOWNSAMPLE_OVERLAP: &str = "downsample-vertical-compaction";
+/// Thanos's `ResLevel1DownsampleRange`: raw blocks spanning at least this (ms) get a
+/// 5m block (about two chunks' worth of 5m windows).
+pub const DOWNSAMPLE_RANGE_5M: i64 = 40 * 3600 * 1000;
+/// Thanos's `ResLevel2DownsampleRange`: 5m blocks spanning at least this get a 1h block.
+pub const DOWNSAMPLE_RANGE_1H: i64 = 10 * 24 * 3600 * 1000;
 /// Thanos's `PartialUploadThresholdAge`: a block directory without `meta.json` whose
 /// newest object is older than this is an aborted upload.
 pub const PARTIAL_UPLOAD_THRESHOLD: Duration = Duration::from_secs(48 * 3600);
@@ -62,6 +70,12 @@ pub enum CompactError {
         #[source]
         source: std::io::Error,
     },
+    #[error("downsampling block {block}: {source}")]
+    Downsample {
+        block: Ulid,
+        #[source]
+        source: tsdb::block::BlockError,
+    },
     #[error("background task failed: {0}")]
     Task(String),
 }
@@ -76,6 +90,9 @@ pub struct CompactConfig {
     pub retention: [Duration; 3],
     pub replica_labels: Vec<String>,
     pub concurrency: usize,
+    /// Downsample raw blocks ≥ 40h to 5m and 5m blocks ≥ 10d to 1h (off with
+    /// `--downsampling.disable`).
+    pub downsampling: bool,
 }
 
 /// What one pass did.
@@ -88,6 +105,9 @@ pub struct PassReport {
     pub deleted: usize,
     pub partial_deleted: usize,
     pub failed_groups: usize,
+    /// Downsampled blocks uploaded.
+    pub downsampled: usize,
+    pub downsample_failures: usize,
 }
 
 pub struct Compactor {
@@ -181,6 +201,17 @@ impl Compactor {
         }
         self.metrics.todo_compactions.set(0);
         self.metrics.todo_compaction_blocks.set(0);
+
+        if self.cfg.downsampling {
+            // Two passes, as Thanos: the second makes the 1h blocks of 5m blocks the
+            // first one made.
+            for _ in 0..2 {
+                let d = self.discover().await?;
+                let (ok, failed) = self.downsample_pass(&d).await;
+                report.downsampled += ok;
+                report.downsample_failures += failed;
+            }
+        }
 
         let d = self.discover().await?;
         report.garbage_collected += self.garbage_collect(&d).await?;
@@ -428,6 +459,139 @@ impl Compactor {
                 self.metrics.marked(DELETION_MARK, "compaction");
             }
         }
+        tokio::fs::remove_dir_all(&work)
+            .await
+            .map_err(local(&work))?;
+        Ok(uploaded)
+    }
+
+    /// Thanos's `downsampleBucket`: every usable raw block spanning at least 40h whose
+    /// sources are not all covered by a 5m block gets one, every 5m block spanning at
+    /// least 10d whose sources are not all covered by a 1h block gets one. Checking
+    /// sources (not block IDs) is what keeps this idempotent across crashes and
+    /// compactions: a downsampled block is visible only once its `meta.json` is
+    /// uploaded, and from then on its sources are covered; a compacted raw block that
+    /// adds sources gets a new downsampled block, which then hides the older one
+    /// (garbage collection, as for compacted raw blocks).
+    ///
+    /// Blocks with `no-downsample-mark.json` are not downsampled (their sources still
+    /// count as covered, so marking a 5m block never causes a second 5m block). Failures
+    /// are logged and counted; the other blocks are still downsampled. Returns
+    /// (uploaded, failed).
+    async fn downsample_pass(&self, d: &Discovery) -> (usize, usize) {
+        let hidden = d.compacted_sources();
+        let now = now_ms();
+        let usable: Vec<&BlockEntry> = d
+            .blocks
+            .iter()
+            .filter(|(id, b)| {
+                b.deletion_mark.is_none() && !hidden.contains(*id) && self.consistent(b, now)
+            })
+            .map(|(_, b)| b)
+            .collect();
+        let (mut sources_5m, mut sources_1h) = (BTreeSet::new(), BTreeSet::new());
+        for b in &usable {
+            // As Thanos: the series exist (at 0) for every resolution in the bucket.
+            let l = ResolutionLabels::of(b.resolution());
+            let _ = self.metrics.downsamples.get_or_create(&l);
+            let _ = self.metrics.downsample_failures.get_or_create(&l);
+            match b.resolution() {
+                RES_5M => sources_5m.extend(b.sources()),
+                RES_1H => sources_1h.extend(b.sources()),
+                _ => {}
+            }
+        }
+        let (mut ok, mut failed) = (0, 0);
+        // `d.blocks` is a BTreeMap: ULID order, as Thanos.
+        for b in usable {
+            let (covered, min_range, to) = match b.resolution() {
+                0 => (&sources_5m, DOWNSAMPLE_RANGE_5M, RES_5M),
+                RES_5M => (&sources_1h, DOWNSAMPLE_RANGE_1H, RES_1H),
+                RES_1H => continue,
+                other => {
+                    tracing::warn!(block = %b.meta.ulid, resolution = other,
+                        "not downsampling a block of unexpected resolution");
+                    continue;
+                }
+            };
+            if b.sources().is_subset(covered) || b.meta.max_time - b.meta.min_time < min_range {
+                continue;
+            }
+            if b.no_downsample_mark.is_some() {
+                tracing::debug!(block = %b.meta.ulid, "not downsampling: no-downsample-mark.json");
+                continue;
+            }
+            let labels = ResolutionLabels::of(b.resolution());
+            self.metrics.downsamples.get_or_create(&labels).inc();
+            let started = std::time::Instant::now();
+            match self.downsample_one(b, to).await {
+                Ok(out) => {
+                    let took = started.elapsed();
+                    self.metrics
+                        .downsample_duration
+                        .get_or_create(&labels)
+                        .observe(took.as_secs_f64());
+                    tracing::info!(from = %b.meta.ulid, to = %out.ulid, resolution = to,
+                        samples = out.stats.num_samples, ?took, "downsampled block uploaded");
+                    ok += 1;
+                }
+                Err(e) => {
+                    self.metrics
+                        .downsample_failures
+                        .get_or_create(&labels)
+                        .inc();
+                    tracing::error!(block = %b.meta.ulid, resolution = to, error = %e,
+                        "downsampling failed; retrying next pass");
+                    failed += 1;
+                }
+            }
+        }
+        (ok, failed)
+    }
+
+    /// Downloads `b`, downsamples it to `to`, verifies the result, uploads it
+    /// (`meta.json` last: until then no reader sees it). The scratch directory is wiped
+    /// first, so a crashed run leaves nothing the next one trips over.
+    async fn downsample_one(&self, b: &BlockEntry, to: i64) -> Result<BlockMeta, CompactError> {
+        let work = self.cfg.data_dir.join("downsample");
+        let local = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CompactError::Local { path, source }
+        };
+        if work.exists() {
+            tokio::fs::remove_dir_all(&work)
+                .await
+                .map_err(local(&work))?;
+        }
+        let (in_dir, out_dir) = (work.join("in"), work.join("out"));
+        for d in [&in_dir, &out_dir] {
+            tokio::fs::create_dir_all(d).await.map_err(local(d))?;
+        }
+        let id = b.meta.ulid;
+        objstore::block::download_block(&self.bucket, id, &in_dir).await?;
+        let (ind, outd) = (in_dir.clone(), out_dir.clone());
+        let meta = tokio::task::spawn_blocking(move || {
+            let derr = |source| CompactError::Downsample { block: id, source };
+            let block = Block::open(&ind.join(id.to_string())).map_err(derr)?;
+            let meta = tsdb::block::downsample_block(&outd, &block, to).map_err(derr)?;
+            tsdb::block::verify_block(&outd.join(meta.ulid.to_string())).map_err(derr)?;
+            Ok::<_, CompactError>(meta)
+        })
+        .await
+        .map_err(|e| CompactError::Task(e.to_string()))??;
+        let labels = b
+            .meta
+            .thanos
+            .as_ref()
+            .map(|t| t.labels.clone())
+            .unwrap_or_default();
+        let uploaded = objstore::block::upload_block(
+            &self.bucket,
+            &out_dir.join(meta.ulid.to_string()),
+            &labels,
+            "compactor",
+        )
+        .await?;
         tokio::fs::remove_dir_all(&work)
             .await
             .map_err(local(&work))?;

@@ -70,8 +70,9 @@ pub struct CompactArgs {
     /// Retention of 1h downsampled blocks (0d: forever).
     #[arg(long = "retention.resolution-1h", default_value = "0d", value_parser = parse_duration)]
     pub retention_1h: Duration,
-    /// Do not downsample. (Downsampling is not implemented yet in Orrery; the flag is
-    /// accepted so Thanos command lines keep working.)
+    /// Do not downsample. Otherwise each pass, after compaction, downsamples raw
+    /// blocks spanning ≥ 40h to 5m and 5m blocks spanning ≥ 10d to 1h (Thanos's
+    /// AggrChunk encoding), skipping blocks with `no-downsample-mark.json`.
     #[arg(long = "downsampling.disable", num_args = 0..=1, default_missing_value = "true",
           default_value = "false", action = ArgAction::Set)]
     pub downsampling_disable: bool,
@@ -167,6 +168,7 @@ impl CompactArgs {
             retention: [self.retention_raw, self.retention_5m, self.retention_1h],
             replica_labels: self.replica_labels.clone(),
             concurrency: self.concurrency,
+            downsampling: !self.downsampling_disable,
         }
     }
 }
@@ -245,9 +247,6 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    if !args.downsampling_disable {
-        tracing::warn!("downsampling is not implemented yet: raw blocks are compacted only");
-    }
     let compactor = Arc::new(Compactor::new(bucket, args.config(), metrics));
     ops.ready.store(true, Ordering::Release);
     run_loop(&compactor, args.wait, args.wait_interval).await
@@ -266,6 +265,7 @@ pub async fn run_loop(
                 marked_no_compact = r.marked_no_compact, garbage_collected = r.garbage_collected,
                 retention_marked = r.retention_marked, deleted = r.deleted,
                 partial_deleted = r.partial_deleted, failed_groups = r.failed_groups,
+                downsampled = r.downsampled, downsample_failures = r.downsample_failures,
                 "compaction pass done"),
             Err(e) if wait => {
                 tracing::error!(error = %e, "compaction pass failed; retrying after --wait-interval")

@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -18,7 +19,27 @@ pub struct MarkLabels {
     pub reason: String,
 }
 
-#[derive(Clone, Default)]
+/// Thanos's `resolution` label of the downsample metrics: the *input* block's
+/// resolution in milliseconds ("0" for raw → 5m, "300000" for 5m → 1h).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResolutionLabels {
+    pub resolution: String,
+}
+
+impl ResolutionLabels {
+    pub fn of(input_resolution: i64) -> Self {
+        ResolutionLabels {
+            resolution: input_resolution.to_string(),
+        }
+    }
+}
+
+/// Thanos's buckets for `thanos_compact_downsample_duration_seconds` (1m … 4h).
+fn downsample_duration_histogram() -> Histogram {
+    Histogram::new([60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0])
+}
+
+#[derive(Clone)]
 pub struct CompactMetrics {
     pub iterations: Counter,
     pub retries: Counter,
@@ -35,6 +56,34 @@ pub struct CompactMetrics {
     pub todo_compaction_blocks: Gauge,
     pub todo_deletion_blocks: Gauge,
     pub duplicate_samples_dropped: Counter,
+    pub downsamples: Family<ResolutionLabels, Counter>,
+    pub downsample_failures: Family<ResolutionLabels, Counter>,
+    pub downsample_duration: Family<ResolutionLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for CompactMetrics {
+    fn default() -> Self {
+        CompactMetrics {
+            iterations: Default::default(),
+            retries: Default::default(),
+            halted: Default::default(),
+            group_compactions: Default::default(),
+            group_compaction_failures: Default::default(),
+            group_vertical_compactions: Default::default(),
+            blocks_marked: Default::default(),
+            garbage_collected_blocks: Default::default(),
+            blocks_cleaned: Default::default(),
+            block_cleanup_failures: Default::default(),
+            aborted_partial_uploads_deletion_attempts: Default::default(),
+            todo_compactions: Default::default(),
+            todo_compaction_blocks: Default::default(),
+            todo_deletion_blocks: Default::default(),
+            duplicate_samples_dropped: Default::default(),
+            downsamples: Default::default(),
+            downsample_failures: Default::default(),
+            downsample_duration: Family::new_with_constructor(downsample_duration_histogram),
+        }
+    }
 }
 
 impl CompactMetrics {
@@ -113,6 +162,21 @@ impl CompactMetrics {
             "orrery_compact_duplicate_samples_dropped",
             "Samples dropped by vertical compaction because another block held the identical sample (replica deduplication).",
             self.duplicate_samples_dropped.clone(),
+        );
+        r.register(
+            "thanos_compact_downsample",
+            "Total number of downsampling attempts.",
+            self.downsamples.clone(),
+        );
+        r.register(
+            "thanos_compact_downsample_failures",
+            "Total number of failed downsampling attempts.",
+            self.downsample_failures.clone(),
+        );
+        r.register(
+            "thanos_compact_downsample_duration_seconds",
+            "Duration of downsample runs",
+            self.downsample_duration.clone(),
         );
     }
 

@@ -4,7 +4,9 @@
 //! downloading and opening the blocks, and with `promtool tsdb dump`); sources are
 //! marked, then deleted once `--delete-delay` has passed; a backfill that contradicts
 //! the replicas is marked no-compact while the rest compacts; and a compactor SIGKILLed
-//! at random points never leaves the bucket with a missing or double-counted sample.
+//! at random points never leaves the bucket with a missing or double-counted sample;
+//! raw blocks spanning ≥ 40h get 5m blocks (and 5m blocks ≥ 10d 1h blocks) whose
+//! aggregates equal a direct computation over the raw samples.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -290,7 +292,8 @@ fn assert_reader_view(f: &Fixture, want: &Data) {
     // (series, t) → (value bits, was the block compacted, replica label)
     let mut seen: BTreeMap<(String, i64), Vec<(u64, bool, Option<String>)>> = BTreeMap::new();
     for (id, b) in &raw.blocks {
-        if hidden.contains(id) {
+        // The raw-resolution view (downsampled blocks are checked on their own).
+        if hidden.contains(id) || b.resolution() != 0 {
             continue;
         }
         let t = b.meta.thanos.as_ref().expect("thanos section");
@@ -364,7 +367,7 @@ fn two_replicas_compact_into_8h_and_2d_blocks_each_sample_once() {
     let live: Vec<_> = d
         .blocks
         .values()
-        .filter(|b| b.deletion_mark.is_none())
+        .filter(|b| b.deletion_mark.is_none() && b.resolution() == 0)
         .collect();
     let mut ranges: Vec<(i64, i64)> = live
         .iter()
@@ -408,6 +411,15 @@ fn two_replicas_compact_into_8h_and_2d_blocks_each_sample_once() {
         48,
         "24 windows × 2 replicas"
     );
+    // The 2d block spans ≥ 40h: it got its 5m block, the only downsampled one.
+    let ds: Vec<_> = d.blocks.values().filter(|b| b.resolution() != 0).collect();
+    assert_eq!(ds.len(), 1, "one downsampled block");
+    assert_eq!(ds[0].resolution(), 300_000);
+    assert_eq!(
+        (ds[0].meta.min_time, ds[0].meta.max_time),
+        (big.meta.min_time, big.meta.max_time)
+    );
+    assert_eq!(ds[0].meta.compaction.sources, big.meta.compaction.sources);
     // Every input block is marked for deletion, none deleted yet (delete-delay 1h).
     for id in &inputs {
         let b = d
@@ -526,7 +538,11 @@ fn two_replicas_compact_into_8h_and_2d_blocks_each_sample_once() {
     );
 
     let d = f.discover();
-    assert_eq!(d.blocks.len(), 7, "only the live blocks remain");
+    assert_eq!(
+        d.blocks.len(),
+        8,
+        "only the live blocks (7 raw, one 5m) remain"
+    );
     assert!(
         d.partial.is_empty(),
         "deleted blocks leave no objects: {:?}",
@@ -686,3 +702,409 @@ fn sigkill_at_any_point_never_loses_or_doubles_a_sample() {
 
 /// SIGKILL's signal number on Linux.
 const SIGKILL: i32 = 9;
+
+/// The five sub-chunks of a Thanos `AggrChunk` (count, sum, min, max, counter), parsed
+/// here from the documented layout (`uvarint len`, then encoding byte + XOR bytes when
+/// `len > 0`) rather than with the code under test. `None`: absent aggregate.
+fn parse_aggr(data: &[u8]) -> [Option<Vec<(i64, f64)>>; 5] {
+    let mut b = data;
+    std::array::from_fn(|_| {
+        let mut len = 0usize;
+        let mut shift = 0;
+        loop {
+            let c = b[0];
+            b = &b[1..];
+            len |= ((c & 0x7f) as usize) << shift;
+            shift += 7;
+            if c < 0x80 {
+                break;
+            }
+        }
+        if len == 0 {
+            return None;
+        }
+        assert_eq!(b[0], 1, "aggregate sub-chunk is XOR");
+        let xor = &b[1..=len];
+        b = &b[len + 1..];
+        Some(
+            tsdb::chunk::XorIterator::new(xor)
+                .expect("xor sub-chunk")
+                .map(|s| s.expect("sample"))
+                .collect(),
+        )
+    })
+}
+
+/// Checks one downsampled series against a straightforward computation over its raw
+/// samples (stale markers / NaN dropped): per window of `res` the count, sum, min and
+/// max (a window split between two chunks is merged); per chunk, the counter holds the
+/// chunk's first raw sample, then at each window the first raw value plus the increase
+/// since (a drop counts as a reset: the new value is the increase), then the last raw
+/// value again at the last window's timestamp; and the chunks' raw ranges together
+/// cover every raw sample exactly once. Returns the number of windows.
+fn check_downsampled(series: &str, raw: &[(i64, f64)], chunks: &[Chunk], res: i64) -> usize {
+    let raw: Vec<(i64, f64)> = raw.iter().copied().filter(|s| !s.1.is_nan()).collect();
+    let mut direct: BTreeMap<i64, (f64, f64, f64, f64)> = BTreeMap::new();
+    for &(t, v) in &raw {
+        let e = direct
+            .entry(t / res)
+            .or_insert((0.0, 0.0, f64::MAX, f64::MIN));
+        e.0 += 1.0;
+        e.1 += v;
+        e.2 = e.2.min(v);
+        e.3 = e.3.max(v);
+    }
+    let mut got: BTreeMap<i64, (f64, f64, f64, f64)> = BTreeMap::new();
+    let mut covered = 0usize;
+    let mut prev_last = i64::MIN;
+    let mut windows = 0;
+    for c in chunks {
+        assert_eq!(c.encoding, Encoding::Aggr, "{series}");
+        let [count, sum, min, max, counter] = parse_aggr(&c.data);
+        let (count, sum, min, max, counter) = (
+            count.expect("count"),
+            sum.expect("sum"),
+            min.expect("min"),
+            max.expect("max"),
+            counter.expect("counter"),
+        );
+        windows += count.len();
+        assert_eq!(
+            (c.min_time, c.max_time),
+            (count[0].0, count[count.len() - 1].0)
+        );
+        for i in 0..count.len() {
+            let t = count[i].0;
+            assert!([sum[i].0, min[i].0, max[i].0] == [t; 3], "{series}@{t}");
+            let e = got.entry(t / res).or_insert((0.0, 0.0, f64::MAX, f64::MIN));
+            e.0 += count[i].1;
+            e.1 += sum[i].1;
+            e.2 = e.2.min(min[i].1);
+            e.3 = e.3.max(max[i].1);
+        }
+        // The raw samples this chunk was made of.
+        let (first, last) = (counter[0], counter[counter.len() - 1]);
+        let part: Vec<(i64, f64)> = raw
+            .iter()
+            .copied()
+            .filter(|s| s.0 >= first.0 && s.0 <= last.0)
+            .collect();
+        assert!(first.0 > prev_last, "{series}: chunks overlap");
+        prev_last = part[part.len() - 1].0;
+        covered += part.len();
+        assert_eq!(
+            part[0], first,
+            "{series}: counter starts with the first raw sample"
+        );
+        assert_eq!(
+            (counter[counter.len() - 2].0, last.1),
+            (last.0, part[part.len() - 1].1),
+            "{series}: counter ends with the last raw value at the last window"
+        );
+        let mut acc = part[0].1;
+        let mut want_ctr: BTreeMap<i64, f64> = BTreeMap::from([(part[0].0 / res, acc)]);
+        for w in part.windows(2) {
+            acc += if w[1].1 >= w[0].1 {
+                w[1].1 - w[0].1
+            } else {
+                w[1].1
+            };
+            want_ctr.insert(w[1].0 / res, acc);
+        }
+        let have_ctr = &counter[1..counter.len() - 1];
+        assert_eq!(have_ctr.len(), want_ctr.len(), "{series}: counter windows");
+        assert_eq!(have_ctr.len(), count.len(), "{series}: counter windows");
+        for (&(t, v), (&k, &w)) in have_ctr.iter().zip(&want_ctr) {
+            assert_eq!(t / res, k, "{series}");
+            assert!(
+                t % res == res - 1 || t == last.0,
+                "{series}: window timestamp {t} is neither a window end nor the last sample"
+            );
+            // Above 5m the counter aggregate is re-derived from the 5m counters, which
+            // is only meaningful for real counters (a gauge going negative looks like
+            // resets of the cumulative value); Thanos documents it for counters only.
+            let counter_series = series.contains("_total");
+            assert!(
+                (v - w).abs() <= 1e-9 * w.abs().max(1.0) || (res > 300_000 && !counter_series),
+                "{series}@{t}: counter {v}, want {w}"
+            );
+        }
+    }
+    assert_eq!(
+        covered,
+        raw.len(),
+        "{series}: raw samples covered by chunks"
+    );
+    assert_eq!(got.len(), direct.len(), "{series}: windows");
+    for ((k, g), (_, w)) in got.iter().zip(&direct) {
+        assert_eq!((g.0, g.2, g.3), (w.0, w.2, w.3), "{series}: window {k}");
+        assert!(
+            (g.1 - w.1).abs() <= 1e-9 * w.1.abs().max(1.0),
+            "{series}: sum in window {k}: {} vs {}",
+            g.1,
+            w.1
+        );
+    }
+    windows
+}
+
+impl Fixture {
+    /// Downloads a block and returns its series → chunks (any encoding), verified.
+    fn read_chunks(&self, id: Ulid) -> BTreeMap<String, Vec<Chunk>> {
+        let d = self.dir.path().join("read-chunks");
+        std::fs::create_dir_all(&d).expect("mkdir");
+        self.rt
+            .block_on(objstore::block::download_block(&self.bucket, id, &d))
+            .expect("download block");
+        let bd = d.join(id.to_string());
+        tsdb::block::verify_block(&bd).expect("downloaded block verifies");
+        let b = Block::open(&bd).expect("open downloaded block");
+        let mut out = BTreeMap::new();
+        for s in b.series_iter().expect("series") {
+            let (l, cs) = s.expect("series entry");
+            out.insert(l.to_string(), cs);
+        }
+        drop(b);
+        std::fs::remove_dir_all(&bd).expect("remove downloaded block");
+        out
+    }
+}
+
+fn resolution(b: &objstore::discovery::BlockEntry) -> i64 {
+    b.resolution()
+}
+
+fn tenant(b: &objstore::discovery::BlockEntry) -> String {
+    b.meta
+        .thanos
+        .as_ref()
+        .and_then(|t| t.labels.get("tenant_id").cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn raw_blocks_of_40h_get_5m_and_1h_blocks_equal_to_a_direct_computation() {
+    let f = Fixture::new();
+    // Tenant a: 8h blocks over 56h; [0,48) compacts into a 2d block (the newest block
+    // waits), which gets a 5m block.
+    let a = dataset(4, 56);
+    for w in 0..7 {
+        f.upload(
+            t0() + w * 8 * H,
+            t0() + (w + 1) * 8 * H,
+            &a,
+            &[("tenant_id", "a")],
+        );
+    }
+    // Tenant b: a 48h block marked no-downsample.
+    let b_id = f.upload(t0(), t0() + 48 * H, &a, &[("tenant_id", "b")]);
+    f.rt.block_on(objstore::markers::write_marker(
+        &f.bucket,
+        &objstore::markers::NoDownsampleMark::new(b_id, "manual", "test", 0),
+    ))
+    .expect("no-downsample mark");
+    // Tenant c: one 10-day block (a backfill): 5m, then 1h from the 5m block.
+    let c = dataset(2, 240);
+    f.upload(t0(), t0() + 240 * H, &c, &[("tenant_id", "c")]);
+
+    // --downsampling.disable: compaction only.
+    f.compact_once(&["--downsampling.disable"], "disabled.log");
+    let d = f.discover();
+    assert!(
+        d.blocks.values().all(|b| resolution(b) == 0),
+        "downsampled despite --downsampling.disable"
+    );
+    let big = d
+        .blocks
+        .values()
+        .find(|b| {
+            tenant(b) == "a"
+                && b.deletion_mark.is_none()
+                && b.meta.max_time - b.meta.min_time == 48 * H
+        })
+        .expect("tenant a's 2d block")
+        .meta
+        .clone();
+
+    let port = free_port();
+    let mut p = f.compact(
+        &[
+            "--wait",
+            "--wait-interval=1h",
+            &format!("--http-address=127.0.0.1:{port}"),
+        ],
+        "downsample.log",
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let m = wait_for(Duration::from_secs(300), || {
+        http_get(&addr, "/metrics")
+            .ok()
+            .filter(|(c, b)| *c == 200 && metric(b, "thanos_compact_iterations_total") == Some(1.0))
+            .map(|(_, b)| b)
+    })
+    .unwrap_or_else(|| panic!("no finished pass:\n{}", p.log_text()));
+    p.terminate(Duration::from_secs(10));
+    for (r, n) in [("0", 2.0), ("300000", 1.0)] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("thanos_compact_downsample_total{{resolution=\"{r}\"}}")
+            ),
+            Some(n),
+            "{m}"
+        );
+        assert_eq!(
+            metric(
+                &m,
+                &format!("thanos_compact_downsample_failures_total{{resolution=\"{r}\"}}")
+            ),
+            Some(0.0),
+            "{m}"
+        );
+    }
+    assert!(
+        m.contains("thanos_compact_downsample_duration_seconds"),
+        "{m}"
+    );
+    assert!(
+        !p.log_text().contains("not implemented"),
+        "{}",
+        p.log_text()
+    );
+
+    let d = f.discover();
+    let ds: Vec<_> = d.blocks.values().filter(|b| resolution(b) > 0).collect();
+    let mut kinds: Vec<(String, i64)> = ds.iter().map(|b| (tenant(b), resolution(b))).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            ("a".to_string(), 300_000),
+            ("c".to_string(), 300_000),
+            ("c".to_string(), 3_600_000)
+        ],
+        "one 5m block per ≥40h raw block, a 1h block for the 10d 5m block, none for the no-downsample-marked block"
+    );
+    let find = |t: &str, r: i64| {
+        ds.iter()
+            .find(|b| tenant(b) == t && resolution(b) == r)
+            .expect("downsampled block")
+    };
+    let a5 = find("a", 300_000);
+    let th = a5.meta.thanos.as_ref().expect("thanos");
+    assert_eq!(th.source, "compactor");
+    assert_eq!(
+        th.labels,
+        BTreeMap::from([("tenant_id".to_string(), "a".to_string())])
+    );
+    assert_eq!(
+        (a5.meta.min_time, a5.meta.max_time),
+        (big.min_time, big.max_time)
+    );
+    assert_eq!(a5.meta.compaction.sources, big.compaction.sources);
+    assert_eq!(a5.meta.compaction.level, big.compaction.level);
+
+    // Tenant a's 5m block against the raw samples of [0, 48h).
+    let got = f.read_chunks(a5.meta.ulid);
+    assert_eq!(got.len(), a.len());
+    let mut windows = 0;
+    for (s, all) in &a {
+        let raw: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|x| x.0 < t0() + 48 * H)
+            .collect();
+        windows += check_downsampled(s, &raw, &got[s], 300_000);
+    }
+    assert_eq!(a5.meta.stats.num_samples as usize, windows);
+    // Tenant c: 5m and 1h against the raw samples.
+    let c5 = f.read_chunks(find("c", 300_000).meta.ulid);
+    let c1 = f.read_chunks(find("c", 3_600_000).meta.ulid);
+    for (s, raw) in &c {
+        check_downsampled(s, raw, &c5[s], 300_000);
+        check_downsampled(s, raw, &c1[s], 3_600_000);
+    }
+
+    // Another pass downsamples nothing again.
+    let before: BTreeSet<Ulid> = d.blocks.keys().copied().collect();
+    f.compact_once(&[], "again.log");
+    let after: BTreeSet<Ulid> = f.discover().blocks.keys().copied().collect();
+    assert_eq!(before, after, "a second pass made or removed blocks");
+
+    // Crash safety: without the downsampled blocks, runs killed at random points leave
+    // only complete downsampled blocks, never two for the same data; a final run
+    // converges to the same set.
+    for b in &ds {
+        let id = b.meta.ulid.to_string();
+        f.rt.block_on(async {
+            f.bucket.delete(&format!("{id}/meta.json")).await?;
+            for (k, _) in f.bucket.list_recursive(&id).await? {
+                f.bucket.delete(&k).await?;
+            }
+            Ok::<_, objstore::BucketError>(())
+        })
+        .expect("delete downsampled block");
+    }
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..4 {
+        let mut p = f.compact(&[], &format!("ds-crash-{round}.log"));
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(50 + rng % 1500));
+        p.kill();
+        let d = f.discover();
+        let mut per: BTreeMap<(String, i64), usize> = BTreeMap::new();
+        for b in d.blocks.values().filter(|b| resolution(b) > 0) {
+            *per.entry((tenant(b), resolution(b))).or_default() += 1;
+            f.read_chunks(b.meta.ulid);
+        }
+        assert!(per.values().all(|&n| n == 1), "round {round}: {per:?}");
+    }
+
+    f.compact_once(&[], "converge.log");
+    let d = f.discover();
+    let mut again: Vec<(String, i64)> = d
+        .blocks
+        .values()
+        .filter(|b| resolution(b) > 0)
+        .map(|b| (tenant(b), resolution(b)))
+        .collect();
+    again.sort();
+    assert_eq!(again, kinds, "after the crashes");
+    let a5 = d
+        .blocks
+        .values()
+        .find(|b| tenant(b) == "a" && resolution(b) == 300_000)
+        .expect("a's 5m block");
+    let got = f.read_chunks(a5.meta.ulid);
+    for (s, all) in &a {
+        let raw: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|x| x.0 < t0() + 48 * H)
+            .collect();
+        check_downsampled(s, &raw, &got[s], 300_000);
+    }
+
+    // promtool still lists the raw and compacted blocks.
+    let pdir = f.dir.path().join("promtool-ds");
+    std::fs::create_dir_all(pdir.join("wal")).expect("mkdir");
+    for id in [big.ulid, b_id] {
+        f.rt.block_on(objstore::block::download_block(&f.bucket, id, &pdir))
+            .expect("download");
+    }
+    let out = Command::new(promtool_bin())
+        .args(["tsdb", "list"])
+        .arg(&pdir)
+        .output()
+        .expect("run promtool");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains(&big.ulid.to_string())
+            && text.contains(&b_id.to_string()),
+        "promtool tsdb list: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -257,7 +257,8 @@ fn finish_chunk(x: XorChunk, min_time: i64) -> Chunk {
 
 /// Re-reads a block completely and checks it is self-consistent: every series sorted
 /// and non-empty, chunks in order, non-overlapping, inside the block's range, each
-/// chunk decodable with as many samples as its header says (XOR), and the totals equal
+/// chunk decodable with as many samples as its header says (XOR), downsampled (Aggr)
+/// chunks with consistent aggregates, and the totals equal
 /// `meta.json`'s stats. What the compactor runs on a block before uploading it.
 pub fn verify_block(dir: &Path) -> Result<BlockStats, BlockError> {
     let b = Block::open(dir)?;
@@ -301,6 +302,9 @@ pub fn verify_block(dir: &Path) -> Result<BlockStats, BlockError> {
                     )));
                 }
             }
+            if c.encoding == Encoding::Aggr {
+                verify_aggr(c, &labels)?;
+            }
             stats.num_chunks += 1;
             stats.num_samples += c.num_samples() as u64;
         }
@@ -317,6 +321,42 @@ pub fn verify_block(dir: &Path) -> Result<BlockStats, BlockError> {
         )));
     }
     Ok(stats)
+}
+
+/// Checks a downsampled chunk: every aggregate decodes, count/sum/min/max (those
+/// present) have one sample per window, window timestamps inside the chunk's range;
+/// the counter holds the windows plus its first and last raw samples.
+fn verify_aggr(c: &Chunk, labels: &Labels) -> Result<(), BlockError> {
+    use crate::chunk::aggr::{AggrType, aggr_samples};
+    let bad = |what: String| BlockError::Corrupt(format!("aggr chunk of {labels}: {what}"));
+    let count = aggr_samples(&c.data, AggrType::Count)?;
+    let windows = count.as_ref().map(Vec::len);
+    for at in [AggrType::Count, AggrType::Sum, AggrType::Min, AggrType::Max] {
+        let Some(s) = aggr_samples(&c.data, at)? else {
+            continue;
+        };
+        if windows.is_some_and(|n| n != s.len()) {
+            return Err(bad(format!(
+                "{at:?} has {} windows, count {windows:?}",
+                s.len()
+            )));
+        }
+        if let Some(&(t, _)) = s.iter().find(|(t, _)| *t < c.min_time || *t > c.max_time) {
+            return Err(bad(format!(
+                "{at:?} window {t} outside [{}, {}]",
+                c.min_time, c.max_time
+            )));
+        }
+    }
+    if let (Some(ctr), Some(n)) = (aggr_samples(&c.data, AggrType::Counter)?, windows)
+        && ctr.len() != n + 2
+    {
+        return Err(bad(format!(
+            "counter has {} samples for {n} windows",
+            ctr.len()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 
 pub mod chunks;
 pub mod compact;
+pub mod downsample;
 pub mod encoding;
 pub mod index;
 pub mod meta;
@@ -31,6 +32,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 pub use compact::{MergeError, MergeReport, merge_blocks, verify_block};
+pub use downsample::downsample_block;
 pub use index::ChunkMeta;
 pub use meta::{
     BlockDesc, BlockMeta, BlockMetaCompaction, BlockStats, ThanosDownsample, ThanosMeta,

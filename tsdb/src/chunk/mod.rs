@@ -54,8 +54,12 @@ pub enum ChunkError {
 }
 
 impl Chunk {
-    /// Number of samples, from the chunk header (XOR: the first two bytes).
+    /// Number of samples, from the chunk header (XOR: the first two bytes; Aggr: the
+    /// windows of its count aggregate, as Thanos counts them in block stats).
     pub fn num_samples(&self) -> usize {
+        if self.encoding == Encoding::Aggr {
+            return aggr::aggr_num_samples(&self.data);
+        }
         if self.data.len() < 2 {
             return 0;
         }

@@ -1,0 +1,355 @@
+//! Downsampling a whole block, as Thanos's `downsample.Downsample`: every series of a
+//! raw (or 5m) block becomes a series of `AggrChunk`s (chunk encoding 0xFF) at a
+//! coarser resolution, written as a new block with the input's time range, labels and
+//! compaction lineage (level, sources, parents), `thanos.downsample.resolution` set to
+//! the new resolution and `thanos.source` to `compactor`.
+//!
+//! Series are streamed one at a time from the input (in label order) into
+//! [`BlockWriter`]: memory is one series' samples plus the writer's symbols and
+//! postings, whatever the block size.
+//!
+//! Float samples only: Orrery does not downsample native histograms yet; a block
+//! holding histogram chunks is refused with [`BlockError::Unsupported`] rather than
+//! written without them.
+
+use std::path::Path;
+
+use storeapi::Labels;
+
+use super::reader::SeriesIter;
+use super::{Block, BlockError, BlockMeta, BlockOptions, BlockWriter, ThanosMeta};
+use crate::chunk::aggr::{self, AggrChunk, RES_5M};
+use crate::chunk::{Chunk, Encoding};
+
+/// Writes the downsampled version of `block` at `resolution` (ms; coarser than the
+/// block's own) under `parent` and returns its meta; the block directory is
+/// `parent/<meta.ulid>`. On error nothing is left under `parent`.
+pub fn downsample_block(
+    parent: &Path,
+    block: &Block,
+    resolution: i64,
+) -> Result<BlockMeta, BlockError> {
+    let m = block.meta();
+    let in_res = m.thanos.as_ref().map_or(0, |t| t.downsample.resolution);
+    if resolution <= in_res {
+        return Err(BlockError::Invalid(format!(
+            "target resolution {resolution} not lower than the block's {in_res}"
+        )));
+    }
+    let mut thanos = m
+        .thanos
+        .clone()
+        .unwrap_or_else(|| ThanosMeta::new(Default::default(), "compactor"));
+    thanos.downsample.resolution = resolution;
+    thanos.source = "compactor".into();
+    // Upload details (`files`, `segment_files`, `upload_time`, `index_stats`) describe
+    // the input's files, not ours.
+    thanos.extra.clear();
+    let opts = BlockOptions {
+        thanos: Some(thanos),
+        compaction_level: m.compaction.level,
+        sources: if m.compaction.sources.is_empty() {
+            vec![m.ulid]
+        } else {
+            m.compaction.sources.clone()
+        },
+        parents: m.compaction.parents.clone(),
+        ..Default::default()
+    };
+    let mut it = DownsampleIter {
+        series: block.series_iter()?,
+        in_res,
+        out_res: resolution,
+        error: None,
+    };
+    let written = BlockWriter::write(parent, m.min_time, m.max_time, &mut it, &opts);
+    match (written, it.error) {
+        (Ok(meta), None) => Ok(meta),
+        (Ok(meta), Some(e)) => {
+            // The writer saw a truncated stream; what it published is incomplete.
+            let _ = super::delete_block(&super::block_dir(parent, meta.ulid));
+            Err(e)
+        }
+        (Err(_), Some(e)) | (Err(e), None) => Err(e),
+    }
+}
+
+/// The input's series, downsampled; stops at the first error (kept in `error`).
+struct DownsampleIter<'a> {
+    series: SeriesIter<'a>,
+    in_res: i64,
+    out_res: i64,
+    error: Option<BlockError>,
+}
+
+impl Iterator for DownsampleIter<'_> {
+    type Item = (Labels, Vec<Chunk>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.error.is_some() {
+            return None;
+        }
+        let r = self.series.next()?.and_then(|(labels, chunks)| {
+            let out = downsample_series(&labels, &chunks, self.in_res, self.out_res)?;
+            Ok((labels, out))
+        });
+        match r {
+            Ok(x) => Some(x),
+            Err(e) => {
+                self.error = Some(e);
+                None
+            }
+        }
+    }
+}
+
+fn unsupported(labels: &Labels, e: Encoding) -> BlockError {
+    BlockError::Unsupported(format!(
+        "downsampling {e:?} chunks (series {labels}): only float series are downsampled"
+    ))
+}
+
+/// One series' chunks at `in_res` → `AggrChunk`s at `out_res`.
+pub fn downsample_series(
+    labels: &Labels,
+    chunks: &[Chunk],
+    in_res: i64,
+    out_res: i64,
+) -> Result<Vec<Chunk>, BlockError> {
+    if chunks.windows(2).any(|w| w[0].max_time >= w[1].min_time) {
+        return Err(BlockError::Corrupt(format!(
+            "series {labels}: chunks overlap or are out of order"
+        )));
+    }
+    let out = if in_res == 0 {
+        let mut all = Vec::new();
+        for c in chunks {
+            match c.encoding {
+                Encoding::Xor => {
+                    aggr::expand_samples(crate::chunk::xor::decode_all(&c.data)?, &mut all)
+                }
+                e => return Err(unsupported(labels, e)),
+            }
+        }
+        aggr::downsample_raw(&all, out_res)?
+    } else {
+        // Thanos's repair of downsampled blocks holding raw XOR chunks (older Thanos
+        // bugs): empty ones are skipped, others downsampled to 5m first.
+        let mut fixed: Vec<AggrChunk> = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            match c.encoding {
+                Encoding::Aggr => fixed.push(AggrChunk {
+                    min_time: c.min_time,
+                    max_time: c.max_time,
+                    data: c.data.clone(),
+                }),
+                Encoding::Xor if c.num_samples() == 0 => {
+                    tracing::warn!(series = %labels, "skipping an empty XOR chunk in a downsampled block");
+                }
+                Encoding::Xor => {
+                    let mut all = Vec::new();
+                    aggr::expand_samples(crate::chunk::xor::decode_all(&c.data)?, &mut all);
+                    fixed.extend(aggr::downsample_raw(&all, RES_5M)?);
+                }
+                e => return Err(unsupported(labels, e)),
+            }
+        }
+        aggr::downsample_aggr(&fixed, in_res, out_res)?
+    };
+    Ok(out
+        .into_iter()
+        .map(|a| Chunk {
+            min_time: a.min_time,
+            max_time: a.max_time,
+            encoding: Encoding::Aggr,
+            data: a.data,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{BlockOptions, BlockWriter, verify_block};
+    use crate::chunk::XorChunk;
+    use crate::chunk::aggr::{AggrType, RES_1H, aggr_samples};
+    use std::collections::BTreeMap;
+    use storeapi::Label;
+
+    fn xor_chunks(samples: &[(i64, f64)]) -> Vec<Chunk> {
+        samples
+            .chunks(120)
+            .map(|p| {
+                let mut x = XorChunk::new();
+                for &(t, v) in p {
+                    x.append(t, v).unwrap();
+                }
+                Chunk {
+                    min_time: p[0].0,
+                    max_time: p[p.len() - 1].0,
+                    encoding: Encoding::Xor,
+                    data: bytes::Bytes::from(x.into_bytes()),
+                }
+            })
+            .collect()
+    }
+
+    fn series(i: usize) -> Labels {
+        Labels::from_sorted_unchecked(vec![
+            Label::new("__name__", "x"),
+            Label::new("i", i.to_string()),
+        ])
+    }
+
+    /// Per window (t / r): count, sum, min, max of the non-NaN samples.
+    fn direct(s: &[(i64, f64)], r: i64) -> BTreeMap<i64, (f64, f64, f64, f64)> {
+        let mut m: BTreeMap<i64, (f64, f64, f64, f64)> = BTreeMap::new();
+        for &(t, v) in s.iter().filter(|x| !x.1.is_nan()) {
+            let e = m.entry(t / r).or_insert((0.0, 0.0, f64::MAX, f64::MIN));
+            e.0 += 1.0;
+            e.1 += v;
+            e.2 = e.2.min(v);
+            e.3 = e.3.max(v);
+        }
+        m
+    }
+
+    fn read_aggr(b: &Block, r: i64) -> BTreeMap<String, BTreeMap<i64, (f64, f64, f64, f64)>> {
+        let mut out = BTreeMap::new();
+        for s in b.series_iter().unwrap() {
+            let (l, cs) = s.unwrap();
+            let m: &mut BTreeMap<i64, (f64, f64, f64, f64)> = out.entry(l.to_string()).or_default();
+            for c in cs {
+                assert_eq!(c.encoding, Encoding::Aggr);
+                let g = |t| aggr_samples(&c.data, t).unwrap().unwrap();
+                let (n, s, lo, hi) = (
+                    g(AggrType::Count),
+                    g(AggrType::Sum),
+                    g(AggrType::Min),
+                    g(AggrType::Max),
+                );
+                for i in 0..n.len() {
+                    let e = m
+                        .entry(n[i].0 / r)
+                        .or_insert((0.0, 0.0, f64::MAX, f64::MIN));
+                    e.0 += n[i].1;
+                    e.1 += s[i].1;
+                    e.2 = e.2.min(lo[i].1);
+                    e.3 = e.3.max(hi[i].1);
+                }
+            }
+        }
+        out
+    }
+
+    fn close(a: &BTreeMap<i64, (f64, f64, f64, f64)>, b: &BTreeMap<i64, (f64, f64, f64, f64)>) {
+        assert_eq!(a.len(), b.len());
+        for ((ka, x), (kb, y)) in a.iter().zip(b) {
+            assert_eq!((ka, x.0, x.2, x.3), (kb, y.0, y.2, y.3));
+            assert!((x.1 - y.1).abs() <= 1e-9 * y.1.abs().max(1.0));
+        }
+    }
+
+    #[test]
+    fn raw_block_to_5m_to_1h_keeps_meta_lineage_and_aggregates() {
+        let d = tempfile::tempdir().unwrap();
+        let t0 = 1_700_006_400_000i64;
+        let span = 12 * 24 * RES_1H;
+        let data: Vec<Vec<(i64, f64)>> = (0..3)
+            .map(|i| {
+                (0..span / 60_000)
+                    .filter(|k| i != 2 || k % 3 != 0)
+                    .map(|k| {
+                        (
+                            t0 + k * 60_000 + i as i64,
+                            ((k * 37 + i as i64) % 101) as f64 / 4.0,
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut th = ThanosMeta::new(BTreeMap::from([("tenant".into(), "a".into())]), "receive");
+        th.extra.insert("upload_time".into(), "x".into());
+        let src = [
+            super::super::Ulid::with_time(1),
+            super::super::Ulid::with_time(2),
+        ];
+        let opts = BlockOptions {
+            thanos: Some(th),
+            compaction_level: 3,
+            sources: src.to_vec(),
+            ..Default::default()
+        };
+        let meta = BlockWriter::write(
+            d.path(),
+            t0,
+            t0 + span,
+            data.iter()
+                .enumerate()
+                .map(|(i, s)| (series(i), xor_chunks(s))),
+            &opts,
+        )
+        .unwrap();
+        let raw = Block::open(&d.path().join(meta.ulid.to_string())).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let m5 = downsample_block(out.path(), &raw, RES_5M).unwrap();
+        let dir5 = out.path().join(m5.ulid.to_string());
+        let st = verify_block(&dir5).unwrap();
+        assert_eq!((m5.min_time, m5.max_time), (t0, t0 + span));
+        assert_eq!(m5.compaction.level, 3);
+        assert_eq!(m5.compaction.sources, src);
+        let t = m5.thanos.as_ref().unwrap();
+        assert_eq!(
+            (t.downsample.resolution, t.source.as_str()),
+            (RES_5M, "compactor")
+        );
+        assert_eq!(t.labels["tenant"], "a");
+        assert!(t.extra.is_empty());
+        assert_eq!(st.num_series, 3);
+        let windows: usize = data.iter().map(|s| direct(s, RES_5M).len()).sum();
+        assert_eq!(m5.stats.num_samples as usize, windows);
+        let b5 = Block::open(&dir5).unwrap();
+        let got = read_aggr(&b5, RES_5M);
+        for (i, s) in data.iter().enumerate() {
+            close(&got[&series(i).to_string()], &direct(s, RES_5M));
+        }
+        // 5m → 1h, and refusing to go the wrong way.
+        assert!(downsample_block(out.path(), &b5, RES_5M).is_err());
+        let m1 = downsample_block(out.path(), &b5, RES_1H).unwrap();
+        let dir1 = out.path().join(m1.ulid.to_string());
+        verify_block(&dir1).unwrap();
+        assert_eq!(m1.thanos.as_ref().unwrap().downsample.resolution, RES_1H);
+        assert_eq!(m1.compaction.sources, src);
+        let got = read_aggr(&Block::open(&dir1).unwrap(), RES_1H);
+        for (i, s) in data.iter().enumerate() {
+            close(&got[&series(i).to_string()], &direct(s, RES_1H));
+        }
+    }
+
+    #[test]
+    fn histogram_chunks_are_refused_and_leave_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let hist = Chunk {
+            min_time: 10,
+            max_time: 20,
+            encoding: Encoding::Histogram,
+            data: bytes::Bytes::from_static(&[0, 0]),
+        };
+        let meta = BlockWriter::write(
+            d.path(),
+            0,
+            100,
+            [
+                (series(0), xor_chunks(&[(1, 1.0)])),
+                (series(1), vec![hist]),
+            ],
+            &BlockOptions::default(),
+        )
+        .unwrap();
+        let b = Block::open(&d.path().join(meta.ulid.to_string())).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let e = downsample_block(out.path(), &b, RES_5M).unwrap_err();
+        assert!(matches!(e, BlockError::Unsupported(_)), "{e}");
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+    }
+}
