@@ -13,7 +13,7 @@ use crate::server::{
 
 /// Paths as given, including `""` (clap's path parser refuses it; Thanos's deployments
 /// pass `--flag=""` for "unset").
-fn any_path() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+pub fn any_path() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
     use clap::builder::TypedValueParser;
     clap::builder::OsStringValueParser::new().map(PathBuf::from)
 }
