@@ -516,3 +516,126 @@ fn b64(s: &str) -> String {
     }
     out
 }
+
+/// `Series` over mTLS against `grpc`: how many series named `name`.
+fn tls_series_count(
+    rt: &tokio::runtime::Runtime,
+    tls: &ClientTls,
+    grpc: &str,
+    name: &str,
+) -> Result<usize, String> {
+    use storeapi::wire::thanos::{SeriesRequest, series_response, store_client::StoreClient};
+    rt.block_on(async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+            .map_err(|e| e.to_string())?;
+        let mut c = StoreClient::new(tls.channel(endpoint));
+        let req = SeriesRequest {
+            min_time: 0,
+            max_time: i64::MAX,
+            matchers: vec![receiver_common::eq("__name__", name)],
+            ..Default::default()
+        };
+        let mut stream = c.series(req).await.map_err(|e| e.to_string())?.into_inner();
+        let mut n = 0;
+        while let Some(frame) = stream.message().await.map_err(|e| e.to_string())? {
+            match frame.result {
+                Some(series_response::Result::Series(_)) => n += 1,
+                Some(series_response::Result::Batch(b)) => n += b.series.len(),
+                _ => {}
+            }
+        }
+        Ok(n)
+    })
+}
+
+/// A router forwards to an ingestor whose gRPC port requires client certificates: with
+/// `--remote-write.client-tls-*` the write lands; a router without a client certificate,
+/// or without TLS, cannot write into the ingestor.
+#[test]
+fn router_forwards_to_ingestor_over_mtls() {
+    let t0 = Instant::now();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let ca = Ca::new("orrery e2e ring CA");
+    let ingestor_cert = ca.leaf("ingestor", &["127.0.0.1"], 0x500);
+    let router_cert = ca.leaf("router", &["router"], 0x501);
+    let ca_file = write(dir, "ca.pem", &ca.pem());
+    let i_crt = write(dir, "ingestor.crt", &ingestor_cert.cert_pem);
+    let i_key = write(dir, "ingestor.key", &ingestor_cert.key_pem);
+    let r_crt = write(dir, "router.crt", &router_cert.cert_pem);
+    let r_key = write(dir, "router.key", &router_cert.key_pem);
+    let ingestor = Receiver::start(
+        &dir.join("ingestor"),
+        &dir.join("ingestor.log"),
+        &[
+            &format!("--grpc-server-tls-cert={i_crt}"),
+            &format!("--grpc-server-tls-key={i_key}"),
+            &format!("--grpc-server-tls-client-ca={ca_file}"),
+        ],
+    );
+    let ring = format!(
+        r#"--receive.hashrings=[{{"endpoints":["{}"]}}]"#,
+        ingestor.grpc
+    );
+    let router = |name: &str, tls: &[String]| {
+        let mut args: Vec<&str> = vec![&ring];
+        args.extend(tls.iter().map(String::as_str));
+        Receiver::start(&dir.join(name), &dir.join(format!("{name}.log")), &args)
+    };
+    let good = router(
+        "router-mtls",
+        &[
+            "--remote-write.client-tls-secure".into(),
+            format!("--remote-write.client-tls-ca={ca_file}"),
+            format!("--remote-write.client-tls-cert={r_crt}"),
+            format!("--remote-write.client-tls-key={r_key}"),
+        ],
+    );
+    let no_cert = router(
+        "router-no-cert",
+        &[
+            "--remote-write.client-tls-secure".into(),
+            format!("--remote-write.client-tls-ca={ca_file}"),
+        ],
+    );
+    let plain = router("router-plaintext", &[]);
+    let series = |name: &str| {
+        vec![(
+            receiver_common::labels(&[("__name__", name), ("job", "ring")]),
+            vec![storeapi::Sample { t: 1_000, v: 1.0 }],
+        )]
+    };
+    let (code, body) = good.write(&series("forwarded_mtls"));
+    assert_eq!(
+        code,
+        200,
+        "{body}; router log:\n{}\ningestor log:\n{}",
+        good.proc.log_text(),
+        ingestor.proc.log_text()
+    );
+    for (what, r, name) in [
+        ("no client certificate", &no_cert, "forwarded_no_cert"),
+        ("plaintext", &plain, "forwarded_plain"),
+    ] {
+        let (code, body) = r.write(&series(name));
+        assert!(code >= 500, "router with {what} wrote: {code} {body}");
+    }
+    let rt = rt();
+    let reader = tls_client(&ca, Some(&router_cert));
+    assert_eq!(
+        tls_series_count(&rt, &reader, &ingestor.grpc, "forwarded_mtls"),
+        Ok(1)
+    );
+    assert_eq!(
+        tls_series_count(&rt, &reader, &ingestor.grpc, "forwarded_no_cert"),
+        Ok(0)
+    );
+    assert_eq!(
+        tls_series_count(&rt, &reader, &ingestor.grpc, "forwarded_plain"),
+        Ok(0)
+    );
+    // And the StoreAPI itself refuses a reader without a certificate.
+    let anonymous = tls_client(&ca, None);
+    assert!(tls_series_count(&rt, &anonymous, &ingestor.grpc, "forwarded_mtls").is_err());
+    eprintln!("forwarding test took {:?}", t0.elapsed());
+}
