@@ -54,6 +54,7 @@ pub struct GrpcServerTls {
     #[arg(
         id = "grpc_server_tls_min_version",
         long = "grpc-server-tls-min-version",
+        value_name = "VERSION",
         default_value = "1.3"
     )]
     pub min_version: String,
@@ -89,6 +90,7 @@ pub struct RemoteWriteServerTls {
     #[arg(
         id = "remote_write_server_tls_min_version",
         long = "remote-write.server-tls-min-version",
+        value_name = "VERSION",
         default_value = "1.3"
     )]
     pub min_version: String,
@@ -149,6 +151,7 @@ pub struct GrpcClientTls {
     #[arg(
         id = "grpc_client_server_name",
         long = "grpc-client-server-name",
+        value_name = "NAME",
         default_value = ""
     )]
     pub server_name: String,
@@ -156,6 +159,7 @@ pub struct GrpcClientTls {
     #[arg(
         id = "grpc_client_tls_min_version",
         long = "grpc-client-tls-min-version",
+        value_name = "VERSION",
         default_value = "1.3"
     )]
     pub min_version: String,
@@ -218,6 +222,7 @@ pub struct RemoteWriteClientTls {
     #[arg(
         id = "remote_write_client_server_name",
         long = "remote-write.client-server-name",
+        value_name = "NAME",
         default_value = ""
     )]
     pub server_name: String,
@@ -225,6 +230,7 @@ pub struct RemoteWriteClientTls {
     #[arg(
         id = "remote_write_client_tls_min_version",
         long = "remote-write.client-tls-min-version",
+        value_name = "VERSION",
         default_value = "1.3"
     )]
     pub min_version: String,
