@@ -90,6 +90,9 @@ pub struct CompactArgs {
     /// Listen address for /metrics, /-/healthy and /-/ready.
     #[arg(long = "http-address", default_value = "0.0.0.0:10902")]
     pub http_address: SocketAddr,
+    /// `--http.config`: TLS and basic auth for the `--http-address` listener.
+    #[command(flatten)]
+    pub http_config: netsec::flags::HttpConfig,
 }
 
 /// Thanos's (Prometheus model) durations: `30m`, `48h`, `0d`, `2w`, `1h30m`, `500ms`.
@@ -237,11 +240,13 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
         registry: Arc::new(Mutex::new(registry)),
         ready: Arc::new(AtomicBool::new(false)),
     });
+    let http_sec = args.http_config.server().context("--http.config")?;
     let listener = tokio::net::TcpListener::bind(args.http_address)
         .await
         .with_context(|| format!("binding --http-address {}", args.http_address))?;
     tracing::info!(address = %args.http_address, "listening for /metrics and probes");
-    let router = ops_router(Arc::clone(&ops));
+    let router = http_sec.router(ops_router(Arc::clone(&ops)));
+    let listener = http_sec.listener(listener);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!(error = %e, "HTTP server failed");

@@ -77,6 +77,18 @@ pub struct QueryArgs {
     /// Per-endpoint timeout of a Series/LabelNames/LabelValues call (0 = the query timeout).
     #[arg(long = "store.response-timeout", default_value = "0s", value_parser = parse_cli_duration)]
     pub store_response_timeout: Duration,
+
+    /// `--grpc-client-tls-*`: TLS (and a client certificate) towards StoreAPI endpoints.
+    #[command(flatten)]
+    pub grpc_client_tls: netsec::flags::GrpcClientTls,
+
+    /// `--grpc-server-tls-*`: TLS (and mTLS) for the querier's own gRPC listener.
+    #[command(flatten)]
+    pub grpc_tls: netsec::flags::GrpcServerTls,
+
+    /// `--http.config`: TLS and basic auth for the HTTP API and UI.
+    #[command(flatten)]
+    pub http_config: netsec::flags::HttpConfig,
 }
 
 impl QueryArgs {
@@ -98,6 +110,9 @@ impl QueryArgs {
             tenant_header: "THANOS-TENANT".into(),
             info_interval: Duration::from_secs(5),
             store_response_timeout: Duration::ZERO,
+            grpc_client_tls: Default::default(),
+            grpc_tls: Default::default(),
+            http_config: Default::default(),
         }
     }
 }

@@ -43,15 +43,16 @@ const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 32 << 20;
 
 impl Endpoint {
-    fn new(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            // HTTP/2's default 64 KiB receive window would make a store answering
-            // thousands of series wait for a window update every few frames.
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .connect_lazy();
+    fn new(addr: &str, tls: &netsec::ClientTls) -> Result<Endpoint, tonic::transport::Error> {
+        let channel = tls.channel(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                // HTTP/2's default 64 KiB receive window would make a store answering
+                // thousands of series wait for a window update every few frames.
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW),
+        );
         Ok(Endpoint {
             addr: addr.to_string(),
             channel,
@@ -123,6 +124,8 @@ pub struct EndpointSet {
     info_timeout: Duration,
     endpoints: RwLock<BTreeMap<String, Arc<Endpoint>>>,
     state: tokio::sync::Mutex<DiscoveryState>,
+    /// `--grpc-client-tls-*`; plaintext by default.
+    tls: netsec::ClientTls,
 }
 
 #[derive(Debug, Default)]
@@ -140,7 +143,14 @@ impl EndpointSet {
             info_timeout,
             endpoints: RwLock::new(BTreeMap::new()),
             state: tokio::sync::Mutex::new(DiscoveryState::default()),
+            tls: netsec::ClientTls::plaintext(),
         }
+    }
+
+    /// Dials every endpoint with this TLS client.
+    pub fn with_tls(mut self, tls: netsec::ClientTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// All endpoints currently known, by address.
@@ -242,7 +252,7 @@ impl EndpointSet {
             map.retain(|a, _| addrs.contains(a));
             for a in &addrs {
                 if !map.contains_key(a) {
-                    match Endpoint::new(a) {
+                    match Endpoint::new(a, &self.tls) {
                         Ok(e) => {
                             tracing::info!(addr = %a, "endpoint added");
                             map.insert(a.clone(), Arc::new(e));

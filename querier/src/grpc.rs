@@ -253,6 +253,7 @@ impl Info for QueryGrpc {
 pub async fn serve(
     state: Arc<AppState>,
     addr: String,
+    tls: Option<Arc<dyn netsec::server::ServerConfigSource>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -269,7 +270,7 @@ pub async fn serve(
         )
         .add_service(InfoServer::new(svc))
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            netsec::Listener::new(listener, tls).into_incoming(),
             async move {
                 let _ = stop.wait_for(|v| *v).await;
             },

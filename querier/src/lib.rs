@@ -48,13 +48,20 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Builds the shared state from the flags (no I/O).
-pub fn build_state(args: &QueryArgs) -> Arc<api::AppState> {
-    let endpoints = Arc::new(EndpointSet::new(
-        args.endpoints.clone(),
-        args.endpoint_sd_config_file.clone(),
-        args.info_interval,
-    ));
+/// Builds the shared state from the flags (reads only the `--grpc-client-tls-*` files).
+pub fn build_state(args: &QueryArgs) -> anyhow::Result<Arc<api::AppState>> {
+    let tls = args
+        .grpc_client_tls
+        .client()
+        .context("--grpc-client-tls-*")?;
+    let endpoints = Arc::new(
+        EndpointSet::new(
+            args.endpoints.clone(),
+            args.endpoint_sd_config_file.clone(),
+            args.info_interval,
+        )
+        .with_tls(tls),
+    );
     let engine = promql::Engine::new(promql::EngineOptions {
         lookback_delta_ms: args.lookback_delta.as_millis() as i64,
         max_samples: args.max_samples,
@@ -64,7 +71,7 @@ pub fn build_state(args: &QueryArgs) -> Arc<api::AppState> {
             max_depth: args.max_nesting_depth,
         },
     });
-    Arc::new(api::AppState {
+    Ok(Arc::new(api::AppState {
         endpoints,
         engine,
         replica_labels: args.replica_labels.clone(),
@@ -75,7 +82,7 @@ pub fn build_state(args: &QueryArgs) -> Arc<api::AppState> {
         gate: Arc::new(tokio::sync::Semaphore::new(args.max_concurrent.max(1))),
         metrics: metrics::Metrics::new(),
         ready: AtomicBool::new(false),
-    })
+    }))
 }
 
 /// Runs the querier until `shutdown` resolves, then drains in-flight requests and returns.
@@ -84,7 +91,7 @@ pub async fn run_with(
     args: QueryArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = build_state(&args);
+    let state = build_state(&args)?;
     let listener = tokio::net::TcpListener::bind(&args.http_address)
         .await
         .with_context(|| format!("binding HTTP address {}", args.http_address))?;
@@ -104,6 +111,11 @@ pub async fn serve(
     args: QueryArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let http_sec = args.http_config.server().context("--http.config")?;
+    let grpc_tls = args
+        .grpc_tls
+        .server_config()
+        .context("--grpc-server-tls-*")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // First discovery round before reporting ready, so the first queries see the stores.
     state.endpoints.refresh().await;
@@ -119,11 +131,12 @@ pub async fn serve(
         Some(tokio::spawn(grpc::serve(
             state.clone(),
             args.grpc_address.clone(),
+            grpc_tls,
             stop_rx.clone(),
         )))
     };
     state.ready.store(true, Ordering::Relaxed);
-    let app = api::router(state.clone());
+    let app = http_sec.router(api::router(state.clone()));
     let st = state.clone();
     let stop = async move {
         shutdown.await;
@@ -131,12 +144,9 @@ pub async fn serve(
         st.ready.store(false, Ordering::Relaxed);
         let _ = stop_tx.send(true);
     };
-    // Small answers must not wait for delayed ACKs (Nagle): answers are written in parts.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
+    // TCP_NODELAY is set per connection: answers are written in parts and small ones must
+    // not wait for delayed ACKs (Nagle).
+    let listener = http_sec.listener(listener);
     axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await

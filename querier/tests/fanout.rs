@@ -134,7 +134,7 @@ async fn two_replicas_deduplicate_through_http() {
         grpc_address: String::new(),
         ..querier::QueryArgs::with_endpoints("127.0.0.1:0", vec![a.clone(), b.clone()])
     };
-    let state = querier::build_state(&args);
+    let state = querier::build_state(&args).unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = l.local_addr().unwrap().to_string();
     tokio::spawn(querier::serve(state, l, args, std::future::pending()));

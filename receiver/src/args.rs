@@ -135,6 +135,29 @@ pub struct ReceiveArgs {
 
     #[command(flatten)]
     pub hashring: HashringArgs,
+
+    /// `--grpc-server-tls-*`: TLS (and mTLS) for the StoreAPI and replication listener.
+    #[command(flatten)]
+    pub grpc_tls: netsec::flags::GrpcServerTls,
+
+    /// `--remote-write.server-tls-*`: TLS (and mTLS) for the remote-write listener.
+    #[command(flatten)]
+    pub remote_write_tls: netsec::flags::RemoteWriteServerTls,
+
+    /// Web config file (exporter-toolkit format, as --http.config) for the remote-write
+    /// listener: basic auth (bcrypt), headers, rate limit, and TLS unless
+    /// --remote-write.server-tls-* is used. Thanos has no equivalent (its issue #8227).
+    #[arg(
+        long = "remote-write.http-config",
+        value_name = "FILE",
+        default_value = "",
+        value_parser = netsec::flags::any_path()
+    )]
+    pub remote_write_http_config: PathBuf,
+
+    /// `--http.config`: TLS and basic auth for the `--http-address` listener.
+    #[command(flatten)]
+    pub http_config: netsec::flags::HttpConfig,
 }
 
 /// Why a `--label` flag was refused.
@@ -223,6 +246,49 @@ impl ReceiveArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_flags_parse_and_default_to_plaintext() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ReceiveArgs,
+        }
+        use clap::Parser;
+        let a = Cli::try_parse_from(["receive"]).unwrap().args;
+        assert!(a.remote_write_http_config.as_os_str().is_empty());
+        assert!(a.grpc_tls.server_config().unwrap().is_none());
+        assert!(!a.hashring.client_tls.client().unwrap().is_tls());
+        let a = Cli::try_parse_from([
+            "receive",
+            "--grpc-server-tls-cert=/c",
+            "--grpc-server-tls-key=/k",
+            "--grpc-server-tls-client-ca=/ca",
+            "--remote-write.server-tls-cert=/rc",
+            "--remote-write.server-tls-min-version=1.2",
+            "--remote-write.client-tls-secure",
+            "--remote-write.client-server-name=peer",
+            "--remote-write.http-config=/w.yml",
+            "--http.config=/h.yml",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(
+            a.grpc_tls.client_ca.as_deref(),
+            Some(std::path::Path::new("/ca"))
+        );
+        assert_eq!(
+            a.remote_write_tls.cert.as_deref(),
+            Some(std::path::Path::new("/rc"))
+        );
+        assert_eq!(a.remote_write_tls.min_version, "1.2");
+        assert!(a.hashring.client_tls.secure);
+        assert_eq!(a.hashring.client_tls.server_name, "peer");
+        assert_eq!(a.http_config.http_config, "/h.yml");
+        // Files that do not exist are startup errors naming them.
+        let e = a.grpc_tls.server_config().unwrap_err().to_string();
+        assert!(e.contains("/c"), "{e}");
+    }
 
     #[test]
     fn label_flag_as_thanos() {

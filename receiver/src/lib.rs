@@ -94,6 +94,20 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
     }
     let ready = Arc::new(AtomicBool::new(false));
 
+    // TLS material and web config are read before binding: a bad file fails fast.
+    let grpc_tls = args
+        .grpc_tls
+        .server_config()
+        .context("--grpc-server-tls-*")?;
+    let rw_tls = args
+        .remote_write_tls
+        .server_config()
+        .context("--remote-write.server-tls-*")?;
+    let http_sec = args.http_config.server().context("--http.config")?;
+    let rw_sec = netsec::HttpServer::load(Some(args.remote_write_http_config.as_path()))
+        .and_then(|s| s.with_tls_flags(rw_tls))
+        .context("--remote-write.http-config")?;
+
     // Bind everything first, so a port clash fails fast.
     let rw_listener = tokio::net::TcpListener::bind(args.remote_write_address)
         .await
@@ -216,9 +230,12 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         distributor: Some(distributor.clone()),
     });
     let ops_server = tokio::spawn(
-        axum::serve(http_listener, http::ops_router(ops))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
+        axum::serve(
+            http_sec.listener(http_listener),
+            http_sec.router(http::ops_router(ops)),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future(),
     );
 
     let write_state = Arc::new(WriteState {
@@ -235,9 +252,12 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         distributor: (mode != Mode::IngestorOnly).then(|| distributor.clone()),
     });
     let rw_server = tokio::spawn(
-        axum::serve(rw_listener, http::remote_write_router(write_state))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
+        axum::serve(
+            rw_sec.listener(rw_listener),
+            rw_sec.router(http::remote_write_router(write_state)),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future(),
     );
 
     let store_state = StoreState {
@@ -258,8 +278,9 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         ))
         .add_service(replicate::server::writeable_store_service(distributor))
         .serve_with_incoming_shutdown(
-            // Small StoreAPI answers would otherwise wait on Nagle + delayed ACK (~40 ms).
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            // TCP_NODELAY is set per connection: small StoreAPI answers would otherwise
+            // wait on Nagle + delayed ACK (~40 ms).
+            netsec::Listener::new(grpc_listener, grpc_tls).into_incoming(),
             stopped(stop_rx.clone()),
         );
     let grpc_server = tokio::spawn(grpc);

@@ -71,6 +71,14 @@ pub struct StoreArgs {
     /// In-memory chunk cache size in bytes.
     #[arg(long = "store.chunk-cache-size", default_value_t = 256 << 20)]
     pub chunk_cache_size: usize,
+
+    /// `--grpc-server-tls-*`: TLS (and mTLS) for the StoreAPI listener.
+    #[command(flatten)]
+    pub grpc_tls: netsec::flags::GrpcServerTls,
+
+    /// `--http.config`: TLS and basic auth for the `--http-address` listener.
+    #[command(flatten)]
+    pub http_config: netsec::flags::HttpConfig,
 }
 
 /// A `--min-time`/`--max-time` value: absolute, or relative to the time it is read.

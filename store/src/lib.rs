@@ -318,6 +318,11 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         let mut r = registry.lock().unwrap_or_else(|e| e.into_inner());
         build(&args, &mut r)?
     };
+    let grpc_tls = args
+        .grpc_tls
+        .server_config()
+        .context("--grpc-server-tls-*")?;
+    let http_sec = args.http_config.server().context("--http.config")?;
     let http_listener = tokio::net::TcpListener::bind(args.http_address)
         .await
         .with_context(|| format!("binding --http-address {}", args.http_address))?;
@@ -336,9 +341,12 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         ready: gw.ready.clone(),
     });
     let http = tokio::spawn(
-        axum::serve(http_listener, ops_router(ops))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
+        axum::serve(
+            http_sec.listener(http_listener),
+            http_sec.router(ops_router(ops)),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future(),
     );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -352,7 +360,7 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
                 gw.clone(),
             ))
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                netsec::Listener::new(grpc_listener, grpc_tls).into_incoming(),
                 stopped(stop_rx.clone()),
             ),
     );

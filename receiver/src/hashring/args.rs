@@ -50,6 +50,10 @@ pub struct HashringArgs {
     /// backoff from 100ms, doubling per consecutive failure).
     #[arg(long = "receive-forward-max-backoff", default_value = "5s", value_parser = parse_duration)]
     pub forward_max_backoff: Duration,
+
+    /// `--remote-write.client-tls-*`: TLS towards the peers forwarded and replicated to.
+    #[command(flatten)]
+    pub client_tls: netsec::flags::RemoteWriteClientTls,
 }
 
 impl Default for HashringArgs {
@@ -63,6 +67,7 @@ impl Default for HashringArgs {
             replication_factor: 1,
             forward_timeout: Duration::from_secs(5),
             forward_max_backoff: Duration::from_secs(5),
+            client_tls: Default::default(),
         }
     }
 }

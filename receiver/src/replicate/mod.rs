@@ -256,6 +256,8 @@ pub enum SetupError {
     LocalEndpointWithoutHashring,
     #[error("this mode stores data locally but no local writer was given")]
     MissingLocalWriter,
+    #[error(transparent)]
+    Tls(#[from] netsec::Error),
 }
 
 /// A [`Distributor`] built from flags, with the file watcher to spawn (if any).
@@ -320,7 +322,12 @@ impl Distributor {
         } else {
             (None, None)
         };
-        let distributor = Arc::new(Distributor::new(cfg, handle, local, metrics));
+        let mut distributor = Distributor::new(cfg, handle, local, metrics);
+        distributor.peers = Arc::new(
+            PeerPool::new(args.forward_timeout, args.forward_max_backoff)
+                .with_tls(args.client_tls.client()?),
+        );
+        let distributor = Arc::new(distributor);
         Ok(Setup {
             distributor,
             watcher,

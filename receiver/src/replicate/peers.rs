@@ -55,6 +55,8 @@ pub struct PeerPool {
     backoff: Mutex<HashMap<String, Backoff>>,
     max_backoff: Duration,
     request_timeout: Duration,
+    /// `--remote-write.client-tls-*`: plaintext unless `--remote-write.client-tls-secure`.
+    tls: netsec::ClientTls,
 }
 
 impl PeerPool {
@@ -64,7 +66,14 @@ impl PeerPool {
             backoff: Mutex::new(HashMap::new()),
             max_backoff,
             request_timeout,
+            tls: netsec::ClientTls::plaintext(),
         }
+    }
+
+    /// Dials peers with this TLS client (files reloaded per new connection).
+    pub fn with_tls(mut self, tls: netsec::ClientTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     fn client(&self, address: &str) -> Result<Grpc<Channel>, Failure> {
@@ -81,12 +90,13 @@ impl PeerPool {
             kind: FailureKind::Other,
             message: format!("bad peer address {address:?}: {e}"),
         })?;
-        let channel = endpoint
-            .connect_timeout(self.request_timeout.min(Duration::from_secs(5)))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(false)
-            .connect_lazy();
+        let channel = self.tls.channel(
+            endpoint
+                .connect_timeout(self.request_timeout.min(Duration::from_secs(5)))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(false),
+        );
         let client = Grpc::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);

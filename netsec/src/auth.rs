@@ -1,0 +1,187 @@
+//! Basic auth with bcrypt hashes, a request rate limit and fixed response headers: the
+//! request side of the web config.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use http::{HeaderValue, StatusCode, header};
+
+use crate::webconfig::WebConfigSource;
+
+/// An `Authorization` header longer than this is refused without decoding it.
+const MAX_AUTH_HEADER: usize = 4096;
+/// Verification results remembered (user, hash, password digest → ok). Past it, entries
+/// are dropped arbitrarily: a cache miss only costs one more bcrypt.
+const CACHE_ENTRIES: usize = 1024;
+
+/// Checks credentials against bcrypt hashes. bcrypt is slow on purpose, so results are
+/// cached (keyed by a SHA-256 of user, hash and password: no password is kept) and the
+/// uncached checks run one at a time on a blocking thread, so a flood of wrong passwords
+/// costs at most one core and never stalls the async workers.
+#[derive(Debug)]
+pub struct Authenticator {
+    users: BTreeMap<String, String>,
+    /// Checked for unknown users, so their answer takes as long as a known user's.
+    dummy_hash: Option<String>,
+    cache: Mutex<HashMap<[u8; 32], bool>>,
+    bcrypt_turn: tokio::sync::Mutex<()>,
+}
+
+impl Authenticator {
+    pub fn new(users: BTreeMap<String, String>) -> Authenticator {
+        // Same cost as the first configured user: an unknown name costs the same time.
+        let dummy_hash = users.values().next().and_then(|h| {
+            let cost = h.parse::<bcrypt::HashParts>().ok()?.get_cost();
+            bcrypt::hash("orrery-no-such-user", cost).ok()
+        });
+        Authenticator {
+            users,
+            dummy_hash,
+            cache: Mutex::new(HashMap::new()),
+            bcrypt_turn: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// No users configured: every request passes.
+    pub fn is_open(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Whether `user`/`password` match a configured user.
+    pub async fn check(&self, user: &str, password: &[u8]) -> bool {
+        let (hash, known) = match self.users.get(user) {
+            Some(h) => (h.clone(), true),
+            None => match &self.dummy_hash {
+                Some(h) => (h.clone(), false),
+                None => return false,
+            },
+        };
+        let key = cache_key(user, &hash, password);
+        if let Some(ok) = self.cached(&key) {
+            return ok && known;
+        }
+        let _turn = self.bcrypt_turn.lock().await;
+        // Another request may have computed it while this one waited.
+        if let Some(ok) = self.cached(&key) {
+            return ok && known;
+        }
+        let pw = password.to_vec();
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pw, &hash).unwrap_or(false))
+            .await
+            .unwrap_or(false);
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() >= CACHE_ENTRIES
+            && let Some(k) = c.keys().next().copied()
+        {
+            c.remove(&k);
+        }
+        c.insert(key, ok);
+        ok && known
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> Option<bool> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+    }
+}
+
+fn cache_key(user: &str, hash: &str, password: &[u8]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [user.as_bytes(), hash.as_bytes(), password] {
+        ctx.update(&(part.len() as u64).to_le_bytes());
+        ctx.update(part);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// `Authorization: Basic base64(user:password)` → (user, password); `None` for anything
+/// else (absent, other scheme, oversized, bad base64, no colon, non-UTF-8 user).
+pub fn parse_basic(value: &HeaderValue) -> Option<(String, Vec<u8>)> {
+    let v = value.as_bytes();
+    if v.len() > MAX_AUTH_HEADER || v.len() < 6 || !v[..6].eq_ignore_ascii_case(b"basic ") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(v[6..].trim_ascii())
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    let user = String::from_utf8(decoded[..colon].to_vec()).ok()?;
+    Some((user, decoded[colon + 1..].to_vec()))
+}
+
+/// A token bucket: `burst` requests at once, refilled by one every `every`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    burst: f64,
+    every: Duration,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    pub fn new(burst: u32, every: Duration) -> RateLimiter {
+        RateLimiter {
+            burst: f64::from(burst),
+            every,
+            state: Mutex::new((f64::from(burst), Instant::now())),
+        }
+    }
+
+    pub fn allow(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(s.1).as_secs_f64() / self.every.as_secs_f64();
+        s.0 = (s.0 + refill).min(self.burst);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Basic")],
+        "Unauthorized\n",
+    )
+        .into_response()
+}
+
+/// The axum middleware in front of every route of an `--http.config` listener.
+pub async fn guard(State(src): State<Arc<WebConfigSource>>, req: Request, next: Next) -> Response {
+    let cfg = src.current();
+    if let Some(l) = &cfg.limiter
+        && !l.allow()
+    {
+        return (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n").into_response();
+    }
+    let mut resp = if cfg.auth.is_open() {
+        next.run(req).await
+    } else {
+        let creds = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(parse_basic);
+        match creds {
+            Some((user, pw)) if cfg.auth.check(&user, &pw).await => next.run(req).await,
+            _ => unauthorized(),
+        }
+    };
+    for (k, v) in &cfg.config.headers {
+        resp.headers_mut().insert(k.clone(), v.clone());
+    }
+    resp
+}

@@ -1,0 +1,102 @@
+//! Certificates and Kubernetes-Secret-style directories for tests (feature `testing`).
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SerialNumber,
+};
+
+/// A throwaway certificate authority.
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A leaf certificate and its key, PEM-encoded.
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("CA key");
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, key).expect("self-signed CA"),
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A leaf for `sans` (IP strings become IP SANs), with this serial and common name.
+    pub fn leaf(&self, common_name: &str, sans: &[&str], serial: u64) -> Leaf {
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("leaf params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.serial_number = Some(SerialNumber::from(serial));
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+/// The serial number of a DER certificate, as a lowercase hex string without leading
+/// zeros (`42` → `"2a"`).
+pub fn serial_hex(der: &[u8]) -> String {
+    let (_, c) = x509_parser::parse_x509_certificate(der).expect("parse certificate");
+    format!("{:x}", c.serial)
+}
+
+/// A directory laid out like a mounted Kubernetes Secret: the files live in
+/// `..<version>/`, `..data` points at the current version, and each visible name is a
+/// symlink `name -> ..data/name`. [`SecretDir::publish`] swaps `..data` atomically, as
+/// kubelet does.
+pub struct SecretDir {
+    root: PathBuf,
+    version: u32,
+}
+
+impl SecretDir {
+    pub fn new(root: &Path) -> SecretDir {
+        std::fs::create_dir_all(root).expect("secret dir");
+        SecretDir {
+            root: root.to_path_buf(),
+            version: 0,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Writes a new version holding `files` and points `..data` at it.
+    pub fn publish(&mut self, files: &[(&str, &str)]) {
+        self.version += 1;
+        let dir_name = format!("..v{}", self.version);
+        let dir = self.root.join(&dir_name);
+        std::fs::create_dir_all(&dir).expect("version dir");
+        for (name, body) in files {
+            std::fs::write(dir.join(name), body).expect("write secret file");
+            let link = self.root.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(Path::new("..data").join(name), &link)
+                    .expect("file symlink");
+            }
+        }
+        let tmp = self.root.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&dir_name, &tmp).expect("..data_tmp symlink");
+        std::fs::rename(&tmp, self.root.join("..data")).expect("swap ..data");
+    }
+}
