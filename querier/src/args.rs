@@ -77,6 +77,11 @@ pub struct QueryArgs {
     /// Per-endpoint timeout of a Series/LabelNames/LabelValues call (0 = the query timeout).
     #[arg(long = "store.response-timeout", default_value = "0s", value_parser = parse_cli_duration)]
     pub store_response_timeout: Duration,
+
+    /// Without a `max_source_resolution` parameter, let range queries read data
+    /// downsampled to step/5 (Thanos's flag).
+    #[arg(long = "query.auto-downsampling", default_value_t = false)]
+    pub auto_downsampling: bool,
 }
 
 impl QueryArgs {
@@ -98,6 +103,7 @@ impl QueryArgs {
             tenant_header: "THANOS-TENANT".into(),
             info_interval: Duration::from_secs(5),
             store_response_timeout: Duration::ZERO,
+            auto_downsampling: false,
         }
     }
 }
