@@ -273,6 +273,7 @@ impl Engine {
             cancel: qopts.cancel.clone(),
             data: HashMap::new(),
             spent: Vec::new(),
+            counted: Default::default(),
             warnings: Vec::new(),
             infos: Vec::new(),
         };
@@ -311,6 +312,9 @@ impl Engine {
             let p = &plans[pi];
             fed[pi].0 += 1;
             fed[pi].1 &= res.sorted;
+            if res.counts {
+                ev.counted.insert(selector_key(p.vs));
+            }
             for w in res.warnings {
                 ev.warn(w);
             }

@@ -277,6 +277,8 @@ pub(crate) struct Evaluator {
     /// Series whose labels were moved out by their (single) evaluation, kept to be freed
     /// after the query.
     pub spent: Vec<Arc<Vec<storeapi_series::Raw>>>,
+    /// Selectors whose samples are counts of raw samples ([`crate::SelectResult::counts`]).
+    pub counted: std::collections::HashSet<usize>,
     pub warnings: Vec<String>,
     pub infos: Vec<String>,
 }
@@ -550,6 +552,7 @@ impl Evaluator {
                     range: ms_of(&ms.range),
                     offset: offset_ms(&vs.offset),
                     at: at_ms(&vs.at, self.qstart, self.qend),
+                    counted: self.counted.contains(&selector_key(vs)),
                 })
             }
             Expr::Subquery(sq) => {
@@ -567,6 +570,7 @@ impl Evaluator {
                     range: ms_of(&sq.range),
                     offset: offset_ms(&sq.offset),
                     at: at_ms(&sq.at, self.qstart, self.qend),
+                    counted: false,
                 })
             }
             _ => Err(QueryError::BadData(format!(
@@ -731,6 +735,8 @@ pub(crate) struct RangeSource {
     pub range: i64,
     pub offset: i64,
     pub at: Option<i64>,
+    /// Values are counts of raw samples (downsampled data): `count_over_time` sums them.
+    pub counted: bool,
 }
 
 /// Indices `[lo, hi)` of the samples with `mint < t <= maxt`.

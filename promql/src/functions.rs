@@ -693,6 +693,7 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
     let range = src.range;
     let offset = src.offset;
     let at = src.at;
+    let counted = src.counted;
     let mut out: Vec<Series> = Vec::with_capacity(src.series.len());
     let mut any_non_counter: Option<String> = None;
     let mut scratch: Vec<f64> = Vec::new();
@@ -803,6 +804,7 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
                     }
                     Some(if ts_of { best_t as f64 / 1000.0 } else { best })
                 }
+                RF_COUNT_OVER_TIME if counted => Some(w.iter().map(|p| p.v).sum()),
                 RF_COUNT_OVER_TIME => Some(w.len() as f64),
                 RF_LAST_OVER_TIME => Some(w[w.len() - 1].v),
                 RF_TS_OF_LAST_OVER_TIME => Some(w[w.len() - 1].t as f64 / 1000.0),

@@ -53,6 +53,11 @@ pub struct SelectResult {
     /// The storage guarantees `series` strictly ordered by labels (so unique); the engine
     /// then skips its own check.
     pub sorted: bool,
+    /// Sample values are counts of raw samples (a `count_over_time` selection answered
+    /// from downsampled data: each 5m/1h window's count, each raw sample as 1), so
+    /// `count_over_time` sums them instead of counting points. Only set for selections
+    /// whose hints name `count_over_time`.
+    pub counts: bool,
 }
 
 /// An in-memory store for tests and benchmarks.
@@ -124,6 +129,7 @@ impl Storage for MemStorage {
             series,
             warnings: Vec::new(),
             sorted: false,
+            counts: false,
         })
     }
 }

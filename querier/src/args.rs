@@ -89,6 +89,11 @@ pub struct QueryArgs {
     /// `--http.config`: TLS and basic auth for the HTTP API and UI.
     #[command(flatten)]
     pub http_config: netsec::flags::HttpConfig,
+
+    /// Without a `max_source_resolution` parameter, let range queries read data
+    /// downsampled to step/5 (Thanos's flag).
+    #[arg(long = "query.auto-downsampling", default_value_t = false)]
+    pub auto_downsampling: bool,
 }
 
 impl QueryArgs {
@@ -113,6 +118,7 @@ impl QueryArgs {
             grpc_client_tls: Default::default(),
             grpc_tls: Default::default(),
             http_config: Default::default(),
+            auto_downsampling: false,
         }
     }
 }

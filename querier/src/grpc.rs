@@ -48,6 +48,7 @@ impl QueryGrpc {
                 partial_response: partial,
                 tenant,
                 timeout: self.state.timeout,
+                max_resolution_ms: 0,
             },
         )
     }
@@ -104,6 +105,9 @@ impl Store for QueryGrpc {
             )
         };
         let r = request.into_inner();
+        // A querier above may allow downsampled data; it gets it as averages (raw chunks).
+        let mut storage = storage;
+        storage.opts.max_resolution_ms = r.max_resolution_window.max(0);
         let matchers = storeapi::wire::matchers_from_wire(&r.matchers)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let hints = SelectHints {

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod args;
 pub mod dedup;
+pub mod downsample;
 pub mod endpoints;
 pub mod metrics;
 pub mod proxy;
@@ -82,6 +83,7 @@ pub fn build_state(args: &QueryArgs) -> anyhow::Result<Arc<api::AppState>> {
         gate: Arc::new(tokio::sync::Semaphore::new(args.max_concurrent.max(1))),
         metrics: metrics::Metrics::new(),
         ready: AtomicBool::new(false),
+        auto_downsampling: args.auto_downsampling,
     }))
 }
 

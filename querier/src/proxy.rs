@@ -19,6 +19,7 @@ use storeapi::wire::thanos::{
 use storeapi::{Label, Labels, Matcher, Sample};
 
 use crate::dedup::{self, TimeRanged};
+use crate::downsample::{self, Mode};
 use crate::endpoints::{Endpoint, EndpointSet};
 
 /// Series per response frame the querier asks batching stores for (Thanos's default).
@@ -35,6 +36,9 @@ pub struct FanoutOptions {
     pub tenant: Option<String>,
     /// Per-endpoint call timeout.
     pub timeout: Duration,
+    /// `max_source_resolution` in milliseconds: the coarsest downsampled data stores may
+    /// answer with (0: raw).
+    pub max_resolution_ms: i64,
 }
 
 impl FanoutOptions {
@@ -93,14 +97,24 @@ pub struct RawChunk {
     pub max_time: i64,
     /// `thanos.Chunk.Encoding` and bytes; `None` when the store sent only aggregates.
     pub raw: Option<(i32, Bytes)>,
+    /// Downsampled aggregates (count, sum, min, max, counter), as encoding and bytes.
+    pub aggrs: [Option<(i32, Bytes)>; 5],
 }
 
 impl From<AggrChunk> for RawChunk {
     fn from(c: AggrChunk) -> Self {
+        let own = |r: Option<thanos::Chunk>| r.map(|r| (r.r#type, r.data));
         RawChunk {
             min_time: c.min_time,
             max_time: c.max_time,
-            raw: c.raw.map(|r| (r.r#type, r.data)),
+            raw: own(c.raw),
+            aggrs: [
+                own(c.count),
+                own(c.sum),
+                own(c.min),
+                own(c.max),
+                own(c.counter),
+            ],
         }
     }
 }
@@ -138,6 +152,8 @@ struct Collector {
     strip: Vec<String>,
     /// `None`: labels only (`skip_chunks`); else the query range `[mint, maxt]`.
     range: Option<(i64, i64)>,
+    /// How downsampled chunks are read (from the request's aggregates).
+    mode: Mode,
     cur: Option<StoreSeries>,
     out: Vec<DecodedSeries>,
     /// Whether every series so far came after the previous one (checked while joining
@@ -146,10 +162,11 @@ struct Collector {
 }
 
 impl Collector {
-    fn new(strip: Vec<String>, range: Option<(i64, i64)>) -> Self {
+    fn new(strip: Vec<String>, range: Option<(i64, i64)>, mode: Mode) -> Self {
         Collector {
             strip,
             range,
+            mode,
             cur: None,
             out: Vec::new(),
             sorted: true,
@@ -173,6 +190,9 @@ impl Collector {
             min_time: c.min_time,
             max_time: c.max_time,
             raw: c.raw.map(|r| (r.encoding, frame.slice_ref(r.data))),
+            aggrs: c
+                .aggrs
+                .map(|a| a.map(|r| (r.encoding, frame.slice_ref(r.data)))),
         });
         if let Some(cur) = &mut self.cur {
             let order = cur
@@ -211,7 +231,7 @@ impl Collector {
                 samples: Vec::new(),
             }),
             Some((mint, maxt)) => {
-                let samples = decode_store_series(cur.chunks, mint, maxt)?;
+                let samples = decode_store_series(cur.chunks, mint, maxt, self.mode)?;
                 if !samples.is_empty() {
                     self.out.push(DecodedSeries {
                         labels: cur.labels,
@@ -258,7 +278,8 @@ async fn series_from(
     opts: FanoutOptions,
 ) -> Result<StoreAnswer, String> {
     let range = (!req.skip_chunks).then_some((req.min_time, req.max_time));
-    let mut col = Collector::new(opts.dedup_labels().to_vec(), range);
+    let mode = Mode::from_aggregates(&req.aggregates);
+    let mut col = Collector::new(opts.dedup_labels().to_vec(), range, mode);
     let timeout = opts.timeout;
     let work = async {
         // Frames arrive as bytes and are read in place (see `series_frame`), so no
@@ -354,8 +375,38 @@ pub fn decode_chunks(chunks: &[RawChunk], mint: i64, maxt: i64) -> Result<Vec<Sa
 }
 
 /// Decodes one store's chunks of one series: overlapping chunks (e.g. head and block,
-/// out-of-order data) are the same source and are unioned.
+/// out-of-order data) are the same source and are unioned. Downsampled chunks are read
+/// per `mode` (see [`crate::downsample`]); in count mode raw samples count 1 each.
 fn decode_store_series(
+    chunks: Vec<RawChunk>,
+    mint: i64,
+    maxt: i64,
+    mode: Mode,
+) -> Result<Vec<Sample>, String> {
+    if chunks.iter().any(|c| c.aggrs.iter().any(Option::is_some)) {
+        let mut views: Vec<downsample::ChunkView<'_>> = chunks
+            .iter()
+            .map(|c| downsample::ChunkView {
+                min_time: c.min_time,
+                max_time: c.max_time,
+                raw: c.raw.as_ref(),
+                aggrs: &c.aggrs,
+            })
+            .collect();
+        return downsample::decode_series(&mut views, mint, maxt, mode);
+    }
+    let mut samples = decode_raw_series(chunks, mint, maxt)?;
+    if mode.counts() {
+        for s in &mut samples {
+            if !storeapi::is_stale_nan(s.v) {
+                s.v = 1.0;
+            }
+        }
+    }
+    Ok(samples)
+}
+
+fn decode_raw_series(
     mut chunks: Vec<RawChunk>,
     mint: i64,
     maxt: i64,
@@ -391,7 +442,7 @@ pub fn merge_series(
     for p in parts {
         decoded.push(DecodedSeries {
             labels: p.labels,
-            samples: decode_store_series(p.chunks, mint, maxt)?,
+            samples: decode_store_series(p.chunks, mint, maxt, Mode::Average)?,
         });
     }
     Ok(merge_decoded(decoded, dedup_on, counter, false))
@@ -484,6 +535,15 @@ impl ProxyStorage {
             partial_response_disabled: !self.opts.partial_response,
             partial_response_strategy: self.opts.strategy(),
             skip_chunks,
+            max_resolution_window: downsample::max_resolution_for(
+                self.opts.max_resolution_ms,
+                hints.range,
+                hints.func.as_deref(),
+            ),
+            aggregates: downsample::aggrs_from_func(hints.func.as_deref())
+                .into_iter()
+                .map(|a| a as i32)
+                .collect(),
             step: hints.step,
             range: hints.range,
             query_hints: Some(thanos::QueryHints {
@@ -688,11 +748,19 @@ impl Storage for ProxyStorage {
         let (parts, warnings, sorted) = self.fan_series(&hints, &matchers, false).await?;
         let dedup_on = !self.opts.dedup_labels().is_empty();
         let counter = dedup::is_counter_func(hints.func.as_deref());
+        let counts = Mode::from_aggregates(
+            &downsample::aggrs_from_func(hints.func.as_deref())
+                .into_iter()
+                .map(|a| a as i32)
+                .collect::<Vec<_>>(),
+        )
+        .counts();
         let series = merge_decoded(parts, dedup_on, counter, sorted);
         Ok(SelectResult {
             series,
             warnings,
             sorted: true,
+            counts,
         })
     }
 }
@@ -770,7 +838,7 @@ mod tests {
 
     #[test]
     fn frames_of_one_series_are_joined_and_replica_labels_stripped() {
-        let mut col = Collector::new(vec!["replica".to_string()], Some((0, 100)));
+        let mut col = Collector::new(vec!["replica".to_string()], Some((0, 100)), Mode::Average);
         // One series split over two frames (replica label and an empty label on the
         // wire, labels unsorted in the second), then the next series.
         let a = frame(vec![thanos::Series {
@@ -802,7 +870,7 @@ mod tests {
 
     #[test]
     fn out_of_order_series_and_duplicate_names_are_noticed() {
-        let mut col = Collector::new(Vec::new(), Some((0, 100)));
+        let mut col = Collector::new(Vec::new(), Some((0, 100)), Mode::Average);
         let f = frame(vec![
             thanos::Series {
                 labels: wire(&[("a", "2")]),
@@ -817,7 +885,7 @@ mod tests {
         let (out, sorted) = col.finish().unwrap();
         assert!(!sorted);
         assert_eq!(out.len(), 2);
-        let mut col = Collector::new(Vec::new(), Some((0, 100)));
+        let mut col = Collector::new(Vec::new(), Some((0, 100)), Mode::Average);
         let dup = frame(vec![thanos::Series {
             labels: wire(&[("b", "1"), ("a", "1"), ("b", "2")]),
             chunks: Vec::new(),

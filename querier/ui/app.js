@@ -23,6 +23,7 @@
     var p = new URLSearchParams();
     p.set("dedup", $("dedup").checked ? "true" : "false");
     p.set("partial_response", $("partial").checked ? "true" : "false");
+    p.set("max_source_resolution", $("max-res").value);
     return p;
   }
 
@@ -117,6 +118,7 @@
     var url = new URL(window.location.href);
     url.searchParams.set("expr", expr);
     url.searchParams.set("range", String(range));
+    url.searchParams.set("max_source_resolution", $("max-res").value);
     history.replaceState(null, "", url.toString());
     $("status").textContent = "Loading...";
     $("status").className = "status";
@@ -190,6 +192,7 @@
     $("end-now").addEventListener("click", function () { $("end").value = ""; run(); });
     var q = new URLSearchParams(window.location.search);
     if (q.get("range")) $("range").value = q.get("range");
+    if (q.get("max_source_resolution")) $("max-res").value = q.get("max_source_resolution");
     if (q.get("expr")) { $("expr").value = q.get("expr"); run(); }
   }
 })();

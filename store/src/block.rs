@@ -109,6 +109,14 @@ impl StoreBlock {
         self.meta.ulid
     }
 
+    /// Downsampling resolution in milliseconds (0: raw), from `thanos.downsample`.
+    pub fn resolution(&self) -> i64 {
+        self.meta
+            .thanos
+            .as_ref()
+            .map_or(0, |t| t.downsample.resolution)
+    }
+
     /// Whether the block's `[minTime, maxTime)` overlaps the closed `[mint, maxt]`.
     pub fn overlaps(&self, mint: i64, maxt: i64) -> bool {
         self.meta.min_time <= maxt && mint < self.meta.max_time

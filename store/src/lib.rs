@@ -10,15 +10,15 @@
 //! - [`block`]: per block, the index is fetched once into `--data-dir` on first use and
 //!   mapped; chunks are read with merged ranged GETs through a byte-bounded cache.
 //! - [`service`]: `thanos.Store` (Series as pre-encoded frames), `thanos.info.Info`.
+//! - [`resolution`]: downsampled blocks (5m, 1h): which resolution answers a request
+//!   (`max_resolution_window`, Thanos's `getFor`) and which aggregates are sent.
 //! - HTTP: `/metrics`, `/-/healthy`, `/-/ready` (ready after the first sync).
-//!
-//! Downsampled blocks (resolution > 0) are discovered but not served yet: their
-//! aggregate chunks need the AggrChunk codec.
 
 pub mod args;
 pub mod block;
 pub mod metrics;
 pub mod relabel;
+pub mod resolution;
 pub mod service;
 
 use std::collections::{BTreeMap, HashMap};
@@ -98,8 +98,6 @@ impl Syncer {
                 self.selector.keeps(&l)
             } {
                 "label-excluded"
-            } else if e.resolution() != 0 {
-                "downsampled-not-served"
             } else {
                 "loaded"
             };
@@ -127,7 +125,6 @@ impl Syncer {
             "duplicate",
             "time-excluded",
             "label-excluded",
-            "downsampled-not-served",
         ] {
             gw.metrics
                 .meta_synced

@@ -25,9 +25,12 @@ use storeapi::{Labels, Matcher};
 use tonic::{Request, Response, Status};
 use tsdb::Chunk;
 use tsdb::block::Ulid;
+use tsdb::chunk::Encoding;
+use tsdb::chunk::aggr::{AggrType, aggr_get};
 
 use crate::block::{ChunkCache, ReadError, StoreBlock};
 use crate::metrics::StoreMetrics;
+use crate::resolution::Span;
 
 /// Blocks read at once by one request.
 const BLOCK_CONCURRENCY: usize = 4;
@@ -82,12 +85,91 @@ fn split_for_block(ms: &[Matcher], ext: &Labels) -> (bool, Vec<Matcher>) {
     (ok, local)
 }
 
-/// Samples in a chunk: every Prometheus chunk encoding starts with a 2-byte count.
-fn chunk_samples(c: &Chunk) -> u64 {
-    match c.data.get(..2) {
+/// Samples in a chunk: every Prometheus chunk encoding starts with a 2-byte count; a
+/// downsampled chunk counts the samples of each aggregate sent.
+fn chunk_samples(c: &Chunk, aggrs: &[AggrType]) -> u64 {
+    let head = |d: &[u8]| match d.get(..2) {
         Some(b) => u64::from(u16::from_be_bytes([b[0], b[1]])),
         None => 0,
+    };
+    if c.encoding != Encoding::Aggr {
+        return head(&c.data);
     }
+    aggrs
+        .iter()
+        .filter_map(|&t| aggr_get(&c.data, t).ok().flatten())
+        .map(|(_, d)| head(d))
+        .sum()
+}
+
+/// The blocks answering a request at `max_res` (see [`crate::resolution`]), chosen per
+/// external label set.
+fn by_resolution(
+    blocks: Vec<Arc<StoreBlock>>,
+    mint: i64,
+    maxt: i64,
+    max_res: i64,
+) -> Vec<Arc<StoreBlock>> {
+    let mut sets: BTreeMap<Labels, Vec<Arc<StoreBlock>>> = BTreeMap::new();
+    for b in blocks {
+        sets.entry(b.ext.clone()).or_default().push(b);
+    }
+    let mut out = Vec::new();
+    for set in sets.into_values() {
+        let spans: Vec<Span> = set
+            .iter()
+            .map(|b| Span {
+                min_time: b.meta.min_time,
+                max_time: b.meta.max_time,
+                resolution: b.resolution(),
+            })
+            .collect();
+        for i in crate::resolution::choose(&spans, mint, maxt, max_res) {
+            out.push(set[i].clone());
+        }
+    }
+    out
+}
+
+/// Checks that every downsampled chunk read from `b` holds the requested aggregates as
+/// XOR sub-chunks (what the frame writer sends), so a corrupt or foreign chunk is the
+/// block's error (a warning or an abort), not a silently missing series.
+fn check_aggregates(b: &StoreBlock, chunks: &[Chunk], aggrs: &[AggrType]) -> Result<(), ReadError> {
+    let corrupt = |why: String| ReadError::Block {
+        id: b.id(),
+        source: tsdb::block::BlockError::Corrupt(why),
+    };
+    // Raw chunks are sent as they are, in any block (as Thanos's `populateChunk`).
+    for c in chunks.iter().filter(|c| c.encoding == Encoding::Aggr) {
+        for &t in aggrs {
+            match aggr_get(&c.data, t) {
+                Ok(Some((1, _))) => {}
+                Ok(Some((e, _))) => {
+                    return Err(corrupt(format!(
+                        "aggregate {t:?}: sub-chunk encoding {e} is not XOR"
+                    )));
+                }
+                Ok(None) => return Err(corrupt(format!("aggregate {t:?} does not exist"))),
+                Err(e) => return Err(corrupt(format!("aggregate {t:?}: {e}"))),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The frame form of a chunk: raw as stored, or the requested aggregates' sub-chunks.
+fn wire_chunk<'a>(c: &'a Chunk, aggrs: &[AggrType]) -> WireChunk<'a> {
+    if c.encoding != Encoding::Aggr {
+        return WireChunk::from_prometheus(c.min_time, c.max_time, c.encoding as u8, &c.data);
+    }
+    let mut parts: [Option<&[u8]>; 5] = [None; 5];
+    for &t in aggrs {
+        // Checked by `check_aggregates` when read.
+        if let Ok(Some((_, d))) = aggr_get(&c.data, t) {
+            parts[t as usize] = Some(d);
+        }
+    }
+    WireChunk::aggregates(c.min_time, c.max_time, parts)
 }
 
 fn warn_frame(msg: String) -> Bytes {
@@ -177,6 +259,9 @@ impl Gateway {
         &self,
         req: &SeriesRequest,
     ) -> Result<(Vec<(Labels, Vec<Chunk>)>, Vec<String>), Status> {
+        let aggrs = crate::resolution::requested(&req.aggregates)
+            .map_err(|e| Status::invalid_argument(format!("invalid aggregates: {e}")))?;
+        let aggrs = &aggrs[..];
         let matchers = matchers_from_wire(&req.matchers).map_err(bad_matchers)?;
         let abort = req.partial_response_disabled
             || req.partial_response_strategy == PartialResponseStrategy::Abort as i32;
@@ -184,16 +269,12 @@ impl Gateway {
         let (mint, maxt) = (req.min_time.max(wmin), req.max_time.min(wmax));
         let without: BTreeSet<String> = req.without_replica_labels.iter().cloned().collect();
         let blocks = self.blocks_for(req.min_time, req.max_time);
+        let blocks = by_resolution(blocks, mint, maxt, req.max_resolution_window);
         let work: Vec<(Arc<StoreBlock>, Vec<Matcher>)> = blocks
             .into_iter()
             .filter_map(|b| {
                 let (ok, local) = split_for_block(&matchers, &b.ext);
-                (ok && b
-                    .meta
-                    .thanos
-                    .as_ref()
-                    .is_none_or(|t| t.downsample.resolution == 0))
-                .then_some((b, local))
+                ok.then_some((b, local))
             })
             .collect();
         if work.iter().any(|(_, l)| l.is_empty()) {
@@ -217,6 +298,7 @@ impl Gateway {
                         series.iter().flat_map(|(_, r)| r.iter().copied()).collect();
                     let (chunks, n) = b.chunks(&refs, &self.cache, &self.metrics).await?;
                     fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    check_aggregates(&b, &chunks, aggrs)?;
                     let mut it = chunks.into_iter();
                     Ok(series
                         .into_iter()
@@ -268,7 +350,7 @@ impl Gateway {
             // The same block content under two ULIDs (e.g. a replica shipped twice)
             // gives identical chunks: send each once.
             chunks.dedup();
-            samples += chunks.iter().map(chunk_samples).sum::<u64>();
+            samples += chunks.iter().map(|c| chunk_samples(c, aggrs)).sum::<u64>();
             if self.limits.samples > 0 && samples > self.limits.samples {
                 return limit_err(format!(
                     "exceeded samples limit: the query selects more than {} samples (--store.grpc.series-sample-limit)",
@@ -290,6 +372,8 @@ impl FrameSeries for Gateway {
         let req = request.into_inner();
         let (series, warnings) = self.select(&req).await?;
         let (skip_chunks, batch) = (req.skip_chunks, req.response_batch_size);
+        let aggrs = crate::resolution::requested(&req.aggregates)
+            .map_err(|e| Status::invalid_argument(format!("invalid aggregates: {e}")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(FRAME_QUEUE);
         tokio::task::spawn_blocking(move || {
             let mut open = true;
@@ -307,17 +391,7 @@ impl FrameSeries for Gateway {
                 for x in l.iter() {
                     put_label(buf, x.name.as_bytes(), x.value.as_bytes());
                 }
-                w.push(
-                    chunks.iter().map(|c| {
-                        WireChunk::from_prometheus(
-                            c.min_time,
-                            c.max_time,
-                            c.encoding as u8,
-                            &c.data,
-                        )
-                    }),
-                    &mut send,
-                );
+                w.push(chunks.iter().map(|c| wire_chunk(c, &aggrs)), &mut send);
             }
             w.finish(&mut send);
         });

@@ -41,6 +41,9 @@ pub struct AppState {
     pub gate: Arc<tokio::sync::Semaphore>,
     pub metrics: Metrics,
     pub ready: AtomicBool,
+    /// `--query.auto-downsampling`: without `max_source_resolution`, range queries may
+    /// read data downsampled to step/5.
+    pub auto_downsampling: bool,
 }
 
 /// An API error: Prometheus's `errorType` and message.
@@ -165,7 +168,47 @@ impl AppState {
             partial_response,
             tenant,
             timeout,
+            max_resolution_ms: 0,
         })
+    }
+
+    /// The `max_source_resolution` parameter in milliseconds (Thanos's
+    /// `parseDownsamplingParamMillis`): a duration (`0s`, `5m`, `1h`), or `auto` (and no
+    /// parameter with `--query.auto-downsampling`) for `auto_ms` (range: step/5).
+    fn max_resolution(&self, p: &Params, auto_ms: i64) -> Result<i64, ApiError> {
+        const NAME: &str = "max_source_resolution";
+        let v = p.get(NAME).unwrap_or("");
+        let ms = match v {
+            "" if self.auto_downsampling => auto_ms,
+            "" => 0,
+            "auto" => auto_ms,
+            v => format::parse_duration(v).map_err(|e| ApiError::param(NAME, e))?,
+        };
+        if ms < 0 {
+            return Err(ApiError::bad_data(format!(
+                "negative '{NAME}' is not accepted. Try a positive integer"
+            )));
+        }
+        Ok(ms)
+    }
+
+    /// Applies `max_source_resolution` to a query: the stores may answer with data that
+    /// coarse, and (unless `lookback_delta` is given) the lookback grows to 5m / 1h with
+    /// it, as Thanos's dynamic lookback delta does.
+    fn downsampling(
+        &self,
+        p: &Params,
+        auto_ms: i64,
+        storage: &mut ProxyStorage,
+        opts: &mut QueryOptions,
+    ) -> Result<(), ApiError> {
+        let ms = self.max_resolution(p, auto_ms)?;
+        storage.opts.max_resolution_ms = ms;
+        if opts.lookback_delta_ms.is_none() && ms > 0 {
+            let base = self.engine.options().lookback_delta_ms;
+            opts.lookback_delta_ms = Some(crate::downsample::lookback_for(base, ms));
+        }
+        Ok(())
     }
 
     fn storage(&self, p: &Params, headers: &HeaderMap) -> Result<ProxyStorage, ApiError> {
@@ -417,7 +460,10 @@ async fn query(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
     let t = parse_time_param(p, "time", now_ms())?;
     let timeout = st.query_timeout(p)?;
     let mut opts = st.query_options(p)?;
-    let storage = st.storage(p, h)?;
+    let mut storage = st.storage(p, h)?;
+    // Instant queries: `auto` means raw, Thanos's default
+    // `--query.instant.default.max_source_resolution` (0s).
+    st.downsampling(p, 0, &mut storage, &mut opts)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let _cancel = CancelOnDrop(cancel.clone());
     opts.cancel = Some(cancel);
@@ -481,7 +527,9 @@ async fn query_range(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
     let q = p.get("query").unwrap_or("").to_string();
     let timeout = st.query_timeout(p)?;
     let mut opts = st.query_options(p)?;
-    let storage = st.storage(p, h)?;
+    let mut storage = st.storage(p, h)?;
+    // At least 5 samples per step, as Thanos's auto downsampling.
+    st.downsampling(p, step / 5, &mut storage, &mut opts)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let _cancel = CancelOnDrop(cancel.clone());
     opts.cancel = Some(cancel);

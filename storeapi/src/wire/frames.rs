@@ -11,13 +11,17 @@ use bytes::Bytes;
 /// Byte budget of one `SeriesResponse` frame (Thanos's `RemoteReadFrameLimit`).
 pub const FRAME_LIMIT: usize = 1 << 20;
 
-/// A chunk to send: times, `thanos.Chunk.Encoding` number (XOR is 0) and raw bytes.
+/// A chunk to send: times, `thanos.Chunk.Encoding` number (XOR is 0) and raw bytes, or
+/// (downsampled data) XOR sub-chunks of the aggregates in `aggrs`.
 #[derive(Debug, Clone, Copy)]
 pub struct WireChunk<'a> {
     pub min_time: i64,
     pub max_time: i64,
     pub encoding: i32,
     pub data: &'a [u8],
+    /// XOR sub-chunks in `AggrChunk` field order: count, sum, min, max, counter (fields
+    /// 4..=8). When any is set the chunk is an aggregate chunk: `raw` is not sent.
+    pub aggrs: [Option<&'a [u8]>; 5],
 }
 
 impl<'a> WireChunk<'a> {
@@ -29,6 +33,33 @@ impl<'a> WireChunk<'a> {
             max_time,
             encoding: i32::from(encoding) - 1,
             data,
+            aggrs: [None; 5],
+        }
+    }
+
+    /// A downsampled chunk: the given aggregates' XOR sub-chunks (count, sum, min, max,
+    /// counter order; `None` = not sent).
+    pub fn aggregates(min_time: i64, max_time: i64, aggrs: [Option<&'a [u8]>; 5]) -> Self {
+        WireChunk {
+            min_time,
+            max_time,
+            encoding: 0,
+            data: &[],
+            aggrs,
+        }
+    }
+
+    fn is_aggregate(&self) -> bool {
+        self.aggrs.iter().any(Option::is_some)
+    }
+
+    /// The hash the raw chunk is sent with (0 for an aggregate chunk: each of its
+    /// sub-chunks carries its own hash).
+    fn hash(&self) -> u64 {
+        if self.is_aggregate() {
+            0
+        } else {
+            xxhash_rust::xxh64::xxh64(self.data, 0)
         }
     }
 }
@@ -57,13 +88,13 @@ fn len_field_size(len: usize) -> usize {
 }
 
 /// Encoded size of a `thanos.Chunk` message.
-fn chunk_msg_len(c: &WireChunk<'_>, hash: u64) -> usize {
+fn chunk_msg_len(encoding: i32, data: &[u8], hash: u64) -> usize {
     let mut n = 0;
-    if c.encoding != 0 {
-        n += 1 + varint_len(c.encoding as i64 as u64);
+    if encoding != 0 {
+        n += 1 + varint_len(encoding as i64 as u64);
     }
-    if !c.data.is_empty() {
-        n += len_field_size(c.data.len());
+    if !data.is_empty() {
+        n += len_field_size(data.len());
     }
     if hash != 0 {
         n += 1 + varint_len(hash);
@@ -71,7 +102,24 @@ fn chunk_msg_len(c: &WireChunk<'_>, hash: u64) -> usize {
     n
 }
 
-/// Encoded size of a `thanos.AggrChunk` message holding `raw` only.
+fn put_chunk_msg(buf: &mut Vec<u8>, field: u32, encoding: i32, data: &[u8], hash: u64) {
+    put_len_field(buf, field, chunk_msg_len(encoding, data, hash));
+    if encoding != 0 {
+        buf.push(1 << 3);
+        put_varint(buf, encoding as i64 as u64);
+    }
+    if !data.is_empty() {
+        put_len_field(buf, 2, data.len());
+        buf.extend_from_slice(data);
+    }
+    if hash != 0 {
+        buf.push(3 << 3);
+        put_varint(buf, hash);
+    }
+}
+
+/// Encoded size of a `thanos.AggrChunk` message: `raw`, or the aggregate sub-chunks
+/// (each with its own hash, as Thanos's store sends them).
 fn aggr_chunk_len(c: &WireChunk<'_>, hash: u64) -> usize {
     let mut n = 0;
     if c.min_time != 0 {
@@ -80,7 +128,13 @@ fn aggr_chunk_len(c: &WireChunk<'_>, hash: u64) -> usize {
     if c.max_time != 0 {
         n += 1 + varint_len(c.max_time as u64);
     }
-    n + len_field_size(chunk_msg_len(c, hash))
+    if c.is_aggregate() {
+        for a in c.aggrs.iter().flatten() {
+            n += len_field_size(chunk_msg_len(0, a, xxhash_rust::xxh64::xxh64(a, 0)));
+        }
+        return n;
+    }
+    n + len_field_size(chunk_msg_len(c.encoding, c.data, hash))
 }
 
 fn put_aggr_chunk(buf: &mut Vec<u8>, c: &WireChunk<'_>, hash: u64) {
@@ -92,19 +146,16 @@ fn put_aggr_chunk(buf: &mut Vec<u8>, c: &WireChunk<'_>, hash: u64) {
         buf.push(2 << 3);
         put_varint(buf, c.max_time as u64);
     }
-    put_len_field(buf, 3, chunk_msg_len(c, hash));
-    if c.encoding != 0 {
-        buf.push(1 << 3);
-        put_varint(buf, c.encoding as i64 as u64);
+    if c.is_aggregate() {
+        for (i, a) in c.aggrs.iter().enumerate() {
+            if let Some(a) = a {
+                let h = xxhash_rust::xxh64::xxh64(a, 0);
+                put_chunk_msg(buf, 4 + i as u32, 0, a, h);
+            }
+        }
+        return;
     }
-    if !c.data.is_empty() {
-        put_len_field(buf, 2, c.data.len());
-        buf.extend_from_slice(c.data);
-    }
-    if hash != 0 {
-        buf.push(3 << 3);
-        put_varint(buf, hash);
-    }
+    put_chunk_msg(buf, 3, c.encoding, c.data, hash);
 }
 
 /// Appends one `thanos.Series` entry (field 1 of `SeriesResponse` and of `SeriesBatch`)
@@ -218,7 +269,7 @@ impl FrameWriter {
         }
         self.sizes.clear();
         for c in chunks.clone() {
-            let hash = xxhash_rust::xxh64::xxh64(c.data, 0);
+            let hash = c.hash();
             self.sizes
                 .push((hash, len_field_size(aggr_chunk_len(&c, hash))));
         }
@@ -323,15 +374,36 @@ mod tests {
             labels: labels.iter().map(|(n, v)| label(n, v)).collect(),
             chunks: chunks
                 .iter()
-                .map(|c| AggrChunk {
-                    min_time: c.min_time,
-                    max_time: c.max_time,
-                    raw: Some(thanos::Chunk {
-                        r#type: c.encoding,
-                        data: Bytes::copy_from_slice(c.data),
-                        hash: xxhash_rust::xxh64::xxh64(c.data, 0),
-                    }),
-                    ..Default::default()
+                .map(|c| {
+                    let sub = |d: Option<&[u8]>| {
+                        d.map(|d| thanos::Chunk {
+                            r#type: 0,
+                            data: Bytes::copy_from_slice(d),
+                            hash: xxhash_rust::xxh64::xxh64(d, 0),
+                        })
+                    };
+                    if c.aggrs.iter().any(Option::is_some) {
+                        return AggrChunk {
+                            min_time: c.min_time,
+                            max_time: c.max_time,
+                            raw: None,
+                            count: sub(c.aggrs[0]),
+                            sum: sub(c.aggrs[1]),
+                            min: sub(c.aggrs[2]),
+                            max: sub(c.aggrs[3]),
+                            counter: sub(c.aggrs[4]),
+                        };
+                    }
+                    AggrChunk {
+                        min_time: c.min_time,
+                        max_time: c.max_time,
+                        raw: Some(thanos::Chunk {
+                            r#type: c.encoding,
+                            data: Bytes::copy_from_slice(c.data),
+                            hash: xxhash_rust::xxh64::xxh64(c.data, 0),
+                        }),
+                        ..Default::default()
+                    }
                 })
                 .collect(),
         }
@@ -346,12 +418,14 @@ mod tests {
                 max_time: 0,
                 encoding: 0,
                 data: &data[..10],
+                aggrs: [None; 5],
             },
             WireChunk {
                 min_time: 1_700_000_000_000,
                 max_time: 1_700_000_015_000,
                 encoding: 1,
                 data: &data,
+                aggrs: [None; 5],
             },
         ];
         let labels = [("__name__", "up"), ("empty", ""), ("job", "x")];
@@ -372,6 +446,39 @@ mod tests {
     }
 
     #[test]
+    fn aggregate_chunks_equal_prost_bytes() {
+        let (a, b) = (vec![1u8, 2, 3], vec![9u8; 200]);
+        let chunks = [
+            WireChunk::aggregates(
+                299_999,
+                3_599_999,
+                [Some(&a[..]), Some(&b[..]), None, None, None],
+            ),
+            WireChunk::aggregates(3_899_999, 3_899_999, [None, None, None, None, Some(&b[..])]),
+            WireChunk::from_prometheus(4_000_000, 4_100_000, 1, &a),
+        ];
+        let labels = [("__name__", "x")];
+        for batch in [1, 8] {
+            let mut w = FrameWriter::new(false, batch);
+            put_label(w.labels(), b"__name__", b"x");
+            let mut out = Vec::new();
+            w.push(chunks.iter().copied(), &mut |b| out.push(b));
+            w.finish(&mut |b| out.push(b));
+            let s = prost_series(&labels, &chunks);
+            let want = SeriesResponse {
+                result: Some(if batch == 1 {
+                    Frame::Series(s)
+                } else {
+                    Frame::Batch(thanos::SeriesBatch { series: vec![s] })
+                }),
+            }
+            .encode_to_vec();
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].as_ref(), want.as_slice());
+        }
+    }
+
+    #[test]
     fn batches_equal_prost_bytes_and_respect_batch_size() {
         let data = [1u8, 2, 3];
         let mut w = FrameWriter::new(false, 2);
@@ -385,6 +492,7 @@ mod tests {
                 max_time: i + 1,
                 encoding: 0,
                 data: &data,
+                aggrs: [None; 5],
             }];
             w.push(c.iter().copied(), &mut |b| out.push(b));
             want.push(prost_series(&[("i", &v)], &c));
@@ -413,6 +521,7 @@ mod tests {
                 max_time: i * 10 + 9,
                 encoding: 0,
                 data: &data,
+                aggrs: [None; 5],
             })
             .collect();
         let mut w = FrameWriter::new(false, 64);

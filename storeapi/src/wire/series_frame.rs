@@ -24,6 +24,15 @@ pub struct ChunkRef<'a> {
     pub min_time: i64,
     pub max_time: i64,
     pub raw: Option<RawChunkRef<'a>>,
+    /// Downsampled aggregates in field order: count, sum, min, max, counter.
+    pub aggrs: [Option<RawChunkRef<'a>>; 5],
+}
+
+impl ChunkRef<'_> {
+    /// Whether the store sent any aggregate (a chunk of a downsampled block).
+    pub fn has_aggregates(&self) -> bool {
+        self.aggrs.iter().any(Option::is_some)
+    }
 }
 
 /// One `thanos.Series`, borrowed; labels in the order sent (not validated).
@@ -211,9 +220,9 @@ fn decode_aggr_chunk(buf: &[u8]) -> Result<ChunkRef<'_>, DecodeError> {
                 merge_chunk(c.bytes("raw chunk")?, raw)?;
             }
             4..=8 => {
-                // Downsampled aggregates: not read, but checked as prost would.
                 c.expect(field, wt, WT_LEN)?;
-                merge_chunk(c.bytes("aggregate chunk")?, &mut RawChunkRef::default())?;
+                let a = out.aggrs[(field - 4) as usize].get_or_insert_default();
+                merge_chunk(c.bytes("aggregate chunk")?, a)?;
             }
             _ => c.skip(field, wt)?,
         }
@@ -260,7 +269,12 @@ mod tests {
         Vec<(Vec<(String, String)>, Vec<ChunkOwned>)>,
         Option<String>,
     );
-    type ChunkOwned = (i64, i64, Option<(i32, Vec<u8>)>);
+    type ChunkOwned = (
+        i64,
+        i64,
+        Option<(i32, Vec<u8>)>,
+        Vec<Option<(i32, Vec<u8>)>>,
+    );
 
     fn via_prost(buf: &[u8]) -> Option<Decoded> {
         let r = SeriesResponse::decode(buf).ok()?;
@@ -274,10 +288,18 @@ mod tests {
                 .chunks
                 .into_iter()
                 .map(|c| {
+                    let own = |r: Option<Chunk>| r.map(|r| (r.r#type, r.data.to_vec()));
                     (
                         c.min_time,
                         c.max_time,
-                        c.raw.map(|r| (r.r#type, r.data.to_vec())),
+                        own(c.raw),
+                        vec![
+                            own(c.count),
+                            own(c.sum),
+                            own(c.min),
+                            own(c.max),
+                            own(c.counter),
+                        ],
                     )
                 })
                 .collect();
@@ -308,10 +330,14 @@ mod tests {
                         .chunks
                         .iter()
                         .map(|c| {
+                            let own = |r: Option<RawChunkRef<'_>>| {
+                                r.map(|r| (r.encoding, r.data.to_vec()))
+                            };
                             (
                                 c.min_time,
                                 c.max_time,
-                                c.raw.map(|r| (r.encoding, r.data.to_vec())),
+                                own(c.raw),
+                                c.aggrs.iter().map(|a| own(*a)).collect(),
                             )
                         })
                         .collect();
@@ -336,6 +362,11 @@ mod tests {
                         r#type: (n % 3) as i32,
                         data: vec![n as u8; n % 7].into(),
                         hash: n as u64,
+                    }),
+                    counter: (n % 3 == 0).then(|| Chunk {
+                        r#type: 0,
+                        data: vec![7; n % 5].into(),
+                        hash: 1,
                     }),
                     ..Default::default()
                 })
@@ -406,16 +437,29 @@ mod tests {
             any::<i64>(),
             any::<i64>(),
             prop::option::of((0i32..4, prop::collection::vec(any::<u8>(), 0..40))),
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..20)),
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..20)),
         )
-            .prop_map(|(a, b, raw)| AggrChunk {
-                min_time: a,
-                max_time: b,
-                raw: raw.map(|(t, d)| Chunk {
-                    r#type: t,
-                    data: d.into(),
-                    hash: 7,
-                }),
-                ..Default::default()
+            .prop_map(|(a, b, raw, sum, counter)| {
+                let sub = |d: Option<Vec<u8>>| {
+                    d.map(|d| Chunk {
+                        r#type: 0,
+                        data: d.into(),
+                        hash: 3,
+                    })
+                };
+                AggrChunk {
+                    min_time: a,
+                    max_time: b,
+                    raw: raw.map(|(t, d)| Chunk {
+                        r#type: t,
+                        data: d.into(),
+                        hash: 7,
+                    }),
+                    sum: sub(sum),
+                    counter: sub(counter),
+                    ..Default::default()
+                }
             });
         let series = (
             prop::collection::vec(label, 0..6),
