@@ -1,5 +1,8 @@
-//! `orrery standalone`: a receiver and a querier in one process, wired to each other
-//! over loopback gRPC, with defaults that need no flags.
+//! `orrery standalone`: a receiver, a store gateway over the receiver's bucket, a
+//! compactor and a querier in one process, wired to each other over loopback gRPC, with
+//! defaults that need no flags. The querier asks the receiver for recent data and the
+//! gateway for blocks past the receiver's local retention, so one command answers over
+//! all history.
 
 use clap::{Args, Parser};
 
@@ -48,6 +51,18 @@ pub struct StandaloneArgs {
     /// Do not run the compactor over the bucket.
     #[arg(long = "compact.disable")]
     pub compact_disable: bool,
+    /// The embedded store gateway's StoreAPI (the querier's second endpoint).
+    #[arg(long = "store.grpc-address", default_value = "127.0.0.1:10905")]
+    pub store_grpc_address: String,
+    /// The embedded store gateway's /metrics, /-/healthy, /-/ready.
+    #[arg(long = "store.http-address", default_value = "127.0.0.1:10906")]
+    pub store_http_address: String,
+    /// How often the store gateway scans the bucket for new and removed blocks.
+    #[arg(long = "store.sync-block-duration", default_value = "3m")]
+    pub store_sync_block_duration: String,
+    /// Do not run the store gateway (queries then reach only the receiver's local data).
+    #[arg(long = "store.disable")]
+    pub store_disable: bool,
 }
 
 /// The default bucket: a FILESYSTEM bucket beside the data dir. Not inside it: every
@@ -73,23 +88,50 @@ struct CompactCli {
 /// `--wait-interval`), scratch space beside the data dir, replicas deduplicated by
 /// `receive_replica`, its /metrics on `--compact.http-address`.
 fn compact_args(a: &StandaloneArgs) -> anyhow::Result<compact::CompactArgs> {
-    let mut c = vec![
+    let c = vec![
         "compact".to_string(),
         "--wait".to_string(),
         format!("--data-dir={}-compact", a.tsdb_path.trim_end_matches('/')),
         format!("--http-address={}", a.compact_http_address),
         "--deduplication.replica-label=receive_replica".to_string(),
         "--downsampling.disable".to_string(),
+        objstore_flag(a),
     ];
-    match (&a.objstore_config_file, &a.objstore_config) {
-        (Some(f), _) => c.push(format!("--objstore.config-file={f}")),
-        (None, Some(y)) => c.push(format!("--objstore.config={y}")),
-        (None, None) => c.push(format!(
-            "--objstore.config=type: FILESYSTEM\nconfig:\n  directory: {}\n",
-            serde_json::Value::from(default_bucket_dir(&a.tsdb_path))
-        )),
-    }
     Ok(CompactCli::try_parse_from(c)?.args)
+}
+
+#[derive(Parser)]
+struct StoreCli {
+    #[command(flatten)]
+    args: store::StoreArgs,
+}
+
+/// The bucket flag every bucket-reading component gets: the user's, or the default
+/// FILESYSTEM bucket beside the data dir.
+fn objstore_flag(a: &StandaloneArgs) -> String {
+    match (&a.objstore_config_file, &a.objstore_config) {
+        (Some(f), _) => format!("--objstore.config-file={f}"),
+        (None, Some(y)) => format!("--objstore.config={y}"),
+        (None, None) => format!(
+            "--objstore.config=type: FILESYSTEM\nconfig:\n  directory: {}\n",
+            // A JSON string is a YAML double-quoted scalar: any path stays one value.
+            serde_json::Value::from(default_bucket_dir(&a.tsdb_path))
+        ),
+    }
+}
+
+/// The store gateway over the same bucket: its index cache beside the data dir (not in
+/// it: every directory there is a tenant).
+fn store_args(a: &StandaloneArgs) -> anyhow::Result<store::StoreArgs> {
+    let c = vec![
+        "store".to_string(),
+        format!("--data-dir={}-store", a.tsdb_path.trim_end_matches('/')),
+        format!("--grpc-address={}", a.store_grpc_address),
+        format!("--http-address={}", a.store_http_address),
+        format!("--sync-block-duration={}", a.store_sync_block_duration),
+        objstore_flag(a),
+    ];
+    Ok(StoreCli::try_parse_from(c)?.args)
 }
 
 #[derive(Parser)]
@@ -116,23 +158,18 @@ fn component_args(
         ),
     ];
     r.extend(a.labels.iter().map(|l| format!("--label={l}")));
-    match (&a.objstore_config_file, &a.objstore_config) {
-        (Some(f), _) => r.push(format!("--objstore.config-file={f}")),
-        (None, Some(c)) => r.push(format!("--objstore.config={c}")),
-        (None, None) => r.push(format!(
-            "--objstore.config=type: FILESYSTEM\nconfig:\n  directory: {}\n",
-            // A JSON string is a YAML double-quoted scalar: any path stays one value.
-            serde_json::Value::from(default_bucket_dir(&a.tsdb_path))
-        )),
-    }
+    r.push(objstore_flag(a));
     let receive = ReceiveCli::try_parse_from(r)?.args;
-    let query = QueryCli::try_parse_from([
+    let mut q = vec![
         "query".to_string(),
         format!("--http-address={}", a.http_address),
         "--grpc-address=".to_string(),
         format!("--endpoint={}", a.grpc_address),
-    ])?
-    .args;
+    ];
+    if !a.store_disable {
+        q.push(format!("--endpoint={}", a.store_grpc_address));
+    }
+    let query = QueryCli::try_parse_from(q)?.args;
     Ok((receive, query))
 }
 
@@ -145,25 +182,90 @@ fn remote_write_snippet(remote_write_address: &str) -> String {
     format!("remote_write:\n  - url: http://<this-host>:{port}/api/v1/receive\n")
 }
 
-/// Runs receiver and querier until SIGTERM/SIGINT (each stops gracefully on it).
+/// How long the querier waits for the embedded StoreAPIs before it starts anyway.
+const EMBEDDED_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Waits until every embedded StoreAPI answers Info (or `EMBEDDED_READY_WAIT` passes),
+/// so the querier's first discovery round finds them healthy: a query right after the
+/// standalone reports ready sees the receiver's acknowledged samples and the bucket,
+/// not "no stores" until the next Info refresh.
+async fn wait_for_stores(addrs: Vec<String>) {
+    let set = querier::EndpointSet::new(addrs, None, std::time::Duration::from_secs(1));
+    let deadline = tokio::time::Instant::now() + EMBEDDED_READY_WAIT;
+    loop {
+        set.refresh().await;
+        let all = set.all();
+        let waiting: Vec<String> = all
+            .iter()
+            .filter(|e| !e.status().healthy)
+            .map(|e| e.addr.clone())
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(endpoints = ?waiting, "embedded StoreAPIs not ready; starting the querier anyway");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A component's result, logged as soon as it ends with an error (the others keep
+/// running until the signal, so the error would otherwise surface only at exit).
+async fn logged(
+    name: &'static str,
+    f: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let r = f.await;
+    if let Err(e) = &r {
+        tracing::error!(
+            component = name,
+            error = format!("{e:#}"),
+            "component stopped"
+        );
+    }
+    r
+}
+
+/// Runs the components until SIGTERM/SIGINT (each stops gracefully on it).
 pub async fn run(a: StandaloneArgs) -> anyhow::Result<()> {
     let (receive, query) = component_args(&a)?;
+    // Flags are all parsed before anything starts: a bad one stops nothing half-way.
+    let compact = (!a.compact_disable).then(|| compact_args(&a)).transpose()?;
+    let store = (!a.store_disable).then(|| store_args(&a)).transpose()?;
     println!(
         "orrery standalone: UI and Prometheus API on http://{}/ ; add this to prometheus.yml:\n\n{}",
         a.http_address,
         remote_write_snippet(&a.remote_write_address)
     );
-    if a.compact_disable {
-        let (r, q) = tokio::join!(receiver::run(receive), querier::run(query));
-        return r.and(q);
-    }
-    let compact = compact_args(&a)?;
-    let (r, q, c) = tokio::join!(
-        receiver::run(receive),
-        querier::run(query),
-        compact::run(compact)
+    let compact = async move {
+        match compact {
+            Some(c) => logged("compact", compact::run(c)).await,
+            None => Ok(()),
+        }
+    };
+    let store = async move {
+        match store {
+            Some(s) => logged("store", store::run(s)).await,
+            None => Ok(()),
+        }
+    };
+    let endpoints = query.endpoints.clone();
+    let query = async move {
+        tokio::select! {
+            _ = wait_for_stores(endpoints) => logged("query", querier::run(query)).await,
+            // Stopped before the querier started: nothing to drain.
+            _ = querier::shutdown_signal() => Ok(()),
+        }
+    };
+    let (r, q, c, s) = tokio::join!(
+        logged("receive", receiver::run(receive)),
+        query,
+        compact,
+        store
     );
-    r.and(q).and(c)
+    r.and(q).and(c).and(s)
 }
 
 #[cfg(test)]
@@ -185,6 +287,10 @@ mod tests {
             objstore_config: None,
             compact_http_address: "127.0.0.1:10912".into(),
             compact_disable: false,
+            store_grpc_address: "127.0.0.1:10905".into(),
+            store_http_address: "127.0.0.1:10906".into(),
+            store_sync_block_duration: "3m".into(),
+            store_disable: false,
         };
         let c = compact_args(&a).unwrap();
         assert!(c.wait);
@@ -200,7 +306,8 @@ mod tests {
         assert_eq!(r.http_address.to_string(), "127.0.0.1:10909");
         assert_eq!(r.labels.len(), 1);
         assert_eq!(r.too_far_in_future, std::time::Duration::from_secs(600));
-        assert_eq!(q.endpoints, vec!["127.0.0.1:10901".to_string()]);
+        // The querier asks the receiver (recent) and the store gateway (the bucket).
+        assert_eq!(q.endpoints, ["127.0.0.1:10901", "127.0.0.1:10905"]);
         assert_eq!(q.http_address, "0.0.0.0:10902");
         assert!(q.grpc_address.is_empty());
         assert!(remote_write_snippet(&a.remote_write_address).contains(":19291/api/v1/receive"));
@@ -221,6 +328,24 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(cfg.provider.kind(), "S3");
+        // The store gateway reads the same bucket, its cache beside the data dir.
+        let s = store_args(&a).unwrap();
+        assert_eq!(s.grpc_address.to_string(), "127.0.0.1:10905");
+        assert_eq!(s.http_address.to_string(), "127.0.0.1:10906");
+        assert_eq!(s.data_dir, std::path::Path::new("./data-store"));
+        assert_eq!(s.sync_block_duration, std::time::Duration::from_secs(180));
+        assert_eq!(
+            objstore::BucketConfig::from_flags(None, s.objstore_config.as_deref())
+                .unwrap()
+                .unwrap(),
+            objstore::BucketConfig::filesystem(std::path::Path::new("./data-bucket"))
+        );
+        let (_, q) = component_args(&StandaloneArgs {
+            store_disable: true,
+            ..a.clone()
+        })
+        .unwrap();
+        assert_eq!(q.endpoints, ["127.0.0.1:10901"]);
     }
 
     #[test]
@@ -238,6 +363,10 @@ mod tests {
             objstore_config: None,
             compact_http_address: "127.0.0.1:10912".into(),
             compact_disable: false,
+            store_grpc_address: "127.0.0.1:10905".into(),
+            store_http_address: "127.0.0.1:10906".into(),
+            store_sync_block_duration: "3m".into(),
+            store_disable: false,
         };
         assert!(component_args(&a).is_err());
     }

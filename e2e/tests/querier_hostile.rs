@@ -42,7 +42,10 @@ fn standalone() -> Standalone {
         .arg(format!("--http-address={http}"))
         .arg(format!("--grpc-address={grpc}"))
         .arg(format!("--remote-write.address={rw}"))
-        .arg(format!("--receive.http-address={rhttp}"));
+        .arg(format!("--receive.http-address={rhttp}"))
+        .arg(format!("--store.grpc-address=127.0.0.1:{}", free_port()))
+        .arg(format!("--store.http-address=127.0.0.1:{}", free_port()))
+        .arg(format!("--compact.http-address=127.0.0.1:{}", free_port()));
     let proc = Proc::spawn("standalone", cmd, dir.path().join("standalone.log"));
     let ready = wait_for(Duration::from_secs(30), || {
         matches!(http_get(&http, "/-/ready"), Ok((200, _))).then_some(())

@@ -6,9 +6,9 @@
 //! (moto) and a FILESYSTEM bucket.
 
 mod receiver_common;
+mod store_common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use e2e::promqlcmp::{
@@ -16,93 +16,12 @@ use e2e::promqlcmp::{
     show_answer, start_prometheus_with,
 };
 use e2e::s3::MotoServer;
-use e2e::{Proc, free_port, http_get, orrery_bin, wait_for};
+use e2e::wait_for;
 use receiver_common::Receiver;
+use store_common::{Query, Store, metric};
 
 const BUCKET: &str = "orrery";
 const HOUR: i64 = 3_600_000;
-
-/// A running `orrery store`.
-struct Store {
-    proc: Proc,
-    grpc: String,
-    http: String,
-}
-
-impl Store {
-    fn start(objstore: &str, data: &Path, log: &Path, extra: &[&str]) -> Store {
-        let (grpc, http) = (
-            format!("127.0.0.1:{}", free_port()),
-            format!("127.0.0.1:{}", free_port()),
-        );
-        let mut cmd = Command::new(orrery_bin());
-        cmd.arg("store")
-            .arg(format!("--objstore.config={objstore}"))
-            .arg(format!("--data-dir={}", data.display()))
-            .arg(format!("--grpc-address={grpc}"))
-            .arg(format!("--http-address={http}"))
-            .args(extra)
-            .env("RUST_LOG", "info");
-        let proc = Proc::spawn("orrery-store", cmd, log.to_path_buf());
-        let s = Store { proc, grpc, http };
-        let ok = wait_for(Duration::from_secs(60), || {
-            matches!(http_get(&s.http, "/-/ready"), Ok((200, _))).then_some(())
-        });
-        assert!(
-            ok.is_some(),
-            "orrery store did not become ready; log:\n{}",
-            s.proc.log_text()
-        );
-        s
-    }
-
-    fn metrics(&self) -> String {
-        http_get(&self.http, "/metrics")
-            .map(|r| r.1)
-            .unwrap_or_default()
-    }
-}
-
-/// A running `orrery query` over `endpoints`.
-struct Query {
-    proc: Proc,
-    http: String,
-}
-
-impl Query {
-    fn start(endpoints: &[&str], log: &Path) -> Query {
-        let http = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(orrery_bin());
-        cmd.arg("query")
-            .arg(format!("--http-address={http}"))
-            .arg(format!("--grpc-address=127.0.0.1:{}", free_port()))
-            // The receiver's tenant label is the only external label: treated as a
-            // replica label it is removed, so series equal Prometheus's.
-            .arg("--query.replica-label=tenant_id");
-        for e in endpoints {
-            cmd.arg(format!("--endpoint={e}"));
-        }
-        let proc = Proc::spawn("orrery-query", cmd, log.to_path_buf());
-        let q = Query { proc, http };
-        let ok = wait_for(Duration::from_secs(30), || {
-            matches!(http_get(&q.http, "/-/ready"), Ok((200, _))).then_some(())
-        });
-        assert!(
-            ok.is_some(),
-            "querier not ready; log:\n{}",
-            q.proc.log_text()
-        );
-        q
-    }
-}
-
-/// A metric's value summed over its series.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// Fills the bucket through a receiver (5-minute blocks, data written in time order one
 /// minute per request), stops it (final flush and upload) and deletes its disk.
@@ -216,7 +135,7 @@ fn run_case(name: &str, objstore: impl FnOnce(&Path) -> String) {
         loaded >= 20.0,
         "{name}: only {loaded} blocks loaded from 2 h of 5 m blocks:\n{m}"
     );
-    let q = Query::start(&[store.grpc.as_str()], &dir.path().join("query.log"));
+    let q = Query::start(&[store.grpc.as_str()], &dir.path().join("query.log"), &[]);
     // The querier learns the store's range through Info: wait until it answers.
     let seen = wait_for(Duration::from_secs(30), || {
         match prom_instant(&q.http, "count(up)", t0 + HOUR) {

@@ -21,7 +21,10 @@ pub fn is_counter_func(func: Option<&str>) -> bool {
 /// added to every sample so that a lagging replica does not produce a fake reset.
 struct Cursor<'a> {
     samples: &'a [Sample],
+    /// Where the penalised seeks got to.
     pos: usize,
+    /// The first sample after the merged output so far (no penalty).
+    next: usize,
     adjust: f64,
 }
 
@@ -30,8 +33,18 @@ impl<'a> Cursor<'a> {
         Cursor {
             samples,
             pos: 0,
+            next: 0,
             adjust: 0.0,
         }
+    }
+
+    /// The timestamp of the first sample at or after `t`, penalty ignored (`t` never
+    /// decreases between calls).
+    fn next_t(&mut self, t: i64) -> Option<i64> {
+        while self.next < self.samples.len() && self.samples[self.next].t < t {
+            self.next += 1;
+        }
+        self.samples.get(self.next).map(|s| s.t)
     }
 
     /// Advances to the first sample at or after `t` (never moves backwards).
@@ -71,6 +84,25 @@ pub fn penalty_merge(a: &[Sample], b: &[Sample], counter: bool) -> Vec<Sample> {
     loop {
         let last_v = out.last().map(|s: &Sample| s.v);
         let prev_use_a = use_a;
+        // Both replicas' next samples have the same timestamp: one sample held in two
+        // places (a block both on a receiver and in the bucket, or replicas in lockstep).
+        // It is emitted once, from the replica in use, and neither is penalised: a
+        // penalty here would skip the other's next samples when the one in use ends,
+        // leaving a gap where the two ranges meet.
+        let from = last_t.saturating_add(1);
+        if let (Some(ta), Some(tb)) = (ca.next_t(from), cb.next_t(from))
+            && ta == tb
+        {
+            ca.pos = ca.next;
+            cb.pos = cb.next;
+            (pen_a, pen_b) = (0, 0);
+            let chosen = if use_a { ca.at() } else { cb.at() };
+            let Some(chosen) = chosen else { break };
+            started = true;
+            last_t = chosen.t;
+            out.push(chosen);
+            continue;
+        }
         let sa = ca.seek(last_t.saturating_add(1).saturating_add(pen_a));
         let sb = cb.seek(last_t.saturating_add(1).saturating_add(pen_b));
         let chosen = match (sa, sb) {
@@ -328,10 +360,14 @@ mod tests {
         let a = s(&[(0, 0.0), (10_000, 1.0)]);
         let b = s(&[(0, 0.0), (10_000, 1.0), (20_000, 2.0), (50_000, 5.0)]);
         let c = s(&[(30_000, 3.0), (200_000, 20.0)]);
-        // Merged in the order a, b, c, b's 20s sample falls within the 2x penalty after
-        // a's last sample and is lost; the fold starts from b (most samples) instead.
+        // a and b hold the same samples where both have data (in phase): no penalty, so
+        // b's 20s sample right after a's last one is kept even merged in the order a, b.
         let in_given_order = penalty_merge(&penalty_merge(&a, &b, false), &c, false);
-        assert_eq!(ts(&in_given_order), vec![0, 10_000, 50_000, 200_000]);
+        assert_eq!(
+            ts(&in_given_order),
+            vec![0, 10_000, 20_000, 50_000, 200_000]
+        );
+        // The fold starts from b (most samples).
         let out = penalty_dedup(vec![a.clone(), b.clone(), c.clone()], false);
         assert_eq!(out, penalty_merge(&penalty_merge(&b, &a, false), &c, false));
         assert_eq!(ts(&out), vec![0, 10_000, 20_000, 50_000, 200_000]);
@@ -358,11 +394,9 @@ mod tests {
             .copied()
             .filter(|s| !(10_000..20_000).contains(&s.t))
             .collect();
-        assert_ne!(
-            penalty_merge(&gappy, &full, false),
-            full,
-            "the plain merge loses samples at the switch"
-        );
+        // Same timestamps where both have data: even the plain merge (gappy first) no
+        // longer loses samples at the switch.
+        assert_eq!(penalty_merge(&gappy, &full, false), full);
         for counter in [false, true] {
             assert_eq!(
                 penalty_dedup(vec![gappy.clone(), full.clone()], counter),
@@ -373,6 +407,40 @@ mod tests {
                 full
             );
         }
+    }
+
+    #[test]
+    fn same_samples_from_two_places_meet_without_a_gap() {
+        // 15 s scrapes; the bucket holds 0..=40 min, the receiver 30..=60 min: the same
+        // samples where they overlap. Whichever answers first and whatever the counter
+        // setting, every sample comes once, none is skipped where one range ends.
+        let all: Vec<Sample> = (0..=240)
+            .map(|i| Sample {
+                t: i * 15_000,
+                v: i as f64,
+            })
+            .collect();
+        let old: Vec<Sample> = all.iter().copied().filter(|s| s.t <= 2_400_000).collect();
+        let recent: Vec<Sample> = all.iter().copied().filter(|s| s.t >= 1_800_000).collect();
+        for counter in [false, true] {
+            assert_eq!(penalty_merge(&old, &recent, counter), all);
+            assert_eq!(penalty_merge(&recent, &old, counter), all);
+            assert_eq!(
+                penalty_dedup(vec![recent.clone(), old.clone()], counter),
+                all
+            );
+        }
+        // Offset replicas (not the same samples) keep Thanos's penalty at the switch.
+        let shifted: Vec<Sample> = recent
+            .iter()
+            .map(|s| Sample {
+                t: s.t + 700,
+                v: s.v,
+            })
+            .collect();
+        let out = penalty_merge(&old, &shifted, false);
+        let after: Vec<i64> = ts(&out).into_iter().filter(|&t| t > 2_400_000).collect();
+        assert_eq!(after.first(), Some(&(2_400_000 + 30_000 + 700)));
     }
 
     #[test]

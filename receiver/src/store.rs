@@ -413,13 +413,19 @@ impl storeapi::wire::info::info_server::Info for StoreState {
         self.check_ready()?;
         let mut label_sets = Vec::new();
         let mut tsdb_infos = Vec::new();
+        // Not the oldest sample stored but the oldest a query may find by the time it
+        // arrives (an empty receiver: any), so a querier that cached this answer still
+        // asks for samples acknowledged after it (a fresh receiver's first writes).
         let mut min_time = i64::MAX;
         let tenants = self.mt.tenants();
+        if tenants.is_empty() {
+            min_time = i64::MIN;
+        }
         for t in &tenants {
             let ls = ZLabelSet {
                 labels: labels_to_wire(&t.external_labels),
             };
-            let tmin = t.db.min_time();
+            let tmin = t.db.queryable_min_time();
             min_time = min_time.min(tmin);
             tsdb_infos.push(TsdbInfo {
                 labels: Some(ls.clone()),

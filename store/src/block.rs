@@ -51,6 +51,17 @@ pub enum ReadError {
     },
 }
 
+impl ReadError {
+    /// The block that could not be read.
+    pub fn block(&self) -> Ulid {
+        match self {
+            ReadError::Bucket { id, .. }
+            | ReadError::Block { id, .. }
+            | ReadError::Local { id, .. } => *id,
+        }
+    }
+}
+
 /// A block served by the gateway.
 pub struct StoreBlock {
     pub meta: BlockMeta,

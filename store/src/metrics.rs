@@ -26,6 +26,9 @@ pub struct StoreMetrics {
     /// Bucket bytes fetched per Series call.
     pub bytes_per_query: Histogram,
     pub series_limited: Counter,
+    /// Block reads that failed inside a request (bucket unreachable, object missing,
+    /// corrupt index or chunks); the log line names the block.
+    pub block_read_failures: Counter,
 }
 
 impl Default for StoreMetrics {
@@ -41,6 +44,7 @@ impl Default for StoreMetrics {
             bytes_fetched: Counter::default(),
             bytes_per_query: Histogram::new(exponential_buckets(1024.0, 4.0, 12)),
             series_limited: Counter::default(),
+            block_read_failures: Counter::default(),
         }
     }
 }
@@ -96,6 +100,11 @@ impl StoreMetrics {
             "orrery_store_series_requests_limited",
             "Series calls refused by a limit",
             self.series_limited.clone(),
+        );
+        r.register(
+            "orrery_store_block_read_failures",
+            "Block reads that failed in a request (the log names the block)",
+            self.block_read_failures.clone(),
         );
     }
 }

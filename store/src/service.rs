@@ -320,9 +320,13 @@ impl Gateway {
                         merged.entry(l).or_default().extend(c);
                     }
                 }
-                Err(e) if abort => return Err(Status::unavailable(e.to_string())),
                 Err(e) => {
-                    tracing::warn!(error = %e, "block unreadable; answering without it");
+                    self.metrics.block_read_failures.inc();
+                    tracing::warn!(block = %e.block(), error = %e, partial_response = !abort,
+                        "block unreadable; answering without it unless partial response is off");
+                    if abort {
+                        return Err(Status::unavailable(e.to_string()));
+                    }
                     warnings.push(e.to_string());
                 }
             }
@@ -448,8 +452,14 @@ impl thanos::store_server::Store for Gateway {
                     set.extend(names);
                     set.extend(b.ext.iter().map(|l| l.name.to_string()));
                 }
-                Err(e) if req.partial_response_disabled => return Err(Status::unavailable(e)),
-                Err(e) => warnings.push(e),
+                Err(e) => {
+                    self.metrics.block_read_failures.inc();
+                    tracing::warn!(error = %e, "block unreadable in LabelNames");
+                    if req.partial_response_disabled {
+                        return Err(Status::unavailable(e));
+                    }
+                    warnings.push(e)
+                }
             }
         }
         let mut names: Vec<String> = set.into_iter().filter(|n| !without.contains(n)).collect();
@@ -499,8 +509,14 @@ impl thanos::store_server::Store for Gateway {
                 };
                 match values {
                     Ok(v) => set.extend(v),
-                    Err(e) if req.partial_response_disabled => return Err(Status::unavailable(e)),
-                    Err(e) => warnings.push(e),
+                    Err(e) => {
+                        self.metrics.block_read_failures.inc();
+                        tracing::warn!(error = %e, "block unreadable in LabelValues");
+                        if req.partial_response_disabled {
+                            return Err(Status::unavailable(e));
+                        }
+                        warnings.push(e)
+                    }
                 }
             }
         }

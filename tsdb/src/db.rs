@@ -568,6 +568,17 @@ impl Db {
         b.min(self.inner.head.min_time())
     }
 
+    /// The oldest timestamp a query may find here by the time it runs: the oldest stored
+    /// sample, or older while a commit may still land below it: an empty head accepts
+    /// any time (`i64::MIN`), a young head accepts down to its appendable window's start.
+    /// What a StoreAPI advertises as its min time, so a querier that cached it never
+    /// prunes samples acknowledged after its last Info call.
+    pub fn queryable_min_time(&self) -> i64 {
+        let (_, cap) = self.inner.future_bounds();
+        let appendable = self.inner.head.appendable_min(cap).unwrap_or(i64::MIN);
+        self.min_time().min(appendable)
+    }
+
     /// Newest sample timestamp (blocks and head); `i64::MIN` when empty.
     pub fn max_time(&self) -> i64 {
         let b = self

@@ -264,3 +264,32 @@ fn a_head_already_in_the_future_does_not_lock_the_database() {
         assert_eq!(out.rejected(), 0, "future={future}: {out:?}");
     }
 }
+
+/// What a StoreAPI advertises as its min time must cover every sample a commit may
+/// still add: a querier caches it between Info calls.
+#[test]
+fn queryable_min_time_covers_what_the_window_still_accepts() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _) = clock(NOW);
+    let db = Db::open(d.path(), opts(Duration::from_secs(7200), None, c), None).unwrap();
+    // Empty: any timestamp may arrive next.
+    assert_eq!(db.queryable_min_time(), i64::MIN);
+    let (la, lb, lc) = (ls("a"), ls("b"), ls("c"));
+    let mut app = db.appender();
+    app.append(&la, &every(NOW - 10 * M, NOW, 15_000));
+    assert_eq!(app.commit().unwrap().rejected(), 0);
+    assert_eq!(db.min_time(), NOW - 10 * M);
+    // A 2h block range accepts down to max − 1h, older than anything stored...
+    assert_eq!(db.queryable_min_time(), NOW - H);
+    // ...and a sample there is accepted and then inside the advertised range.
+    let mut app = db.appender();
+    app.append(&lb, &[Sample { t: NOW - H, v: 1.0 }]);
+    assert_eq!(app.commit().unwrap().rejected(), 0);
+    assert!(db.queryable_min_time() <= NOW - H);
+    assert_eq!(stored(&db, "b"), [NOW - H]);
+    // Once the stored data reaches further back than the window, that is the bound.
+    let mut app = db.appender();
+    app.append(&lc, &every(NOW + 30 * M, NOW + 31 * M, 15_000));
+    assert_eq!(app.commit().unwrap().rejected(), 0);
+    assert_eq!(db.queryable_min_time(), NOW - H);
+}
