@@ -86,7 +86,9 @@ struct CompactCli {
 
 /// The compactor over the same bucket: a pass every 5 minutes (Thanos's
 /// `--wait-interval`), scratch space beside the data dir, replicas deduplicated by
-/// `receive_replica`, its /metrics on `--compact.http-address`.
+/// `receive_replica`, its /metrics on `--compact.http-address`. Downsampling is on
+/// (as Thanos's default): the embedded store gateway serves the 5m/1h blocks, so long
+/// ranges stay fast once the raw blocks reach 40h.
 fn compact_args(a: &StandaloneArgs) -> anyhow::Result<compact::CompactArgs> {
     let c = vec![
         "compact".to_string(),
@@ -94,7 +96,6 @@ fn compact_args(a: &StandaloneArgs) -> anyhow::Result<compact::CompactArgs> {
         format!("--data-dir={}-compact", a.tsdb_path.trim_end_matches('/')),
         format!("--http-address={}", a.compact_http_address),
         "--deduplication.replica-label=receive_replica".to_string(),
-        "--downsampling.disable".to_string(),
         objstore_flag(a),
     ];
     Ok(CompactCli::try_parse_from(c)?.args)
