@@ -89,6 +89,10 @@ pub struct CompactArgs {
     /// Listen address for /metrics, /-/healthy and /-/ready.
     #[arg(long = "http-address", default_value = "0.0.0.0:10902")]
     pub http_address: SocketAddr,
+    /// Hash function for the files of compacted blocks: "" (none) or "SHA256" (each
+    /// chunk segment's and the index's hash in meta.json's thanos.files, as Thanos).
+    #[arg(long = "hash-func", default_value = "", value_name = "\"\"|SHA256")]
+    pub hash_func: objstore::HashFunc,
 }
 
 /// Thanos's (Prometheus model) durations: `30m`, `48h`, `0d`, `2w`, `1h30m`, `500ms`.
@@ -248,7 +252,8 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
     if !args.downsampling_disable {
         tracing::warn!("downsampling is not implemented yet: raw blocks are compacted only");
     }
-    let compactor = Arc::new(Compactor::new(bucket, args.config(), metrics));
+    let compactor =
+        Arc::new(Compactor::new(bucket, args.config(), metrics).with_hash_func(args.hash_func));
     ops.ready.store(true, Ordering::Release);
     run_loop(&compactor, args.wait, args.wait_interval).await
 }
