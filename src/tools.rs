@@ -45,8 +45,8 @@ enum BucketCommand {
     Ls(LsArgs),
     /// Inspect all blocks in the bucket in a detailed, table-like way.
     Inspect(InspectArgs),
-    /// Verify all blocks in the bucket: meta.json, files and sizes, index, chunk
-    /// references, overlaps. Every problem is printed; the exit code is non-zero when
+    /// Verify all blocks in the bucket: meta.json, files and sizes, file hashes when
+    /// listed, index, chunk references, overlaps. Every problem is printed; the exit code is non-zero when
     /// there is any.
     Verify(VerifyArgs),
     /// Mark blocks for deletion, no-compact or no-downsample (a marker already present
@@ -118,6 +118,11 @@ struct UploadArgs {
     /// External label `key="value"` of the uploaded blocks (repeatable, at least one).
     #[arg(long = "label", value_name = "key=\"value\"", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Hash function for the files of uploaded blocks: "" (none) or "SHA256" (each chunk
+    /// segment's and the index's hash goes into meta.json's thanos.files, as Thanos's
+    /// --hash-func writes it; `verify` checks them).
+    #[arg(long = "hash-func", default_value = "", value_name = "\"\"|SHA256")]
+    hash_func: objstore::HashFunc,
 }
 
 /// A `key="value"` flag, parsed as the receiver's `--label` (Thanos's syntax).
@@ -301,7 +306,7 @@ async fn upload(bucket: &Bucket, a: UploadArgs) -> anyhow::Result<()> {
     if !a.path.is_dir() {
         bail!("--path {}: not a directory", a.path.display());
     }
-    let r = objstore::upload::upload_blocks(bucket, &a.path, &labels).await?;
+    let r = objstore::upload::upload_blocks(bucket, &a.path, &labels, a.hash_func).await?;
     for (id, why) in &r.refused {
         eprintln!("refused block {id}: {why}");
     }

@@ -115,6 +115,7 @@ pub struct Compactor {
     fetcher: MetaFetcher,
     cfg: CompactConfig,
     metrics: CompactMetrics,
+    hash_func: objstore::HashFunc,
 }
 
 fn now_unix_s() -> i64 {
@@ -133,7 +134,16 @@ impl Compactor {
             fetcher,
             cfg,
             metrics,
+            hash_func: objstore::HashFunc::None,
         }
+    }
+
+    /// Thanos's `--hash-func`: with SHA256 the compacted blocks' `meta.json` lists each
+    /// chunk segment's and the index's hash (downloads of such blocks are checked
+    /// against them).
+    pub fn with_hash_func(mut self, hash_func: objstore::HashFunc) -> Compactor {
+        self.hash_func = hash_func;
+        self
     }
 
     /// The bucket as the compactor sees it: replica labels removed from every meta, so
@@ -439,11 +449,12 @@ impl Compactor {
         .await
         .map_err(|e| CompactError::Task(e.to_string()))??;
         self.metrics.duplicate_samples_dropped.inc_by(dup);
-        let uploaded = objstore::block::upload_block(
+        let uploaded = objstore::block::upload_block_hashed(
             &self.bucket,
             &out_dir.join(meta.ulid.to_string()),
             &key.labels,
             "compactor",
+            self.hash_func,
         )
         .await?;
         tracing::info!(group = %key.key(), block = %meta.ulid, sources = ?ids, level,

@@ -93,6 +93,10 @@ pub struct CompactArgs {
     /// `--http.config`: TLS and basic auth for the `--http-address` listener.
     #[command(flatten)]
     pub http_config: netsec::flags::HttpConfig,
+    /// Hash function for the files of compacted blocks: "" (none) or "SHA256" (each
+    /// chunk segment's and the index's hash in meta.json's thanos.files, as Thanos).
+    #[arg(long = "hash-func", default_value = "", value_name = "\"\"|SHA256")]
+    pub hash_func: objstore::HashFunc,
 }
 
 /// Thanos's (Prometheus model) durations: `30m`, `48h`, `0d`, `2w`, `1h30m`, `500ms`.
@@ -252,7 +256,8 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    let compactor = Arc::new(Compactor::new(bucket, args.config(), metrics));
+    let compactor =
+        Arc::new(Compactor::new(bucket, args.config(), metrics).with_hash_func(args.hash_func));
     ops.ready.store(true, Ordering::Release);
     run_loop(&compactor, args.wait, args.wait_interval).await
 }

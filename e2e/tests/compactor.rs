@@ -361,7 +361,10 @@ fn two_replicas_compact_into_8h_and_2d_blocks_each_sample_once() {
     let inputs = upload_replicas(&f, &data, 72);
     assert_eq!(inputs.len(), 72);
 
-    f.compact_once(&["--delete-delay=1h"], "compact-1.log");
+    f.compact_once(
+        &["--delete-delay=1h", "--hash-func=SHA256"],
+        "compact-1.log",
+    );
 
     let d = f.discover();
     let live: Vec<_> = d
@@ -400,6 +403,20 @@ fn two_replicas_compact_into_8h_and_2d_blocks_each_sample_once() {
         );
         assert_eq!(t.downsample.resolution, 0);
         assert!(b.no_compact_mark.is_none());
+        // --hash-func=SHA256: every chunk segment and the index carry Thanos's hash
+        // (checked again by read_block's download below).
+        let files = t
+            .extra
+            .get("files")
+            .and_then(|f| f.as_array())
+            .expect("files");
+        for file in files {
+            let hashed = file["hash"]["hashFunc"] == "SHA256"
+                && file["hash"]["value"]
+                    .as_str()
+                    .is_some_and(|v| v.len() == 64);
+            assert_eq!(hashed, file["rel_path"] != "meta.json", "{file}");
+        }
     }
     let big = live
         .iter()

@@ -360,3 +360,234 @@ fn receiver_serves_prometheus_wal_and_prometheus_reads_orrery_wal() {
     let q = "sum(sum_over_time(migration_test[2h]))";
     assert_eq!(prom_value(&prom2.addr(), q), Some(total));
 }
+
+/// Prometheus 3.5.3's own WAL checkpoint is replayed (issue #18): with 5-minute blocks
+/// Prometheus compacts its head four times while taking remote write over 26 minutes of
+/// sample time, and at the fourth compaction writes `wal/checkpoint.00000001/` (series
+/// still in the head; segments 0 and 1 deleted). The `ckpt_early` series were created in
+/// segment 0, so their series records now exist only in the checkpoint, while their
+/// newest samples sit in the later segments; `ckpt_gone` stopped early (blocks only);
+/// `ckpt_late` began after the checkpoint. Prometheus is SIGKILLed; `orrery receive` on
+/// the data dir (as tenant `default-tenant`) serves exactly what Prometheus served.
+#[test]
+fn receiver_replays_a_prometheus_checkpoint() {
+    const R: i64 = 300_000; // block range
+    const S: i64 = 30_000; // sample step
+    const STEPS: i64 = 53; // 0..=26 minutes
+    let name = |kind: &str, i: usize| format!("ckpt_{kind}_{i}");
+    let batch = |k: i64, t: i64| -> Vec<(storeapi::Labels, Vec<Sample>)> {
+        let mut out = Vec::new();
+        for i in 0..5 {
+            out.push((name("early", i), k * 10 + i as i64));
+        }
+        if k < 8 {
+            for i in 0..2 {
+                out.push((name("gone", i), k * 100 + i as i64));
+            }
+        }
+        if k >= 44 {
+            for i in 0..2 {
+                out.push((name("late", i), k * 1000 + i as i64));
+            }
+        }
+        out.into_iter()
+            .map(|(s, v)| {
+                (
+                    labels(&[("__name__", "ckpt_test"), ("series", &s)]),
+                    vec![Sample {
+                        t,
+                        v: v as f64 + 0.5,
+                    }],
+                )
+            })
+            .collect()
+    };
+    let prom = Prometheus::start(
+        "global:\n  scrape_interval: 1h\n",
+        &[
+            "--web.enable-remote-write-receiver",
+            "--storage.tsdb.min-block-duration=5m",
+            "--storage.tsdb.max-block-duration=5m",
+            // Uncompressed records: the test finds series names in the files below.
+            "--no-storage.tsdb.wal-compression",
+        ],
+    );
+    let data = prom.dir.path().join("data");
+    let blocks_on_disk = || {
+        std::fs::read_dir(&data)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_str().is_some_and(|n| n.len() == 26))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let base = (now - 40 * 60_000).div_euclid(R) * R;
+    // Prometheus's head: compactable once it spans more than 1.5 block ranges; each
+    // compaction (one per commit that makes it so) starts a new WAL segment. Each is
+    // awaited, so that every one is its own compaction run and segment.
+    let (mut head_min, mut expected_blocks) = (base, 0usize);
+    for k in 0..STEPS {
+        let t = base + k * S;
+        let series = batch(k, t);
+        let body = encode_write_request_snappy(series.iter().map(|(l, s)| (l, s.as_slice())));
+        let (code, resp) = http_request(
+            &prom.addr(),
+            "POST",
+            "/api/v1/write",
+            &[
+                ("Content-Type", "application/x-protobuf"),
+                ("Content-Encoding", "snappy"),
+                ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+            ],
+            &body,
+        )
+        .expect("remote write to prometheus");
+        assert!(
+            code == 204 || code == 200,
+            "prometheus remote write: {code} {resp}"
+        );
+        while t - head_min > R / 2 * 3 {
+            head_min += R;
+            expected_blocks += 1;
+        }
+        let cut = e2e::wait_for(Duration::from_secs(20), || {
+            (blocks_on_disk() >= expected_blocks).then_some(())
+        });
+        assert!(
+            cut.is_some(),
+            "prometheus cut {} blocks, expected {expected_blocks}; log:\n{}",
+            blocks_on_disk(),
+            prom.proc.log_text()
+        );
+    }
+    assert_eq!(expected_blocks, 4);
+    let ckpt = data.join("wal/checkpoint.00000001");
+    let ok = e2e::wait_for(Duration::from_secs(20), || ckpt.is_dir().then_some(()));
+    assert!(
+        ok.is_some(),
+        "prometheus wrote no checkpoint: {:?}; log:\n{}",
+        std::fs::read_dir(data.join("wal"))
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+            .unwrap_or_default(),
+        prom.proc.log_text()
+    );
+
+    // What Prometheus serves: every sample of the last hour, blocks and head.
+    let at = (base + STEPS * S) as f64 / 1000.0;
+    let answer = receiver_common::prom_query(&prom.addr(), "ckpt_test[1h]", Some(at));
+    let mut served_by_prometheus: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
+    for r in answer["data"]["result"].as_array().expect("matrix") {
+        let s = r["metric"]["series"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let v: Vec<(i64, f64)> = r["values"]
+            .as_array()
+            .expect("values")
+            .iter()
+            .map(|p| {
+                (
+                    (p[0].as_f64().unwrap() * 1000.0).round() as i64,
+                    p[1].as_str().unwrap().parse().unwrap(),
+                )
+            })
+            .collect();
+        served_by_prometheus.insert(s, v);
+    }
+    // ... which is what was written.
+    let mut written: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
+    for k in 0..STEPS {
+        for (l, s) in batch(k, base + k * S) {
+            let key = l.get("series").unwrap_or_default().to_string();
+            written.entry(key).or_default().push((s[0].t, s[0].v));
+        }
+    }
+    assert_eq!(served_by_prometheus, written);
+
+    // SIGKILL. The checkpoint and the segments left after it are the head.
+    let Prometheus {
+        mut proc,
+        dir: pdir,
+        ..
+    } = prom;
+    proc.kill();
+    let wal = data.join("wal");
+    let mut segments: Vec<String> = std::fs::read_dir(&wal)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    segments.sort();
+    assert_eq!(
+        segments.first().map(String::as_str),
+        Some("00000002"),
+        "{segments:?}"
+    );
+    let contains = |p: &Path, needle: &str| {
+        let b = std::fs::read(p).unwrap();
+        b.windows(needle.len()).any(|w| w == needle.as_bytes())
+    };
+    let ckpt_files: Vec<std::path::PathBuf> = std::fs::read_dir(&ckpt)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(!ckpt_files.is_empty());
+    assert!(
+        ckpt_files.iter().any(|p| contains(p, &name("early", 0))),
+        "the early series' record is in the checkpoint"
+    );
+    assert!(
+        !ckpt_files.iter().any(|p| contains(p, &name("gone", 0))),
+        "series that left the head are not checkpointed"
+    );
+    for s in &segments {
+        let p = wal.join(s);
+        assert!(
+            !contains(&p, &name("early", 0)),
+            "segment {s} also holds the early series' record: the checkpoint would not be needed"
+        );
+    }
+    assert!(
+        segments
+            .iter()
+            .any(|s| contains(&wal.join(s), &name("late", 0)))
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let tsdb_path = work.path().join("receive");
+    std::fs::create_dir_all(&tsdb_path).unwrap();
+    std::fs::rename(&data, tsdb_path.join("default-tenant")).unwrap();
+    drop(pdir);
+    let r = Receiver::start(&tsdb_path, &work.path().join("receive.log"), &[]);
+    let got: BTreeMap<String, Vec<(i64, f64)>> = series(
+        &r.grpc,
+        vec![eq("__name__", "ckpt_test")],
+        i64::MIN,
+        i64::MAX,
+    )
+    .expect("Series")
+    .into_iter()
+    .map(|(l, s)| (l.get("series").unwrap_or_default().to_string(), s))
+    .collect();
+    let log = r.proc.log_text();
+    assert_eq!(got, served_by_prometheus, "log:\n{log}");
+    // The head's part: the early series' samples after the last block, whose series
+    // records only the checkpoint holds.
+    let head_from = base + 4 * R;
+    let early_in_head = got[&name("early", 0)]
+        .iter()
+        .filter(|(t, _)| *t >= head_from)
+        .count();
+    assert_eq!(early_in_head as i64, (STEPS * S - 4 * R) / S, "{log}");
+    assert!(
+        !log.contains("truncating") && !log.contains("cutting off") && !log.contains("WAL damage"),
+        "{log}"
+    );
+}

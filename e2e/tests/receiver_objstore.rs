@@ -31,19 +31,43 @@ fn s3_config(gate: &S3Gate) -> String {
 }
 
 fn start_receiver(data: &Path, log: &Path, objstore: &str, retention: &str) -> Receiver {
-    Receiver::start(
-        data,
-        log,
-        &[
-            "--tsdb.min-block-duration=1m",
-            "--tsdb.max-block-duration=1m",
-            "--tsdb.maintenance-interval=200ms",
-            &format!("--tsdb.retention={retention}"),
-            "--label=replica=\"r1\"",
-            &format!("--objstore.config={objstore}"),
-            "--shipper.interval=500ms",
-        ],
-    )
+    start_receiver_with(data, log, objstore, retention, &[])
+}
+
+fn start_receiver_with(
+    data: &Path,
+    log: &Path,
+    objstore: &str,
+    retention: &str,
+    extra: &[&str],
+) -> Receiver {
+    let retention = format!("--tsdb.retention={retention}");
+    let objstore = format!("--objstore.config={objstore}");
+    let mut args = vec![
+        "--tsdb.min-block-duration=1m",
+        "--tsdb.max-block-duration=1m",
+        "--tsdb.maintenance-interval=200ms",
+        retention.as_str(),
+        "--label=replica=\"r1\"",
+        objstore.as_str(),
+        "--shipper.interval=500ms",
+    ];
+    args.extend_from_slice(extra);
+    Receiver::start(data, log, &args)
+}
+
+/// `sha256sum` of a local file: the reference for `--hash-func=SHA256`.
+fn sha256sum(p: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Writes 3 series at 15 s steps `from..to` (each step one request); every write must
@@ -162,8 +186,15 @@ fn assert_meta_last(gate: &S3Gate) -> Vec<String> {
     order.into_iter().map(|(_, u)| u).collect()
 }
 
-/// Checks one uploaded block against Thanos's layout and its local copy.
-fn check_block(moto: &MotoServer, ulid: &str, objects: &BTreeMap<String, u64>, local: &Path) {
+/// Checks one uploaded block against Thanos's layout and its local copy; `hashed`: it
+/// was shipped with `--hash-func=SHA256` (else its files carry no hash).
+fn check_block(
+    moto: &MotoServer,
+    ulid: &str,
+    objects: &BTreeMap<String, u64>,
+    local: &Path,
+    hashed: bool,
+) {
     let meta = json(&moto.get(BUCKET, &format!("{ulid}/meta.json")));
     let th = &meta["thanos"];
     assert_eq!(
@@ -190,7 +221,18 @@ fn check_block(moto: &MotoServer, ulid: &str, objects: &BTreeMap<String, u64>, l
         let rel = f["rel_path"].as_str().unwrap_or("");
         if rel == "meta.json" {
             assert!(f.get("size_bytes").is_none(), "{f}");
+            assert!(f.get("hash").is_none(), "{f}");
             continue;
+        }
+        if hashed {
+            // Thanos's ObjectHash: {"hashFunc": "SHA256", "value": <hex>} of the file.
+            assert_eq!(
+                f["hash"],
+                serde_json::json!({"hashFunc": "SHA256", "value": sha256sum(&local.join(rel))}),
+                "{ulid}/{rel}"
+            );
+        } else {
+            assert!(f.get("hash").is_none(), "{f}");
         }
         assert_eq!(
             f["size_bytes"].as_u64(),
@@ -240,11 +282,12 @@ fn blocks_land_in_s3_in_thanos_layout_meta_json_last() {
     moto.create_bucket(BUCKET);
     let gate = S3Gate::start(&moto.addr());
     let data = dir.path().join("data");
-    let recv = start_receiver(
+    let recv = start_receiver_with(
         &data,
         &dir.path().join("receive.log"),
         &s3_config(&gate),
         "0",
+        &["--hash-func=SHA256"],
     );
     let want = write_steps(&recv, 0, 40); // 10 minutes
     let tenant = data.join("default-tenant");
@@ -265,7 +308,7 @@ fn blocks_land_in_s3_in_thanos_layout_meta_json_last() {
         let l = local
             .get(ulid)
             .unwrap_or_else(|| panic!("{ulid} not local"));
-        check_block(&moto, ulid, &objects[ulid], l);
+        check_block(&moto, ulid, &objects[ulid], l, true);
     }
     // Every PUT of a block precedes its meta.json; blocks go up oldest first.
     let order = assert_meta_last(&gate);
@@ -336,6 +379,43 @@ fn blocks_land_in_s3_in_thanos_layout_meta_json_last() {
     }
     let meta = json(&moto.get(BUCKET, &format!("{ulid}/meta.json")));
     assert_eq!(Some(n), meta["stats"]["numSamples"].as_u64(), "{dump}");
+
+    // `tools bucket verify` checks the hashes: the block passes; one bit flipped in
+    // its chunk segment (same size) is reported and fails the command.
+    let direct = format!(
+        "type: S3\nconfig:\n  bucket: {BUCKET}\n  endpoint: {}\n  insecure: true\n  access_key: test\n  secret_key: test\n",
+        moto.addr()
+    );
+    let verify = || {
+        Command::new(e2e::orrery_bin())
+            .args(["tools", "bucket", &format!("--objstore.config={direct}")])
+            .args(["verify", "--id", ulid])
+            .output()
+            .expect("run orrery tools bucket verify")
+    };
+    let out = verify();
+    assert!(
+        out.status.success(),
+        "verify of a hashed block: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = format!("{ulid}/chunks/000001");
+    let mut chunk = moto.get(BUCKET, &key);
+    let i = chunk.len() / 2;
+    chunk[i] ^= 0x04;
+    moto.put(BUCKET, &key, &chunk);
+    let out = verify();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        !out.status.success(),
+        "verify passed a corrupted chunk: {report}"
+    );
+    assert!(
+        report.contains(&format!("block {ulid}: chunks/000001: its SHA256 hash is")),
+        "{report}"
+    );
+    assert!(!report.contains("bytes, meta.json says"), "{report}");
 }
 
 #[test]
@@ -582,7 +662,7 @@ fn receiver_killed_mid_upload_reuploads_the_block_whole() {
     assert_meta_last(&gate);
     let objects = bucket_blocks(&moto);
     let local = local_blocks(&data.join("default-tenant"));
-    check_block(&moto, &victim, &objects[&victim], &local[&victim]);
+    check_block(&moto, &victim, &objects[&victim], &local[&victim], false);
     // One ULID, one block: nothing else in the bucket names it twice.
     assert_eq!(
         objects.keys().filter(|u| **u == victim).count(),

@@ -8,6 +8,9 @@
 //!   unchanged); an overlapping block with the same labels is refused;
 //! - `verify` passes, then names each damage: a deleted chunk file, a truncated index,
 //!   an overlapping block copied in with the same labels;
+//! - `upload-blocks --hash-func=SHA256` lists each chunk segment's and index's SHA-256
+//!   in `thanos.files` as Thanos does (equal to `sha256sum`); `verify` names a chunk
+//!   changed in place (same size) by its hash;
 //! - `mark` writes Thanos's marker JSON and a second mark keeps the first;
 //! - an unreachable endpoint fails every tool quickly with the endpoint in the error.
 
@@ -92,6 +95,20 @@ impl Store {
             Store::Fs(d) => std::fs::remove_file(d.join(key)).unwrap(),
         }
     }
+}
+
+/// `sha256sum` of a local file: the reference for `--hash-func=SHA256`.
+fn sha256sum(p: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Runs `orrery tools bucket <args>` with the store's config.
@@ -331,6 +348,24 @@ fn scenario(store: &Store, dir: &Path) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("overlaps"), "{err}");
     assert_eq!(store.list(), objects);
+    // An unknown --hash-func is refused before anything is uploaded.
+    let out = tools(
+        store,
+        &[
+            "upload-blocks",
+            "--path",
+            other.to_str().unwrap(),
+            "--label=cluster=\"eu-2\"",
+            "--hash-func=MD5",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("MD5"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(store.list(), objects);
     ok(
         &tools(
             store,
@@ -339,11 +374,69 @@ fn scenario(store: &Store, dir: &Path) {
                 "--path",
                 other.to_str().unwrap(),
                 "--label=cluster=\"eu-2\"",
+                "--hash-func=SHA256",
             ],
         ),
         "upload-blocks other labels",
     );
     ok(&tools(store, &["verify"]), "verify with a second group");
+
+    // --hash-func=SHA256: each chunk segment and index is listed with Thanos's
+    // {"hashFunc":"SHA256","value":<hex>}, equal to `sha256sum` of the local file;
+    // meta.json has none, nor have the blocks uploaded without the flag.
+    for u in &other_ulids {
+        let m: serde_json::Value =
+            serde_json::from_slice(&store.get(&format!("{u}/meta.json"))).unwrap();
+        let files = m["thanos"]["files"].as_array().unwrap();
+        assert!(files.len() >= 3, "{m}");
+        for f in files {
+            let rel = f["rel_path"].as_str().unwrap();
+            if rel == "meta.json" {
+                assert!(f.get("hash").is_none(), "{f}");
+            } else {
+                assert_eq!(
+                    f["hash"],
+                    serde_json::json!({"hashFunc": "SHA256", "value": sha256sum(&other.join(u).join(rel))}),
+                    "{u}/{rel}"
+                );
+            }
+        }
+    }
+    for u in local.keys() {
+        let m: serde_json::Value =
+            serde_json::from_slice(&store.get(&format!("{u}/meta.json"))).unwrap();
+        assert!(
+            m["thanos"]["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f.get("hash").is_none()),
+            "{m}"
+        );
+    }
+    // verify checks the hashes: one bit flipped in a chunk segment (same size) is named.
+    let victim = format!("{}/chunks/000001", other_ulids[0]);
+    let good = store.get(&victim);
+    let mut bad = good.clone();
+    let i = bad.len() / 2;
+    bad[i] ^= 0x10;
+    store.put(&victim, &bad);
+    let out = tools(store, &["verify"]);
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        !out.status.success(),
+        "verify passed a corrupted chunk:\n{report}"
+    );
+    assert_eq!(report.lines().count(), 1, "{report}");
+    assert!(
+        report.starts_with(&format!(
+            "block {}: chunks/000001: its SHA256 hash is ",
+            other_ulids[0]
+        )),
+        "{report}"
+    );
+    store.put(&victim, &good);
+    ok(&tools(store, &["verify"]), "verify after the repair");
 
     // mark: Thanos's JSON, field for field; a second mark keeps the first.
     let target = local.keys().next().unwrap().clone();

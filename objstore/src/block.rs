@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tsdb::block::{BlockMeta, ThanosMeta, Ulid};
 
 use crate::bucket::{Bucket, BucketError};
+use crate::hash::{HashFunc, ObjectHash};
 
 /// Why a block could not be uploaded or downloaded.
 #[derive(Debug, thiserror::Error)]
@@ -40,11 +41,15 @@ pub struct FileEntry {
     pub rel_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
+    /// With `--hash-func=SHA256`: chunk segments and `index` (Thanos's `hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<ObjectHash>,
 }
 
 /// The files of a local block that are uploaded, in upload order (chunk segments
-/// sorted, then `index`), with their sizes.
-pub fn block_files(dir: &Path) -> Result<Vec<FileEntry>, BlockTransferError> {
+/// sorted, then `index`), with their sizes and, unless `hash` is [`HashFunc::None`],
+/// their hashes (blocking I/O: every file is read once).
+pub fn block_files(dir: &Path, hash: HashFunc) -> Result<Vec<FileEntry>, BlockTransferError> {
     let local = |source| BlockTransferError::Local {
         dir: dir.to_path_buf(),
         source,
@@ -62,6 +67,7 @@ pub fn block_files(dir: &Path) -> Result<Vec<FileEntry>, BlockTransferError> {
         segments.push(FileEntry {
             rel_path: format!("chunks/{name}"),
             size_bytes: Some(size),
+            hash: crate::hash::hash_file(&e.path(), hash).map_err(local)?,
         });
     }
     segments.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
@@ -69,6 +75,7 @@ pub fn block_files(dir: &Path) -> Result<Vec<FileEntry>, BlockTransferError> {
     segments.push(FileEntry {
         rel_path: "index".into(),
         size_bytes: Some(index),
+        hash: crate::hash::hash_file(&dir.join("index"), hash).map_err(local)?,
     });
     Ok(segments)
 }
@@ -95,6 +102,7 @@ pub fn upload_meta(
     all.push(FileEntry {
         rel_path: "meta.json".into(),
         size_bytes: None,
+        hash: None,
     });
     all.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
     let segment_files: Vec<String> = files
@@ -127,16 +135,28 @@ pub fn encode_meta(meta: &BlockMeta) -> Result<Vec<u8>, serde_json::Error> {
     Ok(out)
 }
 
-/// Uploads the block in `dir` under `<ULID>/`, `meta.json` last, with `labels` and
-/// `source` in its `thanos` section. Refuses empty labels (Thanos does too: a block
-/// without external labels cannot be told apart from other producers' blocks).
-/// Returns the uploaded meta. On failure nothing is cleaned up: without `meta.json`
-/// the objects are a partial block, and the next attempt overwrites them.
+/// [`upload_block_hashed`] without file hashes (Thanos's default `--hash-func=""`).
 pub async fn upload_block(
     bucket: &Bucket,
     dir: &Path,
     labels: &BTreeMap<String, String>,
     source: &str,
+) -> Result<BlockMeta, BlockTransferError> {
+    upload_block_hashed(bucket, dir, labels, source, HashFunc::None).await
+}
+
+/// Uploads the block in `dir` under `<ULID>/`, `meta.json` last, with `labels` and
+/// `source` in its `thanos` section and, with `hash` set, each chunk segment's and the
+/// index's hash in `thanos.files`. Refuses empty labels (Thanos does too: a block
+/// without external labels cannot be told apart from other producers' blocks).
+/// Returns the uploaded meta. On failure nothing is cleaned up: without `meta.json`
+/// the objects are a partial block, and the next attempt overwrites them.
+pub async fn upload_block_hashed(
+    bucket: &Bucket,
+    dir: &Path,
+    labels: &BTreeMap<String, String>,
+    source: &str,
+    hash: HashFunc,
 ) -> Result<BlockMeta, BlockTransferError> {
     if labels.is_empty() {
         return Err(BlockTransferError::Invalid {
@@ -150,7 +170,7 @@ pub async fn upload_block(
             dir: d.clone(),
             reason: e.to_string(),
         })?;
-        let files = block_files(&d)?;
+        let files = block_files(&d, hash)?;
         Ok::<_, BlockTransferError>((meta, files))
     })
     .await
@@ -177,6 +197,7 @@ pub async fn upload_block(
         uploaded.push(FileEntry {
             rel_path: f.rel_path.clone(),
             size_bytes: Some(n),
+            hash: f.hash.clone(),
         });
     }
     let out = upload_meta(&meta, labels, source, &uploaded, chrono::Utc::now());
@@ -218,6 +239,7 @@ pub async fn download_block(
                 k.strip_prefix(&format!("{ulid}/")).map(|r| FileEntry {
                     rel_path: r.to_string(),
                     size_bytes: Some(a.size),
+                    hash: None,
                 })
             })
             .collect(),
@@ -260,6 +282,28 @@ pub async fn download_block(
                 "{}: {n} bytes in the bucket, meta.json says {want}",
                 f.rel_path
             )));
+        }
+        // A listed hash is checked too: a compactor must not merge a corrupted
+        // download into a new block. (A hash function Orrery does not know is skipped,
+        // as Thanos's `block.Download` does.)
+        if let Some(want) = &f.hash
+            && let Ok(func) = crate::hash::HashFunc::parse(&want.func)
+            && func != HashFunc::None
+        {
+            let p = path.clone();
+            let got = tokio::task::spawn_blocking(move || crate::hash::hash_file(&p, func))
+                .await
+                .map_err(|e| invalid(format!("hashing {}: {e}", f.rel_path)))?
+                .map_err(local)?;
+            if got.as_ref().map(|h| &h.value) != Some(&want.value) {
+                return Err(invalid(format!(
+                    "{}: {} hash of the downloaded file is {}, meta.json says {}",
+                    f.rel_path,
+                    want.func,
+                    got.map(|h| h.value).unwrap_or_default(),
+                    want.value
+                )));
+            }
         }
     }
     tokio::fs::write(tmp.join("meta.json"), &meta_bytes)
@@ -309,7 +353,7 @@ pub(crate) mod tests {
     fn upload_meta_has_the_thanos_section() {
         let dir = tempfile::tempdir().unwrap();
         let meta = write_block(dir.path(), 0);
-        let files = block_files(&dir.path().join(meta.ulid.to_string())).unwrap();
+        let files = block_files(&dir.path().join(meta.ulid.to_string()), HashFunc::None).unwrap();
         assert_eq!(files[0].rel_path, "chunks/000001");
         assert_eq!(files.last().unwrap().rel_path, "index");
         let labels = BTreeMap::from([
@@ -385,5 +429,84 @@ pub(crate) mod tests {
         assert_eq!(got, up);
         let b = tsdb::block::Block::open(&back.path().join(meta.ulid.to_string())).unwrap();
         assert_eq!(b.meta().stats.num_samples, 30);
+    }
+
+    /// `--hash-func=SHA256`: chunk segments and index carry Thanos's `hash` object, equal
+    /// to the SHA-256 of the local files; `meta.json` has none. A download checks them.
+    #[tokio::test]
+    async fn sha256_hashes_in_files_and_checked_on_download() {
+        let local = tempfile::tempdir().unwrap();
+        let bdir = tempfile::tempdir().unwrap();
+        let meta = write_block(local.path(), 1_000_000);
+        let dir = local.path().join(meta.ulid.to_string());
+        let bucket = Bucket::new(&BucketConfig::filesystem(bdir.path()), None).unwrap();
+        let labels = BTreeMap::from([("tenant_id".to_string(), "a".to_string())]);
+        upload_block_hashed(&bucket, &dir, &labels, "receive", HashFunc::Sha256)
+            .await
+            .unwrap();
+        let root = bdir.path().join(meta.ulid.to_string());
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join("meta.json")).unwrap()).unwrap();
+        let files = json["thanos"]["files"].as_array().unwrap();
+        assert_eq!(files.len(), 3);
+        for f in files {
+            let rel = f["rel_path"].as_str().unwrap();
+            if rel == "meta.json" {
+                assert!(f.get("hash").is_none(), "{f}");
+                continue;
+            }
+            let want = crate::hash::hash_file(&dir.join(rel), HashFunc::Sha256)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                f["hash"],
+                serde_json::json!({"hashFunc": "SHA256", "value": want.value}),
+                "{rel}"
+            );
+            assert_eq!(want.value.len(), 64);
+        }
+        // Without a hash function the entries have no `hash` key (Thanos's omitempty).
+        let other = tempfile::tempdir().unwrap();
+        let m2 = write_block(other.path(), 5_000_000);
+        upload_block(
+            &bucket,
+            &other.path().join(m2.ulid.to_string()),
+            &labels,
+            "receive",
+        )
+        .await
+        .unwrap();
+        let j2: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(bdir.path().join(m2.ulid.to_string()).join("meta.json")).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            j2["thanos"]["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f.get("hash").is_none())
+        );
+
+        let back = tempfile::tempdir().unwrap();
+        download_block(&bucket, meta.ulid, back.path())
+            .await
+            .unwrap();
+        // Same size, different bytes: only the hash can tell.
+        let chunk = root.join("chunks/000001");
+        let mut b = std::fs::read(&chunk).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 0xff;
+        std::fs::write(&chunk, b).unwrap();
+        let back2 = tempfile::tempdir().unwrap();
+        let e = download_block(&bucket, meta.ulid, back2.path())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("chunks/000001") && e.contains("SHA256 hash"),
+            "{e}"
+        );
+        assert!(!back2.path().join(meta.ulid.to_string()).exists());
     }
 }

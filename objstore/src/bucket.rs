@@ -684,6 +684,33 @@ impl Bucket {
         .await
     }
 
+    /// Streams the whole object through `f`, piece by piece as it arrives (nothing is
+    /// kept: for hashing objects larger than memory). Returns its size.
+    pub async fn get_each(
+        &self,
+        key: &str,
+        mut f: impl FnMut(&[u8]) + Send,
+    ) -> Result<u64, BucketError> {
+        self.observe("get", async {
+            let p = self.path(key)?;
+            let r = self
+                .store
+                .get(&p)
+                .await
+                .map_err(|e| self.op_err("get", key, e))?;
+            let mut stream = r.into_stream();
+            let mut n = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| self.op_err("get", key, e))?;
+                f(&chunk);
+                n += chunk.len() as u64;
+            }
+            self.fetched("get", usize::try_from(n).unwrap_or(usize::MAX));
+            Ok(n)
+        })
+        .await
+    }
+
     /// The entries directly under `dir` (`""`: the top level), as Thanos's `Iter`:
     /// full keys, "directories" with a trailing `/`, sorted.
     pub async fn iter(&self, dir: &str) -> Result<Vec<String>, BucketError> {

@@ -5,6 +5,8 @@
 //!   crate, with Thanos's `thanos_objstore_bucket_*` metrics.
 //! - [`block`]: uploading a TSDB block in Thanos's layout (`meta.json` last) and
 //!   downloading one.
+//! - [`hash`]: Thanos's `--hash-func` (SHA-256 of chunk segments and index in
+//!   `thanos.files`).
 //! - [`markers`]: Thanos's `deletion-mark.json`, `no-compact-mark.json`,
 //!   `no-downsample-mark.json`.
 //! - [`discovery`]: a bucket's complete blocks with their markers, partial uploads and
@@ -22,6 +24,7 @@ pub mod bucket;
 pub mod config;
 pub mod crashpoint;
 pub mod discovery;
+pub mod hash;
 pub mod inspect;
 pub mod markers;
 pub mod shipper;
@@ -31,5 +34,6 @@ pub mod verify;
 pub use bucket::{Bucket, BucketError, BucketMetrics, ObjectAttributes};
 pub use config::{BucketConfig, ConfigError, Provider};
 pub use discovery::{BlockEntry, Discovery, MetaFetcher};
+pub use hash::HashFunc;
 pub use markers::{DeletionMark, Marker, MarkerError, NoCompactMark, NoDownsampleMark};
 pub use shipper::{Shipper, ShipperError, SyncReport};

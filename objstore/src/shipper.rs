@@ -22,8 +22,9 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tsdb::block::{BlockMeta, Ulid};
 
-use crate::block::{BlockTransferError, upload_block};
+use crate::block::{BlockTransferError, upload_block_hashed};
 use crate::bucket::Bucket;
+use crate::hash::HashFunc;
 
 /// The state file in the TSDB directory (Thanos's name).
 pub const STATE_FILE: &str = "thanos.shipper.json";
@@ -124,6 +125,7 @@ pub struct Shipper {
     dir: PathBuf,
     labels: BTreeMap<String, String>,
     source: String,
+    hash_func: HashFunc,
     uploaded: Arc<Mutex<BTreeSet<Ulid>>>,
     metrics: ShipperMetrics,
     pass: tokio::sync::Mutex<()>,
@@ -158,10 +160,18 @@ impl Shipper {
             dir: dir.to_path_buf(),
             labels,
             source: source.to_string(),
+            hash_func: HashFunc::None,
             uploaded: Arc::new(Mutex::new(uploaded)),
             metrics,
             pass: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Thanos's `--hash-func`: with SHA256 the uploaded `meta.json` lists each chunk
+    /// segment's and the index's hash (each file is read once more before upload).
+    pub fn with_hash_func(mut self, hash_func: HashFunc) -> Shipper {
+        self.hash_func = hash_func;
+        self
     }
 
     pub fn metrics(&self) -> &ShipperMetrics {
@@ -236,7 +246,14 @@ impl Shipper {
                 }
             }
             let started = std::time::Instant::now();
-            match upload_block(&self.bucket, &b.dir, &self.labels, &self.source).await {
+            let up = upload_block_hashed(
+                &self.bucket,
+                &b.dir,
+                &self.labels,
+                &self.source,
+                self.hash_func,
+            );
+            match up.await {
                 Ok(m) => {
                     self.metrics.uploads.inc();
                     self.mark_uploaded(ulid);
@@ -409,6 +426,38 @@ mod tests {
         assert_eq!(r.found_in_bucket, 2);
         assert_eq!(s2.metrics().uploads.get(), 0);
         assert_eq!(read_state(tsdb.path()).unwrap().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn hash_func_sha256_puts_hashes_in_the_uploaded_meta() {
+        let tsdb = tempfile::tempdir().unwrap();
+        let bdir = tempfile::tempdir().unwrap();
+        let b = write_block(tsdb.path(), 1_000_000);
+        let bucket = Bucket::new(&BucketConfig::filesystem(bdir.path()), None).unwrap();
+        let s = Shipper::new(bucket, tsdb.path(), labels(), "receive", None)
+            .with_hash_func(HashFunc::Sha256);
+        assert_eq!(s.sync().await.unwrap().uploaded, vec![b.ulid]);
+        let j: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(bdir.path().join(b.ulid.to_string()).join("meta.json")).unwrap(),
+        )
+        .unwrap();
+        let local = tsdb.path().join(b.ulid.to_string());
+        for f in j["thanos"]["files"].as_array().unwrap() {
+            let rel = f["rel_path"].as_str().unwrap();
+            let want = (rel != "meta.json").then(|| {
+                serde_json::to_value(
+                    crate::hash::hash_file(&local.join(rel), HashFunc::Sha256)
+                        .unwrap()
+                        .unwrap(),
+                )
+                .unwrap()
+            });
+            assert_eq!(f.get("hash").cloned(), want, "{rel}");
+        }
+        // The local meta.json is untouched (no thanos.files there).
+        let lm: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(local.join("meta.json")).unwrap()).unwrap();
+        assert!(lm["thanos"].get("files").is_none());
     }
 
     #[tokio::test]

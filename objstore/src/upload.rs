@@ -16,9 +16,10 @@ use std::path::Path;
 
 use tsdb::block::{BlockMeta, Ulid};
 
-use crate::block::{BlockTransferError, upload_block};
+use crate::block::{BlockTransferError, upload_block_hashed};
 use crate::bucket::{Bucket, BucketError};
 use crate::discovery::MetaFetcher;
+use crate::hash::HashFunc;
 use crate::verify::group_key;
 
 /// Thanos's `metadata.BucketUploadSource`.
@@ -62,11 +63,13 @@ fn as_uploaded(meta: &BlockMeta, labels: &BTreeMap<String, String>) -> BlockMeta
     m
 }
 
-/// Uploads the blocks of `data_dir` with `labels` (see the module doc).
+/// Uploads the blocks of `data_dir` with `labels` (see the module doc), with file
+/// hashes in `thanos.files` unless `hash` is [`HashFunc::None`].
 pub async fn upload_blocks(
     bucket: &Bucket,
     data_dir: &Path,
     labels: &BTreeMap<String, String>,
+    hash: HashFunc,
 ) -> Result<UploadReport, UploadError> {
     if labels.is_empty() {
         return Err(UploadError::NoLabels);
@@ -112,7 +115,7 @@ pub async fn upload_blocks(
             ));
             continue;
         }
-        let up = upload_block(bucket, &b.dir, labels, SOURCE).await?;
+        let up = upload_block_hashed(bucket, &b.dir, labels, SOURCE, hash).await?;
         tracing::info!(block = %up.ulid, mint = up.min_time, maxt = up.max_time, level = up.compaction.level, "uploaded block");
         group.push((m.min_time, m.max_time, m.ulid));
         report.uploaded.push(m.ulid);
@@ -135,10 +138,12 @@ mod tests {
         let b = write_block(data.path(), 10_000);
         let x = BTreeMap::from([("cluster".to_string(), "x".to_string())]);
         assert!(matches!(
-            upload_blocks(&bucket, data.path(), &BTreeMap::new()).await,
+            upload_blocks(&bucket, data.path(), &BTreeMap::new(), HashFunc::None).await,
             Err(UploadError::NoLabels)
         ));
-        let r = upload_blocks(&bucket, data.path(), &x).await.unwrap();
+        let r = upload_blocks(&bucket, data.path(), &x, HashFunc::Sha256)
+            .await
+            .unwrap();
         assert_eq!(r.uploaded, vec![a.ulid, b.ulid]);
         let meta: serde_json::Value = serde_json::from_slice(
             &std::fs::read(bdir.path().join(format!("{}/meta.json", a.ulid))).unwrap(),
@@ -146,15 +151,20 @@ mod tests {
         .unwrap();
         assert_eq!(meta["thanos"]["labels"]["cluster"], "x");
         assert_eq!(meta["thanos"]["source"], "bucket.upload");
+        assert_eq!(meta["thanos"]["files"][0]["hash"]["hashFunc"], "SHA256");
 
-        let r = upload_blocks(&bucket, data.path(), &x).await.unwrap();
+        let r = upload_blocks(&bucket, data.path(), &x, HashFunc::Sha256)
+            .await
+            .unwrap();
         assert!(r.uploaded.is_empty());
         assert_eq!(r.present, vec![a.ulid, b.ulid]);
 
         // A new block overlapping a: refused under the same labels, fine under others.
         let other = tempfile::tempdir().unwrap();
         let c = write_block(other.path(), 5_000);
-        let r = upload_blocks(&bucket, other.path(), &x).await.unwrap();
+        let r = upload_blocks(&bucket, other.path(), &x, HashFunc::None)
+            .await
+            .unwrap();
         assert!(r.uploaded.is_empty());
         assert_eq!(r.refused.len(), 1);
         assert!(
@@ -164,7 +174,9 @@ mod tests {
         );
         assert!(!bdir.path().join(c.ulid.to_string()).exists());
         let y = BTreeMap::from([("cluster".to_string(), "y".to_string())]);
-        let r = upload_blocks(&bucket, other.path(), &y).await.unwrap();
+        let r = upload_blocks(&bucket, other.path(), &y, HashFunc::None)
+            .await
+            .unwrap();
         assert_eq!(r.uploaded, vec![c.ulid]);
     }
 }

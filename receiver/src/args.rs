@@ -129,9 +129,17 @@ pub struct ReceiveArgs {
     pub shipper_interval: Duration,
 
     /// At SIGTERM, with a bucket, the head is cut into blocks and shipped before exit
-    /// (as Thanos Receive does); this bounds how long that upload may take.
+    /// (as Thanos Receive does); this bounds how long that upload may take. It bounds
+    /// the upload of a hashring hand-off too (tenants a reloaded hashring moved away).
     #[arg(long = "shipper.shutdown-timeout", default_value = "1m", value_parser = parse_duration)]
     pub shipper_shutdown_timeout: Duration,
+
+    /// Hash function for the files of shipped blocks: "" (none, Thanos's default) or
+    /// "SHA256": each chunk segment's and the index's hash goes into the uploaded
+    /// meta.json's `thanos.files`, as Thanos writes it (readers can skip downloading files
+    /// they hold and check what they downloaded; costs one more read of each file).
+    #[arg(long = "hash-func", default_value = "", value_name = "\"\"|SHA256")]
+    pub hash_func: objstore::HashFunc,
 
     #[command(flatten)]
     pub hashring: HashringArgs,

@@ -239,6 +239,8 @@ pub struct OpsState {
     pub mt: Arc<MultiTsdb>,
     pub metrics: ReceiveMetrics,
     pub distributor: Option<Arc<Distributor>>,
+    /// A hashring hand-off is flushing and shipping tenants (see [`crate::handoff`]).
+    pub handoff: Arc<AtomicBool>,
 }
 
 pub fn ops_router(state: Arc<OpsState>) -> Router {
@@ -256,6 +258,10 @@ async fn ready(State(st): State<Arc<OpsState>>) -> Response {
         "WAL replay in progress".to_string()
     } else if !ring_ready {
         "hashring not loaded".to_string()
+    } else if st.handoff.load(Ordering::Acquire) {
+        // As Thanos Receive: not ready while the heads of tenants the new hashring moved
+        // are flushed and shipped (writes are still taken meanwhile).
+        "hashring has changed; flushing and shipping the heads of tenants that moved".to_string()
     } else if !failing.is_empty() {
         // Writes would fail (5xx) until space is back: a load balancer should send them
         // elsewhere. Maintenance retries the log, so this clears without client traffic.

@@ -7,10 +7,12 @@
 //! - [`store`]: `thanos.Store` and `thanos.info.Info` over the tenants.
 //! - [`limits`]: Thanos's limits YAML.
 //! - [`hashring`], [`replicate`]: distribution over several receivers (issue 6).
+//! - [`handoff`]: tenants a reloaded hashring moves away are flushed and shipped.
 //! - Shipping: with `--objstore.config[-file]` each tenant's blocks go to the bucket
 //!   through `objstore::Shipper` (see [`multitsdb::MultiTsdb::ship`]).
 
 pub mod args;
+pub mod handoff;
 pub mod hashring;
 pub mod http;
 pub mod limits;
@@ -177,6 +179,7 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         max_tenants: args.max_tenants,
         too_far_in_future: (!args.too_far_in_future.is_zero()).then_some(args.too_far_in_future),
         bucket,
+        hash_func: args.hash_func,
     };
     // The ops server answers /-/healthy (and /-/ready = 503) during WAL replay; the other
     // servers start once the TSDBs are open.
@@ -222,12 +225,31 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
     if let Some(w) = setup.watcher {
         tokio::spawn(w.run(stopped(stop_rx.clone())));
     }
+    let handoff_running = Arc::new(AtomicBool::new(false));
+    if let (Mode::RouterIngestor, Some(hashring), Some(local_endpoint)) = (
+        mode,
+        distributor.hashring(),
+        args.hashring.local_endpoint.clone(),
+    ) {
+        let h = handoff::Handoff {
+            mt: mt.clone(),
+            hashring,
+            local_endpoint,
+            in_progress: handoff_running.clone(),
+            ship_timeout: args.shipper_shutdown_timeout,
+            metrics: handoff::HandoffMetrics::default(),
+        };
+        h.metrics
+            .register(&mut registry.lock().unwrap_or_else(|e| e.into_inner()));
+        tokio::spawn(h.run(stopped(stop_rx.clone())));
+    }
     let ops = Arc::new(OpsState {
         registry: registry.clone(),
         ready: ready.clone(),
         mt: mt.clone(),
         metrics: metrics.clone(),
         distributor: Some(distributor.clone()),
+        handoff: handoff_running,
     });
     let ops_server = tokio::spawn(
         axum::serve(

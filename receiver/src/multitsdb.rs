@@ -96,6 +96,8 @@ pub struct MultiTsdbConfig {
     pub too_far_in_future: Option<Duration>,
     /// Where blocks are shipped (`None`: nowhere; they live on local disk only).
     pub bucket: Option<objstore::Bucket>,
+    /// `--hash-func`: file hashes in shipped blocks' `meta.json`.
+    pub hash_func: objstore::HashFunc,
 }
 
 /// How long one tenant's shipping pass may take before it is abandoned (Thanos: 10m);
@@ -219,13 +221,16 @@ impl MultiTsdb {
             // The shipper first: its "not uploaded yet" set holds blocks back from the
             // retention the TSDB may apply while opening.
             let shipper = self.cfg.bucket.as_ref().map(|b| {
-                Arc::new(objstore::Shipper::new(
-                    b.clone(),
-                    &dir,
-                    ext.clone(),
-                    "receive",
-                    Some(reg.sub_registry_with_label(tenant_label())),
-                ))
+                Arc::new(
+                    objstore::Shipper::new(
+                        b.clone(),
+                        &dir,
+                        ext.clone(),
+                        "receive",
+                        Some(reg.sub_registry_with_label(tenant_label())),
+                    )
+                    .with_hash_func(self.cfg.hash_func),
+                )
             });
             let opts = Options {
                 block_duration: self.cfg.block_duration,
@@ -337,38 +342,62 @@ impl MultiTsdb {
     /// Cuts every tenant's whole head into blocks (shutdown with a bucket: what is not
     /// in a block would otherwise stay on this disk only). Errors are logged.
     pub fn flush_all(&self) -> usize {
-        let mut cut = 0;
-        for t in self.tenants() {
-            match t.db.flush() {
-                Ok(blocks) => {
-                    for b in blocks {
-                        cut += 1;
-                        tracing::info!(tenant = %t.name, ulid = %b.ulid, min_time = b.min_time, max_time = b.max_time, "cut block from the head at shutdown");
-                    }
+        self.tenants()
+            .iter()
+            .map(|t| self.flush_tenant(&t.name, "shutdown"))
+            .sum()
+    }
+
+    /// Cuts one tenant's whole head into blocks (blocking I/O), while writes go on (see
+    /// `tsdb::Db::flush`). Returns the number of blocks written; errors are logged (the
+    /// head stays in the WAL, nothing is lost).
+    pub fn flush_tenant(&self, tenant: &str, why: &str) -> usize {
+        let Some(t) = self.get(tenant) else { return 0 };
+        match t.db.flush() {
+            Ok(blocks) => {
+                for b in &blocks {
+                    tracing::info!(tenant = %t.name, ulid = %b.ulid, min_time = b.min_time, max_time = b.max_time, samples = b.stats.num_samples, why, "cut block from the head");
                 }
-                Err(e) => {
-                    tracing::error!(tenant = %t.name, error = %e, "cutting the head at shutdown failed")
-                }
+                blocks.len()
+            }
+            Err(e) => {
+                tracing::error!(tenant = %t.name, error = %e, why, "cutting the head failed; it stays in the WAL");
+                0
             }
         }
-        cut
     }
 
     /// One shipping pass per tenant (async network I/O; local reads on blocking
     /// threads): never on the ingest path, and a failing bucket only delays uploads.
     /// Failures are logged by the shipper and retried on the next pass.
     pub async fn ship(&self) {
-        for t in self.tenants() {
+        let names: Vec<String> = self.tenants().iter().map(|t| t.name.clone()).collect();
+        self.ship_tenants(&names).await;
+    }
+
+    /// A shipping pass for the named tenants; true when every one of them has nothing
+    /// left to upload.
+    pub async fn ship_tenants(&self, names: &[String]) -> bool {
+        let mut all = true;
+        for name in names {
+            let Some(t) = self.get(name) else { continue };
             let Some(s) = &t.shipper else { continue };
             match tokio::time::timeout(SHIP_TIMEOUT, s.sync()).await {
-                Ok(Ok(r)) if !r.uploaded.is_empty() || r.found_in_bucket > 0 => {
-                    tracing::debug!(tenant = %t.name, uploaded = r.uploaded.len(), found_in_bucket = r.found_in_bucket, "shipping pass done")
+                Ok(Ok(r)) => {
+                    if !r.uploaded.is_empty() || r.found_in_bucket > 0 {
+                        tracing::debug!(tenant = %t.name, uploaded = r.uploaded.len(), found_in_bucket = r.found_in_bucket, "shipping pass done")
+                    }
                 }
-                Ok(_) => {}
-                Err(_) => tracing::warn!(tenant = %t.name, timeout_s = SHIP_TIMEOUT.as_secs(),
-                    "shipping pass timed out; the next pass starts over"),
+                // Logged by the shipper.
+                Ok(Err(_)) => all = false,
+                Err(_) => {
+                    all = false;
+                    tracing::warn!(tenant = %t.name, timeout_s = SHIP_TIMEOUT.as_secs(),
+                        "shipping pass timed out; the next pass starts over")
+                }
             }
         }
+        all
     }
 
     /// Tenants whose WAL writes are failing, with the last error.
@@ -455,6 +484,7 @@ mod tests {
             max_tenants: 2,
             too_far_in_future: None,
             bucket: None,
+            hash_func: objstore::HashFunc::None,
         };
         let reg = Arc::new(Mutex::new(Registry::default()));
         {
@@ -497,6 +527,7 @@ mod tests {
             max_tenants: 2,
             too_far_in_future: None,
             bucket: None,
+            hash_func: objstore::HashFunc::None,
         };
         let reg = Arc::new(Mutex::new(Registry::default()));
         let m = MultiTsdb::open(cfg, reg).unwrap();
@@ -531,6 +562,7 @@ mod tests {
             max_tenants: 10,
             too_far_in_future: None,
             bucket: Some(bucket),
+            hash_func: objstore::HashFunc::Sha256,
         };
         let m = MultiTsdb::open(cfg, Arc::new(Mutex::new(Registry::default()))).unwrap();
         let t = m.get_or_create("acme").unwrap();
@@ -585,6 +617,7 @@ mod tests {
             max_tenants: 10,
             too_far_in_future: None,
             bucket: None,
+            hash_func: objstore::HashFunc::None,
         };
         std::fs::create_dir_all(dir.path().join("a")).unwrap();
         let wal = dir.path().join("z/wal");

@@ -369,6 +369,7 @@ mod tests {
                 max_tenants: 10,
                 too_far_in_future: Some(Duration::from_secs(600)),
                 bucket: None,
+                hash_func: objstore::HashFunc::None,
             },
             Arc::new(Mutex::new(prometheus_client::registry::Registry::default())),
         )

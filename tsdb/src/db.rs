@@ -663,18 +663,21 @@ impl Db {
         Ok(())
     }
 
-    /// Cuts every sample in the head into blocks (used at shutdown and in tests); new
-    /// samples older than the newest one are refused afterwards.
+    /// Cuts every sample in the head into blocks (at shutdown, at a hashring hand-off,
+    /// in tests); new samples not newer than the newest one flushed are refused
+    /// afterwards (Prometheus's out-of-bounds). Appends may go on meanwhile: what they
+    /// add after the newest sample seen at the start stays in the head (a flush under
+    /// steady writes ends), and each commit lands either in a block or in the head.
     pub fn flush(&self) -> Result<Vec<block::BlockMeta>, DbError> {
         let _g = lock(&self.inner.compact_lock);
         let mut written = Vec::new();
-        while !self.inner.head.is_empty() {
+        let until = self.inner.head.max_time();
+        while !self.inner.head.is_empty() && self.inner.head.min_time() <= until {
             let mint = self.inner.head.min_time();
-            let maxt = self.inner.head.max_time();
             let aligned = mint.div_euclid(self.inner.range) * self.inner.range;
             let start = aligned.max(self.inner.head.min_valid_time());
-            // The last block ends just after the newest sample.
-            let end = (aligned.saturating_add(self.inner.range)).min(maxt.saturating_add(1));
+            // The last block ends just after the newest sample seen at the start.
+            let end = (aligned.saturating_add(self.inner.range)).min(until.saturating_add(1));
             written.extend(self.compact_range(start, end)?);
         }
         self.apply_retention()?;

@@ -338,6 +338,11 @@ impl Distributor {
         self.cfg.mode
     }
 
+    /// The hashring in force and its changes (`None` without a hashring).
+    pub fn hashring(&self) -> Option<HashringHandle> {
+        self.hashring.clone()
+    }
+
     /// Ready to take writes: the hashring (if any) is loaded.
     pub fn is_ready(&self) -> bool {
         match &self.hashring {
