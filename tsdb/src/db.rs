@@ -690,8 +690,9 @@ impl Db {
             let _c = lock(&inner.commit);
             inner.head.set_min_valid_time(end);
             if end.rem_euclid(inner.range) != 0 {
-                // Open chunks could otherwise take samples past `end` (flush).
-                inner.head.close_open_chunks();
+                // A flush's end is not a chunk boundary: chunks written since the flush
+                // read it may hold samples past it, and open chunks could take more.
+                inner.head.split_chunks_at(end)?;
             }
         }
         let mut series = inner.head.iter_sorted(start, end - 1).peekable();

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use bytes::Bytes;
 use storeapi::{Labels, Matcher};
 
-use crate::chunk::{Chunk, Encoding, XorChunk};
+use crate::chunk::{Chunk, ChunkError, Encoding, XorChunk};
 use crate::metrics::{Metrics, RejectReason};
 use crate::postings::{MemPostings, SeriesRef};
 
@@ -92,6 +92,25 @@ const PARALLEL_SELECT_MIN: usize = 8192;
 
 /// `series` with chunks overlapping `[mint, maxt]`, sorted by series key (ordered as the
 /// labels are, compared without parsing), with parsed labels and those chunks.
+/// A closed chunk of `samples` (time-ordered), `None` when there are none.
+fn encode_closed(samples: &[(i64, f64)]) -> Result<Option<Chunk>, ChunkError> {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return Ok(None);
+    };
+    let mut c = XorChunk::new();
+    for &(t, v) in samples {
+        c.append(t, v)?;
+    }
+    let mut bytes = c.into_bytes();
+    bytes.shrink_to_fit();
+    Ok(Some(Chunk {
+        min_time: first.0,
+        max_time: last.0,
+        encoding: Encoding::Xor,
+        data: Bytes::from(bytes),
+    }))
+}
+
 fn select_sorted(
     series: &[Arc<MemSeries>],
     mint: i64,
@@ -410,6 +429,50 @@ impl SeriesData {
         self.last_t = t;
         self.last_v = v.to_bits();
         SampleResult::Appended
+    }
+
+    /// Makes `t` a chunk boundary: a chunk holding samples on both sides of `t` (written
+    /// while a flush picked its end: the end is read before the head is locked) is
+    /// re-encoded as two, and an open chunk whose samples all lie before `t` is closed.
+    /// After this no chunk straddles `t`, so a block ending at `t` takes whole chunks
+    /// and truncating the head at `t` leaves none of the block's samples behind.
+    fn split_at(&mut self, t: i64) -> Result<(), ChunkError> {
+        if self
+            .closed
+            .iter()
+            .any(|c| c.min_time < t && c.max_time >= t)
+        {
+            let mut out = Vec::with_capacity(self.closed.len() + 1);
+            for c in std::mem::take(&mut self.closed) {
+                if c.min_time < t && c.max_time >= t {
+                    let samples = crate::chunk::xor::decode_all(&c.data)?;
+                    let (lo, hi): (Vec<_>, Vec<_>) = samples.into_iter().partition(|s| s.0 < t);
+                    out.extend(encode_closed(&lo)?);
+                    out.extend(encode_closed(&hi)?);
+                } else {
+                    out.push(c);
+                }
+            }
+            self.closed = out;
+        }
+        if let Some(o) = &self.open {
+            if o.chunk.last_t() < t {
+                self.close_open();
+            } else if o.min_t < t {
+                let samples = crate::chunk::xor::decode_all(o.chunk.bytes())?;
+                let end = o.end;
+                let (lo, hi): (Vec<_>, Vec<_>) = samples.into_iter().partition(|s| s.0 < t);
+                let mut chunk = XorChunk::new();
+                for &(st, sv) in &hi {
+                    chunk.append(st, sv)?;
+                }
+                self.closed.extend(encode_closed(&lo)?);
+                self.open = hi
+                    .first()
+                    .map(|&(min_t, _)| OpenChunk { end, chunk, min_t });
+            }
+        }
+        Ok(())
     }
 
     fn close_open(&mut self) {
@@ -908,13 +971,16 @@ impl Head {
         values
     }
 
-    /// Closes every open chunk, so samples appended from now on start new chunks (used
-    /// before cutting a block at a boundary that is not a multiple of the chunk range).
-    pub(crate) fn close_open_chunks(&self) {
+    /// Makes `t` a chunk boundary in every series (see [`SeriesData::split_at`]), so
+    /// samples appended from now on start new chunks at or after `t` and no chunk holds
+    /// samples on both sides (used before cutting a block at a boundary that is not a
+    /// multiple of the chunk range). Callers hold the commit lock.
+    pub(crate) fn split_chunks_at(&self, t: i64) -> Result<(), ChunkError> {
         let idx = self.read();
         for s in idx.series.values() {
-            s.lock().close_open();
+            s.lock().split_at(t)?;
         }
+        Ok(())
     }
 
     /// All series, by ref (for checkpoints).
@@ -1110,6 +1176,52 @@ mod tests {
             let got: Vec<Labels> = series.iter().map(|s| s.labels()).collect();
             proptest::prop_assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn split_at_leaves_no_chunk_across_the_boundary() {
+        let h = Head::new(1000, Metrics::default());
+        let mut buf = Vec::new();
+        let l = Labels::from_pairs([("n", "x")]).unwrap();
+        let s = h.replay_series(0, &l, &mut buf);
+        {
+            let mut d = s.lock();
+            // A closed chunk 0..=199 (cut at the 1000 ms chunk range: 0..999 holds
+            // 0,5,...,995), then an open one from 1000 on.
+            for t in (0..1300).step_by(5) {
+                assert_eq!(
+                    h.append_locked(&mut d, t, t as f64, i64::MIN),
+                    SampleResult::Appended
+                );
+            }
+            h.note_times(0, 1295);
+        }
+        h.split_chunks_at(500).unwrap();
+        h.split_chunks_at(1100).unwrap();
+        let chunks = s.chunks(i64::MIN, i64::MAX);
+        for c in &chunks {
+            for b in [500, 1100] {
+                assert!(
+                    c.max_time < b || c.min_time >= b,
+                    "chunk [{}, {}] straddles {b}",
+                    c.min_time,
+                    c.max_time
+                );
+            }
+        }
+        let all: Vec<(i64, f64)> = chunks
+            .iter()
+            .flat_map(|c| crate::chunk::xor::decode_all(&c.data).unwrap())
+            .collect();
+        let want: Vec<(i64, f64)> = (0..1300).step_by(5).map(|t| (t, t as f64)).collect();
+        assert_eq!(all, want);
+        // Appends go on after the split, into the open chunk that starts at 1100.
+        let mut d = s.lock();
+        assert_eq!(
+            h.append_locked(&mut d, 1300, 1.0, i64::MIN),
+            SampleResult::Appended
+        );
+        assert_eq!(d.open.as_ref().map(|o| o.min_t), Some(1100));
     }
 
     #[test]
