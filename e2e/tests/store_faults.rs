@@ -12,12 +12,13 @@ mod store_common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::s3::{MotoServer, S3Gate};
-use e2e::{orrery_bin, promtool_bin, wait_for};
-use store_common::{Query, Store, api_json, metric, single_value, warnings};
+use e2e::wait_for;
+use store_common::{
+    Query, Store, api_json, metric, promtool_blocks_uploaded, single_value, warnings,
+};
 
 const BUCKET: &str = "orrery";
 const HOUR: i64 = 3_600_000;
@@ -56,29 +57,7 @@ fn upload_blocks(dir: &Path, objstore: &str, start: i64, end: i64) -> BTreeMap<S
     let input = dir.join("fault.om");
     std::fs::write(&input, om).expect("write openmetrics");
     let blocks = dir.join("blocks");
-    let out = Command::new(promtool_bin())
-        .args(["tsdb", "create-blocks-from", "openmetrics"])
-        .arg(&input)
-        .arg(&blocks)
-        .output()
-        .expect("run promtool");
-    assert!(
-        out.status.success(),
-        "promtool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(orrery_bin())
-        .args(["tools", "bucket", &format!("--objstore.config={objstore}")])
-        .args(["upload-blocks", "--path"])
-        .arg(&blocks)
-        .arg("--label=cluster=\"eu\"")
-        .output()
-        .expect("run orrery tools bucket upload-blocks");
-    assert!(
-        out.status.success(),
-        "upload-blocks: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_blocks_uploaded(&input, &blocks, objstore, "cluster=\"eu\"");
     let mut by_block = BTreeMap::new();
     for e in std::fs::read_dir(&blocks).expect("promtool output") {
         let e = e.expect("dir entry");

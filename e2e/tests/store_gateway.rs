@@ -39,28 +39,7 @@ fn ship_through_receiver(objstore: &str, dir: &Path, series: &[e2e::promqlcmp::S
             "--shipper.interval=500ms",
         ],
     );
-    let end = t0 + 2 * HOUR;
-    let mut from = t0;
-    while from < end {
-        let to = from + 60_000;
-        let batch: Vec<_> = series
-            .iter()
-            .filter_map(|s| {
-                let samples: Vec<_> = s
-                    .samples
-                    .iter()
-                    .filter(|x| x.t >= from && x.t < to)
-                    .copied()
-                    .collect();
-                (!samples.is_empty()).then(|| (s.labels.clone(), samples))
-            })
-            .collect();
-        if !batch.is_empty() {
-            let (code, body) = recv.write(&batch);
-            assert_eq!(code, 200, "write {from}..{to}: {body}");
-        }
-        from = to;
-    }
+    recv.write_in_order(series, t0, t0 + 2 * HOUR);
     let mut recv = recv;
     let status = recv.proc.terminate(Duration::from_secs(60));
     assert!(

@@ -15,9 +15,11 @@ use e2e::promqlcmp::{
     start_prometheus_with,
 };
 use e2e::s3::MotoServer;
-use e2e::{Proc, free_port, http_get, http_request, orrery_bin, promtool_bin, wait_for};
+use e2e::{Proc, free_port, http_get, http_request, orrery_bin, wait_for};
 use receiver_common::Receiver;
-use store_common::{Query, Store, api_json, metric, metric_suffix, single_value, warnings};
+use store_common::{
+    Query, Store, api_json, metric, metric_suffix, promtool_blocks_uploaded, single_value, warnings,
+};
 use storeapi::wire::remote_write::encode_write_request_snappy;
 use storeapi::{Labels, Sample};
 
@@ -37,31 +39,6 @@ fn s3_config(moto: &MotoServer) -> String {
         "type: S3\nconfig:\n  bucket: {BUCKET}\n  endpoint: {}\n  insecure: true\n  access_key: test\n  secret_key: test\n",
         moto.addr()
     )
-}
-
-/// Writes `series` to the receiver one minute per request, in time order.
-fn write_in_order(recv: &Receiver, series: &[e2e::promqlcmp::Series], from: i64, end: i64) {
-    let mut from = from;
-    while from < end {
-        let to = from + MIN;
-        let batch: Vec<_> = series
-            .iter()
-            .filter_map(|s| {
-                let samples: Vec<_> = s
-                    .samples
-                    .iter()
-                    .filter(|x| x.t >= from && x.t < to)
-                    .copied()
-                    .collect();
-                (!samples.is_empty()).then(|| (s.labels.clone(), samples))
-            })
-            .collect();
-        if !batch.is_empty() {
-            let (code, body) = recv.write(&batch);
-            assert_eq!(code, 200, "write {from}..{to}: {body}");
-        }
-        from = to;
-    }
 }
 
 /// Receiver (last ~20 minutes local, 5-minute blocks shipped to S3, older ones deleted by
@@ -90,7 +67,7 @@ fn receiver_recent_and_gateway_old_answer_across_the_boundary_like_prometheus() 
             "--shipper.interval=500ms",
         ],
     );
-    write_in_order(&recv, &series, t0, end);
+    recv.write_in_order(&series, t0, end);
     // Blocks ending 20 minutes before the newest data leave the receiver once shipped.
     let deleted = wait_for(Duration::from_secs(40), || {
         let n = metric_suffix(&recv.metrics(), "blocks_deleted_by_retention_total");
@@ -275,32 +252,15 @@ fn standalone_answers_over_its_bucket_and_fresh_writes() {
     om.push_str("# EOF\n");
     std::fs::write(dir.path().join("old.om"), &om).expect("write openmetrics");
     let blocks = dir.path().join("blocks");
-    let out = Command::new(promtool_bin())
-        .args(["tsdb", "create-blocks-from", "openmetrics"])
-        .arg(dir.path().join("old.om"))
-        .arg(&blocks)
-        .output()
-        .expect("run promtool");
-    assert!(
-        out.status.success(),
-        "promtool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let fs_config = format!(
         "type: FILESYSTEM\nconfig:\n  directory: {}\n",
         bucket.display()
     );
-    let out = Command::new(orrery_bin())
-        .args(["tools", "bucket", &format!("--objstore.config={fs_config}")])
-        .args(["upload-blocks", "--path"])
-        .arg(&blocks)
-        .arg("--label=source=\"promtool\"")
-        .output()
-        .expect("run orrery tools bucket upload-blocks");
-    assert!(
-        out.status.success(),
-        "upload-blocks: {}",
-        String::from_utf8_lossy(&out.stderr)
+    promtool_blocks_uploaded(
+        &dir.path().join("old.om"),
+        &blocks,
+        &fs_config,
+        "source=\"promtool\"",
     );
 
     let port = || format!("127.0.0.1:{}", free_port());

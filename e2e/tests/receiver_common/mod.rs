@@ -20,6 +20,32 @@ pub struct Receiver {
 }
 
 impl Receiver {
+    /// Writes `series` one minute per request over `[from, end)`, in time order; every
+    /// request must be accepted.
+    pub fn write_in_order(&self, series: &[e2e::promqlcmp::Series], from: i64, end: i64) {
+        let mut from = from;
+        while from < end {
+            let to = from + 60_000;
+            let batch: Vec<_> = series
+                .iter()
+                .filter_map(|s| {
+                    let samples: Vec<_> = s
+                        .samples
+                        .iter()
+                        .filter(|x| x.t >= from && x.t < to)
+                        .copied()
+                        .collect();
+                    (!samples.is_empty()).then(|| (s.labels.clone(), samples))
+                })
+                .collect();
+            if !batch.is_empty() {
+                let (code, body) = self.write(&batch);
+                assert_eq!(code, 200, "write {from}..{to}: {body}");
+            }
+            from = to;
+        }
+    }
+
     /// Starts `orrery receive` on free ports with `data` as --tsdb.path and waits for
     /// /-/ready.
     pub fn start(data: &Path, log: &Path, extra: &[&str]) -> Receiver {

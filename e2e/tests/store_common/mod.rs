@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{Proc, free_port, http_get, orrery_bin, wait_for};
+use e2e::{Proc, free_port, http_get, orrery_bin, promtool_bin, wait_for};
 
 /// A running `orrery store`.
 pub struct Store {
@@ -156,4 +156,33 @@ pub fn single_value(j: &serde_json::Value) -> Option<f64> {
         .as_str()?
         .parse()
         .ok()
+}
+
+/// Turns the OpenMetrics file `openmetrics` into blocks under `blocks` with the reference
+/// `promtool tsdb create-blocks-from openmetrics`, then ships them into the bucket with
+/// `orrery tools bucket upload-blocks` and the external label `label` (`k="v"`).
+pub fn promtool_blocks_uploaded(openmetrics: &Path, blocks: &Path, objstore: &str, label: &str) {
+    let out = Command::new(promtool_bin())
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(openmetrics)
+        .arg(blocks)
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(orrery_bin())
+        .args(["tools", "bucket", &format!("--objstore.config={objstore}")])
+        .args(["upload-blocks", "--path"])
+        .arg(blocks)
+        .arg(format!("--label={label}"))
+        .output()
+        .expect("run orrery tools bucket upload-blocks");
+    assert!(
+        out.status.success(),
+        "upload-blocks: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
