@@ -250,6 +250,27 @@ pub fn http_request(
     Ok((status, body))
 }
 
+/// POSTs `series` as a snappy-compressed remote-write 1.0 request to `path` on `addr`
+/// (`/api/v1/write` for Prometheus, `/api/v1/receive` for a receiver), with
+/// `extra_headers` (a tenant header, say) after the protocol's own.
+pub fn remote_write(
+    addr: &str,
+    path: &str,
+    series: &[(storeapi::Labels, Vec<storeapi::Sample>)],
+    extra_headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    let body = storeapi::wire::remote_write::encode_write_request_snappy(
+        series.iter().map(|(l, s)| (l, s.as_slice())),
+    );
+    let mut h = vec![
+        ("Content-Type", "application/x-protobuf"),
+        ("Content-Encoding", "snappy"),
+        ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+    ];
+    h.extend_from_slice(extra_headers);
+    http_request(addr, "POST", path, &h, &body)
+}
+
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {

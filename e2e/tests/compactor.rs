@@ -155,6 +155,27 @@ impl Fixture {
         cmd
     }
 
+    /// Starts a waiting compactor (`--wait`, next pass in an hour) with `extra` flags and
+    /// waits for its first pass to finish; returns it, its HTTP address and the metrics
+    /// text read right after that pass.
+    fn compact_first_pass(&self, extra: &[&str], log: &str) -> (Proc, String, String) {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let http = format!("--http-address={addr}");
+        let mut args = vec!["--wait", "--wait-interval=1h", http.as_str()];
+        args.extend_from_slice(extra);
+        let p = self.compact(&args, log);
+        let m = wait_for(Duration::from_secs(300), || {
+            http_get(&addr, "/metrics")
+                .ok()
+                .filter(|(c, b)| {
+                    *c == 200 && metric(b, "thanos_compact_iterations_total") == Some(1.0)
+                })
+                .map(|(_, b)| b)
+        })
+        .unwrap_or_else(|| panic!("no finished pass:\n{}", p.log_text()));
+        (p, addr, m)
+    }
+
     /// Runs one pass to completion; panics with the log when it fails.
     fn compact_once(&self, extra: &[&str], log: &str) -> String {
         let mut p = self.compact(extra, log);
@@ -517,24 +538,7 @@ fn two_replicas_compact_into_8h_and_2d_blocks_each_sample_once() {
 
     // A second, waiting compactor: nothing left to compact; with --delete-delay=0s the
     // cleaner deletes every marked block (meta.json first, deletion mark last).
-    let port = free_port();
-    let mut p = f.compact(
-        &[
-            "--wait",
-            "--wait-interval=1h",
-            "--delete-delay=0s",
-            &format!("--http-address=127.0.0.1:{port}"),
-        ],
-        "compact-2.log",
-    );
-    let addr = format!("127.0.0.1:{port}");
-    let m = wait_for(Duration::from_secs(300), || {
-        http_get(&addr, "/metrics")
-            .ok()
-            .filter(|(c, b)| *c == 200 && metric(b, "thanos_compact_iterations_total") == Some(1.0))
-            .map(|(_, b)| b)
-    })
-    .unwrap_or_else(|| panic!("no finished pass:\n{}", p.log_text()));
+    let (mut p, addr, m) = f.compact_first_pass(&["--delete-delay=0s"], "compact-2.log");
     assert_eq!(http_get(&addr, "/-/ready").map(|r| r.0).ok(), Some(200));
     assert_eq!(http_get(&addr, "/-/healthy").map(|r| r.0).ok(), Some(200));
     assert_eq!(metric(&m, "thanos_compact_halted"), Some(0.0), "{m}");
@@ -588,24 +592,7 @@ fn contradicting_backfill_is_marked_no_compact_and_the_rest_compacts() {
         &[("tenant_id", "default-tenant")],
     );
 
-    let port = free_port();
-    let mut p = f.compact(
-        &[
-            "--wait",
-            "--wait-interval=1h",
-            "--delete-delay=1h",
-            &format!("--http-address=127.0.0.1:{port}"),
-        ],
-        "compact.log",
-    );
-    let addr = format!("127.0.0.1:{port}");
-    let m = wait_for(Duration::from_secs(300), || {
-        http_get(&addr, "/metrics")
-            .ok()
-            .filter(|(c, b)| *c == 200 && metric(b, "thanos_compact_iterations_total") == Some(1.0))
-            .map(|(_, b)| b)
-    })
-    .unwrap_or_else(|| panic!("no finished pass:\n{}", p.log_text()));
+    let (mut p, _, m) = f.compact_first_pass(&["--delete-delay=1h"], "compact.log");
     assert_eq!(
         metric(
             &m,
@@ -943,23 +930,7 @@ fn raw_blocks_of_40h_get_5m_and_1h_blocks_equal_to_a_direct_computation() {
         .meta
         .clone();
 
-    let port = free_port();
-    let mut p = f.compact(
-        &[
-            "--wait",
-            "--wait-interval=1h",
-            &format!("--http-address=127.0.0.1:{port}"),
-        ],
-        "downsample.log",
-    );
-    let addr = format!("127.0.0.1:{port}");
-    let m = wait_for(Duration::from_secs(300), || {
-        http_get(&addr, "/metrics")
-            .ok()
-            .filter(|(c, b)| *c == 200 && metric(b, "thanos_compact_iterations_total") == Some(1.0))
-            .map(|(_, b)| b)
-    })
-    .unwrap_or_else(|| panic!("no finished pass:\n{}", p.log_text()));
+    let (mut p, _, m) = f.compact_first_pass(&[], "downsample.log");
     p.terminate(Duration::from_secs(10));
     for (r, n) in [("0", 2.0), ("300000", 1.0)] {
         assert_eq!(

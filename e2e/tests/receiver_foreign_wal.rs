@@ -19,10 +19,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use e2e::{Proc, Prometheus, free_port, http_request, orrery_bin, promtool_bin};
+use e2e::{Proc, Prometheus, free_port, orrery_bin, promtool_bin, remote_write};
 use receiver_common::{Receiver, eq, labels, prom_value, series, xxh64};
 use storeapi::Sample;
-use storeapi::wire::remote_write::encode_write_request_snappy;
 
 const SERIES: usize = 50;
 const BATCHES: i64 = 60;
@@ -152,19 +151,8 @@ fn prometheus_killed_with_its_head_in_the_wal(
     let base = now - (BATCHES + ORRERY_BATCHES) * STEP;
     for b in 0..BATCHES {
         let series = batch(b, base);
-        let body = encode_write_request_snappy(series.iter().map(|(l, s)| (l, s.as_slice())));
-        let (code, resp) = http_request(
-            &prom.addr(),
-            "POST",
-            "/api/v1/write",
-            &[
-                ("Content-Type", "application/x-protobuf"),
-                ("Content-Encoding", "snappy"),
-                ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-            ],
-            &body,
-        )
-        .expect("remote write to prometheus");
+        let (code, resp) = remote_write(&prom.addr(), "/api/v1/write", &series, &[])
+            .expect("remote write to prometheus");
         assert!(
             code == 204 || code == 200,
             "prometheus remote write: {code} {resp}"
@@ -434,19 +422,8 @@ fn receiver_replays_a_prometheus_checkpoint() {
     for k in 0..STEPS {
         let t = base + k * S;
         let series = batch(k, t);
-        let body = encode_write_request_snappy(series.iter().map(|(l, s)| (l, s.as_slice())));
-        let (code, resp) = http_request(
-            &prom.addr(),
-            "POST",
-            "/api/v1/write",
-            &[
-                ("Content-Type", "application/x-protobuf"),
-                ("Content-Encoding", "snappy"),
-                ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-            ],
-            &body,
-        )
-        .expect("remote write to prometheus");
+        let (code, resp) = remote_write(&prom.addr(), "/api/v1/write", &series, &[])
+            .expect("remote write to prometheus");
         assert!(
             code == 204 || code == 200,
             "prometheus remote write: {code} {resp}"

@@ -24,7 +24,6 @@ use e2e::s3::MotoServer;
 use e2e::{Proc, free_port, http_get, orrery_bin, promtool_bin, wait_for};
 use receiver_common::{eq, labels, series};
 use storeapi::Sample;
-use storeapi::wire::remote_write::encode_write_request_snappy;
 
 const BUCKET: &str = "handoff";
 const SERIES: usize = 8;
@@ -123,21 +122,9 @@ fn write_to(rw: &str, tenant: &str, t: i64) -> u16 {
             )
         })
         .collect();
-    let body = encode_write_request_snappy(batch.iter().map(|(l, s)| (l, s.as_slice())));
-    e2e::http_request(
-        rw,
-        "POST",
-        "/api/v1/receive",
-        &[
-            ("Content-Type", "application/x-protobuf"),
-            ("Content-Encoding", "snappy"),
-            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-            ("THANOS-TENANT", tenant),
-        ],
-        &body,
-    )
-    .map(|r| r.0)
-    .unwrap_or(0)
+    e2e::remote_write(rw, "/api/v1/receive", &batch, &[("THANOS-TENANT", tenant)])
+        .map(|r| r.0)
+        .unwrap_or(0)
 }
 
 fn value(i: usize, t: i64) -> f64 {

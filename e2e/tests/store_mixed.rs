@@ -15,12 +15,11 @@ use e2e::promqlcmp::{
     start_prometheus_with,
 };
 use e2e::s3::MotoServer;
-use e2e::{Proc, free_port, http_get, http_request, orrery_bin, wait_for};
+use e2e::{Proc, free_port, http_get, orrery_bin, remote_write, wait_for};
 use receiver_common::Receiver;
 use store_common::{
     Query, Store, api_json, metric, metric_suffix, promtool_blocks_uploaded, single_value, warnings,
 };
-use storeapi::wire::remote_write::encode_write_request_snappy;
 use storeapi::{Labels, Sample};
 
 const BUCKET: &str = "orrery";
@@ -289,20 +288,11 @@ fn standalone_answers_over_its_bucket_and_fresh_writes() {
     // No waiting from here on: ready means both the receiver and the bucket answer.
     let now = now_ms() / 1000 * 1000;
     let fresh = Labels::from_pairs([("__name__", "history_test"), ("id", "new")]).expect("labels");
-    let body = encode_write_request_snappy(std::iter::once((
-        &fresh,
-        [Sample { t: now, v: 7.0 }].as_slice(),
-    )));
-    let (code, text) = http_request(
+    let (code, text) = remote_write(
         &rw,
-        "POST",
         "/api/v1/receive",
-        &[
-            ("Content-Type", "application/x-protobuf"),
-            ("Content-Encoding", "snappy"),
-            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-        ],
-        &body,
+        &[(fresh, vec![Sample { t: now, v: 7.0 }])],
+        &[],
     )
     .expect("remote write to the standalone");
     assert_eq!(code, 200, "{text}");

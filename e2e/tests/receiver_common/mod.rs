@@ -7,7 +7,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e::{Proc, free_port, http_get, http_request, orrery_bin, wait_for};
-use storeapi::wire::remote_write::encode_write_request_snappy;
 use storeapi::wire::thanos::{self, LabelMatcher, SeriesRequest, store_client::StoreClient};
 use storeapi::{Labels, Sample};
 
@@ -112,8 +111,8 @@ impl Receiver {
 
     /// Remote-writes model series.
     pub fn write(&self, series: &[(Labels, Vec<Sample>)]) -> (u16, String) {
-        let body = encode_write_request_snappy(series.iter().map(|(l, s)| (l, s.as_slice())));
-        self.post(&body, &[])
+        e2e::remote_write(&self.rw, "/api/v1/receive", series, &[])
+            .unwrap_or_else(|e| panic!("remote write to {} failed: {e}", self.rw))
     }
 
     pub fn metrics(&self) -> String {
