@@ -37,219 +37,157 @@ fn server(
     }
 }
 
-/// `--grpc-server-tls-*`: TLS for the gRPC (StoreAPI, replication) listener.
-#[derive(clap::Args, Debug, Clone)]
-pub struct GrpcServerTls {
-    /// TLS certificate for the gRPC server; empty: no TLS. Reloaded when the file changes.
-    #[arg(id = "grpc_server_tls_cert", long = "grpc-server-tls-cert", value_name = "FILE", value_parser = any_path())]
-    pub cert: Option<PathBuf>,
-    /// TLS key for the gRPC server.
-    #[arg(id = "grpc_server_tls_key", long = "grpc-server-tls-key", value_name = "FILE", value_parser = any_path())]
-    pub key: Option<PathBuf>,
-    /// CA to verify gRPC clients against; set: client certificates are required and
-    /// verified (mTLS). Reloaded when the file changes.
-    #[arg(id = "grpc_server_tls_client_ca", long = "grpc-server-tls-client-ca", value_name = "FILE", value_parser = any_path())]
-    pub client_ca: Option<PathBuf>,
-    /// Lowest TLS version accepted: 1.2 or 1.3 (1.0 and 1.1 mean 1.2).
-    #[arg(
-        id = "grpc_server_tls_min_version",
-        long = "grpc-server-tls-min-version",
-        value_name = "VERSION",
-        default_value = "1.3"
-    )]
-    pub min_version: String,
+/// A server-TLS flag group: `--<prefix>-cert`, `-key`, `-client-ca`, `-min-version`
+/// (`$id` is the same prefix with `_`, for clap's argument ids), for the listener `$what`.
+macro_rules! server_tls_flags {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $id:literal, $what:literal, $alpn:expr) => {
+        $(#[$doc])*
+        #[derive(clap::Args, Debug, Clone)]
+        pub struct $name {
+            #[arg(
+                help = concat!("TLS certificate for ", $what, "; empty: no TLS. Reloaded when the file changes."),
+                id = concat!($id, "_cert"), long = concat!($prefix, "-cert"), value_name = "FILE", value_parser = any_path())]
+            pub cert: Option<PathBuf>,
+            #[arg(
+                help = concat!("TLS key for ", $what, "."),
+                id = concat!($id, "_key"), long = concat!($prefix, "-key"), value_name = "FILE", value_parser = any_path())]
+            pub key: Option<PathBuf>,
+            #[arg(
+                help = concat!("CA to verify the clients of ", $what, " against; set: client certificates are required and verified (mTLS). Reloaded when the file changes."),
+                id = concat!($id, "_client_ca"), long = concat!($prefix, "-client-ca"), value_name = "FILE", value_parser = any_path())]
+            pub client_ca: Option<PathBuf>,
+            /// Lowest TLS version accepted: 1.2 or 1.3 (1.0 and 1.1 mean 1.2).
+            #[arg(id = concat!($id, "_min_version"), long = concat!($prefix, "-min-version"), value_name = "VERSION", default_value = "1.3")]
+            pub min_version: String,
+        }
+
+        impl $name {
+            /// `None`: plaintext. Errors name the flag (startup errors).
+            pub fn server_config(&self) -> Result<Option<Arc<dyn ServerConfigSource>>, Error> {
+                server($prefix, &self.cert, &self.key, &self.client_ca, &self.min_version, $alpn)
+            }
+        }
+
+        /// Equal to the flags' defaults (for struct literals in tests and `standalone`).
+        impl Default for $name {
+            fn default() -> Self {
+                $name { cert: None, key: None, client_ca: None, min_version: "1.3".into() }
+            }
+        }
+    };
 }
 
-impl GrpcServerTls {
-    /// `None`: plaintext. Errors name the flag (startup errors).
-    pub fn server_config(&self) -> Result<Option<Arc<dyn ServerConfigSource>>, Error> {
-        server(
-            "grpc-server-tls",
-            &self.cert,
-            &self.key,
-            &self.client_ca,
-            &self.min_version,
-            alpn_grpc(),
-        )
-    }
+/// A client-TLS flag group as Thanos names it: `--<prefix>-secure` (and kingpin's
+/// hidden `--no-` negation), `-skip-verify`, `-cert`, `-key`, `-ca`, `-min-version`, and
+/// the server-name flag `$sni` (Thanos spells it without `-tls`), for dialling `$peer`.
+macro_rules! client_tls_flags {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $id:literal, $sni:literal, $sni_id:literal, $peer:literal) => {
+        $(#[$doc])*
+        #[derive(clap::Args, Debug, Clone)]
+        pub struct $name {
+            #[arg(
+                help = concat!("Use TLS when talking to ", $peer, "."),
+                id = concat!($id, "_secure"), long = concat!($prefix, "-secure"), overrides_with = concat!("no_", $id, "_secure"))]
+            pub secure: bool,
+            #[arg(id = concat!("no_", $id, "_secure"), long = concat!("no-", $prefix, "-secure"), hide = true)]
+            pub no_secure: bool,
+            #[arg(
+                help = concat!("Disable TLS certificate verification of ", $peer, " (self-signed certificates, fake CAs)."),
+                id = concat!($id, "_skip_verify"), long = concat!($prefix, "-skip-verify"), overrides_with = concat!("no_", $id, "_skip_verify"))]
+            pub skip_verify: bool,
+            #[arg(id = concat!("no_", $id, "_skip_verify"), long = concat!("no-", $prefix, "-skip-verify"), hide = true)]
+            pub no_skip_verify: bool,
+            #[arg(
+                help = concat!("TLS certificate identifying this client to ", $peer, "."),
+                id = concat!($id, "_cert"), long = concat!($prefix, "-cert"), value_name = "FILE", value_parser = any_path())]
+            pub cert: Option<PathBuf>,
+            /// TLS key for the client's certificate.
+            #[arg(id = concat!($id, "_key"), long = concat!($prefix, "-key"), value_name = "FILE", value_parser = any_path())]
+            pub key: Option<PathBuf>,
+            #[arg(
+                help = concat!("CA certificates to verify ", $peer, " with (default: the system's)."),
+                id = concat!($id, "_ca"), long = concat!($prefix, "-ca"), value_name = "FILE", value_parser = any_path())]
+            pub ca: Option<PathBuf>,
+            #[arg(
+                help = concat!("Server name to verify the certificates of ", $peer, " against (default: the dialled host)."),
+                id = $sni_id, long = $sni, value_name = "NAME", default_value = "")]
+            pub server_name: String,
+            /// Lowest TLS version offered.
+            #[arg(id = concat!($id, "_min_version"), long = concat!($prefix, "-min-version"), value_name = "VERSION", default_value = "1.3")]
+            pub min_version: String,
+        }
+
+        impl $name {
+            pub fn client(&self) -> Result<ClientTls, Error> {
+                ClientTls::from_flags(ClientFlags {
+                    prefix: $prefix,
+                    secure: self.secure && !self.no_secure,
+                    cert: path(&self.cert),
+                    key: path(&self.key),
+                    ca: path(&self.ca),
+                    skip_verify: self.skip_verify && !self.no_skip_verify,
+                    server_name: Some(self.server_name.as_str()),
+                    min_version: &self.min_version,
+                })
+            }
+        }
+
+        /// Equal to the flags' defaults (for struct literals in tests and `standalone`).
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    secure: false,
+                    no_secure: false,
+                    skip_verify: false,
+                    no_skip_verify: false,
+                    cert: None,
+                    key: None,
+                    ca: None,
+                    server_name: String::new(),
+                    min_version: "1.3".into(),
+                }
+            }
+        }
+    };
 }
 
-/// `--remote-write.server-tls-*`: TLS for the receiver's remote-write listener.
-#[derive(clap::Args, Debug, Clone)]
-pub struct RemoteWriteServerTls {
-    /// TLS certificate for the remote-write server; empty: no TLS.
-    #[arg(id = "remote_write_server_tls_cert", long = "remote-write.server-tls-cert", value_name = "FILE", value_parser = any_path())]
-    pub cert: Option<PathBuf>,
-    /// TLS key for the remote-write server.
-    #[arg(id = "remote_write_server_tls_key", long = "remote-write.server-tls-key", value_name = "FILE", value_parser = any_path())]
-    pub key: Option<PathBuf>,
-    /// CA to verify remote-write clients against; set: client certificates are required.
-    #[arg(id = "remote_write_server_tls_client_ca", long = "remote-write.server-tls-client-ca", value_name = "FILE", value_parser = any_path())]
-    pub client_ca: Option<PathBuf>,
-    /// Lowest TLS version accepted on the remote-write listener.
-    #[arg(
-        id = "remote_write_server_tls_min_version",
-        long = "remote-write.server-tls-min-version",
-        value_name = "VERSION",
-        default_value = "1.3"
-    )]
-    pub min_version: String,
-}
+server_tls_flags!(
+    /// `--grpc-server-tls-*`: TLS for the gRPC (StoreAPI, replication) listener.
+    GrpcServerTls,
+    "grpc-server-tls",
+    "grpc_server_tls",
+    "the gRPC server",
+    alpn_grpc()
+);
 
-impl RemoteWriteServerTls {
-    pub fn server_config(&self) -> Result<Option<Arc<dyn ServerConfigSource>>, Error> {
-        server(
-            "remote-write.server-tls",
-            &self.cert,
-            &self.key,
-            &self.client_ca,
-            &self.min_version,
-            alpn_http(true),
-        )
-    }
-}
+server_tls_flags!(
+    /// `--remote-write.server-tls-*`: TLS for the receiver's remote-write listener.
+    RemoteWriteServerTls,
+    "remote-write.server-tls",
+    "remote_write_server_tls",
+    "the remote-write server",
+    alpn_http(true)
+);
 
-/// `--grpc-client-tls-*`: how the querier dials StoreAPI endpoints.
-#[derive(clap::Args, Debug, Clone)]
-pub struct GrpcClientTls {
-    /// Use TLS when talking to the gRPC server.
-    #[arg(
-        id = "grpc_client_tls_secure",
-        long = "grpc-client-tls-secure",
-        overrides_with = "no_grpc_client_tls_secure"
-    )]
-    pub secure: bool,
-    #[arg(
-        id = "no_grpc_client_tls_secure",
-        long = "no-grpc-client-tls-secure",
-        hide = true
-    )]
-    pub no_secure: bool,
-    /// Disable TLS certificate verification (self-signed certificates, fake CAs).
-    #[arg(
-        id = "grpc_client_tls_skip_verify",
-        long = "grpc-client-tls-skip-verify",
-        overrides_with = "no_grpc_client_tls_skip_verify"
-    )]
-    pub skip_verify: bool,
-    #[arg(
-        id = "no_grpc_client_tls_skip_verify",
-        long = "no-grpc-client-tls-skip-verify",
-        hide = true
-    )]
-    pub no_skip_verify: bool,
-    /// TLS certificate identifying this client to the server.
-    #[arg(id = "grpc_client_tls_cert", long = "grpc-client-tls-cert", value_name = "FILE", value_parser = any_path())]
-    pub cert: Option<PathBuf>,
-    /// TLS key for the client's certificate.
-    #[arg(id = "grpc_client_tls_key", long = "grpc-client-tls-key", value_name = "FILE", value_parser = any_path())]
-    pub key: Option<PathBuf>,
-    /// CA certificates to verify servers with (default: the system's).
-    #[arg(id = "grpc_client_tls_ca", long = "grpc-client-tls-ca", value_name = "FILE", value_parser = any_path())]
-    pub ca: Option<PathBuf>,
-    /// Server name to verify the certificates against (default: the dialled host).
-    #[arg(
-        id = "grpc_client_server_name",
-        long = "grpc-client-server-name",
-        value_name = "NAME",
-        default_value = ""
-    )]
-    pub server_name: String,
-    /// Lowest TLS version offered.
-    #[arg(
-        id = "grpc_client_tls_min_version",
-        long = "grpc-client-tls-min-version",
-        value_name = "VERSION",
-        default_value = "1.3"
-    )]
-    pub min_version: String,
-}
+client_tls_flags!(
+    /// `--grpc-client-tls-*`: how the querier dials StoreAPI endpoints.
+    GrpcClientTls,
+    "grpc-client-tls",
+    "grpc_client_tls",
+    "grpc-client-server-name",
+    "grpc_client_server_name",
+    "the gRPC server"
+);
 
-impl GrpcClientTls {
-    pub fn client(&self) -> Result<ClientTls, Error> {
-        ClientTls::from_flags(ClientFlags {
-            prefix: "grpc-client-tls",
-            secure: self.secure && !self.no_secure,
-            cert: path(&self.cert),
-            key: path(&self.key),
-            ca: path(&self.ca),
-            skip_verify: self.skip_verify && !self.no_skip_verify,
-            server_name: Some(self.server_name.as_str()),
-            min_version: &self.min_version,
-        })
-    }
-}
-
-/// `--remote-write.client-tls-*`: how a receiver forwards and replicates to its peers.
-#[derive(clap::Args, Debug, Clone)]
-pub struct RemoteWriteClientTls {
-    /// Use TLS when forwarding to other receivers.
-    #[arg(
-        id = "remote_write_client_tls_secure",
-        long = "remote-write.client-tls-secure",
-        overrides_with = "no_remote_write_client_tls_secure"
-    )]
-    pub secure: bool,
-    #[arg(
-        id = "no_remote_write_client_tls_secure",
-        long = "no-remote-write.client-tls-secure",
-        hide = true
-    )]
-    pub no_secure: bool,
-    /// Disable TLS certificate verification towards other receivers.
-    #[arg(
-        id = "remote_write_client_tls_skip_verify",
-        long = "remote-write.client-tls-skip-verify",
-        overrides_with = "no_remote_write_client_tls_skip_verify"
-    )]
-    pub skip_verify: bool,
-    #[arg(
-        id = "no_remote_write_client_tls_skip_verify",
-        long = "no-remote-write.client-tls-skip-verify",
-        hide = true
-    )]
-    pub no_skip_verify: bool,
-    /// TLS certificate identifying this receiver to its peers.
-    #[arg(id = "remote_write_client_tls_cert", long = "remote-write.client-tls-cert", value_name = "FILE", value_parser = any_path())]
-    pub cert: Option<PathBuf>,
-    /// TLS key for the client's certificate.
-    #[arg(id = "remote_write_client_tls_key", long = "remote-write.client-tls-key", value_name = "FILE", value_parser = any_path())]
-    pub key: Option<PathBuf>,
-    /// CA certificates to verify peers with (default: the system's).
-    #[arg(id = "remote_write_client_tls_ca", long = "remote-write.client-tls-ca", value_name = "FILE", value_parser = any_path())]
-    pub ca: Option<PathBuf>,
-    /// Server name to verify the peers' certificates against (default: the peer's host).
-    #[arg(
-        id = "remote_write_client_server_name",
-        long = "remote-write.client-server-name",
-        value_name = "NAME",
-        default_value = ""
-    )]
-    pub server_name: String,
-    /// Lowest TLS version offered to peers.
-    #[arg(
-        id = "remote_write_client_tls_min_version",
-        long = "remote-write.client-tls-min-version",
-        value_name = "VERSION",
-        default_value = "1.3"
-    )]
-    pub min_version: String,
-}
-
-impl RemoteWriteClientTls {
-    pub fn client(&self) -> Result<ClientTls, Error> {
-        ClientTls::from_flags(ClientFlags {
-            prefix: "remote-write.client-tls",
-            secure: self.secure && !self.no_secure,
-            cert: path(&self.cert),
-            key: path(&self.key),
-            ca: path(&self.ca),
-            skip_verify: self.skip_verify && !self.no_skip_verify,
-            server_name: Some(self.server_name.as_str()),
-            min_version: &self.min_version,
-        })
-    }
-}
+client_tls_flags!(
+    /// `--remote-write.client-tls-*`: how a receiver forwards and replicates to its peers.
+    RemoteWriteClientTls,
+    "remote-write.client-tls",
+    "remote_write_client_tls",
+    "remote-write.client-server-name",
+    "remote_write_client_server_name",
+    "other receivers"
+);
 
 /// `--http.config`: the exporter-toolkit web config for the HTTP listener.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -270,61 +208,6 @@ impl HttpConfig {
         crate::HttpServer::load(
             (!self.http_config.is_empty()).then(|| Path::new(self.http_config.as_str())),
         )
-    }
-}
-
-// Defaults equal to the flags' defaults (for struct literals in tests and `standalone`).
-impl Default for GrpcServerTls {
-    fn default() -> Self {
-        GrpcServerTls {
-            cert: None,
-            key: None,
-            client_ca: None,
-            min_version: "1.3".into(),
-        }
-    }
-}
-
-impl Default for RemoteWriteServerTls {
-    fn default() -> Self {
-        RemoteWriteServerTls {
-            cert: None,
-            key: None,
-            client_ca: None,
-            min_version: "1.3".into(),
-        }
-    }
-}
-
-impl Default for GrpcClientTls {
-    fn default() -> Self {
-        GrpcClientTls {
-            secure: false,
-            no_secure: false,
-            skip_verify: false,
-            no_skip_verify: false,
-            cert: None,
-            key: None,
-            ca: None,
-            server_name: String::new(),
-            min_version: "1.3".into(),
-        }
-    }
-}
-
-impl Default for RemoteWriteClientTls {
-    fn default() -> Self {
-        RemoteWriteClientTls {
-            secure: false,
-            no_secure: false,
-            skip_verify: false,
-            no_skip_verify: false,
-            cert: None,
-            key: None,
-            ca: None,
-            server_name: String::new(),
-            min_version: "1.3".into(),
-        }
     }
 }
 
@@ -357,6 +240,20 @@ mod tests {
         assert!(c.grpc.server_config().unwrap().is_none());
         assert!(c.rw.server_config().unwrap().is_none());
         assert!(c.http.http_config.is_empty());
+    }
+
+    #[test]
+    fn every_visible_flag_has_help() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            assert!(
+                a.get_help()
+                    .is_some_and(|h| !h.to_string().trim().is_empty()),
+                "--{} has no help text",
+                a.get_long().unwrap_or_default()
+            );
+        }
     }
 
     #[test]
