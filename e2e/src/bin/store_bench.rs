@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use e2e::bench::{
     answer, arg_num, arg_str, median, metric_growth, metric_sums, ms, orrery_for_bench, proc_stats,
-    rss_kib, series_count, timed, truncate, xor_chunks,
+    rss_anon_kib, rss_kib, series_count, timed, truncate, xor_chunks,
 };
 use e2e::promqlcmp::{Answer, Rng, compare_answers, secs, urlencode};
 use e2e::s3::MotoServer;
@@ -698,6 +698,7 @@ fn long_range(orrery: &Path, work: &Path, buckets: &[String]) {
         wait_ready(&s.proc, &s.http, Duration::from_secs(120));
         let ready_in = started.elapsed();
         let rss_ready = rss_kib(s.proc.pid());
+        let anon_ready = rss_anon_kib(s.proc.pid());
         let qy = start_query(
             orrery,
             &s.grpc,
@@ -706,9 +707,10 @@ fn long_range(orrery: &Path, work: &Path, buckets: &[String]) {
         );
         let prom = start_prometheus(&prom_data, work, &probe);
         println!(
-            "gateway ready in {:.2}s, RSS after ready {:.1} MiB ({:.2}% of the {:.1} MiB of blocks)",
+            "gateway ready in {:.2}s, RSS after ready {:.1} MiB (anonymous {:.1} MiB; {:.2}% of the {:.1} MiB of blocks)",
             ready_in.as_secs_f64(),
             mib(rss_ready),
+            mib(anon_ready),
             mib(rss_ready) * 1048576.0 / block_bytes as f64 * 100.0,
             block_bytes as f64 / 1048576.0
         );
@@ -751,11 +753,13 @@ fn long_range(orrery: &Path, work: &Path, buckets: &[String]) {
             );
         }
         let rss_after = rss_kib(s.proc.pid());
+        let anon_after = rss_anon_kib(s.proc.pid());
         let peak = proc_stats(s.proc.pid()).map(|x| x.0);
         let geo = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len().max(1) as f64).exp();
         println!(
-            "warm geometric mean {geo:.2}× (Orrery / Prometheus; below 1: Orrery faster). Gateway RSS after the workload {:.1} MiB, peak {:.1} MiB: {:.2}% / {:.2}% of the blocks' {:.1} MiB",
+            "warm geometric mean {geo:.2}× (Orrery / Prometheus; below 1: Orrery faster). Gateway RSS after the workload {:.1} MiB (anonymous {:.1} MiB), peak {:.1} MiB: {:.2}% / {:.2}% of the blocks' {:.1} MiB",
             mib(rss_after),
+            mib(anon_after),
             mib(peak),
             mib(rss_after) * 1048576.0 / block_bytes as f64 * 100.0,
             mib(peak) * 1048576.0 / block_bytes as f64 * 100.0,
