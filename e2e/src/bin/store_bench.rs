@@ -6,7 +6,7 @@
 //! cargo build --release --bin orrery --bin store_bench
 //! target/release/store_bench [--series 2000] [--days 7] [--reps 5] [--buckets fs,s3]
 //!     [--start-blocks 100] [--ds-series 500] [--ds-days 30] [--parts long,start,ds]
-//!     [--orrery PATH]
+//!     [--store-args "--store.chunk-cache-size=67108864"] [--only SUBSTRING] [--orrery PATH]
 //! ```
 //!
 //! Data (both workloads): scrape targets of 20 series at 15 s (`job`, `instance`): 12
@@ -366,6 +366,14 @@ fn wait_ready(p: &Proc, http: &str, timeout: Duration) {
     );
 }
 
+/// `--store-args "..."`: extra flags for every `orrery store` (e.g. a chunk cache size),
+/// split at whitespace.
+fn store_args() -> Vec<String> {
+    arg_str("--store-args")
+        .map(|a| a.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
 /// Starts `orrery store` (not waiting for it to be ready).
 fn spawn_store(orrery: &Path, objstore: &str, data: &Path, log: &Path) -> Srv {
     let (grpc, http) = (
@@ -377,7 +385,8 @@ fn spawn_store(orrery: &Path, objstore: &str, data: &Path, log: &Path) -> Srv {
         .arg(format!("--objstore.config={objstore}"))
         .arg(format!("--data-dir={}", data.display()))
         .arg(format!("--grpc-address={grpc}"))
-        .arg(format!("--http-address={http}"));
+        .arg(format!("--http-address={http}"))
+        .args(store_args());
     Srv {
         proc: Proc::spawn("orrery-store", cmd, log.to_path_buf()),
         http,
@@ -908,6 +917,9 @@ fn downsampled(orrery: &Path, work: &Path) {
         "rate(bench_http_requests_total[1h])",
         "sum by (job) (rate(bench_http_requests_total[1h]))",
         "max_over_time(bench_temperature_celsius[1h])",
+        // `rate` reads at most range/2 (Thanos's rule for two-sample functions): only a
+        // range of 2h or more lets `1h` read the 1h blocks.
+        "sum by (job) (rate(bench_http_requests_total[3h]))",
     ];
     println!(
         "30 d range at a 1h step; warm medians of {reps}; ratio = Prometheus / Orrery (above 1: Orrery faster); error = relative difference to Prometheus's raw answer (worst, median)"
@@ -993,8 +1005,9 @@ fn main() {
     let parts = arg_str("--parts").unwrap_or_else(|| "long,start,ds".into());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "orrery: {}; load average at start: {}",
+        "orrery: {}; gateway flags: {:?}; load average at start: {}",
         orrery.display(),
+        store_args(),
         load.trim()
     );
     for part in parts.split(',') {
