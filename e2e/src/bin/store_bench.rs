@@ -843,7 +843,9 @@ fn start_time(orrery: &Path, work: &Path, buckets: &[String]) {
 }
 
 /// Worst and median relative difference of two matrices (same series, same steps).
-fn rel_error(a: &Answer, b: &Answer) -> Result<(f64, f64, usize), String> {
+/// Also returns where the worst one is: (series, timestamp ms).
+#[allow(clippy::type_complexity)]
+fn rel_error(a: &Answer, b: &Answer) -> Result<(f64, f64, usize, (String, i64)), String> {
     use promql::Value;
     let (Answer::Value(Value::Matrix(x)), Answer::Value(Value::Matrix(y))) = (a, b) else {
         return Err(format!("not two matrices: {}", series_count(a)));
@@ -851,6 +853,7 @@ fn rel_error(a: &Answer, b: &Answer) -> Result<(f64, f64, usize), String> {
     let theirs: BTreeMap<&Labels, &Vec<storeapi::Sample>> = y.iter().map(|(l, s)| (l, s)).collect();
     let mut errs = Vec::new();
     let mut missing = 0;
+    let mut worst = (0.0f64, String::new(), 0i64);
     for (l, pts) in x {
         let Some(o) = theirs.get(l) else {
             missing += 1;
@@ -859,7 +862,13 @@ fn rel_error(a: &Answer, b: &Answer) -> Result<(f64, f64, usize), String> {
         let by_t: BTreeMap<i64, f64> = o.iter().map(|s| (s.t, s.v)).collect();
         for p in pts {
             match by_t.get(&p.t) {
-                Some(v) => errs.push((p.v - v).abs() / v.abs().max(1e-9)),
+                Some(v) => {
+                    let e = (p.v - v).abs() / v.abs().max(1e-9);
+                    if e > worst.0 {
+                        worst = (e, l.to_string(), p.t);
+                    }
+                    errs.push(e)
+                }
                 None => missing += 1,
             }
         }
@@ -868,7 +877,12 @@ fn rel_error(a: &Answer, b: &Answer) -> Result<(f64, f64, usize), String> {
         return Err("no common points".into());
     }
     errs.sort_by(f64::total_cmp);
-    Ok((errs[errs.len() - 1], errs[errs.len() / 2], missing))
+    Ok((
+        errs[errs.len() - 1],
+        errs[errs.len() / 2],
+        missing,
+        (worst.1, worst.2),
+    ))
 }
 
 /// Workload 3: 30 days downsampled vs raw.
@@ -946,10 +960,11 @@ fn downsampled(orrery: &Path, work: &Path) {
             errs.insert(
                 res,
                 match rel_error(&a, &theirs) {
-                    Ok((w, m, missing)) => format!(
-                        "{:.2}%, {:.2}%{}",
+                    Ok((w, m, missing, (wl, wt))) => format!(
+                        "{:.2}%, {:.2}% (worst: {wl} at data start + {:.2}h){}",
                         w * 100.0,
                         m * 100.0,
+                        (wt - t0) as f64 / H as f64,
                         if missing > 0 {
                             format!(" ({missing} points/series not in raw)")
                         } else {
