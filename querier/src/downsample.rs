@@ -136,7 +136,7 @@ fn xor_samples(enc: i32, data: &[u8], what: &str) -> Result<Vec<(i64, f64)>, Str
     if enc != ChunkEncoding::Xor as i32 {
         return Err(format!("{what} chunk has encoding {enc}, not XOR"));
     }
-    tsdb::chunk::xor::decode_all(data).map_err(|e| format!("{what} chunk: {e}"))
+    chunkenc::xor::decode_all(data).map_err(|e| format!("{what} chunk: {e}"))
 }
 
 fn aggregate(c: &ChunkView<'_>, a: Aggr) -> Result<Vec<(i64, f64)>, String> {
@@ -257,8 +257,8 @@ pub fn apply_counter_resets(runs: &[Vec<(i64, f64)>]) -> Vec<Sample> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tsdb::chunk::XorChunk;
-    use tsdb::chunk::aggr::{AggrType, RES_5M as TSDB_5M, aggr_get, downsample_raw};
+    use chunkenc::XorChunk;
+    use chunkenc::aggr::{AggrType, RES_5M as TSDB_5M, aggr_get, downsample_raw};
 
     #[test]
     fn aggregates_from_functions_as_thanos() {

@@ -62,7 +62,7 @@ fn partial(disabled: bool, strategy: i32) -> bool {
 pub fn encode_chunks(samples: &[storeapi::Sample]) -> Result<Vec<AggrChunk>, String> {
     let mut out = Vec::new();
     for part in samples.chunks(SAMPLES_PER_CHUNK) {
-        let mut c = tsdb::chunk::XorChunk::new();
+        let mut c = chunkenc::XorChunk::new();
         for s in part {
             c.append(s.t, s.v).map_err(|e| e.to_string())?;
         }

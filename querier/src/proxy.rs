@@ -359,7 +359,7 @@ pub fn decode_chunks(chunks: &[RawChunk], mint: i64, maxt: i64) -> Result<Vec<Sa
                 (maxt.min(c.max_time) as i128 - mint.max(c.min_time) as i128 + 1).clamp(0, span);
             out.reserve((count as i128 * inside / span) as usize + 1);
         }
-        tsdb::chunk::xor::for_each_sample(data, |t, v| {
+        chunkenc::xor::for_each_sample(data, |t, v| {
             if t > maxt {
                 // Samples are in time order: the rest of this chunk is past the range.
                 return ControlFlow::Break(());
@@ -769,7 +769,7 @@ impl Storage for ProxyStorage {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use tsdb::chunk::XorChunk;
+    use chunkenc::XorChunk;
 
     fn chunk(samples: &[(i64, f64)]) -> AggrChunk {
         let mut c = XorChunk::new();

@@ -26,7 +26,7 @@
 //! ```
 
 pub mod block;
-pub mod chunk;
+pub use chunkenc as chunk;
 pub mod db;
 pub mod head;
 pub mod metrics;

@@ -1,4 +1,9 @@
-//! Chunks: compressed runs of samples of one series, as Prometheus stores them.
+//! Chunks: compressed runs of samples of one series, as Prometheus stores them, and
+//! Thanos's downsampled aggregate chunks.
+//!
+//! A crate of its own, below the storage engine: the TSDB writes and reads these
+//! encodings, and the querier and store gateway decode them, without the querier
+//! depending on a storage engine (`tsdb::chunk` re-exports this crate).
 
 use bytes::Bytes;
 
