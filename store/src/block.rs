@@ -167,6 +167,31 @@ fn partition<T>(mut want: Vec<(u64, u64, T)>, gap: u64) -> Vec<Part<T>> {
     parts
 }
 
+/// Byte ranges for records at the sorted offsets `want` (with their positions), each
+/// assumed `estimate` long but cut where the next wanted record starts (records do not
+/// overlap) and at the object's size `limit` when known; never empty.
+fn estimated_ranges(
+    want: &[(u64, usize)],
+    estimate: u64,
+    limit: Option<u64>,
+) -> Vec<(u64, u64, usize)> {
+    want.iter()
+        .enumerate()
+        .map(|(k, &(off, i))| {
+            let mut end = off.saturating_add(estimate);
+            if let Some(&(next, _)) = want.get(k + 1)
+                && next > off
+            {
+                end = end.min(next);
+            }
+            if let Some(l) = limit {
+                end = end.min(l);
+            }
+            (off, end.max(off + 1), i)
+        })
+        .collect()
+}
+
 /// A block served by the gateway.
 pub struct StoreBlock {
     pub meta: BlockMeta,
@@ -518,20 +543,7 @@ impl StoreBlock {
             }
         }
         want.sort_unstable();
-        // Each entry ends before the next wanted one starts.
-        let ranges: Vec<(u64, u64, usize)> = want
-            .iter()
-            .enumerate()
-            .map(|(k, &(off, i))| {
-                let mut end = off + self.series_estimate;
-                if let Some(&(next, _)) = want.get(k + 1)
-                    && next > off
-                {
-                    end = end.min(next);
-                }
-                (off, end, i)
-            })
-            .collect();
+        let ranges = estimated_ranges(&want, self.series_estimate, None);
         let key = self.index_key();
         for (buf, part) in self
             .fetch_parts(&key, partition(ranges, MERGE_GAP), &ctx.fetched.series)
@@ -675,22 +687,7 @@ impl StoreBlock {
             want.sort_unstable();
             want.dedup_by_key(|w| (w.0, w.1));
             let limit = self.segment_sizes.get(&seg).copied();
-            let ranges: Vec<(u64, u64, usize)> = want
-                .iter()
-                .enumerate()
-                .map(|(k, &(off, i))| {
-                    let mut end = off + CHUNK_ESTIMATE;
-                    if let Some(&(next, _)) = want.get(k + 1)
-                        && next > off
-                    {
-                        end = end.min(next);
-                    }
-                    if let Some(l) = limit {
-                        end = end.min(l);
-                    }
-                    (off, end.max(off + 1), i)
-                })
-                .collect();
+            let ranges = estimated_ranges(&want, CHUNK_ESTIMATE, limit);
             let key = format!("{id}/chunks/{}", segment_name(seg));
             for (buf, part) in self
                 .fetch_parts(&key, partition(ranges, MERGE_GAP), fetched)

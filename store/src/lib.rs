@@ -152,10 +152,9 @@ fn clean_data_dir(data_dir: &Path) {
         return;
     };
     for e in rd.flatten() {
-        if !e
-            .file_name()
+        if e.file_name()
             .to_str()
-            .is_some_and(|n| n.parse::<tsdb::block::Ulid>().is_ok())
+            .is_none_or(|n| n.parse::<tsdb::block::Ulid>().is_err())
         {
             continue;
         }

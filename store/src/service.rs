@@ -355,7 +355,7 @@ impl Gateway {
         let mut samples = 0u64;
         let mut out = Vec::with_capacity(merged.len());
         for (l, mut chunks) in merged {
-            chunks.sort_by(|a, b| (a.min_time, a.max_time).cmp(&(b.min_time, b.max_time)));
+            chunks.sort_by_key(|c| (c.min_time, c.max_time));
             // The same block content under two ULIDs (e.g. a replica shipped twice)
             // gives identical chunks: send each once.
             chunks.dedup();
