@@ -468,6 +468,63 @@ impl StoreBlock {
             .collect()
     }
 
+    /// The index items `keys` in order: from the cache, else fetched by `fetch` (given
+    /// positions in `keys`, it returns them with their values). An item another request
+    /// is fetching is awaited and taken from the cache instead of fetched twice.
+    async fn index_items<F, Fut>(
+        &self,
+        ctx: ReadCtx<'_>,
+        keys: &[IndexKey],
+        item: &'static str,
+        fetch: F,
+    ) -> Result<Vec<IndexValue>, ReadError>
+    where
+        F: Fn(Vec<usize>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<(usize, IndexValue)>, ReadError>>,
+    {
+        let mut out: Vec<Option<IndexValue>> = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let v = ctx.index_cache.get(k);
+            match v {
+                Some(_) => ctx.metrics.index_cache_hit(item),
+                None => {
+                    ctx.metrics.index_cache_miss(item);
+                    missing.push(i);
+                }
+            }
+            out.push(v);
+        }
+        let (claim, waits) = ctx.index_cache.claim(keys, missing);
+        if !claim.mine.is_empty() {
+            for (i, v) in fetch(claim.mine.clone()).await? {
+                ctx.index_cache.put(keys[i], v.clone());
+                out[i] = Some(v);
+            }
+        }
+        drop(claim);
+        let mut again = Vec::new();
+        for (i, mut done) in waits {
+            // Err: that fetch was abandoned; the cache lookup below then misses.
+            let _ = done.wait_for(|d| *d).await;
+            match ctx.index_cache.get(&keys[i]) {
+                Some(v) => out[i] = Some(v),
+                None => again.push(i),
+            }
+        }
+        if !again.is_empty() {
+            for (i, v) in fetch(again).await? {
+                out[i] = Some(v);
+            }
+        }
+        out.into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ReadError::Index {
+                id: self.id(),
+                source: BlockError::Corrupt(format!("{item} item not read")),
+            })
+    }
+
     /// Sorted IDs of the series matching `matchers` (all series when empty): the
     /// header plans which postings lists are needed, the lists come from the cache or
     /// ranged GETs.
@@ -478,43 +535,43 @@ impl StoreBlock {
         ctx: ReadCtx<'_>,
     ) -> Result<Vec<u32>, ReadError> {
         let id = self.id();
-        let plan = PostingsPlan::new(&hdr.postings, matchers);
-        let mut lists: Vec<Option<Arc<Vec<u32>>>> = vec![None; plan.lists().len()];
-        let mut want = Vec::new();
-        for (i, r) in plan.lists().iter().enumerate() {
-            match ctx.index_cache.get(&IndexKey::Postings(id, r.start)) {
-                Some(IndexValue::Postings(p)) => {
-                    ctx.metrics.index_cache_hit("Postings");
-                    lists[i] = Some(p);
-                }
-                _ => {
-                    ctx.metrics.index_cache_miss("Postings");
-                    want.push((r.start, r.end.max(r.start + 8), i));
-                }
-            }
-        }
-        let parts = partition(want, MERGE_GAP);
         let index_err = |source| ReadError::Index { id, source };
-        for (buf, part) in self
-            .fetch_parts(&self.index_key(), parts, &ctx.fetched.postings)
-            .await?
-        {
-            for (start, i) in part.items {
-                let rel = (start - part.start) as usize;
-                let p =
-                    Arc::new(decode_postings(buf.get(rel..).unwrap_or(&[])).map_err(index_err)?);
-                ctx.index_cache.put(
-                    IndexKey::Postings(id, start),
-                    IndexValue::Postings(p.clone()),
-                );
-                lists[i] = Some(p);
+        let plan = PostingsPlan::new(&hdr.postings, matchers);
+        let ranges = plan.lists();
+        let keys: Vec<IndexKey> = ranges
+            .iter()
+            .map(|r| IndexKey::Postings(id, r.start))
+            .collect();
+        let key = &self.index_key();
+        let fetch = |pos: Vec<usize>| async move {
+            let want = pos
+                .into_iter()
+                .map(|i| (ranges[i].start, ranges[i].end.max(ranges[i].start + 8), i))
+                .collect();
+            let mut got = Vec::new();
+            for (buf, part) in self
+                .fetch_parts(key, partition(want, MERGE_GAP), &ctx.fetched.postings)
+                .await?
+            {
+                for (start, i) in part.items {
+                    let rel = (start - part.start) as usize;
+                    let p = decode_postings(buf.get(rel..).unwrap_or(&[])).map_err(index_err)?;
+                    got.push((i, IndexValue::Postings(Arc::new(p))));
+                }
             }
-        }
-        let lists = lists
+            Ok(got)
+        };
+        let lists = self
+            .index_items(ctx, &keys, "Postings", fetch)
+            .await?
             .into_iter()
-            .map(|l| l.map(Arc::unwrap_or_clone))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| index_err(BlockError::Corrupt("postings list not read".into())))?;
+            .map(|v| match v {
+                IndexValue::Postings(p) => Ok(p),
+                IndexValue::Series(_) => Err(index_err(BlockError::Corrupt(
+                    "postings cache entry holds a series".into(),
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         plan.evaluate(&lists).map_err(index_err)
     }
 
@@ -528,64 +585,62 @@ impl StoreBlock {
     ) -> Result<Vec<(Labels, Vec<ChunkMeta>)>, ReadError> {
         let id = self.id();
         let index_err = |source| ReadError::Index { id, source };
-        let mut raw: Vec<Option<Bytes>> = vec![None; ids.len()];
-        let mut want = Vec::new();
-        for (i, &sid) in ids.iter().enumerate() {
-            match ctx.index_cache.get(&IndexKey::Series(id, sid)) {
-                Some(IndexValue::Series(b)) => {
-                    ctx.metrics.index_cache_hit("Series");
-                    raw[i] = Some(b);
-                }
-                _ => {
-                    ctx.metrics.index_cache_miss("Series");
-                    want.push((series_offset(sid), i));
+        let keys: Vec<IndexKey> = ids.iter().map(|&s| IndexKey::Series(id, s)).collect();
+        let fetch = |pos: Vec<usize>| async move {
+            let mut want: Vec<(u64, usize)> = pos
+                .into_iter()
+                .map(|i| (series_offset(ids[i]), i))
+                .collect();
+            want.sort_unstable();
+            let ranges = estimated_ranges(&want, self.series_estimate, None);
+            let mut got = Vec::new();
+            for (buf, part) in self
+                .fetch_parts(
+                    &self.index_key(),
+                    partition(ranges, MERGE_GAP),
+                    &ctx.fetched.series,
+                )
+                .await?
+            {
+                for (off, i) in part.items {
+                    let rel = (off - part.start) as usize;
+                    let head = buf.get(rel..).unwrap_or(&[]);
+                    let entry = match series_entry_len(head) {
+                        Some(n) if n <= head.len() => Bytes::copy_from_slice(&head[..n]),
+                        known => {
+                            // Longer than estimated: fetch exactly this entry (its
+                            // length first, if even that was cut off).
+                            ctx.metrics.series_refetches.inc();
+                            let n = match known {
+                                Some(n) => n,
+                                None => {
+                                    let b =
+                                        self.get_index_range(off, 10, &ctx.fetched.series).await?;
+                                    series_entry_len(&b).ok_or_else(|| {
+                                        index_err(BlockError::Corrupt(format!(
+                                            "series {}: bad length field",
+                                            ids[i]
+                                        )))
+                                    })?
+                                }
+                            };
+                            self.get_index_range(off, n as u64, &ctx.fetched.series)
+                                .await?
+                        }
+                    };
+                    got.push((i, IndexValue::Series(entry)));
                 }
             }
-        }
-        want.sort_unstable();
-        let ranges = estimated_ranges(&want, self.series_estimate, None);
-        let key = self.index_key();
-        for (buf, part) in self
-            .fetch_parts(&key, partition(ranges, MERGE_GAP), &ctx.fetched.series)
+            Ok(got)
+        };
+        self.index_items(ctx, &keys, "Series", fetch)
             .await?
-        {
-            for (off, i) in part.items {
-                let rel = (off - part.start) as usize;
-                let head = buf.get(rel..).unwrap_or(&[]);
-                let entry = match series_entry_len(head) {
-                    Some(n) if n <= head.len() => Bytes::copy_from_slice(&head[..n]),
-                    known => {
-                        // Longer than estimated: fetch exactly this entry (its length
-                        // first, if even that was cut off).
-                        ctx.metrics.series_refetches.inc();
-                        let n = match known {
-                            Some(n) => n,
-                            None => {
-                                let b = self.get_index_range(off, 10, &ctx.fetched.series).await?;
-                                series_entry_len(&b).ok_or_else(|| {
-                                    index_err(BlockError::Corrupt(format!(
-                                        "series {}: bad length field",
-                                        ids[i]
-                                    )))
-                                })?
-                            }
-                        };
-                        self.get_index_range(off, n as u64, &ctx.fetched.series)
-                            .await?
-                    }
-                };
-                ctx.index_cache.put(
-                    IndexKey::Series(id, ids[i]),
-                    IndexValue::Series(entry.clone()),
-                );
-                raw[i] = Some(entry);
-            }
-        }
-        raw.into_iter()
-            .map(|b| {
-                let b = b.ok_or_else(|| BlockError::Corrupt("series entry not read".into()));
-                b.and_then(|b| decode_series(&b, &hdr.symbols))
-                    .map_err(index_err)
+            .into_iter()
+            .map(|v| match v {
+                IndexValue::Series(b) => decode_series(&b, &hdr.symbols).map_err(index_err),
+                IndexValue::Postings(_) => Err(index_err(BlockError::Corrupt(
+                    "series cache entry holds postings".into(),
+                ))),
             })
             .collect()
     }

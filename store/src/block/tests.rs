@@ -361,3 +361,33 @@ fn partition_merges_nearby_ranges_only() {
         ]
     );
 }
+
+#[tokio::test]
+async fn concurrent_queries_share_index_fetches() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = write_block(dir.path(), 200);
+    let b = StoreBlock::new(meta, &dir.path().join("data"), bucket(dir.path()));
+    let env = Env::new(64 << 20);
+    let hdr = b.header(&env.metrics).await.unwrap();
+    let ms = [m(MatchOp::Equal, "job", "odd")];
+    let (f1, f2) = (Fetched::default(), Fetched::default());
+    let (env, b, hdr, ms) = (&env, &b, &hdr, &ms);
+    let query = |f| async move {
+        let ctx = env.ctx(f);
+        let ids = b.postings(hdr, ms, ctx).await?;
+        b.series(hdr, &ids, ctx).await
+    };
+    let (a, c) = tokio::join!(query(&f1), query(&f2));
+    let (a, c) = (a.unwrap(), c.unwrap());
+    assert_eq!(a.len(), 100);
+    assert_eq!(a, c);
+    let bytes = |f: &Fetched| {
+        (
+            f.postings.load(Ordering::Relaxed),
+            f.series.load(Ordering::Relaxed),
+        )
+    };
+    // The first fetched each item, the second waited for it.
+    assert!(bytes(&f1).0 > 0 && bytes(&f1).1 > 0, "{:?}", bytes(&f1));
+    assert_eq!(bytes(&f2), (0, 0));
+}

@@ -303,7 +303,11 @@ impl PostingsPlan {
 
     /// The sorted series IDs selected, given the lists (decoded, in
     /// [`PostingsPlan::lists`] order).
-    pub fn evaluate(&self, lists: &[Vec<u32>]) -> Result<Vec<u32>, BlockError> {
+    pub fn evaluate<L: std::borrow::Borrow<Vec<u32>>>(
+        &self,
+        lists: &[L],
+    ) -> Result<Vec<u32>, BlockError> {
+        let lists: Vec<&Vec<u32>> = lists.iter().map(|l| l.borrow()).collect();
         if self.empty {
             return Ok(Vec::new());
         }
@@ -338,7 +342,7 @@ impl PostingsPlan {
         }
         let base = match (base, self.all) {
             (Some(b), _) => b,
-            (None, Some(i)) => lists[i].clone(),
+            (None, Some(i)) => lists[i].to_vec(),
             (None, None) => Vec::new(),
         };
         if self.negative.is_empty() {
