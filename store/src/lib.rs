@@ -405,3 +405,28 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     tracing::info!("store gateway stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_dir_cleanup_removes_old_index_copies_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let block = dir.path().join(tsdb::block::Ulid::default().to_string());
+        std::fs::create_dir_all(&block).unwrap();
+        for f in ["index", "index.tmp", "index-header.tmp", "index-header"] {
+            std::fs::write(block.join(f), b"x").unwrap();
+        }
+        // Not a block directory (e.g. the meta cache): left alone.
+        let other = dir.path().join("meta-syncer");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("index"), b"x").unwrap();
+        clean_data_dir(dir.path());
+        assert!(!block.join("index").exists());
+        assert!(!block.join("index.tmp").exists());
+        assert!(!block.join("index-header.tmp").exists());
+        assert!(block.join("index-header").exists());
+        assert!(other.join("index").exists());
+    }
+}
