@@ -322,13 +322,20 @@ impl StoreBlock {
             }
         };
         let id = self.id();
-        // One HEAD tells whether the object was replaced (e.g. repaired).
-        let now = self
-            .bucket
-            .attributes(&self.index_key())
-            .await
-            .map_err(|source| ReadError::Bucket { id, source })?;
-        if attrs.as_ref() == Some(&now) {
+        // One HEAD tells whether the object was replaced (e.g. repaired); without the
+        // attributes of the failed object only the backoff clears the failure.
+        let unchanged = match &attrs {
+            None => true,
+            Some(then) => {
+                let now = self
+                    .bucket
+                    .attributes(&self.index_key())
+                    .await
+                    .map_err(|source| ReadError::Bucket { id, source })?;
+                *then == now
+            }
+        };
+        if unchanged {
             metrics.remembered_failures.inc();
             return Err(ReadError::Remembered {
                 id,
