@@ -135,9 +135,20 @@ fn run_case(name: &str, objstore: impl FnOnce(&Path) -> String) {
     println!("{name}: {n} comparisons, {} differ", report.len());
     let m = store.metrics();
     println!(
-        "{name}: index downloads {}, chunk bytes fetched {}, cache hits {}",
-        metric(&m, "orrery_store_index_downloads_total"),
-        metric(&m, "orrery_store_chunk_bytes_fetched_total"),
+        "{name}: index-headers built {}, bytes fetched: postings {}, series {}, chunks {}; chunk cache hits {}",
+        metric(&m, "orrery_store_index_header_builds_total"),
+        metric(
+            &m,
+            "orrery_store_bucket_fetched_bytes_total{data_type=\"postings\"}"
+        ),
+        metric(
+            &m,
+            "orrery_store_bucket_fetched_bytes_total{data_type=\"series\"}"
+        ),
+        metric(
+            &m,
+            "orrery_store_bucket_fetched_bytes_total{data_type=\"chunks\"}"
+        ),
         metric(&m, "orrery_store_chunk_cache_hits_total")
     );
     assert!(
@@ -152,7 +163,18 @@ fn run_case(name: &str, objstore: impl FnOnce(&Path) -> String) {
             .join("\n"),
         store.proc.log_text()
     );
-    assert!(metric(&m, "orrery_store_index_downloads_total") >= 1.0);
+    assert!(metric(&m, "orrery_store_index_header_builds_total") >= 1.0);
+    // Blocks are read by range: per block an index-header on disk, never the index.
+    let mut headers = 0;
+    for e in std::fs::read_dir(dir.path().join("store")).expect("store data dir") {
+        let p = e.expect("dir entry").path();
+        assert!(
+            !p.join("index").exists(),
+            "{name}: whole index kept in {p:?}"
+        );
+        headers += usize::from(p.join("index-header").is_file());
+    }
+    assert!(headers >= 1, "{name}: no index-header in the data dir");
 }
 
 #[test]

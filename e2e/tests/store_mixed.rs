@@ -174,7 +174,7 @@ fn receiver_recent_and_gateway_old_answer_across_the_boundary_like_prometheus() 
             .join("\n")
     );
     // The gateway really served the old part.
-    assert!(metric(&store.metrics(), "orrery_store_index_downloads_total") >= 1.0);
+    assert!(metric(&store.metrics(), "orrery_store_index_header_builds_total") >= 1.0);
 }
 
 /// A querier that last asked an empty receiver for its range still sees the samples the

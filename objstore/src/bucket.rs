@@ -69,11 +69,14 @@ impl BucketError {
     }
 }
 
-/// Size and modification time of an object.
+/// Size, modification time and entity tag of an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectAttributes {
     pub size: u64,
     pub last_modified: DateTime<Utc>,
+    /// The provider's entity tag, when it gives one: tells a replaced object apart
+    /// even within the same second (`last_modified` has second precision on S3).
+    pub e_tag: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -554,7 +557,7 @@ impl Bucket {
         .await
     }
 
-    /// Size and modification time (a HEAD request).
+    /// Size, modification time and entity tag (a HEAD request).
     pub async fn attributes(&self, key: &str) -> Result<ObjectAttributes, BucketError> {
         self.observe("attributes", async {
             let p = self.path(key)?;
@@ -566,6 +569,7 @@ impl Bucket {
             Ok(ObjectAttributes {
                 size: m.size,
                 last_modified: m.last_modified,
+                e_tag: m.e_tag,
             })
         })
         .await
@@ -759,6 +763,7 @@ impl Bucket {
                     ObjectAttributes {
                         size: m.size,
                         last_modified: m.last_modified,
+                        e_tag: m.e_tag,
                     },
                 ));
             }

@@ -7,7 +7,8 @@ use std::time::Duration;
 /// Flags of `orrery store`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
-    /// Local cache directory: block indexes fetched on first use and the meta cache.
+    /// Local cache directory: per-block index-headers (built on first use) and the meta
+    /// cache.
     #[arg(long = "data-dir", default_value = "./data")]
     pub data_dir: PathBuf,
 
@@ -63,10 +64,15 @@ pub struct StoreArgs {
     #[arg(long = "store.limits.request-series", default_value_t = 0)]
     pub series_limit: u64,
 
-    /// Most bytes one Series call may fetch from the bucket (index excluded); 0 = no
-    /// limit.
+    /// Most bytes one Series call may fetch from the bucket (postings, series entries
+    /// and chunks); 0 = no limit.
     #[arg(long = "store.grpc.downloaded-bytes-limit", default_value_t = 0)]
     pub downloaded_bytes_limit: u64,
+
+    /// In-memory index cache size (postings lists and series entries), e.g. `250MB`,
+    /// `1GiB` or bytes; 0 disables it.
+    #[arg(long = "index-cache-size", default_value = "250MB", value_parser = parse_bytes)]
+    pub index_cache_size: usize,
 
     /// In-memory chunk cache size in bytes.
     #[arg(long = "store.chunk-cache-size", default_value_t = 256 << 20)]
@@ -126,6 +132,28 @@ pub fn parse_time_flag(s: &str) -> Result<TimeFlag, String> {
         })
 }
 
+/// Parses a byte size: a number with an optional unit `B`, `KB`/`KiB`, `MB`/`MiB`,
+/// `GB`/`GiB`, `TB`/`TiB` — powers of 1024 either way, as Thanos's size flags.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid size {s:?}: want a number with an optional unit like 250MB")
+    })?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "KB" | "KIB" | "K" => 10,
+        "MB" | "MIB" | "M" => 20,
+        "GB" | "GIB" | "G" => 30,
+        "TB" | "TIB" | "T" => 40,
+        u => return Err(format!("invalid size {s:?}: unknown unit {u:?}")),
+    };
+    n.checked_mul(1u64 << shift)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| format!("invalid size {s:?}: too large"))
+}
+
 /// Parses a Prometheus duration (`3m`, `24h`, `2w`, `1h30m`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     objstore::config::parse_model_duration(s)
@@ -151,5 +179,16 @@ mod tests {
         );
         assert!(parse_time_flag("yesterday").is_err());
         assert_eq!(TimeFlag::Relative(-10).at(100), 90);
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("250MB"), Ok(250 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert!(parse_bytes("12XB").is_err());
+        assert!(parse_bytes("MB").is_err());
+        assert!(parse_bytes("99999999999TB").is_err());
     }
 }

@@ -7,8 +7,10 @@
 //!   older than `--ignore-deletion-marks-delay`, compacted sources are hidden while
 //!   their result exists, `--min-time/--max-time` and `--selector.relabel-config`
 //!   select the blocks served.
-//! - [`block`]: per block, the index is fetched once into `--data-dir` on first use and
-//!   mapped; chunks are read with merged ranged GETs through a byte-bounded cache.
+//! - [`block`]: per block, an index-header ([`header`]: symbols and postings offset
+//!   table) is built on first use from ranged GETs and kept in `--data-dir`; postings,
+//!   series and chunks are read with merged ranged GETs through byte-bounded caches
+//!   ([`cache`]).
 //! - [`service`]: `thanos.Store` (Series as pre-encoded frames), `thanos.info.Info`.
 //! - [`resolution`]: downsampled blocks (5m, 1h): which resolution answers a request
 //!   (`max_resolution_window`, Thanos's `getFor`) and which aggregates are sent.
@@ -16,6 +18,8 @@
 
 pub mod args;
 pub mod block;
+pub mod cache;
+pub mod header;
 pub mod metrics;
 pub mod relabel;
 pub mod resolution;
@@ -30,7 +34,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use objstore::{BucketError, MetaFetcher};
@@ -39,7 +43,8 @@ use tokio::sync::watch;
 
 pub use args::StoreArgs;
 
-use crate::block::{ChunkCache, StoreBlock};
+use crate::block::StoreBlock;
+use crate::cache::{ChunkCache, IndexCache};
 use crate::metrics::{StateLabel, StoreMetrics};
 use crate::relabel::Selector;
 use crate::service::{Gateway, Limits};
@@ -62,7 +67,7 @@ fn now_ms() -> i64 {
 
 impl Syncer {
     /// One discovery pass: replaces the served block set, keeping already-open blocks
-    /// (their indexes stay mapped) and removing local copies of blocks that left.
+    /// (their index-headers stay mapped) and removing local files of blocks that left.
     pub async fn sync(&self, gw: &Gateway) -> Result<(), BucketError> {
         gw.metrics.syncs.inc();
         let d = match self.fetcher.fetch().await {
@@ -138,15 +143,31 @@ impl Syncer {
     }
 }
 
-/// Removes leftovers of an interrupted index download.
-fn clean_tmp(data_dir: &Path) {
+/// Removes leftovers in `--data-dir`: temporary files of interrupted header builds,
+/// and the whole-index copies older versions kept per block (index-headers replace
+/// them, so the disk used drops to the headers). Only names this gateway writes are
+/// touched.
+fn clean_data_dir(data_dir: &Path) {
     let Ok(rd) = std::fs::read_dir(data_dir) else {
         return;
     };
     for e in rd.flatten() {
-        let tmp = e.path().join("index.tmp");
-        if tmp.exists() {
-            let _ = std::fs::remove_file(tmp);
+        if e.file_name()
+            .to_str()
+            .is_none_or(|n| n.parse::<tsdb::block::Ulid>().is_err())
+        {
+            continue;
+        }
+        for name in ["index.tmp", "index-header.tmp", "index"] {
+            let p = e.path().join(name);
+            if p.is_file() {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => tracing::info!(path = %p.display(), "removed leftover file"),
+                    Err(err) => {
+                        tracing::warn!(path = %p.display(), error = %err, "cannot remove leftover file")
+                    }
+                }
+            }
         }
     }
 }
@@ -167,7 +188,7 @@ fn ops_router(ops: Arc<Ops>) -> Router {
                     Ok(()) => (
                         StatusCode::OK,
                         [(
-                            header::CONTENT_TYPE,
+                            axum::http::header::CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
                         s,
@@ -242,13 +263,14 @@ pub fn build(args: &StoreArgs, registry: &mut Registry) -> anyhow::Result<Parts>
     let selector = Selector::parse(&relabel).context("invalid --selector.relabel-config")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
-    clean_tmp(&args.data_dir);
+    clean_data_dir(&args.data_dir);
     let metrics = StoreMetrics::default();
     metrics.register(registry);
     let gateway = Gateway {
         blocks: Arc::new(RwLock::new(BTreeMap::new())),
         ready: Arc::new(AtomicBool::new(false)),
         cache: Arc::new(ChunkCache::new(args.chunk_cache_size)),
+        index_cache: Arc::new(IndexCache::new(args.index_cache_size)),
         metrics,
         limits: Limits {
             series: args.series_limit,
@@ -382,4 +404,29 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     }
     tracing::info!("store gateway stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_dir_cleanup_removes_old_index_copies_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let block = dir.path().join(tsdb::block::Ulid::default().to_string());
+        std::fs::create_dir_all(&block).unwrap();
+        for f in ["index", "index.tmp", "index-header.tmp", "index-header"] {
+            std::fs::write(block.join(f), b"x").unwrap();
+        }
+        // Not a block directory (e.g. the meta cache): left alone.
+        let other = dir.path().join("meta-syncer");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("index"), b"x").unwrap();
+        clean_data_dir(dir.path());
+        assert!(!block.join("index").exists());
+        assert!(!block.join("index.tmp").exists());
+        assert!(!block.join("index-header.tmp").exists());
+        assert!(block.join("index-header").exists());
+        assert!(other.join("index").exists());
+    }
 }

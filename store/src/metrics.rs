@@ -12,6 +12,18 @@ pub struct StateLabel {
     pub state: String,
 }
 
+/// Kind of bucket data a query fetched (Thanos's `data_type`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DataTypeLabel {
+    pub data_type: String,
+}
+
+/// Index cache item (Thanos's `item_type`: `Postings`, `Series`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ItemTypeLabel {
+    pub item_type: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct StoreMetrics {
     /// Blocks seen by the last sync, by state (Thanos's names).
@@ -19,7 +31,20 @@ pub struct StoreMetrics {
     pub syncs: Counter,
     pub sync_failures: Counter,
     pub blocks_loaded: Gauge,
-    pub index_downloads: Counter,
+    /// Index-headers built from the bucket (first use of a block, or a bad file).
+    pub header_builds: Counter,
+    /// Index-header files found bad on disk (then rebuilt).
+    pub header_rebuilds: Counter,
+    /// Series entries longer than the estimated size, fetched again.
+    pub series_refetches: Counter,
+    /// Reads answered with a remembered index failure (no bucket fetch).
+    pub remembered_failures: Counter,
+    pub index_cache_requests: Family<ItemTypeLabel, Counter>,
+    pub index_cache_hits: Family<ItemTypeLabel, Counter>,
+    /// Bucket bytes fetched by requests, by data type.
+    pub fetched_bytes: Family<DataTypeLabel, Counter>,
+    /// Bucket bytes fetched by one request, by data type.
+    pub fetched_bytes_per_query: Family<DataTypeLabel, Histogram>,
     pub chunk_cache_hits: Counter,
     pub chunk_cache_misses: Counter,
     pub bytes_fetched: Counter,
@@ -38,7 +63,16 @@ impl Default for StoreMetrics {
             syncs: Counter::default(),
             sync_failures: Counter::default(),
             blocks_loaded: Gauge::default(),
-            index_downloads: Counter::default(),
+            header_builds: Counter::default(),
+            header_rebuilds: Counter::default(),
+            series_refetches: Counter::default(),
+            remembered_failures: Counter::default(),
+            index_cache_requests: Family::default(),
+            index_cache_hits: Family::default(),
+            fetched_bytes: Family::default(),
+            fetched_bytes_per_query: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(256.0, 4.0, 14))
+            }),
             chunk_cache_hits: Counter::default(),
             chunk_cache_misses: Counter::default(),
             bytes_fetched: Counter::default(),
@@ -72,9 +106,44 @@ impl StoreMetrics {
             self.blocks_loaded.clone(),
         );
         r.register(
-            "orrery_store_index_downloads",
-            "Block indexes downloaded into --data-dir (first use of a block)",
-            self.index_downloads.clone(),
+            "orrery_store_index_header_builds",
+            "Index-headers built from the bucket into --data-dir (first use of a block)",
+            self.header_builds.clone(),
+        );
+        r.register(
+            "orrery_store_index_header_rebuilds",
+            "Index-header files found bad on disk and rebuilt",
+            self.header_rebuilds.clone(),
+        );
+        r.register(
+            "thanos_bucket_store_series_refetches",
+            "Series entries longer than the estimated size, fetched again",
+            self.series_refetches.clone(),
+        );
+        r.register(
+            "orrery_store_remembered_block_failures",
+            "Block reads answered with a remembered index failure instead of fetching again",
+            self.remembered_failures.clone(),
+        );
+        r.register(
+            "thanos_store_index_cache_requests",
+            "Index cache lookups, by item type",
+            self.index_cache_requests.clone(),
+        );
+        r.register(
+            "thanos_store_index_cache_hits",
+            "Index cache hits, by item type",
+            self.index_cache_hits.clone(),
+        );
+        r.register(
+            "orrery_store_bucket_fetched_bytes",
+            "Bytes fetched from the bucket by requests, by data type (postings, series, chunks)",
+            self.fetched_bytes.clone(),
+        );
+        r.register(
+            "thanos_bucket_store_series_data_size_fetched_bytes",
+            "Bytes fetched from the bucket by one request, by data type",
+            self.fetched_bytes_per_query.clone(),
         );
         r.register(
             "orrery_store_chunk_cache_hits",
@@ -106,5 +175,43 @@ impl StoreMetrics {
             "Block reads that failed in a request (the log names the block)",
             self.block_read_failures.clone(),
         );
+    }
+}
+
+impl StoreMetrics {
+    pub fn index_cache_hit(&self, item: &str) {
+        let l = ItemTypeLabel {
+            item_type: item.into(),
+        };
+        self.index_cache_requests.get_or_create(&l).inc();
+        self.index_cache_hits.get_or_create(&l).inc();
+    }
+
+    pub fn index_cache_miss(&self, item: &str) {
+        self.index_cache_requests
+            .get_or_create(&ItemTypeLabel {
+                item_type: item.into(),
+            })
+            .inc();
+    }
+
+    /// Records what one request fetched from the bucket.
+    pub fn observe_fetched(&self, f: &crate::block::Fetched) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (kind, n) in [
+            ("postings", f.postings.load(Relaxed)),
+            ("series", f.series.load(Relaxed)),
+            ("chunks", f.chunks.load(Relaxed)),
+        ] {
+            let l = DataTypeLabel {
+                data_type: kind.into(),
+            };
+            self.fetched_bytes.get_or_create(&l).inc_by(n);
+            self.fetched_bytes_per_query
+                .get_or_create(&l)
+                .observe(n as f64);
+        }
+        self.bytes_fetched.inc_by(f.chunks.load(Relaxed));
+        self.bytes_per_query.observe(f.total() as f64);
     }
 }

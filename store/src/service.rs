@@ -28,7 +28,8 @@ use tsdb::block::Ulid;
 use tsdb::chunk::Encoding;
 use tsdb::chunk::aggr::{AggrType, aggr_get};
 
-use crate::block::{ChunkCache, ReadError, StoreBlock};
+use crate::block::{Fetched, ReadCtx, ReadError, StoreBlock};
+use crate::cache::{ChunkCache, IndexCache};
 use crate::metrics::StoreMetrics;
 use crate::resolution::Span;
 
@@ -51,6 +52,8 @@ pub struct Gateway {
     pub blocks: Arc<RwLock<BTreeMap<Ulid, Arc<StoreBlock>>>>,
     pub ready: Arc<AtomicBool>,
     pub cache: Arc<ChunkCache>,
+    /// Postings lists and series entries (`--index-cache-size`).
+    pub index_cache: Arc<IndexCache>,
     pub metrics: StoreMetrics,
     pub limits: Limits,
     pub data_dir: PathBuf,
@@ -208,7 +211,20 @@ impl Gateway {
             .collect()
     }
 
-    /// The series of one block matching `local` with chunks in `[mint, maxt]`.
+    /// What a read of one request needs.
+    fn ctx<'a>(&'a self, fetched: &'a Fetched) -> ReadCtx<'a> {
+        ReadCtx {
+            metrics: &self.metrics,
+            index_cache: &self.index_cache,
+            chunk_cache: &self.cache,
+            fetched,
+        }
+    }
+
+    /// The series of one block matching `local` with chunks in `[mint, maxt]`: the
+    /// index-header plans the postings, which with the series entries are fetched by
+    /// range.
+    #[allow(clippy::too_many_arguments)]
     async fn block_series(
         &self,
         b: &StoreBlock,
@@ -217,40 +233,27 @@ impl Gateway {
         maxt: i64,
         without: &BTreeSet<String>,
         skip_chunks: bool,
+        ctx: ReadCtx<'_>,
     ) -> Result<Vec<BlockSeries>, ReadError> {
-        let index = b.index(&self.metrics).await?;
-        let ext = b.ext.clone();
-        let without = without.clone();
-        let id = b.id();
-        tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            let ids = tsdb::block::postings_for_matchers(&index, &local)
-                .map_err(|source| ReadError::Block { id, source })?;
-            for sid in ids {
-                let (mut labels, metas) = index
-                    .series(sid)
-                    .map_err(|source| ReadError::Block { id, source })?;
-                let refs: Vec<(u64, i64, i64)> = metas
-                    .iter()
-                    .filter(|m| m.max_time >= mint && m.min_time <= maxt)
-                    .map(|m| (m.chunk_ref, m.min_time, m.max_time))
-                    .collect();
-                if refs.is_empty() {
-                    continue;
-                }
-                labels.extend_external(&ext);
-                if !without.is_empty() {
-                    labels.retain(|l| !without.contains(l.name.as_str()));
-                }
-                out.push((labels, if skip_chunks { Vec::new() } else { refs }));
+        let hdr = b.header(ctx.metrics).await?;
+        let ids = b.postings(&hdr, &local, ctx).await?;
+        let mut out = Vec::new();
+        for (mut labels, metas) in b.series(&hdr, &ids, ctx).await? {
+            let refs: Vec<(u64, i64, i64)> = metas
+                .iter()
+                .filter(|m| m.max_time >= mint && m.min_time <= maxt)
+                .map(|m| (m.chunk_ref, m.min_time, m.max_time))
+                .collect();
+            if refs.is_empty() {
+                continue;
             }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| ReadError::Block {
-            id,
-            source: tsdb::block::BlockError::Corrupt(format!("select task failed: {e}")),
-        })?
+            labels.extend_external(&b.ext);
+            if !without.is_empty() {
+                labels.retain(|l| !without.contains(l.name.as_str()));
+            }
+            out.push((labels, if skip_chunks { Vec::new() } else { refs }));
+        }
+        Ok(out)
     }
 
     /// Runs a `Series` request: the selected series, merged and sorted, and the
@@ -282,35 +285,37 @@ impl Gateway {
                 "no matchers specified (excluding external labels)",
             ));
         }
-        let fetched = std::sync::atomic::AtomicU64::new(0);
+        let fetched = Fetched::default();
+        let ctx = self.ctx(&fetched);
         let results: Vec<Result<Vec<(Labels, Vec<Chunk>)>, ReadError>> = stream::iter(work)
             .map(|(b, local)| {
                 let without = &without;
-                let fetched = &fetched;
                 async move {
-                    let series = self
-                        .block_series(&b, local, mint, maxt, without, req.skip_chunks)
-                        .await?;
-                    if self.limits.series > 0 && series.len() as u64 > self.limits.series {
-                        return Ok(series.into_iter().map(|(l, _)| (l, Vec::new())).collect());
-                    }
-                    let refs: Vec<(u64, i64, i64)> =
-                        series.iter().flat_map(|(_, r)| r.iter().copied()).collect();
-                    let (chunks, n) = b.chunks(&refs, &self.cache, &self.metrics).await?;
-                    fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                    check_aggregates(&b, &chunks, aggrs)?;
-                    let mut it = chunks.into_iter();
-                    Ok(series
-                        .into_iter()
-                        .map(|(l, r)| (l, it.by_ref().take(r.len()).collect()))
-                        .collect())
+                    b.guarded(&self.metrics, async {
+                        let series = self
+                            .block_series(&b, local, mint, maxt, without, req.skip_chunks, ctx)
+                            .await?;
+                        if self.limits.series > 0 && series.len() as u64 > self.limits.series {
+                            return Ok(series.into_iter().map(|(l, _)| (l, Vec::new())).collect());
+                        }
+                        let refs: Vec<(u64, i64, i64)> =
+                            series.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+                        let chunks = b.chunks(&refs, ctx).await?;
+                        check_aggregates(&b, &chunks, aggrs)?;
+                        let mut it = chunks.into_iter();
+                        Ok(series
+                            .into_iter()
+                            .map(|(l, r)| (l, it.by_ref().take(r.len()).collect()))
+                            .collect())
+                    })
+                    .await
                 }
             })
             .buffer_unordered(BLOCK_CONCURRENCY)
             .collect()
             .await;
-        let fetched = fetched.into_inner();
-        self.metrics.bytes_per_query.observe(fetched as f64);
+        self.metrics.observe_fetched(&fetched);
+        let fetched = fetched.total();
         let mut merged: BTreeMap<Labels, Vec<Chunk>> = BTreeMap::new();
         let mut warnings = Vec::new();
         for r in results {
@@ -343,14 +348,14 @@ impl Gateway {
         }
         if self.limits.bytes > 0 && fetched > self.limits.bytes {
             return limit_err(format!(
-                "exceeded bytes limit: the query fetched {fetched} bytes from the bucket, more than {} (--store.grpc.downloaded-bytes-limit)",
+                "exceeded bytes limit: the query fetched {fetched} bytes (postings, series and chunks) from the bucket, more than {} (--store.grpc.downloaded-bytes-limit)",
                 self.limits.bytes
             ));
         }
         let mut samples = 0u64;
         let mut out = Vec::with_capacity(merged.len());
         for (l, mut chunks) in merged {
-            chunks.sort_by(|a, b| (a.min_time, a.max_time).cmp(&(b.min_time, b.max_time)));
+            chunks.sort_by_key(|c| (c.min_time, c.max_time));
             // The same block content under two ULIDs (e.g. a replica shipped twice)
             // gives identical chunks: send each once.
             chunks.dedup();
@@ -432,20 +437,17 @@ impl thanos::store_server::Store for Gateway {
         let without: BTreeSet<String> = req.without_replica_labels.iter().cloned().collect();
         let mut set = BTreeSet::new();
         let mut warnings = Vec::new();
+        let fetched = Fetched::default();
+        let ctx = self.ctx(&fetched);
         for b in self.blocks_for(req.start, req.end) {
             let (ok, local) = split_for_block(&matchers, &b.ext);
             if !ok {
                 continue;
             }
-            let names = match b.index(&self.metrics).await {
-                Ok(index) => {
-                    tokio::task::spawn_blocking(move || tsdb::block::label_names(&index, &local))
-                        .await
-                        .map_err(internal)?
-                        .map_err(|e| format!("block {}: {e}", b.id()))
-                }
-                Err(e) => Err(e.to_string()),
-            };
+            let names = b
+                .guarded(&self.metrics, b.label_names(&local, ctx))
+                .await
+                .map_err(|e| e.to_string());
             match names {
                 Ok(names) if names.is_empty() => {}
                 Ok(names) => {
@@ -466,6 +468,7 @@ impl thanos::store_server::Store for Gateway {
         if req.limit > 0 && names.len() as u64 > req.limit as u64 {
             names.truncate(req.limit as usize);
         }
+        self.metrics.observe_fetched(&fetched);
         Ok(Response::new(LabelNamesResponse {
             names,
             warnings,
@@ -487,26 +490,30 @@ impl thanos::store_server::Store for Gateway {
         let matchers = matchers_from_wire(&req.matchers).map_err(bad_matchers)?;
         let mut set = BTreeSet::new();
         let mut warnings = Vec::new();
+        let fetched = Fetched::default();
+        let ctx = self.ctx(&fetched);
         if !req.without_replica_labels.contains(&req.label) {
             for b in self.blocks_for(req.start, req.end) {
                 let (ok, local) = split_for_block(&matchers, &b.ext);
                 if !ok {
                     continue;
                 }
-                let label = req.label.clone();
-                let ext_value = b.ext.get(&label).map(str::to_string);
-                let values = match b.index(&self.metrics).await {
-                    Ok(index) => tokio::task::spawn_blocking(move || match ext_value {
-                        // The external value, if the block has any matching series.
-                        Some(v) => tsdb::block::label_names(&index, &local)
-                            .map(|n| if n.is_empty() { Vec::new() } else { vec![v] }),
-                        None => tsdb::block::label_values(&index, &label, &local),
+                let values = b
+                    .guarded(&self.metrics, async {
+                        match b.ext.get(&req.label) {
+                            // The external value, if the block has any matching series.
+                            Some(v) => b.label_names(&local, ctx).await.map(|n| {
+                                if n.is_empty() {
+                                    Vec::new()
+                                } else {
+                                    vec![v.to_string()]
+                                }
+                            }),
+                            None => b.label_values(&req.label, &local, ctx).await,
+                        }
                     })
                     .await
-                    .map_err(internal)?
-                    .map_err(|e| format!("block {}: {e}", b.id())),
-                    Err(e) => Err(e.to_string()),
-                };
+                    .map_err(|e| e.to_string());
                 match values {
                     Ok(v) => set.extend(v),
                     Err(e) => {
@@ -524,6 +531,7 @@ impl thanos::store_server::Store for Gateway {
         if req.limit > 0 && values.len() as u64 > req.limit as u64 {
             values.truncate(req.limit as usize);
         }
+        self.metrics.observe_fetched(&fetched);
         Ok(Response::new(LabelValuesResponse {
             values,
             warnings,

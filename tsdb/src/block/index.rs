@@ -319,166 +319,252 @@ impl IndexWriter {
     }
 }
 
-/// The table of contents at the end of the index.
-#[derive(Debug, Clone, Copy, Default)]
-struct Toc {
-    symbols: u64,
-    series: u64,
-    postings_table: u64,
+/// Length of the index's table of contents (six offsets and a CRC32C).
+pub const INDEX_TOC_LEN: usize = TOC_LEN;
+/// Length of the index's header (magic and format version).
+pub const INDEX_HEADER_LEN: usize = HEADER_LEN;
+
+/// The table of contents at the end of the index: where each section starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexToc {
+    pub symbols: u64,
+    pub series: u64,
+    pub label_indices: u64,
+    pub label_offset_table: u64,
+    pub postings: u64,
+    pub postings_table: u64,
+}
+
+/// Checks the index's first [`INDEX_HEADER_LEN`] bytes and returns its format version
+/// (2 or 3: the series and postings layout the readers here understand).
+pub fn parse_index_header(b: &[u8]) -> Result<u8, BlockError> {
+    let mut d = Decoder::new(b, "index header");
+    let magic = d.be32()?;
+    if magic != MAGIC_INDEX {
+        return Err(BlockError::Corrupt(format!("index: bad magic {magic:#x}")));
+    }
+    let version = d.byte()?;
+    if version != 2 && version != 3 {
+        return Err(BlockError::Unsupported(format!(
+            "index format version {version}"
+        )));
+    }
+    Ok(version)
+}
+
+/// Parses the TOC (the last [`INDEX_TOC_LEN`] bytes of an index of `index_len` bytes),
+/// verifying its checksum and that every section starts inside the index.
+pub fn parse_toc(toc_bytes: &[u8], index_len: u64) -> Result<IndexToc, BlockError> {
+    if toc_bytes.len() != TOC_LEN || index_len < (HEADER_LEN + TOC_LEN) as u64 {
+        return Err(BlockError::Corrupt("index: file too short".into()));
+    }
+    let mut d = Decoder::new(toc_bytes, "index TOC");
+    let mut t = [0u64; 6];
+    for v in t.iter_mut() {
+        *v = d.be64()?;
+    }
+    if crc32c(&toc_bytes[..48]) != d.be32()? {
+        return Err(BlockError::Checksum("index TOC"));
+    }
+    let toc = IndexToc {
+        symbols: t[0],
+        series: t[1],
+        label_indices: t[2],
+        label_offset_table: t[3],
+        postings: t[4],
+        postings_table: t[5],
+    };
+    let data_end = index_len - TOC_LEN as u64;
+    if t.iter().any(|&v| v > data_end) {
+        return Err(BlockError::Corrupt("index: TOC points past the end".into()));
+    }
+    Ok(toc)
+}
+
+/// The symbol table: every string a series entry refers to by number. Holds the
+/// bytes it was parsed from (an index or an index-header) and one offset per symbol.
+#[derive(Debug, Clone)]
+pub struct Symbols {
+    b: Bytes,
+    /// Start of the table's content in `b`.
+    base: usize,
+    /// Offset of every symbol's uvarint length, relative to `base` (a section is at
+    /// most 4 GiB, so u32 suffices and halves the memory per symbol).
+    offsets: Vec<u32>,
+}
+
+impl Symbols {
+    /// Parses the symbol table section (`len | #symbols | symbols | CRC32C`) at `off`
+    /// in `b`, verifying its checksum and order. `off == 0` means no table.
+    pub fn parse(b: Bytes, off: usize) -> Result<Symbols, BlockError> {
+        let mut offsets = Vec::new();
+        if off == 0 {
+            return Ok(Symbols {
+                b,
+                base: 0,
+                offsets,
+            });
+        }
+        let sym = checked_section(&b, off, "index symbol table")?;
+        let mut d = Decoder::new(sym, "index symbol table");
+        let n = d.be32()? as usize;
+        offsets.reserve(n.min(sym.len()));
+        let mut prev: Option<&str> = None;
+        for _ in 0..n {
+            let at = d.pos() as u32;
+            let s = d.uvarint_str()?;
+            if prev.is_some_and(|p| p >= s) {
+                return Err(BlockError::Corrupt("index: symbols not sorted".into()));
+            }
+            prev = Some(s);
+            offsets.push(at);
+        }
+        Ok(Symbols {
+            base: off + 4,
+            b,
+            offsets,
+        })
+    }
+
+    /// The symbol numbered `id`.
+    pub fn get(&self, id: u32) -> Result<&str, BlockError> {
+        let off = *self
+            .offsets
+            .get(id as usize)
+            .ok_or_else(|| BlockError::Corrupt(format!("index: symbol {id} out of range")))?;
+        let mut d = Decoder::new(&self.b, "index symbol");
+        d.skip(self.base + off as usize)?;
+        d.uvarint_str()
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+}
+
+/// Where one postings list lives in the index: `[start, end)`, `end` being the next
+/// list's start (or the end of the postings section), so a ranged read of it holds the
+/// whole list (plus at most alignment padding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PostingsRange {
+    pub start: u64,
+    pub end: u64,
 }
 
 /// One label pair's entry in the postings offset table.
 #[derive(Debug, Clone, Copy)]
 struct PostingsEntry {
-    value_pos: usize,
-    value_len: usize,
+    /// Start of the value's bytes, relative to the table's content.
+    value_pos: u32,
+    value_len: u32,
     off: u64,
 }
 
-/// Read access to an index file held in memory (a mapping of the file).
-#[derive(Debug)]
-pub struct IndexReader {
+/// The postings offset table: every (label name, value) pair of the index, sorted,
+/// with where its postings list starts. Enough to answer label names and values and to
+/// plan which postings lists a set of matchers needs, without the rest of the index.
+#[derive(Debug, Clone)]
+pub struct PostingsTable {
     b: Bytes,
-    version: u8,
-    /// Byte offset of every symbol's uvarint length.
-    symbol_offsets: Vec<usize>,
+    base: usize,
     /// Label names (sorted; "" for the all-series list) with their entries' range.
     names: Vec<(String, std::ops::Range<usize>)>,
     entries: Vec<PostingsEntry>,
+    /// Where the last postings list ends (the postings offset table's offset in the
+    /// index).
+    postings_end: u64,
 }
 
-impl IndexReader {
-    /// Parses the header, TOC, symbol table and postings offset table, verifying their
-    /// checksums. Series entries and postings lists are checked when read.
-    pub fn new(b: Bytes) -> Result<Self, BlockError> {
-        if b.len() < HEADER_LEN + TOC_LEN {
-            return Err(BlockError::Corrupt("index: file too short".into()));
-        }
-        let magic = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-        if magic != MAGIC_INDEX {
-            return Err(BlockError::Corrupt(format!("index: bad magic {magic:#x}")));
-        }
-        let version = b[4];
-        if version != 2 && version != 3 {
-            return Err(BlockError::Unsupported(format!(
-                "index format version {version}"
-            )));
-        }
-        let toc_bytes = &b[b.len() - TOC_LEN..];
-        let mut d = Decoder::new(toc_bytes, "index TOC");
-        let mut t = [0u64; 6];
-        for v in t.iter_mut() {
-            *v = d.be64()?;
-        }
-        if crc32c(&toc_bytes[..48]) != d.be32()? {
-            return Err(BlockError::Checksum("index TOC"));
-        }
-        let toc = Toc {
-            symbols: t[0],
-            series: t[1],
-            postings_table: t[5],
-        };
-        let data_end = (b.len() - TOC_LEN) as u64;
-        if toc.symbols > data_end || toc.series > data_end || toc.postings_table > data_end {
-            return Err(BlockError::Corrupt("index: TOC points past the end".into()));
-        }
-
-        // Symbols.
-        let mut symbol_offsets = Vec::new();
-        if toc.symbols != 0 {
-            let sym = checked_section(&b, toc.symbols as usize, "index symbol table")?;
-            let base = toc.symbols as usize + 4;
-            let mut d = Decoder::new(sym, "index symbol table");
-            let n = d.be32()? as usize;
-            symbol_offsets.reserve(n.min(sym.len()));
-            let mut prev: Option<&str> = None;
-            for _ in 0..n {
-                let at = base + d.pos();
-                let s = d.uvarint_str()?;
-                if prev.is_some_and(|p| p >= s) {
-                    return Err(BlockError::Corrupt("index: symbols not sorted".into()));
-                }
-                prev = Some(s);
-                symbol_offsets.push(at);
-            }
-        }
-
-        // Postings offset table.
+impl PostingsTable {
+    /// Parses the postings offset table section at `off` in `b` (checksum and order
+    /// verified). `postings_end` is the table's offset in the original index, which
+    /// bounds the last postings list. `off == 0` means no table.
+    pub fn parse(b: Bytes, off: usize, postings_end: u64) -> Result<PostingsTable, BlockError> {
         let mut names: Vec<(String, std::ops::Range<usize>)> = Vec::new();
         let mut entries = Vec::new();
-        if toc.postings_table != 0 {
-            let base = toc.postings_table as usize + 4;
-            let tbl = checked_section(&b, toc.postings_table as usize, "postings offset table")?;
-            let mut d = Decoder::new(tbl, "postings offset table");
-            let n = d.be32()? as usize;
-            entries.reserve(n.min(tbl.len()));
-            let mut prev: Option<(&str, &str)> = None;
-            for _ in 0..n {
-                if d.uvarint()? != 2 {
-                    return Err(BlockError::Corrupt(
-                        "postings offset table: entry without 2 keys".into(),
-                    ));
-                }
-                let name = d.uvarint_str()?;
-                let value_pos = base + d.pos();
-                let value = d.uvarint_str()?;
-                let value_pos = value_pos + (value_pos_len(value.len()));
-                let off = d.uvarint()?;
-                if prev.is_some_and(|p| p >= (name, value)) {
-                    return Err(BlockError::Corrupt(
-                        "postings offset table: entries not sorted".into(),
-                    ));
-                }
-                prev = Some((name, value));
-                if names.last().is_none_or(|(n, _)| n != name) {
-                    names.push((name.to_string(), entries.len()..entries.len()));
-                }
-                entries.push(PostingsEntry {
-                    value_pos,
-                    value_len: value.len(),
-                    off,
-                });
-                if let Some(last) = names.last_mut() {
-                    last.1.end = entries.len();
-                }
+        if off == 0 {
+            return Ok(PostingsTable {
+                b,
+                base: 0,
+                names,
+                entries,
+                postings_end,
+            });
+        }
+        let tbl = checked_section(&b, off, "postings offset table")?;
+        let mut d = Decoder::new(tbl, "postings offset table");
+        let n = d.be32()? as usize;
+        entries.reserve(n.min(tbl.len()));
+        let mut prev: Option<(&str, &str)> = None;
+        let mut prev_off = 0u64;
+        for _ in 0..n {
+            if d.uvarint()? != 2 {
+                return Err(BlockError::Corrupt(
+                    "postings offset table: entry without 2 keys".into(),
+                ));
+            }
+            let name = d.uvarint_str()?;
+            let value = d.uvarint_str()?;
+            let value_pos = (d.pos() - value.len()) as u32;
+            let off = d.uvarint()?;
+            if prev.is_some_and(|p| p >= (name, value)) {
+                return Err(BlockError::Corrupt(
+                    "postings offset table: entries not sorted".into(),
+                ));
+            }
+            if off < prev_off || off >= postings_end {
+                return Err(BlockError::Corrupt(format!(
+                    "postings offset table: offset {off} out of order or past the postings"
+                )));
+            }
+            prev_off = off;
+            prev = Some((name, value));
+            if names.last().is_none_or(|(n, _)| n != name) {
+                names.push((name.to_string(), entries.len()..entries.len()));
+            }
+            entries.push(PostingsEntry {
+                value_pos,
+                value_len: value.len() as u32,
+                off,
+            });
+            if let Some(last) = names.last_mut() {
+                last.1.end = entries.len();
             }
         }
-        Ok(IndexReader {
+        Ok(PostingsTable {
             b,
-            version,
-            symbol_offsets,
+            base: off + 4,
             names,
             entries,
+            postings_end,
         })
     }
 
-    pub fn version(&self) -> u8 {
-        self.version
-    }
-
-    pub fn size(&self) -> u64 {
-        self.b.len() as u64
-    }
-
-    fn symbol(&self, id: u32) -> Result<&str, BlockError> {
-        let off = *self
-            .symbol_offsets
-            .get(id as usize)
-            .ok_or_else(|| BlockError::Corrupt(format!("index: symbol {id} out of range")))?;
-        let mut d = Decoder::new(&self.b, "index symbol");
-        d.skip(off)?;
-        d.uvarint_str()
-    }
-
     fn entry_value(&self, e: &PostingsEntry) -> &str {
+        let at = self.base + e.value_pos as usize;
         // Validated as UTF-8 when the table was parsed.
-        std::str::from_utf8(&self.b[e.value_pos..e.value_pos + e.value_len]).unwrap_or("")
+        std::str::from_utf8(&self.b[at..at + e.value_len as usize]).unwrap_or("")
     }
 
-    fn name_entries(&self, name: &str) -> &[PostingsEntry] {
+    /// The entries of `name` and the index of the first one in `entries`.
+    fn name_entries(&self, name: &str) -> (usize, &[PostingsEntry]) {
         match self.names.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
-            Ok(i) => &self.entries[self.names[i].1.clone()],
-            Err(_) => &[],
+            Ok(i) => {
+                let r = self.names[i].1.clone();
+                (r.start, &self.entries[r])
+            }
+            Err(_) => (0, &[]),
+        }
+    }
+
+    fn range(&self, i: usize) -> PostingsRange {
+        PostingsRange {
+            start: self.entries[i].off,
+            end: self.entries.get(i + 1).map_or(self.postings_end, |e| e.off),
         }
     }
 
@@ -497,33 +583,189 @@ impl IndexReader {
             return Vec::new();
         }
         self.name_entries(name)
+            .1
             .iter()
             .map(|e| self.entry_value(e).to_string())
             .collect()
     }
 
-    /// Calls `f` with each value of `name` and its postings offset.
-    pub fn for_each_value(&self, name: &str, mut f: impl FnMut(&str, u64)) {
+    /// Calls `f` with each value of `name` and where its postings list is.
+    pub fn for_each_value(&self, name: &str, mut f: impl FnMut(&str, PostingsRange)) {
         if name.is_empty() {
             return;
         }
-        for e in self.name_entries(name) {
-            f(self.entry_value(e), e.off);
+        let (first, es) = self.name_entries(name);
+        for (k, e) in es.iter().enumerate() {
+            f(self.entry_value(e), self.range(first + k));
         }
     }
 
-    /// The postings offset of one label pair, if present.
-    pub fn postings_offset(&self, name: &str, value: &str) -> Option<u64> {
-        let es = self.name_entries(name);
+    /// Where the postings list of one label pair is, if the pair exists. `("", "")`
+    /// is the list of all series.
+    pub fn lookup(&self, name: &str, value: &str) -> Option<PostingsRange> {
+        let (first, es) = self.name_entries(name);
         es.binary_search_by(|e| self.entry_value(e).cmp(value))
             .ok()
-            .map(|i| es[i].off)
+            .map(|i| self.range(first + i))
+    }
+
+    /// Number of label pairs (with the all-series key).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Decodes a postings list (`len | #refs | refs | CRC32C`) at the start of `b` (which
+/// may run on past the list), verifying its checksum and order.
+pub fn decode_postings(b: &[u8]) -> Result<Vec<u32>, BlockError> {
+    let c = checked_section(b, 0, "postings list")?;
+    let mut d = Decoder::new(c, "postings list");
+    let n = d.be32()? as usize;
+    if c.len() != 4 + 4 * n {
+        return Err(BlockError::Corrupt(format!(
+            "postings list: {} bytes for {n} entries",
+            c.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut prev: Option<u32> = None;
+    for _ in 0..n {
+        let v = d.be32()?;
+        if prev.is_some_and(|p| p >= v) {
+            return Err(BlockError::Corrupt("postings list not increasing".into()));
+        }
+        prev = Some(v);
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Byte offset of series `id` in the index (format v2: IDs are offsets / 16).
+pub fn series_offset(id: u32) -> u64 {
+    u64::from(id) * SERIES_ALIGN
+}
+
+/// The whole length (length field, content and CRC) of the series entry starting at
+/// `b`, once `b` holds the length field; `None` while it is cut short.
+pub fn series_entry_len(b: &[u8]) -> Option<usize> {
+    let (len, n) = super::encoding::uvarint(b)?;
+    usize::try_from(len).ok()?.checked_add(n + 4)
+}
+
+/// Decodes a series entry (`len | labels | chunk metas | CRC32C`) at the start of `b`
+/// (which may run on past it), resolving label symbols through `symbols`.
+pub fn decode_series(b: &[u8], symbols: &Symbols) -> Result<(Labels, Vec<ChunkMeta>), BlockError> {
+    let c = checked_uvarint_section(b, 0, "series entry")?;
+    let mut d = Decoder::new(c, "series entry");
+    let n = d.uvarint()? as usize;
+    let mut labels = Vec::with_capacity(n.min(c.len()));
+    for _ in 0..n {
+        let name = symbols.get(d.uvarint32()?)?;
+        let value = symbols.get(d.uvarint32()?)?;
+        labels.push(Label::new(name, value));
+    }
+    if labels.windows(2).any(|w| w[0].name >= w[1].name) {
+        return Err(BlockError::Corrupt(
+            "series entry: labels not sorted".into(),
+        ));
+    }
+    let k = d.uvarint()? as usize;
+    let mut chunks = Vec::with_capacity(k.min(c.len()));
+    if k > 0 {
+        let mint = d.varint()?;
+        let maxt = mint.wrapping_add(d.uvarint()? as i64);
+        let mut r = d.uvarint()?;
+        chunks.push(ChunkMeta {
+            chunk_ref: r,
+            min_time: mint,
+            max_time: maxt,
+        });
+        let mut t0 = maxt;
+        for _ in 1..k {
+            let mint = t0.wrapping_add(d.uvarint()? as i64);
+            let maxt = mint.wrapping_add(d.uvarint()? as i64);
+            r = r.wrapping_add(d.varint()? as u64);
+            chunks.push(ChunkMeta {
+                chunk_ref: r,
+                min_time: mint,
+                max_time: maxt,
+            });
+            t0 = maxt;
+        }
+    }
+    Ok((Labels::from_sorted_unchecked(labels), chunks))
+}
+
+/// Read access to an index file held in memory (a mapping of the file).
+#[derive(Debug)]
+pub struct IndexReader {
+    b: Bytes,
+    version: u8,
+    toc: IndexToc,
+    symbols: Symbols,
+    table: PostingsTable,
+}
+
+impl IndexReader {
+    /// Parses the header, TOC, symbol table and postings offset table, verifying their
+    /// checksums. Series entries and postings lists are checked when read.
+    pub fn new(b: Bytes) -> Result<Self, BlockError> {
+        if b.len() < HEADER_LEN + TOC_LEN {
+            return Err(BlockError::Corrupt("index: file too short".into()));
+        }
+        let version = parse_index_header(&b[..HEADER_LEN])?;
+        let toc = parse_toc(&b[b.len() - TOC_LEN..], b.len() as u64)?;
+        let symbols = Symbols::parse(b.clone(), toc.symbols as usize)?;
+        let table =
+            PostingsTable::parse(b.clone(), toc.postings_table as usize, toc.postings_table)?;
+        Ok(IndexReader {
+            b,
+            version,
+            toc,
+            symbols,
+            table,
+        })
+    }
+
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    pub fn size(&self) -> u64 {
+        self.b.len() as u64
+    }
+
+    pub fn toc(&self) -> IndexToc {
+        self.toc
+    }
+
+    pub fn symbols(&self) -> &Symbols {
+        &self.symbols
+    }
+
+    /// The postings offset table (label names, values, where each list is).
+    pub fn postings_table(&self) -> &PostingsTable {
+        &self.table
+    }
+
+    /// All label names with postings (sorted, without the all-series key "").
+    pub fn label_names(&self) -> Vec<String> {
+        self.table.label_names()
+    }
+
+    /// All values of `name` (sorted).
+    pub fn label_values(&self, name: &str) -> Vec<String> {
+        self.table.label_values(name)
     }
 
     /// The all-series postings list.
     pub fn all_postings(&self) -> Result<Vec<u32>, BlockError> {
-        match self.postings_offset("", "") {
-            Some(off) => self.postings(off),
+        match self.table.lookup("", "") {
+            Some(r) => self.postings(r.start),
             None => Ok(Vec::new()),
         }
     }
@@ -531,80 +773,23 @@ impl IndexReader {
     /// Reads the postings list at `off` (CRC-checked).
     pub fn postings(&self, off: u64) -> Result<Vec<u32>, BlockError> {
         let off = usize::try_from(off)
-            .map_err(|_| BlockError::Corrupt("postings offset overflows".into()))?;
-        let c = checked_section(&self.b, off, "postings list")?;
-        let mut d = Decoder::new(c, "postings list");
-        let n = d.be32()? as usize;
-        if c.len() != 4 + 4 * n {
-            return Err(BlockError::Corrupt(format!(
-                "postings list: {} bytes for {n} entries",
-                c.len()
-            )));
-        }
-        let mut out = Vec::with_capacity(n);
-        let mut prev: Option<u32> = None;
-        for _ in 0..n {
-            let v = d.be32()?;
-            if prev.is_some_and(|p| p >= v) {
-                return Err(BlockError::Corrupt("postings list not increasing".into()));
-            }
-            prev = Some(v);
-            out.push(v);
-        }
-        Ok(out)
+            .ok()
+            .filter(|&o| o <= self.b.len())
+            .ok_or_else(|| BlockError::Corrupt("postings offset past the index".into()))?;
+        decode_postings(&self.b[off..])
     }
 
     /// Reads one series entry: its labels and chunk metas (CRC-checked).
     pub fn series(&self, id: u32) -> Result<(Labels, Vec<ChunkMeta>), BlockError> {
-        let off = (id as u64 * SERIES_ALIGN) as usize;
-        let c = checked_uvarint_section(&self.b, off, "series entry")?;
-        let mut d = Decoder::new(c, "series entry");
-        let n = d.uvarint()? as usize;
-        let mut labels = Vec::with_capacity(n.min(c.len()));
-        for _ in 0..n {
-            let name = self.symbol(d.uvarint32()?)?;
-            let value = self.symbol(d.uvarint32()?)?;
-            labels.push(Label::new(name, value));
-        }
-        if labels.windows(2).any(|w| w[0].name >= w[1].name) {
-            return Err(BlockError::Corrupt(
-                "series entry: labels not sorted".into(),
-            ));
-        }
-        let k = d.uvarint()? as usize;
-        let mut chunks = Vec::with_capacity(k.min(c.len()));
-        if k > 0 {
-            let mint = d.varint()?;
-            let maxt = mint.wrapping_add(d.uvarint()? as i64);
-            let mut r = d.uvarint()?;
-            chunks.push(ChunkMeta {
-                chunk_ref: r,
-                min_time: mint,
-                max_time: maxt,
-            });
-            let mut t0 = maxt;
-            for _ in 1..k {
-                let mint = t0.wrapping_add(d.uvarint()? as i64);
-                let maxt = mint.wrapping_add(d.uvarint()? as i64);
-                r = r.wrapping_add(d.varint()? as u64);
-                chunks.push(ChunkMeta {
-                    chunk_ref: r,
-                    min_time: mint,
-                    max_time: maxt,
-                });
-                t0 = maxt;
-            }
-        }
-        Ok((Labels::from_sorted_unchecked(labels), chunks))
+        let off = usize::try_from(series_offset(id))
+            .ok()
+            .filter(|&o| o <= self.b.len())
+            .ok_or_else(|| BlockError::Corrupt(format!("series {id} past the index")))?;
+        decode_series(&self.b[off..], &self.symbols)
     }
 
     /// Only the labels of a series (skips its chunk metas).
     pub fn series_labels(&self, id: u32) -> Result<Labels, BlockError> {
         self.series(id).map(|(l, _)| l)
     }
-}
-
-/// Bytes of the uvarint that precedes a string of length `len`.
-fn value_pos_len(len: usize) -> usize {
-    super::encoding::uvarint_len(len as u64)
 }

@@ -37,7 +37,10 @@ pub use index::ChunkMeta;
 pub use meta::{
     BlockDesc, BlockMeta, BlockMetaCompaction, BlockStats, ThanosDownsample, ThanosMeta,
 };
-pub use reader::{Block, SeriesIter, label_names, label_values, postings_for_matchers};
+pub use reader::{
+    Block, PostingsPlan, SeriesIter, label_names, label_values, names_of, postings_for_matchers,
+    values_of,
+};
 pub use retention::{BlockEntry, apply_retention, delete_block, list_blocks, remove_tmp_dirs};
 pub use ulid::{Ulid, UlidError};
 pub use writer::{

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use storeapi::{Labels, MatchOp, Matcher};
 
 use super::chunks::ChunkReader;
-use super::index::IndexReader;
+use super::index::{IndexReader, PostingsRange, PostingsTable};
 use super::tombstones::{self, Tombstones};
 use super::{BlockError, BlockMeta, map_file, read_meta};
 use crate::chunk::{Chunk, Encoding, XorChunk};
@@ -131,15 +131,11 @@ pub fn label_names(index: &IndexReader, matchers: &[Matcher]) -> Result<Vec<Stri
     if matchers.is_empty() {
         return Ok(index.label_names());
     }
-    let mut names = std::collections::BTreeSet::new();
-    for id in postings_for_matchers(index, matchers)? {
-        for l in &index.series_labels(id)? {
-            if !names.contains(&l.name) {
-                names.insert(l.name.clone());
-            }
-        }
-    }
-    Ok(names.into_iter().map(String::from).collect())
+    let labels = postings_for_matchers(index, matchers)?
+        .into_iter()
+        .map(|id| index.series_labels(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(names_of(&labels))
 }
 
 /// Values of label `name` over series matching `matchers` in `index` (all when empty),
@@ -152,93 +148,208 @@ pub fn label_values(
     if matchers.is_empty() {
         return Ok(index.label_values(name));
     }
+    let labels = postings_for_matchers(index, matchers)?
+        .into_iter()
+        .map(|id| index.series_labels(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(values_of(name, &labels))
+}
+
+/// The distinct label names of `series`, sorted (LabelNames with matchers).
+pub fn names_of(series: &[Labels]) -> Vec<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for l in series.iter().flat_map(|s| s.iter()) {
+        if !names.contains(l.name.as_str()) {
+            names.insert(l.name.to_string());
+        }
+    }
+    names.into_iter().collect()
+}
+
+/// The distinct values of label `name` in `series`, sorted (LabelValues with matchers).
+pub fn values_of(name: &str, series: &[Labels]) -> Vec<String> {
     let mut values = std::collections::BTreeSet::new();
-    for id in postings_for_matchers(index, matchers)? {
-        if let Some(v) = index.series_labels(id)?.get(name)
-            && !values.contains(v)
-        {
+    for v in series.iter().filter_map(|s| s.get(name)) {
+        if !values.contains(v) {
             values.insert(v.to_string());
         }
     }
-    Ok(values.into_iter().collect())
+    values.into_iter().collect()
 }
 
 /// Sorted series IDs of `index` matching all `matchers` (Prometheus semantics: a
 /// matcher that matches "" also selects series without the label). No matchers: all
-/// series. Shared by [`Block`] and readers that hold only a block's index (the store
-/// gateway).
+/// series. Shared by [`Block`] and readers that hold only a block's index; a reader
+/// that fetches postings lists itself uses [`PostingsPlan`] directly.
 pub fn postings_for_matchers(
     index: &IndexReader,
     matchers: &[Matcher],
 ) -> Result<Vec<u32>, BlockError> {
-    let mut positive: Option<Vec<u32>> = None;
-    let mut negative: Vec<u32> = Vec::new();
-    // Positive matchers first: they narrow the set fastest.
-    let mut ms: Vec<&Matcher> = matchers.iter().collect();
-    ms.sort_by_key(|m| m.matches_empty());
-    for m in ms {
-        if m.matches_empty() {
-            // Keep series lacking the label or with a matching value: drop those
-            // whose value does not match.
-            match m.op {
-                MatchOp::NotEqual => {
-                    if let Some(off) = index.postings_offset(&m.name, &m.value) {
-                        negative.extend(index.postings(off)?);
-                    }
-                }
-                _ => {
-                    let mut offs = Vec::new();
-                    index.for_each_value(&m.name, |v, off| {
+    let plan = PostingsPlan::new(index.postings_table(), matchers);
+    let lists = plan
+        .lists()
+        .iter()
+        .map(|r| index.postings(r.start))
+        .collect::<Result<Vec<_>, _>>()?;
+    plan.evaluate(&lists)
+}
+
+/// How a set of matchers selects series, in two phases so that the postings lists can
+/// be read from anywhere (a mapped index, ranged GETs, a cache): [`PostingsPlan::new`]
+/// resolves the matchers against the postings offset table alone into the lists
+/// needed, [`PostingsPlan::evaluate`] combines those lists once read.
+///
+/// Semantics (Prometheus's): matchers that do not match "" select the union of the
+/// lists of the values they match, intersected across matchers; matchers that match
+/// "" (`!=`, `!~`, `=""`, `=~".*"`) keep series lacking the label, so they subtract the
+/// lists of the values they do not match; without a non-empty-matching matcher the
+/// base is all series.
+#[derive(Debug, Clone, Default)]
+pub struct PostingsPlan {
+    /// Distinct lists needed, sorted by position in the index.
+    lists: Vec<PostingsRange>,
+    /// Per positive matcher: indices into `lists` whose union it selects.
+    positive: Vec<Vec<usize>>,
+    /// Indices into `lists` whose union is subtracted.
+    negative: Vec<usize>,
+    /// Index into `lists` of the all-series list, when no matcher is positive.
+    all: Option<usize>,
+    /// Known empty without reading anything (a positive matcher matches no value).
+    empty: bool,
+}
+
+impl PostingsPlan {
+    /// Resolves `matchers` against `table`.
+    pub fn new(table: &PostingsTable, matchers: &[Matcher]) -> PostingsPlan {
+        let mut positive: Vec<Vec<PostingsRange>> = Vec::new();
+        let mut negative: Vec<PostingsRange> = Vec::new();
+        for m in matchers {
+            if m.matches_empty() {
+                match m.op {
+                    MatchOp::NotEqual => negative.extend(table.lookup(&m.name, &m.value)),
+                    _ => table.for_each_value(&m.name, |v, r| {
                         if !m.matches(v) {
-                            offs.push(off);
+                            negative.push(r);
                         }
-                    });
-                    for off in offs {
-                        negative.extend(index.postings(off)?);
-                    }
+                    }),
+                }
+            } else {
+                let mut group = Vec::new();
+                match m.op {
+                    MatchOp::Equal => group.extend(table.lookup(&m.name, &m.value)),
+                    _ => table.for_each_value(&m.name, |v, r| {
+                        if m.matches(v) {
+                            group.push(r);
+                        }
+                    }),
+                }
+                if group.is_empty() {
+                    return PostingsPlan {
+                        empty: true,
+                        ..PostingsPlan::default()
+                    };
+                }
+                positive.push(group);
+            }
+        }
+        let all = if positive.is_empty() {
+            match table.lookup("", "") {
+                Some(r) => Some(r),
+                None => {
+                    return PostingsPlan {
+                        empty: true,
+                        ..PostingsPlan::default()
+                    };
                 }
             }
         } else {
-            let mut ids = Vec::new();
-            match m.op {
-                MatchOp::Equal => {
-                    if let Some(off) = index.postings_offset(&m.name, &m.value) {
-                        ids = index.postings(off)?;
-                    }
-                }
-                _ => {
-                    let mut offs = Vec::new();
-                    index.for_each_value(&m.name, |v, off| {
-                        if m.matches(v) {
-                            offs.push(off);
-                        }
-                    });
-                    for off in offs {
-                        ids.extend(index.postings(off)?);
-                    }
-                    ids.sort_unstable();
-                    ids.dedup();
-                }
+            None
+        };
+        let mut lists: Vec<PostingsRange> = positive
+            .iter()
+            .flatten()
+            .chain(&negative)
+            .chain(&all)
+            .copied()
+            .collect();
+        lists.sort_unstable();
+        lists.dedup();
+        let at = |r: &PostingsRange| lists.binary_search(r).unwrap_or(0);
+        let positive = positive
+            .iter()
+            .map(|g| g.iter().map(at).collect())
+            .collect();
+        let negative = negative.iter().map(at).collect();
+        let all = all.as_ref().map(at);
+        PostingsPlan {
+            lists,
+            positive,
+            negative,
+            all,
+            empty: false,
+        }
+    }
+
+    /// The postings lists to read, sorted by offset; [`PostingsPlan::evaluate`] wants
+    /// them in this order.
+    pub fn lists(&self) -> &[PostingsRange] {
+        &self.lists
+    }
+
+    /// Whether the plan selects nothing without reading any list.
+    pub fn is_empty(&self) -> bool {
+        self.empty
+    }
+
+    /// The sorted series IDs selected, given the lists (decoded, in
+    /// [`PostingsPlan::lists`] order).
+    pub fn evaluate<L: std::borrow::Borrow<Vec<u32>>>(
+        &self,
+        lists: &[L],
+    ) -> Result<Vec<u32>, BlockError> {
+        let lists: Vec<&Vec<u32>> = lists.iter().map(|l| l.borrow()).collect();
+        if self.empty {
+            return Ok(Vec::new());
+        }
+        if lists.len() != self.lists.len() {
+            return Err(BlockError::Invalid(format!(
+                "postings plan wants {} lists, got {}",
+                self.lists.len(),
+                lists.len()
+            )));
+        }
+        let union = |idx: &[usize]| {
+            let mut ids: Vec<u32> = idx.iter().flat_map(|&i| lists[i].iter().copied()).collect();
+            if idx.len() > 1 {
+                ids.sort_unstable();
+                ids.dedup();
             }
-            positive = Some(match positive {
+            ids
+        };
+        // Smallest groups first: the intersection shrinks fastest.
+        let mut groups: Vec<&Vec<usize>> = self.positive.iter().collect();
+        groups.sort_by_key(|g| g.iter().map(|&i| lists[i].len()).sum::<usize>());
+        let mut base: Option<Vec<u32>> = None;
+        for g in groups {
+            let ids = union(g);
+            base = Some(match base {
                 None => ids,
                 Some(p) => intersect(&p, &ids),
             });
-            if positive.as_ref().is_some_and(|p| p.is_empty()) {
+            if base.as_ref().is_some_and(|p| p.is_empty()) {
                 return Ok(Vec::new());
             }
         }
+        let base = match (base, self.all) {
+            (Some(b), _) => b,
+            (None, Some(i)) => lists[i].to_vec(),
+            (None, None) => Vec::new(),
+        };
+        if self.negative.is_empty() {
+            return Ok(base);
+        }
+        Ok(subtract(&base, &union(&self.negative)))
     }
-    let base = match positive {
-        Some(p) => p,
-        None => index.all_postings()?,
-    };
-    if negative.is_empty() {
-        return Ok(base);
-    }
-    negative.sort_unstable();
-    negative.dedup();
-    Ok(subtract(&base, &negative))
 }
 
 fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
