@@ -93,6 +93,9 @@ pub struct CompactConfig {
     /// Downsample raw blocks ≥ 40h to 5m and 5m blocks ≥ 10d to 1h (off with
     /// `--downsampling.disable`).
     pub downsampling: bool,
+    /// `--selector.relabel-config`: blocks it drops do not exist for this compactor
+    /// (not compacted, downsampled, retained, garbage-collected or cleaned).
+    pub selector: objstore::Selector,
 }
 
 /// What one pass did.
@@ -146,10 +149,26 @@ impl Compactor {
         self
     }
 
-    /// The bucket as the compactor sees it: replica labels removed from every meta, so
+    /// The bucket as the compactor sees it: only the blocks `--selector.relabel-config`
+    /// keeps (judged on their labels minus the replica labels, as Thanos's
+    /// `LabelShardedMetaFilter`), with replica labels removed from every meta, so
     /// replicas fall into one group and a deduplicated block covers its replica sources.
+    /// Partial uploads stay: they have no labels to select on, and every compactor
+    /// removes aborted ones (Thanos does the same).
     async fn discover(&self) -> Result<Discovery, CompactError> {
         let mut d = self.fetcher.fetch().await?;
+        let before = d.blocks.len();
+        d.blocks.retain(|id, b| {
+            self.cfg
+                .selector
+                .keeps_block(id, &b.labels(), &self.cfg.replica_labels)
+        });
+        if d.blocks.len() < before {
+            tracing::debug!(
+                excluded = before - d.blocks.len(),
+                "blocks left to other compactors by --selector.relabel-config"
+            );
+        }
         for b in d.blocks.values_mut() {
             if let Some(t) = b.meta.thanos.as_mut() {
                 for r in &self.cfg.replica_labels {

@@ -11,6 +11,8 @@
 pub mod compactor;
 pub mod metrics;
 pub mod planner;
+#[cfg(test)]
+mod sharding_tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,6 +86,19 @@ pub struct CompactArgs {
     /// "penalty" (not supported yet).
     #[arg(long = "deduplication.func", default_value = "")]
     pub dedup_func: String,
+    /// Relabel rules (`keep`, `drop`, `hashmod`) over each block's external labels
+    /// (minus the dedup replica labels) and `__block_id`: a block they drop is neither
+    /// compacted, downsampled, retained nor cleaned by this compactor, so several
+    /// compactors can share one bucket with `hashmod` shards, one group per shard.
+    #[arg(
+        long = "selector.relabel-config",
+        value_name = "YAML",
+        conflicts_with = "selector_relabel_config_file"
+    )]
+    pub selector_relabel_config: Option<String>,
+    /// Path to the relabel rules YAML (alternative to --selector.relabel-config).
+    #[arg(long = "selector.relabel-config-file", value_name = "PATH")]
+    pub selector_relabel_config_file: Option<PathBuf>,
     /// Groups compacted in parallel.
     #[arg(long = "compact.concurrency", default_value_t = 1)]
     pub concurrency: usize,
@@ -167,8 +182,19 @@ impl CompactArgs {
         Ok(())
     }
 
-    pub fn config(&self) -> CompactConfig {
-        CompactConfig {
+    /// The block selector of `--selector.relabel-config(-file)`.
+    pub fn selector(&self) -> anyhow::Result<objstore::Selector> {
+        objstore::Selector::from_flags(
+            self.selector_relabel_config.as_deref(),
+            self.selector_relabel_config_file.as_deref(),
+        )
+        .context("invalid --selector.relabel-config")
+    }
+
+    /// The compactor's settings.
+    pub fn config(&self) -> anyhow::Result<CompactConfig> {
+        Ok(CompactConfig {
+            selector: self.selector()?,
             data_dir: self.data_dir.clone(),
             consistency_delay: self.consistency_delay,
             delete_delay: self.delete_delay,
@@ -176,7 +202,7 @@ impl CompactArgs {
             replica_labels: self.replica_labels.clone(),
             concurrency: self.concurrency,
             downsampling: !self.downsampling_disable,
-        }
+        })
     }
 }
 
@@ -229,6 +255,7 @@ async fn metrics_handler(State(st): State<Arc<Ops>>) -> Response {
 /// until SIGINT/SIGTERM), serving /metrics, /-/healthy and /-/ready meanwhile.
 pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
     args.validate()?;
+    let config = args.config()?;
     let cfg = objstore::BucketConfig::from_flags(
         args.objstore_config_file.as_deref(),
         args.objstore_config.as_deref(),
@@ -257,7 +284,7 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
         }
     });
     let compactor =
-        Arc::new(Compactor::new(bucket, args.config(), metrics).with_hash_func(args.hash_func));
+        Arc::new(Compactor::new(bucket, config, metrics).with_hash_func(args.hash_func));
     ops.ready.store(true, Ordering::Release);
     run_loop(&compactor, args.wait, args.wait_interval).await
 }
@@ -368,6 +395,26 @@ mod tests {
             .unwrap()
             .a;
         assert!(c.validate().unwrap_err().to_string().contains("penalty"));
+        let c = Cli::try_parse_from([
+            "x",
+            "--selector.relabel-config=- action: keep\n  source_labels: [tenant]\n  regex: a\n",
+        ])
+        .unwrap()
+        .a;
+        let cfg = c.config().unwrap();
+        let keeps = |t: &str| {
+            let l = [("tenant".to_string(), t.to_string())].into();
+            cfg.selector.keeps_block("01A", &l, &[])
+        };
+        assert!(keeps("a") && !keeps("b"));
+        let c = Cli::try_parse_from(["x", "--selector.relabel-config=- action: replace\n"])
+            .unwrap()
+            .a;
+        let e = c.config().unwrap_err();
+        assert!(
+            format!("{e:#}").contains("selector.relabel-config"),
+            "{e:#}"
+        );
         let c = Cli::try_parse_from(["x", "--retention.resolution-raw=1d"])
             .unwrap()
             .a;
