@@ -96,6 +96,8 @@ pub struct CompactConfig {
     /// `--selector.relabel-config`: blocks it drops do not exist for this compactor
     /// (not compacted, downsampled, retained, garbage-collected or cleaned).
     pub selector: objstore::Selector,
+    /// `--deduplication.func`: 1:1 (default) or penalty for overlapping samples.
+    pub dedup: tsdb::block::DedupFunc,
 }
 
 /// What one pass did.
@@ -448,6 +450,7 @@ impl Compactor {
             ..Default::default()
         };
         let group = key.key();
+        let dedup = self.cfg.dedup;
         let (ind, outd, ids2) = (in_dir.clone(), out_dir.clone(), ids.clone());
         let (meta, dup) = tokio::task::spawn_blocking(move || {
             let merr = |source| CompactError::Merge {
@@ -460,7 +463,7 @@ impl Compactor {
                 blocks.push(Block::open(&ind.join(id.to_string())).map_err(|e| merr(e.into()))?);
             }
             let refs: Vec<&Block> = blocks.iter().collect();
-            let r = tsdb::block::merge_blocks(&outd, &refs, &opts).map_err(merr)?;
+            let r = tsdb::block::merge_blocks_with(&outd, &refs, &opts, dedup).map_err(merr)?;
             tsdb::block::verify_block(&outd.join(r.meta.ulid.to_string()))
                 .map_err(|e| merr(e.into()))?;
             Ok::<_, CompactError>((r.meta, r.duplicate_samples))

@@ -8,11 +8,11 @@
 //!
 //! The merging itself is the tsdb crate's ([`tsdb::block::merge_blocks`]).
 
+#[cfg(test)]
+mod bucket_tests;
 pub mod compactor;
 pub mod metrics;
 pub mod planner;
-#[cfg(test)]
-mod sharding_tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -82,8 +82,10 @@ pub struct CompactArgs {
     /// block labels so replicas compact together, their identical samples kept once.
     #[arg(long = "deduplication.replica-label", value_delimiter = ',')]
     pub replica_labels: Vec<String>,
-    /// Deduplication of overlapping samples: "" (1:1, identical samples kept once) or
-    /// "penalty" (not supported yet).
+    /// Deduplication of overlapping samples: "" (1:1, identical samples kept once; right
+    /// for receive replication) or "penalty" (each overlapping block is a replica, folded
+    /// with the querier's penalty algorithm: for HA Prometheus pairs whose samples differ
+    /// in timestamps; needs --deduplication.replica-label; irreversible).
     #[arg(long = "deduplication.func", default_value = "")]
     pub dedup_func: String,
     /// Relabel rules (`keep`, `drop`, `hashmod`) over each block's external labels
@@ -156,13 +158,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 impl CompactArgs {
     /// Checks the flags as Thanos does at startup.
     pub fn validate(&self) -> anyhow::Result<()> {
-        match self.dedup_func.as_str() {
-            "" => {}
-            "penalty" => bail!(
-                "--deduplication.func=penalty is not supported by Orrery yet; use the default \"\" (1:1 deduplication of identical samples, right for receive replication)"
-            ),
-            other => bail!("--deduplication.func={other:?}: want \"\" or \"penalty\""),
-        }
+        self.dedup()?;
         if !self.downsampling_disable {
             if !self.retention_raw.is_zero() && self.retention_raw < Duration::from_secs(40 * 3600)
             {
@@ -191,10 +187,23 @@ impl CompactArgs {
         .context("invalid --selector.relabel-config")
     }
 
+    /// `--deduplication.func`, checked as Thanos does.
+    pub fn dedup(&self) -> anyhow::Result<tsdb::block::DedupFunc> {
+        match self.dedup_func.as_str() {
+            "" => Ok(tsdb::block::DedupFunc::OneToOne),
+            "penalty" if self.replica_labels.is_empty() => bail!(
+                "--deduplication.func=penalty needs at least one --deduplication.replica-label"
+            ),
+            "penalty" => Ok(tsdb::block::DedupFunc::Penalty),
+            other => bail!("--deduplication.func={other:?}: want \"\" or \"penalty\""),
+        }
+    }
+
     /// The compactor's settings.
     pub fn config(&self) -> anyhow::Result<CompactConfig> {
         Ok(CompactConfig {
             selector: self.selector()?,
+            dedup: self.dedup()?,
             data_dir: self.data_dir.clone(),
             consistency_delay: self.consistency_delay,
             delete_delay: self.delete_delay,
@@ -394,7 +403,25 @@ mod tests {
         let c = Cli::try_parse_from(["x", "--deduplication.func=penalty"])
             .unwrap()
             .a;
-        assert!(c.validate().unwrap_err().to_string().contains("penalty"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("replica-label")
+        );
+        let c = Cli::try_parse_from([
+            "x",
+            "--deduplication.func=penalty",
+            "--deduplication.replica-label=replica",
+        ])
+        .unwrap()
+        .a;
+        c.validate().unwrap();
+        assert_eq!(c.config().unwrap().dedup, tsdb::block::DedupFunc::Penalty);
+        let c = Cli::try_parse_from(["x", "--deduplication.func=chain"])
+            .unwrap()
+            .a;
+        assert!(c.validate().is_err());
         let c = Cli::try_parse_from([
             "x",
             "--selector.relabel-config=- action: keep\n  source_labels: [tenant]\n  regex: a\n",
