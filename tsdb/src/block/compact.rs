@@ -193,11 +193,10 @@ impl MergeIter<'_> {
                         return Err(e.into());
                     }
                 }
-                Some(Ok((l, _))) => {
-                    if min.as_ref().is_none_or(|m| l < m) {
-                        min = Some(l.clone());
-                    }
+                Some(Ok((l, _))) if min.as_ref().is_none_or(|m| l < m) => {
+                    min = Some(l.clone());
                 }
+                Some(Ok(_)) => {}
             }
         }
         let Some(labels) = min else {
@@ -591,7 +590,7 @@ mod tests {
 
     /// HA pair: replica b scrapes 15 s apart like a but with jitter of up to ±3 s and
     /// misses two minutes; values differ slightly between replicas.
-    fn ha_pair() -> (Vec<(i64, f64)>, Vec<(i64, f64)>) {
+    fn ha_pair() -> [Vec<(i64, f64)>; 2] {
         let a: Vec<(i64, f64)> = (0..400).map(|k| (k * 15_000, k as f64)).collect();
         let b: Vec<(i64, f64)> = (0..400)
             .filter(|k| !(100..108).contains(k))
@@ -600,13 +599,13 @@ mod tests {
                 (k * 15_000 + 5000 + jitter, k as f64 + 0.25)
             })
             .collect();
-        (a, b)
+        [a, b]
     }
 
     #[test]
     fn penalty_merge_of_jittered_replicas_equals_the_querier_dedup() {
         let d = tempfile::tempdir().unwrap();
-        let (ra, rb) = ha_pair();
+        let [ra, rb] = ha_pair();
         // The gap is in the first replica here, so the result must switch to b and back.
         let ra: Vec<_> = ra
             .into_iter()
@@ -650,7 +649,7 @@ mod tests {
     #[test]
     fn one_to_one_merge_of_jittered_replicas_keeps_both_timestamps() {
         let d = tempfile::tempdir().unwrap();
-        let (ra, rb) = ha_pair();
+        let [ra, rb] = ha_pair();
         let a = write(d.path(), 0, 7_000_000, vec![(labels("x", "j"), ra.clone())]);
         let b = write(d.path(), 0, 7_000_000, vec![(labels("x", "j"), rb.clone())]);
         let out = tempfile::tempdir().unwrap();
