@@ -93,6 +93,11 @@ pub struct CompactConfig {
     /// Downsample raw blocks ≥ 40h to 5m and 5m blocks ≥ 10d to 1h (off with
     /// `--downsampling.disable`).
     pub downsampling: bool,
+    /// `--selector.relabel-config`: blocks it drops do not exist for this compactor
+    /// (not compacted, downsampled, retained, garbage-collected or cleaned).
+    pub selector: objstore::Selector,
+    /// `--deduplication.func`: 1:1 (default) or penalty for overlapping samples.
+    pub dedup: tsdb::block::DedupFunc,
 }
 
 /// What one pass did.
@@ -146,10 +151,26 @@ impl Compactor {
         self
     }
 
-    /// The bucket as the compactor sees it: replica labels removed from every meta, so
+    /// The bucket as the compactor sees it: only the blocks `--selector.relabel-config`
+    /// keeps (judged on their labels minus the replica labels, as Thanos's
+    /// `LabelShardedMetaFilter`), with replica labels removed from every meta, so
     /// replicas fall into one group and a deduplicated block covers its replica sources.
+    /// Partial uploads stay: they have no labels to select on, and every compactor
+    /// removes aborted ones (Thanos does the same).
     async fn discover(&self) -> Result<Discovery, CompactError> {
         let mut d = self.fetcher.fetch().await?;
+        let before = d.blocks.len();
+        d.blocks.retain(|id, b| {
+            self.cfg
+                .selector
+                .keeps_block(id, &b.labels(), &self.cfg.replica_labels)
+        });
+        if d.blocks.len() < before {
+            tracing::debug!(
+                excluded = before - d.blocks.len(),
+                "blocks left to other compactors by --selector.relabel-config"
+            );
+        }
         for b in d.blocks.values_mut() {
             if let Some(t) = b.meta.thanos.as_mut() {
                 for r in &self.cfg.replica_labels {
@@ -429,6 +450,7 @@ impl Compactor {
             ..Default::default()
         };
         let group = key.key();
+        let dedup = self.cfg.dedup;
         let (ind, outd, ids2) = (in_dir.clone(), out_dir.clone(), ids.clone());
         let (meta, dup) = tokio::task::spawn_blocking(move || {
             let merr = |source| CompactError::Merge {
@@ -441,7 +463,7 @@ impl Compactor {
                 blocks.push(Block::open(&ind.join(id.to_string())).map_err(|e| merr(e.into()))?);
             }
             let refs: Vec<&Block> = blocks.iter().collect();
-            let r = tsdb::block::merge_blocks(&outd, &refs, &opts).map_err(merr)?;
+            let r = tsdb::block::merge_blocks_with(&outd, &refs, &opts, dedup).map_err(merr)?;
             tsdb::block::verify_block(&outd.join(r.meta.ulid.to_string()))
                 .map_err(|e| merr(e.into()))?;
             Ok::<_, CompactError>((r.meta, r.duplicate_samples))

@@ -8,6 +8,8 @@
 //!
 //! The merging itself is the tsdb crate's ([`tsdb::block::merge_blocks`]).
 
+#[cfg(test)]
+mod bucket_tests;
 pub mod compactor;
 pub mod metrics;
 pub mod planner;
@@ -80,10 +82,25 @@ pub struct CompactArgs {
     /// block labels so replicas compact together, their identical samples kept once.
     #[arg(long = "deduplication.replica-label", value_delimiter = ',')]
     pub replica_labels: Vec<String>,
-    /// Deduplication of overlapping samples: "" (1:1, identical samples kept once) or
-    /// "penalty" (not supported yet).
+    /// Deduplication of overlapping samples: "" (1:1, identical samples kept once; right
+    /// for receive replication) or "penalty" (each overlapping block is a replica, folded
+    /// with the querier's penalty algorithm: for HA Prometheus pairs whose samples differ
+    /// in timestamps; needs --deduplication.replica-label; irreversible).
     #[arg(long = "deduplication.func", default_value = "")]
     pub dedup_func: String,
+    /// Relabel rules (`keep`, `drop`, `hashmod`) over each block's external labels
+    /// (minus the dedup replica labels) and `__block_id`: a block they drop is neither
+    /// compacted, downsampled, retained nor cleaned by this compactor, so several
+    /// compactors can share one bucket with `hashmod` shards, one group per shard.
+    #[arg(
+        long = "selector.relabel-config",
+        value_name = "YAML",
+        conflicts_with = "selector_relabel_config_file"
+    )]
+    pub selector_relabel_config: Option<String>,
+    /// Path to the relabel rules YAML (alternative to --selector.relabel-config).
+    #[arg(long = "selector.relabel-config-file", value_name = "PATH")]
+    pub selector_relabel_config_file: Option<PathBuf>,
     /// Groups compacted in parallel.
     #[arg(long = "compact.concurrency", default_value_t = 1)]
     pub concurrency: usize,
@@ -141,13 +158,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 impl CompactArgs {
     /// Checks the flags as Thanos does at startup.
     pub fn validate(&self) -> anyhow::Result<()> {
-        match self.dedup_func.as_str() {
-            "" => {}
-            "penalty" => bail!(
-                "--deduplication.func=penalty is not supported by Orrery yet; use the default \"\" (1:1 deduplication of identical samples, right for receive replication)"
-            ),
-            other => bail!("--deduplication.func={other:?}: want \"\" or \"penalty\""),
-        }
+        self.dedup()?;
         if !self.downsampling_disable {
             if !self.retention_raw.is_zero() && self.retention_raw < Duration::from_secs(40 * 3600)
             {
@@ -167,8 +178,32 @@ impl CompactArgs {
         Ok(())
     }
 
-    pub fn config(&self) -> CompactConfig {
-        CompactConfig {
+    /// The block selector of `--selector.relabel-config(-file)`.
+    pub fn selector(&self) -> anyhow::Result<objstore::Selector> {
+        objstore::Selector::from_flags(
+            self.selector_relabel_config.as_deref(),
+            self.selector_relabel_config_file.as_deref(),
+        )
+        .context("invalid --selector.relabel-config")
+    }
+
+    /// `--deduplication.func`, checked as Thanos does.
+    pub fn dedup(&self) -> anyhow::Result<tsdb::block::DedupFunc> {
+        match self.dedup_func.as_str() {
+            "" => Ok(tsdb::block::DedupFunc::OneToOne),
+            "penalty" if self.replica_labels.is_empty() => bail!(
+                "--deduplication.func=penalty needs at least one --deduplication.replica-label"
+            ),
+            "penalty" => Ok(tsdb::block::DedupFunc::Penalty),
+            other => bail!("--deduplication.func={other:?}: want \"\" or \"penalty\""),
+        }
+    }
+
+    /// The compactor's settings.
+    pub fn config(&self) -> anyhow::Result<CompactConfig> {
+        Ok(CompactConfig {
+            selector: self.selector()?,
+            dedup: self.dedup()?,
             data_dir: self.data_dir.clone(),
             consistency_delay: self.consistency_delay,
             delete_delay: self.delete_delay,
@@ -176,7 +211,7 @@ impl CompactArgs {
             replica_labels: self.replica_labels.clone(),
             concurrency: self.concurrency,
             downsampling: !self.downsampling_disable,
-        }
+        })
     }
 }
 
@@ -229,6 +264,7 @@ async fn metrics_handler(State(st): State<Arc<Ops>>) -> Response {
 /// until SIGINT/SIGTERM), serving /metrics, /-/healthy and /-/ready meanwhile.
 pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
     args.validate()?;
+    let config = args.config()?;
     let cfg = objstore::BucketConfig::from_flags(
         args.objstore_config_file.as_deref(),
         args.objstore_config.as_deref(),
@@ -257,7 +293,7 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
         }
     });
     let compactor =
-        Arc::new(Compactor::new(bucket, args.config(), metrics).with_hash_func(args.hash_func));
+        Arc::new(Compactor::new(bucket, config, metrics).with_hash_func(args.hash_func));
     ops.ready.store(true, Ordering::Release);
     run_loop(&compactor, args.wait, args.wait_interval).await
 }
@@ -367,7 +403,45 @@ mod tests {
         let c = Cli::try_parse_from(["x", "--deduplication.func=penalty"])
             .unwrap()
             .a;
-        assert!(c.validate().unwrap_err().to_string().contains("penalty"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("replica-label")
+        );
+        let c = Cli::try_parse_from([
+            "x",
+            "--deduplication.func=penalty",
+            "--deduplication.replica-label=replica",
+        ])
+        .unwrap()
+        .a;
+        c.validate().unwrap();
+        assert_eq!(c.config().unwrap().dedup, tsdb::block::DedupFunc::Penalty);
+        let c = Cli::try_parse_from(["x", "--deduplication.func=chain"])
+            .unwrap()
+            .a;
+        assert!(c.validate().is_err());
+        let c = Cli::try_parse_from([
+            "x",
+            "--selector.relabel-config=- action: keep\n  source_labels: [tenant]\n  regex: a\n",
+        ])
+        .unwrap()
+        .a;
+        let cfg = c.config().unwrap();
+        let keeps = |t: &str| {
+            let l = [("tenant".to_string(), t.to_string())].into();
+            cfg.selector.keeps_block("01A", &l, &[])
+        };
+        assert!(keeps("a") && !keeps("b"));
+        let c = Cli::try_parse_from(["x", "--selector.relabel-config=- action: replace\n"])
+            .unwrap()
+            .a;
+        let e = c.config().unwrap_err();
+        assert!(
+            format!("{e:#}").contains("selector.relabel-config"),
+            "{e:#}"
+        );
         let c = Cli::try_parse_from(["x", "--retention.resolution-raw=1d"])
             .unwrap()
             .a;

@@ -458,6 +458,12 @@ fn two_replicas_compact_into_8h_and_2d_blocks_each_sample_once() {
         (big.meta.min_time, big.meta.max_time)
     );
     assert_eq!(ds[0].meta.compaction.sources, big.meta.compaction.sources);
+    // Both outputs carry the writer's size hints (index_stats); an Aggr chunk record
+    // holds five sub-chunks, so a downsampled block's differs from the raw one's.
+    for b in [big, ds[0]] {
+        let st = b.meta.index_stats();
+        assert!(st.series_max_size > 0 && st.chunk_max_size > 0, "{st:?}");
+    }
     // Every input block is marked for deletion, none deleted yet (delete-delay 1h).
     for id in &inputs {
         let b = d

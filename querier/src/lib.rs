@@ -5,7 +5,6 @@
 
 pub mod api;
 pub mod args;
-pub mod dedup;
 pub mod downsample;
 pub mod endpoints;
 pub mod metrics;

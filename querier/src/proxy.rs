@@ -18,9 +18,9 @@ use storeapi::wire::thanos::{
 };
 use storeapi::{Label, Labels, Matcher, Sample};
 
-use crate::dedup::{self, TimeRanged};
 use crate::downsample::{self, Mode};
 use crate::endpoints::{Endpoint, EndpointSet};
+use storeapi::dedup::{self, TimeRanged};
 
 /// Series per response frame the querier asks batching stores for (Thanos's default).
 pub const RESPONSE_BATCH_SIZE: i64 = 64;

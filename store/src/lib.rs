@@ -21,7 +21,6 @@ pub mod block;
 pub mod cache;
 pub mod header;
 pub mod metrics;
-pub mod relabel;
 pub mod resolution;
 pub mod service;
 
@@ -46,8 +45,8 @@ pub use args::StoreArgs;
 use crate::block::StoreBlock;
 use crate::cache::{ChunkCache, IndexCache};
 use crate::metrics::{StateLabel, StoreMetrics};
-use crate::relabel::Selector;
 use crate::service::{Gateway, Limits};
+use objstore::relabel::Selector;
 
 /// What a sync needs besides the gateway.
 pub struct Syncer {
@@ -97,11 +96,7 @@ impl Syncer {
                 "duplicate"
             } else if !(e.meta.min_time <= wmax && wmin < e.meta.max_time) {
                 "time-excluded"
-            } else if !{
-                let mut l = e.labels();
-                l.insert("__block_id".into(), id.to_string());
-                self.selector.keeps(&l)
-            } {
+            } else if !self.selector.keeps_block(id, &e.labels(), &[]) {
                 "label-excluded"
             } else {
                 "loaded"
@@ -251,16 +246,11 @@ pub fn build(args: &StoreArgs, registry: &mut Registry) -> anyhow::Result<Parts>
     .context("orrery store needs --objstore.config or --objstore.config-file")?;
     let bucket = objstore::Bucket::new(&cfg, Some(registry))
         .context("setting up the bucket from --objstore.config")?;
-    let relabel = match (
-        &args.selector_relabel_config,
-        &args.selector_relabel_config_file,
-    ) {
-        (Some(t), _) => t.clone(),
-        (None, Some(p)) => std::fs::read_to_string(p)
-            .with_context(|| format!("reading --selector.relabel-config-file {}", p.display()))?,
-        (None, None) => String::new(),
-    };
-    let selector = Selector::parse(&relabel).context("invalid --selector.relabel-config")?;
+    let selector = Selector::from_flags(
+        args.selector_relabel_config.as_deref(),
+        args.selector_relabel_config_file.as_deref(),
+    )
+    .context("invalid --selector.relabel-config")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
     clean_data_dir(&args.data_dir);

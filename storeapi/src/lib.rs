@@ -1,6 +1,7 @@
 //! Shared data model (labels, matchers, samples) and the wire protocols (remote write,
 //! Thanos StoreAPI).
 
+pub mod dedup;
 pub mod labels;
 pub mod matcher;
 #[cfg(feature = "wire")]

@@ -51,6 +51,8 @@ pub struct ChunkWriter {
     /// Bytes written to the current segment.
     pos: u64,
     scratch: Vec<u8>,
+    /// Largest record written (length, encoding, data, CRC).
+    max_record: u64,
 }
 
 impl ChunkWriter {
@@ -64,6 +66,7 @@ impl ChunkWriter {
             file: None,
             pos: 0,
             scratch: Vec::with_capacity(16),
+            max_record: 0,
         })
     }
 
@@ -134,7 +137,15 @@ impl ChunkWriter {
             .and_then(|_| f.write_all(&h.to_be_bytes()))
             .map_err(|e| BlockError::io(path, e))?;
         self.pos += size;
+        self.max_record = self.max_record.max(size);
         Ok(r)
+    }
+
+    /// The largest chunk record written so far: its length prefix, encoding byte, data
+    /// and CRC — the distance from one chunk's reference to the next in a segment,
+    /// which is what Thanos's `index_stats.chunk_max_size` measures.
+    pub fn max_record_size(&self) -> u64 {
+        self.max_record
     }
 
     /// Flushes and fsyncs the last segment.

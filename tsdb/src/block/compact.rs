@@ -13,7 +13,15 @@
 //!   receive replication, which writes identical samples). The result is re-encoded in
 //!   XOR chunks of at most [`SAMPLES_PER_CHUNK`] samples.
 //!
-//! A timestamp carrying *different* values in two inputs is a [`MergeError::Conflict`]:
+//! With [`DedupFunc::Penalty`] (`--deduplication.func=penalty`, for HA Prometheus pairs
+//! whose replicas scrape at slightly different times) the overlapping inputs are instead
+//! treated as replicas of one stream and folded with the querier's penalty algorithm
+//! ([`storeapi::dedup::penalty_dedup`]): the result follows one replica and switches
+//! only to fill its gaps. As Thanos's compactor (`dedup.NewChunkSeriesMerger`), counters
+//! get no reset adjustment: the stored samples stay raw values.
+//!
+//! With 1:1 deduplication, a timestamp carrying *different* values in two inputs is a
+//! [`MergeError::Conflict`]:
 //! picking one silently (what Prometheus's chained merge does) would change query
 //! answers depending on which replica won. The caller decides what to do — Orrery's
 //! compactor marks one of the two blocks `no-compact` and compacts the rest.
@@ -21,7 +29,8 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use storeapi::Labels;
+use storeapi::dedup::penalty_dedup;
+use storeapi::{Labels, Sample};
 
 use super::reader::SeriesIter;
 use super::{Block, BlockDesc, BlockError, BlockMeta, BlockOptions, BlockStats, BlockWriter};
@@ -29,6 +38,18 @@ use crate::chunk::{Chunk, Encoding, XorChunk};
 
 /// Samples per re-encoded chunk (Prometheus's target for XOR chunks).
 pub const SAMPLES_PER_CHUNK: usize = 120;
+
+/// How overlapping samples of one series are deduplicated (`--deduplication.func`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DedupFunc {
+    /// `""`: samples merged by time, identical samples (same timestamp and value bits)
+    /// kept once, different values at one timestamp a [`MergeError::Conflict`].
+    #[default]
+    OneToOne,
+    /// `penalty`: each input block is one replica; replicas folded with the penalty
+    /// algorithm (no counter adjustment).
+    Penalty,
+}
 
 /// Why blocks could not be merged.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +79,8 @@ pub struct MergeReport {
     pub meta: BlockMeta,
     /// Series whose chunks overlapped and were merged sample by sample.
     pub vertical_series: u64,
-    /// Samples dropped because another input had the identical sample.
+    /// Samples dropped because another input had the identical sample (with penalty
+    /// deduplication: samples of overlapping series not taken into the result).
     pub duplicate_samples: u64,
 }
 
@@ -70,6 +92,16 @@ pub fn merge_blocks(
     parent: &Path,
     blocks: &[&Block],
     opts: &BlockOptions,
+) -> Result<MergeReport, MergeError> {
+    merge_blocks_with(parent, blocks, opts, DedupFunc::OneToOne)
+}
+
+/// [`merge_blocks`] with the given deduplication of overlapping samples.
+pub fn merge_blocks_with(
+    parent: &Path,
+    blocks: &[&Block],
+    opts: &BlockOptions,
+    dedup: DedupFunc,
 ) -> Result<MergeReport, MergeError> {
     if blocks.is_empty() {
         return Err(MergeError::Empty);
@@ -102,6 +134,7 @@ pub fn merge_blocks(
     }
     let mut merge = MergeIter {
         iters,
+        dedup,
         error: None,
         vertical_series: 0,
         duplicate_samples: 0,
@@ -125,6 +158,7 @@ pub fn merge_blocks(
 
 struct MergeIter<'a> {
     iters: Vec<std::iter::Peekable<SeriesIter<'a>>>,
+    dedup: DedupFunc,
     error: Option<MergeError>,
     vertical_series: u64,
     duplicate_samples: u64,
@@ -159,11 +193,10 @@ impl MergeIter<'_> {
                         return Err(e.into());
                     }
                 }
-                Some(Ok((l, _))) => {
-                    if min.as_ref().is_none_or(|m| l < m) {
-                        min = Some(l.clone());
-                    }
+                Some(Ok((l, _))) if min.as_ref().is_none_or(|m| l < m) => {
+                    min = Some(l.clone());
                 }
+                Some(Ok(_)) => {}
             }
         }
         let Some(labels) = min else {
@@ -208,6 +241,9 @@ impl MergeIter<'_> {
                 samples.push((t, v, *i));
             }
         }
+        if self.dedup == DedupFunc::Penalty {
+            return self.penalty_merge(samples);
+        }
         samples.sort_by_key(|s| s.0);
         let mut out = Vec::new();
         let mut x = XorChunk::new();
@@ -243,6 +279,51 @@ impl MergeIter<'_> {
         }
         Ok(out)
     }
+}
+
+impl MergeIter<'_> {
+    /// Splits `(t, v, input)` samples into one replica per input block and folds them
+    /// with the penalty algorithm.
+    fn penalty_merge(&mut self, samples: Vec<(i64, f64, usize)>) -> Result<Vec<Chunk>, MergeError> {
+        let total = samples.len();
+        let mut replicas: Vec<Vec<Sample>> = vec![Vec::new(); self.iters.len()];
+        for (t, v, i) in samples {
+            if let Some(r) = replicas.get_mut(i) {
+                r.push(Sample { t, v });
+            }
+        }
+        replicas.retain(|r| !r.is_empty());
+        for r in &mut replicas {
+            // One block's chunks do not overlap; sorting (stable) guards the fold's
+            // assumption of time order all the same.
+            r.sort_by_key(|s| s.t);
+            r.dedup_by_key(|s| s.t);
+        }
+        let merged = penalty_dedup(replicas, false);
+        self.duplicate_samples += (total - merged.len()) as u64;
+        encode_xor(merged.iter().map(|s| (s.t, s.v)))
+    }
+}
+
+/// Re-encodes samples (time order, unique timestamps) into XOR chunks of at most
+/// [`SAMPLES_PER_CHUNK`] samples.
+fn encode_xor(samples: impl Iterator<Item = (i64, f64)>) -> Result<Vec<Chunk>, MergeError> {
+    let mut out = Vec::new();
+    let mut x = XorChunk::new();
+    let mut lo = i64::MAX;
+    for (t, v) in samples {
+        if x.num_samples() as usize >= SAMPLES_PER_CHUNK {
+            out.push(finish_chunk(std::mem::take(&mut x), lo));
+        }
+        if x.num_samples() == 0 {
+            lo = t;
+        }
+        x.append(t, v).map_err(BlockError::from)?;
+    }
+    if x.num_samples() > 0 {
+        out.push(finish_chunk(x, lo));
+    }
+    Ok(out)
 }
 
 fn finish_chunk(x: XorChunk, min_time: i64) -> Chunk {
@@ -505,6 +586,80 @@ mod tests {
             other => panic!("expected a conflict, got {other:?}"),
         }
         assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+    }
+
+    /// HA pair: replica b scrapes 15 s apart like a but with jitter of up to ±3 s and
+    /// misses two minutes; values differ slightly between replicas.
+    fn ha_pair() -> [Vec<(i64, f64)>; 2] {
+        let a: Vec<(i64, f64)> = (0..400).map(|k| (k * 15_000, k as f64)).collect();
+        let b: Vec<(i64, f64)> = (0..400)
+            .filter(|k| !(100..108).contains(k))
+            .map(|k| {
+                let jitter = ((k * 7919) % 6001) - 3000;
+                (k * 15_000 + 5000 + jitter, k as f64 + 0.25)
+            })
+            .collect();
+        [a, b]
+    }
+
+    #[test]
+    fn penalty_merge_of_jittered_replicas_equals_the_querier_dedup() {
+        let d = tempfile::tempdir().unwrap();
+        let [ra, rb] = ha_pair();
+        // The gap is in the first replica here, so the result must switch to b and back.
+        let ra: Vec<_> = ra
+            .into_iter()
+            .filter(|s| !(3_000_000..3_120_000).contains(&s.0))
+            .collect();
+        let a = write(d.path(), 0, 7_000_000, vec![(labels("x", "j"), ra.clone())]);
+        let b = write(d.path(), 0, 7_000_000, vec![(labels("x", "j"), rb.clone())]);
+        let out = tempfile::tempdir().unwrap();
+        let r = merge_blocks_with(
+            out.path(),
+            &[&a, &b],
+            &BlockOptions::default(),
+            DedupFunc::Penalty,
+        )
+        .unwrap();
+        let dir = out.path().join(r.meta.ulid.to_string());
+        verify_block(&dir).unwrap();
+        let got = read_all(&Block::open(&dir).unwrap());
+        assert_eq!(got.len(), 1, "one series");
+        // The querier's dedup of the same two replicas (non-counter).
+        let to_samples =
+            |v: &[(i64, f64)]| v.iter().map(|&(t, v)| Sample { t, v }).collect::<Vec<_>>();
+        let want: Vec<(i64, f64)> = penalty_dedup(vec![to_samples(&ra), to_samples(&rb)], false)
+            .into_iter()
+            .map(|s| (s.t, s.v))
+            .collect();
+        assert_eq!(got[0].1, want);
+        assert_eq!(
+            r.duplicate_samples as usize,
+            ra.len() + rb.len() - want.len()
+        );
+        // It is one replica's cadence, with b's samples filling a's gap only.
+        assert!(want.len() < ra.len() + 10, "{} samples", want.len());
+        assert!(want.iter().any(|s| s.1.fract() == 0.25));
+        assert!(want.iter().any(|s| (3_000_000..3_120_000).contains(&s.0)));
+        for w in want.windows(2) {
+            assert!(w[1].0 - w[0].0 <= 35_000, "gap left at {}", w[0].0);
+        }
+    }
+
+    #[test]
+    fn one_to_one_merge_of_jittered_replicas_keeps_both_timestamps() {
+        let d = tempfile::tempdir().unwrap();
+        let [ra, rb] = ha_pair();
+        let a = write(d.path(), 0, 7_000_000, vec![(labels("x", "j"), ra.clone())]);
+        let b = write(d.path(), 0, 7_000_000, vec![(labels("x", "j"), rb.clone())]);
+        let out = tempfile::tempdir().unwrap();
+        let r = merge_blocks(out.path(), &[&a, &b], &BlockOptions::default()).unwrap();
+        let got = read_all(&Block::open(&out.path().join(r.meta.ulid.to_string())).unwrap());
+        let mut want = ra.clone();
+        want.extend(rb);
+        want.sort_by_key(|s| s.0);
+        assert_eq!(got[0].1, want);
+        assert_eq!(r.duplicate_samples, 0);
     }
 
     #[test]

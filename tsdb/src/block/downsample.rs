@@ -42,8 +42,8 @@ pub fn downsample_block(
         .unwrap_or_else(|| ThanosMeta::new(Default::default(), "compactor"));
     thanos.downsample.resolution = resolution;
     thanos.source = "compactor".into();
-    // Upload details (`files`, `segment_files`, `upload_time`, `index_stats`) describe
-    // the input's files, not ours.
+    // Upload details (`files`, `segment_files`, `upload_time`) describe the input's
+    // files, not ours; `index_stats` is measured anew by the writer.
     thanos.extra.clear();
     let opts = BlockOptions {
         thanos: Some(thanos),

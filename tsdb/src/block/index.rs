@@ -59,6 +59,8 @@ pub struct IndexWriter {
     last_series: Option<Labels>,
     last_chunk_ref: u64,
     buf: Vec<u8>,
+    /// Largest series entry, padded to [`SERIES_ALIGN`].
+    max_series_entry: u64,
 }
 
 impl IndexWriter {
@@ -89,6 +91,7 @@ impl IndexWriter {
             last_series: None,
             last_chunk_ref: 0,
             buf: Vec::with_capacity(256),
+            max_series_entry: 0,
         };
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.extend_from_slice(&MAGIC_INDEX.to_be_bytes());
@@ -200,12 +203,24 @@ impl IndexWriter {
         self.write(&head)?;
         self.write(&b)?;
         self.write(&crc32c(&b).to_be_bytes())?;
+        let entry = (head.len() + b.len() + 4) as u64;
+        self.max_series_entry = self
+            .max_series_entry
+            .max(entry.div_ceil(SERIES_ALIGN) * SERIES_ALIGN);
         self.buf = b;
 
         self.all.push(id);
         self.last_chunk_ref = last_ref;
         self.last_series = Some(labels.clone());
         Ok(())
+    }
+
+    /// The largest series entry written so far (length prefix, labels, chunk metas,
+    /// CRC), rounded up to the 16-byte alignment of series: the distance from one
+    /// series' reference to the next, which is what Thanos's
+    /// `index_stats.series_max_size` measures.
+    pub fn max_series_size(&self) -> u64 {
+        self.max_series_entry
     }
 
     fn toc_series_start(&mut self) {

@@ -79,7 +79,7 @@ pub struct BlockMetaCompaction {
 }
 
 /// Thanos's `thanos` section (`pkg/block/metadata/meta.go`). Fields we do not model
-/// (`files`, `index_stats`, `rewrites`, ...) are kept verbatim in `extra`.
+/// (`files`, `segment_files`, `rewrites`, ...) are kept verbatim in `extra`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ThanosMeta {
     pub version: u32,
@@ -91,8 +91,38 @@ pub struct ThanosMeta {
     /// `receive`, `sidecar`, `compactor`, ...
     #[serde(default)]
     pub source: String,
+    /// Size hints for readers. Always emitted (`{}` when unknown), as Thanos's Go
+    /// struct field is.
+    #[serde(default)]
+    pub index_stats: IndexStats,
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// Thanos's `index_stats`: the largest series entry of the index and the largest chunk
+/// record of the segments, in bytes (0: unknown, then omitted). A store gateway uses them
+/// as the size to fetch for a series or chunk it has not read yet instead of a fixed
+/// guess (Thanos: `--debug.estimated-max-series-size` / `-chunk-size`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexStats {
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub series_max_size: i64,
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub chunk_max_size: i64,
+}
+
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+
+impl BlockMeta {
+    /// The block's `index_stats` (all zero for a block without a `thanos` section).
+    pub fn index_stats(&self) -> IndexStats {
+        self.thanos
+            .as_ref()
+            .map(|t| t.index_stats)
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -109,6 +139,7 @@ impl ThanosMeta {
             labels,
             downsample: ThanosDownsample { resolution: 0 },
             source: source.into(),
+            index_stats: IndexStats::default(),
             extra: BTreeMap::new(),
         }
     }
@@ -137,5 +168,41 @@ mod tests {
         assert!(t.extra.contains_key("segment_files"));
         let back: BlockMeta = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
         assert_eq!(back, m);
+        // No index_stats in the input: emitted as `{}` all the same.
+        let v: serde_json::Value = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["thanos"]["index_stats"], serde_json::json!({}));
+        assert_eq!(m.index_stats(), IndexStats::default());
+    }
+
+    #[test]
+    fn index_stats_round_trip_and_omit_zero_fields() {
+        // As a Thanos compactor writes it.
+        let j = r#"{"ulid": "01JABCDEFGHJKMNPQRSTVWXYZ0", "minTime": 0, "maxTime": 1,
+            "compaction": {"level": 2}, "version": 1,
+            "thanos": {"version": 1, "labels": {"a": "b"}, "downsample": {"resolution": 0},
+                       "source": "compactor",
+                       "index_stats": {"series_max_size": 1200, "chunk_max_size": 346}}}"#;
+        let m: BlockMeta = serde_json::from_str(j).unwrap();
+        assert_eq!(
+            m.index_stats(),
+            IndexStats {
+                series_max_size: 1200,
+                chunk_max_size: 346
+            }
+        );
+        let t = m.thanos.as_ref().unwrap();
+        assert!(!t.extra.contains_key("index_stats"));
+        let v: serde_json::Value = serde_json::to_value(&m).unwrap();
+        assert_eq!(
+            v["thanos"]["index_stats"],
+            serde_json::json!({"series_max_size": 1200, "chunk_max_size": 346})
+        );
+        let mut half = m.clone();
+        half.thanos.as_mut().unwrap().index_stats.chunk_max_size = 0;
+        let v: serde_json::Value = serde_json::to_value(&half).unwrap();
+        assert_eq!(
+            v["thanos"]["index_stats"],
+            serde_json::json!({"series_max_size": 1200})
+        );
     }
 }

@@ -31,11 +31,13 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-pub use compact::{MergeError, MergeReport, merge_blocks, verify_block};
+pub use compact::{
+    DedupFunc, MergeError, MergeReport, merge_blocks, merge_blocks_with, verify_block,
+};
 pub use downsample::downsample_block;
 pub use index::ChunkMeta;
 pub use meta::{
-    BlockDesc, BlockMeta, BlockMetaCompaction, BlockStats, ThanosDownsample, ThanosMeta,
+    BlockDesc, BlockMeta, BlockMetaCompaction, BlockStats, IndexStats, ThanosDownsample, ThanosMeta,
 };
 pub use reader::{
     Block, PostingsPlan, SeriesIter, label_names, label_values, names_of, postings_for_matchers,

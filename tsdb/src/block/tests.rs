@@ -372,3 +372,87 @@ fn retention_and_tmp_cleanup() {
     );
     assert!(list_blocks(dir.path()).unwrap().is_empty());
 }
+
+#[test]
+fn index_stats_equal_the_largest_series_entry_and_chunk_record_on_disk() {
+    use super::chunks::{segment_name, unpack_ref};
+    use super::encoding::uvarint;
+    use super::index::IndexReader;
+
+    let d = tempfile::tempdir().unwrap();
+    let mut series = make_series(12, 300, 0);
+    // A series of many chunks (the largest index entry: labels are symbol references,
+    // each chunk adds its meta; not the last series, so Thanos's distance-between-
+    // references measure sees it too) and one with noisy values (the largest chunks).
+    series.push((
+        Labels::from_pairs([("__name__", "metric_1"), ("long", "yes")]).unwrap(),
+        (0..4000).map(|k| (k * 1000, 1.0)).collect(),
+    ));
+    series.push((
+        Labels::from_pairs([("__name__", "metric_2"), ("noise", "x")]).unwrap(),
+        (0..240)
+            .map(|k| {
+                (
+                    k * 15_000 + (k * k) % 977,
+                    ((k * 7919) % 104_729) as f64 / 3.7,
+                )
+            })
+            .collect(),
+    ));
+    series.sort_by(|a, b| a.0.cmp(&b.0));
+    let opts = BlockOptions {
+        thanos: Some(ThanosMeta::new(
+            BTreeMap::from([("a".to_string(), "b".to_string())]),
+            "compactor",
+        )),
+        segment_size: 4096,
+        ..Default::default()
+    };
+    let meta = write(d.path(), &series, 0, 10_000_000, &opts);
+    let dir = d.path().join(meta.ulid.to_string());
+
+    // Measure the written files directly.
+    let index = std::fs::read(dir.join("index")).unwrap();
+    let ir = IndexReader::new(Bytes::from(index.clone())).unwrap();
+    let ids = ir.all_postings().unwrap();
+    let (mut series_max, mut chunk_max, mut thanos_series, mut thanos_chunk) = (0, 0, 0, 0);
+    let mut segments: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+    for (i, &id) in ids.iter().enumerate() {
+        let off = id as usize * 16;
+        let (len, n) = uvarint(&index[off..]).unwrap();
+        series_max = series_max.max((n + len as usize + 4).div_ceil(16) * 16);
+        if i > 0 {
+            thanos_series = thanos_series.max((id - ids[i - 1]) as usize * 16);
+        }
+        let (_, chunks) = ir.series(id).unwrap();
+        for (k, c) in chunks.iter().enumerate() {
+            let (seg, at) = unpack_ref(c.chunk_ref);
+            let data = segments.entry(seg).or_insert_with(|| {
+                std::fs::read(dir.join("chunks").join(segment_name(seg))).unwrap()
+            });
+            let (len, n) = uvarint(&data[at..]).unwrap();
+            chunk_max = chunk_max.max(n + 1 + len as usize + 4);
+            if let Some(next) = chunks.get(k + 1) {
+                let (seg2, at2) = unpack_ref(next.chunk_ref);
+                if seg2 == seg {
+                    thanos_chunk = thanos_chunk.max(at2 - at);
+                }
+            }
+        }
+    }
+    assert!(segments.len() > 1, "small segments: several files");
+    let st = meta.index_stats();
+    assert_eq!(st.series_max_size as usize, series_max);
+    assert_eq!(st.chunk_max_size as usize, chunk_max);
+    assert!(series_max > 100 && chunk_max > 200, "{st:?}");
+    // Thanos's approximations (distances between references, blind to the last series
+    // and to each series' last chunk) never exceed the exact maxima; the largest series
+    // here is not the last one, so both find it.
+    assert_eq!(thanos_series, series_max);
+    assert!(thanos_chunk > 0 && thanos_chunk <= chunk_max);
+    // What meta.json on disk says.
+    assert_eq!(read_meta(&dir).unwrap().index_stats(), st);
+    // Without a thanos section there is nowhere to put them.
+    let plain = write(d.path(), &series, 0, 10_000_000, &BlockOptions::default());
+    assert_eq!(plain.index_stats(), IndexStats::default());
+}

@@ -16,7 +16,7 @@ use storeapi::{Label, Labels};
 use super::chunks::{ChunkWriter, DEFAULT_SEGMENT_SIZE};
 use super::encoding::{Decoder, put_uvarint, put_uvarint_str, put_varint};
 use super::index::{ChunkMeta, IndexWriter};
-use super::meta::{BlockDesc, BlockMeta, BlockMetaCompaction, BlockStats, ThanosMeta};
+use super::meta::{BlockDesc, BlockMeta, BlockMetaCompaction, BlockStats, IndexStats, ThanosMeta};
 use super::{BlockError, Ulid, tombstones};
 use crate::chunk::Chunk;
 
@@ -30,7 +30,8 @@ pub const TMP_FOR_DELETION: &str = ".tmp-for-deletion";
 pub struct BlockOptions {
     /// Use this ULID instead of a fresh one.
     pub ulid: Option<Ulid>,
-    /// Thanos's `meta.json` extension (external labels, source, resolution 0).
+    /// Thanos's `meta.json` extension (external labels, source, resolution 0). The
+    /// writer fills its `index_stats` with what it measured.
     pub thanos: Option<ThanosMeta>,
     /// Compaction level: 1 for a block cut from the head.
     pub compaction_level: u32,
@@ -182,6 +183,7 @@ where
             .map_err(|e| BlockError::io(&scratch_path, e))?;
         last = Some(labels);
     }
+    let chunk_max_size = cw.max_record_size();
     cw.finish()?;
     scratch
         .flush()
@@ -217,6 +219,10 @@ where
             iw.add_series(&Labels::from_sorted_unchecked(ls), &metas)?;
         }
     }
+    let index_stats = IndexStats {
+        series_max_size: i64::try_from(iw.max_series_size()).unwrap_or(i64::MAX),
+        chunk_max_size: i64::try_from(chunk_max_size).unwrap_or(i64::MAX),
+    };
     iw.finish()?;
     std::fs::remove_file(&scratch_path).map_err(|e| BlockError::io(&scratch_path, e))?;
 
@@ -239,7 +245,12 @@ where
             ..Default::default()
         },
         version: 1,
-        thanos: opts.thanos.clone(),
+        // Measured here, where every series entry and chunk record is written, so no
+        // reader has to scan the block for them (Thanos's compactor re-reads its output).
+        thanos: opts.thanos.clone().map(|mut t| {
+            t.index_stats = index_stats;
+            t
+        }),
     };
     write_meta(dir, &meta)?;
     sync_dir(&chunks_dir)?;

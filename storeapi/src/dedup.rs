@@ -1,5 +1,7 @@
 //! Replica deduplication: Thanos's penalty algorithm, a chain merge for non-deduplicated
 //! identical series, and the grouping of replicas after the merge of store streams.
+//! Pure functions on [`Sample`]s, here so the querier (dedup of store answers) and the
+//! tsdb crate (the compactor's `--deduplication.func=penalty` merge) share one copy.
 //!
 //! Replicas of one series are folded pairwise. At each step both replicas seek to
 //! `last_t + 1 + penalty`; the sample with the smaller timestamp wins (ties go to the first
@@ -7,7 +9,7 @@
 //! sample and the previous one (5s before any sample is known). The result sticks to one
 //! replica and only switches to fill gaps longer than about two scrape intervals.
 
-use storeapi::Sample;
+use crate::Sample;
 
 /// Penalty applied to the replica not chosen for the very first sample (milliseconds).
 pub const INITIAL_PENALTY_MS: i64 = 5000;

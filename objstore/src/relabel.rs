@@ -1,8 +1,11 @@
 //! `--selector.relabel-config`: Prometheus relabel rules restricted to what Thanos allows
 //! for block selection (`keep`, `drop`, `hashmod`), applied to a block's external labels
-//! plus `__block_id`. Used to shard blocks over several gateways.
+//! plus `__block_id` (Thanos's `LabelShardedMetaFilter`). Shards blocks over several
+//! store gateways, and groups over several compactors; it lives here, next to
+//! [`crate::discovery`], because both services select from the same discovery.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use md5::{Digest, Md5};
 use regex::Regex;
@@ -11,6 +14,12 @@ use serde::Deserialize;
 /// Why a relabel config was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RelabelError {
+    #[error("reading --selector.relabel-config-file {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("relabel config is not valid YAML: {0}")]
     Yaml(String),
     #[error("relabel rule {index}: {reason}")]
@@ -38,7 +47,7 @@ enum Action {
 }
 
 /// One compiled rule.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Rule {
     source: Vec<String>,
     separator: String,
@@ -49,12 +58,31 @@ struct Rule {
 }
 
 /// A compiled selector; the empty selector keeps every block.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Selector {
     rules: Vec<Rule>,
 }
 
+/// The label the block's ULID is offered under (Thanos's `BlockIDLabel`).
+pub const BLOCK_ID_LABEL: &str = "__block_id";
+
 impl Selector {
+    /// The selector of `--selector.relabel-config` (inline YAML, preferred) or
+    /// `--selector.relabel-config-file`; neither keeps every block.
+    pub fn from_flags(inline: Option<&str>, file: Option<&Path>) -> Result<Selector, RelabelError> {
+        match (inline, file) {
+            (Some(text), _) => Selector::parse(text),
+            (None, Some(p)) => {
+                let text = std::fs::read_to_string(p).map_err(|source| RelabelError::File {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                Selector::parse(&text)
+            }
+            (None, None) => Ok(Selector::default()),
+        }
+    }
+
     /// Parses a YAML list of relabel rules (empty text: keep everything).
     pub fn parse(text: &str) -> Result<Selector, RelabelError> {
         if text.trim().is_empty() {
@@ -109,6 +137,28 @@ impl Selector {
             });
         }
         Ok(Selector { rules })
+    }
+
+    /// Whether the block `id` with these external labels is kept. `ignore` names labels
+    /// left out of the rules' input: the compactor passes its dedup replica labels, as
+    /// Thanos does, so a `hashmod` over the external labels never sends two replicas of
+    /// one stream (which it then merges into one group) to different compactors.
+    pub fn keeps_block(
+        &self,
+        id: impl std::fmt::Display,
+        labels: &BTreeMap<String, String>,
+        ignore: &[String],
+    ) -> bool {
+        if self.rules.is_empty() {
+            return true;
+        }
+        let mut l: BTreeMap<String, String> = labels
+            .iter()
+            .filter(|(k, _)| !ignore.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        l.insert(BLOCK_ID_LABEL.into(), id.to_string());
+        self.keeps(&l)
     }
 
     /// Whether a block with these labels (external labels and `__block_id`) is kept.
@@ -183,5 +233,51 @@ mod tests {
         }
         assert!(Selector::parse("- action: replace\n  source_labels: [a]\n").is_err());
         assert!(Selector::parse("").unwrap().keeps(&labels(&[])));
+    }
+
+    #[test]
+    fn keeps_block_offers_the_id_and_hides_replica_labels() {
+        let s = Selector::parse(
+            "- action: hashmod\n  source_labels: [tenant, replica]\n  modulus: 2\n  target_label: shard\n- action: keep\n  source_labels: [shard]\n  regex: '0'\n",
+        )
+        .unwrap();
+        // With the replica label ignored, both replicas of a tenant land on one shard.
+        for t in ["a", "b", "c", "d", "e", "f"] {
+            let r0 = labels(&[("tenant", t), ("replica", "0")]);
+            let r1 = labels(&[("tenant", t), ("replica", "1")]);
+            let ignore = ["replica".to_string()];
+            assert_eq!(
+                s.keeps_block("01A", &r0, &ignore),
+                s.keeps_block("01B", &r1, &ignore),
+                "{t}"
+            );
+        }
+        // Without it, the replicas of some tenant would be split over the shards.
+        assert!(["a", "b", "c", "d", "e", "f"].iter().any(|t| {
+            s.keeps_block("01A", &labels(&[("tenant", t), ("replica", "0")]), &[])
+                != s.keeps_block("01B", &labels(&[("tenant", t), ("replica", "1")]), &[])
+        }));
+        let by_id =
+            Selector::parse("- action: keep\n  source_labels: [__block_id]\n  regex: '01A'\n")
+                .unwrap();
+        assert!(by_id.keeps_block("01A", &labels(&[]), &[]));
+        assert!(!by_id.keeps_block("01B", &labels(&[]), &[]));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("relabel.yml");
+        std::fs::write(
+            &f,
+            "- action: drop\n  source_labels: [tenant]\n  regex: 'a'\n",
+        )
+        .unwrap();
+        let s = Selector::from_flags(None, Some(&f)).unwrap();
+        assert!(!s.keeps_block("01A", &labels(&[("tenant", "a")]), &[]));
+        assert!(s.keeps_block("01A", &labels(&[("tenant", "b")]), &[]));
+        let missing = Selector::from_flags(None, Some(&dir.path().join("nope"))).unwrap_err();
+        assert!(missing.to_string().contains("nope"), "{missing}");
+        assert!(
+            Selector::from_flags(None, None)
+                .unwrap()
+                .keeps(&labels(&[]))
+        );
     }
 }
