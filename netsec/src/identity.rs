@@ -317,6 +317,42 @@ impl TenantPolicy {
     }
 }
 
+/// The longest tenant name accepted (Mimir's limit).
+pub const MAX_TENANT_LEN: usize = 150;
+
+/// Why a tenant name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantNameError {
+    #[error("tenant name is empty")]
+    Empty,
+    #[error("tenant name {0:?}… is longer than {MAX_TENANT_LEN} bytes")]
+    TooLong(String),
+    #[error(
+        "invalid tenant {0:?}: allowed are letters, digits and ! - _ . * ' ( ), and not '.' or '..'"
+    )]
+    Unsafe(String),
+}
+
+/// Tenant names as Mimir accepts them: at most 150 bytes of ASCII letters, digits and
+/// `! - _ . * ' ( )`, never `.` or `..`. A tenant becomes a directory under the
+/// receiver's `--tsdb.path`, so nothing that could leave it (separators, `..`) or confuse
+/// a shell or log (spaces, control characters) gets through; the querier refuses the
+/// same names (they can own no data). Thanos accepts any name without `/`
+/// (`tenant == path.Base(tenant)`), which lets `..` through.
+pub fn validate_tenant_name(t: &str) -> Result<(), TenantNameError> {
+    if t.is_empty() {
+        return Err(TenantNameError::Empty);
+    }
+    if t.len() > MAX_TENANT_LEN {
+        return Err(TenantNameError::TooLong(t.chars().take(64).collect()));
+    }
+    let safe = |c: char| c.is_ascii_alphanumeric() || "!-_.*'()".contains(c);
+    if t == "." || t == ".." || !t.chars().all(safe) {
+        return Err(TenantNameError::Unsafe(t.to_string()));
+    }
+    Ok(())
+}
+
 /// Resolves a relative token file against the web config's directory.
 pub(crate) fn anchored(dir: &Path, p: &str) -> PathBuf {
     let p = PathBuf::from(p);
