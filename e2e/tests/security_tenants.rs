@@ -496,3 +496,403 @@ fn b64(s: &str) -> String {
     }
     out
 }
+
+/// A `Series` call straight to a StoreAPI, with `thanos-tenant` metadata when given:
+/// the Debug text of every series returned (enough to look for another tenant's data).
+fn store_series_text(grpc: &str, tenant: Option<&str>) -> Result<Vec<String>, String> {
+    use storeapi::wire::thanos::{SeriesRequest, series_response, store_client::StoreClient};
+    receiver_common::runtime().block_on(async {
+        let mut c = StoreClient::connect(format!("http://{grpc}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(SeriesRequest {
+            min_time: 0,
+            max_time: i64::MAX,
+            matchers: vec![receiver_common::re("__name__", ".+")],
+            ..Default::default()
+        });
+        if let Some(t) = tenant {
+            req.metadata_mut()
+                .insert("thanos-tenant", t.parse().map_err(|_| "bad tenant")?);
+        }
+        let mut stream = c.series(req).await.map_err(|e| e.to_string())?.into_inner();
+        let mut out = Vec::new();
+        while let Some(frame) = stream.message().await.map_err(|e| e.to_string())? {
+            match frame.result {
+                Some(series_response::Result::Series(s)) => out.push(format!("{:?}", s.labels)),
+                Some(series_response::Result::Batch(b)) => {
+                    out.extend(b.series.iter().map(|s| format!("{:?}", s.labels)))
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Two tenants with different data; with `--query.enforce-tenancy` tenant A (bound to
+/// basic-auth user alice) gets none of tenant B's series through any read endpoint, and
+/// a direct StoreAPI call to a `--store.enforce-tenancy` receiver is confined by its
+/// metadata. B's data is really there: bob (unbound) asking for team-b sees it.
+#[test]
+fn read_path_confined_to_the_callers_tenant() {
+    let t0 = Instant::now();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let recv = Receiver::start(
+        &dir.join("data"),
+        &dir.join("receive.log"),
+        &["--store.enforce-tenancy"],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let samples = |v: f64| -> Vec<Sample> {
+        (0..30)
+            .map(|i| Sample {
+                t: now - 300_000 + i * 10_000,
+                v,
+            })
+            .collect()
+    };
+    let a = [(
+        labels(&[("__name__", "secret_metric"), ("team", "a")]),
+        samples(1.0),
+    )];
+    let b = [
+        (
+            labels(&[("__name__", "secret_metric"), ("team", "b")]),
+            samples(666.0),
+        ),
+        (
+            labels(&[("__name__", "only_b_metric"), ("b_only_label", "x")]),
+            samples(666.0),
+        ),
+    ];
+    for (tenant, series) in [("team-a", &a[..]), ("team-b", &b[..])] {
+        let (code, body) = e2e::remote_write(
+            &recv.rw,
+            "/api/v1/receive",
+            series,
+            &[("THANOS-TENANT", tenant)],
+        )
+        .expect("remote write");
+        assert_eq!(code, 200, "{tenant}: {body}");
+    }
+    let hash = bcrypt::hash("pw", 4).expect("bcrypt");
+    let web = write(
+        dir,
+        "query-web.yml",
+        &format!(
+            "basic_auth_users:\n  alice: {hash}\n  bob: {hash}\nuser_tenants:\n  alice: team-a\n"
+        ),
+    );
+    let http = format!("127.0.0.1:{}", e2e::free_port());
+    let mut cmd = std::process::Command::new(e2e::orrery_bin());
+    cmd.arg("query")
+        .arg(format!("--http-address={http}"))
+        .arg("--grpc-address=")
+        .arg(format!("--endpoint={}", recv.grpc))
+        .arg(format!("--http.config={web}"))
+        .arg("--query.enforce-tenancy")
+        .env("RUST_LOG", "info");
+    let q = e2e::Proc::spawn("querier", cmd, dir.join("querier.log"));
+    let alice = format!("Basic {}", b64("alice:pw"));
+    let bob = format!("Basic {}", b64("bob:pw"));
+    let get = |path: &str, auth: &str, tenant: Option<&str>| -> (u16, String) {
+        let mut h = vec![("Authorization", auth)];
+        if let Some(t) = tenant {
+            h.push(("THANOS-TENANT", t));
+        }
+        e2e::http_request(&http, "GET", path, &h, &[]).unwrap_or((0, String::new()))
+    };
+    let up = wait_for(Duration::from_secs(30), || {
+        let (c, body) = get("/api/v1/query?query=secret_metric", &alice, None);
+        (c == 200 && body.contains("\"team\":\"a\"")).then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "querier never served tenant A; log:\n{}",
+        q.log_text()
+    );
+
+    let enc = e2e::promqlcmp::urlencode;
+    let t = (now / 1000).to_string();
+    let range = format!("&start={}&end={t}&step=15", now / 1000 - 600);
+    let leaks = |body: &str| {
+        [
+            "team-b",
+            "only_b_metric",
+            "b_only_label",
+            "666",
+            "\"team\":\"b\"",
+        ]
+        .iter()
+        .any(|s| body.contains(s))
+    };
+    // (what, path, who, tenant header, expected status)
+    let q_ = |expr: &str| format!("/api/v1/query?query={}&time={t}", enc(expr));
+    let cases: Vec<(&str, String, &str, Option<&str>, u16)> = vec![
+        (
+            "query: plain selector",
+            q_("secret_metric"),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "query: regex on __name__",
+            q_("{__name__=~\".+\"}"),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "query: != on another label",
+            q_("{__name__!=\"secret_metric\", __name__=~\".+\"}"),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "query: tenant regex team-.*",
+            q_("secret_metric{tenant_id=~\"team-.*\"}"),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "query: tenant_id=\"team-b\"",
+            q_("secret_metric{tenant_id=\"team-b\"}"),
+            &alice,
+            None,
+            400,
+        ),
+        (
+            "query: tenant_id!=\"team-a\"",
+            q_("secret_metric{tenant_id!=\"team-a\"}"),
+            &alice,
+            None,
+            400,
+        ),
+        (
+            "query: team=\"b\"",
+            q_("count({team=\"b\"})"),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "query: or on() vector(1)",
+            q_("only_b_metric or on() vector(1)"),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "query: subquery",
+            q_("max_over_time(only_b_metric[10m:1m])"),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "query: @ modifier",
+            q_(&format!("only_b_metric @ {t}")),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "query: binary op",
+            q_("secret_metric + on() group_left sum(only_b_metric)"),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "query: absent()",
+            q_("absent(only_b_metric)"),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "query_range: regex",
+            format!(
+                "/api/v1/query_range?query={}{range}",
+                enc("{__name__=~\".+\"}")
+            ),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "series: match all",
+            format!("/api/v1/series?match[]={}", enc("{__name__=~\".+\"}")),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "series: match tenant b",
+            format!("/api/v1/series?match[]={}", enc("{tenant_id=\"team-b\"}")),
+            &alice,
+            None,
+            400,
+        ),
+        (
+            "labels: no match[]",
+            "/api/v1/labels".into(),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "label values __name__: no match[]",
+            "/api/v1/label/__name__/values".into(),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "label values tenant_id",
+            "/api/v1/label/tenant_id/values".into(),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "label values team",
+            "/api/v1/label/team/values".into(),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "exemplars",
+            format!("/api/v1/query_exemplars?query={}", enc("only_b_metric")),
+            &alice,
+            None,
+            200,
+        ),
+        (
+            "exemplars: tenant b",
+            format!(
+                "/api/v1/query_exemplars?query={}",
+                enc("x{tenant_id=\"team-b\"}")
+            ),
+            &alice,
+            None,
+            400,
+        ),
+        ("metadata", "/api/v1/metadata".into(), &alice, None, 200),
+        ("stores", "/api/v1/stores".into(), &alice, None, 200),
+        (
+            "alice asks for team-b",
+            q_("secret_metric"),
+            &alice,
+            Some("team-b"),
+            403,
+        ),
+        (
+            "bob, path-traversal tenant",
+            q_("secret_metric"),
+            &bob,
+            Some(".."),
+            400,
+        ),
+        (
+            "bob, default tenant",
+            q_("{__name__=~\".+\"}"),
+            &bob,
+            None,
+            200,
+        ),
+    ];
+    eprintln!(
+        "\n{:<36} {:>8} {:>5} {:>6}",
+        "attempt", "expected", "got", "leak"
+    );
+    let mut wrong = Vec::new();
+    for (what, path, who, tenant, want) in &cases {
+        let (code, body) = get(path, who, *tenant);
+        // Errors quote the request (`tenant_id="team-b"`): only answers can leak data.
+        let leaked = code == 200 && leaks(&body);
+        eprintln!(
+            "{what:<36} {want:>8} {code:>5} {:>6}",
+            if leaked { "LEAK" } else { "none" }
+        );
+        if code != *want {
+            wrong.push(format!("{what}: want {want}, got {code}: {body}"));
+        }
+        if leaked {
+            wrong.push(format!("{what}: tenant B data in the answer: {body}"));
+        }
+    }
+    // Positive controls: A's own data is there, and B's is there for B.
+    let (_, body) = get(&q_("secret_metric"), &alice, None);
+    assert!(
+        body.contains("\"team\":\"a\""),
+        "alice sees her data: {body}"
+    );
+    let (_, body) = get("/api/v1/label/tenant_id/values", &alice, None);
+    assert!(body.contains("team-a"), "{body}");
+    let (code, body) = get(&q_("{__name__=~\".+\"}"), &bob, Some("team-b"));
+    eprintln!(
+        "{:<36} {:>8} {code:>5} {:>6}",
+        "bob asks for team-b (control)",
+        200,
+        if leaks(&body) { "B data" } else { "none" }
+    );
+    assert!(
+        code == 200 && leaks(&body) && !body.contains("\"team\":\"a\""),
+        "bob as team-b sees B only: {body}"
+    );
+
+    // Straight to the receiver's StoreAPI: the metadata confines the call; without it
+    // only the default tenant (which has no data here) is read.
+    for (what, tenant, must_have, must_not) in [
+        (
+            "StoreAPI thanos-tenant=team-a",
+            Some("team-a"),
+            Some("team-a"),
+            "team-b",
+        ),
+        (
+            "StoreAPI thanos-tenant=team-b",
+            Some("team-b"),
+            Some("team-b"),
+            "team-a",
+        ),
+        ("StoreAPI without metadata", None, None, "team-"),
+    ] {
+        let got = store_series_text(&recv.grpc, tenant).expect("StoreAPI call");
+        let text = got.join("\n");
+        eprintln!(
+            "{what:<36} {:>8} {:>5} {:>6}",
+            "ok",
+            got.len(),
+            if text.contains(must_not) {
+                "LEAK"
+            } else {
+                "none"
+            }
+        );
+        if text.contains(must_not) {
+            wrong.push(format!("{what}: {must_not} data returned: {text}"));
+        }
+        if let Some(m) = must_have
+            && !text.contains(m)
+        {
+            wrong.push(format!("{what}: own data missing: {text}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "tenancy violations:\n{}",
+        wrong.join("\n")
+    );
+    eprintln!("read-path tenancy test took {:?}", t0.elapsed());
+}
