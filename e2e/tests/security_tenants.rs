@@ -128,6 +128,9 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
         .sum()
 }
 
+/// (what, receiver, client, headers, expected status; 0 = no TLS session)
+type Attempt<'a> = (&'a str, &'a str, &'a ClientTls, Vec<(&'a str, String)>, u16);
+
 #[test]
 fn prometheus_writers_bound_to_tenants_by_token_user_and_certificate() {
     let t0 = Instant::now();
@@ -243,8 +246,7 @@ fn prometheus_writers_bound_to_tenants_by_token_user_and_certificate() {
     let bearer = |t: &str| format!("Bearer {t}");
     let huge = format!("Bearer {}", "A".repeat(64 * 1024));
     let (ra, rb) = (recv_a.rw.as_str(), recv_b.rw.as_str());
-    // (what, receiver, client, headers, expected status; 0 = no TLS session)
-    let attempts: Vec<(&str, &str, &ClientTls, Vec<(&str, String)>, u16)> = vec![
+    let attempts: Vec<Attempt> = vec![
         ("A: no credentials", ra, &anon, vec![], 401),
         (
             "A: team-a token",

@@ -738,6 +738,7 @@ const BUILDINFO: &str = concat!(
 
 /// Runs an API handler: resolves the caller's tenant scope, collects parameters (query
 /// string + form body), times it, counts it.
+#[allow(clippy::too_many_arguments)] // the request's parts, as the route closures extract them
 async fn api(
     st: Arc<AppState>,
     handler: &'static str,
