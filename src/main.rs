@@ -1,10 +1,11 @@
 //! The one `orrery` binary: wires subcommands to the service crates.
 
+mod flags;
 mod logging;
 mod standalone;
 mod tools;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -45,7 +46,18 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let root = Cli::command();
+    let matches = root.clone().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let flag_values = flags::of_subcommand(&root, &matches);
+    match &mut cli.command {
+        Command::Query(args) => args.flag_values = flag_values,
+        Command::Standalone(args) => args.flag_values = flag_values,
+        _ => {}
+    }
     logging::init(cli.log_level, cli.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -63,6 +63,10 @@ pub struct StandaloneArgs {
     /// Do not run the store gateway (queries then reach only the receiver's local data).
     #[arg(long = "store.disable")]
     pub store_disable: bool,
+    /// Every flag with its value (filled by the binary), for the querier's
+    /// `/api/v1/status/flags`.
+    #[arg(skip)]
+    pub flag_values: Vec<(String, String)>,
 }
 
 /// The default bucket: a FILESYSTEM bucket beside the data dir. Not inside it: every
@@ -170,7 +174,8 @@ fn component_args(
     if !a.store_disable {
         q.push(format!("--endpoint={}", a.store_grpc_address));
     }
-    let query = QueryCli::try_parse_from(q)?.args;
+    let mut query = QueryCli::try_parse_from(q)?.args;
+    query.flag_values = a.flag_values.clone();
     Ok((receive, query))
 }
 
@@ -292,6 +297,7 @@ mod tests {
             store_http_address: "127.0.0.1:10906".into(),
             store_sync_block_duration: "3m".into(),
             store_disable: false,
+            flag_values: Vec::new(),
         };
         let c = compact_args(&a).unwrap();
         assert!(c.wait);
@@ -368,6 +374,7 @@ mod tests {
             store_http_address: "127.0.0.1:10906".into(),
             store_sync_block_duration: "3m".into(),
             store_disable: false,
+            flag_values: Vec::new(),
         };
         assert!(component_args(&a).is_err());
     }

@@ -791,6 +791,15 @@ fn read_path_confined_to_the_callers_tenant() {
         ),
         ("metadata", "/api/v1/metadata".into(), &alice, None, 200),
         ("stores", "/api/v1/stores".into(), &alice, None, 200),
+        ("rules", "/api/v1/rules".into(), &alice, None, 200),
+        ("alerts", "/api/v1/alerts".into(), &alice, None, 200),
+        (
+            "status/flags",
+            "/api/v1/status/flags".into(),
+            &alice,
+            None,
+            200,
+        ),
         (
             "alice asks for team-b",
             q_("secret_metric"),

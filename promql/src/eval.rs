@@ -271,6 +271,10 @@ pub(crate) struct Evaluator {
     pub lookback: i64,
     pub max_samples: usize,
     pub cur_samples: usize,
+    /// The most samples held at once (Prometheus's `peakSamples`).
+    pub peak_samples: usize,
+    /// Samples read at each step (Prometheus's `totalQueryableSamples`).
+    pub total_samples: u64,
     pub deadline: Instant,
     pub cancel: Option<Arc<AtomicBool>>,
     pub data: HashMap<usize, Arc<Vec<storeapi_series::Raw>>>,
@@ -318,10 +322,21 @@ impl Evaluator {
 
     pub fn add_samples(&mut self, n: usize) -> Result<(), QueryError> {
         self.cur_samples += n;
+        self.peak_samples = self.peak_samples.max(self.cur_samples);
         if self.cur_samples > self.max_samples {
             return Err(too_many_samples());
         }
         Ok(())
+    }
+
+    /// The statistics of a finished evaluation.
+    pub fn stats(&self, inner_eval_seconds: f64, result_sort_seconds: f64) -> crate::QueryStats {
+        crate::QueryStats {
+            total_queryable_samples: self.total_samples,
+            peak_samples: self.peak_samples as u64,
+            inner_eval_seconds,
+            result_sort_seconds,
+        }
     }
 
     pub fn warn(&mut self, w: String) {
@@ -389,6 +404,7 @@ impl Evaluator {
                     let (lo, hi) = window(&s.pts, rt - src.range, rt);
                     if hi > lo {
                         self.add_samples(hi - lo)?;
+                        self.total_samples += (hi - lo) as u64;
                         out.push(Series {
                             labels: s.labels,
                             pts: s.pts[lo..hi].to_vec(),
@@ -466,6 +482,7 @@ impl Evaluator {
             }
             if !pts.is_empty() {
                 self.add_samples(pts.len())?;
+                self.total_samples += pts.len() as u64;
                 let labels = match Arc::get_mut(&mut raws) {
                     Some(rs) if owned => std::mem::take(&mut rs[i].labels),
                     _ => raws[i].labels.clone(),
@@ -511,6 +528,7 @@ impl Evaluator {
             }
             if !pts.is_empty() {
                 self.add_samples(pts.len())?;
+                self.total_samples += pts.len() as u64;
                 out.push(Series {
                     labels: drop_metric_name(&r.labels),
                     pts,

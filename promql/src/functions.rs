@@ -729,6 +729,8 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
             if ev.cur_samples + w.len() > ev.max_samples {
                 return Err(crate::eval::too_many_samples());
             }
+            ev.total_samples += w.len() as u64;
+            ev.peak_samples = ev.peak_samples.max(ev.cur_samples + w.len());
             let eff_ts = ts;
             let v = match code {
                 RF_RATE => extrapolated_rate(w, rt - range, rt, range, true, true),

@@ -21,4 +21,4 @@ pub mod value;
 pub use engine::{Engine, EngineOptions, PreparedQuery, QueryError, QueryOptions};
 pub use limits::{LimitError, ParsedExpr, QueryLimits, check_query_text, parse_checked};
 pub use storage::{MemStorage, SelectHints, SelectResult, Storage, StorageError, StorageSeries};
-pub use value::{QueryResult, Value};
+pub use value::{QueryResult, QueryStats, Value};

@@ -23,4 +23,20 @@ pub struct QueryResult {
     pub warnings: Vec<String>,
     /// Prometheus info-level annotations ("PromQL info: ...").
     pub infos: Vec<String>,
+    /// What the evaluation cost, for the API's `stats` parameter.
+    pub stats: QueryStats,
+}
+
+/// Prometheus's query statistics (`data.stats` of the HTTP API with `stats=…`), counted
+/// where Prometheus counts them so the numbers are comparable: every sample a selector
+/// yields at a step, every sample inside a range function's window at a step, every
+/// sample of a range vector returned as such; the peak is the most samples held at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueryStats {
+    pub total_queryable_samples: u64,
+    pub peak_samples: u64,
+    /// Evaluating the expression (after the series were selected).
+    pub inner_eval_seconds: f64,
+    /// Sorting the result.
+    pub result_sort_seconds: f64,
 }

@@ -114,6 +114,11 @@ pub struct QueryArgs {
     /// downsampled to step/5 (Thanos's flag).
     #[arg(long = "query.auto-downsampling", default_value_t = false)]
     pub auto_downsampling: bool,
+
+    /// Every flag of the running command and its value, filled by the binary from the
+    /// parsed command line (`/api/v1/status/flags`); not a flag itself.
+    #[arg(skip)]
+    pub flag_values: Vec<(String, String)>,
 }
 
 impl QueryArgs {
@@ -143,6 +148,7 @@ impl QueryArgs {
             grpc_tls: Default::default(),
             http_config: Default::default(),
             auto_downsampling: false,
+            flag_values: Vec::new(),
         }
     }
 }

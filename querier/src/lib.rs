@@ -101,6 +101,7 @@ pub fn build_state(args: &QueryArgs) -> anyhow::Result<Arc<api::AppState>> {
         metrics: metrics::Metrics::new(),
         ready: AtomicBool::new(false),
         auto_downsampling: args.auto_downsampling,
+        flags: args.flag_values.clone(),
     }))
 }
 

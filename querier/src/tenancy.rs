@@ -33,6 +33,10 @@ pub enum Access {
     Global,
     /// Lists of endpoints and their label sets: label sets of other tenants are hidden.
     Endpoints,
+    /// Rule groups and alerts. Empty until a ruler exists; one must answer only the
+    /// groups and alerts whose labels carry the caller's tenant (Thanos leaks all,
+    /// thanos-io/thanos#8140).
+    TenantRules,
 }
 
 /// The tenancy policy of each API handler (the names `api::api` dispatches on). A handler
@@ -42,7 +46,8 @@ pub fn access(handler: &str) -> Option<Access> {
     match handler {
         "query" | "query_range" | "series" | "labels" | "label_values" | "query_exemplars"
         | "metadata" => Some(Access::TenantData),
-        "buildinfo" => Some(Access::Global),
+        "buildinfo" | "flags" => Some(Access::Global),
+        "rules" | "alerts" => Some(Access::TenantRules),
         "stores" => Some(Access::Endpoints),
         _ => None,
     }

@@ -13,55 +13,16 @@
 //! for the samples of `[0, 48h)`; CPU and RSS are read from `/proc/<pid>` every 10 ms.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use e2e::bench::{arg_num, orrery_for_bench, proc_stats, xor_chunks};
 use objstore::{Bucket, BucketConfig};
 use storeapi::{Label, Labels};
 use tsdb::block::{BlockOptions, BlockWriter};
-use tsdb::chunk::{Chunk, Encoding, XorChunk};
 
 const H: i64 = 3_600_000;
-
-fn arg(name: &str, default: i64) -> i64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} wants a number, got {v:?}"))
-        })
-        .unwrap_or(default)
-}
-
-fn orrery() -> PathBuf {
-    if let Ok(p) = std::env::var("ORRERY_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    exe.with_file_name("orrery")
-}
-
-/// Peak RSS (KiB) and user+system CPU ticks of a running process.
-fn proc_stats(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some((hwm, ticks))
-}
 
 struct Run {
     wall: Duration,
@@ -70,7 +31,7 @@ struct Run {
 }
 
 fn run_compactor(yaml: &str, data_dir: &Path, extra: &[&str], log: &Path) -> Run {
-    let mut cmd = Command::new(orrery());
+    let mut cmd = Command::new(orrery_for_bench());
     cmd.arg("compact")
         .arg(format!("--objstore.config={yaml}"))
         .arg(format!("--data-dir={}", data_dir.display()))
@@ -106,28 +67,10 @@ fn run_compactor(yaml: &str, data_dir: &Path, extra: &[&str], log: &Path) -> Run
     }
 }
 
-fn xor_chunks(samples: &[(i64, f64)]) -> Vec<Chunk> {
-    samples
-        .chunks(120)
-        .map(|p| {
-            let mut c = XorChunk::new();
-            for &(t, v) in p {
-                c.append(t, v).expect("append");
-            }
-            Chunk {
-                min_time: p[0].0,
-                max_time: p[p.len() - 1].0,
-                encoding: Encoding::Xor,
-                data: Bytes::from(c.into_bytes()),
-            }
-        })
-        .collect()
-}
-
 fn main() {
-    let series = arg("--series", 500) as usize;
-    let hours = arg("--hours", 50);
-    let step = arg("--step", 15) * 1000;
+    let series = arg_num("--series", 500) as usize;
+    let hours = arg_num("--hours", 50);
+    let step = arg_num("--step", 15) * 1000;
     assert!(
         hours >= 50,
         "--hours must be at least 50 (a 2d block plus the held-back newest)"

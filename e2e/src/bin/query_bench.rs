@@ -17,10 +17,9 @@
 //! external label removed), then `--reps` times alternating between the servers; the table
 //! shows the median and min wall time per server and the ratio of the medians.
 
-use e2e::promqlcmp::{Answer, compare_answers, parse_api_answer, secs, urlencode};
+use e2e::bench::{answer, get, median, ms, orrery_for_bench, series_count, timed, truncate};
+use e2e::promqlcmp::{compare_answers, secs, urlencode};
 use e2e::{Proc, Prometheus, free_port, http_request, wait_for};
-use promql::Value;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -304,113 +303,6 @@ fn load(addr: &str, url_path: &str, bodies: &[Vec<u8>]) -> Result<(), String> {
     })
 }
 
-/// GET with a long timeout; returns (status, body).
-fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(600)));
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    Ok((code, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// One timed request: wall time until the whole body is read; panics unless 200.
-fn timed(addr: &str, path: &str) -> Duration {
-    let t = Instant::now();
-    let r = get(addr, path);
-    let d = t.elapsed();
-    match r {
-        Ok((200, _)) => d,
-        Ok((code, body)) => panic!("GET {addr}{path}: {code}: {}", truncate(&body)),
-        Err(e) => panic!("GET {addr}{path}: {e}"),
-    }
-}
-
-fn truncate(s: &str) -> &str {
-    let mut end = s.len().min(500);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-fn answer(addr: &str, path: &str, strip: &[&str]) -> Answer {
-    let a = match get(addr, path) {
-        Ok((_, body)) => parse_api_answer(&body).unwrap_or_else(|e| Answer::Error {
-            kind: "client".into(),
-            msg: e,
-        }),
-        Err(e) => Answer::Error {
-            kind: "client".into(),
-            msg: e,
-        },
-    };
-    let fix = |l: &mut Labels| {
-        for n in strip {
-            l.remove(n);
-        }
-    };
-    match a {
-        Answer::Value(Value::Vector(mut v)) => {
-            v.iter_mut().for_each(|(l, _)| fix(l));
-            Answer::Value(Value::Vector(v))
-        }
-        Answer::Value(Value::Matrix(mut m)) => {
-            m.iter_mut().for_each(|(l, _)| fix(l));
-            Answer::Value(Value::Matrix(m))
-        }
-        other => other,
-    }
-}
-
-fn series_count(a: &Answer) -> String {
-    match a {
-        Answer::Value(Value::Vector(v)) => v.len().to_string(),
-        Answer::Value(Value::Matrix(m)) => m.len().to_string(),
-        Answer::Value(_) => "1".into(),
-        Answer::Error { msg, .. } => format!("error: {msg}"),
-    }
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 struct Args {
     series: usize,
     reps: usize,
@@ -445,9 +337,11 @@ fn parse_args() -> Args {
             "--step" => a.step_s = num().max(1),
             "--only" => a.only = Some(val.clone()),
             "--kind" if val == "instant" || val == "range" => a.kind = Some(val.clone()),
+            // Read by `orrery_for_bench`.
+            "--orrery" => {}
             other => panic!(
                 "unknown argument {other:?}; usage: query_bench [--series N] [--reps N] \
-                 [--minutes N] [--step SECONDS] [--only SUBSTRING] [--kind instant|range]"
+                 [--minutes N] [--step SECONDS] [--only SUBSTRING] [--kind instant|range] [--orrery PATH]"
             ),
         }
         i += 2;
@@ -455,26 +349,9 @@ fn parse_args() -> Args {
     a
 }
 
-fn orrery_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("ORRERY_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current executable");
-    let p = exe
-        .parent()
-        .map(|d| d.join("orrery"))
-        .unwrap_or_else(|| PathBuf::from("orrery"));
-    assert!(
-        p.is_file(),
-        "orrery binary not found at {}: run `cargo build --release --bin orrery` (or set ORRERY_BIN)",
-        p.display()
-    );
-    p
-}
-
 fn main() {
     let args = parse_args();
-    let orrery = orrery_binary();
+    let orrery = orrery_for_bench();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -2,6 +2,7 @@
 //! API's time and duration parameters.
 
 use promql::Value;
+use std::fmt::Write as _;
 use storeapi::{Labels, Sample};
 
 /// Appends `s` as a JSON string the way Prometheus (jsoniter, standard-library compatible,
@@ -147,6 +148,45 @@ pub fn write_query_data(out: &mut String, value: &Value) {
             }
             out.push_str("]}");
         }
+    }
+}
+
+/// Timings of one query, in seconds (Prometheus's `data.stats.timings`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub exec_queue: f64,
+    pub query_preparation: f64,
+}
+
+/// Appends Prometheus's `"stats"` object to a query's `data` object (which must end in
+/// `}`): `timings` (seconds) and `samples`, the keys and nesting Prometheus 3.5 uses
+/// without per-step statistics (those need its `promql-per-step-stats` feature flag).
+pub fn append_stats(data: &mut String, t: Timings, s: &promql::QueryStats) {
+    if !data.ends_with('}') {
+        return;
+    }
+    data.pop();
+    let eval_total = t.query_preparation + s.inner_eval_seconds + s.result_sort_seconds;
+    let _ = write!(
+        data,
+        ",\"stats\":{{\"timings\":{{\"evalTotalTime\":{},\"resultSortTime\":{},\"queryPreparationTime\":{},\"innerEvalTime\":{},\"execQueueTime\":{},\"execTotalTime\":{}}},\"samples\":{{\"totalQueryableSamples\":{},\"peakSamples\":{}}}}}}}",
+        json_seconds(eval_total),
+        json_seconds(s.result_sort_seconds),
+        json_seconds(t.query_preparation),
+        json_seconds(s.inner_eval_seconds),
+        json_seconds(t.exec_queue),
+        json_seconds(eval_total),
+        s.total_queryable_samples,
+        s.peak_samples,
+    );
+}
+
+/// A duration in seconds as a JSON number (never NaN or infinite).
+fn json_seconds(v: f64) -> String {
+    if v.is_finite() && v >= 0.0 {
+        format!("{v}")
+    } else {
+        "0".into()
     }
 }
 

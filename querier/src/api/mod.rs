@@ -46,6 +46,8 @@ pub struct AppState {
     /// `--query.auto-downsampling`: without `max_source_resolution`, range queries may
     /// read data downsampled to step/5.
     pub auto_downsampling: bool,
+    /// Every flag and its value, for `/api/v1/status/flags` (inline configs redacted).
+    pub flags: Vec<(String, String)>,
 }
 
 /// An API error: Prometheus's `errorType` and message.
@@ -264,7 +266,10 @@ impl AppState {
                 }
                 Err(_) => return Err(timeout_error("query queue")),
             };
-        let slot = QuerySlot::new(permit, self.metrics.concurrent_queries.clone());
+        let mut slot = QuerySlot::new(permit, self.metrics.concurrent_queries.clone());
+        slot.queued = deadline
+            .checked_duration_since(tokio::time::Instant::now())
+            .map_or(timeout, |left| timeout.saturating_sub(left));
         let r = tokio::time::timeout_at(deadline, f(slot)).await;
         match r {
             Ok(r) => r,
@@ -279,6 +284,8 @@ impl AppState {
 pub(crate) struct QuerySlot {
     _permit: tokio::sync::OwnedSemaphorePermit,
     gauge: prometheus_client::metrics::gauge::Gauge,
+    /// How long the request waited for this permit (`execQueueTime`).
+    queued: Duration,
 }
 
 impl QuerySlot {
@@ -290,6 +297,7 @@ impl QuerySlot {
         QuerySlot {
             _permit: permit,
             gauge,
+            queued: Duration::ZERO,
         }
     }
 }
@@ -326,15 +334,26 @@ impl Drop for CancelOnDrop {
 async fn exec_blocking(
     prepared: promql::PreparedQuery,
     permit: QuerySlot,
+    out: ResultOptions,
 ) -> Result<(String, Vec<String>, Vec<String>), ApiError> {
     let job = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
         let r = prepared
             .exec()
             .map_err(|e| ApiError::from_query(e, Vec::new()))?;
+        let mut warnings = r.warnings;
+        let mut value = r.value;
+        truncate_series(&mut value, out.limit, &mut warnings);
         let mut data = String::new();
-        format::write_query_data(&mut data, &r.value);
-        Ok((data, r.warnings, r.infos))
+        format::write_query_data(&mut data, &value);
+        if out.stats {
+            let timings = format::Timings {
+                exec_queue: permit.queued.as_secs_f64(),
+                query_preparation: out.preparation.as_secs_f64(),
+            };
+            format::append_stats(&mut data, timings, &r.stats);
+        }
+        drop(permit);
+        Ok((data, warnings, r.infos))
     });
     match job.await {
         Ok(r) => r,
@@ -344,6 +363,43 @@ async fn exec_blocking(
             warnings: Vec::new(),
         }),
     }
+}
+
+/// What a query's answer carries besides its value: `limit` (series kept, 0 = all) and
+/// `stats` (any non-empty value, as Prometheus), with the time selection took.
+struct ResultOptions {
+    limit: usize,
+    stats: bool,
+    preparation: Duration,
+}
+
+impl ResultOptions {
+    fn from_params(p: &Params) -> Result<ResultOptions, ApiError> {
+        Ok(ResultOptions {
+            limit: limit_param(p)?,
+            stats: p.get("stats").is_some_and(|v| !v.is_empty()),
+            preparation: Duration::ZERO,
+        })
+    }
+}
+
+/// Keeps the first `limit` series of a vector or matrix (Prometheus's `limit` parameter of
+/// query and query_range: scalars and strings are untouched), with its warning.
+fn truncate_series(v: &mut promql::Value, limit: usize, warnings: &mut Vec<String>) {
+    let n = match v {
+        promql::Value::Vector(s) => s.len(),
+        promql::Value::Matrix(s) => s.len(),
+        _ => 0,
+    };
+    if limit == 0 || n <= limit {
+        return;
+    }
+    match v {
+        promql::Value::Vector(s) => s.truncate(limit),
+        promql::Value::Matrix(s) => s.truncate(limit),
+        _ => {}
+    }
+    warnings.push("results truncated due to limit".into());
 }
 
 /// Parses a client's query on a blocking thread: parsing a long or deep expression is
@@ -454,12 +510,14 @@ fn matcher_sets(st: &AppState, p: &Params, scope: &Scope) -> Result<Vec<Vec<Matc
         .collect()
 }
 
+/// The `limit` parameter (0 = none), refused as Prometheus refuses it.
 fn limit_param(p: &Params) -> Result<usize, ApiError> {
     match p.get("limit") {
-        Some(v) if !v.is_empty() => v
-            .parse::<i64>()
-            .map(|n| if n <= 0 { 0 } else { n as usize })
-            .map_err(|_| ApiError::bad_data("limit must be a number")),
+        Some(v) if !v.is_empty() => match params::parse_go_int(v) {
+            Ok(n) if n < 0 => Err(ApiError::param("limit", "limit must be non-negative")),
+            Ok(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+            Err(e) => Err(ApiError::param("limit", e)),
+        },
         _ => Ok(0),
     }
 }
@@ -477,6 +535,7 @@ async fn query(st: &AppState, p: &Params, h: &Scope) -> ApiResult {
     let timeout = st.query_timeout(p)?;
     let mut opts = st.query_options(p)?;
     let mut storage = st.storage(p, h)?;
+    let mut out = ResultOptions::from_params(p)?;
     // Instant queries: `auto` means raw, Thanos's default
     // `--query.instant.default.max_source_resolution` (0s).
     st.downsampling(p, 0, &mut storage, &mut opts)?;
@@ -485,12 +544,14 @@ async fn query(st: &AppState, p: &Params, h: &Scope) -> ApiResult {
     opts.cancel = Some(cancel);
     st.with_gate(timeout, |permit| async move {
         let (expr, permit) = parse_blocking(&st.engine, q, permit, h).await?;
+        let started = Instant::now();
         let prepared = st
             .engine
             .prepare_instant_parsed(&storage, expr, t, &opts)
             .await
             .map_err(|e| ApiError::from_query(e, Vec::new()))?;
-        exec_blocking(prepared, permit).await
+        out.preparation = started.elapsed();
+        exec_blocking(prepared, permit, out).await
     })
     .await
 }
@@ -544,6 +605,7 @@ async fn query_range(st: &AppState, p: &Params, h: &Scope) -> ApiResult {
     let timeout = st.query_timeout(p)?;
     let mut opts = st.query_options(p)?;
     let mut storage = st.storage(p, h)?;
+    let mut out = ResultOptions::from_params(p)?;
     // At least 5 samples per step, as Thanos's auto downsampling.
     st.downsampling(p, step / 5, &mut storage, &mut opts)?;
     let cancel = Arc::new(AtomicBool::new(false));
@@ -551,12 +613,14 @@ async fn query_range(st: &AppState, p: &Params, h: &Scope) -> ApiResult {
     opts.cancel = Some(cancel);
     st.with_gate(timeout, |permit| async move {
         let (expr, permit) = parse_blocking(&st.engine, q, permit, h).await?;
+        let started = Instant::now();
         let prepared = st
             .engine
             .prepare_range_parsed(&storage, expr, start, end, step, &opts)
             .await
             .map_err(|e| ApiError::from_query(e, Vec::new()))?;
-        exec_blocking(prepared, permit).await
+        out.preparation = started.elapsed();
+        exec_blocking(prepared, permit, out).await
     })
     .await
 }
@@ -681,6 +745,63 @@ async fn label_values(st: &AppState, name: &str, p: &Params, h: &Scope) -> ApiRe
     .await
 }
 
+/// `/api/v1/rules`: no ruler evaluates rules yet, so there are no groups; the parameters
+/// are still checked as Prometheus checks them (Grafana's rule views call this at start).
+fn rules(p: &Params) -> ApiResult {
+    match p.get("type").unwrap_or("") {
+        "" | "alert" | "record" => {}
+        other => {
+            return Err(ApiError::param(
+                "type",
+                format!("not supported value {other:?}"),
+            ));
+        }
+    }
+    if let Some(v) = p.get("exclude_alerts").filter(|v| !v.is_empty())
+        && params::parse_bool(v).is_none()
+    {
+        return Err(ApiError::param(
+            "exclude_alerts",
+            format!(
+                "error converting exclude_alerts: strconv.ParseBool: parsing {v:?}: invalid syntax"
+            ),
+        ));
+    }
+    if let Some(v) = p.get("group_limit").filter(|v| !v.is_empty()) {
+        let n = params::parse_go_int(v).map_err(|e| {
+            ApiError::param(
+                "group_limit",
+                format!(
+                    "group_limit needs to be a valid number: {}",
+                    e.replacen("strconv.Atoi", "strconv.ParseInt", 1)
+                ),
+            )
+        })?;
+        if n <= 0 {
+            return Err(ApiError::param(
+                "group_limit",
+                "group_limit needs to be greater than 0",
+            ));
+        }
+    }
+    Ok(("{\"groups\":[]}".into(), Vec::new(), Vec::new()))
+}
+
+/// `/api/v1/status/flags`: every flag with its effective value, as strings.
+fn flags_json(flags: &[(String, String)]) -> String {
+    let mut data = String::from("{");
+    for (i, (k, v)) in flags.iter().enumerate() {
+        if i > 0 {
+            data.push(',');
+        }
+        format::write_json_str(&mut data, k);
+        data.push(':');
+        format::write_json_str(&mut data, v);
+    }
+    data.push('}');
+    data
+}
+
 /// `/api/v1/stores`: endpoints grouped by component type (Thanos's shape); label sets
 /// naming another tenant than `scope`'s are left out when enforcing.
 pub fn stores_json(endpoints: &EndpointSet, scope: &Scope) -> String {
@@ -790,6 +911,9 @@ async fn api(
         "metadata" => Ok(("{}".into(), Vec::new(), Vec::new())),
         "query_exemplars" => query_exemplars(&st, &p, h),
         "buildinfo" => Ok((BUILDINFO.into(), Vec::new(), Vec::new())),
+        "rules" => rules(&p),
+        "alerts" => Ok(("{\"alerts\":[]}".into(), Vec::new(), Vec::new())),
+        "flags" => Ok((flags_json(&st.flags), Vec::new(), Vec::new())),
         "stores" => Ok((stores_json(&st.endpoints, h), Vec::new(), Vec::new())),
         _ => Err(ApiError {
             error_type: "not_found",
@@ -912,6 +1036,9 @@ pub fn router(st: Arc<AppState>) -> Router {
             get(api_route!("query_exemplars")).post(api_route!("query_exemplars")),
         )
         .route("/status/buildinfo", get(api_route!("buildinfo")))
+        .route("/status/flags", get(api_route!("flags")))
+        .route("/rules", get(api_route!("rules")))
+        .route("/alerts", get(api_route!("alerts")))
         .route("/stores", get(api_route!("stores")))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit));
     Router::new()

@@ -49,6 +49,16 @@ pub fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
+/// Go's `strconv.Atoi` on a 64-bit platform, with its error text (Prometheus quotes it).
+pub fn parse_go_int(s: &str) -> Result<i64, String> {
+    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("strconv.Atoi: parsing {s:?}: invalid syntax"));
+    }
+    s.parse::<i64>()
+        .map_err(|_| format!("strconv.Atoi: parsing {s:?}: value out of range"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +71,22 @@ mod tests {
         assert_eq!(p.get("time"), Some("1"));
         assert_eq!(p.get_all("match[]"), vec!["a", "b"]);
         assert_eq!(p.get("nope"), None);
+    }
+
+    #[test]
+    fn go_ints() {
+        assert_eq!(parse_go_int("12"), Ok(12));
+        assert_eq!(parse_go_int("-3"), Ok(-3));
+        assert_eq!(
+            parse_go_int("abc"),
+            Err("strconv.Atoi: parsing \"abc\": invalid syntax".into())
+        );
+        assert_eq!(
+            parse_go_int("99999999999999999999"),
+            Err("strconv.Atoi: parsing \"99999999999999999999\": value out of range".into())
+        );
+        assert!(parse_go_int("").is_err());
+        assert!(parse_go_int("1.5").is_err());
     }
 
     #[test]
