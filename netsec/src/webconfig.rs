@@ -487,6 +487,12 @@ impl HttpServer {
         self.failures.clone()
     }
 
+    /// Counts refusals in `c` (a counter the service registered before loading this).
+    pub fn with_failure_counter(mut self, c: FailureCounter) -> HttpServer {
+        self.failures = c;
+        self
+    }
+
     /// Tenants bound to credentials in the file as loaded at startup.
     pub fn bound_tenants(&self) -> Vec<String> {
         self.source

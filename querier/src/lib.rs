@@ -131,7 +131,11 @@ pub async fn serve(
     args: QueryArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let http_sec = args.http_config.server().context("--http.config")?;
+    let http_sec = args
+        .http_config
+        .server()
+        .context("--http.config")?
+        .with_failure_counter(state.metrics.auth_failures.clone());
     let grpc_tls = args
         .grpc_tls
         .server_config()

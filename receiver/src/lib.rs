@@ -128,6 +128,11 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
             "Remote-write requests refused before any write, by reason: missing or wrong credentials and certificates (401), a tenant header naming another tenant than the credential's (403), rate limit (429)",
             rw_sec.failures(),
         );
+    registry.lock().unwrap_or_else(|e| e.into_inner()).register(
+        "orrery_receive_http_auth_failures",
+        "Requests to --http-address refused by --http.config authentication, by reason",
+        http_sec.failures(),
+    );
     if tenant_policy.cert_field.is_some() && !rw_sec.is_tls() {
         anyhow::bail!(
             "--receive.tenant-certificate-field needs TLS with a client CA on the remote-write listener (--remote-write.server-tls-client-ca or client_ca_file in --remote-write.http-config)"

@@ -881,6 +881,9 @@ async fn api(
     let scope = match scope {
         Ok(s) => s,
         Err(e) => {
+            if let crate::tenancy::TenancyError::Tenant(t) = &e {
+                netsec::identity::count(&st.metrics.auth_failures, t.reason());
+            }
             let status = e.status();
             let kind = if status == StatusCode::BAD_REQUEST {
                 "bad_data"
