@@ -9,9 +9,10 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 
-use crate::webconfig::WebConfigSource;
+use crate::identity::{FailureCounter, FailureReason, Principal, count, match_token, parse_bearer};
+use crate::webconfig::{Loaded, WebConfigSource};
 
 /// An `Authorization` header longer than this is refused without decoding it.
 const MAX_AUTH_HEADER: usize = 4096;
@@ -151,33 +152,93 @@ impl RateLimiter {
     }
 }
 
-fn unauthorized() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Basic")],
-        "Unauthorized\n",
-    )
-        .into_response()
+fn unauthorized(cfg: &Loaded) -> Response {
+    let mut resp = (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response();
+    // One challenge per scheme the listener accepts (RFC 9110 §11.6.1).
+    if !cfg.auth.is_open() {
+        resp.headers_mut().append(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"orrery\""),
+        );
+    }
+    if !cfg.config.tokens.is_empty() {
+        resp.headers_mut().append(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"orrery\""),
+        );
+    }
+    resp
 }
 
-/// The axum middleware in front of every route of an `--http.config` listener.
-pub async fn guard(State(src): State<Arc<WebConfigSource>>, req: Request, next: Next) -> Response {
-    let cfg = src.current();
+/// What the guard middleware works with: the (reloading) web config and the refusal
+/// counter the service registers.
+#[derive(Debug)]
+pub struct GuardState {
+    pub src: Arc<WebConfigSource>,
+    pub failures: FailureCounter,
+}
+
+/// Checks the request's `Authorization` header against the configured users and tokens.
+/// The header is bounded before any decoding; a scheme the listener has no credentials
+/// for is refused without work.
+pub async fn authenticate(cfg: &Loaded, headers: &HeaderMap) -> Result<Principal, FailureReason> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(FailureReason::missing)?;
+    let v = value.as_bytes();
+    if v.len() > MAX_AUTH_HEADER {
+        return Err(FailureReason::malformed);
+    }
+    let scheme = |s: &[u8]| v.len() > s.len() && v[..s.len()].eq_ignore_ascii_case(s);
+    if scheme(b"basic ") {
+        if cfg.auth.is_open() {
+            return Err(FailureReason::unsupported_scheme);
+        }
+        let (user, pw) = parse_basic(value).ok_or(FailureReason::malformed)?;
+        if !cfg.auth.check(&user, &pw).await {
+            return Err(FailureReason::bad_password);
+        }
+        let tenant = cfg.config.user_tenants.get(&user).cloned();
+        Ok(Principal { name: user, tenant })
+    } else if scheme(b"bearer ") {
+        if cfg.config.tokens.is_empty() {
+            return Err(FailureReason::unsupported_scheme);
+        }
+        let token = parse_bearer(v).ok_or(FailureReason::malformed)?;
+        let t = match_token(&cfg.config.tokens, token).ok_or(FailureReason::bad_token)?;
+        Ok(Principal {
+            name: t.name.clone(),
+            tenant: t.tenant.clone(),
+        })
+    } else {
+        Err(FailureReason::unsupported_scheme)
+    }
+}
+
+/// The axum middleware in front of every route of a web-config listener. An
+/// authenticated request carries its [`Principal`] in its extensions.
+pub async fn guard(State(g): State<Arc<GuardState>>, mut req: Request, next: Next) -> Response {
+    let cfg = g.src.current();
     if let Some(l) = &cfg.limiter
         && !l.allow()
     {
+        count(&g.failures, FailureReason::rate_limited);
         return (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n").into_response();
     }
-    let mut resp = if cfg.auth.is_open() {
+    let open = cfg.auth.is_open() && cfg.config.tokens.is_empty();
+    let mut resp = if open {
         next.run(req).await
     } else {
-        let creds = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(parse_basic);
-        match creds {
-            Some((user, pw)) if cfg.auth.check(&user, &pw).await => next.run(req).await,
-            _ => unauthorized(),
+        match authenticate(&cfg, req.headers()).await {
+            Ok(p) => {
+                req.extensions_mut().insert(p);
+                next.run(req).await
+            }
+            Err(reason) => {
+                tracing::debug!(?reason, "request refused: authentication failed");
+                count(&g.failures, reason);
+                unauthorized(&cfg)
+            }
         }
     };
     for (k, v) in &cfg.config.headers {

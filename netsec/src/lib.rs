@@ -9,6 +9,8 @@
 //!   tonic; handshakes run in their own tasks so a slow client never stalls `accept`.
 //! - [`webconfig`] + [`auth`]: the exporter-toolkit web config file (`--http.config`):
 //!   TLS, client-certificate policy, bcrypt basic auth and fixed response headers.
+//! - [`identity`]: bearer tokens, tenants bound to credentials or named by a client
+//!   certificate, and the tenant-resolution rule the receiver and querier share.
 //! - [`flags`]: Thanos's flag names, as clap argument groups the services flatten.
 //!
 //! One crypto provider (aws-lc-rs, the one kube and object_store already use) is passed
@@ -17,6 +19,7 @@
 pub mod auth;
 pub mod client;
 pub mod flags;
+pub mod identity;
 pub mod listener;
 pub mod pem;
 pub mod server;
@@ -28,6 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use client::ClientTls;
+pub use identity::{Principal, TenantPolicy};
 pub use listener::{ConnInfo, Listener, Stream};
 pub use server::{ClientAuth, ReloadingServerConfig, ServerTlsSettings, TlsVersion};
 /// Re-exported for callers that hold a raw TLS stream from [`ClientTls::connect`].

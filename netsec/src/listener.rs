@@ -241,3 +241,13 @@ impl axum::serve::Listener for Listener {
         }
     }
 }
+
+/// Lets a router served from a [`Listener`] read the connection's [`ConnInfo`] (peer
+/// address, client certificate) with `into_make_service_with_connect_info::<ConnInfo>()`.
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Listener>>
+    for ConnInfo
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Listener>) -> ConnInfo {
+        stream.remote_addr().clone()
+    }
+}

@@ -51,6 +51,40 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// A client leaf whose subject carries `organization` and `organizational_unit`
+    /// (empty: left out) next to `common_name`: the fields a tenant is taken from.
+    pub fn leaf_with_subject(
+        &self,
+        common_name: &str,
+        organization: &str,
+        organizational_unit: &str,
+        serial: u64,
+    ) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        if !organization.is_empty() {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, organization);
+        }
+        if !organizational_unit.is_empty() {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationalUnitName, organizational_unit);
+        }
+        params.serial_number = Some(SerialNumber::from(serial));
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
 /// The serial number of a DER certificate, as a lowercase hex string without leading
 /// zeros (`42` → `"2a"`).
 pub fn serial_hex(der: &[u8]) -> String {

@@ -505,3 +505,348 @@ fn rate_limiter_refills() {
     std::thread::sleep(Duration::from_millis(60));
     assert!(l.allow());
 }
+
+mod writers {
+    //! Bearer tokens, tenants bound to credentials and the tenant rule.
+    use super::*;
+    use crate::HttpServer;
+    use crate::identity::{
+        CertField, FailureLabels, FailureReason, Principal, TenantError, TenantPolicy,
+    };
+    use axum::body::Body;
+    use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+    use rustls::pki_types::CertificateDer;
+    use tower::ServiceExt;
+
+    const TOKEN_A: &str = "tok-a-0123456789abcdef";
+    const TOKEN_B: &str = "tok-b-0123456789abcdef";
+
+    fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+        std::fs::write(dir.join("a.token"), format!("{TOKEN_A}\n")).unwrap();
+        std::fs::write(dir.join("b.token"), TOKEN_B).unwrap();
+        let cfg = dir.join("writers.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "basic_auth_users:\n  alice: {}\n  bob: {}\n\
+                 user_tenants:\n  alice: team-a\n\
+                 bearer_tokens:\n  - name: prom-a\n    token_file: a.token\n    tenant: team-a\n  \
+                 - name: unbound\n    token_file: {}\n{extra}",
+                hash("pw-a", 4),
+                hash("pw-b", 4),
+                dir.join("b.token").display()
+            ),
+        )
+        .unwrap();
+        cfg
+    }
+
+    /// A router answering with the principal the guard attached.
+    fn app(sec: &HttpServer) -> axum::Router {
+        sec.router(axum::Router::new().route(
+            "/",
+            axum::routing::get(|req: axum::extract::Request| async move {
+                match req.extensions().get::<Principal>() {
+                    Some(p) => format!("{}/{}", p.name, p.tenant.as_deref().unwrap_or("-")),
+                    None => "anonymous".into(),
+                }
+            }),
+        ))
+    }
+
+    async fn call(router: &axum::Router, auth: Option<&str>) -> (StatusCode, Vec<String>, String) {
+        let mut b = Request::builder().uri("/");
+        if let Some(a) = auth {
+            b = b.header(header::AUTHORIZATION, a);
+        }
+        let resp = router
+            .clone()
+            .oneshot(b.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let challenges = resp
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            challenges,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    fn basic(user: &str, pw: &str) -> String {
+        use base64::Engine;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+        )
+    }
+
+    #[tokio::test]
+    async fn tokens_and_users_carry_their_tenant_and_failures_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sec = HttpServer::load(Some(&write_config(dir.path(), ""))).unwrap();
+        assert_eq!(sec.bound_tenants(), vec!["team-a".to_string()]);
+        let r = app(&sec);
+        let ok = |s: &str| (StatusCode::OK, vec![], s.to_string());
+        assert_eq!(
+            call(&r, Some(&format!("Bearer {TOKEN_A}"))).await,
+            ok("prom-a/team-a")
+        );
+        assert_eq!(
+            call(&r, Some(&format!("bearer  {TOKEN_B} "))).await,
+            ok("unbound/-")
+        );
+        assert_eq!(
+            call(&r, Some(&basic("alice", "pw-a"))).await,
+            ok("alice/team-a")
+        );
+        assert_eq!(call(&r, Some(&basic("bob", "pw-b"))).await, ok("bob/-"));
+
+        let refused: &[(Option<String>, FailureReason)] = &[
+            (None, FailureReason::missing),
+            (Some(format!("Bearer {TOKEN_A}x")), FailureReason::bad_token),
+            (
+                Some(TOKEN_A[..TOKEN_A.len() - 1].to_string()),
+                FailureReason::unsupported_scheme,
+            ),
+            (Some(basic("alice", "pw-b")), FailureReason::bad_password),
+            (Some(basic("mallory", "pw-a")), FailureReason::bad_password),
+            (Some("Basic !!!".into()), FailureReason::malformed),
+            (Some("Bearer ".into()), FailureReason::unsupported_scheme),
+            (
+                Some(format!("Bearer {}", "A".repeat(100_000))),
+                FailureReason::malformed,
+            ),
+            (
+                Some("Digest username=x".into()),
+                FailureReason::unsupported_scheme,
+            ),
+        ];
+        let f = sec.failures();
+        let n = |reason| f.get_or_create(&FailureLabels { reason }).get();
+        for (h, reason) in refused {
+            let before = n(*reason);
+            let (status, challenges, _) = call(&r, h.as_deref()).await;
+            assert_eq!(n(*reason), before + 1, "{h:?} counted as {reason:?}");
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{h:?}");
+            assert_eq!(
+                challenges,
+                vec!["Basic realm=\"orrery\"", "Bearer realm=\"orrery\""],
+                "{h:?}"
+            );
+        }
+        assert_eq!(n(FailureReason::missing), 1);
+        assert_eq!(n(FailureReason::bad_token), 1);
+        assert_eq!(n(FailureReason::bad_password), 2);
+        assert_eq!(n(FailureReason::malformed), 2);
+        assert_eq!(n(FailureReason::unsupported_scheme), 3);
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_token_file_replaces_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let sec = HttpServer::load(Some(&write_config(dir.path(), ""))).unwrap();
+        let r = app(&sec);
+        let new = "tok-a-rotated-9876543210";
+        // A different length changes the file's size, so the stamp differs even within
+        // one mtime tick.
+        std::fs::write(dir.path().join("a.token"), new).unwrap();
+        assert_eq!(
+            call(&r, Some(&format!("Bearer {new}"))).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&r, Some(&format!("Bearer {TOKEN_A}"))).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[test]
+    fn token_config_errors_name_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("short.token"), "abc").unwrap();
+        std::fs::write(dir.path().join("space.token"), "abc def ghi jkl mno").unwrap();
+        std::fs::write(dir.path().join("a2.token"), TOKEN_A).unwrap();
+        for (extra, want) in [
+            ("  - name: s\n    token_file: short.token\n", "at least 16"),
+            (
+                "  - name: s\n    token_file: space.token\n",
+                "non-printable",
+            ),
+            ("  - name: s\n    token_file: nope.token\n", "nope.token"),
+            ("  - name: prom-a\n    token_file: a2.token\n", "used twice"),
+            (
+                "  - name: copy\n    token_file: a2.token\n",
+                "same token as \"prom-a\"",
+            ),
+            (
+                "  - name: t\n    token_file: a2.token\n    tenant: \"\"\n",
+                "empty tenant",
+            ),
+            ("  - name: t\n    token: abc\n", "token"),
+        ] {
+            let cfg = write_config(dir.path(), extra);
+            let err = WebConfig::load(&cfg).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(want), "{extra:?}: {err}");
+        }
+        let cfg = dir.path().join("users.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "basic_auth_users:\n  alice: {}\nuser_tenants:\n  carol: team-c\n",
+                hash("pw", 4)
+            ),
+        )
+        .unwrap();
+        let err = WebConfig::load(&cfg).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("user_tenants.carol: no such user"), "{err}");
+    }
+
+    #[test]
+    fn bearer_parsing_and_constant_time_match() {
+        use crate::identity::parse_bearer;
+        assert_eq!(parse_bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(parse_bearer(b"BEARER  abc "), Some(&b"abc"[..]));
+        assert_eq!(parse_bearer(b"Bearer "), None);
+        assert_eq!(parse_bearer(b"Basic abc"), None);
+    }
+
+    fn der(leaf: &Leaf) -> Vec<CertificateDer<'static>> {
+        PemSource::Inline(leaf.cert_pem.clone()).certs().unwrap()
+    }
+
+    #[test]
+    fn tenant_from_certificate_fields() {
+        let ca = Ca::new("ca");
+        let full = der(&ca.leaf_with_subject("prom-1", "team-o", "team-ou", 1));
+        let bare = der(&ca.leaf_with_subject("prom-2", "", "", 2));
+        assert_eq!(
+            CertField::Organization.value(&full[0]).as_deref(),
+            Some("team-o")
+        );
+        assert_eq!(
+            CertField::OrganizationalUnit.value(&full[0]).as_deref(),
+            Some("team-ou")
+        );
+        assert_eq!(
+            CertField::CommonName.value(&full[0]).as_deref(),
+            Some("prom-1")
+        );
+        assert_eq!(CertField::Organization.value(&bare[0]), None);
+        assert!(CertField::parse("Organization").is_err());
+        assert_eq!(CertField::parse("").unwrap(), None);
+    }
+
+    #[test]
+    fn tenant_rule_credentials_win_and_a_conflicting_header_is_refused() {
+        let ca = Ca::new("ca");
+        let cert = der(&ca.leaf_with_subject("prom-1", "team-o", "", 1));
+        let bare = der(&ca.leaf_with_subject("prom-2", "", "", 2));
+        let by_header = TenantPolicy::new("THANOS-TENANT", "default-tenant", "").unwrap();
+        let by_cert = TenantPolicy::new("THANOS-TENANT", "default-tenant", "organization").unwrap();
+        let headers = |t: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(t) = t {
+                h.insert("thanos-tenant", HeaderValue::from_str(t).unwrap());
+            }
+            h
+        };
+        let user = |t: Option<&str>| Principal {
+            name: "u".into(),
+            tenant: t.map(str::to_string),
+        };
+        // Nothing bound: header, else default (Thanos's behaviour).
+        assert_eq!(
+            by_header.resolve(&headers(None), None, None).unwrap(),
+            "default-tenant"
+        );
+        assert_eq!(
+            by_header.resolve(&headers(Some("x")), None, None).unwrap(),
+            "x"
+        );
+        assert_eq!(
+            by_header.resolve(&headers(Some("")), None, None).unwrap(),
+            "default-tenant"
+        );
+        assert_eq!(
+            by_header
+                .resolve(&headers(Some("x")), Some(&user(None)), None)
+                .unwrap(),
+            "x"
+        );
+        // Bound to a user: no header → bound; same header → fine; other → 403.
+        let bound = user(Some("team-a"));
+        assert_eq!(
+            by_header
+                .resolve(&headers(None), Some(&bound), None)
+                .unwrap(),
+            "team-a"
+        );
+        assert_eq!(
+            by_header
+                .resolve(&headers(Some("team-a")), Some(&bound), None)
+                .unwrap(),
+            "team-a"
+        );
+        let e = by_header
+            .resolve(&headers(Some("team-b")), Some(&bound), None)
+            .unwrap_err();
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
+        assert_eq!(e.reason(), FailureReason::tenant_mismatch);
+        assert!(e.to_string().contains("\"team-b\""), "{e}");
+        // Certificate field: the cert's tenant; header for another → 403; no cert or no
+        // field → 401; a user bound elsewhere → 403.
+        assert_eq!(
+            by_cert.resolve(&headers(None), None, Some(&cert)).unwrap(),
+            "team-o"
+        );
+        assert_eq!(
+            by_cert
+                .resolve(&headers(Some("team-x")), None, Some(&cert))
+                .unwrap_err()
+                .status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            by_cert.resolve(&headers(None), None, None).unwrap_err(),
+            TenantError::NoCertificate("organization")
+        );
+        assert_eq!(
+            by_cert
+                .resolve(&headers(None), None, Some(&bare))
+                .unwrap_err()
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            by_cert
+                .resolve(&headers(None), Some(&bound), Some(&cert))
+                .unwrap_err()
+                .status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            by_cert
+                .resolve(&headers(None), Some(&user(Some("team-o"))), Some(&cert))
+                .unwrap(),
+            "team-o"
+        );
+        let mut bad = HeaderMap::new();
+        bad.insert(
+            "thanos-tenant",
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        assert_eq!(
+            by_header.resolve(&bad, None, None).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

@@ -11,7 +11,8 @@ use rustls::ServerConfig;
 use serde::Deserialize;
 
 use crate::Error;
-use crate::auth::{Authenticator, RateLimiter};
+use crate::auth::{Authenticator, GuardState, RateLimiter};
+use crate::identity::{BearerToken, FailureCounter, anchored, check_user_tenants};
 use crate::listener::Listener;
 use crate::pem::{Fingerprint, PemSource, read_bounded};
 use crate::server::{ClientAuth, ServerConfigSource, ServerTlsSettings, TlsVersion, alpn_http};
@@ -44,6 +45,21 @@ struct RawConfig {
     rate_limit: Option<RawRateLimit>,
     #[serde(default)]
     basic_auth_users: Option<BTreeMap<String, String>>,
+    /// Orrery: static bearer tokens (`Authorization: Bearer`), each from a file.
+    #[serde(default)]
+    bearer_tokens: Vec<RawToken>,
+    /// Orrery: the tenant each `basic_auth_users` user is bound to.
+    #[serde(default)]
+    user_tenants: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    token_file: String,
+    #[serde(default)]
+    tenant: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +108,10 @@ pub struct WebConfig {
     pub users: BTreeMap<String, String>,
     /// Token bucket: `burst` requests, one more every `interval`.
     pub rate_limit: Option<(u32, Duration)>,
+    /// Static bearer tokens (read from their files at load).
+    pub tokens: Vec<BearerToken>,
+    /// user → the tenant its requests are bound to.
+    pub user_tenants: BTreeMap<String, String>,
 }
 
 impl WebConfig {
@@ -145,6 +165,33 @@ impl WebConfig {
         for (user, hash) in &users {
             check_hash(user, hash)?;
         }
+        check_user_tenants(&users, &raw.user_tenants)?;
+        let mut tokens = Vec::with_capacity(raw.bearer_tokens.len());
+        for t in raw.bearer_tokens {
+            if t.name.is_empty() {
+                return Err("bearer_tokens: a token needs a name (for logs)".into());
+            }
+            if tokens.iter().any(|o: &BearerToken| o.name == t.name) {
+                return Err(format!("bearer_tokens: name {:?} is used twice", t.name));
+            }
+            if t.tenant.as_deref() == Some("") {
+                return Err(format!("bearer_tokens.{}: empty tenant", t.name));
+            }
+            let tok = BearerToken::load(t.name.clone(), t.tenant, anchored(dir, &t.token_file))
+                .map_err(|e| format!("bearer_tokens.{}: {e}", t.name))?;
+            if let Some(o) = tokens.iter().find(|o: &&BearerToken| o.same_token(&tok)) {
+                return Err(format!(
+                    "bearer_tokens.{}: same token as {:?}",
+                    t.name, o.name
+                ));
+            }
+            tokens.push(tok);
+        }
+        for (u, t) in &raw.user_tenants {
+            if t.is_empty() {
+                return Err(format!("user_tenants.{u}: empty tenant"));
+            }
+        }
         let rate_limit = match raw.rate_limit {
             None => None,
             Some(r) => {
@@ -169,7 +216,22 @@ impl WebConfig {
             headers,
             users,
             rate_limit,
+            tokens,
+            user_tenants: raw.user_tenants,
         })
+    }
+
+    /// Every tenant a credential is bound to (for the service to validate at startup).
+    pub fn bound_tenants(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .user_tenants
+            .values()
+            .cloned()
+            .chain(self.tokens.iter().filter_map(|t| t.tenant.clone()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
     }
 }
 
@@ -325,6 +387,7 @@ impl Loaded {
 
     fn files(&self, path: &Path) -> Vec<PathBuf> {
         let mut f = vec![path.to_path_buf()];
+        f.extend(self.config.tokens.iter().map(|t| t.file.clone()));
         if let Some(t) = &self.config.tls {
             f.extend(t.watched_files());
         }
@@ -401,6 +464,8 @@ pub struct HttpServer {
     source: Option<Arc<WebConfigSource>>,
     /// TLS from flags (`--remote-write.server-tls-*`) instead of the file.
     tls_from_flags: Option<Arc<dyn ServerConfigSource>>,
+    /// Requests refused by the guard (and by the service's tenant checks), by reason.
+    failures: FailureCounter,
 }
 
 impl HttpServer {
@@ -412,7 +477,28 @@ impl HttpServer {
                 _ => None,
             },
             tls_from_flags: None,
+            failures: FailureCounter::default(),
         })
+    }
+
+    /// Refusals by reason, for the service to register as a metric and to count its own
+    /// tenant refusals in.
+    pub fn failures(&self) -> FailureCounter {
+        self.failures.clone()
+    }
+
+    /// Counts refusals in `c` (a counter the service registered before loading this).
+    pub fn with_failure_counter(mut self, c: FailureCounter) -> HttpServer {
+        self.failures = c;
+        self
+    }
+
+    /// Tenants bound to credentials in the file as loaded at startup.
+    pub fn bound_tenants(&self) -> Vec<String> {
+        self.source
+            .as_ref()
+            .map(|s| s.current().config.bound_tenants())
+            .unwrap_or_default()
     }
 
     /// Combines TLS from flags with the file's authentication; TLS in both places is an
@@ -463,7 +549,10 @@ impl HttpServer {
         match &self.source {
             None => router,
             Some(s) => router.layer(axum::middleware::from_fn_with_state(
-                s.clone(),
+                Arc::new(GuardState {
+                    src: s.clone(),
+                    failures: self.failures.clone(),
+                }),
                 crate::auth::guard,
             )),
         }

@@ -70,6 +70,26 @@ pub struct QueryArgs {
     #[arg(long = "query.tenant-header", default_value = "THANOS-TENANT")]
     pub tenant_header: String,
 
+    /// Confine every read to the caller's tenant (Thanos's flag): a
+    /// `<tenant-label-name>="<tenant>"` matcher on every store call, conflicting tenant
+    /// matchers refused (400), endpoints without a tenancy policy refused (403).
+    #[arg(long = "query.enforce-tenancy", default_value_t = false)]
+    pub enforce_tenancy: bool,
+
+    /// Tenant of requests that name none.
+    #[arg(long = "query.default-tenant-id", default_value = "default-tenant")]
+    pub default_tenant: String,
+
+    /// Take the tenant from this field of the verified client certificate
+    /// (organization, organizationalUnit or commonName); a header naming another tenant
+    /// is refused (403).
+    #[arg(long = "query.tenant-certificate-field", default_value = "")]
+    pub tenant_certificate_field: String,
+
+    /// The label that carries the tenant (the receivers' --receive.tenant-label-name).
+    #[arg(long = "query.tenant-label-name", default_value = "tenant_id")]
+    pub tenant_label_name: String,
+
     /// Interval and per-call timeout of endpoint Info calls.
     #[arg(long = "endpoint.info-timeout", default_value = "5s", value_parser = parse_cli_duration, hide = true)]
     pub info_interval: Duration,
@@ -118,6 +138,10 @@ impl QueryArgs {
             lookback_delta: Duration::from_secs(300),
             max_samples: 50_000_000,
             tenant_header: "THANOS-TENANT".into(),
+            enforce_tenancy: false,
+            default_tenant: "default-tenant".into(),
+            tenant_certificate_field: String::new(),
+            tenant_label_name: "tenant_id".into(),
             info_interval: Duration::from_secs(5),
             store_response_timeout: Duration::ZERO,
             grpc_client_tls: Default::default(),

@@ -46,6 +46,16 @@ impl QueryGrpc {
                 replica_labels,
                 dedup,
                 partial_response: partial,
+                // A layered querier: with enforcement on, the caller's `thanos-tenant`
+                // (else the default tenant) confines this fan-out too.
+                enforce: self.state.tenancy.enforce.then(|| {
+                    storeapi::Matcher::equal(
+                        self.state.tenancy.label.clone(),
+                        tenant
+                            .clone()
+                            .unwrap_or_else(|| self.state.tenancy.policy.default.clone()),
+                    )
+                }),
                 tenant,
                 timeout: self.state.timeout,
                 max_resolution_ms: 0,

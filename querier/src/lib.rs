@@ -71,6 +71,23 @@ pub fn build_state(args: &QueryArgs) -> anyhow::Result<Arc<api::AppState>> {
             max_depth: args.max_nesting_depth,
         },
     });
+    let tenancy = tenancy::Tenancy {
+        policy: netsec::TenantPolicy::new(
+            &args.tenant_header,
+            &args.default_tenant,
+            &args.tenant_certificate_field,
+        )
+        .map_err(anyhow::Error::msg)
+        .context("--query.tenant-header / --query.tenant-certificate-field")?,
+        enforce: args.enforce_tenancy,
+        label: args.tenant_label_name.clone(),
+    };
+    if !storeapi::labels::is_valid_label_name(&tenancy.label) {
+        anyhow::bail!(
+            "--query.tenant-label-name {:?} is not a valid label name",
+            tenancy.label
+        );
+    }
     Ok(Arc::new(api::AppState {
         endpoints,
         engine,
@@ -78,7 +95,7 @@ pub fn build_state(args: &QueryArgs) -> anyhow::Result<Arc<api::AppState>> {
         partial_response: args.partial_response,
         timeout: args.timeout,
         store_timeout: args.store_response_timeout,
-        tenant_header: args.tenant_header.to_ascii_lowercase(),
+        tenancy,
         gate: Arc::new(tokio::sync::Semaphore::new(args.max_concurrent.max(1))),
         metrics: metrics::Metrics::new(),
         ready: AtomicBool::new(false),
@@ -113,7 +130,11 @@ pub async fn serve(
     args: QueryArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let http_sec = args.http_config.server().context("--http.config")?;
+    let http_sec = args
+        .http_config
+        .server()
+        .context("--http.config")?
+        .with_failure_counter(state.metrics.auth_failures.clone());
     let grpc_tls = args
         .grpc_tls
         .server_config()
@@ -149,10 +170,13 @@ pub async fn serve(
     // TCP_NODELAY is set per connection: answers are written in parts and small ones must
     // not wait for delayed ACKs (Nagle).
     let listener = http_sec.listener(listener);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-        .context("HTTP server")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<netsec::ConnInfo>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await
+    .context("HTTP server")?;
     discovery.abort();
     if let Some(g) = grpc {
         match g.await {
@@ -164,3 +188,4 @@ pub async fn serve(
 }
 
 pub mod grpc;
+pub mod tenancy;

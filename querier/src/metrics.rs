@@ -34,6 +34,8 @@ pub struct Metrics {
     pub duration: Family<HandlerOnly, Histogram, fn() -> Histogram>,
     pub endpoints: Family<StateLabel, Gauge>,
     pub concurrent_queries: Gauge,
+    /// Requests refused by `--http.config` authentication or the tenant rule.
+    pub auth_failures: netsec::identity::FailureCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -76,12 +78,19 @@ impl Metrics {
             "Queries being evaluated right now",
             concurrent_queries.clone(),
         );
+        let auth_failures = netsec::identity::FailureCounter::default();
+        registry.register(
+            "orrery_query_http_auth_failures",
+            "HTTP requests refused before any read, by reason: missing or wrong credentials (401), a tenant header naming another tenant than the credential's (403), no client certificate for the tenant field, rate limit (429)",
+            auth_failures.clone(),
+        );
         Metrics {
             registry,
             requests,
             duration,
             endpoints,
             concurrent_queries,
+            auth_failures,
         }
     }
 

@@ -34,6 +34,9 @@ pub struct FanoutOptions {
     pub partial_response: bool,
     /// Tenant forwarded as `thanos-tenant` metadata.
     pub tenant: Option<String>,
+    /// Tenancy enforcement (see [`crate::tenancy`]): appended to the matchers of every
+    /// `Series`, `LabelNames` and `LabelValues` call, so no read leaves the tenant.
+    pub enforce: Option<Matcher>,
     /// Per-endpoint call timeout.
     pub timeout: Duration,
     /// `max_source_resolution` in milliseconds: the coarsest downsampled data stores may
@@ -56,6 +59,13 @@ impl FanoutOptions {
         } else {
             PartialResponseStrategy::Abort as i32
         }
+    }
+
+    /// `matchers` plus the enforced tenant matcher, if any.
+    fn confined(&self, matchers: &[Matcher]) -> Vec<Matcher> {
+        let mut m = matchers.to_vec();
+        m.extend(self.enforce.iter().cloned());
+        m
     }
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
@@ -576,6 +586,7 @@ impl ProxyStorage {
         skip_chunks: bool,
     ) -> Result<(Vec<DecodedSeries>, Vec<String>, bool), FanoutError> {
         self.no_endpoints_check()?;
+        let matchers = &self.opts.confined(matchers);
         let eps = self.endpoints.select(hints.start, hints.end, matchers);
         let req = self.series_request(hints, matchers, skip_chunks);
         let calls = eps.into_iter().map(|e| {
@@ -636,6 +647,7 @@ impl ProxyStorage {
         end: i64,
     ) -> Result<(Vec<String>, Vec<String>), FanoutError> {
         self.no_endpoints_check()?;
+        let matchers = &self.opts.confined(matchers);
         let eps = self.endpoints.select(start, end, matchers);
         let req = LabelNamesRequest {
             partial_response_disabled: !self.opts.partial_response,
@@ -694,6 +706,7 @@ impl ProxyStorage {
         if self.opts.dedup_labels().iter().any(|l| l == label) {
             return Ok((Vec::new(), Vec::new()));
         }
+        let matchers = &self.opts.confined(matchers);
         let eps = self.endpoints.select(start, end, matchers);
         let req = LabelValuesRequest {
             label: label.to_string(),

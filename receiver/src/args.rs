@@ -43,6 +43,19 @@ pub struct ReceiveArgs {
     #[arg(long = "receive.default-tenant-id", default_value = "default-tenant")]
     pub default_tenant: String,
 
+    /// Take the tenant from this field of the verified client certificate
+    /// (organization, organizationalUnit or commonName) instead of the header; a
+    /// header naming another tenant is refused (403). Needs a client CA on the
+    /// remote-write listener.
+    #[arg(long = "receive.tenant-certificate-field", default_value = "")]
+    pub tenant_certificate_field: String,
+
+    /// StoreAPI calls (Series, LabelNames, LabelValues) see only the tenant named by
+    /// their `thanos-tenant` gRPC metadata, and calls without it only the default
+    /// tenant (without the flag: every tenant). Thanos has no such flag.
+    #[arg(long = "store.enforce-tenancy", default_value_t = false)]
+    pub store_enforce_tenancy: bool,
+
     /// External label that carries the tenant name.
     #[arg(long = "receive.tenant-label-name", default_value = "tenant_id")]
     pub tenant_label_name: String,

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,8 +26,10 @@ pub struct WriteState {
     pub metrics: ReceiveMetrics,
     pub limits: Arc<LimitsConfig>,
     pub bounds: Bounds,
-    pub tenant_header: String,
-    pub default_tenant: String,
+    /// Header, default and certificate field: how a request's tenant is picked.
+    pub tenants: netsec::TenantPolicy,
+    /// Refusals by reason (shared with the `--remote-write.http-config` guard).
+    pub auth_failures: netsec::identity::FailureCounter,
     pub max_body_bytes: usize,
     pub max_decompressed_bytes: usize,
     pub concurrency: Semaphore,
@@ -54,10 +56,26 @@ pub fn remote_write_router(state: Arc<WriteState>) -> Router {
         .with_state(state)
 }
 
-async fn receive(State(st): State<Arc<WriteState>>, headers: HeaderMap, body: Body) -> Response {
+async fn receive(State(st): State<Arc<WriteState>>, req: Request) -> Response {
     let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    // The guard of `--remote-write.http-config` attached the principal; the listener the
+    // connection (and its client certificate).
+    let tenant = st.tenants.resolve(
+        &headers,
+        parts.extensions.get::<netsec::Principal>(),
+        parts
+            .extensions
+            .get::<ConnectInfo<netsec::ConnInfo>>()
+            .and_then(|c| c.0.peer_certificates.as_deref()),
+    );
+    let tenant = match tenant {
+        Ok(t) => t,
+        Err(e) => return refuse(&st, e),
+    };
     st.metrics.in_flight.inc();
-    let result = handle(&st, &headers, body).await;
+    let result = handle(&st, &headers, tenant, body).await;
     st.metrics.in_flight.dec();
     st.metrics
         .request_duration
@@ -84,7 +102,35 @@ async fn receive(State(st): State<Arc<WriteState>>, headers: HeaderMap, body: Bo
     resp
 }
 
-async fn handle(st: &Arc<WriteState>, headers: &HeaderMap, body: Body) -> Result<(), WriteError> {
+/// A request whose tenant could not be established: 401 (with a challenge) when the
+/// client proved no tenant, 403 when it proved one and asked for another; counted by
+/// reason and by status code, never a 5xx.
+fn refuse(st: &WriteState, e: netsec::identity::TenantError) -> Response {
+    netsec::identity::count(&st.auth_failures, e.reason());
+    let code = e.status();
+    tracing::debug!(code = code.as_u16(), error = %e, "remote write refused: tenant");
+    st.metrics
+        .requests
+        .get_or_create(&CodeLabels {
+            code: code.as_str().to_string(),
+        })
+        .inc();
+    let mut resp = text(code, format!("{e}\n"));
+    if code == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"orrery\""),
+        );
+    }
+    resp
+}
+
+async fn handle(
+    st: &Arc<WriteState>,
+    headers: &HeaderMap,
+    tenant: String,
+    body: Body,
+) -> Result<(), WriteError> {
     if !st.ready.load(Ordering::Acquire) {
         return Err(WriteError::NotReady(
             "receiver is not ready (WAL replay in progress)".into(),
@@ -95,23 +141,6 @@ async fn handle(st: &Arc<WriteState>, headers: &HeaderMap, body: Body) -> Result
     {
         return Err(WriteError::NotReady("hashring not loaded yet".into()));
     }
-    let tenant = match headers.get(st.tenant_header.as_str()) {
-        Some(v) => v
-            .to_str()
-            .map_err(|_| {
-                WriteError::BadRequest(format!(
-                    "tenant header {} is not valid text",
-                    st.tenant_header
-                ))
-            })?
-            .to_string(),
-        None => st.default_tenant.clone(),
-    };
-    let tenant = if tenant.is_empty() {
-        st.default_tenant.clone()
-    } else {
-        tenant
-    };
     validate_tenant(&tenant).map_err(|e| WriteError::BadRequest(e.to_string()))?;
     let limits = st.limits.for_tenant(&tenant);
     let (body_limit, which) = match limits.size_bytes {

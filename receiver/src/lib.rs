@@ -109,6 +109,35 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
     let rw_sec = netsec::HttpServer::load(Some(args.remote_write_http_config.as_path()))
         .and_then(|s| s.with_tls_flags(rw_tls))
         .context("--remote-write.http-config")?;
+    for t in rw_sec.bound_tenants() {
+        multitsdb::validate_tenant(&t)
+            .with_context(|| format!("--remote-write.http-config: tenant {t:?}"))?;
+    }
+    let tenant_policy = netsec::TenantPolicy::new(
+        &args.tenant_header,
+        &args.default_tenant,
+        &args.tenant_certificate_field,
+    )
+    .map_err(anyhow::Error::msg)
+    .context("--receive.tenant-header / --receive.tenant-certificate-field")?;
+    registry
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .register(
+            "orrery_receive_remote_write_auth_failures",
+            "Remote-write requests refused before any write, by reason: missing or wrong credentials and certificates (401), a tenant header naming another tenant than the credential's (403), rate limit (429)",
+            rw_sec.failures(),
+        );
+    registry.lock().unwrap_or_else(|e| e.into_inner()).register(
+        "orrery_receive_http_auth_failures",
+        "Requests to --http-address refused by --http.config authentication, by reason",
+        http_sec.failures(),
+    );
+    if tenant_policy.cert_field.is_some() && !rw_sec.is_tls() {
+        anyhow::bail!(
+            "--receive.tenant-certificate-field needs TLS with a client CA on the remote-write listener (--remote-write.server-tls-client-ca or client_ca_file in --remote-write.http-config)"
+        );
+    }
 
     // Bind everything first, so a port clash fails fast.
     let rw_listener = tokio::net::TcpListener::bind(args.remote_write_address)
@@ -265,8 +294,8 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         limits: limits.clone(),
         bounds,
-        tenant_header: args.tenant_header.clone(),
-        default_tenant: args.default_tenant.clone(),
+        tenants: tenant_policy,
+        auth_failures: rw_sec.failures(),
         max_body_bytes: args.max_body_bytes,
         max_decompressed_bytes: args.max_decompressed_bytes,
         concurrency: tokio::sync::Semaphore::new(max_concurrency),
@@ -276,7 +305,9 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
     let rw_server = tokio::spawn(
         axum::serve(
             rw_sec.listener(rw_listener),
-            rw_sec.router(http::remote_write_router(write_state)),
+            rw_sec
+                .router(http::remote_write_router(write_state))
+                .into_make_service_with_connect_info::<netsec::ConnInfo>(),
         )
         .with_graceful_shutdown(stopped(stop_rx.clone()))
         .into_future(),
@@ -285,6 +316,9 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
     let store_state = StoreState {
         mt: mt.clone(),
         ready: ready.clone(),
+        enforce_default_tenant: args
+            .store_enforce_tenancy
+            .then(|| args.default_tenant.clone()),
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

@@ -14,14 +14,8 @@ use tsdb::{Db, DbError, Options, SyncPolicy};
 /// Why a tenant name was refused (HTTP 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TenantError {
-    #[error("tenant name is empty")]
-    Empty,
-    #[error("tenant name {0:?} is longer than 255 bytes")]
-    TooLong(String),
-    #[error(
-        "invalid tenant {0:?}: must be a single path element (no '/', '\\', '.', '..' or control characters)"
-    )]
-    NotAPathElement(String),
+    #[error(transparent)]
+    Name(#[from] netsec::identity::TenantNameError),
     #[error("invalid tenant {0:?}: reserved name")]
     Reserved(String),
 }
@@ -31,23 +25,12 @@ pub enum TenantError {
 /// tenant (thanos-io/thanos#8798); it is never a tenant, read or written.
 pub const LOST_AND_FOUND: &str = "lost+found";
 
-/// Validates a tenant name as Thanos does (`tenant == path.Base(tenant)`), and also
-/// refuses `.`, `..`, backslashes and control characters.
+pub use netsec::identity::MAX_TENANT_LEN;
+
+/// Validates a tenant name: the strict rule of [`netsec::identity::validate_tenant_name`]
+/// (≤ 150 bytes of safe characters, never `.`/`..`), plus names a receiver reserves.
 pub fn validate_tenant(t: &str) -> Result<(), TenantError> {
-    if t.is_empty() {
-        return Err(TenantError::Empty);
-    }
-    if t.len() > 255 {
-        return Err(TenantError::TooLong(t.chars().take(64).collect()));
-    }
-    if t == "."
-        || t == ".."
-        || t.contains('/')
-        || t.contains('\\')
-        || t.chars().any(char::is_control)
-    {
-        return Err(TenantError::NotAPathElement(t.to_string()));
-    }
+    netsec::identity::validate_tenant_name(t)?;
     if t == LOST_AND_FOUND {
         return Err(TenantError::Reserved(t.to_string()));
     }
@@ -464,10 +447,32 @@ mod tests {
     fn tenant_validation() {
         assert!(validate_tenant("default-tenant").is_ok());
         assert!(validate_tenant("team_a.prod").is_ok());
-        for bad in ["", ".", "..", "a/b", "../x", "a\\b", "a\nb", "/"] {
+        assert!(validate_tenant("A-Z_0.9!*'()").is_ok());
+        assert!(
+            validate_tenant("...").is_ok(),
+            "not a path step, only . and .. are"
+        );
+        assert!(validate_tenant(&"x".repeat(MAX_TENANT_LEN)).is_ok());
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "a\\b",
+            "a\nb",
+            "/",
+            "a b",
+            "a:b",
+            "a%2fb",
+            "é",
+            "a\0b",
+            "$(id)",
+            "lost+found",
+        ] {
             assert!(validate_tenant(bad).is_err(), "{bad:?}");
         }
-        assert!(validate_tenant(&"x".repeat(300)).is_err());
+        assert!(validate_tenant(&"x".repeat(MAX_TENANT_LEN + 1)).is_err());
     }
 
     #[test]

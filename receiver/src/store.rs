@@ -27,6 +27,9 @@ pub const TENANT_METADATA: &str = "thanos-tenant";
 pub struct StoreState {
     pub mt: Arc<MultiTsdb>,
     pub ready: Arc<AtomicBool>,
+    /// `--store.enforce-tenancy`: the default tenant a call without `thanos-tenant`
+    /// metadata is confined to. `None`: such a call sees every tenant (Thanos).
+    pub enforce_default_tenant: Option<String>,
 }
 
 impl StoreState {
@@ -40,7 +43,9 @@ impl StoreState {
         }
     }
 
-    /// The tenants a request may see: the one named by `thanos-tenant`, else all.
+    /// The tenants a request may see: the one named by `thanos-tenant`; without it all,
+    /// or with `--store.enforce-tenancy` only the default tenant (as Thanos reads a
+    /// missing tenant), so no call reads across tenants.
     fn tenants<T>(&self, req: &Request<T>) -> Vec<Arc<Tenant>> {
         match req
             .metadata()
@@ -48,7 +53,10 @@ impl StoreState {
             .and_then(|v| v.to_str().ok())
         {
             Some(t) if !t.is_empty() => self.mt.get(t).into_iter().collect(),
-            _ => self.mt.tenants(),
+            _ => match &self.enforce_default_tenant {
+                Some(d) => self.mt.get(d).into_iter().collect(),
+                None => self.mt.tenants(),
+            },
         }
     }
 

@@ -20,6 +20,7 @@ use storeapi::Matcher;
 use crate::endpoints::EndpointSet;
 use crate::metrics::Metrics;
 use crate::proxy::{FanoutOptions, ProxyStorage};
+use crate::tenancy::Scope;
 use format::{MAX_TIME_MS, MIN_TIME_MS};
 use params::Params;
 
@@ -35,7 +36,8 @@ pub struct AppState {
     pub partial_response: bool,
     pub timeout: Duration,
     pub store_timeout: Duration,
-    pub tenant_header: String,
+    /// The tenant of each request and, with `--query.enforce-tenancy`, its confinement.
+    pub tenancy: crate::tenancy::Tenancy,
     /// `--query.max-concurrent`: a permit per running request, held until its evaluation
     /// has really stopped.
     pub gate: Arc<tokio::sync::Semaphore>,
@@ -127,8 +129,8 @@ fn now_ms() -> i64 {
 
 impl AppState {
     /// Fan-out options for one request: `dedup`, `replicaLabels[]`, `partial_response`
-    /// parameters and the tenant header.
-    fn fanout(&self, p: &Params, headers: &HeaderMap) -> Result<FanoutOptions, ApiError> {
+    /// parameters and the request's tenant scope.
+    fn fanout(&self, p: &Params, scope: &Scope) -> Result<FanoutOptions, ApiError> {
         let dedup = match p.get("dedup") {
             Some(v) if !v.is_empty() => params::parse_bool(v).ok_or_else(|| {
                 ApiError::param("dedup", format!("cannot parse {v:?} as a boolean"))
@@ -155,10 +157,7 @@ impl AppState {
         } else {
             override_labels
         };
-        let tenant = headers
-            .get(self.tenant_header.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let tenant = scope.forward.clone();
         let timeout = if self.store_timeout.is_zero() {
             self.timeout
         } else {
@@ -169,6 +168,7 @@ impl AppState {
             dedup,
             partial_response,
             tenant,
+            enforce: scope.enforced.clone(),
             timeout,
             max_resolution_ms: 0,
         })
@@ -213,10 +213,12 @@ impl AppState {
         Ok(())
     }
 
-    fn storage(&self, p: &Params, headers: &HeaderMap) -> Result<ProxyStorage, ApiError> {
+    /// The fan-out for one request: the only way a handler reads data, and it takes the
+    /// request's tenant [`Scope`].
+    fn storage(&self, p: &Params, scope: &Scope) -> Result<ProxyStorage, ApiError> {
         Ok(ProxyStorage::new(
             self.endpoints.clone(),
-            self.fanout(p, headers)?,
+            self.fanout(p, scope)?,
         ))
     }
 
@@ -408,10 +410,18 @@ async fn parse_blocking(
     engine: &Engine,
     q: String,
     permit: QuerySlot,
+    scope: &Scope,
 ) -> Result<(promql::ParsedExpr, QuerySlot), ApiError> {
     let engine = engine.clone();
+    let scope = scope.clone();
     let job = tokio::task::spawn_blocking(move || {
-        let r = engine.parse(&q);
+        let r = engine.parse(&q).and_then(|e| {
+            // A tenant matcher that contradicts the caller's tenant is the client's error.
+            scope
+                .check_expr(&e)
+                .map_err(|t| QueryError::BadData(t.to_string()))?;
+            Ok(e)
+        });
         (r, permit)
     });
     match job.await {
@@ -477,7 +487,7 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-fn matcher_sets(st: &AppState, p: &Params) -> Result<Vec<Vec<Matcher>>, ApiError> {
+fn matcher_sets(st: &AppState, p: &Params, scope: &Scope) -> Result<Vec<Vec<Matcher>>, ApiError> {
     let all = p.get_all("match[]");
     if all.len() > MAX_MATCH_SETS {
         return Err(ApiError::param(
@@ -490,7 +500,13 @@ fn matcher_sets(st: &AppState, p: &Params) -> Result<Vec<Vec<Matcher>>, ApiError
     }
     let limits = st.engine.options().limits;
     all.into_iter()
-        .map(|s| parse_selector(s, &limits).map_err(|e| ApiError::param("match[]", e)))
+        .map(|s| {
+            let ms = parse_selector(s, &limits).map_err(|e| ApiError::param("match[]", e))?;
+            scope
+                .check_matchers(&ms)
+                .map_err(|e| ApiError::param("match[]", e))?;
+            Ok(ms)
+        })
         .collect()
 }
 
@@ -513,7 +529,7 @@ fn apply_limit<T>(v: &mut Vec<T>, limit: usize, warnings: &mut Vec<String>) {
     }
 }
 
-async fn query(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
+async fn query(st: &AppState, p: &Params, h: &Scope) -> ApiResult {
     let q = p.get("query").unwrap_or("").to_string();
     let t = parse_time_param(p, "time", now_ms())?;
     let timeout = st.query_timeout(p)?;
@@ -527,7 +543,7 @@ async fn query(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
     let _cancel = CancelOnDrop(cancel.clone());
     opts.cancel = Some(cancel);
     st.with_gate(timeout, |permit| async move {
-        let (expr, permit) = parse_blocking(&st.engine, q, permit).await?;
+        let (expr, permit) = parse_blocking(&st.engine, q, permit, h).await?;
         let started = Instant::now();
         let prepared = st
             .engine
@@ -540,7 +556,7 @@ async fn query(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
     .await
 }
 
-async fn query_range(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
+async fn query_range(st: &AppState, p: &Params, h: &Scope) -> ApiResult {
     let start = match p.get("start") {
         Some(v) => format::parse_time(v).map_err(|e| ApiError::param("start", e))?,
         None => {
@@ -596,7 +612,7 @@ async fn query_range(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
     let _cancel = CancelOnDrop(cancel.clone());
     opts.cancel = Some(cancel);
     st.with_gate(timeout, |permit| async move {
-        let (expr, permit) = parse_blocking(&st.engine, q, permit).await?;
+        let (expr, permit) = parse_blocking(&st.engine, q, permit, h).await?;
         let started = Instant::now();
         let prepared = st
             .engine
@@ -611,12 +627,15 @@ async fn query_range(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
 
 /// `/api/v1/query_exemplars`: no store keeps exemplars yet, but the query is checked and
 /// parsed as Prometheus does (a bad one is a 400).
-fn query_exemplars(st: &AppState, p: &Params) -> ApiResult {
+fn query_exemplars(st: &AppState, p: &Params, scope: &Scope) -> ApiResult {
     parse_time_param(p, "start", MIN_TIME_MS)?;
     parse_time_param(p, "end", MAX_TIME_MS)?;
     let q = p.get("query").unwrap_or("");
-    promql::parse_checked(q, &st.engine.options().limits)
+    let e = promql::parse_checked(q, &st.engine.options().limits)
         .map_err(|e| ApiError::bad_data(e.to_string()))?;
+    scope
+        .check_expr(&e)
+        .map_err(|e| ApiError::param("query", e))?;
     Ok(("[]".into(), Vec::new(), Vec::new()))
 }
 
@@ -628,8 +647,8 @@ fn fanout_err(e: crate::proxy::FanoutError) -> ApiError {
     }
 }
 
-async fn series(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
-    let sets = matcher_sets(st, p)?;
+async fn series(st: &AppState, p: &Params, h: &Scope) -> ApiResult {
+    let sets = matcher_sets(st, p, h)?;
     if sets.is_empty() {
         return Err(ApiError::bad_data("no match[] parameter provided"));
     }
@@ -658,8 +677,8 @@ async fn series(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
     .await
 }
 
-async fn labels(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
-    let sets = matcher_sets(st, p)?;
+async fn labels(st: &AppState, p: &Params, h: &Scope) -> ApiResult {
+    let sets = matcher_sets(st, p, h)?;
     let start = parse_time_param(p, "start", MIN_TIME_MS)?;
     let end = parse_time_param(p, "end", MAX_TIME_MS)?;
     let limit = limit_param(p)?;
@@ -689,14 +708,14 @@ async fn labels(st: &AppState, p: &Params, h: &HeaderMap) -> ApiResult {
     .await
 }
 
-async fn label_values(st: &AppState, name: &str, p: &Params, h: &HeaderMap) -> ApiResult {
+async fn label_values(st: &AppState, name: &str, p: &Params, h: &Scope) -> ApiResult {
     // Prometheus accepts UTF-8 names encoded as `U__...`; plain names are the common case.
     if name.is_empty() || !storeapi::labels::is_valid_label_name(name) {
         return Err(ApiError::bad_data(format!(
             "invalid label name: \"{name}\""
         )));
     }
-    let sets = matcher_sets(st, p)?;
+    let sets = matcher_sets(st, p, h)?;
     let start = parse_time_param(p, "start", MIN_TIME_MS)?;
     let end = parse_time_param(p, "end", MAX_TIME_MS)?;
     let limit = limit_param(p)?;
@@ -783,8 +802,9 @@ fn flags_json(flags: &[(String, String)]) -> String {
     data
 }
 
-/// `/api/v1/stores`: endpoints grouped by component type (Thanos's shape).
-pub fn stores_json(endpoints: &EndpointSet) -> String {
+/// `/api/v1/stores`: endpoints grouped by component type (Thanos's shape); label sets
+/// naming another tenant than `scope`'s are left out when enforcing.
+pub fn stores_json(endpoints: &EndpointSet, scope: &Scope) -> String {
     let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for e in endpoints.all() {
         let st = e.status();
@@ -798,7 +818,8 @@ pub fn stores_json(endpoints: &EndpointSet) -> String {
             None => o.push_str("null"),
         }
         o.push_str(",\"labelSets\":[");
-        for (i, ls) in st.label_sets.iter().enumerate() {
+        let shown = st.label_sets.iter().filter(|ls| scope.shows_label_set(ls));
+        for (i, ls) in shown.enumerate() {
             if i > 0 {
                 o.push(',');
             }
@@ -836,7 +857,9 @@ const BUILDINFO: &str = concat!(
     "\",\"revision\":\"\",\"branch\":\"\",\"buildUser\":\"\",\"buildDate\":\"\",\"goVersion\":\"\"}"
 );
 
-/// Runs an API handler: collects parameters (query string + form body), times it, counts it.
+/// Runs an API handler: resolves the caller's tenant scope, collects parameters (query
+/// string + form body), times it, counts it.
+#[allow(clippy::too_many_arguments)] // the request's parts, as the route closures extract them
 async fn api(
     st: Arc<AppState>,
     handler: &'static str,
@@ -845,8 +868,35 @@ async fn api(
     raw: Option<String>,
     body: Bytes,
     label: Option<String>,
+    ext: axum::http::Extensions,
 ) -> Response {
     let started = Instant::now();
+    let scope = st.tenancy.scope(
+        handler,
+        &headers,
+        ext.get::<netsec::Principal>(),
+        ext.get::<axum::extract::ConnectInfo<netsec::ConnInfo>>()
+            .and_then(|c| c.0.peer_certificates.as_deref()),
+    );
+    let scope = match scope {
+        Ok(s) => s,
+        Err(e) => {
+            if let crate::tenancy::TenancyError::Tenant(t) = &e {
+                netsec::identity::count(&st.metrics.auth_failures, t.reason());
+            }
+            let status = e.status();
+            let kind = if status == StatusCode::BAD_REQUEST {
+                "bad_data"
+            } else {
+                "forbidden"
+            };
+            let resp = json_response(status, format::error(kind, &e.to_string(), &[]));
+            st.metrics
+                .observe(handler, status.as_u16(), started.elapsed().as_secs_f64());
+            return resp;
+        }
+    };
+    let h = &scope;
     let mut p = Params::from_query(raw.as_deref().unwrap_or(""));
     let is_form = headers
         .get(header::CONTENT_TYPE)
@@ -856,18 +906,18 @@ async fn api(
         p.prepend_form(&body);
     }
     let res = match handler {
-        "query" => query(&st, &p, &headers).await,
-        "query_range" => query_range(&st, &p, &headers).await,
-        "series" => series(&st, &p, &headers).await,
-        "labels" => labels(&st, &p, &headers).await,
-        "label_values" => label_values(&st, label.as_deref().unwrap_or(""), &p, &headers).await,
+        "query" => query(&st, &p, h).await,
+        "query_range" => query_range(&st, &p, h).await,
+        "series" => series(&st, &p, h).await,
+        "labels" => labels(&st, &p, h).await,
+        "label_values" => label_values(&st, label.as_deref().unwrap_or(""), &p, h).await,
         "metadata" => Ok(("{}".into(), Vec::new(), Vec::new())),
-        "query_exemplars" => query_exemplars(&st, &p),
+        "query_exemplars" => query_exemplars(&st, &p, h),
         "buildinfo" => Ok((BUILDINFO.into(), Vec::new(), Vec::new())),
         "rules" => rules(&p),
         "alerts" => Ok(("{\"alerts\":[]}".into(), Vec::new(), Vec::new())),
         "flags" => Ok((flags_json(&st.flags), Vec::new(), Vec::new())),
-        "stores" => Ok((stores_json(&st.endpoints), Vec::new(), Vec::new())),
+        "stores" => Ok((stores_json(&st.endpoints, h), Vec::new(), Vec::new())),
         _ => Err(ApiError {
             error_type: "not_found",
             message: "not found".into(),
@@ -886,22 +936,34 @@ async fn api(
 macro_rules! api_route {
     ($name:literal) => {
         |State(st): State<Arc<AppState>>,
+         ext: axum::http::Extensions,
          method: Method,
          headers: HeaderMap,
          RawQuery(raw): RawQuery,
-         body: Bytes| async move { api(st, $name, method, headers, raw, body, None).await }
+         body: Bytes| async move { api(st, $name, method, headers, raw, body, None, ext).await }
     };
 }
 
 async fn label_values_route(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
+    ext: axum::http::Extensions,
     method: Method,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
-    api(st, "label_values", method, headers, raw, body, Some(name)).await
+    api(
+        st,
+        "label_values",
+        method,
+        headers,
+        raw,
+        body,
+        Some(name),
+        ext,
+    )
+    .await
 }
 
 async fn metrics_route(State(st): State<Arc<AppState>>) -> Response {
