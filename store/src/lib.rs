@@ -270,6 +270,7 @@ pub fn build(args: &StoreArgs, registry: &mut Registry) -> anyhow::Result<Parts>
         data_dir: args.data_dir.clone(),
         bucket: bucket.clone(),
         window: Arc::new(RwLock::new((i64::MIN, i64::MAX))),
+        batch_chunks: service::SERIES_BATCH_CHUNKS,
     };
     let syncer = Syncer {
         fetcher: MetaFetcher::new(bucket, Some(args.data_dir.join("meta-syncer"))),

@@ -4,7 +4,7 @@
 //! `without_replica_labels` removes them, series come sorted and each once (chunks of
 //! the same series from several blocks merged, identical chunks dropped).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -60,11 +60,17 @@ pub struct Gateway {
     pub bucket: Bucket,
     /// `--min-time`/`--max-time` resolved at the last sync.
     pub window: Arc<RwLock<(i64, i64)>>,
+    /// Chunk refs fetched per batch of a `Series` response ([`SERIES_BATCH_CHUNKS`]).
+    pub batch_chunks: usize,
 }
+
+/// Chunk refs fetched and sent per batch of a `Series` response: about 8 MiB of chunk
+/// bytes in memory at 160 bytes a chunk, whatever the response's size.
+pub const SERIES_BATCH_CHUNKS: usize = 50_000;
 
 /// One series' selection in one block: labels (external added, replica removed) and
 /// chunk refs with times.
-type BlockSeries = (Labels, Vec<(u64, i64, i64)>);
+type BlockSeries = (Labels, Vec<ChunkRef>);
 
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
@@ -256,15 +262,13 @@ impl Gateway {
         Ok(out)
     }
 
-    /// Runs a `Series` request: the selected series, merged and sorted, and the
-    /// warnings for blocks that could not be read (partial response).
-    async fn select(
-        &self,
-        req: &SeriesRequest,
-    ) -> Result<(Vec<(Labels, Vec<Chunk>)>, Vec<String>), Status> {
+    /// Phase one of a `Series` request: every block's matching series with their chunk
+    /// refs (labels and refs only, no chunk bytes), merged in label order, and warnings
+    /// for blocks that could not be read. The series limit applies here, before a single
+    /// chunk is fetched.
+    async fn plan(&self, req: &SeriesRequest, fetched: &Fetched) -> Result<Plan, Status> {
         let aggrs = crate::resolution::requested(&req.aggregates)
             .map_err(|e| Status::invalid_argument(format!("invalid aggregates: {e}")))?;
-        let aggrs = &aggrs[..];
         let matchers = matchers_from_wire(&req.matchers).map_err(bad_matchers)?;
         let abort = req.partial_response_disabled
             || req.partial_response_strategy == PartialResponseStrategy::Abort as i32;
@@ -273,136 +277,256 @@ impl Gateway {
         let without: BTreeSet<String> = req.without_replica_labels.iter().cloned().collect();
         let blocks = self.blocks_for(req.min_time, req.max_time);
         let blocks = by_resolution(blocks, mint, maxt, req.max_resolution_window);
-        let work: Vec<(Arc<StoreBlock>, Vec<Matcher>)> = blocks
+        let work: Vec<(usize, Arc<StoreBlock>, Vec<Matcher>)> = blocks
             .into_iter()
             .filter_map(|b| {
                 let (ok, local) = split_for_block(&matchers, &b.ext);
                 ok.then_some((b, local))
             })
+            .enumerate()
+            .map(|(i, (b, local))| (i, b, local))
             .collect();
-        if work.iter().any(|(_, l)| l.is_empty()) {
+        if work.iter().any(|(_, _, l)| l.is_empty()) {
             return Err(Status::invalid_argument(
                 "no matchers specified (excluding external labels)",
             ));
         }
-        let fetched = Fetched::default();
-        let ctx = self.ctx(&fetched);
-        let results: Vec<Result<Vec<(Labels, Vec<Chunk>)>, ReadError>> = stream::iter(work)
-            .map(|(b, local)| {
+        let ctx = self.ctx(fetched);
+        let blocks: Vec<Arc<StoreBlock>> = work.iter().map(|(_, b, _)| b.clone()).collect();
+        let results: Vec<(usize, Result<Vec<BlockSeries>, ReadError>)> = stream::iter(work)
+            .map(|(i, b, local)| {
                 let without = &without;
                 async move {
-                    b.guarded(&self.metrics, async {
-                        let series = self
-                            .block_series(&b, local, mint, maxt, without, req.skip_chunks, ctx)
-                            .await?;
-                        if self.limits.series > 0 && series.len() as u64 > self.limits.series {
-                            return Ok(series.into_iter().map(|(l, _)| (l, Vec::new())).collect());
-                        }
-                        let refs: Vec<(u64, i64, i64)> =
-                            series.iter().flat_map(|(_, r)| r.iter().copied()).collect();
-                        let chunks = b.chunks(&refs, ctx).await?;
-                        check_aggregates(&b, &chunks, aggrs)?;
-                        let mut it = chunks.into_iter();
-                        Ok(series
-                            .into_iter()
-                            .map(|(l, r)| (l, it.by_ref().take(r.len()).collect()))
-                            .collect())
-                    })
-                    .await
+                    let r = b
+                        .guarded(
+                            &self.metrics,
+                            self.block_series(&b, local, mint, maxt, without, req.skip_chunks, ctx),
+                        )
+                        .await;
+                    (i, r)
                 }
             })
             .buffer_unordered(BLOCK_CONCURRENCY)
             .collect()
             .await;
-        self.metrics.observe_fetched(&fetched);
-        let fetched = fetched.total();
-        let mut merged: BTreeMap<Labels, Vec<Chunk>> = BTreeMap::new();
+        let mut merged: BTreeMap<Labels, Vec<(usize, Vec<ChunkRef>)>> = BTreeMap::new();
         let mut warnings = Vec::new();
-        for r in results {
+        for (i, r) in results {
             match r {
                 Ok(series) => {
-                    for (l, c) in series {
-                        merged.entry(l).or_default().extend(c);
+                    for (l, refs) in series {
+                        merged.entry(l).or_default().push((i, refs));
                     }
                 }
                 Err(e) => {
-                    self.metrics.block_read_failures.inc();
-                    tracing::warn!(block = %e.block(), error = %e, partial_response = !abort,
-                        "block unreadable; answering without it unless partial response is off");
-                    if abort {
-                        return Err(Status::unavailable(e.to_string()));
-                    }
+                    self.block_failed(&e, abort)?;
                     warnings.push(e.to_string());
                 }
             }
         }
-        let limit_err = |what: String| {
-            self.metrics.series_limited.inc();
-            Err(Status::resource_exhausted(what))
-        };
         if self.limits.series > 0 && merged.len() as u64 > self.limits.series {
-            return limit_err(format!(
+            return Err(self.limited(format!(
                 "exceeded series limit: the query selects more than {} series (--store.limits.request-series)",
                 self.limits.series
-            ));
+            )));
         }
-        if self.limits.bytes > 0 && fetched > self.limits.bytes {
-            return limit_err(format!(
-                "exceeded bytes limit: the query fetched {fetched} bytes (postings, series and chunks) from the bucket, more than {} (--store.grpc.downloaded-bytes-limit)",
-                self.limits.bytes
-            ));
+        self.check_bytes(fetched)?;
+        let mut series: Vec<PlannedSeries> = merged.into_iter().collect();
+        if req.limit > 0 && series.len() as u64 > req.limit as u64 {
+            series.truncate(req.limit as usize);
         }
-        let mut samples = 0u64;
-        let mut out = Vec::with_capacity(merged.len());
-        for (l, mut chunks) in merged {
-            chunks.sort_by_key(|c| (c.min_time, c.max_time));
-            // The same block content under two ULIDs (e.g. a replica shipped twice)
-            // gives identical chunks: send each once.
-            chunks.dedup();
-            samples += chunks.iter().map(|c| chunk_samples(c, aggrs)).sum::<u64>();
-            if self.limits.samples > 0 && samples > self.limits.samples {
-                return limit_err(format!(
-                    "exceeded samples limit: the query selects more than {} samples (--store.grpc.series-sample-limit)",
-                    self.limits.samples
-                ));
-            }
-            out.push((l, chunks));
-        }
-        if req.limit > 0 && out.len() as u64 > req.limit as u64 {
-            out.truncate(req.limit as usize);
-        }
-        Ok((out, warnings))
+        Ok(Plan {
+            blocks,
+            series,
+            warnings,
+            aggrs,
+            abort,
+            skip_chunks: req.skip_chunks,
+            frame_batch: req.response_batch_size,
+        })
     }
+
+    /// Logs and counts an unreadable block; under the ABORT strategy, the error.
+    fn block_failed(&self, e: &ReadError, abort: bool) -> Result<(), Status> {
+        self.metrics.block_read_failures.inc();
+        tracing::warn!(block = %e.block(), error = %e, partial_response = !abort,
+            "block unreadable; answering without it unless partial response is off");
+        if abort {
+            return Err(Status::unavailable(e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn limited(&self, what: String) -> Status {
+        self.metrics.series_limited.inc();
+        Status::resource_exhausted(what)
+    }
+
+    fn check_bytes(&self, fetched: &Fetched) -> Result<(), Status> {
+        let n = fetched.total();
+        if self.limits.bytes > 0 && n > self.limits.bytes {
+            return Err(self.limited(format!(
+                "exceeded bytes limit: the query fetched {n} bytes (postings, series and chunks) from the bucket, more than {} (--store.grpc.downloaded-bytes-limit)",
+                self.limits.bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Phase two: the planned series in batches of at most `batch_chunks` chunk refs —
+    /// fetched (each block's share of a batch in one merged read), checked against the
+    /// samples and bytes limits, encoded and sent before the next batch is fetched — so
+    /// a response of any size is served with about one batch of chunks in memory. A
+    /// block failing mid-stream is a warning (or, under ABORT, the stream's error) and
+    /// is not read again for this request; a limit crossed mid-stream ends the stream
+    /// with `ResourceExhausted`.
+    async fn stream_series(
+        &self,
+        plan: Plan,
+        fetched: &Fetched,
+        tx: &tokio::sync::mpsc::Sender<Result<Bytes, Status>>,
+    ) -> Result<(), Status> {
+        let mut frames: Vec<Bytes> = plan.warnings.iter().cloned().map(warn_frame).collect();
+        let mut w = FrameWriter::new(plan.skip_chunks, plan.frame_batch);
+        let mut failed: HashSet<usize> = HashSet::new();
+        let mut samples = 0u64;
+        let ctx = self.ctx(fetched);
+        let aggrs = &plan.aggrs[..];
+        let mut next = 0;
+        while next < plan.series.len() {
+            let first = next;
+            let mut refs = 0usize;
+            while next < plan.series.len() && (next == first || refs < self.batch_chunks) {
+                refs += plan.series[next]
+                    .1
+                    .iter()
+                    .map(|(_, r)| r.len())
+                    .sum::<usize>();
+                next += 1;
+            }
+            let batch = &plan.series[first..next];
+            let mut per_block: BTreeMap<usize, Vec<ChunkRef>> = BTreeMap::new();
+            for (_, parts) in batch {
+                for (bi, r) in parts {
+                    if !r.is_empty() && !failed.contains(bi) {
+                        per_block.entry(*bi).or_default().extend_from_slice(r);
+                    }
+                }
+            }
+            let results: Vec<(usize, Result<Vec<Chunk>, ReadError>)> = stream::iter(per_block)
+                .map(|(bi, refs)| {
+                    let b = &plan.blocks[bi];
+                    async move {
+                        let r = b
+                            .guarded(&self.metrics, async {
+                                let chunks = b.chunks(&refs, ctx).await?;
+                                check_aggregates(b, &chunks, aggrs)?;
+                                Ok(chunks)
+                            })
+                            .await;
+                        (bi, r)
+                    }
+                })
+                .buffer_unordered(BLOCK_CONCURRENCY)
+                .collect()
+                .await;
+            let mut got: HashMap<usize, std::vec::IntoIter<Chunk>> = HashMap::new();
+            for (bi, r) in results {
+                match r {
+                    Ok(chunks) => {
+                        got.insert(bi, chunks.into_iter());
+                    }
+                    Err(e) => {
+                        self.block_failed(&e, plan.abort)?;
+                        failed.insert(bi);
+                        frames.push(warn_frame(e.to_string()));
+                    }
+                }
+            }
+            self.check_bytes(fetched)?;
+            for (labels, parts) in batch {
+                let mut chunks: Vec<Chunk> = Vec::new();
+                for (bi, r) in parts {
+                    if let Some(it) = got.get_mut(bi) {
+                        chunks.extend(it.by_ref().take(r.len()));
+                    }
+                }
+                if chunks.is_empty() && !plan.skip_chunks {
+                    // Its only blocks failed (a warning says so).
+                    continue;
+                }
+                chunks.sort_by_key(|c| (c.min_time, c.max_time));
+                // The same block content under two ULIDs (e.g. a replica shipped twice)
+                // gives identical chunks: send each once.
+                chunks.dedup();
+                samples += chunks.iter().map(|c| chunk_samples(c, aggrs)).sum::<u64>();
+                if self.limits.samples > 0 && samples > self.limits.samples {
+                    return Err(self.limited(format!(
+                        "exceeded samples limit: the query selects more than {} samples (--store.grpc.series-sample-limit)",
+                        self.limits.samples
+                    )));
+                }
+                let buf = w.labels();
+                for x in labels.iter() {
+                    put_label(buf, x.name.as_bytes(), x.value.as_bytes());
+                }
+                w.push(chunks.iter().map(|c| wire_chunk(c, aggrs)), &mut |b| {
+                    frames.push(b)
+                });
+            }
+            for f in frames.drain(..) {
+                if tx.send(Ok(f)).await.is_err() {
+                    return Ok(()); // the client went away
+                }
+            }
+        }
+        w.finish(&mut |b| frames.push(b));
+        for f in frames {
+            if tx.send(Ok(f)).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A chunk reference with its time range, as the index lists it.
+type ChunkRef = (u64, i64, i64);
+
+/// One selected series: its labels and, per block (index into [`Plan::blocks`]), the
+/// refs of its chunks there.
+type PlannedSeries = (Labels, Vec<(usize, Vec<ChunkRef>)>);
+
+/// A `Series` request after phase one (see [`Gateway::plan`]).
+struct Plan {
+    blocks: Vec<Arc<StoreBlock>>,
+    series: Vec<PlannedSeries>,
+    warnings: Vec<String>,
+    aggrs: Vec<AggrType>,
+    abort: bool,
+    skip_chunks: bool,
+    frame_batch: i64,
 }
 
 impl FrameSeries for Gateway {
     async fn series_frames(&self, request: Request<SeriesRequest>) -> Result<FrameStream, Status> {
         self.check_ready()?;
         let req = request.into_inner();
-        let (series, warnings) = self.select(&req).await?;
-        let (skip_chunks, batch) = (req.skip_chunks, req.response_batch_size);
-        let aggrs = crate::resolution::requested(&req.aggregates)
-            .map_err(|e| Status::invalid_argument(format!("invalid aggregates: {e}")))?;
+        let fetched = Fetched::default();
+        let plan = match self.plan(&req, &fetched).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics.observe_fetched(&fetched);
+                return Err(e);
+            }
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(FRAME_QUEUE);
-        tokio::task::spawn_blocking(move || {
-            let mut open = true;
-            let mut send = |b: Bytes| {
-                if open && tx.blocking_send(Ok(b)).is_err() {
-                    open = false;
-                }
-            };
-            for w in warnings {
-                send(warn_frame(w));
+        let gw = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = gw.stream_series(plan, &fetched, &tx).await {
+                let _ = tx.send(Err(e)).await;
             }
-            let mut w = FrameWriter::new(skip_chunks, batch);
-            for (l, chunks) in &series {
-                let buf = w.labels();
-                for x in l.iter() {
-                    put_label(buf, x.name.as_bytes(), x.value.as_bytes());
-                }
-                w.push(chunks.iter().map(|c| wire_chunk(c, &aggrs)), &mut send);
-            }
-            w.finish(&mut send);
+            gw.metrics.observe_fetched(&fetched);
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
@@ -602,5 +726,166 @@ impl storeapi::wire::info::info_server::Info for Gateway {
             exemplars: None,
             ..Default::default()
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The `Series` stream in batches equals the answer of one batch, and the limits end
+    //! it as documented; on a real FILESYSTEM bucket of blocks written by `tsdb`.
+
+    use super::*;
+    use objstore::BucketConfig;
+    use storeapi::MatchOp;
+    use storeapi::wire::matcher_to_wire;
+    use tsdb::block::{BlockOptions, BlockWriter};
+    use tsdb::chunk::XorChunk;
+
+    const T0: i64 = 1_700_000_000_000;
+    const HOUR: i64 = 3_600_000;
+
+    /// Three 1h blocks of 40 series; each series has two 3-sample chunks per block.
+    fn gateway(dir: &std::path::Path, batch_chunks: usize, limits: Limits) -> Gateway {
+        let bucket_dir = dir.join("bucket");
+        let bucket = Bucket::new(&BucketConfig::filesystem(&bucket_dir), None).unwrap();
+        let mut blocks = BTreeMap::new();
+        for b in 0..3i64 {
+            let start = T0 + b * HOUR;
+            let mut series: Vec<(Labels, Vec<Chunk>)> = (0..40)
+                .map(|i| {
+                    let l = Labels::from_pairs([
+                        ("__name__", "m"),
+                        ("instance", format!("host-{i:02}").as_str()),
+                    ])
+                    .unwrap();
+                    let chunks = (0..2)
+                        .map(|k| {
+                            let t = start + k * 1_800_000;
+                            let mut c = XorChunk::new();
+                            for s in 0..3 {
+                                c.append(t + s * 15_000, (i * 10 + s) as f64).unwrap();
+                            }
+                            Chunk {
+                                min_time: t,
+                                max_time: t + 30_000,
+                                encoding: Encoding::Xor,
+                                data: Bytes::from(c.into_bytes()),
+                            }
+                        })
+                        .collect();
+                    (l, chunks)
+                })
+                .collect();
+            series.sort_by(|a, b| a.0.cmp(&b.0));
+            let meta = BlockWriter::write(
+                &bucket_dir,
+                start,
+                start + HOUR,
+                series,
+                &BlockOptions::default(),
+            )
+            .unwrap();
+            let blk = StoreBlock::new(meta, &dir.join("data"), bucket.clone());
+            blocks.insert(blk.id(), Arc::new(blk));
+        }
+        Gateway {
+            blocks: Arc::new(RwLock::new(blocks)),
+            ready: Arc::new(AtomicBool::new(true)),
+            cache: Arc::new(ChunkCache::new(0)),
+            index_cache: Arc::new(IndexCache::new(1 << 20)),
+            metrics: StoreMetrics::default(),
+            limits,
+            data_dir: dir.join("data"),
+            bucket,
+            window: Arc::new(RwLock::new((i64::MIN, i64::MAX))),
+            batch_chunks,
+        }
+    }
+
+    fn request() -> SeriesRequest {
+        let m = Matcher::new(MatchOp::Equal, "__name__", "m").unwrap();
+        SeriesRequest {
+            min_time: T0,
+            max_time: T0 + 3 * HOUR,
+            matchers: vec![matcher_to_wire(&m)],
+            ..Default::default()
+        }
+    }
+
+    /// (series labels, chunk count) in stream order, or the stream's error after them.
+    async fn run(gw: &Gateway) -> (Vec<(String, usize)>, Option<Status>) {
+        let mut s = gw.series_frames(Request::new(request())).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(f) = s.next().await {
+            match f {
+                Ok(b) => match SeriesResponse::decode(b).unwrap().result {
+                    Some(series_response::Result::Series(x)) => {
+                        let l: Vec<String> = x
+                            .labels
+                            .iter()
+                            .map(|l| format!("{}={}", l.name, l.value))
+                            .collect();
+                        out.push((l.join(","), x.chunks.len()));
+                    }
+                    other => panic!("unexpected frame {other:?}"),
+                },
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        (out, None)
+    }
+
+    #[tokio::test]
+    async fn batches_stream_the_same_answer_as_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = run(&gateway(dir.path(), usize::MAX, Limits::default())).await;
+        assert!(whole.1.is_none(), "{:?}", whole.1);
+        assert_eq!(whole.0.len(), 40);
+        assert!(whole.0.iter().all(|(_, n)| *n == 6), "{:?}", whole.0);
+        assert!(
+            whole.0.windows(2).all(|w| w[0].0 < w[1].0),
+            "sorted, each once"
+        );
+        for batch in [1, 7, 60] {
+            let dir = tempfile::tempdir().unwrap();
+            let gw = gateway(dir.path(), batch, Limits::default());
+            let got = run(&gw).await;
+            assert_eq!(got.0, whole.0, "batch of {batch} chunk refs");
+            assert!(got.1.is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn series_limit_refuses_before_any_chunk_and_samples_limit_ends_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            series: 39,
+            ..Limits::default()
+        };
+        let gw = gateway(dir.path(), 7, limits);
+        let err = match gw.series_frames(Request::new(request())).await {
+            Err(e) => e,
+            Ok(_) => panic!("40 series must exceed a limit of 39"),
+        };
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+        assert_eq!(
+            gw.metrics.bytes_fetched.get(),
+            0,
+            "no chunk fetched before the series limit"
+        );
+
+        // 18 samples a series: the limit is crossed at the 6th series, mid-stream.
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            samples: 100,
+            ..Limits::default()
+        };
+        let (sent, err) = run(&gateway(dir.path(), 7, limits)).await;
+        let err = err.expect("the samples limit ends the stream");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+        assert!(
+            sent.len() < 6,
+            "at most the series before the limit: {sent:?}"
+        );
     }
 }
