@@ -10,6 +10,7 @@
 //!   Prometheus's `remote_write.basic_auth` lands while a wrong password is refused.
 
 mod receiver_common;
+mod security_common;
 
 use std::path::Path;
 use std::process::Command;
@@ -17,10 +18,9 @@ use std::time::{Duration, Instant};
 
 use e2e::{Proc, Prometheus, free_port, orrery_bin, wait_for};
 use netsec::ClientTls;
-use netsec::client::ClientTlsSettings;
-use netsec::pem::PemSource;
 use netsec::testing::{Ca, Leaf, SecretDir, serial_hex};
 use receiver_common::{Receiver, prom_value};
+use security_common::{b64, tls_client, write};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 type TlsStream = netsec::tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
@@ -30,24 +30,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, body).expect("write file");
-    p.display().to_string()
-}
-
-fn tls_client(ca: &Ca, leaf: Option<&Leaf>) -> ClientTls {
-    ClientTls::new(ClientTlsSettings {
-        ca: Some(PemSource::Inline(ca.pem())),
-        cert: leaf.map(|l| PemSource::Inline(l.cert_pem.clone())),
-        key: leaf.map(|l| PemSource::Inline(l.key_pem.clone())),
-        skip_verify: false,
-        server_name: None,
-        min_version: netsec::TlsVersion::Tls13,
-    })
-    .expect("TLS client")
 }
 
 /// A parsed HTTP/1.1 response: status, lower-cased head, body.
@@ -496,25 +478,6 @@ fn http_config_basic_auth_on_querier_and_remote_write() {
         assert_eq!(r.status, want, "remote write, {what}: {}", r.body);
     }
     eprintln!("basic-auth test took {:?}", t0.elapsed());
-}
-
-fn b64(s: &str) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// `Series` over mTLS against `grpc`: how many series named `name`.

@@ -386,20 +386,11 @@ impl ResultOptions {
 /// Keeps the first `limit` series of a vector or matrix (Prometheus's `limit` parameter of
 /// query and query_range: scalars and strings are untouched), with its warning.
 fn truncate_series(v: &mut promql::Value, limit: usize, warnings: &mut Vec<String>) {
-    let n = match v {
-        promql::Value::Vector(s) => s.len(),
-        promql::Value::Matrix(s) => s.len(),
-        _ => 0,
-    };
-    if limit == 0 || n <= limit {
-        return;
-    }
     match v {
-        promql::Value::Vector(s) => s.truncate(limit),
-        promql::Value::Matrix(s) => s.truncate(limit),
+        promql::Value::Vector(s) => apply_limit(s, limit, warnings),
+        promql::Value::Matrix(s) => apply_limit(s, limit, warnings),
         _ => {}
     }
-    warnings.push("results truncated due to limit".into());
 }
 
 /// Parses a client's query on a blocking thread: parsing a long or deep expression is
