@@ -2,12 +2,14 @@
 //! Thanos StoreAPI).
 
 pub mod dedup;
+pub mod histogram;
 pub mod labels;
 pub mod matcher;
 #[cfg(feature = "wire")]
 pub mod wire;
 
 pub use compact_str::CompactString;
+pub use histogram::{FloatHistogram, Histogram, HistogramSample, HistogramValue};
 pub use labels::{Label, LabelError, Labels, METRIC_NAME};
 pub use matcher::{MatchOp, Matcher, MatcherError};
 
