@@ -236,6 +236,37 @@ remote_write:
         ],
     );
     let (_q_plain, q_plain_http) = start_querier("querier-plaintext", dir, &[endpoint]);
+    // The same credentials given per endpoint in Thanos's endpoint SD file, with
+    // plaintext flags: that endpoint is dialled with its own client_config.
+    let sd_file = write(
+        dir,
+        "sd.yaml",
+        &format!(
+            "endpoints:\n  - address: {grpc}\n    client_config:\n      tls_config:\n        ca_file: {ca_file}\n        cert_file: {q_crt}\n        key_file: {q_key}\n",
+            grpc = recv.grpc
+        ),
+    );
+    let (q_sd, q_sd_http) = start_querier(
+        "querier-sd-client-config",
+        dir,
+        &[format!("--endpoint.sd-config-file={sd_file}")],
+    );
+    // A default_client_config without a client certificate replaces the flags' one.
+    let sd_nocert = format!(
+        "default_client_config:\n  tls_config:\n    ca_file: {ca_file}\nendpoints:\n  - address: {grpc}\n",
+        grpc = recv.grpc
+    );
+    let (_q_sd_nocert, q_sd_nocert_http) = start_querier(
+        "querier-sd-default-no-cert",
+        dir,
+        &[
+            format!("--endpoint.sd-config={sd_nocert}"),
+            "--grpc-client-tls-secure".into(),
+            format!("--grpc-client-tls-ca={ca_file}"),
+            format!("--grpc-client-tls-cert={q_crt}"),
+            format!("--grpc-client-tls-key={q_key}"),
+        ],
+    );
 
     // Prometheus's samples arrive over mTLS and the mTLS querier reads them.
     let up = wait_for(Duration::from_secs(30), || {
@@ -249,10 +280,20 @@ remote_write:
         recv.proc.log_text(),
         prom.proc.log_text()
     );
+    let sd_up = wait_for(Duration::from_secs(20), || {
+        let (code, body) = e2e::http_get(&q_sd_http, "/api/v1/query?query=up").ok()?;
+        (code == 200 && result_count(&body) == Some(1)).then_some(body)
+    });
+    assert!(
+        sd_up.is_some(),
+        "no `up` through the querier with a per-endpoint client_config; its log:\n{}",
+        q_sd.log_text()
+    );
     // Without a client certificate, or without TLS, the receiver's StoreAPI refuses.
     for (name, http) in [
         ("no client cert", &q_nocert_http),
         ("plaintext", &q_plain_http),
+        ("SD default_client_config without a cert", &q_sd_nocert_http),
     ] {
         let (code, body) = e2e::http_get(http, "/api/v1/query?query=up").expect("query");
         assert_eq!(

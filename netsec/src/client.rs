@@ -138,6 +138,56 @@ pub struct ClientFlags<'a> {
     pub min_version: &'a str,
 }
 
+/// Owned client-TLS options with the flags' meaning: what `--grpc-client-tls-*` give, or
+/// what an endpoint SD file's `client_config` resolves to. Comparable and hashable, so
+/// endpoints with equal options share one reloading [`ClientTls`] and an endpoint whose
+/// options change is dialled again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientOptions {
+    pub secure: bool,
+    pub skip_verify: bool,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    /// Empty: verify the dialled host.
+    pub server_name: String,
+    pub min_version: String,
+}
+
+impl Default for ClientOptions {
+    /// Plaintext, TLS 1.3 when enabled: the flags' defaults.
+    fn default() -> Self {
+        ClientOptions {
+            secure: false,
+            skip_verify: false,
+            cert: None,
+            key: None,
+            ca: None,
+            server_name: String::new(),
+            min_version: "1.3".into(),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Builds the client (reads the files now); `prefix` names the flags in errors.
+    pub fn client(&self, prefix: &str) -> Result<ClientTls, Error> {
+        fn path(p: &Option<PathBuf>) -> Option<&Path> {
+            p.as_deref().filter(|p| !p.as_os_str().is_empty())
+        }
+        ClientTls::from_flags(ClientFlags {
+            prefix,
+            secure: self.secure,
+            cert: path(&self.cert),
+            key: path(&self.key),
+            ca: path(&self.ca),
+            skip_verify: self.skip_verify,
+            server_name: Some(self.server_name.as_str()),
+            min_version: &self.min_version,
+        })
+    }
+}
+
 impl ClientTls {
     /// No TLS.
     pub fn plaintext() -> ClientTls {

@@ -130,6 +130,20 @@ macro_rules! client_tls_flags {
                     min_version: &self.min_version,
                 })
             }
+
+            /// The flag values as owned options (for merging with an SD file's
+            /// `client_config`).
+            pub fn options(&self) -> $crate::client::ClientOptions {
+                $crate::client::ClientOptions {
+                    secure: self.secure && !self.no_secure,
+                    skip_verify: self.skip_verify && !self.no_skip_verify,
+                    cert: path(&self.cert).map(Path::to_path_buf),
+                    key: path(&self.key).map(Path::to_path_buf),
+                    ca: path(&self.ca).map(Path::to_path_buf),
+                    server_name: self.server_name.clone(),
+                    min_version: self.min_version.clone(),
+                }
+            }
         }
 
         /// Equal to the flags' defaults (for struct literals in tests and `standalone`).

@@ -30,7 +30,7 @@ pub mod webconfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use client::ClientTls;
+pub use client::{ClientOptions, ClientTls};
 pub use identity::{Principal, TenantPolicy};
 pub use listener::{ConnInfo, Listener, Stream};
 pub use server::{ClientAuth, ReloadingServerConfig, ServerTlsSettings, TlsVersion};

@@ -27,9 +27,14 @@ pub struct QueryArgs {
     #[arg(long = "endpoint")]
     pub endpoints: Vec<String>,
 
-    /// Thanos endpoint SD file (`endpoints: [{address: ...}]`), reloaded when it changes.
+    /// Thanos endpoint SD file (`endpoints: [{address, client_config}]`,
+    /// `default_client_config`), reloaded when it changes.
     #[arg(long = "endpoint.sd-config-file")]
     pub endpoint_sd_config_file: Option<PathBuf>,
+
+    /// The endpoint SD config as YAML (alternative to `--endpoint.sd-config-file`).
+    #[arg(long = "endpoint.sd-config")]
+    pub endpoint_sd_config: Option<String>,
 
     /// Label naming replicas; series differing only in these labels are deduplicated.
     /// Repeatable, or comma-separated.
@@ -129,6 +134,7 @@ impl QueryArgs {
             grpc_address: String::new(),
             endpoints,
             endpoint_sd_config_file: None,
+            endpoint_sd_config: None,
             replica_labels: Vec::new(),
             partial_response: true,
             timeout: Duration::from_secs(120),

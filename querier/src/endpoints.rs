@@ -1,11 +1,13 @@
 //! Endpoint discovery: static addresses, `dns+` names, the Thanos SD file, and a periodic
 //! `thanos.info.Info/Info` call per endpoint (external labels, time range, health).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::sdconfig::SdFile;
+use netsec::ClientOptions;
 use storeapi::wire::info::{InfoRequest, info_client::InfoClient};
 use storeapi::{Labels, Matcher};
 use tonic::transport::Channel;
@@ -36,6 +38,8 @@ pub struct Endpoint {
     pub addr: String,
     pub channel: Channel,
     pub status: RwLock<EndpointStatus>,
+    /// The TLS options it was dialled with (an SD file change re-dials it).
+    tls_options: ClientOptions,
 }
 
 /// HTTP/2 receive windows of a store connection (bytes a store may send unacknowledged).
@@ -43,7 +47,11 @@ const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 32 << 20;
 
 impl Endpoint {
-    fn new(addr: &str, tls: &netsec::ClientTls) -> Result<Endpoint, tonic::transport::Error> {
+    fn new(
+        addr: &str,
+        tls: &netsec::ClientTls,
+        tls_options: ClientOptions,
+    ) -> Result<Endpoint, tonic::transport::Error> {
         let channel = tls.channel(
             tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
                 .connect_timeout(Duration::from_secs(5))
@@ -57,6 +65,7 @@ impl Endpoint {
             addr: addr.to_string(),
             channel,
             status: RwLock::new(EndpointStatus::default()),
+            tls_options,
         })
     }
 
@@ -75,25 +84,13 @@ impl Endpoint {
     }
 }
 
-/// The `--endpoint.sd-config-file` format (Thanos's): only `address` is used.
-#[derive(Debug, Default, serde::Deserialize)]
-struct SdConfig {
-    #[serde(default)]
-    endpoints: Vec<SdEndpoint>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct SdEndpoint {
-    address: String,
-}
-
-/// Parses the SD file's YAML into its endpoint addresses.
-pub fn parse_sd_config(text: &str) -> Result<Vec<String>, String> {
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let cfg: SdConfig = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
-    Ok(cfg.endpoints.into_iter().map(|e| e.address).collect())
+/// Where the endpoint SD config comes from.
+#[derive(Debug, Clone)]
+pub enum SdSource {
+    /// `--endpoint.sd-config-file`: reread when its modification time changes.
+    File(PathBuf),
+    /// `--endpoint.sd-config`: the YAML itself.
+    Inline(String),
 }
 
 /// Whether a store with these external label sets may hold series matching `matchers`:
@@ -120,37 +117,49 @@ pub fn time_overlaps(st: &EndpointStatus, start: i64, end: i64) -> bool {
 #[derive(Debug)]
 pub struct EndpointSet {
     specs: Vec<String>,
-    sd_file: Option<PathBuf>,
+    sd: Option<SdSource>,
     info_timeout: Duration,
     endpoints: RwLock<BTreeMap<String, Arc<Endpoint>>>,
     state: tokio::sync::Mutex<DiscoveryState>,
     /// `--grpc-client-tls-*`; plaintext by default.
-    tls: netsec::ClientTls,
+    flag_tls: ClientOptions,
 }
 
 #[derive(Debug, Default)]
 struct DiscoveryState {
     dns: HashMap<String, (Instant, Vec<String>)>,
     sd_mtime: Option<SystemTime>,
-    sd_addrs: Vec<String>,
+    /// The last SD config that parsed (a broken edit keeps it).
+    sd: Option<SdFile>,
+    /// One reloading client per distinct set of options in use.
+    clients: HashMap<ClientOptions, netsec::ClientTls>,
 }
 
 impl EndpointSet {
     pub fn new(specs: Vec<String>, sd_file: Option<PathBuf>, info_timeout: Duration) -> Self {
         EndpointSet {
             specs,
-            sd_file,
+            sd: sd_file.map(SdSource::File),
             info_timeout,
             endpoints: RwLock::new(BTreeMap::new()),
             state: tokio::sync::Mutex::new(DiscoveryState::default()),
-            tls: netsec::ClientTls::plaintext(),
+            flag_tls: ClientOptions::default(),
         }
     }
 
-    /// Dials every endpoint with this TLS client.
-    pub fn with_tls(mut self, tls: netsec::ClientTls) -> Self {
-        self.tls = tls;
+    /// Takes the endpoint SD config from `source` (replacing a file given to `new`).
+    pub fn with_sd(mut self, source: Option<SdSource>) -> Self {
+        self.sd = source;
         self
+    }
+
+    /// The `--grpc-client-tls-*` options: how endpoints are dialled unless the SD
+    /// config says otherwise. Checked now (files read), so a bad flag is a startup error.
+    pub fn with_tls_options(mut self, options: ClientOptions) -> Result<Self, netsec::Error> {
+        let client = options.client("grpc-client-tls")?;
+        self.state.get_mut().clients.insert(options.clone(), client);
+        self.flag_tls = options;
+        Ok(self)
     }
 
     /// All endpoints currently known, by address.
@@ -183,35 +192,69 @@ impl EndpointSet {
         })
     }
 
-    /// Resolves every address source into the current set of addresses.
-    async fn resolve(&self) -> Vec<String> {
-        let mut state = self.state.lock().await;
-        let mut specs = self.specs.clone();
-        if let Some(path) = &self.sd_file {
-            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-            if mtime != state.sd_mtime || mtime.is_none() {
+    /// Loads the SD config if it is new or changed; a broken one keeps the previous.
+    async fn load_sd(&self, state: &mut DiscoveryState) {
+        let (text, origin, mtime) = match &self.sd {
+            None => return,
+            Some(SdSource::Inline(text)) => {
+                if state.sd.is_some() {
+                    return;
+                }
+                (text.clone(), "--endpoint.sd-config".to_string(), None)
+            }
+            Some(SdSource::File(path)) => {
+                let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+                if mtime == state.sd_mtime && mtime.is_some() {
+                    return;
+                }
                 match tokio::fs::read_to_string(path).await {
-                    Ok(text) => match parse_sd_config(&text) {
-                        Ok(addrs) => {
-                            if addrs != state.sd_addrs {
-                                tracing::info!(file = %path.display(), endpoints = ?addrs, "endpoint SD file loaded");
-                            }
-                            state.sd_addrs = addrs;
-                            state.sd_mtime = mtime;
-                        }
-                        Err(e) => {
-                            tracing::warn!(file = %path.display(), error = %e, "invalid endpoint SD file; keeping the previous endpoints")
-                        }
-                    },
+                    Ok(text) => (text, path.display().to_string(), mtime),
                     Err(e) => {
-                        tracing::warn!(file = %path.display(), error = %e, "cannot read endpoint SD file")
+                        tracing::warn!(file = %path.display(), error = %e, "cannot read endpoint SD file");
+                        return;
                     }
                 }
             }
-            specs.extend(state.sd_addrs.iter().cloned());
+        };
+        match crate::sdconfig::parse(&text, &self.flag_tls) {
+            Ok(sd) => {
+                if state.sd.as_ref() != Some(&sd) {
+                    let addrs: Vec<&str> = sd.targets.iter().map(|t| t.address.as_str()).collect();
+                    tracing::info!(source = %origin, endpoints = ?addrs, "endpoint SD config loaded");
+                }
+                state.sd = Some(sd);
+                state.sd_mtime = mtime;
+            }
+            Err(e) => {
+                tracing::warn!(source = %origin, error = %e, "invalid endpoint SD config; keeping the previous endpoints")
+            }
         }
-        let mut out = BTreeSet::new();
-        for spec in specs {
+    }
+
+    /// Resolves every address source into the current addresses and how to dial each.
+    async fn resolve(&self) -> BTreeMap<String, ClientOptions> {
+        let mut state = self.state.lock().await;
+        self.load_sd(&mut state).await;
+        // Addresses from the flags use the SD config's default client config if it
+        // sets one, else the flags' TLS.
+        let global = state
+            .sd
+            .as_ref()
+            .map_or_else(|| self.flag_tls.clone(), |sd| sd.global.clone());
+        let mut specs: Vec<(String, ClientOptions)> = self
+            .specs
+            .iter()
+            .map(|s| (s.clone(), global.clone()))
+            .collect();
+        if let Some(sd) = &state.sd {
+            specs.extend(
+                sd.targets
+                    .iter()
+                    .map(|t| (t.address.clone(), t.tls.clone())),
+            );
+        }
+        let mut out = BTreeMap::new();
+        for (spec, tls) in specs {
             if let Some(name) = spec.strip_prefix("dns+") {
                 let fresh = state
                     .dns
@@ -232,33 +275,66 @@ impl EndpointSet {
                     }
                 }
                 if let Some((_, v)) = state.dns.get(name) {
-                    out.extend(v.iter().cloned());
+                    for a in v {
+                        out.entry(a.clone()).or_insert_with(|| tls.clone());
+                    }
                 }
             } else if !spec.is_empty() {
-                out.insert(spec);
+                out.entry(spec).or_insert(tls);
             }
         }
-        out.into_iter().collect()
+        out
+    }
+
+    /// The (shared, reloading) client for these options, built on first use.
+    async fn client_for(
+        &self,
+        options: &ClientOptions,
+    ) -> Result<netsec::ClientTls, netsec::Error> {
+        let mut state = self.state.lock().await;
+        if let Some(c) = state.clients.get(options) {
+            return Ok(c.clone());
+        }
+        let c = options.client("endpoint client_config tls_config")?;
+        state.clients.insert(options.clone(), c.clone());
+        Ok(c)
     }
 
     /// One discovery round: update the address set, then call Info on every endpoint.
     pub async fn refresh(&self) {
         let addrs = self.resolve().await;
+        // Endpoints that are new or whose TLS options changed, with their clients (built
+        // outside the map's lock: building reads files).
+        let current = self.all();
+        let mut dial = Vec::new();
+        for (a, opts) in &addrs {
+            if current
+                .iter()
+                .any(|e| &e.addr == a && &e.tls_options == opts)
+            {
+                continue;
+            }
+            match self.client_for(opts).await {
+                Ok(c) => dial.push((a.clone(), opts.clone(), c)),
+                // As Thanos: the endpoint is skipped, the others keep working.
+                Err(e) => {
+                    tracing::error!(addr = %a, error = %e, "skipping endpoint due to TLS configuration error")
+                }
+            }
+        }
         {
             let mut map = match self.endpoints.write() {
                 Ok(m) => m,
                 Err(p) => p.into_inner(),
             };
-            map.retain(|a, _| addrs.contains(a));
-            for a in &addrs {
-                if !map.contains_key(a) {
-                    match Endpoint::new(a, &self.tls) {
-                        Ok(e) => {
-                            tracing::info!(addr = %a, "endpoint added");
-                            map.insert(a.clone(), Arc::new(e));
-                        }
-                        Err(e) => tracing::warn!(addr = %a, error = %e, "invalid endpoint address"),
+            map.retain(|a, e| addrs.get(a) == Some(&e.tls_options));
+            for (a, opts, client) in dial {
+                match Endpoint::new(&a, &client, opts) {
+                    Ok(e) => {
+                        tracing::info!(addr = %a, tls = client.is_tls(), "endpoint added");
+                        map.insert(a, Arc::new(e));
                     }
+                    Err(e) => tracing::warn!(addr = %a, error = %e, "invalid endpoint address"),
                 }
             }
         }
@@ -380,12 +456,16 @@ endpoints:
     strict: false
   - address: dns+receive-headless.ns.svc:10901
 "#;
+        let addrs = |text: &str| -> Result<Vec<String>, String> {
+            crate::sdconfig::parse(text, &ClientOptions::default())
+                .map(|f| f.targets.into_iter().map(|t| t.address).collect())
+        };
         assert_eq!(
-            parse_sd_config(text).unwrap(),
+            addrs(text).unwrap(),
             vec!["127.0.0.1:10901", "dns+receive-headless.ns.svc:10901"]
         );
-        assert!(parse_sd_config("").unwrap().is_empty());
-        assert!(parse_sd_config("endpoints: 3").is_err());
+        assert!(addrs("").unwrap().is_empty());
+        assert!(addrs("endpoints: 3").is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod downsample;
 pub mod endpoints;
 pub mod metrics;
 pub mod proxy;
+pub mod sdconfig;
 pub mod ui;
 
 use std::future::Future;
@@ -50,17 +51,24 @@ pub async fn shutdown_signal() {
 
 /// Builds the shared state from the flags (reads only the `--grpc-client-tls-*` files).
 pub fn build_state(args: &QueryArgs) -> anyhow::Result<Arc<api::AppState>> {
-    let tls = args
-        .grpc_client_tls
-        .client()
-        .context("--grpc-client-tls-*")?;
+    let sd = match (&args.endpoint_sd_config, &args.endpoint_sd_config_file) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "--endpoint.sd-config and --endpoint.sd-config-file are mutually exclusive"
+        ),
+        (Some(text), None) => {
+            // Inline: a broken config is a startup error, not a silent empty set.
+            sdconfig::parse(text, &args.grpc_client_tls.options())
+                .map_err(|e| anyhow::anyhow!("--endpoint.sd-config: {e}"))?;
+            Some(endpoints::SdSource::Inline(text.clone()))
+        }
+        (None, Some(path)) => Some(endpoints::SdSource::File(path.clone())),
+        (None, None) => None,
+    };
     let endpoints = Arc::new(
-        EndpointSet::new(
-            args.endpoints.clone(),
-            args.endpoint_sd_config_file.clone(),
-            args.info_interval,
-        )
-        .with_tls(tls),
+        EndpointSet::new(args.endpoints.clone(), None, args.info_interval)
+            .with_sd(sd)
+            .with_tls_options(args.grpc_client_tls.options())
+            .context("--grpc-client-tls-*")?,
     );
     let engine = promql::Engine::new(promql::EngineOptions {
         lookback_delta_ms: args.lookback_delta.as_millis() as i64,
