@@ -495,6 +495,24 @@ fn store_series_text(grpc: &str, tenant: Option<&str>) -> Result<Vec<String>, St
     })
 }
 
+/// The label sets a StoreAPI's `Info` advertises, with `thanos-tenant` metadata when
+/// given, as Debug text.
+fn store_info_text(grpc: &str, tenant: Option<&str>) -> Result<String, String> {
+    use storeapi::wire::info::{InfoRequest, info_client::InfoClient};
+    receiver_common::runtime().block_on(async {
+        let mut c = InfoClient::connect(format!("http://{grpc}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(InfoRequest {});
+        if let Some(t) = tenant {
+            req.metadata_mut()
+                .insert("thanos-tenant", t.parse().map_err(|_| "bad tenant")?);
+        }
+        let r = c.info(req).await.map_err(|e| e.to_string())?.into_inner();
+        Ok(format!("{:?} {:?}", r.label_sets, r.store))
+    })
+}
+
 /// Two tenants with different data; with `--query.enforce-tenancy` tenant A (bound to
 /// basic-auth user alice) gets none of tenant B's series through any read endpoint, and
 /// a direct StoreAPI call to a `--store.enforce-tenancy` receiver is confined by its
@@ -863,6 +881,33 @@ fn read_path_confined_to_the_callers_tenant() {
             && !text.contains(m)
         {
             wrong.push(format!("{what}: own data missing: {text}"));
+        }
+    }
+    // Info names no other tenant: with metadata only the caller's, without none.
+    for (what, tenant, must_have, must_not) in [
+        (
+            "StoreAPI Info thanos-tenant=team-a",
+            Some("team-a"),
+            Some("team-a"),
+            "team-b",
+        ),
+        ("StoreAPI Info without metadata", None, None, "team-"),
+    ] {
+        let text = store_info_text(&recv.grpc, tenant).expect("Info call");
+        let leak = text.contains(must_not);
+        eprintln!(
+            "{what:<36} {:>8} {:>5} {:>6}",
+            "ok",
+            "-",
+            if leak { "LEAK" } else { "none" }
+        );
+        if leak {
+            wrong.push(format!("{what}: names {must_not}: {text}"));
+        }
+        if let Some(m) = must_have
+            && !text.contains(m)
+        {
+            wrong.push(format!("{what}: own tenant missing: {text}"));
         }
     }
     assert!(

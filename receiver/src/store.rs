@@ -417,7 +417,7 @@ impl thanos::store_server::Store for StoreState {
 
 #[tonic::async_trait]
 impl storeapi::wire::info::info_server::Info for StoreState {
-    async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+    async fn info(&self, req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         self.check_ready()?;
         let mut label_sets = Vec::new();
         let mut tsdb_infos = Vec::new();
@@ -425,11 +425,38 @@ impl storeapi::wire::info::info_server::Info for StoreState {
         // arrives (an empty receiver: any), so a querier that cached this answer still
         // asks for samples acknowledged after it (a fresh receiver's first writes).
         let mut min_time = i64::MAX;
-        let tenants = self.mt.tenants();
+        // With enforcement, the tenants' label sets name every tenant: a caller with
+        // `thanos-tenant` sees its own, a caller without (a querier's discovery) sees
+        // only the receiver's labels — no tenant names, and nothing a querier would
+        // prune a tenant's query on.
+        let caller = req
+            .metadata()
+            .get(TENANT_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| !t.is_empty());
+        let (tenants, hide_tenants) = match (&self.enforce_default_tenant, caller) {
+            (Some(_), Some(t)) => (self.mt.get(t).into_iter().collect(), false),
+            (Some(_), None) => (self.mt.tenants(), true),
+            (None, _) => (self.mt.tenants(), false),
+        };
         if tenants.is_empty() {
             min_time = i64::MIN;
         }
-        for t in &tenants {
+        if hide_tenants {
+            for t in &tenants {
+                min_time = min_time.min(t.db.queryable_min_time());
+            }
+            let ls = ZLabelSet {
+                labels: labels_to_wire(&self.mt.config().external_labels),
+            };
+            tsdb_infos.push(TsdbInfo {
+                labels: Some(ls.clone()),
+                min_time,
+                max_time: i64::MAX,
+            });
+            label_sets.push(ls);
+        }
+        for t in tenants.iter().filter(|_| !hide_tenants) {
             let ls = ZLabelSet {
                 labels: labels_to_wire(&t.external_labels),
             };
@@ -442,7 +469,7 @@ impl storeapi::wire::info::info_server::Info for StoreState {
             });
             label_sets.push(ls);
         }
-        if tenants.is_empty() {
+        if label_sets.is_empty() {
             // No tenant yet: advertise the receiver's own labels, so a querier can list it.
             label_sets.push(ZLabelSet {
                 labels: labels_to_wire(&self.mt.config().external_labels),
