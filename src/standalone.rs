@@ -63,6 +63,22 @@ pub struct StandaloneArgs {
     /// Do not run the store gateway (queries then reach only the receiver's local data).
     #[arg(long = "store.disable")]
     pub store_disable: bool,
+    /// TLS on the remote-write listener (the one Prometheus servers reach from outside).
+    #[command(flatten)]
+    pub remote_write_tls: netsec::flags::RemoteWriteServerTls,
+    /// Web config (exporter-toolkit format) for the remote-write listener: writers'
+    /// basic auth, bearer tokens, tenants bound to them; as `orrery receive`'s flag.
+    #[arg(
+        long = "remote-write.http-config",
+        value_name = "FILE",
+        default_value = "",
+        value_parser = netsec::flags::any_path()
+    )]
+    pub remote_write_http_config: std::path::PathBuf,
+    /// `--http.config`: TLS and basic auth for the querier's UI and HTTP API
+    /// (`--http-address`). The other listeners are on loopback.
+    #[command(flatten)]
+    pub http_config: netsec::flags::HttpConfig,
     /// Every flag with its value (filled by the binary), for the querier's
     /// `/api/v1/status/flags`.
     #[arg(skip)]
@@ -164,7 +180,10 @@ fn component_args(
     ];
     r.extend(a.labels.iter().map(|l| format!("--label={l}")));
     r.push(objstore_flag(a));
-    let receive = ReceiveCli::try_parse_from(r)?.args;
+    let mut receive = ReceiveCli::try_parse_from(r)?.args;
+    // The exposed listeners take the standalone's security flags as they are.
+    receive.remote_write_tls = a.remote_write_tls.clone();
+    receive.remote_write_http_config = a.remote_write_http_config.clone();
     let mut q = vec![
         "query".to_string(),
         format!("--http-address={}", a.http_address),
@@ -176,6 +195,7 @@ fn component_args(
     }
     let mut query = QueryCli::try_parse_from(q)?.args;
     query.flag_values = a.flag_values.clone();
+    query.http_config = a.http_config.clone();
     Ok((receive, query))
 }
 
@@ -297,6 +317,9 @@ mod tests {
             store_http_address: "127.0.0.1:10906".into(),
             store_sync_block_duration: "3m".into(),
             store_disable: false,
+            remote_write_tls: Default::default(),
+            remote_write_http_config: Default::default(),
+            http_config: Default::default(),
             flag_values: Vec::new(),
         };
         let c = compact_args(&a).unwrap();
@@ -356,6 +379,43 @@ mod tests {
     }
 
     #[test]
+    fn exposed_listeners_take_the_security_flags() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: StandaloneArgs,
+        }
+        let a = <Cli as clap::Parser>::try_parse_from([
+            "standalone",
+            "--remote-write.server-tls-cert=/tls/c.crt",
+            "--remote-write.server-tls-key=/tls/c.key",
+            "--remote-write.server-tls-client-ca=/tls/ca.crt",
+            "--remote-write.http-config=/w.yml",
+            "--http.config=/h.yml",
+        ])
+        .unwrap()
+        .a;
+        let (r, q) = component_args(&a).unwrap();
+        assert_eq!(
+            r.remote_write_tls.cert.as_deref(),
+            Some(std::path::Path::new("/tls/c.crt"))
+        );
+        assert_eq!(
+            r.remote_write_tls.key.as_deref(),
+            Some(std::path::Path::new("/tls/c.key"))
+        );
+        assert_eq!(
+            r.remote_write_tls.client_ca.as_deref(),
+            Some(std::path::Path::new("/tls/ca.crt"))
+        );
+        assert_eq!(r.remote_write_http_config, std::path::Path::new("/w.yml"));
+        assert_eq!(q.http_config.http_config, "/h.yml");
+        // The loopback listeners stay plain: the receiver's own HTTP and the gRPC ports.
+        assert!(r.http_config.http_config.is_empty());
+        assert!(r.grpc_tls.cert.is_none());
+    }
+
+    #[test]
     fn bad_label_is_an_error() {
         let a = StandaloneArgs {
             tsdb_path: "./data".into(),
@@ -374,6 +434,9 @@ mod tests {
             store_http_address: "127.0.0.1:10906".into(),
             store_sync_block_duration: "3m".into(),
             store_disable: false,
+            remote_write_tls: Default::default(),
+            remote_write_http_config: Default::default(),
+            http_config: Default::default(),
             flag_values: Vec::new(),
         };
         assert!(component_args(&a).is_err());

@@ -643,3 +643,92 @@ fn router_forwards_to_ingestor_over_mtls() {
     assert!(tls_series_count(&rt, &anonymous, &ingestor.grpc, "forwarded_mtls").is_err());
     eprintln!("forwarding test took {:?}", t0.elapsed());
 }
+
+/// `orrery standalone` exposes two listeners: remote write and the querier's HTTP. Both
+/// take the components' security flags: Prometheus writes over TLS with basic auth, the
+/// querier answers over HTTPS behind basic auth, and without credentials both say 401.
+#[test]
+fn standalone_exposed_listeners_take_tls_and_auth() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let ca = Ca::new("orrery standalone CA");
+    let server = ca.leaf("orrery", &["127.0.0.1"], 0x51);
+    let ca_file = write(dir, "ca.pem", &ca.pem());
+    let crt = write(dir, "tls.crt", &server.cert_pem);
+    let key = write(dir, "tls.key", &server.key_pem);
+    let hash = bcrypt::hash("wonderland", 6).expect("bcrypt");
+    let web = write(
+        dir,
+        "web.yml",
+        &format!(
+            "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\nbasic_auth_users:\n  alice: {hash}\n"
+        ),
+    );
+    let rw_web = write(
+        dir,
+        "rw-web.yml",
+        &format!("basic_auth_users:\n  alice: {hash}\n"),
+    );
+    let http = format!("127.0.0.1:{}", free_port());
+    let rw = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(orrery_bin());
+    cmd.arg("standalone")
+        .arg(format!("--tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--http-address={http}"))
+        .arg(format!("--grpc-address=127.0.0.1:{}", free_port()))
+        .arg(format!("--remote-write.address={rw}"))
+        .arg(format!("--receive.http-address=127.0.0.1:{}", free_port()))
+        .arg(format!("--store.grpc-address=127.0.0.1:{}", free_port()))
+        .arg(format!("--store.http-address=127.0.0.1:{}", free_port()))
+        .arg(format!("--compact.http-address=127.0.0.1:{}", free_port()))
+        .arg(format!("--remote-write.server-tls-cert={crt}"))
+        .arg(format!("--remote-write.server-tls-key={key}"))
+        .arg(format!("--remote-write.http-config={rw_web}"))
+        .arg(format!("--http.config={web}"));
+    let proc = Proc::spawn("standalone", cmd, dir.join("standalone.log"));
+    let prom = Prometheus::start(
+        &format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: prometheus\n    static_configs:\n      - targets: ['127.0.0.1:{{{{PORT}}}}']\nremote_write:\n  - url: https://{rw}/api/v1/receive\n    basic_auth:\n      username: alice\n      password: wonderland\n    tls_config:\n      ca_file: {ca_file}\n    queue_config:\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 1s\n"
+        ),
+        &[],
+    );
+    let rt = rt();
+    let client = tls_client(&ca, None);
+    let good = format!("Basic {}", b64("alice:wonderland"));
+    let up = wait_for(Duration::from_secs(40), || {
+        let r = https(
+            &rt,
+            &client,
+            &http,
+            "/api/v1/query?query=up",
+            &[("Authorization", &good)],
+        )
+        .ok()?;
+        (r.status == 200 && result_count(&r.body) == Some(1)).then_some(r.body)
+    });
+    assert!(
+        up.is_some(),
+        "no `up` through the standalone over HTTPS; its log:\n{}\nprometheus log:\n{}",
+        proc.log_text(),
+        prom.proc.log_text()
+    );
+    assert_eq!(
+        prom_value(
+            &prom.addr(),
+            "sum(prometheus_remote_storage_samples_failed_total)"
+        ),
+        Some(0.0),
+        "Prometheus failed samples"
+    );
+    for (what, addr, path) in [
+        ("querier", &http, "/api/v1/query?query=up"),
+        ("remote write", &rw, "/api/v1/receive"),
+    ] {
+        let r = https(&rt, &client, addr, path, &[]).expect("HTTPS");
+        assert_eq!(r.status, 401, "{what} without credentials: {}", r.body);
+        assert!(
+            !matches!(e2e::http_get(addr, path), Ok((200 | 405, _))),
+            "{what}: plaintext must not be served on the TLS port"
+        );
+    }
+}
