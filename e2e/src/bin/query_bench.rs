@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo build --release --bin orrery --bin query_bench
-//! target/release/query_bench [--series 100000] [--reps 5] [--minutes 60] [--step 60] [--only SUBSTR] [--kind instant|range]
+//! target/release/query_bench [--series 100000] [--reps 5] [--minutes 60] [--step 60] [--only SUBSTR] [--kind instant|range] [--enforce-tenancy]
 //! ```
 //!
 //! The data: `--series` series in blocks of 100 per scrape target (`job`, `instance`):
@@ -21,7 +21,6 @@ use e2e::bench::{answer, get, median, ms, orrery_for_bench, series_count, timed,
 use e2e::promqlcmp::{compare_answers, secs, urlencode};
 use e2e::{Proc, Prometheus, free_port, http_request, wait_for};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use storeapi::wire::remote_write::encode_write_request_snappy;
 use storeapi::{Label, Labels, Sample};
@@ -264,18 +263,22 @@ fn bodies(series: &mut [GenSeries], start: i64, steps: usize) -> (Vec<Vec<u8>>, 
     (out, total)
 }
 
-/// Posts every body to `url_path` on `addr` from two threads, in order.
-fn load(addr: &str, url_path: &str, bodies: &[Vec<u8>]) -> Result<(), String> {
-    let next = AtomicUsize::new(0);
+/// Posts every body to `url_path` on `addr` from two threads. Body `i` holds series
+/// group `i % groups` (see [`bodies`]); each thread owns whole groups and sends their
+/// slices in time order, so no series' samples arrive out of order (with one group, one
+/// thread does it all).
+fn load(addr: &str, url_path: &str, bodies: &[Vec<u8>], groups: usize) -> Result<(), String> {
+    let groups = groups.max(1);
     std::thread::scope(|sc| {
         let workers: Vec<_> = (0..2)
-            .map(|_| {
-                sc.spawn(|| -> Result<(), String> {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(b) = bodies.get(i) else {
-                            return Ok(());
-                        };
+            .map(|w| {
+                sc.spawn(move || -> Result<(), String> {
+                    let mine = bodies
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| (i % groups) % 2 == w)
+                        .map(|(_, b)| b);
+                    for b in mine {
                         let (code, body) = http_request(
                             addr,
                             "POST",
@@ -292,6 +295,7 @@ fn load(addr: &str, url_path: &str, bodies: &[Vec<u8>]) -> Result<(), String> {
                             return Err(format!("POST {addr}{url_path}: {code} {body}"));
                         }
                     }
+                    Ok(())
                 })
             })
             .collect();
@@ -311,6 +315,9 @@ struct Args {
     only: Option<String>,
     /// `instant` or `range`: run only that kind.
     kind: Option<String>,
+    /// Also time a second querier with `--query.enforce-tenancy` (the cost of the
+    /// tenant matcher on every store call).
+    enforce_tenancy: bool,
 }
 
 fn parse_args() -> Args {
@@ -321,6 +328,7 @@ fn parse_args() -> Args {
         step_s: 60,
         only: None,
         kind: None,
+        enforce_tenancy: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -337,11 +345,16 @@ fn parse_args() -> Args {
             "--step" => a.step_s = num().max(1),
             "--only" => a.only = Some(val.clone()),
             "--kind" if val == "instant" || val == "range" => a.kind = Some(val.clone()),
+            "--enforce-tenancy" => {
+                a.enforce_tenancy = true;
+                i += 1;
+                continue;
+            }
             // Read by `orrery_for_bench`.
             "--orrery" => {}
             other => panic!(
                 "unknown argument {other:?}; usage: query_bench [--series N] [--reps N] \
-                 [--minutes N] [--step SECONDS] [--only SUBSTRING] [--kind instant|range] [--orrery PATH]"
+                 [--minutes N] [--step SECONDS] [--only SUBSTRING] [--kind instant|range] [--enforce-tenancy] [--orrery PATH]"
             ),
         }
         i += 2;
@@ -360,6 +373,7 @@ fn main() {
     let start = (now_ms - args.minutes * 60_000) / INTERVAL_MS * INTERVAL_MS;
     let t = Instant::now();
     let mut series = dataset(args.series);
+    let groups = series.len().div_ceil(SERIES_PER_REQUEST);
     let (bodies, samples) = bodies(&mut series, start, steps);
     let bytes: usize = bodies.iter().map(Vec::len).sum();
     println!(
@@ -409,10 +423,11 @@ fn main() {
     let paddr = prom.addr();
 
     let t = Instant::now();
-    load(&paddr, "/api/v1/write", &bodies).unwrap_or_else(|e| panic!("loading Prometheus: {e}"));
+    load(&paddr, "/api/v1/write", &bodies, groups)
+        .unwrap_or_else(|e| panic!("loading Prometheus: {e}"));
     let prom_load = t.elapsed();
     let t = Instant::now();
-    load(&rw, "/api/v1/receive", &bodies)
+    load(&rw, "/api/v1/receive", &bodies, groups)
         .unwrap_or_else(|e| panic!("loading the receiver: {e}; log:\n{}", receiver.log_text()));
     let orr_load = t.elapsed();
     drop(bodies);
@@ -432,6 +447,19 @@ fn main() {
         .arg(format!("--grpc-address=127.0.0.1:{}", free_port()))
         .arg(format!("--endpoint={grpc}"));
     let querier = Proc::spawn("querier", cmd, qdir.path().join("querier.log"));
+    // The same querier with read-path tenancy enforced: every store call carries the
+    // (default) tenant's matcher and `thanos-tenant`.
+    let enforced = args.enforce_tenancy.then(|| {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(&orrery);
+        cmd.arg("query")
+            .arg(format!("--http-address={addr}"))
+            .arg(format!("--grpc-address=127.0.0.1:{}", free_port()))
+            .arg(format!("--endpoint={grpc}"))
+            .arg("--query.enforce-tenancy");
+        let p = Proc::spawn("querier-enforced", cmd, qdir.path().join("enforced.log"));
+        (p, addr)
+    });
 
     // Both see every target.
     let end = start + (steps as i64 - 1) * INTERVAL_MS + INTERVAL_MS;
@@ -440,10 +468,16 @@ fn main() {
         urlencode("count(up)"),
         secs(end)
     );
-    for (name, addr) in [("prometheus", &paddr), ("orrery", &qaddr)] {
-        let ok = wait_for(Duration::from_secs(60), || match get(addr, &probe) {
-            Ok((200, body)) if body.contains(&format!("\"{targets}\"")) => Some(()),
-            _ => None,
+    let mut probed = vec![("prometheus", paddr.clone()), ("orrery", qaddr.clone())];
+    if let Some((_, a)) = &enforced {
+        probed.push(("orrery enforced", a.clone()));
+    }
+    for (name, addr) in &probed {
+        let ok = wait_for(Duration::from_secs(60), || {
+            match get(addr.as_str(), &probe) {
+                Ok((200, body)) if body.contains(&format!("\"{targets}\"")) => Some(()),
+                _ => None,
+            }
         });
         assert!(
             ok.is_some(),
@@ -462,10 +496,23 @@ fn main() {
         args.reps
     );
     println!(
-        "{:<7} {:<100} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8}  agree",
-        "kind", "query", "orr med", "orr min", "prom med", "prom min", "ratio", "series"
+        "{:<7} {:<100} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8}{}  agree",
+        "kind",
+        "query",
+        "orr med",
+        "orr min",
+        "prom med",
+        "prom min",
+        "ratio",
+        "series",
+        if enforced.is_some() {
+            format!(" {:>9} {:>8}", "enf med", "enf/orr")
+        } else {
+            String::new()
+        }
     );
     let mut ratios = Vec::new();
+    let mut enf_ratios = Vec::new();
     for q in QUERIES {
         if args.only.as_ref().is_some_and(|o| !q.contains(o.as_str())) {
             continue;
@@ -488,20 +535,37 @@ fn main() {
             // Warm-up run on each, comparing the answers.
             let theirs = answer(&paddr, &path, &[]);
             let ours = answer(&qaddr, &path, &["tenant_id"]);
-            let agree = match compare_answers(&ours, &theirs, false) {
+            let mut agree = match compare_answers(&ours, &theirs, false) {
                 Ok(()) => "yes".to_string(),
                 Err(e) => format!("NO: {}", truncate(&e)),
             };
-            let (mut o, mut p) = (Vec::new(), Vec::new());
+            if let Some((_, ea)) = &enforced {
+                let enf = answer(ea, &path, &["tenant_id"]);
+                if let Err(e) = compare_answers(&enf, &theirs, false) {
+                    agree = format!("{agree}; enforced NO: {}", truncate(&e));
+                }
+            }
+            let (mut o, mut p, mut e) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..args.reps {
                 o.push(timed(&qaddr, &path));
                 p.push(timed(&paddr, &path));
+                if let Some((_, ea)) = &enforced {
+                    e.push(timed(ea, &path));
+                }
             }
             let (om, pm) = (median(&mut o), median(&mut p));
             let ratio = om.as_secs_f64() / pm.as_secs_f64();
             ratios.push(ratio);
+            let enf_col = if e.is_empty() {
+                String::new()
+            } else {
+                let em = median(&mut e);
+                let r = em.as_secs_f64() / om.as_secs_f64();
+                enf_ratios.push(r);
+                format!(" {:>9.1} {:>7.2}x", ms(em), r)
+            };
             println!(
-                "{:<7} {:<100} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6.2}x {:>8}  {agree}",
+                "{:<7} {:<100} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6.2}x {:>8}{enf_col}  {agree}",
                 kind,
                 q,
                 ms(om),
@@ -517,6 +581,12 @@ fn main() {
         let geo = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp();
         println!(
             "\nratio = orrery median / prometheus median (below 1: orrery is faster); geometric mean {geo:.2}x"
+        );
+    }
+    if !enf_ratios.is_empty() {
+        let geo = (enf_ratios.iter().map(|r| r.ln()).sum::<f64>() / enf_ratios.len() as f64).exp();
+        println!(
+            "enf/orr = median with --query.enforce-tenancy / median without; geometric mean {geo:.2}x"
         );
     }
     drop(querier);
