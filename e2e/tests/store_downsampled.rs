@@ -6,6 +6,9 @@
 //! exactly as with raw data (`0s`) and as Prometheus 3.5.3 holding the raw samples;
 //! `rate` within [`RATE_TOLERANCE`]. Then the raw blocks are deleted from the bucket:
 //! the same queries still answer (from the 5m blocks), even at `max_source_resolution=0s`.
+//! A 1h block (from the 5m aggregates, as the compactor makes it) answers the queries
+//! whose windows are whole hours at `max_source_resolution=1h` exactly like raw data, and
+//! alone once the 5m blocks are deleted too.
 //! Against a real S3 server process (moto) and a FILESYSTEM bucket.
 
 use std::collections::BTreeMap;
@@ -22,9 +25,10 @@ use e2e::s3::MotoServer;
 use e2e::{Proc, free_port, http_get, orrery_bin, wait_for};
 use objstore::{Bucket, BucketConfig};
 use storeapi::{Labels, Sample};
+use tsdb::block::downsample::downsample_series;
 use tsdb::block::meta::{ThanosDownsample, ThanosMeta};
 use tsdb::block::{BlockOptions, BlockWriter, Ulid};
-use tsdb::chunk::aggr::{RES_5M, downsample_raw};
+use tsdb::chunk::aggr::{RES_1H, RES_5M, downsample_raw};
 use tsdb::chunk::{Chunk, Encoding, XorChunk};
 
 const H: i64 = 3_600_000;
@@ -94,7 +98,7 @@ fn xor_chunks(samples: &[Sample]) -> Vec<Chunk> {
 }
 
 /// Writes and uploads one block: raw over `[mint, maxt)`, or (`resolution` 5m) the
-/// aggregates of the whole day.
+/// aggregates of the whole day, or (1h) the 5m aggregates downsampled again.
 fn upload(
     rt: &tokio::runtime::Runtime,
     bucket: &Bucket,
@@ -117,7 +121,7 @@ fn upload(
                 xor_chunks(&part)
             } else {
                 let raw: Vec<(i64, f64)> = part.iter().map(|x| (x.t, x.v)).collect();
-                downsample_raw(&raw, resolution)
+                let five: Vec<Chunk> = downsample_raw(&raw, RES_5M)
                     .expect("downsample")
                     .into_iter()
                     .map(|c| Chunk {
@@ -126,7 +130,12 @@ fn upload(
                         encoding: Encoding::Aggr,
                         data: c.data,
                     })
-                    .collect()
+                    .collect();
+                if resolution == RES_5M {
+                    five
+                } else {
+                    downsample_series(&s.labels, &five, RES_5M, resolution).expect("downsample 1h")
+                }
             };
             (s.labels.clone(), chunks)
         })
@@ -220,18 +229,28 @@ fn run_case(name: &str, objstore: String, dir: &Path) {
     .expect("bucket");
     let local = dir.join("blocks");
     let mut raw_ids = Vec::new();
+    let mut five_ids = Vec::new();
     for replica in ["0", "1"] {
         for k in 0..HOURS / 6 {
             let r = (T0 + k * 6 * H, T0 + (k + 1) * 6 * H);
             raw_ids.push(upload(&rt, &bucket, &local, &data, r, 0, replica));
         }
-        upload(
+        five_ids.push(upload(
             &rt,
             &bucket,
             &local,
             &data,
             (T0, T0 + HOURS * H),
             RES_5M,
+            replica,
+        ));
+        upload(
+            &rt,
+            &bucket,
+            &local,
+            &data,
+            (T0, T0 + HOURS * H),
+            RES_1H,
             replica,
         );
     }
@@ -294,6 +313,39 @@ fn run_case(name: &str, objstore: String, dir: &Path) {
         "rate(ds_counter_total[1h])",
         "increase(ds_counter_total[2h])",
     ];
+    // Windows of whole hours on an hourly step: what 1h aggregates answer exactly.
+    let hourly = [
+        "max_over_time(ds_gauge[1h])",
+        "min_over_time(ds_gauge[1h])",
+        "count_over_time(ds_gauge[1h])",
+        "max_over_time(ds_counter_total[2h])",
+        "sum(count_over_time(ds_counter_total[3h]))",
+    ];
+    let check_hourly = |phase: &str, resolutions: &[&str]| {
+        let r = ranges[0];
+        let mut bad = Vec::new();
+        for q in hourly {
+            let theirs = prom_range(&prom.addr(), q, r.0, r.1, r.2).expect("prometheus");
+            assert!(points(&theirs) > 0, "{q}: Prometheus returned nothing");
+            for res in resolutions {
+                let mine = ours(&qhttp, q, r, res);
+                if let Err(why) = compare_answers(&mine, &theirs, false) {
+                    bad.push(format!(
+                        "{phase} {q} at {res}: {why}\n  orrery:     {}\n  prometheus: {}",
+                        show_answer(&mine),
+                        show_answer(&theirs)
+                    ));
+                }
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{name} {phase}: {} answers differ:\n{}\nstore log:\n{}",
+            bad.len(),
+            bad.iter().take(8).cloned().collect::<Vec<_>>().join("\n"),
+            store.log_text()
+        );
+    };
     let check = |phase: &str, raw_present: bool| {
         let mut bad = Vec::new();
         let mut worst_rate = 0.0f64;
@@ -339,7 +391,22 @@ fn run_case(name: &str, objstore: String, dir: &Path) {
             store.log_text()
         );
     };
-    check("raw+5m", true);
+    check("raw+5m+1h", true);
+    check_hourly("raw+5m+1h", &["1h"]);
+
+    // The 1h data is really read at 1h: plain selectors there are hourly averages,
+    // unlike the 5m ones.
+    let hourly_avg = ours(&qhttp, "ds_gauge", ranges[0], "1h");
+    assert!(points(&hourly_avg) > 0);
+    assert!(
+        compare_answers(
+            &hourly_avg,
+            &ours(&qhttp, "ds_gauge", ranges[0], "5m"),
+            false
+        )
+        .is_err(),
+        "{name}: 1h averages equal the 5m ones: the store served 5m data for 1h"
+    );
 
     // The 5m data really is a different source: plain selectors read window averages.
     let avg = ours(&qhttp, "ds_gauge", ranges[0], "5m");
@@ -364,7 +431,29 @@ fn run_case(name: &str, objstore: String, dir: &Path) {
         "{name}: the store still serves raw data after the raw blocks were deleted; log:\n{}",
         store.log_text()
     );
-    check("5m only", false);
+    check("5m+1h", false);
+
+    // Retention removed the 5m data as well: the 1h blocks answer alone, at any
+    // requested resolution.
+    for id in &five_ids {
+        rt.block_on(bucket.delete(&format!("{id}/meta.json")))
+            .expect("delete meta.json");
+    }
+    let only_1h = wait_for(Duration::from_secs(30), || {
+        (compare_answers(
+            &ours(&qhttp, "ds_gauge", ranges[0], "0s"),
+            &hourly_avg,
+            false,
+        )
+        .is_ok())
+        .then_some(())
+    });
+    assert!(
+        only_1h.is_some(),
+        "{name}: the store still serves 5m data after the 5m blocks were deleted; log:\n{}",
+        store.log_text()
+    );
+    check_hourly("1h only", &["0s", "5m", "1h"]);
 
     // The UI offers Thanos's resolution selector.
     let (_, page) = http_get(&qhttp, "/graph").expect("ui");
