@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo build --release --bin orrery --bin compact_bench
-//! target/release/compact_bench [--series 500] [--hours 50] [--step 15]
+//! target/release/compact_bench [--series 500] [--hours 50] [--step 15] [--vs-prometheus 1]
 //! ```
 //!
 //! The bucket: `--hours` of 2h blocks (as a receiver uploads them) holding `--series`
@@ -11,12 +11,19 @@
 //! (`--downsampling.disable`) compacts `[0, 48h)` 2h → 8h → 2d (the newest block is held
 //! back, as Thanos plans); run 2 downsamples the 2d block to 5m. Figures are per run,
 //! for the samples of `[0, 48h)`; CPU and RSS are read from `/proc/<pid>` every 10 ms.
+//!
+//! `--vs-prometheus 1` also hands the same 2h blocks to Prometheus 3.5.3 (its data dir,
+//! `--storage.tsdb.max-block-duration=2d`, no scraping) and times its own compaction
+//! (2h → 6h → 18h: its ranges, not Thanos's, but the same two rewrites of every sample
+//! of `[0, 48h)` minus what its newest 18h range leaves at 6h), from the first compaction
+//! output it creates until its block directories stop changing; CPU from `/proc`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use e2e::Prometheus;
 use e2e::bench::{arg_num, orrery_for_bench, proc_stats, xor_chunks};
 use objstore::{Bucket, BucketConfig};
 use storeapi::{Label, Labels};
@@ -67,10 +74,96 @@ fn run_compactor(yaml: &str, data_dir: &Path, extra: &[&str], log: &Path) -> Run
     }
 }
 
+/// Block directories (ULIDs) and temporary compaction outputs in a Prometheus data dir.
+fn prom_dirs(data: &Path) -> (Vec<String>, usize) {
+    let mut blocks = Vec::new();
+    let mut tmp = 0;
+    if let Ok(rd) = std::fs::read_dir(data) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.ends_with(".tmp-for-creation") || name.ends_with(".tmp-for-deletion") {
+                tmp += 1;
+            } else if name.len() == 26 && e.path().join("meta.json").exists() {
+                blocks.push(name);
+            }
+        }
+    }
+    blocks.sort();
+    (blocks, tmp)
+}
+
+/// Starts Prometheus on `blocks` (moved into its data dir) and times its compaction.
+fn run_prometheus(blocks: &Path) -> (Run, usize, usize) {
+    let prom = Prometheus::start_prepared(
+        "global:\n  scrape_interval: 1h\n",
+        &[
+            "--storage.tsdb.retention.time=100y",
+            "--storage.tsdb.min-block-duration=2h",
+            "--storage.tsdb.max-block-duration=2d",
+        ],
+        |data| {
+            std::fs::create_dir_all(data).expect("prometheus data dir");
+            for e in std::fs::read_dir(blocks).expect("blocks").flatten() {
+                std::fs::rename(e.path(), data.join(e.file_name())).expect("move block");
+            }
+        },
+    );
+    let data = prom.dir.path().join("data");
+    let pid = prom.proc.child.id();
+    let (initial, _) = prom_dirs(&data);
+    // Its first compaction starts about a minute after opening the DB.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (started, ticks0) = loop {
+        let (b, tmp) = prom_dirs(&data);
+        if tmp > 0 || b != initial {
+            let t = proc_stats(pid).map_or(0, |(_, t)| t);
+            break (Instant::now(), t);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not compact within 3 minutes; log:\n{}",
+            prom.proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Done when nothing changed for 3 s (no temporary dirs, same blocks).
+    let mut last = prom_dirs(&data);
+    let mut last_change = Instant::now();
+    let mut hwm = 0u64;
+    let mut ticks = ticks0;
+    // CPU after the last change belongs to idling, not compacting: the ticks at it count.
+    let mut ticks_at_change = ticks0;
+    while last_change.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(10));
+        if let Some((h, t)) = proc_stats(pid) {
+            hwm = hwm.max(h);
+            ticks = ticks.max(t);
+        }
+        let now = prom_dirs(&data);
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+            ticks_at_change = ticks;
+        }
+    }
+    let finished = last_change;
+    let ticks = ticks_at_change;
+    (
+        Run {
+            wall: finished - started,
+            cpu_s: ticks.saturating_sub(ticks0) as f64 / 100.0,
+            peak_rss_mib: hwm as f64 / 1024.0,
+        },
+        initial.len(),
+        last.0.len(),
+    )
+}
+
 fn main() {
     let series = arg_num("--series", 500) as usize;
     let hours = arg_num("--hours", 50);
     let step = arg_num("--step", 15) * 1000;
+    let vs_prometheus = arg_num("--vs-prometheus", 0) != 0;
     assert!(
         hours >= 50,
         "--hours must be at least 50 (a 2d block plus the held-back newest)"
@@ -102,6 +195,8 @@ fn main() {
     labels.sort();
     let ext = BTreeMap::from([("tenant_id".to_string(), "bench".to_string())]);
     let local = dir.path().join("local");
+    let prom_blocks = dir.path().join("prometheus-blocks");
+    std::fs::create_dir_all(&prom_blocks).expect("mkdir");
     let generated = Instant::now();
     let mut in_range = 0u64;
     for w in 0..hours / 2 {
@@ -131,7 +226,11 @@ fn main() {
         let bd = local.join(meta.ulid.to_string());
         rt.block_on(objstore::block::upload_block(&bucket, &bd, &ext, "receive"))
             .expect("upload");
-        std::fs::remove_dir_all(&bd).expect("rm");
+        if vs_prometheus {
+            std::fs::rename(&bd, prom_blocks.join(meta.ulid.to_string())).expect("keep block");
+        } else {
+            std::fs::remove_dir_all(&bd).expect("rm");
+        }
     }
     eprintln!(
         "generated {} blocks in {:?}",
@@ -155,6 +254,7 @@ fn main() {
         .filter(|b| b.resolution() == 300_000)
         .count();
     assert_eq!(five, 1, "expected one 5m block");
+    let prom = vs_prometheus.then(|| run_prometheus(&prom_blocks));
     println!(
         "{series} series, {step_s}s step, {hours}h of 2h blocks; {in_range} samples in [0, 48h)",
         step_s = step / 1000
@@ -172,6 +272,21 @@ fn main() {
             r.cpu_s,
             r.cpu_s / (in_range as f64 / 1e6),
             r.peak_rss_mib
+        );
+    }
+    if let Some((r, before, after)) = prom {
+        println!(
+            "| Prometheus 3.5.3 compaction 2h→6h→18h ({before} → {after} blocks) | {:.2} | {:.0} | {:.2} | {:.3} | {:.1} (whole server) |",
+            r.wall.as_secs_f64(),
+            in_range as f64 / r.wall.as_secs_f64(),
+            r.cpu_s,
+            r.cpu_s / (in_range as f64 / 1e6),
+            r.peak_rss_mib
+        );
+        println!(
+            "orrery / Prometheus: wall {:.2}×, CPU {:.2}×",
+            compaction.wall.as_secs_f64() / r.wall.as_secs_f64(),
+            compaction.cpu_s / r.cpu_s.max(0.01)
         );
     }
 }
