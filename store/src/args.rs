@@ -78,6 +78,21 @@ pub struct StoreArgs {
     #[arg(long = "store.chunk-cache-size", default_value_t = 256 << 20)]
     pub chunk_cache_size: usize,
 
+    /// Answer each call for one tenant only: the one in `thanos-tenant` gRPC metadata
+    /// (forwarded by the querier), or `--store.default-tenant-id` without it. A block's
+    /// tenant is its `--store.tenant-label-name` external label; blocks without it are
+    /// never served. No Thanos equivalent (its receivers have one of this name).
+    #[arg(long = "store.enforce-tenancy", default_value_t = false)]
+    pub enforce_tenancy: bool,
+
+    /// The tenant of a call without `thanos-tenant` metadata, with enforcement.
+    #[arg(long = "store.default-tenant-id", default_value = "default-tenant")]
+    pub default_tenant_id: String,
+
+    /// The external label naming a block's tenant (the receivers' `--receive.tenant-label-name`).
+    #[arg(long = "store.tenant-label-name", default_value = "tenant_id")]
+    pub tenant_label_name: String,
+
     /// `--grpc-server-tls-*`: TLS (and mTLS) for the StoreAPI listener.
     #[command(flatten)]
     pub grpc_tls: netsec::flags::GrpcServerTls,

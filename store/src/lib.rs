@@ -23,6 +23,7 @@ pub mod header;
 pub mod metrics;
 pub mod resolution;
 pub mod service;
+pub mod tenancy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -271,6 +272,12 @@ pub fn build(args: &StoreArgs, registry: &mut Registry) -> anyhow::Result<Parts>
         bucket: bucket.clone(),
         window: Arc::new(RwLock::new((i64::MIN, i64::MAX))),
         batch_chunks: service::SERIES_BATCH_CHUNKS,
+        tenancy: args.enforce_tenancy.then(|| {
+            Arc::new(tenancy::TenantScope {
+                label: args.tenant_label_name.clone(),
+                default_tenant: args.default_tenant_id.clone(),
+            })
+        }),
     };
     let syncer = Syncer {
         fetcher: MetaFetcher::new(bucket, Some(args.data_dir.join("meta-syncer"))),

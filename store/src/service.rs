@@ -62,6 +62,8 @@ pub struct Gateway {
     pub window: Arc<RwLock<(i64, i64)>>,
     /// Chunk refs fetched per batch of a `Series` response ([`SERIES_BATCH_CHUNKS`]).
     pub batch_chunks: usize,
+    /// `--store.enforce-tenancy`: each call reads one tenant's blocks only.
+    pub tenancy: Option<Arc<crate::tenancy::TenantScope>>,
 }
 
 /// Chunk refs fetched and sent per batch of a `Series` response: about 8 MiB of chunk
@@ -511,7 +513,14 @@ struct Plan {
 impl FrameSeries for Gateway {
     async fn series_frames(&self, request: Request<SeriesRequest>) -> Result<FrameStream, Status> {
         self.check_ready()?;
-        let req = request.into_inner();
+        let tenant = self
+            .tenancy
+            .as_ref()
+            .map(|s| (s.clone(), s.tenant(&request)));
+        let mut req = request.into_inner();
+        if let Some((scope, t)) = tenant {
+            scope.confine(&t, &mut req.matchers);
+        }
         let fetched = Fetched::default();
         let plan = match self.plan(&req, &fetched).await {
             Ok(p) => p,
@@ -556,7 +565,14 @@ impl thanos::store_server::Store for Gateway {
         request: Request<LabelNamesRequest>,
     ) -> Result<Response<LabelNamesResponse>, Status> {
         self.check_ready()?;
-        let req = request.into_inner();
+        let tenant = self
+            .tenancy
+            .as_ref()
+            .map(|s| (s.clone(), s.tenant(&request)));
+        let mut req = request.into_inner();
+        if let Some((scope, t)) = tenant {
+            scope.confine(&t, &mut req.matchers);
+        }
         let matchers = matchers_from_wire(&req.matchers).map_err(bad_matchers)?;
         let without: BTreeSet<String> = req.without_replica_labels.iter().cloned().collect();
         let mut set = BTreeSet::new();
@@ -605,7 +621,14 @@ impl thanos::store_server::Store for Gateway {
         request: Request<LabelValuesRequest>,
     ) -> Result<Response<LabelValuesResponse>, Status> {
         self.check_ready()?;
-        let req = request.into_inner();
+        let tenant = self
+            .tenancy
+            .as_ref()
+            .map(|s| (s.clone(), s.tenant(&request)));
+        let mut req = request.into_inner();
+        if let Some((scope, t)) = tenant {
+            scope.confine(&t, &mut req.matchers);
+        }
         if req.label.is_empty() {
             return Err(Status::invalid_argument(
                 "label name parameter cannot be empty",
@@ -666,18 +689,33 @@ impl thanos::store_server::Store for Gateway {
 
 #[tonic::async_trait]
 impl storeapi::wire::info::info_server::Info for Gateway {
-    async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+    async fn info(&self, req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         self.check_ready()?;
         let (wmin, wmax) = *self.window.read().unwrap_or_else(|e| e.into_inner());
         // Per external label set: the time ranges of its blocks.
         let mut sets: BTreeMap<Labels, Vec<(i64, i64)>> = BTreeMap::new();
-        for b in self
+        let blocks: Vec<Arc<StoreBlock>> = self
             .blocks
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-        {
-            sets.entry(b.ext.clone())
+            .cloned()
+            .collect();
+        // With enforcement, sets are shown as the caller may see them (see `tenancy`).
+        let shown: Option<BTreeMap<Labels, Labels>> = self.tenancy.as_ref().map(|scope| {
+            let all: Vec<Labels> = blocks.iter().map(|b| b.ext.clone()).collect();
+            let caller = crate::tenancy::TenantScope::caller(&req);
+            scope.visible(caller.as_deref(), &all).into_iter().collect()
+        });
+        for b in &blocks {
+            let ls = match &shown {
+                None => b.ext.clone(),
+                Some(m) => match m.get(&b.ext) {
+                    Some(ls) => ls.clone(),
+                    None => continue,
+                },
+            };
+            sets.entry(ls)
                 .or_default()
                 .push((b.meta.min_time, b.meta.max_time - 1));
         }
@@ -746,6 +784,16 @@ mod tests {
 
     /// Three 1h blocks of 40 series; each series has two 3-sample chunks per block.
     fn gateway(dir: &std::path::Path, batch_chunks: usize, limits: Limits) -> Gateway {
+        gateway_with(dir, batch_chunks, limits, |_| None)
+    }
+
+    /// As [`gateway`], block `b`'s external labels `tenant_id=<tenant_of(b)>` if any.
+    fn gateway_with(
+        dir: &std::path::Path,
+        batch_chunks: usize,
+        limits: Limits,
+        tenant_of: impl Fn(i64) -> Option<&'static str>,
+    ) -> Gateway {
         let bucket_dir = dir.join("bucket");
         let bucket = Bucket::new(&BucketConfig::filesystem(&bucket_dir), None).unwrap();
         let mut blocks = BTreeMap::new();
@@ -777,14 +825,16 @@ mod tests {
                 })
                 .collect();
             series.sort_by(|a, b| a.0.cmp(&b.0));
-            let meta = BlockWriter::write(
-                &bucket_dir,
-                start,
-                start + HOUR,
-                series,
-                &BlockOptions::default(),
-            )
-            .unwrap();
+            let opts = BlockOptions {
+                thanos: tenant_of(b).map(|t| {
+                    tsdb::block::ThanosMeta::new(
+                        BTreeMap::from([("tenant_id".to_string(), t.to_string())]),
+                        "receive",
+                    )
+                }),
+                ..BlockOptions::default()
+            };
+            let meta = BlockWriter::write(&bucket_dir, start, start + HOUR, series, &opts).unwrap();
             let blk = StoreBlock::new(meta, &dir.join("data"), bucket.clone());
             blocks.insert(blk.id(), Arc::new(blk));
         }
@@ -799,6 +849,7 @@ mod tests {
             bucket,
             window: Arc::new(RwLock::new((i64::MIN, i64::MAX))),
             batch_chunks,
+            tenancy: None,
         }
     }
 
@@ -814,7 +865,17 @@ mod tests {
 
     /// (series labels, chunk count) in stream order, or the stream's error after them.
     async fn run(gw: &Gateway) -> (Vec<(String, usize)>, Option<Status>) {
-        let mut s = gw.series_frames(Request::new(request())).await.unwrap();
+        run_as(gw, None).await
+    }
+
+    /// As [`run`], with `thanos-tenant` metadata when given.
+    async fn run_as(gw: &Gateway, tenant: Option<&str>) -> (Vec<(String, usize)>, Option<Status>) {
+        let mut req = Request::new(request());
+        if let Some(t) = tenant {
+            req.metadata_mut()
+                .insert(crate::tenancy::TENANT_METADATA, t.parse().unwrap());
+        }
+        let mut s = gw.series_frames(req).await.unwrap();
         let mut out = Vec::new();
         while let Some(f) = s.next().await {
             match f {
@@ -833,6 +894,92 @@ mod tests {
             }
         }
         (out, None)
+    }
+
+    #[tokio::test]
+    async fn enforced_tenancy_serves_only_the_callers_blocks() {
+        use storeapi::wire::info::info_server::Info;
+        use storeapi::wire::thanos::store_server::Store;
+        let dir = tempfile::tempdir().unwrap();
+        // Block 0: tenant a, block 1: tenant b, block 2: no tenant label.
+        let tenant_of = |b: i64| [Some("a"), Some("b"), None][b as usize];
+        let mut gw = gateway_with(dir.path(), usize::MAX, Limits::default(), tenant_of);
+        let open = run(&gw).await;
+        assert_eq!(
+            open.0.len(),
+            120,
+            "without enforcement every block is served"
+        );
+        gw.tenancy = Some(Arc::new(crate::tenancy::TenantScope {
+            label: "tenant_id".into(),
+            default_tenant: "default-tenant".into(),
+        }));
+        for t in ["a", "b"] {
+            let (series, err) = run_as(&gw, Some(t)).await;
+            assert!(err.is_none(), "{err:?}");
+            assert_eq!(series.len(), 40, "tenant {t}");
+            assert!(
+                series
+                    .iter()
+                    .all(|(l, n)| l.contains(&format!("tenant_id={t}")) && *n == 2),
+                "tenant {t}: {series:?}"
+            );
+        }
+        let (none, err) = run(&gw).await;
+        assert!(
+            err.is_none() && none.is_empty(),
+            "no metadata: the default tenant has nothing: {none:?}"
+        );
+
+        let values = |tenant: Option<&str>| {
+            let mut r = Request::new(LabelValuesRequest {
+                label: "tenant_id".into(),
+                start: T0,
+                end: T0 + 3 * HOUR,
+                ..Default::default()
+            });
+            if let Some(t) = tenant {
+                r.metadata_mut()
+                    .insert(crate::tenancy::TENANT_METADATA, t.parse().unwrap());
+            }
+            r
+        };
+        let v = gw
+            .label_values(values(Some("a")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(v.values, ["a"]);
+        let v = gw.label_values(values(None)).await.unwrap().into_inner();
+        assert!(v.values.is_empty(), "{:?}", v.values);
+        let names = gw
+            .label_names(Request::new(LabelNamesRequest {
+                start: T0,
+                end: T0 + 3 * HOUR,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(names.names.is_empty(), "{:?}", names.names);
+
+        let info = |tenant: Option<&str>| {
+            let mut r = Request::new(InfoRequest {});
+            if let Some(t) = tenant {
+                r.metadata_mut()
+                    .insert(crate::tenancy::TENANT_METADATA, t.parse().unwrap());
+            }
+            r
+        };
+        let own = gw.info(info(Some("b"))).await.unwrap().into_inner();
+        let text = format!("{:?}", own.label_sets);
+        assert!(text.contains("\"b\"") && !text.contains("\"a\""), "{text}");
+        let anon = gw.info(info(None)).await.unwrap().into_inner();
+        let text = format!("{:?} {:?}", anon.label_sets, anon.store);
+        assert!(
+            !text.contains("tenant_id"),
+            "no tenant named without metadata: {text}"
+        );
     }
 
     #[tokio::test]
