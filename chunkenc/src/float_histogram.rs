@@ -558,3 +558,244 @@ impl Iterator for FloatHistogramIterator<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::histogram_testutil::{append_all_float, hist, pack};
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use storeapi::STALE_NAN_BITS;
+
+    fn m(v: &[(i32, u64)]) -> BTreeMap<i32, u64> {
+        v.iter().copied().collect()
+    }
+
+    fn fh(pos: &[(i32, u64)], sum: f64) -> FloatHistogram {
+        hist(0, 1, &m(pos), &m(&[]), sum).to_float()
+    }
+
+    fn decode(data: &[u8]) -> Vec<(i64, FloatHistogram)> {
+        FloatHistogramIterator::new(data)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    }
+
+    fn with_hint(mut h: FloatHistogram, hint: CounterResetHint) -> FloatHistogram {
+        h.hint = hint;
+        h
+    }
+
+    #[test]
+    fn hand_checked_bytes_of_a_two_sample_chunk() {
+        // Derived by hand from float_histogram.go: zero threshold 0 is byte 0, schema `0`,
+        // no spans `0` `0`; t=5 is `110 000101`; count 1.0, zero count 1.0, sum 2.0 raw.
+        let h1 = FloatHistogram {
+            count: 1.0,
+            zero_count: 1.0,
+            sum: 2.0,
+            ..Default::default()
+        };
+        let mut a = FloatHistogramAppender::new();
+        a.append(None, 5, &h1).unwrap();
+        let one = format!("{:064b}", 1.0f64.to_bits());
+        let two = format!("{:064b}", 2.0f64.to_bits());
+        let first = format!("00000000 0 0 0 110000101 {one} {one} {two}");
+        let mut want = vec![0, 1, 0];
+        want.extend(pack(&first));
+        assert_eq!(a.bytes(), &want[..]);
+        // t=10: dod 5; count 2.0 XOR 1.0 = 0x7ff0…: 1 leading, 52 trailing → `1 1 00001
+        // 001011` + 11 ones; zero count and sum unchanged → `0` each.
+        let h2 = FloatHistogram {
+            count: 2.0,
+            ..h1.clone()
+        };
+        a.append(None, 10, &h2).unwrap();
+        let mut want = vec![0, 2, 0];
+        want.extend(pack(&format!(
+            "{first} 110000101 11 00001 001011 11111111111 0 0"
+        )));
+        assert_eq!(a.bytes(), &want[..]);
+        assert_eq!(
+            decode(a.bytes()),
+            vec![
+                (5, h1),
+                (10, with_hint(h2, CounterResetHint::NotCounterReset))
+            ]
+        );
+    }
+
+    #[test]
+    fn round_trip_recode_and_backward_widening() {
+        let h1 = fh(&[(0, 1), (1, 0), (2, 1)], 1.0);
+        let h2 = fh(&[(0, 2), (2, 1)], 2.0); // empty bucket 1 missing: widened
+        let h3 = fh(&[(0, 2), (2, 1), (6, 4)], 3.0); // new bucket 6: recode
+        let mut a = FloatHistogramAppender::new();
+        a.append(None, 1, &h1).unwrap();
+        assert!(matches!(a.append(None, 2, &h2).unwrap(), Appended::InPlace));
+        assert!(matches!(a.append(None, 3, &h3).unwrap(), Appended::Recoded));
+        let got = decode(a.bytes());
+        let w = |pos: &[(i32, u64)], sum| fh(pos, sum);
+        assert_eq!(got[0].1, w(&[(0, 1), (1, 0), (2, 1), (6, 0)], 1.0));
+        assert_eq!(
+            got[1].1,
+            with_hint(
+                w(&[(0, 2), (1, 0), (2, 1), (6, 0)], 2.0),
+                CounterResetHint::NotCounterReset
+            )
+        );
+        assert_eq!(
+            got[2].1,
+            with_hint(
+                w(&[(0, 2), (1, 0), (2, 1), (6, 4)], 3.0),
+                CounterResetHint::NotCounterReset
+            )
+        );
+    }
+
+    #[test]
+    fn gauge_chunks_widen_both_ways_and_keep_gauge_hints() {
+        let g = |pos: &[(i32, u64)], sum| with_hint(fh(pos, sum), CounterResetHint::Gauge);
+        let s = vec![
+            (1, g(&[(0, 5), (1, 5)], 9.0)),
+            (2, g(&[(1, 1), (3, 2)], 1.0)),
+            (3, g(&[(0, 1)], 0.5)),
+        ];
+        let chunks = append_all_float(&s);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(
+            FloatHistogramIterator::new(&chunks[0]).unwrap().header(),
+            CounterResetHeader::Gauge
+        );
+        let got = decode(&chunks[0]);
+        assert_eq!(got[2].1, g(&[(0, 1), (1, 0), (3, 0)], 0.5));
+        assert!(got.iter().all(|x| x.1.hint == CounterResetHint::Gauge));
+    }
+
+    #[test]
+    fn cut_headers_and_previous_chunk() {
+        let base = fh(&[(0, 3)], 1.0);
+        let cut = |h2: &FloatHistogram| {
+            let mut a = FloatHistogramAppender::new();
+            a.append(None, 1, &base).unwrap();
+            match a.append(None, 2, h2).unwrap() {
+                Appended::NewChunk(n) => Some(n.header()),
+                _ => None,
+            }
+        };
+        assert_eq!(cut(&fh(&[(0, 4)], 1.0)), None);
+        assert_eq!(
+            cut(&fh(&[(0, 2)], 1.0)),
+            Some(CounterResetHeader::CounterReset)
+        );
+        let mut s = fh(&[(0, 4)], 1.0);
+        s.schema = 2;
+        // The float appender leaves a schema-change chunk's header Unknown.
+        assert_eq!(cut(&s), Some(CounterResetHeader::Unknown));
+        let mut prev = FloatHistogramAppender::new();
+        prev.append(None, 1, &base).unwrap();
+        let mut n = FloatHistogramAppender::new();
+        n.append(Some(&prev), 2, &s).unwrap();
+        // …but a chunk started after a previous one says NotCounterReset for it.
+        assert_eq!(n.header(), CounterResetHeader::NotCounterReset);
+        let mut n = FloatHistogramAppender::new();
+        n.append(Some(&prev), 2, &fh(&[(0, 1)], 1.0)).unwrap();
+        assert_eq!(n.header(), CounterResetHeader::CounterReset);
+    }
+
+    #[test]
+    fn stale_markers_and_corrupt_input() {
+        let st = FloatHistogram {
+            sum: f64::from_bits(STALE_NAN_BITS),
+            ..Default::default()
+        };
+        let s: Vec<_> = (0..20u64)
+            .map(|i| (i as i64, fh(&[(0, i), (2, i * 3), (-4, 1)], i as f64 / 3.0)))
+            .chain([(20, st.clone()), (21, st.clone())])
+            .collect();
+        let chunks = append_all_float(&s);
+        assert_eq!(chunks.len(), 1);
+        let got = decode(&chunks[0]);
+        assert!(got[20].1.is_stale() && got[21].1.is_stale());
+        assert!(got[20].1.positive_buckets.is_empty());
+        let full = &chunks[0];
+        for cut in 0..full.len() {
+            if let Ok(it) = FloatHistogramIterator::new(&full[..cut]) {
+                assert!(it.collect::<Result<Vec<_>, _>>().is_err(), "cut at {cut}");
+            }
+        }
+        for i in 3..full.len() {
+            let mut d = full.clone();
+            d[i] ^= 0x55;
+            let _ = FloatHistogramIterator::new(&d).map(|it| it.count());
+            let _ = FloatHistogramAppender::from_bytes(&d);
+        }
+    }
+
+    #[test]
+    fn reopening_continues_bit_exactly() {
+        let s: Vec<_> = (0..15u64)
+            .map(|i| (i as i64 * 10, fh(&[(0, i), (1, i / 2)], i as f64 * 0.3)))
+            .collect();
+        let all = append_all_float(&s);
+        let mut a = FloatHistogramAppender::new();
+        for (t, h) in &s[..4] {
+            a.append(None, *t, h).unwrap();
+        }
+        let mut b = FloatHistogramAppender::from_bytes(a.bytes()).unwrap();
+        for (t, h) in &s[4..] {
+            b.append(None, *t, h).unwrap();
+        }
+        assert_eq!(vec![b.into_bytes()], all);
+    }
+
+    proptest! {
+        #[test]
+        fn append_decode_and_reappend_bytes(
+            ops in proptest::collection::vec((0u8..12, -3i32..6, 0u64..4, 1i64..3000), 1..100),
+            gauge in any::<bool>(),
+        ) {
+            let mut pos: BTreeMap<i32, u64> = BTreeMap::new();
+            let (mut t, mut sum) = (0i64, 0.0);
+            let mut s = Vec::new();
+            for (op, idx, inc, dt) in ops {
+                t += dt;
+                match op {
+                    0 => pos.clear(),
+                    1 => pos.retain(|_, c| *c > 0),
+                    2 if gauge => { pos.remove(&idx); }
+                    _ => *pos.entry(idx).or_insert(0) += inc,
+                }
+                sum += inc as f64 * 0.7;
+                let mut h = hist(0, 0, &pos, &BTreeMap::new(), sum).to_float();
+                if gauge { h.hint = CounterResetHint::Gauge; }
+                s.push((t, h));
+            }
+            let chunks = append_all_float(&s);
+            let mut n = 0;
+            for c in &chunks {
+                let d = decode(c);
+                for (t, h) in &d {
+                    let (wt, wh) = &s[n];
+                    prop_assert_eq!(t, wt);
+                    prop_assert_eq!(h.count, wh.count);
+                    prop_assert_eq!(h.sum, wh.sum);
+                    n += 1;
+                }
+                let mut again = append_all_float(&d);
+                prop_assert_eq!(again.len(), 1);
+                let again = again.remove(0);
+                prop_assert_eq!(&again[3..], &c[3..]);
+            }
+            prop_assert_eq!(n, s.len());
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(it) = FloatHistogramIterator::new(&data) {
+                let _ = it.take(70_000).count();
+            }
+        }
+    }
+}
