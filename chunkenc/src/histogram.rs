@@ -976,7 +976,7 @@ mod tests {
         }
         // Reopened from bytes, the previous chunk gives the same answer.
         let reopened = HistogramAppender::from_bytes(prev.bytes()).unwrap();
-        assert_eq!(reopened.appendable(&h1).ok, true);
+        assert!(reopened.appendable(&h1).ok);
     }
 
     #[test]
@@ -1115,8 +1115,8 @@ mod tests {
                     let mut v = Vec::new();
                     let mut i = -1i64;
                     let mut b = f.positive_buckets.iter();
-                    for (n, sp) in h.positive_spans.iter().enumerate() {
-                        i += sp.offset as i64 + if n == 0 { 1 } else { 1 };
+                    for sp in &h.positive_spans {
+                        i += sp.offset as i64 + 1;
                         for k in 0..sp.length as i64 {
                             let c = *b.next().unwrap();
                             if c != 0.0 { v.push((i + k, c)); }

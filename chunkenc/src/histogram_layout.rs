@@ -210,7 +210,7 @@ fn read_zero_threshold(r: &mut BitReader<'_>) -> Result<f64, ChunkError> {
 /// varbit_uint(x·1000 + 1), others as a `0` bit and the raw float.
 fn put_custom_bound(w: &mut BitWriter, f: f64) {
     let tf = f * 1000.0;
-    if tf < 0.0 || tf > 33_554_430.0 || !is_whole_when_multiplied(f) {
+    if !(0.0..=33_554_430.0).contains(&tf) || !is_whole_when_multiplied(f) {
         w.write_bit(false);
         w.write_bits(f.to_bits(), 64);
         return;

@@ -12,7 +12,7 @@ pub fn pack(bits: &str) -> Vec<u8> {
         .map(|c| {
             c.iter()
                 .enumerate()
-                .fold(0u8, |acc, (i, b)| acc | (((*b - b'0') as u8) << (7 - i)))
+                .fold(0u8, |acc, (i, b)| acc | ((*b - b'0') << (7 - i)))
         })
         .collect()
 }
