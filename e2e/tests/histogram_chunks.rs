@@ -10,6 +10,10 @@
 //!   the series, as the head does).
 //!
 //! Each of the three kinds (integer exponential, integer NHCB, float) must be found.
+//!
+//! A second test SIGKILLs such a Prometheus with its head only in its WAL, decodes the
+//! WAL's histogram records (types 7-10) with `tsdb::wal::record` and compares every
+//! sample with what Prometheus, restarted on a copy of the same directory, answers.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -165,8 +169,9 @@ fn reencode_float(c: &Chunk, prev: Option<&Chunk>) -> Vec<u8> {
     a.into_bytes()
 }
 
-#[test]
-fn histogram_chunks_match_prometheus_byte_for_byte() {
+/// Prometheus scraping its own native histograms and the classic target (as NHCB),
+/// recording `rate()` of a native histogram, with traffic for `secs` seconds.
+fn prometheus_with_histograms(secs: u64) -> (Prometheus, tempfile::TempDir) {
     let (classic_port, scrapes) = serve_classic_histogram();
     let rules_dir = tempfile::tempdir().expect("rules dir");
     let rules = rules_dir.path().join("rules.yml");
@@ -189,7 +194,7 @@ fn histogram_chunks_match_prometheus_byte_for_byte() {
     let addr = prom.addr();
 
     // Traffic with varied latencies so the HTTP duration histograms gain buckets.
-    let deadline = std::time::Instant::now() + Duration::from_secs(32);
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     let mut i = 0u64;
     while std::time::Instant::now() < deadline {
         let path = match i % 4 {
@@ -209,6 +214,13 @@ fn histogram_chunks_match_prometheus_byte_for_byte() {
         scrapes.load(Ordering::Relaxed) >= 10,
         "classic target was scraped"
     );
+    (prom, rules_dir)
+}
+
+#[test]
+fn histogram_chunks_match_prometheus_byte_for_byte() {
+    let (prom, _rules) = prometheus_with_histograms(32);
+    let addr = prom.addr();
 
     let (code, body) = http_request(&addr, "POST", "/api/v1/admin/tsdb/snapshot", &[], &[])
         .expect("snapshot request");
@@ -321,4 +333,116 @@ fn histogram_chunks_match_prometheus_byte_for_byte() {
             prom.proc.log_text()
         );
     }
+}
+
+#[test]
+fn histogram_wal_records_match_prometheus() {
+    use storeapi::histogram::HistogramValue;
+    use tsdb::wal::record::{self, Collect};
+
+    let (mut prom, _rules) = prometheus_with_histograms(22);
+    prom.proc.kill();
+    let data = prom.dir.path().join("data");
+
+    // Our reading of the WAL, from a copy (replay may repair a torn tail).
+    let copy = tempfile::tempdir().expect("copy dir");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(data.join("wal"))
+        .arg(copy.path())
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let mut c = Collect::default();
+    let mut err = None;
+    let mut raw_types: BTreeMap<u8, usize> = BTreeMap::new();
+    tsdb::wal::replay(
+        &copy.path().join("wal"),
+        &tsdb::Metrics::default(),
+        &mut |_, payload: &[u8]| {
+            if let Some(t) = payload.first() {
+                *raw_types.entry(*t).or_default() += 1;
+            }
+            if let Err(e) = record::decode(payload, &mut c) {
+                err.get_or_insert(e.to_string());
+            }
+            Ok(())
+        },
+    )
+    .expect("replay Prometheus WAL");
+    assert_eq!(err, None, "every record decodes");
+    for t in [
+        record::TYPE_HISTOGRAMS,
+        record::TYPE_FLOAT_HISTOGRAMS,
+        record::TYPE_CUSTOM_HISTOGRAMS,
+    ] {
+        assert!(
+            raw_types.get(&t).is_some_and(|n| *n > 0),
+            "record type {t} in the WAL: {raw_types:?}"
+        );
+    }
+    let labels: BTreeMap<u64, Labels> = c.series.iter().cloned().collect();
+
+    // Prometheus restarted on a copy of the same bytes, scraping nothing.
+    let prepared = data.clone();
+    let p2 = Prometheus::start_prepared(
+        "global:\n  scrape_interval: 1h\n",
+        &["--enable-feature=native-histograms"],
+        move |d| {
+            let st = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&prepared)
+                .arg(d)
+                .status()
+                .expect("cp data dir");
+            assert!(st.success());
+        },
+    );
+    let addr = p2.addr();
+
+    // Our samples per series: t → (count, sum), stale markers left out.
+    let mut ours: BTreeMap<u64, BTreeMap<i64, (f64, f64)>> = BTreeMap::new();
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &c.histograms {
+        let f = s.h.to_float();
+        let kind = match (&s.h, f.schema) {
+            (HistogramValue::Float(_), _) => "float",
+            (_, -53) => "int-nhcb",
+            _ => "int-exponential",
+        };
+        *kinds.entry(kind).or_default() += 1;
+        if f.is_stale() {
+            continue;
+        }
+        assert_eq!(f.validate(), Ok(()), "{s:?}");
+        ours.entry(s.r).or_default().insert(s.t, (f.count, f.sum));
+    }
+    for kind in ["int-exponential", "int-nhcb", "float"] {
+        assert!(
+            kinds.get(kind).is_some_and(|n| *n >= 10),
+            "{kind} samples in the WAL: {kinds:?}"
+        );
+    }
+    for (r, samples) in &ours {
+        let l = labels
+            .get(r)
+            .unwrap_or_else(|| panic!("series record for ref {r}"));
+        let first = *samples.keys().next().expect("samples");
+        let last = *samples.keys().last().expect("samples");
+        let want = query_histograms(&addr, l, first - 1, last);
+        assert_eq!(
+            samples.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{l:?}: timestamps"
+        );
+        for (t, (count, sum)) in samples {
+            let (wc, ws) = want[t];
+            assert_eq!(*count, wc, "{l:?} count at {t}");
+            assert!(
+                *sum == ws || (sum - ws).abs() <= 1e-12 * ws.abs().max(1.0),
+                "{l:?} sum at {t}: ours {sum}, Prometheus {ws}"
+            );
+        }
+    }
+    eprintln!("WAL histogram samples by kind: {kinds:?}; records by type: {raw_types:?}");
 }
