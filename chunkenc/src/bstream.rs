@@ -147,6 +147,19 @@ impl<'a> BitReader<'a> {
         Ok(v)
     }
 
+    /// The next `n` (1..=56) bits without consuming them; the caller checks
+    /// [`Self::remaining`] (bits past the end read as zeros).
+    #[inline]
+    pub(crate) fn peek_bits(&self, n: u32) -> u64 {
+        self.peek(self.pos) >> (64 - n)
+    }
+
+    /// Consumes `n` bits already checked with [`Self::remaining`].
+    #[inline]
+    pub(crate) fn skip(&mut self, n: usize) {
+        self.pos += n;
+    }
+
     #[inline]
     pub(crate) fn read_bit(&mut self) -> Result<bool, ChunkError> {
         Ok(self.read_bits(1)? == 1)

@@ -58,17 +58,24 @@ pub(crate) fn put_varbit_uint(w: &mut BitWriter, v: u64) {
 }
 
 /// Reads the prefix: the number of leading ones (0..=8), consuming the closing zero
-/// if there is one.
+/// if there is one (up to eight bits are looked at once).
 #[inline]
 fn read_prefix(r: &mut BitReader<'_>) -> Result<usize, ChunkError> {
-    let mut ones = 0;
-    while ones < 8 {
-        if !r.read_bit()? {
-            break;
-        }
-        ones += 1;
+    let avail = r.remaining().min(8);
+    if avail == 0 {
+        return Err(ChunkError::Corrupt("histogram chunk ends inside a sample"));
     }
-    Ok(ones)
+    let byte = (r.peek_bits(avail as u32) << (8 - avail)) as u8;
+    let ones = byte.leading_ones() as usize;
+    if ones < avail {
+        r.skip(ones + 1);
+        Ok(ones)
+    } else if avail == 8 {
+        r.skip(8);
+        Ok(8)
+    } else {
+        Err(ChunkError::Corrupt("histogram chunk ends inside a sample"))
+    }
 }
 
 /// Reads a signed varbit integer.
