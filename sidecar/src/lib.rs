@@ -192,7 +192,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     let prom_up: Gauge<i64, AtomicI64> = Gauge::default();
     registry.lock().unwrap_or_else(|e| e.into_inner()).register(
         "thanos_sidecar_prometheus_up",
-        "Boolean indicator whether the sidecar can reach its Prometheus peer.",
+        "Boolean indicator whether the sidecar can reach its Prometheus peer",
         prom_up.clone(),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
