@@ -112,11 +112,16 @@ impl SidecarStore {
         let bad = |e: crate::chunked::FrameError| {
             Status::internal(format!("reading Prometheus's remote-read stream: {e}"))
         };
+        let started = std::time::Instant::now();
+        let mut first_byte = None;
+        let mut busy = std::time::Duration::ZERO;
         loop {
             let piece = resp.chunk().await.map_err(|e| {
                 Status::unavailable(format!("reading Prometheus's remote-read stream: {e}"))
             })?;
             let Some(piece) = piece else { break };
+            first_byte.get_or_insert_with(|| started.elapsed());
+            let t = std::time::Instant::now();
             dec.push(&piece);
             while let Some(frame) = dec.next_frame().map_err(bad)? {
                 let msg = ChunkedReadResponse::decode(frame).map_err(|e| {
@@ -134,8 +139,15 @@ impl SidecarStore {
                     });
                 }
             }
+            busy += t.elapsed();
         }
         dec.finish().map_err(bad)?;
+        tracing::debug!(
+            first_byte_ms = first_byte.unwrap_or_default().as_secs_f64() * 1e3,
+            stream_ms = started.elapsed().as_secs_f64() * 1e3,
+            decode_ms = busy.as_secs_f64() * 1e3,
+            "remote read"
+        );
         Ok(out)
     }
 
@@ -219,6 +231,7 @@ impl FrameSeries for SidecarStore {
         if min_time > req.max_time {
             return Ok(FrameStream::new(rx));
         }
+        let started = std::time::Instant::now();
         let series = if req.skip_chunks {
             self.series_labels(&matchers, &req, min_time, &ext).await?
         } else {
@@ -231,7 +244,16 @@ impl FrameSeries for SidecarStore {
             )
             .await?
         };
+        let read = started.elapsed();
+        let n = series.len();
         let out = frames(series, req.skip_chunks, req.response_batch_size, req.limit);
+        tracing::debug!(
+            series = n,
+            frames = out.len(),
+            read_ms = read.as_secs_f64() * 1e3,
+            framed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "Series answered from Prometheus"
+        );
         tokio::spawn(async move {
             for f in out {
                 if tx.send(Ok(f)).await.is_err() {

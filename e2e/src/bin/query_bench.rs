@@ -616,6 +616,14 @@ fn run_via_sidecar(
         sidecar.log_text()
     );
     query_table(args, &paddr, &qaddr, start, steps, "cluster");
+    // With RUST_LOG=sidecar=debug: where the sidecar's time went, per Series call.
+    for l in sidecar
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("Series answered") || l.contains("remote read"))
+    {
+        println!("{l}");
+    }
     let pid = sidecar.child.id();
     println!(
         "sidecar RSS after the workload: {} KiB (peak {} KiB)",
