@@ -39,6 +39,12 @@ pub struct SidecarArgs {
     #[arg(long = "objstore.config", value_name = "YAML")]
     pub objstore_config: Option<String>,
 
+    /// Also ship the blocks Prometheus compacted before it had a sidecar (level > 1),
+    /// each after checking the bucket has no block with the same external labels over
+    /// its time range. For a migration: run once, then turn it off.
+    #[arg(long = "shipper.upload-compacted", default_value_t = false)]
+    pub upload_compacted: bool,
+
     /// gRPC listen address (StoreAPI, Info, health).
     #[arg(long = "grpc-address", default_value = "0.0.0.0:10901")]
     pub grpc_address: SocketAddr,

@@ -275,6 +275,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
             meta.clone(),
             registry.clone(),
             ship::SHIP_INTERVAL,
+            args.upload_compacted,
             stop_rx.clone(),
         ))
     });

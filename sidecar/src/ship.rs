@@ -61,6 +61,7 @@ pub async fn ship_loop(
     meta: Arc<PromMeta>,
     registry: Arc<Mutex<Registry>>,
     every: Duration,
+    upload_compacted: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut current: Option<(Labels, objstore::Shipper)> = None;
