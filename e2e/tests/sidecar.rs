@@ -408,7 +408,10 @@ fn sidecar_ha_pair_answers_like_prometheus_survives_a_kill_and_ships_to_s3() {
     drop(q);
     drop(sidecars);
     for (mut p, data) in proms {
-        p.proc.kill();
+        // The first was killed already.
+        if let Ok(None) = p.proc.child.try_wait() {
+            p.proc.kill();
+        }
         std::fs::remove_dir_all(&data).expect("delete Prometheus's data dir");
     }
     let store = Store::start(
@@ -679,4 +682,74 @@ fn storeapi_checks(grpc: &str, prom: &str, other_target: &str, t: f64) {
             .values;
         assert!(values.is_empty(), "{values:?}");
     });
+}
+
+/// Runs `orrery sidecar` against `prom` until it exits (it must, within 30 s); returns
+/// (success, log).
+fn sidecar_exit(prom: &str, objstore: Option<&str>, dir: &Path) -> (bool, String) {
+    let mut cmd = Command::new(orrery_bin());
+    cmd.arg("sidecar")
+        .arg(format!("--prometheus.url=http://{prom}"))
+        .arg(format!("--tsdb.path={}", dir.join("none").display()))
+        .arg(format!("--grpc-address=127.0.0.1:{}", free_port()))
+        .arg(format!("--http-address=127.0.0.1:{}", free_port()))
+        .env("RUST_BACKTRACE", "0");
+    if let Some(o) = objstore {
+        cmd.arg(format!("--objstore.config={o}"));
+    }
+    let mut p = Proc::spawn("orrery-sidecar", cmd, dir.join("refused.log"));
+    let status = wait_for(Duration::from_secs(30), || {
+        p.child.try_wait().ok().flatten()
+    });
+    let status = status.unwrap_or_else(|| panic!("sidecar kept running; log:\n{}", p.log_text()));
+    (status.success(), p.log_text())
+}
+
+#[test]
+fn sidecar_refuses_prometheus_without_external_labels_or_with_compaction() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // No external labels: Thanos's error, at startup.
+    let bare = start_prom(
+        free_port(),
+        "global:\n  scrape_interval: 1h\n",
+        &dir.path().join("bare"),
+        &dir.path().join("bare.log"),
+        &[],
+    );
+    let (ok, log) = sidecar_exit(&bare.addr, None, dir.path());
+    assert!(!ok, "{log}");
+    assert!(log.contains("no external labels configured"), "{log}");
+    drop(bare);
+
+    // Prometheus compacting its blocks (default max block duration): shipping refused.
+    let data = dir.path().join("compacting");
+    let cfg = dir.path().join("compacting.yml");
+    std::fs::write(&cfg, "global:\n  external_labels:\n    cluster: eu\n").expect("config");
+    let port = free_port();
+    let mut cmd = Command::new(prometheus_bin());
+    cmd.arg(format!("--config.file={}", cfg.display()))
+        .arg(format!("--storage.tsdb.path={}", data.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+    let prom = Proc::spawn("prometheus", cmd, dir.path().join("compacting.log"));
+    let addr = format!("127.0.0.1:{port}");
+    let ready = wait_for(Duration::from_secs(60), || {
+        matches!(http_get(&addr, "/-/ready"), Ok((200, _))).then_some(())
+    });
+    assert!(ready.is_some(), "prometheus: {}", prom.log_text());
+    let bucket = dir.path().join("bucket");
+    std::fs::create_dir_all(&bucket).expect("bucket dir");
+    let objstore = format!(
+        "type: FILESYSTEM\nconfig:\n  directory: {}\n",
+        bucket.display()
+    );
+    let (ok, log) = sidecar_exit(&addr, Some(&objstore), dir.path());
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("Compaction needs to be disabled") && log.contains("min-block-duration"),
+        "{log}"
+    );
+    // Without a bucket the same Prometheus is served.
+    let s = Sidecar::start(&addr, &data, None, &dir.path().join("served.log"));
+    let (code, _) = http_get(&s.http, "/-/ready").expect("ready probe");
+    assert_eq!(code, 200);
 }

@@ -78,7 +78,8 @@ pub async fn ship_loop(
                 let r = (!registered).then_some(&mut *reg);
                 registered = true;
                 let s =
-                    objstore::Shipper::new(bucket.clone(), &dir, label_map(&labels), "sidecar", r);
+                    objstore::Shipper::new(bucket.clone(), &dir, label_map(&labels), "sidecar", r)
+                        .with_upload_compacted(upload_compacted);
                 current = Some((labels, s));
             }
             if let Some((_, s)) = &current {

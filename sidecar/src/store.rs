@@ -309,7 +309,7 @@ impl thanos::store_server::Store for SidecarStore {
         if !names.is_empty() {
             names.extend(
                 ext.iter()
-                    .filter(|l| !req.without_replica_labels.iter().any(|w| w == &l.name))
+                    .filter(|l| !req.without_replica_labels.iter().any(|w| *w == l.name))
                     .map(|l| l.name.to_string()),
             );
             names.sort();
