@@ -35,6 +35,8 @@ enum Command {
     Query(querier::QueryArgs),
     /// Serve an object-storage bucket's blocks over the StoreAPI (Thanos's store gateway).
     Store(store::StoreArgs),
+    /// Serve a Prometheus over the StoreAPI and ship its blocks (Thanos's sidecar).
+    Sidecar(sidecar::SidecarArgs),
     /// Reconcile ReceiveCluster and GlobalView resources on Kubernetes.
     Operator(operator::OperatorArgs),
     /// Compact, deduplicate and apply retention to a bucket of blocks (Thanos's compactor).
@@ -67,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             Command::Receive(args) => receiver::run(args).await,
             Command::Query(args) => querier::run(args).await,
             Command::Store(args) => store::run(args).await,
+            Command::Sidecar(args) => sidecar::run(args).await,
             Command::Operator(args) => operator::run(args).await,
             Command::Compact(args) => compact::run(args).await,
             Command::Standalone(args) => standalone::run(args).await,
@@ -81,7 +84,14 @@ mod tests {
 
     #[test]
     fn log_flags_are_accepted_on_every_subcommand() {
-        for sub in ["receive", "query", "operator", "compact", "standalone"] {
+        for sub in [
+            "receive",
+            "query",
+            "sidecar",
+            "operator",
+            "compact",
+            "standalone",
+        ] {
             for args in [
                 vec!["orrery", sub, "--log.level=debug", "--log.format=json"],
                 vec!["orrery", "--log.format=logfmt", "--log.level=warn", sub],

@@ -21,6 +21,7 @@ mod wire {
             "proto/info.proto",
             "proto/remote.proto",
             "proto/hints.proto",
+            "proto/read.proto",
         ];
         for p in protos {
             println!("cargo:rerun-if-changed={p}");
@@ -29,6 +30,7 @@ mod wire {
             .build_server(true)
             .build_client(true)
             .bytes(".thanos.Chunk.data")
+            .bytes(".prometheus.Chunk.data")
             // The model's label type, with its own codec (wire/label_codec.rs).
             .extern_path(".thanos.Label", "crate::Label")
             .compile_protos(&protos, &["proto"]);

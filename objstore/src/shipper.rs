@@ -40,6 +40,14 @@ pub enum ShipperError {
         #[source]
         source: crate::bucket::BucketError,
     },
+    #[error(
+        "compacted block {ulid} not shipped: it overlaps block {other} with the same labels in the bucket ({reason})"
+    )]
+    Overlap {
+        ulid: Ulid,
+        other: Ulid,
+        reason: String,
+    },
     #[error("uploading block {ulid}: {source}")]
     Upload {
         ulid: Ulid,
@@ -126,6 +134,7 @@ pub struct Shipper {
     labels: BTreeMap<String, String>,
     source: String,
     hash_func: HashFunc,
+    upload_compacted: bool,
     uploaded: Arc<Mutex<BTreeSet<Ulid>>>,
     metrics: ShipperMetrics,
     pass: tokio::sync::Mutex<()>,
@@ -161,6 +170,7 @@ impl Shipper {
             labels,
             source: source.to_string(),
             hash_func: HashFunc::None,
+            upload_compacted: false,
             uploaded: Arc::new(Mutex::new(uploaded)),
             metrics,
             pass: tokio::sync::Mutex::new(()),
@@ -172,6 +182,48 @@ impl Shipper {
     pub fn with_hash_func(mut self, hash_func: HashFunc) -> Shipper {
         self.hash_func = hash_func;
         self
+    }
+
+    /// Thanos's `--shipper.upload-compacted`: also ship compacted blocks (level > 1),
+    /// e.g. a Prometheus's history from before it had a sidecar. Each one only after the
+    /// bucket's blocks with the same labels were checked for a time overlap with it: a
+    /// compacted block usually covers 2h blocks shipped before, and both in the bucket
+    /// would double every sample.
+    pub fn with_upload_compacted(mut self, on: bool) -> Shipper {
+        self.upload_compacted = on;
+        self
+    }
+
+    /// Whether this shipper uploads the block.
+    fn ships(&self, meta: &BlockMeta) -> bool {
+        shippable(meta) || (self.upload_compacted && meta.stats.num_samples > 0)
+    }
+
+    /// The first bucket block with this shipper's labels whose time range overlaps
+    /// `meta`'s (other than `meta` itself).
+    async fn overlapping(
+        &self,
+        meta: &BlockMeta,
+    ) -> Result<Option<(Ulid, String)>, crate::bucket::BucketError> {
+        let d = crate::discovery::MetaFetcher::new(self.bucket.clone(), None)
+            .fetch()
+            .await?;
+        Ok(d.blocks.values().find_map(|e| {
+            let m = &e.meta;
+            (m.ulid != meta.ulid
+                && e.labels() == self.labels
+                && m.min_time < meta.max_time
+                && meta.min_time < m.max_time)
+                .then(|| {
+                    (
+                        m.ulid,
+                        format!(
+                            "[{}, {}) and [{}, {})",
+                            meta.min_time, meta.max_time, m.min_time, m.max_time
+                        ),
+                    )
+                })
+        }))
     }
 
     pub fn metrics(&self) -> &ShipperMetrics {
@@ -227,7 +279,7 @@ impl Shipper {
             })?;
         let mut report = SyncReport::default();
         let mut failure = None;
-        for b in blocks.iter().filter(|b| shippable(&b.meta)) {
+        for b in blocks.iter().filter(|b| self.ships(&b.meta)) {
             let ulid = b.meta.ulid;
             if self.is_uploaded(&ulid) {
                 continue;
@@ -243,6 +295,23 @@ impl Shipper {
                 Err(source) => {
                     failure = Some(ShipperError::Check { ulid, source });
                     break;
+                }
+            }
+            if b.meta.compaction.level > 1 {
+                match self.overlapping(&b.meta).await {
+                    Ok(None) => {}
+                    Ok(Some((other, reason))) => {
+                        failure = Some(ShipperError::Overlap {
+                            ulid,
+                            other,
+                            reason,
+                        });
+                        break;
+                    }
+                    Err(source) => {
+                        failure = Some(ShipperError::Check { ulid, source });
+                        break;
+                    }
                 }
             }
             let started = std::time::Instant::now();
@@ -276,7 +345,7 @@ impl Shipper {
         let pending: Vec<&BlockMeta> = blocks
             .iter()
             .map(|b| &b.meta)
-            .filter(|m| shippable(m) && !uploaded.contains(&m.ulid))
+            .filter(|m| self.ships(m) && !uploaded.contains(&m.ulid))
             .collect();
         report.pending = pending.len();
         self.metrics.unshipped_blocks.set(pending.len() as i64);
@@ -458,6 +527,51 @@ mod tests {
         let lm: serde_json::Value =
             serde_json::from_slice(&std::fs::read(local.join("meta.json")).unwrap()).unwrap();
         assert!(lm["thanos"].get("files").is_none());
+    }
+
+    /// Rewrites a block's local meta.json as a compaction of level 2.
+    fn make_compacted(dir: &Path, meta: &BlockMeta) -> BlockMeta {
+        let mut m = meta.clone();
+        m.compaction.level = 2;
+        tsdb::block::write_meta(&dir.join(meta.ulid.to_string()), &m).unwrap();
+        m
+    }
+
+    #[tokio::test]
+    async fn compacted_blocks_ship_only_when_asked_and_not_over_an_overlap() {
+        let tsdb = tempfile::tempdir().unwrap();
+        let bdir = tempfile::tempdir().unwrap();
+        let bucket = Bucket::new(&BucketConfig::filesystem(bdir.path()), None).unwrap();
+        let raw = write_block(tsdb.path(), 1_000_000);
+        let compacted = write_block(tsdb.path(), 3_000_000);
+        let compacted = make_compacted(tsdb.path(), &compacted);
+        let s = Shipper::new(bucket.clone(), tsdb.path(), labels(), "sidecar", None);
+        assert_eq!(s.sync().await.unwrap().uploaded, vec![raw.ulid]);
+        let s = Shipper::new(bucket.clone(), tsdb.path(), labels(), "sidecar", None)
+            .with_upload_compacted(true);
+        assert_eq!(s.sync().await.unwrap().uploaded, vec![compacted.ulid]);
+
+        // A compacted block over a time the bucket already has for these labels: refused.
+        let tsdb2 = tempfile::tempdir().unwrap();
+        let over = write_block(tsdb2.path(), 1_000_000);
+        let over = make_compacted(tsdb2.path(), &over);
+        let s = Shipper::new(bucket.clone(), tsdb2.path(), labels(), "sidecar", None)
+            .with_upload_compacted(true);
+        let e = s.sync().await.unwrap_err();
+        assert!(
+            matches!(&e, ShipperError::Overlap { ulid, other, .. } if *ulid == over.ulid && *other == raw.ulid),
+            "{e}"
+        );
+        // Other labels in the bucket do not count.
+        let s = Shipper::new(
+            bucket,
+            tsdb2.path(),
+            BTreeMap::from([("tenant_id".to_string(), "other".to_string())]),
+            "sidecar",
+            None,
+        )
+        .with_upload_compacted(true);
+        assert_eq!(s.sync().await.unwrap().uploaded, vec![over.ulid]);
     }
 
     #[tokio::test]

@@ -4,8 +4,12 @@
 //!
 //! ```sh
 //! cargo build --release --bin orrery --bin query_bench
-//! target/release/query_bench [--series 100000] [--reps 5] [--minutes 60] [--step 60] [--only SUBSTR] [--kind instant|range] [--enforce-tenancy]
+//! target/release/query_bench [--series 100000] [--reps 5] [--minutes 60] [--step 60] [--only SUBSTR] [--kind instant|range] [--via receive|sidecar] [--enforce-tenancy]
 //! ```
+//!
+//! `--via sidecar`: no receiver; `orrery query` reads the same Prometheus through an
+//! `orrery sidecar` (remote read), so the ratio is the cost of the extra hop; the sidecar's
+//! RSS is printed at the end.
 //!
 //! The data: `--series` series in blocks of 100 per scrape target (`job`, `instance`):
 //! 60 `http_requests_total{handler,method,code}` counters, a classic histogram
@@ -316,8 +320,10 @@ struct Args {
     /// `instant` or `range`: run only that kind.
     kind: Option<String>,
     /// Also time a second querier with `--query.enforce-tenancy` (the cost of the
-    /// tenant matcher on every store call).
+    /// tenant matcher on every store call; receiver mode).
     enforce_tenancy: bool,
+    /// The querier reads Prometheus through an `orrery sidecar` instead of a receiver.
+    via_sidecar: bool,
 }
 
 fn parse_args() -> Args {
@@ -328,6 +334,7 @@ fn parse_args() -> Args {
         step_s: 60,
         only: None,
         kind: None,
+        via_sidecar: false,
         enforce_tenancy: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -345,6 +352,7 @@ fn parse_args() -> Args {
             "--step" => a.step_s = num().max(1),
             "--only" => a.only = Some(val.clone()),
             "--kind" if val == "instant" || val == "range" => a.kind = Some(val.clone()),
+            "--via" if val == "receive" || val == "sidecar" => a.via_sidecar = val == "sidecar",
             "--enforce-tenancy" => {
                 a.enforce_tenancy = true;
                 i += 1;
@@ -354,7 +362,7 @@ fn parse_args() -> Args {
             "--orrery" => {}
             other => panic!(
                 "unknown argument {other:?}; usage: query_bench [--series N] [--reps N] \
-                 [--minutes N] [--step SECONDS] [--only SUBSTRING] [--kind instant|range] [--enforce-tenancy] [--orrery PATH]"
+                 [--minutes N] [--step SECONDS] [--only SUBSTRING] [--kind instant|range] [--via receive|sidecar] [--enforce-tenancy] [--orrery PATH]"
             ),
         }
         i += 2;
@@ -386,6 +394,12 @@ fn main() {
     );
     let targets = args.series.div_ceil(SERIES_PER_TARGET);
     drop(series);
+
+    if args.via_sidecar {
+        return run_via_sidecar(
+            &args, &orrery, bodies, groups, samples, start, steps, targets,
+        );
+    }
 
     // Receiver and querier.
     let rdir = tempfile::tempdir().expect("receiver dir");
@@ -461,7 +475,7 @@ fn main() {
         (p, addr)
     });
 
-    // Both see every target.
+    // All see every target.
     let end = start + (steps as i64 - 1) * INTERVAL_MS + INTERVAL_MS;
     let probe = format!(
         "/api/v1/query?query={}&time={}",
@@ -487,6 +501,33 @@ fn main() {
         );
     }
 
+    query_table(
+        &args,
+        &paddr,
+        &qaddr,
+        enforced.as_ref().map(|(_, a)| a.as_str()),
+        start,
+        steps,
+        "tenant_id",
+    );
+    drop(querier);
+    drop(receiver);
+    drop(prom);
+}
+
+/// Runs every query on both servers (and on `enforced`, a querier with tenancy
+/// enforcement, if given) and prints the latency table; `strip` is the external label
+/// the querier's answers carry and Prometheus's do not.
+fn query_table(
+    args: &Args,
+    paddr: &str,
+    qaddr: &str,
+    enforced: Option<&str>,
+    start: i64,
+    steps: usize,
+    strip: &str,
+) {
+    let end = start + (steps as i64 - 1) * INTERVAL_MS + INTERVAL_MS;
     let range_start = end - 3_600_000.min(args.minutes * 60_000);
     let step = args.step_s * 1000;
     println!(
@@ -533,23 +574,23 @@ fn main() {
                 )
             };
             // Warm-up run on each, comparing the answers.
-            let theirs = answer(&paddr, &path, &[]);
-            let ours = answer(&qaddr, &path, &["tenant_id"]);
+            let theirs = answer(paddr, &path, &[]);
+            let ours = answer(qaddr, &path, &[strip]);
             let mut agree = match compare_answers(&ours, &theirs, false) {
                 Ok(()) => "yes".to_string(),
                 Err(e) => format!("NO: {}", truncate(&e)),
             };
-            if let Some((_, ea)) = &enforced {
-                let enf = answer(ea, &path, &["tenant_id"]);
+            if let Some(ea) = enforced {
+                let enf = answer(ea, &path, &[strip]);
                 if let Err(e) = compare_answers(&enf, &theirs, false) {
                     agree = format!("{agree}; enforced NO: {}", truncate(&e));
                 }
             }
             let (mut o, mut p, mut e) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..args.reps {
-                o.push(timed(&qaddr, &path));
-                p.push(timed(&paddr, &path));
-                if let Some((_, ea)) = &enforced {
+                o.push(timed(qaddr, &path));
+                p.push(timed(paddr, &path));
+                if let Some(ea) = enforced {
                     e.push(timed(ea, &path));
                 }
             }
@@ -589,7 +630,98 @@ fn main() {
             "enf/orr = median with --query.enforce-tenancy / median without; geometric mean {geo:.2}x"
         );
     }
+}
+
+/// `--via sidecar`: Prometheus (with an external label, as a sidecar requires) loaded by
+/// remote write, an `orrery sidecar` in front of it, the querier over the sidecar.
+fn run_via_sidecar(
+    args: &Args,
+    orrery: &std::path::Path,
+    bodies: Vec<Vec<u8>>,
+    groups: usize,
+    samples: usize,
+    start: i64,
+    steps: usize,
+    targets: usize,
+) {
+    let prom = Prometheus::start(
+        "global:\n  scrape_interval: 1h\n  external_labels:\n    cluster: bench\n",
+        &[
+            "--web.enable-remote-write-receiver",
+            "--storage.tsdb.retention.time=100y",
+            "--query.max-samples=50000000",
+        ],
+    );
+    let paddr = prom.addr();
+    let t = Instant::now();
+    load(&paddr, "/api/v1/write", &bodies, groups)
+        .unwrap_or_else(|e| panic!("loading Prometheus: {e}"));
+    println!(
+        "load (remote write, 2 client threads): prometheus {:.1}s ({:.0}k samples/s)",
+        t.elapsed().as_secs_f64(),
+        samples as f64 / t.elapsed().as_secs_f64() / 1e3,
+    );
+    drop(bodies);
+    let sdir = tempfile::tempdir().expect("sidecar dir");
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let shttp = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(orrery);
+    cmd.arg("sidecar")
+        .arg(format!("--prometheus.url=http://{paddr}"))
+        .arg(format!(
+            "--tsdb.path={}",
+            prom.dir.path().join("data").display()
+        ))
+        .arg(format!("--grpc-address={grpc}"))
+        .arg(format!("--http-address={shttp}"));
+    let sidecar = Proc::spawn("sidecar", cmd, sdir.path().join("sidecar.log"));
+    let ready = wait_for(Duration::from_secs(60), || {
+        matches!(get(&shttp, "/-/ready"), Ok((200, _))).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "sidecar not ready; log:\n{}",
+        sidecar.log_text()
+    );
+    let qaddr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(orrery);
+    cmd.arg("query")
+        .arg(format!("--http-address={qaddr}"))
+        .arg(format!("--grpc-address=127.0.0.1:{}", free_port()))
+        .arg(format!("--endpoint={grpc}"));
+    let querier = Proc::spawn("querier", cmd, sdir.path().join("querier.log"));
+    let end = start + (steps as i64 - 1) * INTERVAL_MS + INTERVAL_MS;
+    let probe = format!(
+        "/api/v1/query?query={}&time={}",
+        urlencode("count(up)"),
+        secs(end)
+    );
+    let ok = wait_for(Duration::from_secs(60), || match get(&qaddr, &probe) {
+        Ok((200, body)) if body.contains(&format!("\"{targets}\"")) => Some(()),
+        _ => None,
+    });
+    assert!(
+        ok.is_some(),
+        "the querier does not see the {targets} targets through the sidecar; querier log:\n{}\nsidecar log:\n{}",
+        querier.log_text(),
+        sidecar.log_text()
+    );
+    query_table(args, &paddr, &qaddr, None, start, steps, "cluster");
+    // With RUST_LOG=sidecar=debug: where the sidecar's time went, per Series call.
+    for l in sidecar
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("Series answered") || l.contains("remote read"))
+    {
+        println!("{l}");
+    }
+    let pid = sidecar.child.id();
+    println!(
+        "sidecar RSS after the workload: {} KiB (peak {} KiB)",
+        e2e::bench::rss_kib(pid).unwrap_or(0),
+        e2e::bench::proc_stats(pid).map(|s| s.0).unwrap_or(0)
+    );
     drop(querier);
-    drop(receiver);
+    drop(sidecar);
     drop(prom);
 }
