@@ -550,22 +550,36 @@ impl FloatHistogram {
             .collect()
     }
 
-    /// Every bucket in ascending order of value: negative buckets, the zero bucket (for
-    /// exponential schemas, when it has a width or a count), positive buckets.
+    /// Every bucket in ascending order of value, as Prometheus's `AllBucketIterator`:
+    /// negative buckets, the zero bucket (only when populated), positive buckets; a
+    /// bucket overlapping the zero bucket has its inner bound moved to the threshold.
     pub fn all_buckets(&self) -> Vec<Bucket> {
         let mut out = self.side_buckets(false);
         out.reverse();
-        if !self.uses_custom_buckets() && (self.zero_threshold != 0.0 || self.zero_count != 0.0) {
-            out.push(Bucket {
-                lower: -self.zero_threshold,
-                upper: self.zero_threshold,
-                lower_inclusive: true,
-                upper_inclusive: true,
-                count: self.zero_count,
-                index: 0,
-            });
-        }
+        let negatives = out.len();
         out.extend(self.side_buckets(true));
+        let t = self.zero_threshold;
+        for b in &mut out {
+            if b.upper < 0.0 && b.upper > -t {
+                b.upper = -t;
+            } else if b.lower > 0.0 && b.lower < t {
+                b.lower = t;
+            }
+        }
+        if self.zero_count > 0.0 {
+            let at = negatives;
+            out.insert(
+                at,
+                Bucket {
+                    lower: -self.zero_threshold,
+                    upper: self.zero_threshold,
+                    lower_inclusive: true,
+                    upper_inclusive: true,
+                    count: self.zero_count,
+                    index: 0,
+                },
+            );
+        }
         out
     }
 }
