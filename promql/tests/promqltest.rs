@@ -280,6 +280,145 @@ fn touches_histograms(ev: &script::Eval, hist_series: &[Labels]) -> bool {
     }
 }
 
+/// One timestamp's classic histogram being collected (upstream's `TempHistogram`).
+#[derive(Default)]
+struct TempHistogram {
+    /// `(le, cumulative count)` in ascending `le`.
+    buckets: Vec<(f64, f64)>,
+    count: Option<f64>,
+    sum: f64,
+    err: Option<String>,
+}
+
+impl TempHistogram {
+    fn set_bucket(&mut self, le: f64, count: f64) {
+        if self.err.is_some() {
+            return;
+        }
+        if count < 0.0 {
+            self.err = Some(format!(
+                "bucket count must be non-negative: le={le}, count={count}"
+            ));
+            return;
+        }
+        let i = self.buckets.partition_point(|b| b.0 < le);
+        if self.buckets.get(i).is_some_and(|b| b.0 == le) {
+            return;
+        }
+        let below = i.checked_sub(1).and_then(|j| self.buckets.get(j));
+        if below.is_some_and(|b| count < b.1) || self.buckets.get(i).is_some_and(|b| count > b.1) {
+            self.err = Some(format!("count is not cumulative at le={le}"));
+            return;
+        }
+        self.buckets.insert(i, (le, count));
+    }
+
+    fn convert(mut self) -> Result<storeapi::histogram::FloatHistogram, String> {
+        if let Some(e) = self.err {
+            return Err(e);
+        }
+        let count = match self.count {
+            Some(c) => c,
+            None => self.buckets.last().map(|b| b.1).unwrap_or(0.0),
+        };
+        if self.buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
+            self.buckets.push((f64::INFINITY, count));
+        }
+        let mut h = storeapi::histogram::FloatHistogram {
+            schema: storeapi::histogram::CUSTOM_BUCKETS_SCHEMA,
+            count,
+            sum: self.sum,
+            positive_spans: vec![storeapi::histogram::Span {
+                offset: 0,
+                length: self.buckets.len() as u32,
+            }],
+            ..Default::default()
+        };
+        let mut prev = 0.0;
+        for (le, c) in &self.buckets {
+            h.positive_buckets.push(c - prev);
+            prev = *c;
+            if le.is_finite() {
+                h.custom_values.push(*le);
+            }
+        }
+        if self.buckets.last().is_some_and(|b| b.1 != count) {
+            return Err(format!("count mismatch: count={count} != +Inf bucket"));
+        }
+        h.compact();
+        Ok(h)
+    }
+}
+
+/// The custom-bucket native histograms a `load_with_nhcb` block defines besides its float
+/// series: per base label set (name without `_bucket`/`_count`/`_sum`, no `le`) and
+/// timestamp, the buckets, count and sum of the classic series.
+fn nhcb_from_classic(
+    l: &Load,
+) -> Result<Vec<(Labels, Vec<storeapi::histogram::HistogramSample>)>, String> {
+    let mut by_base: BTreeMap<Labels, BTreeMap<i64, TempHistogram>> = BTreeMap::new();
+    for s in &l.series {
+        let labels = to_labels(&s.labels)?;
+        let Some(name) = labels.metric_name() else {
+            continue;
+        };
+        let (kind, base) = if let Some(b) = name.strip_suffix("_bucket") {
+            (0, b)
+        } else if let Some(b) = name.strip_suffix("_sum") {
+            (1, b)
+        } else if let Some(b) = name.strip_suffix("_count") {
+            (2, b)
+        } else {
+            continue;
+        };
+        let le = if kind == 0 {
+            match labels.get("le").and_then(script::parse_float) {
+                Some(le) if !le.is_nan() => le,
+                _ => continue,
+            }
+        } else {
+            0.0
+        };
+        let mut key = labels.clone();
+        key.set("__name__", base);
+        key.remove("le");
+        let per_ts = by_base.entry(key).or_default();
+        for (i, it) in s.items.iter().enumerate() {
+            let v = match it {
+                Item::Float(v) => *v,
+                Item::Stale => f64::from_bits(STALE_NAN_BITS),
+                _ => continue,
+            };
+            let t = i as i64 * l.interval_ms;
+            let h = per_ts.entry(t).or_default();
+            match kind {
+                0 => h.set_bucket(le, v),
+                1 => h.sum = v,
+                _ => {
+                    if v < 0.0 {
+                        h.err = Some(format!("count must be non-negative: count={v}"));
+                    }
+                    h.count = Some(v);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (labels, per_ts) in by_base {
+        let mut hs = Vec::new();
+        for (t, temp) in per_ts {
+            let h = temp.convert()?;
+            h.validate().map_err(|e| e.to_string())?;
+            hs.push(storeapi::histogram::HistogramSample {
+                t,
+                h: storeapi::histogram::HistogramValue::Float(Box::new(h)),
+            });
+        }
+        out.push((labels, hs));
+    }
+    Ok(out)
+}
+
 #[derive(Debug)]
 enum Outcome {
     Pass,
@@ -347,24 +486,18 @@ impl Runner {
             if s.has_histogram() && !self.hist_series.contains(&labels) {
                 self.hist_series.push(labels.clone());
             }
-            if l.with_nhcb
-                && let Some(name) = labels.metric_name()
-            {
-                // The runner also builds custom-bucket native histograms under the base
-                // name from `_bucket`/`_count`/`_sum` series.
-                for suffix in ["_bucket", "_count", "_sum"] {
-                    if let Some(base) = name.strip_suffix(suffix) {
-                        let mut h = labels.clone();
-                        h.remove("le");
-                        h.set("__name__", base);
-                        if !self.hist_series.contains(&h) {
-                            self.hist_series.push(h);
-                        }
-                    }
-                }
-            }
             if !samples.is_empty() {
                 self.storage.add(labels, samples);
+            }
+        }
+        if l.with_nhcb {
+            // Custom-bucket native histograms under the base name, built from the
+            // `_bucket`/`_count`/`_sum` series (upstream's `appendCustomHistogram`).
+            for (labels, hists) in nhcb_from_classic(l)? {
+                if !self.hist_series.contains(&labels) {
+                    self.hist_series.push(labels.clone());
+                }
+                self.storage.add_histograms(labels, hists);
             }
         }
         Ok(())
