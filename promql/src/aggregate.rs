@@ -439,7 +439,7 @@ pub(crate) fn count_values(
         grouping.sort();
     }
     let n = ctx.n();
-    let mut cur = StepCursor::new(input.len());
+    let mut cur = crate::binop::PvCursor::new(input.len());
     let mut col: HashMap<Labels, usize> = HashMap::new();
     let mut out: Vec<Series> = Vec::new();
     for i in 0..n {
@@ -454,7 +454,11 @@ pub(crate) fn count_values(
                 continue;
             };
             let mut l = input[si].labels.clone();
-            l.set(label, &crate::functions::fmt_float(v));
+            let value = match v {
+                crate::binop::Pv::F(v) => crate::functions::fmt_float(v),
+                crate::binop::Pv::H(h) => crate::native::histogram_string(&h),
+            };
+            l.set(label, &value);
             let gl = group_labels(&l, without, &grouping);
             let oi = match col.get(&gl) {
                 Some(o) => *o,

@@ -46,6 +46,36 @@ pub(crate) fn quantile(q: f64, values: &mut [f64]) -> f64 {
     values[lower as usize] * (1.0 - w) + values[upper as usize] * w
 }
 
+/// Go's `math.Max`: +Inf wins over NaN, NaN over everything else, +0 over -0.
+pub(crate) fn go_max(x: f64, y: f64) -> f64 {
+    if x == f64::INFINITY || y == f64::INFINITY {
+        f64::INFINITY
+    } else if x.is_nan() || y.is_nan() {
+        f64::NAN
+    } else if x == 0.0 && y == 0.0 {
+        if x.is_sign_negative() { y } else { x }
+    } else if x > y {
+        x
+    } else {
+        y
+    }
+}
+
+/// Go's `math.Min`: -Inf wins over NaN, NaN over everything else, -0 over +0.
+pub(crate) fn go_min(x: f64, y: f64) -> f64 {
+    if x == f64::NEG_INFINITY || y == f64::NEG_INFINITY {
+        f64::NEG_INFINITY
+    } else if x.is_nan() || y.is_nan() {
+        f64::NAN
+    } else if x == 0.0 && y == 0.0 {
+        if x.is_sign_negative() { x } else { y }
+    } else if x < y {
+        x
+    } else {
+        y
+    }
+}
+
 /// Go's `strconv.FormatFloat(f, 'f', -1, 64)`.
 pub(crate) fn fmt_float(f: f64) -> String {
     if f.is_nan() {
@@ -210,8 +240,8 @@ pub(crate) fn eval_call(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Val, Q
             let vec = ev.eval_vector(a, ctx)?;
             let mut present = vec![false; n];
             for s in &vec {
-                for p in &s.pts {
-                    let i = ((p.t - ctx.start) / ctx.step) as usize;
+                for t in s.pts.iter().map(|p| p.t).chain(s.hpts.iter().map(|p| p.t)) {
+                    let i = ((t - ctx.start) / ctx.step) as usize;
                     if i < n {
                         present[i] = true;
                     }
@@ -362,7 +392,7 @@ pub(crate) fn eval_call(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Val, Q
                 if mx < mn {
                     None
                 } else {
-                    Some(mn.max(mx.min(v)))
+                    Some(go_max(mn, go_min(mx, v)))
                 }
             })
         }
@@ -428,9 +458,8 @@ pub(crate) fn eval_call(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Val, Q
                 let lower = ev.eval_scalar(arg(c, 0)?, ctx)?;
                 let upper = ev.eval_scalar(arg(c, 1)?, ctx)?;
                 let vec = ev.eval_vector(arg(c, 2)?, ctx)?;
-                let out = crate::native::eval_histogram_fraction(ev, &lower, &upper, &vec, ctx);
-                check_unique(&out)?;
-                return Ok(Val::Vector(out));
+                return crate::histogram::histogram_fraction(ev, &lower, &upper, vec, ctx)
+                    .map(Val::Vector);
             }
             if name.starts_with("histogram_") || name == "info" {
                 return Err(QueryError::Execution(format!(

@@ -520,9 +520,15 @@ pub(crate) fn histogram_quantile(q: f64, h: &FloatHistogram) -> (f64, Option<boo
             break;
         }
     }
-    let Some(mut b) = bucket else {
-        return (f64::NAN, None);
-    };
+    // No populated bucket: Prometheus goes on with an empty one.
+    let mut b = bucket.unwrap_or(storeapi::histogram::Bucket {
+        lower: 0.0,
+        upper: 0.0,
+        lower_inclusive: false,
+        upper_inclusive: false,
+        count: 0.0,
+        index: 0,
+    });
     if !h.uses_custom_buckets() && b.lower < 0.0 && b.upper > 0.0 {
         if h.negative_buckets.is_empty() && !h.positive_buckets.is_empty() {
             b.lower = 0.0;
@@ -656,46 +662,6 @@ pub(crate) fn histogram_fraction(lower: f64, upper: f64, h: &FloatHistogram) -> 
     ((upper_rank - lower_rank) / h.count, info)
 }
 
-/// `histogram_fraction(lower, upper, v)` over native histograms (classic bucket series
-/// are left to the caller).
-pub(crate) fn eval_histogram_fraction(
-    ev: &mut Evaluator,
-    lower: &[f64],
-    upper: &[f64],
-    vec: &[Series],
-    ctx: Ctx,
-) -> Vec<Series> {
-    let mut out = Vec::new();
-    let mut infos = Vec::new();
-    for s in vec.iter().filter(|s| !s.hpts.is_empty()) {
-        let pts: Vec<Sample> = s
-            .hpts
-            .iter()
-            .map(|p| {
-                let i = ((p.t - ctx.start) / ctx.step.max(1)) as usize;
-                let lo = lower.get(i).copied().unwrap_or(f64::NAN);
-                let hi = upper.get(i).copied().unwrap_or(f64::NAN);
-                let (v, info) = histogram_fraction(lo, hi, &p.h);
-                if info {
-                    infos.push(s.labels.metric_name().unwrap_or("").to_string());
-                }
-                Sample { t: p.t, v }
-            })
-            .collect();
-        out.push(Series {
-            labels: drop_metric_name(&s.labels),
-            pts,
-            hpts: Vec::new(),
-        });
-    }
-    for name in infos {
-        ev.info(format!(
-            "PromQL info: input to histogram_fraction has NaN observations, which are excluded from all fractions for metric name {name:?}"
-        ));
-    }
-    out
-}
-
 /// `sum`/`avg` over input holding histograms: per step and group, floats aggregate as
 /// floats, histograms as histograms (avg: incremental mean), a group mixing both is
 /// dropped with a warning, and so is one whose histograms cannot be added.
@@ -825,6 +791,42 @@ fn float_avg(vs: &[f64]) -> f64 {
     } else {
         sum / count + kc / count
     }
+}
+
+/// Prometheus's `FloatHistogram.String()` (what `count_values` uses as label value):
+/// `{count:…, sum:…, <bucket>:<count>, …}` with populated buckets in ascending order.
+pub(crate) fn histogram_string(h: &FloatHistogram) -> String {
+    let g = f::fmt_g;
+    let mut out = format!("{{count:{}, sum:{}", g(h.count), g(h.sum));
+    let mut bucket = |b: &storeapi::histogram::Bucket| {
+        out.push_str(&format!(
+            ", {}{},{}{}:{}",
+            if b.lower_inclusive { '[' } else { '(' },
+            g(b.lower),
+            g(b.upper),
+            if b.upper_inclusive { ']' } else { ')' },
+            g(b.count)
+        ));
+    };
+    let mut neg = h.side_buckets(false);
+    neg.reverse();
+    neg.iter().filter(|b| b.count != 0.0).for_each(&mut bucket);
+    if h.zero_count != 0.0 {
+        bucket(&storeapi::histogram::Bucket {
+            lower: -h.zero_threshold,
+            upper: h.zero_threshold,
+            lower_inclusive: true,
+            upper_inclusive: true,
+            count: h.zero_count,
+            index: 0,
+        });
+    }
+    h.side_buckets(true)
+        .iter()
+        .filter(|b| b.count != 0.0)
+        .for_each(&mut bucket);
+    out.push('}');
+    out
 }
 
 /// A histogram point at `t`.
