@@ -630,7 +630,10 @@ impl Evaluator {
             Expr::Subquery(sq) => {
                 let inner = subquery_ctx(sq, ctx, self.qstart, self.qend);
                 let series = match self.eval(&sq.expr, inner)? {
-                    Val::Vector(ss) => ss,
+                    Val::Vector(mut ss) => {
+                        unhint_resets(&mut ss);
+                        ss
+                    }
                     _ => {
                         return Err(QueryError::BadData(
                             "subquery is only allowed on instant vector".into(),
@@ -841,6 +844,22 @@ pub(crate) fn window(s: &[Sample], mint: i64, maxt: i64) -> (usize, usize) {
     let lo = s.partition_point(|p| p.t <= mint);
     let hi = s.partition_point(|p| p.t <= maxt);
     (lo, hi.max(lo))
+}
+
+/// Sets the reset hints of a subquery's histograms to unknown, as Prometheus does: a
+/// high-resolution subquery repeats the sample that carries a reset hint, and a coarse
+/// one skips samples, so an explicit hint would over- or under-count resets.
+fn unhint_resets(series: &mut [Series]) {
+    use storeapi::histogram::CounterResetHint as H;
+    for s in series {
+        for p in &mut s.hpts {
+            if matches!(p.h.hint, H::CounterReset | H::NotCounterReset) {
+                let mut h = (*p.h).clone();
+                h.hint = H::Unknown;
+                p.h = Arc::new(h);
+            }
+        }
+    }
 }
 
 /// Indices `[lo, hi)` of the histogram points with `mint < t <= maxt`.
