@@ -79,13 +79,45 @@ pub(crate) fn aggregate(
                     ctx,
                 );
             }
-            token::T_COUNT | token::T_GROUP | token::T_LIMITK | token::T_LIMIT_RATIO => {
+            token::T_COUNT | token::T_GROUP => {
                 // Histograms count like floats here; their values are never read.
                 for s in input.iter_mut().filter(|s| !s.hpts.is_empty()) {
                     s.pts
                         .extend(s.hpts.drain(..).map(|h| Sample { t: h.t, v: 0.0 }));
                     s.pts.sort_by_key(|p| p.t);
                 }
+            }
+            token::T_LIMITK | token::T_LIMIT_RATIO => {
+                // Selection depends on labels only: histograms take part as placeholder
+                // floats and are put back into the selected series afterwards.
+                let mut hists: HashMap<Labels, Vec<crate::value::HPoint>> = HashMap::new();
+                for s in input.iter_mut().filter(|s| !s.hpts.is_empty()) {
+                    s.pts
+                        .extend(s.hpts.iter().map(|h| Sample { t: h.t, v: 0.0 }));
+                    s.pts.sort_by_key(|p| p.t);
+                    hists.insert(s.labels.clone(), std::mem::take(&mut s.hpts));
+                }
+                let mut out = aggregate_k(
+                    ev,
+                    op,
+                    input,
+                    param.unwrap_or_default(),
+                    &series_group,
+                    ng,
+                    ctx,
+                )?;
+                for s in &mut out {
+                    if let Some(hs) = hists.get(&s.labels) {
+                        s.hpts = hs
+                            .iter()
+                            .filter(|h| s.pts.binary_search_by_key(&h.t, |p| p.t).is_ok())
+                            .cloned()
+                            .collect();
+                        s.pts
+                            .retain(|p| hs.binary_search_by_key(&p.t, |h| h.t).is_err());
+                    }
+                }
+                return Ok(out);
             }
             _ => {
                 // Every other aggregation ignores histograms, with an info.

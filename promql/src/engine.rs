@@ -714,6 +714,88 @@ mod tests {
         }
     }
 
+    /// A counter histogram series: count and sum grow by 2 and 3 per minute, bucket 0
+    /// by 1 and bucket 1 by 1; a float series shares the metric name.
+    fn histogram_counter() -> MemStorage {
+        use storeapi::histogram::{FloatHistogram, HistogramSample, HistogramValue, Span};
+        let mut st = MemStorage::new();
+        let hs = (0..=10).map(|i| {
+            let k = i as f64;
+            HistogramSample {
+                t: i * 60_000,
+                h: HistogramValue::Float(Box::new(FloatHistogram {
+                    count: 2.0 * k,
+                    sum: 3.0 * k,
+                    positive_spans: vec![Span {
+                        offset: 0,
+                        length: 2,
+                    }],
+                    positive_buckets: vec![k, k],
+                    ..Default::default()
+                })),
+            }
+        });
+        st.add_histograms(lbl(&[("__name__", "lat"), ("job", "h")]), hs);
+        st.add(
+            lbl(&[("__name__", "lat"), ("job", "f")]),
+            (0..=10).map(|i| Sample {
+                t: i * 60_000,
+                v: i as f64,
+            }),
+        );
+        st
+    }
+
+    #[test]
+    fn histograms_flow_through_selectors_functions_and_aggregations() {
+        let st = histogram_counter();
+        let e = Engine::new(EngineOptions::default());
+        let r = run(e.instant_query(&st, "rate(lat[5m])", 600_000)).unwrap();
+        let Value::HistVector(v) = r.value else {
+            panic!("{:?}", r.value)
+        };
+        assert_eq!(v.len(), 2);
+        // Float series first ({job="f"} < {job="h"}): 1 per minute.
+        assert_eq!(v[0].floats[0].v, 1.0 / 60.0);
+        let h = &v[1].histograms[0].h;
+        assert!((h.count - 2.0 / 60.0).abs() < 1e-12, "{h:?}");
+        assert!((h.sum - 3.0 / 60.0).abs() < 1e-12);
+        assert_eq!(h.positive_buckets.len(), 2);
+        assert_eq!(h.hint, storeapi::histogram::CounterResetHint::Gauge);
+
+        // histogram_count drops floats; sum() of a mix warns and drops the group.
+        let got = instant(&st, "histogram_count(lat)", 600_000).unwrap();
+        assert_eq!(got, vec![(lbl(&[("job", "h")]), 20.0)]);
+        let r = run(e.instant_query(&st, "sum(lat)", 600_000)).unwrap();
+        assert_eq!(r.value, Value::Vector(vec![]));
+        assert_eq!(
+            r.warnings,
+            vec!["PromQL warning: encountered a mix of histograms and floats for sum aggregation"]
+        );
+        // min() ignores histograms with an info.
+        let r = run(e.instant_query(&st, "min(lat)", 600_000)).unwrap();
+        assert_eq!(
+            r.infos,
+            vec!["PromQL info: ignored histogram in min aggregation"]
+        );
+        // Histogram + float: dropped with an info.
+        let r = run(e.instant_query(&st, "lat{job=\"h\"} + 1", 600_000)).unwrap();
+        assert_eq!(r.value, Value::Vector(vec![]));
+        assert_eq!(
+            r.infos,
+            vec![
+                "PromQL info: incompatible sample types encountered for binary operator \"+\": histogram + float"
+            ]
+        );
+        // A range query returns the histograms per step.
+        let r = run(e.range_query(&st, "lat{job=\"h\"} * 2", 0, 120_000, 60_000)).unwrap();
+        let Value::HistMatrix(m) = r.value else {
+            panic!("{:?}", r.value)
+        };
+        let counts: Vec<f64> = m[0].histograms.iter().map(|p| p.h.count).collect();
+        assert_eq!(counts, vec![0.0, 4.0, 8.0]);
+    }
+
     /// `stats` counts as Prometheus counts (the expected figures are Prometheus 3.5.3's
     /// for the same data; e2e `querier_grafana` compares them live).
     #[test]

@@ -220,17 +220,26 @@ pub(crate) fn eval_call(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Val, Q
             let vec = ev.eval_vector(a, ctx)?;
             let out = vec
                 .into_iter()
-                .map(|s| Series {
-                    labels: drop_metric_name(&s.labels),
-                    pts: s
+                .map(|s| {
+                    // Histogram elements have timestamps too.
+                    let mut pts: Vec<Sample> = s
                         .pts
                         .iter()
-                        .map(|p| Sample {
-                            t: p.t,
-                            v: p.t as f64 / 1000.0,
+                        .map(|p| p.t)
+                        .chain(s.hpts.iter().map(|p| p.t))
+                        .map(|t| Sample {
+                            t,
+                            v: t as f64 / 1000.0,
                         })
-                        .collect(),
-                    hpts: Vec::new(),
+                        .collect();
+                    if !s.hpts.is_empty() {
+                        pts.sort_by_key(|p| p.t);
+                    }
+                    Series {
+                        labels: drop_metric_name(&s.labels),
+                        pts,
+                        hpts: Vec::new(),
+                    }
                 })
                 .collect();
             merge_same_labels(out).map(Val::Vector)
