@@ -381,7 +381,7 @@ impl Evaluator {
         let v = self.eval_node(e, ctx)?;
         let size = match &v {
             Val::Vector(ss) | Val::Matrix(ss) => {
-                ss.iter().map(|s| s.pts.len() + s.hpts.len()).sum()
+                ss.iter().map(|s| s.pts.len() + hpts_size(&s.hpts)).sum()
             }
             Val::Scalar(v) => v.len(),
             Val::Str(_) => 0,
@@ -428,7 +428,7 @@ impl Evaluator {
                 for s in src.series {
                     let (lo, hi) = window(&s.pts, rt - src.range, rt);
                     let (hlo, hhi) = hwindow(&s.hpts, rt - src.range, rt);
-                    let k = (hi - lo) + (hhi - hlo);
+                    let k = (hi - lo) + hpts_size(&s.hpts[hlo..hhi]);
                     if k > 0 {
                         self.add_samples(k)?;
                         self.total_samples += k as u64;
@@ -523,8 +523,9 @@ impl Evaluator {
                 }
             }
             if !pts.is_empty() || !hpts.is_empty() {
-                self.add_samples(pts.len() + hpts.len())?;
-                self.total_samples += (pts.len() + hpts.len()) as u64;
+                let k = pts.len() + hpts_size(&hpts);
+                self.add_samples(k)?;
+                self.total_samples += k as u64;
                 let labels = match Arc::get_mut(&mut raws) {
                     Some(rs) if owned => std::mem::take(&mut rs[i].labels),
                     _ => raws[i].labels.clone(),
@@ -860,6 +861,23 @@ fn unhint_resets(series: &mut [Series]) {
             }
         }
     }
+}
+
+/// How many samples histogram points count for in limits and statistics: Prometheus
+/// weighs a histogram by its size in memory, `(size + 8) / 16` with `size` 168 bytes
+/// plus 8 a span, bucket or custom bound.
+pub(crate) fn hpts_size(h: &[HPoint]) -> usize {
+    h.iter()
+        .map(|p| {
+            let h = &p.h;
+            let n = h.positive_spans.len()
+                + h.negative_spans.len()
+                + h.positive_buckets.len()
+                + h.negative_buckets.len()
+                + h.custom_values.len();
+            (168 + 8 * n + 8) / 16
+        })
+        .sum()
 }
 
 /// Indices `[lo, hi)` of the histogram points with `mint < t <= maxt`.

@@ -791,7 +791,7 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
                 {
                     any_non_counter = Some(mn.to_string());
                 }
-                ev.add_samples(res.len() + hres.len())?;
+                ev.add_samples(res.len() + crate::eval::hpts_size(&hres))?;
                 let labels = if drop_name {
                     drop_metric_name(&s.labels)
                 } else {
@@ -922,7 +922,7 @@ fn histogram_range_series(
         let rt = at.unwrap_or(ts) - offset;
         let (lo, hi) = window(&s.pts, rt - range, rt);
         let (hlo, hhi) = crate::eval::hwindow(&s.hpts, rt - range, rt);
-        let k = (hi - lo) + (hhi - hlo);
+        let k = (hi - lo) + crate::eval::hpts_size(&s.hpts[hlo..hhi]);
         if k == 0 {
             continue;
         }

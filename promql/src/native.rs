@@ -754,7 +754,7 @@ pub(crate) fn aggregate_sum_avg(
     let mut res = Vec::with_capacity(ng);
     for ((l, pts), hpts) in group_lbls.into_iter().zip(out_f).zip(out_h) {
         if !pts.is_empty() || !hpts.is_empty() {
-            ev.add_samples(pts.len() + hpts.len())?;
+            ev.add_samples(pts.len() + crate::eval::hpts_size(&hpts))?;
             res.push(Series {
                 labels: l,
                 pts,
