@@ -63,11 +63,11 @@ pub(crate) fn range_step(
     ts: i64,
     scratch: &mut Vec<f64>,
 ) -> Result<Option<Out>, QueryError> {
-    let float = |ev: &mut Evaluator, scratch: &mut Vec<f64>| -> Result<Option<Out>, QueryError> {
+    // The float function over the window's floats (none there: no value).
+    let float = |scratch: &mut Vec<f64>| -> Result<Option<Out>, QueryError> {
         if w.is_empty() {
             return Ok(None);
         }
-        let _ = ev;
         Ok(f::float_range_value(code, w, rt, range, counted, params, i, ts, scratch)?.map(Out::F))
     };
     match code {
@@ -77,7 +77,7 @@ pub(crate) fn range_step(
                 return Ok(None);
             }
             if hw.len() < 2 {
-                return float(ev, scratch);
+                return float(scratch);
             }
             let is_counter = code != f::RF_DELTA;
             let is_rate = code == f::RF_RATE;
@@ -133,7 +133,7 @@ pub(crate) fn range_step(
                 return Ok(None);
             }
             if hw.is_empty() {
-                return float(ev, scratch);
+                return float(scratch);
             }
             let r = if code == f::RF_SUM_OVER_TIME {
                 sum_histograms(hw.iter().map(|p| &*p.h))
@@ -189,7 +189,7 @@ pub(crate) fn range_step(
             if !hw.is_empty() {
                 ev.info(ignored_in_mixed_range(metric));
             }
-            float(ev, scratch)
+            float(scratch)
         }
     }
 }

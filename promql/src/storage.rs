@@ -125,12 +125,21 @@ impl MemStorage {
             }
         };
         let s = &mut self.series[idx];
-        for h in samples {
-            s.samples.retain(|x| x.t != h.t);
-            s.histograms.retain(|x| x.t != h.t);
-            s.histograms.push(h);
-        }
+        let new: Vec<HistogramSample> = samples.into_iter().collect();
+        let times: std::collections::HashSet<i64> = new.iter().map(|h| h.t).collect();
+        s.samples.retain(|x| !times.contains(&x.t));
+        s.histograms.retain(|x| !times.contains(&x.t));
+        s.histograms.extend(new);
+        // Stable: of two new histograms at one timestamp the later one is kept.
         s.histograms.sort_by_key(|x| x.t);
+        let mut i = 0;
+        while i + 1 < s.histograms.len() {
+            if s.histograms[i].t == s.histograms[i + 1].t {
+                s.histograms.remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Removes every series.
@@ -179,5 +188,60 @@ impl Storage for MemStorage {
             sorted: false,
             counts: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storeapi::histogram::{FloatHistogram, HistogramValue};
+
+    fn hs(t: i64, count: f64) -> HistogramSample {
+        HistogramSample {
+            t,
+            h: HistogramValue::Float(Box::new(FloatHistogram {
+                count,
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn mem_storage_keeps_one_sample_per_timestamp_across_kinds() {
+        let l = Labels::from_pairs([("__name__", "m")]).unwrap();
+        let mut m = MemStorage::new();
+        m.add(
+            l.clone(),
+            [Sample { t: 1, v: 1.0 }, Sample { t: 2, v: 2.0 }],
+        );
+        m.add_histograms(l.clone(), [hs(2, 5.0), hs(3, 6.0), hs(3, 7.0)]);
+        m.add(l.clone(), [Sample { t: 3, v: 3.0 }]);
+        let hints = SelectHints {
+            start: 0,
+            end: 10,
+            ..Default::default()
+        };
+        let r = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(m.select(hints, vec![]))
+            .unwrap();
+        let s = &r.series[0];
+        let floats: Vec<i64> = s.samples.iter().map(|x| x.t).collect();
+        let hists: Vec<(i64, f64)> = s
+            .histograms
+            .iter()
+            .map(|x| (x.t, x.h.to_float().count))
+            .collect();
+        assert_eq!(
+            floats,
+            vec![1, 3],
+            "the later float replaced the histogram at 3"
+        );
+        assert_eq!(
+            hists,
+            vec![(2, 5.0)],
+            "the histogram replaced the float at 2"
+        );
     }
 }
