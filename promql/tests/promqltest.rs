@@ -5,8 +5,7 @@
 //! Prints `promqltest: N passed, M failed, K skipped`. The test fails when an eval fails
 //! that is not listed in [`KNOWN_GAPS`], and when a listed eval no longer fails (so the
 //! list only ever names real, current gaps). Skips happen only by the rules in
-//! [`skip_reason`] (features that Prometheus 3.5 marks experimental) and for failing
-//! native-histogram cases ([`histogram_case`]), each with the failure as its reason.
+//! [`skip_reason`]: features that Prometheus 3.5 marks experimental.
 //!
 //! `PROMQLTEST_VERBOSE=1` prints every failure (known gaps included) and every skip;
 //! `PROMQLTEST_FILTER=<substring>` runs only files whose name contains it.
@@ -21,7 +20,6 @@ use compare::{
     pattern_matches, to_labels,
 };
 use promql::{Engine, EngineOptions, HistSeries, MemStorage, Value};
-use promql_parser::parser::{self as pp, Expr};
 use script::{Command, EvalKind, Expected, Item, Load};
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -33,6 +31,13 @@ use storeapi::{Labels, STALE_NAN_BITS, Sample};
 /// Evals that fail today, by file and line of the `eval` line, with the cause.
 /// Every entry must still fail; remove entries as the engine is fixed.
 const KNOWN_GAPS: &[(&str, usize, &str)] = &[
+    // `"a\xc5z"`: Go keeps the byte 0xC5 (invalid UTF-8, printed back as `\xc5`);
+    // the parser decodes it to the character U+00C5.
+    (
+        "aggregators.test",
+        441,
+        "string literal byte escape decoded as a character",
+    ),
     // type_and_unit.test exercises experimental type-and-unit labels together with delayed
     // `__name__` removal: in 3.5 the set operators match ignoring `__type__`/`__unit__`
     // (arithmetic with ignoring() does not). Our set-operator signatures keep them.
@@ -144,16 +149,6 @@ const EXPERIMENTAL_FUNCTIONS: &[&str] = &[
     "info",
 ];
 
-/// Functions that only work on native histograms.
-const NATIVE_HISTOGRAM_FUNCTIONS: &[&str] = &[
-    "histogram_count",
-    "histogram_sum",
-    "histogram_avg",
-    "histogram_fraction",
-    "histogram_stddev",
-    "histogram_stdvar",
-];
-
 fn calls_function(expr: &str, names: &[&str]) -> Option<String> {
     for n in names {
         let mut from = 0;
@@ -181,43 +176,8 @@ fn calls_function(expr: &str, names: &[&str]) -> Option<String> {
     None
 }
 
-/// Whether any vector or matrix selector in `expr` selects one of `series`.
-fn selects_any(expr: &Expr, series: &[Labels]) -> bool {
-    let sel = |vs: &pp::VectorSelector| {
-        series.iter().any(|l| {
-            let get = |n: &str| l.get(n).unwrap_or("").to_string();
-            let name_ok = vs.name.as_ref().is_none_or(|n| get("__name__") == *n);
-            let and_ok = vs
-                .matchers
-                .matchers
-                .iter()
-                .all(|m| m.is_match(&get(&m.name)));
-            let or_ok = vs.matchers.or_matchers.is_empty()
-                || vs
-                    .matchers
-                    .or_matchers
-                    .iter()
-                    .any(|g| g.iter().all(|m| m.is_match(&get(&m.name))));
-            name_ok && and_ok && or_ok
-        })
-    };
-    match expr {
-        Expr::Aggregate(a) => {
-            selects_any(&a.expr, series) || a.param.as_ref().is_some_and(|p| selects_any(p, series))
-        }
-        Expr::Unary(u) => selects_any(&u.expr, series),
-        Expr::Binary(b) => selects_any(&b.lhs, series) || selects_any(&b.rhs, series),
-        Expr::Paren(p) => selects_any(&p.expr, series),
-        Expr::Subquery(s) => selects_any(&s.expr, series),
-        Expr::VectorSelector(vs) => sel(vs),
-        Expr::MatrixSelector(ms) => sel(&ms.vs),
-        Expr::Call(c) => c.args.args.iter().any(|a| selects_any(a, series)),
-        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => false,
-    }
-}
-
-/// Why an eval is skipped, if it is. These are rules, not a list: native histograms
-/// (a later issue) and what Prometheus 3.5 only has behind experimental flags.
+/// Why an eval is skipped, if it is. These are rules, not a list: what Prometheus 3.5
+/// only has behind experimental flags.
 fn skip_reason(file: &str, ev: &script::Eval) -> Option<String> {
     if file == "duration_expression.test" {
         return Some("experimental: duration expressions".into());
@@ -237,20 +197,6 @@ fn skip_reason(file: &str, ev: &script::Eval) -> Option<String> {
     None
 }
 
-/// Whether an eval is about native histograms: it expects histograms, calls a function
-/// only native histograms have, or selects series loaded with histogram samples. Such an
-/// eval that fails is reported as a skip naming the failure (the engine's native-histogram
-/// support is partial); every other failure fails the test.
-fn histogram_case(ev: &script::Eval, hist_series: &[Labels]) -> bool {
-    if let Expected::Series(s) = &ev.expected
-        && s.iter().any(|s| s.has_histogram())
-    {
-        return true;
-    }
-    calls_function(&ev.expr, NATIVE_HISTOGRAM_FUNCTIONS).is_some()
-        || touches_histograms(ev, hist_series)
-}
-
 /// A vector or matrix value as histogram-capable series.
 fn as_hist(v: &Value) -> Option<Vec<HistSeries>> {
     match v {
@@ -263,21 +209,6 @@ fn as_hist(v: &Value) -> Option<Vec<HistSeries>> {
 
 fn expects_histograms(e: &Expected) -> bool {
     matches!(e, Expected::Series(s) if s.iter().any(|s| s.has_histogram()))
-}
-
-/// Whether the eval selects series that were loaded with native histogram samples (which
-/// this runner leaves out of the storage).
-fn touches_histograms(ev: &script::Eval, hist_series: &[Labels]) -> bool {
-    if hist_series.is_empty() {
-        return false;
-    }
-    match pp::parse(&ev.expr) {
-        Ok(e) => selects_any(&e, hist_series),
-        // Unparsable by us: be conservative and look for a histogram metric's name.
-        Err(_) => hist_series
-            .iter()
-            .any(|l| l.get("__name__").is_some_and(|n| ev.expr.contains(n))),
-    }
 }
 
 /// One timestamp's classic histogram being collected (upstream's `TempHistogram`).
@@ -430,8 +361,6 @@ struct Runner {
     engine: Engine,
     rt: tokio::runtime::Runtime,
     storage: MemStorage,
-    /// Label sets that got native histogram samples since the last `clear`.
-    hist_series: Vec<Labels>,
 }
 
 impl Runner {
@@ -451,13 +380,11 @@ impl Runner {
             engine,
             rt,
             storage: MemStorage::new(),
-            hist_series: Vec::new(),
         }
     }
 
     fn clear(&mut self) {
         self.storage.clear();
-        self.hist_series.clear();
     }
 
     fn load(&mut self, l: &Load) -> Result<(), String> {
@@ -483,9 +410,6 @@ impl Runner {
             if !hists.is_empty() {
                 self.storage.add_histograms(labels.clone(), hists);
             }
-            if s.has_histogram() && !self.hist_series.contains(&labels) {
-                self.hist_series.push(labels.clone());
-            }
             if !samples.is_empty() {
                 self.storage.add(labels, samples);
             }
@@ -494,9 +418,6 @@ impl Runner {
             // Custom-bucket native histograms under the base name, built from the
             // `_bucket`/`_count`/`_sum` series (upstream's `appendCustomHistogram`).
             for (labels, hists) in nhcb_from_classic(l)? {
-                if !self.hist_series.contains(&labels) {
-                    self.hist_series.push(labels.clone());
-                }
                 self.storage.add_histograms(labels, hists);
             }
         }
@@ -738,9 +659,6 @@ fn run_file(path: &Path) -> Result<Vec<EvalRecord>, String> {
                         // An eval over series that also hold native histograms counts when
                         // it passes with only their float samples; otherwise it is a
                         // native-histogram case and skipped.
-                        Err(e) if histogram_case(ev, &runner.hist_series) => {
-                            Outcome::Skip(format!("native histogram case fails — {e}"))
-                        }
                         Err(e) => Outcome::Fail(e),
                     },
                 };
