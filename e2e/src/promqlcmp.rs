@@ -661,6 +661,9 @@ pub fn show_answer(a: &Answer) -> String {
             }
             s.push(']');
         }
+        Answer::Value(Value::HistVector(v) | Value::HistMatrix(v)) => {
+            let _ = write!(s, "{} series with native histograms", v.len());
+        }
     }
     s
 }

@@ -66,6 +66,81 @@ pub(crate) fn aggregate(
     }
     let ng = group_lbls.len();
 
+    let mut input = input;
+    if input.iter().any(|s| !s.hpts.is_empty()) {
+        match op {
+            token::T_SUM | token::T_AVG => {
+                return crate::native::aggregate_sum_avg(
+                    ev,
+                    op == token::T_AVG,
+                    input,
+                    &series_group,
+                    group_lbls,
+                    ctx,
+                );
+            }
+            token::T_COUNT | token::T_GROUP => {
+                // Histograms count like floats here; their values are never read.
+                for s in input.iter_mut().filter(|s| !s.hpts.is_empty()) {
+                    s.pts
+                        .extend(s.hpts.drain(..).map(|h| Sample { t: h.t, v: 0.0 }));
+                    s.pts.sort_by_key(|p| p.t);
+                }
+            }
+            token::T_LIMITK | token::T_LIMIT_RATIO => {
+                // Selection depends on labels only: histograms take part as placeholder
+                // floats and are put back into the selected series afterwards.
+                let mut hists: HashMap<Labels, Vec<crate::value::HPoint>> = HashMap::new();
+                for s in input.iter_mut().filter(|s| !s.hpts.is_empty()) {
+                    s.pts
+                        .extend(s.hpts.iter().map(|h| Sample { t: h.t, v: 0.0 }));
+                    s.pts.sort_by_key(|p| p.t);
+                    hists.insert(s.labels.clone(), std::mem::take(&mut s.hpts));
+                }
+                let mut out = aggregate_k(
+                    ev,
+                    op,
+                    input,
+                    param.unwrap_or_default(),
+                    &series_group,
+                    ng,
+                    ctx,
+                )?;
+                for s in &mut out {
+                    if let Some(hs) = hists.get(&s.labels) {
+                        s.hpts = hs
+                            .iter()
+                            .filter(|h| s.pts.binary_search_by_key(&h.t, |p| p.t).is_ok())
+                            .cloned()
+                            .collect();
+                        s.pts
+                            .retain(|p| hs.binary_search_by_key(&p.t, |h| h.t).is_err());
+                    }
+                }
+                return Ok(out);
+            }
+            _ => {
+                // Every other aggregation ignores histograms, with an info.
+                let name = match op {
+                    token::T_MIN => "min",
+                    token::T_MAX => "max",
+                    token::T_TOPK => "topk",
+                    token::T_BOTTOMK => "bottomk",
+                    token::T_STDDEV => "stddev",
+                    token::T_STDVAR => "stdvar",
+                    token::T_QUANTILE => "quantile",
+                    _ => "count_values",
+                };
+                ev.info(format!(
+                    "PromQL info: ignored histogram in {name} aggregation"
+                ));
+                for s in input.iter_mut() {
+                    s.hpts.clear();
+                }
+            }
+        }
+    }
+
     if matches!(
         op,
         token::T_TOPK | token::T_BOTTOMK | token::T_LIMITK | token::T_LIMIT_RATIO
@@ -227,7 +302,11 @@ pub(crate) fn aggregate(
     for (l, pts) in group_lbls.into_iter().zip(out) {
         if !pts.is_empty() {
             ev.add_samples(pts.len())?;
-            res.push(Series { labels: l, pts });
+            res.push(Series {
+                labels: l,
+                pts,
+                hpts: Vec::new(),
+            });
         }
     }
     Ok(res)
@@ -356,6 +435,7 @@ fn aggregate_k(
             res.push(Series {
                 labels: s.labels,
                 pts,
+                hpts: Vec::new(),
             });
         }
     }
@@ -391,7 +471,7 @@ pub(crate) fn count_values(
         grouping.sort();
     }
     let n = ctx.n();
-    let mut cur = StepCursor::new(input.len());
+    let mut cur = crate::binop::PvCursor::new(input.len());
     let mut col: HashMap<Labels, usize> = HashMap::new();
     let mut out: Vec<Series> = Vec::new();
     for i in 0..n {
@@ -406,7 +486,11 @@ pub(crate) fn count_values(
                 continue;
             };
             let mut l = input[si].labels.clone();
-            l.set(label, &crate::functions::fmt_float(v));
+            let value = match v {
+                crate::binop::Pv::F(v) => crate::functions::fmt_float(v),
+                crate::binop::Pv::H(h) => crate::native::histogram_string(&h),
+            };
+            l.set(label, &value);
             let gl = group_labels(&l, without, &grouping);
             let oi = match col.get(&gl) {
                 Some(o) => *o,
@@ -416,6 +500,7 @@ pub(crate) fn count_values(
                     out.push(Series {
                         labels: gl,
                         pts: Vec::new(),
+                        hpts: Vec::new(),
                     });
                     o
                 }

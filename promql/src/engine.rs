@@ -6,7 +6,7 @@ use crate::eval::{
 };
 use crate::limits::{ParsedExpr, QueryLimits, grow, parse_checked};
 use crate::storage::{SelectHints, Storage};
-use crate::value::{QueryResult, Value};
+use crate::value::{HistSeries, QueryResult, Value};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{Expr, VectorSelector};
 use std::collections::HashMap;
@@ -327,9 +327,23 @@ impl Engine {
                 if loaded > self.opts.max_samples {
                     return Err(too_many_samples());
                 }
+                let hsamples: Vec<crate::value::HPoint> = s
+                    .histograms
+                    .into_iter()
+                    .filter(|x| x.t > p.min && x.t <= p.max)
+                    .map(|x| crate::value::HPoint {
+                        t: x.t,
+                        h: std::sync::Arc::new(x.h.to_float()),
+                    })
+                    .collect();
+                loaded += hsamples.len();
+                if loaded > self.opts.max_samples {
+                    return Err(too_many_samples());
+                }
                 per_plan[pi].push(Raw {
                     labels: s.labels,
                     samples,
+                    hsamples,
                 });
             }
         }
@@ -439,6 +453,24 @@ impl PreparedQuery {
                 v: v.first().copied().unwrap_or(f64::NAN),
             }),
             Val::Str(s) => Value::String { t: time_ms, v: s },
+            Val::Vector(ss) if ss.iter().any(|s| !s.hpts.is_empty()) => {
+                let mut out: Vec<HistSeries> = ss
+                    .into_iter()
+                    .filter(|s| !s.pts.is_empty() || !s.hpts.is_empty())
+                    .map(|s| HistSeries {
+                        labels: s.labels,
+                        floats: s.pts,
+                        histograms: s.hpts,
+                    })
+                    .collect();
+                if !keeps_order(&expr) {
+                    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+                }
+                Value::HistVector(out)
+            }
+            Val::Matrix(ss) if ss.iter().any(|s| !s.hpts.is_empty()) => {
+                Value::HistMatrix(hist_series(ss))
+            }
             Val::Vector(ss) => {
                 let mut out: Vec<(Labels, Sample)> = ss
                     .into_iter()
@@ -474,6 +506,21 @@ impl PreparedQuery {
         let inner_eval_seconds = eval_started.elapsed().as_secs_f64();
         let sort_started = Instant::now();
         drop_later((std::mem::take(&mut ev.data), std::mem::take(&mut ev.spent)));
+        if let Val::Vector(ss) | Val::Matrix(ss) = &val
+            && ss.iter().any(|s| !s.hpts.is_empty())
+        {
+            let (Val::Vector(ss) | Val::Matrix(ss)) = val else {
+                unreachable!("matched above")
+            };
+            let value = Value::HistMatrix(hist_series(ss));
+            let stats = ev.stats(inner_eval_seconds, sort_started.elapsed().as_secs_f64());
+            return Ok(QueryResult {
+                value,
+                warnings: ev.warnings,
+                infos: ev.infos,
+                stats,
+            });
+        }
         let mut out: Vec<(Labels, Vec<Sample>)> = match val {
             Val::Scalar(v) => vec![(
                 Labels::empty(),
@@ -502,6 +549,21 @@ impl PreparedQuery {
             stats,
         })
     }
+}
+
+/// Result series holding histograms, sorted by labels, empty ones dropped.
+fn hist_series(ss: Vec<crate::eval::Series>) -> Vec<HistSeries> {
+    let mut out: Vec<HistSeries> = ss
+        .into_iter()
+        .filter(|s| !s.pts.is_empty() || !s.hpts.is_empty())
+        .map(|s| HistSeries {
+            labels: s.labels,
+            floats: s.pts,
+            histograms: s.hpts,
+        })
+        .collect();
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    out
 }
 
 /// Frees `v` on a background thread: the selected series of a big query take a while to
@@ -650,6 +712,88 @@ mod tests {
             Value::Scalar(s) => Ok(vec![(Labels::empty(), s.v)]),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// A counter histogram series: count and sum grow by 2 and 3 per minute, bucket 0
+    /// by 1 and bucket 1 by 1; a float series shares the metric name.
+    fn histogram_counter() -> MemStorage {
+        use storeapi::histogram::{FloatHistogram, HistogramSample, HistogramValue, Span};
+        let mut st = MemStorage::new();
+        let hs = (0..=10).map(|i| {
+            let k = i as f64;
+            HistogramSample {
+                t: i * 60_000,
+                h: HistogramValue::Float(Box::new(FloatHistogram {
+                    count: 2.0 * k,
+                    sum: 3.0 * k,
+                    positive_spans: vec![Span {
+                        offset: 0,
+                        length: 2,
+                    }],
+                    positive_buckets: vec![k, k],
+                    ..Default::default()
+                })),
+            }
+        });
+        st.add_histograms(lbl(&[("__name__", "lat"), ("job", "h")]), hs);
+        st.add(
+            lbl(&[("__name__", "lat"), ("job", "f")]),
+            (0..=10).map(|i| Sample {
+                t: i * 60_000,
+                v: i as f64,
+            }),
+        );
+        st
+    }
+
+    #[test]
+    fn histograms_flow_through_selectors_functions_and_aggregations() {
+        let st = histogram_counter();
+        let e = Engine::new(EngineOptions::default());
+        let r = run(e.instant_query(&st, "rate(lat[5m])", 600_000)).unwrap();
+        let Value::HistVector(v) = r.value else {
+            panic!("{:?}", r.value)
+        };
+        assert_eq!(v.len(), 2);
+        // Float series first ({job="f"} < {job="h"}): 1 per minute.
+        assert_eq!(v[0].floats[0].v, 1.0 / 60.0);
+        let h = &v[1].histograms[0].h;
+        assert!((h.count - 2.0 / 60.0).abs() < 1e-12, "{h:?}");
+        assert!((h.sum - 3.0 / 60.0).abs() < 1e-12);
+        assert_eq!(h.positive_buckets.len(), 2);
+        assert_eq!(h.hint, storeapi::histogram::CounterResetHint::Gauge);
+
+        // histogram_count drops floats; sum() of a mix warns and drops the group.
+        let got = instant(&st, "histogram_count(lat)", 600_000).unwrap();
+        assert_eq!(got, vec![(lbl(&[("job", "h")]), 20.0)]);
+        let r = run(e.instant_query(&st, "sum(lat)", 600_000)).unwrap();
+        assert_eq!(r.value, Value::Vector(vec![]));
+        assert_eq!(
+            r.warnings,
+            vec!["PromQL warning: encountered a mix of histograms and floats for sum aggregation"]
+        );
+        // min() ignores histograms with an info.
+        let r = run(e.instant_query(&st, "min(lat)", 600_000)).unwrap();
+        assert_eq!(
+            r.infos,
+            vec!["PromQL info: ignored histogram in min aggregation"]
+        );
+        // Histogram + float: dropped with an info.
+        let r = run(e.instant_query(&st, "lat{job=\"h\"} + 1", 600_000)).unwrap();
+        assert_eq!(r.value, Value::Vector(vec![]));
+        assert_eq!(
+            r.infos,
+            vec![
+                "PromQL info: incompatible sample types encountered for binary operator \"+\": histogram + float"
+            ]
+        );
+        // A range query returns the histograms per step.
+        let r = run(e.range_query(&st, "lat{job=\"h\"} * 2", 0, 120_000, 60_000)).unwrap();
+        let Value::HistMatrix(m) = r.value else {
+            panic!("{:?}", r.value)
+        };
+        let counts: Vec<f64> = m[0].histograms.iter().map(|p| p.h.count).collect();
+        assert_eq!(counts, vec![0.0, 4.0, 8.0]);
     }
 
     /// `stats` counts as Prometheus counts (the expected figures are Prometheus 3.5.3's

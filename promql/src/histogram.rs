@@ -130,11 +130,141 @@ pub(crate) fn histogram_quantile(
             break;
         }
     }
+    let at = |i: usize| q.get(i).copied().unwrap_or(f64::NAN);
+    classic_and_native(
+        ev,
+        vec,
+        ctx,
+        |i, b| bucket_quantile(at(i), b),
+        |i, h, name| {
+            let (v, info) = crate::native::histogram_quantile(at(i), h);
+            let info = info.map(|nan_result| {
+                if nan_result {
+                    format!(
+                        "PromQL info: input to histogram_quantile has NaN observations, result is NaN for metric name {name:?}"
+                    )
+                } else {
+                    format!(
+                        "PromQL info: input to histogram_quantile has NaN observations, result is skewed higher for metric name {name:?}"
+                    )
+                }
+            });
+            (v, info)
+        },
+    )
+}
+
+/// `histogram_fraction(lower, upper, v)` over classic and native histograms.
+pub(crate) fn histogram_fraction(
+    ev: &mut Evaluator,
+    lower: &[f64],
+    upper: &[f64],
+    vec: Vec<Series>,
+    ctx: Ctx,
+) -> Result<Vec<Series>, QueryError> {
+    let lo = |i: usize| lower.get(i).copied().unwrap_or(f64::NAN);
+    let hi = |i: usize| upper.get(i).copied().unwrap_or(f64::NAN);
+    classic_and_native(
+        ev,
+        vec,
+        ctx,
+        |i, b| (bucket_fraction(lo(i), hi(i), b), false),
+        |i, h, name| {
+            let (v, info) = crate::native::histogram_fraction(lo(i), hi(i), h);
+            (v, info.then(|| format!(
+                "PromQL info: input to histogram_fraction has NaN observations, which are excluded from all fractions for metric name {name:?}"
+            )))
+        },
+    )
+}
+
+/// Prometheus's `BucketFraction` over classic `(upper bound, cumulative count)` buckets.
+fn bucket_fraction(lower: f64, upper: f64, buckets: &mut [(f64, f64)]) -> f64 {
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    match buckets.last() {
+        Some(b) if b.0 == f64::INFINITY => {}
+        _ => return f64::NAN,
+    }
+    let mut co: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
+    for b in buckets.iter() {
+        match co.last_mut() {
+            Some(l) if l.0 == b.0 => l.1 += b.1,
+            _ => co.push(*b),
+        }
+    }
+    let count = co.last().map(|b| b.1).unwrap_or(0.0);
+    if count == 0.0 || lower.is_nan() || upper.is_nan() {
+        return f64::NAN;
+    }
+    if lower >= upper {
+        return 0.0;
+    }
+    let (mut rank, mut lower_rank, mut upper_rank) = (0.0, 0.0, 0.0);
+    let (mut lower_set, mut upper_set) = (false, false);
+    for (i, b) in co.iter().enumerate() {
+        let lb = if i > 0 {
+            co[i - 1].0
+        } else {
+            f64::NEG_INFINITY
+        };
+        let ub = b.0;
+        let interp = |v: f64| rank + (b.1 - rank) * (v - lb) / (ub - lb);
+        if !lower_set && lb >= lower {
+            lower_rank = rank;
+            lower_set = true;
+        }
+        if !upper_set && lb >= upper {
+            upper_rank = rank;
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        if !lower_set && lb < lower && ub > lower {
+            lower_rank = interp(lower);
+            lower_set = true;
+        }
+        if !upper_set && lb < upper && ub > upper {
+            upper_rank = interp(upper);
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        rank = b.1;
+    }
+    if !lower_set || lower_rank > count {
+        lower_rank = count;
+    }
+    if !upper_set || upper_rank > count {
+        upper_rank = count;
+    }
+    (upper_rank - lower_rank) / count
+}
+
+/// The shared driver of `histogram_quantile` and `histogram_fraction` (Prometheus's
+/// `resetHistograms`): classic series grouped by their labels without `le`, native
+/// histograms each on their own; a classic group and a native histogram with the same
+/// labels at the same step both yield nothing, with a warning. `classic` gets the step
+/// and the group's buckets (value, forced monotonicity), `native` the step, the
+/// histogram and its metric name (value, info annotation).
+fn classic_and_native(
+    ev: &mut Evaluator,
+    vec: Vec<Series>,
+    ctx: Ctx,
+    classic: impl Fn(usize, &mut [(f64, f64)]) -> (f64, bool),
+    native: impl Fn(usize, &storeapi::histogram::FloatHistogram, &str) -> (f64, Option<String>),
+) -> Result<Vec<Series>, QueryError> {
     // Group input series by labels without `le` (computed once).
     let mut group_of: HashMap<Labels, usize> = HashMap::new();
     let mut groups: Vec<Labels> = Vec::new();
     let mut member: Vec<Option<(usize, f64)>> = Vec::with_capacity(vec.len());
     for s in &vec {
+        if s.pts.is_empty() {
+            // Native histograms only: no `le` needed.
+            member.push(None);
+            continue;
+        }
         let le = s.labels.get("le").unwrap_or("");
         match parse_le(le) {
             None => {
@@ -174,6 +304,14 @@ pub(crate) fn histogram_quantile(
     let out_idx: Vec<usize> = groups.iter().map(|g| col.index(g.clone())).collect();
     let mut buckets: Vec<Vec<(f64, f64)>> = vec![Vec::new(); groups.len()];
     let mut forced_names: Vec<String> = Vec::new();
+    // Native histogram series: position in `vec`, output index, cursor into `hpts`.
+    let mut natives: Vec<(usize, usize, usize)> = vec
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.hpts.is_empty())
+        .map(|(i, s)| (i, col.index(drop_metric_name(&s.labels)), 0))
+        .collect();
+    let mut native_infos: Vec<String> = Vec::new();
     for i in 0..n {
         let ts = ctx.ts(i);
         for b in buckets.iter_mut() {
@@ -187,11 +325,36 @@ pub(crate) fn histogram_quantile(
                 buckets[*g].push((*ub, v));
             }
         }
+        for (si, oi, cur) in natives.iter_mut() {
+            let s = &vec[*si];
+            while *cur < s.hpts.len() && s.hpts[*cur].t < ts {
+                *cur += 1;
+            }
+            let Some(p) = s.hpts.get(*cur).filter(|p| p.t == ts) else {
+                continue;
+            };
+            let name = s.labels.metric_name().unwrap_or("");
+            // Classic buckets with the same name and labels at this step: neither counts.
+            if let Some(g) = group_of.get(&s.labels)
+                && !buckets[*g].is_empty()
+            {
+                buckets[*g].clear();
+                ev.warn(format!(
+                    "PromQL warning: vector contains a mix of classic and native histograms for metric name {name:?}"
+                ));
+                continue;
+            }
+            let (v, info) = native(i, &p.h, name);
+            if let Some(info) = info {
+                native_infos.push(info);
+            }
+            col.push(*oi, ts, v)?;
+        }
         for (g, b) in buckets.iter_mut().enumerate() {
             if b.is_empty() {
                 continue;
             }
-            let (v, forced) = bucket_quantile(q.get(i).copied().unwrap_or(f64::NAN), b);
+            let (v, forced) = classic(i, b);
             if forced {
                 let name = vec
                     .iter()
@@ -205,6 +368,9 @@ pub(crate) fn histogram_quantile(
             }
             col.push(out_idx[g], ts, v)?;
         }
+    }
+    for info in native_infos {
+        ev.info(info);
     }
     for name in forced_names {
         ev.info(format!(

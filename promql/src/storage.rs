@@ -1,6 +1,7 @@
 //! The storage trait the engine reads series through.
 
 use std::future::Future;
+use storeapi::histogram::HistogramSample;
 use storeapi::{Labels, Matcher, Sample};
 
 /// What the engine knows about a selection, so a store can prune and push down.
@@ -20,12 +21,25 @@ pub struct SelectHints {
     pub grouping: Vec<String>,
 }
 
-/// One series as the store returns it: labels and its float samples in time order,
-/// restricted to `[hints.start, hints.end]` (a store may return a little more).
+/// One series as the store returns it: labels, its float samples and its native-histogram
+/// samples, each in time order, restricted to `[hints.start, hints.end]` (a store may
+/// return a little more). A timestamp has at most one sample across both lists.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageSeries {
     pub labels: Labels,
     pub samples: Vec<Sample>,
+    pub histograms: Vec<HistogramSample>,
+}
+
+impl StorageSeries {
+    /// A series of floats only.
+    pub fn floats(labels: Labels, samples: Vec<Sample>) -> Self {
+        StorageSeries {
+            labels,
+            samples,
+            histograms: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -76,20 +90,56 @@ impl MemStorage {
         let idx = match self.series.binary_search_by(|s| s.labels.cmp(&labels)) {
             Ok(i) => i,
             Err(i) => {
-                self.series.insert(
-                    i,
-                    StorageSeries {
-                        labels,
-                        samples: Vec::new(),
-                    },
-                );
+                self.series
+                    .insert(i, StorageSeries::floats(labels, Vec::new()));
                 i
             }
         };
-        let s = &mut self.series[idx].samples;
+        let series = &mut self.series[idx];
+        let s = &mut series.samples;
         s.extend(samples);
         s.sort_by_key(|x| x.t);
         s.dedup_by_key(|x| x.t);
+        if !series.histograms.is_empty() {
+            let floats = &series.samples;
+            series
+                .histograms
+                .retain(|h| floats.binary_search_by_key(&h.t, |x| x.t).is_err());
+        }
+    }
+
+    /// Adds histogram samples to the series with `labels` (created if new), keeping time
+    /// order; a histogram replaces a float at the same timestamp and vice versa the
+    /// later call wins, as one timestamp holds one sample.
+    pub fn add_histograms(
+        &mut self,
+        labels: Labels,
+        samples: impl IntoIterator<Item = HistogramSample>,
+    ) {
+        let idx = match self.series.binary_search_by(|s| s.labels.cmp(&labels)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.series
+                    .insert(i, StorageSeries::floats(labels, Vec::new()));
+                i
+            }
+        };
+        let s = &mut self.series[idx];
+        let new: Vec<HistogramSample> = samples.into_iter().collect();
+        let times: std::collections::HashSet<i64> = new.iter().map(|h| h.t).collect();
+        s.samples.retain(|x| !times.contains(&x.t));
+        s.histograms.retain(|x| !times.contains(&x.t));
+        s.histograms.extend(new);
+        // Stable: of two new histograms at one timestamp the later one is kept.
+        s.histograms.sort_by_key(|x| x.t);
+        let mut i = 0;
+        while i + 1 < s.histograms.len() {
+            if s.histograms[i].t == s.histograms[i + 1].t {
+                s.histograms.remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Removes every series.
@@ -119,9 +169,16 @@ impl Storage for MemStorage {
                     .filter(|x| x.t >= hints.start && x.t <= hints.end)
                     .copied()
                     .collect();
-                (!samples.is_empty()).then(|| StorageSeries {
+                let histograms: Vec<HistogramSample> = s
+                    .histograms
+                    .iter()
+                    .filter(|x| x.t >= hints.start && x.t <= hints.end)
+                    .cloned()
+                    .collect();
+                (!samples.is_empty() || !histograms.is_empty()).then(|| StorageSeries {
                     labels: s.labels.clone(),
                     samples,
+                    histograms,
                 })
             })
             .collect();
@@ -131,5 +188,60 @@ impl Storage for MemStorage {
             sorted: false,
             counts: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storeapi::histogram::{FloatHistogram, HistogramValue};
+
+    fn hs(t: i64, count: f64) -> HistogramSample {
+        HistogramSample {
+            t,
+            h: HistogramValue::Float(Box::new(FloatHistogram {
+                count,
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn mem_storage_keeps_one_sample_per_timestamp_across_kinds() {
+        let l = Labels::from_pairs([("__name__", "m")]).unwrap();
+        let mut m = MemStorage::new();
+        m.add(
+            l.clone(),
+            [Sample { t: 1, v: 1.0 }, Sample { t: 2, v: 2.0 }],
+        );
+        m.add_histograms(l.clone(), [hs(2, 5.0), hs(3, 6.0), hs(3, 7.0)]);
+        m.add(l.clone(), [Sample { t: 3, v: 3.0 }]);
+        let hints = SelectHints {
+            start: 0,
+            end: 10,
+            ..Default::default()
+        };
+        let r = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(m.select(hints, vec![]))
+            .unwrap();
+        let s = &r.series[0];
+        let floats: Vec<i64> = s.samples.iter().map(|x| x.t).collect();
+        let hists: Vec<(i64, f64)> = s
+            .histograms
+            .iter()
+            .map(|x| (x.t, x.h.to_float().count))
+            .collect();
+        assert_eq!(
+            floats,
+            vec![1, 3],
+            "the later float replaced the histogram at 3"
+        );
+        assert_eq!(
+            hists,
+            vec![(2, 5.0)],
+            "the histogram replaced the float at 2"
+        );
     }
 }
