@@ -6,6 +6,7 @@
 //! depending on a storage engine (`tsdb::chunk` re-exports this crate).
 
 use bytes::Bytes;
+use storeapi::histogram::{HistogramSample, HistogramValue};
 
 /// Chunk encodings with Prometheus `chunkenc` numbering (the byte stored before chunk
 /// data in `chunks/` segment files). The StoreAPI numbers them one lower.
@@ -43,8 +44,19 @@ pub struct Chunk {
 }
 
 pub mod aggr;
+mod bstream;
+pub mod float_histogram;
+pub mod histogram;
+pub mod histogram_cut;
+pub mod histogram_layout;
+#[cfg(test)]
+mod histogram_testutil;
+mod varbit;
 pub mod xor;
 
+pub use float_histogram::{FloatHistogramAppender, FloatHistogramIterator};
+pub use histogram::{Appended, HistogramAppender, HistogramIterator};
+pub use histogram_layout::CounterResetHeader;
 pub use xor::{XorChunk, XorIterator};
 
 /// Why a chunk could not be encoded or decoded.
@@ -56,6 +68,9 @@ pub enum ChunkError {
     Full,
     #[error("unsupported chunk encoding {0:?}")]
     UnsupportedEncoding(Encoding),
+    /// A histogram given to an appender whose buckets do not match its spans.
+    #[error("histogram does not fit the chunk: {0}")]
+    BadHistogram(&'static str),
 }
 
 impl Chunk {
@@ -71,11 +86,47 @@ impl Chunk {
         u16::from_be_bytes([self.data[0], self.data[1]]) as usize
     }
 
+    /// Iterates the samples of a histogram chunk (either flavour); XOR and aggregate
+    /// chunks are [`ChunkError::UnsupportedEncoding`].
+    pub fn iter_histograms(&self) -> Result<HistogramSamples<'_>, ChunkError> {
+        match self.encoding {
+            Encoding::Histogram => Ok(HistogramSamples::Int(HistogramIterator::new(&self.data)?)),
+            Encoding::FloatHistogram => Ok(HistogramSamples::Float(FloatHistogramIterator::new(
+                &self.data,
+            )?)),
+            e => Err(ChunkError::UnsupportedEncoding(e)),
+        }
+    }
+
     /// Iterates the float samples of an XOR chunk.
     pub fn iter(&self) -> Result<XorIterator<'_>, ChunkError> {
         match self.encoding {
             Encoding::Xor => XorIterator::new(&self.data),
             e => Err(ChunkError::UnsupportedEncoding(e)),
         }
+    }
+}
+
+/// The samples of a histogram chunk of either encoding.
+#[derive(Debug, Clone)]
+pub enum HistogramSamples<'a> {
+    Int(HistogramIterator<'a>),
+    Float(FloatHistogramIterator<'a>),
+}
+
+impl Iterator for HistogramSamples<'_> {
+    type Item = Result<HistogramSample, ChunkError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(match self {
+            HistogramSamples::Int(it) => it.next()?.map(|(t, h)| HistogramSample {
+                t,
+                h: HistogramValue::Int(Box::new(h)),
+            }),
+            HistogramSamples::Float(it) => it.next()?.map(|(t, h)| HistogramSample {
+                t,
+                h: HistogramValue::Float(Box::new(h)),
+            }),
+        })
     }
 }

@@ -99,7 +99,18 @@ fn prometheus_wal_opens_with_every_sample() {
     fs::write(wal.join("checkpoint.00000000/00000000"), cp).unwrap();
     let seg = ident::tests::prometheus_segment(&[
         (samples(&[3000]), false),
-        (vec![record::TYPE_HISTOGRAMS, 0, 1, 2], false),
+        (
+            record::encode_histogram_samples(
+                &[record::RefHistogramSample {
+                    r: 100,
+                    t: 3500,
+                    h: storeapi::histogram::HistogramValue::Int(Box::default()),
+                }],
+                false,
+            )
+            .0,
+            false,
+        ),
         (samples(&[4000]), true),
     ]);
     fs::write(wal.join("00000001"), &seg).unwrap();

@@ -11,12 +11,25 @@
 //! - `6` metadata: repeated `uvarint ref, byte type, uvarint n, n × (name, value)`;
 //! - `7`-`10` integer / float histogram samples (standard and custom buckets).
 //!
+//! Histogram samples (types 7-10) are, as samples, `be64 first ref, be64 first t`, then
+//! per sample `varint ref delta, varint t delta` and the histogram: hint byte, `varint`
+//! schema, `be64` zero threshold, zero count and count (`uvarint` for integer
+//! histograms, `be64` float bits for float ones), `be64` sum, positive then negative
+//! spans (`uvarint n`, n × `varint offset, uvarint length`), positive then negative
+//! buckets (`uvarint n`, n × `varint` delta or `be64` float), and for custom-bucket
+//! schemas `uvarint n`, n × `be64` bound. Types 9 and 10 hold the custom-bucket (NHCB)
+//! histograms of a batch, which types 7 and 8 leave out.
+//!
 //! Orrery's head stores float samples only: series and samples are applied; tombstones,
 //! exemplars, metadata and mmap markers are decoded (so damage is found) and ignored;
-//! histogram records are skipped and counted (see [`Skipped`]). Orrery writes series and
-//! samples records only. Decoding checks every length and never panics on garbage.
+//! histogram samples are decoded and handed to [`Visitor::histograms`], whose default
+//! skips and counts them (see [`Skipped`]). Orrery writes series and samples records
+//! only. Decoding checks every length and never panics on garbage.
 //! Orrery's first format is decoded by [`legacy`].
 
+use storeapi::histogram::{
+    CUSTOM_BUCKETS_SCHEMA, CounterResetHint, FloatHistogram, Histogram, HistogramValue, Span,
+};
 use storeapi::{Label, Labels};
 
 pub const TYPE_SERIES: u8 = 1;
@@ -110,6 +123,128 @@ pub trait Visitor {
     fn chunk(&mut self, r: u64, min_t: i64, max_t: i64, data: &[u8]);
     /// A record whose contents Orrery does not keep.
     fn skipped(&mut self, _what: Skipped) {}
+    /// The samples of one histogram record (types 7-10). The default is for callers
+    /// that cannot store histograms: the record is counted as skipped.
+    fn histograms(&mut self, samples: Vec<RefHistogramSample>) {
+        let _ = samples;
+        self.skipped(Skipped::Histograms);
+    }
+}
+
+/// One histogram sample of a WAL record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefHistogramSample {
+    pub r: u64,
+    pub t: i64,
+    pub h: HistogramValue,
+}
+
+fn hint_byte(h: CounterResetHint) -> u8 {
+    h as u8
+}
+
+fn put_spans(buf: &mut Vec<u8>, spans: &[Span]) {
+    put_uvarint(buf, spans.len() as u64);
+    for s in spans {
+        put_varint(buf, s.offset as i64);
+        put_uvarint(buf, s.length as u64);
+    }
+}
+
+fn put_histogram(buf: &mut Vec<u8>, h: &HistogramValue) {
+    let be = |buf: &mut Vec<u8>, v: f64| buf.extend_from_slice(&v.to_bits().to_be_bytes());
+    match h {
+        HistogramValue::Int(h) => {
+            buf.push(hint_byte(h.hint));
+            put_varint(buf, h.schema as i64);
+            be(buf, h.zero_threshold);
+            put_uvarint(buf, h.zero_count);
+            put_uvarint(buf, h.count);
+            be(buf, h.sum);
+            put_spans(buf, &h.positive_spans);
+            put_spans(buf, &h.negative_spans);
+            for side in [&h.positive_buckets, &h.negative_buckets] {
+                put_uvarint(buf, side.len() as u64);
+                for &b in side.iter() {
+                    put_varint(buf, b);
+                }
+            }
+            if h.schema == CUSTOM_BUCKETS_SCHEMA {
+                put_uvarint(buf, h.custom_values.len() as u64);
+                for &v in &h.custom_values {
+                    be(buf, v);
+                }
+            }
+        }
+        HistogramValue::Float(h) => {
+            buf.push(hint_byte(h.hint));
+            put_varint(buf, h.schema as i64);
+            be(buf, h.zero_threshold);
+            be(buf, h.zero_count);
+            be(buf, h.count);
+            be(buf, h.sum);
+            put_spans(buf, &h.positive_spans);
+            put_spans(buf, &h.negative_spans);
+            for side in [&h.positive_buckets, &h.negative_buckets] {
+                put_uvarint(buf, side.len() as u64);
+                for &b in side.iter() {
+                    be(buf, b);
+                }
+            }
+            if h.schema == CUSTOM_BUCKETS_SCHEMA {
+                put_uvarint(buf, h.custom_values.len() as u64);
+                for &v in &h.custom_values {
+                    be(buf, v);
+                }
+            }
+        }
+    }
+}
+
+fn is_custom(h: &HistogramValue) -> bool {
+    match h {
+        HistogramValue::Int(h) => h.schema == CUSTOM_BUCKETS_SCHEMA,
+        HistogramValue::Float(h) => h.schema == CUSTOM_BUCKETS_SCHEMA,
+    }
+}
+
+/// Encodes one flavour's histogram samples as Prometheus's encoder does: a record of
+/// type 7 (integer) or 8 (float) with the exponential-schema samples, whose base ref
+/// and time are the first sample's even when that one has custom buckets, and a record
+/// of type 9 or 10 with the custom-bucket samples (based on the first of those). A
+/// record with nothing to hold is returned empty (not written). All samples must be of
+/// the flavour `float` says.
+pub fn encode_histogram_samples(samples: &[RefHistogramSample], float: bool) -> (Vec<u8>, Vec<u8>) {
+    let (std_type, custom_type) = if float {
+        (TYPE_FLOAT_HISTOGRAMS, TYPE_CUSTOM_FLOAT_HISTOGRAMS)
+    } else {
+        (TYPE_HISTOGRAMS, TYPE_CUSTOM_HISTOGRAMS)
+    };
+    let encode = |typ: u8, list: &[&RefHistogramSample], base: Option<&RefHistogramSample>| {
+        let mut buf = vec![typ];
+        let Some(base) = base else { return buf };
+        buf.extend_from_slice(&base.r.to_be_bytes());
+        buf.extend_from_slice(&base.t.to_be_bytes());
+        for s in list {
+            put_varint(&mut buf, (s.r as i64).wrapping_sub(base.r as i64));
+            put_varint(&mut buf, s.t.wrapping_sub(base.t));
+            put_histogram(&mut buf, &s.h);
+        }
+        buf
+    };
+    let std: Vec<&RefHistogramSample> = samples.iter().filter(|s| !is_custom(&s.h)).collect();
+    let custom: Vec<&RefHistogramSample> = samples.iter().filter(|s| is_custom(&s.h)).collect();
+    let std_rec = if !samples.is_empty() && std.is_empty() {
+        Vec::new()
+    } else {
+        encode(std_type, &std, samples.first())
+    };
+    let custom_rec = if custom.is_empty() {
+        Vec::new()
+    } else {
+        encode(custom_type, &custom, custom.first().copied())
+    };
+    (std_rec, custom_rec)
 }
 
 pub(crate) struct Reader<'a> {
@@ -182,6 +317,104 @@ impl Reader<'_> {
             ls.push(Label { name, value });
         }
         Labels::from_sorted_checked(ls).map_err(|e| RecordError::Invalid(e.to_string()))
+    }
+
+    /// A count of items that each take at least `min_bytes`, bounded by what is left.
+    fn count(&mut self, min_bytes: usize) -> Result<usize, RecordError> {
+        let n = self.uvarint()?;
+        let left = (self.b.len() - self.i.min(self.b.len())) / min_bytes.max(1);
+        if n > left as u64 {
+            return Err(RecordError::Truncated);
+        }
+        Ok(n as usize)
+    }
+
+    fn f64(&mut self) -> Result<f64, RecordError> {
+        Ok(f64::from_bits(self.be64()?))
+    }
+
+    fn spans(&mut self) -> Result<Vec<Span>, RecordError> {
+        let n = self.count(2)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let offset = i32::try_from(self.varint()?)
+                .map_err(|_| RecordError::Invalid("span offset out of range".into()))?;
+            let length = u32::try_from(self.uvarint()?)
+                .map_err(|_| RecordError::Invalid("span length out of range".into()))?;
+            out.push(Span { offset, length });
+        }
+        Ok(out)
+    }
+
+    fn custom_values(&mut self, schema: i32) -> Result<Vec<f64>, RecordError> {
+        if schema != CUSTOM_BUCKETS_SCHEMA {
+            return Ok(Vec::new());
+        }
+        let n = self.count(8)?;
+        (0..n).map(|_| self.f64()).collect()
+    }
+
+    fn schema(&mut self) -> Result<i32, RecordError> {
+        i32::try_from(self.varint()?)
+            .map_err(|_| RecordError::Invalid("schema out of range".into()))
+    }
+
+    fn histogram(&mut self) -> Result<Histogram, RecordError> {
+        let hint = CounterResetHint::from_proto(self.bytes(1)?[0] as i32);
+        let schema = self.schema()?;
+        let zero_threshold = self.f64()?;
+        let zero_count = self.uvarint()?;
+        let count = self.uvarint()?;
+        let sum = self.f64()?;
+        let positive_spans = self.spans()?;
+        let negative_spans = self.spans()?;
+        let n = self.count(1)?;
+        let positive_buckets = (0..n).map(|_| self.varint()).collect::<Result<_, _>>()?;
+        let n = self.count(1)?;
+        let negative_buckets = (0..n).map(|_| self.varint()).collect::<Result<_, _>>()?;
+        let custom_values = self.custom_values(schema)?;
+        Ok(Histogram {
+            hint,
+            schema,
+            zero_threshold,
+            zero_count,
+            count,
+            sum,
+            positive_spans,
+            negative_spans,
+            positive_buckets,
+            negative_buckets,
+            custom_values,
+        })
+    }
+
+    fn float_histogram(&mut self) -> Result<FloatHistogram, RecordError> {
+        let hint = CounterResetHint::from_proto(self.bytes(1)?[0] as i32);
+        let schema = self.schema()?;
+        let zero_threshold = self.f64()?;
+        let zero_count = self.f64()?;
+        let count = self.f64()?;
+        let sum = self.f64()?;
+        let positive_spans = self.spans()?;
+        let negative_spans = self.spans()?;
+        let n = self.count(8)?;
+        let positive_buckets = (0..n).map(|_| self.f64()).collect::<Result<_, _>>()?;
+        let n = self.count(8)?;
+        let negative_buckets = (0..n).map(|_| self.f64()).collect::<Result<_, _>>()?;
+        let custom_values = self.custom_values(schema)?;
+        Ok(FloatHistogram {
+            hint,
+            schema,
+            zero_threshold,
+            zero_count,
+            count,
+            sum,
+            positive_spans,
+            negative_spans,
+            positive_buckets,
+            negative_buckets,
+            custom_values,
+        })
     }
 
     fn skip_string(&mut self) -> Result<(), RecordError> {
@@ -265,7 +498,29 @@ pub fn decode(payload: &[u8], v: &mut impl Visitor) -> Result<(), RecordError> {
         TYPE_HISTOGRAMS
         | TYPE_FLOAT_HISTOGRAMS
         | TYPE_CUSTOM_HISTOGRAMS
-        | TYPE_CUSTOM_FLOAT_HISTOGRAMS => v.skipped(Skipped::Histograms),
+        | TYPE_CUSTOM_FLOAT_HISTOGRAMS => {
+            let float = matches!(typ, TYPE_FLOAT_HISTOGRAMS | TYPE_CUSTOM_FLOAT_HISTOGRAMS);
+            let mut out = Vec::new();
+            if !r.done() {
+                let bref = r.be64()?;
+                let bt = r.be64()? as i64;
+                while !r.done() {
+                    let dref = r.varint()?;
+                    let dt = r.varint()?;
+                    let h = if float {
+                        HistogramValue::Float(Box::new(r.float_histogram()?))
+                    } else {
+                        HistogramValue::Int(Box::new(r.histogram()?))
+                    };
+                    out.push(RefHistogramSample {
+                        r: (bref as i64).wrapping_add(dref) as u64,
+                        t: bt.wrapping_add(dt),
+                        h,
+                    });
+                }
+            }
+            v.histograms(out);
+        }
         t => return Err(RecordError::UnknownType(t)),
     }
     Ok(())
@@ -279,6 +534,7 @@ pub struct Collect {
     pub samples: Vec<(u64, i64, u64)>,
     pub chunks: Vec<(u64, i64, i64, Vec<u8>)>,
     pub skipped: Vec<Skipped>,
+    pub histograms: Vec<RefHistogramSample>,
 }
 
 impl Visitor for Collect {
@@ -293,6 +549,9 @@ impl Visitor for Collect {
     }
     fn skipped(&mut self, what: Skipped) {
         self.skipped.push(what);
+    }
+    fn histograms(&mut self, samples: Vec<RefHistogramSample>) {
+        self.histograms.extend(samples);
     }
 }
 
@@ -470,22 +729,177 @@ mod tests {
         }
         let mut mm = vec![TYPE_MMAP_MARKERS];
         mm.extend_from_slice(&[0; 16]);
-        let hist = vec![TYPE_HISTOGRAMS, 1, 2, 3];
+        // Histogram records: the default visitor counts them as skipped (Collect keeps
+        // them, see `histogram_records_*`).
+        let (hist, _) = encode_histogram_samples(&[int_sample(3, 7)], false);
+        struct Default_(Vec<Skipped>);
+        impl Visitor for Default_ {
+            fn series(&mut self, _: u64, _: Labels) {}
+            fn sample(&mut self, _: u64, _: i64, _: f64) {}
+            fn chunk(&mut self, _: u64, _: i64, _: i64, _: &[u8]) {}
+            fn skipped(&mut self, what: Skipped) {
+                self.0.push(what);
+            }
+        }
+        let mut d = Default_(vec![]);
+        decode(&hist, &mut d).unwrap();
+        decode(&[TYPE_FLOAT_HISTOGRAMS], &mut d).unwrap();
+        assert_eq!(d.0, vec![Skipped::Histograms, Skipped::Histograms]);
         let mut c = Collect::default();
-        for r in [&tomb, &meta, &mm, &hist, &vec![TYPE_FLOAT_HISTOGRAMS]] {
+        for r in [&tomb, &meta, &mm] {
             decode(r, &mut c).unwrap();
         }
         assert_eq!(
             c.skipped,
-            vec![
-                Skipped::Tombstones,
-                Skipped::Other,
-                Skipped::Other,
-                Skipped::Histograms,
-                Skipped::Histograms
-            ]
+            vec![Skipped::Tombstones, Skipped::Other, Skipped::Other]
         );
         assert!(decode(&tomb[..tomb.len() - 1], &mut c).is_err());
+    }
+
+    fn int_sample(r: u64, t: i64) -> RefHistogramSample {
+        RefHistogramSample {
+            r,
+            t,
+            h: HistogramValue::Int(Box::new(Histogram {
+                hint: CounterResetHint::NotCounterReset,
+                schema: 3,
+                zero_threshold: 2f64.powi(-128),
+                zero_count: 1,
+                count: 5,
+                sum: 2.5,
+                positive_spans: vec![Span {
+                    offset: -1,
+                    length: 2,
+                }],
+                positive_buckets: vec![1, 2],
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn nhcb_sample(r: u64, t: i64) -> RefHistogramSample {
+        RefHistogramSample {
+            r,
+            t,
+            h: HistogramValue::Int(Box::new(Histogram {
+                schema: CUSTOM_BUCKETS_SCHEMA,
+                count: 3,
+                sum: 1.0,
+                positive_spans: vec![Span {
+                    offset: 0,
+                    length: 2,
+                }],
+                positive_buckets: vec![1, 1],
+                custom_values: vec![0.5],
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// Bytes built by hand from Prometheus 3.5.3's `EncodeHistogram`: hint byte, zig-zag
+    /// schema, BE zero threshold, uvarint zero count and count, BE sum, spans as
+    /// (varint offset, uvarint length), buckets as varints, custom bounds only for -53.
+    #[test]
+    fn histogram_records_have_prometheus_bytes() {
+        let be = |v: f64| v.to_bits().to_be_bytes();
+        let (rec, custom) = encode_histogram_samples(&[int_sample(10, 1000)], false);
+        assert!(custom.is_empty());
+        let mut want = vec![TYPE_HISTOGRAMS];
+        want.extend_from_slice(&10u64.to_be_bytes());
+        want.extend_from_slice(&1000i64.to_be_bytes());
+        want.extend_from_slice(&[0, 0, 2, 6]);
+        want.extend_from_slice(&be(2f64.powi(-128)));
+        want.extend_from_slice(&[1, 5]);
+        want.extend_from_slice(&be(2.5));
+        want.extend_from_slice(&[1, 1, 2, 0, 2, 2, 4, 0]);
+        assert_eq!(rec, want);
+
+        // A batch with an NHCB sample: type 7 keeps the first sample as its base and
+        // leaves the NHCB one out; type 9 holds it, based on itself.
+        let (rec, custom) =
+            encode_histogram_samples(&[nhcb_sample(4, 900), int_sample(10, 1000)], false);
+        assert_eq!(&rec[1..9], &4u64.to_be_bytes());
+        // ref delta 6 and time delta 100 as zig-zag varints.
+        assert_eq!(&rec[17..20], &[12, 0xc8, 0x01]);
+        let mut want = vec![TYPE_CUSTOM_HISTOGRAMS];
+        want.extend_from_slice(&4u64.to_be_bytes());
+        want.extend_from_slice(&900i64.to_be_bytes());
+        want.extend_from_slice(&[0, 0, 0, 105]);
+        want.extend_from_slice(&be(0.0));
+        want.extend_from_slice(&[0, 3]);
+        want.extend_from_slice(&be(1.0));
+        want.extend_from_slice(&[1, 0, 2, 0, 2, 2, 2, 0, 1]);
+        want.extend_from_slice(&be(0.5));
+        assert_eq!(custom, want);
+        // Only NHCB samples: no type 7 record at all.
+        let (rec, _) = encode_histogram_samples(&[nhcb_sample(4, 900)], false);
+        assert!(rec.is_empty());
+    }
+
+    #[test]
+    fn histogram_records_round_trip() {
+        let f = RefHistogramSample {
+            r: 1 << 40,
+            t: -5,
+            h: HistogramValue::Float(Box::new(FloatHistogram {
+                hint: CounterResetHint::Gauge,
+                schema: -2,
+                zero_threshold: 0.001,
+                zero_count: 0.5,
+                count: 7.25,
+                sum: f64::NAN,
+                positive_spans: vec![Span {
+                    offset: 2,
+                    length: 1,
+                }],
+                negative_spans: vec![
+                    Span {
+                        offset: -3,
+                        length: 2,
+                    },
+                    Span {
+                        offset: 1,
+                        length: 1,
+                    },
+                ],
+                positive_buckets: vec![1.0],
+                negative_buckets: vec![2.0, 0.0, 4.25],
+                ..Default::default()
+            })),
+        };
+        let mut nf = nhcb_sample(2, 3);
+        if let HistogramValue::Int(h) = &nf.h {
+            nf.h = HistogramValue::Float(Box::new(h.to_float()));
+        }
+        let ints = vec![int_sample(1, 10), nhcb_sample(2, 20), int_sample(3, 30)];
+        let floats = vec![f.clone(), nf.clone()];
+        let mut c = Collect::default();
+        for (batch, float) in [(&ints, false), (&floats, true)] {
+            let (a, b) = encode_histogram_samples(batch, float);
+            for rec in [a, b] {
+                if !rec.is_empty() {
+                    decode(&rec, &mut c).unwrap();
+                }
+            }
+        }
+        let key = |s: &RefHistogramSample| format!("{s:?}");
+        let mut got: Vec<String> = c.histograms.iter().map(key).collect();
+        let mut want: Vec<String> = ints.iter().chain(&floats).map(key).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        assert!(c.skipped.is_empty());
+        // Truncated anywhere: an error, never a panic.
+        let (rec, _) = encode_histogram_samples(&[f], true);
+        for cut in 1..rec.len() {
+            if cut == 1 || cut == 17 {
+                continue; // type byte alone, or with the bases: no samples, valid
+            }
+            assert!(
+                decode(&rec[..cut], &mut Collect::default()).is_err(),
+                "cut {cut}"
+            );
+        }
     }
 
     proptest::proptest! {

@@ -1,0 +1,1148 @@
+//! The integer histogram chunk (`HISTOGRAM`, encoding 2), byte for byte as
+//! Prometheus 3.5.3's `chunkenc.HistogramChunk`.
+//!
+//! After the 3-byte header and the layout (see [`crate::histogram_layout`]), the first
+//! sample holds t (varbit int), count and zero count (varbit uint), the sum (raw float
+//! bits) and each delta-encoded bucket (varbit int); later samples hold the
+//! delta-of-delta of t, count and zero count, the sum XORed with the previous sum, and
+//! per bucket the delta-of-delta of its delta-encoded value. A stale marker writes
+//! only t, zero count/zero-count dods and the sum.
+
+use crate::ChunkError;
+use crate::bstream::{BitReader, BitWriter};
+use crate::histogram_layout::{
+    COUNTER_RESET_HEADER_MASK, CounterResetHeader, HISTOGRAM_HEADER_SIZE, Insert, Layout,
+    adjust_for_inserts, count_spans, expand_int_spans_and_buckets, expand_spans_both_ways,
+    header_count, insert, read_hint, read_layout, set_header, write_layout,
+};
+use crate::varbit::{
+    NO_WINDOW, put_varbit_int, put_varbit_uint, read_varbit_int, read_varbit_uint, xor_read,
+    xor_write,
+};
+use storeapi::histogram::{CUSTOM_BUCKETS_SCHEMA, CounterResetHint, Histogram, Span};
+use storeapi::is_stale_nan;
+
+/// What happened to an appended histogram.
+#[derive(Debug)]
+pub enum Appended<A> {
+    /// Appended to this chunk as it was.
+    InPlace,
+    /// This chunk was re-encoded with a wider bucket layout (its bytes changed, earlier
+    /// samples gained empty buckets) and the sample appended to it.
+    Recoded,
+    /// The sample does not fit this chunk; it starts the returned chunk, whose header
+    /// says what is known about a counter reset. This chunk is unchanged.
+    NewChunk(A),
+}
+
+/// Inserts and verdict of [`HistogramAppender::appendable`].
+#[derive(Debug, Default)]
+pub(crate) struct Appendable {
+    pub forward: [Vec<Insert>; 2],
+    pub backward: [Vec<Insert>; 2],
+    pub ok: bool,
+    pub header: Option<CounterResetHeader>,
+}
+
+/// Whether the bucket vectors match their spans; the codec relies on it to never
+/// index out of range.
+pub(crate) fn check_shape(spans: &[Span], buckets: usize) -> Result<(), ChunkError> {
+    if count_spans(spans) != buckets as u64 {
+        return Err(ChunkError::BadHistogram(
+            "spans describe a different number of buckets than given",
+        ));
+    }
+    Ok(())
+}
+
+/// Bit-exact comparison of custom bounds (`FloatBucketsMatch`).
+pub(crate) fn float_buckets_match(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// An integer histogram chunk being built, with the encoder state Prometheus's
+/// `HistogramAppender` keeps.
+#[derive(Debug, Clone)]
+pub struct HistogramAppender {
+    w: BitWriter,
+    layout: Layout,
+    t: i64,
+    cnt: u64,
+    z_cnt: u64,
+    t_delta: i64,
+    cnt_delta: i64,
+    z_cnt_delta: i64,
+    p_buckets: Vec<i64>,
+    n_buckets: Vec<i64>,
+    p_buckets_delta: Vec<i64>,
+    n_buckets_delta: Vec<i64>,
+    sum: f64,
+    leading: u8,
+    trailing: u8,
+}
+
+impl Default for HistogramAppender {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HistogramAppender {
+    /// An empty chunk (header Unknown).
+    pub fn new() -> Self {
+        HistogramAppender {
+            w: BitWriter::with_header(HISTOGRAM_HEADER_SIZE, 128),
+            layout: Layout::default(),
+            t: 0,
+            cnt: 0,
+            z_cnt: 0,
+            t_delta: 0,
+            cnt_delta: 0,
+            z_cnt_delta: 0,
+            p_buckets: Vec::new(),
+            n_buckets: Vec::new(),
+            p_buckets_delta: Vec::new(),
+            n_buckets_delta: Vec::new(),
+            sum: 0.0,
+            leading: NO_WINDOW,
+            trailing: 0,
+        }
+    }
+
+    /// Reopens an encoded chunk for appending, with the state Prometheus's
+    /// `HistogramChunk.Appender()` restores by decoding it. As there, a chunk of one
+    /// sample reopens with an all-zero XOR window for the sum (not "no window").
+    pub fn from_bytes(data: &[u8]) -> Result<Self, ChunkError> {
+        let mut it = HistogramIterator::new(data)?;
+        while it.step_raw()? {}
+        let mut a = Self::new();
+        if it.total == 0 {
+            if let Some(h) = data.get(..HISTOGRAM_HEADER_SIZE) {
+                a.w.buf.copy_from_slice(h);
+            }
+            return Ok(a);
+        }
+        a.w = BitWriter::resume(data, it.r.pos());
+        a.layout = it.layout;
+        a.t = it.t;
+        a.cnt = it.cnt;
+        a.z_cnt = it.z_cnt;
+        a.t_delta = it.t_delta;
+        a.cnt_delta = it.cnt_delta;
+        a.z_cnt_delta = it.z_cnt_delta;
+        a.p_buckets = it.p_buckets;
+        a.n_buckets = it.n_buckets;
+        a.p_buckets_delta = it.p_delta;
+        a.n_buckets_delta = it.n_delta;
+        a.sum = it.sum;
+        a.leading = it.leading;
+        a.trailing = it.trailing;
+        Ok(a)
+    }
+
+    /// The encoded chunk, as stored on disk.
+    pub fn bytes(&self) -> &[u8] {
+        &self.w.buf
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.w.buf
+    }
+
+    pub fn num_samples(&self) -> u16 {
+        u16::from_be_bytes([self.w.buf[0], self.w.buf[1]])
+    }
+
+    /// The counter-reset header.
+    pub fn header(&self) -> CounterResetHeader {
+        CounterResetHeader::from_byte(self.w.buf[2])
+    }
+
+    /// Timestamp of the last sample (meaningless when empty).
+    pub fn last_t(&self) -> i64 {
+        self.t
+    }
+
+    fn set_header(&mut self, h: CounterResetHeader) {
+        set_header(&mut self.w.buf, h);
+    }
+
+    /// Appends `h` at `t` (after the last sample; the caller checks the order), as
+    /// Prometheus's `AppendHistogram` with `appendOnly=false`: in place, by recoding
+    /// this chunk to a wider layout, or by starting a new chunk. `prev` is the appender
+    /// of the chunk before this one when this one was just cut, so an empty chunk's
+    /// header is computed against that chunk's last histogram.
+    pub fn append(
+        &mut self,
+        prev: Option<&HistogramAppender>,
+        t: i64,
+        h: &Histogram,
+    ) -> Result<Appended<Self>, ChunkError> {
+        check_shape(&h.positive_spans, h.positive_buckets.len())?;
+        check_shape(&h.negative_spans, h.negative_buckets.len())?;
+        if self.num_samples() == 0 {
+            self.append_raw(t, h)?;
+            if h.hint == CounterResetHint::Gauge {
+                self.set_header(CounterResetHeader::Gauge);
+            } else if h.hint == CounterResetHint::CounterReset {
+                self.set_header(CounterResetHeader::CounterReset);
+            } else if let Some(p) = prev {
+                let hdr = p
+                    .appendable(h)
+                    .header
+                    .unwrap_or(CounterResetHeader::NotCounterReset);
+                self.set_header(hdr);
+            }
+            return Ok(Appended::InPlace);
+        }
+        if h.hint != CounterResetHint::Gauge {
+            let ap = self.appendable(h);
+            let hdr = ap.header.unwrap_or(CounterResetHeader::NotCounterReset);
+            if !ap.ok || hdr != CounterResetHeader::NotCounterReset {
+                let mut n = Self::new();
+                n.set_header(hdr);
+                n.append_raw(t, h)?;
+                return Ok(Appended::NewChunk(n));
+            }
+            let [fp, fnn] = &ap.forward;
+            let [bp, bn] = &ap.backward;
+            let mut widened;
+            let mut h = h;
+            if !bp.is_empty() || !bn.is_empty() {
+                widened = h.clone();
+                if fp.is_empty() && fnn.is_empty() {
+                    widened.positive_spans = self.layout.positive_spans.clone();
+                    widened.negative_spans = self.layout.negative_spans.clone();
+                } else {
+                    widened.positive_spans = adjust_for_inserts(&widened.positive_spans, bp);
+                    widened.negative_spans = adjust_for_inserts(&widened.negative_spans, bn);
+                }
+                widen(&mut widened, bp, bn)?;
+                h = &widened;
+            }
+            if !fp.is_empty() || !fnn.is_empty() {
+                let mut n = self.recode(fp, fnn, &h.positive_spans, &h.negative_spans)?;
+                n.append_raw(t, h)?;
+                *self = n;
+                return Ok(Appended::Recoded);
+            }
+            self.append_raw(t, h)?;
+            return Ok(Appended::InPlace);
+        }
+        let Some((fwd, bwd, merged)) = self.appendable_gauge(h) else {
+            let mut n = Self::new();
+            n.set_header(CounterResetHeader::Gauge);
+            n.append_raw(t, h)?;
+            return Ok(Appended::NewChunk(n));
+        };
+        let mut widened;
+        let mut h = h;
+        if !bwd[0].is_empty() || !bwd[1].is_empty() {
+            widened = h.clone();
+            let [mp, mn] = merged;
+            widened.positive_spans = mp;
+            widened.negative_spans = mn;
+            widen(&mut widened, &bwd[0], &bwd[1])?;
+            h = &widened;
+        }
+        if !fwd[0].is_empty() || !fwd[1].is_empty() {
+            let mut n = self.recode(&fwd[0], &fwd[1], &h.positive_spans, &h.negative_spans)?;
+            n.append_raw(t, h)?;
+            *self = n;
+            return Ok(Appended::Recoded);
+        }
+        self.append_raw(t, h)?;
+        Ok(Appended::InPlace)
+    }
+
+    /// Prometheus's `appendable`: whether a counter histogram fits this chunk, and if
+    /// not, what header its new chunk gets (`None` here stands for NotCounterReset).
+    pub(crate) fn appendable(&self, h: &Histogram) -> Appendable {
+        use CounterResetHeader::*;
+        let mut out = Appendable::default();
+        if self.num_samples() > 0 && self.header() == Gauge {
+            return out;
+        }
+        if h.hint == CounterResetHint::CounterReset {
+            out.header = Some(CounterReset);
+            return out;
+        }
+        if is_stale_nan(h.sum) {
+            out.ok = true;
+            return out;
+        }
+        if is_stale_nan(self.sum) {
+            out.header = Some(Unknown);
+            return out;
+        }
+        if h.count < self.cnt {
+            out.header = Some(CounterReset);
+            return out;
+        }
+        if h.schema != self.layout.schema || h.zero_threshold != self.layout.zero_threshold {
+            out.header = Some(Unknown);
+            return out;
+        }
+        if h.schema == CUSTOM_BUCKETS_SCHEMA
+            && !float_buckets_match(&h.custom_values, &self.layout.custom_values)
+        {
+            out.header = Some(CounterReset);
+            return out;
+        }
+        if h.zero_count < self.z_cnt {
+            out.header = Some(CounterReset);
+            return out;
+        }
+        let Some((fp, bp)) = expand_int_spans_and_buckets(
+            &self.layout.positive_spans,
+            &h.positive_spans,
+            &self.p_buckets,
+            &h.positive_buckets,
+        ) else {
+            out.header = Some(CounterReset);
+            return out;
+        };
+        let Some((fnn, bn)) = expand_int_spans_and_buckets(
+            &self.layout.negative_spans,
+            &h.negative_spans,
+            &self.n_buckets,
+            &h.negative_buckets,
+        ) else {
+            out.header = Some(CounterReset);
+            return out;
+        };
+        out.forward = [fp, fnn];
+        out.backward = [bp, bn];
+        out.ok = true;
+        out
+    }
+
+    /// Prometheus's `appendableGauge`: `None` when a new gauge chunk is needed, else
+    /// forward and backward inserts and the merged spans per side.
+    #[allow(clippy::type_complexity)]
+    fn appendable_gauge(
+        &self,
+        h: &Histogram,
+    ) -> Option<([Vec<Insert>; 2], [Vec<Insert>; 2], [Vec<Span>; 2])> {
+        if self.num_samples() > 0 && self.header() != CounterResetHeader::Gauge {
+            return None;
+        }
+        if is_stale_nan(h.sum) {
+            return Some(Default::default());
+        }
+        if is_stale_nan(self.sum)
+            || h.schema != self.layout.schema
+            || h.zero_threshold != self.layout.zero_threshold
+            || (h.schema == CUSTOM_BUCKETS_SCHEMA
+                && !float_buckets_match(&h.custom_values, &self.layout.custom_values))
+        {
+            return None;
+        }
+        let (fp, bp, mp) = expand_spans_both_ways(&self.layout.positive_spans, &h.positive_spans);
+        let (fnn, bn, mn) = expand_spans_both_ways(&self.layout.negative_spans, &h.negative_spans);
+        Some(([fp, fnn], [bp, bn], [mp, mn]))
+    }
+
+    /// Re-encodes every sample with `forward` empty buckets inserted and the new spans,
+    /// keeping the header (Prometheus's `recode`).
+    fn recode(
+        &self,
+        fp: &[Insert],
+        fnn: &[Insert],
+        p_spans: &[Span],
+        n_spans: &[Span],
+    ) -> Result<Self, ChunkError> {
+        let mut n = Self::new();
+        for s in HistogramIterator::new(self.bytes())? {
+            let (t, mut old) = s?;
+            if !old.is_stale() {
+                old.positive_spans = p_spans.to_vec();
+                old.negative_spans = n_spans.to_vec();
+                if !fp.is_empty() {
+                    old.positive_buckets = insert(&old.positive_buckets, fp, true)
+                        .ok_or(ChunkError::BadHistogram("bucket inserts do not fit"))?;
+                }
+                if !fnn.is_empty() {
+                    old.negative_buckets = insert(&old.negative_buckets, fnn, true)
+                        .ok_or(ChunkError::BadHistogram("bucket inserts do not fit"))?;
+                }
+            }
+            n.append_raw(t, &old)?;
+        }
+        let b = self.w.buf[2] & COUNTER_RESET_HEADER_MASK;
+        n.set_header(CounterResetHeader::from_byte(b));
+        Ok(n)
+    }
+
+    /// Writes one sample (`appendHistogram`). `h` must already have this chunk's layout.
+    fn append_raw(&mut self, t: i64, h: &Histogram) -> Result<(), ChunkError> {
+        let num = self.num_samples();
+        if num == u16::MAX {
+            return Err(ChunkError::Full);
+        }
+        let stale;
+        let h = if is_stale_nan(h.sum) {
+            stale = Histogram {
+                sum: h.sum,
+                ..Default::default()
+            };
+            &stale
+        } else {
+            h
+        };
+        let (mut t_delta, mut cnt_delta, mut z_cnt_delta) = (0i64, 0i64, 0i64);
+        if num == 0 {
+            check_shape(&h.positive_spans, h.positive_buckets.len())?;
+            check_shape(&h.negative_spans, h.negative_buckets.len())?;
+            write_layout(
+                &mut self.w,
+                h.schema,
+                h.zero_threshold,
+                &h.positive_spans,
+                &h.negative_spans,
+                &h.custom_values,
+            );
+            self.layout = Layout {
+                schema: h.schema,
+                zero_threshold: h.zero_threshold,
+                positive_spans: h.positive_spans.clone(),
+                negative_spans: h.negative_spans.clone(),
+                custom_values: h.custom_values.clone(),
+            };
+            let np = h.positive_buckets.len();
+            let nn = h.negative_buckets.len();
+            self.p_buckets = vec![0; np];
+            self.p_buckets_delta = vec![0; np];
+            self.n_buckets = vec![0; nn];
+            self.n_buckets_delta = vec![0; nn];
+            put_varbit_int(&mut self.w, t);
+            put_varbit_uint(&mut self.w, h.count);
+            put_varbit_uint(&mut self.w, h.zero_count);
+            self.w.write_bits(h.sum.to_bits(), 64);
+            for &b in h.positive_buckets.iter().chain(&h.negative_buckets) {
+                put_varbit_int(&mut self.w, b);
+            }
+        } else {
+            if !is_stale_nan(h.sum)
+                && (h.positive_buckets.len() != self.p_buckets.len()
+                    || h.negative_buckets.len() != self.n_buckets.len())
+            {
+                return Err(ChunkError::BadHistogram(
+                    "histogram buckets do not match the chunk's layout",
+                ));
+            }
+            t_delta = t.wrapping_sub(self.t);
+            cnt_delta = (h.count as i64).wrapping_sub(self.cnt as i64);
+            z_cnt_delta = (h.zero_count as i64).wrapping_sub(self.z_cnt as i64);
+            let t_dod = t_delta.wrapping_sub(self.t_delta);
+            let (mut cnt_dod, mut z_cnt_dod) = (
+                cnt_delta.wrapping_sub(self.cnt_delta),
+                z_cnt_delta.wrapping_sub(self.z_cnt_delta),
+            );
+            if is_stale_nan(h.sum) {
+                cnt_dod = 0;
+                z_cnt_dod = 0;
+            }
+            put_varbit_int(&mut self.w, t_dod);
+            put_varbit_int(&mut self.w, cnt_dod);
+            put_varbit_int(&mut self.w, z_cnt_dod);
+            xor_write(
+                &mut self.w,
+                h.sum,
+                self.sum,
+                &mut self.leading,
+                &mut self.trailing,
+            );
+            for ((b, last), delta) in h
+                .positive_buckets
+                .iter()
+                .zip(&self.p_buckets)
+                .zip(self.p_buckets_delta.iter_mut())
+            {
+                let d = b.wrapping_sub(*last);
+                put_varbit_int(&mut self.w, d.wrapping_sub(*delta));
+                *delta = d;
+            }
+            for ((b, last), delta) in h
+                .negative_buckets
+                .iter()
+                .zip(&self.n_buckets)
+                .zip(self.n_buckets_delta.iter_mut())
+            {
+                let d = b.wrapping_sub(*last);
+                put_varbit_int(&mut self.w, d.wrapping_sub(*delta));
+                *delta = d;
+            }
+        }
+        let [a, b] = (num + 1).to_be_bytes();
+        self.w.buf[0] = a;
+        self.w.buf[1] = b;
+        self.t = t;
+        self.cnt = h.count;
+        self.z_cnt = h.zero_count;
+        self.t_delta = t_delta;
+        self.cnt_delta = cnt_delta;
+        self.z_cnt_delta = z_cnt_delta;
+        for (d, s) in self.p_buckets.iter_mut().zip(&h.positive_buckets) {
+            *d = *s;
+        }
+        for (d, s) in self.n_buckets.iter_mut().zip(&h.negative_buckets) {
+            *d = *s;
+        }
+        self.sum = h.sum;
+        Ok(())
+    }
+}
+
+/// Adds backward-insert empty buckets to a histogram (`recodeHistogram`).
+fn widen(h: &mut Histogram, bp: &[Insert], bn: &[Insert]) -> Result<(), ChunkError> {
+    const MISFIT: ChunkError = ChunkError::BadHistogram("bucket inserts do not fit");
+    if !bp.is_empty() {
+        h.positive_buckets = insert(&h.positive_buckets, bp, true).ok_or(MISFIT)?;
+    }
+    if !bn.is_empty() {
+        h.negative_buckets = insert(&h.negative_buckets, bn, true).ok_or(MISFIT)?;
+    }
+    check_shape(&h.positive_spans, h.positive_buckets.len())?;
+    check_shape(&h.negative_spans, h.negative_buckets.len())
+}
+
+/// Decodes an integer histogram chunk. Corrupt or truncated input yields one error and
+/// then ends; it never panics, and no allocation exceeds what the bytes can describe.
+#[derive(Debug, Clone)]
+pub struct HistogramIterator<'a> {
+    r: BitReader<'a>,
+    total: u16,
+    read: u16,
+    header: CounterResetHeader,
+    layout: Layout,
+    t: i64,
+    cnt: u64,
+    z_cnt: u64,
+    t_delta: i64,
+    cnt_delta: i64,
+    z_cnt_delta: i64,
+    p_buckets: Vec<i64>,
+    n_buckets: Vec<i64>,
+    p_delta: Vec<i64>,
+    n_delta: Vec<i64>,
+    sum: f64,
+    leading: u8,
+    trailing: u8,
+    failed: bool,
+}
+
+impl<'a> HistogramIterator<'a> {
+    /// Starts decoding `data` (header included).
+    pub fn new(data: &'a [u8]) -> Result<Self, ChunkError> {
+        let total = header_count(data)?;
+        Ok(HistogramIterator {
+            r: BitReader::new(data, HISTOGRAM_HEADER_SIZE * 8),
+            total,
+            read: 0,
+            header: CounterResetHeader::from_byte(data[2]),
+            layout: Layout::default(),
+            t: 0,
+            cnt: 0,
+            z_cnt: 0,
+            t_delta: 0,
+            cnt_delta: 0,
+            z_cnt_delta: 0,
+            p_buckets: Vec::new(),
+            n_buckets: Vec::new(),
+            p_delta: Vec::new(),
+            n_delta: Vec::new(),
+            sum: 0.0,
+            leading: 0,
+            trailing: 0,
+            failed: false,
+        })
+    }
+
+    /// The sample count from the header.
+    pub fn num_samples(&self) -> u16 {
+        self.total
+    }
+
+    /// The chunk's counter-reset header.
+    pub fn header(&self) -> CounterResetHeader {
+        self.header
+    }
+
+    /// Decodes the next sample into the state; `false` at the end.
+    fn step_raw(&mut self) -> Result<bool, ChunkError> {
+        if self.read >= self.total {
+            return Ok(false);
+        }
+        let r = &mut self.r;
+        if self.read == 0 {
+            // A bucket costs at least one bit in the first sample.
+            self.layout = read_layout(r, 1)?;
+            let np = count_spans(&self.layout.positive_spans) as usize;
+            let nn = count_spans(&self.layout.negative_spans) as usize;
+            self.p_buckets = vec![0; np];
+            self.p_delta = vec![0; np];
+            self.n_buckets = vec![0; nn];
+            self.n_delta = vec![0; nn];
+            self.t = read_varbit_int(r)?;
+            self.cnt = read_varbit_uint(r)?;
+            self.z_cnt = read_varbit_uint(r)?;
+            self.sum = f64::from_bits(r.read_bits(64)?);
+            for b in self.p_buckets.iter_mut().chain(self.n_buckets.iter_mut()) {
+                *b = read_varbit_int(r)?;
+            }
+        } else {
+            self.t_delta = self.t_delta.wrapping_add(read_varbit_int(r)?);
+            self.t = self.t.wrapping_add(self.t_delta);
+            self.cnt_delta = self.cnt_delta.wrapping_add(read_varbit_int(r)?);
+            self.cnt = (self.cnt as i64).wrapping_add(self.cnt_delta) as u64;
+            self.z_cnt_delta = self.z_cnt_delta.wrapping_add(read_varbit_int(r)?);
+            self.z_cnt = (self.z_cnt as i64).wrapping_add(self.z_cnt_delta) as u64;
+            xor_read(r, &mut self.sum, &mut self.leading, &mut self.trailing)?;
+            if !is_stale_nan(self.sum) {
+                for (b, d) in self
+                    .p_buckets
+                    .iter_mut()
+                    .zip(self.p_delta.iter_mut())
+                    .chain(self.n_buckets.iter_mut().zip(self.n_delta.iter_mut()))
+                {
+                    *d = d.wrapping_add(read_varbit_int(r)?);
+                    *b = b.wrapping_add(*d);
+                }
+            }
+        }
+        self.read += 1;
+        Ok(true)
+    }
+
+    /// The current sample as Prometheus's `AtHistogram` gives it.
+    fn current(&self) -> Histogram {
+        if is_stale_nan(self.sum) {
+            return Histogram {
+                sum: self.sum,
+                ..Default::default()
+            };
+        }
+        Histogram {
+            hint: read_hint(self.header, self.read),
+            schema: self.layout.schema,
+            zero_threshold: self.layout.zero_threshold,
+            zero_count: self.z_cnt,
+            count: self.cnt,
+            sum: self.sum,
+            positive_spans: self.layout.positive_spans.clone(),
+            negative_spans: self.layout.negative_spans.clone(),
+            positive_buckets: self.p_buckets.clone(),
+            negative_buckets: self.n_buckets.clone(),
+            custom_values: self.layout.custom_values.clone(),
+        }
+    }
+}
+
+impl Iterator for HistogramIterator<'_> {
+    type Item = Result<(i64, Histogram), ChunkError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.step_raw() {
+            Ok(true) => Some(Ok((self.t, self.current()))),
+            Ok(false) => None,
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::histogram_testutil::{append_all_int, hist, pack};
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use storeapi::STALE_NAN_BITS;
+
+    fn m(v: &[(i32, u64)]) -> BTreeMap<i32, u64> {
+        v.iter().copied().collect()
+    }
+
+    fn decode(data: &[u8]) -> Vec<(i64, Histogram)> {
+        HistogramIterator::new(data)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    }
+
+    fn stale() -> Histogram {
+        Histogram {
+            sum: f64::from_bits(STALE_NAN_BITS),
+            ..Default::default()
+        }
+    }
+
+    fn with_hint(mut h: Histogram, hint: CounterResetHint) -> Histogram {
+        h.hint = hint;
+        h
+    }
+
+    #[test]
+    fn hand_checked_bytes_of_a_two_sample_chunk() {
+        // Bits derived by hand from Prometheus 3.5.3 histogram.go / histogram_meta.go /
+        // varbit.go: zero threshold 2^-128 is byte 116; schema 0 is `0`; one positive span
+        // (`10 001`) of length 2 (`10 010`) at offset 0 (`0`); no negative spans (`0`);
+        // t=1000 is `11110` + 12 bits; count 3 `10 011`; zero count `0`; sum 2.5 raw; buckets
+        // (deltas 1, 1) `10 001` twice.
+        let h1 = hist(0, 0, &m(&[(0, 1), (1, 2)]), &m(&[]), 2.5);
+        let mut a = HistogramAppender::new();
+        assert!(matches!(
+            a.append(None, 1000, &h1).unwrap(),
+            Appended::InPlace
+        ));
+        let first = "01110100 0 10001 10010 0 0 11110 001111101000 10011 0 \
+                     0100000000000100000000000000000000000000000000000000000000000000 \
+                     10001 10001";
+        let mut want = vec![0, 1, 0];
+        want.extend(pack(first));
+        assert_eq!(a.bytes(), &want[..]);
+        // Sample 2 at t=2000: t dod 1000; count dod +1 (`10 001`); zero count dod `0`; sum
+        // 4.0 XOR 2.5 = 0x0014000000000000: 11 leading, 50 trailing zeros → `1 1 01011
+        // 000011 101`; bucket dods 0 (`0`) and +1 (`10 001`).
+        let h2 = hist(0, 0, &m(&[(0, 1), (1, 3)]), &m(&[]), 4.0);
+        assert!(matches!(
+            a.append(None, 2000, &h2).unwrap(),
+            Appended::InPlace
+        ));
+        let second = "11110 001111101000 10001 0 11 01011 000011 101 0 10001";
+        let mut want = vec![0, 2, 0];
+        want.extend(pack(&format!("{first} {second}")));
+        assert_eq!(a.bytes(), &want[..]);
+        let got = decode(a.bytes());
+        assert_eq!(got[0], (1000, h1));
+        assert_eq!(
+            got[1],
+            (2000, with_hint(h2, CounterResetHint::NotCounterReset))
+        );
+    }
+
+    #[test]
+    fn round_trip_with_negative_buckets_and_custom_buckets() {
+        let mut samples = Vec::new();
+        for i in 0..50u64 {
+            samples.push((
+                i as i64 * 15_000,
+                hist(
+                    3,
+                    i,
+                    &m(&[(-2, i), (0, 2 * i), (1, i * i), (7, 3 * i)]),
+                    &m(&[(-1, i), (4, 1)]),
+                    i as f64 * 0.1,
+                ),
+            ));
+        }
+        let chunks = append_all_int(&samples);
+        assert_eq!(chunks.len(), 1);
+        let got = decode(&chunks[0]);
+        assert_eq!(got.len(), 50);
+        for (i, ((t, h), (wt, wh))) in got.iter().zip(&samples).enumerate() {
+            let hint = if i == 0 {
+                CounterResetHint::Unknown
+            } else {
+                CounterResetHint::NotCounterReset
+            };
+            assert_eq!((*t, h), (*wt, &with_hint(wh.clone(), hint)), "sample {i}");
+        }
+        // NHCB: schema -53 with its bounds in the layout.
+        let nh = hist(-53, 0, &m(&[(0, 1), (3, 4)]), &m(&[]), 1.0);
+        let chunks = append_all_int(&[(5, nh.clone())]);
+        assert_eq!(decode(&chunks[0]), vec![(5, nh)]);
+    }
+
+    #[test]
+    fn new_bucket_mid_chunk_recodes_earlier_samples() {
+        let h1 = hist(0, 1, &m(&[(0, 1), (1, 1)]), &m(&[]), 1.0);
+        let h2 = hist(0, 1, &m(&[(0, 2), (1, 1)]), &m(&[]), 2.0);
+        let h3 = hist(0, 1, &m(&[(0, 2), (1, 1), (5, 3)]), &m(&[(2, 1)]), 3.0);
+        let mut a = HistogramAppender::new();
+        a.append(None, 1, &h1).unwrap();
+        a.append(None, 2, &h2).unwrap();
+        assert!(matches!(a.append(None, 3, &h3).unwrap(), Appended::Recoded));
+        let got = decode(a.bytes());
+        assert_eq!(got.len(), 3);
+        // Earlier samples are widened with empty buckets; their counts are unchanged.
+        let widened = |h: &Histogram| {
+            let mut p: BTreeMap<i32, u64> = m(&[(0, 0), (1, 0), (5, 0)]);
+            let mut n: BTreeMap<i32, u64> = m(&[(2, 0)]);
+            let f = h.to_float();
+            let mut idx = vec![];
+            let mut base = -1;
+            for s in &h.positive_spans {
+                base += s.offset + 1;
+                for k in 0..s.length as i32 {
+                    idx.push(base + k);
+                }
+                base += s.length as i32 - 1;
+            }
+            for (i, c) in idx.iter().zip(&f.positive_buckets) {
+                p.insert(*i, *c as u64);
+            }
+            let _ = &mut n;
+            hist(0, h.zero_count, &p, &n, h.sum)
+        };
+        assert_eq!(got[0].1, widened(&h1));
+        assert_eq!(
+            got[1].1,
+            with_hint(widened(&h2), CounterResetHint::NotCounterReset)
+        );
+        assert_eq!(
+            got[2].1,
+            with_hint(h3.clone(), CounterResetHint::NotCounterReset)
+        );
+        // The recoded chunk is what appending the widened samples from scratch gives.
+        let fresh = append_all_int(&[(1, widened(&h1)), (2, widened(&h2)), (3, h3)]);
+        assert_eq!(fresh, vec![a.bytes().to_vec()]);
+    }
+
+    #[test]
+    fn missing_empty_bucket_widens_the_new_sample() {
+        let h1 = hist(0, 0, &m(&[(0, 1), (1, 0), (2, 1)]), &m(&[]), 1.0);
+        let h2 = hist(0, 0, &m(&[(0, 2), (2, 1)]), &m(&[]), 2.0);
+        let mut a = HistogramAppender::new();
+        a.append(None, 1, &h1).unwrap();
+        assert!(matches!(a.append(None, 2, &h2).unwrap(), Appended::InPlace));
+        let got = decode(a.bytes());
+        let want = hist(0, 0, &m(&[(0, 2), (1, 0), (2, 1)]), &m(&[]), 2.0);
+        assert_eq!(got[1].1, with_hint(want, CounterResetHint::NotCounterReset));
+    }
+
+    /// The header of the chunk `h2` starts after `h1`, or None if appended in place.
+    fn cut_header(h1: &Histogram, h2: &Histogram) -> Option<CounterResetHeader> {
+        let mut a = HistogramAppender::new();
+        a.append(None, 1, h1).unwrap();
+        match a.append(None, 2, h2).unwrap() {
+            Appended::NewChunk(n) => {
+                assert_eq!(a.num_samples(), 1, "old chunk untouched");
+                assert_eq!(decode(n.bytes()).len(), 1);
+                Some(n.header())
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn every_cut_reason_and_its_header() {
+        use CounterResetHeader::*;
+        let base = hist(0, 2, &m(&[(0, 3), (1, 4)]), &m(&[]), 5.0);
+        let grown = hist(0, 3, &m(&[(0, 4), (1, 4)]), &m(&[]), 6.0);
+        assert_eq!(cut_header(&base, &grown), None);
+        // Count decreased.
+        assert_eq!(
+            cut_header(&base, &hist(0, 2, &m(&[(0, 3), (1, 3)]), &m(&[]), 5.0)),
+            Some(CounterReset)
+        );
+        // Zero count decreased (count not).
+        assert_eq!(
+            cut_header(&base, &hist(0, 1, &m(&[(0, 4), (1, 4)]), &m(&[]), 5.0)),
+            Some(CounterReset)
+        );
+        // A bucket decreased while the count grew.
+        assert_eq!(
+            cut_header(&base, &hist(0, 2, &m(&[(0, 2), (1, 9)]), &m(&[]), 5.0)),
+            Some(CounterReset)
+        );
+        // A populated bucket vanished.
+        assert_eq!(
+            cut_header(&base, &hist(0, 2, &m(&[(1, 9)]), &m(&[]), 5.0)),
+            Some(CounterReset)
+        );
+        // Explicit reset hint.
+        assert_eq!(
+            cut_header(
+                &base,
+                &with_hint(grown.clone(), CounterResetHint::CounterReset)
+            ),
+            Some(CounterReset)
+        );
+        // Schema change and zero threshold change: Unknown.
+        let mut s = grown.clone();
+        s.schema = 1;
+        assert_eq!(cut_header(&base, &s), Some(Unknown));
+        let mut z = grown.clone();
+        z.zero_threshold = 0.5;
+        assert_eq!(cut_header(&base, &z), Some(Unknown));
+        // Custom bounds changed: CounterReset.
+        let nh = hist(-53, 0, &m(&[(0, 1)]), &m(&[]), 1.0);
+        let mut nh2 = hist(-53, 0, &m(&[(0, 2)]), &m(&[]), 1.0);
+        assert_eq!(cut_header(&nh, &nh2), None);
+        nh2.custom_values[0] = 0.3;
+        assert_eq!(cut_header(&nh, &nh2), Some(CounterReset));
+        // Gauge into a counter chunk, and a counter into a gauge chunk.
+        assert_eq!(
+            cut_header(&base, &with_hint(grown.clone(), CounterResetHint::Gauge)),
+            Some(Gauge)
+        );
+        assert_eq!(
+            cut_header(&with_hint(base.clone(), CounterResetHint::Gauge), &grown),
+            Some(NotCounterReset)
+        );
+        // Gauge chunks take decreases, but not a schema change.
+        let g = |h: &Histogram| with_hint(h.clone(), CounterResetHint::Gauge);
+        assert_eq!(cut_header(&g(&grown), &g(&base)), None);
+        assert_eq!(cut_header(&g(&base), &g(&s)), Some(Gauge));
+    }
+
+    #[test]
+    fn stale_markers() {
+        let h1 = hist(0, 0, &m(&[(0, 1)]), &m(&[]), 1.0);
+        let mut a = HistogramAppender::new();
+        a.append(None, 1, &h1).unwrap();
+        assert!(matches!(
+            a.append(None, 2, &stale()).unwrap(),
+            Appended::InPlace
+        ));
+        assert!(matches!(
+            a.append(None, 3, &stale()).unwrap(),
+            Appended::InPlace
+        ));
+        let got = decode(a.bytes());
+        assert_eq!(got.len(), 3);
+        assert!(got[1].1.is_stale() && got[2].1.is_stale());
+        // Exactly `{sum: StaleNaN}`: no layout, no counts.
+        let bare = Histogram {
+            sum: 0.0,
+            ..got[1].1.clone()
+        };
+        assert_eq!(bare, Histogram::default());
+        // A real sample after a stale one starts a new chunk with Unknown.
+        match a.append(None, 4, &h1).unwrap() {
+            Appended::NewChunk(n) => assert_eq!(n.header(), CounterResetHeader::Unknown),
+            other => panic!("expected a new chunk, got {other:?}"),
+        }
+        // A chunk may start with a stale marker.
+        let chunks = append_all_int(&[(1, stale()), (2, stale())]);
+        let got = decode(&chunks[0]);
+        assert_eq!(
+            got.iter()
+                .map(|s| (s.0, s.1.is_stale()))
+                .collect::<Vec<_>>(),
+            vec![(1, true), (2, true)]
+        );
+    }
+
+    #[test]
+    fn hints_on_read() {
+        let h1 = hist(0, 0, &m(&[(0, 1)]), &m(&[]), 1.0);
+        let h2 = hist(0, 0, &m(&[(0, 2)]), &m(&[]), 1.0);
+        let h3 = hist(0, 0, &m(&[(0, 3)]), &m(&[]), 1.0);
+        // Counter chunk with a CounterReset header: first Unknown, then NotCounterReset.
+        let chunks = append_all_int(&[
+            (1, with_hint(h1.clone(), CounterResetHint::CounterReset)),
+            (2, h2.clone()),
+            (3, h3.clone()),
+        ]);
+        assert_eq!(chunks.len(), 1);
+        let it = HistogramIterator::new(&chunks[0]).unwrap();
+        assert_eq!(it.header(), CounterResetHeader::CounterReset);
+        let hints: Vec<_> = decode(&chunks[0]).iter().map(|s| s.1.hint).collect();
+        use CounterResetHint::*;
+        assert_eq!(hints, vec![Unknown, NotCounterReset, NotCounterReset]);
+        let g: Vec<_> = [h3, h1, h2]
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| (i as i64, with_hint(h, Gauge)))
+            .collect();
+        let chunks = append_all_int(&g);
+        assert_eq!(chunks.len(), 1);
+        let hints: Vec<_> = decode(&chunks[0]).iter().map(|s| s.1.hint).collect();
+        assert_eq!(hints, vec![Gauge, Gauge, Gauge]);
+    }
+
+    #[test]
+    fn new_chunk_header_is_computed_against_the_previous_chunk() {
+        let h1 = hist(0, 0, &m(&[(0, 5)]), &m(&[]), 1.0);
+        let up = hist(0, 0, &m(&[(0, 6)]), &m(&[]), 1.0);
+        let down = hist(0, 0, &m(&[(0, 1)]), &m(&[]), 1.0);
+        let mut prev = HistogramAppender::new();
+        prev.append(None, 1, &h1).unwrap();
+        for (h, want) in [
+            (up, CounterResetHeader::NotCounterReset),
+            (down, CounterResetHeader::CounterReset),
+        ] {
+            let mut n = HistogramAppender::new();
+            n.append(Some(&prev), 2, &h).unwrap();
+            assert_eq!(n.header(), want);
+        }
+        // Reopened from bytes, the previous chunk gives the same answer.
+        let reopened = HistogramAppender::from_bytes(prev.bytes()).unwrap();
+        assert!(reopened.appendable(&h1).ok);
+    }
+
+    #[test]
+    fn reopening_continues_bit_exactly() {
+        let s: Vec<_> = (0..20u64)
+            .map(|i| {
+                (
+                    i as i64 * 1000,
+                    hist(0, i, &m(&[(0, i), (3, 2 * i)]), &m(&[]), i as f64),
+                )
+            })
+            .collect();
+        let all = append_all_int(&s);
+        let mut a = HistogramAppender::new();
+        for (t, h) in &s[..7] {
+            a.append(None, *t, h).unwrap();
+        }
+        let mut b = HistogramAppender::from_bytes(a.bytes()).unwrap();
+        for (t, h) in &s[7..] {
+            b.append(None, *t, h).unwrap();
+        }
+        assert_eq!(vec![b.into_bytes()], all);
+    }
+
+    #[test]
+    fn truncated_and_corrupt_chunks_error_without_panicking() {
+        let s: Vec<_> = (0..30u64)
+            .map(|i| {
+                (
+                    i as i64 * 1000,
+                    hist(
+                        2,
+                        i,
+                        &m(&[(0, i), (3, 2 * i), (9, i)]),
+                        &m(&[(1, i)]),
+                        i as f64 * 1.7,
+                    ),
+                )
+            })
+            .collect();
+        let full = append_all_int(&s).remove(0);
+        for cut in 0..full.len() {
+            let data = &full[..cut];
+            match HistogramIterator::new(data) {
+                Err(_) => assert!(cut < 3),
+                Ok(it) => {
+                    let r: Result<Vec<_>, _> = it.collect();
+                    assert!(r.is_err(), "truncated at {cut} must fail");
+                }
+            }
+        }
+        // Flipped bits anywhere: never a panic.
+        for i in 3..full.len() {
+            for bit in 0..8 {
+                let mut d = full.clone();
+                d[i] ^= 1 << bit;
+                let _ = HistogramIterator::new(&d).map(|it| it.count());
+                let _ = HistogramAppender::from_bytes(&d);
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_spans_and_buckets_are_refused() {
+        let mut h = hist(0, 0, &m(&[(0, 1)]), &m(&[]), 1.0);
+        h.positive_buckets.push(1);
+        let mut a = HistogramAppender::new();
+        assert!(matches!(
+            a.append(None, 1, &h),
+            Err(ChunkError::BadHistogram(_))
+        ));
+        assert_eq!(a.num_samples(), 0);
+    }
+
+    /// A sequence of cumulative histograms with buckets appearing, empty buckets going
+    /// missing, resets, schema changes and stale markers.
+    fn sequence() -> impl Strategy<Value = Vec<(i64, Histogram)>> {
+        proptest::collection::vec((0u8..20, -3i32..6, 0u64..4, 1i64..5000), 1..120).prop_map(
+            |ops| {
+                let mut pos: BTreeMap<i32, u64> = BTreeMap::new();
+                let mut neg: BTreeMap<i32, u64> = BTreeMap::new();
+                let (mut zero, mut schema, mut t, mut sum) = (0u64, 0i32, 0i64, 0.0f64);
+                let mut out = Vec::new();
+                for (op, idx, inc, dt) in ops {
+                    t += dt;
+                    match op {
+                        0 => {
+                            pos.clear();
+                            neg.clear();
+                            zero = 0;
+                            sum = 0.0;
+                        }
+                        1 => schema = (schema + 1) % 3,
+                        2 => {
+                            out.push((t, stale()));
+                            continue;
+                        }
+                        3 => {
+                            pos.retain(|_, c| *c > 0);
+                        }
+                        4..=9 => *pos.entry(idx).or_insert(0) += inc,
+                        10..=12 => *neg.entry(idx).or_insert(0) += inc,
+                        13 => zero += inc,
+                        _ => {
+                            for c in pos.values_mut() {
+                                *c += inc;
+                            }
+                        }
+                    }
+                    sum += inc as f64 * 0.37;
+                    out.push((t, hist(schema, zero, &pos, &neg, sum)));
+                }
+                out
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn append_then_decode_round_trips(s in sequence()) {
+            let chunks = append_all_int(&s);
+            let mut decoded = Vec::new();
+            for c in &chunks {
+                decoded.extend(decode(c));
+            }
+            prop_assert_eq!(decoded.len(), s.len());
+            for ((t, h), (wt, wh)) in decoded.iter().zip(&s) {
+                prop_assert_eq!(t, wt);
+                prop_assert_eq!(h.count, wh.count);
+                prop_assert_eq!(h.zero_count, wh.zero_count);
+                prop_assert_eq!(h.sum.to_bits(), wh.sum.to_bits());
+                prop_assert_eq!(h.schema, wh.schema);
+                // Same absolute counts per bucket index (widening only adds empty ones).
+                let nonzero = |h: &Histogram| {
+                    let f = h.to_float();
+                    let mut v = Vec::new();
+                    let mut i = -1i64;
+                    let mut b = f.positive_buckets.iter();
+                    for sp in &h.positive_spans {
+                        i += sp.offset as i64 + 1;
+                        for k in 0..sp.length as i64 {
+                            let c = *b.next().unwrap();
+                            if c != 0.0 { v.push((i + k, c)); }
+                        }
+                        i += sp.length as i64 - 1;
+                    }
+                    v
+                };
+                prop_assert_eq!(nonzero(h), nonzero(wh));
+            }
+            // Re-appending each chunk's decoded samples reproduces its bytes exactly.
+            for c in &chunks {
+                let again = append_all_int(&decode(c));
+                prop_assert_eq!(again.len(), 1);
+                let mut again = again.into_iter().next().unwrap();
+                // The header of a cut chunk depends on its predecessor, not on its samples.
+                again[2] = c[2];
+                prop_assert_eq!(&again, c);
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(it) = HistogramIterator::new(&data) {
+                let _ = it.take(70_000).count();
+            }
+        }
+    }
+}
