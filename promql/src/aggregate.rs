@@ -66,6 +66,49 @@ pub(crate) fn aggregate(
     }
     let ng = group_lbls.len();
 
+    let mut input = input;
+    if input.iter().any(|s| !s.hpts.is_empty()) {
+        match op {
+            token::T_SUM | token::T_AVG => {
+                return crate::native::aggregate_sum_avg(
+                    ev,
+                    op == token::T_AVG,
+                    input,
+                    &series_group,
+                    group_lbls,
+                    ctx,
+                );
+            }
+            token::T_COUNT | token::T_GROUP | token::T_LIMITK | token::T_LIMIT_RATIO => {
+                // Histograms count like floats here; their values are never read.
+                for s in input.iter_mut().filter(|s| !s.hpts.is_empty()) {
+                    s.pts
+                        .extend(s.hpts.drain(..).map(|h| Sample { t: h.t, v: 0.0 }));
+                    s.pts.sort_by_key(|p| p.t);
+                }
+            }
+            _ => {
+                // Every other aggregation ignores histograms, with an info.
+                let name = match op {
+                    token::T_MIN => "min",
+                    token::T_MAX => "max",
+                    token::T_TOPK => "topk",
+                    token::T_BOTTOMK => "bottomk",
+                    token::T_STDDEV => "stddev",
+                    token::T_STDVAR => "stdvar",
+                    token::T_QUANTILE => "quantile",
+                    _ => "count_values",
+                };
+                ev.info(format!(
+                    "PromQL info: ignored histogram in {name} aggregation"
+                ));
+                for s in input.iter_mut() {
+                    s.hpts.clear();
+                }
+            }
+        }
+    }
+
     if matches!(
         op,
         token::T_TOPK | token::T_BOTTOMK | token::T_LIMITK | token::T_LIMIT_RATIO
@@ -227,7 +270,11 @@ pub(crate) fn aggregate(
     for (l, pts) in group_lbls.into_iter().zip(out) {
         if !pts.is_empty() {
             ev.add_samples(pts.len())?;
-            res.push(Series { labels: l, pts });
+            res.push(Series {
+                labels: l,
+                pts,
+                hpts: Vec::new(),
+            });
         }
     }
     Ok(res)
@@ -356,6 +403,7 @@ fn aggregate_k(
             res.push(Series {
                 labels: s.labels,
                 pts,
+                hpts: Vec::new(),
             });
         }
     }
@@ -416,6 +464,7 @@ pub(crate) fn count_values(
                     out.push(Series {
                         labels: gl,
                         pts: Vec::new(),
+                        hpts: Vec::new(),
                     });
                     o
                 }

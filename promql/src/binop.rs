@@ -2,9 +2,12 @@
 
 use crate::engine::QueryError;
 use crate::eval::{Collector, Ctx, Evaluator, Series, card_labels, drop_metric_name, elem_binop};
+use crate::value::HPoint;
 use promql_parser::parser::token::{self, TokenId};
 use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use storeapi::histogram::FloatHistogram;
 use storeapi::{Label, Labels};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -164,6 +167,9 @@ pub(crate) fn vector_vector(
     return_bool: bool,
     ctx: Ctx,
 ) -> Result<Vec<Series>, QueryError> {
+    if lhs.iter().chain(rhs.iter()).any(|s| !s.hpts.is_empty()) {
+        return vector_vector_mixed(ev, b, op, lhs, rhs, return_bool, ctx);
+    }
     let m = matching_of(b);
     let lsig: Vec<Vec<u8>> = lhs.iter().map(|s| signature(&s.labels, &m)).collect();
     let rsig: Vec<Vec<u8>> = rhs.iter().map(|s| signature(&s.labels, &m)).collect();
@@ -230,6 +236,7 @@ pub(crate) fn vector_vector(
                     out.push(Series {
                         labels: s.labels,
                         pts,
+                        hpts: Vec::new(),
                     });
                 }
             }
@@ -238,6 +245,7 @@ pub(crate) fn vector_vector(
                     out.push(Series {
                         labels: s.labels,
                         pts,
+                        hpts: Vec::new(),
                     });
                 }
             }
@@ -378,5 +386,292 @@ pub(crate) fn vector_vector(
     }
     let mut out = col.out;
     out.retain(|s| !s.pts.is_empty());
+    Ok(out)
+}
+
+// ------------------------------------------------------------ operands with histograms
+
+/// A point of either kind, for operators over series that hold histograms.
+#[derive(Clone)]
+pub(crate) enum Pv {
+    F(f64),
+    H(Arc<FloatHistogram>),
+}
+
+/// Per-series cursors over floats and histograms whose points sit on step timestamps.
+pub(crate) struct PvCursor {
+    f: Vec<usize>,
+    h: Vec<usize>,
+}
+
+impl PvCursor {
+    pub fn new(n: usize) -> Self {
+        PvCursor {
+            f: vec![0; n],
+            h: vec![0; n],
+        }
+    }
+    /// The point of series `i` at `ts`, advancing its cursors.
+    pub fn at(&mut self, series: &[Series], i: usize, ts: i64) -> Option<Pv> {
+        let s = &series[i];
+        let p = &mut self.f[i];
+        while *p < s.pts.len() && s.pts[*p].t < ts {
+            *p += 1;
+        }
+        if let Some(x) = s.pts.get(*p).filter(|x| x.t == ts) {
+            return Some(Pv::F(x.v));
+        }
+        let p = &mut self.h[i];
+        while *p < s.hpts.len() && s.hpts[*p].t < ts {
+            *p += 1;
+        }
+        s.hpts
+            .get(*p)
+            .filter(|x| x.t == ts)
+            .map(|x| Pv::H(x.h.clone()))
+    }
+}
+
+fn op_str(op: TokenId) -> &'static str {
+    match op {
+        token::T_ADD => "+",
+        token::T_SUB => "-",
+        token::T_MUL => "*",
+        token::T_DIV => "/",
+        token::T_POW => "^",
+        token::T_MOD => "%",
+        token::T_EQLC => "==",
+        token::T_NEQ => "!=",
+        token::T_GTR => ">",
+        token::T_LSS => "<",
+        token::T_GTE => ">=",
+        token::T_LTE => "<=",
+        token::T_ATAN2 => "atan2",
+        _ => "?",
+    }
+}
+
+/// Prometheus's `vectorElemBinop` for operands of either kind: the value and whether
+/// to keep it, or `None` when the pair is dropped (with the annotation recorded).
+pub(crate) fn elem_binop_pv(ev: &mut Evaluator, op: TokenId, l: &Pv, r: &Pv) -> Option<(Pv, bool)> {
+    let incompatible = |ev: &mut Evaluator, a: &str, b: &str| {
+        let o = op_str(op);
+        ev.info(format!(
+            "PromQL info: incompatible sample types encountered for binary operator {o:?}: {a} {o} {b}"
+        ));
+    };
+    let scaled = |h: &FloatHistogram, f: &dyn Fn(&mut FloatHistogram)| {
+        let mut h = h.clone();
+        f(&mut h);
+        h.compact();
+        Pv::H(Arc::new(h))
+    };
+    match (l, r) {
+        (Pv::F(a), Pv::F(b)) => {
+            let (v, keep) = elem_binop(op, *a, *b);
+            Some((Pv::F(v), keep))
+        }
+        (Pv::F(a), Pv::H(h)) => {
+            if op == token::T_MUL {
+                Some((scaled(h, &|x| x.mul(*a)), true))
+            } else {
+                incompatible(ev, "float", "histogram");
+                None
+            }
+        }
+        (Pv::H(h), Pv::F(b)) => match op {
+            token::T_MUL => Some((scaled(h, &|x| x.mul(*b)), true)),
+            token::T_DIV => Some((scaled(h, &|x| x.div(*b)), true)),
+            _ => {
+                incompatible(ev, "histogram", "float");
+                None
+            }
+        },
+        (Pv::H(a), Pv::H(b)) => match op {
+            token::T_ADD | token::T_SUB => {
+                let mut h = (**a).clone();
+                let r = if op == token::T_ADD {
+                    h.add(b)
+                } else {
+                    h.sub(b)
+                };
+                if r.is_err() {
+                    ev.warn(format!(
+                        "PromQL warning: incompatible bucket layout encountered for binary operator {}",
+                        op_str(op)
+                    ));
+                    return None;
+                }
+                h.compact();
+                Some((Pv::H(Arc::new(h)), true))
+            }
+            token::T_EQLC => Some((Pv::H(a.clone()), a.equals(b))),
+            token::T_NEQ => Some((Pv::H(a.clone()), !a.equals(b))),
+            _ => {
+                incompatible(ev, "histogram", "histogram");
+                None
+            }
+        },
+    }
+}
+
+/// Appends a point to a series being built.
+fn push_pv(s: &mut Series, t: i64, v: Pv) {
+    match v {
+        Pv::F(v) => s.pts.push(storeapi::Sample { t, v }),
+        Pv::H(h) => s.hpts.push(HPoint { t, h }),
+    }
+}
+
+/// Vector/vector operators when either side holds histograms: the same matching rules
+/// as [`vector_vector`], on points of either kind.
+fn vector_vector_mixed(
+    ev: &mut Evaluator,
+    b: &BinaryExpr,
+    op: TokenId,
+    lhs: Vec<Series>,
+    rhs: Vec<Series>,
+    return_bool: bool,
+    ctx: Ctx,
+) -> Result<Vec<Series>, QueryError> {
+    let m = matching_of(b);
+    let lsig: Vec<Vec<u8>> = lhs.iter().map(|s| signature(&s.labels, &m)).collect();
+    let rsig: Vec<Vec<u8>> = rhs.iter().map(|s| signature(&s.labels, &m)).collect();
+    let mut lc = PvCursor::new(lhs.len());
+    let mut rc = PvCursor::new(rhs.len());
+    let n = ctx.n();
+    let empty = |l: &Labels| Series {
+        labels: l.clone(),
+        pts: Vec::new(),
+        hpts: Vec::new(),
+    };
+    if matches!(op, token::T_LAND | token::T_LOR | token::T_LUNLESS) {
+        let mut lout: Vec<Series> = lhs.iter().map(|s| empty(&s.labels)).collect();
+        let mut rout: Vec<Series> = rhs.iter().map(|s| empty(&s.labels)).collect();
+        for i in 0..n {
+            let ts = ctx.ts(i);
+            let lv: Vec<Option<Pv>> = (0..lhs.len()).map(|j| lc.at(&lhs, j, ts)).collect();
+            let rv: Vec<Option<Pv>> = (0..rhs.len()).map(|j| rc.at(&rhs, j, ts)).collect();
+            if op == token::T_LOR {
+                let mut sigs: HashSet<&[u8]> = HashSet::new();
+                for (j, v) in lv.into_iter().enumerate() {
+                    if let Some(v) = v {
+                        sigs.insert(&lsig[j]);
+                        push_pv(&mut lout[j], ts, v);
+                    }
+                }
+                for (j, v) in rv.into_iter().enumerate() {
+                    if let Some(v) = v
+                        && !sigs.contains(rsig[j].as_slice())
+                    {
+                        push_pv(&mut rout[j], ts, v);
+                    }
+                }
+            } else {
+                let sigs: HashSet<&[u8]> = rv
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_some())
+                    .map(|(j, _)| rsig[j].as_slice())
+                    .collect();
+                let want = op == token::T_LAND;
+                for (j, v) in lv.into_iter().enumerate() {
+                    if let Some(v) = v
+                        && sigs.contains(lsig[j].as_slice()) == want
+                    {
+                        push_pv(&mut lout[j], ts, v);
+                    }
+                }
+            }
+        }
+        let out: Vec<Series> = lout
+            .into_iter()
+            .chain(rout)
+            .filter(|s| !s.pts.is_empty() || !s.hpts.is_empty())
+            .collect();
+        return crate::eval::merge_same_labels(out);
+    }
+    if m.card == Card::ManyToMany {
+        return Err(QueryError::BadData(
+            "many-to-many only allowed for set operators".into(),
+        ));
+    }
+    let swap = m.card == Card::OneToMany;
+    let (one, many, one_sig, many_sig) = if swap {
+        (&lhs, &rhs, &lsig, &rsig)
+    } else {
+        (&rhs, &lhs, &rsig, &lsig)
+    };
+    let (mut one_c, mut many_c) = if swap { (lc, rc) } else { (rc, lc) };
+    let one_side = if swap { "left" } else { "right" };
+    let mut out: Vec<Series> = Vec::new();
+    let mut out_idx: HashMap<Labels, usize> = HashMap::new();
+    for i in 0..n {
+        if i % 64 == 0 {
+            ev.check_done()?;
+        }
+        let ts = ctx.ts(i);
+        let mut one_at: HashMap<&[u8], (usize, Pv)> = HashMap::new();
+        for j in 0..one.len() {
+            let Some(v) = one_c.at(one, j, ts) else {
+                continue;
+            };
+            if let Some((dup, _)) = one_at.get(one_sig[j].as_slice()) {
+                let ml = match_labels(&one[j].labels, &m);
+                return Err(QueryError::Execution(format!(
+                    "found duplicate series for the match group {} on the {} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
+                    ml, one_side, one[j].labels, one[*dup].labels
+                )));
+            }
+            one_at.insert(one_sig[j].as_slice(), (j, v));
+        }
+        let mut matched: HashSet<&[u8]> = HashSet::new();
+        let mut stamped: HashMap<usize, &[u8]> = HashMap::new();
+        for j in 0..many.len() {
+            let Some(v) = many_c.at(many, j, ts) else {
+                continue;
+            };
+            let Some((k, ov)) = one_at.get(many_sig[j].as_slice()) else {
+                continue;
+            };
+            let (l, r) = if swap { (ov, &v) } else { (&v, ov) };
+            let Some((val, keep)) = elem_binop_pv(ev, op, l, r) else {
+                continue;
+            };
+            let val = if return_bool {
+                Pv::F(if keep { 1.0 } else { 0.0 })
+            } else if !keep {
+                continue;
+            } else {
+                val
+            };
+            let mut lbl = result_labels(&many[j].labels, &one[*k].labels, op, &m);
+            if return_bool {
+                lbl = drop_metric_name(&lbl);
+            }
+            let sig = many_sig[j].as_slice();
+            if m.card == Card::OneToOne && !matched.insert(sig) {
+                return Err(QueryError::Execution(
+                    "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
+                ));
+            }
+            let oi = *out_idx.entry(lbl.clone()).or_insert_with(|| {
+                out.push(empty(&lbl));
+                out.len() - 1
+            });
+            if let Some(prev) = stamped.get(&oi) {
+                if m.card != Card::OneToOne && *prev == sig {
+                    return Err(QueryError::Execution(
+                        "multiple matches for labels: grouping labels must ensure unique matches"
+                            .into(),
+                    ));
+                }
+                return Err(crate::eval::dup_labelset_err());
+            }
+            stamped.insert(oi, sig);
+            push_pv(&mut out[oi], ts, val);
+        }
+    }
+    out.retain(|s| !s.pts.is_empty() || !s.hpts.is_empty());
     Ok(out)
 }

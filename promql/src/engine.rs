@@ -6,7 +6,7 @@ use crate::eval::{
 };
 use crate::limits::{ParsedExpr, QueryLimits, grow, parse_checked};
 use crate::storage::{SelectHints, Storage};
-use crate::value::{QueryResult, Value};
+use crate::value::{HistSeries, QueryResult, Value};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{Expr, VectorSelector};
 use std::collections::HashMap;
@@ -327,9 +327,23 @@ impl Engine {
                 if loaded > self.opts.max_samples {
                     return Err(too_many_samples());
                 }
+                let hsamples: Vec<crate::value::HPoint> = s
+                    .histograms
+                    .into_iter()
+                    .filter(|x| x.t > p.min && x.t <= p.max)
+                    .map(|x| crate::value::HPoint {
+                        t: x.t,
+                        h: std::sync::Arc::new(x.h.to_float()),
+                    })
+                    .collect();
+                loaded += hsamples.len();
+                if loaded > self.opts.max_samples {
+                    return Err(too_many_samples());
+                }
                 per_plan[pi].push(Raw {
                     labels: s.labels,
                     samples,
+                    hsamples,
                 });
             }
         }
@@ -439,6 +453,24 @@ impl PreparedQuery {
                 v: v.first().copied().unwrap_or(f64::NAN),
             }),
             Val::Str(s) => Value::String { t: time_ms, v: s },
+            Val::Vector(ss) if ss.iter().any(|s| !s.hpts.is_empty()) => {
+                let mut out: Vec<HistSeries> = ss
+                    .into_iter()
+                    .filter(|s| !s.pts.is_empty() || !s.hpts.is_empty())
+                    .map(|s| HistSeries {
+                        labels: s.labels,
+                        floats: s.pts,
+                        histograms: s.hpts,
+                    })
+                    .collect();
+                if !keeps_order(&expr) {
+                    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+                }
+                Value::HistVector(out)
+            }
+            Val::Matrix(ss) if ss.iter().any(|s| !s.hpts.is_empty()) => {
+                Value::HistMatrix(hist_series(ss))
+            }
             Val::Vector(ss) => {
                 let mut out: Vec<(Labels, Sample)> = ss
                     .into_iter()
@@ -474,6 +506,21 @@ impl PreparedQuery {
         let inner_eval_seconds = eval_started.elapsed().as_secs_f64();
         let sort_started = Instant::now();
         drop_later((std::mem::take(&mut ev.data), std::mem::take(&mut ev.spent)));
+        if let Val::Vector(ss) | Val::Matrix(ss) = &val
+            && ss.iter().any(|s| !s.hpts.is_empty())
+        {
+            let (Val::Vector(ss) | Val::Matrix(ss)) = val else {
+                unreachable!("matched above")
+            };
+            let value = Value::HistMatrix(hist_series(ss));
+            let stats = ev.stats(inner_eval_seconds, sort_started.elapsed().as_secs_f64());
+            return Ok(QueryResult {
+                value,
+                warnings: ev.warnings,
+                infos: ev.infos,
+                stats,
+            });
+        }
         let mut out: Vec<(Labels, Vec<Sample>)> = match val {
             Val::Scalar(v) => vec![(
                 Labels::empty(),
@@ -502,6 +549,21 @@ impl PreparedQuery {
             stats,
         })
     }
+}
+
+/// Result series holding histograms, sorted by labels, empty ones dropped.
+fn hist_series(ss: Vec<crate::eval::Series>) -> Vec<HistSeries> {
+    let mut out: Vec<HistSeries> = ss
+        .into_iter()
+        .filter(|s| !s.pts.is_empty() || !s.hpts.is_empty())
+        .map(|s| HistSeries {
+            labels: s.labels,
+            floats: s.pts,
+            histograms: s.hpts,
+        })
+        .collect();
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    out
 }
 
 /// Frees `v` on a background thread: the selected series of a big query take a while to

@@ -6,6 +6,7 @@
 
 use crate::engine::QueryError;
 use crate::functions;
+use crate::value::HPoint;
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::token::{self, TokenId};
 use promql_parser::parser::value::ValueType;
@@ -27,6 +28,9 @@ pub(crate) const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
 pub(crate) struct Series {
     pub labels: Labels,
     pub pts: Vec<Sample>,
+    /// Native-histogram points, in time order; a step has a float or a histogram, never
+    /// both. Empty for float series, so the float paths never look at it.
+    pub hpts: Vec<HPoint>,
 }
 
 /// The value of a node over all steps of its context.
@@ -201,6 +205,7 @@ impl Collector {
         self.out.push(Series {
             labels,
             pts: Vec::with_capacity(self.cap),
+            hpts: Vec::new(),
         });
         i
     }
@@ -246,6 +251,7 @@ pub(crate) fn merge_same_labels(series: Vec<Series>) -> Result<Vec<Series>, Quer
             Some(&i) => {
                 let o: &mut Series = &mut out[i];
                 o.pts.extend(s.pts);
+                o.hpts.extend(s.hpts);
                 need_sort.push(i);
             }
             None => {
@@ -259,6 +265,16 @@ pub(crate) fn merge_same_labels(series: Vec<Series>) -> Result<Vec<Series>, Quer
         o.pts.sort_by_key(|p| p.t);
         if o.pts.windows(2).any(|w| w[0].t == w[1].t) {
             return Err(dup_labelset_err());
+        }
+        if !o.hpts.is_empty() {
+            o.hpts.sort_by_key(|p| p.t);
+            if o.hpts.windows(2).any(|w| w[0].t == w[1].t)
+                || o.hpts
+                    .iter()
+                    .any(|h| o.pts.binary_search_by_key(&h.t, |p| p.t).is_ok())
+            {
+                return Err(dup_labelset_err());
+            }
         }
     }
     Ok(out)
@@ -294,6 +310,8 @@ pub(crate) mod storeapi_series {
     pub struct Raw {
         pub labels: Labels,
         pub samples: Vec<Sample>,
+        /// Histogram samples (stale markers kept).
+        pub hsamples: Vec<crate::value::HPoint>,
     }
 }
 
@@ -362,7 +380,9 @@ impl Evaluator {
         let before = self.cur_samples;
         let v = self.eval_node(e, ctx)?;
         let size = match &v {
-            Val::Vector(ss) | Val::Matrix(ss) => ss.iter().map(|s| s.pts.len()).sum(),
+            Val::Vector(ss) | Val::Matrix(ss) => {
+                ss.iter().map(|s| s.pts.len() + s.hpts.len()).sum()
+            }
             Val::Scalar(v) => v.len(),
             Val::Str(_) => 0,
         };
@@ -385,6 +405,11 @@ impl Evaluator {
                     for s in &mut ss {
                         s.labels = drop_metric_name(&s.labels);
                         s.pts.iter_mut().for_each(|p| p.v = -p.v);
+                        for p in &mut s.hpts {
+                            let mut h = (*p.h).clone();
+                            h.mul(-1.0);
+                            p.h = Arc::new(h);
+                        }
                     }
                     check_unique(&ss)?;
                     Ok(Val::Vector(ss))
@@ -402,12 +427,15 @@ impl Evaluator {
                 let mut out = Vec::new();
                 for s in src.series {
                     let (lo, hi) = window(&s.pts, rt - src.range, rt);
-                    if hi > lo {
-                        self.add_samples(hi - lo)?;
-                        self.total_samples += (hi - lo) as u64;
+                    let (hlo, hhi) = hwindow(&s.hpts, rt - src.range, rt);
+                    let k = (hi - lo) + (hhi - hlo);
+                    if k > 0 {
+                        self.add_samples(k)?;
+                        self.total_samples += k as u64;
                         out.push(Series {
                             labels: s.labels,
                             pts: s.pts[lo..hi].to_vec(),
+                            hpts: s.hpts[hlo..hhi].to_vec(),
                         });
                     }
                 }
@@ -451,7 +479,21 @@ impl Evaluator {
         for i in 0..raws.len() {
             let r = &raws[i];
             let mut pts = Vec::new();
-            if let Some(at) = at {
+            let mut hpts = Vec::new();
+            if !r.hsamples.is_empty() {
+                for i in 0..n {
+                    let ts = ctx.ts(i);
+                    let rt = at.unwrap_or(ts) - offset;
+                    match lookup_mixed(&r.samples, &r.hsamples, rt, self.lookback) {
+                        Some(Found::F(p)) => pts.push(Sample { t: ts, v: p.v }),
+                        Some(Found::H(h)) => hpts.push(HPoint {
+                            t: ts,
+                            h: h.h.clone(),
+                        }),
+                        None => {}
+                    }
+                }
+            } else if let Some(at) = at {
                 let rt = at - offset;
                 if let Some(v) = lookup(&r.samples, rt, self.lookback) {
                     pts = (0..n)
@@ -480,14 +522,14 @@ impl Evaluator {
                     pts.push(Sample { t: ts, v: p.v });
                 }
             }
-            if !pts.is_empty() {
-                self.add_samples(pts.len())?;
-                self.total_samples += pts.len() as u64;
+            if !pts.is_empty() || !hpts.is_empty() {
+                self.add_samples(pts.len() + hpts.len())?;
+                self.total_samples += (pts.len() + hpts.len()) as u64;
                 let labels = match Arc::get_mut(&mut raws) {
                     Some(rs) if owned => std::mem::take(&mut rs[i].labels),
                     _ => raws[i].labels.clone(),
                 };
-                out.push(Series { labels, pts });
+                out.push(Series { labels, pts, hpts });
             }
         }
         if !owned {
@@ -519,10 +561,15 @@ impl Evaluator {
             for i in 0..n {
                 let ts = ctx.ts(i);
                 let rt = at.unwrap_or(ts) - offset;
-                if let Some(p) = lookup(&r.samples, rt, self.lookback) {
+                let found = match lookup_mixed(&r.samples, &r.hsamples, rt, self.lookback) {
+                    Some(Found::F(p)) => Some(p.t),
+                    Some(Found::H(h)) => Some(h.t),
+                    None => None,
+                };
+                if let Some(t) = found {
                     pts.push(Sample {
                         t: ts,
-                        v: p.t as f64 / 1000.0,
+                        v: t as f64 / 1000.0,
                     });
                 }
             }
@@ -532,6 +579,7 @@ impl Evaluator {
                 out.push(Series {
                     labels: drop_metric_name(&r.labels),
                     pts,
+                    hpts: Vec::new(),
                 });
             }
         }
@@ -563,6 +611,12 @@ impl Evaluator {
                         } else {
                             r.samples.clone()
                         },
+                        hpts: r
+                            .hsamples
+                            .iter()
+                            .filter(|h| !h.h.is_stale())
+                            .cloned()
+                            .collect(),
                     })
                     .collect();
                 Ok(RangeSource {
@@ -731,13 +785,38 @@ impl Evaluator {
                     pts.push(Sample { t: p.t, v });
                 }
             }
-            if !pts.is_empty() {
+            let mut hpts = Vec::new();
+            for p in &s.hpts {
+                let i = ((p.t - ctx.start) / ctx.step) as usize;
+                let sv = crate::binop::Pv::F(sc.get(i).copied().unwrap_or(f64::NAN));
+                let hv = crate::binop::Pv::H(p.h.clone());
+                let (l, r) = if swap { (&sv, &hv) } else { (&hv, &sv) };
+                let Some((mut v, keep)) = crate::binop::elem_binop_pv(self, op, l, r) else {
+                    continue;
+                };
+                if comparison && swap {
+                    v = hv.clone();
+                }
+                if return_bool {
+                    v = crate::binop::Pv::F(if keep { 1.0 } else { 0.0 });
+                } else if !keep {
+                    continue;
+                }
+                match v {
+                    crate::binop::Pv::F(v) => pts.push(Sample { t: p.t, v }),
+                    crate::binop::Pv::H(h) => hpts.push(HPoint { t: p.t, h }),
+                }
+            }
+            if !hpts.is_empty() && !pts.is_empty() {
+                pts.sort_by_key(|p| p.t);
+            }
+            if !pts.is_empty() || !hpts.is_empty() {
                 let labels = if drop {
                     drop_metric_name(&s.labels)
                 } else {
                     s.labels
                 };
-                out.push(Series { labels, pts });
+                out.push(Series { labels, pts, hpts });
             }
         }
         if drop {
@@ -762,6 +841,44 @@ pub(crate) fn window(s: &[Sample], mint: i64, maxt: i64) -> (usize, usize) {
     let lo = s.partition_point(|p| p.t <= mint);
     let hi = s.partition_point(|p| p.t <= maxt);
     (lo, hi.max(lo))
+}
+
+/// Indices `[lo, hi)` of the histogram points with `mint < t <= maxt`.
+pub(crate) fn hwindow(s: &[HPoint], mint: i64, maxt: i64) -> (usize, usize) {
+    let lo = s.partition_point(|p| p.t <= mint);
+    let hi = s.partition_point(|p| p.t <= maxt);
+    (lo, hi.max(lo))
+}
+
+/// What a lookup in a series of floats and histograms found.
+pub(crate) enum Found<'a> {
+    F(Sample),
+    H(&'a HPoint),
+}
+
+/// The latest sample of either kind at or before `rt` within the lookback delta, unless
+/// it is a stale marker.
+pub(crate) fn lookup_mixed<'a>(
+    f: &[Sample],
+    h: &'a [HPoint],
+    rt: i64,
+    lookback: i64,
+) -> Option<Found<'a>> {
+    let i = f.partition_point(|p| p.t <= rt);
+    let j = h.partition_point(|p| p.t <= rt);
+    let fp = i.checked_sub(1).and_then(|i| f.get(i));
+    let hp = j.checked_sub(1).and_then(|j| h.get(j));
+    let found = match (fp, hp) {
+        (Some(a), Some(b)) if b.t > a.t => Found::H(b),
+        (Some(a), _) => Found::F(*a),
+        (None, Some(b)) => Found::H(b),
+        (None, None) => return None,
+    };
+    match found {
+        Found::F(p) if p.t <= rt - lookback || storeapi::is_stale_nan(p.v) => None,
+        Found::H(p) if p.t <= rt - lookback || p.h.is_stale() => None,
+        x => Some(x),
+    }
 }
 
 /// The latest non-stale sample at or before `rt` within the lookback delta.

@@ -5,6 +5,7 @@ use crate::eval::{
     Ctx, Evaluator, Series, Val, check_unique, drop_metric_name, merge_same_labels, unwrap_parens,
     window,
 };
+use crate::value::HPoint;
 use promql_parser::parser::{Call, Expr};
 use storeapi::{Labels, Sample};
 
@@ -158,6 +159,7 @@ pub(crate) fn eval_call(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Val, Q
             Ok(Val::Vector(vec![Series {
                 labels: Labels::empty(),
                 pts,
+                hpts: Vec::new(),
             }]))
         }
         "scalar" => {
@@ -198,6 +200,7 @@ pub(crate) fn eval_call(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Val, Q
                             v: p.t as f64 / 1000.0,
                         })
                         .collect(),
+                    hpts: Vec::new(),
                 })
                 .collect();
             merge_same_labels(out).map(Val::Vector)
@@ -227,6 +230,7 @@ pub(crate) fn eval_call(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Val, Q
             Ok(Val::Vector(vec![Series {
                 labels: absent_labels(a),
                 pts,
+                hpts: Vec::new(),
             }]))
         }
         "label_replace" => {
@@ -293,6 +297,11 @@ pub(crate) fn eval_call(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Val, Q
         }
         "sort" | "sort_desc" => {
             let mut vec = ev.eval_vector(arg(c, 0)?, ctx)?;
+            // Histogram samples are dropped (Prometheus's `filterFloats`).
+            vec.retain_mut(|s| {
+                s.hpts.clear();
+                !s.pts.is_empty()
+            });
             if ctx.n() == 1 {
                 let desc = name == "sort_desc";
                 vec.sort_by(|a, b| {
@@ -385,6 +394,7 @@ pub(crate) fn eval_call(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Val, Q
                 return Ok(Val::Vector(vec![Series {
                     labels: Labels::empty(),
                     pts,
+                    hpts: Vec::new(),
                 }]));
             }
             let vec = ev.eval_vector(arg(c, 0)?, ctx)?;
@@ -402,6 +412,25 @@ pub(crate) fn eval_call(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Val, Q
             if let Some(f) = simple_fn(name) {
                 let vec = ev.eval_vector(arg(c, 0)?, ctx)?;
                 return map_vector(vec, ctx, |_, v| Some(f(v)));
+            }
+            if matches!(
+                name,
+                "histogram_count"
+                    | "histogram_sum"
+                    | "histogram_avg"
+                    | "histogram_stddev"
+                    | "histogram_stdvar"
+            ) {
+                let vec = ev.eval_vector(arg(c, 0)?, ctx)?;
+                return Ok(Val::Vector(crate::native::simple_histogram_fn(name, vec)));
+            }
+            if name == "histogram_fraction" {
+                let lower = ev.eval_scalar(arg(c, 0)?, ctx)?;
+                let upper = ev.eval_scalar(arg(c, 1)?, ctx)?;
+                let vec = ev.eval_vector(arg(c, 2)?, ctx)?;
+                let out = crate::native::eval_histogram_fraction(ev, &lower, &upper, &vec, ctx);
+                check_unique(&out)?;
+                return Ok(Val::Vector(out));
             }
             if name.starts_with("histogram_") || name == "info" {
                 return Err(QueryError::Execution(format!(
@@ -435,6 +464,7 @@ fn map_vector(
             out.push(Series {
                 labels: drop_metric_name(&s.labels),
                 pts,
+                hpts: Vec::new(),
             });
         }
     }
@@ -599,32 +629,32 @@ fn date_fn(name: &str) -> fn(i64) -> f64 {
 
 // ------------------------------------------------------------------ range functions
 
-const RF_RATE: u8 = 0;
-const RF_INCREASE: u8 = 1;
-const RF_DELTA: u8 = 2;
-const RF_IRATE: u8 = 3;
-const RF_IDELTA: u8 = 4;
-const RF_DERIV: u8 = 5;
-const RF_PREDICT_LINEAR: u8 = 6;
-const RF_CHANGES: u8 = 7;
-const RF_RESETS: u8 = 8;
-const RF_AVG_OVER_TIME: u8 = 9;
-const RF_SUM_OVER_TIME: u8 = 10;
-const RF_MIN_OVER_TIME: u8 = 11;
-const RF_MAX_OVER_TIME: u8 = 12;
-const RF_TS_OF_MIN_OVER_TIME: u8 = 13;
-const RF_TS_OF_MAX_OVER_TIME: u8 = 14;
-const RF_COUNT_OVER_TIME: u8 = 15;
-const RF_LAST_OVER_TIME: u8 = 16;
-const RF_TS_OF_LAST_OVER_TIME: u8 = 17;
-const RF_PRESENT_OVER_TIME: u8 = 18;
-const RF_ABSENT_OVER_TIME: u8 = 19;
-const RF_QUANTILE_OVER_TIME: u8 = 20;
-const RF_MAD_OVER_TIME: u8 = 21;
-const RF_STDDEV_OVER_TIME: u8 = 22;
-const RF_STDVAR_OVER_TIME: u8 = 23;
-const RF_DOUBLE_EXPONENTIAL_SMOOTHING: u8 = 24;
-const RF_HOLT_WINTERS: u8 = 25;
+pub(crate) const RF_RATE: u8 = 0;
+pub(crate) const RF_INCREASE: u8 = 1;
+pub(crate) const RF_DELTA: u8 = 2;
+pub(crate) const RF_IRATE: u8 = 3;
+pub(crate) const RF_IDELTA: u8 = 4;
+pub(crate) const RF_DERIV: u8 = 5;
+pub(crate) const RF_PREDICT_LINEAR: u8 = 6;
+pub(crate) const RF_CHANGES: u8 = 7;
+pub(crate) const RF_RESETS: u8 = 8;
+pub(crate) const RF_AVG_OVER_TIME: u8 = 9;
+pub(crate) const RF_SUM_OVER_TIME: u8 = 10;
+pub(crate) const RF_MIN_OVER_TIME: u8 = 11;
+pub(crate) const RF_MAX_OVER_TIME: u8 = 12;
+pub(crate) const RF_TS_OF_MIN_OVER_TIME: u8 = 13;
+pub(crate) const RF_TS_OF_MAX_OVER_TIME: u8 = 14;
+pub(crate) const RF_COUNT_OVER_TIME: u8 = 15;
+pub(crate) const RF_LAST_OVER_TIME: u8 = 16;
+pub(crate) const RF_TS_OF_LAST_OVER_TIME: u8 = 17;
+pub(crate) const RF_PRESENT_OVER_TIME: u8 = 18;
+pub(crate) const RF_ABSENT_OVER_TIME: u8 = 19;
+pub(crate) const RF_QUANTILE_OVER_TIME: u8 = 20;
+pub(crate) const RF_MAD_OVER_TIME: u8 = 21;
+pub(crate) const RF_STDDEV_OVER_TIME: u8 = 22;
+pub(crate) const RF_STDVAR_OVER_TIME: u8 = 23;
+pub(crate) const RF_DOUBLE_EXPONENTIAL_SMOOTHING: u8 = 24;
+pub(crate) const RF_HOLT_WINTERS: u8 = 25;
 
 fn range_fn_code(name: &str) -> u8 {
     match name {
@@ -699,6 +729,44 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
     let mut scratch: Vec<f64> = Vec::new();
     for s in src.series {
         ev.check_done()?;
+        if !s.hpts.is_empty() {
+            let (res, hres) = histogram_range_series(
+                ev,
+                code,
+                &s,
+                ctx,
+                (range, offset, at),
+                counted,
+                &params,
+                &mut scratch,
+            )?;
+            if !res.is_empty() || !hres.is_empty() {
+                if (name == "rate" || name == "increase")
+                    && !res.is_empty()
+                    && any_non_counter.is_none()
+                    && let Some(mn) = s.labels.metric_name()
+                    && !mn.is_empty()
+                    && !mn.ends_with("_total")
+                    && !mn.ends_with("_sum")
+                    && !mn.ends_with("_count")
+                    && !mn.ends_with("_bucket")
+                {
+                    any_non_counter = Some(mn.to_string());
+                }
+                ev.add_samples(res.len() + hres.len())?;
+                let labels = if drop_name {
+                    drop_metric_name(&s.labels)
+                } else {
+                    s.labels
+                };
+                out.push(Series {
+                    labels,
+                    pts: res,
+                    hpts: hres,
+                });
+            }
+            continue;
+        }
         let pts = &s.pts;
         let mut res: Vec<Sample> = Vec::new();
         let (mut lo, mut hi) = (0usize, 0usize);
@@ -731,132 +799,7 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
             }
             ev.total_samples += w.len() as u64;
             ev.peak_samples = ev.peak_samples.max(ev.cur_samples + w.len());
-            let eff_ts = ts;
-            let v = match code {
-                RF_RATE => extrapolated_rate(w, rt - range, rt, range, true, true),
-                RF_INCREASE => extrapolated_rate(w, rt - range, rt, range, true, false),
-                RF_DELTA => extrapolated_rate(w, rt - range, rt, range, false, false),
-                RF_IRATE => instant_value(w, true),
-                RF_IDELTA => instant_value(w, false),
-                RF_DERIV => {
-                    if w.len() < 2 {
-                        None
-                    } else {
-                        Some(linear_regression(w, w[0].t).0)
-                    }
-                }
-                RF_PREDICT_LINEAR => {
-                    if w.len() < 2 {
-                        None
-                    } else {
-                        let (slope, icpt) = linear_regression(w, eff_ts);
-                        Some(slope * params[0][i] + icpt)
-                    }
-                }
-                RF_CHANGES => {
-                    let mut c = 0;
-                    for x in w.windows(2) {
-                        if x[1].v != x[0].v && !(x[1].v.is_nan() && x[0].v.is_nan()) {
-                            c += 1;
-                        }
-                    }
-                    Some(c as f64)
-                }
-                RF_RESETS => {
-                    let mut c = 0;
-                    for x in w.windows(2) {
-                        if x[1].v < x[0].v {
-                            c += 1;
-                        }
-                    }
-                    Some(c as f64)
-                }
-                RF_AVG_OVER_TIME => Some(avg_over_time(w)),
-                RF_SUM_OVER_TIME => {
-                    let (mut sum, mut c) = (0.0, 0.0);
-                    for p in w {
-                        (sum, c) = kahan_inc(p.v, sum, c);
-                    }
-                    Some(if sum.is_infinite() { sum } else { sum + c })
-                }
-                RF_MIN_OVER_TIME
-                | RF_MAX_OVER_TIME
-                | RF_TS_OF_MIN_OVER_TIME
-                | RF_TS_OF_MAX_OVER_TIME => {
-                    let is_max = code == RF_MAX_OVER_TIME || code == RF_TS_OF_MAX_OVER_TIME;
-                    let ts_of = code == RF_TS_OF_MIN_OVER_TIME || code == RF_TS_OF_MAX_OVER_TIME;
-                    let mut best = w[0].v;
-                    let mut best_t = w[0].t;
-                    for p in w {
-                        let better = if is_max {
-                            if ts_of {
-                                p.v >= best || best.is_nan()
-                            } else {
-                                p.v > best || best.is_nan()
-                            }
-                        } else if ts_of {
-                            p.v <= best || best.is_nan()
-                        } else {
-                            p.v < best || best.is_nan()
-                        };
-                        if better {
-                            best = p.v;
-                            best_t = p.t;
-                        }
-                    }
-                    Some(if ts_of { best_t as f64 / 1000.0 } else { best })
-                }
-                RF_COUNT_OVER_TIME if counted => Some(w.iter().map(|p| p.v).sum()),
-                RF_COUNT_OVER_TIME => Some(w.len() as f64),
-                RF_LAST_OVER_TIME => Some(w[w.len() - 1].v),
-                RF_TS_OF_LAST_OVER_TIME => Some(w[w.len() - 1].t as f64 / 1000.0),
-                RF_PRESENT_OVER_TIME | RF_ABSENT_OVER_TIME => Some(1.0),
-                RF_QUANTILE_OVER_TIME => {
-                    scratch.clear();
-                    scratch.extend(w.iter().map(|p| p.v));
-                    Some(quantile(params[0][i], &mut scratch))
-                }
-                RF_MAD_OVER_TIME => {
-                    scratch.clear();
-                    scratch.extend(w.iter().map(|p| p.v));
-                    let med = quantile(0.5, &mut scratch);
-                    scratch.clear();
-                    scratch.extend(w.iter().map(|p| (p.v - med).abs()));
-                    Some(quantile(0.5, &mut scratch))
-                }
-                RF_STDDEV_OVER_TIME | RF_STDVAR_OVER_TIME => {
-                    let (mut count, mut mean, mut cmean, mut aux, mut caux) =
-                        (0.0, 0.0, 0.0, 0.0, 0.0);
-                    for p in w {
-                        count += 1.0;
-                        let delta = p.v - (mean + cmean);
-                        (mean, cmean) = kahan_inc(delta / count, mean, cmean);
-                        (aux, caux) = kahan_inc(delta * (p.v - (mean + cmean)), aux, caux);
-                    }
-                    let var = (aux + caux) / count;
-                    Some(if code == RF_STDDEV_OVER_TIME {
-                        var.sqrt()
-                    } else {
-                        var
-                    })
-                }
-                RF_DOUBLE_EXPONENTIAL_SMOOTHING | RF_HOLT_WINTERS => {
-                    let sf = params[0][i];
-                    let tf = params[1][i];
-                    if sf <= 0.0 || sf >= 1.0 {
-                        return Err(QueryError::Execution(format!(
-                            "invalid smoothing factor. Expected: 0 < sf < 1, got: {sf:.6}"
-                        )));
-                    }
-                    if tf <= 0.0 || tf >= 1.0 {
-                        return Err(QueryError::Execution(format!(
-                            "invalid trend factor. Expected: 0 < tf < 1, got: {tf:.6}"
-                        )));
-                    }
-                    double_exp_smoothing(w, sf, tf)
-                }
-                _ => None,
-            };
+            let v = float_range_value(code, w, rt, range, counted, &params, i, ts, &mut scratch)?;
             if let Some(v) = v {
                 res.push(Sample { t: ts, v });
             }
@@ -879,7 +822,11 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
             } else {
                 s.labels
             };
-            out.push(Series { labels, pts: res });
+            out.push(Series {
+                labels,
+                pts: res,
+                hpts: Vec::new(),
+            });
         }
     }
     if let Some(mn) = any_non_counter {
@@ -910,10 +857,201 @@ fn eval_range_fn(ev: &mut Evaluator, c: &Call, ctx: Ctx) -> Result<Vec<Series>, 
         return Ok(vec![Series {
             labels: absent_labels(marg),
             pts,
+            hpts: Vec::new(),
         }]);
     }
     check_unique(&out)?;
     Ok(out)
+}
+
+/// A range function over a series holding histograms: per step, the float and histogram
+/// samples in the window go to [`crate::native::range_step`].
+#[allow(clippy::too_many_arguments)]
+fn histogram_range_series(
+    ev: &mut Evaluator,
+    code: u8,
+    s: &Series,
+    ctx: Ctx,
+    (range, offset, at): (i64, i64, Option<i64>),
+    counted: bool,
+    params: &[Vec<f64>],
+    scratch: &mut Vec<f64>,
+) -> Result<(Vec<Sample>, Vec<HPoint>), QueryError> {
+    let metric = s.labels.metric_name().unwrap_or("").to_string();
+    let (mut res, mut hres) = (Vec::new(), Vec::new());
+    for i in 0..ctx.n() {
+        let ts = ctx.ts(i);
+        let rt = at.unwrap_or(ts) - offset;
+        let (lo, hi) = window(&s.pts, rt - range, rt);
+        let (hlo, hhi) = crate::eval::hwindow(&s.hpts, rt - range, rt);
+        let k = (hi - lo) + (hhi - hlo);
+        if k == 0 {
+            continue;
+        }
+        if ev.cur_samples + k > ev.max_samples {
+            return Err(crate::eval::too_many_samples());
+        }
+        ev.total_samples += k as u64;
+        ev.peak_samples = ev.peak_samples.max(ev.cur_samples + k);
+        match crate::native::range_step(
+            ev,
+            code,
+            &metric,
+            &s.pts[lo..hi],
+            &s.hpts[hlo..hhi],
+            rt,
+            range,
+            counted,
+            params,
+            i,
+            ts,
+            scratch,
+        )? {
+            Some(crate::native::Out::F(v)) => res.push(Sample { t: ts, v }),
+            Some(crate::native::Out::H(h)) => hres.push(crate::native::hpoint(ts, h)),
+            None => {}
+        }
+    }
+    Ok((res, hres))
+}
+
+/// The value of a float range function over one window `w` (non-empty) at step `i`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn float_range_value(
+    code: u8,
+    w: &[Sample],
+    rt: i64,
+    range: i64,
+    counted: bool,
+    params: &[Vec<f64>],
+    i: usize,
+    ts: i64,
+    scratch: &mut Vec<f64>,
+) -> Result<Option<f64>, QueryError> {
+    let eff_ts = ts;
+    let v = match code {
+        RF_RATE => extrapolated_rate(w, rt - range, rt, range, true, true),
+        RF_INCREASE => extrapolated_rate(w, rt - range, rt, range, true, false),
+        RF_DELTA => extrapolated_rate(w, rt - range, rt, range, false, false),
+        RF_IRATE => instant_value(w, true),
+        RF_IDELTA => instant_value(w, false),
+        RF_DERIV => {
+            if w.len() < 2 {
+                None
+            } else {
+                Some(linear_regression(w, w[0].t).0)
+            }
+        }
+        RF_PREDICT_LINEAR => {
+            if w.len() < 2 {
+                None
+            } else {
+                let (slope, icpt) = linear_regression(w, eff_ts);
+                Some(slope * params[0][i] + icpt)
+            }
+        }
+        RF_CHANGES => {
+            let mut c = 0;
+            for x in w.windows(2) {
+                if x[1].v != x[0].v && !(x[1].v.is_nan() && x[0].v.is_nan()) {
+                    c += 1;
+                }
+            }
+            Some(c as f64)
+        }
+        RF_RESETS => {
+            let mut c = 0;
+            for x in w.windows(2) {
+                if x[1].v < x[0].v {
+                    c += 1;
+                }
+            }
+            Some(c as f64)
+        }
+        RF_AVG_OVER_TIME => Some(avg_over_time(w)),
+        RF_SUM_OVER_TIME => {
+            let (mut sum, mut c) = (0.0, 0.0);
+            for p in w {
+                (sum, c) = kahan_inc(p.v, sum, c);
+            }
+            Some(if sum.is_infinite() { sum } else { sum + c })
+        }
+        RF_MIN_OVER_TIME | RF_MAX_OVER_TIME | RF_TS_OF_MIN_OVER_TIME | RF_TS_OF_MAX_OVER_TIME => {
+            let is_max = code == RF_MAX_OVER_TIME || code == RF_TS_OF_MAX_OVER_TIME;
+            let ts_of = code == RF_TS_OF_MIN_OVER_TIME || code == RF_TS_OF_MAX_OVER_TIME;
+            let mut best = w[0].v;
+            let mut best_t = w[0].t;
+            for p in w {
+                let better = if is_max {
+                    if ts_of {
+                        p.v >= best || best.is_nan()
+                    } else {
+                        p.v > best || best.is_nan()
+                    }
+                } else if ts_of {
+                    p.v <= best || best.is_nan()
+                } else {
+                    p.v < best || best.is_nan()
+                };
+                if better {
+                    best = p.v;
+                    best_t = p.t;
+                }
+            }
+            Some(if ts_of { best_t as f64 / 1000.0 } else { best })
+        }
+        RF_COUNT_OVER_TIME if counted => Some(w.iter().map(|p| p.v).sum()),
+        RF_COUNT_OVER_TIME => Some(w.len() as f64),
+        RF_LAST_OVER_TIME => Some(w[w.len() - 1].v),
+        RF_TS_OF_LAST_OVER_TIME => Some(w[w.len() - 1].t as f64 / 1000.0),
+        RF_PRESENT_OVER_TIME | RF_ABSENT_OVER_TIME => Some(1.0),
+        RF_QUANTILE_OVER_TIME => {
+            scratch.clear();
+            scratch.extend(w.iter().map(|p| p.v));
+            Some(quantile(params[0][i], scratch))
+        }
+        RF_MAD_OVER_TIME => {
+            scratch.clear();
+            scratch.extend(w.iter().map(|p| p.v));
+            let med = quantile(0.5, scratch);
+            scratch.clear();
+            scratch.extend(w.iter().map(|p| (p.v - med).abs()));
+            Some(quantile(0.5, scratch))
+        }
+        RF_STDDEV_OVER_TIME | RF_STDVAR_OVER_TIME => {
+            let (mut count, mut mean, mut cmean, mut aux, mut caux) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            for p in w {
+                count += 1.0;
+                let delta = p.v - (mean + cmean);
+                (mean, cmean) = kahan_inc(delta / count, mean, cmean);
+                (aux, caux) = kahan_inc(delta * (p.v - (mean + cmean)), aux, caux);
+            }
+            let var = (aux + caux) / count;
+            Some(if code == RF_STDDEV_OVER_TIME {
+                var.sqrt()
+            } else {
+                var
+            })
+        }
+        RF_DOUBLE_EXPONENTIAL_SMOOTHING | RF_HOLT_WINTERS => {
+            let sf = params[0][i];
+            let tf = params[1][i];
+            if sf <= 0.0 || sf >= 1.0 {
+                return Err(QueryError::Execution(format!(
+                    "invalid smoothing factor. Expected: 0 < sf < 1, got: {sf:.6}"
+                )));
+            }
+            if tf <= 0.0 || tf >= 1.0 {
+                return Err(QueryError::Execution(format!(
+                    "invalid trend factor. Expected: 0 < tf < 1, got: {tf:.6}"
+                )));
+            }
+            double_exp_smoothing(w, sf, tf)
+        }
+        _ => None,
+    };
+    Ok(v)
 }
 
 fn avg_over_time(w: &[Sample]) -> f64 {

@@ -135,6 +135,11 @@ pub(crate) fn histogram_quantile(
     let mut groups: Vec<Labels> = Vec::new();
     let mut member: Vec<Option<(usize, f64)>> = Vec::with_capacity(vec.len());
     for s in &vec {
+        if s.pts.is_empty() {
+            // Native histograms only: no `le` needed.
+            member.push(None);
+            continue;
+        }
         let le = s.labels.get("le").unwrap_or("");
         match parse_le(le) {
             None => {
@@ -174,6 +179,14 @@ pub(crate) fn histogram_quantile(
     let out_idx: Vec<usize> = groups.iter().map(|g| col.index(g.clone())).collect();
     let mut buckets: Vec<Vec<(f64, f64)>> = vec![Vec::new(); groups.len()];
     let mut forced_names: Vec<String> = Vec::new();
+    // Native histogram series: position in `vec`, output index, cursor into `hpts`.
+    let mut natives: Vec<(usize, usize, usize)> = vec
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.hpts.is_empty())
+        .map(|(i, s)| (i, col.index(drop_metric_name(&s.labels)), 0))
+        .collect();
+    let mut nan_infos: Vec<(String, bool)> = Vec::new();
     for i in 0..n {
         let ts = ctx.ts(i);
         for b in buckets.iter_mut() {
@@ -186,6 +199,34 @@ pub(crate) fn histogram_quantile(
             if let Some((g, ub)) = m {
                 buckets[*g].push((*ub, v));
             }
+        }
+        let qv = q.get(i).copied().unwrap_or(f64::NAN);
+        for (si, oi, cur) in natives.iter_mut() {
+            let s = &vec[*si];
+            while *cur < s.hpts.len() && s.hpts[*cur].t < ts {
+                *cur += 1;
+            }
+            let Some(p) = s.hpts.get(*cur).filter(|p| p.t == ts) else {
+                continue;
+            };
+            let name = s.labels.metric_name().unwrap_or("");
+            // Classic buckets with the same name and labels at this step: neither counts.
+            if let Some(g) = group_of.get(&s.labels)
+                && !buckets[*g].is_empty()
+            {
+                buckets[*g].clear();
+                ev.warn(format!(
+                    "PromQL warning: vector contains a mix of classic and native histograms for metric name {name:?}"
+                ));
+                continue;
+            }
+            let (v, info) = crate::native::histogram_quantile(qv, &p.h);
+            if let Some(nan_result) = info
+                && !nan_infos.iter().any(|x| x.0 == name && x.1 == nan_result)
+            {
+                nan_infos.push((name.to_string(), nan_result));
+            }
+            col.push(*oi, ts, v)?;
         }
         for (g, b) in buckets.iter_mut().enumerate() {
             if b.is_empty() {
@@ -205,6 +246,17 @@ pub(crate) fn histogram_quantile(
             }
             col.push(out_idx[g], ts, v)?;
         }
+    }
+    for (name, nan_result) in nan_infos {
+        ev.info(if nan_result {
+            format!(
+                "PromQL info: input to histogram_quantile has NaN observations, result is NaN for metric name {name:?}"
+            )
+        } else {
+            format!(
+                "PromQL info: input to histogram_quantile has NaN observations, result is skewed higher for metric name {name:?}"
+            )
+        });
     }
     for name in forced_names {
         ev.info(format!(

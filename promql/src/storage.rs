@@ -1,6 +1,7 @@
 //! The storage trait the engine reads series through.
 
 use std::future::Future;
+use storeapi::histogram::HistogramSample;
 use storeapi::{Labels, Matcher, Sample};
 
 /// What the engine knows about a selection, so a store can prune and push down.
@@ -20,12 +21,25 @@ pub struct SelectHints {
     pub grouping: Vec<String>,
 }
 
-/// One series as the store returns it: labels and its float samples in time order,
-/// restricted to `[hints.start, hints.end]` (a store may return a little more).
+/// One series as the store returns it: labels, its float samples and its native-histogram
+/// samples, each in time order, restricted to `[hints.start, hints.end]` (a store may
+/// return a little more). A timestamp has at most one sample across both lists.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageSeries {
     pub labels: Labels,
     pub samples: Vec<Sample>,
+    pub histograms: Vec<HistogramSample>,
+}
+
+impl StorageSeries {
+    /// A series of floats only.
+    pub fn floats(labels: Labels, samples: Vec<Sample>) -> Self {
+        StorageSeries {
+            labels,
+            samples,
+            histograms: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -76,20 +90,47 @@ impl MemStorage {
         let idx = match self.series.binary_search_by(|s| s.labels.cmp(&labels)) {
             Ok(i) => i,
             Err(i) => {
-                self.series.insert(
-                    i,
-                    StorageSeries {
-                        labels,
-                        samples: Vec::new(),
-                    },
-                );
+                self.series
+                    .insert(i, StorageSeries::floats(labels, Vec::new()));
                 i
             }
         };
-        let s = &mut self.series[idx].samples;
+        let series = &mut self.series[idx];
+        let s = &mut series.samples;
         s.extend(samples);
         s.sort_by_key(|x| x.t);
         s.dedup_by_key(|x| x.t);
+        if !series.histograms.is_empty() {
+            let floats = &series.samples;
+            series
+                .histograms
+                .retain(|h| floats.binary_search_by_key(&h.t, |x| x.t).is_err());
+        }
+    }
+
+    /// Adds histogram samples to the series with `labels` (created if new), keeping time
+    /// order; a histogram replaces a float at the same timestamp and vice versa the
+    /// later call wins, as one timestamp holds one sample.
+    pub fn add_histograms(
+        &mut self,
+        labels: Labels,
+        samples: impl IntoIterator<Item = HistogramSample>,
+    ) {
+        let idx = match self.series.binary_search_by(|s| s.labels.cmp(&labels)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.series
+                    .insert(i, StorageSeries::floats(labels, Vec::new()));
+                i
+            }
+        };
+        let s = &mut self.series[idx];
+        for h in samples {
+            s.samples.retain(|x| x.t != h.t);
+            s.histograms.retain(|x| x.t != h.t);
+            s.histograms.push(h);
+        }
+        s.histograms.sort_by_key(|x| x.t);
     }
 
     /// Removes every series.
@@ -119,9 +160,16 @@ impl Storage for MemStorage {
                     .filter(|x| x.t >= hints.start && x.t <= hints.end)
                     .copied()
                     .collect();
-                (!samples.is_empty()).then(|| StorageSeries {
+                let histograms: Vec<HistogramSample> = s
+                    .histograms
+                    .iter()
+                    .filter(|x| x.t >= hints.start && x.t <= hints.end)
+                    .cloned()
+                    .collect();
+                (!samples.is_empty() || !histograms.is_empty()).then(|| StorageSeries {
                     labels: s.labels.clone(),
                     samples,
+                    histograms,
                 })
             })
             .collect();

@@ -1,6 +1,25 @@
 //! Query results.
 
+use std::sync::Arc;
+use storeapi::histogram::FloatHistogram;
 use storeapi::{Labels, Sample};
+
+/// A native-histogram point: milliseconds since the epoch and the histogram PromQL
+/// computes on (shared: selectors, windows and results pass the same one around).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HPoint {
+    pub t: i64,
+    pub h: Arc<FloatHistogram>,
+}
+
+/// A result series that holds native histograms: float and histogram points, each list
+/// in time order (Prometheus's `Series{Floats, Histograms}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistSeries {
+    pub labels: Labels,
+    pub floats: Vec<Sample>,
+    pub histograms: Vec<HPoint>,
+}
 
 /// The value of an expression, as the HTTP API reports it (`resultType`).
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +33,12 @@ pub enum Value {
     Vector(Vec<(Labels, Sample)>),
     /// Samples per series over a range (range queries, range selectors).
     Matrix(Vec<(Labels, Vec<Sample>)>),
+    /// An instant vector with at least one histogram element; each series holds exactly
+    /// one point (a float or a histogram). Float-only vectors stay [`Value::Vector`], so
+    /// readers of floats see no change.
+    HistVector(Vec<HistSeries>),
+    /// A matrix with at least one histogram point.
+    HistMatrix(Vec<HistSeries>),
 }
 
 /// A finished query: its value and any warnings (e.g. partial responses from stores).

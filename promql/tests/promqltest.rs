@@ -5,7 +5,8 @@
 //! Prints `promqltest: N passed, M failed, K skipped`. The test fails when an eval fails
 //! that is not listed in [`KNOWN_GAPS`], and when a listed eval no longer fails (so the
 //! list only ever names real, current gaps). Skips happen only by the rules in
-//! [`skip_reason`]: native histograms and features that Prometheus 3.5 marks experimental.
+//! [`skip_reason`] (features that Prometheus 3.5 marks experimental) and for failing
+//! native-histogram cases ([`histogram_case`]), each with the failure as its reason.
 //!
 //! `PROMQLTEST_VERBOSE=1` prints every failure (known gaps included) and every skip;
 //! `PROMQLTEST_FILTER=<substring>` runs only files whose name contains it.
@@ -15,8 +16,11 @@ mod compare;
 #[path = "promqltest/script.rs"]
 mod script;
 
-use compare::{check_annotations, compare_matrix, compare_vector, pattern_matches, to_labels};
-use promql::{Engine, EngineOptions, MemStorage, Value};
+use compare::{
+    check_annotations, compare_hist_matrix, compare_hist_vector, compare_matrix, compare_vector,
+    pattern_matches, to_labels,
+};
+use promql::{Engine, EngineOptions, HistSeries, MemStorage, Value};
 use promql_parser::parser::{self as pp, Expr};
 use script::{Command, EvalKind, Expected, Item, Load};
 use std::collections::BTreeMap;
@@ -230,15 +234,35 @@ fn skip_reason(file: &str, ev: &script::Eval) -> Option<String> {
     if let Some(f) = calls_function(&ev.expr, EXPERIMENTAL_FUNCTIONS) {
         return Some(format!("experimental function {f}"));
     }
+    None
+}
+
+/// Whether an eval is about native histograms: it expects histograms, calls a function
+/// only native histograms have, or selects series loaded with histogram samples. Such an
+/// eval that fails is reported as a skip naming the failure (the engine's native-histogram
+/// support is partial); every other failure fails the test.
+fn histogram_case(ev: &script::Eval, hist_series: &[Labels]) -> bool {
     if let Expected::Series(s) = &ev.expected
         && s.iter().any(|s| s.has_histogram())
     {
-        return Some("native histogram in expected output".into());
+        return true;
     }
-    if let Some(f) = calls_function(&ev.expr, NATIVE_HISTOGRAM_FUNCTIONS) {
-        return Some(format!("native histogram function {f}"));
+    calls_function(&ev.expr, NATIVE_HISTOGRAM_FUNCTIONS).is_some()
+        || touches_histograms(ev, hist_series)
+}
+
+/// A vector or matrix value as histogram-capable series.
+fn as_hist(v: &Value) -> Option<Vec<HistSeries>> {
+    match v {
+        Value::Vector(v) => Some(compare::vector_as_hist(v)),
+        Value::Matrix(m) => Some(compare::matrix_as_hist(m)),
+        Value::HistVector(v) | Value::HistMatrix(v) => Some(v.clone()),
+        _ => None,
     }
-    None
+}
+
+fn expects_histograms(e: &Expected) -> bool {
+    matches!(e, Expected::Series(s) if s.iter().any(|s| s.has_histogram()))
 }
 
 /// Whether the eval selects series that were loaded with native histogram samples (which
@@ -301,6 +325,7 @@ impl Runner {
         for s in &l.series {
             let labels = to_labels(&s.labels).map_err(|e| format!("line {}: {e}", s.line))?;
             let mut samples = Vec::new();
+            let mut hists = Vec::new();
             for (i, it) in s.items.iter().enumerate() {
                 let t = i as i64 * l.interval_ms;
                 match it {
@@ -310,8 +335,14 @@ impl Runner {
                         t,
                         v: f64::from_bits(STALE_NAN_BITS),
                     }),
-                    Item::Histogram(_) => {}
+                    Item::Histogram(h) => hists.push(storeapi::histogram::HistogramSample {
+                        t,
+                        h: storeapi::histogram::HistogramValue::Float(h.clone()),
+                    }),
                 }
+            }
+            if !hists.is_empty() {
+                self.storage.add_histograms(labels.clone(), hists);
             }
             if s.has_histogram() && !self.hist_series.contains(&labels) {
                 self.hist_series.push(labels.clone());
@@ -399,12 +430,27 @@ impl Runner {
                     return Err(format!("expected string {e:?}, got {v:?}"));
                 }
             }
-            (Expected::Series(s), Value::Vector(v)) if ev.range_vector.is_none() => {
+            (Expected::Series(s), Value::Vector(v))
+                if ev.range_vector.is_none() && !expects_histograms(&ev.expected) =>
+            {
                 compare_vector(v, s, ev.ordered)?
             }
-            (Expected::Series(s), Value::Matrix(m)) if ev.range_vector.is_some() => {
+            (Expected::Series(s), v @ (Value::Vector(_) | Value::HistVector(_)))
+                if ev.range_vector.is_none() =>
+            {
+                compare_hist_vector(&as_hist(v).unwrap_or_default(), s, ev.ordered)?
+            }
+            (Expected::Series(s), Value::Matrix(m))
+                if ev.range_vector.is_some() && !expects_histograms(&ev.expected) =>
+            {
                 let (start, end, step) = ev.range_vector.unwrap_or_default();
                 compare_matrix(m, s, start, step, end)?
+            }
+            (Expected::Series(s), v @ (Value::Matrix(_) | Value::HistMatrix(_)))
+                if ev.range_vector.is_some() =>
+            {
+                let (start, end, step) = ev.range_vector.unwrap_or_default();
+                compare_hist_matrix(&as_hist(v).unwrap_or_default(), s, start, step, end)?
             }
             (e, v) => {
                 return Err(format!(
@@ -440,6 +486,25 @@ impl Runner {
                 // Upstream only requires the range query to succeed for ordered evals.
                 return Ok(());
             }
+            if let Value::HistMatrix(m) = &r.value {
+                let at_t: Vec<HistSeries> = m
+                    .iter()
+                    .filter_map(|s| {
+                        let f = s.floats.iter().find(|p| p.t == at).copied();
+                        let h = s.histograms.iter().find(|p| p.t == at).cloned();
+                        (f.is_some() || h.is_some()).then(|| HistSeries {
+                            labels: s.labels.clone(),
+                            floats: f.into_iter().collect(),
+                            histograms: h.into_iter().collect(),
+                        })
+                    })
+                    .collect();
+                return match &ev.expected {
+                    Expected::Series(s) => compare_hist_vector(&at_t, s, false)
+                        .map_err(|e| format!("range-mode cross-check: {e}")),
+                    _ => Err("range-mode cross-check: histograms for a scalar".into()),
+                };
+            }
             let Value::Matrix(m) = &r.value else {
                 return Err(format!(
                     "range-mode cross-check: range query returned {}",
@@ -458,6 +523,10 @@ impl Runner {
                             "range-mode cross-check: expected scalar {e} at T, got {got:?}"
                         ));
                     }
+                }
+                Expected::Series(s) if expects_histograms(&ev.expected) => {
+                    compare_hist_vector(&compare::vector_as_hist(&at_t), s, false)
+                        .map_err(|e| format!("range-mode cross-check: {e}"))?
                 }
                 Expected::Series(s) => compare_vector(&at_t, s, false)
                     .map_err(|e| format!("range-mode cross-check: {e}"))?,
@@ -481,7 +550,12 @@ impl Runner {
         }
         Self::check_annotations(ev, &r)?;
         match (&ev.expected, &r.value) {
-            (Expected::Series(s), Value::Matrix(m)) => compare_matrix(m, s, start, step, end),
+            (Expected::Series(s), Value::Matrix(m)) if !expects_histograms(&ev.expected) => {
+                compare_matrix(m, s, start, step, end)
+            }
+            (Expected::Series(s), v @ (Value::Matrix(_) | Value::HistMatrix(_))) => {
+                compare_hist_matrix(&as_hist(v).unwrap_or_default(), s, start, step, end)
+            }
             (_, v) => Err(format!(
                 "range query: expected a matrix of series, got {}",
                 describe(v)
@@ -496,6 +570,8 @@ fn describe(v: &Value) -> String {
         Value::String { v, .. } => format!("string {v:?}"),
         Value::Vector(v) => format!("vector {}", compare::show_vector(v)),
         Value::Matrix(m) => format!("matrix {}", compare::show_matrix(m)),
+        Value::HistVector(v) => format!("vector {}", compare::show_hist_series(v)),
+        Value::HistMatrix(m) => format!("matrix {}", compare::show_hist_series(m)),
     }
 }
 
@@ -529,10 +605,8 @@ fn run_file(path: &Path) -> Result<Vec<EvalRecord>, String> {
                         // An eval over series that also hold native histograms counts when
                         // it passes with only their float samples; otherwise it is a
                         // native-histogram case and skipped.
-                        Err(e) if touches_histograms(ev, &runner.hist_series) => {
-                            Outcome::Skip(format!(
-                                "selects series with native histogram samples and fails without them — {e}"
-                            ))
+                        Err(e) if histogram_case(ev, &runner.hist_series) => {
+                            Outcome::Skip(format!("native histogram case fails — {e}"))
                         }
                         Err(e) => Outcome::Fail(e),
                     },

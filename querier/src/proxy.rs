@@ -475,10 +475,7 @@ pub fn merge_decoded(
         return parts
             .into_iter()
             .filter(|p| !p.samples.is_empty())
-            .map(|p| StorageSeries {
-                labels: p.labels,
-                samples: p.samples,
-            })
+            .map(|p| StorageSeries::floats(p.labels, p.samples))
             .collect();
     }
     let mut out = Vec::with_capacity(parts.len());
@@ -502,7 +499,7 @@ pub fn merge_decoded(
             dedup::chain_merge(replicas)
         };
         if !samples.is_empty() {
-            out.push(StorageSeries { labels, samples });
+            out.push(StorageSeries::floats(labels, samples));
         }
     }
     out

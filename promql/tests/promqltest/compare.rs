@@ -1,6 +1,8 @@
 //! Comparing engine results with a script's expectations, as the upstream runner does.
 
 use super::script::{AnnotationExpect, FailExpect, Item, LabelPairs, SeriesLine};
+use promql::{HPoint, HistSeries};
+use storeapi::histogram::{FloatHistogram, Span};
 use storeapi::{Label, Labels, STALE_NAN_BITS, Sample};
 
 /// Upstream's relative tolerance (`defaultEpsilon`).
@@ -212,7 +214,10 @@ pub fn compare_matrix(
                     v: f64::from_bits(STALE_NAN_BITS),
                 }),
                 Item::Histogram(_) => {
-                    return Err(format!("line {}: histogram expectation", s.line));
+                    return Err(format!(
+                        "line {}: histogram expectation against floats",
+                        s.line
+                    ));
                 }
             }
         }
@@ -283,6 +288,300 @@ pub fn show_matrix(m: &[(Labels, Vec<Sample>)]) -> String {
         parts.join(", "),
         if m.len() > 10 { ", …" } else { "" }
     )
+}
+
+/// Spans equal in the buckets they describe (zero-length spans folded), as upstream's
+/// `spansMatch`.
+fn spans_match(a: &[Span], b: &[Span]) -> bool {
+    fn norm(s: &[Span]) -> Vec<Span> {
+        let mut out: Vec<Span> = Vec::new();
+        let mut carry = 0;
+        for x in s {
+            if x.length == 0 {
+                carry += x.offset;
+                continue;
+            }
+            let off = x.offset + carry;
+            carry = 0;
+            match out.last_mut() {
+                Some(l) if off == 0 => l.length += x.length,
+                _ => out.push(Span {
+                    offset: off,
+                    length: x.length,
+                }),
+            }
+        }
+        out
+    }
+    norm(a) == norm(b)
+}
+
+/// Upstream's `compareNativeHistogram` after `Compact(0)` of both sides: schema, zero
+/// threshold, spans and custom bounds exactly, counts, sum and buckets within 1e-6.
+pub fn histograms_match(exp: &FloatHistogram, got: &FloatHistogram) -> bool {
+    let (mut e, mut g) = (exp.clone(), got.clone());
+    e.compact();
+    g.compact();
+    let buckets = |a: &[f64], b: &[f64]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| almost_equal(*x, *y))
+    };
+    e.schema == g.schema
+        && almost_equal(e.count, g.count)
+        && almost_equal(e.sum, g.sum)
+        && (!e.uses_custom_buckets()
+            || storeapi::histogram::floats_match(&e.custom_values, &g.custom_values))
+        && e.zero_threshold == g.zero_threshold
+        && almost_equal(e.zero_count, g.zero_count)
+        && spans_match(&e.negative_spans, &g.negative_spans)
+        && buckets(&e.negative_buckets, &g.negative_buckets)
+        && spans_match(&e.positive_spans, &g.positive_spans)
+        && buckets(&e.positive_buckets, &g.positive_buckets)
+}
+
+/// A short text form of a histogram for failure messages.
+pub fn show_histogram(h: &FloatHistogram) -> String {
+    let mut h = h.clone();
+    h.compact();
+    format!(
+        "{{{{schema:{} count:{} sum:{} z:{}@{} p:{:?}{:?} n:{:?}{:?}{}}}}}",
+        h.schema,
+        fmt_f(h.count),
+        fmt_f(h.sum),
+        fmt_f(h.zero_count),
+        h.zero_threshold,
+        h.positive_spans
+            .iter()
+            .map(|s| (s.offset, s.length))
+            .collect::<Vec<_>>(),
+        h.positive_buckets,
+        h.negative_spans
+            .iter()
+            .map(|s| (s.offset, s.length))
+            .collect::<Vec<_>>(),
+        h.negative_buckets,
+        if h.uses_custom_buckets() {
+            format!(" cv:{:?}", h.custom_values)
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// One point of a series that may hold histograms.
+#[derive(Debug, Clone)]
+enum Pt<'a> {
+    F(f64),
+    H(&'a FloatHistogram),
+}
+
+fn pt_match(e: &Pt, g: &Pt) -> bool {
+    match (e, g) {
+        (Pt::F(a), Pt::F(b)) => almost_equal(*a, *b),
+        (Pt::H(a), Pt::H(b)) => histograms_match(a, b),
+        _ => false,
+    }
+}
+
+fn show_pt(p: &Pt) -> String {
+    match p {
+        Pt::F(v) => fmt_f(*v),
+        Pt::H(h) => show_histogram(h),
+    }
+}
+
+/// A series' points of both kinds, merged in time order.
+fn merged<'a>(floats: &'a [Sample], hists: &'a [HPoint]) -> Vec<(i64, Pt<'a>)> {
+    let mut out: Vec<(i64, Pt<'a>)> = floats
+        .iter()
+        .map(|s| (s.t, Pt::F(s.v)))
+        .chain(hists.iter().map(|h| (h.t, Pt::H(&h.h))))
+        .collect();
+    out.sort_by_key(|p| p.0);
+    out
+}
+
+fn show_merged(p: &[(i64, Pt)]) -> String {
+    let parts: Vec<String> = p
+        .iter()
+        .take(20)
+        .map(|(t, v)| format!("{}@{t}", show_pt(v)))
+        .collect();
+    format!(
+        "[{}{}]",
+        parts.join(" "),
+        if p.len() > 20 { " …" } else { "" }
+    )
+}
+
+/// Float results in the form of histogram-capable series.
+pub fn vector_as_hist(v: &[(Labels, Sample)]) -> Vec<HistSeries> {
+    v.iter()
+        .map(|(l, s)| HistSeries {
+            labels: l.clone(),
+            floats: vec![*s],
+            histograms: Vec::new(),
+        })
+        .collect()
+}
+
+pub fn matrix_as_hist(m: &[(Labels, Vec<Sample>)]) -> Vec<HistSeries> {
+    m.iter()
+        .map(|(l, s)| HistSeries {
+            labels: l.clone(),
+            floats: s.clone(),
+            histograms: Vec::new(),
+        })
+        .collect()
+}
+
+pub fn show_hist_series(v: &[HistSeries]) -> String {
+    let parts: Vec<String> = v
+        .iter()
+        .take(10)
+        .map(|s| {
+            format!(
+                "{} {}",
+                s.labels,
+                show_merged(&merged(&s.floats, &s.histograms))
+            )
+        })
+        .collect();
+    format!(
+        "[{}{}]",
+        parts.join(", "),
+        if v.len() > 10 { ", …" } else { "" }
+    )
+}
+
+fn expected_point(it: &Item) -> Option<Pt<'_>> {
+    match it {
+        Item::Empty => None,
+        Item::Float(v) => Some(Pt::F(*v)),
+        Item::Stale => Some(Pt::F(f64::from_bits(STALE_NAN_BITS))),
+        Item::Histogram(h) => Some(Pt::H(h)),
+    }
+}
+
+/// Compares an instant vector that may hold histograms with expected series.
+pub fn compare_hist_vector(
+    got: &[HistSeries],
+    expected: &[SeriesLine],
+    ordered: bool,
+) -> Result<(), String> {
+    let mut exp = Vec::with_capacity(expected.len());
+    for s in expected {
+        let l = to_labels(&s.labels)?;
+        let p = match s.items.as_slice() {
+            [it] => expected_point(it),
+            _ => None,
+        }
+        .ok_or_else(|| format!("line {}: an instant result needs exactly one value", s.line))?;
+        exp.push((l, p));
+    }
+    if got.len() != exp.len() {
+        return Err(format!(
+            "expected {} series, got {}: {}",
+            exp.len(),
+            got.len(),
+            show_hist_series(got)
+        ));
+    }
+    for (i, g) in got.iter().enumerate() {
+        if got[..i].iter().any(|x| x.labels == g.labels) {
+            return Err(format!("series {} returned twice", g.labels));
+        }
+        let gp = merged(&g.floats, &g.histograms);
+        let Some(pos) = exp.iter().position(|(l, _)| *l == g.labels) else {
+            return Err(format!(
+                "unexpected series {} {}",
+                g.labels,
+                show_merged(&gp)
+            ));
+        };
+        if ordered && pos != i {
+            return Err(format!(
+                "series {} at position {i}, expected at {pos}: {}",
+                g.labels,
+                show_hist_series(got)
+            ));
+        }
+        let ok = gp.len() == 1 && pt_match(&exp[pos].1, &gp[0].1);
+        if !ok {
+            return Err(format!(
+                "series {}: expected {}, got {}",
+                g.labels,
+                show_pt(&exp[pos].1),
+                show_merged(&gp)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Compares a matrix that may hold histograms with expected series whose entry i sits at
+/// `start + i*step`.
+pub fn compare_hist_matrix(
+    got: &[HistSeries],
+    expected: &[SeriesLine],
+    start: i64,
+    step: i64,
+    end: i64,
+) -> Result<(), String> {
+    for w in got.windows(2) {
+        if w[0].labels >= w[1].labels {
+            return Err(format!(
+                "matrix not sorted by labels (or duplicate): {} before {}",
+                w[0].labels, w[1].labels
+            ));
+        }
+    }
+    let mut exp = Vec::new();
+    for s in expected {
+        let l = to_labels(&s.labels)?;
+        let mut pts = Vec::new();
+        for (i, it) in s.items.iter().enumerate() {
+            let t = start + i as i64 * step;
+            if t > end {
+                return Err(format!("line {}: more entries than steps", s.line));
+            }
+            if let Some(p) = expected_point(it) {
+                pts.push((t, p));
+            }
+        }
+        exp.push((l, pts, s.line));
+    }
+    if got.len() != exp.len() {
+        return Err(format!(
+            "expected {} series, got {}: {}",
+            exp.len(),
+            got.len(),
+            show_hist_series(got)
+        ));
+    }
+    for g in got {
+        let Some((_, ep, line)) = exp.iter().find(|(l, _, _)| *l == g.labels) else {
+            return Err(format!(
+                "unexpected series {}: {}",
+                g.labels,
+                show_hist_series(got)
+            ));
+        };
+        let gp = merged(&g.floats, &g.histograms);
+        let ok = ep.len() == gp.len()
+            && ep
+                .iter()
+                .zip(&gp)
+                .all(|(e, g)| e.0 == g.0 && pt_match(&e.1, &g.1));
+        if !ok {
+            return Err(format!(
+                "series {} (line {line}): expected {}, got {}",
+                g.labels,
+                show_merged(ep),
+                show_merged(&gp)
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

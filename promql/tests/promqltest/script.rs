@@ -5,6 +5,7 @@
 //! use the PromQL parser: an expression the engine cannot parse fails only its own eval.
 
 use std::fmt;
+use storeapi::histogram::{CounterResetHint, FloatHistogram, Span};
 
 /// A parse error with its 1-based line number.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,8 +35,8 @@ pub enum Item {
     Float(f64),
     /// `stale`: the staleness marker.
     Stale,
-    /// A native histogram (`{{...}}`); kept as text, never loaded.
-    Histogram(String),
+    /// A native histogram (`{{...}}`).
+    Histogram(Box<FloatHistogram>),
 }
 
 /// A label set as written in a script, in the order written (not yet sorted).
@@ -371,15 +372,47 @@ pub fn expand_item(tok: &str) -> Result<Vec<Item>, String> {
         return Ok(vec![Item::Stale]);
     }
     if tok.contains("{{") {
-        // Histogram items: `{{H}}`, `{{H}}xN`, `{{A}}+{{B}}xN`. Kept as text.
+        // Histogram items: `{{H}}`, `{{H}}xN`, `{{A}}+{{B}}xN`, `{{A}}-{{B}}xN`.
         let close = tok.rfind("}}").ok_or("unterminated histogram")?;
         let tail = &tok[close + 2..];
         let n = match tail.strip_prefix('x') {
-            Some(n) => parse_count(n)? + 1,
-            None if tail.is_empty() => 1,
+            Some(n) => parse_count(n)?,
+            None if tail.is_empty() => 0,
             None => return Err(format!("invalid histogram item {tok:?}")),
         };
-        return Ok(vec![Item::Histogram(tok[..close + 2].to_string()); n]);
+        let body = &tok[..close + 2];
+        let first_close = body.find("}}").ok_or("unterminated histogram")?;
+        let base = parse_histogram(&body[..first_close + 2])?;
+        let rest = &body[first_close + 2..];
+        if rest.is_empty() {
+            if tail.is_empty() {
+                return Ok(vec![Item::Histogram(Box::new(base))]);
+            }
+            return Ok(vec![Item::Histogram(Box::new(base)); n + 1]);
+        }
+        let (sub, inc) = match (rest.strip_prefix('+'), rest.strip_prefix('-')) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => return Err(format!("invalid histogram item {tok:?}")),
+        };
+        if tail.is_empty() {
+            return Err(format!("histogram increment without repetition in {tok:?}"));
+        }
+        let inc = parse_histogram(inc)?;
+        let mut out = vec![Item::Histogram(Box::new(base.clone()))];
+        let mut cur = base;
+        for _ in 0..n {
+            if cur.schema > inc.schema {
+                return Err(format!(
+                    "error combining histograms: cannot merge from schema {} to {}",
+                    inc.schema, cur.schema
+                ));
+            }
+            let r = if sub { cur.sub(&inc) } else { cur.add(&inc) };
+            r.map_err(|e| e.to_string())?;
+            out.push(Item::Histogram(Box::new(cur.clone())));
+        }
+        return Ok(out);
     }
     let Some(xpos) = tok.rfind('x') else {
         return parse_float(tok)
@@ -414,6 +447,99 @@ pub fn expand_item(tok: &str) -> Result<Vec<Item>, String> {
         out.push(Item::Float(v));
     }
     Ok(out)
+}
+
+/// Parses one `{{key:value ...}}` histogram description (all keys optional; `buckets`
+/// and `n_buckets` are absolute counts forming one span at `offset`/`n_offset`).
+pub fn parse_histogram(s: &str) -> Result<FloatHistogram, String> {
+    let inner = s
+        .strip_prefix("{{")
+        .and_then(|x| x.strip_suffix("}}"))
+        .ok_or_else(|| format!("invalid histogram {s:?}"))?;
+    // Tokens `key:value`, where a value may be a bracketed list with spaces.
+    let mut toks: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut in_list = false;
+    for c in inner.chars() {
+        match c {
+            '[' => {
+                in_list = true;
+                cur.push(c);
+            }
+            ']' => {
+                in_list = false;
+                cur.push(c);
+            }
+            c if c.is_whitespace() && !in_list => {
+                if !cur.is_empty() {
+                    toks.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        toks.push(cur);
+    }
+    let num = |k: &str, v: &str| parse_float(v).ok_or_else(|| format!("bad {k} value {v:?}"));
+    let int = |k: &str, v: &str| v.parse::<i32>().map_err(|_| format!("bad {k} value {v:?}"));
+    let list = |k: &str, v: &str| -> Result<Vec<f64>, String> {
+        let body = v
+            .strip_prefix('[')
+            .and_then(|x| x.strip_suffix(']'))
+            .ok_or_else(|| format!("bad {k} list {v:?}"))?;
+        body.split_whitespace().map(|x| num(k, x)).collect()
+    };
+    let mut h = FloatHistogram::default();
+    let (mut pos, mut neg) = (Vec::new(), Vec::new());
+    let (mut off, mut noff) = (0, 0);
+    let mut seen: Vec<String> = Vec::new();
+    for t in toks {
+        let (k, v) = t
+            .split_once(':')
+            .ok_or_else(|| format!("invalid histogram field {t:?}"))?;
+        if seen.iter().any(|x| x == k) {
+            return Err(format!("duplicate key \"{k}\" in histogram"));
+        }
+        seen.push(k.to_string());
+        match k {
+            "schema" => h.schema = int(k, v)?,
+            "sum" => h.sum = num(k, v)?,
+            "count" => h.count = num(k, v)?,
+            "z_bucket" => h.zero_count = num(k, v)?,
+            "z_bucket_w" => h.zero_threshold = num(k, v)?,
+            "custom_values" => h.custom_values = list(k, v)?,
+            "buckets" => pos = list(k, v)?,
+            "n_buckets" => neg = list(k, v)?,
+            "offset" => off = int(k, v)?,
+            "n_offset" => noff = int(k, v)?,
+            "counter_reset_hint" => {
+                h.hint = match v {
+                    "unknown" => CounterResetHint::Unknown,
+                    "reset" => CounterResetHint::CounterReset,
+                    "not_reset" => CounterResetHint::NotCounterReset,
+                    "gauge" => CounterResetHint::Gauge,
+                    _ => return Err(format!("bad counter_reset_hint {v:?}")),
+                }
+            }
+            _ => return Err(format!("unknown histogram field {k:?}")),
+        }
+    }
+    if !pos.is_empty() {
+        h.positive_spans = vec![Span {
+            offset: off,
+            length: pos.len() as u32,
+        }];
+    }
+    if !neg.is_empty() {
+        h.negative_spans = vec![Span {
+            offset: noff,
+            length: neg.len() as u32,
+        }];
+    }
+    h.positive_buckets = pos;
+    h.negative_buckets = neg;
+    Ok(h)
 }
 
 /// Expands a whole value list.
@@ -796,10 +922,32 @@ mod tests {
 
     #[test]
     fn histogram_items() {
-        let v = expand_values("0 {{schema:0 sum:1 count:1}}x2 {{a:1}}+{{b:2}}x1 3").unwrap();
+        let v = expand_values(
+            "0 {{schema:0 sum:1 count:1}}x2 {{sum:1 buckets:[1 2] offset:-1}}+{{sum:2 buckets:[1]}}x1 3",
+        )
+        .unwrap();
         assert_eq!(v.len(), 1 + 3 + 2 + 1);
-        assert!(matches!(&v[1], Item::Histogram(h) if h == "{{schema:0 sum:1 count:1}}"));
+        assert!(matches!(&v[1], Item::Histogram(h) if h.sum == 1.0 && h.count == 1.0));
+        let Item::Histogram(h) = &v[5] else {
+            panic!("{:?}", v[5])
+        };
+        assert_eq!(h.sum, 3.0);
+        assert_eq!(h.positive_buckets, vec![1.0, 3.0]);
+        assert_eq!(h.positive_spans[0].offset, -1);
         assert_eq!(v[6], Item::Float(3.0));
+        let h = parse_histogram(
+            "{{schema:1 sum:-0.3 count:3.1 z_bucket:7.1 z_bucket_w:0.05 n_buckets:[4.1 5] n_offset:-5 counter_reset_hint:gauge}}",
+        )
+        .unwrap();
+        assert_eq!((h.schema, h.zero_threshold, h.zero_count), (1, 0.05, 7.1));
+        assert_eq!(
+            h.negative_spans,
+            vec![Span {
+                offset: -5,
+                length: 2
+            }]
+        );
+        assert_eq!(h.hint, CounterResetHint::Gauge);
     }
 
     #[test]

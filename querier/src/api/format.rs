@@ -86,6 +86,51 @@ pub fn write_point(out: &mut String, s: &Sample) {
     out.push_str("\"]");
 }
 
+/// `[t, {"count": …, "sum": …, "buckets": [[rule, "lower", "upper", "count"], …]}]` as
+/// Prometheus's `jsonutil.MarshalHistogram`: buckets in ascending order (zero bucket
+/// only when populated), empty buckets left out, `buckets` absent when none remain.
+/// The rule is 0 for (l,u], 1 for [l,u), 2 for (l,u), 3 for [l,u].
+pub fn write_histogram_point(out: &mut String, p: &promql::HPoint) {
+    out.push('[');
+    format_timestamp(out, p.t);
+    out.push(',');
+    write_histogram(out, &p.h);
+    out.push(']');
+}
+
+pub fn write_histogram(out: &mut String, h: &storeapi::histogram::FloatHistogram) {
+    out.push_str("{\"count\":\"");
+    out.push_str(&format_value(h.count));
+    out.push_str("\",\"sum\":\"");
+    out.push_str(&format_value(h.sum));
+    out.push('"');
+    let mut first = true;
+    for b in h.all_buckets() {
+        if b.count == 0.0 {
+            continue;
+        }
+        out.push_str(if first { ",\"buckets\":[" } else { "," });
+        first = false;
+        let rule = match (b.lower_inclusive, b.upper_inclusive) {
+            (true, true) => 3,
+            (true, false) => 1,
+            (false, true) => 0,
+            (false, false) => 2,
+        };
+        let _ = write!(
+            out,
+            "[{rule},\"{}\",\"{}\",\"{}\"]",
+            format_value(b.lower),
+            format_value(b.upper),
+            format_value(b.count)
+        );
+    }
+    if !first {
+        out.push(']');
+    }
+    out.push('}');
+}
+
 /// `{"name":"value",...}`
 pub fn write_labels(out: &mut String, labels: &Labels) {
     out.push('{');
@@ -125,6 +170,57 @@ pub fn write_query_data(out: &mut String, value: &Value) {
                 write_labels(out, labels);
                 out.push_str(",\"value\":");
                 write_point(out, s);
+                out.push('}');
+            }
+            out.push_str("]}");
+        }
+        Value::HistVector(series) => {
+            out.push_str("{\"resultType\":\"vector\",\"result\":[");
+            for (i, s) in series.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                write_labels(out, &s.labels);
+                if let Some(h) = s.histograms.first() {
+                    out.push_str(",\"histogram\":");
+                    write_histogram_point(out, h);
+                } else if let Some(f) = s.floats.first() {
+                    out.push_str(",\"value\":");
+                    write_point(out, f);
+                }
+                out.push('}');
+            }
+            out.push_str("]}");
+        }
+        Value::HistMatrix(series) => {
+            out.push_str("{\"resultType\":\"matrix\",\"result\":[");
+            for (i, s) in series.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                write_labels(out, &s.labels);
+                if !s.floats.is_empty() {
+                    out.push_str(",\"values\":[");
+                    for (j, p) in s.floats.iter().enumerate() {
+                        if j > 0 {
+                            out.push(',');
+                        }
+                        write_point(out, p);
+                    }
+                    out.push(']');
+                }
+                if !s.histograms.is_empty() {
+                    out.push_str(",\"histograms\":[");
+                    for (j, h) in s.histograms.iter().enumerate() {
+                        if j > 0 {
+                            out.push(',');
+                        }
+                        write_histogram_point(out, h);
+                    }
+                    out.push(']');
+                }
                 out.push('}');
             }
             out.push_str("]}");
@@ -472,5 +568,94 @@ mod tests {
         assert!(parse_duration("1s1m").is_err());
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    fn hist(
+        schema: i32,
+        pos: (i32, &[f64]),
+        neg: (i32, &[f64]),
+    ) -> storeapi::histogram::FloatHistogram {
+        use storeapi::histogram::{FloatHistogram, Span};
+        let span = |o: i32, b: &[f64]| {
+            if b.is_empty() {
+                vec![]
+            } else {
+                vec![Span {
+                    offset: o,
+                    length: b.len() as u32,
+                }]
+            }
+        };
+        FloatHistogram {
+            schema,
+            positive_spans: span(pos.0, pos.1),
+            positive_buckets: pos.1.to_vec(),
+            negative_spans: span(neg.0, neg.1),
+            negative_buckets: neg.1.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn histogram_vector_json_like_prometheus() {
+        // Buckets: negative [-1,-0.5) 1, zero [-0.001,0.001] 1, positive (0.5,1] 2,
+        // (1,2] 0 (left out), (2,4] 2.
+        let mut h = hist(0, (0, &[2.0, 0.0, 2.0]), (0, &[1.0]));
+        h.count = 6.0;
+        h.sum = 10.0;
+        h.zero_threshold = 0.001;
+        h.zero_count = 1.0;
+        let v = Value::HistVector(vec![promql::HistSeries {
+            labels: Labels::from_pairs([("__name__", "lat")]).unwrap(),
+            floats: vec![],
+            histograms: vec![promql::HPoint {
+                t: 1500,
+                h: std::sync::Arc::new(h),
+            }],
+        }]);
+        let mut d = String::new();
+        write_query_data(&mut d, &v);
+        assert_eq!(
+            d,
+            r#"{"resultType":"vector","result":[{"metric":{"__name__":"lat"},"histogram":[1.500,{"count":"6","sum":"10","buckets":[[1,"-1","-0.5","1"],[3,"-0.001","0.001","1"],[0,"0.5","1","2"],[0,"2","4","2"]]}]}]}"#
+        );
+    }
+
+    #[test]
+    fn histogram_matrix_json_like_prometheus() {
+        // Custom buckets (-Inf,1], (1,5], (5,+Inf] with 2, 0, 1 observations.
+        let mut nhcb = hist(
+            storeapi::histogram::CUSTOM_BUCKETS_SCHEMA,
+            (0, &[2.0, 0.0, 1.0]),
+            (0, &[]),
+        );
+        nhcb.custom_values = vec![1.0, 5.0];
+        nhcb.count = 3.0;
+        nhcb.sum = 7.5;
+        let empty = hist(0, (0, &[]), (0, &[]));
+        let m = Value::HistMatrix(vec![
+            promql::HistSeries {
+                labels: Labels::from_pairs([("a", "b")]).unwrap(),
+                floats: vec![Sample { t: 1000, v: 1.0 }],
+                histograms: vec![promql::HPoint {
+                    t: 2000,
+                    h: std::sync::Arc::new(empty),
+                }],
+            },
+            promql::HistSeries {
+                labels: Labels::from_pairs([("a", "c")]).unwrap(),
+                floats: vec![],
+                histograms: vec![promql::HPoint {
+                    t: 1000,
+                    h: std::sync::Arc::new(nhcb),
+                }],
+            },
+        ]);
+        let mut d = String::new();
+        write_query_data(&mut d, &m);
+        assert_eq!(
+            d,
+            r#"{"resultType":"matrix","result":[{"metric":{"a":"b"},"values":[[1,"1"]],"histograms":[[2,{"count":"0","sum":"0"}]]},{"metric":{"a":"c"},"histograms":[[1,{"count":"3","sum":"7.5","buckets":[[3,"-Inf","1","2"],[0,"5","+Inf","1"]]}]]}]}"#
+        );
     }
 }

@@ -389,6 +389,9 @@ fn truncate_series(v: &mut promql::Value, limit: usize, warnings: &mut Vec<Strin
     match v {
         promql::Value::Vector(s) => apply_limit(s, limit, warnings),
         promql::Value::Matrix(s) => apply_limit(s, limit, warnings),
+        promql::Value::HistVector(s) | promql::Value::HistMatrix(s) => {
+            apply_limit(s, limit, warnings)
+        }
         _ => {}
     }
 }

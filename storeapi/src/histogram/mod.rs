@@ -15,6 +15,9 @@
 
 use std::fmt;
 
+mod float_ops;
+pub use float_ops::{Bucket, HistogramOpError, exponential_bound, floats_match};
+
 /// The schema of histograms with custom bucket boundaries (NHCB): bucket `i`'s upper
 /// bound is `custom_values[i]`, the bucket after the last bound is `+Inf`.
 pub const CUSTOM_BUCKETS_SCHEMA: i32 = -53;
