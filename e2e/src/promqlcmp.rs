@@ -661,6 +661,19 @@ pub fn show_answer(a: &Answer) -> String {
             }
             s.push(']');
         }
+        Answer::Value(Value::HistVector(v)) | Answer::Value(Value::HistMatrix(v)) => {
+            let _ = write!(s, "with histograms ({} series) [", v.len());
+            for h in v.iter().take(4) {
+                let _ = write!(
+                    s,
+                    "{} {} floats, {} histograms; ",
+                    h.labels,
+                    h.floats.len(),
+                    h.histograms.len()
+                );
+            }
+            s.push(']');
+        }
     }
     s
 }
