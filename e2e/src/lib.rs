@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod bench;
+pub mod histograms;
 pub mod promqlcmp;
 pub mod s3;
 

@@ -7,6 +7,7 @@ pub mod api;
 pub mod args;
 pub mod downsample;
 pub mod endpoints;
+pub mod histograms;
 pub mod metrics;
 pub mod proxy;
 pub mod sdconfig;

@@ -20,7 +20,9 @@ use storeapi::{Label, Labels, Matcher, Sample};
 
 use crate::downsample::{self, Mode};
 use crate::endpoints::{Endpoint, EndpointSet};
+use crate::histograms;
 use storeapi::dedup::{self, TimeRanged};
+use storeapi::histogram::HistogramSample;
 
 /// Series per response frame the querier asks batching stores for (Thanos's default).
 pub const RESPONSE_BATCH_SIZE: i64 = 64;
@@ -144,6 +146,14 @@ impl TimeRanged for RawChunk {
 pub struct DecodedSeries {
     pub labels: Labels,
     pub samples: Vec<Sample>,
+    /// Native-histogram samples (from `HISTOGRAM`/`FLOAT_HISTOGRAM` chunks).
+    pub histograms: Vec<HistogramSample>,
+}
+
+impl DecodedSeries {
+    fn is_empty(&self) -> bool {
+        self.samples.is_empty() && self.histograms.is_empty()
+    }
 }
 
 /// The answer of one store.
@@ -239,14 +249,17 @@ impl Collector {
             None => self.out.push(DecodedSeries {
                 labels: cur.labels,
                 samples: Vec::new(),
+                histograms: Vec::new(),
             }),
             Some((mint, maxt)) => {
-                let samples = decode_store_series(cur.chunks, mint, maxt, self.mode)?;
-                if !samples.is_empty() {
-                    self.out.push(DecodedSeries {
-                        labels: cur.labels,
-                        samples,
-                    });
+                let (samples, histograms) = decode_store_series(cur.chunks, mint, maxt, self.mode)?;
+                let d = DecodedSeries {
+                    labels: cur.labels,
+                    samples,
+                    histograms,
+                };
+                if !d.is_empty() {
+                    self.out.push(d);
                 }
             }
         }
@@ -355,7 +368,7 @@ pub fn decode_chunks(chunks: &[RawChunk], mint: i64, maxt: i64) -> Result<Vec<Sa
             continue;
         };
         if *encoding != thanos::chunk::Encoding::Xor as i32 {
-            // Native histograms are not evaluated by this engine.
+            // Histogram chunks are decoded by `histograms::decode_histogram_chunks`.
             continue;
         }
         if out.capacity() == 0 {
@@ -384,15 +397,16 @@ pub fn decode_chunks(chunks: &[RawChunk], mint: i64, maxt: i64) -> Result<Vec<Sa
     Ok(out)
 }
 
-/// Decodes one store's chunks of one series: overlapping chunks (e.g. head and block,
-/// out-of-order data) are the same source and are unioned. Downsampled chunks are read
-/// per `mode` (see [`crate::downsample`]); in count mode raw samples count 1 each.
+/// Decodes one store's chunks of one series into float and histogram samples:
+/// overlapping chunks (e.g. head and block, out-of-order data) are the same source and
+/// are unioned. Downsampled chunks are read per `mode` (see [`crate::downsample`]); in
+/// count mode raw samples count 1 each.
 fn decode_store_series(
     chunks: Vec<RawChunk>,
     mint: i64,
     maxt: i64,
     mode: Mode,
-) -> Result<Vec<Sample>, String> {
+) -> Result<(Vec<Sample>, Vec<HistogramSample>), String> {
     if chunks.iter().any(|c| c.aggrs.iter().any(Option::is_some)) {
         let mut views: Vec<downsample::ChunkView<'_>> = chunks
             .iter()
@@ -403,9 +417,12 @@ fn decode_store_series(
                 aggrs: &c.aggrs,
             })
             .collect();
-        return downsample::decode_series(&mut views, mint, maxt, mode);
+        return Ok((
+            downsample::decode_series(&mut views, mint, maxt, mode)?,
+            Vec::new(),
+        ));
     }
-    let mut samples = decode_raw_series(chunks, mint, maxt)?;
+    let (mut samples, histograms) = decode_raw_series(chunks, mint, maxt)?;
     if mode.counts() {
         for s in &mut samples {
             if !storeapi::is_stale_nan(s.v) {
@@ -413,29 +430,46 @@ fn decode_store_series(
             }
         }
     }
-    Ok(samples)
+    Ok((samples, histograms))
 }
 
 fn decode_raw_series(
     mut chunks: Vec<RawChunk>,
     mint: i64,
     maxt: i64,
-) -> Result<Vec<Sample>, String> {
+) -> Result<(Vec<Sample>, Vec<HistogramSample>), String> {
+    let has_histograms = chunks.iter().any(|c| {
+        c.raw
+            .as_ref()
+            .is_some_and(|(e, _)| histograms::is_histogram_encoding(*e))
+    });
+    let decode = |run: &[RawChunk]| -> Result<(Vec<Sample>, Vec<HistogramSample>), String> {
+        let floats = decode_chunks(run, mint, maxt)?;
+        let hists = if has_histograms {
+            histograms::decode_histogram_chunks(run, mint, maxt)?
+        } else {
+            Vec::new()
+        };
+        Ok((floats, hists))
+    };
     if !chunks.windows(2).all(|w| w[0].max_time < w[1].min_time) {
         chunks.sort_by_key(|c| (c.min_time, c.max_time));
     }
     if chunks.windows(2).all(|w| w[0].max_time < w[1].min_time) {
         // The usual case: one run of consecutive chunks.
-        return decode_chunks(&chunks, mint, maxt);
+        return decode(&chunks);
     }
-    let mut runs = Vec::new();
+    let (mut runs, mut hist_runs) = (Vec::new(), Vec::new());
     for run in dedup::overlap_split(chunks) {
-        let samples = decode_chunks(&run, mint, maxt)?;
+        let (samples, hists) = decode(&run)?;
         if !samples.is_empty() {
             runs.push(samples);
         }
+        if !hists.is_empty() {
+            hist_runs.push(hists);
+        }
     }
-    Ok(dedup::chain_merge(runs))
+    Ok((dedup::chain_merge(runs), histograms::chain(hist_runs)))
 }
 
 /// Merges the answers of all stores: groups equal label sets (replicas, once replica labels
@@ -450,9 +484,11 @@ pub fn merge_series(
 ) -> Result<Vec<StorageSeries>, String> {
     let mut decoded = Vec::with_capacity(parts.len());
     for p in parts {
+        let (samples, histograms) = decode_store_series(p.chunks, mint, maxt, Mode::Average)?;
         decoded.push(DecodedSeries {
             labels: p.labels,
-            samples: decode_store_series(p.chunks, mint, maxt, Mode::Average)?,
+            samples,
+            histograms,
         });
     }
     Ok(merge_decoded(decoded, dedup_on, counter, false))
@@ -474,8 +510,8 @@ pub fn merge_decoded(
         // Sorted and unique: nothing to merge.
         return parts
             .into_iter()
-            .filter(|p| !p.samples.is_empty())
-            .map(|p| StorageSeries::floats(p.labels, p.samples))
+            .filter(|p| !p.is_empty())
+            .map(|p| storage_series(p.labels, p.samples, p.histograms))
             .collect();
     }
     let mut out = Vec::with_capacity(parts.len());
@@ -483,12 +519,19 @@ pub fn merge_decoded(
     while let Some(first) = it.next() {
         let labels = first.labels;
         let mut replicas = Vec::new();
-        if !first.samples.is_empty() {
-            replicas.push(first.samples);
-        }
-        while let Some(next) = it.next_if(|p| p.labels == labels) {
-            if !next.samples.is_empty() {
-                replicas.push(next.samples);
+        let mut hist_replicas = Vec::new();
+        for p in std::iter::once(first.samples)
+            .zip(std::iter::once(first.histograms))
+            .chain(std::iter::from_fn(|| {
+                it.next_if(|p| p.labels == labels)
+                    .map(|p| (p.samples, p.histograms))
+            }))
+        {
+            if !p.0.is_empty() {
+                replicas.push(p.0);
+            }
+            if !p.1.is_empty() {
+                hist_replicas.push(p.1);
             }
         }
         let samples = if replicas.len() <= 1 {
@@ -498,11 +541,29 @@ pub fn merge_decoded(
         } else {
             dedup::chain_merge(replicas)
         };
-        if !samples.is_empty() {
-            out.push(StorageSeries::floats(labels, samples));
+        let hists = histograms::merge_replicas(hist_replicas, dedup_on);
+        if !samples.is_empty() || !hists.is_empty() {
+            out.push(storage_series(labels, samples, hists));
         }
     }
     out
+}
+
+/// A series for the engine. A timestamp holds one sample: where replicas disagree on
+/// the kind (a float in one, a histogram in another), the float is kept.
+fn storage_series(
+    labels: Labels,
+    samples: Vec<Sample>,
+    mut hists: Vec<HistogramSample>,
+) -> StorageSeries {
+    if !samples.is_empty() && !hists.is_empty() {
+        hists.retain(|h| samples.binary_search_by_key(&h.t, |s| s.t).is_err());
+    }
+    StorageSeries {
+        labels,
+        samples,
+        histograms: hists,
+    }
 }
 
 /// The fan-out over an [`EndpointSet`] with per-request options.
