@@ -16,63 +16,19 @@
 //! sample with what Prometheus, restarted on a copy of the same directory, answers.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
+use e2e::histograms::{
+    generate_traffic, serve_classic_histogram, snapshot, start_native_histogram_prometheus,
+};
 use e2e::promqlcmp::urlencode;
-use e2e::{Prometheus, http_get, http_request};
+use e2e::{Prometheus, http_get};
 use storeapi::Labels;
 use tsdb::block::{Block, list_blocks};
 use tsdb::chunk::{
     Appended, Chunk, CounterResetHeader, Encoding, FloatHistogramAppender, FloatHistogramIterator,
     HistogramAppender, HistogramIterator,
 };
-
-/// Serves a classic histogram whose observations grow with every scrape; some buckets
-/// stay empty for a while so the converted NHCB layout changes mid-chunk.
-fn serve_classic_histogram() -> (u16, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind classic target");
-    let port = listener.local_addr().expect("local addr").port();
-    let scrapes = Arc::new(AtomicU64::new(0));
-    let n = scrapes.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut s) = conn else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let k = n.fetch_add(1, Ordering::Relaxed);
-            // Cumulative bucket counts: le=0.1 grows every scrape, 0.5 from scrape 8,
-            // 2.5 from scrape 15, +Inf adds one every third scrape.
-            let b1 = k;
-            let b2 = b1 + k.saturating_sub(8);
-            let b3 = b2 + 2 * k.saturating_sub(15);
-            let inf = b3 + k / 3;
-            let sum = b1 as f64 * 0.05
-                + (b2 - b1) as f64 * 0.3
-                + (b3 - b2) as f64 * 1.7
-                + (inf - b3) as f64 * 4.0;
-            let body = format!(
-                "# HELP golden_latency_seconds A classic histogram.\n\
-                 # TYPE golden_latency_seconds histogram\n\
-                 golden_latency_seconds_bucket{{le=\"0.1\"}} {b1}\n\
-                 golden_latency_seconds_bucket{{le=\"0.5\"}} {b2}\n\
-                 golden_latency_seconds_bucket{{le=\"2.5\"}} {b3}\n\
-                 golden_latency_seconds_bucket{{le=\"+Inf\"}} {inf}\n\
-                 golden_latency_seconds_sum {sum}\n\
-                 golden_latency_seconds_count {inf}\n"
-            );
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = s.write_all(resp.as_bytes());
-        }
-    });
-    (port, scrapes)
-}
 
 /// A PromQL selector matching exactly `labels`.
 fn selector(labels: &Labels) -> String {
@@ -173,43 +129,8 @@ fn reencode_float(c: &Chunk, prev: Option<&Chunk>) -> Vec<u8> {
 /// recording `rate()` of a native histogram, with traffic for `secs` seconds.
 fn prometheus_with_histograms(secs: u64) -> (Prometheus, tempfile::TempDir) {
     let (classic_port, scrapes) = serve_classic_histogram();
-    let rules_dir = tempfile::tempdir().expect("rules dir");
-    let rules = rules_dir.path().join("rules.yml");
-    std::fs::write(
-        &rules,
-        "groups:\n- name: golden\n  interval: 1s\n  rules:\n  - record: job:http_request_duration_seconds:rate1m\n    expr: sum by (job) (rate(prometheus_http_request_duration_seconds[1m]))\n",
-    )
-    .expect("write rules");
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: self\n    scrape_protocols: [PrometheusProto]\n    static_configs:\n      - targets: ['127.0.0.1:{{{{PORT}}}}']\n  - job_name: classic\n    scrape_protocols: [PrometheusText0.0.4]\n    convert_classic_histograms_to_nhcb: true\n    static_configs:\n      - targets: ['127.0.0.1:{classic_port}']\n",
-        rules.display()
-    );
-    let prom = Prometheus::start(
-        &config,
-        &[
-            "--enable-feature=native-histograms",
-            "--web.enable-admin-api",
-        ],
-    );
-    let addr = prom.addr();
-
-    // Traffic with varied latencies so the HTTP duration histograms gain buckets.
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    let mut i = 0u64;
-    while std::time::Instant::now() < deadline {
-        let path = match i % 4 {
-            0 => "/api/v1/query?query=up".to_string(),
-            1 => "/api/v1/label/__name__/values".to_string(),
-            2 => format!(
-                "/api/v1/query_range?query={}&start=0&end=100000&step=1",
-                urlencode("sum(rate(prometheus_http_requests_total[5m]))")
-            ),
-            _ => "/metrics".to_string(),
-        };
-        let _ = http_get(&addr, &path);
-        i += 1;
-        std::thread::sleep(Duration::from_millis(20 + (i % 7) * 15));
-    }
+    let (prom, rules_dir) = start_native_histogram_prometheus(classic_port, "", &[]);
+    generate_traffic(&prom.addr(), secs);
     assert!(
         scrapes.load(Ordering::Relaxed) >= 10,
         "classic target was scraped"
@@ -222,15 +143,7 @@ fn histogram_chunks_match_prometheus_byte_for_byte() {
     let (prom, _rules) = prometheus_with_histograms(32);
     let addr = prom.addr();
 
-    let (code, body) = http_request(&addr, "POST", "/api/v1/admin/tsdb/snapshot", &[], &[])
-        .expect("snapshot request");
-    assert_eq!(code, 200, "snapshot: {body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("snapshot JSON");
-    let name = v["data"]["name"]
-        .as_str()
-        .expect("snapshot name")
-        .to_string();
-    let snap = prom.dir.path().join("data").join("snapshots").join(name);
+    let snap = snapshot(&prom);
     let blocks = list_blocks(&snap).expect("list snapshot blocks");
     assert!(
         !blocks.is_empty(),
