@@ -30,6 +30,7 @@ use tsdb::chunk::aggr::{AggrType, aggr_get};
 
 use crate::block::{Fetched, ReadCtx, ReadError, StoreBlock};
 use crate::cache::{ChunkCache, IndexCache};
+use crate::inflight::InflightBytes;
 use crate::metrics::StoreMetrics;
 use crate::resolution::Span;
 
@@ -54,6 +55,9 @@ pub struct Gateway {
     pub cache: Arc<ChunkCache>,
     /// Postings lists and series entries (`--index-cache-size`).
     pub index_cache: Arc<IndexCache>,
+    /// Bucket range bytes being fetched and decoded at once, over all requests
+    /// (`--store.max-inflight-fetch-bytes`).
+    pub inflight: Arc<InflightBytes>,
     pub metrics: StoreMetrics,
     pub limits: Limits,
     pub data_dir: PathBuf,
@@ -62,6 +66,8 @@ pub struct Gateway {
     pub window: Arc<RwLock<(i64, i64)>>,
     /// Chunk refs fetched per batch of a `Series` response ([`SERIES_BATCH_CHUNKS`]).
     pub batch_chunks: usize,
+    /// `--store.index-header-posting-offsets-in-mem-sampling` for blocks opened by sync.
+    pub postings_sampling: usize,
 }
 
 /// Chunk refs fetched and sent per batch of a `Series` response: about 8 MiB of chunk
@@ -224,6 +230,7 @@ impl Gateway {
             index_cache: &self.index_cache,
             chunk_cache: &self.cache,
             fetched,
+            inflight: &self.inflight,
         }
     }
 
@@ -793,12 +800,14 @@ mod tests {
             ready: Arc::new(AtomicBool::new(true)),
             cache: Arc::new(ChunkCache::new(0)),
             index_cache: Arc::new(IndexCache::new(1 << 20)),
+            inflight: Arc::new(InflightBytes::unbounded()),
             metrics: StoreMetrics::default(),
             limits,
             data_dir: dir.join("data"),
             bucket,
             window: Arc::new(RwLock::new((i64::MIN, i64::MAX))),
             batch_chunks,
+            postings_sampling: 32,
         }
     }
 
