@@ -20,6 +20,7 @@ pub mod args;
 pub mod block;
 pub mod cache;
 pub mod header;
+pub mod heap;
 pub mod inflight;
 pub mod metrics;
 pub mod resolution;

@@ -534,6 +534,8 @@ impl FrameSeries for Gateway {
                 let _ = tx.send(Err(e)).await;
             }
             gw.metrics.observe_fetched(&fetched);
+            drop(tx);
+            crate::heap::after_request(fetched.total());
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
