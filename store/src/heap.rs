@@ -3,8 +3,10 @@
 //! in them for reuse; the gateway's range buffers are filled on the blocking threads
 //! of the bucket client and freed elsewhere, so after a large `Series` response the
 //! freed memory stays spread over many arenas and the RSS stays at the response's
-//! high-water mark although the data is gone (issue #16: 506 MiB resident with 16 MiB
-//! caches, 95 MiB with two arenas; jemalloc and mimalloc measured worse, see README).
+//! high-water mark although the data is gone (issue #16, `store_bench` broad queries
+//! with 16 MiB caches: 295 MiB resident afterwards with glibc's default arenas, 95 MiB
+//! with two; with the default caches two glibc arenas left less than jemalloc and
+//! mimalloc did, see the README's Performance section).
 //!
 //! So `orrery store` limits glibc to [`STORE_ARENAS`] arenas (unless `MALLOC_ARENA_MAX`
 //! is set), and after a request that fetched at least [`TRIM_AFTER_BYTES`] calls
