@@ -899,4 +899,44 @@ mod tests {
             "at most the series before the limit: {sent:?}"
         );
     }
+
+    /// Chunk bytes the gateway's metrics say were fetched from the bucket.
+    fn chunk_bytes(gw: &Gateway) -> u64 {
+        gw.metrics
+            .fetched_bytes
+            .get_or_create(&crate::metrics::DataTypeLabel {
+                data_type: "chunks".into(),
+            })
+            .get()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn two_concurrent_series_calls_fetch_each_chunk_once() {
+        // One call alone: what fetching every chunk once costs.
+        let dir = tempfile::tempdir().unwrap();
+        let mut gw = gateway(dir.path(), 7, Limits::default());
+        gw.cache = Arc::new(ChunkCache::new(1 << 20));
+        let alone = run(&gw).await;
+        assert!(alone.1.is_none());
+        let once = chunk_bytes(&gw);
+        assert!(once > 0);
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut gw = gateway(dir.path(), 7, Limits::default());
+        gw.cache = Arc::new(ChunkCache::new(1 << 20));
+        let (a, b) = tokio::join!(run(&gw), run(&gw));
+        assert!(a.1.is_none() && b.1.is_none(), "{:?} {:?}", a.1, b.1);
+        assert_eq!(a.0, alone.0);
+        assert_eq!(b.0, alone.0);
+        // The metric is updated when each stream ends; both have ended here.
+        assert_eq!(
+            chunk_bytes(&gw),
+            once,
+            "two concurrent calls fetched chunks twice"
+        );
+        assert!(
+            gw.metrics.shared_fetches.get() + gw.metrics.chunk_cache_hits.get() > 0,
+            "the second call took the chunks from the first"
+        );
+    }
 }
