@@ -60,6 +60,11 @@ fn main() -> anyhow::Result<()> {
         Command::Standalone(args) => args.flag_values = flag_values,
         _ => {}
     }
+    if matches!(cli.command, Command::Store(_)) {
+        // Before any thread: the gateway's freed query buffers go back to the OS
+        // instead of staying in many glibc arenas (issue #16, see store::heap).
+        store::heap::limit_arenas();
+    }
     logging::init(cli.log_level, cli.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

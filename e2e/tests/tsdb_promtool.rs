@@ -462,6 +462,7 @@ fn store_gateway_reads_promtool_blocks_by_range() {
     let metrics = store::metrics::StoreMetrics::default();
     let index_cache = store::cache::IndexCache::new(1 << 20);
     let chunk_cache = store::cache::ChunkCache::new(1 << 20);
+    let inflight = store::inflight::InflightBytes::unbounded();
     let m = |op, n: &str, v: &str| Matcher::new(op, n, v).unwrap();
     let table = vec![
         vec![m(MatchOp::Equal, "__name__", "queue_depth")],
@@ -490,6 +491,7 @@ fn store_gateway_reads_promtool_blocks_by_range() {
                 index_cache: &index_cache,
                 chunk_cache: &chunk_cache,
                 fetched: &fetched,
+                inflight: &inflight,
             };
             let hdr = sb.header(&metrics).await.unwrap();
             assert_eq!(hdr.postings.label_names(), full.label_names());

@@ -92,6 +92,18 @@ pub struct StoreArgs {
     /// The external label naming a block's tenant (the receivers' `--receive.tenant-label-name`).
     #[arg(long = "store.tenant-label-name", default_value = "tenant_id")]
     pub tenant_label_name: String,
+    /// Most bucket range bytes being fetched and decoded at once over all requests,
+    /// e.g. `64MB`; a range waits until earlier ones are decoded, so concurrent large
+    /// queries do not multiply the gateway's memory. 0 = no bound.
+    #[arg(long = "store.max-inflight-fetch-bytes", default_value = "64MB", value_parser = parse_bytes)]
+    pub max_inflight_fetch_bytes: usize,
+
+    /// Every how many postings offset table entries one is kept in memory per
+    /// index-header (Thanos's flag); the others are read from the mapped header file
+    /// when a lookup lands between two kept entries. 1 keeps them all.
+    #[arg(long = "store.index-header-posting-offsets-in-mem-sampling", default_value_t = 32,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub postings_offsets_sampling: u32,
 
     /// `--grpc-server-tls-*`: TLS (and mTLS) for the StoreAPI listener.
     #[command(flatten)]

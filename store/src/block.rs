@@ -31,6 +31,7 @@ use tsdb::block::{BlockError, BlockMeta, PostingsPlan, Ulid};
 
 use crate::cache::{ChunkCache, IndexCache, IndexKey, IndexValue};
 use crate::header::{self, IndexHeader};
+use crate::inflight::InflightBytes;
 use crate::metrics::StoreMetrics;
 
 /// Gap between two wanted byte ranges below which they are fetched in one request
@@ -127,6 +128,8 @@ pub struct ReadCtx<'a> {
     pub index_cache: &'a IndexCache,
     pub chunk_cache: &'a ChunkCache,
     pub fetched: &'a Fetched,
+    /// The gateway's bound on range bytes being fetched and decoded at once.
+    pub inflight: &'a InflightBytes,
 }
 
 /// A remembered index failure.
@@ -206,6 +209,8 @@ pub struct StoreBlock {
     /// Bytes assumed per series entry.
     series_estimate: u64,
     header: tokio::sync::OnceCell<Arc<IndexHeader>>,
+    /// One in how many postings offset table entries the header keeps in memory.
+    postings_sampling: usize,
     failure: Mutex<Option<Failure>>,
 }
 
@@ -255,8 +260,16 @@ impl StoreBlock {
             index_size,
             series_estimate,
             header: tokio::sync::OnceCell::new(),
+            postings_sampling: 1,
             failure: Mutex::new(None),
         }
+    }
+
+    /// Keeps one in `every` postings offset table entries of the index-header in memory
+    /// (`--store.index-header-posting-offsets-in-mem-sampling`; 1: all).
+    pub fn with_postings_sampling(mut self, every: usize) -> StoreBlock {
+        self.postings_sampling = every.max(1);
+        self
     }
 
     pub fn id(&self) -> Ulid {
@@ -367,7 +380,8 @@ impl StoreBlock {
                 }
                 if path.exists() {
                     let p = path.clone();
-                    match tokio::task::spawn_blocking(move || IndexHeader::open(&p)).await {
+                    let every = self.postings_sampling;
+                    match tokio::task::spawn_blocking(move || IndexHeader::open(&p, every)).await {
                         Ok(Ok(h)) => return Ok(Arc::new(h)),
                         Ok(Err(e)) => {
                             metrics.header_rebuilds.inc();
@@ -379,9 +393,10 @@ impl StoreBlock {
                 let bytes = self.build_header().await?;
                 tokio::fs::create_dir_all(&self.dir).await.map_err(local)?;
                 let p = path.clone();
+                let every = self.postings_sampling;
                 let opened = tokio::task::spawn_blocking(move || {
                     header::write_file(&p, &bytes)?;
-                    Ok::<_, std::io::Error>(IndexHeader::open(&p))
+                    Ok::<_, std::io::Error>(IndexHeader::open(&p, every))
                 })
                 .await
                 .map_err(|e| local(std::io::Error::other(e.to_string())))?
@@ -450,29 +465,42 @@ impl StoreBlock {
     }
 
     /// Fetches `parts` of object `key` (a few requests at a time), adding the bytes to
-    /// `counter`.
-    async fn fetch_parts<T>(
+    /// `counter`, and turns each part into items with `decode` while the part's bytes
+    /// are reserved in the gateway's in-flight budget (so the range buffer is gone
+    /// before the reservation is given back).
+    async fn fetch_parts<T, R, F>(
         &self,
         key: &str,
         parts: Vec<Part<T>>,
         counter: &AtomicU64,
-    ) -> Result<Vec<(Bytes, Part<T>)>, ReadError> {
+        inflight: &InflightBytes,
+        decode: F,
+    ) -> Result<Vec<R>, ReadError>
+    where
+        F: Fn(Bytes, Part<T>) -> Result<Vec<R>, ReadError>,
+    {
         let id = self.id();
-        stream::iter(parts)
+        let decode = &decode;
+        let got: Vec<Result<Vec<R>, ReadError>> = stream::iter(parts)
             .map(|p| async move {
+                let len = p.end - p.start;
+                let _reserved = inflight.reserve(len).await;
                 let b = self
                     .bucket
-                    .get_range(key, p.start, Some(p.end - p.start))
+                    .get_range(key, p.start, Some(len))
                     .await
                     .map_err(|source| ReadError::Bucket { id, source })?;
                 counter.fetch_add(b.len() as u64, Ordering::Relaxed);
-                Ok((b, p))
+                decode(b, p)
             })
             .buffer_unordered(FETCH_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
             .collect()
+            .await;
+        let mut out = Vec::new();
+        for r in got {
+            out.extend(r?);
+        }
+        Ok(out)
     }
 
     /// The index items `keys` in order: from the cache, else fetched by `fetch` (given
@@ -515,7 +543,10 @@ impl StoreBlock {
             // Err: that fetch was abandoned; the cache lookup below then misses.
             let _ = done.wait_for(|d| *d).await;
             match ctx.index_cache.get(&keys[i]) {
-                Some(v) => out[i] = Some(v),
+                Some(v) => {
+                    ctx.metrics.shared_fetches.inc();
+                    out[i] = Some(v)
+                }
                 None => again.push(i),
             }
         }
@@ -555,18 +586,24 @@ impl StoreBlock {
                 .into_iter()
                 .map(|i| (ranges[i].start, ranges[i].end.max(ranges[i].start + 8), i))
                 .collect();
-            let mut got = Vec::new();
-            for (buf, part) in self
-                .fetch_parts(key, partition(want, MERGE_GAP), &ctx.fetched.postings)
-                .await?
-            {
-                for (start, i) in part.items {
-                    let rel = (start - part.start) as usize;
-                    let p = decode_postings(buf.get(rel..).unwrap_or(&[])).map_err(index_err)?;
-                    got.push((i, IndexValue::Postings(Arc::new(p))));
-                }
-            }
-            Ok(got)
+            self.fetch_parts(
+                key,
+                partition(want, MERGE_GAP),
+                &ctx.fetched.postings,
+                ctx.inflight,
+                |buf, part| {
+                    part.items
+                        .into_iter()
+                        .map(|(start, i)| {
+                            let rel = (start - part.start) as usize;
+                            let p = decode_postings(buf.get(rel..).unwrap_or(&[]))
+                                .map_err(index_err)?;
+                            Ok((i, IndexValue::Postings(Arc::new(p))))
+                        })
+                        .collect()
+                },
+            )
+            .await
         };
         let lists = self
             .index_items(ctx, &keys, "Postings", fetch)
@@ -600,43 +637,62 @@ impl StoreBlock {
                 .collect();
             want.sort_unstable();
             let ranges = estimated_ranges(&want, self.series_estimate, None);
-            let mut got = Vec::new();
-            for (buf, part) in self
+            let parts = self
                 .fetch_parts(
                     &self.index_key(),
                     partition(ranges, MERGE_GAP),
                     &ctx.fetched.series,
-                )
-                .await?
-            {
-                for (off, i) in part.items {
-                    let rel = (off - part.start) as usize;
-                    let head = buf.get(rel..).unwrap_or(&[]);
-                    let entry = match series_entry_len(head) {
-                        Some(n) if n <= head.len() => Bytes::copy_from_slice(&head[..n]),
-                        known => {
-                            // Longer than estimated: fetch exactly this entry (its
-                            // length first, if even that was cut off).
-                            ctx.metrics.series_refetches.inc();
-                            let n = match known {
-                                Some(n) => n,
-                                None => {
-                                    let b =
-                                        self.get_index_range(off, 10, &ctx.fetched.series).await?;
-                                    series_entry_len(&b).ok_or_else(|| {
-                                        index_err(BlockError::Corrupt(format!(
-                                            "series {}: bad length field",
-                                            ids[i]
-                                        )))
-                                    })?
+                    ctx.inflight,
+                    |buf, part| {
+                        Ok(part
+                            .items
+                            .into_iter()
+                            .map(|(off, i)| {
+                                let rel = (off - part.start) as usize;
+                                let head = buf.get(rel..).unwrap_or(&[]);
+                                match series_entry_len(head) {
+                                    // Copied out, so caching one entry never pins the
+                                    // whole range.
+                                    Some(n) if n <= head.len() => {
+                                        Read::Whole(i, Bytes::copy_from_slice(&head[..n]))
+                                    }
+                                    known => Read::Short { off, i, len: known },
                                 }
-                            };
-                            self.get_index_range(off, n as u64, &ctx.fetched.series)
-                                .await?
-                        }
-                    };
-                    got.push((i, IndexValue::Series(entry)));
-                }
+                            })
+                            .collect())
+                    },
+                )
+                .await?;
+            let mut got = Vec::with_capacity(parts.len());
+            for r in parts {
+                let (off, i, known) = match r {
+                    Read::Whole(i, entry) => {
+                        got.push((i, IndexValue::Series(entry)));
+                        continue;
+                    }
+                    Read::Short { off, i, len } => (off, i, len),
+                };
+                // Longer than estimated: fetch exactly this entry (its length first,
+                // if even that was cut off).
+                ctx.metrics.series_refetches.inc();
+                let n = match known {
+                    Some(n) => n,
+                    None => {
+                        let b = self
+                            .get_index_range(off, 10, &ctx.fetched.series, ctx.inflight)
+                            .await?;
+                        series_entry_len(&b).ok_or_else(|| {
+                            index_err(BlockError::Corrupt(format!(
+                                "series {}: bad length field",
+                                ids[i]
+                            )))
+                        })?
+                    }
+                };
+                let entry = self
+                    .get_index_range(off, n as u64, &ctx.fetched.series, ctx.inflight)
+                    .await?;
+                got.push((i, IndexValue::Series(entry)));
             }
             Ok(got)
         };
@@ -657,8 +713,10 @@ impl StoreBlock {
         off: u64,
         len: u64,
         counter: &AtomicU64,
+        inflight: &InflightBytes,
     ) -> Result<Bytes, ReadError> {
         let id = self.id();
+        let _reserved = inflight.reserve(len).await;
         let b = self
             .bucket
             .get_range(&self.index_key(), off, Some(len))
@@ -719,16 +777,17 @@ impl StoreBlock {
     }
 
     /// Reads the chunks at `refs` (with their index time ranges), from the cache or the
-    /// bucket, in `refs`' order.
+    /// bucket, in `refs`' order. A chunk another request is fetching right now is
+    /// awaited and taken from the cache instead of fetched twice.
     pub async fn chunks(
         &self,
         refs: &[(u64, i64, i64)],
         ctx: ReadCtx<'_>,
     ) -> Result<Vec<Chunk>, ReadError> {
         let id = self.id();
+        let keys: Vec<(Ulid, u64)> = refs.iter().map(|&(r, _, _)| (id, r)).collect();
         let mut out: Vec<Option<Chunk>> = vec![None; refs.len()];
-        // Missing chunks by segment, as (offset, position in refs).
-        let mut missing: BTreeMap<usize, Vec<(u64, usize)>> = BTreeMap::new();
+        let mut missing = Vec::new();
         for (i, &(r, mint, maxt)) in refs.iter().enumerate() {
             match ctx.chunk_cache.get(&(id, r)) {
                 Some(mut c) => {
@@ -739,53 +798,32 @@ impl StoreBlock {
                 }
                 None => {
                     ctx.metrics.chunk_cache_misses.inc();
-                    let (seg, off) = unpack_ref(r);
-                    missing.entry(seg).or_default().push((off as u64, i));
+                    missing.push(i);
                 }
             }
         }
-        let fetched = &ctx.fetched.chunks;
-        for (seg, mut want) in missing {
-            want.sort_unstable();
-            want.dedup_by_key(|w| (w.0, w.1));
-            let limit = self.segment_sizes.get(&seg).copied();
-            let ranges = estimated_ranges(&want, CHUNK_ESTIMATE, limit);
-            let key = format!("{id}/chunks/{}", segment_name(seg));
-            for (buf, part) in self
-                .fetch_parts(&key, partition(ranges, MERGE_GAP), fetched)
-                .await?
-            {
-                for (off, i) in part.items {
-                    let (r, mint, maxt) = refs[i];
-                    let rel = (off - part.start) as usize;
-                    let head = buf.get(rel..).unwrap_or(&[]);
-                    let len = record_len(head).ok_or_else(|| ReadError::Block {
-                        id,
-                        source: BlockError::Corrupt(format!(
-                            "chunk reference {r:#x}: bad length field"
-                        )),
-                    })?;
-                    let rec: Bytes = if rel + len <= buf.len() {
-                        buf.slice(rel..rel + len)
-                    } else {
-                        // Longer than estimated: fetch exactly this record.
-                        let b = self
-                            .bucket
-                            .get_range(&key, off, Some(len as u64))
-                            .await
-                            .map_err(|source| ReadError::Bucket { id, source })?;
-                        fetched.fetch_add(b.len() as u64, Ordering::Relaxed);
-                        b
-                    };
-                    // Copy out of the shared range buffer, so caching one chunk never
-                    // pins the whole range.
-                    let rec = Bytes::copy_from_slice(&rec);
-                    let c = parse_record(&rec, r, mint, maxt)
-                        .map_err(|source| ReadError::Block { id, source })?;
-                    ctx.chunk_cache.put((id, r), c.clone());
+        let (claim, waits) = ctx.chunk_cache.claim(&keys, missing);
+        if !claim.mine.is_empty() {
+            self.fetch_chunks(refs, &claim.mine, ctx, &mut out).await?;
+        }
+        drop(claim);
+        let mut again = Vec::new();
+        for (i, mut done) in waits {
+            // Err: that fetch was abandoned; the cache lookup below then misses.
+            let _ = done.wait_for(|d| *d).await;
+            let (_, mint, maxt) = refs[i];
+            match ctx.chunk_cache.get(&keys[i]) {
+                Some(mut c) => {
+                    ctx.metrics.shared_fetches.inc();
+                    c.min_time = mint;
+                    c.max_time = maxt;
                     out[i] = Some(c);
                 }
+                None => again.push(i),
             }
+        }
+        if !again.is_empty() {
+            self.fetch_chunks(refs, &again, ctx, &mut out).await?;
         }
         out.into_iter()
             .enumerate()
@@ -797,6 +835,105 @@ impl StoreBlock {
             })
             .collect()
     }
+
+    /// Fetches the chunks at positions `pos` of `refs` from the bucket (merged ranged
+    /// reads per segment) into `out` and the chunk cache.
+    async fn fetch_chunks(
+        &self,
+        refs: &[(u64, i64, i64)],
+        pos: &[usize],
+        ctx: ReadCtx<'_>,
+        out: &mut [Option<Chunk>],
+    ) -> Result<(), ReadError> {
+        let id = self.id();
+        // Wanted chunks by segment, as (offset, position in refs).
+        let mut missing: BTreeMap<usize, Vec<(u64, usize)>> = BTreeMap::new();
+        for &i in pos {
+            let Some(&(r, _, _)) = refs.get(i) else {
+                continue;
+            };
+            let (seg, off) = unpack_ref(r);
+            missing.entry(seg).or_default().push((off as u64, i));
+        }
+        let fetched = &ctx.fetched.chunks;
+        for (seg, mut want) in missing {
+            want.sort_unstable();
+            want.dedup_by_key(|w| (w.0, w.1));
+            let limit = self.segment_sizes.get(&seg).copied();
+            let ranges = estimated_ranges(&want, CHUNK_ESTIMATE, limit);
+            let key = format!("{id}/chunks/{}", segment_name(seg));
+            let got = self
+                .fetch_parts(
+                    &key,
+                    partition(ranges, MERGE_GAP),
+                    fetched,
+                    ctx.inflight,
+                    |buf, part| {
+                        part.items
+                            .into_iter()
+                            .map(|(off, i)| {
+                                let r = refs[i].0;
+                                let rel = (off - part.start) as usize;
+                                let head = buf.get(rel..).unwrap_or(&[]);
+                                let len = record_len(head).ok_or_else(|| ReadError::Block {
+                                    id,
+                                    source: BlockError::Corrupt(format!(
+                                        "chunk reference {r:#x}: bad length field"
+                                    )),
+                                })?;
+                                Ok(match head.get(..len) {
+                                    // Copied out of the shared range buffer, so caching
+                                    // one chunk never pins the whole range.
+                                    Some(rec) => Read::Whole(i, Bytes::copy_from_slice(rec)),
+                                    None => Read::Short {
+                                        off,
+                                        i,
+                                        len: Some(len),
+                                    },
+                                })
+                            })
+                            .collect()
+                    },
+                )
+                .await?;
+            for g in got {
+                let (i, rec) = match g {
+                    Read::Whole(i, rec) => (i, rec),
+                    Read::Short { off, i, len } => {
+                        // Longer than estimated: fetch exactly this record.
+                        let len = len.unwrap_or(0) as u64;
+                        let _reserved = ctx.inflight.reserve(len).await;
+                        let b = self
+                            .bucket
+                            .get_range(&key, off, Some(len))
+                            .await
+                            .map_err(|source| ReadError::Bucket { id, source })?;
+                        fetched.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        (i, b)
+                    }
+                };
+                let (r, mint, maxt) = refs[i];
+                let c = parse_record(&rec, r, mint, maxt)
+                    .map_err(|source| ReadError::Block { id, source })?;
+                ctx.chunk_cache.put((id, r), c.clone());
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(c);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One record of a merged range: whole (copied out), or cut short by the estimate and
+/// to be fetched on its own (its length, when the range held the length field).
+enum Read {
+    Whole(usize, Bytes),
+    Short {
+        off: u64,
+        i: usize,
+        len: Option<usize>,
+    },
 }
 
 #[cfg(test)]

@@ -84,8 +84,121 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteCache<K, V> {
     }
 }
 
-/// Chunks by (block, chunk reference).
-pub type ChunkCache = ByteCache<(Ulid, u64), Chunk>;
+/// Which keys some request is fetching right now, so that a concurrent request
+/// wanting the same item waits for that fetch (and then takes the item from the cache)
+/// instead of repeating it.
+pub struct InFlight<K> {
+    /// Keys being fetched; the receiver turns `true` (or its sender goes away) when
+    /// the fetch is over.
+    map: Mutex<HashMap<K, watch::Receiver<bool>>>,
+}
+
+impl<K> Default for InFlight<K> {
+    fn default() -> Self {
+        InFlight {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Items a caller has undertaken to fetch (see [`InFlight::claim`]); dropping it —
+/// after the items were put in the cache, or on failure — releases the waiters.
+pub struct Claim<'a, K: Hash + Eq> {
+    in_flight: &'a InFlight<K>,
+    keys: Vec<K>,
+    done: watch::Sender<bool>,
+    /// Positions (in the caller's key list) this caller fetches.
+    pub mine: Vec<usize>,
+}
+
+impl<K: Hash + Eq> Drop for Claim<'_, K> {
+    fn drop(&mut self) {
+        let mut g = self.in_flight.map.lock().unwrap_or_else(|e| e.into_inner());
+        for k in &self.keys {
+            g.remove(k);
+        }
+        drop(g);
+        let _ = self.done.send(true);
+    }
+}
+
+/// A request waits for the fetch of the item at this position of its key list.
+pub type Wait = (usize, watch::Receiver<bool>);
+
+impl<K: Hash + Eq + Clone> InFlight<K> {
+    /// Splits the positions `missing` of `keys` into those the caller fetches (the
+    /// claim) and those another request is already fetching (with a receiver that
+    /// says when it is done; the item is then in the cache, unless that fetch failed
+    /// or the cache dropped it). Without sharing (`share` false: no cache to hand the
+    /// items over) the caller fetches everything.
+    pub fn claim(&self, keys: &[K], missing: Vec<usize>, share: bool) -> (Claim<'_, K>, Vec<Wait>) {
+        let (done, rx) = watch::channel(false);
+        let mut claim = Claim {
+            in_flight: self,
+            keys: Vec::new(),
+            done,
+            mine: Vec::new(),
+        };
+        let mut waits = Vec::new();
+        if !share {
+            claim.mine = missing;
+            return (claim, waits);
+        }
+        let mut g = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for i in missing {
+            let Some(k) = keys.get(i) else { continue };
+            match g.get(k) {
+                Some(other) => waits.push((i, other.clone())),
+                None => {
+                    g.insert(k.clone(), rx.clone());
+                    claim.keys.push(k.clone());
+                    claim.mine.push(i);
+                }
+            }
+        }
+        drop(g);
+        (claim, waits)
+    }
+}
+
+/// Chunks of all blocks by (block, chunk reference) (`--store.chunk-cache-size`),
+/// and which of them some request is fetching, so concurrent queries over the same
+/// data fetch each chunk once.
+pub struct ChunkCache {
+    items: ByteCache<(Ulid, u64), Chunk>,
+    in_flight: InFlight<(Ulid, u64)>,
+}
+
+impl ChunkCache {
+    pub fn new(limit: usize) -> ChunkCache {
+        ChunkCache {
+            items: ByteCache::new(limit),
+            in_flight: InFlight::default(),
+        }
+    }
+
+    pub fn get(&self, k: &(Ulid, u64)) -> Option<Chunk> {
+        self.items.get(k)
+    }
+
+    pub fn put(&self, k: (Ulid, u64), v: Chunk) {
+        self.items.put(k, v)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.items.bytes()
+    }
+
+    /// See [`InFlight::claim`].
+    pub fn claim(
+        &self,
+        keys: &[(Ulid, u64)],
+        missing: Vec<usize>,
+    ) -> (Claim<'_, (Ulid, u64)>, Vec<Wait>) {
+        self.in_flight.claim(keys, missing, self.items.limit > 0)
+    }
+}
 
 /// An index item of one block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,45 +228,17 @@ impl Weigh for IndexValue {
 }
 
 /// Postings lists and series entries of all blocks (Thanos's in-memory index cache),
-/// and which of them some request is fetching right now, so that concurrent requests
-/// wanting the same item wait for that fetch instead of repeating it.
+/// and which of them some request is fetching right now.
 pub struct IndexCache {
     items: ByteCache<IndexKey, IndexValue>,
-    /// Items being fetched; the receiver turns `true` (or its sender goes away) when
-    /// the fetch is over.
-    in_flight: Mutex<HashMap<IndexKey, watch::Receiver<bool>>>,
-}
-
-/// Items a caller has undertaken to fetch (see [`IndexCache::claim`]); dropping it —
-/// after the items were put in the cache, or on failure — releases the waiters.
-pub struct Claim<'a> {
-    cache: &'a IndexCache,
-    keys: Vec<IndexKey>,
-    done: watch::Sender<bool>,
-    /// Positions (in the caller's key list) this caller fetches.
-    pub mine: Vec<usize>,
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        let mut g = self
-            .cache
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for k in &self.keys {
-            g.remove(k);
-        }
-        drop(g);
-        let _ = self.done.send(true);
-    }
+    in_flight: InFlight<IndexKey>,
 }
 
 impl IndexCache {
     pub fn new(limit: usize) -> IndexCache {
         IndexCache {
             items: ByteCache::new(limit),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: InFlight::default(),
         }
     }
 
@@ -170,40 +255,13 @@ impl IndexCache {
         self.items.bytes()
     }
 
-    /// Splits the positions `missing` of `keys` into those the caller fetches (the
-    /// claim) and those another request is already fetching (with a receiver that
-    /// says when it is done; the item is then in the cache, unless that fetch failed
-    /// or the cache dropped it). Without a cache the caller fetches everything.
+    /// See [`InFlight::claim`].
     pub fn claim(
         &self,
         keys: &[IndexKey],
         missing: Vec<usize>,
-    ) -> (Claim<'_>, Vec<(usize, watch::Receiver<bool>)>) {
-        let (done, rx) = watch::channel(false);
-        let mut claim = Claim {
-            cache: self,
-            keys: Vec::new(),
-            done,
-            mine: Vec::new(),
-        };
-        let mut waits = Vec::new();
-        if self.items.limit == 0 {
-            claim.mine = missing;
-            return (claim, waits);
-        }
-        let mut g = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        for i in missing {
-            match g.get(&keys[i]) {
-                Some(other) => waits.push((i, other.clone())),
-                None => {
-                    g.insert(keys[i], rx.clone());
-                    claim.keys.push(keys[i]);
-                    claim.mine.push(i);
-                }
-            }
-        }
-        drop(g);
-        (claim, waits)
+    ) -> (Claim<'_, IndexKey>, Vec<Wait>) {
+        self.in_flight.claim(keys, missing, self.items.limit > 0)
     }
 }
 

@@ -43,8 +43,15 @@ pub struct IndexHeader {
 }
 
 impl IndexHeader {
-    /// Parses and verifies a header file's bytes.
+    /// Parses and verifies a header file's bytes, keeping every postings offset table
+    /// entry in memory.
     pub fn parse(b: Bytes) -> Result<IndexHeader, BlockError> {
+        IndexHeader::parse_sampled(b, 1)
+    }
+
+    /// Parses and verifies a header file's bytes, keeping one in `sampling` postings
+    /// offset table entries in memory (see [`PostingsTable::parse_sampled`]).
+    pub fn parse_sampled(b: Bytes, sampling: usize) -> Result<IndexHeader, BlockError> {
         if b.len() < PREAMBLE_LEN + TOC_LEN {
             return Err(BlockError::Corrupt("index-header: file too short".into()));
         }
@@ -91,7 +98,8 @@ impl IndexHeader {
             ));
         }
         let symbols = Symbols::parse(b.clone(), sym as usize)?;
-        let postings = PostingsTable::parse(b.clone(), tbl as usize, postings_end)?;
+        let postings =
+            PostingsTable::parse_sampled(b.clone(), tbl as usize, postings_end, sampling)?;
         Ok(IndexHeader {
             index_version,
             symbols,
@@ -100,9 +108,9 @@ impl IndexHeader {
         })
     }
 
-    /// Maps and parses the header file at `path`.
-    pub fn open(path: &Path) -> Result<IndexHeader, BlockError> {
-        IndexHeader::parse(tsdb::block::map_file(path)?)
+    /// Maps and parses the header file at `path` (see [`IndexHeader::parse_sampled`]).
+    pub fn open(path: &Path, sampling: usize) -> Result<IndexHeader, BlockError> {
+        IndexHeader::parse_sampled(tsdb::block::map_file(path)?, sampling)
     }
 }
 
@@ -235,5 +243,128 @@ mod tests {
         }
         assert!(IndexHeader::parse(h.slice(..h.len() - 1)).is_err());
         assert!(IndexHeader::parse(Bytes::new()).is_err());
+    }
+
+    /// Label names with 1, 2, 31, 32, 33 and 100 values (around the sampling steps).
+    fn rich_header(dir: &Path) -> (IndexReader, Bytes) {
+        let p = dir.join("index");
+        let counts = [
+            ("a", 1),
+            ("b", 2),
+            ("c", 31),
+            ("d", 32),
+            ("e", 33),
+            ("f", 100),
+        ];
+        let mut series = Vec::new();
+        for (name, n) in counts {
+            for i in 0..n {
+                series.push(
+                    Labels::from_pairs([("__name__", "m"), (name, format!("v{i:03}").as_str())])
+                        .unwrap(),
+                );
+            }
+        }
+        series.sort();
+        let mut syms: Vec<String> = series
+            .iter()
+            .flat_map(|l| {
+                l.iter()
+                    .flat_map(|x| [x.name.to_string(), x.value.to_string()])
+            })
+            .chain([String::new()])
+            .collect();
+        syms.sort();
+        syms.dedup();
+        let mut w = IndexWriter::new(&p, syms).unwrap();
+        for l in &series {
+            w.add_series(l, &[]).unwrap();
+        }
+        w.finish().unwrap();
+        let b = Bytes::from(std::fs::read(&p).unwrap());
+        let r = IndexReader::new(b.clone()).unwrap();
+        let toc = r.toc();
+        let end = b.len() - tsdb::block::index::INDEX_TOC_LEN;
+        let h = encode(
+            r.version(),
+            toc.postings_table,
+            &b[toc.symbols as usize..toc.series as usize],
+            &b[toc.postings_table as usize..end],
+        )
+        .unwrap();
+        (r, Bytes::from(h))
+    }
+
+    #[test]
+    fn sampled_table_answers_like_the_full_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, h) = rich_header(dir.path());
+        let full = r.postings_table();
+        assert_eq!(full.len(), 1 + 1 + 1 + 2 + 31 + 32 + 33 + 100);
+        let probes = |vals: &[String]| {
+            // Every value, plus values before, between and after them.
+            let mut p: Vec<String> = vals.to_vec();
+            p.extend(["", "a", "v", "v0005x", "v031x", "v099z", "w", "v000"].map(String::from));
+            p.extend(vals.iter().map(|v| format!("{v}0")));
+            p
+        };
+        // The full table itself against what was written: each name's values in
+        // order, ranges back to back.
+        for (name, n) in [
+            ("a", 1),
+            ("b", 2),
+            ("c", 31),
+            ("d", 32),
+            ("e", 33),
+            ("f", 100),
+        ] {
+            let want: Vec<String> = (0..n).map(|i| format!("v{i:03}")).collect();
+            assert_eq!(full.label_values(name), want);
+            let mut ranges = Vec::new();
+            full.for_each_value(name, |_, r| ranges.push(r));
+            assert!(
+                ranges
+                    .windows(2)
+                    .all(|w| w[0].end == w[1].start && w[0].start < w[0].end)
+            );
+            assert_eq!(full.lookup(name, "v000"), ranges.first().copied());
+            assert_eq!(full.lookup(name, "v0000"), None);
+        }
+        for every in [1usize, 2, 3, 7, 31, 32, 33, 1000] {
+            let hdr = IndexHeader::parse_sampled(h.clone(), every).unwrap();
+            let t = &hdr.postings;
+            assert_eq!(t.len(), full.len());
+            assert_eq!(t.label_names(), full.label_names());
+            if every >= 32 {
+                assert!(
+                    t.entries_in_memory() * 4 < full.len(),
+                    "sampling {every} keeps {} of {}",
+                    t.entries_in_memory(),
+                    full.len()
+                );
+            }
+            for name in ["__name__", "a", "b", "c", "d", "e", "f", "", "zz", "0"] {
+                let vals = full.label_values(name);
+                assert_eq!(
+                    t.label_values(name),
+                    vals,
+                    "values of {name:?} every {every}"
+                );
+                let mut got = Vec::new();
+                t.for_each_value(name, |v, r| got.push((v.to_string(), r)));
+                let mut want = Vec::new();
+                full.for_each_value(name, |v, r| want.push((v.to_string(), r)));
+                assert_eq!(got, want, "ranges of {name:?} every {every}");
+                for v in probes(&vals) {
+                    assert_eq!(
+                        t.lookup(name, &v),
+                        full.lookup(name, &v),
+                        "lookup {name:?}={v:?} every {every}"
+                    );
+                }
+            }
+            assert!(t.lookup("", "").is_some());
+            assert_eq!(t.lookup("", ""), full.lookup("", ""));
+        }
     }
 }

@@ -20,6 +20,8 @@ pub mod args;
 pub mod block;
 pub mod cache;
 pub mod header;
+pub mod heap;
+pub mod inflight;
 pub mod metrics;
 pub mod resolution;
 pub mod service;
@@ -45,6 +47,7 @@ pub use args::StoreArgs;
 
 use crate::block::StoreBlock;
 use crate::cache::{ChunkCache, IndexCache};
+use crate::inflight::InflightBytes;
 use crate::metrics::{StateLabel, StoreMetrics};
 use crate::service::{Gateway, Limits};
 use objstore::relabel::Selector;
@@ -108,7 +111,10 @@ impl Syncer {
             }
             let b = match old.get(&id) {
                 Some(b) => b.clone(),
-                None => Arc::new(StoreBlock::new(e.meta, &gw.data_dir, gw.bucket.clone())),
+                None => Arc::new(
+                    StoreBlock::new(e.meta, &gw.data_dir, gw.bucket.clone())
+                        .with_postings_sampling(gw.postings_sampling),
+                ),
             };
             next.insert(id, b);
         }
@@ -262,6 +268,7 @@ pub fn build(args: &StoreArgs, registry: &mut Registry) -> anyhow::Result<Parts>
         ready: Arc::new(AtomicBool::new(false)),
         cache: Arc::new(ChunkCache::new(args.chunk_cache_size)),
         index_cache: Arc::new(IndexCache::new(args.index_cache_size)),
+        inflight: Arc::new(InflightBytes::new(args.max_inflight_fetch_bytes as u64)),
         metrics,
         limits: Limits {
             series: args.series_limit,
@@ -278,6 +285,7 @@ pub fn build(args: &StoreArgs, registry: &mut Registry) -> anyhow::Result<Parts>
                 default_tenant: args.default_tenant_id.clone(),
             })
         }),
+        postings_sampling: args.postings_offsets_sampling as usize,
     };
     let syncer = Syncer {
         fetcher: MetaFetcher::new(bucket, Some(args.data_dir.join("meta-syncer"))),

@@ -46,6 +46,9 @@ pub struct StoreMetrics {
     /// Bucket bytes fetched by one request, by data type.
     pub fetched_bytes_per_query: Family<DataTypeLabel, Histogram>,
     pub chunk_cache_hits: Counter,
+    /// Items (postings, series, chunks) a request took from a concurrent request's
+    /// fetch instead of fetching them itself.
+    pub shared_fetches: Counter,
     pub chunk_cache_misses: Counter,
     pub bytes_fetched: Counter,
     /// Bucket bytes fetched per Series call.
@@ -74,6 +77,7 @@ impl Default for StoreMetrics {
                 Histogram::new(exponential_buckets(256.0, 4.0, 14))
             }),
             chunk_cache_hits: Counter::default(),
+            shared_fetches: Counter::default(),
             chunk_cache_misses: Counter::default(),
             bytes_fetched: Counter::default(),
             bytes_per_query: Histogram::new(exponential_buckets(1024.0, 4.0, 12)),
@@ -149,6 +153,11 @@ impl StoreMetrics {
             "orrery_store_chunk_cache_hits",
             "Chunk cache hits",
             self.chunk_cache_hits.clone(),
+        );
+        r.register(
+            "orrery_store_shared_fetches",
+            "Index items and chunks a request took from a concurrent request's bucket fetch instead of fetching them again",
+            self.shared_fetches.clone(),
         );
         r.register(
             "orrery_store_chunk_cache_misses",

@@ -30,6 +30,7 @@ use tsdb::chunk::aggr::{AggrType, aggr_get};
 
 use crate::block::{Fetched, ReadCtx, ReadError, StoreBlock};
 use crate::cache::{ChunkCache, IndexCache};
+use crate::inflight::InflightBytes;
 use crate::metrics::StoreMetrics;
 use crate::resolution::Span;
 
@@ -54,6 +55,9 @@ pub struct Gateway {
     pub cache: Arc<ChunkCache>,
     /// Postings lists and series entries (`--index-cache-size`).
     pub index_cache: Arc<IndexCache>,
+    /// Bucket range bytes being fetched and decoded at once, over all requests
+    /// (`--store.max-inflight-fetch-bytes`).
+    pub inflight: Arc<InflightBytes>,
     pub metrics: StoreMetrics,
     pub limits: Limits,
     pub data_dir: PathBuf,
@@ -64,6 +68,8 @@ pub struct Gateway {
     pub batch_chunks: usize,
     /// `--store.enforce-tenancy`: each call reads one tenant's blocks only.
     pub tenancy: Option<Arc<crate::tenancy::TenantScope>>,
+    /// `--store.index-header-posting-offsets-in-mem-sampling` for blocks opened by sync.
+    pub postings_sampling: usize,
 }
 
 /// Chunk refs fetched and sent per batch of a `Series` response: about 8 MiB of chunk
@@ -226,6 +232,7 @@ impl Gateway {
             index_cache: &self.index_cache,
             chunk_cache: &self.cache,
             fetched,
+            inflight: &self.inflight,
         }
     }
 
@@ -536,6 +543,8 @@ impl FrameSeries for Gateway {
                 let _ = tx.send(Err(e)).await;
             }
             gw.metrics.observe_fetched(&fetched);
+            drop(tx);
+            crate::heap::after_request(fetched.total());
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
@@ -843,6 +852,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(true)),
             cache: Arc::new(ChunkCache::new(0)),
             index_cache: Arc::new(IndexCache::new(1 << 20)),
+            inflight: Arc::new(InflightBytes::unbounded()),
             metrics: StoreMetrics::default(),
             limits,
             data_dir: dir.join("data"),
@@ -850,6 +860,7 @@ mod tests {
             window: Arc::new(RwLock::new((i64::MIN, i64::MAX))),
             batch_chunks,
             tenancy: None,
+            postings_sampling: 32,
         }
     }
 
@@ -1033,6 +1044,46 @@ mod tests {
         assert!(
             sent.len() < 6,
             "at most the series before the limit: {sent:?}"
+        );
+    }
+
+    /// Chunk bytes the gateway's metrics say were fetched from the bucket.
+    fn chunk_bytes(gw: &Gateway) -> u64 {
+        gw.metrics
+            .fetched_bytes
+            .get_or_create(&crate::metrics::DataTypeLabel {
+                data_type: "chunks".into(),
+            })
+            .get()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn two_concurrent_series_calls_fetch_each_chunk_once() {
+        // One call alone: what fetching every chunk once costs.
+        let dir = tempfile::tempdir().unwrap();
+        let mut gw = gateway(dir.path(), 7, Limits::default());
+        gw.cache = Arc::new(ChunkCache::new(1 << 20));
+        let alone = run(&gw).await;
+        assert!(alone.1.is_none());
+        let once = chunk_bytes(&gw);
+        assert!(once > 0);
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut gw = gateway(dir.path(), 7, Limits::default());
+        gw.cache = Arc::new(ChunkCache::new(1 << 20));
+        let (a, b) = tokio::join!(run(&gw), run(&gw));
+        assert!(a.1.is_none() && b.1.is_none(), "{:?} {:?}", a.1, b.1);
+        assert_eq!(a.0, alone.0);
+        assert_eq!(b.0, alone.0);
+        // The metric is updated when each stream ends; both have ended here.
+        assert_eq!(
+            chunk_bytes(&gw),
+            once,
+            "two concurrent calls fetched chunks twice"
+        );
+        assert!(
+            gw.metrics.shared_fetches.get() + gw.metrics.chunk_cache_hits.get() > 0,
+            "the second call took the chunks from the first"
         );
     }
 }

@@ -62,6 +62,7 @@ struct Env {
     metrics: StoreMetrics,
     index_cache: IndexCache,
     chunk_cache: ChunkCache,
+    inflight: InflightBytes,
 }
 
 impl Env {
@@ -70,6 +71,7 @@ impl Env {
             metrics: StoreMetrics::default(),
             index_cache: IndexCache::new(cache),
             chunk_cache: ChunkCache::new(cache),
+            inflight: InflightBytes::new(1 << 20),
         }
     }
 
@@ -79,6 +81,7 @@ impl Env {
             index_cache: &self.index_cache,
             chunk_cache: &self.chunk_cache,
             fetched,
+            inflight: &self.inflight,
         }
     }
 }
@@ -390,4 +393,131 @@ async fn concurrent_queries_share_index_fetches() {
     // The first fetched each item, the second waited for it.
     assert!(bytes(&f1).0 > 0 && bytes(&f1).1 > 0, "{:?}", bytes(&f1));
     assert_eq!(bytes(&f2), (0, 0));
+}
+
+/// Chunk refs of the series matching `ms` in `b`.
+async fn chunk_refs(b: &StoreBlock, env: &Env, ms: &[Matcher]) -> Vec<(u64, i64, i64)> {
+    let f = Fetched::default();
+    let hdr = b.header(&env.metrics).await.unwrap();
+    let ids = b.postings(&hdr, ms, env.ctx(&f)).await.unwrap();
+    b.series(&hdr, &ids, env.ctx(&f))
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|(_, c)| c.iter().map(|c| (c.chunk_ref, c.min_time, c.max_time)))
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_queries_share_chunk_fetches() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = write_block(dir.path(), 200);
+    let b = StoreBlock::new(meta, &dir.path().join("data"), bucket(dir.path()));
+    let env = Env::new(64 << 20);
+    let refs = chunk_refs(&b, &env, &[m(MatchOp::Equal, "job", "odd")]).await;
+    assert_eq!(refs.len(), 100);
+    let (f1, f2) = (Fetched::default(), Fetched::default());
+    // Both miss the cache before either has fetched (join! polls the second while
+    // the first waits for the bucket): one fetches, the other waits for it.
+    let (a, c) = tokio::join!(b.chunks(&refs, env.ctx(&f1)), b.chunks(&refs, env.ctx(&f2)));
+    let (a, c) = (a.unwrap(), c.unwrap());
+    assert_eq!(a, c);
+    assert_eq!(env.metrics.chunk_cache_misses.get(), 200, "both missed");
+    let (n1, n2) = (
+        f1.chunks.load(Ordering::Relaxed),
+        f2.chunks.load(Ordering::Relaxed),
+    );
+    assert!(n1 > 0, "the first fetched");
+    assert_eq!(n2, 0, "the second fetched {n2} bytes instead of waiting");
+    assert_eq!(env.metrics.shared_fetches.get(), 100);
+    // Without a cache to hand chunks over, each fetches its own (and still answers).
+    let env = Env::new(0);
+    let (f1, f2) = (Fetched::default(), Fetched::default());
+    let (x, y) = tokio::join!(b.chunks(&refs, env.ctx(&f1)), b.chunks(&refs, env.ctx(&f2)));
+    assert_eq!(x.unwrap(), a);
+    assert_eq!(y.unwrap(), a);
+    assert_eq!(
+        f1.chunks.load(Ordering::Relaxed),
+        f2.chunks.load(Ordering::Relaxed)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_chunk_fetch_releases_its_waiters() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = write_block(dir.path(), 50);
+    let b = StoreBlock::new(meta, &dir.path().join("data"), bucket(dir.path()));
+    let env = Env::new(64 << 20);
+    let refs = chunk_refs(&b, &env, &[m(MatchOp::Equal, "job", "odd")]).await;
+    // A reference past the segment's end fails the first caller's fetch; the second,
+    // waiting on the same keys, is released and fetches (and fails) itself rather
+    // than hanging.
+    let mut bad = refs.clone();
+    bad.push((u64::from(u32::MAX) - 8, 0, 0));
+    let (f1, f2) = (Fetched::default(), Fetched::default());
+    let r = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(b.chunks(&bad, env.ctx(&f1)), b.chunks(&bad, env.ctx(&f2)))
+    })
+    .await
+    .expect("waiters released after a failed fetch");
+    assert!(r.0.is_err() && r.1.is_err());
+    // Good refs still read afterwards.
+    assert_eq!(
+        b.chunks(&refs, env.ctx(&Fetched::default()))
+            .await
+            .unwrap()
+            .len(),
+        refs.len()
+    );
+}
+
+#[tokio::test]
+async fn sampled_postings_offsets_read_like_the_full_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = write_block(dir.path(), 300);
+    let full = IndexReader::new(Bytes::from(
+        std::fs::read(dir.path().join(meta.ulid.to_string()).join("index")).unwrap(),
+    ))
+    .unwrap();
+    for every in [2, 3, 32, 1000] {
+        let data = dir.path().join(format!("data-{every}"));
+        let b =
+            StoreBlock::new(meta.clone(), &data, bucket(dir.path())).with_postings_sampling(every);
+        let env = Env::new(0);
+        let f = Fetched::default();
+        let hdr = b.header(&env.metrics).await.unwrap();
+        assert!(
+            hdr.postings.entries_in_memory() < full.postings_table().len(),
+            "sampling {every} keeps {} of {}",
+            hdr.postings.entries_in_memory(),
+            full.postings_table().len()
+        );
+        for ms in matcher_table() {
+            let want = tsdb::block::postings_for_matchers(&full, &ms).unwrap();
+            let got = b.postings(&hdr, &ms, env.ctx(&f)).await.unwrap();
+            assert_eq!(got, want, "postings for {ms:?} sampling {every}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn inflight_budget_smaller_than_a_range_still_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = write_block(dir.path(), 300);
+    let b = StoreBlock::new(meta, &dir.path().join("data"), bucket(dir.path()));
+    let mut env = Env::new(0);
+    let refs = chunk_refs(&b, &env, &[m(MatchOp::RegexMatch, "job", ".+")]).await;
+    let want = b.chunks(&refs, env.ctx(&Fetched::default())).await.unwrap();
+    // 16 bytes: every range is larger, each takes the whole budget in turn.
+    env.inflight = InflightBytes::new(16);
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        let (f1, f2) = (Fetched::default(), Fetched::default());
+        let (x, y) = tokio::join!(b.chunks(&refs, env.ctx(&f1)), b.chunks(&refs, env.ctx(&f2)));
+        (x.unwrap(), y.unwrap())
+    })
+    .await
+    .expect("ranges larger than the budget run one at a time, not never");
+    assert_eq!(got.0, want);
+    assert_eq!(got.1, want);
+    assert_eq!(env.inflight.in_use(), 0, "every reservation given back");
 }

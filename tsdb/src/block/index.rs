@@ -482,40 +482,79 @@ struct PostingsEntry {
 /// The postings offset table: every (label name, value) pair of the index, sorted,
 /// with where its postings list starts. Enough to answer label names and values and to
 /// plan which postings lists a set of matchers needs, without the rest of the index.
+///
+/// Only every `sampling`-th entry of each label name (and its last) is held in memory;
+/// a lookup binary-searches those and decodes the few entries after the nearest one
+/// from the table's bytes (Thanos's `--store.index-header-posting-offsets-in-mem-sampling`),
+/// so a label-rich block costs a fraction of its table in memory. The bytes are the
+/// index or index-header mapping the table was parsed from.
 #[derive(Debug, Clone)]
 pub struct PostingsTable {
     b: Bytes,
+    /// Start of the table's content (after its length field) in `b`.
     base: usize,
-    /// Label names (sorted; "" for the all-series list) with their entries' range.
+    /// Length of the content (entries end there; the CRC follows).
+    content_len: usize,
+    /// Label names (sorted; "" for the all-series list) with their samples' range.
     names: Vec<(String, std::ops::Range<usize>)>,
-    entries: Vec<PostingsEntry>,
+    samples: Vec<PostingsEntry>,
+    /// Entries in the table.
+    count: usize,
     /// Where the last postings list ends (the postings offset table's offset in the
     /// index).
     postings_end: u64,
 }
 
+/// One entry decoded from the table's bytes.
+struct Decoded<'a> {
+    name: &'a str,
+    value: &'a str,
+    off: u64,
+    /// Where the next entry starts, relative to the content.
+    next: usize,
+}
+
 impl PostingsTable {
     /// Parses the postings offset table section at `off` in `b` (checksum and order
-    /// verified). `postings_end` is the table's offset in the original index, which
-    /// bounds the last postings list. `off == 0` means no table.
+    /// verified), keeping every entry in memory. `postings_end` is the table's offset
+    /// in the original index, which bounds the last postings list. `off == 0` means no
+    /// table.
     pub fn parse(b: Bytes, off: usize, postings_end: u64) -> Result<PostingsTable, BlockError> {
+        PostingsTable::parse_sampled(b, off, postings_end, 1)
+    }
+
+    /// As [`PostingsTable::parse`], keeping the first of every `sampling` entries of
+    /// each label name and its last (1 or 0: all) in memory.
+    pub fn parse_sampled(
+        b: Bytes,
+        off: usize,
+        postings_end: u64,
+        sampling: usize,
+    ) -> Result<PostingsTable, BlockError> {
+        let sampling = sampling.max(1);
         let mut names: Vec<(String, std::ops::Range<usize>)> = Vec::new();
-        let mut entries = Vec::new();
+        let mut samples = Vec::new();
         if off == 0 {
             return Ok(PostingsTable {
                 b,
                 base: 0,
+                content_len: 0,
                 names,
-                entries,
+                samples,
+                count: 0,
                 postings_end,
             });
         }
         let tbl = checked_section(&b, off, "postings offset table")?;
         let mut d = Decoder::new(tbl, "postings offset table");
         let n = d.be32()? as usize;
-        entries.reserve(n.min(tbl.len()));
+        samples.reserve((n / sampling + 1).min(tbl.len()));
         let mut prev: Option<(&str, &str)> = None;
         let mut prev_off = 0u64;
+        // Entries of the current name so far, and its latest entry when not sampled
+        // (kept if it turns out to be the name's last).
+        let mut in_name = 0usize;
+        let mut unsampled_last: Option<PostingsEntry> = None;
         for _ in 0..n {
             if d.uvarint()? != 2 {
                 return Err(BlockError::Corrupt(
@@ -539,47 +578,120 @@ impl PostingsTable {
             prev_off = off;
             prev = Some((name, value));
             if names.last().is_none_or(|(n, _)| n != name) {
-                names.push((name.to_string(), entries.len()..entries.len()));
+                if let Some(e) = unsampled_last.take() {
+                    samples.push(e);
+                }
+                if let Some(last) = names.last_mut() {
+                    last.1.end = samples.len();
+                }
+                names.push((name.to_string(), samples.len()..samples.len()));
+                in_name = 0;
             }
-            entries.push(PostingsEntry {
+            let e = PostingsEntry {
                 value_pos,
                 value_len: value.len() as u32,
                 off,
-            });
+            };
+            if in_name.is_multiple_of(sampling) {
+                samples.push(e);
+                unsampled_last = None;
+            } else {
+                unsampled_last = Some(e);
+            }
+            in_name += 1;
             if let Some(last) = names.last_mut() {
-                last.1.end = entries.len();
+                last.1.end = samples.len();
             }
         }
+        if let Some(e) = unsampled_last.take() {
+            samples.push(e);
+            if let Some(last) = names.last_mut() {
+                last.1.end = samples.len();
+            }
+        }
+        samples.shrink_to_fit();
         Ok(PostingsTable {
-            b,
             base: off + 4,
+            content_len: tbl.len(),
+            b,
             names,
-            entries,
+            samples,
+            count: n,
             postings_end,
         })
     }
 
-    fn entry_value(&self, e: &PostingsEntry) -> &str {
-        let at = self.base + e.value_pos as usize;
-        // Validated as UTF-8 when the table was parsed.
-        std::str::from_utf8(&self.b[at..at + e.value_len as usize]).unwrap_or("")
+    /// The table's content (validated when parsed).
+    fn content(&self) -> &[u8] {
+        self.b
+            .get(self.base..self.base + self.content_len)
+            .unwrap_or(&[])
     }
 
-    /// The entries of `name` and the index of the first one in `entries`.
-    fn name_entries(&self, name: &str) -> (usize, &[PostingsEntry]) {
+    fn entry_value(&self, e: &PostingsEntry) -> &str {
+        let at = e.value_pos as usize;
+        // Validated as UTF-8 when the table was parsed.
+        self.content()
+            .get(at..at + e.value_len as usize)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or("")
+    }
+
+    /// The entry starting at `pos` of the content, if there is one.
+    fn decode_at(&self, pos: usize) -> Option<Decoded<'_>> {
+        let c = self.content().get(pos..)?;
+        if c.is_empty() {
+            return None;
+        }
+        let mut d = Decoder::new(c, "postings offset table");
+        d.uvarint().ok()?;
+        let name = d.uvarint_str().ok()?;
+        let value = d.uvarint_str().ok()?;
+        let off = d.uvarint().ok()?;
+        Some(Decoded {
+            name,
+            value,
+            off,
+            next: pos + d.pos(),
+        })
+    }
+
+    /// Where the entry after sample `e` starts.
+    fn after(&self, e: &PostingsEntry) -> usize {
+        let end = e.value_pos as usize + e.value_len as usize;
+        let n = self
+            .content()
+            .get(end..)
+            .and_then(super::encoding::uvarint)
+            .map_or(0, |(_, n)| n);
+        end + n
+    }
+
+    /// The entries from sample `k` on (the sample first), in table order, as (name,
+    /// value, postings offset); `name` is the sample's label name.
+    fn scan<'a>(
+        &'a self,
+        k: usize,
+        name: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a str, u64)> + 'a {
+        let first = self.samples.get(k);
+        let mut pos = first.map(|e| self.after(e));
+        let head = first.map(|e| (name, self.entry_value(e), e.off));
+        head.into_iter().chain(std::iter::from_fn(move || {
+            let d = self.decode_at(pos?)?;
+            pos = Some(d.next);
+            Some((d.name, d.value, d.off))
+        }))
+    }
+
+    /// The samples of `name` and the index of the first one in `samples`.
+    fn name_samples(&self, name: &str) -> (usize, &[PostingsEntry]) {
         match self.names.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
             Ok(i) => {
                 let r = self.names[i].1.clone();
-                (r.start, &self.entries[r])
+                (r.start, self.samples.get(r.clone()).unwrap_or(&[]))
             }
             Err(_) => (0, &[]),
-        }
-    }
-
-    fn range(&self, i: usize) -> PostingsRange {
-        PostingsRange {
-            start: self.entries[i].off,
-            end: self.entries.get(i + 1).map_or(self.postings_end, |e| e.off),
         }
     }
 
@@ -594,14 +706,9 @@ impl PostingsTable {
 
     /// All values of `name` (sorted).
     pub fn label_values(&self, name: &str) -> Vec<String> {
-        if name.is_empty() {
-            return Vec::new();
-        }
-        self.name_entries(name)
-            .1
-            .iter()
-            .map(|e| self.entry_value(e).to_string())
-            .collect()
+        let mut out = Vec::new();
+        self.for_each_value(name, |v, _| out.push(v.to_string()));
+        out
     }
 
     /// Calls `f` with each value of `name` and where its postings list is.
@@ -609,28 +716,54 @@ impl PostingsTable {
         if name.is_empty() {
             return;
         }
-        let (first, es) = self.name_entries(name);
-        for (k, e) in es.iter().enumerate() {
-            f(self.entry_value(e), self.range(first + k));
+        let (first, ss) = self.name_samples(name);
+        if ss.is_empty() {
+            return;
+        }
+        let mut it = self.scan(first, name).peekable();
+        while let Some((n, v, off)) = it.next() {
+            if n != name {
+                break;
+            }
+            let end = it.peek().map_or(self.postings_end, |e| e.2);
+            f(v, PostingsRange { start: off, end });
         }
     }
 
     /// Where the postings list of one label pair is, if the pair exists. `("", "")`
     /// is the list of all series.
     pub fn lookup(&self, name: &str, value: &str) -> Option<PostingsRange> {
-        let (first, es) = self.name_entries(name);
-        es.binary_search_by(|e| self.entry_value(e).cmp(value))
-            .ok()
-            .map(|i| self.range(first + i))
+        let (first, ss) = self.name_samples(name);
+        let k = match ss.binary_search_by(|e| self.entry_value(e).cmp(value)) {
+            Ok(k) => k,
+            Err(0) => return None,
+            Err(k) => k - 1,
+        };
+        let mut it = self.scan(first + k, name).peekable();
+        while let Some((n, v, off)) = it.next() {
+            if n != name || v > value {
+                return None;
+            }
+            if v == value {
+                let end = it.peek().map_or(self.postings_end, |e| e.2);
+                return Some(PostingsRange { start: off, end });
+            }
+        }
+        None
     }
 
     /// Number of label pairs (with the all-series key).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.count == 0
+    }
+
+    /// Entries held in memory (all of them unless sampled).
+    pub fn entries_in_memory(&self) -> usize {
+        self.samples.len()
     }
 }
 
