@@ -21,6 +21,7 @@ mod wire {
             "proto/info.proto",
             "proto/remote.proto",
             "proto/hints.proto",
+            "proto/write_v2.proto",
         ];
         for p in protos {
             println!("cargo:rerun-if-changed={p}");
