@@ -519,3 +519,72 @@ remote_write:
         "no metadata counted: {m}"
     );
 }
+
+/// A router-only receiver in front of an ingestor: 2.0 requests are translated and
+/// forwarded over the hashring like 1.0 ones; the router's answer carries the samples
+/// written, the ingestor holds them, and a refused request reports nothing written.
+#[test]
+fn receiver_rw2_router_forwards_v2_to_the_ingestor() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingestor = Receiver::start(
+        &dir.path().join("ingestor"),
+        &dir.path().join("ingestor.log"),
+        &[],
+    );
+    let ring = dir.path().join("hashring.json");
+    std::fs::write(
+        &ring,
+        format!(
+            r#"[{{"hashring":"default","endpoints":["{}"]}}]"#,
+            ingestor.grpc
+        ),
+    )
+    .unwrap();
+    let router = Receiver::start(
+        &dir.path().join("router"),
+        &dir.path().join("router.log"),
+        &[&format!("--receive.hashrings-file={}", ring.display())],
+    );
+    let t0 = now_ms() - 60_000;
+    let mut other = float_series(t0, 7.0);
+    other.labels_refs = vec![1, 2, 3, 7]; // job="abc"
+    let req = v2::Request {
+        symbols: symbols(),
+        timeseries: vec![float_series(t0, 1.0), other],
+    };
+    let r = post_v2(&router, &req);
+    assert_eq!((r.status, written(&r)), (204, (2, 0, 0)), "{r:?}");
+    let s = series(
+        &ingestor.grpc,
+        vec![eq("__name__", "rw2_floats")],
+        0,
+        i64::MAX,
+    )
+    .unwrap();
+    assert_eq!(s.len(), 2, "{s:?}");
+    assert_eq!(s[0].1, vec![(t0, 1.0)]);
+    assert_eq!(s[1].1, vec![(t0, 7.0)]);
+    assert!(
+        series(
+            &router.grpc,
+            vec![eq("__name__", "rw2_floats")],
+            0,
+            i64::MAX
+        )
+        .unwrap()
+        .is_empty(),
+        "a router-only receiver stores nothing"
+    );
+
+    // Malformed 2.0 is refused at the router, before forwarding.
+    let mut bad = req.clone();
+    bad.timeseries[0].labels_refs = vec![1, 2, 3, 50];
+    let r = post_v2(&router, &bad);
+    assert_4xx(&r, 400, "refers to symbol 50");
+    assert_eq!(written(&r), (0, 0, 0));
+    let m = router.metrics();
+    assert!(
+        m.contains("orrery_receive_requests_by_protocol_total{protocol=\"v2\"} 2"),
+        "{m}"
+    );
+}
