@@ -258,20 +258,20 @@ async fn handle_body(
         let mut summary = WriteSummary::default();
         let r = (|| {
             let raw = decompress(&compressed, dlimit, dwhich)?;
-            // 2.0 is translated to 1.0 bytes: one validation, limit and routing path.
-            let raw = match protocol {
-                Protocol::V1 => raw,
-                Protocol::V2 => {
-                    remote_write_v2::translate_to_v1(&raw, DecodeLimits::default())
-                        .map_err(|e| {
-                            WriteError::BadRequest(format!(
-                                "invalid protobuf remote-write 2.0 request: {e}"
-                            ))
-                        })?
-                        .0
-                }
-            };
             if routed {
+                // 2.0 is translated to 1.0 bytes: the hashring forwards 1.0 series.
+                let raw = match protocol {
+                    Protocol::V1 => raw,
+                    Protocol::V2 => {
+                        remote_write_v2::translate_to_v1(&raw, DecodeLimits::default())
+                            .map_err(|e| {
+                                WriteError::BadRequest(format!(
+                                    "invalid protobuf remote-write 2.0 request: {e}"
+                                ))
+                            })?
+                            .0
+                    }
+                };
                 split_limited(&tenant, Bytes::from(raw), &limits).map(|s| Some((tenant, s)))
             } else {
                 write_into(
@@ -279,6 +279,7 @@ async fn handle_body(
                     &st2.metrics,
                     &tenant,
                     &raw,
+                    protocol,
                     &limits,
                     &st2.bounds,
                     &mut summary,
