@@ -22,6 +22,7 @@ mod wire {
             "proto/remote.proto",
             "proto/hints.proto",
             "proto/read.proto",
+            "proto/write_v2.proto",
         ];
         for p in protos {
             println!("cargo:rerun-if-changed={p}");

@@ -1,5 +1,5 @@
-//! HTTP: the remote-write endpoint (`POST /api/v1/receive`) and the operational endpoints
-//! (`/metrics`, `/-/healthy`, `/-/ready`).
+//! HTTP: the remote-write endpoint (`POST /api/v1/receive`, remote write 1.0 and 2.0) and
+//! the operational endpoints (`/metrics`, `/-/healthy`, `/-/ready`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,11 +14,15 @@ use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
+use storeapi::wire::remote_write::DecodeLimits;
+use storeapi::wire::remote_write_v2;
+
 use crate::limits::LimitsConfig;
-use crate::metrics::{CodeLabels, ReceiveMetrics};
+use crate::metrics::{CodeLabels, ProtocolLabels, ReceiveMetrics};
 use crate::multitsdb::{MultiTsdb, validate_tenant};
+use crate::negotiate::{self, Protocol};
 use crate::replicate::{self, Distributor, split_body};
-use crate::write::{Bounds, WriteError, write};
+use crate::write::{Bounds, WriteError, WriteSummary, write_into};
 
 /// Everything the remote-write handler needs.
 pub struct WriteState {
@@ -75,12 +79,14 @@ async fn receive(State(st): State<Arc<WriteState>>, req: Request) -> Response {
         Err(e) => return refuse(&st, e),
     };
     st.metrics.in_flight.inc();
-    let result = handle(&st, &headers, tenant, body).await;
+    let (result, protocol, written) = handle(&st, &headers, tenant, body).await;
     st.metrics.in_flight.dec();
     st.metrics
         .request_duration
         .observe(started.elapsed().as_secs_f64());
-    let (code, resp) = match result {
+    let (code, mut resp) = match result {
+        // 1.0: Thanos answers 200; 2.0: the spec's 204, as Prometheus.
+        Ok(()) if protocol == Some(Protocol::V2) => (204, StatusCode::NO_CONTENT.into_response()),
         Ok(()) => (200, StatusCode::OK.into_response()),
         Err(e) => {
             let code = e.status();
@@ -93,6 +99,9 @@ async fn receive(State(st): State<Arc<WriteState>>, req: Request) -> Response {
             (code, text(sc, format!("{e}\n")))
         }
     };
+    if protocol == Some(Protocol::V2) {
+        written.set_headers(resp.headers_mut());
+    }
     st.metrics
         .requests
         .get_or_create(&CodeLabels {
@@ -100,6 +109,32 @@ async fn receive(State(st): State<Arc<WriteState>>, req: Request) -> Response {
         })
         .inc();
     resp
+}
+
+/// What a request really wrote; a remote-write 2.0 response carries it in the
+/// `X-Prometheus-Remote-Write-*-Written` headers, on success and on failure (a sender
+/// reads a 2xx without them as "nothing written").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub samples: u64,
+    pub histograms: u64,
+    pub exemplars: u64,
+}
+
+impl Written {
+    pub const SAMPLES_HEADER: &str = "X-Prometheus-Remote-Write-Samples-Written";
+    pub const HISTOGRAMS_HEADER: &str = "X-Prometheus-Remote-Write-Histograms-Written";
+    pub const EXEMPLARS_HEADER: &str = "X-Prometheus-Remote-Write-Exemplars-Written";
+
+    fn set_headers(&self, h: &mut HeaderMap) {
+        for (name, n) in [
+            (Self::SAMPLES_HEADER, self.samples),
+            (Self::HISTOGRAMS_HEADER, self.histograms),
+            (Self::EXEMPLARS_HEADER, self.exemplars),
+        ] {
+            h.insert(name, header::HeaderValue::from(n));
+        }
+    }
 }
 
 /// A request whose tenant could not be established: 401 (with a challenge) when the
@@ -125,11 +160,54 @@ fn refuse(st: &WriteState, e: netsec::identity::TenantError) -> Response {
     resp
 }
 
+/// Negotiates, reads, decodes and writes one request. Returns the outcome, the protocol
+/// (`None` when negotiation failed) and what was written.
 async fn handle(
     st: &Arc<WriteState>,
     headers: &HeaderMap,
     tenant: String,
     body: Body,
+) -> (Result<(), WriteError>, Option<Protocol>, Written) {
+    let header_text = |name| {
+        headers
+            .get(name)
+            .map(|v: &header::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let protocol = match negotiate::protocol(
+        header_text(header::CONTENT_TYPE).as_deref(),
+        header_text(header::CONTENT_ENCODING).as_deref(),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                Err(WriteError::UnsupportedMediaType(e.to_string())),
+                None,
+                Written::default(),
+            );
+        }
+    };
+    st.metrics
+        .requests_by_protocol
+        .get_or_create(&ProtocolLabels {
+            protocol: match protocol {
+                Protocol::V1 => "v1",
+                Protocol::V2 => "v2",
+            }
+            .to_string(),
+        })
+        .inc();
+    let mut written = Written::default();
+    let result = handle_body(st, headers, tenant, body, protocol, &mut written).await;
+    (result, Some(protocol), written)
+}
+
+async fn handle_body(
+    st: &Arc<WriteState>,
+    headers: &HeaderMap,
+    tenant: String,
+    body: Body,
+    protocol: Protocol,
+    written: &mut Written,
 ) -> Result<(), WriteError> {
     if !st.ready.load(Ordering::Acquire) {
         return Err(WriteError::NotReady(
@@ -176,40 +254,74 @@ async fn handle(
     };
     let st2 = st.clone();
     let routed = st.distributor.is_some();
-    let decoded = tokio::task::spawn_blocking(move || {
-        let raw = match snap::raw::decompress_len(&compressed) {
-            Err(e) => {
-                return Err(WriteError::BadRequest(format!(
-                    "snappy decode error (expected the snappy block format): {e}"
-                )));
+    let (decoded, summary) = tokio::task::spawn_blocking(move || {
+        let mut summary = WriteSummary::default();
+        let r = (|| {
+            let raw = decompress(&compressed, dlimit, dwhich)?;
+            if routed {
+                // 2.0 is translated to 1.0 bytes: the hashring forwards 1.0 series.
+                let raw = match protocol {
+                    Protocol::V1 => raw,
+                    Protocol::V2 => {
+                        remote_write_v2::translate_to_v1(&raw, DecodeLimits::default())
+                            .map_err(|e| {
+                                WriteError::BadRequest(format!(
+                                    "invalid protobuf remote-write 2.0 request: {e}"
+                                ))
+                            })?
+                            .0
+                    }
+                };
+                split_limited(&tenant, Bytes::from(raw), &limits).map(|s| Some((tenant, s)))
+            } else {
+                write_into(
+                    &st2.mt,
+                    &st2.metrics,
+                    &tenant,
+                    &raw,
+                    protocol,
+                    &limits,
+                    &st2.bounds,
+                    &mut summary,
+                )
+                .map(|()| None)
             }
-            Ok(n) if n > dlimit => {
-                return Err(WriteError::TooLarge(format!(
-                    "decompressed body would be {n} bytes, over the {dwhich} of {dlimit} bytes"
-                )));
-            }
-            Ok(_) => snap::raw::Decoder::new()
-                .decompress_vec(&compressed)
-                .map_err(|e| {
-                    WriteError::BadRequest(format!(
-                        "snappy decode error (expected the snappy block format): {e}"
-                    ))
-                })?,
-        };
-        if routed {
-            split_limited(&tenant, Bytes::from(raw), &limits).map(|s| Some((tenant, s)))
-        } else {
-            write(&st2.mt, &st2.metrics, &tenant, &raw, &limits, &st2.bounds).map(|_| None)
-        }
+        })();
+        (r, summary)
     })
     .await
-    .map_err(|e| WriteError::Internal(format!("write task failed: {e}")))??;
-    match (decoded, &st.distributor) {
-        (Some((tenant, series)), Some(d)) => d
-            .write_series(&tenant, series)
-            .await
-            .map_err(from_replication),
+    .map_err(|e| WriteError::Internal(format!("write task failed: {e}")))?;
+    written.samples = summary.written;
+    match (decoded?, &st.distributor) {
+        (Some((tenant, (series, samples))), Some(d)) => {
+            // Replication succeeded for every series, or the request failed: a partial
+            // quorum failure reports nothing written (the sender does not retry a 4xx
+            // and retries a 5xx whole, which the TSDB deduplicates).
+            d.write_series(&tenant, series)
+                .await
+                .map_err(from_replication)?;
+            written.samples = samples;
+            Ok(())
+        }
         _ => Ok(()),
+    }
+}
+
+fn decompress(compressed: &[u8], dlimit: usize, dwhich: &str) -> Result<Vec<u8>, WriteError> {
+    match snap::raw::decompress_len(compressed) {
+        Err(e) => Err(WriteError::BadRequest(format!(
+            "snappy decode error (expected the snappy block format): {e}"
+        ))),
+        Ok(n) if n > dlimit => Err(WriteError::TooLarge(format!(
+            "decompressed body would be {n} bytes, over the {dwhich} of {dlimit} bytes"
+        ))),
+        Ok(_) => snap::raw::Decoder::new()
+            .decompress_vec(compressed)
+            .map_err(|e| {
+                WriteError::BadRequest(format!(
+                    "snappy decode error (expected the snappy block format): {e}"
+                ))
+            }),
     }
 }
 
@@ -219,9 +331,9 @@ fn split_limited(
     tenant: &str,
     body: Bytes,
     limits: &crate::limits::Effective,
-) -> Result<Vec<replicate::RawSeries>, WriteError> {
+) -> Result<(Vec<replicate::RawSeries>, u64), WriteError> {
     let (mut series, mut samples) = (0u64, 0u64);
-    split_body(tenant, &body, |view| {
+    let raw = split_body(tenant, &body, |view| {
         series += 1;
         samples += view.samples.len() as u64;
         if let Some(max) = limits.series
@@ -239,7 +351,8 @@ fn split_limited(
             )));
         }
         Ok(())
-    })
+    })?;
+    Ok((raw, samples))
 }
 
 impl From<storeapi::wire::remote_write::DecodeError> for WriteError {
@@ -255,6 +368,7 @@ fn from_replication(e: replicate::WriteError) -> WriteError {
         400 => WriteError::BadRequest(msg),
         409 => WriteError::Conflict(msg),
         413 => WriteError::TooLarge(msg),
+        415 => WriteError::UnsupportedMediaType(msg),
         429 => WriteError::TooManyHeadSeries(msg),
         503 => WriteError::NotReady(msg),
         _ => WriteError::Internal(msg),

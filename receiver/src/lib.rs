@@ -3,6 +3,7 @@
 //! - [`args`]: the command line (Thanos Receive's flag names and defaults).
 //! - [`http`]: `POST /api/v1/receive`, `/metrics`, `/-/healthy`, `/-/ready`.
 //! - [`write`]: decode → validate → limits → append, and the status-code mapping.
+//! - [`negotiate`]: remote write 1.0 or 2.0, from `Content-Type` / `Content-Encoding`.
 //! - [`multitsdb`]: one `tsdb::Db` per tenant under `<tsdb.path>/<tenant>/`.
 //! - [`store`]: `thanos.Store` and `thanos.info.Info` over the tenants.
 //! - [`limits`]: Thanos's limits YAML.
@@ -18,6 +19,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod multitsdb;
+pub mod negotiate;
 pub mod replicate;
 pub mod store;
 pub mod write;

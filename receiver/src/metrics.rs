@@ -13,6 +13,11 @@ pub struct CodeLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TenantLabels {
     pub tenant: String,
 }
@@ -46,6 +51,9 @@ pub struct ReceiveMetrics {
     pub samples_rejected: Family<TenantReason, Counter>,
     pub series_rejected: Family<TenantReason, Counter>,
     pub histograms_rejected: Family<TenantLabels, Counter>,
+    pub exemplars_received: Family<TenantLabels, Counter>,
+    pub metadata_received: Family<TenantLabels, Counter>,
+    pub requests_by_protocol: Family<ProtocolLabels, Counter>,
     pub head_series: Family<TenantLabels, Gauge>,
     pub in_flight: Gauge,
     pub request_duration: Histogram,
@@ -67,6 +75,9 @@ impl ReceiveMetrics {
             samples_rejected: Family::default(),
             series_rejected: Family::default(),
             histograms_rejected: Family::default(),
+            exemplars_received: Family::default(),
+            metadata_received: Family::default(),
+            requests_by_protocol: Family::default(),
             head_series: Family::default(),
             in_flight: Gauge::default(),
             request_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -104,6 +115,21 @@ impl ReceiveMetrics {
             "orrery_receive_native_histograms_rejected",
             "Native histogram samples refused (not supported yet)",
             self.histograms_rejected.clone(),
+        );
+        r.register(
+            "orrery_receive_exemplars_received",
+            "Exemplars received in decodable requests (not stored yet)",
+            self.exemplars_received.clone(),
+        );
+        r.register(
+            "orrery_receive_metadata_received",
+            "Metric metadata entries received in decodable requests (not stored yet)",
+            self.metadata_received.clone(),
+        );
+        r.register(
+            "orrery_receive_requests_by_protocol",
+            "Remote-write requests by negotiated protocol (v1 = prometheus.WriteRequest, v2 = io.prometheus.write.v2.Request)",
+            self.requests_by_protocol.clone(),
         );
         r.register(
             "orrery_receive_head_series",

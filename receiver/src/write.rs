@@ -5,6 +5,9 @@
 
 use storeapi::Sample;
 use storeapi::wire::remote_write::{DecodeError, LabelRef, SeriesView, WriteRequestReader};
+use storeapi::wire::remote_write_v2::RequestReader;
+
+use crate::negotiate::Protocol;
 
 use crate::limits::Effective;
 use crate::metrics::{Reason, ReceiveMetrics};
@@ -33,6 +36,9 @@ pub enum WriteError {
     NotReady(String),
     #[error("{0}")]
     Internal(String),
+    /// A content type or encoding the receiver does not read (remote write: 415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
 }
 
 impl WriteError {
@@ -44,6 +50,7 @@ impl WriteError {
             WriteError::TooManyHeadSeries(_) => 429,
             WriteError::NotReady(_) => 503,
             WriteError::Internal(_) => 500,
+            WriteError::UnsupportedMediaType(_) => 415,
         }
     }
 }
@@ -53,7 +60,18 @@ impl WriteError {
 pub struct WriteSummary {
     pub series: u64,
     pub samples: u64,
+    /// Float samples appended to the TSDB.
     pub appended: u64,
+    /// Float samples the TSDB holds after this write: appended plus exact duplicates of
+    /// a sample it had (a resent batch), as Prometheus counts them for the
+    /// `X-Prometheus-Remote-Write-Samples-Written` header of remote write 2.0.
+    pub written: u64,
+    /// Native histogram samples received (refused: the TSDB cannot store them yet).
+    pub histograms: u64,
+    /// Exemplars received (not stored yet).
+    pub exemplars: u64,
+    /// Metadata entries received (not stored yet).
+    pub metadata: u64,
 }
 
 /// Checks a borrowed label set: count, lengths, names, non-empty values, sorted, unique.
@@ -130,6 +148,47 @@ fn decode_err(e: DecodeError) -> WriteError {
     WriteError::BadRequest(format!("invalid protobuf remote-write request: {e}"))
 }
 
+fn decode_err_v2(e: DecodeError) -> WriteError {
+    WriteError::BadRequest(format!("invalid protobuf remote-write 2.0 request: {e}"))
+}
+
+/// The series of a request body of either protocol. A 2.0 body is read directly (no
+/// translation to 1.0 on the local path: that would encode and decode every label twice).
+enum Reader<'a> {
+    V1(WriteRequestReader<'a>),
+    /// With the number of series whose metadata says anything.
+    V2(RequestReader<'a>, u64),
+}
+
+impl<'a> Reader<'a> {
+    fn new(raw: &'a [u8], protocol: Protocol) -> Result<Self, WriteError> {
+        Ok(match protocol {
+            Protocol::V1 => Reader::V1(WriteRequestReader::new(raw)),
+            Protocol::V2 => Reader::V2(RequestReader::new(raw).map_err(decode_err_v2)?, 0),
+        })
+    }
+
+    fn next_series(&mut self, view: &mut SeriesView<'a>) -> Result<bool, WriteError> {
+        match self {
+            Reader::V1(r) => r.next_series(view).map_err(decode_err),
+            Reader::V2(r, metadata) => {
+                let more = r.next_series(view).map_err(decode_err_v2)?;
+                if view.metadata.is_some_and(|m| !m.is_empty()) {
+                    *metadata += 1;
+                }
+                Ok(more)
+            }
+        }
+    }
+
+    fn metadata(&self) -> u64 {
+        match self {
+            Reader::V1(r) => r.metadata().len() as u64,
+            Reader::V2(_, n) => *n,
+        }
+    }
+}
+
 /// Decodes and appends one uncompressed `prometheus.WriteRequest` for `tenant`.
 pub fn write(
     mt: &MultiTsdb,
@@ -139,8 +198,34 @@ pub fn write(
     limits: &Effective,
     bounds: &Bounds,
 ) -> Result<WriteSummary, WriteError> {
+    let mut summary = WriteSummary::default();
+    write_into(
+        mt,
+        metrics,
+        tenant,
+        raw,
+        Protocol::V1,
+        limits,
+        bounds,
+        &mut summary,
+    )
+    .map(|()| summary)
+}
+
+/// [`write`] for a body of either protocol, filling `summary` also when the write fails: a partly refused request
+/// still committed its valid samples, and a remote-write 2.0 response must say how many.
+pub fn write_into(
+    mt: &MultiTsdb,
+    metrics: &ReceiveMetrics,
+    tenant: &str,
+    raw: &[u8],
+    protocol: Protocol,
+    limits: &Effective,
+    bounds: &Bounds,
+    summary: &mut WriteSummary,
+) -> Result<(), WriteError> {
     // Pass 1: decode and validate, borrowing from `raw`.
-    let mut reader = WriteRequestReader::new(raw);
+    let mut reader = Reader::new(raw, protocol)?;
     let mut view = SeriesView::default();
     // Valid series: their labels (borrowed from `raw`, back to back) and samples.
     let mut label_refs: Vec<LabelRef<'_>> = Vec::new();
@@ -153,7 +238,10 @@ pub fn write(
     let mut first_invalid: Option<String> = None;
     let mut histograms = 0u64;
     let mut histogram_series = 0u64;
-    while reader.next_series(&mut view).map_err(decode_err)? {
+    let mut invalid_histograms = 0u64;
+    let mut first_invalid_histogram: Option<String> = None;
+    let mut exemplars = 0u64;
+    while reader.next_series(&mut view)? {
         series_total += 1;
         if let Some(max) = limits.series
             && series_total > max
@@ -163,9 +251,19 @@ pub fn write(
                 "request has more than {max} series: over the series_limit of tenant {tenant:?}"
             )));
         }
-        if view.histograms > 0 {
-            histograms += view.histograms as u64;
+        exemplars += view.exemplars.len() as u64;
+        if !view.histograms.is_empty() {
+            histograms += view.histograms.len() as u64;
             histogram_series += 1;
+            for h in &view.histograms {
+                if let Err(e) = h.h.validate() {
+                    invalid_histograms += 1;
+                    if first_invalid_histogram.is_none() {
+                        first_invalid_histogram =
+                            Some(format!("{e} at t={} in series {}", h.t, show(&view.labels)));
+                    }
+                }
+            }
         }
         if view.samples.is_empty() {
             continue;
@@ -194,6 +292,22 @@ pub fn write(
         label_spans.push((at, label_refs.len()));
     }
     let received = samples.len() as u64 + invalid_samples;
+    let metadata = reader.metadata();
+    let per_tenant = crate::metrics::TenantLabels {
+        tenant: tenant.to_string(),
+    };
+    if exemplars > 0 {
+        metrics
+            .exemplars_received
+            .get_or_create(&per_tenant)
+            .inc_by(exemplars);
+    }
+    if metadata > 0 {
+        metrics
+            .metadata_received
+            .get_or_create(&per_tenant)
+            .inc_by(metadata);
+    }
     metrics
         .samples_received
         .get_or_create(&crate::metrics::TenantLabels {
@@ -218,10 +332,14 @@ pub fn write(
         metrics.reject_samples(tenant, Reason::native_histogram, histograms);
     }
 
-    let mut summary = WriteSummary {
+    *summary = WriteSummary {
         series: series_total,
         samples: received,
         appended: 0,
+        written: 0,
+        histograms,
+        exemplars,
+        metadata,
     };
     let mut problems: Vec<String> = Vec::new();
     let mut conflict = false;
@@ -263,6 +381,7 @@ pub fn write(
             ))
         })?;
         summary.appended = out.appended;
+        summary.written = out.appended + out.duplicates_ignored;
         metrics
             .head_series
             .get_or_create(&crate::metrics::TenantLabels {
@@ -318,10 +437,13 @@ pub fn write(
         }
     }
     if histograms > 0 {
+        let invalid = first_invalid_histogram
+            .map(|f| format!(", {invalid_histograms} of them invalid; first: {f}"))
+            .unwrap_or_default();
         problems.insert(
             0,
             format!(
-                "native histograms are not supported: {histograms} histogram samples in {histogram_series} series refused (float samples of the request were written)"
+                "native histograms are not supported: {histograms} histogram samples in {histogram_series} series refused{invalid} (float samples of the request were written)"
             ),
         );
         return Err(WriteError::BadRequest(problems.join("; ")));
@@ -329,7 +451,7 @@ pub fn write(
     if conflict {
         return Err(WriteError::Conflict(problems.join("; ")));
     }
-    Ok(summary)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -354,12 +476,10 @@ mod tests {
     /// A sample a year ahead, at int64 max, or just outside the margin is refused with a
     /// 409 naming it, its timestamp and the limit; the rest of the request is written;
     /// current writes keep succeeding (the tenant is not locked out).
-    #[test]
-    fn future_samples_are_refused_and_do_not_lock_the_tenant() {
-        let dir = tempfile::tempdir().unwrap();
-        let mt = MultiTsdb::open(
+    fn open_mt(dir: &std::path::Path) -> MultiTsdb {
+        MultiTsdb::open(
             MultiTsdbConfig {
-                dir: dir.path().to_path_buf(),
+                dir: dir.to_path_buf(),
                 external_labels: Labels::default(),
                 tenant_label_name: "tenant_id".into(),
                 block_duration: Duration::from_secs(7200),
@@ -373,13 +493,231 @@ mod tests {
             },
             Arc::new(Mutex::new(prometheus_client::registry::Registry::default())),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    const BOUNDS: Bounds = Bounds {
+        max_labels_per_series: 16,
+        max_label_name_len: 64,
+        max_label_value_len: 64,
+    };
+
+    /// Histograms are decoded and validated, refused with a 400 that counts them and
+    /// names the first invalid one; the request's floats are still written and counted;
+    /// exemplars (also of exemplar-only series) and metadata are counted.
+    #[test]
+    fn histograms_refused_precisely_floats_written_exemplars_and_metadata_counted() {
+        use prost::Message;
+        use storeapi::wire::{prometheus, prompb};
+        let dir = tempfile::tempdir().unwrap();
+        let mt = open_mt(dir.path());
         let metrics = ReceiveMetrics::new();
-        let bounds = Bounds {
-            max_labels_per_series: 16,
-            max_label_name_len: 64,
-            max_label_value_len: 64,
+        let label = |n: &str, v: &str| storeapi::Label {
+            name: n.into(),
+            value: v.into(),
         };
+        let now = now_ms();
+        let good = prompb::Histogram {
+            count: Some(prompb::histogram::Count::CountInt(2)),
+            zero_count: Some(prompb::histogram::ZeroCount::ZeroCountInt(0)),
+            positive_spans: vec![prompb::BucketSpan {
+                offset: 0,
+                length: 1,
+            }],
+            positive_deltas: vec![2],
+            timestamp: now,
+            ..Default::default()
+        };
+        let mut bad = good.clone();
+        bad.positive_deltas = vec![2, 1]; // one span of length 1, two buckets
+        let mut schema = good.clone();
+        schema.schema = 1000;
+        let req = prometheus::WriteRequest {
+            timeseries: vec![
+                prompb::TimeSeries {
+                    labels: vec![label("__name__", "floats")],
+                    samples: vec![prompb::Sample {
+                        value: 1.0,
+                        timestamp: now,
+                    }],
+                    exemplars: vec![],
+                    histograms: vec![],
+                },
+                prompb::TimeSeries {
+                    labels: vec![label("__name__", "hist")],
+                    samples: vec![],
+                    exemplars: vec![],
+                    histograms: vec![good, bad, schema],
+                },
+                prompb::TimeSeries {
+                    labels: vec![label("__name__", "floats")],
+                    samples: vec![],
+                    exemplars: vec![prompb::Exemplar {
+                        labels: vec![label("trace_id", "x")],
+                        value: 1.0,
+                        timestamp: now,
+                    }],
+                    histograms: vec![],
+                },
+            ],
+            metadata: vec![prompb::MetricMetadata {
+                r#type: 2,
+                metric_family_name: "floats".into(),
+                help: "h".into(),
+                unit: String::new(),
+            }],
+        };
+        let mut summary = WriteSummary::default();
+        let e = write_into(
+            &mt,
+            &metrics,
+            "t",
+            &req.encode_to_vec(),
+            Protocol::V1,
+            &Effective::default(),
+            &BOUNDS,
+            &mut summary,
+        )
+        .unwrap_err();
+        assert_eq!(e.status(), 400);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("3 histogram samples in 1 series refused, 2 of them invalid; first: ")
+                && msg
+                    .contains("histogram spans specify different number of buckets than provided")
+                && msg.contains("float samples of the request were written"),
+            "{msg}"
+        );
+        assert_eq!(
+            (
+                summary.written,
+                summary.histograms,
+                summary.exemplars,
+                summary.metadata
+            ),
+            (1, 3, 1, 1)
+        );
+        assert_eq!(mt.get("t").unwrap().db.head_series(), 1);
+        let t = crate::metrics::TenantLabels { tenant: "t".into() };
+        assert_eq!(metrics.exemplars_received.get_or_create(&t).get(), 1);
+        assert_eq!(metrics.metadata_received.get_or_create(&t).get(), 1);
+        assert_eq!(metrics.histograms_rejected.get_or_create(&t).get(), 3);
+
+        // A metadata-only request and an exemplar-only series are fine.
+        let only = prometheus::WriteRequest {
+            timeseries: vec![req.timeseries[2].clone()],
+            metadata: req.metadata.clone(),
+        };
+        let s = write(
+            &mt,
+            &metrics,
+            "t",
+            &only.encode_to_vec(),
+            &Effective::default(),
+            &BOUNDS,
+        )
+        .unwrap();
+        assert_eq!((s.written, s.exemplars, s.metadata), (0, 1, 1));
+    }
+
+    /// A 2.0 body is read directly on the local path: floats written, exemplars of an
+    /// exemplar-only series and non-empty metadata counted, invalid labels refused, bad
+    /// references a 400 naming 2.0.
+    #[test]
+    fn v2_bodies_are_written_directly() {
+        use prost::Message;
+        use storeapi::wire::write_v2 as v2;
+        let dir = tempfile::tempdir().unwrap();
+        let mt = open_mt(dir.path());
+        let metrics = ReceiveMetrics::new();
+        let now = now_ms();
+        let sample = |v| v2::Sample {
+            value: v,
+            timestamp: now,
+            start_timestamp: 0,
+        };
+        let mut req = v2::Request {
+            symbols: ["", "__name__", "up", "job", "a", "help text"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            timeseries: vec![
+                v2::TimeSeries {
+                    labels_refs: vec![1, 2, 3, 4],
+                    samples: vec![sample(1.0)],
+                    metadata: Some(v2::Metadata {
+                        r#type: 2,
+                        help_ref: 5,
+                        unit_ref: 0,
+                    }),
+                    ..Default::default()
+                },
+                v2::TimeSeries {
+                    labels_refs: vec![1, 2, 3, 4],
+                    exemplars: vec![v2::Exemplar {
+                        labels_refs: vec![],
+                        value: 1.0,
+                        timestamp: now,
+                    }],
+                    metadata: Some(v2::Metadata::default()),
+                    ..Default::default()
+                },
+                v2::TimeSeries {
+                    labels_refs: vec![3, 4, 1, 2], // not sorted
+                    samples: vec![sample(2.0)],
+                    ..Default::default()
+                },
+            ],
+        };
+        let mut summary = WriteSummary::default();
+        let e = write_into(
+            &mt,
+            &metrics,
+            "t",
+            &req.encode_to_vec(),
+            Protocol::V2,
+            &Effective::default(),
+            &BOUNDS,
+            &mut summary,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("labels are not sorted"), "{e}");
+        assert_eq!(
+            (
+                summary.series,
+                summary.written,
+                summary.exemplars,
+                summary.metadata
+            ),
+            (3, 1, 1, 1)
+        );
+        req.timeseries[0].labels_refs[3] = 6;
+        let e = write_into(
+            &mt,
+            &metrics,
+            "t",
+            &req.encode_to_vec(),
+            Protocol::V2,
+            &Effective::default(),
+            &BOUNDS,
+            &mut summary,
+        )
+        .unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(
+            e.to_string().starts_with(
+                "invalid protobuf remote-write 2.0 request: series labels_refs refers to symbol 6"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn future_samples_are_refused_and_do_not_lock_the_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let mt = open_mt(dir.path());
+        let metrics = ReceiveMetrics::new();
+        let bounds = BOUNDS;
         let req = |series: &[(&str, i64)]| {
             let owned: Vec<(Labels, Vec<Sample>)> = series
                 .iter()

@@ -14,7 +14,9 @@
 //! hashring with replication factor 1 or 3, load sent to the first, CPU and peak RSS summed
 //! over the three; its bytes/sample are the first node's share; `orrery-s3` for orrery
 //! shipping its blocks to a local `moto_server` S3 bucket, see below), `--no-blocks` (skip
-//! the bytes-per-sample phase).
+//! the bytes-per-sample phase), `--protocol v1,v2` (run every server with remote write
+//! 1.0, 2.0 or both — the same series and samples; 2.0 runs are named `<server>-rw2` and
+//! compared with the 1.0 run of the same server).
 //!
 //! Shipping cost: `--servers orrery,orrery-s3 --block-mins 2` runs the same load into
 //! orrery without and with a bucket (a real `moto_server` from the cache, started per
@@ -60,6 +62,8 @@ struct Opts {
     block_mins: i64,
     servers: Vec<String>,
     blocks: bool,
+    /// Remote-write protocols to run every server with (`false` = 1.0, `true` = 2.0).
+    protocols: Vec<bool>,
 }
 
 fn parse_opts() -> Opts {
@@ -72,6 +76,7 @@ fn parse_opts() -> Opts {
         block_mins: 30,
         servers: vec!["orrery".into(), "prometheus".into()],
         blocks: true,
+        protocols: vec![false],
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -94,6 +99,20 @@ fn parse_opts() -> Opts {
                     .map(|s| s.split(',').map(str::to_string).collect())
                     .unwrap_or_default()
             }
+            "--protocol" => {
+                o.protocols = args
+                    .get(i + 1)
+                    .map(|s| {
+                        s.split(',')
+                            .map(|p| match p {
+                                "v1" => false,
+                                "v2" => true,
+                                _ => panic!("--protocol takes v1, v2 or v1,v2"),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
             "--no-blocks" => {
                 o.blocks = false;
                 i += 1;
@@ -104,6 +123,7 @@ fn parse_opts() -> Opts {
         i += 2;
     }
     assert!(o.series > 0 && o.per_request > 0 && o.conns > 0 && o.step_secs > 0);
+    assert!(!o.protocols.is_empty(), "--protocol needs v1, v2 or v1,v2");
     o.per_request = o.per_request.min(o.series);
     o
 }
@@ -319,10 +339,15 @@ struct Batch {
     /// Offset of each series' value bytes in `body`.
     at: Vec<usize>,
     values: Vec<f64>,
+    /// A remote-write 2.0 body (`io.prometheus.write.v2.Request`).
+    v2: bool,
 }
 
 impl Batch {
-    fn build(series: std::ops::Range<usize>) -> Batch {
+    fn build(series: std::ops::Range<usize>, v2: bool) -> Batch {
+        if v2 {
+            return Self::build_v2(series);
+        }
         let mut z = SnappyTemplate::new();
         let mut at = Vec::with_capacity(series.len());
         let mut ts = Vec::new();
@@ -350,6 +375,62 @@ impl Batch {
             values: series.clone().map(|i| 1.0 + (i % 1000) as f64).collect(),
             series: series.collect(),
             at,
+            v2: false,
+        }
+    }
+
+    /// The same series as a 2.0 request: the batch's strings once in `symbols`, each
+    /// series as packed `labels_refs` plus the same patchable sample field (a 2.0
+    /// `Sample` has the same numbers as a 1.0 one).
+    fn build_v2(series: std::ops::Range<usize>) -> Batch {
+        let mut symbols: Vec<String> = vec![String::new()];
+        let mut index: HashMap<String, u64> = HashMap::new();
+        let mut refs: Vec<Vec<u64>> = Vec::with_capacity(series.len());
+        for i in series.clone() {
+            let mut r = Vec::with_capacity(18);
+            for (n, v) in series_labels(i) {
+                for s in [n.to_string(), v] {
+                    let next = symbols.len() as u64;
+                    let id = *index.entry(s.clone()).or_insert_with(|| {
+                        symbols.push(s);
+                        next
+                    });
+                    r.push(id);
+                }
+            }
+            refs.push(r);
+        }
+        let mut z = SnappyTemplate::new();
+        let mut table = Vec::new();
+        for s in &symbols {
+            put_field(&mut table, 4, s.as_bytes());
+        }
+        z.label(&table);
+        let mut at = Vec::with_capacity(series.len());
+        for r in &refs {
+            let mut packed = Vec::with_capacity(r.len() * 2);
+            for &x in r {
+                put_varint(&mut packed, x);
+            }
+            let mut ts = Vec::with_capacity(packed.len() + 4);
+            put_field(&mut ts, 1, &packed);
+            let mut head = Vec::with_capacity(ts.len() + 8);
+            put_varint(&mut head, 5 << 3 | 2);
+            put_varint(&mut head, (ts.len() + SAMPLE_FIELD.len()) as u64);
+            head.extend_from_slice(&ts);
+            z.label(&head);
+            at.push(z.literal(&SAMPLE_FIELD) + VALUE_AT);
+        }
+        let (body, shift) = z.finish();
+        for a in &mut at {
+            *a += shift;
+        }
+        Batch {
+            body,
+            values: series.clone().map(|i| 1.0 + (i % 1000) as f64).collect(),
+            series: series.collect(),
+            at,
+            v2: true,
         }
     }
 
@@ -371,15 +452,23 @@ impl Batch {
 struct Conn {
     addr: String,
     path: String,
+    /// `Content-Type` and `X-Prometheus-Remote-Write-Version` headers of the protocol.
+    proto_headers: &'static str,
     stream: Option<TcpStream>,
     buf: Vec<u8>,
 }
 
 impl Conn {
-    fn new(addr: &str, path: &str) -> Conn {
+    fn new(addr: &str, path: &str, v2: bool) -> Conn {
         Conn {
             addr: addr.into(),
             path: path.into(),
+            proto_headers: if v2 {
+                "Content-Type: application/x-protobuf;proto=io.prometheus.write.v2.Request\r\n\
+                 X-Prometheus-Remote-Write-Version: 2.0.0\r\n"
+            } else {
+                "Content-Type: application/x-protobuf\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\n"
+            },
             stream: None,
             buf: Vec::with_capacity(4096),
         }
@@ -407,11 +496,11 @@ impl Conn {
             return Err(bad("not connected"));
         };
         let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\n\
-             Content-Encoding: snappy\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\n\
+            "POST {} HTTP/1.1\r\nHost: {}\r\n{}Content-Encoding: snappy\r\n\
              Content-Length: {}\r\n\r\n",
             self.path,
             self.addr,
+            self.proto_headers,
             body.len()
         );
         s.write_all(head.as_bytes())?;
@@ -693,7 +782,7 @@ fn drive(
         std::thread::scope(|sc| {
             for (c, my) in batches.iter_mut().enumerate() {
                 let shared = shared.clone();
-                let mut conn = Conn::new(addr, path);
+                let mut conn = Conn::new(addr, path, my.first().is_some_and(|b| b.v2));
                 sc.spawn(move || {
                     let mut round = 0u64;
                     loop {
@@ -965,37 +1054,69 @@ fn start_orrery_node(
     (p, format!("127.0.0.1:{rw}"), data)
 }
 
-fn build_load(o: &Opts) -> Vec<Vec<Batch>> {
+/// Decodes a template body (1.0 or 2.0): per series its label pairs and its one sample.
+#[allow(clippy::type_complexity)]
+fn decode_template(raw: &[u8], v2: bool) -> Vec<(Vec<(String, String)>, Vec<storeapi::Sample>)> {
+    use storeapi::wire::remote_write::{SeriesView, WriteRequestReader};
+    let mut out = Vec::new();
+    let mut v = SeriesView::default();
+    let mut push = |v: &SeriesView<'_>| {
+        out.push((
+            v.labels
+                .iter()
+                .map(|l| (l.name.to_string(), l.value.to_string()))
+                .collect(),
+            v.samples.clone(),
+        ))
+    };
+    if v2 {
+        let mut r = storeapi::wire::remote_write_v2::RequestReader::new(raw)
+            .expect("template has a valid symbol table");
+        while r.next_series(&mut v).expect("template decodes") {
+            push(&v);
+        }
+    } else {
+        let mut r = WriteRequestReader::new(raw);
+        while r.next_series(&mut v).expect("template decodes") {
+            push(&v);
+        }
+    }
+    out
+}
+
+fn build_load(o: &Opts, v2: bool) -> Vec<Vec<Batch>> {
     let started = Instant::now();
     let mut per_conn: Vec<Vec<Batch>> = (0..o.conns).map(|_| Vec::new()).collect();
     let mut k = 0;
     let mut s = 0;
     while s < o.series {
         let e = (s + o.per_request).min(o.series);
-        per_conn[k % o.conns].push(Batch::build(s..e));
+        per_conn[k % o.conns].push(Batch::build(s..e, v2));
         k += 1;
         s = e;
     }
     // Check one template decodes to what it should, after a patch.
-    let mut probe = Batch::build(0..o.per_request.min(o.series));
+    let mut probe = Batch::build(0..o.per_request.min(o.series), v2);
     probe.patch(0, 1_700_000_000_000);
     let raw = storeapi::wire::remote_write::snappy_decompress(&probe.body, 1 << 30)
         .expect("template is valid snappy");
-    let mut r = storeapi::wire::remote_write::WriteRequestReader::new(&raw);
-    let mut v = storeapi::wire::remote_write::SeriesView::default();
-    let mut n = 0;
-    while r.next_series(&mut v).expect("template decodes") {
-        assert_eq!(v.labels.len(), 9);
-        assert_eq!(v.samples.len(), 1);
-        assert_eq!(v.samples[0].t, 1_700_000_000_000);
-        assert_eq!(v.samples[0].v.to_bits(), probe.values[n].to_bits());
-        n += 1;
+    let got = decode_template(&raw, v2);
+    assert_eq!(got.len(), probe.series.len());
+    for (n, (labels, samples)) in got.iter().enumerate() {
+        assert_eq!(labels.len(), 9);
+        assert_eq!(samples.len(), 1);
+        assert_eq!(samples[0].t, 1_700_000_000_000);
+        assert_eq!(samples[0].v.to_bits(), probe.values[n].to_bits());
     }
-    assert_eq!(n, probe.series.len());
     let bytes: usize = per_conn.iter().flatten().map(|b| b.body.len()).sum();
     println!(
-        "load: {} series × 9 labels, {} requests per round ({} samples each), {} connections; \
+        "load ({}): {} series × 9 labels, {} requests per round ({} samples each), {} connections; \
          templates {:.1} MiB compressed ({:.1} KiB per request, snappy ratio {:.1}); built in {:.1}s",
+        if v2 {
+            "remote write 2.0"
+        } else {
+            "remote write 1.0"
+        },
         o.series,
         k,
         o.per_request,
@@ -1065,7 +1186,6 @@ fn report(r: &Result1) {
 fn main() {
     let o = parse_opts();
     println!("ingest_bench {o:?}");
-    let mut batches = build_load(&o);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -1074,7 +1194,14 @@ fn main() {
     // Aligned to the block duration, a day back: the first block is a full one.
     let t0 = (now_ms - 86_400_000) / block_ms * block_ms;
     let mut results = Vec::new();
-    for server in o.servers.clone() {
+    let runs: Vec<(bool, String)> = o
+        .protocols
+        .iter()
+        .flat_map(|&v2| o.servers.iter().map(move |s| (v2, s.clone())))
+        .collect();
+    let mut loads: HashMap<bool, Vec<Vec<Batch>>> = HashMap::new();
+    for (v2, server) in runs {
+        let batches = loads.entry(v2).or_insert_with(|| build_load(&o, v2));
         // Fresh values per server: both get the exact same samples.
         for b in batches.iter_mut().flatten() {
             b.values = b.series.iter().map(|&i| 1.0 + (i % 1000) as f64).collect();
@@ -1108,7 +1235,7 @@ fn main() {
                     "/api/v1/receive",
                     &[p.pid()],
                     &data,
-                    &mut batches,
+                    batches,
                     t0,
                 );
                 let metrics = http_get(&format!("127.0.0.1:{}", ports[2]), "/metrics")
@@ -1153,7 +1280,7 @@ fn main() {
                     "/api/v1/receive",
                     &[p.pid()],
                     &data,
-                    &mut batches,
+                    batches,
                     t0,
                 );
                 p.terminate(Duration::from_secs(30));
@@ -1175,7 +1302,7 @@ fn main() {
                     "/api/v1/receive",
                     &pids,
                     &data,
-                    &mut batches,
+                    batches,
                     t0,
                 );
                 for p in procs.iter_mut() {
@@ -1205,7 +1332,7 @@ fn main() {
                     "/api/v1/write",
                     &[p.proc.pid()],
                     &data,
-                    &mut batches,
+                    batches,
                     t0,
                 );
                 p.proc.terminate(Duration::from_secs(30));
@@ -1213,10 +1340,31 @@ fn main() {
             }
             other => panic!("unknown server {other:?}"),
         };
+        let mut r = r;
+        if v2 {
+            r.server.push_str("-rw2");
+        }
         report(&r);
         results.push(r);
     }
     let find = |n: &str| results.iter().find(|r| r.server == n);
+    // The same load over remote write 2.0 against 1.0, per server.
+    for r2 in results.iter().filter(|r| r.server.ends_with("-rw2")) {
+        if let Some(r1) = find(r2.server.trim_end_matches("-rw2")) {
+            let rate = |r: &Result1| r.accepted as f64 / r.secs;
+            let cpm = |r: &Result1| r.cpu / (r.accepted.max(1) as f64 / 1e6);
+            println!(
+                "rw2/rw1 {}: samples/s {:.0} vs {:.0} ({:.2}×), CPU {:.2} vs {:.2} s per million samples ({:.2}×)",
+                r1.server,
+                rate(r2),
+                rate(r1),
+                rate(r2) / rate(r1),
+                cpm(r2),
+                cpm(r1),
+                cpm(r2) / cpm(r1)
+            );
+        }
+    }
     if let Some(p) = find("prometheus") {
         // The goals are for one receiver; a ring's lines are for comparison only.
         for o in results
@@ -1265,7 +1413,7 @@ mod tests {
 
     #[test]
     fn template_roundtrip_after_patches() {
-        let mut b = Batch::build(0..300);
+        let mut b = Batch::build(0..300, false);
         for r in 0..3 {
             let t = 1_700_000_000_000 + r as i64 * 15_000;
             b.patch(r, t);
@@ -1287,5 +1435,29 @@ mod tests {
         }
         // Compresses well (labels repeat across series).
         assert!(b.body.len() * 3 < 300 * 200, "body {} bytes", b.body.len());
+    }
+
+    #[test]
+    fn v2_template_carries_the_same_series_after_patches() {
+        let mut b1 = Batch::build(0..300, false);
+        let mut b2 = Batch::build(0..300, true);
+        for r in 0..3 {
+            let t = 1_700_000_000_000 + r as i64 * 15_000;
+            b1.patch(r, t);
+            b2.patch(r, t);
+            let d = |b: &Batch| {
+                let raw =
+                    storeapi::wire::remote_write::snappy_decompress(&b.body, 1 << 30).unwrap();
+                decode_template(&raw, b.v2)
+            };
+            let (s1, s2) = (d(&b1), d(&b2));
+            assert_eq!(s1.len(), 300);
+            assert_eq!(s1.len(), s2.len());
+            for (x, y) in s1.iter().zip(&s2) {
+                assert_eq!(x.0, y.0);
+                assert_eq!(x.1[0].t, y.1[0].t);
+                assert_eq!(x.1[0].v.to_bits(), y.1[0].v.to_bits());
+            }
+        }
     }
 }

@@ -32,7 +32,9 @@ pub fn failure_kind(e: &WriteError) -> FailureKind {
         WriteError::Conflict(_) | WriteError::BadRequest(_) => FailureKind::Conflict,
         WriteError::NotReady(_) => FailureKind::NotReady,
         WriteError::TooManyHeadSeries(_) => FailureKind::Unavailable,
-        WriteError::TooLarge(_) | WriteError::Internal(_) => FailureKind::Other,
+        WriteError::TooLarge(_) | WriteError::Internal(_) | WriteError::UnsupportedMediaType(_) => {
+            FailureKind::Other
+        }
     }
 }
 

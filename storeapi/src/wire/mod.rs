@@ -31,6 +31,12 @@ pub mod prometheus {
     include!(concat!(env!("OUT_DIR"), "/prometheus.rs"));
 }
 
+/// Package `io.prometheus.write.v2`: the remote-write 2.0 HTTP request body (prost types,
+/// for clients and tests; the receiver reads it with [`remote_write_v2`]).
+pub mod write_v2 {
+    include!(concat!(env!("OUT_DIR"), "/io.prometheus.write.v2.rs"));
+}
+
 /// Package `hintspb`: store hints carried in `google.protobuf.Any`.
 pub mod hintspb {
     include!(concat!(env!("OUT_DIR"), "/hintspb.rs"));
@@ -47,6 +53,8 @@ pub mod frames;
 mod label_codec;
 mod proto_reader;
 pub mod remote_write;
+pub mod remote_write_v2;
+mod rw_histogram;
 pub mod series_frame;
 pub mod store_service;
 

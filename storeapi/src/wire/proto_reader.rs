@@ -19,6 +19,28 @@ pub enum DecodeError {
     Snappy(String),
     #[error("decompressed body would be {size} bytes, over the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    /// A count the client controls (histogram buckets, spans) is over the decoder's limit.
+    #[error("{what}: {count} is over the limit of {limit}")]
+    Limit {
+        what: &'static str,
+        count: usize,
+        limit: usize,
+    },
+    /// Remote write 2.0: a reference past the end of the request's symbol table.
+    #[error("{what} refers to symbol {index}, but the request has only {symbols} symbols")]
+    BadSymbolRef {
+        what: &'static str,
+        index: u64,
+        symbols: usize,
+    },
+    /// Remote write 2.0: `labels_refs` must hold (name, value) pairs.
+    #[error(
+        "{what} has an odd number of label references ({count}); they must be name/value pairs"
+    )]
+    OddLabelRefs { what: &'static str, count: usize },
+    /// Remote write 2.0: the symbol table must start with the empty string.
+    #[error("the first symbol of the request must be the empty string")]
+    FirstSymbolNotEmpty,
 }
 
 pub(crate) const WT_VARINT: u8 = 0;
@@ -108,6 +130,28 @@ impl<'a> Cursor<'a> {
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
+    }
+
+    /// Reads one value of a repeated scalar field, or all values of its packed form,
+    /// calling `each` on every element. `one` reads a single element from a cursor.
+    pub(crate) fn repeated<T>(
+        &mut self,
+        field: u32,
+        wire_type: u8,
+        elem_wt: u8,
+        mut one: impl FnMut(&mut Cursor<'a>) -> Result<T, DecodeError>,
+        mut each: impl FnMut(T) -> Result<(), DecodeError>,
+    ) -> Result<(), DecodeError> {
+        if wire_type == WT_LEN {
+            let mut packed = Cursor::new(self.bytes("packed repeated field")?);
+            while !packed.done() {
+                each(one(&mut packed)?)?;
+            }
+            Ok(())
+        } else {
+            self.expect(field, wire_type, elem_wt)?;
+            each(one(self)?)
+        }
     }
 
     pub(crate) fn skip(&mut self, field: u32, wire_type: u8) -> Result<(), DecodeError> {

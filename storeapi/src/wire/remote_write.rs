@@ -1,6 +1,7 @@
 //! Remote-write 1.0 bodies: a fast decoder that walks the protobuf bytes of a (snappy-
 //! decompressed) `prometheus.WriteRequest` and borrows label names and values from the
-//! buffer, and an encoder for clients, tests and benchmarks.
+//! buffer (float samples, native histograms, exemplars, metadata), and an encoder for
+//! clients, tests and benchmarks.
 //!
 //! The decoder never allocates per label: [`WriteRequestReader::next_series`] fills a
 //! caller-owned [`SeriesView`] whose vectors are reused from one series to the next. Every
@@ -8,6 +9,8 @@
 
 pub use super::proto_reader::DecodeError;
 use super::proto_reader::{Cursor, WT_I64, WT_LEN, WT_VARINT};
+pub use super::rw_histogram::{DEFAULT_MAX_HISTOGRAM_BUCKETS, DecodeLimits, decode_histogram};
+use crate::histogram::HistogramSample;
 use crate::{Labels, Sample};
 
 /// One label borrowed from the request buffer.
@@ -17,68 +20,262 @@ pub struct LabelRef<'a> {
     pub value: &'a str,
 }
 
+/// One decoded exemplar; its labels are `SeriesView::exemplar_labels[labels.0..labels.1]`
+/// (one shared vector per series, so exemplars cost no allocation each).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExemplarRef {
+    pub labels: (usize, usize),
+    pub value: f64,
+    pub t: i64,
+}
+
+/// A metric type of remote-write metadata. Numbers are the same in remote write 1.0
+/// (`MetricMetadata.MetricType`, 0 = `UNKNOWN`) and 2.0 (`Metadata.MetricType`, 0 =
+/// `METRIC_TYPE_UNSPECIFIED`); numbers neither knows read as `Unknown`, as proto3 does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetricType {
+    #[default]
+    Unknown,
+    Counter,
+    Gauge,
+    Histogram,
+    GaugeHistogram,
+    Summary,
+    Info,
+    StateSet,
+}
+
+impl MetricType {
+    pub fn from_proto(v: u64) -> Self {
+        match v {
+            1 => Self::Counter,
+            2 => Self::Gauge,
+            3 => Self::Histogram,
+            4 => Self::GaugeHistogram,
+            5 => Self::Summary,
+            6 => Self::Info,
+            7 => Self::StateSet,
+            _ => Self::Unknown,
+        }
+    }
+
+    pub fn to_proto(self) -> u64 {
+        self as u64
+    }
+
+    /// The name Prometheus's metadata API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+            Self::Histogram => "histogram",
+            Self::GaugeHistogram => "gaugehistogram",
+            Self::Summary => "summary",
+            Self::Info => "info",
+            Self::StateSet => "stateset",
+        }
+    }
+}
+
+/// Metric metadata borrowed from the request: `WriteRequest.metadata` in 1.0 (with the
+/// family name), `TimeSeries.metadata` in 2.0 (no family name: the series' `__name__`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MetadataRef<'a> {
+    pub kind: MetricType,
+    pub family: &'a str,
+    pub help: &'a str,
+    pub unit: &'a str,
+}
+
+impl MetadataRef<'_> {
+    /// Whether the sender filled anything in (Prometheus 3.5.3 sends remote write 2.0
+    /// series with all-zero metadata unless `metadata-wal-records` is enabled).
+    pub fn is_empty(&self) -> bool {
+        self.kind == MetricType::Unknown && self.help.is_empty() && self.unit.is_empty()
+    }
+}
+
 /// One decoded series. Labels are in the order the client sent them (not validated).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct SeriesView<'a> {
     pub labels: Vec<LabelRef<'a>>,
     pub samples: Vec<Sample>,
-    /// Native histogram samples present (field 4); not decoded.
-    pub histograms: usize,
-    /// Exemplars present (field 3); not decoded.
-    pub exemplars: usize,
+    /// Native histogram samples (not validated: see [`HistogramValue::validate`]).
+    ///
+    /// [`HistogramValue::validate`]: crate::histogram::HistogramValue::validate
+    pub histograms: Vec<HistogramSample>,
+    /// Each histogram's message as sent (same index as `histograms`), for forwarding.
+    pub histogram_msgs: Vec<&'a [u8]>,
+    pub exemplars: Vec<ExemplarRef>,
+    /// The labels of all `exemplars`, back to back.
+    pub exemplar_labels: Vec<LabelRef<'a>>,
+    /// Remote write 2.0 only: the series' metadata (`None` in 1.0 and when absent).
+    pub metadata: Option<MetadataRef<'a>>,
+    /// Remote write 2.0 only: rc.3's `TimeSeries.created_timestamp` (field 6), or the
+    /// first non-zero rc.4 `Sample.start_timestamp` (field 3); 0 = unset.
+    pub start_timestamp: i64,
     /// The series' whole `TimeSeries` message as sent, so a router can forward it without
-    /// re-encoding.
+    /// re-encoding (remote write 1.0 only; a 2.0 message is not a 1.0 series).
     pub raw: &'a [u8],
 }
 
 impl<'a> SeriesView<'a> {
     /// Decodes one `TimeSeries` message (e.g. a forwarded series) into `self`.
     pub fn decode(&mut self, raw: &'a [u8]) -> Result<(), DecodeError> {
-        self.clear();
-        self.raw = raw;
-        decode_series(raw, self)
+        self.decode_with(raw, &DecodeLimits::default())
     }
 
-    fn clear(&mut self) {
+    /// [`Self::decode`] under explicit limits.
+    pub fn decode_with(&mut self, raw: &'a [u8], limits: &DecodeLimits) -> Result<(), DecodeError> {
+        self.clear();
+        self.raw = raw;
+        decode_series(raw, self, limits)
+    }
+
+    /// The labels of one of this series' exemplars.
+    pub fn exemplar_labels_of(&self, e: &ExemplarRef) -> &[LabelRef<'a>] {
+        self.exemplar_labels
+            .get(e.labels.0..e.labels.1)
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn clear(&mut self) {
         self.raw = &[];
         self.labels.clear();
         self.samples.clear();
-        self.histograms = 0;
-        self.exemplars = 0;
+        self.histograms.clear();
+        self.histogram_msgs.clear();
+        self.exemplars.clear();
+        self.exemplar_labels.clear();
+        self.metadata = None;
+        self.start_timestamp = 0;
     }
 }
 
 /// Streams the series of an uncompressed `prometheus.WriteRequest` body.
 pub struct WriteRequestReader<'a> {
     cur: Cursor<'a>,
+    limits: DecodeLimits,
+    metadata: Vec<MetadataRef<'a>>,
 }
 
 impl<'a> WriteRequestReader<'a> {
     pub fn new(body: &'a [u8]) -> Self {
+        Self::with_limits(body, DecodeLimits::default())
+    }
+
+    pub fn with_limits(body: &'a [u8], limits: DecodeLimits) -> Self {
         WriteRequestReader {
             cur: Cursor::new(body),
+            limits,
+            metadata: Vec::new(),
         }
     }
 
     /// Decodes the next series into `out` (cleared first). Returns `Ok(false)` at the end.
-    /// Metadata and unknown fields are skipped.
+    /// Metadata met on the way is kept (see [`Self::metadata`]); unknown fields are skipped.
     pub fn next_series(&mut self, out: &mut SeriesView<'a>) -> Result<bool, DecodeError> {
         out.clear();
         while !self.cur.done() {
             let (field, wt) = self.cur.tag()?;
-            if field == 1 {
-                self.cur.expect(field, wt, WT_LEN)?;
-                let ts = self.cur.bytes("timeseries")?;
-                out.decode(ts)?;
-                return Ok(true);
+            match field {
+                1 => {
+                    self.cur.expect(field, wt, WT_LEN)?;
+                    let ts = self.cur.bytes("timeseries")?;
+                    out.decode_with(ts, &self.limits)?;
+                    return Ok(true);
+                }
+                // A forwarded `thanos.WriteRequest` has its replica number (a varint) in
+                // field 3: only the length-delimited form is 1.0 metadata.
+                3 if wt == WT_LEN => {
+                    let m = decode_metadata(self.cur.bytes("metadata")?)?;
+                    self.metadata.push(m);
+                }
+                _ => self.cur.skip(field, wt)?,
             }
-            self.cur.skip(field, wt)?;
         }
         Ok(false)
     }
+
+    /// `WriteRequest.metadata` entries read so far (all of them once `next_series` has
+    /// returned `Ok(false)`).
+    pub fn metadata(&self) -> &[MetadataRef<'a>] {
+        &self.metadata
+    }
 }
 
-fn decode_series<'a>(buf: &'a [u8], out: &mut SeriesView<'a>) -> Result<(), DecodeError> {
+fn utf8<'a>(b: &'a [u8], what: &'static str) -> Result<&'a str, DecodeError> {
+    std::str::from_utf8(b).map_err(|_| DecodeError::Utf8(what))
+}
+
+/// `prometheus.MetricMetadata`: type 1, metric_family_name 2, help 4, unit 5.
+fn decode_metadata(buf: &[u8]) -> Result<MetadataRef<'_>, DecodeError> {
+    let mut c = Cursor::new(buf);
+    let mut m = MetadataRef::default();
+    while !c.done() {
+        let (field, wt) = c.tag()?;
+        match field {
+            1 => {
+                c.expect(field, wt, WT_VARINT)?;
+                m.kind = MetricType::from_proto(c.varint()?);
+            }
+            2 => {
+                c.expect(field, wt, WT_LEN)?;
+                m.family = utf8(c.bytes("metric family name")?, "metric family name")?;
+            }
+            4 => {
+                c.expect(field, wt, WT_LEN)?;
+                m.help = utf8(c.bytes("help")?, "help")?;
+            }
+            5 => {
+                c.expect(field, wt, WT_LEN)?;
+                m.unit = utf8(c.bytes("unit")?, "unit")?;
+            }
+            _ => c.skip(field, wt)?,
+        }
+    }
+    Ok(m)
+}
+
+/// `prometheus.Exemplar`: labels 1, value 2, timestamp 3.
+fn decode_exemplar<'a>(buf: &'a [u8], out: &mut SeriesView<'a>) -> Result<(), DecodeError> {
+    let mut c = Cursor::new(buf);
+    let start = out.exemplar_labels.len();
+    let mut e = ExemplarRef {
+        labels: (start, start),
+        value: 0.0,
+        t: 0,
+    };
+    while !c.done() {
+        let (field, wt) = c.tag()?;
+        match field {
+            1 => {
+                c.expect(field, wt, WT_LEN)?;
+                let l = decode_label(c.bytes("exemplar label")?)?;
+                out.exemplar_labels.push(l);
+            }
+            2 => {
+                c.expect(field, wt, WT_I64)?;
+                e.value = f64::from_bits(c.fixed64()?);
+            }
+            3 => {
+                c.expect(field, wt, WT_VARINT)?;
+                e.t = c.varint()? as i64;
+            }
+            _ => c.skip(field, wt)?,
+        }
+    }
+    e.labels.1 = out.exemplar_labels.len();
+    out.exemplars.push(e);
+    Ok(())
+}
+
+fn decode_series<'a>(
+    buf: &'a [u8],
+    out: &mut SeriesView<'a>,
+    limits: &DecodeLimits,
+) -> Result<(), DecodeError> {
     let mut c = Cursor::new(buf);
     while !c.done() {
         let (field, wt) = c.tag()?;
@@ -95,13 +292,13 @@ fn decode_series<'a>(buf: &'a [u8], out: &mut SeriesView<'a>) -> Result<(), Deco
             }
             3 => {
                 c.expect(field, wt, WT_LEN)?;
-                c.bytes("exemplar")?;
-                out.exemplars += 1;
+                decode_exemplar(c.bytes("exemplar")?, out)?;
             }
             4 => {
                 c.expect(field, wt, WT_LEN)?;
-                c.bytes("histogram")?;
-                out.histograms += 1;
+                let h = c.bytes("histogram")?;
+                out.histograms.push(decode_histogram(h, limits)?);
+                out.histogram_msgs.push(h);
             }
             _ => c.skip(field, wt)?,
         }
@@ -186,7 +383,7 @@ pub fn snappy_compress(data: &[u8]) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -194,11 +391,11 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn varint_len(v: u64) -> usize {
+pub(crate) fn varint_len(v: u64) -> usize {
     ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
 }
 
-fn put_len_field(out: &mut Vec<u8>, field: u32, data: &[u8]) {
+pub(crate) fn put_len_field(out: &mut Vec<u8>, field: u32, data: &[u8]) {
     put_varint(out, u64::from(field << 3 | 2));
     put_varint(out, data.len() as u64);
     out.extend_from_slice(data);
@@ -384,7 +581,7 @@ mod tests {
                     .map(|l| (l.name.to_string(), l.value.to_string()))
                     .collect(),
                 v.samples.clone(),
-                v.histograms,
+                v.histograms.len(),
             ));
         }
         Ok(out)
@@ -471,6 +668,157 @@ mod tests {
         assert!(same(&got, &via_prost(&buf).unwrap()));
         assert_eq!(got[0].2, 1);
         assert_eq!(got[0].1[1].v.to_bits(), crate::STALE_NAN_BITS);
+    }
+
+    #[test]
+    fn decodes_histograms_exemplars_and_metadata() {
+        use crate::histogram::HistogramValue;
+        use crate::wire::prompb;
+        let label = |n: &str, v: &str| crate::wire::thanos::Label {
+            name: n.into(),
+            value: v.into(),
+        };
+        let hist = prompb::Histogram {
+            count: Some(prompb::histogram::Count::CountInt(3)),
+            sum: 1.5,
+            schema: 0,
+            zero_count: Some(prompb::histogram::ZeroCount::ZeroCountInt(1)),
+            positive_spans: vec![prompb::BucketSpan {
+                offset: 0,
+                length: 2,
+            }],
+            positive_deltas: vec![1, 0],
+            timestamp: 77,
+            ..Default::default()
+        };
+        let req = prometheus::WriteRequest {
+            timeseries: vec![prompb::TimeSeries {
+                labels: vec![label("__name__", "rpc_seconds")],
+                samples: vec![],
+                exemplars: vec![
+                    prompb::Exemplar {
+                        labels: vec![label("trace_id", "t1"), label("span_id", "s1")],
+                        value: 0.5,
+                        timestamp: 70,
+                    },
+                    prompb::Exemplar {
+                        labels: vec![],
+                        value: -1.0,
+                        timestamp: 71,
+                    },
+                ],
+                histograms: vec![hist.clone()],
+            }],
+            metadata: vec![
+                prompb::MetricMetadata {
+                    r#type: 3,
+                    metric_family_name: "rpc_seconds".into(),
+                    help: "RPC latency.".into(),
+                    unit: "seconds".into(),
+                },
+                prompb::MetricMetadata {
+                    r#type: 42,
+                    ..Default::default()
+                },
+            ],
+        };
+        let buf = req.encode_to_vec();
+        let mut r = WriteRequestReader::new(&buf);
+        let mut v = SeriesView::default();
+        assert!(r.next_series(&mut v).unwrap());
+        assert_eq!(v.histograms.len(), 1);
+        assert_eq!(v.histogram_msgs, vec![&hist.encode_to_vec()[..]]);
+        assert_eq!(v.histograms[0].t, 77);
+        let HistogramValue::Int(h) = &v.histograms[0].h else {
+            panic!("integer histogram expected")
+        };
+        assert_eq!((h.count, h.zero_count, h.sum), (3, 1, 1.5));
+        v.histograms[0].h.validate().unwrap();
+        assert_eq!(v.exemplars.len(), 2);
+        assert_eq!((v.exemplars[0].value, v.exemplars[0].t), (0.5, 70));
+        assert_eq!(
+            v.exemplar_labels_of(&v.exemplars[0]),
+            &[
+                LabelRef {
+                    name: "trace_id",
+                    value: "t1"
+                },
+                LabelRef {
+                    name: "span_id",
+                    value: "s1"
+                }
+            ]
+        );
+        assert!(v.exemplar_labels_of(&v.exemplars[1]).is_empty());
+        assert_eq!((v.exemplars[1].value, v.exemplars[1].t), (-1.0, 71));
+        assert!(!r.next_series(&mut v).unwrap());
+        assert_eq!(
+            r.metadata(),
+            &[
+                MetadataRef {
+                    kind: MetricType::Histogram,
+                    family: "rpc_seconds",
+                    help: "RPC latency.",
+                    unit: "seconds"
+                },
+                MetadataRef::default()
+            ]
+        );
+        // A metadata-only request (what Prometheus sends every minute) has no series.
+        let only = prometheus::WriteRequest {
+            timeseries: vec![],
+            metadata: req.metadata.clone(),
+        }
+        .encode_to_vec();
+        let mut r = WriteRequestReader::new(&only);
+        assert!(!r.next_series(&mut v).unwrap());
+        assert_eq!(r.metadata().len(), 2);
+        // Malformed metadata and exemplars are errors.
+        assert!(
+            WriteRequestReader::new(&[0x1a, 0x02, 0x08])
+                .next_series(&mut v)
+                .is_err()
+        );
+        assert!(
+            WriteRequestReader::new(&[0x1a, 0x02, 0x22, 0x01, 0xff][..2])
+                .next_series(&mut v)
+                .is_err()
+        );
+        let bad_exemplar = [0x0a, 0x04, 0x1a, 0x02, 0x10, 0x80];
+        assert!(
+            WriteRequestReader::new(&bad_exemplar)
+                .next_series(&mut v)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn histogram_limit_applies_to_the_request() {
+        use crate::wire::prompb;
+        let req = prometheus::WriteRequest {
+            timeseries: vec![prompb::TimeSeries {
+                histograms: vec![prompb::Histogram {
+                    positive_deltas: vec![1; 10],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            metadata: vec![],
+        };
+        let buf = req.encode_to_vec();
+        let mut v = SeriesView::default();
+        let lim = DecodeLimits {
+            max_histogram_buckets: 9,
+        };
+        assert!(matches!(
+            WriteRequestReader::with_limits(&buf, lim).next_series(&mut v),
+            Err(DecodeError::Limit {
+                count: 10,
+                limit: 9,
+                ..
+            })
+        ));
+        assert!(WriteRequestReader::new(&buf).next_series(&mut v).unwrap());
     }
 
     #[test]
