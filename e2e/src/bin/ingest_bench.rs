@@ -13,7 +13,9 @@
 //! `--tsdb.wal-compression=false`; `ring-rf1`/`ring-rf3` for three router+ingestors on one
 //! hashring with replication factor 1 or 3, load sent to the first, CPU and peak RSS summed
 //! over the three; its bytes/sample are the first node's share; `orrery-s3` for orrery
-//! shipping its blocks to a local `moto_server` S3 bucket, see below), `--no-blocks` (skip
+//! shipping its blocks to a local `moto_server` S3 bucket, see below; `orrery-tls` for orrery
+//! with remote write over TLS 1.3, certificates made by the bench, keep-alive connections
+//! as Prometheus's), `--no-blocks` (skip
 //! the bytes-per-sample phase), `--protocol v1,v2` (run every server with remote write
 //! 1.0, 2.0 or both — the same series and samples; 2.0 runs are named `<server>-rw2` and
 //! compared with the 1.0 run of the same server).
@@ -449,12 +451,53 @@ impl Batch {
 // ---------------------------------------------------------------------------------------
 // HTTP/1.1 keep-alive client
 
+/// The TLS client config of the server being driven (`orrery-tls`); `None`: plaintext.
+/// Set around one server's run, read by every [`Conn`] it opens.
+static TLS_CLIENT: std::sync::Mutex<Option<Arc<netsec::tokio_rustls::rustls::ClientConfig>>> =
+    std::sync::Mutex::new(None);
+
+type TlsStream = netsec::tokio_rustls::rustls::StreamOwned<
+    netsec::tokio_rustls::rustls::ClientConnection,
+    TcpStream,
+>;
+
+/// A connection to the server: plaintext or TLS (blocking rustls).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 struct Conn {
     addr: String,
     path: String,
     /// `Content-Type` and `X-Prometheus-Remote-Write-Version` headers of the protocol.
     proto_headers: &'static str,
-    stream: Option<TcpStream>,
+    tls: Option<Arc<netsec::tokio_rustls::rustls::ClientConfig>>,
+    stream: Option<Stream>,
     buf: Vec<u8>,
 }
 
@@ -469,6 +512,7 @@ impl Conn {
             } else {
                 "Content-Type: application/x-protobuf\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\n"
             },
+            tls: TLS_CLIENT.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             stream: None,
             buf: Vec::with_capacity(4096),
         }
@@ -480,7 +524,17 @@ impl Conn {
             let s = TcpStream::connect(&self.addr)?;
             s.set_nodelay(true)?;
             s.set_read_timeout(Some(Duration::from_secs(120)))?;
-            self.stream = Some(s);
+            self.stream = Some(match &self.tls {
+                None => Stream::Plain(s),
+                Some(cfg) => {
+                    use netsec::tokio_rustls::rustls;
+                    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")
+                        .map_err(|e| std::io::Error::other(e.to_string()))?;
+                    let c = rustls::ClientConnection::new(cfg.clone(), name)
+                        .map_err(std::io::Error::other)?;
+                    Stream::Tls(Box::new(rustls::StreamOwned::new(c, s)))
+                }
+            });
             self.buf.clear();
         }
         let r = self.exchange(body);
@@ -607,7 +661,7 @@ fn clk_tck() -> f64 {
 }
 
 /// `read` that retries when interrupted by a signal.
-fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_some(s: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
         match s.read(buf) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -1261,6 +1315,53 @@ fn main() {
                     bytes as f64 / 1e6 / upload_secs.max(1e-9),
                     blocks / (upload_secs.max(1e-9) / 60.0)
                 );
+                p.terminate(Duration::from_secs(30));
+                r
+            }
+            "orrery-tls" => {
+                // Remote write over TLS 1.3 (certificates made here), the rest as `orrery`.
+                let dir = tempfile::tempdir().expect("temp dir");
+                let ca = netsec::testing::Ca::new("ingest_bench CA");
+                let leaf = ca.leaf("orrery", &["127.0.0.1"], 1);
+                let crt = dir.path().join("tls.crt");
+                let key = dir.path().join("tls.key");
+                let ca_file = dir.path().join("ca.crt");
+                std::fs::write(&crt, &leaf.cert_pem).expect("write cert");
+                std::fs::write(&key, &leaf.key_pem).expect("write key");
+                std::fs::write(&ca_file, ca.pem()).expect("write CA");
+                let client = netsec::ClientOptions {
+                    secure: true,
+                    ca: Some(ca_file.clone()),
+                    ..netsec::ClientOptions::default()
+                }
+                .client("ingest_bench")
+                .expect("TLS client");
+                let mut cfg = (*client.current_config().expect("TLS config")).clone();
+                cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+                let ports = distinct_ports(3);
+                let (mut p, addr, data) = start_orrery_node(
+                    &dir.path().join("node"),
+                    o.block_mins,
+                    true,
+                    [ports[0], ports[1], ports[2]],
+                    &[
+                        format!("--remote-write.server-tls-cert={}", crt.display()),
+                        format!("--remote-write.server-tls-key={}", key.display()),
+                    ],
+                );
+                println!("{server}: pid {} on {addr} (HTTPS)", p.pid());
+                *TLS_CLIENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(cfg));
+                let r = drive(
+                    &o,
+                    &server,
+                    &addr,
+                    "/api/v1/receive",
+                    &[p.pid()],
+                    &data,
+                    batches,
+                    t0,
+                );
+                *TLS_CLIENT.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 p.terminate(Duration::from_secs(30));
                 r
             }
