@@ -1074,6 +1074,38 @@ fn start_ring(dir: &Path, block_mins: i64, rf: u64) -> (Vec<Proc>, String, PathB
     (procs, addr, data)
 }
 
+/// One receiver in `dir` with `extra` flags, driven by the load; returns the process
+/// (still running, for the caller's own checks), its HTTP port and the result.
+fn drive_node(
+    o: &Opts,
+    server: &str,
+    dir: &Path,
+    extra: &[String],
+    batches: &mut [Vec<Batch>],
+    t0: i64,
+) -> (Proc, u16, Result1) {
+    let ports = distinct_ports(3);
+    let (p, addr, data) = start_orrery_node(
+        &dir.join("node"),
+        o.block_mins,
+        true,
+        [ports[0], ports[1], ports[2]],
+        extra,
+    );
+    println!("{server}: pid {} on {addr}", p.pid());
+    let r = drive(
+        o,
+        server,
+        &addr,
+        "/api/v1/receive",
+        &[p.pid()],
+        &data,
+        batches,
+        t0,
+    );
+    (p, ports[2], r)
+}
+
 fn start_orrery_node(
     dir: &Path,
     block_mins: i64,
@@ -1269,30 +1301,10 @@ fn main() {
                     "--objstore.config=type: S3\nconfig:\n  bucket: bench\n  endpoint: {}\n  insecure: true\n  access_key: a\n  secret_key: b\n",
                     moto.addr()
                 );
-                let ports = distinct_ports(3);
-                let (mut p, addr, data) = start_orrery_node(
-                    &dir.path().join("node"),
-                    o.block_mins,
-                    true,
-                    [ports[0], ports[1], ports[2]],
-                    &[cfg],
-                );
-                println!(
-                    "{server}: pid {} on {addr}, bucket on {}",
-                    p.pid(),
-                    moto.addr()
-                );
-                let r = drive(
-                    &o,
-                    &server,
-                    &addr,
-                    "/api/v1/receive",
-                    &[p.pid()],
-                    &data,
-                    batches,
-                    t0,
-                );
-                let metrics = http_get(&format!("127.0.0.1:{}", ports[2]), "/metrics")
+                println!("{server}: bucket on {}", moto.addr());
+                let (mut p, http_port, r) =
+                    drive_node(&o, &server, dir.path(), &[cfg], batches, t0);
+                let metrics = http_get(&format!("127.0.0.1:{http_port}"), "/metrics")
                     .map(|(_, b)| b)
                     .unwrap_or_default();
                 let sum = |name: &str, filter: &str| -> f64 {
@@ -1338,29 +1350,12 @@ fn main() {
                 .expect("TLS client");
                 let mut cfg = (*client.current_config().expect("TLS config")).clone();
                 cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-                let ports = distinct_ports(3);
-                let (mut p, addr, data) = start_orrery_node(
-                    &dir.path().join("node"),
-                    o.block_mins,
-                    true,
-                    [ports[0], ports[1], ports[2]],
-                    &[
-                        format!("--remote-write.server-tls-cert={}", crt.display()),
-                        format!("--remote-write.server-tls-key={}", key.display()),
-                    ],
-                );
-                println!("{server}: pid {} on {addr} (HTTPS)", p.pid());
                 *TLS_CLIENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(cfg));
-                let r = drive(
-                    &o,
-                    &server,
-                    &addr,
-                    "/api/v1/receive",
-                    &[p.pid()],
-                    &data,
-                    batches,
-                    t0,
-                );
+                let tls_flags = [
+                    format!("--remote-write.server-tls-cert={}", crt.display()),
+                    format!("--remote-write.server-tls-key={}", key.display()),
+                ];
+                let (mut p, _, r) = drive_node(&o, &server, dir.path(), &tls_flags, batches, t0);
                 *TLS_CLIENT.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 p.terminate(Duration::from_secs(30));
                 r
