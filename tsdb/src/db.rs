@@ -54,14 +54,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
+use storeapi::histogram::{HistogramSample, HistogramValue};
 use storeapi::{Labels, Matcher, Sample};
 
 use crate::block::{self, Block, BlockError, BlockOptions, ThanosMeta};
+use crate::checkpoint::CheckpointRecords;
 use crate::chunk::{Chunk, ChunkError, XorIterator};
 use crate::head::{Head, MemSeries, SampleResult, SeriesKey, key_hash, labels_key};
 use crate::metrics::{Metrics, RejectReason};
 use crate::postings::SeriesRef;
-use crate::wal::record::{self, SamplesRecord, Skipped, Visitor};
+use crate::wal::record::{self, RefHistogramSample, SamplesRecord, Skipped, Visitor};
 use crate::wal::{self, SyncPolicy, Wal, WalError};
 
 /// Database options.
@@ -222,6 +224,10 @@ pub struct AppendOutcome {
     pub out_of_bounds: u64,
     /// Newer than `now + too_far_in_future` (see [`Options::too_far_in_future`]).
     pub too_far_in_future: u64,
+    /// Native histograms whose buckets do not match their spans (refused).
+    pub invalid_histograms: u64,
+    /// Of `appended`, native histogram samples.
+    pub histograms_appended: u64,
     /// The newest timestamp accepted by this commit (`i64::MAX` without a limit).
     pub max_valid_time: i64,
     /// Samples sent by ref for a ref the head does not know (any more).
@@ -241,6 +247,7 @@ impl AppendOutcome {
             + self.duplicate_timestamp
             + self.out_of_bounds
             + self.too_far_in_future
+            + self.invalid_histograms
             + self.unknown_series
             + self.invalid_labels
     }
@@ -251,6 +258,7 @@ impl AppendOutcome {
             RejectReason::DuplicateTimestamp => self.duplicate_timestamp += 1,
             RejectReason::OutOfBounds => self.out_of_bounds += 1,
             RejectReason::TooFarInFuture => self.too_far_in_future += 1,
+            RejectReason::InvalidHistogram => self.invalid_histograms += 1,
         }
         if self.first_rejection.is_none() {
             self.first_rejection = Some(Rejection {
@@ -306,8 +314,7 @@ struct Replayer<'a> {
     mint: i64,
     maxt: i64,
     error: Option<String>,
-    /// Records of kinds the head does not keep, by kind.
-    histograms: u64,
+    /// Tombstone records (the head does not delete).
     tombstones: u64,
 }
 
@@ -336,9 +343,24 @@ impl Visitor for Replayer<'_> {
     }
     fn skipped(&mut self, what: Skipped) {
         match what {
-            Skipped::Histograms => self.histograms += 1,
             Skipped::Tombstones => self.tombstones += 1,
-            Skipped::Other => {}
+            Skipped::Histograms | Skipped::Other => {}
+        }
+    }
+    fn histograms(&mut self, samples: Vec<RefHistogramSample>) {
+        let min_valid = self.head.min_valid_time();
+        for x in samples {
+            let Some(s) = self.refs.get(&x.r) else {
+                self.unknown_refs += 1;
+                continue;
+            };
+            let r = s
+                .lock()
+                .append_histogram(x.t, &x.h, min_valid, self.head.chunk_range());
+            if r == SampleResult::Appended {
+                self.mint = self.mint.min(x.t);
+                self.maxt = self.maxt.max(x.t);
+            }
         }
     }
     fn chunk(&mut self, r: u64, _min_t: i64, _max_t: i64, data: &[u8]) {
@@ -426,7 +448,6 @@ impl Db {
             mint: i64::MAX,
             maxt: i64::MIN,
             error: None,
-            histograms: 0,
             tombstones: 0,
         };
         let (report, last_seg) = wal::replay(&wal_dir, &metrics, &mut |format, payload| {
@@ -445,13 +466,6 @@ impl Db {
             tracing::warn!(
                 samples = rp.unknown_refs,
                 "WAL samples for unknown series skipped"
-            );
-        }
-        if rp.histograms > 0 {
-            metrics.wal_histogram_records_skipped.inc_by(rp.histograms);
-            tracing::warn!(
-                records = rp.histograms,
-                "WAL native histogram records skipped: Orrery's head stores float samples only"
             );
         }
         if rp.tombstones > 0 {
@@ -535,6 +549,8 @@ impl Db {
             keys: Vec::new(),
             spans: Vec::new(),
             samples: Vec::new(),
+            hists: Vec::new(),
+            hist: Vec::new(),
             keybuf: Vec::new(),
         }
     }
@@ -748,74 +764,11 @@ impl Db {
     /// refs of this WAL.
     fn checkpoint(&self, upto: u64) -> Result<(), DbError> {
         const TARGET: usize = 1 << 20;
-        let series = self.inner.head.all_series();
-        let mut i = 0usize;
-        let mut phase = 0u8;
-        // Samples phase: the series being dumped and how far.
-        let mut pending: Vec<(i64, f64)> = Vec::new();
-        let mut pending_at = 0usize;
-        let mut error: Option<String> = None;
-        self.inner.wal.checkpoint(upto, &mut |buf| {
-            while phase < 2 {
-                let at = wal::start_frame(buf);
-                buf.push(if phase == 0 {
-                    record::TYPE_SERIES
-                } else {
-                    record::TYPE_SAMPLES
-                });
-                let mut rec = SamplesRecord::default();
-                while i < series.len() && buf.len() - at < TARGET {
-                    let s = &series[i];
-                    if phase == 0 {
-                        record::put_series(buf, s.sref, &s.labels());
-                        i += 1;
-                        continue;
-                    }
-                    if pending_at == 0 && pending.is_empty() {
-                        for c in s.chunks(i64::MIN, i64::MAX) {
-                            match XorIterator::new(&c.data) {
-                                Ok(it) => {
-                                    for x in it {
-                                        match x {
-                                            Ok(p) => pending.push(p),
-                                            Err(e) => {
-                                                error.get_or_insert(e.to_string());
-                                                break;
-                                            }
-                                        }
-                                    }
-                                }
-                                Err(e) => {
-                                    error.get_or_insert(e.to_string());
-                                }
-                            }
-                        }
-                    }
-                    while pending_at < pending.len() && buf.len() - at < TARGET {
-                        let (t, v) = pending[pending_at];
-                        rec.push(buf, s.sref, t, v);
-                        pending_at += 1;
-                    }
-                    if pending_at >= pending.len() {
-                        pending.clear();
-                        pending_at = 0;
-                        i += 1;
-                    }
-                }
-                if !wal::abandon_frame_if_empty(buf, at, 1) {
-                    wal::finish_frame(buf, at);
-                }
-                if i >= series.len() {
-                    i = 0;
-                    phase += 1;
-                }
-                if buf.len() >= TARGET {
-                    return phase < 2;
-                }
-            }
-            false
-        })?;
-        if let Some(e) = error {
+        let mut records = CheckpointRecords::new(self.inner.head.all_series());
+        self.inner
+            .wal
+            .checkpoint(upto, &mut |buf| records.fill(buf, TARGET))?;
+        if let Some(e) = records.error {
             // A head chunk that does not decode is a bug; its readable samples are in the
             // checkpoint.
             tracing::error!(error = %e, "a head chunk did not decode while writing the WAL checkpoint");
@@ -888,6 +841,9 @@ pub struct Appender<'a> {
     /// `[start, end)` into `samples` per key.
     spans: Vec<(u32, u32)>,
     samples: Vec<(i64, f64)>,
+    /// Native histogram samples; a key whose `hist` flag is set spans these.
+    hists: Vec<HistogramSample>,
+    hist: Vec<bool>,
     /// Series keys of the batch, back to back.
     keybuf: Vec<u8>,
 }
@@ -946,15 +902,60 @@ impl<'a> Appender<'a> {
         self.samples.extend(samples);
         self.keys.push(key);
         self.spans.push((start, self.samples.len() as u32));
+        self.hist.push(false);
     }
 
-    /// Samples in the batch.
+    /// Adds native histogram samples (in time order) for the series named by borrowed
+    /// label pairs (as [`Appender::append_pairs`]). A series' float samples of the same
+    /// batch should be added first: the head, and the WAL replay, apply floats before
+    /// histograms (Prometheus's commit order).
+    pub fn append_histogram_pairs<'l>(
+        &mut self,
+        labels: impl IntoIterator<Item = (&'l str, &'l str)>,
+        samples: impl IntoIterator<Item = HistogramSample>,
+    ) {
+        let start = self.keybuf.len();
+        for (n, v) in labels {
+            self.keybuf.extend_from_slice(n.as_bytes());
+            self.keybuf.push(0xff);
+            self.keybuf.extend_from_slice(v.as_bytes());
+            self.keybuf.push(0xff);
+        }
+        let end = self.keybuf.len();
+        let h = key_hash(&self.keybuf[start..end]);
+        self.push_histograms(SeriesKey::Key(h, (start as u32, end as u32)), samples);
+    }
+
+    /// Adds native histogram samples (in time order) for `labels`.
+    pub fn append_histograms(
+        &mut self,
+        labels: &'a Labels,
+        samples: impl IntoIterator<Item = HistogramSample>,
+    ) {
+        let k = labels_key(labels, &mut self.keybuf);
+        let h = key_hash(&self.keybuf[k.0 as usize..]);
+        self.push_histograms(SeriesKey::Labels(h, labels, k), samples);
+    }
+
+    fn push_histograms(
+        &mut self,
+        key: SeriesKey<'a>,
+        samples: impl IntoIterator<Item = HistogramSample>,
+    ) {
+        let start = self.hists.len() as u32;
+        self.hists.extend(samples);
+        self.keys.push(key);
+        self.spans.push((start, self.hists.len() as u32));
+        self.hist.push(true);
+    }
+
+    /// Samples in the batch (floats and histograms).
     pub fn len(&self) -> usize {
-        self.samples.len()
+        self.samples.len() + self.hists.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
+        self.samples.is_empty() && self.hists.is_empty()
     }
 
     /// Applies the batch; see the module documentation for the guarantees.
@@ -995,6 +996,9 @@ impl<'a> Appender<'a> {
             samples.push(record::TYPE_SAMPLES);
             let mut rec = SamplesRecord::default();
             let mut newly_logged: Vec<&Arc<MemSeries>> = Vec::new();
+            // Appended histograms: (series ref, index into `hists`), by flavour.
+            let mut int_hists: Vec<(u64, usize)> = Vec::new();
+            let mut float_hists: Vec<(u64, usize)> = Vec::new();
             out.series_refs.reserve(self.keys.len());
             for (i, (s, &(a, b))) in resolved.iter().zip(&self.spans).enumerate() {
                 let Some(s) = s else {
@@ -1013,6 +1017,31 @@ impl<'a> Appender<'a> {
                     record::put_series(frames, s.sref, &s.labels());
                     d.logged = true;
                     newly_logged.push(s);
+                }
+                if self.hist[i] {
+                    for (k, x) in self.hists[a as usize..b as usize].iter().enumerate() {
+                        let t = x.t;
+                        if t > max_valid {
+                            out.count(RejectReason::TooFarInFuture, i, t);
+                            continue;
+                        }
+                        let mv = *min_valid.get_or_insert_with(|| head.window_from(t.min(cap)));
+                        match d.append_histogram(t, &x.h, mv, head.chunk_range()) {
+                            SampleResult::Appended => {
+                                let list = match x.h {
+                                    HistogramValue::Int(_) => &mut int_hists,
+                                    HistogramValue::Float(_) => &mut float_hists,
+                                };
+                                list.push((s.sref, a as usize + k));
+                                out.histograms_appended += 1;
+                                bmin = bmin.min(t);
+                                bmax = bmax.max(t);
+                            }
+                            SampleResult::DuplicateIgnored => out.duplicates_ignored += 1,
+                            SampleResult::Rejected(r) => out.count(r, i, t),
+                        }
+                    }
+                    continue;
                 }
                 let mut n = 0u64;
                 for &(t, v) in &self.samples[a as usize..b as usize] {
@@ -1042,6 +1071,24 @@ impl<'a> Appender<'a> {
                 frames.extend_from_slice(samples);
                 wal::finish_frame(frames, at);
             }
+            out.appended += out.histograms_appended;
+            for (list, float) in [(&int_hists, false), (&float_hists, true)] {
+                if list.is_empty() {
+                    continue;
+                }
+                let refs: Vec<(u64, i64, &HistogramValue)> = list
+                    .iter()
+                    .map(|&(r, k)| (r, self.hists[k].t, &self.hists[k].h))
+                    .collect();
+                let (std, custom) = record::encode_histogram_refs(&refs, float);
+                for payload in [std, custom] {
+                    if payload.len() > 1 {
+                        let at = wal::start_frame(frames);
+                        frames.extend_from_slice(&payload);
+                        wal::finish_frame(frames, at);
+                    }
+                }
+            }
             let pos = if frames.is_empty() {
                 flushed
             } else {
@@ -1065,6 +1112,7 @@ impl<'a> Appender<'a> {
         m.rejected(RejectReason::DuplicateTimestamp, out.duplicate_timestamp);
         m.rejected(RejectReason::OutOfBounds, out.out_of_bounds);
         m.rejected(RejectReason::TooFarInFuture, out.too_far_in_future);
+        m.rejected(RejectReason::InvalidHistogram, out.invalid_histograms);
         if let Some(p) = pos {
             inner.wal.commit_sync(p)?;
         }
@@ -1085,19 +1133,22 @@ impl SeriesChunks {
     pub fn samples(&self, mint: i64, maxt: i64) -> Result<Vec<Sample>, ChunkError> {
         samples_in_range(&self.chunks, mint, maxt)
     }
+
+    /// Decoded native histogram samples within `[mint, maxt]`, in time order.
+    pub fn histograms(&self, mint: i64, maxt: i64) -> Result<Vec<HistogramSample>, ChunkError> {
+        histograms_in_range(&self.chunks, mint, maxt)
+    }
 }
 
-/// Decodes XOR chunks, keeping samples in `[mint, maxt]` (and dropping any sample not
-/// newer than the previous one, should chunks overlap).
+/// Decodes the float samples of XOR chunks, keeping those in `[mint, maxt]` (and
+/// dropping any sample not newer than the previous one, should chunks overlap). Native
+/// histogram chunks are left out: see [`histograms_in_range`].
 pub fn samples_in_range(chunks: &[Chunk], mint: i64, maxt: i64) -> Result<Vec<Sample>, ChunkError> {
     let mut out = Vec::with_capacity(chunks.iter().map(Chunk::num_samples).sum());
     let mut last = i64::MIN;
     for c in chunks {
-        if c.max_time < mint || c.min_time > maxt {
+        if c.max_time < mint || c.min_time > maxt || c.encoding != crate::chunk::Encoding::Xor {
             continue;
-        }
-        if c.encoding != crate::chunk::Encoding::Xor {
-            return Err(ChunkError::UnsupportedEncoding(c.encoding));
         }
         crate::chunk::xor::for_each_sample(&c.data, |t, v| {
             if t > maxt {
@@ -1109,6 +1160,28 @@ pub fn samples_in_range(chunks: &[Chunk], mint: i64, maxt: i64) -> Result<Vec<Sa
             }
             ControlFlow::Continue(())
         })?;
+    }
+    Ok(out)
+}
+
+/// Decodes the native histogram samples of histogram chunks (either flavour) in
+/// `[mint, maxt]`, in time order; XOR chunks are left out.
+pub fn histograms_in_range(
+    chunks: &[Chunk],
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<HistogramSample>, ChunkError> {
+    let mut out: Vec<HistogramSample> = Vec::new();
+    for c in chunks {
+        if c.max_time < mint || c.min_time > maxt || c.encoding == crate::chunk::Encoding::Xor {
+            continue;
+        }
+        for x in c.iter_histograms()? {
+            let x = x?;
+            if x.t >= mint && x.t <= maxt && out.last().is_none_or(|l| x.t > l.t) {
+                out.push(x);
+            }
+        }
     }
     Ok(out)
 }

@@ -131,7 +131,16 @@ fn prometheus_wal_opens_with_every_sample() {
             .collect();
         assert_eq!(s, &want);
     }
-    assert_eq!(db.metrics().wal_histogram_records_skipped.get(), 1);
+    // The histogram record is replayed too: series 100 (`s=0`) holds it between its
+    // float samples at 3000 and 4000.
+    let q = db.querier(i64::MIN, i64::MAX);
+    let m = storeapi::Matcher::new(storeapi::MatchOp::Equal, "s", "0").unwrap();
+    let sel = q.select(&[m]).unwrap();
+    assert_eq!(sel.len(), 1);
+    let h = sel[0].histograms(i64::MIN, i64::MAX).unwrap();
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0].t, 3500);
+    assert!(matches!(&h[0].h, storeapi::histogram::HistogramValue::Int(x) if x.count == 0));
     assert_eq!(db.metrics().wal_corruptions_repaired.get(), 0);
     // Untouched so far (a user can still go back).
     assert_eq!(fs::read(wal.join("00000001")).unwrap(), seg);

@@ -16,9 +16,13 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use bytes::Bytes;
 use storeapi::{Labels, Matcher};
 
-use crate::chunk::{Chunk, ChunkError, Encoding, XorChunk};
+use crate::chunk::{Chunk, ChunkError, Encoding, FloatHistogramAppender, HistogramAppender, XorChunk};
 use crate::metrics::{Metrics, RejectReason};
 use crate::postings::{MemPostings, SeriesRef};
+use storeapi::histogram::{FloatHistogram, Histogram, HistogramValue};
+
+mod open_chunk;
+use open_chunk::{HistKind, LastValue, OpenChunk, XorOpen, append_histogram, encode_histograms};
 
 /// Samples per chunk before a new one is cut (Prometheus's target).
 pub const MAX_SAMPLES_PER_CHUNK: u16 = 120;
@@ -109,6 +113,60 @@ fn encode_closed(samples: &[(i64, f64)]) -> Result<Option<Chunk>, ChunkError> {
         encoding: Encoding::Xor,
         data: Bytes::from(bytes),
     }))
+}
+
+/// Splits chunk `data` of `encoding` at `t`: the chunks of its samples before `t` are
+/// pushed to `before`; its samples from `t` on are re-encoded, returned as the chunks
+/// to close and the last one as an open chunk (`None` if there is none). A histogram
+/// chunk after the split has its header computed against the last sample before it.
+fn split_chunk(
+    encoding: Encoding,
+    data: &[u8],
+    t: i64,
+    chunk_range: i64,
+    before: &mut Vec<Chunk>,
+) -> Result<(Option<OpenChunk>, Vec<Chunk>), ChunkError> {
+    fn hist<A: HistKind>(
+        data: &[u8],
+        t: i64,
+        chunk_range: i64,
+        before: &mut Vec<Chunk>,
+    ) -> Result<(Option<OpenChunk>, Vec<Chunk>), ChunkError> {
+        let samples = A::decode(data)?;
+        let at = samples.partition_point(|s| s.0 < t);
+        let (lo, hi) = samples.split_at(at);
+        let (chunks, open) = encode_histograms::<A>(lo, None)?;
+        before.extend(chunks);
+        before.extend(open.and_then(|o| A::wrap(o).close()));
+        let (rest, open) = encode_histograms::<A>(hi, lo.last())?;
+        let open = open.map(|mut o| {
+            o.cutter = crate::chunk::histogram_cut::HistogramCutter::new(o.min_t, chunk_range);
+            A::wrap(o)
+        });
+        Ok((open, rest))
+    }
+    match encoding {
+        Encoding::Xor => {
+            let samples = crate::chunk::xor::decode_all(data)?;
+            let (lo, hi): (Vec<_>, Vec<_>) = samples.into_iter().partition(|s| s.0 < t);
+            before.extend(encode_closed(&lo)?);
+            let Some(&(min_t, _)) = hi.first() else {
+                return Ok((None, Vec::new()));
+            };
+            let mut chunk = XorChunk::new();
+            for &(st, sv) in &hi {
+                chunk.append(st, sv)?;
+            }
+            let end = min_t
+                .div_euclid(chunk_range)
+                .saturating_add(1)
+                .saturating_mul(chunk_range);
+            Ok((Some(OpenChunk::Xor(XorOpen { end, chunk, min_t })), Vec::new()))
+        }
+        Encoding::Histogram => hist::<HistogramAppender>(data, t, chunk_range, before),
+        Encoding::FloatHistogram => hist::<FloatHistogramAppender>(data, t, chunk_range, before),
+        e => Err(ChunkError::UnsupportedEncoding(e)),
+    }
 }
 
 fn select_sorted(
@@ -317,15 +375,15 @@ impl SeriesChunks<'_> {
                 data: &c.data,
             });
         let open = self.data.open.as_ref().and_then(|o| {
-            if o.chunk.num_samples() == 0 {
+            if o.num_samples() == 0 {
                 return None;
             }
-            let max_time = o.chunk.last_t();
-            (max_time >= mint && o.min_t <= maxt).then(|| ChunkView {
-                min_time: o.min_t,
+            let max_time = o.last_t();
+            (max_time >= mint && o.min_t() <= maxt).then(|| ChunkView {
+                min_time: o.min_t(),
                 max_time,
-                encoding: Encoding::Xor,
-                data: o.chunk.bytes(),
+                encoding: o.encoding(),
+                data: o.bytes(),
             })
         });
         closed.chain(open)
@@ -346,23 +404,14 @@ pub struct MemSeries {
     data: Mutex<SeriesData>,
 }
 
-#[derive(Debug)]
-#[repr(C)]
-struct OpenChunk {
-    /// Exclusive end: the next multiple of the chunk range.
-    end: i64,
-    chunk: XorChunk,
-    min_t: i64,
-}
-
 #[derive(Debug, Default)]
 #[repr(C)]
 pub(crate) struct SeriesData {
     /// Whether this series' record is in the WAL (written by the commit path).
     pub(crate) logged: bool,
-    has_last: bool,
+    /// Timestamp of the newest sample (meaningless while `last` is `None`).
     last_t: i64,
-    last_v: u64,
+    last: LastValue,
     open: Option<OpenChunk>,
     closed: Vec<Chunk>,
 }
@@ -391,21 +440,30 @@ impl SeriesData {
         if t < min_valid {
             return SampleResult::Rejected(RejectReason::OutOfBounds);
         }
-        if self.has_last {
-            if t < self.last_t {
-                return SampleResult::Rejected(RejectReason::OutOfOrder);
-            }
-            if t == self.last_t {
-                return if v.to_bits() == self.last_v {
-                    SampleResult::DuplicateIgnored
-                } else {
-                    SampleResult::Rejected(RejectReason::DuplicateTimestamp)
-                };
+        if storeapi::is_stale_nan(v) {
+            // A stale marker ends a histogram series as a histogram sample, as
+            // Prometheus's appender turns it into one.
+            let stale = match &self.last {
+                LastValue::Hist(_) => Some(HistogramValue::Int(Box::new(Histogram {
+                    sum: v,
+                    ..Default::default()
+                }))),
+                LastValue::FloatHist(_) => Some(HistogramValue::Float(Box::new(FloatHistogram {
+                    sum: v,
+                    ..Default::default()
+                }))),
+                _ => None,
+            };
+            if let Some(h) = stale {
+                return self.append_histogram(t, &h, min_valid, chunk_range);
             }
         }
+        if let Some(r) = self.check_order(t, |l| matches!(l, LastValue::Float(b) if *b == v.to_bits())) {
+            return r;
+        }
         let cut = match &self.open {
-            None => true,
-            Some(o) => o.chunk.num_samples() >= MAX_SAMPLES_PER_CHUNK || t >= o.end,
+            Some(OpenChunk::Xor(o)) => o.chunk.num_samples() >= MAX_SAMPLES_PER_CHUNK || t >= o.end,
+            _ => true,
         };
         if cut {
             self.close_open();
@@ -413,22 +471,83 @@ impl SeriesData {
                 .div_euclid(chunk_range)
                 .saturating_add(1)
                 .saturating_mul(chunk_range);
-            self.open = Some(OpenChunk {
+            self.open = Some(OpenChunk::Xor(XorOpen {
                 chunk: XorChunk::new(),
                 min_t: t,
                 end,
-            });
+            }));
         }
-        if let Some(o) = self.open.as_mut()
+        if let Some(OpenChunk::Xor(o)) = self.open.as_mut()
             && o.chunk.append(t, v).is_err()
         {
             // Unreachable: chunks are cut far below the 65535-sample limit.
             return SampleResult::Rejected(RejectReason::OutOfBounds);
         }
-        self.has_last = true;
         self.last_t = t;
-        self.last_v = v.to_bits();
+        self.last = LastValue::Float(v.to_bits());
         SampleResult::Appended
+    }
+
+    /// The verdict on a sample at `t` against the newest one: `None` when it is newer;
+    /// at the same timestamp an ignored duplicate when `same` says the value equals the
+    /// last one, else a conflicting duplicate.
+    fn check_order(&self, t: i64, same: impl FnOnce(&LastValue) -> bool) -> Option<SampleResult> {
+        if matches!(self.last, LastValue::None) || t > self.last_t {
+            return None;
+        }
+        Some(if t < self.last_t {
+            SampleResult::Rejected(RejectReason::OutOfOrder)
+        } else if same(&self.last) {
+            SampleResult::DuplicateIgnored
+        } else {
+            SampleResult::Rejected(RejectReason::DuplicateTimestamp)
+        })
+    }
+
+    /// Appends a native histogram sample (either flavour), cutting chunks as
+    /// Prometheus's head does (see [`open_chunk`]).
+    pub(crate) fn append_histogram(
+        &mut self,
+        t: i64,
+        h: &HistogramValue,
+        min_valid: i64,
+        chunk_range: i64,
+    ) -> SampleResult {
+        if t < min_valid {
+            return SampleResult::Rejected(RejectReason::OutOfBounds);
+        }
+        let same = |l: &LastValue| match (l, h) {
+            (LastValue::Hist(a), HistogramValue::Int(b)) => a.equals(b),
+            (LastValue::FloatHist(a), HistogramValue::Float(b)) => a.equals(b),
+            _ => false,
+        };
+        if let Some(r) = self.check_order(t, same) {
+            return r;
+        }
+        let (open, closed, last) = (&mut self.open, &mut self.closed, &mut self.last);
+        let done = match h {
+            HistogramValue::Int(h) => {
+                append_histogram::<HistogramAppender>(open, closed, last, self.last_t, t, h, chunk_range)
+                    .map(|()| HistogramAppender::set_last(last, h))
+            }
+            HistogramValue::Float(h) => append_histogram::<FloatHistogramAppender>(
+                open,
+                closed,
+                last,
+                self.last_t,
+                t,
+                h,
+                chunk_range,
+            )
+            .map(|()| FloatHistogramAppender::set_last(last, h)),
+        };
+        match done {
+            Ok(()) => {
+                self.last_t = t;
+                SampleResult::Appended
+            }
+            Err(_) => SampleResult::Rejected(RejectReason::InvalidHistogram),
+        }
     }
 
     /// Makes `t` a chunk boundary: a chunk holding samples on both sides of `t` (written
@@ -436,7 +555,7 @@ impl SeriesData {
     /// re-encoded as two, and an open chunk whose samples all lie before `t` is closed.
     /// After this no chunk straddles `t`, so a block ending at `t` takes whole chunks
     /// and truncating the head at `t` leaves none of the block's samples behind.
-    fn split_at(&mut self, t: i64) -> Result<(), ChunkError> {
+    fn split_at(&mut self, t: i64, chunk_range: i64) -> Result<(), ChunkError> {
         if self
             .closed
             .iter()
@@ -445,10 +564,9 @@ impl SeriesData {
             let mut out = Vec::with_capacity(self.closed.len() + 1);
             for c in std::mem::take(&mut self.closed) {
                 if c.min_time < t && c.max_time >= t {
-                    let samples = crate::chunk::xor::decode_all(&c.data)?;
-                    let (lo, hi): (Vec<_>, Vec<_>) = samples.into_iter().partition(|s| s.0 < t);
-                    out.extend(encode_closed(&lo)?);
-                    out.extend(encode_closed(&hi)?);
+                    let (open, rest) = split_chunk(c.encoding, &c.data, t, chunk_range, &mut out)?;
+                    out.extend(rest);
+                    out.extend(open.and_then(OpenChunk::close));
                 } else {
                     out.push(c);
                 }
@@ -456,36 +574,24 @@ impl SeriesData {
             self.closed = out;
         }
         if let Some(o) = &self.open {
-            if o.chunk.last_t() < t {
+            if o.last_t() < t {
                 self.close_open();
-            } else if o.min_t < t {
-                let samples = crate::chunk::xor::decode_all(o.chunk.bytes())?;
-                let end = o.end;
-                let (lo, hi): (Vec<_>, Vec<_>) = samples.into_iter().partition(|s| s.0 < t);
-                let mut chunk = XorChunk::new();
-                for &(st, sv) in &hi {
-                    chunk.append(st, sv)?;
+            } else if o.min_t() < t {
+                let (mut open, rest) =
+                    split_chunk(o.encoding(), o.bytes(), t, chunk_range, &mut self.closed)?;
+                if let (Some(OpenChunk::Xor(new)), Some(OpenChunk::Xor(old))) = (&mut open, &self.open) {
+                    new.end = old.end;
                 }
-                self.closed.extend(encode_closed(&lo)?);
-                self.open = hi
-                    .first()
-                    .map(|&(min_t, _)| OpenChunk { end, chunk, min_t });
+                self.closed.extend(rest);
+                self.open = open;
             }
         }
         Ok(())
     }
 
     fn close_open(&mut self) {
-        if let Some(o) = self.open.take() {
-            let max_time = o.chunk.last_t();
-            let mut bytes = o.chunk.into_bytes();
-            bytes.shrink_to_fit();
-            self.closed.push(Chunk {
-                min_time: o.min_t,
-                max_time,
-                encoding: Encoding::Xor,
-                data: Bytes::from(bytes),
-            });
+        if let Some(c) = self.open.take().and_then(OpenChunk::close) {
+            self.closed.push(c);
         }
     }
 
@@ -493,7 +599,7 @@ impl SeriesData {
         self.closed
             .first()
             .map(|c| c.min_time)
-            .or(self.open.as_ref().map(|o| o.min_t))
+            .or(self.open.as_ref().map(|o| o.min_t()))
     }
 
     /// Chunks overlapping `[mint, maxt]` (the open one copied).
@@ -504,15 +610,15 @@ impl SeriesData {
             }
         }
         if let Some(o) = &self.open
-            && o.chunk.num_samples() > 0
+            && o.num_samples() > 0
         {
-            let max_time = o.chunk.last_t();
-            if max_time >= mint && o.min_t <= maxt {
+            let max_time = o.last_t();
+            if max_time >= mint && o.min_t() <= maxt {
                 out.push(Chunk {
-                    min_time: o.min_t,
+                    min_time: o.min_t(),
                     max_time,
-                    encoding: Encoding::Xor,
-                    data: Bytes::copy_from_slice(o.chunk.bytes()),
+                    encoding: o.encoding(),
+                    data: Bytes::copy_from_slice(o.bytes()),
                 });
             }
         }
@@ -522,7 +628,7 @@ impl SeriesData {
     fn truncate(&mut self, cut: i64) -> bool {
         self.closed.retain(|c| c.max_time >= cut);
         if let Some(o) = &self.open
-            && o.chunk.last_t() < cut
+            && o.last_t() < cut
         {
             self.open = None;
         }
@@ -978,7 +1084,7 @@ impl Head {
     pub(crate) fn split_chunks_at(&self, t: i64) -> Result<(), ChunkError> {
         let idx = self.read();
         for s in idx.series.values() {
-            s.lock().split_at(t)?;
+            s.lock().split_at(t, self.chunk_range)?;
         }
         Ok(())
     }
@@ -1221,7 +1327,7 @@ mod tests {
             h.append_locked(&mut d, 1300, 1.0, i64::MIN),
             SampleResult::Appended
         );
-        assert_eq!(d.open.as_ref().map(|o| o.min_t), Some(1100));
+        assert_eq!(d.open.as_ref().map(|o| o.min_t()), Some(1100));
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod block;
+mod checkpoint;
 pub use chunkenc as chunk;
 pub mod db;
 pub mod head;
@@ -36,7 +37,7 @@ pub mod wal;
 pub use chunk::{Chunk, ChunkError, Encoding, XorChunk, XorIterator};
 pub use db::{
     AppendOutcome, Appender, Clock, Db, DbError, Options, Querier, Rejection, RetentionHold,
-    SeriesChunks, samples_in_range,
+    SeriesChunks, histograms_in_range, samples_in_range,
 };
 pub use metrics::{Metrics, RejectReason};
 pub use postings::SeriesRef;

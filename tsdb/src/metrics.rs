@@ -18,6 +18,9 @@ pub enum RejectReason {
     OutOfBounds,
     /// Newer than the clock plus the too-far-in-future limit.
     TooFarInFuture,
+    /// A native histogram whose buckets do not match its spans (callers validate
+    /// before appending; this guards the chunk encoder).
+    InvalidHistogram,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -44,7 +47,6 @@ pub struct Metrics {
     pub wal_checkpoints: Counter,
     /// WAL records replay skipped because Orrery's head cannot hold them (native
     /// histogram samples from a Prometheus WAL).
-    pub wal_histogram_records_skipped: Counter,
     pub blocks_loaded: Gauge,
     pub compactions: Counter,
     pub compactions_failed: Counter,
@@ -66,7 +68,6 @@ impl Default for Metrics {
             wal_write_errors: Counter::default(),
             wal_write_failing: Gauge::default(),
             wal_checkpoints: Counter::default(),
-            wal_histogram_records_skipped: Counter::default(),
             blocks_loaded: Gauge::default(),
             compactions: Counter::default(),
             compactions_failed: Counter::default(),
@@ -138,11 +139,6 @@ impl Metrics {
             "wal_checkpoints",
             "WAL checkpoints written",
             self.wal_checkpoints.clone(),
-        );
-        r.register(
-            "wal_histogram_records_skipped",
-            "Native histogram WAL records skipped at replay (Orrery's head stores float samples only)",
-            self.wal_histogram_records_skipped.clone(),
         );
         r.register("blocks_loaded", "Blocks loaded", self.blocks_loaded.clone());
         r.register(

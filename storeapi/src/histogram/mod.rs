@@ -15,6 +15,7 @@
 
 use std::fmt;
 
+mod equals;
 mod float_ops;
 pub use float_ops::{Bucket, HistogramOpError, exponential_bound, floats_match};
 

@@ -215,25 +215,34 @@ fn is_custom(h: &HistogramValue) -> bool {
 /// record with nothing to hold is returned empty (not written). All samples must be of
 /// the flavour `float` says.
 pub fn encode_histogram_samples(samples: &[RefHistogramSample], float: bool) -> (Vec<u8>, Vec<u8>) {
+    let refs: Vec<(u64, i64, &HistogramValue)> = samples.iter().map(|s| (s.r, s.t, &s.h)).collect();
+    encode_histogram_refs(&refs, float)
+}
+
+/// [`encode_histogram_samples`] over borrowed samples `(ref, t, histogram)`.
+pub fn encode_histogram_refs(samples: &[(u64, i64, &HistogramValue)], float: bool) -> (Vec<u8>, Vec<u8>) {
     let (std_type, custom_type) = if float {
         (TYPE_FLOAT_HISTOGRAMS, TYPE_CUSTOM_FLOAT_HISTOGRAMS)
     } else {
         (TYPE_HISTOGRAMS, TYPE_CUSTOM_HISTOGRAMS)
     };
-    let encode = |typ: u8, list: &[&RefHistogramSample], base: Option<&RefHistogramSample>| {
+    type Ref<'h> = (u64, i64, &'h HistogramValue);
+    let encode = |typ: u8, list: &[&Ref<'_>], base: Option<&Ref<'_>>| {
         let mut buf = vec![typ];
-        let Some(base) = base else { return buf };
-        buf.extend_from_slice(&base.r.to_be_bytes());
-        buf.extend_from_slice(&base.t.to_be_bytes());
-        for s in list {
-            put_varint(&mut buf, (s.r as i64).wrapping_sub(base.r as i64));
-            put_varint(&mut buf, s.t.wrapping_sub(base.t));
-            put_histogram(&mut buf, &s.h);
+        let Some(&(base_r, base_t, _)) = base else {
+            return buf;
+        };
+        buf.extend_from_slice(&base_r.to_be_bytes());
+        buf.extend_from_slice(&base_t.to_be_bytes());
+        for &&(r, t, h) in list {
+            put_varint(&mut buf, (r as i64).wrapping_sub(base_r as i64));
+            put_varint(&mut buf, t.wrapping_sub(base_t));
+            put_histogram(&mut buf, h);
         }
         buf
     };
-    let std: Vec<&RefHistogramSample> = samples.iter().filter(|s| !is_custom(&s.h)).collect();
-    let custom: Vec<&RefHistogramSample> = samples.iter().filter(|s| is_custom(&s.h)).collect();
+    let std: Vec<&Ref<'_>> = samples.iter().filter(|s| !is_custom(s.2)).collect();
+    let custom: Vec<&Ref<'_>> = samples.iter().filter(|s| is_custom(s.2)).collect();
     let std_rec = if !samples.is_empty() && std.is_empty() {
         Vec::new()
     } else {

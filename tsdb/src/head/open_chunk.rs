@@ -1,0 +1,383 @@
+//! The chunk a series appends to, in whichever of Prometheus's three sample encodings
+//! its newest sample has, and the histogram half of appending.
+//!
+//! Float samples go to XOR chunks cut at [`super::MAX_SAMPLES_PER_CHUNK`] samples or at
+//! the chunk range's end. Histogram samples go to HISTOGRAM or FLOAT_HISTOGRAM chunks
+//! cut exactly as Prometheus 3.5.3's head cuts them (`histogramsAppendPreprocessor` and
+//! `appendHistogram`): by size and predicted end time ([`HistogramCutter`]), when the
+//! sample kind changes, and when the appender asks for a new chunk (a counter reset or a
+//! layout it cannot recode to). A new chunk's counter-reset header is computed against
+//! the previous histogram, as Prometheus passes the previous appender: so the chunks
+//! and their headers are Prometheus's, and readers (ours, Prometheus's, Thanos's) see
+//! the same resets.
+
+use bytes::Bytes;
+use storeapi::histogram::{FloatHistogram, Histogram};
+
+use crate::chunk::histogram_cut::{self, HistogramCutter};
+use crate::chunk::{
+    Appended, Chunk, ChunkError, Encoding, FloatHistogramAppender, FloatHistogramIterator,
+    HistogramAppender, HistogramIterator, XorChunk,
+};
+
+/// An open XOR chunk.
+#[derive(Debug)]
+pub(crate) struct XorOpen {
+    /// Exclusive end: the next multiple of the chunk range.
+    pub end: i64,
+    pub chunk: XorChunk,
+    pub min_t: i64,
+}
+
+/// An open histogram chunk and the series' cutting state for it.
+#[derive(Debug)]
+pub(crate) struct HistOpen<A> {
+    pub app: A,
+    pub min_t: i64,
+    pub cutter: HistogramCutter,
+}
+
+/// The open chunk of a series.
+#[derive(Debug)]
+pub(crate) enum OpenChunk {
+    Xor(XorOpen),
+    Hist(Box<HistOpen<HistogramAppender>>),
+    FloatHist(Box<HistOpen<FloatHistogramAppender>>),
+}
+
+impl OpenChunk {
+    pub fn encoding(&self) -> Encoding {
+        match self {
+            OpenChunk::Xor(_) => Encoding::Xor,
+            OpenChunk::Hist(_) => Encoding::Histogram,
+            OpenChunk::FloatHist(_) => Encoding::FloatHistogram,
+        }
+    }
+
+    pub fn num_samples(&self) -> u16 {
+        match self {
+            OpenChunk::Xor(o) => o.chunk.num_samples(),
+            OpenChunk::Hist(o) => o.app.num_samples(),
+            OpenChunk::FloatHist(o) => o.app.num_samples(),
+        }
+    }
+
+    pub fn min_t(&self) -> i64 {
+        match self {
+            OpenChunk::Xor(o) => o.min_t,
+            OpenChunk::Hist(o) => o.min_t,
+            OpenChunk::FloatHist(o) => o.min_t,
+        }
+    }
+
+    /// Timestamp of the newest sample (meaningless when empty).
+    pub fn last_t(&self) -> i64 {
+        match self {
+            OpenChunk::Xor(o) => o.chunk.last_t(),
+            OpenChunk::Hist(o) => o.app.last_t(),
+            OpenChunk::FloatHist(o) => o.app.last_t(),
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            OpenChunk::Xor(o) => o.chunk.bytes(),
+            OpenChunk::Hist(o) => o.app.bytes(),
+            OpenChunk::FloatHist(o) => o.app.bytes(),
+        }
+    }
+
+    /// The chunk as a closed one (`None` when it holds no sample).
+    pub fn close(self) -> Option<Chunk> {
+        if self.num_samples() == 0 {
+            return None;
+        }
+        let (min_time, max_time, encoding) = (self.min_t(), self.last_t(), self.encoding());
+        let mut bytes = match self {
+            OpenChunk::Xor(o) => o.chunk.into_bytes(),
+            OpenChunk::Hist(o) => o.app.into_bytes(),
+            OpenChunk::FloatHist(o) => o.app.into_bytes(),
+        };
+        bytes.shrink_to_fit();
+        Some(Chunk {
+            min_time,
+            max_time,
+            encoding,
+            data: Bytes::from(bytes),
+        })
+    }
+}
+
+/// The newest sample's value: what an append at the same timestamp is compared with, and
+/// (for histograms) what a new chunk's counter-reset header is computed against.
+#[derive(Debug, Default)]
+pub(crate) enum LastValue {
+    #[default]
+    None,
+    /// The float's bits.
+    Float(u64),
+    Hist(Box<Histogram>),
+    FloatHist(Box<FloatHistogram>),
+}
+
+/// What the head needs of either histogram appender, so one cutting routine serves both.
+pub(crate) trait HistKind: Sized + std::fmt::Debug {
+    type H: Clone + std::fmt::Debug;
+    fn new_appender() -> Self;
+    fn append(
+        &mut self,
+        prev: Option<&Self>,
+        t: i64,
+        h: &Self::H,
+    ) -> Result<Appended<Self>, ChunkError>;
+    fn num_samples(&self) -> u16;
+    fn num_bytes(&self) -> usize;
+    fn last_t(&self) -> i64;
+    fn open_mut(o: &mut OpenChunk) -> Option<&mut HistOpen<Self>>;
+    fn open_ref(o: &OpenChunk) -> Option<&HistOpen<Self>>;
+    fn wrap(o: HistOpen<Self>) -> OpenChunk;
+    fn last_ref(l: &LastValue) -> Option<&Self::H>;
+    fn last_mut(l: &mut LastValue) -> Option<&mut Self::H>;
+    fn wrap_last(h: Self::H) -> LastValue;
+    /// Records `h` as the series' last value, reusing the allocation when the last
+    /// value is of this kind already.
+    fn set_last(l: &mut LastValue, h: &Self::H) {
+        match Self::last_mut(l) {
+            Some(x) => x.clone_from(h),
+            None => *l = Self::wrap_last(h.clone()),
+        }
+    }
+    fn decode(data: &[u8]) -> Result<Vec<(i64, Self::H)>, ChunkError>;
+}
+
+impl HistKind for HistogramAppender {
+    type H = Histogram;
+    fn new_appender() -> Self {
+        HistogramAppender::new()
+    }
+    fn append(&mut self, prev: Option<&Self>, t: i64, h: &Histogram) -> Result<Appended<Self>, ChunkError> {
+        HistogramAppender::append(self, prev, t, h)
+    }
+    fn num_samples(&self) -> u16 {
+        HistogramAppender::num_samples(self)
+    }
+    fn num_bytes(&self) -> usize {
+        self.bytes().len()
+    }
+    fn last_t(&self) -> i64 {
+        HistogramAppender::last_t(self)
+    }
+    fn open_mut(o: &mut OpenChunk) -> Option<&mut HistOpen<Self>> {
+        match o {
+            OpenChunk::Hist(h) => Some(h),
+            _ => None,
+        }
+    }
+    fn open_ref(o: &OpenChunk) -> Option<&HistOpen<Self>> {
+        match o {
+            OpenChunk::Hist(h) => Some(h),
+            _ => None,
+        }
+    }
+    fn wrap(o: HistOpen<Self>) -> OpenChunk {
+        OpenChunk::Hist(Box::new(o))
+    }
+    fn last_ref(l: &LastValue) -> Option<&Histogram> {
+        match l {
+            LastValue::Hist(h) => Some(h),
+            _ => None,
+        }
+    }
+    fn last_mut(l: &mut LastValue) -> Option<&mut Histogram> {
+        match l {
+            LastValue::Hist(h) => Some(h),
+            _ => None,
+        }
+    }
+    fn wrap_last(h: Histogram) -> LastValue {
+        LastValue::Hist(Box::new(h))
+    }
+    fn decode(data: &[u8]) -> Result<Vec<(i64, Histogram)>, ChunkError> {
+        HistogramIterator::new(data)?.collect()
+    }
+}
+
+impl HistKind for FloatHistogramAppender {
+    type H = FloatHistogram;
+    fn new_appender() -> Self {
+        FloatHistogramAppender::new()
+    }
+    fn append(
+        &mut self,
+        prev: Option<&Self>,
+        t: i64,
+        h: &FloatHistogram,
+    ) -> Result<Appended<Self>, ChunkError> {
+        FloatHistogramAppender::append(self, prev, t, h)
+    }
+    fn num_samples(&self) -> u16 {
+        FloatHistogramAppender::num_samples(self)
+    }
+    fn num_bytes(&self) -> usize {
+        self.bytes().len()
+    }
+    fn last_t(&self) -> i64 {
+        FloatHistogramAppender::last_t(self)
+    }
+    fn open_mut(o: &mut OpenChunk) -> Option<&mut HistOpen<Self>> {
+        match o {
+            OpenChunk::FloatHist(h) => Some(h),
+            _ => None,
+        }
+    }
+    fn open_ref(o: &OpenChunk) -> Option<&HistOpen<Self>> {
+        match o {
+            OpenChunk::FloatHist(h) => Some(h),
+            _ => None,
+        }
+    }
+    fn wrap(o: HistOpen<Self>) -> OpenChunk {
+        OpenChunk::FloatHist(Box::new(o))
+    }
+    fn last_ref(l: &LastValue) -> Option<&FloatHistogram> {
+        match l {
+            LastValue::FloatHist(h) => Some(h),
+            _ => None,
+        }
+    }
+    fn last_mut(l: &mut LastValue) -> Option<&mut FloatHistogram> {
+        match l {
+            LastValue::FloatHist(h) => Some(h),
+            _ => None,
+        }
+    }
+    fn wrap_last(h: FloatHistogram) -> LastValue {
+        LastValue::FloatHist(Box::new(h))
+    }
+    fn decode(data: &[u8]) -> Result<Vec<(i64, FloatHistogram)>, ChunkError> {
+        FloatHistogramIterator::new(data)?.collect()
+    }
+}
+
+/// An appender whose last sample is `h` at `t`: the previous appender Prometheus still
+/// holds when the series has no open chunk (it was closed at a block boundary, or the
+/// series' chunks were truncated), so a new chunk's header is computed as there.
+fn appender_ending_with<A: HistKind>(t: i64, h: &A::H) -> Option<A> {
+    let mut a = A::new_appender();
+    match a.append(None, t, h) {
+        Ok(Appended::InPlace) => Some(a),
+        _ => None,
+    }
+}
+
+/// Appends histogram `h` at `t` (already checked to be newer than the series' last
+/// sample `last` at `last_t`) to the series' open chunk, cutting chunks as Prometheus
+/// does; a closed chunk goes to `closed`. On an error (a histogram whose buckets do not
+/// match its spans) nothing changed.
+pub(crate) fn append_histogram<A: HistKind>(
+    open: &mut Option<OpenChunk>,
+    closed: &mut Vec<Chunk>,
+    last: &LastValue,
+    last_t: i64,
+    t: i64,
+    h: &A::H,
+    chunk_range: i64,
+) -> Result<(), ChunkError> {
+    if let Some(o) = open.as_mut().and_then(A::open_mut) {
+        let view = histogram_cut::OpenChunk {
+            min_time: o.min_t,
+            max_time: o.app.last_t(),
+            num_samples: o.app.num_samples(),
+            num_bytes: o.app.num_bytes(),
+        };
+        // `should_cut` resets the cutter for the new chunk when it says yes: keep the
+        // current state until the sample is known to fit.
+        let mut cutter = o.cutter;
+        if !cutter.should_cut(t, view, chunk_range) {
+            let appended = o.app.append(None, t, h)?;
+            o.cutter = cutter;
+            match appended {
+                Appended::InPlace | Appended::Recoded => {}
+                Appended::NewChunk(n) => {
+                    // A counter reset or a layout the chunk cannot take: Prometheus moves
+                    // the cut point but keeps the computed-end-time flag.
+                    o.cutter.appender_cut(t, chunk_range);
+                    let cutter = o.cutter;
+                    let old = std::mem::replace(
+                        o,
+                        HistOpen {
+                            app: n,
+                            min_t: t,
+                            cutter,
+                        },
+                    );
+                    closed.extend(A::wrap(old).close());
+                }
+            }
+            return Ok(());
+        }
+    }
+    // The sample starts a new chunk: the previous appender is the open chunk's when it is
+    // of this kind (Prometheus's type assertion on `s.app`), or, with no open chunk, one
+    // rebuilt from the last histogram of this kind.
+    let mut fresh = HistOpen {
+        app: A::new_appender(),
+        min_t: t,
+        cutter: HistogramCutter::new(t, chunk_range),
+    };
+    let rebuilt: Option<A> = match (open.is_none(), A::last_ref(last)) {
+        (true, Some(p)) => appender_ending_with::<A>(last_t, p),
+        _ => None,
+    };
+    let prev = open
+        .as_ref()
+        .and_then(A::open_ref)
+        .map(|o| &o.app)
+        .or(rebuilt.as_ref());
+    match fresh.app.append(prev, t, h)? {
+        Appended::InPlace | Appended::Recoded => {}
+        // An empty chunk always takes its first sample.
+        Appended::NewChunk(n) => fresh.app = n,
+    }
+    if let Some(c) = open.take().and_then(OpenChunk::close) {
+        closed.push(c);
+    }
+    *open = Some(A::wrap(fresh));
+    Ok(())
+}
+
+/// Re-encodes time-ordered histogram samples as chunks of kind `A` (cutting where the
+/// appender asks), the first one's header computed against `prev`. Used where the head
+/// splits a chunk at a block boundary.
+pub(crate) fn encode_histograms<A: HistKind>(
+    samples: &[(i64, A::H)],
+    prev: Option<&(i64, A::H)>,
+) -> Result<(Vec<Chunk>, Option<HistOpen<A>>), ChunkError> {
+    let mut out = Vec::new();
+    let Some(&(first_t, _)) = samples.first() else {
+        return Ok((out, None));
+    };
+    let rebuilt = prev.and_then(|(pt, ph)| appender_ending_with::<A>(*pt, ph));
+    let mut cur = HistOpen {
+        app: A::new_appender(),
+        min_t: first_t,
+        cutter: HistogramCutter::new(first_t, i64::MAX),
+    };
+    let mut first = true;
+    for (t, h) in samples {
+        let p = if first { rebuilt.as_ref() } else { None };
+        first = false;
+        if let Appended::NewChunk(n) = cur.app.append(p, *t, h)? {
+            let old = std::mem::replace(
+                &mut cur,
+                HistOpen {
+                    app: n,
+                    min_t: *t,
+                    cutter: HistogramCutter::new(*t, i64::MAX),
+                },
+            );
+            out.extend(A::wrap(old).close());
+        }
+    }
+    Ok((out, Some(cur)))
+}
