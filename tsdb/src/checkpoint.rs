@@ -9,8 +9,8 @@ use storeapi::histogram::HistogramValue;
 
 use crate::chunk::{Encoding, XorIterator};
 use crate::head::MemSeries;
-use crate::wal::record::{self, RefHistogramSample, SamplesRecord};
 use crate::wal;
+use crate::wal::record::{self, RefHistogramSample, SamplesRecord};
 
 /// Histogram samples gathered before their records are written.
 const HISTOGRAMS_PER_RECORD: usize = 2048;

@@ -1,8 +1,11 @@
-//! The head: in-memory series, each with closed XOR chunks and one open chunk, plus the
+//! The head: in-memory series, each with closed chunks and one open chunk, plus the
 //! in-memory postings index.
 //!
-//! Chunks are cut at [`MAX_SAMPLES_PER_CHUNK`] samples or when a sample crosses a
-//! multiple of the chunk range (the block duration), so no chunk ever spans two blocks.
+//! Float samples go to XOR chunks, cut at [`MAX_SAMPLES_PER_CHUNK`] samples or when a
+//! sample crosses a multiple of the chunk range (the block duration), so no chunk ever
+//! spans two blocks. Native histograms go to HISTOGRAM / FLOAT_HISTOGRAM chunks cut as
+//! Prometheus's head cuts them (see `open_chunk`); a series may change kinds, each
+//! change starting a new chunk.
 //!
 //! Writers are serialized by the caller (the database's commit lock); readers take the
 //! index read lock and then each series' own mutex, briefly.
@@ -16,7 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use bytes::Bytes;
 use storeapi::{Labels, Matcher};
 
-use crate::chunk::{Chunk, ChunkError, Encoding, FloatHistogramAppender, HistogramAppender, XorChunk};
+use crate::chunk::{
+    Chunk, ChunkError, Encoding, FloatHistogramAppender, HistogramAppender, XorChunk,
+};
 use crate::metrics::{Metrics, RejectReason};
 use crate::postings::{MemPostings, SeriesRef};
 use storeapi::histogram::{FloatHistogram, Histogram, HistogramValue};
@@ -161,7 +166,10 @@ fn split_chunk(
                 .div_euclid(chunk_range)
                 .saturating_add(1)
                 .saturating_mul(chunk_range);
-            Ok((Some(OpenChunk::Xor(XorOpen { end, chunk, min_t })), Vec::new()))
+            Ok((
+                Some(OpenChunk::Xor(XorOpen { end, chunk, min_t })),
+                Vec::new(),
+            ))
         }
         Encoding::Histogram => hist::<HistogramAppender>(data, t, chunk_range, before),
         Encoding::FloatHistogram => hist::<FloatHistogramAppender>(data, t, chunk_range, before),
@@ -458,7 +466,9 @@ impl SeriesData {
                 return self.append_histogram(t, &h, min_valid, chunk_range);
             }
         }
-        if let Some(r) = self.check_order(t, |l| matches!(l, LastValue::Float(b) if *b == v.to_bits())) {
+        if let Some(r) =
+            self.check_order(t, |l| matches!(l, LastValue::Float(b) if *b == v.to_bits()))
+        {
             return r;
         }
         let cut = match &self.open {
@@ -526,10 +536,16 @@ impl SeriesData {
         }
         let (open, closed, last) = (&mut self.open, &mut self.closed, &mut self.last);
         let done = match h {
-            HistogramValue::Int(h) => {
-                append_histogram::<HistogramAppender>(open, closed, last, self.last_t, t, h, chunk_range)
-                    .map(|()| HistogramAppender::set_last(last, h))
-            }
+            HistogramValue::Int(h) => append_histogram::<HistogramAppender>(
+                open,
+                closed,
+                last,
+                self.last_t,
+                t,
+                h,
+                chunk_range,
+            )
+            .map(|()| HistogramAppender::set_last(last, h)),
             HistogramValue::Float(h) => append_histogram::<FloatHistogramAppender>(
                 open,
                 closed,
@@ -579,7 +595,9 @@ impl SeriesData {
             } else if o.min_t() < t {
                 let (mut open, rest) =
                     split_chunk(o.encoding(), o.bytes(), t, chunk_range, &mut self.closed)?;
-                if let (Some(OpenChunk::Xor(new)), Some(OpenChunk::Xor(old))) = (&mut open, &self.open) {
+                if let (Some(OpenChunk::Xor(new)), Some(OpenChunk::Xor(old))) =
+                    (&mut open, &self.open)
+                {
                     new.end = old.end;
                 }
                 self.closed.extend(rest);

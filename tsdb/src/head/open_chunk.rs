@@ -155,7 +155,12 @@ impl HistKind for HistogramAppender {
     fn new_appender() -> Self {
         HistogramAppender::new()
     }
-    fn append(&mut self, prev: Option<&Self>, t: i64, h: &Histogram) -> Result<Appended<Self>, ChunkError> {
+    fn append(
+        &mut self,
+        prev: Option<&Self>,
+        t: i64,
+        h: &Histogram,
+    ) -> Result<Appended<Self>, ChunkError> {
         HistogramAppender::append(self, prev, t, h)
     }
     fn num_samples(&self) -> u16 {
@@ -380,4 +385,273 @@ pub(crate) fn encode_histograms<A: HistKind>(
         }
     }
     Ok((out, Some(cur)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{SampleResult, SeriesData};
+    use crate::chunk::{CounterResetHeader, Encoding, HistogramIterator};
+    use crate::metrics::RejectReason;
+    use storeapi::histogram::{CounterResetHint, FloatHistogram, Histogram, HistogramValue, Span};
+
+    const RANGE: i64 = 7_200_000;
+
+    /// A histogram with `n` populated positive buckets (schema 0), counts growing with `k`.
+    fn hist(k: u64, n: u32) -> Histogram {
+        // Cumulative per bucket, with irregular increments so the chunk does not
+        // compress to nothing.
+        let counts: Vec<u64> = (0..n as u64)
+            .map(|b| (1..=k).map(|j| 1 + (j * 31 + b * 17).pow(2) % 13).sum())
+            .collect();
+        let mut prev = 0i64;
+        let deltas = counts
+            .iter()
+            .map(|&c| {
+                let d = c as i64 - prev;
+                prev = c as i64;
+                d
+            })
+            .collect();
+        Histogram {
+            schema: 0,
+            zero_threshold: 1e-128,
+            count: counts.iter().sum(),
+            sum: k as f64 * 1.5,
+            positive_spans: vec![Span {
+                offset: 0,
+                length: n,
+            }],
+            positive_buckets: deltas,
+            ..Default::default()
+        }
+    }
+
+    fn int(h: Histogram) -> HistogramValue {
+        HistogramValue::Int(Box::new(h))
+    }
+
+    fn chunks(d: &SeriesData) -> Vec<crate::chunk::Chunk> {
+        let mut out = Vec::new();
+        d.chunks(i64::MIN, i64::MAX, &mut out);
+        out
+    }
+
+    fn decode(c: &crate::chunk::Chunk) -> Vec<(i64, Histogram)> {
+        HistogramIterator::new(&c.data)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn histogram_chunks_are_cut_by_size_and_keep_every_sample() {
+        let mut d = SeriesData::default();
+        let want: Vec<(i64, Histogram)> = (1..=400u64)
+            .map(|k| (k as i64 * 15_000, hist(k, 20)))
+            .collect();
+        for (t, h) in &want {
+            assert_eq!(
+                d.append_histogram(*t, &int(h.clone()), i64::MIN, RANGE),
+                SampleResult::Appended
+            );
+        }
+        let cs = chunks(&d);
+        assert!(
+            cs.len() > 2,
+            "400 wide histograms need several chunks, got {}",
+            cs.len()
+        );
+        let mut got = Vec::new();
+        for (i, c) in cs.iter().enumerate() {
+            assert_eq!(c.encoding, Encoding::Histogram);
+            let s = decode(c);
+            assert_eq!((c.min_time, c.max_time), (s[0].0, s.last().unwrap().0));
+            if i + 1 < cs.len() {
+                // Closed for size: at least 10 samples, never past twice the 1 KiB target.
+                assert!(s.len() >= 10, "chunk {i} has {} samples", s.len());
+                assert!(
+                    c.data.len() <= 2 * 1024 + 256,
+                    "chunk {i} is {} bytes",
+                    c.data.len()
+                );
+            }
+            let hdr = HistogramIterator::new(&c.data).unwrap().header();
+            // The first chunk knows no predecessor; later ones were compared with it.
+            let expect = if i == 0 {
+                CounterResetHeader::Unknown
+            } else {
+                CounterResetHeader::NotCounterReset
+            };
+            assert_eq!(hdr, expect, "chunk {i}");
+            got.extend(s);
+        }
+        let strip = |v: &[(i64, Histogram)]| -> Vec<(i64, u64, Vec<i64>)> {
+            v.iter()
+                .map(|(t, h)| (*t, h.count, h.positive_buckets.clone()))
+                .collect()
+        };
+        assert_eq!(strip(&got), strip(&want));
+    }
+
+    #[test]
+    fn a_counter_reset_starts_a_chunk_headed_counter_reset() {
+        let mut d = SeriesData::default();
+        for (t, k) in [(1000, 5), (2000, 6), (3000, 2), (4000, 3)] {
+            assert_eq!(
+                d.append_histogram(t, &int(hist(k, 3)), i64::MIN, RANGE),
+                SampleResult::Appended
+            );
+        }
+        let cs = chunks(&d);
+        assert_eq!(cs.len(), 2);
+        assert_eq!((cs[1].min_time, cs[1].max_time), (3000, 4000));
+        assert_eq!(
+            HistogramIterator::new(&cs[1].data).unwrap().header(),
+            CounterResetHeader::CounterReset
+        );
+    }
+
+    #[test]
+    fn kinds_change_chunks_and_duplicates_follow_prometheus() {
+        let mut d = SeriesData::default();
+        assert_eq!(d.append(1000, 1.0, i64::MIN, RANGE), SampleResult::Appended);
+        assert_eq!(
+            d.append_histogram(2000, &int(hist(1, 2)), i64::MIN, RANGE),
+            SampleResult::Appended
+        );
+        // Same timestamp: an equal histogram (hint aside) is ignored, another one conflicts,
+        // and so does a float.
+        let mut same = hist(1, 2);
+        same.hint = CounterResetHint::NotCounterReset;
+        assert_eq!(
+            d.append_histogram(2000, &int(same), i64::MIN, RANGE),
+            SampleResult::DuplicateIgnored
+        );
+        assert_eq!(
+            d.append_histogram(2000, &int(hist(2, 2)), i64::MIN, RANGE),
+            SampleResult::Rejected(RejectReason::DuplicateTimestamp)
+        );
+        assert_eq!(
+            d.append(2000, 1.0, i64::MIN, RANGE),
+            SampleResult::Rejected(RejectReason::DuplicateTimestamp)
+        );
+        assert_eq!(
+            d.append_histogram(1500, &int(hist(1, 2)), i64::MIN, RANGE),
+            SampleResult::Rejected(RejectReason::OutOfOrder)
+        );
+        let fh = FloatHistogram {
+            count: 2.0,
+            sum: 1.0,
+            schema: 0,
+            zero_threshold: 1e-128,
+            positive_spans: vec![Span {
+                offset: 0,
+                length: 1,
+            }],
+            positive_buckets: vec![2.0],
+            ..Default::default()
+        };
+        assert_eq!(
+            d.append_histogram(3000, &HistogramValue::Float(Box::new(fh)), i64::MIN, RANGE),
+            SampleResult::Appended
+        );
+        assert_eq!(d.append(4000, 2.0, i64::MIN, RANGE), SampleResult::Appended);
+        let enc: Vec<Encoding> = chunks(&d).iter().map(|c| c.encoding).collect();
+        assert_eq!(
+            enc,
+            [
+                Encoding::Xor,
+                Encoding::Histogram,
+                Encoding::FloatHistogram,
+                Encoding::Xor
+            ]
+        );
+        // A bad histogram (buckets not matching spans) is refused and changes nothing.
+        let mut bad = hist(3, 2);
+        bad.positive_buckets.push(1);
+        assert_eq!(
+            d.append_histogram(5000, &int(bad), i64::MIN, RANGE),
+            SampleResult::Rejected(RejectReason::InvalidHistogram)
+        );
+        assert_eq!(chunks(&d).len(), 4);
+    }
+
+    #[test]
+    fn a_float_stale_marker_ends_a_histogram_series_as_a_histogram() {
+        let mut d = SeriesData::default();
+        d.append_histogram(1000, &int(hist(1, 2)), i64::MIN, RANGE);
+        let stale = f64::from_bits(storeapi::STALE_NAN_BITS);
+        assert_eq!(
+            d.append(2000, stale, i64::MIN, RANGE),
+            SampleResult::Appended
+        );
+        let cs = chunks(&d);
+        assert_eq!(
+            cs.len(),
+            1,
+            "the stale marker goes into the histogram chunk"
+        );
+        let s = decode(&cs[0]);
+        assert_eq!(s.len(), 2);
+        assert!(storeapi::is_stale_nan(s[1].1.sum));
+        // A repeated stale marker is an ignored duplicate.
+        assert_eq!(
+            d.append(2000, stale, i64::MIN, RANGE),
+            SampleResult::DuplicateIgnored
+        );
+    }
+
+    #[test]
+    fn after_truncation_a_new_chunk_is_headed_against_the_last_histogram() {
+        let mut d = SeriesData::default();
+        d.append_histogram(1000, &int(hist(5, 2)), i64::MIN, RANGE);
+        assert!(!d.truncate(2000), "all chunks dropped");
+        d.append_histogram(3000, &int(hist(6, 2)), i64::MIN, RANGE);
+        let cs = chunks(&d);
+        assert_eq!(
+            HistogramIterator::new(&cs[0].data).unwrap().header(),
+            CounterResetHeader::NotCounterReset
+        );
+        // After a decrease it says counter reset, as Prometheus's previous appender would.
+        d.truncate(4000);
+        d.append_histogram(5000, &int(hist(1, 2)), i64::MIN, RANGE);
+        let cs = chunks(&d);
+        assert_eq!(
+            HistogramIterator::new(&cs[0].data).unwrap().header(),
+            CounterResetHeader::CounterReset
+        );
+    }
+
+    #[test]
+    fn split_at_cuts_histogram_chunks_without_losing_samples() {
+        let mut d = SeriesData::default();
+        for k in 1..=30u64 {
+            d.append_histogram(k as i64 * 1000, &int(hist(k, 4)), i64::MIN, RANGE);
+        }
+        d.split_at(15_500, RANGE).unwrap();
+        let cs = chunks(&d);
+        assert!(
+            cs.iter()
+                .all(|c| c.max_time < 15_500 || c.min_time >= 15_500)
+        );
+        let got: Vec<(i64, u64)> = cs
+            .iter()
+            .flat_map(|c| decode(c))
+            .map(|(t, h)| (t, h.count))
+            .collect();
+        let want: Vec<(i64, u64)> = (1..=30u64)
+            .map(|k| (k as i64 * 1000, hist(k, 4).count))
+            .collect();
+        assert_eq!(got, want);
+        let after = cs.iter().find(|c| c.min_time >= 15_500).unwrap();
+        assert_eq!(
+            HistogramIterator::new(&after.data).unwrap().header(),
+            CounterResetHeader::NotCounterReset
+        );
+        // The open chunk keeps taking samples after the split.
+        assert_eq!(
+            d.append_histogram(31_000, &int(hist(31, 4)), i64::MIN, RANGE),
+            SampleResult::Appended
+        );
+    }
 }

@@ -220,7 +220,10 @@ pub fn encode_histogram_samples(samples: &[RefHistogramSample], float: bool) -> 
 }
 
 /// [`encode_histogram_samples`] over borrowed samples `(ref, t, histogram)`.
-pub fn encode_histogram_refs(samples: &[(u64, i64, &HistogramValue)], float: bool) -> (Vec<u8>, Vec<u8>) {
+pub fn encode_histogram_refs(
+    samples: &[(u64, i64, &HistogramValue)],
+    float: bool,
+) -> (Vec<u8>, Vec<u8>) {
     let (std_type, custom_type) = if float {
         (TYPE_FLOAT_HISTOGRAMS, TYPE_CUSTOM_FLOAT_HISTOGRAMS)
     } else {
