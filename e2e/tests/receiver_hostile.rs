@@ -339,12 +339,27 @@ fn receiver_hostile_inputs_get_the_right_4xx() {
 }
 
 #[test]
-fn receiver_native_histograms_rejected_clearly_and_counted() {
+fn receiver_native_histograms_stored_invalid_ones_refused_clearly_and_counted() {
     use storeapi::wire::prometheus::WriteRequest;
-    use storeapi::wire::prompb::{Histogram, Sample as PSample, TimeSeries};
+    use storeapi::wire::prompb::{self, BucketSpan, Histogram, Sample as PSample, TimeSeries};
     use storeapi::wire::thanos::Label as WLabel;
     let dir = tempfile::tempdir().unwrap();
     let recv = Receiver::start(&dir.path().join("data"), &dir.path().join("r.log"), &[]);
+    let t = 1_700_000_000_000;
+    let good = |t: i64| Histogram {
+        count: Some(prompb::histogram::Count::CountInt(3)),
+        zero_count: Some(prompb::histogram::ZeroCount::ZeroCountInt(1)),
+        positive_spans: vec![BucketSpan {
+            offset: 0,
+            length: 1,
+        }],
+        positive_deltas: vec![2],
+        sum: 4.5,
+        timestamp: t,
+        ..Default::default()
+    };
+    let mut bad = good(t + 2000);
+    bad.positive_deltas = vec![2, 0];
     let req = WriteRequest {
         timeseries: vec![TimeSeries {
             labels: vec![WLabel {
@@ -353,10 +368,10 @@ fn receiver_native_histograms_rejected_clearly_and_counted() {
             }],
             samples: vec![PSample {
                 value: 3.0,
-                timestamp: 1_700_000_000_000,
+                timestamp: t - 1000,
             }],
             exemplars: vec![],
-            histograms: vec![Histogram::default(), Histogram::default()],
+            histograms: vec![good(t), good(t + 1000), bad],
         }],
         metadata: vec![],
     };
@@ -364,15 +379,31 @@ fn receiver_native_histograms_rejected_clearly_and_counted() {
     let (code, text) = recv.post(&body, &[]);
     assert_eq!(code, 400, "{text}");
     assert!(
-        text.contains("native histograms are not supported"),
+        text.contains("1 invalid native histogram samples refused; first: histogram spans specify different number of buckets than provided"),
         "{text}"
     );
-    assert!(text.contains("2 histogram samples"), "{text}");
+    assert!(text.contains("{__name__=\"h\"}"), "{text}");
     let m = recv.metrics();
     assert!(
-        m.contains("orrery_receive_native_histograms_rejected_total{tenant=\"default-tenant\"} 2"),
+        m.contains("orrery_receive_native_histograms_rejected_total{tenant=\"default-tenant\"} 1"),
         "{m}"
     );
+    assert!(
+        m.contains("orrery_receive_native_histograms_received_total{tenant=\"default-tenant\"} 3"),
+        "{m}"
+    );
+    // The float sample and both valid histograms are stored: resending them is all
+    // duplicates (a 2xx), and an older histogram is out of order (409).
+    let mut again = req.clone();
+    again.timeseries[0].histograms.truncate(2);
+    let (code, text) = recv.post(&snappy_compress(&prost_encode(&again)), &[]);
+    assert!((200..300).contains(&code), "{code} {text}");
+    let mut old = req.clone();
+    old.timeseries[0].samples.clear();
+    old.timeseries[0].histograms = vec![good(t + 500)];
+    let (code, text) = recv.post(&snappy_compress(&prost_encode(&old)), &[]);
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("out of order sample at t=1700000000500"), "{text}");
 }
 
 fn prost_encode(req: &storeapi::wire::prometheus::WriteRequest) -> Vec<u8> {

@@ -292,6 +292,7 @@ async fn handle_body(
     .await
     .map_err(|e| WriteError::Internal(format!("write task failed: {e}")))?;
     written.samples = summary.written;
+    written.histograms = summary.histograms_written;
     match (decoded?, &st.distributor) {
         (Some((tenant, (series, samples))), Some(d)) => {
             // Replication succeeded for every series, or the request failed: a partial

@@ -31,7 +31,7 @@ pub enum Reason {
     out_of_bounds,
     too_far_in_future,
     invalid_labels,
-    native_histogram,
+    invalid_histogram,
     request_limit,
     head_series_limit,
     tsdb_error,
@@ -50,6 +50,7 @@ pub struct ReceiveMetrics {
     pub series_received: Family<TenantLabels, Counter>,
     pub samples_rejected: Family<TenantReason, Counter>,
     pub series_rejected: Family<TenantReason, Counter>,
+    pub histograms_received: Family<TenantLabels, Counter>,
     pub histograms_rejected: Family<TenantLabels, Counter>,
     pub exemplars_received: Family<TenantLabels, Counter>,
     pub metadata_received: Family<TenantLabels, Counter>,
@@ -74,6 +75,7 @@ impl ReceiveMetrics {
             series_received: Family::default(),
             samples_rejected: Family::default(),
             series_rejected: Family::default(),
+            histograms_received: Family::default(),
             histograms_rejected: Family::default(),
             exemplars_received: Family::default(),
             metadata_received: Family::default(),
@@ -113,8 +115,13 @@ impl ReceiveMetrics {
         );
         r.register(
             "orrery_receive_native_histograms_rejected",
-            "Native histogram samples refused (not supported yet)",
+            "Native histogram samples refused as invalid (schema, spans, buckets)",
             self.histograms_rejected.clone(),
+        );
+        r.register(
+            "orrery_receive_native_histograms_received",
+            "Native histogram samples received",
+            self.histograms_received.clone(),
         );
         r.register(
             "orrery_receive_exemplars_received",

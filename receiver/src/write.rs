@@ -4,6 +4,7 @@
 //! it from `spawn_blocking`.
 
 use storeapi::Sample;
+use storeapi::histogram::HistogramSample;
 use storeapi::wire::remote_write::{DecodeError, LabelRef, SeriesView, WriteRequestReader};
 use storeapi::wire::remote_write_v2::RequestReader;
 
@@ -60,14 +61,17 @@ impl WriteError {
 pub struct WriteSummary {
     pub series: u64,
     pub samples: u64,
-    /// Float samples appended to the TSDB.
+    /// Samples (floats and histograms) appended to the TSDB.
     pub appended: u64,
     /// Float samples the TSDB holds after this write: appended plus exact duplicates of
     /// a sample it had (a resent batch), as Prometheus counts them for the
     /// `X-Prometheus-Remote-Write-Samples-Written` header of remote write 2.0.
     pub written: u64,
-    /// Native histogram samples received (refused: the TSDB cannot store them yet).
+    /// Native histogram samples received.
     pub histograms: u64,
+    /// Native histogram samples the TSDB holds after this write (appended or exact
+    /// duplicates), for `X-Prometheus-Remote-Write-Histograms-Written`.
+    pub histograms_written: u64,
     /// Exemplars received (not stored yet).
     pub exemplars: u64,
     /// Metadata entries received (not stored yet).
@@ -232,12 +236,14 @@ pub fn write_into(
     let mut label_spans: Vec<(usize, usize)> = Vec::new();
     let mut spans: Vec<(usize, usize)> = Vec::new();
     let mut samples: Vec<Sample> = Vec::new();
+    // Valid native histograms, moved out of the decoded series, and each series' span.
+    let mut hists: Vec<HistogramSample> = Vec::new();
+    let mut hist_spans: Vec<(usize, usize)> = Vec::new();
     let mut series_total = 0u64;
     let mut invalid_series = 0u64;
     let mut invalid_samples = 0u64;
     let mut first_invalid: Option<String> = None;
     let mut histograms = 0u64;
-    let mut histogram_series = 0u64;
     let mut invalid_histograms = 0u64;
     let mut first_invalid_histogram: Option<String> = None;
     let mut exemplars = 0u64;
@@ -252,11 +258,12 @@ pub fn write_into(
             )));
         }
         exemplars += view.exemplars.len() as u64;
-        if !view.histograms.is_empty() {
-            histograms += view.histograms.len() as u64;
-            histogram_series += 1;
-            for h in &view.histograms {
-                if let Err(e) = h.h.validate() {
+        let hstart = hists.len();
+        histograms += view.histograms.len() as u64;
+        for h in view.histograms.drain(..) {
+            match h.h.validate() {
+                Ok(()) => hists.push(h),
+                Err(e) => {
                     invalid_histograms += 1;
                     if first_invalid_histogram.is_none() {
                         first_invalid_histogram =
@@ -265,12 +272,13 @@ pub fn write_into(
                 }
             }
         }
-        if view.samples.is_empty() {
+        if view.samples.is_empty() && hists.len() == hstart {
             continue;
         }
         if let Err(why) = check_labels(&view.labels, bounds) {
             invalid_series += 1;
-            invalid_samples += view.samples.len() as u64;
+            invalid_samples += view.samples.len() as u64 + (hists.len() - hstart) as u64;
+            hists.truncate(hstart);
             if first_invalid.is_none() {
                 first_invalid = Some(format!("{why} in series {}", show(&view.labels)));
             }
@@ -279,14 +287,19 @@ pub fn write_into(
         let start = samples.len();
         samples.extend_from_slice(&view.samples);
         if let Some(max) = limits.samples
-            && samples.len() as u64 + invalid_samples > max
+            && (samples.len() + hists.len()) as u64 + invalid_samples > max
         {
-            metrics.reject_samples(tenant, Reason::request_limit, samples.len() as u64);
+            metrics.reject_samples(
+                tenant,
+                Reason::request_limit,
+                (samples.len() + hists.len()) as u64,
+            );
             return Err(WriteError::TooLarge(format!(
                 "request has more than {max} samples: over the samples_limit of tenant {tenant:?}"
             )));
         }
         spans.push((start, samples.len()));
+        hist_spans.push((hstart, hists.len()));
         let at = label_refs.len();
         label_refs.extend_from_slice(&view.labels);
         label_spans.push((at, label_refs.len()));
@@ -324,12 +337,16 @@ pub fn write_into(
     metrics.reject_samples(tenant, Reason::invalid_labels, invalid_samples);
     if histograms > 0 {
         metrics
-            .histograms_rejected
-            .get_or_create(&crate::metrics::TenantLabels {
-                tenant: tenant.to_string(),
-            })
+            .histograms_received
+            .get_or_create(&per_tenant)
             .inc_by(histograms);
-        metrics.reject_samples(tenant, Reason::native_histogram, histograms);
+    }
+    if invalid_histograms > 0 {
+        metrics
+            .histograms_rejected
+            .get_or_create(&per_tenant)
+            .inc_by(invalid_histograms);
+        metrics.reject_samples(tenant, Reason::invalid_histogram, invalid_histograms);
     }
 
     *summary = WriteSummary {
@@ -338,6 +355,7 @@ pub fn write_into(
         appended: 0,
         written: 0,
         histograms,
+        histograms_written: 0,
         exemplars,
         metadata,
     };
@@ -367,21 +385,35 @@ pub fn write_into(
         }
         // By borrowed label pairs: a series the head knows costs a hash and a lookup,
         // no allocation; only new series get owned labels (inside the TSDB).
+        // A series' floats go before its histograms (the head's and the WAL replay's
+        // order); `key_series` maps each appender key back to its series.
         let mut app = t.db.appender();
-        for (&(a, b), &(s, e)) in label_spans.iter().zip(&spans) {
-            app.append_pairs(
-                label_refs[a..b].iter().map(|l| (l.name, l.value)),
-                &samples[s..e],
-            );
+        let mut key_series: Vec<usize> = Vec::with_capacity(spans.len());
+        let mut hist_iter = hists.into_iter();
+        for (i, ((&(a, b), &(s, e)), &(hs, he))) in
+            label_spans.iter().zip(&spans).zip(&hist_spans).enumerate()
+        {
+            let pairs = || label_refs[a..b].iter().map(|l| (l.name, l.value));
+            if e > s {
+                app.append_pairs(pairs(), &samples[s..e]);
+                key_series.push(i);
+            }
+            if he > hs {
+                app.append_histogram_pairs(pairs(), hist_iter.by_ref().take(he - hs));
+                key_series.push(i);
+            }
         }
+        let app_len = app.len() as u64;
         let out = app.commit().map_err(|e| {
-            metrics.reject_samples(tenant, Reason::tsdb_error, samples.len() as u64);
+            metrics.reject_samples(tenant, Reason::tsdb_error, app_len);
             WriteError::Internal(format!(
                 "writing to the TSDB of tenant {tenant:?} failed: {e}"
             ))
         })?;
         summary.appended = out.appended;
-        summary.written = out.appended + out.duplicates_ignored;
+        summary.histograms_written = out.histograms_appended + out.histogram_duplicates_ignored;
+        summary.written =
+            out.appended + out.duplicates_ignored - summary.histograms_written;
         metrics
             .head_series
             .get_or_create(&crate::metrics::TenantLabels {
@@ -392,6 +424,7 @@ pub fn write_into(
         metrics.reject_samples(tenant, Reason::duplicate_timestamp, out.duplicate_timestamp);
         metrics.reject_samples(tenant, Reason::out_of_bounds, out.out_of_bounds);
         metrics.reject_samples(tenant, Reason::too_far_in_future, out.too_far_in_future);
+        metrics.reject_samples(tenant, Reason::invalid_histogram, out.invalid_histograms);
         metrics.reject_samples(
             tenant,
             Reason::invalid_labels,
@@ -412,13 +445,17 @@ pub fn write_into(
                             "out of bounds sample (older than the head's appendable window)"
                                 .to_string()
                         }
+                        tsdb::RejectReason::InvalidHistogram => {
+                            "histogram whose buckets do not match its spans".to_string()
+                        }
                         tsdb::RejectReason::TooFarInFuture => format!(
                             "sample too far in the future (newer than t={}, the receiver's clock plus --tsdb.too-far-in-future.time-window)",
                             out.max_valid_time
                         ),
                     };
-                    let l = label_spans
+                    let l = key_series
                         .get(r.series_index)
+                        .and_then(|&i| label_spans.get(i))
                         .map(|&(a, b)| show(&label_refs[a..b]))
                         .unwrap_or_default();
                     format!("; first: {what} at t={} in series {l}", r.t)
@@ -436,14 +473,11 @@ pub fn write_into(
             ));
         }
     }
-    if histograms > 0 {
-        let invalid = first_invalid_histogram
-            .map(|f| format!(", {invalid_histograms} of them invalid; first: {f}"))
-            .unwrap_or_default();
+    if let Some(f) = first_invalid_histogram {
         problems.insert(
             0,
             format!(
-                "native histograms are not supported: {histograms} histogram samples in {histogram_series} series refused{invalid} (float samples of the request were written)"
+                "{invalid_histograms} invalid native histogram samples refused; first: {f} (the request's valid samples were written)"
             ),
         );
         return Err(WriteError::BadRequest(problems.join("; ")));
@@ -506,7 +540,7 @@ mod tests {
     /// names the first invalid one; the request's floats are still written and counted;
     /// exemplars (also of exemplar-only series) and metadata are counted.
     #[test]
-    fn histograms_refused_precisely_floats_written_exemplars_and_metadata_counted() {
+    fn invalid_histograms_refused_precisely_valid_ones_and_floats_written() {
         use prost::Message;
         use storeapi::wire::{prometheus, prompb};
         let dir = tempfile::tempdir().unwrap();
@@ -582,26 +616,38 @@ mod tests {
         assert_eq!(e.status(), 400);
         let msg = e.to_string();
         assert!(
-            msg.contains("3 histogram samples in 1 series refused, 2 of them invalid; first: ")
+            msg.contains("2 invalid native histogram samples refused; first: ")
                 && msg
                     .contains("histogram spans specify different number of buckets than provided")
-                && msg.contains("float samples of the request were written"),
+                && msg.contains("in series {__name__=\"hist\"}")
+                && msg.contains("the request's valid samples were written"),
             "{msg}"
         );
         assert_eq!(
             (
                 summary.written,
                 summary.histograms,
+                summary.histograms_written,
                 summary.exemplars,
                 summary.metadata
             ),
-            (1, 3, 1, 1)
+            (1, 3, 1, 1, 1)
         );
-        assert_eq!(mt.get("t").unwrap().db.head_series(), 1);
+        // The valid histogram is stored and reads back.
+        let db = mt.get("t").unwrap().db.clone();
+        assert_eq!(db.head_series(), 2);
+        let q = db.querier(i64::MIN, i64::MAX);
+        let sel = q
+            .select(&[storeapi::Matcher::new(storeapi::MatchOp::Equal, "__name__", "hist").unwrap()])
+            .unwrap();
+        let h = sel[0].histograms(i64::MIN, i64::MAX).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!((h[0].t, h[0].h.to_float().count), (now, 2.0));
         let t = crate::metrics::TenantLabels { tenant: "t".into() };
         assert_eq!(metrics.exemplars_received.get_or_create(&t).get(), 1);
         assert_eq!(metrics.metadata_received.get_or_create(&t).get(), 1);
-        assert_eq!(metrics.histograms_rejected.get_or_create(&t).get(), 3);
+        assert_eq!(metrics.histograms_rejected.get_or_create(&t).get(), 2);
+        assert_eq!(metrics.histograms_received.get_or_create(&t).get(), 3);
 
         // A metadata-only request and an exemplar-only series are fine.
         let only = prometheus::WriteRequest {

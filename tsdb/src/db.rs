@@ -228,6 +228,8 @@ pub struct AppendOutcome {
     pub invalid_histograms: u64,
     /// Of `appended`, native histogram samples.
     pub histograms_appended: u64,
+    /// Of `duplicates_ignored`, native histogram samples.
+    pub histogram_duplicates_ignored: u64,
     /// The newest timestamp accepted by this commit (`i64::MAX` without a limit).
     pub max_valid_time: i64,
     /// Samples sent by ref for a ref the head does not know (any more).
@@ -1037,7 +1039,10 @@ impl<'a> Appender<'a> {
                                 bmin = bmin.min(t);
                                 bmax = bmax.max(t);
                             }
-                            SampleResult::DuplicateIgnored => out.duplicates_ignored += 1,
+                            SampleResult::DuplicateIgnored => {
+                                out.duplicates_ignored += 1;
+                                out.histogram_duplicates_ignored += 1;
+                            }
                             SampleResult::Rejected(r) => out.count(r, i, t),
                         }
                     }

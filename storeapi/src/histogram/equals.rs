@@ -64,7 +64,10 @@ mod tests {
 
     #[test]
     fn zero_length_spans_fold_into_the_next() {
-        assert!(spans_match(&sp(&[(0, 2), (3, 1)]), &sp(&[(0, 2), (1, 0), (2, 1)])));
+        assert!(spans_match(
+            &sp(&[(0, 2), (3, 1)]),
+            &sp(&[(0, 2), (1, 0), (2, 1)])
+        ));
         assert!(spans_match(&sp(&[(0, 2)]), &sp(&[(0, 2), (5, 0)])));
         assert!(spans_match(&[], &sp(&[(3, 0)])));
         assert!(!spans_match(&sp(&[(0, 2), (3, 1)]), &sp(&[(0, 2), (2, 1)])));
