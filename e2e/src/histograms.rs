@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use serde_json::Value;
+
+use crate::promqlcmp::{secs, urlencode};
 use crate::{Prometheus, http_get, http_request};
 
 /// Serves a classic histogram whose observations grow with every scrape; some buckets
@@ -116,4 +119,192 @@ pub fn snapshot(prom: &Prometheus) -> std::path::PathBuf {
     let v: serde_json::Value = serde_json::from_str(&body).expect("snapshot JSON");
     let name = v["data"]["name"].as_str().expect("snapshot name");
     prom.dir.path().join("data").join("snapshots").join(name)
+}
+
+/// Numbers in answers are strings; both engines compute in float64 but may add in a
+/// different order.
+const REL_TOLERANCE: f64 = 1e-9;
+
+fn numbers_equal(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => {
+            (x.is_nan() && y.is_nan())
+                || (x - y).abs() <= REL_TOLERANCE * x.abs().max(y.abs()).max(1e-300)
+        }
+        _ => false,
+    }
+}
+
+/// Compares two JSON values, numbers-as-strings with [`REL_TOLERANCE`]; the first
+/// difference as a path.
+fn json_diff(a: &Value, b: &Value, path: &str) -> Option<String> {
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => {
+            (!numbers_equal(x, y)).then(|| format!("{path}: {x} vs {y}"))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            if x.len() != y.len() {
+                return Some(format!("{path}: {} elements vs {}", x.len(), y.len()));
+            }
+            x.iter()
+                .zip(y)
+                .enumerate()
+                .find_map(|(i, (p, q))| json_diff(p, q, &format!("{path}[{i}]")))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| match (x.get(k), y.get(k)) {
+                (Some(p), Some(q)) => json_diff(p, q, &format!("{path}.{k}")),
+                _ => Some(format!("{path}.{k}: present on one side only")),
+            })
+        }
+        (x, y) => (x != y).then(|| format!("{path}: {x} vs {y}")),
+    }
+}
+
+/// `data.result` of an answer, each series' external labels removed, sorted by metric.
+fn results(body: &str, strip: &[&str]) -> Result<Vec<Value>, String> {
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?;
+    if v["status"] != "success" {
+        return Err(format!("not a success: {body}"));
+    }
+    let mut out: Vec<Value> = v["data"]["result"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| format!("no result array: {body}"))?;
+    for r in &mut out {
+        if let Some(m) = r["metric"].as_object_mut() {
+            for l in strip {
+                m.remove(*l);
+            }
+        }
+    }
+    out.sort_by_key(|r| r["metric"].to_string());
+    Ok(out)
+}
+
+fn kinds(results: &[Value]) -> (usize, usize) {
+    let hist = results
+        .iter()
+        .filter(|r| r.get("histogram").is_some() || r.get("histograms").is_some())
+        .count();
+    (hist, results.len() - hist)
+}
+
+/// Histogram queries over the data [`start_native_histogram_prometheus`] produces: raw
+/// histograms, `rate`, the `histogram_*` functions, `sum by`, custom buckets (NHCB) and
+/// recorded float histograms.
+pub const HISTOGRAM_QUERIES: &[&str] = &[
+    "prometheus_http_request_duration_seconds",
+    "rate(prometheus_http_request_duration_seconds[30s])",
+    "histogram_count(rate(prometheus_http_request_duration_seconds[30s]))",
+    "histogram_sum(rate(prometheus_http_request_duration_seconds[30s]))",
+    "histogram_avg(rate(prometheus_http_request_duration_seconds[1m]))",
+    "histogram_quantile(0.9, rate(prometheus_http_request_duration_seconds[30s]))",
+    "histogram_fraction(0, 0.1, rate(prometheus_http_request_duration_seconds[1m]))",
+    "sum by (job) (rate(prometheus_http_request_duration_seconds[1m]))",
+    "histogram_quantile(0.5, sum(rate(prometheus_http_request_duration_seconds[1m])))",
+    "golden_latency_seconds",
+    "histogram_quantile(0.75, rate(golden_latency_seconds[30s]))",
+    "histogram_count(increase(golden_latency_seconds[20s]))",
+    "job:http_request_duration_seconds:rate1m",
+    "histogram_quantile(0.99, job:http_request_duration_seconds:rate1m)",
+];
+
+/// What [`compare_histogram_queries`] found.
+#[derive(Debug, Default)]
+pub struct Comparison {
+    /// One line per answer that differs.
+    pub bad: Vec<String>,
+    pub answers: usize,
+    /// Result series compared, by kind.
+    pub hist_results: usize,
+    pub float_results: usize,
+}
+
+impl Comparison {
+    /// Panics unless every answer equals Prometheus's and both kinds were compared.
+    pub fn assert_clean(&self) {
+        assert!(
+            self.bad.is_empty(),
+            "{} of {} answers differ from Prometheus 3.5.3:\n{}",
+            self.bad.len(),
+            self.answers,
+            self.bad.join("\n")
+        );
+        assert!(
+            self.hist_results > 0 && self.float_results > 0,
+            "both histogram and float results were compared ({} / {})",
+            self.hist_results,
+            self.float_results
+        );
+    }
+}
+
+/// Asks Prometheus (`prom`) and Orrery's querier (`orrery`) every [`HISTOGRAM_QUERIES`]
+/// entry (except those mentioning `skip`, when given), instant at `end_ms` and as a range `[start_ms, end_ms]` step 5 s, and compares
+/// the answers (labels in `strip` removed from Orrery's; numbers within 1e-9 relative).
+/// Prints a line per answer.
+pub fn compare_histogram_queries(
+    prom: &str,
+    orrery: &str,
+    start_ms: i64,
+    end_ms: i64,
+    strip: &[&str],
+    skip: Option<&str>,
+) -> Comparison {
+    let mut c = Comparison::default();
+    for q in HISTOGRAM_QUERIES {
+        if skip.is_some_and(|s| q.contains(s)) {
+            continue;
+        }
+        for (kind, path) in [
+            (
+                "instant",
+                format!("/api/v1/query?query={}&time={}", urlencode(q), secs(end_ms)),
+            ),
+            (
+                "range",
+                format!(
+                    "/api/v1/query_range?query={}&start={}&end={}&step=5",
+                    urlencode(q),
+                    secs(start_ms),
+                    secs(end_ms)
+                ),
+            ),
+        ] {
+            c.answers += 1;
+            let (pc, pb) = http_get(prom, &path).expect("query prometheus");
+            let (oc, ob) = http_get(orrery, &path).expect("query orrery");
+            if pc != oc {
+                c.bad.push(format!(
+                    "{kind} {q}: status {oc} vs Prometheus's {pc}: {ob}"
+                ));
+                continue;
+            }
+            let theirs = results(&pb, &[]).expect("prometheus answer");
+            let ours = match results(&ob, strip) {
+                Ok(r) => r,
+                Err(e) => {
+                    c.bad.push(format!("{kind} {q}: {e}"));
+                    continue;
+                }
+            };
+            assert!(
+                !theirs.is_empty(),
+                "{kind} {q}: Prometheus returned nothing: {pb}"
+            );
+            let (h, f) = kinds(&theirs);
+            c.hist_results += h;
+            c.float_results += f;
+            if let Some(d) = json_diff(&Value::Array(ours), &Value::Array(theirs), "result") {
+                c.bad.push(format!("{kind} {q}: {d}"));
+            }
+            println!("{kind:<7} {q:<85} {} series  ok", h + f);
+        }
+    }
+    c
 }

@@ -403,7 +403,10 @@ fn receiver_native_histograms_stored_invalid_ones_refused_clearly_and_counted() 
     old.timeseries[0].histograms = vec![good(t + 500)];
     let (code, text) = recv.post(&snappy_compress(&prost_encode(&old)), &[]);
     assert_eq!(code, 409, "{text}");
-    assert!(text.contains("out of order sample at t=1700000000500"), "{text}");
+    assert!(
+        text.contains("out of order sample at t=1700000000500"),
+        "{text}"
+    );
 }
 
 fn prost_encode(req: &storeapi::wire::prometheus::WriteRequest) -> Vec<u8> {

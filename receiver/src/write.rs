@@ -412,8 +412,7 @@ pub fn write_into(
         })?;
         summary.appended = out.appended;
         summary.histograms_written = out.histograms_appended + out.histogram_duplicates_ignored;
-        summary.written =
-            out.appended + out.duplicates_ignored - summary.histograms_written;
+        summary.written = out.appended + out.duplicates_ignored - summary.histograms_written;
         metrics
             .head_series
             .get_or_create(&crate::metrics::TenantLabels {
@@ -638,7 +637,9 @@ mod tests {
         assert_eq!(db.head_series(), 2);
         let q = db.querier(i64::MIN, i64::MAX);
         let sel = q
-            .select(&[storeapi::Matcher::new(storeapi::MatchOp::Equal, "__name__", "hist").unwrap()])
+            .select(&[
+                storeapi::Matcher::new(storeapi::MatchOp::Equal, "__name__", "hist").unwrap(),
+            ])
             .unwrap();
         let h = sel[0].histograms(i64::MIN, i64::MAX).unwrap();
         assert_eq!(h.len(), 1);

@@ -30,12 +30,33 @@ pub struct Receiver {
 impl Receiver {
     pub fn start(name: &str, labels: &[(&str, &str)]) -> Receiver {
         let dir = tempfile::tempdir().expect("receiver dir");
+        let data = dir.path().join("data");
+        Self::start_in(name, dir, &data, labels)
+    }
+
+    /// A receiver on an existing data directory (e.g. a restart after a kill); its log
+    /// goes to a new temporary directory.
+    pub fn start_on(name: &str, data: &std::path::Path, labels: &[(&str, &str)]) -> Receiver {
+        Self::start_in(
+            name,
+            tempfile::tempdir().expect("receiver dir"),
+            data,
+            labels,
+        )
+    }
+
+    fn start_in(
+        name: &str,
+        dir: tempfile::TempDir,
+        data: &std::path::Path,
+        labels: &[(&str, &str)],
+    ) -> Receiver {
         let grpc = format!("127.0.0.1:{}", free_port());
         let rw = format!("127.0.0.1:{}", free_port());
         let http = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(orrery_bin());
         cmd.arg("receive")
-            .arg(format!("--tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--tsdb.path={}", data.display()))
             .arg(format!("--remote-write.address={rw}"))
             .arg(format!("--grpc-address={grpc}"))
             .arg(format!("--http-address={http}"));
