@@ -425,3 +425,24 @@ pub fn parse_promtool_dump(out: &str) -> std::collections::BTreeMap<String, Vec<
     }
     m
 }
+
+/// Copies the directory tree `from` to `to` (regular files and directories; created as
+/// needed). Panics naming the path on an I/O error.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    let entries =
+        std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+    for e in entries {
+        let e = e.unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+        let ty = e
+            .file_type()
+            .unwrap_or_else(|err| panic!("stat {:?}: {err}", e.path()));
+        let dst = to.join(e.file_name());
+        if ty.is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else if ty.is_file() {
+            std::fs::copy(e.path(), &dst)
+                .unwrap_or_else(|err| panic!("copy {:?}: {err}", e.path()));
+        }
+    }
+}

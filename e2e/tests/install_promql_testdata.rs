@@ -28,20 +28,6 @@ fn install(cache: &Path) -> Run {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let ty = e.file_type().unwrap();
-        let dst = to.join(e.file_name());
-        if ty.is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else if ty.is_file() {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
-}
-
 fn tarball(cache: &Path) -> PathBuf {
     let src = cache.join("apt-src/src");
     std::fs::read_dir(&src)
@@ -81,7 +67,7 @@ fn install_is_verified_idempotent_and_refetches_damaged_downloads() {
             cache.join("apt-src/sources.list"),
         )
         .unwrap();
-        copy_dir(&shared_state.join("lists"), &cache.join("apt-src/lists"));
+        e2e::copy_dir(&shared_state.join("lists"), &cache.join("apt-src/lists"));
     }
     let data = cache.join("promql-testdata");
 

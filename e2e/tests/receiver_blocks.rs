@@ -77,7 +77,7 @@ fn receiver_blocks_readable_by_promtool() {
         .filter_map(|e| e.ok())
     {
         if e.path().join("meta.json").is_file() {
-            copy_dir(&e.path(), &view.join(e.file_name()));
+            e2e::copy_dir(&e.path(), &view.join(e.file_name()));
         }
     }
 
@@ -153,16 +153,4 @@ fn receiver_blocks_readable_by_promtool() {
         "{meta}"
     );
     assert!(meta.contains("r1"), "{meta}");
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().filter_map(|e| e.ok()) {
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
 }

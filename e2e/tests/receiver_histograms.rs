@@ -7,8 +7,10 @@
 //! invalid, so the 1.0 queue drops them by relabelling and the NHCB queries are compared
 //! over 2.0 only. No sample, histogram or exemplar fails to send, and histogram queries through
 //! `orrery query` over each receiver equal Prometheus's own answers over its local data,
-//! instant and range. Then each receiver is SIGKILLed and restarted: its WAL replays the
-//! histogram records and the answers are still equal.
+//! instant and range. Then each receiver is SIGKILLed: Prometheus 3.5.3 opened on its
+//! tenant directory (Orrery's WAL and histogram records) answers alike and promtool
+//! dumps it (issue #18); restarted, the receiver replays the histogram records and the
+//! answers are still equal.
 
 mod querier_common;
 
@@ -114,6 +116,28 @@ fn prometheus_remote_writes_native_histograms_rw1_and_rw2_answers_alike() {
         let Receiver { mut proc, dir, .. } = recv;
         let data = dir.path().join("data");
         proc.kill();
+        // Prometheus 3.5.3 opened on a copy of the tenant directory (Orrery's WAL, with
+        // the histogram records Orrery wrote) answers as the source Prometheus does, and
+        // promtool reads it.
+        let tenant = data.join("default-tenant");
+        let dump = std::process::Command::new(e2e::promtool_bin())
+            .args(["tsdb", "dump"])
+            .arg(&tenant)
+            .output()
+            .expect("run promtool");
+        let text = String::from_utf8_lossy(&dump.stdout);
+        assert!(
+            dump.status.success() && text.contains("prometheus_http_request_duration_seconds"),
+            "{name}: promtool tsdb dump: {}",
+            String::from_utf8_lossy(&dump.stderr)
+        );
+        let reader = Prometheus::start_prepared("global:\n  scrape_interval: 1h\n", &[], |d| {
+            e2e::copy_dir(&tenant, d)
+        });
+        println!("--- {name}: Prometheus 3.5.3 on Orrery's tenant directory");
+        compare_histogram_queries(&prom.addr(), &reader.addr(), start, end, &[], skip)
+            .assert_clean();
+        drop(reader);
         let again = Receiver::start_on(
             &format!("{name} restarted"),
             &data,
