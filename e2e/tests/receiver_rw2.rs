@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use e2e::{HttpResponse, Prometheus, http_exchange, wait_for};
 use prost::Message;
-use receiver_common::{Receiver, eq, prom_query, prom_value, series};
+use receiver_common::{Receiver, eq, prom_query, prom_value, series, series_raw};
 use storeapi::wire::remote_write::snappy_compress;
 use storeapi::wire::write_v2 as v2;
 
@@ -310,11 +310,26 @@ fn receiver_rw2_hostile_requests_get_4xx_with_reasons_and_written_headers() {
             (t0 + 5000, 5.0)
         ]
     );
-    assert!(
-        series(&recv.grpc, vec![eq("__name__", "rw2_hist")], 0, i64::MAX)
-            .unwrap()
-            .is_empty()
-    );
+    // The one valid histogram is served as a HISTOGRAM chunk (Thanos encoding 1).
+    let h = series_raw(
+        &recv.grpc,
+        storeapi::wire::thanos::SeriesRequest {
+            min_time: 0,
+            max_time: i64::MAX,
+            matchers: vec![eq("__name__", "rw2_hist")],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(h.len(), 1, "{h:?}");
+    let raw = h[0].chunks[0].raw.clone().expect("raw chunk");
+    assert_eq!(raw.r#type, 1, "HISTOGRAM chunk");
+    let decoded: Vec<_> = tsdb::chunk::HistogramIterator::new(&raw.data)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(decoded.len(), 1);
+    assert_eq!((decoded[0].0, decoded[0].1.count), (t0 + 3000, 3));
     let m = recv.metrics();
     assert!(
         m.contains("orrery_receive_exemplars_received_total{tenant=\"default-tenant\"} 2"),
