@@ -157,3 +157,45 @@ fn prometheus_remote_writes_native_histograms_rw1_and_rw2_answers_alike() {
             .assert_clean();
     }
 }
+
+/// The other direction of issue #18 with native histograms: the reference Prometheus
+/// 3.5.3 scrapes every histogram kind and is SIGKILLed with its head only in its WAL
+/// (records 7-10, `chunks_head/`); `orrery receive` started on that data directory as
+/// tenant `default-tenant` (Thanos Receive's layout) answers the histogram queries as
+/// Prometheus restarted on a copy of the same directory does.
+#[test]
+fn orrery_replays_a_prometheus_wal_with_native_histograms() {
+    let (classic_port, _) = serve_classic_histogram();
+    let (mut prom, _rules) = start_native_histogram_prometheus(classic_port, "", &[]);
+    let start = now_ms() + 15_000;
+    generate_traffic(&prom.addr(), 45);
+    let end = now_ms() - 2_000;
+    prom.proc.kill();
+    let data = prom.dir.path().join("data");
+
+    let reference = Prometheus::start_prepared("global:\n  scrape_interval: 1h\n", &[], |d| {
+        e2e::copy_dir(&data, d)
+    });
+    let work = tempfile::tempdir().expect("work dir");
+    let tsdb_path = work.path().join("receive");
+    e2e::copy_dir(&data, &tsdb_path.join("default-tenant"));
+    let recv = Receiver::start_on("receiver-on-prometheus-wal", &tsdb_path, &[]);
+    let q = Querier::start(&[&recv.grpc], &[]);
+    let seen = wait_for(Duration::from_secs(60), || {
+        (newest_up(&q.http)? >= end).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "orrery serves no histograms from Prometheus's WAL; log:\n{}",
+        recv.proc.log_text()
+    );
+    compare_histogram_queries(
+        &reference.addr(),
+        &q.http,
+        start,
+        end,
+        EXTERNAL_LABELS,
+        None,
+    )
+    .assert_clean();
+}
