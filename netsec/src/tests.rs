@@ -707,6 +707,73 @@ mod writers {
         );
     }
 
+    #[tokio::test]
+    async fn jwt_bearer_next_to_static_tokens_with_tenant_claim_and_key_rotation() {
+        use crate::testing::JwtSigner;
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (JwtSigner::es256("2026-11"), JwtSigner::rs256("2026-12"));
+        std::fs::write(dir.path().join("jwks.json"), JwtSigner::jwks(&[&old])).unwrap();
+        let cfg = write_config(
+            dir.path(),
+            "jwt:\n  jwks_file: jwks.json\n  issuer: https://idp.example\n  \
+             audiences: [orrery]\n  tenant_claim: org\n",
+        );
+        let sec = HttpServer::load(Some(&cfg)).unwrap();
+        let r = app(&sec);
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            + 300;
+        let claims = |org: &str, exp: i64| json!({"iss": "https://idp.example", "aud": "orrery", "sub": "prom-1", "org": org, "exp": exp});
+        let bearer = |t: String| format!("Bearer {t}");
+        assert_eq!(
+            call(&r, Some(&bearer(old.sign(&claims("team-j", exp))))).await,
+            (StatusCode::OK, vec![], "prom-1/team-j".to_string())
+        );
+        // Static tokens keep working next to JWTs.
+        assert_eq!(
+            call(&r, Some(&format!("Bearer {TOKEN_A}"))).await.2,
+            "prom-a/team-a"
+        );
+        let f = sec.failures();
+        let n = |reason| f.get_or_create(&FailureLabels { reason }).get();
+        let (status, challenges, _) =
+            call(&r, Some(&bearer(old.sign(&claims("team-j", exp - 3600))))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            challenges.iter().any(|c| c.starts_with("Bearer")),
+            "{challenges:?}"
+        );
+        assert_eq!(n(FailureReason::expired_jwt), 1);
+        // A key the JWKS does not (yet) hold.
+        assert_eq!(
+            call(&r, Some(&bearer(new.sign(&claims("team-j", exp)))))
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(n(FailureReason::bad_jwt), 1);
+
+        // The provider rotates its keys: the new JWKS file applies to the next request,
+        // and tokens of the retired key are refused.
+        std::fs::write(dir.path().join("jwks.json"), JwtSigner::jwks(&[&new])).unwrap();
+        assert_eq!(
+            call(&r, Some(&bearer(new.sign(&claims("team-k", exp)))))
+                .await
+                .2,
+            "prom-1/team-k"
+        );
+        assert_eq!(
+            call(&r, Some(&bearer(old.sign(&claims("team-j", exp)))))
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(n(FailureReason::bad_jwt), 2);
+    }
+
     #[test]
     fn token_config_errors_name_the_problem() {
         let dir = tempfile::tempdir().unwrap();
