@@ -86,6 +86,9 @@ fn tenants_seen(querier: &str, token: &str) -> Result<BTreeSet<String>, u16> {
         .unwrap_or_default())
 }
 
+/// (what, headers, expected status)
+type Attempt<'a> = (&'a str, Vec<(&'a str, String)>, u16);
+
 #[test]
 fn prometheus_remote_writes_with_a_jwt_into_the_tokens_tenant() {
     let t0 = Instant::now();
@@ -213,7 +216,7 @@ fn prometheus_remote_writes_with_a_jwt_into_the_tokens_tenant() {
     };
     let wrong_aud =
         idp.sign(&json!({"iss": ISSUER, "aud": "grafana", "org": "team-j", "exp": exp}));
-    let attempts: Vec<(&str, Vec<(&str, String)>, u16)> = vec![
+    let attempts: Vec<Attempt> = vec![
         ("no credentials", vec![], 401),
         (
             "team-j token",

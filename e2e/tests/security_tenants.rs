@@ -859,6 +859,16 @@ fn read_path_confined_to_the_callers_tenant() {
     eprintln!("read-path tenancy test took {:?}", t0.elapsed());
 }
 
+/// (what, client, expression, headers, expected status, text the answer must hold)
+type ReaderCase<'a> = (
+    &'a str,
+    &'a ClientTls,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    u16,
+    &'a str,
+);
+
 /// `--query.tenant-certificate-field`: the querier's HTTPS listener (web config
 /// requiring client certificates) takes the reader's tenant from its certificate's O.
 /// Each certificate reads only its tenant; a header naming another is 403; a
@@ -926,7 +936,7 @@ fn querier_takes_the_readers_tenant_from_its_client_certificate() {
     let enc = e2e::promqlcmp::urlencode;
     let query = |c: &ClientTls, expr: &str, headers: &[(&str, &str)]| {
         let path = format!("/api/v1/query?query={}", enc(expr));
-        https_get(&rt, c, &http, &path, headers).map(|(code, body)| (code, body))
+        https_get(&rt, c, &http, &path, headers)
     };
     let up = wait_for(Duration::from_secs(30), || {
         let (c, body) = query(&as_a, "secret_metric", &[]).ok()?;
@@ -937,7 +947,7 @@ fn querier_takes_the_readers_tenant_from_its_client_certificate() {
         "querier never served the team-a certificate; log:\n{}",
         q.log_text()
     );
-    let cases: Vec<(&str, &ClientTls, &str, Vec<(&str, &str)>, u16, &str)> = vec![
+    let cases: Vec<ReaderCase> = vec![
         (
             "O=team-a",
             &as_a,
