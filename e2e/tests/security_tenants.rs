@@ -22,70 +22,11 @@ use e2e::{Prometheus, wait_for};
 use netsec::ClientTls;
 use netsec::testing::Ca;
 use receiver_common::{Receiver, labels, prom_value};
-use security_common::{b64, tls_client, write};
+use security_common::{b64, https_get, https_write, tls_client, write};
 use storeapi::Sample;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN_A: &str = "team-a-token-4f9c2e7b1d8a";
 const TOKEN_OPS: &str = "ops-token-unbound-77e1c0ffee";
-
-/// One remote-write request (a single sample of `probe{n="..."}`) over a fresh HTTPS
-/// connection: `Ok((status, body))`, or `Err` when no TLS session could be made.
-fn https_write(
-    rt: &tokio::runtime::Runtime,
-    c: &ClientTls,
-    addr: &str,
-    headers: &[(&str, &str)],
-) -> Result<(u16, String), String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
-    let series = [(
-        labels(&[("__name__", "probe"), ("n", "manual")]),
-        vec![Sample { t: now, v: 1.0 }],
-    )];
-    let body = storeapi::wire::remote_write::encode_write_request_snappy(
-        series.iter().map(|(l, s)| (l, s.as_slice())),
-    );
-    rt.block_on(async {
-        let mut s = c
-            .connect(addr, &[b"http/1.1"])
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut req = format!(
-            "POST /api/v1/receive HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-             Content-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\n\
-             X-Prometheus-Remote-Write-Version: 0.1.0\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(&body).await.map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        // A peer that closes without close_notify still gave us the answer.
-        let r = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
-        if buf.is_empty() {
-            return Err(format!("no answer: {r:?}"));
-        }
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        Ok((
-            status,
-            format!("{}\n{}", head.to_ascii_lowercase(), rest.trim()),
-        ))
-    })
-}
 
 /// The distinct `tenant_id`s of `up` series seen through a querier over both receivers.
 fn tenants_with_up(querier: &str) -> BTreeSet<String> {
@@ -916,4 +857,160 @@ fn read_path_confined_to_the_callers_tenant() {
         wrong.join("\n")
     );
     eprintln!("read-path tenancy test took {:?}", t0.elapsed());
+}
+
+/// (what, client, expression, headers, expected status, text the answer must hold)
+type ReaderCase<'a> = (
+    &'a str,
+    &'a ClientTls,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    u16,
+    &'a str,
+);
+
+/// `--query.tenant-certificate-field`: the querier's HTTPS listener (web config
+/// requiring client certificates) takes the reader's tenant from its certificate's O.
+/// Each certificate reads only its tenant; a header naming another is 403; a
+/// certificate without O is 401; no certificate gets no TLS session.
+#[test]
+fn querier_takes_the_readers_tenant_from_its_client_certificate() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let recv = Receiver::start(&dir.join("data"), &dir.join("receive.log"), &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    for (tenant, team, v) in [("team-a", "a", 1.0), ("team-b", "b", 666.125)] {
+        let series = [(
+            labels(&[("__name__", "secret_metric"), ("team", team)]),
+            (0..10)
+                .map(|i| Sample {
+                    t: now - 100_000 + i * 10_000,
+                    v,
+                })
+                .collect::<Vec<_>>(),
+        )];
+        let (code, body) = e2e::remote_write(
+            &recv.rw,
+            "/api/v1/receive",
+            &series,
+            &[("THANOS-TENANT", tenant)],
+        )
+        .expect("remote write");
+        assert_eq!(code, 200, "{tenant}: {body}");
+    }
+    let ca = Ca::new("orrery e2e readers CA");
+    let server = ca.leaf("querier", &["127.0.0.1"], 0x80);
+    write(dir, "tls.crt", &server.cert_pem);
+    write(dir, "tls.key", &server.key_pem);
+    write(dir, "ca.crt", &ca.pem());
+    let web = write(
+        dir,
+        "query-web.yml",
+        "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n  client_ca_file: ca.crt\n  client_auth_type: RequireAndVerifyClientCert\n",
+    );
+    let http = format!("127.0.0.1:{}", e2e::free_port());
+    let mut cmd = std::process::Command::new(e2e::orrery_bin());
+    cmd.arg("query")
+        .arg(format!("--http-address={http}"))
+        .arg("--grpc-address=")
+        .arg(format!("--endpoint={}", recv.grpc))
+        .arg(format!("--http.config={web}"))
+        .arg("--query.enforce-tenancy")
+        .arg("--query.tenant-certificate-field=organization")
+        .env("RUST_LOG", "info");
+    let q = e2e::Proc::spawn("querier", cmd, dir.join("querier.log"));
+    let rt = receiver_common::runtime();
+    let as_a = tls_client(
+        &ca,
+        Some(&ca.leaf_with_subject("grafana-a", "team-a", "", 0x81)),
+    );
+    let as_b = tls_client(
+        &ca,
+        Some(&ca.leaf_with_subject("grafana-b", "team-b", "", 0x82)),
+    );
+    let bare = tls_client(&ca, Some(&ca.leaf_with_subject("grafana-x", "", "", 0x83)));
+    let anon = tls_client(&ca, None);
+    let enc = e2e::promqlcmp::urlencode;
+    let query = |c: &ClientTls, expr: &str, headers: &[(&str, &str)]| {
+        let path = format!("/api/v1/query?query={}", enc(expr));
+        https_get(&rt, c, &http, &path, headers)
+    };
+    let up = wait_for(Duration::from_secs(30), || {
+        let (c, body) = query(&as_a, "secret_metric", &[]).ok()?;
+        (c == 200 && body.contains("\"team\":\"a\"")).then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "querier never served the team-a certificate; log:\n{}",
+        q.log_text()
+    );
+    let cases: Vec<ReaderCase> = vec![
+        (
+            "O=team-a",
+            &as_a,
+            "secret_metric",
+            vec![],
+            200,
+            "\"team\":\"a\"",
+        ),
+        (
+            "O=team-a, regex",
+            &as_a,
+            "{__name__=~\".+\"}",
+            vec![],
+            200,
+            "\"team\":\"a\"",
+        ),
+        (
+            "O=team-b",
+            &as_b,
+            "secret_metric",
+            vec![],
+            200,
+            "\"team\":\"b\"",
+        ),
+        (
+            "O=team-a, header team-b",
+            &as_a,
+            "secret_metric",
+            vec![("THANOS-TENANT", "team-b")],
+            403,
+            "",
+        ),
+        (
+            "certificate without O",
+            &bare,
+            "secret_metric",
+            vec![],
+            401,
+            "",
+        ),
+        ("no certificate", &anon, "secret_metric", vec![], 0, ""),
+    ];
+    eprintln!("\n{:<28} {:>8} {:>5}", "reader", "expected", "got");
+    let mut wrong = Vec::new();
+    for (what, c, expr, headers, want, must) in &cases {
+        let got = query(c, expr, headers);
+        let code = got.as_ref().map(|r| r.0).unwrap_or(0);
+        eprintln!("{what:<28} {want:>8} {code:>5}");
+        let body = got.map(|r| r.1).unwrap_or_default();
+        let other = if what.contains("team-b") && !what.contains("header") {
+            "\"team\":\"a\""
+        } else {
+            "\"team\":\"b\""
+        };
+        if code != *want || !body.contains(must) || (code == 200 && body.contains(other)) {
+            wrong.push(format!(
+                "{what}: want {want} with {must}, got {code}: {body}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "unexpected outcomes:\n{}",
+        wrong.join("\n")
+    );
 }

@@ -732,3 +732,105 @@ fn standalone_exposed_listeners_take_tls_and_auth() {
         );
     }
 }
+
+/// `Info` over TLS with this client: `Ok(component type)` when the server accepted it.
+fn tls_info(rt: &tokio::runtime::Runtime, tls: &ClientTls, grpc: &str) -> Result<String, String> {
+    use storeapi::wire::info::{InfoRequest, info_client::InfoClient};
+    rt.block_on(async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+            .map_err(|e| e.to_string())?;
+        let mut c = InfoClient::new(tls.channel(endpoint));
+        let r = c
+            .info(InfoRequest {})
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        Ok(r.component_type)
+    })
+}
+
+/// `orrery store` takes the same `--grpc-server-tls-*` flags: with a client CA, a
+/// StoreAPI client needs a certificate from it; a rotated certificate (Secret swap) is
+/// served to the next connection without a restart.
+#[test]
+fn store_gateway_grpc_requires_client_certificates() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let ca = Ca::new("orrery e2e store CA");
+    let (v1, v2) = (
+        ca.leaf("store", &["127.0.0.1"], 0x600),
+        ca.leaf("store", &["127.0.0.1"], 0x601),
+    );
+    let mut secret = SecretDir::new(&dir.join("store-tls"));
+    let publish = |s: &mut SecretDir, leaf: &Leaf| {
+        s.publish(&[
+            ("tls.crt", &leaf.cert_pem),
+            ("tls.key", &leaf.key_pem),
+            ("ca.crt", &ca.pem()),
+        ])
+    };
+    publish(&mut secret, &v1);
+    std::fs::create_dir_all(dir.join("bucket")).expect("bucket dir");
+    let (grpc, http) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut cmd = Command::new(orrery_bin());
+    cmd.arg("store")
+        .arg(format!(
+            "--objstore.config=type: FILESYSTEM\nconfig:\n  directory: {}\n",
+            dir.join("bucket").display()
+        ))
+        .arg(format!("--data-dir={}", dir.join("cache").display()))
+        .arg(format!("--grpc-address={grpc}"))
+        .arg(format!("--http-address={http}"))
+        .arg(format!(
+            "--grpc-server-tls-cert={}",
+            secret.path("tls.crt").display()
+        ))
+        .arg(format!(
+            "--grpc-server-tls-key={}",
+            secret.path("tls.key").display()
+        ))
+        .arg(format!(
+            "--grpc-server-tls-client-ca={}",
+            secret.path("ca.crt").display()
+        ))
+        .env("RUST_LOG", "info");
+    let store = Proc::spawn("orrery-store", cmd, dir.join("store.log"));
+    let ready = wait_for(Duration::from_secs(60), || {
+        matches!(e2e::http_get(&http, "/-/ready"), Ok((200, _))).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "store not ready; log:\n{}",
+        store.log_text()
+    );
+    let rt = rt();
+    let with_cert = tls_client(&ca, Some(&ca.leaf("querier", &["querier"], 0x602)));
+    let without = tls_client(&ca, None);
+    let other_ca = Ca::new("stranger CA");
+    let stranger = tls_client(&ca, Some(&other_ca.leaf("querier", &["querier"], 0x603)));
+    assert!(
+        tls_info(&rt, &with_cert, &grpc).is_ok(),
+        "a client with a certificate from the CA: {:?}; log:\n{}",
+        tls_info(&rt, &with_cert, &grpc),
+        store.log_text()
+    );
+    assert!(
+        tls_info(&rt, &without, &grpc).is_err(),
+        "no client certificate"
+    );
+    assert!(
+        tls_info(&rt, &stranger, &grpc).is_err(),
+        "certificate of another CA"
+    );
+    assert_eq!(served_serial(&rt, &with_cert, &grpc), "600");
+    publish(&mut secret, &v2);
+    assert_eq!(
+        served_serial(&rt, &with_cert, &grpc),
+        "601",
+        "rotated without a restart"
+    );
+    assert!(tls_info(&rt, &with_cert, &grpc).is_ok());
+}

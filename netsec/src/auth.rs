@@ -12,6 +12,7 @@ use base64::Engine;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use crate::identity::{FailureCounter, FailureReason, Principal, count, match_token, parse_bearer};
+use crate::jwt::looks_like_jwt;
 use crate::webconfig::{Loaded, WebConfigSource};
 
 /// An `Authorization` header longer than this is refused without decoding it.
@@ -161,7 +162,7 @@ fn unauthorized(cfg: &Loaded) -> Response {
             HeaderValue::from_static("Basic realm=\"orrery\""),
         );
     }
-    if !cfg.config.tokens.is_empty() {
+    if !cfg.config.tokens.is_empty() || cfg.config.jwt.is_some() {
         resp.headers_mut().append(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"orrery\""),
@@ -201,10 +202,19 @@ pub async fn authenticate(cfg: &Loaded, headers: &HeaderMap) -> Result<Principal
         let tenant = cfg.config.user_tenants.get(&user).cloned();
         Ok(Principal { name: user, tenant })
     } else if scheme(b"bearer ") {
-        if cfg.config.tokens.is_empty() {
+        let jwt = cfg.config.jwt.as_deref();
+        if cfg.config.tokens.is_empty() && jwt.is_none() {
             return Err(FailureReason::unsupported_scheme);
         }
         let token = parse_bearer(v).ok_or(FailureReason::malformed)?;
+        if let Some(j) = jwt
+            && (cfg.config.tokens.is_empty() || looks_like_jwt(token))
+        {
+            return j.verify(token).map_err(|e| {
+                tracing::debug!(error = %e, "bearer JWT refused");
+                e.reason()
+            });
+        }
         let t = match_token(&cfg.config.tokens, token).ok_or(FailureReason::bad_token)?;
         Ok(Principal {
             name: t.name.clone(),
@@ -225,7 +235,7 @@ pub async fn guard(State(g): State<Arc<GuardState>>, mut req: Request, next: Nex
         count(&g.failures, FailureReason::rate_limited);
         return (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n").into_response();
     }
-    let open = cfg.auth.is_open() && cfg.config.tokens.is_empty();
+    let open = cfg.auth.is_open() && cfg.config.tokens.is_empty() && cfg.config.jwt.is_none();
     let mut resp = if open {
         next.run(req).await
     } else {

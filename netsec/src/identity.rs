@@ -126,6 +126,11 @@ pub enum FailureReason {
     bad_password,
     /// A bearer token that is not configured.
     bad_token,
+    /// A bearer JWT that does not verify: signature, unknown key, issuer, audience,
+    /// missing claims.
+    bad_jwt,
+    /// A bearer JWT past its `exp` (plus the clock skew).
+    expired_jwt,
     /// The tenant comes from the client certificate but there is none.
     no_client_certificate,
     /// The client certificate lacks the configured tenant field.

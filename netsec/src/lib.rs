@@ -9,6 +9,8 @@
 //!   tonic; handshakes run in their own tasks so a slow client never stalls `accept`.
 //! - [`webconfig`] + [`auth`]: the exporter-toolkit web config file (`--http.config`):
 //!   TLS, client-certificate policy, bcrypt basic auth and fixed response headers.
+//! - [`jwt`]: bearer JWTs (OIDC) verified against JWKS / HMAC secret files, with an
+//!   optional claim naming the caller's tenant (a web-config extension).
 //! - [`identity`]: bearer tokens, tenants bound to credentials or named by a client
 //!   certificate, and the tenant-resolution rule the receiver and querier share.
 //! - [`flags`]: Thanos's flag names, as clap argument groups the services flatten.
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod client;
 pub mod flags;
 pub mod identity;
+pub mod jwt;
 pub mod listener;
 pub mod pem;
 pub mod server;

@@ -134,3 +134,76 @@ impl SecretDir {
         std::fs::rename(&tmp, self.root.join("..data")).expect("swap ..data");
     }
 }
+
+/// Signs JWTs for tests, with a key made here: ES256 (P-256), RS256 (RSA 2048) or
+/// HS256 (a given secret). [`JwtSigner::jwks`] publishes the public keys as a provider's
+/// JWKS endpoint would.
+pub struct JwtSigner {
+    alg: jsonwebtoken::Algorithm,
+    kid: Option<String>,
+    key: jsonwebtoken::EncodingKey,
+}
+
+impl JwtSigner {
+    pub fn es256(kid: &str) -> JwtSigner {
+        let kp = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
+        JwtSigner {
+            alg: jsonwebtoken::Algorithm::ES256,
+            kid: Some(kid.to_string()),
+            key: jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes())
+                .expect("EC signing key"),
+        }
+    }
+
+    pub fn rs256(kid: &str) -> JwtSigner {
+        let kp = KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            .expect("RSA key");
+        JwtSigner {
+            alg: jsonwebtoken::Algorithm::RS256,
+            kid: Some(kid.to_string()),
+            key: jsonwebtoken::EncodingKey::from_rsa_pem(kp.serialize_pem().as_bytes())
+                .expect("RSA signing key"),
+        }
+    }
+
+    pub fn hs256(secret: &[u8]) -> JwtSigner {
+        JwtSigner {
+            alg: jsonwebtoken::Algorithm::HS256,
+            kid: None,
+            key: jsonwebtoken::EncodingKey::from_secret(secret).expect("HMAC key"),
+        }
+    }
+
+    /// HS256 with a `kid` header (for key-confusion tests).
+    pub fn hs256_with_kid(secret: &[u8], kid: &str) -> JwtSigner {
+        JwtSigner {
+            kid: Some(kid.to_string()),
+            ..JwtSigner::hs256(secret)
+        }
+    }
+
+    pub fn alg(&self) -> jsonwebtoken::Algorithm {
+        self.alg
+    }
+
+    /// A compact JWT over `claims`, with this signer's `alg` and `kid`.
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
+        let mut h = jsonwebtoken::Header::new(self.alg);
+        h.kid = self.kid.clone();
+        jsonwebtoken::encode(&h, claims, &self.key).expect("sign JWT")
+    }
+
+    /// The public keys of `signers` (asymmetric ones) as a JWKS document.
+    pub fn jwks(signers: &[&JwtSigner]) -> String {
+        let keys: Vec<jsonwebtoken::jwk::Jwk> = signers
+            .iter()
+            .map(|s| {
+                let mut k =
+                    jsonwebtoken::jwk::Jwk::from_encoding_key(&s.key, s.alg).expect("JWK from key");
+                k.common.key_id = s.kid.clone();
+                k
+            })
+            .collect();
+        serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys }).expect("JWKS JSON")
+    }
+}

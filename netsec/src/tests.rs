@@ -669,6 +669,111 @@ mod writers {
         );
     }
 
+    #[tokio::test]
+    async fn rate_limit_answers_429_before_checking_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), "rate_limit:\n  burst: 3\n  interval: 1h\n");
+        let sec = HttpServer::load(Some(&cfg)).unwrap();
+        let r = app(&sec);
+        let f = sec.failures();
+        let n = |reason| f.get_or_create(&FailureLabels { reason }).get();
+        // The burst is shared by good and bad requests alike: a flood of wrong passwords
+        // uses it up, and then nothing reaches bcrypt.
+        assert_eq!(
+            call(&r, Some(&format!("Bearer {TOKEN_A}"))).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&r, Some(&basic("alice", "guess-1"))).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(&r, Some(&basic("alice", "guess-2"))).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        for i in 3..20 {
+            let (status, _, body) = call(&r, Some(&basic("alice", &format!("guess-{i}")))).await;
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "attempt {i}: {body}");
+        }
+        assert_eq!(
+            call(&r, Some(&format!("Bearer {TOKEN_A}"))).await.0,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(n(FailureReason::rate_limited), 18);
+        assert_eq!(
+            n(FailureReason::bad_password),
+            2,
+            "no bcrypt past the limit"
+        );
+    }
+
+    #[tokio::test]
+    async fn jwt_bearer_next_to_static_tokens_with_tenant_claim_and_key_rotation() {
+        use crate::testing::JwtSigner;
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (JwtSigner::es256("2026-11"), JwtSigner::rs256("2026-12"));
+        std::fs::write(dir.path().join("jwks.json"), JwtSigner::jwks(&[&old])).unwrap();
+        let cfg = write_config(
+            dir.path(),
+            "jwt:\n  jwks_file: jwks.json\n  issuer: https://idp.example\n  \
+             audiences: [orrery]\n  tenant_claim: org\n",
+        );
+        let sec = HttpServer::load(Some(&cfg)).unwrap();
+        let r = app(&sec);
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            + 300;
+        let claims = |org: &str, exp: i64| json!({"iss": "https://idp.example", "aud": "orrery", "sub": "prom-1", "org": org, "exp": exp});
+        let bearer = |t: String| format!("Bearer {t}");
+        assert_eq!(
+            call(&r, Some(&bearer(old.sign(&claims("team-j", exp))))).await,
+            (StatusCode::OK, vec![], "prom-1/team-j".to_string())
+        );
+        // Static tokens keep working next to JWTs.
+        assert_eq!(
+            call(&r, Some(&format!("Bearer {TOKEN_A}"))).await.2,
+            "prom-a/team-a"
+        );
+        let f = sec.failures();
+        let n = |reason| f.get_or_create(&FailureLabels { reason }).get();
+        let (status, challenges, _) =
+            call(&r, Some(&bearer(old.sign(&claims("team-j", exp - 3600))))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            challenges.iter().any(|c| c.starts_with("Bearer")),
+            "{challenges:?}"
+        );
+        assert_eq!(n(FailureReason::expired_jwt), 1);
+        // A key the JWKS does not (yet) hold.
+        assert_eq!(
+            call(&r, Some(&bearer(new.sign(&claims("team-j", exp)))))
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(n(FailureReason::bad_jwt), 1);
+
+        // The provider rotates its keys: the new JWKS file applies to the next request,
+        // and tokens of the retired key are refused.
+        std::fs::write(dir.path().join("jwks.json"), JwtSigner::jwks(&[&new])).unwrap();
+        assert_eq!(
+            call(&r, Some(&bearer(new.sign(&claims("team-k", exp)))))
+                .await
+                .2,
+            "prom-1/team-k"
+        );
+        assert_eq!(
+            call(&r, Some(&bearer(old.sign(&claims("team-j", exp)))))
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(n(FailureReason::bad_jwt), 2);
+    }
+
     #[test]
     fn token_config_errors_name_the_problem() {
         let dir = tempfile::tempdir().unwrap();
@@ -847,6 +952,172 @@ mod writers {
         assert_eq!(
             by_header.resolve(&bad, None, None).unwrap_err().status(),
             StatusCode::BAD_REQUEST
+        );
+    }
+}
+
+mod rotation {
+    //! Certificates, keys and CA bundles swapped on disk as a Kubernetes Secret update
+    //! does, on the two paths not covered above: the `--http.config` listener and the
+    //! TLS client (querier → store, receiver → peer).
+    use super::*;
+    use crate::HttpServer;
+    use crate::client::ClientFlags;
+
+    /// An echo server on a listener built by `HttpServer::listener`.
+    async fn echo_on(sec: &HttpServer) -> String {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap().to_string();
+        let mut l = sec.listener(tcp);
+        assert!(l.is_tls(), "the web config has tls_server_config");
+        tokio::spawn(async move {
+            loop {
+                let mut s = l.next().await;
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn web_config_certificate_and_client_ca_reload_on_secret_swap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (server_ca, clients1, clients2) = (Ca::new("s"), Ca::new("c1"), Ca::new("c2"));
+        let (srv1, srv2) = (
+            server_ca.leaf("web", &["127.0.0.1"], 0x31),
+            server_ca.leaf("web", &["127.0.0.1"], 0x32),
+        );
+        let mut secret = SecretDir::new(&tmp.path().join("secret"));
+        secret.publish(&[
+            ("tls.crt", &srv1.cert_pem),
+            ("tls.key", &srv1.key_pem),
+            ("ca.crt", &clients1.pem()),
+        ]);
+        let cfg = tmp.path().join("web.yml");
+        std::fs::write(
+            &cfg,
+            "tls_server_config:\n  cert_file: secret/tls.crt\n  key_file: secret/tls.key\n  \
+             client_ca_file: secret/ca.crt\n  client_auth_type: RequireAndVerifyClientCert\n",
+        )
+        .unwrap();
+        let sec = HttpServer::load(Some(&cfg)).unwrap();
+        let addr = echo_on(&sec).await;
+        let c1 = client(Some(&server_ca.pem()), Some(&clients1.leaf("a", &["a"], 1)));
+        let c2 = client(Some(&server_ca.pem()), Some(&clients2.leaf("b", &["b"], 2)));
+        let (serial, mut kept) = roundtrip(&c1, &addr).await.unwrap();
+        assert_eq!(serial, "31");
+        assert!(roundtrip(&c2, &addr).await.is_err(), "CA 2 not trusted yet");
+
+        // New certificate and a new client CA in one swap.
+        secret.publish(&[
+            ("tls.crt", &srv2.cert_pem),
+            ("tls.key", &srv2.key_pem),
+            ("ca.crt", &clients2.pem()),
+        ]);
+        let (serial, _) = roundtrip(&c2, &addr)
+            .await
+            .expect("the new client CA applies");
+        assert_eq!(serial, "32", "the new certificate is served");
+        assert!(
+            roundtrip(&c1, &addr).await.is_err(),
+            "the old client CA is gone"
+        );
+        ping(&mut kept)
+            .await
+            .expect("a connection made before the swap keeps working");
+
+        // A broken update (key of another pair) keeps the last good config.
+        secret.publish(&[
+            ("tls.crt", &srv1.cert_pem),
+            ("tls.key", &srv2.key_pem),
+            ("ca.crt", &clients2.pem()),
+        ]);
+        let (serial, _) = roundtrip(&c2, &addr).await.unwrap();
+        assert_eq!(serial, "32");
+    }
+
+    #[tokio::test]
+    async fn client_certificate_and_ca_reload_on_secret_swap() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Old and new server CA, old and new client CA: a full rotation of both sides.
+        let (s1, s2, c1, c2) = (Ca::new("s1"), Ca::new("s2"), Ca::new("c1"), Ca::new("c2"));
+        let mut server = SecretDir::new(&tmp.path().join("server"));
+        let mut client_dir = SecretDir::new(&tmp.path().join("client"));
+        let srv1 = s1.leaf("store", &["127.0.0.1"], 0x41);
+        let srv2 = s2.leaf("store", &["127.0.0.1"], 0x42);
+        let (me1, me2) = (c1.leaf("querier", &["q"], 5), c2.leaf("querier", &["q"], 6));
+        server.publish(&[
+            ("tls.crt", &srv1.cert_pem),
+            ("tls.key", &srv1.key_pem),
+            ("ca.crt", &c1.pem()),
+        ]);
+        client_dir.publish(&[
+            ("ca.crt", &s1.pem()),
+            ("tls.crt", &me1.cert_pem),
+            ("tls.key", &me1.key_pem),
+        ]);
+        let s = settings(
+            &server.path(""),
+            ClientAuth::RequireAndVerifyClientCert,
+            true,
+        );
+        let addr = echo_server(Arc::new(ReloadingServerConfig::new(s).unwrap())).await;
+        // As `--grpc-client-tls-*` build it: files, reloaded per new connection.
+        let c = ClientTls::from_flags(ClientFlags {
+            prefix: "grpc-client-tls",
+            secure: true,
+            cert: Some(&client_dir.path("tls.crt")),
+            key: Some(&client_dir.path("tls.key")),
+            ca: Some(&client_dir.path("ca.crt")),
+            skip_verify: false,
+            server_name: None,
+            min_version: "1.3",
+        })
+        .unwrap();
+        let (serial, mut kept) = roundtrip(&c, &addr).await.unwrap();
+        assert_eq!(serial, "41");
+
+        // The server side rotates first: the client's old files no longer fit.
+        server.publish(&[
+            ("tls.crt", &srv2.cert_pem),
+            ("tls.key", &srv2.key_pem),
+            ("ca.crt", &c2.pem()),
+        ]);
+        assert!(
+            roundtrip(&c, &addr).await.is_err(),
+            "old client files against the rotated server"
+        );
+        // Then the client's Secret: the same client object picks the new files up.
+        client_dir.publish(&[
+            ("ca.crt", &s2.pem()),
+            ("tls.crt", &me2.cert_pem),
+            ("tls.key", &me2.key_pem),
+        ]);
+        let (serial, _) = roundtrip(&c, &addr)
+            .await
+            .expect("the client reloaded its CA, certificate and key");
+        assert_eq!(serial, "42");
+        ping(&mut kept)
+            .await
+            .expect("the connection made before both swaps keeps working");
+
+        // A half-written client update (key of another certificate) keeps the last good
+        // files instead of failing every new connection.
+        client_dir.publish(&[
+            ("ca.crt", &s2.pem()),
+            ("tls.crt", &me2.cert_pem),
+            ("tls.key", &me1.key_pem),
+        ]);
+        assert!(
+            roundtrip(&c, &addr).await.is_ok(),
+            "last good client config"
         );
     }
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::Error;
 use crate::auth::{Authenticator, GuardState, RateLimiter};
 use crate::identity::{BearerToken, FailureCounter, anchored, check_user_tenants};
+use crate::jwt::{JwtVerifier, RawJwt};
 use crate::listener::Listener;
 use crate::pem::{Fingerprint, PemSource, read_bounded};
 use crate::server::{ClientAuth, ServerConfigSource, ServerTlsSettings, TlsVersion, alpn_http};
@@ -51,6 +52,9 @@ struct RawConfig {
     /// Orrery: the tenant each `basic_auth_users` user is bound to.
     #[serde(default)]
     user_tenants: BTreeMap<String, String>,
+    /// Orrery: bearer JWTs verified against a JWKS / HMAC secret file (see [`crate::jwt`]).
+    #[serde(default)]
+    jwt: Option<RawJwt>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +116,8 @@ pub struct WebConfig {
     pub tokens: Vec<BearerToken>,
     /// user → the tenant its requests are bound to.
     pub user_tenants: BTreeMap<String, String>,
+    /// Bearer JWT verification (the `jwt` extension), with its keys read at load.
+    pub jwt: Option<Arc<JwtVerifier>>,
 }
 
 impl WebConfig {
@@ -210,6 +216,10 @@ impl WebConfig {
             None => None,
             Some(t) => tls_settings(t, dir, http2)?,
         };
+        let jwt = match raw.jwt {
+            None => None,
+            Some(j) => Some(Arc::new(JwtVerifier::load(j, dir)?)),
+        };
         Ok(WebConfig {
             tls,
             http2,
@@ -218,6 +228,7 @@ impl WebConfig {
             rate_limit,
             tokens,
             user_tenants: raw.user_tenants,
+            jwt,
         })
     }
 
@@ -388,6 +399,9 @@ impl Loaded {
     fn files(&self, path: &Path) -> Vec<PathBuf> {
         let mut f = vec![path.to_path_buf()];
         f.extend(self.config.tokens.iter().map(|t| t.file.clone()));
+        if let Some(j) = &self.config.jwt {
+            f.extend(j.files().iter().cloned());
+        }
         if let Some(t) = &self.config.tls {
             f.extend(t.watched_files());
         }

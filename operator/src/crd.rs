@@ -73,9 +73,30 @@ pub struct ReceiveClusterSpec {
     pub tolerations: Option<Vec<Toleration>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// mTLS on the receivers' gRPC port: StoreAPI reads and replication between
+    /// receivers need a client certificate from the Secret's CA, and receivers forward
+    /// to each other with the Secret's certificate. The certificate must name
+    /// `*.<name>-receive-headless.<namespace>.svc` (peers dial pods by name) and
+    /// `<name>-receive-headless.<namespace>.svc` (what queriers verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_tls: Option<TlsSecretRef>,
     /// When true the operator leaves the children alone.
     #[serde(default)]
     pub paused: bool,
+}
+
+/// A Secret in the resource's namespace holding `tls.crt`, `tls.key` and `ca.crt`
+/// (cert-manager's layout). Mounted as a directory, never with subPath, so a renewed
+/// certificate or CA reaches running pods, which reload the files on change.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSecretRef {
+    /// Secret name (a DNS subdomain).
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(max = 253)
+    )]
+    pub secret_name: String,
 }
 
 fn default_one() -> i32 {
@@ -180,6 +201,12 @@ pub struct GlobalViewSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub clusters: Vec<ClusterSpec>,
+    /// The client certificate (and CA) the querier dials StoreAPI endpoints with;
+    /// needed to read ReceiveClusters that set `grpcTls`. Each selected ReceiveCluster
+    /// is verified as `<name>-receive-headless.<namespace>.svc`; static `endpoints` as
+    /// the host they name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_client_tls: Option<TlsSecretRef>,
     #[serde(default)]
     pub paused: bool,
 }

@@ -17,6 +17,7 @@ pub mod receive;
 pub mod remote_cluster;
 pub mod remote_write;
 pub mod schema_check;
+pub mod tls;
 pub mod yaml;
 pub mod yml_text;
 

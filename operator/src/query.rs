@@ -123,7 +123,23 @@ pub fn querier_args(gv: &GlobalView, endpoints: &[String]) -> Vec<String> {
         format!("--http-address=0.0.0.0:{HTTP_PORT}"),
         format!("--grpc-address=0.0.0.0:{GRPC_PORT}"),
     ];
-    args.extend(endpoints.iter().map(|e| format!("--endpoint={e}")));
+    match &gv.spec.grpc_client_tls {
+        None => args.extend(endpoints.iter().map(|e| format!("--endpoint={e}"))),
+        Some(_) => {
+            args.extend(crate::tls::querier_client_args());
+            let (dns, fixed): (Vec<String>, Vec<String>) = endpoints
+                .iter()
+                .cloned()
+                .partition(|e| e.starts_with("dns+"));
+            args.extend(fixed.iter().map(|e| format!("--endpoint={e}")));
+            if !dns.is_empty() {
+                args.push(format!(
+                    "--endpoint.sd-config={}",
+                    crate::tls::querier_sd_config(&dns)
+                ));
+            }
+        }
+    }
     args.extend(
         replica_labels(gv)
             .iter()
@@ -194,8 +210,18 @@ pub fn querier_deployment(
                         security_context: Some(
                             crate::receive::restricted_container_security_context(),
                         ),
+                        volume_mounts: gv
+                            .spec
+                            .grpc_client_tls
+                            .as_ref()
+                            .map(|_| vec![crate::tls::mount()]),
                         ..Default::default()
                     }],
+                    volumes: gv
+                        .spec
+                        .grpc_client_tls
+                        .as_ref()
+                        .map(|t| vec![crate::tls::volume(t)]),
                     security_context: Some(crate::receive::restricted_pod_security_context(false)),
                     ..Default::default()
                 }),
@@ -287,6 +313,7 @@ pub(crate) mod tests {
                     remote_write_url: None,
                     tenant: None,
                 }],
+                grpc_client_tls: None,
                 paused: false,
             },
         );
@@ -440,5 +467,91 @@ pub(crate) mod tests {
         let csc = pod.containers[0].security_context.clone().unwrap();
         assert_eq!(csc.capabilities.unwrap().drop.unwrap(), vec!["ALL"]);
         assert_eq!(csc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    }
+
+    #[test]
+    fn grpc_client_tls_verifies_each_receive_cluster_by_its_service_name() {
+        use crate::crd::TlsSecretRef;
+        let mut g = gv();
+        g.spec.endpoints = vec![
+            "static.example:10901".into(),
+            "dns+stores.other.svc:10901".into(),
+        ];
+        g.spec.grpc_client_tls = Some(TlsSecretRef {
+            secret_name: "querier-tls".into(),
+        });
+        let a = rc(1, 1);
+        let eps = querier_endpoints(&g, &[&a]);
+        let args = querier_args(&g, &eps);
+        for want in [
+            "--grpc-client-tls-secure",
+            "--grpc-client-tls-cert=/etc/orrery/grpc-tls/tls.crt",
+            "--grpc-client-tls-key=/etc/orrery/grpc-tls/tls.key",
+            "--grpc-client-tls-ca=/etc/orrery/grpc-tls/ca.crt",
+            "--endpoint=static.example:10901",
+        ] {
+            assert!(
+                args.contains(&want.to_string()),
+                "{want} missing from {args:?}"
+            );
+        }
+        // dns+ names are not --endpoint flags (their pod IPs would be verified) but SD
+        // entries verified as the Service name.
+        assert!(
+            !args.iter().any(|a| a.starts_with("--endpoint=dns+")),
+            "{args:?}"
+        );
+        let sd = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--endpoint.sd-config="))
+            .expect("an SD config");
+        let v: serde_json::Value = serde_json::from_str(sd).unwrap();
+        let names: Vec<(&str, &str)> = v["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["address"].as_str().unwrap(),
+                    e["client_config"]["server_name"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (
+                    "dns+main-receive-headless.orrery.svc:10901",
+                    "main-receive-headless.orrery.svc"
+                ),
+                ("dns+stores.other.svc:10901", "stores.other.svc")
+            ]
+        );
+        assert_eq!(
+            v["endpoints"][0]["client_config"]["tls_config"]["cert_file"],
+            "/etc/orrery/grpc-tls/tls.crt"
+        );
+        let d = querier_deployment(&g, &eps, "orrery:test");
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let vol = &pod.volumes.unwrap()[0];
+        assert_eq!(
+            vol.secret.as_ref().and_then(|s| s.secret_name.as_deref()),
+            Some("querier-tls")
+        );
+        let m = &pod.containers[0].volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (m.name.as_str(), m.mount_path.as_str(), m.read_only),
+            (vol.name.as_str(), "/etc/orrery/grpc-tls", Some(true))
+        );
+        assert!(
+            m.sub_path.is_none(),
+            "subPath mounts never see a renewed Secret"
+        );
+        // Without it: plain --endpoint flags, no volume.
+        let plain = querier_args(&gv(), &eps);
+        assert!(
+            plain.contains(&"--endpoint=dns+main-receive-headless.orrery.svc:10901".to_string())
+        );
+        assert!(!plain.iter().any(|a| a.contains("tls")), "{plain:?}");
     }
 }

@@ -233,6 +233,9 @@ pub fn receiver_args(rc: &ReceiveCluster) -> Vec<String> {
         // The kubelet expands `$(VAR)` in args; `$$` is its escape for a literal `$`.
         args.push(label_flag(k, &v.replace('$', "$$")));
     }
+    if s.grpc_tls.is_some() {
+        args.extend(crate::tls::receiver_args());
+    }
     args
 }
 
@@ -293,6 +296,9 @@ pub fn statefulset(rc: &ReceiveCluster, default_image: &str) -> StatefulSet {
         }),
         ..Default::default()
     }];
+    if let Some(t) = &s.grpc_tls {
+        volumes.push(crate::tls::volume(t));
+    }
     let claims = match &s.storage {
         Some(st) => Some(vec![PersistentVolumeClaim {
             metadata: ObjectMeta {
@@ -346,19 +352,24 @@ pub fn statefulset(rc: &ReceiveCluster, default_image: &str) -> StatefulSet {
         readiness_probe: Some(http_probe("/-/ready", 5, 3)),
         liveness_probe: Some(http_probe("/-/healthy", 10, 6)),
         resources: Some(s.resources.clone().unwrap_or_else(default_resources)),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "data".to_string(),
-                mount_path: DATA_DIR.to_string(),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "hashring".to_string(),
-                mount_path: HASHRING_DIR.to_string(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(
+            [
+                VolumeMount {
+                    name: "data".to_string(),
+                    mount_path: DATA_DIR.to_string(),
+                    ..Default::default()
+                },
+                VolumeMount {
+                    name: "hashring".to_string(),
+                    mount_path: HASHRING_DIR.to_string(),
+                    read_only: Some(true),
+                    ..Default::default()
+                },
+            ]
+            .into_iter()
+            .chain(s.grpc_tls.as_ref().map(|_| crate::tls::mount()))
+            .collect(),
+        ),
         security_context: Some(restricted_container_security_context()),
         ..Default::default()
     };
@@ -573,6 +584,7 @@ pub(crate) mod tests {
                 node_selector: None,
                 tolerations: None,
                 affinity: None,
+                grpc_tls: None,
                 paused: false,
             },
         );
@@ -916,5 +928,58 @@ pub(crate) mod tests {
             data.empty_dir.unwrap().size_limit,
             Some(Quantity("1Gi".into()))
         );
+    }
+
+    #[test]
+    fn grpc_tls_mounts_the_secret_and_requires_client_certificates() {
+        use crate::crd::TlsSecretRef;
+        let mut r = rc(3, 3);
+        r.spec.grpc_tls = Some(TlsSecretRef {
+            secret_name: "main-receive-tls".into(),
+        });
+        let args = receiver_args(&r);
+        for want in [
+            "--grpc-server-tls-cert=/etc/orrery/grpc-tls/tls.crt",
+            "--grpc-server-tls-key=/etc/orrery/grpc-tls/tls.key",
+            // A client CA: StoreAPI readers and replicating peers need certificates.
+            "--grpc-server-tls-client-ca=/etc/orrery/grpc-tls/ca.crt",
+            "--remote-write.client-tls-secure",
+            "--remote-write.client-tls-cert=/etc/orrery/grpc-tls/tls.crt",
+            "--remote-write.client-tls-key=/etc/orrery/grpc-tls/tls.key",
+            "--remote-write.client-tls-ca=/etc/orrery/grpc-tls/ca.crt",
+        ] {
+            assert!(
+                args.contains(&want.to_string()),
+                "{want} missing from {args:?}"
+            );
+        }
+        let sts = statefulset(&r, "orrery:test");
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let vol = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.secret.is_some())
+            .expect("a Secret volume");
+        assert_eq!(
+            vol.secret.and_then(|s| s.secret_name).as_deref(),
+            Some("main-receive-tls")
+        );
+        let m = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == vol.name)
+            .expect("the Secret is mounted")
+            .clone();
+        assert_eq!(m.mount_path, "/etc/orrery/grpc-tls");
+        assert_eq!(m.read_only, Some(true));
+        assert!(
+            m.sub_path.is_none(),
+            "subPath mounts never see a renewed Secret"
+        );
+        // Without it: no TLS flag, no Secret.
+        assert!(!receiver_args(&rc(3, 3)).iter().any(|a| a.contains("tls")));
     }
 }

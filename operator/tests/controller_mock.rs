@@ -161,6 +161,7 @@ fn receive_cluster() -> ReceiveCluster {
             node_selector: None,
             tolerations: None,
             affinity: None,
+            grpc_tls: None,
             paused: false,
         },
     );
@@ -404,6 +405,57 @@ async fn receive_until_statefulset(api: &mut ApiHandle) -> Seen {
         "/apis/apps/v1/namespaces/orrery/statefulsets/main-receive",
     )
     .await
+}
+
+/// `spec.grpcTls`: the StatefulSet the controller applies mounts the Secret as a
+/// directory and runs the receivers with mTLS on gRPC (server and forwarding client).
+#[tokio::test]
+async fn receive_cluster_with_grpc_tls_applies_an_mtls_statefulset() {
+    let (ctx, mut api, _) = context(None);
+    let mut rc = receive_cluster();
+    rc.spec.grpc_tls = Some(operator::crd::TlsSecretRef {
+        secret_name: "main-receive-tls".into(),
+    });
+    let reconciler = tokio::spawn(receive::reconcile(Arc::new(rc), ctx));
+    let sts = receive_until_statefulset(&mut api).await;
+    let body = sts.body.clone();
+    respond(sts.send, 200, &body);
+    reconciler.abort();
+    let pod = &body["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "grpc-tls")
+            .map(|v| v["secret"]["secretName"].clone()),
+        Some(json!("main-receive-tls")),
+        "{pod}"
+    );
+    let c = &pod["containers"][0];
+    assert!(
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "grpc-tls"
+                && m["mountPath"] == "/etc/orrery/grpc-tls"
+                && m["readOnly"] == true
+                && m.get("subPath").is_none()),
+        "{c}"
+    );
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for want in [
+        "--grpc-server-tls-client-ca=/etc/orrery/grpc-tls/ca.crt",
+        "--remote-write.client-tls-secure",
+    ] {
+        assert!(args.contains(&want), "{want} missing from {args:?}");
+    }
 }
 
 const STS_PATH: &str = "/apis/apps/v1/namespaces/orrery/statefulsets/main-receive";
@@ -812,6 +864,7 @@ fn global_view(deleting: bool) -> GlobalView {
                 remote_write_url: None,
                 tenant: Some("wayne".into()),
             }],
+            grpc_client_tls: None,
             paused: false,
         },
     );

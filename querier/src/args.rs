@@ -81,6 +81,16 @@ pub struct QueryArgs {
     #[arg(long = "query.enforce-tenancy", default_value_t = false)]
     pub enforce_tenancy: bool,
 
+    /// With enforcement, what a user matcher on the tenant label that cannot match the
+    /// caller's tenant does: `error` (400, the default) or `replace` (Thanos's
+    /// behaviour: the store calls carry only the caller's tenant matcher).
+    #[arg(
+        long = "query.tenant-matcher-conflict",
+        value_enum,
+        default_value = "error"
+    )]
+    pub tenant_matcher_conflict: crate::tenancy::ConflictMode,
+
     /// Tenant of requests that name none.
     #[arg(long = "query.default-tenant-id", default_value = "default-tenant")]
     pub default_tenant: String,
@@ -145,6 +155,7 @@ impl QueryArgs {
             max_samples: 50_000_000,
             tenant_header: "THANOS-TENANT".into(),
             enforce_tenancy: false,
+            tenant_matcher_conflict: crate::tenancy::ConflictMode::Error,
             default_tenant: "default-tenant".into(),
             tenant_certificate_field: String::new(),
             tenant_label_name: "tenant_id".into(),

@@ -89,6 +89,7 @@ pub fn build_state(args: &QueryArgs) -> anyhow::Result<Arc<api::AppState>> {
         .map_err(anyhow::Error::msg)
         .context("--query.tenant-header / --query.tenant-certificate-field")?,
         enforce: args.enforce_tenancy,
+        conflict: args.tenant_matcher_conflict,
         label: args.tenant_label_name.clone(),
     };
     if !storeapi::labels::is_valid_label_name(&tenancy.label) {

@@ -63,11 +63,20 @@ impl FanoutOptions {
         }
     }
 
-    /// `matchers` plus the enforced tenant matcher, if any.
+    /// `matchers` with the enforced tenant matcher, if any, in place of the user's
+    /// matchers on the tenant label. Those were either checked to admit the caller's
+    /// tenant (so the equality is at least as strict) or, with
+    /// `--query.tenant-matcher-conflict=replace`, are meant to be replaced.
     fn confined(&self, matchers: &[Matcher]) -> Vec<Matcher> {
-        let mut m = matchers.to_vec();
-        m.extend(self.enforce.iter().cloned());
-        m
+        match &self.enforce {
+            None => matchers.to_vec(),
+            Some(e) => matchers
+                .iter()
+                .filter(|m| m.name != e.name)
+                .cloned()
+                .chain(std::iter::once(e.clone()))
+                .collect(),
+        }
     }
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {

@@ -82,11 +82,25 @@ impl TenancyError {
     }
 }
 
+/// `--query.tenant-matcher-conflict`: what a user's tenant matcher that cannot match
+/// the caller's tenant does under enforcement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ConflictMode {
+    /// 400 `conflicting label matcher`: the caller learns the query was not what it
+    /// asked for.
+    #[default]
+    Error,
+    /// Thanos's (prom-label-proxy's) behaviour: the user's tenant matchers are dropped
+    /// and the caller's put in their place, so the query silently reads its own tenant.
+    Replace,
+}
+
 /// The querier's tenancy flags, resolved.
 #[derive(Debug, Clone)]
 pub struct Tenancy {
     pub policy: netsec::TenantPolicy,
     pub enforce: bool,
+    pub conflict: ConflictMode,
     pub label: String,
 }
 
@@ -100,13 +114,14 @@ pub struct Scope {
     pub forward: Option<String>,
     pub enforced: Option<Matcher>,
     pub label: String,
+    pub conflict: ConflictMode,
 }
 
 impl Scope {
     /// A `match[]` set or selector's matchers: an error when one on the tenant label can
     /// never match this scope's tenant.
     pub fn check_matchers(&self, ms: &[Matcher]) -> Result<(), TenancyError> {
-        if self.enforced.is_none() {
+        if self.enforced.is_none() || self.conflict == ConflictMode::Replace {
             return Ok(());
         }
         for m in ms {
@@ -124,7 +139,7 @@ impl Scope {
     /// Every selector of a parsed expression, as [`Scope::check_matchers`]. Runs where
     /// the query was parsed (a blocking thread, with stack for deep trees).
     pub fn check_expr(&self, e: &Expr) -> Result<(), TenancyError> {
-        if self.enforced.is_none() {
+        if self.enforced.is_none() || self.conflict == ConflictMode::Replace {
             return Ok(());
         }
         promql::limits::grow(|| match e {
@@ -211,6 +226,7 @@ impl Tenancy {
                 tenant,
                 enforced: None,
                 label: self.label.clone(),
+                conflict: self.conflict,
             });
         }
         if access(handler).is_none() {
@@ -224,6 +240,7 @@ impl Tenancy {
             forward: Some(tenant.clone()),
             tenant,
             label: self.label.clone(),
+            conflict: self.conflict,
         })
     }
 }
@@ -237,6 +254,7 @@ mod tests {
         Tenancy {
             policy: netsec::TenantPolicy::new("THANOS-TENANT", "default-tenant", "").unwrap(),
             enforce,
+            conflict: ConflictMode::Error,
             label: "tenant_id".into(),
         }
     }

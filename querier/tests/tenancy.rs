@@ -148,8 +148,9 @@ async fn get(addr: &str, path: &str, tenant: &str) -> (u16, String) {
     (code, body)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enforcement_confines_a_store_that_ignores_the_tenant() {
+/// The leaky store and a querier over it with `--query.enforce-tenancy` and `conflict`:
+/// (querier HTTP address, the store).
+async fn start(conflict: querier::tenancy::ConflictMode) -> (String, Leaky) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let store = l.local_addr().unwrap().to_string();
     let leaky = Leaky {
@@ -163,6 +164,7 @@ async fn enforcement_confines_a_store_that_ignores_the_tenant() {
     );
     let args = querier::QueryArgs {
         enforce_tenancy: true,
+        tenant_matcher_conflict: conflict,
         ..querier::QueryArgs::with_endpoints("127.0.0.1:0", vec![store])
     };
     let state = querier::build_state(&args).unwrap();
@@ -175,16 +177,23 @@ async fn enforcement_confines_a_store_that_ignores_the_tenant() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let q = |e: &str| {
-        format!(
-            "/api/v1/query?time=1030&query={}",
-            e.replace('{', "%7B")
-                .replace('}', "%7D")
-                .replace('"', "%22")
-                .replace(' ', "%20")
-                .replace('+', "%2B")
-        )
-    };
+    (http, leaky)
+}
+
+fn q(e: &str) -> String {
+    format!(
+        "/api/v1/query?time=1030&query={}",
+        e.replace('{', "%7B")
+            .replace('}', "%7D")
+            .replace('"', "%22")
+            .replace(' ', "%20")
+            .replace('+', "%2B")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforcement_confines_a_store_that_ignores_the_tenant() {
+    let (http, leaky) = start(querier::tenancy::ConflictMode::Error).await;
     let paths = [
         q("{__name__=~\".+\"}"),
         q("count({job=\"b\"})"),
@@ -217,6 +226,48 @@ async fn enforcement_confines_a_store_that_ignores_the_tenant() {
                 && (m.value == "team-a" || m.value == "team-b")
                 && m.r#type == thanos::label_matcher::Type::Eq as i32),
             "a store call without the tenant matcher: {ms:?}"
+        );
+    }
+}
+
+/// `--query.tenant-matcher-conflict`: `error` refuses a matcher naming another tenant
+/// (400); `replace` (Thanos's behaviour) answers with the caller's own data instead.
+/// Either way, nothing of the other tenant comes back and every store call carries only
+/// the caller's tenant matcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_tenant_matchers_error_or_are_replaced() {
+    use querier::tenancy::ConflictMode;
+    let asks_b = [
+        q("up{tenant_id=\"team-b\"}"),
+        q("up{tenant_id!=\"team-a\"}"),
+        "/api/v1/series?match[]=up%7Btenant_id%3D%22team-b%22%7D".into(),
+    ];
+    let (http, _) = start(ConflictMode::Error).await;
+    for p in &asks_b {
+        let (code, body) = get(&http, p, "team-a").await;
+        assert_eq!(code, 400, "{p}: {body}");
+        assert!(body.contains("conflicting label matcher"), "{p}: {body}");
+    }
+    let (http, leaky) = start(ConflictMode::Replace).await;
+    for p in &asks_b {
+        let (code, body) = get(&http, p, "team-a").await;
+        assert_eq!(code, 200, "{p}: {body}");
+        assert!(
+            !body.contains("team-b") && !body.contains("\"b\""),
+            "{p}: {body}"
+        );
+        assert!(
+            body.contains("\"job\":\"a\""),
+            "{p}: the caller's own data: {body}"
+        );
+    }
+    for ms in leaky.seen.lock().unwrap().iter() {
+        let tenant: Vec<_> = ms.iter().filter(|m| m.name == "tenant_id").collect();
+        assert!(
+            tenant.len() == 1
+                && tenant[0].value == "team-a"
+                && tenant[0].r#type == thanos::label_matcher::Type::Eq as i32,
+            "the store saw other tenant matchers than the caller's: {ms:?}"
         );
     }
 }

@@ -1047,3 +1047,34 @@ pub fn router(st: Arc<AppState>) -> Router {
         .merge(crate::ui::routes())
         .with_state(st)
 }
+
+#[cfg(test)]
+mod error_status_tests {
+    use super::*;
+
+    /// Prometheus 3.x's `returnAPIError` mapping, for every error the engine and the
+    /// querier produce: Grafana shows a timeout (503) and a canceled query (499)
+    /// differently from a bad query (400) or a failed evaluation (422).
+    #[test]
+    fn engine_errors_map_to_prometheus_status_codes() {
+        let cases = [
+            (QueryError::BadData("x".into()), 400, "bad_data"),
+            (QueryError::Execution("x".into()), 422, "execution"),
+            (QueryError::Timeout("x".into()), 503, "timeout"),
+            (QueryError::Canceled("x".into()), 499, "canceled"),
+        ];
+        for (e, code, ty) in cases {
+            let a = ApiError::from_query(e, Vec::new());
+            assert_eq!(
+                (a.status().as_u16(), a.error_type),
+                (code, ty),
+                "{}",
+                a.message
+            );
+        }
+        let q = timeout_error("query queue");
+        assert_eq!(q.status().as_u16(), 503);
+        assert_eq!(q.message, "query timed out in query queue");
+        assert_eq!(ApiError::param("time", "x").status().as_u16(), 400);
+    }
+}
