@@ -858,6 +858,21 @@ pub fn corpus() -> Vec<String> {
         "topk by (job) (1, process_resident_memory_bytes)",
         "bottomk without (sensor) (1, temperature_celsius)",
         "topk(5, queue_length)",
+        // Ties: `up` is 0 or 1, resets/count_over_time take few values, so which series
+        // topk/bottomk keep and their order follow Go's heap and sort.Sort (k above 12
+        // reaches pdqsort's partitioning, not only its insertion sort). The inputs are
+        // selectors or range-vector functions, whose series order is the storage's in
+        // range queries too: over a binary operator or a function of an instant vector,
+        // Prometheus's range evaluation hands the series on in Go map order (random per
+        // run), so its own tie choice varies from run to run there.
+        "topk(3, up)",
+        "bottomk(3, up)",
+        "topk by (job) (2, up)",
+        "topk(13, up)",
+        "topk(20, resets(node_cpu_seconds_total[1h]))",
+        "bottomk(30, count_over_time(node_cpu_seconds_total[5m]))",
+        "bottomk(17, changes(temperature_celsius[10m]))",
+        "limitk(4, up)",
         "quantile(0.9, temperature_celsius)",
         "quantile by (job) (0.5, rate(http_requests_total[5m]))",
         "quantile(-0.5, queue_length)",
@@ -937,6 +952,13 @@ pub fn corpus() -> Vec<String> {
         add(s);
     }
     q
+}
+
+/// Queries whose instant result order is set by topk/bottomk: groups in order of first
+/// appearance, each group's series by value as Go's `sort.Sort` leaves them (ties
+/// included). Compared in order where the input order is Prometheus's (label order).
+pub fn is_value_ordered(q: &str) -> bool {
+    q.starts_with("topk") || q.starts_with("bottomk")
 }
 
 /// Queries whose instant result order is defined (sorting functions, topk/bottomk).

@@ -380,33 +380,40 @@ fn aggregate_k(
         if matches!(op, token::T_TOPK | token::T_BOTTOMK | token::T_LIMITK) && k < 1 {
             continue;
         }
-        for (si, v) in vals {
-            heaps[series_group[si]].push((si, v));
+        match op {
+            token::T_TOPK | token::T_BOTTOMK => {
+                for (si, v) in vals {
+                    select_k(
+                        &mut heaps[series_group[si]],
+                        (si, v),
+                        k as usize,
+                        op == token::T_TOPK,
+                    );
+                }
+            }
+            _ => {
+                for (si, v) in vals {
+                    heaps[series_group[si]].push((si, v));
+                }
+            }
         }
         for h in heaps.iter_mut() {
             if h.is_empty() {
                 continue;
             }
             let chosen: Vec<(usize, f64)> = match op {
-                token::T_TOPK | token::T_BOTTOMK => {
-                    let top = op == token::T_TOPK;
-                    // Larger first for topk (NaN last), smaller first for bottomk (NaN last).
-                    h.sort_by(|a, b| {
-                        let (x, y) = (a.1, b.1);
-                        match (x.is_nan(), y.is_nan()) {
-                            (true, true) => std::cmp::Ordering::Equal,
-                            (true, false) => std::cmp::Ordering::Greater,
-                            (false, true) => std::cmp::Ordering::Less,
-                            _ => {
-                                if top {
-                                    y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal)
-                                } else {
-                                    x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal)
-                                }
-                            }
-                        }
-                    });
-                    h.iter().take(k as usize).copied().collect()
+                token::T_TOPK => {
+                    // Prometheus: sort.Sort(sort.Reverse(heap)), largest first.
+                    if h.len() > 1 {
+                        crate::go_order::sort(h, &|a, b| by_value_less(b, a));
+                    }
+                    std::mem::take(h)
+                }
+                token::T_BOTTOMK => {
+                    if h.len() > 1 {
+                        crate::go_order::sort(h, &|a, b| by_reverse_value_less(b, a));
+                    }
+                    std::mem::take(h)
                 }
                 token::T_LIMITK => h.iter().take(k as usize).copied().collect(),
                 _ => {
@@ -440,6 +447,42 @@ fn aggregate_k(
         }
     }
     Ok(res)
+}
+
+/// Prometheus's `vectorByValueHeap.Less`: NaN is less than everything (NaN included).
+fn by_value_less(a: &(usize, f64), b: &(usize, f64)) -> bool {
+    a.1.is_nan() || a.1 < b.1
+}
+
+/// Prometheus's `vectorByReverseValueHeap.Less`.
+fn by_reverse_value_less(a: &(usize, f64), b: &(usize, f64)) -> bool {
+    a.1.is_nan() || a.1 > b.1
+}
+
+/// Offers one sample to a group's topk/bottomk heap exactly as Prometheus's
+/// `aggregationK` does, so equal values keep the same series: the first k samples are
+/// pushed; after that a sample replaces the root (the worst kept) only when strictly
+/// better (a number beats a NaN root), and the heap is fixed from the root.
+fn select_k(heap: &mut Vec<(usize, f64)>, s: (usize, f64), k: usize, top: bool) {
+    let less: fn(&(usize, f64), &(usize, f64)) -> bool = if top {
+        by_value_less
+    } else {
+        by_reverse_value_less
+    };
+    if heap.len() < k {
+        crate::go_order::heap_push(heap, s, &less);
+        return;
+    }
+    let Some(root) = heap.first().map(|r| r.1) else {
+        return;
+    };
+    let better = if top { root < s.1 } else { root > s.1 };
+    if better || (root.is_nan() && !s.1.is_nan()) {
+        heap[0] = s;
+        if k > 1 {
+            crate::go_order::heap_fix(heap, 0, &less);
+        }
+    }
 }
 
 /// limit_ratio's deterministic sampling: a series is kept when its label hash falls in
@@ -519,4 +562,106 @@ pub(crate) fn count_values(
     }
     out.retain(|s| !s.pts.is_empty());
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::{Engine, EngineOptions};
+    use crate::storage::MemStorage;
+    use crate::value::Value;
+    use storeapi::{Labels, Sample};
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    fn name(i: usize) -> Labels {
+        Labels::from_pairs([
+            ("__name__".to_string(), "x".to_string()),
+            ("s".to_string(), format!("s{i}")),
+        ])
+        .expect("valid labels")
+    }
+
+    /// Series `x{s="s<i>"}` with `vals[i]` at t=0 and t=60s.
+    fn store(vals: &[f64]) -> MemStorage {
+        let mut st = MemStorage::new();
+        for (i, v) in vals.iter().enumerate() {
+            st.add(name(i), [0, 60_000].map(|t| Sample { t, v: *v }));
+        }
+        st
+    }
+
+    fn instant(st: &MemStorage, q: &str) -> Vec<(String, f64)> {
+        let e = Engine::new(EngineOptions::default());
+        match run(e.instant_query(st, q, 60_000)).expect("query").value {
+            Value::Vector(v) => v
+                .into_iter()
+                .map(|(l, s)| (l.get("s").unwrap_or_default().to_string(), s.v))
+                .collect(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Ties go to the series Prometheus's heap keeps, not the first ones in label order:
+    /// topk(2) over 1,1,1,2 pushes s0 and s1, skips s2 (not strictly greater than the
+    /// root), then s3 replaces the root s0 and sinks below s1 — so s3 and s1 remain.
+    /// (A stable sort by value would answer s3 and s0.)
+    #[test]
+    fn topk_ties_follow_prometheus_heap() {
+        let st = store(&[1.0, 1.0, 1.0, 2.0]);
+        assert_eq!(
+            instant(&st, "topk(2, x)"),
+            vec![("s3".to_string(), 2.0), ("s1".to_string(), 1.0)]
+        );
+        let st = store(&[2.0, 2.0, 2.0, 1.0]);
+        assert_eq!(
+            instant(&st, "bottomk(2, x)"),
+            vec![("s3".to_string(), 1.0), ("s1".to_string(), 2.0)]
+        );
+        // All equal: nothing replaces the first k pushed.
+        let st = store(&[5.0; 6]);
+        assert_eq!(
+            instant(&st, "topk(3, x)"),
+            vec![
+                ("s0".to_string(), 5.0),
+                ("s1".to_string(), 5.0),
+                ("s2".to_string(), 5.0)
+            ]
+        );
+    }
+
+    /// The same choice at every step of a range query (each step is its own heap).
+    #[test]
+    fn range_topk_ties_pick_the_same_series_per_step() {
+        let st = store(&[1.0, 1.0, 1.0, 2.0]);
+        let e = Engine::new(EngineOptions::default());
+        let r = run(e.range_query(&st, "topk(2, x)", 0, 60_000, 30_000)).expect("query");
+        let Value::Matrix(m) = r.value else {
+            panic!("{:?}", r.value)
+        };
+        let got: Vec<(String, usize)> = m
+            .iter()
+            .map(|(l, pts)| (l.get("s").unwrap_or_default().to_string(), pts.len()))
+            .collect();
+        assert_eq!(got, vec![("s1".to_string(), 3), ("s3".to_string(), 3)]);
+    }
+
+    /// NaN is the worst value for both: a number replaces a NaN root, and NaNs come last.
+    #[test]
+    fn topk_and_bottomk_put_nan_last() {
+        let st = store(&[f64::NAN, 3.0, f64::NAN, 1.0]);
+        let top = instant(&st, "topk(3, x)");
+        assert_eq!(top.len(), 3);
+        assert_eq!((top[0].0.as_str(), top[0].1), ("s1", 3.0));
+        assert_eq!((top[1].0.as_str(), top[1].1), ("s3", 1.0));
+        assert!(top[2].1.is_nan());
+        let bottom = instant(&st, "bottomk(3, x)");
+        assert_eq!((bottom[0].0.as_str(), bottom[0].1), ("s3", 1.0));
+        assert_eq!((bottom[1].0.as_str(), bottom[1].1), ("s1", 3.0));
+        assert!(bottom[2].1.is_nan());
+    }
 }

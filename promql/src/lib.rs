@@ -12,6 +12,7 @@ mod binop;
 pub mod engine;
 mod eval;
 mod functions;
+mod go_order;
 mod histogram;
 pub mod limits;
 mod native;

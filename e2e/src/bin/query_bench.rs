@@ -267,12 +267,19 @@ fn bodies(series: &mut [GenSeries], start: i64, steps: usize) -> (Vec<Vec<u8>>, 
     (out, total)
 }
 
-/// Posts every body to `url_path` on `addr` from two threads. Body `i` holds series
-/// group `i % groups` (see [`bodies`]); each thread owns whole groups and sends their
-/// slices in time order, so no series' samples arrive out of order (with one group, one
-/// thread does it all).
+/// Posts every body to `url_path` on `addr`. Body `i` holds series group `i % groups`
+/// (see [`bodies`]). The first time slice goes from one thread, group after group, so a
+/// Prometheus head creates its series in label order: a head-only query hands series to
+/// the engine in creation order, and topk/bottomk break ties by input order, so only
+/// then are the two answers comparable. The rest goes from two threads; each owns whole
+/// groups and sends their slices in time order, so no series' samples arrive out of
+/// order (with one group, one thread does it all).
 fn load(addr: &str, url_path: &str, bodies: &[Vec<u8>], groups: usize) -> Result<(), String> {
     let groups = groups.max(1);
+    let (first, bodies) = bodies.split_at(groups.min(bodies.len()));
+    for b in first {
+        post(addr, url_path, b)?;
+    }
     std::thread::scope(|sc| {
         let workers: Vec<_> = (0..2)
             .map(|w| {
@@ -283,21 +290,7 @@ fn load(addr: &str, url_path: &str, bodies: &[Vec<u8>], groups: usize) -> Result
                         .filter(|(i, _)| (i % groups) % 2 == w)
                         .map(|(_, b)| b);
                     for b in mine {
-                        let (code, body) = http_request(
-                            addr,
-                            "POST",
-                            url_path,
-                            &[
-                                ("Content-Type", "application/x-protobuf"),
-                                ("Content-Encoding", "snappy"),
-                                ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-                            ],
-                            b,
-                        )
-                        .map_err(|e| format!("POST {addr}{url_path}: {e}"))?;
-                        if code / 100 != 2 {
-                            return Err(format!("POST {addr}{url_path}: {code} {body}"));
-                        }
+                        post(addr, url_path, b)?;
                     }
                     Ok(())
                 })
@@ -309,6 +302,26 @@ fn load(addr: &str, url_path: &str, bodies: &[Vec<u8>], groups: usize) -> Result
         }
         Ok(())
     })
+}
+
+/// One remote-write request; a non-2xx answer is an error.
+fn post(addr: &str, url_path: &str, b: &[u8]) -> Result<(), String> {
+    let (code, body) = http_request(
+        addr,
+        "POST",
+        url_path,
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "snappy"),
+            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+        ],
+        b,
+    )
+    .map_err(|e| format!("POST {addr}{url_path}: {e}"))?;
+    if code / 100 != 2 {
+        return Err(format!("POST {addr}{url_path}: {code} {body}"));
+    }
+    Ok(())
 }
 
 struct Args {
@@ -381,6 +394,8 @@ fn main() {
     let start = (now_ms - args.minutes * 60_000) / INTERVAL_MS * INTERVAL_MS;
     let t = Instant::now();
     let mut series = dataset(args.series);
+    // Label order, so Prometheus's head creates the series in that order (see [`load`]).
+    series.sort_by(|a, b| a.labels.cmp(&b.labels));
     let groups = series.len().div_ceil(SERIES_PER_REQUEST);
     let (bodies, samples) = bodies(&mut series, start, steps);
     let bytes: usize = bodies.iter().map(Vec::len).sum();
