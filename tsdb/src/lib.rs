@@ -28,7 +28,9 @@
 pub mod block;
 pub use chunkenc as chunk;
 pub mod db;
+pub mod exemplars;
 pub mod head;
+pub mod metadata;
 pub mod metrics;
 pub mod postings;
 pub mod wal;
