@@ -211,6 +211,7 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         too_far_in_future: (!args.too_far_in_future.is_zero()).then_some(args.too_far_in_future),
         bucket,
         hash_func: args.hash_func,
+        max_exemplars: args.max_exemplars,
     };
     // The ops server answers /-/healthy (and /-/ready = 503) during WAL replay; the other
     // servers start once the TSDBs are open.
