@@ -13,10 +13,12 @@
 //!   through `objstore::Shipper` (see [`multitsdb::MultiTsdb::ship`]).
 
 pub mod args;
+pub mod exemplar_service;
 pub mod handoff;
 pub mod hashring;
 pub mod http;
 pub mod limits;
+pub mod metadata_service;
 pub mod metrics;
 pub mod multitsdb;
 pub mod negotiate;
@@ -332,6 +334,12 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         .add_service(storeapi::wire::store_service::StoreService::new(
             store_state.clone(),
         ))
+        .add_service(
+            storeapi::wire::thanos::exemplars_server::ExemplarsServer::new(store_state.clone()),
+        )
+        .add_service(
+            storeapi::wire::thanos::metadata_server::MetadataServer::new(store_state.clone()),
+        )
         .add_service(storeapi::wire::info::info_server::InfoServer::new(
             store_state,
         ))
