@@ -172,17 +172,43 @@ fn run_phase(v2: bool) -> (Receiver, Querier, Prometheus, tempfile::TempDir) {
     let start = (now_ms() - 60_000) as f64 / 1000.0;
     let query = r#"{job="exemplars"}"#;
 
-    // Let a few scrapes happen, then compare a window that has been sent.
-    std::thread::sleep(Duration::from_secs(6));
-    let end = (now_ms() - 3_000) as f64 / 1000.0;
+    // Wait for a few scrapes (the first comes after the scrape manager's 5s reload
+    // throttle), then compare a window that has been sent.
+    let _ = wait_for(Duration::from_secs(40), || {
+        let now = now_ms() as f64 / 1000.0;
+        let have = exemplars_of(&prom.addr(), query, start, now);
+        (have.len() == 4
+            && have
+                .iter()
+                .all(|s| s["exemplars"].as_array().is_some_and(|a| a.len() >= 3)))
+        .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let end = (now_ms() - 500) as f64 / 1000.0;
     let want = exemplars_of(&prom.addr(), query, start, end);
     let n: usize = want
         .iter()
         .map(|s| s["exemplars"].as_array().map_or(0, Vec::len))
         .sum();
     assert!(
-        want.len() == 4 && n >= 8,
-        "Prometheus itself should hold exemplars of 4 series by now: {want:?}\nlog:\n{}",
+        want.len() == 4 && n >= 12,
+        "Prometheus itself should hold exemplars of 4 series by now: {want:?}\ntargets: {}\n{}\nlog:\n{}",
+        get_json(&prom.addr(), "/api/v1/targets").1,
+        http_get(&prom.addr(), "/metrics")
+            .unwrap_or_default()
+            .1
+            .lines()
+            .filter(|l| l.contains("exemplar") && !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+            + &format!(
+                "\nseries: {}",
+                get_json(
+                    &prom.addr(),
+                    "/api/v1/series?match[]=%7Bjob%3D%22exemplars%22%7D"
+                )
+                .1
+            ),
         prom.proc.log_text()
     );
     let mut got = Vec::new();
@@ -406,6 +432,19 @@ fn hostile_exemplars_are_dropped_counted_and_the_request_succeeds() {
     .expect("the valid exemplars are served");
     assert_eq!(traces, vec!["ok1", "ok2", "v2ok"]);
     // The receiver keeps serving writes.
-    let (code, _) = recv.post(&body, &[]);
-    assert_eq!(code, 200);
+    let later = rw1::WriteRequest {
+        timeseries: vec![prompb::TimeSeries {
+            labels: req.timeseries[0].labels.clone(),
+            samples: vec![prompb::Sample {
+                value: 3.0,
+                timestamp: t0 + 2000,
+            }],
+            exemplars: vec![ex("later", t0 + 2000)],
+            histograms: vec![],
+        }],
+        metadata: vec![],
+    };
+    let body = storeapi::wire::remote_write::snappy_compress(&later.encode_to_vec());
+    let (code, text) = recv.post(&body, &[]);
+    assert_eq!(code, 200, "{text}");
 }
