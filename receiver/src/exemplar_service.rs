@@ -24,6 +24,27 @@ use crate::store::StoreState;
 /// Longest query text accepted (the querier sends the selectors only).
 pub const MAX_QUERY_BYTES: usize = 64 << 10;
 
+/// Deepest bracket nesting accepted (a query is parsed recursively; Thanos Query sends
+/// flat `{..}+{..}` selector lists).
+pub const MAX_QUERY_NESTING: usize = 256;
+
+/// The deepest nesting of `(`, `[` and `{` in `q` (brackets inside strings count too,
+/// which only makes the bound stricter).
+fn nesting(q: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    for b in q.bytes() {
+        match b {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 type ExemplarStream = Pin<Box<dyn Stream<Item = Result<ExemplarsResponse, Status>> + Send>>;
 
 /// The matcher sets that apply to one tenant: sets whose external-label matchers match
@@ -102,18 +123,27 @@ impl thanos::exemplars_server::Exemplars for StoreState {
                 r.query.len()
             )));
         }
-        let sets = storeapi::selectors::extract_from_query(&r.query)
-            .map_err(|e| Status::invalid_argument(format!("invalid query: {e}")))?;
-        if sets.is_empty() {
-            return Err(Status::invalid_argument(
-                "no matchers specified (the query has no series selector)",
-            ));
+        let depth = nesting(&r.query);
+        if depth > MAX_QUERY_NESTING {
+            return Err(Status::invalid_argument(format!(
+                "query nests {depth} levels deep, over the limit of {MAX_QUERY_NESTING}"
+            )));
         }
         let (start, end) = (r.start, r.end);
-        let data =
-            tokio::task::spawn_blocking(move || select(&tenants, &ext_names, &sets, start, end))
-                .await
-                .map_err(|e| Status::internal(format!("exemplar selection failed: {e}")))?;
+        // Parsing and the selection run off the async workers (a blocking thread's stack
+        // holds the bounded nesting).
+        let data = tokio::task::spawn_blocking(move || {
+            let sets = storeapi::selectors::extract_from_query(&r.query)
+                .map_err(|e| Status::invalid_argument(format!("invalid query: {e}")))?;
+            if sets.is_empty() {
+                return Err(Status::invalid_argument(
+                    "no matchers specified (the query has no series selector)",
+                ));
+            }
+            Ok(select(&tenants, &ext_names, &sets, start, end))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("exemplar selection failed: {e}")))??;
         let stream = tokio_stream::iter(data.into_iter().map(|d| {
             Ok(ExemplarsResponse {
                 result: Some(exemplars_response::Result::Data(d)),
@@ -261,8 +291,9 @@ mod tests {
         // Enforcement without the header: the default tenant only.
         let def = run(state(Some("b")), ask(None, "req_total")).await;
         assert_eq!(jobs(def), vec!["b/b/r1"]);
-        // Bad queries are InvalidArgument.
-        for q in ["sum(", "1 + 1"] {
+        // Bad and hostile queries are InvalidArgument.
+        let deep = format!("{}up{}", "(".repeat(20_000), ")".repeat(20_000));
+        for q in ["sum(", "1 + 1", deep.as_str()] {
             let e = state(None).exemplars(ask(None, q)).await.err().unwrap();
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{q}");
         }

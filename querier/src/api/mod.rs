@@ -635,7 +635,8 @@ async fn query_exemplars(st: &AppState, p: &Params, scope: &Scope) -> ApiResult 
     scope
         .check_expr(&e)
         .map_err(|e| ApiError::param("query", e))?;
-    let sets = promql::limits::grow(|| storeapi::selectors::extract(&e))
+    // The walk recurses once per level: a stack sized for the tree, as parsing had.
+    let sets = promql::limits::with_stack_for(e.depth_bound(), || storeapi::selectors::extract(&e))
         .map_err(|e| ApiError::bad_data(e.to_string()))?;
     if sets.is_empty() {
         // Prometheus answers a query without selectors with no data at all.
