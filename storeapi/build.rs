@@ -23,6 +23,8 @@ mod wire {
             "proto/hints.proto",
             "proto/read.proto",
             "proto/write_v2.proto",
+            "proto/exemplars.proto",
+            "proto/metadata.proto",
         ];
         for p in protos {
             println!("cargo:rerun-if-changed={p}");

@@ -30,6 +30,10 @@ pub struct EndpointStatus {
     /// The endpoint exposes the StoreAPI.
     pub has_store: bool,
     pub supports_without_replica_labels: bool,
+    /// The endpoint serves `thanos.Exemplars` (Info's `exemplars` is set).
+    pub has_exemplars: bool,
+    /// The endpoint serves `thanos.Metadata` (Info's `metric_metadata` is set).
+    pub has_metadata: bool,
 }
 
 /// One StoreAPI endpoint: its address, a lazily connected channel and its status.
@@ -406,6 +410,8 @@ async fn info(e: &Endpoint, timeout: Duration) -> EndpointStatus {
                 .into_iter()
                 .filter_map(|ls| storeapi::wire::labels_from_wire(ls.labels).ok())
                 .collect();
+            st.has_exemplars = r.exemplars.is_some();
+            st.has_metadata = r.metric_metadata.is_some();
             match r.store {
                 Some(s) => {
                     st.has_store = true;

@@ -7,6 +7,7 @@ pub mod api;
 pub mod args;
 pub mod downsample;
 pub mod endpoints;
+pub mod exemplars;
 pub mod histograms;
 pub mod metrics;
 pub mod proxy;

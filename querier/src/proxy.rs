@@ -47,7 +47,7 @@ pub struct FanoutOptions {
 }
 
 impl FanoutOptions {
-    fn dedup_labels(&self) -> &[String] {
+    pub(crate) fn dedup_labels(&self) -> &[String] {
         if self.dedup {
             &self.replica_labels
         } else {
@@ -55,7 +55,7 @@ impl FanoutOptions {
         }
     }
 
-    fn strategy(&self) -> i32 {
+    pub(crate) fn strategy(&self) -> i32 {
         if self.partial_response {
             PartialResponseStrategy::Warn as i32
         } else {
@@ -79,7 +79,7 @@ impl FanoutOptions {
         }
     }
 
-    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
         req.set_timeout(self.timeout);
         if let Some(t) = &self.tenant

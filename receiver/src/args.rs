@@ -117,6 +117,11 @@ pub struct ReceiveArgs {
     #[arg(long = "tsdb.too-far-in-future.time-window", default_value = "10m", value_parser = parse_duration)]
     pub too_far_in_future: Duration,
 
+    /// Exemplars kept in memory per tenant: one ring buffer, the oldest forgotten first
+    /// (Prometheus's exemplar storage). 0 (Thanos's default) drops every exemplar.
+    #[arg(long = "tsdb.max-exemplars", default_value_t = 0)]
+    pub max_exemplars: usize,
+
     /// How often compaction and retention run.
     #[arg(long = "tsdb.maintenance-interval", default_value = "1m", value_parser = parse_duration, hide = true)]
     pub maintenance_interval: Duration,

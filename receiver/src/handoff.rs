@@ -281,6 +281,7 @@ mod tests {
             too_far_in_future: None,
             bucket: Some(bucket),
             hash_func: objstore::HashFunc::None,
+            max_exemplars: 16,
         };
         let mt = Arc::new(MultiTsdb::open(cfg, Arc::new(Mutex::new(Registry::default()))).unwrap());
         let l = storeapi::Labels::from_pairs([("__name__", "up")]).unwrap();

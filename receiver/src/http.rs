@@ -293,8 +293,9 @@ async fn handle_body(
     .map_err(|e| WriteError::Internal(format!("write task failed: {e}")))?;
     written.samples = summary.written;
     written.histograms = summary.histograms_written;
+    written.exemplars = summary.exemplars_written;
     match (decoded?, &st.distributor) {
-        (Some((tenant, (series, samples))), Some(d)) => {
+        (Some((tenant, (series, samples, exemplars))), Some(d)) => {
             // Replication succeeded for every series, or the request failed: a partial
             // quorum failure reports nothing written (the sender does not retry a 4xx
             // and retries a 5xx whole, which the TSDB deduplicates).
@@ -302,6 +303,8 @@ async fn handle_body(
                 .await
                 .map_err(from_replication)?;
             written.samples = samples;
+            // As Thanos: what was forwarded (each owner stores or drops exemplars itself).
+            written.exemplars = exemplars;
             Ok(())
         }
         _ => Ok(()),
@@ -332,11 +335,12 @@ fn split_limited(
     tenant: &str,
     body: Bytes,
     limits: &crate::limits::Effective,
-) -> Result<(Vec<replicate::RawSeries>, u64), WriteError> {
-    let (mut series, mut samples) = (0u64, 0u64);
+) -> Result<(Vec<replicate::RawSeries>, u64, u64), WriteError> {
+    let (mut series, mut samples, mut exemplars) = (0u64, 0u64, 0u64);
     let raw = split_body(tenant, &body, |view| {
         series += 1;
         samples += view.samples.len() as u64;
+        exemplars += view.exemplars.len() as u64;
         if let Some(max) = limits.series
             && series > max
         {
@@ -353,7 +357,7 @@ fn split_limited(
         }
         Ok(())
     })?;
-    Ok((raw, samples))
+    Ok((raw, samples, exemplars))
 }
 
 impl From<storeapi::wire::remote_write::DecodeError> for WriteError {

@@ -13,10 +13,12 @@
 //!   through `objstore::Shipper` (see [`multitsdb::MultiTsdb::ship`]).
 
 pub mod args;
+pub mod exemplar_service;
 pub mod handoff;
 pub mod hashring;
 pub mod http;
 pub mod limits;
+pub mod metadata_service;
 pub mod metrics;
 pub mod multitsdb;
 pub mod negotiate;
@@ -211,6 +213,7 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         too_far_in_future: (!args.too_far_in_future.is_zero()).then_some(args.too_far_in_future),
         bucket,
         hash_func: args.hash_func,
+        max_exemplars: args.max_exemplars,
     };
     // The ops server answers /-/healthy (and /-/ready = 503) during WAL replay; the other
     // servers start once the TSDBs are open.
@@ -331,6 +334,12 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         .add_service(storeapi::wire::store_service::StoreService::new(
             store_state.clone(),
         ))
+        .add_service(
+            storeapi::wire::thanos::exemplars_server::ExemplarsServer::new(store_state.clone()),
+        )
+        .add_service(
+            storeapi::wire::thanos::metadata_server::MetadataServer::new(store_state.clone()),
+        )
         .add_service(storeapi::wire::info::info_server::InfoServer::new(
             store_state,
         ))

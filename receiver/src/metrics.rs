@@ -43,6 +43,13 @@ pub struct TenantReason {
     pub reason: Reason,
 }
 
+/// Why exemplars were dropped (`label_length`, `out_of_order`, `invalid_labels`, `disabled`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TenantExemplarReason {
+    pub tenant: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct ReceiveMetrics {
     pub requests: Family<CodeLabels, Counter>,
@@ -54,6 +61,9 @@ pub struct ReceiveMetrics {
     pub histograms_rejected: Family<TenantLabels, Counter>,
     pub exemplars_received: Family<TenantLabels, Counter>,
     pub metadata_received: Family<TenantLabels, Counter>,
+    pub exemplars_stored: Family<TenantLabels, Counter>,
+    pub exemplars_rejected: Family<TenantExemplarReason, Counter>,
+    pub metadata_rejected: Family<TenantLabels, Counter>,
     pub requests_by_protocol: Family<ProtocolLabels, Counter>,
     pub head_series: Family<TenantLabels, Gauge>,
     pub in_flight: Gauge,
@@ -79,6 +89,9 @@ impl ReceiveMetrics {
             histograms_rejected: Family::default(),
             exemplars_received: Family::default(),
             metadata_received: Family::default(),
+            exemplars_stored: Family::default(),
+            exemplars_rejected: Family::default(),
+            metadata_rejected: Family::default(),
             requests_by_protocol: Family::default(),
             head_series: Family::default(),
             in_flight: Gauge::default(),
@@ -125,13 +138,28 @@ impl ReceiveMetrics {
         );
         r.register(
             "orrery_receive_exemplars_received",
-            "Exemplars received in decodable requests (not stored yet)",
+            "Exemplars received in decodable requests",
             self.exemplars_received.clone(),
         );
         r.register(
             "orrery_receive_metadata_received",
-            "Metric metadata entries received in decodable requests (not stored yet)",
+            "Metric metadata entries received in decodable requests",
             self.metadata_received.clone(),
+        );
+        r.register(
+            "orrery_receive_exemplars_stored",
+            "Exemplars stored in a tenant's exemplar storage (duplicates of the newest not counted)",
+            self.exemplars_stored.clone(),
+        );
+        r.register(
+            "orrery_receive_exemplars_rejected",
+            "Exemplars dropped, by reason (the request still succeeds, as in Prometheus)",
+            self.exemplars_rejected.clone(),
+        );
+        r.register(
+            "orrery_receive_metadata_rejected",
+            "Metric metadata entries dropped (over a bound, or no family name)",
+            self.metadata_rejected.clone(),
         );
         r.register(
             "orrery_receive_requests_by_protocol",
@@ -177,6 +205,37 @@ impl ReceiveMetrics {
                 .get_or_create(&TenantReason {
                     tenant: tenant.to_string(),
                     reason,
+                })
+                .inc_by(n);
+        }
+    }
+
+    pub fn reject_exemplars(&self, tenant: &str, reason: &str, n: u64) {
+        if n > 0 {
+            self.exemplars_rejected
+                .get_or_create(&TenantExemplarReason {
+                    tenant: tenant.to_string(),
+                    reason: reason.to_string(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    pub fn store_exemplars(&self, tenant: &str, n: u64) {
+        if n > 0 {
+            self.exemplars_stored
+                .get_or_create(&TenantLabels {
+                    tenant: tenant.to_string(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    pub fn reject_metadata(&self, tenant: &str, n: u64) {
+        if n > 0 {
+            self.metadata_rejected
+                .get_or_create(&TenantLabels {
+                    tenant: tenant.to_string(),
                 })
                 .inc_by(n);
         }

@@ -81,6 +81,8 @@ pub struct MultiTsdbConfig {
     pub bucket: Option<objstore::Bucket>,
     /// `--hash-func`: file hashes in shipped blocks' `meta.json`.
     pub hash_func: objstore::HashFunc,
+    /// `--tsdb.max-exemplars`: exemplars kept per tenant (0: exemplars are dropped).
+    pub max_exemplars: usize,
 }
 
 /// How long one tenant's shipping pass may take before it is abandoned (Thanos: 10m);
@@ -96,6 +98,10 @@ pub struct Tenant {
     pub external_labels: Labels,
     /// Uploads this tenant's blocks (with a bucket configured).
     pub shipper: Option<Arc<objstore::Shipper>>,
+    /// The newest `--tsdb.max-exemplars` exemplars of this tenant (in memory only).
+    pub exemplars: tsdb::exemplars::ExemplarStorage,
+    /// Metric metadata senders reported for this tenant (in memory only).
+    pub metadata: tsdb::metadata::MetadataStore,
 }
 
 /// All tenants.
@@ -241,6 +247,8 @@ impl MultiTsdb {
             db,
             external_labels,
             shipper,
+            exemplars: tsdb::exemplars::ExemplarStorage::new(self.cfg.max_exemplars),
+            metadata: tsdb::metadata::MetadataStore::new(Default::default()),
         });
         self.tenants
             .write()
@@ -490,6 +498,7 @@ mod tests {
             too_far_in_future: None,
             bucket: None,
             hash_func: objstore::HashFunc::None,
+            max_exemplars: 0,
         };
         let reg = Arc::new(Mutex::new(Registry::default()));
         {
@@ -533,6 +542,7 @@ mod tests {
             too_far_in_future: None,
             bucket: None,
             hash_func: objstore::HashFunc::None,
+            max_exemplars: 0,
         };
         let reg = Arc::new(Mutex::new(Registry::default()));
         let m = MultiTsdb::open(cfg, reg).unwrap();
@@ -568,6 +578,7 @@ mod tests {
             too_far_in_future: None,
             bucket: Some(bucket),
             hash_func: objstore::HashFunc::Sha256,
+            max_exemplars: 0,
         };
         let m = MultiTsdb::open(cfg, Arc::new(Mutex::new(Registry::default()))).unwrap();
         let t = m.get_or_create("acme").unwrap();
@@ -623,6 +634,7 @@ mod tests {
             too_far_in_future: None,
             bucket: None,
             hash_func: objstore::HashFunc::None,
+            max_exemplars: 0,
         };
         std::fs::create_dir_all(dir.path().join("a")).unwrap();
         let wal = dir.path().join("z/wal");

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use prost::Message;
-use storeapi::wire::info::{InfoRequest, InfoResponse, StoreInfo, TsdbInfo};
+use storeapi::wire::info::{
+    ExemplarsInfo, InfoRequest, InfoResponse, MetricMetadataInfo, StoreInfo, TsdbInfo,
+};
 use storeapi::wire::thanos::{
     self, LabelNamesRequest, LabelNamesResponse, LabelValuesRequest, LabelValuesResponse,
     SeriesRequest, SeriesResponse, ZLabelSet,
@@ -33,7 +35,7 @@ pub struct StoreState {
 }
 
 impl StoreState {
-    fn check_ready(&self) -> Result<(), Status> {
+    pub(crate) fn check_ready(&self) -> Result<(), Status> {
         if self.ready.load(Ordering::Acquire) {
             Ok(())
         } else {
@@ -46,7 +48,7 @@ impl StoreState {
     /// The tenants a request may see: the one named by `thanos-tenant`; without it all,
     /// or with `--store.enforce-tenancy` only the default tenant (as Thanos reads a
     /// missing tenant), so no call reads across tenants.
-    fn tenants<T>(&self, req: &Request<T>) -> Vec<Arc<Tenant>> {
+    pub(crate) fn tenants<T>(&self, req: &Request<T>) -> Vec<Arc<Tenant>> {
         match req
             .metadata()
             .get(TENANT_METADATA)
@@ -61,7 +63,7 @@ impl StoreState {
     }
 
     /// Names of the external labels (the same for every tenant).
-    fn external_names(&self) -> HashSet<String> {
+    pub(crate) fn external_names(&self) -> HashSet<String> {
         let cfg = self.mt.config();
         let mut s: HashSet<String> = cfg
             .external_labels
@@ -486,7 +488,12 @@ impl storeapi::wire::info::info_server::Info for StoreState {
                 tsdb_infos,
                 supports_projections: false,
             }),
-            exemplars: None,
+            // Exemplars of any time (they are not in blocks); advertised only when kept.
+            exemplars: (self.mt.config().max_exemplars > 0).then_some(ExemplarsInfo {
+                min_time: i64::MIN,
+                max_time: i64::MAX,
+            }),
+            metric_metadata: Some(MetricMetadataInfo {}),
             ..Default::default()
         }))
     }

@@ -5,14 +5,18 @@
 
 use storeapi::Sample;
 use storeapi::histogram::HistogramSample;
-use storeapi::wire::remote_write::{DecodeError, LabelRef, SeriesView, WriteRequestReader};
+use storeapi::wire::remote_write::{
+    DecodeError, LabelRef, MetadataRef, MetricType, SeriesView, WriteRequestReader,
+};
 use storeapi::wire::remote_write_v2::RequestReader;
+use tsdb::exemplars::Exemplar;
+use tsdb::metadata::Meta;
 
 use crate::negotiate::Protocol;
 
 use crate::limits::Effective;
 use crate::metrics::{Reason, ReceiveMetrics};
-use crate::multitsdb::{MultiTsdb, MultiTsdbError};
+use crate::multitsdb::{MultiTsdb, MultiTsdbError, Tenant};
 
 /// Structural bounds on what a client may send.
 #[derive(Debug, Clone, Copy)]
@@ -72,9 +76,13 @@ pub struct WriteSummary {
     /// Native histogram samples the TSDB holds after this write (appended or exact
     /// duplicates), for `X-Prometheus-Remote-Write-Histograms-Written`.
     pub histograms_written: u64,
-    /// Exemplars received (not stored yet).
+    /// Exemplars received.
     pub exemplars: u64,
-    /// Metadata entries received (not stored yet).
+    /// Exemplars the tenant's exemplar storage holds after this write: stored plus
+    /// exact duplicates of its newest ones (as Prometheus counts them for the
+    /// `X-Prometheus-Remote-Write-Exemplars-Written` header).
+    pub exemplars_written: u64,
+    /// Metadata entries received.
     pub metadata: u64,
 }
 
@@ -247,6 +255,10 @@ pub fn write_into(
     let mut invalid_histograms = 0u64;
     let mut first_invalid_histogram: Option<String> = None;
     let mut exemplars = 0u64;
+    let mut pending_exemplars: Vec<(std::sync::Arc<storeapi::Labels>, Exemplar)> = Vec::new();
+    let mut invalid_exemplars = 0u64;
+    let mut pending_metadata: Vec<(String, Meta)> = Vec::new();
+    let mut invalid_metadata = 0u64;
     while reader.next_series(&mut view)? {
         series_total += 1;
         if let Some(max) = limits.series
@@ -258,6 +270,24 @@ pub fn write_into(
             )));
         }
         exemplars += view.exemplars.len() as u64;
+        if !view.exemplars.is_empty() {
+            collect_exemplars(
+                &view,
+                bounds,
+                &mut pending_exemplars,
+                &mut invalid_exemplars,
+            );
+        }
+        if protocol == Protocol::V2
+            && let Some(m) = view.metadata.filter(|m| !m.is_empty())
+        {
+            match view.labels.iter().find(|l| l.name == storeapi::METRIC_NAME) {
+                Some(name) => {
+                    pending_metadata.push(owned_metadata(family_of(name.value, m.kind), &m))
+                }
+                None => invalid_metadata += 1,
+            }
+        }
         let hstart = hists.len();
         histograms += view.histograms.len() as u64;
         for h in view.histograms.drain(..) {
@@ -306,6 +336,13 @@ pub fn write_into(
     }
     let received = samples.len() as u64 + invalid_samples;
     let metadata = reader.metadata();
+    if let Reader::V1(r) = &reader {
+        pending_metadata.extend(
+            r.metadata()
+                .iter()
+                .map(|m| owned_metadata(m.family.to_string(), m)),
+        );
+    }
     let per_tenant = crate::metrics::TenantLabels {
         tenant: tenant.to_string(),
     };
@@ -357,8 +394,11 @@ pub fn write_into(
         histograms,
         histograms_written: 0,
         exemplars,
+        exemplars_written: 0,
         metadata,
     };
+    metrics.reject_exemplars(tenant, "invalid_labels", invalid_exemplars);
+    metrics.reject_metadata(tenant, invalid_metadata);
     let mut problems: Vec<String> = Vec::new();
     let mut conflict = false;
     if let Some(f) = first_invalid {
@@ -369,11 +409,7 @@ pub fn write_into(
     }
 
     if !spans.is_empty() {
-        let t = mt.get_or_create(tenant).map_err(|e| match e {
-            MultiTsdbError::Tenant(e) => WriteError::BadRequest(e.to_string()),
-            MultiTsdbError::TooManyTenants(_) => WriteError::TooManyHeadSeries(e.to_string()),
-            e => WriteError::Internal(e.to_string()),
-        })?;
+        let t = tenant_of(mt, tenant)?;
         if let Some(max) = limits.head_series {
             let head = t.db.head_series() as u64;
             if head >= max {
@@ -472,6 +508,39 @@ pub fn write_into(
             ));
         }
     }
+    // Exemplars and metadata after the samples (Prometheus commits exemplars after the
+    // WAL). Refused exemplars never fail the request: they are counted and dropped, as
+    // Prometheus's remote-write 1.0 handler does.
+    let keep_exemplars = !pending_exemplars.is_empty() && mt.config().max_exemplars > 0;
+    if !pending_exemplars.is_empty() && !keep_exemplars {
+        metrics.reject_exemplars(tenant, "disabled", pending_exemplars.len() as u64);
+    }
+    if keep_exemplars || !pending_metadata.is_empty() {
+        let t = tenant_of(mt, tenant)?;
+        if keep_exemplars {
+            let mut stored = 0u64;
+            for (series, e) in pending_exemplars {
+                match t.exemplars.add(&series, e) {
+                    Ok(tsdb::exemplars::Added::Stored) => {
+                        stored += 1;
+                        summary.exemplars_written += 1;
+                    }
+                    Ok(tsdb::exemplars::Added::Duplicate) => summary.exemplars_written += 1,
+                    Err(e) => {
+                        tracing::debug!(tenant, error = %e, "exemplar dropped");
+                        metrics.reject_exemplars(tenant, e.reason(), 1);
+                    }
+                }
+            }
+            metrics.store_exemplars(tenant, stored);
+        }
+        for (family, m) in pending_metadata {
+            if let Err(e) = t.metadata.update(&family, m) {
+                tracing::debug!(tenant, error = %e, "metadata dropped");
+                metrics.reject_metadata(tenant, 1);
+            }
+        }
+    }
     if let Some(f) = first_invalid_histogram {
         problems.insert(
             0,
@@ -485,6 +554,82 @@ pub fn write_into(
         return Err(WriteError::Conflict(problems.join("; ")));
     }
     Ok(())
+}
+
+fn tenant_of(mt: &MultiTsdb, tenant: &str) -> Result<std::sync::Arc<Tenant>, WriteError> {
+    mt.get_or_create(tenant).map_err(|e| match e {
+        MultiTsdbError::Tenant(e) => WriteError::BadRequest(e.to_string()),
+        MultiTsdbError::TooManyTenants(_) => WriteError::TooManyHeadSeries(e.to_string()),
+        e => WriteError::Internal(e.to_string()),
+    })
+}
+
+/// Owned copies of a series' exemplars, for storing after the samples. A series with an
+/// invalid label set has its exemplars dropped (counted in `invalid`), as its samples.
+fn collect_exemplars(
+    view: &SeriesView<'_>,
+    bounds: &Bounds,
+    out: &mut Vec<(std::sync::Arc<storeapi::Labels>, Exemplar)>,
+    invalid: &mut u64,
+) {
+    if check_labels(&view.labels, bounds).is_err() {
+        *invalid += view.exemplars.len() as u64;
+        return;
+    }
+    // check_labels proved the set sorted, unique and without empty values.
+    let series = std::sync::Arc::new(storeapi::Labels::from_sorted_unchecked(
+        view.labels
+            .iter()
+            .map(|l| storeapi::Label::new(l.name, l.value))
+            .collect(),
+    ));
+    for e in &view.exemplars {
+        let labels = storeapi::Labels::from_unsorted(
+            view.exemplar_labels_of(e)
+                .iter()
+                .map(|l| storeapi::Label::new(l.name, l.value))
+                .collect(),
+        );
+        match labels {
+            Ok(labels) => out.push((
+                series.clone(),
+                Exemplar {
+                    labels,
+                    value: e.value,
+                    t: e.t,
+                },
+            )),
+            // Two labels of one name: no exemplar label set.
+            Err(_) => *invalid += 1,
+        }
+    }
+}
+
+fn owned_metadata(family: String, m: &MetadataRef<'_>) -> (String, Meta) {
+    (
+        family,
+        Meta {
+            kind: m.kind.as_str().to_string(),
+            help: m.help.to_string(),
+            unit: m.unit.to_string(),
+        },
+    )
+}
+
+/// The metric family of a remote-write 2.0 series' metadata: its `__name__`, without the
+/// suffix a histogram's or summary's series add to the family name (`_bucket`, `_sum`,
+/// `_count`, `_gsum`, `_gcount`), so a histogram is one family as Prometheus lists it.
+fn family_of(name: &str, kind: MetricType) -> String {
+    let suffixes: &[&str] = match kind {
+        MetricType::Histogram | MetricType::Summary => &["_bucket", "_sum", "_count"],
+        MetricType::GaugeHistogram => &["_bucket", "_gsum", "_gcount"],
+        _ => &[],
+    };
+    suffixes
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name)
+        .to_string()
 }
 
 #[cfg(test)]
@@ -523,6 +668,7 @@ mod tests {
                 too_far_in_future: Some(Duration::from_secs(600)),
                 bucket: None,
                 hash_func: objstore::HashFunc::None,
+                max_exemplars: 16,
             },
             Arc::new(Mutex::new(prometheus_client::registry::Registry::default())),
         )
@@ -757,6 +903,234 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    /// Exemplars of remote write 1.0 are stored per tenant with Prometheus's rules: a
+    /// label set over 128 characters and an out-of-order exemplar are dropped and counted,
+    /// the request still succeeds, duplicates count as written; metadata is kept.
+    #[test]
+    fn v1_exemplars_stored_invalid_ones_dropped_request_succeeds() {
+        use prost::Message;
+        use storeapi::wire::{prometheus, prompb};
+        let dir = tempfile::tempdir().unwrap();
+        let mt = open_mt(dir.path());
+        let metrics = ReceiveMetrics::new();
+        let label = |n: &str, v: &str| storeapi::Label {
+            name: n.into(),
+            value: v.into(),
+        };
+        let now = now_ms();
+        let ex = |trace: &str, v: f64, t: i64| prompb::Exemplar {
+            labels: vec![label("trace_id", trace)],
+            value: v,
+            timestamp: t,
+        };
+        let long = "x".repeat(121); // "trace_id" (8) + 121 = 129 characters
+        let req = prometheus::WriteRequest {
+            timeseries: vec![prompb::TimeSeries {
+                labels: vec![label("__name__", "req_total"), label("job", "a")],
+                samples: vec![prompb::Sample {
+                    value: 1.0,
+                    timestamp: now,
+                }],
+                exemplars: vec![
+                    ex("t1", 1.0, now - 10),
+                    ex(&long, 1.0, now - 5),
+                    ex("t2", 2.0, now),
+                    ex("t0", 3.0, now - 20), // older than t2: out of order
+                ],
+                histograms: vec![],
+            }],
+            metadata: vec![prompb::MetricMetadata {
+                r#type: 1,
+                metric_family_name: "req".into(),
+                help: "Requests.".into(),
+                unit: String::new(),
+            }],
+        };
+        let s = write(
+            &mt,
+            &metrics,
+            "t",
+            &req.encode_to_vec(),
+            &Effective::default(),
+            &BOUNDS,
+        )
+        .unwrap();
+        assert_eq!((s.written, s.exemplars, s.exemplars_written), (1, 4, 2));
+        let t = mt.get("t").unwrap();
+        let all = vec![vec![
+            storeapi::Matcher::new(storeapi::MatchOp::Equal, "job", "a").unwrap(),
+        ]];
+        let got = t.exemplars.select(i64::MIN, i64::MAX, &all);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].series.get("__name__"), Some("req_total"));
+        let traces: Vec<&str> = got[0]
+            .exemplars
+            .iter()
+            .map(|e| e.labels.get("trace_id").unwrap_or(""))
+            .collect();
+        assert_eq!(traces, vec!["t1", "t2"]);
+        let reason = |r: &str| {
+            metrics
+                .exemplars_rejected
+                .get_or_create(&crate::metrics::TenantExemplarReason {
+                    tenant: "t".into(),
+                    reason: r.into(),
+                })
+                .get()
+        };
+        assert_eq!((reason("label_length"), reason("out_of_order")), (1, 1));
+        assert_eq!(
+            t.metadata.list(None, -1, -1),
+            vec![(
+                "req".to_string(),
+                vec![Meta {
+                    kind: "counter".into(),
+                    help: "Requests.".into(),
+                    unit: String::new()
+                }]
+            )]
+        );
+        // Resent: the newest exemplar is a duplicate (written), the older one out of order.
+        let again = prometheus::WriteRequest {
+            timeseries: vec![prompb::TimeSeries {
+                labels: req.timeseries[0].labels.clone(),
+                samples: vec![],
+                exemplars: vec![ex("t2", 2.0, now), ex("t1", 1.0, now - 10)],
+                histograms: vec![],
+            }],
+            metadata: vec![],
+        };
+        let s = write(
+            &mt,
+            &metrics,
+            "t",
+            &again.encode_to_vec(),
+            &Effective::default(),
+            &BOUNDS,
+        )
+        .unwrap();
+        assert_eq!(s.exemplars_written, 1);
+        assert_eq!(reason("out_of_order"), 2);
+        assert_eq!(t.exemplars.stats().stored, 2);
+    }
+
+    /// Remote write 2.0: exemplar-only series stored, series metadata kept under the
+    /// family name (histogram suffixes removed); exemplars dropped when storage is off.
+    #[test]
+    fn v2_exemplars_and_metadata_stored() {
+        use prost::Message;
+        use storeapi::wire::write_v2 as v2;
+        let dir = tempfile::tempdir().unwrap();
+        let mt = open_mt(dir.path());
+        let metrics = ReceiveMetrics::new();
+        let now = now_ms();
+        let req = v2::Request {
+            symbols: [
+                "",
+                "__name__",
+                "lat_bucket",
+                "le",
+                "1",
+                "trace_id",
+                "abc",
+                "Latency.",
+                "seconds",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            timeseries: vec![
+                v2::TimeSeries {
+                    labels_refs: vec![1, 2, 3, 4],
+                    samples: vec![v2::Sample {
+                        value: 3.0,
+                        timestamp: now,
+                        start_timestamp: 0,
+                    }],
+                    metadata: Some(v2::Metadata {
+                        r#type: 3,
+                        help_ref: 7,
+                        unit_ref: 8,
+                    }),
+                    ..Default::default()
+                },
+                v2::TimeSeries {
+                    labels_refs: vec![1, 2, 3, 4],
+                    exemplars: vec![v2::Exemplar {
+                        labels_refs: vec![5, 6],
+                        value: 0.5,
+                        timestamp: now,
+                    }],
+                    ..Default::default()
+                },
+            ],
+        };
+        let mut summary = WriteSummary::default();
+        write_into(
+            &mt,
+            &metrics,
+            "t",
+            &req.encode_to_vec(),
+            Protocol::V2,
+            &Effective::default(),
+            &BOUNDS,
+            &mut summary,
+        )
+        .unwrap();
+        assert_eq!((summary.written, summary.exemplars_written), (1, 1));
+        let t = mt.get("t").unwrap();
+        let got = t.exemplars.select(
+            now,
+            now,
+            &[vec![storeapi::Matcher::equal("__name__", "lat_bucket")]],
+        );
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].exemplars[0].labels.get("trace_id"), Some("abc"));
+        assert_eq!(got[0].exemplars[0].value, 0.5);
+        let md = t.metadata.list(Some("lat"), -1, -1);
+        assert_eq!(md.len(), 1);
+        assert_eq!(
+            md[0].1,
+            vec![Meta {
+                kind: "histogram".into(),
+                help: "Latency.".into(),
+                unit: "seconds".into()
+            }]
+        );
+
+        // Exemplar storage off (Thanos's default): dropped, counted, not written.
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut cfg = mt.config().clone();
+        cfg.dir = dir2.path().to_path_buf();
+        cfg.max_exemplars = 0;
+        let off = MultiTsdb::open(
+            cfg,
+            Arc::new(Mutex::new(prometheus_client::registry::Registry::default())),
+        )
+        .unwrap();
+        let mut summary = WriteSummary::default();
+        write_into(
+            &off,
+            &metrics,
+            "t",
+            &req.encode_to_vec(),
+            Protocol::V2,
+            &Effective::default(),
+            &BOUNDS,
+            &mut summary,
+        )
+        .unwrap();
+        assert_eq!((summary.written, summary.exemplars_written), (1, 0));
+        let disabled = metrics
+            .exemplars_rejected
+            .get_or_create(&crate::metrics::TenantExemplarReason {
+                tenant: "t".into(),
+                reason: "disabled".into(),
+            })
+            .get();
+        assert_eq!(disabled, 1);
     }
 
     #[test]

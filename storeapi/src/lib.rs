@@ -5,6 +5,8 @@ pub mod dedup;
 pub mod histogram;
 pub mod labels;
 pub mod matcher;
+#[cfg(feature = "selectors")]
+pub mod selectors;
 #[cfg(feature = "wire")]
 pub mod wire;
 

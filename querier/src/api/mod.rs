@@ -619,18 +619,141 @@ async fn query_range(st: &AppState, p: &Params, h: &Scope) -> ApiResult {
     .await
 }
 
-/// `/api/v1/query_exemplars`: no store keeps exemplars yet, but the query is checked and
-/// parsed as Prometheus does (a bad one is a 400).
-fn query_exemplars(st: &AppState, p: &Params, scope: &Scope) -> ApiResult {
-    parse_time_param(p, "start", MIN_TIME_MS)?;
-    parse_time_param(p, "end", MAX_TIME_MS)?;
+/// `/api/v1/query_exemplars`: the exemplars of every series the query's selectors
+/// pick (Prometheus's `queryExemplars`), from the endpoints serving `thanos.Exemplars`.
+async fn query_exemplars(st: &AppState, p: &Params, scope: &Scope) -> ApiResult {
+    let start = parse_time_param(p, "start", MIN_TIME_MS)?;
+    let end = parse_time_param(p, "end", MAX_TIME_MS)?;
+    if end < start {
+        return Err(ApiError::bad_data(
+            "end timestamp must not be before start timestamp",
+        ));
+    }
     let q = p.get("query").unwrap_or("");
     let e = promql::parse_checked(q, &st.engine.options().limits)
         .map_err(|e| ApiError::bad_data(e.to_string()))?;
     scope
         .check_expr(&e)
         .map_err(|e| ApiError::param("query", e))?;
-    Ok(("[]".into(), Vec::new(), Vec::new()))
+    // The walk recurses once per level: a stack sized for the tree, as parsing had.
+    let sets = promql::limits::with_stack_for(e.depth_bound(), || storeapi::selectors::extract(&e))
+        .map_err(|e| ApiError::bad_data(e.to_string()))?;
+    if sets.is_empty() {
+        // Prometheus answers a query without selectors with no data at all.
+        return Ok(("null".into(), Vec::new(), Vec::new()));
+    }
+    let opts = st.fanout(p, scope)?;
+    let timeout = st.query_timeout(p)?;
+    st.with_gate(timeout, |permit| async move {
+        let _permit = permit;
+        let (series, warnings) =
+            crate::exemplars::exemplars(&st.endpoints, &sets, start, end, &opts)
+                .await
+                .map_err(fanout_err)?;
+        Ok((exemplars_json(&series), warnings, Vec::new()))
+    })
+    .await
+}
+
+/// Prometheus's exemplar query JSON: `[{"seriesLabels":{..},"exemplars":[{"labels":{..},
+/// "value":"1","timestamp":1.5}]}]`.
+pub fn exemplars_json(series: &[crate::exemplars::SeriesExemplars]) -> String {
+    let mut out = String::from("[");
+    for (i, s) in series.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"seriesLabels\":");
+        format::write_labels(&mut out, &s.series);
+        out.push_str(",\"exemplars\":[");
+        for (j, e) in s.exemplars.iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"labels\":");
+            format::write_labels(&mut out, &e.labels);
+            out.push_str(",\"value\":");
+            format::write_json_str(&mut out, &format::format_value(e.value));
+            out.push_str(",\"timestamp\":");
+            format::format_timestamp(&mut out, e.t);
+            out.push('}');
+        }
+        out.push_str("]}");
+    }
+    out.push(']');
+    out
+}
+
+/// `/api/v1/metadata` (`limit`, `limit_per_metric`, `metric`): per metric family the
+/// distinct type/help/unit entries the endpoints serving `thanos.Metadata` know. Families
+/// are taken in name order when a limit applies (Prometheus: map order).
+async fn metadata(st: &AppState, p: &Params, scope: &Scope) -> ApiResult {
+    let number = |name: &str| -> Result<i64, ApiError> {
+        match p.get(name) {
+            Some(v) if !v.is_empty() => v
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_data(format!("{name} must be a number"))),
+            _ => Ok(-1),
+        }
+    };
+    let limit = number("limit")?;
+    let limit_per_metric = number("limit_per_metric")?;
+    let metric = p
+        .get("metric")
+        .filter(|m| !m.is_empty())
+        .map(str::to_string);
+    let opts = st.fanout(p, scope)?;
+    let timeout = st.query_timeout(p)?;
+    st.with_gate(timeout, |permit| async move {
+        let _permit = permit;
+        let (all, warnings) = crate::exemplars::metadata(&st.endpoints, metric.as_deref(), &opts)
+            .await
+            .map_err(fanout_err)?;
+        Ok((
+            metadata_json(all, limit, limit_per_metric),
+            warnings,
+            Vec::new(),
+        ))
+    })
+    .await
+}
+
+/// `{"family":[{"type":"counter","help":"...","unit":""}],...}` under Prometheus's limits:
+/// at most `limit` families (negative: all), `limit_per_metric` entries each (≤ 0: all).
+pub fn metadata_json(
+    all: std::collections::BTreeMap<String, std::collections::BTreeSet<crate::exemplars::Meta>>,
+    limit: i64,
+    limit_per_metric: i64,
+) -> String {
+    let max_families = usize::try_from(limit).unwrap_or(usize::MAX);
+    let per = if limit_per_metric > 0 {
+        usize::try_from(limit_per_metric).unwrap_or(usize::MAX)
+    } else {
+        usize::MAX
+    };
+    let mut out = String::from("{");
+    for (i, (family, metas)) in all.iter().take(max_families).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        format::write_json_str(&mut out, family);
+        out.push_str(":[");
+        for (j, (kind, help, unit)) in metas.iter().take(per).enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"type\":");
+            format::write_json_str(&mut out, kind);
+            out.push_str(",\"help\":");
+            format::write_json_str(&mut out, help);
+            out.push_str(",\"unit\":");
+            format::write_json_str(&mut out, unit);
+            out.push('}');
+        }
+        out.push(']');
+    }
+    out.push('}');
+    out
 }
 
 fn fanout_err(e: crate::proxy::FanoutError) -> ApiError {
@@ -905,8 +1028,8 @@ async fn api(
         "series" => series(&st, &p, h).await,
         "labels" => labels(&st, &p, h).await,
         "label_values" => label_values(&st, label.as_deref().unwrap_or(""), &p, h).await,
-        "metadata" => Ok(("{}".into(), Vec::new(), Vec::new())),
-        "query_exemplars" => query_exemplars(&st, &p, h),
+        "metadata" => metadata(&st, &p, h).await,
+        "query_exemplars" => query_exemplars(&st, &p, h).await,
         "buildinfo" => Ok((BUILDINFO.into(), Vec::new(), Vec::new())),
         "rules" => rules(&p),
         "alerts" => Ok(("{\"alerts\":[]}".into(), Vec::new(), Vec::new())),
@@ -1076,5 +1199,44 @@ mod error_status_tests {
         assert_eq!(q.status().as_u16(), 503);
         assert_eq!(q.message, "query timed out in query queue");
         assert_eq!(ApiError::param("time", "x").status().as_u16(), 400);
+    }
+}
+
+#[cfg(test)]
+mod exemplar_json_tests {
+    use super::*;
+    use crate::exemplars::{Exemplar, SeriesExemplars};
+    use std::collections::{BTreeMap, BTreeSet};
+    use storeapi::Labels;
+
+    #[test]
+    fn exemplar_and_metadata_json_as_prometheus() {
+        let s = vec![SeriesExemplars {
+            series: Labels::from_pairs([("__name__", "x"), ("job", "a")]).unwrap(),
+            exemplars: vec![Exemplar {
+                labels: Labels::from_pairs([("trace_id", "ab\"c")]).unwrap(),
+                value: 6.0,
+                t: 1_600_096_945_479,
+            }],
+        }];
+        assert_eq!(
+            exemplars_json(&s),
+            r#"[{"seriesLabels":{"__name__":"x","job":"a"},"exemplars":[{"labels":{"trace_id":"ab\"c"},"value":"6","timestamp":1600096945.479}]}]"#
+        );
+        assert_eq!(exemplars_json(&[]), "[]");
+        let mut all: BTreeMap<String, BTreeSet<crate::exemplars::Meta>> = BTreeMap::new();
+        for (f, h) in [("a", "1"), ("a", "2"), ("b", "3")] {
+            all.entry(f.into())
+                .or_default()
+                .insert(("counter".into(), h.into(), String::new()));
+        }
+        assert_eq!(
+            metadata_json(all.clone(), -1, 1),
+            r#"{"a":[{"type":"counter","help":"1","unit":""}],"b":[{"type":"counter","help":"3","unit":""}]}"#
+        );
+        assert_eq!(
+            metadata_json(all, 1, -1),
+            r#"{"a":[{"type":"counter","help":"1","unit":""},{"type":"counter","help":"2","unit":""}]}"#
+        );
     }
 }
