@@ -29,6 +29,7 @@ pub mod block;
 pub use chunkenc as chunk;
 pub mod db;
 pub mod head;
+pub mod heap;
 pub mod metrics;
 pub mod postings;
 pub mod wal;
