@@ -27,6 +27,12 @@ pub struct SnappyTemplate {
     table: HashMap<u32, usize>,
 }
 
+impl Default for SnappyTemplate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl SnappyTemplate {
     pub fn new() -> Self {
         SnappyTemplate {
