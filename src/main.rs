@@ -65,6 +65,11 @@ fn main() -> anyhow::Result<()> {
         // instead of staying in many glibc arenas (issue #16, see store::heap).
         store::heap::limit_arenas();
     }
+    if matches!(cli.command, Command::Receive(_)) {
+        // Before any thread: the head's chunks, appended on many request threads and
+        // freed at each head truncation, stay in fewer arenas (issue #26, tsdb::heap).
+        tsdb::heap::limit_arenas(tsdb::heap::RECEIVE_ARENAS);
+    }
     logging::init(cli.log_level, cli.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -3,6 +3,8 @@
 //! `/proc`, timed HTTP queries with answers to compare, XOR chunks for generated blocks
 //! and `/metrics` text read into sums per metric name.
 
+pub mod rwload;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -69,6 +69,10 @@ async fn shutdown_signal() {
 
 /// Runs the component until it is asked to stop (SIGTERM/SIGINT): stops accepting,
 /// finishes in-flight requests, fsyncs the WALs and returns.
+/// How often the receiver checks whether a head is due for a block between maintenance
+/// runs (`--tsdb.maintenance-interval`).
+const COMPACTION_CHECK: Duration = Duration::from_secs(5);
+
 pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
     let external_labels = args.external_labels().context("invalid --label flags")?;
     if external_labels.get(&args.tenant_label_name).is_some() {
@@ -361,14 +365,24 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
     let mut maint_stop = stop_rx.clone();
     let ship_now = Arc::new(tokio::sync::Notify::new());
     let ship_now_maint = ship_now.clone();
+    // Between maintenance runs a cheap check every few seconds starts one as soon as a
+    // head is due for a block, as Prometheus compacts on commit: waiting for the next
+    // interval would hold up to a whole interval more of samples in memory (issue #26).
+    let check = interval.min(COMPACTION_CHECK);
     let maintenance = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
+        let mut tick = tokio::time::interval(check);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_full: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = maint_stop.wait_for(|s| *s) => return,
             }
+            let full_due = last_full.is_none_or(|t| t.elapsed() >= interval);
+            if !full_due && !mt_maint.any_compactable() {
+                continue;
+            }
+            last_full = Some(tokio::time::Instant::now());
             let m = mt_maint.clone();
             match tokio::task::spawn_blocking(move || m.maintain()).await {
                 Ok(cut) if cut > 0 => ship_now_maint.notify_one(),

@@ -309,6 +309,11 @@ impl MultiTsdb {
             .collect()
     }
 
+    /// Whether some tenant's head is due for a block now (see `tsdb::Db::compactable`).
+    pub fn any_compactable(&self) -> bool {
+        self.tenants().iter().any(|t| t.db.compactable())
+    }
+
     /// Compaction and retention for every tenant (blocking I/O). Errors are logged.
     /// Returns how many blocks were cut (a reason to ship now).
     pub fn maintain(&self) -> usize {
@@ -326,6 +331,12 @@ impl MultiTsdb {
                 }
                 Err(e) => tracing::error!(tenant = %t.name, error = %e, "compaction failed"),
             }
+        }
+        if cut > 0 {
+            // A block cut truncated a head: its chunks are freed all over the heap, and
+            // glibc keeps the pages unless asked (issue #26, see tsdb::heap).
+            let released = tsdb::heap::trim();
+            tracing::debug!(released, "malloc_trim after head truncation");
         }
         cut
     }

@@ -646,19 +646,29 @@ impl Db {
         Ok(written)
     }
 
+    /// Whether the head spans more than 1.5 block durations, so [`Db::compact`] would cut
+    /// a block now (Prometheus's `compactable`). Cheap: a server may ask every few
+    /// seconds and compact as soon as a block is due, as Prometheus does on commit,
+    /// instead of holding up to a maintenance interval more of samples in memory.
+    pub fn compactable(&self) -> bool {
+        let head = &self.inner.head;
+        if head.is_empty() {
+            return false;
+        }
+        // Samples in the future do not make current data due (see the module docs).
+        let (_, cap) = self.inner.future_bounds();
+        let (mint, maxt) = (head.min_time(), head.max_time().min(cap));
+        maxt.saturating_sub(mint) > self.inner.range / 2 * 3
+    }
+
     fn compact_head(&self) -> Result<Vec<block::BlockMeta>, DbError> {
         let mut written = Vec::new();
         loop {
             let head = &self.inner.head;
-            if head.is_empty() {
+            if !self.compactable() {
                 break;
             }
-            // Samples in the future do not make current data due (see the module docs).
-            let (_, cap) = self.inner.future_bounds();
-            let (mint, maxt) = (head.min_time(), head.max_time().min(cap));
-            if maxt.saturating_sub(mint) <= self.inner.range / 2 * 3 {
-                break;
-            }
+            let mint = head.min_time();
             let aligned = mint.div_euclid(self.inner.range) * self.inner.range;
             let end = aligned.saturating_add(self.inner.range);
             // After a flush the previous block may end inside this range: start there.

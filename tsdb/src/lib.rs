@@ -31,6 +31,7 @@ pub use chunkenc as chunk;
 pub mod db;
 pub mod exemplars;
 pub mod head;
+pub mod heap;
 pub mod metadata;
 pub mod metrics;
 pub mod postings;

@@ -147,6 +147,34 @@ fn stale_markers_and_wal_replay_are_exact() {
     }
 }
 
+/// `compactable` says yes exactly when `compact` would cut a block (head span over 1.5
+/// block durations), and no again once it has: a server polls it to compact promptly.
+#[test]
+fn compactable_agrees_with_compact() {
+    let d = tempfile::tempdir().unwrap();
+    let db = Db::open(d.path(), opts(), None).unwrap();
+    assert!(!db.compactable(), "empty head");
+    let l = ls(&[("__name__", "m")]);
+    let mut t = 0;
+    let mut add = |db: &Db, upto: i64| {
+        while t <= upto {
+            let mut app = db.appender();
+            app.append_one(&l, t, 1.0);
+            app.commit().unwrap();
+            t += 60_000;
+        }
+    };
+    // Span exactly 1.5 × 2h: not due (Prometheus's `>`).
+    add(&db, 3 * H);
+    assert!(!db.compactable());
+    assert!(db.compact().unwrap().is_empty());
+    add(&db, 3 * H + 60_000);
+    assert!(db.compactable());
+    let metas = db.compact().unwrap();
+    assert_eq!(metas.len(), 1);
+    assert!(!db.compactable(), "head truncated to [2h, 3h]");
+}
+
 #[test]
 fn compaction_writes_blocks_and_queries_merge_head_and_blocks() {
     let d = tempfile::tempdir().unwrap();
