@@ -225,7 +225,9 @@ pub struct ReceiveClusterSelector {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.prometheusRef) != has(self.configMapRef)").message("set exactly one of prometheusRef or configMapRef"))]
-#[x_kube(validation = Rule::new("!has(self.remoteClusterSecretRef) || has(self.remoteWriteURL)").message("a cluster in another Kubernetes cluster needs remoteWriteURL (the in-cluster receiver Service name does not resolve there)"))]
+#[x_kube(validation = Rule::new("!has(self.remoteClusterSecretRef) || has(self.remoteWriteURL) || (has(self.mode) && self.mode == 'sidecar')").message("a cluster in another Kubernetes cluster needs remoteWriteURL (the in-cluster receiver Service name does not resolve there)"))]
+#[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'sidecar' || has(self.prometheusRef)").message("mode sidecar needs prometheusRef: the sidecar container is added to a Prometheus Operator Prometheus"))]
+#[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'sidecar' || !has(self.remoteClusterSecretRef) || (has(self.sidecar) && has(self.sidecar.endpoint))").message("a sidecar in another Kubernetes cluster needs sidecar.endpoint (the in-cluster Service name does not resolve from the querier)"))]
 pub struct ClusterSpec {
     /// Cluster name; also the `cluster` label of its series.
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 40))]
@@ -253,6 +255,61 @@ pub struct ClusterSpec {
     /// Sent as the `THANOS-TENANT` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// How the cluster's data reaches the querier: `remoteWrite` (default; our entry
+    /// in its remote_write) or `sidecar` (an `orrery sidecar` container added to the
+    /// Prometheus Operator `Prometheus`, which the querier reaches over gRPC).
+    #[serde(default)]
+    pub mode: ClusterMode,
+    /// Options of `mode: sidecar`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<SidecarSpec>,
+}
+
+/// How a registered cluster feeds the global view.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum ClusterMode {
+    /// Prometheus pushes to the receivers (for sites the querier cannot reach).
+    #[default]
+    RemoteWrite,
+    /// The querier reads Prometheus through an `orrery sidecar` next to it.
+    Sidecar,
+}
+
+impl ClusterMode {
+    pub fn is_remote_write(&self) -> bool {
+        *self == ClusterMode::RemoteWrite
+    }
+}
+
+/// The `orrery sidecar` container added to a Prometheus in `mode: sidecar`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// Image with the `orrery` binary; the GlobalView's, else the operator's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Thanos objstore YAML in a Secret of the Prometheus's namespace (passed as
+    /// `--objstore.config`); without it the sidecar serves queries but ships no blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_storage_config: Option<SecretKeySelector>,
+    /// StoreAPI address of the sidecars as the querier reaches them; default
+    /// `dns+<prometheus>-orrery-sidecar.<namespace>.svc:10901` (the headless Service
+    /// the operator creates next to the Prometheus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// A key of a Secret in the Prometheus's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    pub name: String,
+    pub key: String,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -318,11 +375,17 @@ pub struct ClusterStatus {
     /// Our remote_write entry is present in that Prometheus's configuration.
     #[serde(default)]
     pub remote_write_configured: bool,
+    /// The mode the target was configured in (so a switch undoes the old one).
+    #[serde(default, skip_serializing_if = "ClusterMode::is_remote_write")]
+    pub mode: ClusterMode,
+    /// `mode: sidecar`: our sidecar container is in that Prometheus's spec.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sidecar_configured: bool,
     /// The cluster left the spec (or its target changed) and removing our entry from
     /// the old target failed; retried on every reconcile and on deletion.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_removal: bool,
-    /// `RemoteWriteConfigured`, `DataFlowing`.
+    /// `RemoteWriteConfigured` (or `SidecarConfigured`), `DataFlowing`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The target our entry was written to (so it can be removed when the cluster

@@ -2,6 +2,7 @@
 //!
 //! - [`crd`]: the custom resources (CRDs derived from Rust types).
 //! - [`receive`], [`query`]: pure functions building the desired child objects.
+//! - [`sidecar`]: adding/removing an `orrery sidecar` container in a Prometheus CR.
 //! - [`remote_write`]: upsert/removal of our remote_write entry in a Prometheus CR or
 //!   a prometheus.yml.
 //! - [`controller`]: the two reconcilers; [`leader`]: Lease-based leader election;
@@ -17,6 +18,7 @@ pub mod receive;
 pub mod remote_cluster;
 pub mod remote_write;
 pub mod schema_check;
+pub mod sidecar;
 pub mod tls;
 pub mod yaml;
 pub mod yml_text;

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::{Selector, SelectorExt};
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{GlobalView, ReceiveCluster};
+use crate::crd::{ClusterMode, ClusterSpec, GlobalView, ReceiveCluster};
 use crate::receive::{
     GRPC_PORT, HTTP_PORT, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGER,
     REPLICA_LABEL, remote_write_url, store_endpoint,
@@ -87,12 +87,43 @@ pub fn select_receive_clusters<'a>(
     Ok(out)
 }
 
+/// StoreAPI endpoint of a `mode: sidecar` cluster (None for other modes).
+pub fn sidecar_endpoint(gv: &GlobalView, c: &ClusterSpec) -> Option<String> {
+    if c.mode != ClusterMode::Sidecar {
+        return None;
+    }
+    if let Some(ep) = c.sidecar.as_ref().and_then(|s| s.endpoint.clone()) {
+        return Some(ep);
+    }
+    let p = c.prometheus_ref.as_ref()?;
+    let ns = p.namespace.clone().or_else(|| gv.namespace())?;
+    Some(crate::sidecar::default_endpoint(&p.name, &ns))
+}
+
+fn has_sidecars(gv: &GlobalView) -> bool {
+    gv.spec
+        .clusters
+        .iter()
+        .any(|c| c.mode == ClusterMode::Sidecar)
+}
+
 /// StoreAPI endpoints of the querier: `dns+` headless addresses of the selected
-/// ReceiveClusters, then the static ones, without duplicates.
+/// ReceiveClusters, then the sidecars of `mode: sidecar` clusters, then the static
+/// ones, without duplicates.
 pub fn querier_endpoints(gv: &GlobalView, selected: &[&ReceiveCluster]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for rc in selected {
         let ep = store_endpoint(&rc.name_any(), &rc.namespace().unwrap_or_default());
+        if !out.contains(&ep) {
+            out.push(ep);
+        }
+    }
+    for ep in gv
+        .spec
+        .clusters
+        .iter()
+        .filter_map(|c| sidecar_endpoint(gv, c))
+    {
         if !out.contains(&ep) {
             out.push(ep);
         }
@@ -105,9 +136,14 @@ pub fn querier_endpoints(gv: &GlobalView, selected: &[&ReceiveCluster]) -> Vec<S
     out
 }
 
-/// Replica labels of the querier: the receivers' own replica label plus the user's.
+/// Replica labels of the querier: the receivers' own replica label, Prometheus
+/// Operator's replica label when a cluster runs sidecars (its HA replicas differ only
+/// by it), plus the user's.
 pub fn replica_labels(gv: &GlobalView) -> Vec<String> {
     let mut out = vec![REPLICA_LABEL.to_string()];
+    if has_sidecars(gv) {
+        out.push(crate::sidecar::PROMETHEUS_REPLICA_LABEL.to_string());
+    }
     for l in &gv.spec.replica_labels {
         if !out.contains(l) {
             out.push(l.clone());
@@ -312,6 +348,8 @@ pub(crate) mod tests {
                     remote_cluster_secret_ref: None,
                     remote_write_url: None,
                     tenant: None,
+                    mode: Default::default(),
+                    sidecar: None,
                 }],
                 grpc_client_tls: None,
                 paused: false,
@@ -423,6 +461,42 @@ pub(crate) mod tests {
             querier_url("global", "orrery"),
             "http://global-query.orrery.svc:10902"
         );
+    }
+
+    #[test]
+    fn sidecar_clusters_add_their_endpoint_and_the_replica_label() {
+        let a = named("a", &[], "orrery");
+        let mut g = gv();
+        g.spec.replica_labels.clear();
+        let mut side = g.spec.clusters[0].clone();
+        side.name = "gotham".into();
+        side.mode = ClusterMode::Sidecar;
+        side.prometheus_ref = Some(PrometheusRef {
+            name: "gotham".into(),
+            namespace: None,
+        });
+        g.spec.clusters.push(side.clone());
+        side.name = "far".into();
+        side.sidecar = Some(crate::crd::SidecarSpec {
+            endpoint: Some("far.example:10901".into()),
+            ..Default::default()
+        });
+        g.spec.clusters.push(side);
+        assert_eq!(
+            querier_endpoints(&g, &[&a]),
+            [
+                "dns+a-receive-headless.orrery.svc:10901",
+                "dns+gotham-orrery-sidecar.orrery.svc:10901",
+                "far.example:10901",
+                "static.example:10901",
+            ]
+        );
+        assert_eq!(
+            replica_labels(&g),
+            ["receive_replica", "prometheus_replica"]
+        );
+        g.spec.clusters.truncate(1);
+        assert_eq!(replica_labels(&g), ["receive_replica"]);
     }
 
     #[test]

@@ -11,9 +11,10 @@ use kube::runtime::controller::Action;
 use kube::{Api, Client, Resource};
 use operator::controller::{Context, global_view, receive};
 use operator::crd::{
-    ClusterSpec, ClusterStatus, ConfigMapRef, GlobalView, GlobalViewSpec, GlobalViewStatus,
-    HashringAlgorithm, PrometheusRef, ReceiveCluster, ReceiveClusterSelector, ReceiveClusterSpec,
-    ReceiveClusterStatus, RemoteClusterSecretRef, StorageSpec,
+    ClusterMode, ClusterSpec, ClusterStatus, ConfigMapRef, GlobalView, GlobalViewSpec,
+    GlobalViewStatus, HashringAlgorithm, PrometheusRef, ReceiveCluster, ReceiveClusterSelector,
+    ReceiveClusterSpec, ReceiveClusterStatus, RemoteClusterSecretRef, SecretKeySelector,
+    SidecarSpec, StorageSpec,
 };
 use operator::metrics::Metrics;
 use operator::probe::{BoxFut, Probe, ProbeError};
@@ -863,6 +864,8 @@ fn global_view(deleting: bool) -> GlobalView {
                 remote_cluster_secret_ref: None,
                 remote_write_url: None,
                 tenant: Some("wayne".into()),
+                mode: Default::default(),
+                sidecar: None,
             }],
             grpc_client_tls: None,
             paused: false,
@@ -1590,4 +1593,308 @@ async fn global_view_migrates_a_legacy_named_entry_in_place() {
         *probe.reloads.lock().unwrap(),
         vec!["http://prometheus.orrery.svc:9090/-/reload".to_string()]
     );
+}
+
+/// A GlobalView whose one cluster runs an orrery sidecar next to its Prometheus.
+fn global_view_sidecar() -> GlobalView {
+    let mut gv = global_view(false);
+    let c = &mut gv.spec.clusters[0];
+    c.mode = ClusterMode::Sidecar;
+    c.sidecar = Some(SidecarSpec {
+        image: Some("orrery:sidecar".into()),
+        object_storage_config: Some(SecretKeySelector {
+            name: "bucket".into(),
+            key: "objstore.yml".into(),
+        }),
+        endpoint: None,
+        resources: None,
+    });
+    gv
+}
+
+const PROM_PATH: &str = "/apis/monitoring.coreos.com/v1/namespaces/monitoring/prometheuses/batcave";
+const SIDECAR_SVC: &str = "/api/v1/namespaces/monitoring/services/batcave-orrery-sidecar";
+
+/// The Prometheus of [`prometheus`] with a volume claim template (so the data volume is
+/// mounted with Prometheus Operator's `prometheus-db` sub-path) and no remote_write.
+fn prometheus_with_storage(rv: &str) -> Value {
+    let mut p = prometheus(rv, json!([]));
+    p["spec"].as_object_mut().unwrap().remove("remoteWrite");
+    p["spec"]["storage"] =
+        json!({"volumeClaimTemplate": {"spec": {"resources": {"requests": {"storage": "10Gi"}}}}});
+    p["spec"]["externalLabels"] = json!({"region": "eu"});
+    p
+}
+
+/// The container the operator must add, spelled out.
+fn expected_sidecar_container() -> Value {
+    json!({
+        "name": "orrery-sidecar",
+        "image": "orrery:sidecar",
+        "env": [{"name": "OBJSTORE_CONFIG",
+                 "valueFrom": {"secretKeyRef": {"name": "bucket", "key": "objstore.yml"}}}],
+        "args": ["sidecar", "--prometheus.url=http://localhost:9090", "--tsdb.path=/prometheus",
+                 "--grpc-address=0.0.0.0:10901", "--http-address=0.0.0.0:10902",
+                 "--objstore.config=$(OBJSTORE_CONFIG)"],
+        "ports": [{"name": "orrery-grpc", "containerPort": 10901, "protocol": "TCP"},
+                  {"name": "orrery-http", "containerPort": 10902, "protocol": "TCP"}],
+        "volumeMounts": [{"name": "prometheus-batcave-db", "mountPath": "/prometheus",
+                          "subPath": "prometheus-db"}],
+        "readinessProbe": {"httpGet": {"path": "/-/ready", "port": "orrery-http"},
+                           "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 3},
+        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]}}
+    })
+}
+
+/// Answers the querier Deployment and Service applies of a sidecar-mode view,
+/// checking the querier reads the sidecars and deduplicates Prometheus's replicas.
+async fn sidecar_view_prefix(api: &mut ApiHandle) {
+    let s = expect(
+        api,
+        Method::GET,
+        "/apis/orrery.dev/v1alpha1/namespaces/orrery/receiveclusters",
+    )
+    .await;
+    respond(
+        s.send,
+        200,
+        &json!({"apiVersion": "orrery.dev/v1alpha1", "kind": "ReceiveClusterList", "metadata": {}, "items": [receive_cluster()]}),
+    );
+    let dep = expect_apply(
+        api,
+        "/apis/apps/v1/namespaces/orrery/deployments/global-query",
+        json!({"status": {"readyReplicas": 1}}),
+    )
+    .await;
+    let args = dep["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert_eq!(
+        args,
+        json!([
+            "query",
+            "--http-address=0.0.0.0:10902",
+            "--grpc-address=0.0.0.0:10901",
+            "--endpoint=dns+main-receive-headless.orrery.svc:10901",
+            "--endpoint=dns+batcave-orrery-sidecar.monitoring.svc:10901",
+            "--query.replica-label=receive_replica",
+            "--query.replica-label=prometheus_replica",
+        ])
+    );
+    expect_apply(
+        api,
+        "/api/v1/namespaces/orrery/services/global-query",
+        json!({}),
+    )
+    .await;
+}
+
+/// `mode: sidecar`: the exact edit of the Prometheus (container, 2h blocks through
+/// disableCompaction, the cluster external label, ownership annotations, nothing else
+/// touched), the headless Service next to it, the querier endpoint; a second reconcile
+/// over the edited object writes nothing.
+#[tokio::test]
+async fn global_view_sidecar_mode_adds_the_container_and_is_idempotent() {
+    let (ctx, mut api, _) = context(Some(3.2));
+    let reconciler = tokio::spawn(global_view::reconcile(
+        Arc::new(global_view_sidecar()),
+        ctx.clone(),
+    ));
+    sidecar_view_prefix(&mut api).await;
+    let s = expect(&mut api, Method::GET, PROM_PATH).await;
+    let original = prometheus_with_storage("4");
+    respond(s.send, 200, &original);
+    let s = expect(&mut api, Method::PUT, PROM_PATH).await;
+    let mut want = original.clone();
+    want["spec"]["containers"] = json!([expected_sidecar_container()]);
+    want["spec"]["disableCompaction"] = json!(true);
+    want["spec"]["externalLabels"]["cluster"] = json!("batcave");
+    want["metadata"]["annotations"]["orrery.dev/sidecar-owner"] =
+        json!("orrery-orrery.global.batcave");
+    want["metadata"]["annotations"]["orrery.dev/sidecar-set"] =
+        json!("disableCompaction,externalLabels.cluster");
+    assert_eq!(s.body, want);
+    let edited = s.body.clone();
+    respond(s.send, 200, &edited);
+    let svc = expect_apply(&mut api, SIDECAR_SVC, json!({})).await;
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    assert_eq!(
+        svc["spec"]["selector"],
+        json!({"app.kubernetes.io/name": "prometheus", "prometheus": "batcave"})
+    );
+    assert_eq!(svc["spec"]["ports"][0]["port"], 10901);
+    let st = expect(&mut api, Method::PATCH, GV_STATUS).await;
+    let body = st.body.clone();
+    respond(
+        st.send,
+        200,
+        &serde_json::to_value(global_view_sidecar()).unwrap(),
+    );
+    let c = &body["status"]["clusters"][0];
+    assert_eq!(c["mode"], "sidecar");
+    assert_eq!(c["sidecarConfigured"], true);
+    assert_eq!(c["remoteWriteConfigured"], false);
+    let cond = cluster_condition(&body, "SidecarConfigured");
+    assert_eq!(cond["status"], "True");
+    assert!(
+        cond["message"]
+            .as_str()
+            .unwrap()
+            .contains("dns+batcave-orrery-sidecar.monitoring.svc:10901"),
+        "{cond}"
+    );
+    assert_eq!(
+        body["status"]["endpoints"],
+        json!([
+            "dns+main-receive-headless.orrery.svc:10901",
+            "dns+batcave-orrery-sidecar.monitoring.svc:10901"
+        ])
+    );
+    assert_eq!(
+        body["status"]["conditions"][0]["status"], "True",
+        "{}",
+        body["status"]["conditions"]
+    );
+    reconciler.await.unwrap().unwrap();
+
+    // Again, over the edited object: no write to the Prometheus.
+    let mut gv = global_view_sidecar();
+    gv.status = serde_json::from_value(body["status"].clone()).unwrap();
+    let reconciler = tokio::spawn(global_view::reconcile(Arc::new(gv), ctx));
+    sidecar_view_prefix(&mut api).await;
+    let s = expect(&mut api, Method::GET, PROM_PATH).await;
+    respond(s.send, 200, &edited);
+    expect_apply(&mut api, SIDECAR_SVC, json!({})).await;
+    // Status unchanged: not written either; the reconcile ends here.
+    let action = reconciler.await.unwrap().unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+}
+
+/// A Prometheus that already runs Prometheus Operator's Thanos sidecar is refused,
+/// untouched, with the reason in the condition and an Event.
+#[tokio::test]
+async fn global_view_sidecar_mode_refuses_a_prometheus_with_spec_thanos() {
+    let (ctx, mut api, _) = context(None);
+    let reconciler = tokio::spawn(global_view::reconcile(Arc::new(global_view_sidecar()), ctx));
+    sidecar_view_prefix(&mut api).await;
+    let s = expect(&mut api, Method::GET, PROM_PATH).await;
+    let mut p = prometheus_with_storage("4");
+    p["spec"]["thanos"] = json!({"image": "quay.io/thanos/thanos:v0.39.2"});
+    respond(s.send, 200, &p);
+    let note = expect_event(&mut api, "SidecarNotApplicable").await;
+    assert!(note.contains("spec.thanos"), "{note}");
+    let st = expect(&mut api, Method::PATCH, GV_STATUS).await;
+    let body = st.body.clone();
+    respond(
+        st.send,
+        200,
+        &serde_json::to_value(global_view_sidecar()).unwrap(),
+    );
+    assert_eq!(
+        body["status"]["clusters"][0]["sidecarConfigured"],
+        Value::Null
+    );
+    let cond = cluster_condition(&body, "SidecarConfigured");
+    assert_eq!(cond["status"], "False");
+    assert_eq!(cond["reason"], "SidecarNotApplicable");
+    reconciler.await.unwrap().unwrap();
+}
+
+/// Switching the cluster back to `mode: remoteWrite` takes the sidecar out (the
+/// Prometheus is restored exactly, the Service deleted) before our remote_write entry
+/// goes in.
+#[tokio::test]
+async fn global_view_switch_back_to_remote_write_removes_the_sidecar() {
+    let (ctx, mut api, _) = context(Some(3.2));
+    let mut gv = global_view(false);
+    gv.status = Some(GlobalViewStatus {
+        clusters: vec![ClusterStatus {
+            name: "batcave".into(),
+            mode: ClusterMode::Sidecar,
+            sidecar_configured: true,
+            prometheus_ref: gv.spec.clusters[0].prometheus_ref.clone(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let reconciler = tokio::spawn(global_view::reconcile(Arc::new(gv), ctx));
+    global_view_prefix(&mut api).await;
+    // The sidecar comes out first.
+    let original = prometheus_with_storage("8");
+    let mut with_sidecar = original.clone();
+    with_sidecar["spec"]["containers"] = json!([expected_sidecar_container()]);
+    with_sidecar["spec"]["disableCompaction"] = json!(true);
+    with_sidecar["spec"]["externalLabels"]["cluster"] = json!("batcave");
+    with_sidecar["metadata"]["annotations"]["orrery.dev/sidecar-owner"] =
+        json!("orrery-orrery.global.batcave");
+    with_sidecar["metadata"]["annotations"]["orrery.dev/sidecar-set"] =
+        json!("disableCompaction,externalLabels.cluster");
+    let s = expect(&mut api, Method::GET, PROM_PATH).await;
+    respond(s.send, 200, &with_sidecar);
+    let s = expect(&mut api, Method::PUT, PROM_PATH).await;
+    assert_eq!(s.body, original);
+    let restored = s.body.clone();
+    respond(s.send, 200, &restored);
+    let s = expect(&mut api, Method::DELETE, SIDECAR_SVC).await;
+    respond(
+        s.send,
+        200,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+    );
+    // Then the remote_write entry.
+    let s = expect(&mut api, Method::GET, PROM_PATH).await;
+    respond(s.send, 200, &restored);
+    let s = expect(&mut api, Method::PUT, PROM_PATH).await;
+    let list = s.body["spec"]["remoteWrite"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["name"], "orrery-orrery.global.batcave");
+    assert!(s.body["spec"].get("containers").is_none());
+    let echoed = s.body.clone();
+    respond(s.send, 200, &echoed);
+    let st = expect(&mut api, Method::PATCH, GV_STATUS).await;
+    let body = st.body.clone();
+    respond(
+        st.send,
+        200,
+        &serde_json::to_value(global_view(false)).unwrap(),
+    );
+    let c = &body["status"]["clusters"];
+    assert_eq!(c.as_array().unwrap().len(), 1, "{c}");
+    assert!(c[0].get("mode").is_none(), "{c}");
+    assert_eq!(c[0]["remoteWriteConfigured"], true);
+    reconciler.await.unwrap().unwrap();
+}
+
+/// Deleting a sidecar-mode GlobalView takes the sidecar out and deletes the Service
+/// (already gone: fine) before the finalizer is dropped.
+#[tokio::test]
+async fn global_view_deletion_removes_the_sidecar() {
+    let (ctx, mut api, _) = context(None);
+    let mut gv = global_view_sidecar();
+    gv.meta_mut().deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    ));
+    let reconciler = tokio::spawn(global_view::reconcile(Arc::new(gv), ctx));
+    let original = prometheus_with_storage("9");
+    let mut with_sidecar = original.clone();
+    with_sidecar["spec"]["containers"] = json!([expected_sidecar_container()]);
+    with_sidecar["metadata"]["annotations"]["orrery.dev/sidecar-owner"] =
+        json!("orrery-orrery.global.batcave");
+    let s = expect(&mut api, Method::GET, PROM_PATH).await;
+    respond(s.send, 200, &with_sidecar);
+    let s = expect(&mut api, Method::PUT, PROM_PATH).await;
+    assert_eq!(s.body, original);
+    let echoed = s.body.clone();
+    respond(s.send, 200, &echoed);
+    let s = expect(&mut api, Method::DELETE, SIDECAR_SVC).await;
+    respond(
+        s.send,
+        404,
+        &status(
+            404,
+            "NotFound",
+            "services \"batcave-orrery-sidecar\" not found",
+        ),
+    );
+    expect_finalizer_removed(&mut api).await;
+    assert_eq!(reconciler.await.unwrap().unwrap(), Action::await_change());
 }

@@ -19,8 +19,8 @@ use serde_json::json;
 
 use super::{Context, Error, apply, apply_params, condition, edit_with_retry, now, report_failure};
 use crate::crd::{
-    ClusterSpec, ClusterStatus, ConfigMapRef, GlobalView, GlobalViewStatus, PrometheusRef,
-    ReceiveCluster, RemoteClusterSecretRef,
+    ClusterMode, ClusterSpec, ClusterStatus, ConfigMapRef, GlobalView, GlobalViewStatus,
+    PrometheusRef, ReceiveCluster, RemoteClusterSecretRef,
 };
 use crate::probe::{
     RELOAD_FOLLOW_ATTEMPTS, RELOAD_FOLLOW_INTERVAL, config_names_any, reload_until_loaded,
@@ -34,6 +34,7 @@ use crate::remote_write::{
     EntryId, RemoteWriteEntry, remove_from_prometheus_cr, remove_from_prometheus_yml,
     upsert_prometheus_cr, upsert_prometheus_yml,
 };
+use crate::sidecar::{SidecarInjection, remove_sidecar, sidecar_service, upsert_sidecar};
 
 pub const CONTROLLER: &str = "globalview";
 /// Finalizer that removes our remote_write entries before a GlobalView goes away.
@@ -105,12 +106,14 @@ pub fn error_policy(gv: Arc<GlobalView>, err: &Error, ctx: Arc<Context>) -> Acti
     super::error_policy_action(CONTROLLER, &gv.name_any(), err, failures)
 }
 
-/// Where one cluster's entry lives.
+/// Where one cluster's entry (or sidecar) lives, and which of the two it is: a
+/// change of either undoes the old one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub prometheus_ref: Option<PrometheusRef>,
     pub config_map_ref: Option<ConfigMapRef>,
     pub remote_cluster_secret_ref: Option<RemoteClusterSecretRef>,
+    pub mode: ClusterMode,
 }
 
 impl Target {
@@ -119,6 +122,7 @@ impl Target {
             prometheus_ref: c.prometheus_ref.clone(),
             config_map_ref: c.config_map_ref.clone(),
             remote_cluster_secret_ref: c.remote_cluster_secret_ref.clone(),
+            mode: c.mode,
         }
     }
     pub fn of_status(c: &ClusterStatus) -> Self {
@@ -126,6 +130,7 @@ impl Target {
             prometheus_ref: c.prometheus_ref.clone(),
             config_map_ref: c.config_map_ref.clone(),
             remote_cluster_secret_ref: c.remote_cluster_secret_ref.clone(),
+            mode: c.mode,
         }
     }
     /// The namespace of a target in this cluster (`None` for a remote cluster, whose
@@ -198,9 +203,9 @@ async fn apply_view(gv: &GlobalView, ctx: &Context) -> Result<Action, Error> {
             continue;
         }
         let entry = EntryId::new(&ns, &name, &old.name);
-        match remove_and_reload(ctx, &ns, &old_target, &entry).await {
+        match remove_from_target(ctx, &ns, &old_target, &entry).await {
             Ok(_) => {
-                tracing::info!(%ns, gv = %name, cluster = %old.name, "removed stale remote_write entry")
+                tracing::info!(%ns, gv = %name, cluster = %old.name, mode = ?old_target.mode, "removed stale remote_write entry or sidecar")
             }
             Err(e) => {
                 tracing::warn!(%ns, gv = %name, cluster = %old.name, error = %e, "removing stale remote_write entry failed; will retry");
@@ -208,7 +213,7 @@ async fn apply_view(gv: &GlobalView, ctx: &Context) -> Result<Action, Error> {
                 st.pending_removal = true;
                 st.conditions = vec![condition(
                     &old.conditions,
-                    "RemoteWriteConfigured",
+                    configured_condition(old_target.mode),
                     true,
                     "PendingRemoval",
                     format!(
@@ -289,13 +294,24 @@ async fn sync_cluster(
         prometheus_ref: c.prometheus_ref.clone(),
         config_map_ref: c.config_map_ref.clone(),
         remote_cluster_secret_ref: c.remote_cluster_secret_ref.clone(),
+        mode: c.mode,
         ..Default::default()
     };
-    let configured = match cluster_remote_write_url(c.remote_write_url.as_deref(), selected) {
-        None => Err(Error::Invalid(
+    let remote_write_url = cluster_remote_write_url(c.remote_write_url.as_deref(), selected);
+    let configured = match (c.mode, remote_write_url) {
+        (ClusterMode::Sidecar, _) => {
+            let inj = sidecar_injection(gv, ns, c, &ctx.default_image);
+            let res = upsert_sidecar_into(ctx, ns, &target, &inj).await;
+            if let Ok(true) = res {
+                ctx.metrics.remote_write_patches.inc();
+                tracing::info!(%ns, gv = %gv.name_any(), cluster = %c.name, target = %target.describe(ns), "orrery sidecar added");
+            }
+            res
+        }
+        (ClusterMode::RemoteWrite, None) => Err(Error::Invalid(
             "no remoteWriteURL and no ReceiveCluster selected".to_string(),
         )),
-        Some(url) => {
+        (ClusterMode::RemoteWrite, Some(url)) => {
             let entry =
                 RemoteWriteEntry::new(ns, &gv.name_any(), &c.name, &url, c.tenant.as_deref());
             let res = upsert_entry(ctx, ns, &target, &entry).await;
@@ -306,18 +322,20 @@ async fn sync_cluster(
             res
         }
     };
-    st.remote_write_configured = configured.is_ok();
-    // A prometheus.yml the operator refuses to edit (or cannot parse) is the user's to
-    // fix: say so on the GlobalView as an Event too, not only in the condition.
-    if let Err(e @ Error::Edit { .. }) = &configured {
-        ctx.publish_event(
-            gv,
-            EventType::Warning,
-            e.reason(),
-            "AddRemoteWrite",
-            e.to_string(),
-        )
-        .await;
+    match c.mode {
+        ClusterMode::RemoteWrite => st.remote_write_configured = configured.is_ok(),
+        ClusterMode::Sidecar => st.sidecar_configured = configured.is_ok(),
+    }
+    // A prometheus.yml the operator refuses to edit (or cannot parse), or a Prometheus
+    // that cannot take the sidecar, is the user's to fix: say so on the GlobalView as an
+    // Event too, not only in the condition.
+    if let Err(e @ (Error::Edit { .. } | Error::Sidecar { .. })) = &configured {
+        let action = match c.mode {
+            ClusterMode::RemoteWrite => "AddRemoteWrite",
+            ClusterMode::Sidecar => "AddSidecar",
+        };
+        ctx.publish_event(gv, EventType::Warning, e.reason(), action, e.to_string())
+            .await;
     }
     let age = match ctx.probe.last_sample_age(querier, &c.name).await {
         Ok(a) => a,
@@ -348,22 +366,28 @@ async fn sync_cluster(
     // No age, timestamp or other clock-derived value goes into status: each status
     // change triggers a reconcile, so a value that changes by itself would make the
     // controller reconcile (and probe every Prometheus) back to back.
+    let owner = EntryId::new(ns, &gv.name_any(), &c.name).name;
     st.conditions = vec![
         condition(
             &prev_conditions,
-            "RemoteWriteConfigured",
+            configured_condition(c.mode),
             configured.is_ok(),
-            match &configured {
-                Ok(_) => "EntryPresent",
-                Err(e) => e.reason(),
+            match (&configured, c.mode) {
+                (Ok(_), ClusterMode::RemoteWrite) => "EntryPresent",
+                (Ok(_), ClusterMode::Sidecar) => "SidecarPresent",
+                (Err(e), _) => e.reason(),
             },
-            match &configured {
-                Ok(_) => format!(
-                    "entry {} in {}{reload_note}",
-                    EntryId::new(ns, &gv.name_any(), &c.name).name,
-                    target.describe(ns)
+            match (&configured, c.mode) {
+                (Ok(_), ClusterMode::RemoteWrite) => {
+                    format!("entry {owner} in {}{reload_note}", target.describe(ns))
+                }
+                (Ok(_), ClusterMode::Sidecar) => format!(
+                    "container {} in {} (owner {owner}); querier endpoint {}",
+                    crate::sidecar::CONTAINER_NAME,
+                    target.describe(ns),
+                    crate::query::sidecar_endpoint(gv, c).unwrap_or_default()
                 ),
-                Err(e) => e.to_string(),
+                (Err(e), _) => e.to_string(),
             },
             generation,
             now,
@@ -422,7 +446,7 @@ pub fn view_conditions(
     };
     let unconfigured: Vec<&str> = clusters
         .iter()
-        .filter(|c| !c.remote_write_configured)
+        .filter(|c| !c.remote_write_configured && !c.sidecar_configured)
         .map(|c| c.name.as_str())
         .collect();
     let not_flowing: Vec<&str> = clusters
@@ -522,10 +546,10 @@ async fn cleanup(gv: &GlobalView, ctx: &Context) -> Result<Action, Error> {
             continue;
         }
         let entry = EntryId::new(&ns, &name, &cluster);
-        match remove_and_reload(ctx, &ns, &target, &entry).await {
+        match remove_from_target(ctx, &ns, &target, &entry).await {
             Ok(true) => {
                 ctx.metrics.remote_write_patches.inc();
-                tracing::info!(%ns, gv = %name, %cluster, "remote_write entry removed");
+                tracing::info!(%ns, gv = %name, %cluster, mode = ?target.mode, "remote_write entry or sidecar removed");
             }
             Ok(false) => {}
             Err(e) => {
@@ -677,6 +701,127 @@ pub async fn upsert_entry(
     Err(Error::Invalid(
         "cluster has neither prometheusRef nor configMapRef".into(),
     ))
+}
+
+/// The cluster condition saying the target is set up, per mode.
+fn configured_condition(mode: ClusterMode) -> &'static str {
+    match mode {
+        ClusterMode::RemoteWrite => "RemoteWriteConfigured",
+        ClusterMode::Sidecar => "SidecarConfigured",
+    }
+}
+
+/// What `mode: sidecar` adds to a cluster's Prometheus.
+pub fn sidecar_injection(
+    gv: &GlobalView,
+    ns: &str,
+    c: &ClusterSpec,
+    default_image: &str,
+) -> SidecarInjection {
+    let opts = c.sidecar.clone().unwrap_or_default();
+    SidecarInjection {
+        owner: EntryId::new(ns, &gv.name_any(), &c.name).name,
+        cluster: c.name.clone(),
+        image: opts
+            .image
+            .or_else(|| gv.spec.image.clone())
+            .unwrap_or_else(|| default_image.to_string()),
+        object_storage_config: opts.object_storage_config,
+        resources: opts.resources,
+    }
+}
+
+/// Adds our sidecar to the cluster's Prometheus object, then applies the headless
+/// Service the querier reaches the sidecars through (next to the Prometheus). Returns
+/// whether the Prometheus changed.
+pub async fn upsert_sidecar_into(
+    ctx: &Context,
+    ns: &str,
+    target: &Target,
+    inj: &SidecarInjection,
+) -> Result<bool, Error> {
+    let Some(p) = &target.prometheus_ref else {
+        return Err(Error::Invalid("mode sidecar needs prometheusRef".into()));
+    };
+    let client = target_client(ctx, ns, target).await?;
+    let what = target.describe(ns);
+    let prom_ns = p.namespace.as_deref().unwrap_or(ns);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), prom_ns, &prometheus_resource());
+    let changed = edit_with_retry(&api, &p.name, |obj| {
+        check_allowed(&obj.metadata, target, ns)?;
+        let mut whole = serde_json::to_value(&*obj)?;
+        let changed = upsert_sidecar(&mut whole, inj).map_err(|source| Error::Sidecar {
+            target: what.clone(),
+            source,
+        })?;
+        if changed {
+            *obj = serde_json::from_value(whole)?;
+        }
+        Ok(changed)
+    })
+    .await?;
+    let svcs: Api<Service> = Api::namespaced(client, prom_ns);
+    apply(&svcs, &sidecar_service(&p.name, prom_ns)).await?;
+    Ok(changed)
+}
+
+/// Takes our sidecar out of the cluster's Prometheus (when this cluster added it) and
+/// deletes the headless Service; a missing Prometheus or Service counts as removed.
+pub async fn remove_sidecar_from(
+    ctx: &Context,
+    ns: &str,
+    target: &Target,
+    owner: &EntryId,
+) -> Result<bool, Error> {
+    let Some(p) = &target.prometheus_ref else {
+        return Ok(false);
+    };
+    let client = target_client(ctx, ns, target).await?;
+    let what = target.describe(ns);
+    let prom_ns = p.namespace.as_deref().unwrap_or(ns);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), prom_ns, &prometheus_resource());
+    let removed = match edit_with_retry(&api, &p.name, |obj| {
+        check_allowed(&obj.metadata, target, ns)?;
+        let mut whole = serde_json::to_value(&*obj)?;
+        let changed = remove_sidecar(&mut whole, &owner.name).map_err(|source| Error::Sidecar {
+            target: what.clone(),
+            source,
+        })?;
+        if changed {
+            *obj = serde_json::from_value(whole)?;
+        }
+        Ok(changed)
+    })
+    .await
+    {
+        Err(Error::Kube(kube::Error::Api(s))) if s.is_not_found() => false,
+        other => other?,
+    };
+    let svcs: Api<Service> = Api::namespaced(client, prom_ns);
+    match svcs
+        .delete(&crate::sidecar::service_name(&p.name), &Default::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(removed)
+}
+
+/// Undoes what a cluster's mode set up in its target.
+pub async fn remove_from_target(
+    ctx: &Context,
+    ns: &str,
+    target: &Target,
+    entry: &EntryId,
+) -> Result<bool, Error> {
+    match target.mode {
+        ClusterMode::RemoteWrite => remove_and_reload(ctx, ns, target, entry).await,
+        ClusterMode::Sidecar => remove_sidecar_from(ctx, ns, target, entry).await,
+    }
 }
 
 /// Removes our entry and, when that changed a prometheus.yml ConfigMap with a

@@ -190,6 +190,11 @@ pub enum Error {
         target: String,
         source: crate::remote_write::EditError,
     },
+    #[error("adding the orrery sidecar to {target}: {source}")]
+    Sidecar {
+        target: String,
+        source: crate::sidecar::SidecarError,
+    },
     #[error("{0} still conflicts after {1} attempts")]
     Conflict(String, u32),
     #[error("invalid object: {0}")]
@@ -227,6 +232,7 @@ impl Error {
                 ..
             } => "ConfigNotEditable",
             Error::Edit { .. } => "EditFailed",
+            Error::Sidecar { .. } => "SidecarNotApplicable",
             Error::Conflict(..) => "Conflict",
             Error::Invalid(_) | Error::Json(_) => "Invalid",
             Error::RemoteCluster { .. } => "RemoteClusterSecretInvalid",
@@ -243,6 +249,7 @@ impl Error {
         match self {
             Error::Kube(kube::Error::Api(s)) => s.code == 403 || s.code == 401 || s.is_not_found(),
             Error::Edit { .. }
+            | Error::Sidecar { .. }
             | Error::Invalid(_)
             | Error::Json(_)
             | Error::RemoteCluster { .. }
