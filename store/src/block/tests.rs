@@ -417,19 +417,27 @@ async fn concurrent_queries_share_chunk_fetches() {
     let refs = chunk_refs(&b, &env, &[m(MatchOp::Equal, "job", "odd")]).await;
     assert_eq!(refs.len(), 100);
     let (f1, f2) = (Fetched::default(), Fetched::default());
-    // Both miss the cache before either has fetched (join! polls the second while
-    // the first waits for the bucket): one fetches, the other waits for it.
+    // Usually both miss the cache before either has fetched (join! polls the second
+    // while the first waits for the bucket): one fetches, the other waits for it. When
+    // the first read completes within its first poll (a loaded machine can schedule it
+    // so), the second finds the chunks cached instead. Either way they are fetched once.
     let (a, c) = tokio::join!(b.chunks(&refs, env.ctx(&f1)), b.chunks(&refs, env.ctx(&f2)));
     let (a, c) = (a.unwrap(), c.unwrap());
     assert_eq!(a, c);
-    assert_eq!(env.metrics.chunk_cache_misses.get(), 200, "both missed");
+    let (misses, shared) = (
+        env.metrics.chunk_cache_misses.get(),
+        env.metrics.shared_fetches.get(),
+    );
+    assert!(
+        (misses, shared) == (200, 100) || (misses, shared) == (100, 0),
+        "misses {misses}, shared {shared}: neither one shared fetch nor a cache hit"
+    );
     let (n1, n2) = (
         f1.chunks.load(Ordering::Relaxed),
         f2.chunks.load(Ordering::Relaxed),
     );
     assert!(n1 > 0, "the first fetched");
     assert_eq!(n2, 0, "the second fetched {n2} bytes instead of waiting");
-    assert_eq!(env.metrics.shared_fetches.get(), 100);
     // Without a cache to hand chunks over, each fetches its own (and still answers).
     let env = Env::new(0);
     let (f1, f2) = (Fetched::default(), Fetched::default());
