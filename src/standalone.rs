@@ -33,6 +33,10 @@ pub struct StandaloneArgs {
     /// Samples more than this ahead of the clock are refused (0 = off); as `receive`.
     #[arg(long = "tsdb.too-far-in-future.time-window", default_value = "10m")]
     pub too_far_in_future: String,
+    /// Out-of-order samples this much older than the newest one are accepted (0 = off);
+    /// as `receive`.
+    #[arg(long = "tsdb.out-of-order.time-window", default_value = "0s")]
+    pub ooo_time_window: String,
     /// Bucket for the blocks (Thanos objstore YAML) in a file. Default: a FILESYSTEM
     /// bucket in `<tsdb.path>-bucket/` (beside the data dir, whose subdirectories are
     /// tenants), so history outlives --tsdb.retention out of the box.
@@ -177,6 +181,7 @@ fn component_args(
             "--tsdb.too-far-in-future.time-window={}",
             a.too_far_in_future
         ),
+        format!("--tsdb.out-of-order.time-window={}", a.ooo_time_window),
     ];
     r.extend(a.labels.iter().map(|l| format!("--label={l}")));
     r.push(objstore_flag(a));
@@ -309,6 +314,7 @@ mod tests {
             labels: vec![r#"receive_replica="0""#.into()],
             retention: "15d".into(),
             too_far_in_future: "10m".into(),
+            ooo_time_window: "0s".into(),
             objstore_config_file: None,
             objstore_config: None,
             compact_http_address: "127.0.0.1:10912".into(),
@@ -426,6 +432,7 @@ mod tests {
             labels: vec!["no-quotes".into()],
             retention: "15d".into(),
             too_far_in_future: "10m".into(),
+            ooo_time_window: "0s".into(),
             objstore_config_file: None,
             objstore_config: None,
             compact_http_address: "127.0.0.1:10912".into(),

@@ -117,6 +117,20 @@ pub struct ReceiveArgs {
     #[arg(long = "tsdb.too-far-in-future.time-window", default_value = "10m", value_parser = parse_duration)]
     pub too_far_in_future: Duration,
 
+    /// Samples older than their series' newest one (or than the head's appendable
+    /// window) are accepted when not older than the tenant's newest sample minus this
+    /// window (Prometheus's `out_of_order_time_window`): kept in the write-behind log
+    /// `wbl/`, queryable at once, written into their own blocks (compaction hint
+    /// `from-out-of-order`) when the head is compacted. 0 (Thanos's default) refuses
+    /// them (409 out_of_order / out_of_bounds). Float samples only.
+    #[arg(long = "tsdb.out-of-order.time-window", default_value = "0s", value_parser = parse_duration)]
+    pub ooo_time_window: Duration,
+
+    /// Samples per in-memory out-of-order chunk (1–255).
+    #[arg(long = "tsdb.out-of-order.cap-max", default_value_t = tsdb::db::DEFAULT_OOO_CAP_MAX,
+          value_parser = parse_ooo_cap)]
+    pub ooo_cap_max: usize,
+
     /// Exemplars kept in memory per tenant: one ring buffer, the oldest forgotten first
     /// (Prometheus's exemplar storage). 0 (Thanos's default) drops every exemplar.
     #[arg(long = "tsdb.max-exemplars", default_value_t = 0)]
@@ -366,5 +380,13 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("").is_err());
+    }
+}
+
+/// `--tsdb.out-of-order.cap-max`: 1 to 255 (Prometheus's bounds).
+fn parse_ooo_cap(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=255).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a number from 1 to 255")),
     }
 }

@@ -194,6 +194,8 @@ mod tests {
                     bucket: None,
                     hash_func: objstore::HashFunc::None,
                     max_exemplars: 100,
+                    ooo_time_window: std::time::Duration::ZERO,
+                    ooo_cap_max: tsdb::db::DEFAULT_OOO_CAP_MAX,
                 },
                 std::sync::Arc::new(std::sync::Mutex::new(
                     prometheus_client::registry::Registry::default(),

@@ -282,6 +282,8 @@ mod tests {
             bucket: Some(bucket),
             hash_func: objstore::HashFunc::None,
             max_exemplars: 16,
+            ooo_time_window: Duration::ZERO,
+            ooo_cap_max: tsdb::db::DEFAULT_OOO_CAP_MAX,
         };
         let mt = Arc::new(MultiTsdb::open(cfg, Arc::new(Mutex::new(Registry::default()))).unwrap());
         let l = storeapi::Labels::from_pairs([("__name__", "up")]).unwrap();

@@ -218,6 +218,8 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         bucket,
         hash_func: args.hash_func,
         max_exemplars: args.max_exemplars,
+        ooo_time_window: args.ooo_time_window,
+        ooo_cap_max: args.ooo_cap_max,
     };
     // The ops server answers /-/healthy (and /-/ready = 503) during WAL replay; the other
     // servers start once the TSDBs are open.

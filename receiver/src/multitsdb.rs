@@ -83,6 +83,10 @@ pub struct MultiTsdbConfig {
     pub hash_func: objstore::HashFunc,
     /// `--tsdb.max-exemplars`: exemplars kept per tenant (0: exemplars are dropped).
     pub max_exemplars: usize,
+    /// `--tsdb.out-of-order.time-window` (zero: off).
+    pub ooo_time_window: Duration,
+    /// `--tsdb.out-of-order.cap-max`.
+    pub ooo_cap_max: usize,
 }
 
 /// How long one tenant's shipping pass may take before it is abandoned (Thanos: 10m);
@@ -229,6 +233,8 @@ impl MultiTsdb {
                 external_labels: Some(ext),
                 thanos_source: "receive".into(),
                 too_far_in_future: self.cfg.too_far_in_future,
+                ooo_time_window: self.cfg.ooo_time_window,
+                ooo_cap_max: self.cfg.ooo_cap_max,
                 retention_hold: shipper
                     .as_ref()
                     .map(|s| s.retention_hold())
@@ -510,6 +516,8 @@ mod tests {
             bucket: None,
             hash_func: objstore::HashFunc::None,
             max_exemplars: 0,
+            ooo_time_window: Duration::ZERO,
+            ooo_cap_max: tsdb::db::DEFAULT_OOO_CAP_MAX,
         };
         let reg = Arc::new(Mutex::new(Registry::default()));
         {
@@ -554,6 +562,8 @@ mod tests {
             bucket: None,
             hash_func: objstore::HashFunc::None,
             max_exemplars: 0,
+            ooo_time_window: Duration::ZERO,
+            ooo_cap_max: tsdb::db::DEFAULT_OOO_CAP_MAX,
         };
         let reg = Arc::new(Mutex::new(Registry::default()));
         let m = MultiTsdb::open(cfg, reg).unwrap();
@@ -590,6 +600,8 @@ mod tests {
             bucket: Some(bucket),
             hash_func: objstore::HashFunc::Sha256,
             max_exemplars: 0,
+            ooo_time_window: Duration::ZERO,
+            ooo_cap_max: tsdb::db::DEFAULT_OOO_CAP_MAX,
         };
         let m = MultiTsdb::open(cfg, Arc::new(Mutex::new(Registry::default()))).unwrap();
         let t = m.get_or_create("acme").unwrap();
@@ -646,6 +658,8 @@ mod tests {
             bucket: None,
             hash_func: objstore::HashFunc::None,
             max_exemplars: 0,
+            ooo_time_window: Duration::ZERO,
+            ooo_cap_max: tsdb::db::DEFAULT_OOO_CAP_MAX,
         };
         std::fs::create_dir_all(dir.path().join("a")).unwrap();
         let wal = dir.path().join("z/wal");

@@ -669,6 +669,8 @@ mod tests {
                 bucket: None,
                 hash_func: objstore::HashFunc::None,
                 max_exemplars: 16,
+                ooo_time_window: Duration::ZERO,
+                ooo_cap_max: tsdb::db::DEFAULT_OOO_CAP_MAX,
             },
             Arc::new(Mutex::new(prometheus_client::registry::Registry::default())),
         )

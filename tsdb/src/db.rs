@@ -46,6 +46,22 @@
 //! more than 1.5 block durations (Prometheus's rule), keeping the newest ~half block
 //! appendable; then truncates the head, checkpoints the WAL and applies retention.
 //! [`Db::flush`] (for shutdown or tests) cuts everything up to the newest sample.
+//!
+//! # Out-of-order samples
+//! With [`Options::ooo_time_window`] > 0 (Prometheus's `out_of_order_time_window`,
+//! Thanos's `--tsdb.out-of-order.time-window`), a float sample the in-order head would
+//! refuse — older than its series' newest sample, or older than the appendable window —
+//! is accepted when it is not older than the head's newest timestamp (capped at `now`)
+//! minus the window. It is kept in the series' out-of-order chunks (see
+//! [`crate::head`]'s `ooo` module), logged to the write-behind log `<dir>/wbl/` (the WAL's
+//! format and sync policy, Prometheus's WBL: samples records only; series records stay
+//! in the WAL) and queryable at once. Whenever head compaction writes blocks (and at
+//! [`Db::flush`]), every out-of-order sample is written into blocks of the block
+//! duration's aligned ranges, marked with the compaction hint `from-out-of-order`; they
+//! may overlap other blocks (readers and the bucket compactor merge overlaps), and then
+//! the WBL segments they came from are deleted. A crash in between replays them again:
+//! written twice, identical, read once. Native histograms out of order are still
+//! refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
@@ -94,7 +110,19 @@ pub struct Options {
     /// Blocks retention must keep even when they are past the retention time (a shipper
     /// holds the blocks it has not uploaded yet). Default: none held.
     pub retention_hold: RetentionHold,
+    /// Out-of-order samples not older than this before the head's newest timestamp are
+    /// accepted (see "Out-of-order samples" in the module docs). Default zero: off.
+    pub ooo_time_window: Duration,
+    /// Samples per out-of-order head chunk (Prometheus's `out-of-order.cap-max`, 1–255).
+    /// Default 32.
+    pub ooo_cap_max: usize,
 }
+
+/// Prometheus's default `out_of_order_cap_max`.
+pub const DEFAULT_OOO_CAP_MAX: usize = 32;
+
+/// Compaction hint Prometheus writes into blocks made from out-of-order samples.
+pub const HINT_FROM_OOO: &str = "from-out-of-order";
 
 /// Decides, for a block past the retention time, whether it must stay on disk anyway.
 /// The storage engine knows nothing of object storage; a caller that ships blocks
@@ -182,6 +210,8 @@ impl Default for Options {
             too_far_in_future: None,
             clock: Clock::system(),
             retention_hold: RetentionHold::none(),
+            ooo_time_window: Duration::ZERO,
+            ooo_cap_max: DEFAULT_OOO_CAP_MAX,
         }
     }
 }
@@ -226,6 +256,8 @@ pub struct AppendOutcome {
     pub too_far_in_future: u64,
     /// Native histograms whose buckets do not match their spans (refused).
     pub invalid_histograms: u64,
+    /// Of `appended`, out-of-order samples (see [`Options::ooo_time_window`]).
+    pub ooo_appended: u64,
     /// Of `appended`, native histogram samples.
     pub histograms_appended: u64,
     /// Of `duplicates_ignored`, native histogram samples.
@@ -276,6 +308,9 @@ impl AppendOutcome {
 struct CommitBufs {
     frames: Vec<u8>,
     samples: Vec<u8>,
+    /// Frames for the write-behind log (out-of-order samples).
+    wbl_frames: Vec<u8>,
+    wbl_samples: Vec<u8>,
 }
 
 struct Inner {
@@ -284,6 +319,11 @@ struct Inner {
     range: i64,
     head: Head,
     wal: Arc<Wal>,
+    /// The write-behind log of out-of-order samples; present while the window is on or
+    /// a previous run left one.
+    wbl: Option<Arc<Wal>>,
+    /// The out-of-order window in ms (0: off).
+    ooo_window: i64,
     commit: Mutex<CommitBufs>,
     /// Loaded blocks, sorted by min time.
     blocks: RwLock<Vec<Arc<Block>>>,
@@ -305,6 +345,86 @@ impl std::fmt::Debug for Db {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a block was written from out-of-order samples (it may overlap others).
+fn is_ooo_block(b: &Block) -> bool {
+    b.meta().compaction.hints.iter().any(|h| h == HINT_FROM_OOO)
+}
+
+/// Replays the write-behind log into the series' out-of-order chunks (after the WAL
+/// replay created the series) and opens it for appending.
+fn open_wbl(
+    dir: &Path,
+    head: &Head,
+    refs: &HashMap<u64, Arc<MemSeries>>,
+    opts: &Options,
+    metrics: &Metrics,
+) -> Result<Arc<Wal>, DbError> {
+    let mut rp = OooReplayer {
+        head,
+        refs,
+        cap: opts.ooo_cap_max,
+        samples: 0,
+        unknown_refs: 0,
+        histograms: 0,
+    };
+    let (report, last_seg) = wal::replay(dir, metrics, &mut |format, payload| {
+        match format {
+            wal::Format::Prometheus => record::decode(payload, &mut rp),
+            wal::Format::OrreryV1 => record::legacy::decode(payload, &mut rp),
+        }
+        .map_err(|e| e.to_string())
+    })?;
+    if rp.unknown_refs > 0 || rp.histograms > 0 {
+        tracing::warn!(
+            unknown_series = rp.unknown_refs,
+            histogram_records = rp.histograms,
+            "write-behind log: samples of unknown series and out-of-order histograms skipped"
+        );
+    }
+    tracing::info!(dir = %dir.display(), samples = rp.samples, segments = report.segments,
+        torn_tails = report.torn_tails, corruptions_repaired = report.corruptions_repaired,
+        "out-of-order samples replayed from the write-behind log");
+    let wbl = Wal::create(
+        dir,
+        last_seg,
+        opts.wal_sync,
+        opts.wal_segment_size,
+        metrics.clone(),
+    )?;
+    wbl.set_compression(opts.wal_compression);
+    Ok(wbl)
+}
+
+/// Applies write-behind-log records: samples into out-of-order chunks.
+struct OooReplayer<'a> {
+    head: &'a Head,
+    refs: &'a HashMap<u64, Arc<MemSeries>>,
+    cap: usize,
+    samples: u64,
+    unknown_refs: u64,
+    histograms: u64,
+}
+
+impl Visitor for OooReplayer<'_> {
+    fn series(&mut self, _r: u64, _labels: Labels) {}
+    fn sample(&mut self, r: u64, t: i64, v: f64) {
+        let Some(s) = self.refs.get(&r) else {
+            self.unknown_refs += 1;
+            return;
+        };
+        if s.lock().insert_ooo(t, v, self.cap) {
+            self.head.note_ooo_time(t);
+            self.samples += 1;
+        }
+    }
+    fn chunk(&mut self, _r: u64, _min_t: i64, _max_t: i64, _data: &[u8]) {}
+    fn skipped(&mut self, what: Skipped) {
+        if matches!(what, Skipped::Histograms) {
+            self.histograms += 1;
+        }
+    }
 }
 
 /// Applies WAL records to the head during replay.
@@ -417,6 +537,13 @@ impl Db {
                 opts.block_duration
             )));
         }
+        if !(1..=255).contains(&opts.ooo_cap_max) {
+            return Err(DbError::Options(format!(
+                "out-of-order cap-max {} is not between 1 and 255",
+                opts.ooo_cap_max
+            )));
+        }
+        let ooo_window = i64::try_from(opts.ooo_time_window.as_millis()).unwrap_or(i64::MAX);
         std::fs::create_dir_all(&dir).map_err(|source| DbError::Io {
             path: dir.clone(),
             source,
@@ -437,7 +564,13 @@ impl Db {
         }
         metrics.blocks_loaded.set(blocks.len() as i64);
         let head = Head::new(range, metrics.clone());
-        if let Some(maxt) = blocks.iter().map(|b| b.meta().max_time).max() {
+        // Out-of-order blocks may reach into the head's range: only in-order blocks bound it.
+        if let Some(maxt) = blocks
+            .iter()
+            .filter(|b| !is_ooo_block(b))
+            .map(|b| b.meta().max_time)
+            .max()
+        {
             head.set_min_valid_time(maxt);
         }
 
@@ -487,6 +620,12 @@ impl Db {
             blocks = blocks.len(),
             "tsdb opened"
         );
+        let wbl_dir = dir.join("wbl");
+        let wbl = if ooo_window > 0 || wbl_dir.is_dir() {
+            Some(open_wbl(&wbl_dir, &head, &rp.refs, &opts, &metrics)?)
+        } else {
+            None
+        };
         let wal = Wal::create(
             &wal_dir,
             last_seg,
@@ -503,6 +642,8 @@ impl Db {
                 range,
                 head,
                 wal,
+                wbl,
+                ooo_window,
                 commit: Mutex::new(CommitBufs::default()),
                 blocks: RwLock::new(blocks),
                 compact_lock: Mutex::new(()),
@@ -584,6 +725,7 @@ impl Db {
             .min()
             .unwrap_or(i64::MAX);
         b.min(self.inner.head.min_time())
+            .min(self.inner.head.ooo_min_time())
     }
 
     /// The oldest timestamp a query may find here by the time it runs: the oldest stored
@@ -593,7 +735,15 @@ impl Db {
     /// prunes samples acknowledged after its last Info call.
     pub fn queryable_min_time(&self) -> i64 {
         let (_, cap) = self.inner.future_bounds();
-        let appendable = self.inner.head.appendable_min(cap).unwrap_or(i64::MIN);
+        let head = &self.inner.head;
+        let mut appendable = head.appendable_min(cap).unwrap_or(i64::MIN);
+        if self.inner.ooo_window > 0 && head.max_time() != i64::MIN {
+            appendable = appendable.min(
+                head.max_time()
+                    .min(cap)
+                    .saturating_sub(self.inner.ooo_window),
+            );
+        }
         self.min_time().min(appendable)
     }
 
@@ -617,16 +767,20 @@ impl Db {
             .collect();
         // Head chunks older than the newest block end are already in blocks (visible
         // between a block's publication and the head's truncation): skip them.
+        // Out-of-order blocks do not count: they may reach into the head's range.
         let blocks_end = self
             .blocks()
             .iter()
+            .filter(|b| !is_ooo_block(b))
             .map(|b| b.meta().max_time)
             .max()
             .unwrap_or(i64::MIN);
+        // Out-of-order samples are in the head until written into blocks, at any time.
+        let head_mint = mint.max(blocks_end.min(self.inner.head.ooo_min_time()));
         Querier {
             db: self.clone(),
             blocks,
-            head_mint: mint.max(blocks_end),
+            head_mint,
             mint,
             maxt,
         }
@@ -675,12 +829,126 @@ impl Db {
             let start = aligned.max(head.min_valid_time());
             written.extend(self.compact_range(start, end)?);
         }
+        // Prometheus compacts its out-of-order head whenever it compacted the in-order
+        // one.
+        if !written.is_empty() {
+            written.extend(self.compact_ooo()?);
+        }
+        Ok(written)
+    }
+
+    /// Writes every out-of-order sample into blocks of the block duration's aligned
+    /// ranges (hint `from-out-of-order`), then drops them from the head and deletes the
+    /// write-behind-log segments that held them. See "Out-of-order samples" in the
+    /// module docs. Callers hold the compaction lock.
+    fn compact_ooo(&self) -> Result<Vec<block::BlockMeta>, DbError> {
+        let inner = &self.inner;
+        let Some(wbl) = &inner.wbl else {
+            return Ok(Vec::new());
+        };
+        if inner.head.ooo_min_time() == i64::MAX {
+            return Ok(Vec::new());
+        }
+        // Under the commit lock, so the samples taken are exactly those of the segments
+        // cut off (a failed write's frames still pending go to later segments: logged
+        // twice, read once).
+        let (last_seg, taken) = {
+            let _c = lock(&inner.commit);
+            let last = wbl.cut_segment()?;
+            let mut taken = Vec::new();
+            for s in inner.head.ooo_series() {
+                let chunks = s.lock().begin_ooo_compaction();
+                if !chunks.is_empty() {
+                    taken.push((s, chunks));
+                }
+            }
+            (last, taken)
+        };
+        let mut written = Vec::new();
+        let range = inner.range;
+        let mut ranges: Vec<i64> = Vec::new();
+        for (_, chunks) in &taken {
+            for c in chunks {
+                let (a, b) = (c.min_time.div_euclid(range), c.max_time.div_euclid(range));
+                ranges.extend(a..=b);
+            }
+        }
+        ranges.sort_unstable();
+        ranges.dedup();
+        let opts = BlockOptions {
+            thanos: inner
+                .opts
+                .external_labels
+                .clone()
+                .map(|l| ThanosMeta::new(l, inner.opts.thanos_source.clone())),
+            hints: vec![HINT_FROM_OOO.to_string()],
+            ..BlockOptions::default()
+        };
+        for k in ranges {
+            let start = k.saturating_mul(range);
+            let end = start.saturating_add(range);
+            let mut failed = None;
+            let series = taken.iter().filter_map(|(s, chunks)| {
+                match crate::head::merge_chunks(chunks, start, end - 1) {
+                    Ok(samples) if samples.is_empty() => None,
+                    Ok(samples) => Some((
+                        s.labels(),
+                        crate::head::encode_chunks(&samples, block::compact::SAMPLES_PER_CHUNK),
+                    )),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                        None
+                    }
+                }
+            });
+            let mut series = series.peekable();
+            if series.peek().is_none() {
+                continue;
+            }
+            let meta = match block::BlockWriter::write(&inner.dir, start, end, series, &opts) {
+                Ok(m) => m,
+                Err(e) => {
+                    inner.metrics.compactions_failed.inc();
+                    return Err(e.into());
+                }
+            };
+            if let Some(e) = failed {
+                // A head chunk that does not decode is a bug; its samples stay in the
+                // head and the write-behind log.
+                let _ = block::delete_block(&inner.dir.join(meta.ulid.to_string()));
+                inner.metrics.compactions_failed.inc();
+                return Err(e.into());
+            }
+            let b = Block::open(&inner.dir.join(meta.ulid.to_string()))?;
+            {
+                let mut bl = inner.blocks.write().unwrap_or_else(|e| e.into_inner());
+                bl.push(Arc::new(b));
+                bl.sort_by_key(|b| b.meta().min_time);
+                inner.metrics.blocks_loaded.set(bl.len() as i64);
+            }
+            tracing::info!(ulid = %meta.ulid, mint = start, maxt = end,
+                series = meta.stats.num_series, samples = meta.stats.num_samples,
+                "wrote out-of-order block");
+            inner.metrics.ooo_compactions.inc();
+            written.push(meta);
+        }
+        {
+            let _c = lock(&inner.commit);
+            for (s, _) in &taken {
+                s.lock().end_ooo_compaction();
+            }
+            inner.head.recompute_ooo_range();
+        }
+        wbl.remove_segments_upto(last_seg)?;
         Ok(written)
     }
 
     /// Why WAL writes are failing (the last error), `None` while they succeed.
     pub fn wal_failure(&self) -> Option<String> {
-        self.inner.wal.failure()
+        self.inner
+            .wal
+            .failure()
+            .or_else(|| self.inner.wbl.as_ref().and_then(|w| w.failure()))
     }
 
     /// While WAL writes are failing, tries the log again (see [`Wal::retry_failed`]);
@@ -688,6 +956,9 @@ impl Db {
     pub fn retry_wal(&self) -> Result<(), DbError> {
         let _c = lock(&self.inner.commit);
         self.inner.wal.retry_failed()?;
+        if let Some(w) = &self.inner.wbl {
+            w.retry_failed()?;
+        }
         Ok(())
     }
 
@@ -708,6 +979,7 @@ impl Db {
             let end = (aligned.saturating_add(self.inner.range)).min(until.saturating_add(1));
             written.extend(self.compact_range(start, end)?);
         }
+        written.extend(self.compact_ooo()?);
         self.apply_retention()?;
         Ok(written)
     }
@@ -842,6 +1114,9 @@ impl Db {
     pub fn close(&self) -> Result<(), DbError> {
         let _c = lock(&self.inner.commit);
         self.inner.wal.close()?;
+        if let Some(w) = &self.inner.wbl {
+            w.close()?;
+        }
         Ok(())
     }
 }
@@ -987,10 +1262,19 @@ impl<'a> Appender<'a> {
         head.resolve(&self.keys, &self.keybuf, &mut resolved);
         let pos = {
             let mut bufs = lock(&inner.commit);
-            let CommitBufs { frames, samples } = &mut *bufs;
+            let CommitBufs {
+                frames,
+                samples,
+                wbl_frames,
+                wbl_samples,
+            } = &mut *bufs;
             // Records of an earlier failed commit are in the head already: they reach the
             // log before this commit changes anything (a retry of them is all duplicates).
             let flushed = inner.wal.flush_pending()?;
+            let wbl_flushed = match &inner.wbl {
+                Some(w) => w.flush_pending()?,
+                None => None,
+            };
             if head.epoch() != epoch {
                 resolved.clear();
                 head.resolve(&self.keys, &self.keybuf, &mut resolved);
@@ -1001,6 +1285,16 @@ impl<'a> Appender<'a> {
             let (max_valid, cap) = inner.future_bounds();
             out.max_valid_time = max_valid;
             let mut min_valid = head.appendable_min(cap);
+            // Out-of-order samples not older than this are accepted: fixed once per
+            // commit from the head's newest timestamp (capped at now) or, on an empty
+            // head, from the batch's first sample, as Prometheus's appender does.
+            let mut ooo_min = (head.max_time() != i64::MIN)
+                .then(|| head.max_time().min(cap).saturating_sub(inner.ooo_window));
+            let ooo_cap = inner.opts.ooo_cap_max;
+            let mut ooo_rec = SamplesRecord::default();
+            wbl_frames.clear();
+            wbl_samples.clear();
+            wbl_samples.push(record::TYPE_SAMPLES);
             frames.clear();
             samples.clear();
             let series_frame = wal::start_frame(frames);
@@ -1065,6 +1359,8 @@ impl<'a> Appender<'a> {
                         continue;
                     }
                     let mv = *min_valid.get_or_insert_with(|| head.window_from(t.min(cap)));
+                    let om = *ooo_min
+                        .get_or_insert_with(|| t.min(cap).saturating_sub(inner.ooo_window));
                     match head.append_locked(&mut d, t, v, mv) {
                         SampleResult::Appended => {
                             rec.push(samples, s.sref, t, v);
@@ -1073,6 +1369,18 @@ impl<'a> Appender<'a> {
                             bmax = bmax.max(t);
                         }
                         SampleResult::DuplicateIgnored => out.duplicates_ignored += 1,
+                        SampleResult::Rejected(
+                            RejectReason::OutOfOrder | RejectReason::OutOfBounds,
+                        ) if inner.ooo_window > 0 && t >= om => {
+                            if d.insert_ooo(t, v, ooo_cap) {
+                                ooo_rec.push(wbl_samples, s.sref, t, v);
+                                head.note_ooo_time(t);
+                                out.ooo_appended += 1;
+                                n += 1;
+                            } else {
+                                out.duplicates_ignored += 1;
+                            }
+                        }
                         SampleResult::Rejected(r) => out.count(r, i, t),
                     }
                 }
@@ -1105,31 +1413,43 @@ impl<'a> Appender<'a> {
                 }
             }
             let pos = if frames.is_empty() {
-                flushed
+                Ok(flushed)
             } else {
-                match inner.wal.write(frames) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        for s in newly_logged {
-                            s.lock().logged = false;
-                        }
-                        head.note_times(bmin, bmax);
-                        return Err(e.into());
-                    }
+                inner.wal.write(frames).map(Some)
+            };
+            if pos.is_err() {
+                for s in newly_logged {
+                    s.lock().logged = false;
                 }
+            }
+            // Out-of-order samples go to the write-behind log even when the WAL write
+            // failed: they are in the head, and a failed write keeps its frames for the
+            // next one, so they are logged before any later commit is acknowledged.
+            let wpos = match &inner.wbl {
+                Some(wbl) if !ooo_rec.is_empty() => {
+                    let at = wal::start_frame(wbl_frames);
+                    wbl_frames.extend_from_slice(wbl_samples);
+                    wal::finish_frame(wbl_frames, at);
+                    wbl.write(wbl_frames).map(Some)
+                }
+                _ => Ok(wbl_flushed),
             };
             head.note_times(bmin, bmax);
-            pos
+            (pos?, wpos?)
         };
         let m = &inner.metrics;
         m.samples_appended.inc_by(out.appended);
+        m.ooo_samples_appended.inc_by(out.ooo_appended);
         m.rejected(RejectReason::OutOfOrder, out.out_of_order);
         m.rejected(RejectReason::DuplicateTimestamp, out.duplicate_timestamp);
         m.rejected(RejectReason::OutOfBounds, out.out_of_bounds);
         m.rejected(RejectReason::TooFarInFuture, out.too_far_in_future);
         m.rejected(RejectReason::InvalidHistogram, out.invalid_histograms);
-        if let Some(p) = pos {
+        if let Some(p) = pos.0 {
             inner.wal.commit_sync(p)?;
+        }
+        if let (Some(p), Some(wbl)) = (pos.1, &inner.wbl) {
+            wbl.commit_sync(p)?;
         }
         Ok(out)
     }
@@ -1155,10 +1475,24 @@ impl SeriesChunks {
     }
 }
 
-/// Decodes the float samples of XOR chunks, keeping those in `[mint, maxt]` (and
-/// dropping any sample not newer than the previous one, should chunks overlap). Native
+/// Decodes the float samples of XOR chunks, keeping those in `[mint, maxt]`, in time
+/// order; overlapping chunks are unioned, each timestamp once (the chunk that starts
+/// first wins). Native
 /// histogram chunks are left out: see [`histograms_in_range`].
 pub fn samples_in_range(chunks: &[Chunk], mint: i64, maxt: i64) -> Result<Vec<Sample>, ChunkError> {
+    let xor = |c: &&Chunk| {
+        c.encoding == crate::chunk::Encoding::Xor && c.max_time >= mint && c.min_time <= maxt
+    };
+    let mut sel: Vec<&Chunk> = chunks.iter().filter(xor).collect();
+    sel.sort_by_key(|c| c.min_time);
+    if sel.windows(2).any(|w| w[1].min_time <= w[0].max_time) {
+        // Overlapping chunks (out-of-order samples, a block and the head): their union,
+        // each timestamp once.
+        return Ok(crate::head::merge_chunks(sel, mint, maxt)?
+            .into_iter()
+            .map(|(t, v)| Sample { t, v })
+            .collect());
+    }
     let mut out = Vec::with_capacity(chunks.iter().map(Chunk::num_samples).sum());
     let mut last = i64::MIN;
     for c in chunks {

@@ -26,7 +26,9 @@ use crate::metrics::{Metrics, RejectReason};
 use crate::postings::{MemPostings, SeriesRef};
 use storeapi::histogram::{FloatHistogram, Histogram, HistogramValue};
 
+mod ooo;
 mod open_chunk;
+pub use ooo::{encode_chunks, merge_chunks};
 use open_chunk::{HistKind, LastValue, OpenChunk, XorOpen, append_histogram, encode_histograms};
 
 /// Samples per chunk before a new one is cut (Prometheus's target).
@@ -185,7 +187,7 @@ fn select_sorted(
     let mut sel: Vec<(&Arc<MemSeries>, Vec<Chunk>)> = series
         .iter()
         .filter_map(|s| {
-            let c = s.chunks(mint, maxt);
+            let c = s.chunks_with_ooo(mint, maxt);
             (!c.is_empty()).then_some((s, c))
         })
         .collect();
@@ -394,7 +396,13 @@ impl SeriesChunks<'_> {
                 data: o.bytes(),
             })
         });
-        closed.chain(open)
+        let ooo = self.data.ooo_chunks(mint, maxt).map(|c| ChunkView {
+            min_time: c.min_time,
+            max_time: c.max_time,
+            encoding: c.encoding,
+            data: &c.data,
+        });
+        closed.chain(open).chain(ooo)
     }
 }
 
@@ -422,6 +430,8 @@ pub(crate) struct SeriesData {
     last: LastValue,
     open: Option<OpenChunk>,
     closed: Vec<Chunk>,
+    /// Out-of-order samples (only with an out-of-order time window; see [`ooo`]).
+    ooo: Option<Box<ooo::OooSeries>>,
 }
 
 /// What happened to one sample.
@@ -435,7 +445,52 @@ pub enum SampleResult {
 
 impl SeriesData {
     fn is_empty(&self) -> bool {
-        self.closed.is_empty() && self.open.is_none()
+        self.closed.is_empty() && self.open.is_none() && self.ooo.is_none()
+    }
+
+    /// Whether in-order chunks remain.
+    fn has_in_order(&self) -> bool {
+        !self.closed.is_empty() || self.open.is_some()
+    }
+
+    /// Stores an out-of-order sample (the caller checked the window); `false` when it
+    /// repeats a timestamp of the open out-of-order chunk (dropped, as Prometheus does).
+    pub(crate) fn insert_ooo(&mut self, t: i64, v: f64, cap: usize) -> bool {
+        self.ooo.get_or_insert_default().insert(t, v, cap)
+    }
+
+    /// Out-of-order chunks overlapping `[mint, maxt]`.
+    fn ooo_chunks(&self, mint: i64, maxt: i64) -> impl Iterator<Item = &Chunk> + Clone {
+        self.ooo
+            .iter()
+            .flat_map(|o| o.chunks())
+            .filter(move |c| c.max_time >= mint && c.min_time <= maxt)
+    }
+
+    /// Moves the out-of-order samples into their compacting state and returns them.
+    pub(crate) fn begin_ooo_compaction(&mut self) -> Vec<Chunk> {
+        self.ooo
+            .as_mut()
+            .map(|o| o.begin_compaction())
+            .unwrap_or_default()
+    }
+
+    /// Drops the out-of-order samples a finished compaction wrote into blocks.
+    pub(crate) fn end_ooo_compaction(&mut self) {
+        if let Some(o) = self.ooo.as_mut() {
+            o.end_compaction();
+            if o.is_empty() {
+                self.ooo = None;
+            }
+        }
+    }
+
+    /// Time range of the out-of-order samples held.
+    fn ooo_range(&self) -> Option<(i64, i64)> {
+        let o = self.ooo.as_ref()?;
+        let min = o.chunks().map(|c| c.min_time).min()?;
+        let max = o.chunks().map(|c| c.max_time).max()?;
+        Some((min, max))
     }
 
     pub(crate) fn append(
@@ -664,10 +719,22 @@ impl MemSeries {
         self.data.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Chunks overlapping `[mint, maxt]`, oldest first.
+    /// In-order chunks overlapping `[mint, maxt]`, oldest first (what the head's
+    /// blocks and WAL checkpoints are written from; out-of-order samples have their own
+    /// blocks and log).
     pub fn chunks(&self, mint: i64, maxt: i64) -> Vec<Chunk> {
         let mut out = Vec::new();
         self.lock().chunks(mint, maxt, &mut out);
+        out
+    }
+
+    /// What a query reads: the in-order chunks overlapping `[mint, maxt]`, oldest
+    /// first, then the out-of-order ones (which may overlap them).
+    pub fn chunks_with_ooo(&self, mint: i64, maxt: i64) -> Vec<Chunk> {
+        let d = self.lock();
+        let mut out = Vec::new();
+        d.chunks(mint, maxt, &mut out);
+        out.extend(d.ooo_chunks(mint, maxt).cloned());
         out
     }
 }
@@ -735,6 +802,10 @@ pub struct Head {
     min_time: AtomicI64,
     max_time: AtomicI64,
     min_valid_time: AtomicI64,
+    /// Time range of the out-of-order samples held (`MAX`/`MIN` when none): a bound,
+    /// recomputed after each out-of-order compaction.
+    ooo_min: AtomicI64,
+    ooo_max: AtomicI64,
     /// Bumped (under the index write lock) whenever series are removed, so that a batch
     /// resolved before taking the commit lock knows to resolve again.
     epoch: AtomicU64,
@@ -750,6 +821,8 @@ impl Head {
             min_time: AtomicI64::new(i64::MAX),
             max_time: AtomicI64::new(i64::MIN),
             min_valid_time: AtomicI64::new(i64::MIN),
+            ooo_min: AtomicI64::new(i64::MAX),
+            ooo_max: AtomicI64::new(i64::MIN),
             epoch: AtomicU64::new(0),
             chunk_range: chunk_range.max(1),
             metrics,
@@ -813,6 +886,62 @@ impl Head {
             self.min_time.fetch_min(mint, Ordering::AcqRel);
             self.max_time.fetch_max(maxt, Ordering::AcqRel);
         }
+    }
+
+    pub(crate) fn note_ooo_time(&self, t: i64) {
+        self.ooo_min.fetch_min(t, Ordering::AcqRel);
+        self.ooo_max.fetch_max(t, Ordering::AcqRel);
+    }
+
+    /// Oldest out-of-order sample held (`i64::MAX` when none).
+    pub fn ooo_min_time(&self) -> i64 {
+        self.ooo_min.load(Ordering::Acquire)
+    }
+
+    /// The time range of everything the head holds, out-of-order samples included;
+    /// `None` when it holds nothing. What queries are checked against.
+    pub fn data_range(&self) -> Option<(i64, i64)> {
+        let (omin, omax) = (
+            self.ooo_min.load(Ordering::Acquire),
+            self.ooo_max.load(Ordering::Acquire),
+        );
+        let (imin, imax) = (self.min_time(), self.max_time());
+        let lo = imin.min(omin);
+        let hi = if imax == i64::MIN { omax } else { imax.max(omax) };
+        (lo <= hi && hi != i64::MIN).then_some((lo, hi))
+    }
+
+    /// Whether nothing the head holds lies in `[mint, maxt]`.
+    fn misses(&self, mint: i64, maxt: i64) -> bool {
+        self.data_range()
+            .is_none_or(|(lo, hi)| maxt < lo || mint > hi)
+    }
+
+    /// Series holding out-of-order samples.
+    pub(crate) fn ooo_series(&self) -> Vec<Arc<MemSeries>> {
+        let idx = self.read();
+        let mut v: Vec<Arc<MemSeries>> = idx
+            .series
+            .values()
+            .filter(|s| s.lock().ooo.is_some())
+            .cloned()
+            .collect();
+        v.sort_unstable_by(|a, b| cmp_keys(&a.key, &b.key));
+        v
+    }
+
+    /// Recomputes the out-of-order time range from the series (after a compaction
+    /// dropped samples). Callers hold the commit lock.
+    pub(crate) fn recompute_ooo_range(&self) {
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for s in self.read().series.values() {
+            if let Some((a, b)) = s.lock().ooo_range() {
+                lo = lo.min(a);
+                hi = hi.max(b);
+            }
+        }
+        self.ooo_min.store(lo, Ordering::Release);
+        self.ooo_max.store(hi, Ordering::Release);
     }
 
     pub fn num_series(&self) -> usize {
@@ -948,7 +1077,7 @@ impl Head {
     /// Series matching `matchers`, sorted by labels, with their chunks overlapping
     /// `[mint, maxt]`; series without such chunks are left out.
     pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<(Labels, Vec<Chunk>)> {
-        if self.is_empty() || maxt < self.min_time() || mint > self.max_time() {
+        if self.misses(mint, maxt) {
             return Vec::new();
         }
         let series: Vec<Arc<MemSeries>> = {
@@ -1021,7 +1150,7 @@ impl Head {
     /// compaction never holds every series' labels and chunks at once).
     pub fn iter_sorted(&self, mint: i64, maxt: i64) -> impl Iterator<Item = (Labels, Vec<Chunk>)> {
         let mut series: Vec<Arc<MemSeries>> =
-            if self.is_empty() || maxt < self.min_time() || mint > self.max_time() {
+            if self.misses(mint, maxt) {
                 Vec::new()
             } else {
                 self.read().series.values().cloned().collect()
@@ -1035,7 +1164,7 @@ impl Head {
 
     /// Series (sorted by labels) matching `matchers` that have samples in `[mint, maxt]`.
     fn matching_series(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Arc<MemSeries>> {
-        if self.is_empty() || maxt < self.min_time() || mint > self.max_time() {
+        if self.misses(mint, maxt) {
             return Vec::new();
         }
         let idx = self.read();
@@ -1048,7 +1177,7 @@ impl Head {
 
     /// Sorted label names of series matching `matchers` with data in `[mint, maxt]`.
     pub fn label_names(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<String> {
-        if self.is_empty() || maxt < self.min_time() || mint > self.max_time() {
+        if self.misses(mint, maxt) {
             return Vec::new();
         }
         if matchers.is_empty() {
@@ -1078,7 +1207,7 @@ impl Head {
         mint: i64,
         maxt: i64,
     ) -> Vec<String> {
-        if self.is_empty() || maxt < self.min_time() || mint > self.max_time() {
+        if self.misses(mint, maxt) {
             return Vec::new();
         }
         if matchers.is_empty() {
@@ -1130,7 +1259,9 @@ impl Head {
                 if let Some(f) = d.first_time() {
                     mint = mint.min(f);
                 }
-                maxt = maxt.max(d.last_t);
+                if d.has_in_order() {
+                    maxt = maxt.max(d.last_t);
+                }
             } else {
                 removed.insert(*r);
             }

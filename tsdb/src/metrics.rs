@@ -34,6 +34,10 @@ pub struct Metrics {
     pub head_series_created: Counter,
     pub head_series_removed: Counter,
     pub samples_appended: Counter,
+    /// Of `samples_appended`, out-of-order samples (inside the out-of-order window).
+    pub ooo_samples_appended: Counter,
+    /// Out-of-order blocks written (Prometheus's out-of-order compaction).
+    pub ooo_compactions: Counter,
     pub samples_rejected: Family<ReasonLabel, Counter>,
     pub wal_fsync_duration: Histogram,
     pub wal_corruptions_repaired: Counter,
@@ -60,6 +64,8 @@ impl Default for Metrics {
             head_series_created: Counter::default(),
             head_series_removed: Counter::default(),
             samples_appended: Counter::default(),
+            ooo_samples_appended: Counter::default(),
+            ooo_compactions: Counter::default(),
             samples_rejected: Family::default(),
             wal_fsync_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             wal_corruptions_repaired: Counter::default(),
@@ -99,6 +105,16 @@ impl Metrics {
             "head_samples_appended",
             "Samples appended to the head",
             self.samples_appended.clone(),
+        );
+        r.register(
+            "head_out_of_order_samples_appended",
+            "Out-of-order samples appended to the head (inside --tsdb.out-of-order.time-window)",
+            self.ooo_samples_appended.clone(),
+        );
+        r.register(
+            "out_of_order_compactions",
+            "Blocks written from out-of-order samples",
+            self.ooo_compactions.clone(),
         );
         r.register(
             "head_samples_rejected",

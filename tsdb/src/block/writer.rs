@@ -41,6 +41,8 @@ pub struct BlockOptions {
     pub parents: Vec<BlockDesc>,
     /// Maximum chunk segment size (Prometheus: 512 MiB).
     pub segment_size: u64,
+    /// `compaction.hints` (e.g. `from-out-of-order`).
+    pub hints: Vec<String>,
 }
 
 impl Default for BlockOptions {
@@ -52,6 +54,7 @@ impl Default for BlockOptions {
             sources: Vec::new(),
             parents: Vec::new(),
             segment_size: DEFAULT_SEGMENT_SIZE,
+            hints: Vec::new(),
         }
     }
 }
@@ -242,6 +245,7 @@ where
                 opts.sources.clone()
             },
             parents: opts.parents.clone(),
+            hints: opts.hints.clone(),
             ..Default::default()
         },
         version: 1,

@@ -875,6 +875,19 @@ impl Wal {
         Ok(last)
     }
 
+    /// Deletes segments ≤ `upto` (never the one being written): the write-behind log's
+    /// truncation once what they held is in blocks (it has no checkpoints).
+    pub fn remove_segments_upto(&self, upto: u64) -> Result<(), WalError> {
+        let current = self.lock_writer().seg;
+        for s in list_segments(&self.dir)? {
+            if s <= upto && s < current {
+                let p = self.dir.join(segment_name(s));
+                fs::remove_file(&p).map_err(io_err(&p))?;
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
     /// Writes a checkpoint for segments ≤ `upto`: `fill` writes complete frames into the
     /// buffer it gets (it is called repeatedly until it returns false, so a large state can
     /// be written in pieces). Then deletes segments ≤ `upto` and older checkpoints. A
