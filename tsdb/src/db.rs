@@ -1359,8 +1359,8 @@ impl<'a> Appender<'a> {
                         continue;
                     }
                     let mv = *min_valid.get_or_insert_with(|| head.window_from(t.min(cap)));
-                    let om = *ooo_min
-                        .get_or_insert_with(|| t.min(cap).saturating_sub(inner.ooo_window));
+                    let om =
+                        *ooo_min.get_or_insert_with(|| t.min(cap).saturating_sub(inner.ooo_window));
                     match head.append_locked(&mut d, t, v, mv) {
                         SampleResult::Appended => {
                             rec.push(samples, s.sref, t, v);

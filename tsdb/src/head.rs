@@ -907,7 +907,11 @@ impl Head {
         );
         let (imin, imax) = (self.min_time(), self.max_time());
         let lo = imin.min(omin);
-        let hi = if imax == i64::MIN { omax } else { imax.max(omax) };
+        let hi = if imax == i64::MIN {
+            omax
+        } else {
+            imax.max(omax)
+        };
         (lo <= hi && hi != i64::MIN).then_some((lo, hi))
     }
 
@@ -1149,12 +1153,11 @@ impl Head {
     /// chunks; produced lazily, one series at a time (block writing streams it, so
     /// compaction never holds every series' labels and chunks at once).
     pub fn iter_sorted(&self, mint: i64, maxt: i64) -> impl Iterator<Item = (Labels, Vec<Chunk>)> {
-        let mut series: Vec<Arc<MemSeries>> =
-            if self.misses(mint, maxt) {
-                Vec::new()
-            } else {
-                self.read().series.values().cloned().collect()
-            };
+        let mut series: Vec<Arc<MemSeries>> = if self.misses(mint, maxt) {
+            Vec::new()
+        } else {
+            self.read().series.values().cloned().collect()
+        };
         series.sort_unstable_by(|a, b| cmp_keys(&a.key, &b.key));
         series.into_iter().filter_map(move |s| {
             let c = s.chunks(mint, maxt);

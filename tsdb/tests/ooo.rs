@@ -112,14 +112,26 @@ fn shuffled_stream_inside_the_window_is_kept_whole_and_in_order() {
     let first = expected("a")[0];
     for _ in 0..2 {
         let mut app = db.appender();
-        app.append(&l, &[Sample { t: first.0, v: first.1 }]);
+        app.append(
+            &l,
+            &[Sample {
+                t: first.0,
+                v: first.1,
+            }],
+        );
         let out = app.commit().unwrap();
         assert_eq!(out.rejected(), 0, "{out:?}");
     }
     assert_eq!(stored(&db, "a"), expected("a"));
     // Outside the window: refused as before.
     let mut app = db.appender();
-    app.append(&l, &[Sample { t: NOW - 2 * H, v: 1.0 }]);
+    app.append(
+        &l,
+        &[Sample {
+            t: NOW - 2 * H,
+            v: 1.0,
+        }],
+    );
     let out = app.commit().unwrap();
     assert_eq!(out.appended, 0);
     assert_eq!(out.rejected(), 1, "{out:?}");
@@ -215,7 +227,11 @@ fn compaction_writes_out_of_order_blocks_and_truncates_the_log() {
         .iter()
         .filter(|m| m.compaction.hints.iter().any(|h| h == HINT_FROM_OOO))
         .collect();
-    assert_eq!(ooo.len(), 2, "one out-of-order block per 2h range: {written:#?}");
+    assert_eq!(
+        ooo.len(),
+        2,
+        "one out-of-order block per 2h range: {written:#?}"
+    );
     assert_eq!(ooo.iter().map(|m| m.stats.num_samples).sum::<u64>(), 2);
     assert_eq!(stored(&db, "a"), want, "after compaction");
     // The log that held them is gone.
