@@ -140,7 +140,7 @@ fn numbers_equal(a: &str, b: &str) -> bool {
 
 /// Compares two JSON values, numbers-as-strings with [`REL_TOLERANCE`]; the first
 /// difference as a path.
-fn json_diff(a: &Value, b: &Value, path: &str) -> Option<String> {
+pub fn json_diff(a: &Value, b: &Value, path: &str) -> Option<String> {
     match (a, b) {
         (Value::String(x), Value::String(y)) => {
             (!numbers_equal(x, y)).then(|| format!("{path}: {x} vs {y}"))
@@ -256,11 +256,29 @@ pub fn compare_histogram_queries(
     strip: &[&str],
     skip: Option<&str>,
 ) -> Comparison {
+    let queries: Vec<&str> = HISTOGRAM_QUERIES
+        .iter()
+        .copied()
+        .filter(|q| !skip.is_some_and(|s| q.contains(s)))
+        .collect();
+    compare_queries(prom, orrery, &queries, start_ms, end_ms, 5, strip)
+}
+
+/// Asks Prometheus (`prom`) and Orrery's querier (`orrery`) each of `queries`, instant at
+/// `end_ms` and as a range `[start_ms, end_ms]` every `step_secs`, and compares the
+/// answers, histograms included (labels in `strip` removed from Orrery's; numbers within
+/// 1e-9 relative). Prints a line per answer.
+pub fn compare_queries(
+    prom: &str,
+    orrery: &str,
+    queries: &[&str],
+    start_ms: i64,
+    end_ms: i64,
+    step_secs: u64,
+    strip: &[&str],
+) -> Comparison {
     let mut c = Comparison::default();
-    for q in HISTOGRAM_QUERIES {
-        if skip.is_some_and(|s| q.contains(s)) {
-            continue;
-        }
+    for q in queries {
         for (kind, path) in [
             (
                 "instant",
@@ -269,7 +287,7 @@ pub fn compare_histogram_queries(
             (
                 "range",
                 format!(
-                    "/api/v1/query_range?query={}&start={}&end={}&step=5",
+                    "/api/v1/query_range?query={}&start={}&end={}&step={step_secs}",
                     urlencode(q),
                     secs(start_ms),
                     secs(end_ms)

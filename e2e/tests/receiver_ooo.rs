@@ -288,3 +288,107 @@ fn out_of_order_stream_matches_prometheus_default_blocks() {
 fn out_of_order_stream_matches_prometheus_with_compaction() {
     side_by_side("5m");
 }
+
+/// A native histogram counter, shuffled inside the window: stored out of order,
+/// replayed from the write-behind log after a SIGKILL, and answered as Prometheus 3.5.3
+/// (same window) answers: the raw histograms, `rate`, the `histogram_*` functions.
+#[test]
+fn native_histograms_out_of_order_match_prometheus() {
+    use storeapi::wire::prometheus::WriteRequest;
+    use storeapi::wire::prompb::{self, BucketSpan, Histogram, TimeSeries};
+    use storeapi::wire::thanos::Label as WLabel;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let prom = Prometheus::start(
+        "global:\n  scrape_interval: 1h\nstorage:\n  tsdb:\n    out_of_order_time_window: 1h\n",
+        &[
+            "--web.enable-remote-write-receiver",
+            "--enable-feature=native-histograms",
+        ],
+    );
+    let now = now_ms() / S * S;
+    let hist = |i: i64| {
+        let (a, b) = (3 * i as u64, 7 * i as u64);
+        Histogram {
+            count: Some(prompb::histogram::Count::CountInt(i as u64 + a + b)),
+            zero_count: Some(prompb::histogram::ZeroCount::ZeroCountInt(i as u64)),
+            zero_threshold: 0.001,
+            schema: 1,
+            positive_spans: vec![BucketSpan {
+                offset: 0,
+                length: 2,
+            }],
+            positive_deltas: vec![a as i64, b as i64 - a as i64],
+            sum: i as f64 * 1.5,
+            timestamp: now - 50 * M + i * 30 * S,
+            ..Default::default()
+        }
+    };
+    let mut idx: Vec<i64> = (0..100).collect();
+    // The newest first, then shuffled.
+    idx.swap(0, 99);
+    shuffle(&mut idx[1..], 0x51ed_270b);
+    let mut recv = start_receiver(&data, &dir.path().join("receive-1.log"), "2h");
+    for (n, batch) in idx.chunks(8).enumerate() {
+        let req = WriteRequest {
+            timeseries: vec![TimeSeries {
+                labels: vec![WLabel {
+                    name: "__name__".into(),
+                    value: "ooo_latency_seconds".into(),
+                }],
+                samples: vec![],
+                exemplars: vec![],
+                histograms: batch.iter().map(|&i| hist(i)).collect(),
+            }],
+            metadata: vec![],
+        };
+        let body = {
+            use prost::Message;
+            snap::raw::Encoder::new()
+                .compress_vec(&req.encode_to_vec())
+                .unwrap()
+        };
+        let headers = [
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "snappy"),
+            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+        ];
+        let (code, text) =
+            e2e::http_request(&prom.addr(), "POST", "/api/v1/write", &headers, &body).unwrap();
+        assert_eq!(code, 204, "Prometheus refused request {n}: {text}");
+        let (code, text) = recv.post(&body, &[]);
+        assert_eq!(code, 200, "orrery refused request {n}: {text}");
+    }
+    recv.proc.kill();
+    let recv = start_receiver(&data, &dir.path().join("receive-2.log"), "2h");
+    let q = Querier::start(&[&recv.grpc], &[]);
+    let at = (now + M) as f64 / 1000.0;
+    let raw = |addr: &str| {
+        let v = prom_query(addr, "ooo_latency_seconds[2h]", Some(at));
+        v["data"]["result"][0]["histograms"].clone()
+    };
+    let theirs = raw(&prom.addr());
+    assert_eq!(theirs.as_array().map(Vec::len), Some(100), "{theirs}");
+    // Bucket bounds may print one ulp apart (see `storeapi`'s `exponential_bound`):
+    // compared as numbers.
+    if let Some(d) = e2e::histograms::json_diff(&raw(&q.http), &theirs, "histograms") {
+        panic!("raw histograms differ: {d}");
+    }
+    e2e::histograms::compare_queries(
+        &prom.addr(),
+        &q.http,
+        &[
+            "ooo_latency_seconds",
+            "rate(ooo_latency_seconds[5m])",
+            "histogram_count(rate(ooo_latency_seconds[5m]))",
+            "histogram_quantile(0.9, rate(ooo_latency_seconds[5m]))",
+            "histogram_sum(increase(ooo_latency_seconds[10m]))",
+        ],
+        now - 45 * M,
+        now,
+        60,
+        &["tenant_id"],
+    )
+    .assert_clean();
+}

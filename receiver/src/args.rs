@@ -122,7 +122,7 @@ pub struct ReceiveArgs {
     /// window (Prometheus's `out_of_order_time_window`): kept in the write-behind log
     /// `wbl/`, queryable at once, written into their own blocks (compaction hint
     /// `from-out-of-order`) when the head is compacted. 0 (Thanos's default) refuses
-    /// them (409 out_of_order / out_of_bounds). Float samples only.
+    /// them (409 out_of_order / out_of_bounds). Floats and native histograms.
     #[arg(long = "tsdb.out-of-order.time-window", default_value = "0s", value_parser = parse_duration)]
     pub ooo_time_window: Duration,
 

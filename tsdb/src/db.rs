@@ -49,7 +49,7 @@
 //!
 //! # Out-of-order samples
 //! With [`Options::ooo_time_window`] > 0 (Prometheus's `out_of_order_time_window`,
-//! Thanos's `--tsdb.out-of-order.time-window`), a float sample the in-order head would
+//! Thanos's `--tsdb.out-of-order.time-window`), a sample the in-order head would
 //! refuse — older than its series' newest sample, or older than the appendable window —
 //! is accepted when it is not older than the head's newest timestamp (capped at `now`)
 //! minus the window. It is kept in the series' out-of-order chunks (see
@@ -60,8 +60,9 @@
 //! duration's aligned ranges, marked with the compaction hint `from-out-of-order`; they
 //! may overlap other blocks (readers and the bucket compactor merge overlaps), and then
 //! the WBL segments they came from are deleted. A crash in between replays them again:
-//! written twice, identical, read once. Native histograms out of order are still
-//! refused.
+//! written twice, identical, read once. Native histograms are taken out of order the
+//! same way (their own open chunk, Prometheus's histogram chunk encodings, histogram
+//! records in the WBL).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
@@ -379,8 +380,8 @@ fn open_wbl(
     if rp.unknown_refs > 0 || rp.histograms > 0 {
         tracing::warn!(
             unknown_series = rp.unknown_refs,
-            histogram_records = rp.histograms,
-            "write-behind log: samples of unknown series and out-of-order histograms skipped"
+            invalid_histograms = rp.histograms,
+            "write-behind log: samples of unknown series and histograms that do not encode skipped"
         );
     }
     tracing::info!(dir = %dir.display(), samples = rp.samples, segments = report.segments,
@@ -420,9 +421,20 @@ impl Visitor for OooReplayer<'_> {
         }
     }
     fn chunk(&mut self, _r: u64, _min_t: i64, _max_t: i64, _data: &[u8]) {}
-    fn skipped(&mut self, what: Skipped) {
-        if matches!(what, Skipped::Histograms) {
-            self.histograms += 1;
+    fn histograms(&mut self, samples: Vec<RefHistogramSample>) {
+        for x in samples {
+            let Some(s) = self.refs.get(&x.r) else {
+                self.unknown_refs += 1;
+                continue;
+            };
+            match s.lock().insert_ooo_histogram(x.t, &x.h, self.cap) {
+                Ok(true) => {
+                    self.head.note_ooo_time(x.t);
+                    self.samples += 1;
+                }
+                Ok(false) => {}
+                Err(_) => self.histograms += 1,
+            }
         }
     }
 }
@@ -889,12 +901,12 @@ impl Db {
             let end = start.saturating_add(range);
             let mut failed = None;
             let series = taken.iter().filter_map(|(s, chunks)| {
-                match crate::head::merge_chunks(chunks, start, end - 1) {
-                    Ok(samples) if samples.is_empty() => None,
-                    Ok(samples) => Some((
-                        s.labels(),
-                        crate::head::encode_chunks(&samples, block::compact::SAMPLES_PER_CHUNK),
-                    )),
+                let encoded = crate::head::merge_samples(chunks, start, end - 1).and_then(|x| {
+                    crate::head::encode_samples(&x, block::compact::SAMPLES_PER_CHUNK)
+                });
+                match encoded {
+                    Ok(c) if c.is_empty() => None,
+                    Ok(c) => Some((s.labels(), c)),
                     Err(e) => {
                         failed.get_or_insert(e);
                         None
@@ -1302,9 +1314,12 @@ impl<'a> Appender<'a> {
             samples.push(record::TYPE_SAMPLES);
             let mut rec = SamplesRecord::default();
             let mut newly_logged: Vec<&Arc<MemSeries>> = Vec::new();
-            // Appended histograms: (series ref, index into `hists`), by flavour.
+            // Appended histograms: (series ref, index into `hists`), by flavour; and
+            // those taken out of order.
             let mut int_hists: Vec<(u64, usize)> = Vec::new();
             let mut float_hists: Vec<(u64, usize)> = Vec::new();
+            let mut ooo_int_hists: Vec<(u64, usize)> = Vec::new();
+            let mut ooo_float_hists: Vec<(u64, usize)> = Vec::new();
             out.series_refs.reserve(self.keys.len());
             for (i, (s, &(a, b))) in resolved.iter().zip(&self.spans).enumerate() {
                 let Some(s) = s else {
@@ -1332,6 +1347,8 @@ impl<'a> Appender<'a> {
                             continue;
                         }
                         let mv = *min_valid.get_or_insert_with(|| head.window_from(t.min(cap)));
+                        let om = *ooo_min
+                            .get_or_insert_with(|| t.min(cap).saturating_sub(inner.ooo_window));
                         match d.append_histogram(t, &x.h, mv, head.chunk_range()) {
                             SampleResult::Appended => {
                                 let list = match x.h {
@@ -1346,6 +1363,27 @@ impl<'a> Appender<'a> {
                             SampleResult::DuplicateIgnored => {
                                 out.duplicates_ignored += 1;
                                 out.histogram_duplicates_ignored += 1;
+                            }
+                            SampleResult::Rejected(
+                                RejectReason::OutOfOrder | RejectReason::OutOfBounds,
+                            ) if inner.ooo_window > 0 && t >= om => {
+                                match d.insert_ooo_histogram(t, &x.h, ooo_cap) {
+                                    Ok(true) => {
+                                        let list = match x.h {
+                                            HistogramValue::Int(_) => &mut ooo_int_hists,
+                                            HistogramValue::Float(_) => &mut ooo_float_hists,
+                                        };
+                                        list.push((s.sref, a as usize + k));
+                                        head.note_ooo_time(t);
+                                        out.histograms_appended += 1;
+                                        out.ooo_appended += 1;
+                                    }
+                                    Ok(false) => {
+                                        out.duplicates_ignored += 1;
+                                        out.histogram_duplicates_ignored += 1;
+                                    }
+                                    Err(_) => out.count(RejectReason::InvalidHistogram, i, t),
+                                }
                             }
                             SampleResult::Rejected(r) => out.count(r, i, t),
                         }
@@ -1395,7 +1433,13 @@ impl<'a> Appender<'a> {
                 wal::finish_frame(frames, at);
             }
             out.appended += out.histograms_appended;
-            for (list, float) in [(&int_hists, false), (&float_hists, true)] {
+            let mut wbl_hists = false;
+            for (list, float, wbl) in [
+                (&int_hists, false, false),
+                (&float_hists, true, false),
+                (&ooo_int_hists, false, true),
+                (&ooo_float_hists, true, true),
+            ] {
                 if list.is_empty() {
                     continue;
                 }
@@ -1404,11 +1448,13 @@ impl<'a> Appender<'a> {
                     .map(|&(r, k)| (r, self.hists[k].t, &self.hists[k].h))
                     .collect();
                 let (std, custom) = record::encode_histogram_refs(&refs, float);
+                let dst: &mut Vec<u8> = if wbl { wbl_frames } else { frames };
                 for payload in [std, custom] {
                     if payload.len() > 1 {
-                        let at = wal::start_frame(frames);
-                        frames.extend_from_slice(&payload);
-                        wal::finish_frame(frames, at);
+                        let at = wal::start_frame(dst);
+                        dst.extend_from_slice(&payload);
+                        wal::finish_frame(dst, at);
+                        wbl_hists |= wbl;
                     }
                 }
             }
@@ -1426,10 +1472,12 @@ impl<'a> Appender<'a> {
             // failed: they are in the head, and a failed write keeps its frames for the
             // next one, so they are logged before any later commit is acknowledged.
             let wpos = match &inner.wbl {
-                Some(wbl) if !ooo_rec.is_empty() => {
-                    let at = wal::start_frame(wbl_frames);
-                    wbl_frames.extend_from_slice(wbl_samples);
-                    wal::finish_frame(wbl_frames, at);
+                Some(wbl) if !ooo_rec.is_empty() || wbl_hists => {
+                    if !ooo_rec.is_empty() {
+                        let at = wal::start_frame(wbl_frames);
+                        wbl_frames.extend_from_slice(wbl_samples);
+                        wal::finish_frame(wbl_frames, at);
+                    }
                     wbl.write(wbl_frames).map(Some)
                 }
                 _ => Ok(wbl_flushed),
@@ -1520,11 +1568,23 @@ pub fn histograms_in_range(
     mint: i64,
     maxt: i64,
 ) -> Result<Vec<HistogramSample>, ChunkError> {
+    let hist = |c: &&Chunk| {
+        c.encoding != crate::chunk::Encoding::Xor && c.max_time >= mint && c.min_time <= maxt
+    };
+    let mut sel: Vec<&Chunk> = chunks.iter().filter(hist).collect();
+    sel.sort_by_key(|c| c.min_time);
+    if sel.windows(2).any(|w| w[1].min_time <= w[0].max_time) {
+        // Overlapping chunks (out-of-order samples): their union, each timestamp once.
+        return Ok(crate::head::merge_samples(sel, mint, maxt)?
+            .into_iter()
+            .filter_map(|(t, v)| match v {
+                crate::head::Value::Histogram(h) => Some(HistogramSample { t, h }),
+                crate::head::Value::Float(_) => None,
+            })
+            .collect());
+    }
     let mut out: Vec<HistogramSample> = Vec::new();
-    for c in chunks {
-        if c.max_time < mint || c.min_time > maxt || c.encoding == crate::chunk::Encoding::Xor {
-            continue;
-        }
+    for c in sel {
         for x in c.iter_histograms()? {
             let x = x?;
             if x.t >= mint && x.t <= maxt && out.last().is_none_or(|l| x.t > l.t) {

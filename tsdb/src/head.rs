@@ -28,7 +28,7 @@ use storeapi::histogram::{FloatHistogram, Histogram, HistogramValue};
 
 mod ooo;
 mod open_chunk;
-pub use ooo::{encode_chunks, merge_chunks};
+pub use ooo::{Value, encode_chunks, encode_samples, merge_chunks, merge_samples};
 use open_chunk::{HistKind, LastValue, OpenChunk, XorOpen, append_histogram, encode_histograms};
 
 /// Samples per chunk before a new one is cut (Prometheus's target).
@@ -457,6 +457,21 @@ impl SeriesData {
     /// repeats a timestamp of the open out-of-order chunk (dropped, as Prometheus does).
     pub(crate) fn insert_ooo(&mut self, t: i64, v: f64, cap: usize) -> bool {
         self.ooo.get_or_insert_default().insert(t, v, cap)
+    }
+
+    /// Stores an out-of-order native histogram (see [`SeriesData::insert_ooo`]).
+    pub(crate) fn insert_ooo_histogram(
+        &mut self,
+        t: i64,
+        h: &HistogramValue,
+        cap: usize,
+    ) -> Result<bool, ChunkError> {
+        let o = self.ooo.get_or_insert_default();
+        let r = o.insert_histogram(t, h, cap);
+        if o.is_empty() {
+            self.ooo = None;
+        }
+        r
     }
 
     /// Out-of-order chunks overlapping `[mint, maxt]`.

@@ -245,3 +245,98 @@ fn compaction_writes_out_of_order_blocks_and_truncates_the_log() {
     let db = Db::open(d.path(), o(), None).unwrap();
     assert_eq!(stored(&db, "a"), want, "after reopening");
 }
+
+fn hist(k: u64) -> storeapi::histogram::HistogramValue {
+    use storeapi::histogram::{FloatHistogram, Histogram, HistogramValue, Span};
+    let spans = vec![Span {
+        offset: 0,
+        length: 2,
+    }];
+    if k % 5 == 4 {
+        // Every fifth one a float histogram: the flavour changes inside the stream.
+        return HistogramValue::Float(Box::new(FloatHistogram {
+            schema: 0,
+            count: 2.0 * k as f64,
+            sum: k as f64,
+            positive_spans: spans,
+            positive_buckets: vec![k as f64, k as f64],
+            ..Default::default()
+        }));
+    }
+    HistogramValue::Int(Box::new(Histogram {
+        schema: 0,
+        count: 2 * k,
+        sum: k as f64,
+        positive_spans: spans,
+        // Deltas: k, then +0.
+        positive_buckets: vec![k as i64, 0],
+        ..Default::default()
+    }))
+}
+
+fn stored_histograms(db: &Db, name: &str) -> Vec<(i64, f64)> {
+    let q = db.querier(i64::MIN, i64::MAX);
+    q.select(&[Matcher::new(MatchOp::Equal, "__name__", name).unwrap()])
+        .unwrap()
+        .into_iter()
+        .flat_map(|s| s.histograms(i64::MIN, i64::MAX).unwrap())
+        .map(|x| {
+            let sum = match x.h {
+                storeapi::histogram::HistogramValue::Int(h) => h.sum,
+                storeapi::histogram::HistogramValue::Float(h) => h.sum,
+            };
+            (x.t, sum)
+        })
+        .collect()
+}
+
+#[test]
+fn native_histograms_out_of_order_are_kept_logged_and_compacted() {
+    use storeapi::histogram::HistogramSample;
+    let d = tempfile::tempdir().unwrap();
+    let o = || opts(Duration::from_secs(3600), SyncPolicy::Always);
+    let l = ls("h");
+    let mut ts: Vec<i64> = (0..100).map(|i| NOW - 50 * M + i * 30_000).collect();
+    shuffle(&mut ts[1..], 3);
+    ts.swap(0, 99);
+    let want: Vec<(i64, f64)> = {
+        let mut w: Vec<(i64, f64)> = ts
+            .iter()
+            .map(|&t| (t, ((t - NOW + 50 * M) / 30_000) as f64))
+            .collect();
+        w.sort_by_key(|x| x.0);
+        w
+    };
+    {
+        let db = Db::open(d.path(), o(), None).unwrap();
+        for batch in ts.chunks(7) {
+            let mut app = db.appender();
+            app.append_histograms(
+                &l,
+                batch.iter().map(|&t| HistogramSample {
+                    t,
+                    h: hist(((t - NOW + 50 * M) / 30_000) as u64),
+                }),
+            );
+            let out = app.commit().unwrap();
+            assert_eq!(out.rejected(), 0, "{out:?}");
+        }
+        assert!(db.metrics().ooo_samples_appended.get() > 50);
+        assert_eq!(stored_histograms(&db, "h"), want, "before the crash");
+    }
+    // Crashed: the write-behind log brings them back.
+    let db = Db::open(d.path(), o(), None).unwrap();
+    assert_eq!(stored_histograms(&db, "h"), want, "after the crash");
+    // Written into blocks: the same samples, each once, also after reopening.
+    let written = db.flush().unwrap();
+    assert!(
+        written
+            .iter()
+            .any(|m| m.compaction.hints.iter().any(|h| h == HINT_FROM_OOO)),
+        "{written:#?}"
+    );
+    assert_eq!(stored_histograms(&db, "h"), want, "after compaction");
+    drop(db);
+    let db = Db::open(d.path(), o(), None).unwrap();
+    assert_eq!(stored_histograms(&db, "h"), want, "after reopening");
+}

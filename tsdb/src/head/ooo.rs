@@ -13,14 +13,20 @@
 //! its value (Prometheus's rule: only the open chunk is checked, so a repeat of a sample
 //! in a closed chunk is stored twice and read once).
 //!
+//! Native histograms (either flavour) have an open chunk of their own, encoded as
+//! Prometheus's histogram chunks (cut where the flavour changes or the appender cuts);
+//! a timestamp already in either open chunk is a repeat.
+//!
 //! Out-of-order compaction moves everything present into `compacting`
 //! ([`OooSeries::begin_compaction`]), still read by queries, writes it into blocks and
 //! then drops it ([`OooSeries::end_compaction`]); samples arriving meanwhile start a new
 //! open chunk.
 
 use bytes::Bytes;
+use storeapi::histogram::HistogramValue;
 
-use crate::chunk::{Chunk, Encoding, XorChunk};
+use super::open_chunk::encode_histogram_samples;
+use crate::chunk::{Chunk, ChunkError, Encoding, XorChunk};
 
 /// Out-of-order samples of one series.
 #[derive(Debug, Default)]
@@ -30,6 +36,11 @@ pub(crate) struct OooSeries {
     /// `open` encoded (re-encoded after each insert: at most `cap` ≤ 255 samples), so
     /// readers borrow it like any other chunk.
     open_chunk: Option<Chunk>,
+    /// Open native histogram samples, sorted by time, timestamps unique.
+    hist_open: Vec<(i64, HistogramValue)>,
+    /// `hist_open` encoded (one chunk per run of one flavour, or more where the appender
+    /// cuts).
+    hist_open_chunks: Vec<Chunk>,
     closed: Vec<Chunk>,
     /// Chunks being written into blocks by a running compaction.
     compacting: Vec<Chunk>,
@@ -37,21 +48,61 @@ pub(crate) struct OooSeries {
 
 impl OooSeries {
     pub(crate) fn is_empty(&self) -> bool {
-        self.open.is_empty() && self.closed.is_empty() && self.compacting.is_empty()
+        self.open.is_empty()
+            && self.hist_open.is_empty()
+            && self.closed.is_empty()
+            && self.compacting.is_empty()
     }
 
-    /// Inserts a sample; `false` when the open chunk already has its timestamp (dropped).
+    /// Whether either open chunk has a sample at `t`.
+    fn has_open(&self, t: i64) -> bool {
+        self.open.binary_search_by_key(&t, |&(x, _)| x).is_ok()
+            || self.hist_open.binary_search_by_key(&t, |(x, _)| *x).is_ok()
+    }
+
+    /// Inserts a sample; `false` when an open chunk already has its timestamp (dropped).
     pub(crate) fn insert(&mut self, t: i64, v: f64, cap: usize) -> bool {
-        let cap = cap.max(1);
-        if self.open.len() >= cap {
+        if self.open.len() >= cap.max(1) {
             self.close_open();
         }
-        match self.open.binary_search_by_key(&t, |&(x, _)| x) {
-            Ok(_) => return false,
-            Err(i) => self.open.insert(i, (t, v)),
+        if self.has_open(t) {
+            return false;
         }
+        let i = self.open.partition_point(|&(x, _)| x < t);
+        self.open.insert(i, (t, v));
         self.open_chunk = Some(encode(&self.open));
         true
+    }
+
+    /// Inserts a native histogram sample; `Ok(false)` when an open chunk already has its
+    /// timestamp (dropped). An error (a histogram the chunk encoding cannot hold) leaves
+    /// nothing behind.
+    pub(crate) fn insert_histogram(
+        &mut self,
+        t: i64,
+        h: &HistogramValue,
+        cap: usize,
+    ) -> Result<bool, ChunkError> {
+        if self.hist_open.len() >= cap.max(1) {
+            self.close_hist_open();
+        }
+        if self.has_open(t) {
+            return Ok(false);
+        }
+        let i = self.hist_open.partition_point(|(x, _)| *x < t);
+        self.hist_open.insert(i, (t, h.clone()));
+        let refs: Vec<(i64, &HistogramValue)> =
+            self.hist_open.iter().map(|(t, h)| (*t, h)).collect();
+        match encode_histogram_samples(&refs) {
+            Ok(chunks) => {
+                self.hist_open_chunks = chunks;
+                Ok(true)
+            }
+            Err(e) => {
+                self.hist_open.remove(i);
+                Err(e)
+            }
+        }
     }
 
     fn close_open(&mut self) {
@@ -61,12 +112,18 @@ impl OooSeries {
         self.open.clear();
     }
 
+    fn close_hist_open(&mut self) {
+        self.closed.append(&mut self.hist_open_chunks);
+        self.hist_open.clear();
+    }
+
     /// Every chunk held, those being compacted included (they overlap each other).
     pub(crate) fn chunks(&self) -> impl Iterator<Item = &Chunk> + Clone {
         self.compacting
             .iter()
             .chain(&self.closed)
             .chain(self.open_chunk.as_ref())
+            .chain(&self.hist_open_chunks)
     }
 
     /// Moves every sample held into `compacting` (see the module docs) and returns the
@@ -74,6 +131,7 @@ impl OooSeries {
     /// again.
     pub(crate) fn begin_compaction(&mut self) -> Vec<Chunk> {
         self.close_open();
+        self.close_hist_open();
         self.compacting.append(&mut self.closed);
         self.compacting.clone()
     }
@@ -127,6 +185,86 @@ pub fn merge_chunks<'a>(
 /// Encodes sorted samples into XOR chunks of at most `per_chunk` samples.
 pub fn encode_chunks(samples: &[(i64, f64)], per_chunk: usize) -> Vec<Chunk> {
     samples.chunks(per_chunk.max(1)).map(encode).collect()
+}
+
+/// One sample of either kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Float(f64),
+    Histogram(HistogramValue),
+}
+
+/// Like [`merge_chunks`] for chunks of any encoding (XOR and both histogram flavours):
+/// every sample in `[mint, maxt]`, sorted by time, each timestamp once (the first
+/// chunk given wins).
+pub fn merge_samples<'a>(
+    chunks: impl IntoIterator<Item = &'a Chunk>,
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<(i64, Value)>, ChunkError> {
+    let mut all: Vec<(i64, usize, Value)> = Vec::new();
+    for (i, c) in chunks.into_iter().enumerate() {
+        if c.max_time < mint || c.min_time > maxt {
+            continue;
+        }
+        if c.encoding == Encoding::Xor {
+            crate::chunk::xor::for_each_sample(&c.data, |t, v| {
+                if t >= mint && t <= maxt {
+                    all.push((t, i, Value::Float(v)));
+                }
+                std::ops::ControlFlow::Continue(())
+            })?;
+            continue;
+        }
+        for x in c.iter_histograms()? {
+            let x = x?;
+            if x.t >= mint && x.t <= maxt {
+                all.push((x.t, i, Value::Histogram(x.h)));
+            }
+        }
+    }
+    all.sort_by_key(|s| (s.0, s.1));
+    all.dedup_by_key(|s| s.0);
+    Ok(all.into_iter().map(|(t, _, v)| (t, v)).collect())
+}
+
+/// Encodes sorted samples of any kind (unique timestamps): runs of floats as XOR
+/// chunks of at most `per_chunk` samples, runs of histograms as Prometheus's
+/// histogram chunks.
+pub fn encode_samples(
+    samples: &[(i64, Value)],
+    per_chunk: usize,
+) -> Result<Vec<Chunk>, ChunkError> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < samples.len() {
+        let float = matches!(samples[i].1, Value::Float(_));
+        let j = samples[i..]
+            .iter()
+            .position(|(_, v)| matches!(v, Value::Float(_)) != float)
+            .map_or(samples.len(), |k| i + k);
+        if float {
+            let run: Vec<(i64, f64)> = samples[i..j]
+                .iter()
+                .filter_map(|(t, v)| match v {
+                    Value::Float(f) => Some((*t, *f)),
+                    Value::Histogram(_) => None,
+                })
+                .collect();
+            out.extend(encode_chunks(&run, per_chunk));
+        } else {
+            let run: Vec<(i64, &HistogramValue)> = samples[i..j]
+                .iter()
+                .filter_map(|(t, v)| match v {
+                    Value::Histogram(h) => Some((*t, h)),
+                    Value::Float(_) => None,
+                })
+                .collect();
+            out.extend(encode_histogram_samples(&run)?);
+        }
+        i = j;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -184,6 +322,49 @@ mod tests {
         o.end_compaction();
         assert_eq!(all(&o), vec![(2, 0.0)]);
         assert!(!o.is_empty());
+    }
+
+    fn hist(count: u64) -> HistogramValue {
+        use storeapi::histogram::{Histogram, Span};
+        HistogramValue::Int(Box::new(Histogram {
+            count,
+            sum: count as f64,
+            schema: 0,
+            positive_spans: vec![Span {
+                offset: 0,
+                length: 1,
+            }],
+            positive_buckets: vec![count as i64],
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn histograms_and_floats_share_the_repeat_rule_and_read_back_merged() {
+        let mut o = OooSeries::default();
+        for t in [40, 10, 30] {
+            assert!(o.insert_histogram(t, &hist(t as u64), 2).unwrap());
+        }
+        assert!(
+            !o.insert_histogram(30, &hist(99), 2).unwrap(),
+            "repeat in the open chunk"
+        );
+        assert!(
+            !o.insert(30, 1.0, 2),
+            "a float at a histogram's timestamp is a repeat too"
+        );
+        assert!(o.insert(20, 2.0, 2));
+        let got = merge_samples(o.chunks(), i64::MIN, i64::MAX).unwrap();
+        let ts: Vec<i64> = got.iter().map(|s| s.0).collect();
+        assert_eq!(ts, vec![10, 20, 30, 40]);
+        assert_eq!(got[1].1, Value::Float(2.0));
+        match &got[3].1 {
+            Value::Histogram(HistogramValue::Int(h)) => assert_eq!(h.count, 40),
+            other => panic!("{other:?}"),
+        }
+        // Re-encoded as blocks are written: the same samples.
+        let chunks = encode_samples(&got, 120).unwrap();
+        assert_eq!(merge_samples(&chunks, i64::MIN, i64::MAX).unwrap(), got);
     }
 
     #[test]
