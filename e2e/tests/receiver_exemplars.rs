@@ -155,7 +155,8 @@ fn prom_counter(addr: &str, name: &str) -> f64 {
 
 /// Prometheus remote-writes to a fresh receiver; the querier's exemplar answers must
 /// equal Prometheus's own. Returns the running parts for further checks.
-fn run_phase(v2: bool) -> (Receiver, Querier, Prometheus, tempfile::TempDir) {
+#[allow(clippy::type_complexity)]
+fn run_phase(v2: bool) -> (Receiver, Querier, Prometheus, tempfile::TempDir, (f64, f64)) {
     let dir = tempfile::tempdir().unwrap();
     let recv = Receiver::start(
         &dir.path().join("data"),
@@ -240,12 +241,12 @@ fn run_phase(v2: bool) -> (Receiver, Querier, Prometheus, tempfile::TempDir) {
         prom_counter(&prom.addr(), "prometheus_remote_storage_exemplars_total") > 0.0,
         "Prometheus sent no exemplars (v2={v2})"
     );
-    (recv, q, prom, dir)
+    (recv, q, prom, dir, (start, end))
 }
 
 #[test]
 fn exemplars_and_metadata_equal_prometheus_over_remote_write_1() {
-    let (recv, q, prom, _dir) = run_phase(false);
+    let (recv, q, prom, _dir, _) = run_phase(false);
 
     // Metadata: the 1.0 metadata requests carry the scrape cache Prometheus's own API
     // reads, so the answers are equal.
@@ -285,7 +286,7 @@ fn exemplars_and_metadata_equal_prometheus_over_remote_write_1() {
 
 #[test]
 fn exemplars_equal_prometheus_over_remote_write_2() {
-    let (recv, q, _prom, _dir) = run_phase(true);
+    let (mut recv, q, prom, dir, (start, end)) = run_phase(true);
     // 2.0 carries metadata per series (metadata-wal-records): the histogram's series
     // are one family, as Prometheus lists it.
     let found = wait_for(Duration::from_secs(20), || {
@@ -299,6 +300,29 @@ fn exemplars_equal_prometheus_over_remote_write_2() {
         "no 2.0 metadata for test_latency_seconds: {}\nreceiver log:\n{}",
         get_json(&q.http, "/api/v1/metadata").1,
         recv.proc.log_text()
+    );
+
+    // Stored exemplars are in the WAL: after a SIGKILL the restarted receiver answers
+    // the compared window as before.
+    let query = r#"{job="exemplars"}"#;
+    let want = exemplars_of(&prom.addr(), query, start, end);
+    recv.proc.kill();
+    let recv = Receiver::start(
+        &dir.path().join("data"),
+        &dir.path().join("receive-2.log"),
+        &["--tsdb.max-exemplars=100000"],
+    );
+    let q = Querier::start(&[&recv.grpc], &[]);
+    let mut got = Vec::new();
+    let same = wait_for(Duration::from_secs(20), || {
+        got = exemplars_of(&q.http, query, start, end);
+        (got == want).then_some(())
+    });
+    assert!(
+        same.is_some(),
+        "exemplars after a SIGKILL differ from Prometheus's\n orrery: {}\n prometheus: {}",
+        serde_json::to_string(&got).unwrap(),
+        serde_json::to_string(&want).unwrap()
     );
 }
 

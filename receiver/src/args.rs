@@ -131,8 +131,9 @@ pub struct ReceiveArgs {
           value_parser = parse_ooo_cap)]
     pub ooo_cap_max: usize,
 
-    /// Exemplars kept in memory per tenant: one ring buffer, the oldest forgotten first
-    /// (Prometheus's exemplar storage). 0 (Thanos's default) drops every exemplar.
+    /// Exemplars kept per tenant: one ring buffer, the oldest forgotten first
+    /// (Prometheus's exemplar storage), logged to the tenant's WAL and replayed after a
+    /// restart. 0 (Thanos's default) drops every exemplar.
     #[arg(long = "tsdb.max-exemplars", default_value_t = 0)]
     pub max_exemplars: usize,
 

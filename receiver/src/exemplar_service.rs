@@ -76,7 +76,7 @@ pub fn select(
         if mine.is_empty() {
             continue;
         }
-        for s in t.exemplars.select(start, end, &mine) {
+        for s in t.exemplars().select(start, end, &mine) {
             let mut series = s.series;
             series.extend_external(&t.external_labels);
             let exemplars = s
@@ -219,7 +219,7 @@ mod tests {
         for tenant in ["a", "b"] {
             let series = Labels::from_pairs([("__name__", "req_total"), ("job", tenant)]).unwrap();
             let t = mt.get_or_create(tenant).unwrap();
-            t.exemplars
+            t.exemplars()
                 .add(
                     &series,
                     tsdb::exemplars::Exemplar {

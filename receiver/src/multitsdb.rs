@@ -102,10 +102,15 @@ pub struct Tenant {
     pub external_labels: Labels,
     /// Uploads this tenant's blocks (with a bucket configured).
     pub shipper: Option<Arc<objstore::Shipper>>,
-    /// The newest `--tsdb.max-exemplars` exemplars of this tenant (in memory only).
-    pub exemplars: tsdb::exemplars::ExemplarStorage,
     /// Metric metadata senders reported for this tenant (in memory only).
     pub metadata: tsdb::metadata::MetadataStore,
+}
+
+impl Tenant {
+    /// The newest `--tsdb.max-exemplars` exemplars of this tenant (logged to its WAL).
+    pub fn exemplars(&self) -> &tsdb::exemplars::ExemplarStorage {
+        self.db.exemplars()
+    }
 }
 
 /// All tenants.
@@ -233,6 +238,7 @@ impl MultiTsdb {
                 external_labels: Some(ext),
                 thanos_source: "receive".into(),
                 too_far_in_future: self.cfg.too_far_in_future,
+                max_exemplars: self.cfg.max_exemplars,
                 ooo_time_window: self.cfg.ooo_time_window,
                 ooo_cap_max: self.cfg.ooo_cap_max,
                 retention_hold: shipper
@@ -253,7 +259,6 @@ impl MultiTsdb {
             db,
             external_labels,
             shipper,
-            exemplars: tsdb::exemplars::ExemplarStorage::new(self.cfg.max_exemplars),
             metadata: tsdb::metadata::MetadataStore::new(Default::default()),
         });
         self.tenants

@@ -518,9 +518,19 @@ pub fn write_into(
     if keep_exemplars || !pending_metadata.is_empty() {
         let t = tenant_of(mt, tenant)?;
         if keep_exemplars {
+            let items: Vec<(storeapi::Labels, Exemplar)> = pending_exemplars
+                .into_iter()
+                .map(|(series, e)| ((*series).clone(), e))
+                .collect();
+            // Stored exemplars are logged to the WAL before the request is answered.
+            let verdicts = t.db.add_exemplars(&items).map_err(|e| {
+                WriteError::Internal(format!(
+                    "writing exemplars to the TSDB of tenant {tenant:?} failed: {e}"
+                ))
+            })?;
             let mut stored = 0u64;
-            for (series, e) in pending_exemplars {
-                match t.exemplars.add(&series, e) {
+            for v in verdicts {
+                match v {
                     Ok(tsdb::exemplars::Added::Stored) => {
                         stored += 1;
                         summary.exemplars_written += 1;
@@ -964,7 +974,7 @@ mod tests {
         let all = vec![vec![
             storeapi::Matcher::new(storeapi::MatchOp::Equal, "job", "a").unwrap(),
         ]];
-        let got = t.exemplars.select(i64::MIN, i64::MAX, &all);
+        let got = t.exemplars().select(i64::MIN, i64::MAX, &all);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].series.get("__name__"), Some("req_total"));
         let traces: Vec<&str> = got[0]
@@ -1015,7 +1025,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.exemplars_written, 1);
         assert_eq!(reason("out_of_order"), 2);
-        assert_eq!(t.exemplars.stats().stored, 2);
+        assert_eq!(t.exemplars().stats().stored, 2);
     }
 
     /// Remote write 2.0: exemplar-only series stored, series metadata kept under the
@@ -1083,7 +1093,7 @@ mod tests {
         .unwrap();
         assert_eq!((summary.written, summary.exemplars_written), (1, 1));
         let t = mt.get("t").unwrap();
-        let got = t.exemplars.select(
+        let got = t.exemplars().select(
             now,
             now,
             &[vec![storeapi::Matcher::equal("__name__", "lat_bucket")]],

@@ -1,6 +1,6 @@
 //! The records of a WAL checkpoint, made from the head's state: what Prometheus's
 //! checkpoint holds for a head without deletions, in its order — series records, float
-//! samples records, then native histogram records (types 7-10) — so Prometheus and
+//! samples records, native histogram records (types 7-10), then exemplar records — so Prometheus and
 //! `promtool` read an Orrery checkpoint and Orrery reads its own after a restart.
 
 use std::sync::Arc;
@@ -8,9 +8,13 @@ use std::sync::Arc;
 use storeapi::histogram::HistogramValue;
 
 use crate::chunk::{Encoding, XorIterator};
+use crate::exemplars::Exemplar;
 use crate::head::MemSeries;
 use crate::wal;
-use crate::wal::record::{self, RefHistogramSample, SamplesRecord};
+use crate::wal::record::{self, ExemplarsRecord, RefHistogramSample, SamplesRecord};
+
+/// Exemplars per checkpoint record.
+const EXEMPLARS_PER_RECORD: usize = 4096;
 
 /// Histogram samples gathered before their records are written.
 const HISTOGRAMS_PER_RECORD: usize = 2048;
@@ -20,6 +24,7 @@ enum Phase {
     Series,
     Samples,
     Histograms,
+    Exemplars,
     Done,
 }
 
@@ -34,13 +39,16 @@ pub(crate) struct CheckpointRecords {
     pending_at: usize,
     ints: Vec<RefHistogramSample>,
     floats: Vec<RefHistogramSample>,
+    /// Stored exemplars of head series (ref), oldest first.
+    exemplars: Vec<(u64, Exemplar)>,
     /// The first chunk that did not decode (a bug: its readable samples are written).
     pub error: Option<String>,
 }
 
 impl CheckpointRecords {
-    pub fn new(series: Vec<Arc<MemSeries>>) -> Self {
+    pub fn new(series: Vec<Arc<MemSeries>>, exemplars: Vec<(u64, Exemplar)>) -> Self {
         CheckpointRecords {
+            exemplars,
             series,
             phase: Phase::Series,
             i: 0,
@@ -60,6 +68,7 @@ impl CheckpointRecords {
                 Phase::Series => self.series_record(buf, target),
                 Phase::Samples => self.samples_record(buf, target),
                 Phase::Histograms => self.histogram_records(buf),
+                Phase::Exemplars => self.exemplar_record(buf),
                 Phase::Done => {}
             }
         }
@@ -71,7 +80,8 @@ impl CheckpointRecords {
         self.phase = match self.phase {
             Phase::Series => Phase::Samples,
             Phase::Samples => Phase::Histograms,
-            Phase::Histograms | Phase::Done => Phase::Done,
+            Phase::Histograms => Phase::Exemplars,
+            Phase::Exemplars | Phase::Done => Phase::Done,
         };
     }
 
@@ -132,6 +142,23 @@ impl CheckpointRecords {
             wal::finish_frame(buf, at);
         }
         if self.i >= self.series.len() {
+            self.next_phase();
+        }
+    }
+
+    fn exemplar_record(&mut self, buf: &mut Vec<u8>) {
+        let end = (self.i + EXEMPLARS_PER_RECORD).min(self.exemplars.len());
+        if self.i < end {
+            let at = wal::start_frame(buf);
+            buf.push(record::TYPE_EXEMPLARS);
+            let mut rec = ExemplarsRecord::default();
+            for (r, e) in &self.exemplars[self.i..end] {
+                rec.push(buf, *r, e.t, e.value, &e.labels);
+            }
+            wal::finish_frame(buf, at);
+            self.i = end;
+        }
+        if self.i >= self.exemplars.len() {
             self.next_phase();
         }
     }

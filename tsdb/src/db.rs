@@ -77,10 +77,13 @@ use storeapi::{Labels, Matcher, Sample};
 use crate::block::{self, Block, BlockError, BlockOptions, ThanosMeta};
 use crate::checkpoint::CheckpointRecords;
 use crate::chunk::{Chunk, ChunkError, XorIterator};
+use crate::exemplars::{Added, Exemplar, ExemplarError, ExemplarStorage};
 use crate::head::{Head, MemSeries, SampleResult, SeriesKey, key_hash, labels_key};
 use crate::metrics::{Metrics, RejectReason};
 use crate::postings::SeriesRef;
-use crate::wal::record::{self, RefHistogramSample, SamplesRecord, Skipped, Visitor};
+use crate::wal::record::{
+    self, ExemplarsRecord, RefHistogramSample, SamplesRecord, Skipped, Visitor,
+};
 use crate::wal::{self, SyncPolicy, Wal, WalError};
 
 /// Database options.
@@ -117,6 +120,10 @@ pub struct Options {
     /// Samples per out-of-order head chunk (Prometheus's `out-of-order.cap-max`, 1–255).
     /// Default 32.
     pub ooo_cap_max: usize,
+    /// Exemplars kept (one ring for the database, Prometheus's circular exemplar
+    /// storage); 0 keeps none. Stored exemplars are logged to the WAL (Prometheus's
+    /// exemplar records), replayed at open and kept by checkpoints. Default 0.
+    pub max_exemplars: usize,
 }
 
 /// Prometheus's default `out_of_order_cap_max`.
@@ -213,6 +220,7 @@ impl Default for Options {
             retention_hold: RetentionHold::none(),
             ooo_time_window: Duration::ZERO,
             ooo_cap_max: DEFAULT_OOO_CAP_MAX,
+            max_exemplars: 0,
         }
     }
 }
@@ -325,6 +333,7 @@ struct Inner {
     wbl: Option<Arc<Wal>>,
     /// The out-of-order window in ms (0: off).
     ooo_window: i64,
+    exemplars: ExemplarStorage,
     commit: Mutex<CommitBufs>,
     /// Loaded blocks, sorted by min time.
     blocks: RwLock<Vec<Arc<Block>>>,
@@ -442,6 +451,7 @@ impl Visitor for OooReplayer<'_> {
 /// Applies WAL records to the head during replay.
 struct Replayer<'a> {
     head: &'a Head,
+    exemplars: &'a ExemplarStorage,
     refs: HashMap<u64, Arc<MemSeries>>,
     scratch: Vec<u8>,
     unknown_refs: u64,
@@ -471,6 +481,19 @@ impl Visitor for Replayer<'_> {
     fn series(&mut self, r: u64, labels: Labels) {
         let s = self.head.replay_series(r, &labels, &mut self.scratch);
         self.refs.insert(r, s);
+    }
+    fn exemplar(&mut self, r: u64, t: i64, value: f64, labels: Labels) {
+        if !self.exemplars.enabled() {
+            return;
+        }
+        let Some(s) = self.refs.get(&r) else {
+            return;
+        };
+        // Refused ones (out of order after a ring that was smaller) are dropped, as
+        // Prometheus's replay does.
+        let _ = self
+            .exemplars
+            .add(&s.labels(), Exemplar { labels, value, t });
     }
     fn sample(&mut self, r: u64, t: i64, v: f64) {
         self.add(r, t, v);
@@ -586,9 +609,11 @@ impl Db {
             head.set_min_valid_time(maxt);
         }
 
+        let exemplars = ExemplarStorage::new(opts.max_exemplars);
         let wal_dir = dir.join("wal");
         let mut rp = Replayer {
             head: &head,
+            exemplars: &exemplars,
             refs: HashMap::new(),
             scratch: Vec::new(),
             unknown_refs: 0,
@@ -656,6 +681,7 @@ impl Db {
                 wal,
                 wbl,
                 ooo_window,
+                exemplars,
                 commit: Mutex::new(CommitBufs::default()),
                 blocks: RwLock::new(blocks),
                 compact_lock: Mutex::new(()),
@@ -708,6 +734,68 @@ impl Db {
             hist: Vec::new(),
             keybuf: Vec::new(),
         }
+    }
+
+    /// The exemplars kept (see [`Options::max_exemplars`]).
+    pub fn exemplars(&self) -> &ExemplarStorage {
+        &self.inner.exemplars
+    }
+
+    /// Validates and stores exemplars (Prometheus's rules, see [`crate::exemplars`]) and
+    /// logs the stored ones to the WAL before returning (the series of an exemplar is
+    /// created when missing, as Prometheus's `AppendExemplar` does). Returns each
+    /// exemplar's verdict, in order; `Err` when the WAL write failed (the exemplars stay
+    /// in memory and their records are written before any later commit).
+    pub fn add_exemplars(
+        &self,
+        items: &[(Labels, Exemplar)],
+    ) -> Result<Vec<Result<Added, ExemplarError>>, DbError> {
+        let inner = &self.inner;
+        let mut verdicts = Vec::with_capacity(items.len());
+        if items.is_empty() {
+            return Ok(verdicts);
+        }
+        let pos = {
+            let _c = lock(&inner.commit);
+            let flushed = inner.wal.flush_pending()?;
+            let mut frames = Vec::new();
+            let series_frame = wal::start_frame(&mut frames);
+            frames.push(record::TYPE_SERIES);
+            let mut ex = vec![record::TYPE_EXEMPLARS];
+            let mut rec = ExemplarsRecord::default();
+            let mut scratch = Vec::new();
+            for (series, e) in items {
+                let v = inner.exemplars.add(series, e.clone());
+                if v == Ok(Added::Stored)
+                    && let Some(s) = inner.head.series_for(series, &mut scratch)
+                {
+                    let mut d = s.lock();
+                    if !d.logged {
+                        record::put_series(&mut frames, s.sref, series);
+                        d.logged = true;
+                    }
+                    rec.push(&mut ex, s.sref, e.t, e.value, &e.labels);
+                }
+                verdicts.push(v);
+            }
+            if !wal::abandon_frame_if_empty(&mut frames, series_frame, 1) {
+                wal::finish_frame(&mut frames, series_frame);
+            }
+            if !rec.is_empty() {
+                let at = wal::start_frame(&mut frames);
+                frames.extend_from_slice(&ex);
+                wal::finish_frame(&mut frames, at);
+            }
+            if frames.is_empty() {
+                flushed
+            } else {
+                Some(inner.wal.write(&frames)?)
+            }
+        };
+        if let Some(p) = pos {
+            inner.wal.commit_sync(p)?;
+        }
+        Ok(verdicts)
     }
 
     /// Number of series in the head.
@@ -1060,7 +1148,14 @@ impl Db {
     /// refs of this WAL.
     fn checkpoint(&self, upto: u64) -> Result<(), DbError> {
         const TARGET: usize = 1 << 20;
-        let mut records = CheckpointRecords::new(self.inner.head.all_series());
+        let mut exemplars = Vec::new();
+        let mut scratch = Vec::new();
+        self.inner.exemplars.iterate(|series, e| {
+            if let Some(s) = self.inner.head.find_series(series, &mut scratch) {
+                exemplars.push((s.sref, e.clone()));
+            }
+        });
+        let mut records = CheckpointRecords::new(self.inner.head.all_series(), exemplars);
         self.inner
             .wal
             .checkpoint(upto, &mut |buf| records.fill(buf, TARGET))?;

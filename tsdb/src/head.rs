@@ -1066,6 +1066,35 @@ impl Head {
 
     /// Replay: finds or creates the series of a WAL series record, keeping the WAL's ref
     /// when it is free (so later records that use it stay valid).
+    /// The series with these labels, created when missing (a series that so far has
+    /// only exemplars, as Prometheus's `AppendExemplar` creates it). `None` for an empty
+    /// label set.
+    pub(crate) fn series_for(
+        &self,
+        labels: &Labels,
+        scratch: &mut Vec<u8>,
+    ) -> Option<Arc<MemSeries>> {
+        if labels.is_empty() {
+            return None;
+        }
+        let h = labels_hash(labels, scratch);
+        if let Some(s) = self.read().find(h, scratch) {
+            return Some(s.clone());
+        }
+        let mut idx = self.write();
+        Some(self.get_or_create(h, labels, scratch, None, &mut idx).0)
+    }
+
+    /// The existing series with these labels.
+    pub(crate) fn find_series(
+        &self,
+        labels: &Labels,
+        scratch: &mut Vec<u8>,
+    ) -> Option<Arc<MemSeries>> {
+        let h = labels_hash(labels, scratch);
+        self.read().find(h, scratch).cloned()
+    }
+
     pub(crate) fn replay_series(
         &self,
         wal_ref: SeriesRef,

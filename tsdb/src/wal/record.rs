@@ -115,6 +115,38 @@ impl SamplesRecord {
     }
 }
 
+/// Encodes exemplars into an exemplars record body (type 4, after its type byte), as
+/// Prometheus's `EncodeExemplars`: base ref and timestamp from the first, then per
+/// exemplar ref and time deltas, the value's bits and the labels.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExemplarsRecord {
+    base: Option<(u64, i64)>,
+}
+
+impl ExemplarsRecord {
+    pub fn push(&mut self, buf: &mut Vec<u8>, r: u64, t: i64, v: f64, labels: &Labels) {
+        let (br, bt) = *self.base.get_or_insert_with(|| {
+            buf.extend_from_slice(&r.to_be_bytes());
+            buf.extend_from_slice(&t.to_be_bytes());
+            (r, t)
+        });
+        put_varint(buf, (r as i64).wrapping_sub(br as i64));
+        put_varint(buf, t.wrapping_sub(bt));
+        buf.extend_from_slice(&v.to_bits().to_be_bytes());
+        put_uvarint(buf, labels.len() as u64);
+        for l in labels.iter() {
+            put_uvarint(buf, l.name.len() as u64);
+            buf.extend_from_slice(l.name.as_bytes());
+            put_uvarint(buf, l.value.len() as u64);
+            buf.extend_from_slice(l.value.as_bytes());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.base.is_none()
+    }
+}
+
 /// Callbacks for [`decode`] and [`legacy::decode`].
 pub trait Visitor {
     fn series(&mut self, r: u64, labels: Labels);
@@ -123,6 +155,9 @@ pub trait Visitor {
     fn chunk(&mut self, r: u64, min_t: i64, max_t: i64, data: &[u8]);
     /// A record whose contents Orrery does not keep.
     fn skipped(&mut self, _what: Skipped) {}
+    /// One exemplar of an exemplars record (type 4). The default drops it (counted as a
+    /// skipped record per record, as before).
+    fn exemplar(&mut self, _r: u64, _t: i64, _v: f64, _labels: Labels) {}
     /// The samples of one histogram record (types 7-10). The default is for callers
     /// that cannot store histograms: the record is counted as skipped.
     fn histograms(&mut self, samples: Vec<RefHistogramSample>) {
@@ -473,15 +508,26 @@ pub fn decode(payload: &[u8], v: &mut impl Visitor) -> Result<(), RecordError> {
             v.skipped(Skipped::Tombstones);
         }
         TYPE_EXEMPLARS => {
+            let mut parsed = Vec::new();
             if !r.done() {
-                r.be64()?;
-                r.be64()?;
+                let bref = r.be64()?;
+                let bt = r.be64()? as i64;
+                while !r.done() {
+                    let dref = r.varint()?;
+                    let dt = r.varint()?;
+                    let val = f64::from_bits(r.be64()?);
+                    let labels = r.labels(body.len())?;
+                    parsed.push((
+                        (bref as i64).wrapping_add(dref) as u64,
+                        bt.wrapping_add(dt),
+                        val,
+                        labels,
+                    ));
+                }
             }
-            while !r.done() {
-                r.varint()?;
-                r.varint()?;
-                r.be64()?;
-                r.labels(body.len())?;
+            // Only a record that parsed whole is applied.
+            for (r, t, val, labels) in parsed {
+                v.exemplar(r, t, val, labels);
             }
             v.skipped(Skipped::Other);
         }
