@@ -327,7 +327,7 @@ fn exemplars_equal_prometheus_over_remote_write_2() {
 }
 
 #[test]
-fn hostile_exemplars_are_dropped_counted_and_the_request_succeeds() {
+fn hostile_exemplars_are_dropped_and_counted_the_rest_written() {
     use prost::Message;
     use storeapi::wire::{prometheus as rw1, prompb, write_v2 as v2};
     let dir = tempfile::tempdir().unwrap();
@@ -366,7 +366,9 @@ fn hostile_exemplars_are_dropped_counted_and_the_request_succeeds() {
     let (code, text) = recv.post(&body, &[]);
     assert_eq!(code, 200, "{text}");
 
-    // 2.0: out-of-order exemplar dropped, the Written header counts what was kept.
+    // 2.0: out-of-order exemplar refused with a 400 naming it, as Prometheus 3.5.3's 2.0
+    // handler answers (the rest of the request is written); the Written header counts
+    // what was kept.
     let v2req = v2::Request {
         symbols: [
             "",
@@ -418,7 +420,16 @@ fn hostile_exemplars_are_dropped_counted_and_the_request_succeeds() {
         &storeapi::wire::remote_write::snappy_compress(&v2req.encode_to_vec()),
     )
     .unwrap();
-    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.body.contains("out of order exemplar"),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.header("X-Prometheus-Remote-Write-Samples-Written"),
+        Some("1"),
+        "{r:?}"
+    );
     assert_eq!(
         r.header("X-Prometheus-Remote-Write-Exemplars-Written"),
         Some("1"),

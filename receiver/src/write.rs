@@ -401,6 +401,7 @@ pub fn write_into(
     metrics.reject_metadata(tenant, invalid_metadata);
     let mut problems: Vec<String> = Vec::new();
     let mut conflict = false;
+    let mut exemplar_problems = 0u64;
     if let Some(f) = first_invalid {
         conflict = true;
         problems.push(format!(
@@ -529,7 +530,7 @@ pub fn write_into(
                 ))
             })?;
             let mut stored = 0u64;
-            for v in verdicts {
+            for (v, (series, _)) in verdicts.into_iter().zip(&items) {
                 match v {
                     Ok(tsdb::exemplars::Added::Stored) => {
                         stored += 1;
@@ -539,6 +540,16 @@ pub fn write_into(
                     Err(e) => {
                         tracing::debug!(tenant, error = %e, "exemplar dropped");
                         metrics.reject_exemplars(tenant, e.reason(), 1);
+                        // Prometheus's 2.0 handler answers out-of-order exemplars with a
+                        // 400 (the rest of the request is written); 1.0 drops them quietly.
+                        if protocol == Protocol::V2
+                            && matches!(e, tsdb::exemplars::ExemplarError::OutOfOrder { .. })
+                        {
+                            if exemplar_problems == 0 {
+                                problems.push(format!("{e} for series {series}"));
+                            }
+                            exemplar_problems += 1;
+                        }
                     }
                 }
             }
@@ -562,6 +573,15 @@ pub fn write_into(
     }
     if conflict {
         return Err(WriteError::Conflict(problems.join("; ")));
+    }
+    if exemplar_problems > 0 {
+        if exemplar_problems > 1 {
+            problems.push(format!(
+                "{} more out of order exemplars",
+                exemplar_problems - 1
+            ));
+        }
+        return Err(WriteError::BadRequest(problems.join("; ")));
     }
     Ok(())
 }
@@ -1030,6 +1050,58 @@ mod tests {
 
     /// Remote write 2.0: exemplar-only series stored, series metadata kept under the
     /// family name (histogram suffixes removed); exemplars dropped when storage is off.
+    #[test]
+    fn v2_out_of_order_exemplar_is_a_400_and_the_rest_is_written() {
+        use prost::Message;
+        use storeapi::wire::write_v2 as v2;
+        let dir = tempfile::tempdir().unwrap();
+        let mt = open_mt(dir.path());
+        let metrics = ReceiveMetrics::new();
+        let now = now_ms();
+        let ex = |t: i64| v2::Exemplar {
+            labels_refs: vec![3, 4],
+            value: 1.0,
+            timestamp: t,
+        };
+        let req = v2::Request {
+            symbols: ["", "__name__", "req_total", "trace_id", "abc"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            timeseries: vec![v2::TimeSeries {
+                labels_refs: vec![1, 2],
+                samples: vec![v2::Sample {
+                    value: 3.0,
+                    timestamp: now,
+                    start_timestamp: 0,
+                }],
+                exemplars: vec![ex(now), ex(now - 1000), ex(now - 2000)],
+                ..Default::default()
+            }],
+        };
+        let mut summary = WriteSummary::default();
+        let err = write_into(
+            &mt,
+            &metrics,
+            "t",
+            &req.encode_to_vec(),
+            Protocol::V2,
+            &Effective::default(),
+            &BOUNDS,
+            &mut summary,
+        )
+        .unwrap_err();
+        assert_eq!(err.status(), 400, "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("out of order exemplar") && msg.contains("req_total") && msg.contains("1 more"),
+            "{msg}"
+        );
+        assert_eq!((summary.written, summary.exemplars_written), (1, 1));
+        let t = mt.get("t").unwrap();
+        assert_eq!(t.exemplars().stats().stored, 1);
+    }
+
     #[test]
     fn v2_exemplars_and_metadata_stored() {
         use prost::Message;
