@@ -81,6 +81,12 @@ pub fn put_varint(buf: &mut Vec<u8>, x: i64) {
 /// Appends one series entry to a series record body.
 pub fn put_series(buf: &mut Vec<u8>, r: u64, labels: &Labels) {
     buf.extend_from_slice(&r.to_be_bytes());
+    put_labels(buf, labels);
+}
+
+/// Appends a label set as Prometheus's `EncodeLabels`: a count, then each name and
+/// value with its length.
+pub fn put_labels(buf: &mut Vec<u8>, labels: &Labels) {
     put_uvarint(buf, labels.len() as u64);
     for l in labels.iter() {
         put_uvarint(buf, l.name.len() as u64);
@@ -133,13 +139,7 @@ impl ExemplarsRecord {
         put_varint(buf, (r as i64).wrapping_sub(br as i64));
         put_varint(buf, t.wrapping_sub(bt));
         buf.extend_from_slice(&v.to_bits().to_be_bytes());
-        put_uvarint(buf, labels.len() as u64);
-        for l in labels.iter() {
-            put_uvarint(buf, l.name.len() as u64);
-            buf.extend_from_slice(l.name.as_bytes());
-            put_uvarint(buf, l.value.len() as u64);
-            buf.extend_from_slice(l.value.as_bytes());
-        }
+        put_labels(buf, labels);
     }
 
     pub fn is_empty(&self) -> bool {
