@@ -324,6 +324,19 @@ fn exemplars_equal_prometheus_over_remote_write_2() {
         serde_json::to_string(&got).unwrap(),
         serde_json::to_string(&want).unwrap()
     );
+
+    // The exemplar records are Prometheus's: Prometheus 3.5.3 opened on the receiver's
+    // tenant directory replays them.
+    let mut recv = recv;
+    recv.proc.kill();
+    let tenant = dir.path().join("data").join("default-tenant");
+    let reopened = Prometheus::start_prepared(
+        "global:\n  scrape_interval: 1h\n",
+        &["--enable-feature=exemplar-storage"],
+        |d| e2e::copy_dir(&tenant, d),
+    );
+    let theirs = exemplars_of(&reopened.addr(), query, start, end);
+    assert_eq!(theirs, want, "Prometheus on the receiver's directory");
 }
 
 #[test]
@@ -421,10 +434,7 @@ fn hostile_exemplars_are_dropped_and_counted_the_rest_written() {
     )
     .unwrap();
     assert_eq!(r.status, 400, "{r:?}");
-    assert!(
-        r.body.contains("out of order exemplar"),
-        "{r:?}"
-    );
+    assert!(r.body.contains("out of order exemplar"), "{r:?}");
     assert_eq!(
         r.header("X-Prometheus-Remote-Write-Samples-Written"),
         Some("1"),

@@ -1094,7 +1094,9 @@ mod tests {
         assert_eq!(err.status(), 400, "{err}");
         let msg = err.to_string();
         assert!(
-            msg.contains("out of order exemplar") && msg.contains("req_total") && msg.contains("1 more"),
+            msg.contains("out of order exemplar")
+                && msg.contains("req_total")
+                && msg.contains("1 more"),
             "{msg}"
         );
         assert_eq!((summary.written, summary.exemplars_written), (1, 1));
