@@ -53,6 +53,13 @@ pub(crate) struct Cursor<'a> {
     pub(crate) pos: usize,
 }
 
+/// What [`Cursor::repeated_sized`] hands its callback.
+pub(crate) enum Elem<T> {
+    /// The most elements that follow (a packed field's bound).
+    AtMost(usize),
+    Value(T),
+}
+
 impl<'a> Cursor<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Self {
         Cursor { buf, pos: 0 }
@@ -139,18 +146,42 @@ impl<'a> Cursor<'a> {
         field: u32,
         wire_type: u8,
         elem_wt: u8,
-        mut one: impl FnMut(&mut Cursor<'a>) -> Result<T, DecodeError>,
+        one: impl FnMut(&mut Cursor<'a>) -> Result<T, DecodeError>,
         mut each: impl FnMut(T) -> Result<(), DecodeError>,
     ) -> Result<(), DecodeError> {
+        self.repeated_sized(field, wire_type, elem_wt, one, |x| match x {
+            Elem::Value(v) => each(v),
+            Elem::AtMost(_) => Ok(()),
+        })
+    }
+
+    /// [`Cursor::repeated`] that first tells `each` (with [`Elem::AtMost`]) how many
+    /// elements a packed form can hold at most (its bytes for varints, an eighth of them
+    /// for fixed64s), so a caller sizes its vector once instead of growing it element by
+    /// element (within its own limit).
+    pub(crate) fn repeated_sized<T>(
+        &mut self,
+        field: u32,
+        wire_type: u8,
+        elem_wt: u8,
+        mut one: impl FnMut(&mut Cursor<'a>) -> Result<T, DecodeError>,
+        mut each: impl FnMut(Elem<T>) -> Result<(), DecodeError>,
+    ) -> Result<(), DecodeError> {
         if wire_type == WT_LEN {
-            let mut packed = Cursor::new(self.bytes("packed repeated field")?);
+            let bytes = self.bytes("packed repeated field")?;
+            each(Elem::AtMost(match elem_wt {
+                WT_I64 => bytes.len() / 8,
+                WT_I32 => bytes.len() / 4,
+                _ => bytes.len(),
+            }))?;
+            let mut packed = Cursor::new(bytes);
             while !packed.done() {
-                each(one(&mut packed)?)?;
+                each(Elem::Value(one(&mut packed)?))?;
             }
             Ok(())
         } else {
             self.expect(field, wire_type, elem_wt)?;
-            each(one(self)?)
+            each(Elem::Value(one(self)?))
         }
     }
 

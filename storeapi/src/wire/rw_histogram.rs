@@ -8,7 +8,7 @@
 //! is bounded by [`DecodeLimits::max_histogram_buckets`] while it is read, so a flood of
 //! buckets is refused before it is held in memory.
 
-use super::proto_reader::{Cursor, DecodeError, WT_I64, WT_LEN, WT_VARINT};
+use super::proto_reader::{Cursor, DecodeError, Elem, WT_I64, WT_LEN, WT_VARINT};
 use crate::histogram::{
     CounterResetHint, FloatHistogram, Histogram, HistogramSample, HistogramValue, Span,
 };
@@ -46,14 +46,22 @@ fn zigzag32(v: u64) -> i32 {
 }
 
 /// Pushes `x` unless `others + v.len()` (the elements held so far under one limit)
-/// already reached `limit`.
+/// already reached `limit`; for a packed field's bound, reserves that much room, never
+/// past what `limit` allows (the rest of a hostile field fails before it is pushed).
 fn push_bounded<T>(
     v: &mut Vec<T>,
-    x: T,
+    x: Elem<T>,
     others: usize,
     what: &'static str,
     limit: usize,
 ) -> Result<(), DecodeError> {
+    let x = match x {
+        Elem::AtMost(n) => {
+            v.reserve(n.min(limit.saturating_sub(others + v.len())));
+            return Ok(());
+        }
+        Elem::Value(x) => x,
+    };
     let count = others + v.len() + 1;
     if count > limit {
         return Err(DecodeError::Limit { what, count, limit });
@@ -164,7 +172,7 @@ pub fn decode_histogram(buf: &[u8], limits: &DecodeLimits) -> Result<HistogramSa
                 } else {
                     (&mut pos_deltas, neg_deltas.len())
                 };
-                c.repeated(
+                c.repeated_sized(
                     field,
                     wt,
                     WT_VARINT,
@@ -178,7 +186,7 @@ pub fn decode_histogram(buf: &[u8], limits: &DecodeLimits) -> Result<HistogramSa
                 } else {
                     (&mut pos_counts, neg_counts.len())
                 };
-                c.repeated(field, wt, WT_I64, f64_of, |d| {
+                c.repeated_sized(field, wt, WT_I64, f64_of, |d| {
                     push_bounded(out, d, other, "histogram buckets", max)
                 })?;
             }
@@ -191,7 +199,7 @@ pub fn decode_histogram(buf: &[u8], limits: &DecodeLimits) -> Result<HistogramSa
                 t = c.varint()? as i64;
             }
             16 => {
-                c.repeated(field, wt, WT_I64, f64_of, |d| {
+                c.repeated_sized(field, wt, WT_I64, f64_of, |d| {
                     push_bounded(&mut custom, d, 0, "histogram custom bounds", max)
                 })?;
             }
