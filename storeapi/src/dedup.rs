@@ -222,6 +222,96 @@ pub fn chain_merge(replicas: Vec<Vec<Sample>>) -> Vec<Sample> {
     acc
 }
 
+/// Merges replicas of one series whose samples are of any kind (floats, histograms, or
+/// both where a series changes type): with `dedup_on` the penalty algorithm picks the
+/// samples (non-counter: the timestamps it picks are exactly those it picks for float
+/// samples, the values are not looked at), else a chain merge (each timestamp once,
+/// earlier replicas first). `switched` is applied to a sample taken from another replica
+/// than the sample before it: for histograms, a counter-reset hint says "no reset since
+/// the previous sample of this chunk", which no longer holds after a switch.
+///
+/// Used by the querier (replica dedup of histogram samples) and by the compactor's
+/// `penalty` vertical merge, so both pick the same samples.
+pub fn merge_replicas_by<T>(
+    replicas: Vec<Vec<T>>,
+    time: impl Fn(&T) -> i64,
+    dedup_on: bool,
+    switched: impl FnMut(&mut T),
+) -> Vec<T> {
+    let mut replicas: Vec<Vec<T>> = replicas.into_iter().filter(|r| !r.is_empty()).collect();
+    if replicas.len() <= 1 {
+        return replicas.pop().unwrap_or_default();
+    }
+    // Each sample is tagged with its index in one flat list, carried through the
+    // penalty merge as the value (an f64 holds integers exactly up to 2^53).
+    let mut tagged: Vec<Vec<Sample>> = Vec::with_capacity(replicas.len());
+    let mut flat: Vec<(usize, Option<T>)> = Vec::new();
+    for (r, samples) in replicas.into_iter().enumerate() {
+        let mut run = Vec::with_capacity(samples.len());
+        for s in samples {
+            run.push(Sample {
+                t: time(&s),
+                v: flat.len() as f64,
+            });
+            flat.push((r, Some(s)));
+        }
+        tagged.push(run);
+    }
+    let picked = if dedup_on {
+        penalty_dedup(tagged, false)
+    } else {
+        chain_merge(tagged)
+    };
+    take_picked(&mut flat, picked.iter().map(|s| s.v as usize), switched)
+}
+
+/// A chain merge of runs of one series of any sample kind: each timestamp once, from the
+/// earliest run holding it; `switched` applied where the run changes (see
+/// [`merge_replicas_by`]).
+pub fn chain_by<T>(
+    runs: Vec<Vec<T>>,
+    time: impl Fn(&T) -> i64,
+    switched: impl FnMut(&mut T),
+) -> Vec<T> {
+    let mut order: Vec<(i64, usize)> = Vec::new();
+    let mut flat: Vec<(usize, Option<T>)> = Vec::new();
+    for (r, run) in runs.into_iter().enumerate() {
+        for s in run {
+            order.push((time(&s), flat.len()));
+            flat.push((r, Some(s)));
+        }
+    }
+    // The flat index grows with the run, so this sorts by (time, run, position).
+    order.sort_unstable();
+    order.dedup_by_key(|(t, _)| *t);
+    take_picked(&mut flat, order.into_iter().map(|(_, i)| i), switched)
+}
+
+/// Moves the picked samples (indices into `flat`, whose first field is the source)
+/// out in order, applying `switched` where the source changes.
+fn take_picked<T>(
+    flat: &mut [(usize, Option<T>)],
+    picked: impl Iterator<Item = usize>,
+    mut switched: impl FnMut(&mut T),
+) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut prev: Option<usize> = None;
+    for i in picked {
+        let Some((src, slot)) = flat.get_mut(i) else {
+            continue;
+        };
+        let Some(mut s) = slot.take() else {
+            continue;
+        };
+        if prev.is_some_and(|p| p != *src) {
+            switched(&mut s);
+        }
+        prev = Some(*src);
+        out.push(s);
+    }
+    out
+}
+
 /// A time range covered by one chunk of a series part.
 pub trait TimeRanged {
     fn min_time(&self) -> i64;
