@@ -63,23 +63,29 @@ pub enum DedupFunc {
 pub enum MergeError {
     #[error(transparent)]
     Block(#[from] BlockError),
-    /// Two inputs hold different values for the same series and timestamp. `blocks`
-    /// are indices into the input slice (equal when one block contradicts itself).
-    #[error(
-        "series {series}: inputs {} and {} disagree at t={t} ({a} vs {b})",
-        blocks.0, blocks.1
-    )]
-    Conflict {
-        series: String,
-        t: i64,
-        /// The two samples, as text (a float, or a histogram's count, sum, schema and
-        /// number of buckets).
-        a: String,
-        b: String,
-        blocks: (usize, usize),
-    },
+    /// Two inputs hold different values for the same series and timestamp (boxed: the
+    /// error travels through `Result`s on every merge path).
+    #[error(transparent)]
+    Conflict(Box<Conflict>),
     #[error("no blocks to merge")]
     Empty,
+}
+
+/// Two different samples of one series at one timestamp.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "series {series}: inputs {} and {} disagree at t={t} ({a} vs {b})",
+    blocks.0, blocks.1
+)]
+pub struct Conflict {
+    pub series: String,
+    pub t: i64,
+    /// The two samples, as text (a float, or a histogram's count, sum, schema and
+    /// number of buckets).
+    pub a: String,
+    pub b: String,
+    /// Indices into the input slice (equal when one block contradicts itself).
+    pub blocks: (usize, usize),
 }
 
 /// What a merge did.
@@ -257,13 +263,13 @@ impl MergeIter<'_> {
                         self.duplicate_samples += 1;
                         continue;
                     }
-                    return Err(MergeError::Conflict {
+                    return Err(MergeError::Conflict(Box::new(Conflict {
                         series: labels.to_string(),
                         t: s.t,
                         a: p.v.to_string(),
                         b: s.v.to_string(),
                         blocks: ((*pi).min(i), (*pi).max(i)),
-                    });
+                    })));
                 }
                 if *pk != k {
                     s.v.forget_counter_reset_hint();
@@ -674,9 +680,9 @@ mod tests {
         let b = write(d.path(), 0, 100, vec![(labels("x", "j"), vec![(2, 3.0)])]);
         let out = tempfile::tempdir().unwrap();
         match merge_blocks(out.path(), &[&a, &b], &BlockOptions::default()) {
-            Err(MergeError::Conflict { t, blocks, .. }) => {
-                assert_eq!(t, 2);
-                assert_eq!(blocks, (0, 1));
+            Err(MergeError::Conflict(c)) => {
+                assert_eq!(c.t, 2);
+                assert_eq!(c.blocks, (0, 1));
             }
             other => panic!("expected a conflict, got {other:?}"),
         }
@@ -900,9 +906,10 @@ mod tests {
         let b = write_kinds(d.path(), 0, 100, &[(2, Kind::H(12))]);
         let out = tempfile::tempdir().unwrap();
         match merge_blocks(out.path(), &[&a, &b], &BlockOptions::default()) {
-            Err(MergeError::Conflict {
-                t, blocks, a, b, ..
-            }) => {
+            Err(MergeError::Conflict(c)) => {
+                let Conflict {
+                    t, blocks, a, b, ..
+                } = *c;
                 assert_eq!((t, blocks), (2, (0, 1)));
                 assert!(a.contains("count=8") && b.contains("count=12"), "{a} / {b}");
             }
@@ -913,7 +920,7 @@ mod tests {
         let c = write_kinds(d.path(), 0, 100, &[(2, Kind::FH(8))]);
         assert!(matches!(
             merge_blocks(out.path(), &[&a, &c], &BlockOptions::default()),
-            Err(MergeError::Conflict { t: 2, .. })
+            Err(MergeError::Conflict(c)) if c.t == 2
         ));
         // And float histograms compare by value.
         let e = write_kinds(d.path(), 0, 100, &[(1, Kind::FH(4)), (2, Kind::FH(8))]);
