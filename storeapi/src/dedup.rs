@@ -564,4 +564,54 @@ mod tests {
         let runs = overlap_split(vec![R(0, 10), R(11, 20)]);
         assert_eq!(runs.len(), 1);
     }
+
+    #[test]
+    fn merge_replicas_by_picks_what_penalty_dedup_picks() {
+        // Any sample kind: here (t, replica name) pairs; the picks must be the penalty
+        // algorithm's, and `switched` must run exactly where the replica changes.
+        let a: Vec<(i64, &str)> = (0..40)
+            .filter(|k| !(10..16).contains(k))
+            .map(|k| (k * 10_000, "a"))
+            .collect();
+        let b: Vec<(i64, &str)> = (0..40).map(|k| (k * 10_000 + 2500, "b")).collect();
+        let as_samples = |r: &[(i64, &str)]| r.iter().map(|&(t, _)| Sample { t, v: 0.0 }).collect();
+        let want = ts(&penalty_dedup(vec![as_samples(&a), as_samples(&b)], false));
+        let mut switches = 0;
+        let got = merge_replicas_by(
+            vec![a.clone(), b.clone()],
+            |s| s.0,
+            true,
+            |s| {
+                switches += 1;
+                s.1 = "switched";
+            },
+        );
+        assert_eq!(got.iter().map(|s| s.0).collect::<Vec<_>>(), want);
+        // b's samples are the ones 2.5 s past a multiple of 10 s.
+        let from_b = |t: i64| t % 10_000 == 2500;
+        let want_switches = want
+            .windows(2)
+            .filter(|w| from_b(w[0]) != from_b(w[1]))
+            .count();
+        assert!(want_switches >= 1, "b fills a's gap: {want:?}");
+        assert_eq!(switches, want_switches);
+        for (i, s) in got.iter().enumerate() {
+            let switched = i > 0 && from_b(got[i - 1].0) != from_b(s.0);
+            assert_eq!(s.1 == "switched", switched, "sample {i} of {got:?}");
+        }
+        // Without dedup: a chain, each timestamp once, the earlier replica first.
+        let c = vec![(0, "c"), (2500, "c2")];
+        let got = chain_by(vec![b.clone(), c], |s| s.0, |_| {});
+        assert_eq!(got.len(), b.len() + 1);
+        assert_eq!(got[0], (0, "c"));
+        assert_eq!(got[1], (2500, "b"), "the earlier run wins a tie");
+        // One replica, or none, passes through.
+        assert_eq!(
+            merge_replicas_by(vec![a.clone(), vec![]], |s| s.0, true, |_| {}),
+            a
+        );
+        assert!(
+            merge_replicas_by(Vec::<Vec<(i64, &str)>>::new(), |s| s.0, true, |_| {}).is_empty()
+        );
+    }
 }
