@@ -45,6 +45,7 @@ pub struct Chunk {
 
 pub mod aggr;
 mod bstream;
+pub mod encode;
 pub mod float_histogram;
 pub mod histogram;
 pub mod histogram_cut;
@@ -54,6 +55,7 @@ mod histogram_testutil;
 mod varbit;
 pub mod xor;
 
+pub use encode::SeriesEncoder;
 pub use float_histogram::{FloatHistogramAppender, FloatHistogramIterator};
 pub use histogram::{Appended, HistogramAppender, HistogramIterator};
 pub use histogram_layout::CounterResetHeader;

@@ -2,7 +2,9 @@
 //! - two compactors sharing it through `--selector.relabel-config` `hashmod` shards:
 //!   each compacts only the groups of its shard, both replicas of a tenant land on the
 //!   same shard (the replica label is left out of the hash), together they compact all;
-//! - `--deduplication.func=penalty` merging an HA pair with jittered timestamps.
+//! - `--deduplication.func=penalty` merging an HA pair with jittered timestamps;
+//! - RF=2 replicas of a series holding native histograms (and floats before them),
+//!   vertically compacted into one block with each sample once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -271,4 +273,162 @@ async fn hashmod_shards_split_groups_between_two_compactors() {
     let again = a.run_once().await.unwrap();
     assert_eq!((again.compactions, again.failed_groups), (0, 0));
     assert_eq!(state(&bucket).await, after_b);
+}
+
+/// Replicas written by RF=2 receivers: a series that is a float gauge for its first
+/// half hour, then an integer native histogram (a counter, reset once), and then a float
+/// histogram; replica 1 misses 20 minutes. The compacted block must hold every sample
+/// once, each in a chunk of its own encoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histogram_replicas_compact_into_one_block_with_each_sample_once() {
+    use storeapi::HistogramValue;
+    use storeapi::histogram::{Histogram, Span};
+    use tsdb::chunk::SeriesEncoder;
+
+    #[derive(Debug, Clone, PartialEq)]
+    enum V {
+        F(f64),
+        H(Histogram),
+        FH(Histogram),
+    }
+    fn hist(count: u64) -> Histogram {
+        let (a, b) = (count / 3, count - count / 3);
+        Histogram {
+            schema: 2,
+            zero_threshold: 1e-128,
+            count,
+            sum: count as f64 * 1.25,
+            positive_spans: vec![Span {
+                offset: -1,
+                length: 2,
+            }],
+            positive_buckets: vec![a as i64, b as i64 - a as i64],
+            ..Default::default()
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = fs_bucket(dir.path());
+    let scratch = dir.path().join("scratch");
+    let (mint, maxt) = (t0(), t0() + 2 * H);
+    let all: Vec<(i64, V)> = (0..480)
+        .map(|k| {
+            let t = mint + k * 15_000;
+            let v = match k {
+                0..120 => V::F(k as f64 * 0.5),
+                120..300 => V::H(hist(if k < 200 { k as u64 } else { (k - 200) as u64 })),
+                _ => V::FH(hist(k as u64)),
+            };
+            (t, v)
+        })
+        .collect();
+    let gap = mint + 40 * 60_000..mint + 60 * 60_000;
+    for (replica, samples) in [
+        ("0", all.clone()),
+        (
+            "1",
+            all.iter()
+                .filter(|(t, _)| !gap.contains(t))
+                .cloned()
+                .collect(),
+        ),
+    ] {
+        let mut e = SeriesEncoder::new();
+        for (t, v) in &samples {
+            match v {
+                V::F(x) => e.append_float(*t, *x).unwrap(),
+                V::H(h) => e.append_histogram(*t, h).unwrap(),
+                V::FH(h) => e.append_float_histogram(*t, &h.to_float()).unwrap(),
+            }
+        }
+        let labels = Labels::from_sorted_unchecked(vec![
+            Label::new("__name__", "rpc_latency_seconds"),
+            Label::new("job", "j"),
+        ]);
+        let meta = BlockWriter::write(
+            &scratch,
+            mint,
+            maxt,
+            [(labels, e.finish())],
+            &BlockOptions::default(),
+        )
+        .unwrap();
+        let ext: BTreeMap<String, String> = [
+            ("tenant_id".to_string(), "t".to_string()),
+            (REPLICA.to_string(), replica.to_string()),
+        ]
+        .into();
+        let bdir = scratch.join(meta.ulid.to_string());
+        objstore::block::upload_block(&bucket, &bdir, &ext, "receive")
+            .await
+            .unwrap();
+    }
+    let c = compactor_with(
+        &bucket,
+        &dir.path().join("c"),
+        Selector::default(),
+        DedupFunc::OneToOne,
+    );
+    let r = c.run_once().await.unwrap();
+    assert_eq!((r.compactions, r.failed_groups), (1, 0));
+    let d = MetaFetcher::new(bucket.clone(), None)
+        .fetch()
+        .await
+        .unwrap();
+    let out: Vec<_> = d
+        .blocks
+        .values()
+        .filter(|b| b.meta.thanos.as_ref().unwrap().source == "compactor")
+        .collect();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        d.blocks
+            .values()
+            .filter(|b| b.deletion_mark.is_some())
+            .count(),
+        2,
+        "both replica blocks are marked for deletion"
+    );
+    assert_eq!(out[0].meta.stats.num_samples, all.len() as u64);
+    let local = dir.path().join("read");
+    objstore::block::download_block(&bucket, out[0].meta.ulid, &local)
+        .await
+        .unwrap();
+    let block = Block::open(&local.join(out[0].meta.ulid.to_string())).unwrap();
+    let series: Vec<_> = block.series_iter().unwrap().map(|s| s.unwrap()).collect();
+    assert_eq!(series.len(), 1, "the two replicas became one series");
+    let mut got: Vec<(i64, V)> = Vec::new();
+    let mut encodings = Vec::new();
+    for c in &series[0].1 {
+        if encodings.last() != Some(&c.encoding) {
+            encodings.push(c.encoding);
+        }
+        if c.encoding == Encoding::Xor {
+            got.extend(c.iter().unwrap().map(|s| {
+                let (t, v) = s.unwrap();
+                (t, V::F(v))
+            }));
+            continue;
+        }
+        for s in c.iter_histograms().unwrap() {
+            let s = s.unwrap();
+            got.push(match s.h {
+                HistogramValue::Int(mut h) => {
+                    h.hint = Default::default();
+                    (s.t, V::H(*h))
+                }
+                HistogramValue::Float(h) => {
+                    // Compare as the integer histogram it was written from.
+                    let want = hist(h.count as u64).to_float();
+                    assert!(h.equals(&want), "{h:?}");
+                    (s.t, V::FH(hist(h.count as u64)))
+                }
+            });
+        }
+    }
+    assert_eq!(got.len(), all.len());
+    assert_eq!(got, all, "every sample once, in order");
+    assert_eq!(
+        encodings,
+        [Encoding::Xor, Encoding::Histogram, Encoding::FloatHistogram]
+    );
 }

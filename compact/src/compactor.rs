@@ -370,16 +370,16 @@ impl Compactor {
                     metas.push(out);
                 }
                 Err(CompactError::Merge {
-                    source:
-                        MergeError::Conflict {
-                            series,
-                            t,
-                            a,
-                            b,
-                            blocks,
-                        },
+                    source: MergeError::Conflict(c),
                     ..
                 }) => {
+                    let tsdb::block::Conflict {
+                        series,
+                        t,
+                        a,
+                        b,
+                        blocks,
+                    } = *c;
                     // Keep the older block compacting; leave out the newer (usually the
                     // backfill or out-of-order upload that brought the contradiction).
                     let (x, y) = (inputs[blocks.0].ulid, inputs[blocks.1].ulid);

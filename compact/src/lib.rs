@@ -4,7 +4,7 @@
 //! - [`compactor`]: one pass over the bucket (compaction with vertical merging and
 //!   replica deduplication, garbage collection, retention, the blocks cleaner, aborted
 //!   partial uploads), crash-safe by ordering.
-//! - [`metrics`]: `thanos_compact_*`.
+//! - [`metrics`]: the `thanos_compact_*` metrics.
 //!
 //! The merging itself is the tsdb crate's ([`tsdb::block::merge_blocks`]).
 

@@ -8,9 +8,8 @@
 //! from elsewhere, and PromQL trusting `NotCounterReset` there would miss a reset
 //! (Prometheus's merge iterators do the same; Thanos's dedup does not).
 
-use storeapi::Sample;
 use storeapi::dedup;
-use storeapi::histogram::{CounterResetHint, HistogramSample, HistogramValue};
+use storeapi::histogram::HistogramSample;
 use storeapi::wire::thanos;
 
 use crate::proxy::RawChunk;
@@ -62,110 +61,24 @@ pub fn decode_histogram_chunks(
     Ok(out)
 }
 
-fn with_unknown_hint(mut s: HistogramSample) -> HistogramSample {
-    match &mut s.h {
-        HistogramValue::Int(h) if h.hint != CounterResetHint::Gauge => {
-            h.hint = CounterResetHint::Unknown
-        }
-        HistogramValue::Float(h) if h.hint != CounterResetHint::Gauge => {
-            h.hint = CounterResetHint::Unknown
-        }
-        _ => {}
-    }
-    s
-}
-
-/// Position of a sample in its replica, packed into a float that survives the penalty
-/// merge unchanged (it only adds to values for counters, and is not asked to here).
-fn tag(replica: usize, pos: usize) -> f64 {
-    ((replica as u64) << 32 | pos as u64) as f64
-}
-
-fn untag(v: f64) -> (usize, usize) {
-    let x = v as u64;
-    ((x >> 32) as usize, (x & 0xffff_ffff) as usize)
-}
-
 /// Merges replicas of one series' histogram samples: with `dedup_on` by Thanos's penalty
 /// algorithm (the timestamps it picks are exactly those it picks for float samples), else
 /// as a chain (each timestamp once, earlier replicas first). Hints become `Unknown` where
-/// the chosen replica changes.
+/// the chosen replica changes. The compactor's `penalty` merge uses the same
+/// [`dedup::merge_replicas_by`].
 pub fn merge_replicas(replicas: Vec<Vec<HistogramSample>>, dedup_on: bool) -> Vec<HistogramSample> {
-    let mut replicas: Vec<Vec<HistogramSample>> =
-        replicas.into_iter().filter(|r| !r.is_empty()).collect();
-    if replicas.len() <= 1 {
-        return replicas.pop().unwrap_or_default();
-    }
-    // Beyond 2^21 samples per replica or 2^20 replicas the tag would not be exact.
-    if replicas.len() >= 1 << 20 || replicas.iter().any(|r| r.len() >= 1 << 21) {
-        return chain(replicas);
-    }
-    let tagged: Vec<Vec<Sample>> = replicas
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            r.iter()
-                .enumerate()
-                .map(|(p, s)| Sample {
-                    t: s.t,
-                    v: tag(i, p),
-                })
-                .collect()
-        })
-        .collect();
-    let picked = if dedup_on {
-        dedup::penalty_dedup(tagged, false)
-    } else {
-        dedup::chain_merge(tagged)
-    };
-    let mut taken: Vec<Vec<Option<HistogramSample>>> = replicas
-        .into_iter()
-        .map(|r| r.into_iter().map(Some).collect())
-        .collect();
-    let mut out = Vec::with_capacity(picked.len());
-    let mut prev: Option<usize> = None;
-    for s in picked {
-        let (r, p) = untag(s.v);
-        let Some(h) = taken
-            .get_mut(r)
-            .and_then(|v| v.get_mut(p))
-            .and_then(Option::take)
-        else {
-            continue;
-        };
-        out.push(if prev.is_some_and(|x| x != r) {
-            with_unknown_hint(h)
-        } else {
-            h
-        });
-        prev = Some(r);
-    }
-    out
+    dedup::merge_replicas_by(
+        replicas,
+        |s| s.t,
+        dedup_on,
+        |s| s.h.forget_counter_reset_hint(),
+    )
 }
 
 /// A chain merge of runs of one store (overlapping chunks): each timestamp once, from
 /// the earliest run holding it; hints `Unknown` where the run changes.
 pub fn chain(runs: Vec<Vec<HistogramSample>>) -> Vec<HistogramSample> {
-    let mut all: Vec<(i64, usize, HistogramSample)> = runs
-        .into_iter()
-        .enumerate()
-        .flat_map(|(i, r)| r.into_iter().map(move |s| (s.t, i, s)))
-        .collect();
-    all.sort_by_key(|(t, i, _)| (*t, *i));
-    let mut out: Vec<HistogramSample> = Vec::with_capacity(all.len());
-    let mut prev: Option<usize> = None;
-    for (t, i, s) in all {
-        if out.last().is_some_and(|l| l.t == t) {
-            continue;
-        }
-        out.push(if prev.is_some_and(|p| p != i) {
-            with_unknown_hint(s)
-        } else {
-            s
-        });
-        prev = Some(i);
-    }
-    out
+    dedup::chain_by(runs, |s| s.t, |s| s.h.forget_counter_reset_hint())
 }
 
 #[cfg(test)]
@@ -173,6 +86,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use chunkenc::histogram::{Appended, HistogramAppender};
+    use storeapi::histogram::{CounterResetHint, HistogramValue};
     use storeapi::histogram::{Histogram, Span};
 
     fn hist(count: u64) -> Histogram {

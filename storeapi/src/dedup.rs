@@ -222,6 +222,96 @@ pub fn chain_merge(replicas: Vec<Vec<Sample>>) -> Vec<Sample> {
     acc
 }
 
+/// Merges replicas of one series whose samples are of any kind (floats, histograms, or
+/// both where a series changes type): with `dedup_on` the penalty algorithm picks the
+/// samples (non-counter: the timestamps it picks are exactly those it picks for float
+/// samples, the values are not looked at), else a chain merge (each timestamp once,
+/// earlier replicas first). `switched` is applied to a sample taken from another replica
+/// than the sample before it: for histograms, a counter-reset hint says "no reset since
+/// the previous sample of this chunk", which no longer holds after a switch.
+///
+/// Used by the querier (replica dedup of histogram samples) and by the compactor's
+/// `penalty` vertical merge, so both pick the same samples.
+pub fn merge_replicas_by<T>(
+    replicas: Vec<Vec<T>>,
+    time: impl Fn(&T) -> i64,
+    dedup_on: bool,
+    switched: impl FnMut(&mut T),
+) -> Vec<T> {
+    let mut replicas: Vec<Vec<T>> = replicas.into_iter().filter(|r| !r.is_empty()).collect();
+    if replicas.len() <= 1 {
+        return replicas.pop().unwrap_or_default();
+    }
+    // Each sample is tagged with its index in one flat list, carried through the
+    // penalty merge as the value (an f64 holds integers exactly up to 2^53).
+    let mut tagged: Vec<Vec<Sample>> = Vec::with_capacity(replicas.len());
+    let mut flat: Vec<(usize, Option<T>)> = Vec::new();
+    for (r, samples) in replicas.into_iter().enumerate() {
+        let mut run = Vec::with_capacity(samples.len());
+        for s in samples {
+            run.push(Sample {
+                t: time(&s),
+                v: flat.len() as f64,
+            });
+            flat.push((r, Some(s)));
+        }
+        tagged.push(run);
+    }
+    let picked = if dedup_on {
+        penalty_dedup(tagged, false)
+    } else {
+        chain_merge(tagged)
+    };
+    take_picked(&mut flat, picked.iter().map(|s| s.v as usize), switched)
+}
+
+/// A chain merge of runs of one series of any sample kind: each timestamp once, from the
+/// earliest run holding it; `switched` applied where the run changes (see
+/// [`merge_replicas_by`]).
+pub fn chain_by<T>(
+    runs: Vec<Vec<T>>,
+    time: impl Fn(&T) -> i64,
+    switched: impl FnMut(&mut T),
+) -> Vec<T> {
+    let mut order: Vec<(i64, usize)> = Vec::new();
+    let mut flat: Vec<(usize, Option<T>)> = Vec::new();
+    for (r, run) in runs.into_iter().enumerate() {
+        for s in run {
+            order.push((time(&s), flat.len()));
+            flat.push((r, Some(s)));
+        }
+    }
+    // The flat index grows with the run, so this sorts by (time, run, position).
+    order.sort_unstable();
+    order.dedup_by_key(|(t, _)| *t);
+    take_picked(&mut flat, order.into_iter().map(|(_, i)| i), switched)
+}
+
+/// Moves the picked samples (indices into `flat`, whose first field is the source)
+/// out in order, applying `switched` where the source changes.
+fn take_picked<T>(
+    flat: &mut [(usize, Option<T>)],
+    picked: impl Iterator<Item = usize>,
+    mut switched: impl FnMut(&mut T),
+) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut prev: Option<usize> = None;
+    for i in picked {
+        let Some((src, slot)) = flat.get_mut(i) else {
+            continue;
+        };
+        let Some(mut s) = slot.take() else {
+            continue;
+        };
+        if prev.is_some_and(|p| p != *src) {
+            switched(&mut s);
+        }
+        prev = Some(*src);
+        out.push(s);
+    }
+    out
+}
+
 /// A time range covered by one chunk of a series part.
 pub trait TimeRanged {
     fn min_time(&self) -> i64;
@@ -473,5 +563,55 @@ mod tests {
         );
         let runs = overlap_split(vec![R(0, 10), R(11, 20)]);
         assert_eq!(runs.len(), 1);
+    }
+
+    #[test]
+    fn merge_replicas_by_picks_what_penalty_dedup_picks() {
+        // Any sample kind: here (t, replica name) pairs; the picks must be the penalty
+        // algorithm's, and `switched` must run exactly where the replica changes.
+        let a: Vec<(i64, &str)> = (0..40)
+            .filter(|k| !(10..16).contains(k))
+            .map(|k| (k * 10_000, "a"))
+            .collect();
+        let b: Vec<(i64, &str)> = (0..40).map(|k| (k * 10_000 + 2500, "b")).collect();
+        let as_samples = |r: &[(i64, &str)]| r.iter().map(|&(t, _)| Sample { t, v: 0.0 }).collect();
+        let want = ts(&penalty_dedup(vec![as_samples(&a), as_samples(&b)], false));
+        let mut switches = 0;
+        let got = merge_replicas_by(
+            vec![a.clone(), b.clone()],
+            |s| s.0,
+            true,
+            |s| {
+                switches += 1;
+                s.1 = "switched";
+            },
+        );
+        assert_eq!(got.iter().map(|s| s.0).collect::<Vec<_>>(), want);
+        // b's samples are the ones 2.5 s past a multiple of 10 s.
+        let from_b = |t: i64| t % 10_000 == 2500;
+        let want_switches = want
+            .windows(2)
+            .filter(|w| from_b(w[0]) != from_b(w[1]))
+            .count();
+        assert!(want_switches >= 1, "b fills a's gap: {want:?}");
+        assert_eq!(switches, want_switches);
+        for (i, s) in got.iter().enumerate() {
+            let switched = i > 0 && from_b(got[i - 1].0) != from_b(s.0);
+            assert_eq!(s.1 == "switched", switched, "sample {i} of {got:?}");
+        }
+        // Without dedup: a chain, each timestamp once, the earlier replica first.
+        let c = vec![(0, "c"), (2500, "c2")];
+        let got = chain_by(vec![b.clone(), c], |s| s.0, |_| {});
+        assert_eq!(got.len(), b.len() + 1);
+        assert_eq!(got[0], (0, "c"));
+        assert_eq!(got[1], (2500, "b"), "the earlier run wins a tie");
+        // One replica, or none, passes through.
+        assert_eq!(
+            merge_replicas_by(vec![a.clone(), vec![]], |s| s.0, true, |_| {}),
+            a
+        );
+        assert!(
+            merge_replicas_by(Vec::<Vec<(i64, &str)>>::new(), |s| s.0, true, |_| {}).is_empty()
+        );
     }
 }

@@ -448,6 +448,20 @@ impl HistogramValue {
             HistogramValue::Float(h) => h.hint,
         }
     }
+
+    /// Sets a counter histogram's hint to `Unknown` (gauges keep theirs): what a
+    /// sample's hint must become when the sample before it came from another chunk or
+    /// replica, since `NotCounterReset`/`CounterReset` only speak of the previous sample
+    /// of the same chunk (Prometheus's merge iterators do the same).
+    pub fn forget_counter_reset_hint(&mut self) {
+        let hint = match self {
+            HistogramValue::Int(h) => &mut h.hint,
+            HistogramValue::Float(h) => &mut h.hint,
+        };
+        if *hint != CounterResetHint::Gauge {
+            *hint = CounterResetHint::Unknown;
+        }
+    }
 }
 
 /// A histogram sample: milliseconds since the epoch and a histogram.

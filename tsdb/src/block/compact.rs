@@ -9,35 +9,42 @@
 //! - **Vertical** (a series has overlapping chunks — RF>1 replicas after the replica
 //!   label is dropped, out-of-order blocks, backfills): the samples are decoded, merged
 //!   in time order, and a sample present in several inputs with the *same timestamp and
-//!   the same value bits* is kept once (Thanos's default 1:1 deduplication, right for
-//!   receive replication, which writes identical samples). The result is re-encoded in
-//!   XOR chunks of at most [`SAMPLES_PER_CHUNK`] samples.
+//!   the same value* is kept once (Thanos's default 1:1 deduplication, right for
+//!   receive replication, which writes identical samples). Floats are the same when
+//!   their bits are; native histograms (integer or float) when Prometheus's `Equals`
+//!   says so. A series may change sample type over time (float, histogram, float
+//!   histogram); the merged samples are re-encoded as Prometheus's compactor does
+//!   ([`crate::chunk::SeriesEncoder`]: a new chunk per type change, every
+//!   [`SAMPLES_PER_CHUNK`] samples, and where a histogram appender cuts). A histogram's
+//!   counter-reset hint becomes `Unknown` where the merged stream moves to another
+//!   chunk, as Prometheus's chain iterator does: "no reset since the previous sample"
+//!   is only known within one chunk.
 //!
 //! With [`DedupFunc::Penalty`] (`--deduplication.func=penalty`, for HA Prometheus pairs
 //! whose replicas scrape at slightly different times) the overlapping inputs are instead
 //! treated as replicas of one stream and folded with the querier's penalty algorithm
-//! ([`storeapi::dedup::penalty_dedup`]): the result follows one replica and switches
-//! only to fill its gaps. As Thanos's compactor (`dedup.NewChunkSeriesMerger`), counters
-//! get no reset adjustment: the stored samples stay raw values.
+//! ([`storeapi::dedup::merge_replicas_by`], the same function the querier's histogram
+//! dedup uses): the result follows one replica and switches only to fill its gaps, hints
+//! downgraded where it switches. As Thanos's compactor (`dedup.NewChunkSeriesMerger`),
+//! counters get no reset adjustment: the stored samples stay raw values.
 //!
-//! With 1:1 deduplication, a timestamp carrying *different* values in two inputs is a
-//! [`MergeError::Conflict`]:
+//! With 1:1 deduplication, a timestamp carrying *different* values in two inputs (or a
+//! float in one and a histogram in the other) is a [`MergeError::Conflict`]:
 //! picking one silently (what Prometheus's chained merge does) would change query
 //! answers depending on which replica won. The caller decides what to do — Orrery's
 //! compactor marks one of the two blocks `no-compact` and compacts the rest.
 
 use std::path::Path;
 
-use bytes::Bytes;
-use storeapi::dedup::penalty_dedup;
-use storeapi::{Labels, Sample};
+use storeapi::dedup::merge_replicas_by;
+use storeapi::{HistogramValue, Labels};
 
 use super::reader::SeriesIter;
 use super::{Block, BlockDesc, BlockError, BlockMeta, BlockOptions, BlockStats, BlockWriter};
-use crate::chunk::{Chunk, Encoding, XorChunk};
+use crate::chunk::{Chunk, Encoding, SeriesEncoder};
 
-/// Samples per re-encoded chunk (Prometheus's target for XOR chunks).
-pub const SAMPLES_PER_CHUNK: usize = 120;
+/// Samples per re-encoded chunk (Prometheus's compactor's split, any sample type).
+pub use crate::chunk::encode::SAMPLES_PER_CHUNK;
 
 /// How overlapping samples of one series are deduplicated (`--deduplication.func`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,21 +63,29 @@ pub enum DedupFunc {
 pub enum MergeError {
     #[error(transparent)]
     Block(#[from] BlockError),
-    /// Two inputs hold different values for the same series and timestamp. `blocks`
-    /// are indices into the input slice (equal when one block contradicts itself).
-    #[error(
-        "series {series}: inputs {} and {} disagree at t={t} ({a} vs {b})",
-        blocks.0, blocks.1
-    )]
-    Conflict {
-        series: String,
-        t: i64,
-        a: f64,
-        b: f64,
-        blocks: (usize, usize),
-    },
+    /// Two inputs hold different values for the same series and timestamp (boxed: the
+    /// error travels through `Result`s on every merge path).
+    #[error(transparent)]
+    Conflict(Box<Conflict>),
     #[error("no blocks to merge")]
     Empty,
+}
+
+/// Two different samples of one series at one timestamp.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "series {series}: inputs {} and {} disagree at t={t} ({a} vs {b})",
+    blocks.0, blocks.1
+)]
+pub struct Conflict {
+    pub series: String,
+    pub t: i64,
+    /// The two samples, as text (a float, or a histogram's count, sum, schema and
+    /// number of buckets).
+    pub a: String,
+    pub b: String,
+    /// Indices into the input slice (equal when one block contradicts itself).
+    pub blocks: (usize, usize),
 }
 
 /// What a merge did.
@@ -221,124 +236,212 @@ impl MergeIter<'_> {
     }
 
     /// Decodes overlapping chunks, merges their samples by time keeping identical
-    /// duplicates once, and re-encodes.
+    /// duplicates once (or folds them as replicas with `penalty`), and re-encodes.
     fn merge_samples(
         &mut self,
         labels: &Labels,
         parts: &[(usize, Chunk)],
     ) -> Result<Vec<Chunk>, MergeError> {
-        let mut samples: Vec<(i64, f64, usize)> = Vec::new();
-        for (i, c) in parts {
-            if c.encoding != Encoding::Xor {
-                return Err(BlockError::Unsupported(format!(
-                    "vertical merge of overlapping {:?} chunks of {labels}",
-                    c.encoding
-                ))
-                .into());
-            }
-            for s in c.iter().map_err(BlockError::from)? {
-                let (t, v) = s.map_err(BlockError::from)?;
-                samples.push((t, v, *i));
-            }
+        // (sample, input block, chunk index in `parts`): the chunk is the source whose
+        // change makes a counter-reset hint unreliable, as Prometheus's chain iterator
+        // over the overlapping chunks treats it.
+        let mut samples: Vec<(MergeSample, usize, usize)> = Vec::new();
+        for (k, (i, c)) in parts.iter().enumerate() {
+            decode_chunk(c, labels, |s| samples.push((s, *i, k)))?;
         }
         if self.dedup == DedupFunc::Penalty {
             return self.penalty_merge(samples);
         }
-        samples.sort_by_key(|s| s.0);
-        let mut out = Vec::new();
-        let mut x = XorChunk::new();
-        let mut lo = i64::MAX;
-        let mut prev: Option<(i64, f64, usize)> = None;
-        for (t, v, i) in samples {
-            if let Some((pt, pv, pi)) = prev
-                && pt == t
-            {
-                if pv.to_bits() == v.to_bits() {
-                    self.duplicate_samples += 1;
-                    continue;
+        // Stable: on equal timestamps the earlier chunk's sample comes first and is kept.
+        samples.sort_by_key(|(s, _, _)| s.t);
+        let mut enc = SeriesEncoder::new();
+        let mut prev: Option<(MergeSample, usize, usize)> = None;
+        for (mut s, i, k) in samples {
+            if let Some((p, pi, pk)) = &prev {
+                if p.t == s.t {
+                    if p.v.same(&s.v) {
+                        self.duplicate_samples += 1;
+                        continue;
+                    }
+                    return Err(MergeError::Conflict(Box::new(Conflict {
+                        series: labels.to_string(),
+                        t: s.t,
+                        a: p.v.to_string(),
+                        b: s.v.to_string(),
+                        blocks: ((*pi).min(i), (*pi).max(i)),
+                    })));
                 }
-                return Err(MergeError::Conflict {
-                    series: labels.to_string(),
-                    t,
-                    a: pv,
-                    b: v,
-                    blocks: (pi.min(i), pi.max(i)),
-                });
+                if *pk != k {
+                    s.v.forget_counter_reset_hint();
+                }
             }
-            if x.num_samples() as usize >= SAMPLES_PER_CHUNK {
-                out.push(finish_chunk(std::mem::take(&mut x), lo));
-            }
-            if x.num_samples() == 0 {
-                lo = t;
-            }
-            x.append(t, v).map_err(BlockError::from)?;
-            prev = Some((t, v, i));
+            s.encode(&mut enc).map_err(BlockError::from)?;
+            prev = Some((s, i, k));
         }
-        if x.num_samples() > 0 {
-            out.push(finish_chunk(x, lo));
-        }
-        Ok(out)
+        Ok(enc.finish())
     }
 }
 
 impl MergeIter<'_> {
-    /// Splits `(t, v, input)` samples into one replica per input block and folds them
-    /// with the penalty algorithm.
-    fn penalty_merge(&mut self, samples: Vec<(i64, f64, usize)>) -> Result<Vec<Chunk>, MergeError> {
+    /// Splits samples into one replica per input block and folds them with the penalty
+    /// algorithm ([`storeapi::dedup::merge_replicas_by`], shared with the querier's
+    /// dedup of float and histogram samples; no counter adjustment).
+    fn penalty_merge(
+        &mut self,
+        samples: Vec<(MergeSample, usize, usize)>,
+    ) -> Result<Vec<Chunk>, MergeError> {
         let total = samples.len();
-        let mut replicas: Vec<Vec<Sample>> = vec![Vec::new(); self.iters.len()];
-        for (t, v, i) in samples {
+        let mut replicas: Vec<Vec<MergeSample>> = Vec::new();
+        replicas.resize_with(self.iters.len(), Vec::new);
+        for (s, i, _) in samples {
             if let Some(r) = replicas.get_mut(i) {
-                r.push(Sample { t, v });
+                r.push(s);
             }
         }
-        replicas.retain(|r| !r.is_empty());
         for r in &mut replicas {
             // One block's chunks do not overlap; sorting (stable) guards the fold's
             // assumption of time order all the same.
             r.sort_by_key(|s| s.t);
             r.dedup_by_key(|s| s.t);
         }
-        let merged = penalty_dedup(replicas, false);
+        let merged =
+            merge_replicas_by(replicas, |s| s.t, true, |s| s.v.forget_counter_reset_hint());
         self.duplicate_samples += (total - merged.len()) as u64;
-        encode_xor(merged.iter().map(|s| (s.t, s.v)))
+        let mut enc = SeriesEncoder::new();
+        for s in &merged {
+            s.encode(&mut enc).map_err(BlockError::from)?;
+        }
+        Ok(enc.finish())
     }
 }
 
-/// Re-encodes samples (time order, unique timestamps) into XOR chunks of at most
-/// [`SAMPLES_PER_CHUNK`] samples.
-fn encode_xor(samples: impl Iterator<Item = (i64, f64)>) -> Result<Vec<Chunk>, MergeError> {
-    let mut out = Vec::new();
-    let mut x = XorChunk::new();
-    let mut lo = i64::MAX;
-    for (t, v) in samples {
-        if x.num_samples() as usize >= SAMPLES_PER_CHUNK {
-            out.push(finish_chunk(std::mem::take(&mut x), lo));
-        }
-        if x.num_samples() == 0 {
-            lo = t;
-        }
-        x.append(t, v).map_err(BlockError::from)?;
-    }
-    if x.num_samples() > 0 {
-        out.push(finish_chunk(x, lo));
-    }
-    Ok(out)
+/// A decoded sample of a series whose chunks are merged: a series may change type over
+/// time, so any of Prometheus's three sample kinds.
+#[derive(Debug, Clone)]
+struct MergeSample {
+    t: i64,
+    v: MergeValue,
 }
 
-fn finish_chunk(x: XorChunk, min_time: i64) -> Chunk {
-    let max_time = x.last_t();
-    Chunk {
-        min_time,
-        max_time,
-        encoding: Encoding::Xor,
-        data: Bytes::from(x.into_bytes()),
+#[derive(Debug, Clone)]
+enum MergeValue {
+    Float(f64),
+    Hist(HistogramValue),
+}
+
+impl MergeValue {
+    /// Whether two samples at one timestamp are the same sample: floats by bits (stale
+    /// markers included), histograms by Prometheus's `Equals` (which ignores the
+    /// counter-reset hint), different kinds never.
+    fn same(&self, o: &MergeValue) -> bool {
+        match (self, o) {
+            (MergeValue::Float(a), MergeValue::Float(b)) => a.to_bits() == b.to_bits(),
+            (
+                MergeValue::Hist(HistogramValue::Int(a)),
+                MergeValue::Hist(HistogramValue::Int(b)),
+            ) => a.equals(b),
+            (
+                MergeValue::Hist(HistogramValue::Float(a)),
+                MergeValue::Hist(HistogramValue::Float(b)),
+            ) => a.equals(b),
+            _ => false,
+        }
     }
+
+    fn forget_counter_reset_hint(&mut self) {
+        if let MergeValue::Hist(h) = self {
+            h.forget_counter_reset_hint();
+        }
+    }
+}
+
+impl std::fmt::Display for MergeValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MergeValue::Float(v) => write!(f, "{v}"),
+            MergeValue::Hist(HistogramValue::Int(h)) => write!(
+                f,
+                "histogram{{count={}, sum={}, schema={}, buckets={}}}",
+                h.count,
+                h.sum,
+                h.schema,
+                h.num_buckets()
+            ),
+            MergeValue::Hist(HistogramValue::Float(h)) => write!(
+                f,
+                "float histogram{{count={}, sum={}, schema={}, buckets={}}}",
+                h.count,
+                h.sum,
+                h.schema,
+                h.num_buckets()
+            ),
+        }
+    }
+}
+
+impl MergeSample {
+    fn encode(&self, enc: &mut SeriesEncoder) -> Result<(), crate::chunk::ChunkError> {
+        match &self.v {
+            MergeValue::Float(v) => enc.append_float(self.t, *v),
+            MergeValue::Hist(HistogramValue::Int(h)) => enc.append_histogram(self.t, h),
+            MergeValue::Hist(HistogramValue::Float(h)) => enc.append_float_histogram(self.t, h),
+        }
+    }
+}
+
+/// Decodes the samples of one raw chunk of any of the three sample encodings.
+fn decode_chunk(
+    c: &Chunk,
+    labels: &Labels,
+    mut f: impl FnMut(MergeSample),
+) -> Result<(), MergeError> {
+    match c.encoding {
+        Encoding::Xor => {
+            for s in c.iter().map_err(BlockError::from)? {
+                let (t, v) = s.map_err(BlockError::from)?;
+                f(MergeSample {
+                    t,
+                    v: MergeValue::Float(v),
+                });
+            }
+        }
+        Encoding::Histogram | Encoding::FloatHistogram => {
+            for s in c.iter_histograms().map_err(BlockError::from)? {
+                let s = s.map_err(BlockError::from)?;
+                f(MergeSample {
+                    t: s.t,
+                    v: MergeValue::Hist(s.h),
+                });
+            }
+        }
+        Encoding::Aggr => {
+            return Err(BlockError::Unsupported(format!(
+                "vertical merge of overlapping downsampled (Aggr) chunks of {labels}"
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Timestamps of a raw chunk's samples (XOR, HISTOGRAM or FLOAT_HISTOGRAM).
+fn decode_times(c: &Chunk, out: &mut Vec<i64>) -> Result<(), BlockError> {
+    if c.encoding == Encoding::Xor {
+        for s in c.iter()? {
+            out.push(s?.0);
+        }
+    } else {
+        for s in c.iter_histograms()? {
+            out.push(s?.t);
+        }
+    }
+    Ok(())
 }
 
 /// Re-reads a block completely and checks it is self-consistent: every series sorted
 /// and non-empty, chunks in order, non-overlapping, inside the block's range, each
-/// chunk decodable with as many samples as its header says (XOR), downsampled (Aggr)
+/// chunk decodable with as many samples as its header says (XOR and both histogram
+/// encodings), downsampled (Aggr)
 /// chunks with consistent aggregates, and the totals equal
 /// `meta.json`'s stats. What the compactor runs on a block before uploading it.
 pub fn verify_block(dir: &Path) -> Result<BlockStats, BlockError> {
@@ -364,10 +467,11 @@ pub fn verify_block(dir: &Path) -> Result<BlockStats, BlockError> {
                 )));
             }
             prev_max = c.max_time;
-            if c.encoding == Encoding::Xor {
+            if c.encoding != Encoding::Aggr {
                 let mut n = 0usize;
-                for s in c.iter()? {
-                    let (t, _) = s?;
+                let mut times = Vec::new();
+                decode_times(c, &mut times)?;
+                for t in times {
                     if t < c.min_time || t > c.max_time {
                         return Err(BlockError::Corrupt(format!(
                             "sample at {t} outside its chunk [{}, {}] in {labels}",
@@ -444,7 +548,8 @@ fn verify_aggr(c: &Chunk, labels: &Labels) -> Result<(), BlockError> {
 mod tests {
     use super::*;
     use crate::block::{BlockOptions, BlockWriter};
-    use storeapi::Label;
+    use storeapi::dedup::penalty_dedup;
+    use storeapi::{Label, Sample};
 
     fn labels(name: &str, replica: &str) -> Labels {
         Labels::from_sorted_unchecked(vec![
@@ -454,15 +559,11 @@ mod tests {
     }
 
     fn xor_chunks(samples: &[(i64, f64)]) -> Vec<Chunk> {
-        let mut out = Vec::new();
-        for part in samples.chunks(SAMPLES_PER_CHUNK) {
-            let mut x = XorChunk::new();
-            for &(t, v) in part {
-                x.append(t, v).unwrap();
-            }
-            out.push(finish_chunk(x, part[0].0));
+        let mut e = SeriesEncoder::new();
+        for &(t, v) in samples {
+            e.append_float(t, v).unwrap();
         }
-        out
+        e.finish()
     }
 
     fn write(dir: &Path, mint: i64, maxt: i64, series: Vec<(Labels, Vec<(i64, f64)>)>) -> Block {
@@ -579,9 +680,9 @@ mod tests {
         let b = write(d.path(), 0, 100, vec![(labels("x", "j"), vec![(2, 3.0)])]);
         let out = tempfile::tempdir().unwrap();
         match merge_blocks(out.path(), &[&a, &b], &BlockOptions::default()) {
-            Err(MergeError::Conflict { t, blocks, .. }) => {
-                assert_eq!(t, 2);
-                assert_eq!(blocks, (0, 1));
+            Err(MergeError::Conflict(c)) => {
+                assert_eq!(c.t, 2);
+                assert_eq!(c.blocks, (0, 1));
             }
             other => panic!("expected a conflict, got {other:?}"),
         }
@@ -672,5 +773,312 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         let r = merge_blocks(out.path(), &[&a, &b], &BlockOptions::default()).unwrap();
         assert_eq!(r.meta.stats.num_samples, 2);
+    }
+
+    // --- native histograms ---
+
+    /// A sample of any kind for the histogram tests: a float, or an integer or float
+    /// histogram with `count` observations spread over two buckets (a counter).
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Kind {
+        F(f64),
+        H(u64),
+        FH(u64),
+    }
+
+    fn int_hist(count: u64) -> storeapi::Histogram {
+        use storeapi::histogram::Span;
+        // Two buckets holding half the observations each (both never decrease as
+        // `count` grows, so a growing count is a counter without resets).
+        let (b1, b2) = (count / 2, count - count / 2);
+        storeapi::Histogram {
+            schema: 1,
+            zero_threshold: 1e-128,
+            count,
+            sum: count as f64 * 0.75,
+            positive_spans: vec![Span {
+                offset: 1,
+                length: 2,
+            }],
+            positive_buckets: vec![b1 as i64, b2 as i64 - b1 as i64],
+            ..Default::default()
+        }
+    }
+
+    fn kind_chunks(samples: &[(i64, Kind)]) -> Vec<Chunk> {
+        let mut e = SeriesEncoder::new();
+        for &(t, k) in samples {
+            match k {
+                Kind::F(v) => e.append_float(t, v).unwrap(),
+                Kind::H(c) => e.append_histogram(t, &int_hist(c)).unwrap(),
+                Kind::FH(c) => e
+                    .append_float_histogram(t, &int_hist(c).to_float())
+                    .unwrap(),
+            }
+        }
+        e.finish()
+    }
+
+    fn write_kinds(dir: &Path, mint: i64, maxt: i64, samples: &[(i64, Kind)]) -> Block {
+        let meta = BlockWriter::write(
+            dir,
+            mint,
+            maxt,
+            [(labels("h", "j"), kind_chunks(samples))],
+            &BlockOptions::default(),
+        )
+        .unwrap();
+        Block::open(&dir.join(meta.ulid.to_string())).unwrap()
+    }
+
+    /// The merged block's one series as `(t, Kind)` (hints left out: checked apart),
+    /// with its chunks' encodings.
+    fn read_kinds(b: &Block) -> (Vec<(i64, Kind)>, Vec<Encoding>) {
+        let series: Vec<_> = b.series_iter().unwrap().map(|s| s.unwrap()).collect();
+        assert_eq!(series.len(), 1);
+        let mut out = Vec::new();
+        let mut encs = Vec::new();
+        for c in &series[0].1 {
+            encs.push(c.encoding);
+            match c.encoding {
+                Encoding::Xor => {
+                    out.extend(c.iter().unwrap().map(|s| {
+                        let (t, v) = s.unwrap();
+                        (t, Kind::F(v))
+                    }));
+                }
+                _ => {
+                    for s in c.iter_histograms().unwrap() {
+                        let s = s.unwrap();
+                        let k = match &s.h {
+                            HistogramValue::Int(h) => {
+                                assert!(h.equals(&int_hist(h.count)), "{h:?}");
+                                Kind::H(h.count)
+                            }
+                            HistogramValue::Float(h) => {
+                                assert!(h.equals(&int_hist(h.count as u64).to_float()), "{h:?}");
+                                Kind::FH(h.count as u64)
+                            }
+                        };
+                        out.push((s.t, k));
+                    }
+                }
+            }
+        }
+        (out, encs)
+    }
+
+    fn merged(out: &Path, r: &MergeReport) -> Block {
+        let dir = out.join(r.meta.ulid.to_string());
+        verify_block(&dir).unwrap();
+        Block::open(&dir).unwrap()
+    }
+
+    #[test]
+    fn identical_histograms_of_two_replicas_are_kept_once() {
+        let d = tempfile::tempdir().unwrap();
+        let full: Vec<(i64, Kind)> = (0..300)
+            .map(|k| (k * 15_000, Kind::H(k as u64 * 3)))
+            .collect();
+        let gap: Vec<_> = full
+            .iter()
+            .copied()
+            .filter(|s| !(1_000_000..2_000_000).contains(&s.0))
+            .collect();
+        let a = write_kinds(d.path(), 0, 5_000_000, &full);
+        let b = write_kinds(d.path(), 0, 5_000_000, &gap);
+        let out = tempfile::tempdir().unwrap();
+        let r = merge_blocks(out.path(), &[&a, &b], &BlockOptions::default()).unwrap();
+        assert_eq!(r.vertical_series, 1);
+        assert_eq!(r.duplicate_samples as usize, gap.len());
+        let (got, encs) = read_kinds(&merged(out.path(), &r));
+        assert_eq!(got, full);
+        assert!(encs.iter().all(|e| *e == Encoding::Histogram), "{encs:?}");
+        // Cut every 120 samples, as Prometheus's compactor cuts merged histograms.
+        assert_eq!(encs.len(), 3);
+        assert_eq!(r.meta.stats.num_samples, 300);
+    }
+
+    #[test]
+    fn different_histograms_at_one_timestamp_are_a_conflict() {
+        let d = tempfile::tempdir().unwrap();
+        let a = write_kinds(d.path(), 0, 100, &[(1, Kind::H(4)), (2, Kind::H(8))]);
+        let b = write_kinds(d.path(), 0, 100, &[(2, Kind::H(12))]);
+        let out = tempfile::tempdir().unwrap();
+        match merge_blocks(out.path(), &[&a, &b], &BlockOptions::default()) {
+            Err(MergeError::Conflict(c)) => {
+                let Conflict {
+                    t, blocks, a, b, ..
+                } = *c;
+                assert_eq!((t, blocks), (2, (0, 1)));
+                assert!(a.contains("count=8") && b.contains("count=12"), "{a} / {b}");
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+        // A float histogram and an integer histogram of the same counts differ too.
+        let c = write_kinds(d.path(), 0, 100, &[(2, Kind::FH(8))]);
+        assert!(matches!(
+            merge_blocks(out.path(), &[&a, &c], &BlockOptions::default()),
+            Err(MergeError::Conflict(c)) if c.t == 2
+        ));
+        // And float histograms compare by value.
+        let e = write_kinds(d.path(), 0, 100, &[(1, Kind::FH(4)), (2, Kind::FH(8))]);
+        let f = write_kinds(d.path(), 0, 100, &[(2, Kind::FH(8)), (3, Kind::FH(9))]);
+        let r = merge_blocks(out.path(), &[&e, &f], &BlockOptions::default()).unwrap();
+        let (got, _) = read_kinds(&merged(out.path(), &r));
+        assert_eq!(got, [(1, Kind::FH(4)), (2, Kind::FH(8)), (3, Kind::FH(9))]);
+    }
+
+    #[test]
+    fn a_series_changing_type_merges_into_chunks_of_each_encoding() {
+        let d = tempfile::tempdir().unwrap();
+        // Floats, then integer histograms, then float histograms, then floats again.
+        let full: Vec<(i64, Kind)> = (0..400)
+            .map(|k| {
+                let t = k * 10_000;
+                let kind = match k {
+                    0..100 => Kind::F(k as f64),
+                    100..200 => Kind::H(k as u64),
+                    200..300 => Kind::FH(k as u64),
+                    _ => Kind::F(-(k as f64)),
+                };
+                (t, kind)
+            })
+            .collect();
+        // Replica b misses every third sample, including type boundaries.
+        let sparse: Vec<_> = full.iter().copied().step_by(3).collect();
+        let a = write_kinds(d.path(), 0, 4_000_000, &sparse);
+        let b = write_kinds(d.path(), 0, 4_000_000, &full);
+        let out = tempfile::tempdir().unwrap();
+        let r = merge_blocks(out.path(), &[&a, &b], &BlockOptions::default()).unwrap();
+        let (got, encs) = read_kinds(&merged(out.path(), &r));
+        assert_eq!(got, full);
+        assert_eq!(
+            encs,
+            [
+                Encoding::Xor,
+                Encoding::Histogram,
+                Encoding::FloatHistogram,
+                Encoding::Xor
+            ]
+        );
+    }
+
+    #[test]
+    fn counter_resets_survive_a_merge_and_hints_are_downgraded_at_chunk_switches() {
+        use crate::chunk::{CounterResetHeader, HistogramAppender};
+        use storeapi::histogram::CounterResetHint;
+        let d = tempfile::tempdir().unwrap();
+        // A counter reset at k = 50; replica a holds everything before 60, b after 40.
+        let all: Vec<(i64, Kind)> = (0..100)
+            .map(|k| {
+                (
+                    k * 1000,
+                    Kind::H(if k < 50 { 100 + k } else { k - 50 } as u64),
+                )
+            })
+            .collect();
+        let a = write_kinds(d.path(), 0, 100_000, &all[..60]);
+        let b = write_kinds(d.path(), 0, 100_000, &all[40..]);
+        let out = tempfile::tempdir().unwrap();
+        let r = merge_blocks(out.path(), &[&a, &b], &BlockOptions::default()).unwrap();
+        let blk = merged(out.path(), &r);
+        let (got, _) = read_kinds(&blk);
+        assert_eq!(got, all);
+        let series: Vec<_> = blk.series_iter().unwrap().map(|s| s.unwrap()).collect();
+        let chunks = &series[0].1;
+        assert_eq!(chunks.len(), 2, "cut at the reset");
+        assert_eq!(chunks[1].min_time, 50_000);
+        let header = |c: &Chunk| HistogramAppender::from_bytes(&c.data).unwrap().header();
+        assert_eq!(header(&chunks[0]), CounterResetHeader::Unknown);
+        assert_eq!(header(&chunks[1]), CounterResetHeader::CounterReset);
+        let hints: Vec<_> = chunks[1]
+            .iter_histograms()
+            .unwrap()
+            .map(|s| s.unwrap().h.hint())
+            .take(2)
+            .collect();
+        // As Prometheus's reader: a chunk's first sample reads `Unknown` whatever the
+        // header (the previous chunk may be gone), so PromQL compares it with the
+        // sample before; the rest of the chunk `NotCounterReset`.
+        assert_eq!(
+            hints,
+            [CounterResetHint::Unknown, CounterResetHint::NotCounterReset]
+        );
+    }
+
+    #[test]
+    fn penalty_merge_of_histogram_replicas_equals_the_querier_dedup() {
+        use storeapi::HistogramSample;
+        let d = tempfile::tempdir().unwrap();
+        let [ra, rb] = ha_pair();
+        // A gap in the first replica, so the result must switch to b and back.
+        let ra: Vec<_> = ra
+            .into_iter()
+            .filter(|s| !(3_000_000..3_120_000).contains(&s.0))
+            .collect();
+        // Histograms whose count is the float value's integer part (b's values differ).
+        let to_kinds = |v: &[(i64, f64)], off: u64| -> Vec<(i64, Kind)> {
+            v.iter()
+                .map(|&(t, x)| (t, Kind::H(x as u64 * 4 + off)))
+                .collect()
+        };
+        let ka = to_kinds(&ra, 0);
+        let kb = to_kinds(&rb, 1);
+        let a = write_kinds(d.path(), 0, 7_000_000, &ka);
+        let b = write_kinds(d.path(), 0, 7_000_000, &kb);
+        let out = tempfile::tempdir().unwrap();
+        let r = merge_blocks_with(
+            out.path(),
+            &[&a, &b],
+            &BlockOptions::default(),
+            DedupFunc::Penalty,
+        )
+        .unwrap();
+        let blk = merged(out.path(), &r);
+        let (got, _) = read_kinds(&blk);
+        // The querier's dedup of the same replicas, samples as a store sends them.
+        let decode = |blk: &Block| -> Vec<HistogramSample> {
+            let (_, cs) = blk.series_iter().unwrap().next().unwrap().unwrap();
+            cs.iter()
+                .flat_map(|c| c.iter_histograms().unwrap().map(|s| s.unwrap()))
+                .collect()
+        };
+        let want = merge_replicas_by(
+            vec![decode(&a), decode(&b)],
+            |s| s.t,
+            true,
+            |s| s.h.forget_counter_reset_hint(),
+        );
+        let want_kinds: Vec<(i64, Kind)> = want
+            .iter()
+            .map(|s| match &s.h {
+                HistogramValue::Int(h) => (s.t, Kind::H(h.count)),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, want_kinds);
+        assert!(got.len() < ka.len() + 10, "{} samples", got.len());
+        assert!(
+            got.iter().any(|s| matches!(s.1, Kind::H(c) if c % 4 == 1)),
+            "b fills a's gap"
+        );
+        assert_eq!(
+            r.duplicate_samples as usize,
+            ka.len() + kb.len() - got.len()
+        );
+        // Counts never drop, so no chunk of the result starts with a counter reset.
+        use crate::chunk::{CounterResetHeader, HistogramAppender};
+        let (_, cs) = blk.series_iter().unwrap().next().unwrap().unwrap();
+        for c in &cs {
+            let h = HistogramAppender::from_bytes(&c.data).unwrap().header();
+            assert_ne!(
+                h,
+                CounterResetHeader::CounterReset,
+                "chunk at {}",
+                c.min_time
+            );
+        }
     }
 }

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 pub use compact::{
-    DedupFunc, MergeError, MergeReport, merge_blocks, merge_blocks_with, verify_block,
+    Conflict, DedupFunc, MergeError, MergeReport, merge_blocks, merge_blocks_with, verify_block,
 };
 pub use downsample::downsample_block;
 pub use index::ChunkMeta;
