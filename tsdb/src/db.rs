@@ -989,9 +989,8 @@ impl Db {
             let end = start.saturating_add(range);
             let mut failed = None;
             let series = taken.iter().filter_map(|(s, chunks)| {
-                let encoded = crate::head::merge_samples(chunks, start, end - 1).and_then(|x| {
-                    crate::head::encode_samples(&x, block::compact::SAMPLES_PER_CHUNK)
-                });
+                let encoded = crate::head::merge_samples(chunks, start, end - 1)
+                    .and_then(|x| crate::head::encode_samples(&x));
                 match encoded {
                     Ok(c) if c.is_empty() => None,
                     Ok(c) => Some((s.labels(), c)),

@@ -25,8 +25,7 @@
 use bytes::Bytes;
 use storeapi::histogram::HistogramValue;
 
-use super::open_chunk::encode_histogram_samples;
-use crate::chunk::{Chunk, ChunkError, Encoding, XorChunk};
+use crate::chunk::{Chunk, ChunkError, Encoding, SeriesEncoder, XorChunk};
 
 /// Out-of-order samples of one series.
 #[derive(Debug, Default)]
@@ -91,9 +90,13 @@ impl OooSeries {
         }
         let i = self.hist_open.partition_point(|(x, _)| *x < t);
         self.hist_open.insert(i, (t, h.clone()));
-        let refs: Vec<(i64, &HistogramValue)> =
-            self.hist_open.iter().map(|(t, h)| (*t, h)).collect();
-        match encode_histogram_samples(&refs) {
+        let mut enc = SeriesEncoder::new();
+        let encoded = self
+            .hist_open
+            .iter()
+            .try_for_each(|(t, h)| append_histogram(&mut enc, *t, h))
+            .map(|()| enc.finish());
+        match encoded {
             Ok(chunks) => {
                 self.hist_open_chunks = chunks;
                 Ok(true)
@@ -182,11 +185,6 @@ pub fn merge_chunks<'a>(
     Ok(all.into_iter().map(|(t, _, v)| (t, v)).collect())
 }
 
-/// Encodes sorted samples into XOR chunks of at most `per_chunk` samples.
-pub fn encode_chunks(samples: &[(i64, f64)], per_chunk: usize) -> Vec<Chunk> {
-    samples.chunks(per_chunk.max(1)).map(encode).collect()
-}
-
 /// One sample of either kind.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -228,43 +226,25 @@ pub fn merge_samples<'a>(
     Ok(all.into_iter().map(|(t, _, v)| (t, v)).collect())
 }
 
-/// Encodes sorted samples of any kind (unique timestamps): runs of floats as XOR
-/// chunks of at most `per_chunk` samples, runs of histograms as Prometheus's
-/// histogram chunks.
-pub fn encode_samples(
-    samples: &[(i64, Value)],
-    per_chunk: usize,
-) -> Result<Vec<Chunk>, ChunkError> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < samples.len() {
-        let float = matches!(samples[i].1, Value::Float(_));
-        let j = samples[i..]
-            .iter()
-            .position(|(_, v)| matches!(v, Value::Float(_)) != float)
-            .map_or(samples.len(), |k| i + k);
-        if float {
-            let run: Vec<(i64, f64)> = samples[i..j]
-                .iter()
-                .filter_map(|(t, v)| match v {
-                    Value::Float(f) => Some((*t, *f)),
-                    Value::Histogram(_) => None,
-                })
-                .collect();
-            out.extend(encode_chunks(&run, per_chunk));
-        } else {
-            let run: Vec<(i64, &HistogramValue)> = samples[i..j]
-                .iter()
-                .filter_map(|(t, v)| match v {
-                    Value::Histogram(h) => Some((*t, h)),
-                    Value::Float(_) => None,
-                })
-                .collect();
-            out.extend(encode_histogram_samples(&run)?);
+/// Encodes sorted samples of any kind (unique timestamps) as Prometheus's compactor
+/// writes a series ([`SeriesEncoder`]: a new chunk where the type changes, every 120
+/// samples, and where a histogram appender cuts).
+pub fn encode_samples(samples: &[(i64, Value)]) -> Result<Vec<Chunk>, ChunkError> {
+    let mut enc = SeriesEncoder::new();
+    for (t, v) in samples {
+        match v {
+            Value::Float(f) => enc.append_float(*t, *f)?,
+            Value::Histogram(h) => append_histogram(&mut enc, *t, h)?,
         }
-        i = j;
     }
-    Ok(out)
+    Ok(enc.finish())
+}
+
+fn append_histogram(enc: &mut SeriesEncoder, t: i64, h: &HistogramValue) -> Result<(), ChunkError> {
+    match h {
+        HistogramValue::Int(h) => enc.append_histogram(t, h),
+        HistogramValue::Float(h) => enc.append_float_histogram(t, h),
+    }
 }
 
 #[cfg(test)]
@@ -363,16 +343,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Re-encoded as blocks are written: the same samples.
-        let chunks = encode_samples(&got, 120).unwrap();
+        let chunks = encode_samples(&got).unwrap();
         assert_eq!(merge_samples(&chunks, i64::MIN, i64::MAX).unwrap(), got);
     }
 
     #[test]
-    fn encode_chunks_splits_by_count() {
-        let s: Vec<(i64, f64)> = (0..250).map(|t| (t, t as f64)).collect();
-        let c = encode_chunks(&s, 120);
+    fn encode_samples_cuts_every_120_and_reads_back() {
+        let s: Vec<(i64, Value)> = (0..250).map(|t| (t, Value::Float(t as f64))).collect();
+        let c = encode_samples(&s).unwrap();
         assert_eq!(c.len(), 3);
         assert_eq!((c[2].min_time, c[2].max_time), (240, 249));
-        assert_eq!(merge_chunks(&c, 0, 1000).unwrap(), s);
+        assert_eq!(merge_samples(&c, 0, 1000).unwrap(), s);
     }
 }

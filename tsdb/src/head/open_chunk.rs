@@ -12,7 +12,7 @@
 //! the same resets.
 
 use bytes::Bytes;
-use storeapi::histogram::{FloatHistogram, Histogram, HistogramValue};
+use storeapi::histogram::{FloatHistogram, Histogram};
 
 use crate::chunk::histogram_cut::{self, HistogramCutter};
 use crate::chunk::{
@@ -385,50 +385,6 @@ pub(crate) fn encode_histograms<A: HistKind>(
         }
     }
     Ok((out, Some(cur)))
-}
-
-/// Encodes histogram samples of either flavour (sorted by time, unique timestamps) as
-/// closed chunks: a new chunk wherever the flavour changes or Prometheus's appender cuts
-/// one (schema changes, counter resets, size). Out-of-order chunks and blocks written
-/// from them use this.
-pub(crate) fn encode_histogram_samples(
-    samples: &[(i64, &HistogramValue)],
-) -> Result<Vec<Chunk>, ChunkError> {
-    let is_float = |h: &HistogramValue| matches!(h, HistogramValue::Float(_));
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < samples.len() {
-        let float = is_float(samples[i].1);
-        let j = samples[i..]
-            .iter()
-            .position(|(_, h)| is_float(h) != float)
-            .map_or(samples.len(), |k| i + k);
-        if float {
-            let run: Vec<(i64, FloatHistogram)> = samples[i..j]
-                .iter()
-                .filter_map(|(t, h)| match h {
-                    HistogramValue::Float(f) => Some((*t, (**f).clone())),
-                    HistogramValue::Int(_) => None,
-                })
-                .collect();
-            let (chunks, open) = encode_histograms::<FloatHistogramAppender>(&run, None)?;
-            out.extend(chunks);
-            out.extend(open.and_then(|o| FloatHistogramAppender::wrap(o).close()));
-        } else {
-            let run: Vec<(i64, Histogram)> = samples[i..j]
-                .iter()
-                .filter_map(|(t, h)| match h {
-                    HistogramValue::Int(x) => Some((*t, (**x).clone())),
-                    HistogramValue::Float(_) => None,
-                })
-                .collect();
-            let (chunks, open) = encode_histograms::<HistogramAppender>(&run, None)?;
-            out.extend(chunks);
-            out.extend(open.and_then(|o| HistogramAppender::wrap(o).close()));
-        }
-        i = j;
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
