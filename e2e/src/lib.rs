@@ -182,6 +182,12 @@ impl Proc {
     /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         self.signal("TERM");
+        self.wait_exit(timeout)
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its exit status, `None`
+    /// when it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(st)) = self.child.try_wait() {

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use e2e::s3::MotoServer;
@@ -187,17 +187,12 @@ impl Fixture {
 }
 
 fn wait_exit(p: &mut Proc, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(st)) = p.child.try_wait() {
-            return st;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "orrery compact did not finish in {timeout:?}:\n{}",
-        p.log_text()
-    );
+    p.wait_exit(timeout).unwrap_or_else(|| {
+        panic!(
+            "orrery compact did not finish in {timeout:?}:\n{}",
+            p.log_text()
+        )
+    })
 }
 
 fn objstore_yaml(moto: &MotoServer) -> String {

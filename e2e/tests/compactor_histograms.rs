@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e::histograms::{
     compare_histogram_queries, generate_traffic, serve_classic_histogram, snapshot,
@@ -41,17 +41,12 @@ fn copy_as_new_block(from: &std::path::Path, scratch: &std::path::Path) -> std::
 }
 
 fn wait_exit(p: &mut Proc, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(st)) = p.child.try_wait() {
-            return st;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "orrery compact did not finish in {timeout:?}:\n{}",
-        p.log_text()
-    );
+    p.wait_exit(timeout).unwrap_or_else(|| {
+        panic!(
+            "orrery compact did not finish in {timeout:?}:\n{}",
+            p.log_text()
+        )
+    })
 }
 
 #[test]

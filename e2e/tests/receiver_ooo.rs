@@ -392,3 +392,108 @@ fn native_histograms_out_of_order_match_prometheus() {
     )
     .assert_clean();
 }
+
+/// Out-of-order blocks reach the bucket and `orrery compact` merges their overlaps with
+/// the in-order blocks: afterwards no two blocks of the receiver overlap and together
+/// they hold every sample of their time range exactly once.
+#[test]
+fn out_of_order_blocks_are_shipped_and_compacted_away() {
+    use objstore::{Bucket, BucketConfig, MetaFetcher};
+
+    let dir = tempfile::tempdir().unwrap();
+    let bucket_dir = dir.path().join("bucket");
+    std::fs::create_dir_all(&bucket_dir).unwrap();
+    let objstore = format!(
+        "type: FILESYSTEM\nconfig:\n  directory: {}\n",
+        bucket_dir.display()
+    );
+    let data = dir.path().join("data");
+    let recv = Receiver::start(
+        &data,
+        &dir.path().join("receive.log"),
+        &[
+            "--tsdb.out-of-order.time-window=1h",
+            "--tsdb.min-block-duration=5m",
+            "--tsdb.max-block-duration=5m",
+            &format!("--objstore.config={objstore}"),
+            "--shipper.interval=1s",
+        ],
+    );
+    let now = now_ms() / S * S;
+    for (i, r) in requests(now).iter().enumerate() {
+        let (code, text) = recv.write(r);
+        assert_eq!(code, 200, "request {i}: {text}");
+    }
+    let bucket = Bucket::new(&BucketConfig::parse(&objstore).unwrap(), None).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fetch = || {
+        rt.block_on(MetaFetcher::new(bucket.clone(), None).fetch())
+            .expect("discovery")
+    };
+    let shipped = wait_for(Duration::from_secs(90), || {
+        let d = fetch();
+        let ooo = d
+            .blocks
+            .values()
+            .filter(|b| {
+                b.meta
+                    .compaction
+                    .hints
+                    .iter()
+                    .any(|h| h == "from-out-of-order")
+            })
+            .count();
+        (ooo > 0 && d.blocks.len() > ooo).then_some(d.blocks.len())
+    });
+    assert!(
+        shipped.is_some(),
+        "no out-of-order block shipped; log:\n{}",
+        recv.proc.log_text()
+    );
+    drop(recv);
+
+    let compact_data = dir.path().join("compact-data");
+    for pass in 0..2 {
+        let mut cmd = std::process::Command::new(e2e::orrery_bin());
+        cmd.args([
+            "compact".to_string(),
+            format!("--objstore.config={objstore}"),
+            format!("--data-dir={}", compact_data.display()),
+            "--consistency-delay=0s".to_string(),
+            "--delete-delay=0s".to_string(),
+            "--downsampling.disable".to_string(),
+            format!("--http-address=127.0.0.1:{}", e2e::free_port()),
+        ]);
+        let mut p = e2e::Proc::spawn(
+            "orrery compact",
+            cmd,
+            dir.path().join(format!("compact-{pass}.log")),
+        );
+        let ok = p.wait_exit(Duration::from_secs(120));
+        assert!(
+            ok.is_some_and(|s| s.success()),
+            "orrery compact pass {pass} failed:\n{}",
+            p.log_text()
+        );
+    }
+    let d = fetch();
+    let mut ranges: Vec<(i64, i64, u64)> = d
+        .blocks
+        .values()
+        .map(|b| (b.meta.min_time, b.meta.max_time, b.meta.stats.num_samples))
+        .collect();
+    ranges.sort();
+    for w in ranges.windows(2) {
+        assert!(
+            w[0].1 <= w[1].0,
+            "blocks still overlap after compaction: {ranges:?}"
+        );
+    }
+    let stored: u64 = ranges.iter().map(|r| r.2).sum();
+    let want = dataset(now)
+        .iter()
+        .filter(|(_, x)| ranges.iter().any(|r| x.t >= r.0 && x.t < r.1))
+        .count() as u64;
+    assert!(want > 0, "nothing covered: {ranges:?}");
+    assert_eq!(stored, want, "samples in the compacted blocks: {ranges:?}");
+}
