@@ -9,6 +9,8 @@
 //! (raw histograms, `rate`, `histogram_*`, `sum by`, custom buckets, float histograms)
 //! exactly as Prometheus answers over its own data — so every sample is there once.
 
+mod store_common;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use e2e::histograms::{
 use e2e::promqlcmp::{secs, urlencode};
 use e2e::{Proc, copy_dir, free_port, http_get, orrery_bin, wait_for};
 use objstore::{Bucket, BucketConfig, MetaFetcher};
+use store_common::{Query, Store};
 use tsdb::block::{Block, Ulid, list_blocks};
 use tsdb::chunk::Encoding;
 
@@ -168,28 +171,14 @@ fn prometheus_histogram_replicas_compact_into_blocks_answering_as_prometheus() {
         );
     }
 
-    let (grpc, shttp, qhttp) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
+    let store = Store::start(
+        &objstore,
+        &dir.path().join("store"),
+        &dir.path().join("store.log"),
+        &[],
     );
-    let mut cmd = Command::new(orrery_bin());
-    cmd.args([
-        "store".to_string(),
-        format!("--objstore.config={objstore}"),
-        format!("--data-dir={}", dir.path().join("store").display()),
-        format!("--grpc-address={grpc}"),
-        format!("--http-address={shttp}"),
-    ]);
-    let store = Proc::spawn("orrery-store", cmd, dir.path().join("store.log"));
-    let mut cmd = Command::new(orrery_bin());
-    cmd.args([
-        "query".to_string(),
-        format!("--http-address={qhttp}"),
-        format!("--grpc-address=127.0.0.1:{}", free_port()),
-        format!("--endpoint={grpc}"),
-    ]);
-    let query = Proc::spawn("orrery-query", cmd, dir.path().join("query.log"));
+    let query = Query::start(&[&store.grpc], &dir.path().join("query.log"), &[]);
+    let qhttp = query.http.clone();
 
     let end = maxt - 2_000;
     let start = (mint + 60_000).min(end - 10_000);
@@ -205,8 +194,8 @@ fn prometheus_histogram_replicas_compact_into_blocks_answering_as_prometheus() {
     assert!(
         seen.is_some(),
         "the querier never saw the compacted blocks; query log:\n{}\nstore log:\n{}",
-        query.log_text(),
-        store.log_text()
+        query.proc.log_text(),
+        store.proc.log_text()
     );
     let cmp = compare_histogram_queries(&prom.addr(), &qhttp, start, end, &["cluster"], None);
     cmp.assert_clean();

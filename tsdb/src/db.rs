@@ -975,15 +975,7 @@ impl Db {
         }
         ranges.sort_unstable();
         ranges.dedup();
-        let opts = BlockOptions {
-            thanos: inner
-                .opts
-                .external_labels
-                .clone()
-                .map(|l| ThanosMeta::new(l, inner.opts.thanos_source.clone())),
-            hints: vec![HINT_FROM_OOO.to_string()],
-            ..BlockOptions::default()
-        };
+        let opts = self.block_options(vec![HINT_FROM_OOO.to_string()]);
         for k in ranges {
             let start = k.saturating_mul(range);
             let end = start.saturating_add(range);
@@ -1004,13 +996,7 @@ impl Db {
             if series.peek().is_none() {
                 continue;
             }
-            let meta = match block::BlockWriter::write(&inner.dir, start, end, series, &opts) {
-                Ok(m) => m,
-                Err(e) => {
-                    inner.metrics.compactions_failed.inc();
-                    return Err(e.into());
-                }
-            };
+            let meta = self.write_block(start, end, series, &opts)?;
             if let Some(e) = failed {
                 // A head chunk that does not decode is a bug; its samples stay in the
                 // head and the write-behind log.
@@ -1018,13 +1004,7 @@ impl Db {
                 inner.metrics.compactions_failed.inc();
                 return Err(e.into());
             }
-            let b = Block::open(&inner.dir.join(meta.ulid.to_string()))?;
-            {
-                let mut bl = inner.blocks.write().unwrap_or_else(|e| e.into_inner());
-                bl.push(Arc::new(b));
-                bl.sort_by_key(|b| b.meta().min_time);
-                inner.metrics.blocks_loaded.set(bl.len() as i64);
-            }
+            self.publish_block(&meta)?;
             tracing::info!(ulid = %meta.ulid, mint = start, maxt = end,
                 series = meta.stats.num_series, samples = meta.stats.num_samples,
                 "wrote out-of-order block");
@@ -1098,29 +1078,8 @@ impl Db {
         let res = if series.peek().is_none() {
             None
         } else {
-            let opts = BlockOptions {
-                thanos: inner
-                    .opts
-                    .external_labels
-                    .clone()
-                    .map(|l| ThanosMeta::new(l, inner.opts.thanos_source.clone())),
-                ..BlockOptions::default()
-            };
-            let written = block::BlockWriter::write(&inner.dir, start, end, series, &opts);
-            let meta = match written {
-                Ok(m) => m,
-                Err(e) => {
-                    inner.metrics.compactions_failed.inc();
-                    return Err(e.into());
-                }
-            };
-            let b = Block::open(&inner.dir.join(meta.ulid.to_string()))?;
-            {
-                let mut bl = inner.blocks.write().unwrap_or_else(|e| e.into_inner());
-                bl.push(Arc::new(b));
-                bl.sort_by_key(|b| b.meta().min_time);
-                inner.metrics.blocks_loaded.set(bl.len() as i64);
-            }
+            let meta = self.write_block(start, end, series, &self.block_options(Vec::new()))?;
+            self.publish_block(&meta)?;
             tracing::info!(ulid = %meta.ulid, mint = start, maxt = end,
                 series = meta.stats.num_series, samples = meta.stats.num_samples, "wrote block");
             inner.metrics.compactions.inc();
@@ -1134,6 +1093,44 @@ impl Db {
         };
         self.checkpoint(last_seg)?;
         Ok(res)
+    }
+
+    /// Options of the blocks this database cuts (its external labels and source).
+    fn block_options(&self, hints: Vec<String>) -> BlockOptions {
+        let o = &self.inner.opts;
+        BlockOptions {
+            thanos: o
+                .external_labels
+                .clone()
+                .map(|l| ThanosMeta::new(l, o.thanos_source.clone())),
+            hints,
+            ..BlockOptions::default()
+        }
+    }
+
+    /// Writes a block under the database's directory, counting a failure.
+    fn write_block(
+        &self,
+        start: i64,
+        end: i64,
+        series: impl Iterator<Item = (Labels, Vec<Chunk>)>,
+        opts: &BlockOptions,
+    ) -> Result<block::BlockMeta, DbError> {
+        block::BlockWriter::write(&self.inner.dir, start, end, series, opts).map_err(|e| {
+            self.inner.metrics.compactions_failed.inc();
+            e.into()
+        })
+    }
+
+    /// Opens a written block and makes it visible to queriers and retention.
+    fn publish_block(&self, meta: &block::BlockMeta) -> Result<(), DbError> {
+        let inner = &self.inner;
+        let b = Block::open(&inner.dir.join(meta.ulid.to_string()))?;
+        let mut bl = inner.blocks.write().unwrap_or_else(|e| e.into_inner());
+        bl.push(Arc::new(b));
+        bl.sort_by_key(|b| b.meta().min_time);
+        inner.metrics.blocks_loaded.set(bl.len() as i64);
+        Ok(())
     }
 
     /// Writes the head's state as a WAL checkpoint covering segments ≤ `upto`: what
@@ -1630,9 +1627,12 @@ pub fn samples_in_range(chunks: &[Chunk], mint: i64, maxt: i64) -> Result<Vec<Sa
     if sel.windows(2).any(|w| w[1].min_time <= w[0].max_time) {
         // Overlapping chunks (out-of-order samples, a block and the head): their union,
         // each timestamp once.
-        return Ok(crate::head::merge_chunks(sel, mint, maxt)?
+        return Ok(crate::head::merge_samples(sel, mint, maxt)?
             .into_iter()
-            .map(|(t, v)| Sample { t, v })
+            .filter_map(|(t, v)| match v {
+                crate::head::Value::Float(v) => Some(Sample { t, v }),
+                crate::head::Value::Histogram(_) => None,
+            })
             .collect());
     }
     let mut out = Vec::with_capacity(chunks.iter().map(Chunk::num_samples).sum());

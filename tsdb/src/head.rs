@@ -28,7 +28,7 @@ use storeapi::histogram::{FloatHistogram, Histogram, HistogramValue};
 
 mod ooo;
 mod open_chunk;
-pub use ooo::{Value, encode_samples, merge_chunks, merge_samples};
+pub use ooo::{Value, encode_samples, merge_samples};
 use open_chunk::{HistKind, LastValue, OpenChunk, XorOpen, append_histogram, encode_histograms};
 
 /// Samples per chunk before a new one is cut (Prometheus's target).

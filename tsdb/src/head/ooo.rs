@@ -160,31 +160,6 @@ fn encode(samples: &[(i64, f64)]) -> Chunk {
     }
 }
 
-/// The samples of possibly overlapping XOR chunks in `[mint, maxt]`, sorted by time, each
-/// timestamp once (the first chunk given wins). Used to write out-of-order samples into
-/// blocks and by readers that need one sample stream.
-pub fn merge_chunks<'a>(
-    chunks: impl IntoIterator<Item = &'a Chunk>,
-    mint: i64,
-    maxt: i64,
-) -> Result<Vec<(i64, f64)>, crate::chunk::ChunkError> {
-    let mut all: Vec<(i64, usize, f64)> = Vec::new();
-    for (i, c) in chunks.into_iter().enumerate() {
-        if c.encoding != Encoding::Xor || c.max_time < mint || c.min_time > maxt {
-            continue;
-        }
-        crate::chunk::xor::for_each_sample(&c.data, |t, v| {
-            if t >= mint && t <= maxt {
-                all.push((t, i, v));
-            }
-            std::ops::ControlFlow::Continue(())
-        })?;
-    }
-    all.sort_by_key(|&(t, i, _)| (t, i));
-    all.dedup_by_key(|s| s.0);
-    Ok(all.into_iter().map(|(t, _, v)| (t, v)).collect())
-}
-
 /// One sample of either kind.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -192,8 +167,8 @@ pub enum Value {
     Histogram(HistogramValue),
 }
 
-/// Like [`merge_chunks`] for chunks of any encoding (XOR and both histogram flavours):
-/// every sample in `[mint, maxt]`, sorted by time, each timestamp once (the first
+/// The samples of possibly overlapping chunks of any encoding (XOR and both histogram
+/// flavours) in `[mint, maxt]`, sorted by time, each timestamp once (the first
 /// chunk given wins).
 pub fn merge_samples<'a>(
     chunks: impl IntoIterator<Item = &'a Chunk>,
@@ -251,8 +226,18 @@ fn append_histogram(enc: &mut SeriesEncoder, t: i64, h: &HistogramValue) -> Resu
 mod tests {
     use super::*;
 
+    /// The float samples held, merged.
     fn all(o: &OooSeries) -> Vec<(i64, f64)> {
-        merge_chunks(o.chunks(), i64::MIN, i64::MAX).unwrap()
+        floats(&merge_samples(o.chunks(), i64::MIN, i64::MAX).unwrap())
+    }
+
+    fn floats(v: &[(i64, Value)]) -> Vec<(i64, f64)> {
+        v.iter()
+            .filter_map(|(t, v)| match v {
+                Value::Float(f) => Some((*t, *f)),
+                Value::Histogram(_) => None,
+            })
+            .collect()
     }
 
     #[test]
@@ -290,7 +275,7 @@ mod tests {
             o.insert(t, 0.0, 2);
         }
         let taken = o.begin_compaction();
-        let ts: Vec<i64> = merge_chunks(&taken, i64::MIN, i64::MAX)
+        let ts: Vec<i64> = merge_samples(&taken, i64::MIN, i64::MAX)
             .unwrap()
             .iter()
             .map(|s| s.0)

@@ -124,26 +124,18 @@ impl SamplesRecord {
 /// Encodes exemplars into an exemplars record body (type 4, after its type byte), as
 /// Prometheus's `EncodeExemplars`: base ref and timestamp from the first, then per
 /// exemplar ref and time deltas, the value's bits and the labels.
+/// (The samples record's layout plus each exemplar's labels.)
 #[derive(Debug, Default, Clone, Copy)]
-pub struct ExemplarsRecord {
-    base: Option<(u64, i64)>,
-}
+pub struct ExemplarsRecord(SamplesRecord);
 
 impl ExemplarsRecord {
     pub fn push(&mut self, buf: &mut Vec<u8>, r: u64, t: i64, v: f64, labels: &Labels) {
-        let (br, bt) = *self.base.get_or_insert_with(|| {
-            buf.extend_from_slice(&r.to_be_bytes());
-            buf.extend_from_slice(&t.to_be_bytes());
-            (r, t)
-        });
-        put_varint(buf, (r as i64).wrapping_sub(br as i64));
-        put_varint(buf, t.wrapping_sub(bt));
-        buf.extend_from_slice(&v.to_bits().to_be_bytes());
+        self.0.push(buf, r, t, v);
         put_labels(buf, labels);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.base.is_none()
+        self.0.is_empty()
     }
 }
 
