@@ -230,6 +230,14 @@ impl XorChunk {
             self.free -= take;
             n -= take;
         }
+        let need = n.div_ceil(8) as usize;
+        if self.buf.capacity() - self.buf.len() < need {
+            // Grow by half rather than doubling: an open chunk lives as long as its
+            // series fills it, and a million open chunks at Vec's doubling carry a
+            // third of their size in empty capacity (issue #26).
+            self.buf
+                .reserve_exact((self.buf.capacity() / 2).max(need).max(16));
+        }
         while n >= 8 {
             n -= 8;
             self.buf.push((v >> n) as u8);

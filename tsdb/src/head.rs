@@ -10,9 +10,8 @@
 //! Writers are serialized by the caller (the database's commit lock); readers take the
 //! index read lock and then each series' own mutex, briefly.
 
-use std::collections::HashMap;
+use hashbrown::HashTable;
 use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -59,26 +58,6 @@ pub fn labels_hash(labels: &Labels, scratch: &mut Vec<u8>) -> u64 {
     labels_key(labels, scratch);
     key_hash(scratch)
 }
-
-/// A hasher for keys that are already hashes or small integers (mixes with a multiply).
-#[derive(Default)]
-pub struct U64Hasher(u64);
-
-impl Hasher for U64Hasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (i ^ (i >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type U64Map<V> = HashMap<u64, V, BuildHasherDefault<U64Hasher>>;
 
 /// Parses a series key (see [`labels_key`]) back into labels; `None` when it is empty or
 /// malformed. `0xff` never occurs in UTF-8, so the split is unambiguous.
@@ -434,6 +413,36 @@ pub(crate) struct SeriesData {
     ooo: Option<Box<ooo::OooSeries>>,
 }
 
+/// Buffer of a series' first XOR chunk (Prometheus's figure).
+const XOR_INITIAL_CAPACITY: usize = 128;
+
+/// The buffer to start a series' next XOR chunk with, predicted from the chunk being
+/// closed: its bytes per sample times the samples the next chunk will take (a whole
+/// chunk range at the series' interval, at most [`MAX_SAMPLES_PER_CHUNK`]), plus an
+/// eighth. A fixed 128 bytes is twice what a 2-minute chunk of a 10 s counter needs and
+/// an eighth of a 120-sample gauge's (which then copies itself through four doublings);
+/// at a million series the difference is hundreds of megabytes (issue #26).
+fn next_xor_capacity(prev: &XorOpen, chunk_range: i64) -> usize {
+    let n = i64::from(prev.chunk.num_samples());
+    let span = prev.chunk.last_t().saturating_sub(prev.min_t);
+    if n < 2 || span <= 0 {
+        return XOR_INITIAL_CAPACITY;
+    }
+    let interval = (span / (n - 1)).max(1);
+    let expected = (chunk_range / interval + 1).clamp(1, i64::from(MAX_SAMPLES_PER_CHUNK));
+    let body = (prev.chunk.bytes().len() - chunkenc::xor::HEADER_SIZE) as i64;
+    let predicted = body * expected / n;
+    (chunkenc::xor::HEADER_SIZE as i64 + predicted + predicted / 8 + 8).clamp(16, 4096) as usize
+}
+
+/// Appends a closed chunk, growing the list by exactly one: a series holds a handful of
+/// closed chunks, and `Vec`'s first allocation of four (224 bytes) for the first one
+/// was, at a million series, a third of a gigabyte of empty slots (issue #26).
+pub(crate) fn push_closed(closed: &mut Vec<Chunk>, c: Chunk) {
+    closed.reserve_exact(1);
+    closed.push(c);
+}
+
 /// What happened to one sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SampleResult {
@@ -546,13 +555,17 @@ impl SeriesData {
             _ => true,
         };
         if cut {
+            let cap = match &self.open {
+                Some(OpenChunk::Xor(o)) => next_xor_capacity(o, chunk_range),
+                _ => XOR_INITIAL_CAPACITY,
+            };
             self.close_open();
             let end = t
                 .div_euclid(chunk_range)
                 .saturating_add(1)
                 .saturating_mul(chunk_range);
             self.open = Some(OpenChunk::Xor(XorOpen {
-                chunk: XorChunk::new(),
+                chunk: XorChunk::with_capacity(cap),
                 min_t: t,
                 end,
             }));
@@ -679,7 +692,7 @@ impl SeriesData {
 
     fn close_open(&mut self) {
         if let Some(c) = self.open.take().and_then(OpenChunk::close) {
-            self.closed.push(c);
+            push_closed(&mut self.closed, c);
         }
     }
 
@@ -754,58 +767,66 @@ impl MemSeries {
     }
 }
 
-#[derive(Debug)]
-enum HashEntry {
-    One(Arc<MemSeries>),
-    Many(Vec<Arc<MemSeries>>),
+/// Hash of a series ref in [`Index::series`] (refs come from a counter: mix them).
+#[inline]
+fn ref_hash(r: SeriesRef) -> u64 {
+    (r ^ (r >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// The head's series, findable by ref and by labels. Both tables hold one pointer per
+/// series: the ref and the key hash live in the series itself, and series whose keys
+/// share a hash simply sit in the table side by side (memory per series is the head's
+/// cost at a million series, issue #26).
 #[derive(Debug, Default)]
 struct Index {
-    series: U64Map<Arc<MemSeries>>,
-    by_hash: U64Map<HashEntry>,
+    series: HashTable<Arc<MemSeries>>,
+    by_hash: HashTable<Arc<MemSeries>>,
     postings: MemPostings,
 }
 
 impl Index {
     #[inline]
     fn find(&self, hash: u64, key: &[u8]) -> Option<&Arc<MemSeries>> {
-        match self.by_hash.get(&hash)? {
-            HashEntry::One(s) => (*s.key == *key).then_some(s),
-            HashEntry::Many(v) => v.iter().find(|s| *s.key == *key),
-        }
+        self.by_hash
+            .find(hash, |s| s.hash == hash && *s.key == *key)
+    }
+
+    #[inline]
+    fn get(&self, r: SeriesRef) -> Option<&Arc<MemSeries>> {
+        self.series.find(ref_hash(r), |s| s.sref == r)
+    }
+
+    fn contains(&self, r: SeriesRef) -> bool {
+        self.get(r).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Arc<MemSeries>> {
+        self.series.iter()
     }
 
     fn insert(&mut self, s: Arc<MemSeries>, labels: &Labels) {
-        let r = s.sref;
-        match self.by_hash.get_mut(&s.hash) {
-            None => {
-                self.by_hash.insert(s.hash, HashEntry::One(s.clone()));
-            }
-            Some(e) => match e {
-                HashEntry::One(o) => *e = HashEntry::Many(vec![o.clone(), s.clone()]),
-                HashEntry::Many(v) => v.push(s.clone()),
-            },
-        }
-        self.postings.add(r, labels);
-        self.series.insert(r, s);
+        self.postings.add(s.sref, labels);
+        self.by_hash.insert_unique(s.hash, s.clone(), |x| x.hash);
+        self.series
+            .insert_unique(ref_hash(s.sref), s, |x| ref_hash(x.sref));
     }
 
-    fn remove_hash(&mut self, hash: u64, r: SeriesRef) {
-        if let Some(e) = self.by_hash.get_mut(&hash) {
-            match e {
-                HashEntry::One(o) if o.sref == r => {
-                    self.by_hash.remove(&hash);
-                }
-                HashEntry::Many(v) => {
-                    v.retain(|x| x.sref != r);
-                    if v.len() == 1 {
-                        *e = HashEntry::One(v[0].clone());
-                    }
-                }
-                _ => {}
-            }
+    /// Removes series `r` from both tables (not from the postings).
+    fn remove(&mut self, r: SeriesRef) -> Option<Arc<MemSeries>> {
+        let s = self
+            .series
+            .find_entry(ref_hash(r), |s| s.sref == r)
+            .ok()?
+            .remove()
+            .0;
+        if let Ok(e) = self.by_hash.find_entry(s.hash, |x| x.sref == r) {
+            e.remove();
         }
+        Some(s)
     }
 }
 
@@ -940,7 +961,6 @@ impl Head {
     pub(crate) fn ooo_series(&self) -> Vec<Arc<MemSeries>> {
         let idx = self.read();
         let mut v: Vec<Arc<MemSeries>> = idx
-            .series
             .values()
             .filter(|s| s.lock().ooo.is_some())
             .cloned()
@@ -953,7 +973,7 @@ impl Head {
     /// dropped samples). Callers hold the commit lock.
     pub(crate) fn recompute_ooo_range(&self) {
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-        for s in self.read().series.values() {
+        for s in self.read().values() {
             if let Some((a, b)) = s.lock().ooo_range() {
                 lo = lo.min(a);
                 hi = hi.max(b);
@@ -964,11 +984,11 @@ impl Head {
     }
 
     pub fn num_series(&self) -> usize {
-        self.read().series.len()
+        self.read().len()
     }
 
     pub fn get(&self, r: SeriesRef) -> Option<Arc<MemSeries>> {
-        self.read().series.get(&r).cloned()
+        self.read().get(r).cloned()
     }
 
     /// Changes whenever series are removed from the head (see [`Head::resolve`]).
@@ -990,7 +1010,7 @@ impl Head {
             SeriesKey::Labels(h, _, (a, b)) | SeriesKey::Key(h, (a, b)) => {
                 idx.find(*h, &keybuf[*a as usize..*b as usize]).cloned()
             }
-            SeriesKey::Ref(r) => idx.series.get(r).cloned(),
+            SeriesKey::Ref(r) => idx.get(*r).cloned(),
         }));
     }
 
@@ -1007,7 +1027,7 @@ impl Head {
             return (s.clone(), false);
         }
         let r = match want_ref {
-            Some(r) if r != 0 && !idx.series.contains_key(&r) => {
+            Some(r) if r != 0 && !idx.contains(r) => {
                 self.next_ref.fetch_max(r + 1, Ordering::AcqRel);
                 r
             }
@@ -1133,7 +1153,7 @@ impl Head {
             idx.postings
                 .select(matchers)
                 .iter()
-                .filter_map(|r| idx.series.get(r).cloned())
+                .filter_map(|r| idx.get(*r).cloned())
                 .collect()
         };
         // Large selections are split in two halves, each gathered, sorted and parsed on
@@ -1200,7 +1220,7 @@ impl Head {
         let mut series: Vec<Arc<MemSeries>> = if self.misses(mint, maxt) {
             Vec::new()
         } else {
-            self.read().series.values().cloned().collect()
+            self.read().values().cloned().collect()
         };
         series.sort_unstable_by(|a, b| cmp_keys(&a.key, &b.key));
         series.into_iter().filter_map(move |s| {
@@ -1218,7 +1238,7 @@ impl Head {
         idx.postings
             .select(matchers)
             .iter()
-            .filter_map(|r| idx.series.get(r).cloned())
+            .filter_map(|r| idx.get(*r).cloned())
             .collect()
     }
 
@@ -1277,7 +1297,7 @@ impl Head {
     /// multiple of the chunk range). Callers hold the commit lock.
     pub(crate) fn split_chunks_at(&self, t: i64) -> Result<(), ChunkError> {
         let idx = self.read();
-        for s in idx.series.values() {
+        for s in idx.values() {
             s.lock().split_at(t, self.chunk_range)?;
         }
         Ok(())
@@ -1286,7 +1306,7 @@ impl Head {
     /// All series, by ref (for checkpoints).
     pub(crate) fn all_series(&self) -> Vec<Arc<MemSeries>> {
         let idx = self.read();
-        let mut v: Vec<Arc<MemSeries>> = idx.series.values().cloned().collect();
+        let mut v: Vec<Arc<MemSeries>> = idx.values().cloned().collect();
         v.sort_unstable_by_key(|s| s.sref);
         v
     }
@@ -1300,7 +1320,7 @@ impl Head {
         let mut removed = HashSet::new();
         let mut mint = i64::MAX;
         let mut maxt = i64::MIN;
-        for (r, s) in idx.series.iter() {
+        for s in idx.values() {
             let mut d = s.lock();
             if d.truncate(cut) {
                 if let Some(f) = d.first_time() {
@@ -1310,20 +1330,18 @@ impl Head {
                     maxt = maxt.max(d.last_t);
                 }
             } else {
-                removed.insert(*r);
+                removed.insert(s.sref);
             }
         }
         for r in &removed {
-            if let Some(s) = idx.series.remove(r) {
-                idx.remove_hash(s.hash, *r);
-            }
+            idx.remove(*r);
         }
         idx.postings.remove(&removed);
         self.min_time.store(mint, Ordering::Release);
         self.max_time.store(maxt, Ordering::Release);
         let n = removed.len();
         self.metrics.head_series_removed.inc_by(n as u64);
-        self.metrics.head_series.set(idx.series.len() as i64);
+        self.metrics.head_series.set(idx.len() as i64);
         n
     }
 }
@@ -1331,6 +1349,15 @@ impl Head {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The head's per-series struct is a million times its size at a million series:
+    /// growing it is a decision, not an accident (issue #26; `tests/head_memory.rs`
+    /// measures the whole series).
+    #[test]
+    fn series_struct_stays_small() {
+        assert!(std::mem::size_of::<MemSeries>() <= 176);
+        assert!(std::mem::size_of::<Option<OpenChunk>>() <= 72);
+    }
     use crate::chunk::xor::decode_all;
 
     #[test]

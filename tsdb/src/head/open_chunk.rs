@@ -345,7 +345,7 @@ pub(crate) fn append_histogram<A: HistKind>(
         Appended::NewChunk(n) => fresh.app = n,
     }
     if let Some(c) = open.take().and_then(OpenChunk::close) {
-        closed.push(c);
+        super::push_closed(closed, c);
     }
     *open = Some(A::wrap(fresh));
     Ok(())
