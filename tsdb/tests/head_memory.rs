@@ -103,7 +103,7 @@ fn next_value(i: usize, r: u64, prev: f64) -> f64 {
     let h = mix((i as u64) << 32 ^ r);
     match ((i % 500) / 10) % 4 {
         0 => prev + (h % 1000) as f64,
-        1 => prev + if h % 10 == 0 { 1.0 } else { 0.0 },
+        1 => prev + if h.is_multiple_of(10) { 1.0 } else { 0.0 },
         2 => ((h >> 11) as f64 / (1u64 << 53) as f64) * 2.5 + 1e-6,
         _ => 1.0,
     }
