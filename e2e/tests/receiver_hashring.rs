@@ -289,6 +289,35 @@ fn replication_scenario(router: Option<&Node>, stores: &mut [Node; 3]) {
     assert_equal_to_prometheus(&q.http, &paddr, (t_start + 3.0).floor(), end, "all up");
     assert_eq!(failed_samples(&paddr), 0.0);
 
+    // Metric metadata crosses the ring too (Prometheus sends it every 2 s in requests
+    // of its own): the querier's answer equals Prometheus's, family by family.
+    for metric in [
+        "prometheus_tsdb_head_series",
+        "prometheus_http_requests_total",
+        "go_gc_duration_seconds",
+    ] {
+        let path = format!("/api/v1/metadata?metric={metric}");
+        let want = get_json(&paddr, &path).1["data"].clone();
+        assert!(
+            want[metric].is_array(),
+            "Prometheus has no metadata for {metric}: {want}"
+        );
+        let mut got = serde_json::Value::Null;
+        let same = wait_for(Duration::from_secs(15), || {
+            got = get_json(&q.http, &path).1["data"].clone();
+            (got == want).then_some(())
+        });
+        assert!(
+            same.is_some(),
+            "metadata of {metric} through the ring: {got} vs Prometheus's {want}\nentry log:\n{}",
+            entry.log()
+        );
+    }
+    assert_eq!(
+        prom_value(&paddr, "prometheus_remote_storage_metadata_failed_total"),
+        0.0
+    );
+
     // One replica lost: quorum (2 of 3) still holds, nothing fails, nothing is missing.
     let kill1 = now_secs();
     rest[0].kill();

@@ -27,6 +27,7 @@ impl LocalWriter for Counting {
         &'a self,
         _tenant: &'a str,
         series: &'a [bytes::Bytes],
+        _metadata: &'a [bytes::Bytes],
     ) -> BoxFuture<'a, LocalWriteResult> {
         self.0.fetch_add(series.len() as u64, Ordering::Relaxed);
         Box::pin(async { LocalWriteResult::Ok })

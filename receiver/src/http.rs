@@ -295,11 +295,11 @@ async fn handle_body(
     written.histograms = summary.histograms_written;
     written.exemplars = summary.exemplars_written;
     match (decoded?, &st.distributor) {
-        (Some((tenant, (series, samples, exemplars))), Some(d)) => {
+        (Some((tenant, (write, samples, exemplars))), Some(d)) => {
             // Replication succeeded for every series, or the request failed: a partial
             // quorum failure reports nothing written (the sender does not retry a 4xx
             // and retries a 5xx whole, which the TSDB deduplicates).
-            d.write_series(&tenant, series)
+            d.write_series(&tenant, write)
                 .await
                 .map_err(from_replication)?;
             written.samples = samples;
@@ -335,7 +335,7 @@ fn split_limited(
     tenant: &str,
     body: Bytes,
     limits: &crate::limits::Effective,
-) -> Result<(Vec<replicate::RawSeries>, u64, u64), WriteError> {
+) -> Result<(replicate::SplitWrite, u64, u64), WriteError> {
     let (mut series, mut samples, mut exemplars) = (0u64, 0u64, 0u64);
     let raw = split_body(tenant, &body, |view| {
         series += 1;

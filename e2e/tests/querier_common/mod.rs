@@ -139,7 +139,7 @@ pub fn prometheus(external: &[(&str, &str)], remote_write: &[String]) -> Prometh
         cfg.push_str("remote_write:\n");
         for url in remote_write {
             cfg.push_str(&format!(
-                "  - url: {url}\n    queue_config:\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 1s\n"
+                "  - url: {url}\n    queue_config:\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 1s\n    metadata_config:\n      send_interval: 2s\n"
             ));
         }
     }

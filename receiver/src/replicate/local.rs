@@ -1,15 +1,15 @@
 //! [`LocalWriter`] over this receiver's own write path ([`crate::write::write`]), so the
 //! distributor can store its share of a request in the tenant TSDBs.
 //!
-//! The batch's raw series are framed as a `prometheus.WriteRequest` (a copy, no re-encoding)
-//! and appended with the same validation as a direct remote write. Request limits are not
+//! The batch's raw series and metadata are framed as a `prometheus.WriteRequest` (a copy,
+//! no re-encoding) and appended with the same validation as a direct remote write. Request limits are not
 //! applied again: in Thanos they belong on the router that received the client's request;
 //! the tenant's `head_series_limit` is, as it guards this receiver's own memory.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use storeapi::wire::remote_write::encode_raw_series;
+use storeapi::wire::remote_write::encode_raw_request;
 
 use super::{BoxFuture, Failure, FailureKind, LocalWriteResult, LocalWriter};
 use crate::limits::{Effective, LimitsConfig};
@@ -43,9 +43,10 @@ impl LocalWriter for TsdbLocalWriter {
         &'a self,
         tenant: &'a str,
         series: &'a [Bytes],
+        metadata: &'a [Bytes],
     ) -> BoxFuture<'a, LocalWriteResult> {
         Box::pin(async move {
-            let raw = encode_raw_series(series);
+            let raw = encode_raw_request(series, metadata);
             let mt = Arc::clone(&self.mt);
             let metrics = self.metrics.clone();
             let bounds = self.bounds;

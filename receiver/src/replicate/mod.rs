@@ -31,7 +31,7 @@ use bytes::Bytes;
 use prost::Message;
 use storeapi::wire::prompb::TimeSeries;
 use storeapi::wire::remote_write::{
-    DecodeError, SeriesView, WriteRequestReader, encode_forwarded, split_forwarded,
+    DecodeError, SeriesView, WriteRequestReader, encode_forwarded, raw_metadata, split_forwarded,
 };
 use storeapi::wire::thanos::WriteRequest;
 use thiserror::Error;
@@ -79,9 +79,13 @@ pub enum LocalWriteResult {
 /// This receiver's storage, implemented by the TSDB layer.
 pub trait LocalWriter: Send + Sync + 'static {
     /// Appends `series` (encoded `TimeSeries` messages) to `tenant`'s TSDB (creating it if
-    /// needed).
-    fn write<'a>(&'a self, tenant: &'a str, series: &'a [Bytes])
-    -> BoxFuture<'a, LocalWriteResult>;
+    /// needed) and stores `metadata` (encoded `MetricMetadata` messages).
+    fn write<'a>(
+        &'a self,
+        tenant: &'a str,
+        series: &'a [Bytes],
+        metadata: &'a [Bytes],
+    ) -> BoxFuture<'a, LocalWriteResult>;
 }
 
 /// One series of a write as its encoded `TimeSeries` message (usually a zero-copy slice
@@ -124,25 +128,39 @@ impl RawSeries {
     }
 }
 
-/// Splits an uncompressed `prometheus.WriteRequest` into [`RawSeries`] (zero-copy), calling
-/// `check` on every decoded series first (limits, counting); its error aborts the split.
+/// A client write split for routing: its series and its metric metadata, both as the
+/// request's own bytes (zero-copy).
+#[derive(Debug, Clone, Default)]
+pub struct SplitWrite {
+    pub series: Vec<RawSeries>,
+    /// Encoded `prometheus.MetricMetadata` messages.
+    pub metadata: Vec<Bytes>,
+}
+
+/// Splits an uncompressed `prometheus.WriteRequest` into [`RawSeries`] and metadata
+/// (zero-copy), calling `check` on every decoded series first (limits, counting); its
+/// error aborts the split.
 pub fn split_body<E: From<DecodeError>>(
     tenant: &str,
     body: &Bytes,
     mut check: impl FnMut(&SeriesView<'_>) -> Result<(), E>,
-) -> Result<Vec<RawSeries>, E> {
+) -> Result<SplitWrite, E> {
     let mut reader = WriteRequestReader::new(body);
     let mut view = SeriesView::default();
-    let mut out = Vec::new();
+    let mut series = Vec::new();
     while reader.next_series(&mut view)? {
         check(&view)?;
-        out.push(RawSeries::from_view(
+        series.push(RawSeries::from_view(
             tenant,
             &view,
             body.slice_ref(view.raw),
         ));
     }
-    Ok(out)
+    let metadata = raw_metadata(body)?
+        .into_iter()
+        .map(|m| body.slice_ref(m))
+        .collect();
+    Ok(SplitWrite { series, metadata })
 }
 
 /// The answer to a write request.
@@ -357,31 +375,58 @@ impl Distributor {
 
     /// A client write of prost series (tests and tools); see [`Distributor::write_series`].
     pub async fn write(&self, tenant: &str, series: Vec<TimeSeries>) -> Result<(), WriteError> {
-        let raw = series
+        let series = series
             .iter()
             .map(|ts| RawSeries::from_prost(tenant, ts))
             .collect();
-        self.write_series(tenant, raw).await
+        self.write_series(
+            tenant,
+            SplitWrite {
+                series,
+                metadata: Vec::new(),
+            },
+        )
+        .await
     }
 
     /// A client write (remote-write HTTP). `tenant` is resolved by the caller.
-    pub async fn write_series(
-        &self,
-        tenant: &str,
-        series: Vec<RawSeries>,
-    ) -> Result<(), WriteError> {
-        if series.is_empty() {
+    ///
+    /// Metadata travels with the series: every batch of the write carries all of its
+    /// metadata (Orrery's [`FORWARDED_METADATA_FIELD`]), so each receiver that stores part
+    /// of the write can answer for the families it holds, and the querier merges them. A
+    /// write of metadata only (Prometheus sends metadata in requests of its own) is
+    /// placed as one series named by the tenant on the ring, RF times, under the same
+    /// quorum: a failure is the client's to retry, not a silent drop.
+    ///
+    /// [`FORWARDED_METADATA_FIELD`]: storeapi::wire::remote_write::FORWARDED_METADATA_FIELD
+    pub async fn write_series(&self, tenant: &str, write: SplitWrite) -> Result<(), WriteError> {
+        let SplitWrite {
+            mut series,
+            metadata,
+        } = write;
+        if series.is_empty() && metadata.is_empty() {
             return Ok(());
         }
         match self.cfg.mode {
             Mode::IngestorOnly => {
-                self.write_local(tenant, series.into_iter().map(|s| s.bytes).collect())
-                    .await
+                self.write_local(
+                    tenant,
+                    series.into_iter().map(|s| s.bytes).collect(),
+                    metadata,
+                )
+                .await
             }
             Mode::RouterOnly | Mode::RouterIngestor => {
+                if series.is_empty() {
+                    series.push(RawSeries {
+                        bytes: Bytes::new(),
+                        hash: crate::hashring::series_hash(tenant, std::iter::empty()),
+                    });
+                }
                 let replicas: Vec<u64> = (0..self.cfg.replication_factor).collect();
                 let quorum = Quorum::for_replication_factor(self.cfg.replication_factor);
-                self.fanout(tenant, series, &replicas, quorum, true).await
+                self.fanout(tenant, series, metadata, &replicas, quorum, true)
+                    .await
             }
         }
     }
@@ -389,9 +434,9 @@ impl Distributor {
     /// [`Distributor::write_series`] for an uncompressed `prometheus.WriteRequest` body.
     pub async fn write_raw(&self, tenant: &str, raw: &[u8]) -> Result<(), WriteError> {
         let body = Bytes::copy_from_slice(raw);
-        let series = split_body(tenant, &body, |_| Ok::<(), DecodeError>(()))
+        let write = split_body(tenant, &body, |_| Ok::<(), DecodeError>(()))
             .map_err(|e| WriteError::BadRequest(e.to_string()))?;
-        self.write_series(tenant, series).await
+        self.write_series(tenant, write).await
     }
 
     /// A forwarded write of prost series (tests and tools); see
@@ -412,18 +457,20 @@ impl Distributor {
         };
         let replica = parts.replica;
         let series: Vec<Bytes> = parts.series.iter().map(|s| body.slice_ref(s)).collect();
+        let metadata: Vec<Bytes> = parts.metadata.iter().map(|m| body.slice_ref(m)).collect();
         drop(parts);
-        let routed = |series: Vec<Bytes>| -> Result<Vec<RawSeries>, WriteError> {
-            series
+        let routed = |series: Vec<Bytes>, metadata| -> Result<SplitWrite, WriteError> {
+            let series = series
                 .into_iter()
                 .map(|b| RawSeries::decode(&tenant, b))
                 .collect::<Result<_, _>>()
-                .map_err(|e| WriteError::BadRequest(e.to_string()))
+                .map_err(|e| WriteError::BadRequest(e.to_string()))?;
+            Ok(SplitWrite { series, metadata })
         };
         match self.cfg.mode {
             // Acyclic topologies: the replica number is meaningless here (Thanos resets it).
-            Mode::IngestorOnly => self.write_local(&tenant, series).await,
-            Mode::RouterOnly => self.write_series(&tenant, routed(series)?).await,
+            Mode::IngestorOnly => self.write_local(&tenant, series, metadata).await,
+            Mode::RouterOnly => self.write_series(&tenant, routed(series, metadata)?).await,
             Mode::RouterIngestor => {
                 let rf = self.cfg.replication_factor;
                 if replica < 0 || replica as u64 > rf {
@@ -433,22 +480,27 @@ impl Distributor {
                     });
                 }
                 if replica == 0 {
-                    self.write_series(&tenant, routed(series)?).await
+                    self.write_series(&tenant, routed(series, metadata)?).await
                 } else {
-                    self.write_local(&tenant, series).await
+                    self.write_local(&tenant, series, metadata).await
                 }
             }
         }
     }
 
     /// Writes to the local TSDB only.
-    pub async fn write_local(&self, tenant: &str, series: Vec<Bytes>) -> Result<(), WriteError> {
-        if series.is_empty() {
+    pub async fn write_local(
+        &self,
+        tenant: &str,
+        series: Vec<Bytes>,
+        metadata: Vec<Bytes>,
+    ) -> Result<(), WriteError> {
+        if series.is_empty() && metadata.is_empty() {
             return Ok(());
         }
         let local = self.local.as_ref().ok_or(WriteError::NoLocalStorage)?;
-        let total = series.len();
-        match local.write(tenant, &series).await {
+        let total = series.len().max(1);
+        match local.write(tenant, &series, &metadata).await {
             LocalWriteResult::Ok => Ok(()),
             LocalWriteResult::Failed(f) => Err(WriteError::Failed {
                 cause: f.kind,
@@ -481,6 +533,7 @@ impl Distributor {
         &self,
         tenant: &str,
         series: Vec<RawSeries>,
+        metadata: Vec<Bytes>,
         replicas: &[u64],
         quorum: Quorum,
         count_replication: bool,
@@ -496,8 +549,15 @@ impl Distributor {
         let total = series.len();
         let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
 
+        let metadata = Arc::new(metadata);
         for (dest, ids) in plan {
-            let batch: Vec<Bytes> = ids.iter().map(|&i| series[i].bytes.clone()).collect();
+            // A metadata-only write's placeholder series has no bytes and is not sent.
+            let batch: Vec<Bytes> = ids
+                .iter()
+                .map(|&i| series[i].bytes.clone())
+                .filter(|b| !b.is_empty())
+                .collect();
+            let metadata = Arc::clone(&metadata);
             let tx = tx.clone();
             let tenant = tenant.to_string();
             let is_local = self.cfg.local_endpoint.as_deref() == Some(dest.address.as_str());
@@ -506,7 +566,7 @@ impl Distributor {
                 let metrics = self.metrics.clone();
                 tokio::spawn(async move {
                     let resp = match local {
-                        Some(l) => local_response(ids, l.write(&tenant, &batch).await),
+                        Some(l) => local_response(ids, l.write(&tenant, &batch, &metadata).await),
                         None => Response::all(
                             ids,
                             Err(Failure::new(FailureKind::Other, "no local storage")),
@@ -520,8 +580,12 @@ impl Distributor {
                 let metrics = self.metrics.clone();
                 tokio::spawn(async move {
                     // 1-based on the wire; 0 means "not replicated yet".
-                    let req =
-                        Bytes::from(encode_forwarded(&batch, &tenant, dest.replica as i64 + 1));
+                    let req = Bytes::from(encode_forwarded(
+                        &batch,
+                        &metadata,
+                        &tenant,
+                        dest.replica as i64 + 1,
+                    ));
                     drop(batch);
                     let result = peers.remote_write(&dest.address, req).await;
                     if let Err(f) = &result {

@@ -22,6 +22,8 @@ use crate::hashring::{Algorithm, HashringArgs};
 struct MemWriter {
     #[allow(clippy::type_complexity)]
     series: Mutex<HashMap<(String, String), Vec<(i64, f64)>>>,
+    /// Metric family names of the metadata stored, per tenant.
+    metadata: Mutex<Vec<(String, String)>>,
     not_ready: Mutex<bool>,
 }
 
@@ -52,6 +54,14 @@ impl MemWriter {
     fn count(&self) -> usize {
         self.series.lock().unwrap().len()
     }
+
+    fn has_metadata(&self, tenant: &str, family: &str) -> bool {
+        self.metadata
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, f)| t == tenant && f == family)
+    }
 }
 
 impl LocalWriter for MemWriter {
@@ -59,6 +69,7 @@ impl LocalWriter for MemWriter {
         &'a self,
         tenant: &'a str,
         series: &'a [Bytes],
+        metadata: &'a [Bytes],
     ) -> BoxFuture<'a, LocalWriteResult> {
         Box::pin(async move {
             if *self.not_ready.lock().unwrap() {
@@ -66,6 +77,18 @@ impl LocalWriter for MemWriter {
                     FailureKind::NotReady,
                     "tsdb not ready",
                 ));
+            }
+            for m in metadata {
+                let Ok(m) = storeapi::wire::prompb::MetricMetadata::decode(&m[..]) else {
+                    return LocalWriteResult::Failed(Failure::new(
+                        FailureKind::Other,
+                        "undecodable metadata",
+                    ));
+                };
+                self.metadata
+                    .lock()
+                    .unwrap()
+                    .push((tenant.to_string(), m.metric_family_name));
             }
             let mut db = self.series.lock().unwrap();
             let mut fails = Vec::new();
@@ -716,6 +739,98 @@ async fn metrics_count_forwards_and_quorum_failures() {
     for n in &mut nodes {
         n.stop().await;
     }
+}
+
+fn metadata(family: &str) -> storeapi::wire::prompb::MetricMetadata {
+    storeapi::wire::prompb::MetricMetadata {
+        r#type: 1,
+        metric_family_name: family.into(),
+        help: format!("{family} help"),
+        unit: String::new(),
+    }
+}
+
+/// Metadata written to a router reaches the ingestors: with the series it arrived with
+/// (every batch carries the request's metadata), and on its own (a metadata-only
+/// request is placed RF times on the ring, and fails like series when quorum fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_forwards_metadata_with_series_and_alone() {
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let ring = ring_json(&addrs);
+    let mut ingestors = Vec::new();
+    for l in listeners {
+        ingestors.push(
+            start_node(
+                l,
+                config(Mode::IngestorOnly, None, 1),
+                None,
+                Arc::new(MemWriter::default()),
+            )
+            .await,
+        );
+    }
+    let mut router = start_node(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        config(Mode::RouterOnly, None, 2),
+        Some(&ring),
+        Arc::new(MemWriter::default()),
+    )
+    .await;
+    let body = |series: Vec<TimeSeries>, families: &[&str]| {
+        storeapi::wire::prometheus::WriteRequest {
+            timeseries: series,
+            metadata: families.iter().map(|f| metadata(f)).collect(),
+        }
+        .encode_to_vec()
+    };
+
+    // With series: every ingestor holding one of them also holds the metadata.
+    let series: Vec<TimeSeries> = (0..30).map(|i| ts(&format!("w{i}"), 1, 1.0)).collect();
+    router
+        .dist
+        .write_raw("t", &body(series, &["with_series"]))
+        .await
+        .unwrap();
+    for i in &ingestors {
+        eventually(|| i.store.count() > 0).await;
+        eventually(|| i.store.has_metadata("t", "with_series")).await;
+    }
+
+    // Alone: on RF (2) ingestors.
+    router
+        .dist
+        .write_raw("t", &body(Vec::new(), &["alone"]))
+        .await
+        .unwrap();
+    eventually(|| {
+        ingestors
+            .iter()
+            .filter(|i| i.store.has_metadata("t", "alone"))
+            .count()
+            == 2
+    })
+    .await;
+    assert_eq!(router.store.count(), 0, "a router stores nothing");
+    assert!(!router.store.has_metadata("t", "alone"));
+
+    // Alone with every ingestor down: a retryable error, not a silent 200.
+    for i in &mut ingestors {
+        i.stop().await;
+    }
+    let err = router
+        .dist
+        .write_raw("t", &body(Vec::new(), &["lost"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.http_status(), 503, "{err}");
+    router.stop().await;
 }
 
 #[tokio::test]

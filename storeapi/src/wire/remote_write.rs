@@ -445,14 +445,38 @@ pub fn encode_write_request<'s>(
     out
 }
 
+/// Field of `thanos.WriteRequest` under which Orrery forwards the client's metric
+/// metadata (`prometheus.MetricMetadata` messages) between receivers. Thanos's message
+/// has no such field (Thanos drops metadata at the router), so this number is Orrery's
+/// extension: a Thanos receiver skips it as an unknown field, an Orrery one stores it.
+pub const FORWARDED_METADATA_FIELD: u32 = 1000;
+
 /// The parts of a `thanos.WriteRequest` (a forwarded write between receivers): its
-/// series as raw `TimeSeries` messages, the tenant and the 1-based replica number (0 = not
-/// replicated yet).
+/// series as raw `TimeSeries` messages, the tenant, the 1-based replica number (0 = not
+/// replicated yet) and the raw `MetricMetadata` messages of [`FORWARDED_METADATA_FIELD`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ForwardedParts<'a> {
     pub series: Vec<&'a [u8]>,
     pub tenant: &'a str,
     pub replica: i64,
+    pub metadata: Vec<&'a [u8]>,
+}
+
+/// The raw `MetricMetadata` messages (field 3) of an uncompressed
+/// `prometheus.WriteRequest`, without decoding them or its series.
+pub fn raw_metadata(body: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
+    let mut c = Cursor::new(body);
+    let mut out = Vec::new();
+    while !c.done() {
+        let (field, wt) = c.tag()?;
+        if field == 3 {
+            c.expect(field, wt, WT_LEN)?;
+            out.push(c.bytes("metadata")?);
+        } else {
+            c.skip(field, wt)?;
+        }
+    }
+    Ok(out)
 }
 
 /// Splits a `thanos.WriteRequest` without decoding its series.
@@ -475,6 +499,10 @@ pub fn split_forwarded(body: &[u8]) -> Result<ForwardedParts<'_>, DecodeError> {
                 c.expect(field, wt, WT_VARINT)?;
                 out.replica = c.varint()? as i64;
             }
+            FORWARDED_METADATA_FIELD => {
+                c.expect(field, wt, WT_LEN)?;
+                out.metadata.push(c.bytes("metadata")?);
+            }
             _ => c.skip(field, wt)?,
         }
     }
@@ -491,9 +519,24 @@ pub fn encode_raw_series<B: AsRef<[u8]>>(series: &[B]) -> Vec<u8> {
     out
 }
 
-/// Encodes a `thanos.WriteRequest` from raw `TimeSeries` messages (the inverse of
-/// [`split_forwarded`]).
-pub fn encode_forwarded<B: AsRef<[u8]>>(series: &[B], tenant: &str, replica: i64) -> Vec<u8> {
+/// Encodes raw `TimeSeries` messages (field 1 each) and raw `MetricMetadata` messages
+/// (field 3 each) as a `prometheus.WriteRequest`.
+pub fn encode_raw_request<B: AsRef<[u8]>, M: AsRef<[u8]>>(series: &[B], metadata: &[M]) -> Vec<u8> {
+    let mut out = encode_raw_series(series);
+    for m in metadata {
+        put_len_field(&mut out, 3, m.as_ref());
+    }
+    out
+}
+
+/// Encodes a `thanos.WriteRequest` from raw `TimeSeries` messages and raw
+/// `MetricMetadata` messages (the inverse of [`split_forwarded`]).
+pub fn encode_forwarded<B: AsRef<[u8]>, M: AsRef<[u8]>>(
+    series: &[B],
+    metadata: &[M],
+    tenant: &str,
+    replica: i64,
+) -> Vec<u8> {
     let mut out = encode_raw_series(series);
     if !tenant.is_empty() {
         put_len_field(&mut out, 2, tenant.as_bytes());
@@ -501,6 +544,9 @@ pub fn encode_forwarded<B: AsRef<[u8]>>(series: &[B], tenant: &str, replica: i64
     if replica != 0 {
         out.push(3 << 3);
         put_varint(&mut out, replica as u64);
+    }
+    for m in metadata {
+        put_len_field(&mut out, FORWARDED_METADATA_FIELD, m.as_ref());
     }
     out
 }
@@ -537,7 +583,16 @@ mod tests {
             "raw spans cover the series exactly"
         );
 
-        let fwd = encode_forwarded(&raws, "team-a", 2);
+        let meta = [crate::wire::prompb::MetricMetadata {
+            r#type: 1,
+            metric_family_name: "up".into(),
+            help: "Up.".into(),
+            unit: String::new(),
+        }
+        .encode_to_vec()];
+        let fwd = encode_forwarded(&raws, &meta, "team-a", 2);
+        // Thanos's message skips the metadata field; ours splits it back out.
+        assert_eq!(split_forwarded(&fwd).unwrap().metadata, vec![&meta[0][..]]);
         let req = thanos::WriteRequest::decode(&fwd[..]).unwrap();
         assert_eq!(req.tenant, "team-a");
         assert_eq!(req.replica, 2);
@@ -552,6 +607,14 @@ mod tests {
             parts.series,
             raws.iter().map(|r| &r[..]).collect::<Vec<_>>()
         );
+        assert!(parts.metadata.is_empty(), "prost dropped the unknown field");
+        // A request with metadata, framed for the local write path: the reader sees
+        // the series and the metadata.
+        let local = encode_raw_request(&raws, &meta);
+        assert_eq!(raw_metadata(&local).unwrap(), vec![&meta[0][..]]);
+        let decoded = prometheus::WriteRequest::decode(&local[..]).unwrap();
+        assert_eq!(decoded.metadata[0].metric_family_name, "up");
+        assert_eq!(decoded.timeseries.len(), 2);
         // A forwarded request body is also a valid prometheus.WriteRequest for our reader.
         let mut r = WriteRequestReader::new(&fwd);
         let mut n = 0;
