@@ -12,7 +12,8 @@
 //! batch's first raw sample before the first window and repeats the last raw value at
 //! the last window's timestamp, so readers can detect counter resets across chunks.
 //! Aggregates are kept here exactly as Thanos computes them (same float operations in
-//! the same order), so our 5m blocks equal Thanos's byte for byte.
+//! the same order), so our 5m blocks equal Thanos's byte for byte. Native histograms
+//! are downsampled in [`crate::aggr_histogram`].
 
 use super::{ChunkError, XorChunk};
 
@@ -43,15 +44,21 @@ pub enum AggrType {
     Counter = 4,
 }
 
-/// Encodes the sub-chunks (`None` = absent) in Thanos's layout. Sub-chunks are XOR.
+/// Encodes XOR sub-chunks (`None` = absent) in Thanos's layout.
 pub fn encode_aggr_chunk(parts: [Option<&[u8]>; 5]) -> Vec<u8> {
+    encode_aggr_parts(parts.map(|p| p.map(|b| (super::Encoding::Xor as u8, b))))
+}
+
+/// Encodes sub-chunks given with their encoding bytes (`None` = absent) in Thanos's
+/// layout: XOR for floats, FLOAT_HISTOGRAM for a histogram chunk's sum and counter.
+pub fn encode_aggr_parts(parts: [Option<(u8, &[u8])>; 5]) -> Vec<u8> {
     let mut out = Vec::new();
     for p in parts {
         match p {
             None => put_uvarint(&mut out, 0),
-            Some(b) => {
+            Some((enc, b)) => {
                 put_uvarint(&mut out, b.len() as u64);
-                out.push(super::Encoding::Xor as u8);
+                out.push(enc);
                 out.extend_from_slice(b);
             }
         }
@@ -102,7 +109,7 @@ pub fn current_window(t: i64, r: i64) -> i64 {
 
 /// Thanos's `targetChunkCount` (raw input assumed at 1-minute resolution): enough
 /// chunks that each holds at most ~140 windows.
-fn target_chunk_count(mint: i64, maxt: i64, in_res: i64, out_res: i64, count: usize) -> usize {
+pub(crate) fn target_chunk_count(mint: i64, maxt: i64, in_res: i64, out_res: i64, count: usize) -> usize {
     let max_samples = ((maxt - mint) / out_res) as f64;
     let fullness = (count as f64 / ((maxt - mint) as f64 / in_res as f64)).min(1.0);
     let exp = (max_samples * fullness) as i64 + 1;

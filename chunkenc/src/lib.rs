@@ -44,6 +44,7 @@ pub struct Chunk {
 }
 
 pub mod aggr;
+pub mod aggr_histogram;
 mod bstream;
 pub mod encode;
 pub mod float_histogram;

@@ -510,10 +510,35 @@ pub fn verify_block(dir: &Path) -> Result<BlockStats, BlockError> {
 
 /// Checks a downsampled chunk: every aggregate decodes, count/sum/min/max (those
 /// present) have one sample per window, window timestamps inside the chunk's range;
-/// the counter holds the windows plus its first and last raw samples.
+/// a float counter holds the windows plus its first and last raw samples, a histogram
+/// chunk's sum and counter one histogram per window.
 fn verify_aggr(c: &Chunk, labels: &Labels) -> Result<(), BlockError> {
     use crate::chunk::aggr::{AggrType, aggr_samples};
+    use crate::chunk::aggr_histogram::{aggr_histograms, is_histogram_aggr};
     let bad = |what: String| BlockError::Corrupt(format!("aggr chunk of {labels}: {what}"));
+    if is_histogram_aggr(&c.data) {
+        let count = aggr_samples(&c.data, AggrType::Count)?
+            .ok_or_else(|| bad("histogram aggregates without a count".into()))?;
+        for at in [AggrType::Sum, AggrType::Counter] {
+            let h = aggr_histograms(&c.data, at)?
+                .ok_or_else(|| bad(format!("histogram aggregates without {at:?}")))?;
+            if h.len() != count.len() || h.iter().zip(&count).any(|(a, b)| a.0 != b.0) {
+                return Err(bad(format!("{at:?} windows differ from count's")));
+            }
+        }
+        for at in [AggrType::Min, AggrType::Max] {
+            if crate::chunk::aggr::aggr_get(&c.data, at)?.is_some() {
+                return Err(bad(format!("histogram aggregates with {at:?}")));
+            }
+        }
+        if let Some(&(t, _)) = count.iter().find(|(t, _)| *t < c.min_time || *t > c.max_time) {
+            return Err(bad(format!(
+                "window {t} outside [{}, {}]",
+                c.min_time, c.max_time
+            )));
+        }
+        return Ok(());
+    }
     let count = aggr_samples(&c.data, AggrType::Count)?;
     let windows = count.as_ref().map(Vec::len);
     for at in [AggrType::Count, AggrType::Sum, AggrType::Min, AggrType::Max] {

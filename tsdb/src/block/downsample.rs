@@ -8,9 +8,10 @@
 //! [`BlockWriter`]: memory is one series' samples plus the writer's symbols and
 //! postings, whatever the block size.
 //!
-//! Float samples only: Orrery does not downsample native histograms yet; a block
-//! holding histogram chunks is refused with [`BlockError::Unsupported`] rather than
-//! written without them.
+//! Float series get Thanos's float `AggrChunk`s; native histogram series (HISTOGRAM and
+//! FLOAT_HISTOGRAM chunks) get histogram `AggrChunk`s (count, sum and counter; see
+//! `chunkenc::aggr_histogram`). A series that changes between floats and histograms is
+//! downsampled run by run, as Thanos cuts at such a change.
 
 use std::path::Path;
 
@@ -19,7 +20,11 @@ use storeapi::Labels;
 use super::reader::SeriesIter;
 use super::{Block, BlockError, BlockMeta, BlockOptions, BlockWriter, ThanosMeta};
 use crate::chunk::aggr::{self, AggrChunk, RES_5M};
+use crate::chunk::aggr_histogram::{
+    downsample_histogram_aggr, downsample_raw_histograms, is_histogram_aggr,
+};
 use crate::chunk::{Chunk, Encoding};
+use storeapi::histogram::FloatHistogram;
 
 /// Writes the downsampled version of `block` at `resolution` (ms; coarser than the
 /// block's own) under `parent` and returns its meta; the block directory is
@@ -103,10 +108,106 @@ impl Iterator for DownsampleIter<'_> {
     }
 }
 
-fn unsupported(labels: &Labels, e: Encoding) -> BlockError {
-    BlockError::Unsupported(format!(
-        "downsampling {e:?} chunks (series {labels}): only float series are downsampled"
-    ))
+/// The samples of a run of raw chunks of one kind.
+enum Run {
+    Floats(Vec<(i64, f64)>),
+    Histograms(Vec<(i64, FloatHistogram)>),
+}
+
+impl Run {
+    fn downsample(&self, resolution: i64) -> Result<Vec<AggrChunk>, BlockError> {
+        Ok(match self {
+            Run::Floats(s) => aggr::downsample_raw(s, resolution)?,
+            Run::Histograms(h) => downsample_raw_histograms(h, resolution)?,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Run::Floats(s) => s.is_empty(),
+            Run::Histograms(h) => h.is_empty(),
+        }
+    }
+}
+
+/// Raw chunks → `AggrChunk`s at `resolution`, one run per stretch of float or histogram
+/// chunks (Thanos's `cutNewChunk`). Stale markers and samples going back in time within
+/// a chunk are dropped (Thanos's `expand*ChunkIterator`).
+fn downsample_raw_chunks(
+    labels: &Labels,
+    chunks: &[&Chunk],
+    resolution: i64,
+) -> Result<Vec<AggrChunk>, BlockError> {
+    let mut out = Vec::new();
+    let mut run: Option<Run> = None;
+    for c in chunks {
+        let histogram = match c.encoding {
+            Encoding::Xor => false,
+            Encoding::Histogram | Encoding::FloatHistogram => true,
+            e => {
+                return Err(BlockError::Corrupt(format!(
+                    "series {labels}: {e:?} chunk among raw chunks"
+                )));
+            }
+        };
+        if let Some(r) = &run
+            && matches!(r, Run::Histograms(_)) != histogram
+        {
+            out.extend(r.downsample(resolution)?);
+            run = None;
+        }
+        let r = run.get_or_insert_with(|| {
+            if histogram {
+                Run::Histograms(Vec::new())
+            } else {
+                Run::Floats(Vec::new())
+            }
+        });
+        match r {
+            Run::Floats(all) => {
+                aggr::expand_samples(crate::chunk::xor::decode_all(&c.data)?, all)
+            }
+            Run::Histograms(all) => {
+                let mut last_t = 0i64;
+                for s in c.iter_histograms()? {
+                    let s = s?;
+                    let h = s.h.to_float();
+                    if !storeapi::is_stale_nan(h.sum) && s.t >= last_t {
+                        last_t = s.t;
+                        all.push((s.t, h));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(r) = run.filter(|r| !r.is_empty()) {
+        out.extend(r.downsample(resolution)?);
+    }
+    Ok(out)
+}
+
+/// `AggrChunk`s at `in_res` → `out_res`, one run per stretch of float or histogram
+/// aggregates (Thanos's `downsampleAggr` per `isHistogramAggrChunk` run).
+fn downsample_aggr_chunks(
+    chunks: &[AggrChunk],
+    in_res: i64,
+    out_res: i64,
+) -> Result<Vec<AggrChunk>, BlockError> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=chunks.len() {
+        let kind = |k: usize| is_histogram_aggr(&chunks[k].data);
+        if i == chunks.len() || kind(i) != kind(i - 1) {
+            let part = &chunks[start..i];
+            out.extend(if kind(start) {
+                downsample_histogram_aggr(part, in_res, out_res)?
+            } else {
+                aggr::downsample_aggr(part, in_res, out_res)?
+            });
+            start = i;
+        }
+    }
+    Ok(out)
 }
 
 /// One series' chunks at `in_res` → `AggrChunk`s at `out_res`.
@@ -122,19 +223,10 @@ pub fn downsample_series(
         )));
     }
     let out = if in_res == 0 {
-        let mut all = Vec::new();
-        for c in chunks {
-            match c.encoding {
-                Encoding::Xor => {
-                    aggr::expand_samples(crate::chunk::xor::decode_all(&c.data)?, &mut all)
-                }
-                e => return Err(unsupported(labels, e)),
-            }
-        }
-        aggr::downsample_raw(&all, out_res)?
+        downsample_raw_chunks(labels, &chunks.iter().collect::<Vec<_>>(), out_res)?
     } else {
-        // Thanos's repair of downsampled blocks holding raw XOR chunks (older Thanos
-        // bugs): empty ones are skipped, others downsampled to 5m first.
+        // Thanos's repair of downsampled blocks holding raw chunks (older Thanos bugs):
+        // empty ones are skipped, others downsampled to 5m first.
         let mut fixed: Vec<AggrChunk> = Vec::with_capacity(chunks.len());
         for c in chunks {
             match c.encoding {
@@ -143,18 +235,13 @@ pub fn downsample_series(
                     max_time: c.max_time,
                     data: c.data.clone(),
                 }),
-                Encoding::Xor if c.num_samples() == 0 => {
-                    tracing::warn!(series = %labels, "skipping an empty XOR chunk in a downsampled block");
+                _ if c.num_samples() == 0 => {
+                    tracing::warn!(series = %labels, "skipping an empty raw chunk in a downsampled block");
                 }
-                Encoding::Xor => {
-                    let mut all = Vec::new();
-                    aggr::expand_samples(crate::chunk::xor::decode_all(&c.data)?, &mut all);
-                    fixed.extend(aggr::downsample_raw(&all, RES_5M)?);
-                }
-                e => return Err(unsupported(labels, e)),
+                _ => fixed.extend(downsample_raw_chunks(labels, &[c], RES_5M)?),
             }
         }
-        aggr::downsample_aggr(&fixed, in_res, out_res)?
+        downsample_aggr_chunks(&fixed, in_res, out_res)?
     };
     Ok(out
         .into_iter()
@@ -326,30 +413,96 @@ mod tests {
         }
     }
 
+    /// A histogram counter with `n` samples every minute from `t0`.
+    fn histograms(t0: i64, n: i64) -> Vec<(i64, storeapi::histogram::Histogram)> {
+        use storeapi::histogram::{Histogram, Span};
+        (0..n)
+            .map(|k| {
+                let b = [k as i64 + 1, 2 * k as i64 + 1, 1];
+                let count: i64 = b.iter().sum();
+                let h = Histogram {
+                    schema: 2,
+                    zero_threshold: 0.001,
+                    count: count as u64,
+                    sum: k as f64,
+                    positive_spans: vec![Span { offset: -1, length: 3 }],
+                    // Delta-encoded buckets.
+                    positive_buckets: vec![b[0], b[1] - b[0], b[2] - b[1]],
+                    ..Default::default()
+                };
+                (t0 + k * 60_000, h)
+            })
+            .collect()
+    }
+
     #[test]
-    fn histogram_chunks_are_refused_and_leave_nothing() {
+    fn histogram_series_and_type_changes_are_downsampled_to_5m_and_1h() {
+        use crate::chunk::SeriesEncoder;
+        use crate::chunk::aggr_histogram::{aggr_histograms, is_histogram_aggr};
         let d = tempfile::tempdir().unwrap();
-        let hist = Chunk {
-            min_time: 10,
-            max_time: 20,
-            encoding: Encoding::Histogram,
-            data: bytes::Bytes::from_static(&[0, 0]),
-        };
+        let t0 = 1_700_006_400_000i64;
+        let span = 11 * 24 * RES_1H;
+        let n = span / 60_000;
+        // Series 0: histograms only; series 1: floats for a day, then histograms.
+        let mut e = SeriesEncoder::new();
+        for (t, h) in histograms(t0, n) {
+            e.append_histogram(t, &h).unwrap();
+        }
+        let only = e.finish();
+        let mut e = SeriesEncoder::new();
+        for k in 0..24 * 60 {
+            e.append_float(t0 + k * 60_000, k as f64).unwrap();
+        }
+        for (t, h) in histograms(t0 + 24 * RES_1H, n - 24 * 60) {
+            e.append_histogram(t, &h).unwrap();
+        }
+        let mixed = e.finish();
         let meta = BlockWriter::write(
             d.path(),
-            0,
-            100,
-            [
-                (series(0), xor_chunks(&[(1, 1.0)])),
-                (series(1), vec![hist]),
-            ],
+            t0,
+            t0 + span,
+            [(series(0), only), (series(1), mixed)],
             &BlockOptions::default(),
         )
         .unwrap();
         let b = Block::open(&d.path().join(meta.ulid.to_string())).unwrap();
         let out = tempfile::tempdir().unwrap();
-        let e = downsample_block(out.path(), &b, RES_5M).unwrap_err();
-        assert!(matches!(e, BlockError::Unsupported(_)), "{e}");
-        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+        let m5 = downsample_block(out.path(), &b, RES_5M).unwrap();
+        let dir5 = out.path().join(m5.ulid.to_string());
+        verify_block(&dir5).unwrap();
+        let b5 = Block::open(&dir5).unwrap();
+        let m1 = downsample_block(out.path(), &b5, RES_1H).unwrap();
+        let dir1 = out.path().join(m1.ulid.to_string());
+        verify_block(&dir1).unwrap();
+        for (dir, r) in [(&dir5, RES_5M), (&dir1, RES_1H)] {
+            let blk = Block::open(dir).unwrap();
+            let got: Vec<(Labels, Vec<Chunk>)> =
+                blk.series_iter().unwrap().map(Result::unwrap).collect();
+            assert_eq!(got.len(), 2);
+            for (l, cs) in &got {
+                let (mut floats, mut hists, mut last_counter) = (0.0, 0.0, 0.0);
+                for c in cs {
+                    assert_eq!(c.encoding, Encoding::Aggr);
+                    let n = aggr_samples(&c.data, AggrType::Count).unwrap().unwrap();
+                    if is_histogram_aggr(&c.data) {
+                        hists += n.iter().map(|x| x.1).sum::<f64>();
+                        let k = aggr_histograms(&c.data, AggrType::Counter).unwrap().unwrap();
+                        assert!(k.iter().all(|(t, _)| t % r == r - 1 || *t == c.max_time));
+                        last_counter = k.last().unwrap().1.count;
+                    } else {
+                        floats += n.iter().map(|x| x.1).sum::<f64>();
+                    }
+                }
+                let (want_f, want_h) = if *l == series(0) {
+                    (0.0, n as f64)
+                } else {
+                    (24.0 * 60.0, (n - 24 * 60) as f64)
+                };
+                assert_eq!((floats, hists), (want_f, want_h), "{l} at {r}");
+                // The last histogram's count: 3k + 3 at k = its index.
+                let k_last = if *l == series(0) { n - 1 } else { n - 24 * 60 - 1 };
+                assert_eq!(last_counter, (3 * k_last + 3) as f64, "{l} at {r}");
+            }
+        }
     }
 }
