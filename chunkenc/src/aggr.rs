@@ -109,7 +109,13 @@ pub fn current_window(t: i64, r: i64) -> i64 {
 
 /// Thanos's `targetChunkCount` (raw input assumed at 1-minute resolution): enough
 /// chunks that each holds at most ~140 windows.
-pub(crate) fn target_chunk_count(mint: i64, maxt: i64, in_res: i64, out_res: i64, count: usize) -> usize {
+pub(crate) fn target_chunk_count(
+    mint: i64,
+    maxt: i64,
+    in_res: i64,
+    out_res: i64,
+    count: usize,
+) -> usize {
     let max_samples = ((maxt - mint) / out_res) as f64;
     let fullness = (count as f64 / ((maxt - mint) as f64 / in_res as f64)).min(1.0);
     let exp = (max_samples * fullness) as i64 + 1;

@@ -30,7 +30,9 @@
 use storeapi::histogram::{CounterResetHint, FloatHistogram};
 
 use super::aggr::{AggrChunk, AggrType, aggr_get, current_window, encode_aggr_parts};
-use super::{Appended, ChunkError, Encoding, FloatHistogramAppender, FloatHistogramIterator, XorChunk};
+use super::{
+    Appended, ChunkError, Encoding, FloatHistogramAppender, FloatHistogramIterator, XorChunk,
+};
 
 /// One input point of the window aggregation: a raw histogram (count 1, and the
 /// histogram as both sum and counter), or one window of a finer `AggrChunk`.
@@ -300,7 +302,8 @@ pub fn downsample_raw_histograms(
     let (Some(first), Some(last)) = (data.first(), data.last()) else {
         return Ok(Vec::new());
     };
-    let num_chunks = super::aggr::target_chunk_count(first.0, last.0, 60_000, resolution, data.len());
+    let num_chunks =
+        super::aggr::target_chunk_count(first.0, last.0, 60_000, resolution, data.len());
     let batch_size = data.len() / num_chunks.max(1) + 1;
     let mut out = Vec::new();
     let mut carried = None;
@@ -368,7 +371,11 @@ pub fn aggr_histograms(
                 }
             }
         }
-        _ => return Err(ChunkError::Corrupt("aggr chunk: sub-chunk is not a histogram")),
+        _ => {
+            return Err(ChunkError::Corrupt(
+                "aggr chunk: sub-chunk is not a histogram",
+            ));
+        }
     }
     Ok(Some(out))
 }
@@ -498,20 +505,31 @@ mod tests {
             assert!(is_histogram_aggr(&c.data));
             assert_eq!(aggr_get(&c.data, AggrType::Min).unwrap(), None);
             assert_eq!(aggr_get(&c.data, AggrType::Max).unwrap(), None);
-            let n = crate::aggr::aggr_samples(&c.data, AggrType::Count).unwrap().unwrap();
+            let n = crate::aggr::aggr_samples(&c.data, AggrType::Count)
+                .unwrap()
+                .unwrap();
             let s = aggr_histograms(&c.data, AggrType::Sum).unwrap().unwrap();
-            let k = aggr_histograms(&c.data, AggrType::Counter).unwrap().unwrap();
+            let k = aggr_histograms(&c.data, AggrType::Counter)
+                .unwrap()
+                .unwrap();
             assert_eq!((n.len(), s.len()), (k.len(), k.len()));
             assert_eq!((c.min_time, c.max_time), (n[0].0, n[n.len() - 1].0));
             for i in 0..n.len() {
-                assert!(out.insert(n[i].0, (n[i].1, s[i].1.clone(), k[i].1.clone())).is_none());
+                assert!(
+                    out.insert(n[i].0, (n[i].1, s[i].1.clone(), k[i].1.clone()))
+                        .is_none()
+                );
             }
         }
         out
     }
 
     /// Raw counter histograms every 30 s for `hours`, resetting at sample `reset_at`.
-    fn counter_series(hours: i64, reset_at: usize, schema: impl Fn(usize) -> i32) -> Vec<(i64, FloatHistogram)> {
+    fn counter_series(
+        hours: i64,
+        reset_at: usize,
+        schema: impl Fn(usize) -> i32,
+    ) -> Vec<(i64, FloatHistogram)> {
         let mut b = [0.0f64; 4];
         let mut zero = 0.0;
         (0..(hours * 120) as usize)
@@ -529,14 +547,21 @@ mod tests {
                 } else {
                     CounterResetHint::Unknown
                 };
-                (T0 + 1_000 + i as i64 * 30_000, fh(schema(i), zero, &b, hint))
+                (
+                    T0 + 1_000 + i as i64 * 30_000,
+                    fh(schema(i), zero, &b, hint),
+                )
             })
             .collect()
     }
 
     /// The reference: per window of `r`, the raw histograms' count of samples, sum of
     /// `count`, sum of `cum(·, le)`, and the counter (resets applied) at its last sample.
-    fn direct(raw: &[(i64, FloatHistogram)], r: i64, le: f64) -> BTreeMap<i64, (f64, f64, f64, f64, f64)> {
+    fn direct(
+        raw: &[(i64, FloatHistogram)],
+        r: i64,
+        le: f64,
+    ) -> BTreeMap<i64, (f64, f64, f64, f64, f64)> {
         let mut out: BTreeMap<i64, (f64, f64, f64, f64, f64)> = BTreeMap::new();
         let (mut base_n, mut base_le) = (0.0, 0.0);
         let mut prev: Option<&FloatHistogram> = None;
@@ -571,9 +596,19 @@ mod tests {
             assert_eq!(t / r, *w, "window of {t}");
             assert_eq!(*n, e.0, "count at {t}");
             assert_eq!(s.hint, CounterResetHint::Gauge);
-            assert!((s.count - e.1).abs() < 1e-9, "sum count at {t}: {} vs {}", s.count, e.1);
+            assert!(
+                (s.count - e.1).abs() < 1e-9,
+                "sum count at {t}: {} vs {}",
+                s.count,
+                e.1
+            );
             assert!((cum(s, le) - e.2).abs() < 1e-9, "sum ≤{le} at {t}");
-            assert!((k.0 - e.3).abs() < 1e-9, "counter at {t}: {} vs {}", k.0, e.3);
+            assert!(
+                (k.0 - e.3).abs() < 1e-9,
+                "counter at {t}: {} vs {}",
+                k.0,
+                e.3
+            );
             assert!((k.1 - e.4).abs() < 1e-9, "counter ≤{le} at {t}");
         }
     }
@@ -589,7 +624,9 @@ mod tests {
         // The counter never goes down within a chunk (resets applied), and the chunks
         // are time-ordered without overlap.
         for c in &five {
-            let k = aggr_histograms(&c.data, AggrType::Counter).unwrap().unwrap();
+            let k = aggr_histograms(&c.data, AggrType::Counter)
+                .unwrap()
+                .unwrap();
             assert!(k.windows(2).all(|w| w[1].1.count >= w[0].1.count));
         }
         assert!(five.windows(2).all(|w| w[0].max_time < w[1].min_time));
@@ -607,11 +644,18 @@ mod tests {
         let bump = raw.len() - 20;
         for (i, (_, h)) in raw.iter_mut().enumerate().skip(bump) {
             // Smaller counts and a finer schema: a reset by both rules.
-            *h = fh(3, 0.0, &[i as f64, 1.0, 1.0, 1.0], CounterResetHint::Unknown);
+            *h = fh(
+                3,
+                0.0,
+                &[i as f64, 1.0, 1.0, 1.0],
+                CounterResetHint::Unknown,
+            );
         }
         let five = downsample_raw_histograms(&raw, RES_5M).unwrap();
         for c in &five {
-            let k = aggr_histograms(&c.data, AggrType::Counter).unwrap().unwrap();
+            let k = aggr_histograms(&c.data, AggrType::Counter)
+                .unwrap()
+                .unwrap();
             assert!(k.iter().all(|(_, h)| h.schema == 1), "one schema per batch");
         }
         // Bounds of schema 1 are bounds of schema 3 too: compare at one of them.
@@ -631,7 +675,9 @@ mod tests {
         let split = five
             .iter()
             .filter(|c| {
-                let k = aggr_histograms(&c.data, AggrType::Counter).unwrap().unwrap();
+                let k = aggr_histograms(&c.data, AggrType::Counter)
+                    .unwrap()
+                    .unwrap();
                 k[0].1.custom_values == vec![1.0, 2.0, 3.0, 4.0]
             })
             .count();
@@ -646,7 +692,10 @@ mod tests {
         let mut raw: Vec<(i64, FloatHistogram)> = (0..240)
             .map(|i| {
                 let v = ((i * 13) % 7) as f64;
-                (T0 + i * 30_000, fh(0, 1.0, &[v, 1.0], CounterResetHint::Gauge))
+                (
+                    T0 + i * 30_000,
+                    fh(0, 1.0, &[v, 1.0], CounterResetHint::Gauge),
+                )
             })
             .collect();
         raw[17].1.sum = f64::from_bits(storeapi::STALE_NAN_BITS);
@@ -658,7 +707,10 @@ mod tests {
         }
         for c in &five {
             let (_, b) = aggr_get(&c.data, AggrType::Counter).unwrap().unwrap();
-            assert_eq!(crate::FloatHistogramIterator::new(b).unwrap().header(), crate::CounterResetHeader::Gauge);
+            assert_eq!(
+                crate::FloatHistogramIterator::new(b).unwrap().header(),
+                crate::CounterResetHeader::Gauge
+            );
         }
     }
 }

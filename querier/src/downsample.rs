@@ -14,10 +14,21 @@
 //! - Where one series has both raw and aggregated chunks over the same time (a store
 //!   filling time whose raw blocks were deleted with coarser blocks), raw wins: aggregate
 //!   samples inside the raw chunks' time span are dropped instead of being mixed in.
+//!
+//! Native histogram aggregates (count XOR, sum and counter histograms; no min or max)
+//! are read the same way: the counter and the sum as histograms, the count as floats,
+//! the average as the sum divided by the count (a gauge histogram, as Thanos's
+//! `AverageChunkIterator`). A `min_*`/`max_*` selection gets nothing from them, as
+//! PromQL ignores histograms there. Histogram counters need no reset handling: Orrery's
+//! compactor keeps them monotonic, and a drop between chunks (Thanos restarts the
+//! counter at each chunk) is a reset PromQL sees by itself.
 
 use bytes::Bytes;
 use storeapi::Sample;
+use storeapi::histogram::{HistogramSample, HistogramValue};
 use storeapi::wire::thanos::{Aggr, chunk::Encoding as ChunkEncoding};
+
+use crate::histograms::is_histogram_encoding;
 
 /// 5 minutes and 1 hour in milliseconds (Thanos's `ResLevel1`, `ResLevel2`).
 pub const RES_5M: i64 = 5 * 60 * 1000;
@@ -139,6 +150,85 @@ fn xor_samples(enc: i32, data: &[u8], what: &str) -> Result<Vec<(i64, f64)>, Str
     chunkenc::xor::decode_all(data).map_err(|e| format!("{what} chunk: {e}"))
 }
 
+/// The histograms of a HISTOGRAM or FLOAT_HISTOGRAM (sub-)chunk.
+fn histogram_samples(enc: i32, data: &Bytes, what: &str) -> Result<Vec<HistogramSample>, String> {
+    let encoding = if enc == ChunkEncoding::Histogram as i32 {
+        chunkenc::Encoding::Histogram
+    } else if enc == ChunkEncoding::FloatHistogram as i32 {
+        chunkenc::Encoding::FloatHistogram
+    } else {
+        return Err(format!("{what} chunk has encoding {enc}, not a histogram"));
+    };
+    let c = chunkenc::Chunk {
+        min_time: 0,
+        max_time: 0,
+        encoding,
+        data: data.clone(),
+    };
+    c.iter_histograms()
+        .map_err(|e| format!("{what} chunk: {e}"))?
+        .map(|s| s.map_err(|e| format!("{what} chunk: {e}")))
+        .collect()
+}
+
+/// Whether a downsampled chunk holds native histogram aggregates (a histogram sum or
+/// counter among what was sent).
+fn is_histogram_aggregate(c: &ChunkView<'_>) -> bool {
+    c.aggrs[slot(Aggr::Sum)..]
+        .iter()
+        .flatten()
+        .any(|(e, _)| is_histogram_encoding(*e))
+}
+
+fn histogram_aggregate(c: &ChunkView<'_>, a: Aggr) -> Result<Vec<HistogramSample>, String> {
+    match &c.aggrs[slot(a)] {
+        Some((enc, data)) => histogram_samples(*enc, data, a.as_str_name()),
+        None => Err(format!(
+            "store sent a downsampled histogram chunk [{}, {}] without the {} aggregate",
+            c.min_time,
+            c.max_time,
+            a.as_str_name()
+        )),
+    }
+}
+
+/// The samples `mode` reads from a histogram aggregate chunk: floats (counts) or
+/// histograms.
+fn read_histogram_aggregate(
+    c: &ChunkView<'_>,
+    mode: Mode,
+) -> Result<(Vec<(i64, f64)>, Vec<HistogramSample>), String> {
+    Ok(match mode {
+        Mode::Single(Aggr::Count) => (aggregate(c, Aggr::Count)?, Vec::new()),
+        Mode::Single(a @ Aggr::Sum) => (Vec::new(), histogram_aggregate(c, a)?),
+        Mode::Counter => (Vec::new(), histogram_aggregate(c, Aggr::Counter)?),
+        Mode::Average => {
+            let (cnt, sum) = (
+                aggregate(c, Aggr::Count)?,
+                histogram_aggregate(c, Aggr::Sum)?,
+            );
+            if cnt.len() != sum.len() || cnt.iter().zip(&sum).any(|(a, b)| a.0 != b.t) {
+                return Err("sum and count aggregates are not aligned".into());
+            }
+            let avg = cnt
+                .iter()
+                .zip(sum)
+                .map(|(n, s)| {
+                    let mut h = s.h.to_float();
+                    h.div(n.1);
+                    HistogramSample {
+                        t: s.t,
+                        h: HistogramValue::Float(Box::new(h)),
+                    }
+                })
+                .collect();
+            (Vec::new(), avg)
+        }
+        // Min, max (and raw): histograms have none; PromQL ignores them there.
+        Mode::Single(_) => (Vec::new(), Vec::new()),
+    })
+}
+
 fn aggregate(c: &ChunkView<'_>, a: Aggr) -> Result<Vec<(i64, f64)>, String> {
     match &c.aggrs[slot(a)] {
         Some((enc, data)) => xor_samples(*enc, data, a.as_str_name()),
@@ -151,14 +241,14 @@ fn aggregate(c: &ChunkView<'_>, a: Aggr) -> Result<Vec<(i64, f64)>, String> {
     }
 }
 
-/// The samples of one series from one store whose chunks include aggregates, read per
-/// `mode`, in time order and trimmed to `[mint, maxt]`.
+/// The float and histogram samples of one series from one store whose chunks include
+/// aggregates, read per `mode`, in time order and trimmed to `[mint, maxt]`.
 pub fn decode_series(
     chunks: &mut [ChunkView<'_>],
     mint: i64,
     maxt: i64,
     mode: Mode,
-) -> Result<Vec<Sample>, String> {
+) -> Result<(Vec<Sample>, Vec<HistogramSample>), String> {
     chunks.sort_by_key(|c| (c.min_time, c.max_time));
     // Raw wins where both exist: the time span of the raw chunks.
     let raw_span =
@@ -172,8 +262,22 @@ pub fn decode_series(
             });
     let outside_raw = |t: i64| raw_span.is_none_or(|(a, b)| t < a || t > b);
     let mut runs: Vec<Vec<(i64, f64)>> = Vec::with_capacity(chunks.len());
+    let mut hist_runs: Vec<Vec<HistogramSample>> = Vec::new();
     for c in chunks.iter() {
         let run = match c.raw {
+            Some((enc, data)) if is_histogram_encoding(*enc) => {
+                // Raw histograms count 1 each as histograms (the engine's counting).
+                hist_runs.push(histogram_samples(*enc, data, "raw")?);
+                continue;
+            }
+            None if is_histogram_aggregate(c) => {
+                let (mut f, mut h) = read_histogram_aggregate(c, mode)?;
+                f.retain(|x| outside_raw(x.0));
+                h.retain(|x| outside_raw(x.t));
+                runs.push(f);
+                hist_runs.push(h);
+                continue;
+            }
             Some((enc, data)) => {
                 let mut s = xor_samples(*enc, data, "raw")?;
                 if mode.counts() {
@@ -219,7 +323,17 @@ pub fn decode_series(
         all
     };
     out.retain(|s| s.t >= mint && s.t <= maxt);
-    Ok(out)
+    hist_runs.retain(|r| !r.is_empty());
+    let mut hists = if hist_runs.len() > 1 {
+        // Time-ordered runs: a chain gives each timestamp once, hints unknown where the
+        // chunk changes.
+        hist_runs.sort_by_key(|r| r[0].t);
+        crate::histograms::chain(hist_runs)
+    } else {
+        hist_runs.pop().unwrap_or_default()
+    };
+    hists.retain(|s| s.t >= mint && s.t <= maxt);
+    Ok((out, hists))
 }
 
 /// Thanos's `ApplyCounterResetsSeriesIterator` over time-ordered runs (raw counter
@@ -334,7 +448,7 @@ mod tests {
                 aggrs: &c.3,
             })
             .collect();
-        decode_series(&mut views, mint, maxt, mode).unwrap()
+        decode_series(&mut views, mint, maxt, mode).unwrap().0
     }
 
     /// A gauge-like series at 1m with an offset, 40h (several aggregate chunks).
@@ -452,5 +566,102 @@ mod tests {
             .collect();
         let e = decode_series(&mut views, 0, i64::MAX, Mode::Single(Aggr::Min)).unwrap_err();
         assert!(e.contains("MIN"), "{e}");
+    }
+
+    /// A counter histogram every minute for 40h (several chunks), reset once: the
+    /// 5m histogram aggregates as a store sends them, with the raw histograms.
+    fn histogram_chunks() -> (Vec<Owned>, Vec<storeapi::histogram::FloatHistogram>) {
+        use chunkenc::aggr_histogram::downsample_raw_histograms;
+        use storeapi::histogram::{FloatHistogram, Span};
+        let mut raw = Vec::new();
+        let mut b = [0.0f64; 2];
+        for i in 0..2400i64 {
+            if i == 1000 {
+                b = [0.0; 2];
+            }
+            b[0] += (i % 3) as f64;
+            b[1] += 1.0;
+            let h = FloatHistogram {
+                schema: 1,
+                count: b[0] + b[1],
+                sum: b[1] * 2.0,
+                positive_spans: vec![Span {
+                    offset: 0,
+                    length: 2,
+                }],
+                positive_buckets: b.to_vec(),
+                ..Default::default()
+            };
+            raw.push((7_000 + i * 60_000, h));
+        }
+        let chunks = downsample_raw_histograms(&raw, TSDB_5M)
+            .unwrap()
+            .into_iter()
+            .map(|c| {
+                let a = [
+                    AggrType::Count,
+                    AggrType::Sum,
+                    AggrType::Min,
+                    AggrType::Max,
+                    AggrType::Counter,
+                ]
+                .map(|t| {
+                    let (e, d) = aggr_get(&c.data, t).ok().flatten()?;
+                    Some((i32::from(e) - 1, c.data.slice_ref(d)))
+                });
+                (c.min_time, c.max_time, None, a)
+            })
+            .collect();
+        (chunks, raw.into_iter().map(|x| x.1).collect())
+    }
+
+    fn decode_h(chunks: &[Owned], mode: Mode) -> (Vec<Sample>, Vec<HistogramSample>) {
+        let mut views: Vec<ChunkView<'_>> = chunks
+            .iter()
+            .map(|c| ChunkView {
+                min_time: c.0,
+                max_time: c.1,
+                raw: c.2.as_ref(),
+                aggrs: &c.3,
+            })
+            .collect();
+        decode_series(&mut views, i64::MIN, i64::MAX, mode).unwrap()
+    }
+
+    #[test]
+    fn histogram_aggregates_are_read_per_mode() {
+        let (ch, raw) = histogram_chunks();
+        assert!(ch.len() > 1);
+        let (counts, none) = decode_h(&ch, Mode::Single(Aggr::Count));
+        assert!(none.is_empty());
+        assert_eq!(counts.iter().map(|x| x.v).sum::<f64>(), raw.len() as f64);
+        let (f, sums) = decode_h(&ch, Mode::Single(Aggr::Sum));
+        assert!(f.is_empty());
+        assert_eq!(sums.len(), counts.len());
+        let total: f64 = sums.iter().map(|s| s.h.to_float().count).sum();
+        let want: f64 = raw.iter().map(|h| h.count).sum();
+        assert!((total - want).abs() < 1e-6, "{total} vs {want}");
+        let (_, avg) = decode_h(&ch, Mode::Average);
+        for ((a, s), n) in avg.iter().zip(&sums).zip(&counts) {
+            let (a, s) = (a.h.to_float(), s.h.to_float());
+            assert_eq!(a.hint, storeapi::histogram::CounterResetHint::Gauge);
+            assert!((a.count - s.count / n.v).abs() < 1e-9);
+        }
+        // The counter: monotonic, its growth the raw increase with the reset applied.
+        let (_, ctr) = decode_h(&ch, Mode::Counter);
+        assert_eq!(ctr.len(), counts.len());
+        let c: Vec<f64> = ctr.iter().map(|s| s.h.to_float().count).collect();
+        assert!(c.windows(2).all(|w| w[0] <= w[1]));
+        let end = raw[999].count + raw[raw.len() - 1].count;
+        assert!(
+            (c[c.len() - 1] - end).abs() < 1e-9,
+            "{} vs {end}",
+            c[c.len() - 1]
+        );
+        // Histograms have no min or max: nothing, not an error.
+        for a in [Aggr::Min, Aggr::Max] {
+            let (f, h) = decode_h(&ch, Mode::Single(a));
+            assert!(f.is_empty() && h.is_empty());
+        }
     }
 }

@@ -426,10 +426,7 @@ fn decode_store_series(
                 aggrs: &c.aggrs,
             })
             .collect();
-        return Ok((
-            downsample::decode_series(&mut views, mint, maxt, mode)?,
-            Vec::new(),
-        ));
+        return downsample::decode_series(&mut views, mint, maxt, mode);
     }
     let (mut samples, histograms) = decode_raw_series(chunks, mint, maxt)?;
     if mode.counts() {

@@ -27,6 +27,7 @@ use tsdb::Chunk;
 use tsdb::block::Ulid;
 use tsdb::chunk::Encoding;
 use tsdb::chunk::aggr::{AggrType, aggr_get};
+use tsdb::chunk::aggr_histogram::is_histogram_aggr;
 
 use crate::block::{Fetched, ReadCtx, ReadError, StoreBlock};
 use crate::cache::{ChunkCache, IndexCache};
@@ -148,9 +149,12 @@ fn by_resolution(
     out
 }
 
-/// Checks that every downsampled chunk read from `b` holds the requested aggregates as
-/// XOR sub-chunks (what the frame writer sends), so a corrupt or foreign chunk is the
-/// block's error (a warning or an abort), not a silently missing series.
+/// Checks that every downsampled chunk read from `b` holds the requested aggregates in
+/// an encoding the frame writer can send, so a corrupt or foreign chunk is the block's
+/// error (a warning or an abort), not a silently missing series. Float chunks hold
+/// every aggregate as XOR; a native histogram chunk holds count (XOR), sum and counter
+/// (histogram encodings) and never min or max, which PromQL's `min_*`/`max_*` ignore
+/// for histograms anyway: such a chunk is simply not sent for them.
 fn check_aggregates(b: &StoreBlock, chunks: &[Chunk], aggrs: &[AggrType]) -> Result<(), ReadError> {
     let corrupt = |why: String| ReadError::Block {
         id: b.id(),
@@ -158,14 +162,18 @@ fn check_aggregates(b: &StoreBlock, chunks: &[Chunk], aggrs: &[AggrType]) -> Res
     };
     // Raw chunks are sent as they are, in any block (as Thanos's `populateChunk`).
     for c in chunks.iter().filter(|c| c.encoding == Encoding::Aggr) {
+        let histogram = is_histogram_aggr(&c.data);
         for &t in aggrs {
+            let histogram_part = histogram && matches!(t, AggrType::Sum | AggrType::Counter);
             match aggr_get(&c.data, t) {
-                Ok(Some((1, _))) => {}
+                Ok(Some((1, _))) if !histogram_part => {}
+                Ok(Some((2 | 3, _))) if histogram_part => {}
                 Ok(Some((e, _))) => {
                     return Err(corrupt(format!(
-                        "aggregate {t:?}: sub-chunk encoding {e} is not XOR"
+                        "aggregate {t:?}: unexpected sub-chunk encoding {e}"
                     )));
                 }
+                Ok(None) if histogram && matches!(t, AggrType::Min | AggrType::Max) => {}
                 Ok(None) => return Err(corrupt(format!("aggregate {t:?} does not exist"))),
                 Err(e) => return Err(corrupt(format!("aggregate {t:?}: {e}"))),
             }
@@ -174,16 +182,26 @@ fn check_aggregates(b: &StoreBlock, chunks: &[Chunk], aggrs: &[AggrType]) -> Res
     Ok(())
 }
 
-/// The frame form of a chunk: raw as stored, or the requested aggregates' sub-chunks.
+/// Whether a chunk has anything to send for `aggrs`: raw chunks always; a downsampled
+/// one when it holds at least one requested aggregate.
+fn has_requested(c: &Chunk, aggrs: &[AggrType]) -> bool {
+    c.encoding != Encoding::Aggr
+        || aggrs
+            .iter()
+            .any(|&t| matches!(aggr_get(&c.data, t), Ok(Some(_))))
+}
+
+/// The frame form of a chunk: raw as stored, or the requested aggregates' sub-chunks
+/// with their StoreAPI encodings (the stored encoding byte minus one).
 fn wire_chunk<'a>(c: &'a Chunk, aggrs: &[AggrType]) -> WireChunk<'a> {
     if c.encoding != Encoding::Aggr {
         return WireChunk::from_prometheus(c.min_time, c.max_time, c.encoding as u8, &c.data);
     }
-    let mut parts: [Option<&[u8]>; 5] = [None; 5];
+    let mut parts: [Option<(i32, &[u8])>; 5] = [None; 5];
     for &t in aggrs {
         // Checked by `check_aggregates` when read.
-        if let Ok(Some((_, d))) = aggr_get(&c.data, t) {
-            parts[t as usize] = Some(d);
+        if let Ok(Some((e, d))) = aggr_get(&c.data, t) {
+            parts[t as usize] = Some((i32::from(e) - 1, d));
         }
     }
     WireChunk::aggregates(c.min_time, c.max_time, parts)
@@ -468,6 +486,12 @@ impl Gateway {
                 // The same block content under two ULIDs (e.g. a replica shipped twice)
                 // gives identical chunks: send each once.
                 chunks.dedup();
+                let had = chunks.len();
+                chunks.retain(|c| has_requested(c, aggrs));
+                if had > 0 && chunks.is_empty() && !plan.skip_chunks {
+                    // Only histogram aggregates, asked for min or max: nothing to send.
+                    continue;
+                }
                 samples += chunks.iter().map(|c| chunk_samples(c, aggrs)).sum::<u64>();
                 if self.limits.samples > 0 && samples > self.limits.samples {
                     return Err(self.limited(format!(

@@ -12,16 +12,18 @@ use bytes::Bytes;
 pub const FRAME_LIMIT: usize = 1 << 20;
 
 /// A chunk to send: times, `thanos.Chunk.Encoding` number (XOR is 0) and raw bytes, or
-/// (downsampled data) XOR sub-chunks of the aggregates in `aggrs`.
+/// (downsampled data) the sub-chunks of the aggregates in `aggrs`.
 #[derive(Debug, Clone, Copy)]
 pub struct WireChunk<'a> {
     pub min_time: i64,
     pub max_time: i64,
     pub encoding: i32,
     pub data: &'a [u8],
-    /// XOR sub-chunks in `AggrChunk` field order: count, sum, min, max, counter (fields
-    /// 4..=8). When any is set the chunk is an aggregate chunk: `raw` is not sent.
-    pub aggrs: [Option<&'a [u8]>; 5],
+    /// Sub-chunks with their `thanos.Chunk.Encoding` (XOR for floats and counts,
+    /// FLOAT_HISTOGRAM for a histogram chunk's sum and counter) in `AggrChunk` field
+    /// order: count, sum, min, max, counter (fields 4..=8). When any is set the chunk is
+    /// an aggregate chunk: `raw` is not sent.
+    pub aggrs: [Option<(i32, &'a [u8])>; 5],
 }
 
 impl<'a> WireChunk<'a> {
@@ -37,9 +39,9 @@ impl<'a> WireChunk<'a> {
         }
     }
 
-    /// A downsampled chunk: the given aggregates' XOR sub-chunks (count, sum, min, max,
-    /// counter order; `None` = not sent).
-    pub fn aggregates(min_time: i64, max_time: i64, aggrs: [Option<&'a [u8]>; 5]) -> Self {
+    /// A downsampled chunk: the given aggregates' sub-chunks with their StoreAPI
+    /// encodings (count, sum, min, max, counter order; `None` = not sent).
+    pub fn aggregates(min_time: i64, max_time: i64, aggrs: [Option<(i32, &'a [u8])>; 5]) -> Self {
         WireChunk {
             min_time,
             max_time,
@@ -129,8 +131,8 @@ fn aggr_chunk_len(c: &WireChunk<'_>, hash: u64) -> usize {
         n += 1 + varint_len(c.max_time as u64);
     }
     if c.is_aggregate() {
-        for a in c.aggrs.iter().flatten() {
-            n += len_field_size(chunk_msg_len(0, a, xxhash_rust::xxh64::xxh64(a, 0)));
+        for (e, a) in c.aggrs.iter().flatten() {
+            n += len_field_size(chunk_msg_len(*e, a, xxhash_rust::xxh64::xxh64(a, 0)));
         }
         return n;
     }
@@ -148,9 +150,9 @@ fn put_aggr_chunk(buf: &mut Vec<u8>, c: &WireChunk<'_>, hash: u64) {
     }
     if c.is_aggregate() {
         for (i, a) in c.aggrs.iter().enumerate() {
-            if let Some(a) = a {
+            if let Some((e, a)) = a {
                 let h = xxhash_rust::xxh64::xxh64(a, 0);
-                put_chunk_msg(buf, 4 + i as u32, 0, a, h);
+                put_chunk_msg(buf, 4 + i as u32, *e, a, h);
             }
         }
         return;
@@ -375,9 +377,9 @@ mod tests {
             chunks: chunks
                 .iter()
                 .map(|c| {
-                    let sub = |d: Option<&[u8]>| {
-                        d.map(|d| thanos::Chunk {
-                            r#type: 0,
+                    let sub = |d: Option<(i32, &[u8])>| {
+                        d.map(|(e, d)| thanos::Chunk {
+                            r#type: e,
                             data: Bytes::copy_from_slice(d),
                             hash: xxhash_rust::xxh64::xxh64(d, 0),
                         })
@@ -452,9 +454,20 @@ mod tests {
             WireChunk::aggregates(
                 299_999,
                 3_599_999,
-                [Some(&a[..]), Some(&b[..]), None, None, None],
+                [Some((0, &a[..])), Some((0, &b[..])), None, None, None],
             ),
-            WireChunk::aggregates(3_899_999, 3_899_999, [None, None, None, None, Some(&b[..])]),
+            // A histogram chunk's aggregates: FLOAT_HISTOGRAM sum and counter.
+            WireChunk::aggregates(
+                3_899_999,
+                3_899_999,
+                [
+                    Some((0, &a[..])),
+                    Some((2, &b[..])),
+                    None,
+                    None,
+                    Some((2, &b[..])),
+                ],
+            ),
             WireChunk::from_prometheus(4_000_000, 4_100_000, 1, &a),
         ];
         let labels = [("__name__", "x")];

@@ -531,7 +531,10 @@ fn verify_aggr(c: &Chunk, labels: &Labels) -> Result<(), BlockError> {
                 return Err(bad(format!("histogram aggregates with {at:?}")));
             }
         }
-        if let Some(&(t, _)) = count.iter().find(|(t, _)| *t < c.min_time || *t > c.max_time) {
+        if let Some(&(t, _)) = count
+            .iter()
+            .find(|(t, _)| *t < c.min_time || *t > c.max_time)
+        {
             return Err(bad(format!(
                 "window {t} outside [{}, {}]",
                 c.min_time, c.max_time

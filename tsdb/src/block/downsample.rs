@@ -164,9 +164,7 @@ fn downsample_raw_chunks(
             }
         });
         match r {
-            Run::Floats(all) => {
-                aggr::expand_samples(crate::chunk::xor::decode_all(&c.data)?, all)
-            }
+            Run::Floats(all) => aggr::expand_samples(crate::chunk::xor::decode_all(&c.data)?, all),
             Run::Histograms(all) => {
                 let mut last_t = 0i64;
                 for s in c.iter_histograms()? {
@@ -425,7 +423,10 @@ mod tests {
                     zero_threshold: 0.001,
                     count: count as u64,
                     sum: k as f64,
-                    positive_spans: vec![Span { offset: -1, length: 3 }],
+                    positive_spans: vec![Span {
+                        offset: -1,
+                        length: 3,
+                    }],
                     // Delta-encoded buckets.
                     positive_buckets: vec![b[0], b[1] - b[0], b[2] - b[1]],
                     ..Default::default()
@@ -486,7 +487,9 @@ mod tests {
                     let n = aggr_samples(&c.data, AggrType::Count).unwrap().unwrap();
                     if is_histogram_aggr(&c.data) {
                         hists += n.iter().map(|x| x.1).sum::<f64>();
-                        let k = aggr_histograms(&c.data, AggrType::Counter).unwrap().unwrap();
+                        let k = aggr_histograms(&c.data, AggrType::Counter)
+                            .unwrap()
+                            .unwrap();
                         assert!(k.iter().all(|(t, _)| t % r == r - 1 || *t == c.max_time));
                         last_counter = k.last().unwrap().1.count;
                     } else {
@@ -500,7 +503,11 @@ mod tests {
                 };
                 assert_eq!((floats, hists), (want_f, want_h), "{l} at {r}");
                 // The last histogram's count: 3k + 3 at k = its index.
-                let k_last = if *l == series(0) { n - 1 } else { n - 24 * 60 - 1 };
+                let k_last = if *l == series(0) {
+                    n - 1
+                } else {
+                    n - 24 * 60 - 1
+                };
                 assert_eq!(last_counter, (3 * k_last + 3) as f64, "{l} at {r}");
             }
         }
