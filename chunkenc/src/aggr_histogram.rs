@@ -34,14 +34,21 @@ use super::{
     Appended, ChunkError, Encoding, FloatHistogramAppender, FloatHistogramIterator, XorChunk,
 };
 
-/// One input point of the window aggregation: a raw histogram (count 1, and the
-/// histogram as both sum and counter), or one window of a finer `AggrChunk`.
+/// One input point of the window aggregation: a raw histogram (count 1, the histogram
+/// both the sum's and the counter's input), or one window of a finer `AggrChunk`.
 #[derive(Debug, Clone)]
 struct Point {
     t: i64,
     count: f64,
     sum: FloatHistogram,
-    counter: FloatHistogram,
+    /// The counter input when it is not `sum` (aggregate input).
+    counter: Option<FloatHistogram>,
+}
+
+impl Point {
+    fn counter(&self) -> &FloatHistogram {
+        self.counter.as_ref().unwrap_or(&self.sum)
+    }
 }
 
 /// Whether two histograms can be added: both exponential, or both custom buckets with
@@ -61,16 +68,35 @@ fn op_error(_: storeapi::histogram::HistogramOpError) -> ChunkError {
     ChunkError::BadHistogram("histograms of one downsampling batch cannot be added")
 }
 
+/// `h` at `schema` when that is coarser, else `h` itself (no copy).
+fn at_schema(h: &FloatHistogram, schema: i32) -> std::borrow::Cow<'_, FloatHistogram> {
+    if h.schema > schema {
+        let mut r = h.clone();
+        r.reduce_resolution(schema);
+        std::borrow::Cow::Owned(r)
+    } else {
+        std::borrow::Cow::Borrowed(h)
+    }
+}
+
 /// Thanos's `histogramAggregator` generalised to [`Point`]s; one per series and run of
 /// addable histograms, carried from batch to batch.
+///
+/// Thanos keeps the counter as the first value plus every later delta (plus the whole
+/// value after a reset). That equals the value of the latest input plus, for every
+/// reset so far, the input just before it; kept that way, an input costs no histogram
+/// arithmetic unless it resets, and the counter is built once per window.
 struct Aggregator {
     schema: i32,
     total: usize,
     count: f64,
     sum: Option<FloatHistogram>,
-    counter: FloatHistogram,
-    /// The previous counter input as it was (for reset detection) and reduced.
-    previous: Option<(FloatHistogram, FloatHistogram)>,
+    /// The inputs just before each reset so far, added up (at `schema`).
+    offset: Option<FloatHistogram>,
+    /// The latest counter input as it came (for reset detection)...
+    last: Option<FloatHistogram>,
+    /// ...and at `schema`, when that differs.
+    last_reduced: Option<FloatHistogram>,
 }
 
 impl Aggregator {
@@ -80,8 +106,9 @@ impl Aggregator {
             total: 0,
             count: 0.0,
             sum: None,
-            counter: FloatHistogram::default(),
-            previous: None,
+            offset: None,
+            last: None,
+            last_reduced: None,
         }
     }
 
@@ -90,50 +117,69 @@ impl Aggregator {
         self.sum = None;
     }
 
-    /// Lowers the schema to `schema` if it is smaller (the running counter with it).
+    /// Lowers the schema to `schema` if it is smaller (the running state with it).
     fn lower_schema(&mut self, schema: i32) {
         if schema < self.schema {
             self.schema = schema;
-            self.counter.reduce_resolution(schema);
-            if let Some((_, prev)) = &mut self.previous {
-                prev.reduce_resolution(schema);
+            for h in [&mut self.offset, &mut self.sum, &mut self.last_reduced]
+                .into_iter()
+                .flatten()
+            {
+                h.reduce_resolution(schema);
+            }
+            if self.last_reduced.is_none()
+                && let Some(l) = &self.last
+                && l.schema > schema
+            {
+                self.last_reduced = Some(at_schema(l, schema).into_owned());
             }
         }
     }
 
-    fn reduced(&self, h: &FloatHistogram) -> FloatHistogram {
-        let mut h = h.clone();
-        h.reduce_resolution(self.schema);
-        h
+    /// The latest counter input at `schema`.
+    fn last_value(&self) -> Option<&FloatHistogram> {
+        self.last_reduced.as_ref().or(self.last.as_ref())
     }
 
-    fn add(&mut self, p: &Point) -> Result<(), ChunkError> {
-        let counter = self.reduced(&p.counter);
-        match &self.previous {
-            None => self.counter = counter.clone(),
-            Some((orig, prev)) => {
-                if p.counter.hint != CounterResetHint::Gauge && p.counter.detect_reset(orig) {
-                    self.counter.add(&counter).map_err(op_error)?;
-                } else {
-                    let mut delta = counter.clone();
-                    delta.sub(prev).map_err(op_error)?;
-                    self.counter.add(&delta).map_err(op_error)?;
-                }
-            }
-        }
-        self.previous = Some((p.counter.clone(), counter));
-        let sum = self.reduced(&p.sum);
+    fn add(&mut self, p: Point) -> Result<(), ChunkError> {
+        let sum = at_schema(&p.sum, self.schema);
         match &mut self.sum {
-            None => self.sum = Some(sum),
+            None => self.sum = Some(sum.into_owned()),
             Some(s) => s.add(&sum).map_err(op_error)?,
         }
         if let Some(s) = &mut self.sum {
             // A gauge: sums of consecutive windows go up and down.
             s.hint = CounterResetHint::Gauge;
         }
+        let counter = p.counter.unwrap_or(p.sum);
+        if let Some(prev) = &self.last
+            && counter.hint != CounterResetHint::Gauge
+            && counter.detect_reset(prev)
+        {
+            let prev_value = self.last_reduced.as_ref().unwrap_or(prev);
+            match &mut self.offset {
+                None => self.offset = Some(prev_value.clone()),
+                Some(o) => o.add(prev_value).map_err(op_error)?,
+            }
+        }
+        self.last_reduced =
+            (counter.schema > self.schema).then(|| at_schema(&counter, self.schema).into_owned());
+        self.last = Some(counter);
         self.count += p.count;
         self.total += 1;
         Ok(())
+    }
+
+    /// The running counter: the latest input plus the offset of the resets.
+    fn counter(&self) -> Result<Option<FloatHistogram>, ChunkError> {
+        let Some(last) = self.last_value() else {
+            return Ok(None);
+        };
+        let mut c = last.clone();
+        if let Some(o) = &self.offset {
+            c.add(o).map_err(op_error)?;
+        }
+        Ok(Some(c))
     }
 }
 
@@ -163,11 +209,14 @@ impl Builder {
 
     /// Appends one window; `Ok(false)` when a sub-chunk cannot take it (nothing
     /// changed: the caller finishes this chunk and starts another).
-    fn try_add(&mut self, t: i64, a: &Aggregator) -> Result<bool, ChunkError> {
-        let Some(sum) = &a.sum else {
-            return Ok(true);
-        };
-        let mut counter = a.counter.clone();
+    fn try_add(
+        &mut self,
+        t: i64,
+        count: f64,
+        sum: &FloatHistogram,
+        counter: &FloatHistogram,
+    ) -> Result<bool, ChunkError> {
+        let mut counter = counter.clone();
         counter.hint = if self.gauge {
             CounterResetHint::Gauge
         } else if self.windows == 0 {
@@ -176,19 +225,17 @@ impl Builder {
             // Monotonic by construction.
             CounterResetHint::NotCounterReset
         };
-        let mut sum = sum.clone();
-        sum.hint = CounterResetHint::Gauge;
         let before = (self.windows > 0).then(|| self.counter.clone());
         if let Appended::NewChunk(_) = self.counter.append(None, t, &counter)? {
             return Ok(false);
         }
-        if let Appended::NewChunk(_) = self.sum.append(None, t, &sum)? {
+        if let Appended::NewChunk(_) = self.sum.append(None, t, sum)? {
             if let Some(b) = before {
                 self.counter = b;
             }
             return Ok(false);
         }
-        self.count.append(t, a.count)?;
+        self.count.append(t, count)?;
         self.min_time = self.min_time.min(t);
         self.max_time = self.max_time.max(t);
         self.windows += 1;
@@ -214,7 +261,7 @@ impl Builder {
 /// window's timestamp capped at the last point's (Thanos's `downsampleBatch`), and
 /// appends the resulting chunk(s) to `out`.
 fn aggregate_batch(
-    points: &[Point],
+    points: Vec<Point>,
     resolution: i64,
     carried: &mut Option<Aggregator>,
     out: &mut Vec<AggrChunk>,
@@ -224,19 +271,22 @@ fn aggregate_batch(
     };
     let schema = points
         .iter()
-        .flat_map(|p| [p.sum.schema, p.counter.schema])
+        .flat_map(|p| [p.sum.schema, p.counter().schema])
         .min()
         .unwrap_or(0);
-    let gauge = points[0].counter.hint == CounterResetHint::Gauge;
+    let gauge = points[0].counter().hint == CounterResetHint::Gauge;
     let last_t = last.t;
     let a = carried.get_or_insert_with(|| Aggregator::new(schema));
     a.lower_schema(schema);
     let mut b = Builder::new(gauge);
     let mut add = |t: i64, a: &Aggregator, b: &mut Builder| -> Result<(), ChunkError> {
-        if !b.try_add(t, a)? {
+        let (Some(sum), Some(counter)) = (&a.sum, a.counter()?) else {
+            return Ok(());
+        };
+        if !b.try_add(t, a.count, sum, &counter)? {
             let full = std::mem::replace(b, Builder::new(gauge));
             out.extend(full.finish());
-            if !b.try_add(t, a)? {
+            if !b.try_add(t, a.count, sum, &counter)? {
                 return Err(ChunkError::BadHistogram(
                     "a downsampled histogram does not fit an empty chunk",
                 ));
@@ -265,28 +315,28 @@ fn aggregate_batch(
 /// Splits a batch where histograms stop being addable (custom bounds change) and
 /// aggregates each part.
 fn aggregate_compatible_runs(
-    batch: &[Point],
+    mut batch: Vec<Point>,
     resolution: i64,
     carried: &mut Option<Aggregator>,
     out: &mut Vec<AggrChunk>,
 ) -> Result<(), ChunkError> {
     let addable =
-        |a: &Point, b: &Point| compatible(&a.counter, &b.counter) && compatible(&a.sum, &b.sum);
+        |a: &Point, b: &Point| compatible(a.counter(), b.counter()) && compatible(&a.sum, &b.sum);
     if let (Some(a), Some(p)) = (carried.as_ref(), batch.first())
-        && a.total > 0
-        && !compatible(&a.counter, &p.counter)
+        && a.last.as_ref().is_some_and(|l| !compatible(l, p.counter()))
     {
         *carried = None;
     }
-    let mut start = 0;
-    for i in 1..=batch.len() {
-        if i == batch.len() || !addable(&batch[i], &batch[i - 1]) {
-            aggregate_batch(&batch[start..i], resolution, carried, out)?;
-            if i < batch.len() {
-                *carried = None;
-            }
-            start = i;
+    while !batch.is_empty() {
+        let n = (1..batch.len())
+            .find(|&i| !addable(&batch[i], &batch[i - 1]))
+            .unwrap_or(batch.len());
+        let rest = batch.split_off(n);
+        aggregate_batch(batch, resolution, carried, out)?;
+        if !rest.is_empty() {
+            *carried = None;
         }
+        batch = rest;
     }
     Ok(())
 }
@@ -296,7 +346,7 @@ fn aggregate_compatible_runs(
 /// for floats (at most ~140 windows each), extended to whole windows; NaN sums (stale
 /// markers) dropped.
 pub fn downsample_raw_histograms(
-    data: &[(i64, FloatHistogram)],
+    data: Vec<(i64, FloatHistogram)>,
     resolution: i64,
 ) -> Result<Vec<AggrChunk>, ChunkError> {
     let (Some(first), Some(last)) = (data.first(), data.last()) else {
@@ -307,25 +357,44 @@ pub fn downsample_raw_histograms(
     let batch_size = data.len() / num_chunks.max(1) + 1;
     let mut out = Vec::new();
     let mut carried = None;
-    let mut rest = data;
-    while !rest.is_empty() {
-        let mut j = batch_size.min(rest.len());
-        let cur_w = current_window(rest[j - 1].0, resolution);
-        while j < rest.len() && rest[j].0 <= cur_w {
-            j += 1;
+    let mut rest = data.into_iter().peekable();
+    let mut batch: Vec<Point> = Vec::with_capacity(batch_size + 16);
+    while rest.peek().is_some() {
+        batch.clear();
+        let mut taken = 0usize;
+        let mut last_t = 0i64;
+        while taken < batch_size
+            && let Some((t, h)) = rest.next()
+        {
+            taken += 1;
+            last_t = t;
+            if !is_dropped(&h) {
+                batch.push(Point {
+                    t,
+                    count: 1.0,
+                    sum: h,
+                    counter: None,
+                });
+            }
         }
-        let batch: Vec<Point> = rest[..j]
-            .iter()
-            .filter(|(_, h)| !is_dropped(h))
-            .map(|(t, h)| Point {
-                t: *t,
-                count: 1.0,
-                sum: h.clone(),
-                counter: h.clone(),
-            })
-            .collect();
-        rest = &rest[j..];
-        aggregate_compatible_runs(&batch, resolution, &mut carried, &mut out)?;
+        // The rest of the last sample's window belongs to this batch too.
+        let cur_w = current_window(last_t, resolution);
+        while let Some((t, h)) = rest.next_if(|(t, _)| *t <= cur_w) {
+            if !is_dropped(&h) {
+                batch.push(Point {
+                    t,
+                    count: 1.0,
+                    sum: h,
+                    counter: None,
+                });
+            }
+        }
+        aggregate_compatible_runs(
+            std::mem::take(&mut batch),
+            resolution,
+            &mut carried,
+            &mut out,
+        )?;
     }
     Ok(out)
 }
@@ -415,7 +484,7 @@ fn aggr_points(chunks: &[AggrChunk]) -> Result<Vec<Point>, ChunkError> {
                 t: c.0,
                 count: c.1,
                 sum: s.1,
-                counter: k.1,
+                counter: Some(k.1),
             });
         }
     }
@@ -450,7 +519,7 @@ pub fn downsample_histogram_aggr(
     let mut carried = None;
     for part in chunks.chunks(batch_size) {
         let points = aggr_points(part)?;
-        aggregate_compatible_runs(&points, out_res, &mut carried, &mut out)?;
+        aggregate_compatible_runs(points, out_res, &mut carried, &mut out)?;
     }
     Ok(out)
 }
@@ -616,7 +685,7 @@ mod tests {
     #[test]
     fn raw_counter_histograms_to_5m_and_1h_equal_a_direct_computation() {
         let raw = counter_series(30, 1_000, |_| 3);
-        let five = downsample_raw_histograms(&raw, RES_5M).unwrap();
+        let five = downsample_raw_histograms(raw.clone(), RES_5M).unwrap();
         assert!(five.len() > 1, "several chunks: {}", five.len());
         check(&five, &raw, RES_5M, 1.5);
         let hour = downsample_histogram_aggr(&five, RES_5M, RES_1H).unwrap();
@@ -651,7 +720,7 @@ mod tests {
                 CounterResetHint::Unknown,
             );
         }
-        let five = downsample_raw_histograms(&raw, RES_5M).unwrap();
+        let five = downsample_raw_histograms(raw.clone(), RES_5M).unwrap();
         for c in &five {
             let k = aggr_histograms(&c.data, AggrType::Counter)
                 .unwrap()
@@ -671,7 +740,7 @@ mod tests {
             // New bounds: a reset, Prometheus's `DetectReset` says so too.
             assert!(*t > 0);
         }
-        let five = downsample_raw_histograms(&raw, RES_5M).unwrap();
+        let five = downsample_raw_histograms(raw.clone(), RES_5M).unwrap();
         let split = five
             .iter()
             .filter(|c| {
@@ -699,7 +768,7 @@ mod tests {
             })
             .collect();
         raw[17].1.sum = f64::from_bits(storeapi::STALE_NAN_BITS);
-        let five = downsample_raw_histograms(&raw, RES_5M).unwrap();
+        let five = downsample_raw_histograms(raw.clone(), RES_5M).unwrap();
         let w = windows(&five);
         assert_eq!(w.values().map(|x| x.0).sum::<f64>(), 239.0);
         for (_, _, k) in w.values() {

@@ -594,7 +594,7 @@ mod tests {
             };
             raw.push((7_000 + i * 60_000, h));
         }
-        let chunks = downsample_raw_histograms(&raw, TSDB_5M)
+        let chunks = downsample_raw_histograms(raw.clone(), TSDB_5M)
             .unwrap()
             .into_iter()
             .map(|c| {

@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo build --release --bin orrery --bin compact_bench
 //! target/release/compact_bench [--series 500] [--hours 50] [--step 15] [--vs-prometheus 1]
+//!     [--histograms 1]
 //! ```
 //!
 //! The bucket: `--hours` of 2h blocks (as a receiver uploads them) holding `--series`
@@ -11,6 +12,9 @@
 //! (`--downsampling.disable`) compacts `[0, 48h)` 2h → 8h → 2d (the newest block is held
 //! back, as Thanos plans); run 2 downsamples the 2d block to 5m. Figures are per run,
 //! for the samples of `[0, 48h)`; CPU and RSS are read from `/proc/<pid>` every 10 ms.
+//! `--histograms 1` makes the counters native histograms (integer, schema 3, 12
+//! populated buckets shifting over time, as Prometheus's chunks), so the runs measure
+//! histogram compaction and histogram downsampling.
 //!
 //! `--vs-prometheus 1` also hands the same 2h blocks to Prometheus 3.5.3 (its data dir,
 //! `--storage.tsdb.max-block-duration=2d`, no scraping) and times its own compaction
@@ -26,8 +30,10 @@ use std::time::{Duration, Instant};
 use e2e::Prometheus;
 use e2e::bench::{arg_num, orrery_for_bench, proc_stats, xor_chunks};
 use objstore::{Bucket, BucketConfig};
+use storeapi::histogram::{Histogram, Span};
 use storeapi::{Label, Labels};
 use tsdb::block::{BlockOptions, BlockWriter};
+use tsdb::chunk::{Chunk, SeriesEncoder};
 
 const H: i64 = 3_600_000;
 
@@ -159,11 +165,50 @@ fn run_prometheus(blocks: &Path) -> (Run, usize, usize) {
     )
 }
 
+/// Series `i`'s integer histogram counter at step `k`: 12 buckets from an offset that
+/// moves every 2h (new buckets appear, as latencies drift), counts growing with `k`.
+fn histogram_at(i: usize, k: i64, step: i64) -> Histogram {
+    let shift = (k * step / (2 * H)) as i32 % 4;
+    let abs: Vec<i64> = (0..12).map(|b| k * (b % 5 + 1) + i as i64 % 3).collect();
+    let mut last = 0;
+    let deltas = abs
+        .iter()
+        .map(|&c| {
+            let d = c - last;
+            last = c;
+            d
+        })
+        .collect();
+    Histogram {
+        schema: 3,
+        zero_threshold: 1e-128,
+        zero_count: k as u64,
+        count: k as u64 + abs.iter().sum::<i64>() as u64,
+        sum: k as f64 * 1.25,
+        positive_spans: vec![Span {
+            offset: -4 + shift,
+            length: 12,
+        }],
+        positive_buckets: deltas,
+        ..Default::default()
+    }
+}
+
+fn histogram_chunks(i: usize, mint: i64, maxt: i64, t0: i64, step: i64) -> Vec<Chunk> {
+    let mut e = SeriesEncoder::new();
+    for t in (mint..maxt).step_by(step as usize) {
+        e.append_histogram(t, &histogram_at(i, (t - t0) / step, step))
+            .expect("append histogram");
+    }
+    e.finish()
+}
+
 fn main() {
     let series = arg_num("--series", 500) as usize;
     let hours = arg_num("--hours", 50);
     let step = arg_num("--step", 15) * 1000;
     let vs_prometheus = arg_num("--vs-prometheus", 0) != 0;
+    let histograms = arg_num("--histograms", 0) != 0;
     assert!(
         hours >= 50,
         "--hours must be at least 50 (a 2d block plus the held-back newest)"
@@ -203,6 +248,10 @@ fn main() {
         let (mint, maxt) = (t0 + w * 2 * H, t0 + (w + 1) * 2 * H);
         let mut n = 0u64;
         let it = labels.iter().enumerate().map(|(i, l)| {
+            if histograms && i % 2 == 0 {
+                n += ((maxt - mint) / step) as u64;
+                return (l.clone(), histogram_chunks(i, mint, maxt, t0, step));
+            }
             let samples: Vec<(i64, f64)> = (mint..maxt)
                 .step_by(step as usize)
                 .map(|t| {
@@ -256,7 +305,12 @@ fn main() {
     assert_eq!(five, 1, "expected one 5m block");
     let prom = vs_prometheus.then(|| run_prometheus(&prom_blocks));
     println!(
-        "{series} series, {step_s}s step, {hours}h of 2h blocks; {in_range} samples in [0, 48h)",
+        "{series} series{}, {step_s}s step, {hours}h of 2h blocks; {in_range} samples in [0, 48h)",
+        if histograms {
+            " (half native histogram counters)"
+        } else {
+            ""
+        },
         step_s = step / 1000
     );
     println!("| run | wall s | samples/s | CPU s | CPU s / 1M samples | peak RSS MiB |");

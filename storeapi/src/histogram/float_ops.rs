@@ -252,11 +252,38 @@ impl FloatHistogram {
         }
         self.count += sign * other.count;
         self.sum += sign * other.sum;
+        if self.same_layout(other) {
+            // The common case (consecutive samples of a series, its running sums): the
+            // buckets line up one to one, as Prometheus's `addBuckets` finds them.
+            self.zero_count += sign * other.zero_count;
+            for (a, b) in self
+                .positive_buckets
+                .iter_mut()
+                .zip(&other.positive_buckets)
+            {
+                *a += sign * b;
+            }
+            for (a, b) in self
+                .negative_buckets
+                .iter_mut()
+                .zip(&other.negative_buckets)
+            {
+                *a += sign * b;
+            }
+            return Ok(());
+        }
+        self.combine_general(other, sign);
+        Ok(())
+    }
+
+    /// Adds `sign * other` bucket by bucket after reconciling schemas and zero buckets
+    /// (`self` and `other` already checked compatible; count and sum already added).
+    fn combine_general(&mut self, other: &FloatHistogram, sign: f64) {
         if self.uses_custom_buckets() {
             let a = indexed(&self.positive_spans, &self.positive_buckets);
             let b = indexed(&other.positive_spans, &other.positive_buckets);
             (self.positive_spans, self.positive_buckets) = from_indexed(&merge(&a, &b, sign));
-            return Ok(());
+            return;
         }
         let other_zero = self.reconcile_zero_buckets(other);
         self.zero_count += sign * other_zero;
@@ -295,7 +322,35 @@ impl FloatHistogram {
             }
         }
         self.schema = target;
-        Ok(())
+    }
+
+    /// Whether `other` has exactly `self`'s buckets (schema, zero threshold, spans and,
+    /// for custom buckets, bounds; both sides) with none inside the zero bucket: then
+    /// adding is bucket by bucket, and gives what the general path gives.
+    fn same_layout(&self, other: &FloatHistogram) -> bool {
+        if self.schema != other.schema
+            || self.zero_threshold.to_bits() != other.zero_threshold.to_bits()
+            || self.positive_spans != other.positive_spans
+            || self.negative_spans != other.negative_spans
+            || self.positive_buckets.len() != other.positive_buckets.len()
+            || self.negative_buckets.len() != other.negative_buckets.len()
+        {
+            return false;
+        }
+        if self.uses_custom_buckets() {
+            return floats_match(&self.custom_values, &other.custom_values);
+        }
+        if self.zero_threshold == 0.0 {
+            return true;
+        }
+        // The bucket nearest zero on each side is the first one: it decides whether any
+        // bucket lies inside the zero bucket.
+        let outside = |spans: &[Span]| {
+            spans
+                .first()
+                .is_none_or(|s| exponential_bound(s.offset, self.schema) > self.zero_threshold)
+        };
+        outside(&self.positive_spans) && outside(&self.negative_spans)
     }
 
     /// Widens `self`'s zero bucket until it covers `other`'s and sits on a boundary not
@@ -713,5 +768,74 @@ mod tests {
         let mut hinted = grown.clone();
         hinted.hint = CounterResetHint::CounterReset;
         assert!(hinted.detect_reset(&prev));
+    }
+
+    #[test]
+    fn same_layout_fast_path_equals_the_general_merge() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for case in 0..500 {
+            let schema = next(5) as i32 - 1;
+            let spans = vec![
+                Span {
+                    offset: next(6) as i32 - 3,
+                    length: 1 + next(4) as u32,
+                },
+                Span {
+                    offset: next(3) as i32,
+                    length: next(3) as u32,
+                },
+            ];
+            let n = spans.iter().map(|s| s.length as usize).sum::<usize>();
+            let mk = |next: &mut dyn FnMut(u64) -> u64| FloatHistogram {
+                schema,
+                zero_threshold: [0.0, 0.001, 0.9][case % 3],
+                zero_count: next(10) as f64,
+                count: 100.0,
+                sum: next(1000) as f64,
+                positive_spans: spans.clone(),
+                positive_buckets: (0..n).map(|_| next(50) as f64).collect(),
+                negative_spans: spans[..1].to_vec(),
+                negative_buckets: (0..spans[0].length).map(|_| next(50) as f64).collect(),
+                ..Default::default()
+            };
+            let (a, b) = (mk(&mut next), mk(&mut next));
+            for sign in [1.0, -1.0] {
+                let mut fast = a.clone();
+                fast.combine(&b, sign).unwrap();
+                let mut general = a.clone();
+                general.count += sign * b.count;
+                general.sum += sign * b.sum;
+                general.combine_general(&b, sign);
+                let key = |h: &FloatHistogram| {
+                    let mut v: Vec<(i32, bool, u64)> = [true, false]
+                        .iter()
+                        .flat_map(|&p| {
+                            h.side_buckets(p)
+                                .into_iter()
+                                .map(move |x| (x.index, p, x.count.to_bits()))
+                        })
+                        .filter(|x| f64::from_bits(x.2) != 0.0)
+                        .collect();
+                    v.sort();
+                    (
+                        v,
+                        h.zero_count.to_bits(),
+                        h.zero_threshold.to_bits(),
+                        h.count.to_bits(),
+                    )
+                };
+                assert_eq!(
+                    key(&fast),
+                    key(&general),
+                    "case {case} sign {sign}: {a:?} {b:?}"
+                );
+            }
+        }
     }
 }

@@ -115,9 +115,9 @@ enum Run {
 }
 
 impl Run {
-    fn downsample(&self, resolution: i64) -> Result<Vec<AggrChunk>, BlockError> {
+    fn downsample(self, resolution: i64) -> Result<Vec<AggrChunk>, BlockError> {
         Ok(match self {
-            Run::Floats(s) => aggr::downsample_raw(s, resolution)?,
+            Run::Floats(s) => aggr::downsample_raw(&s, resolution)?,
             Run::Histograms(h) => downsample_raw_histograms(h, resolution)?,
         })
     }
@@ -150,11 +150,12 @@ fn downsample_raw_chunks(
                 )));
             }
         };
-        if let Some(r) = &run
-            && matches!(r, Run::Histograms(_)) != histogram
+        if run
+            .as_ref()
+            .is_some_and(|r| matches!(r, Run::Histograms(_)) != histogram)
+            && let Some(r) = run.take()
         {
             out.extend(r.downsample(resolution)?);
-            run = None;
         }
         let r = run.get_or_insert_with(|| {
             if histogram {
