@@ -256,4 +256,37 @@ mod tests {
         h.positive_buckets.push(3);
         assert!(e.append_histogram(0, &h).is_err());
     }
+
+    #[test]
+    fn chunk_times_equal_the_decoded_samples_and_damage_is_an_error() {
+        let mut e = SeriesEncoder::new();
+        for t in 0..50 {
+            e.append_float(t * 10, t as f64).unwrap();
+        }
+        for t in 50..90 {
+            e.append_histogram(t * 10, &hist(t as u64)).unwrap();
+        }
+        for t in 90..130 {
+            e.append_float_histogram(t * 10, &hist(t as u64).to_float())
+                .unwrap();
+        }
+        let chunks = e.finish();
+        assert_eq!(chunks.len(), 3);
+        let mut all = Vec::new();
+        for c in &chunks {
+            let mut times = Vec::new();
+            c.times(&mut times).unwrap();
+            let want: Vec<i64> = match c.encoding {
+                Encoding::Xor => c.iter().unwrap().map(|s| s.unwrap().0).collect(),
+                _ => c.iter_histograms().unwrap().map(|s| s.unwrap().t).collect(),
+            };
+            assert_eq!(times, want, "{:?}", c.encoding);
+            all.extend(times);
+            // A chunk cut short is an error, not fewer samples.
+            let mut cut = c.clone();
+            cut.data = cut.data.slice(..cut.data.len() / 2);
+            assert!(cut.times(&mut Vec::new()).is_err(), "{:?}", c.encoding);
+        }
+        assert_eq!(all, (0..130).map(|t| t * 10).collect::<Vec<_>>());
+    }
 }

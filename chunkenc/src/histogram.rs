@@ -570,6 +570,22 @@ impl<'a> HistogramIterator<'a> {
     }
 
     /// Decodes the next sample into the state; `false` at the end.
+    /// Decodes the next sample (every field, so damage is found) and gives only its
+    /// timestamp: what a block verification needs, without building the histogram.
+    pub fn next_time(&mut self) -> Option<Result<i64, ChunkError>> {
+        if self.failed {
+            return None;
+        }
+        match self.step_raw() {
+            Ok(true) => Some(Ok(self.t)),
+            Ok(false) => None,
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+
     fn step_raw(&mut self) -> Result<bool, ChunkError> {
         if self.read >= self.total {
             return Ok(false);

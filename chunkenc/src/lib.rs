@@ -101,6 +101,33 @@ impl Chunk {
         }
     }
 
+    /// Appends the timestamps of the chunk's samples to `out`, every field decoded (so a
+    /// damaged chunk is an error) but no sample built. XOR and both histogram
+    /// encodings; aggregate chunks are [`ChunkError::UnsupportedEncoding`].
+    pub fn times(&self, out: &mut Vec<i64>) -> Result<(), ChunkError> {
+        match self.encoding {
+            Encoding::Xor => {
+                for s in XorIterator::new(&self.data)? {
+                    out.push(s?.0);
+                }
+            }
+            Encoding::Histogram => {
+                let mut it = HistogramIterator::new(&self.data)?;
+                while let Some(t) = it.next_time() {
+                    out.push(t?);
+                }
+            }
+            Encoding::FloatHistogram => {
+                let mut it = FloatHistogramIterator::new(&self.data)?;
+                while let Some(t) = it.next_time() {
+                    out.push(t?);
+                }
+            }
+            e => return Err(ChunkError::UnsupportedEncoding(e)),
+        }
+        Ok(())
+    }
+
     /// Iterates the float samples of an XOR chunk.
     pub fn iter(&self) -> Result<XorIterator<'_>, ChunkError> {
         match self.encoding {

@@ -426,16 +426,7 @@ fn decode_chunk(
 
 /// Timestamps of a raw chunk's samples (XOR, HISTOGRAM or FLOAT_HISTOGRAM).
 fn decode_times(c: &Chunk, out: &mut Vec<i64>) -> Result<(), BlockError> {
-    if c.encoding == Encoding::Xor {
-        for s in c.iter()? {
-            out.push(s?.0);
-        }
-    } else {
-        for s in c.iter_histograms()? {
-            out.push(s?.t);
-        }
-    }
-    Ok(())
+    Ok(c.times(out)?)
 }
 
 /// Re-reads a block completely and checks it is self-consistent: every series sorted
