@@ -13,7 +13,7 @@
 //! ```text
 //! cargo build --release --bin orrery && cargo build --release -p e2e --bin histogram_ingest_bench
 //! target/release/histogram_ingest_bench [--series 2000] [--buckets 20] [--rounds 200] \
-//!     [--per-request 250] [--step-secs 15] [--servers orrery,prometheus,orrery,prometheus]
+//!     [--per-request 2000] [--step-secs 15] [--servers orrery,prometheus,orrery,prometheus]
 //! ```
 
 use std::path::Path;
@@ -214,7 +214,9 @@ fn main() {
     let series = arg_num("--series", 2000) as usize;
     let buckets = arg_num("--buckets", 20).clamp(2, 160) as usize;
     let rounds = arg_num("--rounds", 200) as u64;
-    let per_request = arg_num("--per-request", 250).max(1) as usize;
+    // Prometheus's `queue_config.max_samples_per_send` default (histograms count as
+    // samples), as the float `ingest_bench` sends.
+    let per_request = arg_num("--per-request", 2000).max(1) as usize;
     let step_ms = arg_num("--step-secs", 15) * 1000;
     let servers = arg_str("--servers").unwrap_or_else(|| "orrery,prometheus".into());
     assert!(

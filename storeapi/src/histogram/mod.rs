@@ -73,7 +73,7 @@ impl CounterResetHint {
 
 /// A histogram with integer counts; bucket counts are delta-encoded (the first bucket of
 /// a side is absolute, each next one is the difference to its predecessor).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, PartialEq, Default)]
 pub struct Histogram {
     pub hint: CounterResetHint,
     pub schema: i32,
@@ -90,7 +90,7 @@ pub struct Histogram {
 }
 
 /// A histogram with float counts; bucket counts are absolute.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, PartialEq, Default)]
 pub struct FloatHistogram {
     pub hint: CounterResetHint,
     pub schema: i32,
@@ -105,6 +105,46 @@ pub struct FloatHistogram {
     /// Upper bounds of the custom buckets; only for [`CUSTOM_BUCKETS_SCHEMA`].
     pub custom_values: Vec<f64>,
 }
+
+/// `Clone` by hand for `clone_from`: the derived one allocates every vector anew, and
+/// the head keeps each series' last histogram by `clone_from` on every append.
+macro_rules! histogram_clone {
+    ($t:ty) => {
+        impl Clone for $t {
+            fn clone(&self) -> Self {
+                Self {
+                    hint: self.hint,
+                    schema: self.schema,
+                    zero_threshold: self.zero_threshold,
+                    zero_count: self.zero_count,
+                    count: self.count,
+                    sum: self.sum,
+                    positive_spans: self.positive_spans.clone(),
+                    negative_spans: self.negative_spans.clone(),
+                    positive_buckets: self.positive_buckets.clone(),
+                    negative_buckets: self.negative_buckets.clone(),
+                    custom_values: self.custom_values.clone(),
+                }
+            }
+
+            fn clone_from(&mut self, o: &Self) {
+                self.hint = o.hint;
+                self.schema = o.schema;
+                self.zero_threshold = o.zero_threshold;
+                self.zero_count = o.zero_count;
+                self.count = o.count;
+                self.sum = o.sum;
+                self.positive_spans.clone_from(&o.positive_spans);
+                self.negative_spans.clone_from(&o.negative_spans);
+                self.positive_buckets.clone_from(&o.positive_buckets);
+                self.negative_buckets.clone_from(&o.negative_buckets);
+                self.custom_values.clone_from(&o.custom_values);
+            }
+        }
+    };
+}
+histogram_clone!(Histogram);
+histogram_clone!(FloatHistogram);
 
 /// Why a histogram is not acceptable. The texts are Prometheus's, so a client sees the
 /// message it would get from Prometheus's own receiver.
@@ -627,5 +667,21 @@ mod tests {
         let mut f = int_hist().to_float();
         f.count = -1.0;
         assert_eq!(f.validate(), Err(HistogramError::NegativeCount(-1.0)));
+    }
+
+    #[test]
+    fn clone_from_reuses_the_vectors_and_copies_every_field() {
+        let a = int_hist();
+        let mut b = a.clone();
+        b.sum += 1.0;
+        b.positive_buckets.reserve(64);
+        let before = b.positive_buckets.as_ptr();
+        b.clone_from(&a);
+        assert_eq!(a, b);
+        assert_eq!(b.positive_buckets.as_ptr(), before, "allocation reused");
+        let f = a.to_float();
+        let mut g = FloatHistogram::default();
+        g.clone_from(&f);
+        assert_eq!(f, g);
     }
 }
