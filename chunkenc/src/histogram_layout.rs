@@ -398,9 +398,33 @@ fn expand_spans_and_buckets<C: Copy + PartialOrd + Default>(
     a_count_at: impl Fn(usize, C) -> C,
     b_count_at: impl Fn(usize, C) -> C,
 ) -> Option<(Vec<Insert>, Vec<Insert>)> {
+    let zero = C::default();
+    if a == b {
+        // The common case, a series keeping its buckets: nothing to insert, only the
+        // check that no bucket went down (what the walk below finds with equal indices).
+        let (mut ca, mut cb) = (zero, zero);
+        for i in 0..count_spans(a) as usize {
+            ca = a_count_at(i, ca);
+            cb = b_count_at(i, cb);
+            if ca > cb {
+                return None;
+            }
+        }
+        return Some((Vec::new(), Vec::new()));
+    }
+    expand_walk(a, b, a_count_at, b_count_at)
+}
+
+/// The general walk of [`expand_spans_and_buckets`] over both layouts.
+fn expand_walk<C: Copy + PartialOrd + Default>(
+    a: &[Span],
+    b: &[Span],
+    a_count_at: impl Fn(usize, C) -> C,
+    b_count_at: impl Fn(usize, C) -> C,
+) -> Option<(Vec<Insert>, Vec<Insert>)> {
+    let zero = C::default();
     let mut sa = Side::new(a, a_count_at);
     let mut sb = Side::new(b, b_count_at);
-    let zero = C::default();
     loop {
         match (sa.next, sb.next) {
             (Some(ai), Some(bi)) if ai == bi => {
@@ -863,5 +887,44 @@ mod tests {
             ),
             sp(&[(0, 2)])
         );
+    }
+
+    #[test]
+    fn same_layout_shortcut_equals_the_walk() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..2000 {
+            let spans = vec![
+                Span {
+                    offset: next(5) as i32 - 2,
+                    length: next(4) as u32,
+                },
+                Span {
+                    offset: next(3) as i32,
+                    length: 1 + next(3) as u32,
+                },
+            ];
+            let n = count_spans(&spans) as usize;
+            let a: Vec<i64> = (0..n).map(|_| next(7) as i64 - 3).collect();
+            let b: Vec<i64> = (0..n).map(|_| next(7) as i64 - 3).collect();
+            let d = |v: &[i64], i: usize| v.get(i).copied().unwrap_or(0);
+            let walk = expand_walk(
+                &spans,
+                &spans,
+                |i, p: i64| p.wrapping_add(d(&a, i)),
+                |i, p: i64| p.wrapping_add(d(&b, i)),
+            );
+            let fast = expand_int_spans_and_buckets(&spans, &spans, &a, &b);
+            assert_eq!(fast.is_some(), walk.is_some(), "{spans:?} {a:?} {b:?}");
+            if let (Some(f), Some(w)) = (fast, walk) {
+                assert!(f.0.is_empty() && f.1.is_empty());
+                assert_eq!((f.0.len(), f.1.len()), (w.0.len(), w.1.len()));
+            }
+        }
     }
 }
