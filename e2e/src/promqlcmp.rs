@@ -522,6 +522,63 @@ pub fn prom_range(addr: &str, q: &str, start: i64, end: i64, step: i64) -> Resul
     parse_api_answer(&body)
 }
 
+/// A range query through an Orrery querier with `max_source_resolution=res` (`0s`,
+/// `5m`, `1h`, `auto`): what the downsampling tests compare.
+pub fn range_at_resolution(
+    addr: &str,
+    q: &str,
+    (start, end, step): (i64, i64, i64),
+    res: &str,
+) -> Answer {
+    let path = format!(
+        "/api/v1/query_range?query={}&start={}&end={}&step={}&max_source_resolution={res}",
+        urlencode(q),
+        secs(start),
+        secs(end),
+        secs(step)
+    );
+    let (_, body) = http_get(addr, &path).expect("query orrery");
+    parse_api_answer(&body).expect("parse answer")
+}
+
+/// Points in a matrix answer (0 for anything else).
+pub fn matrix_points(a: &Answer) -> usize {
+    match a {
+        Answer::Value(Value::Matrix(m)) => m.iter().map(|(_, p)| p.len()).sum(),
+        _ => 0,
+    }
+}
+
+/// Worst relative difference between two matrices that must have the same series and
+/// steps (an error says where they differ in shape).
+pub fn worst_relative_error(a: &Answer, b: &Answer) -> Result<f64, String> {
+    let (Answer::Value(Value::Matrix(x)), Answer::Value(Value::Matrix(y))) = (a, b) else {
+        return Err(format!(
+            "not two matrices: {} / {}",
+            show_answer(a),
+            show_answer(b)
+        ));
+    };
+    if x.len() != y.len() {
+        return Err(format!("{} series vs {}", x.len(), y.len()));
+    }
+    let theirs: BTreeMap<&Labels, &Vec<Sample>> = y.iter().map(|(l, s)| (l, s)).collect();
+    let mut worst = 0.0f64;
+    for (l, pts) in x {
+        let o = theirs.get(l).ok_or(format!("{l} missing"))?;
+        if pts.len() != o.len() {
+            return Err(format!("{l}: {} points vs {}", pts.len(), o.len()));
+        }
+        for (p, q) in pts.iter().zip(o.iter()) {
+            if p.t != q.t {
+                return Err(format!("{l}: step {} vs {}", p.t, q.t));
+            }
+            worst = worst.max((p.v - q.v).abs() / q.v.abs().max(1e-9));
+        }
+    }
+    Ok(worst)
+}
+
 /// Equal within `rel` relative error; NaN equals NaN; infinities must match exactly.
 pub fn close(a: f64, b: f64, rel: f64) -> bool {
     if a.is_nan() || b.is_nan() {

@@ -16,10 +16,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use e2e::promqlcmp::{
-    Answer, compare_answers, parse_api_answer, prom_range, secs, show_answer, urlencode,
+    compare_answers, matrix_points, prom_range, range_at_resolution, show_answer,
+    worst_relative_error,
 };
 use e2e::s3::MotoServer;
-use e2e::{Prometheus, copy_dir, free_port, http_get, orrery_bin, wait_for};
+use e2e::{Prometheus, copy_dir, free_port, orrery_bin, wait_for};
 use objstore::{Bucket, BucketConfig, MetaFetcher};
 use store_common::{Query, Store};
 use storeapi::Labels;
@@ -203,55 +204,6 @@ fn chunks(s: &Series, mint: i64, maxt: i64) -> Vec<Chunk> {
     e.finish()
 }
 
-fn ours(http: &str, q: &str, (s, e, step): (i64, i64, i64), res: &str) -> Answer {
-    let path = format!(
-        "/api/v1/query_range?query={}&start={}&end={}&step={}&max_source_resolution={res}",
-        urlencode(q),
-        secs(s),
-        secs(e),
-        secs(step)
-    );
-    let (_, body) = http_get(http, &path).expect("query orrery");
-    parse_api_answer(&body).expect("parse answer")
-}
-
-fn points(a: &Answer) -> usize {
-    match a {
-        Answer::Value(promql::Value::Matrix(m)) => m.iter().map(|(_, p)| p.len()).sum(),
-        _ => 0,
-    }
-}
-
-/// Worst relative difference between two matrices with the same series and steps.
-fn worst_rel(a: &Answer, b: &Answer) -> Result<f64, String> {
-    let (Answer::Value(promql::Value::Matrix(x)), Answer::Value(promql::Value::Matrix(y))) = (a, b)
-    else {
-        return Err(format!(
-            "not two matrices: {} / {}",
-            show_answer(a),
-            show_answer(b)
-        ));
-    };
-    let theirs: BTreeMap<&Labels, &Vec<storeapi::Sample>> = y.iter().map(|(l, s)| (l, s)).collect();
-    if x.len() != y.len() {
-        return Err(format!("{} series vs {}", x.len(), y.len()));
-    }
-    let mut worst = 0.0f64;
-    for (l, pts) in x {
-        let o = theirs.get(l).ok_or(format!("{l} missing"))?;
-        if pts.len() != o.len() {
-            return Err(format!("{l}: {} points vs {}", pts.len(), o.len()));
-        }
-        for (p, q) in pts.iter().zip(o.iter()) {
-            if p.t != q.t {
-                return Err(format!("{l}: step {} vs {}", p.t, q.t));
-            }
-            worst = worst.max((p.v - q.v).abs() / q.v.abs().max(1e-9));
-        }
-    }
-    Ok(worst)
-}
-
 #[test]
 fn histograms_downsampled_by_the_compactor_answer_like_prometheus() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -389,7 +341,13 @@ fn histograms_downsampled_by_the_compactor_answer_like_prometheus() {
     let qhttp = query.http.clone();
     let probe = (t0 + 2 * H, t0 + 3 * H, 5 * 60_000);
     let seen = wait_for(Duration::from_secs(60), || {
-        (points(&ours(&qhttp, "histogram_count(dsh_requests)", probe, "0s")) > 0).then_some(())
+        (matrix_points(&range_at_resolution(
+            &qhttp,
+            "histogram_count(dsh_requests)",
+            probe,
+            "0s",
+        )) > 0)
+            .then_some(())
     });
     assert!(
         seen.is_some(),
@@ -424,11 +382,14 @@ fn histograms_downsampled_by_the_compactor_answer_like_prometheus() {
     for q in exact.iter().chain(rates.iter()) {
         for r in ranges {
             let theirs = prom_range(&prom.addr(), q, r.0, r.1, r.2).expect("prometheus");
-            assert!(points(&theirs) > 0, "{q}: Prometheus returned nothing");
+            assert!(
+                matrix_points(&theirs) > 0,
+                "{q}: Prometheus returned nothing"
+            );
             for res in ["0s", "5m"] {
-                let mine = ours(&qhttp, q, r, res);
+                let mine = range_at_resolution(&qhttp, q, r, res);
                 if rates.contains(q) && res == "5m" {
-                    match worst_rel(&mine, &theirs) {
+                    match worst_relative_error(&mine, &theirs) {
                         Ok(w) if w <= RATE_TOLERANCE => worst = worst.max(w),
                         Ok(w) => bad.push(format!("{q} at 5m {r:?}: off by {:.2}%", w * 100.0)),
                         Err(e) => bad.push(format!("{q} at 5m {r:?}: {e}")),
@@ -461,10 +422,10 @@ fn histograms_downsampled_by_the_compactor_answer_like_prometheus() {
     // averages (sum / count), not raw histograms.
     let q = "histogram_count(dsh_inflight)";
     let (avg, raw) = (
-        ours(&qhttp, q, ranges[1], "5m"),
-        ours(&qhttp, q, ranges[1], "0s"),
+        range_at_resolution(&qhttp, q, ranges[1], "5m"),
+        range_at_resolution(&qhttp, q, ranges[1], "0s"),
     );
-    assert!(points(&avg) > 0 && points(&raw) > 0);
+    assert!(matrix_points(&avg) > 0 && matrix_points(&raw) > 0);
     assert!(
         compare_answers(&avg, &raw, false).is_err(),
         "5m averages equal raw samples: the store served raw data for 5m"

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use e2e::promqlcmp::{
-    Answer, Series, compare_answers, parse_api_answer, prom_range, show_answer,
-    start_prometheus_with, urlencode,
+    Series, compare_answers, matrix_points, prom_range, range_at_resolution, show_answer,
+    start_prometheus_with, worst_relative_error,
 };
 use e2e::s3::MotoServer;
 use e2e::{Proc, free_port, http_get, orrery_bin, wait_for};
@@ -174,46 +174,6 @@ fn ready(p: &Proc, http: &str) {
     assert!(ok.is_some(), "not ready; log:\n{}", p.log_text());
 }
 
-/// A range query through our querier with `max_source_resolution=res`.
-fn ours(http: &str, q: &str, (s, e, step): (i64, i64, i64), res: &str) -> Answer {
-    let path = format!(
-        "/api/v1/query_range?query={}&start={}&end={}&step={}&max_source_resolution={res}",
-        urlencode(q),
-        e2e::promqlcmp::secs(s),
-        e2e::promqlcmp::secs(e),
-        e2e::promqlcmp::secs(step)
-    );
-    let (_, body) = http_get(http, &path).expect("query orrery");
-    parse_api_answer(&body).expect("parse answer")
-}
-
-fn points(a: &Answer) -> usize {
-    match a {
-        Answer::Value(promql::Value::Matrix(m)) => m.iter().map(|(_, p)| p.len()).sum(),
-        _ => 0,
-    }
-}
-
-/// Worst relative difference between two matrices with the same series and steps.
-fn worst_rel(a: &Answer, b: &Answer) -> Result<f64, String> {
-    let (Answer::Value(promql::Value::Matrix(x)), Answer::Value(promql::Value::Matrix(y))) = (a, b)
-    else {
-        return Err("not two matrices".into());
-    };
-    let theirs: BTreeMap<&Labels, &Vec<Sample>> = y.iter().map(|(l, s)| (l, s)).collect();
-    let mut worst = 0.0f64;
-    for (l, pts) in x {
-        let o = theirs.get(l).ok_or(format!("{l} missing"))?;
-        if pts.len() != o.len() {
-            return Err(format!("{l}: {} points vs {}", pts.len(), o.len()));
-        }
-        for (p, q) in pts.iter().zip(o.iter()) {
-            worst = worst.max((p.v - q.v).abs() / q.v.abs().max(1e-9));
-        }
-    }
-    Ok(worst)
-}
-
 fn run_case(name: &str, objstore: String, dir: &Path) {
     let data = dataset();
     let prom = start_prometheus_with(&data);
@@ -287,7 +247,7 @@ fn run_case(name: &str, objstore: String, dir: &Path) {
     ready(&query, &qhttp);
     let probe = (T0 + 2 * H, T0 + 3 * H, 5 * 60_000);
     let seen = wait_for(Duration::from_secs(30), || {
-        (points(&ours(&qhttp, "ds_gauge", probe, "0s")) > 0).then_some(())
+        (matrix_points(&range_at_resolution(&qhttp, "ds_gauge", probe, "0s")) > 0).then_some(())
     });
     assert!(
         seen.is_some(),
@@ -326,9 +286,12 @@ fn run_case(name: &str, objstore: String, dir: &Path) {
         let mut bad = Vec::new();
         for q in hourly {
             let theirs = prom_range(&prom.addr(), q, r.0, r.1, r.2).expect("prometheus");
-            assert!(points(&theirs) > 0, "{q}: Prometheus returned nothing");
+            assert!(
+                matrix_points(&theirs) > 0,
+                "{q}: Prometheus returned nothing"
+            );
             for res in resolutions {
-                let mine = ours(&qhttp, q, r, res);
+                let mine = range_at_resolution(&qhttp, q, r, res);
                 if let Err(why) = compare_answers(&mine, &theirs, false) {
                     bad.push(format!(
                         "{phase} {q} at {res}: {why}\n  orrery:     {}\n  prometheus: {}",
@@ -352,13 +315,16 @@ fn run_case(name: &str, objstore: String, dir: &Path) {
         for q in exact.iter().chain(rates.iter()) {
             for &r in &ranges {
                 let theirs = prom_range(&prom.addr(), q, r.0, r.1, r.2).expect("prometheus");
-                assert!(points(&theirs) > 0, "{q}: Prometheus returned nothing");
-                let mut answers = vec![("5m", ours(&qhttp, q, r, "5m"))];
+                assert!(
+                    matrix_points(&theirs) > 0,
+                    "{q}: Prometheus returned nothing"
+                );
+                let mut answers = vec![("5m", range_at_resolution(&qhttp, q, r, "5m"))];
                 // With raw deleted, `0s` is answered from the 5m blocks as well.
-                answers.push(("0s", ours(&qhttp, q, r, "0s")));
+                answers.push(("0s", range_at_resolution(&qhttp, q, r, "0s")));
                 for (res, mine) in answers {
                     if rates.contains(q) && !(raw_present && res == "0s") {
-                        match worst_rel(&mine, &theirs) {
+                        match worst_relative_error(&mine, &theirs) {
                             Ok(w) if w <= RATE_TOLERANCE => worst_rate = worst_rate.max(w),
                             Ok(w) => bad.push(format!(
                                 "{phase} {q} {res} {r:?}: rate off by {:.2}% (> {:.0}%)",
@@ -396,12 +362,12 @@ fn run_case(name: &str, objstore: String, dir: &Path) {
 
     // The 1h data is really read at 1h: plain selectors there are hourly averages,
     // unlike the 5m ones.
-    let hourly_avg = ours(&qhttp, "ds_gauge", ranges[0], "1h");
-    assert!(points(&hourly_avg) > 0);
+    let hourly_avg = range_at_resolution(&qhttp, "ds_gauge", ranges[0], "1h");
+    assert!(matrix_points(&hourly_avg) > 0);
     assert!(
         compare_answers(
             &hourly_avg,
-            &ours(&qhttp, "ds_gauge", ranges[0], "5m"),
+            &range_at_resolution(&qhttp, "ds_gauge", ranges[0], "5m"),
             false
         )
         .is_err(),
@@ -409,9 +375,9 @@ fn run_case(name: &str, objstore: String, dir: &Path) {
     );
 
     // The 5m data really is a different source: plain selectors read window averages.
-    let avg = ours(&qhttp, "ds_gauge", ranges[0], "5m");
-    let raw = ours(&qhttp, "ds_gauge", ranges[0], "0s");
-    assert!(points(&avg) > 0 && points(&raw) > 0);
+    let avg = range_at_resolution(&qhttp, "ds_gauge", ranges[0], "5m");
+    let raw = range_at_resolution(&qhttp, "ds_gauge", ranges[0], "0s");
+    assert!(matrix_points(&avg) > 0 && matrix_points(&raw) > 0);
     assert!(
         compare_answers(&avg, &raw, false).is_err(),
         "{name}: 5m averages equal raw samples: the store served raw data for 5m"
@@ -423,8 +389,13 @@ fn run_case(name: &str, objstore: String, dir: &Path) {
             .expect("delete meta.json");
     }
     let gone = wait_for(Duration::from_secs(30), || {
-        (compare_answers(&ours(&qhttp, "ds_gauge", ranges[0], "0s"), &avg, false).is_ok())
-            .then_some(())
+        (compare_answers(
+            &range_at_resolution(&qhttp, "ds_gauge", ranges[0], "0s"),
+            &avg,
+            false,
+        )
+        .is_ok())
+        .then_some(())
     });
     assert!(
         gone.is_some(),
@@ -441,7 +412,7 @@ fn run_case(name: &str, objstore: String, dir: &Path) {
     }
     let only_1h = wait_for(Duration::from_secs(30), || {
         (compare_answers(
-            &ours(&qhttp, "ds_gauge", ranges[0], "0s"),
+            &range_at_resolution(&qhttp, "ds_gauge", ranges[0], "0s"),
             &hourly_avg,
             false,
         )

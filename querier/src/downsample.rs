@@ -438,8 +438,8 @@ mod tests {
         )
     }
 
-    fn decode(chunks: &[Owned], mint: i64, maxt: i64, mode: Mode) -> Vec<Sample> {
-        let mut views: Vec<ChunkView<'_>> = chunks
+    fn views(chunks: &[Owned]) -> Vec<ChunkView<'_>> {
+        chunks
             .iter()
             .map(|c| ChunkView {
                 min_time: c.0,
@@ -447,8 +447,13 @@ mod tests {
                 raw: c.2.as_ref(),
                 aggrs: &c.3,
             })
-            .collect();
-        decode_series(&mut views, mint, maxt, mode).unwrap().0
+            .collect()
+    }
+
+    fn decode(chunks: &[Owned], mint: i64, maxt: i64, mode: Mode) -> Vec<Sample> {
+        decode_series(&mut views(chunks), mint, maxt, mode)
+            .unwrap()
+            .0
     }
 
     /// A gauge-like series at 1m with an offset, 40h (several aggregate chunks).
@@ -555,16 +560,7 @@ mod tests {
         let s = series();
         let mut ch = downsampled(&s);
         ch[0].3[2] = None;
-        let mut views: Vec<ChunkView<'_>> = ch
-            .iter()
-            .map(|c| ChunkView {
-                min_time: c.0,
-                max_time: c.1,
-                raw: c.2.as_ref(),
-                aggrs: &c.3,
-            })
-            .collect();
-        let e = decode_series(&mut views, 0, i64::MAX, Mode::Single(Aggr::Min)).unwrap_err();
+        let e = decode_series(&mut views(&ch), 0, i64::MAX, Mode::Single(Aggr::Min)).unwrap_err();
         assert!(e.contains("MIN"), "{e}");
     }
 
@@ -616,16 +612,7 @@ mod tests {
     }
 
     fn decode_h(chunks: &[Owned], mode: Mode) -> (Vec<Sample>, Vec<HistogramSample>) {
-        let mut views: Vec<ChunkView<'_>> = chunks
-            .iter()
-            .map(|c| ChunkView {
-                min_time: c.0,
-                max_time: c.1,
-                raw: c.2.as_ref(),
-                aggrs: &c.3,
-            })
-            .collect();
-        decode_series(&mut views, i64::MIN, i64::MAX, mode).unwrap()
+        decode_series(&mut views(chunks), i64::MIN, i64::MAX, mode).unwrap()
     }
 
     #[test]
