@@ -55,6 +55,17 @@ pub struct StandaloneArgs {
     /// Do not run the compactor over the bucket.
     #[arg(long = "compact.disable")]
     pub compact_disable: bool,
+    /// How long the bucket keeps raw blocks (0d = forever, Thanos's default; at least
+    /// 40h otherwise, so the 5m blocks get made first); the compactor's
+    /// `--retention.resolution-raw`.
+    #[arg(long = "compact.retention.resolution-raw", default_value = "0d")]
+    pub compact_retention_raw: String,
+    /// How long the bucket keeps 5m blocks (0d = forever; at least 10d otherwise).
+    #[arg(long = "compact.retention.resolution-5m", default_value = "0d")]
+    pub compact_retention_5m: String,
+    /// How long the bucket keeps 1h blocks (0d = forever).
+    #[arg(long = "compact.retention.resolution-1h", default_value = "0d")]
+    pub compact_retention_1h: String,
     /// The embedded store gateway's StoreAPI (the querier's second endpoint).
     #[arg(long = "store.grpc-address", default_value = "127.0.0.1:10905")]
     pub store_grpc_address: String,
@@ -120,9 +131,17 @@ fn compact_args(a: &StandaloneArgs) -> anyhow::Result<compact::CompactArgs> {
         format!("--data-dir={}-compact", a.tsdb_path.trim_end_matches('/')),
         format!("--http-address={}", a.compact_http_address),
         "--deduplication.replica-label=receive_replica".to_string(),
+        format!("--retention.resolution-raw={}", a.compact_retention_raw),
+        format!("--retention.resolution-5m={}", a.compact_retention_5m),
+        format!("--retention.resolution-1h={}", a.compact_retention_1h),
         objstore_flag(a),
     ];
-    Ok(CompactCli::try_parse_from(c)?.args)
+    let args = CompactCli::try_parse_from(c)?.args;
+    // Refused at startup, before any component runs (the names are the compactor's;
+    // here they carry the `compact.` prefix).
+    args.validate()
+        .map_err(|e| anyhow::anyhow!("the embedded compactor (--compact.*): {e}"))?;
+    Ok(args)
 }
 
 #[derive(Parser)]
@@ -319,6 +338,9 @@ mod tests {
             objstore_config: None,
             compact_http_address: "127.0.0.1:10912".into(),
             compact_disable: false,
+            compact_retention_raw: "0d".into(),
+            compact_retention_5m: "0d".into(),
+            compact_retention_1h: "0d".into(),
             store_grpc_address: "127.0.0.1:10905".into(),
             store_http_address: "127.0.0.1:10906".into(),
             store_sync_block_duration: "3m".into(),
@@ -330,6 +352,21 @@ mod tests {
         };
         let c = compact_args(&a).unwrap();
         assert!(c.wait);
+        // Thanos's default: the bucket keeps every resolution forever.
+        assert!(c.retention_raw.is_zero() && c.retention_5m.is_zero() && c.retention_1h.is_zero());
+        let mut kept = a.clone();
+        kept.compact_retention_raw = "90d".into();
+        kept.compact_retention_1h = "2y".into();
+        let k = compact_args(&kept).unwrap();
+        assert_eq!(k.retention_raw, std::time::Duration::from_secs(90 * 86400));
+        assert_eq!(
+            k.retention_1h,
+            std::time::Duration::from_secs(2 * 365 * 86400)
+        );
+        // Raw data must outlive the 40h the 5m blocks need.
+        kept.compact_retention_raw = "1d".into();
+        let e = compact_args(&kept).unwrap_err().to_string();
+        assert!(e.contains("40h") && e.contains("--compact."), "{e}");
         assert_eq!(c.replica_labels, ["receive_replica"]);
         assert_eq!(c.http_address.to_string(), "127.0.0.1:10912");
         assert!(
@@ -437,6 +474,9 @@ mod tests {
             objstore_config: None,
             compact_http_address: "127.0.0.1:10912".into(),
             compact_disable: false,
+            compact_retention_raw: "0d".into(),
+            compact_retention_5m: "0d".into(),
+            compact_retention_1h: "0d".into(),
             store_grpc_address: "127.0.0.1:10905".into(),
             store_http_address: "127.0.0.1:10906".into(),
             store_sync_block_duration: "3m".into(),
