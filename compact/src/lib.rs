@@ -22,10 +22,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use clap::{ArgAction, Args};
 use prometheus_client::registry::Registry;
 
@@ -221,43 +217,14 @@ struct Ops {
 }
 
 fn ops_router(st: Arc<Ops>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/-/healthy", get(|| async { "OK\n" }))
-        .route("/-/ready", get(ready_handler))
-        .with_state(st)
-}
-
-async fn ready_handler(State(st): State<Arc<Ops>>) -> Response {
-    if st.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "OK\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting\n").into_response()
-    }
-}
-
-async fn metrics_handler(State(st): State<Arc<Ops>>) -> Response {
-    let mut out = String::new();
-    let r = {
-        let reg = st.registry.lock().unwrap_or_else(|e| e.into_inner());
-        prometheus_client::encoding::text::encode(&mut out, &reg)
-    };
-    match r {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            out,
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding metrics: {e}\n"),
-        )
-            .into_response(),
-    }
+    let ready = Arc::clone(&st.ready);
+    netsec::ops::ops_router(Arc::clone(&st.registry), move || {
+        if ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err("starting".into())
+        }
+    })
 }
 
 /// Runs the compactor: one pass (or, with `--wait`, a pass every `--wait-interval`

@@ -14,6 +14,7 @@
 //! - [`identity`]: bearer tokens, tenants bound to credentials or named by a client
 //!   certificate, and the tenant-resolution rule the receiver and querier share.
 //! - [`flags`]: Thanos's flag names, as clap argument groups the services flatten.
+//! - [`ops`]: `/metrics`, `/-/healthy`, `/-/ready`, served the same way by every component.
 //!
 //! One crypto provider (aws-lc-rs, the one kube and object_store already use) is passed
 //! explicitly everywhere, so no process-wide default provider has to be installed.
@@ -24,6 +25,7 @@ pub mod flags;
 pub mod identity;
 pub mod jwt;
 pub mod listener;
+pub mod ops;
 pub mod pem;
 pub mod server;
 #[cfg(any(test, feature = "testing"))]

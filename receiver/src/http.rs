@@ -435,24 +435,5 @@ async fn metrics(State(st): State<Arc<OpsState>>) -> Response {
             .set(n as i64);
     }
     st.metrics.tenants.set(st.mt.len() as i64);
-    let mut out = String::new();
-    let r = {
-        let reg = st.registry.lock().unwrap_or_else(|e| e.into_inner());
-        prometheus_client::encoding::text::encode(&mut out, &reg)
-    };
-    match r {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            out,
-        )
-            .into_response(),
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding metrics failed: {e}\n"),
-        ),
-    }
+    netsec::ops::metrics_response(&st.registry)
 }

@@ -27,10 +27,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -47,41 +43,14 @@ struct Ops {
 }
 
 fn ops_router(ops: Arc<Ops>) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(|State(o): State<Arc<Ops>>| async move {
-                let mut s = String::new();
-                let r = o.registry.lock().unwrap_or_else(|e| e.into_inner());
-                match prometheus_client::encoding::text::encode(&mut s, &r) {
-                    Ok(()) => (
-                        StatusCode::OK,
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        s,
-                    )
-                        .into_response(),
-                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-                }
-            }),
-        )
-        .route("/-/healthy", get(|| async { "OK\n" }))
-        .route(
-            "/-/ready",
-            get(|State(o): State<Arc<Ops>>| async move {
-                if o.meta.is_ready() {
-                    (StatusCode::OK, "OK\n".to_string())
-                } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("not ready: {}\n", o.meta.reason()),
-                    )
-                }
-            }),
-        )
-        .with_state(ops)
+    let meta = Arc::clone(&ops.meta);
+    netsec::ops::ops_router(Arc::clone(&ops.registry), move || {
+        if meta.is_ready() {
+            Ok(())
+        } else {
+            Err(meta.reason())
+        }
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

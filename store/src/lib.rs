@@ -35,10 +35,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use objstore::{BucketError, MetaFetcher};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -180,41 +176,14 @@ struct Ops {
 }
 
 fn ops_router(ops: Arc<Ops>) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(|State(o): State<Arc<Ops>>| async move {
-                let mut s = String::new();
-                let r = o.registry.lock().unwrap_or_else(|e| e.into_inner());
-                match prometheus_client::encoding::text::encode(&mut s, &r) {
-                    Ok(()) => (
-                        StatusCode::OK,
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        s,
-                    )
-                        .into_response(),
-                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-                }
-            }),
-        )
-        .route("/-/healthy", get(|| async { "OK\n" }))
-        .route(
-            "/-/ready",
-            get(|State(o): State<Arc<Ops>>| async move {
-                if o.ready.load(Ordering::Acquire) {
-                    (StatusCode::OK, "OK\n")
-                } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "initial bucket sync in progress\n",
-                    )
-                }
-            }),
-        )
-        .with_state(ops)
+    let ready = Arc::clone(&ops.ready);
+    netsec::ops::ops_router(Arc::clone(&ops.registry), move || {
+        if ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err("initial bucket sync in progress".into())
+        }
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.
