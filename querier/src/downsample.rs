@@ -192,12 +192,12 @@ fn histogram_aggregate(c: &ChunkView<'_>, a: Aggr) -> Result<Vec<HistogramSample
     }
 }
 
+/// What one chunk gives: float samples (values or counts) and histogram samples.
+type Read = (Vec<(i64, f64)>, Vec<HistogramSample>);
+
 /// The samples `mode` reads from a histogram aggregate chunk: floats (counts) or
 /// histograms.
-fn read_histogram_aggregate(
-    c: &ChunkView<'_>,
-    mode: Mode,
-) -> Result<(Vec<(i64, f64)>, Vec<HistogramSample>), String> {
+fn read_histogram_aggregate(c: &ChunkView<'_>, mode: Mode) -> Result<Read, String> {
     Ok(match mode {
         Mode::Single(Aggr::Count) => (aggregate(c, Aggr::Count)?, Vec::new()),
         Mode::Single(a @ Aggr::Sum) => (Vec::new(), histogram_aggregate(c, a)?),

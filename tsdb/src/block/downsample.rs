@@ -417,7 +417,7 @@ mod tests {
         use storeapi::histogram::{Histogram, Span};
         (0..n)
             .map(|k| {
-                let b = [k as i64 + 1, 2 * k as i64 + 1, 1];
+                let b = [k + 1, 2 * k + 1, 1];
                 let count: i64 = b.iter().sum();
                 let h = Histogram {
                     schema: 2,
