@@ -534,8 +534,8 @@ impl Compactor {
                 _ => {}
             }
         }
-        let (mut ok, mut failed) = (0, 0);
         // `d.blocks` is a BTreeMap: ULID order, as Thanos.
+        let mut todo: Vec<(&BlockEntry, i64)> = Vec::new();
         for b in usable {
             let (covered, min_range, to) = match b.resolution() {
                 0 => (&sources_5m, DOWNSAMPLE_RANGE_5M, RES_5M),
@@ -554,6 +554,12 @@ impl Compactor {
                 tracing::debug!(block = %b.meta.ulid, "not downsampling: no-downsample-mark.json");
                 continue;
             }
+            todo.push((b, to));
+        }
+        let (mut ok, mut failed) = (0, 0);
+        let total = todo.len();
+        self.metrics.todo_downsample_blocks.set(total as i64);
+        for (b, to) in todo {
             let labels = ResolutionLabels::of(b.resolution());
             self.metrics.downsamples.get_or_create(&labels).inc();
             let started = std::time::Instant::now();
@@ -578,6 +584,8 @@ impl Compactor {
                     failed += 1;
                 }
             }
+            // What is not downsampled yet, failed blocks included (retried next pass).
+            self.metrics.todo_downsample_blocks.set((total - ok) as i64);
         }
         (ok, failed)
     }

@@ -55,6 +55,7 @@ pub struct CompactMetrics {
     pub todo_compactions: Gauge,
     pub todo_compaction_blocks: Gauge,
     pub todo_deletion_blocks: Gauge,
+    pub todo_downsample_blocks: Gauge,
     pub duplicate_samples_dropped: Counter,
     pub downsamples: Family<ResolutionLabels, Counter>,
     pub downsample_failures: Family<ResolutionLabels, Counter>,
@@ -78,6 +79,7 @@ impl Default for CompactMetrics {
             todo_compactions: Default::default(),
             todo_compaction_blocks: Default::default(),
             todo_deletion_blocks: Default::default(),
+            todo_downsample_blocks: Default::default(),
             duplicate_samples_dropped: Default::default(),
             downsamples: Default::default(),
             downsample_failures: Default::default(),
@@ -157,6 +159,11 @@ impl CompactMetrics {
             "thanos_compact_todo_deletion_blocks",
             "The number of blocks that are marked for deletion and wait for --delete-delay.",
             self.todo_deletion_blocks.clone(),
+        );
+        r.register(
+            "thanos_compact_todo_downsample_blocks",
+            "The number of blocks waiting to be downsampled in this pass.",
+            self.todo_downsample_blocks.clone(),
         );
         r.register(
             "orrery_compact_duplicate_samples_dropped",

@@ -955,6 +955,12 @@ fn raw_blocks_of_40h_get_5m_and_1h_blocks_equal_to_a_direct_computation() {
         m.contains("thanos_compact_downsample_duration_seconds"),
         "{m}"
     );
+    // Everything due was downsampled: nothing left to do.
+    assert_eq!(
+        metric(&m, "thanos_compact_todo_downsample_blocks"),
+        Some(0.0),
+        "{m}"
+    );
     assert!(
         !p.log_text().contains("not implemented"),
         "{}",
