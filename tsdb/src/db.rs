@@ -1349,7 +1349,19 @@ impl<'a> Appender<'a> {
     }
 
     /// Applies the batch; see the module documentation for the guarantees.
-    pub fn commit(self) -> Result<AppendOutcome, DbError> {
+    pub fn commit(mut self) -> Result<AppendOutcome, DbError> {
+        let r = self.commit_batch();
+        // Integer histograms go back to the per-thread pool the remote-write decoder
+        // takes them from (`storeapi::histogram::pool`): the head keeps copies.
+        for s in self.hists.drain(..) {
+            if let HistogramValue::Int(h) = s.h {
+                storeapi::histogram::pool::give(h);
+            }
+        }
+        r
+    }
+
+    fn commit_batch(&self) -> Result<AppendOutcome, DbError> {
         let inner = &self.db.inner;
         let head = &inner.head;
         let mut out = AppendOutcome::default();

@@ -150,9 +150,14 @@ fn write(db: &Db, start: i64, minutes: i64) {
                 h: HistogramValue::Float(Box::new(float_hist(k))),
             }],
         );
+        let pooled = storeapi::histogram::pool::pooled();
         let out = app.commit().unwrap();
         assert_eq!(out.appended, 4, "{out:?}");
         assert_eq!(out.histograms_appended, 3);
+        // The committed integer histograms went back to this thread's pool (until it
+        // is full), for the next request's decoder.
+        let now = storeapi::histogram::pool::pooled();
+        assert!(now == pooled + 2 || now == 2048, "{pooled} → {now}");
     }
 }
 

@@ -17,6 +17,7 @@ use std::fmt;
 
 mod equals;
 mod float_ops;
+pub mod pool;
 pub use float_ops::{Bucket, HistogramOpError, exponential_bound, floats_match};
 
 /// The schema of histograms with custom bucket boundaries (NHCB): bucket `i`'s upper

@@ -109,13 +109,16 @@ pub fn decode_histogram(buf: &[u8], limits: &DecodeLimits) -> Result<HistogramSa
     let mut zero_threshold = 0.0;
     let mut hint = CounterResetHint::Unknown;
     let mut t = 0i64;
-    let mut pos_spans = Vec::new();
-    let mut neg_spans = Vec::new();
-    let mut pos_deltas = Vec::new();
-    let mut neg_deltas = Vec::new();
+    // The integer histogram's box and vectors come from the per-thread pool the head
+    // gives them back to after the commit (`histogram::pool`).
+    let mut shell = crate::histogram::pool::take();
+    let mut pos_spans = std::mem::take(&mut shell.positive_spans);
+    let mut neg_spans = std::mem::take(&mut shell.negative_spans);
+    let mut pos_deltas = std::mem::take(&mut shell.positive_buckets);
+    let mut neg_deltas = std::mem::take(&mut shell.negative_buckets);
     let mut pos_counts = Vec::new();
     let mut neg_counts = Vec::new();
-    let mut custom = Vec::new();
+    let mut custom = std::mem::take(&mut shell.custom_values);
     let mut spans_total = 0usize;
     let f64_of = |c: &mut Cursor<'_>| c.fixed64().map(f64::from_bits);
     while !c.done() {
@@ -207,41 +210,48 @@ pub fn decode_histogram(buf: &[u8], limits: &DecodeLimits) -> Result<HistogramSa
         }
     }
     let h = match count {
-        Some(Count::Float(count)) => HistogramValue::Float(Box::new(FloatHistogram {
-            hint,
-            schema,
-            zero_threshold,
-            zero_count: match zero {
-                Some(Count::Float(z)) => z,
-                _ => 0.0,
-            },
-            count,
-            sum,
-            positive_spans: pos_spans,
-            negative_spans: neg_spans,
-            positive_buckets: pos_counts,
-            negative_buckets: neg_counts,
-            custom_values: custom,
-        })),
-        Some(Count::Int(_)) | None => HistogramValue::Int(Box::new(Histogram {
-            hint,
-            schema,
-            zero_threshold,
-            zero_count: match zero {
-                Some(Count::Int(z)) => z,
-                _ => 0,
-            },
-            count: match count {
-                Some(Count::Int(n)) => n,
-                _ => 0,
-            },
-            sum,
-            positive_spans: pos_spans,
-            negative_spans: neg_spans,
-            positive_buckets: pos_deltas,
-            negative_buckets: neg_deltas,
-            custom_values: custom,
-        })),
+        Some(Count::Float(count)) => {
+            let f = FloatHistogram {
+                hint,
+                schema,
+                zero_threshold,
+                zero_count: match zero {
+                    Some(Count::Float(z)) => z,
+                    _ => 0.0,
+                },
+                count,
+                sum,
+                positive_spans: pos_spans,
+                negative_spans: neg_spans,
+                positive_buckets: pos_counts,
+                negative_buckets: neg_counts,
+                custom_values: custom,
+            };
+            crate::histogram::pool::give(shell);
+            HistogramValue::Float(Box::new(f))
+        }
+        Some(Count::Int(_)) | None => {
+            *shell = Histogram {
+                hint,
+                schema,
+                zero_threshold,
+                zero_count: match zero {
+                    Some(Count::Int(z)) => z,
+                    _ => 0,
+                },
+                count: match count {
+                    Some(Count::Int(n)) => n,
+                    _ => 0,
+                },
+                sum,
+                positive_spans: pos_spans,
+                negative_spans: neg_spans,
+                positive_buckets: pos_deltas,
+                negative_buckets: neg_deltas,
+                custom_values: custom,
+            };
+            HistogramValue::Int(shell)
+        }
     };
     Ok(HistogramSample { t, h })
 }
