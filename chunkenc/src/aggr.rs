@@ -324,26 +324,36 @@ pub fn downsample_aggr(
     in_res: i64,
     out_res: i64,
 ) -> Result<Vec<AggrChunk>, ChunkError> {
-    let (Some(first), Some(last)) = (chunks.first(), chunks.last()) else {
-        return Ok(Vec::new());
-    };
-    let num_samples: usize = chunks.iter().map(|c| aggr_num_samples(&c.data)).sum();
-    let num_chunks =
-        target_chunk_count(first.min_time, last.max_time, in_res, out_res, num_samples);
-    downsample_aggr_loop(chunks, out_res, num_chunks)
+    downsample_aggr_loop(chunks, out_res, aggr_target_chunks(chunks, in_res, out_res))
 }
 
-/// Thanos's `downsampleAggrLoop`: `len / num_chunks` input chunks per output chunk
-/// (at least one; Thanos would fail on zero).
+/// Thanos's `targetChunkCount` for a series' `AggrChunk`s (the windows they hold over
+/// their span); shared by the float and the histogram aggregates.
+pub(crate) fn aggr_target_chunks(chunks: &[AggrChunk], in_res: i64, out_res: i64) -> usize {
+    match (chunks.first(), chunks.last()) {
+        (Some(first), Some(last)) => {
+            let num_samples: usize = chunks.iter().map(|c| aggr_num_samples(&c.data)).sum();
+            target_chunk_count(first.min_time, last.max_time, in_res, out_res, num_samples)
+        }
+        _ => 1,
+    }
+}
+
+/// Input chunks per output chunk (Thanos's `downsampleAggrLoop`): `len / num_chunks`,
+/// at least one (Thanos would fail on zero).
+pub(crate) fn aggr_batch_size(len: usize, num_chunks: usize) -> usize {
+    (len / num_chunks.max(1)).max(1)
+}
+
+/// Thanos's `downsampleAggrLoop`: whole input chunks per output chunk, never split.
 fn downsample_aggr_loop(
     chunks: &[AggrChunk],
     resolution: i64,
     num_chunks: usize,
 ) -> Result<Vec<AggrChunk>, ChunkError> {
-    let batch_size = (chunks.len() / num_chunks.max(1)).max(1);
     let mut out = Vec::with_capacity(num_chunks);
     let mut buf = Vec::new();
-    for part in chunks.chunks(batch_size) {
+    for part in chunks.chunks(aggr_batch_size(chunks.len(), num_chunks)) {
         out.push(downsample_float_aggr_batch(part, &mut buf, resolution)?);
     }
     Ok(out)

@@ -500,24 +500,11 @@ pub fn downsample_histogram_aggr(
     in_res: i64,
     out_res: i64,
 ) -> Result<Vec<AggrChunk>, ChunkError> {
-    let (Some(first), Some(last)) = (chunks.first(), chunks.last()) else {
-        return Ok(Vec::new());
-    };
-    let num_samples: usize = chunks
-        .iter()
-        .map(|c| super::aggr::aggr_num_samples(&c.data))
-        .sum();
-    let num_chunks = super::aggr::target_chunk_count(
-        first.min_time,
-        last.max_time,
-        in_res,
-        out_res,
-        num_samples,
-    );
-    let batch_size = (chunks.len() / num_chunks.max(1)).max(1);
     let mut out = Vec::new();
     let mut carried = None;
-    for part in chunks.chunks(batch_size) {
+    let num_chunks = super::aggr::aggr_target_chunks(chunks, in_res, out_res);
+    let batch = super::aggr::aggr_batch_size(chunks.len(), num_chunks);
+    for part in chunks.chunks(batch) {
         let points = aggr_points(part)?;
         aggregate_compatible_runs(points, out_res, &mut carried, &mut out)?;
     }

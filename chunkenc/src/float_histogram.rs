@@ -561,17 +561,8 @@ impl Iterator for FloatHistogramIterator<'_> {
     type Item = Result<(i64, FloatHistogram), ChunkError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
-            return None;
-        }
-        match self.step_raw() {
-            Ok(true) => Some(Ok((self.t, self.current()))),
-            Ok(false) => None,
-            Err(e) => {
-                self.failed = true;
-                Some(Err(e))
-            }
-        }
+        let t = self.next_time()?;
+        Some(t.map(|t| (t, self.current())))
     }
 }
 

@@ -399,29 +399,31 @@ mod tests {
         assert_eq!(lookback_for(60_000, RES_5M), RES_5M);
     }
 
-    fn owned(data: &Bytes, t: AggrType) -> Option<(i32, Bytes)> {
-        let (_, d) = aggr_get(data, t).ok().flatten()?;
-        Some((ChunkEncoding::Xor as i32, data.slice_ref(d)))
-    }
-
     type Owned = (i64, i64, Option<(i32, Bytes)>, [Option<(i32, Bytes)>; 5]);
+
+    /// An `AggrChunk` as a store sends it: every aggregate it holds, with its StoreAPI
+    /// encoding (the stored encoding byte minus one).
+    fn as_sent(c: chunkenc::aggr::AggrChunk) -> Owned {
+        let a = [
+            AggrType::Count,
+            AggrType::Sum,
+            AggrType::Min,
+            AggrType::Max,
+            AggrType::Counter,
+        ]
+        .map(|t| {
+            let (e, d) = aggr_get(&c.data, t).ok().flatten()?;
+            Some((i32::from(e) - 1, c.data.slice_ref(d)))
+        });
+        (c.min_time, c.max_time, None, a)
+    }
 
     /// The chunks of `samples` downsampled to 5m, as a store sends them (all aggregates).
     fn downsampled(samples: &[(i64, f64)]) -> Vec<Owned> {
         downsample_raw(samples, TSDB_5M)
             .unwrap()
             .into_iter()
-            .map(|c| {
-                let a = [
-                    AggrType::Count,
-                    AggrType::Sum,
-                    AggrType::Min,
-                    AggrType::Max,
-                    AggrType::Counter,
-                ]
-                .map(|t| owned(&c.data, t));
-                (c.min_time, c.max_time, None, a)
-            })
+            .map(as_sent)
             .collect()
     }
 
@@ -593,20 +595,7 @@ mod tests {
         let chunks = downsample_raw_histograms(raw.clone(), TSDB_5M)
             .unwrap()
             .into_iter()
-            .map(|c| {
-                let a = [
-                    AggrType::Count,
-                    AggrType::Sum,
-                    AggrType::Min,
-                    AggrType::Max,
-                    AggrType::Counter,
-                ]
-                .map(|t| {
-                    let (e, d) = aggr_get(&c.data, t).ok().flatten()?;
-                    Some((i32::from(e) - 1, c.data.slice_ref(d)))
-                });
-                (c.min_time, c.max_time, None, a)
-            })
+            .map(as_sent)
             .collect();
         (chunks, raw.into_iter().map(|x| x.1).collect())
     }

@@ -203,6 +203,40 @@ async fn serve(
     (tx, task)
 }
 
+/// Three ingestors (no hashring, any replica number) behind a router-only node with a
+/// ring of them at replication factor `rf`: `(router, ingestors)`.
+async fn router_with_ingestors(rf: u64) -> (Node, Vec<Node>) {
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let ring = ring_json(&addrs);
+    let mut ingestors = Vec::new();
+    for l in listeners {
+        ingestors.push(
+            start_node(
+                l,
+                config(Mode::IngestorOnly, None, 1),
+                None,
+                Arc::new(MemWriter::default()),
+            )
+            .await,
+        );
+    }
+    let router = start_node(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        config(Mode::RouterOnly, None, rf),
+        Some(&ring),
+        Arc::new(MemWriter::default()),
+    )
+    .await;
+    (router, ingestors)
+}
+
 async fn start_node(
     listener: TcpListener,
     cfg: DistributorConfig,
@@ -488,36 +522,7 @@ async fn forwarded_replicas_are_written_locally_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_only_in_front_of_ingestors() {
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let addrs: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
-    let ring = ring_json(&addrs);
-    let mut ingestors = Vec::new();
-    for l in listeners {
-        // Ingestors have no hashring and accept any replica number.
-        ingestors.push(
-            start_node(
-                l,
-                config(Mode::IngestorOnly, None, 1),
-                None,
-                Arc::new(MemWriter::default()),
-            )
-            .await,
-        );
-    }
-    let router_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut router = start_node(
-        router_listener,
-        config(Mode::RouterOnly, None, 3),
-        Some(&ring),
-        Arc::new(MemWriter::default()),
-    )
-    .await;
+    let (mut router, mut ingestors) = router_with_ingestors(3).await;
     let series: Vec<TimeSeries> = (0..30).map(|i| ts(&format!("r{i}"), 1, 1.0)).collect();
     router.dist.write("t", series).await.unwrap();
     assert_eq!(router.store.count(), 0, "a router stores nothing");
@@ -755,34 +760,7 @@ fn metadata(family: &str) -> storeapi::wire::prompb::MetricMetadata {
 /// request is placed RF times on the ring, and fails like series when quorum fails).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_forwards_metadata_with_series_and_alone() {
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let addrs: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
-    let ring = ring_json(&addrs);
-    let mut ingestors = Vec::new();
-    for l in listeners {
-        ingestors.push(
-            start_node(
-                l,
-                config(Mode::IngestorOnly, None, 1),
-                None,
-                Arc::new(MemWriter::default()),
-            )
-            .await,
-        );
-    }
-    let mut router = start_node(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        config(Mode::RouterOnly, None, 2),
-        Some(&ring),
-        Arc::new(MemWriter::default()),
-    )
-    .await;
+    let (mut router, mut ingestors) = router_with_ingestors(2).await;
     let body = |series: Vec<TimeSeries>, families: &[&str]| {
         storeapi::wire::prometheus::WriteRequest {
             timeseries: series,
