@@ -152,6 +152,7 @@ impl Selection {
                 // Frames completed while a series is locked are sent after it is
                 // unlocked: a slow client must never hold up appends.
                 let mut done = Vec::new();
+                let mut key = Vec::new();
                 let mut n = 0;
                 for s in sel.iter_in_place() {
                     if limit > 0 && n >= limit {
@@ -163,7 +164,9 @@ impl Selection {
                         if it.peek().is_none() {
                             continue;
                         }
-                        put_key_labels(w.labels(), s.key(), &external, &without);
+                        key.clear();
+                        s.write_key(&mut key);
+                        put_key_labels(w.labels(), &key, &external, &without);
                         w.push(
                             it.map(|c| {
                                 WireChunk::from_prometheus(

@@ -759,7 +759,9 @@ fn lazy_head_select_equals_eager_select() {
             .map(|c| (c.min_time, c.max_time, c.encoding, c.data.to_vec()))
             .collect();
         if !cs.is_empty() {
-            let labels = tsdb::head::labels_from_key(s.key()).expect("valid key");
+            let mut key = Vec::new();
+            s.write_key(&mut key);
+            let labels = tsdb::head::labels_from_key(&key).expect("valid key");
             in_place.push((labels, cs));
         }
     }
