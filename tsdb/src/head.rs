@@ -959,12 +959,35 @@ impl Head {
     ) {
         let idx = self.read();
         let t = self.symbols.read();
-        out.extend(keys.iter().map(|k| match k {
-            SeriesKey::Labels(h, _, (a, b)) | SeriesKey::Key(h, (a, b)) => {
-                idx.find(*h, &keybuf[*a as usize..*b as usize], &t).cloned()
+        // Two passes: the first finds each key's candidate by hash alone and touches
+        // its key, so the cache misses of a whole batch (the series struct, then its
+        // key) overlap instead of each waiting on the one before; the second checks
+        // the labels, falling back to a full lookup on a hash collision.
+        let start = out.len();
+        out.extend(keys.iter().map(|k| {
+            match k {
+                SeriesKey::Labels(h, ..) | SeriesKey::Key(h, _) => idx
+                    .by_hash
+                    .find(*h, |s| s.hash == *h)
+                    .inspect(|s| {
+                        std::hint::black_box(s.key.first());
+                    })
+                    .cloned(),
+                SeriesKey::Ref(r) => idx.get(*r).cloned(),
             }
-            SeriesKey::Ref(r) => idx.get(*r).cloned(),
         }));
+        for (slot, k) in out[start..].iter_mut().zip(keys) {
+            let (SeriesKey::Labels(h, _, (a, b)) | SeriesKey::Key(h, (a, b))) = k else {
+                continue;
+            };
+            let text = &keybuf[*a as usize..*b as usize];
+            if slot
+                .as_ref()
+                .is_some_and(|s| !symbols::key_eq_text(&t, &s.key, text))
+            {
+                *slot = idx.find(*h, text, &t).cloned();
+            }
+        }
     }
 
     /// Finds or creates a series. Creation must be serialized with other writers.
