@@ -25,9 +25,11 @@ use crate::metrics::{Metrics, RejectReason};
 use crate::postings::{MemPostings, SeriesRef};
 use storeapi::histogram::{FloatHistogram, Histogram, HistogramValue};
 
+mod closed;
 mod ooo;
 mod open_chunk;
 mod symbols;
+use closed::ClosedChunks;
 pub use ooo::{Value, encode_samples, merge_samples};
 use open_chunk::{HistKind, LastValue, OpenChunk, XorOpen, append_histogram, encode_histograms};
 use symbols::Symbols;
@@ -288,13 +290,7 @@ impl SeriesChunks<'_> {
             .data
             .closed
             .iter()
-            .filter(move |c| c.max_time >= mint && c.min_time <= maxt)
-            .map(|c| ChunkView {
-                min_time: c.min_time,
-                max_time: c.max_time,
-                encoding: c.encoding,
-                data: &c.data,
-            });
+            .filter(move |c| c.max_time >= mint && c.min_time <= maxt);
         let open = self.data.open.as_ref().and_then(|o| {
             if o.num_samples() == 0 {
                 return None;
@@ -349,7 +345,7 @@ pub(crate) struct SeriesData {
     last_t: i64,
     last: LastValue,
     open: Option<OpenChunk>,
-    closed: Vec<Chunk>,
+    closed: ClosedChunks,
     /// Out-of-order samples (only with an out-of-order time window; see [`ooo`]).
     ooo: Option<Box<ooo::OooSeries>>,
 }
@@ -376,12 +372,9 @@ fn next_xor_capacity(prev: &XorOpen, chunk_range: i64) -> usize {
     (chunkenc::xor::HEADER_SIZE as i64 + predicted + predicted / 8 + 8).clamp(16, 4096) as usize
 }
 
-/// Appends a closed chunk, growing the list by exactly one: a series holds a handful of
-/// closed chunks, and `Vec`'s first allocation of four (224 bytes) for the first one
-/// was, at a million series, a third of a gigabyte of empty slots (issue #26).
-pub(crate) fn push_closed(closed: &mut Vec<Chunk>, c: Chunk) {
-    closed.reserve_exact(1);
-    closed.push(c);
+/// Appends a closed chunk to a series' list.
+pub(crate) fn push_closed(closed: &mut ClosedChunks, c: Chunk) {
+    closed.push_chunk(&c);
 }
 
 /// What happened to one sample.
@@ -601,30 +594,33 @@ impl SeriesData {
             .iter()
             .any(|c| c.min_time < t && c.max_time >= t)
         {
-            let mut out = Vec::with_capacity(self.closed.len() + 1);
-            for c in std::mem::take(&mut self.closed) {
+            let mut out = Vec::new();
+            for c in self.closed.iter() {
                 if c.min_time < t && c.max_time >= t {
-                    let (open, rest) = split_chunk(c.encoding, &c.data, t, chunk_range, &mut out)?;
+                    let (open, rest) = split_chunk(c.encoding, c.data, t, chunk_range, &mut out)?;
                     out.extend(rest);
                     out.extend(open.and_then(OpenChunk::close));
                 } else {
-                    out.push(c);
+                    out.push(closed::to_chunk(c));
                 }
             }
-            self.closed = out;
+            self.closed.set(&out);
         }
         if let Some(o) = &self.open {
             if o.last_t() < t {
                 self.close_open();
             } else if o.min_t() < t {
+                let mut before = Vec::new();
                 let (mut open, rest) =
-                    split_chunk(o.encoding(), o.bytes(), t, chunk_range, &mut self.closed)?;
+                    split_chunk(o.encoding(), o.bytes(), t, chunk_range, &mut before)?;
+                for c in before.iter().chain(&rest) {
+                    self.closed.push_chunk(c);
+                }
                 if let (Some(OpenChunk::Xor(new)), Some(OpenChunk::Xor(old))) =
                     (&mut open, &self.open)
                 {
                     new.end = old.end;
                 }
-                self.closed.extend(rest);
                 self.open = open;
             }
         }
@@ -639,16 +635,15 @@ impl SeriesData {
 
     fn first_time(&self) -> Option<i64> {
         self.closed
-            .first()
-            .map(|c| c.min_time)
+            .min_time()
             .or(self.open.as_ref().map(|o| o.min_t()))
     }
 
-    /// Chunks overlapping `[mint, maxt]` (the open one copied).
+    /// Chunks overlapping `[mint, maxt]`, copied.
     fn chunks(&self, mint: i64, maxt: i64, out: &mut Vec<Chunk>) {
-        for c in &self.closed {
+        for c in self.closed.iter() {
             if c.max_time >= mint && c.min_time <= maxt {
-                out.push(c.clone());
+                out.push(closed::to_chunk(c));
             }
         }
         if let Some(o) = &self.open

@@ -281,7 +281,7 @@ fn appender_ending_with<A: HistKind>(t: i64, h: &A::H) -> Option<A> {
 /// match its spans) nothing changed.
 pub(crate) fn append_histogram<A: HistKind>(
     open: &mut Option<OpenChunk>,
-    closed: &mut Vec<Chunk>,
+    closed: &mut super::ClosedChunks,
     last: &LastValue,
     last_t: i64,
     t: i64,
@@ -316,7 +316,9 @@ pub(crate) fn append_histogram<A: HistKind>(
                             cutter,
                         },
                     );
-                    closed.extend(A::wrap(old).close());
+                    if let Some(c) = A::wrap(old).close() {
+                        super::push_closed(closed, c);
+                    }
                 }
             }
             return Ok(());
