@@ -12,6 +12,7 @@
 
 use bytes::Bytes;
 
+use crate::block::encoding::{self, put_uvarint, uvarint_len};
 use crate::chunk::{Chunk, Encoding};
 use crate::head::ChunkView;
 
@@ -21,26 +22,11 @@ pub(crate) struct ClosedChunks {
     buf: Box<[u8]>,
 }
 
-fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
+/// Reads the uvarint at `*at`, moving past it.
 fn uvarint(b: &[u8], at: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    let mut shift = 0u32;
-    loop {
-        let x = *b.get(*at)?;
-        *at += 1;
-        v |= u64::from(x & 0x7f).checked_shl(shift)?;
-        if x < 0x80 {
-            return Some(v);
-        }
-        shift += 7;
-    }
+    let (v, n) = encoding::uvarint(b.get(*at..)?)?;
+    *at += n;
+    Some(v)
 }
 
 /// Appends one chunk's record to `out`.
@@ -54,10 +40,9 @@ fn put(out: &mut Vec<u8>, c: ChunkView<'_>) {
 
 /// Bytes one chunk's record takes.
 fn record_len(c: &ChunkView<'_>) -> usize {
-    let varint_len = |v: u64| (64 - v.max(1).leading_zeros() as usize).div_ceil(7);
-    8 + varint_len(c.max_time.wrapping_sub(c.min_time) as u64)
+    8 + uvarint_len(c.max_time.wrapping_sub(c.min_time) as u64)
         + 1
-        + varint_len(c.data.len() as u64)
+        + uvarint_len(c.data.len() as u64)
         + c.data.len()
 }
 

@@ -21,6 +21,8 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 
+use crate::block::encoding::put_uvarint;
+
 /// The string table. Read through [`Symbols::read`].
 #[derive(Debug, Default)]
 pub(crate) struct Table {
@@ -157,7 +159,7 @@ impl Symbols {
             return;
         }
         for part in body.split(|&b| b == 0xff) {
-            put_uvarint(out, t.acquire(part));
+            put_uvarint(out, u64::from(t.acquire(part)));
         }
     }
 
@@ -181,14 +183,6 @@ impl Symbols {
     pub(crate) fn collect(&self) {
         drop(self.write());
     }
-}
-
-fn put_uvarint(out: &mut Vec<u8>, mut v: u32) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 /// The ids of a key, in order.
