@@ -417,6 +417,27 @@ fn bench_disk_and_select(c: &mut Criterion<ThreadCpu>) {
             assert_eq!(n as u64, total);
         })
     });
+    // The receiver's StoreAPI path: the selection sorted by labels, then read in place.
+    g.bench_function("10k_series_3h_head_lazy", |b| {
+        b.iter(|| {
+            let q = db2.querier(i64::MIN, i64::MAX);
+            let sel = q.select_lazy(&m).expect("head only");
+            let (mut key, mut out) = (Vec::new(), Vec::new());
+            let mut bytes = 0;
+            for s in sel.iter_in_place() {
+                key.clear();
+                s.write_key(&mut key);
+                // Copied out, as the frame writer copies them.
+                out.clear();
+                out.extend_from_slice(&key);
+                for c in s.chunks().iter() {
+                    out.extend_from_slice(c.data);
+                }
+                bytes += out.len();
+            }
+            black_box(bytes)
+        })
+    });
     g.bench_function("10k_series_3h_head", |b| {
         b.iter(|| {
             let q = db2.querier(i64::MIN, i64::MAX);
