@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn packs_reads_retains_and_sizes_exactly() {
-        let cs = vec![
+        let cs = [
             chunk(-5_000, -1, Encoding::Xor, 0),
             chunk(0, 119_000, Encoding::Xor, 37),
             chunk(120_000, 120_000, Encoding::Histogram, 200),
