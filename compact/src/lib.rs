@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use axum::Router;
 use clap::{ArgAction, Args};
 use prometheus_client::registry::Registry;
 
@@ -211,22 +210,6 @@ impl CompactArgs {
     }
 }
 
-struct Ops {
-    registry: Arc<Mutex<Registry>>,
-    ready: Arc<AtomicBool>,
-}
-
-fn ops_router(st: Arc<Ops>) -> Router {
-    let ready = Arc::clone(&st.ready);
-    netsec::ops::ops_router(Arc::clone(&st.registry), move || {
-        if ready.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err("starting".into())
-        }
-    })
-}
-
 /// Runs the compactor: one pass (or, with `--wait`, a pass every `--wait-interval`
 /// until SIGINT/SIGTERM), serving /metrics, /-/healthy and /-/ready meanwhile.
 pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
@@ -243,16 +226,18 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
     metrics.register(&mut registry);
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
-    let ops = Arc::new(Ops {
-        registry: Arc::new(Mutex::new(registry)),
-        ready: Arc::new(AtomicBool::new(false)),
-    });
+    let registry = Arc::new(Mutex::new(registry));
+    let ready = Arc::new(AtomicBool::new(false));
     let http_sec = args.http_config.server().context("--http.config")?;
     let listener = tokio::net::TcpListener::bind(args.http_address)
         .await
         .with_context(|| format!("binding --http-address {}", args.http_address))?;
     tracing::info!(address = %args.http_address, "listening for /metrics and probes");
-    let router = http_sec.router(ops_router(Arc::clone(&ops)));
+    let router = http_sec.router(netsec::ops::flag_ops_router(
+        registry,
+        Arc::clone(&ready),
+        "starting",
+    ));
     let listener = http_sec.listener(listener);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
@@ -261,7 +246,7 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
     });
     let compactor =
         Arc::new(Compactor::new(bucket, config, metrics).with_hash_func(args.hash_func));
-    ops.ready.store(true, Ordering::Release);
+    ready.store(true, Ordering::Release);
     run_loop(&compactor, args.wait, args.wait_interval).await
 }
 

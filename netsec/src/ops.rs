@@ -4,6 +4,7 @@
 //! 503 with the reason otherwise). One implementation, so every component answers the
 //! same way.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -42,6 +43,23 @@ pub fn ready_response(state: Result<(), String>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// [`ops_router`] for a component that is ready once `ready` is set (the compactor
+/// after its first start, the store gateway after its first bucket sync); until then
+/// `/-/ready` answers 503 with `starting`.
+pub fn flag_ops_router(
+    registry: Arc<Mutex<Registry>>,
+    ready: Arc<AtomicBool>,
+    starting: &'static str,
+) -> Router {
+    ops_router(registry, move || {
+        if ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(starting.into())
+        }
+    })
 }
 
 /// A router with the three endpoints; `ready` says whether the component is ready

@@ -34,7 +34,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
 use objstore::{BucketError, MetaFetcher};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -168,22 +167,6 @@ fn clean_data_dir(data_dir: &Path) {
             }
         }
     }
-}
-
-struct Ops {
-    registry: Arc<Mutex<Registry>>,
-    ready: Arc<AtomicBool>,
-}
-
-fn ops_router(ops: Arc<Ops>) -> Router {
-    let ready = Arc::clone(&ops.ready);
-    netsec::ops::ops_router(Arc::clone(&ops.registry), move || {
-        if ready.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err("initial bucket sync in progress".into())
-        }
-    })
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -330,14 +313,14 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let gw = parts.gateway.clone();
-    let ops = Arc::new(Ops {
-        registry: registry.clone(),
-        ready: gw.ready.clone(),
-    });
     let http = tokio::spawn(
         axum::serve(
             http_sec.listener(http_listener),
-            http_sec.router(ops_router(ops)),
+            http_sec.router(netsec::ops::flag_ops_router(
+                registry.clone(),
+                gw.ready.clone(),
+                "initial bucket sync in progress",
+            )),
         )
         .with_graceful_shutdown(stopped(stop_rx.clone()))
         .into_future(),

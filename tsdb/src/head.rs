@@ -372,11 +372,6 @@ fn next_xor_capacity(prev: &XorOpen, chunk_range: i64) -> usize {
     (chunkenc::xor::HEADER_SIZE as i64 + predicted + predicted / 8 + 8).clamp(16, 4096) as usize
 }
 
-/// Appends a closed chunk to a series' list.
-pub(crate) fn push_closed(closed: &mut ClosedChunks, c: Chunk) {
-    closed.push_chunk(&c);
-}
-
 /// What happened to one sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SampleResult {
@@ -629,7 +624,7 @@ impl SeriesData {
 
     fn close_open(&mut self) {
         if let Some(c) = self.open.take().and_then(OpenChunk::close) {
-            push_closed(&mut self.closed, c);
+            self.closed.push_chunk(&c);
         }
     }
 

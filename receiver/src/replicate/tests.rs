@@ -203,11 +203,10 @@ async fn serve(
     (tx, task)
 }
 
-/// Three ingestors (no hashring, any replica number) behind a router-only node with a
-/// ring of them at replication factor `rf`: `(router, ingestors)`.
-async fn router_with_ingestors(rf: u64) -> (Node, Vec<Node>) {
+/// `n` loopback listeners, their addresses and a hashring of them.
+async fn bound_ring(n: usize) -> (Vec<TcpListener>, Vec<String>, String) {
     let mut listeners = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..n {
         listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
     }
     let addrs: Vec<String> = listeners
@@ -215,6 +214,13 @@ async fn router_with_ingestors(rf: u64) -> (Node, Vec<Node>) {
         .map(|l| l.local_addr().unwrap().to_string())
         .collect();
     let ring = ring_json(&addrs);
+    (listeners, addrs, ring)
+}
+
+/// Three ingestors (no hashring, any replica number) behind a router-only node with a
+/// ring of them at replication factor `rf`: `(router, ingestors)`.
+async fn router_with_ingestors(rf: u64) -> (Node, Vec<Node>) {
+    let (listeners, _, ring) = bound_ring(3).await;
     let mut ingestors = Vec::new();
     for l in listeners {
         ingestors.push(
@@ -274,15 +280,7 @@ async fn start_node(
 
 /// `n` router+ingestor nodes sharing one ketama ring.
 async fn cluster(n: usize, rf: u64) -> (Vec<Node>, String) {
-    let mut listeners = Vec::new();
-    for _ in 0..n {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let addrs: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
-    let ring = ring_json(&addrs);
+    let (listeners, addrs, ring) = bound_ring(n).await;
     let mut nodes = Vec::new();
     for (l, a) in listeners.into_iter().zip(&addrs) {
         let cfg = config(Mode::RouterIngestor, Some(a.clone()), rf);

@@ -317,7 +317,7 @@ pub(crate) fn append_histogram<A: HistKind>(
                         },
                     );
                     if let Some(c) = A::wrap(old).close() {
-                        super::push_closed(closed, c);
+                        closed.push_chunk(&c);
                     }
                 }
             }
@@ -347,7 +347,7 @@ pub(crate) fn append_histogram<A: HistKind>(
         Appended::NewChunk(n) => fresh.app = n,
     }
     if let Some(c) = open.take().and_then(OpenChunk::close) {
-        super::push_closed(closed, c);
+        closed.push_chunk(&c);
     }
     *open = Some(A::wrap(fresh));
     Ok(())

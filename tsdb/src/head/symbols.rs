@@ -153,11 +153,10 @@ impl Symbols {
     /// Appends the key of the series whose text key (`name 0xff value 0xff …`, see
     /// [`super::labels_key`]) is `text` to `out`, taking a reference to each string.
     pub(crate) fn encode_key(&self, text: &[u8], out: &mut Vec<u8>) {
-        let mut t = self.write();
-        let body = text.strip_suffix(&[0xff]).unwrap_or(text);
-        if text.is_empty() {
+        let Some(body) = text.strip_suffix(&[0xff]) else {
             return;
-        }
+        };
+        let mut t = self.write();
         for part in body.split(|&b| b == 0xff) {
             put_uvarint(out, u64::from(t.acquire(part)));
         }
@@ -185,48 +184,37 @@ impl Symbols {
     }
 }
 
+/// The id starting at `key[*i]`, moving `*i` past it; `None` at the end.
+#[inline(always)]
+fn next_id(key: &[u8], i: &mut usize) -> Option<u32> {
+    let mut v = 0u32;
+    let mut shift = 0u32;
+    loop {
+        let b = *key.get(*i)?;
+        *i += 1;
+        v |= u32::from(b & 0x7f).wrapping_shl(shift);
+        if b < 0x80 {
+            return Some(v);
+        }
+        shift += 7;
+    }
+}
+
 /// The ids of a key, in order.
 #[inline]
 pub(crate) fn ids(key: &[u8]) -> impl Iterator<Item = u32> + '_ {
     let mut i = 0;
-    std::iter::from_fn(move || {
-        let mut v = 0u32;
-        let mut shift = 0;
-        loop {
-            let b = *key.get(i)?;
-            i += 1;
-            v |= u32::from(b & 0x7f).wrapping_shl(shift);
-            if b < 0x80 {
-                return Some(v);
-            }
-            shift += 7;
-        }
-    })
+    std::iter::from_fn(move || next_id(key, &mut i))
 }
 
 /// Whether `key` names the same labels as the text key `text`. On the ingest path for
-/// every sample of a known series, so it decodes one-byte ids inline and compares short
-/// strings without a `memcmp` call (a call per label cost more than the old single
-/// `memcmp` of a text key).
+/// every sample of a known series, so short strings are compared without a `memcmp`
+/// call (a call per label cost more than the old single `memcmp` of a text key).
 #[inline]
 pub(crate) fn key_eq_text(t: &Table, key: &[u8], text: &[u8]) -> bool {
     let mut p = 0;
     let mut i = 0;
-    while i < key.len() {
-        let b = key[i];
-        let id = if b < 0x80 {
-            i += 1;
-            u32::from(b)
-        } else {
-            let Some(id) = ids(&key[i..]).next() else {
-                return false;
-            };
-            while key.get(i).is_some_and(|&b| b >= 0x80) {
-                i += 1;
-            }
-            i += 1;
-            id
-        };
+    while let Some(id) = next_id(key, &mut i) {
         let s = t.get(id).as_bytes();
         let end = p + s.len();
         match (text.get(p..end), text.get(end)) {
