@@ -49,28 +49,8 @@ impl BitWriter {
 
     /// Writes the low `n` bits of `v` (n ≤ 64), most significant first.
     #[inline]
-    pub(crate) fn write_bits(&mut self, v: u64, mut n: u32) {
-        if n == 0 {
-            return;
-        }
-        let v = if n == 64 { v } else { v & ((1u64 << n) - 1) };
-        if self.free > 0 {
-            let take = self.free.min(n);
-            let bits = ((v >> (n - take)) as u8) & (((1u16 << take) - 1) as u8);
-            if let Some(last) = self.buf.last_mut() {
-                *last |= bits << (self.free - take);
-            }
-            self.free -= take;
-            n -= take;
-        }
-        while n >= 8 {
-            n -= 8;
-            self.buf.push((v >> n) as u8);
-        }
-        if n > 0 {
-            self.buf.push(((v << (8 - n)) & 0xff) as u8);
-            self.free = 8 - n;
-        }
+    pub(crate) fn write_bits(&mut self, v: u64, n: u32) {
+        push_bits(&mut self.buf, &mut self.free, v, n);
     }
 
     /// Bits written so far, header included.
@@ -78,6 +58,48 @@ impl BitWriter {
     pub(crate) fn bit_len(&self) -> usize {
         self.buf.len() * 8 - self.free as usize
     }
+}
+
+/// Appends the low `n` bits of `v` (n ≤ 64) to `buf`, most significant first;
+/// `free` counts the unused low bits of `buf`'s last byte (which must be zero).
+///
+/// Shared by both chunk writers: the common cases are a few bits that fit the last
+/// byte (a `0` for an unchanged value) and a field that spills into new bytes, which
+/// is appended as one 8-byte store and truncated (when the capacity allows),
+/// instead of a push per byte.
+#[inline(always)]
+pub(crate) fn push_bits(buf: &mut Vec<u8>, free: &mut u32, v: u64, n: u32) {
+    if n == 0 {
+        return;
+    }
+    let v = if n == 64 { v } else { v & ((1u64 << n) - 1) };
+    if n <= *free {
+        if let Some(last) = buf.last_mut() {
+            *last |= (v << (*free - n)) as u8;
+        }
+        *free -= n;
+        return;
+    }
+    // The top `free` bits of `v` close the last byte; the other `rest` bits start
+    // at a byte boundary.
+    let rest = n - *free;
+    if *free > 0
+        && let Some(last) = buf.last_mut()
+    {
+        *last |= (v >> rest) as u8;
+    }
+    let bytes = rest.div_ceil(8);
+    let left = (v << (64 - rest)).to_be_bytes();
+    let len = buf.len();
+    if buf.capacity() - len >= 8 {
+        buf.extend_from_slice(&left);
+        buf.truncate(len + bytes as usize);
+    } else {
+        // Near the end of a buffer sized ahead (a predicted chunk size): never grow
+        // it for bytes that are not written.
+        buf.extend_from_slice(&left[..bytes as usize]);
+    }
+    *free = bytes * 8 - rest;
 }
 
 /// Reads bits from a byte slice; every read past the end is [`ChunkError::Corrupt`].
@@ -210,5 +232,39 @@ mod tests {
         w.write_bits(0b11, 2);
         assert_eq!(r.buf, w.buf);
         assert_eq!(r.free, w.free);
+    }
+
+    /// A bit-at-a-time writer: the model `push_bits` must match.
+    fn model_bits(items: &[(u64, u32)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut used = 0usize;
+        for &(v, n) in items {
+            for i in (0..n).rev() {
+                if used % 8 == 0 {
+                    out.push(0);
+                }
+                if (v >> i) & 1 == 1 {
+                    let last = out.len() - 1;
+                    out[last] |= 0x80 >> (used % 8);
+                }
+                used += 1;
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn push_bits_matches_a_bit_at_a_time_writer(
+            items in proptest::collection::vec((proptest::prelude::any::<u64>(), 0u32..=64), 0..64)
+        ) {
+            let mut w = BitWriter::with_header(0, 0);
+            for &(v, n) in &items {
+                w.write_bits(v, n);
+            }
+            proptest::prop_assert_eq!(&w.buf, &model_bits(&items));
+            let bits: u32 = items.iter().map(|i| i.1).sum();
+            proptest::prop_assert_eq!(w.bit_len(), bits as usize);
+        }
     }
 }

@@ -217,35 +217,18 @@ impl XorChunk {
 
     /// Writes the low `n` bits of `v` (n ≤ 64), most significant first.
     #[inline]
-    fn write_bits(&mut self, v: u64, mut n: u32) {
-        if n == 0 {
-            return;
+    fn write_bits(&mut self, v: u64, n: u32) {
+        if n > self.free {
+            let need = (n - self.free).div_ceil(8) as usize;
+            if self.buf.capacity() - self.buf.len() < need {
+                // Grow by half rather than doubling: an open chunk lives as long as
+                // its series fills it, and a million open chunks at Vec's doubling
+                // carry a third of their size in empty capacity (issue #26).
+                self.buf
+                    .reserve_exact((self.buf.capacity() / 2).max(need).max(16));
+            }
         }
-        let v = if n == 64 { v } else { v & ((1u64 << n) - 1) };
-        if self.free > 0 {
-            let take = self.free.min(n);
-            let bits = ((v >> (n - take)) as u8) & (((1u16 << take) - 1) as u8);
-            let idx = self.buf.len() - 1;
-            self.buf[idx] |= bits << (self.free - take);
-            self.free -= take;
-            n -= take;
-        }
-        let need = n.div_ceil(8) as usize;
-        if self.buf.capacity() - self.buf.len() < need {
-            // Grow by half rather than doubling: an open chunk lives as long as its
-            // series fills it, and a million open chunks at Vec's doubling carry a
-            // third of their size in empty capacity (issue #26).
-            self.buf
-                .reserve_exact((self.buf.capacity() / 2).max(need).max(16));
-        }
-        while n >= 8 {
-            n -= 8;
-            self.buf.push((v >> n) as u8);
-        }
-        if n > 0 {
-            self.buf.push(((v << (8 - n)) & 0xff) as u8);
-            self.free = 8 - n;
-        }
+        crate::bstream::push_bits(&mut self.buf, &mut self.free, v, n);
     }
 }
 
