@@ -83,6 +83,28 @@ impl<'a> Cursor<'a> {
 
     #[inline(never)]
     fn varint_long(&mut self) -> Result<u64, DecodeError> {
+        // Timestamps (six bytes) and most multi-byte values end within eight bytes:
+        // read eight at once and gather their 7-bit groups without a loop.
+        if let Some(w) = self.buf.get(self.pos..self.pos + 8) {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(w);
+            let w = u64::from_le_bytes(a);
+            let ends = !w & 0x8080_8080_8080_8080;
+            if ends != 0 {
+                let len = ends.trailing_zeros() / 8 + 1;
+                let keep = if len == 8 {
+                    u64::MAX
+                } else {
+                    (1u64 << (len * 8)) - 1
+                };
+                let mut x = w & keep & 0x7f7f_7f7f_7f7f_7f7f;
+                x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+                x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+                x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+                self.pos += len as usize;
+                return Ok(x);
+            }
+        }
         let mut v: u64 = 0;
         for i in 0..10 {
             let Some(&b) = self.buf.get(self.pos) else {
@@ -216,6 +238,58 @@ impl<'a> Cursor<'a> {
                 field,
                 wire_type: got,
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A byte-at-a-time decoder: the model both varint paths must match.
+    fn model(buf: &[u8]) -> Option<(u64, usize)> {
+        let mut v = 0u64;
+        for (i, &b) in buf.iter().enumerate().take(10) {
+            if i == 9 && b > 1 {
+                return None;
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Some((v, i + 1));
+            }
+        }
+        None
+    }
+
+    fn encode(mut x: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        while x >= 0x80 {
+            out.push(x as u8 | 0x80);
+            x >>= 7;
+        }
+        out.push(x as u8);
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn varint_matches_a_byte_at_a_time_decoder(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..14)
+        ) {
+            let mut c = Cursor::new(&bytes);
+            let got = c.varint().ok().map(|v| (v, c.pos));
+            proptest::prop_assert_eq!(got, model(&bytes));
+        }
+
+        #[test]
+        fn varint_reads_back_every_width(x in proptest::prelude::any::<u64>(), shift in 0u32..64, tail in 0usize..10) {
+            let x = x >> shift;
+            let mut bytes = encode(x);
+            let len = bytes.len();
+            bytes.extend(std::iter::repeat_n(0xffu8, tail));
+            let mut c = Cursor::new(&bytes);
+            proptest::prop_assert_eq!(c.varint().ok(), Some(x));
+            proptest::prop_assert_eq!(c.pos, len);
         }
     }
 }
