@@ -303,6 +303,18 @@ pub(crate) fn expand_int_spans_and_buckets(
     a_buckets: &[i64],
     b_buckets: &[i64],
 ) -> Option<(Vec<Insert>, Vec<Insert>)> {
+    if a == b && a_buckets.len() == b_buckets.len() {
+        // The common case (see `expand_spans_and_buckets`), over the deltas directly.
+        let (mut ca, mut cb) = (0i64, 0i64);
+        for (&da, &db) in a_buckets.iter().zip(b_buckets) {
+            ca = ca.wrapping_add(da);
+            cb = cb.wrapping_add(db);
+            if ca > cb {
+                return None;
+            }
+        }
+        return Some((Vec::new(), Vec::new()));
+    }
     let delta = |v: &[i64], i: usize| v.get(i).copied().unwrap_or(0);
     expand_spans_and_buckets(
         a,

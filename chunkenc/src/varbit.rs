@@ -27,10 +27,10 @@ pub(crate) fn put_varbit_int(w: &mut BitWriter, v: i64) {
     }
     for (i, &n) in WIDTHS.iter().enumerate() {
         if bit_range(v, n) {
-            // `i + 1` ones then a zero.
+            // `i + 1` ones then a zero, and the payload: at most 8 + 56 bits, one write.
             let prefix_len = i as u32 + 2;
-            w.write_bits((1u64 << prefix_len) - 2, prefix_len);
-            w.write_bits(v as u64, n);
+            let payload = v as u64 & ((1u64 << n) - 1);
+            w.write_bits((((1u64 << prefix_len) - 2) << n) | payload, prefix_len + n);
             return;
         }
     }
@@ -48,8 +48,7 @@ pub(crate) fn put_varbit_uint(w: &mut BitWriter, v: u64) {
     for (i, &n) in WIDTHS.iter().enumerate() {
         if used <= n {
             let prefix_len = i as u32 + 2;
-            w.write_bits((1u64 << prefix_len) - 2, prefix_len);
-            w.write_bits(v, n);
+            w.write_bits((((1u64 << prefix_len) - 2) << n) | v, prefix_len + n);
             return;
         }
     }
