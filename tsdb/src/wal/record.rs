@@ -66,11 +66,23 @@ pub enum Skipped {
 
 #[inline]
 pub fn put_uvarint(buf: &mut Vec<u8>, mut x: u64) {
-    while x >= 0x80 {
-        buf.push((x as u8) | 0x80);
-        x >>= 7;
+    if x < 0x80 {
+        buf.push(x as u8);
+        return;
     }
-    buf.push(x as u8);
+    // Built in registers and appended as one fixed-size copy, then cut to length:
+    // one capacity check instead of one per byte.
+    let mut a = [0u8; 10];
+    let mut n = 0;
+    while x >= 0x80 {
+        a[n] = (x as u8) | 0x80;
+        x >>= 7;
+        n += 1;
+    }
+    a[n] = x as u8;
+    let len = buf.len();
+    buf.extend_from_slice(&a);
+    buf.truncate(len + n + 1);
 }
 
 #[inline]
@@ -178,6 +190,25 @@ fn put_spans(buf: &mut Vec<u8>, spans: &[Span]) {
     }
 }
 
+/// About the bytes [`put_histogram`] writes for `h` (an upper bound for its layout
+/// with three-byte bucket deltas).
+fn histogram_size_hint(h: &HistogramValue) -> usize {
+    let (spans, buckets, custom) = match h {
+        HistogramValue::Int(h) => (
+            h.positive_spans.len() + h.negative_spans.len(),
+            (h.positive_buckets.len() + h.negative_buckets.len()) * 3,
+            h.custom_values.len(),
+        ),
+        HistogramValue::Float(h) => (
+            h.positive_spans.len() + h.negative_spans.len(),
+            (h.positive_buckets.len() + h.negative_buckets.len()) * 8,
+            h.custom_values.len(),
+        ),
+    };
+    // ref and time deltas, hint, schema, zero threshold/count, count, sum, lengths.
+    64 + spans * 8 + buckets + custom * 8
+}
+
 fn put_histogram(buf: &mut Vec<u8>, h: &HistogramValue) {
     let be = |buf: &mut Vec<u8>, v: f64| buf.extend_from_slice(&v.to_bits().to_be_bytes());
     match h {
@@ -258,10 +289,12 @@ pub fn encode_histogram_refs(
     };
     type Ref<'h> = (u64, i64, &'h HistogramValue);
     let encode = |typ: u8, list: &[&Ref<'_>], base: Option<&Ref<'_>>| {
-        let mut buf = vec![typ];
-        let Some(&(base_r, base_t, _)) = base else {
-            return buf;
+        let Some(&(base_r, base_t, first)) = base else {
+            return vec![typ];
         };
+        // Sized once from the first histogram (records are transient buffers).
+        let mut buf = Vec::with_capacity(17 + list.len() * histogram_size_hint(first));
+        buf.push(typ);
         buf.extend_from_slice(&base_r.to_be_bytes());
         buf.extend_from_slice(&base_t.to_be_bytes());
         for &&(r, t, h) in list {
@@ -715,6 +748,26 @@ pub mod legacy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn varints_read_back_at_every_width_after_other_bytes() {
+        let mut values: Vec<i64> = vec![0, 1, -1, 63, -64, 64, i64::MAX, i64::MIN];
+        values.extend((0..64).map(|k| 1i64 << k));
+        values.extend((0..64).map(|k| (1i64 << k).wrapping_neg()));
+        let mut buf = vec![0xAB];
+        for &v in &values {
+            put_varint(&mut buf, v);
+            put_uvarint(&mut buf, v as u64);
+        }
+        let mut r = Reader { b: &buf, i: 1 };
+        for &v in &values {
+            let z = r.uvarint().unwrap();
+            assert_eq!(((z >> 1) as i64) ^ -((z & 1) as i64), v);
+            assert_eq!(r.uvarint().unwrap(), v as u64);
+        }
+        assert_eq!(r.i, buf.len());
+        assert_eq!(buf[0], 0xAB);
+    }
 
     fn samples_record(samples: &[(u64, i64, f64)]) -> Vec<u8> {
         let mut buf = vec![TYPE_SAMPLES];
