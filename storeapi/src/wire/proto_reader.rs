@@ -83,28 +83,6 @@ impl<'a> Cursor<'a> {
 
     #[inline(never)]
     fn varint_long(&mut self) -> Result<u64, DecodeError> {
-        // Timestamps (six bytes) and most multi-byte values end within eight bytes:
-        // read eight at once and gather their 7-bit groups without a loop.
-        if let Some(w) = self.buf.get(self.pos..self.pos + 8) {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(w);
-            let w = u64::from_le_bytes(a);
-            let ends = !w & 0x8080_8080_8080_8080;
-            if ends != 0 {
-                let len = ends.trailing_zeros() / 8 + 1;
-                let keep = if len == 8 {
-                    u64::MAX
-                } else {
-                    (1u64 << (len * 8)) - 1
-                };
-                let mut x = w & keep & 0x7f7f_7f7f_7f7f_7f7f;
-                x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
-                x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
-                x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
-                self.pos += len as usize;
-                return Ok(x);
-            }
-        }
         let mut v: u64 = 0;
         for i in 0..10 {
             let Some(&b) = self.buf.get(self.pos) else {

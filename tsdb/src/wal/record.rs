@@ -66,23 +66,11 @@ pub enum Skipped {
 
 #[inline]
 pub fn put_uvarint(buf: &mut Vec<u8>, mut x: u64) {
-    if x < 0x80 {
-        buf.push(x as u8);
-        return;
-    }
-    // Built in registers and appended as one fixed-size copy, then cut to length:
-    // one capacity check instead of one per byte.
-    let mut a = [0u8; 10];
-    let mut n = 0;
     while x >= 0x80 {
-        a[n] = (x as u8) | 0x80;
+        buf.push((x as u8) | 0x80);
         x >>= 7;
-        n += 1;
     }
-    a[n] = x as u8;
-    let len = buf.len();
-    buf.extend_from_slice(&a);
-    buf.truncate(len + n + 1);
+    buf.push(x as u8);
 }
 
 #[inline]
