@@ -330,6 +330,11 @@ fn bench_chunk(c: &mut Criterion<ThreadCpu>) {
 
 /// A database holding `n` realistic series over `hours` at 15s.
 fn filled_db(dir: &std::path::Path, n: usize, hours: i64) -> (Db, u64) {
+    filled_db_steps(dir, n, hours * 240)
+}
+
+/// `n` benchmark series with `steps` scrapes each (15 s apart).
+fn filled_db_steps(dir: &std::path::Path, n: usize, steps: i64) -> (Db, u64) {
     let db = Db::open(
         dir,
         Options {
@@ -342,7 +347,6 @@ fn filled_db(dir: &std::path::Path, n: usize, hours: i64) -> (Db, u64) {
     let ss = series(n);
     let mut vals = vec![0f64; n];
     let mut rng = Rng(11);
-    let steps = hours * 240;
     let mut total = 0;
     for step in 0..steps {
         let mut app = db.appender();
@@ -459,6 +463,22 @@ fn bench_disk_and_select(c: &mut Criterion<ThreadCpu>) {
             || {
                 let d = tempfile::tempdir().unwrap();
                 let (db, _) = filled_db(d.path(), 1_000, 2);
+                (d, db)
+            },
+            |(d, db)| {
+                black_box(db.flush().unwrap());
+                d
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // The soak's shape (issue #26): many series with a dozen samples each, where the
+    // per-series costs of a block (symbols, sorting, index entries) dominate.
+    g.bench_function("flush_200k_series_12_samples", |b| {
+        b.iter_batched(
+            || {
+                let d = tempfile::tempdir().unwrap();
+                let (db, _) = filled_db_steps(d.path(), 200_000, 12);
                 (d, db)
             },
             |(d, db)| {

@@ -6,7 +6,6 @@
 //! labels and chunk metas go to a scratch file, so the writer holds just the distinct
 //! label strings and the postings lists (4 bytes per label of each series).
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -110,6 +109,31 @@ impl BlockWriter {
     }
 }
 
+/// The distinct strings of a block's labels, hashed while series stream in (a block
+/// of a million series looks up tens of millions of strings: a hash probe each, where
+/// an ordered set paid a string compare per tree level) and sorted once at the end.
+#[derive(Default)]
+struct SymbolSet {
+    table: hashbrown::HashTable<String>,
+}
+
+impl SymbolSet {
+    fn add(&mut self, s: &str) {
+        let h = xxhash_rust::xxh64::xxh64(s.as_bytes(), 0);
+        if self.table.find(h, |x| x == s).is_none() {
+            self.table.insert_unique(h, s.to_string(), |x| {
+                xxhash_rust::xxh64::xxh64(x.as_bytes(), 0)
+            });
+        }
+    }
+
+    fn into_sorted(self) -> Vec<String> {
+        let mut v: Vec<String> = self.table.into_iter().collect();
+        v.sort_unstable();
+        v
+    }
+}
+
 fn write_into<I>(
     dir: &Path,
     ulid: Ulid,
@@ -129,7 +153,7 @@ where
     let scratch_path = dir.join("index.series.tmp");
     let scratch = File::create(&scratch_path).map_err(|e| BlockError::io(&scratch_path, e))?;
     let mut scratch = BufWriter::with_capacity(1 << 20, scratch);
-    let mut symbols: BTreeSet<String> = BTreeSet::new();
+    let mut symbols = SymbolSet::default();
     let mut stats = BlockStats::default();
     let mut last: Option<Labels> = None;
     let mut buf = Vec::with_capacity(256);
@@ -151,9 +175,7 @@ where
         put_uvarint(&mut buf, labels.len() as u64);
         for l in &labels {
             for s in [&l.name, &l.value] {
-                if !symbols.contains(s.as_str()) {
-                    symbols.insert(s.to_string());
-                }
+                symbols.add(s);
                 put_uvarint_str(&mut buf, s);
             }
         }
@@ -194,7 +216,7 @@ where
     drop(scratch);
 
     // Pass 2: the index.
-    let mut iw = IndexWriter::new(&dir.join("index"), symbols.into_iter().collect())?;
+    let mut iw = IndexWriter::new(&dir.join("index"), symbols.into_sorted())?;
     {
         let data = super::map_file(&scratch_path)?;
         let mut d = Decoder::new(&data, "series scratch file");
