@@ -14,8 +14,9 @@
 //! A series' ID (what postings lists hold) is its byte offset divided by 16; since
 //! series are written in label order, sorted IDs mean sorted label sets.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -43,6 +44,32 @@ pub struct ChunkMeta {
     pub max_time: i64,
 }
 
+/// The hash symbols are looked up by while an index is written.
+fn symbol_hash(s: &str) -> u64 {
+    xxhash_rust::xxh64::xxh64(s.as_bytes(), 0)
+}
+
+/// Hashes the packed (name id, value id) keys of the postings being collected: one
+/// multiply, whose high bits (what the table's probes use) mix every input bit.
+#[derive(Default)]
+struct PairHasher(u64);
+
+impl Hasher for PairHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0 ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.rotate_left(26)
+    }
+}
+
 /// Streams an index file to disk. Symbols are given up front (sorted, unique); series
 /// are then added in label order; [`IndexWriter::finish`] writes the rest.
 pub struct IndexWriter {
@@ -50,13 +77,19 @@ pub struct IndexWriter {
     w: BufWriter<File>,
     pos: u64,
     symbols: Vec<String>,
-    ids: HashMap<String, u32>,
-    /// (name id, value id) → series IDs.
-    postings: BTreeMap<(u32, u32), Vec<u32>>,
+    /// Symbol ids by the hash of their string (see [`symbol_hash`]).
+    ids: hashbrown::HashTable<u32>,
+    /// `name id << 32 | value id` → series IDs (hashed while series stream in, sorted
+    /// once by [`IndexWriter::finish`]: the packing keeps (name, value) order).
+    postings: HashMap<u64, Vec<u32>, BuildHasherDefault<PairHasher>>,
     all: Vec<u32>,
     toc_symbols: u64,
     toc_series: u64,
-    last_series: Option<Labels>,
+    /// The previous series as (name id, value id) pairs: ids follow the sorted
+    /// symbols, so comparing them orders label sets as their strings do.
+    last_series: Option<Vec<(u32, u32)>>,
+    /// Scratch for the current series' ids.
+    pairs: Vec<(u32, u32)>,
     last_chunk_ref: u64,
     buf: Vec<u8>,
     /// Largest series entry, padded to [`SERIES_ALIGN`].
@@ -78,17 +111,22 @@ impl IndexWriter {
             path: path.to_path_buf(),
             w: BufWriter::with_capacity(1 << 20, f),
             pos: 0,
-            ids: symbols
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (s.clone(), i as u32))
-                .collect(),
+            ids: {
+                let mut t = hashbrown::HashTable::with_capacity(symbols.len());
+                for (i, s) in symbols.iter().enumerate() {
+                    t.insert_unique(symbol_hash(s), i as u32, |&j| {
+                        symbol_hash(&symbols[j as usize])
+                    });
+                }
+                t
+            },
             symbols,
-            postings: BTreeMap::new(),
+            postings: HashMap::default(),
             all: Vec::new(),
             toc_symbols: 0,
             toc_series: 0,
             last_series: None,
+            pairs: Vec::new(),
             last_chunk_ref: 0,
             buf: Vec::with_capacity(256),
             max_series_entry: 0,
@@ -136,32 +174,81 @@ impl IndexWriter {
 
     fn symbol(&self, s: &str) -> Result<u32, BlockError> {
         self.ids
-            .get(s)
+            .find(symbol_hash(s), |&i| self.symbols[i as usize] == s)
             .copied()
             .ok_or_else(|| BlockError::Invalid(format!("symbol {s:?} missing from symbol table")))
+    }
+
+    /// A label set of ids, as text (for error messages).
+    fn text(&self, pairs: &[(u32, u32)]) -> String {
+        let sym = |i: u32| self.symbols.get(i as usize).map_or("?", |s| s.as_str());
+        let body: Vec<String> = pairs
+            .iter()
+            .map(|&(n, v)| format!("{}={:?}", sym(n), sym(v)))
+            .collect();
+        format!("{{{}}}", body.join(", "))
     }
 
     /// Adds the next series (strictly greater label set than the previous one) with its
     /// chunks (increasing references, non-overlapping increasing time ranges).
     pub fn add_series(&mut self, labels: &Labels, chunks: &[ChunkMeta]) -> Result<(), BlockError> {
+        self.add_series_pairs(
+            labels.iter().map(|l| (l.name.as_str(), l.value.as_str())),
+            chunks,
+        )
+    }
+
+    /// [`Self::add_series`] for a label set given as (name, value) pairs in label
+    /// order, so a caller reading series back from bytes needs no owned `Labels`.
+    pub fn add_series_pairs<'s>(
+        &mut self,
+        labels: impl IntoIterator<Item = (&'s str, &'s str)>,
+        chunks: &[ChunkMeta],
+    ) -> Result<(), BlockError> {
+        let mut pairs = std::mem::take(&mut self.pairs);
+        pairs.clear();
+        for (n, v) in labels {
+            match (self.symbol(n), self.symbol(v)) {
+                (Ok(n), Ok(v)) => pairs.push((n, v)),
+                (Err(e), _) | (_, Err(e)) => {
+                    self.pairs = pairs;
+                    return Err(e);
+                }
+            }
+        }
+        let r = self.add_series_ids(&pairs, chunks);
+        self.pairs = pairs;
+        r
+    }
+
+    fn add_series_ids(
+        &mut self,
+        pairs: &[(u32, u32)],
+        chunks: &[ChunkMeta],
+    ) -> Result<(), BlockError> {
         if let Some(last) = &self.last_series
-            && labels <= last
+            && pairs <= last.as_slice()
         {
             return Err(BlockError::Invalid(format!(
-                "series out of order: {labels} after {last}"
+                "series out of order: {} after {}",
+                self.text(pairs),
+                self.text(last)
             )));
         }
+        let labels = || self.text(pairs);
         let mut last_ref = self.last_chunk_ref;
         let mut last_maxt = i64::MIN;
         for (i, c) in chunks.iter().enumerate() {
             if c.chunk_ref < last_ref {
                 return Err(BlockError::Invalid(format!(
-                    "chunk references not increasing in series {labels}"
+                    "chunk references not increasing in series {}",
+                    labels()
                 )));
             }
             if c.max_time < c.min_time || (i > 0 && c.min_time <= last_maxt) {
                 return Err(BlockError::Invalid(format!(
-                    "chunk time ranges overlap or are inverted in series {labels}"
+                    "chunk time ranges overlap or are inverted in series {}",
+                    labels()
                 )));
             }
             last_ref = c.chunk_ref;
@@ -175,13 +262,14 @@ impl IndexWriter {
 
         let mut b = std::mem::take(&mut self.buf);
         b.clear();
-        put_uvarint(&mut b, labels.len() as u64);
-        for l in labels {
-            let n = self.symbol(&l.name)?;
-            let v = self.symbol(&l.value)?;
+        put_uvarint(&mut b, pairs.len() as u64);
+        for &(n, v) in pairs {
             put_uvarint(&mut b, u64::from(n));
             put_uvarint(&mut b, u64::from(v));
-            self.postings.entry((n, v)).or_default().push(id);
+            self.postings
+                .entry(u64::from(n) << 32 | u64::from(v))
+                .or_default()
+                .push(id);
         }
         put_uvarint(&mut b, chunks.len() as u64);
         if let Some(c0) = chunks.first() {
@@ -211,7 +299,13 @@ impl IndexWriter {
 
         self.all.push(id);
         self.last_chunk_ref = last_ref;
-        self.last_series = Some(labels.clone());
+        match &mut self.last_series {
+            Some(last) => {
+                last.clear();
+                last.extend_from_slice(pairs);
+            }
+            None => self.last_series = Some(pairs.to_vec()),
+        }
         Ok(())
     }
 
@@ -236,7 +330,13 @@ impl IndexWriter {
 
         // Label indices: per label name, the sorted value symbol refs.
         let mut label_index_offsets: Vec<(u32, u64)> = Vec::new();
-        let keys: Vec<(u32, u32)> = self.postings.keys().copied().collect();
+        let mut postings: Vec<(u64, Vec<u32>)> =
+            std::mem::take(&mut self.postings).into_iter().collect();
+        postings.sort_unstable_by_key(|p| p.0);
+        let keys: Vec<(u32, u32)> = postings
+            .iter()
+            .map(|p| ((p.0 >> 32) as u32, p.0 as u32))
+            .collect();
         let mut i = 0;
         while i < keys.len() {
             let name = keys[i].0;
@@ -263,8 +363,7 @@ impl IndexWriter {
         let all = std::mem::take(&mut self.all);
         offsets.push((None, self.pos));
         self.write_postings(&all)?;
-        let postings = std::mem::take(&mut self.postings);
-        for (k, ids) in &postings {
+        for (k, (_, ids)) in keys.iter().zip(&postings) {
             self.pad(4)?;
             offsets.push((Some(*k), self.pos));
             self.write_postings(ids)?;

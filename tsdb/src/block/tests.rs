@@ -456,3 +456,67 @@ fn index_stats_equal_the_largest_series_entry_and_chunk_record_on_disk() {
     let plain = write(d.path(), &series, 0, 10_000_000, &BlockOptions::default());
     assert_eq!(plain.index_stats(), IndexStats::default());
 }
+
+#[test]
+fn index_writer_orders_series_by_symbol_ids_and_postings_by_label_pair() {
+    use super::index::{ChunkMeta, IndexReader, IndexWriter};
+
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("index");
+    let symbols: Vec<String> = ["__name__", "a", "b", "job", "up", "x", "y", "z"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut w = IndexWriter::new(&path, symbols).unwrap();
+    let meta = |r: u64| {
+        [ChunkMeta {
+            chunk_ref: r,
+            min_time: 0,
+            max_time: 10,
+        }]
+    };
+    let series: Vec<Labels> = [
+        vec![("__name__", "up"), ("job", "a")],
+        vec![("__name__", "up"), ("job", "a"), ("x", "y")],
+        vec![("__name__", "up"), ("job", "b")],
+        vec![("__name__", "z"), ("job", "a")],
+    ]
+    .into_iter()
+    .map(|p| Labels::from_pairs(p).unwrap())
+    .collect();
+    for (i, l) in series.iter().enumerate() {
+        w.add_series(l, &meta(8 + i as u64)).unwrap();
+    }
+    // Not after the last one (equal, or smaller by a later pair): refused, naming both.
+    let err = w
+        .add_series_pairs([("__name__", "up"), ("job", "b")], &meta(20))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("out of order") && err.contains("job=\"b\""),
+        "{err}"
+    );
+    let err = w
+        .add_series_pairs([("__name__", "zz")], &meta(20))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"zz\" missing from symbol table"), "{err}");
+    w.finish().unwrap();
+
+    let ir = IndexReader::new(Bytes::from(std::fs::read(&path).unwrap())).unwrap();
+    let ids = ir.all_postings().unwrap();
+    let read: Vec<Labels> = ids.iter().map(|&id| ir.series(id).unwrap().0).collect();
+    assert_eq!(read, series);
+    let list = |n: &str, v: &str| {
+        let r = ir.postings_table().lookup(n, v).unwrap();
+        let got = ir.postings(r.start).unwrap();
+        got.iter()
+            .map(|&id| ids.iter().position(|&x| x == id).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(list("job", "a"), vec![0, 1, 3]);
+    assert_eq!(list("__name__", "up"), vec![0, 1, 2]);
+    assert_eq!(list("x", "y"), vec![1]);
+    assert!(ir.postings_table().lookup("x", "z").is_none());
+    assert_eq!(ir.label_values("job"), vec!["a", "b"]);
+}

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use storeapi::{Label, Labels};
+use storeapi::Labels;
 
 use super::chunks::{ChunkWriter, DEFAULT_SEGMENT_SIZE};
 use super::encoding::{Decoder, put_uvarint, put_uvarint_str, put_varint};
@@ -221,13 +221,14 @@ where
         let data = super::map_file(&scratch_path)?;
         let mut d = Decoder::new(&data, "series scratch file");
         let mut metas = Vec::new();
+        let mut ls: Vec<(&str, &str)> = Vec::new();
         while d.remaining() > 0 {
             let n = d.uvarint()? as usize;
-            let mut ls = Vec::with_capacity(n);
+            ls.clear();
             for _ in 0..n {
                 let name = d.uvarint_str()?;
                 let value = d.uvarint_str()?;
-                ls.push(Label::new(name, value));
+                ls.push((name, value));
             }
             let k = d.uvarint()? as usize;
             metas.clear();
@@ -241,7 +242,7 @@ where
                     max_time,
                 });
             }
-            iw.add_series(&Labels::from_sorted_unchecked(ls), &metas)?;
+            iw.add_series_pairs(ls.iter().copied(), &metas)?;
         }
     }
     let index_stats = IndexStats {
