@@ -92,7 +92,8 @@ impl CheckpointRecords {
             if buf.len() - at >= target {
                 break;
             }
-            record::put_series(buf, s.sref, &s.labels());
+            buf.extend_from_slice(&s.sref.to_be_bytes());
+            s.put_labels_record(buf);
             self.i += 1;
         }
         if !wal::abandon_frame_if_empty(buf, at, 1) {
@@ -112,20 +113,21 @@ impl CheckpointRecords {
                 break;
             }
             if self.pending_at == 0 && self.pending.is_empty() {
-                for c in s.chunks(i64::MIN, i64::MAX) {
+                let (pending, error) = (&mut self.pending, &mut self.error);
+                s.for_each_chunk(|c| {
                     if c.encoding != Encoding::Xor {
-                        continue;
+                        return;
                     }
-                    let decoded = XorIterator::new(&c.data).and_then(|it| {
+                    let decoded = XorIterator::new(c.data).and_then(|it| {
                         for x in it {
-                            self.pending.push(x?);
+                            pending.push(x?);
                         }
                         Ok(())
                     });
                     if let Err(e) = decoded {
-                        self.error.get_or_insert(e.to_string());
+                        error.get_or_insert(e.to_string());
                     }
-                }
+                });
             }
             while self.pending_at < self.pending.len() && buf.len() - at < target {
                 let (t, v) = self.pending[self.pending_at];

@@ -674,6 +674,39 @@ impl MemSeries {
         symbols::labels(&self.symbols.read(), &self.key)
     }
 
+    /// Writes the labels as a WAL series record encodes them (Prometheus's
+    /// `EncodeLabels`) straight from the symbol table: no `Labels` is built (a WAL
+    /// checkpoint writes every series of the head).
+    pub(crate) fn put_labels_record(&self, buf: &mut Vec<u8>) {
+        let t = self.symbols.read();
+        let n = symbols::ids(&self.key).count() / 2;
+        crate::wal::record::put_uvarint(buf, n as u64);
+        for id in symbols::ids(&self.key) {
+            let s = t.get(id).as_bytes();
+            crate::wal::record::put_uvarint(buf, s.len() as u64);
+            buf.extend_from_slice(s);
+        }
+    }
+
+    /// Calls `f` with each in-order chunk (closed ones oldest first, then the open
+    /// one), borrowed under the series lock: what [`MemSeries::chunks`] copies out.
+    pub(crate) fn for_each_chunk(&self, mut f: impl FnMut(ChunkView<'_>)) {
+        let d = self.lock();
+        for c in d.closed.iter() {
+            f(c);
+        }
+        if let Some(o) = &d.open
+            && o.num_samples() > 0
+        {
+            f(ChunkView {
+                min_time: o.min_t(),
+                max_time: o.last_t(),
+                encoding: o.encoding(),
+                data: o.bytes(),
+            });
+        }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, SeriesData> {
         self.data.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -1394,6 +1427,37 @@ mod tests {
         assert_eq!(labels_from_key(b"a\xff"), None);
         assert_eq!(labels_from_key(b"a\xffb\xffc\xff"), None);
         assert_eq!(labels_from_key(&[0xc3, 0xff, b'x', 0xff]), None);
+    }
+
+    #[test]
+    fn labels_record_and_borrowed_chunks_equal_their_copying_forms() {
+        let h = Head::new(7_200_000, Metrics::default());
+        let mut buf = Vec::new();
+        let l =
+            Labels::from_pairs([("__name__", "up"), ("job", "a b"), ("zz", "ü\u{0}y")]).unwrap();
+        let s = h.replay_series(0, &l, &mut buf);
+        {
+            let mut d = s.lock();
+            for i in 0..300 {
+                assert_eq!(
+                    h.append_locked(&mut d, i * 15_000, i as f64, i64::MIN),
+                    SampleResult::Appended
+                );
+            }
+        }
+        let (mut direct, mut via) = (Vec::new(), Vec::new());
+        s.put_labels_record(&mut direct);
+        crate::wal::record::put_labels(&mut via, &l);
+        assert_eq!(direct, via);
+        let copied = s.chunks(i64::MIN, i64::MAX);
+        let mut borrowed = Vec::new();
+        s.for_each_chunk(|c| borrowed.push((c.min_time, c.max_time, c.encoding, c.data.to_vec())));
+        assert_eq!(copied.len(), 3, "two closed chunks and the open one");
+        let want: Vec<_> = copied
+            .iter()
+            .map(|c| (c.min_time, c.max_time, c.encoding, c.data.to_vec()))
+            .collect();
+        assert_eq!(borrowed, want);
     }
 
     #[test]
