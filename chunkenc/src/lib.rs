@@ -76,17 +76,22 @@ pub enum ChunkError {
     BadHistogram(&'static str),
 }
 
+/// [`Chunk::num_samples`] of a chunk's encoding and bytes.
+pub fn num_samples(encoding: Encoding, data: &[u8]) -> usize {
+    if encoding == Encoding::Aggr {
+        return aggr::aggr_num_samples(data);
+    }
+    if data.len() < 2 {
+        return 0;
+    }
+    u16::from_be_bytes([data[0], data[1]]) as usize
+}
+
 impl Chunk {
     /// Number of samples, from the chunk header (XOR: the first two bytes; Aggr: the
     /// windows of its count aggregate, as Thanos counts them in block stats).
     pub fn num_samples(&self) -> usize {
-        if self.encoding == Encoding::Aggr {
-            return aggr::aggr_num_samples(&self.data);
-        }
-        if self.data.len() < 2 {
-            return 0;
-        }
-        u16::from_be_bytes([self.data[0], self.data[1]]) as usize
+        num_samples(self.encoding, &self.data)
     }
 
     /// Iterates the samples of a histogram chunk (either flavour); XOR and aggregate

@@ -1074,11 +1074,25 @@ impl Db {
                 inner.head.split_chunks_at(end)?;
             }
         }
-        let mut series = inner.head.iter_sorted(start, end - 1).peekable();
-        let res = if series.peek().is_none() {
+        let series = inner.head.sorted_for_block(start, end - 1);
+        let res = if series.is_empty() {
             None
         } else {
-            let meta = self.write_block(start, end, series, &self.block_options(Vec::new()))?;
+            let opts = self.block_options(Vec::new());
+            let mut scratch = crate::head::BlockScratch::default();
+            let meta = block::BlockWriter::write_with(&inner.dir, start, end, &opts, |w| {
+                for s in &series {
+                    s.lend_for_block(start, end - 1, &mut scratch, |labels, chunks| {
+                        w.series(labels, chunks)
+                    })?;
+                }
+                Ok(())
+            })
+            .map_err(|e| {
+                inner.metrics.compactions_failed.inc();
+                DbError::from(e)
+            })?;
+            drop(series);
             self.publish_block(&meta)?;
             tracing::info!(ulid = %meta.ulid, mint = start, maxt = end,
                 series = meta.stats.num_series, samples = meta.stats.num_samples, "wrote block");

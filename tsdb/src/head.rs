@@ -266,6 +266,13 @@ impl SeriesInPlace<'_> {
     }
 }
 
+/// Buffers [`MemSeries::lend_for_block`] reuses from series to series.
+#[derive(Debug, Default)]
+pub(crate) struct BlockScratch {
+    text: String,
+    ends: Vec<usize>,
+}
+
 /// A chunk read in place.
 #[derive(Debug, Clone, Copy)]
 pub struct ChunkView<'a> {
@@ -686,6 +693,66 @@ impl MemSeries {
             crate::wal::record::put_uvarint(buf, s.len() as u64);
             buf.extend_from_slice(s);
         }
+    }
+
+    /// Whether any in-order chunk overlaps `[mint, maxt]`.
+    fn has_chunks_in(&self, mint: i64, maxt: i64) -> bool {
+        let mut any = false;
+        self.for_each_chunk(|c| any |= c.max_time >= mint && c.min_time <= maxt);
+        any
+    }
+
+    /// Lends `f` the labels and the in-order chunks overlapping `[mint, maxt]` (what
+    /// [`Head::iter_sorted`] copies out for a block), under the series lock. The label
+    /// text is copied into `scratch` first, so the symbol table is not held while `f`
+    /// writes.
+    pub(crate) fn lend_for_block<R>(
+        &self,
+        mint: i64,
+        maxt: i64,
+        scratch: &mut BlockScratch,
+        f: impl FnOnce(&[(&str, &str)], &[crate::block::ChunkSlice<'_>]) -> R,
+    ) -> R {
+        let d = self.lock();
+        scratch.text.clear();
+        scratch.ends.clear();
+        {
+            let t = self.symbols.read();
+            for id in symbols::ids(&self.key) {
+                scratch.text.push_str(t.get(id));
+                scratch.ends.push(scratch.text.len());
+            }
+        }
+        let text = scratch.text.as_str();
+        let mut pairs = Vec::with_capacity(scratch.ends.len() / 2);
+        let mut at = 0;
+        for w in scratch.ends.chunks_exact(2) {
+            pairs.push((&text[at..w[0]], &text[w[0]..w[1]]));
+            at = w[1];
+        }
+        let open = d
+            .open
+            .as_ref()
+            .filter(|o| o.num_samples() > 0)
+            .map(|o| ChunkView {
+                min_time: o.min_t(),
+                max_time: o.last_t(),
+                encoding: o.encoding(),
+                data: o.bytes(),
+            });
+        let chunks: Vec<crate::block::ChunkSlice<'_>> = d
+            .closed
+            .iter()
+            .chain(open)
+            .filter(|c| c.max_time >= mint && c.min_time <= maxt)
+            .map(|c| crate::block::ChunkSlice {
+                min_time: c.min_time,
+                max_time: c.max_time,
+                encoding: c.encoding,
+                data: c.data,
+            })
+            .collect();
+        f(&pairs, &chunks)
     }
 
     /// Calls `f` with each in-order chunk (closed ones oldest first, then the open
@@ -1234,6 +1301,23 @@ impl Head {
         })
     }
 
+    /// The series a block of `[mint, maxt]` cut from the head holds (those with
+    /// in-order chunks overlapping it), sorted by labels: [`Head::iter_sorted`] without
+    /// the copies, for [`MemSeries::lend_for_block`].
+    pub(crate) fn sorted_for_block(&self, mint: i64, maxt: i64) -> Vec<Arc<MemSeries>> {
+        if self.misses(mint, maxt) {
+            return Vec::new();
+        }
+        let mut series: Vec<Arc<MemSeries>> = self
+            .read()
+            .values()
+            .filter(|s| s.has_chunks_in(mint, maxt))
+            .cloned()
+            .collect();
+        sort_series(&self.symbols, &mut series);
+        series
+    }
+
     /// Series (sorted by labels) matching `matchers` that have samples in `[mint, maxt]`.
     fn matching_series(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Arc<MemSeries>> {
         if self.misses(mint, maxt) {
@@ -1628,6 +1712,63 @@ mod tests {
             .collect();
         assert_eq!(names, vec!["a", "a_", "ab", "b"]);
         assert_eq!(h.iter_sorted(200, 300).count(), 0);
+    }
+
+    #[test]
+    fn lent_block_series_equal_the_copied_ones() {
+        let h = Head::new(1000, Metrics::default());
+        let mut buf = Vec::new();
+        // Series with chunks in and out of the range, one with none in it.
+        for (k, name) in ["b", "a", "ab", "a_", "late"].into_iter().enumerate() {
+            let l = Labels::from_pairs([("n", name), ("x", "1"), ("zz", "ü")]).unwrap();
+            let s = h.replay_series(0, &l, &mut buf);
+            let mut d = s.lock();
+            let from = if name == "late" { 5000 } else { k as i64 * 10 };
+            for t in (from..from + 2500).step_by(100) {
+                assert_eq!(
+                    h.append_locked(&mut d, t, t as f64, i64::MIN),
+                    SampleResult::Appended
+                );
+            }
+            drop(d);
+            h.note_times(from, from + 2500);
+        }
+        for (mint, maxt) in [(0, 999), (1000, 1999), (0, i64::MAX), (9000, 9999)] {
+            let copied: Vec<(Vec<(String, String)>, Vec<(i64, i64, Vec<u8>)>)> = h
+                .iter_sorted(mint, maxt)
+                .map(|(l, cs)| {
+                    (
+                        l.iter()
+                            .map(|x| (x.name.to_string(), x.value.to_string()))
+                            .collect(),
+                        cs.iter()
+                            .map(|c| (c.min_time, c.max_time, c.data.to_vec()))
+                            .collect(),
+                    )
+                })
+                .collect();
+            let mut scratch = BlockScratch::default();
+            let lent: Vec<_> = h
+                .sorted_for_block(mint, maxt)
+                .iter()
+                .map(|s| {
+                    s.lend_for_block(mint, maxt, &mut scratch, |l, cs| {
+                        (
+                            l.iter()
+                                .map(|(n, v)| (n.to_string(), v.to_string()))
+                                .collect(),
+                            cs.iter()
+                                .map(|c| (c.min_time, c.max_time, c.data.to_vec()))
+                                .collect(),
+                        )
+                    })
+                })
+                .collect();
+            assert_eq!(lent, copied, "[{mint}, {maxt}]");
+            if mint == 0 && maxt == 999 {
+                assert_eq!(lent.len(), 4, "the late series has nothing there");
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::encoding::{Decoder, put_uvarint, put_uvarint_str, put_varint};
 use super::index::{ChunkMeta, IndexWriter};
 use super::meta::{BlockDesc, BlockMeta, BlockMetaCompaction, BlockStats, IndexStats, ThanosMeta};
 use super::{BlockError, Ulid, tombstones};
-use crate::chunk::Chunk;
+use crate::chunk::{Chunk, Encoding};
 
 /// Suffix of a block directory still being written.
 pub const TMP_FOR_CREATION: &str = ".tmp-for-creation";
@@ -76,6 +76,38 @@ impl BlockWriter {
     where
         I: IntoIterator<Item = (Labels, Vec<Chunk>)>,
     {
+        Self::write_with(parent, mint, maxt, opts, |w| {
+            for (labels, chunks) in series {
+                let pairs: Vec<(&str, &str)> = labels
+                    .iter()
+                    .map(|l| (l.name.as_str(), l.value.as_str()))
+                    .collect();
+                let views: Vec<ChunkSlice<'_>> = chunks
+                    .iter()
+                    .map(|c| ChunkSlice {
+                        min_time: c.min_time,
+                        max_time: c.max_time,
+                        encoding: c.encoding,
+                        data: &c.data,
+                    })
+                    .collect();
+                w.series(&pairs, &views)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// [`BlockWriter::write`] for a source that lends each series instead of giving
+    /// owned labels and chunks: `feed` calls [`SeriesSink::series`] once per series, in
+    /// label order (the head writes its blocks so, without copying a series' strings
+    /// and chunk bytes for the writer to drop again).
+    pub fn write_with(
+        parent: &Path,
+        mint: i64,
+        maxt: i64,
+        opts: &BlockOptions,
+        feed: impl FnOnce(&mut SeriesSink) -> Result<(), BlockError>,
+    ) -> Result<BlockMeta, BlockError> {
         if maxt <= mint {
             return Err(BlockError::Invalid(format!(
                 "block range [{mint}, {maxt}) is empty"
@@ -95,7 +127,7 @@ impl BlockWriter {
             std::fs::remove_dir_all(&tmp).map_err(|e| BlockError::io(&tmp, e))?;
         }
         std::fs::create_dir_all(&tmp).map_err(|e| BlockError::io(&tmp, e))?;
-        match write_into(&tmp, ulid, mint, maxt, series, opts) {
+        match write_into(&tmp, ulid, mint, maxt, feed, opts) {
             Ok(meta) => {
                 std::fs::rename(&tmp, &dst).map_err(|e| BlockError::io(&dst, e))?;
                 sync_dir(parent)?;
@@ -134,80 +166,163 @@ impl SymbolSet {
     }
 }
 
-fn write_into<I>(
-    dir: &Path,
-    ulid: Ulid,
+/// A chunk lent to the writer.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkSlice<'a> {
+    pub min_time: i64,
+    pub max_time: i64,
+    pub encoding: Encoding,
+    pub data: &'a [u8],
+}
+
+/// Pass 1 of a block write, fed one series at a time: chunks to segments, series
+/// (labels + chunk metas) to a scratch file, distinct strings to the symbol set.
+pub struct SeriesSink {
     mint: i64,
     maxt: i64,
-    series: I,
-    opts: &BlockOptions,
-) -> Result<BlockMeta, BlockError>
-where
-    I: IntoIterator<Item = (Labels, Vec<Chunk>)>,
-{
-    let chunks_dir = dir.join("chunks");
-    let mut cw = ChunkWriter::new(&chunks_dir, opts.segment_size)?;
+    cw: ChunkWriter,
+    scratch: BufWriter<File>,
+    scratch_path: PathBuf,
+    symbols: SymbolSet,
+    stats: BlockStats,
+    /// The previous series' labels (buffers reused from series to series).
+    last: Vec<(String, String)>,
+    has_last: bool,
+    buf: Vec<u8>,
+    metas: Vec<(u64, i64, i64)>,
+}
 
-    // Pass 1: chunks to segments, series (labels + chunk metas) to a scratch file,
-    // distinct strings to the symbol set.
-    let scratch_path = dir.join("index.series.tmp");
-    let scratch = File::create(&scratch_path).map_err(|e| BlockError::io(&scratch_path, e))?;
-    let mut scratch = BufWriter::with_capacity(1 << 20, scratch);
-    let mut symbols = SymbolSet::default();
-    let mut stats = BlockStats::default();
-    let mut last: Option<Labels> = None;
-    let mut buf = Vec::with_capacity(256);
-    for (labels, chunks) in series {
+impl SeriesSink {
+    /// Adds the next series: label pairs in order (strictly after the previous
+    /// series), chunks in time order inside the block's range. A series without chunks
+    /// is skipped.
+    pub fn series(
+        &mut self,
+        labels: &[(&str, &str)],
+        chunks: &[ChunkSlice<'_>],
+    ) -> Result<(), BlockError> {
         if chunks.is_empty() {
-            continue;
+            return Ok(());
         }
+        let text = |labels: &[(&str, &str)]| {
+            let body: Vec<String> = labels.iter().map(|(n, v)| format!("{n}={v:?}")).collect();
+            format!("{{{}}}", body.join(", "))
+        };
         if labels.is_empty() {
             return Err(BlockError::Invalid("series with an empty label set".into()));
         }
-        if let Some(l) = &last
-            && labels <= *l
+        if self.has_last
+            && labels
+                .iter()
+                .copied()
+                .cmp(self.last.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+                != std::cmp::Ordering::Greater
         {
+            let last: Vec<(&str, &str)> = self
+                .last
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
             return Err(BlockError::Invalid(format!(
-                "series not sorted: {labels} after {l}"
+                "series not sorted: {} after {}",
+                text(labels),
+                text(&last)
             )));
         }
-        buf.clear();
-        put_uvarint(&mut buf, labels.len() as u64);
-        for l in &labels {
-            for s in [&l.name, &l.value] {
-                symbols.add(s);
-                put_uvarint_str(&mut buf, s);
-            }
-        }
-        put_uvarint(&mut buf, chunks.len() as u64);
+        let (mint, maxt) = (self.mint, self.maxt);
         let mut prev_max = i64::MIN;
-        for c in &chunks {
+        self.metas.clear();
+        for c in chunks {
             if c.min_time < mint || c.max_time >= maxt || c.max_time < c.min_time {
                 return Err(BlockError::Invalid(format!(
-                    "chunk [{}, {}] of {labels} outside block range [{mint}, {maxt})",
-                    c.min_time, c.max_time
+                    "chunk [{}, {}] of {} outside block range [{mint}, {maxt})",
+                    c.min_time,
+                    c.max_time,
+                    text(labels)
                 )));
             }
             if c.min_time <= prev_max {
                 return Err(BlockError::Invalid(format!(
-                    "chunks of {labels} overlap or are out of order"
+                    "chunks of {} overlap or are out of order",
+                    text(labels)
                 )));
             }
             prev_max = c.max_time;
-            let r = cw.write(c.encoding, &c.data)?;
-            put_uvarint(&mut buf, r);
-            put_varint(&mut buf, c.min_time);
-            put_varint(&mut buf, c.max_time);
-            stats.num_chunks += 1;
-            let n = c.num_samples() as u64;
-            stats.num_samples += n;
+            let r = self.cw.write(c.encoding, c.data)?;
+            self.metas.push((r, c.min_time, c.max_time));
+            self.stats.num_chunks += 1;
+            self.stats.num_samples += crate::chunk::num_samples(c.encoding, c.data) as u64;
         }
-        stats.num_series += 1;
-        scratch
-            .write_all(&buf)
-            .map_err(|e| BlockError::io(&scratch_path, e))?;
-        last = Some(labels);
+        let buf = &mut self.buf;
+        buf.clear();
+        put_uvarint(buf, labels.len() as u64);
+        for &(n, v) in labels {
+            for s in [n, v] {
+                self.symbols.add(s);
+                put_uvarint_str(buf, s);
+            }
+        }
+        put_uvarint(buf, self.metas.len() as u64);
+        for &(r, a, b) in &self.metas {
+            put_uvarint(buf, r);
+            put_varint(buf, a);
+            put_varint(buf, b);
+        }
+        self.stats.num_series += 1;
+        self.scratch
+            .write_all(buf)
+            .map_err(|e| BlockError::io(&self.scratch_path, e))?;
+        // Keep the labels for the next order check, reusing the strings' buffers.
+        self.last.truncate(labels.len());
+        for (k, &(n, v)) in labels.iter().enumerate() {
+            match self.last.get_mut(k) {
+                Some((a, b)) => {
+                    a.clear();
+                    a.push_str(n);
+                    b.clear();
+                    b.push_str(v);
+                }
+                None => self.last.push((n.to_string(), v.to_string())),
+            }
+        }
+        self.has_last = true;
+        Ok(())
     }
+}
+
+fn write_into(
+    dir: &Path,
+    ulid: Ulid,
+    mint: i64,
+    maxt: i64,
+    feed: impl FnOnce(&mut SeriesSink) -> Result<(), BlockError>,
+    opts: &BlockOptions,
+) -> Result<BlockMeta, BlockError> {
+    let chunks_dir = dir.join("chunks");
+    let scratch_path = dir.join("index.series.tmp");
+    let scratch = File::create(&scratch_path).map_err(|e| BlockError::io(&scratch_path, e))?;
+    let mut sink = SeriesSink {
+        mint,
+        maxt,
+        cw: ChunkWriter::new(&chunks_dir, opts.segment_size)?,
+        scratch: BufWriter::with_capacity(1 << 20, scratch),
+        scratch_path,
+        symbols: SymbolSet::default(),
+        stats: BlockStats::default(),
+        last: Vec::new(),
+        has_last: false,
+        buf: Vec::with_capacity(256),
+        metas: Vec::new(),
+    };
+    feed(&mut sink)?;
+    let SeriesSink {
+        cw,
+        mut scratch,
+        scratch_path,
+        symbols,
+        stats,
+        ..
+    } = sink;
     let chunk_max_size = cw.max_record_size();
     cw.finish()?;
     scratch
