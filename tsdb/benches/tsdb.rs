@@ -458,36 +458,29 @@ fn bench_disk_and_select(c: &mut Criterion<ThreadCpu>) {
 
     let mut g = c.benchmark_group("block_write");
     g.sample_size(10);
-    g.bench_function("flush_1k_series_2h", |b| {
-        b.iter_batched(
-            || {
-                let d = tempfile::tempdir().unwrap();
-                let (db, _) = filled_db(d.path(), 1_000, 2);
-                (d, db)
-            },
-            |(d, db)| {
-                black_box(db.flush().unwrap());
-                d
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    // A flush of `n` series with `steps` samples each, the database filled afresh
+    // (outside the measurement) for every iteration.
+    let flush =
+        |name: &str, n: usize, steps: i64, g: &mut criterion::BenchmarkGroup<'_, ThreadCpu>| {
+            g.bench_function(name, |b| {
+                b.iter_batched(
+                    || {
+                        let d = tempfile::tempdir().unwrap();
+                        let (db, _) = filled_db_steps(d.path(), n, steps);
+                        (d, db)
+                    },
+                    |(d, db)| {
+                        black_box(db.flush().unwrap());
+                        d
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        };
+    flush("flush_1k_series_2h", 1_000, 2 * 240, &mut g);
     // The soak's shape (issue #26): many series with a dozen samples each, where the
     // per-series costs of a block (symbols, sorting, index entries) dominate.
-    g.bench_function("flush_200k_series_12_samples", |b| {
-        b.iter_batched(
-            || {
-                let d = tempfile::tempdir().unwrap();
-                let (db, _) = filled_db_steps(d.path(), 200_000, 12);
-                (d, db)
-            },
-            |(d, db)| {
-                black_box(db.flush().unwrap());
-                d
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    flush("flush_200k_series_12_samples", 200_000, 12, &mut g);
     g.finish();
 }
 
