@@ -303,25 +303,9 @@ pub(crate) fn expand_int_spans_and_buckets(
     a_buckets: &[i64],
     b_buckets: &[i64],
 ) -> Option<(Vec<Insert>, Vec<Insert>)> {
-    if a == b && a_buckets.len() == b_buckets.len() {
-        // The common case (see `expand_spans_and_buckets`), over the deltas directly.
-        let (mut ca, mut cb) = (0i64, 0i64);
-        for (&da, &db) in a_buckets.iter().zip(b_buckets) {
-            ca = ca.wrapping_add(da);
-            cb = cb.wrapping_add(db);
-            if ca > cb {
-                return None;
-            }
-        }
-        return Some((Vec::new(), Vec::new()));
-    }
-    let delta = |v: &[i64], i: usize| v.get(i).copied().unwrap_or(0);
-    expand_spans_and_buckets(
-        a,
-        b,
-        |i, prev: i64| prev.wrapping_add(delta(a_buckets, i)),
-        |i, prev: i64| prev.wrapping_add(delta(b_buckets, i)),
-    )
+    expand_spans_and_buckets(a, b, a_buckets, b_buckets, |prev: i64, d| {
+        prev.wrapping_add(d)
+    })
 }
 
 /// The float flavour (`expandFloatSpansAndBuckets`): buckets are absolute counts.
@@ -331,13 +315,7 @@ pub(crate) fn expand_float_spans_and_buckets(
     a_buckets: &[f64],
     b_buckets: &[f64],
 ) -> Option<(Vec<Insert>, Vec<Insert>)> {
-    let abs = |v: &[f64], i: usize| v.get(i).copied().unwrap_or(0.0);
-    expand_spans_and_buckets(
-        a,
-        b,
-        |i, _prev: f64| abs(a_buckets, i),
-        |i, _prev: f64| abs(b_buckets, i),
-    )
+    expand_spans_and_buckets(a, b, a_buckets, b_buckets, |_prev: f64, x| x)
 }
 
 /// Adds bucket `idx` to the open insert run, closing the run first at a gap.
@@ -404,27 +382,35 @@ impl<'a, C: Copy + Default, F: Fn(usize, C) -> C> Side<'a, C, F> {
     }
 }
 
+/// Both flavours: `count(prev, bucket)` turns a bucket as stored (a delta or an
+/// absolute count) into the bucket's count, given the previous bucket's count.
 fn expand_spans_and_buckets<C: Copy + PartialOrd + Default>(
     a: &[Span],
     b: &[Span],
-    a_count_at: impl Fn(usize, C) -> C,
-    b_count_at: impl Fn(usize, C) -> C,
+    a_buckets: &[C],
+    b_buckets: &[C],
+    count: impl Fn(C, C) -> C + Copy,
 ) -> Option<(Vec<Insert>, Vec<Insert>)> {
-    let zero = C::default();
-    if a == b {
+    if a == b && a_buckets.len() == b_buckets.len() {
         // The common case, a series keeping its buckets: nothing to insert, only the
         // check that no bucket went down (what the walk below finds with equal indices).
-        let (mut ca, mut cb) = (zero, zero);
-        for i in 0..count_spans(a) as usize {
-            ca = a_count_at(i, ca);
-            cb = b_count_at(i, cb);
+        let (mut ca, mut cb) = (C::default(), C::default());
+        for (&x, &y) in a_buckets.iter().zip(b_buckets) {
+            ca = count(ca, x);
+            cb = count(cb, y);
             if ca > cb {
                 return None;
             }
         }
         return Some((Vec::new(), Vec::new()));
     }
-    expand_walk(a, b, a_count_at, b_count_at)
+    let at = |v: &[C], i: usize| v.get(i).copied().unwrap_or_default();
+    expand_walk(
+        a,
+        b,
+        |i, prev| count(prev, at(a_buckets, i)),
+        |i, prev| count(prev, at(b_buckets, i)),
+    )
 }
 
 /// The general walk of [`expand_spans_and_buckets`] over both layouts.

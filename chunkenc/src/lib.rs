@@ -76,22 +76,54 @@ pub enum ChunkError {
     BadHistogram(&'static str),
 }
 
-/// [`Chunk::num_samples`] of a chunk's encoding and bytes.
-pub fn num_samples(encoding: Encoding, data: &[u8]) -> usize {
-    if encoding == Encoding::Aggr {
-        return aggr::aggr_num_samples(data);
+/// A chunk read in place (a head's chunk under its series lock, a chunk lent to a
+/// block writer): [`Chunk`] with borrowed bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkView<'a> {
+    pub min_time: i64,
+    pub max_time: i64,
+    pub encoding: Encoding,
+    pub data: &'a [u8],
+}
+
+impl ChunkView<'_> {
+    /// See [`Chunk::num_samples`].
+    pub fn num_samples(&self) -> usize {
+        if self.encoding == Encoding::Aggr {
+            return aggr::aggr_num_samples(self.data);
+        }
+        if self.data.len() < 2 {
+            return 0;
+        }
+        u16::from_be_bytes([self.data[0], self.data[1]]) as usize
     }
-    if data.len() < 2 {
-        return 0;
+
+    /// An owned copy.
+    pub fn to_chunk(&self) -> Chunk {
+        Chunk {
+            min_time: self.min_time,
+            max_time: self.max_time,
+            encoding: self.encoding,
+            data: Bytes::copy_from_slice(self.data),
+        }
     }
-    u16::from_be_bytes([data[0], data[1]]) as usize
 }
 
 impl Chunk {
     /// Number of samples, from the chunk header (XOR: the first two bytes; Aggr: the
     /// windows of its count aggregate, as Thanos counts them in block stats).
     pub fn num_samples(&self) -> usize {
-        num_samples(self.encoding, &self.data)
+        self.view().num_samples()
+    }
+
+    /// The chunk, borrowed.
+    pub fn view(&self) -> ChunkView<'_> {
+        ChunkView {
+            min_time: self.min_time,
+            max_time: self.max_time,
+            encoding: self.encoding,
+            data: &self.data,
+        }
     }
 
     /// Iterates the samples of a histogram chunk (either flavour); XOR and aggregate

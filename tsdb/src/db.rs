@@ -1075,7 +1075,7 @@ impl Db {
             }
         }
         let series = inner.head.sorted_for_block(start, end - 1);
-        let res = if series.is_empty() {
+        let res = if !series.iter().any(|s| s.has_chunks_in(start, end - 1)) {
             None
         } else {
             let opts = self.block_options(Vec::new());

@@ -273,14 +273,7 @@ pub(crate) struct BlockScratch {
     ends: Vec<usize>,
 }
 
-/// A chunk read in place.
-#[derive(Debug, Clone, Copy)]
-pub struct ChunkView<'a> {
-    pub min_time: i64,
-    pub max_time: i64,
-    pub encoding: Encoding,
-    pub data: &'a [u8],
-}
+pub use crate::chunk::ChunkView;
 
 /// One series' chunks overlapping a range, borrowed under the series' lock.
 pub struct SeriesChunks<'a> {
@@ -293,30 +286,13 @@ impl SeriesChunks<'_> {
     /// The chunks overlapping the range, oldest first (the open one last).
     pub fn iter(&self) -> impl Iterator<Item = ChunkView<'_>> + Clone {
         let (mint, maxt) = (self.mint, self.maxt);
-        let closed = self
-            .data
-            .closed
-            .iter()
-            .filter(move |c| c.max_time >= mint && c.min_time <= maxt);
-        let open = self.data.open.as_ref().and_then(|o| {
-            if o.num_samples() == 0 {
-                return None;
-            }
-            let max_time = o.last_t();
-            (max_time >= mint && o.min_t() <= maxt).then(|| ChunkView {
-                min_time: o.min_t(),
-                max_time,
-                encoding: o.encoding(),
-                data: o.bytes(),
-            })
-        });
         let ooo = self.data.ooo_chunks(mint, maxt).map(|c| ChunkView {
             min_time: c.min_time,
             max_time: c.max_time,
             encoding: c.encoding,
             data: &c.data,
         });
-        closed.chain(open).chain(ooo)
+        self.data.views(mint, maxt).chain(ooo)
     }
 }
 
@@ -603,7 +579,7 @@ impl SeriesData {
                     out.extend(rest);
                     out.extend(open.and_then(OpenChunk::close));
                 } else {
-                    out.push(closed::to_chunk(c));
+                    out.push(c.to_chunk());
                 }
             }
             self.closed.set(&out);
@@ -643,24 +619,26 @@ impl SeriesData {
 
     /// Chunks overlapping `[mint, maxt]`, copied.
     fn chunks(&self, mint: i64, maxt: i64, out: &mut Vec<Chunk>) {
-        for c in self.closed.iter() {
-            if c.max_time >= mint && c.min_time <= maxt {
-                out.push(closed::to_chunk(c));
-            }
-        }
-        if let Some(o) = &self.open
-            && o.num_samples() > 0
-        {
-            let max_time = o.last_t();
-            if max_time >= mint && o.min_t() <= maxt {
-                out.push(Chunk {
-                    min_time: o.min_t(),
-                    max_time,
-                    encoding: o.encoding(),
-                    data: Bytes::copy_from_slice(o.bytes()),
-                });
-            }
-        }
+        out.extend(self.views(mint, maxt).map(|c| c.to_chunk()));
+    }
+
+    /// The in-order chunks overlapping `[mint, maxt]`, borrowed: closed ones oldest
+    /// first, then the open one (when it holds samples).
+    fn views(&self, mint: i64, maxt: i64) -> impl Iterator<Item = ChunkView<'_>> + Clone {
+        let open = self
+            .open
+            .as_ref()
+            .filter(|o| o.num_samples() > 0)
+            .map(|o| ChunkView {
+                min_time: o.min_t(),
+                max_time: o.last_t(),
+                encoding: o.encoding(),
+                data: o.bytes(),
+            });
+        self.closed
+            .iter()
+            .chain(open)
+            .filter(move |c| c.max_time >= mint && c.min_time <= maxt)
     }
 
     /// Drops chunks that end before `cut`; returns whether data remains.
@@ -696,10 +674,8 @@ impl MemSeries {
     }
 
     /// Whether any in-order chunk overlaps `[mint, maxt]`.
-    fn has_chunks_in(&self, mint: i64, maxt: i64) -> bool {
-        let mut any = false;
-        self.for_each_chunk(|c| any |= c.max_time >= mint && c.min_time <= maxt);
-        any
+    pub(crate) fn has_chunks_in(&self, mint: i64, maxt: i64) -> bool {
+        self.lock().views(mint, maxt).next().is_some()
     }
 
     /// Lends `f` the labels and the in-order chunks overlapping `[mint, maxt]` (what
@@ -711,7 +687,7 @@ impl MemSeries {
         mint: i64,
         maxt: i64,
         scratch: &mut BlockScratch,
-        f: impl FnOnce(&[(&str, &str)], &[crate::block::ChunkSlice<'_>]) -> R,
+        f: impl FnOnce(&[(&str, &str)], &[ChunkView<'_>]) -> R,
     ) -> R {
         let d = self.lock();
         scratch.text.clear();
@@ -730,48 +706,14 @@ impl MemSeries {
             pairs.push((&text[at..w[0]], &text[w[0]..w[1]]));
             at = w[1];
         }
-        let open = d
-            .open
-            .as_ref()
-            .filter(|o| o.num_samples() > 0)
-            .map(|o| ChunkView {
-                min_time: o.min_t(),
-                max_time: o.last_t(),
-                encoding: o.encoding(),
-                data: o.bytes(),
-            });
-        let chunks: Vec<crate::block::ChunkSlice<'_>> = d
-            .closed
-            .iter()
-            .chain(open)
-            .filter(|c| c.max_time >= mint && c.min_time <= maxt)
-            .map(|c| crate::block::ChunkSlice {
-                min_time: c.min_time,
-                max_time: c.max_time,
-                encoding: c.encoding,
-                data: c.data,
-            })
-            .collect();
+        let chunks: Vec<ChunkView<'_>> = d.views(mint, maxt).collect();
         f(&pairs, &chunks)
     }
 
     /// Calls `f` with each in-order chunk (closed ones oldest first, then the open
     /// one), borrowed under the series lock: what [`MemSeries::chunks`] copies out.
-    pub(crate) fn for_each_chunk(&self, mut f: impl FnMut(ChunkView<'_>)) {
-        let d = self.lock();
-        for c in d.closed.iter() {
-            f(c);
-        }
-        if let Some(o) = &d.open
-            && o.num_samples() > 0
-        {
-            f(ChunkView {
-                min_time: o.min_t(),
-                max_time: o.last_t(),
-                encoding: o.encoding(),
-                data: o.bytes(),
-            });
-        }
+    pub(crate) fn for_each_chunk(&self, f: impl FnMut(ChunkView<'_>)) {
+        self.lock().views(i64::MIN, i64::MAX).for_each(f);
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, SeriesData> {
@@ -1289,31 +1231,23 @@ impl Head {
     /// chunks; produced lazily, one series at a time (block writing streams it, so
     /// compaction never holds every series' labels and chunks at once).
     pub fn iter_sorted(&self, mint: i64, maxt: i64) -> impl Iterator<Item = (Labels, Vec<Chunk>)> {
-        let mut series: Vec<Arc<MemSeries>> = if self.misses(mint, maxt) {
-            Vec::new()
-        } else {
-            self.read().values().cloned().collect()
-        };
-        sort_series(&self.symbols, &mut series);
-        series.into_iter().filter_map(move |s| {
-            let c = s.chunks(mint, maxt);
-            (!c.is_empty()).then(|| (s.labels(), c))
-        })
+        self.sorted_for_block(mint, maxt)
+            .into_iter()
+            .filter_map(move |s| {
+                let c = s.chunks(mint, maxt);
+                (!c.is_empty()).then(|| (s.labels(), c))
+            })
     }
 
-    /// The series a block of `[mint, maxt]` cut from the head holds (those with
-    /// in-order chunks overlapping it), sorted by labels: [`Head::iter_sorted`] without
-    /// the copies, for [`MemSeries::lend_for_block`].
+    /// Every series, sorted by labels, when the head has data in `[mint, maxt]` (none
+    /// otherwise): what a block of that range is written from, series by series (a
+    /// series without chunks there is skipped by the writer). [`Head::iter_sorted`]
+    /// copies them out; [`MemSeries::lend_for_block`] lends them.
     pub(crate) fn sorted_for_block(&self, mint: i64, maxt: i64) -> Vec<Arc<MemSeries>> {
         if self.misses(mint, maxt) {
             return Vec::new();
         }
-        let mut series: Vec<Arc<MemSeries>> = self
-            .read()
-            .values()
-            .filter(|s| s.has_chunks_in(mint, maxt))
-            .cloned()
-            .collect();
+        let mut series: Vec<Arc<MemSeries>> = self.read().values().cloned().collect();
         sort_series(&self.symbols, &mut series);
         series
     }
@@ -1763,6 +1697,10 @@ mod tests {
                         )
                     })
                 })
+                // The writer skips a series lent without chunks in the range.
+                .filter(
+                    |(_, cs): &(Vec<(String, String)>, Vec<(i64, i64, Vec<u8>)>)| !cs.is_empty(),
+                )
                 .collect();
             assert_eq!(lent, copied, "[{mint}, {maxt}]");
             if mint == 0 && maxt == 999 {

@@ -44,9 +44,15 @@ pub struct ChunkMeta {
     pub max_time: i64,
 }
 
-/// The hash symbols are looked up by while an index is written.
-fn symbol_hash(s: &str) -> u64 {
+/// The hash symbols are looked up by while a block is written.
+pub(crate) fn symbol_hash(s: &str) -> u64 {
     xxhash_rust::xxh64::xxh64(s.as_bytes(), 0)
+}
+
+/// A label set as `{name="value", ...}`, for error messages.
+pub(crate) fn label_text<'s>(pairs: impl Iterator<Item = (&'s str, &'s str)>) -> String {
+    let body: Vec<String> = pairs.map(|(n, v)| format!("{n}={v:?}")).collect();
+    format!("{{{}}}", body.join(", "))
 }
 
 /// Hashes the packed (name id, value id) keys of the postings being collected: one
@@ -182,11 +188,7 @@ impl IndexWriter {
     /// A label set of ids, as text (for error messages).
     fn text(&self, pairs: &[(u32, u32)]) -> String {
         let sym = |i: u32| self.symbols.get(i as usize).map_or("?", |s| s.as_str());
-        let body: Vec<String> = pairs
-            .iter()
-            .map(|&(n, v)| format!("{}={:?}", sym(n), sym(v)))
-            .collect();
-        format!("{{{}}}", body.join(", "))
+        label_text(pairs.iter().map(|&(n, v)| (sym(n), sym(v))))
     }
 
     /// Adds the next series (strictly greater label set than the previous one) with its

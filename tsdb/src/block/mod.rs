@@ -46,8 +46,8 @@ pub use reader::{
 pub use retention::{BlockEntry, apply_retention, delete_block, list_blocks, remove_tmp_dirs};
 pub use ulid::{Ulid, UlidError};
 pub use writer::{
-    BlockOptions, BlockWriter, ChunkSlice, SeriesSink, TMP_FOR_CREATION, TMP_FOR_DELETION,
-    block_dir, sync_dir, write_meta,
+    BlockOptions, BlockWriter, SeriesSink, TMP_FOR_CREATION, TMP_FOR_DELETION, block_dir, sync_dir,
+    write_meta,
 };
 
 /// Why a block could not be written or read.

@@ -14,10 +14,10 @@ use storeapi::Labels;
 
 use super::chunks::{ChunkWriter, DEFAULT_SEGMENT_SIZE};
 use super::encoding::{Decoder, put_uvarint, put_uvarint_str, put_varint};
-use super::index::{ChunkMeta, IndexWriter};
+use super::index::{ChunkMeta, IndexWriter, label_text, symbol_hash};
 use super::meta::{BlockDesc, BlockMeta, BlockMetaCompaction, BlockStats, IndexStats, ThanosMeta};
 use super::{BlockError, Ulid, tombstones};
-use crate::chunk::{Chunk, Encoding};
+use crate::chunk::{Chunk, ChunkView};
 
 /// Suffix of a block directory still being written.
 pub const TMP_FOR_CREATION: &str = ".tmp-for-creation";
@@ -82,15 +82,7 @@ impl BlockWriter {
                     .iter()
                     .map(|l| (l.name.as_str(), l.value.as_str()))
                     .collect();
-                let views: Vec<ChunkSlice<'_>> = chunks
-                    .iter()
-                    .map(|c| ChunkSlice {
-                        min_time: c.min_time,
-                        max_time: c.max_time,
-                        encoding: c.encoding,
-                        data: &c.data,
-                    })
-                    .collect();
+                let views: Vec<ChunkView<'_>> = chunks.iter().map(Chunk::view).collect();
                 w.series(&pairs, &views)?;
             }
             Ok(())
@@ -151,11 +143,10 @@ struct SymbolSet {
 
 impl SymbolSet {
     fn add(&mut self, s: &str) {
-        let h = xxhash_rust::xxh64::xxh64(s.as_bytes(), 0);
+        let h = symbol_hash(s);
         if self.table.find(h, |x| x == s).is_none() {
-            self.table.insert_unique(h, s.to_string(), |x| {
-                xxhash_rust::xxh64::xxh64(x.as_bytes(), 0)
-            });
+            self.table
+                .insert_unique(h, s.to_string(), |x| symbol_hash(x));
         }
     }
 
@@ -164,15 +155,6 @@ impl SymbolSet {
         v.sort_unstable();
         v
     }
-}
-
-/// A chunk lent to the writer.
-#[derive(Debug, Clone, Copy)]
-pub struct ChunkSlice<'a> {
-    pub min_time: i64,
-    pub max_time: i64,
-    pub encoding: Encoding,
-    pub data: &'a [u8],
 }
 
 /// Pass 1 of a block write, fed one series at a time: chunks to segments, series
@@ -185,9 +167,9 @@ pub struct SeriesSink {
     scratch_path: PathBuf,
     symbols: SymbolSet,
     stats: BlockStats,
-    /// The previous series' labels (buffers reused from series to series).
+    /// The previous series' labels (buffers reused from series to series; empty
+    /// before the first, as no series has an empty label set).
     last: Vec<(String, String)>,
-    has_last: bool,
     buf: Vec<u8>,
     metas: Vec<(u64, i64, i64)>,
 }
@@ -199,34 +181,26 @@ impl SeriesSink {
     pub fn series(
         &mut self,
         labels: &[(&str, &str)],
-        chunks: &[ChunkSlice<'_>],
+        chunks: &[ChunkView<'_>],
     ) -> Result<(), BlockError> {
         if chunks.is_empty() {
             return Ok(());
         }
-        let text = |labels: &[(&str, &str)]| {
-            let body: Vec<String> = labels.iter().map(|(n, v)| format!("{n}={v:?}")).collect();
-            format!("{{{}}}", body.join(", "))
-        };
+        let text = |labels: &[(&str, &str)]| label_text(labels.iter().copied());
         if labels.is_empty() {
             return Err(BlockError::Invalid("series with an empty label set".into()));
         }
-        if self.has_last
+        if !self.last.is_empty()
             && labels
                 .iter()
                 .copied()
                 .cmp(self.last.iter().map(|(n, v)| (n.as_str(), v.as_str())))
                 != std::cmp::Ordering::Greater
         {
-            let last: Vec<(&str, &str)> = self
-                .last
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
             return Err(BlockError::Invalid(format!(
                 "series not sorted: {} after {}",
                 text(labels),
-                text(&last)
+                label_text(self.last.iter().map(|(n, v)| (n.as_str(), v.as_str())))
             )));
         }
         let (mint, maxt) = (self.mint, self.maxt);
@@ -251,7 +225,7 @@ impl SeriesSink {
             let r = self.cw.write(c.encoding, c.data)?;
             self.metas.push((r, c.min_time, c.max_time));
             self.stats.num_chunks += 1;
-            self.stats.num_samples += crate::chunk::num_samples(c.encoding, c.data) as u64;
+            self.stats.num_samples += c.num_samples() as u64;
         }
         let buf = &mut self.buf;
         buf.clear();
@@ -285,7 +259,6 @@ impl SeriesSink {
                 None => self.last.push((n.to_string(), v.to_string())),
             }
         }
-        self.has_last = true;
         Ok(())
     }
 }
@@ -310,7 +283,6 @@ fn write_into(
         symbols: SymbolSet::default(),
         stats: BlockStats::default(),
         last: Vec::new(),
-        has_last: false,
         buf: Vec::with_capacity(256),
         metas: Vec::new(),
     };

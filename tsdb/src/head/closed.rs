@@ -10,11 +10,9 @@
 //! `max_time - min_time` (uvarint), the encoding byte, the data length (uvarint), the
 //! data. Readers borrow the data in place; [`ClosedChunks::to_chunk`] copies it out.
 
-use bytes::Bytes;
-
 use crate::block::encoding::{self, put_uvarint, uvarint_len};
+use crate::chunk::ChunkView;
 use crate::chunk::{Chunk, Encoding};
-use crate::head::ChunkView;
 
 /// See the module doc. Empty: no allocation.
 #[derive(Debug, Default)]
@@ -105,7 +103,7 @@ impl ClosedChunks {
 
     /// Appends an owned chunk.
     pub(crate) fn push_chunk(&mut self, c: &Chunk) {
-        self.push(view(c));
+        self.push(c.view());
     }
 
     /// Keeps the chunks `keep` says yes to (rewritten only when one goes).
@@ -122,9 +120,9 @@ impl ClosedChunks {
 
     /// Replaces the list with `chunks`.
     pub(crate) fn set(&mut self, chunks: &[Chunk]) {
-        let mut v = Vec::with_capacity(chunks.iter().map(|c| record_len(&view(c))).sum());
+        let mut v = Vec::with_capacity(chunks.iter().map(|c| record_len(&c.view())).sum());
         for c in chunks {
-            put(&mut v, view(c));
+            put(&mut v, c.view());
         }
         self.buf = v.into_boxed_slice();
     }
@@ -132,33 +130,14 @@ impl ClosedChunks {
     /// The chunks as owned ones (copied).
     #[cfg(test)]
     pub(crate) fn to_vec(&self) -> Vec<Chunk> {
-        self.iter().map(to_chunk).collect()
-    }
-}
-
-/// A borrowed view of an owned chunk.
-pub(crate) fn view(c: &Chunk) -> ChunkView<'_> {
-    ChunkView {
-        min_time: c.min_time,
-        max_time: c.max_time,
-        encoding: c.encoding,
-        data: &c.data,
-    }
-}
-
-/// An owned copy of a chunk.
-pub(crate) fn to_chunk(c: ChunkView<'_>) -> Chunk {
-    Chunk {
-        min_time: c.min_time,
-        max_time: c.max_time,
-        encoding: c.encoding,
-        data: Bytes::copy_from_slice(c.data),
+        self.iter().map(|c| c.to_chunk()).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn chunk(min: i64, max: i64, enc: Encoding, len: usize) -> Chunk {
         Chunk {
@@ -184,7 +163,7 @@ mod tests {
             l.push_chunk(c);
             assert_eq!(l.to_vec(), cs[..=i].to_vec());
         }
-        let want: usize = cs.iter().map(|c| record_len(&view(c))).sum();
+        let want: usize = cs.iter().map(|c| record_len(&c.view())).sum();
         assert_eq!(l.buf.len(), want, "exactly the records, no slack");
         assert_eq!(l.min_time(), Some(-5_000));
         l.retain(|c| c.encoding == Encoding::Xor);
