@@ -240,7 +240,11 @@ pub fn write_into(
     let mut reader = Reader::new(raw, protocol)?;
     let mut view = SeriesView::default();
     // Valid series: their labels (borrowed from `raw`, back to back) and samples.
-    let mut label_refs: Vec<LabelRef<'_>> = Vec::new();
+    // Sized from the request: a label takes at least six bytes of protobuf framing
+    // plus its text, a third of that is a fair guess, and growing a vector of many
+    // thousand labels by doubling copied it all several times (issue #26).
+    let mut label_refs: Vec<LabelRef<'_>> = Vec::with_capacity(raw.len() / 32);
+    let mut label_bytes = 0usize;
     let mut label_spans: Vec<(usize, usize)> = Vec::new();
     let mut spans: Vec<(usize, usize)> = Vec::new();
     let mut samples: Vec<Sample> = Vec::new();
@@ -332,6 +336,11 @@ pub fn write_into(
         hist_spans.push((hstart, hists.len()));
         let at = label_refs.len();
         label_refs.extend_from_slice(&view.labels);
+        label_bytes += view
+            .labels
+            .iter()
+            .map(|l| l.name.len() + l.value.len() + 2)
+            .sum::<usize>();
         label_spans.push((at, label_refs.len()));
     }
     let received = samples.len() as u64 + invalid_samples;
@@ -425,6 +434,7 @@ pub fn write_into(
         // A series' floats go before its histograms (the head's and the WAL replay's
         // order); `key_series` maps each appender key back to its series.
         let mut app = t.db.appender();
+        app.reserve(spans.len(), samples.len(), label_bytes);
         let mut key_series: Vec<usize> = Vec::with_capacity(spans.len());
         let mut hist_iter = hists.into_iter();
         for (i, ((&(a, b), &(s, e)), &(hs, he))) in

@@ -2,6 +2,12 @@
 //! checkpoint holds for a head without deletions, in its order — series records, float
 //! samples records, native histogram records (types 7-10), then exemplar records — so Prometheus and
 //! `promtool` read an Orrery checkpoint and Orrery reads its own after a restart.
+//!
+//! Only samples up to a given time are written: a checkpoint replaces the segments up
+//! to a cut, and every sample in those segments is no newer than the head's newest
+//! sample at that cut (appends and cuts are serialized), so later samples are in the
+//! segments that stay. In steady state that bound is below the truncated head's start,
+//! and the checkpoint holds series records alone, as Prometheus's does.
 
 use std::sync::Arc;
 
@@ -41,14 +47,19 @@ pub(crate) struct CheckpointRecords {
     floats: Vec<RefHistogramSample>,
     /// Stored exemplars of head series (ref), oldest first.
     exemplars: Vec<(u64, Exemplar)>,
+    /// Samples and histograms newer than this are left out (see the module docs).
+    maxt: i64,
     /// The first chunk that did not decode (a bug: its readable samples are written).
     pub error: Option<String>,
 }
 
 impl CheckpointRecords {
-    pub fn new(series: Vec<Arc<MemSeries>>, exemplars: Vec<(u64, Exemplar)>) -> Self {
+    /// Records of `series` (all of them) with their samples not newer than `maxt`, and
+    /// `exemplars`.
+    pub fn new(series: Vec<Arc<MemSeries>>, exemplars: Vec<(u64, Exemplar)>, maxt: i64) -> Self {
         CheckpointRecords {
             exemplars,
+            maxt,
             series,
             phase: Phase::Series,
             i: 0,
@@ -113,14 +124,18 @@ impl CheckpointRecords {
                 break;
             }
             if self.pending_at == 0 && self.pending.is_empty() {
-                let (pending, error) = (&mut self.pending, &mut self.error);
+                let (pending, error, maxt) = (&mut self.pending, &mut self.error, self.maxt);
                 s.for_each_chunk(|c| {
-                    if c.encoding != Encoding::Xor {
+                    if c.encoding != Encoding::Xor || c.min_time > maxt {
                         return;
                     }
                     let decoded = XorIterator::new(c.data).and_then(|it| {
                         for x in it {
-                            pending.push(x?);
+                            let x = x?;
+                            if x.0 > maxt {
+                                break;
+                            }
+                            pending.push(x);
                         }
                         Ok(())
                     });
@@ -172,13 +187,16 @@ impl CheckpointRecords {
             if self.ints.len() + self.floats.len() >= HISTOGRAMS_PER_RECORD {
                 break;
             }
-            for c in s.chunks(i64::MIN, i64::MAX) {
+            for c in s.chunks(i64::MIN, self.maxt) {
                 if c.encoding == Encoding::Xor {
                     continue;
                 }
                 let decoded = c.iter_histograms().and_then(|it| {
                     for x in it {
                         let x = x?;
+                        if x.t > self.maxt {
+                            break;
+                        }
                         let list = match x.h {
                             HistogramValue::Int(_) => &mut self.ints,
                             HistogramValue::Float(_) => &mut self.floats,

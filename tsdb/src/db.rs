@@ -338,7 +338,20 @@ struct Inner {
     /// Loaded blocks, sorted by min time.
     blocks: RwLock<Vec<Arc<Block>>>,
     compact_lock: Mutex<()>,
+    /// The WAL's state at the last block cut (or at open): the next checkpoint replaces
+    /// the segments up to it. Keeping one cut's segments lets the checkpoint leave out
+    /// every sample written since, which is all of the head in steady state (issue #26).
+    last_cut: Mutex<Option<WalCut>>,
     metrics: Metrics,
+}
+
+/// A point in the WAL: segments ≤ `seg` hold only samples not newer than `maxt`, the
+/// head's newest timestamp when the segment after them was started (appends and cuts
+/// both hold the commit lock, so no sample written before the cut is newer).
+#[derive(Debug, Clone, Copy)]
+struct WalCut {
+    seg: u64,
+    maxt: i64,
 }
 
 /// A time-series database. Cheap to clone; `Send + Sync`.
@@ -464,15 +477,27 @@ struct Replayer<'a> {
 
 impl Replayer<'_> {
     fn add(&mut self, r: u64, t: i64, v: f64) {
+        let min_valid = self.head.min_valid_time();
         let Some(s) = self.refs.get(&r) else {
-            self.unknown_refs += 1;
+            self.unknown(t, min_valid);
             return;
         };
-        let min_valid = self.head.min_valid_time();
         let mut d = s.lock();
         if self.head.append_locked(&mut d, t, v, min_valid) == SampleResult::Appended {
             self.mint = self.mint.min(t);
             self.maxt = self.maxt.max(t);
+        }
+    }
+}
+
+impl Replayer<'_> {
+    /// A sample whose series record is not in the log. Below the blocks' end that is
+    /// expected, not lost: the head dropped the series at a cut after writing the block
+    /// (its record left with the segments the checkpoint replaced), and the sample is in
+    /// that block.
+    fn unknown(&mut self, t: i64, min_valid: i64) {
+        if t >= min_valid {
+            self.unknown_refs += 1;
         }
     }
 }
@@ -508,7 +533,7 @@ impl Visitor for Replayer<'_> {
         let min_valid = self.head.min_valid_time();
         for x in samples {
             let Some(s) = self.refs.get(&x.r) else {
-                self.unknown_refs += 1;
+                self.unknown(x.t, min_valid);
                 continue;
             };
             let r = s
@@ -672,6 +697,11 @@ impl Db {
         )?;
         wal.set_compression(opts.wal_compression);
         metrics.head_series.set(head.num_series() as i64);
+        // The replayed segments hold nothing newer than the replayed head.
+        let last_cut = last_seg.map(|seg| WalCut {
+            seg,
+            maxt: head.max_time(),
+        });
         let db = Db {
             inner: Arc::new(Inner {
                 dir,
@@ -685,6 +715,7 @@ impl Db {
                 commit: Mutex::new(CommitBufs::default()),
                 blocks: RwLock::new(blocks),
                 compact_lock: Mutex::new(()),
+                last_cut: Mutex::new(last_cut),
                 metrics,
             }),
         };
@@ -694,7 +725,7 @@ impl Db {
             // Orrery's first WAL format: the head now holds everything it had; a
             // checkpoint in Prometheus's format replaces those files. If it fails (a full
             // disk) they stay and are migrated at the next open.
-            match db.checkpoint(upto) {
+            match db.checkpoint(upto, i64::MAX) {
                 Ok(()) => tracing::info!(
                     files = report.legacy_files,
                     upto,
@@ -1076,12 +1107,13 @@ impl Db {
         }
         let series = inner.head.sorted_for_block(start, end - 1);
         let res = if !series.iter().any(|s| s.has_chunks_in(start, end - 1)) {
+            drop(series);
             None
         } else {
             let opts = self.block_options(Vec::new());
             let mut scratch = crate::head::BlockScratch::default();
             let meta = block::BlockWriter::write_with(&inner.dir, start, end, &opts, |w| {
-                for s in &series {
+                for s in series.iter() {
                     s.lend_for_block(start, end - 1, &mut scratch, |labels, chunks| {
                         w.series(labels, chunks)
                     })?;
@@ -1099,13 +1131,20 @@ impl Db {
             inner.metrics.compactions.inc();
             Some(meta)
         };
-        let last_seg = {
+        let prev = {
             let _c = lock(&inner.commit);
-            let last = inner.wal.cut_segment()?;
+            let seg = inner.wal.cut_segment()?;
+            let cut = WalCut {
+                seg,
+                maxt: inner.head.max_time(),
+            };
             inner.head.truncate(end);
-            last
+            lock(&inner.last_cut).replace(cut)
         };
-        self.checkpoint(last_seg)?;
+        // The segments up to the previous cut go; those since stay (see `last_cut`).
+        if let Some(p) = prev {
+            self.checkpoint(p.seg, p.maxt)?;
+        }
         Ok(res)
     }
 
@@ -1148,15 +1187,16 @@ impl Db {
     }
 
     /// Writes the head's state as a WAL checkpoint covering segments ≤ `upto`: what
-    /// Prometheus's checkpoint holds, series records then samples records (every sample
-    /// in the head), so Prometheus and `promtool` read it.
+    /// Prometheus's checkpoint holds, series records then samples records (the head's
+    /// samples not newer than `maxt`, the newest those segments can hold: the rest are
+    /// in the segments that stay), so Prometheus and `promtool` read it.
     ///
     /// Once it is written, a Prometheus head's `chunks_head/` (left by the Prometheus or
     /// Thanos Receive this directory came from) is removed: its samples are in the head
     /// and now in this checkpoint, and the segments it belonged with are gone, so a
     /// Prometheus started here later must not map those stale chunks onto the series
     /// refs of this WAL.
-    fn checkpoint(&self, upto: u64) -> Result<(), DbError> {
+    fn checkpoint(&self, upto: u64, maxt: i64) -> Result<(), DbError> {
         const TARGET: usize = 1 << 20;
         let mut exemplars = Vec::new();
         let mut scratch = Vec::new();
@@ -1165,7 +1205,7 @@ impl Db {
                 exemplars.push((s.sref, e.clone()));
             }
         });
-        let mut records = CheckpointRecords::new(self.inner.head.all_series(), exemplars);
+        let mut records = CheckpointRecords::new(self.inner.head.all_series(), exemplars, maxt);
         self.inner
             .wal
             .checkpoint(upto, &mut |buf| records.fill(buf, TARGET))?;
@@ -1288,6 +1328,17 @@ impl<'a> Appender<'a> {
         );
     }
 
+    /// Makes room for `series` more series with `samples` samples and `key_bytes` of
+    /// label text (names and values plus two bytes per label), so a batch whose size the
+    /// caller already knows is not copied through repeated growth.
+    pub fn reserve(&mut self, series: usize, samples: usize, key_bytes: usize) {
+        self.keys.reserve(series);
+        self.spans.reserve(series);
+        self.hist.reserve(series);
+        self.samples.reserve(samples);
+        self.keybuf.reserve(key_bytes);
+    }
+
     /// Adds one sample for `labels`.
     pub fn append_one(&mut self, labels: &'a Labels, t: i64, v: f64) {
         let k = labels_key(labels, &mut self.keybuf);
@@ -1389,6 +1440,9 @@ impl<'a> Appender<'a> {
         // queue behind each other's index lookups; redo it if series were removed since.
         let epoch = head.epoch();
         head.resolve(&self.keys, &self.keybuf, &mut resolved);
+        for s in resolved.iter().flatten() {
+            s.prefetch_for_append();
+        }
         let pos = {
             let mut bufs = lock(&inner.commit);
             let CommitBufs {
