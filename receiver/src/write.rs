@@ -122,14 +122,24 @@ pub fn check_labels(labels: &[LabelRef<'_>], b: &Bounds) -> Result<(), String> {
         }
         if i > 0 {
             let prev = labels[i - 1].name;
-            if prev == l.name {
-                return Err(format!("duplicate label name {:?}", l.name));
-            }
-            if prev > l.name {
-                return Err(format!(
-                    "labels are not sorted: {:?} after {:?}",
-                    l.name, prev
-                ));
+            // Names are valid here, so not empty; most neighbours differ in their first
+            // byte, and one byte compare replaces two `memcmp` calls (2.5% of the
+            // receiver's CPU at a million series, issue #26).
+            let order = match (prev.as_bytes().first(), l.name.as_bytes().first()) {
+                (Some(a), Some(b)) if a != b => a.cmp(b),
+                _ => prev.cmp(l.name),
+            };
+            match order {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => {
+                    return Err(format!("duplicate label name {:?}", l.name));
+                }
+                std::cmp::Ordering::Greater => {
+                    return Err(format!(
+                        "labels are not sorted: {:?} after {:?}",
+                        l.name, prev
+                    ));
+                }
             }
         }
     }
@@ -1313,6 +1323,16 @@ mod tests {
         );
         assert!(
             check_labels(&[l("a", "x"), l("a", "y")], &b)
+                .unwrap_err()
+                .contains("duplicate")
+        );
+        // Names sharing a first byte take the whole compare.
+        assert!(check_labels(&[l("ab", "x"), l("abc", "y"), l("ac", "z")], &b).is_ok());
+        for bad in [[l("ab", "x"), l("aa", "y")], [l("abc", "x"), l("ab", "y")]] {
+            assert!(check_labels(&bad, &b).unwrap_err().contains("not sorted"));
+        }
+        assert!(
+            check_labels(&[l("ab", "x"), l("ab", "y")], &b)
                 .unwrap_err()
                 .contains("duplicate")
         );

@@ -103,6 +103,7 @@ impl CheckpointRecords {
             if buf.len() - at >= target {
                 break;
             }
+            crate::head::prefetch_ahead(|k| self.series.get(k).map(|s| &**s), self.i);
             buf.extend_from_slice(&s.sref.to_be_bytes());
             s.put_labels_record(buf);
             self.i += 1;

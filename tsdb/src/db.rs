@@ -1113,12 +1113,11 @@ impl Db {
             let opts = self.block_options(Vec::new());
             let mut scratch = crate::head::BlockScratch::default();
             let meta = block::BlockWriter::write_with(&inner.dir, start, end, &opts, |w| {
-                for s in series.iter() {
+                series.try_for_each(|s| {
                     s.lend_for_block(start, end - 1, &mut scratch, |labels, chunks| {
                         w.series(labels, chunks)
-                    })?;
-                }
-                Ok(())
+                    })
+                })
             })
             .map_err(|e| {
                 inner.metrics.compactions_failed.inc();

@@ -743,6 +743,16 @@ impl MemSeries {
         }
     }
 
+    /// The second step of [`prefetch_ahead`]: the key and the chunks' first lines.
+    fn prefetch_parts(&self) {
+        prefetch(self.key.as_ptr());
+        let Ok(d) = self.data.try_lock() else { return };
+        prefetch(d.closed.as_ptr());
+        if let Some(OpenChunk::Xor(o)) = &d.open {
+            prefetch(o.chunk.bytes().as_ptr());
+        }
+    }
+
     /// In-order chunks overlapping `[mint, maxt]`, oldest first (what the head's
     /// blocks and WAL checkpoints are written from; out-of-order samples have their own
     /// blocks and log).
@@ -1402,17 +1412,28 @@ impl Head {
         let mut removed = HashSet::new();
         let mut mint = i64::MAX;
         let mut maxt = i64::MIN;
-        for s in idx.values() {
-            let mut d = s.lock();
-            if d.truncate(cut) {
-                if let Some(f) = d.first_time() {
-                    mint = mint.min(f);
+        {
+            // Two more cursors over the table walk ahead of this one (see `prefetch_ahead`).
+            let mut far = idx.values().skip(AHEAD);
+            let mut near = idx.values().skip(AHEAD / 2);
+            for s in idx.values() {
+                if let Some(f) = far.next() {
+                    prefetch_value(&**f);
                 }
-                if d.has_in_order() {
-                    maxt = maxt.max(d.last_t);
+                if let Some(n) = near.next() {
+                    n.prefetch_parts();
                 }
-            } else {
-                removed.insert(s.sref);
+                let mut d = s.lock();
+                if d.truncate(cut) {
+                    if let Some(f) = d.first_time() {
+                        mint = mint.min(f);
+                    }
+                    if d.has_in_order() {
+                        maxt = maxt.max(d.last_t);
+                    }
+                } else {
+                    removed.insert(s.sref);
+                }
             }
         }
         for r in &removed {
@@ -1448,6 +1469,17 @@ impl ForBlock<'_> {
         self.series.iter().map(|(_, s)| s)
     }
 
+    /// Calls `f` with each series in order, prefetching those ahead (see
+    /// [`prefetch_ahead`]).
+    pub fn try_for_each<E>(&self, mut f: impl FnMut(&MemSeries) -> Result<(), E>) -> Result<(), E> {
+        let at = |k: usize| self.series.get(k).map(|(_, s)| &**s);
+        for (i, (_, s)) in self.series.iter().enumerate() {
+            prefetch_ahead(at, i);
+            f(s)?;
+        }
+        Ok(())
+    }
+
     /// The series (the order is still given back when this is dropped).
     fn into_series(self) -> Vec<Arc<MemSeries>> {
         self.iter().cloned().collect()
@@ -1465,6 +1497,32 @@ impl Drop for ForBlock<'_> {
                 .unwrap_or_else(|e| e.into_inner())
                 .give_back(v);
         }
+    }
+}
+
+/// In a pass over many series (a block cut, a truncation: a million series in random
+/// memory order), prefetches the series' struct [`AHEAD`] places ahead and, once that has
+/// arrived, the key and chunks of the series half as far ahead, so the pass waits on
+/// few of their cache misses instead of each in turn (issue #26).
+pub(crate) fn prefetch_ahead<'s>(at: impl Fn(usize) -> Option<&'s MemSeries>, i: usize) {
+    if let Some(s) = at(i + AHEAD) {
+        prefetch_value(s);
+    }
+    if let Some(s) = at(i + AHEAD / 2) {
+        s.prefetch_parts();
+    }
+}
+
+/// See [`prefetch_ahead`]: far enough for a miss to resolve, near enough for the lines
+/// to still be in cache.
+const AHEAD: usize = 16;
+
+/// Prefetches every cache line of `*v`.
+#[inline(always)]
+fn prefetch_value<T>(v: &T) {
+    let p: *const u8 = (v as *const T).cast();
+    for off in (0..std::mem::size_of::<T>()).step_by(64) {
+        prefetch(p.wrapping_add(off));
     }
 }
 

@@ -76,6 +76,11 @@ impl<'a> Iterator for Iter<'a> {
 }
 
 impl ClosedChunks {
+    /// Where the packed chunks start (for a prefetch).
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        self.buf.as_ptr()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
