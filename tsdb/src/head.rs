@@ -53,10 +53,10 @@ pub fn labels_key(labels: &Labels, buf: &mut Vec<u8>) -> (u32, u32) {
     (start as u32, buf.len() as u32)
 }
 
-/// Hash of a series key.
+/// Hash of a series key (in memory only; XXH3, see `symbols::str_hash`).
 #[inline]
 pub fn key_hash(key: &[u8]) -> u64 {
-    xxhash_rust::xxh64::xxh64(key, 0)
+    xxhash_rust::xxh3::xxh3_64(key)
 }
 
 /// Hash of a label set (the hash of its series key).

@@ -46,7 +46,7 @@ pub struct ChunkMeta {
 
 /// The hash symbols are looked up by while a block is written.
 pub(crate) fn symbol_hash(s: &str) -> u64 {
-    xxhash_rust::xxh64::xxh64(s.as_bytes(), 0)
+    xxhash_rust::xxh3::xxh3_64(s.as_bytes())
 }
 
 /// A label set as `{name="value", ...}`, for error messages.
