@@ -1112,17 +1112,21 @@ impl Db {
         } else {
             let opts = self.block_options(Vec::new());
             let mut scratch = crate::head::BlockScratch::default();
-            let meta = block::BlockWriter::write_with(&inner.dir, start, end, &opts, |w| {
-                series.try_for_each(|s| {
-                    s.lend_for_block(start, end - 1, &mut scratch, |labels, chunks| {
-                        w.series(labels, chunks)
+            // Labels go to the writer as the head's string ids; `series` keeps every
+            // series, and so every id, alive until the block is written.
+            let strings = |ids: &[u32]| inner.head.symbol_strings(ids);
+            let meta =
+                block::BlockWriter::write_with_ids(&inner.dir, start, end, &opts, strings, |w| {
+                    series.try_for_each(|s| {
+                        s.lend_for_block(start, end - 1, &mut scratch, |ids, chunks| {
+                            w.series_ids(ids, chunks)
+                        })
                     })
                 })
-            })
-            .map_err(|e| {
-                inner.metrics.compactions_failed.inc();
-                DbError::from(e)
-            })?;
+                .map_err(|e| {
+                    inner.metrics.compactions_failed.inc();
+                    DbError::from(e)
+                })?;
             drop(series);
             self.publish_block(&meta)?;
             tracing::info!(ulid = %meta.ulid, mint = start, maxt = end,

@@ -272,8 +272,7 @@ impl SeriesInPlace<'_> {
 /// Buffers [`MemSeries::lend_for_block`] reuses from series to series.
 #[derive(Debug, Default)]
 pub(crate) struct BlockScratch {
-    text: String,
-    ends: Vec<usize>,
+    ids: Vec<u32>,
 }
 
 pub use crate::chunk::ChunkView;
@@ -681,36 +680,22 @@ impl MemSeries {
         self.lock().views(mint, maxt).next().is_some()
     }
 
-    /// Lends `f` the labels and the in-order chunks overlapping `[mint, maxt]` (what
-    /// [`Head::iter_sorted`] copies out for a block), under the series lock. The label
-    /// text is copied into `scratch` first, so the symbol table is not held while `f`
-    /// writes.
+    /// Lends `f` the labels, as ids of the head's string table (name and value of each
+    /// label in turn; see [`Head::symbol_strings`]), and the in-order chunks overlapping
+    /// `[mint, maxt]` (what [`Head::iter_sorted`] copies out for a block), under the
+    /// series lock. The ids need no table lock: they are the series' own key.
     pub(crate) fn lend_for_block<R>(
         &self,
         mint: i64,
         maxt: i64,
         scratch: &mut BlockScratch,
-        f: impl FnOnce(&[(&str, &str)], &[ChunkView<'_>]) -> R,
+        f: impl FnOnce(&[u32], &[ChunkView<'_>]) -> R,
     ) -> R {
         let d = self.lock();
-        scratch.text.clear();
-        scratch.ends.clear();
-        {
-            let t = self.symbols.read();
-            for id in symbols::ids(&self.key) {
-                scratch.text.push_str(t.get(id));
-                scratch.ends.push(scratch.text.len());
-            }
-        }
-        let text = scratch.text.as_str();
-        let mut pairs = Vec::with_capacity(scratch.ends.len() / 2);
-        let mut at = 0;
-        for w in scratch.ends.chunks_exact(2) {
-            pairs.push((&text[at..w[0]], &text[w[0]..w[1]]));
-            at = w[1];
-        }
+        scratch.ids.clear();
+        scratch.ids.extend(symbols::ids(&self.key));
         let chunks: Vec<ChunkView<'_>> = d.views(mint, maxt).collect();
-        f(&pairs, &chunks)
+        f(&scratch.ids, &chunks)
     }
 
     /// Calls `f` with each in-order chunk (closed ones oldest first, then the open
@@ -1279,6 +1264,14 @@ impl Head {
                 let c = s.chunks(mint, maxt);
                 (!c.is_empty()).then(|| (s.labels(), c))
             })
+    }
+
+    /// The text of ids of the head's string table (as [`MemSeries::lend_for_block`]
+    /// lends them), in the order given, under one read of the table. An id no live
+    /// series names has no text (empty).
+    pub(crate) fn symbol_strings(&self, ids: &[u32]) -> Vec<String> {
+        let t = self.symbols.read();
+        ids.iter().map(|&id| t.get(id).to_string()).collect()
     }
 
     /// Every series, sorted by labels, when the head has data in `[mint, maxt]` (none
@@ -1915,10 +1908,11 @@ mod tests {
                 .sorted_for_block(mint, maxt)
                 .iter()
                 .map(|s| {
-                    s.lend_for_block(mint, maxt, &mut scratch, |l, cs| {
+                    s.lend_for_block(mint, maxt, &mut scratch, |ids, cs| {
+                        let text = h.symbol_strings(ids);
                         (
-                            l.iter()
-                                .map(|(n, v)| (n.to_string(), v.to_string()))
+                            text.chunks_exact(2)
+                                .map(|p| (p[0].clone(), p[1].clone()))
                                 .collect(),
                             cs.iter()
                                 .map(|c| (c.min_time, c.max_time, c.data.to_vec()))

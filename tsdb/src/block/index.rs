@@ -83,8 +83,9 @@ pub struct IndexWriter {
     w: BufWriter<File>,
     pos: u64,
     symbols: Vec<String>,
-    /// Symbol ids by the hash of their string (see [`symbol_hash`]).
-    ids: hashbrown::HashTable<u32>,
+    /// Symbol ids by the hash of their string (see [`symbol_hash`]), built on the first
+    /// lookup by text: a writer given symbol ids ([`Self::add_series_ids`]) needs none.
+    ids: std::cell::OnceCell<hashbrown::HashTable<u32>>,
     /// `name id << 32 | value id` → series IDs (hashed while series stream in, sorted
     /// once by [`IndexWriter::finish`]: the packing keeps (name, value) order).
     postings: HashMap<u64, Vec<u32>, BuildHasherDefault<PairHasher>>,
@@ -117,15 +118,7 @@ impl IndexWriter {
             path: path.to_path_buf(),
             w: BufWriter::with_capacity(1 << 20, f),
             pos: 0,
-            ids: {
-                let mut t = hashbrown::HashTable::with_capacity(symbols.len());
-                for (i, s) in symbols.iter().enumerate() {
-                    t.insert_unique(symbol_hash(s), i as u32, |&j| {
-                        symbol_hash(&symbols[j as usize])
-                    });
-                }
-                t
-            },
+            ids: std::cell::OnceCell::new(),
             symbols,
             postings: HashMap::default(),
             all: Vec::new(),
@@ -179,8 +172,18 @@ impl IndexWriter {
     }
 
     fn symbol(&self, s: &str) -> Result<u32, BlockError> {
+        let symbols = &self.symbols;
         self.ids
-            .find(symbol_hash(s), |&i| self.symbols[i as usize] == s)
+            .get_or_init(|| {
+                let mut t = hashbrown::HashTable::with_capacity(symbols.len());
+                for (i, s) in symbols.iter().enumerate() {
+                    t.insert_unique(symbol_hash(s), i as u32, |&j| {
+                        symbol_hash(&symbols[j as usize])
+                    });
+                }
+                t
+            })
+            .find(symbol_hash(s), |&i| symbols[i as usize] == s)
             .copied()
             .ok_or_else(|| BlockError::Invalid(format!("symbol {s:?} missing from symbol table")))
     }
@@ -223,11 +226,25 @@ impl IndexWriter {
         r
     }
 
-    fn add_series_ids(
+    /// [`Self::add_series`] for a label set given as (name, value) symbol ids: indexes
+    /// into the sorted symbols this writer was created with.
+    pub fn add_series_ids(
         &mut self,
         pairs: &[(u32, u32)],
         chunks: &[ChunkMeta],
     ) -> Result<(), BlockError> {
+        let known = self.symbols.len();
+        if pairs.is_empty() {
+            return Err(BlockError::Invalid("series with an empty label set".into()));
+        }
+        if pairs
+            .iter()
+            .any(|&(n, v)| n as usize >= known || v as usize >= known)
+        {
+            return Err(BlockError::Invalid(format!(
+                "series names a symbol id outside the {known} symbols: {pairs:?}"
+            )));
+        }
         if let Some(last) = &self.last_series
             && pairs <= last.as_slice()
         {
@@ -288,9 +305,21 @@ impl IndexWriter {
                 r0 = c.chunk_ref;
             }
         }
-        let mut head = Vec::with_capacity(5);
-        put_uvarint(&mut head, b.len() as u64);
-        self.write(&head)?;
+        // The entry's length prefix, without an allocation per series.
+        let mut head = [0u8; 10];
+        let mut head_len = 0;
+        let mut len = b.len() as u64;
+        loop {
+            let byte = (len & 0x7f) as u8;
+            len >>= 7;
+            head[head_len] = if len == 0 { byte } else { byte | 0x80 };
+            head_len += 1;
+            if len == 0 {
+                break;
+            }
+        }
+        let head = &head[..head_len];
+        self.write(head)?;
         self.write(&b)?;
         self.write(&crc32c(&b).to_be_bytes())?;
         let entry = (head.len() + b.len() + 4) as u64;

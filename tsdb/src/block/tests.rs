@@ -7,7 +7,7 @@ use bytes::Bytes;
 use storeapi::{Labels, MatchOp, Matcher};
 
 use super::*;
-use crate::chunk::{Chunk, Encoding, XorChunk};
+use crate::chunk::{Chunk, ChunkView, Encoding, XorChunk};
 
 fn xor_chunk(samples: &[(i64, f64)]) -> Chunk {
     let mut c = XorChunk::new();
@@ -519,4 +519,144 @@ fn index_writer_orders_series_by_symbol_ids_and_postings_by_label_pair() {
     assert_eq!(list("x", "y"), vec![1]);
     assert!(ir.postings_table().lookup("x", "z").is_none());
     assert_eq!(ir.label_values("job"), vec!["a", "b"]);
+}
+
+/// A source string table as the head keeps one: strings by id in creation order (not
+/// sorted), with a gap (an id no series names) and ids past the ones used.
+fn id_table(series: &Series) -> (Vec<String>, Vec<Vec<u32>>) {
+    let mut table: Vec<String> = vec!["unused".to_string()];
+    let mut id_of = std::collections::HashMap::<String, u32>::new();
+    // Creation order: reversed series order, so source ids are not sorted either.
+    let mut keys: Vec<Vec<u32>> = Vec::new();
+    for (l, _) in series.iter().rev() {
+        let mut k = Vec::new();
+        for x in l.iter() {
+            for s in [&x.name, &x.value] {
+                let id = *id_of.entry(s.to_string()).or_insert_with(|| {
+                    table.push(s.to_string());
+                    (table.len() - 1) as u32
+                });
+                k.push(id);
+            }
+        }
+        keys.push(k);
+    }
+    keys.reverse();
+    table.push("also unused".to_string());
+    (table, keys)
+}
+
+#[test]
+fn blocks_written_from_symbol_ids_equal_those_written_from_text() {
+    let t0 = 1_700_000_000_000;
+    let series = make_series(120, 30, t0);
+    let (table, keys) = id_table(&series);
+    let maxt = t0 + 3_600_000;
+    let ulid = Ulid::new();
+    let opts = BlockOptions {
+        ulid: Some(ulid),
+        ..Default::default()
+    };
+    let text_dir = tempfile::tempdir().unwrap();
+    let text_meta = write(text_dir.path(), &series, t0, maxt, &opts);
+    let ids_dir = tempfile::tempdir().unwrap();
+    let mut asked: Vec<u32> = Vec::new();
+    let ids_meta = BlockWriter::write_with_ids(
+        ids_dir.path(),
+        t0,
+        maxt,
+        &opts,
+        |ids| {
+            asked = ids.to_vec();
+            ids.iter().map(|&i| table[i as usize].clone()).collect()
+        },
+        |w| {
+            for ((_, s), k) in series.iter().zip(&keys) {
+                let chunks = to_chunks(s);
+                let views: Vec<ChunkView<'_>> = chunks.iter().map(Chunk::view).collect();
+                w.series_ids(k, &views)?;
+            }
+            // A series without chunks is skipped, as by `series`.
+            w.series_ids(&[0, 0], &[])
+        },
+    )
+    .unwrap();
+    assert_eq!(ids_meta.stats, text_meta.stats);
+    // Only the ids the series named were asked for, once each.
+    let mut expected: Vec<u32> = keys.iter().flatten().copied().collect();
+    expected.sort_unstable();
+    expected.dedup();
+    assert_eq!(asked, expected);
+    assert!(!asked.contains(&0));
+    let block = |d: &Path| d.join(ulid.to_string());
+    for file in ["index", "chunks/000001", "tombstones"] {
+        let a = std::fs::read(block(text_dir.path()).join(file)).unwrap();
+        let b = std::fs::read(block(ids_dir.path()).join(file)).unwrap();
+        assert!(a == b, "{file} differs between text and ids");
+    }
+    // And it reads back.
+    let b = Block::open(&block(ids_dir.path())).unwrap();
+    let m = [Matcher::new(MatchOp::Equal, "job", "odd").unwrap()];
+    let got = b.select(&m, t0, maxt).unwrap();
+    assert_eq!(got.len(), 60);
+}
+
+#[test]
+fn a_writer_of_symbol_ids_refuses_unsorted_series_and_unknown_ids() {
+    let t0 = 1_000;
+    let series = make_series(5, 3, t0);
+    let (table, keys) = id_table(&series);
+    let strings =
+        |ids: &[u32]| -> Vec<String> { ids.iter().map(|&i| table[i as usize].clone()).collect() };
+    let feed = |order: Vec<usize>| {
+        let keys = keys.clone();
+        let series = series.clone();
+        move |w: &mut SeriesSink| {
+            for i in order {
+                let chunks = to_chunks(&series[i].1);
+                let views: Vec<ChunkView<'_>> = chunks.iter().map(Chunk::view).collect();
+                w.series_ids(&keys[i], &views)?;
+            }
+            Ok(())
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let opts = BlockOptions::default();
+    // Out of order (by the strings, which only the index pass knows).
+    let r =
+        BlockWriter::write_with_ids(dir.path(), 0, 100_000, &opts, strings, feed(vec![1, 0, 2]));
+    assert!(
+        matches!(&r, Err(BlockError::Invalid(m)) if m.contains("out of order")),
+        "{r:?}"
+    );
+    // Twice the same series.
+    let r = BlockWriter::write_with_ids(dir.path(), 0, 100_000, &opts, strings, feed(vec![0, 0]));
+    assert!(matches!(r, Err(BlockError::Invalid(_))), "{r:?}");
+    // Text given to a writer of ids, an odd id list, fewer strings than ids.
+    let chunks = to_chunks(&series[0].1);
+    let views: Vec<ChunkView<'_>> = chunks.iter().map(Chunk::view).collect();
+    let r = BlockWriter::write_with_ids(dir.path(), 0, 100_000, &opts, strings, |w| {
+        w.series(&[("a", "b")], &views)
+    });
+    assert!(matches!(r, Err(BlockError::Invalid(_))), "{r:?}");
+    let r = BlockWriter::write_with_ids(dir.path(), 0, 100_000, &opts, strings, |w| {
+        w.series_ids(&[1, 2, 3], &views)
+    });
+    assert!(matches!(r, Err(BlockError::Invalid(_))), "{r:?}");
+    let r = BlockWriter::write_with_ids(
+        dir.path(),
+        0,
+        100_000,
+        &opts,
+        |_| Vec::new(),
+        |w| w.series_ids(&[1, 2], &views),
+    );
+    assert!(matches!(r, Err(BlockError::Invalid(_))), "{r:?}");
+    // Ids given to a writer of text.
+    let r = BlockWriter::write_with(dir.path(), 0, 100_000, &opts, |w| {
+        w.series_ids(&[1, 2], &views)
+    });
+    assert!(matches!(r, Err(BlockError::Invalid(_))), "{r:?}");
+    // Nothing half-written is left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -100,6 +100,52 @@ impl BlockWriter {
         opts: &BlockOptions,
         feed: impl FnOnce(&mut SeriesSink) -> Result<(), BlockError>,
     ) -> Result<BlockMeta, BlockError> {
+        Self::write_in(
+            parent,
+            mint,
+            maxt,
+            opts,
+            SinkSymbols::Text(SymbolSet::default()),
+            None::<NoStrings>,
+            feed,
+        )
+    }
+
+    /// [`BlockWriter::write_with`] for a source that names label strings by ids of its
+    /// own string table: `feed` calls [`SeriesSink::series_ids`], and `strings` gives the
+    /// text of the ids used, once, when the index is written (in the order asked). The
+    /// head writes its blocks so: its series hold their labels as ids already, and
+    /// hashing every label string of every series twice to find the block's symbols
+    /// was the largest part of a block cut at a million series (issue #26). The ids
+    /// must name the same strings until this returns.
+    pub fn write_with_ids(
+        parent: &Path,
+        mint: i64,
+        maxt: i64,
+        opts: &BlockOptions,
+        strings: impl FnOnce(&[u32]) -> Vec<String>,
+        feed: impl FnOnce(&mut SeriesSink) -> Result<(), BlockError>,
+    ) -> Result<BlockMeta, BlockError> {
+        Self::write_in(
+            parent,
+            mint,
+            maxt,
+            opts,
+            SinkSymbols::Ids(Vec::new()),
+            Some(strings),
+            feed,
+        )
+    }
+
+    fn write_in<S: FnOnce(&[u32]) -> Vec<String>>(
+        parent: &Path,
+        mint: i64,
+        maxt: i64,
+        opts: &BlockOptions,
+        symbols: SinkSymbols,
+        strings: Option<S>,
+        feed: impl FnOnce(&mut SeriesSink) -> Result<(), BlockError>,
+    ) -> Result<BlockMeta, BlockError> {
         if maxt <= mint {
             return Err(BlockError::Invalid(format!(
                 "block range [{mint}, {maxt}) is empty"
@@ -119,7 +165,7 @@ impl BlockWriter {
             std::fs::remove_dir_all(&tmp).map_err(|e| BlockError::io(&tmp, e))?;
         }
         std::fs::create_dir_all(&tmp).map_err(|e| BlockError::io(&tmp, e))?;
-        match write_into(&tmp, ulid, mint, maxt, feed, opts) {
+        match write_into(&tmp, ulid, mint, maxt, symbols, strings, feed, opts) {
             Ok(meta) => {
                 std::fs::rename(&tmp, &dst).map_err(|e| BlockError::io(&dst, e))?;
                 sync_dir(parent)?;
@@ -157,15 +203,31 @@ impl SymbolSet {
     }
 }
 
+/// What [`BlockWriter::write_with_ids`]'s caller has instead of strings.
+type NoStrings = fn(&[u32]) -> Vec<String>;
+
+/// Marks a source id no series used, in [`SinkSymbols::Ids`].
+const UNUSED: u32 = u32::MAX;
+
+/// How a sink learns its block's symbols.
+enum SinkSymbols {
+    /// Series come as text ([`SeriesSink::series`]): each string is hashed into the set.
+    Text(SymbolSet),
+    /// Series come as source ids ([`SeriesSink::series_ids`]): by source id, [`UNUSED`]
+    /// or used (0), and once the symbols are sorted, the block's id of that string.
+    Ids(Vec<u32>),
+}
+
 /// Pass 1 of a block write, fed one series at a time: chunks to segments, series
-/// (labels + chunk metas) to a scratch file, distinct strings to the symbol set.
+/// (labels + chunk metas) to a scratch file, distinct strings (or the source's ids of
+/// them) to the symbol set.
 pub struct SeriesSink {
     mint: i64,
     maxt: i64,
     cw: ChunkWriter,
     scratch: BufWriter<File>,
     scratch_path: PathBuf,
-    symbols: SymbolSet,
+    symbols: SinkSymbols,
     stats: BlockStats,
     /// The previous series' labels (buffers reused from series to series; empty
     /// before the first, as no series has an empty label set).
@@ -187,6 +249,12 @@ impl SeriesSink {
             return Ok(());
         }
         let text = |labels: &[(&str, &str)]| label_text(labels.iter().copied());
+        let SinkSymbols::Text(symbols) = &mut self.symbols else {
+            return Err(BlockError::Invalid(format!(
+                "series {} given as text to a writer of symbol ids",
+                text(labels)
+            )));
+        };
         if labels.is_empty() {
             return Err(BlockError::Invalid("series with an empty label set".into()));
         }
@@ -203,49 +271,16 @@ impl SeriesSink {
                 label_text(self.last.iter().map(|(n, v)| (n.as_str(), v.as_str())))
             )));
         }
-        let (mint, maxt) = (self.mint, self.maxt);
-        let mut prev_max = i64::MIN;
-        self.metas.clear();
-        for c in chunks {
-            if c.min_time < mint || c.max_time >= maxt || c.max_time < c.min_time {
-                return Err(BlockError::Invalid(format!(
-                    "chunk [{}, {}] of {} outside block range [{mint}, {maxt})",
-                    c.min_time,
-                    c.max_time,
-                    text(labels)
-                )));
-            }
-            if c.min_time <= prev_max {
-                return Err(BlockError::Invalid(format!(
-                    "chunks of {} overlap or are out of order",
-                    text(labels)
-                )));
-            }
-            prev_max = c.max_time;
-            let r = self.cw.write(c.encoding, c.data)?;
-            self.metas.push((r, c.min_time, c.max_time));
-            self.stats.num_chunks += 1;
-            self.stats.num_samples += c.num_samples() as u64;
-        }
         let buf = &mut self.buf;
         buf.clear();
         put_uvarint(buf, labels.len() as u64);
         for &(n, v) in labels {
             for s in [n, v] {
-                self.symbols.add(s);
+                symbols.add(s);
                 put_uvarint_str(buf, s);
             }
         }
-        put_uvarint(buf, self.metas.len() as u64);
-        for &(r, a, b) in &self.metas {
-            put_uvarint(buf, r);
-            put_varint(buf, a);
-            put_varint(buf, b);
-        }
-        self.stats.num_series += 1;
-        self.scratch
-            .write_all(buf)
-            .map_err(|e| BlockError::io(&self.scratch_path, e))?;
+        self.chunks(chunks, || text(labels))?;
         // Keep the labels for the next order check, reusing the strings' buffers.
         self.last.truncate(labels.len());
         for (k, &(n, v)) in labels.iter().enumerate() {
@@ -261,13 +296,128 @@ impl SeriesSink {
         }
         Ok(())
     }
+
+    /// [`Self::series`] for a writer made by [`BlockWriter::write_with_ids`]: the labels
+    /// as the source's ids, name and value of each label in turn. Their order is checked
+    /// when the index is written, by the strings' order.
+    pub fn series_ids(&mut self, ids: &[u32], chunks: &[ChunkView<'_>]) -> Result<(), BlockError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let SinkSymbols::Ids(used) = &mut self.symbols else {
+            return Err(BlockError::Invalid(format!(
+                "series of symbol ids {ids:?} given to a writer of text"
+            )));
+        };
+        if ids.is_empty() || ids.len() % 2 != 0 {
+            return Err(BlockError::Invalid(format!(
+                "series of symbol ids {ids:?} is not a non-empty list of name and value pairs"
+            )));
+        }
+        let buf = &mut self.buf;
+        buf.clear();
+        put_uvarint(buf, (ids.len() / 2) as u64);
+        for &id in ids {
+            let i = id as usize;
+            if i >= used.len() {
+                if id == UNUSED {
+                    return Err(BlockError::Invalid(format!("symbol id {id} out of range")));
+                }
+                used.resize(i + 1, UNUSED);
+            }
+            used[i] = 0;
+            put_uvarint(buf, u64::from(id));
+        }
+        self.chunks(chunks, || format!("of symbol ids {ids:?}"))
+    }
+
+    /// Writes `chunks` and then the series (its labels already in `self.buf`, its chunk
+    /// metas appended here) to the scratch file.
+    fn chunks(
+        &mut self,
+        chunks: &[ChunkView<'_>],
+        what: impl Fn() -> String,
+    ) -> Result<(), BlockError> {
+        let (mint, maxt) = (self.mint, self.maxt);
+        let mut prev_max = i64::MIN;
+        self.metas.clear();
+        for c in chunks {
+            if c.min_time < mint || c.max_time >= maxt || c.max_time < c.min_time {
+                return Err(BlockError::Invalid(format!(
+                    "chunk [{}, {}] of {} outside block range [{mint}, {maxt})",
+                    c.min_time,
+                    c.max_time,
+                    what()
+                )));
+            }
+            if c.min_time <= prev_max {
+                return Err(BlockError::Invalid(format!(
+                    "chunks of {} overlap or are out of order",
+                    what()
+                )));
+            }
+            prev_max = c.max_time;
+            let r = self.cw.write(c.encoding, c.data)?;
+            self.metas.push((r, c.min_time, c.max_time));
+            self.stats.num_chunks += 1;
+            self.stats.num_samples += c.num_samples() as u64;
+        }
+        let buf = &mut self.buf;
+        put_uvarint(buf, self.metas.len() as u64);
+        for &(r, a, b) in &self.metas {
+            put_uvarint(buf, r);
+            put_varint(buf, a);
+            put_varint(buf, b);
+        }
+        self.stats.num_series += 1;
+        self.scratch
+            .write_all(buf)
+            .map_err(|e| BlockError::io(&self.scratch_path, e))
+    }
 }
 
-fn write_into(
+/// The block's sorted symbols from the ids its series used: `strings` gives their
+/// text, and `used` (by source id) becomes each used id's index in the result.
+fn sorted_from_ids(
+    used: &mut [u32],
+    strings: impl FnOnce(&[u32]) -> Vec<String>,
+) -> Result<Vec<String>, BlockError> {
+    let ids: Vec<u32> = (0..used.len() as u32)
+        .filter(|&i| used[i as usize] != UNUSED)
+        .collect();
+    let texts = strings(&ids);
+    if texts.len() != ids.len() {
+        return Err(BlockError::Invalid(format!(
+            "asked for the text of {} symbol ids, got {}",
+            ids.len(),
+            texts.len()
+        )));
+    }
+    let mut texts = texts;
+    // Sorted by position (4 bytes each), not by moving (text, id) pairs around: a cut
+    // at a million series has millions of symbols.
+    let mut order: Vec<u32> = (0..texts.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| texts[a as usize].cmp(&texts[b as usize]));
+    let mut sorted: Vec<String> = Vec::with_capacity(texts.len());
+    for k in order {
+        let text = std::mem::take(&mut texts[k as usize]);
+        // Two ids of one string (a source that holds a string twice) share its symbol.
+        if sorted.last() != Some(&text) {
+            sorted.push(text);
+        }
+        used[ids[k as usize] as usize] = (sorted.len() - 1) as u32;
+    }
+    Ok(sorted)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_into<S: FnOnce(&[u32]) -> Vec<String>>(
     dir: &Path,
     ulid: Ulid,
     mint: i64,
     maxt: i64,
+    symbols: SinkSymbols,
+    strings: Option<S>,
     feed: impl FnOnce(&mut SeriesSink) -> Result<(), BlockError>,
     opts: &BlockOptions,
 ) -> Result<BlockMeta, BlockError> {
@@ -280,7 +430,7 @@ fn write_into(
         cw: ChunkWriter::new(&chunks_dir, opts.segment_size)?,
         scratch: BufWriter::with_capacity(1 << 20, scratch),
         scratch_path,
-        symbols: SymbolSet::default(),
+        symbols,
         stats: BlockStats::default(),
         last: Vec::new(),
         buf: Vec::with_capacity(256),
@@ -303,19 +453,55 @@ fn write_into(
     drop(scratch);
 
     // Pass 2: the index.
-    let mut iw = IndexWriter::new(&dir.join("index"), symbols.into_sorted())?;
+    let (sorted, by_id) = match symbols {
+        SinkSymbols::Text(set) => (set.into_sorted(), None),
+        SinkSymbols::Ids(mut used) => {
+            let Some(strings) = strings else {
+                return Err(BlockError::Invalid(
+                    "a writer of symbol ids was given no strings".into(),
+                ));
+            };
+            (sorted_from_ids(&mut used, strings)?, Some(used))
+        }
+    };
+    let mut iw = IndexWriter::new(&dir.join("index"), sorted)?;
     {
         let data = super::map_file(&scratch_path)?;
         let mut d = Decoder::new(&data, "series scratch file");
         let mut metas = Vec::new();
         let mut ls: Vec<(&str, &str)> = Vec::new();
+        let mut pairs: Vec<(u32, u32)> = Vec::new();
         while d.remaining() > 0 {
             let n = d.uvarint()? as usize;
             ls.clear();
-            for _ in 0..n {
-                let name = d.uvarint_str()?;
-                let value = d.uvarint_str()?;
-                ls.push((name, value));
+            pairs.clear();
+            match by_id.as_ref() {
+                None => {
+                    for _ in 0..n {
+                        let name = d.uvarint_str()?;
+                        let value = d.uvarint_str()?;
+                        ls.push((name, value));
+                    }
+                }
+                Some(map) => {
+                    let block_id = |d: &mut Decoder<'_>| -> Result<u32, BlockError> {
+                        let id = d.uvarint()?;
+                        usize::try_from(id)
+                            .ok()
+                            .and_then(|i| map.get(i).copied())
+                            .filter(|&b| b != UNUSED)
+                            .ok_or_else(|| {
+                                BlockError::Corrupt(format!(
+                                    "series scratch file names unknown symbol id {id}"
+                                ))
+                            })
+                    };
+                    for _ in 0..n {
+                        let name = block_id(&mut d)?;
+                        let value = block_id(&mut d)?;
+                        pairs.push((name, value));
+                    }
+                }
             }
             let k = d.uvarint()? as usize;
             metas.clear();
@@ -329,7 +515,11 @@ fn write_into(
                     max_time,
                 });
             }
-            iw.add_series_pairs(ls.iter().copied(), &metas)?;
+            if by_id.is_some() {
+                iw.add_series_ids(&pairs, &metas)?;
+            } else {
+                iw.add_series_pairs(ls.iter().copied(), &metas)?;
+            }
         }
     }
     let index_stats = IndexStats {
