@@ -55,6 +55,36 @@ pub fn is_valid_label_name(name: &str) -> bool {
     bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// `a == b`, with loads instead of a `memcmp` call up to 32 bytes: label strings are
+/// short, and on the ingest path a call per label cost more than the compare (issue #26).
+#[inline(always)]
+pub fn short_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let w8 = |x: &[u8], at: usize| {
+        x.get(at..at + 8)
+            .map_or(0, |w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
+    };
+    let w4 = |x: &[u8], at: usize| {
+        x.get(at..at + 4)
+            .map_or(0, |w| u32::from_le_bytes(w.try_into().unwrap_or([0; 4])))
+    };
+    let w16 = |x: &[u8], at: usize| {
+        x.get(at..at + 16)
+            .map_or(0, |w| u128::from_le_bytes(w.try_into().unwrap_or([0; 16])))
+    };
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => (w4(a, 0) ^ w4(b, 0)) | (w4(a, n - 4) ^ w4(b, n - 4)) == 0,
+        8..=16 => (w8(a, 0) ^ w8(b, 0)) | (w8(a, n - 8) ^ w8(b, n - 8)) == 0,
+        17..=32 => (w16(a, 0) ^ w16(b, 0)) | (w16(a, n - 16) ^ w16(b, n - 16)) == 0,
+        _ => a == b,
+    }
+}
+
 impl Labels {
     /// An empty label set (valid only as an intermediate, e.g. after PromQL drops names).
     pub fn empty() -> Self {
@@ -201,6 +231,27 @@ impl<'a> IntoIterator for &'a Labels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_compares_agree_with_slices() {
+        let words: Vec<Vec<u8>> = (0..=40)
+            .flat_map(|n| {
+                let base: Vec<u8> = (0..n as u8).map(|i| b'a' + i).collect();
+                let mut out = vec![base.clone()];
+                for at in 0..n {
+                    let mut v = base.clone();
+                    v[at] = b'Z';
+                    out.push(v);
+                }
+                out
+            })
+            .collect();
+        for a in &words {
+            for b in &words {
+                assert_eq!(short_eq(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
+    }
 
     #[test]
     fn sorts_and_drops_empty_values() {

@@ -365,6 +365,25 @@ pub(crate) fn decode_label(buf: &[u8]) -> Result<LabelRef<'_>, DecodeError> {
 /// The name and value bytes of a `Label` message (not checked as UTF-8).
 #[inline]
 fn label_parts(buf: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
+    // What every client sends for strings under 128 bytes: name (field 1) then value
+    // (field 2), each with a one-byte length, and nothing else. Read so without the
+    // general field loop (the loop was ~4% of the receiver's CPU at a million series,
+    // issue #26); the loop below gives the same answer for these bytes.
+    if let [0x0a, name_len, rest @ ..] = buf
+        && *name_len < 0x80
+        && let Some((name, [0x12, value_len, value @ ..])) =
+            rest.split_at_checked(*name_len as usize)
+        && *value_len < 0x80
+        && value.len() == *value_len as usize
+    {
+        return Ok((name, value));
+    }
+    label_fields(buf)
+}
+
+/// [`label_parts`] for any encoding: fields in any order, repeated (the last wins),
+/// unknown ones skipped.
+fn label_fields(buf: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
     let mut c = Cursor::new(buf);
     let mut name: &[u8] = &[];
     let mut value: &[u8] = &[];
@@ -650,6 +669,63 @@ pub fn encode_write_request_snappy<'s>(
 mod tests {
     use super::*;
     use crate::wire::prometheus;
+
+    /// A `Label` message from raw parts: (field number, wire type, payload).
+    fn label_fields_msg(fields: &[(u8, u8, &[u8])]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for &(f, wt, p) in fields {
+            b.push(f << 3 | wt);
+            if wt == 2 {
+                let mut n = p.len();
+                while n >= 0x80 {
+                    b.push((n as u8) | 0x80);
+                    n >>= 7;
+                }
+                b.push(n as u8);
+            }
+            b.extend_from_slice(p);
+        }
+        b
+    }
+
+    #[test]
+    fn label_fast_path_reads_what_the_field_loop_reads() {
+        let long = "v".repeat(200);
+        let cases: Vec<Vec<u8>> = vec![
+            label_fields_msg(&[(1, 2, b"job"), (2, 2, b"api")]),
+            label_fields_msg(&[(1, 2, b""), (2, 2, b"")]),
+            label_fields_msg(&[(1, 2, b"job")]),
+            label_fields_msg(&[(2, 2, b"api")]),
+            label_fields_msg(&[(2, 2, b"api"), (1, 2, b"job")]),
+            label_fields_msg(&[(1, 2, b"job"), (2, 2, b"api"), (2, 2, b"web")]),
+            label_fields_msg(&[(1, 2, b"job"), (2, 2, long.as_bytes())]),
+            label_fields_msg(&[(1, 2, long.as_bytes()), (2, 2, b"x")]),
+            label_fields_msg(&[(1, 2, b"job"), (2, 2, b"api"), (3, 0, &[7])]),
+            label_fields_msg(&[(1, 2, b"job"), (3, 2, b"?"), (2, 2, b"api")]),
+            Vec::new(),
+        ];
+        for b in &cases {
+            assert_eq!(label_parts(b).ok(), label_fields(b).ok(), "{b:?}");
+            assert!(label_parts(b).is_ok(), "{b:?}");
+        }
+        assert_eq!(label_parts(&cases[0]).unwrap(), (&b"job"[..], &b"api"[..]));
+        // Cut short, or a length past the end: errors on both paths, never a slice
+        // read past the message.
+        let whole = &cases[0];
+        for cut in 1..whole.len() {
+            let b = &whole[..cut];
+            assert_eq!(label_parts(b).is_err(), label_fields(b).is_err(), "{b:?}");
+            if let Ok((n, v)) = label_parts(b) {
+                assert_eq!((n, v), label_fields(b).unwrap());
+            }
+        }
+        let mut past = whole.clone();
+        past[6] += 1;
+        assert!(label_parts(&past).is_err());
+        // Wrong wire types take the loop and fail there.
+        let b = label_fields_msg(&[(1, 0, &[1]), (2, 2, b"api")]);
+        assert!(label_parts(&b).is_err() && label_fields(&b).is_err());
+    }
 
     #[test]
     fn forwarded_requests_round_trip_through_prost() {

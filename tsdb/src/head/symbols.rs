@@ -21,6 +21,8 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 
+use storeapi::labels::short_eq;
+
 use crate::block::encoding::put_uvarint;
 
 /// The string table. Read through [`Symbols::read`].
@@ -227,30 +229,6 @@ pub(crate) fn key_eq_text(t: &Table, key: &[u8], text: &[u8]) -> bool {
     p == text.len()
 }
 
-/// `a == b` for slices of equal length, with loads instead of a call up to 16 bytes.
-#[inline(always)]
-fn short_eq(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    let w8 = |x: &[u8], at: usize| {
-        x.get(at..at + 8)
-            .map_or(0, |w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
-    };
-    let w4 = |x: &[u8], at: usize| {
-        x.get(at..at + 4)
-            .map_or(0, |w| u32::from_le_bytes(w.try_into().unwrap_or([0; 4])))
-    };
-    match n {
-        0 => true,
-        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
-        4..=7 => (w4(a, 0) ^ w4(b, 0)) | (w4(a, n - 4) ^ w4(b, n - 4)) == 0,
-        8..=16 => (w8(a, 0) ^ w8(b, 0)) | (w8(a, n - 8) ^ w8(b, n - 8)) == 0,
-        _ => a == b,
-    }
-}
-
 /// Appends the text key of `key` to `out`.
 pub(crate) fn write_text(t: &Table, key: &[u8], out: &mut Vec<u8>) {
     for id in ids(key) {
@@ -370,27 +348,6 @@ mod tests {
         drop(guard);
         s.collect();
         assert_eq!(s.read().len(), 2);
-    }
-
-    #[test]
-    fn short_compares_agree_with_slices() {
-        let words: Vec<Vec<u8>> = (0..=20)
-            .flat_map(|n| {
-                let base: Vec<u8> = (0..n as u8).map(|i| b'a' + i).collect();
-                let mut out = vec![base.clone()];
-                for at in 0..n {
-                    let mut v = base.clone();
-                    v[at] = b'Z';
-                    out.push(v);
-                }
-                out
-            })
-            .collect();
-        for a in &words {
-            for b in &words {
-                assert_eq!(short_eq(a, b), a == b, "{a:?} {b:?}");
-            }
-        }
     }
 
     #[test]
