@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use storeapi::wire::remote_write::DecodeLimits;
 use storeapi::wire::remote_write_v2;
 
+use crate::body;
 use crate::limits::LimitsConfig;
 use crate::metrics::{CodeLabels, ProtocolLabels, ReceiveMetrics};
 use crate::multitsdb::{MultiTsdb, validate_tenant};
@@ -257,8 +258,8 @@ async fn handle_body(
     let (decoded, summary) = tokio::task::spawn_blocking(move || {
         let mut summary = WriteSummary::default();
         let r = (|| {
-            let raw = decompress(&compressed, dlimit, dwhich)?;
             if routed {
+                let raw = body::decompress(&compressed, dlimit, dwhich)?;
                 // 2.0 is translated to 1.0 bytes: the hashring forwards 1.0 series.
                 let raw = match protocol {
                     Protocol::V1 => raw,
@@ -274,16 +275,18 @@ async fn handle_body(
                 };
                 split_limited(&tenant, Bytes::from(raw), &limits).map(|s| Some((tenant, s)))
             } else {
-                write_into(
-                    &st2.mt,
-                    &st2.metrics,
-                    &tenant,
-                    &raw,
-                    protocol,
-                    &limits,
-                    &st2.bounds,
-                    &mut summary,
-                )
+                body::with_decompressed(&compressed, dlimit, dwhich, |raw| {
+                    write_into(
+                        &st2.mt,
+                        &st2.metrics,
+                        &tenant,
+                        raw,
+                        protocol,
+                        &limits,
+                        &st2.bounds,
+                        &mut summary,
+                    )
+                })
                 .map(|()| None)
             }
         })();
@@ -308,24 +311,6 @@ async fn handle_body(
             Ok(())
         }
         _ => Ok(()),
-    }
-}
-
-fn decompress(compressed: &[u8], dlimit: usize, dwhich: &str) -> Result<Vec<u8>, WriteError> {
-    match snap::raw::decompress_len(compressed) {
-        Err(e) => Err(WriteError::BadRequest(format!(
-            "snappy decode error (expected the snappy block format): {e}"
-        ))),
-        Ok(n) if n > dlimit => Err(WriteError::TooLarge(format!(
-            "decompressed body would be {n} bytes, over the {dwhich} of {dlimit} bytes"
-        ))),
-        Ok(_) => snap::raw::Decoder::new()
-            .decompress_vec(compressed)
-            .map_err(|e| {
-                WriteError::BadRequest(format!(
-                    "snappy decode error (expected the snappy block format): {e}"
-                ))
-            }),
     }
 }
 

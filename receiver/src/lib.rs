@@ -13,6 +13,7 @@
 //!   through `objstore::Shipper` (see [`multitsdb::MultiTsdb::ship`]).
 
 pub mod args;
+mod body;
 pub mod exemplar_service;
 pub mod handoff;
 pub mod hashring;
