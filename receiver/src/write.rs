@@ -287,12 +287,14 @@ pub fn write_into(
 ) -> Result<(), WriteError> {
     // Pass 1: decode and validate, borrowing from `raw`.
     let mut reader = Reader::new(raw, protocol)?;
-    let mut view = SeriesView::default();
-    // Valid series: their labels (borrowed from `raw`, back to back) and samples.
+    // Valid series: their labels (borrowed from `raw`, back to back, kept in the view as
+    // it decodes them: `label_spans` index them) and samples.
     // Sized from the request: a label takes at least six bytes of protobuf framing
     // plus its text, a third of that is a fair guess, and growing a vector of many
     // thousand labels by doubling copied it all several times (issue #26).
-    let mut label_refs: Vec<LabelRef<'_>> = Vec::with_capacity(raw.len() / 32);
+    let mut view = SeriesView::default();
+    view.keep_labels();
+    view.labels.reserve(raw.len() / 32);
     let mut label_bytes = 0usize;
     let mut label_spans: Vec<(usize, usize)> = Vec::new();
     let mut spans: Vec<(usize, usize)> = Vec::new();
@@ -334,7 +336,11 @@ pub fn write_into(
         if protocol == Protocol::V2
             && let Some(m) = view.metadata.filter(|m| !m.is_empty())
         {
-            match view.labels.iter().find(|l| l.name == storeapi::METRIC_NAME) {
+            match view
+                .series_labels()
+                .iter()
+                .find(|l| l.name == storeapi::METRIC_NAME)
+            {
                 Some(name) => {
                     pending_metadata.push(owned_metadata(family_of(name.value, m.kind), &m))
                 }
@@ -343,32 +349,38 @@ pub fn write_into(
         }
         let hstart = hists.len();
         histograms += view.histograms.len() as u64;
+        let series_start = view.labels_start();
         for h in view.histograms.drain(..) {
             match h.h.validate() {
                 Ok(()) => hists.push(h),
                 Err(e) => {
                     invalid_histograms += 1;
                     if first_invalid_histogram.is_none() {
-                        first_invalid_histogram =
-                            Some(format!("{e} at t={} in series {}", h.t, show(&view.labels)));
+                        first_invalid_histogram = Some(format!(
+                            "{e} at t={} in series {}",
+                            h.t,
+                            show(view.labels.get(series_start..).unwrap_or_default())
+                        ));
                     }
                 }
             }
         }
         if view.samples.is_empty() && hists.len() == hstart {
+            view.drop_series_labels();
             continue;
         }
         let prev = label_spans
             .last()
-            .and_then(|&(a, b)| label_refs.get(a..b))
+            .and_then(|&(a, b)| view.labels.get(a..b))
             .unwrap_or_default();
-        if let Err(why) = check_labels_after(&view.labels, prev, bounds) {
+        if let Err(why) = check_labels_after(view.series_labels(), prev, bounds) {
             invalid_series += 1;
             invalid_samples += view.samples.len() as u64 + (hists.len() - hstart) as u64;
             hists.truncate(hstart);
             if first_invalid.is_none() {
-                first_invalid = Some(format!("{why} in series {}", show(&view.labels)));
+                first_invalid = Some(format!("{why} in series {}", show(view.series_labels())));
             }
+            view.drop_series_labels();
             continue;
         }
         let start = samples.len();
@@ -387,15 +399,14 @@ pub fn write_into(
         }
         spans.push((start, samples.len()));
         hist_spans.push((hstart, hists.len()));
-        let at = label_refs.len();
-        label_refs.extend_from_slice(&view.labels);
         label_bytes += view
-            .labels
+            .series_labels()
             .iter()
             .map(|l| l.name.len() + l.value.len() + 2)
             .sum::<usize>();
-        label_spans.push((at, label_refs.len()));
+        label_spans.push((view.labels_start(), view.labels.len()));
     }
+    let label_refs: Vec<LabelRef<'_>> = std::mem::take(&mut view.labels);
     let received = samples.len() as u64 + invalid_samples;
     let metadata = reader.metadata();
     if let Reader::V1(r) = &reader {
@@ -665,13 +676,13 @@ fn collect_exemplars(
     out: &mut Vec<(std::sync::Arc<storeapi::Labels>, Exemplar)>,
     invalid: &mut u64,
 ) {
-    if check_labels(&view.labels, bounds).is_err() {
+    if check_labels(view.series_labels(), bounds).is_err() {
         *invalid += view.exemplars.len() as u64;
         return;
     }
     // check_labels proved the set sorted, unique and without empty values.
     let series = std::sync::Arc::new(storeapi::Labels::from_sorted_unchecked(
-        view.labels
+        view.series_labels()
             .iter()
             .map(|l| storeapi::Label::new(l.name, l.value))
             .collect(),
@@ -775,6 +786,119 @@ mod tests {
         max_label_name_len: 64,
         max_label_value_len: 64,
     };
+
+    /// Series refused for their labels or skipped for having no samples, between valid
+    /// ones, leave nothing behind: every valid series is stored under exactly its own
+    /// labels, and a later rejection names the right series (the labels of a request
+    /// are kept back to back in the decoder's vector, and dropped ones removed).
+    #[test]
+    fn refused_and_empty_series_between_valid_ones_leave_the_others_whole() {
+        use prost::Message;
+        use storeapi::wire::{prometheus, prompb};
+        let dir = tempfile::tempdir().unwrap();
+        let mt = open_mt(dir.path());
+        let metrics = ReceiveMetrics::new();
+        let now = now_ms();
+        let series = |labels: &[(&str, &str)], ts: &[i64]| prompb::TimeSeries {
+            labels: labels
+                .iter()
+                .map(|&(n, v)| storeapi::Label {
+                    name: n.into(),
+                    value: v.into(),
+                })
+                .collect(),
+            samples: ts
+                .iter()
+                .map(|&t| prompb::Sample {
+                    value: t as f64,
+                    timestamp: t,
+                })
+                .collect(),
+            exemplars: vec![],
+            histograms: vec![],
+        };
+        let first = prometheus::WriteRequest {
+            timeseries: vec![
+                series(&[("__name__", "a"), ("job", "x")], &[now]),
+                series(&[("__name__", "b"), ("1bad", "x")], &[now]),
+                series(&[("__name__", "c"), ("job", "x")], &[]),
+                series(&[("__name__", "d"), ("job", "x"), ("zone", "z")], &[now]),
+                series(&[("__name__", "e"), ("job", "")], &[now]),
+                series(&[("__name__", "f")], &[now]),
+            ],
+            metadata: vec![],
+        };
+        let mut summary = WriteSummary::default();
+        let e = write_into(
+            &mt,
+            &metrics,
+            "t",
+            &first.encode_to_vec(),
+            Protocol::V1,
+            &Effective::default(),
+            &BOUNDS,
+            &mut summary,
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("2 series (2 samples) with an invalid label set refused")
+                && msg.contains(r#"invalid label name "1bad" in series {__name__="b", 1bad="x"}"#),
+            "{msg}"
+        );
+        assert_eq!(summary.written, 3);
+        let db = mt.get("t").unwrap().db.clone();
+        let q = db.querier(i64::MIN, i64::MAX);
+        let all =
+            [storeapi::Matcher::new(storeapi::MatchOp::RegexMatch, "__name__", ".+").unwrap()];
+        let got: Vec<String> = q
+            .select(&all)
+            .unwrap()
+            .iter()
+            .map(|s| s.labels.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                r#"{__name__="a", job="x"}"#,
+                r#"{__name__="d", job="x", zone="z"}"#,
+                r#"{__name__="f"}"#
+            ]
+        );
+        // An out-of-order sample of the third valid series is named by its labels.
+        let second = prometheus::WriteRequest {
+            timeseries: vec![
+                series(&[("__name__", "b"), ("1bad", "x")], &[now + 1]),
+                series(&[("__name__", "a"), ("job", "x")], &[now + 1]),
+                series(&[("__name__", "c"), ("job", "x")], &[]),
+                series(
+                    &[("__name__", "d"), ("job", "x"), ("zone", "z")],
+                    &[now + 1],
+                ),
+                series(&[("__name__", "f")], &[now - 1]),
+            ],
+            metadata: vec![],
+        };
+        let e = write_into(
+            &mt,
+            &metrics,
+            "t",
+            &second.encode_to_vec(),
+            Protocol::V1,
+            &Effective::default(),
+            &BOUNDS,
+            &mut summary,
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!(
+                r#"out of order sample at t={} in series {{__name__="f"}}"#,
+                now - 1
+            )),
+            "{msg}"
+        );
+    }
 
     /// Histograms are decoded and validated, refused with a 400 that counts them and
     /// names the first invalid one; the request's floats are still written and counted;
