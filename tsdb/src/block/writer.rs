@@ -309,7 +309,7 @@ impl SeriesSink {
                 "series of symbol ids {ids:?} given to a writer of text"
             )));
         };
-        if ids.is_empty() || ids.len() % 2 != 0 {
+        if ids.is_empty() || !ids.len().is_multiple_of(2) {
             return Err(BlockError::Invalid(format!(
                 "series of symbol ids {ids:?} is not a non-empty list of name and value pairs"
             )));
