@@ -99,6 +99,8 @@ pub struct IndexWriter {
     pairs: Vec<(u32, u32)>,
     last_chunk_ref: u64,
     buf: Vec<u8>,
+    /// Scratch for a series entry's length prefix (no allocation per series).
+    prefix: Vec<u8>,
     /// Largest series entry, padded to [`SERIES_ALIGN`].
     max_series_entry: u64,
 }
@@ -128,6 +130,7 @@ impl IndexWriter {
             pairs: Vec::new(),
             last_chunk_ref: 0,
             buf: Vec::with_capacity(256),
+            prefix: Vec::with_capacity(10),
             max_series_entry: 0,
         };
         let mut header = Vec::with_capacity(HEADER_LEN);
@@ -305,21 +308,10 @@ impl IndexWriter {
                 r0 = c.chunk_ref;
             }
         }
-        // The entry's length prefix, without an allocation per series.
-        let mut head = [0u8; 10];
-        let mut head_len = 0;
-        let mut len = b.len() as u64;
-        loop {
-            let byte = (len & 0x7f) as u8;
-            len >>= 7;
-            head[head_len] = if len == 0 { byte } else { byte | 0x80 };
-            head_len += 1;
-            if len == 0 {
-                break;
-            }
-        }
-        let head = &head[..head_len];
-        self.write(head)?;
+        let mut head = std::mem::take(&mut self.prefix);
+        head.clear();
+        put_uvarint(&mut head, b.len() as u64);
+        self.write(&head)?;
         self.write(&b)?;
         self.write(&crc32c(&b).to_be_bytes())?;
         let entry = (head.len() + b.len() + 4) as u64;
@@ -327,6 +319,7 @@ impl IndexWriter {
             .max_series_entry
             .max(entry.div_ceil(SERIES_ALIGN) * SERIES_ALIGN);
         self.buf = b;
+        self.prefix = head;
 
         self.all.push(id);
         self.last_chunk_ref = last_ref;

@@ -385,7 +385,7 @@ fn sorted_from_ids(
     let ids: Vec<u32> = (0..used.len() as u32)
         .filter(|&i| used[i as usize] != UNUSED)
         .collect();
-    let texts = strings(&ids);
+    let mut texts = strings(&ids);
     if texts.len() != ids.len() {
         return Err(BlockError::Invalid(format!(
             "asked for the text of {} symbol ids, got {}",
@@ -393,7 +393,6 @@ fn sorted_from_ids(
             texts.len()
         )));
     }
-    let mut texts = texts;
     // Sorted by position (4 bytes each), not by moving (text, id) pairs around: a cut
     // at a million series has millions of symbols.
     let mut order: Vec<u32> = (0..texts.len() as u32).collect();
