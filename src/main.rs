@@ -62,8 +62,8 @@ fn main() -> anyhow::Result<()> {
     }
     if matches!(cli.command, Command::Store(_)) {
         // Before any thread: the gateway's freed query buffers go back to the OS
-        // instead of staying in many glibc arenas (issue #16, see store::heap).
-        store::heap::limit_arenas();
+        // instead of staying in glibc's arenas (issue #16, see store::heap).
+        store::heap::tune();
     }
     if matches!(cli.command, Command::Receive(_)) {
         // Before any thread: the head's chunks, appended on many request threads and

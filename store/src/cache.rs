@@ -2,6 +2,15 @@
 //! items — postings lists and series entries — (`--index-cache-size`). Entries are
 //! evicted oldest-first once the bytes held would pass the limit, so memory stays
 //! bounded whatever the bucket holds.
+//!
+//! Values are not kept as one heap allocation each: their bytes are appended to
+//! segments of [`segment_size`] bytes and evicted a whole segment at a time (oldest
+//! first, which is insertion order anyway). A cache of many small allocations pins
+//! every heap page one of them landed on; after a large query the gateway's
+//! transient range buffers had filled those pages, so glibc could not give them back
+//! and the process stayed tens of MiB above its caches (issue #16, `store_bench`).
+//! The limit also counts each entry's table slot, so it bounds what the cache costs,
+//! not only the payload.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -11,76 +20,197 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tsdb::Chunk;
 use tsdb::block::Ulid;
+use tsdb::chunk::Encoding;
 
-/// What a cache entry costs besides its payload (key, map slot, queue slot).
-const ENTRY_OVERHEAD: usize = 64;
-
-/// A value that knows how many bytes it holds.
-pub trait Weigh {
-    fn weight(&self) -> usize;
+/// A value a [`ByteCache`] keeps as bytes in its segments plus a small fixed part
+/// (`Meta`) in its table.
+pub trait Cached: Sized {
+    /// What is kept beside the bytes.
+    type Meta: Copy;
+    /// How many bytes [`Cached::write`] appends.
+    fn byte_len(&self) -> usize;
+    /// Appends the value's bytes to `out`; returns the fixed part.
+    fn write(&self, out: &mut Vec<u8>) -> Self::Meta;
+    /// The value back from its fixed part and its bytes.
+    fn read(meta: Self::Meta, bytes: &[u8]) -> Self;
 }
 
-impl Weigh for Chunk {
-    fn weight(&self) -> usize {
-        self.data.len() + ENTRY_OVERHEAD
+impl Cached for Chunk {
+    type Meta = (i64, i64, Encoding);
+    fn byte_len(&self) -> usize {
+        self.data.len()
+    }
+    fn write(&self, out: &mut Vec<u8>) -> Self::Meta {
+        out.extend_from_slice(&self.data);
+        (self.min_time, self.max_time, self.encoding)
+    }
+    fn read((min_time, max_time, encoding): Self::Meta, bytes: &[u8]) -> Self {
+        Chunk {
+            min_time,
+            max_time,
+            encoding,
+            data: Bytes::copy_from_slice(bytes),
+        }
     }
 }
 
-/// A map from keys to values holding at most `limit` bytes (by [`Weigh`]), evicting
-/// the oldest insertions first. A limit of 0 caches nothing.
-pub struct ByteCache<K, V> {
-    limit: usize,
-    inner: Mutex<Inner<K, V>>,
+/// Bytes of one segment for a cache of `limit` bytes: a sixteenth of it, so one
+/// eviction frees little of the cache, within [64 KiB, 4 MiB], and at most half the
+/// limit (tiny caches in tests).
+pub fn segment_size(limit: usize) -> usize {
+    (limit / 16).clamp(64 << 10, 4 << 20).min(limit / 2).max(1)
 }
 
-struct Inner<K, V> {
-    map: HashMap<K, V>,
-    order: VecDeque<K>,
+/// Where an entry's bytes are: segment number, offset and length in it.
+#[derive(Clone, Copy)]
+struct Slot<M> {
+    seg: u64,
+    off: u32,
+    len: u32,
+    meta: M,
+}
+
+/// Values appended in insertion order, and the keys of those values.
+struct Segment<K> {
+    data: Vec<u8>,
+    keys: Vec<K>,
+}
+
+/// A map from keys to values holding at most `limit` bytes — segments plus an
+/// estimate of each entry's table cost — evicting the oldest insertions first. A
+/// limit of 0 caches nothing.
+pub struct ByteCache<K, V: Cached> {
+    limit: usize,
+    segment: usize,
+    inner: Mutex<Inner<K, V::Meta>>,
+}
+
+struct Inner<K, M> {
+    map: HashMap<K, Slot<M>>,
+    segs: VecDeque<Segment<K>>,
+    /// Number of `segs[0]`; segment numbers grow by one per new segment.
+    first: u64,
     bytes: usize,
 }
 
-impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteCache<K, V> {
+impl<K: Hash + Eq + Clone, V: Cached> ByteCache<K, V> {
     pub fn new(limit: usize) -> Self {
         ByteCache {
             limit,
+            segment: segment_size(limit),
             inner: Mutex::new(Inner {
                 map: HashMap::new(),
-                order: VecDeque::new(),
+                segs: VecDeque::new(),
+                first: 0,
                 bytes: 0,
             }),
         }
     }
 
+    /// What one entry costs besides its bytes: its table slot (a hash table at
+    /// least 7/16 full after growing: counted twice, with its control byte) and its
+    /// key in the segment's list.
+    pub const fn entry_overhead() -> usize {
+        2 * (std::mem::size_of::<(K, Slot<V::Meta>)>() + 1) + std::mem::size_of::<K>()
+    }
+
     pub fn get(&self, k: &K) -> Option<V> {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.map.get(k).cloned()
+        let slot = g.map.get(k)?;
+        let seg = g
+            .segs
+            .get(usize::try_from(slot.seg.checked_sub(g.first)?).ok()?)?;
+        let bytes = seg
+            .data
+            .get(slot.off as usize..slot.off as usize + slot.len as usize)?;
+        Some(V::read(slot.meta, bytes))
     }
 
     pub fn put(&self, k: K, v: V) {
-        let size = v.weight();
-        if size > self.limit {
+        let n = v.byte_len();
+        let per = Self::entry_overhead();
+        if n > u32::MAX as usize || n + per > self.limit {
             return;
         }
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if g.map.contains_key(&k) {
             return;
         }
-        while g.bytes + size > self.limit {
-            let Some(old) = g.order.pop_front() else {
+        loop {
+            let room = g
+                .segs
+                .back()
+                .is_some_and(|s| s.data.capacity() - s.data.len() >= n);
+            // A value longer than a segment gets a segment of its own length.
+            let cap = n.max(self.segment).min(self.limit - per);
+            let need = per + if room { 0 } else { cap };
+            if g.bytes + need <= self.limit || g.segs.is_empty() {
+                if !room {
+                    if g.bytes + need > self.limit {
+                        return; // a segment of this size never fits
+                    }
+                    g.segs.push_back(Segment {
+                        data: Vec::with_capacity(cap),
+                        keys: Vec::new(),
+                    });
+                    g.bytes += cap;
+                }
                 break;
-            };
-            if let Some(v) = g.map.remove(&old) {
-                g.bytes -= v.weight();
             }
+            g.evict_oldest(per);
         }
-        g.map.insert(k.clone(), v);
-        g.order.push_back(k);
-        g.bytes += size;
+        let seg = g.first + g.segs.len() as u64 - 1;
+        let Some(back) = g.segs.back_mut() else {
+            return;
+        };
+        let off = back.data.len();
+        let meta = v.write(&mut back.data);
+        debug_assert_eq!(back.data.len() - off, n);
+        back.keys.push(k.clone());
+        g.bytes += per;
+        g.map.insert(
+            k,
+            Slot {
+                seg,
+                off: off as u32,
+                len: n as u32,
+                meta,
+            },
+        );
     }
 
-    /// Bytes held.
+    /// Bytes held (segments and the entries' table cost).
     pub fn bytes(&self) -> usize {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).bytes
+    }
+
+    /// Entries held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .len()
+    }
+}
+
+impl<K: Hash + Eq, M> Inner<K, M> {
+    /// Drops the oldest segment and its entries.
+    fn evict_oldest(&mut self, per: usize) {
+        let Some(old) = self.segs.pop_front() else {
+            return;
+        };
+        for k in &old.keys {
+            self.map.remove(k);
+        }
+        self.first += 1;
+        self.bytes -= old.data.capacity() + per * old.keys.len();
+        // The table keeps its size after a burst of small entries; give it back once
+        // it is mostly empty.
+        if self.map.capacity() > 4 * self.map.len() + 1024 {
+            self.map.shrink_to(2 * self.map.len());
+        }
     }
 }
 
@@ -116,6 +246,12 @@ impl<K: Hash + Eq> Drop for Claim<'_, K> {
         let mut g = self.in_flight.map.lock().unwrap_or_else(|e| e.into_inner());
         for k in &self.keys {
             g.remove(k);
+        }
+        // One large request grows the map to its key count (50,000 chunks a batch);
+        // it would keep that size for the life of the process.
+        let len = g.len();
+        if g.capacity() > 4 * len + 1024 {
+            g.shrink_to(2 * len);
         }
         drop(g);
         let _ = self.done.send(true);
@@ -217,13 +353,40 @@ pub enum IndexValue {
     Series(Bytes),
 }
 
-impl Weigh for IndexValue {
-    fn weight(&self) -> usize {
-        ENTRY_OVERHEAD
-            + match self {
-                IndexValue::Postings(p) => 4 * p.len(),
-                IndexValue::Series(b) => b.len(),
+impl Cached for IndexValue {
+    /// Whether the bytes are a postings list.
+    type Meta = bool;
+    fn byte_len(&self) -> usize {
+        match self {
+            IndexValue::Postings(p) => 4 * p.len(),
+            IndexValue::Series(b) => b.len(),
+        }
+    }
+    fn write(&self, out: &mut Vec<u8>) -> bool {
+        match self {
+            IndexValue::Postings(p) => {
+                for x in p.iter() {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+                true
             }
+            IndexValue::Series(b) => {
+                out.extend_from_slice(b);
+                false
+            }
+        }
+    }
+    fn read(postings: bool, bytes: &[u8]) -> Self {
+        if postings {
+            IndexValue::Postings(Arc::new(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ))
+        } else {
+            IndexValue::Series(Bytes::copy_from_slice(bytes))
+        }
     }
 }
 
@@ -269,19 +432,25 @@ impl IndexCache {
 mod tests {
     use super::*;
 
+    type Series = ByteCache<IndexKey, IndexValue>;
+
     #[test]
     fn evicts_oldest_beyond_the_limit() {
-        let c = IndexCache::new(3 * (ENTRY_OVERHEAD + 40));
+        let per = Series::entry_overhead();
+        let c = IndexCache::new(3 * (per + 40));
         let id = Ulid::default();
         for i in 0..5u32 {
             c.put(
                 IndexKey::Series(id, i),
-                IndexValue::Series(Bytes::from(vec![0u8; 40])),
+                IndexValue::Series(Bytes::from(vec![i as u8; 40])),
             );
         }
-        assert!(c.bytes() <= 3 * (ENTRY_OVERHEAD + 40));
+        assert!(c.bytes() <= 3 * (per + 40));
         assert!(c.get(&IndexKey::Series(id, 0)).is_none());
-        assert!(c.get(&IndexKey::Series(id, 4)).is_some());
+        match c.get(&IndexKey::Series(id, 4)) {
+            Some(IndexValue::Series(b)) => assert_eq!(&b[..], &[4u8; 40][..]),
+            other => panic!("series 4: {other:?}"),
+        }
         // Too big for the whole cache: not kept.
         c.put(
             IndexKey::Postings(id, 1),
@@ -294,6 +463,123 @@ mod tests {
             IndexValue::Series(Bytes::from_static(b"x")),
         );
         assert_eq!(none.bytes(), 0);
+        assert!(none.get(&IndexKey::Series(id, 0)).is_none());
+    }
+
+    /// Random values of random sizes (some longer than a segment) through a cache
+    /// several times smaller than all of them: every value read back is the one put,
+    /// what is held never passes the limit, the newest entries are the ones kept, and
+    /// the segments' memory is within the accounted bytes.
+    #[test]
+    fn reads_back_what_was_put_within_the_limit() {
+        let limit = 2 << 20;
+        let c: Series = ByteCache::new(limit);
+        let id = Ulid::default();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let value = |i: u32, len: usize| -> Vec<u8> {
+            (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
+        };
+        let mut lens = Vec::new();
+        for i in 0..20_000u32 {
+            let len = match next() % 500 {
+                0 => 200_000 + (next() % 300_000) as usize, // longer than a segment
+                _ => (next() % 600) as usize,
+            };
+            lens.push(len);
+            if i % 3 == 0 {
+                let p: Vec<u32> = (0..len as u32 / 4).map(|x| x * 7 + i).collect();
+                c.put(
+                    IndexKey::Postings(id, i as u64),
+                    IndexValue::Postings(Arc::new(p)),
+                );
+            } else {
+                c.put(
+                    IndexKey::Series(id, i),
+                    IndexValue::Series(Bytes::from(value(i, len))),
+                );
+            }
+            assert!(c.bytes() <= limit, "{} > {limit} after {i}", c.bytes());
+        }
+        let segs: usize = {
+            let g = c.inner.lock().unwrap();
+            g.segs.iter().map(|s| s.data.capacity()).sum()
+        };
+        assert!(segs <= c.bytes());
+        let mut held = 0;
+        let mut newest_missing = None;
+        for i in (0..20_000u32).rev() {
+            let got = if i % 3 == 0 {
+                c.get(&IndexKey::Postings(id, i as u64))
+            } else {
+                c.get(&IndexKey::Series(id, i))
+            };
+            match got {
+                Some(IndexValue::Postings(p)) => {
+                    assert_eq!(i % 3, 0);
+                    let want: Vec<u32> = (0..lens[i as usize] as u32 / 4)
+                        .map(|x| x * 7 + i)
+                        .collect();
+                    assert_eq!(*p, want, "postings {i}");
+                    held += 1;
+                }
+                Some(IndexValue::Series(b)) => {
+                    assert_ne!(i % 3, 0);
+                    assert_eq!(&b[..], &value(i, lens[i as usize])[..], "series {i}");
+                    held += 1;
+                }
+                None => {
+                    newest_missing.get_or_insert(i);
+                }
+            }
+        }
+        assert_eq!(held, c.len());
+        assert!(held > 500, "only {held} entries held");
+        // FIFO: after the first gap (the newest evicted entry) only a few entries of
+        // the same segment as the newest kept ones could be present; none are older.
+        let gap = newest_missing.expect("some entries were evicted");
+        let older_held = (0..gap)
+            .filter(|&i| {
+                if i % 3 == 0 {
+                    c.get(&IndexKey::Postings(id, i as u64)).is_some()
+                } else {
+                    c.get(&IndexKey::Series(id, i)).is_some()
+                }
+            })
+            .count();
+        assert_eq!(older_held, 0, "entries older than an evicted one are held");
+    }
+
+    #[test]
+    fn chunks_keep_their_times_and_encoding() {
+        let c = ChunkCache::new(1 << 20);
+        let id = Ulid::default();
+        let chunk = Chunk {
+            min_time: -5,
+            max_time: 1_700_000_000_000,
+            encoding: Encoding::Xor,
+            data: Bytes::from_static(b"\x00\x02abc"),
+        };
+        c.put((id, 42), chunk.clone());
+        let got = c.get(&(id, 42)).expect("cached");
+        assert_eq!(got, chunk);
+        assert!(c.get(&(id, 43)).is_none());
+    }
+
+    #[test]
+    fn the_in_flight_map_gives_back_its_room() {
+        let c = ChunkCache::new(1 << 20);
+        let id = Ulid::default();
+        let keys: Vec<(Ulid, u64)> = (0..100_000u64).map(|r| (id, r)).collect();
+        let (claim, _) = c.claim(&keys, (0..keys.len()).collect());
+        assert!(c.in_flight.map.lock().unwrap().capacity() >= 100_000);
+        drop(claim);
+        assert!(c.in_flight.map.lock().unwrap().capacity() < 2048);
     }
 
     #[tokio::test]

@@ -23,8 +23,8 @@
 //!    and bucket (FILESYSTEM, moto S3): cold (a fresh gateway with an empty `--data-dir`
 //!    and a fresh querier, first query; Prometheus restarted), warm (median of `--reps`,
 //!    alternating), bytes the gateway fetched (its `/metrics`, every counter whose name
-//!    says bytes), the gateway's RSS after ready and after the workload against the
-//!    blocks' size.
+//!    says bytes), the gateway's RSS after ready and after the workload (2 s after the
+//!    last answer) against the blocks' size.
 //! 2. `start`: `--start-blocks` 2h blocks (uncompacted): time from `orrery store` start to
 //!    `/-/ready` and to the first full answer through a querier started after ready.
 //! 3. `ds`: `--ds-days` × `--ds-series`, compacted with downsampling (raw ≥ 40h → 5m, 5m
@@ -761,6 +761,9 @@ fn long_range(orrery: &Path, work: &Path, buckets: &[String]) {
                 ratio
             );
         }
+        // At rest: the gateway gives freed memory back shortly after a large request
+        // (`store::heap`), so the RSS is read once that had time to run.
+        std::thread::sleep(Duration::from_secs(2));
         let rss_after = rss_kib(s.proc.pid());
         let anon_after = rss_anon_kib(s.proc.pid());
         let peak = proc_stats(s.proc.pid()).map(|x| x.0);
