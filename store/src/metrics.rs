@@ -24,6 +24,12 @@ pub struct ItemTypeLabel {
     pub item_type: String,
 }
 
+/// Which in-memory cache (`chunks`, `index`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabel {
+    pub cache: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct StoreMetrics {
     /// Blocks seen by the last sync, by state (Thanos's names).
@@ -57,6 +63,8 @@ pub struct StoreMetrics {
     /// Block reads that failed inside a request (bucket unreachable, object missing,
     /// corrupt index or chunks); the log line names the block.
     pub block_read_failures: Counter,
+    /// Bytes each cache holds (what its limit counts), set after every `Series` call.
+    pub cache_bytes: Family<CacheLabel, Gauge>,
 }
 
 impl Default for StoreMetrics {
@@ -83,6 +91,7 @@ impl Default for StoreMetrics {
             bytes_per_query: Histogram::new(exponential_buckets(1024.0, 4.0, 12)),
             series_limited: Counter::default(),
             block_read_failures: Counter::default(),
+            cache_bytes: Family::default(),
         }
     }
 }
@@ -184,6 +193,22 @@ impl StoreMetrics {
             "Block reads that failed in a request (the log names the block)",
             self.block_read_failures.clone(),
         );
+        r.register(
+            "orrery_store_cache_bytes",
+            "Bytes held by the in-memory chunk and index caches (values, and each entry's table cost), as their size limits count them",
+            self.cache_bytes.clone(),
+        );
+    }
+
+    /// Records what the caches hold.
+    pub fn observe_caches(&self, chunks: usize, index: usize) {
+        for (cache, n) in [("chunks", chunks), ("index", index)] {
+            self.cache_bytes
+                .get_or_create(&CacheLabel {
+                    cache: cache.into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 }
 

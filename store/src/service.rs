@@ -567,6 +567,8 @@ impl FrameSeries for Gateway {
                 let _ = tx.send(Err(e)).await;
             }
             gw.metrics.observe_fetched(&fetched);
+            gw.metrics
+                .observe_caches(gw.cache.bytes(), gw.index_cache.bytes());
             drop(tx);
             crate::heap::after_request(fetched.total());
         });
@@ -1109,5 +1111,18 @@ mod tests {
             gw.metrics.shared_fetches.get() + gw.metrics.chunk_cache_hits.get() > 0,
             "the second call took the chunks from the first"
         );
+        // What the caches hold is exported once a call is over.
+        let held = |cache: &str| {
+            gw.metrics
+                .cache_bytes
+                .get_or_create(&crate::metrics::CacheLabel {
+                    cache: cache.into(),
+                })
+                .get()
+        };
+        assert_eq!(held("chunks"), gw.cache.bytes() as i64);
+        assert!(held("chunks") > 0 && held("chunks") <= 1 << 20);
+        assert_eq!(held("index"), gw.index_cache.bytes() as i64);
+        assert!(held("index") > 0);
     }
 }
