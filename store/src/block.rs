@@ -789,11 +789,9 @@ impl StoreBlock {
         let mut out: Vec<Option<Chunk>> = vec![None; refs.len()];
         let mut missing = Vec::new();
         for (i, &(r, mint, maxt)) in refs.iter().enumerate() {
-            match ctx.chunk_cache.get(&(id, r)) {
-                Some(mut c) => {
+            match ctx.chunk_cache.get(&(id, r), mint, maxt) {
+                Some(c) => {
                     ctx.metrics.chunk_cache_hits.inc();
-                    c.min_time = mint;
-                    c.max_time = maxt;
                     out[i] = Some(c);
                 }
                 None => {
@@ -812,11 +810,9 @@ impl StoreBlock {
             // Err: that fetch was abandoned; the cache lookup below then misses.
             let _ = done.wait_for(|d| *d).await;
             let (_, mint, maxt) = refs[i];
-            match ctx.chunk_cache.get(&keys[i]) {
-                Some(mut c) => {
+            match ctx.chunk_cache.get(&keys[i], mint, maxt) {
+                Some(c) => {
                     ctx.metrics.shared_fetches.inc();
-                    c.min_time = mint;
-                    c.max_time = maxt;
                     out[i] = Some(c);
                 }
                 None => again.push(i),
