@@ -266,8 +266,12 @@ pub fn http_exchange(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
+    // Head and body in one write, as HTTP clients buffer them: written apart, the body
+    // can reach a server that already answered (e.g. 405 before reading it) and closed,
+    // and the reset that draws can discard the answer before it is read.
+    let mut whole = req.into_bytes();
+    whole.extend_from_slice(body);
+    s.write_all(&whole)?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).to_string();

@@ -70,11 +70,11 @@ pub struct StoreArgs {
     pub downloaded_bytes_limit: u64,
 
     /// In-memory index cache size (postings lists and series entries), e.g. `250MB`,
-    /// `1GiB` or bytes; 0 disables it.
+    /// `1GiB` or bytes; 0 disables it. Counts the cache's table as well as its values.
     #[arg(long = "index-cache-size", default_value = "250MB", value_parser = parse_bytes)]
     pub index_cache_size: usize,
 
-    /// In-memory chunk cache size in bytes.
+    /// In-memory chunk cache size in bytes (its table counted as well as the chunks).
     #[arg(long = "store.chunk-cache-size", default_value_t = 256 << 20)]
     pub chunk_cache_size: usize,
 
