@@ -8,15 +8,17 @@
 //! with two; with the default caches two glibc arenas left less than jemalloc and
 //! mimalloc did, see the README's Performance section).
 //!
-//! So `orrery store` limits glibc to [`STORE_ARENAS`] arenas (unless `MALLOC_ARENA_MAX`
-//! is set). It also fixes glibc's mmap and trim thresholds ([`MMAP_THRESHOLD`],
-//! [`TRIM_THRESHOLD`]). Left dynamic, glibc raises both after the first large buffer
+//! So `orrery store` ([`tune`]) limits glibc to [`STORE_ARENAS`] arenas and fixes its
+//! mmap and trim thresholds ([`MMAP_THRESHOLD`], [`TRIM_THRESHOLD`]), each unless the
+//! environment sets it. Left dynamic, glibc raises both after the first large buffer
 //! is freed (the mmap threshold to that buffer's size, up to 32 MiB; the trim
-//! threshold to twice it), so later multi-MiB range buffers come from the arenas,
-//! and the free top of a thread arena is never returned: `malloc_trim` gives back
-//! free chunks in the bins but not an arena's top. `store_bench` (16 MiB caches)
-//! measured 62 MiB anonymous after the workload with 24 MiB in use and a trim
-//! returning nothing; with fixed thresholds 30 MiB. And after a request that fetched at least [`TRIM_AFTER_BYTES`] calls
+//! threshold to twice it), so later multi-MiB range buffers come from the arenas, and
+//! the free top of a thread arena is never returned: `malloc_trim` gives back free
+//! chunks in the bins but not an arena's top. `store_bench` (16 MiB caches) measured
+//! 62 MiB anonymous after the workload with 24 MiB in use and a trim returning
+//! nothing; with fixed thresholds 30 MiB.
+//!
+//! And after a request that fetched at least [`TRIM_AFTER_BYTES`] it calls
 //! `malloc_trim(0)` on a blocking thread to give whole free pages back. The trim runs
 //! [`TRIM_DELAY`] after the request's last frame was queued: the frames still queued
 //! for the client and the transport's buffers are freed by then (a trim at once left

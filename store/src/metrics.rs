@@ -195,7 +195,7 @@ impl StoreMetrics {
         );
         r.register(
             "orrery_store_cache_bytes",
-            "Bytes held by the in-memory chunk and index caches (values, and each entry's table cost), as their size limits count them",
+            "Bytes held by the in-memory chunk and index caches (their values' segments and their hash tables), as their size limits count them",
             self.cache_bytes.clone(),
         );
     }
