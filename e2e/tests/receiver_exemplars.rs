@@ -246,7 +246,7 @@ fn run_phase(v2: bool) -> (Receiver, Querier, Prometheus, tempfile::TempDir, (f6
 
 #[test]
 fn exemplars_and_metadata_equal_prometheus_over_remote_write_1() {
-    let (recv, q, prom, _dir, _) = run_phase(false);
+    let (mut recv, q, mut prom, dir, _) = run_phase(false);
 
     // Metadata: the 1.0 metadata requests carry the scrape cache Prometheus's own API
     // reads, so the answers are equal.
@@ -282,6 +282,30 @@ fn exemplars_and_metadata_equal_prometheus_over_remote_write_1() {
         (code, bad["error"].as_str()),
         (400, Some("limit must be a number"))
     );
+
+    // Acknowledged metadata is on disk: with the sender gone (so nothing is pushed
+    // again), a receiver SIGKILLed and restarted answers as before.
+    let before = normalised_metadata(&get_json(&q.http, "/api/v1/metadata").1);
+    prom.proc.kill();
+    recv.proc.kill();
+    drop(q);
+    let recv = Receiver::start(
+        &dir.path().join("data"),
+        &dir.path().join("receive-2.log"),
+        &["--tsdb.max-exemplars=100000"],
+    );
+    let q = Querier::start(&[&recv.grpc], &[]);
+    let mut after = Value::Null;
+    let same = wait_for(Duration::from_secs(20), || {
+        after = normalised_metadata(&get_json(&q.http, "/api/v1/metadata").1);
+        (after == before).then_some(())
+    });
+    assert!(
+        same.is_some(),
+        "metadata after a SIGKILL differs:\n after: {after}\n before: {before}\nreceiver log:\n{}",
+        recv.proc.log_text()
+    );
+    assert_eq!(before, want, "the compared answer was Prometheus's");
 }
 
 #[test]

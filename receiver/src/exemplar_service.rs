@@ -238,6 +238,7 @@ mod tests {
                         unit: String::new(),
                     },
                 )
+                .unwrap()
                 .unwrap();
         }
         let _ = metrics;

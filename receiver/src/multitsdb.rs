@@ -47,6 +47,12 @@ pub enum MultiTsdbError {
         #[source]
         source: DbError,
     },
+    #[error("tenant {tenant:?}: {source}")]
+    Metadata {
+        tenant: String,
+        #[source]
+        source: tsdb::metadata::JournalError,
+    },
     #[error("too many tenants: the limit is {0}")]
     TooManyTenants(usize),
     /// `--tsdb.path` itself is a Prometheus/Thanos TSDB directory (with `wal/` segments
@@ -89,6 +95,9 @@ pub struct MultiTsdbConfig {
     pub ooo_cap_max: usize,
 }
 
+/// The tenant's metadata journal, beside its WAL.
+pub const METADATA_FILE: &str = "metadata.log";
+
 /// How long one tenant's shipping pass may take before it is abandoned (Thanos: 10m);
 /// the next pass starts over.
 pub const SHIP_TIMEOUT: Duration = Duration::from_secs(600);
@@ -102,7 +111,9 @@ pub struct Tenant {
     pub external_labels: Labels,
     /// Uploads this tenant's blocks (with a bucket configured).
     pub shipper: Option<Arc<objstore::Shipper>>,
-    /// Metric metadata senders reported for this tenant (in memory only).
+    /// Metric metadata senders reported for this tenant, kept in `<tenant>/metadata.log`
+    /// (synced as the WAL is) so a restart does not empty `/api/v1/metadata` until each
+    /// sender's next metadata push.
     pub metadata: tsdb::metadata::MetadataStore,
 }
 
@@ -254,12 +265,30 @@ impl MultiTsdb {
             })?;
             (db, shipper)
         };
+        let (metadata, loaded) = tsdb::metadata::MetadataStore::open(
+            &dir.join(METADATA_FILE),
+            Default::default(),
+            self.cfg.wal_sync == SyncPolicy::Always,
+        )
+        .map_err(|source| MultiTsdbError::Metadata {
+            tenant: tenant.to_string(),
+            source,
+        })?;
+        if loaded.records > 0 {
+            tracing::info!(
+                tenant,
+                families = loaded.families,
+                records = loaded.records,
+                refused = loaded.refused,
+                "metric metadata loaded"
+            );
+        }
         let t = Arc::new(Tenant {
             name: tenant.to_string(),
             db,
             external_labels,
             shipper,
-            metadata: tsdb::metadata::MetadataStore::new(Default::default()),
+            metadata,
         });
         self.tenants
             .write()

@@ -629,11 +629,16 @@ pub fn write_into(
             }
             metrics.store_exemplars(tenant, stored);
         }
-        for (family, m) in pending_metadata {
-            if let Err(e) = t.metadata.update(&family, m) {
-                tracing::debug!(tenant, error = %e, "metadata dropped");
-                metrics.reject_metadata(tenant, 1);
-            }
+        // Kept metadata is in the tenant's journal before the request is answered; a
+        // failed journal write is a 500, so the sender retries it.
+        let verdicts = t.metadata.update_all(pending_metadata).map_err(|e| {
+            WriteError::Internal(format!(
+                "writing metric metadata of tenant {tenant:?} failed: {e}"
+            ))
+        })?;
+        for e in verdicts.into_iter().filter_map(Result::err) {
+            tracing::debug!(tenant, error = %e, "metadata dropped");
+            metrics.reject_metadata(tenant, 1);
         }
     }
     if let Some(f) = first_invalid_histogram {
@@ -1233,6 +1238,14 @@ mod tests {
         assert_eq!(s.exemplars_written, 1);
         assert_eq!(reason("out_of_order"), 2);
         assert_eq!(t.exemplars().stats().stored, 2);
+        // After a restart the tenant has its metadata and exemplars, before any sender
+        // pushes metadata again.
+        let want = t.metadata.list(None, -1, -1);
+        drop((t, mt));
+        let mt = open_mt(dir.path());
+        let t = mt.get("t").expect("tenant reopened");
+        assert_eq!(t.metadata.list(None, -1, -1), want);
+        assert_eq!(t.exemplars().select(i64::MIN, i64::MAX, &all).len(), 1);
     }
 
     /// Remote write 2.0: exemplar-only series stored, series metadata kept under the
