@@ -10,6 +10,7 @@ mod journal;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 
 pub use journal::JournalError;
@@ -81,14 +82,6 @@ struct State {
     bytes: usize,
 }
 
-/// The journal and whether it may be appended to: after a failed write its end is
-/// unknown, so the next update rewrites it from memory before it answers.
-#[derive(Debug)]
-struct Log {
-    journal: Journal,
-    dirty: bool,
-}
-
 /// One tenant's metadata, in memory and (when opened on a path) in a journal that
 /// survives restarts: an update that returns `Ok` is on disk (synced when the store
 /// syncs), as the samples of the same write are in the WAL.
@@ -97,7 +90,11 @@ pub struct MetadataStore {
     limits: MetadataLimits,
     state: RwLock<State>,
     /// Serializes updates, so the journal's order is the order they were applied in.
-    log: Mutex<Option<Log>>,
+    log: Mutex<Option<Journal>>,
+    /// The journal may not hold everything in memory (a write failed, so its end is
+    /// unknown): the next update rewrites it from memory before it answers. Changed
+    /// under `log`.
+    dirty: AtomicBool,
 }
 
 impl MetadataStore {
@@ -107,6 +104,7 @@ impl MetadataStore {
             limits,
             state: RwLock::new(State::default()),
             log: Mutex::new(None),
+            dirty: AtomicBool::new(false),
         }
     }
 
@@ -132,7 +130,7 @@ impl MetadataStore {
             ..Loaded::default()
         };
         for (family, m) in replayed.entries {
-            if apply(&mut state, &limits, &family, m).is_err() {
+            if apply(&mut state, &limits, &family, &m).is_err() {
                 loaded.refused += 1;
             }
         }
@@ -147,10 +145,8 @@ impl MetadataStore {
         let store = MetadataStore {
             limits,
             state: RwLock::new(state),
-            log: Mutex::new(Some(Log {
-                journal,
-                dirty: false,
-            })),
+            log: Mutex::new(Some(journal)),
+            dirty: AtomicBool::new(false),
         };
         // Entries the limits refused are dropped from the file, too.
         if loaded.refused > 0 {
@@ -167,15 +163,26 @@ impl MetadataStore {
     /// are then in memory but not durable, and the next update retries the write.
     pub fn update_all(
         &self,
-        entries: impl IntoIterator<Item = (String, Meta)>,
+        entries: Vec<(String, Meta)>,
     ) -> Result<Vec<Result<(), MetadataError>>, JournalError> {
+        // Senders repeat what they sent (RW 2.0 with every series): answered under the
+        // read lock alone, unless an earlier journal write failed.
+        if !self.dirty.load(Ordering::Acquire) {
+            let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+            if entries
+                .iter()
+                .all(|(f, m)| st.families.get(f).is_some_and(|v| v.last() == Some(m)))
+            {
+                return Ok(vec![Ok(()); entries.len()]);
+            }
+        }
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let mut verdicts = Vec::new();
         let mut changed: Vec<(String, Meta)> = Vec::new();
         {
             let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
             for (family, m) in entries {
-                match apply(&mut st, &self.limits, &family, m.clone()) {
+                match apply(&mut st, &self.limits, &family, &m) {
                     Ok(true) => {
                         verdicts.push(Ok(()));
                         if log.is_some() {
@@ -190,21 +197,18 @@ impl MetadataStore {
         let Some(l) = log.as_mut() else {
             return Ok(verdicts);
         };
-        if l.dirty {
+        if self.dirty.load(Ordering::Acquire) {
             self.rewrite(l)?;
         } else if !changed.is_empty() {
-            if let Err(e) = l
-                .journal
-                .append(changed.iter().map(|(f, m)| (f.as_str(), m)))
-            {
-                l.dirty = true;
+            if let Err(e) = l.append(changed.iter().map(|(f, m)| (f.as_str(), m))) {
+                self.dirty.store(true, Ordering::Release);
                 return Err(e);
             }
             // Rewritten once it is mostly entries replaced since: a sender whose help
             // strings change on every push would otherwise grow it without end.
             let live = self.state.read().unwrap_or_else(|p| p.into_inner()).bytes;
             // What was appended is durable; a failed rewrite is retried by the next update.
-            if l.journal.len() > (2 * live as u64).max(1 << 20)
+            if l.len() > (2 * live as u64).max(1 << 20)
                 && let Err(e) = self.rewrite(l)
             {
                 tracing::warn!(error = %e, "rewriting the metadata journal failed");
@@ -215,21 +219,21 @@ impl MetadataStore {
 
     /// Records that `family` has metadata `m` ([`MetadataStore::update_all`] of one).
     pub fn update(&self, family: &str, m: Meta) -> Result<Result<(), MetadataError>, JournalError> {
-        let mut v = self.update_all([(family.to_string(), m)])?;
+        let mut v = self.update_all(vec![(family.to_string(), m)])?;
         Ok(v.pop().unwrap_or(Ok(())))
     }
 
-    fn rewrite(&self, l: &mut Log) -> Result<(), JournalError> {
-        l.dirty = true;
+    fn rewrite(&self, l: &mut Journal) -> Result<(), JournalError> {
+        self.dirty.store(true, Ordering::Release);
         let st = self.state.read().unwrap_or_else(|p| p.into_inner());
         let mut families: Vec<(&String, &Vec<Meta>)> = st.families.iter().collect();
         families.sort_by(|a, b| a.0.cmp(b.0));
-        l.journal.rewrite(
+        l.rewrite(
             families
                 .into_iter()
                 .flat_map(|(f, v)| v.iter().map(move |m| (f.as_str(), m))),
         )?;
-        l.dirty = false;
+        self.dirty.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -289,7 +293,7 @@ fn apply(
     st: &mut State,
     limits: &MetadataLimits,
     family: &str,
-    m: Meta,
+    m: &Meta,
 ) -> Result<bool, MetadataError> {
     if family.is_empty() {
         return Err(MetadataError::NoFamily);
@@ -304,7 +308,7 @@ fn apply(
         }
     }
     let known = st.families.get(family);
-    if known.is_some_and(|v| v.last() == Some(&m)) {
+    if known.is_some_and(|v| v.last() == Some(m)) {
         return Ok(false);
     }
     if known.is_none() && st.families.len() >= limits.max_families {
@@ -313,8 +317,8 @@ fn apply(
         });
     }
     let old: &[Meta] = known.map(Vec::as_slice).unwrap_or(&[]);
-    let mut next: Vec<Meta> = old.iter().filter(|e| **e != m).cloned().collect();
-    next.push(m);
+    let mut next: Vec<Meta> = old.iter().filter(|e| *e != m).cloned().collect();
+    next.push(m.clone());
     if next.len() > limits.max_per_family {
         let extra = next.len() - limits.max_per_family;
         next.drain(..extra);
@@ -510,9 +514,8 @@ mod tests {
         // As after a failed append: the memory has "b", the file a partial record.
         {
             let mut st = s.state.write().unwrap();
-            apply(&mut st, &s.limits, "b", meta("gauge", "two")).unwrap();
-            let mut log = s.log.lock().unwrap();
-            log.as_mut().unwrap().dirty = true;
+            apply(&mut st, &s.limits, "b", &meta("gauge", "two")).unwrap();
+            s.dirty.store(true, Ordering::Release);
         }
         std::fs::OpenOptions::new()
             .append(true)
