@@ -25,6 +25,9 @@ pub struct RequestReader<'a> {
     symbols: Vec<&'a str>,
     cur: Cursor<'a>,
     limits: DecodeLimits,
+    /// A series' `labels_refs`, kept between series: a fresh vector per series, grown
+    /// push by push, was an eighth of the receiver's CPU at 50k series.
+    refs: Vec<u64>,
 }
 
 fn symbol_table(body: &[u8]) -> Result<Vec<&str>, DecodeError> {
@@ -58,6 +61,7 @@ impl<'a> RequestReader<'a> {
             symbols: symbol_table(body)?,
             cur: Cursor::new(body),
             limits,
+            refs: Vec::new(),
         })
     }
 
@@ -74,7 +78,7 @@ impl<'a> RequestReader<'a> {
             if field == 5 {
                 self.cur.expect(field, wt, WT_LEN)?;
                 let ts = self.cur.bytes("timeseries")?;
-                decode_series(ts, &self.symbols, &self.limits, out)?;
+                decode_series(ts, &self.symbols, &self.limits, &mut self.refs, out)?;
                 return Ok(true);
             }
             self.cur.skip(field, wt)?;
@@ -142,16 +146,17 @@ fn decode_series<'a>(
     buf: &'a [u8],
     symbols: &[&'a str],
     limits: &DecodeLimits,
+    refs: &mut Vec<u64>,
     out: &mut SeriesView<'a>,
 ) -> Result<(), DecodeError> {
     let mut c = Cursor::new(buf);
-    let mut refs: Vec<u64> = Vec::new();
+    refs.clear();
     let mut created = 0i64;
     let mut first_start = 0i64;
     while !c.done() {
         let (field, wt) = c.tag()?;
         match field {
-            1 => read_refs(&mut c, field, wt, &mut refs)?,
+            1 => read_refs(&mut c, field, wt, refs)?,
             2 => {
                 c.expect(field, wt, WT_LEN)?;
                 let (s, st) = decode_sample(c.bytes("sample")?)?;
@@ -181,7 +186,7 @@ fn decode_series<'a>(
             _ => c.skip(field, wt)?,
         }
     }
-    resolve_labels(&refs, symbols, "series labels_refs", &mut out.labels)?;
+    resolve_labels(refs, symbols, "series labels_refs", &mut out.labels)?;
     out.start_timestamp = if created != 0 { created } else { first_start };
     Ok(())
 }
