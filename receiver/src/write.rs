@@ -11,7 +11,7 @@ use storeapi::wire::remote_write::{
 };
 use storeapi::wire::remote_write_v2::RequestReader;
 use tsdb::exemplars::Exemplar;
-use tsdb::metadata::Meta;
+use tsdb::metadata::MetaRef;
 
 use crate::negotiate::Protocol;
 
@@ -312,7 +312,8 @@ pub fn write_into(
     let mut exemplars = 0u64;
     let mut pending_exemplars: Vec<(std::sync::Arc<storeapi::Labels>, Exemplar)> = Vec::new();
     let mut invalid_exemplars = 0u64;
-    let mut pending_metadata: Vec<(String, Meta)> = Vec::new();
+    // Borrowed from the request; a run of equal entries (a family's series) is kept once.
+    let mut pending_metadata: Vec<(&str, MetaRef<'_>)> = Vec::new();
     let mut invalid_metadata = 0u64;
     while reader.next_series(&mut view)? {
         series_total += 1;
@@ -342,7 +343,7 @@ pub fn write_into(
                 .find(|l| l.name == storeapi::METRIC_NAME)
             {
                 Some(name) => {
-                    pending_metadata.push(owned_metadata(family_of(name.value, m.kind), &m))
+                    push_metadata(&mut pending_metadata, family_of(name.value, m.kind), &m)
                 }
                 None => invalid_metadata += 1,
             }
@@ -410,11 +411,9 @@ pub fn write_into(
     let received = samples.len() as u64 + invalid_samples;
     let metadata = reader.metadata();
     if let Reader::V1(r) = &reader {
-        pending_metadata.extend(
-            r.metadata()
-                .iter()
-                .map(|m| owned_metadata(m.family.to_string(), m)),
-        );
+        for m in r.metadata() {
+            push_metadata(&mut pending_metadata, m.family, m);
+        }
     }
     let per_tenant = crate::metrics::TenantLabels {
         tenant: tenant.to_string(),
@@ -631,7 +630,7 @@ pub fn write_into(
         }
         // Kept metadata is in the tenant's journal before the request is answered; a
         // failed journal write is a 500, so the sender retries it.
-        let verdicts = t.metadata.update_all(pending_metadata).map_err(|e| {
+        let verdicts = t.metadata.update_all(&pending_metadata).map_err(|e| {
             WriteError::Internal(format!(
                 "writing metric metadata of tenant {tenant:?} failed: {e}"
             ))
@@ -714,21 +713,24 @@ fn collect_exemplars(
     }
 }
 
-fn owned_metadata(family: String, m: &MetadataRef<'_>) -> (String, Meta) {
-    (
+fn push_metadata<'a>(out: &mut Vec<(&'a str, MetaRef<'a>)>, family: &'a str, m: &MetadataRef<'a>) {
+    let e = (
         family,
-        Meta {
-            kind: m.kind.as_str().to_string(),
-            help: m.help.to_string(),
-            unit: m.unit.to_string(),
+        MetaRef {
+            kind: m.kind.as_str(),
+            help: m.help,
+            unit: m.unit,
         },
-    )
+    );
+    if out.last() != Some(&e) {
+        out.push(e);
+    }
 }
 
 /// The metric family of a remote-write 2.0 series' metadata: its `__name__`, without the
 /// suffix a histogram's or summary's series add to the family name (`_bucket`, `_sum`,
 /// `_count`, `_gsum`, `_gcount`), so a histogram is one family as Prometheus lists it.
-fn family_of(name: &str, kind: MetricType) -> String {
+fn family_of(name: &str, kind: MetricType) -> &str {
     let suffixes: &[&str] = match kind {
         MetricType::Histogram | MetricType::Summary => &["_bucket", "_sum", "_count"],
         MetricType::GaugeHistogram => &["_bucket", "_gsum", "_gcount"],
@@ -738,7 +740,6 @@ fn family_of(name: &str, kind: MetricType) -> String {
         .iter()
         .find_map(|s| name.strip_suffix(s))
         .unwrap_or(name)
-        .to_string()
 }
 
 #[cfg(test)]
@@ -1209,7 +1210,7 @@ mod tests {
             t.metadata.list(None, -1, -1),
             vec![(
                 "req".to_string(),
-                vec![Meta {
+                vec![tsdb::metadata::Meta {
                     kind: "counter".into(),
                     help: "Requests.".into(),
                     unit: String::new()
@@ -1379,7 +1380,7 @@ mod tests {
         assert_eq!(md.len(), 1);
         assert_eq!(
             md[0].1,
-            vec![Meta {
+            vec![tsdb::metadata::Meta {
                 kind: "histogram".into(),
                 help: "Latency.".into(),
                 unit: "seconds".into()

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::free_port;
@@ -233,6 +234,9 @@ pub struct Batch {
     pub v2: bool,
 }
 
+/// Whether 2.0 templates carry per-series metadata (`ingest_bench --v2-metadata`).
+pub static V2_METADATA: AtomicBool = AtomicBool::new(false);
+
 impl Batch {
     pub fn build(series: std::ops::Range<usize>, v2: bool) -> Batch {
         if v2 {
@@ -276,19 +280,44 @@ impl Batch {
         let mut symbols: Vec<String> = vec![String::new()];
         let mut index: HashMap<String, u64> = HashMap::new();
         let mut refs: Vec<Vec<u64>> = Vec::with_capacity(series.len());
+        let mut metas: Vec<Vec<u8>> = Vec::with_capacity(series.len());
+        let mut intern = |s: String| {
+            let next = symbols.len() as u64;
+            *index.entry(s.clone()).or_insert_with(|| {
+                symbols.push(s);
+                next
+            })
+        };
         for i in series.clone() {
             let mut r = Vec::with_capacity(18);
-            for (n, v) in series_labels(i) {
-                for s in [n.to_string(), v] {
-                    let next = symbols.len() as u64;
-                    let id = *index.entry(s.clone()).or_insert_with(|| {
-                        symbols.push(s);
-                        next
-                    });
-                    r.push(id);
-                }
+            let labels = series_labels(i);
+            for (n, v) in &labels {
+                r.push(intern(n.to_string()));
+                r.push(intern(v.clone()));
             }
             refs.push(r);
+            // Per-series metadata, as Prometheus 3.5.3 with `metadata-wal-records` sends
+            // it: type, help and unit of the series' family.
+            let mut meta = Vec::new();
+            if V2_METADATA.load(Ordering::Relaxed) {
+                let name = &labels[0].1;
+                let (kind, unit) = if name.ends_with("_total") {
+                    (1, "")
+                } else if name.ends_with("_seconds") {
+                    (2, "seconds")
+                } else {
+                    (2, "")
+                };
+                put_varint(&mut meta, 1 << 3);
+                put_varint(&mut meta, kind);
+                put_varint(&mut meta, 3 << 3);
+                put_varint(&mut meta, intern(format!("The {name} of the application.")));
+                if !unit.is_empty() {
+                    put_varint(&mut meta, 4 << 3);
+                    put_varint(&mut meta, intern(unit.to_string()));
+                }
+            }
+            metas.push(meta);
         }
         let mut z = SnappyTemplate::new();
         let mut table = Vec::new();
@@ -297,13 +326,16 @@ impl Batch {
         }
         z.label(&table);
         let mut at = Vec::with_capacity(series.len());
-        for r in &refs {
+        for (r, meta) in refs.iter().zip(&metas) {
             let mut packed = Vec::with_capacity(r.len() * 2);
             for &x in r {
                 put_varint(&mut packed, x);
             }
-            let mut ts = Vec::with_capacity(packed.len() + 4);
+            let mut ts = Vec::with_capacity(packed.len() + meta.len() + 8);
             put_field(&mut ts, 1, &packed);
+            if !meta.is_empty() {
+                put_field(&mut ts, 5, meta);
+            }
             let mut head = Vec::with_capacity(ts.len() + 8);
             put_varint(&mut head, 5 << 3 | 2);
             put_varint(&mut head, (ts.len() + SAMPLE_FIELD.len()) as u64);

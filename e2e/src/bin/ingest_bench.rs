@@ -18,7 +18,9 @@
 //! as Prometheus's), `--no-blocks` (skip
 //! the bytes-per-sample phase), `--protocol v1,v2` (run every server with remote write
 //! 1.0, 2.0 or both — the same series and samples; 2.0 runs are named `<server>-rw2` and
-//! compared with the 1.0 run of the same server).
+//! compared with the 1.0 run of the same server). `--v2-metadata`: every 2.0 series
+//! carries its family's metadata (type, help, unit), as Prometheus 3.5.3 sends it with
+//! `--enable-feature=metadata-wal-records`.
 //!
 //! Shipping cost: `--servers orrery,orrery-s3 --block-mins 2` runs the same load into
 //! orrery without and with a bucket (a real `moto_server` from the cache, started per
@@ -115,6 +117,11 @@ fn parse_opts() -> Opts {
                             .collect()
                     })
                     .unwrap_or_default()
+            }
+            "--v2-metadata" => {
+                e2e::bench::rwload::V2_METADATA.store(true, std::sync::atomic::Ordering::Relaxed);
+                i += 1;
+                continue;
             }
             "--no-blocks" => {
                 o.blocks = false;

@@ -24,6 +24,39 @@ pub struct Meta {
     pub unit: String,
 }
 
+/// An entry borrowed from a request: compared with what is kept, copied only when it
+/// changes something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaRef<'a> {
+    pub kind: &'a str,
+    pub help: &'a str,
+    pub unit: &'a str,
+}
+
+impl MetaRef<'_> {
+    fn is(&self, m: &Meta) -> bool {
+        self.kind == m.kind && self.help == m.help && self.unit == m.unit
+    }
+
+    pub fn to_meta(&self) -> Meta {
+        Meta {
+            kind: self.kind.to_string(),
+            help: self.help.to_string(),
+            unit: self.unit.to_string(),
+        }
+    }
+}
+
+impl<'a> From<&'a Meta> for MetaRef<'a> {
+    fn from(m: &'a Meta) -> Self {
+        MetaRef {
+            kind: &m.kind,
+            help: &m.help,
+            unit: &m.unit,
+        }
+    }
+}
+
 /// Limits of one tenant's metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetadataLimits {
@@ -130,7 +163,7 @@ impl MetadataStore {
             ..Loaded::default()
         };
         for (family, m) in replayed.entries {
-            if apply(&mut state, &limits, &family, &m).is_err() {
+            if apply(&mut state, &limits, &family, MetaRef::from(&m)).is_err() {
                 loaded.refused += 1;
             }
         }
@@ -163,16 +196,13 @@ impl MetadataStore {
     /// are then in memory but not durable, and the next update retries the write.
     pub fn update_all(
         &self,
-        entries: Vec<(String, Meta)>,
+        entries: &[(&str, MetaRef<'_>)],
     ) -> Result<Vec<Result<(), MetadataError>>, JournalError> {
         // Senders repeat what they sent (RW 2.0 with every series): answered under the
         // read lock alone, unless an earlier journal write failed.
         if !self.dirty.load(Ordering::Acquire) {
             let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-            if entries
-                .iter()
-                .all(|(f, m)| st.families.get(f).is_some_and(|v| v.last() == Some(m)))
-            {
+            if entries.iter().all(|(f, m)| is_newest(&st, f, m)) {
                 return Ok(vec![Ok(()); entries.len()]);
             }
         }
@@ -181,12 +211,12 @@ impl MetadataStore {
         let mut changed: Vec<(String, Meta)> = Vec::new();
         {
             let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-            for (family, m) in entries {
-                match apply(&mut st, &self.limits, &family, &m) {
+            for &(family, m) in entries {
+                match apply(&mut st, &self.limits, family, m) {
                     Ok(true) => {
                         verdicts.push(Ok(()));
                         if log.is_some() {
-                            changed.push((family, m));
+                            changed.push((family.to_string(), m.to_meta()));
                         }
                     }
                     Ok(false) => verdicts.push(Ok(())),
@@ -219,7 +249,7 @@ impl MetadataStore {
 
     /// Records that `family` has metadata `m` ([`MetadataStore::update_all`] of one).
     pub fn update(&self, family: &str, m: Meta) -> Result<Result<(), MetadataError>, JournalError> {
-        let mut v = self.update_all(vec![(family.to_string(), m)])?;
+        let mut v = self.update_all(&[(family, MetaRef::from(&m))])?;
         Ok(v.pop().unwrap_or(Ok(())))
     }
 
@@ -287,19 +317,27 @@ impl MetadataStore {
     }
 }
 
+/// Whether `m` is `family`'s newest entry (so recording it changes nothing).
+fn is_newest(st: &State, family: &str, m: &MetaRef<'_>) -> bool {
+    st.families
+        .get(family)
+        .and_then(|v| v.last())
+        .is_some_and(|last| m.is(last))
+}
+
 /// Applies one entry within `limits`: `Ok(true)` when it changed the state (newest last:
 /// a known entry moves to the end, a new one may evict the family's oldest).
 fn apply(
     st: &mut State,
     limits: &MetadataLimits,
     family: &str,
-    m: &Meta,
+    m: MetaRef<'_>,
 ) -> Result<bool, MetadataError> {
     if family.is_empty() {
         return Err(MetadataError::NoFamily);
     }
     let limit = limits.max_string_bytes;
-    for s in [family, &m.kind, &m.help, &m.unit] {
+    for s in [family, m.kind, m.help, m.unit] {
         if s.len() > limit {
             return Err(MetadataError::TooLong {
                 len: s.len(),
@@ -307,18 +345,18 @@ fn apply(
             });
         }
     }
-    let known = st.families.get(family);
-    if known.is_some_and(|v| v.last() == Some(m)) {
+    if is_newest(st, family, &m) {
         return Ok(false);
     }
+    let known = st.families.get(family);
     if known.is_none() && st.families.len() >= limits.max_families {
         return Err(MetadataError::TooManyFamilies {
             limit: limits.max_families,
         });
     }
     let old: &[Meta] = known.map(Vec::as_slice).unwrap_or(&[]);
-    let mut next: Vec<Meta> = old.iter().filter(|e| *e != m).cloned().collect();
-    next.push(m.clone());
+    let mut next: Vec<Meta> = old.iter().filter(|e| !m.is(e)).cloned().collect();
+    next.push(m.to_meta());
     if next.len() > limits.max_per_family {
         let extra = next.len() - limits.max_per_family;
         next.drain(..extra);
@@ -461,10 +499,13 @@ mod tests {
             if last.as_ref() != Some(&m) {
                 changes += 1;
             }
-            let batch = vec![(family.clone(), m.clone()), (family, m)];
+            let batch = [
+                (family.as_str(), MetaRef::from(&m)),
+                (family.as_str(), MetaRef::from(&m)),
+            ];
             assert_eq!(
-                s.update_all(batch.clone()).unwrap(),
-                mem.update_all(batch).unwrap()
+                s.update_all(&batch).unwrap(),
+                mem.update_all(&batch).unwrap()
             );
         }
         let want = mem.list(None, -1, -1);
@@ -514,7 +555,13 @@ mod tests {
         // As after a failed append: the memory has "b", the file a partial record.
         {
             let mut st = s.state.write().unwrap();
-            apply(&mut st, &s.limits, "b", &meta("gauge", "two")).unwrap();
+            apply(
+                &mut st,
+                &s.limits,
+                "b",
+                MetaRef::from(&meta("gauge", "two")),
+            )
+            .unwrap();
             s.dirty.store(true, Ordering::Release);
         }
         std::fs::OpenOptions::new()
