@@ -125,8 +125,8 @@ pub struct MetadataStore {
     /// Serializes updates, so the journal's order is the order they were applied in.
     log: Mutex<Option<Journal>>,
     /// The journal may not hold everything in memory (a write failed, so its end is
-    /// unknown): the next update rewrites it from memory before it answers. Changed
-    /// under `log`.
+    /// unknown): the next update rewrites it from memory before it answers. Read and
+    /// changed under `log`.
     dirty: AtomicBool,
 }
 
@@ -198,15 +198,17 @@ impl MetadataStore {
         &self,
         entries: &[(&str, MetaRef<'_>)],
     ) -> Result<Vec<Result<(), MetadataError>>, JournalError> {
+        // Under the journal's lock even for repeats: an entry another update applied is
+        // in memory before it is on disk, and a repeat of it may be answered only after.
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         // Senders repeat what they sent (RW 2.0 with every series): answered under the
-        // read lock alone, unless an earlier journal write failed.
+        // read lock, unless an earlier journal write failed.
         if !self.dirty.load(Ordering::Acquire) {
             let st = self.state.read().unwrap_or_else(|p| p.into_inner());
             if entries.iter().all(|(f, m)| is_newest(&st, f, m)) {
                 return Ok(vec![Ok(()); entries.len()]);
             }
         }
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let mut verdicts = Vec::new();
         let mut changed: Vec<(String, Meta)> = Vec::new();
         {
@@ -583,5 +585,40 @@ mod tests {
                 ("b".into(), vec![meta("gauge", "two")]),
             ]
         );
+    }
+
+    #[test]
+    fn a_repeat_of_an_entry_still_being_written_waits_for_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metadata.log");
+        let (s, _) = MetadataStore::open(&p, MetadataLimits::default(), true).unwrap();
+        let s = std::sync::Arc::new(s);
+        let m = meta("counter", "one");
+        // As during another update's journal write: the entry is in memory, the journal
+        // is held.
+        let log = s.log.lock().unwrap();
+        apply(
+            &mut s.state.write().unwrap(),
+            &s.limits,
+            "a",
+            MetaRef::from(&m),
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s2 = s.clone();
+        let m2 = m.clone();
+        let t = std::thread::spawn(move || {
+            let r = s2.update("a", m2);
+            tx.send(()).unwrap();
+            r
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "the repeat was answered while the entry's write was in flight"
+        );
+        drop(log);
+        rx.recv().unwrap();
+        t.join().unwrap().unwrap().unwrap();
     }
 }
