@@ -7,7 +7,7 @@ use storeapi::Sample;
 use storeapi::histogram::HistogramSample;
 use storeapi::labels::short_eq;
 use storeapi::wire::remote_write::{
-    DecodeError, LabelRef, MetadataRef, MetricType, SeriesView, WriteRequestReader,
+    DecodeError, LabelRef, MetadataRef, SeriesView, WriteRequestReader,
 };
 use storeapi::wire::remote_write_v2::RequestReader;
 use tsdb::exemplars::Exemplar;
@@ -343,7 +343,7 @@ pub fn write_into(
                 .find(|l| l.name == storeapi::METRIC_NAME)
             {
                 Some(name) => {
-                    push_metadata(&mut pending_metadata, family_of(name.value, m.kind), &m)
+                    push_metadata(&mut pending_metadata, m.kind.family_of(name.value), &m)
                 }
                 None => invalid_metadata += 1,
             }
@@ -725,21 +725,6 @@ fn push_metadata<'a>(out: &mut Vec<(&'a str, MetaRef<'a>)>, family: &'a str, m: 
     if out.last() != Some(&e) {
         out.push(e);
     }
-}
-
-/// The metric family of a remote-write 2.0 series' metadata: its `__name__`, without the
-/// suffix a histogram's or summary's series add to the family name (`_bucket`, `_sum`,
-/// `_count`, `_gsum`, `_gcount`), so a histogram is one family as Prometheus lists it.
-fn family_of(name: &str, kind: MetricType) -> &str {
-    let suffixes: &[&str] = match kind {
-        MetricType::Histogram | MetricType::Summary => &["_bucket", "_sum", "_count"],
-        MetricType::GaugeHistogram => &["_bucket", "_gsum", "_gcount"],
-        _ => &[],
-    };
-    suffixes
-        .iter()
-        .find_map(|s| name.strip_suffix(s))
-        .unwrap_or(name)
 }
 
 #[cfg(test)]

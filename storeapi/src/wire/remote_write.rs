@@ -63,6 +63,24 @@ impl MetricType {
         self as u64
     }
 
+    /// The metric family a series named `name` with metadata of this type belongs to
+    /// (remote write 2.0 carries no family name): the name without the suffix a
+    /// histogram's or summary's series add (`_bucket`, `_sum`, `_count`, `_gsum`,
+    /// `_gcount`), so a histogram is one family as Prometheus lists it. Other types keep
+    /// the name (a counter keeps `_total`: Prometheus lists `foo_total` for text and
+    /// protobuf targets, `foo` for OpenMetrics ones, and 2.0 does not say which).
+    pub fn family_of(self, name: &str) -> &str {
+        let suffixes: &[&str] = match self {
+            Self::Histogram | Self::Summary => &["_bucket", "_sum", "_count"],
+            Self::GaugeHistogram => &["_bucket", "_gsum", "_gcount"],
+            _ => &[],
+        };
+        suffixes
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name)
+    }
+
     /// The name Prometheus's metadata API uses.
     pub fn as_str(self) -> &'static str {
         match self {

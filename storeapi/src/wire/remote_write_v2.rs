@@ -320,7 +320,8 @@ pub struct V2Counts {
 /// exemplar labels de-symbolised, samples re-encoded (start timestamps dropped),
 /// histogram messages copied byte for byte (their field numbers are the same in both
 /// versions), exemplar-only series kept, and non-empty series metadata appended as
-/// `WriteRequest.metadata` with the series' `__name__` as family name.
+/// `WriteRequest.metadata` under the series' family ([`MetricType::family_of`], as a
+/// receiver storing the 2.0 request itself names it), a run of equal entries once.
 pub fn translate_to_v1(
     body: &[u8],
     limits: DecodeLimits,
@@ -330,6 +331,9 @@ pub fn translate_to_v1(
     let mut out = Vec::with_capacity(body.len() + body.len() / 2);
     let mut ts = Vec::new();
     let mut meta = Vec::new();
+    let mut mm = Vec::new();
+    let mut scratch = Vec::new();
+    let mut last: Option<MetadataRef<'_>> = None;
     let mut counts = V2Counts::default();
     while reader.next_series(&mut view)? {
         counts.series += 1;
@@ -337,16 +341,22 @@ pub fn translate_to_v1(
         counts.histograms += view.histograms.len() as u64;
         counts.exemplars += view.exemplars.len() as u64;
         ts.clear();
-        encode_v1_series(&view, &mut ts);
+        encode_v1_series(&view, &mut ts, &mut scratch);
         put_len_field(&mut out, 1, &ts);
-        if let Some(m) = view.metadata.filter(|m| !m.is_empty()) {
+        if let Some(mut m) = view.metadata.filter(|m| !m.is_empty()) {
             counts.metadata += 1;
-            let family = view
+            let name = view
                 .labels
                 .iter()
                 .find(|l| l.name == "__name__")
                 .map_or("", |l| l.value);
-            let mut mm = Vec::new();
+            m.family = m.kind.family_of(name);
+            if last == Some(m) {
+                continue;
+            }
+            last = Some(m);
+            let family = m.family;
+            mm.clear();
             if m.kind != MetricType::Unknown {
                 put_varint(&mut mm, 1 << 3);
                 put_varint(&mut mm, m.kind.to_proto());
@@ -375,10 +385,9 @@ fn encode_label(out: &mut Vec<u8>, field: u32, l: &LabelRef<'_>, scratch: &mut V
 }
 
 /// Appends the fields of a 1.0 `TimeSeries` (not its own tag/length) for `view`.
-fn encode_v1_series(view: &SeriesView<'_>, ts: &mut Vec<u8>) {
-    let mut scratch = Vec::new();
+fn encode_v1_series(view: &SeriesView<'_>, ts: &mut Vec<u8>, scratch: &mut Vec<u8>) {
     for l in &view.labels {
-        encode_label(ts, 1, l, &mut scratch);
+        encode_label(ts, 1, l, scratch);
     }
     for s in &view.samples {
         // Always both fields: 20 bytes at most, the layout the 1.0 fast path reads.
@@ -401,7 +410,7 @@ fn encode_v1_series(view: &SeriesView<'_>, ts: &mut Vec<u8>) {
     for e in &view.exemplars {
         ex.clear();
         for l in view.exemplar_labels_of(e) {
-            encode_label(&mut ex, 1, l, &mut scratch);
+            encode_label(&mut ex, 1, l, scratch);
         }
         ex.push(2 << 3 | 1);
         ex.extend_from_slice(&e.value.to_bits().to_le_bytes());
@@ -746,6 +755,72 @@ mod tests {
         assert!(!r.next_series(&mut v).unwrap());
         assert_eq!(r.metadata().len(), 1);
         assert_eq!(r.metadata()[0].kind, MetricType::Counter);
+    }
+
+    /// A classic histogram's series name one family, `lat`, as the receiver's own 2.0
+    /// path names it; a run of the same entry is forwarded once, a different one again.
+    #[test]
+    fn translated_metadata_names_the_family_and_drops_repeats() {
+        let names = [
+            "lat_bucket",
+            "lat_bucket",
+            "lat_sum",
+            "lat_count",
+            "up",
+            "lat_sum",
+        ];
+        let mut syms = vec!["", "__name__", "le", "1", "Latency.", "seconds", "Up."];
+        syms.extend(names);
+        let timeseries = names
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let up = names[i] == "up";
+                v2::TimeSeries {
+                    labels_refs: vec![1, 7 + i as u32, 2, 3],
+                    samples: vec![v2::Sample {
+                        value: 1.0,
+                        timestamp: 1000,
+                        start_timestamp: 0,
+                    }],
+                    metadata: Some(v2::Metadata {
+                        r#type: if up { 2 } else { 3 },
+                        help_ref: if up { 6 } else { 4 },
+                        unit_ref: if up { 0 } else { 5 },
+                    }),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let body = v2::Request {
+            symbols: symbols(&syms),
+            timeseries,
+        }
+        .encode_to_vec();
+        let (v1, counts) = translate_to_v1(&body, DecodeLimits::default()).unwrap();
+        assert_eq!(counts.metadata, 6);
+        let req = crate::wire::prometheus::WriteRequest::decode(&v1[..]).unwrap();
+        assert_eq!(req.timeseries.len(), 6);
+        let got: Vec<(&str, i32, &str, &str)> = req
+            .metadata
+            .iter()
+            .map(|m| {
+                (
+                    m.metric_family_name.as_str(),
+                    m.r#type,
+                    m.help.as_str(),
+                    m.unit.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("lat", 3, "Latency.", "seconds"),
+                ("up", 2, "Up.", ""),
+                ("lat", 3, "Latency.", "seconds"),
+            ]
+        );
     }
 
     fn arb_request() -> impl Strategy<Value = v2::Request> {
