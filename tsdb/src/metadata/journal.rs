@@ -13,7 +13,7 @@
 //! its WAL.
 
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::block::encoding::{crc32c, put_uvarint_str, uvarint};
@@ -77,16 +77,16 @@ impl Journal {
         let mut data = Vec::new();
         file.read_to_end(&mut data).map_err(io_err(path))?;
         let mut replayed = Replayed::default();
-        let good = if data.is_empty() {
-            file.write_all(MAGIC).map_err(io_err(path))?;
-            sync_file_and_dir(&file, path, sync)?;
-            MAGIC.len()
-        } else if data.len() < MAGIC.len() && MAGIC.starts_with(&data) {
-            // The first write of the magic was cut short: nothing was ever stored.
+        let good = if data.len() < MAGIC.len() && MAGIC.starts_with(&data) {
+            // A new file, or one whose first write (the magic) was cut short: nothing was
+            // ever stored in it.
             file.set_len(0).map_err(io_err(path))?;
             file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
             file.write_all(MAGIC).map_err(io_err(path))?;
-            sync_file_and_dir(&file, path, sync)?;
+            if sync {
+                file.sync_all().map_err(io_err(path))?;
+                sync_parent(path)?;
+            }
             MAGIC.len()
         } else if !data.starts_with(MAGIC) {
             drop(file);
@@ -165,37 +165,24 @@ impl Journal {
         f.write_all(&buf).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(dir))?;
-        }
-        let mut f = OpenOptions::new()
+        sync_parent(&self.path)?;
+        self.file = OpenOptions::new()
             .append(true)
             .open(&self.path)
             .map_err(io_err(&self.path))?;
-        f.seek(SeekFrom::End(0)).map_err(io_err(&self.path))?;
-        self.file = f;
         self.len = buf.len() as u64;
         Ok(())
     }
 }
 
-fn sync_file_and_dir(file: &File, path: &Path, sync: bool) -> Result<(), JournalError> {
-    if !sync {
-        return Ok(());
+/// Syncs the directory holding `path`, so a new or renamed file's entry is durable.
+fn sync_parent(path: &Path) -> Result<(), JournalError> {
+    match path.parent() {
+        Some(dir) => File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir)),
+        None => Ok(()),
     }
-    file.sync_all().map_err(io_err(path))?;
-    if let Some(dir) = path.parent() {
-        match File::open(dir).and_then(|d| d.sync_all()) {
-            Ok(()) => {}
-            // A directory that cannot be opened for syncing (some filesystems) is not
-            // worth failing a tenant over; the file itself is synced.
-            Err(e) if e.kind() == ErrorKind::PermissionDenied => {}
-            Err(e) => return Err(io_err(dir)(e)),
-        }
-    }
-    Ok(())
 }
 
 /// The bytes one entry takes in the journal.

@@ -347,10 +347,10 @@ fn apply(
             });
         }
     }
-    if is_newest(st, family, &m) {
+    let known = st.families.get(family);
+    if known.and_then(|v| v.last()).is_some_and(|last| m.is(last)) {
         return Ok(false);
     }
-    let known = st.families.get(family);
     if known.is_none() && st.families.len() >= limits.max_families {
         return Err(MetadataError::TooManyFamilies {
             limit: limits.max_families,
