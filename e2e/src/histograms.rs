@@ -138,10 +138,22 @@ fn numbers_equal(a: &str, b: &str) -> bool {
     }
 }
 
-/// Compares two JSON values, numbers-as-strings with [`REL_TOLERANCE`]; the first
-/// difference as a path.
+/// Whether `path` names a lower or upper bound in a histogram's `buckets`
+/// (`[boundary rule, lower, upper, count]`).
+fn is_bucket_bound(path: &str) -> bool {
+    path.rsplit_once(".buckets[")
+        .is_some_and(|(_, tail)| tail.ends_with("][1]") || tail.ends_with("][2]"))
+}
+
+/// Compares two JSON values, numbers-as-strings with [`REL_TOLERANCE`] (bucket bounds
+/// exactly); the first difference as a path.
 pub fn json_diff(a: &Value, b: &Value, path: &str) -> Option<String> {
     match (a, b) {
+        // A bucket's bounds are read from the schema, never summed: they must print as
+        // Prometheus prints them, to the last digit.
+        (Value::String(x), Value::String(y)) if is_bucket_bound(path) => {
+            (x != y).then(|| format!("{path}: bucket bound {x} vs {y}"))
+        }
         (Value::String(x), Value::String(y)) => {
             (!numbers_equal(x, y)).then(|| format!("{path}: {x} vs {y}"))
         }

@@ -370,8 +370,7 @@ fn native_histograms_out_of_order_match_prometheus() {
     };
     let theirs = raw(&prom.addr());
     assert_eq!(theirs.as_array().map(Vec::len), Some(100), "{theirs}");
-    // Bucket bounds may print one ulp apart (see `storeapi`'s `exponential_bound`):
-    // compared as numbers.
+    // Counts within 1e-9, bucket bounds exactly (`json_diff`).
     if let Some(d) = e2e::histograms::json_diff(&raw(&q.http), &theirs, "histograms") {
         panic!("raw histograms differ: {d}");
     }

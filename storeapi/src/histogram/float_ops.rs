@@ -138,12 +138,8 @@ fn merge(a: &[(i32, f64)], b: &[(i32, f64)], sign: f64) -> Vec<(i32, f64)> {
 }
 
 /// The upper bound of exponential bucket `idx` in `schema`, as Prometheus's
-/// `getBoundExponential` (the last finite bucket ends at `f64::MAX`).
-///
-/// Known difference: for schemas above 0 Prometheus reads the fraction `2^(k/2^schema-1)`
-/// from a precomputed table, and 333 of its 511 entries are one ulp away from what
-/// `exp2` computes here; bounds then print differently in the HTTP API's JSON (never
-/// by more than 1 ulp).
+/// `getBoundExponential` (the last finite bucket ends at `f64::MAX`). For schemas above
+/// 0 the fraction is Prometheus's own value (see [`super::bounds`]), not `exp2`'s.
 pub fn exponential_bound(idx: i32, schema: i32) -> f64 {
     if schema < 0 {
         let exp = i64::from(idx) << (-schema);
@@ -152,14 +148,9 @@ pub fn exponential_bound(idx: i32, schema: i32) -> f64 {
         }
         return ldexp(1.0, exp);
     }
-    let n = 1i64 << schema;
-    let frac_idx = i64::from(idx) & (n - 1);
-    // The fractions 2^(k/n - 1) in [0.5, 1).
-    let frac = if frac_idx == 0 {
-        0.5
-    } else {
-        (frac_idx as f64 / n as f64 - 1.0).exp2()
-    };
+    let schema = schema.min(8);
+    let frac_idx = (i64::from(idx) & ((1i64 << schema) - 1)) as u32;
+    let frac = super::bounds::fraction(schema as u32, frac_idx);
     let exp = (i64::from(idx) >> schema) + 1;
     if frac == 0.5 && exp == 1025 {
         return f64::MAX;

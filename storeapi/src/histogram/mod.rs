@@ -15,6 +15,7 @@
 
 use std::fmt;
 
+mod bounds;
 mod equals;
 mod float_ops;
 pub mod pool;
