@@ -159,26 +159,9 @@ pub fn parse_time_flag(s: &str) -> Result<TimeFlag, String> {
         })
 }
 
-/// Parses a byte size: a number with an optional unit `B`, `KB`/`KiB`, `MB`/`MiB`,
-/// `GB`/`GiB`, `TB`/`TiB` — powers of 1024 either way, as Thanos's size flags.
+/// Parses a byte size (see [`objstore::config::parse_size`]).
 pub fn parse_bytes(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid size {s:?}: want a number with an optional unit like 250MB")
-    })?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "KB" | "KIB" | "K" => 10,
-        "MB" | "MIB" | "M" => 20,
-        "GB" | "GIB" | "G" => 30,
-        "TB" | "TIB" | "T" => 40,
-        u => return Err(format!("invalid size {s:?}: unknown unit {u:?}")),
-    };
-    n.checked_mul(1u64 << shift)
-        .and_then(|v| usize::try_from(v).ok())
-        .ok_or_else(|| format!("invalid size {s:?}: too large"))
+    objstore::config::parse_size(s)
 }
 
 /// Parses a Prometheus duration (`3m`, `24h`, `2w`, `1h30m`).
