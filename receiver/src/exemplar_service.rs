@@ -196,6 +196,7 @@ mod tests {
                     max_exemplars: 100,
                     ooo_time_window: std::time::Duration::ZERO,
                     ooo_cap_max: tsdb::db::DEFAULT_OOO_CAP_MAX,
+                    wire_key_cache_bytes: tsdb::DEFAULT_WIRE_KEY_CACHE_BYTES,
                 },
                 std::sync::Arc::new(std::sync::Mutex::new(
                     prometheus_client::registry::Registry::default(),

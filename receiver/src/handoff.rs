@@ -284,6 +284,7 @@ mod tests {
             max_exemplars: 16,
             ooo_time_window: Duration::ZERO,
             ooo_cap_max: tsdb::db::DEFAULT_OOO_CAP_MAX,
+            wire_key_cache_bytes: tsdb::DEFAULT_WIRE_KEY_CACHE_BYTES,
         };
         let mt = Arc::new(MultiTsdb::open(cfg, Arc::new(Mutex::new(Registry::default()))).unwrap());
         let l = storeapi::Labels::from_pairs([("__name__", "up")]).unwrap();

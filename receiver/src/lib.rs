@@ -221,6 +221,7 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         max_exemplars: args.max_exemplars,
         ooo_time_window: args.ooo_time_window,
         ooo_cap_max: args.ooo_cap_max,
+        wire_key_cache_bytes: args.series_cache_size,
     };
     // The ops server answers /-/healthy (and /-/ready = 503) during WAL replay; the other
     // servers start once the TSDBs are open.

@@ -93,6 +93,9 @@ pub struct MultiTsdbConfig {
     pub ooo_time_window: Duration,
     /// `--tsdb.out-of-order.cap-max`.
     pub ooo_cap_max: usize,
+    /// `--tsdb.series-cache-size`: bytes per tenant for finding series by their label
+    /// bytes as sent (`tsdb::Options::wire_key_cache_bytes`; 0: off).
+    pub wire_key_cache_bytes: usize,
 }
 
 /// The tenant's metadata journal, beside its WAL.
@@ -252,6 +255,7 @@ impl MultiTsdb {
                 max_exemplars: self.cfg.max_exemplars,
                 ooo_time_window: self.cfg.ooo_time_window,
                 ooo_cap_max: self.cfg.ooo_cap_max,
+                wire_key_cache_bytes: self.cfg.wire_key_cache_bytes,
                 retention_hold: shipper
                     .as_ref()
                     .map(|s| s.retention_hold())
@@ -552,6 +556,7 @@ mod tests {
             max_exemplars: 0,
             ooo_time_window: Duration::ZERO,
             ooo_cap_max: tsdb::db::DEFAULT_OOO_CAP_MAX,
+            wire_key_cache_bytes: tsdb::DEFAULT_WIRE_KEY_CACHE_BYTES,
         };
         let reg = Arc::new(Mutex::new(Registry::default()));
         {
@@ -598,6 +603,7 @@ mod tests {
             max_exemplars: 0,
             ooo_time_window: Duration::ZERO,
             ooo_cap_max: tsdb::db::DEFAULT_OOO_CAP_MAX,
+            wire_key_cache_bytes: tsdb::DEFAULT_WIRE_KEY_CACHE_BYTES,
         };
         let reg = Arc::new(Mutex::new(Registry::default()));
         let m = MultiTsdb::open(cfg, reg).unwrap();
@@ -636,6 +642,7 @@ mod tests {
             max_exemplars: 0,
             ooo_time_window: Duration::ZERO,
             ooo_cap_max: tsdb::db::DEFAULT_OOO_CAP_MAX,
+            wire_key_cache_bytes: tsdb::DEFAULT_WIRE_KEY_CACHE_BYTES,
         };
         let m = MultiTsdb::open(cfg, Arc::new(Mutex::new(Registry::default()))).unwrap();
         let t = m.get_or_create("acme").unwrap();
@@ -694,6 +701,7 @@ mod tests {
             max_exemplars: 0,
             ooo_time_window: Duration::ZERO,
             ooo_cap_max: tsdb::db::DEFAULT_OOO_CAP_MAX,
+            wire_key_cache_bytes: tsdb::DEFAULT_WIRE_KEY_CACHE_BYTES,
         };
         std::fs::create_dir_all(dir.path().join("a")).unwrap();
         let wal = dir.path().join("z/wal");

@@ -27,6 +27,18 @@ pub struct Bounds {
     pub max_label_value_len: usize,
 }
 
+impl Bounds {
+    /// Names these rules for the TSDB's wire-key cache: a label encoding accepted under
+    /// other bounds is checked again (see `tsdb::WireKey`).
+    fn digest(&self) -> u64 {
+        let mut b = [0u8; 24];
+        b[..8].copy_from_slice(&(self.max_labels_per_series as u64).to_le_bytes());
+        b[8..16].copy_from_slice(&(self.max_label_name_len as u64).to_le_bytes());
+        b[16..].copy_from_slice(&(self.max_label_value_len as u64).to_le_bytes());
+        xxhash_rust::xxh3::xxh3_64(&b)
+    }
+}
+
 /// A refused or partly refused write; `status()` is the HTTP code, `Display` the body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
@@ -185,6 +197,16 @@ fn value_too_long(l: &LabelRef<'_>, b: &Bounds) -> String {
     )
 }
 
+/// [`show`] for a series known by its label fields as sent (see
+/// `SeriesView::wire_labels`).
+fn show_wire(wire: &[u8]) -> String {
+    let mut v = SeriesView::default();
+    match v.decode(wire) {
+        Ok(()) => show(&v.labels),
+        Err(_) => "{?}".to_string(),
+    }
+}
+
 fn show(labels: &[LabelRef<'_>]) -> String {
     let mut s = String::from("{");
     for (i, l) in labels.iter().take(12).enumerate() {
@@ -295,6 +317,24 @@ pub fn write_into(
     let mut view = SeriesView::default();
     view.keep_labels();
     view.labels.reserve(raw.len() / 32);
+    // 1.0 series name their labels with the same bytes in every request: a series the
+    // tenant's head has seen so is found by those bytes, its labels neither parsed nor
+    // checked again (they were accepted under the same bounds). 2.0 labels are refs
+    // into each request's own symbol table: parsed as always.
+    let cache_tenant = match protocol {
+        Protocol::V1 => {
+            view.defer_labels();
+            mt.get(tenant)
+        }
+        Protocol::V2 => None,
+    };
+    let wire_tag = bounds.digest();
+    // Per valid series: its label fields as sent (empty when there are none to
+    // remember it by). Series whose labels wait for the cache lookup after the loop
+    // (all lookups of a request together: one by one between decoding, each waited on
+    // its cache misses): index among valid series, and position in the request.
+    let mut wires: Vec<&[u8]> = Vec::new();
+    let mut deferred: Vec<(usize, u64)> = Vec::new();
     let mut label_bytes = 0usize;
     let mut label_spans: Vec<(usize, usize)> = Vec::new();
     let mut spans: Vec<(usize, usize)> = Vec::new();
@@ -305,7 +345,8 @@ pub fn write_into(
     let mut series_total = 0u64;
     let mut invalid_series = 0u64;
     let mut invalid_samples = 0u64;
-    let mut first_invalid: Option<String> = None;
+    // The first series refused for its labels, by position in the request.
+    let mut first_invalid: Option<(u64, String)> = None;
     let mut histograms = 0u64;
     let mut invalid_histograms = 0u64;
     let mut first_invalid_histogram: Option<String> = None;
@@ -324,6 +365,15 @@ pub fn write_into(
             return Err(WriteError::TooLarge(format!(
                 "request has more than {max} series: over the series_limit of tenant {tenant:?}"
             )));
+        }
+        let wire = view.wire_labels();
+        let defer = wire.is_some()
+            && cache_tenant.is_some()
+            && view.exemplars.is_empty()
+            && view.histograms.is_empty()
+            && !view.samples.is_empty();
+        if !defer {
+            view.parse_labels().map_err(decode_err)?;
         }
         exemplars += view.exemplars.len() as u64;
         if !view.exemplars.is_empty() {
@@ -374,12 +424,17 @@ pub fn write_into(
             .last()
             .and_then(|&(a, b)| view.labels.get(a..b))
             .unwrap_or_default();
-        if let Err(why) = check_labels_after(view.series_labels(), prev, bounds) {
+        if defer {
+            // Checked after the loop unless the cache knows the bytes.
+        } else if let Err(why) = check_labels_after(view.series_labels(), prev, bounds) {
             invalid_series += 1;
             invalid_samples += view.samples.len() as u64 + (hists.len() - hstart) as u64;
             hists.truncate(hstart);
             if first_invalid.is_none() {
-                first_invalid = Some(format!("{why} in series {}", show(view.series_labels())));
+                first_invalid = Some((
+                    series_total,
+                    format!("{why} in series {}", show(view.series_labels())),
+                ));
             }
             view.drop_series_labels();
             continue;
@@ -406,9 +461,59 @@ pub fn write_into(
             .map(|l| l.name.len() + l.value.len() + 2)
             .sum::<usize>();
         label_spans.push((view.labels_start(), view.labels.len()));
+        // Only float-only series are found through the cache (see above).
+        let rememberable = view.exemplars.is_empty() && hists.len() == hstart;
+        wires.push(wire.filter(|_| rememberable).unwrap_or_default());
+        if defer {
+            deferred.push((spans.len() - 1, series_total));
+        }
+    }
+    // The deferred series: found through the cache, or parsed and checked now.
+    let mut cached: Vec<Option<tsdb::CachedSeries>> = vec![None; spans.len()];
+    let mut dropped_samples = 0usize;
+    if let Some(t) = &cache_tenant
+        && !deferred.is_empty()
+    {
+        let keys: Vec<tsdb::WireKey<'_>> = deferred
+            .iter()
+            .map(|&(i, _)| tsdb::WireKey::new(wires[i], wire_tag))
+            .collect();
+        let mut found = Vec::with_capacity(keys.len());
+        t.db.cached_series_many(&keys, &mut found);
+        for (&(i, pos), hit) in deferred.iter().zip(found) {
+            if hit.is_some() {
+                cached[i] = hit;
+                continue;
+            }
+            let start = view.labels.len();
+            storeapi::wire::remote_write::parse_wire_labels(wires[i], &mut view.labels)
+                .map_err(decode_err)?;
+            let labels = &view.labels[start..];
+            match check_labels_after(labels, &[], bounds) {
+                Ok(()) => {
+                    label_bytes += labels
+                        .iter()
+                        .map(|l| l.name.len() + l.value.len() + 2)
+                        .sum::<usize>();
+                    label_spans[i] = (start, view.labels.len());
+                }
+                Err(why) => {
+                    let (a, b) = spans[i];
+                    invalid_series += 1;
+                    invalid_samples += (b - a) as u64;
+                    dropped_samples += b - a;
+                    if first_invalid.as_ref().is_none_or(|(p, _)| pos < *p) {
+                        first_invalid = Some((pos, format!("{why} in series {}", show(labels))));
+                    }
+                    view.labels.truncate(start);
+                    spans[i] = (a, a);
+                    wires[i] = &[];
+                }
+            }
+        }
     }
     let label_refs: Vec<LabelRef<'_>> = std::mem::take(&mut view.labels);
-    let received = samples.len() as u64 + invalid_samples;
+    let received = (samples.len() - dropped_samples) as u64 + invalid_samples;
     let metadata = reader.metadata();
     if let Reader::V1(r) = &reader {
         for m in r.metadata() {
@@ -474,7 +579,7 @@ pub fn write_into(
     let mut problems: Vec<String> = Vec::new();
     let mut conflict = false;
     let mut exemplar_problems = 0u64;
-    if let Some(f) = first_invalid {
+    if let Some((_, f)) = first_invalid {
         conflict = true;
         problems.push(format!(
             "{invalid_series} series ({invalid_samples} samples) with an invalid label set refused; first: {f}"
@@ -482,7 +587,12 @@ pub fn write_into(
     }
 
     if !spans.is_empty() {
-        let t = tenant_of(mt, tenant)?;
+        // The tenant the cached series were found in (a tenant is never replaced while
+        // a request holds it; the appender checks anyway).
+        let t = match cache_tenant {
+            Some(t) => t,
+            None => tenant_of(mt, tenant)?,
+        };
         if let Some(max) = limits.head_series {
             let head = t.db.head_series() as u64;
             if head >= max {
@@ -505,7 +615,15 @@ pub fn write_into(
         {
             let pairs = || label_refs[a..b].iter().map(|l| (l.name, l.value));
             if e > s {
-                app.append_pairs(pairs(), &samples[s..e]);
+                match cached[i].take() {
+                    Some(c) => app.append_cached(c, &samples[s..e]),
+                    None if !wires[i].is_empty() => app.append_pairs_remembered(
+                        tsdb::WireKey::new(wires[i], wire_tag),
+                        pairs(),
+                        &samples[s..e],
+                    ),
+                    None => app.append_pairs(pairs(), &samples[s..e]),
+                }
                 key_series.push(i);
             }
             if he > hs {
@@ -564,8 +682,14 @@ pub fn write_into(
                     };
                     let l = key_series
                         .get(r.series_index)
-                        .and_then(|&i| label_spans.get(i))
-                        .map(|&(a, b)| show(&label_refs[a..b]))
+                        .and_then(|&i| Some((label_spans.get(i)?, wires.get(i)?)))
+                        .map(|(&(a, b), w)| {
+                            if a == b && !w.is_empty() {
+                                show_wire(w)
+                            } else {
+                                show(&label_refs[a..b])
+                            }
+                        })
                         .unwrap_or_default();
                     format!("; first: {what} at t={} in series {l}", r.t)
                 })
@@ -766,6 +890,7 @@ mod tests {
                 max_exemplars: 16,
                 ooo_time_window: Duration::ZERO,
                 ooo_cap_max: tsdb::db::DEFAULT_OOO_CAP_MAX,
+                wire_key_cache_bytes: tsdb::DEFAULT_WIRE_KEY_CACHE_BYTES,
             },
             Arc::new(Mutex::new(prometheus_client::registry::Registry::default())),
         )
@@ -889,6 +1014,120 @@ mod tests {
             )),
             "{msg}"
         );
+    }
+
+    /// A series sent again with the same label bytes is found through the head's
+    /// wire-key cache, its samples stored as before; labels sent apart are parsed and
+    /// not cached; a series accepted under looser bounds is checked again under
+    /// stricter ones.
+    #[test]
+    fn series_sent_again_are_found_by_their_label_bytes_and_checked_under_new_bounds() {
+        use prost::Message;
+        use storeapi::wire::{prometheus, prompb};
+        let dir = tempfile::tempdir().unwrap();
+        let mt = open_mt(dir.path());
+        let metrics = ReceiveMetrics::new();
+        let now = now_ms();
+        let series = |name: &str, job: &str, t: i64| prompb::TimeSeries {
+            labels: vec![
+                storeapi::Label {
+                    name: "__name__".into(),
+                    value: name.into(),
+                },
+                storeapi::Label {
+                    name: "job".into(),
+                    value: job.into(),
+                },
+            ],
+            samples: vec![prompb::Sample {
+                value: t as f64,
+                timestamp: t,
+            }],
+            exemplars: vec![],
+            histograms: vec![],
+        };
+        let request = |t: i64| prometheus::WriteRequest {
+            timeseries: vec![
+                series("a", "x", t),
+                series("b", "xyz", t),
+                series("c", "x", t),
+            ],
+            metadata: vec![],
+        };
+        let write = |body: &[u8], bounds: &Bounds| {
+            let mut summary = WriteSummary::default();
+            let r = write_into(
+                &mt,
+                &metrics,
+                "t",
+                body,
+                Protocol::V1,
+                &Effective::default(),
+                bounds,
+                &mut summary,
+            );
+            (r, summary.written)
+        };
+        for i in 0..3 {
+            let (r, written) = write(&request(now + i).encode_to_vec(), &BOUNDS);
+            r.unwrap();
+            assert_eq!(written, 3);
+        }
+        let db = mt.get("t").unwrap().db.clone();
+        assert_eq!(db.head().wire_key_usage().0, 3);
+        assert_eq!(db.head_series(), 3);
+        let q = db.querier(i64::MIN, i64::MAX);
+        let m = [storeapi::Matcher::new(storeapi::MatchOp::Equal, "__name__", "b").unwrap()];
+        let got = q.select_samples(&m).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0.to_string(), r#"{__name__="b", job="xyz"}"#);
+        assert_eq!(got[0].1.len(), 3);
+
+        // The same labels with a sample between them: parsed, stored, not cached.
+        let mut apart = Vec::new();
+        let ts = series("a", "x", now + 10);
+        let mut label_msgs = ts.labels.iter().map(|l| l.encode_length_delimited_to_vec());
+        let mut ts_buf = Vec::new();
+        ts_buf.push(0x0a);
+        ts_buf.extend(label_msgs.next().unwrap());
+        ts_buf.push(0x12);
+        ts_buf.extend(ts.samples[0].encode_length_delimited_to_vec());
+        ts_buf.push(0x0a);
+        ts_buf.extend(label_msgs.next().unwrap());
+        apart.push(0x0a);
+        prost::encoding::encode_varint(ts_buf.len() as u64, &mut apart);
+        apart.extend(ts_buf);
+        let (r, written) = write(&apart, &BOUNDS);
+        r.unwrap();
+        assert_eq!(written, 1);
+        assert_eq!(db.head().wire_key_usage().0, 3);
+        assert_eq!(db.head_series(), 3);
+
+        // Stricter bounds: the cached verdict does not stand.
+        let strict = Bounds {
+            max_label_value_len: 2,
+            ..BOUNDS
+        };
+        // A series with an exemplar (labels parsed at once) after it is refused too,
+        // but the first refused in the request is named.
+        let mut strict_request = request(now + 20);
+        let mut with_exemplar = series("d", "xyzw", now + 20);
+        with_exemplar.exemplars.push(prompb::Exemplar {
+            labels: vec![],
+            value: 1.0,
+            timestamp: now + 20,
+        });
+        strict_request.timeseries.push(with_exemplar);
+        let (r, written) = write(&strict_request.encode_to_vec(), &strict);
+        let msg = r.unwrap_err().to_string();
+        assert!(
+            msg.contains("2 series (2 samples) with an invalid label set refused")
+                && msg.contains(r#"in series {__name__="b", job="xyz"}"#),
+            "{msg}"
+        );
+        assert_eq!(written, 2);
+        let q = db.querier(i64::MIN, i64::MAX);
+        assert_eq!(q.select_samples(&m).unwrap()[0].1.len(), 3);
     }
 
     /// Histograms are decoded and validated, refused with a 400 that counts them and

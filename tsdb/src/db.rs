@@ -124,7 +124,14 @@ pub struct Options {
     /// storage); 0 keeps none. Stored exemplars are logged to the WAL (Prometheus's
     /// exemplar records), replayed at open and kept by checkpoints. Default 0.
     pub max_exemplars: usize,
+    /// Bytes the head may spend remembering clients' own label encodings, so a series
+    /// sent again is found without parsing its labels (see [`WireKey`]); 0 turns it
+    /// off. Default 32 MiB (about 120k series of nine labels).
+    pub wire_key_cache_bytes: usize,
 }
+
+/// Default of [`Options::wire_key_cache_bytes`].
+pub const DEFAULT_WIRE_KEY_CACHE_BYTES: usize = 32 << 20;
 
 /// Prometheus's default `out_of_order_cap_max`.
 pub const DEFAULT_OOO_CAP_MAX: usize = 32;
@@ -221,6 +228,7 @@ impl Default for Options {
             ooo_time_window: Duration::ZERO,
             ooo_cap_max: DEFAULT_OOO_CAP_MAX,
             max_exemplars: 0,
+            wire_key_cache_bytes: DEFAULT_WIRE_KEY_CACHE_BYTES,
         }
     }
 }
@@ -623,7 +631,8 @@ impl Db {
             }
         }
         metrics.blocks_loaded.set(blocks.len() as i64);
-        let head = Head::new(range, metrics.clone());
+        let mut head = Head::new(range, metrics.clone());
+        head.set_wire_key_limit(opts.wire_key_cache_bytes);
         // Out-of-order blocks may reach into the head's range: only in-order blocks bound it.
         if let Some(maxt) = blocks
             .iter()
@@ -764,7 +773,46 @@ impl Db {
             hists: Vec::new(),
             hist: Vec::new(),
             keybuf: Vec::new(),
+            cached: Vec::new(),
+            cached_epoch: None,
+            remember: Vec::new(),
         }
+    }
+
+    /// [`Db::cached_series`] for many keys (one answer per key, in order, appended to
+    /// `out`): the lookups of a batch overlap their memory accesses, which one by one
+    /// between other work they cannot.
+    pub fn cached_series_many(&self, keys: &[WireKey<'_>], out: &mut Vec<Option<CachedSeries>>) {
+        let mut found = Vec::with_capacity(keys.len());
+        let tag = keys.first().map_or(0, |k| k.tag);
+        let epoch = self.inner.head.wire_key_series_many(
+            keys.iter()
+                .map(|k| (if k.tag == tag { k.hash } else { 0 }, k.bytes)),
+            tag,
+            &mut found,
+        );
+        let head = self.inner.head.id();
+        out.extend(keys.iter().zip(found).map(|(k, s)| {
+            s.filter(|_| k.tag == tag).map(|series| CachedSeries {
+                series,
+                epoch,
+                head,
+            })
+        }));
+    }
+
+    /// The series a client's label encoding names, when the head has seen it before
+    /// (see [`WireKey`]); add its samples with [`Appender::append_cached`].
+    #[inline]
+    pub fn cached_series(&self, key: &WireKey<'_>) -> Option<CachedSeries> {
+        self.inner
+            .head
+            .wire_key_series(key.hash, key.bytes, key.tag)
+            .map(|(series, epoch)| CachedSeries {
+                series,
+                epoch,
+                head: self.inner.head.id(),
+            })
     }
 
     /// The exemplars kept (see [`Options::max_exemplars`]).
@@ -1281,6 +1329,39 @@ impl Db {
     }
 }
 
+/// A client's own encoding of a series' labels, byte for byte (e.g. the label fields
+/// of a remote-write `TimeSeries`), under which the head remembers the series once its
+/// labels were accepted (see [`Appender::append_pairs_remembered`]). The same label set
+/// may have several encodings; each is its own key. `tag` names the rules the caller
+/// accepted the labels under (a key remembered under another tag is not found).
+#[derive(Debug, Clone, Copy)]
+pub struct WireKey<'a> {
+    bytes: &'a [u8],
+    hash: u64,
+    tag: u64,
+}
+
+impl<'a> WireKey<'a> {
+    pub fn new(bytes: &'a [u8], tag: u64) -> WireKey<'a> {
+        WireKey {
+            bytes,
+            hash: crate::head::wire_hash(bytes),
+            tag,
+        }
+    }
+}
+
+/// A series found by [`Db::cached_series`].
+#[derive(Debug, Clone)]
+pub struct CachedSeries {
+    series: Arc<MemSeries>,
+    /// The head's epoch the lookup was valid in.
+    epoch: u64,
+    /// The head it was found in ([`Head::id`]), so a series is checked against another
+    /// head without reading the series itself.
+    head: u64,
+}
+
 /// A batch of samples for several series, applied by [`Appender::commit`].
 pub struct Appender<'a> {
     db: &'a Db,
@@ -1293,6 +1374,12 @@ pub struct Appender<'a> {
     hist: Vec<bool>,
     /// Series keys of the batch, back to back.
     keybuf: Vec<u8>,
+    /// Series found through the wire-key cache ([`SeriesKey::Cached`] indexes these),
+    /// and the head epoch they were found in (`u64::MAX`: several, or another head's).
+    cached: Vec<Arc<MemSeries>>,
+    cached_epoch: Option<u64>,
+    /// Wire keys to remember once their series are resolved, by key index.
+    remember: Vec<(u32, WireKey<'a>)>,
 }
 
 impl<'a> Appender<'a> {
@@ -1340,6 +1427,39 @@ impl<'a> Appender<'a> {
         self.hist.reserve(series);
         self.samples.reserve(samples);
         self.keybuf.reserve(key_bytes);
+    }
+
+    /// As [`Appender::append_pairs`], and once committed the head remembers `key` for
+    /// the series (the caller has accepted these labels under `key`'s tag).
+    pub fn append_pairs_remembered<'l>(
+        &mut self,
+        key: WireKey<'a>,
+        labels: impl IntoIterator<Item = (&'l str, &'l str)>,
+        samples: &[Sample],
+    ) {
+        self.remember.push((self.keys.len() as u32, key));
+        self.append_pairs(labels, samples);
+    }
+
+    /// Adds samples (in time order) for a series found by [`Db::cached_series`]. If the
+    /// head removed the series meanwhile, the commit finds or creates it again by its
+    /// labels: nothing is lost.
+    pub fn append_cached(&mut self, c: CachedSeries, samples: &[Sample]) {
+        // A series of another database's head (a caller's mistake) is looked up here
+        // by its labels, as a removed one is.
+        let epoch = if c.head == self.db.inner.head.id() {
+            c.epoch
+        } else {
+            u64::MAX
+        };
+        // Series found in different epochs: all are checked at commit.
+        self.cached_epoch = Some(match self.cached_epoch {
+            Some(e) if e != epoch => u64::MAX,
+            _ => epoch,
+        });
+        let i = self.cached.len() as u32;
+        self.cached.push(c.series);
+        self.push(SeriesKey::Cached(i), samples.iter().map(|s| (s.t, s.v)));
     }
 
     /// Adds one sample for `labels`.
@@ -1442,7 +1562,15 @@ impl<'a> Appender<'a> {
         // Look series up before taking the commit lock, so concurrent committers do not
         // queue behind each other's index lookups; redo it if series were removed since.
         let epoch = head.epoch();
-        head.resolve(&self.keys, &self.keybuf, &mut resolved);
+        // Cached series found before a removal are checked against the head.
+        let verify = self.cached_epoch.is_some_and(|e| e != epoch);
+        head.resolve(
+            &self.keys,
+            &self.keybuf,
+            &self.cached,
+            verify,
+            &mut resolved,
+        );
         for s in resolved.iter().flatten() {
             s.prefetch_for_append();
         }
@@ -1463,9 +1591,22 @@ impl<'a> Appender<'a> {
             };
             if head.epoch() != epoch {
                 resolved.clear();
-                head.resolve(&self.keys, &self.keybuf, &mut resolved);
+                head.resolve(&self.keys, &self.keybuf, &self.cached, true, &mut resolved);
             }
-            out.series_created = head.create_missing(&self.keys, &self.keybuf, &mut resolved);
+            out.series_created =
+                head.create_missing(&self.keys, &self.keybuf, &self.cached, &mut resolved);
+            if let Some((_, first)) = self.remember.first() {
+                head.remember_wire_keys(
+                    first.tag,
+                    self.remember.iter().filter_map(|(i, k)| {
+                        if k.tag != first.tag {
+                            return None;
+                        }
+                        let s = resolved.get(*i as usize)?.as_ref()?;
+                        Some((k.hash, k.bytes, s))
+                    }),
+                );
+            }
             // One window for the whole batch, fixed before appending (Prometheus's
             // appender); on an empty head it starts at the batch's first sample.
             let (max_valid, cap) = inner.future_bounds();
@@ -1501,7 +1642,9 @@ impl<'a> Appender<'a> {
                         SeriesKey::Labels(..) | SeriesKey::Key(..) => {
                             out.invalid_labels += (b - a) as u64
                         }
-                        SeriesKey::Ref(_) => out.unknown_series += (b - a) as u64,
+                        SeriesKey::Ref(_) | SeriesKey::Cached(_) => {
+                            out.unknown_series += (b - a) as u64
+                        }
                     }
                     out.series_refs.push(0);
                     continue;
@@ -1920,3 +2063,7 @@ mod wal_fault_tests;
 #[cfg(test)]
 #[path = "db_wal_format_tests.rs"]
 mod wal_format_tests;
+
+#[cfg(test)]
+#[path = "db_wire_key_tests.rs"]
+mod wire_key_tests;

@@ -30,12 +30,14 @@ mod ooo;
 mod open_chunk;
 mod sorted;
 mod symbols;
+mod wire_keys;
 use closed::ClosedChunks;
 pub use ooo::{Value, encode_samples, merge_samples};
 use open_chunk::{
     HistKind, HistOpen, LastValue, OpenChunk, XorOpen, append_histogram, encode_histograms,
 };
 use symbols::Symbols;
+pub(crate) use wire_keys::wire_hash;
 
 /// Samples per chunk before a new one is cut (Prometheus's target).
 pub const MAX_SAMPLES_PER_CHUNK: u16 = 120;
@@ -200,6 +202,9 @@ pub enum SeriesKey<'a> {
     /// Hash and the range of the series key in the batch's key buffer.
     Key(u64, (u32, u32)),
     Ref(SeriesRef),
+    /// A series found through the wire-key cache: index into the batch's list of them.
+    /// Valid as found unless the head removed series since (see [`Head::resolve`]).
+    Cached(u32),
 }
 
 /// A head selection sorted by labels, read series by series in place (see
@@ -850,6 +855,10 @@ pub struct Head {
     metrics: Metrics,
     /// The series' label strings (taken after `index` when both are held).
     symbols: Arc<Symbols>,
+    /// Clients' label encodings to series (see [`wire_keys`]).
+    wire_keys: wire_keys::WireKeys,
+    /// See [`Head::id`].
+    id: u64,
 }
 
 impl Head {
@@ -866,7 +875,73 @@ impl Head {
             chunk_range: chunk_range.max(1),
             metrics,
             symbols: Arc::default(),
+            wire_keys: wire_keys::WireKeys::new(0),
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
         }
+    }
+
+    /// Turns on the wire-key cache, holding at most about `limit` bytes.
+    pub(crate) fn set_wire_key_limit(&mut self, limit: usize) {
+        self.wire_keys = wire_keys::WireKeys::new(limit);
+    }
+
+    /// The series a client's label encoding `key` (hash `hash`) was last seen naming,
+    /// with the epoch it is valid in; `None` when the cache does not know it.
+    #[inline]
+    pub(crate) fn wire_key_series(
+        &self,
+        hash: u64,
+        key: &[u8],
+        tag: u64,
+    ) -> Option<(Arc<MemSeries>, u64)> {
+        if !self.wire_keys.enabled() {
+            return None;
+        }
+        let epoch = self.epoch();
+        self.wire_keys
+            .get(hash, key, epoch, tag)
+            .map(|s| (s, epoch))
+    }
+
+    /// [`Head::wire_key_series`] for a batch (appending to `out` in order); the epoch
+    /// all of them are valid in.
+    pub(crate) fn wire_key_series_many<'k>(
+        &self,
+        keys: impl ExactSizeIterator<Item = (u64, &'k [u8])> + Clone,
+        tag: u64,
+        out: &mut Vec<Option<Arc<MemSeries>>>,
+    ) -> u64 {
+        let epoch = self.epoch();
+        if self.wire_keys.enabled() {
+            self.wire_keys.get_many(keys, epoch, tag, out);
+        } else {
+            out.extend(std::iter::repeat_n(None, keys.len()));
+        }
+        epoch
+    }
+
+    /// Remembers client label encodings for resolved series. Callers hold the commit
+    /// lock (so the epoch is the one the series were resolved in).
+    pub(crate) fn remember_wire_keys<'k>(
+        &self,
+        tag: u64,
+        entries: impl IntoIterator<Item = (u64, &'k [u8], &'k Arc<MemSeries>)>,
+    ) {
+        self.wire_keys.insert_all(self.epoch(), tag, entries);
+    }
+
+    /// This head's number, unique in the process (a series found in one head is never
+    /// taken for another's).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Entries in the wire-key cache and the bytes they are counted as.
+    pub fn wire_key_usage(&self) -> (usize, usize) {
+        self.wire_keys.usage()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -1009,10 +1084,16 @@ impl Head {
     /// Resolves batch keys to series under one read lock (`None` for unknown ones).
     /// Without the commit lock held, a resolved series may be removed by a concurrent
     /// truncation: compare [`Head::epoch`] before and after taking the commit lock.
+    ///
+    /// Series found through the wire-key cache (`cached`) are taken as found, or, with
+    /// `verify`, only while the head still holds them: a series removed since is looked
+    /// up again (and created when missing) by [`Head::create_missing`].
     pub(crate) fn resolve(
         &self,
         keys: &[SeriesKey<'_>],
         keybuf: &[u8],
+        cached: &[Arc<MemSeries>],
+        verify: bool,
         out: &mut Vec<Option<Arc<MemSeries>>>,
     ) {
         let idx = self.read();
@@ -1032,6 +1113,13 @@ impl Head {
                     })
                     .cloned(),
                 SeriesKey::Ref(r) => idx.get(*r).cloned(),
+                SeriesKey::Cached(i) => cached.get(*i as usize).and_then(|s| {
+                    if verify {
+                        idx.get(s.sref).filter(|x| Arc::ptr_eq(x, s)).cloned()
+                    } else {
+                        Some(s.clone())
+                    }
+                }),
             }
         }));
         for (slot, k) in out[start..].iter_mut().zip(keys) {
@@ -1087,6 +1175,7 @@ impl Head {
         &self,
         keys: &[SeriesKey<'_>],
         keybuf: &[u8],
+        cached: &[Arc<MemSeries>],
         resolved: &mut [Option<Arc<MemSeries>>],
     ) -> u64 {
         if resolved.iter().all(Option::is_some) {
@@ -1112,6 +1201,30 @@ impl Head {
                         *slot = Some(s);
                     } else if let Some(l) = labels_from_key(key) {
                         let (s, created) = self.get_or_create(*h, &l, key, None, &mut idx);
+                        n += created as u64;
+                        *slot = Some(s);
+                    }
+                }
+                // Found in the wire-key cache but removed from the head since: by its
+                // labels (another batch may have created the series again), or anew.
+                SeriesKey::Cached(i) => {
+                    let Some(old) = cached.get(*i as usize) else {
+                        continue;
+                    };
+                    // Read through the series' own table (a series of another head
+                    // names its labels in that head's table).
+                    let (text, labels) = {
+                        let t = old.symbols.read();
+                        let mut text = Vec::new();
+                        symbols::write_text(&t, &old.key, &mut text);
+                        (text, symbols::labels(&t, &old.key))
+                    };
+                    let found = idx.find(old.hash, &text, &self.symbols.read()).cloned();
+                    if let Some(s) = found {
+                        *slot = Some(s);
+                    } else if !labels.is_empty() {
+                        let (s, created) =
+                            self.get_or_create(old.hash, &labels, &text, None, &mut idx);
                         n += created as u64;
                         *slot = Some(s);
                     }
@@ -1402,6 +1515,8 @@ impl Head {
         self.set_min_valid_time(cut);
         let mut idx = self.write();
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        // Its entries may name series removed below; they would also keep them alive.
+        self.wire_keys.clear();
         let mut removed = HashSet::new();
         let mut mint = i64::MAX;
         let mut maxt = i64::MIN;

@@ -39,8 +39,9 @@ pub mod wal;
 
 pub use chunk::{Chunk, ChunkError, Encoding, XorChunk, XorIterator};
 pub use db::{
-    AppendOutcome, Appender, Clock, Db, DbError, Options, Querier, Rejection, RetentionHold,
-    SeriesChunks, histograms_in_range, samples_in_range,
+    AppendOutcome, Appender, CachedSeries, Clock, DEFAULT_WIRE_KEY_CACHE_BYTES, Db, DbError,
+    Options, Querier, Rejection, RetentionHold, SeriesChunks, WireKey, histograms_in_range,
+    samples_in_range,
 };
 pub use metrics::{Metrics, RejectReason};
 pub use postings::SeriesRef;

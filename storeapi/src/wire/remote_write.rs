@@ -143,6 +143,12 @@ pub struct SeriesView<'a> {
     keep_labels: bool,
     /// Where the current series' labels start in `labels`.
     labels_start: usize,
+    /// See [`Self::defer_labels`].
+    defer_labels: bool,
+    /// Deferred: the series' label fields, back to back as sent (`None` until
+    /// [`Self::parse_labels`] has put them into `labels`, or when they were not
+    /// adjacent and so were parsed at once).
+    labels_wire: Option<&'a [u8]>,
 }
 
 impl<'a> SeriesView<'a> {
@@ -165,6 +171,33 @@ impl<'a> SeriesView<'a> {
     /// removes a series' labels it does not keep with [`Self::drop_series_labels`].
     pub fn keep_labels(&mut self) {
         self.keep_labels = true;
+    }
+
+    /// From now on a series' labels are not parsed while it is decoded: a caller that
+    /// knows the series by its label fields as sent ([`Self::wire_labels`]) need not
+    /// parse them at all, and calls [`Self::parse_labels`] otherwise. (Parsing and
+    /// checking them was the largest part of decoding, issue #26.)
+    pub fn defer_labels(&mut self) {
+        self.defer_labels = true;
+    }
+
+    /// The current series' label fields exactly as the client sent them (tags, lengths
+    /// and `Label` messages, back to back), while they are not parsed yet. The same
+    /// bytes always mean the same labels; the same labels may come as other bytes.
+    pub fn wire_labels(&self) -> Option<&'a [u8]> {
+        self.labels_wire
+    }
+
+    /// Parses deferred labels into `labels` (see [`Self::defer_labels`]); nothing to do
+    /// when they are parsed already. Errors as decoding would have.
+    pub fn parse_labels(&mut self) -> Result<(), DecodeError> {
+        let Some(wire) = self.labels_wire.take() else {
+            return Ok(());
+        };
+        let mut parts = std::mem::take(&mut self.label_parts);
+        let r = parse_wire_labels_with(wire, &mut parts, &mut self.labels);
+        self.label_parts = parts;
+        r
     }
 
     /// The current series' labels.
@@ -204,6 +237,7 @@ impl<'a> SeriesView<'a> {
         self.label_parts.clear();
         self.metadata = None;
         self.start_timestamp = 0;
+        self.labels_wire = None;
     }
 }
 
@@ -331,9 +365,23 @@ fn decode_series<'a>(
     limits: &DecodeLimits,
 ) -> Result<(), DecodeError> {
     let mut c = Cursor::new(buf);
+    // Deferred labels: where their run of fields starts and ends, and whether anything
+    // came between them.
+    let mut wire: Option<(usize, usize)> = None;
+    let mut apart = false;
     while !c.done() {
+        let at = c.pos;
         let (field, wt) = c.tag()?;
         match field {
+            1 if out.defer_labels => {
+                c.expect(field, wt, WT_LEN)?;
+                c.bytes("label")?;
+                match &mut wire {
+                    None => wire = Some((at, c.pos)),
+                    Some((_, end)) if *end == at => *end = c.pos,
+                    Some(_) => apart = true,
+                }
+            }
             1 => {
                 c.expect(field, wt, WT_LEN)?;
                 let l = c.bytes("label")?;
@@ -358,10 +406,56 @@ fn decode_series<'a>(
             _ => c.skip(field, wt)?,
         }
     }
+    if out.defer_labels {
+        if !apart {
+            out.labels_wire = wire.and_then(|(a, b)| buf.get(a..b));
+            return Ok(());
+        }
+        // Labels with other fields between them: parsed now, in order.
+        let mut c = Cursor::new(buf);
+        while !c.done() {
+            let (field, wt) = c.tag()?;
+            if field == 1 {
+                let l = c.bytes("label")?;
+                let (name, value) = label_parts(l)?;
+                out.label_parts.push((l, name, value));
+            } else {
+                c.skip(field, wt)?;
+            }
+        }
+    }
     let parts = std::mem::take(&mut out.label_parts);
     let r = labels_from_parts(buf, &parts, &mut out.labels);
     out.label_parts = parts;
     out.label_parts.clear();
+    r
+}
+
+/// Parses label fields as [`SeriesView::wire_labels`] gives them (a series' labels as
+/// sent, back to back), appending to `out`; errors as decoding the series would have.
+pub fn parse_wire_labels<'a>(
+    wire: &'a [u8],
+    out: &mut Vec<LabelRef<'a>>,
+) -> Result<(), DecodeError> {
+    parse_wire_labels_with(wire, &mut Vec::new(), out)
+}
+
+fn parse_wire_labels_with<'a>(
+    wire: &'a [u8],
+    parts: &mut Vec<(&'a [u8], &'a [u8], &'a [u8])>,
+    out: &mut Vec<LabelRef<'a>>,
+) -> Result<(), DecodeError> {
+    parts.clear();
+    let mut c = Cursor::new(wire);
+    while !c.done() {
+        let (field, wt) = c.tag()?;
+        c.expect(field, wt, WT_LEN)?;
+        let l = c.bytes("label")?;
+        let (name, value) = label_parts(l)?;
+        parts.push((l, name, value));
+    }
+    let r = labels_from_parts(wire, parts, out);
+    parts.clear();
     r
 }
 
@@ -925,6 +1019,20 @@ mod tests {
                 let got: Vec<(&str, &str)> = v.labels.iter().map(|l| (l.name, l.value)).collect();
                 assert_eq!(got, labels, "sample at {sample_at}");
                 assert!(v.label_parts.is_empty());
+                // Deferred: adjacent labels wait as sent; apart ones are parsed at once.
+                let mut d = SeriesView::default();
+                d.defer_labels();
+                d.decode(&m).unwrap();
+                if sample_at >= labels.len() {
+                    assert_eq!(d.wire_labels(), Some(&m[..]));
+                    assert!(d.labels.is_empty());
+                } else {
+                    assert_eq!(d.wire_labels(), None);
+                }
+                d.parse_labels().unwrap();
+                assert_eq!(d.wire_labels(), None);
+                let got: Vec<(&str, &str)> = d.labels.iter().map(|l| (l.name, l.value)).collect();
+                assert_eq!(got, labels, "deferred, sample at {sample_at}");
             }
         }
         for (bad, what) in [
@@ -938,6 +1046,16 @@ mod tests {
                 let mut v = SeriesView::default();
                 let e = v.decode(&series(bad, sample_at)).unwrap_err();
                 assert!(matches!(e, DecodeError::Utf8(w) if w == what), "{e:?}");
+                let mut d = SeriesView::default();
+                d.defer_labels();
+                let e = d
+                    .decode(&series(bad, sample_at))
+                    .and_then(|()| d.parse_labels())
+                    .unwrap_err();
+                assert!(
+                    matches!(e, DecodeError::Utf8(w) if w == what),
+                    "deferred: {e:?}"
+                );
             }
         }
     }
@@ -949,6 +1067,28 @@ mod tests {
         let mut v = SeriesView::default();
         let mut out = Vec::new();
         while r.next_series(&mut v)? {
+            out.push((
+                v.labels
+                    .iter()
+                    .map(|l| (l.name.to_string(), l.value.to_string()))
+                    .collect(),
+                v.samples.clone(),
+                v.histograms.len(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// [`decode_all`] with labels deferred, then parsed series by series.
+    fn decode_all_deferred(
+        buf: &[u8],
+    ) -> Result<Vec<(Vec<(String, String)>, Vec<Sample>, usize)>, DecodeError> {
+        let mut r = WriteRequestReader::new(buf);
+        let mut v = SeriesView::default();
+        v.defer_labels();
+        let mut out = Vec::new();
+        while r.next_series(&mut v)? {
+            v.parse_labels()?;
             out.push((
                 v.labels
                     .iter()
@@ -1249,6 +1389,7 @@ mod tests {
             )).collect();
             prop_assert!(same(&got, &want));
             prop_assert!(same(&got, &via_prost(&raw).unwrap()));
+            prop_assert!(same(&got, &decode_all_deferred(&raw).unwrap()));
         }
 
         #[test]
@@ -1266,6 +1407,12 @@ mod tests {
             // accepts a superset only for wire-type combinations prost also accepts.
             if let (Ok(f), Some(s)) = (&fast, &slow) {
                 prop_assert!(same(f, s));
+            }
+            // Deferring labels changes when they are read, not what is accepted.
+            match (&fast, &decode_all_deferred(&raw)) {
+                (Ok(f), Ok(d)) => prop_assert!(same(f, d)),
+                (Err(_), Err(_)) => {}
+                (f, d) => prop_assert!(false, "eager {:?} vs deferred {:?}", f.is_ok(), d.is_ok()),
             }
         }
     }
