@@ -321,12 +321,15 @@ pub fn write_into(
     // tenant's head has seen so is found by those bytes, its labels neither parsed nor
     // checked again (they were accepted under the same bounds). 2.0 labels are refs
     // into each request's own symbol table: parsed as always.
-    let cache_tenant = match protocol {
+    // (The TSDB says when its cache is not worth asking: full, and finding too few.)
+    let (cache_tenant, use_cache) = match protocol {
         Protocol::V1 => {
             view.defer_labels();
-            mt.get(tenant)
+            let t = mt.get(tenant);
+            let worth = t.as_ref().is_none_or(|t| t.db.wire_keys_worth_asking());
+            (t, worth)
         }
-        Protocol::V2 => None,
+        Protocol::V2 => (None, false),
     };
     let wire_tag = bounds.digest();
     // Per valid series: its label fields as sent (empty when there are none to
@@ -368,6 +371,7 @@ pub fn write_into(
         }
         let wire = view.wire_labels();
         let defer = wire.is_some()
+            && use_cache
             && cache_tenant.is_some()
             && view.exemplars.is_empty()
             && view.histograms.is_empty()
@@ -463,7 +467,10 @@ pub fn write_into(
         label_spans.push((view.labels_start(), view.labels.len()));
         // Only float-only series are found through the cache (see above).
         let rememberable = view.exemplars.is_empty() && hists.len() == hstart;
-        wires.push(wire.filter(|_| rememberable).unwrap_or_default());
+        wires.push(
+            wire.filter(|_| rememberable && use_cache)
+                .unwrap_or_default(),
+        );
         if defer {
             deferred.push((spans.len() - 1, series_total));
         }
@@ -480,6 +487,9 @@ pub fn write_into(
             .collect();
         let mut found = Vec::with_capacity(keys.len());
         t.db.cached_series_many(&keys, &mut found);
+        // The last series parsed here: label names usually repeat from one series to
+        // the next, and `check_labels_after` skips what it checked for the one before.
+        let mut prev: Option<(usize, usize)> = None;
         for (&(i, pos), hit) in deferred.iter().zip(found) {
             if hit.is_some() {
                 cached[i] = hit;
@@ -489,13 +499,17 @@ pub fn write_into(
             storeapi::wire::remote_write::parse_wire_labels(wires[i], &mut view.labels)
                 .map_err(decode_err)?;
             let labels = &view.labels[start..];
-            match check_labels_after(labels, &[], bounds) {
+            let before = prev
+                .and_then(|(a, b)| view.labels.get(a..b))
+                .unwrap_or_default();
+            match check_labels_after(labels, before, bounds) {
                 Ok(()) => {
                     label_bytes += labels
                         .iter()
                         .map(|l| l.name.len() + l.value.len() + 2)
                         .sum::<usize>();
                     label_spans[i] = (start, view.labels.len());
+                    prev = Some(label_spans[i]);
                 }
                 Err(why) => {
                     let (a, b) = spans[i];

@@ -779,6 +779,14 @@ impl Db {
         }
     }
 
+    /// Whether a batch's series are worth looking up with [`Db::cached_series_many`]
+    /// (and remembering): false when the cache is off, or full and finding fewer than
+    /// half of what it is asked (it is tried again after a while). A caller that gets
+    /// false parses labels as usual.
+    pub fn wire_keys_worth_asking(&self) -> bool {
+        self.inner.head.wire_keys_worth_asking()
+    }
+
     /// [`Db::cached_series`] for many keys (one answer per key, in order, appended to
     /// `out`): the lookups of a batch overlap their memory accesses, which one by one
     /// between other work they cannot.

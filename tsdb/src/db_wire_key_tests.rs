@@ -208,3 +208,41 @@ fn a_series_of_another_database_is_looked_up_by_its_labels() {
         "nothing written into the other head"
     );
 }
+
+#[test]
+fn a_full_cache_that_finds_too_little_sits_batches_out() {
+    let d = tempfile::tempdir().unwrap();
+    let keys: Vec<Vec<u8>> = (0..50).map(wire).collect();
+    let opts = Options {
+        wire_key_cache_bytes: 10 * (keys[0].len() + 48),
+        ..Options::default()
+    };
+    let db = Db::open(d.path(), opts, None).unwrap();
+    assert!(db.wire_keys_worth_asking());
+    remember(&db, &keys, 0, 1000);
+    let batch = |n: usize| -> usize {
+        let wk: Vec<WireKey<'_>> = keys[..n].iter().map(|k| WireKey::new(k, 0)).collect();
+        let mut out = Vec::new();
+        db.cached_series_many(&wk, &mut out);
+        assert_eq!(out.len(), n);
+        out.iter().flatten().count()
+    };
+    // Full, but a batch of the cached keys finds them all: still worth asking.
+    let held = db.head().wire_key_usage().0;
+    assert_eq!(batch(held), held);
+    assert!(db.wire_keys_worth_asking());
+    // Full and finding a fifth: sits out 64 batches, then is tried again.
+    assert_eq!(batch(50), held);
+    let skipped = (0..100)
+        .take_while(|_| !db.wire_keys_worth_asking())
+        .count();
+    assert_eq!(skipped, 64);
+    // A truncation empties the cache: asked again at once.
+    batch(50);
+    assert!(!db.wire_keys_worth_asking());
+    {
+        let _c = lock(&db.inner.commit);
+        db.inner.head.truncate(0);
+    }
+    assert!(db.wire_keys_worth_asking());
+}

@@ -939,6 +939,12 @@ impl Head {
         self.id
     }
 
+    /// Whether a batch should be looked up in the wire-key cache (see
+    /// `WireKeys::worth_asking`).
+    pub(crate) fn wire_keys_worth_asking(&self) -> bool {
+        self.wire_keys.worth_asking()
+    }
+
     /// Entries in the wire-key cache and the bytes they are counted as.
     pub fn wire_key_usage(&self) -> (usize, usize) {
         self.wire_keys.usage()

@@ -194,10 +194,7 @@ impl<'a> SeriesView<'a> {
         let Some(wire) = self.labels_wire.take() else {
             return Ok(());
         };
-        let mut parts = std::mem::take(&mut self.label_parts);
-        let r = parse_wire_labels_with(wire, &mut parts, &mut self.labels);
-        self.label_parts = parts;
-        r
+        parse_wire_labels(wire, &mut self.labels)
     }
 
     /// The current series' labels.
@@ -437,6 +434,29 @@ pub fn parse_wire_labels<'a>(
     wire: &'a [u8],
     out: &mut Vec<LabelRef<'a>>,
 ) -> Result<(), DecodeError> {
+    // What clients send (strings under 128 bytes, valid UTF-8): the whole run is one
+    // valid string, checked once, and each label is read out of it in place.
+    if let Ok(whole) = std::str::from_utf8(wire) {
+        let start = out.len();
+        let mut c = Cursor::new(wire);
+        let mut ok = true;
+        while !c.done() {
+            let (field, wt) = c.tag()?;
+            c.expect(field, wt, WT_LEN)?;
+            let (name, value) = label_parts(c.bytes("label")?)?;
+            match (str_within(whole, name), str_within(whole, value)) {
+                (Some(name), Some(value)) => out.push(LabelRef { name, value }),
+                _ => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            return Ok(());
+        }
+        out.truncate(start);
+    }
     parse_wire_labels_with(wire, &mut Vec::new(), out)
 }
 

@@ -19,11 +19,16 @@
 //! caller's `tag` (e.g. a digest of its label limits) is part of every entry's validity,
 //! so a change of rules empties the cache instead of letting an old verdict stand.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use hashbrown::HashTable;
 
 use super::MemSeries;
+
+/// Batches a full cache that found fewer than half of a batch's keys sits out before it
+/// is asked again.
+const SIT_OUT: u32 = 64;
 
 /// Bytes an entry costs beyond its key: the slot (hash, boxed key, series pointer) and
 /// the key's allocation header.
@@ -34,6 +39,11 @@ const ENTRY_OVERHEAD: usize = 48;
 pub(crate) struct WireKeys {
     inner: RwLock<Inner>,
     limit: usize,
+    /// The byte limit was reached (until the next [`WireKeys::clear`]): inserts stop
+    /// without taking the lock.
+    full: AtomicBool,
+    /// Lookups to skip (see [`WireKeys::worth_asking`]).
+    sit_out: AtomicU32,
 }
 
 #[derive(Debug, Default)]
@@ -64,11 +74,33 @@ impl WireKeys {
         WireKeys {
             inner: RwLock::new(Inner::default()),
             limit,
+            full: AtomicBool::new(false),
+            sit_out: AtomicU32::new(0),
         }
     }
 
     pub(crate) fn enabled(&self) -> bool {
         self.limit > 0
+    }
+
+    /// Whether a batch should be looked up here at all. A key not found costs its hash
+    /// and a probe, and the caller's deferred work; a cache that is full and finds fewer
+    /// than half of the keys asked (a head with many more series than it holds) costs
+    /// more than it saves, so it sits out [`SIT_OUT`] batches before it is tried again.
+    pub(crate) fn worth_asking(&self) -> bool {
+        if !self.enabled() {
+            return false;
+        }
+        self.sit_out
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_err()
+    }
+
+    /// Notes how a batch fared (see [`WireKeys::worth_asking`]).
+    fn note_batch(&self, asked: usize, found: usize) {
+        if self.full.load(Ordering::Relaxed) && found * 2 < asked {
+            self.sit_out.store(SIT_OUT, Ordering::Relaxed);
+        }
     }
 
     /// The series `key` names, if it was put here under the same `epoch` and `tag`.
@@ -105,6 +137,8 @@ impl WireKeys {
             out.extend(std::iter::repeat_n(None, keys.len()));
             return;
         }
+        let asked = keys.len();
+        let start = out.len();
         let mut found: Vec<Option<&Slot>> = Vec::with_capacity(keys.len());
         found.extend(keys.clone().map(|(hash, key)| {
             inner
@@ -127,6 +161,7 @@ impl WireKeys {
                 None => None,
             }
         }));
+        self.note_batch(asked, out[start..].iter().flatten().count());
     }
 
     /// Remembers that `key` names `series` (valid for `epoch` and `tag`; entries of an
@@ -147,10 +182,14 @@ impl WireKeys {
                 tag,
                 ..Inner::default()
             };
+            self.full.store(false, Ordering::Relaxed);
+        } else if self.full.load(Ordering::Relaxed) {
+            return;
         }
         for (hash, key, series) in entries {
             let cost = key.len() + ENTRY_OVERHEAD;
             if inner.bytes + cost > self.limit {
+                self.full.store(true, Ordering::Relaxed);
                 return;
             }
             if inner
@@ -182,6 +221,8 @@ impl WireKeys {
             tag,
             ..Inner::default()
         };
+        self.full.store(false, Ordering::Relaxed);
+        self.sit_out.store(0, Ordering::Relaxed);
     }
 
     /// Entries and the bytes they are counted as.
