@@ -374,8 +374,7 @@ pub fn write_into(
             && use_cache
             && cache_tenant.is_some()
             && view.exemplars.is_empty()
-            && view.histograms.is_empty()
-            && !view.samples.is_empty();
+            && (!view.samples.is_empty() || !view.histograms.is_empty());
         if !defer {
             view.parse_labels().map_err(decode_err)?;
         }
@@ -411,11 +410,12 @@ pub fn write_into(
                 Err(e) => {
                     invalid_histograms += 1;
                     if first_invalid_histogram.is_none() {
-                        first_invalid_histogram = Some(format!(
-                            "{e} at t={} in series {}",
-                            h.t,
-                            show(view.labels.get(series_start..).unwrap_or_default())
-                        ));
+                        let series = match wire.filter(|_| defer) {
+                            Some(w) => show_wire(w),
+                            None => show(view.labels.get(series_start..).unwrap_or_default()),
+                        };
+                        first_invalid_histogram =
+                            Some(format!("{e} at t={} in series {series}", h.t));
                     }
                 }
             }
@@ -465,8 +465,8 @@ pub fn write_into(
             .map(|l| l.name.len() + l.value.len() + 2)
             .sum::<usize>();
         label_spans.push((view.labels_start(), view.labels.len()));
-        // Only float-only series are found through the cache (see above).
-        let rememberable = view.exemplars.is_empty() && hists.len() == hstart;
+        // Series with exemplars are not found through the cache (see above).
+        let rememberable = view.exemplars.is_empty();
         wires.push(
             wire.filter(|_| rememberable && use_cache)
                 .unwrap_or_default(),
@@ -477,7 +477,9 @@ pub fn write_into(
     }
     // The deferred series: found through the cache, or parsed and checked now.
     let mut cached: Vec<Option<tsdb::CachedSeries>> = vec![None; spans.len()];
+    // Float samples of series refused here (still in `samples`), and those series.
     let mut dropped_samples = 0usize;
+    let mut refused_late = vec![false; spans.len()];
     if let Some(t) = &cache_tenant
         && !deferred.is_empty()
     {
@@ -513,14 +515,15 @@ pub fn write_into(
                 }
                 Err(why) => {
                     let (a, b) = spans[i];
+                    let (ha, hb) = hist_spans[i];
                     invalid_series += 1;
-                    invalid_samples += (b - a) as u64;
+                    invalid_samples += (b - a + hb - ha) as u64;
                     dropped_samples += b - a;
+                    refused_late[i] = true;
                     if first_invalid.as_ref().is_none_or(|(p, _)| pos < *p) {
                         first_invalid = Some((pos, format!("{why} in series {}", show(labels))));
                     }
                     view.labels.truncate(start);
-                    spans[i] = (a, a);
                     wires[i] = &[];
                 }
             }
@@ -627,21 +630,33 @@ pub fn write_into(
         for (i, ((&(a, b), &(s, e)), &(hs, he))) in
             label_spans.iter().zip(&spans).zip(&hist_spans).enumerate()
         {
+            let hs_of_series = hist_iter.by_ref().take(he - hs);
+            if refused_late[i] {
+                hs_of_series.for_each(drop);
+                continue;
+            }
             let pairs = || label_refs[a..b].iter().map(|l| (l.name, l.value));
+            let wire_key = || tsdb::WireKey::new(wires[i], wire_tag);
+            let mut c = cached[i].take();
             if e > s {
-                match cached[i].take() {
+                let c = if he > hs { c.clone() } else { c.take() };
+                match c {
                     Some(c) => app.append_cached(c, &samples[s..e]),
-                    None if !wires[i].is_empty() => app.append_pairs_remembered(
-                        tsdb::WireKey::new(wires[i], wire_tag),
-                        pairs(),
-                        &samples[s..e],
-                    ),
+                    None if !wires[i].is_empty() => {
+                        app.append_pairs_remembered(wire_key(), pairs(), &samples[s..e])
+                    }
                     None => app.append_pairs(pairs(), &samples[s..e]),
                 }
                 key_series.push(i);
             }
             if he > hs {
-                app.append_histogram_pairs(pairs(), hist_iter.by_ref().take(he - hs));
+                match c {
+                    Some(c) => app.append_histograms_cached(c, hs_of_series),
+                    None if !wires[i].is_empty() => {
+                        app.append_histogram_pairs_remembered(wire_key(), pairs(), hs_of_series)
+                    }
+                    None => app.append_histogram_pairs(pairs(), hs_of_series),
+                }
                 key_series.push(i);
             }
         }
@@ -1142,6 +1157,143 @@ mod tests {
         assert_eq!(written, 2);
         let q = db.querier(i64::MIN, i64::MAX);
         assert_eq!(q.select_samples(&m).unwrap()[0].1.len(), 3);
+    }
+
+    /// Native histogram series go through the wire-key cache too: sent again they are
+    /// found by their label bytes; a series refused for its labels after the cache
+    /// lookup (stricter bounds) takes its histograms with it and the next series keeps
+    /// its own; an invalid histogram of a series not parsed is named by its labels.
+    #[test]
+    fn histogram_series_sent_again_are_found_by_their_label_bytes() {
+        use prost::Message;
+        use storeapi::wire::{prometheus, prompb};
+        let dir = tempfile::tempdir().unwrap();
+        let mt = open_mt(dir.path());
+        let metrics = ReceiveMetrics::new();
+        let now = now_ms();
+        let hist = |t: i64, n: u64| prompb::Histogram {
+            count: Some(prompb::histogram::Count::CountInt(n)),
+            zero_count: Some(prompb::histogram::ZeroCount::ZeroCountInt(0)),
+            positive_spans: vec![prompb::BucketSpan {
+                offset: 0,
+                length: 1,
+            }],
+            positive_deltas: vec![n as i64],
+            timestamp: t,
+            ..Default::default()
+        };
+        let series = |job: &str, floats: &[i64], hs: Vec<prompb::Histogram>| prompb::TimeSeries {
+            labels: vec![
+                storeapi::Label {
+                    name: "__name__".into(),
+                    value: "lat".into(),
+                },
+                storeapi::Label {
+                    name: "job".into(),
+                    value: job.into(),
+                },
+            ],
+            samples: floats
+                .iter()
+                .map(|&t| prompb::Sample {
+                    value: 1.0,
+                    timestamp: t,
+                })
+                .collect(),
+            exemplars: vec![],
+            histograms: hs,
+        };
+        let write = |req: &prometheus::WriteRequest, bounds: &Bounds| {
+            let mut summary = WriteSummary::default();
+            let r = write_into(
+                &mt,
+                &metrics,
+                "t",
+                &req.encode_to_vec(),
+                Protocol::V1,
+                &Effective::default(),
+                bounds,
+                &mut summary,
+            );
+            (r, summary.histograms_written)
+        };
+        for i in 0..3 {
+            let t = now + i * 10;
+            let req = prometheus::WriteRequest {
+                timeseries: vec![
+                    series("long-job", &[], vec![hist(t, 1 + i as u64)]),
+                    series("a", &[t], vec![hist(t + 1, 5)]),
+                ],
+                metadata: vec![],
+            };
+            let (r, h) = write(&req, &BOUNDS);
+            r.unwrap();
+            assert_eq!(h, 2);
+        }
+        let db = mt.get("t").unwrap().db.clone();
+        assert_eq!(db.head().wire_key_usage().0, 2);
+        assert_eq!(db.head_series(), 2);
+
+        // Stricter bounds refuse the first series after the lookup; the second keeps
+        // exactly its own histogram.
+        let strict = Bounds {
+            max_label_value_len: 3,
+            ..BOUNDS
+        };
+        let t = now + 100;
+        let req = prometheus::WriteRequest {
+            timeseries: vec![
+                series("long-job", &[], vec![hist(t, 9), hist(t + 1, 9)]),
+                series("a", &[], vec![hist(t + 2, 7)]),
+            ],
+            metadata: vec![],
+        };
+        let (r, h) = write(&req, &strict);
+        let msg = r.unwrap_err().to_string();
+        assert!(
+            msg.contains("1 series (2 samples) with an invalid label set refused")
+                && msg.contains(r#"{__name__="lat", job="long-job"}"#),
+            "{msg}"
+        );
+        assert_eq!(h, 1);
+        let q = db.querier(i64::MIN, i64::MAX);
+        let m = |job: &str| {
+            [
+                storeapi::Matcher::new(storeapi::MatchOp::Equal, "__name__", "lat").unwrap(),
+                storeapi::Matcher::new(storeapi::MatchOp::Equal, "job", job).unwrap(),
+            ]
+        };
+        let hists = |job: &str| -> Vec<(i64, f64)> {
+            let s = q.select(&m(job)).unwrap();
+            s[0].histograms(i64::MIN, i64::MAX)
+                .unwrap()
+                .iter()
+                .map(|h| (h.t, h.h.to_float().count))
+                .collect()
+        };
+        assert_eq!(
+            hists("a"),
+            vec![
+                (now + 1, 5.0),
+                (now + 11, 5.0),
+                (now + 21, 5.0),
+                (t + 2, 7.0)
+            ]
+        );
+        assert_eq!(hists("long-job").len(), 3);
+
+        // An invalid histogram of a series found through the cache names the series.
+        let mut bad = hist(t + 3, 2);
+        bad.positive_deltas = vec![2, 1];
+        let req = prometheus::WriteRequest {
+            timeseries: vec![series("a", &[], vec![bad])],
+            metadata: vec![],
+        };
+        let msg = write(&req, &BOUNDS).0.unwrap_err().to_string();
+        assert!(
+            msg.contains(r#"in series {__name__="lat", job="a"}"#),
+            "{msg}"
+        );
     }
 
     /// Histograms are decoded and validated, refused with a 400 that counts them and

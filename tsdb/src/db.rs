@@ -1453,6 +1453,34 @@ impl<'a> Appender<'a> {
     /// head removed the series meanwhile, the commit finds or creates it again by its
     /// labels: nothing is lost.
     pub fn append_cached(&mut self, c: CachedSeries, samples: &[Sample]) {
+        let key = self.cached_key(c);
+        self.push(key, samples.iter().map(|s| (s.t, s.v)));
+    }
+
+    /// [`Appender::append_cached`] for native histogram samples (after the series'
+    /// floats of the batch, as [`Appender::append_histogram_pairs`]).
+    pub fn append_histograms_cached(
+        &mut self,
+        c: CachedSeries,
+        samples: impl IntoIterator<Item = HistogramSample>,
+    ) {
+        let key = self.cached_key(c);
+        self.push_histograms(key, samples);
+    }
+
+    /// As [`Appender::append_histogram_pairs`], remembering `key` for the series once
+    /// committed (see [`Appender::append_pairs_remembered`]).
+    pub fn append_histogram_pairs_remembered<'l>(
+        &mut self,
+        key: WireKey<'a>,
+        labels: impl IntoIterator<Item = (&'l str, &'l str)>,
+        samples: impl IntoIterator<Item = HistogramSample>,
+    ) {
+        self.remember.push((self.keys.len() as u32, key));
+        self.append_histogram_pairs(labels, samples);
+    }
+
+    fn cached_key(&mut self, c: CachedSeries) -> SeriesKey<'a> {
         // A series of another database's head (a caller's mistake) is looked up here
         // by its labels, as a removed one is.
         let epoch = if c.head == self.db.inner.head.id() {
@@ -1467,7 +1495,7 @@ impl<'a> Appender<'a> {
         });
         let i = self.cached.len() as u32;
         self.cached.push(c.series);
-        self.push(SeriesKey::Cached(i), samples.iter().map(|s| (s.t, s.v)));
+        SeriesKey::Cached(i)
     }
 
     /// Adds one sample for `labels`.

@@ -143,7 +143,7 @@ fn the_cache_stops_at_its_byte_limit_or_is_off() {
     let d = tempfile::tempdir().unwrap();
     let keys: Vec<Vec<u8>> = (0..50).map(wire).collect();
     let opts = Options {
-        wire_key_cache_bytes: 10 * (keys[0].len() + 48),
+        wire_key_cache_bytes: 10 * (keys[0].len() + crate::head::WIRE_KEY_OVERHEAD),
         ..Options::default()
     };
     let limit = opts.wire_key_cache_bytes;
@@ -214,7 +214,7 @@ fn a_full_cache_that_finds_too_little_sits_batches_out() {
     let d = tempfile::tempdir().unwrap();
     let keys: Vec<Vec<u8>> = (0..50).map(wire).collect();
     let opts = Options {
-        wire_key_cache_bytes: 10 * (keys[0].len() + 48),
+        wire_key_cache_bytes: 10 * (keys[0].len() + crate::head::WIRE_KEY_OVERHEAD),
         ..Options::default()
     };
     let db = Db::open(d.path(), opts, None).unwrap();

@@ -37,6 +37,8 @@ use open_chunk::{
     HistKind, HistOpen, LastValue, OpenChunk, XorOpen, append_histogram, encode_histograms,
 };
 use symbols::Symbols;
+#[cfg(test)]
+pub(crate) use wire_keys::ENTRY_OVERHEAD as WIRE_KEY_OVERHEAD;
 pub(crate) use wire_keys::wire_hash;
 
 /// Samples per chunk before a new one is cut (Prometheus's target).

@@ -32,7 +32,7 @@ const SIT_OUT: u32 = 64;
 
 /// Bytes an entry costs beyond its key: the slot (hash, boxed key, series pointer) and
 /// the key's allocation header.
-const ENTRY_OVERHEAD: usize = 48;
+pub(crate) const ENTRY_OVERHEAD: usize = 48;
 
 /// The head's cache of wire keys (see the module docs).
 #[derive(Debug)]
