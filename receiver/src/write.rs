@@ -932,6 +932,57 @@ mod tests {
         max_label_value_len: 64,
     };
 
+    /// A 1.0 series `{__name__=name, job=job}` with a float sample (value = timestamp)
+    /// at each of `floats`, and `hists`.
+    fn name_job_series(
+        name: &str,
+        job: &str,
+        floats: &[i64],
+        hists: Vec<storeapi::wire::prompb::Histogram>,
+    ) -> storeapi::wire::prompb::TimeSeries {
+        use storeapi::wire::prompb;
+        prompb::TimeSeries {
+            labels: [("__name__", name), ("job", job)]
+                .iter()
+                .map(|&(n, v)| storeapi::Label {
+                    name: n.into(),
+                    value: v.into(),
+                })
+                .collect(),
+            samples: floats
+                .iter()
+                .map(|&t| prompb::Sample {
+                    value: t as f64,
+                    timestamp: t,
+                })
+                .collect(),
+            exemplars: vec![],
+            histograms: hists,
+        }
+    }
+
+    /// Writes a 1.0 request body (as given, byte for byte) for tenant `t` under
+    /// `bounds`: the result and the summary.
+    fn write_v1(
+        mt: &MultiTsdb,
+        metrics: &ReceiveMetrics,
+        body: &[u8],
+        bounds: &Bounds,
+    ) -> (Result<(), WriteError>, WriteSummary) {
+        let mut summary = WriteSummary::default();
+        let r = write_into(
+            mt,
+            metrics,
+            "t",
+            body,
+            Protocol::V1,
+            &Effective::default(),
+            bounds,
+            &mut summary,
+        );
+        (r, summary)
+    }
+
     /// Series refused for their labels or skipped for having no samples, between valid
     /// ones, leave nothing behind: every valid series is stored under exactly its own
     /// labels, and a later rejection names the right series (the labels of a request
@@ -1057,24 +1108,7 @@ mod tests {
         let mt = open_mt(dir.path());
         let metrics = ReceiveMetrics::new();
         let now = now_ms();
-        let series = |name: &str, job: &str, t: i64| prompb::TimeSeries {
-            labels: vec![
-                storeapi::Label {
-                    name: "__name__".into(),
-                    value: name.into(),
-                },
-                storeapi::Label {
-                    name: "job".into(),
-                    value: job.into(),
-                },
-            ],
-            samples: vec![prompb::Sample {
-                value: t as f64,
-                timestamp: t,
-            }],
-            exemplars: vec![],
-            histograms: vec![],
-        };
+        let series = |name: &str, job: &str, t: i64| name_job_series(name, job, &[t], vec![]);
         let request = |t: i64| prometheus::WriteRequest {
             timeseries: vec![
                 series("a", "x", t),
@@ -1084,17 +1118,7 @@ mod tests {
             metadata: vec![],
         };
         let write = |body: &[u8], bounds: &Bounds| {
-            let mut summary = WriteSummary::default();
-            let r = write_into(
-                &mt,
-                &metrics,
-                "t",
-                body,
-                Protocol::V1,
-                &Effective::default(),
-                bounds,
-                &mut summary,
-            );
+            let (r, summary) = write_v1(&mt, &metrics, body, bounds);
             (r, summary.written)
         };
         for i in 0..3 {
@@ -1182,39 +1206,11 @@ mod tests {
             timestamp: t,
             ..Default::default()
         };
-        let series = |job: &str, floats: &[i64], hs: Vec<prompb::Histogram>| prompb::TimeSeries {
-            labels: vec![
-                storeapi::Label {
-                    name: "__name__".into(),
-                    value: "lat".into(),
-                },
-                storeapi::Label {
-                    name: "job".into(),
-                    value: job.into(),
-                },
-            ],
-            samples: floats
-                .iter()
-                .map(|&t| prompb::Sample {
-                    value: 1.0,
-                    timestamp: t,
-                })
-                .collect(),
-            exemplars: vec![],
-            histograms: hs,
+        let series = |job: &str, floats: &[i64], hs: Vec<prompb::Histogram>| {
+            name_job_series("lat", job, floats, hs)
         };
         let write = |req: &prometheus::WriteRequest, bounds: &Bounds| {
-            let mut summary = WriteSummary::default();
-            let r = write_into(
-                &mt,
-                &metrics,
-                "t",
-                &req.encode_to_vec(),
-                Protocol::V1,
-                &Effective::default(),
-                bounds,
-                &mut summary,
-            );
+            let (r, summary) = write_v1(&mt, &metrics, &req.encode_to_vec(), bounds);
             (r, summary.histograms_written)
         };
         for i in 0..3 {

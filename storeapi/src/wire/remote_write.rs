@@ -1083,29 +1083,25 @@ mod tests {
     fn decode_all(
         buf: &[u8],
     ) -> Result<Vec<(Vec<(String, String)>, Vec<Sample>, usize)>, DecodeError> {
-        let mut r = WriteRequestReader::new(buf);
-        let mut v = SeriesView::default();
-        let mut out = Vec::new();
-        while r.next_series(&mut v)? {
-            out.push((
-                v.labels
-                    .iter()
-                    .map(|l| (l.name.to_string(), l.value.to_string()))
-                    .collect(),
-                v.samples.clone(),
-                v.histograms.len(),
-            ));
-        }
-        Ok(out)
+        decode_all_with(buf, false)
     }
 
     /// [`decode_all`] with labels deferred, then parsed series by series.
     fn decode_all_deferred(
         buf: &[u8],
     ) -> Result<Vec<(Vec<(String, String)>, Vec<Sample>, usize)>, DecodeError> {
+        decode_all_with(buf, true)
+    }
+
+    fn decode_all_with(
+        buf: &[u8],
+        defer: bool,
+    ) -> Result<Vec<(Vec<(String, String)>, Vec<Sample>, usize)>, DecodeError> {
         let mut r = WriteRequestReader::new(buf);
         let mut v = SeriesView::default();
-        v.defer_labels();
+        if defer {
+            v.defer_labels();
+        }
         let mut out = Vec::new();
         while r.next_series(&mut v)? {
             v.parse_labels()?;
