@@ -197,6 +197,15 @@ fn value_too_long(l: &LabelRef<'_>, b: &Bounds) -> String {
     )
 }
 
+/// Bytes of the TSDB's text key for `labels` (names and values plus two separators
+/// each), to size the appender's key buffer.
+fn key_text_len(labels: &[LabelRef<'_>]) -> usize {
+    labels
+        .iter()
+        .map(|l| l.name.len() + l.value.len() + 2)
+        .sum()
+}
+
 /// [`show`] for a series known by its label fields as sent (see
 /// `SeriesView::wire_labels`).
 fn show_wire(wire: &[u8]) -> String {
@@ -459,11 +468,7 @@ pub fn write_into(
         }
         spans.push((start, samples.len()));
         hist_spans.push((hstart, hists.len()));
-        label_bytes += view
-            .series_labels()
-            .iter()
-            .map(|l| l.name.len() + l.value.len() + 2)
-            .sum::<usize>();
+        label_bytes += key_text_len(view.series_labels());
         label_spans.push((view.labels_start(), view.labels.len()));
         // Series with exemplars are not found through the cache (see above).
         let rememberable = view.exemplars.is_empty();
@@ -506,10 +511,7 @@ pub fn write_into(
                 .unwrap_or_default();
             match check_labels_after(labels, before, bounds) {
                 Ok(()) => {
-                    label_bytes += labels
-                        .iter()
-                        .map(|l| l.name.len() + l.value.len() + 2)
-                        .sum::<usize>();
+                    label_bytes += key_text_len(labels);
                     label_spans[i] = (start, view.labels.len());
                     prev = Some(label_spans[i]);
                 }
@@ -524,7 +526,6 @@ pub fn write_into(
                         first_invalid = Some((pos, format!("{why} in series {}", show(labels))));
                     }
                     view.labels.truncate(start);
-                    wires[i] = &[];
                 }
             }
         }

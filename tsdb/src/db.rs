@@ -792,10 +792,10 @@ impl Db {
     /// between other work they cannot.
     pub fn cached_series_many(&self, keys: &[WireKey<'_>], out: &mut Vec<Option<CachedSeries>>) {
         let mut found = Vec::with_capacity(keys.len());
+        // One batch, one tag (a key of another tag is not found).
         let tag = keys.first().map_or(0, |k| k.tag);
         let epoch = self.inner.head.wire_key_series_many(
-            keys.iter()
-                .map(|k| (if k.tag == tag { k.hash } else { 0 }, k.bytes)),
+            keys.iter().map(|k| (k.hash, k.bytes)),
             tag,
             &mut found,
         );
@@ -811,16 +811,10 @@ impl Db {
 
     /// The series a client's label encoding names, when the head has seen it before
     /// (see [`WireKey`]); add its samples with [`Appender::append_cached`].
-    #[inline]
     pub fn cached_series(&self, key: &WireKey<'_>) -> Option<CachedSeries> {
-        self.inner
-            .head
-            .wire_key_series(key.hash, key.bytes, key.tag)
-            .map(|(series, epoch)| CachedSeries {
-                series,
-                epoch,
-                head: self.inner.head.id(),
-            })
+        let mut out = Vec::with_capacity(1);
+        self.cached_series_many(std::slice::from_ref(key), &mut out);
+        out.pop().flatten()
     }
 
     /// The exemplars kept (see [`Options::max_exemplars`]).

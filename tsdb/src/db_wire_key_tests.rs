@@ -138,16 +138,22 @@ fn a_series_removed_after_its_lookup_gets_its_samples_all_the_same() {
     assert_eq!(got["0"], vec![(1000, 0.0), (7000, 70.0)]);
 }
 
+/// A database whose cache has room for about ten of `keys` (all of one length), and
+/// that limit in bytes.
+fn ten_key_cache(dir: &Path, keys: &[Vec<u8>]) -> (Db, usize) {
+    let limit = 10 * (keys[0].len() + crate::head::WIRE_KEY_OVERHEAD);
+    let opts = Options {
+        wire_key_cache_bytes: limit,
+        ..Options::default()
+    };
+    (Db::open(dir, opts, None).unwrap(), limit)
+}
+
 #[test]
 fn the_cache_stops_at_its_byte_limit_or_is_off() {
     let d = tempfile::tempdir().unwrap();
     let keys: Vec<Vec<u8>> = (0..50).map(wire).collect();
-    let opts = Options {
-        wire_key_cache_bytes: 10 * (keys[0].len() + crate::head::WIRE_KEY_OVERHEAD),
-        ..Options::default()
-    };
-    let limit = opts.wire_key_cache_bytes;
-    let db = Db::open(d.path(), opts, None).unwrap();
+    let (db, limit) = ten_key_cache(d.path(), &keys);
     remember(&db, &keys, 0, 1000);
     let (n, bytes) = db.head().wire_key_usage();
     assert!(
@@ -213,11 +219,7 @@ fn a_series_of_another_database_is_looked_up_by_its_labels() {
 fn a_full_cache_that_finds_too_little_sits_batches_out() {
     let d = tempfile::tempdir().unwrap();
     let keys: Vec<Vec<u8>> = (0..50).map(wire).collect();
-    let opts = Options {
-        wire_key_cache_bytes: 10 * (keys[0].len() + crate::head::WIRE_KEY_OVERHEAD),
-        ..Options::default()
-    };
-    let db = Db::open(d.path(), opts, None).unwrap();
+    let (db, _) = ten_key_cache(d.path(), &keys);
     assert!(db.wire_keys_worth_asking());
     remember(&db, &keys, 0, 1000);
     let batch = |n: usize| -> usize {

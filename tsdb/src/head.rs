@@ -890,26 +890,9 @@ impl Head {
         self.wire_keys = wire_keys::WireKeys::new(limit);
     }
 
-    /// The series a client's label encoding `key` (hash `hash`) was last seen naming,
-    /// with the epoch it is valid in; `None` when the cache does not know it.
-    #[inline]
-    pub(crate) fn wire_key_series(
-        &self,
-        hash: u64,
-        key: &[u8],
-        tag: u64,
-    ) -> Option<(Arc<MemSeries>, u64)> {
-        if !self.wire_keys.enabled() {
-            return None;
-        }
-        let epoch = self.epoch();
-        self.wire_keys
-            .get(hash, key, epoch, tag)
-            .map(|s| (s, epoch))
-    }
-
-    /// [`Head::wire_key_series`] for a batch (appending to `out` in order); the epoch
-    /// all of them are valid in.
+    /// The series clients' label encodings were last seen naming (appending to `out`
+    /// in order; `None` for those the cache does not know); the epoch all of them are
+    /// valid in.
     pub(crate) fn wire_key_series_many<'k>(
         &self,
         keys: impl ExactSizeIterator<Item = (u64, &'k [u8])> + Clone,

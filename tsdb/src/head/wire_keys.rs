@@ -103,26 +103,8 @@ impl WireKeys {
         }
     }
 
-    /// The series `key` names, if it was put here under the same `epoch` and `tag`.
-    #[inline]
-    pub(crate) fn get(
-        &self,
-        hash: u64,
-        key: &[u8],
-        epoch: u64,
-        tag: u64,
-    ) -> Option<Arc<MemSeries>> {
-        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        if inner.epoch != epoch || inner.tag != tag {
-            return None;
-        }
-        inner
-            .table
-            .find(hash, |s| s.hash == hash && *s.key == *key)
-            .map(|s| s.series.clone())
-    }
-
-    /// [`WireKeys::get`] for many keys at once, appending to `out` in order. Two passes,
+    /// The series each key names, if it was put here under the same `epoch` and `tag`,
+    /// appended to `out` in order. Two passes,
     /// as `Head::resolve`: the first finds each key's slot by hash and touches its key,
     /// so the cache misses of the batch overlap; the second compares the keys.
     pub(crate) fn get_many<'k>(
