@@ -1601,9 +1601,6 @@ impl<'a> Appender<'a> {
             verify,
             &mut resolved,
         );
-        for s in resolved.iter().flatten() {
-            s.prefetch_for_append();
-        }
         let pos = {
             let mut bufs = lock(&inner.commit);
             let CommitBufs {
@@ -1667,6 +1664,7 @@ impl<'a> Appender<'a> {
             let mut ooo_float_hists: Vec<(u64, usize)> = Vec::new();
             out.series_refs.reserve(self.keys.len());
             for (i, (s, &(a, b))) in resolved.iter().zip(&self.spans).enumerate() {
+                crate::head::prefetch_append_ahead(|k| resolved.get(k)?.as_deref(), i);
                 let Some(s) = s else {
                     match self.keys[i] {
                         SeriesKey::Labels(..) | SeriesKey::Key(..) => {
