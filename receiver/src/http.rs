@@ -255,7 +255,9 @@ async fn handle_body(
     };
     let st2 = st.clone();
     let routed = st.distributor.is_some();
-    let (decoded, summary) = tokio::task::spawn_blocking(move || {
+    // Run here, on the write runtime, whose threads may block (see write_runtime); a
+    // panic is this request's 500, as it was from the blocking pool.
+    let (decoded, summary) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         let mut summary = WriteSummary::default();
         let r = (|| {
             if routed {
@@ -291,9 +293,8 @@ async fn handle_body(
             }
         })();
         (r, summary)
-    })
-    .await
-    .map_err(|e| WriteError::Internal(format!("write task failed: {e}")))?;
+    }))
+    .map_err(|_| WriteError::Internal("write task panicked".into()))?;
     written.samples = summary.written;
     written.histograms = summary.histograms_written;
     written.exemplars = summary.exemplars_written;

@@ -26,6 +26,7 @@ pub mod negotiate;
 pub mod replicate;
 pub mod store;
 pub mod write;
+mod write_runtime;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -149,8 +150,14 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
     }
 
     // Bind everything first, so a port clash fails fast.
-    let rw_listener = tokio::net::TcpListener::bind(args.remote_write_address)
-        .await
+    // The remote-write listener is registered with its own runtime (see write_runtime).
+    let write_rt = write_runtime::WriteRuntime::new().context("starting the write runtime")?;
+    let rw_listener = std::net::TcpListener::bind(args.remote_write_address)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            let _in = write_rt.handle().enter();
+            tokio::net::TcpListener::from_std(l)
+        })
         .with_context(|| {
             format!(
                 "binding --remote-write.address {}",
@@ -315,7 +322,7 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         ready: ready.clone(),
         distributor: (mode != Mode::IngestorOnly).then(|| distributor.clone()),
     });
-    let rw_server = tokio::spawn(
+    let rw_server = write_rt.handle().spawn(
         axum::serve(
             rw_sec.listener(rw_listener),
             rw_sec
@@ -454,6 +461,7 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
             );
         }
     }
+    drop(write_rt);
     let m = mt.clone();
     tokio::task::spawn_blocking(move || m.close())
         .await

@@ -1,7 +1,8 @@
 //! The remote-write path after the HTTP layer: decode (borrowing labels from the body),
 //! validate, apply request limits, append to the tenant's TSDB, and map the outcome to
 //! Thanos's status codes. Synchronous (decoding is CPU work, commit does disk I/O): call
-//! it from `spawn_blocking`.
+//! it where a thread may block (the write runtime, see `write_runtime`, or
+//! `spawn_blocking`).
 
 use storeapi::Sample;
 use storeapi::histogram::HistogramSample;
