@@ -134,8 +134,8 @@ pub struct ReceiveArgs {
     /// Bytes per tenant for remembering each series by its label fields exactly as a
     /// remote-write 1.0 client sends them, so that a series sent again is found without
     /// parsing and checking its labels (about a quarter less CPU per sample at 50k
-    /// series). An entry costs its labels' encoded size plus ~48 bytes (~270 bytes for
-    /// nine labels: the default holds ~120k series); past the limit further series take
+    /// series). An entry costs its labels' encoded size plus ~80 bytes (~300 bytes for
+    /// nine labels: the default holds ~110k series); past the limit further series take
     /// the ordinary path. Emptied whenever the head drops series. 0 turns it off.
     #[arg(long = "tsdb.series-cache-size", default_value = "32MiB", value_parser = objstore::config::parse_size)]
     pub series_cache_size: usize,

@@ -126,7 +126,7 @@ pub struct Options {
     pub max_exemplars: usize,
     /// Bytes the head may spend remembering clients' own label encodings, so a series
     /// sent again is found without parsing its labels (see [`WireKey`]); 0 turns it
-    /// off. Default 32 MiB (about 120k series of nine labels).
+    /// off. Default 32 MiB (about 110k series of nine labels).
     pub wire_key_cache_bytes: usize,
 }
 
