@@ -1614,8 +1614,8 @@ pub(crate) fn prefetch_ahead<'s>(at: impl Fn(usize) -> Option<&'s MemSeries>, i:
 
 /// In a commit's pass over its series (in request order, in random memory order),
 /// prefetches the series' struct [`AHEAD`] places ahead and, once that has arrived, locks
-/// the series half as far ahead to prefetch the end of its open chunk, which the append
-/// writes: the pass waits on few misses, and what it prefetched is still in the cache
+/// the series half as far ahead to prefetch its open chunk's first and last lines, which
+/// the append writes: the pass waits on few misses, and what it prefetched is still in the cache
 /// when it gets there (a request's 2,000 series' lines do not all fit in L2).
 pub(crate) fn prefetch_append_ahead<'s>(at: impl Fn(usize) -> Option<&'s MemSeries>, i: usize) {
     if let Some(s) = at(i + AHEAD) {
@@ -1629,7 +1629,7 @@ pub(crate) fn prefetch_append_ahead<'s>(at: impl Fn(usize) -> Option<&'s MemSeri
 /// Prefetches every line of the allocation a series lives in, its reference counts
 /// (two words before it, which clones write) included.
 #[inline(always)]
-pub(crate) fn prefetch_arc_inner(s: &MemSeries) {
+fn prefetch_arc_inner(s: &MemSeries) {
     let p: *const u8 = (s as *const MemSeries).cast();
     prefetch_bytes(
         p.wrapping_sub(ARC_COUNTS),
@@ -1638,7 +1638,7 @@ pub(crate) fn prefetch_arc_inner(s: &MemSeries) {
 }
 
 /// Bytes of an `Arc`'s reference counts, before the value.
-pub(crate) const ARC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
+const ARC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
 
 /// See [`prefetch_ahead`]: far enough for a miss to resolve, near enough for the lines
 /// to still be in cache.
@@ -1647,19 +1647,15 @@ const AHEAD: usize = 16;
 /// Prefetches every cache line of `*v`.
 #[inline(always)]
 fn prefetch_value<T>(v: &T) {
-    let p: *const u8 = (v as *const T).cast();
-    for off in (0..std::mem::size_of::<T>()).step_by(64) {
-        prefetch(p.wrapping_add(off));
-    }
+    prefetch_bytes((v as *const T).cast(), std::mem::size_of::<T>());
 }
 
-/// Prefetches every cache line of the `len` bytes at `p`.
+/// Prefetches every cache line the `len` bytes at `p` touch.
 #[inline(always)]
 fn prefetch_bytes(p: *const u8, len: usize) {
-    let first = p as usize & !63;
-    let end = (p as usize).wrapping_add(len);
-    for line in (first..end).step_by(64) {
-        prefetch(p.wrapping_add(line.wrapping_sub(p as usize)));
+    let skew = p as usize & 63;
+    for off in (0..skew + len).step_by(64) {
+        prefetch(p.wrapping_sub(skew).wrapping_add(off));
     }
 }
 
