@@ -71,6 +71,16 @@ struct Sidecar {
 
 impl Sidecar {
     fn start(prom: &str, tsdb: &Path, objstore: Option<&str>, log: &Path) -> Sidecar {
+        Sidecar::start_with(prom, tsdb, objstore, log, &[])
+    }
+
+    fn start_with(
+        prom: &str,
+        tsdb: &Path,
+        objstore: Option<&str>,
+        log: &Path,
+        extra: &[&str],
+    ) -> Sidecar {
         let (grpc, http) = (
             format!("127.0.0.1:{}", free_port()),
             format!("127.0.0.1:{}", free_port()),
@@ -82,6 +92,7 @@ impl Sidecar {
             .arg(format!("--grpc-address={grpc}"))
             .arg(format!("--http-address={http}"))
             .arg("--prometheus.get_config_interval=1s")
+            .args(extra)
             .env("RUST_LOG", "info");
         if let Some(o) = objstore {
             cmd.arg(format!("--objstore.config={o}"));
@@ -428,6 +439,180 @@ fn sidecar_ha_pair_answers_like_prometheus_survives_a_kill_and_ships_to_s3() {
         answers(&q.http, &runs),
         &reference,
         &store.proc.log_text(),
+    );
+}
+
+/// Remote-writes `series` to Prometheus in time order over `[from, to)`: one request
+/// per ten minutes holding every series' samples in it (a series written whole would
+/// move Prometheus's head past the others' first samples).
+fn remote_write_window(addr: &str, series: &[e2e::promqlcmp::Series], from: i64, to: i64) {
+    const STEP: i64 = 10 * 60_000;
+    let mut t = from;
+    while t < to {
+        let end = (t + STEP).min(to);
+        let batch: Vec<(storeapi::Labels, Vec<storeapi::Sample>)> = series
+            .iter()
+            .map(|s| {
+                let v: Vec<_> = s
+                    .samples
+                    .iter()
+                    .filter(|x| x.t >= t && x.t < end)
+                    .copied()
+                    .collect();
+                (s.labels.clone(), v)
+            })
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        if !batch.is_empty() {
+            let (code, body) = e2e::remote_write(addr, "/api/v1/write", &batch, &[])
+                .unwrap_or_else(|e| panic!("remote write to Prometheus: {e}"));
+            assert!(
+                (200..300).contains(&code),
+                "Prometheus refused a write: {code} {body}"
+            );
+        }
+        t = end;
+    }
+}
+
+/// `--tsdb.local-read`: the sidecar serves Prometheus's data directory (blocks where
+/// they lie, the head rebuilt by following the WAL) instead of remote read. Half the
+/// data is written before the sidecar starts (read from the WAL at startup), half while
+/// it runs (followed); Prometheus then cuts a block from it and truncates its WAL. The
+/// PromQL corpus over the block and over the head answers as Prometheus's own API, and
+/// a sample written just before a query is in its answer.
+#[test]
+fn sidecar_local_read_follows_prometheus_wal_and_blocks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let now_ms = now_secs() as i64 * 1000;
+    // Four hours that end before now, starting on a block boundary: Prometheus cuts the
+    // first two hours into a block once its head spans more than three.
+    let t0 = (now_ms - 4 * HOUR - 60_000).div_euclid(2 * HOUR) * 2 * HOUR;
+    let series = realistic_dataset(t0, 4);
+    let data = dir.path().join("prom");
+    let cfg = "global:\n  scrape_interval: 1h\n  external_labels:\n    cluster: eu\n";
+    let p = start_prom(
+        free_port(),
+        cfg,
+        &data,
+        &dir.path().join("prom.log"),
+        &[
+            "--web.enable-remote-write-receiver",
+            "--storage.tsdb.retention.time=100y",
+            "--query.max-samples=100000000",
+            "--enable-feature=promql-experimental-functions",
+        ],
+    );
+    remote_write_window(&p.addr, &series, t0, t0 + 2 * HOUR);
+    let sc = Sidecar::start_with(
+        &p.addr,
+        &data,
+        None,
+        &dir.path().join("sidecar.log"),
+        &["--tsdb.local-read"],
+    );
+    assert!(
+        sc.proc
+            .log_text()
+            .contains("local read: Prometheus's data directory loaded"),
+        "the sidecar did not load the directory:\n{}",
+        sc.proc.log_text()
+    );
+    let q = Querier::start(&[sc.grpc.as_str()], &[]);
+    wait_for_data(&q.http, t0 + HOUR, || q.proc.log_text());
+    remote_write_window(&p.addr, &series, t0 + 2 * HOUR, t0 + 4 * HOUR);
+
+    // Prometheus cuts [t0, t0+2h) into a block and drops it from its head; the sidecar
+    // loads the block and drops it from its own head.
+    let block = wait_for(Duration::from_secs(120), || {
+        std::fs::read_dir(&data).ok()?.flatten().find_map(|e| {
+            let m = std::fs::read_to_string(e.path().join("meta.json")).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&m).ok()?;
+            (v["minTime"].as_i64() == Some(t0)).then_some(v)
+        })
+    });
+    assert!(
+        block.is_some(),
+        "Prometheus cut no block for [{t0}, +2h); log:\n{}",
+        p.proc.log_text()
+    );
+    let loaded = wait_for(Duration::from_secs(30), || {
+        sc.proc
+            .log_text()
+            .contains("following: block loaded")
+            .then_some(())
+    });
+    assert!(
+        loaded.is_some(),
+        "the sidecar never loaded the block:\n{}",
+        sc.proc.log_text()
+    );
+
+    let logs = || {
+        format!(
+            "querier:\n{}\nsidecar:\n{}",
+            q.proc.log_text(),
+            sc.proc.log_text()
+        )
+    };
+    for (stage, start) in [
+        ("local read, block", t0),
+        ("local read, head", t0 + 2 * HOUR),
+    ] {
+        let runs = corpus_runs(start);
+        let reference = answers(&p.addr, &runs);
+        assert_same(stage, &runs, answers(&q.http, &runs), &reference, &logs());
+    }
+    let (_, stores) = get_json(&q.http, "/api/v1/stores");
+    let min = stores["data"]["sidecar"][0]["minTime"]
+        .as_i64()
+        .unwrap_or(0);
+    assert!(
+        (t0..t0 + 60_000).contains(&min),
+        "sidecar min time {min}, data from {t0}: {stores}"
+    );
+
+    // Freshness: a sample Prometheus acknowledged is in the next answer.
+    for k in 0..5 {
+        // A millisecond apart at least: one timestamp takes one value.
+        let t = now_secs() as i64 * 1000 + k;
+        let probe =
+            storeapi::Labels::from_pairs([("__name__", "live_probe"), ("k", "v")]).expect("labels");
+        let (code, body) = e2e::remote_write(
+            &p.addr,
+            "/api/v1/write",
+            &[(probe, vec![storeapi::Sample { t, v: k as f64 }])],
+            &[],
+        )
+        .expect("remote write");
+        assert!((200..300).contains(&code), "{code} {body}");
+        match prom_instant(&q.http, "live_probe", t) {
+            Ok(Answer::Value(promql::Value::Vector(v))) => assert!(
+                v.len() == 1 && v[0].1.v == k as f64,
+                "write {k} at {t}: the querier answered {v:?}\n{}",
+                logs()
+            ),
+            other => panic!("write {k} at {t}: {other:?}\n{}", logs()),
+        }
+    }
+    // Prometheus served no remote read: its handler counter has no request.
+    let (_, metrics) = http_get(&p.addr, "/metrics").expect("Prometheus's /metrics");
+    let reads: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("prometheus_http_requests_total") && l.contains("/api/v1/read"))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect();
+    assert!(
+        reads.is_empty(),
+        "a local-read sidecar asked for remote reads: {reads:?}"
+    );
+    let queries: usize = metrics
+        .lines()
+        .filter(|l| l.starts_with("prometheus_http_requests_total") && l.contains("/api/v1/query"))
+        .count();
+    assert!(
+        queries > 0,
+        "Prometheus's request counter not found in its /metrics"
     );
 }
 

@@ -5,7 +5,6 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
 use prost::Message;
 use storeapi::wire::info::{
     ExemplarsInfo, InfoRequest, InfoResponse, MetricMetadataInfo, StoreInfo, TsdbInfo,
@@ -19,7 +18,8 @@ use storeapi::{Labels, Matcher};
 use tonic::{Request, Response, Status};
 
 use crate::multitsdb::{MultiTsdb, Tenant};
-use storeapi::wire::frames::{FrameWriter, WireChunk, put_key_labels, put_label};
+use storeapi::wire::frames::FrameWriter;
+use tsdb::frames::{self, Selected, Selection};
 
 /// gRPC metadata key selecting a tenant.
 pub const TENANT_METADATA: &str = "thanos-tenant";
@@ -94,105 +94,6 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
-/// One selected series: full labels (external added, replica labels removed) and chunks.
-type Selected = (Labels, Vec<tsdb::Chunk>);
-
-/// A `Series` answer before framing: materialized and sorted, or one tenant's head
-/// selection read series by series while frames are sent.
-pub enum Selection {
-    Eager(Vec<Selected>),
-    Lazy {
-        sel: tsdb::head::LazySelect,
-        external: Labels,
-        without: Vec<String>,
-        /// 0: no limit.
-        limit: usize,
-    },
-}
-
-impl Selection {
-    /// Writes every series in order, external labels added and replica labels removed,
-    /// as frames handed to `emit`; stops early when `emit` says the client is gone.
-    pub fn write(self, mut w: FrameWriter, emit: &mut impl FnMut(Bytes) -> bool) {
-        let open = std::cell::Cell::new(true);
-        let mut send = |b: Bytes| {
-            if open.get() && !emit(b) {
-                open.set(false);
-            }
-        };
-        match self {
-            Selection::Eager(v) => {
-                for (l, c) in &v {
-                    let buf = w.labels();
-                    for x in l.iter() {
-                        put_label(buf, x.name.as_bytes(), x.value.as_bytes());
-                    }
-                    w.push(
-                        c.iter().map(|c| {
-                            WireChunk::from_prometheus(
-                                c.min_time,
-                                c.max_time,
-                                c.encoding as u8,
-                                &c.data,
-                            )
-                        }),
-                        &mut send,
-                    );
-                    if !open.get() {
-                        return;
-                    }
-                }
-            }
-            Selection::Lazy {
-                sel,
-                external,
-                without,
-                limit,
-            } => {
-                // Frames completed while a series is locked are sent after it is
-                // unlocked: a slow client must never hold up appends.
-                let mut done = Vec::new();
-                let mut key = Vec::new();
-                let mut n = 0;
-                for s in sel.iter_in_place() {
-                    if limit > 0 && n >= limit {
-                        break;
-                    }
-                    {
-                        let chunks = s.chunks();
-                        let mut it = chunks.iter().peekable();
-                        if it.peek().is_none() {
-                            continue;
-                        }
-                        key.clear();
-                        s.write_key(&mut key);
-                        put_key_labels(w.labels(), &key, &external, &without);
-                        w.push(
-                            it.map(|c| {
-                                WireChunk::from_prometheus(
-                                    c.min_time,
-                                    c.max_time,
-                                    c.encoding as u8,
-                                    c.data,
-                                )
-                            }),
-                            &mut |b| done.push(b),
-                        );
-                    }
-                    n += 1;
-                    for b in done.drain(..) {
-                        send(b);
-                    }
-                    if !open.get() {
-                        return;
-                    }
-                }
-            }
-        }
-        w.finish(&mut send);
-    }
-}
-
 /// Runs a `Series` request (blocking). When one tenant answers from its head alone and
 /// adding its external labels provably keeps the head's label order, the selection is
 /// left lazy, so the first frames leave before later series are read.
@@ -207,26 +108,17 @@ pub fn select(
         .iter()
         .filter(|t| ext_match(&ext_m, &t.external_labels))
         .collect();
-    if let [t] = matching.as_slice()
-        && !local.is_empty()
-        // Removing an external label is not adding it; removing a series label could
-        // reorder series.
-        && req
-            .without_replica_labels
-            .iter()
-            .all(|w| t.external_labels.get(w).is_some())
-    {
+    if let [t] = matching.as_slice() {
         let q = t.db.querier(req.min_time, req.max_time);
-        if let Some(sel) = q.select_lazy(&local)
-            && sel.prefix_free()
-            && !t.external_labels.iter().any(|l| q.head_has_label(&l.name))
-        {
-            return Ok(Selection::Lazy {
-                sel,
-                external: t.external_labels.clone(),
-                without: req.without_replica_labels.clone(),
-                limit: usize::try_from(req.limit.max(0)).unwrap_or(usize::MAX),
-            });
+        let limit = usize::try_from(req.limit.max(0)).unwrap_or(usize::MAX);
+        if let Some(sel) = frames::lazy(
+            &q,
+            &local,
+            &t.external_labels,
+            &req.without_replica_labels,
+            limit,
+        ) {
+            return Ok(sel);
         }
     }
     select_series(tenants, ext_names, req).map(Selection::Eager)
@@ -256,19 +148,12 @@ pub fn select_series(
             continue;
         }
         let q = t.db.querier(req.min_time, req.max_time);
-        for s in q.select(&local).map_err(internal)? {
-            let mut l = s.labels;
-            l.extend_external(&t.external_labels);
-            if !without.is_empty() {
-                l.retain(|x| !without.contains(x.name.as_str()));
-            }
-            out.push((l, s.chunks));
-        }
+        frames::eager_into(&mut out, &q, &local, &t.external_labels, &without).map_err(internal)?;
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    if req.limit > 0 && out.len() as u64 > req.limit as u64 {
-        out.truncate(req.limit as usize);
-    }
+    frames::sort_and_limit(
+        &mut out,
+        usize::try_from(req.limit.max(0)).unwrap_or(usize::MAX),
+    );
     Ok(out)
 }
 

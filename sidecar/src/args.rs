@@ -30,6 +30,14 @@ pub struct SidecarArgs {
     #[arg(long = "tsdb.path", default_value = "./data")]
     pub tsdb_path: PathBuf,
 
+    /// Serve the StoreAPI from Prometheus's data directory (`--tsdb.path`: its blocks,
+    /// and its head rebuilt by following its WAL) instead of Prometheus's remote-read
+    /// API. Queries then cost Prometheus nothing and answer faster; the sidecar holds
+    /// about one head's worth of memory for Prometheus's series, and must be able to
+    /// read the directory. Off by default (Thanos reads through remote read).
+    #[arg(long = "tsdb.local-read", default_value_t = false)]
+    pub local_read: bool,
+
     /// Path to the object storage configuration YAML (Thanos's format). Without a bucket
     /// nothing is shipped.
     #[arg(long = "objstore.config-file", value_name = "PATH")]

@@ -16,6 +16,7 @@
 
 pub mod args;
 pub mod chunked;
+pub mod local;
 pub mod meta;
 pub mod prom;
 pub mod ship;
@@ -121,6 +122,31 @@ async fn validate_for_shipping(client: &PromClient, timeout: Duration) -> anyhow
     ship::check_block_durations(&flags).map_err(anyhow::Error::msg)
 }
 
+/// Prometheus's block duration (`--storage.tsdb.min-block-duration`): the chunk range
+/// of a followed head. 2h (the default) when Prometheus does not say.
+async fn block_duration(client: &PromClient, timeout: Duration) -> Duration {
+    const DEFAULT: Duration = Duration::from_secs(2 * 3600);
+    let flags = match tokio::time::timeout(timeout, client.flags()).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read Prometheus's flags; assuming 2h blocks");
+            return DEFAULT;
+        }
+        Err(_) => return DEFAULT,
+    };
+    match flags
+        .get(ship::MIN_FLAG)
+        .map(|v| objstore::config::parse_model_duration(v))
+    {
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "Prometheus's block duration does not parse; assuming 2h");
+            DEFAULT
+        }
+        None => DEFAULT,
+    }
+}
+
 /// Runs the sidecar until SIGTERM/SIGINT.
 pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     let registry = Arc::new(Mutex::new(Registry::default()));
@@ -219,9 +245,30 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         })
     };
 
+    let local = if args.local_read {
+        let duration = block_duration(&client, args.prometheus_ready_timeout).await;
+        let dir = args.tsdb_path.clone();
+        let l = tokio::task::spawn_blocking(move || local::LocalRead::open(&dir, duration))
+            .await
+            .context("local read: loading task failed")?
+            .with_context(|| {
+                format!(
+                    "--tsdb.local-read: cannot read Prometheus's data directory {} (--tsdb.path)",
+                    args.tsdb_path.display()
+                )
+            })?;
+        Some(l)
+    } else {
+        None
+    };
+    let following = local
+        .clone()
+        .map(|l| tokio::spawn(l.follow_loop(stop_rx.clone())));
+
     let st = SidecarStore {
         client: client.clone(),
         meta: meta.clone(),
+        local,
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -252,6 +299,9 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     let _ = refresh.await;
+    if let Some(f) = following {
+        let _ = f.await;
+    }
     if let Some(s) = shipping {
         let _ = s.await;
     }

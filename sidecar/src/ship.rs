@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::meta::PromMeta;
 
-const MIN_FLAG: &str = "storage.tsdb.min-block-duration";
+pub(crate) const MIN_FLAG: &str = "storage.tsdb.min-block-duration";
 const MAX_FLAG: &str = "storage.tsdb.max-block-duration";
 
 /// How often the TSDB directory is checked for new blocks (Thanos: 30s).

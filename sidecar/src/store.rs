@@ -27,6 +27,7 @@ use storeapi::{Label, Labels, Matcher};
 use tonic::{Request, Response, Status};
 
 use crate::chunked::{FRAME_LIMIT, FrameDecoder};
+use crate::local::LocalRead;
 use crate::meta::PromMeta;
 use crate::prom::PromClient;
 
@@ -38,6 +39,9 @@ const FRAME_QUEUE: usize = 16;
 pub struct SidecarStore {
     pub client: PromClient,
     pub meta: Arc<PromMeta>,
+    /// `--tsdb.local-read`: `Series` and the label calls read Prometheus's data
+    /// directory instead of asking Prometheus.
+    pub local: Option<LocalRead>,
 }
 
 /// A request's matchers split against the external labels.
@@ -383,6 +387,19 @@ impl FrameSeries for SidecarStore {
                 "no matchers specified (excluding external labels)",
             ));
         }
+        if let Some(local) = self.local.clone() {
+            let (skip_chunks, batch) = (req.skip_chunks, req.response_batch_size);
+            let sel = tokio::task::spawn_blocking(move || local.select(&matchers, &req, &ext))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+            tokio::task::spawn_blocking(move || {
+                // A failed send: the client went away.
+                sel.write(FrameWriter::new(skip_chunks, batch), &mut |b| {
+                    tx.blocking_send(Ok(b)).is_ok()
+                });
+            });
+            return Ok(FrameStream::new(rx));
+        }
         let min_time = req.min_time.max(self.meta.min_time());
         if min_time > req.max_time {
             return Ok(FrameStream::new(rx));
@@ -453,6 +470,25 @@ impl thanos::store_server::Store for SidecarStore {
             Split::NoMatch => return Ok(Response::new(LabelNamesResponse::default())),
             Split::Prom(m) => m,
         };
+        if let Some(local) = self.local.clone() {
+            let mut names = tokio::task::spawn_blocking(move || {
+                local.label_names(
+                    &matchers,
+                    (req.start, req.end),
+                    &ext,
+                    &req.without_replica_labels,
+                )
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+            if req.limit > 0 {
+                names.truncate(usize::try_from(req.limit).unwrap_or(usize::MAX));
+            }
+            return Ok(Response::new(LabelNamesResponse {
+                names,
+                ..Default::default()
+            }));
+        }
         let min_time = req.start.max(self.meta.min_time());
         let mut names = self
             .client
@@ -499,6 +535,20 @@ impl thanos::store_server::Store for SidecarStore {
             Split::NoMatch => return Ok(Response::new(LabelValuesResponse::default())),
             Split::Prom(m) => m,
         };
+        if let Some(local) = self.local.clone() {
+            let mut values = tokio::task::spawn_blocking(move || {
+                local.label_values(&req.label, &matchers, (req.start, req.end), &ext)
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+            if req.limit > 0 {
+                values.truncate(usize::try_from(req.limit).unwrap_or(usize::MAX));
+            }
+            return Ok(Response::new(LabelValuesResponse {
+                values,
+                ..Default::default()
+            }));
+        }
         let min_time = req.start.max(self.meta.min_time());
         if let Some(v) = ext.get(&req.label) {
             // An external label: its one value, if any series matches.
@@ -541,7 +591,12 @@ impl storeapi::wire::info::info_server::Info for SidecarStore {
     async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         self.check_ready()?;
         let ext = self.meta.labels();
-        let min_time = self.meta.min_time();
+        // Local read: what the directory holds may be older than Prometheus's head's
+        // lowest timestamp (blocks read before Prometheus's retention got to them).
+        let min_time = match &self.local {
+            Some(l) => self.meta.min_time().min(l.min_time()),
+            None => self.meta.min_time(),
+        };
         let ls = ZLabelSet {
             labels: labels_to_wire(&ext),
         };

@@ -379,7 +379,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Whether a block was written from out-of-order samples (it may overlap others).
-fn is_ooo_block(b: &Block) -> bool {
+pub(crate) fn is_ooo_block(b: &Block) -> bool {
     b.meta().compaction.hints.iter().any(|h| h == HINT_FROM_OOO)
 }
 
@@ -959,7 +959,7 @@ impl Db {
         // Out-of-order samples are in the head until written into blocks, at any time.
         let head_mint = mint.max(blocks_end.min(self.inner.head.ooo_min_time()));
         Querier {
-            db: self.clone(),
+            head: HeadOwner::Db(self.clone()),
             blocks,
             head_mint,
             mint,
@@ -1943,13 +1943,29 @@ pub fn histograms_in_range(
     Ok(out)
 }
 
+/// What keeps a querier's head alive: a database, or a follower of a Prometheus data
+/// directory ([`crate::follow`]).
+pub(crate) enum HeadOwner {
+    Db(Db),
+    Follower(crate::follow::Follower),
+}
+
+impl HeadOwner {
+    fn head(&self) -> &Head {
+        match self {
+            HeadOwner::Db(db) => &db.inner.head,
+            HeadOwner::Follower(f) => f.head(),
+        }
+    }
+}
+
 /// Reads a consistent view of blocks and head over `[mint, maxt]`.
 pub struct Querier {
-    db: Db,
-    blocks: Vec<Arc<Block>>,
-    head_mint: i64,
-    mint: i64,
-    maxt: i64,
+    pub(crate) head: HeadOwner,
+    pub(crate) blocks: Vec<Arc<Block>>,
+    pub(crate) head_mint: i64,
+    pub(crate) mint: i64,
+    pub(crate) maxt: i64,
 }
 
 impl Querier {
@@ -1969,12 +1985,7 @@ impl Querier {
             parts.push(b.select(matchers, self.mint, self.maxt)?);
         }
         if self.head_mint <= self.maxt {
-            parts.push(
-                self.db
-                    .inner
-                    .head
-                    .select(matchers, self.head_mint, self.maxt),
-            );
+            parts.push(self.head.head().select(matchers, self.head_mint, self.maxt));
         }
         Ok(merge_sorted(parts))
     }
@@ -1985,7 +1996,7 @@ impl Querier {
         if !self.blocks.is_empty() {
             return None;
         }
-        let head = &self.db.inner.head;
+        let head = self.head.head();
         if self.head_mint > self.maxt {
             return Some(crate::head::LazySelect::default());
         }
@@ -1994,7 +2005,7 @@ impl Querier {
 
     /// Whether any head series has a label named `name` (any value).
     pub fn head_has_label(&self, name: &str) -> bool {
-        self.db.inner.head.has_label(name)
+        self.head.head().has_label(name)
     }
 
     /// Like [`Querier::select`] but with decoded samples trimmed to the range.
@@ -2020,9 +2031,8 @@ impl Querier {
         }
         if self.head_mint <= self.maxt {
             set.extend(
-                self.db
-                    .inner
-                    .head
+                self.head
+                    .head()
                     .label_names(matchers, self.head_mint, self.maxt),
             );
         }
@@ -2037,9 +2047,8 @@ impl Querier {
         }
         if self.head_mint <= self.maxt {
             set.extend(
-                self.db
-                    .inner
-                    .head
+                self.head
+                    .head()
                     .label_values(name, matchers, self.head_mint, self.maxt),
             );
         }

@@ -30,6 +30,9 @@ mod checkpoint;
 pub use chunkenc as chunk;
 pub mod db;
 pub mod exemplars;
+pub mod follow;
+#[cfg(feature = "frames")]
+pub mod frames;
 pub mod head;
 pub mod heap;
 pub mod metadata;

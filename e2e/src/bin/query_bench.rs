@@ -4,12 +4,13 @@
 //!
 //! ```sh
 //! cargo build --release --bin orrery --bin query_bench
-//! target/release/query_bench [--series 100000] [--reps 5] [--minutes 60] [--step 60] [--only SUBSTR] [--kind instant|range] [--via receive|sidecar] [--enforce-tenancy]
+//! target/release/query_bench [--series 100000] [--reps 5] [--minutes 60] [--step 60] [--only SUBSTR] [--kind instant|range] [--via receive|sidecar] [--local-read] [--enforce-tenancy]
 //! ```
 //!
 //! `--via sidecar`: no receiver; `orrery query` reads the same Prometheus through an
 //! `orrery sidecar` (remote read), so the ratio is the cost of the extra hop; the sidecar's
-//! RSS is printed at the end.
+//! RSS is printed at the end. `--local-read` (with `--via sidecar`): the sidecar reads
+//! Prometheus's data directory instead (`--tsdb.local-read`).
 //!
 //! The data: `--series` series in blocks of 100 per scrape target (`job`, `instance`):
 //! 60 `http_requests_total{handler,method,code}` counters, a classic histogram
@@ -337,6 +338,9 @@ struct Args {
     enforce_tenancy: bool,
     /// The querier reads Prometheus through an `orrery sidecar` instead of a receiver.
     via_sidecar: bool,
+    /// The sidecar reads Prometheus's data directory (`--tsdb.local-read`) instead of
+    /// remote read.
+    local_read: bool,
 }
 
 fn parse_args() -> Args {
@@ -348,6 +352,7 @@ fn parse_args() -> Args {
         only: None,
         kind: None,
         via_sidecar: false,
+        local_read: false,
         enforce_tenancy: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -371,11 +376,16 @@ fn parse_args() -> Args {
                 i += 1;
                 continue;
             }
+            "--local-read" => {
+                a.local_read = true;
+                i += 1;
+                continue;
+            }
             // Read by `orrery_for_bench`.
             "--orrery" => {}
             other => panic!(
                 "unknown argument {other:?}; usage: query_bench [--series N] [--reps N] \
-                 [--minutes N] [--step SECONDS] [--only SUBSTRING] [--kind instant|range] [--via receive|sidecar] [--enforce-tenancy] [--orrery PATH]"
+                 [--minutes N] [--step SECONDS] [--only SUBSTRING] [--kind instant|range] [--via receive|sidecar] [--local-read] [--enforce-tenancy] [--orrery PATH]"
             ),
         }
         i += 2;
@@ -689,6 +699,9 @@ fn run_via_sidecar(
         ))
         .arg(format!("--grpc-address={grpc}"))
         .arg(format!("--http-address={shttp}"));
+    if args.local_read {
+        cmd.arg("--tsdb.local-read");
+    }
     let sidecar = Proc::spawn("sidecar", cmd, sdir.path().join("sidecar.log"));
     let ready = wait_for(Duration::from_secs(60), || {
         matches!(get(&shttp, "/-/ready"), Ok((200, _))).then_some(())

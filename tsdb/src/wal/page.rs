@@ -128,8 +128,11 @@ fn resync(data: &[u8], from: usize, budget: &mut usize) -> Option<usize> {
     let mut o = from;
     while o + HEADER < data.len() {
         let t = data[o];
-        if matches!(t & TYPE_MASK, FULL | FIRST) && t & !(TYPE_MASK | SNAPPY | ZSTD) == 0 {
-            let len = u16::from_be_bytes([data[o + 1], data[o + 2]]) as usize;
+        let len = u16::from_be_bytes([data[o + 1], data[o + 2]]) as usize;
+        // Every record has at least its type byte: an empty one (whose checksum is 0)
+        // is a run of zero bytes after a 1 or 2, common inside records.
+        if matches!(t & TYPE_MASK, FULL | FIRST) && t & !(TYPE_MASK | SNAPPY | ZSTD) == 0 && len > 0
+        {
             let end = o + HEADER + len;
             // Cheap structure checks before the checksum: a first fragment fills its
             // page (the writer only splits a record when the page is full); what follows
@@ -204,16 +207,38 @@ pub(crate) fn scan(
     f: &mut dyn FnMut(&[u8]) -> Result<(), String>,
     records: &mut u64,
 ) -> Scan {
+    scan_from(data, 0, false, f, records)
+}
+
+/// [`scan`] starting at offset `start` of `data`, which must be the first byte of a
+/// record, of padding, or of the end. `data` must start on a page boundary of its
+/// file: offsets within a page are taken relative to it. Used to read only what was
+/// appended to a segment since an earlier read (following a live WAL).
+///
+/// `live`: the file is still being written, so a record that runs past the end of
+/// `data` is the end (reported as the tail, to be read again when complete), not
+/// damage to skip: what follows it is not written yet.
+pub(crate) fn scan_from(
+    data: &[u8],
+    start: usize,
+    live: bool,
+    f: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    records: &mut u64,
+) -> Scan {
     let mut out = Scan::default();
     let mut budget = data.len().saturating_mul(8).saturating_add(4 << 20);
     let mut rec: Vec<u8> = Vec::new();
     let mut plain: Vec<u8> = Vec::new();
     // Offset of the first fragment of the record being assembled.
     let mut rec_start: Option<usize> = None;
-    let mut off = 0usize;
+    let mut off = start;
     let mut damage =
         |off: usize, rec_start: Option<usize>, why: String, torn: bool, out: &mut Scan| {
             let start = rec_start.unwrap_or(off);
+            if live && torn {
+                out.tail = Some((start, torn, why));
+                return None;
+            }
             match resync(data, off + 1, &mut budget) {
                 Some(next) => {
                     out.skipped.push((start, next, why));
