@@ -5,8 +5,10 @@
 //!   `replica` answers the PromQL corpus exactly as Prometheus's own API; after one
 //!   Prometheus is killed the answers stay the same; after both are gone and their data
 //!   dirs deleted, `orrery store` over the bucket answers the same again.
-//! - A live HA pair scraping itself and each other every second plus a remote-writing
+//! - A live HA pair scraping itself and each other every second (one sidecar reading
+//!   through remote read, the other Prometheus's data directory) plus a remote-writing
 //!   site behind a receiver, all behind one querier: one `up` per target, both sites.
+//! - `--tsdb.local-read` over a Prometheus that cuts a block while it is followed.
 
 mod querier_common;
 mod receiver_common;
@@ -595,6 +597,19 @@ fn sidecar_local_read_follows_prometheus_wal_and_blocks() {
             other => panic!("write {k} at {t}: {other:?}\n{}", logs()),
         }
     }
+    // Following shows on the sidecar's /metrics.
+    let (_, sm) = http_get(&sc.http, "/metrics").expect("the sidecar's /metrics");
+    let value = |name: &str| -> f64 {
+        sm.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not on the sidecar's /metrics:\n{sm}"))
+    };
+    assert!(value("orrery_sidecar_local_read_head_series") >= series.len() as f64);
+    assert!(value("orrery_sidecar_local_read_blocks") >= 1.0);
+    assert!(value("orrery_sidecar_local_read_samples_total") > 0.0);
+    assert_eq!(value("orrery_sidecar_local_read_unknown_series_samples_total"), 0.0);
+    assert_eq!(value("orrery_sidecar_local_read_damaged_regions_total"), 0.0);
+
     // Prometheus served no remote read: its handler counter has no request.
     let (_, metrics) = http_get(&p.addr, "/metrics").expect("Prometheus's /metrics");
     let reads: Vec<&str> = metrics
@@ -645,11 +660,19 @@ fn sidecar_live_ha_pair_dedups_and_mixes_with_a_receiver_site() {
             &dir.path().join(format!("prom-{replica}.log")),
             &[],
         );
-        sidecars.push(Sidecar::start(
+        // Replica b's sidecar reads Prometheus's data directory (`--tsdb.local-read`):
+        // the pair mixes both read paths behind one querier.
+        let extra: &[&str] = if replica == "b" {
+            &["--tsdb.local-read"]
+        } else {
+            &[]
+        };
+        sidecars.push(Sidecar::start_with(
             &p.addr,
             &data,
             None,
             &dir.path().join(format!("sidecar-{replica}.log")),
+            extra,
         ));
         proms.push(p);
     }
@@ -744,7 +767,9 @@ fn sidecar_live_ha_pair_dedups_and_mixes_with_a_receiver_site() {
         panic!("up over 10s differs from Prometheus's own: {d}\nours {ours}\ntheirs {theirs}");
     }
 
-    storeapi_checks(&sidecars[1].grpc, &proms[1].addr, &proms[0].addr, t);
+    // The same wire checks against both read paths.
+    storeapi_checks(&sidecars[0].grpc, &proms[0].addr, &proms[1].addr, "a", t);
+    storeapi_checks(&sidecars[1].grpc, &proms[1].addr, &proms[0].addr, "b", t);
 
     // Kill one Prometheus: the view keeps one `up` per eu target, every query succeeds.
     let mut a = proms.remove(0);
@@ -764,7 +789,7 @@ fn sidecar_live_ha_pair_dedups_and_mixes_with_a_receiver_site() {
 /// The sidecar's StoreAPI as the receiver's e2e checks it: raw XOR chunks with xxhash64
 /// hashes whose samples are Prometheus's own, external labels added, external-label
 /// matchers decided by the sidecar, label APIs with external labels.
-fn storeapi_checks(grpc: &str, prom: &str, other_target: &str, t: f64) {
+fn storeapi_checks(grpc: &str, prom: &str, other_target: &str, replica: &str, t: f64) {
     use receiver_common::{eq, runtime, series};
     use storeapi::wire::thanos::{
         LabelNamesRequest, LabelValuesRequest, store_client::StoreClient,
@@ -793,7 +818,7 @@ fn storeapi_checks(grpc: &str, prom: &str, other_target: &str, t: f64) {
     assert_eq!(got.len(), 1, "{got:?}");
     let (l, samples) = &got[0];
     assert_eq!(l.get("cluster"), Some("eu"), "{l}");
-    assert_eq!(l.get("replica"), Some("b"), "{l}");
+    assert_eq!(l.get("replica"), Some(replica), "{l}");
     assert_eq!(l.get("job"), Some("prometheus"), "{l}");
     assert_eq!(
         samples, &want,

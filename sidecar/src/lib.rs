@@ -248,15 +248,19 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     let local = if args.local_read {
         let duration = block_duration(&client, args.prometheus_ready_timeout).await;
         let dir = args.tsdb_path.clone();
-        let l = tokio::task::spawn_blocking(move || local::LocalRead::open(&dir, duration))
-            .await
-            .context("local read: loading task failed")?
-            .with_context(|| {
-                format!(
-                    "--tsdb.local-read: cannot read Prometheus's data directory {} (--tsdb.path)",
-                    args.tsdb_path.display()
-                )
-            })?;
+        let reg = registry.clone();
+        let l = tokio::task::spawn_blocking(move || {
+            let mut r = reg.lock().unwrap_or_else(|e| e.into_inner());
+            local::LocalRead::open(&dir, duration, &mut r)
+        })
+        .await
+        .context("local read: loading task failed")?
+        .with_context(|| {
+            format!(
+                "--tsdb.local-read: cannot read Prometheus's data directory {} (--tsdb.path)",
+                args.tsdb_path.display()
+            )
+        })?;
         Some(l)
     } else {
         None

@@ -15,11 +15,14 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use storeapi::wire::thanos::SeriesRequest;
 use storeapi::{Labels, Matcher};
 use tokio::sync::watch;
 use tonic::Status;
-use tsdb::follow::{FollowError, Follower};
+use tsdb::follow::{FollowError, FollowStats, Follower};
 use tsdb::frames::{self, Selection};
 
 /// How often the directory is read when no call asks: keeps the head's memory to what
@@ -30,22 +33,115 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
+/// What following shows on `/metrics`.
+#[derive(Clone, Default)]
+struct LocalMetrics {
+    head_series: Gauge,
+    blocks: Gauge,
+    samples: Counter,
+    unknown: Counter,
+    damaged: Counter,
+    checkpoints: Counter,
+    missed: Counter,
+    failures: Counter,
+    /// The stats the counters were last moved to (catch-ups run concurrently).
+    last: std::sync::Arc<std::sync::Mutex<FollowStats>>,
+}
+
+impl LocalMetrics {
+    fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("orrery_sidecar_local_read");
+        r.register(
+            "head_series",
+            "Series in the head rebuilt from Prometheus's WAL",
+            self.head_series.clone(),
+        );
+        r.register(
+            "blocks",
+            "Prometheus blocks served from the data directory",
+            self.blocks.clone(),
+        );
+        r.register(
+            "samples",
+            "Samples and histograms read from Prometheus's WAL into the head",
+            self.samples.clone(),
+        );
+        r.register(
+            "unknown_series_samples",
+            "WAL samples newer than the blocks whose series record was never read (a WAL segment deleted unread, or damage)",
+            self.unknown.clone(),
+        );
+        r.register(
+            "damaged_regions",
+            "Damaged WAL regions skipped",
+            self.damaged.clone(),
+        );
+        r.register(
+            "checkpoints",
+            "WAL checkpoints read",
+            self.checkpoints.clone(),
+        );
+        r.register(
+            "segments_missed",
+            "WAL segments deleted before they were read with no checkpoint covering them",
+            self.missed.clone(),
+        );
+        r.register(
+            "failures",
+            "Catch-ups that could not read the data directory",
+            self.failures.clone(),
+        );
+    }
+
+    /// Moves the counters to `now` (what following has read in all).
+    fn update(&self, now: &FollowStats, head_series: usize) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        self.head_series
+            .set(i64::try_from(head_series).unwrap_or(i64::MAX));
+        self.blocks
+            .set(i64::try_from(now.blocks).unwrap_or(i64::MAX));
+        self.samples
+            .inc_by(now.samples.saturating_sub(last.samples));
+        self.unknown
+            .inc_by(now.unknown_series.saturating_sub(last.unknown_series));
+        self.damaged
+            .inc_by(now.damaged.saturating_sub(last.damaged));
+        self.checkpoints
+            .inc_by(now.checkpoints.saturating_sub(last.checkpoints));
+        self.missed
+            .inc_by(now.segments_missed.saturating_sub(last.segments_missed));
+        // Counts only grow: a catch-up that finished after a later one reports less.
+        if now.records >= last.records {
+            *last = now.clone();
+        }
+    }
+}
+
 /// A followed Prometheus data directory.
 #[derive(Clone)]
 pub struct LocalRead {
     follower: Follower,
+    metrics: LocalMetrics,
 }
 
 impl LocalRead {
-    /// Reads the directory whole (blocks, WAL checkpoint and segments); blocking.
-    pub fn open(dir: &std::path::Path, block_duration: Duration) -> Result<LocalRead, FollowError> {
+    /// Reads the directory whole (blocks, WAL checkpoint and segments); blocking. Its
+    /// metrics go into `registry`.
+    pub fn open(
+        dir: &std::path::Path,
+        block_duration: Duration,
+        registry: &mut Registry,
+    ) -> Result<LocalRead, FollowError> {
         let range = i64::try_from(block_duration.as_millis()).unwrap_or(i64::MAX);
         let follower = Follower::open(dir, range)?;
         let st = follower.stats();
         tracing::info!(dir = %dir.display(), series = follower.head_series(),
             blocks = st.blocks, records = st.records, samples = st.samples,
             "local read: Prometheus's data directory loaded");
-        Ok(LocalRead { follower })
+        let metrics = LocalMetrics::default();
+        metrics.update(&st, follower.head_series());
+        metrics.register(registry);
+        Ok(LocalRead { follower, metrics })
     }
 
     /// The oldest sample held (`i64::MAX` when none).
@@ -57,12 +153,26 @@ impl LocalRead {
     /// no longer be read fails the call: an answer missing what Prometheus holds must
     /// not look complete.
     fn catch_up(&self) -> Result<(), Status> {
-        self.follower.catch_up().map(|_| ()).map_err(|e| {
+        self.follow().map_err(|e| {
             Status::unavailable(format!(
                 "local read: cannot read Prometheus's data directory {}: {e}",
                 self.follower.dir().display()
             ))
         })
+    }
+
+    /// One catch-up, counted; blocking.
+    fn follow(&self) -> Result<(), FollowError> {
+        match self.follower.catch_up() {
+            Ok(now) => {
+                self.metrics.update(&now, self.follower.head_series());
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.failures.inc();
+                Err(e)
+            }
+        }
     }
 
     /// A `Series` selection over `matchers` (external-label ones already decided and
@@ -134,9 +244,9 @@ impl LocalRead {
                 _ = tokio::time::sleep(CATCH_UP_INTERVAL) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let f = self.follower.clone();
-            match tokio::task::spawn_blocking(move || f.catch_up()).await {
-                Ok(Ok(st)) => tracing::trace!(?st, "local read: caught up"),
+            let l = self.clone();
+            match tokio::task::spawn_blocking(move || l.follow()).await {
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "local read: cannot read Prometheus's data directory")
                 }
