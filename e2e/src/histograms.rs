@@ -68,6 +68,17 @@ pub fn start_native_histogram_prometheus(
     extra_config: &str,
     extra_args: &[&str],
 ) -> (Prometheus, tempfile::TempDir) {
+    start_native_histogram_prometheus_labeled(classic_port, &[], extra_config, extra_args)
+}
+
+/// [`start_native_histogram_prometheus`] with `external` labels (a sidecar requires
+/// them).
+pub fn start_native_histogram_prometheus_labeled(
+    classic_port: u16,
+    external: &[(&str, &str)],
+    extra_config: &str,
+    extra_args: &[&str],
+) -> (Prometheus, tempfile::TempDir) {
     let rules_dir = tempfile::tempdir().expect("rules dir");
     let rules = rules_dir.path().join("rules.yml");
     std::fs::write(
@@ -75,8 +86,15 @@ pub fn start_native_histogram_prometheus(
         "groups:\n- name: golden\n  interval: 1s\n  rules:\n  - record: job:http_request_duration_seconds:rate1m\n    expr: sum by (job) (rate(prometheus_http_request_duration_seconds[1m]))\n",
     )
     .expect("write rules");
+    let mut labels = String::new();
+    if !external.is_empty() {
+        labels.push_str("  external_labels:\n");
+        for (k, v) in external {
+            labels.push_str(&format!("    {k}: {v}\n"));
+        }
+    }
     let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: self\n    scrape_protocols: [PrometheusProto]\n    static_configs:\n      - targets: ['127.0.0.1:{{{{PORT}}}}']\n  - job_name: classic\n    scrape_protocols: [PrometheusText0.0.4]\n    convert_classic_histograms_to_nhcb: true\n    static_configs:\n      - targets: ['127.0.0.1:{classic_port}']\n{extra_config}",
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{labels}rule_files:\n  - {}\nscrape_configs:\n  - job_name: self\n    scrape_protocols: [PrometheusProto]\n    static_configs:\n      - targets: ['127.0.0.1:{{{{PORT}}}}']\n  - job_name: classic\n    scrape_protocols: [PrometheusText0.0.4]\n    convert_classic_histograms_to_nhcb: true\n    static_configs:\n      - targets: ['127.0.0.1:{classic_port}']\n{extra_config}",
         rules.display()
     );
     let mut args = vec![

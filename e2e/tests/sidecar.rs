@@ -631,6 +631,37 @@ fn sidecar_local_read_follows_prometheus_wal_and_blocks() {
     );
 }
 
+/// `--tsdb.local-read` over a Prometheus scraping native histograms (integer
+/// exponential, custom buckets) and recording float histograms: the histogram records
+/// of its WAL become the sidecar's HISTOGRAM and FLOAT_HISTOGRAM chunks, and histogram
+/// queries through the querier answer as Prometheus's own API.
+#[test]
+fn sidecar_local_read_serves_native_histograms_like_prometheus() {
+    use e2e::histograms::{
+        compare_histogram_queries, generate_traffic, serve_classic_histogram,
+        start_native_histogram_prometheus_labeled,
+    };
+    let (classic_port, _) = serve_classic_histogram();
+    let (prom, _rules) =
+        start_native_histogram_prometheus_labeled(classic_port, &[("cluster", "eu")], "", &[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sc = Sidecar::start_with(
+        &prom.addr(),
+        &prom.dir.path().join("data"),
+        None,
+        &dir.path().join("sidecar.log"),
+        &["--tsdb.local-read"],
+    );
+    let q = Querier::start(&[sc.grpc.as_str()], &[]);
+    let start = now_secs() as i64 * 1000;
+    generate_traffic(&prom.addr(), 20);
+    // A past instant both have complete: the last scrape before it is in the WAL.
+    let end = now_secs() as i64 * 1000 - 3_000;
+    wait_for_data(&q.http, end, || q.proc.log_text());
+    let cmp = compare_histogram_queries(&prom.addr(), &q.http, start + 5_000, end, &["cluster"], None);
+    cmp.assert_clean();
+}
+
 /// The keys (labels without external ones) of a query answer, sorted.
 fn keys(v: &serde_json::Value) -> Vec<String> {
     let mut k: Vec<String> = v["data"]["result"]
