@@ -749,6 +749,12 @@ fn run_via_sidecar(
         e2e::bench::rss_kib(pid).unwrap_or(0),
         e2e::bench::proc_stats(pid).map(|s| s.0).unwrap_or(0)
     );
+    let ppid = prom.proc.child.id();
+    println!(
+        "prometheus RSS after the workload: {} KiB (peak {} KiB)",
+        e2e::bench::rss_kib(ppid).unwrap_or(0),
+        e2e::bench::proc_stats(ppid).map(|s| s.0).unwrap_or(0)
+    );
     drop(querier);
     drop(sidecar);
     drop(prom);
