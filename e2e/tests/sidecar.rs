@@ -607,8 +607,14 @@ fn sidecar_local_read_follows_prometheus_wal_and_blocks() {
     assert!(value("orrery_sidecar_local_read_head_series") >= series.len() as f64);
     assert!(value("orrery_sidecar_local_read_blocks") >= 1.0);
     assert!(value("orrery_sidecar_local_read_samples_total") > 0.0);
-    assert_eq!(value("orrery_sidecar_local_read_unknown_series_samples_total"), 0.0);
-    assert_eq!(value("orrery_sidecar_local_read_damaged_regions_total"), 0.0);
+    assert_eq!(
+        value("orrery_sidecar_local_read_unknown_series_samples_total"),
+        0.0
+    );
+    assert_eq!(
+        value("orrery_sidecar_local_read_damaged_regions_total"),
+        0.0
+    );
 
     // Prometheus served no remote read: its handler counter has no request.
     let (_, metrics) = http_get(&p.addr, "/metrics").expect("Prometheus's /metrics");
@@ -658,7 +664,14 @@ fn sidecar_local_read_serves_native_histograms_like_prometheus() {
     // A past instant both have complete: the last scrape before it is in the WAL.
     let end = now_secs() as i64 * 1000 - 3_000;
     wait_for_data(&q.http, end, || q.proc.log_text());
-    let cmp = compare_histogram_queries(&prom.addr(), &q.http, start + 5_000, end, &["cluster"], None);
+    let cmp = compare_histogram_queries(
+        &prom.addr(),
+        &q.http,
+        start + 5_000,
+        end,
+        &["cluster"],
+        None,
+    );
     cmp.assert_clean();
 }
 

@@ -57,6 +57,8 @@ pub struct SidecarInjection {
     pub image: String,
     pub object_storage_config: Option<SecretKeySelector>,
     pub resources: Option<ResourceRequirements>,
+    /// `--tsdb.local-read`.
+    pub local_read: bool,
 }
 
 /// Why a Prometheus cannot take our sidecar.
@@ -185,6 +187,9 @@ pub fn container(obj: &Value, inj: &SidecarInjection) -> Value {
         json!(format!("--grpc-address=0.0.0.0:{GRPC_PORT}")),
         json!(format!("--http-address=0.0.0.0:{HTTP_PORT}")),
     ];
+    if inj.local_read {
+        args.push(json!("--tsdb.local-read"));
+    }
     let mut c = Map::new();
     c.insert("name".into(), json!(CONTAINER_NAME));
     c.insert("image".into(), json!(inj.image));
@@ -432,6 +437,7 @@ mod tests {
                 key: "objstore.yml".into(),
             }),
             resources: None,
+            local_read: false,
         }
     }
 
@@ -486,6 +492,12 @@ mod tests {
         let c = container(&prom(), &no_bucket);
         assert!(c.get("env").is_none());
         assert_eq!(c["args"].as_array().unwrap().len(), 5);
+        // `localRead`: the sidecar reads the mounted data volume.
+        let mut local = inj();
+        local.local_read = true;
+        let c = container(&prom(), &local);
+        assert_eq!(c["args"][5], "--tsdb.local-read", "{}", c["args"]);
+        assert_eq!(c["volumeMounts"][0]["mountPath"], "/prometheus");
     }
 
     #[test]

@@ -1608,6 +1608,7 @@ fn global_view_sidecar() -> GlobalView {
         }),
         endpoint: None,
         resources: None,
+        local_read: false,
     });
     gv
 }

@@ -728,6 +728,7 @@ pub fn sidecar_injection(
             .unwrap_or_else(|| default_image.to_string()),
         object_storage_config: opts.object_storage_config,
         resources: opts.resources,
+        local_read: opts.local_read,
     }
 }
 
