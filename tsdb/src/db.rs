@@ -379,7 +379,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Whether a block was written from out-of-order samples (it may overlap others).
-pub(crate) fn is_ooo_block(b: &Block) -> bool {
+fn is_ooo_block(b: &Block) -> bool {
     b.meta().compaction.hints.iter().any(|h| h == HINT_FROM_OOO)
 }
 
@@ -634,14 +634,7 @@ impl Db {
         let mut head = Head::new(range, metrics.clone());
         head.set_wire_key_limit(opts.wire_key_cache_bytes);
         // Out-of-order blocks may reach into the head's range: only in-order blocks bound it.
-        if let Some(maxt) = blocks
-            .iter()
-            .filter(|b| !is_ooo_block(b))
-            .map(|b| b.meta().max_time)
-            .max()
-        {
-            head.set_min_valid_time(maxt);
-        }
+        head.set_min_valid_time(in_order_end(&blocks));
 
         let exemplars = ExemplarStorage::new(opts.max_exemplars);
         let wal_dir = dir.join("wal");
@@ -899,14 +892,7 @@ impl Db {
 
     /// Oldest sample timestamp (blocks and head); `i64::MAX` when empty.
     pub fn min_time(&self) -> i64 {
-        let b = self
-            .blocks()
-            .iter()
-            .map(|b| b.meta().min_time)
-            .min()
-            .unwrap_or(i64::MAX);
-        b.min(self.inner.head.min_time())
-            .min(self.inner.head.ooo_min_time())
+        min_time_of(&self.blocks(), &self.inner.head)
     }
 
     /// The oldest timestamp a query may find here by the time it runs: the oldest stored
@@ -930,13 +916,7 @@ impl Db {
 
     /// Newest sample timestamp (blocks and head); `i64::MIN` when empty.
     pub fn max_time(&self) -> i64 {
-        let b = self
-            .blocks()
-            .iter()
-            .map(|b| b.meta().max_time - 1)
-            .max()
-            .unwrap_or(i64::MIN);
-        b.max(self.inner.head.max_time())
+        max_time_of(&self.blocks(), &self.inner.head)
     }
 
     /// A querier over the closed interval `[mint, maxt]`.
@@ -948,14 +928,7 @@ impl Db {
             .collect();
         // Head chunks older than the newest block end are already in blocks (visible
         // between a block's publication and the head's truncation): skip them.
-        // Out-of-order blocks do not count: they may reach into the head's range.
-        let blocks_end = self
-            .blocks()
-            .iter()
-            .filter(|b| !is_ooo_block(b))
-            .map(|b| b.meta().max_time)
-            .max()
-            .unwrap_or(i64::MIN);
+        let blocks_end = in_order_end(&self.blocks());
         // Out-of-order samples are in the head until written into blocks, at any time.
         let head_mint = mint.max(blocks_end.min(self.inner.head.ooo_min_time()));
         Querier {
@@ -1941,6 +1914,38 @@ pub fn histograms_in_range(
         }
     }
     Ok(out)
+}
+
+/// Oldest sample timestamp of `blocks` and `head`; `i64::MAX` when empty.
+pub(crate) fn min_time_of(blocks: &[Arc<Block>], head: &Head) -> i64 {
+    let b = blocks
+        .iter()
+        .map(|b| b.meta().min_time)
+        .min()
+        .unwrap_or(i64::MAX);
+    b.min(head.min_time()).min(head.ooo_min_time())
+}
+
+/// Newest sample timestamp of `blocks` and `head`; `i64::MIN` when empty.
+pub(crate) fn max_time_of(blocks: &[Arc<Block>], head: &Head) -> i64 {
+    let b = blocks
+        .iter()
+        .map(|b| b.meta().max_time - 1)
+        .max()
+        .unwrap_or(i64::MIN);
+    b.max(head.max_time())
+}
+
+/// The end of the newest in-order block (`i64::MIN` without one): the head holds
+/// nothing older that is not in blocks. Out-of-order blocks do not count: they may
+/// reach into the head's range.
+pub(crate) fn in_order_end(blocks: &[Arc<Block>]) -> i64 {
+    blocks
+        .iter()
+        .filter(|b| !is_ooo_block(b))
+        .map(|b| b.meta().max_time)
+        .max()
+        .unwrap_or(i64::MIN)
 }
 
 /// What keeps a querier's head alive: a database, or a follower of a Prometheus data

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use storeapi::Labels;
 
 use crate::block::{self, Block, BlockError};
-use crate::db::{HeadOwner, Querier, is_ooo_block};
+use crate::db::{HeadOwner, Querier, in_order_end, max_time_of, min_time_of};
 use crate::head::{Head, SampleResult};
 use crate::metrics::Metrics;
 use crate::wal::Scan;
@@ -198,35 +198,18 @@ impl Follower {
 
     /// Oldest sample timestamp (blocks and head); `i64::MAX` when empty.
     pub fn min_time(&self) -> i64 {
-        let b = self
-            .blocks()
-            .iter()
-            .map(|b| b.meta().min_time)
-            .min()
-            .unwrap_or(i64::MAX);
-        b.min(self.inner.head.min_time())
+        min_time_of(&self.blocks(), &self.inner.head)
     }
 
     /// Newest sample timestamp (blocks and head); `i64::MIN` when empty.
     pub fn max_time(&self) -> i64 {
-        let b = self
-            .blocks()
-            .iter()
-            .map(|b| b.meta().max_time - 1)
-            .max()
-            .unwrap_or(i64::MIN);
-        b.max(self.inner.head.max_time())
+        max_time_of(&self.blocks(), &self.inner.head)
     }
 
     /// A querier over the closed interval `[mint, maxt]`, as [`crate::Db::querier`].
     pub fn querier(&self, mint: i64, maxt: i64) -> Querier {
         let all = self.blocks();
-        let blocks_end = all
-            .iter()
-            .filter(|b| !is_ooo_block(b))
-            .map(|b| b.meta().max_time)
-            .max()
-            .unwrap_or(i64::MIN);
+        let blocks_end = in_order_end(&all);
         let blocks = all.into_iter().filter(|b| b.overlaps(mint, maxt)).collect();
         Querier {
             head: HeadOwner::Follower(self.clone()),
@@ -267,11 +250,7 @@ impl Follower {
         }
         let changed = next.len() != current.len()
             || next.iter().zip(&current).any(|(a, b)| !Arc::ptr_eq(a, b));
-        let end = next
-            .iter()
-            .filter(|b| !is_ooo_block(b))
-            .map(|b| b.meta().max_time)
-            .max();
+        let end = Some(in_order_end(&next)).filter(|&e| e != i64::MIN);
         tail.stats.blocks = next.len();
         if changed {
             *self.inner.blocks.write().unwrap_or_else(|e| e.into_inner()) = next;
