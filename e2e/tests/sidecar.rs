@@ -597,6 +597,51 @@ fn sidecar_local_read_follows_prometheus_wal_and_blocks() {
             other => panic!("write {k} at {t}: {other:?}\n{}", logs()),
         }
     }
+    // Prometheus killed and started again on the same directory: it replays its WAL
+    // and writes on in a new segment, which the sidecar follows.
+    let port: u16 = p
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|x| x.parse().ok())
+        .expect("Prometheus's port");
+    let mut p = p;
+    p.proc.kill();
+    let p = start_prom(
+        port,
+        cfg,
+        &data,
+        &dir.path().join("prom-2.log"),
+        &[
+            "--web.enable-remote-write-receiver",
+            "--storage.tsdb.retention.time=100y",
+            "--query.max-samples=100000000",
+            "--enable-feature=promql-experimental-functions",
+        ],
+    );
+    let t = now_secs() as i64 * 1000 + 10;
+    let probe =
+        storeapi::Labels::from_pairs([("__name__", "live_probe"), ("k", "v")]).expect("labels");
+    let (code, body) = e2e::remote_write(
+        &p.addr,
+        "/api/v1/write",
+        &[(probe, vec![storeapi::Sample { t, v: 42.0 }])],
+        &[],
+    )
+    .expect("remote write after the restart");
+    assert!((200..300).contains(&code), "{code} {body}");
+    match prom_instant(&q.http, "live_probe", t) {
+        Ok(Answer::Value(promql::Value::Vector(v))) => assert!(
+            v.len() == 1 && v[0].1.v == 42.0,
+            "after Prometheus's restart the querier answered {v:?}\n{}",
+            logs()
+        ),
+        other => panic!("after Prometheus's restart: {other:?}\n{}", logs()),
+    }
+    let runs = corpus_runs(t0 + 2 * HOUR);
+    let reference = answers(&p.addr, &runs);
+    assert_same("local read, after a restart", &runs, answers(&q.http, &runs), &reference, &logs());
+
     // Following shows on the sidecar's /metrics.
     let (_, sm) = http_get(&sc.http, "/metrics").expect("the sidecar's /metrics");
     let value = |name: &str| -> f64 {
@@ -604,7 +649,9 @@ fn sidecar_local_read_follows_prometheus_wal_and_blocks() {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("{name} not on the sidecar's /metrics:\n{sm}"))
     };
-    assert!(value("orrery_sidecar_local_read_head_series") >= series.len() as f64);
+    // At least the probe: a block cut for the dataset's second half (the probe makes
+    // Prometheus's head span more than three hours) empties the head of its series.
+    assert!(value("orrery_sidecar_local_read_head_series") >= 1.0);
     assert!(value("orrery_sidecar_local_read_blocks") >= 1.0);
     assert!(value("orrery_sidecar_local_read_samples_total") > 0.0);
     assert_eq!(
