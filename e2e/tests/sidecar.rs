@@ -640,7 +640,13 @@ fn sidecar_local_read_follows_prometheus_wal_and_blocks() {
     }
     let runs = corpus_runs(t0 + 2 * HOUR);
     let reference = answers(&p.addr, &runs);
-    assert_same("local read, after a restart", &runs, answers(&q.http, &runs), &reference, &logs());
+    assert_same(
+        "local read, after a restart",
+        &runs,
+        answers(&q.http, &runs),
+        &reference,
+        &logs(),
+    );
 
     // Following shows on the sidecar's /metrics.
     let (_, sm) = http_get(&sc.http, "/metrics").expect("the sidecar's /metrics");

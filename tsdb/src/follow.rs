@@ -103,6 +103,8 @@ struct Tail {
     offset: u64,
     scratch: Vec<u8>,
     stats: FollowStats,
+    /// Blocks that did not open, each logged once (tried again every time).
+    unopened: HashSet<crate::block::Ulid>,
 }
 
 struct Inner {
@@ -240,11 +242,15 @@ impl Follower {
                 Ok(b) => {
                     tracing::info!(ulid = %e.meta.ulid, mint = e.meta.min_time,
                         maxt = e.meta.max_time, "following: block loaded");
+                    tail.unopened.remove(&e.meta.ulid);
                     next.push(Arc::new(b));
                 }
-                // Being deleted, or not complete on this file system yet: next time.
+                // Being deleted, or damaged: tried again next time, logged once.
                 Err(err) => {
-                    tracing::warn!(dir = %e.dir.display(), error = %err, "following: cannot open block yet")
+                    if tail.unopened.insert(e.meta.ulid) {
+                        tracing::warn!(dir = %e.dir.display(), error = %err,
+                            "following: cannot open block; its samples are not served until it opens");
+                    }
                 }
             }
         }
