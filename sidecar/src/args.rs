@@ -26,7 +26,7 @@ pub struct SidecarArgs {
     pub get_config_timeout: Duration,
 
     /// Prometheus's data directory (`--storage.tsdb.path`): the blocks shipped to the
-    /// bucket.
+    /// bucket, and what `--tsdb.local-read` serves.
     #[arg(long = "tsdb.path", default_value = "./data")]
     pub tsdb_path: PathBuf,
 
