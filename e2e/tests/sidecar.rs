@@ -492,7 +492,7 @@ fn sidecar_local_read_follows_prometheus_wal_and_blocks() {
     let t0 = (now_ms - 4 * HOUR - 60_000).div_euclid(2 * HOUR) * 2 * HOUR;
     let series = realistic_dataset(t0, 4);
     let data = dir.path().join("prom");
-    let cfg = "global:\n  scrape_interval: 1h\n  external_labels:\n    cluster: eu\n";
+    let cfg = "global:\n  scrape_interval: 1h\n  external_labels:\n    cluster: eu\nstorage:\n  tsdb:\n    out_of_order_time_window: 1h\n";
     let p = start_prom(
         free_port(),
         cfg,
@@ -565,6 +565,60 @@ fn sidecar_local_read_follows_prometheus_wal_and_blocks() {
         let reference = answers(&p.addr, &runs);
         assert_same(stage, &runs, answers(&q.http, &runs), &reference, &logs());
     }
+    // Out-of-order samples (Prometheus's window is 1h): in its write-behind log, read
+    // into the sidecar's out-of-order chunks.
+    let end = t0 + 4 * HOUR;
+    let ooo =
+        storeapi::Labels::from_pairs([("__name__", "ooo_probe"), ("k", "v")]).expect("labels");
+    for offset in [0, 30_000] {
+        let samples: Vec<storeapi::Sample> = (0..30)
+            .map(|i| storeapi::Sample {
+                t: end - 30 * 60_000 + i * 60_000 + offset,
+                v: (i * 2 + offset / 30_000) as f64,
+            })
+            .collect();
+        let (code, body) =
+            e2e::remote_write(&p.addr, "/api/v1/write", &[(ooo.clone(), samples)], &[])
+                .expect("remote write");
+        assert!((200..300).contains(&code), "{code} {body}");
+    }
+    let ooo_runs: Vec<Run> = [
+        "ooo_probe",
+        "count_over_time(ooo_probe[31m])",
+        "rate(ooo_probe[5m])",
+    ]
+    .iter()
+    .flat_map(|q| {
+        [
+            Run {
+                what: "instant".into(),
+                query: q.to_string(),
+                at: Ok(end - 1_000),
+                ordered: false,
+            },
+            Run {
+                what: "range".into(),
+                query: q.to_string(),
+                at: Err((end - 30 * 60_000, end, 15_000)),
+                ordered: false,
+            },
+        ]
+    })
+    .collect();
+    let reference = answers(&p.addr, &ooo_runs);
+    assert!(
+        matches!(&reference[2], Answer::Value(promql::Value::Vector(v)) if v.len() == 1 && v[0].1.v == 60.0),
+        "Prometheus took the out-of-order samples: {:?}",
+        reference[2]
+    );
+    assert_same(
+        "local read, out of order",
+        &ooo_runs,
+        answers(&q.http, &ooo_runs),
+        &reference,
+        &logs(),
+    );
+
     let (_, stores) = get_json(&q.http, "/api/v1/stores");
     let min = stores["data"]["sidecar"][0]["minTime"]
         .as_i64()

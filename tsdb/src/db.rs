@@ -379,7 +379,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Whether a block was written from out-of-order samples (it may overlap others).
-fn is_ooo_block(b: &Block) -> bool {
+pub(crate) fn is_ooo_block(b: &Block) -> bool {
     b.meta().compaction.hints.iter().any(|h| h == HINT_FROM_OOO)
 }
 

@@ -21,7 +21,13 @@
 //! - a new block: loaded, and the head drops what the block now holds (Prometheus
 //!   truncates its own head the same way), so memory stays about one head's worth;
 //!   a block replaced by a compaction (it is a parent of a newer block) is dropped at
-//!   once, a block deleted by retention when it is gone from the directory.
+//!   once, a block deleted by retention when it is gone from the directory;
+//! - out-of-order samples (Prometheus's out-of-order window): the WAL has them but they
+//!   do not fit in-order chunks, so they are read from the write-behind log (`wbl/`,
+//!   the WAL's format) into the head's out-of-order chunks. A new out-of-order block
+//!   means Prometheus compacted them: the head's are dropped and what the write-behind
+//!   log still holds is read again (samples in both are read once: a series' chunks
+//!   are merged by timestamp).
 //!
 //! The head never serves samples older than the newest block's end (see
 //! [`crate::Db::querier`]): between a block's appearance and the truncation the same
@@ -36,12 +42,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use storeapi::Labels;
 
 use crate::block::{self, Block, BlockError};
-use crate::db::{HeadOwner, Querier, in_order_end, max_time_of, min_time_of};
+use crate::db::{HeadOwner, Querier, in_order_end, is_ooo_block, max_time_of, min_time_of};
 use crate::head::{Head, SampleResult};
 use crate::metrics::Metrics;
 use crate::wal::Scan;
 use crate::wal::page::{self, PAGE};
 use crate::wal::record::{self, RefHistogramSample, Visitor};
+
+/// Samples per out-of-order head chunk (Prometheus's default `out_of_order_cap_max`).
+const OOO_CAP: usize = crate::db::DEFAULT_OOO_CAP_MAX;
 
 /// The most of a segment read into memory at once. A record larger than this (a huge
 /// commit) doubles it for that read.
@@ -90,7 +99,7 @@ pub struct FollowStats {
     pub blocks: usize,
 }
 
-/// Where the WAL is being read.
+/// Where one log (the WAL, or the out-of-order write-behind log) is being read.
 #[derive(Default)]
 struct Tail {
     started: bool,
@@ -101,18 +110,45 @@ struct Tail {
     file: Option<File>,
     /// End of the last complete record read in `seg`.
     offset: u64,
+}
+
+/// Which log a [`Tail`] reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Log {
+    /// `wal/`: in-order samples into the head's chunks; checkpoints.
+    Wal,
+    /// `wbl/`: Prometheus's out-of-order samples (the WAL has them too, but they do not
+    /// fit the in-order chunks) into the head's out-of-order chunks; no checkpoints.
+    Wbl,
+}
+
+/// Everything following keeps between catch-ups.
+#[derive(Default)]
+struct State {
+    wal: Tail,
+    wbl: Tail,
     scratch: Vec<u8>,
     stats: FollowStats,
     /// Blocks that did not open, each logged once (tried again every time).
     unopened: HashSet<crate::block::Ulid>,
 }
 
+impl State {
+    fn tail(&mut self, log: Log) -> &mut Tail {
+        match log {
+            Log::Wal => &mut self.wal,
+            Log::Wbl => &mut self.wbl,
+        }
+    }
+}
+
 struct Inner {
     dir: PathBuf,
     wal_dir: PathBuf,
+    wbl_dir: PathBuf,
     head: Head,
     blocks: RwLock<Vec<Arc<Block>>>,
-    tail: Mutex<Tail>,
+    state: Mutex<State>,
 }
 
 /// A read-only view of a Prometheus data directory that keeps up with it. Cheap to
@@ -141,10 +177,11 @@ impl Follower {
         let f = Follower {
             inner: Arc::new(Inner {
                 wal_dir: dir.join("wal"),
+                wbl_dir: dir.join("wbl"),
                 dir,
                 head,
                 blocks: RwLock::new(Vec::new()),
-                tail: Mutex::new(Tail::default()),
+                state: Mutex::new(State::default()),
             }),
         };
         f.catch_up()?;
@@ -164,25 +201,30 @@ impl Follower {
     /// (the head then drops what they hold). Cheap when nothing changed (a directory
     /// listing, one `stat`). Calls are serialized.
     pub fn catch_up(&self) -> Result<FollowStats, FollowError> {
-        let mut tail = lock(&self.inner.tail);
-        if !tail.started {
+        let mut st = lock(&self.inner.state);
+        if !st.wal.started {
             // The first time, blocks first: WAL samples they hold are then not read
             // into the head at all.
-            self.refresh_blocks(&mut tail)?;
+            self.refresh_blocks(&mut st)?;
         }
-        // Then the WAL before the blocks: a block is cut from samples already in the
+        // Then the logs before the blocks: a block is cut from samples already in the
         // WAL, so once the WAL is read every series Prometheus keeps past the block has
         // samples past it here too, and the truncation keeps it. The other way round, a
         // series whose newer samples were not read yet would be dropped, and its later
         // samples would name a series that is gone.
-        self.read_wal(&mut tail)?;
-        self.refresh_blocks(&mut tail)?;
-        Ok(tail.stats.clone())
+        self.read_log(&mut st, Log::Wal)?;
+        self.read_log(&mut st, Log::Wbl)?;
+        if self.refresh_blocks(&mut st)? {
+            // New out-of-order blocks: what the write-behind log still holds is read
+            // again into emptied out-of-order chunks.
+            self.read_log(&mut st, Log::Wbl)?;
+        }
+        Ok(st.stats.clone())
     }
 
     /// What has been read so far.
     pub fn stats(&self) -> FollowStats {
-        lock(&self.inner.tail).stats.clone()
+        lock(&self.inner.state).stats.clone()
     }
 
     fn blocks(&self) -> Vec<Arc<Block>> {
@@ -213,18 +255,23 @@ impl Follower {
         let all = self.blocks();
         let blocks_end = in_order_end(&all);
         let blocks = all.into_iter().filter(|b| b.overlaps(mint, maxt)).collect();
+        // Out-of-order samples are in the head until written into blocks, at any time.
+        let head_mint = mint.max(blocks_end.min(self.inner.head.ooo_min_time()));
         Querier {
             head: HeadOwner::Follower(self.clone()),
             blocks,
-            head_mint: mint.max(blocks_end),
+            head_mint,
             mint,
             maxt,
         }
     }
 
     /// Loads new blocks, drops those gone or replaced by a compaction, and truncates the
-    /// head below the newest in-order block's end.
-    fn refresh_blocks(&self, tail: &mut Tail) -> Result<(), FollowError> {
+    /// head below the newest in-order block's end. A new out-of-order block means
+    /// Prometheus compacted its out-of-order samples: the head's are dropped and the
+    /// write-behind log (what Prometheus kept of it) is to be read again; returns
+    /// whether that happened.
+    fn refresh_blocks(&self, st: &mut State) -> Result<bool, FollowError> {
         let entries = block::list_blocks(&self.inner.dir)?;
         // A compaction's sources stay on disk for a moment after its result appears.
         let parents: HashSet<_> = entries
@@ -242,12 +289,12 @@ impl Follower {
                 Ok(b) => {
                     tracing::info!(ulid = %e.meta.ulid, mint = e.meta.min_time,
                         maxt = e.meta.max_time, "following: block loaded");
-                    tail.unopened.remove(&e.meta.ulid);
+                    st.unopened.remove(&e.meta.ulid);
                     next.push(Arc::new(b));
                 }
                 // Being deleted, or damaged: tried again next time, logged once.
                 Err(err) => {
-                    if tail.unopened.insert(e.meta.ulid) {
+                    if st.unopened.insert(e.meta.ulid) {
                         tracing::warn!(dir = %e.dir.display(), error = %err,
                             "following: cannot open block; its samples are not served until it opens");
                     }
@@ -257,7 +304,10 @@ impl Follower {
         let changed = next.len() != current.len()
             || next.iter().zip(&current).any(|(a, b)| !Arc::ptr_eq(a, b));
         let end = Some(in_order_end(&next)).filter(|&e| e != i64::MIN);
-        tail.stats.blocks = next.len();
+        st.stats.blocks = next.len();
+        let new_ooo = next
+            .iter()
+            .any(|b| is_ooo_block(b) && !current.iter().any(|c| Arc::ptr_eq(b, c)));
         if changed {
             *self.inner.blocks.write().unwrap_or_else(|e| e.into_inner()) = next;
         }
@@ -272,51 +322,76 @@ impl Follower {
                 "following: head truncated"
             );
         }
-        Ok(())
+        if new_ooo && st.wbl.started {
+            for s in head.ooo_series() {
+                let mut d = s.lock();
+                d.begin_ooo_compaction();
+                d.end_ooo_compaction();
+            }
+            head.recompute_ooo_range();
+            st.wbl = Tail::default();
+            return Ok(true);
+        }
+        Ok(false)
     }
 
-    /// Reads the WAL from where the last call stopped.
-    fn read_wal(&self, tail: &mut Tail) -> Result<(), FollowError> {
-        let wal = &self.inner.wal_dir;
-        if !wal.is_dir() {
+    /// Reads `log` from where the last call stopped.
+    fn read_log(&self, st: &mut State, log: Log) -> Result<(), FollowError> {
+        let mut t = std::mem::take(st.tail(log));
+        let res = self.read_log_from(st, &mut t, log);
+        *st.tail(log) = t;
+        res
+    }
+
+    fn read_log_from(&self, st: &mut State, t: &mut Tail, log: Log) -> Result<(), FollowError> {
+        let dir = match log {
+            Log::Wal => &self.inner.wal_dir,
+            Log::Wbl => &self.inner.wbl_dir,
+        };
+        if !dir.is_dir() {
             return Ok(());
         }
-        if !tail.started {
-            tail.seg = match newest_checkpoint(wal)? {
+        if !t.started {
+            t.seg = match newest_checkpoint(dir)?.filter(|_| log == Log::Wal) {
                 Some(cp) => {
-                    self.read_checkpoint(tail, cp)?;
+                    self.read_checkpoint(st, cp)?;
                     cp + 1
                 }
-                None => segments(wal)?.first().copied().unwrap_or(0),
+                None => segments(dir)?.first().copied().unwrap_or(0),
             };
-            tail.started = true;
+            t.started = true;
         }
         loop {
-            if tail.file.is_none() {
-                let p = wal.join(segment_name(tail.seg));
+            if t.file.is_none() {
+                let p = dir.join(segment_name(t.seg));
                 match File::open(&p) {
                     Ok(f) => {
-                        tail.file = Some(f);
-                        tail.offset = 0;
+                        t.file = Some(f);
+                        t.offset = 0;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         // Not written yet, or deleted unread (a checkpoint replaced it).
-                        if let Some(cp) = newest_checkpoint(wal)?
-                            && cp >= tail.seg
+                        if log == Log::Wal
+                            && let Some(cp) = newest_checkpoint(dir)?
+                            && cp >= t.seg
                         {
-                            self.read_checkpoint(tail, cp)?;
-                            tail.seg = cp + 1;
+                            self.read_checkpoint(st, cp)?;
+                            t.seg = cp + 1;
                             continue;
                         }
-                        match segments(wal)?.into_iter().find(|&s| s > tail.seg) {
+                        match segments(dir)?.into_iter().find(|&s| s > t.seg) {
                             Some(s) => {
-                                tracing::warn!(
-                                    missed = tail.seg,
-                                    next = s,
-                                    "following: WAL segment deleted before it was read and no checkpoint covers it"
-                                );
-                                tail.stats.segments_missed += 1;
-                                tail.seg = s;
+                                // The write-behind log's segments go once their samples
+                                // are in blocks: nothing is missed there.
+                                if log == Log::Wal {
+                                    tracing::warn!(
+                                        missed = t.seg,
+                                        next = s,
+                                        "following: WAL segment deleted before it was read and no checkpoint covers it"
+                                    );
+                                    st.stats.segments_missed += 1;
+                                }
+                                t.seg = s;
                                 continue;
                             }
                             None => return Ok(()),
@@ -327,67 +402,64 @@ impl Follower {
             }
             // Looked at before reading: once a later segment exists, this one is
             // complete, and the read below reaches its end.
-            let later = segments(wal)?.into_iter().any(|s| s > tail.seg);
-            let torn = self.read_segment(tail)?;
+            let later = segments(dir)?.into_iter().any(|s| s > t.seg);
+            let p = dir.join(segment_name(t.seg));
+            let torn = match t.file.take() {
+                Some(file) => {
+                    let res = self.read_open_segment(st, t, &file, &p, log);
+                    t.file = Some(file);
+                    res?
+                }
+                None => false,
+            };
             if !later {
                 return Ok(());
             }
             if torn {
-                tracing::warn!(
-                    segment = tail.seg,
-                    offset = tail.offset,
-                    "following: a WAL segment ends in a damaged record; skipped"
-                );
-                tail.stats.damaged += 1;
+                tracing::warn!(file = %p.display(), offset = t.offset,
+                    "following: a log segment ends in a damaged record; skipped");
+                st.stats.damaged += 1;
             }
             // The next one, not the next listed: a segment deleted in between is covered
             // by a checkpoint, found when it is opened above.
-            tail.file = None;
-            tail.seg += 1;
+            t.file = None;
+            t.seg += 1;
         }
     }
 
-    /// Reads the open segment from `tail.offset` to its end. Returns whether it ends in
-    /// an incomplete record (still being written, or torn).
-    fn read_segment(&self, tail: &mut Tail) -> Result<bool, FollowError> {
-        let p = self.inner.wal_dir.join(segment_name(tail.seg));
-        let Some(file) = tail.file.take() else {
-            return Ok(false);
-        };
-        let res = self.read_open_segment(tail, &file, &p);
-        tail.file = Some(file);
-        res
-    }
-
+    /// Reads the open segment `file` from `t.offset` to its end. Returns whether it
+    /// ends in an incomplete record (still being written, or torn).
     fn read_open_segment(
         &self,
-        tail: &mut Tail,
+        st: &mut State,
+        t: &mut Tail,
         file: &File,
         p: &Path,
+        log: Log,
     ) -> Result<bool, FollowError> {
         let mut window = READ_WINDOW;
         loop {
             let len = file.metadata().map_err(io_err(p))?.len();
-            if len <= tail.offset {
+            if len <= t.offset {
                 return Ok(false);
             }
             // From the start of the offset's page: offsets within a page matter.
-            let base = tail.offset - tail.offset % PAGE as u64;
+            let base = t.offset - t.offset % PAGE as u64;
             let want = usize::try_from(len - base)
                 .unwrap_or(usize::MAX)
                 .min(window);
             let mut buf = vec![0u8; want];
             let n = read_full(file, &mut buf, base).map_err(io_err(p))?;
             buf.truncate(n);
-            let start = (tail.offset - base) as usize;
-            let (scan, _) = self.apply(tail, &buf, start, true);
+            let start = (t.offset - base) as usize;
+            let scan = self.apply(st, &buf, start, true, log == Log::Wbl);
             for (from, to, why) in &scan.skipped {
                 tracing::warn!(file = %p.display(), offset = base + *from as u64,
-                    bytes = to - from, %why, "following: skipped a damaged WAL region");
-                tail.stats.damaged += 1;
+                    bytes = to - from, %why, "following: skipped a damaged log region");
+                st.stats.damaged += 1;
             }
-            let end = scan.tail.as_ref().map_or(buf.len(), |t| t.0);
-            tail.offset = base + end as u64;
+            let end = scan.tail.as_ref().map_or(buf.len(), |x| x.0);
+            t.offset = base + end as u64;
             let whole_file = base + n as u64 >= len;
             match scan.tail {
                 None if whole_file => return Ok(false),
@@ -404,13 +476,13 @@ impl Follower {
     }
 
     /// Applies the records of `buf` (a segment's bytes from a page boundary) from
-    /// `start`. Returns the scan and whether any record was applied.
-    fn apply(&self, tail: &mut Tail, buf: &[u8], start: usize, live: bool) -> (Scan, bool) {
+    /// `start`; `ooo`: their samples go into the out-of-order chunks.
+    fn apply(&self, st: &mut State, buf: &[u8], start: usize, live: bool, ooo: bool) -> Scan {
         let head = &self.inner.head;
-        let mut scratch = std::mem::take(&mut tail.scratch);
         let mut v = Apply {
             head,
-            scratch: &mut scratch,
+            scratch: &mut st.scratch,
+            ooo,
             mint: i64::MAX,
             maxt: i64::MIN,
             samples: 0,
@@ -424,16 +496,17 @@ impl Follower {
             &mut |payload| record::decode(payload, &mut v).map_err(|e| e.to_string()),
             &mut records,
         );
-        head.note_times(v.mint, v.maxt);
-        tail.stats.samples += v.samples;
-        tail.stats.unknown_series += v.unknown;
-        tail.stats.records += records;
-        tail.scratch = scratch;
-        (scan, records > 0)
+        if !ooo {
+            head.note_times(v.mint, v.maxt);
+        }
+        st.stats.samples += v.samples;
+        st.stats.unknown_series += v.unknown;
+        st.stats.records += records;
+        scan
     }
 
     /// Reads checkpoint `cp` whole.
-    fn read_checkpoint(&self, tail: &mut Tail, cp: u64) -> Result<(), FollowError> {
+    fn read_checkpoint(&self, st: &mut State, cp: u64) -> Result<(), FollowError> {
         let cdir = self.inner.wal_dir.join(format!("checkpoint.{cp:08}"));
         for s in segments(&cdir)? {
             let p = cdir.join(segment_name(s));
@@ -444,10 +517,10 @@ impl Follower {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
                 Err(e) => return Err(io_err(&p)(e)),
             };
-            let (scan, _) = self.apply(tail, &data, 0, false);
-            tail.stats.damaged += scan.skipped.len() as u64 + u64::from(scan.tail.is_some());
+            let scan = self.apply(st, &data, 0, false, false);
+            st.stats.damaged += scan.skipped.len() as u64 + u64::from(scan.tail.is_some());
         }
-        tail.stats.checkpoints += 1;
+        st.stats.checkpoints += 1;
         tracing::info!(
             checkpoint = cp,
             series = self.inner.head.num_series(),
@@ -516,6 +589,8 @@ fn read_names(dir: &Path) -> Result<Vec<String>, FollowError> {
 struct Apply<'a> {
     head: &'a Head,
     scratch: &'a mut Vec<u8>,
+    /// Samples go into the out-of-order chunks (the write-behind log).
+    ooo: bool,
     mint: i64,
     maxt: i64,
     samples: u64,
@@ -544,6 +619,15 @@ impl Visitor for Apply<'_> {
             }
             return;
         };
+        if self.ooo {
+            if s.lock().insert_ooo(t, v, OOO_CAP) {
+                self.head.note_ooo_time(t);
+                self.samples += 1;
+            }
+            return;
+        }
+        // An out-of-order sample Prometheus took is refused here: it comes again from
+        // the write-behind log.
         let res = self.head.append_locked(&mut s.lock(), t, v, min_valid);
         if res == SampleResult::Appended {
             self.appended(t);
@@ -562,6 +646,13 @@ impl Visitor for Apply<'_> {
                 }
                 continue;
             };
+            if self.ooo {
+                if let Ok(true) = s.lock().insert_ooo_histogram(x.t, &x.h, OOO_CAP) {
+                    self.head.note_ooo_time(x.t);
+                    self.samples += 1;
+                }
+                continue;
+            }
             let res = s
                 .lock()
                 .append_histogram(x.t, &x.h, min_valid, self.head.chunk_range());

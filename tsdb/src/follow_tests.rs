@@ -261,3 +261,64 @@ fn a_missing_directory_is_an_error_and_an_empty_one_is_empty() {
     assert!(f_all(&f).is_empty());
     assert_eq!(f.min_time(), i64::MAX);
 }
+
+/// Out-of-order samples (in the database's write-behind log, as in Prometheus's) are
+/// served at once, and once when the database compacts them into out-of-order blocks.
+#[test]
+fn out_of_order_samples_are_followed_through_their_compaction() {
+    let d = tempfile::tempdir().unwrap();
+    let opts = Options {
+        ooo_time_window: std::time::Duration::from_secs(3600),
+        ..options()
+    };
+    let db = Db::open(d.path(), opts, None).unwrap();
+    // Every other minute in order, then the minutes between out of order.
+    let labels: Vec<Labels> = (0..5).map(l).collect();
+    let commit = |ts: &[i64]| {
+        for &t in ts {
+            let mut app = db.appender();
+            for (i, ls) in labels.iter().enumerate() {
+                app.append_one(ls, t, (t / 1000 + i as i64) as f64);
+            }
+            let out = app.commit().unwrap();
+            assert_eq!(out.rejected(), 0, "{out:?}");
+        }
+    };
+    let even: Vec<i64> = (0..100).map(|k| k * 120_000).collect();
+    commit(&even);
+    let f = Follower::open(d.path(), 2 * HOUR).unwrap();
+    let odd: Vec<i64> = (70..100).map(|k| k * 120_000 + 60_000).collect();
+    commit(&odd);
+    let st = f.catch_up().unwrap();
+    let got = f_all(&f);
+    same(&got, &db_all(&db), "out-of-order samples in the head");
+    assert_eq!(got.values().next().unwrap().len(), 130, "{st:?}");
+
+    // Compaction: out-of-order blocks, then in-order ones; the write-behind log's
+    // segments go.
+    assert!(!db.compact().unwrap().is_empty());
+    assert!(
+        db.block_metas().iter().any(|m| m
+            .compaction
+            .hints
+            .iter()
+            .any(|h| h == crate::db::HINT_FROM_OOO)),
+        "no out-of-order block"
+    );
+    f.catch_up().unwrap();
+    same(
+        &f_all(&f),
+        &db_all(&db),
+        "after the out-of-order compaction",
+    );
+    // More out of order after it.
+    let late: Vec<i64> = (90..99).map(|k| k * 120_000 + 30_000).collect();
+    commit(&late);
+    let st = f.catch_up().unwrap();
+    same(&f_all(&f), &db_all(&db), "new out-of-order samples");
+    assert_eq!(st.unknown_series, 0, "{st:?}");
+    assert_eq!(st.segments_missed, 0, "{st:?}");
+    let fresh = Follower::open(d.path(), 2 * HOUR).unwrap();
+    same(&f_all(&fresh), &db_all(&db), "a new follower");
+    db.close().unwrap();
+}
