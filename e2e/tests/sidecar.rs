@@ -687,10 +687,15 @@ fn sidecar_local_read_follows_prometheus_wal_and_blocks() {
     match prom_instant(&q.http, "live_probe", t) {
         Ok(Answer::Value(promql::Value::Vector(v))) => assert!(
             v.len() == 1 && v[0].1.v == 42.0,
-            "after Prometheus's restart the querier answered {v:?}\n{}",
-            logs()
+            "after Prometheus's restart the querier answered {v:?}\n{}\nprometheus:\n{}",
+            logs(),
+            p.proc.log_text()
         ),
-        other => panic!("after Prometheus's restart: {other:?}\n{}", logs()),
+        other => panic!(
+            "after Prometheus's restart: {other:?}\n{}\nprometheus:\n{}",
+            logs(),
+            p.proc.log_text()
+        ),
     }
     let runs = corpus_runs(t0 + 2 * HOUR);
     let reference = answers(&p.addr, &runs);

@@ -404,6 +404,17 @@ impl Follower {
             // complete, and the read below reaches its end.
             let later = segments(dir)?.into_iter().any(|s| s > t.seg);
             let p = dir.join(segment_name(t.seg));
+            if !later && replaced(&p, t.file.as_ref()) {
+                // Prometheus's repair at startup (after a crash left a torn record)
+                // writes a damaged segment again under its own name and makes the
+                // next one anew: the file open here is no longer the log. Read the new
+                // one from its start; what was read already is found again and kept
+                // once (series records and repeated samples change nothing).
+                tracing::warn!(file = %p.display(),
+                    "following: a log segment was replaced (Prometheus repaired its WAL); reading it again");
+                t.file = Some(File::open(&p).map_err(io_err(&p))?);
+                t.offset = 0;
+            }
             let torn = match t.file.take() {
                 Some(file) => {
                     let res = self.read_open_segment(st, t, &file, &p, log);
@@ -528,6 +539,16 @@ impl Follower {
         );
         Ok(())
     }
+}
+
+/// Whether the file at `p` is another file than `open` (written again under the same
+/// name). A missing path is not a replacement: a deleted segment is read to its end.
+fn replaced(p: &Path, open: Option<&File>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(now), Some(Ok(was))) = (std::fs::metadata(p), open.map(File::metadata)) else {
+        return false;
+    };
+    (now.dev(), now.ino()) != (was.dev(), was.ino())
 }
 
 /// Reads into `buf` from `at` until it is full or the file ends.

@@ -322,3 +322,39 @@ fn out_of_order_samples_are_followed_through_their_compaction() {
     same(&f_all(&fresh), &db_all(&db), "a new follower");
     db.close().unwrap();
 }
+
+/// A segment written again under its own name (Prometheus's WAL repair after a crash
+/// replaces the damaged segment and makes the next one anew) is read again from its
+/// start: what is written to the new file is not missed.
+#[test]
+fn a_segment_written_again_under_its_name_is_read_again() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("wal")).unwrap();
+    let seg = d.path().join("wal/00000000");
+    let ls = l(0);
+    let mut series = vec![1u8];
+    put_series(&mut series, 1, &ls);
+    let record = |from: i64, to: i64| {
+        let mut b = vec![2u8];
+        let mut sr = SamplesRecord::default();
+        for k in from..to {
+            sr.push(&mut b, 1, k * 1000, k as f64);
+        }
+        b
+    };
+    let mut bytes = Vec::new();
+    page::put_record(&mut bytes, 0, &series, false);
+    page::put_record(&mut bytes, 0, &record(0, 10), false);
+    std::fs::write(&seg, &bytes).unwrap();
+    let f = Follower::open(d.path(), 2 * HOUR).unwrap();
+    assert_eq!(f_all(&f).values().next().map(Vec::len), Some(10));
+
+    // The same records and one more, in a new file under the same name.
+    page::put_record(&mut bytes, 0, &record(10, 20), false);
+    let tmp = d.path().join("wal/00000000.new");
+    std::fs::write(&tmp, &bytes).unwrap();
+    std::fs::rename(&tmp, &seg).unwrap();
+    let st = f.catch_up().unwrap();
+    assert_eq!(f_all(&f).values().next().map(Vec::len), Some(20), "{st:?}");
+    assert_eq!(st.damaged, 0);
+}
