@@ -684,19 +684,23 @@ fn sidecar_local_read_follows_prometheus_wal_and_blocks() {
     )
     .expect("remote write after the restart");
     assert!((200..300).contains(&code), "{code} {body}");
-    match prom_instant(&q.http, "live_probe", t) {
-        Ok(Answer::Value(promql::Value::Vector(v))) => assert!(
-            v.len() == 1 && v[0].1.v == 42.0,
-            "after Prometheus's restart the querier answered {v:?}\n{}\nprometheus:\n{}",
-            logs(),
-            p.proc.log_text()
-        ),
-        other => panic!(
-            "after Prometheus's restart: {other:?}\n{}\nprometheus:\n{}",
-            logs(),
-            p.proc.log_text()
-        ),
-    }
+    // The sidecar turns unready while its Prometheus is down (Thanos's rule; its
+    // config is read again every second) and answers again once it has read it.
+    let seen = wait_for(Duration::from_secs(15), || {
+        match prom_instant(&q.http, "live_probe", t) {
+            Ok(Answer::Value(promql::Value::Vector(v))) if v.len() == 1 && v[0].1.v == 42.0 => {
+                Some(())
+            }
+            _ => None,
+        }
+    });
+    assert!(
+        seen.is_some(),
+        "after Prometheus's restart the querier answered {:?}\n{}\nprometheus:\n{}",
+        prom_instant(&q.http, "live_probe", t),
+        logs(),
+        p.proc.log_text()
+    );
     let runs = corpus_runs(t0 + 2 * HOUR);
     let reference = answers(&p.addr, &runs);
     assert_same(
