@@ -22,7 +22,7 @@ pub mod prom;
 pub mod ship;
 pub mod store;
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,12 +41,18 @@ use crate::store::SidecarStore;
 struct Ops {
     registry: Arc<Mutex<Registry>>,
     meta: Arc<PromMeta>,
+    /// Set once the StoreAPI serves (after `--tsdb.local-read` has read Prometheus's
+    /// data directory, which can take a while for a large WAL).
+    serving: Arc<AtomicBool>,
 }
 
 fn ops_router(ops: Arc<Ops>) -> Router {
     let meta = Arc::clone(&ops.meta);
+    let serving = Arc::clone(&ops.serving);
     netsec::ops::ops_router(Arc::clone(&ops.registry), move || {
-        if meta.is_ready() {
+        if !serving.load(Ordering::Acquire) {
+            Err("the StoreAPI is not serving yet (with --tsdb.local-read: reading Prometheus's data directory)".into())
+        } else if meta.is_ready() {
             Ok(())
         } else {
             Err(meta.reason())
@@ -194,9 +200,11 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let serving = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(Ops {
         registry: registry.clone(),
         meta: meta.clone(),
+        serving: serving.clone(),
     });
     let http = tokio::spawn(
         axum::serve(
@@ -288,6 +296,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
                 stopped(stop_rx.clone()),
             ),
     );
+    serving.store(true, Ordering::Release);
     let shipping = bucket.map(|b| {
         tokio::spawn(ship::ship_loop(
             b,
