@@ -137,18 +137,20 @@ pub fn select_series(
             "no matchers specified (excluding external labels)",
         ));
     }
-    let without: HashSet<&str> = req
-        .without_replica_labels
-        .iter()
-        .map(String::as_str)
-        .collect();
     let mut out: Vec<Selected> = Vec::new();
     for t in tenants {
         if !ext_match(&ext_m, &t.external_labels) {
             continue;
         }
         let q = t.db.querier(req.min_time, req.max_time);
-        frames::eager_into(&mut out, &q, &local, &t.external_labels, &without).map_err(internal)?;
+        frames::eager_into(
+            &mut out,
+            &q,
+            &local,
+            &t.external_labels,
+            &req.without_replica_labels,
+        )
+        .map_err(internal)?;
     }
     frames::sort_and_limit(
         &mut out,

@@ -12,7 +12,7 @@
 //! every call the follower catches up with what Prometheus wrote, so an answer holds
 //! every sample Prometheus had logged when the call arrived, as remote read would.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -186,18 +186,7 @@ impl LocalRead {
         self.catch_up()?;
         let q = self.follower.querier(req.min_time, req.max_time);
         let limit = usize::try_from(req.limit.max(0)).unwrap_or(usize::MAX);
-        if let Some(sel) = frames::lazy(&q, matchers, ext, &req.without_replica_labels, limit) {
-            return Ok(sel);
-        }
-        let without: HashSet<&str> = req
-            .without_replica_labels
-            .iter()
-            .map(String::as_str)
-            .collect();
-        let mut out = Vec::new();
-        frames::eager_into(&mut out, &q, matchers, ext, &without).map_err(internal)?;
-        frames::sort_and_limit(&mut out, limit);
-        Ok(Selection::Eager(out))
+        frames::select_one(&q, matchers, ext, &req.without_replica_labels, limit).map_err(internal)
     }
 
     /// Label names of series matching `matchers` in `[start, end]`, with the external

@@ -354,14 +354,19 @@ fn frame_series(w: &mut FrameWriter, s: &ReadSeries, emit: &mut impl FnMut(Bytes
     );
 }
 
+/// Keeps the first `limit` entries of `v` (a request's limit; 0 or less: all).
+fn keep_first<T>(v: &mut Vec<T>, limit: i64) {
+    if limit > 0 {
+        v.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    }
+}
+
 /// Frames for sorted series.
 fn frames(mut series: Vec<ReadSeries>, skip_chunks: bool, batch: i64, limit: i64) -> Vec<Bytes> {
     if !series.is_sorted_by(|a, b| a.labels <= b.labels) {
         series.sort_by(|a, b| a.labels.cmp(&b.labels));
     }
-    if limit > 0 {
-        series.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    }
+    keep_first(&mut series, limit);
     let mut w = FrameWriter::new(skip_chunks, batch);
     let mut out = Vec::new();
     for s in &series {
@@ -470,8 +475,9 @@ impl thanos::store_server::Store for SidecarStore {
             Split::NoMatch => return Ok(Response::new(LabelNamesResponse::default())),
             Split::Prom(m) => m,
         };
-        if let Some(local) = self.local.clone() {
-            let mut names = tokio::task::spawn_blocking(move || {
+        let limit = req.limit;
+        let mut names = if let Some(local) = self.local.clone() {
+            tokio::task::spawn_blocking(move || {
                 local.label_names(
                     &matchers,
                     (req.start, req.end),
@@ -480,35 +486,28 @@ impl thanos::store_server::Store for SidecarStore {
                 )
             })
             .await
-            .map_err(|e| Status::internal(e.to_string()))??;
-            if req.limit > 0 {
-                names.truncate(usize::try_from(req.limit).unwrap_or(usize::MAX));
+            .map_err(|e| Status::internal(e.to_string()))??
+        } else {
+            let min_time = req.start.max(self.meta.min_time());
+            let mut names = self
+                .client
+                .label_names(&matchers, min_time, req.end, req.limit)
+                .await
+                .map_err(|e| e.to_status())?;
+            // Prometheus holding no series: no external label names either (Thanos).
+            if !names.is_empty() {
+                names.extend(
+                    ext.iter()
+                        .filter(|l| !req.without_replica_labels.iter().any(|w| *w == l.name))
+                        .map(|l| l.name.to_string()),
+                );
+                names.sort();
+                names.dedup();
             }
-            return Ok(Response::new(LabelNamesResponse {
-                names,
-                ..Default::default()
-            }));
-        }
-        let min_time = req.start.max(self.meta.min_time());
-        let mut names = self
-            .client
-            .label_names(&matchers, min_time, req.end, req.limit)
-            .await
-            .map_err(|e| e.to_status())?;
-        // Prometheus holding no series: no external label names either (Thanos).
-        if !names.is_empty() {
-            names.extend(
-                ext.iter()
-                    .filter(|l| !req.without_replica_labels.iter().any(|w| *w == l.name))
-                    .map(|l| l.name.to_string()),
-            );
-            names.sort();
-            names.dedup();
-        }
-        names.retain(|n| !req.without_replica_labels.contains(n));
-        if req.limit > 0 {
-            names.truncate(usize::try_from(req.limit).unwrap_or(usize::MAX));
-        }
+            names.retain(|n| !req.without_replica_labels.contains(n));
+            names
+        };
+        keep_first(&mut names, limit);
         Ok(Response::new(LabelNamesResponse {
             names,
             ..Default::default()
@@ -536,14 +535,13 @@ impl thanos::store_server::Store for SidecarStore {
             Split::Prom(m) => m,
         };
         if let Some(local) = self.local.clone() {
+            let limit = req.limit;
             let mut values = tokio::task::spawn_blocking(move || {
                 local.label_values(&req.label, &matchers, (req.start, req.end), &ext)
             })
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
-            if req.limit > 0 {
-                values.truncate(usize::try_from(req.limit).unwrap_or(usize::MAX));
-            }
+            keep_first(&mut values, limit);
             return Ok(Response::new(LabelValuesResponse {
                 values,
                 ..Default::default()

@@ -878,11 +878,7 @@ impl Db {
     }
 
     fn blocks(&self) -> Vec<Arc<Block>> {
-        self.inner
-            .blocks
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        read_blocks(&self.inner.blocks)
     }
 
     /// Metas of the loaded blocks, oldest first.
@@ -921,23 +917,7 @@ impl Db {
 
     /// A querier over the closed interval `[mint, maxt]`.
     pub fn querier(&self, mint: i64, maxt: i64) -> Querier {
-        let blocks: Vec<Arc<Block>> = self
-            .blocks()
-            .into_iter()
-            .filter(|b| b.overlaps(mint, maxt))
-            .collect();
-        // Head chunks older than the newest block end are already in blocks (visible
-        // between a block's publication and the head's truncation): skip them.
-        let blocks_end = in_order_end(&self.blocks());
-        // Out-of-order samples are in the head until written into blocks, at any time.
-        let head_mint = mint.max(blocks_end.min(self.inner.head.ooo_min_time()));
-        Querier {
-            head: HeadOwner::Db(self.clone()),
-            blocks,
-            head_mint,
-            mint,
-            maxt,
-        }
+        Querier::new(HeadOwner::Db(self.clone()), self.blocks(), mint, maxt)
     }
 
     /// Compacts the head into blocks while it spans more than 1.5 block durations, then
@@ -1948,6 +1928,11 @@ pub(crate) fn in_order_end(blocks: &[Arc<Block>]) -> i64 {
         .unwrap_or(i64::MIN)
 }
 
+/// The blocks loaded now (a poisoned lock still holds a valid list).
+pub(crate) fn read_blocks(blocks: &RwLock<Vec<Arc<Block>>>) -> Vec<Arc<Block>> {
+    blocks.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// What keeps a querier's head alive: a database, or a follower of a Prometheus data
 /// directory ([`crate::follow`]).
 pub(crate) enum HeadOwner {
@@ -1966,14 +1951,34 @@ impl HeadOwner {
 
 /// Reads a consistent view of blocks and head over `[mint, maxt]`.
 pub struct Querier {
-    pub(crate) head: HeadOwner,
-    pub(crate) blocks: Vec<Arc<Block>>,
-    pub(crate) head_mint: i64,
-    pub(crate) mint: i64,
-    pub(crate) maxt: i64,
+    head: HeadOwner,
+    blocks: Vec<Arc<Block>>,
+    head_mint: i64,
+    mint: i64,
+    maxt: i64,
 }
 
 impl Querier {
+    /// A view of `blocks` (all loaded now) and `head` over `[mint, maxt]`.
+    pub(crate) fn new(head: HeadOwner, blocks: Vec<Arc<Block>>, mint: i64, maxt: i64) -> Querier {
+        // Head chunks older than the newest block end are already in blocks (visible
+        // between a block's publication and the head's truncation): skip them.
+        let blocks_end = in_order_end(&blocks);
+        // Out-of-order samples are in the head until written into blocks, at any time.
+        let head_mint = mint.max(blocks_end.min(head.head().ooo_min_time()));
+        let blocks = blocks
+            .into_iter()
+            .filter(|b| b.overlaps(mint, maxt))
+            .collect();
+        Querier {
+            head,
+            blocks,
+            head_mint,
+            mint,
+            maxt,
+        }
+    }
+
     pub fn mint(&self) -> i64 {
         self.mint
     }

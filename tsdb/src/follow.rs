@@ -41,8 +41,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use storeapi::Labels;
 
-use crate::block::{self, Block, BlockError};
-use crate::db::{HeadOwner, Querier, in_order_end, is_ooo_block, max_time_of, min_time_of};
+use crate::block::Block;
+use crate::db::{
+    HeadOwner, Querier, in_order_end, is_ooo_block, max_time_of, min_time_of, read_blocks,
+};
 use crate::head::{Head, SampleResult};
 use crate::metrics::Metrics;
 use crate::wal::Scan;
@@ -65,8 +67,6 @@ pub enum FollowError {
         #[source]
         source: std::io::Error,
     },
-    #[error("block: {0}")]
-    Block(#[from] BlockError),
     #[error("{0} is not a directory (Prometheus's --storage.tsdb.path)")]
     NotADirectory(PathBuf),
 }
@@ -198,8 +198,9 @@ impl Follower {
     }
 
     /// Reads what Prometheus wrote since the last call: new WAL records, then new blocks
-    /// (the head then drops what they hold). Cheap when nothing changed (a directory
-    /// listing, one `stat`). Calls are serialized.
+    /// (the head then drops what they hold). Cheap when nothing changed: three directory
+    /// listings (`wal/`, `wbl/`, the blocks) and a few `stat`s; a block's meta is read
+    /// only when the block appears. Calls are serialized.
     pub fn catch_up(&self) -> Result<FollowStats, FollowError> {
         let mut st = lock(&self.inner.state);
         if !st.wal.started {
@@ -228,11 +229,7 @@ impl Follower {
     }
 
     fn blocks(&self) -> Vec<Arc<Block>> {
-        self.inner
-            .blocks
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        read_blocks(&self.inner.blocks)
     }
 
     /// Series in the head now.
@@ -252,18 +249,7 @@ impl Follower {
 
     /// A querier over the closed interval `[mint, maxt]`, as [`crate::Db::querier`].
     pub fn querier(&self, mint: i64, maxt: i64) -> Querier {
-        let all = self.blocks();
-        let blocks_end = in_order_end(&all);
-        let blocks = all.into_iter().filter(|b| b.overlaps(mint, maxt)).collect();
-        // Out-of-order samples are in the head until written into blocks, at any time.
-        let head_mint = mint.max(blocks_end.min(self.inner.head.ooo_min_time()));
-        Querier {
-            head: HeadOwner::Follower(self.clone()),
-            blocks,
-            head_mint,
-            mint,
-            maxt,
-        }
+        Querier::new(HeadOwner::Follower(self.clone()), self.blocks(), mint, maxt)
     }
 
     /// Loads new blocks, drops those gone or replaced by a compaction, and truncates the
@@ -272,35 +258,40 @@ impl Follower {
     /// write-behind log (what Prometheus kept of it) is to be read again; returns
     /// whether that happened.
     fn refresh_blocks(&self, st: &mut State) -> Result<bool, FollowError> {
-        let entries = block::list_blocks(&self.inner.dir)?;
-        // A compaction's sources stay on disk for a moment after its result appears.
-        let parents: HashSet<_> = entries
-            .iter()
-            .flat_map(|e| e.meta.compaction.parents.iter().map(|p| p.ulid))
-            .collect();
+        // Only the names are listed: a block's meta is read once, when it appears (a
+        // catch-up runs before every call).
+        let present = block_dirs(&self.inner.dir)?;
         let current = self.blocks();
-        let mut next = Vec::with_capacity(entries.len());
-        for e in entries.iter().filter(|e| !parents.contains(&e.meta.ulid)) {
-            if let Some(b) = current.iter().find(|b| b.meta().ulid == e.meta.ulid) {
+        let mut next = Vec::with_capacity(present.len());
+        for (ulid, dir) in &present {
+            if let Some(b) = current.iter().find(|b| b.meta().ulid == *ulid) {
                 next.push(b.clone());
                 continue;
             }
-            match Block::open(&e.dir) {
+            match Block::open(dir) {
                 Ok(b) => {
-                    tracing::info!(ulid = %e.meta.ulid, mint = e.meta.min_time,
-                        maxt = e.meta.max_time, "following: block loaded");
-                    st.unopened.remove(&e.meta.ulid);
+                    let m = b.meta();
+                    tracing::info!(ulid = %ulid, mint = m.min_time, maxt = m.max_time,
+                        "following: block loaded");
+                    st.unopened.remove(ulid);
                     next.push(Arc::new(b));
                 }
                 // Being deleted, or damaged: tried again next time, logged once.
                 Err(err) => {
-                    if st.unopened.insert(e.meta.ulid) {
-                        tracing::warn!(dir = %e.dir.display(), error = %err,
+                    if st.unopened.insert(*ulid) {
+                        tracing::warn!(dir = %dir.display(), error = %err,
                             "following: cannot open block; its samples are not served until it opens");
                     }
                 }
             }
         }
+        // A compaction's sources stay on disk for a moment after its result appears.
+        let parents: HashSet<_> = next
+            .iter()
+            .flat_map(|b| b.meta().compaction.parents.iter().map(|p| p.ulid))
+            .collect();
+        next.retain(|b| !parents.contains(&b.meta().ulid));
+        next.sort_by_key(|b| (b.meta().min_time, b.meta().ulid));
         let changed = next.len() != current.len()
             || next.iter().zip(&current).any(|(a, b)| !Arc::ptr_eq(a, b));
         let end = Some(in_order_end(&next)).filter(|&e| e != i64::MIN);
@@ -588,6 +579,22 @@ fn newest_checkpoint(dir: &Path) -> Result<Option<u64>, FollowError> {
         .filter_map(|n| n.strip_prefix("checkpoint."))
         .filter_map(|n| n.parse::<u64>().ok())
         .max())
+}
+
+/// The block directories in `dir` (named by a ULID), from the listing alone: no
+/// `stat` per entry.
+fn block_dirs(dir: &Path) -> Result<Vec<(crate::block::Ulid, PathBuf)>, FollowError> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let e = e.map_err(io_err(dir))?;
+        let ulid = e.file_name().to_str().and_then(|n| n.parse().ok());
+        if let Some(u) = ulid
+            && e.file_type().is_ok_and(|t| t.is_dir())
+        {
+            out.push((u, e.path()));
+        }
+    }
+    Ok(out)
 }
 
 fn read_names(dir: &Path) -> Result<Vec<String>, FollowError> {

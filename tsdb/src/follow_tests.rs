@@ -203,18 +203,24 @@ fn a_follower_that_fell_behind_reads_the_checkpoint() {
     db.close().unwrap();
 }
 
+/// A directory with an empty `wal/`, the path of its first segment, and a series record
+/// of `n` series (refs 1..=n) for it.
+fn hand_made_wal(n: usize) -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("wal")).unwrap();
+    let seg = d.path().join("wal/00000000");
+    let mut series = vec![1u8];
+    for i in 0..n {
+        put_series(&mut series, i as u64 + 1, &l(i));
+    }
+    (d, seg, series)
+}
+
 /// A record is applied only once all of it is in the file; until then the follower
 /// stops before it and reads it whole the next time.
 #[test]
 fn a_record_being_written_is_read_when_complete() {
-    let d = tempfile::tempdir().unwrap();
-    std::fs::create_dir(d.path().join("wal")).unwrap();
-    let seg = d.path().join("wal/00000000");
-    let labels: Vec<Labels> = (0..3).map(l).collect();
-    let mut series = vec![1u8];
-    for (i, ls) in labels.iter().enumerate() {
-        put_series(&mut series, i as u64 + 1, ls);
-    }
+    let (d, seg, series) = hand_made_wal(3);
     let mut samples = vec![2u8];
     let mut sr = SamplesRecord::default();
     // Large enough to cross a page: a record of several fragments.
@@ -328,12 +334,7 @@ fn out_of_order_samples_are_followed_through_their_compaction() {
 /// start: what is written to the new file is not missed.
 #[test]
 fn a_segment_written_again_under_its_name_is_read_again() {
-    let d = tempfile::tempdir().unwrap();
-    std::fs::create_dir(d.path().join("wal")).unwrap();
-    let seg = d.path().join("wal/00000000");
-    let ls = l(0);
-    let mut series = vec![1u8];
-    put_series(&mut series, 1, &ls);
+    let (d, seg, series) = hand_made_wal(1);
     let record = |from: i64, to: i64| {
         let mut b = vec![2u8];
         let mut sr = SamplesRecord::default();

@@ -2,8 +2,6 @@
 //! the receiver (over its tenants' databases) and the sidecar (over a followed
 //! Prometheus directory) share. Only bytes are made here; serving them is the caller's.
 
-use std::collections::HashSet;
-
 use bytes::Bytes;
 use storeapi::wire::frames::{FrameWriter, WireChunk, put_key_labels, put_label};
 use storeapi::{Labels, Matcher};
@@ -143,13 +141,13 @@ pub fn eager_into(
     q: &Querier,
     local: &[Matcher],
     external: &Labels,
-    without: &HashSet<&str>,
+    without: &[String],
 ) -> Result<(), DbError> {
     for s in q.select(local)? {
         let mut l = s.labels;
         l.extend_external(external);
         if !without.is_empty() {
-            l.retain(|x| !without.contains(x.name.as_str()));
+            l.retain(|x| !without.iter().any(|w| *w == x.name));
         }
         out.push((l, s.chunks));
     }
@@ -162,4 +160,22 @@ pub fn sort_and_limit(out: &mut Vec<Selected>, limit: usize) {
     if limit > 0 && out.len() > limit {
         out.truncate(limit);
     }
+}
+
+/// One source's `Series` selection: lazy when [`lazy`] allows it, else materialized
+/// and sorted.
+pub fn select_one(
+    q: &Querier,
+    local: &[Matcher],
+    external: &Labels,
+    without: &[String],
+    limit: usize,
+) -> Result<Selection, DbError> {
+    if let Some(sel) = lazy(q, local, external, without, limit) {
+        return Ok(sel);
+    }
+    let mut out = Vec::new();
+    eager_into(&mut out, q, local, external, without)?;
+    sort_and_limit(&mut out, limit);
+    Ok(Selection::Eager(out))
 }
