@@ -15,6 +15,9 @@
 //! target/release/histogram_ingest_bench [--series 2000] [--buckets 20] [--rounds 200] \
 //!     [--per-request 2000] [--step-secs 15] [--servers orrery,prometheus,orrery,prometheus]
 //! ```
+//!
+//! `orrery-base` in `--servers` runs a second binary (`--base-orrery PATH`), to compare
+//! a change with the build before it in alternating runs.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -233,10 +236,17 @@ fn main() {
         let load = build_load(series, buckets, rounds, per_request, step_ms);
         let dir = tempfile::tempdir().expect("temp dir");
         let o = match server {
-            "orrery" => {
+            "orrery" | "orrery-base" => {
                 let (rw, http, grpc) = (free_port(), free_port(), free_port());
                 let data = dir.path().join("data");
-                let mut cmd = std::process::Command::new(&orrery);
+                let bin = if server == "orrery" {
+                    orrery.clone()
+                } else {
+                    arg_str("--base-orrery")
+                        .map(std::path::PathBuf::from)
+                        .expect("orrery-base needs --base-orrery PATH")
+                };
+                let mut cmd = std::process::Command::new(&bin);
                 cmd.arg("receive")
                     .arg(format!("--tsdb.path={}", data.display()))
                     .arg(format!("--remote-write.address=127.0.0.1:{rw}"))
@@ -274,7 +284,7 @@ fn main() {
                 p.proc.terminate(Duration::from_secs(30));
                 o
             }
-            other => panic!("unknown server {other:?} (orrery, prometheus)"),
+            other => panic!("unknown server {other:?} (orrery, orrery-base, prometheus)"),
         };
         assert_eq!(o.failed, 0, "{server}: {} histograms refused", o.failed);
         rows.push((server.to_string(), o));
