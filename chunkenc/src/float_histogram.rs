@@ -12,7 +12,7 @@ use crate::histogram::{Appended, check_shape, float_buckets_match};
 use crate::histogram_layout::{
     CounterResetHeader, HISTOGRAM_HEADER_SIZE, Insert, Layout, adjust_for_inserts, count_spans,
     expand_float_spans_and_buckets, expand_spans_both_ways, header_count, insert, read_hint,
-    read_layout, set_header, write_layout,
+    read_layout, region, set_header, tail, write_layout,
 };
 use crate::varbit::{NO_WINDOW, put_varbit_int, read_varbit_int, xor_read, xor_write};
 use storeapi::histogram::{CUSTOM_BUCKETS_SCHEMA, CounterResetHint, FloatHistogram, Span};
@@ -61,6 +61,8 @@ pub struct FloatHistogramAppender {
     z_cnt: XorValue,
     p_buckets: Vec<XorValue>,
     n_buckets: Vec<XorValue>,
+    /// See [`Self::last_is_as_given`].
+    last_as_given: bool,
 }
 
 impl Default for FloatHistogramAppender {
@@ -82,6 +84,7 @@ impl FloatHistogramAppender {
             z_cnt: XorValue::FRESH,
             p_buckets: Vec::new(),
             n_buckets: Vec::new(),
+            last_as_given: false,
         }
     }
 
@@ -118,6 +121,54 @@ impl FloatHistogramAppender {
         self.w.buf
     }
 
+    /// Whether the last sample was stored as its histogram was given to `append`: not
+    /// widened with empty buckets (a layout change the chunk absorbed), not a stale
+    /// marker. Then [`Self::last_histogram`] is that histogram (its reset hint aside),
+    /// and a caller need not keep a copy of it (issue #20: the head's copy of every
+    /// series' last histogram was a third of the memory an append touched).
+    pub fn last_is_as_given(&self) -> bool {
+        self.last_as_given
+    }
+
+    /// The last sample as this appender holds it (`None` when empty). The reset hint is
+    /// `Gauge` in a gauge chunk and unknown otherwise: a gauge chunk holds only gauge
+    /// histograms, and no reader of a previous histogram looks at the hint otherwise.
+    pub fn last_histogram(&self) -> Option<FloatHistogram> {
+        if self.num_samples() == 0 {
+            return None;
+        }
+        let hint = if self.header() == CounterResetHeader::Gauge {
+            CounterResetHint::Gauge
+        } else {
+            CounterResetHint::Unknown
+        };
+        Some(FloatHistogram {
+            hint,
+            schema: self.layout.schema,
+            zero_threshold: self.layout.zero_threshold,
+            zero_count: self.z_cnt.value,
+            count: self.cnt.value,
+            sum: self.sum.value,
+            positive_spans: self.layout.positive_spans.clone(),
+            negative_spans: self.layout.negative_spans.clone(),
+            positive_buckets: self.p_buckets.iter().map(|b| b.value).collect(),
+            negative_buckets: self.n_buckets.iter().map(|b| b.value).collect(),
+            custom_values: self.layout.custom_values.clone(),
+        })
+    }
+
+    /// See [`crate::HistogramAppender::append_regions`].
+    pub fn append_regions(&self) -> [(*const u8, usize); 6] {
+        [
+            region(&self.w.buf[..self.w.buf.len().min(2)]),
+            tail(&self.w.buf),
+            region(&self.layout.positive_spans),
+            region(&self.layout.negative_spans),
+            region(&self.p_buckets),
+            region(&self.n_buckets),
+        ]
+    }
+
     pub fn num_samples(&self) -> u16 {
         u16::from_be_bytes([self.w.buf[0], self.w.buf[1]])
     }
@@ -145,8 +196,11 @@ impl FloatHistogramAppender {
     ) -> Result<Appended<Self>, ChunkError> {
         check_shape(&h.positive_spans, h.positive_buckets.len())?;
         check_shape(&h.negative_spans, h.negative_buckets.len())?;
+        // Whether the sample is stored as given (not widened with empty buckets): then
+        // the appender's state is that histogram (see `last_histogram`).
+        let mut as_given = true;
         if self.num_samples() == 0 {
-            self.append_raw(t, h)?;
+            self.append_raw_as(t, h, as_given)?;
             if h.hint == CounterResetHint::Gauge {
                 self.set_header(CounterResetHeader::Gauge);
             } else if h.hint == CounterResetHint::CounterReset {
@@ -167,7 +221,7 @@ impl FloatHistogramAppender {
                 if ap.counter_reset {
                     n.set_header(CounterResetHeader::CounterReset);
                 }
-                n.append_raw(t, h)?;
+                n.append_raw_as(t, h, as_given)?;
                 return Ok(Appended::NewChunk(n));
             }
             let [fp, fnn] = &ap.forward;
@@ -185,20 +239,21 @@ impl FloatHistogramAppender {
                 }
                 widen(&mut widened, bp, bn)?;
                 h = &widened;
+                as_given = false;
             }
             if !fp.is_empty() || !fnn.is_empty() {
                 let mut n = self.recode(fp, fnn, &h.positive_spans, &h.negative_spans)?;
-                n.append_raw(t, h)?;
+                n.append_raw_as(t, h, as_given)?;
                 *self = n;
                 return Ok(Appended::Recoded);
             }
-            self.append_raw(t, h)?;
+            self.append_raw_as(t, h, as_given)?;
             return Ok(Appended::InPlace);
         }
         let Some((fwd, bwd, merged)) = self.appendable_gauge(h) else {
             let mut n = Self::new();
             n.set_header(CounterResetHeader::Gauge);
-            n.append_raw(t, h)?;
+            n.append_raw_as(t, h, as_given)?;
             return Ok(Appended::NewChunk(n));
         };
         let mut widened;
@@ -210,14 +265,15 @@ impl FloatHistogramAppender {
             widened.negative_spans = mn;
             widen(&mut widened, &bwd[0], &bwd[1])?;
             h = &widened;
+            as_given = false;
         }
         if !fwd[0].is_empty() || !fwd[1].is_empty() {
             let mut n = self.recode(&fwd[0], &fwd[1], &h.positive_spans, &h.negative_spans)?;
-            n.append_raw(t, h)?;
+            n.append_raw_as(t, h, as_given)?;
             *self = n;
             return Ok(Appended::Recoded);
         }
-        self.append_raw(t, h)?;
+        self.append_raw_as(t, h, as_given)?;
         Ok(Appended::InPlace)
     }
 
@@ -336,6 +392,18 @@ impl FloatHistogramAppender {
 
     /// Writes one sample (`appendFloatHistogram`); `h` must have this chunk's layout.
     fn append_raw(&mut self, t: i64, h: &FloatHistogram) -> Result<(), ChunkError> {
+        self.append_raw_as(t, h, false)
+    }
+
+    /// [`Self::append_raw`], noting whether `h` is the histogram as the caller was given
+    /// it (a stale marker never is: its layout is not written).
+    fn append_raw_as(
+        &mut self,
+        t: i64,
+        h: &FloatHistogram,
+        as_given: bool,
+    ) -> Result<(), ChunkError> {
+        self.last_as_given = false;
         let num = self.num_samples();
         if num == u16::MAX {
             return Err(ChunkError::Full);
@@ -416,6 +484,7 @@ impl FloatHistogramAppender {
         self.w.buf[1] = b;
         self.t = t;
         self.t_delta = t_delta;
+        self.last_as_given = as_given && !is_stale_nan(h.sum);
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use crate::bstream::{BitReader, BitWriter};
 use crate::histogram_layout::{
     COUNTER_RESET_HEADER_MASK, CounterResetHeader, HISTOGRAM_HEADER_SIZE, Insert, Layout,
     adjust_for_inserts, count_spans, expand_int_spans_and_buckets, expand_spans_both_ways,
-    header_count, insert, read_hint, read_layout, set_header, write_layout,
+    header_count, insert, read_hint, read_layout, region, set_header, tail, write_layout,
 };
 use crate::varbit::{
     NO_WINDOW, put_varbit_int, put_varbit_uint, read_varbit_int, read_varbit_uint, xor_read,
@@ -79,6 +79,8 @@ pub struct HistogramAppender {
     sum: f64,
     leading: u8,
     trailing: u8,
+    /// See [`Self::last_is_as_given`].
+    last_as_given: bool,
 }
 
 impl Default for HistogramAppender {
@@ -106,6 +108,7 @@ impl HistogramAppender {
             sum: 0.0,
             leading: NO_WINDOW,
             trailing: 0,
+            last_as_given: false,
         }
     }
 
@@ -149,6 +152,59 @@ impl HistogramAppender {
         self.w.buf
     }
 
+    /// Whether the last sample was stored as its histogram was given to `append`: not
+    /// widened with empty buckets (a layout change the chunk absorbed), not a stale
+    /// marker. Then [`Self::last_histogram`] is that histogram (its reset hint aside),
+    /// and a caller need not keep a copy of it (issue #20: the head's copy of every
+    /// series' last histogram was a third of the memory an append touched).
+    pub fn last_is_as_given(&self) -> bool {
+        self.last_as_given
+    }
+
+    /// The last sample as this appender holds it (`None` when empty). The reset hint is
+    /// `Gauge` in a gauge chunk and unknown otherwise: a gauge chunk holds only gauge
+    /// histograms, and no reader of a previous histogram looks at the hint otherwise.
+    pub fn last_histogram(&self) -> Option<Histogram> {
+        if self.num_samples() == 0 {
+            return None;
+        }
+        let hint = if self.header() == CounterResetHeader::Gauge {
+            CounterResetHint::Gauge
+        } else {
+            CounterResetHint::Unknown
+        };
+        Some(Histogram {
+            hint,
+            schema: self.layout.schema,
+            zero_threshold: self.layout.zero_threshold,
+            zero_count: self.z_cnt,
+            count: self.cnt,
+            sum: self.sum,
+            positive_spans: self.layout.positive_spans.clone(),
+            negative_spans: self.layout.negative_spans.clone(),
+            positive_buckets: self.p_buckets.clone(),
+            negative_buckets: self.n_buckets.clone(),
+            custom_values: self.layout.custom_values.clone(),
+        })
+    }
+
+    /// The memory an append reads or writes outside the appender itself, each region a
+    /// separate allocation and so a likely cache miss: the chunk's first bytes (its
+    /// sample count) and its last byte, the layout's spans and the bucket state. A
+    /// caller appending to many series in turn prefetches these a few series ahead.
+    pub fn append_regions(&self) -> [(*const u8, usize); 8] {
+        [
+            region(&self.w.buf[..self.w.buf.len().min(2)]),
+            tail(&self.w.buf),
+            region(&self.layout.positive_spans),
+            region(&self.layout.negative_spans),
+            region(&self.p_buckets),
+            region(&self.p_buckets_delta),
+            region(&self.n_buckets),
+            region(&self.n_buckets_delta),
+        ]
+    }
+
     pub fn num_samples(&self) -> u16 {
         u16::from_be_bytes([self.w.buf[0], self.w.buf[1]])
     }
@@ -180,8 +236,11 @@ impl HistogramAppender {
     ) -> Result<Appended<Self>, ChunkError> {
         check_shape(&h.positive_spans, h.positive_buckets.len())?;
         check_shape(&h.negative_spans, h.negative_buckets.len())?;
+        // Whether the sample is stored as given (not widened with empty buckets): then
+        // the appender's state is that histogram (see `last_histogram`).
+        let mut as_given = true;
         if self.num_samples() == 0 {
-            self.append_raw(t, h)?;
+            self.append_raw_as(t, h, as_given)?;
             if h.hint == CounterResetHint::Gauge {
                 self.set_header(CounterResetHeader::Gauge);
             } else if h.hint == CounterResetHint::CounterReset {
@@ -201,7 +260,7 @@ impl HistogramAppender {
             if !ap.ok || hdr != CounterResetHeader::NotCounterReset {
                 let mut n = Self::new();
                 n.set_header(hdr);
-                n.append_raw(t, h)?;
+                n.append_raw_as(t, h, as_given)?;
                 return Ok(Appended::NewChunk(n));
             }
             let [fp, fnn] = &ap.forward;
@@ -219,20 +278,21 @@ impl HistogramAppender {
                 }
                 widen(&mut widened, bp, bn)?;
                 h = &widened;
+                as_given = false;
             }
             if !fp.is_empty() || !fnn.is_empty() {
                 let mut n = self.recode(fp, fnn, &h.positive_spans, &h.negative_spans)?;
-                n.append_raw(t, h)?;
+                n.append_raw_as(t, h, as_given)?;
                 *self = n;
                 return Ok(Appended::Recoded);
             }
-            self.append_raw(t, h)?;
+            self.append_raw_as(t, h, as_given)?;
             return Ok(Appended::InPlace);
         }
         let Some((fwd, bwd, merged)) = self.appendable_gauge(h) else {
             let mut n = Self::new();
             n.set_header(CounterResetHeader::Gauge);
-            n.append_raw(t, h)?;
+            n.append_raw_as(t, h, as_given)?;
             return Ok(Appended::NewChunk(n));
         };
         let mut widened;
@@ -244,14 +304,15 @@ impl HistogramAppender {
             widened.negative_spans = mn;
             widen(&mut widened, &bwd[0], &bwd[1])?;
             h = &widened;
+            as_given = false;
         }
         if !fwd[0].is_empty() || !fwd[1].is_empty() {
             let mut n = self.recode(&fwd[0], &fwd[1], &h.positive_spans, &h.negative_spans)?;
-            n.append_raw(t, h)?;
+            n.append_raw_as(t, h, as_given)?;
             *self = n;
             return Ok(Appended::Recoded);
         }
-        self.append_raw(t, h)?;
+        self.append_raw_as(t, h, as_given)?;
         Ok(Appended::InPlace)
     }
 
@@ -376,6 +437,13 @@ impl HistogramAppender {
 
     /// Writes one sample (`appendHistogram`). `h` must already have this chunk's layout.
     fn append_raw(&mut self, t: i64, h: &Histogram) -> Result<(), ChunkError> {
+        self.append_raw_as(t, h, false)
+    }
+
+    /// [`Self::append_raw`], noting whether `h` is the histogram as the caller was given
+    /// it (a stale marker never is: its layout is not written).
+    fn append_raw_as(&mut self, t: i64, h: &Histogram, as_given: bool) -> Result<(), ChunkError> {
+        self.last_as_given = false;
         let num = self.num_samples();
         if num == u16::MAX {
             return Err(ChunkError::Full);
@@ -490,6 +558,7 @@ impl HistogramAppender {
             *d = *s;
         }
         self.sum = h.sum;
+        self.last_as_given = as_given && !is_stale_nan(h.sum);
         Ok(())
     }
 }
@@ -1142,6 +1211,62 @@ mod tests {
                 // The header of a cut chunk depends on its predecessor, not on its samples.
                 again[2] = c[2];
                 prop_assert_eq!(&again, c);
+            }
+        }
+
+        /// What the head relies on to keep no copy of a series' last histogram: when
+        /// an appender says its last sample is as given, that sample reads back from it
+        /// with the given layout and counts; a widened sample or a stale marker never
+        /// says so. Both flavours, over sequences that change layouts, reset and go stale.
+        #[test]
+        fn the_last_histogram_reads_back_when_stored_as_given(s in sequence()) {
+            fn same_data(a: &Histogram, b: &Histogram) -> bool {
+                a.schema == b.schema
+                    && a.zero_threshold == b.zero_threshold
+                    && a.zero_count == b.zero_count
+                    && a.count == b.count
+                    && a.sum.to_bits() == b.sum.to_bits()
+                    && a.positive_spans == b.positive_spans
+                    && a.negative_spans == b.negative_spans
+                    && a.positive_buckets == b.positive_buckets
+                    && a.negative_buckets == b.negative_buckets
+                    && a.custom_values == b.custom_values
+            }
+            let mut cur = HistogramAppender::new();
+            let mut fcur = crate::FloatHistogramAppender::new();
+            for (t, h) in &s {
+                let first = cur.num_samples() == 0;
+                let cut = match cur.append(None, *t, h).expect("append") {
+                    Appended::NewChunk(n) => {
+                        cur = n;
+                        true
+                    }
+                    Appended::InPlace | Appended::Recoded => first,
+                };
+                let fh = h.to_float();
+                if let Appended::NewChunk(n) = fcur.append(None, *t, &fh).expect("append") {
+                    fcur = n;
+                }
+                let stale = is_stale_nan(h.sum);
+                prop_assert!(!(stale && cur.last_is_as_given()));
+                prop_assert!(!(stale && fcur.last_is_as_given()));
+                let back = cur.last_histogram().expect("a sample was appended");
+                // A chunk's first sample is never widened.
+                prop_assert!(!cut || stale || cur.last_is_as_given());
+                if cur.last_is_as_given() {
+                    prop_assert!(same_data(&back, h), "{back:?} != {h:?}");
+                    prop_assert!(back.equals(h));
+                } else if !stale {
+                    // Widened: the same counts with empty buckets added.
+                    prop_assert!(!same_data(&back, h));
+                }
+                prop_assert_eq!(fcur.last_is_as_given(), cur.last_is_as_given());
+                if fcur.last_is_as_given() {
+                    let fback = fcur.last_histogram().expect("a sample was appended");
+                    prop_assert!(fback.equals(&fh), "{fback:?} != {fh:?}");
+                    prop_assert_eq!(&fback.positive_spans, &fh.positive_spans);
+                    prop_assert_eq!(&fback.negative_spans, &fh.negative_spans);
+                }
             }
         }
 

@@ -91,6 +91,17 @@ pub(crate) struct Layout {
     pub custom_values: Vec<f64>,
 }
 
+/// Where a slice's bytes are: one of the regions an appender names for prefetching
+/// (see [`crate::HistogramAppender::append_regions`]).
+pub(crate) fn region<T>(v: &[T]) -> (*const u8, usize) {
+    (v.as_ptr().cast(), std::mem::size_of_val(v))
+}
+
+/// The last byte of a chunk being written: where the next sample's bits go.
+pub(crate) fn tail(buf: &[u8]) -> (*const u8, usize) {
+    (buf.as_ptr().wrapping_add(buf.len().saturating_sub(1)), 1)
+}
+
 pub(crate) fn write_layout(
     w: &mut BitWriter,
     schema: i32,

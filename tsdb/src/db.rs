@@ -1617,7 +1617,19 @@ impl<'a> Appender<'a> {
             let mut ooo_float_hists: Vec<(u64, usize)> = Vec::new();
             out.series_refs.reserve(self.keys.len());
             for (i, (s, &(a, b))) in resolved.iter().zip(&self.spans).enumerate() {
-                crate::head::prefetch_append_ahead(|k| resolved.get(k)?.as_deref(), i);
+                crate::head::prefetch_append_ahead(
+                    |k| resolved.get(k)?.as_deref(),
+                    |k| self.hist.get(k).is_some_and(|h| *h),
+                    i,
+                );
+                crate::head::prefetch_incoming_ahead(
+                    |k| {
+                        let &(a, b) = self.spans.get(k)?;
+                        let hist = self.hist.get(k).is_some_and(|h| *h);
+                        hist.then(|| self.hists.get(a as usize..b as usize))?
+                    },
+                    i,
+                );
                 let Some(s) = s else {
                     match self.keys[i] {
                         SeriesKey::Labels(..) | SeriesKey::Key(..) => {

@@ -33,9 +33,7 @@ mod symbols;
 mod wire_keys;
 use closed::ClosedChunks;
 pub use ooo::{Value, encode_samples, merge_samples};
-use open_chunk::{
-    HistKind, HistOpen, LastValue, OpenChunk, XorOpen, append_histogram, encode_histograms,
-};
+use open_chunk::{HistKind, LastValue, OpenChunk, XorOpen, append_histogram, encode_histograms};
 use symbols::Symbols;
 #[cfg(test)]
 pub(crate) use wire_keys::ENTRY_OVERHEAD as WIRE_KEY_OVERHEAD;
@@ -451,15 +449,20 @@ impl SeriesData {
         if storeapi::is_stale_nan(v) {
             // A stale marker ends a histogram series as a histogram sample, as
             // Prometheus's appender turns it into one.
-            let stale = match &self.last {
-                LastValue::Hist(_) => Some(HistogramValue::Int(Box::new(Histogram {
-                    sum: v,
-                    ..Default::default()
-                }))),
-                LastValue::FloatHist(_) => Some(HistogramValue::Float(Box::new(FloatHistogram {
-                    sum: v,
-                    ..Default::default()
-                }))),
+            let stale = match (&self.last, &self.open) {
+                (LastValue::Hist(_), _) | (LastValue::InOpenChunk, Some(OpenChunk::Hist(_))) => {
+                    Some(HistogramValue::Int(Box::new(Histogram {
+                        sum: v,
+                        ..Default::default()
+                    })))
+                }
+                (LastValue::FloatHist(_), _)
+                | (LastValue::InOpenChunk, Some(OpenChunk::FloatHist(_))) => {
+                    Some(HistogramValue::Float(Box::new(FloatHistogram {
+                        sum: v,
+                        ..Default::default()
+                    })))
+                }
                 _ => None,
             };
             if let Some(h) = stale {
@@ -530,9 +533,16 @@ impl SeriesData {
         if t < min_valid {
             return SampleResult::Rejected(RejectReason::OutOfBounds);
         }
-        let same = |l: &LastValue| match (l, h) {
-            (LastValue::Hist(a), HistogramValue::Int(b)) => a.equals(b),
-            (LastValue::FloatHist(a), HistogramValue::Float(b)) => a.equals(b),
+        let open = &self.open;
+        let same = |l: &LastValue| match (l, h, open) {
+            (LastValue::Hist(a), HistogramValue::Int(b), _) => a.equals(b),
+            (LastValue::FloatHist(a), HistogramValue::Float(b), _) => a.equals(b),
+            (LastValue::InOpenChunk, HistogramValue::Int(b), Some(OpenChunk::Hist(o))) => {
+                o.app.last_histogram().is_some_and(|a| a.equals(b))
+            }
+            (LastValue::InOpenChunk, HistogramValue::Float(b), Some(OpenChunk::FloatHist(o))) => {
+                o.app.last_histogram().is_some_and(|a| a.equals(b))
+            }
             _ => false,
         };
         if let Some(r) = self.check_order(t, same) {
@@ -549,7 +559,7 @@ impl SeriesData {
                 h,
                 chunk_range,
             )
-            .map(|()| HistogramAppender::set_last(last, h)),
+            .map(|()| HistogramAppender::set_last(last, open, h)),
             HistogramValue::Float(h) => append_histogram::<FloatHistogramAppender>(
                 open,
                 closed,
@@ -559,7 +569,7 @@ impl SeriesData {
                 h,
                 chunk_range,
             )
-            .map(|()| FloatHistogramAppender::set_last(last, h)),
+            .map(|()| FloatHistogramAppender::set_last(last, open, h)),
         };
         match done {
             Ok(()) => {
@@ -597,6 +607,8 @@ impl SeriesData {
             if o.last_t() < t {
                 self.close_open();
             } else if o.min_t() < t {
+                self.keep_last();
+                let Some(o) = &self.open else { return Ok(()) };
                 let mut before = Vec::new();
                 let (mut open, rest) =
                     split_chunk(o.encoding(), o.bytes(), t, chunk_range, &mut before)?;
@@ -614,7 +626,29 @@ impl SeriesData {
         Ok(())
     }
 
+    /// Copies the last histogram out of the open chunk's appender when that is where it
+    /// is kept ([`LastValue::InOpenChunk`]): called before the open chunk goes, since a
+    /// later sample's chunk header is computed against it.
+    fn keep_last(&mut self) {
+        if !matches!(self.last, LastValue::InOpenChunk) {
+            return;
+        }
+        self.last = match &self.open {
+            Some(OpenChunk::Hist(o)) => o
+                .app
+                .last_histogram()
+                .map_or(LastValue::None, |h| LastValue::Hist(Box::new(h))),
+            Some(OpenChunk::FloatHist(o)) => o
+                .app
+                .last_histogram()
+                .map_or(LastValue::None, |h| LastValue::FloatHist(Box::new(h))),
+            // Unreachable: `InOpenChunk` is only set with a histogram chunk open.
+            Some(OpenChunk::Xor(_)) | None => LastValue::None,
+        };
+    }
+
     fn close_open(&mut self) {
+        self.keep_last();
         if let Some(c) = self.open.take().and_then(OpenChunk::close) {
             self.closed.push_chunk(&c);
         }
@@ -656,6 +690,7 @@ impl SeriesData {
         if let Some(o) = &self.open
             && o.last_t() < cut
         {
+            self.keep_last();
             self.open = None;
         }
         !self.is_empty()
@@ -729,9 +764,41 @@ impl MemSeries {
                 prefetch(b.as_ptr());
                 prefetch(b.as_ptr().wrapping_add(b.len().saturating_sub(1)));
             }
-            Some(OpenChunk::Hist(h)) => prefetch((&**h as *const HistOpen<_>).cast()),
-            Some(OpenChunk::FloatHist(h)) => prefetch((&**h as *const HistOpen<_>).cast()),
+            Some(OpenChunk::Hist(h)) => prefetch_value(&**h),
+            Some(OpenChunk::FloatHist(h)) => prefetch_value(&**h),
             None => {}
+        }
+        match &d.last {
+            LastValue::Hist(h) => prefetch_value(&**h),
+            LastValue::FloatHist(h) => prefetch_value(&**h),
+            LastValue::None | LastValue::Float(_) | LastValue::InOpenChunk => {}
+        }
+    }
+
+    /// The last step of [`prefetch_append_ahead`] for a histogram series: the open
+    /// chunk's and the last histogram's vectors, whose addresses the step before brought
+    /// into the cache.
+    pub(crate) fn prefetch_histogram_state(&self) {
+        let Ok(d) = self.data.try_lock() else { return };
+        match &d.open {
+            Some(OpenChunk::Hist(h)) => prefetch_regions(h.app.append_regions()),
+            Some(OpenChunk::FloatHist(h)) => prefetch_regions(h.app.append_regions()),
+            _ => {}
+        }
+        match &d.last {
+            LastValue::Hist(h) => prefetch_regions([
+                storeapi_region(&h.positive_spans),
+                storeapi_region(&h.positive_buckets),
+                storeapi_region(&h.negative_spans),
+                storeapi_region(&h.negative_buckets),
+            ]),
+            LastValue::FloatHist(h) => prefetch_regions([
+                storeapi_region(&h.positive_spans),
+                storeapi_region(&h.positive_buckets),
+                storeapi_region(&h.negative_spans),
+                storeapi_region(&h.negative_buckets),
+            ]),
+            LastValue::None | LastValue::Float(_) | LastValue::InOpenChunk => {}
         }
     }
 
@@ -1617,13 +1684,86 @@ pub(crate) fn prefetch_ahead<'s>(at: impl Fn(usize) -> Option<&'s MemSeries>, i:
 /// the series half as far ahead to prefetch its open chunk's first and last lines, which
 /// the append writes: the pass waits on few misses, and what it prefetched is still in the cache
 /// when it gets there (a request's 2,000 series' lines do not all fit in L2).
-pub(crate) fn prefetch_append_ahead<'s>(at: impl Fn(usize) -> Option<&'s MemSeries>, i: usize) {
+///
+/// A histogram series (`is_hist`) takes a third step a quarter as far ahead: its
+/// appender's and last histogram's vectors, a handful of separate allocations whose
+/// addresses the second step fetched (issue #20).
+pub(crate) fn prefetch_append_ahead<'s>(
+    at: impl Fn(usize) -> Option<&'s MemSeries>,
+    is_hist: impl Fn(usize) -> bool,
+    i: usize,
+) {
     if let Some(s) = at(i + AHEAD) {
         prefetch_arc_inner(s);
     }
     if let Some(s) = at(i + AHEAD / 2) {
         s.prefetch_for_append();
     }
+    if is_hist(i + AHEAD / 4)
+        && let Some(s) = at(i + AHEAD / 4)
+    {
+        s.prefetch_histogram_state();
+    }
+}
+
+/// For a commit's pass: prefetches the incoming histograms of the series [`AHEAD`]` / 2`
+/// places ahead (their boxes) and [`AHEAD`]` / 4` ahead (their vectors, whose addresses
+/// the first step fetched). A request's decoded histograms no longer fit the cache by
+/// the time the pass reaches them, the series' own state having passed through it.
+pub(crate) fn prefetch_incoming_ahead<'h>(
+    hists_of: impl Fn(usize) -> Option<&'h [storeapi::histogram::HistogramSample]>,
+    i: usize,
+) {
+    for x in hists_of(i + AHEAD / 2).unwrap_or_default() {
+        prefetch_histogram_box(&x.h);
+    }
+    for x in hists_of(i + AHEAD / 4).unwrap_or_default() {
+        prefetch_histogram_vectors(&x.h);
+    }
+}
+
+/// The first step of prefetching a histogram: its box.
+#[inline(always)]
+fn prefetch_histogram_box(h: &HistogramValue) {
+    match h {
+        HistogramValue::Int(h) => prefetch_value(&**h),
+        HistogramValue::Float(h) => prefetch_value(&**h),
+    }
+}
+
+/// The second step of prefetching a histogram: its spans and buckets (the box must be
+/// in the cache already, or this waits for it).
+#[inline(always)]
+fn prefetch_histogram_vectors(h: &HistogramValue) {
+    match h {
+        HistogramValue::Int(h) => prefetch_regions([
+            storeapi_region(&h.positive_spans),
+            storeapi_region(&h.positive_buckets),
+            storeapi_region(&h.negative_spans),
+            storeapi_region(&h.negative_buckets),
+        ]),
+        HistogramValue::Float(h) => prefetch_regions([
+            storeapi_region(&h.positive_spans),
+            storeapi_region(&h.positive_buckets),
+            storeapi_region(&h.negative_spans),
+            storeapi_region(&h.negative_buckets),
+        ]),
+    }
+}
+
+/// Prefetches every line of each `(address, length)` region.
+#[inline(always)]
+fn prefetch_regions<const N: usize>(regions: [(*const u8, usize); N]) {
+    for (p, len) in regions {
+        if len > 0 {
+            prefetch_bytes(p, len);
+        }
+    }
+}
+
+/// A slice as a region for [`prefetch_regions`].
+fn storeapi_region<T>(v: &[T]) -> (*const u8, usize) {
+    (v.as_ptr().cast(), std::mem::size_of_val(v))
 }
 
 /// Prefetches every line of the allocation a series lives in, its reference counts

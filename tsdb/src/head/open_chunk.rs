@@ -118,6 +118,11 @@ pub(crate) enum LastValue {
     Float(u64),
     Hist(Box<Histogram>),
     FloatHist(Box<FloatHistogram>),
+    /// The open histogram chunk's last sample, which its appender holds as it was given
+    /// ([`HistogramAppender::last_is_as_given`]): no copy is kept. The head turns this
+    /// into a copy ([`SeriesData::keep_last`](super::SeriesData)) before the open chunk
+    /// goes.
+    InOpenChunk,
 }
 
 /// What the head needs of either histogram appender, so one cutting routine serves both.
@@ -141,7 +146,18 @@ pub(crate) trait HistKind: Sized + std::fmt::Debug {
     fn wrap_last(h: Self::H) -> LastValue;
     /// Records `h` as the series' last value, reusing the allocation when the last
     /// value is of this kind already.
-    fn set_last(l: &mut LastValue, h: &Self::H) {
+    fn last_is_as_given(&self) -> bool;
+    /// Records `h`, just appended to `open`, as the series' last value: nothing to copy
+    /// when the appender holds it as given.
+    fn set_last(l: &mut LastValue, open: &Option<OpenChunk>, h: &Self::H) {
+        if open
+            .as_ref()
+            .and_then(Self::open_ref)
+            .is_some_and(|o| o.app.last_is_as_given())
+        {
+            *l = LastValue::InOpenChunk;
+            return;
+        }
         match Self::last_mut(l) {
             Some(x) => x.clone_from(h),
             None => *l = Self::wrap_last(h.clone()),
@@ -162,6 +178,9 @@ impl HistKind for HistogramAppender {
         h: &Histogram,
     ) -> Result<Appended<Self>, ChunkError> {
         HistogramAppender::append(self, prev, t, h)
+    }
+    fn last_is_as_given(&self) -> bool {
+        HistogramAppender::last_is_as_given(self)
     }
     fn num_samples(&self) -> u16 {
         HistogramAppender::num_samples(self)
@@ -219,6 +238,9 @@ impl HistKind for FloatHistogramAppender {
         h: &FloatHistogram,
     ) -> Result<Appended<Self>, ChunkError> {
         FloatHistogramAppender::append(self, prev, t, h)
+    }
+    fn last_is_as_given(&self) -> bool {
+        FloatHistogramAppender::last_is_as_given(self)
     }
     fn num_samples(&self) -> u16 {
         FloatHistogramAppender::num_samples(self)
@@ -621,6 +643,104 @@ mod tests {
         assert_eq!(
             HistogramIterator::new(&cs[0].data).unwrap().header(),
             CounterResetHeader::CounterReset
+        );
+    }
+
+    /// The head keeps no copy of a series' last histogram while its open chunk's
+    /// appender holds it as given, and duplicates are still judged against what the
+    /// client sent, as Prometheus's `lastHistogramValue` is: a sample widened into the
+    /// chunk's layout is kept as a copy, so its exact repeat stays an ignored duplicate.
+    #[test]
+    fn the_last_histogram_is_the_appenders_unless_widened() {
+        use super::super::LastValue;
+        use storeapi::histogram::Span;
+        let mut d = SeriesData::default();
+        let a = hist(3, 3);
+        assert_eq!(
+            d.append_histogram(1000, &int(a.clone()), i64::MIN, RANGE),
+            SampleResult::Appended
+        );
+        assert!(matches!(d.last, LastValue::InOpenChunk));
+        assert_eq!(
+            d.append_histogram(1000, &int(a.clone()), i64::MIN, RANGE),
+            SampleResult::DuplicateIgnored
+        );
+        let mut other = a.clone();
+        other.sum += 1.0;
+        assert_eq!(
+            d.append_histogram(1000, &int(other), i64::MIN, RANGE),
+            SampleResult::Rejected(RejectReason::DuplicateTimestamp)
+        );
+        // Buckets 0..3 with bucket 1 empty, then a histogram without bucket 1: the chunk
+        // takes it widened back to three buckets.
+        let layout = |counts: &[i64], spans: Vec<Span>| {
+            let mut prev = 0;
+            Histogram {
+                schema: 0,
+                zero_threshold: 1e-128,
+                count: counts.iter().sum::<i64>() as u64,
+                sum: 10.0,
+                positive_spans: spans,
+                positive_buckets: counts
+                    .iter()
+                    .map(|&c| {
+                        let d = c - prev;
+                        prev = c;
+                        d
+                    })
+                    .collect(),
+                ..Default::default()
+            }
+        };
+        let mut d = SeriesData::default();
+        let full = layout(
+            &[2, 0, 3],
+            vec![Span {
+                offset: 0,
+                length: 3,
+            }],
+        );
+        let gap = layout(
+            &[3, 4],
+            vec![
+                Span {
+                    offset: 0,
+                    length: 1,
+                },
+                Span {
+                    offset: 1,
+                    length: 1,
+                },
+            ],
+        );
+        d.append_histogram(1000, &int(full), i64::MIN, RANGE);
+        assert_eq!(
+            d.append_histogram(2000, &int(gap.clone()), i64::MIN, RANGE),
+            SampleResult::Appended
+        );
+        assert_eq!(chunks(&d).len(), 1, "widened into the open chunk");
+        assert!(
+            matches!(&d.last, LastValue::Hist(h) if h.positive_buckets == gap.positive_buckets)
+        );
+        assert_eq!(
+            d.append_histogram(2000, &int(gap), i64::MIN, RANGE),
+            SampleResult::DuplicateIgnored
+        );
+        let next = layout(
+            &[4, 0, 5],
+            vec![Span {
+                offset: 0,
+                length: 3,
+            }],
+        );
+        d.append_histogram(3000, &int(next.clone()), i64::MIN, RANGE);
+        assert!(matches!(d.last, LastValue::InOpenChunk));
+        // When the open chunk goes, the last histogram is copied out of it.
+        d.split_at(3500, RANGE).unwrap();
+        assert!(matches!(&d.last, LastValue::Hist(h) if h.equals(&next)));
+        assert_eq!(
+            d.append_histogram(3000, &int(next), i64::MIN, RANGE),
+            SampleResult::DuplicateIgnored
         );
     }
 
