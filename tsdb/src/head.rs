@@ -649,8 +649,8 @@ impl SeriesData {
 
     fn close_open(&mut self) {
         self.keep_last();
-        if let Some(c) = self.open.take().and_then(OpenChunk::close) {
-            self.closed.push_chunk(&c);
+        if let Some(o) = self.open.take() {
+            o.close_into(&mut self.closed);
         }
     }
 

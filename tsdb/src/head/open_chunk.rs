@@ -87,6 +87,20 @@ impl OpenChunk {
         }
     }
 
+    /// Closes the chunk into a series' closed chunks (nothing when it holds no
+    /// sample): its bytes copied once, into the list.
+    pub fn close_into(self, closed: &mut super::ClosedChunks) {
+        if self.num_samples() == 0 {
+            return;
+        }
+        closed.push(crate::chunk::ChunkView {
+            min_time: self.min_t(),
+            max_time: self.last_t(),
+            encoding: self.encoding(),
+            data: self.bytes(),
+        });
+    }
+
     /// The chunk as a closed one (`None` when it holds no sample).
     pub fn close(self) -> Option<Chunk> {
         if self.num_samples() == 0 {
@@ -338,9 +352,7 @@ pub(crate) fn append_histogram<A: HistKind>(
                             cutter,
                         },
                     );
-                    if let Some(c) = A::wrap(old).close() {
-                        closed.push_chunk(&c);
-                    }
+                    A::wrap(old).close_into(closed);
                 }
             }
             return Ok(());
@@ -368,8 +380,8 @@ pub(crate) fn append_histogram<A: HistKind>(
         // An empty chunk always takes its first sample.
         Appended::NewChunk(n) => fresh.app = n,
     }
-    if let Some(c) = open.take().and_then(OpenChunk::close) {
-        closed.push_chunk(&c);
+    if let Some(o) = open.take() {
+        o.close_into(closed);
     }
     *open = Some(A::wrap(fresh));
     Ok(())
