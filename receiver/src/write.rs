@@ -369,6 +369,16 @@ pub fn write_into(
     // Borrowed from the request; a run of equal entries (a family's series) is kept once.
     let mut pending_metadata: Vec<(&str, MetaRef<'_>)> = Vec::new();
     let mut invalid_metadata = 0u64;
+    // The per-series vectors sized from the request too: a series with its labels and
+    // a sample or histogram takes about a hundred bytes or more, and doubling each of
+    // these from empty was 3% of the receiver's time with 2,000 histograms per request
+    // (issue #20). Histograms' own vector is sized when the first one comes.
+    let series_guess = raw.len() / 128;
+    for v in [&mut spans, &mut hist_spans, &mut label_spans] {
+        v.reserve(series_guess);
+    }
+    wires.reserve(series_guess);
+    samples.reserve(series_guess);
     while reader.next_series(&mut view)? {
         series_total += 1;
         if let Some(max) = limits.series
@@ -412,6 +422,9 @@ pub fn write_into(
             }
         }
         let hstart = hists.len();
+        if hists.capacity() == 0 && !view.histograms.is_empty() {
+            hists.reserve(series_guess);
+        }
         histograms += view.histograms.len() as u64;
         let series_start = view.labels_start();
         for h in view.histograms.drain(..) {
