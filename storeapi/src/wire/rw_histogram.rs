@@ -468,5 +468,44 @@ mod tests {
         assert!(decode_histogram(&[13 << 3 | 2, 3, 0, 0, 0], &lim).is_err());
         // Truncated span.
         assert!(decode_histogram(&[11 << 3 | 2, 2, 8], &lim).is_err());
+        // Packed deltas whose last varint lacks its final byte.
+        let e = decode_histogram(&[12 << 3 | 2, 2, 0x02, 0x80], &lim).unwrap_err();
+        assert!(matches!(e, DecodeError::Truncated("varint")), "{e}");
+        // A varint over ten bytes inside packed deltas.
+        let mut long = vec![12 << 3 | 2, 11];
+        long.extend([0xff; 10]);
+        long.push(0x01);
+        assert!(decode_histogram(&long, &lim).is_err());
+    }
+
+    /// Deltas of every width (one to ten bytes, both signs) read back as sent.
+    #[test]
+    fn packed_deltas_of_every_width_read_back() {
+        let deltas: Vec<i64> = (0..64)
+            .flat_map(|b| {
+                [
+                    1i64 << b,
+                    (1i64 << b).wrapping_neg(),
+                    (1i64 << b).wrapping_sub(1),
+                ]
+            })
+            .chain([i64::MIN, i64::MAX, 0])
+            .collect();
+        let h = prompb::Histogram {
+            positive_spans: vec![span(0, deltas.len() as u32)],
+            positive_deltas: deltas.clone(),
+            negative_spans: vec![span(0, 3)],
+            negative_deltas: vec![-1, 300, -70_000],
+            ..Default::default()
+        };
+        let lim = DecodeLimits {
+            max_histogram_buckets: 1000,
+        };
+        let got = decode_histogram(&h.encode_to_vec(), &lim).unwrap();
+        let HistogramValue::Int(got) = got.h else {
+            panic!("an integer histogram")
+        };
+        assert_eq!(got.positive_buckets, deltas);
+        assert_eq!(got.negative_buckets, vec![-1, 300, -70_000]);
     }
 }
