@@ -63,8 +63,9 @@ fn packed_sint64_into(
 ) -> Result<(), DecodeError> {
     let n = packed.iter().filter(|&&b| b < 0x80).count();
     let start = v.len();
-    let count = others + start + n;
-    if count > limit {
+    if others + start + n > limit {
+        // The count at which reading one at a time stops, as every other limit says.
+        let count = (others + start + n).min(limit + 1);
         return Err(DecodeError::Limit { what, count, limit });
     }
     v.resize(start + n, 0);
@@ -432,6 +433,23 @@ mod tests {
                     what: "histogram buckets",
                     count: 5,
                     limit: 4,
+                }
+            ),
+            "{e}"
+        );
+        // However far over, the count named is the first one over the limit.
+        let far = prompb::Histogram {
+            positive_deltas: vec![1; 10],
+            ..Default::default()
+        };
+        let e = decode_histogram(&far.encode_to_vec(), &lim).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DecodeError::Limit {
+                    count: 5,
+                    limit: 4,
+                    ..
                 }
             ),
             "{e}"
