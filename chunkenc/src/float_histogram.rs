@@ -121,40 +121,23 @@ impl FloatHistogramAppender {
         self.w.buf
     }
 
-    /// Whether the last sample was stored as its histogram was given to `append`: not
-    /// widened with empty buckets (a layout change the chunk absorbed), not a stale
-    /// marker. Then [`Self::last_histogram`] is that histogram (its reset hint aside),
-    /// and a caller need not keep a copy of it (issue #20: the head's copy of every
-    /// series' last histogram was a third of the memory an append touched).
+    /// See [`crate::HistogramAppender::last_is_as_given`].
     pub fn last_is_as_given(&self) -> bool {
         self.last_as_given
     }
 
-    /// The last sample as this appender holds it (`None` when empty). The reset hint is
-    /// `Gauge` in a gauge chunk and unknown otherwise: a gauge chunk holds only gauge
-    /// histograms, and no reader of a previous histogram looks at the hint otherwise.
+    /// See [`crate::HistogramAppender::last_histogram`].
     pub fn last_histogram(&self) -> Option<FloatHistogram> {
         if self.num_samples() == 0 {
             return None;
         }
-        let hint = if self.header() == CounterResetHeader::Gauge {
-            CounterResetHint::Gauge
-        } else {
-            CounterResetHint::Unknown
-        };
-        Some(FloatHistogram {
-            hint,
-            schema: self.layout.schema,
-            zero_threshold: self.layout.zero_threshold,
-            zero_count: self.z_cnt.value,
-            count: self.cnt.value,
-            sum: self.sum.value,
-            positive_spans: self.layout.positive_spans.clone(),
-            negative_spans: self.layout.negative_spans.clone(),
-            positive_buckets: self.p_buckets.iter().map(|b| b.value).collect(),
-            negative_buckets: self.n_buckets.iter().map(|b| b.value).collect(),
-            custom_values: self.layout.custom_values.clone(),
-        })
+        Some(float_histogram_of(
+            &self.layout,
+            read_hint(self.header(), 1),
+            [self.z_cnt.value, self.cnt.value, self.sum.value],
+            &self.p_buckets,
+            &self.n_buckets,
+        ))
     }
 
     /// See [`crate::HistogramAppender::append_regions`].
@@ -200,7 +183,7 @@ impl FloatHistogramAppender {
         // the appender's state is that histogram (see `last_histogram`).
         let mut as_given = true;
         if self.num_samples() == 0 {
-            self.append_raw_as(t, h, as_given)?;
+            self.append_raw(t, h, as_given)?;
             if h.hint == CounterResetHint::Gauge {
                 self.set_header(CounterResetHeader::Gauge);
             } else if h.hint == CounterResetHint::CounterReset {
@@ -221,7 +204,7 @@ impl FloatHistogramAppender {
                 if ap.counter_reset {
                     n.set_header(CounterResetHeader::CounterReset);
                 }
-                n.append_raw_as(t, h, as_given)?;
+                n.append_raw(t, h, as_given)?;
                 return Ok(Appended::NewChunk(n));
             }
             let [fp, fnn] = &ap.forward;
@@ -243,17 +226,17 @@ impl FloatHistogramAppender {
             }
             if !fp.is_empty() || !fnn.is_empty() {
                 let mut n = self.recode(fp, fnn, &h.positive_spans, &h.negative_spans)?;
-                n.append_raw_as(t, h, as_given)?;
+                n.append_raw(t, h, as_given)?;
                 *self = n;
                 return Ok(Appended::Recoded);
             }
-            self.append_raw_as(t, h, as_given)?;
+            self.append_raw(t, h, as_given)?;
             return Ok(Appended::InPlace);
         }
         let Some((fwd, bwd, merged)) = self.appendable_gauge(h) else {
             let mut n = Self::new();
             n.set_header(CounterResetHeader::Gauge);
-            n.append_raw_as(t, h, as_given)?;
+            n.append_raw(t, h, as_given)?;
             return Ok(Appended::NewChunk(n));
         };
         let mut widened;
@@ -269,11 +252,11 @@ impl FloatHistogramAppender {
         }
         if !fwd[0].is_empty() || !fwd[1].is_empty() {
             let mut n = self.recode(&fwd[0], &fwd[1], &h.positive_spans, &h.negative_spans)?;
-            n.append_raw_as(t, h, as_given)?;
+            n.append_raw(t, h, as_given)?;
             *self = n;
             return Ok(Appended::Recoded);
         }
-        self.append_raw_as(t, h, as_given)?;
+        self.append_raw(t, h, as_given)?;
         Ok(Appended::InPlace)
     }
 
@@ -384,26 +367,16 @@ impl FloatHistogramAppender {
                         insert(&old.negative_buckets, fnn, false).ok_or(MISFIT)?;
                 }
             }
-            n.append_raw(t, &old)?;
+            n.append_raw(t, &old, false)?;
         }
         n.set_header(self.header());
         Ok(n)
     }
 
     /// Writes one sample (`appendFloatHistogram`); `h` must have this chunk's layout.
-    fn append_raw(&mut self, t: i64, h: &FloatHistogram) -> Result<(), ChunkError> {
-        self.append_raw_as(t, h, false)
-    }
-
-    /// [`Self::append_raw`], noting whether `h` is the histogram as the caller was given
-    /// it (a stale marker never is: its layout is not written).
-    fn append_raw_as(
-        &mut self,
-        t: i64,
-        h: &FloatHistogram,
-        as_given: bool,
-    ) -> Result<(), ChunkError> {
-        self.last_as_given = false;
+    /// `as_given`: whether `h` is the histogram as the caller of `append` gave it (see
+    /// [`Self::last_is_as_given`]; a stale marker never is, its layout is not written).
+    fn append_raw(&mut self, t: i64, h: &FloatHistogram, as_given: bool) -> Result<(), ChunkError> {
         let num = self.num_samples();
         if num == u16::MAX {
             return Err(ChunkError::Full);
@@ -486,6 +459,30 @@ impl FloatHistogramAppender {
         self.t_delta = t_delta;
         self.last_as_given = as_given && !is_stale_nan(h.sum);
         Ok(())
+    }
+}
+
+/// The float histogram of a chunk's `layout` with these values (`[zero_count, count,
+/// sum]`) and buckets: what the iterator reads and the appender last wrote.
+fn float_histogram_of(
+    layout: &Layout,
+    hint: CounterResetHint,
+    [zero_count, count, sum]: [f64; 3],
+    positive_buckets: &[XorValue],
+    negative_buckets: &[XorValue],
+) -> FloatHistogram {
+    FloatHistogram {
+        hint,
+        schema: layout.schema,
+        zero_threshold: layout.zero_threshold,
+        zero_count,
+        count,
+        sum,
+        positive_spans: layout.positive_spans.clone(),
+        negative_spans: layout.negative_spans.clone(),
+        positive_buckets: positive_buckets.iter().map(|b| b.value).collect(),
+        negative_buckets: negative_buckets.iter().map(|b| b.value).collect(),
+        custom_values: layout.custom_values.clone(),
     }
 }
 
@@ -610,19 +607,13 @@ impl<'a> FloatHistogramIterator<'a> {
                 ..Default::default()
             };
         }
-        FloatHistogram {
-            hint: read_hint(self.header, self.read),
-            schema: self.layout.schema,
-            zero_threshold: self.layout.zero_threshold,
-            zero_count: self.z_cnt.value,
-            count: self.cnt.value,
-            sum: self.sum.value,
-            positive_spans: self.layout.positive_spans.clone(),
-            negative_spans: self.layout.negative_spans.clone(),
-            positive_buckets: self.p_buckets.iter().map(|x| x.value).collect(),
-            negative_buckets: self.n_buckets.iter().map(|x| x.value).collect(),
-            custom_values: self.layout.custom_values.clone(),
-        }
+        float_histogram_of(
+            &self.layout,
+            read_hint(self.header, self.read),
+            [self.z_cnt.value, self.cnt.value, self.sum.value],
+            &self.p_buckets,
+            &self.n_buckets,
+        )
     }
 }
 

@@ -162,30 +162,21 @@ impl HistogramAppender {
     }
 
     /// The last sample as this appender holds it (`None` when empty). The reset hint is
-    /// `Gauge` in a gauge chunk and unknown otherwise: a gauge chunk holds only gauge
-    /// histograms, and no reader of a previous histogram looks at the hint otherwise.
+    /// the one a chunk's first sample reads with: `Gauge` in a gauge chunk and unknown
+    /// otherwise (a gauge chunk holds only gauge histograms, and no reader of a previous
+    /// histogram looks at the hint otherwise).
     pub fn last_histogram(&self) -> Option<Histogram> {
         if self.num_samples() == 0 {
             return None;
         }
-        let hint = if self.header() == CounterResetHeader::Gauge {
-            CounterResetHint::Gauge
-        } else {
-            CounterResetHint::Unknown
-        };
-        Some(Histogram {
-            hint,
-            schema: self.layout.schema,
-            zero_threshold: self.layout.zero_threshold,
-            zero_count: self.z_cnt,
-            count: self.cnt,
-            sum: self.sum,
-            positive_spans: self.layout.positive_spans.clone(),
-            negative_spans: self.layout.negative_spans.clone(),
-            positive_buckets: self.p_buckets.clone(),
-            negative_buckets: self.n_buckets.clone(),
-            custom_values: self.layout.custom_values.clone(),
-        })
+        Some(histogram_of(
+            &self.layout,
+            read_hint(self.header(), 1),
+            [self.z_cnt, self.cnt],
+            self.sum,
+            &self.p_buckets,
+            &self.n_buckets,
+        ))
     }
 
     /// The memory an append reads or writes outside the appender itself, each region a
@@ -240,7 +231,7 @@ impl HistogramAppender {
         // the appender's state is that histogram (see `last_histogram`).
         let mut as_given = true;
         if self.num_samples() == 0 {
-            self.append_raw_as(t, h, as_given)?;
+            self.append_raw(t, h, as_given)?;
             if h.hint == CounterResetHint::Gauge {
                 self.set_header(CounterResetHeader::Gauge);
             } else if h.hint == CounterResetHint::CounterReset {
@@ -260,7 +251,7 @@ impl HistogramAppender {
             if !ap.ok || hdr != CounterResetHeader::NotCounterReset {
                 let mut n = Self::new();
                 n.set_header(hdr);
-                n.append_raw_as(t, h, as_given)?;
+                n.append_raw(t, h, as_given)?;
                 return Ok(Appended::NewChunk(n));
             }
             let [fp, fnn] = &ap.forward;
@@ -282,17 +273,17 @@ impl HistogramAppender {
             }
             if !fp.is_empty() || !fnn.is_empty() {
                 let mut n = self.recode(fp, fnn, &h.positive_spans, &h.negative_spans)?;
-                n.append_raw_as(t, h, as_given)?;
+                n.append_raw(t, h, as_given)?;
                 *self = n;
                 return Ok(Appended::Recoded);
             }
-            self.append_raw_as(t, h, as_given)?;
+            self.append_raw(t, h, as_given)?;
             return Ok(Appended::InPlace);
         }
         let Some((fwd, bwd, merged)) = self.appendable_gauge(h) else {
             let mut n = Self::new();
             n.set_header(CounterResetHeader::Gauge);
-            n.append_raw_as(t, h, as_given)?;
+            n.append_raw(t, h, as_given)?;
             return Ok(Appended::NewChunk(n));
         };
         let mut widened;
@@ -308,11 +299,11 @@ impl HistogramAppender {
         }
         if !fwd[0].is_empty() || !fwd[1].is_empty() {
             let mut n = self.recode(&fwd[0], &fwd[1], &h.positive_spans, &h.negative_spans)?;
-            n.append_raw_as(t, h, as_given)?;
+            n.append_raw(t, h, as_given)?;
             *self = n;
             return Ok(Appended::Recoded);
         }
-        self.append_raw_as(t, h, as_given)?;
+        self.append_raw(t, h, as_given)?;
         Ok(Appended::InPlace)
     }
 
@@ -428,7 +419,7 @@ impl HistogramAppender {
                         .ok_or(ChunkError::BadHistogram("bucket inserts do not fit"))?;
                 }
             }
-            n.append_raw(t, &old)?;
+            n.append_raw(t, &old, false)?;
         }
         let b = self.w.buf[2] & COUNTER_RESET_HEADER_MASK;
         n.set_header(CounterResetHeader::from_byte(b));
@@ -436,14 +427,9 @@ impl HistogramAppender {
     }
 
     /// Writes one sample (`appendHistogram`). `h` must already have this chunk's layout.
-    fn append_raw(&mut self, t: i64, h: &Histogram) -> Result<(), ChunkError> {
-        self.append_raw_as(t, h, false)
-    }
-
-    /// [`Self::append_raw`], noting whether `h` is the histogram as the caller was given
-    /// it (a stale marker never is: its layout is not written).
-    fn append_raw_as(&mut self, t: i64, h: &Histogram, as_given: bool) -> Result<(), ChunkError> {
-        self.last_as_given = false;
+    /// `as_given`: whether `h` is the histogram as the caller of `append` gave it (see
+    /// [`Self::last_is_as_given`]; a stale marker never is, its layout is not written).
+    fn append_raw(&mut self, t: i64, h: &Histogram, as_given: bool) -> Result<(), ChunkError> {
         let num = self.num_samples();
         if num == u16::MAX {
             return Err(ChunkError::Full);
@@ -560,6 +546,31 @@ impl HistogramAppender {
         self.sum = h.sum;
         self.last_as_given = as_given && !is_stale_nan(h.sum);
         Ok(())
+    }
+}
+
+/// The histogram of a chunk's `layout` with these counts (`[zero_count, count]`), sum
+/// and (delta-encoded) buckets: what the iterator reads and the appender last wrote.
+fn histogram_of(
+    layout: &Layout,
+    hint: CounterResetHint,
+    [zero_count, count]: [u64; 2],
+    sum: f64,
+    positive_buckets: &[i64],
+    negative_buckets: &[i64],
+) -> Histogram {
+    Histogram {
+        hint,
+        schema: layout.schema,
+        zero_threshold: layout.zero_threshold,
+        zero_count,
+        count,
+        sum,
+        positive_spans: layout.positive_spans.clone(),
+        negative_spans: layout.negative_spans.clone(),
+        positive_buckets: positive_buckets.to_vec(),
+        negative_buckets: negative_buckets.to_vec(),
+        custom_values: layout.custom_values.clone(),
     }
 }
 
@@ -708,19 +719,14 @@ impl<'a> HistogramIterator<'a> {
                 ..Default::default()
             };
         }
-        Histogram {
-            hint: read_hint(self.header, self.read),
-            schema: self.layout.schema,
-            zero_threshold: self.layout.zero_threshold,
-            zero_count: self.z_cnt,
-            count: self.cnt,
-            sum: self.sum,
-            positive_spans: self.layout.positive_spans.clone(),
-            negative_spans: self.layout.negative_spans.clone(),
-            positive_buckets: self.p_buckets.clone(),
-            negative_buckets: self.n_buckets.clone(),
-            custom_values: self.layout.custom_values.clone(),
-        }
+        histogram_of(
+            &self.layout,
+            read_hint(self.header, self.read),
+            [self.z_cnt, self.cnt],
+            self.sum,
+            &self.p_buckets,
+            &self.n_buckets,
+        )
     }
 }
 

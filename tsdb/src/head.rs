@@ -786,18 +786,8 @@ impl MemSeries {
             _ => {}
         }
         match &d.last {
-            LastValue::Hist(h) => prefetch_regions([
-                storeapi_region(&h.positive_spans),
-                storeapi_region(&h.positive_buckets),
-                storeapi_region(&h.negative_spans),
-                storeapi_region(&h.negative_buckets),
-            ]),
-            LastValue::FloatHist(h) => prefetch_regions([
-                storeapi_region(&h.positive_spans),
-                storeapi_region(&h.positive_buckets),
-                storeapi_region(&h.negative_spans),
-                storeapi_region(&h.negative_buckets),
-            ]),
+            LastValue::Hist(h) => prefetch_regions(int_vectors(h)),
+            LastValue::FloatHist(h) => prefetch_regions(float_vectors(h)),
             LastValue::None | LastValue::Float(_) | LastValue::InOpenChunk => {}
         }
     }
@@ -1736,19 +1726,29 @@ fn prefetch_histogram_box(h: &HistogramValue) {
 #[inline(always)]
 fn prefetch_histogram_vectors(h: &HistogramValue) {
     match h {
-        HistogramValue::Int(h) => prefetch_regions([
-            storeapi_region(&h.positive_spans),
-            storeapi_region(&h.positive_buckets),
-            storeapi_region(&h.negative_spans),
-            storeapi_region(&h.negative_buckets),
-        ]),
-        HistogramValue::Float(h) => prefetch_regions([
-            storeapi_region(&h.positive_spans),
-            storeapi_region(&h.positive_buckets),
-            storeapi_region(&h.negative_spans),
-            storeapi_region(&h.negative_buckets),
-        ]),
+        HistogramValue::Int(h) => prefetch_regions(int_vectors(h)),
+        HistogramValue::Float(h) => prefetch_regions(float_vectors(h)),
     }
+}
+
+/// A histogram's spans and buckets, as regions for [`prefetch_regions`].
+fn int_vectors(h: &Histogram) -> [(*const u8, usize); 4] {
+    [
+        region(&h.positive_spans),
+        region(&h.positive_buckets),
+        region(&h.negative_spans),
+        region(&h.negative_buckets),
+    ]
+}
+
+/// [`int_vectors`] of a float histogram.
+fn float_vectors(h: &FloatHistogram) -> [(*const u8, usize); 4] {
+    [
+        region(&h.positive_spans),
+        region(&h.positive_buckets),
+        region(&h.negative_spans),
+        region(&h.negative_buckets),
+    ]
 }
 
 /// Prefetches every line of each `(address, length)` region.
@@ -1762,7 +1762,7 @@ fn prefetch_regions<const N: usize>(regions: [(*const u8, usize); N]) {
 }
 
 /// A slice as a region for [`prefetch_regions`].
-fn storeapi_region<T>(v: &[T]) -> (*const u8, usize) {
+fn region<T>(v: &[T]) -> (*const u8, usize) {
     (v.as_ptr().cast(), std::mem::size_of_val(v))
 }
 
