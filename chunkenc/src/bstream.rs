@@ -37,26 +37,94 @@ impl BitWriter {
         BitWriter { buf, free }
     }
 
-    #[inline]
-    pub(crate) fn write_bit(&mut self, bit: bool) {
-        self.write_bits(bit as u64, 1);
-    }
-
-    #[inline]
-    pub(crate) fn write_byte(&mut self, b: u8) {
-        self.write_bits(b as u64, 8);
-    }
-
-    /// Writes the low `n` bits of `v` (n ≤ 64), most significant first.
-    #[inline]
-    pub(crate) fn write_bits(&mut self, v: u64, n: u32) {
-        push_bits(&mut self.buf, &mut self.free, v, n);
-    }
-
     /// Bits written so far, header included.
     #[cfg(test)]
     pub(crate) fn bit_len(&self) -> usize {
         self.buf.len() * 8 - self.free as usize
+    }
+
+    /// A writer for one sample's many fields: the bits collect in a register and reach
+    /// the buffer eight bytes at a time, and once more when the sink is dropped.
+    ///
+    /// A histogram sample is two dozen small fields (a varbit delta-of-delta per
+    /// bucket); written one at a time each was a read-modify-write of the buffer's last
+    /// byte with a length and capacity check, 10% of the receiver's time with
+    /// 20-bucket histograms (issue #20).
+    pub(crate) fn sink(&mut self) -> BitSink<'_> {
+        let (acc, n) = match self.buf.last() {
+            Some(&last) if self.free > 0 => {
+                self.buf.pop();
+                ((last as u64) << 56, 8 - self.free)
+            }
+            _ => (0, 0),
+        };
+        BitSink { w: self, acc, n }
+    }
+}
+
+/// Something bits are written to, most significant first: a [`BitWriter`], or a
+/// [`BitSink`] over one.
+pub(crate) trait BitWrite {
+    /// Writes the low `n` bits of `v` (1 ≤ n ≤ 64).
+    fn write_bits(&mut self, v: u64, n: u32);
+
+    #[inline]
+    fn write_bit(&mut self, bit: bool) {
+        self.write_bits(bit as u64, 1);
+    }
+
+    #[inline]
+    fn write_byte(&mut self, b: u8) {
+        self.write_bits(b as u64, 8);
+    }
+}
+
+impl BitWrite for BitWriter {
+    #[inline]
+    fn write_bits(&mut self, v: u64, n: u32) {
+        push_bits(&mut self.buf, &mut self.free, v, n);
+    }
+}
+
+/// See [`BitWriter::sink`]. The writer's buffer holds every bit again once the sink is
+/// dropped.
+pub(crate) struct BitSink<'a> {
+    w: &'a mut BitWriter,
+    /// Pending bits, left-aligned (the first pending bit is bit 63).
+    acc: u64,
+    /// How many bits of `acc` are pending (always < 64).
+    n: u32,
+}
+
+impl BitWrite for BitSink<'_> {
+    #[inline(always)]
+    fn write_bits(&mut self, v: u64, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let v = if n == 64 { v } else { v & ((1u64 << n) - 1) };
+        let space = 64 - self.n;
+        if n < space {
+            self.acc |= v << (space - n);
+            self.n += n;
+            return;
+        }
+        // The register fills: its 64 bits go out and the `rest` low bits of `v` stay.
+        let rest = n - space;
+        self.acc |= v >> rest;
+        self.w.buf.extend_from_slice(&self.acc.to_be_bytes());
+        self.acc = if rest == 0 { 0 } else { v << (64 - rest) };
+        self.n = rest;
+    }
+}
+
+impl Drop for BitSink<'_> {
+    fn drop(&mut self) {
+        let bytes = self.n.div_ceil(8);
+        self.w
+            .buf
+            .extend_from_slice(&self.acc.to_be_bytes()[..bytes as usize]);
+        self.w.free = bytes * 8 - self.n;
     }
 }
 
@@ -265,6 +333,38 @@ mod tests {
             proptest::prop_assert_eq!(&w.buf, &model_bits(&items));
             let bits: u32 = items.iter().map(|i| i.1).sum();
             proptest::prop_assert_eq!(w.bit_len(), bits as usize);
+        }
+
+        /// Bits written through sinks (one per group, as one per sample), between
+        /// direct writes, leave the same bytes and free count as direct writes alone:
+        /// a sink picks up a part-filled last byte and hands one back.
+        #[test]
+        fn sinks_write_what_direct_writes_do(
+            groups in proptest::collection::vec(
+                (proptest::prelude::any::<bool>(),
+                 proptest::collection::vec((proptest::prelude::any::<u64>(), 0u32..=64), 0..24)),
+                0..12),
+            header in 0usize..4,
+        ) {
+            let mut direct = BitWriter::with_header(header, 0);
+            let mut sunk = BitWriter::with_header(header, 0);
+            for (through_sink, items) in &groups {
+                for &(v, n) in items {
+                    direct.write_bits(v, n);
+                }
+                if *through_sink {
+                    let mut s = sunk.sink();
+                    for &(v, n) in items {
+                        s.write_bits(v, n);
+                    }
+                } else {
+                    for &(v, n) in items {
+                        sunk.write_bits(v, n);
+                    }
+                }
+                proptest::prop_assert_eq!(&sunk.buf, &direct.buf);
+                proptest::prop_assert_eq!(sunk.free, direct.free);
+            }
         }
     }
 }

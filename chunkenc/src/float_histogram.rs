@@ -7,7 +7,7 @@
 //! previous value, each field with its own leading/trailing-zero window.
 
 use crate::ChunkError;
-use crate::bstream::{BitReader, BitWriter};
+use crate::bstream::{BitReader, BitWrite, BitWriter};
 use crate::histogram::{Appended, check_shape, float_buckets_match};
 use crate::histogram_layout::{
     CounterResetHeader, HISTOGRAM_HEADER_SIZE, Insert, Layout, adjust_for_inserts, count_spans,
@@ -395,8 +395,9 @@ impl FloatHistogramAppender {
         if num == 0 {
             check_shape(&h.positive_spans, h.positive_buckets.len())?;
             check_shape(&h.negative_spans, h.negative_buckets.len())?;
+            let w = &mut self.w.sink();
             write_layout(
-                &mut self.w,
+                w,
                 h.schema,
                 h.zero_threshold,
                 &h.positive_spans,
@@ -416,15 +417,15 @@ impl FloatHistogramAppender {
             };
             self.p_buckets = h.positive_buckets.iter().map(fresh).collect();
             self.n_buckets = h.negative_buckets.iter().map(fresh).collect();
-            put_varbit_int(&mut self.w, t);
-            self.w.write_bits(h.count.to_bits(), 64);
-            self.w.write_bits(h.zero_count.to_bits(), 64);
-            self.w.write_bits(h.sum.to_bits(), 64);
+            put_varbit_int(w, t);
+            w.write_bits(h.count.to_bits(), 64);
+            w.write_bits(h.zero_count.to_bits(), 64);
+            w.write_bits(h.sum.to_bits(), 64);
             self.cnt.value = h.count;
             self.z_cnt.value = h.zero_count;
             self.sum.value = h.sum;
             for b in h.positive_buckets.iter().chain(&h.negative_buckets) {
-                self.w.write_bits(b.to_bits(), 64);
+                w.write_bits(b.to_bits(), 64);
             }
         } else {
             if !is_stale_nan(h.sum)
@@ -436,8 +437,8 @@ impl FloatHistogramAppender {
                 ));
             }
             t_delta = t.wrapping_sub(self.t);
-            put_varbit_int(&mut self.w, t_delta.wrapping_sub(self.t_delta));
-            let w = &mut self.w;
+            let w = &mut self.w.sink();
+            put_varbit_int(w, t_delta.wrapping_sub(self.t_delta));
             for (field, v) in [
                 (&mut self.cnt, h.count),
                 (&mut self.z_cnt, h.zero_count),
@@ -486,7 +487,7 @@ fn float_histogram_of(
     }
 }
 
-fn write_xor_value(w: &mut BitWriter, field: &mut XorValue, v: f64) {
+fn write_xor_value<W: BitWrite>(w: &mut W, field: &mut XorValue, v: f64) {
     xor_write(w, v, field.value, &mut field.leading, &mut field.trailing);
     field.value = v;
 }

@@ -9,7 +9,7 @@
 //! only t, zero count/zero-count dods and the sum.
 
 use crate::ChunkError;
-use crate::bstream::{BitReader, BitWriter};
+use crate::bstream::{BitReader, BitWrite, BitWriter};
 use crate::histogram_layout::{
     COUNTER_RESET_HEADER_MASK, CounterResetHeader, HISTOGRAM_HEADER_SIZE, Insert, Layout,
     adjust_for_inserts, count_spans, expand_int_spans_and_buckets, expand_spans_both_ways,
@@ -448,8 +448,9 @@ impl HistogramAppender {
         if num == 0 {
             check_shape(&h.positive_spans, h.positive_buckets.len())?;
             check_shape(&h.negative_spans, h.negative_buckets.len())?;
+            let w = &mut self.w.sink();
             write_layout(
-                &mut self.w,
+                w,
                 h.schema,
                 h.zero_threshold,
                 &h.positive_spans,
@@ -469,12 +470,12 @@ impl HistogramAppender {
             self.p_buckets_delta = vec![0; np];
             self.n_buckets = vec![0; nn];
             self.n_buckets_delta = vec![0; nn];
-            put_varbit_int(&mut self.w, t);
-            put_varbit_uint(&mut self.w, h.count);
-            put_varbit_uint(&mut self.w, h.zero_count);
-            self.w.write_bits(h.sum.to_bits(), 64);
+            put_varbit_int(w, t);
+            put_varbit_uint(w, h.count);
+            put_varbit_uint(w, h.zero_count);
+            w.write_bits(h.sum.to_bits(), 64);
             for &b in h.positive_buckets.iter().chain(&h.negative_buckets) {
-                put_varbit_int(&mut self.w, b);
+                put_varbit_int(w, b);
             }
         } else {
             if !is_stale_nan(h.sum)
@@ -497,16 +498,11 @@ impl HistogramAppender {
                 cnt_dod = 0;
                 z_cnt_dod = 0;
             }
-            put_varbit_int(&mut self.w, t_dod);
-            put_varbit_int(&mut self.w, cnt_dod);
-            put_varbit_int(&mut self.w, z_cnt_dod);
-            xor_write(
-                &mut self.w,
-                h.sum,
-                self.sum,
-                &mut self.leading,
-                &mut self.trailing,
-            );
+            let w = &mut self.w.sink();
+            put_varbit_int(w, t_dod);
+            put_varbit_int(w, cnt_dod);
+            put_varbit_int(w, z_cnt_dod);
+            xor_write(w, h.sum, self.sum, &mut self.leading, &mut self.trailing);
             for ((b, last), delta) in h
                 .positive_buckets
                 .iter()
@@ -514,7 +510,7 @@ impl HistogramAppender {
                 .zip(self.p_buckets_delta.iter_mut())
             {
                 let d = b.wrapping_sub(*last);
-                put_varbit_int(&mut self.w, d.wrapping_sub(*delta));
+                put_varbit_int(w, d.wrapping_sub(*delta));
                 *delta = d;
             }
             for ((b, last), delta) in h
@@ -524,7 +520,7 @@ impl HistogramAppender {
                 .zip(self.n_buckets_delta.iter_mut())
             {
                 let d = b.wrapping_sub(*last);
-                put_varbit_int(&mut self.w, d.wrapping_sub(*delta));
+                put_varbit_int(w, d.wrapping_sub(*delta));
                 *delta = d;
             }
         }

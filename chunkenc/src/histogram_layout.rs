@@ -4,7 +4,7 @@
 //! layout and which empty buckets must be inserted where.
 
 use crate::ChunkError;
-use crate::bstream::{BitReader, BitWriter};
+use crate::bstream::{BitReader, BitWrite};
 use crate::varbit::{put_varbit_int, put_varbit_uint, read_varbit_int, read_varbit_uint};
 use storeapi::histogram::{CUSTOM_BUCKETS_SCHEMA, CounterResetHint, Span};
 
@@ -102,8 +102,8 @@ pub(crate) fn tail(buf: &[u8]) -> (*const u8, usize) {
     (buf.as_ptr().wrapping_add(buf.len().saturating_sub(1)), 1)
 }
 
-pub(crate) fn write_layout(
-    w: &mut BitWriter,
+pub(crate) fn write_layout<W: BitWrite>(
+    w: &mut W,
     schema: i32,
     zero_threshold: f64,
     positive: &[Span],
@@ -161,7 +161,7 @@ pub(crate) fn read_layout(
 }
 
 /// Spans in chunk order: count, then per span its length and then its offset.
-fn put_spans(w: &mut BitWriter, spans: &[Span]) {
+fn put_spans<W: BitWrite>(w: &mut W, spans: &[Span]) {
     put_varbit_uint(w, spans.len() as u64);
     for s in spans {
         put_varbit_uint(w, s.length as u64);
@@ -188,7 +188,7 @@ fn read_spans(r: &mut BitReader<'_>) -> Result<Vec<Span>, ChunkError> {
 
 /// Zero threshold: 0 → byte 0; a power of two 2^(e-1) with -242 ≤ e ≤ 11 → byte
 /// e + 243 (the default 2^-128 is byte 116); anything else → 255 + the raw float.
-fn put_zero_threshold(w: &mut BitWriter, threshold: f64) {
+fn put_zero_threshold<W: BitWrite>(w: &mut W, threshold: f64) {
     if threshold == 0.0 {
         w.write_byte(0);
         return;
@@ -219,7 +219,7 @@ fn read_zero_threshold(r: &mut BitReader<'_>) -> Result<f64, ChunkError> {
 
 /// A custom bound: bounds that are whole thousandths in [0, 33554.43] are written as
 /// varbit_uint(x·1000 + 1), others as a `0` bit and the raw float.
-fn put_custom_bound(w: &mut BitWriter, f: f64) {
+fn put_custom_bound<W: BitWrite>(w: &mut W, f: f64) {
     let tf = f * 1000.0;
     if !(0.0..=33_554_430.0).contains(&tf) || !is_whole_when_multiplied(f) {
         w.write_bit(false);
@@ -662,6 +662,7 @@ pub(crate) fn insert<V: BucketValue>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bstream::BitWriter;
 
     fn sp(v: &[(i32, u32)]) -> Vec<Span> {
         v.iter()

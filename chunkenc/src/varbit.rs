@@ -6,7 +6,9 @@
 //! delta-of-deltas of bucket counts, which are mostly tiny.
 
 use crate::ChunkError;
-use crate::bstream::{BitReader, BitWriter};
+#[cfg(test)]
+use crate::bstream::BitWriter;
+use crate::bstream::{BitReader, BitWrite};
 
 /// Payload widths selected by prefixes `10`, `110`, … `11111110`.
 const WIDTHS: [u32; 7] = [3, 6, 9, 12, 18, 25, 56];
@@ -20,7 +22,7 @@ fn bit_range(x: i64, nbits: u32) -> bool {
 }
 
 /// Writes a signed varbit integer.
-pub(crate) fn put_varbit_int(w: &mut BitWriter, v: i64) {
+pub(crate) fn put_varbit_int<W: BitWrite>(w: &mut W, v: i64) {
     if v == 0 {
         w.write_bit(false);
         return;
@@ -39,7 +41,7 @@ pub(crate) fn put_varbit_int(w: &mut BitWriter, v: i64) {
 }
 
 /// Writes an unsigned varbit integer.
-pub(crate) fn put_varbit_uint(w: &mut BitWriter, v: u64) {
+pub(crate) fn put_varbit_uint<W: BitWrite>(w: &mut W, v: u64) {
     if v == 0 {
         w.write_bit(false);
         return;
@@ -107,8 +109,8 @@ pub(crate) fn read_varbit_uint(r: &mut BitReader<'_>) -> Result<u64, ChunkError>
 pub(crate) const NO_WINDOW: u8 = 0xff;
 
 /// XOR-encodes `new` against `cur`, updating the field's leading/trailing-zero window.
-pub(crate) fn xor_write(
-    w: &mut BitWriter,
+pub(crate) fn xor_write<W: BitWrite>(
+    w: &mut W,
     new: f64,
     cur: f64,
     leading: &mut u8,
