@@ -1616,8 +1616,9 @@ impl<'a> Appender<'a> {
             let mut ooo_int_hists: Vec<(u64, usize)> = Vec::new();
             let mut ooo_float_hists: Vec<(u64, usize)> = Vec::new();
             out.series_refs.reserve(self.keys.len());
+            let mut window = crate::head::LockWindow::new();
             for (i, (s, &(a, b))) in resolved.iter().zip(&self.spans).enumerate() {
-                crate::head::prefetch_append_ahead(
+                let held = window.advance(
                     |k| resolved.get(k)?.as_deref(),
                     |k| self.hist.get(k).is_some_and(|h| *h),
                     i,
@@ -1643,7 +1644,10 @@ impl<'a> Appender<'a> {
                     continue;
                 };
                 out.series_refs.push(s.sref);
-                let mut d = s.lock();
+                let mut d = match held {
+                    Some(d) => d,
+                    None => window.lock(s),
+                };
                 if !d.logged {
                     record::put_series(frames, s.sref, &s.labels());
                     d.logged = true;
@@ -1734,6 +1738,7 @@ impl<'a> Appender<'a> {
                 }
                 out.appended += n;
             }
+            drop(window);
             if !wal::abandon_frame_if_empty(frames, series_frame, 1) {
                 wal::finish_frame(frames, series_frame);
             }

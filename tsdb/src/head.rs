@@ -626,6 +626,46 @@ impl SeriesData {
         Ok(())
     }
 
+    /// Asks the CPU to start loading the bytes the next append to this series reads
+    /// first: its open chunk's header and last byte, or a histogram appender's struct
+    /// and the last histogram's box. At a million series those bytes are never in cache
+    /// when a sample arrives (one per series every scrape interval), and waiting for
+    /// them was 15% of the receiver's CPU (issue #26); a commit calls this ahead of its
+    /// appends (see [`LockWindow`]), so the misses overlap instead of queueing.
+    fn prefetch_for_append(&self) {
+        match &self.open {
+            Some(OpenChunk::Xor(o)) => {
+                let b = o.chunk.bytes();
+                prefetch(b.as_ptr());
+                prefetch(b.as_ptr().wrapping_add(b.len().saturating_sub(1)));
+            }
+            Some(OpenChunk::Hist(h)) => prefetch_value(&**h),
+            Some(OpenChunk::FloatHist(h)) => prefetch_value(&**h),
+            None => {}
+        }
+        match &self.last {
+            LastValue::Hist(h) => prefetch_value(&**h),
+            LastValue::FloatHist(h) => prefetch_value(&**h),
+            LastValue::None | LastValue::Float(_) | LastValue::InOpenChunk => {}
+        }
+    }
+
+    /// The last step of [`LockWindow::advance`] for a histogram series: the open
+    /// chunk's and the last histogram's vectors, whose addresses the step before brought
+    /// into the cache.
+    fn prefetch_histogram_state(&self) {
+        match &self.open {
+            Some(OpenChunk::Hist(h)) => prefetch_regions(h.app.append_regions()),
+            Some(OpenChunk::FloatHist(h)) => prefetch_regions(h.app.append_regions()),
+            _ => {}
+        }
+        match &self.last {
+            LastValue::Hist(h) => prefetch_regions(int_vectors(h)),
+            LastValue::FloatHist(h) => prefetch_regions(float_vectors(h)),
+            LastValue::None | LastValue::Float(_) | LastValue::InOpenChunk => {}
+        }
+    }
+
     /// Copies the last histogram out of the open chunk's appender when that is where it
     /// is kept ([`LastValue::InOpenChunk`]): called before the open chunk goes, since a
     /// later sample's chunk header is computed against it.
@@ -750,45 +790,12 @@ impl MemSeries {
         self.data.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Asks the CPU to start loading the bytes the next append to this series reads
-    /// first: its open chunk's header and last byte. At a million series those bytes
-    /// are never in cache when a sample arrives (one per series every scrape interval),
-    /// and waiting for them was 15% of the receiver's CPU (issue #26); a commit calls
-    /// this for its whole batch first, so the misses overlap instead of queueing. A
-    /// series another thread holds is skipped: this is only a hint.
-    pub(crate) fn prefetch_for_append(&self) {
-        let Ok(d) = self.data.try_lock() else { return };
-        match &d.open {
-            Some(OpenChunk::Xor(o)) => {
-                let b = o.chunk.bytes();
-                prefetch(b.as_ptr());
-                prefetch(b.as_ptr().wrapping_add(b.len().saturating_sub(1)));
-            }
-            Some(OpenChunk::Hist(h)) => prefetch_value(&**h),
-            Some(OpenChunk::FloatHist(h)) => prefetch_value(&**h),
-            None => {}
-        }
-        match &d.last {
-            LastValue::Hist(h) => prefetch_value(&**h),
-            LastValue::FloatHist(h) => prefetch_value(&**h),
-            LastValue::None | LastValue::Float(_) | LastValue::InOpenChunk => {}
-        }
-    }
-
-    /// The last step of [`prefetch_append_ahead`] for a histogram series: the open
-    /// chunk's and the last histogram's vectors, whose addresses the step before brought
-    /// into the cache.
-    pub(crate) fn prefetch_histogram_state(&self) {
-        let Ok(d) = self.data.try_lock() else { return };
-        match &d.open {
-            Some(OpenChunk::Hist(h)) => prefetch_regions(h.app.append_regions()),
-            Some(OpenChunk::FloatHist(h)) => prefetch_regions(h.app.append_regions()),
-            _ => {}
-        }
-        match &d.last {
-            LastValue::Hist(h) => prefetch_regions(int_vectors(h)),
-            LastValue::FloatHist(h) => prefetch_regions(float_vectors(h)),
-            LastValue::None | LastValue::Float(_) | LastValue::InOpenChunk => {}
+    /// Locks the series unless another thread holds it (see [`LockWindow`]).
+    fn try_lock(&self) -> Option<MutexGuard<'_, SeriesData>> {
+        match self.data.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
         }
     }
 
@@ -1669,30 +1676,73 @@ pub(crate) fn prefetch_ahead<'s>(at: impl Fn(usize) -> Option<&'s MemSeries>, i:
     }
 }
 
-/// In a commit's pass over its series (in request order, in random memory order),
-/// prefetches the series' struct [`AHEAD`] places ahead and, once that has arrived, locks
-/// the series half as far ahead to prefetch its open chunk's first and last lines, which
-/// the append writes: the pass waits on few misses, and what it prefetched is still in the cache
-/// when it gets there (a request's 2,000 series' lines do not all fit in L2).
+/// Series locks a commit takes ahead of its appends, [`WINDOW`] series ahead, and the
+/// prefetches they make possible: in request order the series are in random memory
+/// order, and their lines are never in cache when a sample arrives.
 ///
-/// A histogram series (`is_hist`) takes a third step a quarter as far ahead: its
-/// appender's and last histogram's vectors, a handful of separate allocations whose
-/// addresses the second step fetched (issue #20).
-pub(crate) fn prefetch_append_ahead<'s>(
-    at: impl Fn(usize) -> Option<&'s MemSeries>,
-    is_hist: impl Fn(usize) -> bool,
-    i: usize,
-) {
-    if let Some(s) = at(i + AHEAD) {
-        prefetch_arc_inner(s);
+/// Per series `i` of the pass ([`LockWindow::advance`]): the series' struct is fetched
+/// [`AHEAD`] places ahead; [`WINDOW`] places ahead the series is locked (when no one
+/// else holds it) and its open chunk's first and last lines, or a histogram appender's
+/// struct, are fetched; a histogram series' vectors, whose addresses that step brought
+/// in, a quarter of [`AHEAD`] ahead (issue #20). The pass waits on few misses, and what
+/// it prefetched is still in the cache when it gets there (a request's 2,000 series'
+/// lines do not all fit in L2).
+///
+/// The lock taken ahead is the one the append then uses. Before, each prefetch step
+/// took and released the lock once more to read the addresses safely: two or three
+/// lock/unlock pairs per series, each a pair of atomic read-modify-writes (issue #26).
+///
+/// Never waits while it holds a lock: a series the window could not lock is locked at
+/// its turn, by [`LockWindow::lock`], which first releases every lock the window holds.
+/// So the window adds no lock-order cycle with any other holder of series locks.
+pub(crate) struct LockWindow<'s> {
+    ring: [Option<MutexGuard<'s, SeriesData>>; WINDOW],
+}
+
+/// How far ahead [`LockWindow`] locks.
+const WINDOW: usize = AHEAD / 2;
+
+impl<'s> LockWindow<'s> {
+    pub(crate) fn new() -> Self {
+        LockWindow {
+            ring: std::array::from_fn(|_| None),
+        }
     }
-    if let Some(s) = at(i + AHEAD / 2) {
-        s.prefetch_for_append();
+
+    /// The step for the pass's series `i` (`at(k)`: the `k`th series, `is_hist(k)`:
+    /// whether its samples are histograms). Returns series `i`'s lock when the window
+    /// holds it.
+    pub(crate) fn advance(
+        &mut self,
+        at: impl Fn(usize) -> Option<&'s MemSeries>,
+        is_hist: impl Fn(usize) -> bool,
+        i: usize,
+    ) -> Option<MutexGuard<'s, SeriesData>> {
+        // Series `i`'s slot is series `i + WINDOW`'s next.
+        let mine = self.ring[i % WINDOW].take();
+        if let Some(s) = at(i + AHEAD) {
+            prefetch_arc_inner(s);
+        }
+        if let Some(g) = at(i + WINDOW).and_then(MemSeries::try_lock) {
+            g.prefetch_for_append();
+            self.ring[i % WINDOW] = Some(g);
+        }
+        if is_hist(i + AHEAD / 4)
+            && let Some(g) = &self.ring[(i + AHEAD / 4) % WINDOW]
+        {
+            g.prefetch_histogram_state();
+        }
+        mine
     }
-    if is_hist(i + AHEAD / 4)
-        && let Some(s) = at(i + AHEAD / 4)
-    {
-        s.prefetch_histogram_state();
+
+    /// Locks `s`, whose lock the window does not hold, waiting if another thread holds
+    /// it: first without waiting, then after releasing every lock the window holds.
+    pub(crate) fn lock(&mut self, s: &'s MemSeries) -> MutexGuard<'s, SeriesData> {
+        if let Some(g) = s.try_lock() {
+            return g;
+        }
+        self.ring.iter_mut().for_each(|g| *g = None);
+        s.lock()
     }
 }
 
@@ -1820,6 +1870,109 @@ mod tests {
     /// The head's per-series struct is a million times its size at a million series:
     /// growing it is a decision, not an accident (issue #26; `tests/head_memory.rs`
     /// measures the whole series).
+    fn bare_series(sref: u64) -> Arc<MemSeries> {
+        Arc::new(MemSeries {
+            sref,
+            key: Box::new([]),
+            hash: 0,
+            data: Mutex::new(SeriesData::default()),
+            symbols: Arc::new(Symbols::default()),
+        })
+    }
+
+    /// A pass through a lock window gets every series' lock once at its turn: a series
+    /// named again within the window (its lock held ahead for the earlier turn) is
+    /// locked at its own turn, and appends land on the right series.
+    #[test]
+    fn lock_window_gives_each_turn_its_series() {
+        let all: Vec<Arc<MemSeries>> = (0..40).map(bare_series).collect();
+        // Repeats nearer (every tenth turn repeats the third before it) and farther
+        // (40 apart) than the window.
+        let mut order: Vec<usize> = Vec::new();
+        for i in 0..60 {
+            order.push(if i % 10 == 5 {
+                order[i - 3]
+            } else {
+                (i * 7) % 40
+            });
+        }
+        let pass: Vec<Option<&MemSeries>> = order.iter().map(|&k| Some(&*all[k])).collect();
+        let mut window = LockWindow::new();
+        let mut from_window = 0;
+        for (i, s) in pass.iter().enumerate() {
+            let s = s.unwrap();
+            let held = window.advance(|k| pass.get(k).copied().flatten(), |_| false, i);
+            from_window += held.is_some() as usize;
+            let mut d = held.unwrap_or_else(|| window.lock(s));
+            assert_eq!(
+                d.append(i as i64, s.sref as f64, i64::MIN, 1 << 40),
+                SampleResult::Appended
+            );
+        }
+        drop(window);
+        for s in &all {
+            let want: Vec<(i64, f64)> = order
+                .iter()
+                .enumerate()
+                .filter(|&(_, &k)| k as u64 == s.sref)
+                .map(|(i, _)| (i as i64, s.sref as f64))
+                .collect();
+            let got: Vec<(i64, f64)> = s
+                .chunks(i64::MIN, i64::MAX)
+                .iter()
+                .flat_map(|c| decode_all(&c.data).unwrap())
+                .collect();
+            assert_eq!(got, want, "series {}", s.sref);
+            assert!(s.try_lock().is_some(), "series {} left locked", s.sref);
+        }
+        // Most turns found their lock taken ahead (only the first few and repeats
+        // within the window did not).
+        assert!(
+            from_window > 30,
+            "{from_window} of 60 turns from the window"
+        );
+    }
+
+    /// A series another thread holds is waited for with no other lock held: that
+    /// thread can take a series the window had locked ahead, so no cycle can form.
+    #[test]
+    fn lock_window_waits_holding_nothing() {
+        let all: Vec<Arc<MemSeries>> = (0..20).map(bare_series).collect();
+        let pass: Vec<Option<&MemSeries>> = all.iter().map(|s| Some(&**s)).collect();
+        let (busy, later) = (10usize, 13usize);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|sc| {
+            let other = sc.spawn(|| {
+                let held = all[busy].lock();
+                tx.send(()).unwrap();
+                // The pass is waiting for `busy` by then, with `later` locked ahead
+                // before it began to wait.
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                let mut got = false;
+                while !got && std::time::Instant::now() < deadline {
+                    got = all[later].try_lock().is_some();
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                drop(held);
+                got
+            });
+            rx.recv().unwrap();
+            let mut window = LockWindow::new();
+            for (i, s) in pass.iter().enumerate() {
+                let s = s.unwrap();
+                let g = window.advance(|k| pass.get(k).copied().flatten(), |_| false, i);
+                let mut d = g.unwrap_or_else(|| window.lock(s));
+                d.append(1, 1.0, i64::MIN, 1 << 40);
+            }
+            assert!(
+                other.join().unwrap(),
+                "a series locked ahead stayed locked while waiting"
+            );
+        });
+        assert!(all.iter().all(|s| s.chunks(i64::MIN, i64::MAX).len() == 1));
+    }
+
     #[test]
     fn series_struct_stays_small() {
         // 184: the symbol table's pointer (8 bytes) buys ~150 bytes of label text.
