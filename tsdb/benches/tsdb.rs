@@ -484,10 +484,43 @@ fn bench_disk_and_select(c: &mut Criterion<ThreadCpu>) {
     g.finish();
 }
 
+/// A WAL histogram record of a 2,000-histogram request (20 buckets each, small bucket
+/// deltas as a counter's): what each commit of native histograms encodes (issue #20).
+fn bench_histogram_record(c: &mut Criterion<ThreadCpu>) {
+    use storeapi::histogram::{Histogram, HistogramValue, Span};
+    let hists: Vec<HistogramValue> = (0..2_000)
+        .map(|i: i64| {
+            HistogramValue::Int(Box::new(Histogram {
+                schema: 3,
+                count: 1_000 + i as u64,
+                sum: 123.5 + i as f64,
+                positive_spans: vec![Span {
+                    offset: -3,
+                    length: 20,
+                }],
+                positive_buckets: (0..20).map(|k| (i * 7 + k * 3) % 9 - 4).collect(),
+                ..Default::default()
+            }))
+        })
+        .collect();
+    let refs: Vec<(u64, i64, &HistogramValue)> = hists
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (i as u64 * 3 + 1, 1_700_000_000_000 + i as i64, h))
+        .collect();
+    let mut g = c.benchmark_group("wal_record");
+    g.throughput(Throughput::Elements(refs.len() as u64));
+    g.bench_function("histograms_2000x20", |b| {
+        b.iter(|| black_box(tsdb::wal::record::encode_histogram_refs(&refs, false)))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = cpu;
     config = Criterion::default().with_measurement(ThreadCpu);
-    targets = bench_chunk, bench_append, bench_append_by_ref, bench_disk_and_select
+    targets = bench_chunk, bench_append, bench_append_by_ref, bench_disk_and_select,
+        bench_histogram_record
 }
 criterion_group!(wall, bench_append_fsync);
 criterion_main!(cpu, wall);

@@ -1758,20 +1758,15 @@ impl<'a> Appender<'a> {
                 if list.is_empty() {
                     continue;
                 }
-                let refs: Vec<(u64, i64, &HistogramValue)> = list
-                    .iter()
-                    .map(|&(r, k)| (r, self.hists[k].t, &self.hists[k].h))
-                    .collect();
-                let (std, custom) = record::encode_histogram_refs(&refs, float);
                 let dst: &mut Vec<u8> = if wbl { wbl_frames } else { frames };
-                for payload in [std, custom] {
-                    if payload.len() > 1 {
-                        let at = wal::start_frame(dst);
-                        dst.extend_from_slice(&payload);
-                        wal::finish_frame(dst, at);
-                        wbl_hists |= wbl;
-                    }
-                }
+                let before = dst.len();
+                record::put_histogram_frames(
+                    dst,
+                    list.iter()
+                        .map(|&(r, k)| (r, self.hists[k].t, &self.hists[k].h)),
+                    float,
+                );
+                wbl_hists |= wbl && dst.len() > before;
             }
             let pos = if frames.is_empty() {
                 Ok(flushed)

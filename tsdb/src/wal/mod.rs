@@ -74,7 +74,7 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 128 * 1024 * 1024;
 pub const MAX_RECORD_SIZE: u32 = 512 * 1024 * 1024;
 
 /// Header of a caller's record frame: `u32 LE payload length` (see [`start_frame`]).
-const FRAME_HEADER: usize = 4;
+pub(crate) const FRAME_HEADER: usize = 4;
 
 /// When the WAL calls `fdatasync`. See the module documentation for the guarantees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

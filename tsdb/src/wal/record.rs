@@ -265,46 +265,97 @@ pub fn encode_histogram_samples(samples: &[RefHistogramSample], float: bool) -> 
     encode_histogram_refs(&refs, float)
 }
 
-/// [`encode_histogram_samples`] over borrowed samples `(ref, t, histogram)`.
-pub fn encode_histogram_refs(
-    samples: &[(u64, i64, &HistogramValue)],
-    float: bool,
-) -> (Vec<u8>, Vec<u8>) {
-    let (std_type, custom_type) = if float {
+/// A histogram sample of a record: series ref, timestamp, histogram.
+pub type HistogramRef<'h> = (u64, i64, &'h HistogramValue);
+
+/// The record types of one flavour: (exponential schemas, custom buckets).
+fn histogram_record_types(float: bool) -> (u8, u8) {
+    if float {
         (TYPE_FLOAT_HISTOGRAMS, TYPE_CUSTOM_FLOAT_HISTOGRAMS)
     } else {
         (TYPE_HISTOGRAMS, TYPE_CUSTOM_HISTOGRAMS)
+    }
+}
+
+/// The records of [`encode_histogram_samples`], each given to `put` as (type, base,
+/// its samples): a record is only given when it holds a sample.
+fn histogram_records<'h, I>(
+    samples: I,
+    float: bool,
+    mut put: impl FnMut(u8, (u64, i64), I::IntoIter),
+) where
+    I: IntoIterator<Item = HistogramRef<'h>> + Clone,
+{
+    let (std_type, custom_type) = histogram_record_types(float);
+    let Some(first) = samples.clone().into_iter().next() else {
+        return;
     };
-    type Ref<'h> = (u64, i64, &'h HistogramValue);
-    let encode = |typ: u8, list: &[&Ref<'_>], base: Option<&Ref<'_>>| {
-        let Some(&(base_r, base_t, first)) = base else {
-            return vec![typ];
+    let first_custom = samples.clone().into_iter().find(|s| is_custom(s.2));
+    let any_std = samples.clone().into_iter().any(|s| !is_custom(s.2));
+    if any_std {
+        put(std_type, (first.0, first.1), samples.clone().into_iter());
+    }
+    if let Some(base) = first_custom {
+        put(custom_type, (base.0, base.1), samples.into_iter());
+    }
+}
+
+/// Appends one record body: the type, the base ref and time, then each sample of
+/// `custom`'s kind (`samples` may hold both).
+fn put_histogram_record<'h>(
+    out: &mut Vec<u8>,
+    typ: u8,
+    (base_r, base_t): (u64, i64),
+    samples: impl Iterator<Item = HistogramRef<'h>>,
+) {
+    let custom = typ == TYPE_CUSTOM_HISTOGRAMS || typ == TYPE_CUSTOM_FLOAT_HISTOGRAMS;
+    out.push(typ);
+    out.extend_from_slice(&base_r.to_be_bytes());
+    out.extend_from_slice(&base_t.to_be_bytes());
+    for (r, t, h) in samples.filter(|s| is_custom(s.2) == custom) {
+        put_varint(out, (r as i64).wrapping_sub(base_r as i64));
+        put_varint(out, t.wrapping_sub(base_t));
+        put_histogram(out, h);
+    }
+}
+
+/// [`encode_histogram_samples`] over borrowed samples.
+pub fn encode_histogram_refs(samples: &[HistogramRef<'_>], float: bool) -> (Vec<u8>, Vec<u8>) {
+    if samples.is_empty() {
+        return (vec![histogram_record_types(float).0], Vec::new());
+    }
+    let mut recs = (Vec::new(), Vec::new());
+    histogram_records(samples.iter().copied(), float, |typ, base, list| {
+        let out = if typ == histogram_record_types(float).0 {
+            &mut recs.0
+        } else {
+            &mut recs.1
         };
         // Sized once from the first histogram (records are transient buffers).
-        let mut buf = Vec::with_capacity(17 + list.len() * histogram_size_hint(first));
-        buf.push(typ);
-        buf.extend_from_slice(&base_r.to_be_bytes());
-        buf.extend_from_slice(&base_t.to_be_bytes());
-        for &&(r, t, h) in list {
-            put_varint(&mut buf, (r as i64).wrapping_sub(base_r as i64));
-            put_varint(&mut buf, t.wrapping_sub(base_t));
-            put_histogram(&mut buf, h);
-        }
-        buf
+        out.reserve(17 + samples.len() * histogram_size_hint(samples[0].2));
+        put_histogram_record(out, typ, base, list);
+    });
+    recs
+}
+
+/// The records of [`encode_histogram_samples`], each framed (see [`super::start_frame`])
+/// and appended to `frames`, a commit's WAL bytes: no record is built apart and copied in
+/// (a 2,000-histogram record is over 100 KB).
+pub fn put_histogram_frames<'h, I>(frames: &mut Vec<u8>, samples: I, float: bool)
+where
+    I: IntoIterator<Item = HistogramRef<'h>> + Clone,
+    I::IntoIter: ExactSizeIterator,
+{
+    let Some(first) = samples.clone().into_iter().next() else {
+        return;
     };
-    let std: Vec<&Ref<'_>> = samples.iter().filter(|s| !is_custom(s.2)).collect();
-    let custom: Vec<&Ref<'_>> = samples.iter().filter(|s| is_custom(s.2)).collect();
-    let std_rec = if !samples.is_empty() && std.is_empty() {
-        Vec::new()
-    } else {
-        encode(std_type, &std, samples.first())
-    };
-    let custom_rec = if custom.is_empty() {
-        Vec::new()
-    } else {
-        encode(custom_type, &custom, custom.first().copied())
-    };
-    (std_rec, custom_rec)
+    let n = samples.clone().into_iter().len();
+    histogram_records(samples, float, |typ, base, list| {
+        frames.reserve(super::FRAME_HEADER + 17 + n * histogram_size_hint(first.2));
+        let at = super::start_frame(frames);
+        put_histogram_record(frames, typ, base, list);
+        super::finish_frame(frames, at);
+    });
 }
 
 pub(crate) struct Reader<'a> {
@@ -736,6 +787,38 @@ pub mod legacy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A commit's framed records are the records `encode_histogram_samples` returns,
+    /// each framed, the empty ones left out: for batches of one kind, of both kinds in
+    /// either order, and none.
+    #[test]
+    fn framed_histogram_records_equal_the_records_framed() {
+        let batches = [
+            vec![],
+            vec![int_sample(3, 7), int_sample(9, 8)],
+            vec![nhcb_sample(4, 900)],
+            vec![
+                nhcb_sample(4, 900),
+                int_sample(10, 1000),
+                nhcb_sample(2, 1100),
+            ],
+            vec![int_sample(10, 1000), nhcb_sample(4, 900), int_sample(1, 5)],
+        ];
+        for batch in &batches {
+            let (std, custom) = encode_histogram_samples(batch, false);
+            let mut want = vec![0xEE];
+            for rec in [std, custom] {
+                if rec.len() > 1 {
+                    let at = super::super::start_frame(&mut want);
+                    want.extend_from_slice(&rec);
+                    super::super::finish_frame(&mut want, at);
+                }
+            }
+            let mut got = vec![0xEE];
+            put_histogram_frames(&mut got, batch.iter().map(|s| (s.r, s.t, &s.h)), false);
+            assert_eq!(got, want, "batch of {}", batch.len());
+        }
+    }
 
     #[test]
     fn varints_read_back_at_every_width_after_other_bytes() {
