@@ -72,10 +72,15 @@ pub struct HistogramAppender {
     t_delta: i64,
     cnt_delta: i64,
     z_cnt_delta: i64,
-    p_buckets: Vec<i64>,
-    n_buckets: Vec<i64>,
-    p_buckets_delta: Vec<i64>,
-    n_buckets_delta: Vec<i64>,
+    /// The last sample's buckets as stored (deltas between neighbours) and each one's
+    /// change since the sample before (what the next sample's delta-of-deltas are taken
+    /// against), for both sides, in one allocation: `[positive | negative]` last, then
+    /// `[positive | negative]` change. An append reads and writes all of them; as four
+    /// vectors they were four allocations, four likely cache misses and more lines
+    /// (issue #20).
+    buckets: Vec<i64>,
+    /// How many of each half of `buckets` are positive buckets.
+    np: usize,
     sum: f64,
     leading: u8,
     trailing: u8,
@@ -101,10 +106,8 @@ impl HistogramAppender {
             t_delta: 0,
             cnt_delta: 0,
             z_cnt_delta: 0,
-            p_buckets: Vec::new(),
-            n_buckets: Vec::new(),
-            p_buckets_delta: Vec::new(),
-            n_buckets_delta: Vec::new(),
+            buckets: Vec::new(),
+            np: 0,
             sum: 0.0,
             leading: NO_WINDOW,
             trailing: 0,
@@ -133,10 +136,8 @@ impl HistogramAppender {
         a.t_delta = it.t_delta;
         a.cnt_delta = it.cnt_delta;
         a.z_cnt_delta = it.z_cnt_delta;
-        a.p_buckets = it.p_buckets;
-        a.n_buckets = it.n_buckets;
-        a.p_buckets_delta = it.p_delta;
-        a.n_buckets_delta = it.n_delta;
+        a.np = it.p_buckets.len();
+        a.buckets = [it.p_buckets, it.n_buckets, it.p_delta, it.n_delta].concat();
         a.sum = it.sum;
         a.leading = it.leading;
         a.trailing = it.trailing;
@@ -174,8 +175,8 @@ impl HistogramAppender {
             read_hint(self.header(), 1),
             [self.z_cnt, self.cnt],
             self.sum,
-            &self.p_buckets,
-            &self.n_buckets,
+            self.p_last(),
+            self.n_last(),
         ))
     }
 
@@ -183,21 +184,28 @@ impl HistogramAppender {
     /// separate allocation and so a likely cache miss: the chunk's first bytes (its
     /// sample count) and its last byte, the layout's spans and the bucket state. A
     /// caller appending to many series in turn prefetches these a few series ahead.
-    pub fn append_regions(&self) -> [(*const u8, usize); 8] {
+    pub fn append_regions(&self) -> [(*const u8, usize); 5] {
         [
             region(&self.w.buf[..self.w.buf.len().min(2)]),
             tail(&self.w.buf),
             region(&self.layout.positive_spans),
             region(&self.layout.negative_spans),
-            region(&self.p_buckets),
-            region(&self.p_buckets_delta),
-            region(&self.n_buckets),
-            region(&self.n_buckets_delta),
+            region(&self.buckets),
         ]
     }
 
     pub fn num_samples(&self) -> u16 {
         u16::from_be_bytes([self.w.buf[0], self.w.buf[1]])
+    }
+
+    /// The last sample's positive buckets (see `buckets`).
+    fn p_last(&self) -> &[i64] {
+        &self.buckets[..self.np]
+    }
+
+    /// The last sample's negative buckets.
+    fn n_last(&self) -> &[i64] {
+        &self.buckets[self.np..self.buckets.len() / 2]
     }
 
     /// The counter-reset header.
@@ -348,7 +356,7 @@ impl HistogramAppender {
         let Some((fp, bp)) = expand_int_spans_and_buckets(
             &self.layout.positive_spans,
             &h.positive_spans,
-            &self.p_buckets,
+            self.p_last(),
             &h.positive_buckets,
         ) else {
             out.header = Some(CounterReset);
@@ -357,7 +365,7 @@ impl HistogramAppender {
         let Some((fnn, bn)) = expand_int_spans_and_buckets(
             &self.layout.negative_spans,
             &h.negative_spans,
-            &self.n_buckets,
+            self.n_last(),
             &h.negative_buckets,
         ) else {
             out.header = Some(CounterReset);
@@ -464,12 +472,11 @@ impl HistogramAppender {
                 negative_spans: h.negative_spans.clone(),
                 custom_values: h.custom_values.clone(),
             };
-            let np = h.positive_buckets.len();
-            let nn = h.negative_buckets.len();
-            self.p_buckets = vec![0; np];
-            self.p_buckets_delta = vec![0; np];
-            self.n_buckets = vec![0; nn];
-            self.n_buckets_delta = vec![0; nn];
+            let both = h.positive_buckets.iter().chain(&h.negative_buckets);
+            self.np = h.positive_buckets.len();
+            self.buckets.clear();
+            self.buckets.extend(both.clone());
+            self.buckets.resize(2 * self.buckets.len(), 0);
             put_varbit_int(w, t);
             put_varbit_uint(w, h.count);
             put_varbit_uint(w, h.zero_count);
@@ -479,8 +486,8 @@ impl HistogramAppender {
             }
         } else {
             if !is_stale_nan(h.sum)
-                && (h.positive_buckets.len() != self.p_buckets.len()
-                    || h.negative_buckets.len() != self.n_buckets.len())
+                && (h.positive_buckets.len() != self.np
+                    || h.negative_buckets.len() != self.buckets.len() / 2 - self.np)
             {
                 return Err(ChunkError::BadHistogram(
                     "histogram buckets do not match the chunk's layout",
@@ -503,25 +510,21 @@ impl HistogramAppender {
             put_varbit_int(w, cnt_dod);
             put_varbit_int(w, z_cnt_dod);
             xor_write(w, h.sum, self.sum, &mut self.leading, &mut self.trailing);
-            for ((b, last), delta) in h
-                .positive_buckets
-                .iter()
-                .zip(&self.p_buckets)
-                .zip(self.p_buckets_delta.iter_mut())
-            {
-                let d = b.wrapping_sub(*last);
-                put_varbit_int(w, d.wrapping_sub(*delta));
-                *delta = d;
-            }
-            for ((b, last), delta) in h
-                .negative_buckets
-                .iter()
-                .zip(&self.n_buckets)
-                .zip(self.n_buckets_delta.iter_mut())
-            {
-                let d = b.wrapping_sub(*last);
-                put_varbit_int(w, d.wrapping_sub(*delta));
-                *delta = d;
+            // Positive buckets, then negative ones (a stale marker has none).
+            let half = self.buckets.len() / 2;
+            let (lasts, deltas) = self.buckets.split_at_mut(half);
+            let (p_lasts, n_lasts) = lasts.split_at_mut(self.np);
+            let (p_deltas, n_deltas) = deltas.split_at_mut(self.np);
+            for (side, lasts, deltas) in [
+                (&h.positive_buckets, p_lasts, p_deltas),
+                (&h.negative_buckets, n_lasts, n_deltas),
+            ] {
+                for ((b, last), delta) in side.iter().zip(lasts).zip(deltas) {
+                    let d = b.wrapping_sub(*last);
+                    put_varbit_int(w, d.wrapping_sub(*delta));
+                    *delta = d;
+                    *last = *b;
+                }
             }
         }
         let [a, b] = (num + 1).to_be_bytes();
@@ -533,12 +536,6 @@ impl HistogramAppender {
         self.t_delta = t_delta;
         self.cnt_delta = cnt_delta;
         self.z_cnt_delta = z_cnt_delta;
-        for (d, s) in self.p_buckets.iter_mut().zip(&h.positive_buckets) {
-            *d = *s;
-        }
-        for (d, s) in self.n_buckets.iter_mut().zip(&h.negative_buckets) {
-            *d = *s;
-        }
         self.sum = h.sum;
         self.last_as_given = as_given && !is_stale_nan(h.sum);
         Ok(())
