@@ -786,6 +786,18 @@ impl MemSeries {
         self.lock().views(i64::MIN, i64::MAX).for_each(f);
     }
 
+    /// A series with no labels and no samples, for tests of what holds series.
+    #[cfg(test)]
+    pub(crate) fn bare(sref: u64) -> Arc<MemSeries> {
+        Arc::new(MemSeries {
+            sref,
+            key: Box::new([]),
+            hash: 0,
+            data: Mutex::new(SeriesData::default()),
+            symbols: Arc::new(Symbols::default()),
+        })
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, SeriesData> {
         self.data.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -1867,25 +1879,12 @@ fn prefetch(p: *const u8) {
 mod tests {
     use super::*;
 
-    /// The head's per-series struct is a million times its size at a million series:
-    /// growing it is a decision, not an accident (issue #26; `tests/head_memory.rs`
-    /// measures the whole series).
-    fn bare_series(sref: u64) -> Arc<MemSeries> {
-        Arc::new(MemSeries {
-            sref,
-            key: Box::new([]),
-            hash: 0,
-            data: Mutex::new(SeriesData::default()),
-            symbols: Arc::new(Symbols::default()),
-        })
-    }
-
     /// A pass through a lock window gets every series' lock once at its turn: a series
     /// named again within the window (its lock held ahead for the earlier turn) is
     /// locked at its own turn, and appends land on the right series.
     #[test]
     fn lock_window_gives_each_turn_its_series() {
-        let all: Vec<Arc<MemSeries>> = (0..40).map(bare_series).collect();
+        let all: Vec<Arc<MemSeries>> = (0..40).map(MemSeries::bare).collect();
         // Repeats nearer (every tenth turn repeats the third before it) and farther
         // (40 apart) than the window.
         let mut order: Vec<usize> = Vec::new();
@@ -1937,7 +1936,7 @@ mod tests {
     /// thread can take a series the window had locked ahead, so no cycle can form.
     #[test]
     fn lock_window_waits_holding_nothing() {
-        let all: Vec<Arc<MemSeries>> = (0..20).map(bare_series).collect();
+        let all: Vec<Arc<MemSeries>> = (0..20).map(MemSeries::bare).collect();
         let pass: Vec<Option<&MemSeries>> = all.iter().map(|s| Some(&**s)).collect();
         let (busy, later) = (10usize, 13usize);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -1973,6 +1972,9 @@ mod tests {
         assert!(all.iter().all(|s| s.chunks(i64::MIN, i64::MAX).len() == 1));
     }
 
+    /// The head's per-series struct is a million times its size at a million series:
+    /// growing it is a decision, not an accident (issue #26; `tests/head_memory.rs`
+    /// measures the whole series).
     #[test]
     fn series_struct_stays_small() {
         // 184: the symbol table's pointer (8 bytes) buys ~150 bytes of label text.

@@ -290,20 +290,10 @@ impl WireKeys {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
-    use crate::head::SeriesData;
-    use crate::head::symbols::Symbols;
 
     fn series(sref: u64) -> Arc<MemSeries> {
-        Arc::new(MemSeries {
-            sref,
-            key: Box::new([]),
-            hash: 0,
-            data: Mutex::new(SeriesData::default()),
-            symbols: Arc::new(Symbols::default()),
-        })
+        MemSeries::bare(sref)
     }
 
     fn lookup(c: &WireKeys, keys: &[(u64, Vec<u8>)]) -> Vec<Option<u64>> {
