@@ -65,7 +65,7 @@ impl BitWriter {
 /// Something bits are written to, most significant first: a [`BitWriter`], or a
 /// [`BitSink`] over one.
 pub(crate) trait BitWrite {
-    /// Writes the low `n` bits of `v` (1 ≤ n ≤ 64).
+    /// Writes the low `n` bits of `v` (n ≤ 64; none for 0).
     fn write_bits(&mut self, v: u64, n: u32);
 
     #[inline]

@@ -481,7 +481,7 @@ impl HistogramAppender {
             put_varbit_uint(w, h.count);
             put_varbit_uint(w, h.zero_count);
             w.write_bits(h.sum.to_bits(), 64);
-            for &b in h.positive_buckets.iter().chain(&h.negative_buckets) {
+            for &b in both {
                 put_varbit_int(w, b);
             }
         } else {

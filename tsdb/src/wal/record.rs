@@ -277,12 +277,13 @@ fn histogram_record_types(float: bool) -> (u8, u8) {
     }
 }
 
-/// The records of [`encode_histogram_samples`], each given to `put` as (type, base,
-/// its samples): a record is only given when it holds a sample.
+/// The records of [`encode_histogram_samples`], each given to `put` as (whether it is
+/// the custom-bucket record, its type, its base, the samples): a record is only given
+/// when it holds a sample. One pass finds both bases, stopping once it has them.
 fn histogram_records<'h, I>(
     samples: I,
     float: bool,
-    mut put: impl FnMut(u8, (u64, i64), I::IntoIter),
+    mut put: impl FnMut(bool, u8, (u64, i64), I::IntoIter),
 ) where
     I: IntoIterator<Item = HistogramRef<'h>> + Clone,
 {
@@ -290,25 +291,39 @@ fn histogram_records<'h, I>(
     let Some(first) = samples.clone().into_iter().next() else {
         return;
     };
-    let first_custom = samples.clone().into_iter().find(|s| is_custom(s.2));
-    let any_std = samples.clone().into_iter().any(|s| !is_custom(s.2));
+    let (mut any_std, mut first_custom) = (false, None);
+    for s in samples.clone() {
+        if is_custom(s.2) {
+            first_custom.get_or_insert(s);
+        } else {
+            any_std = true;
+        }
+        if any_std && first_custom.is_some() {
+            break;
+        }
+    }
     if any_std {
-        put(std_type, (first.0, first.1), samples.clone().into_iter());
+        put(
+            false,
+            std_type,
+            (first.0, first.1),
+            samples.clone().into_iter(),
+        );
     }
     if let Some(base) = first_custom {
-        put(custom_type, (base.0, base.1), samples.into_iter());
+        put(true, custom_type, (base.0, base.1), samples.into_iter());
     }
 }
 
-/// Appends one record body: the type, the base ref and time, then each sample of
-/// `custom`'s kind (`samples` may hold both).
+/// Appends one record body: the type, the base ref and time, then each sample of the
+/// record's kind (`custom` or not; `samples` may hold both).
 fn put_histogram_record<'h>(
     out: &mut Vec<u8>,
+    custom: bool,
     typ: u8,
     (base_r, base_t): (u64, i64),
     samples: impl Iterator<Item = HistogramRef<'h>>,
 ) {
-    let custom = typ == TYPE_CUSTOM_HISTOGRAMS || typ == TYPE_CUSTOM_FLOAT_HISTOGRAMS;
     out.push(typ);
     out.extend_from_slice(&base_r.to_be_bytes());
     out.extend_from_slice(&base_t.to_be_bytes());
@@ -325,15 +340,11 @@ pub fn encode_histogram_refs(samples: &[HistogramRef<'_>], float: bool) -> (Vec<
         return (vec![histogram_record_types(float).0], Vec::new());
     }
     let mut recs = (Vec::new(), Vec::new());
-    histogram_records(samples.iter().copied(), float, |typ, base, list| {
-        let out = if typ == histogram_record_types(float).0 {
-            &mut recs.0
-        } else {
-            &mut recs.1
-        };
+    histogram_records(samples.iter().copied(), float, |custom, typ, base, list| {
+        let out = if custom { &mut recs.1 } else { &mut recs.0 };
         // Sized once from the first histogram (records are transient buffers).
         out.reserve(17 + samples.len() * histogram_size_hint(samples[0].2));
-        put_histogram_record(out, typ, base, list);
+        put_histogram_record(out, custom, typ, base, list);
     });
     recs
 }
@@ -350,10 +361,10 @@ where
         return;
     };
     let n = samples.clone().into_iter().len();
-    histogram_records(samples, float, |typ, base, list| {
+    histogram_records(samples, float, |custom, typ, base, list| {
         frames.reserve(super::FRAME_HEADER + 17 + n * histogram_size_hint(first.2));
         let at = super::start_frame(frames);
-        put_histogram_record(frames, typ, base, list);
+        put_histogram_record(frames, custom, typ, base, list);
         super::finish_frame(frames, at);
     });
 }
