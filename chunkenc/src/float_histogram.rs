@@ -74,8 +74,15 @@ impl Default for FloatHistogramAppender {
 impl FloatHistogramAppender {
     /// An empty chunk (header Unknown).
     pub fn new() -> Self {
+        Self::with_capacity(128)
+    }
+
+    /// An empty chunk whose buffer starts with `bytes` reserved (e.g. the size of the
+    /// series' previous chunk: a chunk grown from 128 bytes to the kilobyte where it is
+    /// cut is copied through six reallocations).
+    pub fn with_capacity(bytes: usize) -> Self {
         FloatHistogramAppender {
-            w: BitWriter::with_header(HISTOGRAM_HEADER_SIZE, 128),
+            w: BitWriter::with_header(HISTOGRAM_HEADER_SIZE, bytes),
             layout: Layout::default(),
             t: 0,
             t_delta: 0,

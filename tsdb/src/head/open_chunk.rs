@@ -142,7 +142,8 @@ pub(crate) enum LastValue {
 /// What the head needs of either histogram appender, so one cutting routine serves both.
 pub(crate) trait HistKind: Sized + std::fmt::Debug {
     type H: Clone + std::fmt::Debug;
-    fn new_appender() -> Self;
+    /// An empty appender whose buffer starts with `bytes` reserved.
+    fn new_appender(bytes: usize) -> Self;
     fn append(
         &mut self,
         prev: Option<&Self>,
@@ -182,8 +183,8 @@ pub(crate) trait HistKind: Sized + std::fmt::Debug {
 
 impl HistKind for HistogramAppender {
     type H = Histogram;
-    fn new_appender() -> Self {
-        HistogramAppender::new()
+    fn new_appender(bytes: usize) -> Self {
+        HistogramAppender::with_capacity(bytes)
     }
     fn append(
         &mut self,
@@ -242,8 +243,8 @@ impl HistKind for HistogramAppender {
 
 impl HistKind for FloatHistogramAppender {
     type H = FloatHistogram;
-    fn new_appender() -> Self {
-        FloatHistogramAppender::new()
+    fn new_appender(bytes: usize) -> Self {
+        FloatHistogramAppender::with_capacity(bytes)
     }
     fn append(
         &mut self,
@@ -300,11 +301,22 @@ impl HistKind for FloatHistogramAppender {
     }
 }
 
+/// Buffer of a series' first histogram chunk.
+const HIST_INITIAL_CAPACITY: usize = 128;
+
+/// The buffer to start a series' next histogram chunk with: the size of the chunk being
+/// cut plus an eighth. Histogram chunks are cut by size (about a kilobyte, Prometheus's
+/// target), so the next one takes about as much; grown from 128 bytes it was copied
+/// through six reallocations, 2% of the receiver's CPU at 10k series (issue #20).
+fn next_hist_capacity(prev_bytes: usize) -> usize {
+    (prev_bytes + prev_bytes / 8 + 16).clamp(HIST_INITIAL_CAPACITY, 16 * 1024)
+}
+
 /// An appender whose last sample is `h` at `t`: the previous appender Prometheus still
 /// holds when the series has no open chunk (it was closed at a block boundary, or the
 /// series' chunks were truncated), so a new chunk's header is computed as there.
 fn appender_ending_with<A: HistKind>(t: i64, h: &A::H) -> Option<A> {
-    let mut a = A::new_appender();
+    let mut a = A::new_appender(HIST_INITIAL_CAPACITY);
     match a.append(None, t, h) {
         Ok(Appended::InPlace) => Some(a),
         _ => None,
@@ -361,8 +373,14 @@ pub(crate) fn append_histogram<A: HistKind>(
     // The sample starts a new chunk: the previous appender is the open chunk's when it is
     // of this kind (Prometheus's type assertion on `s.app`), or, with no open chunk, one
     // rebuilt from the last histogram of this kind.
+    let capacity = open
+        .as_ref()
+        .and_then(A::open_ref)
+        .map_or(HIST_INITIAL_CAPACITY, |o| {
+            next_hist_capacity(o.app.num_bytes())
+        });
     let mut fresh = HistOpen {
-        app: A::new_appender(),
+        app: A::new_appender(capacity),
         min_t: t,
         cutter: HistogramCutter::new(t, chunk_range),
     };
@@ -400,7 +418,7 @@ pub(crate) fn encode_histograms<A: HistKind>(
     };
     let rebuilt = prev.and_then(|(pt, ph)| appender_ending_with::<A>(*pt, ph));
     let mut cur = HistOpen {
-        app: A::new_appender(),
+        app: A::new_appender(HIST_INITIAL_CAPACITY),
         min_t: first_t,
         cutter: HistogramCutter::new(first_t, i64::MAX),
     };
