@@ -45,15 +45,13 @@ fn zigzag32(v: u64) -> i32 {
     ((v >> 1) as i32) ^ -((v & 1) as i32)
 }
 
-/// Pushes `x` unless `others + v.len()` (the elements held so far under one limit)
-/// already reached `limit`; for a packed field's bound, reserves that much room, never
-/// past what `limit` allows (the rest of a hostile field fails before it is pushed).
 /// A packed `sint64` field (bucket deltas, the bulk of a histogram) appended to `v`,
-/// which with `others` may hold at most `limit` values. Its values are counted first
-/// (a varint ends at each byte below 0x80), so the limit is checked once and `v` grows
-/// once; then they are decoded into place. Through the general packed reader each
-/// value went through an element callback and a bounded push: a quarter of decoding
-/// a histogram request (issue #20).
+/// which with `others` may hold at most `limit` values. A field of no more bytes than
+/// the limit leaves room for cannot hold too many values, and is decoded straight into
+/// `v`; a longer one has its values counted first (a varint ends at each byte below
+/// 0x80), so the limit is checked before anything is held. Through the general packed
+/// reader each value went through an element callback and a bounded push: a quarter
+/// of decoding a histogram request (issue #20).
 fn packed_sint64_into(
     packed: &[u8],
     v: &mut Vec<i64>,
@@ -61,8 +59,17 @@ fn packed_sint64_into(
     what: &'static str,
     limit: usize,
 ) -> Result<(), DecodeError> {
-    let n = packed.iter().filter(|&&b| b < 0x80).count();
     let start = v.len();
+    if others + start + packed.len() <= limit {
+        // Fewer bytes than the limit allows values: no need to count them first.
+        v.reserve(packed.len());
+        let mut c = Cursor::new(packed);
+        while !c.done() {
+            v.push(zigzag64(c.varint()?));
+        }
+        return Ok(());
+    }
+    let n = packed.iter().filter(|&&b| b < 0x80).count();
     if others + start + n > limit {
         // The count at which reading one at a time stops, as every other limit says.
         let count = (others + start + n).min(limit + 1);
@@ -80,6 +87,9 @@ fn packed_sint64_into(
     Ok(())
 }
 
+/// Pushes `x` unless `others + v.len()` (the elements held so far under one limit)
+/// already reached `limit`; for a packed field's bound, reserves that much room, never
+/// past what `limit` allows (the rest of a hostile field fails before it is pushed).
 fn push_bounded<T>(
     v: &mut Vec<T>,
     x: Elem<T>,
@@ -420,6 +430,16 @@ mod tests {
             ..Default::default()
         };
         decode_histogram(&ok.encode_to_vec(), &lim).unwrap();
+        // More bytes than the limit allows values, but no more values: taken whole.
+        let wide = prompb::Histogram {
+            positive_deltas: vec![300, -300, 300, 1],
+            ..Default::default()
+        };
+        let h = decode_histogram(&wide.encode_to_vec(), &lim).unwrap();
+        let HistogramValue::Int(h) = h.h else {
+            panic!("an integer histogram")
+        };
+        assert_eq!(h.positive_buckets, [300, -300, 300, 1]);
         let flood = prompb::Histogram {
             positive_deltas: vec![1, 1, 1],
             negative_deltas: vec![1, 1],
