@@ -78,7 +78,7 @@ use crate::block::{self, Block, BlockError, BlockOptions, ThanosMeta};
 use crate::checkpoint::CheckpointRecords;
 use crate::chunk::{Chunk, ChunkError, XorIterator};
 use crate::exemplars::{Added, Exemplar, ExemplarError, ExemplarStorage};
-use crate::head::{Head, MemSeries, SampleResult, SeriesKey, key_hash, labels_key};
+use crate::head::{Head, MemSeries, SampleResult, SeriesHandles, SeriesKey, key_hash, labels_key};
 use crate::metrics::{Metrics, RejectReason};
 use crate::postings::SeriesRef;
 use crate::wal::record::{
@@ -766,7 +766,7 @@ impl Db {
             hists: Vec::new(),
             hist: Vec::new(),
             keybuf: Vec::new(),
-            cached: Vec::new(),
+            cached: SeriesHandles(Vec::new()),
             cached_epoch: None,
             remember: Vec::new(),
         }
@@ -1331,7 +1331,7 @@ pub struct Appender<'a> {
     keybuf: Vec<u8>,
     /// Series found through the wire-key cache ([`SeriesKey::Cached`] indexes these),
     /// and the head epoch they were found in (`u64::MAX`: several, or another head's).
-    cached: Vec<Arc<MemSeries>>,
+    cached: SeriesHandles<Arc<MemSeries>>,
     cached_epoch: Option<u64>,
     /// Wire keys to remember once their series are resolved, by key index.
     remember: Vec<(u32, WireKey<'a>)>,
@@ -1539,7 +1539,7 @@ impl<'a> Appender<'a> {
         if self.keys.is_empty() {
             return Ok(out);
         }
-        let mut resolved = Vec::with_capacity(self.keys.len());
+        let mut resolved = SeriesHandles(Vec::with_capacity(self.keys.len()));
         let mut bmin = i64::MAX;
         let mut bmax = i64::MIN;
         // Look series up before taking the commit lock, so concurrent committers do not

@@ -1842,6 +1842,58 @@ fn prefetch_arc_inner(s: &MemSeries) {
 /// Bytes of an `Arc`'s reference counts, before the value.
 const ARC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
 
+/// Something holding a head series (or nothing), for [`SeriesHandles`].
+pub(crate) trait SeriesHandle {
+    fn series(&self) -> Option<&MemSeries>;
+}
+
+impl SeriesHandle for Arc<MemSeries> {
+    fn series(&self) -> Option<&MemSeries> {
+        Some(self)
+    }
+}
+
+impl SeriesHandle for Option<Arc<MemSeries>> {
+    fn series(&self) -> Option<&MemSeries> {
+        self.as_deref()
+    }
+}
+
+/// A batch's series handles, whose reference counts are all prefetched before they are
+/// dropped. Dropping an `Arc` is a locked decrement, which waits for its cache line; a
+/// commit's handles, dropped one after another once the commit had moved on from their
+/// series, were a cache miss each with nothing overlapping them (about 1.5% of the
+/// receiver's CPU per vector of handles at 50k series, issue #26). Prefetched first,
+/// the misses overlap and the decrements find their lines in the cache.
+#[derive(Debug)]
+pub(crate) struct SeriesHandles<T: SeriesHandle>(pub(crate) Vec<T>);
+
+impl<T: SeriesHandle> Drop for SeriesHandles<T> {
+    fn drop(&mut self) {
+        for s in self.0.iter().filter_map(SeriesHandle::series) {
+            prefetch(
+                (s as *const MemSeries)
+                    .cast::<u8>()
+                    .wrapping_sub(ARC_COUNTS),
+            );
+        }
+        // The vector and its handles are dropped after this.
+    }
+}
+
+impl<T: SeriesHandle> std::ops::Deref for SeriesHandles<T> {
+    type Target = Vec<T>;
+    fn deref(&self) -> &Vec<T> {
+        &self.0
+    }
+}
+
+impl<T: SeriesHandle> std::ops::DerefMut for SeriesHandles<T> {
+    fn deref_mut(&mut self) -> &mut Vec<T> {
+        &mut self.0
+    }
+}
+
 /// See [`prefetch_ahead`]: far enough for a miss to resolve, near enough for the lines
 /// to still be in cache.
 const AHEAD: usize = 16;
@@ -1878,6 +1930,31 @@ fn prefetch(p: *const u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Handles dropped through `SeriesHandles` (with and without gaps) give back every
+    /// reference they held, and only those.
+    #[test]
+    fn series_handles_release_what_they_hold() {
+        let all: Vec<Arc<MemSeries>> = (0..40).map(MemSeries::bare).collect();
+        let some = SeriesHandles(
+            all.iter()
+                .enumerate()
+                .map(|(i, s)| (i % 3 != 0).then(|| s.clone()))
+                .collect::<Vec<_>>(),
+        );
+        let mut each = SeriesHandles(all.iter().chain(&all[..5]).cloned().collect());
+        each.push(all[7].clone());
+        // Held by `all`, and by `some` unless a multiple of 3, and once or twice by `each`.
+        assert_eq!(Arc::strong_count(&all[0]), 3);
+        assert_eq!(Arc::strong_count(&all[1]), 4);
+        assert_eq!(Arc::strong_count(&all[7]), 4);
+        assert_eq!(Arc::strong_count(&all[9]), 2);
+        drop(some);
+        assert_eq!(Arc::strong_count(&all[1]), 3);
+        assert_eq!(Arc::strong_count(&all[7]), 3);
+        drop(each);
+        assert!(all.iter().all(|s| Arc::strong_count(s) == 1));
+    }
 
     /// A pass through a lock window gets every series' lock once at its turn: a series
     /// named again within the window (its lock held ahead for the earlier turn) is

@@ -313,5 +313,4 @@ mod tests {
         assert_eq!(l.to_vec(), cs[100..].to_vec());
         assert_eq!(l.buf.len(), LEN + l.records().len());
     }
-
 }
