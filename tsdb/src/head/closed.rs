@@ -52,14 +52,14 @@ fn uvarint(b: &[u8], at: &mut usize) -> Option<u64> {
     Some(v)
 }
 
-/// A list holding `records` (sized exactly; empty: no allocation).
-fn exact(records: Vec<u8>) -> Box<[u8]> {
-    if records.is_empty() {
+/// A list's buffer, sized exactly, from `v`: [`LEN`] placeholder bytes, then records
+/// (none: no allocation).
+fn exact(mut v: Vec<u8>) -> Box<[u8]> {
+    let records = v.len().saturating_sub(LEN);
+    if records == 0 {
         return Box::default();
     }
-    let mut v = Vec::with_capacity(LEN + records.len());
-    v.extend_from_slice(&(records.len() as u64).to_le_bytes());
-    v.extend_from_slice(&records);
+    v[..LEN].copy_from_slice(&(records as u64).to_le_bytes());
     v.into_boxed_slice()
 }
 
@@ -189,7 +189,7 @@ impl ClosedChunks {
         if self.iter().all(|c| keep(&c)) {
             return;
         }
-        let mut v = Vec::new();
+        let mut v = vec![0; LEN];
         for c in self.iter().filter(|c| keep(c)) {
             put(&mut v, c);
         }
@@ -198,7 +198,9 @@ impl ClosedChunks {
 
     /// Replaces the list with `chunks`.
     pub(crate) fn set(&mut self, chunks: &[Chunk]) {
-        let mut v = Vec::with_capacity(chunks.iter().map(|c| record_len(&c.view())).sum());
+        let mut v =
+            Vec::with_capacity(LEN + chunks.iter().map(|c| record_len(&c.view())).sum::<usize>());
+        v.resize(LEN, 0);
         for c in chunks {
             put(&mut v, c.view());
         }
