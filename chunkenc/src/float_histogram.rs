@@ -10,9 +10,9 @@ use crate::ChunkError;
 use crate::bstream::{BitReader, BitWrite, BitWriter};
 use crate::histogram::{Appended, check_shape, float_buckets_match};
 use crate::histogram_layout::{
-    CounterResetHeader, HISTOGRAM_HEADER_SIZE, Insert, Layout, adjust_for_inserts, count_spans,
-    expand_float_spans_and_buckets, expand_spans_both_ways, header_count, insert, read_hint,
-    read_layout, region, set_header, tail, write_layout,
+    CounterResetHeader, HISTOGRAM_HEADER_SIZE, HISTOGRAM_INITIAL_CAPACITY, Insert, Layout,
+    adjust_for_inserts, count_spans, expand_float_spans_and_buckets, expand_spans_both_ways,
+    header_count, insert, read_hint, read_layout, region, set_header, tail, write_layout,
 };
 use crate::varbit::{NO_WINDOW, put_varbit_int, read_varbit_int, xor_read, xor_write};
 use storeapi::histogram::{CUSTOM_BUCKETS_SCHEMA, CounterResetHint, FloatHistogram, Span};
@@ -74,12 +74,12 @@ impl Default for FloatHistogramAppender {
 impl FloatHistogramAppender {
     /// An empty chunk (header Unknown).
     pub fn new() -> Self {
-        Self::with_capacity(128)
+        Self::with_capacity(HISTOGRAM_INITIAL_CAPACITY)
     }
 
     /// An empty chunk whose buffer starts with `bytes` reserved (e.g. the size of the
-    /// series' previous chunk: a chunk grown from 128 bytes to the kilobyte where it is
-    /// cut is copied through six reallocations).
+    /// series' previous chunk: a chunk grown from [`HISTOGRAM_INITIAL_CAPACITY`] bytes
+    /// to the kilobyte where it is cut is copied through six reallocations).
     pub fn with_capacity(bytes: usize) -> Self {
         FloatHistogramAppender {
             w: BitWriter::with_header(HISTOGRAM_HEADER_SIZE, bytes),

@@ -11,9 +11,10 @@
 use crate::ChunkError;
 use crate::bstream::{BitReader, BitWrite, BitWriter};
 use crate::histogram_layout::{
-    COUNTER_RESET_HEADER_MASK, CounterResetHeader, HISTOGRAM_HEADER_SIZE, Insert, Layout,
-    adjust_for_inserts, count_spans, expand_int_spans_and_buckets, expand_spans_both_ways,
-    header_count, insert, read_hint, read_layout, region, set_header, tail, write_layout,
+    COUNTER_RESET_HEADER_MASK, CounterResetHeader, HISTOGRAM_HEADER_SIZE,
+    HISTOGRAM_INITIAL_CAPACITY, Insert, Layout, adjust_for_inserts, count_spans,
+    expand_int_spans_and_buckets, expand_spans_both_ways, header_count, insert, read_hint,
+    read_layout, region, set_header, tail, write_layout,
 };
 use crate::varbit::{
     NO_WINDOW, put_varbit_int, put_varbit_uint, read_varbit_int, read_varbit_uint, xor_read,
@@ -97,12 +98,12 @@ impl Default for HistogramAppender {
 impl HistogramAppender {
     /// An empty chunk (header Unknown).
     pub fn new() -> Self {
-        Self::with_capacity(128)
+        Self::with_capacity(HISTOGRAM_INITIAL_CAPACITY)
     }
 
     /// An empty chunk whose buffer starts with `bytes` reserved (e.g. the size of the
-    /// series' previous chunk: a chunk grown from 128 bytes to the kilobyte where it is
-    /// cut is copied through six reallocations).
+    /// series' previous chunk: a chunk grown from [`HISTOGRAM_INITIAL_CAPACITY`] bytes
+    /// to the kilobyte where it is cut is copied through six reallocations).
     pub fn with_capacity(bytes: usize) -> Self {
         HistogramAppender {
             w: BitWriter::with_header(HISTOGRAM_HEADER_SIZE, bytes),
@@ -494,7 +495,7 @@ impl HistogramAppender {
         } else {
             if !is_stale_nan(h.sum)
                 && (h.positive_buckets.len() != self.np
-                    || h.negative_buckets.len() != self.buckets.len() / 2 - self.np)
+                    || h.negative_buckets.len() != self.n_last().len())
             {
                 return Err(ChunkError::BadHistogram(
                     "histogram buckets do not match the chunk's layout",

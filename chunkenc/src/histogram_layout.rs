@@ -11,6 +11,10 @@ use storeapi::histogram::{CUSTOM_BUCKETS_SCHEMA, CounterResetHint, Span};
 /// Bytes before the bit stream: sample count (2, big-endian) and the flags byte.
 pub const HISTOGRAM_HEADER_SIZE: usize = 3;
 
+/// Buffer of a new histogram chunk when nothing predicts its size (Prometheus's figure
+/// for a new chunk's stream).
+pub const HISTOGRAM_INITIAL_CAPACITY: usize = 128;
+
 /// The counter-reset flags in the top two bits of a histogram chunk's third byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]

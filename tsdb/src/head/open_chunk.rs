@@ -19,6 +19,7 @@ use crate::chunk::{
     Appended, Chunk, ChunkError, Encoding, FloatHistogramAppender, FloatHistogramIterator,
     HistogramAppender, HistogramIterator, XorChunk,
 };
+use chunkenc::histogram_layout::HISTOGRAM_INITIAL_CAPACITY;
 
 /// An open XOR chunk.
 #[derive(Debug)]
@@ -301,22 +302,19 @@ impl HistKind for FloatHistogramAppender {
     }
 }
 
-/// Buffer of a series' first histogram chunk.
-const HIST_INITIAL_CAPACITY: usize = 128;
-
 /// The buffer to start a series' next histogram chunk with: the size of the chunk being
 /// cut plus an eighth. Histogram chunks are cut by size (about a kilobyte, Prometheus's
 /// target), so the next one takes about as much; grown from 128 bytes it was copied
 /// through six reallocations, 2% of the receiver's CPU at 10k series (issue #20).
 fn next_hist_capacity(prev_bytes: usize) -> usize {
-    (prev_bytes + prev_bytes / 8 + 16).clamp(HIST_INITIAL_CAPACITY, 16 * 1024)
+    (prev_bytes + prev_bytes / 8 + 16).clamp(HISTOGRAM_INITIAL_CAPACITY, 16 * 1024)
 }
 
 /// An appender whose last sample is `h` at `t`: the previous appender Prometheus still
 /// holds when the series has no open chunk (it was closed at a block boundary, or the
 /// series' chunks were truncated), so a new chunk's header is computed as there.
 fn appender_ending_with<A: HistKind>(t: i64, h: &A::H) -> Option<A> {
-    let mut a = A::new_appender(HIST_INITIAL_CAPACITY);
+    let mut a = A::new_appender(HISTOGRAM_INITIAL_CAPACITY);
     match a.append(None, t, h) {
         Ok(Appended::InPlace) => Some(a),
         _ => None,
@@ -376,7 +374,7 @@ pub(crate) fn append_histogram<A: HistKind>(
     let capacity = open
         .as_ref()
         .and_then(A::open_ref)
-        .map_or(HIST_INITIAL_CAPACITY, |o| {
+        .map_or(HISTOGRAM_INITIAL_CAPACITY, |o| {
             next_hist_capacity(o.app.num_bytes())
         });
     let mut fresh = HistOpen {
@@ -418,7 +416,7 @@ pub(crate) fn encode_histograms<A: HistKind>(
     };
     let rebuilt = prev.and_then(|(pt, ph)| appender_ending_with::<A>(*pt, ph));
     let mut cur = HistOpen {
-        app: A::new_appender(HIST_INITIAL_CAPACITY),
+        app: A::new_appender(HISTOGRAM_INITIAL_CAPACITY),
         min_t: first_t,
         cutter: HistogramCutter::new(first_t, i64::MAX),
     };
