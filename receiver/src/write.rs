@@ -274,12 +274,31 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Bytes of the body read so far.
+    fn consumed(&self) -> usize {
+        match self {
+            Reader::V1(r) => r.consumed(),
+            Reader::V2(r, _) => r.consumed(),
+        }
+    }
+
     fn metadata(&self) -> u64 {
         match self {
             Reader::V1(r) => r.metadata().len() as u64,
             Reader::V2(_, n) => *n,
         }
     }
+}
+
+/// How many more of something the rest of a request holds, extrapolated from the
+/// `count` its first `consumed` of `total` bytes held, with an eighth to spare. Never
+/// more than the bytes left: each one takes at least a byte.
+fn extrapolate(count: usize, consumed: usize, total: usize) -> usize {
+    let rest = total.saturating_sub(consumed);
+    let guess = count.saturating_mul(rest) / consumed.max(1);
+    guess
+        .saturating_add(guess / 8 + 1)
+        .min(rest.saturating_add(1))
 }
 
 /// Decodes and appends one uncompressed `prometheus.WriteRequest` for `tenant`.
@@ -427,6 +446,10 @@ pub fn write_into(
         }
         histograms += view.histograms.len() as u64;
         let series_start = view.labels_start();
+        if hists.len() + view.histograms.len() > hists.capacity() {
+            let more = extrapolate(hists.len(), reader.consumed(), raw.len());
+            hists.reserve(view.histograms.len() + more);
+        }
         for h in view.histograms.drain(..) {
             match h.h.validate() {
                 Ok(()) => hists.push(h),
@@ -465,6 +488,19 @@ pub fn write_into(
             }
             view.drop_series_labels();
             continue;
+        }
+        // The request's vectors, when full, are sized for the rest of it from what
+        // its bytes so far held, not doubled (see `series_guess`).
+        let consumed = reader.consumed();
+        if spans.len() == spans.capacity() {
+            let more = extrapolate(spans.len(), consumed, raw.len());
+            for v in [&mut spans, &mut hist_spans, &mut label_spans] {
+                v.reserve(more);
+            }
+            wires.reserve(more);
+        }
+        if samples.len() + view.samples.len() > samples.capacity() {
+            samples.reserve(view.samples.len() + extrapolate(samples.len(), consumed, raw.len()));
         }
         let start = samples.len();
         samples.extend_from_slice(&view.samples);
@@ -906,6 +942,21 @@ mod tests {
     use storeapi::wire::remote_write::encode_write_request;
 
     use crate::multitsdb::MultiTsdbConfig;
+
+    /// The rest of a request is sized from its part read so far, with an eighth to
+    /// spare, and never beyond a thing per remaining byte (a hostile first series cannot
+    /// make it reserve more than the body could hold).
+    #[test]
+    fn per_series_vectors_are_sized_from_the_bytes_read_so_far() {
+        // 100 series in the first 25 kB of 100 kB: about 300 more.
+        assert_eq!(extrapolate(100, 25_000, 100_000), 300 + 37 + 1);
+        // Nothing read yet, or the body read to its end: one more at most.
+        assert_eq!(extrapolate(0, 0, 1000), 1);
+        assert_eq!(extrapolate(50, 1000, 1000), 1);
+        // A thing per byte so far (the densest possible) never asks beyond the rest.
+        assert_eq!(extrapolate(10, 10, 1000), 991);
+        assert_eq!(extrapolate(usize::MAX, 1, usize::MAX), usize::MAX);
+    }
 
     fn now_ms() -> i64 {
         std::time::SystemTime::now()

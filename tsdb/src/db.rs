@@ -328,6 +328,11 @@ struct CommitBufs {
     /// Frames for the write-behind log (out-of-order samples).
     wbl_frames: Vec<u8>,
     wbl_samples: Vec<u8>,
+    /// A commit's appended histograms: (series ref, index into the batch's histograms),
+    /// integer and float, in order and out of order. Kept between commits: grown from
+    /// empty by doubling in each of them, they were a tenth of the receiver's malloc
+    /// time with 2,000 histograms per request (issue #20).
+    hist_lists: [Vec<(u64, usize)>; 4],
 }
 
 struct Inner {
@@ -1564,6 +1569,7 @@ impl<'a> Appender<'a> {
                 samples,
                 wbl_frames,
                 wbl_samples,
+                hist_lists,
             } = &mut *bufs;
             // Records of an earlier failed commit are in the head already: they reach the
             // log before this commit changes anything (a retry of them is all duplicates).
@@ -1614,10 +1620,8 @@ impl<'a> Appender<'a> {
             let mut newly_logged: Vec<&Arc<MemSeries>> = Vec::new();
             // Appended histograms: (series ref, index into `hists`), by flavour; and
             // those taken out of order.
-            let mut int_hists: Vec<(u64, usize)> = Vec::new();
-            let mut float_hists: Vec<(u64, usize)> = Vec::new();
-            let mut ooo_int_hists: Vec<(u64, usize)> = Vec::new();
-            let mut ooo_float_hists: Vec<(u64, usize)> = Vec::new();
+            hist_lists.iter_mut().for_each(Vec::clear);
+            let [int_hists, float_hists, ooo_int_hists, ooo_float_hists] = hist_lists;
             out.series_refs.reserve(self.keys.len());
             let mut window = crate::head::LockWindow::new();
             for (i, (s, &(a, b))) in resolved.iter().zip(&self.spans).enumerate() {
@@ -1669,9 +1673,12 @@ impl<'a> Appender<'a> {
                         match d.append_histogram(t, &x.h, mv, head.chunk_range()) {
                             SampleResult::Appended => {
                                 let list = match x.h {
-                                    HistogramValue::Int(_) => &mut int_hists,
-                                    HistogramValue::Float(_) => &mut float_hists,
+                                    HistogramValue::Int(_) => &mut *int_hists,
+                                    HistogramValue::Float(_) => &mut *float_hists,
                                 };
+                                if list.capacity() == 0 {
+                                    list.reserve(self.hists.len());
+                                }
                                 list.push((s.sref, a as usize + k));
                                 out.histograms_appended += 1;
                                 bmin = bmin.min(t);
@@ -1687,8 +1694,8 @@ impl<'a> Appender<'a> {
                                 match d.insert_ooo_histogram(t, &x.h, ooo_cap) {
                                     Ok(true) => {
                                         let list = match x.h {
-                                            HistogramValue::Int(_) => &mut ooo_int_hists,
-                                            HistogramValue::Float(_) => &mut ooo_float_hists,
+                                            HistogramValue::Int(_) => &mut *ooo_int_hists,
+                                            HistogramValue::Float(_) => &mut *ooo_float_hists,
                                         };
                                         list.push((s.sref, a as usize + k));
                                         head.note_ooo_time(t);
@@ -1753,10 +1760,10 @@ impl<'a> Appender<'a> {
             out.appended += out.histograms_appended;
             let mut wbl_hists = false;
             for (list, float, wbl) in [
-                (&int_hists, false, false),
-                (&float_hists, true, false),
-                (&ooo_int_hists, false, true),
-                (&ooo_float_hists, true, true),
+                (&*int_hists, false, false),
+                (&*float_hists, true, false),
+                (&*ooo_int_hists, false, true),
+                (&*ooo_float_hists, true, true),
             ] {
                 if list.is_empty() {
                     continue;

@@ -71,6 +71,12 @@ impl<'a> RequestReader<'a> {
 
     /// Decodes the next series into `out` (cleared first). Returns `Ok(false)` at the end.
     /// `out.raw` stays empty: a 2.0 series is not forwardable as it is.
+    /// Bytes of the body read so far: with the series read, what a caller sizes its
+    /// per-series vectors from.
+    pub fn consumed(&self) -> usize {
+        self.cur.pos
+    }
+
     pub fn next_series(&mut self, out: &mut SeriesView<'a>) -> Result<bool, DecodeError> {
         out.clear();
         while !self.cur.done() {
