@@ -23,6 +23,20 @@ impl BitWriter {
         BitWriter { buf, free: 0 }
     }
 
+    /// Empties the writer for a new chunk that starts with `header` zero bytes, in the
+    /// same buffer: kept unless it is more than twice `capacity` (then it shrinks to
+    /// that), so one outsized chunk does not pin its memory.
+    pub(crate) fn restart(&mut self, header: usize, capacity: usize) {
+        let capacity = capacity.max(header);
+        self.buf.clear();
+        if self.buf.capacity() > 2 * capacity {
+            self.buf.shrink_to(capacity);
+        }
+        self.buf.reserve(capacity);
+        self.buf.resize(header, 0);
+        self.free = 0;
+    }
+
     /// Continues writing after `used_bits` bits of `data` (later bits are cleared).
     pub(crate) fn resume(data: &[u8], used_bits: usize) -> Self {
         let used_bytes = used_bits.div_ceil(8).min(data.len());
@@ -319,6 +333,21 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A restarted writer holds just the header, its buffer kept unless it is more
+    /// than twice the room asked for.
+    #[test]
+    fn restart_keeps_a_fitting_buffer_and_shrinks_an_outsized_one() {
+        let mut w = BitWriter::with_header(3, 1000);
+        w.write_bits(0x1ff, 9);
+        let kept = w.buf.capacity();
+        w.restart(3, 900);
+        assert_eq!((&w.buf[..], w.free), (&[0u8, 0, 0][..], 0));
+        assert_eq!(w.buf.capacity(), kept);
+        w.restart(3, 100);
+        assert!(w.buf.capacity() < kept && w.buf.capacity() >= 100);
+        assert_eq!(w.bit_len(), 24);
     }
 
     proptest::proptest! {

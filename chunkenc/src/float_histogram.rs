@@ -81,18 +81,63 @@ impl FloatHistogramAppender {
     /// series' previous chunk: a chunk grown from [`HISTOGRAM_INITIAL_CAPACITY`] bytes
     /// to the kilobyte where it is cut is copied through six reallocations).
     pub fn with_capacity(bytes: usize) -> Self {
+        Self::empty_in(
+            BitWriter::with_header(HISTOGRAM_HEADER_SIZE, bytes),
+            Layout::default(),
+            [Vec::new(), Vec::new()],
+        )
+    }
+
+    /// An empty chunk written to `w` (holding just the header), with `layout` and
+    /// `buckets` (positive, negative) as room for the first sample's.
+    fn empty_in(w: BitWriter, layout: Layout, buckets: [Vec<XorValue>; 2]) -> Self {
+        let [p_buckets, n_buckets] = buckets;
         FloatHistogramAppender {
-            w: BitWriter::with_header(HISTOGRAM_HEADER_SIZE, bytes),
-            layout: Layout::default(),
+            w,
+            layout,
             t: 0,
             t_delta: 0,
             sum: XorValue::FRESH,
             cnt: XorValue::FRESH,
             z_cnt: XorValue::FRESH,
-            p_buckets: Vec::new(),
-            n_buckets: Vec::new(),
+            p_buckets,
+            n_buckets,
             last_as_given: false,
         }
+    }
+
+    /// [`HistogramAppender::restart`](crate::HistogramAppender::restart) for float
+    /// histograms: the series' next chunk, `h` at `t` its first sample, in this
+    /// appender's allocations; `take` gets the current chunk's bytes first. On an error
+    /// nothing changed and `take` was not called.
+    pub fn restart(
+        &mut self,
+        t: i64,
+        h: &FloatHistogram,
+        capacity: usize,
+        take: impl FnOnce(&[u8]),
+    ) -> Result<(), ChunkError> {
+        check_shape(&h.positive_spans, h.positive_buckets.len())?;
+        check_shape(&h.negative_spans, h.negative_buckets.len())?;
+        let header = match h.hint {
+            CounterResetHint::Gauge => CounterResetHeader::Gauge,
+            CounterResetHint::CounterReset => CounterResetHeader::CounterReset,
+            _ if self.appendable(h).counter_reset => CounterResetHeader::CounterReset,
+            _ => CounterResetHeader::NotCounterReset,
+        };
+        take(self.bytes());
+        let mut w = std::mem::take(&mut self.w);
+        w.restart(HISTOGRAM_HEADER_SIZE, capacity);
+        let layout = std::mem::take(&mut self.layout);
+        let buckets = [
+            std::mem::take(&mut self.p_buckets),
+            std::mem::take(&mut self.n_buckets),
+        ];
+        *self = Self::empty_in(w, layout, buckets);
+        // The shapes were checked and the chunk is empty: this cannot fail.
+        self.append_raw(t, h, true)?;
+        self.set_header(header);
+        Ok(())
     }
 
     /// Reopens an encoded chunk for appending (state restored by decoding it, as
@@ -411,19 +456,24 @@ impl FloatHistogramAppender {
                 &h.negative_spans,
                 &h.custom_values,
             );
-            self.layout = Layout {
-                schema: h.schema,
-                zero_threshold: h.zero_threshold,
-                positive_spans: h.positive_spans.clone(),
-                negative_spans: h.negative_spans.clone(),
-                custom_values: h.custom_values.clone(),
-            };
+            self.layout.assign(
+                h.schema,
+                h.zero_threshold,
+                &h.positive_spans,
+                &h.negative_spans,
+                &h.custom_values,
+            );
             let fresh = |v: &f64| XorValue {
                 value: *v,
                 ..XorValue::FRESH
             };
-            self.p_buckets = h.positive_buckets.iter().map(fresh).collect();
-            self.n_buckets = h.negative_buckets.iter().map(fresh).collect();
+            for (to, from) in [
+                (&mut self.p_buckets, &h.positive_buckets),
+                (&mut self.n_buckets, &h.negative_buckets),
+            ] {
+                to.clear();
+                to.extend(from.iter().map(fresh));
+            }
             put_varbit_int(w, t);
             w.write_bits(h.count.to_bits(), 64);
             w.write_bits(h.zero_count.to_bits(), 64);

@@ -95,6 +95,30 @@ pub(crate) struct Layout {
     pub custom_values: Vec<f64>,
 }
 
+impl Layout {
+    /// Becomes the layout of a chunk's first histogram, in its own vectors.
+    pub(crate) fn assign(
+        &mut self,
+        schema: i32,
+        zero_threshold: f64,
+        positive_spans: &[Span],
+        negative_spans: &[Span],
+        custom_values: &[f64],
+    ) {
+        self.schema = schema;
+        self.zero_threshold = zero_threshold;
+        for (to, from) in [
+            (&mut self.positive_spans, positive_spans),
+            (&mut self.negative_spans, negative_spans),
+        ] {
+            to.clear();
+            to.extend_from_slice(from);
+        }
+        self.custom_values.clear();
+        self.custom_values.extend_from_slice(custom_values);
+    }
+}
+
 /// Where a slice's bytes are: one of the regions an appender names for prefetching
 /// (see [`crate::HistogramAppender::append_regions`]).
 pub(crate) fn region<T>(v: &[T]) -> (*const u8, usize) {

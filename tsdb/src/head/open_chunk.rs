@@ -143,8 +143,20 @@ pub(crate) enum LastValue {
 /// What the head needs of either histogram appender, so one cutting routine serves both.
 pub(crate) trait HistKind: Sized + std::fmt::Debug {
     type H: Clone + std::fmt::Debug;
+    /// The encoding of this kind's chunks.
+    const ENCODING: Encoding;
     /// An empty appender whose buffer starts with `bytes` reserved.
     fn new_appender(bytes: usize) -> Self;
+    /// Starts the next chunk in this appender's allocations, `h` at `t` its first
+    /// sample, after handing the current chunk's bytes to `take`
+    /// ([`HistogramAppender::restart`]).
+    fn restart(
+        &mut self,
+        t: i64,
+        h: &Self::H,
+        capacity: usize,
+        take: impl FnOnce(&[u8]),
+    ) -> Result<(), ChunkError>;
     fn append(
         &mut self,
         prev: Option<&Self>,
@@ -153,6 +165,8 @@ pub(crate) trait HistKind: Sized + std::fmt::Debug {
     ) -> Result<Appended<Self>, ChunkError>;
     fn num_samples(&self) -> u16;
     fn num_bytes(&self) -> usize;
+    /// The chunk's bytes.
+    fn chunk_bytes(&self) -> &[u8];
     fn last_t(&self) -> i64;
     fn open_mut(o: &mut OpenChunk) -> Option<&mut HistOpen<Self>>;
     fn open_ref(o: &OpenChunk) -> Option<&HistOpen<Self>>;
@@ -184,8 +198,18 @@ pub(crate) trait HistKind: Sized + std::fmt::Debug {
 
 impl HistKind for HistogramAppender {
     type H = Histogram;
+    const ENCODING: Encoding = Encoding::Histogram;
     fn new_appender(bytes: usize) -> Self {
         HistogramAppender::with_capacity(bytes)
+    }
+    fn restart(
+        &mut self,
+        t: i64,
+        h: &Histogram,
+        capacity: usize,
+        take: impl FnOnce(&[u8]),
+    ) -> Result<(), ChunkError> {
+        HistogramAppender::restart(self, t, h, capacity, take)
     }
     fn append(
         &mut self,
@@ -203,6 +227,9 @@ impl HistKind for HistogramAppender {
     }
     fn num_bytes(&self) -> usize {
         self.bytes().len()
+    }
+    fn chunk_bytes(&self) -> &[u8] {
+        self.bytes()
     }
     fn last_t(&self) -> i64 {
         HistogramAppender::last_t(self)
@@ -244,8 +271,18 @@ impl HistKind for HistogramAppender {
 
 impl HistKind for FloatHistogramAppender {
     type H = FloatHistogram;
+    const ENCODING: Encoding = Encoding::FloatHistogram;
     fn new_appender(bytes: usize) -> Self {
         FloatHistogramAppender::with_capacity(bytes)
+    }
+    fn restart(
+        &mut self,
+        t: i64,
+        h: &FloatHistogram,
+        capacity: usize,
+        take: impl FnOnce(&[u8]),
+    ) -> Result<(), ChunkError> {
+        FloatHistogramAppender::restart(self, t, h, capacity, take)
     }
     fn append(
         &mut self,
@@ -263,6 +300,9 @@ impl HistKind for FloatHistogramAppender {
     }
     fn num_bytes(&self) -> usize {
         self.bytes().len()
+    }
+    fn chunk_bytes(&self) -> &[u8] {
+        self.bytes()
     }
     fn last_t(&self) -> i64 {
         FloatHistogramAppender::last_t(self)
@@ -308,6 +348,36 @@ impl HistKind for FloatHistogramAppender {
 /// through six reallocations, 2% of the receiver's CPU at 10k series (issue #20).
 fn next_hist_capacity(prev_bytes: usize) -> usize {
     (prev_bytes + prev_bytes / 8 + 16).clamp(HISTOGRAM_INITIAL_CAPACITY, 16 * 1024)
+}
+
+/// Closes `app`'s chunk into a series' closed chunks, unless it holds no sample.
+fn close_hist<A: HistKind>(closed: &mut super::ClosedChunks, min_t: i64, app: &A) {
+    close_bytes::<A>(
+        closed,
+        min_t,
+        app.last_t(),
+        app.num_samples(),
+        app.chunk_bytes(),
+    );
+}
+
+/// [`close_hist`] from the chunk's parts: its first and last times, sample count and
+/// bytes.
+fn close_bytes<A: HistKind>(
+    closed: &mut super::ClosedChunks,
+    min_time: i64,
+    max_time: i64,
+    samples: u16,
+    data: &[u8],
+) {
+    if samples > 0 {
+        closed.push(crate::chunk::ChunkView {
+            min_time,
+            max_time,
+            encoding: A::ENCODING,
+            data,
+        });
+    }
 }
 
 /// An appender whose last sample is `h` at `t`: the previous appender Prometheus still
@@ -362,11 +432,24 @@ pub(crate) fn append_histogram<A: HistKind>(
                             cutter,
                         },
                     );
-                    A::wrap(old).close_into(closed);
+                    close_hist(closed, old.min_t, &old.app);
                 }
             }
             return Ok(());
         }
+        // The sample starts the series' next chunk, in the open one's allocations (its
+        // appender is the previous one Prometheus computes the header against).
+        let capacity = next_hist_capacity(o.app.num_bytes());
+        let (min_t, app) = (o.min_t, &mut o.app);
+        // The closure sees the old chunk through `data` only; what it needs of the
+        // appender (sample count, last time) is read before.
+        let (n, last_t) = (app.num_samples(), app.last_t());
+        app.restart(t, h, capacity, |data| {
+            close_bytes::<A>(closed, min_t, last_t, n, data)
+        })?;
+        o.min_t = t;
+        o.cutter = HistogramCutter::new(t, chunk_range);
+        return Ok(());
     }
     // The sample starts a new chunk: the previous appender is the open chunk's when it is
     // of this kind (Prometheus's type assertion on `s.app`), or, with no open chunk, one
