@@ -5,6 +5,7 @@ pub mod dedup;
 pub mod histogram;
 pub mod labels;
 pub mod matcher;
+pub mod prefetch;
 #[cfg(feature = "selectors")]
 pub mod selectors;
 #[cfg(feature = "wire")]

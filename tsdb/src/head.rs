@@ -1898,34 +1898,7 @@ impl<T: SeriesHandle> std::ops::DerefMut for SeriesHandles<T> {
 /// to still be in cache.
 const AHEAD: usize = 16;
 
-/// Prefetches every cache line of `*v`.
-#[inline(always)]
-fn prefetch_value<T>(v: &T) {
-    prefetch_bytes((v as *const T).cast(), std::mem::size_of::<T>());
-}
-
-/// Prefetches every cache line the `len` bytes at `p` touch.
-#[inline(always)]
-fn prefetch_bytes(p: *const u8, len: usize) {
-    let skew = p as usize & 63;
-    for off in (0..skew + len).step_by(64) {
-        prefetch(p.wrapping_sub(skew).wrapping_add(off));
-    }
-}
-
-/// A read-prefetch hint for the cache line holding `p`. It never faults, so any
-/// address (even a stale one) is allowed; a no-op where the target has no stable hint.
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 only hints the cache; it never dereferences `p` architecturally
-    // and never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
+pub(crate) use storeapi::prefetch::{prefetch, prefetch_bytes, prefetch_value};
 
 #[cfg(test)]
 mod tests {

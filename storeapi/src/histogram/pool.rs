@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 
 use super::Histogram;
+use crate::prefetch::{prefetch_bytes, prefetch_value};
 
 /// Boxes kept per thread: one default Prometheus batch (`max_samples_per_send`).
 const MAX_POOLED: usize = 2048;
@@ -20,9 +21,42 @@ thread_local! {
     static POOL: RefCell<Vec<Box<Histogram>>> = const { RefCell::new(Vec::new()) };
 }
 
+/// How many takes ahead a pooled box is prefetched, and (about half as far, once its
+/// box is in the cache) its vectors. A request's histograms are given back after its
+/// commit has walked every series: by the next request, the boxes are out of the
+/// cache, and the decoder's stores into them were a tenth of its time (issue #20).
+const BOX_AHEAD: usize = 8;
+const VECTORS_AHEAD: usize = 4;
+/// At most this much of a pooled vector's room is prefetched.
+const VECTOR_PREFETCH_BYTES: usize = 256;
+
 /// An empty histogram (vectors empty, perhaps with capacity).
 pub fn take() -> Box<Histogram> {
-    POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default()
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let h = p.pop();
+        let n = p.len();
+        if let Some(b) = n.checked_sub(BOX_AHEAD).and_then(|i| p.get(i)) {
+            prefetch_value::<Histogram>(b);
+        }
+        if let Some(b) = n.checked_sub(VECTORS_AHEAD).and_then(|i| p.get(i)) {
+            prefetch_room(&b.positive_spans);
+            prefetch_room(&b.positive_buckets);
+            prefetch_room(&b.negative_spans);
+            prefetch_room(&b.negative_buckets);
+        }
+        h
+    })
+    .unwrap_or_default()
+}
+
+/// Prefetches the start of an empty vector's room, where the decoder writes next.
+#[inline(always)]
+fn prefetch_room<T>(v: &Vec<T>) {
+    let room = (v.capacity() * std::mem::size_of::<T>()).min(VECTOR_PREFETCH_BYTES);
+    if room > 0 {
+        prefetch_bytes(v.as_ptr().cast(), room);
+    }
 }
 
 /// Gives `h` back for a later [`take`] on this thread.
