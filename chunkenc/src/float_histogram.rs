@@ -65,6 +65,22 @@ pub struct FloatHistogramAppender {
     last_as_given: bool,
 }
 
+/// The counter-reset header of a new chunk whose first sample is `h`: from its hint, or
+/// computed against `prev`, the previous chunk's appender (`None`, Unknown, without one).
+fn first_header(
+    prev: Option<&FloatHistogramAppender>,
+    h: &FloatHistogram,
+) -> Option<CounterResetHeader> {
+    match h.hint {
+        CounterResetHint::Gauge => Some(CounterResetHeader::Gauge),
+        CounterResetHint::CounterReset => Some(CounterResetHeader::CounterReset),
+        _ if prev.is_some_and(|p| p.appendable(h).counter_reset) => {
+            Some(CounterResetHeader::CounterReset)
+        }
+        _ => prev.map(|_| CounterResetHeader::NotCounterReset),
+    }
+}
+
 impl Default for FloatHistogramAppender {
     fn default() -> Self {
         Self::new()
@@ -119,12 +135,7 @@ impl FloatHistogramAppender {
     ) -> Result<(), ChunkError> {
         check_shape(&h.positive_spans, h.positive_buckets.len())?;
         check_shape(&h.negative_spans, h.negative_buckets.len())?;
-        let header = match h.hint {
-            CounterResetHint::Gauge => CounterResetHeader::Gauge,
-            CounterResetHint::CounterReset => CounterResetHeader::CounterReset,
-            _ if self.appendable(h).counter_reset => CounterResetHeader::CounterReset,
-            _ => CounterResetHeader::NotCounterReset,
-        };
+        let header = first_header(Some(self), h);
         take(self.bytes());
         let mut w = std::mem::take(&mut self.w);
         w.restart(HISTOGRAM_HEADER_SIZE, capacity);
@@ -136,7 +147,9 @@ impl FloatHistogramAppender {
         *self = Self::empty_in(w, layout, buckets);
         // The shapes were checked and the chunk is empty: this cannot fail.
         self.append_raw(t, h, true)?;
-        self.set_header(header);
+        if let Some(hdr) = header {
+            self.set_header(hdr);
+        }
         Ok(())
     }
 
@@ -236,16 +249,8 @@ impl FloatHistogramAppender {
         let mut as_given = true;
         if self.num_samples() == 0 {
             self.append_raw(t, h, as_given)?;
-            if h.hint == CounterResetHint::Gauge {
-                self.set_header(CounterResetHeader::Gauge);
-            } else if h.hint == CounterResetHint::CounterReset {
-                self.set_header(CounterResetHeader::CounterReset);
-            } else if let Some(p) = prev {
-                self.set_header(if p.appendable(h).counter_reset {
-                    CounterResetHeader::CounterReset
-                } else {
-                    CounterResetHeader::NotCounterReset
-                });
+            if let Some(hdr) = first_header(prev, h) {
+                self.set_header(hdr);
             }
             return Ok(Appended::InPlace);
         }

@@ -89,6 +89,20 @@ pub struct HistogramAppender {
     last_as_given: bool,
 }
 
+/// The counter-reset header of a new chunk whose first sample is `h`: from its hint, or
+/// computed against `prev`, the previous chunk's appender (`None`, Unknown, without one).
+fn first_header(prev: Option<&HistogramAppender>, h: &Histogram) -> Option<CounterResetHeader> {
+    match h.hint {
+        CounterResetHint::Gauge => Some(CounterResetHeader::Gauge),
+        CounterResetHint::CounterReset => Some(CounterResetHeader::CounterReset),
+        _ => prev.map(|p| {
+            p.appendable(h)
+                .header
+                .unwrap_or(CounterResetHeader::NotCounterReset)
+        }),
+    }
+}
+
 impl Default for HistogramAppender {
     fn default() -> Self {
         Self::new()
@@ -258,15 +272,7 @@ impl HistogramAppender {
         let mut as_given = true;
         if self.num_samples() == 0 {
             self.append_raw(t, h, as_given)?;
-            if h.hint == CounterResetHint::Gauge {
-                self.set_header(CounterResetHeader::Gauge);
-            } else if h.hint == CounterResetHint::CounterReset {
-                self.set_header(CounterResetHeader::CounterReset);
-            } else if let Some(p) = prev {
-                let hdr = p
-                    .appendable(h)
-                    .header
-                    .unwrap_or(CounterResetHeader::NotCounterReset);
+            if let Some(hdr) = first_header(prev, h) {
                 self.set_header(hdr);
             }
             return Ok(Appended::InPlace);
@@ -350,14 +356,7 @@ impl HistogramAppender {
     ) -> Result<(), ChunkError> {
         check_shape(&h.positive_spans, h.positive_buckets.len())?;
         check_shape(&h.negative_spans, h.negative_buckets.len())?;
-        let header = match h.hint {
-            CounterResetHint::Gauge => CounterResetHeader::Gauge,
-            CounterResetHint::CounterReset => CounterResetHeader::CounterReset,
-            _ => self
-                .appendable(h)
-                .header
-                .unwrap_or(CounterResetHeader::NotCounterReset),
-        };
+        let header = first_header(Some(self), h);
         take(self.bytes());
         let mut w = std::mem::take(&mut self.w);
         w.restart(HISTOGRAM_HEADER_SIZE, capacity);
@@ -366,7 +365,9 @@ impl HistogramAppender {
         *self = Self::empty_in(w, layout, buckets);
         // The shapes were checked and the chunk is empty: this cannot fail.
         self.append_raw(t, h, true)?;
-        self.set_header(header);
+        if let Some(hdr) = header {
+            self.set_header(hdr);
+        }
         Ok(())
     }
 

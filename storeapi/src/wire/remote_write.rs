@@ -258,14 +258,14 @@ impl<'a> WriteRequestReader<'a> {
         }
     }
 
-    /// Decodes the next series into `out` (cleared first). Returns `Ok(false)` at the end.
-    /// Metadata met on the way is kept (see [`Self::metadata`]); unknown fields are skipped.
     /// Bytes of the body read so far: with the series read, what a caller sizes its
     /// per-series vectors from.
     pub fn consumed(&self) -> usize {
         self.cur.pos
     }
 
+    /// Decodes the next series into `out` (cleared first). Returns `Ok(false)` at the end.
+    /// Metadata met on the way is kept (see [`Self::metadata`]); unknown fields are skipped.
     pub fn next_series(&mut self, out: &mut SeriesView<'a>) -> Result<bool, DecodeError> {
         out.clear();
         while !self.cur.done() {

@@ -69,14 +69,14 @@ impl<'a> RequestReader<'a> {
         &self.symbols
     }
 
-    /// Decodes the next series into `out` (cleared first). Returns `Ok(false)` at the end.
-    /// `out.raw` stays empty: a 2.0 series is not forwardable as it is.
     /// Bytes of the body read so far: with the series read, what a caller sizes its
     /// per-series vectors from.
     pub fn consumed(&self) -> usize {
         self.cur.pos
     }
 
+    /// Decodes the next series into `out` (cleared first). Returns `Ok(false)` at the end.
+    /// `out.raw` stays empty: a 2.0 series is not forwardable as it is.
     pub fn next_series(&mut self, out: &mut SeriesView<'a>) -> Result<bool, DecodeError> {
         out.clear();
         while !self.cur.done() {

@@ -91,15 +91,16 @@ impl OpenChunk {
     /// Closes the chunk into a series' closed chunks (nothing when it holds no
     /// sample): its bytes copied once, into the list.
     pub fn close_into(self, closed: &mut super::ClosedChunks) {
-        if self.num_samples() == 0 {
-            return;
-        }
-        closed.push(crate::chunk::ChunkView {
-            min_time: self.min_t(),
-            max_time: self.last_t(),
-            encoding: self.encoding(),
-            data: self.bytes(),
-        });
+        push_closed(
+            closed,
+            self.num_samples(),
+            crate::chunk::ChunkView {
+                min_time: self.min_t(),
+                max_time: self.last_t(),
+                encoding: self.encoding(),
+                data: self.bytes(),
+            },
+        );
     }
 
     /// The chunk as a closed one (`None` when it holds no sample).
@@ -165,8 +166,6 @@ pub(crate) trait HistKind: Sized + std::fmt::Debug {
     ) -> Result<Appended<Self>, ChunkError>;
     fn num_samples(&self) -> u16;
     fn num_bytes(&self) -> usize;
-    /// The chunk's bytes.
-    fn chunk_bytes(&self) -> &[u8];
     fn last_t(&self) -> i64;
     fn open_mut(o: &mut OpenChunk) -> Option<&mut HistOpen<Self>>;
     fn open_ref(o: &OpenChunk) -> Option<&HistOpen<Self>>;
@@ -227,9 +226,6 @@ impl HistKind for HistogramAppender {
     }
     fn num_bytes(&self) -> usize {
         self.bytes().len()
-    }
-    fn chunk_bytes(&self) -> &[u8] {
-        self.bytes()
     }
     fn last_t(&self) -> i64 {
         HistogramAppender::last_t(self)
@@ -301,9 +297,6 @@ impl HistKind for FloatHistogramAppender {
     fn num_bytes(&self) -> usize {
         self.bytes().len()
     }
-    fn chunk_bytes(&self) -> &[u8] {
-        self.bytes()
-    }
     fn last_t(&self) -> i64 {
         FloatHistogramAppender::last_t(self)
     }
@@ -350,33 +343,11 @@ fn next_hist_capacity(prev_bytes: usize) -> usize {
     (prev_bytes + prev_bytes / 8 + 16).clamp(HISTOGRAM_INITIAL_CAPACITY, 16 * 1024)
 }
 
-/// Closes `app`'s chunk into a series' closed chunks, unless it holds no sample.
-fn close_hist<A: HistKind>(closed: &mut super::ClosedChunks, min_t: i64, app: &A) {
-    close_bytes::<A>(
-        closed,
-        min_t,
-        app.last_t(),
-        app.num_samples(),
-        app.chunk_bytes(),
-    );
-}
-
-/// [`close_hist`] from the chunk's parts: its first and last times, sample count and
-/// bytes.
-fn close_bytes<A: HistKind>(
-    closed: &mut super::ClosedChunks,
-    min_time: i64,
-    max_time: i64,
-    samples: u16,
-    data: &[u8],
-) {
+/// Copies a chunk of `samples` samples into a series' closed chunks, unless it holds
+/// none.
+fn push_closed(closed: &mut super::ClosedChunks, samples: u16, chunk: crate::chunk::ChunkView) {
     if samples > 0 {
-        closed.push(crate::chunk::ChunkView {
-            min_time,
-            max_time,
-            encoding: A::ENCODING,
-            data,
-        });
+        closed.push(chunk);
     }
 }
 
@@ -432,7 +403,7 @@ pub(crate) fn append_histogram<A: HistKind>(
                             cutter,
                         },
                     );
-                    close_hist(closed, old.min_t, &old.app);
+                    A::wrap(old).close_into(closed);
                 }
             }
             return Ok(());
@@ -445,7 +416,13 @@ pub(crate) fn append_histogram<A: HistKind>(
         // appender (sample count, last time) is read before.
         let (n, last_t) = (app.num_samples(), app.last_t());
         app.restart(t, h, capacity, |data| {
-            close_bytes::<A>(closed, min_t, last_t, n, data)
+            let chunk = crate::chunk::ChunkView {
+                min_time: min_t,
+                max_time: last_t,
+                encoding: A::ENCODING,
+                data,
+            };
+            push_closed(closed, n, chunk)
         })?;
         o.min_t = t;
         o.cutter = HistogramCutter::new(t, chunk_range);
