@@ -1592,7 +1592,7 @@ impl<'a> Appender<'a> {
                             return None;
                         }
                         let s = resolved.get(*i as usize)?.as_ref()?;
-                        Some((k.hash, k.bytes, s))
+                        Some((k.hash, k.bytes, &**s))
                     }),
                 );
             }
@@ -1626,7 +1626,7 @@ impl<'a> Appender<'a> {
             let mut window = crate::head::LockWindow::new();
             for (i, (s, &(a, b))) in resolved.iter().zip(&self.spans).enumerate() {
                 let held = window.advance(
-                    |k| resolved.get(k)?.as_deref(),
+                    |k| resolved.get(k)?.as_deref().map(|s| &**s),
                     |k| self.hist.get(k).is_some_and(|h| *h),
                     i,
                 );

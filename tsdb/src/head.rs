@@ -1155,13 +1155,13 @@ impl Head {
     /// Series found through the wire-key cache (`cached`) are taken as found, or, with
     /// `verify`, only while the head still holds them: a series removed since is looked
     /// up again (and created when missing) by [`Head::create_missing`].
-    pub(crate) fn resolve(
+    pub(crate) fn resolve<'c>(
         &self,
         keys: &[SeriesKey<'_>],
         keybuf: &[u8],
-        cached: &[Arc<MemSeries>],
+        cached: &'c [Arc<MemSeries>],
         verify: bool,
-        out: &mut Vec<Option<Arc<MemSeries>>>,
+        out: &mut Vec<Option<Found<'c>>>,
     ) {
         let idx = self.read();
         let t = self.symbols.read();
@@ -1178,14 +1178,12 @@ impl Head {
                     .inspect(|s| {
                         std::hint::black_box(s.key.first());
                     })
-                    .cloned(),
-                SeriesKey::Ref(r) => idx.get(*r).cloned(),
+                    .cloned()
+                    .map(Found::Owned),
+                SeriesKey::Ref(r) => idx.get(*r).cloned().map(Found::Owned),
                 SeriesKey::Cached(i) => cached.get(*i as usize).and_then(|s| {
-                    if verify {
-                        idx.get(s.sref).filter(|x| Arc::ptr_eq(x, s)).cloned()
-                    } else {
-                        Some(s.clone())
-                    }
+                    let kept = !verify || idx.get(s.sref).is_some_and(|x| Arc::ptr_eq(x, s));
+                    kept.then_some(Found::Lent(s))
                 }),
             }
         }));
@@ -1198,7 +1196,7 @@ impl Head {
                 .as_ref()
                 .is_some_and(|s| !symbols::key_eq_text(&t, &s.key, text))
             {
-                *slot = idx.find(*h, text, &t).cloned();
+                *slot = idx.find(*h, text, &t).cloned().map(Found::Owned);
             }
         }
     }
@@ -1243,7 +1241,7 @@ impl Head {
         keys: &[SeriesKey<'_>],
         keybuf: &[u8],
         cached: &[Arc<MemSeries>],
-        resolved: &mut [Option<Arc<MemSeries>>],
+        resolved: &mut [Option<Found<'_>>],
     ) -> u64 {
         if resolved.iter().all(Option::is_some) {
             return 0;
@@ -1259,17 +1257,17 @@ impl Head {
                     let key = &keybuf[*a as usize..*b as usize];
                     let (s, created) = self.get_or_create(*h, l, key, None, &mut idx);
                     n += created as u64;
-                    *slot = Some(s);
+                    *slot = Some(Found::Owned(s));
                 }
                 SeriesKey::Key(h, (a, b)) => {
                     let key = &keybuf[*a as usize..*b as usize];
                     let found = idx.find(*h, key, &self.symbols.read()).cloned();
                     if let Some(s) = found {
-                        *slot = Some(s);
+                        *slot = Some(Found::Owned(s));
                     } else if let Some(l) = labels_from_key(key) {
                         let (s, created) = self.get_or_create(*h, &l, key, None, &mut idx);
                         n += created as u64;
-                        *slot = Some(s);
+                        *slot = Some(Found::Owned(s));
                     }
                 }
                 // Found in the wire-key cache but removed from the head since: by its
@@ -1288,12 +1286,12 @@ impl Head {
                     };
                     let found = idx.find(old.hash, &text, &self.symbols.read()).cloned();
                     if let Some(s) = found {
-                        *slot = Some(s);
+                        *slot = Some(Found::Owned(s));
                     } else if !labels.is_empty() {
                         let (s, created) =
                             self.get_or_create(old.hash, &labels, &text, None, &mut idx);
                         n += created as u64;
-                        *slot = Some(s);
+                        *slot = Some(Found::Owned(s));
                     }
                 }
                 _ => {}
@@ -1856,6 +1854,37 @@ impl SeriesHandle for Arc<MemSeries> {
 impl SeriesHandle for Option<Arc<MemSeries>> {
     fn series(&self) -> Option<&MemSeries> {
         self.as_deref()
+    }
+}
+
+/// A batch's handle on a series it resolved: lent by the batch's own list of series
+/// found through the wire-key cache, or owned (looked up in the head's index, or
+/// created). A lent handle takes no reference count: the batch holds one already, and
+/// taking and giving back another was two locked instructions per sample, each waiting
+/// for the stores before it (issue #26).
+#[derive(Debug)]
+pub(crate) enum Found<'c> {
+    Lent(&'c Arc<MemSeries>),
+    Owned(Arc<MemSeries>),
+}
+
+impl std::ops::Deref for Found<'_> {
+    type Target = Arc<MemSeries>;
+    fn deref(&self) -> &Arc<MemSeries> {
+        match self {
+            Found::Lent(s) => s,
+            Found::Owned(s) => s,
+        }
+    }
+}
+
+/// Only owned handles are given back when the batch's handles are dropped.
+impl SeriesHandle for Option<Found<'_>> {
+    fn series(&self) -> Option<&MemSeries> {
+        match self {
+            Some(Found::Owned(s)) => Some(s),
+            Some(Found::Lent(_)) | None => None,
+        }
     }
 }
 

@@ -156,6 +156,21 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
+    /// Steps over the label fields (field 1, length-delimited) that follow, as long
+    /// as each is laid out as every client sends it: a one-byte tag, a one-byte length
+    /// and its bytes. A series' labels are one run of such fields, which a reader
+    /// deferring them only needs the extent of; anything else is left to the general
+    /// path (the first of a run, and a longer or truncated field, go through it).
+    #[inline]
+    pub(crate) fn skip_label_run(&mut self) {
+        while let Some(&[0x0a, len]) = self.buf.get(self.pos..self.pos + 2)
+            && len < 0x80
+            && usize::from(len) + 2 <= self.buf.len() - self.pos
+        {
+            self.pos += usize::from(len) + 2;
+        }
+    }
+
     #[inline]
     pub(crate) fn fixed64(&mut self) -> Result<u64, DecodeError> {
         let end = self.pos + 8;
@@ -298,5 +313,36 @@ mod tests {
             proptest::prop_assert_eq!(c.varint().ok(), Some(x));
             proptest::prop_assert_eq!(c.pos, len);
         }
+    }
+
+    /// The run ends at the first field that is not a short label field as clients
+    /// send it, and never steps past the buffer.
+    #[test]
+    fn a_label_run_ends_where_its_fields_stop_being_short_labels() {
+        let short = |n: u8| -> Vec<u8> {
+            let mut f = vec![0x0a, n];
+            f.extend(std::iter::repeat_n(b'x', usize::from(n)));
+            f
+        };
+        let run: Vec<u8> = [short(3), short(0), short(127)].concat();
+        for (tail, stop) in [
+            (vec![0x12, 0x01, 0x00], 0),          // a sample (field 2)
+            (vec![0x0a, 0x80, 0x01], 0),          // a label of 128 bytes: two-byte length
+            (vec![0x0a, 0x05, b'a'], 0),          // truncated
+            (vec![0x0a], 0),                      // a tag alone
+            (vec![], 0),                          // the end
+            ([short(2), vec![0x0b]].concat(), 4), // field 1 of another wire type after one more
+        ] {
+            let buf = [run.clone(), tail].concat();
+            let mut c = Cursor { buf: &buf, pos: 0 };
+            c.skip_label_run();
+            assert_eq!(c.pos, run.len() + stop, "{buf:?}");
+        }
+        // From the middle of a buffer, and at its end.
+        let mut c = Cursor { buf: &run, pos: 5 };
+        c.skip_label_run();
+        assert_eq!(c.pos, run.len());
+        c.skip_label_run();
+        assert_eq!(c.pos, run.len());
     }
 }

@@ -379,6 +379,7 @@ fn decode_series<'a>(
             1 if out.defer_labels => {
                 c.expect(field, wt, WT_LEN)?;
                 c.bytes("label")?;
+                c.skip_label_run();
                 match &mut wire {
                     None => wire = Some((at, c.pos)),
                     Some((_, end)) if *end == at => *end = c.pos,
