@@ -11,6 +11,7 @@
 //! index read lock and then each series' own mutex, briefly.
 
 use hashbrown::HashTable;
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -1179,11 +1180,11 @@ impl Head {
                         std::hint::black_box(s.key.first());
                     })
                     .cloned()
-                    .map(Found::Owned),
-                SeriesKey::Ref(r) => idx.get(*r).cloned().map(Found::Owned),
+                    .map(Cow::Owned),
+                SeriesKey::Ref(r) => idx.get(*r).cloned().map(Cow::Owned),
                 SeriesKey::Cached(i) => cached.get(*i as usize).and_then(|s| {
                     let kept = !verify || idx.get(s.sref).is_some_and(|x| Arc::ptr_eq(x, s));
-                    kept.then_some(Found::Lent(s))
+                    kept.then_some(Cow::Borrowed(s))
                 }),
             }
         }));
@@ -1196,7 +1197,7 @@ impl Head {
                 .as_ref()
                 .is_some_and(|s| !symbols::key_eq_text(&t, &s.key, text))
             {
-                *slot = idx.find(*h, text, &t).cloned().map(Found::Owned);
+                *slot = idx.find(*h, text, &t).cloned().map(Cow::Owned);
             }
         }
     }
@@ -1257,17 +1258,17 @@ impl Head {
                     let key = &keybuf[*a as usize..*b as usize];
                     let (s, created) = self.get_or_create(*h, l, key, None, &mut idx);
                     n += created as u64;
-                    *slot = Some(Found::Owned(s));
+                    *slot = Some(Cow::Owned(s));
                 }
                 SeriesKey::Key(h, (a, b)) => {
                     let key = &keybuf[*a as usize..*b as usize];
                     let found = idx.find(*h, key, &self.symbols.read()).cloned();
                     if let Some(s) = found {
-                        *slot = Some(Found::Owned(s));
+                        *slot = Some(Cow::Owned(s));
                     } else if let Some(l) = labels_from_key(key) {
                         let (s, created) = self.get_or_create(*h, &l, key, None, &mut idx);
                         n += created as u64;
-                        *slot = Some(Found::Owned(s));
+                        *slot = Some(Cow::Owned(s));
                     }
                 }
                 // Found in the wire-key cache but removed from the head since: by its
@@ -1286,12 +1287,12 @@ impl Head {
                     };
                     let found = idx.find(old.hash, &text, &self.symbols.read()).cloned();
                     if let Some(s) = found {
-                        *slot = Some(Found::Owned(s));
+                        *slot = Some(Cow::Owned(s));
                     } else if !labels.is_empty() {
                         let (s, created) =
                             self.get_or_create(old.hash, &labels, &text, None, &mut idx);
                         n += created as u64;
-                        *slot = Some(Found::Owned(s));
+                        *slot = Some(Cow::Owned(s));
                     }
                 }
                 _ => {}
@@ -1851,39 +1852,19 @@ impl SeriesHandle for Arc<MemSeries> {
     }
 }
 
-impl SeriesHandle for Option<Arc<MemSeries>> {
-    fn series(&self) -> Option<&MemSeries> {
-        self.as_deref()
-    }
-}
-
-/// A batch's handle on a series it resolved: lent by the batch's own list of series
-/// found through the wire-key cache, or owned (looked up in the head's index, or
-/// created). A lent handle takes no reference count: the batch holds one already, and
-/// taking and giving back another was two locked instructions per sample, each waiting
-/// for the stores before it (issue #26).
-#[derive(Debug)]
-pub(crate) enum Found<'c> {
-    Lent(&'c Arc<MemSeries>),
-    Owned(Arc<MemSeries>),
-}
-
-impl std::ops::Deref for Found<'_> {
-    type Target = Arc<MemSeries>;
-    fn deref(&self) -> &Arc<MemSeries> {
-        match self {
-            Found::Lent(s) => s,
-            Found::Owned(s) => s,
-        }
-    }
-}
+/// A batch's handle on a series it resolved: borrowed from the batch's own list of
+/// series found through the wire-key cache, or owned (looked up in the head's index, or
+/// created). A borrowed handle takes no reference count: the batch holds one already,
+/// and taking and giving back another was two locked instructions per sample, each
+/// waiting for the stores before it (issue #26).
+pub(crate) type Found<'c> = Cow<'c, Arc<MemSeries>>;
 
 /// Only owned handles are given back when the batch's handles are dropped.
 impl SeriesHandle for Option<Found<'_>> {
     fn series(&self) -> Option<&MemSeries> {
         match self {
-            Some(Found::Owned(s)) => Some(s),
-            Some(Found::Lent(_)) | None => None,
+            Some(Cow::Owned(s)) => Some(s),
+            Some(Cow::Borrowed(_)) | None => None,
         }
     }
 }
@@ -1933,27 +1914,35 @@ pub(crate) use storeapi::prefetch::{prefetch, prefetch_bytes, prefetch_value};
 mod tests {
     use super::*;
 
-    /// Handles dropped through `SeriesHandles` (with and without gaps) give back every
-    /// reference they held, and only those.
+    /// Handles dropped through `SeriesHandles` (with gaps, borrowed and owned) give back
+    /// every reference they held, and only those.
     #[test]
     fn series_handles_release_what_they_hold() {
         let all: Vec<Arc<MemSeries>> = (0..40).map(MemSeries::bare).collect();
-        let some = SeriesHandles(
+        let some: SeriesHandles<Option<Found<'_>>> = SeriesHandles(
             all.iter()
                 .enumerate()
-                .map(|(i, s)| (i % 3 != 0).then(|| s.clone()))
-                .collect::<Vec<_>>(),
+                .map(|(i, s)| match i % 3 {
+                    0 => None,
+                    1 => Some(Cow::Owned(s.clone())),
+                    _ => Some(Cow::Borrowed(s)),
+                })
+                .collect(),
         );
         let mut each = SeriesHandles(all.iter().chain(&all[..5]).cloned().collect());
         each.push(all[7].clone());
-        // Held by `all`, and by `some` unless a multiple of 3, and once or twice by `each`.
+        // Held by `all`, by `some` when owned (1 modulo 3), and once or twice by `each`.
         assert_eq!(Arc::strong_count(&all[0]), 3);
         assert_eq!(Arc::strong_count(&all[1]), 4);
+        assert_eq!(Arc::strong_count(&all[2]), 3);
         assert_eq!(Arc::strong_count(&all[7]), 4);
+        assert_eq!(Arc::strong_count(&all[8]), 2);
         assert_eq!(Arc::strong_count(&all[9]), 2);
         drop(some);
         assert_eq!(Arc::strong_count(&all[1]), 3);
+        assert_eq!(Arc::strong_count(&all[2]), 3);
         assert_eq!(Arc::strong_count(&all[7]), 3);
+        assert_eq!(Arc::strong_count(&all[8]), 2);
         drop(each);
         assert!(all.iter().all(|s| Arc::strong_count(s) == 1));
     }
